@@ -1,0 +1,170 @@
+/**
+ * Client of the in-guest agent (docs/agent-protocol.md). It runs over any
+ * pair of byte streams — an SSH exec channel to the guest, or a local child
+ * process in tests — and correlates responses to requests by id.
+ */
+import type { Readable, Writable } from 'node:stream';
+import { AgentError } from '../errors.ts';
+import { FrameDecoder, PayloadReader, PayloadWriter, encodeFrame, type Frame } from './wire.ts';
+import { OPCODES, decodeResult, describeOp, encodeOp, type AgentOp, type HelloResult, type ResultOf } from './ops.ts';
+import { errnoName } from './errno.ts';
+
+export const PROTOCOL_VERSION = 1;
+
+/** The agent's two ends as streams, plus how to close the channel. */
+export interface AgentTransport {
+  /** the agent's stdin */
+  input: Writable;
+  /** the agent's stdout */
+  output: Readable;
+  /** the agent's stderr, kept as a tail for error messages */
+  stderr?: Readable;
+  close(): Promise<void>;
+}
+
+interface Pending {
+  op: string;
+  resolve(frame: Frame): void;
+  reject(error: Error): void;
+}
+
+/** Outcome of one sub-operation of a BATCH. */
+export type BatchStep<O extends AgentOp = AgentOp> =
+  | { ok: true; op: O; result: ResultOf<O> }
+  | { ok: false; op: O; errno: number; message: string };
+
+const STDERR_TAIL_BYTES = 8192;
+
+export class AgentClient {
+  private readonly decoder = new FrameDecoder();
+  private readonly pending = new Map<number, Pending>();
+  private nextId = 1;
+  private stderrTail = '';
+  private closedReason: Error | undefined;
+  /** Requests sent so far (a BATCH counts once). Cases use it to prove nothing reached the guest. */
+  requestsSent = 0;
+
+  private constructor(private readonly transport: AgentTransport) {
+    transport.output.on('data', (chunk: Buffer) => this.onData(chunk));
+    transport.output.on('end', () => this.fail(new AgentError('agent closed its output', 'transport', undefined, this.context())));
+    transport.output.on('error', (e: Error) => this.fail(new AgentError(`agent output failed: ${e.message}`, 'transport', undefined, this.context())));
+    transport.input.on('error', (e: Error) => this.fail(new AgentError(`agent input failed: ${e.message}`, 'transport', undefined, this.context())));
+    transport.stderr?.on('data', (chunk: Buffer) => {
+      this.stderrTail = (this.stderrTail + chunk.toString('utf8')).slice(-STDERR_TAIL_BYTES);
+    });
+  }
+
+  /** Wraps a transport and checks the agent speaks our protocol version. */
+  static async open(transport: AgentTransport): Promise<{ client: AgentClient; hello: HelloResult }> {
+    const client = new AgentClient(transport);
+    try {
+      const hello = await client.call({ op: 'HELLO' });
+      if (hello.protocolVersion !== PROTOCOL_VERSION) {
+        throw new AgentError(`agent speaks protocol ${hello.protocolVersion}, host speaks ${PROTOCOL_VERSION}`, 'HELLO', undefined);
+      }
+      return { client, hello };
+    } catch (error) {
+      await client.close();
+      throw error;
+    }
+  }
+
+  /** Sends one operation and decodes its result; an agent-side failure throws AgentError with the errno. */
+  async call<O extends AgentOp>(op: O): Promise<ResultOf<O>> {
+    const { opcode, payload } = encodeOp(op);
+    const frame = await this.roundTrip(opcode, payload, op.op);
+    if (frame.word !== 0) throw this.errorFrom(op, frame.payload);
+    return decodeResult(op, frame.payload);
+  }
+
+  /**
+   * Runs operations in one BATCH request: the agent stops at the first
+   * failure. Returns one step per executed op, the failing one last.
+   */
+  async batch(ops: readonly AgentOp[]): Promise<BatchStep[]> {
+    if (ops.length === 0) return [];
+    const w = new PayloadWriter().u32(ops.length);
+    for (const op of ops) {
+      const { opcode, payload } = encodeOp(op);
+      w.bytes(new PayloadWriter().u16(opcode).raw(payload).finish());
+    }
+    const frame = await this.roundTrip(OPCODES.BATCH, w.finish(), 'BATCH');
+    if (frame.word !== 0) throw this.errorFrom({ op: 'BATCH' }, frame.payload);
+    const r = new PayloadReader(frame.payload);
+    const completed = r.u32('completed');
+    const subs = r.array('responses', (s) => s.bytes('sub_response'));
+    r.end('BATCH response');
+    if (subs.length > ops.length || completed > subs.length || completed < subs.length - 1) {
+      throw new AgentError(`BATCH answered ${subs.length} responses (${completed} completed) for ${ops.length} ops`, 'BATCH', undefined);
+    }
+    return subs.map((sub, i): BatchStep => {
+      const op = ops[i]!;
+      const sr = new PayloadReader(sub);
+      const status = sr.u16('status');
+      const body = sr.rest();
+      if (status === 0) return { ok: true, op, result: decodeResult(op, body) };
+      const er = new PayloadReader(body);
+      return { ok: false, op, errno: er.i32('errno'), message: er.string('message') };
+    });
+  }
+
+  /** Stderr the agent has written recently. */
+  get stderr(): string {
+    return this.stderrTail;
+  }
+
+  /** Ends the session: the agent kills what it spawned when its stdin closes. Idempotent. */
+  async close(): Promise<void> {
+    this.fail(new AgentError('agent client closed', 'transport', undefined));
+    await this.transport.close();
+  }
+
+  private roundTrip(opcode: number, payload: Buffer, opName: string): Promise<Frame> {
+    if (this.closedReason) return Promise.reject(this.closedReason);
+    const id = this.nextId++;
+    this.requestsSent++;
+    return new Promise<Frame>((resolve, reject) => {
+      this.pending.set(id, { op: opName, resolve, reject });
+      this.transport.input.write(encodeFrame({ id, op: opcode, word: 0, payload }));
+    });
+  }
+
+  private onData(chunk: Buffer): void {
+    let frames: Frame[];
+    try {
+      frames = this.decoder.push(chunk);
+    } catch (e) {
+      this.fail(new AgentError(`protocol violation: ${(e as Error).message}`, 'transport', undefined, this.context()));
+      return;
+    }
+    for (const frame of frames) {
+      const waiter = this.pending.get(frame.id);
+      if (!waiter) {
+        this.fail(new AgentError(`response for unknown request id ${frame.id}`, 'transport', undefined, this.context()));
+        return;
+      }
+      this.pending.delete(frame.id);
+      waiter.resolve(frame);
+    }
+  }
+
+  private errorFrom(op: AgentOp | { op: 'BATCH' }, payload: Buffer): AgentError {
+    const r = new PayloadReader(payload);
+    const errno = r.i32('errno');
+    const message = r.string('message');
+    const what = op.op === 'BATCH' ? 'BATCH' : describeOp(op);
+    return new AgentError(`${what}: ${message} (${errnoName(errno)})`, op.op, errno, this.context());
+  }
+
+  private fail(error: Error): void {
+    this.closedReason ??= error;
+    for (const [id, waiter] of this.pending) {
+      this.pending.delete(id);
+      waiter.reject(new AgentError(`${waiter.op}: ${error.message}`, waiter.op, undefined, this.context()));
+    }
+  }
+
+  private context(): Record<string, string> {
+    return { 'agent stderr': this.stderrTail };
+  }
+}

@@ -1,0 +1,225 @@
+/**
+ * The agent's primitive operations as plain data (docs/agent-protocol.md).
+ * A restore plan is an array of these; each knows its wire encoding and how
+ * to decode its result, so single requests and BATCH share one codec.
+ */
+import { PayloadReader, PayloadWriter } from './wire.ts';
+import { decodeUserRegs, encodeUserRegs, type UserRegs } from '../x86/registers.ts';
+
+export const OPCODES = {
+  HELLO: 0x01,
+  SPAWN: 0x02,
+  RUN: 0x03,
+  GETREGS: 0x04,
+  SETREGS: 0x05,
+  GETREGSET: 0x06,
+  SETREGSET: 0x07,
+  PEEKUSER: 0x08,
+  POKEUSER: 0x09,
+  READ_FILE: 0x0a,
+  READ_MEM: 0x0b,
+  WRITE_MEM: 0x0c,
+  INJECT_SYSCALL: 0x0d,
+  KILL: 0x0e,
+  BATCH: 0x0f,
+} as const;
+
+export type OpName = keyof typeof OPCODES;
+
+export const SPAWN_NO_ASLR = 1;
+
+export type AgentOp =
+  | { op: 'HELLO' }
+  | { op: 'SPAWN'; path: string; argv: string[]; envp: string[]; stdoutPath: string; noAslr: boolean }
+  | { op: 'RUN'; pid: number; stopAfterHits: number; timeoutMs: number }
+  | { op: 'GETREGS'; pid: number }
+  | { op: 'SETREGS'; pid: number; regs: UserRegs }
+  | { op: 'GETREGSET'; pid: number; noteType: number; maxSize: number }
+  | { op: 'SETREGSET'; pid: number; noteType: number; data: Uint8Array }
+  | { op: 'PEEKUSER'; pid: number; offset: number }
+  | { op: 'POKEUSER'; pid: number; offset: number; value: bigint }
+  | { op: 'READ_FILE'; path: string; maxSize: number }
+  | { op: 'READ_MEM'; pid: number; address: bigint; length: number }
+  | { op: 'WRITE_MEM'; pid: number; address: bigint; data: Uint8Array }
+  | { op: 'INJECT_SYSCALL'; pid: number; nr: number; args: readonly bigint[] }
+  | { op: 'KILL'; pid: number };
+
+export interface HelloResult {
+  protocolVersion: number;
+  release: string;
+  machine: string;
+  pageSize: number;
+  agentPid: number;
+}
+
+export interface BreakpointHit {
+  rip: bigint;
+  eflags: bigint;
+  dr6: bigint;
+}
+
+export interface RunResult {
+  outcome: 'hit-limit' | 'exited' | 'killed';
+  /** exit code when exited, signal number when killed */
+  code: number;
+  hits: BreakpointHit[];
+  signals: { signo: number; rip: bigint }[];
+}
+
+/** What each op's response decodes to. */
+export interface OpResults {
+  HELLO: HelloResult;
+  SPAWN: { pid: number };
+  RUN: RunResult;
+  GETREGS: UserRegs;
+  SETREGS: void;
+  GETREGSET: Buffer;
+  SETREGSET: void;
+  PEEKUSER: bigint;
+  POKEUSER: void;
+  READ_FILE: Buffer;
+  READ_MEM: Buffer;
+  WRITE_MEM: void;
+  INJECT_SYSCALL: bigint;
+  KILL: { waitStatus: number };
+}
+
+export type ResultOf<O extends AgentOp> = OpResults[O['op']];
+
+export function encodeOp(op: AgentOp): { opcode: number; payload: Buffer } {
+  const w = new PayloadWriter();
+  switch (op.op) {
+    case 'HELLO':
+      break;
+    case 'SPAWN':
+      w.u32(op.noAslr ? SPAWN_NO_ASLR : 0).string(op.path).strings(op.argv).strings(op.envp).string(op.stdoutPath);
+      break;
+    case 'RUN':
+      w.u32(op.pid).u32(op.stopAfterHits).u32(op.timeoutMs);
+      break;
+    case 'GETREGS':
+      w.u32(op.pid);
+      break;
+    case 'SETREGS':
+      w.u32(op.pid).bytes(encodeUserRegs(op.regs));
+      break;
+    case 'GETREGSET':
+      w.u32(op.pid).u32(op.noteType).u32(op.maxSize);
+      break;
+    case 'SETREGSET':
+      w.u32(op.pid).u32(op.noteType).bytes(op.data);
+      break;
+    case 'PEEKUSER':
+      w.u32(op.pid).u64(op.offset);
+      break;
+    case 'POKEUSER':
+      w.u32(op.pid).u64(op.offset).u64(op.value);
+      break;
+    case 'READ_FILE':
+      w.string(op.path).u64(op.maxSize);
+      break;
+    case 'READ_MEM':
+      w.u32(op.pid).u64(op.address).u64(op.length);
+      break;
+    case 'WRITE_MEM':
+      w.u32(op.pid).u64(op.address).bytes(op.data);
+      break;
+    case 'INJECT_SYSCALL': {
+      if (op.args.length > 6) throw new RangeError('a system call takes at most 6 arguments');
+      w.u32(op.pid).u64(op.nr);
+      for (let i = 0; i < 6; i++) w.u64(op.args[i] ?? 0n);
+      break;
+    }
+    case 'KILL':
+      w.u32(op.pid);
+      break;
+  }
+  return { opcode: OPCODES[op.op], payload: w.finish() };
+}
+
+const RUN_OUTCOMES = { 1: 'hit-limit', 2: 'exited', 3: 'killed' } as const;
+
+export function decodeResult<O extends AgentOp>(op: O, payload: Buffer): ResultOf<O> {
+  const r = new PayloadReader(payload);
+  const result = decodeByOp(op.op, r);
+  r.end(`${op.op} response`);
+  return result as ResultOf<O>;
+}
+
+function decodeByOp(name: OpName, r: PayloadReader): unknown {
+  switch (name) {
+    case 'HELLO':
+      return {
+        protocolVersion: r.u32('protocol_version'),
+        release: r.string('release'),
+        machine: r.string('machine'),
+        pageSize: r.u32('page_size'),
+        agentPid: r.u32('agent_pid'),
+      } satisfies HelloResult;
+    case 'SPAWN':
+      return { pid: r.u32('pid') };
+    case 'RUN': {
+      const outcomeCode = r.u32('outcome');
+      const outcome = RUN_OUTCOMES[outcomeCode as keyof typeof RUN_OUTCOMES];
+      if (!outcome) throw new RangeError(`RUN: unknown outcome ${outcomeCode}`);
+      return {
+        outcome,
+        code: r.i32('code'),
+        hits: r.array('hits', (h) => ({ rip: h.u64('rip'), eflags: h.u64('eflags'), dr6: h.u64('dr6') })),
+        signals: r.array('signals', (s) => ({ signo: s.u32('signo'), rip: s.u64('rip') })),
+      } satisfies RunResult;
+    }
+    case 'GETREGS':
+      return decodeUserRegs(r.bytes('user_regs_struct'));
+    case 'GETREGSET':
+    case 'READ_FILE':
+    case 'READ_MEM':
+      return Buffer.from(r.bytes('data'));
+    case 'PEEKUSER':
+      return r.u64('value');
+    case 'INJECT_SYSCALL':
+      return r.i64('result');
+    case 'KILL':
+      return { waitStatus: r.i32('wait_status') };
+    case 'SETREGS':
+    case 'SETREGSET':
+    case 'POKEUSER':
+    case 'WRITE_MEM':
+      return undefined;
+    case 'BATCH':
+      throw new RangeError('BATCH is not decoded as a single op');
+  }
+}
+
+/** A short human description of an op for logs, plans and errors (no bulk data). */
+export function describeOp(op: AgentOp): string {
+  switch (op.op) {
+    case 'HELLO':
+      return 'HELLO';
+    case 'SPAWN':
+      return `SPAWN ${[op.path, ...op.argv.slice(1)].join(' ')}${op.noAslr ? ' (ASLR off)' : ''}`;
+    case 'RUN':
+      return `RUN pid ${op.pid} until ${op.stopAfterHits > 0 ? `${op.stopAfterHits} hits` : 'exit'}`;
+    case 'GETREGS':
+    case 'KILL':
+      return `${op.op} pid ${op.pid}`;
+    case 'SETREGS':
+      return `SETREGS pid ${op.pid} rip=0x${op.regs.rip.toString(16)} eflags=0x${op.regs.eflags.toString(16)}`;
+    case 'GETREGSET':
+      return `GETREGSET pid ${op.pid} note 0x${op.noteType.toString(16)}`;
+    case 'SETREGSET':
+      return `SETREGSET pid ${op.pid} note 0x${op.noteType.toString(16)} (${op.data.length} bytes)`;
+    case 'PEEKUSER':
+      return `PEEKUSER pid ${op.pid} offset ${op.offset}`;
+    case 'POKEUSER':
+      return `POKEUSER pid ${op.pid} offset ${op.offset} = 0x${op.value.toString(16)}`;
+    case 'READ_FILE':
+      return `READ_FILE ${op.path}`;
+    case 'READ_MEM':
+      return `READ_MEM pid ${op.pid} 0x${op.address.toString(16)} +${op.length}`;
+    case 'WRITE_MEM':
+      return `WRITE_MEM pid ${op.pid} 0x${op.address.toString(16)} +${op.data.length}`;
+    case 'INJECT_SYSCALL':
+      return `INJECT_SYSCALL pid ${op.pid} nr ${op.nr} (${op.args.map((a) => `0x${a.toString(16)}`).join(', ')})`;
+  }
+}

@@ -1,0 +1,140 @@
+/**
+ * `crh`: the command-line front door.
+ *
+ *   crh bootstrap                 install missing host packages (root) or say which
+ *   crh image [kernel options]    build the guest image, print where it is
+ *   crh boot  [kernel options]    boot a guest and print a ready ssh command line
+ *   crh run   [--grep RE] [kernel options] [--artifacts DIR]
+ *                                 run the cases, print the verdict table
+ *
+ * Kernel options: --kernel BZIMAGE [--system-map FILE] [--kernel-config FILE] [--modules DIR]
+ * Exit codes: 0 all as expected, 1 a case failed, 69 infrastructure failure
+ * (QEMU, image, a kernel that cannot boot), 2 usage.
+ */
+import { parseArgs } from 'node:util';
+import { readdirSync, rmSync } from 'node:fs';
+import path from 'node:path';
+import { execa } from 'execa';
+import { CrhError } from '../errors.ts';
+import { bootstrapHost } from '../host/bootstrap.ts';
+import { buildImage } from '../image/build.ts';
+import { kernelFromEnvironment } from '../image/kernel.ts';
+import { QemuMachine } from '../machine/machine.ts';
+import { readInfraFailures } from '../report/infra-failures.ts';
+import { artifactsRoot, formatVerdictTable, readVerdicts } from '../report/verdicts.ts';
+import { REPO_ROOT } from '../util/cache-dir.ts';
+import { isInfraFailure } from '../report/infra-failures.ts';
+
+export const EXIT = { ok: 0, failed: 1, usage: 2, infra: 69 } as const;
+
+const log = (line: string): void => void process.stderr.write(`crh: ${line}\n`);
+
+const kernelOptions = {
+  kernel: { type: 'string' },
+  'system-map': { type: 'string' },
+  'kernel-config': { type: 'string' },
+  modules: { type: 'string' },
+} as const;
+
+/** Kernel flags become the CRH_* variables that cases (separate processes) read. */
+function applyKernelOptions(values: Record<string, string | boolean | undefined>): void {
+  const map: Record<string, string> = { kernel: 'CRH_KERNEL', 'system-map': 'CRH_SYSTEM_MAP', 'kernel-config': 'CRH_KERNEL_CONFIG', modules: 'CRH_MODULES_DIR' };
+  for (const [flag, env] of Object.entries(map)) {
+    const value = values[flag];
+    if (typeof value === 'string') process.env[env] = path.resolve(value);
+  }
+}
+
+async function imageCommand(args: string[]): Promise<number> {
+  const { values } = parseArgs({ args, options: kernelOptions });
+  applyKernelOptions(values);
+  await bootstrapHost(log);
+  const image = await buildImage({ kernel: await kernelFromEnvironment(), log });
+  process.stdout.write(`${JSON.stringify({ key: image.key, dir: image.dir, kernel: image.kernel.bzImage, initramfs: image.initramfs, origin: image.kernel.origin }, null, 2)}\n`);
+  return EXIT.ok;
+}
+
+async function bootCommand(args: string[]): Promise<number> {
+  const { values } = parseArgs({ args, options: kernelOptions });
+  applyKernelOptions(values);
+  await bootstrapHost(log);
+  const image = await buildImage({ kernel: await kernelFromEnvironment(), log });
+  const artifactsDir = path.join(artifactsRoot(), 'boot');
+  const machine = new QemuMachine({ image, artifactsDir, name: 'crh-boot', onEvent: (e) => e.type === 'ready' && log(`ready in ${e.elapsedMs} ms`) });
+  await machine.launch();
+  process.stdout.write(
+    `ssh -i ${image.clientKey} -p ${machine.sshPort} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null root@127.0.0.1\n` +
+      `console log: ${path.join(artifactsDir, 'console.log')}\nCtrl-C shuts the guest down.\n`,
+  );
+  await new Promise<void>((resolve) => {
+    process.once('SIGINT', resolve);
+    process.once('SIGTERM', resolve);
+  });
+  await machine.shutdown();
+  return EXIT.ok;
+}
+
+async function runCommand(args: string[]): Promise<number> {
+  const { values } = parseArgs({ args, options: { ...kernelOptions, grep: { type: 'string' }, artifacts: { type: 'string' } } });
+  applyKernelOptions(values);
+  if (values.artifacts) process.env.CRH_ARTIFACTS_DIR = path.resolve(values.artifacts);
+  const artifacts = artifactsRoot();
+  process.env.CRH_VERDICTS_FILE = path.join(artifacts, 'verdicts.jsonl');
+  rmSync(process.env.CRH_VERDICTS_FILE, { force: true });
+  rmSync(path.join(artifacts, 'infra-failures.jsonl'), { force: true });
+
+  await bootstrapHost(log);
+  // Build once up front so the cases (run in parallel) find it cached.
+  const image = await buildImage({ kernel: await kernelFromEnvironment(), log });
+  log(`guest image ${image.key} (${image.kernel.origin})`);
+
+  const grep = values.grep ? new RegExp(values.grep) : undefined;
+  const cases = readdirSync(path.join(REPO_ROOT, 'cases'))
+    .filter((f) => f.endsWith('.test.ts') && (!grep || grep.test(f)))
+    .map((f) => path.join('cases', f));
+  if (cases.length === 0) {
+    log(`no case matches ${values.grep}`);
+    return EXIT.usage;
+  }
+  const tap = await execa(path.join(REPO_ROOT, 'node_modules', '.bin', 'tap'), ['--disable-coverage', ...cases], {
+    cwd: REPO_ROOT,
+    stdio: 'inherit',
+    reject: false,
+  });
+  const verdicts = readVerdicts();
+  process.stdout.write(`\n${formatVerdictTable(verdicts)}\n`);
+  const infra = readInfraFailures();
+  for (const f of infra) log(`infrastructure failure in ${f.case}:\n${f.error}`);
+  process.stdout.write(`\n${verdicts.filter((v) => v.pass).length} passed, ${verdicts.filter((v) => !v.pass).length} failed\n`);
+  process.stdout.write(`artifacts: ${artifacts}\n`);
+  if (infra.length > 0) return EXIT.infra;
+  if (tap.exitCode !== 0 || verdicts.some((v) => !v.pass) || verdicts.length === 0) return EXIT.failed;
+  return EXIT.ok;
+}
+
+async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  switch (command) {
+    case 'bootstrap': {
+      const report = await bootstrapHost(log);
+      log(report.installed.length > 0 ? `installed ${report.installed.join(' ')}` : 'host packages present');
+      return EXIT.ok;
+    }
+    case 'image':
+      return imageCommand(rest);
+    case 'boot':
+      return bootCommand(rest);
+    case 'run':
+      return runCommand(rest);
+    default:
+      process.stderr.write('usage: crh bootstrap | image | boot | run [--grep RE] [--kernel BZIMAGE --system-map FILE] [--artifacts DIR]\n');
+      return EXIT.usage;
+  }
+}
+
+try {
+  process.exitCode = await main(process.argv.slice(2));
+} catch (error) {
+  process.stderr.write(`${error instanceof CrhError ? error.describe() : error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
+  process.exitCode = isInfraFailure(error) ? EXIT.infra : EXIT.failed;
+}

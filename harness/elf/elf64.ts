@@ -1,0 +1,128 @@
+/**
+ * A minimal ELF64 little-endian reader: section headers and the symbol
+ * table. Enough to read a kernel module's .modinfo and a guest binary's
+ * symbols without depending on binutils being installed.
+ */
+import { readFile } from 'node:fs/promises';
+
+export interface ElfSection {
+  name: string;
+  type: number;
+  offset: number;
+  size: number;
+  link: number;
+  entsize: number;
+}
+
+export interface ElfSymbol {
+  name: string;
+  value: bigint;
+  size: bigint;
+  /** STT_* from st_info */
+  type: number;
+  /** STB_* from st_info */
+  bind: number;
+}
+
+const SHT_SYMTAB = 2;
+export const STT_FUNC = 2;
+export const STT_OBJECT = 1;
+
+export class ElfFile {
+  private constructor(
+    readonly path: string,
+    private readonly data: Buffer,
+    readonly sections: ElfSection[],
+  ) {}
+
+  static async open(file: string): Promise<ElfFile> {
+    return ElfFile.parse(file, await readFile(file));
+  }
+
+  static parse(name: string, data: Buffer): ElfFile {
+    const fail = (why: string): never => {
+      throw new Error(`${name}: not a usable ELF64 file: ${why}`);
+    };
+    if (data.length < 64 || data.readUInt32BE(0) !== 0x7f454c46) fail('bad magic');
+    if (data[4] !== 2) fail('not ELFCLASS64');
+    if (data[5] !== 1) fail('not little-endian');
+    const shoff = Number(data.readBigUInt64LE(0x28));
+    const shentsize = data.readUInt16LE(0x3a);
+    const shnum = data.readUInt16LE(0x3c);
+    const shstrndx = data.readUInt16LE(0x3e);
+    if (shentsize < 64 || shoff + shnum * shentsize > data.length) fail('section headers out of range');
+    const raw = Array.from({ length: shnum }, (_, i) => {
+      const at = shoff + i * shentsize;
+      return {
+        nameOffset: data.readUInt32LE(at),
+        type: data.readUInt32LE(at + 4),
+        offset: Number(data.readBigUInt64LE(at + 0x18)),
+        size: Number(data.readBigUInt64LE(at + 0x20)),
+        link: data.readUInt32LE(at + 0x28),
+        entsize: Number(data.readBigUInt64LE(at + 0x38)),
+      };
+    });
+    const strtab = raw[shstrndx] ?? fail('no section name table');
+    const sections = raw.map((s) => ({
+      name: cString(data, strtab.offset + s.nameOffset),
+      type: s.type,
+      offset: s.offset,
+      size: s.size,
+      link: s.link,
+      entsize: s.entsize,
+    }));
+    for (const s of sections) {
+      if (s.type !== 8 /* SHT_NOBITS */ && s.offset + s.size > data.length) fail(`section ${s.name} out of range`);
+    }
+    return new ElfFile(name, data, sections);
+  }
+
+  section(name: string): Buffer | undefined {
+    const s = this.sections.find((x) => x.name === name);
+    return s ? this.data.subarray(s.offset, s.offset + s.size) : undefined;
+  }
+
+  symbols(): ElfSymbol[] {
+    const symtab = this.sections.find((s) => s.type === SHT_SYMTAB);
+    if (!symtab) return [];
+    const strtab = this.sections[symtab.link];
+    if (!strtab) return [];
+    const out: ElfSymbol[] = [];
+    const entsize = symtab.entsize || 24;
+    for (let at = symtab.offset; at + entsize <= symtab.offset + symtab.size; at += entsize) {
+      const info = this.data[at + 4]!;
+      out.push({
+        name: cString(this.data, strtab.offset + this.data.readUInt32LE(at)),
+        type: info & 0xf,
+        bind: info >> 4,
+        value: this.data.readBigUInt64LE(at + 8),
+        size: this.data.readBigUInt64LE(at + 16),
+      });
+    }
+    return out;
+  }
+
+  /** The address of a named function or object; throws naming the file when absent. */
+  symbolAddress(name: string): bigint {
+    const sym = this.symbols().find((s) => s.name === name && (s.type === STT_FUNC || s.type === STT_OBJECT));
+    if (!sym) throw new Error(`${this.path}: no symbol ${name}`);
+    return sym.value;
+  }
+}
+
+function cString(data: Buffer, at: number): string {
+  const end = data.indexOf(0, at);
+  return data.toString('utf8', at, end < 0 ? data.length : end);
+}
+
+/** Parses a kernel module's .modinfo (NUL-separated key=value) into a map of lists. */
+export function parseModinfo(section: Buffer): Map<string, string[]> {
+  const info = new Map<string, string[]>();
+  for (const entry of section.toString('utf8').split('\0')) {
+    const eq = entry.indexOf('=');
+    if (eq <= 0) continue;
+    const key = entry.slice(0, eq);
+    info.set(key, [...(info.get(key) ?? []), entry.slice(eq + 1)]);
+  }
+  return info;
+}

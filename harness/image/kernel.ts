@@ -1,0 +1,125 @@
+/**
+ * Guest kernels. The default is Debian's cloud kernel, fetched with
+ * `apt-get download` and unpacked with `dpkg-deb -x` into the cache — never
+ * installed into the host's /boot. A user's own bzImage (with System.map)
+ * can stand in for it.
+ */
+import { existsSync } from 'node:fs';
+import { readdir } from 'node:fs/promises';
+import path from 'node:path';
+import { execa } from 'execa';
+import { InfraError } from '../errors.ts';
+import { cacheDir } from '../util/cache-dir.ts';
+import { sha256File } from '../util/hash.ts';
+import { buildOnce } from '../util/build-once.ts';
+
+export interface GuestKernel {
+  /** e.g. "6.1.0-56-cloud-amd64", or the file name of a user's bzImage */
+  release: string;
+  bzImage: string;
+  systemMap?: string;
+  /** the kernel's .config when known */
+  config?: string;
+  /** root of lib/modules/<release>, when modules ship with the kernel */
+  modulesDir?: string;
+  /** where the kernel came from, e.g. "debian:linux-image-6.1.0-56-cloud-amd64=6.1.192-2" */
+  origin: string;
+  /** sha256 of the .deb, or of the bzImage for a user kernel */
+  sha256: string;
+}
+
+/** Resolves a Debian metapackage (linux-image-cloud-amd64) to the versioned kernel package. */
+export async function resolveKernelPackage(metapackage: string): Promise<{ name: string; version: string }> {
+  const depends = await execa('apt-cache', ['depends', metapackage], { reject: false });
+  const name = depends.stdout.match(/Depends:\s+(linux-image-\S+)/)?.[1];
+  if (depends.exitCode !== 0 || !name) {
+    throw new InfraError(`cannot resolve kernel package ${metapackage} with apt-cache`, {
+      command: `apt-cache depends ${metapackage}`,
+      output: `${depends.stdout}\n${depends.stderr}`,
+      hint: 'run `apt-get update` as root',
+    });
+  }
+  const policy = await execa('apt-cache', ['policy', name], { reject: false });
+  const version = policy.stdout.match(/Candidate:\s+(\S+)/)?.[1];
+  if (!version || version === '(none)') throw new InfraError(`no candidate version for ${name}`, { output: policy.stdout });
+  return { name, version };
+}
+
+/**
+ * The Debian kernel for `metapackage`, downloaded and unpacked on first use.
+ * When apt cannot resolve the package (no lists, offline) an already cached
+ * kernel is used instead, and `log` says so.
+ */
+export async function debianKernel(metapackage: string, log: (line: string) => void = () => {}): Promise<GuestKernel> {
+  const root = cacheDir('kernels');
+  let pkg: { name: string; version: string };
+  try {
+    pkg = await resolveKernelPackage(metapackage);
+  } catch (error) {
+    const cached = existsSync(root) ? (await readdir(root)).filter((d) => d.startsWith('linux-image-') && !d.includes('.partial-')).sort() : [];
+    const newest = cached.at(-1);
+    if (!newest) throw error;
+    log(`apt cannot resolve ${metapackage}; using cached ${newest}`);
+    const [name, version] = newest.split('_') as [string, string];
+    pkg = { name, version };
+  }
+  const dir = path.join(root, `${pkg.name}_${pkg.version}`);
+  if (!existsSync(path.join(dir, 'complete'))) log(`fetching ${pkg.name} ${pkg.version}`);
+  await fetchDebianPackage(pkg.name, pkg.version, dir);
+  const debs = (await readdir(dir)).filter((f) => f.endsWith('.deb'));
+  const release = pkg.name.replace(/^linux-image-/, '');
+  const tree = path.join(dir, 'tree');
+  return {
+    release,
+    bzImage: path.join(tree, 'boot', `vmlinuz-${release}`),
+    systemMap: path.join(tree, 'boot', `System.map-${release}`),
+    config: path.join(tree, 'boot', `config-${release}`),
+    modulesDir: path.join(tree, 'lib', 'modules', release),
+    origin: `debian:${pkg.name}=${pkg.version}`,
+    sha256: await sha256File(path.join(dir, debs[0]!)),
+  };
+}
+
+async function fetchDebianPackage(name: string, version: string, dir: string): Promise<void> {
+  await buildOnce(dir, async (staging) => {
+    const download = await execa('apt-get', ['download', `${name}=${version}`], { cwd: staging, reject: false });
+    const debs = (await readdir(staging)).filter((f) => f.endsWith('.deb'));
+    if (download.exitCode !== 0 || debs.length !== 1) {
+      throw new InfraError(`apt-get download ${name}=${version} failed`, { output: `${download.stdout}\n${download.stderr}` });
+    }
+    await execa('dpkg-deb', ['-x', path.join(staging, debs[0]!), path.join(staging, 'tree')]);
+  });
+}
+
+/** A user's own kernel: a bzImage, optionally its System.map, config and modules directory. */
+export async function userKernel(options: { bzImage: string; systemMap?: string; config?: string; modulesDir?: string }): Promise<GuestKernel> {
+  for (const [what, file] of Object.entries(options)) {
+    if (file !== undefined && !existsSync(file)) throw new InfraError(`kernel ${what} not found: ${file}`);
+  }
+  const bzImage = path.resolve(options.bzImage);
+  return {
+    release: path.basename(bzImage),
+    bzImage,
+    ...(options.systemMap ? { systemMap: path.resolve(options.systemMap) } : {}),
+    ...(options.config ? { config: path.resolve(options.config) } : {}),
+    ...(options.modulesDir ? { modulesDir: path.resolve(options.modulesDir) } : {}),
+    origin: `file:${bzImage}`,
+    sha256: await sha256File(bzImage),
+  };
+}
+
+/**
+ * The kernel chosen by the environment: CRH_KERNEL (a bzImage) with
+ * CRH_SYSTEM_MAP, CRH_KERNEL_CONFIG and CRH_MODULES_DIR beside it — how
+ * `crh run --kernel` hands a user's kernel to the cases — or undefined for
+ * the recipe's default.
+ */
+export async function kernelFromEnvironment(env: NodeJS.ProcessEnv = process.env): Promise<GuestKernel | undefined> {
+  if (!env.CRH_KERNEL) return undefined;
+  return userKernel({
+    bzImage: env.CRH_KERNEL,
+    ...(env.CRH_SYSTEM_MAP ? { systemMap: env.CRH_SYSTEM_MAP } : {}),
+    ...(env.CRH_KERNEL_CONFIG ? { config: env.CRH_KERNEL_CONFIG } : {}),
+    ...(env.CRH_MODULES_DIR ? { modulesDir: env.CRH_MODULES_DIR } : {}),
+  });
+}

@@ -1,0 +1,260 @@
+/**
+ * One QEMU guest, in the lifecycle style of QEMU's python QEMUMachine and
+ * testcontainers: the constructor only records configuration; launch()
+ * starts QEMU, waits until SSH answers, and undoes a partial start on any
+ * failure, throwing one typed error with the command line and console tail;
+ * shutdown() is a ladder (QMP quit, wait, SIGKILL) and idempotent.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, rm, appendFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { BootError, CrhError, InfraError, LaunchError, TimeoutError } from '../errors.ts';
+import { QmpClient } from '../qmp/client.ts';
+import { SshSession } from '../ssh/session.ts';
+import type { GuestImage } from '../image/build.ts';
+import { Deadline, sleep } from '../util/deadline.ts';
+import { chooseAccelerator, QEMU_BINARY, type AccelChoice } from './accel.ts';
+import { ConsoleLog } from './console.ts';
+import { freeLoopbackPort } from './free-port.ts';
+import { formatCommandLine, qemuArgs } from './qemu-args.ts';
+import { Ready } from './readiness.ts';
+import { forgetMachine, reapOrphans, recordMachine } from './reaper.ts';
+
+export type MachineEvent =
+  | { type: 'launch'; name: string; commandLine: string; accel: AccelChoice }
+  | { type: 'reaped'; message: string }
+  | { type: 'ready'; name: string; elapsedMs: number }
+  | { type: 'console'; name: string; line: string }
+  | { type: 'shutdown'; name: string; how: 'quit' | 'kill' | 'already-exited' };
+
+export interface MachineConfig {
+  image: GuestImage;
+  /** where console.log and qmp.log go (kept with the case's artifacts) */
+  artifactsDir: string;
+  name?: string;
+  memoryMiB?: number;
+  cpus?: number;
+  accel?: AccelChoice;
+  /** launch → SSH answers; TCG boots take seconds, a stuck one is cut off here */
+  bootTimeoutMs?: number;
+  onEvent?: (event: MachineEvent) => void;
+}
+
+let machineCounter = 0;
+const PORT_ATTEMPTS = 3;
+
+export class QemuMachine implements AsyncDisposable {
+  private child: ChildProcess | undefined;
+  private exited: Promise<void> | undefined;
+  private exitDescription: string | undefined;
+  private quitIssued = false;
+  private shutdownPromise: Promise<void> | undefined;
+  private runDir: string | undefined;
+  private stderrTail = '';
+  private qmpClient: QmpClient | undefined;
+  private sshSession: SshSession | undefined;
+  private consoleLog: ConsoleLog | undefined;
+  private argv: string[] = [];
+  private accelChoice: AccelChoice | undefined;
+  private port = 0;
+  readonly name: string;
+
+  constructor(private readonly config: MachineConfig) {
+    this.name = config.name ?? `crh-${process.pid}-${++machineCounter}`;
+  }
+
+  /** Starts the guest and returns once SSH answers. On failure nothing is left running. */
+  async launch(): Promise<this> {
+    if (this.child) throw new CrhError(`machine ${this.name} was already launched`);
+    const started = Date.now();
+    for (const message of await reapOrphans()) this.emit({ type: 'reaped', message });
+    await mkdir(this.config.artifactsDir, { recursive: true });
+    this.accelChoice = this.config.accel ?? (await chooseAccelerator());
+    // Unix socket paths are limited to 108 bytes: keep them under a short tmp dir.
+    this.runDir = await mkdtemp(path.join(tmpdir(), 'crh-'));
+    const deadline = Deadline.in(this.config.bootTimeoutMs ?? 180_000);
+
+    for (let attempt = 1; ; attempt++) {
+      this.port = await freeLoopbackPort();
+      try {
+        await this.start();
+        await this.waitReady(deadline);
+        this.emit({ type: 'ready', name: this.name, elapsedMs: Date.now() - started });
+        return this;
+      } catch (error) {
+        const lostPortRace = /Could not set up host forwarding rule/.test(this.stderrTail);
+        await this.shutdown();
+        if (lostPortRace && attempt < PORT_ATTEMPTS) {
+          this.shutdownPromise = undefined;
+          this.child = undefined;
+          this.runDir = await mkdtemp(path.join(tmpdir(), 'crh-'));
+          continue;
+        }
+        throw this.launchFailure(error);
+      }
+    }
+  }
+
+  get ssh(): SshSession {
+    if (!this.sshSession) throw new CrhError(`machine ${this.name} is not running`);
+    return this.sshSession;
+  }
+
+  get qmp(): QmpClient {
+    if (!this.qmpClient) throw new CrhError(`machine ${this.name} is not running`);
+    return this.qmpClient;
+  }
+
+  get console(): ConsoleLog {
+    if (!this.consoleLog) throw new CrhError(`machine ${this.name} was never launched`);
+    return this.consoleLog;
+  }
+
+  get sshPort(): number {
+    return this.port;
+  }
+
+  get gdbSocket(): string {
+    return path.join(this.runDir ?? '', 'gdb.sock');
+  }
+
+  get accel(): AccelChoice | undefined {
+    return this.accelChoice;
+  }
+
+  get commandLine(): string {
+    return formatCommandLine(this.argv);
+  }
+
+  get pid(): number | undefined {
+    return this.child?.pid;
+  }
+
+  /** Soft QMP quit, then SIGKILL. Safe to call any number of times, launched or not. */
+  shutdown(): Promise<void> {
+    this.shutdownPromise ??= this.doShutdown();
+    return this.shutdownPromise;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.shutdown();
+  }
+
+  private async start(): Promise<void> {
+    const runDir = this.runDir!;
+    const { image } = this.config;
+    this.argv = [
+      QEMU_BINARY,
+      ...qemuArgs({
+        name: this.name,
+        profile: { accel: this.accelChoice!.accel, memoryMiB: this.config.memoryMiB ?? 512, cpus: this.config.cpus ?? 1 },
+        boot: { kernel: image.kernel.bzImage, initrd: image.initramfs, cmdline: image.cmdline },
+        endpoints: { qmpSocket: path.join(runDir, 'qmp.sock'), gdbSocket: path.join(runDir, 'gdb.sock'), sshPort: this.port },
+      }),
+    ];
+    this.emit({ type: 'launch', name: this.name, commandLine: this.commandLine, accel: this.accelChoice! });
+    this.stderrTail = '';
+    this.exitDescription = undefined;
+    this.quitIssued = false;
+    // setpriv --pdeathsig: the kernel kills QEMU if this process dies, even by SIGKILL.
+    const child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', ...this.argv], { stdio: ['pipe', 'pipe', 'pipe'] });
+    this.child = child;
+    this.exited = new Promise((resolve) => {
+      child.once('exit', (code, signal) => {
+        this.exitDescription = signal ? `killed by ${signal}` : `exited with status ${code}`;
+        resolve();
+      });
+      child.once('error', (error) => {
+        this.exitDescription = `could not be started: ${error.message}`;
+        resolve();
+      });
+    });
+    child.stderr!.on('data', (chunk: Buffer) => {
+      this.stderrTail = (this.stderrTail + chunk.toString('utf8')).slice(-8192);
+    });
+    this.consoleLog = new ConsoleLog(path.join(this.config.artifactsDir, 'console.log'), child.stdout!);
+    this.consoleLog.onLine((line) => this.emit({ type: 'console', name: this.name, line }));
+    if (child.pid) await recordMachine({ qemuPid: child.pid, ownerPid: process.pid, name: this.name, startedAt: new Date().toISOString() });
+  }
+
+  private async waitReady(deadline: Deadline): Promise<void> {
+    const abort = new AbortController();
+    void this.exited!.then(() => {
+      if (!this.quitIssued) abort.abort(new LaunchError(`QEMU ${this.exitDescription} during launch`));
+    });
+    const ctx = { deadline, signal: abort.signal, console: this.consoleLog! };
+    this.qmpClient = await this.connectQmp(ctx.deadline, abort.signal);
+    await Ready.forSshBanner(this.port).waitUntilReady(ctx);
+    this.sshSession = await SshSession.connect({
+      host: '127.0.0.1',
+      port: this.port,
+      privateKeyPath: this.config.image.clientKey,
+      hostPublicKey: this.config.image.hostPublicKey,
+    });
+  }
+
+  private async connectQmp(deadline: Deadline, signal: AbortSignal): Promise<QmpClient> {
+    const socket = path.join(this.runDir!, 'qmp.sock');
+    const logFile = path.join(this.config.artifactsDir, 'qmp.log');
+    const log = (line: string): void => void appendFile(logFile, `${new Date().toISOString()} ${line}\n`).catch(() => {});
+    for (;;) {
+      if (signal.aborted) throw signal.reason;
+      if (existsSync(socket)) {
+        try {
+          return await QmpClient.connect(socket, log);
+        } catch {
+          // QEMU creates the socket before it accepts: retry
+        }
+      }
+      if (deadline.expired) throw new TimeoutError('QMP socket never accepted a connection');
+      await sleep(20);
+    }
+  }
+
+  private launchFailure(error: unknown): Error {
+    const details = {
+      'command line': this.commandLine,
+      'QEMU stderr': this.stderrTail,
+      'console tail': this.consoleLog?.tail() ?? '',
+    };
+    const cause = error instanceof Error ? error.message : String(error);
+    if (error instanceof LaunchError || error instanceof InfraError) return new LaunchError(cause, details, { cause: error });
+    if (error instanceof BootError) return new BootError(cause, details, { cause: error });
+    if (error instanceof TimeoutError) return new BootError(`guest did not become ready: ${cause}`, details, { cause: error });
+    return new LaunchError(`launch failed: ${cause}`, details, { cause: error });
+  }
+
+  private async doShutdown(): Promise<void> {
+    const child = this.child;
+    try {
+      this.sshSession?.close();
+      this.sshSession = undefined;
+      if (!child || !this.exited) return;
+      let how: 'quit' | 'kill' | 'already-exited' = 'already-exited';
+      if (this.exitDescription === undefined) {
+        how = 'quit';
+        this.quitIssued = true;
+        await Promise.race([this.qmpClient?.execute('quit').catch(() => {}), sleep(2000)]);
+        const gone = await Promise.race([this.exited.then(() => true), sleep(3000).then(() => false)]);
+        if (!gone) {
+          how = 'kill';
+          child.kill('SIGKILL');
+          await this.exited;
+        }
+      }
+      this.emit({ type: 'shutdown', name: this.name, how });
+    } finally {
+      this.qmpClient?.close();
+      this.qmpClient = undefined;
+      if (child?.pid) await forgetMachine(child.pid);
+      await this.consoleLog?.close();
+      if (this.runDir) await rm(this.runDir, { recursive: true, force: true });
+    }
+  }
+
+  private emit(event: MachineEvent): void {
+    this.config.onEvent?.(event);
+  }
+}

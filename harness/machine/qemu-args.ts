@@ -1,0 +1,107 @@
+/**
+ * QEMU command lines, built by small pure functions so every flag is
+ * unit-tested without running QEMU. Every listener binds loopback or a unix
+ * socket; the guest network is user-mode with restrict=on.
+ */
+
+export type Accelerator = 'kvm' | 'tcg';
+
+export interface MachineProfile {
+  accel: Accelerator;
+  /** guest RAM in MiB */
+  memoryMiB: number;
+  cpus: number;
+}
+
+export interface BootFiles {
+  kernel: string;
+  initrd: string;
+  cmdline: readonly string[];
+}
+
+export interface Endpoints {
+  qmpSocket: string;
+  gdbSocket: string;
+  /** host port on 127.0.0.1 forwarded to the guest's port 22 */
+  sshPort: number;
+}
+
+/** Machine type, accelerator, CPU model, memory. TCG gets `max` so XSAVE/AVX exist in the guest. */
+export function machineArgs(profile: MachineProfile): string[] {
+  return [
+    '-machine', 'pc',
+    '-accel', profile.accel,
+    '-cpu', profile.accel === 'kvm' ? 'host' : 'max',
+    '-m', String(profile.memoryMiB),
+    '-smp', String(profile.cpus),
+    '-nodefaults',
+    '-no-user-config',
+    '-display', 'none',
+    '-no-reboot',
+  ];
+}
+
+export function bootArgs(boot: BootFiles): string[] {
+  return ['-kernel', boot.kernel, '-initrd', boot.initrd, '-append', boot.cmdline.join(' ')];
+}
+
+/** The serial console on QEMU's stdout, which the host captures. */
+export function consoleArgs(): string[] {
+  return ['-chardev', 'stdio,id=console,signal=off', '-serial', 'chardev:console'];
+}
+
+export function qmpArgs(socket: string): string[] {
+  return ['-chardev', `socket,id=qmp,path=${socket},server=on,wait=off`, '-mon', 'chardev=qmp,mode=control'];
+}
+
+/** The gdbstub, always on, on a unix socket. */
+export function gdbstubArgs(socket: string): string[] {
+  return ['-chardev', `socket,id=gdb,path=${socket},server=on,wait=off`, '-gdb', 'chardev:gdb'];
+}
+
+/**
+ * User-mode network: restrict=on isolates the guest (no packets routed to
+ * the host or beyond); the one forward binds 127.0.0.1 only.
+ */
+export function networkArgs(sshPort: number): string[] {
+  if (!Number.isInteger(sshPort) || sshPort < 1 || sshPort > 65535) throw new RangeError(`invalid SSH port ${sshPort}`);
+  return [
+    '-netdev', `user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:${sshPort}-:22`,
+    '-device', 'virtio-net-pci,netdev=net0,romfile=',
+  ];
+}
+
+/** Start paused, loading saved VM state from a file (resumed with QMP cont). */
+export function incomingArgs(stateFile: string): string[] {
+  return ['-incoming', `exec:cat ${shellQuote(stateFile)}`];
+}
+
+export interface QemuCommandOptions {
+  name: string;
+  profile: MachineProfile;
+  boot: BootFiles;
+  endpoints: Endpoints;
+  incomingState?: string;
+}
+
+export function qemuArgs(o: QemuCommandOptions): string[] {
+  return [
+    '-name', o.name,
+    ...machineArgs(o.profile),
+    ...bootArgs(o.boot),
+    ...consoleArgs(),
+    ...qmpArgs(o.endpoints.qmpSocket),
+    ...gdbstubArgs(o.endpoints.gdbSocket),
+    ...networkArgs(o.endpoints.sshPort),
+    ...(o.incomingState ? incomingArgs(o.incomingState) : []),
+  ];
+}
+
+/** The command line as one copy-pasteable string, for errors and logs. */
+export function formatCommandLine(argv: readonly string[]): string {
+  return argv.map(shellQuote).join(' ');
+}
+
+export function shellQuote(arg: string): string {
+  return /^[A-Za-z0-9_@%+=:,./-]+$/.test(arg) ? arg : `'${arg.replaceAll("'", `'\\''`)}'`;
+}

@@ -1,0 +1,235 @@
+/**
+ * The checkpoint image: a tar (written and read with tar-stream) holding a
+ * manifest — format version, the process, the platform profile, and the
+ * SHA-256 and size of every other entry — plus registers, xstate, debug
+ * registers, the memory map and the contents of every dumped mapping.
+ *
+ * Reading treats the file as hostile: tar structure, sizes, checksums and
+ * every field are checked (validate.ts) before anything else sees it, and
+ * the file is never modified.
+ */
+import { createReadStream, createWriteStream } from 'node:fs';
+import { rename, rm } from 'node:fs/promises';
+import { pipeline } from 'node:stream/promises';
+import * as tar from 'tar-stream';
+import { ImageRejectedError } from '../errors.ts';
+import { sha256 } from '../util/hash.ts';
+import { USER_REGS_FIELDS, type UserRegs } from '../x86/registers.ts';
+import { validateImage } from './validate.ts';
+
+export const IMAGE_FORMAT = 'cr-harness-checkpoint';
+export const IMAGE_VERSION = 1;
+
+export const LIMITS = {
+  entryBytes: 512 * 1024 * 1024,
+  totalBytes: 2 * 1024 * 1024 * 1024,
+  entries: 4096,
+  jsonBytes: 4 * 1024 * 1024,
+} as const;
+
+export interface ProcessInfo {
+  /** guest path of the program, re-exec'd on restore */
+  binary: string;
+  argv: string[];
+  envp: string[];
+  noAslr: boolean;
+  pid: number;
+}
+
+/** Facts about the platform the checkpoint was taken on (the platform profile). */
+export type PlatformFacts = Record<string, string | number | boolean | null>;
+
+export interface DebugRegs {
+  dr0: bigint;
+  dr1: bigint;
+  dr2: bigint;
+  dr3: bigint;
+  dr6: bigint;
+  dr7: bigint;
+}
+
+export const DEBUG_REG_NAMES = ['dr0', 'dr1', 'dr2', 'dr3', 'dr6', 'dr7'] as const;
+
+export interface MemoryRegion {
+  start: bigint;
+  end: bigint;
+  perms: string;
+  name: string;
+  /** tar entry holding the region's bytes */
+  entry: string;
+}
+
+export interface CheckpointImage {
+  created: string;
+  process: ProcessInfo;
+  platform: PlatformFacts;
+  regs: UserRegs;
+  xstate: Buffer;
+  debugRegs: DebugRegs;
+  /** /proc/PID/maps at checkpoint time */
+  maps: string;
+  regions: MemoryRegion[];
+  memory: Map<string, Buffer>;
+}
+
+interface ManifestEntry {
+  sha256: string;
+  size: number;
+}
+
+interface Manifest {
+  format: string;
+  version: number;
+  created: string;
+  process: ProcessInfo;
+  platform: PlatformFacts;
+  entries: Record<string, ManifestEntry>;
+}
+
+const hex = (v: bigint): string => `0x${v.toString(16)}`;
+
+export function memoryEntryName(index: number): string {
+  return `memory/${String(index).padStart(4, '0')}.bin`;
+}
+
+/** Serializes an image to its tar entries (manifest last, so it can list the others). */
+export function imageEntries(image: CheckpointImage): Map<string, Buffer> {
+  const entries = new Map<string, Buffer>();
+  const json = (v: unknown): Buffer => Buffer.from(`${JSON.stringify(v, null, 2)}\n`);
+  entries.set('regs.json', json(Object.fromEntries(USER_REGS_FIELDS.map((n) => [n, hex(image.regs[n])]))));
+  entries.set('debugregs.json', json(Object.fromEntries(DEBUG_REG_NAMES.map((n) => [n, hex(image.debugRegs[n])]))));
+  entries.set('xstate.bin', image.xstate);
+  entries.set('maps.txt', Buffer.from(image.maps));
+  entries.set(
+    'memory.json',
+    json(image.regions.map((r) => ({ start: hex(r.start), end: hex(r.end), perms: r.perms, name: r.name, entry: r.entry }))),
+  );
+  for (const [name, data] of image.memory) entries.set(name, data);
+  const manifest: Manifest = {
+    format: IMAGE_FORMAT,
+    version: IMAGE_VERSION,
+    created: image.created,
+    process: image.process,
+    platform: image.platform,
+    entries: Object.fromEntries([...entries].map(([name, data]) => [name, { sha256: sha256(data), size: data.length }])),
+  };
+  entries.set('manifest.json', json(manifest));
+  return entries;
+}
+
+/** Writes the image as a tar, atomically (a temporary file renamed into place). */
+export async function writeCheckpointImage(image: CheckpointImage, file: string): Promise<void> {
+  const pack = tar.pack();
+  const tmp = `${file}.tmp-${process.pid}`;
+  const written = pipeline(pack, createWriteStream(tmp));
+  for (const [name, data] of imageEntries(image)) {
+    await new Promise<void>((resolve, reject) => pack.entry({ name, size: data.length, mode: 0o644, mtime: new Date(0) }, data, (e) => (e ? reject(e) : resolve())));
+  }
+  pack.finalize();
+  try {
+    await written;
+    await rename(tmp, file);
+  } catch (error) {
+    await rm(tmp, { force: true });
+    throw error;
+  }
+}
+
+const SAFE_NAME = /^(?:[a-z0-9_-]+\/)?[a-z0-9_-]+\.(?:json|bin|txt)$/;
+
+/** Reads tar entries with the structural checks: names, types, duplicates, sizes. */
+export async function readTarEntries(file: string): Promise<Map<string, Buffer>> {
+  const entries = new Map<string, Buffer>();
+  let total = 0;
+  let rejection: ImageRejectedError | undefined;
+  const extract = tar.extract();
+  extract.on('entry', (header, stream, next) => {
+    // The entry stream dies with the extractor; its error is reported through the pipeline.
+    stream.on('error', () => {});
+    const fail = (field: string, why: string): void => {
+      rejection ??= new ImageRejectedError(why, header.name, field);
+      stream.resume();
+      extract.destroy(rejection);
+    };
+    if (header.type !== 'file') return fail('type', `entry type ${header.type} is not allowed (regular files only)`);
+    if (!SAFE_NAME.test(header.name) || header.name.includes('..')) return fail('name', 'entry name is not a plain relative name');
+    if (entries.has(header.name)) return fail('name', 'duplicate entry');
+    if (entries.size >= LIMITS.entries) return fail('count', `more than ${LIMITS.entries} entries`);
+    const size = header.size ?? 0;
+    if (size > LIMITS.entryBytes) return fail('size', `entry is ${size} bytes, limit ${LIMITS.entryBytes}`);
+    total += size;
+    if (total > LIMITS.totalBytes) return fail('size', `image exceeds ${LIMITS.totalBytes} bytes in total`);
+    const chunks: Buffer[] = [];
+    stream.on('data', (chunk: unknown) => void chunks.push(chunk as Buffer));
+    stream.on('end', () => {
+      entries.set(header.name, Buffer.concat(chunks));
+      next();
+    });
+  });
+  try {
+    await pipeline(createReadStream(file), extract);
+  } catch (error) {
+    throw rejection ?? new ImageRejectedError(`not a readable tar: ${(error as Error).message}`, file, 'tar');
+  }
+  if (rejection) throw rejection;
+  return entries;
+}
+
+/**
+ * Reads and validates an image. Throws ImageRejectedError naming the entry
+ * and field of the first problem; on success every field is within range.
+ */
+export async function readCheckpointImage(file: string): Promise<CheckpointImage> {
+  return parseImageEntries(await readTarEntries(file));
+}
+
+export function parseImageEntries(entries: Map<string, Buffer>): CheckpointImage {
+  const manifestRaw = entries.get('manifest.json');
+  if (!manifestRaw) throw new ImageRejectedError('missing', 'manifest.json', '(entry)');
+  const manifest = parseJson(manifestRaw, 'manifest.json') as Partial<Manifest>;
+  if (manifest.format !== IMAGE_FORMAT) throw new ImageRejectedError(`is ${JSON.stringify(manifest.format)}, expected ${IMAGE_FORMAT}`, 'manifest.json', 'format');
+  if (manifest.version !== IMAGE_VERSION) throw new ImageRejectedError(`is ${JSON.stringify(manifest.version)}, this harness reads ${IMAGE_VERSION}`, 'manifest.json', 'version');
+  if (typeof manifest.entries !== 'object' || manifest.entries === null) throw new ImageRejectedError('missing', 'manifest.json', 'entries');
+
+  for (const name of entries.keys()) {
+    if (name !== 'manifest.json' && !(name in manifest.entries)) throw new ImageRejectedError('entry is not listed in the manifest', name, '(entry)');
+  }
+  for (const [name, meta] of Object.entries(manifest.entries)) {
+    const data = entries.get(name);
+    if (!data) throw new ImageRejectedError('listed in the manifest but absent', name, '(entry)');
+    if (typeof meta !== 'object' || meta === null) throw new ImageRejectedError('malformed', 'manifest.json', `entries.${name}`);
+    if (meta.size !== data.length) throw new ImageRejectedError(`is ${data.length} bytes, manifest says ${meta.size}`, name, 'size');
+    if (meta.sha256 !== sha256(data)) throw new ImageRejectedError('SHA-256 does not match the manifest', name, 'sha256');
+  }
+
+  const regsJson = parseJson(required(entries, 'regs.json'), 'regs.json') as Record<string, unknown>;
+  const drJson = parseJson(required(entries, 'debugregs.json'), 'debugregs.json') as Record<string, unknown>;
+  const regionsJson = parseJson(required(entries, 'memory.json'), 'memory.json');
+  const image = validateImage({
+    created: manifest.created,
+    process: manifest.process,
+    platform: manifest.platform,
+    regs: regsJson,
+    debugRegs: drJson,
+    xstate: required(entries, 'xstate.bin'),
+    maps: required(entries, 'maps.txt').toString('utf8'),
+    regions: regionsJson,
+    entries,
+  });
+  return image;
+}
+
+function required(entries: Map<string, Buffer>, name: string): Buffer {
+  const data = entries.get(name);
+  if (!data) throw new ImageRejectedError('missing', name, '(entry)');
+  return data;
+}
+
+function parseJson(data: Buffer, entry: string): unknown {
+  if (data.length > LIMITS.jsonBytes) throw new ImageRejectedError(`JSON entry larger than ${LIMITS.jsonBytes} bytes`, entry, 'size');
+  try {
+    return JSON.parse(data.toString('utf8'));
+  } catch (error) {
+    throw new ImageRejectedError(`invalid JSON: ${(error as Error).message}`, entry, '(json)');
+  }
+}

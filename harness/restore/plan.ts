@@ -1,0 +1,98 @@
+/**
+ * Compiles a validated checkpoint image into a restore plan: plain data, a
+ * list of primitive agent operations with the result each must produce,
+ * shipped to the agent in one BATCH. The target is a fresh instance of the
+ * same binary, stopped before its first instruction; `probe` is what it
+ * looks like there.
+ */
+import type { AgentOp } from '../agent/ops.ts';
+import { CrhError } from '../errors.ts';
+import { NT_X86_XSTATE, debugRegOffset, hex, type UserRegs } from '../x86/registers.ts';
+import { DEBUG_REG_NAMES, type CheckpointImage } from './checkpoint-image.ts';
+import { restoredEflags, type RestorePolicy } from './policy.ts';
+import { isKernelProvided, parseMaps, protOf, uncovered, type Mapping } from './proc-maps.ts';
+
+export interface TargetProbe {
+  pid: number;
+  regs: UserRegs;
+  maps: Mapping[];
+}
+
+export interface PlanStep {
+  op: AgentOp;
+  /** why the step is there, for --dry-run and errors */
+  why: string;
+  /** for INJECT_SYSCALL: the result that means success */
+  expect?: bigint;
+}
+
+export class PlanError extends CrhError {
+  override readonly name = 'PlanError';
+}
+
+const SYS = { mmap: 9, mprotect: 10, brk: 12 } as const;
+const MAP_PRIVATE = 0x02n;
+const MAP_ANONYMOUS = 0x20n;
+const MAP_FIXED_NOREPLACE = 0x100000n;
+const PROT_RW = 3n;
+/** Memory is written in slices so no single frame gets large. */
+export const WRITE_CHUNK_BYTES = 1024 * 1024;
+
+export function compileRestorePlan(image: CheckpointImage, probe: TargetProbe, policy: RestorePolicy): PlanStep[] {
+  const pid = probe.pid;
+  const steps: PlanStep[] = [];
+  const imageMaps = parseMaps(image.maps);
+
+  // The kernel's own mappings cannot be moved; with ASLR off they coincide.
+  for (const m of imageMaps.filter(isKernelProvided)) {
+    const there = probe.maps.find((t) => t.name === m.name);
+    if (!there || there.start !== m.start || there.end !== m.end) {
+      throw new PlanError(`${m.name} is at ${hex(m.start)}-${hex(m.end)} in the image but ${there ? `${hex(there.start)}-${hex(there.end)}` : 'absent'} in the target`);
+    }
+  }
+
+  const covered: Mapping[] = [...probe.maps];
+  const heap = imageMaps.find((m) => m.name === '[heap]');
+  if (heap && !probe.maps.some((m) => m.name === '[heap]')) {
+    steps.push({ op: { op: 'INJECT_SYSCALL', pid, nr: SYS.brk, args: [heap.end] }, why: `grow the heap to ${hex(heap.end)}`, expect: heap.end });
+    covered.push({ ...heap });
+  }
+
+  for (const region of image.regions) {
+    for (const [start, end] of uncovered(region.start, region.end, covered)) {
+      steps.push({
+        op: { op: 'INJECT_SYSCALL', pid, nr: SYS.mmap, args: [start, end - start, PROT_RW, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, BigInt.asUintN(64, -1n), 0n] },
+        why: `map ${hex(start)}-${hex(end)} (absent in the target) for ${region.name || 'anonymous memory'}`,
+        expect: start,
+      });
+    }
+  }
+
+  for (const region of image.regions) {
+    const data = image.memory.get(region.entry)!;
+    for (let off = 0; off < data.length; off += WRITE_CHUNK_BYTES) {
+      const slice = data.subarray(off, Math.min(off + WRITE_CHUNK_BYTES, data.length));
+      steps.push({ op: { op: 'WRITE_MEM', pid, address: region.start + BigInt(off), data: slice }, why: `contents of ${region.name || 'anonymous'} (${region.entry})` });
+    }
+  }
+
+  for (const region of image.regions) {
+    steps.push({
+      op: { op: 'INJECT_SYSCALL', pid, nr: SYS.mprotect, args: [region.start, region.end - region.start, BigInt(protOf(region.perms))] },
+      why: `protections ${region.perms} on ${hex(region.start)}-${hex(region.end)}`,
+      expect: 0n,
+    });
+  }
+
+  steps.push({ op: { op: 'SETREGSET', pid, noteType: NT_X86_XSTATE, data: image.xstate }, why: 'FPU/SSE/AVX state (xstate)' });
+
+  const regs = { ...image.regs, eflags: restoredEflags(image.regs.eflags, probe.regs.eflags, policy) };
+  steps.push({ op: { op: 'SETREGS', pid, regs }, why: `registers, eflags ${hex(regs.eflags)} under rf=${policy.rf}` });
+
+  // Addresses before control: DR7 enables a breakpoint only once its address is in place.
+  for (const name of DEBUG_REG_NAMES) {
+    const index = Number(name.slice(2));
+    steps.push({ op: { op: 'POKEUSER', pid, offset: debugRegOffset(index), value: image.debugRegs[name] }, why: `debug register ${name.toUpperCase()}` });
+  }
+  return steps;
+}

@@ -1,0 +1,75 @@
+/** /proc/PID/maps, parsed. */
+
+export interface Mapping {
+  start: bigint;
+  end: bigint;
+  /** "rw-p" */
+  perms: string;
+  offset: bigint;
+  /** "08:01" */
+  device: string;
+  inode: number;
+  /** file path, "[heap]", "[stack]", "[vdso]", ... or "" */
+  name: string;
+}
+
+const LINE = /^([0-9a-f]+)-([0-9a-f]+) ([r-][w-][x-][ps]) ([0-9a-f]+) ([0-9a-f]+:[0-9a-f]+) (\d+)\s*(.*)$/;
+
+export function parseMaps(text: string): Mapping[] {
+  return text
+    .split('\n')
+    .filter((l) => l.trim().length > 0)
+    .map((line, i) => {
+      const m = LINE.exec(line);
+      if (!m) throw new SyntaxError(`maps line ${i + 1} is malformed: ${JSON.stringify(line.slice(0, 120))}`);
+      return {
+        start: BigInt(`0x${m[1]}`),
+        end: BigInt(`0x${m[2]}`),
+        perms: m[3]!,
+        offset: BigInt(`0x${m[4]}`),
+        device: m[5]!,
+        inode: Number(m[6]),
+        name: m[7]!.trim(),
+      };
+    });
+}
+
+/** PROT_* bits of a perms string. */
+export function protOf(perms: string): number {
+  return (perms[0] === 'r' ? 1 : 0) | (perms[1] === 'w' ? 2 : 0) | (perms[2] === 'x' ? 4 : 0);
+}
+
+const KERNEL_PROVIDED = new Set(['[vdso]', '[vvar]', '[vsyscall]']);
+
+/**
+ * Whether a mapping's contents belong in a checkpoint: every private mapping
+ * the process can have changed. Executable file text is left out (it is the
+ * binary's, restored by exec'ing the same binary); the kernel's own
+ * vdso/vvar/vsyscall are left out (they must sit at the same address instead).
+ * Read-only data is kept: startup code writes relocations and then
+ * mprotects them read-only (RELRO), so "r--" is not "unchanged".
+ */
+export function isDumped(m: Mapping): boolean {
+  if (KERNEL_PROVIDED.has(m.name)) return false;
+  if (m.perms[3] !== 'p') return false;
+  if (m.perms[2] === 'x' && m.name.startsWith('/')) return false;
+  return true;
+}
+
+export function isKernelProvided(m: Mapping): boolean {
+  return KERNEL_PROVIDED.has(m.name);
+}
+
+/** Sub-ranges of [start, end) not covered by any of `mappings`. */
+export function uncovered(start: bigint, end: bigint, mappings: readonly Mapping[]): Array<[bigint, bigint]> {
+  const holes: Array<[bigint, bigint]> = [];
+  let cursor = start;
+  for (const m of [...mappings].sort((a, b) => (a.start < b.start ? -1 : 1))) {
+    if (m.end <= cursor || m.start >= end) continue;
+    if (m.start > cursor) holes.push([cursor, m.start]);
+    cursor = m.end > cursor ? m.end : cursor;
+    if (cursor >= end) break;
+  }
+  if (cursor < end) holes.push([cursor, end]);
+  return holes;
+}

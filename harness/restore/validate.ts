@@ -1,0 +1,213 @@
+/**
+ * Field-level validation of a checkpoint image. Everything arrives untyped
+ * from a hostile file; what leaves is a CheckpointImage whose every value
+ * is in range. Each failure names the entry and the field.
+ */
+import { ImageRejectedError } from '../errors.ts';
+import {
+  EFLAGS_REQUIRED_FIXED,
+  EFLAGS_USER_CHANGEABLE,
+  USER_CS,
+  USER_REGS_FIELDS,
+  USER_SPACE_END,
+  USER_SS,
+  eflagsBitNames,
+  hex,
+  type UserRegs,
+} from '../x86/registers.ts';
+import { DEBUG_REG_NAMES, type CheckpointImage, type DebugRegs, type MemoryRegion, type PlatformFacts, type ProcessInfo } from './checkpoint-image.ts';
+import { parseMaps } from './proc-maps.ts';
+
+export interface UntrustedImage {
+  created: unknown;
+  process: unknown;
+  platform: unknown;
+  regs: Record<string, unknown>;
+  debugRegs: Record<string, unknown>;
+  xstate: Buffer;
+  maps: string;
+  regions: unknown;
+  entries: Map<string, Buffer>;
+}
+
+const PAGE = 4096n;
+const U64_HEX = /^0x[0-9a-f]{1,16}$/;
+
+function reject(entry: string, field: string, why: string): never {
+  throw new ImageRejectedError(why, entry, field);
+}
+
+function u64(entry: string, field: string, value: unknown): bigint {
+  if (typeof value !== 'string' || !U64_HEX.test(value)) reject(entry, field, `must be a 64-bit hex string like "0x1f", got ${JSON.stringify(value)?.slice(0, 40)}`);
+  return BigInt(value);
+}
+
+/**
+ * EFLAGS rule of the 2009 restart check: bits outside the user-changeable
+ * set must be exactly IF | bit 1. Returns the offending bit names (empty
+ * when acceptable).
+ */
+export function eflagsViolations(eflags: bigint): string[] {
+  const fixed = eflags & ~EFLAGS_USER_CHANGEABLE;
+  const forbidden = eflagsBitNames(fixed & ~EFLAGS_REQUIRED_FIXED).map((n) => `${n} set`);
+  const missing = eflagsBitNames(EFLAGS_REQUIRED_FIXED & ~fixed).map((n) => `${n} clear`);
+  return [...forbidden, ...missing];
+}
+
+export function validateRegs(raw: Record<string, unknown>): UserRegs {
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) reject('regs.json', '(root)', 'must be an object');
+  const regs = {} as UserRegs;
+  for (const name of USER_REGS_FIELDS) regs[name] = u64('regs.json', name, raw[name]);
+  for (const key of Object.keys(raw)) {
+    if (!(USER_REGS_FIELDS as readonly string[]).includes(key)) reject('regs.json', key, 'unknown register');
+  }
+  const bad = eflagsViolations(regs.eflags);
+  if (bad.length > 0) {
+    reject('regs.json', 'eflags', `${hex(regs.eflags)} has bits outside {CF PF AF ZF SF TF DF OF NT AC ID RF} that differ from IF|0x2: ${bad.join(', ')}`);
+  }
+  if (regs.cs !== USER_CS) reject('regs.json', 'cs', `${hex(regs.cs)} is not the 64-bit user code selector ${hex(USER_CS)}`);
+  if (regs.ss !== USER_SS) reject('regs.json', 'ss', `${hex(regs.ss)} is not the user stack selector ${hex(USER_SS)}`);
+  for (const seg of ['ds', 'es', 'fs', 'gs'] as const) {
+    // A null selector, or any selector with RPL 3 (GDT or LDT); the kernel checks the descriptor itself.
+    if (regs[seg] > 0xffffn || (regs[seg] !== 0n && (regs[seg] & 3n) !== 3n)) {
+      reject('regs.json', seg, `${hex(regs[seg])} is neither null nor a user (RPL 3) selector`);
+    }
+  }
+  for (const name of ['rip', 'rsp', 'fs_base', 'gs_base'] as const) {
+    if (regs[name] >= USER_SPACE_END) reject('regs.json', name, `${hex(regs[name])} is outside user space`);
+  }
+  return regs;
+}
+
+/** DR7 bits that must be zero: reserved 11-12 and 14-15, GD (13), and the upper half. */
+const DR7_MUST_BE_ZERO = (0xffff_ffffn << 32n) | (1n << 11n) | (1n << 12n) | (1n << 13n) | (1n << 14n) | (1n << 15n);
+
+export function validateDebugRegs(raw: Record<string, unknown>): DebugRegs {
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) reject('debugregs.json', '(root)', 'must be an object');
+  const dr = {} as DebugRegs;
+  for (const name of DEBUG_REG_NAMES) dr[name] = u64('debugregs.json', name, raw[name]);
+  for (const key of Object.keys(raw)) {
+    if (!(DEBUG_REG_NAMES as readonly string[]).includes(key)) reject('debugregs.json', key, 'unknown debug register');
+  }
+  if ((dr.dr7 & DR7_MUST_BE_ZERO) !== 0n) reject('debugregs.json', 'dr7', `${hex(dr.dr7)} sets reserved or GD bits`);
+  if ((dr.dr6 >> 32n) !== 0n) reject('debugregs.json', 'dr6', `${hex(dr.dr6)} sets bits above 31`);
+  for (let i = 0; i < 4; i++) {
+    const name = (["dr0", "dr1", "dr2", "dr3"] as const)[i]!;
+    const address = dr[name];
+    const enabled = ((dr.dr7 >> BigInt(i * 2)) & 3n) !== 0n;
+    if (address >= USER_SPACE_END) reject('debugregs.json', name, `${hex(address)} is not a user-space address`);
+    if (!enabled) continue;
+    const rw = (dr.dr7 >> BigInt(16 + i * 4)) & 3n;
+    const lenBits = (dr.dr7 >> BigInt(18 + i * 4)) & 3n;
+    const length = [1n, 2n, 8n, 4n][Number(lenBits)]!;
+    if (rw === 2n) reject('debugregs.json', 'dr7', `DR${i} is an I/O breakpoint, which user space cannot have`);
+    if (rw === 0n && lenBits !== 0n) reject('debugregs.json', 'dr7', `DR${i} is an execute breakpoint with length ${length} (must be 1)`);
+    if (address % length !== 0n) reject('debugregs.json', name, `${hex(address)} is not aligned to the breakpoint length ${length}`);
+  }
+  return dr;
+}
+
+/** XSAVE layout facts (Intel SDM vol. 1, 13.4): legacy area, then the 64-byte header. */
+const XSAVE_LEGACY = 512;
+const XSAVE_HEADER = 64;
+const XSTATE_MAX = 64 * 1024;
+const FX_SW_BYTES = 464;
+const FP_XSTATE_MAGIC1 = 0x46505853;
+
+export function validateXstate(data: Buffer): void {
+  if (data.length < XSAVE_LEGACY + XSAVE_HEADER) reject('xstate.bin', '(size)', `${data.length} bytes is smaller than the legacy area plus header`);
+  if (data.length > XSTATE_MAX) reject('xstate.bin', '(size)', `${data.length} bytes is larger than any XSAVE area`);
+  const mxcsr = data.readUInt32LE(24);
+  if ((mxcsr & 0xffff0000) !== 0) reject('xstate.bin', 'mxcsr', `0x${mxcsr.toString(16)} sets reserved bits`);
+  const xstateBv = data.readBigUInt64LE(XSAVE_LEGACY);
+  const xcompBv = data.readBigUInt64LE(XSAVE_LEGACY + 8);
+  if (xcompBv !== 0n) reject('xstate.bin', 'xcomp_bv', `0x${xcompBv.toString(16)}: ptrace uses the standard (uncompacted) format`);
+  for (let off = XSAVE_LEGACY + 16; off < XSAVE_LEGACY + XSAVE_HEADER; off += 8) {
+    if (data.readBigUInt64LE(off) !== 0n) reject('xstate.bin', 'header.reserved', `reserved header bytes at ${off} are not zero`);
+  }
+  if (data.readUInt32LE(FX_SW_BYTES) === FP_XSTATE_MAGIC1) {
+    const xfeatures = data.readBigUInt64LE(FX_SW_BYTES + 8);
+    const xstateSize = data.readUInt32LE(FX_SW_BYTES + 16);
+    if ((xstateBv & ~xfeatures) !== 0n) reject('xstate.bin', 'xstate_bv', `0x${xstateBv.toString(16)} has features the CPU did not enable (XCR0 0x${xfeatures.toString(16)})`);
+    if (xstateSize !== data.length) reject('xstate.bin', 'xstate_size', `software-reserved size ${xstateSize} differs from the entry's ${data.length} bytes`);
+  } else if ((xstateBv & ~3n) !== 0n) {
+    reject('xstate.bin', 'xstate_bv', `0x${xstateBv.toString(16)} beyond x87/SSE without the kernel's XCR0 record`);
+  }
+}
+
+/** The set bits of XCR0 recorded in an xstate buffer by the kernel, if any. */
+export function xstateFeatures(data: Buffer): bigint | undefined {
+  return data.length >= FX_SW_BYTES + 24 && data.readUInt32LE(FX_SW_BYTES) === FP_XSTATE_MAGIC1 ? data.readBigUInt64LE(FX_SW_BYTES + 8) : undefined;
+}
+
+function validateProcess(raw: unknown): ProcessInfo {
+  const p = raw as Partial<ProcessInfo> | null;
+  const strings = (field: string, v: unknown): string[] => {
+    if (!Array.isArray(v) || v.length > 4096 || !v.every((s) => typeof s === 'string' && !s.includes('\0') && s.length < 65536)) {
+      reject('manifest.json', `process.${field}`, 'must be a list of strings without NUL');
+    }
+    return v as string[];
+  };
+  if (typeof p !== 'object' || p === null) reject('manifest.json', 'process', 'missing');
+  if (typeof p.binary !== 'string' || !/^\/[^\0]{1,4095}$/.test(p.binary) || p.binary.split('/').includes('..')) {
+    reject('manifest.json', 'process.binary', `${JSON.stringify(p.binary)} is not an absolute path without ".."`);
+  }
+  if (typeof p.noAslr !== 'boolean') reject('manifest.json', 'process.noAslr', 'must be a boolean');
+  if (!Number.isInteger(p.pid) || (p.pid as number) < 1 || (p.pid as number) > 4194304) reject('manifest.json', 'process.pid', 'not a pid');
+  return { binary: p.binary, argv: strings('argv', p.argv), envp: strings('envp', p.envp), noAslr: p.noAslr, pid: p.pid as number };
+}
+
+function validatePlatform(raw: unknown): PlatformFacts {
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) reject('manifest.json', 'platform', 'must be an object');
+  for (const [k, v] of Object.entries(raw)) {
+    if (!(v === null || ['string', 'number', 'boolean'].includes(typeof v))) reject('manifest.json', `platform.${k}`, 'must be a scalar');
+  }
+  return raw as PlatformFacts;
+}
+
+function validateRegions(raw: unknown, entries: Map<string, Buffer>): MemoryRegion[] {
+  if (!Array.isArray(raw)) reject('memory.json', '(root)', 'must be a list');
+  const regions: MemoryRegion[] = [];
+  const used = new Set<string>();
+  raw.forEach((r: Record<string, unknown>, i: number) => {
+    const at = `[${i}]`;
+    if (typeof r !== 'object' || r === null) reject('memory.json', at, 'must be an object');
+    const start = u64('memory.json', `${at}.start`, r.start);
+    const end = u64('memory.json', `${at}.end`, r.end);
+    if (start % PAGE !== 0n || end % PAGE !== 0n) reject('memory.json', `${at}.start`, 'region is not page aligned');
+    if (end <= start) reject('memory.json', `${at}.end`, 'region is empty or inverted');
+    if (end > USER_SPACE_END) reject('memory.json', `${at}.end`, `${hex(end)} is outside user space`);
+    const prev = regions.at(-1);
+    if (prev && start < prev.end) reject('memory.json', `${at}.start`, 'regions overlap or are not sorted');
+    if (typeof r.perms !== 'string' || !/^[r-][w-][x-]p$/.test(r.perms)) reject('memory.json', `${at}.perms`, `${JSON.stringify(r.perms)} is not private perms like "rw-p"`);
+    if (typeof r.name !== 'string' || r.name.length > 4096 || r.name.includes('\0')) reject('memory.json', `${at}.name`, 'must be a string');
+    if (typeof r.entry !== 'string' || !r.entry.startsWith('memory/')) reject('memory.json', `${at}.entry`, 'must name a memory/ entry');
+    if (used.has(r.entry)) reject('memory.json', `${at}.entry`, 'entry used twice');
+    used.add(r.entry);
+    const data = entries.get(r.entry);
+    if (!data) reject(r.entry, '(entry)', `missing (named by memory.json${at})`);
+    if (BigInt(data.length) !== end - start) reject(r.entry, 'size', `${data.length} bytes for a ${end - start}-byte region`);
+    regions.push({ start, end, perms: r.perms, name: r.name, entry: r.entry });
+  });
+  for (const name of entries.keys()) {
+    if (name.startsWith('memory/') && !used.has(name)) reject(name, '(entry)', 'memory entry not named by memory.json');
+  }
+  return regions;
+}
+
+export function validateImage(raw: UntrustedImage): CheckpointImage {
+  if (typeof raw.created !== 'string') reject('manifest.json', 'created', 'must be a string');
+  const process = validateProcess(raw.process);
+  const platform = validatePlatform(raw.platform);
+  const regs = validateRegs(raw.regs);
+  const debugRegs = validateDebugRegs(raw.debugRegs);
+  validateXstate(raw.xstate);
+  try {
+    parseMaps(raw.maps);
+  } catch (error) {
+    reject('maps.txt', '(line)', (error as Error).message);
+  }
+  const regions = validateRegions(raw.regions, raw.entries);
+  const memory = new Map(regions.map((r) => [r.entry, raw.entries.get(r.entry)!]));
+  return { created: raw.created, process, platform, regs, debugRegs, xstate: raw.xstate, maps: raw.maps, regions, memory };
+}

@@ -1,0 +1,109 @@
+/**
+ * SSH to the guest with ssh2: key login as root, the guest's host key pinned
+ * (the image generated it), commands run to completion or as raw channels
+ * (the agent's transport).
+ */
+import { readFile } from 'node:fs/promises';
+import { Client, type ClientChannel } from 'ssh2';
+import { CrhError, InfraError } from '../errors.ts';
+import type { AgentTransport } from '../agent/client.ts';
+
+export interface SshTarget {
+  host: '127.0.0.1';
+  port: number;
+  privateKeyPath: string;
+  /** "ssh-ed25519 AAAA..." — the only host key accepted */
+  hostPublicKey: string;
+}
+
+export interface ExecResult {
+  stdout: string;
+  stderr: string;
+  code: number | null;
+  signal?: string;
+}
+
+export class SshCommandError extends CrhError {
+  override readonly name = 'SshCommandError';
+}
+
+export class SshSession {
+  private constructor(private readonly client: Client) {}
+
+  static async connect(target: SshTarget, timeoutMs = 20_000): Promise<SshSession> {
+    const privateKey = await readFile(target.privateKeyPath);
+    const pinned = Buffer.from(target.hostPublicKey.split(' ')[1] ?? '', 'base64');
+    const client = new Client();
+    await new Promise<void>((resolve, reject) => {
+      client.once('ready', () => resolve());
+      client.once('error', (e) => reject(new InfraError(`SSH to ${target.host}:${target.port} failed: ${e.message}`)));
+      client.connect({
+        host: target.host,
+        port: target.port,
+        username: 'root',
+        privateKey,
+        readyTimeout: timeoutMs,
+        hostVerifier: (key: Buffer) => key.equals(pinned),
+        keepaliveInterval: 0,
+      });
+    });
+    return new SshSession(client);
+  }
+
+  /** Runs a command in the guest and collects its output. */
+  async exec(command: string): Promise<ExecResult> {
+    const channel = await this.channel(command);
+    const stdout: Buffer[] = [];
+    const stderr: Buffer[] = [];
+    channel.on('data', (d: Buffer) => stdout.push(d));
+    channel.stderr.on('data', (d: Buffer) => stderr.push(d));
+    return new Promise((resolve) => {
+      channel.on('close', (code: number | null, signal?: string) =>
+        resolve({
+          stdout: Buffer.concat(stdout).toString('utf8'),
+          stderr: Buffer.concat(stderr).toString('utf8'),
+          code: code ?? null,
+          ...(signal ? { signal } : {}),
+        }),
+      );
+    });
+  }
+
+  /** Like exec, but a non-zero exit throws with the output. */
+  async run(command: string): Promise<string> {
+    const result = await this.exec(command);
+    if (result.code !== 0) {
+      throw new SshCommandError(`guest command failed (exit ${result.code ?? result.signal}): ${command}`, {
+        stdout: result.stdout,
+        stderr: result.stderr,
+      });
+    }
+    return result.stdout;
+  }
+
+  /** A command's channel as an agent transport (stdin, stdout, stderr). */
+  async transport(command: string): Promise<AgentTransport> {
+    const channel = await this.channel(command);
+    const closed = new Promise<void>((resolve) => channel.once('close', () => resolve()));
+    return {
+      input: channel,
+      output: channel,
+      stderr: channel.stderr,
+      close: async () => {
+        channel.end();
+        await Promise.race([closed, new Promise((r) => setTimeout(r, 2000))]);
+        channel.destroy();
+      },
+    };
+  }
+
+  close(): void {
+    this.client.end();
+  }
+
+  private channel(command: string): Promise<ClientChannel> {
+    return new Promise((resolve, reject) => {
+      this.client.exec(command, (error, channel) => (error ? reject(error) : resolve(channel)));
+    });
+  }
+}

@@ -1,0 +1,33 @@
+/**
+ * The default guest: Debian 12's cloud kernel and a busybox initramfs with
+ * dropbear, the agent and the workloads. Everything named here feeds the
+ * image's cache key.
+ */
+import path from 'node:path';
+
+export const RECIPE_DIR = import.meta.dirname;
+
+export const debianCloudRecipe = {
+  name: 'debian-cloud',
+  /** Bump when the recipe's meaning changes without its files changing. */
+  revision: 1,
+  /** Debian metapackage that names the current cloud kernel; resolved with apt-cache. */
+  kernelMetapackage: 'linux-image-cloud-amd64',
+  /** Modules the guest loads at boot, dependencies resolved from each .ko's modinfo. */
+  modules: ['virtio_net', 'virtio_pci'],
+  /** Host files copied into the guest with their shared-library closure. */
+  hostPrograms: {
+    '/bin/busybox': '/bin/busybox',
+    '/usr/sbin/dropbear': '/usr/sbin/dropbear',
+  },
+  /** Files of the recipe copied verbatim: guest path → file beside this recipe. */
+  files: {
+    '/init': path.join(RECIPE_DIR, 'init'),
+    '/etc/inittab': path.join(RECIPE_DIR, 'inittab'),
+    '/etc/init.d/rcS': path.join(RECIPE_DIR, 'rcS'),
+  },
+  /** Kernel command line (console on the first serial port; the rest explained in docs). */
+  cmdline: ['console=ttyS0', 'nokaslr', 'panic=-1', 'loglevel=5', 'mitigations=off', 'tsc=reliable'],
+} as const;
+
+export type Recipe = typeof debianCloudRecipe;

@@ -1,0 +1,71 @@
+// expect: QEMU command lines bind only loopback or unix sockets, isolate the guest network, and pick the CPU per accelerator.
+import t from 'tap';
+import { formatCommandLine, machineArgs, networkArgs, qemuArgs, shellQuote } from '../harness/machine/qemu-args.ts';
+import { probeArgs, probeFirmware } from '../harness/machine/accel.ts';
+
+const options = {
+  name: 'crh-test',
+  profile: { accel: 'tcg' as const, memoryMiB: 512, cpus: 1 },
+  boot: { kernel: '/k/bzImage', initrd: '/k/initrd', cmdline: ['console=ttyS0', 'nokaslr'] },
+  endpoints: { qmpSocket: '/tmp/x/qmp.sock', gdbSocket: '/tmp/x/gdb.sock', sshPort: 40022 },
+};
+
+t.test('TCG gets -cpu max (XSAVE/AVX in the guest), KVM gets -cpu host', async (t) => {
+  const tcg = machineArgs({ accel: 'tcg', memoryMiB: 256, cpus: 2 });
+  t.equal(tcg[tcg.indexOf('-cpu') + 1], 'max');
+  t.equal(tcg[tcg.indexOf('-accel') + 1], 'tcg');
+  t.equal(tcg[tcg.indexOf('-smp') + 1], '2');
+  t.equal(tcg[tcg.indexOf('-m') + 1], '256');
+  const kvm = machineArgs({ accel: 'kvm', memoryMiB: 256, cpus: 1 });
+  t.equal(kvm[kvm.indexOf('-cpu') + 1], 'host');
+  t.ok(tcg.includes('-no-reboot'), 'a panic ends QEMU instead of rebooting');
+});
+
+t.test('network: restricted user mode, SSH forward on 127.0.0.1 only', async (t) => {
+  const args = networkArgs(40022);
+  const netdev = args[args.indexOf('-netdev') + 1]!;
+  t.match(netdev, /^user,/);
+  t.match(netdev, /restrict=on/);
+  t.match(netdev, /hostfwd=tcp:127\.0\.0\.1:40022-:22/);
+  t.notMatch(netdev, /hostfwd=tcp::|0\.0\.0\.0/, 'never a wildcard bind');
+  t.throws(() => networkArgs(0));
+  t.throws(() => networkArgs(70000));
+});
+
+t.test('every listener is a unix socket or loopback', async (t) => {
+  const args = qemuArgs(options);
+  const chardevs = args.filter((_, i) => args[i - 1] === '-chardev');
+  t.same(chardevs.filter((c) => c.startsWith('socket,')), [
+    'socket,id=qmp,path=/tmp/x/qmp.sock,server=on,wait=off',
+    'socket,id=gdb,path=/tmp/x/gdb.sock,server=on,wait=off',
+  ]);
+  t.ok(args.includes('-gdb') && args[args.indexOf('-gdb') + 1] === 'chardev:gdb', 'gdbstub always on');
+  t.notOk(args.some((a) => /tcp::\d|host=0\.0\.0\.0|0\.0\.0\.0:/.test(a)), 'no wildcard listener anywhere');
+  t.notOk(args.includes('-incoming'), 'cold boot has no -incoming');
+  const incoming = qemuArgs({ ...options, incomingState: '/c/state file' });
+  t.equal(incoming[incoming.indexOf('-incoming') + 1], "exec:cat '/c/state file'");
+});
+
+t.test('kernel, initrd and command line', async (t) => {
+  const args = qemuArgs(options);
+  t.equal(args[args.indexOf('-kernel') + 1], '/k/bzImage');
+  t.equal(args[args.indexOf('-initrd') + 1], '/k/initrd');
+  t.equal(args[args.indexOf('-append') + 1], 'console=ttyS0 nokaslr');
+  t.equal(args[args.indexOf('-serial') + 1], 'chardev:console');
+});
+
+t.test('command lines format copy-pasteable', async (t) => {
+  t.equal(shellQuote('plain-arg_1,x=y'), 'plain-arg_1,x=y');
+  t.equal(shellQuote('a b'), "'a b'");
+  t.equal(shellQuote("it's"), `'it'\\''s'`);
+  t.equal(formatCommandLine(['qemu', '-append', 'a b']), "qemu -append 'a b'");
+});
+
+t.test('the accelerator probe firmware halts after writing to isa-debug-exit', async (t) => {
+  const rom = probeFirmware();
+  t.equal(rom.length, 0x10000);
+  t.same([...rom.subarray(0xfff0, 0xfff5)], [0xb0, 0x01, 0xe6, 0xf4, 0xf4], 'mov al,1; out 0xf4,al; hlt at the reset vector');
+  const args = probeArgs('kvm', '/tmp/p.rom');
+  t.equal(args[args.indexOf('-bios') + 1], '/tmp/p.rom');
+  t.equal(args[args.indexOf('-cpu') + 1], 'host', 'probes the CPU model a KVM guest would get');
+});

@@ -1,0 +1,39 @@
+// expect: each RF policy reproduces its historic behaviour, and rf=reject refuses an RF image naming RF.
+import t from 'tap';
+import { ImageRejectedError } from '../harness/errors.ts';
+import { assertPolicyAdmits, parseRfPolicy, restoredEflags, RF_POLICIES } from '../harness/restore/policy.ts';
+import { EFLAGS } from '../harness/x86/registers.ts';
+
+const WITH_RF = 0x10246n;
+const WITHOUT_RF = 0x246n;
+
+t.test('keep-and-preserve: RF from the image, plus RF the restarting task has', async (t) => {
+  t.equal(restoredEflags(WITH_RF, 0x202n, { rf: 'keep-and-preserve' }), WITH_RF);
+  t.equal(restoredEflags(WITHOUT_RF, 0x202n | EFLAGS.RF, { rf: 'keep-and-preserve' }), WITHOUT_RF | EFLAGS.RF, 'preserves the task RF');
+  t.equal(restoredEflags(WITHOUT_RF, 0x202n, { rf: 'keep-and-preserve' }), WITHOUT_RF);
+});
+
+t.test('keep: exactly the image', async (t) => {
+  t.equal(restoredEflags(WITH_RF, 0x202n, { rf: 'keep' }), WITH_RF);
+  t.equal(restoredEflags(WITHOUT_RF, 0x202n | EFLAGS.RF, { rf: 'keep' }), WITHOUT_RF, 'does not preserve the task RF');
+});
+
+t.test('clear: RF dropped (the first 2009 patch)', async (t) => {
+  t.equal(restoredEflags(WITH_RF, 0x202n | EFLAGS.RF, { rf: 'clear' }), WITHOUT_RF);
+});
+
+t.test('reject: refuses RF with an error naming it; admits images without RF', async (t) => {
+  const error = t.throws(() => assertPolicyAdmits(WITH_RF, { rf: 'reject' })) as unknown as ImageRejectedError;
+  t.ok(error instanceof ImageRejectedError);
+  t.equal(error.entry, 'regs.json');
+  t.equal(error.field, 'eflags.RF');
+  t.match(error.message, /RF/);
+  t.doesNotThrow(() => assertPolicyAdmits(WITHOUT_RF, { rf: 'reject' }));
+  t.equal(restoredEflags(WITHOUT_RF, 0x202n, { rf: 'reject' }), WITHOUT_RF);
+  for (const rf of RF_POLICIES.filter((p) => p !== 'reject')) t.doesNotThrow(() => assertPolicyAdmits(WITH_RF, { rf }), `${rf} admits RF`);
+});
+
+t.test('policy names parse, unknown ones are refused', async (t) => {
+  for (const p of RF_POLICIES) t.equal(parseRfPolicy(p), p);
+  t.throws(() => parseRfPolicy('drop'), /unknown rf policy/);
+});

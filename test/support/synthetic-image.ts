@@ -1,0 +1,68 @@
+/** A small, valid checkpoint image built in memory, for unit tests of the restore core. */
+import { memoryEntryName, type CheckpointImage } from '../../harness/restore/checkpoint-image.ts';
+import { USER_REGS_FIELDS, type UserRegs } from '../../harness/x86/registers.ts';
+
+export const SYNTHETIC_MAPS = [
+  '10000000-10001000 r--p 00000000 00:02 12 /usr/local/bin/hwbreak',
+  '10001000-10080000 r-xp 00001000 00:02 12 /usr/local/bin/hwbreak',
+  '100a0000-100a2000 rw-p 000a0000 00:02 12 /usr/local/bin/hwbreak',
+  '100a2000-100c5000 rw-p 00000000 00:00 0 [heap]',
+  '7ffff7ff9000-7ffff7ffd000 r--p 00000000 00:00 0 [vvar]',
+  '7ffff7ffd000-7ffff7fff000 r-xp 00000000 00:00 0 [vdso]',
+  '7ffffffde000-7ffffffff000 rw-p 00000000 00:00 0 [stack]',
+].join('\n');
+
+export function syntheticXstate(size = 832, xfeatures = 0x7n, xstateBv = 0x3n): Buffer {
+  const x = Buffer.alloc(size);
+  x.writeUInt16LE(0x37f, 0); // fcw
+  x.writeUInt32LE(0x1f80, 24); // mxcsr
+  x.writeUInt32LE(0xffff, 28); // mxcsr_mask
+  x.writeUInt32LE(0x46505853, 464); // FP_XSTATE_MAGIC1
+  x.writeUInt32LE(size, 468); // extended_size
+  x.writeBigUInt64LE(xfeatures, 472);
+  x.writeUInt32LE(size, 480); // xstate_size
+  x.writeBigUInt64LE(xstateBv, 512);
+  return x;
+}
+
+export function syntheticRegs(overrides: Partial<UserRegs> = {}): UserRegs {
+  const regs = Object.fromEntries(USER_REGS_FIELDS.map((n, i) => [n, BigInt(i + 1) * 0x1111n])) as UserRegs;
+  return {
+    ...regs,
+    orig_rax: 0xffff_ffff_ffff_ffffn,
+    rip: 0x10001234n,
+    rsp: 0x7fffffffe000n,
+    eflags: 0x10246n, // RF | IF | ZF | PF | bit 1
+    cs: 0x33n,
+    ss: 0x2bn,
+    ds: 0n,
+    es: 0n,
+    fs: 0n,
+    gs: 0n,
+    fs_base: 0x100c0000n,
+    gs_base: 0n,
+    ...overrides,
+  };
+}
+
+export function syntheticImage(overrides: Partial<CheckpointImage> = {}): CheckpointImage {
+  const regions = [
+    { start: 0x10000000n, end: 0x10001000n, perms: 'r--p', name: '/usr/local/bin/hwbreak' },
+    { start: 0x100a0000n, end: 0x100a2000n, perms: 'rw-p', name: '/usr/local/bin/hwbreak' },
+    { start: 0x100a2000n, end: 0x100c5000n, perms: 'rw-p', name: '[heap]' },
+    { start: 0x7ffffffde000n, end: 0x7ffffffff000n, perms: 'rw-p', name: '[stack]' },
+  ].map((r, i) => ({ ...r, entry: memoryEntryName(i) }));
+  const memory = new Map(regions.map((r, i) => [r.entry, Buffer.alloc(Number(r.end - r.start), i + 1)]));
+  return {
+    created: '2026-11-23T00:00:00.000Z',
+    process: { binary: '/usr/local/bin/hwbreak', argv: ['/usr/local/bin/hwbreak', '5'], envp: [], noAslr: true, pid: 42 },
+    platform: { accel: 'tcg', kernelRelease: '6.1.0-test' },
+    regs: syntheticRegs(),
+    xstate: syntheticXstate(),
+    debugRegs: { dr0: 0x10001234n, dr1: 0n, dr2: 0n, dr3: 0n, dr6: 0xffff0ff0n, dr7: 0x1n },
+    maps: SYNTHETIC_MAPS,
+    regions,
+    memory,
+    ...overrides,
+  };
+}
