@@ -83,6 +83,7 @@ t.test('xstate: size, mxcsr, header, features beyond XCR0', async (t) => {
   compacted.writeBigUInt64LE(1n << 63n, 520);
   rejects(t, () => validateXstate(compacted), 'xstate.bin', 'xcomp_bv');
   rejects(t, () => validateXstate(syntheticXstate(832, 0x7n, 0xe7n)), 'xstate.bin', 'xstate_bv');
+  rejects(t, () => validateXstate(syntheticXstate(832, 0x4n, 0x4n)), 'xstate.bin', 'xcr0');
   const reserved = syntheticXstate();
   reserved.writeBigUInt64LE(1n, 540);
   rejects(t, () => validateXstate(reserved), 'xstate.bin', 'header.reserved');

@@ -16,7 +16,7 @@ import { SshSession } from '../ssh/session.ts';
 import type { GuestImage } from '../image/build.ts';
 import { Deadline, sleep } from '../util/deadline.ts';
 import { chooseAccelerator, QEMU_BINARY, type AccelChoice } from './accel.ts';
-import { ConsoleLog } from './console.ts';
+import { ConsoleLog, KERNEL_DEATH } from './console.ts';
 import { freeLoopbackPort } from './free-port.ts';
 import { formatCommandLine, qemuArgs } from './qemu-args.ts';
 import { Ready } from './readiness.ts';
@@ -134,6 +134,7 @@ export class QemuMachine implements AsyncDisposable {
 
   /** Soft QMP quit, then SIGKILL. Safe to call any number of times, launched or not. */
   shutdown(): Promise<void> {
+    if (!this.child) return Promise.resolve();
     this.shutdownPromise ??= this.doShutdown();
     return this.shutdownPromise;
   }
@@ -159,7 +160,7 @@ export class QemuMachine implements AsyncDisposable {
     this.exitDescription = undefined;
     this.quitIssued = false;
     // setpriv --pdeathsig: the kernel kills QEMU if this process dies, even by SIGKILL.
-    const child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', ...this.argv], { stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', ...this.argv], { stdio: ['ignore', 'pipe', 'pipe'] });
     this.child = child;
     this.exited = new Promise((resolve) => {
       child.once('exit', (code, signal) => {
@@ -220,6 +221,10 @@ export class QemuMachine implements AsyncDisposable {
       'console tail': this.consoleLog?.tail() ?? '',
     };
     const cause = error instanceof Error ? error.message : String(error);
+    const death = this.consoleLog?.lines.find((line) => KERNEL_DEATH.test(line));
+    if (death) return new BootError(`guest kernel died: ${death.trim()}`, details, { cause: error });
+    // With -no-reboot, a guest that panics or reboots makes QEMU exit 0: the guest's doing, not QEMU's.
+    if (this.exitDescription === 'exited with status 0') return new BootError(`guest shut down during boot (QEMU ${this.exitDescription})`, details, { cause: error });
     if (error instanceof LaunchError || error instanceof InfraError) return new LaunchError(cause, details, { cause: error });
     if (error instanceof BootError) return new BootError(cause, details, { cause: error });
     if (error instanceof TimeoutError) return new BootError(`guest did not become ready: ${cause}`, details, { cause: error });

@@ -111,33 +111,33 @@ export function validateDebugRegs(raw: Record<string, unknown>): DebugRegs {
 const XSAVE_LEGACY = 512;
 const XSAVE_HEADER = 64;
 const XSTATE_MAX = 64 * 1024;
-const FX_SW_BYTES = 464;
-const FP_XSTATE_MAGIC1 = 0x46505853;
+/**
+ * The ptrace ABI (arch/x86/include/asm/user.h, struct user_xstateregs) puts
+ * the OS-enabled feature mask — XCR0 — in the first 8 software-usable bytes
+ * of the legacy area.
+ */
+const XCR0_OFFSET = 464;
+const X87_SSE = 3n;
+
+/** The XCR0 recorded in a ptrace xstate buffer. */
+export function xstateFeatures(data: Buffer): bigint {
+  return data.readBigUInt64LE(XCR0_OFFSET);
+}
 
 export function validateXstate(data: Buffer): void {
   if (data.length < XSAVE_LEGACY + XSAVE_HEADER) reject('xstate.bin', '(size)', `${data.length} bytes is smaller than the legacy area plus header`);
   if (data.length > XSTATE_MAX) reject('xstate.bin', '(size)', `${data.length} bytes is larger than any XSAVE area`);
   const mxcsr = data.readUInt32LE(24);
   if ((mxcsr & 0xffff0000) !== 0) reject('xstate.bin', 'mxcsr', `0x${mxcsr.toString(16)} sets reserved bits`);
+  const xcr0 = xstateFeatures(data);
+  if ((xcr0 & X87_SSE) !== X87_SSE) reject('xstate.bin', 'xcr0', `0x${xcr0.toString(16)} lacks x87 or SSE, which every x86-64 CPU enables`);
   const xstateBv = data.readBigUInt64LE(XSAVE_LEGACY);
   const xcompBv = data.readBigUInt64LE(XSAVE_LEGACY + 8);
   if (xcompBv !== 0n) reject('xstate.bin', 'xcomp_bv', `0x${xcompBv.toString(16)}: ptrace uses the standard (uncompacted) format`);
   for (let off = XSAVE_LEGACY + 16; off < XSAVE_LEGACY + XSAVE_HEADER; off += 8) {
     if (data.readBigUInt64LE(off) !== 0n) reject('xstate.bin', 'header.reserved', `reserved header bytes at ${off} are not zero`);
   }
-  if (data.readUInt32LE(FX_SW_BYTES) === FP_XSTATE_MAGIC1) {
-    const xfeatures = data.readBigUInt64LE(FX_SW_BYTES + 8);
-    const xstateSize = data.readUInt32LE(FX_SW_BYTES + 16);
-    if ((xstateBv & ~xfeatures) !== 0n) reject('xstate.bin', 'xstate_bv', `0x${xstateBv.toString(16)} has features the CPU did not enable (XCR0 0x${xfeatures.toString(16)})`);
-    if (xstateSize !== data.length) reject('xstate.bin', 'xstate_size', `software-reserved size ${xstateSize} differs from the entry's ${data.length} bytes`);
-  } else if ((xstateBv & ~3n) !== 0n) {
-    reject('xstate.bin', 'xstate_bv', `0x${xstateBv.toString(16)} beyond x87/SSE without the kernel's XCR0 record`);
-  }
-}
-
-/** The set bits of XCR0 recorded in an xstate buffer by the kernel, if any. */
-export function xstateFeatures(data: Buffer): bigint | undefined {
-  return data.length >= FX_SW_BYTES + 24 && data.readUInt32LE(FX_SW_BYTES) === FP_XSTATE_MAGIC1 ? data.readBigUInt64LE(FX_SW_BYTES + 8) : undefined;
+  if ((xstateBv & ~xcr0) !== 0n) reject('xstate.bin', 'xstate_bv', `0x${xstateBv.toString(16)} has features the CPU did not enable (XCR0 0x${xcr0.toString(16)})`);
 }
 
 function validateProcess(raw: unknown): ProcessInfo {

@@ -17,10 +17,7 @@ export function syntheticXstate(size = 832, xfeatures = 0x7n, xstateBv = 0x3n): 
   x.writeUInt16LE(0x37f, 0); // fcw
   x.writeUInt32LE(0x1f80, 24); // mxcsr
   x.writeUInt32LE(0xffff, 28); // mxcsr_mask
-  x.writeUInt32LE(0x46505853, 464); // FP_XSTATE_MAGIC1
-  x.writeUInt32LE(size, 468); // extended_size
-  x.writeBigUInt64LE(xfeatures, 472);
-  x.writeUInt32LE(size, 480); // xstate_size
+  x.writeBigUInt64LE(xfeatures, 464); // XCR0, as ptrace reports it
   x.writeBigUInt64LE(xstateBv, 512);
   return x;
 }

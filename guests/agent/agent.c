@@ -1,0 +1,1466 @@
+/*
+ * crh-agent: the in-guest ptrace executor of cr-harness.
+ *
+ * It reads framed requests on stdin, performs one ptrace primitive per
+ * request and writes the kernel's answer on stdout. The wire protocol is
+ * specified in docs/agent-protocol.md; this file implements exactly that and
+ * makes no decisions of its own. Diagnostics go to stderr only, because
+ * stdout carries nothing but frames.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/personality.h>
+#include <sys/ptrace.h>
+#include <sys/uio.h>
+#include <sys/user.h>
+#include <sys/utsname.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PROTOCOL_VERSION 1u
+#define MAX_FRAME (256u * 1024u * 1024u)
+/* Bulk data must leave room for the frame header and the fields around it. */
+#define MAX_DATA (MAX_FRAME - 4096u)
+
+#define SPAWN_NO_ASLR 1u
+
+#define DR_TRAP_BITS 0xfull /* B0-B3 of DR6 */
+#define DR6_OFFSET offsetof(struct user, u_debugreg[6])
+#define X86_EFLAGS_TF 0x100ull
+
+#define SYSCALL_STOP (SIGTRAP | 0x80)
+#define EXEC_STOP (SIGTRAP | (PTRACE_EVENT_EXEC << 8))
+
+enum {
+	OP_HELLO = 0x01,
+	OP_SPAWN = 0x02,
+	OP_RUN = 0x03,
+	OP_GETREGS = 0x04,
+	OP_SETREGS = 0x05,
+	OP_GETREGSET = 0x06,
+	OP_SETREGSET = 0x07,
+	OP_PEEKUSER = 0x08,
+	OP_POKEUSER = 0x09,
+	OP_READ_FILE = 0x0a,
+	OP_READ_MEM = 0x0b,
+	OP_WRITE_MEM = 0x0c,
+	OP_INJECT_SYSCALL = 0x0d,
+	OP_KILL = 0x0e,
+	OP_BATCH = 0x0f,
+	OP_COUNT
+};
+
+enum { RUN_HIT_LIMIT = 1, RUN_EXITED = 2, RUN_KILLED = 3 };
+
+/* ------------------------------------------------------------------------ */
+/* Payload reader: every read is checked against what is left, and the first
+ * failure is remembered so an op can read all its fields and check once. */
+
+struct rd {
+	const uint8_t *p;
+	size_t len, off;
+	char err[200];
+};
+
+static size_t rd_left(const struct rd *r)
+{
+	return r->len - r->off;
+}
+
+static bool rd_need(struct rd *r, uint64_t n, const char *field)
+{
+	if (r->err[0])
+		return false;
+	if (n > rd_left(r)) {
+		snprintf(r->err, sizeof r->err, "%s: needs %llu bytes but only %zu remain in the payload",
+			 field, (unsigned long long)n, rd_left(r));
+		return false;
+	}
+	return true;
+}
+
+static uint64_t rd_le(struct rd *r, unsigned n, const char *field)
+{
+	uint64_t v = 0;
+
+	if (!rd_need(r, n, field))
+		return 0;
+	for (unsigned i = 0; i < n; i++)
+		v |= (uint64_t)r->p[r->off + i] << (8 * i);
+	r->off += n;
+	return v;
+}
+
+static uint16_t rd_u16(struct rd *r, const char *field) { return (uint16_t)rd_le(r, 2, field); }
+static uint32_t rd_u32(struct rd *r, const char *field) { return (uint32_t)rd_le(r, 4, field); }
+static uint64_t rd_u64(struct rd *r, const char *field) { return rd_le(r, 8, field); }
+
+/* Returns a pointer into the payload; NULL (with *n = 0) once anything failed. */
+static const uint8_t *rd_bytes(struct rd *r, const char *field, uint32_t *n)
+{
+	uint32_t len = rd_u32(r, field);
+	const uint8_t *p;
+
+	*n = 0;
+	if (!rd_need(r, len, field))
+		return NULL;
+	p = r->p + r->off;
+	r->off += len;
+	*n = len;
+	return p;
+}
+
+/* A NUL-terminated copy, since paths and argv go to the kernel as C strings. */
+static char *rd_cstr(struct rd *r, const char *field)
+{
+	uint32_t n;
+	const uint8_t *p = rd_bytes(r, field, &n);
+	char *s;
+
+	if (!p)
+		return NULL;
+	if (memchr(p, 0, n)) {
+		snprintf(r->err, sizeof r->err, "%s: contains a NUL byte", field);
+		return NULL;
+	}
+	s = malloc((size_t)n + 1);
+	if (!s) {
+		snprintf(r->err, sizeof r->err, "%s: out of memory", field);
+		return NULL;
+	}
+	memcpy(s, p, n);
+	s[n] = 0;
+	return s;
+}
+
+/* An array count, refused when even minimal elements could not fit, so no
+ * absurd count ever reaches an allocation. */
+static uint32_t rd_count(struct rd *r, const char *field, size_t min_elem)
+{
+	uint32_t n = rd_u32(r, field);
+
+	if (r->err[0])
+		return 0;
+	if ((uint64_t)n * min_elem > rd_left(r)) {
+		snprintf(r->err, sizeof r->err, "%s: count %u cannot fit in the %zu bytes that remain",
+			 field, n, rd_left(r));
+		return 0;
+	}
+	return n;
+}
+
+static void strv_free(char **v)
+{
+	if (!v)
+		return;
+	for (char **p = v; *p; p++)
+		free(*p);
+	free(v);
+}
+
+/* array<string> as a NULL-terminated vector for execve. */
+static char **rd_strv(struct rd *r, const char *field)
+{
+	uint32_t n = rd_count(r, field, 4);
+	char **v;
+	char name[64];
+
+	if (r->err[0])
+		return NULL;
+	v = calloc((size_t)n + 1, sizeof *v);
+	if (!v) {
+		snprintf(r->err, sizeof r->err, "%s: out of memory", field);
+		return NULL;
+	}
+	for (uint32_t i = 0; i < n; i++) {
+		snprintf(name, sizeof name, "%s[%u]", field, i);
+		v[i] = rd_cstr(r, name);
+		if (!v[i]) {
+			strv_free(v);
+			return NULL;
+		}
+	}
+	return v;
+}
+
+/* pid fields are u32 on the wire; anything that is not a positive pid_t would
+ * make waitpid() wait for a process group or for any child. */
+static pid_t rd_pid(struct rd *r)
+{
+	uint32_t v = rd_u32(r, "pid");
+
+	if (!r->err[0] && (v == 0 || v > INT32_MAX))
+		snprintf(r->err, sizeof r->err, "pid: %u is not a valid process id", v);
+	return (pid_t)v;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Payload writer: a growable buffer; an allocation failure is sticky and
+ * turns the whole response into ENOMEM. */
+
+struct wr {
+	uint8_t *p;
+	size_t len, cap;
+	bool oom;
+};
+
+static uint8_t *wr_grow(struct wr *w, size_t n)
+{
+	if (w->oom)
+		return NULL;
+	if (!n)
+		return w->p ? w->p + w->len : NULL;
+	if (n > SIZE_MAX - w->len) {
+		w->oom = true;
+		return NULL;
+	}
+	if (w->len + n > w->cap) {
+		size_t cap = w->cap ? w->cap : 256;
+		uint8_t *p;
+
+		while (cap < w->len + n)
+			cap = cap > SIZE_MAX / 2 ? w->len + n : cap * 2;
+		p = realloc(w->p, cap);
+		if (!p) {
+			w->oom = true;
+			return NULL;
+		}
+		w->p = p;
+		w->cap = cap;
+	}
+	w->len += n;
+	return w->p + w->len - n;
+}
+
+static void put_le(uint8_t *p, uint64_t v, unsigned n)
+{
+	for (unsigned i = 0; i < n; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void wr_le(struct wr *w, uint64_t v, unsigned n)
+{
+	uint8_t *p = wr_grow(w, n);
+
+	if (p)
+		put_le(p, v, n);
+}
+
+static void wr_u16(struct wr *w, uint16_t v) { wr_le(w, v, 2); }
+static void wr_u32(struct wr *w, uint32_t v) { wr_le(w, v, 4); }
+static void wr_u64(struct wr *w, uint64_t v) { wr_le(w, v, 8); }
+
+static void wr_raw(struct wr *w, const void *data, size_t n)
+{
+	uint8_t *p = wr_grow(w, n);
+
+	if (p && n)
+		memcpy(p, data, n);
+}
+
+static void wr_bytes(struct wr *w, const void *data, size_t n)
+{
+	wr_u32(w, (uint32_t)n);
+	wr_raw(w, data, n);
+}
+
+static void wr_str(struct wr *w, const char *s)
+{
+	wr_bytes(w, s, strlen(s));
+}
+
+/* For values whose length is only known afterwards (file contents, regsets):
+ * reserve the u32 now and fill it in with wr_patch_u32(). */
+static size_t wr_mark(struct wr *w)
+{
+	wr_u32(w, 0);
+	return w->len - 4;
+}
+
+static void wr_patch_u32(struct wr *w, size_t at, uint32_t v)
+{
+	if (!w->oom)
+		put_le(w->p + at, v, 4);
+}
+
+static void wr_free(struct wr *w)
+{
+	free(w->p);
+	*w = (struct wr){ 0 };
+}
+
+/* ------------------------------------------------------------------------ */
+/* One request being executed: its payload, its response, its error. */
+
+struct call {
+	struct rd in;
+	struct wr out;
+	int err; /* 0 = success; otherwise the errno sent with status 1 */
+	char msg[512];
+};
+
+static int __attribute__((format(printf, 3, 4))) fail(struct call *c, int err, const char *fmt, ...)
+{
+	va_list ap;
+
+	c->err = err ? err : EIO;
+	va_start(ap, fmt);
+	vsnprintf(c->msg, sizeof c->msg, fmt, ap);
+	va_end(ap);
+	/* Messages quote request strings (paths); keep them printable ASCII so
+	 * they are valid UTF-8 and safe in a log line whatever was sent. */
+	for (char *p = c->msg; *p; p++)
+		if ((unsigned char)*p < 0x20 || (unsigned char)*p > 0x7e)
+			*p = '?';
+	return -1;
+}
+
+/* fail() with the current errno and its text appended. */
+static int __attribute__((format(printf, 2, 3))) fail_errno(struct call *c, const char *fmt, ...)
+{
+	int err = errno;
+	char what[400];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(what, sizeof what, fmt, ap);
+	va_end(ap);
+	return fail(c, err, "%s: %s", what, strerror(err));
+}
+
+/* Called by every op after reading its fields: a short or overlong payload is
+ * EINVAL naming the field, before anything is done to a process. */
+static int parsed(struct call *c)
+{
+	if (c->in.err[0])
+		return fail(c, EINVAL, "%s", c->in.err);
+	if (rd_left(&c->in))
+		return fail(c, EINVAL, "payload: %zu unexpected trailing bytes", rd_left(&c->in));
+	return 0;
+}
+
+/* Replaces a failed op's partial output with the status-1 payload. */
+static uint16_t finish(struct call *c)
+{
+	if (!c->err && c->out.oom)
+		fail(c, ENOMEM, "out of memory building the response");
+	if (!c->err)
+		return 0;
+	wr_free(&c->out);
+	wr_le(&c->out, (uint32_t)c->err, 4);
+	wr_str(&c->out, c->msg);
+	return 1;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Spawned processes. */
+
+static pid_t *tracked;
+static size_t ntracked, captracked;
+
+static bool is_tracked(pid_t pid)
+{
+	for (size_t i = 0; i < ntracked; i++)
+		if (tracked[i] == pid)
+			return true;
+	return false;
+}
+
+static bool track(pid_t pid)
+{
+	if (ntracked == captracked) {
+		size_t cap = captracked ? captracked * 2 : 16;
+		pid_t *p = realloc(tracked, cap * sizeof *p);
+
+		if (!p)
+			return false;
+		tracked = p;
+		captracked = cap;
+	}
+	tracked[ntracked++] = pid;
+	return true;
+}
+
+static void untrack(pid_t pid)
+{
+	for (size_t i = 0; i < ntracked; i++)
+		if (tracked[i] == pid) {
+			tracked[i] = tracked[--ntracked];
+			return;
+		}
+}
+
+/* Blocking waitpid for one tracee. A returned termination status means the
+ * process is reaped, so it is forgotten here, in one place. */
+static int wait_for(pid_t pid, int *status)
+{
+	pid_t r;
+
+	do
+		r = waitpid(pid, status, __WALL);
+	while (r < 0 && errno == EINTR);
+	if (r < 0)
+		return -1;
+	if (WIFEXITED(*status) || WIFSIGNALED(*status))
+		untrack(pid);
+	return 0;
+}
+
+static sigset_t sigchld_set;
+
+/*
+ * waitpid with a deadline: 1 = got a status, 0 = deadline passed, -1 = error.
+ * SIGCHLD stays blocked, so a stop that happens after the WNOHANG probe
+ * leaves SIGCHLD pending and sigtimedwait() returns at once: no lost wakeup,
+ * which an alarm interrupting a blocking waitpid() could not guarantee.
+ */
+static int wait_until(pid_t pid, int *status, const struct timespec *deadline)
+{
+	for (;;) {
+		struct timespec now, left;
+		pid_t r = waitpid(pid, status, __WALL | WNOHANG);
+
+		if (r == pid) {
+			if (WIFEXITED(*status) || WIFSIGNALED(*status))
+				untrack(pid);
+			return 1;
+		}
+		if (r < 0 && errno != EINTR)
+			return -1;
+		if (r < 0)
+			continue;
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		left.tv_sec = deadline->tv_sec - now.tv_sec;
+		left.tv_nsec = deadline->tv_nsec - now.tv_nsec;
+		if (left.tv_nsec < 0) {
+			left.tv_nsec += 1000000000L;
+			left.tv_sec--;
+		}
+		if (left.tv_sec < 0 || (left.tv_sec == 0 && left.tv_nsec == 0))
+			return 0;
+		/* EAGAIN (timed out) and EINTR both just loop to probe again. */
+		sigtimedwait(&sigchld_set, NULL, &left);
+	}
+}
+
+static int kill_and_reap(pid_t pid, int *status)
+{
+	int st = 0;
+
+	kill(pid, SIGKILL);
+	for (;;) {
+		if (wait_for(pid, &st) < 0)
+			return -1;
+		if (WIFEXITED(st) || WIFSIGNALED(st))
+			break;
+		/* A stop that raced with the SIGKILL: resuming lets it die. */
+		ptrace(PTRACE_CONT, pid, 0, 0);
+	}
+	if (status)
+		*status = st;
+	return 0;
+}
+
+static void kill_all(void)
+{
+	while (ntracked) {
+		pid_t pid = tracked[ntracked - 1];
+
+		if (kill_and_reap(pid, NULL) < 0)
+			untrack(pid);
+	}
+}
+
+/* ------------------------------------------------------------------------ */
+/* ptrace helpers. */
+
+static int peek_user(pid_t pid, uint64_t off, uint64_t *val)
+{
+	long v;
+
+	errno = 0;
+	v = ptrace(PTRACE_PEEKUSER, pid, (void *)off, 0);
+	if (v == -1 && errno)
+		return -1;
+	*val = (uint64_t)v;
+	return 0;
+}
+
+static int peek_data(pid_t pid, uint64_t addr, uint64_t *val)
+{
+	long v;
+
+	errno = 0;
+	v = ptrace(PTRACE_PEEKDATA, pid, (void *)addr, 0);
+	if (v == -1 && errno)
+		return -1;
+	*val = (uint64_t)v;
+	return 0;
+}
+
+static int poke_data(pid_t pid, uint64_t addr, uint64_t val)
+{
+	return ptrace(PTRACE_POKEDATA, pid, (void *)addr, (void *)val) < 0 ? -1 : 0;
+}
+
+/*
+ * The word-sized window that contains [addr, addr+n), n <= 8: the word at
+ * addr, or, when that runs off the end of a mapping, the word ending at
+ * addr+n. PEEKDATA/POKEDATA move whole words, and a patch near the end of
+ * the last mapped page must not touch the next, unmapped one.
+ */
+static int word_window(pid_t pid, uint64_t addr, size_t n, uint64_t *base, uint64_t *word)
+{
+	if (peek_data(pid, addr, word) == 0) {
+		*base = addr;
+		return 0;
+	}
+	if (n >= 8 || addr + n < 8)
+		return -1;
+	*base = addr + n - 8;
+	return peek_data(pid, *base, word);
+}
+
+/* Memory writes through POKEDATA, which is allowed to write read-only private
+ * mappings even where /proc/PID/mem is not (proc_mem.force_override). */
+static int poke_bytes(pid_t pid, uint64_t addr, const uint8_t *src, size_t n)
+{
+	uint64_t word, base;
+
+	for (; n >= 8; addr += 8, src += 8, n -= 8) {
+		memcpy(&word, src, 8);
+		if (poke_data(pid, addr, word) < 0)
+			return -1;
+	}
+	if (!n)
+		return 0;
+	if (word_window(pid, addr, n, &base, &word) < 0)
+		return -1;
+	memcpy((uint8_t *)&word + (addr - base), src, n);
+	return poke_data(pid, base, word);
+}
+
+/*
+ * /proc/PID/mem is open to root for any process, running or not. A cheap
+ * ptrace request first gives READ_MEM and WRITE_MEM what PEEKDATA/POKEDATA
+ * would: ESRCH unless pid is our tracee and in a ptrace stop, so a wrong pid
+ * cannot scribble over some other guest process.
+ */
+static int open_mem(pid_t pid, int flags)
+{
+	char path[64];
+	uint64_t ignored;
+
+	if (peek_user(pid, 0, &ignored) < 0)
+		return -1;
+	snprintf(path, sizeof path, "/proc/%d/mem", (int)pid);
+	return open(path, flags | O_CLOEXEC);
+}
+
+static bool range_wraps(uint64_t addr, uint64_t len)
+{
+	return len && addr + len - 1 < addr;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Operations, one function each, in protocol order. */
+
+static int op_hello(struct call *c)
+{
+	struct utsname u;
+
+	if (parsed(c))
+		return -1;
+	if (uname(&u) < 0)
+		return fail_errno(c, "uname");
+	wr_u32(&c->out, PROTOCOL_VERSION);
+	wr_str(&c->out, u.release);
+	wr_str(&c->out, u.machine);
+	wr_u32(&c->out, (uint32_t)sysconf(_SC_PAGESIZE));
+	wr_u32(&c->out, (uint32_t)getpid());
+	return 0;
+}
+
+/* Runs in the forked child: nothing here may return. */
+static void __attribute__((noreturn)) spawn_child(int sync_fd, int err_fd, int in_fd, int out_fd, uint32_t flags,
+						   const char *path, char **argv, char **envp)
+{
+	sigset_t none;
+	char go;
+	ssize_t n;
+	int e;
+
+	/* The agent's blocked SIGCHLD and ignored SIGPIPE (and whatever sshd
+	 * left ignored) would otherwise survive execve into the workload. */
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
+	for (int s = 1; s < NSIG; s++)
+		signal(s, SIG_DFL);
+
+	/* Nothing the workload does may happen before the agent is its tracer. */
+	do
+		n = read(sync_fd, &go, 1);
+	while (n < 0 && errno == EINTR);
+	if (n != 1)
+		_exit(127);
+
+	if ((flags & SPAWN_NO_ASLR) &&
+	    personality((unsigned long)personality(0xffffffff) | ADDR_NO_RANDOMIZE) < 0)
+		goto failed;
+	if (dup2(in_fd, 0) < 0 || dup2(out_fd, 1) < 0 || dup2(out_fd, 2) < 0)
+		goto failed;
+	execve(path, argv, envp);
+failed:
+	e = errno;
+	/* err_fd is CLOEXEC: EOF on it tells the parent execve succeeded. */
+	if (write(err_fd, &e, sizeof e) < 0)
+		_exit(126);
+	_exit(127);
+}
+
+static int spawn(struct call *c, uint32_t flags, const char *path, char **argv, char **envp, const char *out_path)
+{
+	int in_fd = -1, out_fd = -1, sync_p[2] = { -1, -1 }, err_p[2] = { -1, -1 };
+	int rc = -1, st, child_errno;
+	pid_t pid;
+
+	in_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	if (in_fd < 0) {
+		fail_errno(c, "open /dev/null");
+		goto out;
+	}
+	/* Opened here rather than in the child so the error names the path. */
+	out_fd = open(out_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (out_fd < 0) {
+		fail_errno(c, "stdout_path: open %s", out_path);
+		goto out;
+	}
+	if (pipe2(sync_p, O_CLOEXEC) < 0 || pipe2(err_p, O_CLOEXEC) < 0) {
+		fail_errno(c, "pipe2");
+		goto out;
+	}
+	pid = fork();
+	if (pid < 0) {
+		fail_errno(c, "fork");
+		goto out;
+	}
+	if (pid == 0)
+		spawn_child(sync_p[0], err_p[1], in_fd, out_fd, flags, path, argv, envp);
+
+	close(err_p[1]);
+	err_p[1] = -1;
+	if (ptrace(PTRACE_SEIZE, pid, 0,
+		   (void *)(long)(PTRACE_O_EXITKILL | PTRACE_O_TRACEEXEC | PTRACE_O_TRACESYSGOOD)) < 0) {
+		fail_errno(c, "PTRACE_SEIZE %d", (int)pid);
+		kill_and_reap(pid, NULL);
+		goto out;
+	}
+	if (write(sync_p[1], "g", 1) != 1) {
+		fail_errno(c, "releasing the child");
+		kill_and_reap(pid, NULL);
+		goto out;
+	}
+
+	/* Waiting comes before reading err_p: a signal stop before execve would
+	 * otherwise leave both sides blocked. */
+	for (;;) {
+		int sig = 0;
+
+		if (wait_for(pid, &st) < 0) {
+			fail_errno(c, "waitpid %d", (int)pid);
+			kill_and_reap(pid, NULL);
+			goto out;
+		}
+		if (WIFEXITED(st) || WIFSIGNALED(st)) {
+			if (read(err_p[0], &child_errno, sizeof child_errno) == (ssize_t)sizeof child_errno)
+				fail(c, child_errno, "exec %s: %s", path, strerror(child_errno));
+			else
+				fail(c, ECHILD, "child died before exec (wait status 0x%x)", st);
+			goto out;
+		}
+		if (st >> 8 == EXEC_STOP)
+			break;
+		if (st >> 16 == 0 && WSTOPSIG(st) != SYSCALL_STOP)
+			sig = WSTOPSIG(st);
+		if (ptrace(PTRACE_CONT, pid, 0, (void *)(long)sig) < 0) {
+			fail_errno(c, "PTRACE_CONT %d before exec", (int)pid);
+			kill_and_reap(pid, NULL);
+			goto out;
+		}
+	}
+
+	/* At the execve syscall-exit stop registers are the new program's entry
+	 * state and setting them decides what it resumes with; at the exec event
+	 * the syscall's return path would still overwrite rax. */
+	if (ptrace(PTRACE_SYSCALL, pid, 0, 0) < 0 || wait_for(pid, &st) < 0) {
+		fail_errno(c, "stepping %d to the execve syscall-exit stop", (int)pid);
+		kill_and_reap(pid, NULL);
+		goto out;
+	}
+	if (!WIFSTOPPED(st) || st >> 8 != SYSCALL_STOP) {
+		fail(c, EPROTO, "expected the execve syscall-exit stop, got wait status 0x%x", st);
+		kill_and_reap(pid, NULL);
+		goto out;
+	}
+	if (!track(pid)) {
+		fail(c, ENOMEM, "out of memory tracking pid %d", (int)pid);
+		kill_and_reap(pid, NULL);
+		goto out;
+	}
+	wr_u32(&c->out, (uint32_t)pid);
+	rc = 0;
+out:
+	if (in_fd >= 0)
+		close(in_fd);
+	if (out_fd >= 0)
+		close(out_fd);
+	for (int i = 0; i < 2; i++) {
+		if (sync_p[i] >= 0)
+			close(sync_p[i]);
+		if (err_p[i] >= 0)
+			close(err_p[i]);
+	}
+	return rc;
+}
+
+static int op_spawn(struct call *c)
+{
+	uint32_t flags = rd_u32(&c->in, "flags");
+	char *path = rd_cstr(&c->in, "path");
+	char **argv = rd_strv(&c->in, "argv");
+	char **envp = rd_strv(&c->in, "envp");
+	char *out_path = rd_cstr(&c->in, "stdout_path");
+	int rc = -1;
+
+	if (parsed(c))
+		goto out;
+	if (flags & ~SPAWN_NO_ASLR) {
+		fail(c, EINVAL, "flags: unknown bits 0x%x", flags & ~SPAWN_NO_ASLR);
+		goto out;
+	}
+	rc = spawn(c, flags, path, argv, envp, out_path);
+out:
+	free(path);
+	strv_free(argv);
+	strv_free(envp);
+	free(out_path);
+	return rc;
+}
+
+static int op_run(struct call *c)
+{
+	pid_t pid = rd_pid(&c->in);
+	uint32_t limit = rd_u32(&c->in, "stop_after_hits");
+	uint32_t timeout_ms = rd_u32(&c->in, "timeout_ms");
+	struct wr hits = { 0 }, sigs = { 0 };
+	uint32_t nhits = 0, nsigs = 0, outcome = 0;
+	int32_t code = 0;
+	struct timespec deadline;
+	bool interrupted = false;
+	int rc = -1;
+
+	if (parsed(c))
+		return -1;
+	clock_gettime(CLOCK_MONOTONIC, &deadline);
+	deadline.tv_sec += timeout_ms / 1000;
+	deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+	if (deadline.tv_nsec >= 1000000000L) {
+		deadline.tv_nsec -= 1000000000L;
+		deadline.tv_sec++;
+	}
+
+	/* Signal 0: whatever stop the process is in (a hit's SIGTRAP included)
+	 * is not delivered. */
+	if (ptrace(PTRACE_CONT, pid, 0, 0) < 0)
+		return fail_errno(c, "PTRACE_CONT %d", (int)pid);
+
+	for (;;) {
+		struct user_regs_struct regs;
+		uint64_t dr6;
+		int st, r, event, stopsig, deliver = 0;
+
+		if (timeout_ms && !interrupted)
+			r = wait_until(pid, &st, &deadline);
+		else
+			r = wait_for(pid, &st) < 0 ? -1 : 1;
+		if (r < 0) {
+			fail_errno(c, "waitpid %d", (int)pid);
+			goto out;
+		}
+		if (r == 0) {
+			if (ptrace(PTRACE_INTERRUPT, pid, 0, 0) < 0) {
+				fail_errno(c, "PTRACE_INTERRUPT %d after timeout", (int)pid);
+				goto out;
+			}
+			/* Stops already queued ahead of the interrupt are handled as
+			 * usual: the process may genuinely exit or reach the limit. */
+			interrupted = true;
+			continue;
+		}
+		if (WIFEXITED(st)) {
+			outcome = RUN_EXITED;
+			code = WEXITSTATUS(st);
+			break;
+		}
+		if (WIFSIGNALED(st)) {
+			outcome = RUN_KILLED;
+			code = WTERMSIG(st);
+			break;
+		}
+		event = st >> 16;
+		stopsig = WSTOPSIG(st);
+		if (event == PTRACE_EVENT_STOP && interrupted) {
+			fail(c, ETIMEDOUT, "timed out after %u ms; process interrupted and left stopped "
+				 "(%u hits and %u signals seen)", timeout_ms, nhits, nsigs);
+			goto out;
+		}
+		if (event == 0 && stopsig != SYSCALL_STOP) {
+			if (ptrace(PTRACE_GETREGS, pid, 0, &regs) < 0) {
+				fail_errno(c, "PTRACE_GETREGS %d at signal %d", (int)pid, stopsig);
+				goto out;
+			}
+			if (stopsig == SIGTRAP) {
+				if (peek_user(pid, DR6_OFFSET, &dr6) < 0) {
+					fail_errno(c, "PEEKUSER DR6 of %d", (int)pid);
+					goto out;
+				}
+				if (dr6 & DR_TRAP_BITS) {
+					wr_u64(&hits, regs.rip);
+					wr_u64(&hits, regs.eflags);
+					wr_u64(&hits, dr6);
+					nhits++;
+					/* Stale B0-B3 would make a later SIGTRAP from
+					 * int3 or kill() look like a hit. */
+					if (ptrace(PTRACE_POKEUSER, pid, (void *)DR6_OFFSET, 0) < 0) {
+						fail_errno(c, "POKEUSER DR6 of %d", (int)pid);
+						goto out;
+					}
+					if (limit && nhits == limit) {
+						outcome = RUN_HIT_LIMIT;
+						break;
+					}
+					goto resume;
+				}
+			}
+			wr_u32(&sigs, (uint32_t)stopsig);
+			wr_u64(&sigs, regs.rip);
+			nsigs++;
+			deliver = stopsig;
+		}
+		/* Group-stops, event stops and stray syscall stops: continue. */
+resume:
+		if (ptrace(PTRACE_CONT, pid, 0, (void *)(long)deliver) < 0) {
+			fail_errno(c, "PTRACE_CONT %d", (int)pid);
+			goto out;
+		}
+	}
+
+	wr_u32(&c->out, outcome);
+	wr_le(&c->out, (uint32_t)code, 4);
+	wr_u32(&c->out, nhits);
+	wr_raw(&c->out, hits.p, hits.len);
+	wr_u32(&c->out, nsigs);
+	wr_raw(&c->out, sigs.p, sigs.len);
+	c->out.oom |= hits.oom || sigs.oom;
+	rc = 0;
+out:
+	wr_free(&hits);
+	wr_free(&sigs);
+	return rc;
+}
+
+static int op_getregs(struct call *c)
+{
+	pid_t pid = rd_pid(&c->in);
+	struct user_regs_struct regs;
+
+	if (parsed(c))
+		return -1;
+	if (ptrace(PTRACE_GETREGS, pid, 0, &regs) < 0)
+		return fail_errno(c, "PTRACE_GETREGS %d", (int)pid);
+	wr_bytes(&c->out, &regs, sizeof regs);
+	return 0;
+}
+
+static int op_setregs(struct call *c)
+{
+	pid_t pid = rd_pid(&c->in);
+	uint32_t n;
+	const uint8_t *data = rd_bytes(&c->in, "user_regs_struct", &n);
+	struct user_regs_struct regs;
+
+	if (parsed(c))
+		return -1;
+	if (n != sizeof regs)
+		return fail(c, EINVAL, "user_regs_struct: %u bytes, expected %zu", n, sizeof regs);
+	memcpy(&regs, data, sizeof regs);
+	if (ptrace(PTRACE_SETREGS, pid, 0, &regs) < 0)
+		return fail_errno(c, "PTRACE_SETREGS %d", (int)pid);
+	return 0;
+}
+
+static int op_getregset(struct call *c)
+{
+	pid_t pid = rd_pid(&c->in);
+	uint32_t note = rd_u32(&c->in, "note_type");
+	uint32_t max = rd_u32(&c->in, "max_size");
+	struct iovec iov;
+	size_t at;
+
+	if (parsed(c))
+		return -1;
+	if (max > MAX_DATA)
+		return fail(c, EINVAL, "max_size: %u exceeds the frame limit", max);
+	at = wr_mark(&c->out);
+	iov.iov_base = wr_grow(&c->out, max);
+	iov.iov_len = max;
+	if (c->out.oom)
+		return fail(c, ENOMEM, "max_size: cannot allocate %u bytes", max);
+	if (ptrace(PTRACE_GETREGSET, pid, (void *)(unsigned long)note, &iov) < 0)
+		return fail_errno(c, "PTRACE_GETREGSET %d note 0x%x", (int)pid, note);
+	c->out.len = at + 4 + iov.iov_len;
+	wr_patch_u32(&c->out, at, (uint32_t)iov.iov_len);
+	return 0;
+}
+
+static int op_setregset(struct call *c)
+{
+	pid_t pid = rd_pid(&c->in);
+	uint32_t note = rd_u32(&c->in, "note_type");
+	uint32_t n;
+	const uint8_t *data = rd_bytes(&c->in, "data", &n);
+	struct iovec iov;
+
+	if (parsed(c))
+		return -1;
+	iov.iov_base = (void *)data;
+	iov.iov_len = n;
+	if (ptrace(PTRACE_SETREGSET, pid, (void *)(unsigned long)note, &iov) < 0)
+		return fail_errno(c, "PTRACE_SETREGSET %d note 0x%x (%u bytes)", (int)pid, note, n);
+	return 0;
+}
+
+static int op_peekuser(struct call *c)
+{
+	pid_t pid = rd_pid(&c->in);
+	uint64_t off = rd_u64(&c->in, "offset");
+	uint64_t val;
+
+	if (parsed(c))
+		return -1;
+	if (peek_user(pid, off, &val) < 0)
+		return fail_errno(c, "PTRACE_PEEKUSER %d offset %llu", (int)pid, (unsigned long long)off);
+	wr_u64(&c->out, val);
+	return 0;
+}
+
+static int op_pokeuser(struct call *c)
+{
+	pid_t pid = rd_pid(&c->in);
+	uint64_t off = rd_u64(&c->in, "offset");
+	uint64_t val = rd_u64(&c->in, "value");
+
+	if (parsed(c))
+		return -1;
+	if (ptrace(PTRACE_POKEUSER, pid, (void *)off, (void *)val) < 0)
+		return fail_errno(c, "PTRACE_POKEUSER %d offset %llu = 0x%llx", (int)pid,
+				  (unsigned long long)off, (unsigned long long)val);
+	return 0;
+}
+
+static int op_read_file(struct call *c)
+{
+	char *path = rd_cstr(&c->in, "path");
+	uint64_t max = rd_u64(&c->in, "max_size");
+	size_t at, have = 0;
+	int fd, rc = -1;
+
+	if (parsed(c))
+		goto out;
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		fail_errno(c, "open %s", path);
+		goto out;
+	}
+	/* Read to EOF rather than trusting st_size, which is 0 for /proc files;
+	 * one byte beyond MAX_DATA tells a too-large file from one that fits. */
+	if (max > (uint64_t)MAX_DATA + 1)
+		max = (uint64_t)MAX_DATA + 1;
+	at = wr_mark(&c->out);
+	while (have < max) {
+		uint64_t want = max - have < 65536 ? max - have : 65536;
+		uint8_t *p;
+		ssize_t n;
+
+		p = wr_grow(&c->out, want);
+		if (!p) {
+			fail(c, ENOMEM, "%s: out of memory after %zu bytes", path, have);
+			break;
+		}
+		n = read(fd, p, want);
+		c->out.len -= want;
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			fail_errno(c, "read %s", path);
+			break;
+		}
+		if (n == 0)
+			break;
+		c->out.len += (size_t)n;
+		have += (size_t)n;
+	}
+	close(fd);
+	if (!c->err && have > MAX_DATA)
+		fail(c, EFBIG, "%s: more than %u bytes do not fit in a frame", path, MAX_DATA);
+	if (c->err)
+		goto out;
+	wr_patch_u32(&c->out, at, (uint32_t)have);
+	rc = 0;
+out:
+	free(path);
+	return rc;
+}
+
+static int op_read_mem(struct call *c)
+{
+	pid_t pid = rd_pid(&c->in);
+	uint64_t addr = rd_u64(&c->in, "address");
+	uint64_t len = rd_u64(&c->in, "length");
+	uint8_t *p;
+	size_t done = 0;
+	int fd;
+
+	if (parsed(c))
+		return -1;
+	if (len > MAX_DATA)
+		return fail(c, EINVAL, "length: %llu exceeds the frame limit", (unsigned long long)len);
+	if (range_wraps(addr, len))
+		return fail(c, EINVAL, "length: 0x%llx + %llu wraps around", (unsigned long long)addr,
+			    (unsigned long long)len);
+	wr_u32(&c->out, (uint32_t)len);
+	p = wr_grow(&c->out, len);
+	if (c->out.oom)
+		return fail(c, ENOMEM, "length: cannot allocate %llu bytes", (unsigned long long)len);
+	fd = open_mem(pid, O_RDONLY);
+	if (fd < 0)
+		return fail_errno(c, "READ_MEM %d", (int)pid);
+	while (done < len) {
+		ssize_t n = pread(fd, p + done, len - done, (off_t)(addr + done));
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			if (n == 0)
+				errno = EIO;
+			fail_errno(c, "read 0x%llx: only %zu of %llu bytes readable", (unsigned long long)addr,
+				   done, (unsigned long long)len);
+			break;
+		}
+		done += (size_t)n;
+	}
+	close(fd);
+	return c->err ? -1 : 0;
+}
+
+static int op_write_mem(struct call *c)
+{
+	pid_t pid = rd_pid(&c->in);
+	uint64_t addr = rd_u64(&c->in, "address");
+	uint32_t len;
+	const uint8_t *data = rd_bytes(&c->in, "data", &len);
+	size_t done = 0;
+	int fd;
+
+	if (parsed(c))
+		return -1;
+	if (range_wraps(addr, len))
+		return fail(c, EINVAL, "data: 0x%llx + %u wraps around", (unsigned long long)addr, len);
+	fd = open_mem(pid, O_WRONLY);
+	if (fd < 0)
+		return fail_errno(c, "WRITE_MEM %d", (int)pid);
+	while (done < len) {
+		ssize_t n = pwrite(fd, data + done, len - done, (off_t)(addr + done));
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		done += (size_t)n;
+	}
+	close(fd);
+	/* /proc/PID/mem refuses read-only mappings when the kernel restricts
+	 * FOLL_FORCE there; POKEDATA does not. */
+	if (done < len && poke_bytes(pid, addr + done, data + done, len - done) < 0)
+		return fail_errno(c, "write 0x%llx (%u bytes): failed after %zu bytes", (unsigned long long)addr,
+				  len, done);
+	return 0;
+}
+
+/* Puts the process back as INJECT_SYSCALL found it; returns -1 with errno. */
+static int inject_restore(pid_t pid, uint64_t base, uint64_t word, struct user_regs_struct *saved)
+{
+	if (poke_data(pid, base, word) < 0)
+		return -1;
+	return ptrace(PTRACE_SETREGS, pid, 0, saved) < 0 ? -1 : 0;
+}
+
+static int op_inject_syscall(struct call *c)
+{
+	pid_t pid = rd_pid(&c->in);
+	uint64_t nr = rd_u64(&c->in, "nr");
+	uint64_t args[6];
+	struct user_regs_struct saved, regs;
+	uint64_t base, word, patched, dr6;
+	int st, phase;
+
+	for (int i = 0; i < 6; i++) {
+		char name[24];
+
+		snprintf(name, sizeof name, "args[%d]", i);
+		args[i] = rd_u64(&c->in, name);
+	}
+	if (parsed(c))
+		return -1;
+	if (ptrace(PTRACE_GETREGS, pid, 0, &saved) < 0)
+		return fail_errno(c, "PTRACE_GETREGS %d", (int)pid);
+	if (word_window(pid, saved.rip, 2, &base, &word) < 0)
+		return fail_errno(c, "PEEKDATA %d at rip 0x%llx", (int)pid, (unsigned long long)saved.rip);
+	patched = word;
+	memcpy((uint8_t *)&patched + (saved.rip - base), "\x0f\x05", 2); /* syscall */
+	if (poke_data(pid, base, patched) < 0)
+		return fail_errno(c, "POKEDATA %d at 0x%llx", (int)pid, (unsigned long long)base);
+
+	regs = saved;
+	regs.rax = nr;
+	regs.rdi = args[0];
+	regs.rsi = args[1];
+	regs.rdx = args[2];
+	regs.r10 = args[3];
+	regs.r8 = args[4];
+	regs.r9 = args[5];
+	/* No syscall restart logic may rewind rip on the way out of this stop. */
+	regs.orig_rax = (uint64_t)-1;
+	regs.eflags &= ~X86_EFLAGS_TF;
+	if (ptrace(PTRACE_SETREGS, pid, 0, &regs) < 0) {
+		fail_errno(c, "PTRACE_SETREGS %d", (int)pid);
+		goto restore;
+	}
+
+	/* phase 0: waiting for syscall-enter, 1: for syscall-exit. */
+	for (phase = 0; phase < 2;) {
+		if (ptrace(PTRACE_SYSCALL, pid, 0, 0) < 0) {
+			fail_errno(c, "PTRACE_SYSCALL %d", (int)pid);
+			goto restore;
+		}
+		if (wait_for(pid, &st) < 0) {
+			fail_errno(c, "waitpid %d", (int)pid);
+			goto restore;
+		}
+		if (WIFEXITED(st) || WIFSIGNALED(st))
+			return fail(c, ESRCH, "process %d ended during the injected syscall %llu (wait status 0x%x)",
+				    (int)pid, (unsigned long long)nr, st);
+		if (st >> 8 == SYSCALL_STOP) {
+			phase++;
+			continue;
+		}
+		if (st >> 16)
+			continue; /* an event stop, e.g. a leftover PTRACE_INTERRUPT */
+		if (phase == 0 && WSTOPSIG(st) == SIGTRAP && peek_user(pid, DR6_OFFSET, &dr6) == 0 &&
+		    (dr6 & DR_TRAP_BITS)) {
+			/* Our syscall instruction sits on an execute breakpoint and RF
+			 * was clear: an artefact of the injection, not a hit. The
+			 * saved registers still carry the original RF. */
+			ptrace(PTRACE_POKEUSER, pid, (void *)DR6_OFFSET, 0);
+			continue;
+		}
+		fail(c, EINTR, "signal %d stopped process %d before the injected syscall ran; "
+			 "registers and memory restored, process left in that signal-delivery stop",
+			 WSTOPSIG(st), (int)pid);
+		goto restore;
+	}
+
+	if (ptrace(PTRACE_GETREGS, pid, 0, &regs) < 0) {
+		fail_errno(c, "PTRACE_GETREGS %d after the syscall", (int)pid);
+		goto restore;
+	}
+	wr_u64(&c->out, regs.rax);
+
+restore:
+	if (inject_restore(pid, base, word, &saved) < 0) {
+		int err = errno;
+		char earlier[sizeof c->msg];
+
+		snprintf(earlier, sizeof earlier, "%s", c->err ? c->msg : "");
+		wr_free(&c->out);
+		return fail(c, err, "restoring process %d after the injected syscall failed: %s "
+			    "(the process is corrupt)%s%s", (int)pid, strerror(err), earlier[0] ? "; earlier: " : "",
+			    earlier);
+	}
+	return c->err ? -1 : 0;
+}
+
+static int op_kill(struct call *c)
+{
+	pid_t pid = rd_pid(&c->in);
+	int st;
+
+	if (parsed(c))
+		return -1;
+	/* Only our own children: waiting on anything else cannot work, and the
+	 * host has no business killing other guest processes. */
+	if (!is_tracked(pid))
+		return fail(c, ESRCH, "pid: %d is not a process this agent spawned (or it was already reaped)",
+			    (int)pid);
+	if (kill_and_reap(pid, &st) < 0)
+		return fail_errno(c, "waitpid %d", (int)pid);
+	wr_le(&c->out, (uint32_t)st, 4);
+	return 0;
+}
+
+static uint16_t execute(uint16_t op, struct call *c, bool nested);
+
+static int op_batch(struct call *c)
+{
+	uint32_t n = rd_count(&c->in, "sub_requests", 4);
+	struct sub {
+		const uint8_t *p;
+		uint32_t len;
+	} *subs = NULL;
+	uint32_t completed = 0, executed = 0;
+	size_t at_completed, at_count;
+	char name[48];
+
+	if (!c->in.err[0] && n) {
+		subs = calloc(n, sizeof *subs);
+		if (!subs)
+			return fail(c, ENOMEM, "sub_requests: cannot allocate %u entries", n);
+	}
+	/* The whole structure is checked before anything runs, so a malformed
+	 * BATCH has no side effects. */
+	for (uint32_t i = 0; i < n && !c->in.err[0]; i++) {
+		snprintf(name, sizeof name, "sub_requests[%u]", i);
+		subs[i].p = rd_bytes(&c->in, name, &subs[i].len);
+	}
+	if (parsed(c)) {
+		free(subs);
+		return -1;
+	}
+
+	at_completed = wr_mark(&c->out);
+	at_count = wr_mark(&c->out);
+	for (uint32_t i = 0; i < n; i++) {
+		struct call sub = { .in = { .p = subs[i].p, .len = subs[i].len } };
+		uint16_t op, status;
+		size_t at;
+
+		snprintf(name, sizeof name, "sub_requests[%u].op", i);
+		op = rd_u16(&sub.in, name);
+		if (sub.in.err[0]) {
+			fail(&sub, EINVAL, "%s", sub.in.err);
+			status = finish(&sub);
+		} else {
+			status = execute(op, &sub, true);
+		}
+		at = wr_mark(&c->out);
+		wr_u16(&c->out, status);
+		wr_raw(&c->out, sub.out.p, sub.out.len);
+		wr_patch_u32(&c->out, at, (uint32_t)(c->out.len - at - 4));
+		wr_free(&sub.out);
+		executed++;
+		if (status)
+			break;
+		completed++;
+	}
+	wr_patch_u32(&c->out, at_completed, completed);
+	wr_patch_u32(&c->out, at_count, executed);
+	free(subs);
+	return 0;
+}
+
+typedef int (*op_fn)(struct call *);
+
+static const op_fn ops[OP_COUNT] = {
+	[OP_HELLO] = op_hello,
+	[OP_SPAWN] = op_spawn,
+	[OP_RUN] = op_run,
+	[OP_GETREGS] = op_getregs,
+	[OP_SETREGS] = op_setregs,
+	[OP_GETREGSET] = op_getregset,
+	[OP_SETREGSET] = op_setregset,
+	[OP_PEEKUSER] = op_peekuser,
+	[OP_POKEUSER] = op_pokeuser,
+	[OP_READ_FILE] = op_read_file,
+	[OP_READ_MEM] = op_read_mem,
+	[OP_WRITE_MEM] = op_write_mem,
+	[OP_INJECT_SYSCALL] = op_inject_syscall,
+	[OP_KILL] = op_kill,
+	[OP_BATCH] = op_batch,
+};
+
+/* Runs one op on c (whose payload reader is set up) and returns the status;
+ * c->out then holds the response payload. */
+static uint16_t execute(uint16_t op, struct call *c, bool nested)
+{
+	if (op >= OP_COUNT || !ops[op])
+		fail(c, ENOSYS, "unknown op 0x%x", op);
+	else if (nested && op == OP_BATCH)
+		fail(c, EINVAL, "op: BATCH inside BATCH");
+	else
+		ops[op](c);
+	return finish(c);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Framing. */
+
+/* Returns bytes read: n, or less only at EOF; -1 on a read error. */
+static ssize_t read_full(int fd, void *buf, size_t n)
+{
+	size_t done = 0;
+
+	while (done < n) {
+		ssize_t r = read(fd, (uint8_t *)buf + done, n - done);
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return -1;
+		if (r == 0)
+			break;
+		done += (size_t)r;
+	}
+	return (ssize_t)done;
+}
+
+static int write_full(int fd, const void *buf, size_t n)
+{
+	size_t done = 0;
+
+	while (done < n) {
+		ssize_t r = write(fd, (const uint8_t *)buf + done, n - done);
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return -1;
+		done += (size_t)r;
+	}
+	return 0;
+}
+
+static void __attribute__((noreturn)) shut_down(int code)
+{
+	kill_all();
+	exit(code);
+}
+
+static void send_response(uint32_t id, uint16_t op, struct call *c, uint16_t status)
+{
+	uint8_t hdr[12];
+
+	if (c->out.len > MAX_FRAME - 8) {
+		size_t len = c->out.len;
+
+		c->err = 0;
+		fail(c, EFBIG, "response of %zu bytes exceeds the frame limit", len);
+		status = finish(c);
+	}
+	put_le(hdr, 8 + c->out.len, 4);
+	put_le(hdr + 4, id, 4);
+	put_le(hdr + 8, op, 2);
+	put_le(hdr + 10, status, 2);
+	if (write_full(1, hdr, sizeof hdr) < 0 || write_full(1, c->out.p, c->out.len) < 0) {
+		fprintf(stderr, "crh-agent: writing a response failed: %s\n", strerror(errno));
+		shut_down(1);
+	}
+}
+
+/* Serves one frame; returns false at end of input. */
+static bool serve_one(void)
+{
+	uint8_t hdr[4];
+	uint8_t *frame;
+	uint32_t len, id;
+	uint16_t op, flags, status;
+	struct call c = { 0 };
+	ssize_t n;
+
+	n = read_full(0, hdr, sizeof hdr);
+	if (n < 0) {
+		fprintf(stderr, "crh-agent: reading stdin: %s\n", strerror(errno));
+		return false;
+	}
+	if (n == 0)
+		return false;
+	if (n < (ssize_t)sizeof hdr) {
+		fprintf(stderr, "crh-agent: stdin ended inside a frame length\n");
+		return false;
+	}
+	len = (uint32_t)hdr[0] | (uint32_t)hdr[1] << 8 | (uint32_t)hdr[2] << 16 | (uint32_t)hdr[3] << 24;
+	if (len > MAX_FRAME || len < 8) {
+		/* Without a trustworthy length the stream cannot be resynchronised
+		 * and there is no id to answer to. */
+		fprintf(stderr, "crh-agent: protocol error: frame length %u\n", len);
+		shut_down(2);
+	}
+	frame = malloc(len);
+	if (!frame) {
+		fprintf(stderr, "crh-agent: cannot allocate a %u-byte frame\n", len);
+		shut_down(1);
+	}
+	n = read_full(0, frame, len);
+	if (n != (ssize_t)len) {
+		fprintf(stderr, "crh-agent: stdin ended inside a %u-byte frame (%zd bytes read)\n", len, n);
+		free(frame);
+		return false;
+	}
+	id = (uint32_t)frame[0] | (uint32_t)frame[1] << 8 | (uint32_t)frame[2] << 16 | (uint32_t)frame[3] << 24;
+	op = (uint16_t)(frame[4] | frame[5] << 8);
+	flags = (uint16_t)(frame[6] | frame[7] << 8);
+	c.in = (struct rd){ .p = frame + 8, .len = len - 8 };
+	if (flags) {
+		fail(&c, EINVAL, "flags: must be 0, got 0x%x", flags);
+		status = finish(&c);
+	} else {
+		status = execute(op, &c, false);
+	}
+	send_response(id, op, &c, status);
+	wr_free(&c.out);
+	free(frame);
+	return true;
+}
+
+int main(void)
+{
+	int fd;
+
+	/* Spawned stdio is dup2()ed onto 0-2; a closed descriptor there would
+	 * let one of our own files take its number. */
+	while ((fd = open("/dev/null", O_RDWR)) >= 0 && fd <= 2)
+		;
+	if (fd > 2)
+		close(fd);
+
+	/* An inherited SIG_IGN for SIGCHLD would make the kernel auto-reap
+	 * tracees and suppress stop notifications. */
+	signal(SIGCHLD, SIG_DFL);
+	signal(SIGPIPE, SIG_IGN);
+	sigemptyset(&sigchld_set);
+	sigaddset(&sigchld_set, SIGCHLD);
+	sigprocmask(SIG_BLOCK, &sigchld_set, NULL);
+
+	while (serve_one())
+		;
+	shut_down(0);
+}

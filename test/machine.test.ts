@@ -1,0 +1,96 @@
+// expect: launch either reaches SSH or fails with one typed error carrying the command line and console tail, leaving no QEMU; shutdown is idempotent; QEMU dies with its owner.
+import t from 'tap';
+import { spawn } from 'node:child_process';
+import { mkdtemp } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { BootError, LaunchError } from '../harness/errors.ts';
+import { buildImage, type GuestImage } from '../harness/image/build.ts';
+import { QemuMachine } from '../harness/machine/machine.ts';
+import { sleep } from '../harness/util/deadline.ts';
+
+const alive = (pid: number | undefined): boolean => {
+  if (!pid) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+};
+
+let image: GuestImage;
+t.before(async () => {
+  image = await buildImage();
+});
+
+const artifacts = (): Promise<string> => mkdtemp(path.join(tmpdir(), 'crh-machine-test-'));
+
+t.test('boots to SSH, runs a command, shuts down twice without complaint', async (t) => {
+  const machine = new QemuMachine({ image, artifactsDir: await artifacts() });
+  t.teardown(() => machine.shutdown());
+  await machine.shutdown(); // never launched: nothing to do
+  await machine.launch();
+  t.match(await machine.ssh.run('uname -r'), image.kernel.release);
+  t.equal((await machine.ssh.run('ip route | grep -c default || true')).trim(), '0', 'the guest has no route beyond the user-mode subnet');
+  const status = await machine.qmp.execute<{ status: string }>('query-status');
+  t.equal(status.status, 'running');
+  const pid = machine.pid;
+  await machine.shutdown();
+  await machine.shutdown();
+  t.notOk(alive(pid), 'QEMU is gone');
+  t.match(machine.console.tail(), /crh: ready/, 'console log captured the guest init');
+});
+
+t.test('a missing kernel fails launch with the command line, and nothing runs', async (t) => {
+  const broken = { ...image, kernel: { ...image.kernel, bzImage: '/nonexistent/bzImage' } };
+  const machine = new QemuMachine({ image: broken, artifactsDir: await artifacts() });
+  const error = (await machine.launch().then(() => undefined, (e: unknown) => e)) as LaunchError;
+  t.ok(error instanceof LaunchError, `LaunchError: ${error?.message}`);
+  t.match(error.details['command line'], /-kernel \/nonexistent\/bzImage/);
+  t.match(error.details['QEMU stderr'], /nonexistent/);
+  t.notOk(alive(machine.pid));
+  await machine.shutdown();
+});
+
+t.test('a kernel panic ends the wait at once with the console tail', async (t) => {
+  const panicking = { ...image, cmdline: [...image.cmdline, 'rdinit=/nonexistent', 'root=/dev/nonexistent'] };
+  const machine = new QemuMachine({ image: panicking, artifactsDir: await artifacts(), bootTimeoutMs: 120_000 });
+  const started = Date.now();
+  const error: unknown = await machine.launch().then(() => undefined, (e: unknown) => e);
+  t.ok(error instanceof BootError, `BootError: ${(error as Error | undefined)?.message}`);
+  t.match((error as BootError).details['console tail'], /Kernel panic/);
+  t.ok(Date.now() - started < 60_000, 'well before the boot timeout');
+  t.notOk(alive(machine.pid));
+});
+
+t.test('a boot that does not finish in time is cut off and killed', async (t) => {
+  const machine = new QemuMachine({ image, artifactsDir: await artifacts(), bootTimeoutMs: 300 });
+  const error = (await machine.launch().then(() => undefined, (e: unknown) => e)) as BootError;
+  t.ok(error instanceof BootError, `BootError: ${error?.message}`);
+  t.match(error.details['command line'], /qemu-system-x86_64/);
+  t.notOk(alive(machine.pid), 'QEMU killed');
+});
+
+t.test('SIGKILL of the owning process mid-boot leaves no QEMU 10 s later', async (t) => {
+  const child = spawn(process.execPath, ['--import', 'tsx', path.join(import.meta.dirname, 'support', 'launch-forever.ts'), await artifacts()], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  const qemuPid = await new Promise<number>((resolve, reject) => {
+    let out = '';
+    child.stdout.on('data', (c: Buffer) => {
+      out += c.toString();
+      const m = /qemu-pid (\d+)/.exec(out);
+      if (m) resolve(Number(m[1]));
+    });
+    child.once('exit', () => reject(new Error(`child exited before QEMU started: ${out}`)));
+  });
+  t.ok(alive(qemuPid), `QEMU ${qemuPid} is booting`);
+  child.kill('SIGKILL');
+  let gone = false;
+  for (let i = 0; i < 100 && !gone; i++) {
+    await sleep(100);
+    gone = !alive(qemuPid) || (await import('node:fs')).readFileSync(`/proc/${qemuPid}/stat`, 'utf8').split(' ')[2] === 'Z';
+  }
+  t.ok(gone, 'QEMU died with its owner');
+});
