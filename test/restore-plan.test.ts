@@ -1,0 +1,58 @@
+// expect: the plan compiler recreates missing memory, writes every dumped region, restores protections, xstate, registers under the RF policy, and debug registers with DR7 last.
+import t from 'tap';
+import { compileRestorePlan, PlanError } from '../harness/restore/plan.ts';
+import { parseMaps, uncovered } from '../harness/restore/proc-maps.ts';
+import { syntheticImage, syntheticRegs, SYNTHETIC_MAPS } from './support/synthetic-image.ts';
+import { debugRegOffset, EFLAGS } from '../harness/x86/registers.ts';
+
+// The fresh target: same binary, no heap yet, a smaller stack.
+const targetMaps = parseMaps(
+  SYNTHETIC_MAPS.split('\n')
+    .filter((l) => !l.includes('[heap]'))
+    .map((l) => l.replace('7ffffffde000-7ffffffff000', '7ffffffef000-7ffffffff000'))
+    .join('\n'),
+);
+const probe = { pid: 100, regs: syntheticRegs({ eflags: 0x202n }), maps: targetMaps };
+
+t.test('memory: heap by brk, holes by mmap, contents, protections', async (t) => {
+  const plan = compileRestorePlan(syntheticImage(), probe, { rf: 'keep-and-preserve' });
+  const ops = plan.map((s) => s.op);
+  t.same(ops[0], { op: 'INJECT_SYSCALL', pid: 100, nr: 12, args: [0x100c5000n] }, 'brk grows the heap first');
+  t.equal(plan[0]!.expect, 0x100c5000n);
+  const mmaps = plan.filter((s) => s.op.op === 'INJECT_SYSCALL' && s.op.nr === 9);
+  t.equal(mmaps.length, 1, 'one hole: the stack part the fresh process lacks');
+  t.same((mmaps[0]!.op as { args: readonly bigint[] }).args.slice(0, 2), [0x7ffffffde000n, 0x11000n]);
+  t.equal(mmaps[0]!.expect, 0x7ffffffde000n);
+  const writes = plan.filter((s) => s.op.op === 'WRITE_MEM');
+  t.equal(writes.reduce((n, s) => n + (s.op as { data: Uint8Array }).data.length, 0), 0x1000 + 0x2000 + 0x23000 + 0x21000, 'every dumped byte written');
+  const mprotects = plan.filter((s) => s.op.op === 'INJECT_SYSCALL' && s.op.nr === 10);
+  t.same(mprotects.map((s) => (s.op as { args: readonly bigint[] }).args[2]), [1n, 3n, 3n, 3n], 'r--p → PROT_READ, rw-p → PROT_READ|PROT_WRITE');
+  const firstWrite = ops.findIndex((o) => o.op === 'WRITE_MEM');
+  const lastMap = ops.findLastIndex((o) => o.op === 'INJECT_SYSCALL' && (o.nr === 9 || o.nr === 12));
+  t.ok(lastMap < firstWrite, 'memory exists before it is written');
+});
+
+t.test('registers and debug registers', async (t) => {
+  const image = syntheticImage();
+  const plan = compileRestorePlan(image, probe, { rf: 'keep-and-preserve' });
+  const setregs = plan.find((s) => s.op.op === 'SETREGS')!.op as { regs: { eflags: bigint; rip: bigint } };
+  t.equal(setregs.regs.eflags, image.regs.eflags, 'RF kept');
+  t.equal(setregs.regs.rip, image.regs.rip);
+  const cleared = compileRestorePlan(image, probe, { rf: 'clear' }).find((s) => s.op.op === 'SETREGS')!.op as { regs: { eflags: bigint } };
+  t.equal(cleared.regs.eflags & EFLAGS.RF, 0n, 'rf=clear drops RF');
+  const pokes = plan.filter((s) => s.op.op === 'POKEUSER').map((s) => (s.op as { offset: number }).offset);
+  t.same(pokes, [0, 1, 2, 3, 6, 7].map(debugRegOffset), 'DR0-3, DR6, then DR7 last');
+  t.ok(plan.findIndex((s) => s.op.op === 'SETREGSET') < plan.findIndex((s) => s.op.op === 'SETREGS'));
+});
+
+t.test('the vdso must be where the image had it', async (t) => {
+  const moved = { ...probe, maps: targetMaps.map((m) => (m.name === '[vdso]' ? { ...m, start: m.start + 0x10000n, end: m.end + 0x10000n } : m)) };
+  t.throws(() => compileRestorePlan(syntheticImage(), moved, { rf: 'keep' }), PlanError);
+});
+
+t.test('uncovered ranges', async (t) => {
+  const maps = parseMaps('1000-2000 rw-p 00000000 00:00 0\n3000-4000 rw-p 00000000 00:00 0');
+  t.same(uncovered(0x0n, 0x5000n, maps), [[0x0n, 0x1000n], [0x2000n, 0x3000n], [0x4000n, 0x5000n]]);
+  t.same(uncovered(0x1000n, 0x2000n, maps), []);
+  t.same(uncovered(0x1800n, 0x3800n, maps), [[0x2000n, 0x3000n]]);
+});
