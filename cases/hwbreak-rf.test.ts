@@ -125,7 +125,7 @@ t.test(CASE, async (t) => {
     t.equal(await guest.machine.ssh.run('ls /proc | grep -c "^[0-9]"'), processesBefore, 'guest process count unchanged');
     recordVerdict({
       case: CASE, scenario: 'hw breakpoint, checkpoint at hit 2 (RF=1)', policy: 'rf=reject', control: true,
-      expected: 'refused, naming RF, guest untouched', observed: error instanceof Error ? `refused: ${error.message.slice(0, 60)}` : 'restored',
+      expected: 'refused, naming RF, guest untouched', observed: error instanceof ImageRejectedError ? `refused at ${error.entry} ${error.field}, ${agent.requestsSent - before} requests sent` : 'restored',
       pass: error instanceof ImageRejectedError && /RF/.test(error.message) && agent.requestsSent === before,
     });
   });

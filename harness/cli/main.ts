@@ -96,7 +96,7 @@ async function runCommand(args: string[]): Promise<number> {
     log(`no case matches ${values.grep}`);
     return EXIT.usage;
   }
-  const tap = await execa(path.join(REPO_ROOT, 'node_modules', '.bin', 'tap'), ['--disable-coverage', ...cases], {
+  const tap = await execa(path.join(REPO_ROOT, 'node_modules', '.bin', 'tap'), cases, {
     cwd: REPO_ROOT,
     stdio: 'inherit',
     reject: false,
