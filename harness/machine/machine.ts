@@ -7,7 +7,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, rm, appendFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rename, rm, appendFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { BootError, CrhError, InfraError, LaunchError, TimeoutError } from '../errors.ts';
@@ -18,7 +18,7 @@ import { Deadline, sleep } from '../util/deadline.ts';
 import { chooseAccelerator, QEMU_BINARY, type AccelChoice } from './accel.ts';
 import { ConsoleLog, KERNEL_DEATH } from './console.ts';
 import { freeLoopbackPort } from './free-port.ts';
-import { formatCommandLine, qemuArgs } from './qemu-args.ts';
+import { formatCommandLine, qemuArgs, shellQuote } from './qemu-args.ts';
 import { Ready } from './readiness.ts';
 import { forgetMachine, reapOrphans, recordMachine } from './reaper.ts';
 
@@ -39,6 +39,12 @@ export interface MachineConfig {
   accel?: AccelChoice;
   /** launch → SSH answers; TCG boots take seconds, a stuck one is cut off here */
   bootTimeoutMs?: number;
+  /**
+   * Start from saved VM state (written by saveState() on a machine of the
+   * same image and profile) instead of booting: QEMU comes up paused with
+   * -incoming and is resumed with QMP cont.
+   */
+  incomingState?: string;
   onEvent?: (event: MachineEvent) => void;
 }
 
@@ -128,6 +134,11 @@ export class QemuMachine implements AsyncDisposable {
     return formatCommandLine(this.argv);
   }
 
+  /** Whether this machine was started from saved VM state rather than booted. */
+  get fromSavedState(): boolean {
+    return this.config.incomingState !== undefined;
+  }
+
   get pid(): number | undefined {
     return this.child?.pid;
   }
@@ -153,6 +164,7 @@ export class QemuMachine implements AsyncDisposable {
         profile: { accel: this.accelChoice!.accel, memoryMiB: this.config.memoryMiB ?? 512, cpus: this.config.cpus ?? 1 },
         boot: { kernel: image.kernel.bzImage, initrd: image.initramfs, cmdline: image.cmdline },
         endpoints: { qmpSocket: path.join(runDir, 'qmp.sock'), gdbSocket: path.join(runDir, 'gdb.sock'), sshPort: this.port },
+        ...(this.config.incomingState ? { incomingState: this.config.incomingState } : {}),
       }),
     ];
     this.emit({ type: 'launch', name: this.name, commandLine: this.commandLine, accel: this.accelChoice! });
@@ -187,6 +199,7 @@ export class QemuMachine implements AsyncDisposable {
     });
     const ctx = { deadline, signal: abort.signal, console: this.consoleLog! };
     this.qmpClient = await this.connectQmp(ctx.deadline, abort.signal);
+    if (this.config.incomingState) await this.resumeIncoming(ctx.deadline, abort.signal);
     await Ready.forSshBanner(this.port).waitUntilReady(ctx);
     this.sshSession = await SshSession.connect({
       host: '127.0.0.1',
@@ -194,6 +207,48 @@ export class QemuMachine implements AsyncDisposable {
       privateKeyPath: this.config.image.clientKey,
       hostPublicKey: this.config.image.hostPublicKey,
     });
+  }
+
+  /**
+   * Saves the running guest's state to `file` (stop, migrate to the file,
+   * resume). The file starts later machines of the same image and profile.
+   */
+  async saveState(file: string, timeoutMs = 60_000): Promise<void> {
+    const qmp = this.qmp;
+    const tmp = `${file}.partial-${process.pid}`;
+    await qmp.execute('stop');
+    try {
+      await qmp.execute('migrate', { uri: `exec:cat > ${shellQuote(tmp)}` });
+      const deadline = Deadline.in(timeoutMs);
+      for (;;) {
+        const info = await qmp.execute<{ status?: string; 'error-desc'?: string }>('query-migrate');
+        if (info.status === 'completed') break;
+        if (info.status === 'failed' || info.status === 'cancelled') {
+          throw new InfraError(`saving VM state failed: ${info['error-desc'] ?? info.status}`, { file: tmp });
+        }
+        if (deadline.expired) throw new TimeoutError(`saving VM state did not finish within ${timeoutMs} ms`);
+        await sleep(50);
+      }
+      await rename(tmp, file);
+    } catch (error) {
+      await rm(tmp, { force: true });
+      throw error;
+    } finally {
+      await qmp.execute('cont');
+    }
+  }
+
+  /** Waits for the incoming state to load (QEMU then sits paused, as the source was) and resumes. */
+  private async resumeIncoming(deadline: Deadline, signal: AbortSignal): Promise<void> {
+    for (;;) {
+      if (signal.aborted) throw signal.reason;
+      const { status } = await this.qmp.execute<{ status: string }>('query-status');
+      if (status === 'paused' || status === 'postmigrate' || status === 'prelaunch') break;
+      if (status === 'running') return;
+      if (deadline.expired) throw new TimeoutError(`saved state never finished loading (status ${status})`);
+      await sleep(20);
+    }
+    await this.qmp.execute('cont');
   }
 
   private async connectQmp(deadline: Deadline, signal: AbortSignal): Promise<QmpClient> {

@@ -7,7 +7,8 @@ import { mkdir } from 'node:fs/promises';
 import { AgentClient } from '../agent/client.ts';
 import type { HelloResult } from '../agent/ops.ts';
 import { buildImage, type GuestImage } from '../image/build.ts';
-import { QemuMachine, type MachineEvent } from '../machine/machine.ts';
+import type { QemuMachine, MachineEvent } from '../machine/machine.ts';
+import { launchMachine } from '../machine/fast-start.ts';
 import { artifactsRoot } from '../report/verdicts.ts';
 import { isInfraFailure, recordInfraFailure } from '../report/infra-failures.ts';
 import { kernelFromEnvironment } from '../image/kernel.ts';
@@ -45,13 +46,13 @@ async function launchGuest(t: Teardownable, caseName: string, artifactsDir: stri
     else if (event.type === 'ready') t.comment(`${event.name} ready in ${event.elapsedMs} ms`);
     else if (event.type === 'reaped') t.comment(event.message);
   };
-  const machine = new QemuMachine({ image, artifactsDir, onEvent: progress });
+  let machine: QemuMachine | undefined;
   let agent: AgentClient | undefined;
   t.teardown(async () => {
     await agent?.close().catch(() => {});
-    await machine.shutdown();
+    await machine?.shutdown();
   });
-  await machine.launch();
+  machine = await launchMachine({ image, artifactsDir, onEvent: progress });
   const opened = await AgentClient.open(await machine.ssh.transport(image.guestPaths['crh-agent']!));
   agent = opened.client;
   const platform: PlatformFacts = {
@@ -61,6 +62,7 @@ async function launchGuest(t: Teardownable, caseName: string, artifactsDir: stri
     kernelRelease: opened.hello.release,
     kernelOrigin: image.kernel.origin,
     imageKey: image.key,
+    start: machine.fromSavedState ? 'saved-state' : 'cold-boot',
   };
   return { image, machine, agent, hello: opened.hello, artifactsDir, platform };
 }
