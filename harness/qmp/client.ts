@@ -46,9 +46,8 @@ export class QmpClient {
   ) {
     stream.setEncoding('utf8');
     stream.on('data', (chunk: string) => this.onData(chunk));
-    const onGone = (error?: Error): void => this.fail(error ?? new QmpError('QMP connection closed', '(connection)'));
-    stream.on('close', () => onGone());
-    stream.on('error', onGone);
+    stream.on('close', () => this.fail(new QmpError('QMP connection closed', '(connection)')));
+    stream.on('error', (error: Error) => this.fail(new QmpError(`QMP connection failed: ${error.message}`, '(connection)')));
   }
 
   /** Connects to a QMP unix socket, reads the greeting and enters command mode. */
