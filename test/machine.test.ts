@@ -4,7 +4,8 @@ import { spawn } from 'node:child_process';
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { BootError, LaunchError } from '../harness/errors.ts';
+import { AgentError, BootError, LaunchError } from '../harness/errors.ts';
+import { AgentClient } from '../harness/agent/client.ts';
 import { buildImage, type GuestImage } from '../harness/image/build.ts';
 import { QemuMachine } from '../harness/machine/machine.ts';
 import { sleep } from '../harness/util/deadline.ts';
@@ -40,6 +41,30 @@ t.test('boots to SSH, runs a command, shuts down twice without complaint', async
   await machine.shutdown();
   t.notOk(alive(pid), 'QEMU is gone');
   t.match(machine.console.tail(), /crh: ready/, 'console log captured the guest init');
+});
+
+t.test('a guest that panics mid-case fails pending agent requests at once, with the console tail', async (t) => {
+  const machine = new QemuMachine({ image, artifactsDir: await artifacts() });
+  t.teardown(() => machine.shutdown());
+  await machine.launch();
+  const { client } = await AgentClient.open(await machine.ssh.transport(image.guestPaths['crh-agent']!));
+  client.failWhen(machine.failure);
+  const { pid } = await client.call({ op: 'SPAWN', path: '/bin/sleep', argv: ['sleep', '600'], envp: [], stdoutPath: '/tmp/sleep.out', noAslr: false });
+  const run = client.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: 0 });
+  const started = Date.now();
+  void machine.ssh.exec('echo c > /proc/sysrq-trigger');
+  const error = (await run.then(() => undefined, (e: unknown) => e)) as AgentError;
+  t.ok(error instanceof AgentError, `RUN failed: ${error?.message}`);
+  t.match(error.message, /guest lost: (GUEST_PANICKED|kernel died)/);
+  t.match(error.details['console tail'], /sysrq/i, 'the console tail shows the crash');
+  t.ok(Date.now() - started < 30_000, `within ${Date.now() - started} ms, not at a timeout`);
+  // The panic line reaches the console before the kernel's panic notifiers run, pvpanic's among them.
+  let status = '';
+  for (let i = 0; i < 100 && status !== 'guest-panicked'; i++) {
+    status = (await machine.qmp.execute<{ status: string }>('query-status')).status;
+    await sleep(50);
+  }
+  t.equal(status, 'guest-panicked', 'pvpanic paused the VM for diagnosis');
 });
 
 t.test('a missing kernel fails launch with the command line, and nothing runs', async (t) => {

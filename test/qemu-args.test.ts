@@ -52,6 +52,8 @@ t.test('kernel, initrd and command line', async (t) => {
   t.equal(args[args.indexOf('-initrd') + 1], '/k/initrd');
   t.equal(args[args.indexOf('-append') + 1], 'console=ttyS0 nokaslr');
   t.equal(args[args.indexOf('-serial') + 1], 'chardev:console');
+  t.equal(args[args.indexOf('-device', args.indexOf('virtio-net-pci,netdev=net0,romfile=')) + 1], 'pvpanic', 'pvpanic reports panics on QMP');
+  t.equal(args[args.indexOf('-action') + 1], 'panic=pause');
 });
 
 t.test('command lines format copy-pasteable', async (t) => {

@@ -4,7 +4,7 @@
  * process in tests — and correlates responses to requests by id.
  */
 import type { Readable, Writable } from 'node:stream';
-import { AgentError } from '../errors.ts';
+import { AgentError, CrhError, TimeoutError } from '../errors.ts';
 import { FrameDecoder, PayloadReader, PayloadWriter, encodeFrame, type Frame } from './wire.ts';
 import { OPCODES, decodeResult, describeOp, encodeOp, type AgentOp, type HelloResult, type ResultOf } from './ops.ts';
 import { errnoName } from './errno.ts';
@@ -43,6 +43,10 @@ export class AgentClient {
   private closedReason: Error | undefined;
   /** Requests sent so far (a BATCH counts once). Cases use it to prove nothing reached the guest. */
   requestsSent = 0;
+  /** Host-side bound on one request; RUN gets its own guest-side timeout on top. */
+  requestTimeoutMs = 120_000;
+  /** Called when a request times out; its text (e.g. where each vCPU is) goes into the error. */
+  diagnose: (() => Promise<string>) | undefined;
 
   private constructor(private readonly transport: AgentTransport) {
     transport.output.on('data', (chunk: Buffer) => this.onData(chunk));
@@ -72,7 +76,8 @@ export class AgentClient {
   /** Sends one operation and decodes its result; an agent-side failure throws AgentError with the errno. */
   async call<O extends AgentOp>(op: O): Promise<ResultOf<O>> {
     const { opcode, payload } = encodeOp(op);
-    const frame = await this.roundTrip(opcode, payload, op.op);
+    const timeoutMs = this.requestTimeoutMs + (op.op === 'RUN' ? op.timeoutMs : 0);
+    const frame = await this.roundTrip(opcode, payload, op.op, timeoutMs);
     if (frame.word !== 0) throw this.errorFrom(op, frame.payload);
     return decodeResult(op, frame.payload);
   }
@@ -88,7 +93,7 @@ export class AgentClient {
       const { opcode, payload } = encodeOp(op);
       w.bytes(new PayloadWriter().u16(opcode).raw(payload).finish());
     }
-    const frame = await this.roundTrip(OPCODES.BATCH, w.finish(), 'BATCH');
+    const frame = await this.roundTrip(OPCODES.BATCH, w.finish(), 'BATCH', this.requestTimeoutMs);
     if (frame.word !== 0) throw this.errorFrom({ op: 'BATCH' }, frame.payload);
     const r = new PayloadReader(frame.payload);
     const completed = r.u32('completed');
@@ -108,6 +113,14 @@ export class AgentClient {
     });
   }
 
+  /**
+   * Fails every pending and future request when `failure` rejects — the
+   * machine's failure promise, so a dead guest ends a request at once.
+   */
+  failWhen(failure: Promise<never>): void {
+    failure.catch((error: unknown) => this.fail(error instanceof Error ? error : new Error(String(error))));
+  }
+
   /** Stderr the agent has written recently. */
   get stderr(): string {
     return this.stderrTail;
@@ -119,14 +132,41 @@ export class AgentClient {
     await this.transport.close();
   }
 
-  private roundTrip(opcode: number, payload: Buffer, opName: string): Promise<Frame> {
+  private roundTrip(opcode: number, payload: Buffer, opName: string, timeoutMs: number): Promise<Frame> {
     if (this.closedReason) return Promise.reject(this.closedReason);
     const id = this.nextId++;
     this.requestsSent++;
     return new Promise<Frame>((resolve, reject) => {
-      this.pending.set(id, { op: opName, resolve, reject });
+      const timer = setTimeout(() => {
+        if (!this.pending.delete(id)) return;
+        void this.timedOut(opName, timeoutMs).then(reject);
+      }, timeoutMs);
+      this.pending.set(id, {
+        op: opName,
+        resolve: (frame) => {
+          clearTimeout(timer);
+          resolve(frame);
+        },
+        reject: (error) => {
+          clearTimeout(timer);
+          reject(error);
+        },
+      });
       this.transport.input.write(encodeFrame({ id, op: opcode, word: 0, payload }));
     });
+  }
+
+  private async timedOut(opName: string, timeoutMs: number): Promise<Error> {
+    let diagnosis = '';
+    try {
+      diagnosis = (await this.diagnose?.()) ?? '';
+    } catch (error) {
+      diagnosis = `diagnosis failed: ${(error as Error).message}`;
+    }
+    // The agent may still answer later; the session is no longer trustworthy.
+    const error = new TimeoutError(`${opName}: no answer from the agent within ${timeoutMs} ms`, { ...this.context(), diagnosis });
+    this.fail(error);
+    return error;
   }
 
   private onData(chunk: Buffer): void {
@@ -158,9 +198,10 @@ export class AgentClient {
 
   private fail(error: Error): void {
     this.closedReason ??= error;
+    const details = error instanceof CrhError ? error.details : {};
     for (const [id, waiter] of this.pending) {
       this.pending.delete(id);
-      waiter.reject(new AgentError(`${waiter.op}: ${error.message}`, waiter.op, undefined, this.context()));
+      waiter.reject(new AgentError(`${waiter.op}: ${error.message}`, waiter.op, undefined, { ...details, ...this.context() }));
     }
   }
 

@@ -56,6 +56,8 @@ export class QemuMachine implements AsyncDisposable {
   private exited: Promise<void> | undefined;
   private exitDescription: string | undefined;
   private quitIssued = false;
+  /** QEMU exited without our quit or kill: the guest shut down, or QEMU died. */
+  private exitedUnasked = false;
   private shutdownPromise: Promise<void> | undefined;
   private runDir: string | undefined;
   private stderrTail = '';
@@ -63,6 +65,8 @@ export class QemuMachine implements AsyncDisposable {
   private sshSession: SshSession | undefined;
   private consoleLog: ConsoleLog | undefined;
   private argv: string[] = [];
+  private failureReject: ((error: Error) => void) | undefined;
+  private failurePromise: Promise<never> | undefined;
   private accelChoice: AccelChoice | undefined;
   private port = 0;
   readonly name: string;
@@ -87,6 +91,7 @@ export class QemuMachine implements AsyncDisposable {
       try {
         await this.start();
         await this.waitReady(deadline);
+        this.watchForFailure();
         this.emit({ type: 'ready', name: this.name, elapsedMs: Date.now() - started });
         return this;
       } catch (error) {
@@ -134,6 +139,38 @@ export class QemuMachine implements AsyncDisposable {
     return formatCommandLine(this.argv);
   }
 
+  /**
+   * Rejects (never resolves) the moment the guest is lost after launch: QEMU
+   * exits unasked, the kernel panics (GUEST_PANICKED or a panic line on the
+   * console). Long operations race against it so a dead guest fails a case
+   * at once, with the console tail, instead of at a timeout.
+   */
+  get failure(): Promise<never> {
+    if (!this.failurePromise) {
+      this.failurePromise = new Promise<never>((_, reject) => {
+        this.failureReject = reject;
+      });
+      this.failurePromise.catch(() => {}); // observed by whoever races against it
+    }
+    return this.failurePromise;
+  }
+
+  private watchForFailure(): void {
+    const lost = (why: string): void => {
+      if (this.quitIssued) return;
+      void this.failure;
+      this.failureReject?.(new BootError(`guest lost: ${why}`, { 'console tail': this.consoleLog?.tail() ?? '', 'QEMU stderr': this.stderrTail }));
+    };
+    void this.exited?.then(() => lost(`QEMU ${this.exitDescription}`));
+    this.consoleLog?.onLine((line) => {
+      if (KERNEL_DEATH.test(line)) lost(`kernel died: ${line.trim()}`);
+    });
+    void this.qmpClient?.waitForEvent('GUEST_PANICKED', Infinity).then(
+      () => lost('GUEST_PANICKED'),
+      () => {},
+    );
+  }
+
   /** Whether this machine was started from saved VM state rather than booted. */
   get fromSavedState(): boolean {
     return this.config.incomingState !== undefined;
@@ -176,6 +213,7 @@ export class QemuMachine implements AsyncDisposable {
     this.child = child;
     this.exited = new Promise((resolve) => {
       child.once('exit', (code, signal) => {
+        this.exitedUnasked = !this.quitIssued;
         this.exitDescription = signal ? `killed by ${signal}` : `exited with status ${code}`;
         resolve();
       });
@@ -279,7 +317,7 @@ export class QemuMachine implements AsyncDisposable {
     const death = this.consoleLog?.lines.find((line) => KERNEL_DEATH.test(line));
     if (death) return new BootError(`guest kernel died: ${death.trim()}`, details, { cause: error });
     // With -no-reboot, a guest that panics or reboots makes QEMU exit 0: the guest's doing, not QEMU's.
-    if (this.exitDescription === 'exited with status 0') return new BootError(`guest shut down during boot (QEMU ${this.exitDescription})`, details, { cause: error });
+    if (this.exitedUnasked && this.exitDescription === 'exited with status 0') return new BootError(`guest shut down during boot (QEMU ${this.exitDescription})`, details, { cause: error });
     if (error instanceof LaunchError || error instanceof InfraError) return new LaunchError(cause, details, { cause: error });
     if (error instanceof BootError) return new BootError(cause, details, { cause: error });
     if (error instanceof TimeoutError) return new BootError(`guest did not become ready: ${cause}`, details, { cause: error });

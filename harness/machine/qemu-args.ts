@@ -71,6 +71,15 @@ export function networkArgs(sshPort: number): string[] {
   ];
 }
 
+/**
+ * A pvpanic device: the guest kernel reports a panic to QEMU, which emits
+ * GUEST_PANICKED on QMP and pauses the VM (state kept for diagnosis) instead
+ * of letting it reboot.
+ */
+export function panicArgs(): string[] {
+  return ['-device', 'pvpanic', '-action', 'panic=pause'];
+}
+
 /** Start paused, loading saved VM state from a file (resumed with QMP cont). */
 export function incomingArgs(stateFile: string): string[] {
   return ['-incoming', `exec:cat ${shellQuote(stateFile)}`];
@@ -93,6 +102,7 @@ export function qemuArgs(o: QemuCommandOptions): string[] {
     ...qmpArgs(o.endpoints.qmpSocket),
     ...gdbstubArgs(o.endpoints.gdbSocket),
     ...networkArgs(o.endpoints.sshPort),
+    ...panicArgs(),
     ...(o.incomingState ? incomingArgs(o.incomingState) : []),
   ];
 }

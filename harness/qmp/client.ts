@@ -90,7 +90,8 @@ export class QmpClient {
 
   /**
    * Resolves with the first event named `name` (and matching `match`), queued
-   * or future; events before it stay queued for other waiters.
+   * or future; events before it stay queued for other waiters. With an
+   * infinite timeout it waits until the connection closes.
    */
   waitForEvent(name: string, timeoutMs: number, match: (e: QmpEvent) => boolean = () => true): Promise<QmpEvent> {
     return new Promise<QmpEvent>((resolve, reject) => {
@@ -102,10 +103,12 @@ export class QmpClient {
         resolve(event!);
         return true;
       };
-      const timer = setTimeout(() => {
-        cleanup();
-        reject(new TimeoutError(`no QMP event ${name} within ${timeoutMs} ms`));
-      }, timeoutMs);
+      const timer = Number.isFinite(timeoutMs)
+        ? setTimeout(() => {
+            cleanup();
+            reject(new TimeoutError(`no QMP event ${name} within ${timeoutMs} ms`));
+          }, timeoutMs)
+        : undefined;
       const listener = (): void => {
         if (check()) return;
         if (this.closed) {

@@ -55,6 +55,7 @@ async function launchGuest(t: Teardownable, caseName: string, artifactsDir: stri
   machine = await launchMachine({ image, artifactsDir, onEvent: progress });
   const opened = await AgentClient.open(await machine.ssh.transport(image.guestPaths['crh-agent']!));
   agent = opened.client;
+  agent.failWhen(machine.failure);
   const platform: PlatformFacts = {
     accel: machine.accel!.accel,
     accelReason: machine.accel!.reason,

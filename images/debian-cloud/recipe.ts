@@ -13,8 +13,11 @@ export const debianCloudRecipe = {
   revision: 1,
   /** Debian metapackage that names the current cloud kernel; resolved with apt-cache. */
   kernelMetapackage: 'linux-image-cloud-amd64',
-  /** Modules the guest loads at boot, dependencies resolved from each .ko's modinfo. */
-  modules: ['virtio_net', 'virtio_pci'],
+  /**
+   * Modules the guest loads at boot, dependencies resolved from each .ko's
+   * modinfo: the network, and pvpanic so a panic reaches QMP as GUEST_PANICKED.
+   */
+  modules: ['virtio_net', 'virtio_pci', 'pvpanic_mmio'],
   /** Host files copied into the guest with their shared-library closure. */
   hostPrograms: {
     '/bin/busybox': '/bin/busybox',
