@@ -1,0 +1,97 @@
+/**
+ * Symbols by name and names by address, across the guest kernel (its
+ * System.map, usable directly because guests boot with nokaslr) and the
+ * guest programs (their ELF symbol tables; each is linked at its own address,
+ * so an address names one program). Names read "kernel:exc_page_fault" or
+ * "hwbreak:target".
+ */
+import { readFile } from 'node:fs/promises';
+import { ElfFile, STT_FUNC, STT_OBJECT } from '../elf/elf64.ts';
+import { CrhError } from '../errors.ts';
+
+export interface Symbol {
+  /** "kernel" or a guest program's name */
+  module: string;
+  name: string;
+  address: bigint;
+  /** 0 when unknown (System.map has no sizes) */
+  size: bigint;
+}
+
+export class SymbolError extends CrhError {
+  override readonly name = 'SymbolError';
+}
+
+/** Text and data symbols of a System.map ("ffffffff81000000 T _stext"). */
+export function parseSystemMap(text: string): Symbol[] {
+  const symbols: Symbol[] = [];
+  for (const line of text.split('\n')) {
+    const m = /^([0-9a-f]{16}) ([TtWwDdBbRr]) (\S+)$/.exec(line);
+    if (m) symbols.push({ module: 'kernel', name: m[3]!, address: BigInt(`0x${m[1]}`), size: 0n });
+  }
+  return symbols;
+}
+
+export class SymbolTable {
+  private readonly byName = new Map<string, Symbol>();
+  private sorted: Symbol[] = [];
+
+  /** Adds the kernel's System.map. */
+  async addSystemMap(file: string): Promise<this> {
+    return this.add(parseSystemMap(await readFile(file, 'utf8')));
+  }
+
+  /** Adds a guest program's functions and objects under `module`. */
+  async addProgram(module: string, file: string): Promise<this> {
+    const elf = await ElfFile.open(file);
+    return this.add(
+      elf
+        .symbols()
+        .filter((s) => (s.type === STT_FUNC || s.type === STT_OBJECT) && s.name.length > 0 && s.value !== 0n)
+        .map((s) => ({ module, name: s.name, address: s.value, size: s.size })),
+    );
+  }
+
+  add(symbols: readonly Symbol[]): this {
+    for (const s of symbols) {
+      const key = `${s.module}:${s.name}`;
+      if (!this.byName.has(key)) this.byName.set(key, s);
+    }
+    this.sorted = [...this.byName.values()].sort((a, b) => (a.address < b.address ? -1 : a.address > b.address ? 1 : 0));
+    return this;
+  }
+
+  /** The address of "module:name"; throws naming what is missing. */
+  resolve(qualified: string): bigint {
+    const s = this.byName.get(qualified);
+    if (!s) {
+      const module = qualified.split(':')[0];
+      const known = [...new Set([...this.byName.values()].map((x) => x.module))];
+      throw new SymbolError(`no symbol ${qualified}${known.includes(module ?? '') ? '' : ` (known modules: ${known.join(', ') || 'none'})`}`);
+    }
+    return s.address;
+  }
+
+  /** "kernel:do_idle+0x1c" for an address, or its hex when nothing covers it. */
+  symbolize(address: bigint): string {
+    let lo = 0;
+    let hi = this.sorted.length - 1;
+    let best: Symbol | undefined;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      const s = this.sorted[mid]!;
+      if (s.address <= address) {
+        best = s;
+        lo = mid + 1;
+      } else {
+        hi = mid - 1;
+      }
+    }
+    const hex = `0x${address.toString(16)}`;
+    if (!best) return hex;
+    const offset = address - best.address;
+    // Sized symbols must contain the address; unsized ones (System.map) are trusted within 1 MiB.
+    if (best.size > 0n ? offset >= best.size : offset > 0x10_0000n) return hex;
+    return `${best.module}:${best.name}${offset > 0n ? `+0x${offset.toString(16)}` : ''}`;
+  }
+}
