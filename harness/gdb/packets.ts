@@ -19,7 +19,7 @@ export const MAX_PACKET_BYTES = 16 * 1024 * 1024;
 
 /** An error from the gdbstub or the protocol, with the packet sent and the reply that refused it. */
 export class GdbError extends CrhError {
-  override readonly name = 'GdbError';
+  override readonly name: string = 'GdbError';
   /** the packet sent, as printable text (truncated when long) */
   readonly packet: string | undefined;
   /** the reply, as printable text (truncated when long) */
@@ -45,13 +45,12 @@ export class GdbError extends CrhError {
 const ERRNO_NAMES = new Map<number, string>(Object.entries(constants.errno).map(([name, num]) => [num, name]));
 
 /**
- * "EINVAL (22)" for the NN of an `E NN` reply. The protocol calls NN hex, but
+ * "EINVAL" for the NN of an `E NN` reply. The protocol calls NN hex, but
  * QEMU writes errno values in decimal ("E22" for EINVAL, "E14" for EFAULT),
  * so it is named as decimal.
  */
 export function errnoName(code: number): string {
-  const name = ERRNO_NAMES.get(code);
-  return name ? `${name} (${code})` : `error ${code}`;
+  return ERRNO_NAMES.get(code) ?? `errno ${code}`;
 }
 
 /** Sum of the bytes mod 256: the two hex digits after `#`. */
@@ -214,4 +213,30 @@ export function printable(data: string | Uint8Array, limit = PRINTABLE_LIMIT): s
   let text = '';
   for (const b of shown) text += b >= 0x20 && b < 0x7f && b !== 0x5c ? String.fromCharCode(b) : `\\x${hex2(b)}`;
   return bytes.length > limit ? `${text}... (${bytes.length} bytes)` : text;
+}
+
+/** Bytes from hex digits (either case); undefined when the text is not whole hex bytes. */
+export function decodeHex(text: string): Buffer | undefined {
+  if (text.length % 2 !== 0 || !/^[0-9a-fA-F]*$/.test(text)) return undefined;
+  return Buffer.from(text, 'hex');
+}
+
+/** Lowercase hex digits of bytes. */
+export function encodeHex(bytes: Uint8Array): string {
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('hex');
+}
+
+/** A little-endian unsigned value (RSP sends registers in target byte order; x86 is little-endian). */
+export function littleEndian(bytes: Uint8Array): bigint {
+  let value = 0n;
+  for (let i = bytes.length - 1; i >= 0; i--) value = (value << 8n) | BigInt(bytes[i]!);
+  return value;
+}
+
+/** `value` as `size` little-endian bytes; undefined when it does not fit. */
+export function toLittleEndian(value: bigint, size: number): Buffer | undefined {
+  if (value < 0n || value >> BigInt(size * 8) !== 0n) return undefined;
+  const out = Buffer.alloc(size);
+  for (let i = 0; i < size; i++) out[i] = Number((value >> BigInt(i * 8)) & 0xffn);
+  return out;
 }
