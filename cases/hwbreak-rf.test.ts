@@ -1,41 +1,59 @@
 // expect: a process checkpointed at the 2nd of N hardware-breakpoint hits (RF=1 at that stop)
-// resumes with exactly N hits in all and the uninterrupted checksum under the default RF policy;
-// rf=clear (the first 2009 patch) shows one spurious re-trigger, rf=reject refuses the image
+// resumes with exactly N hits in all and the uninterrupted checksum under the default RF policy —
+// as the agent counts them and as the CPU shows them through the gdbstub oracle; rf=clear (the
+// first 2009 patch) shows one spurious re-trigger at both witnesses, rf=reject refuses the image
 // naming RF before touching the guest.
 import t, { type Test } from 'tap';
 import path from 'node:path';
-import { ElfFile } from '../harness/elf/elf64.ts';
 import { ImageRejectedError } from '../harness/errors.ts';
+import { describeRegisters, observeCpu, type Observation } from '../harness/oracle/cpu-oracle.ts';
 import { recordVerdict } from '../harness/report/verdicts.ts';
 import { checkpointProcess } from '../harness/restore/checkpoint.ts';
-import { readCheckpointImage, writeCheckpointImage } from '../harness/restore/checkpoint-image.ts';
+import { readCheckpointImage, writeCheckpointImage, type CheckpointImage } from '../harness/restore/checkpoint-image.ts';
 import type { RfPolicy } from '../harness/restore/policy.ts';
 import { restoreProcess } from '../harness/restore/restore.ts';
 import { startGuest } from '../harness/testing/guest-fixture.ts';
 import { EFLAGS, debugRegOffset, hex } from '../harness/x86/registers.ts';
 
 const CASE = 'hwbreak-rf';
+const SCENARIO = 'hw breakpoint, checkpoint at hit 2 (RF=1)';
 const CALLS = 5;
 const CHECKPOINT_AT_HIT = 2;
 /** DR7: L0 enable, R/W0 = 00 (execute), LEN0 = 00 (1 byte). */
 const DR7_EXECUTE_DR0 = 0x1n;
 const RUN_TIMEOUT_MS = 60_000;
+/** Registers the oracle compares with the image once the resumed nop at hwbreak:target has run. */
+const CHECKED_REGISTERS = ['rsp', 'rbx', 'rbp', 'r12', 'r13', 'r14', 'r15', 'rdi', 'rsi', 'rax', 'rcx', 'rdx', 'r8', 'r9', 'r10', 'r11', 'fs_base'] as const;
 
 interface Outcome {
   totalHits: number;
   checksum: string | undefined;
   exitCode: number;
+  oracle: Observation;
 }
 
 t.test(CASE, async (t) => {
   const guest = await startGuest(t, CASE);
-  const { agent } = guest;
+  const { agent, profile, symbols } = guest;
   const binary = guest.image.guestPaths.hwbreak!;
-  const target = (await ElfFile.open(guest.image.binaries.hwbreak!)).symbolAddress('target');
-  t.comment(`hwbreak:target = ${hex(target)}`);
+  const target = symbols.resolve('hwbreak:target');
+  // hwbreak:target is a nop: at target_body the CPU holds exactly the registers the process resumed with.
+  const targetBody = symbols.resolve('hwbreak:target_body');
   const argv = [binary, String(CALLS)];
+  t.comment(`hwbreak:target = ${hex(target)}`);
+
+  // The scenario needs the kernel to report RF=1 at a hardware-breakpoint stop; the profile measured it.
+  const rfAtStop = profile.probes.rfAtHwBreakpointStop;
+  t.comment(`profile: RF at a hw-breakpoint ptrace stop = ${rfAtStop.value} (${rfAtStop.how})`);
+  if (rfAtStop.value !== true) {
+    await t.test('RF scenario', { skip: `this platform does not set RF at hardware-breakpoint stops (profile: ${rfAtStop.how}); the scenario cannot be built` }, async () => {});
+    return;
+  }
+
   const outputOf = async (file: string): Promise<string> => (await agent.call({ op: 'READ_FILE', path: file, maxSize: 65536 })).toString('utf8');
   const checksumIn = (text: string): string | undefined => /checksum=([0-9a-f]{16}) calls=(\d+)/.exec(text)?.[1];
+  const watch = <T>(options: Parameters<typeof observeCpu>[2], run: () => Promise<T>): ReturnType<typeof observeCpu<T>> =>
+    observeCpu(guest.machine.gdbSocket, symbols, options, run);
 
   const spawnArmed = async (stdoutPath: string): Promise<number> => {
     const { pid } = await agent.call({ op: 'SPAWN', path: binary, argv, envp: [], stdoutPath, noAslr: true });
@@ -44,69 +62,97 @@ t.test(CASE, async (t) => {
     return pid;
   };
 
-  // The reference: the same program with the same breakpoint, never checkpointed.
+  // The reference: the same program with the same breakpoint, never checkpointed, watched by the oracle too.
   const reference = await (async (): Promise<Outcome> => {
     const pid = await spawnArmed('/tmp/hwbreak-reference.out');
-    const run = await agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
-    return { totalHits: run.hits.length, checksum: checksumIn(await outputOf('/tmp/hwbreak-reference.out')), exitCode: run.code };
+    const { result: run, observation } = await watch({ countDebugTrapsAt: target }, () =>
+      agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS }),
+    );
+    return { totalHits: run.hits.length, checksum: checksumIn(await outputOf('/tmp/hwbreak-reference.out')), exitCode: run.code, oracle: observation };
   })();
   t.equal(reference.exitCode, 0, 'uninterrupted run exits 0');
-  t.equal(reference.totalHits, CALLS, `uninterrupted run: one hit per call (${CALLS})`);
+  t.equal(reference.totalHits, CALLS, `uninterrupted run: one ptrace hit per call (${CALLS})`);
+  t.equal(reference.oracle.debugTraps.length, CALLS, `oracle: the CPU raised ${CALLS} #DB at hwbreak:target in the uninterrupted run`);
   t.ok(reference.checksum, `uninterrupted checksum ${reference.checksum}`);
 
-  /** The case's main assertion: the restored run is indistinguishable from the reference. */
-  const resumedExactly = (o: Outcome): boolean => o.totalHits === CALLS && o.checksum === reference.checksum && o.exitCode === 0;
+  /** The case's main assertion: the restored run is indistinguishable from the reference, at the agent and at the CPU. */
+  const resumedExactly = (o: Outcome, image: CheckpointImage): boolean =>
+    o.totalHits === CALLS &&
+    o.checksum === reference.checksum &&
+    o.exitCode === 0 &&
+    o.oracle.debugTraps.length === CALLS - CHECKPOINT_AT_HIT &&
+    o.oracle.first !== undefined &&
+    o.oracle.debugTraps.every((trap) => trap.ip === target) &&
+    CHECKED_REGISTERS.every((r) => o.oracle.first!.get(r) === image.regs[r]);
 
-  /** Runs the original to the checkpoint hit, checkpoints it, kills it; returns the image file and hits so far. */
-  const checkpointAtHit = async (t: Test, tag: string): Promise<{ file: string; hitsBefore: number; rfAtStop: boolean }> => {
+  /** Runs the original to the checkpoint hit, checkpoints it, kills it. */
+  const checkpointAtHit = async (t: Test, tag: string): Promise<{ file: string; hitsBefore: number }> => {
     const pid = await spawnArmed(`/tmp/hwbreak-${tag}.original.out`);
     const run = await agent.call({ op: 'RUN', pid, stopAfterHits: CHECKPOINT_AT_HIT, timeoutMs: RUN_TIMEOUT_MS });
-    t.equal(run.outcome, 'hit-limit', `${tag}: original stopped at hit ${CHECKPOINT_AT_HIT}`);
-    const stop = run.hits.at(-1)!;
-    t.equal(stop.rip, target, `${tag}: stopped at hwbreak:target`);
+    t.equal(run.outcome, 'hit-limit', `original stopped at hit ${CHECKPOINT_AT_HIT}`);
+    t.equal(run.hits.at(-1)?.rip, target, 'stopped at hwbreak:target');
     const image = await checkpointProcess(agent, { binary, argv, envp: [], noAslr: true, pid }, guest.platform);
+    t.ok((image.regs.eflags & EFLAGS.RF) !== 0n, `EFLAGS.RF is set at the stop (${hex(image.regs.eflags)}), as the profile says`);
     const file = path.join(guest.artifactsDir, `checkpoint-${tag}.tar`);
     await writeCheckpointImage(image, file);
     await agent.call({ op: 'KILL', pid });
-    return { file, hitsBefore: run.hits.length, rfAtStop: (image.regs.eflags & EFLAGS.RF) !== 0n };
+    return { file, hitsBefore: run.hits.length };
   };
 
-  const restoreAndFinish = async (t: Test, tag: string, rf: RfPolicy): Promise<Outcome & { rfAtStop: boolean; differences: string[] }> => {
-    const { file, hitsBefore, rfAtStop } = await checkpointAtHit(t, tag);
+  const restoreAndFinish = async (t: Test, tag: string, rf: RfPolicy): Promise<{ outcome: Outcome; image: CheckpointImage; differences: string[] }> => {
+    const { file, hitsBefore } = await checkpointAtHit(t, tag);
     const image = await readCheckpointImage(file);
     const out = `/tmp/hwbreak-${tag}.restored.out`;
     const restored = await restoreProcess(agent, image, { policy: { rf }, stdoutPath: out });
-    const run = await agent.call({ op: 'RUN', pid: restored.pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
+    t.equal(image.regs.rip, target, 'the image resumes at hwbreak:target');
+    const { result: run, observation } = await watch({ firstExecutionAt: targetBody, countDebugTrapsAt: target }, () =>
+      agent.call({ op: 'RUN', pid: restored.pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS }),
+    );
+    if (observation.first) t.comment(`oracle, after the resumed nop: ${describeRegisters(observation.first, ['rip', 'cs', 'eflags', 'rsp', 'rbx', 'rbp', 'fs_base'], symbols)}`);
     return {
-      totalHits: hitsBefore + run.hits.length,
-      checksum: checksumIn(await outputOf(out)),
-      exitCode: run.outcome === 'exited' ? run.code : 128 + run.code,
-      rfAtStop,
+      image,
+      outcome: {
+        totalHits: hitsBefore + run.hits.length,
+        checksum: checksumIn(await outputOf(out)),
+        exitCode: run.outcome === 'exited' ? run.code : 128 + run.code,
+        oracle: observation,
+      },
       differences: restored.differences.map((d) => `${d.what}: asked ${d.requested}, kernel has ${d.accepted}`),
     };
   };
 
-  await t.test('default policy (keep-and-preserve): exactly N hits and the reference checksum', async (t) => {
-    const o = await restoreAndFinish(t, 'default', 'keep-and-preserve');
-    t.ok(o.rfAtStop, 'EFLAGS.RF is set at the breakpoint stop (precondition of the scenario)');
-    t.same(o.differences, [], 'the kernel accepted every restored register as requested');
-    t.equal(o.totalHits, CALLS, `${CALLS} hits across original and restored process`);
+  await t.test('default policy (keep-and-preserve): exactly N hits and the reference checksum, at the agent and at the CPU', async (t) => {
+    const { outcome: o, image, differences } = await restoreAndFinish(t, 'default', 'keep-and-preserve');
+    t.same(differences, [], 'the kernel accepted every restored register as requested');
+    t.equal(o.totalHits, CALLS, `${CALLS} ptrace hits across original and restored process`);
     t.equal(o.checksum, reference.checksum, 'same checksum as the uninterrupted run');
-    t.ok(resumedExactly(o), 'resumed exactly as the uninterrupted run');
+    t.ok(o.oracle.first, 'oracle: the CPU executed the resumed instruction and reached hwbreak:target_body');
+    for (const r of CHECKED_REGISTERS) t.equal(o.oracle.first?.get(r), image.regs[r], `oracle: ${r} = ${hex(image.regs[r])} in the CPU after resuming`);
+    t.equal(o.oracle.first?.get('cs'), 0x33n, 'oracle: user code segment');
+    t.equal(o.oracle.debugTraps.length, CALLS - CHECKPOINT_AT_HIT, `oracle: ${CALLS - CHECKPOINT_AT_HIT} #DB at hwbreak:target after restore — none at the resumed instruction, RF took effect`);
+    t.ok(resumedExactly(o, image), 'resumed exactly as the uninterrupted run');
     recordVerdict({
-      case: CASE, scenario: 'hw breakpoint, checkpoint at hit 2 (RF=1)', policy: 'rf=keep-and-preserve', control: false,
-      expected: `${CALLS} hits, checksum ${reference.checksum}`, observed: `${o.totalHits} hits, checksum ${o.checksum}`, pass: resumedExactly(o),
+      case: CASE, scenario: SCENARIO, policy: 'rf=keep-and-preserve', control: false,
+      expected: `${CALLS} hits, ${CALLS - CHECKPOINT_AT_HIT} #DB after restore, checksum ${reference.checksum}`,
+      observed: `${o.totalHits} hits, ${o.oracle.debugTraps.length} #DB after restore, checksum ${o.checksum}`,
+      pass: resumedExactly(o, image),
+      conditions: { 'probes.rfAtHwBreakpointStop': String(rfAtStop.value) },
     });
   });
 
-  await t.test('negative control rf=clear: the spurious re-trigger makes the main assertion fail', async (t) => {
-    const o = await restoreAndFinish(t, 'clear', 'clear');
-    t.equal(o.totalHits, CALLS + 1, `${CALLS + 1} hits: the restored task re-hits the breakpoint it stopped at`);
-    t.equal(o.checksum, reference.checksum, 'the extra trap changes no data, only the hit count');
-    t.notOk(resumedExactly(o), 'the main assertion fails on this control');
+  await t.test('negative control rf=clear: the spurious re-trigger makes the main assertion fail, at the agent and at the CPU', async (t) => {
+    const { outcome: o, image } = await restoreAndFinish(t, 'clear', 'clear');
+    t.equal(o.totalHits, CALLS + 1, `${CALLS + 1} ptrace hits: the restored task re-hits the breakpoint it stopped at`);
+    t.equal(o.oracle.debugTraps.length, CALLS - CHECKPOINT_AT_HIT + 1, `oracle: ${CALLS - CHECKPOINT_AT_HIT + 1} #DB at hwbreak:target after restore — the CPU trapped again at the resumed instruction`);
+    t.equal(o.oracle.debugTraps[0]?.flags !== undefined ? (o.oracle.debugTraps[0].flags & EFLAGS.RF) : undefined, 0n, 'oracle: the spurious #DB was taken with RF clear');
+    t.equal(o.checksum, reference.checksum, 'the extra trap changes no data, only the trap count');
+    t.notOk(resumedExactly(o, image), 'the main assertion fails on this control');
     recordVerdict({
-      case: CASE, scenario: 'hw breakpoint, checkpoint at hit 2 (RF=1)', policy: 'rf=clear', control: true,
-      expected: `${CALLS + 1} hits (spurious re-trigger)`, observed: `${o.totalHits} hits`, pass: o.totalHits === CALLS + 1 && !resumedExactly(o),
+      case: CASE, scenario: SCENARIO, policy: 'rf=clear', control: true,
+      expected: `${CALLS + 1} hits, ${CALLS - CHECKPOINT_AT_HIT + 1} #DB after restore (spurious re-trigger)`,
+      observed: `${o.totalHits} hits, ${o.oracle.debugTraps.length} #DB after restore`,
+      pass: o.totalHits === CALLS + 1 && o.oracle.debugTraps.length === CALLS - CHECKPOINT_AT_HIT + 1 && !resumedExactly(o, image),
+      conditions: { 'probes.rfAtHwBreakpointStop': String(rfAtStop.value) },
     });
   });
 
@@ -124,10 +170,10 @@ t.test(CASE, async (t) => {
     t.equal(agent.requestsSent, before, 'no request reached the agent');
     t.equal(await guest.machine.ssh.run('ls /proc | grep -c "^[0-9]"'), processesBefore, 'guest process count unchanged');
     recordVerdict({
-      case: CASE, scenario: 'hw breakpoint, checkpoint at hit 2 (RF=1)', policy: 'rf=reject', control: true,
-      expected: 'refused, naming RF, guest untouched', observed: error instanceof ImageRejectedError ? `refused at ${error.entry} ${error.field}, ${agent.requestsSent - before} requests sent` : 'restored',
+      case: CASE, scenario: SCENARIO, policy: 'rf=reject', control: true,
+      expected: 'refused, naming RF, guest untouched',
+      observed: error instanceof ImageRejectedError ? `refused at ${error.entry} ${error.field}, ${agent.requestsSent - before} requests sent` : 'restored',
       pass: error instanceof ImageRejectedError && /RF/.test(error.message) && agent.requestsSent === before,
     });
   });
 });
-

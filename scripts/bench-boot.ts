@@ -13,6 +13,7 @@ import { parseArgs } from 'node:util';
 import { bootstrapHost } from '../harness/host/bootstrap.ts';
 import { buildImage } from '../harness/image/build.ts';
 import { QemuMachine } from '../harness/machine/machine.ts';
+import { median, summarize } from './stats.ts';
 
 const { values } = parseArgs({ options: { boots: { type: 'string', default: '5' } } });
 const boots = Number(values.boots);
@@ -43,14 +44,8 @@ for (let i = 0; i < boots; i++) {
   console.error(`boot ${i + 1}/${boots}: console marker ${markerAt} ms, SSH ready ${sshReady.at(-1)} ms`);
 }
 
-const stats = (xs: number[]): string => {
-  const s = [...xs].sort((a, b) => a - b);
-  const median = s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
-  return `median ${median} ms, min ${s[0]} ms, max ${s.at(-1)} ms`;
-};
-const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 console.log(`accelerator: ${accel}`);
 console.log(`kernel: ${image.kernel.origin}`);
-console.log(`launch -> "crh: ready" on the console (${boots} boots): ${stats(consoleReady)}`);
-console.log(`launch -> SSH answers (${boots} boots): ${stats(sshReady)}`);
+console.log(`launch -> "crh: ready" on the console (${boots} boots): ${summarize(consoleReady)}`);
+console.log(`launch -> SSH answers (${boots} boots): ${summarize(sshReady)}`);
 console.log(`ratio SSH-ready / console-ready (medians): ${(median(sshReady) / median(consoleReady)).toFixed(2)}`);

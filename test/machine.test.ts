@@ -4,7 +4,7 @@ import { spawn } from 'node:child_process';
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { AgentError, BootError, LaunchError } from '../harness/errors.ts';
+import { AgentError, BootError, LaunchError, TimeoutError } from '../harness/errors.ts';
 import { AgentClient } from '../harness/agent/client.ts';
 import { buildImage, type GuestImage } from '../harness/image/build.ts';
 import { QemuMachine } from '../harness/machine/machine.ts';
@@ -67,6 +67,20 @@ t.test('a guest that panics mid-case fails pending agent requests at once, with 
   t.equal(status, 'guest-panicked', 'pvpanic paused the VM for diagnosis');
 });
 
+t.test('an agent request that outlives its deadline fails with where each vCPU is', async (t) => {
+  const machine = new QemuMachine({ image, artifactsDir: await artifacts() });
+  t.teardown(() => machine.shutdown());
+  await machine.launch();
+  const { client } = await AgentClient.open(await machine.ssh.transport(image.guestPaths['crh-agent']!));
+  client.diagnose = () => machine.diagnose();
+  client.requestTimeoutMs = 1500;
+  const { pid } = await client.call({ op: 'SPAWN', path: '/bin/sleep', argv: ['sleep', '600'], envp: [], stdoutPath: '/tmp/sleep.out', noAslr: false });
+  const error = (await client.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: 0 }).then(() => undefined, (e: unknown) => e)) as TimeoutError;
+  t.ok(error instanceof TimeoutError, `TimeoutError: ${error?.message}`);
+  t.match(error.details.diagnosis, /vCPU \S+: (kernel|user) mode, rip 0x[0-9a-f]+/);
+  t.equal((await machine.qmp.execute<{ status: string }>('query-status')).status, 'running', 'the diagnosis resumed the VM');
+});
+
 t.test('a missing kernel fails launch with the command line, and nothing runs', async (t) => {
   const broken = { ...image, kernel: { ...image.kernel, bzImage: '/nonexistent/bzImage' } };
   const machine = new QemuMachine({ image: broken, artifactsDir: await artifacts() });
@@ -94,6 +108,7 @@ t.test('a boot that does not finish in time is cut off and killed', async (t) =>
   const error = (await machine.launch().then(() => undefined, (e: unknown) => e)) as BootError;
   t.ok(error instanceof BootError, `BootError: ${error?.message}`);
   t.match(error.details['command line'], /qemu-system-x86_64/);
+  t.match(error.details['vCPUs at the timeout'], /^vCPU \S+: (kernel|user) mode, rip 0x[0-9a-f]+/, 'the error says where the vCPU was');
   t.notOk(alive(machine.pid), 'QEMU killed');
 });
 

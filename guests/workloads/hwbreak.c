@@ -16,7 +16,26 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-__attribute__((noinline, noclone)) uint64_t target(uint64_t i)
+/*
+ * `target` is a one-byte nop followed by `target_body`, a jump to the real
+ * work. The breakpoint sits on `target`; the host's CPU oracle watches
+ * `target_body`, where the registers are exactly those the process resumed
+ * with (a nop changes nothing) — without putting a gdbstub breakpoint on the
+ * guest's own breakpoint address, which QEMU TCG would turn into a #DB that
+ * ignores RF.
+ */
+uint64_t target(uint64_t i);
+__asm__(".text\n"
+	".globl target\n"
+	".type target, @function\n"
+	"target:\n"
+	"	nop\n"
+	".globl target_body\n"
+	"target_body:\n"
+	"	jmp target_impl\n"
+	".size target, . - target\n");
+
+__attribute__((noinline, noclone, used)) uint64_t target_impl(uint64_t i)
 {
 	uint64_t x;
 

@@ -4,6 +4,8 @@
  *   crh bootstrap                 install missing host packages (root) or say which
  *   crh image [kernel options]    build the guest image, print where it is
  *   crh boot  [kernel options]    boot a guest and print a ready ssh command line
+ *   crh doctor [--json] [kernel options]
+ *                                 measure and print the platform profile
  *   crh run   [--grep RE] [kernel options] [--artifacts DIR]
  *                                 run the cases, print the verdict table
  *
@@ -20,6 +22,9 @@ import { bootstrapHost } from '../host/bootstrap.ts';
 import { buildImage } from '../image/build.ts';
 import { kernelFromEnvironment } from '../image/kernel.ts';
 import { QemuMachine } from '../machine/machine.ts';
+import { launchMachine } from '../machine/fast-start.ts';
+import { AgentClient } from '../agent/client.ts';
+import { platformProfile, profileRows } from '../platform/profile.ts';
 import { readInfraFailures } from '../report/infra-failures.ts';
 import { artifactsRoot, formatVerdictTable, readVerdicts } from '../report/verdicts.ts';
 import { REPO_ROOT } from '../util/cache-dir.ts';
@@ -71,6 +76,33 @@ async function bootCommand(args: string[]): Promise<number> {
     process.once('SIGTERM', resolve);
   });
   await machine.shutdown();
+  return EXIT.ok;
+}
+
+async function doctorCommand(args: string[]): Promise<number> {
+  const { values } = parseArgs({ args, options: { ...kernelOptions, json: { type: 'boolean' } } });
+  applyKernelOptions(values);
+  await bootstrapHost(log);
+  const image = await buildImage({ kernel: await kernelFromEnvironment(), log });
+  const machine = await launchMachine({ image, artifactsDir: path.join(artifactsRoot(), 'doctor') });
+  try {
+    const { client: agent } = await AgentClient.open(await machine.ssh.transport(image.guestPaths['crh-agent']!));
+    agent.failWhen(machine.failure);
+    try {
+      const profile = await platformProfile({ image, machine, agent, log }, { fresh: true });
+      if (values.json) {
+        process.stdout.write(`${JSON.stringify(profile, null, 2)}\n`);
+      } else {
+        const rows = profileRows(profile);
+        const width = Math.max(...rows.map(([k]) => k.length));
+        process.stdout.write(`${rows.map(([k, v]) => `${k.padEnd(width)}  ${v}`).join('\n')}\n`);
+      }
+    } finally {
+      await agent.close();
+    }
+  } finally {
+    await machine.shutdown();
+  }
   return EXIT.ok;
 }
 
@@ -126,8 +158,10 @@ async function main(argv: string[]): Promise<number> {
       return bootCommand(rest);
     case 'run':
       return runCommand(rest);
+    case 'doctor':
+      return doctorCommand(rest);
     default:
-      process.stderr.write('usage: crh bootstrap | image | boot | run [--grep RE] [--kernel BZIMAGE --system-map FILE] [--artifacts DIR]\n');
+      process.stderr.write('usage: crh bootstrap | image | boot | doctor [--json] | run [--grep RE] [--kernel BZIMAGE --system-map FILE] [--artifacts DIR]\n');
       return EXIT.usage;
   }
 }

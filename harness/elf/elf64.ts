@@ -25,8 +25,10 @@ export interface ElfSymbol {
 }
 
 const SHT_SYMTAB = 2;
-export const STT_FUNC = 2;
+export const STT_NOTYPE = 0;
 export const STT_OBJECT = 1;
+export const STT_FUNC = 2;
+export const STB_GLOBAL = 1;
 
 export class ElfFile {
   private constructor(

@@ -20,6 +20,8 @@ import { ConsoleLog, KERNEL_DEATH } from './console.ts';
 import { freeLoopbackPort } from './free-port.ts';
 import { formatCommandLine, qemuArgs, shellQuote } from './qemu-args.ts';
 import { Ready } from './readiness.ts';
+import { diagnoseVcpus } from '../oracle/diagnose.ts';
+import type { SymbolTable } from '../symbols/symbols.ts';
 import { forgetMachine, reapOrphans, recordMachine } from './reaper.ts';
 
 export type MachineEvent =
@@ -46,6 +48,8 @@ export interface MachineConfig {
    */
   incomingState?: string;
   onEvent?: (event: MachineEvent) => void;
+  /** names addresses in hang diagnoses (kernel symbols, when already known) */
+  diagnosisSymbols?: SymbolTable;
 }
 
 let machineCounter = 0;
@@ -69,6 +73,7 @@ export class QemuMachine implements AsyncDisposable {
   private failurePromise: Promise<never> | undefined;
   private accelChoice: AccelChoice | undefined;
   private port = 0;
+  private diagnosis: string | undefined;
   readonly name: string;
 
   constructor(private readonly config: MachineConfig) {
@@ -96,6 +101,7 @@ export class QemuMachine implements AsyncDisposable {
         return this;
       } catch (error) {
         const lostPortRace = /Could not set up host forwarding rule/.test(this.stderrTail);
+        if (error instanceof TimeoutError && this.exitDescription === undefined) this.diagnosis = await this.diagnose();
         await this.shutdown();
         if (lostPortRace && attempt < PORT_ATTEMPTS) {
           this.shutdownPromise = undefined;
@@ -169,6 +175,18 @@ export class QemuMachine implements AsyncDisposable {
       () => lost('GUEST_PANICKED'),
       () => {},
     );
+  }
+
+  /**
+   * Where each vCPU is right now (RIP, CS, symbolized), read through the
+   * gdbstub; never throws — a diagnosis that fails says why instead.
+   */
+  async diagnose(): Promise<string> {
+    try {
+      return await diagnoseVcpus(this.gdbSocket, this.config.diagnosisSymbols);
+    } catch (error) {
+      return `could not read the vCPUs through the gdbstub: ${(error as Error).message}`;
+    }
   }
 
   /** Whether this machine was started from saved VM state rather than booted. */
@@ -312,6 +330,7 @@ export class QemuMachine implements AsyncDisposable {
       'command line': this.commandLine,
       'QEMU stderr': this.stderrTail,
       'console tail': this.consoleLog?.tail() ?? '',
+      'vCPUs at the timeout': this.diagnosis ?? '',
     };
     const cause = error instanceof Error ? error.message : String(error);
     const death = this.consoleLog?.lines.find((line) => KERNEL_DEATH.test(line));

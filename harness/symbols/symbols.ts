@@ -6,7 +6,7 @@
  * "hwbreak:target".
  */
 import { readFile } from 'node:fs/promises';
-import { ElfFile, STT_FUNC, STT_OBJECT } from '../elf/elf64.ts';
+import { ElfFile, STB_GLOBAL, STT_FUNC, STT_NOTYPE, STT_OBJECT } from '../elf/elf64.ts';
 import { CrhError } from '../errors.ts';
 
 export interface Symbol {
@@ -41,13 +41,13 @@ export class SymbolTable {
     return this.add(parseSystemMap(await readFile(file, 'utf8')));
   }
 
-  /** Adds a guest program's functions and objects under `module`. */
+  /** Adds a guest program's functions, objects and global labels under `module`. */
   async addProgram(module: string, file: string): Promise<this> {
     const elf = await ElfFile.open(file);
     return this.add(
       elf
         .symbols()
-        .filter((s) => (s.type === STT_FUNC || s.type === STT_OBJECT) && s.name.length > 0 && s.value !== 0n)
+        .filter((s) => (s.type === STT_FUNC || s.type === STT_OBJECT || (s.type === STT_NOTYPE && s.bind === STB_GLOBAL)) && s.name.length > 0 && s.value !== 0n)
         .map((s) => ({ module, name: s.name, address: s.value, size: s.size })),
     );
   }

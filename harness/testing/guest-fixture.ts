@@ -13,6 +13,9 @@ import { artifactsRoot } from '../report/verdicts.ts';
 import { isInfraFailure, recordInfraFailure } from '../report/infra-failures.ts';
 import { kernelFromEnvironment } from '../image/kernel.ts';
 import type { PlatformFacts } from '../restore/checkpoint-image.ts';
+import { SymbolTable } from '../symbols/symbols.ts';
+import { kernelSymbolFile } from '../symbols/kernel-symbols.ts';
+import { platformProfile, profileFacts, type PlatformProfile } from '../platform/profile.ts';
 
 export interface Guest {
   image: GuestImage;
@@ -20,7 +23,12 @@ export interface Guest {
   agent: AgentClient;
   hello: HelloResult;
   artifactsDir: string;
+  /** the measured platform profile cases take their expectations from */
+  profile: PlatformProfile;
+  /** the profile flattened, as written into checkpoint images */
   platform: PlatformFacts;
+  /** kernel and guest-program symbols, for the oracle and for reports */
+  symbols: SymbolTable;
 }
 
 interface Teardownable {
@@ -52,18 +60,16 @@ async function launchGuest(t: Teardownable, caseName: string, artifactsDir: stri
     await agent?.close().catch(() => {});
     await machine?.shutdown();
   });
-  machine = await launchMachine({ image, artifactsDir, onEvent: progress });
+  // Guest programs now, kernel symbols once the guest is up (they may come from its /proc/kallsyms).
+  const symbols = new SymbolTable();
+  for (const [name, file] of Object.entries(image.binaries)) await symbols.addProgram(name, file);
+  machine = await launchMachine({ image, artifactsDir, onEvent: progress, diagnosisSymbols: symbols });
   const opened = await AgentClient.open(await machine.ssh.transport(image.guestPaths['crh-agent']!));
   agent = opened.client;
   agent.failWhen(machine.failure);
-  const platform: PlatformFacts = {
-    accel: machine.accel!.accel,
-    accelReason: machine.accel!.reason,
-    cpuModel: machine.accel!.accel === 'kvm' ? 'host' : 'max',
-    kernelRelease: opened.hello.release,
-    kernelOrigin: image.kernel.origin,
-    imageKey: image.key,
-    start: machine.fromSavedState ? 'saved-state' : 'cold-boot',
-  };
-  return { image, machine, agent, hello: opened.hello, artifactsDir, platform };
+  agent.diagnose = async () => `${await machine!.diagnose()}\n--- console tail ---\n${machine!.console.tail()}`;
+  const profile = await platformProfile({ image, machine, agent, log: (line) => t.comment(`${caseName}: ${line}`) });
+  const platform: PlatformFacts = { ...profileFacts(profile), imageKey: image.key, start: machine.fromSavedState ? 'saved-state' : 'cold-boot' };
+  await symbols.addSystemMap((await kernelSymbolFile(image, machine.ssh)).file);
+  return { image, machine, agent, hello: opened.hello, artifactsDir, profile, platform, symbols };
 }

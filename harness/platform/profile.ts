@@ -1,0 +1,200 @@
+/**
+ * The platform profile: what this host, QEMU, CPU model and guest kernel
+ * actually do, measured rather than assumed. QEMU TCG is not hardware, and
+ * kernels change semantics between versions; cases read their expectations
+ * from this profile and print the value each expectation depends on. Every
+ * checkpoint image carries it.
+ *
+ * Probes:
+ * - rfOnUserPageFault: the EFLAGS the CPU pushed in the exception frame of a
+ *   user-mode page fault, read at the kernel's page-fault entry through the
+ *   gdbstub. The architecture pushes RF=1 for fault-class exceptions.
+ * - rfAtHwBreakpointStop: EFLAGS.RF in the registers ptrace reports at a
+ *   hardware-breakpoint SIGTRAP stop (the kernel's hw_breakpoint handler sets it).
+ * - rseqDeprecatedFlagsRejected: whether the kernel kills a task whose active
+ *   rseq_cs carries RSEQ_CS_FLAG_NO_RESTART_ON_* flags (6.0 and later) instead
+ *   of honouring them; flags=0 is run first as the control.
+ */
+import { existsSync } from 'node:fs';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import type { AgentClient } from '../agent/client.ts';
+import type { GuestImage } from '../image/build.ts';
+import type { QemuMachine } from '../machine/machine.ts';
+import { qemuVersion } from '../machine/qemu-version.ts';
+import { cacheDir } from '../util/cache-dir.ts';
+import { sha256 } from '../util/hash.ts';
+import { EFLAGS, NT_X86_XSTATE, debugRegOffset, hex } from '../x86/registers.ts';
+import { ElfFile } from '../elf/elf64.ts';
+import { CASE_OPTIONS, optionState, readKernelConfig } from './kernel-config.ts';
+import { measureRfOnUserPageFault } from './page-fault-probe.ts';
+
+export const PROFILE_VERSION = 1;
+
+/** A measured fact: its value (null when it could not be measured) and how it was obtained. */
+export interface Measured<T> {
+  value: T | null;
+  how: string;
+}
+
+export interface PlatformProfile {
+  version: number;
+  measuredAt: string;
+  qemu: string;
+  accel: string;
+  accelReason: string;
+  cpuModel: string;
+  guestCpu: string;
+  cpuFlags: string[];
+  xcr0: string;
+  xsaveBytes: number;
+  kernelRelease: string;
+  kernelOrigin: string;
+  kernelConfig: Record<string, string>;
+  kernelSymbols: string;
+  probes: {
+    rfOnUserPageFault: Measured<boolean>;
+    rfAtHwBreakpointStop: Measured<boolean>;
+    rseqDeprecatedFlagsRejected: Measured<boolean>;
+  };
+}
+
+/** CPU flags worth recording: the ones C/R state depends on. */
+const INTERESTING_FLAGS = ['xsave', 'xsaveopt', 'xsavec', 'xsaves', 'avx', 'avx2', 'avx512f', 'fsgsbase', 'pku', 'rdrand', 'sse4_2', 'fxsr'];
+
+export interface ProfileContext {
+  image: GuestImage;
+  machine: QemuMachine;
+  agent: AgentClient;
+  log?: (line: string) => void;
+}
+
+/** Cache file of the profile for this image, QEMU, accelerator and host CPU. */
+export async function profilePath(ctx: Pick<ProfileContext, 'image' | 'machine'>): Promise<string> {
+  const hostCpu = (await readFile('/proc/cpuinfo', 'utf8')).match(/model name\s*:\s*(.*)/)?.[1] ?? 'unknown';
+  const key = sha256(JSON.stringify({ v: PROFILE_VERSION, image: ctx.image.key, accel: ctx.machine.accel?.accel, qemu: await qemuVersion(), hostCpu })).slice(0, 20);
+  return cacheDir('profiles', `${key}.json`);
+}
+
+/** The cached profile when there is one, else a fresh measurement (cached). */
+export async function platformProfile(ctx: ProfileContext, options: { fresh?: boolean } = {}): Promise<PlatformProfile> {
+  const file = await profilePath(ctx);
+  if (!options.fresh && existsSync(file)) return JSON.parse(await readFile(file, 'utf8')) as PlatformProfile;
+  const profile = await measurePlatformProfile(ctx);
+  await mkdir(path.dirname(file), { recursive: true });
+  await writeFile(file, `${JSON.stringify(profile, null, 2)}\n`);
+  return profile;
+}
+
+export async function measurePlatformProfile(ctx: ProfileContext): Promise<PlatformProfile> {
+  const { image, machine, agent } = ctx;
+  const log = ctx.log ?? (() => {});
+  const cpuinfo = await machine.ssh.run('cat /proc/cpuinfo');
+  const flags = new Set((cpuinfo.match(/^flags\s*:\s*(.*)$/m)?.[1] ?? '').split(/\s+/));
+  const config = await readKernelConfig(image.kernel.config);
+  const release = (await machine.ssh.run('uname -r')).trim();
+
+  log('probe: RF at a hardware-breakpoint stop');
+  const hw = await probeHwBreakpointStop(ctx);
+  log('probe: rseq with deprecated flags');
+  const rseq = await probeRseqDeprecatedFlags(ctx);
+  log('probe: RF in the exception frame of a user page fault (gdbstub)');
+  const pf = await measureRfOnUserPageFault(ctx);
+
+  return {
+    version: PROFILE_VERSION,
+    measuredAt: new Date().toISOString(),
+    qemu: await qemuVersion(),
+    accel: machine.accel?.accel ?? 'unknown',
+    accelReason: machine.accel?.reason ?? '',
+    cpuModel: machine.accel?.accel === 'kvm' ? 'host' : 'max',
+    guestCpu: cpuinfo.match(/model name\s*:\s*(.*)/)?.[1] ?? 'unknown',
+    cpuFlags: INTERESTING_FLAGS.filter((f) => flags.has(f)),
+    xcr0: hex(hw.xcr0),
+    xsaveBytes: hw.xsaveBytes,
+    kernelRelease: release,
+    kernelOrigin: image.kernel.origin,
+    kernelConfig: Object.fromEntries(Object.keys(CASE_OPTIONS).map((o) => [o, optionState(config, o)])),
+    kernelSymbols: pf.symbolsOrigin,
+    probes: { rfOnUserPageFault: pf.measured, rfAtHwBreakpointStop: hw.measured, rseqDeprecatedFlagsRejected: rseq },
+  };
+}
+
+async function probeHwBreakpointStop(ctx: ProfileContext): Promise<{ measured: Measured<boolean>; xcr0: bigint; xsaveBytes: number }> {
+  const { agent, image } = ctx;
+  const binary = image.guestPaths.hwbreak!;
+  const target = (await ElfFile.open(image.binaries.hwbreak!)).symbolAddress('target');
+  const { pid } = await agent.call({ op: 'SPAWN', path: binary, argv: [binary, '1'], envp: [], stdoutPath: '/tmp/probe-hwbreak.out', noAslr: true });
+  try {
+    await agent.call({ op: 'POKEUSER', pid, offset: debugRegOffset(0), value: target });
+    await agent.call({ op: 'POKEUSER', pid, offset: debugRegOffset(7), value: 1n });
+    const run = await agent.call({ op: 'RUN', pid, stopAfterHits: 1, timeoutMs: 30_000 });
+    const xstate = await agent.call({ op: 'GETREGSET', pid, noteType: NT_X86_XSTATE, maxSize: 16384 });
+    const hit = run.hits[0];
+    return {
+      measured: hit
+        ? { value: (hit.eflags & EFLAGS.RF) !== 0n, how: `ptrace GETREGS at the SIGTRAP stop of DR0 on hwbreak:target: eflags ${hex(hit.eflags)}` }
+        : { value: null, how: `no breakpoint hit (${run.outcome} ${run.code})` },
+      xcr0: xstate.readBigUInt64LE(464),
+      xsaveBytes: xstate.length,
+    };
+  } finally {
+    await agent.call({ op: 'KILL', pid }).catch(() => {});
+  }
+}
+
+async function probeRseqDeprecatedFlags(ctx: ProfileContext): Promise<Measured<boolean>> {
+  const { agent, image } = ctx;
+  const binary = image.guestPaths['rseq-flags']!;
+  const runWith = async (flags: string): Promise<string> => {
+    const out = `/tmp/probe-rseq-${flags}.out`;
+    const { pid } = await agent.call({ op: 'SPAWN', path: binary, argv: [binary, flags], envp: [], stdoutPath: out, noAslr: true });
+    const run = await agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: 30_000 });
+    // RUN records and delivers signals; the timer's SIGALRMs show up there too.
+    if (run.outcome === 'killed') return `signal ${run.code}`;
+    return `exit ${run.code}: ${(await agent.call({ op: 'READ_FILE', path: out, maxSize: 4096 })).toString().trim()}`;
+  };
+  const control = await runWith('0');
+  if (control !== 'exit 0: outcome=abort') return { value: null, how: `control (flags=0) did not abort once: ${control}` };
+  const deprecated = await runWith('4');
+  if (deprecated === 'signal 11') return { value: true, how: 'flags=0 aborted; flags=4 (NO_RESTART_ON_MIGRATE) killed by SIGSEGV' };
+  if (deprecated === 'exit 0: outcome=abort') return { value: false, how: 'flags=0 and flags=4 both aborted to the abort handler' };
+  return { value: null, how: `flags=4 gave ${deprecated}` };
+}
+
+/** The profile as flat scalars, as checkpoint images record it. */
+export function profileFacts(p: PlatformProfile): Record<string, string | number | boolean | null> {
+  return {
+    profileVersion: p.version,
+    qemu: p.qemu,
+    accel: p.accel,
+    accelReason: p.accelReason,
+    cpuModel: p.cpuModel,
+    guestCpu: p.guestCpu,
+    cpuFlags: p.cpuFlags.join(' '),
+    xcr0: p.xcr0,
+    xsaveBytes: p.xsaveBytes,
+    kernelRelease: p.kernelRelease,
+    kernelOrigin: p.kernelOrigin,
+    ...Object.fromEntries(Object.entries(p.kernelConfig).map(([k, v]) => [`kernelConfig.${k}`, v])),
+    ...Object.fromEntries(Object.entries(p.probes).map(([k, m]) => [`probes.${k}`, m.value])),
+  };
+}
+
+/** The profile as name/value rows for a table. */
+export function profileRows(p: PlatformProfile): Array<[string, string]> {
+  const measured = (m: Measured<boolean>): string => `${m.value === null ? 'not measured' : m.value ? 'yes' : 'no'} (${m.how})`;
+  return [
+    ['QEMU', p.qemu],
+    ['accelerator', `${p.accel} (${p.accelReason})`],
+    ['CPU model', `${p.cpuModel}: ${p.guestCpu}`],
+    ['CPU flags', p.cpuFlags.join(' ')],
+    ['XCR0 / XSAVE area', `${p.xcr0} / ${p.xsaveBytes} bytes`],
+    ['guest kernel', `${p.kernelRelease} (${p.kernelOrigin})`],
+    ...Object.entries(p.kernelConfig).map(([k, v]): [string, string] => [k, v]),
+    ['kernel symbols', p.kernelSymbols],
+    ['RF pushed on a user page fault', measured(p.probes.rfOnUserPageFault)],
+    ['RF at a hw-breakpoint ptrace stop', measured(p.probes.rfAtHwBreakpointStop)],
+    ['deprecated rseq_cs flags rejected', measured(p.probes.rseqDeprecatedFlagsRejected)],
+  ];
+}
