@@ -37,9 +37,9 @@ t.test('every listener is a unix socket or loopback', async (t) => {
   const chardevs = args.filter((_, i) => args[i - 1] === '-chardev');
   t.same(chardevs.filter((c) => c.startsWith('socket,')), [
     'socket,id=qmp,path=/tmp/x/qmp.sock,server=on,wait=off',
-    'socket,id=gdb,path=/tmp/x/gdb.sock,server=on,wait=off',
+    'socket,id=gdbstub,path=/tmp/x/gdb.sock,server=on,wait=off',
   ]);
-  t.ok(args.includes('-gdb') && args[args.indexOf('-gdb') + 1] === 'chardev:gdb', 'gdbstub always on');
+  t.ok(args.includes('-gdb') && args[args.indexOf('-gdb') + 1] === 'chardev:gdbstub', 'gdbstub always on');
   t.notOk(args.some((a) => /tcp::\d|host=0\.0\.0\.0|0\.0\.0\.0:/.test(a)), 'no wildcard listener anywhere');
   t.notOk(args.includes('-incoming'), 'cold boot has no -incoming');
   const incoming = qemuArgs({ ...options, incomingState: '/c/state file' });

@@ -92,7 +92,7 @@ interface StopWaiter {
 export class GdbClient {
   private readonly parser = new PacketParser();
   private readonly log: (line: string) => void;
-  private readonly recent: string[] = [];
+  private readonly recent: Array<string | { direction: '<' | '>'; payload: Buffer }> = [];
   private readonly timeoutMs: number;
   private serialTail: Promise<unknown> = Promise.resolve();
   private pending: PendingRequest | undefined;
@@ -657,7 +657,7 @@ export class GdbClient {
   private sendPacket(payload: Buffer): void {
     const frame = encodePacket(payload);
     this.stats.packetsSent++;
-    this.logLine(`> ${printable(payload)}`);
+    this.logPacket('>', payload);
     if (this.ackMode) {
       this.unacked = frame;
       this.retransmitsInRow = 0;
@@ -724,7 +724,7 @@ export class GdbClient {
         this.nacksInRow = 0;
         if (this.ackMode) this.stream.write('+');
         this.stats.packetsReceived++;
-        this.logLine(`< ${printable(event.payload)}`);
+        this.logPacket('<', event.payload);
         this.onPacket(event.payload);
     }
   }
@@ -820,8 +820,22 @@ export class GdbClient {
     this.log(line);
   }
 
+  /**
+   * Packets are the hot path (a 1 MiB read is 512 of them): without a log
+   * callback they are kept raw and only made printable if an error needs them.
+   */
+  private logPacket(direction: '<' | '>', payload: Buffer): void {
+    if (this.options.log) {
+      this.logLine(`${direction} ${printable(payload)}`);
+      return;
+    }
+    this.recent.push({ direction, payload });
+    if (this.recent.length > RECENT_LINES) this.recent.shift();
+  }
+
   private context(): Record<string, string> {
-    return { 'recent packets': this.recent.join('\n') };
+    const lines = this.recent.map((r) => (typeof r === 'string' ? r : `${r.direction} ${printable(r.payload)}`));
+    return { 'recent packets': lines.join('\n') };
   }
 }
 

@@ -56,8 +56,8 @@ export function errnoName(code: number): string {
 /** Sum of the bytes mod 256: the two hex digits after `#`. */
 export function checksum(bytes: Uint8Array): number {
   let sum = 0;
-  for (const b of bytes) sum = (sum + b) & 0xff;
-  return sum;
+  for (let i = 0; i < bytes.length; i++) sum += bytes[i]!;
+  return sum & 0xff;
 }
 
 /** Escapes the four bytes a payload may not carry literally. */
@@ -95,25 +95,37 @@ export function encodePacket(payload: string | Uint8Array): Buffer {
  * (the count byte itself is never escaped).
  */
 export function decodePayload(body: Uint8Array): Buffer {
-  const out: number[] = [];
+  const bytes = Buffer.from(body.buffer, body.byteOffset, body.byteLength);
+  // Most replies (hex memory, registers) carry neither: copy them as they are.
+  if (bytes.indexOf(ESCAPE) < 0 && bytes.indexOf(RUN_LENGTH) < 0) return bytes;
+  let out = Buffer.alloc(body.length * 2);
+  let at = 0;
+  const put = (b: number): void => {
+    if (at === out.length) {
+      const grown = Buffer.alloc(out.length * 2);
+      out.copy(grown);
+      out = grown;
+    }
+    out[at++] = b;
+  };
   for (let i = 0; i < body.length; i++) {
     const b = body[i]!;
     if (b === ESCAPE) {
       const next = body[++i];
       if (next === undefined) throw new GdbError('packet ends inside an escape', { reply: Buffer.from(body) });
-      out.push(next ^ 0x20);
+      put(next ^ 0x20);
     } else if (b === RUN_LENGTH) {
       const count = body[++i];
-      const last = out.at(-1);
-      if (count === undefined || last === undefined || count < 29) {
+      if (count === undefined || at === 0 || count < 29) {
         throw new GdbError('malformed run-length encoding', { reply: Buffer.from(body) });
       }
-      for (let n = 0; n < count - 29; n++) out.push(last);
+      const last = out[at - 1]!;
+      for (let n = 0; n < count - 29; n++) put(last);
     } else {
-      out.push(b);
+      put(b);
     }
   }
-  return Buffer.from(out);
+  return Buffer.from(out.subarray(0, at));
 }
 
 export type PacketEvent =
@@ -135,7 +147,7 @@ type State = { at: 'idle' } | { at: 'body'; kind: 'packet' | 'notification'; sta
  * order. It keeps no more than one partial packet.
  */
 export class PacketParser {
-  private buffer = Buffer.alloc(0);
+  private buffer: Buffer = Buffer.alloc(0);
   private state: State = { at: 'idle' };
   /** where scanning resumes in `buffer` */
   private scan = 0;
@@ -143,7 +155,8 @@ export class PacketParser {
   constructor(private readonly maxPacketBytes = MAX_PACKET_BYTES) {}
 
   push(chunk: Uint8Array): PacketEvent[] {
-    this.buffer = this.buffer.length === 0 ? Buffer.from(chunk) : Buffer.concat([this.buffer, chunk]);
+    // Chunks are views, never copied: the parser only slices, and socket chunks are not reused.
+    this.buffer = this.buffer.length === 0 ? Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength) : Buffer.concat([this.buffer, chunk]);
     const events: PacketEvent[] = [];
     let junkStart = -1;
     const flushJunk = (end: number): void => {
@@ -163,12 +176,19 @@ export class PacketParser {
         else if (junkStart < 0) junkStart = i;
         if (this.state.at === 'idle') consumed = i + 1;
       } else if (state.at === 'body') {
-        if (b === 0x23 /* # */) this.state = { at: 'checksum', kind: state.kind, start: state.start, hash: i };
-        else if (i - state.start > this.maxPacketBytes) {
+        // Jump to the '#' rather than stepping through the body byte by byte.
+        const hash = this.buffer.indexOf(0x23 /* # */, i);
+        const end = hash < 0 ? this.buffer.length : hash;
+        if (end - state.start > this.maxPacketBytes) {
           throw new GdbError(`packet longer than ${this.maxPacketBytes} bytes without an end`, { reply: this.buffer.subarray(state.start, state.start + 200) });
         }
+        if (hash < 0) i = this.buffer.length - 1;
+        else {
+          this.state = { at: 'checksum', kind: state.kind, start: state.start, hash };
+          i = hash;
+        }
       } else if (i === state.hash + 2) {
-        const raw = Buffer.from(this.buffer.subarray(state.start, i + 1));
+        const raw = this.buffer.subarray(state.start, i + 1);
         events.push(this.finish(state.kind, raw));
         this.state = { at: 'idle' };
         consumed = i + 1;
@@ -217,8 +237,10 @@ export function printable(data: string | Uint8Array, limit = PRINTABLE_LIMIT): s
 
 /** Bytes from hex digits (either case); undefined when the text is not whole hex bytes. */
 export function decodeHex(text: string): Buffer | undefined {
-  if (text.length % 2 !== 0 || !/^[0-9a-fA-F]*$/.test(text)) return undefined;
-  return Buffer.from(text, 'hex');
+  if (text.length % 2 !== 0) return undefined;
+  // Buffer stops at the first pair that is not hex: a short result means bad input.
+  const bytes = Buffer.from(text, 'hex');
+  return bytes.length * 2 === text.length ? bytes : undefined;
 }
 
 /** Lowercase hex digits of bytes. */

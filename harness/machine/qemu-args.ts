@@ -56,7 +56,8 @@ export function qmpArgs(socket: string): string[] {
 
 /** The gdbstub, always on, on a unix socket. */
 export function gdbstubArgs(socket: string): string[] {
-  return ['-chardev', `socket,id=gdb,path=${socket},server=on,wait=off`, '-gdb', 'chardev:gdb'];
+  // Not id=gdb: QEMU's own gdbserver monitor command creates a chardev by that name.
+  return ['-chardev', `socket,id=gdbstub,path=${socket},server=on,wait=off`, '-gdb', 'chardev:gdbstub'];
 }
 
 /**
