@@ -22,6 +22,8 @@ export interface ElfSymbol {
   type: number;
   /** STB_* from st_info */
   bind: number;
+  /** st_shndx: 0 undefined, 0xfff1 absolute, else the defining section */
+  section: number;
 }
 
 const SHT_SYMTAB = 2;
@@ -29,6 +31,8 @@ export const STT_NOTYPE = 0;
 export const STT_OBJECT = 1;
 export const STT_FUNC = 2;
 export const STB_GLOBAL = 1;
+/** Section indices from SHN_LORESERVE up (absolute, common, ...) name no section. */
+export const SHN_LORESERVE = 0xff00;
 
 export class ElfFile {
   private constructor(
@@ -97,6 +101,7 @@ export class ElfFile {
         name: cString(this.data, strtab.offset + this.data.readUInt32LE(at)),
         type: info & 0xf,
         bind: info >> 4,
+        section: this.data.readUInt16LE(at + 6),
         value: this.data.readBigUInt64LE(at + 8),
         size: this.data.readBigUInt64LE(at + 16),
       });

@@ -6,7 +6,7 @@
  * "hwbreak:target".
  */
 import { readFile } from 'node:fs/promises';
-import { ElfFile, STB_GLOBAL, STT_FUNC, STT_NOTYPE, STT_OBJECT } from '../elf/elf64.ts';
+import { ElfFile, SHN_LORESERVE, STB_GLOBAL, STT_FUNC, STT_NOTYPE, STT_OBJECT } from '../elf/elf64.ts';
 import { CrhError } from '../errors.ts';
 
 export interface Symbol {
@@ -22,12 +22,17 @@ export class SymbolError extends CrhError {
   override readonly name = 'SymbolError';
 }
 
-/** Text and data symbols of a System.map ("ffffffff81000000 T _stext"). */
+/** The kernel half of the x86-64 address space; below it are per-CPU offsets, not addresses. */
+const KERNEL_SPACE_START = 0xffff_8000_0000_0000n;
+
+/** Text and data symbols of a System.map ("ffffffff81000000 T _stext"); per-CPU offsets are left out. */
 export function parseSystemMap(text: string): Symbol[] {
   const symbols: Symbol[] = [];
   for (const line of text.split('\n')) {
     const m = /^([0-9a-f]{16}) ([TtWwDdBbRr]) (\S+)$/.exec(line);
-    if (m) symbols.push({ module: 'kernel', name: m[3]!, address: BigInt(`0x${m[1]}`), size: 0n });
+    if (!m) continue;
+    const address = BigInt(`0x${m[1]}`);
+    if (address >= KERNEL_SPACE_START) symbols.push({ module: 'kernel', name: m[3]!, address, size: 0n });
   }
   return symbols;
 }
@@ -47,7 +52,9 @@ export class SymbolTable {
     return this.add(
       elf
         .symbols()
-        .filter((s) => (s.type === STT_FUNC || s.type === STT_OBJECT || (s.type === STT_NOTYPE && s.bind === STB_GLOBAL)) && s.name.length > 0 && s.value !== 0n)
+        .filter((s) => (s.type === STT_FUNC || s.type === STT_OBJECT || (s.type === STT_NOTYPE && s.bind === STB_GLOBAL)) && s.name.length > 0)
+        // Only symbols defined in a section are addresses (absolute ones are flags like _nl_current_LC_CTYPE_used).
+        .filter((s) => s.section !== 0 && s.section < SHN_LORESERVE)
         .map((s) => ({ module, name: s.name, address: s.value, size: s.size })),
     );
   }
