@@ -7,9 +7,8 @@ import * as tar from 'tar-stream';
 import { ImageRejectedError } from '../harness/errors.ts';
 import { imageEntries, parseImageEntries, readCheckpointImage, writeCheckpointImage } from '../harness/restore/checkpoint-image.ts';
 import { eflagsViolations, validateDebugRegs, validateRegs, validateXstate } from '../harness/restore/validate.ts';
-import { sha256 } from '../harness/util/hash.ts';
 import { USER_REGS_FIELDS } from '../harness/x86/registers.ts';
-import { syntheticImage, syntheticRegs, syntheticXstate } from './support/synthetic-image.ts';
+import { reseal, syntheticImage, syntheticRegs, syntheticXstate } from './support/synthetic-image.ts';
 
 const hexRegs = (overrides: Record<string, string> = {}): Record<string, unknown> => ({
   ...Object.fromEntries(USER_REGS_FIELDS.map((n) => [n, `0x${syntheticRegs()[n].toString(16)}`])),
@@ -151,13 +150,10 @@ t.test('hostile tars: traversal, links, duplicates, unlisted and tampered entrie
 });
 
 t.test('manifest fields: format, version, process', async (t) => {
-  const resealed = (mutate: (m: Record<string, unknown>) => void): Map<string, Buffer> => {
-    const entries = imageEntries(syntheticImage());
-    const manifest = JSON.parse(entries.get('manifest.json')!.toString()) as Record<string, unknown>;
-    mutate(manifest);
-    entries.set('manifest.json', Buffer.from(JSON.stringify(manifest)));
-    return entries;
-  };
+  const resealed = (mutate: (m: Record<string, unknown>) => void): Map<string, Buffer> => reseal(imageEntries(syntheticImage()), {}, mutate);
+  const tampered = imageEntries(syntheticImage());
+  tampered.set('manifest.json', Buffer.from(tampered.get('manifest.json')!.toString().replace('"tcg"', '"kvm"')));
+  rejects(t, () => parseImageEntries(tampered), 'manifest.sha256', 'sha256');
   rejects(t, () => parseImageEntries(resealed((m) => (m.version = 2))), 'manifest.json', 'version');
   rejects(t, () => parseImageEntries(resealed((m) => (m.format = 'criu'))), 'manifest.json', 'format');
   rejects(t, () => parseImageEntries(resealed((m) => ((m.process as Record<string, unknown>).binary = '/bin/../etc/x'))), 'manifest.json', 'process.binary');
@@ -170,12 +166,7 @@ t.test('memory regions: alignment, order, sizes, user space', async (t) => {
     const entries = imageEntries(syntheticImage());
     const regions = JSON.parse(entries.get('memory.json')!.toString()) as Array<Record<string, unknown>>;
     mutate(regions);
-    const data = Buffer.from(JSON.stringify(regions));
-    entries.set('memory.json', data);
-    const manifest = JSON.parse(entries.get('manifest.json')!.toString());
-    manifest.entries['memory.json'] = { sha256: sha256(data), size: data.length };
-    entries.set('manifest.json', Buffer.from(JSON.stringify(manifest)));
-    return entries;
+    return reseal(entries, { 'memory.json': Buffer.from(JSON.stringify(regions)) });
   };
   rejects(t, () => parseImageEntries(withRegions((r) => (r[0]!.start = '0x10000010'))), 'memory.json', '[0].start');
   rejects(t, () => parseImageEntries(withRegions((r) => r.reverse())), 'memory.json', /\.start$/);

@@ -2,7 +2,11 @@
  * The checkpoint image: a tar (written and read with tar-stream) holding a
  * manifest — format version, the process, the platform profile, and the
  * SHA-256 and size of every other entry — plus registers, xstate, debug
- * registers, the memory map and the contents of every dumped mapping.
+ * registers, the memory map and the contents of every dumped mapping, and
+ * manifest.sha256, the manifest's own digest, so that no byte of the image
+ * goes unchecked. (The digests detect corruption; they authenticate nothing:
+ * whoever can write the file can recompute them, which is why every field is
+ * validated too.)
  *
  * Reading treats the file as hostile: tar structure, sizes, checksums and
  * every field are checked (validate.ts) before anything else sees it, and
@@ -19,6 +23,7 @@ import { validateImage } from './validate.ts';
 
 export const IMAGE_FORMAT = 'cr-harness-checkpoint';
 export const IMAGE_VERSION = 1;
+const MANIFEST_DIGEST = 'manifest.sha256';
 
 export const LIMITS = {
   entryBytes: 512 * 1024 * 1024,
@@ -113,7 +118,9 @@ export function imageEntries(image: CheckpointImage): Map<string, Buffer> {
     platform: image.platform,
     entries: Object.fromEntries([...entries].map(([name, data]) => [name, { sha256: sha256(data), size: data.length }])),
   };
-  entries.set('manifest.json', json(manifest));
+  const manifestBytes = json(manifest);
+  entries.set('manifest.json', manifestBytes);
+  entries.set(MANIFEST_DIGEST, Buffer.from(`${sha256(manifestBytes)}\n`));
   return entries;
 }
 
@@ -135,7 +142,7 @@ export async function writeCheckpointImage(image: CheckpointImage, file: string)
   }
 }
 
-const SAFE_NAME = /^(?:[a-z0-9_-]+\/)?[a-z0-9_-]+\.(?:json|bin|txt)$/;
+const SAFE_NAME = /^(?:[a-z0-9_-]+\/)?[a-z0-9_-]+\.(?:json|bin|txt|sha256)$/;
 
 /** Reads tar entries with the structural checks: names, types, duplicates, sizes. */
 export async function readTarEntries(file: string): Promise<Map<string, Buffer>> {
@@ -186,13 +193,16 @@ export async function readCheckpointImage(file: string): Promise<CheckpointImage
 export function parseImageEntries(entries: Map<string, Buffer>): CheckpointImage {
   const manifestRaw = entries.get('manifest.json');
   if (!manifestRaw) throw new ImageRejectedError('missing', 'manifest.json', '(entry)');
+  const digest = entries.get(MANIFEST_DIGEST);
+  if (!digest) throw new ImageRejectedError('missing', MANIFEST_DIGEST, '(entry)');
+  if (digest.toString('latin1') !== `${sha256(manifestRaw)}\n`) throw new ImageRejectedError('does not match the SHA-256 of manifest.json', MANIFEST_DIGEST, 'sha256');
   const manifest = parseJson(manifestRaw, 'manifest.json') as Partial<Manifest>;
   if (manifest.format !== IMAGE_FORMAT) throw new ImageRejectedError(`is ${JSON.stringify(manifest.format)}, expected ${IMAGE_FORMAT}`, 'manifest.json', 'format');
   if (manifest.version !== IMAGE_VERSION) throw new ImageRejectedError(`is ${JSON.stringify(manifest.version)}, this harness reads ${IMAGE_VERSION}`, 'manifest.json', 'version');
   if (typeof manifest.entries !== 'object' || manifest.entries === null) throw new ImageRejectedError('missing', 'manifest.json', 'entries');
 
   for (const name of entries.keys()) {
-    if (name !== 'manifest.json' && !(name in manifest.entries)) throw new ImageRejectedError('entry is not listed in the manifest', name, '(entry)');
+    if (name !== 'manifest.json' && name !== MANIFEST_DIGEST && !(name in manifest.entries)) throw new ImageRejectedError('entry is not listed in the manifest', name, '(entry)');
   }
   for (const [name, meta] of Object.entries(manifest.entries)) {
     const data = entries.get(name);

@@ -1,6 +1,7 @@
 /** A small, valid checkpoint image built in memory, for unit tests of the restore core. */
 import { memoryEntryName, type CheckpointImage } from '../../harness/restore/checkpoint-image.ts';
 import { USER_REGS_FIELDS, type UserRegs } from '../../harness/x86/registers.ts';
+import { sha256 } from '../../harness/util/hash.ts';
 
 export const SYNTHETIC_MAPS = [
   '10000000-10001000 r--p 00000000 00:02 12 /usr/local/bin/hwbreak',
@@ -62,4 +63,23 @@ export function syntheticImage(overrides: Partial<CheckpointImage> = {}): Checkp
     memory,
     ...overrides,
   };
+}
+
+/**
+ * Replaces entries of an image and recomputes every digest that covers them
+ * (the manifest's per-entry SHA-256 and manifest.sha256), the way a writer
+ * would: what is left to catch is the content itself.
+ */
+export function reseal(entries: Map<string, Buffer>, changes: Record<string, Buffer>, editManifest: (m: Record<string, unknown>) => void = () => {}): Map<string, Buffer> {
+  const out = new Map(entries);
+  const manifest = JSON.parse(out.get('manifest.json')!.toString()) as Record<string, unknown> & { entries: Record<string, { sha256: string; size: number }> };
+  for (const [name, data] of Object.entries(changes)) {
+    out.set(name, data);
+    manifest.entries[name] = { sha256: sha256(data), size: data.length };
+  }
+  editManifest(manifest);
+  const manifestBytes = Buffer.from(JSON.stringify(manifest));
+  out.set('manifest.json', manifestBytes);
+  out.set('manifest.sha256', Buffer.from(`${sha256(manifestBytes)}\n`));
+  return out;
 }

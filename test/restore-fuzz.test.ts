@@ -1,0 +1,113 @@
+// expect: mutated checkpoint images are either refused with ImageRejectedError or read back identical to the original — never accepted changed, never crashing the reader.
+import t from 'tap';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { isDeepStrictEqual } from 'node:util';
+import { ImageRejectedError } from '../harness/errors.ts';
+import { imageEntries, parseImageEntries, readCheckpointImage, writeCheckpointImage, type CheckpointImage } from '../harness/restore/checkpoint-image.ts';
+import { reseal, syntheticImage } from './support/synthetic-image.ts';
+
+/** A small deterministic PRNG (mulberry32), so a failure names a seed that reproduces it. */
+function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let x = a;
+    x = Math.imul(x ^ (x >>> 15), x | 1);
+    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
+    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+const SEED = Number(process.env.CRH_FUZZ_SEED ?? 20261123);
+const BYTE_MUTATIONS = Number(process.env.CRH_FUZZ_BYTES ?? 6000);
+const FIELD_MUTATIONS = Number(process.env.CRH_FUZZ_FIELDS ?? 6000);
+
+/** Values no valid image may hold, per field: each must be refused even with a correct SHA-256. */
+const INVALID: Array<{ entry: string; field: string; values: unknown[] }> = [
+  { entry: 'regs.json', field: 'eflags', values: ['0x20246', '0x3246', '0x46', '0x244', '0x80000246', '0x1000000000246', 'zzz', 582, null] },
+  { entry: 'regs.json', field: 'cs', values: ['0x10', '0x23', '0x0', '0x30', '0x33 '] },
+  { entry: 'regs.json', field: 'ss', values: ['0x18', '0x0', '0x2a'] },
+  { entry: 'regs.json', field: 'rip', values: ['0xffffffff81000000', '0x800000000000', '-0x1', '0x', '0x1g'] },
+  { entry: 'regs.json', field: 'fs_base', values: ['0xffff888000000000', '0x7ffffffff000'] },
+  { entry: 'regs.json', field: 'ds', values: ['0x10', '0x10000', '0x8'] },
+  { entry: 'regs.json', field: 'r12', values: [undefined, 12, '0x10000000000000000', ''] },
+  { entry: 'debugregs.json', field: 'dr7', values: ['0x2000', '0x800', '0x100000000', '0x20001', '0xc0001', '0x1000'] },
+  { entry: 'debugregs.json', field: 'dr0', values: ['0xffffffff81000000', '0x800000000000'] },
+  { entry: 'debugregs.json', field: 'dr6', values: ['0x100000000', 'x'] },
+];
+
+t.test('byte-level mutations of the tar: refused, or read back unchanged', async (t) => {
+  const dir = await mkdtemp(path.join(tmpdir(), 'crh-fuzz-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const original = syntheticImage();
+  const file = path.join(dir, 'original.tar');
+  await writeCheckpointImage(original, file);
+  const bytes = await readFile(file);
+  const baseline = await readCheckpointImage(file);
+  const random = prng(SEED);
+  let refused = 0;
+  let unchanged = 0;
+  const accepted: string[] = [];
+  const crashes: string[] = [];
+  const mutant = path.join(dir, 'mutant.tar');
+  for (let i = 0; i < BYTE_MUTATIONS; i++) {
+    const copy = Buffer.from(bytes);
+    const kind = Math.floor(random() * 4);
+    const at = Math.floor(random() * copy.length);
+    let buf: Buffer = copy;
+    if (kind === 0) copy[at] = copy[at]! ^ (1 << Math.floor(random() * 8));
+    else if (kind === 1) copy[at] = Math.floor(random() * 256);
+    else if (kind === 2) buf = copy.subarray(0, at); // truncated
+    else buf = Buffer.concat([copy.subarray(0, at), Buffer.alloc(1 + Math.floor(random() * 600), Math.floor(random() * 256)), copy.subarray(at)]);
+    await writeFile(mutant, buf);
+    try {
+      const image = await readCheckpointImage(mutant);
+      if (sameImage(image, baseline)) unchanged++;
+      else accepted.push(`mutation ${i} (kind ${kind} at ${at})`);
+    } catch (error) {
+      if (error instanceof ImageRejectedError) refused++;
+      else crashes.push(`mutation ${i} (kind ${kind} at ${at}): ${(error as Error).stack ?? String(error)}`);
+    }
+  }
+  t.comment(`seed ${SEED}: ${BYTE_MUTATIONS} byte mutations: ${refused} refused, ${unchanged} read back unchanged (padding/header bytes), ${accepted.length} accepted changed, ${crashes.length} crashes`);
+  t.same(accepted, [], 'no changed image is accepted');
+  t.same(crashes, [], 'no error other than ImageRejectedError');
+  t.ok(refused > BYTE_MUTATIONS / 2, 'most mutations hit checked bytes');
+});
+
+t.test('field-level mutations resealed with correct checksums: every invalid value refused', async (t) => {
+  const random = prng(SEED + 1);
+  const base = imageEntries(syntheticImage());
+  let refused = 0;
+  const accepted: string[] = [];
+  const crashes: string[] = [];
+  for (let i = 0; i < FIELD_MUTATIONS; i++) {
+    const target = INVALID[Math.floor(random() * INVALID.length)]!;
+    const value = target.values[Math.floor(random() * target.values.length)];
+    const json = JSON.parse(base.get(target.entry)!.toString()) as Record<string, unknown>;
+    if (value === undefined) delete json[target.field];
+    else json[target.field] = value;
+    const entries = reseal(base, { [target.entry]: Buffer.from(JSON.stringify(json)) });
+    try {
+      parseImageEntries(entries);
+      accepted.push(`${target.entry} ${target.field} = ${JSON.stringify(value)}`);
+    } catch (error) {
+      if (error instanceof ImageRejectedError && error.entry === target.entry) refused++;
+      else crashes.push(`${target.entry} ${target.field} = ${JSON.stringify(value)}: ${String(error)}`);
+    }
+  }
+  t.comment(`seed ${SEED + 1}: ${FIELD_MUTATIONS} field mutations: ${refused} refused naming their entry, ${accepted.length} accepted, ${crashes.length} other errors`);
+  t.same(accepted, [], 'no invalid value is accepted');
+  t.same(crashes, [], 'every refusal is an ImageRejectedError naming the mutated entry');
+  t.equal(refused, FIELD_MUTATIONS);
+});
+
+t.test(`at least 10,000 mutated images in all`, async (t) => {
+  t.ok(BYTE_MUTATIONS + FIELD_MUTATIONS >= 10_000, `${BYTE_MUTATIONS + FIELD_MUTATIONS} mutated images tried`);
+});
+
+function sameImage(a: CheckpointImage, b: CheckpointImage): boolean {
+  return isDeepStrictEqual({ ...a, memory: [...a.memory] }, { ...b, memory: [...b.memory] });
+}
