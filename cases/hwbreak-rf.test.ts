@@ -4,24 +4,20 @@
 // first 2009 patch) shows one spurious re-trigger at both witnesses, rf=reject refuses the image
 // naming RF before touching the guest.
 import t, { type Test } from 'tap';
-import path from 'node:path';
 import { ImageRejectedError } from '../harness/errors.ts';
 import { describeRegisters, observeCpu, type Observation } from '../harness/oracle/cpu-oracle.ts';
 import { recordVerdict } from '../harness/report/verdicts.ts';
-import { checkpointProcess } from '../harness/restore/checkpoint.ts';
-import { readCheckpointImage, writeCheckpointImage, type CheckpointImage } from '../harness/restore/checkpoint-image.ts';
+import { readCheckpointImage, type CheckpointImage } from '../harness/restore/checkpoint-image.ts';
 import type { RfPolicy } from '../harness/restore/policy.ts';
 import { restoreProcess } from '../harness/restore/restore.ts';
 import { startGuest } from '../harness/testing/guest-fixture.ts';
-import { EFLAGS, debugRegOffset, hex } from '../harness/x86/registers.ts';
+import { checkpointAtHit, readOutput, restoreAndFinish, RUN_TIMEOUT_MS, spawnArmed, type Workload } from '../harness/testing/scenario.ts';
+import { EFLAGS, hex } from '../harness/x86/registers.ts';
 
 const CASE = 'hwbreak-rf';
 const SCENARIO = 'hw breakpoint, checkpoint at hit 2 (RF=1)';
 const CALLS = 5;
 const CHECKPOINT_AT_HIT = 2;
-/** DR7: L0 enable, R/W0 = 00 (execute), LEN0 = 00 (1 byte). */
-const DR7_EXECUTE_DR0 = 0x1n;
-const RUN_TIMEOUT_MS = 60_000;
 /** Registers the oracle compares with the image once the resumed nop at hwbreak:target has run. */
 const CHECKED_REGISTERS = ['rsp', 'rbx', 'rbp', 'r12', 'r13', 'r14', 'r15', 'rdi', 'rsi', 'rax', 'rcx', 'rdx', 'r8', 'r9', 'r10', 'r11', 'fs_base'] as const;
 
@@ -50,25 +46,16 @@ t.test(CASE, async (t) => {
     return;
   }
 
-  const outputOf = async (file: string): Promise<string> => (await agent.call({ op: 'READ_FILE', path: file, maxSize: 65536 })).toString('utf8');
+  const workload: Workload = { binary, argv, breakAt: target };
   const checksumIn = (text: string): string | undefined => /checksum=([0-9a-f]{16}) calls=(\d+)/.exec(text)?.[1];
-  const watch = <T>(options: Parameters<typeof observeCpu>[2], run: () => Promise<T>): ReturnType<typeof observeCpu<T>> =>
-    observeCpu(guest.machine.gdbSocket, symbols, options, run);
-
-  const spawnArmed = async (stdoutPath: string): Promise<number> => {
-    const { pid } = await agent.call({ op: 'SPAWN', path: binary, argv, envp: [], stdoutPath, noAslr: true });
-    await agent.call({ op: 'POKEUSER', pid, offset: debugRegOffset(0), value: target });
-    await agent.call({ op: 'POKEUSER', pid, offset: debugRegOffset(7), value: DR7_EXECUTE_DR0 });
-    return pid;
-  };
 
   // The reference: the same program with the same breakpoint, never checkpointed, watched by the oracle too.
   const reference = await (async (): Promise<Outcome> => {
-    const pid = await spawnArmed('/tmp/hwbreak-reference.out');
-    const { result: run, observation } = await watch({ countDebugTrapsAt: target }, () =>
+    const pid = await spawnArmed(guest, workload, '/tmp/hwbreak-reference.out');
+    const { result: run, observation } = await observeCpu(guest.machine.gdbSocket, symbols, { countDebugTrapsAt: target }, () =>
       agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS }),
     );
-    return { totalHits: run.hits.length, checksum: checksumIn(await outputOf('/tmp/hwbreak-reference.out')), exitCode: run.code, oracle: observation };
+    return { totalHits: run.hits.length, checksum: checksumIn(await readOutput(guest, '/tmp/hwbreak-reference.out')), exitCode: run.code, oracle: observation };
   })();
   t.equal(reference.exitCode, 0, 'uninterrupted run exits 0');
   t.equal(reference.totalHits, CALLS, `uninterrupted run: one ptrace hit per call (${CALLS})`);
@@ -85,44 +72,28 @@ t.test(CASE, async (t) => {
     o.oracle.debugTraps.every((trap) => trap.ip === target) &&
     CHECKED_REGISTERS.every((r) => o.oracle.first!.get(r) === image.regs[r]);
 
-  /** Runs the original to the checkpoint hit, checkpoints it, kills it. */
-  const checkpointAtHit = async (t: Test, tag: string): Promise<{ file: string; hitsBefore: number }> => {
-    const pid = await spawnArmed(`/tmp/hwbreak-${tag}.original.out`);
-    const run = await agent.call({ op: 'RUN', pid, stopAfterHits: CHECKPOINT_AT_HIT, timeoutMs: RUN_TIMEOUT_MS });
-    t.equal(run.outcome, 'hit-limit', `original stopped at hit ${CHECKPOINT_AT_HIT}`);
-    t.equal(run.hits.at(-1)?.rip, target, 'stopped at hwbreak:target');
-    const image = await checkpointProcess(agent, { binary, argv, envp: [], noAslr: true, pid }, guest.platform);
-    t.ok((image.regs.eflags & EFLAGS.RF) !== 0n, `EFLAGS.RF is set at the stop (${hex(image.regs.eflags)}), as the profile says`);
-    const file = path.join(guest.artifactsDir, `checkpoint-${tag}.tar`);
-    await writeCheckpointImage(image, file);
-    await agent.call({ op: 'KILL', pid });
-    return { file, hitsBefore: run.hits.length };
-  };
-
-  const restoreAndFinish = async (t: Test, tag: string, rf: RfPolicy): Promise<{ outcome: Outcome; image: CheckpointImage; differences: string[] }> => {
-    const { file, hitsBefore } = await checkpointAtHit(t, tag);
-    const image = await readCheckpointImage(file);
-    const out = `/tmp/hwbreak-${tag}.restored.out`;
-    const restored = await restoreProcess(agent, image, { policy: { rf }, stdoutPath: out });
-    t.equal(image.regs.rip, target, 'the image resumes at hwbreak:target');
-    const { result: run, observation } = await watch({ firstExecutionAt: targetBody, countDebugTrapsAt: target }, () =>
-      agent.call({ op: 'RUN', pid: restored.pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS }),
-    );
-    if (observation.first) t.comment(`oracle, after the resumed nop: ${describeRegisters(observation.first, ['rip', 'cs', 'eflags', 'rsp', 'rbx', 'rbp', 'fs_base'], symbols)}`);
+  const restoreAt = async (t: Test, tag: string, rf: RfPolicy): Promise<{ outcome: Outcome; image: CheckpointImage; differences: string[] }> => {
+    const checkpointed = await checkpointAtHit(guest, workload, CHECKPOINT_AT_HIT, tag);
+    t.equal(checkpointed.run.outcome, 'hit-limit', `original stopped at hit ${CHECKPOINT_AT_HIT}`);
+    t.equal(checkpointed.run.hits.at(-1)?.rip, target, 'stopped at hwbreak:target');
+    const r = await restoreAndFinish(guest, checkpointed.file, { rf }, tag, { firstExecutionAt: targetBody, countDebugTrapsAt: target });
+    t.ok((r.image.regs.eflags & EFLAGS.RF) !== 0n, `EFLAGS.RF is set in the image (${hex(r.image.regs.eflags)}), as the profile says`);
+    t.equal(r.image.regs.rip, target, 'the image resumes at hwbreak:target');
+    if (r.observation.first) t.comment(`oracle, after the resumed nop: ${describeRegisters(r.observation.first, ['rip', 'cs', 'eflags', 'rsp', 'rbx', 'rbp', 'fs_base'], symbols)}`);
     return {
-      image,
+      image: r.image,
       outcome: {
-        totalHits: hitsBefore + run.hits.length,
-        checksum: checksumIn(await outputOf(out)),
-        exitCode: run.outcome === 'exited' ? run.code : 128 + run.code,
-        oracle: observation,
+        totalHits: checkpointed.run.hits.length + r.run.hits.length,
+        checksum: checksumIn(r.output),
+        exitCode: r.run.outcome === 'exited' ? r.run.code : 128 + r.run.code,
+        oracle: r.observation,
       },
-      differences: restored.differences.map((d) => `${d.what}: asked ${d.requested}, kernel has ${d.accepted}`),
+      differences: r.differences.map((d) => `${d.what}: asked ${d.requested}, kernel has ${d.accepted}`),
     };
   };
 
   await t.test('default policy (keep-and-preserve): exactly N hits and the reference checksum, at the agent and at the CPU', async (t) => {
-    const { outcome: o, image, differences } = await restoreAndFinish(t, 'default', 'keep-and-preserve');
+    const { outcome: o, image, differences } = await restoreAt(t, 'default', 'keep-and-preserve');
     t.same(differences, [], 'the kernel accepted every restored register as requested');
     t.equal(o.totalHits, CALLS, `${CALLS} ptrace hits across original and restored process`);
     t.equal(o.checksum, reference.checksum, 'same checksum as the uninterrupted run');
@@ -141,7 +112,7 @@ t.test(CASE, async (t) => {
   });
 
   await t.test('negative control rf=clear: the spurious re-trigger makes the main assertion fail, at the agent and at the CPU', async (t) => {
-    const { outcome: o, image } = await restoreAndFinish(t, 'clear', 'clear');
+    const { outcome: o, image } = await restoreAt(t, 'clear', 'clear');
     t.equal(o.totalHits, CALLS + 1, `${CALLS + 1} ptrace hits: the restored task re-hits the breakpoint it stopped at`);
     t.equal(o.oracle.debugTraps.length, CALLS - CHECKPOINT_AT_HIT + 1, `oracle: ${CALLS - CHECKPOINT_AT_HIT + 1} #DB at hwbreak:target after restore — the CPU trapped again at the resumed instruction`);
     t.equal(o.oracle.debugTraps[0]?.flags !== undefined ? (o.oracle.debugTraps[0].flags & EFLAGS.RF) : undefined, 0n, 'oracle: the spurious #DB was taken with RF clear');
@@ -157,7 +128,7 @@ t.test(CASE, async (t) => {
   });
 
   await t.test('negative control rf=reject: refused before any guest operation, naming RF', async (t) => {
-    const { file } = await checkpointAtHit(t, 'reject');
+    const { file } = await checkpointAtHit(guest, workload, CHECKPOINT_AT_HIT, 'reject');
     const image = await readCheckpointImage(file);
     const before = agent.requestsSent;
     const processesBefore = await guest.machine.ssh.run('ls /proc | grep -c "^[0-9]"');

@@ -1,8 +1,9 @@
 // expect: each RF policy reproduces its historic behaviour, and rf=reject refuses an RF image naming RF.
 import t from 'tap';
 import { ImageRejectedError } from '../harness/errors.ts';
-import { assertPolicyAdmits, parseRfPolicy, restoredEflags, RF_POLICIES } from '../harness/restore/policy.ts';
-import { EFLAGS } from '../harness/x86/registers.ts';
+import { assertPolicyAdmits, CALLEE_SAVED, parseRegsPolicy, parseRfPolicy, restoredEflags, restoredRegisters, RF_POLICIES } from '../harness/restore/policy.ts';
+import { EFLAGS, USER_REGS_FIELDS } from '../harness/x86/registers.ts';
+import { syntheticRegs } from './support/synthetic-image.ts';
 
 const WITH_RF = 0x10246n;
 const WITHOUT_RF = 0x246n;
@@ -36,4 +37,19 @@ t.test('reject: refuses RF with an error naming it; admits images without RF', a
 t.test('policy names parse, unknown ones are refused', async (t) => {
   for (const p of RF_POLICIES) t.equal(parseRfPolicy(p), p);
   t.throws(() => parseRfPolicy('drop'), /unknown rf policy/);
+});
+
+t.test('regs=partial keeps the restarting task\'s callee-saved registers (the 2015 entry bug); full restores all', async (t) => {
+  const image = syntheticRegs();
+  const target = syntheticRegs({ rbp: 0xdeadn, rbx: 0xbeefn, r12: 12n, r13: 13n, r14: 14n, r15: 15n, rax: 0xaaaan, eflags: 0x202n });
+  const full = restoredRegisters(image, target, { rf: 'keep', regs: 'full' });
+  t.same(full, image, 'full: exactly the image');
+  t.same(restoredRegisters(image, target, { rf: 'keep' }), image, 'absent means full');
+  const partial = restoredRegisters(image, target, { rf: 'keep', regs: 'partial' });
+  const differing = USER_REGS_FIELDS.filter((n) => partial[n] !== image[n]);
+  t.same(differing, ['r15', 'r14', 'r13', 'r12', 'rbp', 'rbx'], 'partial: exactly the callee-saved registers differ');
+  t.equal(partial.rax, image.rax);
+  t.same([...CALLEE_SAVED].sort(), ['r12', 'r13', 'r14', 'r15', 'rbp', 'rbx']);
+  t.throws(() => parseRegsPolicy('some'), /unknown regs policy/);
+  t.equal(parseRegsPolicy('partial'), 'partial');
 });

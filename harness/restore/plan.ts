@@ -9,7 +9,7 @@ import type { AgentOp } from '../agent/ops.ts';
 import { CrhError } from '../errors.ts';
 import { NT_X86_XSTATE, debugRegOffset, hex, type UserRegs } from '../x86/registers.ts';
 import { DEBUG_REG_NAMES, type CheckpointImage } from './checkpoint-image.ts';
-import { restoredEflags, type RestorePolicy } from './policy.ts';
+import { restoredRegisters, type RestorePolicy } from './policy.ts';
 import { isKernelProvided, parseMaps, protOf, uncovered, type Mapping } from './proc-maps.ts';
 
 export interface TargetProbe {
@@ -86,8 +86,8 @@ export function compileRestorePlan(image: CheckpointImage, probe: TargetProbe, p
 
   steps.push({ op: { op: 'SETREGSET', pid, noteType: NT_X86_XSTATE, data: image.xstate }, why: 'FPU/SSE/AVX state (xstate)' });
 
-  const regs = { ...image.regs, eflags: restoredEflags(image.regs.eflags, probe.regs.eflags, policy) };
-  steps.push({ op: { op: 'SETREGS', pid, regs }, why: `registers, eflags ${hex(regs.eflags)} under rf=${policy.rf}` });
+  const regs = restoredRegisters(image.regs, probe.regs, policy);
+  steps.push({ op: { op: 'SETREGS', pid, regs }, why: `registers (regs=${policy.regs ?? 'full'}), eflags ${hex(regs.eflags)} under rf=${policy.rf}` });
 
   // Addresses before control: DR7 enables a breakpoint only once its address is in place.
   for (const name of DEBUG_REG_NAMES) {

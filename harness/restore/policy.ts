@@ -3,7 +3,7 @@
  * can show the bug (negative control) and the fix on the same scenario.
  */
 import { ImageRejectedError } from '../errors.ts';
-import { EFLAGS, hex } from '../x86/registers.ts';
+import { EFLAGS, hex, type UserRegs } from '../x86/registers.ts';
 
 /**
  * What happens to EFLAGS.RF on restart (containers list, 2009, "c/r: tolerate
@@ -18,11 +18,31 @@ import { EFLAGS, hex } from '../x86/registers.ts';
 export const RF_POLICIES = ['reject', 'clear', 'keep', 'keep-and-preserve'] as const;
 export type RfPolicy = (typeof RF_POLICIES)[number];
 
+/**
+ * Which general-purpose registers a restore writes:
+ * - full: all of them;
+ * - partial: all but the callee-saved rbp, rbx, r12–r15, which keep whatever
+ *   the restarting task had — the 2015 entry-code bug (pt_regs built without
+ *   pushing the callee-saved registers), injected as a fault.
+ */
+export const REGS_POLICIES = ['full', 'partial'] as const;
+export type RegsPolicy = (typeof REGS_POLICIES)[number];
+
+/** The registers the 2015 entry-code bug failed to save: x86-64's callee-saved set. */
+export const CALLEE_SAVED = ['rbp', 'rbx', 'r12', 'r13', 'r14', 'r15'] as const;
+
 export interface RestorePolicy {
   rf: RfPolicy;
+  /** full when absent */
+  regs?: RegsPolicy;
 }
 
-export const DEFAULT_POLICY: RestorePolicy = { rf: 'keep-and-preserve' };
+export const DEFAULT_POLICY: RestorePolicy = { rf: 'keep-and-preserve', regs: 'full' };
+
+export function parseRegsPolicy(value: string): RegsPolicy {
+  if ((REGS_POLICIES as readonly string[]).includes(value)) return value as RegsPolicy;
+  throw new RangeError(`unknown regs policy "${value}" (one of ${REGS_POLICIES.join(', ')})`);
+}
 
 export function parseRfPolicy(value: string): RfPolicy {
   if ((RF_POLICIES as readonly string[]).includes(value)) return value as RfPolicy;
@@ -38,6 +58,13 @@ export function assertPolicyAdmits(imageEflags: bigint, policy: RestorePolicy): 
       'eflags.RF',
     );
   }
+}
+
+/** The registers the restored task gets, given what the restarting task has now. */
+export function restoredRegisters(image: UserRegs, target: UserRegs, policy: RestorePolicy): UserRegs {
+  const regs = { ...image, eflags: restoredEflags(image.eflags, target.eflags, policy) };
+  if ((policy.regs ?? 'full') === 'partial') for (const name of CALLEE_SAVED) regs[name] = target[name];
+  return regs;
 }
 
 /** The EFLAGS value the restored task gets, given what the restarting task has now. */

@@ -1,0 +1,77 @@
+// expect: every general-purpose register, ymm0-15, mxcsr, x87 and fs_base survive a checkpoint
+// taken with distinct patterns in all of them (ptrace restorer, regs=full) — as the workload
+// checks itself and as the CPU shows through the gdbstub oracle; the fault injection regs=partial
+// (the 2015 entry-code bug: callee-saved registers not restored) is caught naming exactly
+// rbx rbp r12 r13 r14 r15.
+import t, { type Test } from 'tap';
+import { recordVerdict } from '../harness/report/verdicts.ts';
+import { CALLEE_SAVED, type RegsPolicy } from '../harness/restore/policy.ts';
+import { startGuest } from '../harness/testing/guest-fixture.ts';
+import { checkpointAtHit, readOutput, restoreAndFinish, RUN_TIMEOUT_MS, type Restored, type Workload } from '../harness/testing/scenario.ts';
+import { hex, USER_REGS_FIELDS } from '../harness/x86/registers.ts';
+
+const CASE = 'register-integrity';
+const SCENARIO = 'patterns in every register, checkpoint at regcheck_checkpoint';
+/** The GPRs regcheck fills with patterns (all but rsp). */
+const PATTERNED = ['rax', 'rbx', 'rcx', 'rdx', 'rsi', 'rdi', 'rbp', 'r8', 'r9', 'r10', 'r11', 'r12', 'r13', 'r14', 'r15'] as const;
+
+const mismatches = (output: string): string[] | undefined => {
+  if (/^regcheck ok/m.test(output)) return [];
+  const m = /^regcheck mismatch:(.*)$/m.exec(output);
+  return m ? m[1]!.trim().split(/\s+/).sort() : undefined;
+};
+
+t.test(CASE, async (t) => {
+  const guest = await startGuest(t, CASE);
+  const { agent, symbols } = guest;
+  const binary = guest.image.guestPaths.regcheck!;
+  const workload: Workload = { binary, argv: [binary], breakAt: symbols.resolve('regcheck:regcheck_checkpoint') };
+  const resumed = symbols.resolve('regcheck:regcheck_resumed');
+  t.comment(`profile: guest CPU flags ${guest.profile.cpuFlags.join(' ')}; XCR0 ${guest.profile.xcr0}`);
+
+  const { pid } = await agent.call({ op: 'SPAWN', path: binary, argv: [binary], envp: [], stdoutPath: '/tmp/regcheck-reference.out', noAslr: true });
+  const reference = await agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
+  const referenceOutput = await readOutput(guest, '/tmp/regcheck-reference.out');
+  t.equal(reference.code, 0, `uninterrupted run: ${referenceOutput.trim()}`);
+  t.same(mismatches(referenceOutput), [], 'the workload finds every register intact without a checkpoint');
+
+  const run = async (t: Test, regs: RegsPolicy): Promise<Restored> => {
+    const checkpointed = await checkpointAtHit(guest, workload, 1, `regs-${regs}`);
+    t.equal(checkpointed.run.outcome, 'hit-limit', 'stopped at regcheck_checkpoint');
+    return restoreAndFinish(guest, checkpointed.file, { rf: 'keep-and-preserve', regs }, `regs-${regs}`, { firstExecutionAt: resumed });
+  };
+  /** GPRs whose value in the CPU after resuming differs from the image. */
+  const cpuDiffers = (r: Restored): string[] =>
+    PATTERNED.filter((name) => r.observation.first?.get(name) !== r.image.regs[name]).sort();
+
+  await t.test('regs=full, ptrace restorer: nothing lost, at the workload and at the CPU', async (t) => {
+    const r = await run(t, 'full');
+    t.same(r.differences, [], 'the kernel accepted every register as requested');
+    t.ok(r.observation.first, 'oracle: the CPU reached regcheck_resumed');
+    t.same(cpuDiffers(r), [], 'oracle: every patterned GPR in the CPU equals the image');
+    for (const name of USER_REGS_FIELDS.filter((n) => n === 'fs_base' || n === 'rsp')) {
+      t.equal(r.observation.first?.get(name), r.image.regs[name], `oracle: ${name} = ${hex(r.image.regs[name])}`);
+    }
+    t.equal(r.run.outcome, 'exited');
+    t.equal(r.run.code, 0, `restored run: ${r.output.trim()}`);
+    t.same(mismatches(r.output), [], 'the workload finds every register intact');
+    recordVerdict({
+      case: CASE, scenario: SCENARIO, policy: 'restorer=ptrace regs=full', control: false,
+      expected: 'regcheck ok; CPU GPRs = image', observed: `${r.output.trim()}; CPU differs in [${cpuDiffers(r).join(' ')}]`,
+      pass: r.run.code === 0 && mismatches(r.output)?.length === 0 && cpuDiffers(r).length === 0,
+    });
+  });
+
+  await t.test('negative control regs=partial (the 2015 entry-code bug): caught, naming exactly the callee-saved registers', async (t) => {
+    const r = await run(t, 'partial');
+    const expected = [...CALLEE_SAVED].sort();
+    t.same(mismatches(r.output), expected, `the workload names exactly ${expected.join(' ')}: ${r.output.trim()}`);
+    t.equal(r.run.code, 1, 'and exits 1');
+    t.same(cpuDiffers(r), expected, 'oracle: exactly those differ from the image in the CPU');
+    recordVerdict({
+      case: CASE, scenario: SCENARIO, policy: 'restorer=ptrace regs=partial', control: true,
+      expected: `mismatch: ${expected.join(' ')}`, observed: r.output.trim(),
+      pass: JSON.stringify(mismatches(r.output)) === JSON.stringify(expected) && JSON.stringify(cpuDiffers(r)) === JSON.stringify(expected),
+    });
+  });
+});

@@ -1,0 +1,88 @@
+/**
+ * The steps every case repeats: start a workload stopped under the agent with
+ * an execute breakpoint armed, run it to the Nth hit, checkpoint it there
+ * (image written to the case's artifacts), kill it, restore the image under a
+ * policy, and run the restored process to its end under the CPU oracle.
+ */
+import path from 'node:path';
+import type { RunResult } from '../agent/ops.ts';
+import { observeCpu, type Observation, type WatchOptions } from '../oracle/cpu-oracle.ts';
+import { checkpointProcess } from '../restore/checkpoint.ts';
+import { readCheckpointImage, writeCheckpointImage, type CheckpointImage, type ProcessInfo } from '../restore/checkpoint-image.ts';
+import type { RestorePolicy } from '../restore/policy.ts';
+import { restoreProcess, type Difference } from '../restore/restore.ts';
+import { debugRegOffset } from '../x86/registers.ts';
+import type { Guest } from './guest-fixture.ts';
+
+/** DR7: L0 enable, R/W0 = 00 (execute), LEN0 = 00 (1 byte). */
+export const DR7_EXECUTE_DR0 = 0x1n;
+export const RUN_TIMEOUT_MS = 60_000;
+
+export interface Workload {
+  /** guest path */
+  binary: string;
+  argv: string[];
+  /** DR0 execute breakpoint */
+  breakAt: bigint;
+}
+
+/** Spawns the workload (ASLR off) stopped before its first instruction, DR0 armed. */
+export async function spawnArmed(guest: Guest, w: Workload, stdoutPath: string): Promise<number> {
+  const { agent } = guest;
+  const { pid } = await agent.call({ op: 'SPAWN', path: w.binary, argv: w.argv, envp: [], stdoutPath, noAslr: true });
+  await agent.call({ op: 'POKEUSER', pid, offset: debugRegOffset(0), value: w.breakAt });
+  await agent.call({ op: 'POKEUSER', pid, offset: debugRegOffset(7), value: DR7_EXECUTE_DR0 });
+  return pid;
+}
+
+export async function readOutput(guest: Guest, file: string): Promise<string> {
+  return (await guest.agent.call({ op: 'READ_FILE', path: file, maxSize: 65536 })).toString('utf8');
+}
+
+export interface Checkpointed {
+  /** the image file in the case's artifacts */
+  file: string;
+  /** the run of the original up to the checkpoint */
+  run: RunResult;
+  process: ProcessInfo;
+}
+
+/** Runs the workload to its `hit`-th breakpoint hit, checkpoints it there and kills it. */
+export async function checkpointAtHit(guest: Guest, w: Workload, hit: number, tag: string): Promise<Checkpointed> {
+  const { agent } = guest;
+  const pid = await spawnArmed(guest, w, `/tmp/${path.basename(w.binary)}-${tag}.original.out`);
+  const run = await agent.call({ op: 'RUN', pid, stopAfterHits: hit, timeoutMs: RUN_TIMEOUT_MS });
+  if (run.outcome !== 'hit-limit') {
+    await agent.call({ op: 'KILL', pid }).catch(() => {});
+    return { file: '', run, process: { binary: w.binary, argv: w.argv, envp: [], noAslr: true, pid } };
+  }
+  const process: ProcessInfo = { binary: w.binary, argv: w.argv, envp: [], noAslr: true, pid };
+  const image = await checkpointProcess(agent, process, guest.platform);
+  const file = path.join(guest.artifactsDir, `checkpoint-${tag}.tar`);
+  await writeCheckpointImage(image, file);
+  await agent.call({ op: 'KILL', pid });
+  return { file, run, process };
+}
+
+export interface Restored {
+  image: CheckpointImage;
+  /** what the kernel accepted differently from the plan's request */
+  differences: Difference[];
+  run: RunResult;
+  output: string;
+  observation: Observation;
+}
+
+/**
+ * Reads the image back (validated as any untrusted image), restores it under
+ * `policy`, and runs the restored process to its end while the oracle watches.
+ */
+export async function restoreAndFinish(guest: Guest, file: string, policy: RestorePolicy, tag: string, watch: Omit<WatchOptions, 'log'>): Promise<Restored> {
+  const image = await readCheckpointImage(file);
+  const out = `/tmp/${path.basename(image.process.binary)}-${tag}.restored.out`;
+  const restored = await restoreProcess(guest.agent, image, { policy, stdoutPath: out });
+  const { result: run, observation } = await observeCpu(guest.machine.gdbSocket, guest.symbols, watch, () =>
+    guest.agent.call({ op: 'RUN', pid: restored.pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS }),
+  );
+  return { image, differences: restored.differences, run, output: await readOutput(guest, out), observation };
+}
