@@ -9,6 +9,7 @@ import { describeRegisters, observeCpu, type Observation } from '../harness/orac
 import { recordVerdict } from '../harness/report/verdicts.ts';
 import { readCheckpointImage, type CheckpointImage } from '../harness/restore/checkpoint-image.ts';
 import type { RfPolicy } from '../harness/restore/policy.ts';
+import type { Restorer } from '../harness/restore/restorers.ts';
 import { restoreProcess } from '../harness/restore/restore.ts';
 import { startGuest } from '../harness/testing/guest-fixture.ts';
 import { checkpointAtHit, readOutput, restoreAndFinish, RUN_TIMEOUT_MS, spawnArmed, type Workload } from '../harness/testing/scenario.ts';
@@ -72,11 +73,11 @@ t.test(CASE, async (t) => {
     o.oracle.debugTraps.every((trap) => trap.ip === target) &&
     CHECKED_REGISTERS.every((r) => o.oracle.first!.get(r) === image.regs[r]);
 
-  const restoreAt = async (t: Test, tag: string, rf: RfPolicy): Promise<{ outcome: Outcome; image: CheckpointImage; differences: string[] }> => {
+  const restoreAt = async (t: Test, tag: string, rf: RfPolicy, restorer: Restorer = 'ptrace'): Promise<{ outcome: Outcome; image: CheckpointImage; differences: string[] }> => {
     const checkpointed = await checkpointAtHit(guest, workload, CHECKPOINT_AT_HIT, tag);
     t.equal(checkpointed.run.outcome, 'hit-limit', `original stopped at hit ${CHECKPOINT_AT_HIT}`);
     t.equal(checkpointed.run.hits.at(-1)?.rip, target, 'stopped at hwbreak:target');
-    const r = await restoreAndFinish(guest, checkpointed.file, { rf }, tag, { firstExecutionAt: targetBody, countDebugTrapsAt: target });
+    const r = await restoreAndFinish(guest, checkpointed.file, { rf, restorer }, tag, { firstExecutionAt: targetBody, countDebugTrapsAt: target });
     t.ok((r.image.regs.eflags & EFLAGS.RF) !== 0n, `EFLAGS.RF is set in the image (${hex(r.image.regs.eflags)}), as the profile says`);
     t.equal(r.image.regs.rip, target, 'the image resumes at hwbreak:target');
     if (r.observation.first) t.comment(`oracle, after the resumed nop: ${describeRegisters(r.observation.first, ['rip', 'cs', 'eflags', 'rsp', 'rbx', 'rbp', 'fs_base'], symbols)}`);
@@ -121,6 +122,22 @@ t.test(CASE, async (t) => {
     recordVerdict({
       case: CASE, scenario: SCENARIO, policy: 'rf=clear', control: true,
       expected: `${CALLS + 1} hits, ${CALLS - CHECKPOINT_AT_HIT + 1} #DB after restore (spurious re-trigger)`,
+      observed: `${o.totalHits} hits, ${o.oracle.debugTraps.length} #DB after restore`,
+      pass: o.totalHits === CALLS + 1 && o.oracle.debugTraps.length === CALLS - CHECKPOINT_AT_HIT + 1 && !resumedExactly(o, image),
+      conditions: { 'probes.rfAtHwBreakpointStop': String(rfAtStop.value) },
+    });
+  });
+
+  await t.test('negative control restorer=popf (2010, Rozycki/Desnoyers): POPF cannot set RF, so the breakpoint fires again', async (t) => {
+    const { outcome: o, image } = await restoreAt(t, 'popf', 'keep-and-preserve', 'popf');
+    t.equal(o.totalHits, CALLS + 1, `${CALLS + 1} ptrace hits: RF from the image never reached the CPU`);
+    t.equal(o.oracle.debugTraps.length, CALLS - CHECKPOINT_AT_HIT + 1, `oracle: ${CALLS - CHECKPOINT_AT_HIT + 1} #DB at hwbreak:target after restore`);
+    t.equal(o.checksum, reference.checksum, 'registers and memory arrive intact: only the trap count differs');
+    for (const r of CHECKED_REGISTERS) t.equal(o.oracle.first?.get(r), image.regs[r], `oracle: ${r} in the CPU after the trampoline`);
+    t.notOk(resumedExactly(o, image), 'the main assertion fails on this control');
+    recordVerdict({
+      case: CASE, scenario: SCENARIO, policy: 'restorer=popf', control: true,
+      expected: `${CALLS + 1} hits, ${CALLS - CHECKPOINT_AT_HIT + 1} #DB after restore (RF lost by POPF)`,
       observed: `${o.totalHits} hits, ${o.oracle.debugTraps.length} #DB after restore`,
       pass: o.totalHits === CALLS + 1 && o.oracle.debugTraps.length === CALLS - CHECKPOINT_AT_HIT + 1 && !resumedExactly(o, image),
       conditions: { 'probes.rfAtHwBreakpointStop': String(rfAtStop.value) },

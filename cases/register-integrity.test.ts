@@ -1,11 +1,12 @@
 // expect: every general-purpose register, ymm0-15, mxcsr, x87 and fs_base survive a checkpoint
 // taken with distinct patterns in all of them (ptrace restorer, regs=full) — as the workload
-// checks itself and as the CPU shows through the gdbstub oracle; the fault injection regs=partial
+// checks itself and as the CPU shows through the gdbstub oracle, under every restorer; the fault injection regs=partial
 // (the 2015 entry-code bug: callee-saved registers not restored) is caught naming exactly
 // rbx rbp r12 r13 r14 r15.
 import t, { type Test } from 'tap';
 import { recordVerdict } from '../harness/report/verdicts.ts';
 import { CALLEE_SAVED, type RegsPolicy } from '../harness/restore/policy.ts';
+import { RESTORERS, type Restorer } from '../harness/restore/restorers.ts';
 import { startGuest } from '../harness/testing/guest-fixture.ts';
 import { checkpointAtHit, readOutput, restoreAndFinish, RUN_TIMEOUT_MS, type Restored, type Workload } from '../harness/testing/scenario.ts';
 import { hex, USER_REGS_FIELDS } from '../harness/x86/registers.ts';
@@ -35,35 +36,38 @@ t.test(CASE, async (t) => {
   t.equal(reference.code, 0, `uninterrupted run: ${referenceOutput.trim()}`);
   t.same(mismatches(referenceOutput), [], 'the workload finds every register intact without a checkpoint');
 
-  const run = async (t: Test, regs: RegsPolicy): Promise<Restored> => {
-    const checkpointed = await checkpointAtHit(guest, workload, 1, `regs-${regs}`);
+  const run = async (t: Test, regs: RegsPolicy, restorer: Restorer): Promise<Restored> => {
+    const tag = `${restorer}-regs-${regs}`;
+    const checkpointed = await checkpointAtHit(guest, workload, 1, tag);
     t.equal(checkpointed.run.outcome, 'hit-limit', 'stopped at regcheck_checkpoint');
-    return restoreAndFinish(guest, checkpointed.file, { rf: 'keep-and-preserve', regs }, `regs-${regs}`, { firstExecutionAt: resumed });
+    return restoreAndFinish(guest, checkpointed.file, { rf: 'keep-and-preserve', regs, restorer }, tag, { firstExecutionAt: resumed });
   };
   /** GPRs whose value in the CPU after resuming differs from the image. */
   const cpuDiffers = (r: Restored): string[] =>
     PATTERNED.filter((name) => r.observation.first?.get(name) !== r.image.regs[name]).sort();
 
-  await t.test('regs=full, ptrace restorer: nothing lost, at the workload and at the CPU', async (t) => {
-    const r = await run(t, 'full');
-    t.same(r.differences, [], 'the kernel accepted every register as requested');
-    t.ok(r.observation.first, 'oracle: the CPU reached regcheck_resumed');
-    t.same(cpuDiffers(r), [], 'oracle: every patterned GPR in the CPU equals the image');
-    for (const name of USER_REGS_FIELDS.filter((n) => n === 'fs_base' || n === 'rsp')) {
-      t.equal(r.observation.first?.get(name), r.image.regs[name], `oracle: ${name} = ${hex(r.image.regs[name])}`);
-    }
-    t.equal(r.run.outcome, 'exited');
-    t.equal(r.run.code, 0, `restored run: ${r.output.trim()}`);
-    t.same(mismatches(r.output), [], 'the workload finds every register intact');
-    recordVerdict({
-      case: CASE, scenario: SCENARIO, policy: 'restorer=ptrace regs=full', control: false,
-      expected: 'regcheck ok; CPU GPRs = image', observed: `${r.output.trim()}; CPU differs in [${cpuDiffers(r).join(' ')}]`,
-      pass: r.run.code === 0 && mismatches(r.output)?.length === 0 && cpuDiffers(r).length === 0,
+  for (const restorer of RESTORERS) {
+    await t.test(`regs=full, restorer=${restorer}: nothing lost, at the workload and at the CPU`, async (t) => {
+      const r = await run(t, 'full', restorer);
+      t.same(r.differences, [], 'the kernel accepted every register as requested');
+      t.ok(r.observation.first, 'oracle: the CPU reached regcheck_resumed');
+      t.same(cpuDiffers(r), [], 'oracle: every patterned GPR in the CPU equals the image');
+      for (const name of USER_REGS_FIELDS.filter((n) => n === 'fs_base' || n === 'rsp')) {
+        t.equal(r.observation.first?.get(name), r.image.regs[name], `oracle: ${name} = ${hex(r.image.regs[name])}`);
+      }
+      t.equal(r.run.outcome, 'exited');
+      t.equal(r.run.code, 0, `restored run: ${r.output.trim()}`);
+      t.same(mismatches(r.output), [], 'the workload finds every register intact');
+      recordVerdict({
+        case: CASE, scenario: SCENARIO, policy: `restorer=${restorer} regs=full`, control: false,
+        expected: 'regcheck ok; CPU GPRs = image', observed: `${r.output.trim()}; CPU differs in [${cpuDiffers(r).join(' ')}]`,
+        pass: r.run.code === 0 && mismatches(r.output)?.length === 0 && cpuDiffers(r).length === 0,
+      });
     });
-  });
+  }
 
   await t.test('negative control regs=partial (the 2015 entry-code bug): caught, naming exactly the callee-saved registers', async (t) => {
-    const r = await run(t, 'partial');
+    const r = await run(t, 'partial', 'ptrace');
     const expected = [...CALLEE_SAVED].sort();
     t.same(mismatches(r.output), expected, `the workload names exactly ${expected.join(' ')}: ${r.output.trim()}`);
     t.equal(r.run.code, 1, 'and exits 1');

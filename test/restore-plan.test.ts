@@ -56,3 +56,22 @@ t.test('uncovered ranges', async (t) => {
   t.same(uncovered(0x1000n, 0x2000n, maps), []);
   t.same(uncovered(0x1800n, 0x3800n, maps), [[0x2000n, 0x3000n]]);
 });
+
+t.test('restorer=popf: trampoline page, frame below the red zone, registers through popfq; ret $128', async (t) => {
+  const image = syntheticImage();
+  const plan = compileRestorePlan(image, probe, { rf: 'keep-and-preserve', restorer: 'popf' });
+  const mmap = plan.find((s) => s.op.op === 'INJECT_SYSCALL' && s.op.nr === 9 && s.why.includes('trampoline'))!;
+  const page = (mmap.op as { args: readonly bigint[] }).args[0]!;
+  t.equal(mmap.expect, page);
+  const code = plan.find((s) => s.op.op === 'WRITE_MEM' && s.op.address === page)!.op as { data: Uint8Array };
+  t.same([...code.data], [0x9d, 0xc2, 0x80, 0x00], 'popfq; ret $128');
+  const frame = image.regs.rsp - 128n - 16n;
+  const frameWrite = plan.find((s) => s.op.op === 'WRITE_MEM' && s.op.address === frame)!.op as { data: Uint8Array };
+  t.equal(Buffer.from(frameWrite.data).readBigUInt64LE(0), image.regs.eflags, 'eflags in the frame');
+  t.equal(Buffer.from(frameWrite.data).readBigUInt64LE(8), image.regs.rip, 'then rip');
+  const setregs = plan.find((s) => s.op.op === 'SETREGS')!.op as { regs: { rip: bigint; rsp: bigint; eflags: bigint; rbx: bigint } };
+  t.same([setregs.regs.rip, setregs.regs.rsp, setregs.regs.eflags], [page, frame, 0x202n], 'the task starts in the trampoline');
+  t.equal(setregs.regs.rbx, image.regs.rbx, 'every other register as in the image');
+  const lastMemory = plan.findLastIndex((s) => s.op.op === 'WRITE_MEM' && s.why.startsWith('contents'));
+  t.ok(plan.indexOf(plan.find((s) => s.op.op === 'WRITE_MEM' && s.op.address === frame)!) > lastMemory, 'the frame is written after the stack contents');
+});

@@ -5,30 +5,14 @@
  * same binary, stopped before its first instruction; `probe` is what it
  * looks like there.
  */
-import type { AgentOp } from '../agent/ops.ts';
-import { CrhError } from '../errors.ts';
-import { NT_X86_XSTATE, debugRegOffset, hex, type UserRegs } from '../x86/registers.ts';
+import { debugRegOffset, hex } from '../x86/registers.ts';
 import { DEBUG_REG_NAMES, type CheckpointImage } from './checkpoint-image.ts';
-import { restoredRegisters, type RestorePolicy } from './policy.ts';
+import { PlanError, type PlanStep, type TargetProbe } from './plan-step.ts';
+import type { RestorePolicy } from './policy.ts';
 import { isKernelProvided, parseMaps, protOf, uncovered, type Mapping } from './proc-maps.ts';
+import { registerSteps } from './restorers.ts';
 
-export interface TargetProbe {
-  pid: number;
-  regs: UserRegs;
-  maps: Mapping[];
-}
-
-export interface PlanStep {
-  op: AgentOp;
-  /** why the step is there, for --dry-run and errors */
-  why: string;
-  /** for INJECT_SYSCALL: the result that means success */
-  expect?: bigint;
-}
-
-export class PlanError extends CrhError {
-  override readonly name = 'PlanError';
-}
+export { PlanError, type PlanStep, type TargetProbe };
 
 const SYS = { mmap: 9, mprotect: 10, brk: 12 } as const;
 const MAP_PRIVATE = 0x02n;
@@ -84,10 +68,7 @@ export function compileRestorePlan(image: CheckpointImage, probe: TargetProbe, p
     });
   }
 
-  steps.push({ op: { op: 'SETREGSET', pid, noteType: NT_X86_XSTATE, data: image.xstate }, why: 'FPU/SSE/AVX state (xstate)' });
-
-  const regs = restoredRegisters(image.regs, probe.regs, policy);
-  steps.push({ op: { op: 'SETREGS', pid, regs }, why: `registers (regs=${policy.regs ?? 'full'}), eflags ${hex(regs.eflags)} under rf=${policy.rf}` });
+  steps.push(...registerSteps(image, probe, imageMaps, policy));
 
   // Addresses before control: DR7 enables a breakpoint only once its address is in place.
   for (const name of DEBUG_REG_NAMES) {

@@ -4,6 +4,7 @@
  */
 import { ImageRejectedError } from '../errors.ts';
 import { EFLAGS, hex, type UserRegs } from '../x86/registers.ts';
+import type { Restorer } from './restorers.ts';
 
 /**
  * What happens to EFLAGS.RF on restart (containers list, 2009, "c/r: tolerate
@@ -35,6 +36,8 @@ export interface RestorePolicy {
   rf: RfPolicy;
   /** full when absent */
   regs?: RegsPolicy;
+  /** how registers reach the task (restorers.ts); ptrace when absent */
+  restorer?: Restorer;
 }
 
 export const DEFAULT_POLICY: RestorePolicy = { rf: 'keep-and-preserve', regs: 'full' };

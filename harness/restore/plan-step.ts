@@ -1,0 +1,24 @@
+/** The pieces of a restore plan, shared by the plan compiler and the restorers. */
+import type { AgentOp } from '../agent/ops.ts';
+import { CrhError } from '../errors.ts';
+import type { UserRegs } from '../x86/registers.ts';
+import type { Mapping } from './proc-maps.ts';
+
+export interface TargetProbe {
+  pid: number;
+  regs: UserRegs;
+  maps: Mapping[];
+}
+
+export interface PlanStep {
+  op: AgentOp;
+  /** why the step is there, for --dry-run and errors */
+  why: string;
+  /** for INJECT_SYSCALL: the result that means success */
+  expect?: bigint;
+}
+
+export class PlanError extends CrhError {
+  override readonly name = 'PlanError';
+}
+
