@@ -93,24 +93,27 @@ t.test(CASE, async (t) => {
     };
   };
 
-  await t.test('default policy (keep-and-preserve): exactly N hits and the reference checksum, at the agent and at the CPU', async (t) => {
-    const { outcome: o, image, differences } = await restoreAt(t, 'default', 'keep-and-preserve');
-    t.same(differences, [], 'the kernel accepted every restored register as requested');
-    t.equal(o.totalHits, CALLS, `${CALLS} ptrace hits across original and restored process`);
-    t.equal(o.checksum, reference.checksum, 'same checksum as the uninterrupted run');
-    t.ok(o.oracle.first, 'oracle: the CPU executed the resumed instruction and reached hwbreak:target_body');
-    for (const r of CHECKED_REGISTERS) t.equal(o.oracle.first?.get(r), image.regs[r], `oracle: ${r} = ${hex(image.regs[r])} in the CPU after resuming`);
-    t.equal(o.oracle.first?.get('cs'), 0x33n, 'oracle: user code segment');
-    t.equal(o.oracle.debugTraps.length, CALLS - CHECKPOINT_AT_HIT, `oracle: ${CALLS - CHECKPOINT_AT_HIT} #DB at hwbreak:target after restore — none at the resumed instruction, RF took effect`);
-    t.ok(resumedExactly(o, image), 'resumed exactly as the uninterrupted run');
-    recordVerdict({
-      case: CASE, scenario: SCENARIO, policy: 'rf=keep-and-preserve', control: false,
-      expected: `${CALLS} hits, ${CALLS - CHECKPOINT_AT_HIT} #DB after restore, checksum ${reference.checksum}`,
-      observed: `${o.totalHits} hits, ${o.oracle.debugTraps.length} #DB after restore, checksum ${o.checksum}`,
-      pass: resumedExactly(o, image),
-      conditions: { 'probes.rfAtHwBreakpointStop': String(rfAtStop.value) },
+  // Both restorers that return through IRET must keep RF: ptrace directly, sigreturn from the frame.
+  for (const restorer of ['ptrace', 'sigreturn'] as const) {
+    await t.test(`default policy (keep-and-preserve), restorer=${restorer}: exactly N hits and the reference checksum, at the agent and at the CPU`, async (t) => {
+      const { outcome: o, image, differences } = await restoreAt(t, `default-${restorer}`, 'keep-and-preserve', restorer);
+      t.same(differences, [], 'the kernel accepted every restored register as requested');
+      t.equal(o.totalHits, CALLS, `${CALLS} ptrace hits across original and restored process`);
+      t.equal(o.checksum, reference.checksum, 'same checksum as the uninterrupted run');
+      t.ok(o.oracle.first, 'oracle: the CPU executed the resumed instruction and reached hwbreak:target_body');
+      for (const r of CHECKED_REGISTERS) t.equal(o.oracle.first?.get(r), image.regs[r], `oracle: ${r} = ${hex(image.regs[r])} in the CPU after resuming`);
+      t.equal(o.oracle.first?.get('cs'), 0x33n, 'oracle: user code segment');
+      t.equal(o.oracle.debugTraps.length, CALLS - CHECKPOINT_AT_HIT, `oracle: ${CALLS - CHECKPOINT_AT_HIT} #DB at hwbreak:target after restore — none at the resumed instruction, RF took effect`);
+      t.ok(resumedExactly(o, image), 'resumed exactly as the uninterrupted run');
+      recordVerdict({
+        case: CASE, scenario: SCENARIO, policy: `rf=keep-and-preserve restorer=${restorer}`, control: false,
+        expected: `${CALLS} hits, ${CALLS - CHECKPOINT_AT_HIT} #DB after restore, checksum ${reference.checksum}`,
+        observed: `${o.totalHits} hits, ${o.oracle.debugTraps.length} #DB after restore, checksum ${o.checksum}`,
+        pass: resumedExactly(o, image),
+        conditions: { 'probes.rfAtHwBreakpointStop': String(rfAtStop.value) },
+      });
     });
-  });
+  }
 
   await t.test('negative control rf=clear: the spurious re-trigger makes the main assertion fail, at the agent and at the CPU', async (t) => {
     const { outcome: o, image } = await restoreAt(t, 'clear', 'clear');

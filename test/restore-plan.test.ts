@@ -75,3 +75,35 @@ t.test('restorer=popf: trampoline page, frame below the red zone, registers thro
   const lastMemory = plan.findLastIndex((s) => s.op.op === 'WRITE_MEM' && s.why.startsWith('contents'));
   t.ok(plan.indexOf(plan.find((s) => s.op.op === 'WRITE_MEM' && s.op.address === frame)!) > lastMemory, 'the frame is written after the stack contents');
 });
+
+t.test('restorer=sigreturn: an rt_sigframe with the registers and the XSAVE area as signal fpstate', async (t) => {
+  const image = syntheticImage();
+  const plan = compileRestorePlan(image, probe, { rf: 'keep-and-preserve', restorer: 'sigreturn' });
+  t.notOk(plan.some((s) => s.op.op === 'SETREGSET'), 'xstate travels in the frame, not through ptrace');
+  const setregs = plan.find((s) => s.op.op === 'SETREGS')!.op as { regs: Record<string, bigint> };
+  const code = plan.find((s) => s.op.op === 'WRITE_MEM' && s.op.address === setregs.regs.rip)!.op as { data: Uint8Array };
+  t.same([...code.data], [0x0f, 0x05], 'the task starts on a syscall instruction');
+  t.equal(setregs.regs.rax, 15n, 'rax = rt_sigreturn');
+  t.equal(setregs.regs.fs_base, image.regs.fs_base, 'fs_base set through ptrace: sigcontext has no field for it');
+  const frameAt = setregs.regs.rsp! - 8n;
+  const frame = Buffer.from((plan.find((s) => s.op.op === 'WRITE_MEM' && s.op.address === frameAt)!.op as { data: Uint8Array }).data);
+  t.equal(frame.length, 440);
+  t.equal(frame.readBigUInt64LE(8), 7n, 'uc_flags = UC_FP_XSTATE | UC_SIGCONTEXT_SS | UC_STRICT_RESTORE_SS');
+  t.equal(frame.readInt32LE(24 + 8), 2, 'uc_stack.ss_flags = SS_DISABLE');
+  const sc = 48;
+  t.equal(frame.readBigUInt64LE(sc + 128), image.regs.rip, 'sigcontext rip');
+  t.equal(frame.readBigUInt64LE(sc + 136), image.regs.eflags, 'sigcontext eflags, RF included');
+  t.equal(frame.readBigUInt64LE(sc + 88), image.regs.rbx, 'sigcontext rbx');
+  t.equal(frame.readBigUInt64LE(sc + 120), image.regs.rsp, 'sigcontext rsp');
+  t.equal(frame.readUInt16LE(sc + 144), 0x33, 'cs');
+  const fpAt = frame.readBigUInt64LE(sc + 184);
+  t.equal(fpAt % 64n, 0n, 'fpstate is 64-byte aligned');
+  t.ok(fpAt + BigInt(image.xstate.length) + 4n <= image.regs.rsp - 128n, 'fpstate lies below the red zone');
+  const fp = Buffer.from((plan.find((s) => s.op.op === 'WRITE_MEM' && s.op.address === fpAt)!.op as { data: Uint8Array }).data);
+  t.equal(fp.readUInt32LE(464), 0x46505853, 'FP_XSTATE_MAGIC1');
+  t.equal(fp.readUInt32LE(468), image.xstate.length + 4, 'extended_size');
+  t.equal(fp.readBigUInt64LE(472), image.xstate.readBigUInt64LE(464), 'xfeatures = XCR0 from the image');
+  t.equal(fp.readUInt32LE(480), image.xstate.length, 'xstate_size');
+  t.equal(fp.readUInt32LE(image.xstate.length), 0x46505845, 'FP_XSTATE_MAGIC2 right after the area');
+  t.ok(fp.subarray(0, 464).equals(image.xstate.subarray(0, 464)), 'legacy area as in the image');
+});

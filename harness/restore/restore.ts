@@ -72,7 +72,10 @@ async function readBack(agent: AgentClient, pid: number, plan: PlanStep[], image
   for (const name of USER_REGS_FIELDS) {
     if (regs[name] !== setRegs.regs[name]) differences.push({ what: name, requested: hex(setRegs.regs[name]), accepted: hex(regs[name]) });
   }
-  const xstate = await agent.call({ op: 'GETREGSET', pid, noteType: NT_X86_XSTATE, maxSize: image.xstate.length });
+  // The sigreturn restorer hands xstate to the kernel in the signal frame: it is
+  // loaded when the task runs, so there is nothing to read back yet.
+  const setXstate = plan.some((s) => s.op.op === 'SETREGSET' && s.op.noteType === NT_X86_XSTATE);
+  const xstate = setXstate ? await agent.call({ op: 'GETREGSET', pid, noteType: NT_X86_XSTATE, maxSize: image.xstate.length }) : image.xstate;
   if (!xstate.equals(image.xstate)) {
     const at = xstate.findIndex((b, i) => b !== image.xstate[i]);
     differences.push({ what: 'xstate', requested: `${image.xstate.length} bytes`, accepted: `${xstate.length} bytes, first difference at offset ${at}` });

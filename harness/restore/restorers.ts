@@ -8,6 +8,11 @@
  *   POPF cannot set RF, so a breakpoint at the resume address fires again, and
  *   a TF it sets traps after the `ret` — one instruction early compared with
  *   IRET, which traps after the first restored instruction.
+ * - sigreturn: as CRIU does, an rt_sigframe is built on the task's stack —
+ *   ucontext with the registers, the XSAVE area as the signal fpstate — and
+ *   the task is started on a `syscall` with rax = rt_sigreturn; the kernel
+ *   loads everything from the frame and returns through IRET. fs_base and
+ *   gs_base are not part of a 64-bit sigcontext and are set with ptrace.
  * The trampoline page (PROT_READ|PROT_EXEC, at a free address) stays mapped
  * in the restored process.
  */
@@ -17,7 +22,7 @@ import { restoredRegisters, type RestorePolicy } from './policy.ts';
 import type { Mapping } from './proc-maps.ts';
 import { PlanError, type PlanStep, type TargetProbe } from './plan-step.ts';
 
-export const RESTORERS = ['ptrace', 'popf'] as const;
+export const RESTORERS = ['ptrace', 'sigreturn', 'popf'] as const;
 export type Restorer = (typeof RESTORERS)[number];
 
 export function parseRestorer(value: string): Restorer {
@@ -61,25 +66,106 @@ export function registerSteps(image: CheckpointImage, probe: TargetProbe, imageM
       return [xstate, { op: { op: 'SETREGS', pid, regs }, why: `${describe}, eflags ${hex(regs.eflags)} under rf=${policy.rf}, returned through IRET` }];
     case 'popf':
       return [xstate, ...popfSteps(pid, regs, probe, imageMaps)];
+    case 'sigreturn':
+      return sigreturnSteps(pid, regs, image.xstate, probe, imageMaps);
   }
+}
+
+/** Maps a scratch page at a free address, writes `code` there and makes it executable. */
+function trampolineSteps(pid: number, page: bigint, code: Buffer, what: string): PlanStep[] {
+  return [
+    {
+      op: { op: 'INJECT_SYSCALL', pid, nr: SYS.mmap, args: [page, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, BigInt.asUintN(64, -1n), 0n] },
+      why: `map the ${what} page at ${hex(page)}`,
+      expect: page,
+    },
+    { op: { op: 'WRITE_MEM', pid, address: page, data: code }, why: `${what}: ${code.toString('hex')}` },
+    { op: { op: 'INJECT_SYSCALL', pid, nr: SYS.mprotect, args: [page, PAGE, PROT_READ | PROT_EXEC] }, why: `make the ${what} executable`, expect: 0n },
+  ];
+}
+
+function writableHolding(imageMaps: Mapping[], start: bigint, end: bigint, what: string): void {
+  if (!imageMaps.some((m) => m.start <= start && end <= m.end && m.perms[1] === 'w')) {
+    throw new PlanError(`no writable mapping of the image holds the ${what} at ${hex(start)}-${hex(end)}`);
+  }
+}
+
+/** Layout of the x86-64 signal frame (arch/x86/include/asm/sigframe.h, uapi sigcontext.h). */
+const SIGFRAME = {
+  size: 440, // pretcode 8 + ucontext 304 + siginfo 128
+  ucFlags: 8,
+  ucStack: 24, // ss_sp, ss_flags, ss_size
+  mcontext: 48, // struct sigcontext, 256 bytes
+  sigmask: 304,
+} as const;
+/** struct sigcontext field offsets, in the order the kernel reads them. */
+const SIGCONTEXT: Readonly<Record<string, number>> = {
+  r8: 0, r9: 8, r10: 16, r11: 24, r12: 32, r13: 40, r14: 48, r15: 56, rdi: 64, rsi: 72, rbp: 80, rbx: 88,
+  rdx: 96, rax: 104, rcx: 112, rsp: 120, rip: 128, eflags: 136,
+};
+const SC_CS = 144;
+const SC_SS = 150;
+const SC_FPSTATE = 184;
+const UC_FP_XSTATE = 1n;
+const UC_SIGCONTEXT_SS = 2n;
+const UC_STRICT_RESTORE_SS = 4n;
+const SS_DISABLE = 2;
+const FP_XSTATE_MAGIC1 = 0x46505853;
+const FP_XSTATE_MAGIC2 = 0x46505845;
+const FX_SW_BYTES = 464;
+const NR_RT_SIGRETURN = 15n;
+const SYSCALL = Buffer.from([0x0f, 0x05]);
+
+function sigreturnSteps(pid: number, regs: UserRegs, ptraceXstate: Buffer, probe: TargetProbe, imageMaps: Mapping[]): PlanStep[] {
+  const page = freePage(probe.maps, imageMaps);
+  // The signal fpstate is the ptrace XSAVE area with the software bytes a
+  // signal frame carries (magic, sizes, XCR0) and FP_XSTATE_MAGIC2 after it;
+  // a mismatch would make the kernel fall back to FXRSTOR and drop AVX state.
+  const xsize = ptraceXstate.length;
+  const fpstate = Buffer.alloc(xsize + 4);
+  ptraceXstate.copy(fpstate);
+  const xcr0 = ptraceXstate.readBigUInt64LE(FX_SW_BYTES);
+  fpstate.fill(0, FX_SW_BYTES, 512);
+  fpstate.writeUInt32LE(FP_XSTATE_MAGIC1, FX_SW_BYTES);
+  fpstate.writeUInt32LE(xsize + 4, FX_SW_BYTES + 4);
+  fpstate.writeBigUInt64LE(xcr0, FX_SW_BYTES + 8);
+  fpstate.writeUInt32LE(xsize, FX_SW_BYTES + 16);
+  fpstate.writeUInt32LE(FP_XSTATE_MAGIC2, xsize);
+
+  // Below the red zone: the fpstate 64-byte aligned, then the frame as the kernel places one.
+  const fpAt = (regs.rsp - RED_ZONE - BigInt(fpstate.length)) & ~63n;
+  const frameAt = ((fpAt - BigInt(SIGFRAME.size)) & ~15n) - 8n;
+  writableHolding(imageMaps, frameAt, fpAt + BigInt(fpstate.length), 'signal frame');
+
+  const frame = Buffer.alloc(SIGFRAME.size);
+  frame.writeBigUInt64LE(UC_FP_XSTATE | UC_SIGCONTEXT_SS | UC_STRICT_RESTORE_SS, SIGFRAME.ucFlags);
+  frame.writeInt32LE(SS_DISABLE, SIGFRAME.ucStack + 8);
+  for (const [name, offset] of Object.entries(SIGCONTEXT)) frame.writeBigUInt64LE(BigInt.asUintN(64, regs[name as keyof UserRegs]), SIGFRAME.mcontext + offset);
+  frame.writeUInt16LE(Number(regs.cs), SIGFRAME.mcontext + SC_CS);
+  frame.writeUInt16LE(Number(regs.ss), SIGFRAME.mcontext + SC_SS);
+  frame.writeBigUInt64LE(fpAt, SIGFRAME.mcontext + SC_FPSTATE);
+  // uc_sigmask stays 0: the blocked mask is not part of the image yet.
+
+  return [
+    ...trampolineSteps(pid, page, SYSCALL, 'sigreturn trampoline (syscall)'),
+    { op: { op: 'WRITE_MEM', pid, address: fpAt, data: fpstate }, why: `signal fpstate (${xsize}-byte XSAVE area + magic) at ${hex(fpAt)}` },
+    { op: { op: 'WRITE_MEM', pid, address: frameAt, data: frame }, why: `rt_sigframe at ${hex(frameAt)}: rip ${hex(regs.rip)}, eflags ${hex(regs.eflags)}` },
+    {
+      op: { op: 'SETREGS', pid, regs: { ...regs, rip: page, rsp: frameAt + 8n, rax: NR_RT_SIGRETURN, orig_rax: BigInt.asUintN(64, -1n), eflags: TRAMPOLINE_EFLAGS } },
+      why: 'start on the trampoline: rt_sigreturn with rsp at the frame (fs_base, gs_base set here; sigcontext has no place for them)',
+    },
+  ];
 }
 
 function popfSteps(pid: number, regs: UserRegs, probe: TargetProbe, imageMaps: Mapping[]): PlanStep[] {
   const page = freePage(probe.maps, imageMaps);
   const frame = regs.rsp - RED_ZONE - 16n;
-  const stack = imageMaps.find((m) => m.start <= frame && frame + 16n <= m.end && m.perms[1] === 'w');
-  if (!stack) throw new PlanError(`no writable mapping holds the popf frame at ${hex(frame)} (rsp ${hex(regs.rsp)})`);
+  writableHolding(imageMaps, frame, frame + 16n, 'popf frame');
   const frameBytes = Buffer.alloc(16);
   frameBytes.writeBigUInt64LE(regs.eflags, 0);
   frameBytes.writeBigUInt64LE(regs.rip, 8);
   return [
-    {
-      op: { op: 'INJECT_SYSCALL', pid, nr: SYS.mmap, args: [page, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, BigInt.asUintN(64, -1n), 0n] },
-      why: `map the popf trampoline page at ${hex(page)}`,
-      expect: page,
-    },
-    { op: { op: 'WRITE_MEM', pid, address: page, data: POPF_TRAMPOLINE }, why: 'trampoline: popfq; ret $128' },
-    { op: { op: 'INJECT_SYSCALL', pid, nr: SYS.mprotect, args: [page, PAGE, PROT_READ | PROT_EXEC] }, why: 'make the trampoline executable', expect: 0n },
+    ...trampolineSteps(pid, page, POPF_TRAMPOLINE, 'popf trampoline (popfq; ret $128)'),
     { op: { op: 'WRITE_MEM', pid, address: frame, data: frameBytes }, why: `popf frame below the red zone at ${hex(frame)}: eflags ${hex(regs.eflags)}, rip ${hex(regs.rip)}` },
     {
       op: { op: 'SETREGS', pid, regs: { ...regs, rip: page, rsp: frame, eflags: TRAMPOLINE_EFLAGS } },
