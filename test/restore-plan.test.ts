@@ -107,3 +107,12 @@ t.test('restorer=sigreturn: an rt_sigframe with the registers and the XSAVE area
   t.equal(fp.readUInt32LE(image.xstate.length), 0x46505845, 'FP_XSTATE_MAGIC2 right after the area');
   t.ok(fp.subarray(0, 464).equals(image.xstate.subarray(0, 464)), 'legacy area as in the image');
 });
+
+t.test('a heap the kernel shows as several [heap] VMAs is grown to its last end with one brk', async (t) => {
+  const split = SYNTHETIC_MAPS.replace('100a2000-100c5000 rw-p 00000000 00:00 0 [heap]', '100a2000-100b0000 rw-p 00000000 00:00 0 [heap]\n100b0000-100c5000 rw-p 00000000 00:00 0 [heap]');
+  const plan = compileRestorePlan(syntheticImage({ maps: split }), probe, { rf: 'keep' });
+  const brks = plan.filter((s) => s.op.op === 'INJECT_SYSCALL' && s.op.nr === 12);
+  t.equal(brks.length, 1);
+  t.equal(brks[0]!.expect, 0x100c5000n);
+  t.notOk(plan.some((s) => s.op.op === 'INJECT_SYSCALL' && s.op.nr === 9 && (s.op.args[0] ?? 0n) >= 0x100a2000n && (s.op.args[0] ?? 0n) < 0x100c5000n), 'no anonymous mapping inside the heap');
+});

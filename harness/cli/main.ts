@@ -6,6 +6,8 @@
  *   crh boot  [kernel options]    boot a guest and print a ready ssh command line
  *   crh doctor [--json] [kernel options]
  *                                 measure and print the platform profile
+ *   crh restore --dry-run IMAGE [--rf P] [--regs P] [--restorer R]
+ *                                 validate an image and print its restore plan
  *   crh run   [--grep RE] [kernel options] [--artifacts DIR]
  *                                 run the cases, print the verdict table
  *
@@ -25,6 +27,10 @@ import { QemuMachine } from '../machine/machine.ts';
 import { launchMachine } from '../machine/fast-start.ts';
 import { AgentClient } from '../agent/client.ts';
 import { platformProfile, profileRows } from '../platform/profile.ts';
+import { readCheckpointImage } from '../restore/checkpoint-image.ts';
+import { dryRunPlan, formatPlan } from '../restore/dry-run.ts';
+import { DEFAULT_POLICY, parseRegsPolicy, parseRfPolicy } from '../restore/policy.ts';
+import { parseRestorer } from '../restore/restorers.ts';
 import { readInfraFailures } from '../report/infra-failures.ts';
 import { artifactsRoot, formatVerdictTable, readVerdicts } from '../report/verdicts.ts';
 import { REPO_ROOT } from '../util/cache-dir.ts';
@@ -106,6 +112,28 @@ async function doctorCommand(args: string[]): Promise<number> {
   return EXIT.ok;
 }
 
+async function restoreCommand(args: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: { 'dry-run': { type: 'boolean' }, rf: { type: 'string' }, regs: { type: 'string' }, restorer: { type: 'string' } },
+  });
+  if (!values['dry-run'] || positionals.length !== 1) {
+    process.stderr.write('usage: crh restore --dry-run IMAGE [--rf reject|clear|keep|keep-and-preserve] [--regs full|partial] [--restorer ptrace|sigreturn|popf]\n(a live restore runs inside a case, against a booted guest)\n');
+    return EXIT.usage;
+  }
+  const policy = {
+    rf: values.rf ? parseRfPolicy(values.rf) : DEFAULT_POLICY.rf,
+    regs: values.regs ? parseRegsPolicy(values.regs) : DEFAULT_POLICY.regs,
+    restorer: values.restorer ? parseRestorer(values.restorer) : 'ptrace' as const,
+  };
+  const image = await readCheckpointImage(positionals[0]!);
+  process.stdout.write(`image ${positionals[0]}: valid (${image.process.binary}, pid ${image.process.pid}, ${image.regions.length} memory regions, taken ${image.created})\n`);
+  process.stdout.write(`policy: rf=${policy.rf} regs=${policy.regs} restorer=${policy.restorer}\n`);
+  process.stdout.write(`${formatPlan(dryRunPlan(image, policy))}\n`);
+  return EXIT.ok;
+}
+
 async function runCommand(args: string[]): Promise<number> {
   const { values } = parseArgs({ args, options: { ...kernelOptions, grep: { type: 'string' }, artifacts: { type: 'string' } } });
   applyKernelOptions(values);
@@ -160,8 +188,10 @@ async function main(argv: string[]): Promise<number> {
       return runCommand(rest);
     case 'doctor':
       return doctorCommand(rest);
+    case 'restore':
+      return restoreCommand(rest);
     default:
-      process.stderr.write('usage: crh bootstrap | image | boot | doctor [--json] | run [--grep RE] [--kernel BZIMAGE --system-map FILE] [--artifacts DIR]\n');
+      process.stderr.write('usage: crh bootstrap | image | boot | doctor [--json] | restore --dry-run IMAGE | run [--grep RE] [--kernel BZIMAGE --system-map FILE] [--artifacts DIR]\n');
       return EXIT.usage;
   }
 }

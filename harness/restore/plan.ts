@@ -36,10 +36,14 @@ export function compileRestorePlan(image: CheckpointImage, probe: TargetProbe, p
   }
 
   const covered: Mapping[] = [...probe.maps];
-  const heap = imageMaps.find((m) => m.name === '[heap]');
-  if (heap && !probe.maps.some((m) => m.name === '[heap]')) {
-    steps.push({ op: { op: 'INJECT_SYSCALL', pid, nr: SYS.brk, args: [heap.end] }, why: `grow the heap to ${hex(heap.end)}`, expect: heap.end });
-    covered.push({ ...heap });
+  // The kernel may show the heap as several adjacent [heap] VMAs; brk() must
+  // reach the end of the last one, or later sbrk() calls would collide.
+  const heaps = imageMaps.filter((m) => m.name === '[heap]');
+  if (heaps.length > 0 && !probe.maps.some((m) => m.name === '[heap]')) {
+    const start = heaps[0]!.start;
+    const end = heaps.at(-1)!.end;
+    steps.push({ op: { op: 'INJECT_SYSCALL', pid, nr: SYS.brk, args: [end] }, why: `grow the heap to ${hex(end)}`, expect: end });
+    covered.push({ ...heaps[0]!, start, end });
   }
 
   for (const region of image.regions) {
