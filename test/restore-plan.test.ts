@@ -1,7 +1,7 @@
 // expect: the plan compiler recreates missing memory, writes every dumped region, restores protections, xstate, registers under the RF policy, and debug registers with DR7 last.
 import t from 'tap';
 import { compileRestorePlan, PlanError } from '../harness/restore/plan.ts';
-import { parseMaps, uncovered } from '../harness/restore/proc-maps.ts';
+import { isDumped, isKernelProvided, parseMaps, uncovered } from '../harness/restore/proc-maps.ts';
 import { syntheticImage, syntheticRegs, SYNTHETIC_MAPS } from './support/synthetic-image.ts';
 import { debugRegOffset, EFLAGS } from '../harness/x86/registers.ts';
 
@@ -115,4 +115,14 @@ t.test('a heap the kernel shows as several [heap] VMAs is grown to its last end 
   t.equal(brks.length, 1);
   t.equal(brks[0]!.expect, 0x100c5000n);
   t.notOk(plan.some((s) => s.op.op === 'INJECT_SYSCALL' && s.op.nr === 9 && (s.op.args[0] ?? 0n) >= 0x100a2000n && (s.op.args[0] ?? 0n) < 0x100c5000n), 'no anonymous mapping inside the heap');
+});
+
+t.test('the kernel\'s special mappings are never dumped, including the vvar split of 6.13+', async (t) => {
+  const maps = parseMaps('7ffff7ff9000-7ffff7ffb000 r--p 00000000 00:00 0 [vvar]\n7ffff7ffb000-7ffff7ffd000 r--p 00000000 00:00 0 [vvar_vclock]\n7ffff7ffd000-7ffff7fff000 r-xp 00000000 00:00 0 [vdso]\n7ffffffde000-7ffffffff000 rw-p 00000000 00:00 0 [stack]');
+  t.same(maps.map((m) => [m.name, isDumped(m), isKernelProvided(m)]), [
+    ['[vvar]', false, true],
+    ['[vvar_vclock]', false, true],
+    ['[vdso]', false, true],
+    ['[stack]', true, false],
+  ]);
 });

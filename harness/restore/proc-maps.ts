@@ -39,7 +39,12 @@ export function protOf(perms: string): number {
   return (perms[0] === 'r' ? 1 : 0) | (perms[1] === 'w' ? 2 : 0) | (perms[2] === 'x' ? 4 : 0);
 }
 
-const KERNEL_PROVIDED = new Set(['[vdso]', '[vvar]', '[vsyscall]']);
+/**
+ * The kernel's own special mappings: they cannot be written or moved by the
+ * process. Newer kernels split vvar ("[vvar_vclock]", 6.13+), so every
+ * "[vvar...]" counts.
+ */
+const KERNEL_PROVIDED = /^\[(vdso|vvar[a-z_]*|vsyscall|uprobes)\]$/;
 
 /**
  * Whether a mapping's contents belong in a checkpoint: every private mapping
@@ -50,14 +55,14 @@ const KERNEL_PROVIDED = new Set(['[vdso]', '[vvar]', '[vsyscall]']);
  * mprotects them read-only (RELRO), so "r--" is not "unchanged".
  */
 export function isDumped(m: Mapping): boolean {
-  if (KERNEL_PROVIDED.has(m.name)) return false;
+  if (KERNEL_PROVIDED.test(m.name)) return false;
   if (m.perms[3] !== 'p') return false;
   if (m.perms[2] === 'x' && m.name.startsWith('/')) return false;
   return true;
 }
 
 export function isKernelProvided(m: Mapping): boolean {
-  return KERNEL_PROVIDED.has(m.name);
+  return KERNEL_PROVIDED.test(m.name);
 }
 
 /** Sub-ranges of [start, end) not covered by any of `mappings`. */

@@ -7,7 +7,7 @@
  */
 import type { AgentClient, BatchStep } from '../agent/client.ts';
 import { describeOp } from '../agent/ops.ts';
-import { RestoreStepError } from '../errors.ts';
+import { CrhError, RestoreStepError } from '../errors.ts';
 import { NT_X86_XSTATE, USER_REGS_FIELDS, debugRegOffset, hex, type UserRegs } from '../x86/registers.ts';
 import { DEBUG_REG_NAMES, type CheckpointImage } from './checkpoint-image.ts';
 import { compileRestorePlan, type PlanStep } from './plan.ts';
@@ -47,7 +47,12 @@ export async function restoreProcess(agent: AgentClient, image: CheckpointImage,
     const differences = await readBack(agent, pid, plan, image);
     return { pid, plan, differences };
   } catch (error) {
-    await agent.call({ op: 'KILL', pid }).catch(() => {});
+    // No half-restored process is left behind.
+    const killed = await agent.call({ op: 'KILL', pid }).then(
+      () => `pid ${pid} killed`,
+      (e: unknown) => `pid ${pid} could not be killed: ${(e as Error).message}`,
+    );
+    if (error instanceof CrhError) error.details.target = killed;
     throw error;
   }
 }
