@@ -8,7 +8,7 @@
  *                                 measure and print the platform profile
  *   crh restore --dry-run IMAGE [--rf P] [--regs P] [--restorer R]
  *                                 validate an image and print its restore plan
- *   crh run   [--grep RE] [kernel options] [--artifacts DIR]
+ *   crh run   [--grep RE] [kernel options] [--artifacts DIR] [--junit FILE] [--json FILE] [--cases DIR]
  *                                 run the cases, print the verdict table
  *
  * Kernel options: --kernel BZIMAGE [--system-map FILE] [--kernel-config FILE] [--modules DIR]
@@ -31,7 +31,9 @@ import { readCheckpointImage } from '../restore/checkpoint-image.ts';
 import { dryRunPlan, formatPlan } from '../restore/dry-run.ts';
 import { DEFAULT_POLICY, parseRegsPolicy, parseRfPolicy } from '../restore/policy.ts';
 import { parseRestorer } from '../restore/restorers.ts';
-import { readInfraFailures } from '../report/infra-failures.ts';
+import { readInfraFailures, recordInfraFailure } from '../report/infra-failures.ts';
+import { junitXml } from '../report/junit.ts';
+import { writeFile } from 'node:fs/promises';
 import { artifactsRoot, formatVerdictTable, readVerdicts } from '../report/verdicts.ts';
 import { REPO_ROOT } from '../util/cache-dir.ts';
 import { isInfraFailure } from '../report/infra-failures.ts';
@@ -135,7 +137,7 @@ async function restoreCommand(args: string[]): Promise<number> {
 }
 
 async function runCommand(args: string[]): Promise<number> {
-  const { values } = parseArgs({ args, options: { ...kernelOptions, grep: { type: 'string' }, artifacts: { type: 'string' } } });
+  const { values } = parseArgs({ args, options: { ...kernelOptions, grep: { type: 'string' }, artifacts: { type: 'string' }, junit: { type: 'string' }, json: { type: 'string' }, cases: { type: 'string' } } });
   applyKernelOptions(values);
   if (values.artifacts) process.env.CRH_ARTIFACTS_DIR = path.resolve(values.artifacts);
   const artifacts = artifactsRoot();
@@ -144,14 +146,24 @@ async function runCommand(args: string[]): Promise<number> {
   rmSync(path.join(artifacts, 'infra-failures.jsonl'), { force: true });
 
   await bootstrapHost(log);
-  // Build once up front so the cases (run in parallel) find it cached.
-  const image = await buildImage({ kernel: await kernelFromEnvironment(), log });
-  log(`guest image ${image.key} (${image.kernel.origin})`);
+  // Build once up front so the cases (run in parallel) find it cached; a
+  // kernel or image that cannot be had is infrastructure, reported as such.
+  try {
+    const image = await buildImage({ kernel: await kernelFromEnvironment(), log });
+    log(`guest image ${image.key} (${image.kernel.origin})`);
+  } catch (error) {
+    recordInfraFailure('(image)', error);
+    const infra = readInfraFailures();
+    if (values.junit) await writeFile(values.junit, junitXml([], infra));
+    if (values.json) await writeFile(values.json, `${JSON.stringify({ verdicts: [], infrastructureFailures: infra }, null, 2)}\n`);
+    throw error;
+  }
 
   const grep = values.grep ? new RegExp(values.grep) : undefined;
-  const cases = readdirSync(path.join(REPO_ROOT, 'cases'))
+  const casesDir = path.resolve(REPO_ROOT, values.cases ?? 'cases');
+  const cases = readdirSync(casesDir)
     .filter((f) => f.endsWith('.test.ts') && (!grep || grep.test(f)))
-    .map((f) => path.join('cases', f));
+    .map((f) => path.join(casesDir, f));
   if (cases.length === 0) {
     log(`no case matches ${values.grep}`);
     return EXIT.usage;
@@ -164,6 +176,8 @@ async function runCommand(args: string[]): Promise<number> {
   const verdicts = readVerdicts();
   process.stdout.write(`\n${formatVerdictTable(verdicts)}\n`);
   const infra = readInfraFailures();
+  if (values.junit) await writeFile(values.junit, junitXml(verdicts, infra));
+  if (values.json) await writeFile(values.json, `${JSON.stringify({ verdicts, infrastructureFailures: infra }, null, 2)}\n`);
   for (const f of infra) log(`infrastructure failure in ${f.case}:\n${f.error}`);
   process.stdout.write(`\n${verdicts.filter((v) => v.pass).length} passed, ${verdicts.filter((v) => !v.pass).length} failed\n`);
   process.stdout.write(`artifacts: ${artifacts}\n`);
@@ -191,7 +205,7 @@ async function main(argv: string[]): Promise<number> {
     case 'restore':
       return restoreCommand(rest);
     default:
-      process.stderr.write('usage: crh bootstrap | image | boot | doctor [--json] | restore --dry-run IMAGE | run [--grep RE] [--kernel BZIMAGE --system-map FILE] [--artifacts DIR]\n');
+      process.stderr.write('usage: crh bootstrap | image | boot | doctor [--json] | restore --dry-run IMAGE | run [--grep RE] [--kernel BZIMAGE --system-map FILE] [--artifacts DIR] [--junit FILE] [--json FILE] [--cases DIR]\n');
       return EXIT.usage;
   }
 }

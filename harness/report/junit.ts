@@ -1,0 +1,42 @@
+/**
+ * JUnit XML, the format CI systems render: one testsuite per case, one
+ * testcase per verdict (scenario × policy), a <failure> where the observed
+ * result was not the expected one, an <error> per infrastructure failure.
+ */
+import type { InfraFailure } from './infra-failures.ts';
+import type { Verdict } from './verdicts.ts';
+
+function escapeXml(text: string): string {
+  return text.replace(/[<>&'"]/g, (c) => ({ '<': '&lt;', '>': '&gt;', '&': '&amp;', "'": '&apos;', '"': '&quot;' })[c]!)
+    // XML 1.0 cannot carry most control characters at all.
+    .replace(/[\u0000-\u0008\u000b\u000c\u000e-\u001f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
+}
+
+export function junitXml(verdicts: readonly Verdict[], infra: readonly InfraFailure[] = []): string {
+  const cases = [...new Set([...verdicts.map((v) => v.case), ...infra.map((f) => f.case)])];
+  const suites = cases.map((name) => {
+    const rows = verdicts.filter((v) => v.case === name);
+    const errors = infra.filter((f) => f.case === name);
+    const testcases = rows.map((v) => {
+      const title = `${v.scenario} [${v.policy}${v.control ? ', negative control' : ''}]`;
+      const conditions = v.conditions ? Object.entries(v.conditions).map(([k, c]) => `${k}=${c}`).join(' ') : '';
+      const body = v.pass
+        ? ''
+        : `<failure message="${escapeXml(`expected ${v.expected}, observed ${v.observed}`)}">${escapeXml(`expected: ${v.expected}\nobserved: ${v.observed}${conditions ? `\nplatform: ${conditions}` : ''}`)}</failure>`;
+      return `    <testcase classname="${escapeXml(name)}" name="${escapeXml(title)}">${body}</testcase>`;
+    });
+    const errorCases = errors.map(
+      (f, i) => `    <testcase classname="${escapeXml(name)}" name="infrastructure ${i + 1}"><error message="${escapeXml(f.error.split('\n')[0] ?? '')}">${escapeXml(f.error)}</error></testcase>`,
+    );
+    const failures = rows.filter((v) => !v.pass).length;
+    return [
+      `  <testsuite name="${escapeXml(name)}" tests="${rows.length + errors.length}" failures="${failures}" errors="${errors.length}">`,
+      ...testcases,
+      ...errorCases,
+      '  </testsuite>',
+    ].join('\n');
+  });
+  const total = verdicts.length + infra.length;
+  const failures = verdicts.filter((v) => !v.pass).length;
+  return `<?xml version="1.0" encoding="UTF-8"?>\n<testsuites name="cr-harness" tests="${total}" failures="${failures}" errors="${infra.length}">\n${suites.join('\n')}\n</testsuites>\n`;
+}

@@ -1,0 +1,71 @@
+// expect: `crh run` exits 0 when every verdict is as expected, 1 when a case failed, 69 when the infrastructure failed (a missing or broken kernel), with JUnit XML a CI system can parse.
+import t from 'tap';
+import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { execa } from 'execa';
+import { XMLParser } from 'fast-xml-parser';
+import { REPO_ROOT } from '../harness/util/cache-dir.ts';
+
+const crh = path.join(REPO_ROOT, 'bin', 'crh.js');
+const parse = (xml: string): Record<string, any> => new XMLParser({ ignoreAttributes: false, attributeNamePrefix: '' }).parse(xml);
+const asList = <T>(x: T | T[] | undefined): T[] => (x === undefined ? [] : Array.isArray(x) ? x : [x]);
+
+interface Run {
+  exitCode: number | undefined;
+  stdout: string;
+  stderr: string;
+  junit: Record<string, any> | undefined;
+  json: { verdicts: Array<Record<string, unknown>>; infrastructureFailures: unknown[] } | undefined;
+}
+
+async function run(args: string[]): Promise<Run> {
+  const dir = await mkdtemp(path.join(tmpdir(), 'crh-cli-'));
+  const junitFile = path.join(dir, 'junit.xml');
+  const jsonFile = path.join(dir, 'verdicts.json');
+  const r = await execa(process.execPath, [crh, 'run', '--artifacts', dir, '--junit', junitFile, '--json', jsonFile, ...args], { reject: false, cwd: REPO_ROOT });
+  const xml = await readFile(junitFile, 'utf8').catch(() => undefined);
+  const json = await readFile(jsonFile, 'utf8').catch(() => undefined);
+  return { exitCode: r.exitCode, stdout: r.stdout, stderr: r.stderr, junit: xml ? parse(xml) : undefined, json: json ? JSON.parse(json) : undefined };
+}
+
+t.test('exit 69: the kernel file does not exist', async (t) => {
+  const r = await run(['--kernel', '/nonexistent/bzImage']);
+  t.equal(r.exitCode, 69, 'infrastructure, not a test failure');
+  t.match(r.stderr, /kernel bzImage not found: \/nonexistent\/bzImage/);
+  const errors = asList(r.junit?.testsuites?.testsuite).flatMap((s: any) => asList(s.testcase)).filter((c: any) => c.error);
+  t.equal(errors.length, 1, 'JUnit carries the infrastructure error');
+});
+
+t.test('exit 69: a file that is no kernel cannot boot', async (t) => {
+  const dir = await mkdtemp(path.join(tmpdir(), 'crh-cli-kernel-'));
+  const notAKernel = path.join(dir, 'bzImage');
+  await writeFile(notAKernel, Buffer.alloc(64 * 1024, 0x90));
+  const r = await run(['--kernel', notAKernel, '--grep', 'hwbreak']);
+  t.equal(r.exitCode, 69, 'infrastructure, not a test failure');
+  t.match(r.stderr, /infrastructure failure in hwbreak-rf/);
+  const suites = asList(r.junit?.testsuites?.testsuite);
+  t.ok(suites.some((s: any) => asList(s.testcase).some((c: any) => c.error)), 'the case shows an <error>');
+});
+
+t.test('exit 1: a case failed', async (t) => {
+  const r = await run(['--cases', 'test/fixtures/cases']);
+  t.equal(r.exitCode, 1);
+  t.match(r.stdout, /always-fails\s+fixture\s+none\s+pass\s+fail\s+FAIL/, 'the verdict table shows the failure');
+  const testcase = asList(r.junit?.testsuites?.testsuite)[0]?.testcase;
+  t.ok(asList(testcase)[0]?.failure, 'JUnit has the <failure>');
+  t.equal(r.junit?.testsuites?.failures, '1');
+});
+
+t.test('exit 0: hwbreak-rf, every verdict as expected, JUnit parsed', async (t) => {
+  const r = await run(['--grep', 'hwbreak']);
+  t.equal(r.exitCode, 0, r.stderr.slice(-2000));
+  const suite = asList(r.junit?.testsuites?.testsuite).find((s: any) => s.name === 'hwbreak-rf');
+  const cases = asList(suite?.testcase);
+  t.equal(cases.length, 5, 'one testcase per verdict: two restorers and three negative controls');
+  t.equal(cases.filter((c: any) => c.failure || c.error).length, 0);
+  t.ok(cases.some((c: any) => /negative control/.test(c.name)), 'negative controls are named as such');
+  t.match(r.stdout, /5 passed, 0 failed/);
+  t.equal(r.json?.verdicts.length, 5, 'the --json file has the same verdicts');
+  t.same(r.json?.infrastructureFailures, []);
+});
