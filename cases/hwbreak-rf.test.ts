@@ -80,6 +80,7 @@ t.test(CASE, async (t) => {
     const r = await restoreAndFinish(guest, checkpointed.file, { rf, restorer }, tag, { firstExecutionAt: targetBody, countDebugTrapsAt: target });
     t.ok((r.image.regs.eflags & EFLAGS.RF) !== 0n, `EFLAGS.RF is set in the image (${hex(r.image.regs.eflags)}), as the profile says`);
     t.equal(r.image.regs.rip, target, 'the image resumes at hwbreak:target');
+    t.comment(`oracle: #DB frames at hwbreak:target after restore: ${r.observation.debugTraps.map((d) => `eflags ${hex(d.flags)}`).join(', ') || 'none'} (${r.observation.stops} VM stops)`);
     if (r.observation.first) t.comment(`oracle, after the resumed nop: ${describeRegisters(r.observation.first, ['rip', 'cs', 'eflags', 'rsp', 'rbx', 'rbp', 'fs_base'], symbols)}`);
     return {
       image: r.image,
