@@ -152,7 +152,13 @@ t.test(CASE, async (t) => {
     const { file } = await checkpointAtHit(guest, workload, CHECKPOINT_AT_HIT, 'reject');
     const image = await readCheckpointImage(file);
     const before = agent.requestsSent;
-    const processesBefore = await guest.machine.ssh.run('ls /proc | grep -c "^[0-9]"');
+    // Every earlier hwbreak was killed and reaped: a restore that spawned one would show here.
+    const hwbreaksIn = async (): Promise<string> => {
+      const r = await guest.machine.ssh.exec('pidof hwbreak'); // exit 1: none running
+      if ((r.code !== 0 && r.code !== 1) || r.stderr) throw new Error(`pidof failed: ${r.code} ${r.stderr}`);
+      return r.stdout.trim();
+    };
+    const processesBefore = await hwbreaksIn();
     const error = await restoreProcess(agent, image, { policy: { rf: 'reject' }, stdoutPath: '/tmp/hwbreak-reject.restored.out' }).then(
       () => undefined,
       (e: unknown) => e,
@@ -160,7 +166,8 @@ t.test(CASE, async (t) => {
     t.ok(error instanceof ImageRejectedError, 'restore refused with ImageRejectedError');
     t.match(String((error as Error | undefined)?.message), /RF/, `the error names RF: ${(error as Error | undefined)?.message}`);
     t.equal(agent.requestsSent, before, 'no request reached the agent');
-    t.equal(await guest.machine.ssh.run('ls /proc | grep -c "^[0-9]"'), processesBefore, 'guest process count unchanged');
+    t.equal(processesBefore, '', 'no hwbreak process before');
+    t.equal(await hwbreaksIn(), processesBefore, 'no hwbreak process was spawned');
     recordVerdict({
       case: CASE, scenario: SCENARIO, policy: 'rf=reject', control: true,
       expected: 'refused, naming RF, guest untouched',
