@@ -217,6 +217,27 @@ t.test('Z2 write watchpoint on the stack slot of the return address', async (t) 
   t.equal((await whileRunning(() => run)).stdout, reference, 'the watched run printed the reference checksum');
 });
 
+t.test('Z3 read and Z4 access watchpoints on the stack slot of the return address', async (t) => {
+  const reference = await whileRunning(() => machine.ssh.run(`${hwbreak} 2`));
+  await gdb.insertBreakpoint('hardware', target, 1);
+  const run = machine.ssh.exec(`${hwbreak} 2`);
+  stopped(await gdb.cont({ timeoutMs: STOP_TIMEOUT_MS }));
+  const rsp = await gdb.readRegister('rsp');
+  await gdb.insertBreakpoint('read', rsp, 8);
+  await gdb.removeBreakpoint('hardware', target, 1);
+  // target's own ret reads the slot.
+  const read = stopped(await gdb.cont({ timeoutMs: STOP_TIMEOUT_MS }));
+  t.same(read.reason, { kind: 'rwatch', address: rsp }, `read watchpoint: ${read.raw}`);
+  t.equal(await gdb.readRegister('cs'), USER_CS, 'stopped in the user program');
+  await gdb.removeBreakpoint('read', rsp, 8);
+  // The second call pushes its return address into the same slot: an access.
+  await gdb.insertBreakpoint('access', rsp, 8);
+  const access = stopped(await gdb.cont({ timeoutMs: STOP_TIMEOUT_MS }));
+  t.same(access.reason, { kind: 'awatch', address: rsp }, `access watchpoint: ${access.raw}`);
+  await gdb.removeBreakpoint('access', rsp, 8);
+  t.equal((await whileRunning(() => run)).stdout, reference, 'the watched run printed the reference checksum');
+});
+
 t.test('interrupt stops a running VM; commands while it runs are refused', async (t) => {
   const run = gdb.cont();
   // Requests queue behind the resume, so this one meets a running target.
