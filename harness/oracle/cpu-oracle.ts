@@ -99,9 +99,9 @@ export async function observeCpu<T>(
       } else if (dbEntry !== undefined && rip === dbEntry) {
         const frame = await gdb.readMemory(regs.get('rdi')!, PT_REGS.size);
         const ip = frame.readBigUInt64LE(PT_REGS.ip);
-        if ((frame.readBigUInt64LE(PT_REGS.cs) & 3n) === 3n && ip === options.countDebugTrapsAt) {
-          observation.debugTraps.push({ ip, flags: frame.readBigUInt64LE(PT_REGS.flags) });
-        }
+        const counted = (frame.readBigUInt64LE(PT_REGS.cs) & 3n) === 3n && ip === options.countDebugTrapsAt;
+        if (counted) observation.debugTraps.push({ ip, flags: frame.readBigUInt64LE(PT_REGS.flags) });
+        options.log?.(`  #DB frame ip ${symbols.symbolize(ip)} flags ${hex(frame.readBigUInt64LE(PT_REGS.flags))} pt_regs ${hex(regs.get('rdi')!)} rsp ${hex(regs.get('rsp')!)}${counted ? ' (counted)' : ''}`);
         // cont() steps off the kernel entry first; no guest breakpoint lives there.
         stop = gdb.cont();
       } else {

@@ -4,6 +4,7 @@
  * (image written to the case's artifacts), kill it, restore the image under a
  * policy, and run the restored process to its end under the CPU oracle.
  */
+import { appendFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { RunResult } from '../agent/ops.ts';
 import { observeCpu, type Observation, type WatchOptions } from '../oracle/cpu-oracle.ts';
@@ -81,7 +82,11 @@ export async function restoreAndFinish(guest: Guest, file: string, policy: Resto
   const image = await readCheckpointImage(file);
   const out = `/tmp/${path.basename(image.process.binary)}-${tag}.restored.out`;
   const restored = await restoreProcess(guest.agent, image, { policy, stdoutPath: out });
-  const { result: run, observation } = await observeCpu(guest.machine.gdbSocket, guest.symbols, watch, () =>
+  // Every VM stop the oracle services goes to the case's artifacts.
+  const oracleLog = path.join(guest.artifactsDir, `oracle-${tag}.log`);
+  writeFileSync(oracleLog, '');
+  const log = (line: string): void => appendFileSync(oracleLog, `${new Date().toISOString()} ${line}\n`);
+  const { result: run, observation } = await observeCpu(guest.machine.gdbSocket, guest.symbols, { ...watch, log }, () =>
     guest.agent.call({ op: 'RUN', pid: restored.pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS }),
   );
   return { image, differences: restored.differences, run, output: await readOutput(guest, out), observation };
