@@ -472,10 +472,13 @@ t.test('O packets while running go to onOutput; cont resolves with the stop afte
   stub.stream.destroy();
 });
 
+/** RIP at the breakpoint (0x10001720) and one instruction further, little-endian hex as 'p' answers. */
+const pc = '2017001000000000';
+const moved = '2a17001000000000';
+
 t.test('resuming from an execution breakpoint steps over it first; stepOver: false does not', async (t) => {
   // Formats as QEMU 7.2 sent them in test/gdb-qemu.test.ts (Z1 at a user address, then cont).
   const target = 0x10001720n;
-  const pc = '2017001000000000';
   const { stub, gdb } = await afterHandshake([
     { request: frame('Z1,10001720,1'), replies: ['+$OK#9a'] },
     { request: frame('vCont;c'), replies: ['+', frame('T05thread:p01.02;')] },
@@ -484,13 +487,37 @@ t.test('resuming from an execution breakpoint steps over it first; stepOver: fal
     { request: frame('p10'), replies: [`+${frame(pc)}`] },
     { request: frame('z1,10001720,1'), replies: ['+$OK#9a'] },
     { request: frame('vCont;s:p01.02'), replies: ['+', frame('T05thread:p01.02;')] },
+    { request: frame('p10'), replies: [`+${frame(moved)}`] },
     { request: frame('Z1,10001720,1'), replies: ['+$OK#9a'] },
     { request: frame('vCont;c'), replies: ['+', frame('T05thread:p01.02;')] },
   ]);
   await gdb.insertBreakpoint('hardware', target, 1);
   t.match(await gdb.cont(), { signal: 5, thread: 'p01.02' }, 'first stop');
   t.match(await gdb.cont({ stepOver: false }), { signal: 5 }, 'stepOver: false sends vCont;c at once');
-  t.match(await gdb.cont(), { signal: 5 }, 'then: Hg, p, z1, step that vCPU, Z1, vCont;c');
+  t.match(await gdb.cont(), { signal: 5 }, 'then: Hg, p, z1, step that vCPU, check it moved, Z1, vCont;c');
+  t.notOk(stub.mismatch, stub.mismatch ?? 'every request as scripted');
+  t.ok(stub.finished);
+  stub.stream.destroy();
+});
+
+t.test('a step that leaves the vCPU on the breakpoint is repeated before the breakpoint goes back', async (t) => {
+  const target = 0x10001720n;
+  const { stub, gdb } = await afterHandshake([
+    { request: frame('Z1,10001720,1'), replies: ['+$OK#9a'] },
+    { request: frame('vCont;c'), replies: ['+', frame('T05thread:p01.02;')] },
+    { request: frame('Hgp01.02'), replies: ['+$OK#9a'] },
+    { request: frame('p10'), replies: [`+${frame(pc)}`] },
+    { request: frame('z1,10001720,1'), replies: ['+$OK#9a'] },
+    { request: frame('vCont;s:p01.02'), replies: ['+', frame('T05thread:p01.02;')] },
+    { request: frame('p10'), replies: [`+${frame(pc)}`] },
+    { request: frame('vCont;s:p01.02'), replies: ['+', frame('T05thread:p01.02;')] },
+    { request: frame('p10'), replies: [`+${frame(moved)}`] },
+    { request: frame('Z1,10001720,1'), replies: ['+$OK#9a'] },
+    { request: frame('vCont;c'), replies: ['+', frame('T05thread:p01.02;')] },
+  ]);
+  await gdb.insertBreakpoint('hardware', target, 1);
+  await gdb.cont();
+  t.match(await gdb.cont(), { signal: 5 }, 'the second step moved the vCPU; only then Z1 and vCont;c');
   t.notOk(stub.mismatch, stub.mismatch ?? 'every request as scripted');
   t.ok(stub.finished);
   stub.stream.destroy();

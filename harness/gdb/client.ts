@@ -89,6 +89,9 @@ interface StopWaiter {
   reject(error: Error): void;
 }
 
+/** Steps tried over one breakpoint before giving up (each must move the vCPU). */
+const MAX_STEP_OVER_ATTEMPTS = 5;
+
 export class GdbClient {
   private readonly parser = new PacketParser();
   private readonly log: (line: string) => void;
@@ -567,7 +570,17 @@ export class GdbClient {
     for (const b of here) await this.expectOk(`z${args(b)}`, 'breakpoints');
     let step: StopReply;
     try {
-      step = await this.startRun(this.vContActions.has('s') ? `vCont;s:${last.thread}` : 's', this.timeoutMs);
+      // A step can end without having run the instruction (the vCPU still at
+      // pc); putting the breakpoint back then would report this execution a
+      // second time. Step until pc moves, a few times at most.
+      for (let attempt = 1; ; attempt++) {
+        step = await this.startRun(this.vContActions.has('s') ? `vCont;s:${last.thread}` : 's', this.timeoutMs);
+        const finished = step.kind === 'signal' && step.signal === GDB_SIGNAL.TRAP && step.reason === undefined;
+        if (!finished) break;
+        if ((await this.readRegisterInTurn(pcRegister)) !== pc) break;
+        this.logLine(`step ${attempt} over the breakpoint at 0x${pc.toString(16)} left the vCPU there`);
+        if (attempt === MAX_STEP_OVER_ATTEMPTS) throw new GdbError(`${MAX_STEP_OVER_ATTEMPTS} steps did not move the vCPU off 0x${pc.toString(16)}`, {}, this.context());
+      }
     } catch (error) {
       // Still running or disconnected: they cannot go back in, so stop claiming them.
       for (const b of here) this.executionBreakpoints.delete(args(b));
