@@ -22,32 +22,6 @@ export interface ReadinessCheck {
 }
 
 export const Ready = {
-  /** A console line matching `pattern`; a kernel-death line fails the wait. */
-  forConsole(pattern: RegExp): ReadinessCheck {
-    return {
-      description: `console matches ${pattern}`,
-      waitUntilReady: (ctx) =>
-        new Promise<void>((resolve, reject) => {
-          const done = (error?: Error): void => {
-            unsubscribe();
-            clearTimeout(timer);
-            ctx.signal.removeEventListener('abort', onAbort);
-            if (error) reject(error);
-            else resolve();
-          };
-          const check = (line: string): void => {
-            if (KERNEL_DEATH.test(line)) done(new BootError(`guest kernel died: ${line.trim()}`));
-            else if (pattern.test(line)) done();
-          };
-          const onAbort = (): void => done(ctx.signal.reason as Error);
-          const unsubscribe = ctx.console.onLine(check);
-          const timer = setTimeout(() => done(new TimeoutError(`console never matched ${pattern} within the deadline`)), ctx.deadline.remainingMs);
-          ctx.signal.addEventListener('abort', onAbort, { once: true });
-          for (const line of ctx.console.lines) check(line);
-        }),
-    };
-  },
-
   /**
    * An SSH server banner ("SSH-") on 127.0.0.1:port. QEMU's forward accepts
    * TCP before the guest listens, so a bare connect proves nothing; a failed
@@ -65,16 +39,6 @@ export const Ready = {
           if (ctx.deadline.expired) throw new TimeoutError(`no SSH banner on 127.0.0.1:${port} within the deadline`);
           await sleep(50, ctx.signal).catch(() => {});
         }
-      },
-    };
-  },
-
-  /** All checks, in order, sharing one deadline. */
-  all(...checks: ReadinessCheck[]): ReadinessCheck {
-    return {
-      description: checks.map((c) => c.description).join(', then '),
-      async waitUntilReady(ctx) {
-        for (const check of checks) await check.waitUntilReady(ctx);
       },
     };
   },

@@ -23,9 +23,8 @@ import { GdbClient } from '../gdb/client.ts';
 import type { SymbolTable } from '../symbols/symbols.ts';
 import { CrhError } from '../errors.ts';
 import { hex } from '../x86/registers.ts';
+import { readExceptionFrame } from './exception-frame.ts';
 
-/** struct pt_regs offsets of the hardware frame (arch/x86/include/asm/ptrace.h). */
-const PT_REGS = { ip: 128, cs: 136, flags: 144, size: 168 } as const;
 /** The kernel's entry for #DB from user mode on x86-64 (DEFINE_IDTENTRY_DEBUG_USER). */
 export const USER_DEBUG_ENTRY = 'kernel:noist_exc_debug';
 
@@ -97,11 +96,10 @@ export async function observeCpu<T>(
         firstArmed = false;
         stop = gdb.cont();
       } else if (dbEntry !== undefined && rip === dbEntry) {
-        const frame = await gdb.readMemory(regs.get('rdi')!, PT_REGS.size);
-        const ip = frame.readBigUInt64LE(PT_REGS.ip);
-        const counted = (frame.readBigUInt64LE(PT_REGS.cs) & 3n) === 3n && ip === options.countDebugTrapsAt;
-        if (counted) observation.debugTraps.push({ ip, flags: frame.readBigUInt64LE(PT_REGS.flags) });
-        options.log?.(`  #DB frame ip ${symbols.symbolize(ip)} flags ${hex(frame.readBigUInt64LE(PT_REGS.flags))} pt_regs ${hex(regs.get('rdi')!)} rsp ${hex(regs.get('rsp')!)}${counted ? ' (counted)' : ''}`);
+        const frame = await readExceptionFrame(gdb, regs);
+        const counted = frame.fromUser && frame.ip === options.countDebugTrapsAt;
+        if (counted) observation.debugTraps.push({ ip: frame.ip, flags: frame.flags });
+        options.log?.(`  #DB frame ip ${symbols.symbolize(frame.ip)} flags ${hex(frame.flags)} pt_regs ${hex(frame.at)}${counted ? ' (counted)' : ''}`);
         // cont() steps off the kernel entry first; no guest breakpoint lives there.
         stop = gdb.cont();
       } else {

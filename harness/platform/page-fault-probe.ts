@@ -14,10 +14,9 @@ import type { QemuMachine } from '../machine/machine.ts';
 import { kernelSymbolFile } from '../symbols/kernel-symbols.ts';
 import { SymbolTable } from '../symbols/symbols.ts';
 import { EFLAGS, hex } from '../x86/registers.ts';
+import { readExceptionFrame } from '../oracle/exception-frame.ts';
 import type { Measured } from './profile.ts';
 
-/** struct pt_regs (arch/x86/include/asm/ptrace.h): offsets of the hardware frame. */
-const PT_REGS = { ip: 128, cs: 136, flags: 144, size: 168 } as const;
 /** Faults from other processes and the kernel are skipped; give up after this many. */
 const MAX_STOPS = 5000;
 const PROGRAM = 'hwbreak';
@@ -48,11 +47,8 @@ export async function measureRfOnUserPageFault(ctx: {
       const stop = await gdb.cont();
       stops++;
       if (stop.kind !== 'signal') break;
-      const regs = await gdb.readRegisters();
-      const frame = await gdb.readMemory(regs.get('rdi')!, PT_REGS.size);
-      const cs = frame.readBigUInt64LE(PT_REGS.cs);
-      const ip = frame.readBigUInt64LE(PT_REGS.ip);
-      if ((cs & 3n) === 3n && ip >= low && ip < high) found = { ip, flags: frame.readBigUInt64LE(PT_REGS.flags) };
+      const frame = await readExceptionFrame(gdb, await gdb.readRegisters());
+      if (frame.fromUser && frame.ip >= low && frame.ip < high) found = frame;
     }
     await gdb.removeBreakpoint('hardware', entry, 1);
     await gdb.detach();
