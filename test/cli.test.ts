@@ -69,3 +69,16 @@ t.test('exit 0: register-integrity, every verdict as expected, JUnit parsed', as
   t.equal(r.json?.verdicts.length, 4, 'the --json file has the same verdicts');
   t.same(r.json?.infrastructureFailures, []);
 });
+
+t.test('crh doctor --json: the profile, with the platform probes measured', async (t) => {
+  const r = await execa(process.execPath, [crh, 'doctor', '--json'], { reject: false, cwd: REPO_ROOT });
+  t.equal(r.exitCode, 0, r.stderr.slice(-2000));
+  const profile = JSON.parse(r.stdout) as { accel: string; probes: Record<string, { value: boolean | null; how: string }>; kernelConfig: Record<string, string>; xcr0: string };
+  t.ok(['tcg', 'kvm'].includes(profile.accel));
+  for (const [name, probe] of Object.entries(profile.probes)) {
+    t.type(probe.value, 'boolean', `${name} measured: ${probe.value} (${probe.how})`);
+  }
+  t.match(profile.probes.rfOnUserPageFault?.how, /gdbstub Z1 at kernel:exc_page_fault/, 'RF on a page fault is read at the CPU');
+  t.equal(profile.kernelConfig.CONFIG_RSEQ, 'y');
+  t.match(profile.xcr0, /^0x[0-9a-f]+$/);
+});
