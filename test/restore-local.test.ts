@@ -10,7 +10,7 @@ import { checkpointProcess } from '../harness/restore/checkpoint.ts';
 import type { CheckpointImage } from '../harness/restore/checkpoint-image.ts';
 import { restoreProcess } from '../harness/restore/restore.ts';
 import { RESTORERS } from '../harness/restore/restorers.ts';
-import { debugRegOffset } from '../harness/x86/registers.ts';
+import { spawnWithBreakpoint } from '../harness/agent/breakpoint-spawn.ts';
 
 const CALLS = '17';
 
@@ -24,9 +24,7 @@ t.test('checkpoint at a breakpoint and restore, on the host kernel', async (t) =
   const argv = [hwbreak, CALLS];
 
   const takeImage = async (tag: string): Promise<CheckpointImage> => {
-    const { pid } = await agent.call({ op: 'SPAWN', path: hwbreak, argv, envp: [], stdoutPath: out(tag), noAslr: true });
-    await agent.call({ op: 'POKEUSER', pid, offset: debugRegOffset(0), value: target });
-    await agent.call({ op: 'POKEUSER', pid, offset: debugRegOffset(7), value: 1n });
+    const pid = await spawnWithBreakpoint(agent, { binary: hwbreak, argv, breakAt: target }, out(tag));
     await agent.call({ op: 'RUN', pid, stopAfterHits: 2, timeoutMs: 30_000 });
     const image = await checkpointProcess(agent, { binary: hwbreak, argv, envp: [], noAslr: true, pid }, { host: true });
     await agent.call({ op: 'KILL', pid });

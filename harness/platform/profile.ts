@@ -24,7 +24,8 @@ import type { QemuMachine } from '../machine/machine.ts';
 import { qemuVersion } from '../machine/qemu-version.ts';
 import { cacheDir } from '../util/cache-dir.ts';
 import { sha256 } from '../util/hash.ts';
-import { EFLAGS, NT_X86_XSTATE, debugRegOffset, hex } from '../x86/registers.ts';
+import { EFLAGS, NT_X86_XSTATE, hex } from '../x86/registers.ts';
+import { spawnWithBreakpoint } from '../agent/breakpoint-spawn.ts';
 import { ElfFile } from '../elf/elf64.ts';
 import { CASE_OPTIONS, optionState, readKernelConfig } from './kernel-config.ts';
 import { measureRfOnUserPageFault } from './page-fault-probe.ts';
@@ -124,10 +125,8 @@ async function probeHwBreakpointStop(ctx: ProfileContext): Promise<{ measured: M
   const { agent, image } = ctx;
   const binary = image.guestPaths.hwbreak!;
   const target = (await ElfFile.open(image.binaries.hwbreak!)).symbolAddress('target');
-  const { pid } = await agent.call({ op: 'SPAWN', path: binary, argv: [binary, '1'], envp: [], stdoutPath: '/tmp/probe-hwbreak.out', noAslr: true });
+  const pid = await spawnWithBreakpoint(agent, { binary, argv: [binary, '1'], breakAt: target }, '/tmp/probe-hwbreak.out');
   try {
-    await agent.call({ op: 'POKEUSER', pid, offset: debugRegOffset(0), value: target });
-    await agent.call({ op: 'POKEUSER', pid, offset: debugRegOffset(7), value: 1n });
     const run = await agent.call({ op: 'RUN', pid, stopAfterHits: 1, timeoutMs: 30_000 });
     const xstate = await agent.call({ op: 'GETREGSET', pid, noteType: NT_X86_XSTATE, maxSize: 16384 });
     const hit = run.hits[0];

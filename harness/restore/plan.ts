@@ -11,14 +11,10 @@ import { PlanError, type PlanStep, type TargetProbe } from './plan-step.ts';
 import type { RestorePolicy } from './policy.ts';
 import { isKernelProvided, parseMaps, protOf, uncovered, type Mapping } from './proc-maps.ts';
 import { registerSteps } from './restorers.ts';
+import { brkStep, mapFixedStep, PROT, protectStep } from './syscall-steps.ts';
 
 export { PlanError, type PlanStep, type TargetProbe };
 
-const SYS = { mmap: 9, mprotect: 10, brk: 12 } as const;
-const MAP_PRIVATE = 0x02n;
-const MAP_ANONYMOUS = 0x20n;
-const MAP_FIXED_NOREPLACE = 0x100000n;
-const PROT_RW = 3n;
 /** Memory is written in slices so no single frame gets large. */
 export const WRITE_CHUNK_BYTES = 1024 * 1024;
 
@@ -42,17 +38,13 @@ export function compileRestorePlan(image: CheckpointImage, probe: TargetProbe, p
   if (heaps.length > 0 && !probe.maps.some((m) => m.name === '[heap]')) {
     const start = heaps[0]!.start;
     const end = heaps.at(-1)!.end;
-    steps.push({ op: { op: 'INJECT_SYSCALL', pid, nr: SYS.brk, args: [end] }, why: `grow the heap to ${hex(end)}`, expect: end });
+    steps.push(brkStep(pid, end, `grow the heap to ${hex(end)}`));
     covered.push({ ...heaps[0]!, start, end });
   }
 
   for (const region of image.regions) {
     for (const [start, end] of uncovered(region.start, region.end, covered)) {
-      steps.push({
-        op: { op: 'INJECT_SYSCALL', pid, nr: SYS.mmap, args: [start, end - start, PROT_RW, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, BigInt.asUintN(64, -1n), 0n] },
-        why: `map ${hex(start)}-${hex(end)} (absent in the target) for ${region.name || 'anonymous memory'}`,
-        expect: start,
-      });
+      steps.push(mapFixedStep(pid, start, end - start, PROT.READ | PROT.WRITE, `map ${hex(start)}-${hex(end)} (absent in the target) for ${region.name || 'anonymous memory'}`));
     }
   }
 
@@ -65,11 +57,7 @@ export function compileRestorePlan(image: CheckpointImage, probe: TargetProbe, p
   }
 
   for (const region of image.regions) {
-    steps.push({
-      op: { op: 'INJECT_SYSCALL', pid, nr: SYS.mprotect, args: [region.start, region.end - region.start, BigInt(protOf(region.perms))] },
-      why: `protections ${region.perms} on ${hex(region.start)}-${hex(region.end)}`,
-      expect: 0n,
-    });
+    steps.push(protectStep(pid, region.start, region.end - region.start, BigInt(protOf(region.perms)), `protections ${region.perms} on ${hex(region.start)}-${hex(region.end)}`));
   }
 
   steps.push(...registerSteps(image, probe, imageMaps, policy));

@@ -21,6 +21,7 @@ import type { CheckpointImage } from './checkpoint-image.ts';
 import { restoredRegisters, type RestorePolicy } from './policy.ts';
 import type { Mapping } from './proc-maps.ts';
 import { PlanError, type PlanStep, type TargetProbe } from './plan-step.ts';
+import { mapFixedStep, PROT, protectStep } from './syscall-steps.ts';
 
 export const RESTORERS = ['ptrace', 'sigreturn', 'popf'] as const;
 export type Restorer = (typeof RESTORERS)[number];
@@ -30,14 +31,7 @@ export function parseRestorer(value: string): Restorer {
   throw new RangeError(`unknown restorer "${value}" (one of ${RESTORERS.join(', ')})`);
 }
 
-const SYS = { mmap: 9, mprotect: 10 } as const;
 const PAGE = 0x1000n;
-const PROT_READ = 1n;
-const PROT_WRITE = 2n;
-const PROT_EXEC = 4n;
-const MAP_PRIVATE = 0x02n;
-const MAP_ANONYMOUS = 0x20n;
-const MAP_FIXED_NOREPLACE = 0x100000n;
 /** The System V red zone: a leaf function may keep live data this far below rsp. */
 const RED_ZONE = 128n;
 /** popfq; ret $128 — EFLAGS from the frame, then RIP, then skip the red zone. */
@@ -74,13 +68,9 @@ export function registerSteps(image: CheckpointImage, probe: TargetProbe, imageM
 /** Maps a scratch page at a free address, writes `code` there and makes it executable. */
 function trampolineSteps(pid: number, page: bigint, code: Buffer, what: string): PlanStep[] {
   return [
-    {
-      op: { op: 'INJECT_SYSCALL', pid, nr: SYS.mmap, args: [page, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, BigInt.asUintN(64, -1n), 0n] },
-      why: `map the ${what} page at ${hex(page)}`,
-      expect: page,
-    },
+    mapFixedStep(pid, page, PAGE, PROT.READ | PROT.WRITE, `map the ${what} page at ${hex(page)}`),
     { op: { op: 'WRITE_MEM', pid, address: page, data: code }, why: `${what}: ${code.toString('hex')}` },
-    { op: { op: 'INJECT_SYSCALL', pid, nr: SYS.mprotect, args: [page, PAGE, PROT_READ | PROT_EXEC] }, why: `make the ${what} executable`, expect: 0n },
+    protectStep(pid, page, PAGE, PROT.READ | PROT.EXEC, `make the ${what} executable`),
   ];
 }
 

@@ -12,28 +12,16 @@ import { checkpointProcess } from '../restore/checkpoint.ts';
 import { readCheckpointImage, writeCheckpointImage, type CheckpointImage, type ProcessInfo } from '../restore/checkpoint-image.ts';
 import type { RestorePolicy } from '../restore/policy.ts';
 import { restoreProcess, type Difference } from '../restore/restore.ts';
-import { debugRegOffset } from '../x86/registers.ts';
+import { spawnWithBreakpoint, type ArmedProgram } from '../agent/breakpoint-spawn.ts';
 import type { Guest } from './guest-fixture.ts';
 
-/** DR7: L0 enable, R/W0 = 00 (execute), LEN0 = 00 (1 byte). */
-export const DR7_EXECUTE_DR0 = 0x1n;
 export const RUN_TIMEOUT_MS = 60_000;
 
-export interface Workload {
-  /** guest path */
-  binary: string;
-  argv: string[];
-  /** DR0 execute breakpoint */
-  breakAt: bigint;
-}
+export type Workload = ArmedProgram;
 
 /** Spawns the workload (ASLR off) stopped before its first instruction, DR0 armed. */
-export async function spawnArmed(guest: Guest, w: Workload, stdoutPath: string): Promise<number> {
-  const { agent } = guest;
-  const { pid } = await agent.call({ op: 'SPAWN', path: w.binary, argv: w.argv, envp: [], stdoutPath, noAslr: true });
-  await agent.call({ op: 'POKEUSER', pid, offset: debugRegOffset(0), value: w.breakAt });
-  await agent.call({ op: 'POKEUSER', pid, offset: debugRegOffset(7), value: DR7_EXECUTE_DR0 });
-  return pid;
+export function spawnArmed(guest: Guest, w: Workload, stdoutPath: string): Promise<number> {
+  return spawnWithBreakpoint(guest.agent, w, stdoutPath);
 }
 
 export async function readOutput(guest: Guest, file: string): Promise<string> {

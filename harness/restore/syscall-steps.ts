@@ -1,0 +1,31 @@
+/**
+ * Plan steps that are system calls injected into the target (x86-64 Linux
+ * numbers and flags), each with the result that means success.
+ */
+import type { PlanStep } from './plan-step.ts';
+
+const NR = { mmap: 9, mprotect: 10, brk: 12 } as const;
+export const PROT = { READ: 1n, WRITE: 2n, EXEC: 4n } as const;
+const MAP_PRIVATE = 0x02n;
+const MAP_ANONYMOUS = 0x20n;
+/** Never replaces a mapping: a clash fails (EEXIST) instead of corrupting the target. */
+const MAP_FIXED_NOREPLACE = 0x100000n;
+const NO_FD = BigInt.asUintN(64, -1n);
+
+/** Private anonymous memory exactly at `start`. */
+export function mapFixedStep(pid: number, start: bigint, length: bigint, prot: bigint, why: string): PlanStep {
+  return {
+    op: { op: 'INJECT_SYSCALL', pid, nr: NR.mmap, args: [start, length, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, NO_FD, 0n] },
+    why,
+    expect: start,
+  };
+}
+
+export function protectStep(pid: number, start: bigint, length: bigint, prot: bigint, why: string): PlanStep {
+  return { op: { op: 'INJECT_SYSCALL', pid, nr: NR.mprotect, args: [start, length, prot] }, why, expect: 0n };
+}
+
+/** Moves the program break; brk() answers with the new break on success. */
+export function brkStep(pid: number, end: bigint, why: string): PlanStep {
+  return { op: { op: 'INJECT_SYSCALL', pid, nr: NR.brk, args: [end] }, why, expect: end };
+}
