@@ -568,15 +568,17 @@ export class GdbClient {
     if (here.length === 0) return undefined;
     const args = (b: (typeof here)[number]): string => `${b.type},${b.addr.toString(16)},${b.length.toString(16)}`;
     for (const b of here) await this.expectOk(`z${args(b)}`, 'breakpoints');
-    let step: StopReply;
+    let early: StopReply | undefined;
     try {
       // A step can end without having run the instruction (the vCPU still at
       // pc); putting the breakpoint back then would report this execution a
       // second time. Step until pc moves, a few times at most.
       for (let attempt = 1; ; attempt++) {
-        step = await this.startRun(this.vContActions.has('s') ? `vCont;s:${last.thread}` : 's', this.timeoutMs);
-        const finished = step.kind === 'signal' && step.signal === GDB_SIGNAL.TRAP && step.reason === undefined;
-        if (!finished) break;
+        const step = await this.startRun(this.vContActions.has('s') ? `vCont;s:${last.thread}` : 's', this.timeoutMs);
+        if (!(step.kind === 'signal' && step.signal === GDB_SIGNAL.TRAP && step.reason === undefined)) {
+          early = step;
+          break;
+        }
         if ((await this.readRegisterInTurn(pcRegister)) !== pc) break;
         this.logLine(`step ${attempt} over the breakpoint at 0x${pc.toString(16)} left the vCPU there`);
         if (attempt === MAX_STEP_OVER_ATTEMPTS) throw new GdbError(`${MAX_STEP_OVER_ATTEMPTS} steps did not move the vCPU off 0x${pc.toString(16)}`, {}, this.context());
@@ -588,8 +590,7 @@ export class GdbClient {
       throw error;
     }
     for (const b of here) await this.expectOk(`Z${args(b)}`, 'breakpoints');
-    const finished = step.kind === 'signal' && step.signal === GDB_SIGNAL.TRAP && step.reason === undefined;
-    return finished ? undefined : step;
+    return early;
   }
 
   private waitFor(list: StopWaiter[], timeoutMs: number, what: string): Promise<StopReply> {

@@ -26,6 +26,7 @@ import { cacheDir } from '../util/cache-dir.ts';
 import { sha256 } from '../util/hash.ts';
 import { EFLAGS, NT_X86_XSTATE, hex } from '../x86/registers.ts';
 import { spawnWithBreakpoint } from '../agent/breakpoint-spawn.ts';
+import { xstateFeatures } from '../restore/validate.ts';
 import { ElfFile } from '../elf/elf64.ts';
 import { CASE_OPTIONS, optionState, readKernelConfig } from './kernel-config.ts';
 import { measureRfOnUserPageFault } from './page-fault-probe.ts';
@@ -134,7 +135,7 @@ async function probeHwBreakpointStop(ctx: ProfileContext): Promise<{ measured: M
       measured: hit
         ? { value: (hit.eflags & EFLAGS.RF) !== 0n, how: `ptrace GETREGS at the SIGTRAP stop of DR0 on hwbreak:target: eflags ${hex(hit.eflags)}` }
         : { value: null, how: `no breakpoint hit (${run.outcome} ${run.code})` },
-      xcr0: xstate.readBigUInt64LE(464),
+      xcr0: xstateFeatures(xstate),
       xsaveBytes: xstate.length,
     };
   } finally {

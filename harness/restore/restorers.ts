@@ -22,6 +22,7 @@ import { restoredRegisters, type RestorePolicy } from './policy.ts';
 import type { Mapping } from './proc-maps.ts';
 import { PlanError, type PlanStep, type TargetProbe } from './plan-step.ts';
 import { mapFixedStep, PROT, protectStep } from './syscall-steps.ts';
+import { xstateFeatures } from './validate.ts';
 
 export const RESTORERS = ['ptrace', 'sigreturn', 'popf'] as const;
 export type Restorer = (typeof RESTORERS)[number];
@@ -114,7 +115,7 @@ function sigreturnSteps(pid: number, regs: UserRegs, ptraceXstate: Buffer, probe
   const xsize = ptraceXstate.length;
   const fpstate = Buffer.alloc(xsize + 4);
   ptraceXstate.copy(fpstate);
-  const xcr0 = ptraceXstate.readBigUInt64LE(FX_SW_BYTES);
+  const xcr0 = xstateFeatures(ptraceXstate);
   fpstate.fill(0, FX_SW_BYTES, 512);
   fpstate.writeUInt32LE(FP_XSTATE_MAGIC1, FX_SW_BYTES);
   fpstate.writeUInt32LE(xsize + 4, FX_SW_BYTES + 4);
