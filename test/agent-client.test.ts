@@ -99,6 +99,18 @@ t.test('the real agent, on the host kernel', async (t) => {
   t.equal(await client.call({ op: 'INJECT_SYSCALL', pid, nr: 39, args: [] }), BigInt(pid), 'injected getpid returns the pid');
   t.same(await client.call({ op: 'GETREGS', pid }), entry, 'registers unchanged by the injection');
 
+  // Before the C library's start-up code runs: no rseq registration, nothing blocked, nothing queued.
+  t.same(await client.call({ op: 'RSEQ_CONFIG', pid }), { area: 0n, size: 0, signature: 0, flags: 0 }, 'no rseq registration before _start');
+  t.equal(await client.call({ op: 'GETSIGMASK', pid }), 0n);
+  await client.call({ op: 'SETSIGMASK', pid, mask: 1n << 9n });
+  t.equal(await client.call({ op: 'GETSIGMASK', pid }), 1n << 9n, 'SETSIGMASK round-trips (SIGUSR1 blocked)');
+  await client.call({ op: 'SIGNAL', pid, signo: 10 });
+  const queued = await client.call({ op: 'PEEKSIGINFO', pid, shared: true });
+  t.same(queued.map((i) => [i.length, i.readInt32LE(0)]), [[128, 10]], 'the blocked SIGUSR1 is on the shared queue');
+  t.same(await client.call({ op: 'PEEKSIGINFO', pid, shared: false }), [], 'and not on the thread queue');
+  t.equal(await client.call({ op: 'INJECT_SYSCALL', pid, nr: 127, args: [0n, 8n] }), -14n, 'rt_sigpending with a null set fails EFAULT: injections still work');
+  await t.rejects(client.call({ op: 'RSEQ_CONFIG', pid: 1 }), AgentError, 'not a tracee');
+
   await client.call({ op: 'POKEUSER', pid, offset: debugRegOffset(0), value: target });
   await client.call({ op: 'POKEUSER', pid, offset: debugRegOffset(7), value: 1n });
   const first = await client.call({ op: 'RUN', pid, stopAfterHits: 2, timeoutMs: 30_000 });

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import * as tar from 'tar-stream';
 import { ImageRejectedError } from '../harness/errors.ts';
-import { imageEntries, parseImageEntries, readCheckpointImage, writeCheckpointImage } from '../harness/restore/checkpoint-image.ts';
+import { IMAGE_VERSION, imageEntries, parseImageEntries, readCheckpointImage, writeCheckpointImage } from '../harness/restore/checkpoint-image.ts';
 import { eflagsViolations, validateDebugRegs, validateRegs, validateXstate } from '../harness/restore/validate.ts';
 import { USER_REGS_FIELDS } from '../harness/x86/registers.ts';
 import { reseal, syntheticImage, syntheticRegs, syntheticXstate } from './support/synthetic-image.ts';
@@ -154,7 +154,8 @@ t.test('manifest fields: format, version, process', async (t) => {
   const tampered = imageEntries(syntheticImage());
   tampered.set('manifest.json', Buffer.from(tampered.get('manifest.json')!.toString().replace('"tcg"', '"kvm"')));
   rejects(t, () => parseImageEntries(tampered), 'manifest.sha256', 'sha256');
-  rejects(t, () => parseImageEntries(resealed((m) => (m.version = 2))), 'manifest.json', 'version');
+  rejects(t, () => parseImageEntries(resealed((m) => (m.version = IMAGE_VERSION + 1))), 'manifest.json', 'version');
+  rejects(t, () => parseImageEntries(resealed((m) => (m.version = 1))), 'manifest.json', 'version');
   rejects(t, () => parseImageEntries(resealed((m) => (m.format = 'criu'))), 'manifest.json', 'format');
   rejects(t, () => parseImageEntries(resealed((m) => ((m.process as Record<string, unknown>).binary = '/bin/../etc/x'))), 'manifest.json', 'process.binary');
   rejects(t, () => parseImageEntries(resealed((m) => ((m.process as Record<string, unknown>).argv = ['a\0b']))), 'manifest.json', 'process.argv');

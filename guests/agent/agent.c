@@ -8,6 +8,7 @@
  * stdout carries nothing but frames.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -19,7 +20,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/personality.h>
+#include <limits.h>
 #include <sys/ptrace.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/user.h>
 #include <sys/utsname.h>
@@ -33,6 +36,11 @@
 #define MAX_DATA (MAX_FRAME - 4096u)
 
 #define SPAWN_NO_ASLR 1u
+#define SPAWN_EXACT_PID 2u
+
+#ifndef __NR_clone3
+#define __NR_clone3 435
+#endif
 
 #define DR_TRAP_BITS 0xfull /* B0-B3 of DR6 */
 #define DR6_OFFSET offsetof(struct user, u_debugreg[6])
@@ -57,6 +65,13 @@ enum {
 	OP_INJECT_SYSCALL = 0x0d,
 	OP_KILL = 0x0e,
 	OP_BATCH = 0x0f,
+	OP_RSEQ_CONFIG = 0x10,
+	OP_SIGNAL = 0x11,
+	OP_PEEKSIGINFO = 0x18,
+	OP_GETSIGMASK = 0x19,
+	OP_SETSIGMASK = 0x1a,
+	OP_READLINK = 0x1b,
+	OP_LISTDIR = 0x1c,
 	OP_COUNT
 };
 
@@ -363,45 +378,166 @@ static uint16_t finish(struct call *c)
 }
 
 /* ------------------------------------------------------------------------ */
-/* Spawned processes. */
+/* Traced tasks: every thread of every process this agent spawned.
+ *
+ * SPAWN seizes with PTRACE_O_TRACECLONE, so every thread a tracee creates is
+ * traced from before its first instruction; the table learns of it from the
+ * PTRACE_EVENT_CLONE stop of its creator (and KILL also adopts whatever
+ * /proc/PID/task lists). `stopped` means the task is in a ptrace stop whose
+ * wait status was collected and that has not been resumed since: between
+ * requests every task of every process is. A process is named by its pid,
+ * which is its thread-group id and the tid of its leader. */
 
-static pid_t *tracked;
-static size_t ntracked, captracked;
+struct task {
+	pid_t tid;
+	pid_t tgid;
+	bool stopped;
+};
 
+static struct task *tasks;
+static size_t ntasks, captasks;
+
+static struct task *task_find(pid_t tid)
+{
+	for (size_t i = 0; i < ntasks; i++)
+		if (tasks[i].tid == tid)
+			return &tasks[i];
+	return NULL;
+}
+
+/* A process is tracked while any of its threads is. */
 static bool is_tracked(pid_t pid)
 {
-	for (size_t i = 0; i < ntracked; i++)
-		if (tracked[i] == pid)
+	for (size_t i = 0; i < ntasks; i++)
+		if (tasks[i].tgid == pid)
 			return true;
 	return false;
 }
 
-static bool track(pid_t pid)
+/* Pointers into the table do not survive task_add() or task_remove(). */
+static bool task_add(pid_t tid, pid_t tgid, bool stopped)
 {
-	if (ntracked == captracked) {
-		size_t cap = captracked ? captracked * 2 : 16;
-		pid_t *p = realloc(tracked, cap * sizeof *p);
+	struct task *t = task_find(tid);
+
+	if (t) {
+		t->tgid = tgid;
+		t->stopped = stopped;
+		return true;
+	}
+	if (ntasks == captasks) {
+		size_t cap = captasks ? captasks * 2 : 16;
+		struct task *p = realloc(tasks, cap * sizeof *p);
 
 		if (!p)
 			return false;
-		tracked = p;
-		captracked = cap;
+		tasks = p;
+		captasks = cap;
 	}
-	tracked[ntracked++] = pid;
+	tasks[ntasks++] = (struct task){ .tid = tid, .tgid = tgid, .stopped = stopped };
 	return true;
 }
 
-static void untrack(pid_t pid)
+static void task_remove(pid_t tid)
 {
-	for (size_t i = 0; i < ntracked; i++)
-		if (tracked[i] == pid) {
-			tracked[i] = tracked[--ntracked];
+	for (size_t i = 0; i < ntasks; i++)
+		if (tasks[i].tid == tid) {
+			tasks[i] = tasks[--ntasks];
 			return;
 		}
 }
 
-/* Blocking waitpid for one tracee. A returned termination status means the
- * process is reaped, so it is forgotten here, in one place. */
+/* A collected wait status: a termination forgets the task (it is reaped),
+ * any other status is a stop. */
+static void note_status(pid_t tid, int status)
+{
+	struct task *t;
+
+	if (WIFEXITED(status) || WIFSIGNALED(status)) {
+		task_remove(tid);
+		return;
+	}
+	t = task_find(tid);
+	if (t)
+		t->stopped = true;
+}
+
+/* PTRACE_CONT (or another resuming request) that keeps the table right. */
+static int resume(pid_t tid, int request, int sig)
+{
+	struct task *t;
+
+	if (ptrace((enum __ptrace_request)request, tid, 0, (void *)(long)sig) < 0)
+		return -1;
+	t = task_find(tid);
+	if (t)
+		t->stopped = false;
+	return 0;
+}
+
+/* The thread group of a task, from /proc/TID/status; -1 when unreadable. */
+static pid_t tgid_of(pid_t tid)
+{
+	char path[64], line[256];
+	pid_t tgid = -1;
+	FILE *f;
+
+	snprintf(path, sizeof path, "/proc/%d/status", (int)tid);
+	f = fopen(path, "re");
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof line, f))
+		if (sscanf(line, "Tgid: %d", &tgid) == 1)
+			break;
+	fclose(f);
+	return tgid;
+}
+
+/* Whether a task is a zombie (or gone). A thread-group leader that exited
+ * before its other threads stays a zombie, unreported by waitpid, until the
+ * last of them is reaped: nothing can stop it and nothing should wait for it. */
+static bool is_zombie(pid_t tid)
+{
+	char path[64], buf[512], *p;
+	ssize_t n;
+	int fd;
+
+	snprintf(path, sizeof path, "/proc/%d/stat", (int)tid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return true;
+	n = read(fd, buf, sizeof buf - 1);
+	close(fd);
+	if (n <= 0)
+		return true;
+	buf[n] = 0;
+	p = strrchr(buf, ')');
+	return !p || p[1] != ' ' || p[2] == 'Z' || p[2] == 'X';
+}
+
+/* Adds the threads /proc/PID/task lists that the table lacks. A thread that
+ * is not our tracee is dropped again by the first waitpid (ECHILD). */
+static void adopt_threads(pid_t pid)
+{
+	char path[64];
+	struct dirent *e;
+	DIR *d;
+
+	snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+	d = opendir(path);
+	if (!d)
+		return;
+	while ((e = readdir(d)) != NULL) {
+		char *end;
+		long tid = strtol(e->d_name, &end, 10);
+
+		if (*end || tid <= 0 || tid > INT32_MAX || task_find((pid_t)tid))
+			continue;
+		task_add((pid_t)tid, pid, false);
+	}
+	closedir(d);
+}
+
+/* Blocking waitpid for one task. */
 static int wait_for(pid_t pid, int *status)
 {
 	pid_t r;
@@ -411,34 +547,61 @@ static int wait_for(pid_t pid, int *status)
 	while (r < 0 && errno == EINTR);
 	if (r < 0)
 		return -1;
-	if (WIFEXITED(*status) || WIFSIGNALED(*status))
-		untrack(pid);
+	note_status(pid, *status);
 	return 0;
 }
 
 static sigset_t sigchld_set;
 
 /*
- * waitpid with a deadline: 1 = got a status, 0 = deadline passed, -1 = error.
- * SIGCHLD stays blocked, so a stop that happens after the WNOHANG probe
- * leaves SIGCHLD pending and sigtimedwait() returns at once: no lost wakeup,
- * which an alarm interrupting a blocking waitpid() could not guarantee.
+ * The next wait status of any thread of process `tgid`: 1 = got one (*tid,
+ * *status), 0 = `deadline` passed (NULL: wait for ever), -1 = error, ECHILD
+ * once the process has no task left. Each round probes every thread with
+ * WNOHANG; SIGCHLD stays blocked, so a stop that happens after a probe
+ * leaves SIGCHLD pending and sigtimedwait() returns at once: no lost wakeup.
+ * A SIGCHLD for another process's tracee only costs a round.
  */
-static int wait_until(pid_t pid, int *status, const struct timespec *deadline)
+static int wait_any(pid_t tgid, pid_t *tid, int *status, const struct timespec *deadline)
 {
 	for (;;) {
 		struct timespec now, left;
-		pid_t r = waitpid(pid, status, __WALL | WNOHANG);
+		bool any = false;
+		size_t i = 0;
 
-		if (r == pid) {
-			if (WIFEXITED(*status) || WIFSIGNALED(*status))
-				untrack(pid);
-			return 1;
+		while (i < ntasks) {
+			pid_t t = tasks[i].tid, r;
+
+			if (tasks[i].tgid != tgid) {
+				i++;
+				continue;
+			}
+			do
+				r = waitpid(t, status, __WALL | WNOHANG);
+			while (r < 0 && errno == EINTR);
+			if (r == t) {
+				note_status(t, *status);
+				*tid = t;
+				return 1;
+			}
+			if (r < 0 && errno == ECHILD) {
+				/* Not (or no longer) ours: e.g. the former tid of a
+				 * thread that exec'd and took the leader's. */
+				task_remove(t);
+				continue;
+			}
+			if (r < 0)
+				return -1;
+			any = true;
+			i++;
 		}
-		if (r < 0 && errno != EINTR)
+		if (!any) {
+			errno = ECHILD;
 			return -1;
-		if (r < 0)
+		}
+		if (!deadline) {
+			sigwaitinfo(&sigchld_set, NULL);
 			continue;
+		}
 		clock_gettime(CLOCK_MONOTONIC, &now);
 		left.tv_sec = deadline->tv_sec - now.tv_sec;
 		left.tv_nsec = deadline->tv_nsec - now.tv_nsec;
@@ -453,19 +616,54 @@ static int wait_until(pid_t pid, int *status, const struct timespec *deadline)
 	}
 }
 
+static void deadline_in(struct timespec *deadline, uint32_t ms)
+{
+	clock_gettime(CLOCK_MONOTONIC, deadline);
+	deadline->tv_sec += ms / 1000;
+	deadline->tv_nsec += (long)(ms % 1000) * 1000000L;
+	if (deadline->tv_nsec >= 1000000000L) {
+		deadline->tv_nsec -= 1000000000L;
+		deadline->tv_sec++;
+	}
+}
+
+/* Drops every task of a process from the table. */
+static void forget_process(pid_t pid)
+{
+	for (size_t i = 0; i < ntasks;) {
+		if (tasks[i].tgid == pid)
+			tasks[i] = tasks[--ntasks];
+		else
+			i++;
+	}
+}
+
+/*
+ * SIGKILL to the process and every thread reaped, the leader last (the
+ * kernel reports a leader only once its thread group is empty). *status is
+ * the leader's wait status.
+ */
 static int kill_and_reap(pid_t pid, int *status)
 {
 	int st = 0;
+	pid_t tid;
 
+	if (!task_find(pid) && !task_add(pid, pid, false))
+		return -1;
+	adopt_threads(pid);
 	kill(pid, SIGKILL);
 	for (;;) {
-		if (wait_for(pid, &st) < 0)
+		if (wait_any(pid, &tid, &st, NULL) < 0)
 			return -1;
-		if (WIFEXITED(st) || WIFSIGNALED(st))
-			break;
+		if (WIFEXITED(st) || WIFSIGNALED(st)) {
+			if (tid == pid)
+				break;
+			continue;
+		}
 		/* A stop that raced with the SIGKILL: resuming lets it die. */
-		ptrace(PTRACE_CONT, pid, 0, 0);
+		ptrace(PTRACE_CONT, tid, 0, 0);
 	}
+	forget_process(pid);
 	if (status)
 		*status = st;
 	return 0;
@@ -473,11 +671,11 @@ static int kill_and_reap(pid_t pid, int *status)
 
 static void kill_all(void)
 {
-	while (ntracked) {
-		pid_t pid = tracked[ntracked - 1];
+	while (ntasks) {
+		pid_t pid = tasks[ntasks - 1].tgid;
 
 		if (kill_and_reap(pid, NULL) < 0)
-			untrack(pid);
+			forget_process(pid);
 	}
 }
 
@@ -619,6 +817,12 @@ static void __attribute__((noreturn)) spawn_child(int sync_fd, int err_fd, int i
 		goto failed;
 	if (dup2(in_fd, 0) < 0 || dup2(out_fd, 1) < 0 || dup2(out_fd, 2) < 0)
 		goto failed;
+	/* Only stdio reaches the workload: whatever the agent inherited (from
+	 * sshd, or a test runner's pipes) would otherwise end up in checkpoints.
+	 * err_fd stays until execve closes it. close_range: Linux 5.9. */
+	if ((err_fd > 3 && syscall(SYS_close_range, 3u, (unsigned)err_fd - 1, 0u) < 0) ||
+	    syscall(SYS_close_range, (unsigned)err_fd + 1, ~0u, 0u) < 0)
+		goto failed;
 	execve(path, argv, envp);
 failed:
 	e = errno;
@@ -628,7 +832,31 @@ failed:
 	_exit(127);
 }
 
-static int spawn(struct call *c, uint32_t flags, const char *path, char **argv, char **envp, const char *out_path)
+/* struct clone_args up to set_tid_size (CLONE_ARGS_SIZE_VER1, Linux 5.5). */
+struct clone_args_v1 {
+	uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid, set_tid_size;
+};
+
+/*
+ * fork() with the child's pid chosen: clone3 with set_tid, so a restored
+ * process sees the pid its checkpoint was taken with. The raw syscall skips
+ * glibc's fork bookkeeping; the child only makes plain system calls before
+ * execve, which that bookkeeping does not affect.
+ */
+static pid_t fork_with_pid(pid_t want)
+{
+	pid_t tid = want;
+	struct clone_args_v1 args;
+
+	memset(&args, 0, sizeof args);
+	args.exit_signal = SIGCHLD;
+	args.set_tid = (uint64_t)(uintptr_t)&tid;
+	args.set_tid_size = 1;
+	return (pid_t)syscall(__NR_clone3, &args, sizeof args);
+}
+
+static int spawn(struct call *c, uint32_t flags, pid_t want, const char *path, char **argv, char **envp,
+		 const char *out_path)
 {
 	int in_fd = -1, out_fd = -1, sync_p[2] = { -1, -1 }, err_p[2] = { -1, -1 };
 	int rc = -1, st, child_errno;
@@ -649,9 +877,14 @@ static int spawn(struct call *c, uint32_t flags, const char *path, char **argv, 
 		fail_errno(c, "pipe2");
 		goto out;
 	}
-	pid = fork();
+	pid = want ? fork_with_pid(want) : fork();
+	if (pid < 0 && want && errno == EEXIST) {
+		fail(c, EEXIST, "pid: %d is in use by another process", (int)want);
+		goto out;
+	}
 	if (pid < 0) {
-		fail_errno(c, "fork");
+		/* EPERM: set_tid needs CAP_CHECKPOINT_RESTORE; ENOSYS: kernel < 5.5. */
+		fail_errno(c, want ? "clone3 with set_tid %d" : "fork", (int)want);
 		goto out;
 	}
 	if (pid == 0)
@@ -659,8 +892,18 @@ static int spawn(struct call *c, uint32_t flags, const char *path, char **argv, 
 
 	close(err_p[1]);
 	err_p[1] = -1;
+	/* Tracked from here on, so every failure below reaps it in one place. */
+	if (!task_add(pid, pid, false)) {
+		fail(c, ENOMEM, "out of memory tracking pid %d", (int)pid);
+		kill(pid, SIGKILL);
+		while (waitpid(pid, &st, __WALL) < 0 && errno == EINTR)
+			;
+		goto out;
+	}
+	/* TRACECLONE: every thread the program creates is traced from its start. */
 	if (ptrace(PTRACE_SEIZE, pid, 0,
-		   (void *)(long)(PTRACE_O_EXITKILL | PTRACE_O_TRACEEXEC | PTRACE_O_TRACESYSGOOD)) < 0) {
+		   (void *)(long)(PTRACE_O_EXITKILL | PTRACE_O_TRACEEXEC | PTRACE_O_TRACESYSGOOD |
+				  PTRACE_O_TRACECLONE)) < 0) {
 		fail_errno(c, "PTRACE_SEIZE %d", (int)pid);
 		kill_and_reap(pid, NULL);
 		goto out;
@@ -712,11 +955,6 @@ static int spawn(struct call *c, uint32_t flags, const char *path, char **argv, 
 		kill_and_reap(pid, NULL);
 		goto out;
 	}
-	if (!track(pid)) {
-		fail(c, ENOMEM, "out of memory tracking pid %d", (int)pid);
-		kill_and_reap(pid, NULL);
-		goto out;
-	}
 	wr_u32(&c->out, (uint32_t)pid);
 	rc = 0;
 out:
@@ -740,15 +978,17 @@ static int op_spawn(struct call *c)
 	char **argv = rd_strv(&c->in, "argv");
 	char **envp = rd_strv(&c->in, "envp");
 	char *out_path = rd_cstr(&c->in, "stdout_path");
+	/* The pid field exists only with its flag, so older requests stay valid. */
+	pid_t want = flags & SPAWN_EXACT_PID ? rd_pid(&c->in) : 0;
 	int rc = -1;
 
 	if (parsed(c))
 		goto out;
-	if (flags & ~SPAWN_NO_ASLR) {
-		fail(c, EINVAL, "flags: unknown bits 0x%x", flags & ~SPAWN_NO_ASLR);
+	if (flags & ~(SPAWN_NO_ASLR | SPAWN_EXACT_PID)) {
+		fail(c, EINVAL, "flags: unknown bits 0x%x", flags & ~(SPAWN_NO_ASLR | SPAWN_EXACT_PID));
 		goto out;
 	}
-	rc = spawn(c, flags, path, argv, envp, out_path);
+	rc = spawn(c, flags, want, path, argv, envp, out_path);
 out:
 	free(path);
 	strv_free(argv);
@@ -757,125 +997,269 @@ out:
 	return rc;
 }
 
+/* What RUN collects: hits and signals of every thread, and which hit reached the limit. */
+struct run_log {
+	struct wr hits, sigs;
+	uint32_t nhits, nsigs, limit;
+	pid_t limit_tid;
+};
+
+enum { EV_EXITED, EV_HIT, EV_SIGNAL, EV_STOP, EV_OTHER };
+
+/*
+ * Classifies one wait status of thread `tid` of process `tgid` and does the
+ * bookkeeping every stop needs: a clone event adds the new task (it comes
+ * with a first stop of its own), an exec event forgets the exec'ing thread's
+ * former tid, a hardware-breakpoint hit is recorded and DR6 cleared, any
+ * other signal-delivery stop is recorded and its signal put in *deliver.
+ * Returns EV_EXITED (a termination), EV_HIT, EV_SIGNAL, EV_STOP
+ * (PTRACE_EVENT_STOP: an interrupt, a group-stop or a new thread's first
+ * stop) or EV_OTHER (any other event or a stray syscall stop), or -1 after
+ * fail(). ESRCH from ptrace means the thread was killed in its stop (a group
+ * exit in another thread): its termination follows, so it is no error.
+ */
+static int classify(struct call *c, pid_t tgid, pid_t tid, int st, struct run_log *log, int *deliver)
+{
+	struct user_regs_struct regs;
+	unsigned long msg;
+	uint64_t dr6;
+	int event = st >> 16, stopsig;
+
+	*deliver = 0;
+	if (WIFEXITED(st) || WIFSIGNALED(st))
+		return EV_EXITED;
+	stopsig = WSTOPSIG(st);
+	if (event == PTRACE_EVENT_CLONE) {
+		pid_t child, group;
+
+		if (ptrace(PTRACE_GETEVENTMSG, tid, 0, &msg) < 0)
+			return errno == ESRCH ? EV_OTHER : fail_errno(c, "PTRACE_GETEVENTMSG %d", (int)tid);
+		child = (pid_t)msg;
+		/* A clone without CLONE_THREAD is a new process, traced too. */
+		group = tgid_of(child);
+		if (!task_add(child, group > 0 ? group : tgid, false))
+			return fail(c, ENOMEM, "out of memory tracking thread %d", (int)child);
+		return EV_OTHER;
+	}
+	if (event == PTRACE_EVENT_EXEC) {
+		/* The exec'ing thread took the leader's tid; its own vanished
+		 * without an exit report. The other threads report theirs. */
+		if (ptrace(PTRACE_GETEVENTMSG, tid, 0, &msg) == 0 && (pid_t)msg != tid)
+			task_remove((pid_t)msg);
+		return EV_OTHER;
+	}
+	if (event == PTRACE_EVENT_STOP)
+		return EV_STOP;
+	if (event || stopsig == SYSCALL_STOP)
+		return EV_OTHER;
+	if (ptrace(PTRACE_GETREGS, tid, 0, &regs) < 0)
+		return errno == ESRCH ? EV_OTHER : fail_errno(c, "PTRACE_GETREGS %d at signal %d", (int)tid, stopsig);
+	if (stopsig == SIGTRAP) {
+		if (peek_user(tid, DR6_OFFSET, &dr6) < 0)
+			return errno == ESRCH ? EV_OTHER : fail_errno(c, "PEEKUSER DR6 of %d", (int)tid);
+		if (dr6 & DR_TRAP_BITS) {
+			wr_u64(&log->hits, regs.rip);
+			wr_u64(&log->hits, regs.eflags);
+			wr_u64(&log->hits, dr6);
+			wr_u32(&log->hits, (uint32_t)tid);
+			log->nhits++;
+			if (log->limit && log->nhits == log->limit)
+				log->limit_tid = tid;
+			/* Stale B0-B3 would make a later SIGTRAP from int3 or
+			 * kill() look like a hit. */
+			if (ptrace(PTRACE_POKEUSER, tid, (void *)DR6_OFFSET, 0) < 0 && errno != ESRCH)
+				return fail_errno(c, "POKEUSER DR6 of %d", (int)tid);
+			return EV_HIT;
+		}
+	}
+	wr_u32(&log->sigs, (uint32_t)stopsig);
+	wr_u64(&log->sigs, regs.rip);
+	wr_u32(&log->sigs, (uint32_t)tid);
+	log->nsigs++;
+	*deliver = stopsig;
+	return EV_SIGNAL;
+}
+
+/* How long the threads of a process get to reach a stop after PTRACE_INTERRUPT. */
+#define STOP_ALL_TIMEOUT_MS 10000u
+
+/* Threads of `tgid` not yet in a collected stop, a zombie leader excepted. */
+static pid_t first_running(pid_t tgid)
+{
+	for (size_t i = 0; i < ntasks; i++)
+		if (tasks[i].tgid == tgid && !tasks[i].stopped && !(tasks[i].tid == tgid && is_zombie(tgid)))
+			return tasks[i].tid;
+	return 0;
+}
+
+static int interrupt(pid_t tid)
+{
+	return ptrace(PTRACE_INTERRUPT, tid, 0, 0) < 0 && errno != ESRCH ? -1 : 0;
+}
+
+/*
+ * Brings every thread of process `tgid` into a ptrace stop, as a checkpoint
+ * needs: PTRACE_INTERRUPT to each running thread, then their stops collected.
+ * Whatever a thread reports first is handled as in RUN, except that it must
+ * end stopped: a hit is recorded and the thread left in that SIGTRAP stop; a
+ * signal is recorded and delivered, and the thread interrupted again (any
+ * ptrace stop consumes a pending interrupt, and a signal left in a
+ * signal-delivery stop would be in no queue a checkpoint reads); a clone
+ * leaves the new thread in its first stop and its creator is interrupted
+ * again; a thread that exits is reaped. *gone: the process ended meanwhile,
+ * with the leader's wait status in *leader_status.
+ */
+static int stop_all(struct call *c, pid_t tgid, struct run_log *log, bool *gone, int *leader_status)
+{
+	struct timespec deadline;
+	pid_t tid, late;
+	int st, kind, deliver;
+
+	*gone = false;
+	deadline_in(&deadline, STOP_ALL_TIMEOUT_MS);
+	for (size_t i = 0; i < ntasks; i++)
+		if (tasks[i].tgid == tgid && !tasks[i].stopped && interrupt(tasks[i].tid) < 0)
+			return fail_errno(c, "PTRACE_INTERRUPT %d", (int)tasks[i].tid);
+	while ((late = first_running(tgid)) != 0) {
+		int r = wait_any(tgid, &tid, &st, &deadline);
+
+		if (r < 0)
+			return fail_errno(c, "waitpid (process %d)", (int)tgid);
+		if (r == 0)
+			return fail(c, ETIMEDOUT, "thread %d of process %d did not stop within %u ms of PTRACE_INTERRUPT",
+				    (int)late, (int)tgid, STOP_ALL_TIMEOUT_MS);
+		kind = classify(c, tgid, tid, st, log, &deliver);
+		if (kind < 0)
+			return -1;
+		if (kind == EV_EXITED) {
+			if (tid == tgid) {
+				*gone = true;
+				*leader_status = st;
+				return 0;
+			}
+			continue;
+		}
+		if (kind == EV_HIT || kind == EV_STOP)
+			continue;
+		if ((resume(tid, PTRACE_CONT, deliver) < 0 && errno != ESRCH) || interrupt(tid) < 0)
+			return fail_errno(c, "resuming and interrupting %d again", (int)tid);
+	}
+	return 0;
+}
+
+/* The threads of `tgid`, ascending. */
+static void write_threads(struct wr *w, pid_t tgid)
+{
+	size_t at = wr_mark(w);
+	uint32_t n = 0;
+	pid_t last = 0;
+
+	for (;;) {
+		pid_t next = 0;
+
+		for (size_t i = 0; i < ntasks; i++)
+			if (tasks[i].tgid == tgid && tasks[i].tid > last && (!next || tasks[i].tid < next))
+				next = tasks[i].tid;
+		if (!next)
+			break;
+		wr_u32(w, (uint32_t)next);
+		n++;
+		last = next;
+	}
+	wr_patch_u32(w, at, n);
+}
+
 static int op_run(struct call *c)
 {
 	pid_t pid = rd_pid(&c->in);
 	uint32_t limit = rd_u32(&c->in, "stop_after_hits");
 	uint32_t timeout_ms = rd_u32(&c->in, "timeout_ms");
-	struct wr hits = { 0 }, sigs = { 0 };
-	uint32_t nhits = 0, nsigs = 0, outcome = 0;
+	struct run_log log = { .limit = limit };
+	uint32_t outcome = 0;
 	int32_t code = 0;
 	struct timespec deadline;
-	bool interrupted = false;
-	int rc = -1;
+	bool gone = false;
+	int leader_st = 0, rc = -1;
 
 	if (parsed(c))
 		return -1;
-	clock_gettime(CLOCK_MONOTONIC, &deadline);
-	deadline.tv_sec += timeout_ms / 1000;
-	deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-	if (deadline.tv_nsec >= 1000000000L) {
-		deadline.tv_nsec -= 1000000000L;
-		deadline.tv_sec++;
-	}
+	if (!is_tracked(pid))
+		return fail(c, ESRCH, "pid: %d is not a process this agent spawned (or it was already reaped)", (int)pid);
+	deadline_in(&deadline, timeout_ms);
 
-	/* Signal 0: whatever stop the process is in (a hit's SIGTRAP included)
-	 * is not delivered. */
-	if (ptrace(PTRACE_CONT, pid, 0, 0) < 0)
-		return fail_errno(c, "PTRACE_CONT %d", (int)pid);
+	/* Every thread, with signal 0: whatever stop it is in (a hit's SIGTRAP
+	 * included) is not delivered. A thread killed in its stop meanwhile
+	 * (ESRCH) reports its end below. */
+	for (size_t i = 0; i < ntasks; i++)
+		if (tasks[i].tgid == pid && tasks[i].stopped && resume(tasks[i].tid, PTRACE_CONT, 0) < 0 &&
+		    errno != ESRCH)
+			return fail_errno(c, "PTRACE_CONT %d", (int)tasks[i].tid);
 
 	for (;;) {
-		struct user_regs_struct regs;
-		uint64_t dr6;
-		int st, r, event, stopsig, deliver = 0;
+		pid_t tid;
+		int st, kind, deliver, r;
 
-		if (timeout_ms && !interrupted)
-			r = wait_until(pid, &st, &deadline);
-		else
-			r = wait_for(pid, &st) < 0 ? -1 : 1;
+		r = wait_any(pid, &tid, &st, timeout_ms ? &deadline : NULL);
 		if (r < 0) {
-			fail_errno(c, "waitpid %d", (int)pid);
+			fail_errno(c, "waitpid (process %d)", (int)pid);
 			goto out;
 		}
 		if (r == 0) {
-			if (ptrace(PTRACE_INTERRUPT, pid, 0, 0) < 0) {
-				fail_errno(c, "PTRACE_INTERRUPT %d after timeout", (int)pid);
+			/* Stops already queued ahead of the interrupts are handled
+			 * as usual: the process may genuinely exit or reach the limit. */
+			if (stop_all(c, pid, &log, &gone, &leader_st) < 0)
 				goto out;
-			}
-			/* Stops already queued ahead of the interrupt are handled as
-			 * usual: the process may genuinely exit or reach the limit. */
-			interrupted = true;
-			continue;
-		}
-		if (WIFEXITED(st)) {
-			outcome = RUN_EXITED;
-			code = WEXITSTATUS(st);
-			break;
-		}
-		if (WIFSIGNALED(st)) {
-			outcome = RUN_KILLED;
-			code = WTERMSIG(st);
-			break;
-		}
-		event = st >> 16;
-		stopsig = WSTOPSIG(st);
-		if (event == PTRACE_EVENT_STOP && interrupted) {
-			fail(c, ETIMEDOUT, "timed out after %u ms; process interrupted and left stopped "
-				 "(%u hits and %u signals seen)", timeout_ms, nhits, nsigs);
+			if (gone || log.limit_tid)
+				break;
+			fail(c, ETIMEDOUT, "timed out after %u ms; every thread of process %d interrupted and left stopped "
+			     "(%u hits and %u signals seen)", timeout_ms, (int)pid, log.nhits, log.nsigs);
 			goto out;
 		}
-		if (event == 0 && stopsig != SYSCALL_STOP) {
-			if (ptrace(PTRACE_GETREGS, pid, 0, &regs) < 0) {
-				fail_errno(c, "PTRACE_GETREGS %d at signal %d", (int)pid, stopsig);
-				goto out;
-			}
-			if (stopsig == SIGTRAP) {
-				if (peek_user(pid, DR6_OFFSET, &dr6) < 0) {
-					fail_errno(c, "PEEKUSER DR6 of %d", (int)pid);
-					goto out;
-				}
-				if (dr6 & DR_TRAP_BITS) {
-					wr_u64(&hits, regs.rip);
-					wr_u64(&hits, regs.eflags);
-					wr_u64(&hits, dr6);
-					nhits++;
-					/* Stale B0-B3 would make a later SIGTRAP from
-					 * int3 or kill() look like a hit. */
-					if (ptrace(PTRACE_POKEUSER, pid, (void *)DR6_OFFSET, 0) < 0) {
-						fail_errno(c, "POKEUSER DR6 of %d", (int)pid);
-						goto out;
-					}
-					if (limit && nhits == limit) {
-						outcome = RUN_HIT_LIMIT;
-						break;
-					}
-					goto resume;
-				}
-			}
-			wr_u32(&sigs, (uint32_t)stopsig);
-			wr_u64(&sigs, regs.rip);
-			nsigs++;
-			deliver = stopsig;
+		kind = classify(c, pid, tid, st, &log, &deliver);
+		if (kind < 0)
+			goto out;
+		if (kind == EV_EXITED) {
+			if (tid != pid)
+				continue; /* a thread's end; the leader reports last */
+			gone = true;
+			leader_st = st;
+			break;
 		}
-		/* Group-stops, event stops and stray syscall stops: continue. */
-resume:
-		if (ptrace(PTRACE_CONT, pid, 0, (void *)(long)deliver) < 0) {
-			fail_errno(c, "PTRACE_CONT %d", (int)pid);
+		if (kind == EV_HIT && log.limit_tid) {
+			if (stop_all(c, pid, &log, &gone, &leader_st) < 0)
+				goto out;
+			break;
+		}
+		/* A new thread's first stop, group-stops, other events, stray
+		 * syscall stops: continue; a signal is delivered. */
+		if (resume(tid, PTRACE_CONT, deliver) < 0 && errno != ESRCH) {
+			fail_errno(c, "PTRACE_CONT %d", (int)tid);
 			goto out;
 		}
 	}
 
+	if (gone) {
+		outcome = WIFEXITED(leader_st) ? RUN_EXITED : RUN_KILLED;
+		code = WIFEXITED(leader_st) ? WEXITSTATUS(leader_st) : WTERMSIG(leader_st);
+	} else {
+		outcome = RUN_HIT_LIMIT;
+	}
 	wr_u32(&c->out, outcome);
 	wr_le(&c->out, (uint32_t)code, 4);
-	wr_u32(&c->out, nhits);
-	wr_raw(&c->out, hits.p, hits.len);
-	wr_u32(&c->out, nsigs);
-	wr_raw(&c->out, sigs.p, sigs.len);
-	c->out.oom |= hits.oom || sigs.oom;
+	wr_u32(&c->out, log.nhits);
+	wr_raw(&c->out, log.hits.p, log.hits.len);
+	wr_u32(&c->out, log.nsigs);
+	wr_raw(&c->out, log.sigs.p, log.sigs.len);
+	wr_u32(&c->out, gone ? 0u : (uint32_t)log.limit_tid);
+	if (gone)
+		wr_u32(&c->out, 0);
+	else
+		write_threads(&c->out, pid);
+	c->out.oom |= log.hits.oom || log.sigs.oom;
 	rc = 0;
 out:
-	wr_free(&hits);
-	wr_free(&sigs);
+	wr_free(&log.hits);
+	wr_free(&log.sigs);
 	return rc;
 }
 
@@ -1122,6 +1506,8 @@ static int op_inject_syscall(struct call *c)
 	uint64_t args[6];
 	struct user_regs_struct saved, regs;
 	uint64_t base, word, patched, dr6;
+	unsigned long msg;
+	pid_t born = 0;
 	int st, phase;
 
 	for (int i = 0; i < 6; i++) {
@@ -1174,6 +1560,18 @@ static int op_inject_syscall(struct call *c)
 			phase++;
 			continue;
 		}
+		if (st >> 16 == PTRACE_EVENT_CLONE && ptrace(PTRACE_GETEVENTMSG, pid, 0, &msg) == 0) {
+			/* The injected call made a thread (or process): traced
+			 * already (TRACECLONE); its first stop is collected below. */
+			pid_t group = tgid_of((pid_t)msg);
+
+			born = (pid_t)msg;
+			if (!task_add(born, group > 0 ? group : tgid_of(pid), false)) {
+				fail(c, ENOMEM, "out of memory tracking thread %d", (int)born);
+				goto restore;
+			}
+			continue;
+		}
 		if (st >> 16)
 			continue; /* an event stop, e.g. a leftover PTRACE_INTERRUPT */
 		if (phase == 0 && WSTOPSIG(st) == SIGTRAP && peek_user(pid, DR6_OFFSET, &dr6) == 0 &&
@@ -1197,6 +1595,10 @@ static int op_inject_syscall(struct call *c)
 	wr_u64(&c->out, regs.rax);
 
 restore:
+	/* Left in its first stop (PTRACE_EVENT_STOP), before any instruction of
+	 * its own: the next request may address it. */
+	if (born && wait_for(born, &st) < 0 && !c->err)
+		fail_errno(c, "waitpid for the first stop of new thread %d", (int)born);
 	if (inject_restore(pid, base, word, &saved) < 0) {
 		int err = errno;
 		char earlier[sizeof c->msg];
@@ -1226,6 +1628,217 @@ static int op_kill(struct call *c)
 		return fail_errno(c, "waitpid %d", (int)pid);
 	wr_le(&c->out, (uint32_t)st, 4);
 	return 0;
+}
+
+#ifndef PTRACE_GET_RSEQ_CONFIGURATION
+#define PTRACE_GET_RSEQ_CONFIGURATION 0x420f
+#endif
+
+/* Linux 5.13+: struct ptrace_rseq_configuration (24 bytes). */
+struct rseq_configuration {
+	uint64_t rseq_abi_pointer;
+	uint32_t rseq_abi_size;
+	uint32_t signature;
+	uint32_t flags;
+	uint32_t pad;
+};
+
+static int op_rseq_config(struct call *c)
+{
+	pid_t pid = rd_pid(&c->in);
+	struct rseq_configuration conf;
+	long n;
+
+	if (parsed(c))
+		return -1;
+	memset(&conf, 0, sizeof conf);
+	n = ptrace(PTRACE_GET_RSEQ_CONFIGURATION, pid, (void *)sizeof conf, &conf);
+	if (n < 0)
+		return fail_errno(c, "PTRACE_GET_RSEQ_CONFIGURATION %d", (int)pid);
+	if ((size_t)n < offsetof(struct rseq_configuration, pad))
+		return fail(c, EPROTO, "PTRACE_GET_RSEQ_CONFIGURATION %d: %ld bytes, expected at least %zu", (int)pid,
+			    n, offsetof(struct rseq_configuration, pad));
+	wr_u64(&c->out, conf.rseq_abi_pointer);
+	wr_u32(&c->out, conf.rseq_abi_size);
+	wr_u32(&c->out, conf.signature);
+	wr_u32(&c->out, conf.flags);
+	return 0;
+}
+
+static int op_signal(struct call *c)
+{
+	pid_t pid = rd_pid(&c->in);
+	uint32_t sig = rd_u32(&c->in, "signo");
+
+	if (parsed(c))
+		return -1;
+	if (sig == 0 || sig >= NSIG)
+		return fail(c, EINVAL, "signo: %u is not a signal number", sig);
+	/* As KILL: only our own children, never some other guest process. */
+	if (!is_tracked(pid))
+		return fail(c, ESRCH, "pid: %d is not a process this agent spawned (or it was already reaped)",
+			    (int)pid);
+	if (kill(pid, (int)sig) < 0)
+		return fail_errno(c, "kill %d signal %u", (int)pid, sig);
+	return 0;
+}
+
+#ifndef PTRACE_PEEKSIGINFO
+#define PTRACE_PEEKSIGINFO 0x4209
+#endif
+#ifndef PTRACE_PEEKSIGINFO_SHARED
+#define PTRACE_PEEKSIGINFO_SHARED 1
+#endif
+#define SIGINFO_BYTES 128u
+/* A queue longer than this is refused rather than truncated (RLIMIT_SIGPENDING is usually far lower). */
+#define MAX_QUEUED 4096u
+
+struct peeksiginfo_args {
+	uint64_t off;
+	uint32_t flags;
+	int32_t nr;
+};
+
+/* The task's pending signal queue (per-thread, or with flag 1 the process's
+ * shared one), in delivery order, as raw 128-byte siginfo records. */
+static int op_peeksiginfo(struct call *c)
+{
+	pid_t pid = rd_pid(&c->in);
+	uint32_t flags = rd_u32(&c->in, "flags");
+	uint8_t buf[32 * SIGINFO_BYTES];
+	struct peeksiginfo_args args;
+	size_t at;
+	uint32_t count = 0;
+	long n;
+
+	if (parsed(c))
+		return -1;
+	if (flags & ~(uint32_t)PTRACE_PEEKSIGINFO_SHARED)
+		return fail(c, EINVAL, "flags: 0x%x (only 1 = shared queue)", flags);
+	at = wr_mark(&c->out);
+	for (;;) {
+		args.off = count;
+		args.flags = flags;
+		args.nr = 32;
+		n = ptrace(PTRACE_PEEKSIGINFO, pid, &args, buf);
+		if (n < 0)
+			return fail_errno(c, "PTRACE_PEEKSIGINFO %d off %u", (int)pid, count);
+		if (n == 0)
+			break;
+		for (long i = 0; i < n; i++)
+			wr_bytes(&c->out, buf + (size_t)i * SIGINFO_BYTES, SIGINFO_BYTES);
+		count += (uint32_t)n;
+		if (count > MAX_QUEUED)
+			return fail(c, E2BIG, "pid %d has more than %u queued signals", (int)pid, MAX_QUEUED);
+	}
+	if (c->out.oom)
+		return fail(c, ENOMEM, "siginfo queue: out of memory");
+	wr_patch_u32(&c->out, at, count);
+	return 0;
+}
+
+#ifndef PTRACE_GETSIGMASK
+#define PTRACE_GETSIGMASK 0x420a
+#define PTRACE_SETSIGMASK 0x420b
+#endif
+
+/* The blocked mask, as the kernel's 64-bit sigset (bit n-1 = signal n). */
+static int op_getsigmask(struct call *c)
+{
+	pid_t pid = rd_pid(&c->in);
+	uint64_t mask;
+
+	if (parsed(c))
+		return -1;
+	if (ptrace(PTRACE_GETSIGMASK, pid, (void *)sizeof mask, &mask) < 0)
+		return fail_errno(c, "PTRACE_GETSIGMASK %d", (int)pid);
+	wr_u64(&c->out, mask);
+	return 0;
+}
+
+/* Sets the blocked mask without running the task (no injected call, no
+ * return to user mode: nothing pending can be delivered on the way). */
+static int op_setsigmask(struct call *c)
+{
+	pid_t pid = rd_pid(&c->in);
+	uint64_t mask = rd_u64(&c->in, "mask");
+
+	if (parsed(c))
+		return -1;
+	if (ptrace(PTRACE_SETSIGMASK, pid, (void *)sizeof mask, &mask) < 0)
+		return fail_errno(c, "PTRACE_SETSIGMASK %d 0x%llx", (int)pid, (unsigned long long)mask);
+	return 0;
+}
+
+/* A symbolic link's target: how /proc/PID/fd/N names an open file. */
+static int op_readlink(struct call *c)
+{
+	char *path = rd_cstr(&c->in, "path");
+	char target[PATH_MAX + 1];
+	ssize_t n;
+	int rc = -1;
+
+	if (parsed(c))
+		goto out;
+	n = readlink(path, target, sizeof target);
+	if (n < 0) {
+		fail_errno(c, "readlink %s", path);
+		goto out;
+	}
+	if ((size_t)n >= sizeof target) {
+		fail(c, ENAMETOOLONG, "readlink %s: target longer than %d bytes", path, PATH_MAX);
+		goto out;
+	}
+	wr_bytes(&c->out, target, (size_t)n);
+	rc = 0;
+out:
+	free(path);
+	return rc;
+}
+
+/* The names in a directory (without . and ..), in the order readdir gives. */
+static int op_listdir(struct call *c)
+{
+	char *path = rd_cstr(&c->in, "path");
+	struct dirent *e;
+	uint32_t count = 0;
+	size_t at;
+	DIR *d = NULL;
+	int rc = -1;
+
+	if (parsed(c))
+		goto out;
+	d = opendir(path);
+	if (!d) {
+		fail_errno(c, "opendir %s", path);
+		goto out;
+	}
+	at = wr_mark(&c->out);
+	errno = 0;
+	while ((e = readdir(d)) != NULL) {
+		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+			continue;
+		if (++count > 65536) {
+			fail(c, E2BIG, "%s: more than 65536 entries", path);
+			goto out;
+		}
+		wr_str(&c->out, e->d_name);
+	}
+	if (errno) {
+		fail_errno(c, "readdir %s", path);
+		goto out;
+	}
+	if (c->out.oom) {
+		fail(c, ENOMEM, "%s: out of memory", path);
+		goto out;
+	}
+	wr_patch_u32(&c->out, at, count);
+	rc = 0;
+out:
+	if (d)
+		closedir(d);
+	free(path);
+	return rc;
 }
 
 static uint16_t execute(uint16_t op, struct call *c, bool nested);
@@ -1306,6 +1919,13 @@ static const op_fn ops[OP_COUNT] = {
 	[OP_INJECT_SYSCALL] = op_inject_syscall,
 	[OP_KILL] = op_kill,
 	[OP_BATCH] = op_batch,
+	[OP_RSEQ_CONFIG] = op_rseq_config,
+	[OP_PEEKSIGINFO] = op_peeksiginfo,
+	[OP_GETSIGMASK] = op_getsigmask,
+	[OP_SETSIGMASK] = op_setsigmask,
+	[OP_READLINK] = op_readlink,
+	[OP_LISTDIR] = op_listdir,
+	[OP_SIGNAL] = op_signal,
 };
 
 /* Runs one op on c (whose payload reader is set up) and returns the status;

@@ -4,21 +4,43 @@ import type { AgentClient } from './client.ts';
 /** DR7: L0 enable, R/W0 = 00 (execute), LEN0 = 00 (1 byte). */
 export const DR7_EXECUTE_DR0 = 0x1n;
 
+/** DR7 LEN encodings (Intel SDM vol. 3, 18.2.4): 1, 2, 8 and 4 bytes are 00, 01, 10, 11. */
+const DR7_LEN_BITS: Readonly<Record<number, bigint>> = { 1: 0n, 2: 1n, 8: 2n, 4: 3n };
+
+/** DR7 for a data-write watchpoint of `length` bytes in DRn (local enable, R/W = 01). */
+export function dr7WriteWatch(index: 0 | 1 | 2 | 3, length: 1 | 2 | 4 | 8): bigint {
+  const i = BigInt(index);
+  return (1n << (2n * i)) | (1n << (16n + 4n * i)) | (DR7_LEN_BITS[length]! << (18n + 4n * i));
+}
+
+/** Address registers and DR7 to arm, by index: 0-3 addresses, 7 control. */
+export type DebugRegisterValues = Partial<Record<0 | 1 | 2 | 3 | 7, bigint>>;
+
 export interface ArmedProgram {
   /** guest path */
   binary: string;
   argv: string[];
+  /** empty when absent */
+  envp?: string[];
   /** address of the DR0 execute breakpoint */
-  breakAt: bigint;
+  breakAt?: bigint;
+  /** debug registers armed instead of (or besides) breakAt; DR7 here replaces breakAt's */
+  debugRegs?: DebugRegisterValues;
 }
 
 /**
- * Spawns a program (ASLR off) stopped before its first instruction with an
- * execute breakpoint in DR0 — how every breakpoint scenario and probe starts.
+ * Spawns a program (ASLR off) stopped before its first instruction with its
+ * debug registers armed — an execute breakpoint in DR0 at `breakAt`, and/or
+ * `debugRegs` — how every breakpoint scenario and probe starts. DR7 is
+ * written last: it enables an address only once the address is in place.
  */
 export async function spawnWithBreakpoint(agent: AgentClient, program: ArmedProgram, stdoutPath: string): Promise<number> {
-  const { pid } = await agent.call({ op: 'SPAWN', path: program.binary, argv: program.argv, envp: [], stdoutPath, noAslr: true });
-  await agent.call({ op: 'POKEUSER', pid, offset: debugRegOffset(0), value: program.breakAt });
-  await agent.call({ op: 'POKEUSER', pid, offset: debugRegOffset(7), value: DR7_EXECUTE_DR0 });
+  const { pid } = await agent.call({ op: 'SPAWN', path: program.binary, argv: program.argv, envp: program.envp ?? [], stdoutPath, noAslr: true });
+  const regs: DebugRegisterValues = program.breakAt === undefined ? {} : { 0: program.breakAt, 7: DR7_EXECUTE_DR0 };
+  Object.assign(regs, program.debugRegs);
+  for (const index of [0, 1, 2, 3, 7] as const) {
+    const value = regs[index];
+    if (value !== undefined) await agent.call({ op: 'POKEUSER', pid, offset: debugRegOffset(index), value });
+  }
   return pid;
 }

@@ -22,15 +22,24 @@ export const OPCODES = {
   INJECT_SYSCALL: 0x0d,
   KILL: 0x0e,
   BATCH: 0x0f,
+  RSEQ_CONFIG: 0x10,
+  SIGNAL: 0x11,
+  PEEKSIGINFO: 0x18,
+  GETSIGMASK: 0x19,
+  SETSIGMASK: 0x1a,
+  READLINK: 0x1b,
+  LISTDIR: 0x1c,
 } as const;
 
 export type OpName = keyof typeof OPCODES;
 
 export const SPAWN_NO_ASLR = 1;
+/** SPAWN carries a u32 pid after stdout_path: the child gets exactly that pid (clone3 set_tid). */
+export const SPAWN_EXACT_PID = 2;
 
 export type AgentOp =
   | { op: 'HELLO' }
-  | { op: 'SPAWN'; path: string; argv: string[]; envp: string[]; stdoutPath: string; noAslr: boolean }
+  | { op: 'SPAWN'; path: string; argv: string[]; envp: string[]; stdoutPath: string; noAslr: boolean; /** exactly this pid, or fail (EEXIST when taken) */ pid?: number }
   | { op: 'RUN'; pid: number; stopAfterHits: number; timeoutMs: number }
   | { op: 'GETREGS'; pid: number }
   | { op: 'SETREGS'; pid: number; regs: UserRegs }
@@ -42,7 +51,14 @@ export type AgentOp =
   | { op: 'READ_MEM'; pid: number; address: bigint; length: number }
   | { op: 'WRITE_MEM'; pid: number; address: bigint; data: Uint8Array }
   | { op: 'INJECT_SYSCALL'; pid: number; nr: number; args: readonly bigint[] }
-  | { op: 'KILL'; pid: number };
+  | { op: 'KILL'; pid: number }
+  | { op: 'RSEQ_CONFIG'; pid: number }
+  | { op: 'PEEKSIGINFO'; pid: number; shared: boolean }
+  | { op: 'GETSIGMASK'; pid: number }
+  | { op: 'SETSIGMASK'; pid: number; mask: bigint }
+  | { op: 'READLINK'; path: string }
+  | { op: 'LISTDIR'; path: string }
+  | { op: 'SIGNAL'; pid: number; signo: number };
 
 export interface HelloResult {
   protocolVersion: number;
@@ -56,14 +72,32 @@ export interface BreakpointHit {
   rip: bigint;
   eflags: bigint;
   dr6: bigint;
+  /** the thread that hit */
+  tid: number;
 }
 
 export interface RunResult {
   outcome: 'hit-limit' | 'exited' | 'killed';
   /** exit code when exited, signal number when killed */
   code: number;
+  /** in the order seen, every thread's; may exceed the limit by hits seen while the other threads were stopped */
   hits: BreakpointHit[];
-  signals: { signo: number; rip: bigint }[];
+  signals: { signo: number; rip: bigint; tid: number }[];
+  /** hit-limit: the thread whose hit reached the limit, left in that SIGTRAP stop; 0 otherwise */
+  stoppedTid: number;
+  /** hit-limit: every thread of the process, ascending, each left in a ptrace stop; empty otherwise */
+  threads: number[];
+}
+
+/**
+ * A task's rseq registration as PTRACE_GET_RSEQ_CONFIGURATION reports it;
+ * area 0 means none. flags are the registration's (not an rseq_cs's).
+ */
+export interface RseqConfig {
+  area: bigint;
+  size: number;
+  signature: number;
+  flags: number;
 }
 
 /** What each op's response decodes to. */
@@ -82,6 +116,13 @@ export interface OpResults {
   WRITE_MEM: void;
   INJECT_SYSCALL: bigint;
   KILL: { waitStatus: number };
+  RSEQ_CONFIG: RseqConfig;
+  PEEKSIGINFO: Buffer[];
+  GETSIGMASK: bigint;
+  SETSIGMASK: void;
+  READLINK: string;
+  LISTDIR: string[];
+  SIGNAL: void;
 }
 
 export type ResultOf<O extends AgentOp> = OpResults[O['op']];
@@ -92,7 +133,8 @@ export function encodeOp(op: AgentOp): { opcode: number; payload: Buffer } {
     case 'HELLO':
       break;
     case 'SPAWN':
-      w.u32(op.noAslr ? SPAWN_NO_ASLR : 0).string(op.path).strings(op.argv).strings(op.envp).string(op.stdoutPath);
+      w.u32((op.noAslr ? SPAWN_NO_ASLR : 0) | (op.pid !== undefined ? SPAWN_EXACT_PID : 0)).string(op.path).strings(op.argv).strings(op.envp).string(op.stdoutPath);
+      if (op.pid !== undefined) w.u32(op.pid);
       break;
     case 'RUN':
       w.u32(op.pid).u32(op.stopAfterHits).u32(op.timeoutMs);
@@ -131,7 +173,24 @@ export function encodeOp(op: AgentOp): { opcode: number; payload: Buffer } {
       break;
     }
     case 'KILL':
+    case 'RSEQ_CONFIG':
       w.u32(op.pid);
+      break;
+    case 'PEEKSIGINFO':
+      w.u32(op.pid).u32(op.shared ? 1 : 0);
+      break;
+    case 'GETSIGMASK':
+      w.u32(op.pid);
+      break;
+    case 'SETSIGMASK':
+      w.u32(op.pid).u64(op.mask);
+      break;
+    case 'READLINK':
+    case 'LISTDIR':
+      w.string(op.path);
+      break;
+    case 'SIGNAL':
+      w.u32(op.pid).u32(op.signo);
       break;
   }
   return { opcode: OPCODES[op.op], payload: w.finish() };
@@ -165,8 +224,10 @@ function decodeByOp(name: OpName, r: PayloadReader): unknown {
       return {
         outcome,
         code: r.i32('code'),
-        hits: r.array('hits', (h) => ({ rip: h.u64('rip'), eflags: h.u64('eflags'), dr6: h.u64('dr6') })),
-        signals: r.array('signals', (s) => ({ signo: s.u32('signo'), rip: s.u64('rip') })),
+        hits: r.array('hits', (h) => ({ rip: h.u64('rip'), eflags: h.u64('eflags'), dr6: h.u64('dr6'), tid: h.u32('tid') })),
+        signals: r.array('signals', (s) => ({ signo: s.u32('signo'), rip: s.u64('rip'), tid: s.u32('tid') })),
+        stoppedTid: r.u32('stop_tid'),
+        threads: r.array('threads', (e) => e.u32('tid')),
       } satisfies RunResult;
     }
     case 'GETREGS':
@@ -181,10 +242,22 @@ function decodeByOp(name: OpName, r: PayloadReader): unknown {
       return r.i64('result');
     case 'KILL':
       return { waitStatus: r.i32('wait_status') };
+    case 'PEEKSIGINFO':
+      return r.array('siginfo', (e) => Buffer.from(e.bytes('siginfo')));
+    case 'GETSIGMASK':
+      return r.u64('mask');
+    case 'READLINK':
+      return r.string('target');
+    case 'LISTDIR':
+      return r.array('names', (e) => e.string('name'));
+    case 'RSEQ_CONFIG':
+      return { area: r.u64('rseq_abi_pointer'), size: r.u32('rseq_abi_size'), signature: r.u32('signature'), flags: r.u32('flags') } satisfies RseqConfig;
     case 'SETREGS':
     case 'SETREGSET':
     case 'POKEUSER':
     case 'WRITE_MEM':
+    case 'SIGNAL':
+    case 'SETSIGMASK':
       return undefined;
     case 'BATCH':
       throw new RangeError('BATCH is not decoded as a single op');
@@ -197,12 +270,24 @@ export function describeOp(op: AgentOp): string {
     case 'HELLO':
       return 'HELLO';
     case 'SPAWN':
-      return `SPAWN ${[op.path, ...op.argv.slice(1)].join(' ')}${op.noAslr ? ' (ASLR off)' : ''}`;
+      return `SPAWN ${[op.path, ...op.argv.slice(1)].join(' ')}${op.noAslr ? ' (ASLR off)' : ''}${op.pid !== undefined ? ` as pid ${op.pid}` : ''}`;
     case 'RUN':
       return `RUN pid ${op.pid} until ${op.stopAfterHits > 0 ? `${op.stopAfterHits} hits` : 'exit'}`;
     case 'GETREGS':
     case 'KILL':
+    case 'RSEQ_CONFIG':
       return `${op.op} pid ${op.pid}`;
+    case 'PEEKSIGINFO':
+      return `PEEKSIGINFO pid ${op.pid} ${op.shared ? 'shared' : 'thread'} queue`;
+    case 'GETSIGMASK':
+      return `GETSIGMASK pid ${op.pid}`;
+    case 'SETSIGMASK':
+      return `SETSIGMASK pid ${op.pid} = 0x${op.mask.toString(16)}`;
+    case 'READLINK':
+    case 'LISTDIR':
+      return `${op.op} ${op.path}`;
+    case 'SIGNAL':
+      return `SIGNAL pid ${op.pid} signal ${op.signo}`;
     case 'SETREGS':
       return `SETREGS pid ${op.pid} rip=0x${op.regs.rip.toString(16)} eflags=0x${op.regs.eflags.toString(16)}`;
     case 'GETREGSET':

@@ -20,9 +20,18 @@ import { ImageRejectedError } from '../errors.ts';
 import { sha256 } from '../util/hash.ts';
 import { USER_REGS_FIELDS, type UserRegs } from '../x86/registers.ts';
 import { validateImage } from './validate.ts';
+import type { RseqState } from './rseq.ts';
+import { signalsJson, type SignalState } from './signals.ts';
+import type { TaskState } from './files.ts';
+import { threadsJson, threadXstateEntry, type ThreadLinks, type ThreadState } from './threads.ts';
 
 export const IMAGE_FORMAT = 'cr-harness-checkpoint';
-export const IMAGE_VERSION = 1;
+/**
+ * 2: rseq.json (the rseq registration) joined the image; 3: signals.json and
+ * task.json; 4: threads.json (every thread but the main one, and each
+ * thread's clear_child_tid and robust list) with threads/TID-xstate.bin.
+ */
+export const IMAGE_VERSION = 4;
 const MANIFEST_DIGEST = 'manifest.sha256';
 
 export const LIMITS = {
@@ -71,6 +80,16 @@ export interface CheckpointImage {
   regs: UserRegs;
   xstate: Buffer;
   debugRegs: DebugRegs;
+  /** the rseq registration; null when the task had none */
+  rseq: RseqState | null;
+  /** dispositions, mask, alternate stack, pending queues */
+  signals: SignalState;
+  /** process group, session and open files */
+  task: TaskState;
+  /** the main thread's clear_child_tid and robust list (its other state is above) */
+  links: ThreadLinks;
+  /** every other thread, ascending by tid */
+  threads: ThreadState[];
   /** /proc/PID/maps at checkpoint time */
   maps: string;
   regions: MemoryRegion[];
@@ -103,7 +122,12 @@ export function imageEntries(image: CheckpointImage): Map<string, Buffer> {
   const json = (v: unknown): Buffer => Buffer.from(`${JSON.stringify(v, null, 2)}\n`);
   entries.set('regs.json', json(Object.fromEntries(USER_REGS_FIELDS.map((n) => [n, hex(image.regs[n])]))));
   entries.set('debugregs.json', json(Object.fromEntries(DEBUG_REG_NAMES.map((n) => [n, hex(image.debugRegs[n])]))));
+  entries.set('rseq.json', json(image.rseq && { area: hex(image.rseq.area), size: image.rseq.size, signature: `0x${image.rseq.signature.toString(16)}` }));
+  entries.set('signals.json', json(signalsJson(image.signals)));
+  entries.set('task.json', json({ pgid: image.task.pgid, sid: image.task.sid, files: image.task.files.map((f) => ({ ...f, pos: f.pos.toString() })) }));
+  entries.set('threads.json', json(threadsJson(image)));
   entries.set('xstate.bin', image.xstate);
+  for (const t of image.threads) entries.set(threadXstateEntry(t.tid), t.xstate);
   entries.set('maps.txt', Buffer.from(image.maps));
   entries.set(
     'memory.json',
@@ -221,6 +245,10 @@ export function parseImageEntries(entries: Map<string, Buffer>): CheckpointImage
     platform: manifest.platform,
     regs: regsJson,
     debugRegs: drJson,
+    rseq: parseJson(required(entries, 'rseq.json'), 'rseq.json'),
+    signals: parseJson(required(entries, 'signals.json'), 'signals.json'),
+    task: parseJson(required(entries, 'task.json'), 'task.json'),
+    threads: parseJson(required(entries, 'threads.json'), 'threads.json'),
     xstate: required(entries, 'xstate.bin'),
     maps: required(entries, 'maps.txt').toString('utf8'),
     regions: regionsJson,

@@ -1,13 +1,22 @@
 /**
- * Takes a checkpoint of a process stopped under the agent: registers,
- * xstate, debug registers, the memory map and the contents of every mapping
- * isDumped() selects. The result is an in-memory image; writing it is
+ * Takes a checkpoint of a process stopped under the agent — every thread in
+ * a ptrace stop, as RUN leaves them: each thread's registers, xstate, debug
+ * registers, rseq registration, mask, pending queue, alternate stack,
+ * clear_child_tid and robust list (threads.ts), the process's signal state,
+ * files, the memory map and the contents of every mapping isDumped()
+ * selects. The result is an in-memory image; writing it is
  * checkpoint-image.ts's job.
  */
 import type { AgentClient } from '../agent/client.ts';
 import { NT_X86_XSTATE, debugRegOffset } from '../x86/registers.ts';
 import { DEBUG_REG_NAMES, memoryEntryName, type CheckpointImage, type DebugRegs, type PlatformFacts, type ProcessInfo } from './checkpoint-image.ts';
 import { isDumped, parseMaps } from './proc-maps.ts';
+import type { RseqState } from './rseq.ts';
+import { captureSignals, SS_DISABLE } from './signals.ts';
+import { captureLinks, otherThreads, type ThreadState } from './threads.ts';
+import { captureTask } from './files.ts';
+import { AgentError } from '../errors.ts';
+import { constants } from 'node:os';
 
 /** Generous bound for the XSAVE area (AVX-512 needs ~2.7 KiB, AMX ~11 KiB). */
 const XSTATE_MAX_BYTES = 16 * 1024;
@@ -15,10 +24,22 @@ const READ_CHUNK_BYTES = 1024 * 1024;
 
 export async function checkpointProcess(agent: AgentClient, process: ProcessInfo, platform: PlatformFacts): Promise<CheckpointImage> {
   const pid = process.pid;
-  const regs = await agent.call({ op: 'GETREGS', pid });
-  const xstate = await agent.call({ op: 'GETREGSET', pid, noteType: NT_X86_XSTATE, maxSize: XSTATE_MAX_BYTES });
-  const debugRegs = {} as DebugRegs;
-  for (const name of DEBUG_REG_NAMES) debugRegs[name] = await agent.call({ op: 'PEEKUSER', pid, offset: debugRegOffset(Number(name.slice(2))) });
+  const others = await otherThreads(agent, pid);
+  const main = await threadRegisters(agent, pid);
+  const threads: ThreadState[] = [];
+  for (const tid of others) {
+    const t = await threadRegisters(agent, tid);
+    const blocked = await agent.call({ op: 'GETSIGMASK', pid: tid });
+    const pending = await agent.call({ op: 'PEEKSIGINFO', pid: tid, shared: false });
+    threads.push({ tid, ...t, blocked, pending, altstack: { sp: 0n, flags: SS_DISABLE, size: 0n }, clearChildTid: 0n, robustList: 0n });
+  }
+  const { signals, links } = await withRseqCsParked(agent, pid, [main.rseq, ...threads.map((t) => t.rseq)], async () => {
+    const signals = await captureSignals(agent, pid);
+    const links = await captureLinks(agent, pid, others);
+    return { signals, links };
+  });
+  threads.forEach((t, i) => Object.assign(t, links.others[i]));
+  const task = await captureTask(agent, pid);
   const maps = (await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/maps`, maxSize: 1 << 20 })).toString('utf8');
 
   const regions: CheckpointImage['regions'] = [];
@@ -33,5 +54,53 @@ export async function checkpointProcess(agent: AgentClient, process: ProcessInfo
     regions.push({ start: m.start, end: m.end, perms: m.perms, name: m.name, entry });
     memory.set(entry, Buffer.concat(chunks));
   }
-  return { created: new Date().toISOString(), process, platform, regs, xstate, debugRegs, maps, regions, memory };
+  const { regs, xstate, debugRegs, rseq } = main;
+  return { created: new Date().toISOString(), process, platform, regs, xstate, debugRegs, rseq, signals, task, links: links.main, threads, maps, regions, memory };
+}
+
+/** What ptrace reads of one thread without running it: registers, xstate, debug registers, rseq registration. */
+async function threadRegisters(agent: AgentClient, tid: number): Promise<Pick<ThreadState, 'regs' | 'xstate' | 'debugRegs' | 'rseq'>> {
+  const regs = await agent.call({ op: 'GETREGS', pid: tid });
+  const xstate = await agent.call({ op: 'GETREGSET', pid: tid, noteType: NT_X86_XSTATE, maxSize: XSTATE_MAX_BYTES });
+  const debugRegs = {} as DebugRegs;
+  for (const name of DEBUG_REG_NAMES) debugRegs[name] = await agent.call({ op: 'PEEKUSER', pid: tid, offset: debugRegOffset(Number(name.slice(2))) });
+  return { regs, xstate, debugRegs, rseq: await rseqRegistration(agent, tid) };
+}
+
+/**
+ * Runs `inject` (calls injected into the threads) with the rseq_cs word of
+ * every registered area set to 0, and puts the values back afterwards,
+ * before anything is dumped. A thread stopped inside a critical section
+ * would otherwise be sent to its abort handler by the first return to user
+ * mode, and run workload code instead of the injected call. (Memory is
+ * shared: the words are read and written through the main thread.)
+ */
+async function withRseqCsParked<T>(agent: AgentClient, pid: number, registrations: ReadonlyArray<RseqState | null>, inject: () => Promise<T>): Promise<T> {
+  const parked: Array<{ at: bigint; saved: Buffer }> = [];
+  try {
+    for (const rseq of registrations) {
+      if (!rseq) continue;
+      const at = rseq.area + 8n;
+      const saved = await agent.call({ op: 'READ_MEM', pid, address: at, length: 8 });
+      if (saved.readBigUInt64LE(0) === 0n) continue;
+      await agent.call({ op: 'WRITE_MEM', pid, address: at, data: Buffer.alloc(8) });
+      parked.push({ at, saved });
+    }
+    return await inject();
+  } finally {
+    for (const { at, saved } of parked) await agent.call({ op: 'WRITE_MEM', pid, address: at, data: saved });
+  }
+}
+
+/** The task's rseq registration; null when it has none or the kernel has no rseq (EIO: no CONFIG_RSEQ). */
+async function rseqRegistration(agent: AgentClient, pid: number): Promise<RseqState | null> {
+  try {
+    const config = await agent.call({ op: 'RSEQ_CONFIG', pid });
+    if (config.area === 0n) return null;
+    if (config.flags !== 0) throw new AgentError(`pid ${pid} registered rseq with flags 0x${config.flags.toString(16)}, which no current kernel accepts`, 'RSEQ_CONFIG', undefined);
+    return { area: config.area, size: config.size, signature: config.signature };
+  } catch (error) {
+    if (error instanceof AgentError && error.errno === constants.errno.EIO) return null;
+    throw error;
+  }
 }

@@ -10,12 +10,14 @@ import type { CheckpointImage } from './checkpoint-image.ts';
 import { compileRestorePlan, type PlanStep } from './plan.ts';
 import { assertPolicyAdmits, type RestorePolicy } from './policy.ts';
 import { isKernelProvided, parseMaps } from './proc-maps.ts';
+import { assertThreadsAdmitted } from './threads.ts';
 
 /** The pid shown in a dry-run plan: no process exists. */
 export const DRY_RUN_PID = 0;
 
 export function dryRunPlan(image: CheckpointImage, policy: RestorePolicy): PlanStep[] {
   assertPolicyAdmits(image.regs.eflags, policy);
+  assertThreadsAdmitted(image, policy);
   const maps = parseMaps(image.maps).filter((m) => m.name.startsWith('/') || m.name === '[stack]' || isKernelProvided(m));
   return compileRestorePlan(image, { pid: DRY_RUN_PID, regs: { ...image.regs, eflags: 0x202n }, maps }, policy);
 }

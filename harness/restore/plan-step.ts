@@ -8,6 +8,8 @@ export interface TargetProbe {
   pid: number;
   regs: UserRegs;
   maps: Mapping[];
+  /** descriptors the fresh target has open; 0-2 when absent */
+  fds?: number[];
 }
 
 export interface PlanStep {

@@ -8,18 +8,57 @@
 import { debugRegOffset, hex } from '../x86/registers.ts';
 import { DEBUG_REG_NAMES, type CheckpointImage } from './checkpoint-image.ts';
 import { PlanError, type PlanStep, type TargetProbe } from './plan-step.ts';
-import type { RestorePolicy } from './policy.ts';
+import { omits, type RestorePolicy } from './policy.ts';
+import { applyRseqFixup, type RseqFixup } from './rseq.ts';
 import { isKernelProvided, parseMaps, protOf, uncovered, type Mapping } from './proc-maps.ts';
-import { registerSteps } from './restorers.ts';
-import { brkStep, mapFixedStep, PROT, protectStep } from './syscall-steps.ts';
+import { freePage, registerSteps, threadRegisterSteps, xstateStep } from './restorers.ts';
+import { ALL_BLOCKABLE, finalMaskStep, signalSteps } from './signals.ts';
+import { applyThreadRseqFixups, debugRegSteps, linkSteps, threadCreationSteps, threadFinalSteps, type ThreadFixup } from './threads.ts';
+import { fileSteps, sessionSteps } from './files.ts';
+import { rewindInterruptedSyscall } from './syscall-restart.ts';
+import { brkStep, mapFixedStep, PROT, protectStep, rseqStep } from './syscall-steps.ts';
 
 export { PlanError, type PlanStep, type TargetProbe };
 
 /** Memory is written in slices so no single frame gets large. */
 export const WRITE_CHUNK_BYTES = 1024 * 1024;
 
-export function compileRestorePlan(image: CheckpointImage, probe: TargetProbe, policy: RestorePolicy): PlanStep[] {
+/**
+ * The rseq abort is decided on the image before anything is planned: it
+ * moves the IP and clears rseq_cs. Undefined when the policy does not apply it.
+ */
+export function rseqFixupFor(image: CheckpointImage, policy: RestorePolicy): RseqFixup | undefined {
+  return image.rseq && (policy.rseqFixup ?? 'on') === 'on' ? applyRseqFixup(image) : undefined;
+}
+
+/**
+ * The image as a plan under `policy` writes it: the rseq fixup of every
+ * thread applied (each moves its own IP and clears the rseq_cs word of its
+ * own area), with what each decided.
+ */
+export function fixedImage(image: CheckpointImage, policy: RestorePolicy): { image: CheckpointImage; main?: RseqFixup; threads: ThreadFixup[] } {
+  if ((policy.rseqFixup ?? 'on') !== 'on') return { image, threads: image.threads.map((thread) => ({ thread })) };
+  const main = rseqFixupFor(image, policy);
+  const threaded = applyThreadRseqFixups(main?.image ?? image);
+  return { image: threaded.image, main, threads: threaded.fixups };
+}
+
+/**
+ * A task stopped inside an interrupted system call resumes by issuing it
+ * again, as the kernel would have restarted it (syscall-restart.ts): no
+ * -ERESTART* value ever reaches the restored program. Every thread alike.
+ */
+export function withSyscallRestart(image: CheckpointImage): CheckpointImage {
+  const rewound = (regs: CheckpointImage['regs']) => rewindInterruptedSyscall(regs)?.regs ?? regs;
+  return { ...image, regs: rewound(image.regs), threads: image.threads.map((t) => ({ ...t, regs: rewound(t.regs) })) };
+}
+
+export function compileRestorePlan(checkpointed: CheckpointImage, probe: TargetProbe, policy: RestorePolicy): PlanStep[] {
   const pid = probe.pid;
+  const fixed = fixedImage(checkpointed, policy);
+  const fixup = fixed.main;
+  const image = policy.syscallRestart === 'off' ? fixed.image : withSyscallRestart(fixed.image);
+  const threadFixups: ThreadFixup[] = image.threads.map((thread, i) => ({ thread, fixup: fixed.threads[i]?.fixup }));
   const steps: PlanStep[] = [];
   const imageMaps = parseMaps(image.maps);
 
@@ -56,16 +95,61 @@ export function compileRestorePlan(image: CheckpointImage, probe: TargetProbe, p
     }
   }
 
+  // Registered once its area holds the image's contents, before the
+  // protections: the injected mprotect calls that follow return to user mode
+  // with the IP elsewhere, so the kernel clears an rseq_cs that names a
+  // section — which is why the fixup is the restorer's job.
+  if (image.rseq && !omits(policy, 'rseq')) {
+    const why = `register rseq: area ${hex(image.rseq.area)}, ${image.rseq.size} bytes, signature 0x${image.rseq.signature.toString(16)}; rseq-fixup=${policy.rseqFixup ?? 'on'}: ${fixup?.note ?? 'not applied'}`;
+    steps.push(rseqStep(pid, image.rseq, why));
+  }
+
   for (const region of image.regions) {
     steps.push(protectStep(pid, region.start, region.end - region.start, BigInt(protOf(region.perms)), `protections ${region.perms} on ${hex(region.start)}-${hex(region.end)}`));
   }
 
-  steps.push(...registerSteps(image, probe, imageMaps, policy));
+  if (!omits(policy, 'files')) {
+    steps.push(...sessionSteps(pid, image.process.pid, image.task));
+    steps.push(...fileSteps(pid, image.task.files, probe.fds ?? [0, 1, 2], freePage(probe.maps, imageMaps)));
+  }
+
+  const signals = omits(policy, 'signals') ? undefined : image.signals;
+  const signalPart = signals ? signalSteps(pid, signals, freePage(probe.maps, imageMaps)) : [];
+  steps.push(...signalPart);
+  if (!omits(policy, 'thread-links')) steps.push(...linkSteps(pid, image.links, 'the main thread', true));
+
+  // Threads (threads.ts): created by clone3 in the main thread, with every
+  // signal blocked (they inherit the main thread's mask) and, under the
+  // ptrace and popf restorers, the main thread's xstate already in place
+  // (they start with a copy of it).
+  const threaded = image.threads.length > 0;
+  const xstateSetEarlier = threaded && (policy.restorer ?? 'ptrace') !== 'sigreturn' && !omits(policy, 'xstate');
+  if (threaded) {
+    if (signals && signalPart.length === 0) steps.push({ op: { op: 'SETSIGMASK', pid, mask: ALL_BLOCKABLE }, why: 'block every signal before the threads are created: they start with this mask, and nothing is delivered to a half-restored process' });
+    if (xstateSetEarlier) steps.push(xstateStep(image, pid, 'FPU/SSE/AVX state (xstate) of the main thread, before the threads are created: each starts with a copy'));
+    steps.push(...threadCreationSteps(pid, image, policy, freePage(probe.maps, imageMaps)));
+  }
+
+  steps.push(...registerSteps(image, probe, imageMaps, policy, { xstateSetEarlier }));
+  for (const t of image.threads) steps.push(...threadRegisterSteps(t, probe, imageMaps, policy));
 
   // Addresses before control: DR7 enables a breakpoint only once its address is in place.
-  for (const name of DEBUG_REG_NAMES) {
-    const index = Number(name.slice(2));
-    steps.push({ op: { op: 'POKEUSER', pid, offset: debugRegOffset(index), value: image.debugRegs[name] }, why: `debug register ${name.toUpperCase()}` });
+  if (!omits(policy, 'debugregs')) {
+    for (const name of DEBUG_REG_NAMES) {
+      const index = Number(name.slice(2));
+      steps.push({ op: { op: 'POKEUSER', pid, offset: debugRegOffset(index), value: image.debugRegs[name] }, why: `debug register ${name.toUpperCase()}` });
+    }
+    for (const t of image.threads) steps.push(...debugRegSteps(t.tid, t.debugRegs, `thread ${t.tid}`));
   }
+
+  // Nothing after this returns a task to user mode before it resumes.
+  if (signals) steps.push(finalMaskStep(pid, signals));
+  const last = fixup?.lastStage;
+  if (last && !omits(policy, 'rseq')) {
+    const value = Buffer.alloc(8);
+    value.writeBigUInt64LE(last.value);
+    steps.push({ op: { op: 'WRITE_MEM', pid, address: last.address, data: value }, why: `rseq_cs ${hex(last.value)} written back last: the kernel cleared it while the plan ran` });
+  }
+  steps.push(...threadFinalSteps(threadFixups, policy));
   return steps;
 }

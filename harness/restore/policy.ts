@@ -32,19 +32,97 @@ export type RegsPolicy = (typeof REGS_POLICIES)[number];
 /** The registers the 2015 entry-code bug failed to save: x86-64's callee-saved set. */
 export const CALLEE_SAVED = ['rbp', 'rbx', 'r12', 'r13', 'r14', 'r15'] as const;
 
+/**
+ * rseq-fixup (CRIU wiki): on — a task checkpointed inside an rseq critical
+ * section resumes at its abort handler (rseq.ts); off — it resumes at the
+ * checkpointed IP, and the section commits as if never interrupted.
+ */
+export const RSEQ_FIXUP_POLICIES = ['on', 'off'] as const;
+export type RseqFixupPolicy = (typeof RSEQ_FIXUP_POLICIES)[number];
+
+/**
+ * State a restart forgot, injected as a fault (OpenVZ restart, 2008: debug
+ * registers, FPU state and TLS were each missed at some point; CRIU before
+ * rseq support never re-registered rseq; signals = dispositions, mask,
+ * alternate stack and pending queues; files = descriptors above stdio and
+ * the session). An omitted piece keeps whatever the
+ * freshly exec'd target has — for a thread the plan creates, whatever
+ * clone3 gave it:
+ * - thread-xstate: the threads other than the main one get no xstate of
+ *   their own and keep the copy of the main thread's they were created
+ *   with (under the ptrace and popf restorers the main thread's xstate is
+ *   restored before the threads are created): one FPU state per process;
+ * - thread-masks: their blocked masks are not set and stay what they were
+ *   created with, everything blocked (none when signals are omitted);
+ * - thread-links: no clear_child_tid and no robust futex list for any
+ *   thread, the main one included (pthread_join then waits for ever, and a
+ *   robust mutex of a dead thread is never marked owner-dead).
+ */
+export const OMITTABLE = ['debugregs', 'xstate', 'tls', 'rseq', 'signals', 'files', 'thread-xstate', 'thread-masks', 'thread-links'] as const;
+export type Omittable = (typeof OMITTABLE)[number];
+
+/** The segment registers and bases that make up a 64-bit task's TLS. */
+export const TLS_REGISTERS = ['fs_base', 'gs_base', 'fs', 'gs'] as const;
+
+/**
+ * syscall-restart: on — a task checkpointed inside an interrupted system
+ * call issues it again (syscall-restart.ts); off — its registers are
+ * restored verbatim and the raw -ERESTART* reaches the program (a restorer
+ * that copies registers without looking at them).
+ */
+export const SYSCALL_RESTART_POLICIES = ['on', 'off'] as const;
+export type SyscallRestartPolicy = (typeof SYSCALL_RESTART_POLICIES)[number];
+
 export interface RestorePolicy {
   rf: RfPolicy;
   /** full when absent */
   regs?: RegsPolicy;
   /** how registers reach the task (restorers.ts); ptrace when absent */
   restorer?: Restorer;
+  /** on when absent */
+  rseqFixup?: RseqFixupPolicy;
+  /** fault injection: state not restored; none when absent */
+  omit?: readonly Omittable[];
+  /** on when absent */
+  syscallRestart?: SyscallRestartPolicy;
 }
 
-export const DEFAULT_POLICY: RestorePolicy = { rf: 'keep-and-preserve', regs: 'full' };
+export function omits(policy: RestorePolicy, what: Omittable): boolean {
+  return policy.omit?.includes(what) ?? false;
+}
+
+/** A policy as the verdict table and the CLI spell it. */
+export function describePolicy(policy: RestorePolicy): string {
+  const parts = [`rf=${policy.rf}`, `restorer=${policy.restorer ?? 'ptrace'}`, `regs=${policy.regs ?? 'full'}`, `rseq-fixup=${policy.rseqFixup ?? 'on'}`];
+  if (policy.syscallRestart === 'off') parts.push('syscall-restart=off');
+  if (policy.omit?.length) parts.push(`omit=${policy.omit.join(',')}`);
+  return parts.join(' ');
+}
+
+export const DEFAULT_POLICY: RestorePolicy = { rf: 'keep-and-preserve', regs: 'full', restorer: 'ptrace', rseqFixup: 'on', syscallRestart: 'on' };
 
 export function parseRegsPolicy(value: string): RegsPolicy {
   if ((REGS_POLICIES as readonly string[]).includes(value)) return value as RegsPolicy;
   throw new RangeError(`unknown regs policy "${value}" (one of ${REGS_POLICIES.join(', ')})`);
+}
+
+export function parseSyscallRestartPolicy(value: string): SyscallRestartPolicy {
+  if ((SYSCALL_RESTART_POLICIES as readonly string[]).includes(value)) return value as SyscallRestartPolicy;
+  throw new RangeError(`unknown syscall-restart policy "${value}" (one of ${SYSCALL_RESTART_POLICIES.join(', ')})`);
+}
+
+export function parseRseqFixupPolicy(value: string): RseqFixupPolicy {
+  if ((RSEQ_FIXUP_POLICIES as readonly string[]).includes(value)) return value as RseqFixupPolicy;
+  throw new RangeError(`unknown rseq-fixup policy "${value}" (one of ${RSEQ_FIXUP_POLICIES.join(', ')})`);
+}
+
+/** A comma-separated list of OMITTABLE names; empty means nothing omitted. */
+export function parseOmit(value: string): Omittable[] {
+  const names = value.split(',').map((s) => s.trim()).filter(Boolean);
+  for (const name of names) {
+    if (!(OMITTABLE as readonly string[]).includes(name)) throw new RangeError(`unknown omit "${name}" (any of ${OMITTABLE.join(', ')})`);
+  }
+  return names as Omittable[];
 }
 
 export function parseRfPolicy(value: string): RfPolicy {
@@ -67,6 +145,7 @@ export function assertPolicyAdmits(imageEflags: bigint, policy: RestorePolicy): 
 export function restoredRegisters(image: UserRegs, target: UserRegs, policy: RestorePolicy): UserRegs {
   const regs = { ...image, eflags: restoredEflags(image.eflags, target.eflags, policy) };
   if ((policy.regs ?? 'full') === 'partial') for (const name of CALLEE_SAVED) regs[name] = target[name];
+  if (omits(policy, 'tls')) for (const name of TLS_REGISTERS) regs[name] = target[name];
   return regs;
 }
 

@@ -7,13 +7,19 @@
  */
 import type { AgentClient, BatchStep } from '../agent/client.ts';
 import { describeOp } from '../agent/ops.ts';
-import { CrhError, RestoreStepError } from '../errors.ts';
+import { AgentError, CrhError, RestoreStepError } from '../errors.ts';
 import { NT_X86_XSTATE, USER_REGS_FIELDS, debugRegOffset, hex, type UserRegs } from '../x86/registers.ts';
 import { DEBUG_REG_NAMES, type CheckpointImage } from './checkpoint-image.ts';
-import { compileRestorePlan, type PlanStep } from './plan.ts';
-import { assertPolicyAdmits, type RestorePolicy } from './policy.ts';
+import { compileRestorePlan, fixedImage, type PlanStep } from './plan.ts';
+import { assertPolicyAdmits, omits, type RestorePolicy } from './policy.ts';
 import { parseMaps } from './proc-maps.ts';
+import { rseqCsPointer } from './rseq.ts';
+import { siginfoSigno } from './signals.ts';
+import { captureTask, type OpenFile, type TaskState } from './files.ts';
+import { assertThreadsAdmitted } from './threads.ts';
 import { errnoName } from '../agent/errno.ts';
+
+const EEXIST = 17;
 
 export interface Difference {
   what: string;
@@ -32,19 +38,34 @@ export interface RestoreOptions {
   policy: RestorePolicy;
   /** guest file the restored process writes its stdout/stderr to */
   stdoutPath: string;
+  /**
+   * Give the restored process the checkpointed pid (default true): what a
+   * program sees through getpid() must not change across a restore. The
+   * original must be gone (kill-and-restore); a pid in use is PidInUseError.
+   * The other threads get their checkpointed tids either way (threads.ts):
+   * a tid in use fails that thread's clone3 step.
+   */
+  samePid?: boolean;
+}
+
+/** The checkpointed pid could not be had: another process holds it. */
+export class PidInUseError extends CrhError {
+  override readonly name = 'PidInUseError';
 }
 
 export async function restoreProcess(agent: AgentClient, image: CheckpointImage, options: RestoreOptions): Promise<RestoreResult> {
   assertPolicyAdmits(image.regs.eflags, options.policy);
-  const { process } = image;
-  const { pid } = await agent.call({ op: 'SPAWN', path: process.binary, argv: process.argv, envp: process.envp, stdoutPath: options.stdoutPath, noAslr: process.noAslr });
+  assertThreadsAdmitted(image, options.policy);
+  const { pid } = await spawnTarget(agent, image, options);
   try {
     const regs = await agent.call({ op: 'GETREGS', pid });
     const maps = parseMaps((await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/maps`, maxSize: 1 << 20 })).toString('utf8'));
-    const plan = compileRestorePlan(image, { pid, regs, maps }, options.policy);
+    const fds = (await agent.call({ op: 'LISTDIR', path: `/proc/${pid}/fd` })).map(Number);
+    const plan = compileRestorePlan(image, { pid, regs, maps, fds }, options.policy);
     const steps = await agent.batch(plan.map((s) => s.op));
     checkSteps(plan, steps);
-    const differences = await readBack(agent, pid, plan, image);
+    const requested = fixedImage(image, options.policy).image;
+    const differences = [...(await readBack(agent, pid, plan, requested, options.policy)), ...(await readBackThreads(agent, plan, requested, options.policy))];
     return { pid, plan, differences };
   } catch (error) {
     // No half-restored process is left behind.
@@ -53,6 +74,19 @@ export async function restoreProcess(agent: AgentClient, image: CheckpointImage,
       (e: unknown) => `pid ${pid} could not be killed: ${(e as Error).message}`,
     );
     if (error instanceof CrhError) error.details.target = killed;
+    throw error;
+  }
+}
+
+async function spawnTarget(agent: AgentClient, image: CheckpointImage, options: RestoreOptions): Promise<{ pid: number }> {
+  const { process } = image;
+  const pid = options.samePid === false ? undefined : process.pid;
+  try {
+    return await agent.call({ op: 'SPAWN', path: process.binary, argv: process.argv, envp: process.envp, stdoutPath: options.stdoutPath, noAslr: process.noAslr, pid });
+  } catch (error) {
+    if (error instanceof AgentError && error.errno === EEXIST) {
+      throw new PidInUseError(`cannot restore as pid ${process.pid}, the pid the checkpoint was taken with: another process has it (is the original still alive?)`, { agent: error.message });
+    }
     throw error;
   }
 }
@@ -70,16 +104,17 @@ function checkSteps(plan: PlanStep[], steps: BatchStep[]): void {
   if (steps.length !== plan.length) throw new RestoreStepError('the agent stopped the batch early without an error', steps.length, 'batch');
 }
 
-async function readBack(agent: AgentClient, pid: number, plan: PlanStep[], image: CheckpointImage): Promise<Difference[]> {
+/** `image` is what the plan asked for: the checkpoint with the rseq fixup, when applied. */
+async function readBack(agent: AgentClient, pid: number, plan: PlanStep[], image: CheckpointImage, policy: RestorePolicy): Promise<Difference[]> {
   const differences: Difference[] = [];
-  const setRegs = plan.find((s) => s.op.op === 'SETREGS')!.op as { regs: UserRegs };
+  const setRegs = plan.find((s) => s.op.op === 'SETREGS' && s.op.pid === pid)!.op as { regs: UserRegs };
   const regs = await agent.call({ op: 'GETREGS', pid });
   for (const name of USER_REGS_FIELDS) {
     if (regs[name] !== setRegs.regs[name]) differences.push({ what: name, requested: hex(setRegs.regs[name]), accepted: hex(regs[name]) });
   }
   // The sigreturn restorer hands xstate to the kernel in the signal frame: it is
   // loaded when the task runs, so there is nothing to read back yet.
-  const setXstate = plan.some((s) => s.op.op === 'SETREGSET' && s.op.noteType === NT_X86_XSTATE);
+  const setXstate = plan.some((s) => s.op.op === 'SETREGSET' && s.op.pid === pid && s.op.noteType === NT_X86_XSTATE);
   const xstate = setXstate ? await agent.call({ op: 'GETREGSET', pid, noteType: NT_X86_XSTATE, maxSize: image.xstate.length }) : image.xstate;
   if (!xstate.equals(image.xstate)) {
     const at = xstate.findIndex((b, i) => b !== image.xstate[i]);
@@ -88,6 +123,101 @@ async function readBack(agent: AgentClient, pid: number, plan: PlanStep[], image
   for (const name of DEBUG_REG_NAMES) {
     const value = await agent.call({ op: 'PEEKUSER', pid, offset: debugRegOffset(Number(name.slice(2))) });
     if (value !== image.debugRegs[name]) differences.push({ what: name, requested: hex(image.debugRegs[name]), accepted: hex(value) });
+  }
+  differences.push(...(await readBackRseq(agent, pid, image, policy)));
+  if (!omits(policy, 'signals')) differences.push(...(await readBackSignals(agent, pid, image)));
+  if (!omits(policy, 'files')) differences.push(...(await readBackTask(agent, pid, image)));
+  return differences;
+}
+
+/**
+ * The blocked mask and the pending queues the kernel holds. (Dispositions
+ * and the alternate stack can only be read by running code in the task;
+ * the workloads check those themselves.)
+ */
+async function readBackSignals(agent: AgentClient, pid: number, image: CheckpointImage): Promise<Difference[]> {
+  const differences: Difference[] = [];
+  const blocked = await agent.call({ op: 'GETSIGMASK', pid });
+  if (blocked !== image.signals.blocked) differences.push({ what: 'signals.blocked', requested: hex(image.signals.blocked), accepted: hex(blocked) });
+  for (const queue of ['thread', 'shared'] as const) {
+    const held = await agent.call({ op: 'PEEKSIGINFO', pid, shared: queue === 'shared' });
+    const wanted = image.signals.pending[queue];
+    const same = held.length === wanted.length && held.every((b, i) => b.equals(wanted[i]!));
+    if (!same) {
+      const signos = (list: Buffer[]): string => `[${list.map(siginfoSigno).join(' ')}]`;
+      differences.push({ what: `signals.pending.${queue}`, requested: signos(wanted), accepted: `${signos(held)}${held.length === wanted.length ? ' (siginfo contents differ)' : ''}` });
+    }
+  }
+  return differences;
+}
+
+/** Session, process group and every restored descriptor, as the kernel reports them now. */
+async function readBackTask(agent: AgentClient, pid: number, image: CheckpointImage): Promise<Difference[]> {
+  const now = await captureTask(agent, pid);
+  const differences: Difference[] = [];
+  const session = (t: TaskState, p: number): string => `pgid ${t.pgid === p ? 'own' : t.pgid}, sid ${t.sid === p ? 'own' : t.sid}`;
+  if (session(now, pid) !== session(image.task, image.process.pid)) differences.push({ what: 'session', requested: session(image.task, image.process.pid), accepted: session(now, pid) });
+  const describe = (f: OpenFile | undefined): string => (f ? `${f.path} flags 0o${f.flags.toString(8)} pos ${f.kind === 'file' ? f.pos : '-'}` : 'closed');
+  for (const f of image.task.files) {
+    const got = now.files.find((g) => g.fd === f.fd);
+    if (describe(got) !== describe(f)) differences.push({ what: `fd ${f.fd}`, requested: describe(f), accepted: describe(got) });
+  }
+  return differences;
+}
+
+/** The registration the kernel holds, and the rseq_cs it left in memory (it clears one it finds stale). */
+async function readBackRseq(agent: AgentClient, pid: number, image: CheckpointImage, policy: RestorePolicy): Promise<Difference[]> {
+  if (!image.rseq) return [];
+  const differences: Difference[] = [];
+  const config = await agent.call({ op: 'RSEQ_CONFIG', pid });
+  const describe = (area: bigint, size: number, signature: number): string => (area === 0n ? 'none' : `${hex(area)} size ${size} signature 0x${signature.toString(16)}`);
+  const requested = omits(policy, 'rseq') ? 'none' : describe(image.rseq.area, image.rseq.size, image.rseq.signature);
+  const accepted = describe(config.area, config.size, config.signature);
+  if (requested !== accepted) differences.push({ what: 'rseq', requested, accepted });
+  const csAt = image.rseq.area + 8n;
+  const cs = (await agent.call({ op: 'READ_MEM', pid, address: csAt, length: 8 })).readBigUInt64LE(0);
+  const wanted = rseqCsPointer(image);
+  if (cs !== wanted) differences.push({ what: 'rseq.rseq_cs', requested: hex(wanted), accepted: hex(cs) });
+  return differences;
+}
+
+/**
+ * Every other thread, as the kernel holds it now: registers and xstate as
+ * the plan set them, debug registers, the rseq registration and the rseq_cs
+ * word of its area, its mask and its own pending queue. Differences name
+ * the thread. (clear_child_tid and the robust list can only be read by
+ * running code in the thread; the workloads check those themselves.)
+ */
+async function readBackThreads(agent: AgentClient, plan: PlanStep[], image: CheckpointImage, policy: RestorePolicy): Promise<Difference[]> {
+  const differences: Difference[] = [];
+  for (const t of image.threads) {
+    const who = `thread ${t.tid}`;
+    const add = (what: string, requested: string, accepted: string): void => void differences.push({ what: `${who} ${what}`, requested, accepted });
+    const setRegs = plan.find((s) => s.op.op === 'SETREGS' && s.op.pid === t.tid)?.op as { regs: UserRegs } | undefined;
+    if (setRegs) {
+      const regs = await agent.call({ op: 'GETREGS', pid: t.tid });
+      for (const name of USER_REGS_FIELDS) if (regs[name] !== setRegs.regs[name]) add(name, hex(setRegs.regs[name]), hex(regs[name]));
+    }
+    const setXstate = plan.find((s) => s.op.op === 'SETREGSET' && s.op.pid === t.tid && s.op.noteType === NT_X86_XSTATE)?.op as { data: Uint8Array } | undefined;
+    if (setXstate) {
+      const wanted = Buffer.from(setXstate.data);
+      const xstate = await agent.call({ op: 'GETREGSET', pid: t.tid, noteType: NT_X86_XSTATE, maxSize: wanted.length });
+      if (!xstate.equals(wanted)) add('xstate', `${wanted.length} bytes`, `${xstate.length} bytes, first difference at offset ${xstate.findIndex((b, i) => b !== wanted[i])}`);
+    }
+    for (const name of DEBUG_REG_NAMES) {
+      const value = await agent.call({ op: 'PEEKUSER', pid: t.tid, offset: debugRegOffset(Number(name.slice(2))) });
+      if (value !== t.debugRegs[name]) add(name, hex(t.debugRegs[name]), hex(value));
+    }
+    for (const d of await readBackRseq(agent, t.tid, { ...image, regs: t.regs, rseq: t.rseq }, policy)) add(d.what, d.requested, d.accepted);
+    if (omits(policy, 'signals')) continue;
+    if (!omits(policy, 'thread-masks')) {
+      const blocked = await agent.call({ op: 'GETSIGMASK', pid: t.tid });
+      if (blocked !== t.blocked) add('signals.blocked', hex(t.blocked), hex(blocked));
+    }
+    const held = await agent.call({ op: 'PEEKSIGINFO', pid: t.tid, shared: false });
+    if (held.length !== t.pending.length || !held.every((b, i) => b.equals(t.pending[i]!))) {
+      add('signals.pending.thread', `[${t.pending.map(siginfoSigno).join(' ')}]`, `[${held.map(siginfoSigno).join(' ')}]`);
+    }
   }
   return differences;
 }

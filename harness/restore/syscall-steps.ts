@@ -3,8 +3,9 @@
  * numbers and flags), each with the result that means success.
  */
 import type { PlanStep } from './plan-step.ts';
+import type { RseqState } from './rseq.ts';
 
-const NR = { mmap: 9, mprotect: 10, brk: 12 } as const;
+const NR = { mmap: 9, mprotect: 10, brk: 12, rseq: 334 } as const;
 export const PROT = { READ: 1n, WRITE: 2n, EXEC: 4n } as const;
 const MAP_PRIVATE = 0x02n;
 const MAP_ANONYMOUS = 0x20n;
@@ -28,4 +29,9 @@ export function protectStep(pid: number, start: bigint, length: bigint, prot: bi
 /** Moves the program break; brk() answers with the new break on success. */
 export function brkStep(pid: number, end: bigint, why: string): PlanStep {
   return { op: { op: 'INJECT_SYSCALL', pid, nr: NR.brk, args: [end] }, why, expect: end };
+}
+
+/** rseq(area, size, flags 0, signature): the registration the image had. */
+export function rseqStep(pid: number, rseq: RseqState, why: string): PlanStep {
+  return { op: { op: 'INJECT_SYSCALL', pid, nr: NR.rseq, args: [rseq.area, BigInt(rseq.size), 0n, BigInt(rseq.signature)] }, why, expect: 0n };
 }

@@ -17,6 +17,10 @@ import {
 } from '../x86/registers.ts';
 import { DEBUG_REG_NAMES, type CheckpointImage, type DebugRegs, type MemoryRegion, type PlatformFacts, type ProcessInfo } from './checkpoint-image.ts';
 import { parseMaps } from './proc-maps.ts';
+import { checkRseqArea, type RseqState } from './rseq.ts';
+import { SIGINFO_BYTES, signalStateProblem, type SignalState } from './signals.ts';
+import { taskStateProblem, type FileKind, type TaskState } from './files.ts';
+import { linksProblem, MAX_THREADS, MAX_TID, threadXstateEntry, type ThreadLinks, type ThreadState } from './threads.ts';
 
 export interface UntrustedImage {
   created: unknown;
@@ -24,6 +28,10 @@ export interface UntrustedImage {
   platform: unknown;
   regs: Record<string, unknown>;
   debugRegs: Record<string, unknown>;
+  rseq: unknown;
+  signals: unknown;
+  task: unknown;
+  threads: unknown;
   xstate: Buffer;
   maps: string;
   regions: unknown;
@@ -54,27 +62,27 @@ export function eflagsViolations(eflags: bigint): string[] {
   return [...forbidden, ...missing];
 }
 
-export function validateRegs(raw: Record<string, unknown>): UserRegs {
-  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) reject('regs.json', '(root)', 'must be an object');
+export function validateRegs(raw: Record<string, unknown>, entry = 'regs.json', at = ''): UserRegs {
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) reject(entry, `${at}(root)`, 'must be an object');
   const regs = {} as UserRegs;
-  for (const name of USER_REGS_FIELDS) regs[name] = u64('regs.json', name, raw[name]);
+  for (const name of USER_REGS_FIELDS) regs[name] = u64(entry, `${at}${name}`, raw[name]);
   for (const key of Object.keys(raw)) {
-    if (!(USER_REGS_FIELDS as readonly string[]).includes(key)) reject('regs.json', key, 'unknown register');
+    if (!(USER_REGS_FIELDS as readonly string[]).includes(key)) reject(entry, `${at}${key}`, 'unknown register');
   }
   const bad = eflagsViolations(regs.eflags);
   if (bad.length > 0) {
-    reject('regs.json', 'eflags', `${hex(regs.eflags)} has bits outside {CF PF AF ZF SF TF DF OF NT AC ID RF} that differ from IF|0x2: ${bad.join(', ')}`);
+    reject(entry, `${at}eflags`, `${hex(regs.eflags)} has bits outside {CF PF AF ZF SF TF DF OF NT AC ID RF} that differ from IF|0x2: ${bad.join(', ')}`);
   }
-  if (regs.cs !== USER_CS) reject('regs.json', 'cs', `${hex(regs.cs)} is not the 64-bit user code selector ${hex(USER_CS)}`);
-  if (regs.ss !== USER_SS) reject('regs.json', 'ss', `${hex(regs.ss)} is not the user stack selector ${hex(USER_SS)}`);
+  if (regs.cs !== USER_CS) reject(entry, `${at}cs`, `${hex(regs.cs)} is not the 64-bit user code selector ${hex(USER_CS)}`);
+  if (regs.ss !== USER_SS) reject(entry, `${at}ss`, `${hex(regs.ss)} is not the user stack selector ${hex(USER_SS)}`);
   for (const seg of ['ds', 'es', 'fs', 'gs'] as const) {
     // A null selector, or any selector with RPL 3 (GDT or LDT); the kernel checks the descriptor itself.
     if (regs[seg] > 0xffffn || (regs[seg] !== 0n && (regs[seg] & 3n) !== 3n)) {
-      reject('regs.json', seg, `${hex(regs[seg])} is neither null nor a user (RPL 3) selector`);
+      reject(entry, `${at}${seg}`, `${hex(regs[seg])} is neither null nor a user (RPL 3) selector`);
     }
   }
   for (const name of ['rip', 'rsp', 'fs_base', 'gs_base'] as const) {
-    if (regs[name] >= USER_SPACE_END) reject('regs.json', name, `${hex(regs[name])} is outside user space`);
+    if (regs[name] >= USER_SPACE_END) reject(entry, `${at}${name}`, `${hex(regs[name])} is outside user space`);
   }
   return regs;
 }
@@ -82,27 +90,27 @@ export function validateRegs(raw: Record<string, unknown>): UserRegs {
 /** DR7 bits that must be zero: reserved 11-12 and 14-15, GD (13), and the upper half. */
 const DR7_MUST_BE_ZERO = (0xffff_ffffn << 32n) | (1n << 11n) | (1n << 12n) | (1n << 13n) | (1n << 14n) | (1n << 15n);
 
-export function validateDebugRegs(raw: Record<string, unknown>): DebugRegs {
-  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) reject('debugregs.json', '(root)', 'must be an object');
+export function validateDebugRegs(raw: Record<string, unknown>, entry = 'debugregs.json', at = ''): DebugRegs {
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) reject(entry, `${at}(root)`, 'must be an object');
   const dr = {} as DebugRegs;
-  for (const name of DEBUG_REG_NAMES) dr[name] = u64('debugregs.json', name, raw[name]);
+  for (const name of DEBUG_REG_NAMES) dr[name] = u64(entry, `${at}${name}`, raw[name]);
   for (const key of Object.keys(raw)) {
-    if (!(DEBUG_REG_NAMES as readonly string[]).includes(key)) reject('debugregs.json', key, 'unknown debug register');
+    if (!(DEBUG_REG_NAMES as readonly string[]).includes(key)) reject(entry, `${at}${key}`, 'unknown debug register');
   }
-  if ((dr.dr7 & DR7_MUST_BE_ZERO) !== 0n) reject('debugregs.json', 'dr7', `${hex(dr.dr7)} sets reserved or GD bits`);
-  if ((dr.dr6 >> 32n) !== 0n) reject('debugregs.json', 'dr6', `${hex(dr.dr6)} sets bits above 31`);
+  if ((dr.dr7 & DR7_MUST_BE_ZERO) !== 0n) reject(entry, `${at}dr7`, `${hex(dr.dr7)} sets reserved or GD bits`);
+  if ((dr.dr6 >> 32n) !== 0n) reject(entry, `${at}dr6`, `${hex(dr.dr6)} sets bits above 31`);
   for (let i = 0; i < 4; i++) {
     const name = (["dr0", "dr1", "dr2", "dr3"] as const)[i]!;
     const address = dr[name];
     const enabled = ((dr.dr7 >> BigInt(i * 2)) & 3n) !== 0n;
-    if (address >= USER_SPACE_END) reject('debugregs.json', name, `${hex(address)} is not a user-space address`);
+    if (address >= USER_SPACE_END) reject(entry, `${at}${name}`, `${hex(address)} is not a user-space address`);
     if (!enabled) continue;
     const rw = (dr.dr7 >> BigInt(16 + i * 4)) & 3n;
     const lenBits = (dr.dr7 >> BigInt(18 + i * 4)) & 3n;
     const length = [1n, 2n, 8n, 4n][Number(lenBits)]!;
-    if (rw === 2n) reject('debugregs.json', 'dr7', `DR${i} is an I/O breakpoint, which user space cannot have`);
-    if (rw === 0n && lenBits !== 0n) reject('debugregs.json', 'dr7', `DR${i} is an execute breakpoint with length ${length} (must be 1)`);
-    if (address % length !== 0n) reject('debugregs.json', name, `${hex(address)} is not aligned to the breakpoint length ${length}`);
+    if (rw === 2n) reject(entry, `${at}dr7`, `DR${i} is an I/O breakpoint, which user space cannot have`);
+    if (rw === 0n && lenBits !== 0n) reject(entry, `${at}dr7`, `DR${i} is an execute breakpoint with length ${length} (must be 1)`);
+    if (address % length !== 0n) reject(entry, `${at}${name}`, `${hex(address)} is not aligned to the breakpoint length ${length}`);
   }
   return dr;
 }
@@ -124,20 +132,20 @@ export function xstateFeatures(data: Buffer): bigint {
   return data.readBigUInt64LE(XCR0_OFFSET);
 }
 
-export function validateXstate(data: Buffer): void {
-  if (data.length < XSAVE_LEGACY + XSAVE_HEADER) reject('xstate.bin', '(size)', `${data.length} bytes is smaller than the legacy area plus header`);
-  if (data.length > XSTATE_MAX) reject('xstate.bin', '(size)', `${data.length} bytes is larger than any XSAVE area`);
+export function validateXstate(data: Buffer, entry = 'xstate.bin', at = ''): void {
+  if (data.length < XSAVE_LEGACY + XSAVE_HEADER) reject(entry, `${at}(size)`, `${data.length} bytes is smaller than the legacy area plus header`);
+  if (data.length > XSTATE_MAX) reject(entry, `${at}(size)`, `${data.length} bytes is larger than any XSAVE area`);
   const mxcsr = data.readUInt32LE(24);
-  if ((mxcsr & 0xffff0000) !== 0) reject('xstate.bin', 'mxcsr', `0x${mxcsr.toString(16)} sets reserved bits`);
+  if ((mxcsr & 0xffff0000) !== 0) reject(entry, `${at}mxcsr`, `0x${mxcsr.toString(16)} sets reserved bits`);
   const xcr0 = xstateFeatures(data);
-  if ((xcr0 & X87_SSE) !== X87_SSE) reject('xstate.bin', 'xcr0', `0x${xcr0.toString(16)} lacks x87 or SSE, which every x86-64 CPU enables`);
+  if ((xcr0 & X87_SSE) !== X87_SSE) reject(entry, `${at}xcr0`, `0x${xcr0.toString(16)} lacks x87 or SSE, which every x86-64 CPU enables`);
   const xstateBv = data.readBigUInt64LE(XSAVE_LEGACY);
   const xcompBv = data.readBigUInt64LE(XSAVE_LEGACY + 8);
-  if (xcompBv !== 0n) reject('xstate.bin', 'xcomp_bv', `0x${xcompBv.toString(16)}: ptrace uses the standard (uncompacted) format`);
+  if (xcompBv !== 0n) reject(entry, `${at}xcomp_bv`, `0x${xcompBv.toString(16)}: ptrace uses the standard (uncompacted) format`);
   for (let off = XSAVE_LEGACY + 16; off < XSAVE_LEGACY + XSAVE_HEADER; off += 8) {
-    if (data.readBigUInt64LE(off) !== 0n) reject('xstate.bin', 'header.reserved', `reserved header bytes at ${off} are not zero`);
+    if (data.readBigUInt64LE(off) !== 0n) reject(entry, `${at}header.reserved`, `reserved header bytes at ${off} are not zero`);
   }
-  if ((xstateBv & ~xcr0) !== 0n) reject('xstate.bin', 'xstate_bv', `0x${xstateBv.toString(16)} has features the CPU did not enable (XCR0 0x${xcr0.toString(16)})`);
+  if ((xstateBv & ~xcr0) !== 0n) reject(entry, `${at}xstate_bv`, `0x${xstateBv.toString(16)} has features the CPU did not enable (XCR0 0x${xcr0.toString(16)})`);
 }
 
 function validateProcess(raw: unknown): ProcessInfo {
@@ -195,6 +203,165 @@ function validateRegions(raw: unknown, entries: Map<string, Buffer>): MemoryRegi
   return regions;
 }
 
+const U32_HEX = /^0x[0-9a-f]{1,8}$/;
+
+/** rseq.json: null, or the registration — checked against the memory the kernel will write. */
+export function validateRseq(raw: unknown, regions: readonly MemoryRegion[], entry = 'rseq.json', at = ''): RseqState | null {
+  if (raw === null) return null;
+  if (typeof raw !== 'object' || Array.isArray(raw)) reject(entry, `${at}(root)`, 'must be null or an object');
+  const r = raw as Record<string, unknown>;
+  for (const key of Object.keys(r)) if (!['area', 'size', 'signature'].includes(key)) reject(entry, `${at}${key}`, 'unknown field');
+  const area = u64(entry, `${at}area`, r.area);
+  if (area >= USER_SPACE_END) reject(entry, `${at}area`, `${hex(area)} is outside user space`);
+  if (!Number.isInteger(r.size)) reject(entry, `${at}size`, 'must be an integer');
+  if (typeof r.signature !== 'string' || !U32_HEX.test(r.signature)) reject(entry, `${at}signature`, 'must be a 32-bit hex string');
+  const rseq = { area, size: r.size as number, signature: Number(r.signature) };
+  const problem = checkRseqArea(rseq, regions);
+  if (problem) reject(entry, `${at}${problem.startsWith('size') ? 'size' : 'area'}`, problem);
+  return rseq;
+}
+
+const HEX_BYTES = /^(?:[0-9a-f]{2})*$/;
+
+/** signals.json: shapes and ranges here, meaning against the image's mappings in signalStateProblem. */
+export function validateSignals(raw: unknown, maps: string): SignalState {
+  const e = 'signals.json';
+  const obj = (v: unknown, field: string): Record<string, unknown> => {
+    if (typeof v !== 'object' || v === null || Array.isArray(v)) reject(e, field, 'must be an object');
+    return v as Record<string, unknown>;
+  };
+  const list = (v: unknown, field: string, max: number): unknown[] => {
+    if (!Array.isArray(v) || v.length > max) reject(e, field, `must be a list of at most ${max}`);
+    return v;
+  };
+  const root = obj(raw, '(root)');
+  const actions = list(root.actions, 'actions', 64).map((a, i) => {
+    const o = obj(a, `actions[${i}]`);
+    if (!Number.isInteger(o.signo)) reject(e, `actions[${i}].signo`, 'must be an integer');
+    return { signo: o.signo as number, handler: u64(e, `actions[${i}].handler`, o.handler), flags: u64(e, `actions[${i}].flags`, o.flags), restorer: u64(e, `actions[${i}].restorer`, o.restorer), mask: u64(e, `actions[${i}].mask`, o.mask) };
+  });
+  const ss = obj(root.altstack, 'altstack');
+  if (!Number.isInteger(ss.flags) || (ss.flags as number) < -(2 ** 31) || (ss.flags as number) >= 2 ** 31) reject(e, 'altstack.flags', 'must be a 32-bit integer');
+  const pending = obj(root.pending, 'pending');
+  const records = (field: 'thread' | 'shared'): Buffer[] =>
+    list(pending[field], `pending.${field}`, 4096).map((h, i) => {
+      if (typeof h !== 'string' || h.length !== SIGINFO_BYTES * 2 || !HEX_BYTES.test(h)) reject(e, `pending.${field}[${i}]`, `must be a ${SIGINFO_BYTES}-byte siginfo in hex`);
+      return Buffer.from(h, 'hex');
+    });
+  const state: SignalState = {
+    blocked: u64(e, 'blocked', root.blocked),
+    actions,
+    altstack: { sp: u64(e, 'altstack.sp', ss.sp), flags: ss.flags as number, size: u64(e, 'altstack.size', ss.size) },
+    pending: { thread: records('thread'), shared: records('shared') },
+  };
+  const problem = signalStateProblem(state, parseMaps(maps));
+  if (problem) reject(e, problem.field, problem.why);
+  return state;
+}
+
+/** task.json: the session and the open files; shapes here, meaning in taskStateProblem. */
+export function validateTask(raw: unknown): TaskState {
+  const e = 'task.json';
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) reject(e, '(root)', 'must be an object');
+  const r = raw as Record<string, unknown>;
+  if (!Array.isArray(r.files) || r.files.length > 1024) reject(e, 'files', 'must be a list of at most 1024');
+  const files = (r.files as unknown[]).map((f, i) => {
+    if (typeof f !== 'object' || f === null || Array.isArray(f)) reject(e, `files[${i}]`, 'must be an object');
+    const o = f as Record<string, unknown>;
+    if (typeof o.pos !== 'string' || !/^\d{1,20}$/.test(o.pos)) reject(e, `files[${i}].pos`, 'must be a decimal string');
+    return { fd: o.fd as number, path: o.path as string, flags: o.flags as number, pos: BigInt(o.pos), kind: o.kind as FileKind };
+  });
+  const task: TaskState = { pgid: r.pgid as number, sid: r.sid as number, files };
+  const problem = taskStateProblem(task);
+  if (problem) reject(e, problem.field, problem.why);
+  return task;
+}
+
+const THREAD_KEYS = ['tid', 'regs', 'xstate', 'debugRegs', 'rseq', 'blocked', 'altstack', 'pending', 'clearChildTid', 'robustList'];
+
+/** What the threads section is checked against: the rest of the image, already validated. */
+export interface ThreadsContext {
+  pid: number;
+  xstate: Buffer;
+  rseq: RseqState | null;
+  regions: readonly MemoryRegion[];
+  maps: string;
+  entries: Map<string, Buffer>;
+}
+
+/**
+ * threads.json: the main thread's clear_child_tid and robust list, and every
+ * other thread, each field checked as its single-threaded counterpart is
+ * (registers, debug registers, xstate, rseq area, mask, alternate stack,
+ * pending queue), plus what only threads have: tids (ascending, so each
+ * once, and never the pid), one xstate entry each with the size and XCR0 of
+ * xstate.bin (one CPU, one XSAVE layout), an rseq area no other thread has,
+ * and the two addresses in writable memory.
+ */
+export function validateThreads(raw: unknown, ctx: ThreadsContext): { links: ThreadLinks; threads: ThreadState[] } {
+  const e = 'threads.json';
+  const obj = (v: unknown, field: string): Record<string, unknown> => {
+    if (typeof v !== 'object' || v === null || Array.isArray(v)) reject(e, field, 'must be an object');
+    return v as Record<string, unknown>;
+  };
+  const links = (o: Record<string, unknown>, at: string): ThreadLinks => {
+    const l = { clearChildTid: u64(e, `${at}clearChildTid`, o.clearChildTid), robustList: u64(e, `${at}robustList`, o.robustList) };
+    const problem = linksProblem(l, ctx.regions);
+    if (problem) reject(e, `${at}${problem.field}`, problem.why);
+    return l;
+  };
+  const root = obj(raw, '(root)');
+  for (const key of Object.keys(root)) if (key !== 'main' && key !== 'threads') reject(e, key, 'unknown field');
+  const mainRaw = obj(root.main, 'main');
+  for (const key of Object.keys(mainRaw)) if (key !== 'clearChildTid' && key !== 'robustList') reject(e, `main.${key}`, 'unknown field');
+  const main = links(mainRaw, 'main.');
+  if (!Array.isArray(root.threads) || root.threads.length > MAX_THREADS) reject(e, 'threads', `must be a list of at most ${MAX_THREADS}`);
+  const maps = parseMaps(ctx.maps);
+  const named = new Set<string>();
+  const areas = new Map<bigint, string>(ctx.rseq ? [[ctx.rseq.area, 'the main thread']] : []);
+  let previous = 0;
+  const threads = (root.threads as unknown[]).map((item, i): ThreadState => {
+    const at = `threads[${i}].`;
+    const o = obj(item, `threads[${i}]`);
+    for (const key of Object.keys(o)) if (!THREAD_KEYS.includes(key)) reject(e, `${at}${key}`, 'unknown field');
+    const tid = o.tid as number;
+    if (!Number.isInteger(tid) || tid < 1 || tid > MAX_TID) reject(e, `${at}tid`, `${JSON.stringify(o.tid)?.slice(0, 40)} is not a tid`);
+    if (tid === ctx.pid) reject(e, `${at}tid`, `${tid} is the main thread's (the pid)`);
+    if (tid <= previous) reject(e, `${at}tid`, `${tid} does not follow ${previous}: threads are listed once each, ascending`);
+    previous = tid;
+    const regs = validateRegs(o.regs as Record<string, unknown>, e, `${at}regs.`);
+    const debugRegs = validateDebugRegs(o.debugRegs as Record<string, unknown>, e, `${at}debugRegs.`);
+    const entry = threadXstateEntry(tid);
+    if (o.xstate !== entry) reject(e, `${at}xstate`, `must name ${entry}`);
+    const xstate = ctx.entries.get(entry);
+    if (!xstate) reject(entry, '(entry)', `missing (named by threads.json ${at}xstate)`);
+    validateXstate(xstate, entry);
+    if (xstate.length !== ctx.xstate.length) reject(entry, '(size)', `${xstate.length} bytes, xstate.bin has ${ctx.xstate.length}: one CPU has one XSAVE layout`);
+    if (xstateFeatures(xstate) !== xstateFeatures(ctx.xstate)) reject(entry, 'xcr0', `${hex(xstateFeatures(xstate))} differs from xstate.bin's ${hex(xstateFeatures(ctx.xstate))}`);
+    named.add(entry);
+    const rseq = validateRseq(o.rseq, ctx.regions, e, `${at}rseq.`);
+    if (rseq) {
+      const owner = areas.get(rseq.area);
+      if (owner) reject(e, `${at}rseq.area`, `${hex(rseq.area)} is the area of ${owner} too; each thread registers its own`);
+      areas.set(rseq.area, `thread ${tid}`);
+    }
+    const blocked = u64(e, `${at}blocked`, o.blocked);
+    const ss = obj(o.altstack, `${at}altstack`);
+    if (!Number.isInteger(ss.flags) || (ss.flags as number) < -(2 ** 31) || (ss.flags as number) >= 2 ** 31) reject(e, `${at}altstack.flags`, 'must be a 32-bit integer');
+    const altstack = { sp: u64(e, `${at}altstack.sp`, ss.sp), flags: ss.flags as number, size: u64(e, `${at}altstack.size`, ss.size) };
+    if (!Array.isArray(o.pending) || o.pending.length > 4096) reject(e, `${at}pending`, 'must be a list of at most 4096');
+    const pending = (o.pending as unknown[]).map((h, j) => {
+      if (typeof h !== 'string' || h.length !== SIGINFO_BYTES * 2 || !HEX_BYTES.test(h)) reject(e, `${at}pending[${j}]`, `must be a ${SIGINFO_BYTES}-byte siginfo in hex`);
+      return Buffer.from(h, 'hex');
+    });
+    const problem = signalStateProblem({ blocked, actions: [], altstack, pending: { thread: pending, shared: [] } }, maps);
+    if (problem) reject(e, `${at}${problem.field.replace(/^pending\.thread/, 'pending')}`, problem.why);
+    return { tid, regs, xstate, debugRegs, rseq, blocked, altstack, pending, ...links(o, at) };
+  });
+  for (const name of ctx.entries.keys()) if (name.startsWith('threads/') && !named.has(name)) reject(name, '(entry)', 'thread entry not named by threads.json');
+  return { links: main, threads };
+}
+
 export function validateImage(raw: UntrustedImage): CheckpointImage {
   if (typeof raw.created !== 'string') reject('manifest.json', 'created', 'must be a string');
   const process = validateProcess(raw.process);
@@ -208,6 +375,10 @@ export function validateImage(raw: UntrustedImage): CheckpointImage {
     reject('maps.txt', '(line)', (error as Error).message);
   }
   const regions = validateRegions(raw.regions, raw.entries);
+  const rseq = validateRseq(raw.rseq, regions);
+  const signals = validateSignals(raw.signals, raw.maps);
+  const task = validateTask(raw.task);
+  const { links, threads } = validateThreads(raw.threads, { pid: process.pid, xstate: raw.xstate, rseq, regions, maps: raw.maps, entries: raw.entries });
   const memory = new Map(regions.map((r) => [r.entry, raw.entries.get(r.entry)!]));
-  return { created: raw.created, process, platform, regs, debugRegs, xstate: raw.xstate, maps: raw.maps, regions, memory };
+  return { created: raw.created, process, platform, regs, debugRegs, rseq, signals, task, links, threads, xstate: raw.xstate, maps: raw.maps, regions, memory };
 }

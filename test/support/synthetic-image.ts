@@ -13,6 +13,8 @@ export const SYNTHETIC_MAPS = [
   '7ffffffde000-7ffffffff000 rw-p 00000000 00:00 0 [stack]',
 ].join('\n');
 
+export const SYNTHETIC_RSEQ = { area: 0x100c0020n, size: 32, signature: 0x53053053 } as const;
+
 export function syntheticXstate(size = 832, xfeatures = 0x7n, xstateBv = 0x3n): Buffer {
   const x = Buffer.alloc(size);
   x.writeUInt16LE(0x37f, 0); // fcw
@@ -51,12 +53,19 @@ export function syntheticImage(overrides: Partial<CheckpointImage> = {}): Checkp
     { start: 0x7ffffffde000n, end: 0x7ffffffff000n, perms: 'rw-p', name: '[stack]' },
   ].map((r, i) => ({ ...r, entry: memoryEntryName(i) }));
   const memory = new Map(regions.map((r, i) => [r.entry, Buffer.alloc(Number(r.end - r.start), i + 1)]));
+  // The rseq area (in the heap, where static glibc keeps its TLS) starts zeroed: not in a critical section.
+  memory.get(regions[2]!.entry)!.fill(0, Number(SYNTHETIC_RSEQ.area - regions[2]!.start), Number(SYNTHETIC_RSEQ.area - regions[2]!.start) + SYNTHETIC_RSEQ.size);
   return {
     created: '2026-11-23T00:00:00.000Z',
     process: { binary: '/usr/local/bin/hwbreak', argv: ['/usr/local/bin/hwbreak', '5'], envp: [], noAslr: true, pid: 42 },
     platform: { accel: 'tcg', kernelRelease: '6.1.0-test' },
     regs: syntheticRegs(),
     xstate: syntheticXstate(),
+    rseq: { ...SYNTHETIC_RSEQ },
+    task: { pgid: 1, sid: 1, files: [] },
+    links: { clearChildTid: 0n, robustList: 0n },
+    threads: [],
+    signals: { blocked: 0n, actions: [], altstack: { sp: 0n, flags: 2, size: 0n }, pending: { thread: [], shared: [] } },
     debugRegs: { dr0: 0x10001234n, dr1: 0n, dr2: 0n, dr3: 0n, dr6: 0xffff0ff0n, dr7: 0x1n },
     maps: SYNTHETIC_MAPS,
     regions,

@@ -1,0 +1,170 @@
+/*
+ * rseqcs: a workload for rseq cases.
+ *
+ *   rseqcs glibc|own [ITERATIONS] [DESC_FLAGS]
+ *
+ * Increments a per-CPU counter ITERATIONS times (default 64), each time in
+ * an rseq critical section (cs_increment below) that retries after an abort.
+ * `glibc` uses the registration the C library made at start-up; `own`
+ * registers its own area (run it with GLIBC_TUNABLES=glibc.pthread.rseq=0).
+ * DESC_FLAGS goes into the rseq_cs descriptor's flags (the deprecated
+ * RSEQ_CS_FLAG_NO_RESTART_ON_* bits are 1, 2, 4).
+ *
+ * At the end it re-registers the same area (the kernel must answer EBUSY
+ * when it is still registered) and prints
+ *
+ *   rseqcs mode=M iterations=N sum=S aborts=A reregister=EBUSY|0|E<errno>
+ *
+ * and exits 0 when S == N (no increment lost or doubled: the per-CPU
+ * invariant) and the area is still registered.
+ *
+ * The host stops it with an execute breakpoint on one of the global labels
+ * of cs_increment — rseq_armed (rseq_cs set, IP not yet in the section),
+ * rseq_start (start_ip), rseq_inside, rseq_post_commit (start_ip +
+ * post_commit_offset, just outside: the bound is exclusive) — or on
+ * rseq_outside, a function called between sections.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/rseq.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+/* glibc's x86 signature: an abort handler is preceded by these 4 bytes. */
+#define SIG 0x53053053u
+#define MAX_CPUS 256
+
+struct area {
+	uint32_t cpu_id_start;
+	uint32_t cpu_id;
+	uint64_t rseq_cs;
+	uint32_t flags;
+	uint32_t pad[3];
+} __attribute__((aligned(32)));
+
+struct cs_desc {
+	uint32_t version;
+	uint32_t flags;
+	uint64_t start_ip;
+	uint64_t post_commit_offset;
+	uint64_t abort_ip;
+} __attribute__((aligned(32)));
+
+static struct area own_area;
+static struct cs_desc desc;
+static uint64_t counters[MAX_CPUS];
+/* The abort handler's count; volatile: it changes behind the compiler's back. */
+static volatile uint64_t aborts;
+
+/*
+ * Returns 0 when the increment committed, 1 when the kernel aborted the
+ * section. rdi = area, rsi = counters, rdx = descriptor, rcx = spin count
+ * (>= 1: a longer section).
+ */
+int cs_increment(struct area *a, uint64_t *c, const struct cs_desc *d, uint64_t spin);
+__asm__(".text\n"
+	".globl cs_increment\n"
+	".type cs_increment, @function\n"
+	"cs_increment:\n"
+	"	movq %rdx, 8(%rdi)\n"
+	".globl rseq_armed\n"
+	"rseq_armed:\n"
+	"	nop\n"
+	".globl rseq_start\n"
+	"rseq_start:\n"
+	"	movl 4(%rdi), %eax\n"
+	"	movq (%rsi,%rax,8), %r8\n"
+	"1:	decq %rcx\n"
+	"	jnz 1b\n"
+	".globl rseq_inside\n"
+	"rseq_inside:\n"
+	"	addq $1, %r8\n"
+	"	movq %r8, (%rsi,%rax,8)\n"
+	".globl rseq_post_commit\n"
+	"rseq_post_commit:\n"
+	"	xorl %eax, %eax\n"
+	"	ret\n"
+	/* ud1 with the signature as displacement: the kernel checks it at abort_ip - 4. */
+	"	.byte 0x0f, 0xb9, 0x3d\n"
+	"	.long 0x53053053\n"
+	".globl rseq_abort\n"
+	"rseq_abort:\n"
+	"	movl $1, %eax\n"
+	"	ret\n"
+	".size cs_increment, . - cs_increment\n");
+
+extern const char rseq_start[], rseq_post_commit[], rseq_abort[];
+
+/* A call the host can break on between sections. */
+__attribute__((noinline, noclone, used)) void rseq_outside(uint64_t i)
+{
+	__asm__ volatile("" : : "r"(i) : "memory");
+}
+
+static long sys_rseq(void *area, uint32_t len, int flags, uint32_t sig)
+{
+	return syscall(SYS_rseq, area, len, flags, sig);
+}
+
+int main(int argc, char **argv)
+{
+	struct area *a;
+	uint64_t n = 64, sum = 0, i;
+	const char *mode;
+	char rereg[32];
+	long r;
+
+	if (argc < 2 || argc > 4 || (strcmp(argv[1], "glibc") && strcmp(argv[1], "own"))) {
+		fprintf(stderr, "usage: rseqcs glibc|own [ITERATIONS] [DESC_FLAGS]\n");
+		return 2;
+	}
+	mode = argv[1];
+	if (argc > 2)
+		n = strtoull(argv[2], NULL, 0);
+	desc.version = 0;
+	desc.flags = argc > 3 ? (uint32_t)strtoul(argv[3], NULL, 0) : 0;
+	desc.start_ip = (uintptr_t)rseq_start;
+	desc.post_commit_offset = (uintptr_t)rseq_post_commit - (uintptr_t)rseq_start;
+	desc.abort_ip = (uintptr_t)rseq_abort;
+
+	if (!strcmp(mode, "glibc")) {
+		if (__rseq_size == 0) {
+			fprintf(stderr, "rseqcs: the C library did not register rseq (GLIBC_TUNABLES?)\n");
+			return 2;
+		}
+		a = (struct area *)((char *)__builtin_thread_pointer() + __rseq_offset);
+	} else {
+		if (__rseq_size != 0) {
+			fprintf(stderr, "rseqcs: the C library registered rseq; run with GLIBC_TUNABLES=glibc.pthread.rseq=0\n");
+			return 2;
+		}
+		a = &own_area;
+		if (sys_rseq(a, sizeof *a, 0, SIG) != 0) {
+			fprintf(stderr, "rseqcs: rseq registration: %s\n", strerror(errno));
+			return 2;
+		}
+	}
+
+	for (i = 0; i < n; i++) {
+		rseq_outside(i);
+		while (cs_increment(a, counters, &desc, 16 + (i & 15)))
+			aborts++;
+	}
+	for (i = 0; i < MAX_CPUS; i++)
+		sum += counters[i];
+
+	r = sys_rseq(a, sizeof *a, 0, SIG);
+	if (r == 0)
+		snprintf(rereg, sizeof rereg, "0");
+	else if (errno == EBUSY)
+		snprintf(rereg, sizeof rereg, "EBUSY");
+	else
+		snprintf(rereg, sizeof rereg, "E%d", errno);
+	printf("rseqcs mode=%s iterations=%llu sum=%llu aborts=%llu reregister=%s\n", mode, (unsigned long long)n,
+	       (unsigned long long)sum, (unsigned long long)aborts, rereg);
+	return sum == n && r != 0 && errno == EBUSY ? 0 : 1;
+}

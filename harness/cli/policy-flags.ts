@@ -1,0 +1,48 @@
+/** The restore-policy switches, spelled the same way by every command that restores. */
+import {
+  DEFAULT_POLICY,
+  OMITTABLE,
+  parseOmit,
+  parseRegsPolicy,
+  parseRfPolicy,
+  parseRseqFixupPolicy,
+  parseSyscallRestartPolicy,
+  RF_POLICIES,
+  REGS_POLICIES,
+  RSEQ_FIXUP_POLICIES,
+  SYSCALL_RESTART_POLICIES,
+  type RestorePolicy,
+} from '../restore/policy.ts';
+import { parseRestorer, RESTORERS } from '../restore/restorers.ts';
+
+export const policyOptions = {
+  rf: { type: 'string' },
+  regs: { type: 'string' },
+  restorer: { type: 'string' },
+  'rseq-fixup': { type: 'string' },
+  omit: { type: 'string' },
+  'syscall-restart': { type: 'string' },
+} as const;
+
+export const POLICY_USAGE =
+  `[--rf ${RF_POLICIES.join('|')}] [--regs ${REGS_POLICIES.join('|')}] [--restorer ${RESTORERS.join('|')}] ` +
+  `[--rseq-fixup ${RSEQ_FIXUP_POLICIES.join('|')}] [--syscall-restart ${SYSCALL_RESTART_POLICIES.join('|')}] [--omit ${OMITTABLE.join(',')}]`;
+
+/** The policy the flags ask for; the default for every switch not given. Throws RangeError on an unknown value. */
+export function policyFromFlags(values: Partial<Record<keyof typeof policyOptions, string | boolean>>): RestorePolicy {
+  const text = (name: keyof typeof policyOptions): string | undefined => (typeof values[name] === 'string' ? (values[name] as string) : undefined);
+  const rf = text('rf');
+  const regs = text('regs');
+  const restorer = text('restorer');
+  const rseqFixup = text('rseq-fixup');
+  const omit = text('omit');
+  const syscallRestart = text('syscall-restart');
+  return {
+    rf: rf ? parseRfPolicy(rf) : DEFAULT_POLICY.rf,
+    regs: regs ? parseRegsPolicy(regs) : DEFAULT_POLICY.regs,
+    restorer: restorer ? parseRestorer(restorer) : DEFAULT_POLICY.restorer,
+    rseqFixup: rseqFixup ? parseRseqFixupPolicy(rseqFixup) : DEFAULT_POLICY.rseqFixup,
+    omit: omit ? parseOmit(omit) : [],
+    syscallRestart: syscallRestart ? parseSyscallRestartPolicy(syscallRestart) : DEFAULT_POLICY.syscallRestart,
+  };
+}

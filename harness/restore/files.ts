@@ -1,0 +1,186 @@
+/**
+ * The task's place among processes and files: its process group and
+ * session, and its open file descriptors above stdio — regular files,
+ * directories and character devices, each by path, open flags and offset.
+ * Descriptors 0-2 belong to whoever starts the restored process (the
+ * harness points them at its own output file) and are not restored.
+ *
+ * A descriptor the image cannot express (socket, pipe, anonymous inode, a
+ * deleted file) fails the checkpoint, naming it: a process restored without
+ * it would fail later, far from the cause.
+ */
+import type { AgentClient } from '../agent/client.ts';
+import { CrhError } from '../errors.ts';
+import { hex } from '../x86/registers.ts';
+import type { PlanStep } from './plan-step.ts';
+
+export type FileKind = 'file' | 'directory' | 'device';
+
+export interface OpenFile {
+  fd: number;
+  path: string;
+  /** open flags as /proc/PID/fdinfo shows them (octal there) */
+  flags: number;
+  /** file offset */
+  pos: bigint;
+  kind: FileKind;
+}
+
+export interface TaskState {
+  pgid: number;
+  sid: number;
+  files: OpenFile[];
+}
+
+export class CheckpointError extends CrhError {
+  override readonly name = 'CheckpointError';
+}
+
+export const FIRST_RESTORED_FD = 3;
+export const MAX_FD = 65535;
+/** Devices a restored process may open again: harmless, and the same in every guest. */
+export const RESTORABLE_DEVICES = ['/dev/null', '/dev/zero', '/dev/full', '/dev/urandom', '/dev/random'];
+
+export const O = {
+  WRONLY: 0o1,
+  RDWR: 0o2,
+  CREAT: 0o100,
+  EXCL: 0o200,
+  NOCTTY: 0o400,
+  TRUNC: 0o1000,
+  APPEND: 0o2000,
+  NONBLOCK: 0o4000,
+  DSYNC: 0o10000,
+  ASYNC: 0o20000,
+  DIRECT: 0o40000,
+  LARGEFILE: 0o100000,
+  DIRECTORY: 0o200000,
+  NOFOLLOW: 0o400000,
+  NOATIME: 0o1000000,
+  CLOEXEC: 0o2000000,
+  SYNC: 0o4010000,
+  PATH: 0o10000000,
+} as const;
+export const O_KNOWN = Object.values(O).reduce((a, b) => a | b, 0);
+/** Flags that change the file when it is opened again; never passed to the restoring open. */
+const O_SIDE_EFFECTS = O.CREAT | O.EXCL | O.TRUNC | O.NOCTTY;
+
+const NR = { lseek: 8, mmap: 9, munmap: 11, close: 3, dup3: 292, openat: 257, setsid: 112, setpgid: 109 } as const;
+const AT_FDCWD = BigInt.asUintN(64, -100n);
+const PAGE = 4096n;
+const NO_FD = BigInt.asUintN(64, -1n);
+
+/** pgrp and session from /proc/PID/stat (fields 5 and 6, after the parenthesised name). */
+export function parseStatSession(stat: string): { pgid: number; sid: number } {
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const pgid = Number(fields[2]);
+  const sid = Number(fields[3]);
+  if (!Number.isInteger(pgid) || !Number.isInteger(sid)) throw new CheckpointError(`cannot read pgrp and session from /proc/PID/stat: ${stat.slice(0, 120)}`);
+  return { pgid, sid };
+}
+
+/** pos and flags from /proc/PID/fdinfo/N. */
+export function parseFdinfo(text: string): { pos: bigint; flags: number } {
+  const pos = /^pos:\s+(\d+)$/m.exec(text)?.[1];
+  const flags = /^flags:\s+([0-7]+)$/m.exec(text)?.[1];
+  if (pos === undefined || flags === undefined) throw new CheckpointError(`unreadable fdinfo: ${text.slice(0, 120)}`);
+  return { pos: BigInt(pos), flags: parseInt(flags, 8) };
+}
+
+export function fileKind(path: string, flags: number): FileKind | undefined {
+  if (!path.startsWith('/') || path.endsWith(' (deleted)')) return undefined;
+  if (RESTORABLE_DEVICES.includes(path)) return 'device';
+  if (path.startsWith('/dev/') || path.startsWith('/proc/') || path.startsWith('/sys/')) return undefined;
+  return (flags & O.DIRECTORY) !== 0 ? 'directory' : 'file';
+}
+
+export async function captureTask(agent: AgentClient, pid: number): Promise<TaskState> {
+  const session = parseStatSession((await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/stat`, maxSize: 4096 })).toString('utf8'));
+  const fds = (await agent.call({ op: 'LISTDIR', path: `/proc/${pid}/fd` })).map(Number).filter((fd) => fd >= FIRST_RESTORED_FD).sort((a, b) => a - b);
+  const files: OpenFile[] = [];
+  for (const fd of fds) {
+    const path = await agent.call({ op: 'READLINK', path: `/proc/${pid}/fd/${fd}` });
+    const { pos, flags } = parseFdinfo((await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/fdinfo/${fd}`, maxSize: 65536 })).toString('utf8'));
+    const kind = fileKind(path, flags);
+    if (!kind) throw new CheckpointError(`fd ${fd} of pid ${pid} is ${path}, which a checkpoint image cannot hold (regular files, directories and ${RESTORABLE_DEVICES.join(' ')} only)`, { fd: String(fd), target: path });
+    files.push({ fd, path, flags, pos, kind });
+  }
+  return { ...session, files };
+}
+
+/** Lowest free descriptor, as open() picks it. */
+function lowestFree(open: Set<number>): number {
+  let fd = 0;
+  while (open.has(fd)) fd++;
+  return fd;
+}
+
+/**
+ * Steps that open the image's files again at their descriptor numbers, with
+ * their offsets. `targetFds` is what the fresh target has open (from its
+ * /proc/PID/fd): open() returns the lowest free descriptor, so every result
+ * is known when the plan is made. `scratch` is a free page address for the
+ * path strings.
+ */
+export function fileSteps(pid: number, files: readonly OpenFile[], targetFds: readonly number[], scratch: bigint): PlanStep[] {
+  if (files.length === 0) return [];
+  const open = new Set(targetFds);
+  const paths = files.map((f) => Buffer.from(`${f.path}\0`));
+  const data = Buffer.concat(paths);
+  const pages = (BigInt(data.length) + PAGE - 1n) / PAGE;
+  const steps: PlanStep[] = [
+    { op: { op: 'INJECT_SYSCALL', pid, nr: NR.mmap, args: [scratch, pages * PAGE, 3n, 0x22n | 0x100000n, NO_FD, 0n] }, why: `scratch page(s) at ${hex(scratch)} for ${files.length} path(s)`, expect: scratch },
+    { op: { op: 'WRITE_MEM', pid, address: scratch, data }, why: 'the paths, NUL-terminated' },
+  ];
+  let at = scratch;
+  files.forEach((f, i) => {
+    const got = lowestFree(open);
+    const flags = BigInt(f.flags & ~O_SIDE_EFFECTS);
+    steps.push({ op: { op: 'INJECT_SYSCALL', pid, nr: NR.openat, args: [AT_FDCWD, at, flags, 0n] }, why: `open ${f.path} (${f.kind}, flags 0o${f.flags.toString(8)}) for fd ${f.fd}`, expect: BigInt(got) });
+    open.add(got);
+    if (got !== f.fd) {
+      if (open.has(f.fd)) throw new CheckpointError(`fd ${f.fd} is already open in the fresh target; cannot restore ${f.path} there`);
+      steps.push({ op: { op: 'INJECT_SYSCALL', pid, nr: NR.dup3, args: [BigInt(got), BigInt(f.fd), BigInt(f.flags & O.CLOEXEC)] }, why: `move it to fd ${f.fd}`, expect: BigInt(f.fd) });
+      steps.push({ op: { op: 'INJECT_SYSCALL', pid, nr: NR.close, args: [BigInt(got)] }, why: `close the temporary fd ${got}`, expect: 0n });
+      open.delete(got);
+      open.add(f.fd);
+    }
+    // A directory's offset is a file-system cookie, and a device has none worth keeping.
+    if (f.kind === 'file' && f.pos !== 0n) steps.push({ op: { op: 'INJECT_SYSCALL', pid, nr: NR.lseek, args: [BigInt(f.fd), f.pos, 0n] }, why: `offset ${f.pos} on fd ${f.fd}`, expect: f.pos });
+    at += BigInt(paths[i]!.length);
+  });
+  steps.push({ op: { op: 'INJECT_SYSCALL', pid, nr: NR.munmap, args: [scratch, pages * PAGE] }, why: 'unmap the scratch page(s)', expect: 0n });
+  return steps;
+}
+
+/**
+ * The session and process group: a task that led its own session (a daemon
+ * after setsid) leads one again — which only keeps its meaning when the pid
+ * is the checkpointed one.
+ */
+export function sessionSteps(pid: number, imagePid: number, task: TaskState): PlanStep[] {
+  if (task.sid === imagePid) return [{ op: { op: 'INJECT_SYSCALL', pid, nr: NR.setsid, args: [] }, why: `setsid: pid ${imagePid} led its own session`, expect: BigInt(pid) }];
+  if (task.pgid === imagePid) return [{ op: { op: 'INJECT_SYSCALL', pid, nr: NR.setpgid, args: [0n, 0n] }, why: `setpgid(0, 0): pid ${imagePid} led its own process group`, expect: 0n }];
+  return [];
+}
+
+/** A message naming the field, or undefined: checks that need no other part of the image. */
+export function taskStateProblem(task: TaskState): { field: string; why: string } | undefined {
+  const isPid = (n: number): boolean => Number.isInteger(n) && n >= 1 && n <= 4194304;
+  if (!isPid(task.pgid)) return { field: 'pgid', why: `${task.pgid} is not a pid` };
+  if (!isPid(task.sid)) return { field: 'sid', why: `${task.sid} is not a pid` };
+  if (task.files.length > 1024) return { field: 'files', why: `${task.files.length} descriptors, limit 1024` };
+  const seen = new Set<number>();
+  for (const [i, f] of task.files.entries()) {
+    const at = `files[${i}]`;
+    if (!Number.isInteger(f.fd) || f.fd < FIRST_RESTORED_FD || f.fd > MAX_FD) return { field: `${at}.fd`, why: `${f.fd} is not a descriptor ${FIRST_RESTORED_FD}-${MAX_FD}` };
+    if (seen.has(f.fd)) return { field: `${at}.fd`, why: `fd ${f.fd} appears twice` };
+    seen.add(f.fd);
+    if (typeof f.path !== 'string' || !/^\/[^\0]{0,4094}$/.test(f.path) || f.path.split('/').includes('..')) return { field: `${at}.path`, why: `${JSON.stringify(f.path)?.slice(0, 60)} is not an absolute path without ".."` };
+    if (!Number.isInteger(f.flags) || f.flags < 0 || f.flags >= 2 ** 31 || (f.flags & ~O_KNOWN) !== 0) return { field: `${at}.flags`, why: `0o${Number(f.flags).toString(8)} has unknown bits` };
+    if ((f.flags & O.PATH) !== 0 && (f.flags & (O.WRONLY | O.RDWR)) !== 0) return { field: `${at}.flags`, why: 'O_PATH with a write mode' };
+    if (f.pos < 0n || f.pos >= 1n << 62n) return { field: `${at}.pos`, why: `${f.pos} is out of range` };
+    if (fileKind(f.path, f.flags) !== f.kind) return { field: `${at}.kind`, why: `${f.kind} does not match ${f.path} with flags 0o${f.flags.toString(8)}` };
+  }
+  return undefined;
+}
