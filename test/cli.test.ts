@@ -51,7 +51,7 @@ t.test('exit 69: a file that is no kernel cannot boot', async (t) => {
 t.test('exit 1: a case failed', async (t) => {
   const r = await run(['--cases', 'test/fixtures/cases']);
   t.equal(r.exitCode, 1);
-  t.match(r.stdout, /always-fails\s+fixture\s+none\s+pass\s+fail\s+FAIL/, 'the verdict table shows the failure');
+  t.match(r.stdout, /always-fails\s+fixture\s+none\s+pass\s+fail\s+(?:\S.*?\s+)?FAIL/, 'the verdict table shows the failure');
   const testcase = asList(r.junit?.testsuites?.testsuite)[0]?.testcase;
   t.ok(asList(testcase)[0]?.failure, 'JUnit has the <failure>');
   t.equal(r.junit?.testsuites?.failures, '1');
@@ -81,4 +81,37 @@ t.test('crh doctor --json: the profile, with the platform probes measured', asyn
   t.match(profile.probes.rfOnUserPageFault?.how, /gdbstub Z1 at kernel:exc_page_fault/, 'RF on a page fault is read at the CPU');
   t.equal(profile.kernelConfig.CONFIG_RSEQ, 'y');
   t.match(profile.xcr0, /^0x[0-9a-f]+$/);
+});
+
+t.test('crh boot keeps a guest up, crh ssh reaches it with the host key pinned, Ctrl-C leaves nothing running', async (t) => {
+  const artifacts = await mkdtemp(path.join(tmpdir(), 'crh-cli-boot-'));
+  const env = { ...process.env, CRH_ARTIFACTS_DIR: artifacts };
+  t.equal((await execa(process.execPath, [crh, 'ssh', '--', 'true'], { reject: false, env })).exitCode, 2, 'crh ssh without a guest: usage error');
+  const boot = execa(process.execPath, [crh, 'boot'], { reject: false, env, cwd: REPO_ROOT });
+  t.teardown(() => void boot.kill('SIGKILL'));
+  const printed = await new Promise<string>((resolve, reject) => {
+    let out = '';
+    boot.stdout!.on('data', (chunk: Buffer) => {
+      out += chunk.toString();
+      if (out.includes('Ctrl-C')) resolve(out);
+    });
+    void boot.then((r) => reject(new Error(`crh boot ended early: ${r.exitCode} ${r.stderr}`)));
+  });
+  t.match(printed, /^ssh -i \S+ -p \d+ -o UserKnownHostsFile=\S+ -o StrictHostKeyChecking=yes/m, `a ready ssh command line, host key pinned: ${printed.split('\n')[0]}`);
+  const session = JSON.parse(await readFile(path.join(artifacts, 'boot', 'session.json'), 'utf8')) as { qemuPid: number };
+  const uname = await execa(process.execPath, [crh, 'ssh', '--', 'uname', '-r'], { reject: false, env });
+  t.equal(uname.exitCode, 0, `crh ssh -- uname -r: ${uname.stdout.trim()} ${uname.stderr.trim()}`);
+  t.match(uname.stdout, /^6\.\d+\./, 'the guest kernel answers');
+  t.equal((await execa(process.execPath, [crh, 'ssh', '--', 'exit', '7'], { reject: false, env })).exitCode, 7, "crh ssh exits with the remote command's code");
+  boot.kill('SIGINT');
+  const ended = await boot;
+  t.equal(ended.exitCode, 0, 'crh boot shuts down on Ctrl-C');
+  let qemuAlive = true;
+  try {
+    process.kill(session.qemuPid, 0);
+  } catch {
+    qemuAlive = false;
+  }
+  t.notOk(qemuAlive, `QEMU ${session.qemuPid} is gone`);
+  t.equal((await execa(process.execPath, [crh, 'ssh', '--', 'true'], { reject: false, env })).exitCode, 2, 'and crh ssh says no guest is running');
 });

@@ -1,17 +1,27 @@
 /**
  * `crh`: the command-line front door.
  *
- *   crh bootstrap                 install missing host packages (root) or say which
+ *   crh bootstrap [--test]        install missing host packages (root) or say which;
+ *                                 --test adds what only the tests need (chromium)
  *   crh image [kernel options]    build the guest image, print where it is
  *   crh boot  [kernel options]    boot a guest and print a ready ssh command line
+ *   crh ssh [-- COMMAND]          a shell (or one command) in the guest crh boot runs
  *   crh doctor [--json] [kernel options]
  *                                 measure and print the platform profile
- *   crh restore --dry-run IMAGE [--rf P] [--regs P] [--restorer R]
+ *   crh restore --dry-run IMAGE [--rf P] [--regs P] [--restorer R] [--rseq-fixup on|off] [--omit LIST]
  *                                 validate an image and print its restore plan
- *   crh run   [--grep RE] [kernel options] [--artifacts DIR] [--junit FILE] [--json FILE] [--cases DIR]
- *                                 run the cases, print the verdict table
+ *   crh run   [--grep RE] [kernel options] [--jobs N] [--artifacts DIR] [--junit FILE] [--json FILE] [--html FILE] [--cases DIR]
+ *                                 run the cases (N case files at once), print the verdict table;
+ *                                 the HTML report is always written (default artifacts/report.html).
+ *                                 --kernel repeated: the suite once per kernel, in
+ *                                 artifacts/<kernel>/, then the verdicts side by side
+ *   crh repro FILE.c [--checkpoint-at SYMBOL | --checkpoint-after MS | --when-ready] [policy] [-- ARGS]
+ *   crh repro --bundle BUNDLE.tar
+ *   crh cr --binary PATH [--file PATH]... [the same switches] [-- ARGS]
+ *                                 checkpoint, restore and compare one program with an
+ *                                 uninterrupted run; write a bundle (docs/reproducing.md)
  *
- * Kernel options: --kernel BZIMAGE [--system-map FILE] [--kernel-config FILE] [--modules DIR]
+ * Kernel options: --kernel BZIMAGE|debian:PACKAGE [--system-map FILE] [--kernel-config FILE] [--modules DIR]
  * Exit codes: 0 all as expected, 1 a case failed, 69 infrastructure failure
  * (QEMU, image, a kernel that cannot boot), 2 usage.
  */
@@ -29,34 +39,25 @@ import { AgentClient } from '../agent/client.ts';
 import { platformProfile, profileRows } from '../platform/profile.ts';
 import { readCheckpointImage } from '../restore/checkpoint-image.ts';
 import { dryRunPlan, formatPlan } from '../restore/dry-run.ts';
-import { DEFAULT_POLICY, parseRegsPolicy, parseRfPolicy } from '../restore/policy.ts';
-import { parseRestorer } from '../restore/restorers.ts';
+import { describePolicy } from '../restore/policy.ts';
+import { policyFromFlags, policyOptions, POLICY_USAGE } from './policy-flags.ts';
 import { readInfraFailures, recordInfraFailure } from '../report/infra-failures.ts';
 import { junitXml } from '../report/junit.ts';
+import { writeHtmlReport } from '../report/html-inputs.ts';
 import { writeFile } from 'node:fs/promises';
-import { artifactsRoot, formatVerdictTable, readVerdicts } from '../report/verdicts.ts';
+import { artifactsRoot, formatVerdictTable, outcome, readVerdicts } from '../report/verdicts.ts';
 import { REPO_ROOT } from '../util/cache-dir.ts';
 import { isInfraFailure } from '../report/infra-failures.ts';
+import { applyKernelOptions, kernelOptions } from './kernel-flags.ts';
+import { readBootSession, removeBootSession, sshArgs, writeBootSession } from './boot-session.ts';
+import { reproCommand } from '../repro/command.ts';
+import { UsageError } from '../repro/usage-error.ts';
+import { kernelRuns, runKernelMatrix, runKernelOptions } from './kernel-matrix.ts';
 
 export const EXIT = { ok: 0, failed: 1, usage: 2, infra: 69 } as const;
 
 const log = (line: string): void => void process.stderr.write(`crh: ${line}\n`);
 
-const kernelOptions = {
-  kernel: { type: 'string' },
-  'system-map': { type: 'string' },
-  'kernel-config': { type: 'string' },
-  modules: { type: 'string' },
-} as const;
-
-/** Kernel flags become the CRH_* variables that cases (separate processes) read. */
-function applyKernelOptions(values: Record<string, string | boolean | undefined>): void {
-  const map: Record<string, string> = { kernel: 'CRH_KERNEL', 'system-map': 'CRH_SYSTEM_MAP', 'kernel-config': 'CRH_KERNEL_CONFIG', modules: 'CRH_MODULES_DIR' };
-  for (const [flag, env] of Object.entries(map)) {
-    const value = values[flag];
-    if (typeof value === 'string') process.env[env] = path.resolve(value);
-  }
-}
 
 async function imageCommand(args: string[]): Promise<number> {
   const { values } = parseArgs({ args, options: kernelOptions });
@@ -75,16 +76,31 @@ async function bootCommand(args: string[]): Promise<number> {
   const artifactsDir = path.join(artifactsRoot(), 'boot');
   const machine = new QemuMachine({ image, artifactsDir, name: 'crh-boot', onEvent: (e) => e.type === 'ready' && log(`ready in ${e.elapsedMs} ms`) });
   await machine.launch();
-  process.stdout.write(
-    `ssh -i ${image.clientKey} -p ${machine.sshPort} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null root@127.0.0.1\n` +
-      `console log: ${path.join(artifactsDir, 'console.log')}\nCtrl-C shuts the guest down.\n`,
-  );
-  await new Promise<void>((resolve) => {
-    process.once('SIGINT', resolve);
-    process.once('SIGTERM', resolve);
-  });
-  await machine.shutdown();
+  try {
+    const session = await writeBootSession(artifactsDir, { sshPort: machine.sshPort, clientKey: image.clientKey, qemuPid: machine.pid!, ownerPid: process.pid }, image.hostPublicKey);
+    process.stdout.write(
+      `ssh ${sshArgs(session).join(' ')}\n` +
+        `(or: crh ssh [-- COMMAND])\nconsole log: ${path.join(artifactsDir, 'console.log')}\nCtrl-C shuts the guest down.\n`,
+    );
+    await new Promise<void>((resolve) => {
+      process.once('SIGINT', resolve);
+      process.once('SIGTERM', resolve);
+      void machine.failure.then(resolve, resolve);
+    });
+  } finally {
+    removeBootSession(artifactsDir);
+    await machine.shutdown();
+  }
   return EXIT.ok;
+}
+
+/** A shell (or one command) in the guest `crh boot` is running; exits with ssh's code. */
+async function sshCommand(args: string[]): Promise<number> {
+  const dash = args.indexOf('--');
+  const command = dash >= 0 ? args.slice(dash + 1) : args;
+  const session = readBootSession(path.join(artifactsRoot(), 'boot'));
+  const ssh = await execa('ssh', sshArgs(session, command), { stdio: 'inherit', reject: false });
+  return ssh.exitCode ?? EXIT.failed;
 }
 
 async function doctorCommand(args: string[]): Promise<number> {
@@ -118,29 +134,38 @@ async function restoreCommand(args: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args,
     allowPositionals: true,
-    options: { 'dry-run': { type: 'boolean' }, rf: { type: 'string' }, regs: { type: 'string' }, restorer: { type: 'string' } },
+    options: { 'dry-run': { type: 'boolean' }, ...policyOptions },
   });
   if (!values['dry-run'] || positionals.length !== 1) {
-    process.stderr.write('usage: crh restore --dry-run IMAGE [--rf reject|clear|keep|keep-and-preserve] [--regs full|partial] [--restorer ptrace|sigreturn|popf]\n(a live restore runs inside a case, against a booted guest)\n');
+    process.stderr.write(`usage: crh restore --dry-run IMAGE ${POLICY_USAGE}\n(a live restore runs inside a case, against a booted guest)\n`);
     return EXIT.usage;
   }
-  const policy = {
-    rf: values.rf ? parseRfPolicy(values.rf) : DEFAULT_POLICY.rf,
-    regs: values.regs ? parseRegsPolicy(values.regs) : DEFAULT_POLICY.regs,
-    restorer: values.restorer ? parseRestorer(values.restorer) : 'ptrace' as const,
-  };
+  const policy = policyFromFlags(values);
   const image = await readCheckpointImage(positionals[0]!);
-  process.stdout.write(`image ${positionals[0]}: valid (${image.process.binary}, pid ${image.process.pid}, ${image.regions.length} memory regions, taken ${image.created})\n`);
-  process.stdout.write(`policy: rf=${policy.rf} regs=${policy.regs} restorer=${policy.restorer}\n`);
+  process.stdout.write(`image ${positionals[0]}: valid (${image.process.binary}, pid ${image.process.pid}, ${image.regions.length} memory regions, ${1 + image.threads.length} thread${image.threads.length ? 's' : ''}, taken ${image.created})\n`);
+  process.stdout.write(`policy: ${describePolicy(policy)}\n`);
   process.stdout.write(`${formatPlan(dryRunPlan(image, policy))}\n`);
   return EXIT.ok;
 }
 
 async function runCommand(args: string[]): Promise<number> {
-  const { values } = parseArgs({ args, options: { ...kernelOptions, grep: { type: 'string' }, artifacts: { type: 'string' }, junit: { type: 'string' }, json: { type: 'string' }, cases: { type: 'string' } } });
-  applyKernelOptions(values);
+  const { values } = parseArgs({ args, options: { ...kernelOptions, ...runKernelOptions, jobs: { type: 'string' }, grep: { type: 'string' }, artifacts: { type: 'string' }, junit: { type: 'string' }, json: { type: 'string' }, html: { type: 'string' }, cases: { type: 'string' } } });
+  if (values.jobs !== undefined && !/^[1-9][0-9]*$/.test(values.jobs)) throw new UsageError(`--jobs takes a number of case files to run at once, not ${values.jobs}`);
+  const jobs = values.jobs ? ['--jobs', values.jobs] : [];
+  const runs = kernelRuns(values);
+  if (runs.length > 1) {
+    if (values.html) throw new UsageError('--html names one file: with several kernels each kernel has its report in <artifacts>/<kernel>/report.html');
+    const passThrough = [...(values.grep ? ['--grep', values.grep] : []), ...jobs, ...(values.cases ? ['--cases', path.resolve(values.cases)] : [])];
+    const junit = values.junit ? path.resolve(values.junit) : undefined;
+    const json = values.json ? path.resolve(values.json) : undefined;
+    const root = values.artifacts ? path.resolve(values.artifacts) : artifactsRoot();
+    return (await runKernelMatrix({ runs, artifactsRoot: root, passThrough, ...(junit ? { junit } : {}), ...(json ? { json } : {}), log })).exitCode;
+  }
+  applyKernelOptions(runs[0]!.flags);
   if (values.artifacts) process.env.CRH_ARTIFACTS_DIR = path.resolve(values.artifacts);
   const artifacts = artifactsRoot();
+  const startedMs = Date.now();
+  const htmlFile = path.resolve(values.html ?? path.join(artifacts, 'report.html'));
   process.env.CRH_VERDICTS_FILE = path.join(artifacts, 'verdicts.jsonl');
   rmSync(process.env.CRH_VERDICTS_FILE, { force: true });
   rmSync(path.join(artifacts, 'infra-failures.jsonl'), { force: true });
@@ -148,27 +173,33 @@ async function runCommand(args: string[]): Promise<number> {
   await bootstrapHost(log);
   // Build once up front so the cases (run in parallel) find it cached; a
   // kernel or image that cannot be had is infrastructure, reported as such.
+  let kernel: { origin: string; release: string } | undefined;
   try {
-    const image = await buildImage({ kernel: await kernelFromEnvironment(), log });
+    const image = await buildImage({ kernel: await kernelFromEnvironment(process.env, log), log });
     log(`guest image ${image.key} (${image.kernel.origin})`);
+    kernel = { origin: image.kernel.origin, release: image.kernel.release };
   } catch (error) {
     recordInfraFailure('(image)', error);
     const infra = readInfraFailures();
     if (values.junit) await writeFile(values.junit, junitXml([], infra));
     if (values.json) await writeFile(values.json, `${JSON.stringify({ verdicts: [], infrastructureFailures: infra }, null, 2)}\n`);
+    await writeHtmlReport(htmlFile, { verdicts: [], infra, artifactsRoot: artifacts, sinceMs: startedMs });
+    log(`HTML report: ${htmlFile}`);
     throw error;
   }
 
   const grep = values.grep ? new RegExp(values.grep) : undefined;
   const casesDir = path.resolve(REPO_ROOT, values.cases ?? 'cases');
-  const cases = readdirSync(casesDir)
+  // cases/ and its folders (cases/reports/: the mailing-list catalog); --grep matches the relative path.
+  const cases = readdirSync(casesDir, { recursive: true, encoding: 'utf8' })
     .filter((f) => f.endsWith('.test.ts') && (!grep || grep.test(f)))
+    .sort()
     .map((f) => path.join(casesDir, f));
   if (cases.length === 0) {
     log(`no case matches ${values.grep}`);
     return EXIT.usage;
   }
-  const tap = await execa(path.join(REPO_ROOT, 'node_modules', '.bin', 'tap'), cases, {
+  const tap = await execa(path.join(REPO_ROOT, 'node_modules', '.bin', 'tap'), [...jobs, ...cases], {
     cwd: REPO_ROOT,
     stdio: 'inherit',
     reject: false,
@@ -177,12 +208,15 @@ async function runCommand(args: string[]): Promise<number> {
   process.stdout.write(`\n${formatVerdictTable(verdicts)}\n`);
   const infra = readInfraFailures();
   if (values.junit) await writeFile(values.junit, junitXml(verdicts, infra));
-  if (values.json) await writeFile(values.json, `${JSON.stringify({ verdicts, infrastructureFailures: infra }, null, 2)}\n`);
+  if (values.json) await writeFile(values.json, `${JSON.stringify({ kernel, verdicts, infrastructureFailures: infra }, null, 2)}\n`);
+  // The HTML report knows pass and fail only: a skipped case is left out of it rather than shown as a failure.
+  await writeHtmlReport(htmlFile, { verdicts: verdicts.filter((v) => outcome(v) !== 'SKIP'), infra, artifactsRoot: artifacts, sinceMs: startedMs });
   for (const f of infra) log(`infrastructure failure in ${f.case}:\n${f.error}`);
-  process.stdout.write(`\n${verdicts.filter((v) => v.pass).length} passed, ${verdicts.filter((v) => !v.pass).length} failed\n`);
-  process.stdout.write(`artifacts: ${artifacts}\n`);
+  const count = (o: string): number => verdicts.filter((v) => outcome(v) === o).length;
+  process.stdout.write(`\n${count('PASS')} passed, ${count('FAIL')} failed${count('SKIP') > 0 ? `, ${count('SKIP')} skipped` : ''}\n`);
+  process.stdout.write(`artifacts: ${artifacts}\nHTML report: ${htmlFile}\n`);
   if (infra.length > 0) return EXIT.infra;
-  if (tap.exitCode !== 0 || verdicts.some((v) => !v.pass) || verdicts.length === 0) return EXIT.failed;
+  if (tap.exitCode !== 0 || count('FAIL') > 0 || verdicts.length === 0) return EXIT.failed;
   return EXIT.ok;
 }
 
@@ -190,22 +224,28 @@ async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
   switch (command) {
     case 'bootstrap': {
-      const report = await bootstrapHost(log);
+      const { values } = parseArgs({ args: rest, options: { test: { type: 'boolean' } } });
+      const report = await bootstrapHost(log, { test: values.test ?? false });
       log(report.installed.length > 0 ? `installed ${report.installed.join(' ')}` : 'host packages present');
       return EXIT.ok;
     }
     case 'image':
       return imageCommand(rest);
+    case 'ssh':
+      return sshCommand(rest);
     case 'boot':
       return bootCommand(rest);
     case 'run':
       return runCommand(rest);
     case 'doctor':
       return doctorCommand(rest);
+    case 'repro':
+    case 'cr':
+      return reproCommand(command, rest);
     case 'restore':
       return restoreCommand(rest);
     default:
-      process.stderr.write('usage: crh bootstrap | image | boot | doctor [--json] | restore --dry-run IMAGE | run [--grep RE] [--kernel BZIMAGE --system-map FILE] [--artifacts DIR] [--junit FILE] [--json FILE] [--cases DIR]\n');
+      process.stderr.write('usage: crh bootstrap [--test] | image | boot | ssh [-- COMMAND] | doctor [--json] | restore --dry-run IMAGE | repro FILE.c | cr --binary PATH | run [--grep RE] [--kernel BZIMAGE|debian:PACKAGE [--system-map FILE]]... [--jobs N] [--artifacts DIR] [--junit FILE] [--json FILE] [--html FILE] [--cases DIR]\n');
       return EXIT.usage;
   }
 }
@@ -214,5 +254,5 @@ try {
   process.exitCode = await main(process.argv.slice(2));
 } catch (error) {
   process.stderr.write(`${error instanceof CrhError ? error.describe() : error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
-  process.exitCode = isInfraFailure(error) ? EXIT.infra : EXIT.failed;
+  process.exitCode = isInfraFailure(error) ? EXIT.infra : error instanceof UsageError ? EXIT.usage : EXIT.failed;
 }

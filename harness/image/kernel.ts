@@ -28,20 +28,31 @@ export interface GuestKernel {
   sha256: string;
 }
 
-/** Resolves a Debian metapackage (linux-image-cloud-amd64) to the versioned kernel package. */
+/** A versioned Debian kernel package (linux-image-6.1.0-56-amd64), as opposed to a metapackage that points at one. */
+const VERSIONED_KERNEL_PACKAGE = /^linux-image-\d+\.\d+\.\d+-\d+-/;
+
+/**
+ * Resolves a Debian metapackage (linux-image-cloud-amd64) to the versioned
+ * kernel package; a versioned package name (one ABI build, e.g.
+ * linux-image-6.1.0-54-cloud-amd64) stands for itself.
+ */
 export async function resolveKernelPackage(metapackage: string): Promise<{ name: string; version: string }> {
-  const depends = await execa('apt-cache', ['depends', metapackage], { reject: false });
-  const name = depends.stdout.match(/Depends:\s+(linux-image-\S+)/)?.[1];
-  if (depends.exitCode !== 0 || !name) {
-    throw new InfraError(`cannot resolve kernel package ${metapackage} with apt-cache`, {
-      command: `apt-cache depends ${metapackage}`,
-      output: `${depends.stdout}\n${depends.stderr}`,
-      hint: 'run `apt-get update` as root',
-    });
+  let name = metapackage;
+  if (!VERSIONED_KERNEL_PACKAGE.test(metapackage)) {
+    const depends = await execa('apt-cache', ['depends', metapackage], { reject: false });
+    const target = depends.stdout.match(/Depends:\s+(linux-image-\S+)/)?.[1];
+    if (depends.exitCode !== 0 || !target) {
+      throw new InfraError(`cannot resolve kernel package ${metapackage} with apt-cache`, {
+        command: `apt-cache depends ${metapackage}`,
+        output: `${depends.stdout}\n${depends.stderr}`,
+        hint: 'run `apt-get update` as root',
+      });
+    }
+    name = target;
   }
   const policy = await execa('apt-cache', ['policy', name], { reject: false });
   const version = policy.stdout.match(/Candidate:\s+(\S+)/)?.[1];
-  if (!version || version === '(none)') throw new InfraError(`no candidate version for ${name}`, { output: policy.stdout });
+  if (!version || version === '(none)') throw new InfraError(`no candidate version for ${name}`, { command: `apt-cache policy ${name}`, output: `${policy.stdout}\n${policy.stderr}` });
   return { name, version };
 }
 
@@ -56,7 +67,8 @@ export async function debianKernel(metapackage: string, log: (line: string) => v
   try {
     pkg = await resolveKernelPackage(metapackage);
   } catch (error) {
-    const cached = existsSync(root) ? (await readdir(root)).filter((d) => d.startsWith('linux-image-') && !d.includes('.partial-')).sort() : [];
+    // Only a kernel of the flavour asked for: with several cached, the newest of any flavour would be the wrong kernel.
+    const cached = existsSync(root) ? (await readdir(root)).filter((d) => cachedKernelMatches(d, metapackage)).sort() : [];
     const newest = cached.at(-1);
     if (!newest) throw error;
     log(`apt cannot resolve ${metapackage}; using cached ${newest}`);
@@ -78,6 +90,14 @@ export async function debianKernel(metapackage: string, log: (line: string) => v
     origin: `debian:${pkg.name}=${pkg.version}`,
     sha256: await sha256File(path.join(dir, debs[0]!)),
   };
+}
+
+/** Whether a cache directory `<package>_<version>` holds a kernel `metapackage` (or the versioned package itself) names. */
+export function cachedKernelMatches(dir: string, metapackage: string): boolean {
+  if (dir.includes('.partial-')) return false;
+  if (VERSIONED_KERNEL_PACKAGE.test(metapackage)) return dir.startsWith(`${metapackage}_`);
+  const flavour = metapackage.replace(/^linux-image-/, '');
+  return VERSIONED_KERNEL_PACKAGE.test(dir) && dir.replace(VERSIONED_KERNEL_PACKAGE, '').startsWith(`${flavour}_`);
 }
 
 async function fetchDebianPackage(name: string, version: string, dir: string): Promise<void> {
@@ -108,14 +128,22 @@ export async function userKernel(options: { bzImage: string; systemMap?: string;
   };
 }
 
+/** `--kernel debian:<package>`: a Debian kernel package (metapackage or one ABI build) instead of a file. */
+export const DEBIAN_KERNEL_PREFIX = 'debian:';
+
 /**
  * The kernel chosen by the environment: CRH_KERNEL (a bzImage) with
  * CRH_SYSTEM_MAP, CRH_KERNEL_CONFIG and CRH_MODULES_DIR beside it — how
- * `crh run --kernel` hands a user's kernel to the cases — or undefined for
- * the recipe's default.
+ * `crh run --kernel` hands a user's kernel to the cases — or a Debian
+ * package (`debian:linux-image-amd64`), fetched as the default kernel is,
+ * or undefined for the recipe's default.
  */
-export async function kernelFromEnvironment(env: NodeJS.ProcessEnv = process.env): Promise<GuestKernel | undefined> {
+export async function kernelFromEnvironment(env: NodeJS.ProcessEnv = process.env, log: (line: string) => void = () => {}): Promise<GuestKernel | undefined> {
   if (!env.CRH_KERNEL) return undefined;
+  if (env.CRH_KERNEL.startsWith(DEBIAN_KERNEL_PREFIX)) {
+    const kernel = await debianKernel(env.CRH_KERNEL.slice(DEBIAN_KERNEL_PREFIX.length), log);
+    return env.CRH_KERNEL_CONFIG ? { ...kernel, config: env.CRH_KERNEL_CONFIG } : kernel;
+  }
   return userKernel({
     bzImage: env.CRH_KERNEL,
     ...(env.CRH_SYSTEM_MAP ? { systemMap: env.CRH_SYSTEM_MAP } : {}),

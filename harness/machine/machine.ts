@@ -15,6 +15,7 @@ import { QmpClient } from '../qmp/client.ts';
 import { SshSession } from '../ssh/session.ts';
 import type { GuestImage } from '../image/build.ts';
 import { Deadline, sleep } from '../util/deadline.ts';
+import { uniqueSibling } from '../util/atomic-write.ts';
 import { chooseAccelerator, QEMU_BINARY, type AccelChoice } from './accel.ts';
 import { ConsoleLog, KERNEL_DEATH } from './console.ts';
 import { freeLoopbackPort } from './free-port.ts';
@@ -271,7 +272,8 @@ export class QemuMachine implements AsyncDisposable {
    */
   async saveState(file: string, timeoutMs = 60_000): Promise<void> {
     const qmp = this.qmp;
-    const tmp = `${file}.partial-${process.pid}`;
+    // Machines of one image booted together all save the same state: each writes its own file, the last rename wins.
+    const tmp = uniqueSibling(file, 'partial');
     await qmp.execute('stop');
     try {
       await qmp.execute('migrate', { uri: `exec:cat > ${shellQuote(tmp)}` });
@@ -353,8 +355,12 @@ export class QemuMachine implements AsyncDisposable {
       if (this.exitDescription === undefined) {
         how = 'quit';
         this.quitIssued = true;
-        await Promise.race([this.qmpClient?.execute('quit').catch(() => {}), sleep(2000)]);
-        const gone = await Promise.race([this.exited.then(() => true), sleep(3000).then(() => false)]);
+        // The bounds are cancelled once met: a pending sleep would keep a finished CLI alive for seconds.
+        const bounds = new AbortController();
+        const bound = (ms: number): Promise<void> => sleep(ms, bounds.signal).catch(() => {});
+        await Promise.race([this.qmpClient?.execute('quit').catch(() => {}), bound(2000)]);
+        const gone = await Promise.race([this.exited.then(() => true), bound(3000).then(() => false)]);
+        bounds.abort();
         if (!gone) {
           how = 'kill';
           child.kill('SIGKILL');

@@ -21,9 +21,10 @@ export async function readKernelConfig(file: string | undefined): Promise<Kernel
 /** The options the cases depend on, and what each is for. */
 export const CASE_OPTIONS: Readonly<Record<string, string>> = {
   CONFIG_RSEQ: 'restartable sequences (rseq cases)',
-  CONFIG_USERFAULTFD: 'faults held open by userfaultfd (page-fault and rep-string cases)',
+  CONFIG_USERFAULTFD: 'faults held open by userfaultfd',
   CONFIG_HAVE_HW_BREAKPOINT: 'ptrace hardware breakpoints and watchpoints',
-  CONFIG_CHECKPOINT_RESTORE: 'checkpoint/restore interfaces (clone3 set_tid, PTRACE_GET_RSEQ_CONFIGURATION)',
+  CONFIG_CHECKPOINT_RESTORE: 'checkpoint/restore interfaces (prctl PR_GET_TID_ADDRESS); clone3 set_tid needs only CAP_CHECKPOINT_RESTORE, PTRACE_GET_RSEQ_CONFIGURATION only CONFIG_RSEQ',
+  CONFIG_FUTEX: 'futexes (the daemon case blocks in FUTEX_WAIT)',
   CONFIG_VIRTIO_NET: 'the guest network (SSH)',
 };
 

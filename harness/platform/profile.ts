@@ -16,8 +16,8 @@
  *   of honouring them; flags=0 is run first as the control.
  */
 import { existsSync } from 'node:fs';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
-import path from 'node:path';
+import { readFile } from 'node:fs/promises';
+import { writeFileAtomic } from '../util/atomic-write.ts';
 import type { AgentClient } from '../agent/client.ts';
 import type { GuestImage } from '../image/build.ts';
 import type { QemuMachine } from '../machine/machine.ts';
@@ -28,7 +28,8 @@ import { EFLAGS, NT_X86_XSTATE, hex } from '../x86/registers.ts';
 import { spawnWithBreakpoint } from '../agent/breakpoint-spawn.ts';
 import { xstateFeatures } from '../restore/validate.ts';
 import { ElfFile } from '../elf/elf64.ts';
-import { CASE_OPTIONS, optionState, readKernelConfig } from './kernel-config.ts';
+import { CASE_OPTIONS, optionState } from './kernel-config.ts';
+import { guestKernelConfig } from './guest-kernel-config.ts';
 import { measureRfOnUserPageFault } from './page-fault-probe.ts';
 
 export const PROFILE_VERSION = 1;
@@ -83,8 +84,8 @@ export async function platformProfile(ctx: ProfileContext, options: { fresh?: bo
   const file = await profilePath(ctx);
   if (!options.fresh && existsSync(file)) return JSON.parse(await readFile(file, 'utf8')) as PlatformProfile;
   const profile = await measurePlatformProfile(ctx);
-  await mkdir(path.dirname(file), { recursive: true });
-  await writeFile(file, `${JSON.stringify(profile, null, 2)}\n`);
+  // Guests started in parallel (crh run --jobs) read this file while another may write it.
+  await writeFileAtomic(file, `${JSON.stringify(profile, null, 2)}\n`);
   return profile;
 }
 
@@ -93,7 +94,8 @@ export async function measurePlatformProfile(ctx: ProfileContext): Promise<Platf
   const log = ctx.log ?? (() => {});
   const cpuinfo = await machine.ssh.run('cat /proc/cpuinfo');
   const flags = new Set((cpuinfo.match(/^flags\s*:\s*(.*)$/m)?.[1] ?? '').split(/\s+/));
-  const config = await readKernelConfig(image.kernel.config);
+  // The same config the cases' skip decisions read: a config file, or the one embedded in the bzImage.
+  const { config } = await guestKernelConfig(image.kernel);
   const release = (await machine.ssh.run('uname -r')).trim();
 
   log('probe: RF at a hardware-breakpoint stop');

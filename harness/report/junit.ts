@@ -1,10 +1,12 @@
 /**
  * JUnit XML, the format CI systems render: one testsuite per case, one
  * testcase per verdict (scenario × policy), a <failure> where the observed
- * result was not the expected one, an <error> per infrastructure failure.
+ * result was not the expected one, <skipped> for a case the kernel cannot
+ * run (the reason names the missing option), an <error> per infrastructure
+ * failure.
  */
 import type { InfraFailure } from './infra-failures.ts';
-import type { Verdict } from './verdicts.ts';
+import { outcome, type Verdict } from './verdicts.ts';
 
 function escapeXml(text: string): string {
   return text.replace(/[<>&'"]/g, (c) => ({ '<': '&lt;', '>': '&gt;', '&': '&amp;', "'": '&apos;', '"': '&quot;' })[c]!)
@@ -20,7 +22,9 @@ export function junitXml(verdicts: readonly Verdict[], infra: readonly InfraFail
     const testcases = rows.map((v) => {
       const title = `${v.scenario} [${v.policy}${v.control ? ', negative control' : ''}]`;
       const conditions = v.conditions ? Object.entries(v.conditions).map(([k, c]) => `${k}=${c}`).join(' ') : '';
-      const body = v.pass
+      const body = outcome(v) === 'SKIP'
+        ? `<skipped message="${escapeXml(v.skipped ?? '')}"/>`
+        : v.pass
         ? ''
         : `<failure message="${escapeXml(`expected ${v.expected}, observed ${v.observed}`)}">${escapeXml(`expected: ${v.expected}\nobserved: ${v.observed}${conditions ? `\nplatform: ${conditions}` : ''}`)}</failure>`;
       return `    <testcase classname="${escapeXml(name)}" name="${escapeXml(title)}">${body}</testcase>`;
@@ -28,15 +32,17 @@ export function junitXml(verdicts: readonly Verdict[], infra: readonly InfraFail
     const errorCases = errors.map(
       (f, i) => `    <testcase classname="${escapeXml(name)}" name="infrastructure ${i + 1}"><error message="${escapeXml(f.error.split('\n')[0] ?? '')}">${escapeXml(f.error)}</error></testcase>`,
     );
-    const failures = rows.filter((v) => !v.pass).length;
+    const failures = rows.filter((v) => outcome(v) === 'FAIL').length;
+    const skipped = rows.filter((v) => outcome(v) === 'SKIP').length;
     return [
-      `  <testsuite name="${escapeXml(name)}" tests="${rows.length + errors.length}" failures="${failures}" errors="${errors.length}">`,
+      `  <testsuite name="${escapeXml(name)}" tests="${rows.length + errors.length}" failures="${failures}" errors="${errors.length}" skipped="${skipped}">`,
       ...testcases,
       ...errorCases,
       '  </testsuite>',
     ].join('\n');
   });
   const total = verdicts.length + infra.length;
-  const failures = verdicts.filter((v) => !v.pass).length;
-  return `<?xml version="1.0" encoding="UTF-8"?>\n<testsuites name="cr-harness" tests="${total}" failures="${failures}" errors="${infra.length}">\n${suites.join('\n')}\n</testsuites>\n`;
+  const failures = verdicts.filter((v) => outcome(v) === 'FAIL').length;
+  const skipped = verdicts.filter((v) => outcome(v) === 'SKIP').length;
+  return `<?xml version="1.0" encoding="UTF-8"?>\n<testsuites name="cr-harness" tests="${total}" failures="${failures}" errors="${infra.length}" skipped="${skipped}">\n${suites.join('\n')}\n</testsuites>\n`;
 }

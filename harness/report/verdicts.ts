@@ -18,6 +18,24 @@ export interface Verdict {
   control: boolean;
   /** platform-profile values the expectation depends on */
   conditions?: Record<string, string>;
+  /** registers whose observed value differs from the image, one per line (`rbx: image 0x…, cpu 0x…`) */
+  registerDiff?: string;
+  /** the case's artifacts folder, absolute or relative to the artifacts root (default: `<root>/<case>`) */
+  artifacts?: string;
+  /** wall time of the scenario × policy run */
+  durationMs?: number;
+  /**
+   * Why the case did not run — the guest kernel lacks an option it needs,
+   * named here. A skip is neither a pass nor a failure; `pass` is false so
+   * that a reader unaware of skips does not count it as a pass.
+   */
+  skipped?: string;
+}
+
+export type Outcome = 'PASS' | 'FAIL' | 'SKIP';
+
+export function outcome(v: Verdict): Outcome {
+  return v.skipped !== undefined ? 'SKIP' : v.pass ? 'PASS' : 'FAIL';
 }
 
 export function artifactsRoot(): string {
@@ -28,10 +46,43 @@ export function verdictsFile(): string {
   return process.env.CRH_VERDICTS_FILE ?? path.join(artifactsRoot(), 'verdicts.jsonl');
 }
 
+/** When this process recorded its last verdict (or loaded this module): cases record one verdict per run, in order. */
+let lastRecordedAt = Date.now();
+
+/**
+ * Appends a verdict. Without a durationMs of its own, the row gets the wall
+ * time since the case process's previous verdict — the checkpoint, restore
+ * and run that produced it (the first row also carries the guest's start).
+ */
 export function recordVerdict(verdict: Verdict): void {
+  const now = Date.now();
+  const row = { ...verdict, durationMs: verdict.durationMs ?? now - lastRecordedAt };
+  lastRecordedAt = now;
   const file = verdictsFile();
   mkdirSync(path.dirname(file), { recursive: true });
-  appendFileSync(file, `${JSON.stringify(verdict)}\n`);
+  appendFileSync(file, `${JSON.stringify(row)}\n`);
+}
+
+/**
+ * Records a scenario × policy row from whether the restored run was
+ * indistinguishable from the uninterrupted one. A negative control passes
+ * when it was not — it must show its historic bug — so its expectation
+ * reads "differs from …".
+ */
+export function recordOutcome(row: Omit<Verdict, 'pass'> & { matchedUninterrupted: boolean }): void {
+  const { matchedUninterrupted, ...verdict } = row;
+  recordVerdict({
+    ...verdict,
+    expected: verdict.control ? `differs from: ${verdict.expected}` : verdict.expected,
+    pass: verdict.control ? !matchedUninterrupted : matchedUninterrupted,
+  });
+}
+
+/** "k=v, k=v": the platform-profile values an expectation was conditioned on. */
+export function formatConditions(conditions: Verdict['conditions']): string {
+  return Object.entries(conditions ?? {})
+    .map(([k, v]) => `${k}=${v}`)
+    .join(', ');
 }
 
 export function readVerdicts(file = verdictsFile()): Verdict[] {
@@ -44,8 +95,17 @@ export function readVerdicts(file = verdictsFile()): Verdict[] {
 
 /** A plain-text table, one row per verdict, widths fitted to the content. */
 export function formatVerdictTable(verdicts: readonly Verdict[]): string {
-  const header = ['case', 'scenario', 'policy', 'expected', 'observed', 'verdict'];
-  const rows = verdicts.map((v) => [v.case, v.scenario, v.control ? `${v.policy} (control)` : v.policy, v.expected, v.observed, v.pass ? 'PASS' : 'FAIL']);
+  const header = ['case', 'scenario', 'policy', 'expected', 'observed', 'depends on', 'time', 'verdict'];
+  const rows = verdicts.map((v) => [
+    v.case,
+    v.scenario,
+    v.control ? `${v.policy} (control)` : v.policy,
+    v.expected,
+    v.observed,
+    formatConditions(v.conditions),
+    v.durationMs === undefined ? '' : `${(v.durationMs / 1000).toFixed(1)} s`,
+    v.skipped !== undefined ? `SKIP: ${v.skipped}` : outcome(v),
+  ]);
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
   const line = (cells: string[]): string => cells.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd();
   return [line(header), line(widths.map((w) => '-'.repeat(w))), ...rows.map(line)].join('\n');

@@ -81,6 +81,27 @@ export class SshSession {
     return result.stdout;
   }
 
+  /**
+   * Writes `data` to the guest file `guestPath` (created or truncated, then
+   * given `mode`): streamed to `cat` over an exec channel's stdin, so it
+   * needs nothing in the guest but a shell.
+   */
+  async upload(guestPath: string, data: Uint8Array, mode: number): Promise<void> {
+    const quoted = `'${guestPath.replaceAll("'", `'\\''`)}'`;
+    const command = `cat > ${quoted} && chmod ${mode.toString(8)} ${quoted}`;
+    const channel = await this.channel(command);
+    const stderr: Buffer[] = [];
+    channel.stderr.on('data', (d: Buffer) => stderr.push(d));
+    channel.resume();
+    const code = await new Promise<number | null>((resolve) => {
+      channel.on('close', (c: number | null) => resolve(c ?? null));
+      channel.end(data);
+    });
+    if (code !== 0) {
+      throw new SshCommandError(`upload of ${data.length} bytes to ${guestPath} failed (exit ${code})`, { command, stderr: Buffer.concat(stderr).toString('utf8') });
+    }
+  }
+
   /** A command's channel as an agent transport (stdin, stdout, stderr). */
   async transport(command: string): Promise<AgentTransport> {
     const channel = await this.channel(command);
@@ -91,7 +112,8 @@ export class SshSession {
       stderr: channel.stderr,
       close: async () => {
         channel.end();
-        await Promise.race([closed, new Promise((r) => setTimeout(r, 2000))]);
+        // unref: waiting for the close must not keep a finished process alive.
+        await Promise.race([closed, new Promise((r) => setTimeout(r, 2000).unref())]);
         channel.destroy();
       },
     };

@@ -7,11 +7,11 @@
  * cached per kernel.
  */
 import { existsSync } from 'node:fs';
-import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
-import path from 'node:path';
+import { readFile } from 'node:fs/promises';
 import type { GuestImage } from '../image/build.ts';
 import type { SshSession } from '../ssh/session.ts';
 import { cacheDir } from '../util/cache-dir.ts';
+import { writeFileAtomic } from '../util/atomic-write.ts';
 import { sha256 } from '../util/hash.ts';
 import { parseSystemMap, SymbolError } from './symbols.ts';
 
@@ -39,8 +39,7 @@ export async function kernelSymbolFile(image: GuestImage, ssh: SshSession): Prom
   const kallsyms = await ssh.run('cat /proc/kallsyms');
   const count = parseSystemMap(kallsyms).length;
   if (count < MIN_SYMBOLS) throw new SymbolError(`/proc/kallsyms gave ${count} symbols (addresses hidden by kptr_restrict?)`);
-  await mkdir(path.dirname(file), { recursive: true });
-  await writeFile(`${file}.tmp-${process.pid}`, kallsyms);
-  await rename(`${file}.tmp-${process.pid}`, file);
+  // Machines started together (crh run --jobs, or several in one process) may all get here for a new kernel.
+  await writeFileAtomic(file, kallsyms);
   return { file, origin };
 }

@@ -1,6 +1,7 @@
 import { existsSync } from 'node:fs';
 import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { uniqueSibling } from './atomic-write.ts';
 
 /**
  * Produces a cache directory at most once: `build` fills a private staging
@@ -11,7 +12,8 @@ import path from 'node:path';
 export async function buildOnce(dir: string, build: (staging: string) => Promise<void>): Promise<void> {
   const marker = path.join(dir, 'complete');
   if (existsSync(marker)) return;
-  const staging = `${dir}.partial-${process.pid}-${Date.now()}`;
+  // Unique per call: two builds of one directory in one process must not share a staging directory either.
+  const staging = uniqueSibling(dir, 'partial');
   await mkdir(staging, { recursive: true });
   try {
     await build(staging);

@@ -1,0 +1,92 @@
+/**
+ * A booted guest with an open agent session: built from the cached image,
+ * started from saved VM state when there is one, its platform profile and
+ * symbols at hand. Cases get it through testing/guest-fixture.ts (released
+ * in tap teardown), the CLI directly (released by close()).
+ */
+import { AgentClient } from '../agent/client.ts';
+import type { HelloResult } from '../agent/ops.ts';
+import { buildImage, type GuestImage } from '../image/build.ts';
+import { kernelFromEnvironment } from '../image/kernel.ts';
+import type { MachineEvent, QemuMachine } from '../machine/machine.ts';
+import { launchMachine } from '../machine/fast-start.ts';
+import { shellQuote } from '../machine/qemu-args.ts';
+import { platformProfile, profileFacts, type PlatformProfile } from '../platform/profile.ts';
+import type { PlatformFacts } from '../restore/checkpoint-image.ts';
+import { kernelSymbolFile } from '../symbols/kernel-symbols.ts';
+import { SymbolTable } from '../symbols/symbols.ts';
+
+export interface Guest {
+  image: GuestImage;
+  machine: QemuMachine;
+  agent: AgentClient;
+  hello: HelloResult;
+  artifactsDir: string;
+  /** the measured platform profile cases take their expectations from */
+  profile: PlatformProfile;
+  /** the profile flattened, as written into checkpoint images */
+  platform: PlatformFacts;
+  /** kernel and guest-program symbols, for the oracle and for reports */
+  symbols: SymbolTable;
+}
+
+export interface OpenedGuest extends Guest {
+  /** Closes the agent session and shuts the machine down; idempotent. */
+  close(): Promise<void>;
+}
+
+export interface OpenGuestOptions {
+  /** console log, QMP log and whatever the caller adds */
+  artifactsDir: string;
+  log?: (line: string) => void;
+  /**
+   * Guest directory the agent runs in, created first: every process it
+   * spawns — an original and its restored copy alike — inherits it as its
+   * working directory.
+   */
+  agentCwd?: string;
+}
+
+/** Builds (or finds) the image, launches a machine and opens the agent; on any failure what was started is released. */
+export async function openGuest(options: OpenGuestOptions): Promise<OpenedGuest> {
+  const log = options.log ?? (() => {});
+  const image = await buildImage({ kernel: await kernelFromEnvironment(), log });
+  const progress = (event: MachineEvent): void => {
+    if (event.type === 'launch') log(`launch ${event.name} (${event.accel.accel}: ${event.accel.reason})`);
+    else if (event.type === 'ready') log(`${event.name} ready in ${event.elapsedMs} ms`);
+    else if (event.type === 'reaped') log(event.message);
+  };
+  let machine: QemuMachine | undefined;
+  let agent: AgentClient | undefined;
+  let closed = false;
+  const close = async (): Promise<void> => {
+    if (closed) return;
+    closed = true;
+    await agent?.close().catch(() => {});
+    await machine?.shutdown();
+  };
+  try {
+    // Guest programs now, kernel symbols once the guest is up (they may come from its /proc/kallsyms).
+    const symbols = new SymbolTable();
+    for (const [name, file] of Object.entries(image.binaries)) await symbols.addProgram(name, file);
+    machine = await launchMachine({ image, artifactsDir: options.artifactsDir, onEvent: progress, diagnosisSymbols: symbols });
+    const agentPath = image.guestPaths['crh-agent']!;
+    let command = agentPath;
+    if (options.agentCwd) {
+      await machine.ssh.run(`mkdir -p ${shellQuote(options.agentCwd)}`);
+      command = `cd ${shellQuote(options.agentCwd)} && exec ${agentPath}`;
+    }
+    const opened = await AgentClient.open(await machine.ssh.transport(command));
+    agent = opened.client;
+    agent.failWhen(machine.failure);
+    const m = machine;
+    agent.diagnose = async () => `${await m.diagnose()}\n--- console tail ---\n${m.console.tail()}`;
+    const profile = await platformProfile({ image, machine, agent, log });
+    const platform: PlatformFacts = { ...profileFacts(profile), imageKey: image.key, start: machine.fromSavedState ? 'saved-state' : 'cold-boot' };
+    await symbols.addSystemMap((await kernelSymbolFile(image, machine.ssh)).file);
+    return { image, machine, agent, hello: opened.hello, artifactsDir: options.artifactsDir, profile, platform, symbols, close };
+  } catch (error) {
+    await close();
+    throw error;
+  }
+}

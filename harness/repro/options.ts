@@ -1,0 +1,209 @@
+/**
+ * The command lines of `crh repro` and `crh cr`, parsed into one request.
+ * Everything wrong with a command line is a UsageError (exit 2) naming the
+ * flag; nothing here touches a file or a guest.
+ */
+import { constants } from 'node:os';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { kernelFlagArgs, kernelOptions } from '../cli/kernel-flags.ts';
+import { policyFromFlags, policyOptions, POLICY_USAGE } from '../cli/policy-flags.ts';
+import type { RestorePolicy } from '../restore/policy.ts';
+import { UsageError } from './usage-error.ts';
+
+/** Where the checkpoint is taken. */
+export type CheckpointPoint =
+  /** the `hit`-th execution of an address (a DR0 execute breakpoint) */
+  | { kind: 'symbol'; symbol: string; hit: number }
+  /** `ms` after the program starts (it is interrupted there) */
+  | { kind: 'after'; ms: number }
+  /** once the program announces readiness (CRH_READY_FILE or a CRH-READY line) */
+  | { kind: 'ready' };
+
+export interface ReproRequest {
+  command: 'repro' | 'cr';
+  /** repro: the C source */
+  source?: string;
+  /** cr: the prebuilt static binary */
+  binary?: string;
+  /** cr: files copied into the program's working directory in the guest */
+  files: string[];
+  /** the program's arguments (after `--`) */
+  args: string[];
+  /** repro: extra compiler arguments */
+  cflags: string[];
+  checkpoint: CheckpointPoint;
+  /** delivered once the program is ready (when-ready) and again after the restore */
+  finishSignal?: { name: string; number: number };
+  policy: RestorePolicy;
+  /** bound on each run of the program */
+  timeoutMs: number;
+  /** the bundle to write; a default under the artifacts directory when absent */
+  out?: string;
+  artifacts?: string;
+  /** --kernel and friends by flag name, as absolute paths */
+  kernel: Record<string, string>;
+}
+
+export const DEFAULT_TIMEOUT_MS = 60_000;
+
+export const REPRO_USAGE =
+  'usage: crh repro FILE.c [--checkpoint-at SYMBOL|0xADDR [--hit N] | --checkpoint-after MS | --when-ready] [--finish-signal SIG]\n' +
+  `                 ${POLICY_USAGE}\n` +
+  '                 [--cflags "FLAGS"] [--timeout MS] [--out BUNDLE.tar] [--artifacts DIR] [--kernel BZIMAGE ...] [-- ARGS]\n' +
+  '       crh repro --bundle BUNDLE.tar [--out BUNDLE.tar] [--artifacts DIR]\n' +
+  '       crh cr --binary PATH [--file PATH]... [the same checkpoint and policy switches] [-- ARGS]';
+
+const options = {
+  ...kernelOptions,
+  ...policyOptions,
+  'checkpoint-at': { type: 'string' },
+  hit: { type: 'string' },
+  'checkpoint-after': { type: 'string' },
+  'when-ready': { type: 'boolean' },
+  'finish-signal': { type: 'string' },
+  timeout: { type: 'string' },
+  out: { type: 'string' },
+  artifacts: { type: 'string' },
+  cflags: { type: 'string' },
+  binary: { type: 'string' },
+  file: { type: 'string', multiple: true },
+  bundle: { type: 'string' },
+} as const;
+
+/** A bundle rerun: the request comes from the bundle. */
+export interface BundleRerun {
+  bundle: string;
+  out?: string;
+  artifacts?: string;
+}
+
+/** Parses `crh repro ...` (a request or a bundle rerun) or `crh cr ...`. */
+export function parseReproArgs(command: 'repro' | 'cr', argv: readonly string[]): ReproRequest | BundleRerun {
+  const split = argv.indexOf('--');
+  const own = joinCflags(split < 0 ? [...argv] : argv.slice(0, split));
+  const programArgs = split < 0 ? [] : argv.slice(split + 1);
+  let parsed: ReturnType<typeof parseArgs<{ args: string[]; options: typeof options; allowPositionals: true }>>;
+  try {
+    parsed = parseArgs({ args: own, options, allowPositionals: true });
+  } catch (error) {
+    throw new UsageError(`${(error as Error).message}\n${REPRO_USAGE}`);
+  }
+  const { values, positionals } = parsed;
+
+  if (values.bundle !== undefined) {
+    if (command !== 'repro') throw new UsageError(`--bundle belongs to crh repro\n${REPRO_USAGE}`);
+    const extra = Object.keys(values).filter((k) => !['bundle', 'out', 'artifacts'].includes(k));
+    if (positionals.length > 0 || extra.length > 0 || programArgs.length > 0) {
+      throw new UsageError(`--bundle reruns exactly what the bundle records; only --out and --artifacts may be added (got ${[...positionals, ...extra.map((k) => `--${k}`)].join(' ')})`);
+    }
+    return { bundle: path.resolve(values.bundle), ...(values.out ? { out: path.resolve(values.out) } : {}), ...(values.artifacts ? { artifacts: path.resolve(values.artifacts) } : {}) };
+  }
+
+  let source: string | undefined;
+  let binary: string | undefined;
+  if (command === 'repro') {
+    if (positionals.length !== 1) throw new UsageError(`crh repro takes one C source file (got ${positionals.length})\n${REPRO_USAGE}`);
+    if (values.binary !== undefined || values.file !== undefined) throw new UsageError(`--binary and --file belong to crh cr\n${REPRO_USAGE}`);
+    source = path.resolve(positionals[0]!);
+  } else {
+    if (values.binary === undefined) throw new UsageError(`crh cr needs --binary PATH\n${REPRO_USAGE}`);
+    if (positionals.length > 0) throw new UsageError(`crh cr takes the program's arguments after --, not ${positionals.join(' ')}\n${REPRO_USAGE}`);
+    if (values.cflags !== undefined) throw new UsageError('--cflags belongs to crh repro (crh cr runs a prebuilt binary)');
+    binary = path.resolve(values.binary);
+  }
+  const files = (values.file ?? []).map((f) => path.resolve(f));
+  const names = files.map((f) => path.basename(f));
+  const clash = names.find((n, i) => names.indexOf(n) !== i);
+  if (clash) throw new UsageError(`--file: two files are named ${clash}; each lands in the program's working directory under its own name`);
+
+  if (values['finish-signal'] !== undefined && !values['when-ready']) {
+    throw new UsageError('--finish-signal goes with --when-ready: the signal is sent once the program is ready, in the uninterrupted run and after the restore');
+  }
+  let policy: RestorePolicy;
+  try {
+    policy = policyFromFlags(values);
+  } catch (error) {
+    throw new UsageError((error as Error).message);
+  }
+  return {
+    command,
+    ...(source ? { source } : {}),
+    ...(binary ? { binary } : {}),
+    files,
+    args: programArgs,
+    cflags: values.cflags?.split(/\s+/).filter(Boolean) ?? [],
+    checkpoint: checkpointPoint(values),
+    ...(values['finish-signal'] !== undefined ? { finishSignal: parseSignal(values['finish-signal']) } : {}),
+    policy,
+    timeoutMs: values.timeout === undefined ? DEFAULT_TIMEOUT_MS : positiveInteger('--timeout', values.timeout),
+    ...(values.out ? { out: path.resolve(values.out) } : {}),
+    ...(values.artifacts ? { artifacts: path.resolve(values.artifacts) } : {}),
+    kernel: Object.fromEntries(Object.keys(kernelOptions).flatMap((flag) => {
+      const value = values[flag as keyof typeof kernelOptions];
+      return typeof value === 'string' ? [[flag, path.resolve(value)]] : [];
+    })),
+  };
+}
+
+/** Compiler flags start with a dash, which parseArgs refuses as a separate value: `--cflags -lm` becomes `--cflags=-lm`. */
+function joinCflags(args: string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    if (args[i] === '--cflags' && i + 1 < args.length) out.push(`--cflags=${args[++i]}`);
+    else out.push(args[i]!);
+  }
+  return out;
+}
+
+function checkpointPoint(values: { 'checkpoint-at'?: string; hit?: string; 'checkpoint-after'?: string; 'when-ready'?: boolean }): CheckpointPoint {
+  const given = [values['checkpoint-at'] !== undefined && '--checkpoint-at', values['checkpoint-after'] !== undefined && '--checkpoint-after', values['when-ready'] && '--when-ready'].filter(Boolean);
+  if (given.length !== 1) {
+    throw new UsageError(`say where to checkpoint with exactly one of --checkpoint-at SYMBOL, --checkpoint-after MS, --when-ready${given.length > 1 ? ` (got ${given.join(' and ')})` : ''}\n${REPRO_USAGE}`);
+  }
+  if (values.hit !== undefined && values['checkpoint-at'] === undefined) throw new UsageError('--hit N counts executions of --checkpoint-at SYMBOL');
+  if (values['checkpoint-at'] !== undefined) {
+    const symbol = values['checkpoint-at'];
+    if (!/^(?:[A-Za-z_.$][\w.$@]*|0x[0-9a-fA-F]+)$/.test(symbol)) throw new UsageError(`--checkpoint-at: "${symbol}" is neither a symbol name nor a 0x address`);
+    return { kind: 'symbol', symbol, hit: values.hit === undefined ? 1 : positiveInteger('--hit', values.hit) };
+  }
+  if (values['checkpoint-after'] !== undefined) return { kind: 'after', ms: positiveInteger('--checkpoint-after', values['checkpoint-after']) };
+  return { kind: 'ready' };
+}
+
+function positiveInteger(flag: string, text: string): number {
+  if (!/^[1-9]\d{0,8}$/.test(text)) throw new UsageError(`${flag}: "${text}" is not a positive whole number`);
+  return Number(text);
+}
+
+/** "USR1", "SIGUSR1" or "10". */
+export function parseSignal(text: string): { name: string; number: number } {
+  const signals = constants.signals as Record<string, number>;
+  if (/^\d+$/.test(text)) {
+    const number = Number(text);
+    const name = Object.keys(signals).find((n) => signals[n] === number);
+    if (!name || number < 1 || number > 64) throw new UsageError(`--finish-signal: ${text} is not a signal number`);
+    return { name, number };
+  }
+  const name = text.toUpperCase().startsWith('SIG') ? text.toUpperCase() : `SIG${text.toUpperCase()}`;
+  const number = signals[name];
+  if (number === undefined) throw new UsageError(`--finish-signal: unknown signal "${text}"`);
+  return { name, number };
+}
+
+/** The switches that re-create `request` (paths left to the caller), for a rerun command line. */
+export function requestFlags(request: ReproRequest): string[] {
+  const p = request.policy;
+  const flags: string[] = [];
+  const c = request.checkpoint;
+  if (c.kind === 'symbol') flags.push('--checkpoint-at', c.symbol, '--hit', String(c.hit));
+  else if (c.kind === 'after') flags.push('--checkpoint-after', String(c.ms));
+  else flags.push('--when-ready');
+  if (request.finishSignal) flags.push('--finish-signal', request.finishSignal.name);
+  flags.push('--rf', p.rf, '--regs', p.regs ?? 'full', '--restorer', p.restorer ?? 'ptrace', '--rseq-fixup', p.rseqFixup ?? 'on');
+  if (p.omit?.length) flags.push('--omit', p.omit.join(','));
+  if (request.cflags.length > 0) flags.push(`--cflags=${request.cflags.join(' ')}`);
+  flags.push('--timeout', String(request.timeoutMs));
+  flags.push(...kernelFlagArgs(request.kernel));
+  return flags;
+}

@@ -1,0 +1,307 @@
+/**
+ * The two runs a reproducer gets in one guest: the uninterrupted reference,
+ * and the checkpointed run — run to the checkpoint point, checkpointed,
+ * killed, restored under a policy, run to its end. Both start from the same
+ * binary, arguments, environment, working directory and pid, so what the
+ * program prints may depend on any of them and still compare equal.
+ */
+import { constants } from 'node:os';
+import type { AgentClient } from '../agent/client.ts';
+import { DR7_EXECUTE_DR0 } from '../agent/breakpoint-spawn.ts';
+import { CrhError, AgentError } from '../errors.ts';
+import { isInfraFailure } from '../report/infra-failures.ts';
+import { checkpointProcess } from '../restore/checkpoint.ts';
+import { writeCheckpointImage, type CheckpointImage, type PlatformFacts, type ProcessInfo } from '../restore/checkpoint-image.ts';
+import type { RestorePolicy } from '../restore/policy.ts';
+import { restoreProcess, type Difference, type RestoreResult } from '../restore/restore.ts';
+import { rewindInterruptedSyscall, type SyscallRewind } from '../restore/syscall-restart.ts';
+import { debugRegOffset, hex, type UserRegs } from '../x86/registers.ts';
+import type { CheckpointPoint } from './options.ts';
+import { CheckpointNotReachedError, UsageError } from './usage-error.ts';
+
+const ETIMEDOUT = constants.errno.ETIMEDOUT;
+const EEXIST = constants.errno.EEXIST;
+const OUTPUT_MAX_BYTES = 4 * 1024 * 1024;
+/** How long a restored process runs before it is sent the finish signal. */
+const RESUME_SLICE_MS = 50;
+/** A line a program prints (and flushes) to say it is ready to be checkpointed. */
+export const READY_MARKER = 'CRH-READY';
+
+/** Where things live in the guest; fixed, so that a rerun sees the same paths. */
+export const GUEST_DIRS = {
+  root: '/tmp/crh-repro',
+  bin: '/tmp/crh-repro/bin',
+  /** the program's working directory (the agent runs there) */
+  work: '/tmp/crh-repro/work',
+  out: '/tmp/crh-repro/out',
+} as const;
+export const READY_FILE = `${GUEST_DIRS.out}/ready`;
+
+export interface GuestProgram {
+  /** guest path */
+  binary: string;
+  argv: string[];
+  envp: string[];
+}
+
+export interface RunContext {
+  agent: AgentClient;
+  program: GuestProgram;
+  point: CheckpointPoint;
+  /** the DR0 address for a symbol checkpoint */
+  breakAt?: bigint;
+  finishSignal?: { name: string; number: number };
+  timeoutMs: number;
+  /** removes the ready file between runs (a guest shell command) */
+  clearReady: () => Promise<void>;
+  /** a new phase: shown on the host and marked in the guest's console log */
+  phase: (name: string, detail?: string) => Promise<void>;
+}
+
+export interface RunRecord {
+  outcome: 'exited' | 'killed' | 'timed-out';
+  /** exit code, or signal number when killed */
+  code: number;
+  output: string;
+  /** breakpoint hits at the checkpoint address over the whole run */
+  hits: number;
+}
+
+export interface Reference extends RunRecord {
+  pid: number;
+  elapsedMs: number;
+}
+
+/** The uninterrupted run: what the checkpointed run must reproduce. */
+export async function referenceRun(ctx: RunContext): Promise<Reference> {
+  const { agent } = ctx;
+  const out = `${GUEST_DIRS.out}/reference.out`;
+  await ctx.clearReady();
+  const started = Date.now();
+  const pid = await spawn(ctx, out);
+  if (ctx.point.kind === 'ready') {
+    const ready = await runUntilReady(ctx, pid, out);
+    if ('ended' in ready) throw notReached(ctx, ready.ended, 'the uninterrupted run', await readOutput(agent, out));
+    if (ctx.finishSignal) await agent.call({ op: 'SIGNAL', pid, signo: ctx.finishSignal.number });
+  }
+  const end = await runToEnd(agent, pid, ctx.timeoutMs);
+  const output = await readOutput(agent, out);
+  if (end.outcome === 'timed-out') throw new UsageError(`the uninterrupted run did not finish within ${ctx.timeoutMs} ms; raise --timeout`, { output });
+  if (ctx.point.kind === 'symbol' && end.hits < ctx.point.hit) {
+    throw new CheckpointNotReachedError(`${ctx.point.symbol} was executed ${end.hits} times in the uninterrupted run; --hit ${ctx.point.hit} is never reached`, { output });
+  }
+  return { ...end, output, pid, elapsedMs: Date.now() - started };
+}
+
+export interface Checkpointed {
+  /** the original's pid, and the restored process's when it got one */
+  pid: number;
+  restoredPid?: number;
+  /** how the original was stopped for the checkpoint */
+  stoppedBy: string;
+  rewind?: SyscallRewind;
+  image: CheckpointImage;
+  /** registers of the restored process at its restore stop (ptrace view) */
+  restoredRegs?: UserRegs;
+  /** what the kernel accepted differently from the restore plan */
+  restoreDifferences: Difference[];
+  /** the restore was refused or failed: the C/R under test did not even resume the process */
+  restoreError?: string;
+  /** the original up to the checkpoint, then the restored process to its end */
+  run: RunRecord;
+  /** what a reader of the verdict should know: a rewound system call, a pid that could not be kept */
+  notes: string[];
+}
+
+/**
+ * The checkpointed run, with the reference's pid. A failure of the restore
+ * itself (refused image, failing plan step, pid taken) is a result, returned
+ * as restoreError; a failure of the infrastructure is thrown.
+ */
+export async function checkpointedRun(ctx: RunContext, reference: Reference, platform: PlatformFacts, policy: RestorePolicy, imageFile: string): Promise<Checkpointed> {
+  const { agent } = ctx;
+  const before = `${GUEST_DIRS.out}/checkpointed.out`;
+  const after = `${GUEST_DIRS.out}/restored.out`;
+  const notes: string[] = [];
+  await ctx.clearReady();
+  let pid: number;
+  try {
+    pid = await spawn(ctx, before, reference.pid);
+  } catch (error) {
+    if (!(error instanceof AgentError && error.errno === EEXIST)) throw error;
+    pid = await spawn(ctx, before);
+    notes.push(`pid ${reference.pid} of the uninterrupted run was taken; this run has pid ${pid}, so output that shows the pid differs`);
+  }
+
+  await ctx.phase('run to the checkpoint', describePoint(ctx.point));
+  const stoppedBy = await runToCheckpoint(ctx, pid, before);
+  const hitsBefore = ctx.point.kind === 'symbol' ? ctx.point.hit : 0;
+  const regs = await agent.call({ op: 'GETREGS', pid });
+  // The image keeps the registers as they are; the restore plan issues the call again (policy syscall-restart).
+  const rewind = rewindInterruptedSyscall(regs);
+  if (rewind) notes.push(rewind.note);
+
+  await ctx.phase('checkpoint', `${stoppedBy}, rip ${hex(regs.rip)}`);
+  const process: ProcessInfo = { binary: ctx.program.binary, argv: ctx.program.argv, envp: ctx.program.envp, noAslr: true, pid };
+  const image = await checkpointProcess(agent, process, platform).catch((error: unknown) => {
+    // Something the image cannot express (a socket, a pipe): no verdict is possible.
+    if (!(error instanceof CrhError) || isInfraFailure(error)) throw error;
+    throw new UsageError(`the program cannot be checkpointed at this point: ${error.message}`, error.details, { cause: error });
+  });
+  await writeCheckpointImage(image, imageFile);
+  const outputBefore = await readOutput(agent, before);
+  await agent.call({ op: 'KILL', pid });
+
+  // Until a restore succeeds, the run is the original's: killed at the checkpoint.
+  const taken = { pid, stoppedBy, image, notes, ...(rewind ? { rewind } : {}), run: { outcome: 'killed' as const, code: 9, output: outputBefore, hits: hitsBefore } };
+  await ctx.phase('restore', `${image.regions.length} memory regions, pid ${pid}`);
+  let restored: RestoreResult;
+  try {
+    restored = await restoreProcess(agent, image, { policy, stdoutPath: after });
+  } catch (error) {
+    // restoreProcess leaves nothing behind when it fails.
+    if (!(error instanceof CrhError) || isInfraFailure(error)) throw error;
+    return { ...taken, restoreDifferences: [], restoreError: error.describe() };
+  }
+  const restoredRegs = await agent.call({ op: 'GETREGS', pid: restored.pid });
+  await ctx.phase('finish the restored process', ctx.finishSignal ? `${ctx.finishSignal.name} once it runs` : undefined);
+  const end = await finishRestored(ctx, restored.pid);
+  const run: RunRecord = { outcome: end.outcome, code: end.code, output: outputBefore + (await readOutput(agent, after)), hits: hitsBefore + end.hits };
+  return { ...taken, restoredPid: restored.pid, restoredRegs, restoreDifferences: restored.differences, run };
+}
+
+/**
+ * Runs the restored process to its end. The finish signal is sent as in the
+ * uninterrupted run: to a process interrupted while running, not to one that
+ * has not resumed yet. The difference matters for a process checkpointed in
+ * a blocking call (rewound to issue it again): a signal pending before the
+ * call is reissued runs the handler first and leaves the call waiting, where
+ * the same signal arriving during the call interrupts it.
+ */
+async function finishRestored(ctx: RunContext, pid: number): Promise<Omit<RunRecord, 'output'>> {
+  if (ctx.finishSignal) {
+    const ended = await interruptibleRun(ctx.agent, pid, RESUME_SLICE_MS);
+    if (ended) return ended;
+    await ctx.agent.call({ op: 'SIGNAL', pid, signo: ctx.finishSignal.number });
+  }
+  return runToEnd(ctx.agent, pid, ctx.timeoutMs);
+}
+
+function describePoint(point: CheckpointPoint): string {
+  if (point.kind === 'symbol') return `execution ${point.hit} of ${point.symbol}`;
+  if (point.kind === 'after') return `${point.ms} ms after the start`;
+  return `readiness (${READY_FILE} or a ${READY_MARKER} line)`;
+}
+
+async function spawn(ctx: RunContext, stdoutPath: string, pid?: number): Promise<number> {
+  const { agent, program } = ctx;
+  const spawned = await agent.call({ op: 'SPAWN', path: program.binary, argv: program.argv, envp: program.envp, stdoutPath, noAslr: true, ...(pid !== undefined ? { pid } : {}) });
+  if (ctx.breakAt !== undefined) {
+    await agent.call({ op: 'POKEUSER', pid: spawned.pid, offset: debugRegOffset(0), value: ctx.breakAt });
+    await agent.call({ op: 'POKEUSER', pid: spawned.pid, offset: debugRegOffset(7), value: DR7_EXECUTE_DR0 });
+  }
+  return spawned.pid;
+}
+
+/** Leaves the original stopped at the checkpoint point and says how it got there. */
+async function runToCheckpoint(ctx: RunContext, pid: number, out: string): Promise<string> {
+  const { agent, point } = ctx;
+  if (point.kind === 'symbol') {
+    const run = await agent.call({ op: 'RUN', pid, stopAfterHits: point.hit, timeoutMs: ctx.timeoutMs }).catch((error: unknown) => {
+      if (!(error instanceof AgentError && error.errno === ETIMEDOUT)) throw error;
+      throw new CheckpointNotReachedError(`the checkpoint point was not reached: ${point.symbol} was not executed ${point.hit} times within ${ctx.timeoutMs} ms (--timeout)`);
+    });
+    if (run.outcome !== 'hit-limit') throw notReached(ctx, { outcome: run.outcome, code: run.code, hits: run.hits.length }, 'the checkpointed run', await readOutput(agent, out));
+    return `breakpoint hit ${point.hit} at ${point.symbol}`;
+  }
+  if (point.kind === 'after') {
+    const ended = await interruptibleRun(agent, pid, point.ms);
+    if (ended) throw notReached(ctx, ended, 'the checkpointed run', await readOutput(agent, out));
+    return `interrupted ${point.ms} ms after it started`;
+  }
+  const ready = await runUntilReady(ctx, pid, out);
+  if ('ended' in ready) throw notReached(ctx, ready.ended, 'the checkpointed run', await readOutput(agent, out));
+  return `interrupted once ready (${ready.how})`;
+}
+
+interface Ended {
+  outcome: 'exited' | 'killed';
+  code: number;
+  hits: number;
+}
+
+/** RUN for `ms`: undefined when the time ran out (the process is then interrupted and stopped), else how it ended. */
+async function interruptibleRun(agent: AgentClient, pid: number, ms: number): Promise<Ended | undefined> {
+  try {
+    const run = await agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: ms });
+    if (run.outcome === 'hit-limit') throw new CrhError(`RUN pid ${pid} stopped at a hit limit it was not given`);
+    return { outcome: run.outcome, code: run.code, hits: run.hits.length };
+  } catch (error) {
+    if (error instanceof AgentError && error.errno === ETIMEDOUT) return undefined;
+    throw error;
+  }
+}
+
+/**
+ * Runs in short slices, looking for the announcement between them, until
+ * the program is ready (left interrupted) or ends. Slices grow from 10 ms to
+ * 50 ms: a program that announces at once is caught close to it, one that
+ * takes long costs a few round trips a second, and the checkpoint comes at
+ * most one slice after the announcement.
+ */
+async function runUntilReady(ctx: RunContext, pid: number, out: string): Promise<{ how: string } | { ended: Ended }> {
+  const deadline = Date.now() + ctx.timeoutMs;
+  let sliceMs = 10;
+  for (;;) {
+    const ended = await interruptibleRun(ctx.agent, pid, sliceMs);
+    if (ended) return { ended };
+    const how = await announcement(ctx.agent, out, pid);
+    if (how) return { how };
+    if (Date.now() > deadline) {
+      await ctx.agent.call({ op: 'KILL', pid }).catch(() => {});
+      throw new CheckpointNotReachedError(`the program did not announce readiness within ${ctx.timeoutMs} ms: it should write its pid to the file named by $CRH_READY_FILE, or print and flush a line ${READY_MARKER}`);
+    }
+    sliceMs = Math.min(sliceMs * 2, 50);
+  }
+}
+
+/** How the program announced readiness, if it has: the ready file holding a pid, or the marker line. */
+async function announcement(agent: AgentClient, out: string, pid: number): Promise<string | undefined> {
+  const steps = await agent.batch([
+    { op: 'READ_FILE', path: out, maxSize: OUTPUT_MAX_BYTES },
+    { op: 'READ_FILE', path: READY_FILE, maxSize: 64 },
+  ]);
+  const [stdout, ready] = steps;
+  if (stdout?.ok && new RegExp(`^${READY_MARKER}$`, 'm').test((stdout.result as Buffer).toString('utf8'))) return `${READY_MARKER} on its output`;
+  const written = ready?.ok ? (ready.result as Buffer).toString('utf8').trim() : '';
+  if (/^\d+$/.test(written)) return `wrote ${written === String(pid) ? 'its pid' : `"${written}" (not its pid ${pid})`} to ${READY_FILE}`;
+  return undefined;
+}
+
+async function runToEnd(agent: AgentClient, pid: number, timeoutMs: number): Promise<Omit<RunRecord, 'output'>> {
+  const ended = await interruptibleRun(agent, pid, timeoutMs);
+  if (ended) return ended;
+  await agent.call({ op: 'KILL', pid });
+  return { outcome: 'timed-out', code: timeoutMs, hits: 0 };
+}
+
+function notReached(ctx: RunContext, ended: Ended, which: string, output: string): CheckpointNotReachedError {
+  const how = ended.outcome === 'exited' ? `exited with status ${ended.code}` : `was killed by signal ${ended.code}`;
+  const point = ctx.point;
+  const what =
+    point.kind === 'symbol'
+      ? `${point.symbol} was executed ${ended.hits} times, never ${point.hit}`
+      : point.kind === 'after'
+        ? `it ended before ${point.ms} ms (choose a smaller --checkpoint-after)`
+        : `it never announced readiness (write the pid to $CRH_READY_FILE, or print and flush ${READY_MARKER})`;
+  return new CheckpointNotReachedError(`the checkpoint point was not reached: in ${which} the program ${how}; ${what}`, { output });
+}
+
+async function readOutput(agent: AgentClient, file: string): Promise<string> {
+  return (await agent.call({ op: 'READ_FILE', path: file, maxSize: OUTPUT_MAX_BYTES })).toString('utf8');
+}
+
+export function signalName(sig: number): string {
+  const name = Object.entries(constants.signals).find(([, n]) => n === sig)?.[0];
+  return name ?? (sig >= 34 ? `SIGRTMIN+${sig - 34}` : `signal ${sig}`);
+}

@@ -1,0 +1,143 @@
+/**
+ * verdict.json of a bundle: the verdict, what it rests on (both runs, the
+ * mismatches, the restore's own report), where the checkpoint was taken, the
+ * platform, and the arguments that rerun it.
+ */
+import { describePolicy } from '../restore/policy.ts';
+import type { Difference } from '../restore/restore.ts';
+import { sha256 } from '../util/hash.ts';
+import { hex } from '../x86/registers.ts';
+import { compareRuns, describeStatus, summarize, type Mismatch } from './compare.ts';
+import type { GuestRuns } from './guest-runs.ts';
+import type { CheckpointPoint, ReproRequest } from './options.ts';
+import type { PreparedProgram } from './prepare.ts';
+import { rerunArgs, type BundleInputs } from './rerun.ts';
+
+export const VERDICT_FORMAT = 'cr-harness-repro-verdict';
+export const VERDICT_VERSION = 1;
+
+export interface RunView {
+  status: string;
+  output: string;
+  /** executions of the checkpoint address (breakpoint checkpoints only) */
+  hits?: number;
+}
+
+export interface ReproVerdict {
+  format: typeof VERDICT_FORMAT;
+  version: number;
+  createdAt: string;
+  pass: boolean;
+  summary: string;
+  command: 'repro' | 'cr';
+  program: {
+    name: string;
+    /** bundle paths */
+    source?: string;
+    binary: string;
+    files: string[];
+    sha256: string;
+    /** guest path, argv and envp it ran with */
+    guestPath: string;
+    argv: string[];
+    envp: string[];
+    compiler?: string[];
+  };
+  checkpoint: {
+    point: CheckpointPoint;
+    /** the DR0 address of a symbol checkpoint */
+    address?: string;
+    stoppedBy?: string;
+    rip?: string;
+    pid?: number;
+    restoredPid?: number;
+    rewound?: string;
+  };
+  policy: string;
+  finishSignal?: string;
+  reference: RunView & { pid: number; elapsedMs: number };
+  restored?: RunView;
+  mismatches: Mismatch[];
+  restoreError?: string;
+  /** what the kernel accepted differently from the restore plan */
+  restoreDifferences: Difference[];
+  /** what a reader of the verdict should know: a rewound system call, a pid that could not be kept */
+  notes: string[];
+  platform: Record<string, string | number | boolean | null>;
+  /** crh arguments that rerun this from the extracted bundle ({bundle}/... paths) */
+  rerun: string[];
+  timingsMs: Record<string, number>;
+}
+
+/** Decides the verdict of a request from its two runs. `inputs` names the program's files in the bundle. */
+export function makeVerdict(request: ReproRequest, prepared: PreparedProgram, runs: GuestRuns, inputs: BundleInputs): ReproVerdict {
+  const { reference, checkpointed } = runs;
+  const restoreError = checkpointed.restoreError;
+  // A breakpoint checkpoint also compares how often the address ran: a lost RF re-triggers it.
+  const hitsAt = request.checkpoint.kind === 'symbol' ? request.checkpoint.symbol : undefined;
+  const mismatches = restoreError === undefined ? compareRuns(reference, checkpointed.run, hitsAt) : [];
+  const hits = (n: number): { hits?: number } => (hitsAt !== undefined ? { hits: n } : {});
+  // The compiler line names the bundle's copies, not this host's paths.
+  const inBundle = (arg: string): string => (arg === request.source ? inputs.source! : arg === prepared.program.file ? inputs.binary : arg);
+  return {
+    format: VERDICT_FORMAT,
+    version: VERDICT_VERSION,
+    createdAt: new Date().toISOString(),
+    pass: restoreError === undefined && mismatches.length === 0,
+    summary: summarize(mismatches, restoreError, reference),
+    command: request.command,
+    program: {
+      name: prepared.name,
+      ...inputs,
+      sha256: sha256(prepared.program.data),
+      guestPath: runs.program.binary,
+      argv: runs.program.argv,
+      envp: runs.program.envp,
+      ...(prepared.compiler ? { compiler: prepared.compiler.map(inBundle) } : {}),
+    },
+    checkpoint: {
+      point: request.checkpoint,
+      ...(prepared.breakAt !== undefined ? { address: hex(prepared.breakAt) } : {}),
+      stoppedBy: checkpointed.stoppedBy,
+      rip: hex(checkpointed.image.regs.rip),
+      pid: checkpointed.pid,
+      ...(checkpointed.restoredPid !== undefined ? { restoredPid: checkpointed.restoredPid } : {}),
+      ...(checkpointed.rewind ? { rewound: checkpointed.rewind.note } : {}),
+    },
+    policy: describePolicy(request.policy),
+    ...(request.finishSignal ? { finishSignal: request.finishSignal.name } : {}),
+    reference: { status: describeStatus(reference), output: reference.output, ...hits(reference.hits), pid: reference.pid, elapsedMs: reference.elapsedMs },
+    ...(restoreError === undefined
+      ? { restored: { status: describeStatus(checkpointed.run), output: checkpointed.run.output, ...hits(checkpointed.run.hits) } }
+      : { restoreError }),
+    mismatches,
+    restoreDifferences: checkpointed.restoreDifferences,
+    notes: checkpointed.notes,
+    platform: runs.platform,
+    rerun: rerunArgs(request, inputs),
+    timingsMs: {},
+  };
+}
+
+/** The exit code crh gives a verdict. */
+export function verdictExitCode(verdict: Pick<ReproVerdict, 'pass'>): 0 | 1 {
+  return verdict.pass ? 0 : 1;
+}
+
+/** Checks a verdict.json read from a bundle enough to rerun it; throws naming the field. */
+export function parseVerdict(text: string): ReproVerdict {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (error) {
+    throw new Error(`verdict.json: invalid JSON: ${(error as Error).message}`);
+  }
+  const v = raw as Partial<ReproVerdict>;
+  if (v.format !== VERDICT_FORMAT) throw new Error(`verdict.json: format is ${JSON.stringify(v.format)}, expected ${VERDICT_FORMAT}`);
+  if (v.version !== VERDICT_VERSION) throw new Error(`verdict.json: version ${JSON.stringify(v.version)}, this crh reads ${VERDICT_VERSION}`);
+  if (typeof v.pass !== 'boolean') throw new Error('verdict.json: pass must be a boolean');
+  if (!Array.isArray(v.rerun) || !v.rerun.every((a) => typeof a === 'string') || (v.rerun[0] !== 'repro' && v.rerun[0] !== 'cr')) {
+    throw new Error('verdict.json: rerun must be crh arguments starting with repro or cr');
+  }
+  return v as ReproVerdict;
+}

@@ -1,0 +1,26 @@
+import { randomBytes } from 'node:crypto';
+import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+
+/**
+ * Writes `file` so that a reader sees the old content or the new, never a
+ * part: the data goes to a temporary file beside it, then is renamed over
+ * it. The temporary name is unique per call, so writers in parallel — other
+ * processes, or other machines in this one — never write into each other's.
+ */
+export async function writeFileAtomic(file: string, data: string | Uint8Array): Promise<void> {
+  await mkdir(path.dirname(file), { recursive: true });
+  const tmp = uniqueSibling(file, 'tmp');
+  try {
+    await writeFile(tmp, data);
+    await rename(tmp, file);
+  } catch (error) {
+    await rm(tmp, { force: true });
+    throw error;
+  }
+}
+
+/** `<file>.<tag>-<pid>-<random>`: a name beside `file` no other writer picks. */
+export function uniqueSibling(file: string, tag: string): string {
+  return `${file}.${tag}-${process.pid}-${randomBytes(4).toString('hex')}`;
+}
