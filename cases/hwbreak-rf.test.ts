@@ -12,6 +12,7 @@ import type { RfPolicy } from '../harness/restore/policy.ts';
 import type { Restorer } from '../harness/restore/restorers.ts';
 import { restoreProcess } from '../harness/restore/restore.ts';
 import { startGuest } from '../harness/testing/guest-fixture.ts';
+import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
 import { checkpointAtHit, readOutput, restoreAndFinish, RUN_TIMEOUT_MS, spawnArmed, type Workload } from '../harness/testing/scenario.ts';
 import { EFLAGS, hex } from '../harness/x86/registers.ts';
 
@@ -29,7 +30,7 @@ interface Outcome {
   oracle: Observation;
 }
 
-t.test(CASE, async (t) => {
+t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
   const guest = await startGuest(t, CASE);
   const { agent, profile, symbols } = guest;
   const binary = guest.image.guestPaths.hwbreak!;

@@ -8,6 +8,7 @@ import { recordVerdict } from '../harness/report/verdicts.ts';
 import { CALLEE_SAVED, type RegsPolicy } from '../harness/restore/policy.ts';
 import { RESTORERS, type Restorer } from '../harness/restore/restorers.ts';
 import { startGuest } from '../harness/testing/guest-fixture.ts';
+import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
 import { checkpointAtHit, readOutput, restoreAndFinish, RUN_TIMEOUT_MS, type Restored, type Workload } from '../harness/testing/scenario.ts';
 import { hex, USER_REGS_FIELDS } from '../harness/x86/registers.ts';
 
@@ -22,7 +23,7 @@ const mismatches = (output: string): string[] | undefined => {
   return m ? m[1]!.trim().split(/\s+/).sort() : undefined;
 };
 
-t.test(CASE, async (t) => {
+t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
   const guest = await startGuest(t, CASE);
   const { agent, symbols } = guest;
   const binary = guest.image.guestPaths.regcheck!;

@@ -14,6 +14,7 @@ import type { RestorePolicy } from '../restore/policy.ts';
 import { restoreProcess, type Difference } from '../restore/restore.ts';
 import { spawnWithBreakpoint, type ArmedProgram } from '../agent/breakpoint-spawn.ts';
 import type { Guest } from './guest-fixture.ts';
+import { debugRegOffset } from '../x86/registers.ts';
 
 export const RUN_TIMEOUT_MS = 60_000;
 
@@ -36,21 +37,53 @@ export interface Checkpointed {
   process: ProcessInfo;
 }
 
-/** Runs the workload to its `hit`-th breakpoint hit, checkpoints it there and kills it. */
-export async function checkpointAtHit(guest: Guest, w: Workload, hit: number, tag: string): Promise<Checkpointed> {
+export interface CheckpointOptions {
+  /**
+   * Clear DR7 before the checkpoint: the breakpoint only chose where to stop,
+   * and must not fire again in the restored process.
+   */
+  disarm?: boolean;
+  /** Instead of disarm: the DR7 to leave (e.g. keep one breakpoint, drop the one that chose the stop). */
+  dr7?: bigint;
+  /**
+   * The leave-running variant: the original is not killed but left stopped
+   * where it was checkpointed, for the caller to let it go on (its pid is in
+   * `process.pid`); a copy is then restored beside it, under a new pid.
+   */
+  leaveRunning?: boolean;
+}
+
+/** Runs the workload to its `hit`-th breakpoint hit, checkpoints it there and kills it (unless leaveRunning). */
+export async function checkpointAtHit(guest: Guest, w: Workload, hit: number | { at: bigint }, tag: string, options: CheckpointOptions = {}): Promise<Checkpointed> {
   const { agent } = guest;
   const pid = await spawnArmed(guest, w, `/tmp/${path.basename(w.binary)}-${tag}.original.out`);
-  const run = await agent.call({ op: 'RUN', pid, stopAfterHits: hit, timeoutMs: RUN_TIMEOUT_MS });
+  const run = typeof hit === 'number' ? await agent.call({ op: 'RUN', pid, stopAfterHits: hit, timeoutMs: RUN_TIMEOUT_MS }) : await runToHitAt(guest, pid, hit.at);
+  const process: ProcessInfo = { binary: w.binary, argv: w.argv, envp: w.envp ?? [], noAslr: true, pid };
   if (run.outcome !== 'hit-limit') {
     await agent.call({ op: 'KILL', pid }).catch(() => {});
-    return { file: '', run, process: { binary: w.binary, argv: w.argv, envp: [], noAslr: true, pid } };
+    return { file: '', run, process };
   }
-  const process: ProcessInfo = { binary: w.binary, argv: w.argv, envp: [], noAslr: true, pid };
+  if (options.disarm || options.dr7 !== undefined) await agent.call({ op: 'POKEUSER', pid, offset: debugRegOffset(7), value: options.dr7 ?? 0n });
   const image = await checkpointProcess(agent, process, guest.platform);
   const file = path.join(guest.artifactsDir, `checkpoint-${tag}.tar`);
   await writeCheckpointImage(image, file);
-  await agent.call({ op: 'KILL', pid });
+  if (!options.leaveRunning) await agent.call({ op: 'KILL', pid });
   return { file, run, process };
+}
+
+/**
+ * Runs to the first hit at `address`, one hit at a time, when other armed
+ * breakpoints make the hit's number unpredictable; the hits on the way are
+ * all in the result.
+ */
+async function runToHitAt(guest: Guest, pid: number, address: bigint): Promise<RunResult> {
+  const deadline = Date.now() + RUN_TIMEOUT_MS;
+  let seen: RunResult | undefined;
+  for (;;) {
+    const step = await guest.agent.call({ op: 'RUN', pid, stopAfterHits: 1, timeoutMs: Math.max(1, deadline - Date.now()) });
+    seen = seen ? { ...step, hits: [...seen.hits, ...step.hits], signals: [...seen.signals, ...step.signals] } : step;
+    if (step.outcome !== 'hit-limit' || step.hits.at(-1)?.rip === address) return seen;
+  }
 }
 
 export interface Restored {
@@ -66,10 +99,10 @@ export interface Restored {
  * Reads the image back (validated as any untrusted image), restores it under
  * `policy`, and runs the restored process to its end while the oracle watches.
  */
-export async function restoreAndFinish(guest: Guest, file: string, policy: RestorePolicy, tag: string, watch: Omit<WatchOptions, 'log'>): Promise<Restored> {
+export async function restoreAndFinish(guest: Guest, file: string, policy: RestorePolicy, tag: string, watch: Omit<WatchOptions, 'log'>, samePid = true): Promise<Restored & { pid: number }> {
   const image = await readCheckpointImage(file);
   const out = `/tmp/${path.basename(image.process.binary)}-${tag}.restored.out`;
-  const restored = await restoreProcess(guest.agent, image, { policy, stdoutPath: out });
+  const restored = await restoreProcess(guest.agent, image, { policy, stdoutPath: out, samePid });
   // Every VM stop the oracle services goes to the case's artifacts.
   const oracleLog = path.join(guest.artifactsDir, `oracle-${tag}.log`);
   writeFileSync(oracleLog, '');
@@ -77,5 +110,5 @@ export async function restoreAndFinish(guest: Guest, file: string, policy: Resto
   const { result: run, observation } = await observeCpu(guest.machine.gdbSocket, guest.symbols, { ...watch, log }, () =>
     guest.agent.call({ op: 'RUN', pid: restored.pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS }),
   );
-  return { image, differences: restored.differences, run, output: await readOutput(guest, out), observation };
+  return { pid: restored.pid, image, differences: restored.differences, run, output: await readOutput(guest, out), observation };
 }

@@ -1,0 +1,104 @@
+// expect: a daemon that leads its own session, writes a log file and blocks in FUTEX_WAIT passes a kill-and-restore
+// cycle taken while it is blocked: restored with its own pid (clone3 set_tid), session and process group, its log,
+// /dev/null and directory descriptors at the same numbers, flags and offset, the interrupted futex wait issued again
+// (no -ERESTARTSYS reaches it), it wakes on SIGUSR1 and logs exactly what an uninterrupted run logs. Negative controls:
+// a restore under a new pid, omit=files (descriptors and session lost), syscall-restart=off (the raw -ERESTARTSYS, 512,
+// reaches the program).
+import t, { type Test } from 'tap';
+import { AgentError } from '../harness/errors.ts';
+import { recordOutcome } from '../harness/report/verdicts.ts';
+import { checkpointProcess } from '../harness/restore/checkpoint.ts';
+import { readCheckpointImage, writeCheckpointImage, type ProcessInfo } from '../harness/restore/checkpoint-image.ts';
+import { DEFAULT_POLICY, describePolicy, type RestorePolicy } from '../harness/restore/policy.ts';
+import { restoreProcess } from '../harness/restore/restore.ts';
+import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
+import { startGuest } from '../harness/testing/guest-fixture.ts';
+import { readOutput, RUN_TIMEOUT_MS } from '../harness/testing/scenario.ts';
+import { hex } from '../harness/x86/registers.ts';
+import path from 'node:path';
+
+const CASE = 'daemon';
+const SCENARIO = 'daemon blocked in FUTEX_WAIT: log file, own session, own pid';
+const SIGUSR1 = 10;
+const ETIMEDOUT = 110;
+const FUTEX = 202;
+/** Long enough for the daemon to reach its futex wait under TCG. */
+const SETTLE_MS = 1000;
+
+t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_FUTEX']), async (t) => {
+  const guest = await startGuest(t, CASE);
+  const { agent } = guest;
+  const binary = guest.image.guestPaths.daemon!;
+  const normalize = (text: string): string => text.replace(/(^|\s)pid=\d+/gm, '$1pid=P');
+
+  /** Runs the daemon until it has been blocked for a while: the agent interrupts it when the time is up. */
+  const runUntilBlocked = async (pid: number): Promise<void> => {
+    const waited = await agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: SETTLE_MS }).then(
+      (r) => r,
+      (e: unknown) => e,
+    );
+    if (!(waited instanceof AgentError && waited.errno === ETIMEDOUT)) throw new Error(`the daemon did not block: ${String(waited)}`);
+  };
+  const startBlocked = async (log: string): Promise<ProcessInfo> => {
+    const argv = [binary, log];
+    const { pid } = await agent.call({ op: 'SPAWN', path: binary, argv, envp: [], stdoutPath: `${log}.out`, noAslr: true });
+    await runUntilBlocked(pid);
+    return { binary, argv, envp: [], noAslr: true, pid };
+  };
+  /** Lets it run (and block again) before the signal comes, as a daemon's wake-up would. */
+  const finish = async (pid: number, log: string) => {
+    await runUntilBlocked(pid);
+    await agent.call({ op: 'SIGNAL', pid, signo: SIGUSR1 });
+    const run = await agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
+    return { run, log: await readOutput(guest, log) };
+  };
+
+  const reference = await (async () => {
+    const p = await startBlocked('/tmp/daemon-reference.log');
+    return finish(p.pid, '/tmp/daemon-reference.log');
+  })();
+  t.equal(reference.run.code, 0, 'uninterrupted: exits 0');
+  t.match(reference.log, /^started pid=\d+\nwaiting\nwoke pid=\d+ same-pid=1 session=1 files=1 futex-errno=0\n$/, 'uninterrupted log');
+
+  const cycle = async (t: Test, policy: RestorePolicy, tag: string, samePid = true) => {
+    const log = `/tmp/daemon-${tag}.log`;
+    const original = await startBlocked(log);
+    const image = await checkpointProcess(agent, original, guest.platform);
+    const file = path.join(guest.artifactsDir, `checkpoint-${tag}.tar`);
+    await writeCheckpointImage(image, file);
+    await agent.call({ op: 'KILL', pid: original.pid });
+    const checked = await readCheckpointImage(file);
+    t.equal(checked.regs.orig_rax, BigInt(FUTEX), 'checkpointed inside futex()');
+    t.equal(BigInt.asIntN(64, checked.regs.rax), -512n, `rax = -ERESTARTSYS at the checkpoint (${hex(checked.regs.rax)})`);
+    t.same(checked.task.files.map((f) => [f.fd, f.path, f.kind]), [[3, log, 'file'], [4, '/dev/null', 'device'], [5, '/tmp', 'directory']], 'the image holds the three descriptors');
+    t.equal(checked.task.sid, original.pid, 'the image records its own session');
+    const restored = await restoreProcess(agent, checked, { policy, stdoutPath: `${log}.restored.out`, samePid });
+    t.comment(`restored as pid ${restored.pid} (checkpointed as ${original.pid}); read back: ${JSON.stringify(restored.differences)}`);
+    const done = await finish(restored.pid, log);
+    return { original, restored, done, observed: normalize(done.log) };
+  };
+
+  await t.test('kill-and-restore under the default policy: the log is the uninterrupted one', async (t) => {
+    const { original, restored, done, observed } = await cycle(t, DEFAULT_POLICY, 'default');
+    t.equal(restored.pid, original.pid, `the same pid, ${original.pid}`);
+    t.same(restored.differences, [], 'read back: every register, descriptor and the session as requested');
+    t.equal(done.run.code, 0);
+    t.equal(observed, normalize(reference.log), `log: ${JSON.stringify(done.log)}`);
+    recordOutcome({ case: CASE, scenario: SCENARIO, policy: describePolicy(DEFAULT_POLICY), control: false, expected: normalize(reference.log).trim().split('\n').at(-1)!, observed: observed.trim().split('\n').at(-1)!, matchedUninterrupted: observed === normalize(reference.log) && done.run.code === 0 });
+  });
+
+  const controls: { name: string; policy: RestorePolicy; samePid: boolean; shows: RegExp }[] = [
+    { name: 'a restore under a new pid', policy: DEFAULT_POLICY, samePid: false, shows: /same-pid=0 session=0/ },
+    { name: 'omit=files (descriptors and session not restored)', policy: { ...DEFAULT_POLICY, omit: ['files'] }, samePid: true, shows: /^started pid=P\nwaiting\n$/ },
+    { name: 'syscall-restart=off (registers copied verbatim)', policy: { ...DEFAULT_POLICY, syscallRestart: 'off' }, samePid: true, shows: /futex-errno=512/ },
+  ];
+  for (const [i, c] of controls.entries()) {
+    await t.test(`negative control: ${c.name}`, async (t) => {
+      const { done, observed } = await cycle(t, c.policy, `control-${i}`, c.samePid);
+      const stdout = await readOutput(guest, `/tmp/daemon-control-${i}.log.restored.out`);
+      t.match(observed, c.shows, `the daemon shows it: log ${JSON.stringify(observed)}, stdout ${JSON.stringify(stdout.trim())}`);
+      t.equal(done.run.code, 1, 'and exits 1');
+      recordOutcome({ case: CASE, scenario: SCENARIO, policy: `${describePolicy(c.policy)}${c.samePid ? '' : ' new-pid'}`, control: true, expected: normalize(reference.log).trim().split('\n').at(-1)!, observed: normalize(stdout).trim() || observed.trim().split('\n').at(-1)!, matchedUninterrupted: observed === normalize(reference.log) });
+    });
+  }
+});

@@ -1,0 +1,118 @@
+// expect: a `rep movsb`, `rep movsq` (forward and, with DF=1, backward) or `rep stosq` of 2 MiB interrupted after a
+// non-final iteration by a timer signal, checkpointed inside the signal handler, restored, and returning to the
+// instruction finishes with the exact result: RCX/RSI/RDI continue from the interrupted context, no element done twice
+// or skipped. With an execute breakpoint on the rep instruction itself (a 4 KiB copy), the restored run traps exactly as
+// often as the uninterrupted run: on hardware once (plus one re-trigger when the interrupt frame's RF is 0); under QEMU
+// TCG, which re-checks instruction breakpoints at every iteration, once per iteration — measured, printed as the
+// condition, never assumed. Negative control: regs=partial inside the handler (the 2015 callee-saved corruption).
+import t, { type Test } from 'tap';
+import type { RunResult } from '../harness/agent/ops.ts';
+import { recordOutcome } from '../harness/report/verdicts.ts';
+import { DEFAULT_POLICY, describePolicy, type RestorePolicy } from '../harness/restore/policy.ts';
+import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
+import { startGuest, type Guest } from '../harness/testing/guest-fixture.ts';
+import { checkpointAtHit, readOutput, restoreAndFinish, RUN_TIMEOUT_MS, spawnArmed, type Workload } from '../harness/testing/scenario.ts';
+
+const CASE = 'rep-strings';
+const BIG_KIB = '2048';
+const SMALL_KIB = '4';
+const VARIANTS = [
+  { op: 'movsb', dir: 'fwd' },
+  { op: 'movsb', dir: 'back' },
+  { op: 'movsq', dir: 'fwd' },
+  { op: 'movsq', dir: 'back' },
+  { op: 'stosq', dir: 'fwd' },
+] as const;
+/** DR0 execute on rep_in_handler (L0); DR1 execute on the rep instruction (L1). */
+const DR7_HANDLER = 0x1n;
+const DR7_BOTH = 0x5n;
+const DR7_REP_ONLY = 0x4n;
+
+/** The output without the interrupt's timing, which differs from run to run. */
+const stable = (out: string): string => out.trim().replace(/ progress=\d+\//, ' progress=*/');
+
+interface Run {
+  workload: Workload;
+  tag: string;
+  scenario: string;
+  /** DR7 left for the restored process */
+  dr7After: bigint;
+  /** where the checkpoint is taken: the first hit at rep_in_handler (rep-instruction hits before it vary with timing) */
+  checkpointAt: { at: bigint };
+}
+
+async function referenceRun(guest: Guest, t: Test, run: Run): Promise<{ result: RunResult; output: string }> {
+  const out = `/tmp/repstr-${run.tag}.reference.out`;
+  const pid = await spawnArmed(guest, run.workload, out);
+  const result = await guest.agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
+  const output = await readOutput(guest, out);
+  t.equal(result.code, 0, `uninterrupted: ${output.trim()}`);
+  return { result, output };
+}
+
+t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
+  const guest = await startGuest(t, CASE);
+  const binary = guest.image.guestPaths.repstr!;
+  const inHandler = guest.symbols.resolve('repstr:rep_in_handler');
+  const conditions = (output: string, extra: Record<string, string> = {}): Record<string, string> => ({
+    frameRf: /frame-rf=(\d)/.exec(output)?.[1] ?? '?',
+    accel: guest.profile.accel,
+    ...extra,
+  });
+
+  /** The restored run under the default policy, then the regs=partial control. */
+  const restoreBoth = async (t: Test, run: Run, reference: { result: RunResult; output: string }, countHits: (r: RunResult) => number, extra: Record<string, string> = {}) => {
+    const expectedHits = countHits(reference.result);
+    for (const policy of [DEFAULT_POLICY, { ...DEFAULT_POLICY, regs: 'partial' } as RestorePolicy]) {
+      const control = policy.regs === 'partial';
+      const tag = `${run.tag}${control ? '-regs-partial' : ''}`;
+      const checkpointed = await checkpointAtHit(guest, run.workload, run.checkpointAt, tag, { dr7: run.dr7After });
+      t.equal(checkpointed.run.hits.at(-1)?.rip, inHandler, 'checkpointed inside the SIGALRM handler');
+      const r = await restoreAndFinish(guest, checkpointed.file, policy, tag, {});
+      const observed = r.run.outcome === 'killed' ? `killed by signal ${r.run.code}` : stable(r.output);
+      const hits = countHits(checkpointed.run) + countHits(r.run);
+      if (control) {
+        t.not(observed, stable(reference.output), `regs=partial is caught: ${observed}`);
+      } else {
+        t.equal(observed, stable(reference.output), `exact result, RCX/RSI/RDI continued: ${r.output.trim()}`);
+        t.equal(hits, expectedHits, `${hits} hit(s) on the rep instruction across the checkpoint, as uninterrupted`);
+      }
+      recordOutcome({
+        case: CASE, scenario: run.scenario, policy: describePolicy(policy), control,
+        expected: `${stable(reference.output)}; ${expectedHits} rep hit(s)`, observed: `${observed}; ${hits} rep hit(s)`,
+        matchedUninterrupted: observed === stable(reference.output) && hits === expectedHits, conditions: conditions(reference.output, extra),
+      });
+    }
+  };
+
+  for (const v of VARIANTS) {
+    await t.test(`rep ${v.op} ${v.dir === 'back' ? 'backward (DF=1)' : 'forward'}, ${Number(BIG_KIB) >> 10} MiB`, async (t) => {
+      const run: Run = {
+        workload: { binary, argv: [binary, v.op, v.dir, BIG_KIB], debugRegs: { 0: inHandler, 7: DR7_HANDLER } },
+        tag: `${v.op}-${v.dir}`,
+        scenario: `rep ${v.op} ${v.dir}, ${Number(BIG_KIB) >> 10} MiB, interrupted by SIGALRM, checkpoint in the handler`,
+        dr7After: 0n,
+        checkpointAt: { at: inHandler },
+      };
+      await restoreBoth(t, run, await referenceRun(guest, t, run), () => 0);
+    });
+  }
+
+  await t.test('an execute breakpoint on the rep instruction itself', async (t) => {
+    const repInsn = guest.symbols.resolve('repstr:rep_movsb_insn');
+    const workload: Workload = { binary, argv: [binary, 'movsb', 'fwd', SMALL_KIB], debugRegs: { 0: inHandler, 1: repInsn, 7: DR7_BOTH } };
+    const run: Run = { workload, tag: 'movsb-fwd-rep-breakpoint', scenario: `rep movsb fwd, ${SMALL_KIB} KiB, DR1 on the rep instruction, checkpoint in the handler`, dr7After: DR7_REP_ONLY, checkpointAt: { at: inHandler } };
+    const reference = await referenceRun(guest, t, run);
+    const repHits = (r: RunResult): number => r.hits.filter((h) => h.rip === repInsn).length;
+    const hits = repHits(reference.result);
+    const bytes = Number(SMALL_KIB) << 10;
+    // The platform's behaviour, measured on the uninterrupted run: once per execution (the architecture, with RF
+    // suppressing re-triggers between iterations) or once per iteration (QEMU TCG).
+    const perIteration = hits >= bytes;
+    const behaviour = perIteration ? 'per-iteration' : 'once';
+    t.comment(`measured: ${hits} hits on the rep instruction for ${bytes} iterations — ${behaviour}${perIteration ? ' (a QEMU TCG fidelity gap: the architecture traps once)' : ''}`);
+    if (guest.profile.accel === 'kvm') t.equal(behaviour, 'once', 'under KVM the CPU traps once per execution');
+    t.ok(reference.result.hits.some((h) => h.rip === inHandler), 'the uninterrupted run reached rep_in_handler');
+    await restoreBoth(t, run, reference, repHits, { repBreakpoint: behaviour });
+  });
+});

@@ -1,0 +1,166 @@
+// expect: a task checkpointed at start_ip or inside an rseq critical section resumes at its abort handler exactly once
+// (rseq-fixup=on), one checkpointed outside a section, at the exclusive post-commit bound or with rseq_cs set before
+// start_ip never aborts; the registration (C library's or the workload's own) survives — re-registering answers EBUSY —
+// and the per-CPU counter sum is exact. Negative controls: rseq-fixup=off (the section commits as if never interrupted: 0
+// aborts) and omit=rseq (no registration after restore: re-registering succeeds).
+import t, { type Test } from 'tap';
+import { recordOutcome } from '../harness/report/verdicts.ts';
+import { describePolicy, DEFAULT_POLICY, type RestorePolicy } from '../harness/restore/policy.ts';
+import { startGuest, type Guest } from '../harness/testing/guest-fixture.ts';
+import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
+import { debugRegOffset } from '../harness/x86/registers.ts';
+import { checkpointAtHit, readOutput, restoreAndFinish, RUN_TIMEOUT_MS, spawnArmed, type Restored, type Workload } from '../harness/testing/scenario.ts';
+
+const CASE = 'rseq';
+const ITERATIONS = 64;
+const MODES = {
+  glibc: [] as string[],
+  own: ['GLIBC_TUNABLES=glibc.pthread.rseq=0'],
+} as const;
+type Mode = keyof typeof MODES;
+
+/** Where the checkpoint is taken (a label in rseqcs), and how many aborts the kernel's semantics give from there. */
+const POINTS = [
+  { label: 'rseq_outside', aborts: 0, why: 'between sections' },
+  { label: 'rseq_armed', aborts: 0, why: 'rseq_cs set, IP before start_ip' },
+  { label: 'rseq_start', aborts: 1, why: 'at start_ip' },
+  { label: 'rseq_inside', aborts: 1, why: 'inside, at a breakpoint' },
+  { label: 'rseq_post_commit', aborts: 0, why: 'at start_ip + post_commit_offset (exclusive bound)' },
+] as const;
+
+interface Summary {
+  sum: number;
+  aborts: number;
+  reregister: string;
+}
+
+function summary(output: string): Summary | undefined {
+  const m = /^rseqcs mode=\S+ iterations=\d+ sum=(\d+) aborts=(\d+) reregister=(\S+)$/m.exec(output);
+  return m ? { sum: Number(m[1]), aborts: Number(m[2]), reregister: m[3]! } : undefined;
+}
+
+const show = (s: Summary | undefined): string => (s ? `sum=${s.sum} aborts=${s.aborts} reregister=${s.reregister}` : 'no summary line');
+
+t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ']), async (t) => {
+  const guest = await startGuest(t, CASE);
+  const { symbols } = guest;
+  const binary = guest.image.guestPaths.rseqcs!;
+  const abortHandler = symbols.resolve('rseqcs:rseq_abort');
+  const workload = (mode: Mode, label: string, descFlags = 0): Workload => ({
+    binary,
+    argv: [binary, mode, String(ITERATIONS), String(descFlags)],
+    envp: [...MODES[mode]],
+    breakAt: symbols.resolve(`rseqcs:${label}`),
+  });
+
+  for (const mode of Object.keys(MODES) as Mode[]) {
+    const reference = await referenceRun(guest, workload(mode, 'rseq_outside'), mode);
+    t.equal(reference.code, 0, `uninterrupted ${mode}: ${show(reference.summary)}`);
+    t.same(reference.summary, { sum: ITERATIONS, aborts: 0, reregister: 'EBUSY' }, `uninterrupted ${mode} run: no abort, exact sum, still registered`);
+  }
+
+  const cycle = async (t: Test, mode: Mode, label: string, policy: RestorePolicy, tag: string, descFlags = 0): Promise<Restored & { summary?: Summary }> => {
+    const checkpointed = await checkpointAtHit(guest, workload(mode, label, descFlags), 1, tag, { disarm: true });
+    t.equal(checkpointed.run.outcome, 'hit-limit', `stopped at ${label}`);
+    const r = await restoreAndFinish(guest, checkpointed.file, policy, tag, { firstExecutionAt: abortHandler });
+    t.ok(r.image.rseq, `the image holds the registration: ${r.image.rseq ? `area 0x${r.image.rseq.area.toString(16)} size ${r.image.rseq.size} sig 0x${r.image.rseq.signature.toString(16)}` : 'none'}`);
+    return { ...r, summary: summary(r.output) };
+  };
+
+  for (const mode of Object.keys(MODES) as Mode[]) {
+    for (const point of POINTS) {
+      await t.test(`${mode} registration, checkpoint ${point.why} (${point.label}): ${point.aborts} abort(s)`, async (t) => {
+        const r = await cycle(t, mode, point.label, DEFAULT_POLICY, `${mode}-${point.label}`);
+        const expected: Summary = { sum: ITERATIONS, aborts: point.aborts, reregister: 'EBUSY' };
+        t.same(r.summary, expected, `restored run: ${show(r.summary)}`);
+        t.equal(r.run.code, 0, 'exits 0');
+        t.equal(r.observation.first !== undefined, point.aborts > 0, `oracle: the CPU ${point.aborts > 0 ? 'executed' : 'never executed'} the abort handler`);
+        t.notOk(r.differences.some((d) => d.what === 'rseq'), 'the kernel holds the registration as the image had it');
+        const csDiff = r.differences.find((d) => d.what === 'rseq.rseq_cs');
+        if (csDiff) t.comment(`rseq_cs after the plan: requested ${csDiff.requested}, the kernel left ${csDiff.accepted}`);
+        recordOutcome({
+          case: CASE, scenario: `rseq ${mode}: checkpoint ${point.why}`, policy: describePolicy(DEFAULT_POLICY), control: false,
+          expected: show(expected), observed: `${show(r.summary)}; CPU ran abort handler: ${r.observation.first !== undefined}`,
+          matchedUninterrupted: JSON.stringify(r.summary) === JSON.stringify(expected) && r.run.code === 0 && (r.observation.first !== undefined) === point.aborts > 0,
+        });
+      });
+    }
+  }
+
+  await t.test('negative control rseq-fixup=off (a restorer that does not apply the abort): the section commits, 0 aborts', async (t) => {
+    const policy: RestorePolicy = { ...DEFAULT_POLICY, rseqFixup: 'off' };
+    const r = await cycle(t, 'glibc', 'rseq_inside', policy, 'glibc-rseq_inside-fixup-off');
+    t.equal(r.summary?.aborts, 0, `no abort: ${show(r.summary)}`);
+    t.equal(r.observation.first, undefined, 'oracle: the CPU never executed the abort handler');
+    const csDiff = r.differences.find((d) => d.what === 'rseq.rseq_cs');
+    t.ok(csDiff && csDiff.accepted === '0x0', `read back: the kernel cleared rseq_cs before the task resumed (${csDiff ? `${csDiff.requested} → ${csDiff.accepted}` : 'no difference'})`);
+    recordOutcome({
+      case: CASE, scenario: 'rseq glibc: checkpoint inside, at a breakpoint', policy: describePolicy(policy), control: true,
+      expected: show({ sum: ITERATIONS, aborts: 1, reregister: 'EBUSY' }), observed: show(r.summary),
+      matchedUninterrupted: r.summary?.aborts === 1,
+    });
+  });
+
+  await t.test('deprecated NO_RESTART flags, checkpoint inside: the restored task meets the kernel exactly as the original would', async (t) => {
+    const rejected = guest.profile.probes.rseqDeprecatedFlagsRejected.value;
+    t.comment(`profile: probes.rseqDeprecatedFlagsRejected = ${rejected} (${guest.profile.probes.rseqDeprecatedFlagsRejected.how}); kernel ${guest.profile.kernelRelease}`);
+    if (rejected === null) return void t.pass('deprecated flags', { skip: 'the profile could not measure how this kernel treats deprecated rseq_cs flags' });
+    const expected = deprecatedFlagsOutcome(rejected);
+    // The original, stopped at the same breakpoint and simply continued: what "without the checkpoint" means here.
+    const w = workload('glibc', 'rseq_inside', NO_RESTART_ON_MIGRATE);
+    const pid = await spawnArmed(guest, w, '/tmp/rseqcs-deprecated-original.out');
+    const stopped = await guest.agent.call({ op: 'RUN', pid, stopAfterHits: 1, timeoutMs: RUN_TIMEOUT_MS });
+    t.equal(stopped.outcome, 'hit-limit');
+    await guest.agent.call({ op: 'POKEUSER', pid, offset: debugRegOffset(7), value: 0n });
+    const continued = await guest.agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
+    const original = outcome(continued, summary(await readOutput(guest, '/tmp/rseqcs-deprecated-original.out')));
+    t.equal(original, expected, `the original, continued from the stop: ${original}`);
+
+    const conditions = { 'probes.rseqDeprecatedFlagsRejected': String(rejected), kernelRelease: guest.profile.kernelRelease };
+    for (const policy of [DEFAULT_POLICY, { ...DEFAULT_POLICY, rseqFixup: 'off' } as RestorePolicy]) {
+      const control = policy.rseqFixup === 'off';
+      const r = await cycle(t, 'glibc', 'rseq_inside', policy, `glibc-deprecated-flags-fixup-${policy.rseqFixup}`, NO_RESTART_ON_MIGRATE);
+      const observed = outcome(r.run, r.summary);
+      if (control) t.not(observed, expected, `rseq-fixup=off: the kernel cleared rseq_cs during the restore, so the task never meets it: ${observed}`);
+      else t.equal(observed, expected, `rseq-fixup=on (rseq_cs written back last): ${observed}`);
+      recordOutcome({
+        case: CASE, scenario: 'rseq glibc: checkpoint inside a section with deprecated NO_RESTART flags', policy: describePolicy(policy), control,
+        expected, observed, matchedUninterrupted: observed === expected, conditions,
+      });
+    }
+  });
+
+  await t.test('negative control omit=rseq (no re-registration, CRIU before rseq support): re-registering succeeds', async (t) => {
+    const policy: RestorePolicy = { ...DEFAULT_POLICY, omit: ['rseq'] };
+    const r = await cycle(t, 'own', 'rseq_outside', policy, 'own-rseq_outside-omit-rseq');
+    t.equal(r.summary?.reregister, '0', `the kernel had no registration: ${show(r.summary)}`);
+    t.equal(r.run.code, 1, 'the workload reports it (exit 1)');
+    recordOutcome({
+      case: CASE, scenario: 'rseq own: checkpoint between sections', policy: describePolicy(policy), control: true,
+      expected: show({ sum: ITERATIONS, aborts: 0, reregister: 'EBUSY' }), observed: show(r.summary),
+      matchedUninterrupted: r.summary?.reregister === 'EBUSY',
+    });
+  });
+});
+
+/** RSEQ_CS_FLAG_NO_RESTART_ON_MIGRATE: deprecated since Linux 6.0. */
+const NO_RESTART_ON_MIGRATE = 4;
+
+/**
+ * What the kernel does to a task that returns to user mode inside a section
+ * whose descriptor has deprecated flags, from the platform profile: killed
+ * with SIGSEGV (6.0+), or left to run the section's own policy (no abort).
+ */
+function deprecatedFlagsOutcome(rejected: boolean): string {
+  return rejected ? 'killed by signal 11' : 'exit 0, aborts=0';
+}
+
+const outcome = (run: { outcome: string; code: number }, s: Summary | undefined): string =>
+  run.outcome === 'killed' ? `killed by signal ${run.code}` : `exit ${run.code}, aborts=${s?.aborts ?? '?'}`;
+
+async function referenceRun(guest: Guest, w: Workload, mode: Mode): Promise<{ code: number; summary?: Summary }> {
+  const out = `/tmp/rseqcs-reference-${mode}.out`;
+  const { pid } = await guest.agent.call({ op: 'SPAWN', path: w.binary, argv: w.argv, envp: w.envp ?? [], stdoutPath: out, noAslr: true });
+  const run = await guest.agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
+  return { code: run.code, summary: summary(await readOutput(guest, out)) };
+}

@@ -1,0 +1,83 @@
+// expect: a DR1 data-write watchpoint of length 1, 2, 4 or 8, armed across a checkpoint taken at its third trap, is still
+// armed after restore (DR1/DR7 read back as checkpointed) and traps exactly once per remaining store — the same trap IPs as
+// the uninterrupted run, DR6 = B1 each time, none for the store just past the watched bytes, and the CPU shows the same
+// count of #DB exceptions at that IP. Negative control: omit=debugregs (the OpenVZ 2008 restart that dropped debug
+// registers) loses every remaining trap.
+import t, { type Test } from 'tap';
+import type { RunResult } from '../harness/agent/ops.ts';
+import { dr7WriteWatch } from '../harness/agent/breakpoint-spawn.ts';
+import { recordOutcome } from '../harness/report/verdicts.ts';
+import { DEFAULT_POLICY, describePolicy, type RestorePolicy } from '../harness/restore/policy.ts';
+import { startGuest } from '../harness/testing/guest-fixture.ts';
+import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
+import { checkpointAtHit, readOutput, restoreAndFinish, RUN_TIMEOUT_MS, spawnArmed, type Workload } from '../harness/testing/scenario.ts';
+import { hex } from '../harness/x86/registers.ts';
+
+const CASE = 'watchpoint';
+const ROUNDS = 6;
+const CHECKPOINT_AT_TRAP = 3;
+const WIDTHS = [1, 2, 4, 8] as const;
+/** DR6 B0-B3: which breakpoint fired. B1 alone: DR1's watchpoint. */
+const DR6_HITS = 0xfn;
+const DR6_B1 = 0x2n;
+
+const traps = (run: RunResult): string => run.hits.map((h) => `${hex(h.rip)}/dr6 B${(h.dr6 & DR6_HITS).toString(2).padStart(4, '0')}`).join(' ');
+
+t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
+  const guest = await startGuest(t, CASE);
+  const binary = guest.image.guestPaths.watch!;
+  const watched = guest.symbols.resolve('watch:watched');
+  const workload = (width: (typeof WIDTHS)[number]): Workload => ({
+    binary,
+    argv: [binary, String(width), String(ROUNDS)],
+    debugRegs: { 1: watched, 7: dr7WriteWatch(1, width) },
+  });
+
+  const cycle = async (t: Test, width: (typeof WIDTHS)[number], policy: RestorePolicy, tag: string) => {
+    const w = workload(width);
+    const refOut = `/tmp/watch-${tag}.reference.out`;
+    const pid = await spawnArmed(guest, w, refOut);
+    const reference = await guest.agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
+    const referenceOutput = await readOutput(guest, refOut);
+    t.equal(reference.hits.length, ROUNDS, `uninterrupted: one trap per store to the watched bytes, none for the neighbour (${traps(reference)})`);
+    t.ok(reference.hits.every((h) => (h.dr6 & DR6_HITS) === DR6_B1), 'uninterrupted: DR6 = B1 at every trap');
+
+    const checkpointed = await checkpointAtHit(guest, w, CHECKPOINT_AT_TRAP, tag);
+    t.equal(checkpointed.run.outcome, 'hit-limit', `checkpoint at trap ${CHECKPOINT_AT_TRAP}`);
+    const trapIp = reference.hits[0]!.rip;
+    const r = await restoreAndFinish(guest, checkpointed.file, policy, tag, { countDebugTrapsAt: trapIp });
+    return { reference, referenceOutput, checkpointed, r, trapIp, remaining: reference.hits.slice(CHECKPOINT_AT_TRAP) };
+  };
+
+  for (const width of WIDTHS) {
+    await t.test(`${width}-byte write watch armed across the checkpoint`, async (t) => {
+      const { referenceOutput, checkpointed, r, trapIp, remaining } = await cycle(t, width, DEFAULT_POLICY, `len${width}`);
+      t.same(checkpointed.run.hits.map((h) => h.rip), [trapIp, trapIp, trapIp], 'the original trapped three times before the checkpoint');
+      t.same(r.differences.filter((d) => d.what.startsWith('dr')), [], 'DR0-3, DR6, DR7 read back as checkpointed: still armed');
+      t.equal(r.image.debugRegs.dr1, watched, `DR1 = ${hex(watched)} in the image`);
+      t.same(r.run.hits.map((h) => h.rip), remaining.map((h) => h.rip), `restored: the remaining ${remaining.length} traps at the same IPs (${traps(r.run)})`);
+      t.ok(r.run.hits.every((h) => (h.dr6 & DR6_HITS) === DR6_B1), 'restored: DR6 = B1 at every trap');
+      t.equal(r.observation.debugTraps.length, remaining.length, `oracle: ${r.observation.debugTraps.length} #DB at ${hex(trapIp)} in the CPU`);
+      t.equal(r.output, referenceOutput, `same output as uninterrupted: ${r.output.trim()}`);
+      const observed = `${checkpointed.run.hits.length}+${r.run.hits.length} traps, CPU #DB ${r.observation.debugTraps.length}, DR6 ${[...new Set(r.run.hits.map((h) => hex(h.dr6 & DR6_HITS)))].join(',')}`;
+      recordOutcome({
+        case: CASE, scenario: `DR1 write watch, length ${width}, checkpoint at trap ${CHECKPOINT_AT_TRAP}`, policy: describePolicy(DEFAULT_POLICY), control: false,
+        expected: `${CHECKPOINT_AT_TRAP}+${ROUNDS - CHECKPOINT_AT_TRAP} traps, CPU #DB ${ROUNDS - CHECKPOINT_AT_TRAP}, DR6 0x2`, observed,
+        matchedUninterrupted: r.run.hits.length === remaining.length && r.observation.debugTraps.length === remaining.length && r.output === referenceOutput && r.run.hits.every((h) => (h.dr6 & DR6_HITS) === DR6_B1),
+      });
+    });
+  }
+
+  await t.test('negative control omit=debugregs (OpenVZ 2008: debug registers not restored): the remaining traps are lost', async (t) => {
+    const policy: RestorePolicy = { ...DEFAULT_POLICY, omit: ['debugregs'] };
+    const { r, remaining } = await cycle(t, 8, policy, 'len8-omit-debugregs');
+    t.equal(r.run.hits.length, 0, `restored: no trap (${remaining.length} expected)`);
+    t.equal(r.observation.debugTraps.length, 0, 'oracle: no #DB in the CPU');
+    t.ok(r.differences.some((d) => d.what === 'dr7'), `read back: DR7 differs (${JSON.stringify(r.differences.filter((d) => d.what.startsWith('dr')))})`);
+    recordOutcome({
+      case: CASE, scenario: `DR1 write watch, length 8, checkpoint at trap ${CHECKPOINT_AT_TRAP}`, policy: describePolicy(policy), control: true,
+      expected: `${CHECKPOINT_AT_TRAP}+${ROUNDS - CHECKPOINT_AT_TRAP} traps`, observed: `${CHECKPOINT_AT_TRAP}+${r.run.hits.length} traps, CPU #DB ${r.observation.debugTraps.length}`,
+      matchedUninterrupted: r.run.hits.length === remaining.length,
+    });
+  });
+});
