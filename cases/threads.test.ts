@@ -14,7 +14,7 @@ import path from 'node:path';
 import { dr7WriteWatch } from '../harness/agent/breakpoint-spawn.ts';
 import type { BreakpointHit } from '../harness/agent/ops.ts';
 import { observeCpu } from '../harness/oracle/cpu-oracle.ts';
-import { recordVerdict } from '../harness/report/verdicts.ts';
+import { recordOutcome } from '../harness/report/verdicts.ts';
 import { checkpointProcess } from '../harness/restore/checkpoint.ts';
 import { readCheckpointImage, writeCheckpointImage } from '../harness/restore/checkpoint-image.ts';
 import { DEFAULT_POLICY, describePolicy, type RestorePolicy } from '../harness/restore/policy.ts';
@@ -126,10 +126,10 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ', 'CONFIG_CHECKPOINT_RESTO
       const first = r.observation.first;
       const owner = first && r.image.threads.find((x) => OWN_REGISTERS.every((name) => first.get(name) === x.regs[name]));
       t.ok(owner && [1, 2].includes(c.tids.indexOf(owner.tid)), `oracle: the CPU ran the abort handler with ${owner ? `t${c.tids.indexOf(owner.tid)}'s` : 'no restored thread\'s'} own ${OWN_REGISTERS.join(' ')}`);
-      recordVerdict({
+      recordOutcome({
         case: CASE, scenario: SCENARIO, policy: describePolicy(policy), control: false, expected,
         observed: `${r.observed}; CPU ran the abort handler as ${owner ? `t${c.tids.indexOf(owner.tid)}` : 'no thread'}`,
-        pass: r.observed === expected && r.run.code === 0 && owner !== undefined && r.restored.differences.length === 0,
+        matchedUninterrupted: r.observed === expected && r.run.code === 0 && owner !== undefined && r.restored.differences.length === 0,
       });
     });
   }
@@ -170,7 +170,7 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ', 'CONFIG_CHECKPOINT_RESTO
       t.match(r.observed, c.shows, `caught: ${r.observed}`);
       t.not(r.observed, expected, 'and it differs from the uninterrupted run');
       if (c.cpu === 'no-abort') t.equal(r.observation.first, undefined, 'oracle: the CPU never ran the abort handler after the restore');
-      recordVerdict({ case: CASE, scenario: SCENARIO, policy: describePolicy(c.policy), control: true, expected, observed: r.observed, pass: r.observed === expected });
+      recordOutcome({ case: CASE, scenario: SCENARIO, policy: describePolicy(c.policy), control: true, expected, observed: r.observed, matchedUninterrupted: r.observed === expected });
     });
   }
 });

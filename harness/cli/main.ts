@@ -6,6 +6,7 @@
  *   crh image [kernel options]    build the guest image, print where it is
  *   crh boot  [kernel options]    boot a guest and print a ready ssh command line
  *   crh ssh [-- COMMAND]          a shell (or one command) in the guest crh boot runs
+ *   crh verdicts [--reset|--check] the verdict rows the cases recorded; --check exits 1 on any not as expected
  *   crh doctor [--json] [kernel options]
  *                                 measure and print the platform profile
  *   crh restore --dry-run IMAGE [--rf P] [--regs P] [--restorer R] [--rseq-fixup on|off] [--omit LIST]
@@ -45,7 +46,7 @@ import { readInfraFailures, recordInfraFailure } from '../report/infra-failures.
 import { junitXml } from '../report/junit.ts';
 import { writeHtmlReport } from '../report/html-inputs.ts';
 import { writeFile } from 'node:fs/promises';
-import { artifactsRoot, formatVerdictTable, outcome, readVerdicts } from '../report/verdicts.ts';
+import { artifactsRoot, formatVerdictTable, outcome, readVerdicts, verdictsFile } from '../report/verdicts.ts';
 import { REPO_ROOT } from '../util/cache-dir.ts';
 import { isInfraFailure } from '../report/infra-failures.ts';
 import { applyKernelOptions, kernelOptions } from './kernel-flags.ts';
@@ -92,6 +93,28 @@ async function bootCommand(args: string[]): Promise<number> {
     await machine.shutdown();
   }
   return EXIT.ok;
+}
+
+/**
+ * The verdict rows the cases recorded (artifacts/verdicts.jsonl): --reset
+ * empties the file before a run, --check prints the table and exits 1 when
+ * a row is not as expected — so the test command fails on a case whose tap
+ * assertions passed but whose verdict row (say, a negative control recorded
+ * the wrong way round) did not.
+ */
+async function verdictsCommand(args: string[]): Promise<number> {
+  const { values } = parseArgs({ args, options: { reset: { type: 'boolean' }, check: { type: 'boolean' } } });
+  const file = verdictsFile();
+  if (values.reset) {
+    rmSync(file, { force: true });
+    return EXIT.ok;
+  }
+  const verdicts = readVerdicts(file);
+  const failed = verdicts.filter((v) => outcome(v) === 'FAIL');
+  process.stdout.write(`${formatVerdictTable(verdicts)}\n\n${verdicts.length - failed.length} as expected or skipped, ${failed.length} not (${file})\n`);
+  if (!values.check) return EXIT.ok;
+  for (const v of failed) log(`not as expected: ${v.case}: ${v.scenario} under ${v.policy}${v.control ? ' (negative control)' : ''}: expected ${v.expected}, observed ${v.observed}`);
+  return failed.length > 0 || verdicts.length === 0 ? EXIT.failed : EXIT.ok;
 }
 
 /** A shell (or one command) in the guest `crh boot` is running; exits with ssh's code. */
@@ -233,6 +256,8 @@ async function main(argv: string[]): Promise<number> {
       return imageCommand(rest);
     case 'ssh':
       return sshCommand(rest);
+    case 'verdicts':
+      return verdictsCommand(rest);
     case 'boot':
       return bootCommand(rest);
     case 'run':
@@ -245,7 +270,7 @@ async function main(argv: string[]): Promise<number> {
     case 'restore':
       return restoreCommand(rest);
     default:
-      process.stderr.write('usage: crh bootstrap [--test] | image | boot | ssh [-- COMMAND] | doctor [--json] | restore --dry-run IMAGE | repro FILE.c | cr --binary PATH | run [--grep RE] [--kernel BZIMAGE|debian:PACKAGE [--system-map FILE]]... [--jobs N] [--artifacts DIR] [--junit FILE] [--json FILE] [--html FILE] [--cases DIR]\n');
+      process.stderr.write('usage: crh bootstrap [--test] | image | boot | ssh [-- COMMAND] | verdicts [--reset|--check] | doctor [--json] | restore --dry-run IMAGE | repro FILE.c | cr --binary PATH | run [--grep RE] [--kernel BZIMAGE|debian:PACKAGE [--system-map FILE]]... [--jobs N] [--artifacts DIR] [--junit FILE] [--json FILE] [--html FILE] [--cases DIR]\n');
       return EXIT.usage;
   }
 }
