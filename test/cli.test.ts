@@ -66,6 +66,7 @@ t.test('exit 0: register-integrity, every verdict as expected, JUnit parsed', as
   t.equal(cases.filter((c: any) => c.failure || c.error).length, 0);
   t.ok(cases.some((c: any) => /negative control/.test(c.name)), 'negative controls are named as such');
   t.match(r.stdout, /4 passed, 0 failed/);
+  t.match(r.stdout, /platform profile the expectations were conditioned on \(.*register-integrity\/profile\.json\):\n(?:.*\n)*?\s+accelerator\s+(tcg|kvm)/, 'the measured platform profile is printed with the verdicts');
   t.equal(r.json?.verdicts.length, 4, 'the --json file has the same verdicts');
   t.same(r.json?.infrastructureFailures, []);
 });

@@ -27,7 +27,7 @@
  * (QEMU, image, a kernel that cannot boot), 2 usage.
  */
 import { parseArgs } from 'node:util';
-import { readdirSync, rmSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { execa } from 'execa';
 import { CrhError } from '../errors.ts';
@@ -37,7 +37,7 @@ import { kernelFromEnvironment } from '../image/kernel.ts';
 import { QemuMachine } from '../machine/machine.ts';
 import { launchMachine } from '../machine/fast-start.ts';
 import { AgentClient } from '../agent/client.ts';
-import { platformProfile, profileRows } from '../platform/profile.ts';
+import { platformProfile, profileRows, type PlatformProfile } from '../platform/profile.ts';
 import { readCheckpointImage } from '../restore/checkpoint-image.ts';
 import { dryRunPlan, formatPlan } from '../restore/dry-run.ts';
 import { describePolicy } from '../restore/policy.ts';
@@ -46,7 +46,7 @@ import { readInfraFailures, recordInfraFailure } from '../report/infra-failures.
 import { junitXml } from '../report/junit.ts';
 import { writeHtmlReport } from '../report/html-inputs.ts';
 import { writeFile } from 'node:fs/promises';
-import { artifactsRoot, formatVerdictTable, outcome, readVerdicts, verdictsFile } from '../report/verdicts.ts';
+import { artifactsRoot, formatVerdictTable, outcome, readVerdicts, verdictsFile, type Verdict } from '../report/verdicts.ts';
 import { REPO_ROOT } from '../util/cache-dir.ts';
 import { isInfraFailure } from '../report/infra-failures.ts';
 import { applyKernelOptions, kernelOptions } from './kernel-flags.ts';
@@ -171,6 +171,15 @@ async function restoreCommand(args: string[]): Promise<number> {
   return EXIT.ok;
 }
 
+/** The profile a case's guest measured (every guest of one image and platform measures the same). */
+function measuredProfile(artifacts: string, verdicts: readonly Verdict[]): { file: string; profile: PlatformProfile } | undefined {
+  for (const name of new Set(verdicts.map((v) => v.case))) {
+    const file = path.join(artifacts, name, 'profile.json');
+    if (existsSync(file)) return { file, profile: JSON.parse(readFileSync(file, 'utf8')) as PlatformProfile };
+  }
+  return undefined;
+}
+
 async function runCommand(args: string[]): Promise<number> {
   const { values } = parseArgs({ args, options: { ...kernelOptions, ...runKernelOptions, jobs: { type: 'string' }, grep: { type: 'string' }, artifacts: { type: 'string' }, junit: { type: 'string' }, json: { type: 'string' }, html: { type: 'string' }, cases: { type: 'string' } } });
   if (values.jobs !== undefined && !/^[1-9][0-9]*$/.test(values.jobs)) throw new UsageError(`--jobs takes a number of case files to run at once, not ${values.jobs}`);
@@ -228,6 +237,8 @@ async function runCommand(args: string[]): Promise<number> {
     reject: false,
   });
   const verdicts = readVerdicts();
+  const profile = measuredProfile(artifacts, verdicts);
+  if (profile) process.stdout.write(`\nplatform profile the expectations were conditioned on (${profile.file}):\n${profileRows(profile.profile).map(([k, v]) => `  ${k.padEnd(34)} ${v}`).join('\n')}\n`);
   process.stdout.write(`\n${formatVerdictTable(verdicts)}\n`);
   const infra = readInfraFailures();
   if (values.junit) await writeFile(values.junit, junitXml(verdicts, infra));

@@ -4,7 +4,9 @@
  * symbols at hand. Cases get it through testing/guest-fixture.ts (released
  * in tap teardown), the CLI directly (released by close()).
  */
+import path from 'node:path';
 import { AgentClient } from '../agent/client.ts';
+import { writeFileAtomic } from '../util/atomic-write.ts';
 import type { HelloResult } from '../agent/ops.ts';
 import { buildImage, type GuestImage } from '../image/build.ts';
 import { kernelFromEnvironment } from '../image/kernel.ts';
@@ -82,6 +84,8 @@ export async function openGuest(options: OpenGuestOptions): Promise<OpenedGuest>
     const m = machine;
     agent.diagnose = async () => `${await m.diagnose()}\n--- console tail ---\n${m.console.tail()}`;
     const profile = await platformProfile({ image, machine, agent, log });
+    // The profile this guest's expectations came from, beside its artifacts: crh run prints it with the verdicts.
+    await writeFileAtomic(path.join(options.artifactsDir, 'profile.json'), `${JSON.stringify(profile, null, 2)}\n`);
     const platform: PlatformFacts = { ...profileFacts(profile), imageKey: image.key, start: machine.fromSavedState ? 'saved-state' : 'cold-boot' };
     await symbols.addSystemMap((await kernelSymbolFile(image, machine.ssh)).file);
     return { image, machine, agent, hello: opened.hello, artifactsDir: options.artifactsDir, profile, platform, symbols, close };

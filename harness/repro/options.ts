@@ -200,7 +200,7 @@ export function requestFlags(request: ReproRequest): string[] {
   else if (c.kind === 'after') flags.push('--checkpoint-after', String(c.ms));
   else flags.push('--when-ready');
   if (request.finishSignal) flags.push('--finish-signal', request.finishSignal.name);
-  flags.push('--rf', p.rf, '--regs', p.regs ?? 'full', '--restorer', p.restorer ?? 'ptrace', '--rseq-fixup', p.rseqFixup ?? 'on');
+  flags.push('--rf', p.rf, '--regs', p.regs ?? 'full', '--restorer', p.restorer ?? 'ptrace', '--rseq-fixup', p.rseqFixup ?? 'on', '--syscall-restart', p.syscallRestart ?? 'on');
   if (p.omit?.length) flags.push('--omit', p.omit.join(','));
   if (request.cflags.length > 0) flags.push(`--cflags=${request.cflags.join(' ')}`);
   flags.push('--timeout', String(request.timeoutMs));
