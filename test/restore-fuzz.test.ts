@@ -7,18 +7,8 @@ import { isDeepStrictEqual } from 'node:util';
 import { ImageRejectedError } from '../harness/errors.ts';
 import { imageEntries, parseImageEntries, readCheckpointImage, writeCheckpointImage, type CheckpointImage } from '../harness/restore/checkpoint-image.ts';
 import { reseal, syntheticImage } from './support/synthetic-image.ts';
+import { prng } from './support/prng.ts';
 
-/** A small deterministic PRNG (mulberry32), so a failure names a seed that reproduces it. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let x = a;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const SEED = Number(process.env.CRH_FUZZ_SEED ?? 20261123);
 const BYTE_MUTATIONS = Number(process.env.CRH_FUZZ_BYTES ?? 6000);

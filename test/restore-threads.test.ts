@@ -19,11 +19,11 @@ import { ALL_BLOCKABLE, SIGINFO_BYTES } from '../harness/restore/signals.ts';
 import { CLONE, THREAD_CLONE_FLAGS, threadXstateEntry, type ThreadState } from '../harness/restore/threads.ts';
 import { debugRegOffset, NT_X86_XSTATE } from '../harness/x86/registers.ts';
 import { reseal, SYNTHETIC_MAPS, syntheticImage, syntheticRegs, syntheticXstate } from './support/synthetic-image.ts';
+import { prng } from './support/prng.ts';
 
 const POLICY: RestorePolicy = { rf: 'keep-and-preserve' };
 const probe = { pid: 42, regs: syntheticRegs({ eflags: 0x202n, fs_base: 0n }), maps: parseMaps(SYNTHETIC_MAPS.split('\n').filter((l) => !l.includes('[heap]')).join('\n')) };
 const NR = { mmap: 9, munmap: 11, sigaltstack: 131, set_tid_address: 218, set_robust_list: 273, rt_tgsigqueueinfo: 297, rseq: 334, clone3: 435 } as const;
-const TIDS = [45, 43] as const;
 
 /** A 128-byte siginfo for `signo` sent by tgkill from pid 42 (SI_TKILL). */
 function siginfo(signo: number): Buffer {
@@ -316,17 +316,6 @@ t.test('hostile threads.json fields are refused, naming the field', async (t) =>
   rejects(t, reseal(entries, {}, (m) => delete (m.entries as Record<string, unknown>)[threadXstateEntry(45)]), threadXstateEntry(45), '(entry)');
 });
 
-/** A small deterministic PRNG (mulberry32), so a failure names a seed that reproduces it. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let x = a;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const SEED = Number(process.env.CRH_FUZZ_SEED ?? 20261124);
 /** Invalid values for fields of a thread record, by path below threads[i]. */

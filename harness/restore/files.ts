@@ -11,8 +11,8 @@
  */
 import type { AgentClient } from '../agent/client.ts';
 import { CrhError } from '../errors.ts';
-import { hex } from '../x86/registers.ts';
 import type { PlanStep } from './plan-step.ts';
+import { ScratchLayout } from './scratch.ts';
 
 export type FileKind = 'file' | 'directory' | 'device';
 
@@ -65,10 +65,8 @@ export const O_KNOWN = Object.values(O).reduce((a, b) => a | b, 0);
 /** Flags that change the file when it is opened again; never passed to the restoring open. */
 const O_SIDE_EFFECTS = O.CREAT | O.EXCL | O.TRUNC | O.NOCTTY;
 
-const NR = { lseek: 8, mmap: 9, munmap: 11, close: 3, dup3: 292, openat: 257, setsid: 112, setpgid: 109 } as const;
+const NR = { lseek: 8, close: 3, dup3: 292, openat: 257, setsid: 112, setpgid: 109 } as const;
 const AT_FDCWD = BigInt.asUintN(64, -100n);
-const PAGE = 4096n;
-const NO_FD = BigInt.asUintN(64, -1n);
 
 /** pgrp and session from /proc/PID/stat (fields 5 and 6, after the parenthesised name). */
 export function parseStatSession(stat: string): { pgid: number; sid: number } {
@@ -125,18 +123,12 @@ function lowestFree(open: Set<number>): number {
 export function fileSteps(pid: number, files: readonly OpenFile[], targetFds: readonly number[], scratch: bigint): PlanStep[] {
   if (files.length === 0) return [];
   const open = new Set(targetFds);
-  const paths = files.map((f) => Buffer.from(`${f.path}\0`));
-  const data = Buffer.concat(paths);
-  const pages = (BigInt(data.length) + PAGE - 1n) / PAGE;
-  const steps: PlanStep[] = [
-    { op: { op: 'INJECT_SYSCALL', pid, nr: NR.mmap, args: [scratch, pages * PAGE, 3n, 0x22n | 0x100000n, NO_FD, 0n] }, why: `scratch page(s) at ${hex(scratch)} for ${files.length} path(s)`, expect: scratch },
-    { op: { op: 'WRITE_MEM', pid, address: scratch, data }, why: 'the paths, NUL-terminated' },
-  ];
-  let at = scratch;
-  files.forEach((f, i) => {
+  const layout = new ScratchLayout(scratch);
+  const steps: PlanStep[] = [];
+  for (const f of files) {
     const got = lowestFree(open);
     const flags = BigInt(f.flags & ~O_SIDE_EFFECTS);
-    steps.push({ op: { op: 'INJECT_SYSCALL', pid, nr: NR.openat, args: [AT_FDCWD, at, flags, 0n] }, why: `open ${f.path} (${f.kind}, flags 0o${f.flags.toString(8)}) for fd ${f.fd}`, expect: BigInt(got) });
+    steps.push({ op: { op: 'INJECT_SYSCALL', pid, nr: NR.openat, args: [AT_FDCWD, layout.place(Buffer.from(`${f.path}\0`)), flags, 0n] }, why: `open ${f.path} (${f.kind}, flags 0o${f.flags.toString(8)}) for fd ${f.fd}`, expect: BigInt(got) });
     open.add(got);
     if (got !== f.fd) {
       if (open.has(f.fd)) throw new CheckpointError(`fd ${f.fd} is already open in the fresh target; cannot restore ${f.path} there`);
@@ -147,10 +139,8 @@ export function fileSteps(pid: number, files: readonly OpenFile[], targetFds: re
     }
     // A directory's offset is a file-system cookie, and a device has none worth keeping.
     if (f.kind === 'file' && f.pos !== 0n) steps.push({ op: { op: 'INJECT_SYSCALL', pid, nr: NR.lseek, args: [BigInt(f.fd), f.pos, 0n] }, why: `offset ${f.pos} on fd ${f.fd}`, expect: f.pos });
-    at += BigInt(paths[i]!.length);
-  });
-  steps.push({ op: { op: 'INJECT_SYSCALL', pid, nr: NR.munmap, args: [scratch, pages * PAGE] }, why: 'unmap the scratch page(s)', expect: 0n });
-  return steps;
+  }
+  return layout.steps(pid, `${files.length} path(s), NUL-terminated`, steps);
 }
 
 /**

@@ -18,6 +18,7 @@ import type { AgentOp } from '../agent/ops.ts';
 import { AgentError } from '../errors.ts';
 import { hex } from '../x86/registers.ts';
 import type { PlanStep } from './plan-step.ts';
+import { ScratchLayout, withScratchPage } from './scratch.ts';
 import type { Mapping } from './proc-maps.ts';
 
 /** struct sigaction as the x86-64 kernel reads it (rt_sigaction). */
@@ -66,12 +67,10 @@ export const SS_ONSTACK = 1;
 export const SS_DISABLE = 2;
 export const SS_AUTODISARM = 1 << 31;
 
-const NR = { mmap: 9, munmap: 11, rt_sigaction: 13, rt_sigqueueinfo: 129, sigaltstack: 131, rt_tgsigqueueinfo: 297 } as const;
-const PAGE = 4096n;
+const NR = { rt_sigaction: 13, rt_sigqueueinfo: 129, sigaltstack: 131, rt_tgsigqueueinfo: 297 } as const;
 const SIGACTION_BYTES = 32;
 const STACK_T_BYTES = 24;
 const SIGSET_BYTES = 8n;
-const NO_FD = BigInt.asUintN(64, -1n);
 
 export function encodeSigAction(a: Omit<SigAction, 'signo'>): Buffer {
   const b = Buffer.alloc(SIGACTION_BYTES);
@@ -114,9 +113,7 @@ export async function captureSignals(agent: AgentClient, pid: number): Promise<S
 }
 
 async function captureUnderFullMask(agent: AgentClient, pid: number, blocked: bigint): Promise<SignalState> {
-  const scratch = await agent.call({ op: 'INJECT_SYSCALL', pid, nr: NR.mmap, args: [0n, PAGE, 3n, 0x22n, NO_FD, 0n] });
-  if (scratch < 0n && scratch > -4096n) throw new AgentError(`mmap of a scratch page in pid ${pid} failed: errno ${-scratch}`, 'INJECT_SYSCALL', Number(-scratch));
-  try {
+  return withScratchPage(agent, pid, async (scratch) => {
     const ops: AgentOp[] = SETTABLE_SIGNALS.flatMap((signo): AgentOp[] => [
       { op: 'INJECT_SYSCALL', pid, nr: NR.rt_sigaction, args: [BigInt(signo), 0n, scratch, SIGSET_BYTES] },
       { op: 'READ_MEM', pid, address: scratch, length: SIGACTION_BYTES },
@@ -134,9 +131,7 @@ async function captureUnderFullMask(agent: AgentClient, pid: number, blocked: bi
     const thread = await agent.call({ op: 'PEEKSIGINFO', pid, shared: false });
     const shared = await agent.call({ op: 'PEEKSIGINFO', pid, shared: true });
     return { blocked, actions, altstack, pending: { thread, shared } };
-  } finally {
-    await agent.call({ op: 'INJECT_SYSCALL', pid, nr: NR.munmap, args: [scratch, PAGE] });
-  }
+  });
 }
 
 /**
@@ -149,12 +144,8 @@ export function signalSteps(pid: number, state: SignalState, scratch: bigint): P
   // A fresh exec has default actions, no alternate stack and nothing pending: then there is nothing to inject.
   if (state.actions.length === 0 && (state.altstack.flags & SS_DISABLE) !== 0 && pendingCount === 0) return [];
   const steps: PlanStep[] = [{ op: { op: 'SETSIGMASK', pid, mask: ALL_BLOCKABLE }, why: 'block every signal while the restore runs: nothing is delivered to a half-restored task' }];
-  const structs: Buffer[] = [];
-  const at = (b: Buffer): bigint => {
-    const offset = structs.reduce((n, s) => n + s.length, 0);
-    structs.push(b);
-    return scratch + BigInt(offset);
-  };
+  const layout = new ScratchLayout(scratch);
+  const at = (b: Buffer): bigint => layout.place(b);
   const calls: PlanStep[] = [];
   for (const a of state.actions) {
     calls.push({ op: { op: 'INJECT_SYSCALL', pid, nr: NR.rt_sigaction, args: [BigInt(a.signo), at(encodeSigAction(a)), 0n, SIGSET_BYTES] }, why: `disposition of signal ${a.signo}: handler ${hex(a.handler)}, flags ${hex(a.flags)}, mask ${hex(a.mask)}`, expect: 0n });
@@ -167,15 +158,7 @@ export function signalSteps(pid: number, state: SignalState, scratch: bigint): P
   for (const info of state.pending.thread) {
     calls.push({ op: { op: 'INJECT_SYSCALL', pid, nr: NR.rt_tgsigqueueinfo, args: [BigInt(pid), BigInt(pid), BigInt(siginfoSigno(info)), at(info)] }, why: `queue signal ${siginfoSigno(info)} on the thread queue again, with its siginfo`, expect: 0n });
   }
-  const data = Buffer.concat(structs);
-  const pages = (BigInt(data.length) + PAGE - 1n) / PAGE;
-  return [
-    ...steps,
-    { op: { op: 'INJECT_SYSCALL', pid, nr: NR.mmap, args: [scratch, pages * PAGE, 3n, 0x22n | 0x100000n, NO_FD, 0n] }, why: `scratch page(s) at ${hex(scratch)} for the signal structures`, expect: scratch },
-    { op: { op: 'WRITE_MEM', pid, address: scratch, data }, why: `${state.actions.length} sigaction(s), the stack_t and ${pendingCount} siginfo record(s)` },
-    ...calls,
-    { op: { op: 'INJECT_SYSCALL', pid, nr: NR.munmap, args: [scratch, pages * PAGE] }, why: 'unmap the scratch page(s)', expect: 0n },
-  ];
+  return [...steps, ...layout.steps(pid, `${state.actions.length} sigaction(s), the stack_t and ${pendingCount} siginfo record(s)`, calls)];
 }
 
 export function finalMaskStep(pid: number, state: SignalState): PlanStep {

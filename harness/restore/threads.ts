@@ -38,6 +38,7 @@ import { AgentError, ImageRejectedError } from '../errors.ts';
 import { NT_X86_XSTATE, USER_REGS_FIELDS, debugRegOffset, hex, type UserRegs } from '../x86/registers.ts';
 import { DEBUG_REG_NAMES, type CheckpointImage, type DebugRegs, type MemoryRegion } from './checkpoint-image.ts';
 import type { PlanStep } from './plan-step.ts';
+import { ScratchLayout, withScratchPage } from './scratch.ts';
 import { assertPolicyAdmits, omits, type RestorePolicy } from './policy.ts';
 import { applyRseqFixup, type RseqFixup, type RseqState } from './rseq.ts';
 import { ALL_BLOCKABLE, encodeAltStack, siginfoSigno, SS_DISABLE, SS_ONSTACK, type AltStack } from './signals.ts';
@@ -74,11 +75,8 @@ export const ROBUST_LIST_HEAD_BYTES = 24n;
 export const MAX_THREADS = 1024;
 export const MAX_TID = 4194304;
 
-const NR = { mmap: 9, munmap: 11, sigaltstack: 131, prctl: 157, set_tid_address: 218, set_robust_list: 273, get_robust_list: 274, rt_tgsigqueueinfo: 297, clone3: 435 } as const;
+const NR = { sigaltstack: 131, prctl: 157, set_tid_address: 218, set_robust_list: 273, get_robust_list: 274, rt_tgsigqueueinfo: 297, clone3: 435 } as const;
 const PR_GET_TID_ADDRESS = 40n;
-const PAGE = 4096n;
-const NO_FD = BigInt.asUintN(64, -1n);
-const MAP_ANON_PRIVATE_NOREPLACE = 0x22n | 0x100000n;
 
 /** clone3 flags (uapi linux/sched.h). */
 export const CLONE = {
@@ -115,9 +113,7 @@ export async function otherThreads(agent: AgentClient, pid: number): Promise<num
  * critical section must have rseq_cs parked by the caller.
  */
 export async function captureLinks(agent: AgentClient, pid: number, others: readonly number[]): Promise<{ main: ThreadLinks; others: Array<ThreadLinks & { altstack: AltStack }> }> {
-  const scratch = await agent.call({ op: 'INJECT_SYSCALL', pid, nr: NR.mmap, args: [0n, PAGE, 3n, 0x22n, NO_FD, 0n] });
-  if (scratch < 0n && scratch > -4096n) throw new AgentError(`mmap of a scratch page in pid ${pid} failed: errno ${-scratch}`, 'INJECT_SYSCALL', Number(-scratch));
-  try {
+  return withScratchPage(agent, pid, async (scratch) => {
     const perThread = (tid: number, altstack: boolean): AgentOp[] => [
       { op: 'INJECT_SYSCALL', pid: tid, nr: NR.prctl, args: [PR_GET_TID_ADDRESS, scratch] },
       { op: 'INJECT_SYSCALL', pid: tid, nr: NR.get_robust_list, args: [0n, scratch + 8n, scratch + 16n] },
@@ -142,9 +138,7 @@ export async function captureLinks(agent: AgentClient, pid: number, others: read
     };
     const [main, ...rest] = reads.map(decode);
     return { main: { clearChildTid: main!.clearChildTid, robustList: main!.robustList }, others: rest };
-  } finally {
-    await agent.call({ op: 'INJECT_SYSCALL', pid, nr: NR.munmap, args: [scratch, PAGE] });
-  }
+  });
 }
 
 /** The JSON form of the threads section: numbers as hex strings, siginfo records as hex. */
@@ -243,12 +237,8 @@ export function threadCreationSteps(pid: number, image: CheckpointImage, policy:
   if (image.threads.length === 0) return [];
   const links = !omits(policy, 'thread-links');
   const signals = !omits(policy, 'signals');
-  const structs: Buffer[] = [];
-  const at = (b: Buffer): bigint => {
-    const offset = structs.reduce((n, s) => n + s.length, 0);
-    structs.push(b);
-    return scratch + BigInt(offset);
-  };
+  const layout = new ScratchLayout(scratch);
+  const at = (b: Buffer): bigint => layout.place(b);
   const calls: PlanStep[] = [];
   for (const t of image.threads) {
     const tidBytes = Buffer.alloc(8);
@@ -274,14 +264,8 @@ export function threadCreationSteps(pid: number, image: CheckpointImage, policy:
       }
     }
   }
-  const data = Buffer.concat(structs);
-  const pages = (BigInt(data.length) + PAGE - 1n) / PAGE;
-  return [
-    { op: { op: 'INJECT_SYSCALL', pid, nr: NR.mmap, args: [scratch, pages * PAGE, 3n, MAP_ANON_PRIVATE_NOREPLACE, NO_FD, 0n] }, why: `scratch page(s) at ${hex(scratch)} for clone_args and thread structures`, expect: scratch },
-    { op: { op: 'WRITE_MEM', pid, address: scratch, data }, why: `${image.threads.length} clone_args with set_tid arrays, stack_t and siginfo records` },
-    ...calls,
-    { op: { op: 'INJECT_SYSCALL', pid, nr: NR.munmap, args: [scratch, pages * PAGE] }, why: 'unmap the scratch page(s)', expect: 0n },
-  ];
+  return layout.steps(pid, `${image.threads.length} clone_args with set_tid arrays, stack_t and siginfo records`, calls);
+
 }
 
 /** DR0-3, DR6, then DR7 of one task: DR7 enables a breakpoint only once its address is in place. */
