@@ -29,7 +29,7 @@ interface SectionOptions {
 /** The synthetic image stopped at `rip`, with rseq_cs pointing at CS's descriptor. */
 function inSection(rip: bigint, { flags = 0, abort = CS.abort, signature = SYNTHETIC_RSEQ.signature }: SectionOptions = {}): CheckpointImage {
   const image = syntheticImage({ regs: syntheticRegs({ rip }) });
-  const data = Buffer.from(image.memory.get(image.regions[1]!.entry)!);
+  const data = Buffer.from(image.memory.get(image.regions[1]!.entry!)!);
   const d = Number(CS.at - image.regions[1]!.start);
   data.fill(0, d, d + 32);
   data.writeUInt32LE(flags, d + 4);
@@ -37,11 +37,11 @@ function inSection(rip: bigint, { flags = 0, abort = CS.abort, signature = SYNTH
   data.writeBigUInt64LE(CS.postCommit, d + 16);
   data.writeBigUInt64LE(abort, d + 24);
   if (abort === DUMPED_ABORT) data.writeUInt32LE(signature, Number(abort - 4n - image.regions[1]!.start));
-  const heap = Buffer.from(image.memory.get(image.regions[2]!.entry)!);
+  const heap = Buffer.from(image.memory.get(image.regions[2]!.entry!)!);
   heap.writeBigUInt64LE(CS.at, Number(SYNTHETIC_RSEQ.area + 8n - image.regions[2]!.start));
   const memory = new Map(image.memory);
-  memory.set(image.regions[1]!.entry, data);
-  memory.set(image.regions[2]!.entry, heap);
+  memory.set(image.regions[1]!.entry!, data);
+  memory.set(image.regions[2]!.entry!, heap);
   const maps = abort === DUMPED_ABORT ? image.maps.replace('100a0000-100a2000 rw-p', '100a0000-100a2000 rwxp') : image.maps;
   return { ...image, memory, maps };
 }
@@ -91,12 +91,12 @@ t.test('rseq-fixup=on: inside the section → abort_ip and rseq_cs cleared; the 
     const plan = compileRestorePlan(image, probe, POLICY);
     t.equal(setregs(plan).rip, aborts ? CS.abort : rip, `rip 0x${rip.toString(16)}: ${aborts ? 'abort_ip' : 'unchanged'}`);
     const fixed = applyRseqFixup(image).image;
-    const heap = fixed.memory.get(fixed.regions[2]!.entry)!;
+    const heap = fixed.memory.get(fixed.regions[2]!.entry!)!;
     t.equal(heap.readBigUInt64LE(Number(SYNTHETIC_RSEQ.area + 8n - fixed.regions[2]!.start)), aborts ? 0n : CS.at, aborts ? 'rseq_cs cleared' : 'rseq_cs kept');
   }
   const original = inSection(CS.start + 4n);
   applyRseqFixup(original);
-  t.equal(original.memory.get(original.regions[2]!.entry)!.readBigUInt64LE(Number(SYNTHETIC_RSEQ.area + 8n - 0x100a2000n)), CS.at, 'the fixup works on a copy: the input image keeps its rseq_cs');
+  t.equal(original.memory.get(original.regions[2]!.entry!)!.readBigUInt64LE(Number(SYNTHETIC_RSEQ.area + 8n - 0x100a2000n)), CS.at, 'the fixup works on a copy: the input image keeps its rseq_cs');
   t.ok(inCriticalSection(CS.start, { at: 0n, version: 0, flags: 0, startIp: CS.start, postCommitOffset: CS.postCommit, abortIp: CS.abort }));
 });
 
@@ -116,11 +116,11 @@ t.test('NO_RESTART flags are left to the kernel; a wrong signature, version or a
   t.throws(() => compileRestorePlan(inSection(CS.start + 4n, { abort: DUMPED_ABORT, signature: 0x12345678 }), probe, POLICY), /not preceded by the registered signature/, 'signature mismatch');
   t.throws(() => compileRestorePlan(inSection(CS.start + 4n, { abort: 0x100a1000n }), probe, POLICY), /not in an executable mapping/, 'abort_ip in data');
   const badVersion = inSection(CS.start + 4n);
-  const data = badVersion.memory.get(badVersion.regions[1]!.entry)!;
+  const data = badVersion.memory.get(badVersion.regions[1]!.entry!)!;
   data.writeUInt32LE(1, Number(CS.at - badVersion.regions[1]!.start));
   t.throws(() => compileRestorePlan(badVersion, probe, POLICY), PlanError, 'version 1');
   const dangling = inSection(CS.start + 4n);
-  dangling.memory.get(dangling.regions[2]!.entry)!.writeBigUInt64LE(0x500000000n, Number(SYNTHETIC_RSEQ.area + 8n - 0x100a2000n));
+  dangling.memory.get(dangling.regions[2]!.entry!)!.writeBigUInt64LE(0x500000000n, Number(SYNTHETIC_RSEQ.area + 8n - 0x100a2000n));
   t.throws(() => compileRestorePlan(dangling, probe, POLICY), /outside the image's memory/);
 });
 

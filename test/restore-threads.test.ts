@@ -58,9 +58,9 @@ function threaded(overrides: Partial<CheckpointImage> = {}): CheckpointImage {
   const image = syntheticImage({ links: { clearChildTid: 0x100c3400n, robustList: 0x100c3420n }, threads: [thread(43, 1), thread(45, 2)], ...overrides });
   // Each thread's rseq area starts zeroed, as the main thread's: not in a critical section.
   const heap = image.regions[2]!;
-  const bytes = Buffer.from(image.memory.get(heap.entry)!);
+  const bytes = Buffer.from(image.memory.get(heap.entry!)!);
   for (const t0 of image.threads) if (t0.rseq) bytes.fill(0, Number(t0.rseq.area - heap.start), Number(t0.rseq.area - heap.start) + t0.rseq.size);
-  return { ...image, memory: new Map(image.memory).set(heap.entry, bytes) };
+  return { ...image, memory: new Map(image.memory).set(heap.entry!, bytes) };
 }
 
 const ops = (plan: PlanStep[]) => plan.map((s) => s.op);
@@ -177,16 +177,16 @@ t.test('the rseq fixup and the syscall restart apply to each thread on its own',
   // Thread 43 stopped inside a section whose descriptor lies in .data; thread 45 interrupted in futex().
   const cs = { at: 0x100a0100n, start: 0x10001300n, postCommit: 0x40n, abort: 0x10001380n };
   const base = threaded();
-  const data = Buffer.from(base.memory.get(base.regions[1]!.entry)!);
+  const data = Buffer.from(base.memory.get(base.regions[1]!.entry!)!);
   const d = Number(cs.at - base.regions[1]!.start);
   data.fill(0, d, d + 32);
   data.writeBigUInt64LE(cs.start, d + 8);
   data.writeBigUInt64LE(cs.postCommit, d + 16);
   data.writeBigUInt64LE(cs.abort, d + 24);
-  const heap = Buffer.from(base.memory.get(base.regions[2]!.entry)!);
+  const heap = Buffer.from(base.memory.get(base.regions[2]!.entry!)!);
   const area43 = base.threads[0]!.rseq!.area;
   heap.writeBigUInt64LE(cs.at, Number(area43 + 8n - base.regions[2]!.start));
-  const memory = new Map(base.memory).set(base.regions[1]!.entry, data).set(base.regions[2]!.entry, heap);
+  const memory = new Map(base.memory).set(base.regions[1]!.entry!, data).set(base.regions[2]!.entry!, heap);
   const futex = syntheticRegs({ rip: 0x10001400n, rsp: 0x7ffffffe0000n, orig_rax: 202n, rax: BigInt.asUintN(64, -512n) });
   const image = { ...base, memory, threads: [{ ...base.threads[0]!, regs: { ...base.threads[0]!.regs, rip: cs.start + 8n } }, { ...base.threads[1]!, regs: futex }] };
 
@@ -204,7 +204,7 @@ t.test('the rseq fixup and the syscall restart apply to each thread on its own',
 
   const deprecated = Buffer.from(data);
   deprecated.writeUInt32LE(4, d + 4);
-  const noRestart = compileRestorePlan({ ...image, memory: new Map(memory).set(base.regions[1]!.entry, deprecated) }, probe, POLICY);
+  const noRestart = compileRestorePlan({ ...image, memory: new Map(memory).set(base.regions[1]!.entry!, deprecated) }, probe, POLICY);
   t.equal(regsOf(noRestart, 43).rip, cs.start + 8n, 'NO_RESTART flags: the IP stays');
   const last = noRestart.at(-1)!.op as { op: string; pid: number; address: bigint; data: Uint8Array };
   t.same([last.op, last.pid, last.address, Buffer.from(last.data).readBigUInt64LE(0)], ['WRITE_MEM', 43, area43 + 8n, cs.at], 'and thread 43\'s rseq_cs is written back last');

@@ -173,6 +173,6 @@ t.test('memory regions: alignment, order, sizes, user space', async (t) => {
   rejects(t, () => parseImageEntries(withRegions((r) => r.reverse())), 'memory.json', /\.start$/);
   rejects(t, () => parseImageEntries(withRegions((r) => (r[1]!.end = '0x100a3000'))), 'memory/0001.bin', 'size');
   rejects(t, () => parseImageEntries(withRegions((r) => (r[3]!.end = '0x800000001000'))), 'memory.json', '[3].end');
-  rejects(t, () => parseImageEntries(withRegions((r) => (r[0]!.perms = 'rw-s'))), 'memory.json', '[0].perms');
+  rejects(t, () => parseImageEntries(withRegions((r) => (r[0]!.perms = 'rw-q'))), 'memory.json', '[0].perms');
   rejects(t, () => parseImageEntries(withRegions((r) => (r[1]!.entry = r[0]!.entry))), 'memory.json', '[1].entry');
 });

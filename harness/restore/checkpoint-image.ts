@@ -29,9 +29,12 @@ export const IMAGE_FORMAT = 'cr-harness-checkpoint';
 /**
  * 2: rseq.json (the rseq registration) joined the image; 3: signals.json and
  * task.json; 4: threads.json (every thread but the main one, and each
- * thread's clear_child_tid and robust list) with threads/TID-xstate.bin.
+ * thread's clear_child_tid and robust list) with threads/TID-xstate.bin;
+ * 5: every mapping (shared ones too, and other files' text): memory.json
+ * regions carry the mapped file and offset, and a shared file mapping no
+ * entry (its contents are the file's).
  */
-export const IMAGE_VERSION = 4;
+export const IMAGE_VERSION = 5;
 const MANIFEST_DIGEST = 'manifest.sha256';
 
 export const LIMITS = {
@@ -67,10 +70,15 @@ export const DEBUG_REG_NAMES = ['dr0', 'dr1', 'dr2', 'dr3', 'dr6', 'dr7'] as con
 export interface MemoryRegion {
   start: bigint;
   end: bigint;
+  /** "rw-p"; an "s" last means shared (MAP_SHARED) */
   perms: string;
   name: string;
-  /** tar entry holding the region's bytes */
-  entry: string;
+  /** the file mapped, opened again on restore; null for anonymous memory (private or shared) */
+  file: string | null;
+  /** the file offset of `start`; 0 for anonymous memory */
+  offset: bigint;
+  /** tar entry holding the region's bytes; null for a shared file mapping, whose bytes are the file's */
+  entry: string | null;
 }
 
 export interface CheckpointImage {
@@ -131,7 +139,7 @@ export function imageEntries(image: CheckpointImage): Map<string, Buffer> {
   entries.set('maps.txt', Buffer.from(image.maps));
   entries.set(
     'memory.json',
-    json(image.regions.map((r) => ({ start: hex(r.start), end: hex(r.end), perms: r.perms, name: r.name, entry: r.entry }))),
+    json(image.regions.map((r) => ({ start: hex(r.start), end: hex(r.end), perms: r.perms, name: r.name, file: r.file, offset: hex(r.offset), entry: r.entry }))),
   );
   for (const [name, data] of image.memory) entries.set(name, data);
   const manifest: Manifest = {

@@ -3,18 +3,19 @@
  * a ptrace stop, as RUN leaves them: each thread's registers, xstate, debug
  * registers, rseq registration, mask, pending queue, alternate stack,
  * clear_child_tid and robust list (threads.ts), the process's signal state,
- * files, the memory map and the contents of every mapping isDumped()
- * selects. The result is an in-memory image; writing it is
+ * files, the memory map, every mapping isDumped() selects (with the file
+ * and offset of a file mapping) and the contents of those that have their
+ * own (all but shared file mappings). The result is an in-memory image; writing it is
  * checkpoint-image.ts's job.
  */
 import type { AgentClient } from '../agent/client.ts';
 import { NT_X86_XSTATE, debugRegOffset } from '../x86/registers.ts';
 import { DEBUG_REG_NAMES, memoryEntryName, type CheckpointImage, type DebugRegs, type PlatformFacts, type ProcessInfo } from './checkpoint-image.ts';
-import { isDumped, parseMaps } from './proc-maps.ts';
+import { hasContents, isDumped, mappedFile, parseMaps } from './proc-maps.ts';
 import type { RseqState } from './rseq.ts';
 import { captureSignals, SS_DISABLE } from './signals.ts';
 import { captureLinks, otherThreads, type ThreadState } from './threads.ts';
-import { captureTask } from './files.ts';
+import { captureTask, CheckpointError } from './files.ts';
 import { AgentError } from '../errors.ts';
 import { constants } from 'node:os';
 
@@ -44,14 +45,19 @@ export async function checkpointProcess(agent: AgentClient, process: ProcessInfo
 
   const regions: CheckpointImage['regions'] = [];
   const memory = new Map<string, Buffer>();
-  for (const m of parseMaps(maps).filter(isDumped)) {
-    const entry = memoryEntryName(regions.length);
+  for (const m of parseMaps(maps).filter((m) => isDumped(m, process.binary))) {
+    const file = mappedFile(m) ?? null;
+    // A deleted file (or a memfd, a SysV segment) cannot be opened again; a
+    // process restored without it would fail later, far from the cause.
+    if (file?.endsWith(' (deleted)')) throw new CheckpointError(`mapping ${m.start.toString(16)}-${m.end.toString(16)} ${m.perms} maps ${file}, which a restore cannot open again`, { mapping: `${m.start.toString(16)}-${m.end.toString(16)}`, target: file });
+    const entry = hasContents(m) ? memoryEntryName(regions.length) : null;
+    regions.push({ start: m.start, end: m.end, perms: m.perms, name: m.name, file, offset: file === null ? 0n : m.offset, entry });
+    if (entry === null) continue;
     const chunks: Buffer[] = [];
     for (let at = m.start; at < m.end; at += BigInt(READ_CHUNK_BYTES)) {
       const length = Number(m.end - at < BigInt(READ_CHUNK_BYTES) ? m.end - at : BigInt(READ_CHUNK_BYTES));
       chunks.push(await agent.call({ op: 'READ_MEM', pid, address: at, length }));
     }
-    regions.push({ start: m.start, end: m.end, perms: m.perms, name: m.name, entry });
     memory.set(entry, Buffer.concat(chunks));
   }
   const { regs, xstate, debugRegs, rseq } = main;

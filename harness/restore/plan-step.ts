@@ -10,7 +10,12 @@ export interface TargetProbe {
   maps: Mapping[];
   /** descriptors the fresh target has open; 0-2 when absent */
   fds?: number[];
+  /** what the target sees at each path the image's file mappings name (mappings.ts probeMappedFiles) */
+  files?: Map<string, MappedFileState>;
 }
+
+/** What the target sees at a mapped file's path: null when there is nothing (ENOENT, ENOTDIR). */
+export type MappedFileState = { size: bigint; regular: boolean } | null;
 
 export interface PlanStep {
   op: AgentOp;

@@ -10,13 +10,14 @@ import { DEBUG_REG_NAMES, type CheckpointImage } from './checkpoint-image.ts';
 import { PlanError, type PlanStep, type TargetProbe } from './plan-step.ts';
 import { omits, type RestorePolicy } from './policy.ts';
 import { applyRseqFixup, type RseqFixup } from './rseq.ts';
-import { isKernelProvided, parseMaps, protOf, uncovered, type Mapping } from './proc-maps.ts';
+import { isKernelProvided, parseMaps, protOf, type Mapping } from './proc-maps.ts';
+import { mappingSteps } from './mappings.ts';
 import { freePage, registerSteps, threadRegisterSteps, xstateStep } from './restorers.ts';
 import { ALL_BLOCKABLE, finalMaskStep, signalSteps } from './signals.ts';
 import { applyThreadRseqFixups, debugRegSteps, linkSteps, threadCreationSteps, threadFinalSteps, type ThreadFixup } from './threads.ts';
 import { fileSteps, sessionSteps } from './files.ts';
 import { rewindInterruptedSyscall } from './syscall-restart.ts';
-import { brkStep, mapFixedStep, PROT, protectStep, rseqStep } from './syscall-steps.ts';
+import { brkStep, protectStep, rseqStep } from './syscall-steps.ts';
 
 export { PlanError, type PlanStep, type TargetProbe };
 
@@ -81,13 +82,12 @@ export function compileRestorePlan(checkpointed: CheckpointImage, probe: TargetP
     covered.push({ ...heaps[0]!, start, end });
   }
 
-  for (const region of image.regions) {
-    for (const [start, end] of uncovered(region.start, region.end, covered)) {
-      steps.push(mapFixedStep(pid, start, end - start, PROT.READ | PROT.WRITE, `map ${hex(start)}-${hex(end)} (absent in the target) for ${region.name || 'anonymous memory'}`));
-    }
-  }
+  // Every kind of mapping (mappings.ts): anonymous, shared anonymous, files.
+  steps.push(...mappingSteps(pid, image.regions, probe, covered, policy, freePage(probe.maps, imageMaps)));
 
+  // A shared file mapping has no entry: its contents are the file's.
   for (const region of image.regions) {
+    if (region.entry === null) continue;
     const data = image.memory.get(region.entry)!;
     for (let off = 0; off < data.length; off += WRITE_CHUNK_BYTES) {
       const slice = data.subarray(off, Math.min(off + WRITE_CHUNK_BYTES, data.length));

@@ -56,9 +56,15 @@ export type RseqFixupPolicy = (typeof RSEQ_FIXUP_POLICIES)[number];
  *   created with, everything blocked (none when signals are omitted);
  * - thread-links: no clear_child_tid and no robust futex list for any
  *   thread, the main one included (pthread_join then waits for ever, and a
- *   robust mutex of a dead thread is never marked owner-dead).
+ *   robust mutex of a dead thread is never marked owner-dead);
+ * - mapping-kinds: every mapping the target lacks is recreated as private
+ *   anonymous memory with the image's contents written in, as this harness
+ *   did before shared and file mappings were restored (mappings.ts): shared
+ *   anonymous memory is private, a file mapping has lost its file (a write
+ *   through a shared one no longer reaches it) and a shared file mapping,
+ *   whose contents the image does not hold, reads as zeros.
  */
-export const OMITTABLE = ['debugregs', 'xstate', 'tls', 'rseq', 'signals', 'files', 'thread-xstate', 'thread-masks', 'thread-links'] as const;
+export const OMITTABLE = ['debugregs', 'xstate', 'tls', 'rseq', 'signals', 'files', 'thread-xstate', 'thread-masks', 'thread-links', 'mapping-kinds'] as const;
 export type Omittable = (typeof OMITTABLE)[number];
 
 /** The segment registers and bases that make up a 64-bit task's TLS. */

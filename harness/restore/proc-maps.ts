@@ -47,18 +47,40 @@ export function protOf(perms: string): number {
 const KERNEL_PROVIDED = /^\[(vdso|vvar[a-z_]*|vsyscall|uprobes)\]$/;
 
 /**
- * Whether a mapping's contents belong in a checkpoint: every private mapping
- * the process can have changed. Executable file text is left out (it is the
- * binary's, restored by exec'ing the same binary); the kernel's own
- * vdso/vvar/vsyscall are left out (they must sit at the same address instead).
- * Read-only data is kept: startup code writes relocations and then
- * mprotects them read-only (RELRO), so "r--" is not "unchanged".
+ * What /proc/PID/maps calls shared anonymous memory (MAP_SHARED |
+ * MAP_ANONYMOUS): a shmem object named "/dev/zero (deleted)" up to 6.1,
+ * "[anon_shmem...]" where a kernel names it so.
  */
-export function isDumped(m: Mapping): boolean {
+export function isSharedAnonymous(m: Mapping): boolean {
+  return m.perms[3] === 's' && (m.name === '/dev/zero (deleted)' || m.name.startsWith('[anon_shmem'));
+}
+
+/** The file a mapping maps (its path in maps), or undefined for anonymous memory and the kernel's own mappings. */
+export function mappedFile(m: Mapping): string | undefined {
+  if (isSharedAnonymous(m) || !m.name.startsWith('/')) return undefined;
+  return m.name;
+}
+
+/**
+ * Whether a mapping belongs in a checkpoint: every mapping but the
+ * binary's executable text (restored by exec'ing the same binary; `binary`
+ * is its path, and without it every executable file mapping is taken for
+ * the binary's) and the kernel's own vdso/vvar/vsyscall (they must sit at
+ * the same address instead). Read-only data is kept: startup code writes
+ * relocations and then mprotects them read-only (RELRO), so "r--" is not
+ * "unchanged". Private and shared anonymous memory and private file
+ * mappings are dumped with their contents; a shared file mapping's contents
+ * are the file's (hasContents).
+ */
+export function isDumped(m: Mapping, binary?: string): boolean {
   if (KERNEL_PROVIDED.test(m.name)) return false;
-  if (m.perms[3] !== 'p') return false;
-  if (m.perms[2] === 'x' && m.name.startsWith('/')) return false;
+  if (m.perms[2] === 'x' && m.perms[3] === 'p' && m.name.startsWith('/') && (binary === undefined || m.name === binary)) return false;
   return true;
+}
+
+/** Whether a dumped mapping's bytes go into the image: all but shared file mappings, whose bytes are the file's. */
+export function hasContents(m: Mapping): boolean {
+  return !(m.perms[3] === 's' && mappedFile(m) !== undefined);
 }
 
 export function isKernelProvided(m: Mapping): boolean {

@@ -13,6 +13,7 @@ import { DEBUG_REG_NAMES, type CheckpointImage } from './checkpoint-image.ts';
 import { compileRestorePlan, fixedImage, type PlanStep } from './plan.ts';
 import { assertPolicyAdmits, omits, type RestorePolicy } from './policy.ts';
 import { parseMaps } from './proc-maps.ts';
+import { mappedFiles, probeMappedFiles } from './mappings.ts';
 import { rseqCsPointer } from './rseq.ts';
 import { siginfoSigno } from './signals.ts';
 import { captureTask, type OpenFile, type TaskState } from './files.ts';
@@ -61,7 +62,8 @@ export async function restoreProcess(agent: AgentClient, image: CheckpointImage,
     const regs = await agent.call({ op: 'GETREGS', pid });
     const maps = parseMaps((await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/maps`, maxSize: 1 << 20 })).toString('utf8'));
     const fds = (await agent.call({ op: 'LISTDIR', path: `/proc/${pid}/fd` })).map(Number);
-    const plan = compileRestorePlan(image, { pid, regs, maps, fds }, options.policy);
+    const files = await probeMappedFiles(agent, pid, mappedFiles(image.regions));
+    const plan = compileRestorePlan(image, { pid, regs, maps, fds, files }, options.policy);
     const steps = await agent.batch(plan.map((s) => s.op));
     checkSteps(plan, steps);
     const requested = fixedImage(image, options.policy).image;

@@ -45,7 +45,7 @@ export interface RseqCriticalSection {
 /** Bytes [address, address + length) of the image's memory, or undefined when not dumped. */
 export function imageBytes(image: Pick<CheckpointImage, 'regions' | 'memory'>, address: bigint, length: bigint): Buffer | undefined {
   const region = image.regions.find((r) => r.start <= address && address + length <= r.end);
-  if (!region) return undefined;
+  if (!region || region.entry === null) return undefined;
   const data = image.memory.get(region.entry)!;
   const off = Number(address - region.start);
   return data.subarray(off, off + Number(length));
@@ -125,9 +125,9 @@ export function applyRseqFixup(image: CheckpointImage): RseqFixup {
   }
   const memory = new Map(image.memory);
   const region = image.regions.find((r) => r.start <= image.rseq!.area + RSEQ_CS_OFFSET && image.rseq!.area + RSEQ_CS_OFFSET + 8n <= r.end)!;
-  const copy = Buffer.from(memory.get(region.entry)!);
+  const copy = Buffer.from(memory.get(region.entry!)!);
   copy.writeBigUInt64LE(0n, Number(image.rseq.area + RSEQ_CS_OFFSET - region.start));
-  memory.set(region.entry, copy);
+  memory.set(region.entry!, copy);
   return {
     image: { ...image, regs: { ...image.regs, rip: cs.abortIp }, memory },
     note: `rip ${hex(ip)} is inside the section [${hex(cs.startIp)}, +${hex(cs.postCommitOffset)}): rip set to abort_ip ${hex(cs.abortIp)}, rseq_cs cleared`,
@@ -140,7 +140,7 @@ export function checkRseqArea(rseq: RseqState, regions: readonly MemoryRegion[])
   if (rseq.size < RSEQ_AREA_MIN || rseq.size > RSEQ_AREA_MAX) return `size ${rseq.size} is outside [${RSEQ_AREA_MIN}, ${RSEQ_AREA_MAX}]`;
   const end = rseq.area + BigInt(rseq.size);
   const holder = regions.find((r) => r.start <= rseq.area && end <= r.end);
-  if (!holder) return `area ${hex(rseq.area)}-${hex(end)} is not inside one dumped region`;
+  if (!holder || holder.entry === null) return `area ${hex(rseq.area)}-${hex(end)} is not inside one dumped region`;
   if (holder.perms[1] !== 'w') return `area ${hex(rseq.area)} is in a ${holder.perms} region; the kernel writes it`;
   return undefined;
 }

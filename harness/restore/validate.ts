@@ -17,6 +17,7 @@ import {
 } from '../x86/registers.ts';
 import { DEBUG_REG_NAMES, type CheckpointImage, type DebugRegs, type MemoryRegion, type PlatformFacts, type ProcessInfo } from './checkpoint-image.ts';
 import { parseMaps } from './proc-maps.ts';
+import { mappedPathProblem } from './mappings.ts';
 import { checkRseqArea, type RseqState } from './rseq.ts';
 import { SIGINFO_BYTES, signalStateProblem, type SignalState } from './signals.ts';
 import { taskStateProblem, type FileKind, type TaskState } from './files.ts';
@@ -39,6 +40,8 @@ export interface UntrustedImage {
 }
 
 const PAGE = 4096n;
+/** Largest file offset (loff_t) a mapping may reach. */
+const MAX_FILE_OFFSET = 1n << 63n;
 const U64_HEX = /^0x[0-9a-f]{1,16}$/;
 
 function reject(entry: string, field: string, why: string): never {
@@ -187,15 +190,31 @@ function validateRegions(raw: unknown, entries: Map<string, Buffer>): MemoryRegi
     if (end > USER_SPACE_END) reject('memory.json', `${at}.end`, `${hex(end)} is outside user space`);
     const prev = regions.at(-1);
     if (prev && start < prev.end) reject('memory.json', `${at}.start`, 'regions overlap or are not sorted');
-    if (typeof r.perms !== 'string' || !/^[r-][w-][x-]p$/.test(r.perms)) reject('memory.json', `${at}.perms`, `${JSON.stringify(r.perms)} is not private perms like "rw-p"`);
+    if (typeof r.perms !== 'string' || !/^[r-][w-][x-][ps]$/.test(r.perms)) reject('memory.json', `${at}.perms`, `${JSON.stringify(r.perms)} is not perms like "rw-p" (private) or "rw-s" (shared)`);
     if (typeof r.name !== 'string' || r.name.length > 4096 || r.name.includes('\0')) reject('memory.json', `${at}.name`, 'must be a string');
+    let file: string | null = null;
+    if (r.file !== null) {
+      const problem = mappedPathProblem(r.file);
+      if (problem) reject('memory.json', `${at}.file`, `must be null (anonymous) or a file a restore may open: ${problem}`);
+      file = r.file as string;
+    }
+    const offset = u64('memory.json', `${at}.offset`, r.offset);
+    if (offset % PAGE !== 0n) reject('memory.json', `${at}.offset`, `${hex(offset)} is not page aligned`);
+    if (file === null && offset !== 0n) reject('memory.json', `${at}.offset`, `${hex(offset)} for anonymous memory (must be 0x0)`);
+    if (offset + (end - start) > MAX_FILE_OFFSET) reject('memory.json', `${at}.offset`, `${hex(offset)} puts the mapping's end past any file offset`);
+    const sharedFile = file !== null && r.perms[3] === 's';
+    if (sharedFile) {
+      if (r.entry !== null) reject('memory.json', `${at}.entry`, 'must be null: a shared file mapping\'s contents are the file\'s, never written back');
+      regions.push({ start, end, perms: r.perms, name: r.name, file, offset, entry: null });
+      return;
+    }
     if (typeof r.entry !== 'string' || !r.entry.startsWith('memory/')) reject('memory.json', `${at}.entry`, 'must name a memory/ entry');
     if (used.has(r.entry)) reject('memory.json', `${at}.entry`, 'entry used twice');
     used.add(r.entry);
     const data = entries.get(r.entry);
     if (!data) reject(r.entry, '(entry)', `missing (named by memory.json${at})`);
     if (BigInt(data.length) !== end - start) reject(r.entry, 'size', `${data.length} bytes for a ${end - start}-byte region`);
-    regions.push({ start, end, perms: r.perms, name: r.name, entry: r.entry });
+    regions.push({ start, end, perms: r.perms, name: r.name, file, offset, entry: r.entry });
   });
   for (const name of entries.keys()) {
     if (name.startsWith('memory/') && !used.has(name)) reject(name, '(entry)', 'memory entry not named by memory.json');
@@ -379,6 +398,6 @@ export function validateImage(raw: UntrustedImage): CheckpointImage {
   const signals = validateSignals(raw.signals, raw.maps);
   const task = validateTask(raw.task);
   const { links, threads } = validateThreads(raw.threads, { pid: process.pid, xstate: raw.xstate, rseq, regions, maps: raw.maps, entries: raw.entries });
-  const memory = new Map(regions.map((r) => [r.entry, raw.entries.get(r.entry)!]));
+  const memory = new Map(regions.flatMap((r) => (r.entry === null ? [] : [[r.entry, raw.entries.get(r.entry)!] as const])));
   return { created: raw.created, process, platform, regs, debugRegs, rseq, signals, task, links, threads, xstate: raw.xstate, maps: raw.maps, regions, memory };
 }

@@ -47,14 +47,14 @@ export function syntheticRegs(overrides: Partial<UserRegs> = {}): UserRegs {
 
 export function syntheticImage(overrides: Partial<CheckpointImage> = {}): CheckpointImage {
   const regions = [
-    { start: 0x10000000n, end: 0x10001000n, perms: 'r--p', name: '/usr/local/bin/hwbreak' },
-    { start: 0x100a0000n, end: 0x100a2000n, perms: 'rw-p', name: '/usr/local/bin/hwbreak' },
-    { start: 0x100a2000n, end: 0x100c5000n, perms: 'rw-p', name: '[heap]' },
-    { start: 0x7ffffffde000n, end: 0x7ffffffff000n, perms: 'rw-p', name: '[stack]' },
-  ].map((r, i) => ({ ...r, entry: memoryEntryName(i) }));
-  const memory = new Map(regions.map((r, i) => [r.entry, Buffer.alloc(Number(r.end - r.start), i + 1)]));
+    { start: 0x10000000n, end: 0x10001000n, perms: 'r--p', name: '/usr/local/bin/hwbreak', file: '/usr/local/bin/hwbreak', offset: 0n },
+    { start: 0x100a0000n, end: 0x100a2000n, perms: 'rw-p', name: '/usr/local/bin/hwbreak', file: '/usr/local/bin/hwbreak', offset: 0xa0000n },
+    { start: 0x100a2000n, end: 0x100c5000n, perms: 'rw-p', name: '[heap]', file: null, offset: 0n },
+    { start: 0x7ffffffde000n, end: 0x7ffffffff000n, perms: 'rw-p', name: '[stack]', file: null, offset: 0n },
+  ].map((r, i) => ({ ...r, entry: memoryEntryName(i) as string | null }));
+  const memory = new Map(regions.map((r, i) => [r.entry!, Buffer.alloc(Number(r.end - r.start), i + 1)]));
   // The rseq area (in the heap, where static glibc keeps its TLS) starts zeroed: not in a critical section.
-  memory.get(regions[2]!.entry)!.fill(0, Number(SYNTHETIC_RSEQ.area - regions[2]!.start), Number(SYNTHETIC_RSEQ.area - regions[2]!.start) + SYNTHETIC_RSEQ.size);
+  memory.get(regions[2]!.entry!)!.fill(0, Number(SYNTHETIC_RSEQ.area - regions[2]!.start), Number(SYNTHETIC_RSEQ.area - regions[2]!.start) + SYNTHETIC_RSEQ.size);
   return {
     created: '2026-11-23T00:00:00.000Z',
     process: { binary: '/usr/local/bin/hwbreak', argv: ['/usr/local/bin/hwbreak', '5'], envp: [], noAslr: true, pid: 42 },
