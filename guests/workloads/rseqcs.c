@@ -34,28 +34,12 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-/* glibc's x86 signature: an abort handler is preceded by these 4 bytes. */
-#define SIG 0x53053053u
+/* struct rseq, struct rseq_cs and RSEQ_SIG (glibc's x86 signature, the 4
+ * bytes before an abort handler) come from <sys/rseq.h>. */
 #define MAX_CPUS 256
 
-struct area {
-	uint32_t cpu_id_start;
-	uint32_t cpu_id;
-	uint64_t rseq_cs;
-	uint32_t flags;
-	uint32_t pad[3];
-} __attribute__((aligned(32)));
-
-struct cs_desc {
-	uint32_t version;
-	uint32_t flags;
-	uint64_t start_ip;
-	uint64_t post_commit_offset;
-	uint64_t abort_ip;
-} __attribute__((aligned(32)));
-
-static struct area own_area;
-static struct cs_desc desc;
+static struct rseq own_area;
+static struct rseq_cs desc;
 static uint64_t counters[MAX_CPUS];
 /* The abort handler's count; volatile: it changes behind the compiler's back. */
 static volatile uint64_t aborts;
@@ -65,7 +49,7 @@ static volatile uint64_t aborts;
  * section. rdi = area, rsi = counters, rdx = descriptor, rcx = spin count
  * (>= 1: a longer section).
  */
-int cs_increment(struct area *a, uint64_t *c, const struct cs_desc *d, uint64_t spin);
+int cs_increment(struct rseq *a, uint64_t *c, const struct rseq_cs *d, uint64_t spin);
 __asm__(".text\n"
 	".globl cs_increment\n"
 	".type cs_increment, @function\n"
@@ -112,7 +96,7 @@ static long sys_rseq(void *area, uint32_t len, int flags, uint32_t sig)
 
 int main(int argc, char **argv)
 {
-	struct area *a;
+	struct rseq *a;
 	uint64_t n = 64, sum = 0, i;
 	const char *mode;
 	char rereg[32];
@@ -136,14 +120,14 @@ int main(int argc, char **argv)
 			fprintf(stderr, "rseqcs: the C library did not register rseq (GLIBC_TUNABLES?)\n");
 			return 2;
 		}
-		a = (struct area *)((char *)__builtin_thread_pointer() + __rseq_offset);
+		a = (struct rseq *)((char *)__builtin_thread_pointer() + __rseq_offset);
 	} else {
 		if (__rseq_size != 0) {
 			fprintf(stderr, "rseqcs: the C library registered rseq; run with GLIBC_TUNABLES=glibc.pthread.rseq=0\n");
 			return 2;
 		}
 		a = &own_area;
-		if (sys_rseq(a, sizeof *a, 0, SIG) != 0) {
+		if (sys_rseq(a, sizeof *a, 0, RSEQ_SIG) != 0) {
 			fprintf(stderr, "rseqcs: rseq registration: %s\n", strerror(errno));
 			return 2;
 		}
@@ -157,7 +141,7 @@ int main(int argc, char **argv)
 	for (i = 0; i < MAX_CPUS; i++)
 		sum += counters[i];
 
-	r = sys_rseq(a, sizeof *a, 0, SIG);
+	r = sys_rseq(a, sizeof *a, 0, RSEQ_SIG);
 	if (r == 0)
 		snprintf(rereg, sizeof rereg, "0");
 	else if (errno == EBUSY)

@@ -48,26 +48,10 @@
 #include <unistd.h>
 
 #define NTHREADS 4
-/* glibc's x86 signature, which its registrations use. */
-#define SIG 0x53053053u
 #define JOIN_TIMEOUT_S 5
 #define WORKER_STACK (128 * 1024)
 
-struct area {
-	uint32_t cpu_id_start;
-	uint32_t cpu_id;
-	uint64_t rseq_cs;
-	uint32_t flags;
-	uint32_t pad[3];
-} __attribute__((aligned(32)));
-
-struct cs_desc {
-	uint32_t version;
-	uint32_t flags;
-	uint64_t start_ip;
-	uint64_t post_commit_offset;
-	uint64_t abort_ip;
-} __attribute__((aligned(32)));
+/* struct rseq, struct rseq_cs and RSEQ_SIG (glibc's x86 signature) come from <sys/rseq.h>. */
 
 /* Layout the asm uses: gprs at 0x00 (rbx rbp r12 r13 r14 r15), mxcsr at 0x30, vectors at 0x40. */
 struct regs {
@@ -81,8 +65,8 @@ struct regs {
 struct hold_args {
 	struct regs *out;        /* 0x00 */
 	const struct regs *in;   /* 0x08 */
-	struct area *area;       /* 0x10: NULL = no critical section */
-	const struct cs_desc *desc; /* 0x18 */
+	struct rseq *area;       /* 0x10: NULL = no critical section */
+	const struct rseq_cs *desc; /* 0x18 */
 	volatile int *release;   /* 0x20 */
 	volatile uint64_t *aborts; /* 0x28 */
 	volatile int *spinning;  /* 0x30 */
@@ -96,7 +80,7 @@ static const uint32_t mxcsr_of[NTHREADS] = { 0x3f80, 0x5f80, 0x7f80, 0x9fc0 };
 
 static struct regs want[NTHREADS], got[NTHREADS];
 static struct hold_args args[NTHREADS];
-static struct cs_desc desc;
+static struct rseq_cs desc;
 static volatile int release;
 static volatile int spinning[NTHREADS];
 static volatile uint64_t aborts[NTHREADS];
@@ -221,9 +205,9 @@ static int has_avx(void)
 	return (xcr0_lo & 6) == 6;
 }
 
-static struct area *my_area(void)
+static struct rseq *my_area(void)
 {
-	return (struct area *)((char *)__builtin_thread_pointer() + __rseq_offset);
+	return (struct rseq *)((char *)__builtin_thread_pointer() + __rseq_offset);
 }
 
 /* Thread i's blocked mask: SIGRTMIN+3+i for everyone, SIGUSR1 for the workers, SIGUSR2 for t2. */
@@ -293,7 +277,7 @@ static void check_self(int i, int status)
 			break;
 		}
 	errno = 0;
-	if (syscall(SYS_rseq, my_area(), sizeof(struct area), 0, SIG) == 0 || errno != EBUSY)
+	if (syscall(SYS_rseq, my_area(), sizeof(struct rseq), 0, RSEQ_SIG) == 0 || errno != EBUSY)
 		note(i, "rseq-ebusy");
 }
 

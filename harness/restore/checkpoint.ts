@@ -12,7 +12,7 @@ import type { AgentClient } from '../agent/client.ts';
 import { NT_X86_XSTATE, debugRegOffset } from '../x86/registers.ts';
 import { DEBUG_REG_NAMES, memoryEntryName, type CheckpointImage, type DebugRegs, type PlatformFacts, type ProcessInfo } from './checkpoint-image.ts';
 import { hasContents, isDumped, mappedFile, parseMaps } from './proc-maps.ts';
-import type { RseqState } from './rseq.ts';
+import { rseqCsAddress, type RseqState } from './rseq.ts';
 import { captureSignals, SS_DISABLE } from './signals.ts';
 import { captureLinks, otherThreads, type ThreadState } from './threads.ts';
 import { captureTask, CheckpointError } from './files.ts';
@@ -86,7 +86,7 @@ async function withRseqCsParked<T>(agent: AgentClient, pid: number, registration
   try {
     for (const rseq of registrations) {
       if (!rseq) continue;
-      const at = rseq.area + 8n;
+      const at = rseqCsAddress(rseq);
       const saved = await agent.call({ op: 'READ_MEM', pid, address: at, length: 8 });
       if (saved.readBigUInt64LE(0) === 0n) continue;
       await agent.call({ op: 'WRITE_MEM', pid, address: at, data: Buffer.alloc(8) });

@@ -14,7 +14,7 @@ import { compileRestorePlan, fixedImage, type PlanStep } from './plan.ts';
 import { assertPolicyAdmits, omits, type RestorePolicy } from './policy.ts';
 import { parseMaps } from './proc-maps.ts';
 import { mappedFiles, probeMappedFiles } from './mappings.ts';
-import { rseqCsPointer } from './rseq.ts';
+import { rseqCsAddress, rseqCsPointer } from './rseq.ts';
 import { siginfoSigno } from './signals.ts';
 import { captureTask, type OpenFile, type TaskState } from './files.ts';
 import { assertThreadsAdmitted } from './threads.ts';
@@ -176,7 +176,7 @@ async function readBackRseq(agent: AgentClient, pid: number, image: CheckpointIm
   const requested = omits(policy, 'rseq') ? 'none' : describe(image.rseq.area, image.rseq.size, image.rseq.signature);
   const accepted = describe(config.area, config.size, config.signature);
   if (requested !== accepted) differences.push({ what: 'rseq', requested, accepted });
-  const csAt = image.rseq.area + 8n;
+  const csAt = rseqCsAddress(image.rseq);
   const cs = (await agent.call({ op: 'READ_MEM', pid, address: csAt, length: 8 })).readBigUInt64LE(0);
   const wanted = rseqCsPointer(image);
   if (cs !== wanted) differences.push({ what: 'rseq.rseq_cs', requested: hex(wanted), accepted: hex(cs) });

@@ -27,6 +27,11 @@ export const RSEQ_AREA_MIN = 32;
 export const RSEQ_AREA_MAX = 4096;
 export const RSEQ_AREA_ALIGN = 32n;
 const RSEQ_CS_OFFSET = 8n;
+
+/** Where a registration's rseq_cs pointer lives: the word the kernel reads, and clears when stale. */
+export function rseqCsAddress(rseq: RseqState): bigint {
+  return rseq.area + RSEQ_CS_OFFSET;
+}
 /** struct rseq_cs: version u32, flags u32, start_ip, post_commit_offset, abort_ip (u64 each). */
 const RSEQ_CS_SIZE = 32n;
 /** RSEQ_CS_FLAG_NO_RESTART_ON_PREEMPT | _SIGNAL | _MIGRATE: deprecated since 6.0. */
@@ -54,7 +59,7 @@ export function imageBytes(image: Pick<CheckpointImage, 'regions' | 'memory'>, a
 /** The rseq_cs pointer stored in the registered area, as the image has it. */
 export function rseqCsPointer(image: CheckpointImage): bigint {
   const rseq = image.rseq!;
-  const bytes = imageBytes(image, rseq.area + RSEQ_CS_OFFSET, 8n);
+  const bytes = imageBytes(image, rseqCsAddress(rseq), 8n);
   if (!bytes) throw new PlanError(`the rseq area ${hex(rseq.area)} is not in the image's memory`);
   return bytes.readBigUInt64LE(0);
 }
@@ -111,7 +116,7 @@ export function applyRseqFixup(image: CheckpointImage): RseqFixup {
     return {
       image,
       note: `rip ${hex(ip)} is inside a section with NO_RESTART flags 0x${cs.flags.toString(16)}: rip kept, rseq_cs written back last (CRIU's rule; the kernel decides)`,
-      lastStage: { address: image.rseq.area + RSEQ_CS_OFFSET, value: cs.at },
+      lastStage: { address: rseqCsAddress(image.rseq), value: cs.at },
     };
   }
   // The text is usually not in the image (the binary is exec'd again), so the
@@ -124,9 +129,10 @@ export function applyRseqFixup(image: CheckpointImage): RseqFixup {
     throw new PlanError(`abort_ip ${hex(cs.abortIp)} is not preceded by the registered signature 0x${image.rseq.signature.toString(16)} (the kernel would kill the task)`);
   }
   const memory = new Map(image.memory);
-  const region = image.regions.find((r) => r.start <= image.rseq!.area + RSEQ_CS_OFFSET && image.rseq!.area + RSEQ_CS_OFFSET + 8n <= r.end)!;
+  const csAt = rseqCsAddress(image.rseq);
+  const region = image.regions.find((r) => r.start <= csAt && csAt + 8n <= r.end)!;
   const copy = Buffer.from(memory.get(region.entry!)!);
-  copy.writeBigUInt64LE(0n, Number(image.rseq.area + RSEQ_CS_OFFSET - region.start));
+  copy.writeBigUInt64LE(0n, Number(csAt - region.start));
   memory.set(region.entry!, copy);
   return {
     image: { ...image, regs: { ...image.regs, rip: cs.abortIp }, memory },
