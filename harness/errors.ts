@@ -81,6 +81,11 @@ export class ImageRejectedError extends CrhError {
   }
 }
 
+/** A process holds state a checkpoint image cannot express; the message names it. */
+export class CheckpointError extends CrhError {
+  override readonly name = 'CheckpointError';
+}
+
 /** A restore plan step failed in the guest; `step` is its index in the plan. */
 export class RestoreStepError extends CrhError {
   override readonly name = 'RestoreStepError';

@@ -51,7 +51,7 @@ t.test('session: a session leader leads again; a group leader leads its group', 
 });
 
 t.test('task.json: every field checked', async (t) => {
-  const good = { pgid: 5, sid: 5, files: [{ fd: 3, path: '/tmp/d.log', flags: O.WRONLY, pos: '42', kind: 'file' }] };
+  const good = { pgid: 5, sid: 5, files: [{ fd: 3, path: '/tmp/d.log', flags: O.WRONLY, pos: '42', kind: 'file' }], userfaultfds: [] };
   t.same(validateTask(good).files[0]!.pos, 42n);
   const rejects = (mutate: (j: any) => void, field: string): void => {
     const j = JSON.parse(JSON.stringify(good));
@@ -75,4 +75,5 @@ t.test('task.json: every field checked', async (t) => {
   rejects((j) => (j.files[0].path = 'pipe:[3]'), 'files[0].path');
   rejects((j) => (j.files = new Array(1025).fill(j.files[0])), 'files');
   rejects((j) => (j.files = null), 'files');
+  rejects((j) => (j.userfaultfds = [{ fd: 3, flags: 0, features: 0 }]), 'userfaultfds[0].fd');
 });

@@ -32,9 +32,11 @@ export const IMAGE_FORMAT = 'cr-harness-checkpoint';
  * thread's clear_child_tid and robust list) with threads/TID-xstate.bin;
  * 5: every mapping (shared ones too, and other files' text): memory.json
  * regions carry the mapped file and offset, and a shared file mapping no
- * entry (its contents are the file's).
+ * entry (its contents are the file's); 6: userfaultfds — task.json lists
+ * them, and a region carries its registration mode and the pages the fault
+ * server had not provided (userfaultfd.ts).
  */
-export const IMAGE_VERSION = 5;
+export const IMAGE_VERSION = 6;
 const MANIFEST_DIGEST = 'manifest.sha256';
 
 export const LIMITS = {
@@ -79,6 +81,14 @@ export interface MemoryRegion {
   offset: bigint;
   /** tar entry holding the region's bytes; null for a shared file mapping, whose bytes are the file's */
   entry: string | null;
+  /** UFFDIO_REGISTER_MODE_* bits of its userfaultfd registration; absent or 0 when none */
+  userfault?: number;
+  /**
+   * pages of a registered region the fault server had not provided, as
+   * sorted [start, end) ranges: zeros in the entry, never written on
+   * restore, so that touching them faults to the server again
+   */
+  absent?: Array<[bigint, bigint]>;
 }
 
 export interface CheckpointImage {
@@ -132,14 +142,19 @@ export function imageEntries(image: CheckpointImage): Map<string, Buffer> {
   entries.set('debugregs.json', json(Object.fromEntries(DEBUG_REG_NAMES.map((n) => [n, hex(image.debugRegs[n])]))));
   entries.set('rseq.json', json(image.rseq && { area: hex(image.rseq.area), size: image.rseq.size, signature: `0x${image.rseq.signature.toString(16)}` }));
   entries.set('signals.json', json(signalsJson(image.signals)));
-  entries.set('task.json', json({ pgid: image.task.pgid, sid: image.task.sid, files: image.task.files.map((f) => ({ ...f, pos: f.pos.toString() })) }));
+  entries.set('task.json', json({ pgid: image.task.pgid, sid: image.task.sid, files: image.task.files.map((f) => ({ ...f, pos: f.pos.toString() })), userfaultfds: image.task.userfaultfds ?? [] }));
   entries.set('threads.json', json(threadsJson(image)));
   entries.set('xstate.bin', image.xstate);
   for (const t of image.threads) entries.set(threadXstateEntry(t.tid), t.xstate);
   entries.set('maps.txt', Buffer.from(image.maps));
   entries.set(
     'memory.json',
-    json(image.regions.map((r) => ({ start: hex(r.start), end: hex(r.end), perms: r.perms, name: r.name, file: r.file, offset: hex(r.offset), entry: r.entry }))),
+    json(
+      image.regions.map((r) => ({
+        start: hex(r.start), end: hex(r.end), perms: r.perms, name: r.name, file: r.file, offset: hex(r.offset), entry: r.entry,
+        userfault: r.userfault ?? 0, absent: (r.absent ?? []).map(([start, end]) => [hex(start), hex(end)]),
+      })),
+    ),
   );
   for (const [name, data] of image.memory) entries.set(name, data);
   const manifest: Manifest = {

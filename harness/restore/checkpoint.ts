@@ -3,19 +3,21 @@
  * a ptrace stop, as RUN leaves them: each thread's registers, xstate, debug
  * registers, rseq registration, mask, pending queue, alternate stack,
  * clear_child_tid and robust list (threads.ts), the process's signal state,
- * files, the memory map, every mapping isDumped() selects (with the file
- * and offset of a file mapping) and the contents of those that have their
- * own (all but shared file mappings). The result is an in-memory image; writing it is
+ * files (a userfaultfd among them), the memory map, every mapping isDumped()
+ * selects (with the file and offset of a file mapping, and the
+ * userfaultfd registration and absent pages of a registered one) and the
+ * contents of those that have their own (all but shared file mappings). The result is an in-memory image; writing it is
  * checkpoint-image.ts's job.
  */
 import type { AgentClient } from '../agent/client.ts';
 import { NT_X86_XSTATE, debugRegOffset } from '../x86/registers.ts';
-import { DEBUG_REG_NAMES, memoryEntryName, type CheckpointImage, type DebugRegs, type PlatformFacts, type ProcessInfo } from './checkpoint-image.ts';
+import { DEBUG_REG_NAMES, memoryEntryName, type CheckpointImage, type DebugRegs, type MemoryRegion, type PlatformFacts, type ProcessInfo } from './checkpoint-image.ts';
 import { hasContents, isDumped, mappedFile, parseMaps } from './proc-maps.ts';
 import { rseqCsAddress, type RseqState } from './rseq.ts';
 import { captureSignals, SS_DISABLE } from './signals.ts';
 import { captureLinks, otherThreads, type ThreadState } from './threads.ts';
 import { captureTask, CheckpointError } from './files.ts';
+import { absentRanges, checkRegistrations, parseSmapsRegistrations, presentSlices } from './userfaultfd.ts';
 import { AgentError } from '../errors.ts';
 import { constants } from 'node:os';
 
@@ -34,31 +36,40 @@ export async function checkpointProcess(agent: AgentClient, process: ProcessInfo
     const pending = await agent.call({ op: 'PEEKSIGINFO', pid: tid, shared: false });
     threads.push({ tid, ...t, blocked, pending, altstack: { sp: 0n, flags: SS_DISABLE, size: 0n }, clearChildTid: 0n, robustList: 0n });
   }
-  const { signals, links } = await withRseqCsParked(agent, pid, [main.rseq, ...threads.map((t) => t.rseq)], async () => {
-    const signals = await captureSignals(agent, pid);
-    const links = await captureLinks(agent, pid, others);
-    return { signals, links };
-  });
-  threads.forEach((t, i) => Object.assign(t, links.others[i]));
   const task = await captureTask(agent, pid);
   const maps = (await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/maps`, maxSize: 1 << 20 })).toString('utf8');
+  const registrations = parseSmapsRegistrations((await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/smaps`, maxSize: 4 << 20 })).toString('utf8'));
+  const dumped = parseMaps(maps).filter((m) => isDumped(m, process.binary)).map((m) => ({ ...m, userfault: registrations.get(m.start) ?? 0 }));
+  checkRegistrations(pid, dumped, task.userfaultfds ?? []);
+  const { signals, links, absent } = await withRseqCsParked(agent, pid, [main.rseq, ...threads.map((t) => t.rseq)], async () => {
+    const signals = await captureSignals(agent, pid);
+    const links = await captureLinks(agent, pid, others);
+    const absent = await absentRanges(agent, pid, dumped.filter((m) => m.userfault !== 0).map((m) => [m.start, m.end] as const));
+    return { signals, links, absent };
+  });
+  threads.forEach((t, i) => Object.assign(t, links.others[i]));
 
   const regions: CheckpointImage['regions'] = [];
   const memory = new Map<string, Buffer>();
-  for (const m of parseMaps(maps).filter((m) => isDumped(m, process.binary))) {
+  for (const m of dumped) {
     const file = mappedFile(m) ?? null;
     // A deleted file (or a memfd, a SysV segment) cannot be opened again; a
     // process restored without it would fail later, far from the cause.
     if (file?.endsWith(' (deleted)')) throw new CheckpointError(`mapping ${m.start.toString(16)}-${m.end.toString(16)} ${m.perms} maps ${file}, which a restore cannot open again`, { mapping: `${m.start.toString(16)}-${m.end.toString(16)}`, target: file });
     const entry = hasContents(m) ? memoryEntryName(regions.length) : null;
-    regions.push({ start: m.start, end: m.end, perms: m.perms, name: m.name, file, offset: file === null ? 0n : m.offset, entry });
+    const region: MemoryRegion = { start: m.start, end: m.end, perms: m.perms, name: m.name, file, offset: file === null ? 0n : m.offset, entry };
+    if (m.userfault !== 0) Object.assign(region, { userfault: m.userfault, absent: absent.get(m.start) ?? [] });
+    regions.push(region);
     if (entry === null) continue;
-    const chunks: Buffer[] = [];
-    for (let at = m.start; at < m.end; at += BigInt(READ_CHUNK_BYTES)) {
-      const length = Number(m.end - at < BigInt(READ_CHUNK_BYTES) ? m.end - at : BigInt(READ_CHUNK_BYTES));
-      chunks.push(await agent.call({ op: 'READ_MEM', pid, address: at, length }));
+    // An absent page stays zeros: reading it would raise the fault the server holds.
+    const contents = Buffer.alloc(Number(m.end - m.start));
+    for (const [from, to] of presentSlices(region)) {
+      for (let at = from; at < to; at += READ_CHUNK_BYTES) {
+        const length = Math.min(READ_CHUNK_BYTES, to - at);
+        (await agent.call({ op: 'READ_MEM', pid, address: m.start + BigInt(at), length })).copy(contents, at);
+      }
     }
-    memory.set(entry, Buffer.concat(chunks));
+    memory.set(entry, contents);
   }
   const { regs, xstate, debugRegs, rseq } = main;
   return { created: new Date().toISOString(), process, platform, regs, xstate, debugRegs, rseq, signals, task, links: links.main, threads, maps, regions, memory };

@@ -5,14 +5,17 @@
  * Descriptors 0-2 belong to whoever starts the restored process (the
  * harness points them at its own output file) and are not restored.
  *
- * A descriptor the image cannot express (socket, pipe, anonymous inode, a
- * deleted file) fails the checkpoint, naming it: a process restored without
+ * A userfaultfd is its own kind (userfaultfd.ts). A descriptor the image
+ * cannot express (socket, pipe, any other anonymous inode, a deleted file) fails the checkpoint, naming it: a process restored without
  * it would fail later, far from the cause.
  */
 import type { AgentClient } from '../agent/client.ts';
-import { CrhError } from '../errors.ts';
+import { CheckpointError } from '../errors.ts';
 import type { PlanStep } from './plan-step.ts';
+
+export { CheckpointError };
 import { ScratchLayout } from './scratch.ts';
+import { parseUserfaultfdFdinfo, USERFAULTFD_LINK, type UserfaultfdState } from './userfaultfd.ts';
 
 export type FileKind = 'file' | 'directory' | 'device';
 
@@ -30,10 +33,8 @@ export interface TaskState {
   pgid: number;
   sid: number;
   files: OpenFile[];
-}
-
-export class CheckpointError extends CrhError {
-  override readonly name = 'CheckpointError';
+  /** the process's userfaultfds (userfaultfd.ts); absent when none */
+  userfaultfds?: UserfaultfdState[];
 }
 
 export const FIRST_RESTORED_FD = 3;
@@ -96,14 +97,20 @@ export async function captureTask(agent: AgentClient, pid: number): Promise<Task
   const session = parseStatSession((await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/stat`, maxSize: 4096 })).toString('utf8'));
   const fds = (await agent.call({ op: 'LISTDIR', path: `/proc/${pid}/fd` })).map(Number).filter((fd) => fd >= FIRST_RESTORED_FD).sort((a, b) => a - b);
   const files: OpenFile[] = [];
+  const userfaultfds: UserfaultfdState[] = [];
   for (const fd of fds) {
     const path = await agent.call({ op: 'READLINK', path: `/proc/${pid}/fd/${fd}` });
-    const { pos, flags } = parseFdinfo((await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/fdinfo/${fd}`, maxSize: 65536 })).toString('utf8'));
+    const fdinfo = (await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/fdinfo/${fd}`, maxSize: 65536 })).toString('utf8');
+    if (path === USERFAULTFD_LINK) {
+      userfaultfds.push({ fd, ...parseUserfaultfdFdinfo(fdinfo) });
+      continue;
+    }
+    const { pos, flags } = parseFdinfo(fdinfo);
     const kind = fileKind(path, flags);
     if (!kind) throw new CheckpointError(`fd ${fd} of pid ${pid} is ${path}, which a checkpoint image cannot hold (regular files, directories and ${RESTORABLE_DEVICES.join(' ')} only)`, { fd: String(fd), target: path });
     files.push({ fd, path, flags, pos, kind });
   }
-  return { ...session, files };
+  return { ...session, files, ...(userfaultfds.length > 0 ? { userfaultfds } : {}) };
 }
 
 /** Lowest free descriptor, as open() picks it. */

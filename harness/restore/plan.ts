@@ -16,6 +16,7 @@ import { freePage, registerSteps, threadRegisterSteps, xstateStep } from './rest
 import { ALL_BLOCKABLE, finalMaskStep, signalSteps } from './signals.ts';
 import { applyThreadRseqFixups, debugRegSteps, linkSteps, threadCreationSteps, threadFinalSteps, type ThreadFixup } from './threads.ts';
 import { fileSteps, sessionSteps } from './files.ts';
+import { presentSlices, userfaultfdSteps } from './userfaultfd.ts';
 import { rewindInterruptedSyscall } from './syscall-restart.ts';
 import { brkStep, protectStep, rseqStep } from './syscall-steps.ts';
 
@@ -85,13 +86,19 @@ export function compileRestorePlan(checkpointed: CheckpointImage, probe: TargetP
   // Every kind of mapping (mappings.ts): anonymous, shared anonymous, files.
   steps.push(...mappingSteps(pid, image.regions, probe, covered, policy, freePage(probe.maps, imageMaps)));
 
-  // A shared file mapping has no entry: its contents are the file's.
+  // A shared file mapping has no entry: its contents are the file's. The
+  // pages a userfaultfd server had not provided stay unwritten, so that
+  // touching them faults to the server again (userfaultfd.ts).
+  const userfaultfds = omits(policy, 'userfaultfd') ? [] : (image.task.userfaultfds ?? []);
   for (const region of image.regions) {
     if (region.entry === null) continue;
     const data = image.memory.get(region.entry)!;
-    for (let off = 0; off < data.length; off += WRITE_CHUNK_BYTES) {
-      const slice = data.subarray(off, Math.min(off + WRITE_CHUNK_BYTES, data.length));
-      steps.push({ op: { op: 'WRITE_MEM', pid, address: region.start + BigInt(off), data: slice }, why: `contents of ${region.name || 'anonymous'} (${region.entry})` });
+    const slices = userfaultfds.length > 0 ? presentSlices({ ...region, absent: region.absent ?? [] }) : [[0, data.length] as [number, number]];
+    for (const [from, to] of slices) {
+      for (let off = from; off < to; off += WRITE_CHUNK_BYTES) {
+        const slice = data.subarray(off, Math.min(off + WRITE_CHUNK_BYTES, to));
+        steps.push({ op: { op: 'WRITE_MEM', pid, address: region.start + BigInt(off), data: slice }, why: `contents of ${region.name || 'anonymous'} (${region.entry})` });
+      }
     }
   }
 
@@ -112,6 +119,9 @@ export function compileRestorePlan(checkpointed: CheckpointImage, probe: TargetP
     steps.push(...sessionSteps(pid, image.process.pid, image.task));
     steps.push(...fileSteps(pid, image.task.files, probe.fds ?? [0, 1, 2], freePage(probe.maps, imageMaps)));
   }
+  // After the memory writes: a write to a registered, missing page would fault to a server that is not running.
+  const openFds = [...(probe.fds ?? [0, 1, 2]), ...(omits(policy, 'files') ? [] : image.task.files.map((f) => f.fd))];
+  steps.push(...userfaultfdSteps(pid, userfaultfds, image.regions, openFds, freePage(probe.maps, imageMaps)));
 
   const signals = omits(policy, 'signals') ? undefined : image.signals;
   const signalPart = signals ? signalSteps(pid, signals, freePage(probe.maps, imageMaps)) : [];

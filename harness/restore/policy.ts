@@ -62,9 +62,13 @@ export type RseqFixupPolicy = (typeof RSEQ_FIXUP_POLICIES)[number];
  *   did before shared and file mappings were restored (mappings.ts): shared
  *   anonymous memory is private, a file mapping has lost its file (a write
  *   through a shared one no longer reaches it) and a shared file mapping,
- *   whose contents the image does not hold, reads as zeros.
+ *   whose contents the image does not hold, reads as zeros;
+ * - userfaultfd: no userfaultfd is created and nothing registered, and the
+ *   pages its server had not provided are written as the zeros the image
+ *   holds — a restorer that knows nothing of userfaultfd: a fault the
+ *   server held never reaches it, and the access reads zeros.
  */
-export const OMITTABLE = ['debugregs', 'xstate', 'tls', 'rseq', 'signals', 'files', 'thread-xstate', 'thread-masks', 'thread-links', 'mapping-kinds'] as const;
+export const OMITTABLE = ['debugregs', 'xstate', 'tls', 'rseq', 'signals', 'files', 'thread-xstate', 'thread-masks', 'thread-links', 'mapping-kinds', 'userfaultfd'] as const;
 export type Omittable = (typeof OMITTABLE)[number];
 
 /** The segment registers and bases that make up a 64-bit task's TLS. */

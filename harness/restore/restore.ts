@@ -18,6 +18,7 @@ import { rseqCsAddress, rseqCsPointer } from './rseq.ts';
 import { siginfoSigno } from './signals.ts';
 import { captureTask, type OpenFile, type TaskState } from './files.ts';
 import { assertThreadsAdmitted } from './threads.ts';
+import { describeModes, describeUserfaultfd, parseSmapsRegistrations } from './userfaultfd.ts';
 import { errnoName } from '../agent/errno.ts';
 
 const EEXIST = 17;
@@ -129,6 +130,7 @@ async function readBack(agent: AgentClient, pid: number, plan: PlanStep[], image
   differences.push(...(await readBackRseq(agent, pid, image, policy)));
   if (!omits(policy, 'signals')) differences.push(...(await readBackSignals(agent, pid, image)));
   if (!omits(policy, 'files')) differences.push(...(await readBackTask(agent, pid, image)));
+  if (!omits(policy, 'userfaultfd')) differences.push(...(await readBackUserfaultfds(agent, pid, image)));
   return differences;
 }
 
@@ -163,6 +165,27 @@ async function readBackTask(agent: AgentClient, pid: number, image: CheckpointIm
   for (const f of image.task.files) {
     const got = now.files.find((g) => g.fd === f.fd);
     if (describe(got) !== describe(f)) differences.push({ what: `fd ${f.fd}`, requested: describe(f), accepted: describe(got) });
+  }
+  return differences;
+}
+
+/** Each userfaultfd (flags, features) and each registered range's mode, as the kernel reports them now. */
+async function readBackUserfaultfds(agent: AgentClient, pid: number, image: CheckpointImage): Promise<Difference[]> {
+  const wanted = image.task.userfaultfds ?? [];
+  if (wanted.length === 0) return [];
+  const differences: Difference[] = [];
+  const now = (await captureTask(agent, pid)).userfaultfds ?? [];
+  for (const u of wanted) {
+    const got = now.find((g) => g.fd === u.fd);
+    if (describeUserfaultfd(got) !== describeUserfaultfd(u)) differences.push({ what: `userfaultfd fd ${u.fd}`, requested: describeUserfaultfd(u), accepted: describeUserfaultfd(got) });
+  }
+  const maps = parseMaps((await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/maps`, maxSize: 1 << 20 })).toString('utf8'));
+  const modes = parseSmapsRegistrations((await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/smaps`, maxSize: 4 << 20 })).toString('utf8'));
+  for (const r of image.regions) {
+    if (!r.userfault) continue;
+    const vma = maps.find((m) => m.start <= r.start && r.start < m.end);
+    const mode = vma ? (modes.get(vma.start) ?? 0) : 0;
+    if (mode !== r.userfault) differences.push({ what: `userfault ${hex(r.start)}-${hex(r.end)}`, requested: describeModes(r.userfault), accepted: describeModes(mode) });
   }
   return differences;
 }

@@ -21,6 +21,7 @@ import { mappedPathProblem } from './mappings.ts';
 import { checkRseqArea, type RseqState } from './rseq.ts';
 import { SIGINFO_BYTES, signalStateProblem, type SignalState } from './signals.ts';
 import { taskStateProblem, type FileKind, type TaskState } from './files.ts';
+import { regionUserfaultProblem, userfaultfdsProblem, type UserfaultfdState } from './userfaultfd.ts';
 import { linksProblem, MAX_THREADS, MAX_TID, threadXstateEntry, type ThreadLinks, type ThreadState } from './threads.ts';
 
 export interface UntrustedImage {
@@ -202,10 +203,19 @@ function validateRegions(raw: unknown, entries: Map<string, Buffer>): MemoryRegi
     if (offset % PAGE !== 0n) reject('memory.json', `${at}.offset`, `${hex(offset)} is not page aligned`);
     if (file === null && offset !== 0n) reject('memory.json', `${at}.offset`, `${hex(offset)} for anonymous memory (must be 0x0)`);
     if (offset + (end - start) > MAX_FILE_OFFSET) reject('memory.json', `${at}.offset`, `${hex(offset)} puts the mapping's end past any file offset`);
+    if (typeof r.userfault !== 'number' || !Number.isInteger(r.userfault)) reject('memory.json', `${at}.userfault`, 'must be an integer (0: not registered with a userfaultfd)');
+    if (!Array.isArray(r.absent) || r.absent.length > 1 << 20) reject('memory.json', `${at}.absent`, 'must be a list of [start, end] pairs');
+    const absent = (r.absent as unknown[]).map((pair, j): [bigint, bigint] => {
+      if (!Array.isArray(pair) || pair.length !== 2) reject('memory.json', `${at}.absent[${j}]`, 'must be a [start, end] pair');
+      return [u64('memory.json', `${at}.absent[${j}][0]`, pair[0]), u64('memory.json', `${at}.absent[${j}][1]`, pair[1])];
+    });
+    const uffd = regionUserfaultProblem({ start, end, perms: r.perms, file, userfault: r.userfault, absent }, typeof r.entry === 'string' ? entries.get(r.entry) : undefined);
+    if (uffd) reject('memory.json', `${at}.${uffd.field}`, uffd.why);
+    const registration = r.userfault === 0 ? {} : { userfault: r.userfault, absent };
     const sharedFile = file !== null && r.perms[3] === 's';
     if (sharedFile) {
       if (r.entry !== null) reject('memory.json', `${at}.entry`, 'must be null: a shared file mapping\'s contents are the file\'s, never written back');
-      regions.push({ start, end, perms: r.perms, name: r.name, file, offset, entry: null });
+      regions.push({ start, end, perms: r.perms, name: r.name, file, offset, entry: null, ...registration });
       return;
     }
     if (typeof r.entry !== 'string' || !r.entry.startsWith('memory/')) reject('memory.json', `${at}.entry`, 'must name a memory/ entry');
@@ -214,7 +224,7 @@ function validateRegions(raw: unknown, entries: Map<string, Buffer>): MemoryRegi
     const data = entries.get(r.entry);
     if (!data) reject(r.entry, '(entry)', `missing (named by memory.json${at})`);
     if (BigInt(data.length) !== end - start) reject(r.entry, 'size', `${data.length} bytes for a ${end - start}-byte region`);
-    regions.push({ start, end, perms: r.perms, name: r.name, file, offset, entry: r.entry });
+    regions.push({ start, end, perms: r.perms, name: r.name, file, offset, entry: r.entry, ...registration });
   });
   for (const name of entries.keys()) {
     if (name.startsWith('memory/') && !used.has(name)) reject(name, '(entry)', 'memory entry not named by memory.json');
@@ -290,8 +300,14 @@ export function validateTask(raw: unknown): TaskState {
     if (typeof o.pos !== 'string' || !/^\d{1,20}$/.test(o.pos)) reject(e, `files[${i}].pos`, 'must be a decimal string');
     return { fd: o.fd as number, path: o.path as string, flags: o.flags as number, pos: BigInt(o.pos), kind: o.kind as FileKind };
   });
-  const task: TaskState = { pgid: r.pgid as number, sid: r.sid as number, files };
-  const problem = taskStateProblem(task);
+  if (!Array.isArray(r.userfaultfds)) reject(e, 'userfaultfds', 'must be a list');
+  const userfaultfds = (r.userfaultfds as unknown[]).map((u, i): UserfaultfdState => {
+    if (typeof u !== 'object' || u === null || Array.isArray(u)) reject(e, `userfaultfds[${i}]`, 'must be an object');
+    const o = u as Record<string, unknown>;
+    return { fd: o.fd as number, flags: o.flags as number, features: o.features as number | null };
+  });
+  const task: TaskState = { pgid: r.pgid as number, sid: r.sid as number, files, ...(userfaultfds.length > 0 ? { userfaultfds } : {}) };
+  const problem = taskStateProblem(task) ?? userfaultfdsProblem(userfaultfds, new Set(files.map((f) => f.fd)));
   if (problem) reject(e, problem.field, problem.why);
   return task;
 }
@@ -397,6 +413,11 @@ export function validateImage(raw: UntrustedImage): CheckpointImage {
   const rseq = validateRseq(raw.rseq, regions);
   const signals = validateSignals(raw.signals, raw.maps);
   const task = validateTask(raw.task);
+  const registered = regions.find((r) => r.userfault);
+  const owners = task.userfaultfds ?? [];
+  if (registered && (owners.length !== 1 || owners[0]!.features === null)) {
+    reject('task.json', 'userfaultfds', `memory.json registers ${hex(registered.start)}-${hex(registered.end)} with a userfaultfd, so exactly one userfaultfd that went through UFFDIO_API must own it (found ${owners.length}${owners.length === 1 ? ', which never had UFFDIO_API' : ''})`);
+  }
   const { links, threads } = validateThreads(raw.threads, { pid: process.pid, xstate: raw.xstate, rseq, regions, maps: raw.maps, entries: raw.entries });
   const memory = new Map(regions.flatMap((r) => (r.entry === null ? [] : [[r.entry, raw.entries.get(r.entry)!] as const])));
   return { created: raw.created, process, platform, regs, debugRegs, rseq, signals, task, links, threads, xstate: raw.xstate, maps: raw.maps, regions, memory };
