@@ -43,6 +43,7 @@
 #endif
 
 #define DR_TRAP_BITS 0xfull /* B0-B3 of DR6 */
+#define DR6_BS 0x4000ull /* DR6.BS: the #DB was a single-step trap */
 #define DR6_OFFSET offsetof(struct user, u_debugreg[6])
 #define X86_EFLAGS_TF 0x100ull
 
@@ -72,10 +73,12 @@ enum {
 	OP_SETSIGMASK = 0x1a,
 	OP_READLINK = 0x1b,
 	OP_LISTDIR = 0x1c,
+	OP_STEP = 0x1d,
 	OP_COUNT
 };
 
 enum { RUN_HIT_LIMIT = 1, RUN_EXITED = 2, RUN_KILLED = 3 };
+enum { STEP_DONE = 1, STEP_SIGNAL = 2, STEP_EXITED = 3, STEP_KILLED = 4 };
 
 /* ------------------------------------------------------------------------ */
 /* Payload reader: every read is checked against what is left, and the first
@@ -1841,6 +1844,202 @@ out:
 	return rc;
 }
 
+/* More steps than this in one request is refused: a sequence that long is a RUN. */
+#define MAX_STEPS 65536u
+
+/*
+ * After STEP's deadline: the stepped thread is interrupted and its stop
+ * collected, so it is left stopped as every thread between requests is. A
+ * signal it stops with first is delivered and the thread interrupted again
+ * (as when stopping every thread for RUN); a step's SIGTRAP, or the
+ * interrupt's own stop, leaves it there. Returns -1 with errno.
+ */
+static int step_interrupt(pid_t tgid, pid_t tid)
+{
+	struct timespec deadline;
+	pid_t who;
+	int st, r;
+
+	deadline_in(&deadline, STOP_ALL_TIMEOUT_MS);
+	if (interrupt(tid) < 0)
+		return -1;
+	for (;;) {
+		r = wait_any(tgid, &who, &st, &deadline);
+		if (r < 0)
+			return -1;
+		if (r == 0) {
+			errno = ETIMEDOUT;
+			return -1;
+		}
+		if (who != tid)
+			continue;
+		if (WIFEXITED(st) || WIFSIGNALED(st))
+			return 0;
+		if (st >> 16 == 0 && WSTOPSIG(st) != SIGTRAP && WSTOPSIG(st) != SYSCALL_STOP) {
+			if (resume(tid, PTRACE_CONT, WSTOPSIG(st)) < 0 || interrupt(tid) < 0)
+				return -1;
+			continue;
+		}
+		return 0;
+	}
+}
+
+/*
+ * PTRACE_SINGLESTEP of one stopped thread, `count` times, each stop
+ * collected before the next step; the other threads stay stopped. Every
+ * SIGTRAP stop of the thread is one step and is recorded (rip, eflags as
+ * GETREGS reads them, DR6 before it is cleared) and not delivered; event
+ * stops (a clone, an exec, an interrupt or group-stop) are stepped on
+ * without counting. It ends after `count` steps, at the first other
+ * signal (the thread left in that signal-delivery stop, the signal not
+ * delivered: the host may pass it as `signo` of the next STEP), or when
+ * the thread ends. A thread the program creates meanwhile is left in its
+ * first stop.
+ */
+static int op_step(struct call *c)
+{
+	pid_t tid = rd_pid(&c->in);
+	uint32_t count = rd_u32(&c->in, "count");
+	uint32_t sig = rd_u32(&c->in, "signo");
+	uint32_t timeout_ms = rd_u32(&c->in, "timeout_ms");
+	struct wr steps = { 0 };
+	uint32_t nsteps = 0, outcome = 0;
+	int32_t code = 0;
+	uint64_t where = 0;
+	struct timespec deadline;
+	struct task *t;
+	pid_t tgid, late;
+	int rc = -1;
+
+	if (parsed(c))
+		return -1;
+	if (count == 0 || count > MAX_STEPS)
+		return fail(c, EINVAL, "count: %u (1 to %u steps)", count, MAX_STEPS);
+	if (sig >= NSIG)
+		return fail(c, EINVAL, "signo: %u is not a signal number", sig);
+	t = task_find(tid);
+	/* Only a thread in a stop this agent collected: waiting for anything
+	 * else could block for ever, or reap someone else's child. */
+	if (!t || !t->stopped)
+		return fail(c, ESRCH, "pid: %d is not a stopped thread of a process this agent spawned", (int)tid);
+	tgid = t->tgid;
+	deadline_in(&deadline, timeout_ms);
+
+	while (!outcome) {
+		struct user_regs_struct regs;
+		unsigned long msg;
+		uint64_t dr6;
+		pid_t who;
+		int st, r, event;
+
+		if (resume(tid, PTRACE_SINGLESTEP, (int)sig) < 0) {
+			fail_errno(c, "PTRACE_SINGLESTEP %d (after %u of %u steps)", (int)tid, nsteps, count);
+			goto out;
+		}
+		sig = 0;
+		for (;;) {
+			r = wait_any(tgid, &who, &st, timeout_ms ? &deadline : NULL);
+			if (r < 0) {
+				fail_errno(c, "waitpid (thread %d, after %u of %u steps)", (int)tid, nsteps, count);
+				goto out;
+			}
+			if (r == 0) {
+				int err = step_interrupt(tgid, tid) < 0 ? errno : 0;
+
+				fail(c, ETIMEDOUT, "timed out after %u ms in step %u of %u of thread %d; %s", timeout_ms,
+				     nsteps + 1, count, (int)tid,
+				     err ? strerror(err) : "the thread was interrupted and left stopped");
+				goto out;
+			}
+			/* A non-leader thread that execs takes the leader's tid; its
+			 * exec event is reported under that tid. */
+			if (who != tid && st >> 8 == EXEC_STOP && ptrace(PTRACE_GETEVENTMSG, who, 0, &msg) == 0 &&
+			    (pid_t)msg == tid) {
+				task_remove(tid);
+				tid = who;
+			}
+			if (who == tid)
+				break;
+			/* Another thread: one that ended (reaped), or a new thread's
+			 * first stop (it stays in it). */
+		}
+		if (WIFEXITED(st) || WIFSIGNALED(st)) {
+			outcome = WIFEXITED(st) ? STEP_EXITED : STEP_KILLED;
+			code = WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st);
+			break;
+		}
+		event = st >> 16;
+		if (event == PTRACE_EVENT_CLONE) {
+			pid_t child, group;
+
+			if (ptrace(PTRACE_GETEVENTMSG, tid, 0, &msg) < 0) {
+				fail_errno(c, "PTRACE_GETEVENTMSG %d", (int)tid);
+				goto out;
+			}
+			child = (pid_t)msg;
+			group = tgid_of(child);
+			if (!task_add(child, group > 0 ? group : tgid, false)) {
+				fail(c, ENOMEM, "out of memory tracking thread %d", (int)child);
+				goto out;
+			}
+			continue;
+		}
+		if (event == PTRACE_EVENT_EXEC) {
+			if (ptrace(PTRACE_GETEVENTMSG, tid, 0, &msg) == 0 && (pid_t)msg != tid)
+				task_remove((pid_t)msg);
+			continue;
+		}
+		if (event || WSTOPSIG(st) == SYSCALL_STOP)
+			continue;
+		if (ptrace(PTRACE_GETREGS, tid, 0, &regs) < 0) {
+			fail_errno(c, "PTRACE_GETREGS %d after step %u", (int)tid, nsteps + 1);
+			goto out;
+		}
+		where = regs.rip;
+		if (WSTOPSIG(st) != SIGTRAP) {
+			outcome = STEP_SIGNAL;
+			code = WSTOPSIG(st);
+			break;
+		}
+		if (peek_user(tid, DR6_OFFSET, &dr6) < 0) {
+			fail_errno(c, "PEEKUSER DR6 of %d after step %u", (int)tid, nsteps + 1);
+			goto out;
+		}
+		/* As after a RUN hit: stale bits would make a later SIGTRAP that
+		 * is no debug exception (int3, kill) look like one. */
+		if (dr6 && ptrace(PTRACE_POKEUSER, tid, (void *)DR6_OFFSET, 0) < 0) {
+			fail_errno(c, "POKEUSER DR6 of %d", (int)tid);
+			goto out;
+		}
+		wr_u64(&steps, regs.rip);
+		wr_u64(&steps, regs.eflags);
+		wr_u64(&steps, dr6);
+		if (++nsteps == count)
+			outcome = STEP_DONE;
+	}
+
+	/* Threads created meanwhile: collected in their first stop, so the next
+	 * request may address them. */
+	while ((late = first_running(tgid)) != 0 && late != tid) {
+		int st;
+
+		if (wait_for(late, &st) < 0) {
+			fail_errno(c, "waitpid for the first stop of new thread %d", (int)late);
+			goto out;
+		}
+	}
+	wr_u32(&c->out, outcome);
+	wr_le(&c->out, (uint32_t)code, 4);
+	wr_u32(&c->out, nsteps);
+	wr_raw(&c->out, steps.p, steps.len);
+	wr_u64(&c->out, outcome == STEP_DONE || outcome == STEP_SIGNAL ? where : 0);
+	c->out.oom |= steps.oom;
+	rc = 0;
+out:
+	wr_free(&steps);
+	return rc;
+}
+
 static uint16_t execute(uint16_t op, struct call *c, bool nested);
 
 static int op_batch(struct call *c)
@@ -1926,6 +2125,7 @@ static const op_fn ops[OP_COUNT] = {
 	[OP_READLINK] = op_readlink,
 	[OP_LISTDIR] = op_listdir,
 	[OP_SIGNAL] = op_signal,
+	[OP_STEP] = op_step,
 };
 
 /* Runs one op on c (whose payload reader is set up) and returns the status;

@@ -1,21 +1,29 @@
 /*
  * stepper: single-stepping with TF across a checkpoint.
  *
- *   stepper
+ *   stepper [popf|traced]
  *
- * Installs a SIGTRAP handler that records the interrupted IP, sets
- * EFLAGS.TF with popf, runs a straight sequence of eight instructions
- * (step_seq .. step_end), clears TF again and prints the recorded trap
- * IPs as offsets from step_seq:
+ * Runs a straight sequence of eight instructions (step_seq .. step_end)
+ * that adds 1..7 to an accumulator, and prints the trap IPs its SIGTRAP
+ * handler recorded, as offsets from step_seq, and the sum:
  *
- *   stepper traps=<n> ips=+a,+b,...
+ *   stepper traps=<n> sum=28 ips=+a,+b,...
  *
- * TF set by popf traps after the instruction that follows the popf, then
- * after every instruction. The host checkpoints at the breakpoint on
- * step_mid, in the middle of the sequence, with TF set: a restore must
- * resume so that the list is exactly the uninterrupted one. A restorer that
- * loads EFLAGS with popf traps one instruction late, and records step_mid
- * twice.
+ * popf (the default): the program single-steps itself. It sets EFLAGS.TF
+ * with popf before the sequence and clears it after; TF set by popf traps
+ * after the instruction that follows the popf, then after every
+ * instruction. The host checkpoints at the breakpoint on step_mid, in the
+ * middle of the sequence, with TF set: a restore must resume so that the
+ * list is exactly the uninterrupted one. A restorer that loads EFLAGS with
+ * popf traps one instruction late, and records step_mid twice.
+ *
+ * traced: the same sequence without the program's own TF (the popf that
+ * sets it is jumped over), for a tracer to single-step with
+ * PTRACE_SINGLESTEP from step_seq to step_tail, where the epilogue that
+ * clears TF begins; a tracer suppresses its step traps, so the handler
+ * records nothing (traps=0) and the sum says the sequence ran once. (A
+ * tracer that steps on over the epilogue's popf hands its TF to the
+ * program: Linux takes a stepped popf for one that sets TF itself.)
  */
 #define _GNU_SOURCE
 #include <signal.h>
@@ -42,10 +50,18 @@ static void on_trap(int sig, siginfo_t *si, void *ucv)
 	traps++;
 }
 
-/* TF on (popf), the sequence, TF off (popf). rax is the only register it uses. */
-static void run_sequence(void)
+/*
+ * TF on (popf) unless own_tf is 0, the sequence, TF off (popf). The
+ * accumulator lives in rax; the jump skips exactly the popf that sets TF,
+ * so both modes run the same instructions from step_seq on.
+ */
+static uint64_t run_sequence(int own_tf)
 {
-	__asm__ volatile("pushfq\n"
+	uint64_t acc = 0;
+
+	__asm__ volatile("testl %k1, %k1\n"
+			 "	jz step_seq\n"
+			 "	pushfq\n"
 			 "	orq $0x100, (%%rsp)\n"
 			 "	popfq\n"
 			 ".globl step_seq\n"
@@ -59,33 +75,42 @@ static void run_sequence(void)
 			 "	addq $5, %%rax\n"
 			 "	addq $6, %%rax\n"
 			 "	addq $7, %%rax\n"
+			 ".globl step_tail\n"
+			 "step_tail:\n"
 			 "	pushfq\n"
 			 "	andq $~0x100, (%%rsp)\n"
 			 "	popfq\n"
 			 ".globl step_end\n"
 			 "step_end:\n"
 			 "	nop\n"
-			 :
-			 :
-			 : "rax", "cc", "memory");
+			 : "+a"(acc)
+			 : "r"(own_tf)
+			 : "cc", "memory");
+	return acc;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+	const char *mode = argc > 1 ? argv[1] : "popf";
 	struct sigaction sa;
 	char list[MAX_TRAPS * 8] = "";
+	uint64_t sum;
 
+	if (strcmp(mode, "popf") && strcmp(mode, "traced")) {
+		fprintf(stderr, "usage: stepper [popf|traced]\n");
+		return 2;
+	}
 	memset(&sa, 0, sizeof sa);
 	sa.sa_sigaction = on_trap;
 	sa.sa_flags = SA_SIGINFO;
 	sigaction(SIGTRAP, &sa, NULL);
-	run_sequence();
+	sum = run_sequence(!strcmp(mode, "popf"));
 	for (int i = 0; i < traps && i < MAX_TRAPS; i++) {
 		char item[24];
 
 		snprintf(item, sizeof item, "%s%+lld", i ? "," : "", (long long)(trap_ips[i] - (uint64_t)step_seq));
 		strncat(list, item, sizeof list - strlen(list) - 1);
 	}
-	printf("stepper traps=%d ips=%s\n", traps, list);
+	printf("stepper traps=%d sum=%llu ips=%s\n", traps, (unsigned long long)sum, list);
 	return 0;
 }

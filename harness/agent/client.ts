@@ -76,7 +76,7 @@ export class AgentClient {
   /** Sends one operation and decodes its result; an agent-side failure throws AgentError with the errno. */
   async call<O extends AgentOp>(op: O): Promise<ResultOf<O>> {
     const { opcode, payload } = encodeOp(op);
-    const timeoutMs = this.requestTimeoutMs + (op.op === 'RUN' ? op.timeoutMs : 0);
+    const timeoutMs = this.requestTimeoutMs + (op.op === 'RUN' || op.op === 'STEP' ? op.timeoutMs : 0);
     const frame = await this.roundTrip(opcode, payload, op.op, timeoutMs);
     if (frame.word !== 0) throw this.errorFrom(op, frame.payload);
     return decodeResult(op, frame.payload);

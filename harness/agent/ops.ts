@@ -29,6 +29,7 @@ export const OPCODES = {
   SETSIGMASK: 0x1a,
   READLINK: 0x1b,
   LISTDIR: 0x1c,
+  STEP: 0x1d,
 } as const;
 
 export type OpName = keyof typeof OPCODES;
@@ -58,7 +59,9 @@ export type AgentOp =
   | { op: 'SETSIGMASK'; pid: number; mask: bigint }
   | { op: 'READLINK'; path: string }
   | { op: 'LISTDIR'; path: string }
-  | { op: 'SIGNAL'; pid: number; signo: number };
+  | { op: 'SIGNAL'; pid: number; signo: number }
+  /** PTRACE_SINGLESTEP one stopped thread `count` times; `signo` (0 or absent: none) is delivered with the first step */
+  | { op: 'STEP'; pid: number; count: number; signo?: number; timeoutMs: number };
 
 export interface HelloResult {
   protocolVersion: number;
@@ -87,6 +90,30 @@ export interface RunResult {
   stoppedTid: number;
   /** hit-limit: every thread of the process, ascending, each left in a ptrace stop; empty otherwise */
   threads: number[];
+}
+
+/** One SIGTRAP stop of STEP. */
+export interface SingleStep {
+  rip: bigint;
+  /** as PTRACE_GETREGS reads it: a TF the kernel set for the step (TIF_FORCED_TF) is hidden, one the program set shows */
+  eflags: bigint;
+  /** DR6 before the agent cleared it: BS (bit 14) for a step trap, B0-B3 for a breakpoint, 0 for a SIGTRAP that was no #DB */
+  dr6: bigint;
+}
+
+export interface StepResult {
+  /**
+   * stepped: `count` steps, the thread left in the last one's SIGTRAP stop;
+   * signal: another signal stopped it, left in that signal-delivery stop (not delivered);
+   * exited / killed: the thread ended
+   */
+  outcome: 'stepped' | 'signal' | 'exited' | 'killed';
+  /** signal number (signal, killed), exit code (exited), 0 otherwise */
+  code: number;
+  /** every step, in order */
+  steps: SingleStep[];
+  /** where the thread is stopped now (stepped, signal); 0 when it ended */
+  rip: bigint;
 }
 
 /**
@@ -123,6 +150,7 @@ export interface OpResults {
   READLINK: string;
   LISTDIR: string[];
   SIGNAL: void;
+  STEP: StepResult;
 }
 
 export type ResultOf<O extends AgentOp> = OpResults[O['op']];
@@ -192,11 +220,15 @@ export function encodeOp(op: AgentOp): { opcode: number; payload: Buffer } {
     case 'SIGNAL':
       w.u32(op.pid).u32(op.signo);
       break;
+    case 'STEP':
+      w.u32(op.pid).u32(op.count).u32(op.signo ?? 0).u32(op.timeoutMs);
+      break;
   }
   return { opcode: OPCODES[op.op], payload: w.finish() };
 }
 
 const RUN_OUTCOMES = { 1: 'hit-limit', 2: 'exited', 3: 'killed' } as const;
+const STEP_OUTCOMES = { 1: 'stepped', 2: 'signal', 3: 'exited', 4: 'killed' } as const;
 
 export function decodeResult<O extends AgentOp>(op: O, payload: Buffer): ResultOf<O> {
   const r = new PayloadReader(payload);
@@ -229,6 +261,17 @@ function decodeByOp(name: OpName, r: PayloadReader): unknown {
         stoppedTid: r.u32('stop_tid'),
         threads: r.array('threads', (e) => e.u32('tid')),
       } satisfies RunResult;
+    }
+    case 'STEP': {
+      const outcomeCode = r.u32('outcome');
+      const outcome = STEP_OUTCOMES[outcomeCode as keyof typeof STEP_OUTCOMES];
+      if (!outcome) throw new RangeError(`STEP: unknown outcome ${outcomeCode}`);
+      return {
+        outcome,
+        code: r.i32('code'),
+        steps: r.array('steps', (s) => ({ rip: s.u64('rip'), eflags: s.u64('eflags'), dr6: s.u64('dr6') })),
+        rip: r.u64('rip'),
+      } satisfies StepResult;
     }
     case 'GETREGS':
       return decodeUserRegs(r.bytes('user_regs_struct'));
@@ -288,6 +331,8 @@ export function describeOp(op: AgentOp): string {
       return `${op.op} ${op.path}`;
     case 'SIGNAL':
       return `SIGNAL pid ${op.pid} signal ${op.signo}`;
+    case 'STEP':
+      return `STEP pid ${op.pid} ${op.count} step${op.count === 1 ? '' : 's'}${op.signo ? ` delivering signal ${op.signo}` : ''}`;
     case 'SETREGS':
       return `SETREGS pid ${op.pid} rip=0x${op.regs.rip.toString(16)} eflags=0x${op.regs.eflags.toString(16)}`;
     case 'GETREGSET':
