@@ -172,7 +172,8 @@ async function breakpointOnFaultingLoad(t: Test, guest: Guest): Promise<void> {
     const file = path.join(guest.artifactsDir, `checkpoint-breakpoint-${tag}.tar`);
     await writeCheckpointImage(image, file);
     await agent.call({ op: 'KILL', pid });
-    const r = await restoreAndFinish(guest, file, policy, `breakpoint-${tag}`, {});
+    const r = await restoreAndFinish(guest, file, policy, `breakpoint-${tag}`, { countDebugTrapsAt: load });
+    t.equal(r.observation.debugTraps.length, hitsAtLoad(r.run.hits), `oracle: the CPU raised ${r.observation.debugTraps.length} #DB at uffd_load after the restore, as many as ptrace reported`);
     const worker = r.image.threads[0]!;
     t.equal(worker.regs.rip, load, 'the worker is checkpointed at the load');
     t.equal(worker.debugRegs.dr7, DR7_EXECUTE_DR0, 'with its breakpoint still armed');
