@@ -1,15 +1,20 @@
-// expect: a task checkpointed at start_ip or inside an rseq critical section resumes at its abort handler exactly once
-// (rseq-fixup=on), one checkpointed outside a section, at the exclusive post-commit bound or with rseq_cs set before
-// start_ip never aborts; the registration (C library's or the workload's own) survives — re-registering answers EBUSY —
-// and the per-CPU counter sum is exact. Negative controls: rseq-fixup=off (the section commits as if never interrupted: 0
-// aborts) and omit=rseq (no registration after restore: re-registering succeeds).
+// expect: a task checkpointed at start_ip or inside an rseq critical section — at a breakpoint, or in a long section (10^8
+// iterations) stopped by RUN's timeout with no breakpoint, its rip checked inside the image's rseq_cs range (bounded tries) —
+// resumes at its abort handler exactly once (rseq-fixup=on), as the original continued from that stop does; one checkpointed
+// outside a section, at the exclusive post-commit bound or with rseq_cs set before start_ip never aborts; the registration (C
+// library's or the workload's own) survives — re-registering answers EBUSY — and the per-CPU counter sum is exact (an
+// uninterrupted long section aborts 0 or 1 times: spontaneous preemption). Negative controls: rseq-fixup=off (the section
+// commits as if never interrupted: 0 aborts, breakpoint and long section alike) and omit=rseq (no registration after
+// restore: re-registering succeeds).
 import t, { type Test } from 'tap';
 import { recordOutcome } from '../harness/report/verdicts.ts';
 import { describePolicy, DEFAULT_POLICY, type RestorePolicy } from '../harness/restore/policy.ts';
 import { startGuest, type Guest } from '../harness/testing/guest-fixture.ts';
 import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
-import { debugRegOffset } from '../harness/x86/registers.ts';
-import { checkpointAtHit, readOutput, restoreAndFinish, RUN_TIMEOUT_MS, spawnArmed, type Restored, type Workload } from '../harness/testing/scenario.ts';
+import { debugRegOffset, hex } from '../harness/x86/registers.ts';
+import { activeCriticalSection, inCriticalSection, type RseqCriticalSection } from '../harness/restore/rseq.ts';
+import type { CheckpointImage, ProcessInfo } from '../harness/restore/checkpoint-image.ts';
+import { checkpointAtHit, checkpointStopped, readOutput, restoreAndFinish, RUN_TIMEOUT_MS, runThenInterrupt, spawnArmed, type Restored, type Workload } from '../harness/testing/scenario.ts';
 
 const CASE = 'rseq';
 const ITERATIONS = 64;
@@ -28,6 +33,27 @@ const POINTS = [
   { label: 'rseq_post_commit', aborts: 0, why: 'at start_ip + post_commit_offset (exclusive bound)' },
 ] as const;
 
+/**
+ * The long section (rseqcs's LONG_SPIN argument): the first increment spins
+ * `spin` times inside its critical section, after rseqcs's settle() (50 ms
+ * asleep, then 50 ms spinning outside any section). No breakpoint anywhere
+ * near the section: one on rseq_outside, hit once before the settle and
+ * disarmed there, starts the clock (the process's start-up before it takes
+ * longer the busier the host), then RUN's timeout interrupts every thread
+ * `stopAfterMs` later and leaves it stopped. Measured on the Debian 6.1
+ * guest under TCG (1 vCPU, a host shared with other guests): 10^8
+ * iterations take ~200 ms; timeouts of 105, 110, 115 and 120 ms found the
+ * IP inside the section in 18, 13, 16 and 16 of 20 runs, 0–10 M
+ * iterations in — the misses still settling (the host stalled the vCPU and
+ * the agent's timer fired first) or aborted and past it. Left alone, the
+ * section is preempted — an abort — in 18 of 20 runs (kcompactd every
+ * 500 ms, vmstat's kworker, rcu_preempt, network softirqs all wake on the
+ * one CPU). A retry after an abort spins the short count, so the long
+ * section aborts at most once, whatever preempted it: an uninterrupted run
+ * gives 0 or 1, a run restored from a stop inside must give exactly 1.
+ */
+const LONG = { spin: 100_000_000, stopAfterMs: 110, tries: 12 } as const;
+
 interface Summary {
   sum: number;
   aborts: number;
@@ -37,6 +63,12 @@ interface Summary {
 function summary(output: string): Summary | undefined {
   const m = /^rseqcs mode=\S+ iterations=\d+ sum=(\d+) aborts=(\d+) reregister=(\S+)$/m.exec(output);
   return m ? { sum: Number(m[1]), aborts: Number(m[2]), reregister: m[3]! } : undefined;
+}
+
+/** The long section's own abort count (`rseqcs long spin=L aborts=A`). */
+function longAborts(output: string): number | undefined {
+  const m = /^rseqcs long spin=\d+ aborts=(\d+)$/m.exec(output);
+  return m ? Number(m[1]) : undefined;
 }
 
 const show = (s: Summary | undefined): string => (s ? `sum=${s.sum} aborts=${s.aborts} reregister=${s.reregister}` : 'no summary line');
@@ -101,6 +133,70 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ']), async (t) => {
     });
   });
 
+  const longWorkload = (mode: Mode): Workload => ({
+    binary,
+    argv: [binary, mode, String(ITERATIONS), '0', String(LONG.spin)],
+    envp: [...MODES[mode]],
+    breakAt: symbols.resolve('rseqcs:rseq_outside'),
+  });
+  const section = { start: symbols.resolve('rseqcs:rseq_start'), postCommit: symbols.resolve('rseqcs:rseq_post_commit') };
+
+  for (const mode of Object.keys(MODES) as Mode[]) {
+    await t.test(`${mode} registration, a long section (${LONG.spin} iterations) interrupted by a ${LONG.stopAfterMs} ms timeout, no breakpoint in it: exactly one abort`, async (t) => {
+      const w = longWorkload(mode);
+      const reference = await referenceRun(guest, w, `${mode}-long`);
+      const refLong = longAborts(reference.output);
+      t.equal(reference.code, 0, `uninterrupted: ${show(reference.summary)}`);
+      t.match(reference.summary, { sum: ITERATIONS, reregister: 'EBUSY' }, 'uninterrupted: exact sum, still registered');
+      t.ok(refLong !== undefined && refLong <= 1, `uninterrupted: the long section aborted ${refLong ?? '?'} time(s) (0 or 1: preempted or not, spontaneously)`);
+
+      const stop = await interruptInside(guest, w, `${mode}-long`, section);
+      for (const miss of stop.misses) t.comment(`missed: ${miss}`);
+      if (!('image' in stop)) {
+        t.fail(`no stop inside the section in ${LONG.tries} tries`);
+        return void recordOutcome({
+          case: CASE, scenario: `rseq ${mode}: long section interrupted by a ${LONG.stopAfterMs} ms timeout (no breakpoint in it)`, policy: describePolicy(DEFAULT_POLICY), control: false,
+          expected: 'a stop inside the section, then exactly one abort', observed: `no stop inside the section in ${LONG.tries} tries`, matchedUninterrupted: false,
+        });
+      }
+      const { image, cs, tries } = stop;
+      t.pass(`try ${tries} of at most ${LONG.tries}: RUN's timeout stopped it ${LONG.stopAfterMs} ms after rseq_outside(0) (the RUN took ${stop.elapsedMs} ms), rip ${hex(image.regs.rip)} in [${hex(cs.startIp)}, +${hex(cs.postCommitOffset)}) — ${LONG.spin - Number(image.regs.rcx)} of ${LONG.spin} iterations done`);
+      t.same([cs.startIp, cs.startIp + cs.postCommitOffset, cs.abortIp], [section.start, section.postCommit, abortHandler], 'the image\'s rseq_cs is rseqcs\'s descriptor');
+      t.equal(cs.flags, 0, 'no deprecated flags');
+
+      // The original, continued from that very stop: what "without the checkpoint" means here.
+      const continued = await guest.agent.call({ op: 'RUN', pid: stop.process.pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
+      const originalOut = await readOutput(guest, stop.stdoutPath);
+      const expected: Summary = { sum: ITERATIONS, aborts: 1, reregister: 'EBUSY' };
+      t.equal(continued.code, 0, 'the original, continued, exits 0');
+      t.same([summary(originalOut), longAborts(originalOut)], [expected, 1], `the original, continued from the stop: ${show(summary(originalOut))}, long section aborted ${longAborts(originalOut) ?? '?'} time(s)`);
+
+      for (const policy of [DEFAULT_POLICY, { ...DEFAULT_POLICY, rseqFixup: 'off' } as RestorePolicy]) {
+        const control = policy.rseqFixup === 'off';
+        const r = await restoreAndFinish(guest, stop.file, policy, `${mode}-long-fixup-${policy.rseqFixup}`, { firstExecutionAt: abortHandler });
+        const got = { ...summary(r.output), long: longAborts(r.output) };
+        const observed = `${show(summary(r.output))}, long section aborts=${got.long ?? '?'}; CPU ran abort handler: ${r.observation.first !== undefined}; stop inside on try ${tries}`;
+        const matched = JSON.stringify(summary(r.output)) === JSON.stringify(expected) && got.long === 1 && r.run.code === 0 && r.observation.first !== undefined;
+        const csDiff = r.differences.find((d) => d.what === 'rseq.rseq_cs');
+        if (control) {
+          t.equal(got.long, 0, `rseq-fixup=off: the section commits from the middle, no abort: ${observed}`);
+          t.equal(r.observation.first, undefined, 'oracle: the CPU never executed the abort handler');
+          t.ok(csDiff && csDiff.accepted === '0x0', `read back: the kernel cleared rseq_cs before the task resumed (${csDiff ? `${csDiff.requested} → ${csDiff.accepted}` : 'no difference'})`);
+        } else {
+          t.same(summary(r.output), expected, `restored run: ${show(summary(r.output))}`);
+          t.equal(got.long, 1, 'the long section aborted exactly once');
+          t.equal(r.run.code, 0, 'exits 0');
+          t.ok(r.observation.first !== undefined, 'oracle: the CPU executed the abort handler');
+          t.notOk(r.differences.some((d) => d.what === 'rseq'), 'the kernel holds the registration as the image had it');
+        }
+        recordOutcome({
+          case: CASE, scenario: `rseq ${mode}: long section interrupted by a ${LONG.stopAfterMs} ms timeout (no breakpoint in it)`, policy: describePolicy(policy), control,
+          expected: `${show(expected)}, long section aborts=1; CPU ran abort handler: true`, observed, matchedUninterrupted: matched,
+        });
+      }
+    });
+  }
+
   await t.test('deprecated NO_RESTART flags, checkpoint inside: the restored task meets the kernel exactly as the original would', async (t) => {
     const rejected = guest.profile.probes.rseqDeprecatedFlagsRejected.value;
     t.comment(`profile: probes.rseqDeprecatedFlagsRejected = ${rejected} (${guest.profile.probes.rseqDeprecatedFlagsRejected.how}); kernel ${guest.profile.kernelRelease}`);
@@ -158,9 +254,49 @@ function deprecatedFlagsOutcome(rejected: boolean): string {
 const outcome = (run: { outcome: string; code: number }, s: Summary | undefined): string =>
   run.outcome === 'killed' ? `killed by signal ${run.code}` : `exit ${run.code}, aborts=${s?.aborts ?? '?'}`;
 
-async function referenceRun(guest: Guest, w: Workload, mode: Mode): Promise<{ code: number; summary?: Summary }> {
-  const out = `/tmp/rseqcs-reference-${mode}.out`;
+async function referenceRun(guest: Guest, w: Workload, tag: string): Promise<{ code: number; summary?: Summary; output: string }> {
+  const out = `/tmp/rseqcs-reference-${tag}.out`;
   const { pid } = await guest.agent.call({ op: 'SPAWN', path: w.binary, argv: w.argv, envp: w.envp ?? [], stdoutPath: out, noAslr: true });
   const run = await guest.agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
-  return { code: run.code, summary: summary(await readOutput(guest, out)) };
+  const output = await readOutput(guest, out);
+  return { code: run.code, summary: summary(output), output };
+}
+
+interface InsideStop {
+  process: ProcessInfo;
+  stdoutPath: string;
+  file: string;
+  image: CheckpointImage;
+  cs: RseqCriticalSection;
+  /** which try landed inside */
+  tries: number;
+  /** the timed RUN's wall time, host side */
+  elapsedMs: number;
+}
+
+/**
+ * Runs the long-section workload for LONG.stopAfterMs and checkpoints it
+ * wherever RUN's timeout stopped it; keeps the try (the process left stopped)
+ * when the image's rip is inside [start_ip, start_ip + post_commit_offset)
+ * of the rseq_cs the image's registration points at, else kills it and tries
+ * again, at most LONG.tries times. Every miss is reported.
+ */
+async function interruptInside(guest: Guest, w: Workload, tag: string, section: { start: bigint }): Promise<InsideStop & { misses: string[] } | { misses: string[] }> {
+  const misses: string[] = [];
+  for (let attempt = 1; attempt <= LONG.tries; attempt++) {
+    const stdoutPath = `/tmp/rseqcs-${tag}-try${attempt}.original.out`;
+    const r = await runThenInterrupt(guest, w, LONG.stopAfterMs, stdoutPath);
+    if (r.ended) {
+      const out = await readOutput(guest, stdoutPath);
+      misses.push(`try ${attempt}: ${r.ended.outcome} (${r.ended.code}) before the stop, long section aborts=${longAborts(out) ?? '?'}`);
+      continue;
+    }
+    const process: ProcessInfo = { binary: w.binary, argv: w.argv, envp: w.envp ?? [], noAslr: true, pid: r.pid };
+    const { file, image } = await checkpointStopped(guest, process, `${tag}-try${attempt}`);
+    const cs = image.rseq ? activeCriticalSection(image) : undefined;
+    if (cs && cs.startIp === section.start && inCriticalSection(image.regs.rip, cs)) return { process, stdoutPath, file, image, cs, tries: attempt, elapsedMs: r.elapsedMs, misses };
+    misses.push(`try ${attempt}: stopped (RUN took ${r.elapsedMs} ms), rip ${hex(image.regs.rip)} ${cs ? `outside [${hex(cs.startIp)}, +${hex(cs.postCommitOffset)})` : 'with rseq_cs 0'}`);
+    await guest.agent.call({ op: 'KILL', pid: r.pid });
+  }
+  return { misses };
 }

@@ -1,7 +1,7 @@
 /*
  * rseqcs: a workload for rseq cases.
  *
- *   rseqcs glibc|own [ITERATIONS] [DESC_FLAGS]
+ *   rseqcs glibc|own [ITERATIONS] [DESC_FLAGS] [LONG_SPIN]
  *
  * Increments a per-CPU counter ITERATIONS times (default 64), each time in
  * an rseq critical section (cs_increment below) that retries after an abort.
@@ -9,6 +9,17 @@
  * registers its own area (run it with GLIBC_TUNABLES=glibc.pthread.rseq=0).
  * DESC_FLAGS goes into the rseq_cs descriptor's flags (the deprecated
  * RSEQ_CS_FLAG_NO_RESTART_ON_* bits are 1, 2, 4).
+ *
+ * LONG_SPIN > 0 makes the first increment a long section: it spins
+ * LONG_SPIN times between start_ip and the commit (the same code, rcx =
+ * LONG_SPIN), so that a tracer interrupting the process after a while, with
+ * no breakpoint anywhere, finds it inside the section. It starts 100 ms
+ * after rseq_outside(0) (see settle() for why not at once). A retry after an
+ * abort spins the usual short count, so the long section aborts at most
+ * once, whatever preempts it: its own count is printed on a line of its own
+ * before the summary,
+ *
+ *   rseqcs long spin=L aborts=A
  *
  * At the end it re-registers the same area (the kernel must answer EBUSY
  * when it is still registered) and prints
@@ -32,11 +43,14 @@
 #include <string.h>
 #include <sys/rseq.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 /* struct rseq, struct rseq_cs and RSEQ_SIG (glibc's x86 signature, the 4
  * bytes before an abort handler) come from <sys/rseq.h>. */
 #define MAX_CPUS 256
+#define SETTLE_SLEEP_MS 50
+#define SETTLE_SPIN_MS 50
 
 static struct rseq own_area;
 static struct rseq_cs desc;
@@ -89,6 +103,34 @@ __attribute__((noinline, noclone, used)) void rseq_outside(uint64_t i)
 	__asm__ volatile("" : : "r"(i) : "memory");
 }
 
+static uint64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/*
+ * Before the long section, outside any section: sleep, so that whatever was
+ * runnable (the tracer that just continued this process, above all) runs
+ * and goes back to sleep; then spin, so that the deferrable timers that
+ * waited for the idle CPU to wake up (vmstat's kworker) fire now rather than
+ * a moment into the section. Each would preempt the section: an abort.
+ * (On the 1-vCPU TCG guest, without the sleep every long section aborted
+ * within a few ms; with the sleep alone, a third aborted at once.)
+ */
+static void settle(void)
+{
+	struct timespec ts = { 0, SETTLE_SLEEP_MS * 1000000L };
+	uint64_t until;
+
+	while (nanosleep(&ts, &ts) && errno == EINTR)
+		;
+	for (until = now_ms() + SETTLE_SPIN_MS; now_ms() < until;)
+		;
+}
+
 static long sys_rseq(void *area, uint32_t len, int flags, uint32_t sig)
 {
 	return syscall(SYS_rseq, area, len, flags, sig);
@@ -97,18 +139,21 @@ static long sys_rseq(void *area, uint32_t len, int flags, uint32_t sig)
 int main(int argc, char **argv)
 {
 	struct rseq *a;
-	uint64_t n = 64, sum = 0, i;
+	uint64_t n = 64, sum = 0, i, long_spin = 0, long_aborts = 0;
+	int is_long;
 	const char *mode;
 	char rereg[32];
 	long r;
 
-	if (argc < 2 || argc > 4 || (strcmp(argv[1], "glibc") && strcmp(argv[1], "own"))) {
-		fprintf(stderr, "usage: rseqcs glibc|own [ITERATIONS] [DESC_FLAGS]\n");
+	if (argc < 2 || argc > 5 || (strcmp(argv[1], "glibc") && strcmp(argv[1], "own"))) {
+		fprintf(stderr, "usage: rseqcs glibc|own [ITERATIONS] [DESC_FLAGS] [LONG_SPIN]\n");
 		return 2;
 	}
 	mode = argv[1];
 	if (argc > 2)
 		n = strtoull(argv[2], NULL, 0);
+	if (argc > 4)
+		long_spin = strtoull(argv[4], NULL, 0);
 	desc.version = 0;
 	desc.flags = argc > 3 ? (uint32_t)strtoul(argv[3], NULL, 0) : 0;
 	desc.start_ip = (uintptr_t)rseq_start;
@@ -135,8 +180,14 @@ int main(int argc, char **argv)
 
 	for (i = 0; i < n; i++) {
 		rseq_outside(i);
-		while (cs_increment(a, counters, &desc, 16 + (i & 15)))
+		is_long = i == 0 && long_spin;
+		if (is_long)
+			settle();
+		while (cs_increment(a, counters, &desc, is_long ? long_spin : 16 + (i & 15))) {
 			aborts++;
+			long_aborts += is_long;
+			is_long = 0;
+		}
 	}
 	for (i = 0; i < MAX_CPUS; i++)
 		sum += counters[i];
@@ -148,6 +199,8 @@ int main(int argc, char **argv)
 		snprintf(rereg, sizeof rereg, "EBUSY");
 	else
 		snprintf(rereg, sizeof rereg, "E%d", errno);
+	if (long_spin)
+		printf("rseqcs long spin=%llu aborts=%llu\n", (unsigned long long)long_spin, (unsigned long long)long_aborts);
 	printf("rseqcs mode=%s iterations=%llu sum=%llu aborts=%llu reregister=%s\n", mode, (unsigned long long)n,
 	       (unsigned long long)sum, (unsigned long long)aborts, rereg);
 	return sum == n && r != 0 && errno == EBUSY ? 0 : 1;

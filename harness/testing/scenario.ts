@@ -2,9 +2,12 @@
  * The steps every case repeats: start a workload stopped under the agent with
  * an execute breakpoint armed, run it to the Nth hit, checkpoint it there
  * (image written to the case's artifacts), kill it, restore the image under a
- * policy, and run the restored process to its end under the CPU oracle.
+ * policy, and run the restored process to its end under the CPU oracle. Or,
+ * with no breakpoint at all, run it for a while and interrupt it wherever it
+ * is (runThenInterrupt), then checkpoint it there (checkpointStopped).
  */
 import { appendFileSync, writeFileSync } from 'node:fs';
+import { constants } from 'node:os';
 import path from 'node:path';
 import type { RunResult } from '../agent/ops.ts';
 import { observeCpu, type Observation, type WatchOptions } from '../oracle/cpu-oracle.ts';
@@ -15,6 +18,9 @@ import { restoreProcess, type Difference } from '../restore/restore.ts';
 import { spawnWithBreakpoint, type ArmedProgram } from '../agent/breakpoint-spawn.ts';
 import type { Guest } from './guest-fixture.ts';
 import { debugRegOffset } from '../x86/registers.ts';
+import { AgentError, CrhError } from '../errors.ts';
+
+const ETIMEDOUT = constants.errno.ETIMEDOUT;
 
 export const RUN_TIMEOUT_MS = 60_000;
 
@@ -64,11 +70,51 @@ export async function checkpointAtHit(guest: Guest, w: Workload, hit: number | {
     return { file: '', run, process };
   }
   if (options.disarm || options.dr7 !== undefined) await agent.call({ op: 'POKEUSER', pid, offset: debugRegOffset(7), value: options.dr7 ?? 0n });
-  const image = await checkpointProcess(agent, process, guest.platform);
-  const file = path.join(guest.artifactsDir, `checkpoint-${tag}.tar`);
-  await writeCheckpointImage(image, file);
+  const { file } = await checkpointStopped(guest, process, tag);
   if (!options.leaveRunning) await agent.call({ op: 'KILL', pid });
   return { file, run, process };
+}
+
+/** Checkpoints a process whose every thread is in a ptrace stop; the image goes to the case's artifacts. */
+export async function checkpointStopped(guest: Guest, process: ProcessInfo, tag: string): Promise<{ file: string; image: CheckpointImage }> {
+  const image = await checkpointProcess(guest.agent, process, guest.platform);
+  const file = path.join(guest.artifactsDir, `checkpoint-${tag}.tar`);
+  await writeCheckpointImage(image, file);
+  return { file, image };
+}
+
+/** `elapsedMs`: the timed RUN's wall time, host side (the agent's timeout, its interrupt and the round trip). */
+export type Interrupted = { pid: number; elapsedMs: number; ended?: undefined } | { ended: RunResult };
+
+/**
+ * Spawns the workload (ASLR off) and RUNs it for `ms`: RUN's timeout
+ * interrupts every thread (PTRACE_INTERRUPT) wherever it is and leaves it
+ * stopped, answering ETIMEDOUT — the process is then ready for a
+ * checkpoint. With `breakAt` the clock starts at its first hit instead of at
+ * the first instruction: run to it, disarm (DR7 = 0), then the `ms`.
+ * `ended` when the workload finished (or died) first.
+ */
+export async function runThenInterrupt(guest: Guest, w: Workload, ms: number, stdoutPath: string): Promise<Interrupted> {
+  const { agent } = guest;
+  const pid = await spawnArmed(guest, w, stdoutPath);
+  if (w.breakAt !== undefined) {
+    const first = await agent.call({ op: 'RUN', pid, stopAfterHits: 1, timeoutMs: RUN_TIMEOUT_MS });
+    if (first.outcome !== 'hit-limit') return { ended: first };
+    await agent.call({ op: 'POKEUSER', pid, offset: debugRegOffset(7), value: 0n });
+  }
+  let ended: RunResult;
+  const started = Date.now();
+  try {
+    ended = await agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: ms });
+  } catch (error) {
+    if (error instanceof AgentError && error.errno === ETIMEDOUT) return { pid, elapsedMs: Date.now() - started };
+    throw error;
+  }
+  if (ended.outcome === 'hit-limit') {
+    await agent.call({ op: 'KILL', pid }).catch(() => {});
+    throw new CrhError(`RUN pid ${pid} stopped at a hit limit with no breakpoint armed`);
+  }
+  return { ended };
 }
 
 /**
