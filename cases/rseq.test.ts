@@ -3,7 +3,8 @@
 // resumes at its abort handler exactly once (rseq-fixup=on), as the original continued from that stop does; one checkpointed
 // outside a section, at the exclusive post-commit bound or with rseq_cs set before start_ip never aborts; the registration (C
 // library's or the workload's own) survives — re-registering answers EBUSY — and the per-CPU counter sum is exact (an
-// uninterrupted long section aborts 0 or 1 times: spontaneous preemption). Negative controls: rseq-fixup=off (the section
+// uninterrupted long section aborts 0 or 1 times: spontaneous preemption; aborts are the first increment's — the one every
+// checkpoint interrupts — and the others', which only a preemption inside them causes, are reported). Negative controls: rseq-fixup=off (the section
 // commits as if never interrupted: 0 aborts, breakpoint and long section alike) and omit=rseq (no registration after
 // restore: re-registering succeeds).
 import t, { type Test } from 'tap';
@@ -71,6 +72,29 @@ function longAborts(output: string): number | undefined {
   return m ? Number(m[1]) : undefined;
 }
 
+/** Aborts of the increments after the first (`rseqcs later-aborts=K`): preemptions inside them, no restore's doing. */
+function laterAborts(output: string): number | undefined {
+  const m = /^rseqcs later-aborts=(\d+)$/m.exec(output);
+  return m ? Number(m[1]) : undefined;
+}
+
+/**
+ * What the oracle saw of the abort handler, as far as it speaks for the
+ * first increment: the CPU ran the handler, never ran it, or `undefined`
+ * when later increments aborted on their own (their handler runs count too).
+ */
+function abortHandlerRan(r: Restored): boolean | undefined {
+  const ran = r.observation.first !== undefined;
+  return ran && laterAborts(r.output) !== 0 ? undefined : ran;
+}
+
+/**
+ * A summary without its abort count, for the long section: its own count
+ * is on its own line, and the short retry after its abort may be preempted
+ * too on a busy host (an abort no restore decides).
+ */
+const withoutAborts = (s: Summary | undefined) => s && { sum: s.sum, reregister: s.reregister };
+
 const show = (s: Summary | undefined): string => (s ? `sum=${s.sum} aborts=${s.aborts} reregister=${s.reregister}` : 'no summary line');
 
 t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ']), async (t) => {
@@ -106,14 +130,16 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ']), async (t) => {
         const expected: Summary = { sum: ITERATIONS, aborts: point.aborts, reregister: 'EBUSY' };
         t.same(r.summary, expected, `restored run: ${show(r.summary)}`);
         t.equal(r.run.code, 0, 'exits 0');
-        t.equal(r.observation.first !== undefined, point.aborts > 0, `oracle: the CPU ${point.aborts > 0 ? 'executed' : 'never executed'} the abort handler`);
+        const ran = abortHandlerRan(r);
+        if (ran === undefined) t.comment(`${laterAborts(r.output)} later increment(s) aborted on their own (preempted inside their sections): the oracle's abort-handler run may be theirs, so it is not checked for the first`);
+        else t.equal(ran, point.aborts > 0, `oracle: the CPU ${point.aborts > 0 ? 'executed' : 'never executed'} the abort handler`);
         t.notOk(r.differences.some((d) => d.what === 'rseq'), 'the kernel holds the registration as the image had it');
         const csDiff = r.differences.find((d) => d.what === 'rseq.rseq_cs');
         if (csDiff) t.comment(`rseq_cs after the plan: requested ${csDiff.requested}, the kernel left ${csDiff.accepted}`);
         recordOutcome({
           case: CASE, scenario: `rseq ${mode}: checkpoint ${point.why}`, policy: describePolicy(DEFAULT_POLICY), control: false,
           expected: show(expected), observed: `${show(r.summary)}; CPU ran abort handler: ${r.observation.first !== undefined}`,
-          matchedUninterrupted: JSON.stringify(r.summary) === JSON.stringify(expected) && r.run.code === 0 && (r.observation.first !== undefined) === point.aborts > 0,
+          matchedUninterrupted: JSON.stringify(r.summary) === JSON.stringify(expected) && r.run.code === 0 && (ran ?? point.aborts > 0) === point.aborts > 0,
         });
       });
     }
@@ -123,7 +149,8 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ']), async (t) => {
     const policy: RestorePolicy = { ...DEFAULT_POLICY, rseqFixup: 'off' };
     const r = await cycle(t, 'glibc', 'rseq_inside', policy, 'glibc-rseq_inside-fixup-off');
     t.equal(r.summary?.aborts, 0, `no abort: ${show(r.summary)}`);
-    t.equal(r.observation.first, undefined, 'oracle: the CPU never executed the abort handler');
+    if (abortHandlerRan(r) === undefined) t.comment(`${laterAborts(r.output)} later increment(s) aborted on their own: the oracle's abort-handler run is theirs`);
+    else t.equal(r.observation.first, undefined, 'oracle: the CPU never executed the abort handler');
     const csDiff = r.differences.find((d) => d.what === 'rseq.rseq_cs');
     t.ok(csDiff && csDiff.accepted === '0x0', `read back: the kernel cleared rseq_cs before the task resumed (${csDiff ? `${csDiff.requested} → ${csDiff.accepted}` : 'no difference'})`);
     recordOutcome({
@@ -169,21 +196,22 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ']), async (t) => {
       const originalOut = await readOutput(guest, stop.stdoutPath);
       const expected: Summary = { sum: ITERATIONS, aborts: 1, reregister: 'EBUSY' };
       t.equal(continued.code, 0, 'the original, continued, exits 0');
-      t.same([summary(originalOut), longAborts(originalOut)], [expected, 1], `the original, continued from the stop: ${show(summary(originalOut))}, long section aborted ${longAborts(originalOut) ?? '?'} time(s)`);
+      t.same([withoutAborts(summary(originalOut)), longAborts(originalOut)], [withoutAborts(expected), 1], `the original, continued from the stop: ${show(summary(originalOut))}, long section aborted ${longAborts(originalOut) ?? '?'} time(s)`);
 
       for (const policy of [DEFAULT_POLICY, { ...DEFAULT_POLICY, rseqFixup: 'off' } as RestorePolicy]) {
         const control = policy.rseqFixup === 'off';
         const r = await restoreAndFinish(guest, stop.file, policy, `${mode}-long-fixup-${policy.rseqFixup}`, { firstExecutionAt: abortHandler });
         const got = { ...summary(r.output), long: longAborts(r.output) };
         const observed = `${show(summary(r.output))}, long section aborts=${got.long ?? '?'}; CPU ran abort handler: ${r.observation.first !== undefined}; stop inside on try ${tries}`;
-        const matched = JSON.stringify(summary(r.output)) === JSON.stringify(expected) && got.long === 1 && r.run.code === 0 && r.observation.first !== undefined;
+        const matched = JSON.stringify(withoutAborts(summary(r.output))) === JSON.stringify(withoutAborts(expected)) && got.long === 1 && r.run.code === 0 && r.observation.first !== undefined;
         const csDiff = r.differences.find((d) => d.what === 'rseq.rseq_cs');
         if (control) {
           t.equal(got.long, 0, `rseq-fixup=off: the section commits from the middle, no abort: ${observed}`);
-          t.equal(r.observation.first, undefined, 'oracle: the CPU never executed the abort handler');
+          if (abortHandlerRan(r) === undefined) t.comment(`${laterAborts(r.output)} later increment(s) aborted on their own: the oracle's abort-handler run is theirs`);
+          else t.equal(r.observation.first, undefined, 'oracle: the CPU never executed the abort handler');
           t.ok(csDiff && csDiff.accepted === '0x0', `read back: the kernel cleared rseq_cs before the task resumed (${csDiff ? `${csDiff.requested} → ${csDiff.accepted}` : 'no difference'})`);
         } else {
-          t.same(summary(r.output), expected, `restored run: ${show(summary(r.output))}`);
+          t.same(withoutAborts(summary(r.output)), withoutAborts(expected), `restored run: ${show(summary(r.output))}`);
           t.equal(got.long, 1, 'the long section aborted exactly once');
           t.equal(r.run.code, 0, 'exits 0');
           t.ok(r.observation.first !== undefined, 'oracle: the CPU executed the abort handler');
