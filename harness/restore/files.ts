@@ -14,6 +14,7 @@ import { CheckpointError } from '../errors.ts';
 import type { PlanStep } from './plan-step.ts';
 
 export { CheckpointError };
+import { DescriptorTable } from './descriptors.ts';
 import { ScratchLayout } from './scratch.ts';
 import { parseUserfaultfdFdinfo, USERFAULTFD_LINK, type UserfaultfdState } from './userfaultfd.ts';
 
@@ -66,7 +67,7 @@ export const O_KNOWN = Object.values(O).reduce((a, b) => a | b, 0);
 /** Flags that change the file when it is opened again; never passed to the restoring open. */
 const O_SIDE_EFFECTS = O.CREAT | O.EXCL | O.TRUNC | O.NOCTTY;
 
-const NR = { lseek: 8, close: 3, dup3: 292, openat: 257, setsid: 112, setpgid: 109 } as const;
+const NR = { lseek: 8, openat: 257, setsid: 112, setpgid: 109 } as const;
 const AT_FDCWD = BigInt.asUintN(64, -100n);
 
 /** pgrp and session from /proc/PID/stat (fields 5 and 6, after the parenthesised name). */
@@ -113,13 +114,6 @@ export async function captureTask(agent: AgentClient, pid: number): Promise<Task
   return { ...session, files, ...(userfaultfds.length > 0 ? { userfaultfds } : {}) };
 }
 
-/** Lowest free descriptor, as open() picks it. */
-function lowestFree(open: Set<number>): number {
-  let fd = 0;
-  while (open.has(fd)) fd++;
-  return fd;
-}
-
 /**
  * Steps that open the image's files again at their descriptor numbers, with
  * their offsets. `targetFds` is what the fresh target has open (from its
@@ -129,21 +123,14 @@ function lowestFree(open: Set<number>): number {
  */
 export function fileSteps(pid: number, files: readonly OpenFile[], targetFds: readonly number[], scratch: bigint): PlanStep[] {
   if (files.length === 0) return [];
-  const open = new Set(targetFds);
+  const table = new DescriptorTable(targetFds);
   const layout = new ScratchLayout(scratch);
   const steps: PlanStep[] = [];
   for (const f of files) {
-    const got = lowestFree(open);
+    const got = table.lowestFree();
     const flags = BigInt(f.flags & ~O_SIDE_EFFECTS);
     steps.push({ op: { op: 'INJECT_SYSCALL', pid, nr: NR.openat, args: [AT_FDCWD, layout.place(Buffer.from(`${f.path}\0`)), flags, 0n] }, why: `open ${f.path} (${f.kind}, flags 0o${f.flags.toString(8)}) for fd ${f.fd}`, expect: BigInt(got) });
-    open.add(got);
-    if (got !== f.fd) {
-      if (open.has(f.fd)) throw new CheckpointError(`fd ${f.fd} is already open in the fresh target; cannot restore ${f.path} there`);
-      steps.push({ op: { op: 'INJECT_SYSCALL', pid, nr: NR.dup3, args: [BigInt(got), BigInt(f.fd), BigInt(f.flags & O.CLOEXEC)] }, why: `move it to fd ${f.fd}`, expect: BigInt(f.fd) });
-      steps.push({ op: { op: 'INJECT_SYSCALL', pid, nr: NR.close, args: [BigInt(got)] }, why: `close the temporary fd ${got}`, expect: 0n });
-      open.delete(got);
-      open.add(f.fd);
-    }
+    steps.push(...table.place(pid, got, f.fd, (f.flags & O.CLOEXEC) !== 0, f.path));
     // A directory's offset is a file-system cookie, and a device has none worth keeping.
     if (f.kind === 'file' && f.pos !== 0n) steps.push({ op: { op: 'INJECT_SYSCALL', pid, nr: NR.lseek, args: [BigInt(f.fd), f.pos, 0n] }, why: `offset ${f.pos} on fd ${f.fd}`, expect: f.pos });
   }

@@ -19,6 +19,7 @@ import type { MemoryRegion } from './checkpoint-image.ts';
 import { PlanError, type MappedFileState, type PlanStep, type TargetProbe } from './plan-step.ts';
 import { omits, type RestorePolicy } from './policy.ts';
 import { protOf, uncovered, type Mapping } from './proc-maps.ts';
+import { DescriptorTable } from './descriptors.ts';
 import { ScratchLayout, withScratchPage } from './scratch.ts';
 import { mapFixedStep, PROT } from './syscall-steps.ts';
 
@@ -92,13 +93,6 @@ export function describeRegion(r: MemoryRegion): string {
   return `mapping ${hex(r.start)}-${hex(r.end)} ${r.perms} ${r.file ? `${r.file} @ ${hex(r.offset)}` : r.name || 'anonymous'}`;
 }
 
-/** Lowest free descriptor, as open() picks it. */
-function lowestFree(fds: readonly number[]): number {
-  let fd = 0;
-  while (fds.includes(fd)) fd++;
-  return fd;
-}
-
 /**
  * A shared or file-backed region must not overlap anything the fresh target
  * has, except the very same file mapping (the binary's own, which the exec
@@ -126,7 +120,7 @@ export function mappingSteps(pid: number, regions: readonly MemoryRegion[], prob
   const fileCalls: PlanStep[] = [];
   const layout = new ScratchLayout(scratch);
   const paths = new Map<string, bigint>();
-  const fd = BigInt(lowestFree(probe.fds ?? [0, 1, 2]));
+  const fd = BigInt(new DescriptorTable(probe.fds ?? [0, 1, 2]).lowestFree());
   for (const region of regions) {
     if (kinds) checkOccupants(region, probe.maps);
     const pieces = uncovered(region.start, region.end, covered);

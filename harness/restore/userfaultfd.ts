@@ -33,6 +33,7 @@ import type { MemoryRegion } from './checkpoint-image.ts';
 import { CheckpointError } from '../errors.ts';
 import type { PlanStep } from './plan-step.ts';
 import type { Mapping } from './proc-maps.ts';
+import { DescriptorTable } from './descriptors.ts';
 import { ScratchLayout, withScratchPage } from './scratch.ts';
 
 /** What /proc/PID/fd shows for a userfaultfd. */
@@ -61,7 +62,7 @@ const FEATURE_INITIALIZED = 0x8000_0000;
 export const MAX_FEATURES = 0xffff;
 const UFFD_API = 0xaan;
 const IOCTL = { api: 0xc018aa3fn, register: 0xc020aa00n } as const;
-const NR = { close: 3, ioctl: 16, mincore: 27, dup3: 292, userfaultfd: 323 } as const;
+const NR = { ioctl: 16, mincore: 27, userfaultfd: 323 } as const;
 const PAGE = 4096n;
 
 /** flags and API features from a userfaultfd's /proc/PID/fdinfo/N ("API:\t<api>:<features>:<ioctls>"). */
@@ -157,12 +158,6 @@ export function presentSlices(region: Pick<MemoryRegion, 'start' | 'end' | 'abse
   return slices;
 }
 
-function lowestFree(open: ReadonlySet<number>): number {
-  let fd = 0;
-  while (open.has(fd)) fd++;
-  return fd;
-}
-
 /**
  * Steps that create the userfaultfd at its descriptor number and register
  * every registered region with it. `openFds` is what the target has open
@@ -171,22 +166,13 @@ function lowestFree(open: ReadonlySet<number>): number {
  */
 export function userfaultfdSteps(pid: number, userfaultfds: readonly UserfaultfdState[], regions: readonly MemoryRegion[], openFds: readonly number[], scratch: bigint): PlanStep[] {
   if (userfaultfds.length === 0) return [];
-  const open = new Set(openFds);
+  const table = new DescriptorTable(openFds);
   const layout = new ScratchLayout(scratch);
   const steps: PlanStep[] = [];
   for (const u of userfaultfds) {
-    const got = lowestFree(open);
+    const got = table.lowestFree();
     steps.push({ op: { op: 'INJECT_SYSCALL', pid, nr: NR.userfaultfd, args: [BigInt(u.flags & USERFAULTFD_FLAGS)] }, why: `userfaultfd(0o${(u.flags & USERFAULTFD_FLAGS).toString(8)}) for fd ${u.fd}`, expect: BigInt(got) });
-    open.add(got);
-    if (got !== u.fd) {
-      if (open.has(u.fd)) throw new CheckpointError(`fd ${u.fd} is already open in the target; cannot restore the userfaultfd there`);
-      steps.push(
-        { op: { op: 'INJECT_SYSCALL', pid, nr: NR.dup3, args: [BigInt(got), BigInt(u.fd), BigInt(u.flags & O_CLOEXEC)] }, why: `move it to fd ${u.fd}`, expect: BigInt(u.fd) },
-        { op: { op: 'INJECT_SYSCALL', pid, nr: NR.close, args: [BigInt(got)] }, why: `close the temporary fd ${got}`, expect: 0n },
-      );
-      open.delete(got);
-      open.add(u.fd);
-    }
+    steps.push(...table.place(pid, got, u.fd, (u.flags & O_CLOEXEC) !== 0, 'the userfaultfd'));
     if (u.features === null) continue;
     const api = Buffer.alloc(24);
     api.writeBigUInt64LE(UFFD_API, 0);
