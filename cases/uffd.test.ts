@@ -14,12 +14,9 @@ import { UFFD_MODE } from '../harness/restore/userfaultfd.ts';
 import type { CheckpointImage } from '../harness/restore/checkpoint-image.ts';
 import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
 import { startGuest, type Guest } from '../harness/testing/guest-fixture.ts';
-import { checkpointAtHit, readOutput, restoreAndFinish, RUN_TIMEOUT_MS, spawnArmed, type Restored } from '../harness/testing/scenario.ts';
-import { checkpointProcess } from '../harness/restore/checkpoint.ts';
-import { writeCheckpointImage } from '../harness/restore/checkpoint-image.ts';
+import { checkpointAtHit, checkpointStopped, readOutput, restoreAndFinish, RUN_TIMEOUT_MS, spawnArmed, type Restored } from '../harness/testing/scenario.ts';
 import { debugRegOffset, EFLAGS, hex } from '../harness/x86/registers.ts';
 import { DR7_EXECUTE_DR0 } from '../harness/agent/breakpoint-spawn.ts';
-import path from 'node:path';
 
 const CASE = 'uffd';
 const PAGE = 0x1000n;
@@ -168,9 +165,7 @@ async function breakpointOnFaultingLoad(t: Test, guest: Guest): Promise<void> {
     const before = await agent.call({ op: 'RUN', pid, stopAfterHits: 2, timeoutMs: RUN_TIMEOUT_MS });
     t.same(before.hits.map((h) => symbols.symbolize(h.rip)), ['uffd:uffd_load', 'uffd:uffd_fault_seen'], 'the load hit its breakpoint, then faulted; the server read the fault');
     await agent.call({ op: 'POKEUSER', pid, offset: debugRegOffset(7), value: 0n });
-    const image = await checkpointProcess(agent, { binary, argv: [binary, 'read'], envp: [], noAslr: true, pid }, guest.platform);
-    const file = path.join(guest.artifactsDir, `checkpoint-breakpoint-${tag}.tar`);
-    await writeCheckpointImage(image, file);
+    const { file } = await checkpointStopped(guest, { binary, argv: [binary, 'read'], envp: [], noAslr: true, pid }, `breakpoint-${tag}`);
     await agent.call({ op: 'KILL', pid });
     const r = await restoreAndFinish(guest, file, policy, `breakpoint-${tag}`, { countDebugTrapsAt: load });
     t.equal(r.observation.debugTraps.length, hitsAtLoad(r.run.hits), `oracle: the CPU raised ${r.observation.debugTraps.length} #DB at uffd_load after the restore, as many as ptrace reported`);
