@@ -225,7 +225,7 @@ export function regionUserfaultProblem(r: Pick<MemoryRegion, 'start' | 'end' | '
   return undefined;
 }
 
-/** `fd N` and its flags and features, as read-back compares them. */
+/** A userfaultfd's flags and features as read-back compares them; "closed" when there is none. */
 export function describeUserfaultfd(u: UserfaultfdState | undefined): string {
   return u ? `flags 0o${u.flags.toString(8)} features ${u.features === null ? 'none (no UFFDIO_API)' : `0x${u.features.toString(16)}`}` : 'closed';
 }
