@@ -17,7 +17,8 @@ import type { RestorePolicy } from '../restore/policy.ts';
 import { restoreProcess, type Difference } from '../restore/restore.ts';
 import { spawnWithBreakpoint, type ArmedProgram } from '../agent/breakpoint-spawn.ts';
 import type { Guest } from './guest-fixture.ts';
-import { debugRegOffset } from '../x86/registers.ts';
+import { debugRegOffset, hex } from '../x86/registers.ts';
+import { rseqCsPointer } from '../restore/rseq.ts';
 import { AgentError, CrhError } from '../errors.ts';
 
 const ETIMEDOUT = constants.errno.ETIMEDOUT;
@@ -73,6 +74,29 @@ export async function checkpointAtHit(guest: Guest, w: Workload, hit: number | {
   const { file } = await checkpointStopped(guest, process, tag);
   if (!options.leaveRunning) await agent.call({ op: 'KILL', pid });
   return { file, run, process };
+}
+
+/**
+ * checkpointAtHit(…, 1, …) at a stop where the workload has already stored
+ * its rseq_cs (armed before start_ip, or inside the section). A preemption
+ * between that store and start_ip makes the kernel clear rseq_cs on the way
+ * back to user mode (the IP is outside the section then), and the section
+ * owes no abort any more — right, but not the scenario. (An interrupt can
+ * land between any two instructions: on hardware always, under QEMU TCG in a
+ * page that holds a breakpoint, which it runs an instruction at a time; seen
+ * under load.) Such a checkpoint is taken again, at most `tries` times; the
+ * misses are returned for the case to report, and after the last the case
+ * sees the cleared rseq_cs and fails.
+ */
+export async function checkpointRseqArmed(guest: Guest, w: Workload, tag: string, options: CheckpointOptions = {}, tries = 5): Promise<Checkpointed & { misses: string[] }> {
+  const misses: string[] = [];
+  for (let attempt = 1; ; attempt++) {
+    const checkpointed = await checkpointAtHit(guest, w, 1, tag, options);
+    if (checkpointed.run.outcome !== 'hit-limit' || attempt === tries) return { ...checkpointed, misses };
+    const image = await readCheckpointImage(checkpointed.file);
+    if (!image.rseq || rseqCsPointer(image) !== 0n) return { ...checkpointed, misses };
+    misses.push(`try ${attempt}: rseq_cs was already 0 at the stop at ${hex(image.regs.rip)} (the kernel cleared it after a preemption before start_ip)`);
+  }
 }
 
 /** Checkpoints a process whose every thread is in a ptrace stop; the image goes to the case's artifacts. */

@@ -11,7 +11,7 @@ import { dr7WriteWatch } from '../agent/breakpoint-spawn.ts';
 import type { RestorePolicy } from '../restore/policy.ts';
 import { hex, type UserRegs } from '../x86/registers.ts';
 import type { Guest } from './guest-fixture.ts';
-import { checkpointAtHit, readOutput, restoreAndFinish, RUN_TIMEOUT_MS, spawnArmed, type Workload } from './scenario.ts';
+import { checkpointAtHit, checkpointRseqArmed, readOutput, restoreAndFinish, RUN_TIMEOUT_MS, spawnArmed, type Workload } from './scenario.ts';
 
 /** One run of a scenario under one policy. */
 export interface Attempt {
@@ -141,7 +141,7 @@ export async function rseqInsideScenario(guest: Guest): Promise<Scenario> {
   return {
     name: 'rseq critical section, checkpoint inside at a breakpoint',
     async attempt(policy, tag) {
-      const checkpointed = await checkpointAtHit(guest, workload, 1, tag, { disarm: true });
+      const checkpointed = await checkpointRseqArmed(guest, workload, tag, { disarm: true });
       const r = await restoreAndFinish(guest, checkpointed.file, policy, tag, { firstExecutionAt: abortHandler });
       const line = /sum=\d+ aborts=\d+ reregister=\S+/.exec(r.output)?.[0] ?? `no summary (${r.run.outcome} ${r.run.code})`;
       const ranAbort = r.observation.first !== undefined;
