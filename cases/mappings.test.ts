@@ -9,7 +9,7 @@ import { recordOutcome } from '../harness/report/verdicts.ts';
 import { DEFAULT_POLICY, describePolicy, type RestorePolicy } from '../harness/restore/policy.ts';
 import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
 import { startGuest } from '../harness/testing/guest-fixture.ts';
-import { checkpointAtHit, readOutput, restoreAndFinish, RUN_TIMEOUT_MS, type Workload } from '../harness/testing/scenario.ts';
+import { checkpointAtHit, restoreAndFinish, runUninterrupted, type Workload } from '../harness/testing/scenario.ts';
 import { hex } from '../harness/x86/registers.ts';
 
 const CASE = 'mappings';
@@ -24,10 +24,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
   const workload = (prefix: string): Workload => ({ binary, argv: [binary, prefix], breakAt: guest.symbols.resolve('mappings:mappings_checkpoint') });
 
   const reference = await (async () => {
-    const out = '/tmp/mappings-reference.out';
-    const { pid } = await guest.agent.call({ op: 'SPAWN', path: binary, argv: [binary, '/tmp/mappings-reference'], envp: [], stdoutPath: out, noAslr: true });
-    const run = await guest.agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
-    const output = await readOutput(guest, out);
+    const { run, output } = await runUninterrupted(guest, { binary, argv: [binary, '/tmp/mappings-reference'] }, '/tmp/mappings-reference.out');
     t.equal(run.code, 0, `uninterrupted: ${output.trim()}`);
     return output;
   })();

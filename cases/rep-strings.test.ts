@@ -29,6 +29,9 @@ const DR7_BOTH = 0x5n;
 const DR7_REP_ONLY = 0x4n;
 
 /** The output without the interrupt's timing, which differs from run to run. */
+/** How many times the workload ran the instruction before the timer landed inside it. */
+const attemptsOf = (output: string): number => Number(/ attempts=(\d+)/.exec(output)?.[1] ?? 1);
+
 const stable = (out: string): string => out.trim().replace(/ attempts=\d+/, ' attempts=*').replace(/ progress=\d+\//, ' progress=*/');
 
 interface Run {
@@ -68,8 +71,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
    * need different numbers of attempts on a busy host).
    */
   const restoreBoth = async (t: Test, run: Run, reference: { result: RunResult; output: string }, countHits: (r: RunResult) => number, extra: Record<string, string> = {}, hitsPerMissedAttempt = 0) => {
-    const attempts = (output: string): number => Number(/ attempts=(\d+)/.exec(output)?.[1] ?? 1);
-    const interruptedAttemptHits = (hits: number, output: string): number => hits - (attempts(output) - 1) * hitsPerMissedAttempt;
+    const interruptedAttemptHits = (hits: number, output: string): number => hits - (attemptsOf(output) - 1) * hitsPerMissedAttempt;
     const expectedHits = interruptedAttemptHits(countHits(reference.result), reference.output);
     for (const policy of [DEFAULT_POLICY, { ...DEFAULT_POLICY, regs: 'partial' } as RestorePolicy]) {
       const control = policy.regs === 'partial';
@@ -88,7 +90,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
         t.not(observed, stable(reference.output), `regs=partial is caught: ${observed}`);
       } else {
         t.equal(observed, stable(reference.output), `exact result, RCX/RSI/RDI continued: ${r.output.trim()}`);
-        t.equal(hits, expectedHits, `${hits} hit(s) on the rep instruction across the checkpoint in the interrupted attempt, as uninterrupted (attempts: ${attempts(reference.output)} uninterrupted, ${attempts(r.output)} restored)`);
+        t.equal(hits, expectedHits, `${hits} hit(s) on the rep instruction across the checkpoint in the interrupted attempt, as uninterrupted (attempts: ${attemptsOf(reference.output)} uninterrupted, ${attemptsOf(r.output)} restored)`);
       }
       recordOutcome({
         case: CASE, scenario: run.scenario, policy: describePolicy(policy), control,
@@ -118,7 +120,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     const reference = await referenceRun(guest, t, run);
     const repHits = (r: RunResult): number => r.hits.filter((h) => h.rip === repInsn).length;
     const bytes = Number(SMALL_KIB) << 10;
-    const attempts = Number(/ attempts=(\d+)/.exec(reference.output)?.[1] ?? 1);
+    const attempts = attemptsOf(reference.output);
     const hits = repHits(reference.result) / attempts;
     // The platform's behaviour, measured on the uninterrupted run: once per execution (the architecture, with RF
     // suppressing re-triggers between iterations) or once per iteration (QEMU TCG).

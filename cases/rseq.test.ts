@@ -15,7 +15,7 @@ import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
 import { debugRegOffset, hex } from '../harness/x86/registers.ts';
 import { activeCriticalSection, inCriticalSection, type RseqCriticalSection } from '../harness/restore/rseq.ts';
 import type { CheckpointImage, ProcessInfo } from '../harness/restore/checkpoint-image.ts';
-import { checkpointAtHit, checkpointRseqArmed, checkpointStopped, readOutput, restoreAndFinish, RUN_TIMEOUT_MS, runThenInterrupt, spawnArmed, type Restored, type Workload } from '../harness/testing/scenario.ts';
+import { checkpointAtHit, checkpointRseqArmed, checkpointStopped, readOutput, restoreAndFinish, RUN_TIMEOUT_MS, runThenInterrupt, runUninterrupted, spawnArmed, type Restored, type Workload } from '../harness/testing/scenario.ts';
 
 const CASE = 'rseq';
 const ITERATIONS = 64;
@@ -287,10 +287,7 @@ const outcome = (run: { outcome: string; code: number }, s: Summary | undefined)
   run.outcome === 'killed' ? `killed by signal ${run.code}` : `exit ${run.code}, aborts=${s?.aborts ?? '?'}`;
 
 async function referenceRun(guest: Guest, w: Workload, tag: string): Promise<{ code: number; summary?: Summary; output: string }> {
-  const out = `/tmp/rseqcs-reference-${tag}.out`;
-  const { pid } = await guest.agent.call({ op: 'SPAWN', path: w.binary, argv: w.argv, envp: w.envp ?? [], stdoutPath: out, noAslr: true });
-  const run = await guest.agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
-  const output = await readOutput(guest, out);
+  const { run, output } = await runUninterrupted(guest, w, `/tmp/rseqcs-reference-${tag}.out`);
   return { code: run.code, summary: summary(output), output };
 }
 

@@ -12,7 +12,7 @@ import { DEFAULT_POLICY, describePolicy, type RestorePolicy } from '../harness/r
 import { siginfoSigno } from '../harness/restore/signals.ts';
 import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
 import { startGuest } from '../harness/testing/guest-fixture.ts';
-import { checkpointAtHit, readOutput, restoreAndFinish, RUN_TIMEOUT_MS, type Workload } from '../harness/testing/scenario.ts';
+import { checkpointAtHit, restoreAndFinish, runUninterrupted, type Workload } from '../harness/testing/scenario.ts';
 import { hex } from '../harness/x86/registers.ts';
 
 const CASE = 'signals';
@@ -32,10 +32,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
   const guest = await startGuest(t, CASE);
   const binary = guest.image.guestPaths.sigstate!;
   const reference = async (argv: string[], tag: string): Promise<string> => {
-    const out = `/tmp/sigstate-${tag}.reference.out`;
-    const { pid } = await guest.agent.call({ op: 'SPAWN', path: binary, argv: [binary, ...argv], envp: [], stdoutPath: out, noAslr: true });
-    const run = await guest.agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
-    const output = await readOutput(guest, out);
+    const { run, output } = await runUninterrupted(guest, { binary, argv: [binary, ...argv] }, `/tmp/sigstate-${tag}.reference.out`);
     t.equal(run.code, 0, `uninterrupted sigstate ${argv.join(' ')}: ${output.trim()}`);
     return output;
   };

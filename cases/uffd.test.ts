@@ -14,7 +14,7 @@ import { UFFD_MODE } from '../harness/restore/userfaultfd.ts';
 import type { CheckpointImage } from '../harness/restore/checkpoint-image.ts';
 import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
 import { startGuest, type Guest } from '../harness/testing/guest-fixture.ts';
-import { checkpointAtHit, checkpointStopped, readOutput, restoreAndFinish, RUN_TIMEOUT_MS, spawnArmed, type Restored } from '../harness/testing/scenario.ts';
+import { checkpointAtHit, checkpointStopped, readOutput, restoreAndFinish, RUN_TIMEOUT_MS, runUninterrupted, spawnArmed, type Restored } from '../harness/testing/scenario.ts';
 import { debugRegOffset, EFLAGS, hex } from '../harness/x86/registers.ts';
 import { DR7_EXECUTE_DR0 } from '../harness/agent/breakpoint-spawn.ts';
 
@@ -50,6 +50,8 @@ const ACCESSES: Access[] = [
 const OMIT_USERFAULTFD: RestorePolicy = { ...DEFAULT_POLICY, omit: ['userfaultfd'] };
 const RF_CLEAR: RestorePolicy = { ...DEFAULT_POLICY, rf: 'clear' };
 const summary = (output: string): string => output.trim().split('\n').at(-1) ?? '';
+/** The worker: the one thread besides the server (the main thread). */
+const workerOf = (image: CheckpointImage) => image.threads[0]!;
 
 t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_USERFAULTFD']), async (t) => {
   const guest = await startGuest(t, CASE);
@@ -60,13 +62,10 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_USERFAULTFD']), async (t) => {
   const conditions = { 'probes.rfOnUserPageFault': String(rfProbe.value) };
   t.comment(`profile: probes.rfOnUserPageFault = ${rfProbe.value} (${rfProbe.how}); the architecture pushes RF=1 for fault-class exceptions`);
 
-  /** The one thread that is not the server (the main thread). */
-  const workerOf = (image: CheckpointImage) => image.threads[0]!;
-
   for (const access of ACCESSES) {
     const at = symbols.resolve(`uffd:${access.label}`);
-    const reference = await uninterrupted(guest, access.mode);
-    t.equal(reference.code, 0, `uninterrupted ${access.mode}: ${summary(reference.output)}`);
+    const reference = await runUninterrupted(guest, { binary, argv: [binary, access.mode] }, `/tmp/uffd-${access.mode}-reference.out`);
+    t.same([reference.run.outcome, reference.run.code], ['exited', 0], `uninterrupted ${access.mode}: ${summary(reference.output)}`);
     t.match(summary(reference.output), new RegExp(`^uffd mode=${access.mode} fault=\\w+ served=copied mismatches=0 `), 'uninterrupted: one page served, every byte as the architecture says');
     const measuredFault = /fault=(\w+)/.exec(reference.output)?.[1];
     const rows = { ...conditions, [`faultKind.${access.mode}`]: String(measuredFault) };
@@ -120,14 +119,6 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_USERFAULTFD']), async (t) => {
   await breakpointOnFaultingLoad(t, guest);
 });
 
-/** The workload run to its end with nothing stopping it. */
-async function uninterrupted(guest: Guest, mode: string): Promise<{ code: number; output: string }> {
-  const out = `/tmp/uffd-${mode}-reference.out`;
-  const { pid } = await guest.agent.call({ op: 'SPAWN', path: guest.image.guestPaths.uffd!, argv: [guest.image.guestPaths.uffd!, mode], envp: [], stdoutPath: out, noAslr: true });
-  const run = await guest.agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
-  return { code: run.outcome === 'exited' ? run.code : -run.code, output: await readOutput(guest, out) };
-}
-
 /**
  * DR0 on the load whose page is missing, in the worker thread (debug
  * registers are per thread: armed once the worker exists, at
@@ -169,7 +160,7 @@ async function breakpointOnFaultingLoad(t: Test, guest: Guest): Promise<void> {
     await agent.call({ op: 'KILL', pid });
     const r = await restoreAndFinish(guest, file, policy, `breakpoint-${tag}`, { countDebugTrapsAt: load });
     t.equal(r.observation.debugTraps.length, hitsAtLoad(r.run.hits), `oracle: the CPU raised ${r.observation.debugTraps.length} #DB at uffd_load after the restore, as many as ptrace reported`);
-    const worker = r.image.threads[0]!;
+    const worker = workerOf(r.image);
     t.equal(worker.regs.rip, load, 'the worker is checkpointed at the load');
     t.equal(worker.debugRegs.dr7, DR7_EXECUTE_DR0, 'with its breakpoint still armed');
     t.ok((worker.regs.eflags & EFLAGS.RF) !== 0n, `RF=1 in the image (${hex(worker.regs.eflags)}): the fault frame of an instruction whose breakpoint already fired`);

@@ -93,7 +93,7 @@ export function compileRestorePlan(checkpointed: CheckpointImage, probe: TargetP
   for (const region of image.regions) {
     if (region.entry === null) continue;
     const data = image.memory.get(region.entry)!;
-    const slices = userfaultfds.length > 0 ? presentSlices({ ...region, absent: region.absent ?? [] }) : [[0, data.length] as [number, number]];
+    const slices = userfaultfds.length > 0 ? presentSlices(region) : [[0, data.length] as [number, number]];
     for (const [from, to] of slices) {
       for (let off = from; off < to; off += WRITE_CHUNK_BYTES) {
         const slice = data.subarray(off, Math.min(off + WRITE_CHUNK_BYTES, to));

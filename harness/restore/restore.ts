@@ -129,8 +129,12 @@ async function readBack(agent: AgentClient, pid: number, plan: PlanStep[], image
   }
   differences.push(...(await readBackRseq(agent, pid, image, policy)));
   if (!omits(policy, 'signals')) differences.push(...(await readBackSignals(agent, pid, image)));
-  if (!omits(policy, 'files')) differences.push(...(await readBackTask(agent, pid, image)));
-  if (!omits(policy, 'userfaultfd')) differences.push(...(await readBackUserfaultfds(agent, pid, image)));
+  const files = !omits(policy, 'files');
+  const userfaultfds = !omits(policy, 'userfaultfd') && (image.task.userfaultfds?.length ?? 0) > 0;
+  // One look at the descriptor table serves both.
+  const task = files || userfaultfds ? await captureTask(agent, pid) : undefined;
+  if (task && files) differences.push(...readBackTask(task, pid, image));
+  if (task && userfaultfds) differences.push(...(await readBackUserfaultfds(agent, pid, image, task)));
   return differences;
 }
 
@@ -155,9 +159,8 @@ async function readBackSignals(agent: AgentClient, pid: number, image: Checkpoin
   return differences;
 }
 
-/** Session, process group and every restored descriptor, as the kernel reports them now. */
-async function readBackTask(agent: AgentClient, pid: number, image: CheckpointImage): Promise<Difference[]> {
-  const now = await captureTask(agent, pid);
+/** Session, process group and every restored descriptor, as the kernel reports them now (`now`). */
+function readBackTask(now: TaskState, pid: number, image: CheckpointImage): Difference[] {
   const differences: Difference[] = [];
   const session = (t: TaskState, p: number): string => `pgid ${t.pgid === p ? 'own' : t.pgid}, sid ${t.sid === p ? 'own' : t.sid}`;
   if (session(now, pid) !== session(image.task, image.process.pid)) differences.push({ what: 'session', requested: session(image.task, image.process.pid), accepted: session(now, pid) });
@@ -169,14 +172,11 @@ async function readBackTask(agent: AgentClient, pid: number, image: CheckpointIm
   return differences;
 }
 
-/** Each userfaultfd (flags, features) and each registered range's mode, as the kernel reports them now. */
-async function readBackUserfaultfds(agent: AgentClient, pid: number, image: CheckpointImage): Promise<Difference[]> {
-  const wanted = image.task.userfaultfds ?? [];
-  if (wanted.length === 0) return [];
+/** Each userfaultfd (flags, features: from `task`, the descriptors now) and each registered range's mode, as the kernel reports them now. */
+async function readBackUserfaultfds(agent: AgentClient, pid: number, image: CheckpointImage, task: TaskState): Promise<Difference[]> {
   const differences: Difference[] = [];
-  const now = (await captureTask(agent, pid)).userfaultfds ?? [];
-  for (const u of wanted) {
-    const got = now.find((g) => g.fd === u.fd);
+  for (const u of image.task.userfaultfds ?? []) {
+    const got = task.userfaultfds?.find((g) => g.fd === u.fd);
     if (describeUserfaultfd(got) !== describeUserfaultfd(u)) differences.push({ what: `userfaultfd fd ${u.fd}`, requested: describeUserfaultfd(u), accepted: describeUserfaultfd(got) });
   }
   const maps = parseMaps((await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/maps`, maxSize: 1 << 20 })).toString('utf8'));

@@ -36,12 +36,21 @@ export async function readOutput(guest: Guest, file: string): Promise<string> {
   return (await guest.agent.call({ op: 'READ_FILE', path: file, maxSize: 65536 })).toString('utf8');
 }
 
+/** Runs the workload (ASLR off) to its end with nothing armed — its breakpoints ignored: the uninterrupted reference. */
+export async function runUninterrupted(guest: Guest, w: Workload, stdoutPath: string): Promise<{ run: RunResult; output: string }> {
+  const { pid } = await guest.agent.call({ op: 'SPAWN', path: w.binary, argv: w.argv, envp: w.envp ?? [], stdoutPath, noAslr: true });
+  const run = await guest.agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
+  return { run, output: await readOutput(guest, stdoutPath) };
+}
+
 export interface Checkpointed {
   /** the image file in the case's artifacts */
   file: string;
   /** the run of the original up to the checkpoint */
   run: RunResult;
   process: ProcessInfo;
+  /** the image as written to `file`; undefined when the run ended before the stop */
+  image?: CheckpointImage;
 }
 
 export interface CheckpointOptions {
@@ -71,9 +80,9 @@ export async function checkpointAtHit(guest: Guest, w: Workload, hit: number | {
     return { file: '', run, process };
   }
   if (options.disarm || options.dr7 !== undefined) await agent.call({ op: 'POKEUSER', pid, offset: debugRegOffset(7), value: options.dr7 ?? 0n });
-  const { file } = await checkpointStopped(guest, process, tag);
+  const { file, image } = await checkpointStopped(guest, process, tag);
   if (!options.leaveRunning) await agent.call({ op: 'KILL', pid });
-  return { file, run, process };
+  return { file, run, process, image };
 }
 
 /**
@@ -92,8 +101,8 @@ export async function checkpointRseqArmed(guest: Guest, w: Workload, tag: string
   const misses: string[] = [];
   for (let attempt = 1; ; attempt++) {
     const checkpointed = await checkpointAtHit(guest, w, 1, tag, options);
-    if (checkpointed.run.outcome !== 'hit-limit' || attempt === tries) return { ...checkpointed, misses };
-    const image = await readCheckpointImage(checkpointed.file);
+    const image = checkpointed.image;
+    if (!image || attempt === tries) return { ...checkpointed, misses };
     if (!image.rseq || rseqCsPointer(image) !== 0n) return { ...checkpointed, misses };
     misses.push(`try ${attempt}: rseq_cs was already 0 at the stop at ${hex(image.regs.rip)} (the kernel cleared it after a preemption before start_ip)`);
   }
