@@ -1,0 +1,53 @@
+/**
+ * `--shard i/n`: the case files split across n CI runners. Deterministic
+ * (the same files and durations give the same split on every runner, with
+ * no coordination), disjoint and together complete, and balanced by the
+ * durations the cases recorded: longest first, each to the shard with the
+ * least time so far (LPT), ties broken by shard number.
+ */
+import { UsageError } from '../repro/usage-error.ts';
+
+export interface Shard {
+  /** 1-based */
+  index: number;
+  count: number;
+}
+
+/** "2/3" → { index: 2, count: 3 }; anything else is a usage error naming the flag. */
+export function parseShard(text: string): Shard {
+  const m = /^([1-9]\d{0,3})\/([1-9]\d{0,3})$/.exec(text);
+  if (!m) throw new UsageError(`--shard takes i/n (e.g. 2/3), not "${text}"`);
+  const shard = { index: Number(m[1]), count: Number(m[2]) };
+  if (shard.index > shard.count) throw new UsageError(`--shard ${text}: shard ${shard.index} of ${shard.count} does not exist`);
+  return shard;
+}
+
+/**
+ * The cases of every shard, each list in the input's order. `durationsMs`
+ * maps a case to its recorded time; a case never timed counts as the median
+ * of the others (or 1 when none is known), so a new case lands somewhere
+ * sensible rather than all new cases on shard 1.
+ */
+export function splitIntoShards(cases: readonly string[], durationsMs: Readonly<Record<string, number>>, count: number): string[][] {
+  const known = cases.map((c) => durationsMs[c]).filter((d): d is number => d !== undefined && d > 0).sort((a, b) => a - b);
+  const fallback = known.length > 0 ? known[Math.floor(known.length / 2)]! : 1;
+  const weight = (c: string): number => {
+    const d = durationsMs[c];
+    return d !== undefined && d > 0 ? d : fallback;
+  };
+  const order = [...cases].sort((a, b) => weight(b) - weight(a) || (a < b ? -1 : a > b ? 1 : 0));
+  const load = new Array<number>(count).fill(0);
+  const members = Array.from({ length: count }, () => new Set<string>());
+  for (const c of order) {
+    let best = 0;
+    for (let s = 1; s < count; s++) if (load[s]! < load[best]!) best = s;
+    load[best]! += weight(c);
+    members[best]!.add(c);
+  }
+  return members.map((set) => cases.filter((c) => set.has(c)));
+}
+
+/** The cases of one shard. */
+export function casesOfShard(cases: readonly string[], durationsMs: Readonly<Record<string, number>>, shard: Shard): string[] {
+  return splitIntoShards(cases, durationsMs, shard.count)[shard.index - 1]!;
+}
