@@ -82,7 +82,7 @@ export function describeRerun(bundle: string, record: RerunRecord): string[] {
     `  checkpoint: ${describePoint(record.checkpoint)}${record.finishSignal ? `, then ${e(record.finishSignal)} to finish` : ''}`,
     `  policy:     rf=${e(p.rf)} regs=${e(p.regs)} restorer=${e(p.restorer)} rseq-fixup=${e(p.rseqFixup)} syscall-restart=${e(p.syscallRestart)}${p.omit.length ? ` omit=${p.omit.map(e).join(',')}` : ''}`,
     `  timeout:    ${record.timeoutMs} ms per run`,
-    `  arguments:  ${record.args.length ? record.args.map((a) => e(JSON.stringify(a))).join(' ') : '(none)'}`,
+    `  arguments:  ${record.args.length ? record.args.map((a) => `'${e(a).replaceAll("'", "\\'")}'`).join(' ') : '(none)'}`,
   ];
 }
 
