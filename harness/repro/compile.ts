@@ -41,6 +41,7 @@ export const COMPILE_LIMITS = {
   /** gcc's diagnostics kept; more is a hostile source too */
   outputBytes: 4 * 1024 ** 2,
 } as const;
+export type CompileLimits = { readonly [K in keyof typeof COMPILE_LIMITS]: number };
 
 /** The unprivileged user a root crh compiles as (Debian's nobody/nogroup). */
 export const COMPILE_UID = 65534;
@@ -54,7 +55,7 @@ export interface Compiled {
 }
 
 /** Compiles `source` into `outDir` in the sandbox; a failure is a UsageError naming the file and the cause, with gcc's output. */
-export async function compileReproducer(source: string, outDir: string, extraFlags: readonly string[] = []): Promise<Compiled> {
+export async function compileReproducer(source: string, outDir: string, extraFlags: readonly string[] = [], limits: CompileLimits = COMPILE_LIMITS): Promise<Compiled> {
   let text: Buffer;
   try {
     text = await readFile(source);
@@ -70,11 +71,11 @@ export async function compileReproducer(source: string, outDir: string, extraFla
     await writeFile(path.join(sandbox, `${stem}.c`), text, { mode: 0o644, flag: 'wx' });
     const asRoot = process.getuid?.() === 0;
     if (asRoot) await chown(sandbox, COMPILE_UID, COMPILE_UID);
-    const run = await sandboxed(sandbox, asRoot, ['gcc', ...REPRO_CFLAGS, '-o', stem, `${stem}.c`, ...extraFlags]);
+    const run = await sandboxed(sandbox, asRoot, limits, ['gcc', ...REPRO_CFLAGS, '-o', stem, `${stem}.c`, ...extraFlags]);
     const output = escapeControl(run.stderr, { keepNewlines: true });
     const details = { command: command.join(' '), sandbox: run.argv.join(' '), 'gcc output': output };
     if (run.missing) throw new MissingDependencyError(`${run.missing} is not installed (crh bootstrap installs gcc and util-linux)`, details);
-    const cause = failureCause(run);
+    const cause = failureCause(run, limits);
     if (cause !== undefined) throw new UsageError(`${source} was not compiled: ${cause}`, details);
     if (run.exitCode !== 0) throw new UsageError(`${source} does not compile (gcc exit ${run.exitCode})`, details);
     await mkdir(outDir, { recursive: true });
@@ -97,8 +98,7 @@ interface SandboxRun {
 }
 
 /** Runs `command` in `dir` under the limits, as nobody when root; its process group is killed at the wall clock. */
-async function sandboxed(dir: string, asRoot: boolean, command: string[]): Promise<SandboxRun> {
-  const L = COMPILE_LIMITS;
+async function sandboxed(dir: string, asRoot: boolean, L: CompileLimits, command: string[]): Promise<SandboxRun> {
   const argv = [
     'prlimit', `--cpu=${L.cpuSeconds}`, `--as=${L.addressSpaceBytes}`, `--fsize=${L.fileSizeBytes}`, '--core=0', '--',
     'setpriv', ...(asRoot ? [`--reuid=${COMPILE_UID}`, `--regid=${COMPILE_UID}`, '--clear-groups'] : []), '--no-new-privs', '--',
@@ -141,8 +141,7 @@ async function sandboxed(dir: string, asRoot: boolean, command: string[]): Promi
 }
 
 /** Which bound or permission stopped the compiler, from how it ended and what gcc said; undefined for a plain compile error. */
-export function failureCause(run: Pick<SandboxRun, 'wallClockHit' | 'outputTooLong' | 'signal' | 'stderr'>): string | undefined {
-  const L = COMPILE_LIMITS;
+export function failureCause(run: Pick<SandboxRun, 'wallClockHit' | 'outputTooLong' | 'signal' | 'stderr'>, L: CompileLimits = COMPILE_LIMITS): string | undefined {
   const mib = (n: number): string => `${n / 1024 ** 2} MiB`;
   if (run.wallClockHit) return `the compiler ran longer than ${L.wallClockMs / 1000} s (wall-clock limit hit; it was killed)`;
   if (run.outputTooLong) return `the compiler printed more than ${mib(L.outputBytes)} of diagnostics (output limit hit)`;
