@@ -11,6 +11,7 @@ import { chmod, mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { applyKernelOptions } from '../cli/kernel-flags.ts';
+import { CrhError } from '../errors.ts';
 import { artifactsRoot } from '../report/verdicts.ts';
 import { escapeControl } from '../util/terminal-text.ts';
 import { extractEntries, writeBundle } from './bundle.ts';
@@ -31,12 +32,20 @@ export interface ReproOutcome {
 
 /** Entry point for `crh repro ...` and `crh cr ...`; returns the exit code. */
 export async function reproCommand(command: 'repro' | 'cr', argv: readonly string[]): Promise<number> {
-  const parsed = parseReproArgs(command, argv);
-  const progress = new Progress(`crh ${command}`);
-  if ('bundle' in parsed) return rerunBundle(parsed, progress);
-  const { verdict, bundle } = await reproduce(parsed, progress);
-  report(verdict, bundle);
-  return verdictExitCode(verdict);
+  try {
+    const parsed = parseReproArgs(command, argv);
+    const progress = new Progress(`crh ${command}`);
+    if ('bundle' in parsed) return await rerunBundle(parsed, progress);
+    const { verdict, bundle } = await reproduce(parsed, progress);
+    report(verdict, bundle);
+    return verdictExitCode(verdict);
+  } catch (error) {
+    // Details quote the program's output and the compiler's diagnostics, both under the source's control.
+    if (error instanceof CrhError) {
+      for (const [heading, text] of Object.entries(error.details)) error.details[heading] = escapeControl(text, { keepNewlines: true });
+    }
+    throw error;
+  }
 }
 
 /** Notes and summary quote what the program printed: escaped, so its output cannot rewrite the verdict line. */

@@ -72,15 +72,15 @@ export async function compileReproducer(source: string, outDir: string, extraFla
     const asRoot = process.getuid?.() === 0;
     if (asRoot) await chown(sandbox, COMPILE_UID, COMPILE_UID);
     const run = await sandboxed(sandbox, asRoot, limits, ['gcc', ...REPRO_CFLAGS, '-o', stem, `${stem}.c`, ...extraFlags]);
-    const output = escapeControl(run.stderr, { keepNewlines: true });
-    const details = { command: command.join(' '), sandbox: run.argv.join(' '), 'gcc output': output };
+    // Raw here: the command (command.ts) escapes error details, Progress escapes the warnings it prints.
+    const details = { command: command.join(' '), sandbox: run.argv.join(' '), 'gcc output': run.stderr };
     if (run.missing) throw new MissingDependencyError(`${run.missing} is not installed (crh bootstrap installs gcc and util-linux)`, details);
     const cause = failureCause(run, limits);
     if (cause !== undefined) throw new UsageError(`${source} was not compiled: ${cause}`, details);
     if (run.exitCode !== 0) throw new UsageError(`${source} does not compile (gcc exit ${run.exitCode})`, details);
     await mkdir(outDir, { recursive: true });
     await writeFile(binary, await readBack(path.join(sandbox, stem)), { mode: 0o755 });
-    return { binary, command, warnings: output };
+    return { binary, command, warnings: run.stderr };
   } finally {
     await rm(sandbox, { recursive: true, force: true });
   }
@@ -153,10 +153,11 @@ export function failureCause(run: Pick<SandboxRun, 'wallClockHit' | 'outputTooLo
   if (run.signal === 'SIGXFSZ' || /File size limit exceeded/.test(said)) return `the compiler wrote a file larger than ${mib(L.fileSizeBytes)} (file-size limit hit)`;
   const who = process.getuid?.() === 0 ? `nobody (uid ${COMPILE_UID}, no groups)` : 'you, with no new privileges';
   const denied = /^(?:.*?: )?(?:fatal error: )?(\S+): Permission denied$/m.exec(said);
-  if (denied) return `permission denied reading ${denied[1]}: the compiler runs as ${who} in a directory holding only a copy of the source, and reads only what that user may`;
+  // The names come from the source: escaped, as they go into the message.
+  if (denied) return `permission denied reading ${escapeControl(denied[1]!)}: the compiler runs as ${who} in a directory holding only a copy of the source, and reads only what that user may`;
   // GNU as reports an .incbin it may not open as "file not found".
   const incbin = /Error: file not found: (.+)$/m.exec(said);
-  if (incbin) return `the assembler could not open ${incbin[1]} (permission denied or absent): the compiler runs as ${who} and reads only what that user may`;
+  if (incbin) return `the assembler could not open ${escapeControl(incbin[1]!)} (permission denied or absent): the compiler runs as ${who} and reads only what that user may`;
   return undefined;
 }
 
