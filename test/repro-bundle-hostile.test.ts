@@ -8,10 +8,11 @@ import path from 'node:path';
 import * as tar from 'tar-stream';
 import { reproCommand } from '../harness/repro/command.ts';
 import { compileReproducer } from '../harness/repro/compile.ts';
-import { describeRerun } from '../harness/repro/bundle-rerun.ts';
+import { describeRerun, requestFromRecord } from '../harness/repro/bundle-rerun.ts';
+import { parseReproArgs } from '../harness/repro/options.ts';
 import { BUNDLE_LIMITS } from '../harness/repro/bundle.ts';
 import { BundleRejectedError, UsageError } from '../harness/repro/usage-error.ts';
-import { parseRerunRecord, RERUN_LIMITS, type RerunRecord } from '../harness/repro/rerun-record.ts';
+import { parseRerunRecord, rerunRecord, RERUN_LIMITS, type RerunRecord } from '../harness/repro/rerun-record.ts';
 import { VERDICT_FORMAT, VERDICT_VERSION } from '../harness/repro/verdict.ts';
 import { REPO_ROOT } from '../harness/util/cache-dir.ts';
 
@@ -228,4 +229,25 @@ t.test('a rerun record round-trips, and every value out of bounds is refused by 
   const plan = describeRerun('/x/b\x1b]0;pwned\x07.tar', { ...record, command: 'cr', source: undefined, binary: 'binary/p', args: ['\x1b[2J'] } as RerunRecord);
   t.equal(plan[0], 'rerun of b\\x1b]0;pwned\\x07.tar:', 'the bundle name, escaped');
   t.notMatch(plan.join('\n'), /[\x00-\x08\x0b-\x1f\x7f]/, 'no control character reaches the terminal');
+});
+
+t.test('a request becomes a record and back: the same request but for paths; --cflags reruns the binary the bundle carries', async (t) => {
+  const parsed = parseReproArgs('repro', ['/src/x.c', '--checkpoint-at', 'here', '--hit', '2', '--rf', 'clear', '--omit', 'xstate,tls', '--timeout', '5000', '--', 'one', 'two words']);
+  if ('bundle' in parsed) throw new Error('expected a request');
+  const record = rerunRecord(parsed, { source: 'source/x.c', binary: 'binary/x', files: [] });
+  t.equal(record.command, 'repro');
+  const back = parseRerunRecord(JSON.parse(JSON.stringify(record)), 'b.tar');
+  t.same(back, record, 'through JSON and the checks unchanged');
+  const again = requestFromRecord(back, new Map([['source/x.c', '/private/source/x.c']]), { out: '/o.tar' });
+  t.same({ ...again, source: undefined, out: undefined }, { ...parsed, source: undefined, out: undefined }, 'checkpoint, policy, timeout and arguments survive');
+  t.equal(again.source, '/private/source/x.c');
+
+  const flagged = parseReproArgs('repro', ['/src/m.c', '--when-ready', '--cflags', '-lm -wrapper /bin/sh,-c,id']);
+  if ('bundle' in flagged) throw new Error('expected a request');
+  const binaryRecord = rerunRecord(flagged, { source: 'source/m.c', binary: 'binary/m', files: [] });
+  t.equal(binaryRecord.command, 'cr', 'built with --cflags: rerun as cr');
+  t.equal(binaryRecord.binary, 'binary/m');
+  t.equal(binaryRecord.source, undefined);
+  t.notMatch(JSON.stringify(binaryRecord), /lm|wrapper/, 'no compiler flag in the record');
+  t.same(requestFromRecord(binaryRecord, new Map([['binary/m', '/p/binary/m']]), { out: '/o.tar' }).cflags, []);
 });
