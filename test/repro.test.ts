@@ -1,4 +1,4 @@
-// expect: `crh repro` takes the 30-line example reproducer to a verdict and a self-contained bundle in one command against a real guest (exit 0, the pid kept), the bundle's rerun.sh reproduces that verdict from wherever the bundle is extracted, `--regs partial` (callee-saved registers lost) exits 1 naming the output line that differs, `crh repro --bundle` reruns that verdict, `--when-ready` checkpoints when the program says so, and `crh cr` runs a prebuilt binary with its arguments and a file copied into its working directory.
+// expect: `crh repro` takes the 30-line example reproducer to a verdict and a self-contained bundle in one command against a real guest (exit 0, the pid kept), the bundle's rerun.sh reproduces that verdict from wherever the bundle is extracted, `--regs partial` (callee-saved registers lost) exits 1 naming the output line that differs, `crh repro --bundle` prints what it will run and reruns that verdict (a cr bundle with its file too), `--when-ready` checkpoints when the program says so, and `crh cr` runs a prebuilt binary with its arguments and a file copied into its working directory.
 import t from 'tap';
 import { mkdtemp, readFile, writeFile, copyFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -85,6 +85,7 @@ t.test('crh repro, end to end', async (t) => {
     const r = await crhRun(['repro', '--bundle', failBundle, '--out', path.join(dir, 'partial-again.tar'), '--artifacts', artifacts]);
     if (!t.equal(r.exitCode, 1, 'exit 1')) t.comment(r.stderr.slice(-3000));
     t.match(r.stdout, /^reproduced: the same verdict as /m);
+    t.match(r.stdout, /^rerun of partial\.tar:\n {2}program: {4}source\/checksum\.c \(the bundle's C source, compiled again without compiler flags\)\n {2}files: {6}\(none\)\n {2}checkpoint: execution 1 of checkpoint_here\n {2}policy: {5}rf=keep-and-preserve regs=partial /m, 'what will run is printed first');
   });
 
   await t.test('--when-ready: checkpointed once the program wrote its pid to $CRH_READY_FILE', async (t) => {
@@ -151,5 +152,12 @@ t.test('crh repro, end to end', async (t) => {
     t.equal(verdict.restored?.output, '2 [two words] from the host\n', 'arguments and the copied file reached the program, before and after the restore');
     t.same(entries.get('files/input.txt')?.data, Buffer.from('from the host\n'));
     t.match(entries.get('rerun.sh')?.data.toString(), /node bin\/crh\.js cr --binary "\$bundle\/binary\/reader" --file "\$bundle\/files\/input\.txt" .* "\$@" -- 'two words'/);
+
+    const again = await crhRun(['repro', '--bundle', bundle, '--out', path.join(dir, 'reader-again.tar'), '--artifacts', artifacts]);
+    if (!t.equal(again.exitCode, 0, 'crh repro --bundle on it: exit 0')) t.comment(again.stderr.slice(-3000));
+    t.match(again.stdout, /^ {2}files: {6}files\/input\.txt$/m, 'its file, an entry of the bundle');
+    t.match(again.stdout, /^ {2}arguments: {2}'two words'$/m);
+    t.match(again.stdout, /^reproduced: the same verdict as /m);
+    t.equal((await verdictOf(path.join(dir, 'reader-again.tar'))).verdict.restored?.output, '2 [two words] from the host\n', 'the extracted file reached the program');
   });
 });

@@ -7,20 +7,23 @@
  * failed), 2 for a request that cannot be carried out, 69 for infrastructure.
  */
 import { existsSync } from 'node:fs';
-import { chmod, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { applyKernelOptions } from '../cli/kernel-flags.ts';
+import { CrhError } from '../errors.ts';
 import { artifactsRoot } from '../report/verdicts.ts';
-import { readBundle, writeBundle } from './bundle.ts';
+import { escapeControl } from '../util/terminal-text.ts';
+import { extractEntries, writeBundle } from './bundle.ts';
+import { describeRerun, openBundle, requestFromRecord } from './bundle-rerun.ts';
 import { bundleContents } from './contents.ts';
 import { runInGuest } from './guest-runs.ts';
 import { parseReproArgs, type BundleRerun, type ReproRequest } from './options.ts';
 import { prepareProgram, programName } from './prepare.ts';
 import { Progress } from './progress.ts';
-import { resolveRerunArgs, type BundleInputs } from './rerun.ts';
+import type { BundleInputs } from './rerun.ts';
 import { UsageError } from './usage-error.ts';
-import { makeVerdict, parseVerdict, verdictExitCode, type ReproVerdict } from './verdict.ts';
+import { makeVerdict, verdictExitCode, type ReproVerdict } from './verdict.ts';
 
 export interface ReproOutcome {
   verdict: ReproVerdict;
@@ -29,18 +32,27 @@ export interface ReproOutcome {
 
 /** Entry point for `crh repro ...` and `crh cr ...`; returns the exit code. */
 export async function reproCommand(command: 'repro' | 'cr', argv: readonly string[]): Promise<number> {
-  const parsed = parseReproArgs(command, argv);
-  const progress = new Progress(`crh ${command}`);
-  if ('bundle' in parsed) return rerunBundle(parsed, progress);
-  const { verdict, bundle } = await reproduce(parsed, progress);
-  report(verdict, bundle);
-  return verdictExitCode(verdict);
+  try {
+    const parsed = parseReproArgs(command, argv);
+    const progress = new Progress(`crh ${command}`);
+    if ('bundle' in parsed) return await rerunBundle(parsed, progress);
+    const { verdict, bundle } = await reproduce(parsed, progress);
+    report(verdict, bundle);
+    return verdictExitCode(verdict);
+  } catch (error) {
+    // Details quote the program's output and the compiler's diagnostics, both under the source's control.
+    if (error instanceof CrhError) {
+      for (const [heading, text] of Object.entries(error.details)) error.details[heading] = escapeControl(text, { keepNewlines: true });
+    }
+    throw error;
+  }
 }
 
+/** Notes and summary quote what the program printed: escaped, so its output cannot rewrite the verdict line. */
 function report(verdict: ReproVerdict, bundle: string): void {
-  for (const note of verdict.notes) process.stdout.write(`note: ${note}\n`);
-  process.stdout.write(`verdict: ${verdict.pass ? 'PASS' : 'FAIL'} — ${verdict.summary}\n`);
-  process.stdout.write(`bundle: ${bundle}\n`);
+  for (const note of verdict.notes) process.stdout.write(`note: ${escapeControl(note)}\n`);
+  process.stdout.write(`verdict: ${verdict.pass ? 'PASS' : 'FAIL'} — ${escapeControl(verdict.summary)}\n`);
+  process.stdout.write(`bundle: ${escapeControl(bundle)}\n`);
 }
 
 /** Runs one request to its verdict and writes its bundle. */
@@ -71,36 +83,32 @@ export async function reproduce(request: ReproRequest, progress: Progress): Prom
   return { verdict, bundle: out };
 }
 
-/** `crh repro --bundle FILE`: reruns what the bundle records and says whether the verdict is the same. */
+/**
+ * `crh repro --bundle FILE`: reruns what the bundle records and says whether
+ * the verdict is the same. The bundle is untrusted input (bundle-rerun.ts):
+ * checked whole before anything is written, its program and files
+ * extracted into a private directory, what will run printed first.
+ */
 async function rerunBundle(request: BundleRerun, progress: Progress): Promise<number> {
   if (!existsSync(request.bundle)) throw new UsageError(`${request.bundle}: no such bundle`);
-  const entries = await readBundle(request.bundle);
-  const verdictEntry = entries.get('verdict.json');
-  if (!verdictEntry) throw new UsageError(`${request.bundle}: no verdict.json (is it a crh bundle?)`);
-  let recorded: ReproVerdict;
-  try {
-    recorded = parseVerdict(verdictEntry.data.toString('utf8'));
-  } catch (error) {
-    throw new UsageError(`${request.bundle}: ${(error as Error).message}`);
-  }
+  const { recorded, inputs } = await openBundle(request.bundle);
+  for (const line of describeRerun(request.bundle, recorded.rerun)) process.stdout.write(`${line}\n`);
+  // mkdtemp makes the directory 0700 and new: no one else can plant a link in it.
   const dir = await mkdtemp(path.join(tmpdir(), 'crh-bundle-'));
   try {
-    for (const entry of entries.values()) {
-      const file = path.join(dir, entry.name);
-      await mkdir(path.dirname(file), { recursive: true });
-      await writeFile(file, entry.data);
-      await chmod(file, entry.mode ?? 0o644);
-    }
-    const args = resolveRerunArgs(recorded.rerun, dir);
-    const parsed = parseReproArgs(args[0] as 'repro' | 'cr', args.slice(1));
-    if ('bundle' in parsed) throw new UsageError(`${request.bundle}: its rerun command is itself a bundle rerun`);
+    await chmod(dir, 0o700);
+    const extracted = await extractEntries(dir, inputs);
     // Never over the bundle being rerun: the new one goes beside it unless --out says otherwise.
     const out = request.out ?? request.bundle.replace(/(\.tar)?$/, '-rerun.tar');
-    const rerun: ReproRequest = { ...parsed, out, ...(request.artifacts ? { artifacts: request.artifacts } : {}) };
+    const rerun = requestFromRecord(recorded.rerun, extracted, { out, ...(request.artifacts ? { artifacts: request.artifacts } : {}) });
     const { verdict, bundle } = await reproduce(rerun, progress);
     report(verdict, bundle);
     const same = verdict.pass === recorded.pass && verdict.mismatches.map((m) => m.what).join() === recorded.mismatches.map((m) => m.what).join();
-    process.stdout.write(same ? `reproduced: the same verdict as ${request.bundle}\n` : `NOT reproduced: ${request.bundle} says ${recorded.pass ? 'PASS' : 'FAIL'} — ${recorded.summary}\n`);
+    process.stdout.write(
+      same
+        ? `reproduced: the same verdict as ${escapeControl(request.bundle)}\n`
+        : `NOT reproduced: ${escapeControl(request.bundle)} says ${recorded.pass ? 'PASS' : 'FAIL'} — ${escapeControl(recorded.summary)}\n`,
+    );
     return verdictExitCode(verdict);
   } finally {
     await rm(dir, { recursive: true, force: true });

@@ -26,7 +26,7 @@ export async function bundleContents(s: BundleSources): Promise<BundleEntry[]> {
   const text = (name: string, value: string, mode?: number): BundleEntry => ({ name, data: Buffer.from(value), ...(mode ? { mode } : {}) });
   return [
     text('verdict.json', `${JSON.stringify(verdict, null, 2)}\n`),
-    text('rerun.sh', rerunScript(verdict.rerun, `${verdict.pass ? 'PASS' : 'FAIL'} — ${verdict.summary}`), 0o755),
+    text('rerun.sh', rerunScript(verdict.rerunCommand, `${verdict.pass ? 'PASS' : 'FAIL'} — ${verdict.summary}`), 0o755),
     text('README.txt', readme(verdict)),
     ...(request.source ? [{ name: inputs.source!, data: await readFile(request.source) }] : []),
     { name: inputs.binary, data: prepared.program.data, mode: 0o755 },

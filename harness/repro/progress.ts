@@ -3,6 +3,8 @@
  * starts, with the time since the command began, and the duration of every
  * phase kept for the verdict.
  */
+import { escapeControl } from '../util/terminal-text.ts';
+
 export class Progress {
   private readonly started = Date.now();
   private current: { name: string; at: number } | undefined;
@@ -35,7 +37,8 @@ export class Progress {
     return Date.now() - this.started;
   }
 
+  /** Phases and notes quote compiler warnings and names from a bundle: escaped, one terminal line each. */
   private line(text: string): void {
-    this.write(`${this.prefix} [${(this.elapsedMs / 1000).toFixed(1).padStart(5)}s] ${text}`);
+    this.write(`${this.prefix} [${(this.elapsedMs / 1000).toFixed(1).padStart(5)}s] ${escapeControl(text)}`);
   }
 }

@@ -1,6 +1,7 @@
 /**
- * The command that reruns a bundle: the same crh invocation with the
- * bundle's own copies of the source (or binary) and files. Paths inside the
+ * The command rerun.sh runs: the same crh invocation with the bundle's own
+ * copies of the source (or binary) and files — a shell script for a person
+ * who has read it; `crh repro --bundle` reads the typed rerun record instead. Paths inside the
  * bundle are written `{bundle}/NAME` in verdict.json and `"$bundle/NAME"` in
  * rerun.sh, so the bundle can be extracted anywhere.
  */
@@ -26,7 +27,11 @@ export function rerunArgs(request: ReproRequest, inputs: BundleInputs): string[]
   return [...program, ...requestFlags(request), ...(request.args.length > 0 ? ['--', ...request.args] : [])];
 }
 
-/** The arguments with the bundle placeholder replaced by where it was extracted. */
+/**
+ * The arguments with the bundle placeholder replaced by where it was
+ * extracted. For tests and people only: `crh repro --bundle` never parses a
+ * bundle's command line (it reads the rerun record, rerun-record.ts).
+ */
 export function resolveRerunArgs(args: readonly string[], dir: string): string[] {
   return args.map((a) => (a.startsWith(`${BUNDLE_DIR}/`) ? path.join(dir, a.slice(BUNDLE_DIR.length + 1)) : a));
 }

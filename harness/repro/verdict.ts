@@ -12,9 +12,12 @@ import type { GuestRuns } from './guest-runs.ts';
 import type { CheckpointPoint, ReproRequest } from './options.ts';
 import type { PreparedProgram } from './prepare.ts';
 import { rerunArgs, type BundleInputs } from './rerun.ts';
+import { parseRerunRecord, rerunRecord, type RerunRecord } from './rerun-record.ts';
+import { BundleRejectedError } from './usage-error.ts';
 
 export const VERDICT_FORMAT = 'cr-harness-repro-verdict';
-export const VERDICT_VERSION = 1;
+/** 2: `rerun` is a typed record (rerun-record.ts), no longer a command line; the command line is `rerunCommand`. */
+export const VERDICT_VERSION = 2;
 
 export interface RunView {
   status: string;
@@ -64,8 +67,10 @@ export interface ReproVerdict {
   /** what a reader of the verdict should know: a rewound system call, a pid that could not be kept */
   notes: string[];
   platform: Record<string, string | number | boolean | null>;
-  /** crh arguments that rerun this from the extracted bundle ({bundle}/... paths) */
-  rerun: string[];
+  /** what `crh repro --bundle` reruns: data, checked field by field when read back */
+  rerun: RerunRecord;
+  /** the crh arguments rerun.sh runs ({bundle}/... paths), for a person to read: never read back by crh */
+  rerunCommand: string[];
   timingsMs: Record<string, number>;
 }
 
@@ -114,7 +119,8 @@ export function makeVerdict(request: ReproRequest, prepared: PreparedProgram, ru
     restoreDifferences: checkpointed.restoreDifferences,
     notes: checkpointed.notes,
     platform: runs.platform,
-    rerun: rerunArgs(request, inputs),
+    rerun: rerunRecord(request, inputs),
+    rerunCommand: rerunArgs(request, inputs),
     timingsMs: {},
   };
 }
@@ -124,20 +130,40 @@ export function verdictExitCode(verdict: Pick<ReproVerdict, 'pass'>): 0 | 1 {
   return verdict.pass ? 0 : 1;
 }
 
-/** Checks a verdict.json read from a bundle enough to rerun it; throws naming the field. */
-export function parseVerdict(text: string): ReproVerdict {
+/** The longest summary or mismatch name a bundle's verdict may carry: it is printed. */
+const RECORDED_TEXT_CHARS = 4096;
+
+/**
+ * Checks what `crh repro --bundle` reads from a verdict.json it was sent:
+ * its format and version, `pass`, `summary`, the names of the mismatches
+ * (compared with the rerun's) and the rerun record (rerun-record.ts). Throws
+ * BundleRejectedError naming the field. A version 1 verdict is refused by
+ * name: its rerun is a command line, and a second, looser reader for it is
+ * exactly the path a hostile bundle would take.
+ */
+export function parseVerdict(text: string, bundle = '(bundle)'): ReproVerdict {
+  const reject = (field: string, why: string): never => {
+    throw new BundleRejectedError(bundle, `verdict.json${field ? ` ${field}` : ''}`, why);
+  };
   let raw: unknown;
   try {
     raw = JSON.parse(text);
   } catch (error) {
-    throw new Error(`verdict.json: invalid JSON: ${(error as Error).message}`);
+    return reject('', `invalid JSON: ${(error as Error).message}`);
   }
-  const v = raw as Partial<ReproVerdict>;
-  if (v.format !== VERDICT_FORMAT) throw new Error(`verdict.json: format is ${JSON.stringify(v.format)}, expected ${VERDICT_FORMAT}`);
-  if (v.version !== VERDICT_VERSION) throw new Error(`verdict.json: version ${JSON.stringify(v.version)}, this crh reads ${VERDICT_VERSION}`);
-  if (typeof v.pass !== 'boolean') throw new Error('verdict.json: pass must be a boolean');
-  if (!Array.isArray(v.rerun) || !v.rerun.every((a) => typeof a === 'string') || (v.rerun[0] !== 'repro' && v.rerun[0] !== 'cr')) {
-    throw new Error('verdict.json: rerun must be crh arguments starting with repro or cr');
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) return reject('', 'is not a JSON object');
+  const v = raw as Record<string, unknown>;
+  if (v.format !== VERDICT_FORMAT) reject('format', `${JSON.stringify(v.format)}, expected ${VERDICT_FORMAT}`);
+  if (v.version === 1) {
+    reject('version', 'version 1 records its rerun as a crh command line, which crh no longer takes from a bundle; read its rerun.sh and run that if you trust it, or ask for a bundle made by a current crh');
   }
-  return v as ReproVerdict;
+  if (v.version !== VERDICT_VERSION) reject('version', `${JSON.stringify(v.version)}, this crh reads ${VERDICT_VERSION}`);
+  if (typeof v.pass !== 'boolean') reject('pass', 'must be a boolean');
+  if (typeof v.summary !== 'string' || v.summary.length > RECORDED_TEXT_CHARS) reject('summary', `must be a string of at most ${RECORDED_TEXT_CHARS} characters`);
+  if (!Array.isArray(v.mismatches)) return reject('mismatches', 'must be a list');
+  v.mismatches.forEach((m: unknown, i) => {
+    const what = (m as { what?: unknown } | null)?.what;
+    if (typeof what !== 'string' || what.length > RECORDED_TEXT_CHARS) reject(`mismatches[${i}].what`, 'must be a string');
+  });
+  return { ...(v as unknown as ReproVerdict), rerun: parseRerunRecord(v.rerun, bundle) };
 }
