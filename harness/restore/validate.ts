@@ -434,6 +434,24 @@ export function validateLdt(raw: unknown): LdtEntry[] {
   return entries;
 }
 
+/**
+ * A segment register holding an LDT selector (TI = 1) names an entry that
+ * is installed and present: the kernel reloads the segment registers
+ * whenever the LDT changes, and one whose entry went away or lost its
+ * present bit becomes null. So an image that says otherwise was not taken
+ * from a process.
+ */
+export function ldtSelectorProblem(regs: UserRegs, ldt: readonly LdtEntry[], at = ''): { field: string; why: string } | undefined {
+  for (const seg of ['ds', 'es', 'fs', 'gs'] as const) {
+    const selector = regs[seg];
+    if ((selector & 4n) === 0n) continue;
+    const index = Number(selector >> 3n);
+    const entry = ldt.find((e) => e.entry_number === index);
+    if (!entry || entry.seg_not_present) return { field: `${at}${seg}`, why: `${hex(selector)} names LDT entry ${index}, which ldt.json ${entry ? 'marks not present' : 'does not install'}` };
+  }
+  return undefined;
+}
+
 export function validateImage(raw: UntrustedImage): CheckpointImage {
   if (typeof raw.created !== 'string') reject('manifest.json', 'created', 'must be a string');
   const process = validateProcess(raw.process);
@@ -457,6 +475,8 @@ export function validateImage(raw: UntrustedImage): CheckpointImage {
   }
   const { links, threads } = validateThreads(raw.threads, { pid: process.pid, xstate: raw.xstate, rseq, regions, maps: raw.maps, entries: raw.entries });
   const ldt = validateLdt(raw.ldt);
+  const unbacked = ldtSelectorProblem(regs, ldt) ?? threads.map((th, i) => ldtSelectorProblem(th.regs, ldt, `threads[${i}].regs.`)).find(Boolean);
+  if (unbacked) reject(unbacked.field.startsWith('threads[') ? 'threads.json' : 'regs.json', unbacked.field, unbacked.why);
   const memory = new Map(regions.flatMap((r) => (r.entry === null ? [] : [[r.entry, raw.entries.get(r.entry)!] as const])));
   return { created: raw.created, process, platform, regs, debugRegs, rseq, signals, task, links, threads, ldt, xstate: raw.xstate, maps: raw.maps, regions, memory };
 }
