@@ -125,7 +125,7 @@ t.test('ldt.json is validated field by field', async (t) => {
     return reseal(base, { 'regs.json': Buffer.from(JSON.stringify({ ...json, gs })) });
   };
   t.equal(parseImageEntries(regs('0x1f')).regs.gs, 0x1fn, 'gs naming installed, present entry 3');
-  rejects(t, () => parseImageEntries(regs('0x2f')), 'regs.json', 'gs');
+  rejects(t, () => parseImageEntries(regs('0x2f')), 'ldt.json', 'entries[1].seg_not_present');
   rejects(t, () => parseImageEntries(regs('0x27')), 'regs.json', 'gs');
 });
 

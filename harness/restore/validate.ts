@@ -439,15 +439,17 @@ export function validateLdt(raw: unknown): LdtEntry[] {
  * is installed and present: the kernel reloads the segment registers
  * whenever the LDT changes, and one whose entry went away or lost its
  * present bit becomes null. So an image that says otherwise was not taken
- * from a process.
+ * from a process. A missing entry is blamed on the register (`entry`, `at`),
+ * a not-present one on ldt.json.
  */
-export function ldtSelectorProblem(regs: UserRegs, ldt: readonly LdtEntry[], at = ''): { field: string; why: string } | undefined {
+export function ldtSelectorProblem(regs: UserRegs, ldt: readonly LdtEntry[], entry: string, at = ''): { entry: string; field: string; why: string } | undefined {
   for (const seg of ['ds', 'es', 'fs', 'gs'] as const) {
     const selector = regs[seg];
     if ((selector & 4n) === 0n) continue;
     const index = Number(selector >> 3n);
-    const entry = ldt.find((e) => e.entry_number === index);
-    if (!entry || entry.seg_not_present) return { field: `${at}${seg}`, why: `${hex(selector)} names LDT entry ${index}, which ldt.json ${entry ? 'marks not present' : 'does not install'}` };
+    const i = ldt.findIndex((e) => e.entry_number === index);
+    if (i < 0) return { entry, field: `${at}${seg}`, why: `${hex(selector)} names LDT entry ${index}, which ldt.json does not install` };
+    if (ldt[i]!.seg_not_present) return { entry: 'ldt.json', field: `entries[${i}].seg_not_present`, why: `entry ${index} is marked not present, yet ${entry} ${at}${seg} holds its selector ${hex(selector)}` };
   }
   return undefined;
 }
@@ -475,8 +477,8 @@ export function validateImage(raw: UntrustedImage): CheckpointImage {
   }
   const { links, threads } = validateThreads(raw.threads, { pid: process.pid, xstate: raw.xstate, rseq, regions, maps: raw.maps, entries: raw.entries });
   const ldt = validateLdt(raw.ldt);
-  const unbacked = ldtSelectorProblem(regs, ldt) ?? threads.map((th, i) => ldtSelectorProblem(th.regs, ldt, `threads[${i}].regs.`)).find(Boolean);
-  if (unbacked) reject(unbacked.field.startsWith('threads[') ? 'threads.json' : 'regs.json', unbacked.field, unbacked.why);
+  const unbacked = ldtSelectorProblem(regs, ldt, 'regs.json') ?? threads.map((th, i) => ldtSelectorProblem(th.regs, ldt, 'threads.json', `threads[${i}].regs.`)).find(Boolean);
+  if (unbacked) reject(unbacked.entry, unbacked.field, unbacked.why);
   const memory = new Map(regions.flatMap((r) => (r.entry === null ? [] : [[r.entry, raw.entries.get(r.entry)!] as const])));
   return { created: raw.created, process, platform, regs, debugRegs, rseq, signals, task, links, threads, ldt, xstate: raw.xstate, maps: raw.maps, regions, memory };
 }
