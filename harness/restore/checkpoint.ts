@@ -18,6 +18,7 @@ import { captureSignals, SS_DISABLE } from './signals.ts';
 import { captureLinks, otherThreads, type ThreadState } from './threads.ts';
 import { captureTask, CheckpointError } from './files.ts';
 import { captureLdt } from './ldt.ts';
+import { refuseUncapturable } from './uncapturable.ts';
 import { absentRanges, checkRegistrations, parseSmapsRegistrations, presentSlices } from './userfaultfd.ts';
 import { AgentError } from '../errors.ts';
 import { constants } from 'node:os';
@@ -28,6 +29,8 @@ const READ_CHUNK_BYTES = 1024 * 1024;
 
 export async function checkpointProcess(agent: AgentClient, process: ProcessInfo, platform: PlatformFacts): Promise<CheckpointImage> {
   const pid = process.pid;
+  // First, and before any call is injected: state no image can hold is refused by name (uncapturable.ts).
+  await refuseUncapturable(agent, pid, process.noAslr);
   const others = await otherThreads(agent, pid);
   const main = await threadRegisters(agent, pid);
   const threads: ThreadState[] = [];
