@@ -19,8 +19,9 @@
  * taken and restored).
  *
  * Then it calls holdstate_checkpoint() — the host checkpoints there — and
- * prints "holdstate resumed N" (N = the number of states) and exits 0; a
- * tracer child is killed first.
+ * prints "holdstate resumed N personality=0x... umask=..." (N = the number
+ * of states; the personality and umask it finds then, which a restore that
+ * lost them changes) and exits 0; a tracer child is killed first.
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -134,6 +135,7 @@ int main(int argc, char **argv)
 		kill(tracee, SIGKILL);
 		waitpid(tracee, NULL, 0);
 	}
-	printf("holdstate resumed %d\n", argc - 1);
+	mode_t mask = umask(0);
+	printf("holdstate resumed %d personality=0x%x umask=%03o\n", argc - 1, (unsigned)personality(0xffffffff), (unsigned)mask);
 	return 0;
 }

@@ -27,10 +27,20 @@ import { constants } from 'node:os';
 const XSTATE_MAX_BYTES = 16 * 1024;
 const READ_CHUNK_BYTES = 1024 * 1024;
 
-export async function checkpointProcess(agent: AgentClient, process: ProcessInfo, platform: PlatformFacts): Promise<CheckpointImage> {
+export interface CheckpointProcessOptions {
+  /**
+   * refuse (the default): state no image can hold fails the checkpoint by
+   * name (uncapturable.ts). ignore: the check is skipped — the negative
+   * control that shows what the refusal prevents (the state silently
+   * missing after restore); descriptors files.ts cannot hold still fail.
+   */
+  uncapturable?: 'refuse' | 'ignore';
+}
+
+export async function checkpointProcess(agent: AgentClient, process: ProcessInfo, platform: PlatformFacts, options: CheckpointProcessOptions = {}): Promise<CheckpointImage> {
   const pid = process.pid;
   // First, and before any call is injected: state no image can hold is refused by name (uncapturable.ts).
-  await refuseUncapturable(agent, pid, process.noAslr);
+  if ((options.uncapturable ?? 'refuse') === 'refuse') await refuseUncapturable(agent, pid, process.noAslr);
   const others = await otherThreads(agent, pid);
   const main = await threadRegisters(agent, pid);
   const threads: ThreadState[] = [];
