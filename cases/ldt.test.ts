@@ -25,18 +25,21 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_MODIFY_LDT_SYSCALL']), async (t
   t.equal(reference.code, 0, `uninterrupted: ${expected.trim()}`);
   t.match(expected, /absent=SIGBUS\/128 /, 'uninterrupted: the not-present entry raises #NP, delivered as SIGBUS (SI_KERNEL)');
 
-  await t.test('kill-and-restore under the default policy: the LDT installed before the registers', async (t) => {
-    const checkpointed = await checkpointAtHit(guest, workload, 1, 'default', { disarm: true });
-    t.equal(checkpointed.run.outcome, 'hit-limit', 'stopped at ldt_checkpoint');
-    const image = checkpointed.image!;
-    t.same(image.ldt.map((e) => e.entry_number), [3, 5], `the image holds entries 3 and 5: ${image.ldt.map(describeLdtEntry).join('; ')}`);
-    t.equal(image.regs.gs, DATA_SELECTOR, 'gs holds entry 3\'s selector at the checkpoint');
-    const r = await restoreAndFinish(guest, checkpointed.file, DEFAULT_POLICY, 'default', {});
-    t.same(r.differences, [], 'read back: as requested');
-    t.equal(r.output, expected, `the restored run is the uninterrupted run: ${r.output.trim()}`);
-    t.equal(r.run.code, 0);
-    recordOutcome({ case: CASE, scenario: SCENARIO, policy: describePolicy(DEFAULT_POLICY), control: false, expected: expected.trim(), observed: r.output.trim(), matchedUninterrupted: r.output === expected && r.run.code === 0 });
-  });
+  for (const restorer of ['ptrace', 'sigreturn'] as const) {
+    await t.test(`kill-and-restore, restorer=${restorer}: the LDT installed before the registers`, async (t) => {
+      const policy: RestorePolicy = { ...DEFAULT_POLICY, restorer };
+      const checkpointed = await checkpointAtHit(guest, workload, 1, restorer, { disarm: true });
+      t.equal(checkpointed.run.outcome, 'hit-limit', 'stopped at ldt_checkpoint');
+      const image = checkpointed.image!;
+      t.same(image.ldt.map((e) => e.entry_number), [3, 5], `the image holds entries 3 and 5: ${image.ldt.map(describeLdtEntry).join('; ')}`);
+      t.equal(image.regs.gs, DATA_SELECTOR, 'gs holds entry 3\'s selector at the checkpoint');
+      const r = await restoreAndFinish(guest, checkpointed.file, policy, restorer, {});
+      t.same(r.differences, [], 'read back: as requested');
+      t.equal(r.output, expected, `the restored run is the uninterrupted run: ${r.output.trim()}`);
+      t.equal(r.run.code, 0);
+      recordOutcome({ case: CASE, scenario: SCENARIO, policy: describePolicy(policy), control: false, expected: expected.trim(), observed: r.output.trim(), matchedUninterrupted: r.output === expected && r.run.code === 0 });
+    });
+  }
 
   await t.test('negative control omit=ldt: #GP where #NP was due', async (t) => {
     const policy: RestorePolicy = { ...DEFAULT_POLICY, omit: ['ldt'] };
