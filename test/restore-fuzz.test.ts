@@ -6,7 +6,7 @@ import path from 'node:path';
 import { isDeepStrictEqual } from 'node:util';
 import { ImageRejectedError } from '../harness/errors.ts';
 import { imageEntries, parseImageEntries, readCheckpointImage, writeCheckpointImage, type CheckpointImage } from '../harness/restore/checkpoint-image.ts';
-import { reseal, syntheticImage } from './support/synthetic-image.ts';
+import { reseal, SYNTHETIC_LDT, syntheticImage as plainSyntheticImage } from './support/synthetic-image.ts';
 import { prng } from './support/prng.ts';
 
 
@@ -14,7 +14,16 @@ const SEED = Number(process.env.CRH_FUZZ_SEED ?? 20261123);
 const BYTE_MUTATIONS = Number(process.env.CRH_FUZZ_BYTES ?? 6000);
 const FIELD_MUTATIONS = Number(process.env.CRH_FUZZ_FIELDS ?? 6000);
 
-/** Values no valid image may hold, per field: each must be refused even with a correct SHA-256. */
+/** The fuzzed image holds an LDT (and gs names its present entry), so that its bytes and fields are mutated too. */
+const syntheticImage = (): CheckpointImage => {
+  const image = plainSyntheticImage({ ldt: SYNTHETIC_LDT });
+  return { ...image, regs: { ...image.regs, gs: 0x1fn } };
+};
+
+/**
+ * Values no valid image may hold, per field: each must be refused even with
+ * a correct SHA-256. A field with dots is a path (ldt.json entries.1.lm).
+ */
 const INVALID: Array<{ entry: string; field: string; values: unknown[] }> = [
   { entry: 'regs.json', field: 'eflags', values: ['0x20246', '0x3246', '0x46', '0x244', '0x80000246', '0x1000000000246', 'zzz', 582, null] },
   { entry: 'regs.json', field: 'cs', values: ['0x10', '0x23', '0x0', '0x30', '0x33 '] },
@@ -26,7 +35,28 @@ const INVALID: Array<{ entry: string; field: string; values: unknown[] }> = [
   { entry: 'debugregs.json', field: 'dr7', values: ['0x2000', '0x800', '0x100000000', '0x20001', '0xc0001', '0x1000'] },
   { entry: 'debugregs.json', field: 'dr0', values: ['0xffffffff81000000', '0x800000000000'] },
   { entry: 'debugregs.json', field: 'dr6', values: ['0x100000000', 'x'] },
+  { entry: 'regs.json', field: 'gs', values: ['0x37', '0x27', '0xffff', '0x10'] },
+  { entry: 'ldt.json', field: 'entries', values: [null, {}, 'x', undefined] },
+  { entry: 'ldt.json', field: 'entries.0.entry_number', values: [8192, -1, 5, 1.5, '3', null, undefined] },
+  { entry: 'ldt.json', field: 'entries.1.entry_number', values: [3, 2, 8192] },
+  { entry: 'ldt.json', field: 'entries.0.base_addr', values: ['0x100000000', 4096, '-0x1', undefined] },
+  { entry: 'ldt.json', field: 'entries.0.limit', values: ['0x100000', 23, undefined] },
+  { entry: 'ldt.json', field: 'entries.0.contents', values: [4, -1, 3, undefined] },
+  { entry: 'ldt.json', field: 'entries.1.lm', values: [1, 2] },
+  { entry: 'ldt.json', field: 'entries.0.seg_not_present', values: [1, 2, true] },
+  { entry: 'ldt.json', field: 'entries.1.useable', values: [2, false, '1'] },
+  { entry: 'ldt.json', field: 'entries.0.dpl', values: [0, 3] },
 ];
+
+/** Sets (or, for undefined, deletes) the value at a dotted path. */
+function setPath(json: Record<string, unknown>, field: string, value: unknown): void {
+  const keys = field.split('.');
+  let at = json as Record<string, unknown>;
+  for (const key of keys.slice(0, -1)) at = at[key] as Record<string, unknown>;
+  const last = keys.at(-1)!;
+  if (value === undefined) delete at[last];
+  else at[last] = value;
+}
 
 t.test('byte-level mutations of the tar: refused, or read back unchanged', async (t) => {
   const dir = await mkdtemp(path.join(tmpdir(), 'crh-fuzz-'));
@@ -77,8 +107,7 @@ t.test('field-level mutations resealed with correct checksums: every invalid val
     const target = INVALID[Math.floor(random() * INVALID.length)]!;
     const value = target.values[Math.floor(random() * target.values.length)];
     const json = JSON.parse(base.get(target.entry)!.toString()) as Record<string, unknown>;
-    if (value === undefined) delete json[target.field];
-    else json[target.field] = value;
+    setPath(json, target.field, value);
     const entries = reseal(base, { [target.entry]: Buffer.from(JSON.stringify(json)) });
     try {
       parseImageEntries(entries);

@@ -24,6 +24,7 @@ import type { RseqState } from './rseq.ts';
 import { signalsJson, type SignalState } from './signals.ts';
 import type { TaskState } from './files.ts';
 import { threadsJson, threadXstateEntry, type ThreadLinks, type ThreadState } from './threads.ts';
+import { ldtJson, type LdtEntry } from './ldt.ts';
 
 export const IMAGE_FORMAT = 'cr-harness-checkpoint';
 /**
@@ -34,9 +35,18 @@ export const IMAGE_FORMAT = 'cr-harness-checkpoint';
  * regions carry the mapped file and offset, and a shared file mapping no
  * entry (its contents are the file's); 6: userfaultfds — task.json lists
  * them, and a region carries its registration mode and the pages the fault
- * server had not provided (userfaultfd.ts).
+ * server had not provided (userfaultfd.ts); 7: ldt.json, the entries the
+ * process installed in its LDT with modify_ldt (ldt.ts).
  */
-export const IMAGE_VERSION = 6;
+export const IMAGE_VERSION = 7;
+/**
+ * Earlier versions are refused, each naming what it lacks: reading one as
+ * the current version would invent the missing state as "none" — for an
+ * LDT, a process whose LDT selectors then fault with #GP, far from the cause.
+ */
+const OLDER_VERSIONS: Record<number, string> = {
+  6: 'has no ldt.json: it cannot say whether the process had an LDT (take the checkpoint again)',
+};
 const MANIFEST_DIGEST = 'manifest.sha256';
 
 export const LIMITS = {
@@ -108,6 +118,8 @@ export interface CheckpointImage {
   links: ThreadLinks;
   /** every other thread, ascending by tid */
   threads: ThreadState[];
+  /** the entries installed in the process's LDT, ascending by entry number; [] when it has none */
+  ldt: LdtEntry[];
   /** /proc/PID/maps at checkpoint time */
   maps: string;
   regions: MemoryRegion[];
@@ -144,6 +156,7 @@ export function imageEntries(image: CheckpointImage): Map<string, Buffer> {
   entries.set('signals.json', json(signalsJson(image.signals)));
   entries.set('task.json', json({ pgid: image.task.pgid, sid: image.task.sid, files: image.task.files.map((f) => ({ ...f, pos: f.pos.toString() })), userfaultfds: image.task.userfaultfds ?? [] }));
   entries.set('threads.json', json(threadsJson(image)));
+  entries.set('ldt.json', json(ldtJson(image.ldt)));
   entries.set('xstate.bin', image.xstate);
   for (const t of image.threads) entries.set(threadXstateEntry(t.tid), t.xstate);
   entries.set('maps.txt', Buffer.from(image.maps));
@@ -245,6 +258,8 @@ export function parseImageEntries(entries: Map<string, Buffer>): CheckpointImage
   if (digest.toString('latin1') !== `${sha256(manifestRaw)}\n`) throw new ImageRejectedError('does not match the SHA-256 of manifest.json', MANIFEST_DIGEST, 'sha256');
   const manifest = parseJson(manifestRaw, 'manifest.json') as Partial<Manifest>;
   if (manifest.format !== IMAGE_FORMAT) throw new ImageRejectedError(`is ${JSON.stringify(manifest.format)}, expected ${IMAGE_FORMAT}`, 'manifest.json', 'format');
+  const older = typeof manifest.version === 'number' ? OLDER_VERSIONS[manifest.version] : undefined;
+  if (older) throw new ImageRejectedError(`is ${manifest.version}, this harness reads ${IMAGE_VERSION}: a version ${manifest.version} image ${older}`, 'manifest.json', 'version');
   if (manifest.version !== IMAGE_VERSION) throw new ImageRejectedError(`is ${JSON.stringify(manifest.version)}, this harness reads ${IMAGE_VERSION}`, 'manifest.json', 'version');
   if (typeof manifest.entries !== 'object' || manifest.entries === null) throw new ImageRejectedError('missing', 'manifest.json', 'entries');
 
@@ -272,6 +287,7 @@ export function parseImageEntries(entries: Map<string, Buffer>): CheckpointImage
     signals: parseJson(required(entries, 'signals.json'), 'signals.json'),
     task: parseJson(required(entries, 'task.json'), 'task.json'),
     threads: parseJson(required(entries, 'threads.json'), 'threads.json'),
+    ldt: parseJson(required(entries, 'ldt.json'), 'ldt.json'),
     xstate: required(entries, 'xstate.bin'),
     maps: required(entries, 'maps.txt').toString('utf8'),
     regions: regionsJson,

@@ -17,6 +17,8 @@ import { rseqCsAddress, type RseqState } from './rseq.ts';
 import { captureSignals, SS_DISABLE } from './signals.ts';
 import { captureLinks, otherThreads, type ThreadState } from './threads.ts';
 import { captureTask, CheckpointError } from './files.ts';
+import { captureLdt } from './ldt.ts';
+import { refuseUncapturable } from './uncapturable.ts';
 import { absentRanges, checkRegistrations, parseSmapsRegistrations, presentSlices } from './userfaultfd.ts';
 import { AgentError } from '../errors.ts';
 import { constants } from 'node:os';
@@ -25,8 +27,20 @@ import { constants } from 'node:os';
 const XSTATE_MAX_BYTES = 16 * 1024;
 const READ_CHUNK_BYTES = 1024 * 1024;
 
-export async function checkpointProcess(agent: AgentClient, process: ProcessInfo, platform: PlatformFacts): Promise<CheckpointImage> {
+export interface CheckpointProcessOptions {
+  /**
+   * refuse (the default): state no image can hold fails the checkpoint by
+   * name (uncapturable.ts). ignore: the check is skipped — the negative
+   * control that shows what the refusal prevents (the state silently
+   * missing after restore); descriptors files.ts cannot hold still fail.
+   */
+  uncapturable?: 'refuse' | 'ignore';
+}
+
+export async function checkpointProcess(agent: AgentClient, process: ProcessInfo, platform: PlatformFacts, options: CheckpointProcessOptions = {}): Promise<CheckpointImage> {
   const pid = process.pid;
+  // First, and before any call is injected: state no image can hold is refused by name (uncapturable.ts).
+  if ((options.uncapturable ?? 'refuse') === 'refuse') await refuseUncapturable(agent, pid, process.noAslr);
   const others = await otherThreads(agent, pid);
   const main = await threadRegisters(agent, pid);
   const threads: ThreadState[] = [];
@@ -41,11 +55,12 @@ export async function checkpointProcess(agent: AgentClient, process: ProcessInfo
   const registrations = parseSmapsRegistrations((await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/smaps`, maxSize: 4 << 20 })).toString('utf8'));
   const dumped = parseMaps(maps).filter((m) => isDumped(m, process.binary)).map((m) => ({ ...m, userfault: registrations.get(m.start) ?? 0 }));
   checkRegistrations(pid, dumped, task.userfaultfds ?? []);
-  const { signals, links, absent } = await withRseqCsParked(agent, pid, [main.rseq, ...threads.map((t) => t.rseq)], async () => {
+  const { signals, links, absent, ldt } = await withRseqCsParked(agent, pid, [main.rseq, ...threads.map((t) => t.rseq)], async () => {
     const signals = await captureSignals(agent, pid);
     const links = await captureLinks(agent, pid, others);
     const absent = await absentRanges(agent, pid, dumped.filter((m) => m.userfault !== 0).map((m) => [m.start, m.end] as const));
-    return { signals, links, absent };
+    const ldt = await captureLdt(agent, pid);
+    return { signals, links, absent, ldt };
   });
   threads.forEach((t, i) => Object.assign(t, links.others[i]));
 
@@ -72,7 +87,7 @@ export async function checkpointProcess(agent: AgentClient, process: ProcessInfo
     memory.set(entry, contents);
   }
   const { regs, xstate, debugRegs, rseq } = main;
-  return { created: new Date().toISOString(), process, platform, regs, xstate, debugRegs, rseq, signals, task, links: links.main, threads, maps, regions, memory };
+  return { created: new Date().toISOString(), process, platform, regs, xstate, debugRegs, rseq, signals, task, links: links.main, threads, ldt, maps, regions, memory };
 }
 
 /** What ptrace reads of one thread without running it: registers, xstate, debug registers, rseq registration. */

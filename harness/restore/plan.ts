@@ -16,6 +16,7 @@ import { freePage, registerSteps, threadRegisterSteps, xstateStep } from './rest
 import { ALL_BLOCKABLE, finalMaskStep, signalSteps } from './signals.ts';
 import { applyThreadRseqFixups, debugRegSteps, linkSteps, threadCreationSteps, threadFinalSteps, type ThreadFixup } from './threads.ts';
 import { fileSteps, sessionSteps } from './files.ts';
+import { ldtSteps } from './ldt.ts';
 import { presentSlices, userfaultfdSteps } from './userfaultfd.ts';
 import { rewindInterruptedSyscall } from './syscall-restart.ts';
 import { brkStep, protectStep, rseqStep } from './syscall-steps.ts';
@@ -122,6 +123,14 @@ export function compileRestorePlan(checkpointed: CheckpointImage, probe: TargetP
   // After the memory writes: a write to a registered, missing page would fault to a server that is not running.
   const openFds = [...(probe.fds ?? [0, 1, 2]), ...(omits(policy, 'files') ? [] : image.task.files.map((f) => f.fd))];
   steps.push(...userfaultfdSteps(pid, userfaultfds, image.regions, openFds, freePage(probe.maps, imageMaps)));
+
+  // The LDT before any register write, the threads' included: SETREGS (or
+  // a sigreturn frame) only stores DS/ES/FS/GS; the kernel loads them into
+  // the CPU when it next switches to the task, and a selector with TI = 1
+  // whose LDT entry is not there yet faults inside the kernel, whose fixup
+  // loads the null selector instead — silently, and for good. (The threads
+  // share the LDT: it belongs to the mm, so one install serves them all.)
+  if (!omits(policy, 'ldt')) steps.push(...ldtSteps(pid, image.ldt, freePage(probe.maps, imageMaps)));
 
   const signals = omits(policy, 'signals') ? undefined : image.signals;
   const signalPart = signals ? signalSteps(pid, signals, freePage(probe.maps, imageMaps)) : [];

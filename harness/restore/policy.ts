@@ -67,8 +67,13 @@ export type RseqFixupPolicy = (typeof RSEQ_FIXUP_POLICIES)[number];
  *   pages its server had not provided are written as the zeros the image
  *   holds — a restorer that knows nothing of userfaultfd: a fault the
  *   server held never reaches it, and the access reads zeros.
+ * - ldt: no LDT entry is installed (ldt.ts) — the OpenVZ 2008 restart
+ *   report's LDT decoding, missing: a selector with TI = 1 in a segment
+ *   register is loaded as null when the task first runs, and a program that
+ *   loads one of its LDT selectors itself gets #GP (SIGSEGV) — also where
+ *   the entry was a not-present one, which raises #NP (SIGBUS).
  */
-export const OMITTABLE = ['debugregs', 'xstate', 'tls', 'rseq', 'signals', 'files', 'thread-xstate', 'thread-masks', 'thread-links', 'mapping-kinds', 'userfaultfd'] as const;
+export const OMITTABLE = ['debugregs', 'xstate', 'tls', 'rseq', 'signals', 'files', 'thread-xstate', 'thread-masks', 'thread-links', 'mapping-kinds', 'userfaultfd', 'ldt'] as const;
 export type Omittable = (typeof OMITTABLE)[number];
 
 /** The segment registers and bases that make up a 64-bit task's TLS. */

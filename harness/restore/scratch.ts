@@ -50,13 +50,15 @@ export class ScratchLayout {
  * For a checkpoint: runs `read` with a scratch page mapped (anywhere) in the
  * stopped task `pid`, for calls injected into it to write their results to,
  * and unmaps it again whatever happens — the task is left as it was.
+ * `bytes` (rounded up to whole pages) when one page is not enough.
  */
-export async function withScratchPage<T>(agent: AgentClient, pid: number, read: (scratch: bigint) => Promise<T>): Promise<T> {
-  const scratch = await agent.call({ op: 'INJECT_SYSCALL', pid, nr: NR.mmap, args: [0n, PAGE, PROT_READ_WRITE, MAP_PRIVATE_ANONYMOUS, NO_FD, 0n] });
+export async function withScratchPage<T>(agent: AgentClient, pid: number, read: (scratch: bigint) => Promise<T>, bytes = Number(PAGE)): Promise<T> {
+  const length = ((BigInt(bytes) + PAGE - 1n) / PAGE) * PAGE;
+  const scratch = await agent.call({ op: 'INJECT_SYSCALL', pid, nr: NR.mmap, args: [0n, length, PROT_READ_WRITE, MAP_PRIVATE_ANONYMOUS, NO_FD, 0n] });
   if (scratch < 0n && scratch > -4096n) throw new AgentError(`mmap of a scratch page in pid ${pid} failed: errno ${-scratch}`, 'INJECT_SYSCALL', Number(-scratch));
   try {
     return await read(scratch);
   } finally {
-    await agent.call({ op: 'INJECT_SYSCALL', pid, nr: NR.munmap, args: [scratch, PAGE] });
+    await agent.call({ op: 'INJECT_SYSCALL', pid, nr: NR.munmap, args: [scratch, length] });
   }
 }

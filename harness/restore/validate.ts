@@ -22,6 +22,7 @@ import { checkRseqArea, type RseqState } from './rseq.ts';
 import { SIGINFO_BYTES, signalStateProblem, type SignalState } from './signals.ts';
 import { taskStateProblem, type FileKind, type TaskState } from './files.ts';
 import { regionUserfaultProblem, userfaultfdsProblem, type UserfaultfdState } from './userfaultfd.ts';
+import { ldtProblem, LDT_ENTRIES, LDT_ENTRY_KEYS, type LdtEntry } from './ldt.ts';
 import { linksProblem, MAX_THREADS, MAX_TID, threadXstateEntry, type ThreadLinks, type ThreadState } from './threads.ts';
 
 export interface UntrustedImage {
@@ -34,6 +35,7 @@ export interface UntrustedImage {
   signals: unknown;
   task: unknown;
   threads: unknown;
+  ldt: unknown;
   xstate: Buffer;
   maps: string;
   regions: unknown;
@@ -397,6 +399,61 @@ export function validateThreads(raw: unknown, ctx: ThreadsContext): { links: Thr
   return { links: main, threads };
 }
 
+/**
+ * ldt.json: { entries: [...] }, each a struct user_desc — base_addr and
+ * limit in hex, the rest small integers — checked as modify_ldt(0x11) would
+ * check it and for what it would silently change (ldt.ts ldtEntryProblem),
+ * slots ascending and each once.
+ */
+export function validateLdt(raw: unknown): LdtEntry[] {
+  const e = 'ldt.json';
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) reject(e, '(root)', 'must be an object');
+  const root = raw as Record<string, unknown>;
+  for (const key of Object.keys(root)) if (key !== 'entries') reject(e, key, 'unknown field');
+  if (!Array.isArray(root.entries) || root.entries.length > LDT_ENTRIES) reject(e, 'entries', `must be a list of at most ${LDT_ENTRIES}`);
+  const entries = (root.entries as unknown[]).map((item, i): LdtEntry => {
+    const at = `entries[${i}]`;
+    if (typeof item !== 'object' || item === null || Array.isArray(item)) reject(e, at, 'must be an object');
+    const o = item as Record<string, unknown>;
+    for (const key of Object.keys(o)) if (!(LDT_ENTRY_KEYS as readonly string[]).includes(key)) reject(e, `${at}.${key}`, 'unknown field');
+    const u32 = (field: 'base_addr' | 'limit'): number => {
+      if (typeof o[field] !== 'string' || !U32_HEX.test(o[field] as string)) reject(e, `${at}.${field}`, `must be a 32-bit hex string, got ${JSON.stringify(o[field])?.slice(0, 40)}`);
+      return Number(o[field]);
+    };
+    const small = (field: Exclude<(typeof LDT_ENTRY_KEYS)[number], 'base_addr' | 'limit'>): number => {
+      if (!Number.isInteger(o[field])) reject(e, `${at}.${field}`, `must be an integer, got ${JSON.stringify(o[field])?.slice(0, 40)}`);
+      return o[field] as number;
+    };
+    return {
+      entry_number: small('entry_number'), base_addr: u32('base_addr'), limit: u32('limit'), seg_32bit: small('seg_32bit'), contents: small('contents'),
+      read_exec_only: small('read_exec_only'), limit_in_pages: small('limit_in_pages'), seg_not_present: small('seg_not_present'), useable: small('useable'), lm: small('lm'),
+    };
+  });
+  const problem = ldtProblem(entries);
+  if (problem) reject(e, problem.field, problem.why);
+  return entries;
+}
+
+/**
+ * A segment register holding an LDT selector (TI = 1) names an entry that
+ * is installed and present: the kernel reloads the segment registers
+ * whenever the LDT changes, and one whose entry went away or lost its
+ * present bit becomes null. So an image that says otherwise was not taken
+ * from a process. A missing entry is blamed on the register (`entry`, `at`),
+ * a not-present one on ldt.json.
+ */
+export function ldtSelectorProblem(regs: UserRegs, ldt: readonly LdtEntry[], entry: string, at = ''): { entry: string; field: string; why: string } | undefined {
+  for (const seg of ['ds', 'es', 'fs', 'gs'] as const) {
+    const selector = regs[seg];
+    if ((selector & 4n) === 0n) continue;
+    const index = Number(selector >> 3n);
+    const i = ldt.findIndex((e) => e.entry_number === index);
+    if (i < 0) return { entry, field: `${at}${seg}`, why: `${hex(selector)} names LDT entry ${index}, which ldt.json does not install` };
+    if (ldt[i]!.seg_not_present) return { entry: 'ldt.json', field: `entries[${i}].seg_not_present`, why: `entry ${index} is marked not present, yet ${entry} ${at}${seg} holds its selector ${hex(selector)}` };
+  }
+  return undefined;
+}
+
 export function validateImage(raw: UntrustedImage): CheckpointImage {
   if (typeof raw.created !== 'string') reject('manifest.json', 'created', 'must be a string');
   const process = validateProcess(raw.process);
@@ -419,6 +476,9 @@ export function validateImage(raw: UntrustedImage): CheckpointImage {
     reject('task.json', 'userfaultfds', `memory.json registers ${hex(registered.start)}-${hex(registered.end)} with a userfaultfd, so exactly one userfaultfd that went through UFFDIO_API must own it (found ${owners.length}${owners.length === 1 ? ', which never had UFFDIO_API' : ''})`);
   }
   const { links, threads } = validateThreads(raw.threads, { pid: process.pid, xstate: raw.xstate, rseq, regions, maps: raw.maps, entries: raw.entries });
+  const ldt = validateLdt(raw.ldt);
+  const unbacked = ldtSelectorProblem(regs, ldt, 'regs.json') ?? threads.map((th, i) => ldtSelectorProblem(th.regs, ldt, 'threads.json', `threads[${i}].regs.`)).find(Boolean);
+  if (unbacked) reject(unbacked.entry, unbacked.field, unbacked.why);
   const memory = new Map(regions.flatMap((r) => (r.entry === null ? [] : [[r.entry, raw.entries.get(r.entry)!] as const])));
-  return { created: raw.created, process, platform, regs, debugRegs, rseq, signals, task, links, threads, xstate: raw.xstate, maps: raw.maps, regions, memory };
+  return { created: raw.created, process, platform, regs, debugRegs, rseq, signals, task, links, threads, ldt, xstate: raw.xstate, maps: raw.maps, regions, memory };
 }

@@ -11,7 +11,7 @@ import { constants } from 'node:os';
 import path from 'node:path';
 import type { RunResult } from '../agent/ops.ts';
 import { observeCpu, type Observation, type WatchOptions } from '../oracle/cpu-oracle.ts';
-import { checkpointProcess } from '../restore/checkpoint.ts';
+import { checkpointProcess, type CheckpointProcessOptions } from '../restore/checkpoint.ts';
 import { readCheckpointImage, writeCheckpointImage, type CheckpointImage, type ProcessInfo } from '../restore/checkpoint-image.ts';
 import type { RestorePolicy } from '../restore/policy.ts';
 import { restoreProcess, type Difference } from '../restore/restore.ts';
@@ -67,6 +67,8 @@ export interface CheckpointOptions {
    * `process.pid`); a copy is then restored beside it, under a new pid.
    */
   leaveRunning?: boolean;
+  /** refuse (default) or ignore state no image can hold (checkpoint.ts) */
+  uncapturable?: CheckpointProcessOptions['uncapturable'];
 }
 
 /** Runs the workload to its `hit`-th breakpoint hit, checkpoints it there and kills it (unless leaveRunning). */
@@ -80,7 +82,15 @@ export async function checkpointAtHit(guest: Guest, w: Workload, hit: number | {
     return { file: '', run, process };
   }
   if (options.disarm || options.dr7 !== undefined) await agent.call({ op: 'POKEUSER', pid, offset: debugRegOffset(7), value: options.dr7 ?? 0n });
-  const { file, image } = await checkpointStopped(guest, process, tag);
+  let taken: { file: string; image: CheckpointImage };
+  try {
+    taken = await checkpointStopped(guest, process, tag, { uncapturable: options.uncapturable });
+  } catch (error) {
+    // A refused checkpoint leaves no stopped original behind.
+    await agent.call({ op: 'KILL', pid }).catch(() => {});
+    throw error;
+  }
+  const { file, image } = taken;
   if (!options.leaveRunning) await agent.call({ op: 'KILL', pid });
   return { file, run, process, image };
 }
@@ -109,8 +119,8 @@ export async function checkpointRseqArmed(guest: Guest, w: Workload, tag: string
 }
 
 /** Checkpoints a process whose every thread is in a ptrace stop; the image goes to the case's artifacts. */
-export async function checkpointStopped(guest: Guest, process: ProcessInfo, tag: string): Promise<{ file: string; image: CheckpointImage }> {
-  const image = await checkpointProcess(guest.agent, process, guest.platform);
+export async function checkpointStopped(guest: Guest, process: ProcessInfo, tag: string, options: CheckpointProcessOptions = {}): Promise<{ file: string; image: CheckpointImage }> {
+  const image = await checkpointProcess(guest.agent, process, guest.platform, options);
   const file = path.join(guest.artifactsDir, `checkpoint-${tag}.tar`);
   await writeCheckpointImage(image, file);
   return { file, image };

@@ -1,5 +1,6 @@
 /** A small, valid checkpoint image built in memory, for unit tests of the restore core. */
 import { memoryEntryName, type CheckpointImage } from '../../harness/restore/checkpoint-image.ts';
+import type { LdtEntry } from '../../harness/restore/ldt.ts';
 import { USER_REGS_FIELDS, type UserRegs } from '../../harness/x86/registers.ts';
 import { sha256 } from '../../harness/util/hash.ts';
 
@@ -12,6 +13,12 @@ export const SYNTHETIC_MAPS = [
   '7ffff7ffd000-7ffff7fff000 r-xp 00000000 00:00 0 [vdso]',
   '7ffffffde000-7ffffffff000 rw-p 00000000 00:00 0 [stack]',
 ].join('\n');
+
+/** Two LDT entries as modify_ldt(0x11) makes them: a present 32-bit data segment (3) and a not-present one (5). */
+export const SYNTHETIC_LDT: LdtEntry[] = [
+  { entry_number: 3, base_addr: 0x100a2000, limit: 0x17, seg_32bit: 1, contents: 0, read_exec_only: 0, limit_in_pages: 0, seg_not_present: 0, useable: 1, lm: 0 },
+  { entry_number: 5, base_addr: 0x100a3000, limit: 0x3f, seg_32bit: 1, contents: 0, read_exec_only: 0, limit_in_pages: 0, seg_not_present: 1, useable: 1, lm: 0 },
+];
 
 export const SYNTHETIC_RSEQ = { area: 0x100c0020n, size: 32, signature: 0x53053053 } as const;
 
@@ -65,6 +72,7 @@ export function syntheticImage(overrides: Partial<CheckpointImage> = {}): Checkp
     task: { pgid: 1, sid: 1, files: [] },
     links: { clearChildTid: 0n, robustList: 0n },
     threads: [],
+    ldt: [],
     signals: { blocked: 0n, actions: [], altstack: { sp: 0n, flags: 2, size: 0n }, pending: { thread: [], shared: [] } },
     debugRegs: { dr0: 0x10001234n, dr1: 0n, dr2: 0n, dr3: 0n, dr6: 0xffff0ff0n, dr7: 0x1n },
     maps: SYNTHETIC_MAPS,

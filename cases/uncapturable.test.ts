@@ -1,0 +1,68 @@
+// expect: a checkpoint of a process holding state the restore core does not capture is refused at checkpoint time
+// with a CheckpointError naming it — an eventfd (by fd), personality(READ_IMPLIES_EXEC), and several kinds at once,
+// each named — and leaves no stopped process behind. Negative control: the same personality checkpoint with the
+// check skipped (uncapturable=ignore) is taken and restored, and the restored run differs from the uninterrupted one
+// (READ_IMPLIES_EXEC silently gone) — what the refusal prevents. A process holding nothing extra checkpoints and
+// restores to the uninterrupted output.
+import t from 'tap';
+import { CheckpointError } from '../harness/errors.ts';
+import { recordOutcome, recordVerdict } from '../harness/report/verdicts.ts';
+import { DEFAULT_POLICY, describePolicy } from '../harness/restore/policy.ts';
+import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
+import { startGuest } from '../harness/testing/guest-fixture.ts';
+import { checkpointAtHit, restoreAndFinish, runUninterrupted, type Workload } from '../harness/testing/scenario.ts';
+
+const CASE = 'uncapturable';
+const POLICY = describePolicy(DEFAULT_POLICY);
+
+t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
+  const guest = await startGuest(t, CASE);
+  const binary = guest.image.guestPaths.holdstate!;
+  const breakAt = guest.symbols.resolve('holdstate:holdstate_checkpoint');
+  const workload = (...states: string[]): Workload => ({ binary, argv: [binary, ...states], breakAt });
+  const running = async (): Promise<string> => (await guest.machine.ssh.exec('pidof holdstate || true')).stdout.trim();
+
+  const refused = async (tag: string, states: string[], names: string[]): Promise<void> => {
+    await t.test(`refused at checkpoint time: ${states.join(' ')}`, async (t) => {
+      const started = Date.now();
+      const error = await checkpointAtHit(guest, workload(...states), 1, tag).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      const ms = Date.now() - started;
+      t.ok(error instanceof CheckpointError, `CheckpointError: ${(error as Error | undefined)?.message}`);
+      const named = (error as CheckpointError | undefined)?.details.state?.split(', ') ?? [];
+      t.same(named, names, `names ${names.join(', ')}`);
+      t.equal(await running(), '', 'no holdstate process left behind');
+      t.comment(`spawn, run to the breakpoint and the refused checkpoint: ${ms} ms`);
+      recordVerdict({
+        case: CASE, scenario: `holding ${states.join(' ')}, checkpoint at a breakpoint`, policy: POLICY, control: false,
+        expected: `refused at checkpoint, naming ${names.join(', ')}`,
+        observed: error instanceof CheckpointError ? `refused: ${error.message}` : 'checkpoint taken',
+        pass: error instanceof CheckpointError && JSON.stringify(named) === JSON.stringify(names),
+      });
+    });
+  };
+
+  await refused('eventfd', ['eventfd'], ['eventfd']);
+  await refused('personality', ['personality'], ['personality']);
+  await refused('several', ['eventfd', 'pipe', 'socket', 'timerfd', 'seccomp', 'timer', 'umask'], ['eventfd', 'pipe', 'socket', 'timerfd', 'seccomp', 'no_new_privs', 'POSIX timers', 'umask']);
+
+  await t.test('holding nothing extra: checkpointed and restored as uninterrupted', async (t) => {
+    const { output: expected } = await runUninterrupted(guest, workload(), '/tmp/holdstate-reference.out');
+    const checkpointed = await checkpointAtHit(guest, workload(), 1, 'nothing', { disarm: true });
+    const r = await restoreAndFinish(guest, checkpointed.file, DEFAULT_POLICY, 'nothing', {});
+    t.equal(r.output, expected, `restored: ${r.output.trim()}`);
+    recordOutcome({ case: CASE, scenario: 'holding nothing extra, checkpoint at a breakpoint', policy: POLICY, control: false, expected: expected.trim(), observed: r.output.trim(), matchedUninterrupted: r.output === expected && r.run.code === 0 });
+  });
+
+  await t.test('negative control uncapturable=ignore: the personality is silently lost', async (t) => {
+    const { output: expected } = await runUninterrupted(guest, workload('personality'), '/tmp/holdstate-personality-reference.out');
+    t.match(expected, /personality=0x44/, `uninterrupted keeps READ_IMPLIES_EXEC: ${expected.trim()}`);
+    const checkpointed = await checkpointAtHit(guest, workload('personality'), 1, 'ignore', { disarm: true, uncapturable: 'ignore' });
+    const r = await restoreAndFinish(guest, checkpointed.file, DEFAULT_POLICY, 'ignore', {});
+    t.match(r.output, /personality=0x4\d{4} /, `restored without it: ${r.output.trim()}`);
+    t.not(r.output, expected, 'differs from the uninterrupted run');
+    recordOutcome({ case: CASE, scenario: 'holding personality READ_IMPLIES_EXEC, checkpoint at a breakpoint', policy: `${POLICY} uncapturable=ignore`, control: true, expected: expected.trim(), observed: r.output.trim(), matchedUninterrupted: r.output === expected });
+  });
+});

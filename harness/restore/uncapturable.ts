@@ -1,0 +1,193 @@
+/**
+ * State the restore core does not capture, refused at checkpoint time by
+ * name. A process restored without it would run on and fail later, far from
+ * the cause — or worse, not fail (the report that started this: an LDT left
+ * out of the image, and a not-present segment answering #GP instead of #NP).
+ *
+ * What is checked, before anything is injected into the target:
+ * - descriptors of a kind no module handles (files.ts holds regular files,
+ *   directories and a few devices; userfaultfd.ts a userfaultfd): sockets,
+ *   pipes, memfds, namespace descriptors, and every anonymous inode —
+ *   eventfd, eventpoll, signalfd, timerfd, io_uring, perf_event, inotify,
+ *   fanotify, pidfd, bpf maps and programs — each named with its fd;
+ * - the personality (/proc/PID/personality) other than what a process the
+ *   agent spawns gets — the agent's own, with ADDR_NO_RANDOMIZE when ASLR is
+ *   off: a restore re-execs the binary under that;
+ * - seccomp (Seccomp:) and no_new_privs (NoNewPrivs:) of any thread, other
+ *   than the agent's own (a spawned process inherits both);
+ * - the process (any of its threads) tracing another process: its
+ *   tracees' TracerPid names it (every process's main thread is looked at);
+ * - POSIX timers (/proc/PID/timers);
+ * - namespaces (/proc/PID/ns/*), resource limits (/proc/PID/limits), umask
+ *   and working directory other than the agent's: a restored process gets
+ *   the agent's.
+ * The LDT is captured (ldt.ts); a descriptor there that modify_ldt cannot
+ * make is refused by ldt.ts, naming the slot.
+ */
+import { constants } from 'node:os';
+import type { AgentClient } from '../agent/client.ts';
+import { AgentError, CheckpointError } from '../errors.ts';
+import { USERFAULTFD_LINK } from './userfaultfd.ts';
+
+/** One piece of state the image cannot hold: what it is, where it was seen, and the evidence. */
+export interface Uncapturable {
+  /** the kind of state, e.g. "eventfd", "personality", "seccomp" */
+  state: string;
+  /** where: "fd 4", "thread 812", "/proc/812/personality" */
+  where: string;
+  /** what was read there */
+  seen: string;
+}
+
+/** personality(2) flags (uapi linux/personality.h), for naming them. */
+export const PERSONALITY_FLAGS: ReadonlyArray<readonly [string, number]> = [
+  ['UNAME26', 0x0020000],
+  ['ADDR_NO_RANDOMIZE', 0x0040000],
+  ['FDPIC_FUNCPTRS', 0x0080000],
+  ['MMAP_PAGE_ZERO', 0x0100000],
+  ['ADDR_COMPAT_LAYOUT', 0x0200000],
+  ['READ_IMPLIES_EXEC', 0x0400000],
+  ['ADDR_LIMIT_32BIT', 0x0800000],
+  ['SHORT_INODE', 0x1000000],
+  ['WHOLE_SECONDS', 0x2000000],
+  ['STICKY_TIMEOUTS', 0x4000000],
+  ['ADDR_LIMIT_3GB', 0x8000000],
+];
+export const ADDR_NO_RANDOMIZE = 0x0040000;
+
+export function describePersonality(value: number): string {
+  const names = PERSONALITY_FLAGS.filter(([, bit]) => (value & bit) !== 0).map(([name]) => name);
+  const domain = value & 0xff;
+  if (domain !== 0) names.unshift(`execution domain 0x${domain.toString(16)}`);
+  const unknown = value & ~0xff & ~PERSONALITY_FLAGS.reduce((a, [, bit]) => a | bit, 0);
+  if (unknown !== 0) names.push(`0x${unknown.toString(16)}`);
+  return names.length > 0 ? names.join('|') : 'PER_LINUX';
+}
+
+/**
+ * The personality (/proc/PID/personality: hex) against what a restore's
+ * spawn gives: the agent's own (`agentText`), ADDR_NO_RANDOMIZE added when
+ * ASLR is off.
+ */
+export function personalityProblem(pid: number, text: string, agentText: string, noAslr: boolean): Uncapturable | undefined {
+  const value = parseInt(text.trim(), 16);
+  const spawned = parseInt(agentText.trim(), 16) | (noAslr ? ADDR_NO_RANDOMIZE : 0);
+  if (!Number.isInteger(value)) return { state: 'personality', where: `/proc/${pid}/personality`, seen: `unreadable: ${JSON.stringify(text.slice(0, 40))}` };
+  if (value === spawned) return undefined;
+  return { state: 'personality', where: `/proc/${pid}/personality`, seen: `0x${value.toString(16)} (${describePersonality(value)}), a restored process gets 0x${spawned.toString(16)} (${describePersonality(spawned)})` };
+}
+
+/** The kinds of descriptor link (readlink /proc/PID/fd/N) no module captures; undefined when one does. */
+export function descriptorState(link: string): string | undefined {
+  if (link === USERFAULTFD_LINK) return undefined;
+  if (link.startsWith('/memfd:')) return 'memfd';
+  // A path: files.ts decides (regular files, directories, a few devices; a deleted file it refuses itself).
+  if (link.startsWith('/')) return undefined;
+  const kind = /^(socket|pipe):\[\d+\]$/.exec(link)?.[1];
+  if (kind) return kind;
+  const anon = /^anon_inode:\[?([^\]]+)\]?$/.exec(link)?.[1];
+  if (anon) return anon;
+  const ns = /^([a-z_]+):\[\d+\]$/.exec(link)?.[1];
+  if (ns) return `${ns} namespace`;
+  return link;
+}
+
+/** Seccomp: and NoNewPrivs: of a thread's status, against the agent's (a spawned process inherits both). */
+export function statusProblems(where: string, status: string, agentStatus: string): Uncapturable[] {
+  const field = (text: string, name: string): string | undefined => new RegExp(`^${name}:\\s*(.*)$`, 'm').exec(text)?.[1]?.trim();
+  const problems: Uncapturable[] = [];
+  for (const [name, state] of [['Seccomp', 'seccomp'], ['NoNewPrivs', 'no_new_privs']] as const) {
+    const value = field(status, name);
+    const agent = field(agentStatus, name);
+    if (value !== undefined && value !== agent) problems.push({ state, where, seen: `${name}: ${value}, a restored process gets ${agent ?? 'none'}` });
+  }
+  return problems;
+}
+
+/** TracerPid: of a process's status, when one of `tids` (the target's threads) traces it. */
+export function tracerProblem(tracee: number, status: string, tids: ReadonlySet<number>): Uncapturable | undefined {
+  const tracer = Number(/^TracerPid:\s*(\d+)$/m.exec(status)?.[1] ?? 0);
+  return tids.has(tracer) ? { state: 'ptrace tracee', where: `pid ${tracee}`, seen: `TracerPid: ${tracer} (a restored process is nobody's tracer)` } : undefined;
+}
+
+/** /proc/PID/timers: one "ID: n" line per POSIX timer. */
+export function timersProblem(pid: number, text: string): Uncapturable | undefined {
+  const ids = [...text.matchAll(/^ID:\s*(\d+)$/gm)].map((m) => m[1]);
+  return ids.length > 0 ? { state: 'POSIX timers', where: `/proc/${pid}/timers`, seen: `timer id ${ids.join(', ')} (timer_create)` } : undefined;
+}
+
+/** Something of the target's that must equal the agent's: a namespace, limits, umask, cwd. */
+export function sameAsAgent(state: string, where: string, target: string, agent: string): Uncapturable | undefined {
+  return target === agent ? undefined : { state, where, seen: `${target.trim().split('\n').length > 1 ? 'differs' : target.trim()}, a restored process gets ${agent.trim().split('\n').length > 1 ? "the agent's" : agent.trim()}` };
+}
+
+/** /proc/PID/limits, one line per resource, whose values differ. */
+export function limitsDiffer(target: string, agent: string): string[] {
+  const lines = (text: string): Map<string, string> => new Map(text.split('\n').slice(1).filter(Boolean).map((l) => [l.slice(0, 26).trim(), l.slice(26).trim().replace(/\s+/g, ' ')]));
+  const mine = lines(agent);
+  return [...lines(target)].filter(([name, value]) => mine.get(name) !== value).map(([name, value]) => `${name} ${value} (agent: ${mine.get(name) ?? 'none'})`);
+}
+
+const NAMESPACES = ['cgroup', 'ipc', 'mnt', 'net', 'pid', 'time', 'user', 'uts'] as const;
+
+const gone = (error: unknown): boolean => error instanceof AgentError && (error.errno === constants.errno.ENOENT || error.errno === constants.errno.ESRCH);
+
+/** Everything above, read through the agent; [] when the process holds nothing the image cannot. */
+export async function findUncapturable(agent: AgentClient, pid: number, noAslr: boolean): Promise<Uncapturable[]> {
+  const read = async (path: string, maxSize = 65536): Promise<string> => (await agent.call({ op: 'READ_FILE', path, maxSize })).toString('utf8');
+  const optional = async <T>(what: Promise<T>): Promise<T | undefined> => what.catch((error: unknown) => (gone(error) ? undefined : Promise.reject(error)));
+  const found: Uncapturable[] = [];
+  const add = (u: Uncapturable | undefined): void => void (u && found.push(u));
+
+  for (const fd of (await agent.call({ op: 'LISTDIR', path: `/proc/${pid}/fd` })).map(Number).sort((a, b) => a - b)) {
+    const link = await optional(agent.call({ op: 'READLINK', path: `/proc/${pid}/fd/${fd}` }));
+    const state = link === undefined ? undefined : descriptorState(link);
+    if (state) found.push({ state, where: `fd ${fd}`, seen: link! });
+  }
+
+  add(personalityProblem(pid, await read(`/proc/${pid}/personality`), await read('/proc/self/personality'), noAslr));
+
+  const agentStatus = await read('/proc/self/status');
+  const tids = (await agent.call({ op: 'LISTDIR', path: `/proc/${pid}/task` })).map(Number).sort((a, b) => a - b);
+  for (const tid of tids) {
+    const status = await optional(read(`/proc/${pid}/task/${tid}/status`));
+    if (status !== undefined) found.push(...statusProblems(`thread ${tid}`, status, agentStatus));
+  }
+
+  const mine = new Set(tids);
+  for (const entry of await agent.call({ op: 'LISTDIR', path: '/proc' })) {
+    if (!/^\d+$/.test(entry) || mine.has(Number(entry))) continue;
+    const status = await optional(read(`/proc/${entry}/status`));
+    if (status !== undefined) add(tracerProblem(Number(entry), status, mine));
+  }
+
+  const timers = await optional(read(`/proc/${pid}/timers`));
+  if (timers !== undefined) add(timersProblem(pid, timers));
+
+  for (const ns of NAMESPACES) {
+    const target = await optional(agent.call({ op: 'READLINK', path: `/proc/${pid}/ns/${ns}` }));
+    const own = await optional(agent.call({ op: 'READLINK', path: `/proc/self/ns/${ns}` }));
+    if (target !== undefined && own !== undefined) add(sameAsAgent(`${ns} namespace`, `/proc/${pid}/ns/${ns}`, target, own));
+  }
+  const limits = limitsDiffer(await read(`/proc/${pid}/limits`), await read('/proc/self/limits'));
+  if (limits.length > 0) found.push({ state: 'resource limits', where: `/proc/${pid}/limits`, seen: limits.join('; ') });
+  const umask = (text: string): string => /^Umask:\s*(\S+)$/m.exec(text)?.[1] ?? '?';
+  add(sameAsAgent('umask', `/proc/${pid}/status`, umask(await read(`/proc/${pid}/status`)), umask(agentStatus)));
+  add(sameAsAgent('working directory', `/proc/${pid}/cwd`, await agent.call({ op: 'READLINK', path: `/proc/${pid}/cwd` }), await agent.call({ op: 'READLINK', path: '/proc/self/cwd' })));
+  return found;
+}
+
+/** The refusal: one CheckpointError naming every piece found (state, where, what was seen). */
+export function uncapturableError(pid: number, found: readonly Uncapturable[]): CheckpointError {
+  const list = found.map((u) => `${u.state} (${u.where}: ${u.seen})`);
+  return new CheckpointError(`pid ${pid} holds state the restore core does not capture: ${list.join('; ')}`, {
+    state: [...new Set(found.map((u) => u.state))].join(', '),
+    where: found.map((u) => `${u.where}: ${u.state}`).join('\n'),
+  });
+}
+
+/** Throws uncapturableError when the process holds anything the image cannot. */
+export async function refuseUncapturable(agent: AgentClient, pid: number, noAslr: boolean): Promise<void> {
+  const found = await findUncapturable(agent, pid, noAslr);
+  if (found.length > 0) throw uncapturableError(pid, found);
+}
