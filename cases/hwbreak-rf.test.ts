@@ -6,11 +6,11 @@
 import t, { type Test } from 'tap';
 import { ImageRejectedError } from '../harness/errors.ts';
 import { describeRegisters, observeCpu, type Observation } from '../harness/oracle/cpu-oracle.ts';
-import { recordVerdict } from '../harness/report/verdicts.ts';
+import { recordRow } from '../harness/testing/verdict-rows.ts';
 import { readCheckpointImage, type CheckpointImage } from '../harness/restore/checkpoint-image.ts';
 import type { RfPolicy } from '../harness/restore/policy.ts';
 import type { Restorer } from '../harness/restore/restorers.ts';
-import { restoreProcess } from '../harness/restore/restore.ts';
+import { restoreWitnessed } from '../harness/testing/restore-witness.ts';
 import { startGuest } from '../harness/testing/guest-fixture.ts';
 import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
 import { checkpointAtHit, readOutput, restoreAndFinish, RUN_TIMEOUT_MS, spawnArmed, type Workload } from '../harness/testing/scenario.ts';
@@ -107,7 +107,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
       t.equal(o.oracle.first?.get('cs'), 0x33n, 'oracle: user code segment');
       t.equal(o.oracle.debugTraps.length, CALLS - CHECKPOINT_AT_HIT, `oracle: ${CALLS - CHECKPOINT_AT_HIT} #DB at hwbreak:target after restore — none at the resumed instruction, RF took effect`);
       t.ok(resumedExactly(o, image), 'resumed exactly as the uninterrupted run');
-      recordVerdict({
+      recordRow(t, {
         case: CASE, scenario: SCENARIO, policy: `rf=keep-and-preserve restorer=${restorer}`, control: false,
         expected: `${CALLS} hits, ${CALLS - CHECKPOINT_AT_HIT} #DB after restore, checksum ${reference.checksum}`,
         observed: `${o.totalHits} hits, ${o.oracle.debugTraps.length} #DB after restore, checksum ${o.checksum}`,
@@ -124,7 +124,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     t.equal(o.oracle.debugTraps[0]?.flags !== undefined ? (o.oracle.debugTraps[0].flags & EFLAGS.RF) : undefined, 0n, 'oracle: the spurious #DB was taken with RF clear');
     t.equal(o.checksum, reference.checksum, 'the extra trap changes no data, only the trap count');
     t.notOk(resumedExactly(o, image), 'the main assertion fails on this control');
-    recordVerdict({
+    recordRow(t, {
       case: CASE, scenario: SCENARIO, policy: 'rf=clear', control: true,
       expected: `${CALLS + 1} hits, ${CALLS - CHECKPOINT_AT_HIT + 1} #DB after restore (spurious re-trigger)`,
       observed: `${o.totalHits} hits, ${o.oracle.debugTraps.length} #DB after restore`,
@@ -140,7 +140,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     t.equal(o.checksum, reference.checksum, 'registers and memory arrive intact: only the trap count differs');
     for (const r of CHECKED_REGISTERS) t.equal(o.oracle.first?.get(r), image.regs[r], `oracle: ${r} in the CPU after the trampoline`);
     t.notOk(resumedExactly(o, image), 'the main assertion fails on this control');
-    recordVerdict({
+    recordRow(t, {
       case: CASE, scenario: SCENARIO, policy: 'restorer=popf', control: true,
       expected: `${CALLS + 1} hits, ${CALLS - CHECKPOINT_AT_HIT + 1} #DB after restore (RF lost by POPF)`,
       observed: `${o.totalHits} hits, ${o.oracle.debugTraps.length} #DB after restore`,
@@ -160,7 +160,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
       return r.stdout.trim();
     };
     const processesBefore = await hwbreaksIn();
-    const error = await restoreProcess(agent, image, { policy: { rf: 'reject' }, stdoutPath: '/tmp/hwbreak-reject.restored.out' }).then(
+    const error = await restoreWitnessed(agent, image, { policy: { rf: 'reject' }, stdoutPath: '/tmp/hwbreak-reject.restored.out' }, 'rf-reject').then(
       () => undefined,
       (e: unknown) => e,
     );
@@ -169,7 +169,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     t.equal(agent.requestsSent, before, 'no request reached the agent');
     t.equal(processesBefore, '', 'no hwbreak process before');
     t.equal(await hwbreaksIn(), processesBefore, 'no hwbreak process was spawned');
-    recordVerdict({
+    recordRow(t, {
       case: CASE, scenario: SCENARIO, policy: 'rf=reject', control: true,
       expected: 'refused, naming RF, guest untouched',
       observed: error instanceof ImageRejectedError ? `refused at ${error.entry} ${error.field}, ${agent.requestsSent - before} requests sent` : 'restored',

@@ -14,7 +14,8 @@ import { observeCpu, type Observation, type WatchOptions } from '../oracle/cpu-o
 import { checkpointProcess } from '../restore/checkpoint.ts';
 import { readCheckpointImage, writeCheckpointImage, type CheckpointImage, type ProcessInfo } from '../restore/checkpoint-image.ts';
 import type { RestorePolicy } from '../restore/policy.ts';
-import { restoreProcess, type Difference } from '../restore/restore.ts';
+import type { Difference } from '../restore/restore.ts';
+import { restoreWitnessed } from './restore-witness.ts';
 import { spawnWithBreakpoint, type ArmedProgram } from '../agent/breakpoint-spawn.ts';
 import type { Guest } from './guest-fixture.ts';
 import { debugRegOffset, hex } from '../x86/registers.ts';
@@ -181,7 +182,7 @@ export interface Restored {
 export async function restoreAndFinish(guest: Guest, file: string, policy: RestorePolicy, tag: string, watch: Omit<WatchOptions, 'log'>, samePid = true): Promise<Restored & { pid: number }> {
   const image = await readCheckpointImage(file);
   const out = `/tmp/${path.basename(image.process.binary)}-${tag}.restored.out`;
-  const restored = await restoreProcess(guest.agent, image, { policy, stdoutPath: out, samePid });
+  const restored = await restoreWitnessed(guest.agent, image, { policy, stdoutPath: out, samePid }, tag);
   // Every VM stop the oracle services goes to the case's artifacts.
   const oracleLog = path.join(guest.artifactsDir, `oracle-${tag}.log`);
   writeFileSync(oracleLog, '');
