@@ -7,6 +7,7 @@ import t, { type Test } from 'tap';
 import { ImageRejectedError } from '../harness/errors.ts';
 import { describeRegisters, observeCpu, type Observation } from '../harness/oracle/cpu-oracle.ts';
 import { recordRow } from '../harness/testing/verdict-rows.ts';
+import { probeUnmeasuredVerdict } from '../harness/testing/probe-rows.ts';
 import { readCheckpointImage, type CheckpointImage } from '../harness/restore/checkpoint-image.ts';
 import type { RfPolicy } from '../harness/restore/policy.ts';
 import type { Restorer } from '../harness/restore/restorers.ts';
@@ -43,6 +44,12 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
   // The scenario needs the kernel to report RF=1 at a hardware-breakpoint stop; the profile measured it.
   const rfAtStop = profile.probes.rfAtHwBreakpointStop;
   t.comment(`profile: RF at a hw-breakpoint ptrace stop = ${rfAtStop.value} (${rfAtStop.how})`);
+  if (rfAtStop.value === null) {
+    // The kernel left the probe without an answer: a finding about it, not a platform to skip on.
+    t.fail(`RF at a hardware-breakpoint stop unmeasured: ${rfAtStop.how}`);
+    recordRow(t, probeUnmeasuredVerdict({ case: CASE, scenario: SCENARIO, policy: '-', control: false, expected: 'RF=1 at the breakpoint stop, then the scenario' }, 'probes.rfAtHwBreakpointStop', rfAtStop));
+    return;
+  }
   if (rfAtStop.value !== true) {
     await t.test('RF scenario', { skip: `this platform does not set RF at hardware-breakpoint stops (profile: ${rfAtStop.how}); the scenario cannot be built` }, async () => {});
     return;

@@ -8,7 +8,8 @@
 // commits as if never interrupted: 0 aborts, breakpoint and long section alike) and omit=rseq (no registration after
 // restore: re-registering succeeds).
 import t, { type Test } from 'tap';
-import { recordRowOutcome } from '../harness/testing/verdict-rows.ts';
+import { recordRow, recordRowOutcome } from '../harness/testing/verdict-rows.ts';
+import { probeUnmeasuredVerdict } from '../harness/testing/probe-rows.ts';
 import { describePolicy, DEFAULT_POLICY, type RestorePolicy } from '../harness/restore/policy.ts';
 import { startGuest, type Guest } from '../harness/testing/guest-fixture.ts';
 import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
@@ -232,7 +233,17 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ']), async (t) => {
   await t.test('deprecated NO_RESTART flags, checkpoint inside: the restored task meets the kernel exactly as the original would', async (t) => {
     const rejected = guest.profile.probes.rseqDeprecatedFlagsRejected.value;
     t.comment(`profile: probes.rseqDeprecatedFlagsRejected = ${rejected} (${guest.profile.probes.rseqDeprecatedFlagsRejected.how}); kernel ${guest.profile.kernelRelease}`);
-    if (rejected === null) return void t.pass('deprecated flags', { skip: 'the profile could not measure how this kernel treats deprecated rseq_cs flags' });
+    if (rejected === null) {
+      const probe = guest.profile.probes.rseqDeprecatedFlagsRejected;
+      t.fail(`the profile could not measure how this kernel treats deprecated rseq_cs flags: ${probe.how}`);
+      for (const policy of [DEFAULT_POLICY, { ...DEFAULT_POLICY, rseqFixup: 'off' } as RestorePolicy]) {
+        recordRow(t, probeUnmeasuredVerdict({
+          case: CASE, scenario: 'rseq glibc: checkpoint inside a section with deprecated NO_RESTART flags', policy: describePolicy(policy), control: policy.rseqFixup === 'off',
+          expected: 'as the kernel treats deprecated flags (probes.rseqDeprecatedFlagsRejected)', conditions: { kernelRelease: guest.profile.kernelRelease },
+        }, 'probes.rseqDeprecatedFlagsRejected', probe));
+      }
+      return;
+    }
     const expected = deprecatedFlagsOutcome(rejected);
     // The original, stopped at the same breakpoint and simply continued: what "without the checkpoint" means here.
     const w = workload('glibc', 'rseq_inside', NO_RESTART_ON_MIGRATE);
