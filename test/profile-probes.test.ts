@@ -29,12 +29,12 @@ function scriptedAgent(script: Record<string, (call: Call) => Promise<unknown>>)
 const exited = (code: number) => ({ outcome: 'exited', code, hits: [], signals: [], stoppedTid: 0, threads: [] });
 const killed = (signo: number) => ({ outcome: 'killed', code: signo, hits: [], signals: [], stoppedTid: 0, threads: [] });
 
-t.test('a probe that never concludes gives up at twice its bound, naming itself', async (t) => {
+t.test('a probe that never concludes gives up at twice its bound and a second, naming itself', async (t) => {
   const started = Date.now();
   const m = await runBoundedProbe<boolean>('never', () => new Promise<never>(() => {}), 50);
   const elapsed = Date.now() - started;
-  t.same(m, { value: null, how: 'never: no conclusion within 100 ms (the probe did not return)', inconclusive: true });
-  t.ok(elapsed >= 95 && elapsed < 2_000, `gave up after ${elapsed} ms`);
+  t.same(m, { value: null, how: 'never: no conclusion within 1100 ms (the probe did not return)', inconclusive: true });
+  t.ok(elapsed >= 1_095 && elapsed < 3_000, `gave up after ${elapsed} ms`);
 });
 
 t.test('a probe that saw the kernel not do it says what it saw; other failures propagate', async (t) => {
@@ -61,7 +61,7 @@ t.test('the rseq probe on a kernel whose rseq never aborts: the finding, the pro
   t.equal(m.value, null);
   t.equal(m.inconclusive, true);
   t.match(m.how, /^rseq probe: no rseq abort within 200 ms \(rseq-flags 0: /, m.how);
-  t.ok(elapsed < 2 * BOUND + 500, `answered in ${elapsed} ms, not 30 s`);
+  t.ok(elapsed < BOUND + 500, `answered in ${elapsed} ms, by the agent's own timeout, not 30 s`);
   t.same(calls.map((c) => c.op), ['SPAWN', 'RUN', 'KILL'], 'the control alone ran, and was killed');
   t.equal(calls[1]!.timeoutMs, BOUND, 'RUN waited the bound');
   t.equal(calls[2]!.pid, 4242);

@@ -8,8 +8,8 @@
  *
  * The bound is handed to the probe, which uses it for its own waits (the
  * agent's RUN timeout interrupts the program and leaves the agent free);
- * the runner also stops waiting after twice the bound, for a probe that
- * ignores it.
+ * the runner also stops waiting after twice the bound and a second, for a
+ * probe that ignores it.
  */
 import { constants } from 'node:os';
 import { AgentError, CrhError } from '../errors.ts';
@@ -51,7 +51,8 @@ export function isRunTimeout(error: unknown): boolean {
  */
 export async function runBoundedProbe<T>(name: string, probe: Probe<T>, boundMs = PROBE_BOUND_MS): Promise<Measured<T>> {
   let timer: NodeJS.Timeout | undefined;
-  const giveUpMs = 2 * boundMs;
+  // Past the probe's own bound by as much again and a second: the agent's answer to a timed-out RUN comes first.
+  const giveUpMs = 2 * boundMs + 1_000;
   const gaveUp = new Promise<Measured<T>>((resolve) => {
     timer = setTimeout(() => resolve({ value: null, how: `${name}: no conclusion within ${giveUpMs} ms (the probe did not return)`, inconclusive: true }), giveUpMs);
   });
