@@ -52,6 +52,8 @@ export interface RestoreWitness {
   differences: { what: string; requested: string; accepted: string }[];
   /** the restore was refused before or while it ran (the error's message) */
   refused?: string;
+  /** what the CPU oracle counted while the restored process ran (first execution reached, #DB count, VM stops) */
+  oracle?: string;
 }
 
 export type Outcome = 'PASS' | 'FAIL' | 'SKIP';
@@ -113,7 +115,7 @@ export function outcomeVerdict(row: OutcomeRow): Verdict {
   };
 }
 
-/** The witnesses that explain a row, one line each: failed assertions, the kernel's read-back, the register diff. */
+/** The witnesses that explain a row, one line each: failed assertions, the kernel's read-back, the oracle's counts, the register diff. */
 export function witnessLines(v: Verdict): string[] {
   const lines: string[] = [];
   for (const name of v.failedAssertions ?? []) lines.push(`failed assertion: ${name}`);
@@ -121,6 +123,7 @@ export function witnessLines(v: Verdict): string[] {
     if (r.refused !== undefined) lines.push(`restore ${r.tag}: refused: ${r.refused}`);
     else if (r.differences.length === 0) lines.push(`restore ${r.tag}: the kernel accepted everything as requested`);
     else for (const d of r.differences) lines.push(`restore ${r.tag}: ${d.what} asked ${d.requested}, the kernel has ${d.accepted}`);
+    if (r.oracle !== undefined) lines.push(`oracle ${r.tag}: ${r.oracle}`);
   }
   if (v.registerDiff) for (const l of v.registerDiff.split('\n')) lines.push(`register diff: ${l}`);
   return lines;

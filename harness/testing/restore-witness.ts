@@ -17,6 +17,12 @@ export function noteRestore(witness: RestoreWitness): void {
   pending.push(witness);
 }
 
+/** Adds what the CPU oracle counted to the pending restore `tag` (the latest of that tag). */
+export function noteOracle(tag: string, counts: string): void {
+  const witness = pending.findLast((w) => w.tag === tag);
+  if (witness) witness.oracle = counts;
+}
+
 /** The restores noted since the last call, oldest first. */
 export function takeRestores(): RestoreWitness[] {
   return pending.splice(0);

@@ -15,7 +15,7 @@ import { checkpointProcess } from '../restore/checkpoint.ts';
 import { readCheckpointImage, writeCheckpointImage, type CheckpointImage, type ProcessInfo } from '../restore/checkpoint-image.ts';
 import type { RestorePolicy } from '../restore/policy.ts';
 import type { Difference } from '../restore/restore.ts';
-import { restoreWitnessed } from './restore-witness.ts';
+import { noteOracle, restoreWitnessed } from './restore-witness.ts';
 import { spawnWithBreakpoint, type ArmedProgram } from '../agent/breakpoint-spawn.ts';
 import type { Guest } from './guest-fixture.ts';
 import { debugRegOffset, hex } from '../x86/registers.ts';
@@ -190,5 +190,15 @@ export async function restoreAndFinish(guest: Guest, file: string, policy: Resto
   const { result: run, observation } = await observeCpu(guest.machine.gdbSocket, guest.symbols, { ...watch, log }, () =>
     guest.agent.call({ op: 'RUN', pid: restored.pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS }),
   );
+  noteOracle(tag, oracleCounts(guest, watch, observation));
   return { pid: restored.pid, image, differences: restored.differences, run, output: await readOutput(guest, out), observation };
+}
+
+/** The oracle's counts in one line, for the row: "first execution of regcheck:regcheck_resumed reached; 3 #DB at hwbreak:target; 14 VM stops". */
+function oracleCounts(guest: Guest, watch: Omit<WatchOptions, 'log'>, observation: Observation): string {
+  const parts: string[] = [];
+  if (watch.firstExecutionAt !== undefined) parts.push(`first execution of ${guest.symbols.symbolize(watch.firstExecutionAt)} ${observation.first ? 'reached' : 'never reached'}`);
+  if (watch.countDebugTrapsAt !== undefined) parts.push(`${observation.debugTraps.length} #DB at ${guest.symbols.symbolize(watch.countDebugTrapsAt)}`);
+  parts.push(`${observation.stops} VM stops`);
+  return parts.join('; ');
 }
