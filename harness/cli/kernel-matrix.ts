@@ -127,9 +127,11 @@ export async function runKernelMatrix(o: MatrixOptions): Promise<{ exitCode: num
     o.log(`kernel ${run.label}: exit ${exitCode} after ${((Date.now() - started) / 1000).toFixed(1)} s`);
     const report = existsSync(jsonFile) ? (JSON.parse(await readFile(jsonFile, 'utf8')) as RunReport) : undefined;
     const infra = report?.infrastructureFailures ?? [];
+    // The column's label already carries a NAME= the user gave: the legend shows what the name stands for.
+    const asked = run.flags.kernel === undefined ? 'default kernel' : splitKernelSpec(run.flags.kernel).spec;
     outcomes.push({
       label: run.label,
-      kernel: report?.kernel ? `${run.flags.kernel} → ${describeKernelIdentity(report.kernel)}` : `${run.flags.kernel}`,
+      kernel: `${asked}${report?.kernel ? ` → ${describeKernelIdentity(report.kernel)}` : ''}`,
       ...(report?.kernel ? { identity: report.kernel } : {}),
       verdicts: report?.verdicts ?? [],
       // A run that ended without its report (killed, crashed) proves nothing about its kernel.
