@@ -19,6 +19,7 @@ import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { writeFileAtomic } from '../util/atomic-write.ts';
 import type { AgentClient } from '../agent/client.ts';
+import type { RunResult } from '../agent/ops.ts';
 import type { GuestImage } from '../image/build.ts';
 import type { QemuMachine } from '../machine/machine.ts';
 import { qemuVersion } from '../machine/qemu-version.ts';
@@ -160,7 +161,7 @@ async function probeRseqDeprecatedFlags(agent: Pick<AgentClient, 'call'>, binary
   const runWith = async (flags: string): Promise<string> => {
     const out = `/tmp/probe-rseq-${flags}.out`;
     const { pid } = await agent.call({ op: 'SPAWN', path: binary, argv: [binary, flags], envp: [], stdoutPath: out, noAslr: true });
-    let run;
+    let run: RunResult;
     try {
       run = await agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: boundMs });
     } catch (error) {
