@@ -6,11 +6,11 @@
 // reaches the program).
 import t, { type Test } from 'tap';
 import { AgentError } from '../harness/errors.ts';
-import { recordOutcome } from '../harness/report/verdicts.ts';
+import { recordRowOutcome } from '../harness/testing/verdict-rows.ts';
 import { checkpointProcess } from '../harness/restore/checkpoint.ts';
 import { readCheckpointImage, writeCheckpointImage, type ProcessInfo } from '../harness/restore/checkpoint-image.ts';
 import { DEFAULT_POLICY, describePolicy, type RestorePolicy } from '../harness/restore/policy.ts';
-import { restoreProcess } from '../harness/restore/restore.ts';
+import { restoreWitnessed } from '../harness/testing/restore-witness.ts';
 import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
 import { startGuest } from '../harness/testing/guest-fixture.ts';
 import { readOutput, RUN_TIMEOUT_MS } from '../harness/testing/scenario.ts';
@@ -72,7 +72,7 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_FUTEX']), async (t) => {
     t.equal(BigInt.asIntN(64, checked.regs.rax), -512n, `rax = -ERESTARTSYS at the checkpoint (${hex(checked.regs.rax)})`);
     t.same(checked.task.files.map((f) => [f.fd, f.path, f.kind]), [[3, log, 'file'], [4, '/dev/null', 'device'], [5, '/tmp', 'directory']], 'the image holds the three descriptors');
     t.equal(checked.task.sid, original.pid, 'the image records its own session');
-    const restored = await restoreProcess(agent, checked, { policy, stdoutPath: `${log}.restored.out`, samePid });
+    const restored = await restoreWitnessed(agent, checked, { policy, stdoutPath: `${log}.restored.out`, samePid }, tag);
     t.comment(`restored as pid ${restored.pid} (checkpointed as ${original.pid}); read back: ${JSON.stringify(restored.differences)}`);
     const done = await finish(restored.pid, log);
     return { original, restored, done, observed: normalize(done.log) };
@@ -84,7 +84,7 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_FUTEX']), async (t) => {
     t.same(restored.differences, [], 'read back: every register, descriptor and the session as requested');
     t.equal(done.run.code, 0);
     t.equal(observed, normalize(reference.log), `log: ${JSON.stringify(done.log)}`);
-    recordOutcome({ case: CASE, scenario: SCENARIO, policy: describePolicy(DEFAULT_POLICY), control: false, expected: normalize(reference.log).trim().split('\n').at(-1)!, observed: observed.trim().split('\n').at(-1)!, matchedUninterrupted: observed === normalize(reference.log) && done.run.code === 0 });
+    recordRowOutcome(t, { case: CASE, scenario: SCENARIO, policy: describePolicy(DEFAULT_POLICY), control: false, expected: normalize(reference.log).trim().split('\n').at(-1)!, observed: observed.trim().split('\n').at(-1)!, matchedUninterrupted: observed === normalize(reference.log) && done.run.code === 0 });
   });
 
   const controls: { name: string; policy: RestorePolicy; samePid: boolean; shows: RegExp }[] = [
@@ -98,7 +98,7 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_FUTEX']), async (t) => {
       const stdout = await readOutput(guest, `/tmp/daemon-control-${i}.log.restored.out`);
       t.match(observed, c.shows, `the daemon shows it: log ${JSON.stringify(observed)}, stdout ${JSON.stringify(stdout.trim())}`);
       t.equal(done.run.code, 1, 'and exits 1');
-      recordOutcome({ case: CASE, scenario: SCENARIO, policy: `${describePolicy(c.policy)}${c.samePid ? '' : ' new-pid'}`, control: true, expected: normalize(reference.log).trim().split('\n').at(-1)!, observed: normalize(stdout).trim() || observed.trim().split('\n').at(-1)!, matchedUninterrupted: observed === normalize(reference.log) });
+      recordRowOutcome(t, { case: CASE, scenario: SCENARIO, policy: `${describePolicy(c.policy)}${c.samePid ? '' : ' new-pid'}`, control: true, expected: normalize(reference.log).trim().split('\n').at(-1)!, observed: normalize(stdout).trim() || observed.trim().split('\n').at(-1)!, matchedUninterrupted: observed === normalize(reference.log) });
     });
   }
 });

@@ -6,11 +6,12 @@
 import t, { type Test } from 'tap';
 import { ImageRejectedError } from '../harness/errors.ts';
 import { describeRegisters, observeCpu, type Observation } from '../harness/oracle/cpu-oracle.ts';
-import { recordVerdict } from '../harness/report/verdicts.ts';
+import { recordRow } from '../harness/testing/verdict-rows.ts';
+import { probeUnmeasuredVerdict } from '../harness/testing/probe-rows.ts';
 import { readCheckpointImage, type CheckpointImage } from '../harness/restore/checkpoint-image.ts';
 import type { RfPolicy } from '../harness/restore/policy.ts';
 import type { Restorer } from '../harness/restore/restorers.ts';
-import { restoreProcess } from '../harness/restore/restore.ts';
+import { restoreWitnessed } from '../harness/testing/restore-witness.ts';
 import { startGuest } from '../harness/testing/guest-fixture.ts';
 import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
 import { checkpointAtHit, readOutput, restoreAndFinish, RUN_TIMEOUT_MS, spawnArmed, type Workload } from '../harness/testing/scenario.ts';
@@ -43,6 +44,12 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
   // The scenario needs the kernel to report RF=1 at a hardware-breakpoint stop; the profile measured it.
   const rfAtStop = profile.probes.rfAtHwBreakpointStop;
   t.comment(`profile: RF at a hw-breakpoint ptrace stop = ${rfAtStop.value} (${rfAtStop.how})`);
+  if (rfAtStop.value === null) {
+    // The kernel left the probe without an answer: a finding about it, not a platform to skip on.
+    t.fail(`RF at a hardware-breakpoint stop unmeasured: ${rfAtStop.how}`);
+    recordRow(t, probeUnmeasuredVerdict({ case: CASE, scenario: SCENARIO, policy: '-', control: false, expected: 'RF=1 at the breakpoint stop, then the scenario' }, 'probes.rfAtHwBreakpointStop', rfAtStop));
+    return;
+  }
   if (rfAtStop.value !== true) {
     await t.test('RF scenario', { skip: `this platform does not set RF at hardware-breakpoint stops (profile: ${rfAtStop.how}); the scenario cannot be built` }, async () => {});
     return;
@@ -107,7 +114,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
       t.equal(o.oracle.first?.get('cs'), 0x33n, 'oracle: user code segment');
       t.equal(o.oracle.debugTraps.length, CALLS - CHECKPOINT_AT_HIT, `oracle: ${CALLS - CHECKPOINT_AT_HIT} #DB at hwbreak:target after restore — none at the resumed instruction, RF took effect`);
       t.ok(resumedExactly(o, image), 'resumed exactly as the uninterrupted run');
-      recordVerdict({
+      recordRow(t, {
         case: CASE, scenario: SCENARIO, policy: `rf=keep-and-preserve restorer=${restorer}`, control: false,
         expected: `${CALLS} hits, ${CALLS - CHECKPOINT_AT_HIT} #DB after restore, checksum ${reference.checksum}`,
         observed: `${o.totalHits} hits, ${o.oracle.debugTraps.length} #DB after restore, checksum ${o.checksum}`,
@@ -124,7 +131,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     t.equal(o.oracle.debugTraps[0]?.flags !== undefined ? (o.oracle.debugTraps[0].flags & EFLAGS.RF) : undefined, 0n, 'oracle: the spurious #DB was taken with RF clear');
     t.equal(o.checksum, reference.checksum, 'the extra trap changes no data, only the trap count');
     t.notOk(resumedExactly(o, image), 'the main assertion fails on this control');
-    recordVerdict({
+    recordRow(t, {
       case: CASE, scenario: SCENARIO, policy: 'rf=clear', control: true,
       expected: `${CALLS + 1} hits, ${CALLS - CHECKPOINT_AT_HIT + 1} #DB after restore (spurious re-trigger)`,
       observed: `${o.totalHits} hits, ${o.oracle.debugTraps.length} #DB after restore`,
@@ -140,7 +147,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     t.equal(o.checksum, reference.checksum, 'registers and memory arrive intact: only the trap count differs');
     for (const r of CHECKED_REGISTERS) t.equal(o.oracle.first?.get(r), image.regs[r], `oracle: ${r} in the CPU after the trampoline`);
     t.notOk(resumedExactly(o, image), 'the main assertion fails on this control');
-    recordVerdict({
+    recordRow(t, {
       case: CASE, scenario: SCENARIO, policy: 'restorer=popf', control: true,
       expected: `${CALLS + 1} hits, ${CALLS - CHECKPOINT_AT_HIT + 1} #DB after restore (RF lost by POPF)`,
       observed: `${o.totalHits} hits, ${o.oracle.debugTraps.length} #DB after restore`,
@@ -160,7 +167,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
       return r.stdout.trim();
     };
     const processesBefore = await hwbreaksIn();
-    const error = await restoreProcess(agent, image, { policy: { rf: 'reject' }, stdoutPath: '/tmp/hwbreak-reject.restored.out' }).then(
+    const error = await restoreWitnessed(agent, image, { policy: { rf: 'reject' }, stdoutPath: '/tmp/hwbreak-reject.restored.out' }, 'rf-reject').then(
       () => undefined,
       (e: unknown) => e,
     );
@@ -169,7 +176,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     t.equal(agent.requestsSent, before, 'no request reached the agent');
     t.equal(processesBefore, '', 'no hwbreak process before');
     t.equal(await hwbreaksIn(), processesBefore, 'no hwbreak process was spawned');
-    recordVerdict({
+    recordRow(t, {
       case: CASE, scenario: SCENARIO, policy: 'rf=reject', control: true,
       expected: 'refused, naming RF, guest untouched',
       observed: error instanceof ImageRejectedError ? `refused at ${error.entry} ${error.field}, ${agent.requestsSent - before} requests sent` : 'restored',

@@ -3,10 +3,11 @@
 // the original holds the old one) does the same: both equal the uninterrupted run; asking for the original's pid while
 // it lives is refused (PidInUseError) and kills nothing. Negative control: the copy restored under rf=clear re-triggers.
 import t from 'tap';
-import { recordOutcome } from '../harness/report/verdicts.ts';
+import { recordRowOutcome } from '../harness/testing/verdict-rows.ts';
 import { readCheckpointImage } from '../harness/restore/checkpoint-image.ts';
 import { DEFAULT_POLICY, describePolicy, type RestorePolicy } from '../harness/restore/policy.ts';
-import { PidInUseError, restoreProcess } from '../harness/restore/restore.ts';
+import { PidInUseError } from '../harness/restore/restore.ts';
+import { restoreWitnessed } from '../harness/testing/restore-witness.ts';
 import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
 import { startGuest } from '../harness/testing/guest-fixture.ts';
 import { checkpointAtHit, readOutput, restoreAndFinish, RUN_TIMEOUT_MS, spawnArmed, type Workload } from '../harness/testing/scenario.ts';
@@ -31,7 +32,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
   const run = async (policy: RestorePolicy, tag: string) => {
     const checkpointed = await checkpointAtHit(guest, workload, AT, tag, { leaveRunning: true });
     const image = await readCheckpointImage(checkpointed.file);
-    const refused = await restoreProcess(agent, image, { policy, stdoutPath: `/tmp/leave-running-${tag}.refused.out` }).then(
+    const refused = await restoreWitnessed(agent, image, { policy, stdoutPath: `/tmp/leave-running-${tag}.refused.out` }, `${tag}-old-pid`).then(
       () => undefined,
       (e: unknown) => e,
     );
@@ -48,7 +49,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     t.same([original.code, checkpointed.run.hits.length + original.hits.length, originalSum], [0, CALLS, refSum], 'the original goes on: all hits, same checksum');
     t.same([copy.run.code, AT + copy.run.hits.length, checksum(copy.output)], [0, CALLS, refSum], 'the copy: all hits, same checksum');
     const observed = `original ${checkpointed.run.hits.length + original.hits.length} hits ${originalSum}; copy ${AT + copy.run.hits.length} hits ${checksum(copy.output)}`;
-    recordOutcome({
+    recordRowOutcome(t, {
       case: CASE, scenario: SCENARIO, policy: describePolicy(DEFAULT_POLICY), control: false,
       expected: `original ${CALLS} hits ${refSum}; copy ${CALLS} hits ${refSum}`, observed,
       matchedUninterrupted: observed === `original ${CALLS} hits ${refSum}; copy ${CALLS} hits ${refSum}`,
@@ -61,7 +62,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     t.equal(checkpointed.run.hits.length + original.hits.length, CALLS, 'the original: all hits');
     t.equal(AT + copy.run.hits.length, CALLS + 1, 'the copy: one spurious hit');
     const observed = `original ${checkpointed.run.hits.length + original.hits.length} hits ${originalSum}; copy ${AT + copy.run.hits.length} hits ${checksum(copy.output)}`;
-    recordOutcome({
+    recordRowOutcome(t, {
       case: CASE, scenario: SCENARIO, policy: describePolicy(policy), control: true,
       expected: `original ${CALLS} hits ${refSum}; copy ${CALLS} hits ${refSum}`, observed,
       matchedUninterrupted: observed === `original ${CALLS} hits ${refSum}; copy ${CALLS} hits ${refSum}`,

@@ -5,7 +5,7 @@
 // offsets and names, a write through the shared file mapping reaches the file and one through the private mapping does
 // not. Negative control: omit=mapping-kinds (every mapping private anonymous, as before this was restored).
 import t from 'tap';
-import { recordOutcome } from '../harness/report/verdicts.ts';
+import { recordRowOutcome } from '../harness/testing/verdict-rows.ts';
 import { DEFAULT_POLICY, describePolicy, type RestorePolicy } from '../harness/restore/policy.ts';
 import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
 import { startGuest } from '../harness/testing/guest-fixture.ts';
@@ -41,7 +41,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     t.same(r.differences, [], 'read back: as requested');
     t.equal(r.output, reference, `the restored run is the uninterrupted run: ${r.output.trim()}`);
     t.equal(r.run.code, 0);
-    recordOutcome({ case: CASE, scenario: SCENARIO, policy: describePolicy(DEFAULT_POLICY), control: false, expected: reference.trim(), observed: r.output.trim(), matchedUninterrupted: r.output === reference && r.run.code === 0 });
+    recordRowOutcome(t, { case: CASE, scenario: SCENARIO, policy: describePolicy(DEFAULT_POLICY), control: false, expected: reference.trim(), observed: r.output.trim(), matchedUninterrupted: r.output === reference && r.run.code === 0 });
   });
 
   await t.test('negative control omit=mapping-kinds: every mapping private anonymous', async (t) => {
@@ -51,6 +51,6 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     const verdict = r.output.trim().split('\n').at(-1)!;
     t.match(verdict, /^mappings mismatch: shared-file-contents maps shared-write-not-in-file$/, `caught, naming what was lost: ${verdict}`);
     t.equal(r.run.code, 1, 'and exits 1');
-    recordOutcome({ case: CASE, scenario: SCENARIO, policy: describePolicy(policy), control: true, expected: reference.trim(), observed: verdict, matchedUninterrupted: r.output === reference });
+    recordRowOutcome(t, { case: CASE, scenario: SCENARIO, policy: describePolicy(policy), control: true, expected: reference.trim(), observed: verdict, matchedUninterrupted: r.output === reference });
   });
 });

@@ -4,7 +4,7 @@
 // (the 2015 entry-code bug: callee-saved registers not restored) is caught naming exactly
 // rbx rbp r12 r13 r14 r15.
 import t, { type Test } from 'tap';
-import { recordVerdict } from '../harness/report/verdicts.ts';
+import { recordRow } from '../harness/testing/verdict-rows.ts';
 import { CALLEE_SAVED, type RegsPolicy } from '../harness/restore/policy.ts';
 import { RESTORERS, type Restorer } from '../harness/restore/restorers.ts';
 import { startGuest } from '../harness/testing/guest-fixture.ts';
@@ -59,7 +59,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
       t.equal(r.run.outcome, 'exited');
       t.equal(r.run.code, 0, `restored run: ${r.output.trim()}`);
       t.same(mismatches(r.output), [], 'the workload finds every register intact');
-      recordVerdict({
+      recordRow(t, {
         case: CASE, scenario: SCENARIO, policy: `restorer=${restorer} regs=full`, control: false,
         expected: 'regcheck ok; CPU GPRs = image', observed: `${r.output.trim()}; CPU differs in [${cpuDiffers(r).join(' ')}]`,
         pass: r.run.code === 0 && mismatches(r.output)?.length === 0 && cpuDiffers(r).length === 0,
@@ -73,7 +73,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     t.same(mismatches(r.output), expected, `the workload names exactly ${expected.join(' ')}: ${r.output.trim()}`);
     t.equal(r.run.code, 1, 'and exits 1');
     t.same(cpuDiffers(r), expected, 'oracle: exactly those differ from the image in the CPU');
-    recordVerdict({
+    recordRow(t, {
       case: CASE, scenario: SCENARIO, policy: 'restorer=ptrace regs=partial', control: true,
       expected: `mismatch: ${expected.join(' ')}`, observed: r.output.trim(),
       pass: JSON.stringify(mismatches(r.output)) === JSON.stringify(expected) && JSON.stringify(cpuDiffers(r)) === JSON.stringify(expected),

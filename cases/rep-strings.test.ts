@@ -7,7 +7,7 @@
 // condition, never assumed. Negative control: regs=partial inside the handler (the 2015 callee-saved corruption).
 import t, { type Test } from 'tap';
 import type { RunResult } from '../harness/agent/ops.ts';
-import { recordOutcome } from '../harness/report/verdicts.ts';
+import { recordRowOutcome } from '../harness/testing/verdict-rows.ts';
 import { DEFAULT_POLICY, describePolicy, type RestorePolicy } from '../harness/restore/policy.ts';
 import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
 import { startGuest, type Guest } from '../harness/testing/guest-fixture.ts';
@@ -80,7 +80,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
       t.equal(checkpointed.run.hits.at(-1)?.rip, inHandler, 'checkpointed inside the SIGALRM handler');
       if (checkpointed.run.outcome !== 'hit-limit') {
         // The timer never landed inside the instruction (the workload retries 50 times): nothing to restore.
-        recordOutcome({ case: CASE, scenario: run.scenario, policy: describePolicy(policy), control, expected: stable(reference.output), observed: `no checkpoint: the run ended (${checkpointed.run.outcome} ${checkpointed.run.code}) before the handler`, matchedUninterrupted: control });
+        recordRowOutcome(t, { case: CASE, scenario: run.scenario, policy: describePolicy(policy), control, expected: stable(reference.output), observed: `no checkpoint: the run ended (${checkpointed.run.outcome} ${checkpointed.run.code}) before the handler`, matchedUninterrupted: control });
         continue;
       }
       const r = await restoreAndFinish(guest, checkpointed.file, policy, tag, {});
@@ -92,7 +92,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
         t.equal(observed, stable(reference.output), `exact result, RCX/RSI/RDI continued: ${r.output.trim()}`);
         t.equal(hits, expectedHits, `${hits} hit(s) on the rep instruction across the checkpoint in the interrupted attempt, as uninterrupted (attempts: ${attemptsOf(reference.output)} uninterrupted, ${attemptsOf(r.output)} restored)`);
       }
-      recordOutcome({
+      recordRowOutcome(t, {
         case: CASE, scenario: run.scenario, policy: describePolicy(policy), control,
         expected: `${stable(reference.output)}; ${expectedHits} rep hit(s)`, observed: `${observed}; ${hits} rep hit(s)`,
         matchedUninterrupted: observed === stable(reference.output) && hits === expectedHits, conditions: conditions(reference.output, extra),

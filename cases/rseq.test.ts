@@ -8,7 +8,8 @@
 // commits as if never interrupted: 0 aborts, breakpoint and long section alike) and omit=rseq (no registration after
 // restore: re-registering succeeds).
 import t, { type Test } from 'tap';
-import { recordOutcome } from '../harness/report/verdicts.ts';
+import { recordRow, recordRowOutcome } from '../harness/testing/verdict-rows.ts';
+import { probeUnmeasuredVerdict } from '../harness/testing/probe-rows.ts';
 import { describePolicy, DEFAULT_POLICY, type RestorePolicy } from '../harness/restore/policy.ts';
 import { startGuest, type Guest } from '../harness/testing/guest-fixture.ts';
 import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
@@ -140,7 +141,7 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ']), async (t) => {
         t.notOk(r.differences.some((d) => d.what === 'rseq'), 'the kernel holds the registration as the image had it');
         const csDiff = r.differences.find((d) => d.what === 'rseq.rseq_cs');
         if (csDiff) t.comment(`rseq_cs after the plan: requested ${csDiff.requested}, the kernel left ${csDiff.accepted}`);
-        recordOutcome({
+        recordRowOutcome(t, {
           case: CASE, scenario: `rseq ${mode}: checkpoint ${point.why}`, policy: describePolicy(DEFAULT_POLICY), control: false,
           expected: show(expected), observed: `${show(r.summary)}; CPU ran abort handler: ${r.observation.first !== undefined}`,
           matchedUninterrupted: JSON.stringify(r.summary) === JSON.stringify(expected) && r.run.code === 0 && (ran ?? point.aborts > 0) === point.aborts > 0,
@@ -157,7 +158,7 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ']), async (t) => {
     else t.equal(r.observation.first, undefined, 'oracle: the CPU never executed the abort handler');
     const csDiff = r.differences.find((d) => d.what === 'rseq.rseq_cs');
     t.ok(csDiff && csDiff.accepted === '0x0', `read back: the kernel cleared rseq_cs before the task resumed (${csDiff ? `${csDiff.requested} → ${csDiff.accepted}` : 'no difference'})`);
-    recordOutcome({
+    recordRowOutcome(t, {
       case: CASE, scenario: 'rseq glibc: checkpoint inside, at a breakpoint', policy: describePolicy(policy), control: true,
       expected: show({ sum: ITERATIONS, aborts: 1, reregister: 'EBUSY' }), observed: show(r.summary),
       matchedUninterrupted: r.summary?.aborts === 1,
@@ -185,7 +186,7 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ']), async (t) => {
       for (const miss of stop.misses) t.comment(`missed: ${miss}`);
       if (!('image' in stop)) {
         t.fail(`no stop inside the section in ${LONG.tries} tries`);
-        return void recordOutcome({
+        return void recordRowOutcome(t, {
           case: CASE, scenario: `rseq ${mode}: long section interrupted by a ${LONG.stopAfterMs} ms timeout (no breakpoint in it)`, policy: describePolicy(DEFAULT_POLICY), control: false,
           expected: 'a stop inside the section, then exactly one abort', observed: `no stop inside the section in ${LONG.tries} tries`, matchedUninterrupted: false,
         });
@@ -221,7 +222,7 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ']), async (t) => {
           t.ok(r.observation.first !== undefined, 'oracle: the CPU executed the abort handler');
           t.notOk(r.differences.some((d) => d.what === 'rseq'), 'the kernel holds the registration as the image had it');
         }
-        recordOutcome({
+        recordRowOutcome(t, {
           case: CASE, scenario: `rseq ${mode}: long section interrupted by a ${LONG.stopAfterMs} ms timeout (no breakpoint in it)`, policy: describePolicy(policy), control,
           expected: `${show(expected)}, long section aborts=1; CPU ran abort handler: true`, observed, matchedUninterrupted: matched,
         });
@@ -232,7 +233,17 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ']), async (t) => {
   await t.test('deprecated NO_RESTART flags, checkpoint inside: the restored task meets the kernel exactly as the original would', async (t) => {
     const rejected = guest.profile.probes.rseqDeprecatedFlagsRejected.value;
     t.comment(`profile: probes.rseqDeprecatedFlagsRejected = ${rejected} (${guest.profile.probes.rseqDeprecatedFlagsRejected.how}); kernel ${guest.profile.kernelRelease}`);
-    if (rejected === null) return void t.pass('deprecated flags', { skip: 'the profile could not measure how this kernel treats deprecated rseq_cs flags' });
+    if (rejected === null) {
+      const probe = guest.profile.probes.rseqDeprecatedFlagsRejected;
+      t.fail(`the profile could not measure how this kernel treats deprecated rseq_cs flags: ${probe.how}`);
+      for (const policy of [DEFAULT_POLICY, { ...DEFAULT_POLICY, rseqFixup: 'off' } as RestorePolicy]) {
+        recordRow(t, probeUnmeasuredVerdict({
+          case: CASE, scenario: 'rseq glibc: checkpoint inside a section with deprecated NO_RESTART flags', policy: describePolicy(policy), control: policy.rseqFixup === 'off',
+          expected: 'as the kernel treats deprecated flags (probes.rseqDeprecatedFlagsRejected)', conditions: { kernelRelease: guest.profile.kernelRelease },
+        }, 'probes.rseqDeprecatedFlagsRejected', probe));
+      }
+      return;
+    }
     const expected = deprecatedFlagsOutcome(rejected);
     // The original, stopped at the same breakpoint and simply continued: what "without the checkpoint" means here.
     const w = workload('glibc', 'rseq_inside', NO_RESTART_ON_MIGRATE);
@@ -251,7 +262,7 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ']), async (t) => {
       const observed = outcome(r.run, r.summary);
       if (control) t.not(observed, expected, `rseq-fixup=off: the kernel cleared rseq_cs during the restore, so the task never meets it: ${observed}`);
       else t.equal(observed, expected, `rseq-fixup=on (rseq_cs written back last): ${observed}`);
-      recordOutcome({
+      recordRowOutcome(t, {
         case: CASE, scenario: 'rseq glibc: checkpoint inside a section with deprecated NO_RESTART flags', policy: describePolicy(policy), control,
         expected, observed, matchedUninterrupted: observed === expected, conditions,
       });
@@ -263,7 +274,7 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ']), async (t) => {
     const r = await cycle(t, 'own', 'rseq_outside', policy, 'own-rseq_outside-omit-rseq');
     t.equal(r.summary?.reregister, '0', `the kernel had no registration: ${show(r.summary)}`);
     t.equal(r.run.code, 1, 'the workload reports it (exit 1)');
-    recordOutcome({
+    recordRowOutcome(t, {
       case: CASE, scenario: 'rseq own: checkpoint between sections', policy: describePolicy(policy), control: true,
       expected: show({ sum: ITERATIONS, aborts: 0, reregister: 'EBUSY' }), observed: show(r.summary),
       matchedUninterrupted: r.summary?.reregister === 'EBUSY',

@@ -7,7 +7,7 @@
 // Negative controls: omit=signals (dispositions, mask, alternate stack and queues lost) and, inside a handler,
 // regs=partial.
 import t from 'tap';
-import { recordOutcome } from '../harness/report/verdicts.ts';
+import { recordRowOutcome } from '../harness/testing/verdict-rows.ts';
 import { DEFAULT_POLICY, describePolicy, type RestorePolicy } from '../harness/restore/policy.ts';
 import { siginfoSigno } from '../harness/restore/signals.ts';
 import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
@@ -55,7 +55,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
       t.same(r.differences.filter((d) => d.what.startsWith('signals')), [], 'read back: the kernel holds the same mask and queues');
       t.equal(r.output, stateReference, `the restored run is the uninterrupted run: ${r.output.trim()}`);
       t.equal(r.run.code, 0);
-      recordOutcome({
+      recordRowOutcome(t, {
         case: CASE, scenario: 'signal state: dispositions, mask, sigaltstack, pending RT queue', policy: describePolicy(policy), control: false,
         expected: stateReference.trim(), observed: r.output.trim(), matchedUninterrupted: r.output === stateReference && r.run.code === 0,
       });
@@ -69,7 +69,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     // Nothing was queued again, so nothing arrives either.
     t.match(r.output, /^sigstate mismatch: action:10 action:12 action:35 action:11 blocked altstack pending usr1-delivery rt-queue$/m, `caught, naming every piece: ${r.output.trim()}`);
     t.equal(r.run.code, 1);
-    recordOutcome({
+    recordRowOutcome(t, {
       case: CASE, scenario: 'signal state: dispositions, mask, sigaltstack, pending RT queue', policy: describePolicy(policy), control: true,
       expected: stateReference.trim(), observed: r.output.trim(), matchedUninterrupted: r.output === stateReference,
     });
@@ -92,7 +92,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
         const observed = r.run.outcome === 'killed' ? `killed by signal ${r.run.code}` : r.output.trim();
         if (control) t.not(observed, ref.trim(), `regs=partial inside the handler is caught: ${observed}`);
         else t.equal(observed, ref.trim(), `returns from the handler once, RF as uninterrupted: ${observed}`);
-        recordOutcome({
+        recordRowOutcome(t, {
           case: CASE, scenario: `checkpoint inside the handler of ${h.what}`, policy: describePolicy(policy), control,
           expected: ref.trim(), observed, matchedUninterrupted: observed === ref.trim(), conditions,
         });

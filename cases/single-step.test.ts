@@ -11,15 +11,15 @@
 // popfq makes the kernel hand the tracer's TF to the program, which, let go, traps by itself through the epilogue (the
 // late trap); restorer=sigreturn — the first step runs the trampoline's rt_sigreturn, which the kernel reports at
 // step_mid without a #DB: step_mid twice in the tracer's list, the program itself unaffected.
-import t from 'tap';
+import t, { type Test } from 'tap';
 import path from 'node:path';
 import type { SingleStep } from '../harness/agent/ops.ts';
 import { observeCpu, type DebugTrap } from '../harness/oracle/cpu-oracle.ts';
-import { recordOutcome } from '../harness/report/verdicts.ts';
+import { recordRowOutcome } from '../harness/testing/verdict-rows.ts';
 import { checkpointProcess } from '../harness/restore/checkpoint.ts';
 import { readCheckpointImage, writeCheckpointImage } from '../harness/restore/checkpoint-image.ts';
 import { DEFAULT_POLICY, describePolicy, type RestorePolicy } from '../harness/restore/policy.ts';
-import { restoreProcess } from '../harness/restore/restore.ts';
+import { restoreWitnessed } from '../harness/testing/restore-witness.ts';
 import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
 import { startGuest } from '../harness/testing/guest-fixture.ts';
 import { checkpointAtHit, readOutput, restoreAndFinish, RUN_TIMEOUT_MS, spawnArmed, type Workload } from '../harness/testing/scenario.ts';
@@ -61,7 +61,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
       const { r, observed } = await cycle(policy, restorer);
       t.equal(observed, reference, `trap IPs after restore: ${observed}`);
       t.equal(r.run.code, 0);
-      recordOutcome({ case: CASE, scenario: SCENARIO, policy: describePolicy(policy), control: false, expected: `ips=${reference}`, observed: `ips=${observed}`, matchedUninterrupted: observed === reference });
+      recordRowOutcome(t, { case: CASE, scenario: SCENARIO, policy: describePolicy(policy), control: false, expected: `ips=${reference}`, observed: `ips=${observed}`, matchedUninterrupted: observed === reference });
     });
   }
 
@@ -70,7 +70,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     const { observed } = await cycle(policy, 'popf');
     const late = reference?.replace(midOffset, `${midOffset},${midOffset}`);
     t.equal(observed, late, `trap IPs: ${observed} — ${midOffset} recorded twice (after the trampoline's ret, then after the instruction)`);
-    recordOutcome({ case: CASE, scenario: SCENARIO, policy: describePolicy(policy), control: true, expected: `ips=${reference}`, observed: `ips=${observed}`, matchedUninterrupted: observed === reference });
+    recordRowOutcome(t, { case: CASE, scenario: SCENARIO, policy: describePolicy(policy), control: true, expected: `ips=${reference}`, observed: `ips=${observed}`, matchedUninterrupted: observed === reference });
   });
 
   await t.test('tracer-set TF: the tracer single-steps the sequence, checkpointed mid-sequence', async (t) => {
@@ -139,7 +139,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     /** Restores the image, steps on as the tracer did (as many steps in one STEP, then to step_tail) and lets it finish. */
     const cycle = async (policy: RestorePolicy, tag: string) => {
       const out = `/tmp/stepper-traced-${tag}.restored.out`;
-      const restored = await restoreProcess(agent, image, { policy, stdoutPath: out });
+      const restored = await restoreWitnessed(agent, image, { policy, stdoutPath: out }, `traced-${tag}`);
       const { result: steps, observation } = await observeCpu(guest.machine.gdbSocket, symbols, { countDebugTrapsAt: stepMid }, () => stepToTail(restored.pid, refSteps.length - midIndex));
       const output = await finish(restored.pid, out);
       const observed = list([...toMid.steps, ...steps]);
@@ -147,8 +147,8 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
       t.comment(`restorer=${policy.restorer}: after restore ${list(steps)} (DR6 ${steps.map((s) => hex(s.dr6)).join(' ')}; eflags ${tf}); #DB at step_mid: ${dbAtMid(observation.debugTraps)}; output: ${output}`);
       return { steps, observed, output, plan: restored.plan, dbAtMid: observation.debugTraps.length, matched: observed === tracedReference && output === refOutput };
     };
-    const verdict = (policy: RestorePolicy, control: boolean, r: Awaited<ReturnType<typeof cycle>>): void =>
-      recordOutcome({
+    const verdict = (t: Test, policy: RestorePolicy, control: boolean, r: Awaited<ReturnType<typeof cycle>>): void =>
+      recordRowOutcome(t, {
         case: CASE, scenario: TRACED_SCENARIO, policy: describePolicy(policy), control,
         expected: `ips=${tracedReference}; ${refOutput}`, observed: `ips=${r.observed}; ${r.output}`, matchedUninterrupted: r.matched,
         conditions: { kernelRelease: guest.profile.kernelRelease },
@@ -163,7 +163,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
       t.ok(r.steps.every((s) => (s.dr6 & DR6_BS) !== 0n && (s.eflags & EFLAGS.TF) === 0n), 'every stop a single-step trap, the tracer\'s TF hidden as before');
       t.equal(r.dbAtMid, 0, 'oracle: no #DB at step_mid after the restore — the first step ran the instruction there');
       t.equal(r.output, refOutput, 'let go, the program saw no trap and the sum is right');
-      verdict(policy, false, r);
+      verdict(t, policy, false, r);
     });
 
     await t.test('negative control restorer=popf (2010): the tracer steps the trampoline, and the program takes over the TF (the late trap)', async (t) => {
@@ -181,7 +181,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
       const epilogue = reference?.split(',').slice(reference.split(',').indexOf(at(stepTail)) + 1) ?? [];
       t.equal(r.output, `stepper traps=${epilogue.length} sum=28 ips=${epilogue.join(',')}`, `let go, the program trapped by itself: ${r.output}`);
       t.ok(r.steps.slice(1).every((s) => (s.eflags & EFLAGS.TF) !== 0n), 'after the trampoline\'s popfq, TF shows in eflags at every stop');
-      verdict(policy, true, r);
+      verdict(t, policy, true, r);
     });
 
     await t.test('negative control restorer=sigreturn: the tracer\'s first step runs the trampoline\'s rt_sigreturn — the resume address twice', async (t) => {
@@ -191,7 +191,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
       t.equal((r.steps[0]?.dr6 ?? DR6_BS) & DR6_BS, 0n, `that stop is the kernel's report of the stepped system call, no single-step #DB (DR6 ${hex(r.steps[0]?.dr6 ?? 0n)})`);
       t.equal(r.dbAtMid, 0, 'oracle: and the CPU raised no #DB at step_mid');
       t.equal(r.output, refOutput, 'let go, the program saw no trap and the sum is right: only the tracer\'s view differs');
-      verdict(policy, true, r);
+      verdict(t, policy, true, r);
     });
   });
 });

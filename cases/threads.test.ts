@@ -14,11 +14,11 @@ import path from 'node:path';
 import { dr7WriteWatch } from '../harness/agent/breakpoint-spawn.ts';
 import type { BreakpointHit } from '../harness/agent/ops.ts';
 import { observeCpu } from '../harness/oracle/cpu-oracle.ts';
-import { recordOutcome } from '../harness/report/verdicts.ts';
+import { recordRowOutcome } from '../harness/testing/verdict-rows.ts';
 import { checkpointProcess } from '../harness/restore/checkpoint.ts';
 import { readCheckpointImage, writeCheckpointImage } from '../harness/restore/checkpoint-image.ts';
 import { DEFAULT_POLICY, describePolicy, type RestorePolicy } from '../harness/restore/policy.ts';
-import { restoreProcess } from '../harness/restore/restore.ts';
+import { restoreWitnessed } from '../harness/testing/restore-witness.ts';
 import { startGuest } from '../harness/testing/guest-fixture.ts';
 import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
 import { readOutput, RUN_TIMEOUT_MS, spawnArmed, type Workload } from '../harness/testing/scenario.ts';
@@ -100,7 +100,7 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ', 'CONFIG_CHECKPOINT_RESTO
     const image = await readCheckpointImage(file);
     const out = `/tmp/threads-${tag}.restored.out`;
     const started = Date.now();
-    const restored = await restoreProcess(agent, image, { policy, stdoutPath: out });
+    const restored = await restoreWitnessed(agent, image, { policy, stdoutPath: out }, tag);
     const restoreMs = Date.now() - started;
     const oracleLog = path.join(guest.artifactsDir, `oracle-${tag}.log`);
     writeFileSync(oracleLog, '');
@@ -126,7 +126,7 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ', 'CONFIG_CHECKPOINT_RESTO
       const first = r.observation.first;
       const owner = first && r.image.threads.find((x) => OWN_REGISTERS.every((name) => first.get(name) === x.regs[name]));
       t.ok(owner && [1, 2].includes(c.tids.indexOf(owner.tid)), `oracle: the CPU ran the abort handler with ${owner ? `t${c.tids.indexOf(owner.tid)}'s` : 'no restored thread\'s'} own ${OWN_REGISTERS.join(' ')}`);
-      recordOutcome({
+      recordRowOutcome(t, {
         case: CASE, scenario: SCENARIO, policy: describePolicy(policy), control: false, expected,
         observed: `${r.observed}; CPU ran the abort handler as ${owner ? `t${c.tids.indexOf(owner.tid)}` : 'no thread'}`,
         matchedUninterrupted: r.observed === expected && r.run.code === 0 && owner !== undefined && r.restored.differences.length === 0,
@@ -170,7 +170,7 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ', 'CONFIG_CHECKPOINT_RESTO
       t.match(r.observed, c.shows, `caught: ${r.observed}`);
       t.not(r.observed, expected, 'and it differs from the uninterrupted run');
       if (c.cpu === 'no-abort') t.equal(r.observation.first, undefined, 'oracle: the CPU never ran the abort handler after the restore');
-      recordOutcome({ case: CASE, scenario: SCENARIO, policy: describePolicy(c.policy), control: true, expected, observed: r.observed, matchedUninterrupted: r.observed === expected });
+      recordRowOutcome(t, { case: CASE, scenario: SCENARIO, policy: describePolicy(c.policy), control: true, expected, observed: r.observed, matchedUninterrupted: r.observed === expected });
     });
   }
 });

@@ -8,7 +8,7 @@
 // written as the image's zeros: the access reads zeros) for every access, rf=clear (the 2009 patch) for the
 // breakpoint — it fires again.
 import t, { type Test } from 'tap';
-import { recordOutcome } from '../harness/report/verdicts.ts';
+import { recordRowOutcome } from '../harness/testing/verdict-rows.ts';
 import { DEFAULT_POLICY, describePolicy, type RestorePolicy } from '../harness/restore/policy.ts';
 import { UFFD_MODE } from '../harness/restore/userfaultfd.ts';
 import type { CheckpointImage } from '../harness/restore/checkpoint-image.ts';
@@ -99,7 +99,7 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_USERFAULTFD']), async (t) => {
       t.same(r.differences, [], 'read back: the userfaultfd, its features and the registration as the image had them');
       t.equal(r.output, reference.output, `the restored run is the uninterrupted run: ${summary(r.output)}`);
       t.equal(r.run.code, 0);
-      recordOutcome({
+      recordRowOutcome(t, {
         case: CASE, scenario: `${access.mode}: blocked in a userfaultfd-held ${access.fault} fault`, policy: describePolicy(DEFAULT_POLICY), control: false,
         expected: summary(reference.output), observed: summary(r.output), matchedUninterrupted: r.output === reference.output && r.run.code === 0, conditions: rows,
       });
@@ -109,7 +109,7 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_USERFAULTFD']), async (t) => {
       const r = await cycle(t, OMIT_USERFAULTFD, `${access.mode}-omit-userfaultfd`);
       t.match(summary(r.output), /served=EBADF mismatches=[1-9]\d* /, `caught: the access read zeros, and the server has no userfaultfd: ${summary(r.output)}`);
       t.equal(r.run.code, 1, 'and exits 1');
-      recordOutcome({
+      recordRowOutcome(t, {
         case: CASE, scenario: `${access.mode}: blocked in a userfaultfd-held ${access.fault} fault`, policy: describePolicy(OMIT_USERFAULTFD), control: true,
         expected: summary(reference.output), observed: summary(r.output), matchedUninterrupted: r.output === reference.output, conditions: rows,
       });
@@ -171,12 +171,12 @@ async function breakpointOnFaultingLoad(t: Test, guest: Guest): Promise<void> {
     const { r, total } = await cycle(t, DEFAULT_POLICY, 'default');
     t.equal(total, 1, `one hit in all: ${hitsAtLoad(r.run.hits)} after the restore`);
     t.equal(r.output, reference, `served: ${summary(r.output)}`);
-    recordOutcome({ case: CASE, scenario, policy: describePolicy(DEFAULT_POLICY), control: false, expected: `hits=1 ${summary(reference)}`, observed: `hits=${total} ${summary(r.output)}`, matchedUninterrupted: total === 1 && r.output === reference });
+    recordRowOutcome(t, { case: CASE, scenario, policy: describePolicy(DEFAULT_POLICY), control: false, expected: `hits=1 ${summary(reference)}`, observed: `hits=${total} ${summary(r.output)}`, matchedUninterrupted: total === 1 && r.output === reference });
   });
 
   await t.test(`${scenario}: negative control rf=clear (2009) — the re-executed load fires the breakpoint again`, async (t) => {
     const { r, total } = await cycle(t, RF_CLEAR, 'rf-clear');
     t.equal(total, 2, `two hits in all: ${hitsAtLoad(r.run.hits)} after the restore`);
-    recordOutcome({ case: CASE, scenario, policy: describePolicy(RF_CLEAR), control: true, expected: `hits=1 ${summary(reference)}`, observed: `hits=${total} ${summary(r.output)}`, matchedUninterrupted: total === 1 && r.output === reference });
+    recordRowOutcome(t, { case: CASE, scenario, policy: describePolicy(RF_CLEAR), control: true, expected: `hits=1 ${summary(reference)}`, observed: `hits=${total} ${summary(r.output)}`, matchedUninterrupted: total === 1 && r.output === reference });
   });
 }

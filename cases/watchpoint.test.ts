@@ -6,7 +6,7 @@
 import t, { type Test } from 'tap';
 import type { RunResult } from '../harness/agent/ops.ts';
 import { dr7WriteWatch } from '../harness/agent/breakpoint-spawn.ts';
-import { recordOutcome } from '../harness/report/verdicts.ts';
+import { recordRowOutcome } from '../harness/testing/verdict-rows.ts';
 import { DEFAULT_POLICY, describePolicy, type RestorePolicy } from '../harness/restore/policy.ts';
 import { startGuest } from '../harness/testing/guest-fixture.ts';
 import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
@@ -60,7 +60,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
       t.equal(r.observation.debugTraps.length, remaining.length, `oracle: ${r.observation.debugTraps.length} #DB at ${hex(trapIp)} in the CPU`);
       t.equal(r.output, referenceOutput, `same output as uninterrupted: ${r.output.trim()}`);
       const observed = `${checkpointed.run.hits.length}+${r.run.hits.length} traps, CPU #DB ${r.observation.debugTraps.length}, DR6 ${[...new Set(r.run.hits.map((h) => hex(h.dr6 & DR6_HITS)))].join(',')}`;
-      recordOutcome({
+      recordRowOutcome(t, {
         case: CASE, scenario: `DR1 write watch, length ${width}, checkpoint at trap ${CHECKPOINT_AT_TRAP}`, policy: describePolicy(DEFAULT_POLICY), control: false,
         expected: `${CHECKPOINT_AT_TRAP}+${ROUNDS - CHECKPOINT_AT_TRAP} traps, CPU #DB ${ROUNDS - CHECKPOINT_AT_TRAP}, DR6 0x2`, observed,
         matchedUninterrupted: r.run.hits.length === remaining.length && r.observation.debugTraps.length === remaining.length && r.output === referenceOutput && r.run.hits.every((h) => (h.dr6 & DR6_HITS) === DR6_B1),
@@ -74,7 +74,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     t.equal(r.run.hits.length, 0, `restored: no trap (${remaining.length} expected)`);
     t.equal(r.observation.debugTraps.length, 0, 'oracle: no #DB in the CPU');
     t.ok(r.differences.some((d) => d.what === 'dr7'), `read back: DR7 differs (${JSON.stringify(r.differences.filter((d) => d.what.startsWith('dr')))})`);
-    recordOutcome({
+    recordRowOutcome(t, {
       case: CASE, scenario: `DR1 write watch, length 8, checkpoint at trap ${CHECKPOINT_AT_TRAP}`, policy: describePolicy(policy), control: true,
       expected: `${CHECKPOINT_AT_TRAP}+${ROUNDS - CHECKPOINT_AT_TRAP} traps`, observed: `${CHECKPOINT_AT_TRAP}+${r.run.hits.length} traps, CPU #DB ${r.observation.debugTraps.length}`,
       matchedUninterrupted: r.run.hits.length === remaining.length,

@@ -14,7 +14,7 @@ import {
   readSetupHeader,
   type PayloadCompression,
 } from '../harness/platform/ikconfig.ts';
-import { configFilesBeside, guestKernelConfig } from '../harness/platform/guest-kernel-config.ts';
+import { configContradictions, configFilesBeside, guestKernelConfig, KernelConfigConflictError } from '../harness/platform/guest-kernel-config.ts';
 import { optionState } from '../harness/platform/kernel-config.ts';
 import { sha256 } from '../harness/util/hash.ts';
 import { canCompress, compressPayload, syntheticBzImage, syntheticVmlinux, wrapInBzImage } from './support/synthetic-bzimage.ts';
@@ -90,9 +90,23 @@ t.test('where a guest kernel config comes from: given file, then IKCONFIG, then 
   const withIk = path.join(dir, 'vmlinuz-6.1.0-crh');
   const bytes = await syntheticBzImage(CONFIG, 'xz');
   await writeFile(withIk, bytes);
+  // A given file that contradicts the kernel's own config is refused, naming every option it gets wrong.
   const given = path.join(dir, 'given.config');
-  await writeFile(given, 'CONFIG_RSEQ=y\n');
-  t.equal(optionState((await guestKernelConfig({ bzImage: withIk, config: given, sha256: sha256(bytes) })).config, 'CONFIG_RSEQ'), 'y', 'a given file wins');
+  await writeFile(given, CONFIG.replace('# CONFIG_RSEQ is not set', 'CONFIG_RSEQ=y'));
+  const conflict = await guestKernelConfig({ bzImage: withIk, config: given, sha256: sha256(bytes) }).then(() => undefined, (e: unknown) => e);
+  t.type(conflict, KernelConfigConflictError, 'a given file contradicting IKCONFIG is an error');
+  t.same((conflict as KernelConfigConflictError).contradictions, [{ option: 'CONFIG_RSEQ', file: 'y', embedded: 'n' }], 'naming the option, both values');
+  t.match((conflict as Error).message, /given\.config contradicts the config embedded in the kernel \(IKCONFIG\) on 1 option\(s\): CONFIG_RSEQ \(.*: y, embedded: n\)/);
+  const agreeing = path.join(dir, 'agreeing.config');
+  await writeFile(agreeing, CONFIG.replace('# Automatically generated file; DO NOT EDIT.\n', ''));
+  const agreed = await guestKernelConfig({ bzImage: withIk, config: agreeing, sha256: sha256(bytes) });
+  t.equal(optionState(agreed.config, 'CONFIG_VIRTIO_NET'), 'm', 'a given file that agrees (comments aside) is used');
+  t.match(agreed.source, /agreeing\.config \(agrees with the embedded IKCONFIG\)/);
+  t.equal(agreed.sha256, sha256(CONFIG.replace('# Automatically generated file; DO NOT EDIT.\n', '')), 'with the hash of the text used');
+  t.same(configContradictions(new Map([['CONFIG_A', 'y'], ['CONFIG_B', 'n']]), new Map([['CONFIG_C', 'm']])), [
+    { option: 'CONFIG_A', file: 'y', embedded: 'n' },
+    { option: 'CONFIG_C', file: 'n', embedded: 'm' },
+  ], 'an option one side lacks is "n" there; an unset one agrees with an absent one');
   const embedded = await guestKernelConfig({ bzImage: withIk, sha256: sha256(bytes) });
   t.match(embedded.source, /^IKCONFIG embedded in the bzImage \(xz payload/);
   t.equal(optionState(embedded.config, 'CONFIG_RSEQ'), 'n');
@@ -108,6 +122,8 @@ t.test('where a guest kernel config comes from: given file, then IKCONFIG, then 
   const unknown = await guestKernelConfig({ bzImage: bare, sha256: sha256(plain) });
   t.equal(unknown.config, undefined);
   t.match(unknown.source, /^unknown: no --kernel-config; no IKCFG_ST marker .*; no config file beside /);
+  const givenForBare = await guestKernelConfig({ bzImage: bare, config: given, sha256: sha256(plain) });
+  t.equal(optionState(givenForBare.config, 'CONFIG_RSEQ'), 'y', 'without IKCONFIG a given file is the config, unchecked');
   await writeFile(path.join(dir, 'linux', '.config'), 'CONFIG_RSEQ=y\n');
   const beside = await guestKernelConfig({ bzImage: bare, sha256: sha256(plain) });
   t.equal(optionState(beside.config, 'CONFIG_RSEQ'), 'y');

@@ -17,7 +17,7 @@ const crh = path.join(REPO_ROOT, 'bin', 'crh.js');
 const asList = <T>(x: T | T[] | undefined): T[] => (x === undefined ? [] : Array.isArray(x) ? x : [x]);
 
 interface MatrixJson {
-  kernels: { label: string; kernel: string; exitCode: number; verdicts: Verdict[]; infrastructureFailures: unknown[] }[];
+  kernels: { label: string; kernel: string; identity?: Record<string, unknown>; exitCode: number; verdicts: Verdict[]; infrastructureFailures: unknown[] }[];
 }
 
 t.test('cloud and generic 6.1 side by side; RSEQ missing from the second config skips the rseq report', async (t) => {
@@ -49,7 +49,8 @@ t.test('cloud and generic 6.1 side by side; RSEQ missing from the second config 
   const { kernels } = JSON.parse(await readFile(path.join(dir, 'all.json'), 'utf8')) as MatrixJson;
   t.same(kernels.map((k) => k.label), ['cloud-amd64', 'amd64']);
   t.match(kernels[0]!.kernel, /6\.1\.0-\d+-cloud-amd64/);
-  t.match(kernels[1]!.kernel, /6\.1\.0-\d+-amd64 \(debian:linux-image-6\.1\.0-\d+-amd64=/);
+  t.match(kernels[1]!.kernel, /6\.1\.0-\d+-amd64 sha256 [0-9a-f]{12} config [0-9a-f]{12} \(debian:linux-image-6\.1\.0-\d+-amd64=/, 'release, image and config hashes in the header');
+  t.match(kernels[1]!.identity, { release: generic.release, sha256: generic.sha256, kernelVersion: new RegExp(`^${generic.release.replace(/\./g, '\\.')} `) }, 'the identity in the JSON: release, image hash, the header\'s version string');
   const rows = (k: number, c: string): Verdict[] => kernels[k]!.verdicts.filter((v) => v.case === c);
   t.equal(rows(0, 'register-integrity').length, 4, 'register-integrity ran on the cloud kernel');
   t.same(rows(1, 'register-integrity').map((v) => v.pass), [true, true, true, true], 'and on the generic one: both columns filled');

@@ -1,6 +1,6 @@
 /** The kernel switches every command that boots a guest takes, and how they reach the cases. */
 import path from 'node:path';
-import { DEBIAN_KERNEL_PREFIX } from '../image/kernel.ts';
+import { DEBIAN_KERNEL_PREFIX, splitKernelSpec } from '../image/kernel.ts';
 
 export const kernelOptions = {
   kernel: { type: 'string' },
@@ -32,7 +32,9 @@ export function kernelFlagArgs(values: Record<string, string | boolean | string[
   });
 }
 
-/** A file flag made absolute (cases run in other directories); a `debian:` package name stays as it is. */
+/** A file flag made absolute (cases run in other directories); a `debian:` package name stays as it is, and a `NAME=` before either too. */
 function resolveFlag(value: string): string {
-  return value.startsWith(DEBIAN_KERNEL_PREFIX) ? value : path.resolve(value);
+  const { label, spec } = splitKernelSpec(value);
+  const resolved = spec.startsWith(DEBIAN_KERNEL_PREFIX) ? spec : path.resolve(spec);
+  return label ? `${label}=${resolved}` : resolved;
 }

@@ -10,10 +10,10 @@ import { existsSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
-import { DEBIAN_KERNEL_PREFIX } from '../image/kernel.ts';
+import { DEBIAN_KERNEL_PREFIX, splitKernelSpec } from '../image/kernel.ts';
 import type { InfraFailure } from '../report/infra-failures.ts';
 import { junitXml } from '../report/junit.ts';
-import { formatKernelMatrix, type KernelColumn } from '../report/kernel-matrix.ts';
+import { describeKernelIdentity, formatKernelMatrix, type KernelColumn, type KernelIdentity } from '../report/kernel-matrix.ts';
 import { outcome, type Verdict } from '../report/verdicts.ts';
 import { UsageError } from '../repro/usage-error.ts';
 import { REPO_ROOT } from '../util/cache-dir.ts';
@@ -61,12 +61,15 @@ export function kernelRuns(values: Partial<Record<'kernel' | Companion, string[]
 }
 
 /**
- * A short name for a kernel, safe as a folder name: the flavour or package
+ * A short name for a kernel, safe as a folder name: the NAME of
+ * `--kernel NAME=PATH`, else the flavour or package
  * of a Debian kernel (`cloud-amd64`), the file name of a bzImage, or the name
  * of the build tree a bare `arch/x86/boot/bzImage` sits in.
  */
-export function kernelLabel(spec: string | undefined): string {
-  if (spec === undefined) return 'default';
+export function kernelLabel(value: string | undefined): string {
+  if (value === undefined) return 'default';
+  const { label: given, spec } = splitKernelSpec(value);
+  if (given !== undefined) return given;
   let label: string;
   if (spec.startsWith(DEBIAN_KERNEL_PREFIX)) {
     label = spec.slice(DEBIAN_KERNEL_PREFIX.length).replace(/^linux-image-/, '');
@@ -105,7 +108,7 @@ export interface KernelOutcome extends KernelColumn {
 
 /** A kernel's single-kernel `crh run`, reported as `--json` writes it. */
 interface RunReport {
-  kernel?: { origin: string; release: string };
+  kernel?: KernelIdentity;
   verdicts: Verdict[];
   infrastructureFailures: InfraFailure[];
 }
@@ -124,9 +127,12 @@ export async function runKernelMatrix(o: MatrixOptions): Promise<{ exitCode: num
     o.log(`kernel ${run.label}: exit ${exitCode} after ${((Date.now() - started) / 1000).toFixed(1)} s`);
     const report = existsSync(jsonFile) ? (JSON.parse(await readFile(jsonFile, 'utf8')) as RunReport) : undefined;
     const infra = report?.infrastructureFailures ?? [];
+    // The column's label already carries a NAME= the user gave: the legend shows what the name stands for.
+    const asked = run.flags.kernel === undefined ? 'default kernel' : splitKernelSpec(run.flags.kernel).spec;
     outcomes.push({
       label: run.label,
-      kernel: report?.kernel ? `${run.flags.kernel} → ${report.kernel.release} (${report.kernel.origin})` : `${run.flags.kernel}`,
+      kernel: `${asked}${report?.kernel ? ` → ${describeKernelIdentity(report.kernel)}` : ''}`,
+      ...(report?.kernel ? { identity: report.kernel } : {}),
       verdicts: report?.verdicts ?? [],
       // A run that ended without its report (killed, crashed) proves nothing about its kernel.
       infra: report ? infra : [{ case: '(image)', error: `crh run for kernel ${run.label} exited ${exitCode} without writing ${jsonFile}` }],
@@ -136,7 +142,7 @@ export async function runKernelMatrix(o: MatrixOptions): Promise<{ exitCode: num
   process.stdout.write(`\n${formatKernelMatrix(outcomes)}\n`);
   process.stdout.write(`artifacts: ${outcomes.map((c) => path.join(o.artifactsRoot, c.label)).join(', ')}\n`);
   if (o.json) {
-    const kernels = outcomes.map((c) => ({ label: c.label, kernel: c.kernel, exitCode: c.exitCode, verdicts: c.verdicts, infrastructureFailures: c.infra }));
+    const kernels = outcomes.map((c) => ({ label: c.label, kernel: c.kernel, identity: c.identity, exitCode: c.exitCode, verdicts: c.verdicts, infrastructureFailures: c.infra }));
     await writeFile(o.json, `${JSON.stringify({ kernels }, null, 2)}\n`);
   }
   if (o.junit) {

@@ -54,6 +54,8 @@ import { readBootSession, removeBootSession, sshArgs, writeBootSession } from '.
 import { reproCommand } from '../repro/command.ts';
 import { UsageError } from '../repro/usage-error.ts';
 import { kernelRuns, runKernelMatrix, runKernelOptions } from './kernel-matrix.ts';
+import { checkKernelConfig, kernelIdentity } from './kernel-identity.ts';
+import type { KernelIdentity } from '../report/kernel-matrix.ts';
 
 export const EXIT = { ok: 0, failed: 1, usage: 2, infra: 69 } as const;
 
@@ -205,11 +207,12 @@ async function runCommand(args: string[]): Promise<number> {
   await bootstrapHost(log);
   // Build once up front so the cases (run in parallel) find it cached; a
   // kernel or image that cannot be had is infrastructure, reported as such.
-  let kernel: { origin: string; release: string } | undefined;
+  await checkKernelConfig(() => kernelFromEnvironment(process.env));
+  let kernel: KernelIdentity | undefined;
   try {
     const image = await buildImage({ kernel: await kernelFromEnvironment(process.env, log), log });
     log(`guest image ${image.key} (${image.kernel.origin})`);
-    kernel = { origin: image.kernel.origin, release: image.kernel.release };
+    kernel = await kernelIdentity(image.kernel);
   } catch (error) {
     recordInfraFailure('(image)', error);
     const infra = readInfraFailures();

@@ -5,17 +5,26 @@
  * can stand in for it.
  */
 import { existsSync } from 'node:fs';
-import { readdir } from 'node:fs/promises';
+import { open, readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
 import { InfraError } from '../errors.ts';
 import { cacheDir } from '../util/cache-dir.ts';
 import { sha256File } from '../util/hash.ts';
 import { buildOnce } from '../util/build-once.ts';
+import { parseBzImageHeader, SETUP_MAX_BYTES } from './bzimage-header.ts';
 
 export interface GuestKernel {
-  /** e.g. "6.1.0-56-cloud-amd64", or the file name of a user's bzImage */
+  /**
+   * e.g. "6.1.0-56-cloud-amd64": a Debian package's, or the one a user's
+   * bzImage names in its setup header (bzimage-header.ts); "unknown" when
+   * the header names none (`kernelVersion` then says why)
+   */
   release: string;
+  /** the bzImage's whole kernel_version string ("6.1.0-… (builder) #1 SMP …"), or why it has none */
+  kernelVersion?: string;
+  /** the name the user gave it (`--kernel NAME=PATH`) */
+  label?: string;
   bzImage: string;
   systemMap?: string;
   /** the kernel's .config when known */
@@ -87,6 +96,7 @@ export async function debianKernel(metapackage: string, log: (line: string) => v
     systemMap: path.join(tree, 'boot', `System.map-${release}`),
     config: path.join(tree, 'boot', `config-${release}`),
     modulesDir: path.join(tree, 'lib', 'modules', release),
+    kernelVersion: (await bzImageVersion(path.join(tree, 'boot', `vmlinuz-${release}`))).kernelVersion,
     origin: `debian:${pkg.name}=${pkg.version}`,
     sha256: await sha256File(path.join(dir, debs[0]!)),
   };
@@ -117,8 +127,10 @@ export async function userKernel(options: { bzImage: string; systemMap?: string;
     if (file !== undefined && !existsSync(file)) throw new InfraError(`kernel ${what} not found: ${file}`);
   }
   const bzImage = path.resolve(options.bzImage);
+  const version = await bzImageVersion(bzImage);
   return {
-    release: path.basename(bzImage),
+    release: version.release ?? 'unknown',
+    kernelVersion: version.kernelVersion,
     bzImage,
     ...(options.systemMap ? { systemMap: path.resolve(options.systemMap) } : {}),
     ...(options.config ? { config: path.resolve(options.config) } : {}),
@@ -131,6 +143,32 @@ export async function userKernel(options: { bzImage: string; systemMap?: string;
 /** `--kernel debian:<package>`: a Debian kernel package (metapackage or one ABI build) instead of a file. */
 export const DEBIAN_KERNEL_PREFIX = 'debian:';
 
+/** The release and version string a bzImage's setup header names; when it names none, `kernelVersion` says why. */
+export async function bzImageVersion(bzImage: string): Promise<{ release?: string; kernelVersion: string }> {
+  const handle = await open(bzImage, 'r');
+  try {
+    const { buffer, bytesRead } = await handle.read(Buffer.alloc(SETUP_MAX_BYTES), 0, SETUP_MAX_BYTES, 0);
+    const parsed = parseBzImageHeader(buffer.subarray(0, bytesRead));
+    return parsed.ok ? { release: parsed.header.release, kernelVersion: parsed.header.kernelVersion } : { kernelVersion: `none: ${parsed.reason}` };
+  } finally {
+    await handle.close();
+  }
+}
+
+/** A name the user may give a kernel: a folder name, and not a path or a package spec. */
+const KERNEL_LABEL = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
+
+/**
+ * `--kernel NAME=PATH` (or `NAME=debian:PACKAGE`): the name and the kernel.
+ * A value that is an existing file as a whole is a path, `=` and all.
+ */
+export function splitKernelSpec(value: string): { label?: string; spec: string } {
+  const at = value.indexOf('=');
+  if (at <= 0 || existsSync(value) || value.startsWith(DEBIAN_KERNEL_PREFIX)) return { spec: value };
+  const label = value.slice(0, at);
+  return KERNEL_LABEL.test(label) ? { label, spec: value.slice(at + 1) } : { spec: value };
+}
+
 /**
  * The kernel chosen by the environment: CRH_KERNEL (a bzImage) with
  * CRH_SYSTEM_MAP, CRH_KERNEL_CONFIG and CRH_MODULES_DIR beside it — how
@@ -140,14 +178,16 @@ export const DEBIAN_KERNEL_PREFIX = 'debian:';
  */
 export async function kernelFromEnvironment(env: NodeJS.ProcessEnv = process.env, log: (line: string) => void = () => {}): Promise<GuestKernel | undefined> {
   if (!env.CRH_KERNEL) return undefined;
-  if (env.CRH_KERNEL.startsWith(DEBIAN_KERNEL_PREFIX)) {
-    const kernel = await debianKernel(env.CRH_KERNEL.slice(DEBIAN_KERNEL_PREFIX.length), log);
-    return env.CRH_KERNEL_CONFIG ? { ...kernel, config: env.CRH_KERNEL_CONFIG } : kernel;
+  const { label, spec } = splitKernelSpec(env.CRH_KERNEL);
+  const named = (kernel: GuestKernel): GuestKernel => (label ? { ...kernel, label } : kernel);
+  if (spec.startsWith(DEBIAN_KERNEL_PREFIX)) {
+    const kernel = await debianKernel(spec.slice(DEBIAN_KERNEL_PREFIX.length), log);
+    return named(env.CRH_KERNEL_CONFIG ? { ...kernel, config: env.CRH_KERNEL_CONFIG } : kernel);
   }
-  return userKernel({
-    bzImage: env.CRH_KERNEL,
+  return named(await userKernel({
+    bzImage: spec,
     ...(env.CRH_SYSTEM_MAP ? { systemMap: env.CRH_SYSTEM_MAP } : {}),
     ...(env.CRH_KERNEL_CONFIG ? { config: env.CRH_KERNEL_CONFIG } : {}),
     ...(env.CRH_MODULES_DIR ? { modulesDir: env.CRH_MODULES_DIR } : {}),
-  });
+  }));
 }

@@ -19,6 +19,7 @@ import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { writeFileAtomic } from '../util/atomic-write.ts';
 import type { AgentClient } from '../agent/client.ts';
+import type { RunResult } from '../agent/ops.ts';
 import type { GuestImage } from '../image/build.ts';
 import type { QemuMachine } from '../machine/machine.ts';
 import { qemuVersion } from '../machine/qemu-version.ts';
@@ -31,14 +32,11 @@ import { ElfFile } from '../elf/elf64.ts';
 import { CASE_OPTIONS, optionState } from './kernel-config.ts';
 import { guestKernelConfig } from './guest-kernel-config.ts';
 import { measureRfOnUserPageFault } from './page-fault-probe.ts';
+import { inconclusiveProbes, isRunTimeout, PROBE_BOUND_MS, ProbeInconclusiveError, runBoundedProbe, type Measured, type Probe } from './probe-runner.ts';
 
 export const PROFILE_VERSION = 1;
 
-/** A measured fact: its value (null when it could not be measured) and how it was obtained. */
-export interface Measured<T> {
-  value: T | null;
-  how: string;
-}
+export type { Measured } from './probe-runner.ts';
 
 export interface PlatformProfile {
   version: number;
@@ -70,6 +68,8 @@ export interface ProfileContext {
   machine: QemuMachine;
   agent: AgentClient;
   log?: (line: string) => void;
+  /** how long a probe may wait for the guest (probe-runner.ts) */
+  probeBoundMs?: number;
 }
 
 /** Cache file of the profile for this image, QEMU, accelerator and host CPU. */
@@ -84,8 +84,11 @@ export async function platformProfile(ctx: ProfileContext, options: { fresh?: bo
   const file = await profilePath(ctx);
   if (!options.fresh && existsSync(file)) return JSON.parse(await readFile(file, 'utf8')) as PlatformProfile;
   const profile = await measurePlatformProfile(ctx);
+  // A probe that could not conclude may have met a loaded host rather than the kernel: measured again by the next guest, not kept.
+  const inconclusive = inconclusiveProbes(profile.probes);
+  if (inconclusive.length > 0) ctx.log?.(`profile not cached, inconclusive: ${inconclusive.join('; ')}`);
   // Guests started in parallel (crh run --jobs) read this file while another may write it.
-  await writeFileAtomic(file, `${JSON.stringify(profile, null, 2)}\n`);
+  else await writeFileAtomic(file, `${JSON.stringify(profile, null, 2)}\n`);
   return profile;
 }
 
@@ -101,7 +104,7 @@ export async function measurePlatformProfile(ctx: ProfileContext): Promise<Platf
   log('probe: RF at a hardware-breakpoint stop');
   const hw = await probeHwBreakpointStop(ctx);
   log('probe: rseq with deprecated flags');
-  const rseq = await probeRseqDeprecatedFlags(ctx);
+  const rseq = await runBoundedProbe('rseq probe', rseqDeprecatedFlagsProbe(agent, image.guestPaths['rseq-flags']!), ctx.probeBoundMs ?? PROBE_BOUND_MS);
   log('probe: RF in the exception frame of a user page fault (gdbstub)');
   const pf = await measureRfOnUserPageFault(ctx);
 
@@ -145,13 +148,27 @@ async function probeHwBreakpointStop(ctx: ProfileContext): Promise<{ measured: M
   }
 }
 
-async function probeRseqDeprecatedFlags(ctx: ProfileContext): Promise<Measured<boolean>> {
-  const { agent, image } = ctx;
-  const binary = image.guestPaths['rseq-flags']!;
+/**
+ * rseq-flags with flags=0 (the control: one abort by the 5 ms timer's
+ * signal), then flags=4. A kernel whose rseq never aborts leaves the control
+ * spinning: after `boundMs` it is killed and the probe says so.
+ */
+export function rseqDeprecatedFlagsProbe(agent: Pick<AgentClient, 'call'>, binary: string): Probe<boolean> {
+  return (boundMs) => probeRseqDeprecatedFlags(agent, binary, boundMs);
+}
+
+async function probeRseqDeprecatedFlags(agent: Pick<AgentClient, 'call'>, binary: string, boundMs: number): Promise<Measured<boolean>> {
   const runWith = async (flags: string): Promise<string> => {
     const out = `/tmp/probe-rseq-${flags}.out`;
     const { pid } = await agent.call({ op: 'SPAWN', path: binary, argv: [binary, flags], envp: [], stdoutPath: out, noAslr: true });
-    const run = await agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: 30_000 });
+    let run: RunResult;
+    try {
+      run = await agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: boundMs });
+    } catch (error) {
+      if (!isRunTimeout(error)) throw error;
+      await agent.call({ op: 'KILL', pid }).catch(() => {});
+      throw new ProbeInconclusiveError(`no rseq abort within ${boundMs} ms (rseq-flags ${flags}: a critical section spinning under 5 ms timer signals was still running; killed)`);
+    }
     // RUN records and delivers signals; the timer's SIGALRMs show up there too.
     if (run.outcome === 'killed') return `signal ${run.code}`;
     return `exit ${run.code}: ${(await agent.call({ op: 'READ_FILE', path: out, maxSize: 4096 })).toString().trim()}`;

@@ -11,7 +11,7 @@
  * forbids scripts besides, so a slip in escaping still runs nothing.
  */
 import type { InfraFailure } from './infra-failures.ts';
-import { outcome, type Outcome, type Verdict } from './verdicts.ts';
+import { outcome, witnessLines, type Outcome, type Verdict } from './verdicts.ts';
 
 export interface HtmlReportInput {
   verdicts: readonly Verdict[];
@@ -77,6 +77,13 @@ function pre(text: string): string {
   return `<pre>${escapeHtml(text)}</pre>`;
 }
 
+/** What each restore of the row asked that the kernel holds differently, or that it accepted all, or refused. */
+function restoresText(v: Verdict): string {
+  const restores = v.restores ?? [];
+  if (restores.length === 0) return '<span class="muted">no restore recorded</span>';
+  return pre(witnessLines({ ...v, failedAssertions: undefined, registerDiff: undefined }).join('\n'));
+}
+
 /** The body a cell opens to: one definition list per verdict in that cell. */
 function verdictDetail(v: Verdict, input: HtmlReportInput): string {
   const excerpt = input.consoleExcerpts?.[v.case];
@@ -86,6 +93,8 @@ function verdictDetail(v: Verdict, input: HtmlReportInput): string {
     ['observed', pre(v.observed)],
     ['kind', v.control ? 'negative control: expected to show the historic bug' : 'the fix: expected to resume exactly'],
     ['platform conditions', v.conditions ? escapeHtml(conditionsText(v)) : '<span class="muted">none</span>'],
+    ...(v.failedAssertions?.length ? [['failed assertions', pre(v.failedAssertions.join('\n'))] as [string, string]] : []),
+    ['kernel read-back', restoresText(v)],
     ['register diff', v.registerDiff ? pre(v.registerDiff) : '<span class="muted">none recorded</span>'],
     ...(v.durationMs !== undefined ? [['duration', escapeHtml(formatDuration(v.durationMs))] as [string, string]] : []),
     ['console excerpt', excerpt ? pre(excerpt) : '<span class="muted">no console log</span>'],
@@ -100,11 +109,14 @@ function matrixCell(cellVerdicts: readonly Verdict[], input: HtmlReportInput): s
   const status = cell.toLowerCase();
   const control = cellVerdicts.some((v) => v.control);
   const conditions = unique(cellVerdicts.map(conditionsText).filter(Boolean));
+  // A failing cell says why without being opened: the failed checks and what the kernel did not accept.
+  const causes = unique(cellVerdicts.filter((v) => outcome(v) === 'FAIL').flatMap((v) => witnessLines(v).filter((l) => !l.endsWith('accepted everything as requested')).slice(0, 3)));
   const summary = [
     badge(cell),
     control ? '<span class="tag">control</span>' : '',
     cellVerdicts.length > 1 ? `<span class="muted">×${cellVerdicts.length}</span>` : '',
     conditions.length > 0 ? `<span class="conditions">${escapeHtml(conditions.join('; '))}</span>` : '',
+    causes.length > 0 ? `<span class="cause">${escapeHtml(causes.join('; '))}</span>` : '',
   ].filter(Boolean).join(' ');
   return (
     `<td class="cell ${status}" data-status="${status}"${control ? ' data-control=""' : ''}>` +
@@ -181,6 +193,7 @@ thead th { background: #eee; }
 .cell.skip { background: #f0f0f0; }
 .tag { border: 1px solid #555; border-radius: 3px; padding: 0 .3rem; font-size: .85em; }
 .conditions { display: block; font-size: .8em; color: #333; margin-top: .2rem; }
+.cause { display: block; font-size: .8em; color: #7a1a14; margin-top: .2rem; }
 .muted { color: #555; }
 summary { cursor: pointer; }
 summary:focus-visible { outline: 3px solid #1a5fb4; outline-offset: 2px; }

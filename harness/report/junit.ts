@@ -6,7 +6,14 @@
  * failure.
  */
 import type { InfraFailure } from './infra-failures.ts';
-import { outcome, type Verdict } from './verdicts.ts';
+import { outcome, witnessLines, type Verdict } from './verdicts.ts';
+
+/** The one line a CI page shows for a failure: the comparison, and first what failed in the row's own scope. */
+function failureMessage(v: Verdict): string {
+  const failed = v.failedAssertions?.length ? `failed: ${v.failedAssertions.join('; ')} — ` : '';
+  const refused = (v.restores ?? []).flatMap((r) => r.differences.map((d) => `${d.what} asked ${d.requested}, kernel has ${d.accepted}`));
+  return `${failed}expected ${v.expected}, observed ${v.observed}${refused.length > 0 ? ` (kernel read-back: ${refused.join(', ')})` : ''}`;
+}
 
 function escapeXml(text: string): string {
   return text.replace(/[<>&'"]/g, (c) => ({ '<': '&lt;', '>': '&gt;', '&': '&amp;', "'": '&apos;', '"': '&quot;' })[c]!)
@@ -26,7 +33,7 @@ export function junitXml(verdicts: readonly Verdict[], infra: readonly InfraFail
         ? `<skipped message="${escapeXml(v.skipped ?? '')}"/>`
         : v.pass
         ? ''
-        : `<failure message="${escapeXml(`expected ${v.expected}, observed ${v.observed}`)}">${escapeXml(`expected: ${v.expected}\nobserved: ${v.observed}${conditions ? `\nplatform: ${conditions}` : ''}`)}</failure>`;
+        : `<failure message="${escapeXml(failureMessage(v))}">${escapeXml([`expected: ${v.expected}`, `observed: ${v.observed}`, ...(conditions ? [`platform: ${conditions}`] : []), ...witnessLines(v)].join('\n'))}</failure>`;
       return `    <testcase classname="${escapeXml(name)}" name="${escapeXml(title)}">${body}</testcase>`;
     });
     const errorCases = errors.map(

@@ -7,11 +7,36 @@
 import type { InfraFailure } from './infra-failures.ts';
 import { outcome, type Verdict } from './verdicts.ts';
 
+/** Which kernel a run booted (cli/kernel-identity.ts): what `--json` writes as `kernel`. */
+export interface KernelIdentity {
+  /** the name the user gave it (`--kernel NAME=PATH`) */
+  label?: string;
+  /** as its bzImage header or Debian package names it; "unknown" when neither does */
+  release: string;
+  /** the bzImage's whole kernel_version string, or why it has none */
+  kernelVersion?: string;
+  /** `file:/path` or `debian:package=version` */
+  origin: string;
+  /** of the bzImage (a user kernel) or the .deb (a Debian kernel) */
+  sha256: string;
+  /** of the config the cases were decided on, when one is known */
+  configSha256?: string;
+  configSource?: string;
+}
+
+/** One line naming a kernel by release and hashes, e.g. `6.1.0-crh sha256 1a2b3c4d5e6f config 0f1e2d3c4b5a (file:/…/bzImage)`. */
+export function describeKernelIdentity(k: KernelIdentity): string {
+  const config = k.configSha256 ? ` config ${k.configSha256.slice(0, 12)}` : ' config unknown';
+  return `${k.release} sha256 ${k.sha256.slice(0, 12)}${config} (${k.origin})`;
+}
+
 export interface KernelColumn {
   /** short name, also the kernel's artifacts folder */
   label: string;
   /** what was asked for (`debian:linux-image-amd64`, a bzImage path) and what it resolved to */
   kernel: string;
+  /** the kernel the run booted, when its run reported it */
+  identity?: KernelIdentity;
   verdicts: readonly Verdict[];
   infra: readonly InfraFailure[];
 }
@@ -78,6 +103,11 @@ export function kernelMatrixRows(columns: readonly KernelColumn[]): MatrixRow[] 
 export function formatKernelMatrix(columns: readonly KernelColumn[]): string {
   const rows = kernelMatrixRows(columns);
   const legend = columns.map((c) => `${c.label}: ${c.kernel}`);
+  // Two columns of one image compare a kernel with itself: say so rather than let it pass for a comparison.
+  for (const [i, c] of columns.entries()) {
+    const twin = columns.slice(0, i).find((o) => o.identity && c.identity && o.identity.sha256 === c.identity.sha256);
+    if (twin) legend.push(`note: ${c.label} and ${twin.label} are the same image (sha256 ${c.identity!.sha256.slice(0, 12)})`);
+  }
   if (rows.length === 0) return [...legend, '', 'no verdicts from any kernel'].join('\n');
   const header = ['', 'case', 'scenario', 'policy', ...columns.map((c) => c.label)];
   const body = rows.map((r) => [r.differs ? '≠' : '', r.case, r.scenario, r.policy, ...r.cells]);

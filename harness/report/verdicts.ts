@@ -30,6 +30,30 @@ export interface Verdict {
    * that a reader unaware of skips does not count it as a pass.
    */
   skipped?: string;
+  /**
+   * Assertions of the row's own tap scope that failed (their names): a row
+   * with any is FAIL whatever its own comparison said, so a verdict never
+   * reads PASS beside a failed check of the same run (testing/verdict-rows.ts).
+   */
+  failedAssertions?: string[];
+  /**
+   * What each restore of the row asked of the kernel and what the kernel
+   * holds after it (the restore core's read-back), one entry per restore the
+   * row made: an empty `differences` list is the kernel accepting all of it.
+   */
+  restores?: RestoreWitness[];
+}
+
+/** The kernel's answer to one restore: the read-back differences, or the refusal. */
+export interface RestoreWitness {
+  /** the restore's tag (its artifacts carry it) */
+  tag: string;
+  /** each field the kernel holds differently from what was asked */
+  differences: { what: string; requested: string; accepted: string }[];
+  /** the restore was refused before or while it ran (the error's message) */
+  refused?: string;
+  /** what the CPU oracle counted while the restored process ran (first execution reached, #DB count, VM stops) */
+  oracle?: string;
 }
 
 export type Outcome = 'PASS' | 'FAIL' | 'SKIP';
@@ -49,15 +73,21 @@ export function verdictsFile(): string {
 /** When this process recorded its last verdict (or loaded this module): cases record one verdict per run, in order. */
 let lastRecordedAt = Date.now();
 
+/** The wall time since the previous row (or since this module loaded), and the clock restarted: what a row without its own durationMs gets. */
+export function takeElapsedSinceLastRow(): number {
+  const now = Date.now();
+  const elapsed = now - lastRecordedAt;
+  lastRecordedAt = now;
+  return elapsed;
+}
+
 /**
  * Appends a verdict. Without a durationMs of its own, the row gets the wall
  * time since the case process's previous verdict — the checkpoint, restore
  * and run that produced it (the first row also carries the guest's start).
  */
 export function recordVerdict(verdict: Verdict): void {
-  const now = Date.now();
-  const row = { ...verdict, durationMs: verdict.durationMs ?? now - lastRecordedAt };
-  lastRecordedAt = now;
+  const row = { ...verdict, durationMs: verdict.durationMs ?? takeElapsedSinceLastRow() };
   const file = verdictsFile();
   mkdirSync(path.dirname(file), { recursive: true });
   appendFileSync(file, `${JSON.stringify(row)}\n`);
@@ -69,13 +99,34 @@ export function recordVerdict(verdict: Verdict): void {
  * when it was not — it must show its historic bug — so its expectation
  * reads "differs from …".
  */
-export function recordOutcome(row: Omit<Verdict, 'pass'> & { matchedUninterrupted: boolean }): void {
+export function recordOutcome(row: OutcomeRow): void {
+  recordVerdict(outcomeVerdict(row));
+}
+
+export type OutcomeRow = Omit<Verdict, 'pass'> & { matchedUninterrupted: boolean };
+
+/** The row recordOutcome writes, as data. */
+export function outcomeVerdict(row: OutcomeRow): Verdict {
   const { matchedUninterrupted, ...verdict } = row;
-  recordVerdict({
+  return {
     ...verdict,
     expected: verdict.control ? `differs from: ${verdict.expected}` : verdict.expected,
     pass: verdict.control ? !matchedUninterrupted : matchedUninterrupted,
-  });
+  };
+}
+
+/** The witnesses that explain a row, one line each: failed assertions, the kernel's read-back, the oracle's counts, the register diff. */
+export function witnessLines(v: Verdict): string[] {
+  const lines: string[] = [];
+  for (const name of v.failedAssertions ?? []) lines.push(`failed assertion: ${name}`);
+  for (const r of v.restores ?? []) {
+    if (r.refused !== undefined) lines.push(`restore ${r.tag}: refused: ${r.refused}`);
+    else if (r.differences.length === 0) lines.push(`restore ${r.tag}: the kernel accepted everything as requested`);
+    else for (const d of r.differences) lines.push(`restore ${r.tag}: ${d.what} asked ${d.requested}, the kernel has ${d.accepted}`);
+    if (r.oracle !== undefined) lines.push(`oracle ${r.tag}: ${r.oracle}`);
+  }
+  if (v.registerDiff) for (const l of v.registerDiff.split('\n')) lines.push(`register diff: ${l}`);
+  return lines;
 }
 
 /** "k=v, k=v": the platform-profile values an expectation was conditioned on. */
@@ -104,7 +155,7 @@ export function formatVerdictTable(verdicts: readonly Verdict[]): string {
     v.observed,
     formatConditions(v.conditions),
     v.durationMs === undefined ? '' : `${(v.durationMs / 1000).toFixed(1)} s`,
-    v.skipped !== undefined ? `SKIP: ${v.skipped}` : outcome(v),
+    v.skipped !== undefined ? `SKIP: ${v.skipped}` : v.failedAssertions?.length ? `FAIL: ${v.failedAssertions.join('; ')}` : outcome(v),
   ]);
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
   const line = (cells: string[]): string => cells.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd();

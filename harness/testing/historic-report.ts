@@ -6,7 +6,7 @@
  * verdict rows.
  */
 import type { Test } from 'tap';
-import { recordVerdict } from '../report/verdicts.ts';
+import { recordRow } from './verdict-rows.ts';
 import { describePolicy, type RestorePolicy } from '../restore/policy.ts';
 import { startGuest, type Guest } from './guest-fixture.ts';
 import { kernelNeeds } from './kernel-needs.ts';
@@ -51,7 +51,7 @@ export async function runHistoricReport(t: Test, report: HistoricReport, run: Re
       const started = Date.now();
       const a = await scenario.attempt(run.fixed, `${slug(scenario.name)}-fixed`);
       t.ok(a.pass, `resumed as the uninterrupted run: ${a.observed} (expected ${a.expected})`);
-      recordVerdict({
+      recordRow(t, {
         case: report.id, scenario: `${report.date} ${report.subject}: ${scenario.name}`, policy: describePolicy(run.fixed), control: false,
         expected: a.expected, observed: a.observed, pass: a.pass, conditions: a.conditions, registerDiff: a.registerDiff, durationMs: Date.now() - started,
       });
@@ -62,7 +62,7 @@ export async function runHistoricReport(t: Test, report: HistoricReport, run: Re
         const a = await scenario.attempt(h.policy, `${slug(scenario.name)}-historic-${i}`);
         t.notOk(a.pass, `the historic behaviour is reproduced: ${a.observed} (uninterrupted: ${a.expected})`);
         if (a.registerDiff) t.comment(`register diff:\n${a.registerDiff}`);
-        recordVerdict({
+        recordRow(t, {
           case: report.id, scenario: `${report.date} ${report.subject}: ${scenario.name}`, policy: describePolicy(h.policy), control: true,
           expected: `differs from uninterrupted (${h.shows})`, observed: a.observed, pass: !a.pass, conditions: a.conditions, registerDiff: a.registerDiff,
           durationMs: Date.now() - started,

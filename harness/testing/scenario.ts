@@ -14,7 +14,8 @@ import { observeCpu, type Observation, type WatchOptions } from '../oracle/cpu-o
 import { checkpointProcess, type CheckpointProcessOptions } from '../restore/checkpoint.ts';
 import { readCheckpointImage, writeCheckpointImage, type CheckpointImage, type ProcessInfo } from '../restore/checkpoint-image.ts';
 import type { RestorePolicy } from '../restore/policy.ts';
-import { restoreProcess, type Difference } from '../restore/restore.ts';
+import type { Difference } from '../restore/restore.ts';
+import { noteOracle, restoreWitnessed } from './restore-witness.ts';
 import { spawnWithBreakpoint, type ArmedProgram } from '../agent/breakpoint-spawn.ts';
 import type { Guest } from './guest-fixture.ts';
 import { debugRegOffset, hex } from '../x86/registers.ts';
@@ -191,7 +192,7 @@ export interface Restored {
 export async function restoreAndFinish(guest: Guest, file: string, policy: RestorePolicy, tag: string, watch: Omit<WatchOptions, 'log'>, samePid = true): Promise<Restored & { pid: number }> {
   const image = await readCheckpointImage(file);
   const out = `/tmp/${path.basename(image.process.binary)}-${tag}.restored.out`;
-  const restored = await restoreProcess(guest.agent, image, { policy, stdoutPath: out, samePid });
+  const restored = await restoreWitnessed(guest.agent, image, { policy, stdoutPath: out, samePid }, tag);
   // Every VM stop the oracle services goes to the case's artifacts.
   const oracleLog = path.join(guest.artifactsDir, `oracle-${tag}.log`);
   writeFileSync(oracleLog, '');
@@ -199,5 +200,15 @@ export async function restoreAndFinish(guest: Guest, file: string, policy: Resto
   const { result: run, observation } = await observeCpu(guest.machine.gdbSocket, guest.symbols, { ...watch, log }, () =>
     guest.agent.call({ op: 'RUN', pid: restored.pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS }),
   );
+  noteOracle(tag, oracleCounts(guest, watch, observation));
   return { pid: restored.pid, image, differences: restored.differences, run, output: await readOutput(guest, out), observation };
+}
+
+/** The oracle's counts in one line, for the row: "first execution of regcheck:regcheck_resumed reached; 3 #DB at hwbreak:target; 14 VM stops". */
+function oracleCounts(guest: Guest, watch: Omit<WatchOptions, 'log'>, observation: Observation): string {
+  const parts: string[] = [];
+  if (watch.firstExecutionAt !== undefined) parts.push(`first execution of ${guest.symbols.symbolize(watch.firstExecutionAt)} ${observation.first ? 'reached' : 'never reached'}`);
+  if (watch.countDebugTrapsAt !== undefined) parts.push(`${observation.debugTraps.length} #DB at ${guest.symbols.symbolize(watch.countDebugTrapsAt)}`);
+  parts.push(`${observation.stops} VM stops`);
+  return parts.join('; ');
 }
