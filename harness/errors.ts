@@ -60,8 +60,9 @@ export class AgentError extends CrhError {
     readonly op: string,
     readonly errno: number | undefined,
     details: Record<string, string> = {},
+    options?: { cause?: unknown },
   ) {
-    super(message, details);
+    super(message, details, options);
   }
 }
 

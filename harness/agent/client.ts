@@ -34,6 +34,14 @@ export type BatchStep<O extends AgentOp = AgentOp> =
   | { ok: false; op: O; errno: number; message: string };
 
 const STDERR_TAIL_BYTES = 8192;
+/**
+ * How long a closed channel waits for the machine to say why. QEMU dying (or
+ * the guest kernel panicking) closes the SSH channel first; the machine's
+ * failure follows within milliseconds (its exit event, a panic line). Failing
+ * at the EOF would report "agent closed its output" — a FAIL — for what is a
+ * lost guest, infrastructure.
+ */
+export const GUEST_LOSS_GRACE_MS = 2000;
 
 export class AgentClient {
   private readonly decoder = new FrameDecoder();
@@ -41,6 +49,8 @@ export class AgentClient {
   private nextId = 1;
   private stderrTail = '';
   private closedReason: Error | undefined;
+  /** the machine's failure promise (failWhen), consulted when the channel closes */
+  private guestFailure: Promise<never> | undefined;
   /** Requests sent so far (a BATCH counts once). Cases use it to prove nothing reached the guest. */
   requestsSent = 0;
   /** Host-side bound on one request; RUN gets its own guest-side timeout on top. */
@@ -50,9 +60,9 @@ export class AgentClient {
 
   private constructor(private readonly transport: AgentTransport) {
     transport.output.on('data', (chunk: Buffer) => this.onData(chunk));
-    transport.output.on('end', () => this.fail(new AgentError('agent closed its output', 'transport', undefined, this.context())));
-    transport.output.on('error', (e: Error) => this.fail(new AgentError(`agent output failed: ${e.message}`, 'transport', undefined, this.context())));
-    transport.input.on('error', (e: Error) => this.fail(new AgentError(`agent input failed: ${e.message}`, 'transport', undefined, this.context())));
+    transport.output.on('end', () => this.channelClosed(new AgentError('agent closed its output', 'transport', undefined, this.context())));
+    transport.output.on('error', (e: Error) => this.channelClosed(new AgentError(`agent output failed: ${e.message}`, 'transport', undefined, this.context(), { cause: e })));
+    transport.input.on('error', (e: Error) => this.channelClosed(new AgentError(`agent input failed: ${e.message}`, 'transport', undefined, this.context(), { cause: e })));
     transport.stderr?.on('data', (chunk: Buffer) => {
       this.stderrTail = (this.stderrTail + chunk.toString('utf8')).slice(-STDERR_TAIL_BYTES);
     });
@@ -115,9 +125,12 @@ export class AgentClient {
 
   /**
    * Fails every pending and future request when `failure` rejects — the
-   * machine's failure promise, so a dead guest ends a request at once.
+   * machine's failure promise, so a dead guest ends a request at once. The
+   * requests fail with an AgentError whose cause is the machine's error (a
+   * BootError "guest lost"), so isInfraFailure counts them as infrastructure.
    */
   failWhen(failure: Promise<never>): void {
+    this.guestFailure = failure;
     failure.catch((error: unknown) => this.fail(error instanceof Error ? error : new Error(String(error))));
   }
 
@@ -196,12 +209,24 @@ export class AgentClient {
     return new AgentError(`${what}: ${message} (${errnoName(errno)})`, op.op, errno, this.context());
   }
 
+  /**
+   * The channel to the agent ended. With a machine to ask (failWhen), wait a
+   * moment for it to report a lost guest, which then fails the requests with
+   * its own error; the channel's error stands only if the guest is still there.
+   */
+  private channelClosed(error: AgentError): void {
+    if (this.closedReason || !this.guestFailure) return this.fail(error);
+    const timer = setTimeout(() => this.fail(error), GUEST_LOSS_GRACE_MS);
+    this.guestFailure.catch(() => clearTimeout(timer));
+  }
+
   private fail(error: Error): void {
     this.closedReason ??= error;
     const details = error instanceof CrhError ? error.details : {};
     for (const [id, waiter] of this.pending) {
       this.pending.delete(id);
-      waiter.reject(new AgentError(`${waiter.op}: ${error.message}`, waiter.op, undefined, { ...details, ...this.context() }));
+      // The cause keeps the error's class: a lost guest stays infrastructure through the agent.
+      waiter.reject(new AgentError(`${waiter.op}: ${error.message}`, waiter.op, undefined, { ...details, ...this.context() }, { cause: error }));
     }
   }
 
