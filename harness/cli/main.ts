@@ -132,7 +132,7 @@ async function verdictsCommand(args: string[]): Promise<number> {
   process.stdout.write(`${formatVerdictTable(verdicts)}\n\n${verdicts.length - failed.length} as expected or skipped, ${failed.length} not (${file})\n`);
   if (!values.check) return EXIT.ok;
   for (const v of failed) log(`not as expected: ${v.case}: ${v.scenario} under ${v.policy}${v.control ? ' (negative control)' : ''}: expected ${v.expected}, observed ${v.observed}`);
-  if (verdicts.length > 0 && failed.length === 0 && verdictsExitCode(verdicts) !== EXIT.ok) log('every row is a skip: nothing was tested');
+  if (failed.length === 0 && verdictsExitCode(verdicts) !== EXIT.ok) log(verdicts.length === 0 ? 'no verdict was recorded: nothing was tested' : 'every verdict is a skip: nothing was tested');
   return verdictsExitCode(verdicts);
 }
 
@@ -283,6 +283,7 @@ async function runCommand(args: string[]): Promise<number> {
   process.stdout.write(`\n${count('PASS')} passed, ${count('FAIL')} failed${count('SKIP') > 0 ? `, ${count('SKIP')} skipped` : ''}\n`);
   process.stdout.write(`artifacts: ${artifacts}\nHTML report: ${htmlFile}\n`);
   if (infra.length > 0) return EXIT.infra;
+  if (count('PASS') === 0 && count('FAIL') === 0) log(verdicts.length === 0 ? 'no verdict was recorded: nothing was tested' : 'every verdict is a skip: nothing was tested');
   return verdictsExitCode(verdicts, tap.exitCode ?? EXIT.failed);
 }
 
