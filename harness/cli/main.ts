@@ -322,9 +322,9 @@ async function main(argv: string[]): Promise<number> {
 try {
   process.exitCode = await main(process.argv.slice(2));
 } catch (error) {
-  // A usage error is the user's to fix: its message and the usage, no class name, no stack.
+  // Our errors (a UsageError included: its message and the usage) print without a stack; only a bug shows one.
   // Messages quote images, programs and guest consoles: their control characters are shown escaped.
-  const text = error instanceof UsageError && !isInfraFailure(error) ? `crh: ${error.describe().replace(/^\w+: /, '')}` : error instanceof CrhError ? error.describe() : error instanceof Error ? (error.stack ?? error.message) : String(error);
+  const text = error instanceof CrhError ? error.describe() : error instanceof Error ? (error.stack ?? error.message) : String(error);
   process.stderr.write(`${escapeForTerminal(text, { keepNewlines: true })}\n`);
   process.exitCode = isInfraFailure(error) ? EXIT.infra : error instanceof UsageError ? EXIT.usage : EXIT.failed;
 }
