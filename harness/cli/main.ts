@@ -1,32 +1,12 @@
 /**
- * `crh`: the command-line front door. Every subcommand's options and usage
- * text live in command-line.ts; `crh COMMAND --help` prints them.
+ * `crh`: the command-line front door. Each subcommand's options and its one
+ * usage text live in command-line.ts (COMMANDS) — `crh COMMAND --help`
+ * prints it, every usage error repeats it; this file runs the commands.
  *
- *   crh bootstrap [--test]        install missing host packages (root) or say which;
- *                                 --test adds what only the tests need (chromium)
- *   crh image [kernel options]    build the guest image, print where it is
- *   crh boot  [kernel options]    boot a guest and print a ready ssh command line
- *   crh ssh [-- COMMAND]          a shell (or one command) in the guest crh boot runs
- *   crh verdicts [--reset|--check] the verdict rows the cases recorded; --check exits 1 on any not as expected
- *   crh doctor [--json] [kernel options]
- *                                 measure and print the platform profile
- *   crh restore --dry-run IMAGE [--rf P] [--regs P] [--restorer R] [--rseq-fixup on|off] [--omit LIST]
- *                                 validate an image and print its restore plan
- *   crh run   [--grep RE] [kernel options] [--jobs N] [--artifacts DIR] [--junit FILE] [--json FILE] [--html FILE] [--cases DIR]
- *                                 run the cases (N case files at once), print the verdict table;
- *                                 the HTML report is always written (default artifacts/report.html).
- *                                 --kernel repeated: the suite once per kernel, in
- *                                 artifacts/<kernel>/, then the verdicts side by side
- *   crh repro FILE.c [--checkpoint-at SYMBOL | --checkpoint-after MS | --when-ready] [policy] [-- ARGS]
- *   crh repro --bundle BUNDLE.tar
- *   crh cr --binary PATH [--file PATH]... [the same switches] [-- ARGS]
- *                                 checkpoint, restore and compare one program with an
- *                                 uninterrupted run; write a bundle (docs/reproducing.md)
- *
- * Kernel options: --kernel BZIMAGE|debian:PACKAGE [--system-map FILE] [--kernel-config FILE] [--modules DIR]
- * Exit codes (docs/ci.md has what produces each): 0 all as expected, 1 a
- * case failed or none gave a verdict, 69 infrastructure failure (QEMU, image,
- * a kernel that cannot boot, the guest lost mid-run), 2 usage.
+ * Exit codes (exit-codes.ts; docs/ci.md has what produces each): 0 all as
+ * expected, 1 a case failed or none gave a verdict, 2 usage, 69
+ * infrastructure (QEMU, image, a kernel that cannot boot, the guest lost
+ * mid-run).
  */
 import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
