@@ -42,7 +42,13 @@ export class MissingDependencyError extends InfraError {
   override readonly name = 'MissingDependencyError';
 }
 
-/** The guest kernel did not reach readiness: panicked, hung, or never answered SSH. */
+/**
+ * The guest kernel did not reach readiness (panicked, hung, never answered
+ * SSH), or the guest was lost after it did (QemuMachine.failure: "guest
+ * lost", QEMU exited unasked or the kernel panicked). Either way no verdict
+ * on the restore core can be had from it: isInfraFailure
+ * (report/infra-failures.ts) counts it as infrastructure, exit 69.
+ */
 export class BootError extends CrhError {
   override readonly name = 'BootError';
 }
@@ -60,8 +66,9 @@ export class AgentError extends CrhError {
     readonly op: string,
     readonly errno: number | undefined,
     details: Record<string, string> = {},
+    options?: { cause?: unknown },
   ) {
-    super(message, details);
+    super(message, details, options);
   }
 }
 

@@ -5,7 +5,7 @@
  */
 import type { Readable, Writable } from 'node:stream';
 import { AgentError, CrhError, TimeoutError } from '../errors.ts';
-import { FrameDecoder, PayloadReader, PayloadWriter, encodeFrame, type Frame } from './wire.ts';
+import { FrameDecoder, MAX_FRAME_BYTES, PayloadReader, PayloadWriter, encodeFrame, type Frame } from './wire.ts';
 import { OPCODES, decodeResult, describeOp, encodeOp, type AgentOp, type HelloResult, type ResultOf } from './ops.ts';
 import { errnoName } from './errno.ts';
 
@@ -34,6 +34,43 @@ export type BatchStep<O extends AgentOp = AgentOp> =
   | { ok: false; op: O; errno: number; message: string };
 
 const STDERR_TAIL_BYTES = 8192;
+/**
+ * How long a closed channel waits for the machine to say why. QEMU dying (or
+ * the guest kernel panicking) closes the SSH channel first; the machine's
+ * failure follows within milliseconds (its exit event, a panic line). Failing
+ * at the EOF would report "agent closed its output" — a FAIL — for what is a
+ * lost guest, infrastructure.
+ */
+export const GUEST_LOSS_GRACE_MS = 2000;
+
+/** What a frame's u32 length counts besides the payload: id, op, flags/status. */
+const FRAME_LENGTH_FIELD_BYTES = 8;
+
+/**
+ * How many consecutive sub-requests go in each BATCH frame so that every
+ * frame stays within `maxFrameBytes` (the u32 length field: id, op, flags,
+ * then the count and each sub-request with its u32 length). One sub-request
+ * that alone exceeds the limit is refused, naming its size and the limit.
+ */
+export function batchSizes(subs: readonly Buffer[], maxFrameBytes: number): number[] {
+  const budget = maxFrameBytes - FRAME_LENGTH_FIELD_BYTES - 4;
+  const sizes: number[] = [];
+  let count = 0;
+  let bytes = 0;
+  subs.forEach((sub, i) => {
+    const cost = 4 + sub.length;
+    if (cost > budget) throw new AgentError(`BATCH: sub-request ${i} is ${sub.length} bytes, more than fits the agent's frame limit of ${maxFrameBytes} bytes`, 'BATCH', undefined);
+    if (bytes + cost > budget) {
+      sizes.push(count);
+      count = 0;
+      bytes = 0;
+    }
+    count++;
+    bytes += cost;
+  });
+  if (count > 0) sizes.push(count);
+  return sizes;
+}
 
 export class AgentClient {
   private readonly decoder = new FrameDecoder();
@@ -41,18 +78,22 @@ export class AgentClient {
   private nextId = 1;
   private stderrTail = '';
   private closedReason: Error | undefined;
+  /** the machine's failure promise (failWhen), consulted when the channel closes */
+  private guestFailure: Promise<never> | undefined;
   /** Requests sent so far (a BATCH counts once). Cases use it to prove nothing reached the guest. */
   requestsSent = 0;
   /** Host-side bound on one request; RUN gets its own guest-side timeout on top. */
   requestTimeoutMs = 120_000;
+  /** The agent's frame limit (guests/agent/agent.c MAX_FRAME); a BATCH larger than it is sent as several. Tests lower it. */
+  maxFrameBytes = MAX_FRAME_BYTES;
   /** Called when a request times out; its text (e.g. where each vCPU is) goes into the error. */
   diagnose: (() => Promise<string>) | undefined;
 
   private constructor(private readonly transport: AgentTransport) {
     transport.output.on('data', (chunk: Buffer) => this.onData(chunk));
-    transport.output.on('end', () => this.fail(new AgentError('agent closed its output', 'transport', undefined, this.context())));
-    transport.output.on('error', (e: Error) => this.fail(new AgentError(`agent output failed: ${e.message}`, 'transport', undefined, this.context())));
-    transport.input.on('error', (e: Error) => this.fail(new AgentError(`agent input failed: ${e.message}`, 'transport', undefined, this.context())));
+    transport.output.on('end', () => this.channelClosed(new AgentError('agent closed its output', 'transport', undefined, this.context())));
+    transport.output.on('error', (e: Error) => this.channelClosed(new AgentError(`agent output failed: ${e.message}`, 'transport', undefined, this.context(), { cause: e })));
+    transport.input.on('error', (e: Error) => this.channelClosed(new AgentError(`agent input failed: ${e.message}`, 'transport', undefined, this.context(), { cause: e })));
     transport.stderr?.on('data', (chunk: Buffer) => {
       this.stderrTail = (this.stderrTail + chunk.toString('utf8')).slice(-STDERR_TAIL_BYTES);
     });
@@ -88,11 +129,28 @@ export class AgentClient {
    */
   async batch(ops: readonly AgentOp[]): Promise<BatchStep[]> {
     if (ops.length === 0) return [];
-    const w = new PayloadWriter().u32(ops.length);
-    for (const op of ops) {
+    const subs = ops.map((op) => {
       const { opcode, payload } = encodeOp(op);
-      w.bytes(new PayloadWriter().u16(opcode).raw(payload).finish());
+      return new PayloadWriter().u16(opcode).raw(payload).finish();
+    });
+    // A plan whose data outgrows one frame (a large image's memory) goes as
+    // consecutive BATCHes, each within the limit. Stopping after the first
+    // one that stops keeps BATCH's meaning: in order, up to the first failure.
+    const steps: BatchStep[] = [];
+    let from = 0;
+    for (const count of batchSizes(subs, this.maxFrameBytes)) {
+      const part = await this.batchFrame(ops.slice(from, from + count), subs.slice(from, from + count));
+      steps.push(...part);
+      if (part.length < count || part.at(-1)?.ok === false) break;
+      from += count;
     }
+    return steps;
+  }
+
+  /** One BATCH frame; its sub-requests are already encoded. */
+  private async batchFrame(ops: readonly AgentOp[], requests: readonly Buffer[]): Promise<BatchStep[]> {
+    const w = new PayloadWriter().u32(requests.length);
+    for (const request of requests) w.bytes(request);
     const frame = await this.roundTrip(OPCODES.BATCH, w.finish(), 'BATCH', this.requestTimeoutMs);
     if (frame.word !== 0) throw this.errorFrom({ op: 'BATCH' }, frame.payload);
     const r = new PayloadReader(frame.payload);
@@ -115,9 +173,12 @@ export class AgentClient {
 
   /**
    * Fails every pending and future request when `failure` rejects — the
-   * machine's failure promise, so a dead guest ends a request at once.
+   * machine's failure promise, so a dead guest ends a request at once. The
+   * requests fail with an AgentError whose cause is the machine's error (a
+   * BootError "guest lost"), so isInfraFailure counts them as infrastructure.
    */
   failWhen(failure: Promise<never>): void {
+    this.guestFailure = failure;
     failure.catch((error: unknown) => this.fail(error instanceof Error ? error : new Error(String(error))));
   }
 
@@ -134,6 +195,10 @@ export class AgentClient {
 
   private roundTrip(opcode: number, payload: Buffer, opName: string, timeoutMs: number): Promise<Frame> {
     if (this.closedReason) return Promise.reject(this.closedReason);
+    // The agent exits on a frame over its limit: refuse it here, with the numbers, and keep the session.
+    if (FRAME_LENGTH_FIELD_BYTES + payload.length > this.maxFrameBytes) {
+      return Promise.reject(new AgentError(`${opName}: a request of ${payload.length} bytes does not fit the agent's frame limit of ${this.maxFrameBytes} bytes`, opName, undefined));
+    }
     const id = this.nextId++;
     this.requestsSent++;
     return new Promise<Frame>((resolve, reject) => {
@@ -196,12 +261,24 @@ export class AgentClient {
     return new AgentError(`${what}: ${message} (${errnoName(errno)})`, op.op, errno, this.context());
   }
 
+  /**
+   * The channel to the agent ended. With a machine to ask (failWhen), wait a
+   * moment for it to report a lost guest, which then fails the requests with
+   * its own error; the channel's error stands only if the guest is still there.
+   */
+  private channelClosed(error: AgentError): void {
+    if (this.closedReason || !this.guestFailure) return this.fail(error);
+    const timer = setTimeout(() => this.fail(error), GUEST_LOSS_GRACE_MS);
+    this.guestFailure.catch(() => clearTimeout(timer));
+  }
+
   private fail(error: Error): void {
     this.closedReason ??= error;
     const details = error instanceof CrhError ? error.details : {};
     for (const [id, waiter] of this.pending) {
       this.pending.delete(id);
-      waiter.reject(new AgentError(`${waiter.op}: ${error.message}`, waiter.op, undefined, { ...details, ...this.context() }));
+      // The cause keeps the error's class: a lost guest stays infrastructure through the agent.
+      waiter.reject(new AgentError(`${waiter.op}: ${error.message}`, waiter.op, undefined, { ...details, ...this.context() }, { cause: error }));
     }
   }
 

@@ -146,32 +146,88 @@ export function encodeFrame(frame: Frame): Buffer {
 
 /**
  * Reassembles frames from a byte stream whose chunks may split or join
- * frames anywhere.
+ * frames anywhere. The chunks are kept in a list and each byte is copied at
+ * most once, into the frame it belongs to: a 100 MiB frame arriving in 64 KiB
+ * reads costs 100 MiB of copying, not the 80 GiB that re-concatenating the
+ * pending bytes on every read would.
  */
 export class FrameDecoder {
-  private pending: Buffer = Buffer.alloc(0);
+  private chunks: Buffer[] = [];
+  /** index of the first chunk still holding unread bytes (consumed ones are dropped in batches) */
+  private head = 0;
+  private length = 0;
+  /** the whole size (length field included) of the frame being assembled, once its length field is in */
+  private expected: number | undefined;
 
   push(chunk: Buffer): Frame[] {
-    this.pending = this.pending.length === 0 ? chunk : Buffer.concat([this.pending, chunk]);
+    if (chunk.length > 0) {
+      this.chunks.push(chunk);
+      this.length += chunk.length;
+    }
     const frames: Frame[] = [];
     for (;;) {
-      if (this.pending.length < 4) break;
-      const length = this.pending.readUInt32LE(0);
-      if (length < 8 || length > MAX_FRAME_BYTES) throw new WireError(`invalid frame length ${length}`);
-      if (this.pending.length < 4 + length) break;
+      if (this.expected === undefined) {
+        if (this.length < 4) break;
+        const length = this.peek(4).readUInt32LE(0);
+        if (length < 8 || length > MAX_FRAME_BYTES) throw new WireError(`invalid frame length ${length} (the limit is ${MAX_FRAME_BYTES})`);
+        this.expected = 4 + length;
+      }
+      if (this.length < this.expected) break;
+      const bytes = this.take(this.expected);
+      this.expected = undefined;
       frames.push({
-        id: this.pending.readUInt32LE(4),
-        op: this.pending.readUInt16LE(8),
-        word: this.pending.readUInt16LE(10),
-        payload: this.pending.subarray(FRAME_HEADER_BYTES, 4 + length),
+        id: bytes.readUInt32LE(4),
+        op: bytes.readUInt16LE(8),
+        word: bytes.readUInt16LE(10),
+        payload: bytes.subarray(FRAME_HEADER_BYTES),
       });
-      this.pending = this.pending.subarray(4 + length);
     }
     return frames;
   }
 
   /** Bytes received that do not yet form a whole frame. */
   get buffered(): number {
-    return this.pending.length;
+    return this.length;
+  }
+
+  /** The first `n` buffered bytes, without consuming them (copies only when they straddle chunks). */
+  private peek(n: number): Buffer {
+    const first = this.chunks[this.head]!;
+    if (first.length >= n) return first;
+    const parts: Buffer[] = [];
+    for (let i = this.head, got = 0; got < n; i++) {
+      parts.push(this.chunks[i]!);
+      got += this.chunks[i]!.length;
+    }
+    return Buffer.concat(parts).subarray(0, n);
+  }
+
+  /** Removes and returns the first `n` buffered bytes: a view when one chunk holds them, else one copy. */
+  private take(n: number): Buffer {
+    const first = this.chunks[this.head]!;
+    let out: Buffer;
+    if (first.length >= n) {
+      out = first.subarray(0, n);
+      if (first.length === n) this.head++;
+      else this.chunks[this.head] = first.subarray(n);
+    } else {
+      out = Buffer.allocUnsafe(n);
+      let at = 0;
+      while (at < n) {
+        const c = this.chunks[this.head]!;
+        const used = Math.min(c.length, n - at);
+        c.copy(out, at, 0, used);
+        at += used;
+        if (used === c.length) this.head++;
+        else this.chunks[this.head] = c.subarray(used);
+      }
+    }
+    this.length -= n;
+    // Drop consumed chunks now and then rather than shifting the array on every frame.
+    if (this.head > 1024 || this.head === this.chunks.length) {
+      this.chunks = this.chunks.slice(this.head);
+      this.head = 0;
+    }
+    return out;
   }
 }

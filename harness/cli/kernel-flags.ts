@@ -1,6 +1,7 @@
 /** The kernel switches every command that boots a guest takes, and how they reach the cases. */
 import path from 'node:path';
 import { DEBIAN_KERNEL_PREFIX, splitKernelSpec } from '../image/kernel.ts';
+import { UsageError } from '../repro/usage-error.ts';
 
 export const kernelOptions = {
   kernel: { type: 'string' },
@@ -8,6 +9,8 @@ export const kernelOptions = {
   'kernel-config': { type: 'string' },
   modules: { type: 'string' },
 } as const;
+
+export const KERNEL_USAGE = '[--kernel BZIMAGE|debian:PACKAGE [--system-map FILE] [--kernel-config FILE] [--modules DIR]]';
 
 const ENVIRONMENT: Record<keyof typeof kernelOptions, string> = {
   kernel: 'CRH_KERNEL',
@@ -20,7 +23,7 @@ const ENVIRONMENT: Record<keyof typeof kernelOptions, string> = {
 export function applyKernelOptions(values: Record<string, string | boolean | string[] | undefined>): void {
   for (const [flag, env] of Object.entries(ENVIRONMENT)) {
     const value = values[flag];
-    if (typeof value === 'string') process.env[env] = resolveFlag(value);
+    if (typeof value === 'string') process.env[env] = resolveKernelFlag(flag, value);
   }
 }
 
@@ -28,13 +31,24 @@ export function applyKernelOptions(values: Record<string, string | boolean | str
 export function kernelFlagArgs(values: Record<string, string | boolean | string[] | undefined>): string[] {
   return Object.keys(ENVIRONMENT).flatMap((flag) => {
     const value = values[flag];
-    return typeof value === 'string' ? [`--${flag}`, resolveFlag(value)] : [];
+    return typeof value === 'string' ? [`--${flag}`, resolveKernelFlag(flag, value)] : [];
   });
 }
 
-/** A file flag made absolute (cases run in other directories); a `debian:` package name stays as it is, and a `NAME=` before either too. */
-function resolveFlag(value: string): string {
-  const { label, spec } = splitKernelSpec(value);
-  const resolved = spec.startsWith(DEBIAN_KERNEL_PREFIX) ? spec : path.resolve(spec);
-  return label ? `${label}=${resolved}` : resolved;
+/**
+ * A file flag made absolute (cases run in other directories); a `debian:`
+ * package name stays as it is once it is one: it reaches apt-get's command
+ * line, where `debian:--help` would be an option. A `NAME=` label before a
+ * --kernel value is kept.
+ */
+export function resolveKernelFlag(flag: string, value: string): string {
+  const { label, spec } = flag === 'kernel' ? splitKernelSpec(value) : { label: undefined, spec: value };
+  if (spec === '') throw new UsageError(`--${flag} takes a file${flag === 'kernel' ? ' or debian:PACKAGE' : ''}, not an empty string`);
+  const labelled = (resolved: string): string => (label ? `${label}=${resolved}` : resolved);
+  if (!spec.startsWith(DEBIAN_KERNEL_PREFIX)) return labelled(path.resolve(spec));
+  const name = spec.slice(DEBIAN_KERNEL_PREFIX.length);
+  if (flag !== 'kernel') throw new UsageError(`--${flag} takes a file, not a Debian package (${spec})`);
+  // Debian policy 5.6.1: lower case letters, digits, + - . ; at least two characters, starting alphanumeric.
+  if (!/^[a-z0-9][a-z0-9+.-]+$/.test(name)) throw new UsageError(`--kernel ${JSON.stringify(value)}: "${name}" is not a Debian package name`);
+  return labelled(spec);
 }

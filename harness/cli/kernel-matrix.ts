@@ -17,7 +17,7 @@ import { describeKernelIdentity, formatKernelMatrix, type KernelColumn, type Ker
 import { outcome, type Verdict } from '../report/verdicts.ts';
 import { UsageError } from '../repro/usage-error.ts';
 import { REPO_ROOT } from '../util/cache-dir.ts';
-import { kernelFlagArgs } from './kernel-flags.ts';
+import { kernelFlagArgs, resolveKernelFlag } from './kernel-flags.ts';
 
 /** `crh run`'s kernel flags, each repeatable: the n-th --system-map, --kernel-config, --modules go with the n-th --kernel. */
 export const runKernelOptions = {
@@ -54,6 +54,8 @@ export function kernelRuns(values: Partial<Record<'kernel' | Companion, string[]
     const flags: KernelFlags = {};
     if (kernels[i] !== undefined) flags.kernel = kernels[i];
     for (const flag of COMPANIONS) if (values[flag]?.[i] !== undefined) flags[flag] = values[flag]![i];
+    // Refused here, before the first kernel's run, rather than when its turn comes.
+    for (const [flag, value] of Object.entries(flags)) resolveKernelFlag(flag, value);
     return flags;
   };
   const runs = Array.from({ length: count }, (_, i) => flagsAt(i));

@@ -1,32 +1,13 @@
 /**
- * `crh`: the command-line front door.
+ * `crh`: the command-line front door. Each subcommand's options and its one
+ * usage text live in command-line.ts (COMMANDS) — `crh COMMAND --help`
+ * prints it, every usage error repeats it; this file runs the commands.
  *
- *   crh bootstrap [--test]        install missing host packages (root) or say which;
- *                                 --test adds what only the tests need (chromium)
- *   crh image [kernel options]    build the guest image, print where it is
- *   crh boot  [kernel options]    boot a guest and print a ready ssh command line
- *   crh ssh [-- COMMAND]          a shell (or one command) in the guest crh boot runs
- *   crh verdicts [--reset|--check] the verdict rows the cases recorded; --check exits 1 on any not as expected
- *   crh doctor [--json] [kernel options]
- *                                 measure and print the platform profile
- *   crh restore --dry-run IMAGE [--rf P] [--regs P] [--restorer R] [--rseq-fixup on|off] [--omit LIST]
- *                                 validate an image and print its restore plan
- *   crh run   [--grep RE] [kernel options] [--jobs N] [--artifacts DIR] [--junit FILE] [--json FILE] [--html FILE] [--cases DIR]
- *                                 run the cases (N case files at once), print the verdict table;
- *                                 the HTML report is always written (default artifacts/report.html).
- *                                 --kernel repeated: the suite once per kernel, in
- *                                 artifacts/<kernel>/, then the verdicts side by side
- *   crh repro FILE.c [--checkpoint-at SYMBOL | --checkpoint-after MS | --when-ready] [policy] [-- ARGS]
- *   crh repro --bundle BUNDLE.tar
- *   crh cr --binary PATH [--file PATH]... [the same switches] [-- ARGS]
- *                                 checkpoint, restore and compare one program with an
- *                                 uninterrupted run; write a bundle (docs/reproducing.md)
- *
- * Kernel options: --kernel BZIMAGE|debian:PACKAGE [--system-map FILE] [--kernel-config FILE] [--modules DIR]
- * Exit codes: 0 all as expected, 1 a case failed, 69 infrastructure failure
- * (QEMU, image, a kernel that cannot boot), 2 usage.
+ * Exit codes (exit-codes.ts; docs/ci.md has what produces each): 0 all as
+ * expected, 1 a case failed or none gave a verdict, 2 usage, 69
+ * infrastructure (QEMU, image, a kernel that cannot boot, the guest lost
+ * mid-run).
  */
-import { parseArgs } from 'node:util';
 import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { execa } from 'execa';
@@ -41,29 +22,41 @@ import { platformProfile, profileRows, type PlatformProfile } from '../platform/
 import { readCheckpointImage } from '../restore/checkpoint-image.ts';
 import { dryRunPlan, formatPlan } from '../restore/dry-run.ts';
 import { describePolicy } from '../restore/policy.ts';
-import { policyFromFlags, policyOptions, POLICY_USAGE } from './policy-flags.ts';
+import { policyFromFlags } from './policy-flags.ts';
 import { readInfraFailures, recordInfraFailure } from '../report/infra-failures.ts';
 import { junitXml } from '../report/junit.ts';
 import { writeHtmlReport } from '../report/html-inputs.ts';
 import { writeFile } from 'node:fs/promises';
 import { artifactsRoot, formatVerdictTable, outcome, readVerdicts, verdictsFile, type Verdict } from '../report/verdicts.ts';
+import { EXIT, verdictsExitCode } from './exit-codes.ts';
 import { REPO_ROOT } from '../util/cache-dir.ts';
 import { isInfraFailure } from '../report/infra-failures.ts';
-import { applyKernelOptions, kernelOptions } from './kernel-flags.ts';
+import { applyKernelOptions } from './kernel-flags.ts';
+import { COMMANDS, CRH_USAGE, isCommand, parseCommandLine, usageError, wantsHelp } from './command-line.ts';
 import { readBootSession, removeBootSession, sshArgs, writeBootSession } from './boot-session.ts';
 import { reproCommand } from '../repro/command.ts';
 import { UsageError } from '../repro/usage-error.ts';
-import { kernelRuns, runKernelMatrix, runKernelOptions } from './kernel-matrix.ts';
+import { kernelRuns, runKernelMatrix } from './kernel-matrix.ts';
 import { checkKernelConfig, kernelIdentity } from './kernel-identity.ts';
 import type { KernelIdentity } from '../report/kernel-matrix.ts';
+import { escapeControl } from '../util/terminal-text.ts';
 
-export const EXIT = { ok: 0, failed: 1, usage: 2, infra: 69 } as const;
 
 const log = (line: string): void => void process.stderr.write(`crh: ${line}\n`);
 
 
+async function bootstrapCommand(args: string[]): Promise<number> {
+  const parsed = parseCommandLine(COMMANDS.bootstrap, args);
+  if (!parsed) return EXIT.ok;
+  const report = await bootstrapHost(log, { test: parsed.values.test ?? false });
+  log(report.installed.length > 0 ? `installed ${report.installed.join(' ')}` : 'host packages present');
+  return EXIT.ok;
+}
+
 async function imageCommand(args: string[]): Promise<number> {
-  const { values } = parseArgs({ args, options: kernelOptions });
+  const parsed = parseCommandLine(COMMANDS.image, args);
+  if (!parsed) return EXIT.ok;
+  const { values } = parsed;
   applyKernelOptions(values);
   await bootstrapHost(log);
   const image = await buildImage({ kernel: await kernelFromEnvironment(), log });
@@ -72,7 +65,9 @@ async function imageCommand(args: string[]): Promise<number> {
 }
 
 async function bootCommand(args: string[]): Promise<number> {
-  const { values } = parseArgs({ args, options: kernelOptions });
+  const parsed = parseCommandLine(COMMANDS.boot, args);
+  if (!parsed) return EXIT.ok;
+  const { values } = parsed;
   applyKernelOptions(values);
   await bootstrapHost(log);
   const image = await buildImage({ kernel: await kernelFromEnvironment(), log });
@@ -105,7 +100,10 @@ async function bootCommand(args: string[]): Promise<number> {
  * the wrong way round) did not.
  */
 async function verdictsCommand(args: string[]): Promise<number> {
-  const { values } = parseArgs({ args, options: { reset: { type: 'boolean' }, check: { type: 'boolean' } } });
+  const parsed = parseCommandLine(COMMANDS.verdicts, args);
+  if (!parsed) return EXIT.ok;
+  const { values } = parsed;
+  if (values.reset && values.check) throw usageError(COMMANDS.verdicts, '--reset and --check exclude each other');
   const file = verdictsFile();
   if (values.reset) {
     rmSync(file, { force: true });
@@ -116,11 +114,17 @@ async function verdictsCommand(args: string[]): Promise<number> {
   process.stdout.write(`${formatVerdictTable(verdicts)}\n\n${verdicts.length - failed.length} as expected or skipped, ${failed.length} not (${file})\n`);
   if (!values.check) return EXIT.ok;
   for (const v of failed) log(`not as expected: ${v.case}: ${v.scenario} under ${v.policy}${v.control ? ' (negative control)' : ''}: expected ${v.expected}, observed ${v.observed}`);
-  return failed.length > 0 || verdicts.length === 0 ? EXIT.failed : EXIT.ok;
+  if (failed.length === 0 && verdictsExitCode(verdicts) !== EXIT.ok) log(verdicts.length === 0 ? 'no verdict was recorded: nothing was tested' : 'every verdict is a skip: nothing was tested');
+  return verdictsExitCode(verdicts);
 }
 
 /** A shell (or one command) in the guest `crh boot` is running; exits with ssh's code. */
 async function sshCommand(args: string[]): Promise<number> {
+  // Everything but a leading --help is the remote command (`crh ssh ls -l` works without `--`).
+  if (args[0] === '--help' || args[0] === '-h') {
+    process.stdout.write(`${COMMANDS.ssh.usage}\n`);
+    return EXIT.ok;
+  }
   const dash = args.indexOf('--');
   const command = dash >= 0 ? args.slice(dash + 1) : args;
   const session = readBootSession(path.join(artifactsRoot(), 'boot'));
@@ -129,7 +133,9 @@ async function sshCommand(args: string[]): Promise<number> {
 }
 
 async function doctorCommand(args: string[]): Promise<number> {
-  const { values } = parseArgs({ args, options: { ...kernelOptions, json: { type: 'boolean' } } });
+  const parsed = parseCommandLine(COMMANDS.doctor, args);
+  if (!parsed) return EXIT.ok;
+  const { values } = parsed;
   applyKernelOptions(values);
   await bootstrapHost(log);
   const image = await buildImage({ kernel: await kernelFromEnvironment(), log });
@@ -156,20 +162,18 @@ async function doctorCommand(args: string[]): Promise<number> {
 }
 
 async function restoreCommand(args: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args,
-    allowPositionals: true,
-    options: { 'dry-run': { type: 'boolean' }, ...policyOptions },
-  });
-  if (!values['dry-run'] || positionals.length !== 1) {
-    process.stderr.write(`usage: crh restore --dry-run IMAGE ${POLICY_USAGE}\n(a live restore runs inside a case, against a booted guest)\n`);
-    return EXIT.usage;
-  }
+  const parsed = parseCommandLine(COMMANDS.restore, args);
+  if (!parsed) return EXIT.ok;
+  const { values, positionals } = parsed;
+  if (!values['dry-run']) throw usageError(COMMANDS.restore, 'crh restore needs --dry-run');
+  if (positionals.length !== 1) throw usageError(COMMANDS.restore, `crh restore takes one IMAGE (got ${positionals.length})`);
   const policy = policyFromFlags(values);
   const image = await readCheckpointImage(positionals[0]!);
-  process.stdout.write(`image ${positionals[0]}: valid (${image.process.binary}, pid ${image.process.pid}, ${image.regions.length} memory regions, ${1 + image.threads.length} thread${image.threads.length ? 's' : ''}, taken ${image.created})\n`);
+  // Image fields are untrusted text: control characters in them are shown escaped, never sent to the terminal.
+  const shown = escapeControl;
+  process.stdout.write(`image ${shown(positionals[0]!)}: valid (${shown(image.process.binary)}, pid ${image.process.pid}, ${image.regions.length} memory regions, ${1 + image.threads.length} thread${image.threads.length ? 's' : ''}, taken ${shown(String(image.created))})\n`);
   process.stdout.write(`policy: ${describePolicy(policy)}\n`);
-  process.stdout.write(`${formatPlan(dryRunPlan(image, policy))}\n`);
+  process.stdout.write(`${shown(formatPlan(dryRunPlan(image, policy)), { keepNewlines: true })}\n`);
   return EXIT.ok;
 }
 
@@ -183,12 +187,22 @@ function measuredProfile(artifacts: string, verdicts: readonly Verdict[]): { fil
 }
 
 async function runCommand(args: string[]): Promise<number> {
-  const { values } = parseArgs({ args, options: { ...kernelOptions, ...runKernelOptions, jobs: { type: 'string' }, grep: { type: 'string' }, artifacts: { type: 'string' }, junit: { type: 'string' }, json: { type: 'string' }, html: { type: 'string' }, cases: { type: 'string' } } });
-  if (values.jobs !== undefined && !/^[1-9][0-9]*$/.test(values.jobs)) throw new UsageError(`--jobs takes a number of case files to run at once, not ${values.jobs}`);
+  const parsed = parseCommandLine(COMMANDS.run, args);
+  if (!parsed) return EXIT.ok;
+  const { values } = parsed;
+  if (values.jobs !== undefined && !/^[1-9][0-9]*$/.test(values.jobs)) throw usageError(COMMANDS.run, `--jobs takes a number of case files to run at once, not ${values.jobs}`);
+  let grep: RegExp | undefined;
+  try {
+    grep = values.grep ? new RegExp(values.grep) : undefined;
+  } catch (error) {
+    throw usageError(COMMANDS.run, `--grep: ${(error as Error).message}`);
+  }
   const jobs = values.jobs ? ['--jobs', values.jobs] : [];
+  const casesDir = path.resolve(REPO_ROOT, values.cases ?? 'cases');
+  if (!existsSync(casesDir)) throw usageError(COMMANDS.run, `--cases ${values.cases}: no such directory`);
   const runs = kernelRuns(values);
   if (runs.length > 1) {
-    if (values.html) throw new UsageError('--html names one file: with several kernels each kernel has its report in <artifacts>/<kernel>/report.html');
+    if (values.html) throw usageError(COMMANDS.run, '--html names one file: with several kernels each kernel has its report in <artifacts>/<kernel>/report.html');
     const passThrough = [...(values.grep ? ['--grep', values.grep] : []), ...jobs, ...(values.cases ? ['--cases', path.resolve(values.cases)] : [])];
     const junit = values.junit ? path.resolve(values.junit) : undefined;
     const json = values.json ? path.resolve(values.json) : undefined;
@@ -223,8 +237,7 @@ async function runCommand(args: string[]): Promise<number> {
     throw error;
   }
 
-  const grep = values.grep ? new RegExp(values.grep) : undefined;
-  const casesDir = path.resolve(REPO_ROOT, values.cases ?? 'cases');
+
   // cases/ and its folders (cases/reports/: the mailing-list catalog); --grep matches the relative path.
   const cases = readdirSync(casesDir, { recursive: true, encoding: 'utf8' })
     .filter((f) => f.endsWith('.test.ts') && (!grep || grep.test(f)))
@@ -253,45 +266,48 @@ async function runCommand(args: string[]): Promise<number> {
   process.stdout.write(`\n${count('PASS')} passed, ${count('FAIL')} failed${count('SKIP') > 0 ? `, ${count('SKIP')} skipped` : ''}\n`);
   process.stdout.write(`artifacts: ${artifacts}\nHTML report: ${htmlFile}\n`);
   if (infra.length > 0) return EXIT.infra;
-  if (tap.exitCode !== 0 || count('FAIL') > 0 || verdicts.length === 0) return EXIT.failed;
-  return EXIT.ok;
+  if (count('PASS') === 0 && count('FAIL') === 0) log(verdicts.length === 0 ? 'no verdict was recorded: nothing was tested' : 'every verdict is a skip: nothing was tested');
+  return verdictsExitCode(verdicts, tap.exitCode ?? EXIT.failed);
 }
+
+const HANDLERS: Record<Exclude<keyof typeof COMMANDS, 'repro' | 'cr'>, (args: string[]) => Promise<number>> = {
+  bootstrap: bootstrapCommand,
+  image: imageCommand,
+  boot: bootCommand,
+  ssh: sshCommand,
+  verdicts: verdictsCommand,
+  doctor: doctorCommand,
+  restore: restoreCommand,
+  run: runCommand,
+};
 
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
-  switch (command) {
-    case 'bootstrap': {
-      const { values } = parseArgs({ args: rest, options: { test: { type: 'boolean' } } });
-      const report = await bootstrapHost(log, { test: values.test ?? false });
-      log(report.installed.length > 0 ? `installed ${report.installed.join(' ')}` : 'host packages present');
+  if (command === '--help' || command === '-h' || command === 'help') {
+    process.stdout.write(`${CRH_USAGE}\n`);
+    return EXIT.ok;
+  }
+  if (!isCommand(command)) {
+    process.stderr.write(`${command === undefined ? 'crh: no command' : `crh: unknown command ${JSON.stringify(command)}`}\n${CRH_USAGE}\n`);
+    return EXIT.usage;
+  }
+  if (command === 'repro' || command === 'cr') {
+    // repro/options.ts parses these; a --cflags value may itself start with a dash.
+    if (wantsHelp(rest, ['--cflags'])) {
+      process.stdout.write(`${COMMANDS[command].usage}\n`);
       return EXIT.ok;
     }
-    case 'image':
-      return imageCommand(rest);
-    case 'ssh':
-      return sshCommand(rest);
-    case 'verdicts':
-      return verdictsCommand(rest);
-    case 'boot':
-      return bootCommand(rest);
-    case 'run':
-      return runCommand(rest);
-    case 'doctor':
-      return doctorCommand(rest);
-    case 'repro':
-    case 'cr':
-      return reproCommand(command, rest);
-    case 'restore':
-      return restoreCommand(rest);
-    default:
-      process.stderr.write('usage: crh bootstrap [--test] | image | boot | ssh [-- COMMAND] | verdicts [--reset|--check] | doctor [--json] | restore --dry-run IMAGE | repro FILE.c | cr --binary PATH | run [--grep RE] [--kernel BZIMAGE|debian:PACKAGE [--system-map FILE]]... [--jobs N] [--artifacts DIR] [--junit FILE] [--json FILE] [--html FILE] [--cases DIR]\n');
-      return EXIT.usage;
+    return reproCommand(command, rest);
   }
+  return HANDLERS[command](rest);
 }
 
 try {
   process.exitCode = await main(process.argv.slice(2));
 } catch (error) {
-  process.stderr.write(`${error instanceof CrhError ? error.describe() : error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
+  // Our errors (a UsageError included: its message and the usage) print without a stack; only a bug shows one.
+  // Messages quote images, programs and guest consoles: their control characters are shown escaped.
+  const text = error instanceof CrhError ? error.describe() : error instanceof Error ? (error.stack ?? error.message) : String(error);
+  process.stderr.write(`${escapeControl(text, { keepNewlines: true })}\n`);
   process.exitCode = isInfraFailure(error) ? EXIT.infra : error instanceof UsageError ? EXIT.usage : EXIT.failed;
 }

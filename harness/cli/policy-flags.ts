@@ -14,6 +14,7 @@ import {
   type RestorePolicy,
 } from '../restore/policy.ts';
 import { parseRestorer, RESTORERS } from '../restore/restorers.ts';
+import { UsageError } from '../repro/usage-error.ts';
 
 export const policyOptions = {
   rf: { type: 'string' },
@@ -28,8 +29,18 @@ export const POLICY_USAGE =
   `[--rf ${RF_POLICIES.join('|')}] [--regs ${REGS_POLICIES.join('|')}] [--restorer ${RESTORERS.join('|')}] ` +
   `[--rseq-fixup ${RSEQ_FIXUP_POLICIES.join('|')}] [--syscall-restart ${SYSCALL_RESTART_POLICIES.join('|')}] [--omit ${OMITTABLE.join(',')}]`;
 
-/** The policy the flags ask for; the default for every switch not given. Throws RangeError on an unknown value. */
+/** The policy the flags ask for; the default for every switch not given. Throws UsageError on an unknown value. */
 export function policyFromFlags(values: Partial<Record<keyof typeof policyOptions, string | boolean>>): RestorePolicy {
+  try {
+    return policyOf(values);
+  } catch (error) {
+    // The policy parsers say which value of which switch they refused.
+    if (error instanceof RangeError) throw new UsageError(`${error.message}\nrestore policy switches: ${POLICY_USAGE}`);
+    throw error;
+  }
+}
+
+function policyOf(values: Partial<Record<keyof typeof policyOptions, string | boolean>>): RestorePolicy {
   const text = (name: keyof typeof policyOptions): string | undefined => (typeof values[name] === 'string' ? (values[name] as string) : undefined);
   const rf = text('rf');
   const regs = text('regs');

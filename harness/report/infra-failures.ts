@@ -17,9 +17,24 @@ function infraFile(): string {
   return path.join(path.dirname(verdictsFile()), 'infra-failures.jsonl');
 }
 
-/** True for errors that say nothing about the code under test. */
+/**
+ * True for errors that say nothing about the code under test — the one place
+ * that decides (crh's exit code 69, a case's infra-failures.jsonl row, a
+ * repro that gives no verdict). Infrastructure anywhere in the cause chain
+ * counts: a restore step that failed because the agent's request failed
+ * because the guest was lost (QEMU died, the guest kernel panicked: the
+ * machine's BootError "guest lost") is infrastructure, not a FAIL of the
+ * restore core. The guest kernel dying mid-run is counted here too: a
+ * restore-core verdict cannot be had from a guest that is gone, whatever
+ * killed it; the console tail in the error says what did.
+ */
 export function isInfraFailure(error: unknown): boolean {
-  return isInfraError(error) || error instanceof BootError;
+  const seen = new Set<unknown>();
+  for (let e = error; e !== undefined && e !== null && !seen.has(e); e = (e as { cause?: unknown }).cause) {
+    seen.add(e);
+    if (isInfraError(e) || e instanceof BootError) return true;
+  }
+  return false;
 }
 
 export function recordInfraFailure(caseName: string, error: unknown): void {

@@ -6,7 +6,7 @@
 import { constants } from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { kernelFlagArgs, kernelOptions } from '../cli/kernel-flags.ts';
+import { KERNEL_USAGE, kernelFlagArgs, kernelOptions, resolveKernelFlag } from '../cli/kernel-flags.ts';
 import { policyFromFlags, policyOptions, POLICY_USAGE } from '../cli/policy-flags.ts';
 import type { RestorePolicy } from '../restore/policy.ts';
 import { UsageError } from './usage-error.ts';
@@ -50,7 +50,7 @@ export const DEFAULT_TIMEOUT_MS = 60_000;
 export const REPRO_USAGE =
   'usage: crh repro FILE.c [--checkpoint-at SYMBOL|0xADDR [--hit N] | --checkpoint-after MS | --when-ready] [--finish-signal SIG]\n' +
   `                 ${POLICY_USAGE}\n` +
-  '                 [--cflags "FLAGS"] [--timeout MS] [--out BUNDLE.tar] [--artifacts DIR] [--kernel BZIMAGE ...] [-- ARGS]\n' +
+  `                 [--cflags "FLAGS"] [--timeout MS] [--out BUNDLE.tar] [--artifacts DIR] ${KERNEL_USAGE} [-- ARGS]\n` +
   '       crh repro --bundle BUNDLE.tar [--out BUNDLE.tar] [--artifacts DIR]\n' +
   '       crh cr --binary PATH [--file PATH]... [the same checkpoint and policy switches] [-- ARGS]';
 
@@ -70,6 +70,7 @@ const options = {
   file: { type: 'string', multiple: true },
   bundle: { type: 'string' },
 } as const;
+export { options as reproOptions };
 
 /** A bundle rerun: the request comes from the bundle. */
 export interface BundleRerun {
@@ -141,7 +142,7 @@ export function parseReproArgs(command: 'repro' | 'cr', argv: readonly string[])
     ...(values.artifacts ? { artifacts: path.resolve(values.artifacts) } : {}),
     kernel: Object.fromEntries(Object.keys(kernelOptions).flatMap((flag) => {
       const value = values[flag as keyof typeof kernelOptions];
-      return typeof value === 'string' ? [[flag, path.resolve(value)]] : [];
+      return typeof value === 'string' ? [[flag, resolveKernelFlag(flag, value)]] : [];
     })),
   };
 }

@@ -5,6 +5,7 @@
  * binary, arguments, environment, working directory and pid, so what the
  * program prints may depend on any of them and still compare equal.
  */
+import { readGuestText } from '../agent/read-file.ts';
 import { constants } from 'node:os';
 import type { AgentClient } from '../agent/client.ts';
 import { DR7_EXECUTE_DR0 } from '../agent/breakpoint-spawn.ts';
@@ -298,7 +299,7 @@ function notReached(ctx: RunContext, ended: Ended, which: string, output: string
 }
 
 async function readOutput(agent: AgentClient, file: string): Promise<string> {
-  return (await agent.call({ op: 'READ_FILE', path: file, maxSize: OUTPUT_MAX_BYTES })).toString('utf8');
+  return readGuestText(agent, file, OUTPUT_MAX_BYTES);
 }
 
 export function signalName(sig: number): string {

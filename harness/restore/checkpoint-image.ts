@@ -18,6 +18,7 @@ import { pipeline } from 'node:stream/promises';
 import * as tar from 'tar-stream';
 import { ImageRejectedError } from '../errors.ts';
 import { sha256 } from '../util/hash.ts';
+import { jsonNestingDepth } from '../util/json-depth.ts';
 import { USER_REGS_FIELDS, type UserRegs } from '../x86/registers.ts';
 import { validateImage } from './validate.ts';
 import type { RseqState } from './rseq.ts';
@@ -54,6 +55,8 @@ export const LIMITS = {
   totalBytes: 2 * 1024 * 1024 * 1024,
   entries: 4096,
   jsonBytes: 4 * 1024 * 1024,
+  /** nesting of arrays and objects in a JSON entry (the image's own entries use fewer than 8) */
+  jsonDepth: 64,
 } as const;
 
 export interface ProcessInfo {
@@ -304,8 +307,11 @@ function required(entries: Map<string, Buffer>, name: string): Buffer {
 
 function parseJson(data: Buffer, entry: string): unknown {
   if (data.length > LIMITS.jsonBytes) throw new ImageRejectedError(`JSON entry larger than ${LIMITS.jsonBytes} bytes`, entry, 'size');
+  const text = data.toString('utf8');
+  // Our entries nest a few levels; a deeper one is hostile and would overflow the stack of whatever walks it.
+  if (jsonNestingDepth(text, LIMITS.jsonDepth) > LIMITS.jsonDepth) throw new ImageRejectedError(`JSON nests deeper than ${LIMITS.jsonDepth} levels`, entry, '(json)');
   try {
-    return JSON.parse(data.toString('utf8'));
+    return JSON.parse(text);
   } catch (error) {
     throw new ImageRejectedError(`invalid JSON: ${(error as Error).message}`, entry, '(json)');
   }

@@ -7,6 +7,10 @@ import { readFile } from 'node:fs/promises';
 import { Client, type ClientChannel } from 'ssh2';
 import { CrhError, InfraError } from '../errors.ts';
 import type { AgentTransport } from '../agent/client.ts';
+import { CappedBuffer } from '../util/capped-buffer.ts';
+
+/** Most of one stream of a command's output kept in memory (/proc/kallsyms of a large kernel is ~10 MiB). */
+export const EXEC_OUTPUT_MAX_BYTES = 64 * 1024 * 1024;
 
 export interface SshTarget {
   host: '127.0.0.1';
@@ -17,10 +21,13 @@ export interface SshTarget {
 }
 
 export interface ExecResult {
+  /** at most EXEC_OUTPUT_MAX_BYTES, then a line saying how much more there was */
   stdout: string;
   stderr: string;
   code: number | null;
   signal?: string;
+  /** set when either stream was cut at the limit */
+  truncated?: true;
 }
 
 export class SshCommandError extends CrhError {
@@ -51,19 +58,20 @@ export class SshSession {
   }
 
   /** Runs a command in the guest and collects its output. */
-  async exec(command: string): Promise<ExecResult> {
+  async exec(command: string, maxBytes = EXEC_OUTPUT_MAX_BYTES): Promise<ExecResult> {
     const channel = await this.channel(command);
-    const stdout: Buffer[] = [];
-    const stderr: Buffer[] = [];
+    const stdout = new CappedBuffer(maxBytes, `stdout of \`${command.slice(0, 80)}\``);
+    const stderr = new CappedBuffer(maxBytes, `stderr of \`${command.slice(0, 80)}\``);
     channel.on('data', (d: Buffer) => stdout.push(d));
     channel.stderr.on('data', (d: Buffer) => stderr.push(d));
     return new Promise((resolve) => {
       channel.on('close', (code: number | null, signal?: string) =>
         resolve({
-          stdout: Buffer.concat(stdout).toString('utf8'),
-          stderr: Buffer.concat(stderr).toString('utf8'),
+          stdout: stdout.text(),
+          stderr: stderr.text(),
           code: code ?? null,
           ...(signal ? { signal } : {}),
+          ...(stdout.truncated || stderr.truncated ? { truncated: true as const } : {}),
         }),
       );
     });
@@ -72,8 +80,9 @@ export class SshSession {
   /** Like exec, but a non-zero exit throws with the output. */
   async run(command: string): Promise<string> {
     const result = await this.exec(command);
-    if (result.code !== 0) {
-      throw new SshCommandError(`guest command failed (exit ${result.code ?? result.signal}): ${command}`, {
+    // A caller of run() parses the whole output; a cut one would be parsed as if complete.
+    if (result.code !== 0 || result.truncated) {
+      throw new SshCommandError(`guest command ${result.code === 0 ? `wrote more than ${EXEC_OUTPUT_MAX_BYTES} bytes` : `failed (exit ${result.code ?? result.signal})`}: ${command}`, {
         stdout: result.stdout,
         stderr: result.stderr,
       });

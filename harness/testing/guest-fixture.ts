@@ -22,6 +22,8 @@ export async function startGuest(t: Teardownable, caseName: string): Promise<Gue
   try {
     const guest = await openGuest({ artifactsDir, log: (line) => t.comment(`${caseName}: ${line}`) });
     t.teardown(() => guest.close());
+    // A guest lost mid-case (QEMU died, the kernel panicked) fails the case's assertions too; recorded here, crh run exits 69 for it, not 1.
+    guest.machine.failure.catch((error: unknown) => recordInfraFailure(caseName, error));
     return guest;
   } catch (error) {
     if (isInfraFailure(error)) recordInfraFailure(caseName, error);

@@ -6,6 +6,7 @@
  * with no breakpoint at all, run it for a while and interrupt it wherever it
  * is (runThenInterrupt), then checkpoint it there (checkpointStopped).
  */
+import { readGuestText } from '../agent/read-file.ts';
 import { appendFileSync, writeFileSync } from 'node:fs';
 import { constants } from 'node:os';
 import path from 'node:path';
@@ -34,7 +35,7 @@ export function spawnArmed(guest: Guest, w: Workload, stdoutPath: string): Promi
 }
 
 export async function readOutput(guest: Guest, file: string): Promise<string> {
-  return (await guest.agent.call({ op: 'READ_FILE', path: file, maxSize: 65536 })).toString('utf8');
+  return readGuestText(guest.agent, file, 65536);
 }
 
 /** Runs the workload (ASLR off) to its end with nothing armed — its breakpoints ignored: the uninterrupted reference. */
