@@ -17,6 +17,8 @@ export class ConsoleLog {
   private readonly lineListeners = new Set<(line: string) => void>();
   private readonly file: WriteStream;
   readonly lines: string[] = [];
+  /** Date.now() when the first console byte arrived; a silent console is how a dead vCPU shows */
+  firstByteAt: number | undefined;
 
   constructor(
     readonly path: string,
@@ -44,6 +46,7 @@ export class ConsoleLog {
   }
 
   private onData(text: string): void {
+    this.firstByteAt ??= Date.now();
     this.file.write(text);
     this.tailText = (this.tailText + text).slice(-TAIL_BYTES);
     const parts = (this.partial + text).split(/\r?\n/);
