@@ -47,6 +47,9 @@ export async function launchMachine(config: FastStartConfig): Promise<QemuMachin
   if (existsSync(state)) {
     const restored = await launchFromState({ ...config, accel }, state);
     if (restored) return restored;
+    // KVM stalled on the saved state: the decision is TCG now, whose own state (if any) is the one to load.
+    const now = config.accel ?? (await chooseAccelerator(bootFilesOf(config.image)));
+    if (now.accel !== accel.accel) return launchMachine(config);
   }
   // Not pinned unless the caller pinned it: a KVM that stalls falls back to TCG inside launch().
   const machine = await new QemuMachine(config).launch();
