@@ -8,6 +8,7 @@ import { probeBoot } from '../harness/machine/boot-probe.ts';
 import { bootFilesOf } from '../harness/machine/machine.ts';
 import { buildImage } from '../harness/image/build.ts';
 import type { BootFiles } from '../harness/machine/qemu-args.ts';
+import { describeAccelEvidence, profileFacts, profileRows, type PlatformProfile } from '../harness/platform/profile.ts';
 
 const FAKE_QEMU = path.join(import.meta.dirname, 'support', 'fake-qemu', 'kvm-internal-error.sh');
 
@@ -101,4 +102,17 @@ t.test('CRH_ACCEL=tcg overrides without probing; a bad value is refused', async 
   t.same(await chooseAccelerator(boot), { accel: 'tcg', reason: 'CRH_ACCEL=tcg', forced: true });
   process.env.CRH_ACCEL = 'hvf';
   await t.rejects(chooseAccelerator(boot), /CRH_ACCEL must be tcg or kvm/);
+});
+
+t.test('the platform profile shows the accelerator, its reason and the evidence', async (t) => {
+  const evidence = { seen: 'stderr: KVM internal error. Suberror: 1', elapsedMs: 712, qmpStatus: 'internal-error', stderr: 'KVM internal error. Suberror: 1', console: '', decidedAt: '2026-12-04T23:00:00.000Z' };
+  t.equal(
+    describeAccelEvidence(evidence),
+    'stderr: KVM internal error. Suberror: 1; QMP status internal-error; 712 ms; stderr: KVM internal error. Suberror: 1; console empty; decided 2026-12-04T23:00:00.000Z',
+  );
+  const profile = { qemu: '7.2', accel: 'tcg', accelReason: 'kvm failed: stderr: KVM internal error. Suberror: 1', accelEvidence: evidence, cpuModel: 'max', guestCpu: 'QEMU TCG CPU', cpuFlags: [], xcr0: '0x7', xsaveBytes: 832, kernelRelease: '6.1', kernelOrigin: 'test', kernelConfig: {}, kernelSymbols: 'x', probes: { rfOnUserPageFault: { value: null, how: '' }, rfAtHwBreakpointStop: { value: null, how: '' }, rseqDeprecatedFlagsRejected: { value: null, how: '' } } } as unknown as PlatformProfile;
+  const rows = new Map(profileRows(profile));
+  t.equal(rows.get('accelerator'), 'tcg (kvm failed: stderr: KVM internal error. Suberror: 1)');
+  t.match(rows.get('accelerator evidence'), /QMP status internal-error; 712 ms/);
+  t.match(String(profileFacts(profile).accelEvidence), /internal-error/, 'checkpoint images record it too');
 });
