@@ -115,7 +115,13 @@ export async function chooseAccelerator(boot: BootFiles, options: ChooseOptions 
     return { accel: 'kvm', reason: 'CRH_ACCEL=kvm (not probed, no fallback)', forced: true };
   }
   if (!usable) return { accel: 'tcg', reason: `${kvmDevice} is absent or not accessible` };
-  const where = await decisionLocation(boot);
+  let where: DecisionLocation;
+  try {
+    where = await decisionLocation(boot);
+  } catch (error) {
+    // A missing kernel or initramfs: the launch fails on its own with QEMU's words; there is nothing to boot as evidence.
+    return { accel: 'tcg', reason: `no evidence for KVM: the boot files cannot be read (${(error as Error).message})` };
+  }
   let decision = decisions.get(where.file);
   if (!decision) {
     decision = decide(boot, where, options);
