@@ -67,6 +67,7 @@ export interface MachineConfig {
 }
 
 let machineCounter = 0;
+const PORT_ATTEMPTS = 3;
 /** QEMU accepts on its QMP socket within milliseconds of starting; this long without it is a broken QEMU. */
 const QMP_ACCEPT_MS = 15_000;
 
@@ -74,7 +75,6 @@ const QMP_ACCEPT_MS = 15_000;
 export function bootFilesOf(image: GuestImage): BootFiles {
   return { kernel: image.kernel.bzImage, initrd: image.initramfs, cmdline: image.cmdline };
 }
-const PORT_ATTEMPTS = 3;
 
 export class QemuMachine implements AsyncDisposable {
   private child: ChildProcess | undefined;
@@ -142,6 +142,7 @@ export class QemuMachine implements AsyncDisposable {
           }
           this.shutdownPromise = undefined;
           this.child = undefined;
+          this.diagnosis = undefined;
           this.runDir = await mkdtemp(path.join(tmpdir(), 'crh-'));
           continue;
         }
