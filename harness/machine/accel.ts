@@ -154,7 +154,7 @@ async function decide(boot: BootFiles, where: DecisionLocation, options: ChooseO
     choice = {
       accel: 'tcg',
       reason: `KVM unusable: ${firmware}`,
-      evidence: { seen: firmware, qmpStatus: '', stderrTail: '', consoleTail: '', elapsedMs: Date.now() - started },
+      evidence: { seen: `firmware probe: ${firmware}`, qmpStatus: '', stderrTail: '', consoleTail: '', elapsedMs: Date.now() - started },
     };
   } else {
     const { booted, evidence } = await probeBoot('kvm', boot, { timeoutMs: options.evidenceTimeoutMs ?? KVM_EVIDENCE_TIMEOUT_MS });

@@ -245,7 +245,8 @@ export function describeAccelEvidence(e: AccelEvidence): string {
     e.qmpStatus && `QMP status ${e.qmpStatus}`,
     `${e.elapsedMs} ms`,
     e.stderr && `stderr: ${e.stderr}`,
-    e.console ? `console: ${e.console}` : 'console empty',
+    // No QMP status means nothing was booted (the firmware probe decided): no console to speak of.
+    e.console ? `console: ${e.console}` : e.qmpStatus && 'console empty',
     e.decidedAt && `decided ${e.decidedAt}`,
   ]
     .filter((part) => part)
