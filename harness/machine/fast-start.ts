@@ -2,8 +2,8 @@
  * Fast start: the first machine of an image and profile boots cold and saves
  * its state once SSH answers; later machines load that state (about 5× faster
  * than a boot under TCG). The state is cached beside the image, keyed by
- * everything that must match for QEMU to load it, so a new image, QEMU or
- * profile invalidates it.
+ * everything that must match for QEMU to load it, so a new image, QEMU
+ * (binary or version) or profile invalidates it.
  *
  * A state is per accelerator profile: its key holds the accelerator the
  * state was saved under, a state is loaded only by a machine pinned to that
@@ -23,6 +23,7 @@ import { sha256 } from '../util/hash.ts';
 import { chooseAccelerator, recordKvmFailure, type AccelChoice } from './accel.ts';
 import { bootFilesOf, QemuMachine, type MachineConfig } from './machine.ts';
 import { StalledLaunchError } from './stall-watch.ts';
+import { qemuBinary } from './qemu-binary.ts';
 import { qemuVersion } from './qemu-version.ts';
 
 export interface FastStartConfig extends MachineConfig {
@@ -34,7 +35,7 @@ export interface FastStartConfig extends MachineConfig {
 export async function savedStatePath(config: MachineConfig, accel?: AccelChoice): Promise<string> {
   accel ??= config.accel ?? (await chooseAccelerator(bootFilesOf(config.image)));
   const key = sha256(
-    JSON.stringify({ image: config.image.key, memoryMiB: config.memoryMiB ?? 512, cpus: config.cpus ?? 1, accel: accel.accel, qemu: await qemuVersion() }),
+    JSON.stringify({ image: config.image.key, memoryMiB: config.memoryMiB ?? 512, cpus: config.cpus ?? 1, accel: accel.accel, qemu: `${qemuBinary()} ${await qemuVersion()}` }),
   ).slice(0, 20);
   return cacheDir('states', `${key}.vmstate`);
 }
