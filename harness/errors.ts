@@ -34,7 +34,7 @@ export class InfraError extends CrhError {
 
 /** QEMU could not be started or died during launch (QEMU python's VMLaunchFailure). */
 export class LaunchError extends InfraError {
-  override readonly name = 'LaunchError';
+  override readonly name: string = 'LaunchError';
 }
 
 /** A host package or tool the harness needs is missing. */

@@ -1,7 +1,8 @@
-// expect: QEMU command lines bind only loopback or unix sockets, isolate the guest network, and pick the CPU per accelerator.
+// expect: QEMU command lines bind only loopback or unix sockets, isolate the guest network, and pick the CPU per accelerator; CRH_QEMU names the binary.
 import t from 'tap';
 import { formatCommandLine, machineArgs, networkArgs, qemuArgs, shellQuote } from '../harness/machine/qemu-args.ts';
 import { probeArgs, probeFirmware } from '../harness/machine/accel.ts';
+import { DEFAULT_QEMU_BINARY, qemuBinary } from '../harness/machine/qemu-binary.ts';
 
 const options = {
   name: 'crh-test',
@@ -70,4 +71,19 @@ t.test('the accelerator probe firmware halts after writing to isa-debug-exit', a
   const args = probeArgs('kvm', '/tmp/p.rom');
   t.equal(args[args.indexOf('-bios') + 1], '/tmp/p.rom');
   t.equal(args[args.indexOf('-cpu') + 1], 'host', 'probes the CPU model a KVM guest would get');
+});
+
+t.test('CRH_QEMU overrides the QEMU binary; unset or empty means qemu-system-x86_64', async (t) => {
+  const saved = process.env.CRH_QEMU;
+  t.teardown(() => {
+    if (saved === undefined) delete process.env.CRH_QEMU;
+    else process.env.CRH_QEMU = saved;
+  });
+  delete process.env.CRH_QEMU;
+  t.equal(qemuBinary(), DEFAULT_QEMU_BINARY);
+  t.equal(DEFAULT_QEMU_BINARY, 'qemu-system-x86_64');
+  process.env.CRH_QEMU = '';
+  t.equal(qemuBinary(), DEFAULT_QEMU_BINARY);
+  process.env.CRH_QEMU = '/opt/qemu/bin/qemu-system-x86_64';
+  t.equal(qemuBinary(), '/opt/qemu/bin/qemu-system-x86_64');
 });

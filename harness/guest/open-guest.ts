@@ -57,6 +57,7 @@ export async function openGuest(options: OpenGuestOptions): Promise<OpenedGuest>
     if (event.type === 'launch') log(`launch ${event.name} (${event.accel.accel}: ${event.accel.reason})`);
     else if (event.type === 'ready') log(`${event.name} ready in ${event.elapsedMs} ms`);
     else if (event.type === 'reaped') log(event.message);
+    else if (event.type === 'accel-fallback') log(`${event.name}: KVM launch stalled (${event.failure}); falling back to ${event.accel.accel} once`);
   };
   let machine: QemuMachine | undefined;
   let agent: AgentClient | undefined;

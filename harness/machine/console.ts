@@ -32,6 +32,8 @@ export class ConsoleLog {
   /** bytes the console wrote after the log file reached its limit */
   droppedFromFile = 0;
   readonly lines: string[] = [];
+  /** Date.now() when the first console byte arrived; a silent console is how a dead vCPU shows */
+  firstByteAt: number | undefined;
 
   constructor(
     readonly path: string,
@@ -61,6 +63,7 @@ export class ConsoleLog {
   }
 
   private onData(text: string): void {
+    this.firstByteAt ??= Date.now();
     this.writeFile(text);
     this.tailText = (this.tailText + text).slice(-TAIL_BYTES);
     const parts = (this.partial + text).split(/\r?\n/);

@@ -2,8 +2,14 @@
  * Fast start: the first machine of an image and profile boots cold and saves
  * its state once SSH answers; later machines load that state (about 5× faster
  * than a boot under TCG). The state is cached beside the image, keyed by
- * everything that must match for QEMU to load it, so a new image, QEMU or
- * profile invalidates it.
+ * everything that must match for QEMU to load it, so a new image, QEMU
+ * (binary or version) or profile invalidates it.
+ *
+ * A state is per accelerator profile: its key holds the accelerator the
+ * state was saved under, a state is loaded only by a machine pinned to that
+ * accelerator, and a cold boot saves under the accelerator it actually ran
+ * with — so a KVM launch that fell back to TCG never writes or reads a KVM
+ * state as TCG, or the reverse.
  *
  * Machines started from one state share its past: the guest clock is set to
  * the host's and fresh host randomness is mixed into the guest's pool right
@@ -14,8 +20,10 @@ import { existsSync } from 'node:fs';
 import { mkdir, rm } from 'node:fs/promises';
 import { cacheDir } from '../util/cache-dir.ts';
 import { sha256 } from '../util/hash.ts';
-import { chooseAccelerator } from './accel.ts';
-import { QemuMachine, type MachineConfig } from './machine.ts';
+import { chooseAccelerator, recordKvmFailure, type AccelChoice } from './accel.ts';
+import { bootFilesOf, QemuMachine, type MachineConfig } from './machine.ts';
+import { StalledLaunchError } from './stall-watch.ts';
+import { qemuBinary } from './qemu-binary.ts';
 import { qemuVersion } from './qemu-version.ts';
 
 export interface FastStartConfig extends MachineConfig {
@@ -23,10 +31,11 @@ export interface FastStartConfig extends MachineConfig {
   fastStart?: boolean;
 }
 
-export async function savedStatePath(config: MachineConfig): Promise<string> {
-  const accel = config.accel ?? (await chooseAccelerator());
+/** Where the state of `config`'s image and profile under `accel` (default: the one chosen now) lives. */
+export async function savedStatePath(config: MachineConfig, accel?: AccelChoice): Promise<string> {
+  accel ??= config.accel ?? (await chooseAccelerator(bootFilesOf(config.image)));
   const key = sha256(
-    JSON.stringify({ image: config.image.key, memoryMiB: config.memoryMiB ?? 512, cpus: config.cpus ?? 1, accel: accel.accel, qemu: await qemuVersion() }),
+    JSON.stringify({ image: config.image.key, memoryMiB: config.memoryMiB ?? 512, cpus: config.cpus ?? 1, accel: accel.accel, qemu: `${qemuBinary()} ${await qemuVersion()}` }),
   ).slice(0, 20);
   return cacheDir('states', `${key}.vmstate`);
 }
@@ -34,15 +43,20 @@ export async function savedStatePath(config: MachineConfig): Promise<string> {
 /** A launched machine, from saved state when one exists, else booted cold (saving the state). */
 export async function launchMachine(config: FastStartConfig): Promise<QemuMachine> {
   if (config.fastStart === false) return new QemuMachine(config).launch();
-  const state = await savedStatePath(config);
+  const accel = config.accel ?? (await chooseAccelerator(bootFilesOf(config.image)));
+  const state = await savedStatePath(config, accel);
   if (existsSync(state)) {
-    const restored = await launchFromState(config, state);
+    const restored = await launchFromState({ ...config, accel }, state);
     if (restored) return restored;
+    // KVM stalled on the saved state: the decision is TCG now, whose own state (if any) is the one to load.
+    const now = config.accel ?? (await chooseAccelerator(bootFilesOf(config.image)));
+    if (now.accel !== accel.accel) return launchMachine(config);
   }
+  // Not pinned unless the caller pinned it: a KVM that stalls falls back to TCG inside launch().
   const machine = await new QemuMachine(config).launch();
   try {
     await mkdir(cacheDir('states'), { recursive: true });
-    await machine.saveState(state);
+    await machine.saveState(await savedStatePath(config, machine.accel));
   } catch (error) {
     await machine.shutdown();
     throw error;
@@ -50,12 +64,21 @@ export async function launchMachine(config: FastStartConfig): Promise<QemuMachin
   return machine;
 }
 
-/** The machine started from `state`, or undefined when QEMU cannot load that state (it is then deleted). */
-async function launchFromState(config: MachineConfig, state: string): Promise<QemuMachine | undefined> {
+/**
+ * The machine started from `state` under the accelerator it was saved with
+ * (config.accel), or undefined when QEMU cannot load that state (it is then
+ * deleted) or the accelerator stalled (the decision is then re-made, and the
+ * caller boots cold under the new one).
+ */
+async function launchFromState(config: MachineConfig & { accel: AccelChoice }, state: string): Promise<QemuMachine | undefined> {
   const machine = new QemuMachine({ ...config, incomingState: state });
   try {
     await machine.launch();
   } catch (error) {
+    if (error instanceof StalledLaunchError && config.accel.accel === 'kvm' && !config.accel.forced) {
+      await recordKvmFailure(bootFilesOf(config.image), error.evidence);
+      return undefined;
+    }
     if (!/load of migration failed|incoming migration|savevm|vmstate/i.test(describe(error))) throw error;
     await rm(state, { force: true });
     return undefined;

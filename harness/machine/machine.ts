@@ -4,6 +4,12 @@
  * starts QEMU, waits until SSH answers, and undoes a partial start on any
  * failure, throwing one typed error with the command line and console tail;
  * shutdown() is a ladder (QMP quit, wait, SIGKILL) and idempotent.
+ *
+ * Every launch is watched for a VM that stopped running guest code (QMP
+ * status internal-error, "KVM internal error" on stderr, a console silent
+ * past a bound): that fails in seconds, as infrastructure, with the evidence.
+ * Under a KVM the harness chose itself, such a launch is retried once under
+ * TCG and the accelerator decision is re-made as "kvm failed: <evidence>".
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -16,10 +22,12 @@ import { SshSession } from '../ssh/session.ts';
 import type { GuestImage } from '../image/build.ts';
 import { Deadline, sleep } from '../util/deadline.ts';
 import { uniqueSibling } from '../util/atomic-write.ts';
-import { chooseAccelerator, QEMU_BINARY, type AccelChoice } from './accel.ts';
+import { chooseAccelerator, recordKvmFailure, type AccelChoice } from './accel.ts';
 import { ConsoleLog, KERNEL_DEATH } from './console.ts';
 import { freeLoopbackPort } from './free-port.ts';
-import { formatCommandLine, qemuArgs, shellQuote } from './qemu-args.ts';
+import { formatCommandLine, qemuArgs, shellQuote, type BootFiles } from './qemu-args.ts';
+import { qemuBinary } from './qemu-binary.ts';
+import { evidenceDetails, SILENT_CONSOLE_MS, StalledLaunchError, watchForStall, type StallWatch } from './stall-watch.ts';
 import { Ready } from './readiness.ts';
 import { diagnoseVcpus } from '../oracle/diagnose.ts';
 import type { SymbolTable } from '../symbols/symbols.ts';
@@ -27,6 +35,8 @@ import { forgetMachine, reapOrphans, recordMachine } from './reaper.ts';
 
 export type MachineEvent =
   | { type: 'launch'; name: string; commandLine: string; accel: AccelChoice }
+  /** a launch under KVM stalled; the machine is launched again under `accel` (TCG) */
+  | { type: 'accel-fallback'; name: string; failure: string; accel: AccelChoice }
   | { type: 'reaped'; message: string }
   | { type: 'ready'; name: string; elapsedMs: number }
   | { type: 'console'; name: string; line: string }
@@ -39,6 +49,7 @@ export interface MachineConfig {
   name?: string;
   memoryMiB?: number;
   cpus?: number;
+  /** the accelerator to use as given (no decision, no fallback); default: chooseAccelerator() */
   accel?: AccelChoice;
   /** launch → SSH answers; TCG boots take seconds, a stuck one is cut off here */
   bootTimeoutMs?: number;
@@ -48,6 +59,8 @@ export interface MachineConfig {
    * -incoming and is resumed with QMP cont.
    */
   incomingState?: string;
+  /** a cold boot with no console byte this long after launch is a stalled VM (default SILENT_CONSOLE_MS) */
+  silentConsoleMs?: number;
   onEvent?: (event: MachineEvent) => void;
   /** names addresses in hang diagnoses (kernel symbols, when already known) */
   diagnosisSymbols?: SymbolTable;
@@ -55,6 +68,13 @@ export interface MachineConfig {
 
 let machineCounter = 0;
 const PORT_ATTEMPTS = 3;
+/** QEMU accepts on its QMP socket within milliseconds of starting; this long without it is a broken QEMU. */
+const QMP_ACCEPT_MS = 15_000;
+
+/** The kernel, initramfs and command line a machine of `image` boots. */
+export function bootFilesOf(image: GuestImage): BootFiles {
+  return { kernel: image.kernel.bzImage, initrd: image.initramfs, cmdline: image.cmdline };
+}
 
 export class QemuMachine implements AsyncDisposable {
   private child: ChildProcess | undefined;
@@ -75,6 +95,11 @@ export class QemuMachine implements AsyncDisposable {
   private accelChoice: AccelChoice | undefined;
   private port = 0;
   private diagnosis: string | undefined;
+  private stallWatch: StallWatch | undefined;
+  private launchedAt = 0;
+  private ready = false;
+  /** aborts the readiness waits of the launch in progress */
+  private launchAbort: AbortController | undefined;
   readonly name: string;
 
   constructor(private readonly config: MachineConfig) {
@@ -87,10 +112,11 @@ export class QemuMachine implements AsyncDisposable {
     const started = Date.now();
     for (const message of await reapOrphans()) this.emit({ type: 'reaped', message });
     await mkdir(this.config.artifactsDir, { recursive: true });
-    this.accelChoice = this.config.accel ?? (await chooseAccelerator());
+    this.accelChoice = this.config.accel ?? (await chooseAccelerator(bootFilesOf(this.config.image)));
     // Unix socket paths are limited to 108 bytes: keep them under a short tmp dir.
     this.runDir = await mkdtemp(path.join(tmpdir(), 'crh-'));
-    const deadline = Deadline.in(this.config.bootTimeoutMs ?? 180_000);
+    let deadline = Deadline.in(this.config.bootTimeoutMs ?? 180_000);
+    let fellBack = false;
 
     for (let attempt = 1; ; attempt++) {
       this.port = await freeLoopbackPort();
@@ -102,17 +128,32 @@ export class QemuMachine implements AsyncDisposable {
         return this;
       } catch (error) {
         const lostPortRace = /Could not set up host forwarding rule/.test(this.stderrTail);
-        if (error instanceof TimeoutError && this.exitDescription === undefined) this.diagnosis = await this.diagnose();
+        // Where the vCPU is says what stalled it (a RIP in early boot, a halt loop): read it before the kill.
+        if ((error instanceof TimeoutError || error instanceof StalledLaunchError) && this.exitDescription === undefined) this.diagnosis = await this.diagnose();
         await this.shutdown();
-        if (lostPortRace && attempt < PORT_ATTEMPTS) {
+        const failure = this.launchFailure(error);
+        const fallBack = failure instanceof StalledLaunchError && !fellBack && this.mayFallBack();
+        if ((lostPortRace && attempt < PORT_ATTEMPTS) || fallBack) {
+          if (fallBack) {
+            fellBack = true;
+            this.accelChoice = await recordKvmFailure(bootFilesOf(this.config.image), failure.evidence);
+            this.emit({ type: 'accel-fallback', name: this.name, failure: failure.message, accel: this.accelChoice });
+            deadline = Deadline.in(this.config.bootTimeoutMs ?? 180_000);
+          }
           this.shutdownPromise = undefined;
           this.child = undefined;
+          this.diagnosis = undefined;
           this.runDir = await mkdtemp(path.join(tmpdir(), 'crh-'));
           continue;
         }
-        throw this.launchFailure(error);
+        throw failure;
       }
     }
+  }
+
+  /** A KVM the harness chose itself (not the user, not the caller) may be replaced by TCG once. */
+  private mayFallBack(): boolean {
+    return this.accelChoice?.accel === 'kvm' && !this.accelChoice.forced && this.config.accel === undefined && this.config.incomingState === undefined;
   }
 
   get ssh(): SshSession {
@@ -163,6 +204,7 @@ export class QemuMachine implements AsyncDisposable {
   }
 
   private watchForFailure(): void {
+    this.ready = true;
     const lost = (why: string): void => {
       if (this.quitIssued) return;
       void this.failure;
@@ -214,7 +256,7 @@ export class QemuMachine implements AsyncDisposable {
     const runDir = this.runDir!;
     const { image } = this.config;
     this.argv = [
-      QEMU_BINARY,
+      qemuBinary(),
       ...qemuArgs({
         name: this.name,
         profile: { accel: this.accelChoice!.accel, memoryMiB: this.config.memoryMiB ?? 512, cpus: this.config.cpus ?? 1 },
@@ -227,6 +269,8 @@ export class QemuMachine implements AsyncDisposable {
     this.stderrTail = '';
     this.exitDescription = undefined;
     this.quitIssued = false;
+    this.ready = false;
+    this.launchedAt = Date.now();
     // setpriv --pdeathsig: the kernel kills QEMU if this process dies, even by SIGKILL.
     const child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', ...this.argv], { stdio: ['ignore', 'pipe', 'pipe'] });
     this.child = child;
@@ -251,11 +295,21 @@ export class QemuMachine implements AsyncDisposable {
 
   private async waitReady(deadline: Deadline): Promise<void> {
     const abort = new AbortController();
+    this.launchAbort = abort;
     void this.exited!.then(() => {
       if (!this.quitIssued) abort.abort(new LaunchError(`QEMU ${this.exitDescription} during launch`));
     });
     const ctx = { deadline, signal: abort.signal, console: this.consoleLog! };
     this.qmpClient = await this.connectQmp(ctx.deadline, abort.signal);
+    this.stallWatch = watchForStall({
+      qmp: this.qmpClient,
+      stderr: () => this.stderrTail,
+      console: this.consoleLog!,
+      launchedAt: this.launchedAt,
+      // A VM loading saved state prints nothing until something happens in the guest.
+      silentConsoleMs: this.config.incomingState ? undefined : (this.config.silentConsoleMs ?? SILENT_CONSOLE_MS),
+      onStall: (error) => this.onStall(error),
+    });
     if (this.config.incomingState) await this.resumeIncoming(ctx.deadline, abort.signal);
     await Ready.forSshBanner(this.port).waitUntilReady(ctx);
     this.sshSession = await SshSession.connect({
@@ -264,6 +318,17 @@ export class QemuMachine implements AsyncDisposable {
       privateKeyPath: this.config.image.clientKey,
       hostPublicKey: this.config.image.hostPublicKey,
     });
+  }
+
+  /** During launch a stall ends the readiness wait; after it, whatever races against `failure`. */
+  private onStall(error: Error): void {
+    if (this.quitIssued) return;
+    if (!this.ready) {
+      this.launchAbort?.abort(error);
+      return;
+    }
+    void this.failure;
+    this.failureReject?.(error);
   }
 
   /**
@@ -313,6 +378,7 @@ export class QemuMachine implements AsyncDisposable {
     const socket = path.join(this.runDir!, 'qmp.sock');
     const logFile = path.join(this.config.artifactsDir, 'qmp.log');
     const log = (line: string): void => void appendFile(logFile, `${new Date().toISOString()} ${line}\n`).catch(() => {});
+    const started = Date.now();
     for (;;) {
       if (signal.aborted) throw signal.reason;
       if (existsSync(socket)) {
@@ -322,6 +388,7 @@ export class QemuMachine implements AsyncDisposable {
           // QEMU creates the socket before it accepts: retry
         }
       }
+      if (Date.now() - started > QMP_ACCEPT_MS) throw new LaunchError(`QMP socket never accepted a connection within ${QMP_ACCEPT_MS} ms`);
       if (deadline.expired) throw new TimeoutError('QMP socket never accepted a connection');
       await sleep(20);
     }
@@ -339,6 +406,10 @@ export class QemuMachine implements AsyncDisposable {
     if (death) return new BootError(`guest kernel died: ${death.trim()}`, details, { cause: error });
     // With -no-reboot, a guest that panics or reboots makes QEMU exit 0: the guest's doing, not QEMU's.
     if (this.exitedUnasked && this.exitDescription === 'exited with status 0') return new BootError(`guest shut down during boot (QEMU ${this.exitDescription})`, details, { cause: error });
+    if (error instanceof StalledLaunchError) {
+      const { 'QEMU stderr': _stderr, 'console tail': _console, ...judged } = evidenceDetails(error.evidence);
+      return new StalledLaunchError(`${cause} (accel ${this.accelChoice?.accel})`, error.evidence, { ...judged, ...details }, { cause: error });
+    }
     if (error instanceof LaunchError || error instanceof InfraError) return new LaunchError(cause, details, { cause: error });
     if (error instanceof BootError) return new BootError(cause, details, { cause: error });
     if (error instanceof TimeoutError) return new BootError(`guest did not become ready: ${cause}`, details, { cause: error });
@@ -347,6 +418,8 @@ export class QemuMachine implements AsyncDisposable {
 
   private async doShutdown(): Promise<void> {
     const child = this.child;
+    this.stallWatch?.stop();
+    this.stallWatch = undefined;
     try {
       this.sshSession?.close();
       this.sshSession = undefined;

@@ -1,10 +1,15 @@
 import { execa } from 'execa';
-import { QEMU_BINARY } from './accel.ts';
+import { qemuBinary } from './qemu-binary.ts';
 
-let cached: Promise<string> | undefined;
+const cached = new Map<string, Promise<string>>();
 
-/** "7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)", read once per process. */
+/** "7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)", read once per process and binary. */
 export function qemuVersion(): Promise<string> {
-  cached ??= execa(QEMU_BINARY, ['--version']).then((r) => r.stdout.split('\n')[0]!.replace(/^QEMU emulator version\s*/, '').trim());
-  return cached;
+  const binary = qemuBinary();
+  let version = cached.get(binary);
+  if (!version) {
+    version = execa(binary, ['--version']).then((r) => r.stdout.split('\n')[0]!.replace(/^QEMU emulator version\s*/, '').trim());
+    cached.set(binary, version);
+  }
+  return version;
 }

@@ -22,6 +22,7 @@ import type { AgentClient } from '../agent/client.ts';
 import type { RunResult } from '../agent/ops.ts';
 import type { GuestImage } from '../image/build.ts';
 import type { QemuMachine } from '../machine/machine.ts';
+import type { AccelChoice } from '../machine/accel.ts';
 import { qemuVersion } from '../machine/qemu-version.ts';
 import { cacheDir } from '../util/cache-dir.ts';
 import { sha256 } from '../util/hash.ts';
@@ -44,6 +45,8 @@ export interface PlatformProfile {
   qemu: string;
   accel: string;
   accelReason: string;
+  /** what the accelerator decision rests on (absent in profiles written before it was recorded) */
+  accelEvidence?: AccelEvidence;
   cpuModel: string;
   guestCpu: string;
   cpuFlags: string[];
@@ -58,6 +61,38 @@ export interface PlatformProfile {
     rfAtHwBreakpointStop: Measured<boolean>;
     rseqDeprecatedFlagsRejected: Measured<boolean>;
   };
+}
+
+/** The accelerator decision's evidence, short enough for a table row and a checkpoint image. */
+export interface AccelEvidence {
+  seen: string;
+  elapsedMs: number;
+  qmpStatus: string;
+  /** first non-empty line of QEMU's stderr */
+  stderr: string;
+  /** last non-empty console line */
+  console: string;
+  decidedAt: string;
+}
+
+function accelEvidence(choice: AccelChoice | undefined): AccelEvidence | undefined {
+  const e = choice?.evidence;
+  if (!e) return undefined;
+  const lines = (text: string): string[] => text.split('\n').map((l) => l.trim()).filter((l) => l.length > 0);
+  return {
+    seen: e.seen,
+    elapsedMs: e.elapsedMs,
+    qmpStatus: e.qmpStatus,
+    stderr: lines(e.stderrTail)[0] ?? '',
+    console: lines(e.consoleTail).at(-1) ?? '',
+    decidedAt: choice.decidedAt ?? '',
+  };
+}
+
+/** The accelerator facts of the machine now: a KVM that failed after the profile was measured shows here. */
+function currentAccel(machine: QemuMachine): Pick<PlatformProfile, 'accel' | 'accelReason' | 'accelEvidence'> {
+  const evidence = accelEvidence(machine.accel);
+  return { accel: machine.accel?.accel ?? 'unknown', accelReason: machine.accel?.reason ?? '', ...(evidence ? { accelEvidence: evidence } : {}) };
 }
 
 /** CPU flags worth recording: the ones C/R state depends on. */
@@ -82,7 +117,8 @@ export async function profilePath(ctx: Pick<ProfileContext, 'image' | 'machine'>
 /** The cached profile when there is one, else a fresh measurement (cached). */
 export async function platformProfile(ctx: ProfileContext, options: { fresh?: boolean } = {}): Promise<PlatformProfile> {
   const file = await profilePath(ctx);
-  if (!options.fresh && existsSync(file)) return JSON.parse(await readFile(file, 'utf8')) as PlatformProfile;
+  // The probes depend on the accelerator (in the key), not on why it was chosen: the reason is always today's.
+  if (!options.fresh && existsSync(file)) return { ...(JSON.parse(await readFile(file, 'utf8')) as PlatformProfile), ...currentAccel(ctx.machine) };
   const profile = await measurePlatformProfile(ctx);
   // A probe that could not conclude may have met a loaded host rather than the kernel: measured again by the next guest, not kept.
   const inconclusive = inconclusiveProbes(profile.probes);
@@ -112,8 +148,7 @@ export async function measurePlatformProfile(ctx: ProfileContext): Promise<Platf
     version: PROFILE_VERSION,
     measuredAt: new Date().toISOString(),
     qemu: await qemuVersion(),
-    accel: machine.accel?.accel ?? 'unknown',
-    accelReason: machine.accel?.reason ?? '',
+    ...currentAccel(machine),
     cpuModel: machine.accel?.accel === 'kvm' ? 'host' : 'max',
     guestCpu: cpuinfo.match(/model name\s*:\s*(.*)/)?.[1] ?? 'unknown',
     cpuFlags: INTERESTING_FLAGS.filter((f) => flags.has(f)),
@@ -188,6 +223,7 @@ export function profileFacts(p: PlatformProfile): Record<string, string | number
     qemu: p.qemu,
     accel: p.accel,
     accelReason: p.accelReason,
+    accelEvidence: p.accelEvidence ? describeAccelEvidence(p.accelEvidence) : null,
     cpuModel: p.cpuModel,
     guestCpu: p.guestCpu,
     cpuFlags: p.cpuFlags.join(' '),
@@ -206,6 +242,7 @@ export function profileRows(p: PlatformProfile): Array<[string, string]> {
   return [
     ['QEMU', p.qemu],
     ['accelerator', `${p.accel} (${p.accelReason})`],
+    ['accelerator evidence', p.accelEvidence ? describeAccelEvidence(p.accelEvidence) : 'none recorded (forced, or no KVM device)'],
     ['CPU model', `${p.cpuModel}: ${p.guestCpu}`],
     ['CPU flags', p.cpuFlags.join(' ')],
     ['XCR0 / XSAVE area', `${p.xcr0} / ${p.xsaveBytes} bytes`],
@@ -216,4 +253,19 @@ export function profileRows(p: PlatformProfile): Array<[string, string]> {
     ['RF at a hw-breakpoint ptrace stop', measured(p.probes.rfAtHwBreakpointStop)],
     ['deprecated rseq_cs flags rejected', measured(p.probes.rseqDeprecatedFlagsRejected)],
   ];
+}
+
+/** "seen …; QMP status …; 812 ms; stderr: …; console: …; decided …" — the parts that are known. */
+export function describeAccelEvidence(e: AccelEvidence): string {
+  return [
+    e.seen,
+    e.qmpStatus && `QMP status ${e.qmpStatus}`,
+    `${e.elapsedMs} ms`,
+    e.stderr && `stderr: ${e.stderr}`,
+    // No QMP status means nothing was booted (the firmware probe decided): no console to speak of.
+    e.console ? `console: ${e.console}` : e.qmpStatus && 'console empty',
+    e.decidedAt && `decided ${e.decidedAt}`,
+  ]
+    .filter((part) => part)
+    .join('; ');
 }

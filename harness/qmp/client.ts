@@ -37,6 +37,7 @@ export class QmpClient {
   private readonly waiters = new Map<string, Waiter>();
   private readonly events: QmpEvent[] = [];
   private readonly eventListeners = new Set<() => void>();
+  private readonly eventObservers = new Set<(event: QmpEvent) => void>();
   private greeting: ((value: unknown) => void) | undefined;
   private closed: Error | undefined;
 
@@ -125,6 +126,15 @@ export class QmpClient {
     });
   }
 
+  /**
+   * Calls `observer` with every event that arrives from now on, without
+   * consuming it (waiters still get it). Returns the unsubscribe function.
+   */
+  onEvent(observer: (event: QmpEvent) => void): () => void {
+    this.eventObservers.add(observer);
+    return () => this.eventObservers.delete(observer);
+  }
+
   /** Events received and not yet consumed by a waiter. */
   pendingEvents(): readonly QmpEvent[] {
     return this.events;
@@ -159,6 +169,7 @@ export class QmpClient {
       this.greeting = undefined;
     } else if ('event' in message) {
       this.events.push(message as unknown as QmpEvent);
+      for (const observer of [...this.eventObservers]) observer(message as unknown as QmpEvent);
       for (const listener of [...this.eventListeners]) listener();
     } else if (typeof message.id === 'string' && this.waiters.has(message.id)) {
       const waiter = this.waiters.get(message.id)!;
