@@ -48,6 +48,7 @@ import { writeHtmlReport } from '../report/html-inputs.ts';
 import { writeFile } from 'node:fs/promises';
 import { artifactsRoot, formatVerdictTable, outcome, readVerdicts, verdictsFile, type Verdict } from '../report/verdicts.ts';
 import { REPO_ROOT } from '../util/cache-dir.ts';
+import { installSignalCleanup } from '../util/cleanup.ts';
 import { isInfraFailure } from '../report/infra-failures.ts';
 import { applyKernelOptions, kernelOptions } from './kernel-flags.ts';
 import { readBootSession, removeBootSession, sshArgs, writeBootSession } from './boot-session.ts';
@@ -255,6 +256,7 @@ async function runCommand(args: string[]): Promise<number> {
 }
 
 async function main(argv: string[]): Promise<number> {
+  installSignalCleanup(); // SIGINT/SIGTERM: remove temp dirs and records, stop QEMUs, then die of the signal
   const [command, ...rest] = argv;
   switch (command) {
     case 'bootstrap': {

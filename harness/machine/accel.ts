@@ -6,11 +6,11 @@
  * a hard timeout. Otherwise TCG.
  */
 import { constants } from 'node:fs';
-import { access, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { access, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
 import { machineArgs, type Accelerator } from './qemu-args.ts';
+import { makeTempDir, removeTempDir } from '../util/temp-dir.ts';
 
 export interface AccelChoice {
   accel: Accelerator;
@@ -44,7 +44,7 @@ export function probeArgs(accel: Accelerator, firmware: string): string[] {
 
 /** Runs the firmware probe under `accel`; resolves to null when it works, else the reason it does not. */
 export async function probeAccelerator(accel: Accelerator, timeoutMs = 5000): Promise<string | null> {
-  const dir = await mkdtemp(path.join(tmpdir(), 'crh-probe-'));
+  const dir = await makeTempDir('crh-probe-');
   try {
     const firmware = path.join(dir, 'probe.rom');
     await writeFile(firmware, probeFirmware());
@@ -54,7 +54,7 @@ export async function probeAccelerator(accel: Accelerator, timeoutMs = 5000): Pr
     const why = (result.stderr.split('\n').find((l) => l.trim().length > 0) ?? '').trim();
     return `${accel} probe exited ${result.exitCode ?? result.signal}${why ? `: ${why}` : ''}`;
   } finally {
-    await rm(dir, { recursive: true, force: true });
+    await removeTempDir(dir);
   }
 }
 

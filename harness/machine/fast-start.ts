@@ -11,8 +11,8 @@
  */
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, rm } from 'node:fs/promises';
-import { cacheDir } from '../util/cache-dir.ts';
+import { rm } from 'node:fs/promises';
+import { cacheDir, ensureCacheDir } from '../util/cache-dir.ts';
 import { sha256 } from '../util/hash.ts';
 import { chooseAccelerator } from './accel.ts';
 import { QemuMachine, type MachineConfig } from './machine.ts';
@@ -41,7 +41,7 @@ export async function launchMachine(config: FastStartConfig): Promise<QemuMachin
   }
   const machine = await new QemuMachine(config).launch();
   try {
-    await mkdir(cacheDir('states'), { recursive: true });
+    await ensureCacheDir('states');
     await machine.saveState(state);
   } catch (error) {
     await machine.shutdown();

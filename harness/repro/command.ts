@@ -7,8 +7,7 @@
  * failed), 2 for a request that cannot be carried out, 69 for infrastructure.
  */
 import { existsSync } from 'node:fs';
-import { chmod, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { chmod, mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { applyKernelOptions } from '../cli/kernel-flags.ts';
 import { artifactsRoot } from '../report/verdicts.ts';
@@ -20,6 +19,8 @@ import { prepareProgram, programName } from './prepare.ts';
 import { Progress } from './progress.ts';
 import { resolveRerunArgs, type BundleInputs } from './rerun.ts';
 import { UsageError } from './usage-error.ts';
+import { makeTempDir, removeTempDir } from '../util/temp-dir.ts';
+import { replaceOwnedDir } from '../util/owned-dir.ts';
 import { makeVerdict, parseVerdict, verdictExitCode, type ReproVerdict } from './verdict.ts';
 
 export interface ReproOutcome {
@@ -43,16 +44,26 @@ function report(verdict: ReproVerdict, bundle: string): void {
   process.stdout.write(`bundle: ${bundle}\n`);
 }
 
+/**
+ * The run directory's name: the bundle's, so runs of one program under
+ * different policies keep their own logs; the program's when the bundle's
+ * name has no stem (`--out .tar`, `--out ..tar` would name the directory
+ * holding every run).
+ */
+export function runDirName(out: string, program: string): string {
+  const plain = (name: string): boolean => name !== '' && name !== '.' && name !== '..';
+  return [path.basename(out).replace(/\.tar$/, ''), program].find(plain) ?? 'program';
+}
+
 /** Runs one request to its verdict and writes its bundle. */
 export async function reproduce(request: ReproRequest, progress: Progress): Promise<ReproOutcome> {
   applyKernelOptions(request.kernel);
   const name = programName(request);
   const root = path.join(request.artifacts ?? artifactsRoot(), 'repro');
   const out = request.out ?? path.join(root, `${name}.tar`);
-  // Named after the bundle, so runs of one program under different policies keep their own logs.
-  const runDir = path.join(root, path.basename(out).replace(/\.tar$/, '') || name);
-  await rm(runDir, { recursive: true, force: true });
-  await mkdir(runDir, { recursive: true });
+  const runDir = path.join(root, runDirName(out, name));
+  // Only a run directory crh made is deleted; one of the user's is refused.
+  await replaceOwnedDir(runDir);
 
   const prepared = await prepareProgram(request, path.join(runDir, 'build'), progress);
   const imageFile = path.join(runDir, 'checkpoint.tar');
@@ -83,7 +94,7 @@ async function rerunBundle(request: BundleRerun, progress: Progress): Promise<nu
   } catch (error) {
     throw new UsageError(`${request.bundle}: ${(error as Error).message}`);
   }
-  const dir = await mkdtemp(path.join(tmpdir(), 'crh-bundle-'));
+  const dir = await makeTempDir('crh-bundle-');
   try {
     for (const entry of entries.values()) {
       const file = path.join(dir, entry.name);
@@ -103,6 +114,6 @@ async function rerunBundle(request: BundleRerun, progress: Progress): Promise<nu
     process.stdout.write(same ? `reproduced: the same verdict as ${request.bundle}\n` : `NOT reproduced: ${request.bundle} says ${recorded.pass ? 'PASS' : 'FAIL'} — ${recorded.summary}\n`);
     return verdictExitCode(verdict);
   } finally {
-    await rm(dir, { recursive: true, force: true });
+    await removeTempDir(dir);
   }
 }

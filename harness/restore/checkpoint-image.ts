@@ -24,6 +24,7 @@ import type { RseqState } from './rseq.ts';
 import { signalsJson, type SignalState } from './signals.ts';
 import type { TaskState } from './files.ts';
 import { threadsJson, threadXstateEntry, type ThreadLinks, type ThreadState } from './threads.ts';
+import { uniqueSibling } from '../util/atomic-write.ts';
 
 export const IMAGE_FORMAT = 'cr-harness-checkpoint';
 /**
@@ -174,8 +175,8 @@ export function imageEntries(image: CheckpointImage): Map<string, Buffer> {
 /** Writes the image as a tar, atomically (a temporary file renamed into place). */
 export async function writeCheckpointImage(image: CheckpointImage, file: string): Promise<void> {
   const pack = tar.pack();
-  const tmp = `${file}.tmp-${process.pid}`;
-  const written = pipeline(pack, createWriteStream(tmp));
+  const tmp = uniqueSibling(file, 'tmp');
+  const written = pipeline(pack, createWriteStream(tmp, { flags: 'wx' }));
   for (const [name, data] of imageEntries(image)) {
     await new Promise<void>((resolve, reject) => pack.entry({ name, size: data.length, mode: 0o644, mtime: new Date(0) }, data, (e) => (e ? reject(e) : resolve())));
   }
