@@ -9,7 +9,7 @@ import { runDirName } from '../harness/repro/command.ts';
 import { createOwnedDir, OWNED_MARKER, removeOwnedDir, replaceOwnedDir } from '../harness/util/owned-dir.ts';
 import { makeTempDir, removeTempDir } from '../harness/util/temp-dir.ts';
 import { ensureCacheDir } from '../harness/util/cache-dir.ts';
-import { imageKey, type ImageInputs } from '../harness/image/build.ts';
+import { buildImage, imageKey, type ImageInputs } from '../harness/image/build.ts';
 import { debianCloudRecipe } from '../images/debian-cloud/recipe.ts';
 import { REPO_ROOT } from '../harness/util/cache-dir.ts';
 
@@ -185,4 +185,19 @@ t.test('the image key depends on input bytes, not on their paths', async (t) => 
   await writeFile(path.join(copies[1]!, 'rcS'), `${await readFile(path.join(copies[1]!, 'rcS'), 'utf8')}# one more line\n`);
   t.not(await imageKey(inputsAt(copies[1]!)), a, 'a changed byte in a recipe file: another key');
   t.not(await imageKey({ ...inputsAt(copies[0]!), kernelSha256: 'c'.repeat(64) }), a, 'another kernel: another key');
+});
+
+t.test('a copy of the repository at another path finds this checkout\'s image: one key, nothing built', async (t) => {
+  const here = await buildImage();
+  const clone = path.join(await scratch(), 'another', 'clone');
+  const files = (await execa('git', ['ls-files', '-z'], { cwd: REPO_ROOT })).stdout.split('\0').filter(Boolean);
+  for (const file of files) {
+    await mkdir(path.dirname(path.join(clone, file)), { recursive: true });
+    await copyFile(path.join(REPO_ROOT, file), path.join(clone, file));
+  }
+  await symlink(path.join(REPO_ROOT, 'node_modules'), path.join(clone, 'node_modules'));
+  const image = await execa(process.execPath, [path.join(clone, 'bin', 'crh.js'), 'image'], { cwd: clone, reject: false });
+  t.equal(image.exitCode, 0, `crh image in ${clone}: ${image.stderr.split('\n').slice(-2).join(' | ')}`);
+  t.equal((JSON.parse(image.stdout) as { key: string }).key, here.key, `the clone's image key is this checkout's (${here.key})`);
+  t.notMatch(image.stderr, /building guest image/, 'and it built nothing');
 });
