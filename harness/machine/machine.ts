@@ -81,13 +81,13 @@ export class QemuMachine implements AsyncDisposable {
 
   constructor(private readonly config: MachineConfig) {
     this.name = config.name ?? `${MACHINE_NAME_PREFIX}${process.pid}-${++machineCounter}`;
-    // The reaper kills a leftover QEMU only under a crh- name.
-    if (!this.name.startsWith(MACHINE_NAME_PREFIX)) throw new CrhError(`machine name ${this.name} must start with ${MACHINE_NAME_PREFIX}`);
   }
 
   /** Starts the guest and returns once SSH answers. On failure nothing is left running. */
   async launch(): Promise<this> {
     if (this.child) throw new CrhError(`machine ${this.name} was already launched`);
+    // The reaper kills a leftover QEMU only under a crh- name.
+    if (!this.name.startsWith(MACHINE_NAME_PREFIX)) throw new CrhError(`machine name ${this.name} must start with ${MACHINE_NAME_PREFIX}`);
     const started = Date.now();
     for (const message of await reapOrphans()) this.emit({ type: 'reaped', message });
     await mkdir(this.config.artifactsDir, { recursive: true });
