@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { REPO_ROOT, cacheDir } from '../harness/util/cache-dir.ts';
-import { processStartTime, type MachineRecord } from '../harness/machine/reaper.ts';
+import { isRecordedQemu, processStartTime, type MachineRecord } from '../harness/machine/reaper.ts';
 import { buildImage } from '../harness/image/build.ts';
 
 const fixture = path.join(REPO_ROOT, 'test', 'fixtures', 'signal', 'child.ts');
@@ -99,6 +99,7 @@ t.test('SIGTERM to `crh boot` mid-boot: no crh- temp dir, no record, no QEMU lef
   if (!recordFile) throw new Error(`crh boot never recorded a QEMU: ${stderr}`);
   const record = JSON.parse(await readFile(path.join(records, recordFile), 'utf8')) as MachineRecord;
   t.equal(processStartTime(record.qemuPid), record.qemuStartTime, `QEMU ${record.qemuPid} runs`);
+  t.ok(isRecordedQemu(record), `the reaper would recognise it: ${record.name}, start time ${record.qemuStartTime}`);
   const tempDirs = (await readdir(tmp)).filter((f) => f.startsWith('crh-'));
   t.ok(tempDirs.length > 0, `crh boot made its temp dir(s) in TMPDIR: ${tempDirs.join(' ')}`);
 

@@ -1,7 +1,7 @@
 import { chmod, mkdir, stat } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import path from 'node:path';
-import { CrhError } from '../errors.ts';
+import { InfraError } from '../errors.ts';
 
 /**
  * Root of everything the harness builds or downloads (kernels, images, saved
@@ -36,8 +36,8 @@ export async function assertPrivateDir(dir: string): Promise<void> {
   // stat, not lstat: CRH_CACHE_DIR may well be a symlink to a roomier disk — what counts is the directory it names.
   const info = await stat(dir);
   const uid = process.getuid?.();
-  if (!info.isDirectory()) throw new CrhError(`cache ${dir} is not a directory`);
-  if (uid !== undefined && info.uid !== uid) throw new CrhError(`refusing cache ${dir}: owned by uid ${info.uid}, not ${uid}`, { hint: 'set CRH_CACHE_DIR to a directory of your own' });
+  if (!info.isDirectory()) throw new InfraError(`cache ${dir} is not a directory`);
+  if (uid !== undefined && info.uid !== uid) throw new InfraError(`refusing cache ${dir}: owned by uid ${info.uid}, not ${uid}`, { hint: 'set CRH_CACHE_DIR to a directory of your own' });
   if ((info.mode & 0o077) !== 0) await chmod(dir, 0o700);
 }
 
