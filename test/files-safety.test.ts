@@ -50,6 +50,13 @@ t.test('crh repro --out ..tar / ...tar / .tar deletes no artifacts', async (t) =
     t.ok(existsSync(path.join(artifacts, 'report.html')), `--out ${out}: the artifacts root is intact`);
   }
   t.ok(existsSync(path.join(repro, 'broken', OWNED_MARKER)), 'the run went to repro/broken, marked as crh\'s');
+  // A directory of the user's where the run directory would go: refused with a usage error, kept.
+  await mkdir(path.join(repro, 'mine'));
+  await writeFile(path.join(repro, 'mine', 'notes.txt'), 'mine\n');
+  const clash = await execa(process.execPath, [crh, 'repro', source, '--when-ready', '--out', path.join(artifacts, 'mine.tar'), '--artifacts', artifacts], { reject: false, cwd: artifacts });
+  t.equal(clash.exitCode, 2, 'a user\'s directory at the run directory: usage error');
+  t.match(clash.stderr, /refusing to delete .*mine: crh did not create it/);
+  t.equal(await readFile(path.join(repro, 'mine', 'notes.txt'), 'utf8'), 'mine\n', 'and it is intact');
 });
 
 t.test('an owned directory is replaced; a user\'s directory at that name is refused and kept', async (t) => {

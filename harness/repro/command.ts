@@ -20,7 +20,7 @@ import { Progress } from './progress.ts';
 import { resolveRerunArgs, type BundleInputs } from './rerun.ts';
 import { UsageError } from './usage-error.ts';
 import { makeTempDir, removeTempDir } from '../util/temp-dir.ts';
-import { replaceOwnedDir } from '../util/owned-dir.ts';
+import { NotOwnedError, replaceOwnedDir } from '../util/owned-dir.ts';
 import { makeVerdict, parseVerdict, verdictExitCode, type ReproVerdict } from './verdict.ts';
 
 export interface ReproOutcome {
@@ -62,8 +62,10 @@ export async function reproduce(request: ReproRequest, progress: Progress): Prom
   const root = path.join(request.artifacts ?? artifactsRoot(), 'repro');
   const out = request.out ?? path.join(root, `${name}.tar`);
   const runDir = path.join(root, runDirName(out, name));
-  // Only a run directory crh made is deleted; one of the user's is refused.
-  await replaceOwnedDir(runDir);
+  // Only a run directory crh made is deleted; one of the user's is refused, as a usage error (exit 2).
+  await replaceOwnedDir(runDir).catch((error: unknown) => {
+    throw error instanceof NotOwnedError ? new UsageError(`${error.message}; name the bundle otherwise (--out)`, {}, { cause: error }) : error;
+  });
 
   const prepared = await prepareProgram(request, path.join(runDir, 'build'), progress);
   const imageFile = path.join(runDir, 'checkpoint.tar');
