@@ -19,13 +19,12 @@
  */
 import type { ChildProcess } from 'node:child_process';
 import { accessSync, constants, readdirSync, readFileSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import path from 'node:path';
 import puppeteer, { type Browser, type Page } from 'puppeteer-core';
 import { InfraError, MissingDependencyError, TimeoutError } from '../errors.ts';
 import { installCommand } from '../host/bootstrap.ts';
 import { sleep } from '../util/deadline.ts';
+import { makeTempDir, removeTempDir } from '../util/temp-dir.ts';
 
 /** Where Debian's `chromium` package puts the browser itself. */
 export const CHROMIUM_BINARY = '/usr/lib/chromium/chromium';
@@ -146,7 +145,7 @@ export class HeadlessChromium implements AsyncDisposable {
         'install with': `node bin/crh.js bootstrap (as root), or ${installCommand(['util-linux'])}`,
       });
     }
-    const userDataDir = await mkdtemp(path.join(tmpdir(), 'crh-chromium-'));
+    const userDataDir = await makeTempDir('crh-chromium-');
     const command = chromiumCommand(setpriv, binary, userDataDir, { asRoot: process.getuid?.() === 0 });
     const commandLine = `${command.executable} ${command.args.join(' ')}`;
     const deadline = Date.now() + options.timeoutMs;
@@ -172,7 +171,7 @@ export class HeadlessChromium implements AsyncDisposable {
         signal: launchBudget.signal,
       });
     } catch (error) {
-      await rm(userDataDir, { recursive: true, force: true });
+      await removeTempDir(userDataDir);
       if (launchBudget.signal.aborted) throw new TimeoutError(`chromium did not start within its ${options.timeoutMs} ms budget; killed`, { command: commandLine }, { cause: error });
       // puppeteer kills the group of a browser that failed to start and keeps its stderr to itself.
       throw new InfraError(`cannot start chromium: ${describe(error)}`, { command: commandLine }, { cause: error });
@@ -224,7 +223,7 @@ export class HeadlessChromium implements AsyncDisposable {
       if (graceful && running) await Promise.race([this.browser.close().catch(() => {}), sleep(CLOSE_GRACE_MS)]);
       // puppeteer kills the group only while its leader lives; a zygote can outlive it.
       await killGroup(this.pid);
-      await rm(this.userDataDir, { recursive: true, force: true });
+      await removeTempDir(this.userDataDir);
     })();
     return this.closing;
   }

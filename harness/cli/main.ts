@@ -30,6 +30,7 @@ import { writeFile } from 'node:fs/promises';
 import { artifactsRoot, formatVerdictTable, outcome, readVerdicts, verdictsFile, type Verdict } from '../report/verdicts.ts';
 import { EXIT, verdictsExitCode } from './exit-codes.ts';
 import { REPO_ROOT } from '../util/cache-dir.ts';
+import { installSignalCleanup } from '../util/cleanup.ts';
 import { isInfraFailure } from '../report/infra-failures.ts';
 import { applyKernelOptions } from './kernel-flags.ts';
 import { COMMANDS, CRH_USAGE, isCommand, parseCommandLine, usageError, wantsHelp } from './command-line.ts';
@@ -282,6 +283,7 @@ const HANDLERS: Record<Exclude<keyof typeof COMMANDS, 'repro' | 'cr'>, (args: st
 };
 
 async function main(argv: string[]): Promise<number> {
+  installSignalCleanup(); // SIGINT/SIGTERM: remove temp dirs and records, stop QEMUs, then die of the signal
   const [command, ...rest] = argv;
   if (command === '--help' || command === '-h' || command === 'help') {
     process.stdout.write(`${CRH_USAGE}\n`);

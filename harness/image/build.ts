@@ -4,11 +4,11 @@
  * agent and the workloads — into a cache directory keyed by a hash of every
  * input. Unchanged inputs mean no work.
  */
-import { copyFile, chmod, mkdir, readFile, writeFile, symlink } from 'node:fs/promises';
+import { copyFile, chmod, mkdir, readFile, stat, writeFile, symlink } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
 import { InfraError } from '../errors.ts';
-import { cacheDir } from '../util/cache-dir.ts';
+import { ensureCacheDir } from '../util/cache-dir.ts';
 import { sha256, sha256File } from '../util/hash.ts';
 import { buildOnce } from '../util/build-once.ts';
 import { debianCloudRecipe, type Recipe } from '../../images/debian-cloud/recipe.ts';
@@ -40,7 +40,36 @@ export interface BuildImageOptions {
   log?: (line: string) => void;
 }
 
-const IMAGE_FORMAT = 1;
+// 2: the key no longer depends on the checkout's path.
+const IMAGE_FORMAT = 2;
+
+export interface ImageInputs {
+  recipe: Recipe;
+  /** sha256 of the kernel package (.deb) or of the user's bzImage */
+  kernelSha256: string;
+  /** the guest programs' key: a hash of their sources, flags and compiler */
+  binariesKey: string;
+  /** guest path -> host path of the host programs and their libraries */
+  hostFiles: ReadonlyMap<string, string>;
+  modules: readonly { name: string; file: string }[];
+}
+
+/**
+ * The image's cache key: a hash of what goes into the image — file bytes,
+ * guest paths, the kernel package's hash — and never of where this checkout
+ * or the kernel lies on disk, so clones of the repository in different
+ * directories share one image (and its saved VM state, keyed by this key).
+ */
+export async function imageKey(inputs: ImageInputs): Promise<string> {
+  const { recipe } = inputs;
+  // The recipe's own files are named by guest path here and counted by content below.
+  const recipeIdentity = { ...recipe, files: Object.keys(recipe.files).sort() };
+  const keyParts: string[] = [`format ${IMAGE_FORMAT}`, JSON.stringify(recipeIdentity), inputs.kernelSha256, inputs.binariesKey];
+  for (const [guest, host] of [...inputs.hostFiles].sort()) keyParts.push(guest, await sha256File(host));
+  for (const [guest, file] of Object.entries(recipe.files).sort()) keyParts.push(guest, sha256(await readFile(file)));
+  for (const m of inputs.modules) keyParts.push(m.name, await sha256File(m.file));
+  return sha256(keyParts.join('\0')).slice(0, 20);
+}
 
 export async function buildImage(options: BuildImageOptions = {}): Promise<GuestImage> {
   const recipe = options.recipe ?? debianCloudRecipe;
@@ -57,12 +86,8 @@ export async function buildImage(options: BuildImageOptions = {}): Promise<Guest
     for (const lib of await sharedLibraryClosure(host)) hostFiles.set(lib, lib);
   }
 
-  const keyParts: string[] = [`format ${IMAGE_FORMAT}`, JSON.stringify(recipe), kernel.sha256, binaries.key];
-  for (const [guest, host] of [...hostFiles].sort()) keyParts.push(guest, await sha256File(host));
-  for (const [guest, file] of Object.entries(recipe.files)) keyParts.push(guest, sha256(await readFile(file)));
-  for (const m of modules) keyParts.push(m.name, await sha256File(m.file));
-  const key = sha256(keyParts.join('\0')).slice(0, 20);
-  const dir = cacheDir('images', key);
+  const key = await imageKey({ recipe, kernelSha256: kernel.sha256, binariesKey: binaries.key, hostFiles, modules });
+  const dir = path.join(await ensureCacheDir('images'), key);
 
   await buildOnce(dir, async (staging) => {
     log(`building guest image ${key}`);
@@ -96,11 +121,14 @@ export async function buildImage(options: BuildImageOptions = {}): Promise<Guest
     const hostPublicKey = hostPub.split('\n').find((l) => l.startsWith('ssh-'))?.split(' ').slice(0, 2).join(' ');
     if (!hostPublicKey) throw new InfraError('dropbearkey printed no public key', { output: hostPub });
     await execa('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', 'cr-harness', '-f', path.join(staging, 'id_ed25519')]);
+    await chmod(path.join(staging, 'id_ed25519'), 0o600);
     await copyFile(path.join(staging, 'id_ed25519.pub'), path.join(root, 'root/.ssh/authorized_keys'));
     await chmod(path.join(root, 'root/.ssh/authorized_keys'), 0o600);
     await writeFile(path.join(staging, 'host_key.pub'), `${hostPublicKey}\n`);
 
     await packCpio(root, path.join(staging, 'initramfs.cpio'));
+    // It holds the guest's SSH host key.
+    await chmod(path.join(staging, 'initramfs.cpio'), 0o600);
     await execa('rm', ['-rf', root]);
     await writeFile(
       path.join(staging, 'image.json'),
@@ -108,6 +136,7 @@ export async function buildImage(options: BuildImageOptions = {}): Promise<Guest
     );
   });
 
+  await tightenPrivateFiles(dir);
   return {
     key,
     dir,
@@ -119,6 +148,19 @@ export async function buildImage(options: BuildImageOptions = {}): Promise<Guest
     binaries: binaries.hostPath,
     guestPaths: Object.fromEntries(Object.keys(binaries.hostPath).map((n) => [n, guestPath(n)])),
   };
+}
+
+/**
+ * The client's private key and the initramfs (which holds the guest's host
+ * key) readable by this user only; an image built by an older crh with a
+ * wider mode is tightened.
+ */
+async function tightenPrivateFiles(dir: string): Promise<void> {
+  await chmod(dir, 0o700);
+  for (const name of ['id_ed25519', 'initramfs.cpio']) {
+    const file = path.join(dir, name);
+    if (((await stat(file)).mode & 0o077) !== 0) await chmod(file, 0o600);
+  }
 }
 
 /** cpio newc of `root`, owned by root, sorted, with reproducible metadata. */

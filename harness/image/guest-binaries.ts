@@ -7,7 +7,7 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
 import { InfraError } from '../errors.ts';
-import { REPO_ROOT, cacheDir } from '../util/cache-dir.ts';
+import { REPO_ROOT, ensureCacheDir } from '../util/cache-dir.ts';
 import { sha256 } from '../util/hash.ts';
 import { buildOnce } from '../util/build-once.ts';
 
@@ -43,7 +43,7 @@ export async function buildGuestBinaries(log: (line: string) => void = () => {})
     for (const src of spec.sources) parts.push(src, await readFile(path.join(GUESTS_DIR, src), 'utf8'));
   }
   const key = sha256(parts.join('\0')).slice(0, 16);
-  const dir = cacheDir('guest-bin', key);
+  const dir = path.join(await ensureCacheDir('guest-bin'), key);
   const hostPath = Object.fromEntries(manifest.binaries.map((b) => [b.name, path.join(dir, b.name)]));
   await buildOnce(dir, async (staging) => {
     for (const spec of manifest.binaries) {

@@ -9,7 +9,7 @@ import { open, readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
 import { InfraError } from '../errors.ts';
-import { cacheDir } from '../util/cache-dir.ts';
+import { ensureCacheDir } from '../util/cache-dir.ts';
 import { sha256File } from '../util/hash.ts';
 import { buildOnce } from '../util/build-once.ts';
 import { parseBzImageHeader, SETUP_MAX_BYTES } from './bzimage-header.ts';
@@ -71,7 +71,7 @@ export async function resolveKernelPackage(metapackage: string): Promise<{ name:
  * kernel is used instead, and `log` says so.
  */
 export async function debianKernel(metapackage: string, log: (line: string) => void = () => {}): Promise<GuestKernel> {
-  const root = cacheDir('kernels');
+  const root = await ensureCacheDir('kernels');
   let pkg: { name: string; version: string };
   try {
     pkg = await resolveKernelPackage(metapackage);

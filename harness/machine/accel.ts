@@ -14,8 +14,7 @@
  * decision as "kvm failed: <evidence>" (recordKvmFailure).
  */
 import { constants } from 'node:fs';
-import { access, mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { access, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
 import { InfraError } from '../errors.ts';
@@ -27,6 +26,7 @@ import { machineArgs, type Accelerator, type BootFiles } from './qemu-args.ts';
 import { qemuBinary } from './qemu-binary.ts';
 import { qemuVersion } from './qemu-version.ts';
 import type { LaunchEvidence } from './stall-watch.ts';
+import { makeTempDir, removeTempDir } from '../util/temp-dir.ts';
 
 export interface AccelChoice {
   accel: Accelerator;
@@ -73,7 +73,7 @@ export function probeArgs(accel: Accelerator, firmware: string): string[] {
  * catches a QEMU that aborts on the CPU model, not a kernel that dies.
  */
 export async function probeAccelerator(accel: Accelerator, timeoutMs = 5000): Promise<string | null> {
-  const dir = await mkdtemp(path.join(tmpdir(), 'crh-probe-'));
+  const dir = await makeTempDir('crh-probe-');
   try {
     const firmware = path.join(dir, 'probe.rom');
     await writeFile(firmware, probeFirmware());
@@ -83,7 +83,7 @@ export async function probeAccelerator(accel: Accelerator, timeoutMs = 5000): Pr
     const why = (result.stderr.split('\n').find((l) => l.trim().length > 0) ?? '').trim();
     return `${accel} probe exited ${result.exitCode ?? result.signal}${why ? `: ${why}` : ''}`;
   } finally {
-    await rm(dir, { recursive: true, force: true });
+    await removeTempDir(dir);
   }
 }
 

@@ -8,8 +8,7 @@
  */
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { makeTempDir, removeTempDir } from '../util/temp-dir.ts';
 import path from 'node:path';
 import { PassThrough } from 'node:stream';
 import { QmpClient } from '../qmp/client.ts';
@@ -37,10 +36,13 @@ export interface BootProbeResult {
 }
 
 export async function probeBoot(accel: Accelerator, boot: BootFiles, options: BootProbeOptions): Promise<BootProbeResult> {
-  const runDir = await mkdtemp(path.join(tmpdir(), 'crh-bootprobe-'));
+  const runDir = await makeTempDir('crh-bootprobe-');
+  // The reaper kills a leftover only when its -name is crh-… and matches the record.
+  const name = `crh-accel-probe-${accel}-${process.pid}`;
   const qmpSocket = path.join(runDir, 'qmp.sock');
   const argv = [
     qemuBinary(),
+    '-name', name,
     ...machineArgs({ accel, memoryMiB: options.memoryMiB ?? 512, cpus: 1 }),
     ...bootArgs(boot),
     ...consoleArgs(),
@@ -66,7 +68,7 @@ export async function probeBoot(accel: Accelerator, boot: BootFiles, options: Bo
   });
   const consoleSink = options.consoleLogPath ? options.consoleLogPath : path.join(runDir, 'console.log');
   const serial = new ConsoleLog(consoleSink, child.stdout ?? new PassThrough());
-  if (child.pid) await recordMachine({ qemuPid: child.pid, ownerPid: process.pid, name: `accel-probe-${accel}`, startedAt: new Date(launchedAt).toISOString() });
+  if (child.pid) await recordMachine(child.pid, name);
 
   let qmp: QmpClient | undefined;
   let stopWatch = (): void => {};
@@ -127,7 +129,7 @@ export async function probeBoot(accel: Accelerator, boot: BootFiles, options: Bo
     await exited;
     if (child.pid) await forgetMachine(child.pid);
     await serial.close();
-    await rm(runDir, { recursive: true, force: true });
+    await removeTempDir(runDir);
   }
 }
 

@@ -17,8 +17,8 @@
  */
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, rm } from 'node:fs/promises';
-import { cacheDir } from '../util/cache-dir.ts';
+import { rm } from 'node:fs/promises';
+import { cacheDir, ensureCacheDir } from '../util/cache-dir.ts';
 import { sha256 } from '../util/hash.ts';
 import { chooseAccelerator, recordKvmFailure, type AccelChoice } from './accel.ts';
 import { bootFilesOf, QemuMachine, type MachineConfig } from './machine.ts';
@@ -55,7 +55,7 @@ export async function launchMachine(config: FastStartConfig): Promise<QemuMachin
   // Not pinned unless the caller pinned it: a KVM that stalls falls back to TCG inside launch().
   const machine = await new QemuMachine(config).launch();
   try {
-    await mkdir(cacheDir('states'), { recursive: true });
+    await ensureCacheDir('states');
     await machine.saveState(await savedStatePath(config, machine.accel));
   } catch (error) {
     await machine.shutdown();

@@ -13,8 +13,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, rename, rm, appendFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, open, rename, rm, appendFile } from 'node:fs/promises';
 import path from 'node:path';
 import { BootError, CrhError, InfraError, LaunchError, TimeoutError } from '../errors.ts';
 import { QmpClient } from '../qmp/client.ts';
@@ -22,6 +21,8 @@ import { SshSession } from '../ssh/session.ts';
 import type { GuestImage } from '../image/build.ts';
 import { Deadline, sleep } from '../util/deadline.ts';
 import { uniqueSibling } from '../util/atomic-write.ts';
+import { onCleanup } from '../util/cleanup.ts';
+import { makeTempDir, removeTempDir } from '../util/temp-dir.ts';
 import { chooseAccelerator, recordKvmFailure, type AccelChoice } from './accel.ts';
 import { ConsoleLog, KERNEL_DEATH } from './console.ts';
 import { freeLoopbackPort } from './free-port.ts';
@@ -31,7 +32,7 @@ import { evidenceDetails, SILENT_CONSOLE_MS, StalledLaunchError, watchForStall, 
 import { Ready } from './readiness.ts';
 import { diagnoseVcpus } from '../oracle/diagnose.ts';
 import type { SymbolTable } from '../symbols/symbols.ts';
-import { forgetMachine, reapOrphans, recordMachine } from './reaper.ts';
+import { forgetMachine, MACHINE_NAME_PREFIX, reapOrphans, recordMachine } from './reaper.ts';
 
 export type MachineEvent =
   | { type: 'launch'; name: string; commandLine: string; accel: AccelChoice }
@@ -85,6 +86,7 @@ export class QemuMachine implements AsyncDisposable {
   private exitedUnasked = false;
   private shutdownPromise: Promise<void> | undefined;
   private runDir: string | undefined;
+  private unregisterCleanup: (() => void) | undefined;
   private stderrTail = '';
   private qmpClient: QmpClient | undefined;
   private sshSession: SshSession | undefined;
@@ -103,18 +105,22 @@ export class QemuMachine implements AsyncDisposable {
   readonly name: string;
 
   constructor(private readonly config: MachineConfig) {
-    this.name = config.name ?? `crh-${process.pid}-${++machineCounter}`;
+    this.name = config.name ?? `${MACHINE_NAME_PREFIX}${process.pid}-${++machineCounter}`;
   }
 
   /** Starts the guest and returns once SSH answers. On failure nothing is left running. */
   async launch(): Promise<this> {
     if (this.child) throw new CrhError(`machine ${this.name} was already launched`);
+    // The reaper kills a leftover QEMU only under a crh- name.
+    if (!this.name.startsWith(MACHINE_NAME_PREFIX)) throw new CrhError(`machine name ${this.name} must start with ${MACHINE_NAME_PREFIX}`);
     const started = Date.now();
     for (const message of await reapOrphans()) this.emit({ type: 'reaped', message });
     await mkdir(this.config.artifactsDir, { recursive: true });
     this.accelChoice = this.config.accel ?? (await chooseAccelerator(bootFilesOf(this.config.image)));
     // Unix socket paths are limited to 108 bytes: keep them under a short tmp dir.
-    this.runDir = await mkdtemp(path.join(tmpdir(), 'crh-'));
+    // A signal to crh shuts this machine down (QEMU, its record, its run directory) before crh dies of it.
+    this.unregisterCleanup = onCleanup(`machine ${this.name}`, () => this.shutdown());
+    this.runDir = await makeTempDir('crh-');
     let deadline = Deadline.in(this.config.bootTimeoutMs ?? 180_000);
     let fellBack = false;
 
@@ -143,7 +149,8 @@ export class QemuMachine implements AsyncDisposable {
           this.shutdownPromise = undefined;
           this.child = undefined;
           this.diagnosis = undefined;
-          this.runDir = await mkdtemp(path.join(tmpdir(), 'crh-'));
+          this.runDir = await makeTempDir('crh-');
+          this.unregisterCleanup = onCleanup(`machine ${this.name}`, () => this.shutdown());
           continue;
         }
         throw failure;
@@ -290,7 +297,7 @@ export class QemuMachine implements AsyncDisposable {
     });
     this.consoleLog = new ConsoleLog(path.join(this.config.artifactsDir, 'console.log'), child.stdout!);
     this.consoleLog.onLine((line) => this.emit({ type: 'console', name: this.name, line }));
-    if (child.pid) await recordMachine({ qemuPid: child.pid, ownerPid: process.pid, name: this.name, startedAt: new Date().toISOString() });
+    if (child.pid) await recordMachine(child.pid, this.name);
   }
 
   private async waitReady(deadline: Deadline): Promise<void> {
@@ -339,6 +346,8 @@ export class QemuMachine implements AsyncDisposable {
     const qmp = this.qmp;
     // Machines of one image booted together all save the same state: each writes its own file, the last rename wins.
     const tmp = uniqueSibling(file, 'partial');
+    // QEMU's `cat >` would follow a symlink planted at the name: create the file exclusively first.
+    await (await open(tmp, 'wx', 0o600)).close();
     await qmp.execute('stop');
     try {
       await qmp.execute('migrate', { uri: `exec:cat > ${shellQuote(tmp)}` });
@@ -446,7 +455,9 @@ export class QemuMachine implements AsyncDisposable {
       this.qmpClient = undefined;
       if (child?.pid) await forgetMachine(child.pid);
       await this.consoleLog?.close();
-      if (this.runDir) await rm(this.runDir, { recursive: true, force: true });
+      if (this.runDir) await removeTempDir(this.runDir);
+      this.unregisterCleanup?.();
+      this.unregisterCleanup = undefined;
     }
   }
 

@@ -6,46 +6,93 @@
  *    runner above it was killed) and kills its machines, then exits.
  * 3. Every machine is recorded under the run directory; the next launch
  *    reaps records whose owner is dead and says so.
+ *
+ * A pid alone names nothing once its process is gone: the kernel hands it
+ * to the next process. A record therefore also holds the process's start
+ * time (field 22 of /proc/PID/stat, clock ticks since boot — fixed at fork,
+ * kept across exec), and a leftover is killed only when the pid, that start
+ * time and a `-name crh-…` QEMU command line all match. Node 20 has no
+ * pidfd API, which would make this airtight.
  */
 import { readFileSync } from 'node:fs';
-import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { readdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
-import { cacheDir } from '../util/cache-dir.ts';
+import { writeFileAtomic } from '../util/atomic-write.ts';
+import { ensureCacheDir } from '../util/cache-dir.ts';
 
 export interface MachineRecord {
   qemuPid: number;
+  /** field 22 of /proc/<qemuPid>/stat at launch */
+  qemuStartTime: string;
   ownerPid: number;
+  /** field 22 of /proc/<ownerPid>/stat: a reused owner pid is a dead owner */
+  ownerStartTime: string;
+  /** QEMU's -name: crh-… */
   name: string;
   startedAt: string;
 }
 
+export const MACHINE_NAME_PREFIX = 'crh-';
+
 const live = new Map<number, string>(); // qemu pid -> record file
 
-function runDir(): string {
-  return cacheDir('run');
+/** The directory of machine records; CRH_CACHE_DIR moves it with the rest of the cache. */
+export function recordsDir(): Promise<string> {
+  return ensureCacheDir('run');
 }
 
-function alive(pid: number): boolean {
+/** Field 22 of /proc/PID/stat (start time in clock ticks since boot), or undefined when there is no such process. */
+export function processStartTime(pid: number): string | undefined {
+  let stat: string;
   try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
-function isQemu(pid: number): boolean {
-  try {
-    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('qemu-system');
+    stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
   } catch {
-    return false;
+    return undefined;
+  }
+  // Field 2 (comm) is in parentheses and may hold spaces or ')': fields 3… follow the last ')'.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return fields[22 - 3];
+}
+
+function commandLine(pid: number): string[] | undefined {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter((a) => a !== '');
+  } catch {
+    return undefined;
   }
 }
 
-export async function recordMachine(record: MachineRecord): Promise<void> {
-  await mkdir(runDir(), { recursive: true });
-  const file = path.join(runDir(), `${record.ownerPid}-${record.qemuPid}.json`);
-  await writeFile(file, JSON.stringify(record));
+/** Whether `argv` is a QEMU started as machine `name`: a qemu-system program and `-name <name>`. */
+export function isQemuNamed(argv: readonly string[], name: string): boolean {
+  if (!name.startsWith(MACHINE_NAME_PREFIX)) return false;
+  if (!path.basename(argv[0] ?? '').startsWith('qemu-system')) return false;
+  const at = argv.indexOf('-name');
+  return at >= 0 && argv[at + 1] === name;
+}
+
+/** Whether the process at `pid` is still the one the record names: same start time, a QEMU with the record's name. */
+export function isRecordedQemu(record: MachineRecord): boolean {
+  const started = processStartTime(record.qemuPid);
+  if (started === undefined || started !== record.qemuStartTime) return false;
+  const argv = commandLine(record.qemuPid);
+  return argv !== undefined && isQemuNamed(argv, record.name);
+}
+
+/** Whether the record's owner still runs: its pid with the start time recorded (a record without one: the pid alone). */
+function ownerAlive(record: Pick<MachineRecord, 'ownerPid'> & Partial<MachineRecord>): boolean {
+  const started = processStartTime(record.ownerPid);
+  return started !== undefined && (record.ownerStartTime === undefined || started === record.ownerStartTime);
+}
+
+/** Records a QEMU just spawned (pid `qemuPid`) by this process. */
+export async function recordMachine(qemuPid: number, name: string): Promise<void> {
+  const qemuStartTime = processStartTime(qemuPid);
+  const ownerStartTime = processStartTime(process.pid);
+  // Already gone: nothing to record; the launch notices the exit by itself.
+  if (qemuStartTime === undefined || ownerStartTime === undefined) return;
+  const record: MachineRecord = { qemuPid, qemuStartTime, ownerPid: process.pid, ownerStartTime, name, startedAt: new Date().toISOString() };
+  const file = path.join(await recordsDir(), `${record.ownerPid}-${record.qemuPid}.json`);
+  await writeFileAtomic(file, JSON.stringify(record), 0o600);
   live.set(record.qemuPid, file);
   startWatchdog();
 }
@@ -56,28 +103,54 @@ export async function forgetMachine(qemuPid: number): Promise<void> {
   if (file) await rm(file, { force: true });
 }
 
-/** Kills QEMUs whose owning process is gone; returns one line per machine reaped. */
-export async function reapOrphans(): Promise<string[]> {
-  let files: string[];
+/** The record files this process wrote and has not removed (for tests). */
+export function liveRecordFiles(): string[] {
+  return [...live.values()];
+}
+
+const isPid = (n: unknown): n is number => Number.isSafeInteger(n) && (n as number) > 0;
+
+/** A complete record; `owner` alone when only the owner can be read (a record from before start times). */
+function parseRecord(text: string): { record?: MachineRecord; owner?: Pick<MachineRecord, 'ownerPid'> } {
+  let r: Partial<MachineRecord>;
   try {
-    files = (await readdir(runDir())).filter((f) => f.endsWith('.json'));
+    r = JSON.parse(text) as Partial<MachineRecord>;
   } catch {
-    return [];
+    return {};
   }
+  if (!isPid(r.ownerPid)) return {};
+  const complete = isPid(r.qemuPid) && typeof r.qemuStartTime === 'string' && typeof r.ownerStartTime === 'string' && typeof r.name === 'string';
+  return complete ? { record: r as MachineRecord, owner: r as MachineRecord } : { owner: { ownerPid: r.ownerPid } };
+}
+
+/**
+ * Kills QEMUs whose owning process is gone and removes their records;
+ * returns one line per machine reaped. A record whose pid now belongs to
+ * another process (another start time, not a crh QEMU) is removed and its
+ * process left alone; so is a record that cannot be read or predates start
+ * times.
+ */
+export async function reapOrphans(): Promise<string[]> {
+  const dir = await recordsDir();
+  const files = (await readdir(dir)).filter((f) => f.endsWith('.json'));
   const reaped: string[] = [];
   for (const f of files) {
-    const file = path.join(runDir(), f);
-    let record: MachineRecord;
+    const file = path.join(dir, f);
+    let text: string;
     try {
-      record = JSON.parse(await readFile(file, 'utf8')) as MachineRecord;
+      text = await readFile(file, 'utf8');
     } catch {
-      await rm(file, { force: true });
-      continue;
+      continue; // removed by its owner meanwhile
     }
-    if (alive(record.ownerPid)) continue;
-    if (alive(record.qemuPid) && isQemu(record.qemuPid)) {
-      process.kill(record.qemuPid, 'SIGKILL');
-      reaped.push(`reaped QEMU pid ${record.qemuPid} (${record.name}) left running by dead process ${record.ownerPid}`);
+    const { record, owner } = parseRecord(text);
+    if (owner && ownerAlive(owner)) continue;
+    if (record && isRecordedQemu(record)) {
+      try {
+        process.kill(record.qemuPid, 'SIGKILL');
+        reaped.push(`reaped QEMU pid ${record.qemuPid} (${record.name}) left running by dead process ${record.ownerPid}`);
+      } catch {
+        // exited between the check and the kill
+      }
     }
     await rm(file, { force: true });
   }

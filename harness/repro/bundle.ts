@@ -10,6 +10,7 @@ import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import * as tar from 'tar-stream';
 import { BundleRejectedError, UsageError } from './usage-error.ts';
+import { uniqueSibling } from '../util/atomic-write.ts';
 
 export interface BundleEntry {
   /** relative path inside the bundle */
@@ -31,9 +32,9 @@ export const SAFE_NAME = new RegExp(`^(?:${SAFE_SEGMENT}/)?${SAFE_SEGMENT}$`);
 
 export async function writeBundle(file: string, entries: readonly BundleEntry[]): Promise<void> {
   await mkdir(path.dirname(file), { recursive: true });
-  const tmp = `${file}.tmp-${process.pid}`;
+  const tmp = uniqueSibling(file, 'tmp');
   const pack = tar.pack();
-  const written = pipeline(pack, createWriteStream(tmp));
+  const written = pipeline(pack, createWriteStream(tmp, { flags: 'wx' }));
   try {
     for (const e of entries) {
       if (!SAFE_NAME.test(e.name)) throw new Error(`bundle entry name ${JSON.stringify(e.name)} is not a plain relative name`);

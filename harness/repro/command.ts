@@ -7,8 +7,7 @@
  * failed), 2 for a request that cannot be carried out, 69 for infrastructure.
  */
 import { existsSync } from 'node:fs';
-import { chmod, mkdir, mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { chmod, mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { applyKernelOptions } from '../cli/kernel-flags.ts';
 import { CrhError } from '../errors.ts';
@@ -23,6 +22,8 @@ import { prepareProgram, programName } from './prepare.ts';
 import { Progress } from './progress.ts';
 import type { BundleInputs } from './rerun.ts';
 import { UsageError } from './usage-error.ts';
+import { makeTempDir, removeTempDir } from '../util/temp-dir.ts';
+import { NotOwnedError, replaceOwnedDir } from '../util/owned-dir.ts';
 import { makeVerdict, verdictExitCode, type ReproVerdict } from './verdict.ts';
 
 export interface ReproOutcome {
@@ -55,16 +56,28 @@ function report(verdict: ReproVerdict, bundle: string): void {
   process.stdout.write(`bundle: ${escapeControl(bundle)}\n`);
 }
 
+/**
+ * The run directory's name: the bundle's, so runs of one program under
+ * different policies keep their own logs; the program's when the bundle's
+ * name has no stem (`--out .tar`, `--out ..tar` would name the directory
+ * holding every run).
+ */
+export function runDirName(out: string, program: string): string {
+  const plain = (name: string): boolean => name !== '' && name !== '.' && name !== '..';
+  return [path.basename(out).replace(/\.tar$/, ''), program].find(plain) ?? 'program';
+}
+
 /** Runs one request to its verdict and writes its bundle. */
 export async function reproduce(request: ReproRequest, progress: Progress): Promise<ReproOutcome> {
   applyKernelOptions(request.kernel);
   const name = programName(request);
   const root = path.join(request.artifacts ?? artifactsRoot(), 'repro');
   const out = request.out ?? path.join(root, `${name}.tar`);
-  // Named after the bundle, so runs of one program under different policies keep their own logs.
-  const runDir = path.join(root, path.basename(out).replace(/\.tar$/, '') || name);
-  await rm(runDir, { recursive: true, force: true });
-  await mkdir(runDir, { recursive: true });
+  const runDir = path.join(root, runDirName(out, name));
+  // Only a run directory crh made is deleted; one of the user's is refused, as a usage error (exit 2).
+  await replaceOwnedDir(runDir).catch((error: unknown) => {
+    throw error instanceof NotOwnedError ? new UsageError(`${error.message}; name the bundle otherwise (--out)`, {}, { cause: error }) : error;
+  });
 
   const prepared = await prepareProgram(request, path.join(runDir, 'build'), progress);
   const imageFile = path.join(runDir, 'checkpoint.tar');
@@ -93,8 +106,8 @@ async function rerunBundle(request: BundleRerun, progress: Progress): Promise<nu
   if (!existsSync(request.bundle)) throw new UsageError(`${request.bundle}: no such bundle`);
   const { recorded, inputs } = await openBundle(request.bundle);
   for (const line of describeRerun(request.bundle, recorded.rerun)) process.stdout.write(`${line}\n`);
-  // mkdtemp makes the directory 0700 and new: no one else can plant a link in it.
-  const dir = await mkdtemp(path.join(tmpdir(), 'crh-bundle-'));
+  // A fresh 0700 directory: no one else can plant a link in it.
+  const dir = await makeTempDir('crh-bundle-');
   try {
     await chmod(dir, 0o700);
     const extracted = await extractEntries(dir, inputs);
@@ -111,6 +124,6 @@ async function rerunBundle(request: BundleRerun, progress: Progress): Promise<nu
     );
     return verdictExitCode(verdict);
   } finally {
-    await rm(dir, { recursive: true, force: true });
+    await removeTempDir(dir);
   }
 }

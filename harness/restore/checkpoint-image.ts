@@ -26,6 +26,7 @@ import { signalsJson, type SignalState } from './signals.ts';
 import type { TaskState } from './files.ts';
 import { threadsJson, threadXstateEntry, type ThreadLinks, type ThreadState } from './threads.ts';
 import { ldtJson, type LdtEntry } from './ldt.ts';
+import { uniqueSibling } from '../util/atomic-write.ts';
 
 export const IMAGE_FORMAT = 'cr-harness-checkpoint';
 /**
@@ -190,8 +191,8 @@ export function imageEntries(image: CheckpointImage): Map<string, Buffer> {
 /** Writes the image as a tar, atomically (a temporary file renamed into place). */
 export async function writeCheckpointImage(image: CheckpointImage, file: string): Promise<void> {
   const pack = tar.pack();
-  const tmp = `${file}.tmp-${process.pid}`;
-  const written = pipeline(pack, createWriteStream(tmp));
+  const tmp = uniqueSibling(file, 'tmp');
+  const written = pipeline(pack, createWriteStream(tmp, { flags: 'wx' }));
   for (const [name, data] of imageEntries(image)) {
     await new Promise<void>((resolve, reject) => pack.entry({ name, size: data.length, mode: 0o644, mtime: new Date(0) }, data, (e) => (e ? reject(e) : resolve())));
   }

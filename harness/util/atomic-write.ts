@@ -6,13 +6,15 @@ import path from 'node:path';
  * Writes `file` so that a reader sees the old content or the new, never a
  * part: the data goes to a temporary file beside it, then is renamed over
  * it. The temporary name is unique per call, so writers in parallel — other
- * processes, or other machines in this one — never write into each other's.
+ * processes, or other machines in this one — never write into each other's;
+ * and it is created exclusively (O_CREAT|O_EXCL), so a file or symlink
+ * someone planted at that name fails the write instead of being followed.
  */
-export async function writeFileAtomic(file: string, data: string | Uint8Array): Promise<void> {
+export async function writeFileAtomic(file: string, data: string | Uint8Array, mode = 0o644): Promise<void> {
   await mkdir(path.dirname(file), { recursive: true });
   const tmp = uniqueSibling(file, 'tmp');
   try {
-    await writeFile(tmp, data);
+    await writeFile(tmp, data, { flag: 'wx', mode });
     await rename(tmp, file);
   } catch (error) {
     await rm(tmp, { force: true });
@@ -20,7 +22,11 @@ export async function writeFileAtomic(file: string, data: string | Uint8Array): 
   }
 }
 
-/** `<file>.<tag>-<pid>-<random>`: a name beside `file` no other writer picks. */
+/**
+ * `<file>.<tag>-<pid>-<random>`: a name beside `file` no other writer picks.
+ * Create it exclusively (flag 'wx', or mkdir without `recursive`): the name
+ * is hard to guess, not impossible.
+ */
 export function uniqueSibling(file: string, tag: string): string {
   return `${file}.${tag}-${process.pid}-${randomBytes(4).toString('hex')}`;
 }
