@@ -34,10 +34,10 @@ export const OPCODES = {
 
 export type OpName = keyof typeof OPCODES;
 
-export /** RUN flag 1: hits handled as before breakpoints were made invisible. */
+/** RUN flag 1: hits handled as before breakpoints were made invisible. */
 const RUN_LEGACY_TRAPS = 1;
 
-const SPAWN_NO_ASLR = 1;
+export const SPAWN_NO_ASLR = 1;
 /** SPAWN carries a u32 pid after stdout_path: the child gets exactly that pid (clone3 set_tid). */
 export const SPAWN_EXACT_PID = 2;
 
