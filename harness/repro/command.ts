@@ -4,7 +4,9 @@
  * the program and its files in, run it uninterrupted, run it again with a
  * checkpoint → kill → restore in the middle, compare, and write the bundle.
  * Exit 0 when the restored run matches, 1 when it differs (or the restore
- * failed), 2 for a request that cannot be carried out, 69 for infrastructure.
+ * failed), 3 when the uninterrupted traced run differs from the native one
+ * (the harness perturbs the program), 2 for a request that cannot be
+ * carried out, 69 for infrastructure.
  */
 import { existsSync } from 'node:fs';
 import { chmod, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -20,7 +22,7 @@ import { prepareProgram, programName } from './prepare.ts';
 import { Progress } from './progress.ts';
 import { resolveRerunArgs, type BundleInputs } from './rerun.ts';
 import { UsageError } from './usage-error.ts';
-import { makeVerdict, parseVerdict, verdictExitCode, type ReproVerdict } from './verdict.ts';
+import { makeVerdict, parseVerdict, verdictExitCode, verdictLabel, type ReproVerdict } from './verdict.ts';
 
 export interface ReproOutcome {
   verdict: ReproVerdict;
@@ -39,7 +41,7 @@ export async function reproCommand(command: 'repro' | 'cr', argv: readonly strin
 
 function report(verdict: ReproVerdict, bundle: string): void {
   for (const note of verdict.notes) process.stdout.write(`note: ${note}\n`);
-  process.stdout.write(`verdict: ${verdict.pass ? 'PASS' : 'FAIL'} — ${verdict.summary}\n`);
+  process.stdout.write(`verdict: ${verdictLabel(verdict)} — ${verdict.summary}\n`);
   process.stdout.write(`bundle: ${bundle}\n`);
 }
 
@@ -99,8 +101,8 @@ async function rerunBundle(request: BundleRerun, progress: Progress): Promise<nu
     const rerun: ReproRequest = { ...parsed, out, ...(request.artifacts ? { artifacts: request.artifacts } : {}) };
     const { verdict, bundle } = await reproduce(rerun, progress);
     report(verdict, bundle);
-    const same = verdict.pass === recorded.pass && verdict.mismatches.map((m) => m.what).join() === recorded.mismatches.map((m) => m.what).join();
-    process.stdout.write(same ? `reproduced: the same verdict as ${request.bundle}\n` : `NOT reproduced: ${request.bundle} says ${recorded.pass ? 'PASS' : 'FAIL'} — ${recorded.summary}\n`);
+    const same = verdict.pass === recorded.pass && Boolean(verdict.perturbed) === Boolean(recorded.perturbed) && verdict.mismatches.map((m) => m.what).join() === recorded.mismatches.map((m) => m.what).join();
+    process.stdout.write(same ? `reproduced: the same verdict as ${request.bundle}\n` : `NOT reproduced: ${request.bundle} says ${verdictLabel(recorded)} — ${recorded.summary}\n`);
     return verdictExitCode(verdict);
   } finally {
     await rm(dir, { recursive: true, force: true });
