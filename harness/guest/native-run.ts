@@ -19,7 +19,8 @@ export interface NativeRunRequest {
   binary: string;
   argv: readonly string[];
   envp: readonly string[];
-  cwd: string;
+  /** the working directory; absent: the SSH exec's own, where an agent started without agentCwd runs too */
+  cwd?: string;
   /** guest file for its stdout and stderr */
   stdoutPath: string;
   timeoutMs: number;
@@ -51,7 +52,8 @@ export function nativeCommand(r: NativeRunRequest): string {
     r.binary,
     ...r.argv,
   ];
-  return `cd ${shellQuote(r.cwd)} && exec env -i ${r.envp.map(shellQuote).join(' ')} ${NATIVE_RUNNER} ${args.map(shellQuote).join(' ')}`.replace(/ {2,}/g, ' ');
+  const cd = r.cwd === undefined ? '' : `cd ${shellQuote(r.cwd)} && `;
+  return `${cd}exec env -i ${r.envp.map(shellQuote).join(' ')} ${NATIVE_RUNNER} ${args.map(shellQuote).join(' ')}`.replace(/ {2,}/g, ' ');
 }
 
 /** Parses crh-native's report: "pid N" then "exited N", "killed SIG" or "timed-out MS". */

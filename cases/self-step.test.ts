@@ -1,0 +1,82 @@
+// expect: a program that single-steps itself (TF set with popf) under its own SIGTRAP handler and then executes an
+// int3 prints the same trap list (count, si_code, si_addr, saved rip) natively — no tracer, no breakpoint (crh-native
+// over SSH exec) — as under the agent, with nothing armed and with our execute breakpoint on self_mid (inside the
+// stepped sequence) or on selfstep_handler (where SIGTRAP is blocked: the hit's forced SIGTRAP resets the handler to
+// SIG_DFL, which the agent undoes); checkpointed at that breakpoint (self_mid hit 1, selfstep_handler hit 3) and
+// restored, it finishes with exactly the native output. Negative control: RUN's legacy flag (the agent before issue
+// 19: every hit's SIGTRAP suppressed, the reset left alone) with the breakpoint on the handler — the program is killed
+// by its next step trap, with no output: the harness perturbing what it observes.
+import t from 'tap';
+import { recordOutcome } from '../harness/report/verdicts.ts';
+import { DEFAULT_POLICY, describePolicy } from '../harness/restore/policy.ts';
+import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
+import { startGuest } from '../harness/testing/guest-fixture.ts';
+import { endedAs, nativeReference } from '../harness/testing/native-reference.ts';
+import { checkpointAtHit, readOutput, restoreAndFinish, RUN_TIMEOUT_MS, runUninterrupted, spawnArmed, type Workload } from '../harness/testing/scenario.ts';
+import { hex } from '../harness/x86/registers.ts';
+
+const CASE = 'self-step';
+const DR6_BS = 0x4000n;
+
+t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
+  const guest = await startGuest(t, CASE);
+  const binary = guest.image.guestPaths.selfstep!;
+  const plain: Workload = { binary, argv: [binary] };
+  const native = await nativeReference(guest, plain);
+  const expected = `${endedAs(native)}; ${native.output.trim().split('\n').at(-1)}`;
+  const summary = (ended: string, output: string): string => `${ended}; ${output.trim().split('\n').at(-1) ?? '(no output)'}`;
+  t.comment(`native (pid ${native.pid}): ${endedAs(native)}\n${native.output}`);
+  t.equal(endedAs(native), 'exited 0', 'natively the program exits 0');
+  t.match(native.output, /^trap 1 code=2 addr=\+4 rip=\+4$/m, 'natively: TRAP_TRACE traps at each instruction after the popf');
+  t.match(native.output, /^int3 code=128 rip=\+\d+$/m, 'natively: its int3 arrives as SI_KERNEL');
+  t.match(native.output, /^selfstep traps=11 sum=28$/m);
+
+  await t.test('traced, nothing armed: the same output as natively', async (t) => {
+    const traced = await runUninterrupted(guest, plain, '/tmp/selfstep-traced.out');
+    t.equal(endedAs(traced.run), endedAs(native));
+    t.equal(traced.output, native.output, 'traced reference = native reference');
+    recordOutcome({ case: CASE, scenario: 'traced uninterrupted vs native, nothing armed', policy: 'agent', control: false, expected, observed: summary(endedAs(traced.run), traced.output), matchedUninterrupted: traced.output === native.output && endedAs(traced.run) === endedAs(native) });
+  });
+
+  const points = [
+    { where: 'self_mid', what: 'inside the stepped sequence', hit: 1 },
+    { where: 'selfstep_handler', what: 'on its SIGTRAP handler', hit: 3 },
+  ] as const;
+  for (const p of points) {
+    const at = guest.symbols.resolve(`selfstep:${p.where}`);
+    const armed: Workload = { binary, argv: [binary], breakAt: at };
+
+    await t.test(`breakpoint on ${p.where} (${p.what}): the program cannot feel it`, async (t) => {
+      const out = `/tmp/selfstep-armed-${p.where}.out`;
+      const pid = await spawnArmed(guest, armed, out);
+      const run = await guest.agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
+      const output = await readOutput(guest, out);
+      const both = run.hits.filter((h) => (h.dr6 & DR6_BS) !== 0n).length;
+      t.comment(`${run.hits.length} hits at ${hex(at)} (DR6 ${run.hits.map((h) => hex(h.dr6)).join(' ')}; ${both} also a single-step)`);
+      t.equal(endedAs(run), endedAs(native), `armed, uninterrupted: ${endedAs(run)}`);
+      t.equal(output, native.output, 'armed, uninterrupted: exactly the native output');
+      t.ok(run.hits.length >= p.hit, `the breakpoint was hit (${run.hits.length} times)`);
+      recordOutcome({ case: CASE, scenario: `armed uninterrupted vs native, breakpoint ${p.what}`, policy: 'agent', control: false, expected, observed: summary(endedAs(run), output), matchedUninterrupted: output === native.output && endedAs(run) === endedAs(native), conditions: { hitsWithBS: String(both) } });
+
+      const checkpointed = await checkpointAtHit(guest, armed, p.hit, p.where);
+      t.equal(checkpointed.run.outcome, 'hit-limit', `checkpointed at hit ${p.hit} of ${p.where}, rip ${checkpointed.image ? hex(checkpointed.image.regs.rip) : '?'}`);
+      const r = await restoreAndFinish(guest, checkpointed.file, DEFAULT_POLICY, p.where, {});
+      const before = await readOutput(guest, `/tmp/selfstep-${p.where}.original.out`);
+      const whole = before + r.output;
+      t.equal(endedAs(r.run), endedAs(native), `restored: ${endedAs(r.run)}`);
+      t.equal(whole, native.output, 'original up to the checkpoint + restored: exactly the native output');
+      t.equal(run.hits.length, checkpointed.run.hits.length + r.run.hits.length, `as many hits as the uninterrupted armed run (${run.hits.length})`);
+      recordOutcome({ case: CASE, scenario: `checkpoint ${p.what} (hit ${p.hit}), restored vs native`, policy: describePolicy(DEFAULT_POLICY), control: false, expected, observed: summary(endedAs(r.run), whole), matchedUninterrupted: whole === native.output && endedAs(r.run) === endedAs(native) });
+    });
+  }
+
+  await t.test('negative control: the legacy agent (every hit\'s SIGTRAP suppressed) with the breakpoint on the handler', async (t) => {
+    const out = '/tmp/selfstep-legacy.out';
+    const pid = await spawnArmed(guest, { binary, argv: [binary], breakAt: guest.symbols.resolve('selfstep:selfstep_handler') }, out);
+    const run = await guest.agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS, legacyTraps: true });
+    const output = await readOutput(guest, out);
+    t.equal(endedAs(run), 'killed 5', 'killed by SIGTRAP: the hit inside the handler reset it to SIG_DFL, the next step trap was fatal');
+    t.equal(output, '', 'and printed nothing (natively: exit 0 and the trap list)');
+    recordOutcome({ case: CASE, scenario: 'armed uninterrupted vs native, breakpoint on its SIGTRAP handler', policy: 'agent legacy-traps (before issue 19)', control: true, expected, observed: summary(endedAs(run), output), matchedUninterrupted: output === native.output && endedAs(run) === endedAs(native) });
+  });
+});
