@@ -2,10 +2,12 @@
 // int3 prints the same trap list (count, si_code, si_addr, saved rip) natively — no tracer, no breakpoint (crh-native
 // over SSH exec) — as under the agent, with nothing armed and with our execute breakpoint on self_mid (inside the
 // stepped sequence) or on selfstep_handler (where SIGTRAP is blocked: the hit's forced SIGTRAP resets the handler to
-// SIG_DFL, which the agent undoes); checkpointed at that breakpoint (self_mid hit 1, selfstep_handler hit 3) and
-// restored, it finishes with exactly the native output. Negative control: RUN's legacy flag (the agent before issue
-// 19: every hit's SIGTRAP suppressed, the reset left alone) with the breakpoint on the handler — the program is killed
-// by its next step trap, with no output: the harness perturbing what it observes.
+// SIG_DFL, which the agent undoes), or a write watchpoint on self_cell, which the stepped self_store writes (one #DB
+// for our hit and the program's step: DR6 B0 and BS — the hit counted, the program's trap delivered); checkpointed at
+// that hit (self_mid hit 1, selfstep_handler hit 3, the watchpoint's hit 1) and restored, it finishes with exactly the
+// native output. Negative controls: RUN's legacy flag (the agent before issue 19: every hit's SIGTRAP suppressed, the
+// reset left alone) — with the breakpoint on the handler the program is killed by its next step trap, with no output;
+// with the watchpoint it loses the step trap that came with the hit (traps=11, natively 12).
 import t from 'tap';
 import { recordOutcome } from '../harness/report/verdicts.ts';
 import { DEFAULT_POLICY, describePolicy } from '../harness/restore/policy.ts';
@@ -13,6 +15,7 @@ import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
 import { startGuest } from '../harness/testing/guest-fixture.ts';
 import { endedAs, nativeReference } from '../harness/testing/native-reference.ts';
 import { checkpointAtHit, readOutput, restoreAndFinish, RUN_TIMEOUT_MS, runUninterrupted, spawnArmed, type Workload } from '../harness/testing/scenario.ts';
+import { dr7WriteWatch } from '../harness/agent/breakpoint-spawn.ts';
 import { hex } from '../harness/x86/registers.ts';
 
 const CASE = 'self-step';
@@ -29,7 +32,9 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
   t.equal(endedAs(native), 'exited 0', 'natively the program exits 0');
   t.match(native.output, /^trap 1 code=2 addr=\+4 rip=\+4$/m, 'natively: TRAP_TRACE traps at each instruction after the popf');
   t.match(native.output, /^int3 code=128 rip=\+\d+$/m, 'natively: its int3 arrives as SI_KERNEL');
-  t.match(native.output, /^selfstep traps=11 sum=28$/m);
+  t.match(native.output, /^selfstep traps=12 sum=28$/m);
+  const cell = guest.symbols.resolve('selfstep:self_cell');
+  const watched: Workload = { binary, argv: [binary], debugRegs: { 0: cell, 7: dr7WriteWatch(0, 8) } };
 
   await t.test('traced, nothing armed: the same output as natively', async (t) => {
     const traced = await runUninterrupted(guest, plain, '/tmp/selfstep-traced.out');
@@ -38,25 +43,27 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     recordOutcome({ case: CASE, scenario: 'traced uninterrupted vs native, nothing armed', policy: 'agent', control: false, expected, observed: summary(endedAs(traced.run), traced.output), matchedUninterrupted: traced.output === native.output && endedAs(traced.run) === endedAs(native) });
   });
 
-  const points = [
-    { where: 'self_mid', what: 'inside the stepped sequence', hit: 1 },
-    { where: 'selfstep_handler', what: 'on its SIGTRAP handler', hit: 3 },
-  ] as const;
+  const at = (symbol: string): bigint => guest.symbols.resolve(`selfstep:${symbol}`);
+  const points: { where: string; what: string; hit: number; armed: Workload }[] = [
+    { where: 'self_mid', what: 'breakpoint inside the stepped sequence', hit: 1, armed: { binary, argv: [binary], breakAt: at('self_mid') } },
+    { where: 'selfstep_handler', what: 'breakpoint on its SIGTRAP handler', hit: 3, armed: { binary, argv: [binary], breakAt: at('selfstep_handler') } },
+    { where: 'self_cell', what: 'write watchpoint hit by a stepped store', hit: 1, armed: watched },
+  ];
   for (const p of points) {
-    const at = guest.symbols.resolve(`selfstep:${p.where}`);
-    const armed: Workload = { binary, argv: [binary], breakAt: at };
+    const armed: Workload = p.armed;
 
-    await t.test(`breakpoint on ${p.where} (${p.what}): the program cannot feel it`, async (t) => {
+    await t.test(`${p.what} (${p.where}): the program cannot feel it`, async (t) => {
       const out = `/tmp/selfstep-armed-${p.where}.out`;
       const pid = await spawnArmed(guest, armed, out);
       const run = await guest.agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
       const output = await readOutput(guest, out);
       const both = run.hits.filter((h) => (h.dr6 & DR6_BS) !== 0n).length;
-      t.comment(`${run.hits.length} hits at ${hex(at)} (DR6 ${run.hits.map((h) => hex(h.dr6)).join(' ')}; ${both} also a single-step)`);
+      t.comment(`${run.hits.length} hits of ${p.where} (DR6 ${run.hits.map((h) => hex(h.dr6)).join(' ')}; ${both} also a single-step)`);
       t.equal(endedAs(run), endedAs(native), `armed, uninterrupted: ${endedAs(run)}`);
       t.equal(output, native.output, 'armed, uninterrupted: exactly the native output');
       t.ok(run.hits.length >= p.hit, `the breakpoint was hit (${run.hits.length} times)`);
-      recordOutcome({ case: CASE, scenario: `armed uninterrupted vs native, breakpoint ${p.what}`, policy: 'agent', control: false, expected, observed: summary(endedAs(run), output), matchedUninterrupted: output === native.output && endedAs(run) === endedAs(native), conditions: { hitsWithBS: String(both) } });
+      if (p.where === 'self_cell') t.equal(both, run.hits.length, 'every watchpoint hit came in one #DB with the program\'s step (DR6 BS)');
+      recordOutcome({ case: CASE, scenario: `armed uninterrupted vs native, ${p.what}`, policy: 'agent', control: false, expected, observed: summary(endedAs(run), output), matchedUninterrupted: output === native.output && endedAs(run) === endedAs(native), conditions: { hitsWithBS: String(both) } });
 
       const checkpointed = await checkpointAtHit(guest, armed, p.hit, p.where);
       t.equal(checkpointed.run.outcome, 'hit-limit', `checkpointed at hit ${p.hit} of ${p.where}, rip ${checkpointed.image ? hex(checkpointed.image.regs.rip) : '?'}`);
@@ -72,11 +79,22 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
 
   await t.test('negative control: the legacy agent (every hit\'s SIGTRAP suppressed) with the breakpoint on the handler', async (t) => {
     const out = '/tmp/selfstep-legacy.out';
-    const pid = await spawnArmed(guest, { binary, argv: [binary], breakAt: guest.symbols.resolve('selfstep:selfstep_handler') }, out);
+    const pid = await spawnArmed(guest, { binary, argv: [binary], breakAt: at('selfstep_handler') }, out);
     const run = await guest.agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS, legacyTraps: true });
     const output = await readOutput(guest, out);
     t.equal(endedAs(run), 'killed 5', 'killed by SIGTRAP: the hit inside the handler reset it to SIG_DFL, the next step trap was fatal');
     t.equal(output, '', 'and printed nothing (natively: exit 0 and the trap list)');
     recordOutcome({ case: CASE, scenario: 'armed uninterrupted vs native, breakpoint on its SIGTRAP handler', policy: 'agent legacy-traps (before issue 19)', control: true, expected, observed: summary(endedAs(run), output), matchedUninterrupted: output === native.output && endedAs(run) === endedAs(native) });
+  });
+
+  await t.test('negative control: the legacy agent with the watchpoint — the step trap that came with the hit is lost', async (t) => {
+    const out = '/tmp/selfstep-legacy-watch.out';
+    const pid = await spawnArmed(guest, watched, out);
+    const run = await guest.agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS, legacyTraps: true });
+    const output = await readOutput(guest, out);
+    t.equal(endedAs(run), 'exited 0');
+    t.match(output, /^selfstep traps=11 sum=28$/m, 'one trap fewer than natively (12)');
+    t.notOk(output.includes(`addr=+${at('self_store') - at('self_seq') + 7n} `), 'the trap after self_store is the one missing');
+    recordOutcome({ case: CASE, scenario: 'armed uninterrupted vs native, write watchpoint hit by a stepped store', policy: 'agent legacy-traps (before issue 19)', control: true, expected, observed: summary(endedAs(run), output), matchedUninterrupted: output === native.output && endedAs(run) === endedAs(native) });
   });
 });

@@ -8,7 +8,9 @@
  * It installs selfstep_handler (SA_SIGINFO; SIGTRAP blocked while it runs,
  * as by default), sets EFLAGS.TF with popf, runs a straight sequence of
  * eight additions (self_seq .. self_tail, self_mid in the middle), clears
- * TF with popf, then executes an int3 of its own (self_int3). Each trap is
+ * TF with popf, then executes an int3 of its own (self_int3). The sequence
+ * also stores to self_cell (self_store), so that a write watchpoint's trap
+ * and the program's step trap come from one instruction. Each trap is
  * recorded with its si_code and its si_addr and saved RIP as offsets from
  * self_seq. Output (one line per trap, then a summary):
  *
@@ -21,7 +23,9 @@
  * stepped sequence) or on selfstep_handler (where SIGTRAP is blocked) must
  * leave this output as it is natively: a SIGTRAP the kernel forces while
  * SIGTRAP is blocked resets the handler to SIG_DFL, and the next step trap
- * then kills the program.
+ * then kills the program. A harness watching self_cell sees its hit in the
+ * same #DB as the program's step (DR6 B0 and BS): suppressing that SIGTRAP
+ * would lose one of the program's traps.
  */
 #define _GNU_SOURCE
 #include <signal.h>
@@ -39,6 +43,10 @@ struct trap {
 
 static volatile struct trap seen[MAX_TRAPS];
 static volatile int traps;
+
+/* Written by the stepped sequence (self_store): a write watchpoint on it
+ * triggers on the same instruction as the program's own step trap. */
+volatile uint64_t self_cell;
 
 extern const char self_seq[];
 
@@ -73,6 +81,9 @@ static uint64_t run_sequence(void)
 			 "self_mid:\n"
 			 "	addq $4, %%rax\n"
 			 "	addq $5, %%rax\n"
+			 ".globl self_store\n"
+			 "self_store:\n"
+			 "	movq %%rax, self_cell(%%rip)\n"
 			 "	addq $6, %%rax\n"
 			 "	addq $7, %%rax\n"
 			 ".globl self_tail\n"
