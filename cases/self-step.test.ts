@@ -9,7 +9,7 @@
 // reset left alone) — with the breakpoint on the handler the program is killed by its next step trap, with no output;
 // with the watchpoint it loses the step trap that came with the hit (traps=11, natively 12).
 import t from 'tap';
-import { recordOutcome } from '../harness/report/verdicts.ts';
+import { recordOutcome, recordVerdict } from '../harness/report/verdicts.ts';
 import { DEFAULT_POLICY, describePolicy } from '../harness/restore/policy.ts';
 import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
 import { startGuest } from '../harness/testing/guest-fixture.ts';
@@ -20,6 +20,13 @@ import { hex } from '../harness/x86/registers.ts';
 
 const CASE = 'self-step';
 const DR6_BS = 0x4000n;
+/**
+ * Measured on QEMU 7.2 under TCG (guest 6.1): a data watchpoint that hits on an instruction the program runs with TF
+ * set leaves the guest kernel looping in its #DB handler (the vCPU at pv_native_set_debugreg on the #DB stack, the
+ * guest frozen) — with the legacy agent as with this one, so it is the platform's, not the agent's. On the host's
+ * kernel (test/agent-invisible-breakpoints.test.ts) the same hit is one #DB with DR6 B0 and BS.
+ */
+const TCG_WATCH_WITH_TF = 'QEMU TCG freezes the guest in its #DB handler when a data watchpoint hits an instruction run with TF set (measured on QEMU 7.2, also with the legacy agent); covered on the host kernel by test/agent-invisible-breakpoints.test.ts';
 
 t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
   const guest = await startGuest(t, CASE);
@@ -49,8 +56,16 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     { where: 'selfstep_handler', what: 'breakpoint on its SIGTRAP handler', hit: 3, armed: { binary, argv: [binary], breakAt: at('selfstep_handler') } },
     { where: 'self_cell', what: 'write watchpoint hit by a stepped store', hit: 1, armed: watched },
   ];
+  const watchSkip = guest.profile.accel === 'tcg' ? TCG_WATCH_WITH_TF : undefined;
+  const skipRow = (scenario: string, control: boolean): void =>
+    recordVerdict({ case: CASE, scenario, policy: control ? 'agent legacy-traps (before issue 19)' : 'agent', control, expected, observed: 'not run', pass: false, skipped: `accel ${guest.profile.accel}: ${TCG_WATCH_WITH_TF}` });
   for (const p of points) {
     const armed: Workload = p.armed;
+    if (p.where === 'self_cell' && watchSkip) {
+      t.comment(`platform deviation (accel ${guest.profile.accel}): ${watchSkip}`);
+      skipRow(`armed uninterrupted vs native, ${p.what}`, false);
+      continue;
+    }
 
     await t.test(`${p.what} (${p.where}): the program cannot feel it`, async (t) => {
       const out = `/tmp/selfstep-armed-${p.where}.out`;
@@ -87,6 +102,10 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     recordOutcome({ case: CASE, scenario: 'armed uninterrupted vs native, breakpoint on its SIGTRAP handler', policy: 'agent legacy-traps (before issue 19)', control: true, expected, observed: summary(endedAs(run), output), matchedUninterrupted: output === native.output && endedAs(run) === endedAs(native) });
   });
 
+  if (watchSkip) {
+    skipRow('armed uninterrupted vs native, write watchpoint hit by a stepped store', true);
+    return;
+  }
   await t.test('negative control: the legacy agent with the watchpoint — the step trap that came with the hit is lost', async (t) => {
     const out = '/tmp/selfstep-legacy-watch.out';
     const pid = await spawnArmed(guest, watched, out);
