@@ -247,7 +247,7 @@ t.test('bundle content: verdict, rerun script, register diff and inputs from one
   t.match(perturbed.summary, /^the harness perturbs this program: .*exit status differs: native exit 0, traced killed by SIGTRAP \(5\); output differs at line 1: native "a", traced ""/);
   t.same(perturbed.native?.differences.map((d) => d.what), ['exit status', 'output']);
   t.equal(perturbed.native?.agreed, false);
-  t.match(perturbed.notes[0], /native run had pid 77/, 'the pid a native run cannot keep is said');
+  t.match(perturbed.notes[0], /native run had pid 77, which was taken/, 'a pid the traced runs could not be given is said');
   const perturbedEntries = await bundleContents({ request: req, prepared, runs: perturbedRuns, inputs, verdict: perturbed, imageFile, consoleLog: path.join(dir, 'absent.log') });
   t.equal(perturbedEntries.find((e) => e.name === 'output/native.out')?.data.toString(), 'a\nb\nc\nd\ne\nf\n');
   t.match(perturbedEntries.find((e) => e.name === 'README.txt')?.data.toString(), /verdict: PERTURBED — the harness perturbs/);

@@ -61,7 +61,8 @@ export async function runInGuest(request: ReproRequest, prepared: PreparedProgra
     const native = await nativeReference(ctx);
     progress.note(`${describeStatus(native)}, ${native.output.length} bytes of output (pid ${native.pid})`);
     await ctx.phase('uninterrupted run');
-    const reference = await referenceRun(ctx);
+    // As the native run's pid: a native run cannot choose its pid, the agent can (clone3 set_tid).
+    const reference = await referenceRun(ctx, native.pid);
     const hits = prepared.breakAt !== undefined ? `, ${reference.hits} executions of ${hex(prepared.breakAt)}` : '';
     progress.note(`${describeStatus(reference)}, ${reference.output.length} bytes of output${hits}, ${reference.elapsedMs} ms (pid ${reference.pid})`);
     const checkpointed = await checkpointedRun(ctx, reference, guest.platform, request.policy, imageFile);

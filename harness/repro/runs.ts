@@ -92,13 +92,21 @@ export async function nativeReference(ctx: RunContext): Promise<NativeRun> {
   );
 }
 
-/** The uninterrupted run: what the checkpointed run must reproduce. */
-export async function referenceRun(ctx: RunContext): Promise<Reference> {
+/**
+ * The uninterrupted run: what the checkpointed run must reproduce. With
+ * `pid` (the native run's, free again once it ended) it runs as that pid,
+ * so that output showing the pid compares equal to the native run's; if
+ * something took the pid meanwhile, it runs as whatever fork gives.
+ */
+export async function referenceRun(ctx: RunContext, pid?: number): Promise<Reference> {
   const { agent } = ctx;
   const out = `${GUEST_DIRS.out}/reference.out`;
   await ctx.clearReady();
   const started = Date.now();
-  const pid = await spawn(ctx, out);
+  pid = await spawn(ctx, out, pid).catch((error: unknown) => {
+    if (pid === undefined || !(error instanceof AgentError && error.errno === EEXIST)) throw error;
+    return spawn(ctx, out);
+  });
   if (ctx.point.kind === 'ready') {
     const ready = await runUntilReady(ctx, pid, out);
     if ('ended' in ready) throw notReached(ctx, ready.ended, 'the uninterrupted run', await readOutput(agent, out));

@@ -125,7 +125,7 @@ export function makeVerdict(request: ReproRequest, prepared: PreparedProgram, ru
     mismatches,
     restoreDifferences: checkpointed.restoreDifferences,
     notes: [
-      ...(native.pid !== reference.pid ? [`the native run had pid ${native.pid} (a run without the agent cannot be given a pid), the traced runs ${reference.pid}: output that shows the pid differs`] : []),
+      ...(native.pid !== reference.pid ? [`the native run had pid ${native.pid}, which was taken before the traced runs could be given it; they had ${reference.pid}: output that shows the pid differs`] : []),
       ...checkpointed.notes,
     ],
     platform: runs.platform,
