@@ -12,6 +12,7 @@ import { DEFAULT_POLICY, describePolicy, type RestorePolicy } from '../harness/r
 import { siginfoSigno } from '../harness/restore/signals.ts';
 import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
 import { startGuest } from '../harness/testing/guest-fixture.ts';
+import { endedAs, nativeReference } from '../harness/testing/native-reference.ts';
 import { checkpointAtHit, restoreAndFinish, runUninterrupted, type Workload } from '../harness/testing/scenario.ts';
 import { hex } from '../harness/x86/registers.ts';
 
@@ -32,8 +33,12 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
   const guest = await startGuest(t, CASE);
   const binary = guest.image.guestPaths.sigstate!;
   const reference = async (argv: string[], tag: string): Promise<string> => {
-    const { run, output } = await runUninterrupted(guest, { binary, argv: [binary, ...argv] }, `/tmp/sigstate-${tag}.reference.out`);
+    const workload: Workload = { binary, argv: [binary, ...argv] };
+    const { run, output } = await runUninterrupted(guest, workload, `/tmp/sigstate-${tag}.reference.out`);
     t.equal(run.code, 0, `uninterrupted sigstate ${argv.join(' ')}: ${output.trim()}`);
+    // The reference is a traced run: it must be what the program does with no tracer at all.
+    const native = await nativeReference(guest, workload);
+    t.equal(`${endedAs(run)}\n${output}`, `${endedAs(native)}\n${native.output}`, `sigstate ${argv.join(' ')}: the traced reference is the native run (no tracer)`);
     return output;
   };
 

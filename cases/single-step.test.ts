@@ -22,6 +22,7 @@ import { DEFAULT_POLICY, describePolicy, type RestorePolicy } from '../harness/r
 import { restoreWitnessed } from '../harness/testing/restore-witness.ts';
 import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
 import { startGuest } from '../harness/testing/guest-fixture.ts';
+import { endedAs, nativeReference } from '../harness/testing/native-reference.ts';
 import { checkpointAtHit, readOutput, restoreAndFinish, RUN_TIMEOUT_MS, spawnArmed, type Workload } from '../harness/testing/scenario.ts';
 import { EFLAGS, debugRegOffset, hex } from '../harness/x86/registers.ts';
 
@@ -43,8 +44,12 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
 
   const { pid } = await guest.agent.call({ op: 'SPAWN', path: binary, argv: [binary], envp: [], stdoutPath: '/tmp/stepper-reference.out', noAslr: true });
   const run = await guest.agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
-  const reference = ips(await readOutput(guest, '/tmp/stepper-reference.out'));
+  const referenceOutput = await readOutput(guest, '/tmp/stepper-reference.out');
+  const reference = ips(referenceOutput);
   t.equal(run.code, 0);
+  // The reference is a traced run: it must be what the program does with no tracer at all.
+  const native = await nativeReference(guest, { binary, argv: [binary] });
+  t.equal(`${endedAs(run)}\n${referenceOutput}`, `${endedAs(native)}\n${native.output}`, 'the traced reference is the native run (no tracer)');
   t.ok(reference, `uninterrupted trap IPs: ${reference}`);
   t.equal(reference?.split(',').filter((ip) => ip === midOffset).length, 1, `the resume address ${midOffset} appears once`);
 

@@ -10,7 +10,8 @@ import * as tar from 'tar-stream';
 import { parseReproArgs, parseSignal, type ReproRequest } from '../harness/repro/options.ts';
 import { rerunArgs, rerunScript, resolveRerunArgs } from '../harness/repro/rerun.ts';
 import { readBundle, writeBundle } from '../harness/repro/bundle.ts';
-import { compareRuns, firstDifferentLine, summarize } from '../harness/repro/compare.ts';
+import { comparePerturbation, compareRuns, firstDifferentLine, summarize } from '../harness/repro/compare.ts';
+import { nativeCommand, parseNativeReport } from '../harness/guest/native-run.ts';
 import { formatRegisterDiff } from '../harness/repro/register-diff.ts';
 import { UsageError } from '../harness/repro/usage-error.ts';
 import { rewindInterruptedSyscall } from '../harness/restore/syscall-restart.ts';
@@ -18,7 +19,7 @@ import { USER_REGS_FIELDS, type UserRegs } from '../harness/x86/registers.ts';
 import { REPO_ROOT } from '../harness/util/cache-dir.ts';
 import { prepareProgram } from '../harness/repro/prepare.ts';
 import { Progress } from '../harness/repro/progress.ts';
-import { makeVerdict, parseVerdict } from '../harness/repro/verdict.ts';
+import { makeVerdict, parseVerdict, verdictExitCode, verdictLabel } from '../harness/repro/verdict.ts';
 import { bundleContents } from '../harness/repro/contents.ts';
 import type { GuestRuns } from '../harness/repro/guest-runs.ts';
 import { syntheticImage } from './support/synthetic-image.ts';
@@ -193,6 +194,7 @@ t.test('bundle content: verdict, rerun script, register diff and inputs from one
   const program = { binary: '/tmp/crh-repro/bin/checksum', argv: ['/tmp/crh-repro/bin/checksum'], envp: ['CRH_READY_FILE=/tmp/crh-repro/out/ready'] };
   const runs: GuestRuns = {
     program,
+    native: { outcome: 'exited', code: 0, output: 'pid 5\nchecksum 1\n', pid: 5 },
     reference: { outcome: 'exited', code: 0, output: 'pid 5\nchecksum 1\n', hits: 1, pid: 5, elapsedMs: 9 },
     checkpointed: {
       pid: 5, restoredPid: 5, stoppedBy: 'breakpoint hit 1 at checkpoint_here', image, notes: [],
@@ -208,7 +210,7 @@ t.test('bundle content: verdict, rerun script, register diff and inputs from one
   t.equal(verdict.summary, 'output differs at line 2: uninterrupted "checksum 1", restored "checksum 2"');
   t.same(verdict.program.compiler?.slice(-3), ['-o', 'binary/checksum', 'source/checksum.c'], 'the compiler line names the bundle\'s files, not this host\'s');
   const entries = await bundleContents({ request: req, prepared, runs, inputs, verdict, imageFile, consoleLog: path.join(dir, 'absent.log') });
-  t.same(entries.map((e) => e.name), ['verdict.json', 'rerun.sh', 'README.txt', 'source/checksum.c', 'binary/checksum', 'checkpoint.tar', 'console.log', 'register-diff.txt', 'platform-profile.json', 'output/reference.out', 'output/restored.out']);
+  t.same(entries.map((e) => e.name), ['verdict.json', 'rerun.sh', 'README.txt', 'source/checksum.c', 'binary/checksum', 'checkpoint.tar', 'console.log', 'register-diff.txt', 'platform-profile.json', 'output/native.out', 'output/reference.out', 'output/restored.out']);
   const entry = (name: string): Buffer => entries.find((e) => e.name === name)!.data;
   t.same(parseVerdict(entry('verdict.json').toString()).rerun, verdict.rerun, 'verdict.json parses back');
   t.equal(entries.find((e) => e.name === 'rerun.sh')?.mode, 0o755);
@@ -224,6 +226,41 @@ t.test('bundle content: verdict, rerun script, register diff and inputs from one
   t.equal(failed.summary, 'the restore failed: PidInUseError: cannot restore as pid 5');
   t.equal(failed.restored, undefined, 'no restored run to show');
   t.same(failed.mismatches, []);
+  t.equal(verdict.perturbed, false);
+  t.equal(verdict.native?.agreed, true, 'the native and traced references agreed');
+  t.equal(verdictExitCode(verdict), 1);
+
+  // The report's shape: natively 6 lines and exit 0; traced, killed by SIGTRAP with no output; restored the same way.
+  const killed = { outcome: 'killed' as const, code: 5, output: '' };
+  const perturbedRuns: GuestRuns = {
+    ...runs,
+    native: { outcome: 'exited', code: 0, output: 'a\nb\nc\nd\ne\nf\n', pid: 77 },
+    reference: { ...killed, hits: 1, pid: 5, elapsedMs: 9 },
+    checkpointed: { ...runs.checkpointed, run: { ...killed, hits: 1 } },
+  };
+  const perturbed = makeVerdict(req, prepared, perturbedRuns, inputs);
+  t.same(perturbed.mismatches, [], 'the restored run matches the traced reference...');
+  t.equal(perturbed.pass, false, '...and still no PASS');
+  t.equal(perturbed.perturbed, true);
+  t.equal(verdictExitCode(perturbed), 3, 'exit code 3: the harness perturbs the program');
+  t.equal(verdictLabel(perturbed), 'PERTURBED');
+  t.match(perturbed.summary, /^the harness perturbs this program: .*exit status differs: native exit 0, traced killed by SIGTRAP \(5\); output differs at line 1: native "a", traced ""/);
+  t.same(perturbed.native?.differences.map((d) => d.what), ['exit status', 'output']);
+  t.equal(perturbed.native?.agreed, false);
+  t.match(perturbed.notes[0], /native run had pid 77, which was taken/, 'a pid the traced runs could not be given is said');
+  const perturbedEntries = await bundleContents({ request: req, prepared, runs: perturbedRuns, inputs, verdict: perturbed, imageFile, consoleLog: path.join(dir, 'absent.log') });
+  t.equal(perturbedEntries.find((e) => e.name === 'output/native.out')?.data.toString(), 'a\nb\nc\nd\ne\nf\n');
+  t.match(perturbedEntries.find((e) => e.name === 'README.txt')?.data.toString(), /verdict: PERTURBED — the harness perturbs/);
+});
+
+t.test('native run: the command crh-native is given, and its report parsed', async (t) => {
+  const command = nativeCommand({ binary: '/b/p', argv: ['/b/p', "it's"], envp: ['A=1'], cwd: '/w', stdoutPath: '/o/native.out', timeoutMs: 5000 });
+  t.equal(command, `cd /w && exec env -i A=1 /usr/local/bin/crh-native 5000 /o/native.out 0 /nonexistent /b/p /b/p 'it'\\''s'`);
+  t.match(nativeCommand({ binary: '/b/p', argv: ['/b/p'], envp: [], cwd: '/w', stdoutPath: '/o', timeoutMs: 1, finish: { signal: 15, readyFile: '/r' } }), / 1 \/o 15 \/r \/b\/p \/b\/p$/);
+  t.same(parseNativeReport('pid 42\nkilled 5\n'), { pid: 42, outcome: 'killed', code: 5 });
+  t.same(parseNativeReport('pid 42\nexited 0\n'), { pid: 42, outcome: 'exited', code: 0 });
+  t.throws(() => parseNativeReport('exited 0\n'), /expected "pid N"/);
+  t.same(comparePerturbation({ outcome: 'exited', code: 0, output: 'x\n' }, { outcome: 'exited', code: 0, output: 'x\n' }), [], 'equal runs: no perturbation');
 });
 
 t.test('a reproducer that does not compile: exit 2 with gcc\'s message, before any guest', async (t) => {

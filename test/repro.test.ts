@@ -10,7 +10,7 @@ import { REPO_ROOT } from '../harness/util/cache-dir.ts';
 
 const crh = path.join(REPO_ROOT, 'bin', 'crh.js');
 const example = (name: string): string => path.join(REPO_ROOT, 'examples', 'repro', name);
-const BUNDLE_ENTRIES = ['verdict.json', 'rerun.sh', 'README.txt', 'binary/checksum', 'source/checksum.c', 'checkpoint.tar', 'console.log', 'register-diff.txt', 'platform-profile.json', 'output/reference.out', 'output/restored.out'];
+const BUNDLE_ENTRIES = ['verdict.json', 'rerun.sh', 'README.txt', 'binary/checksum', 'source/checksum.c', 'checkpoint.tar', 'console.log', 'register-diff.txt', 'platform-profile.json', 'output/native.out', 'output/reference.out', 'output/restored.out'];
 
 interface Run {
   exitCode: number | undefined;

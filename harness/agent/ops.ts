@@ -34,6 +34,9 @@ export const OPCODES = {
 
 export type OpName = keyof typeof OPCODES;
 
+/** RUN flag 1: hits handled as before breakpoints were made invisible. */
+const RUN_LEGACY_TRAPS = 1;
+
 export const SPAWN_NO_ASLR = 1;
 /** SPAWN carries a u32 pid after stdout_path: the child gets exactly that pid (clone3 set_tid). */
 export const SPAWN_EXACT_PID = 2;
@@ -41,7 +44,17 @@ export const SPAWN_EXACT_PID = 2;
 export type AgentOp =
   | { op: 'HELLO' }
   | { op: 'SPAWN'; path: string; argv: string[]; envp: string[]; stdoutPath: string; noAslr: boolean; /** exactly this pid, or fail (EEXIST when taken) */ pid?: number }
-  | { op: 'RUN'; pid: number; stopAfterHits: number; timeoutMs: number }
+  | {
+      op: 'RUN';
+      pid: number;
+      stopAfterHits: number;
+      timeoutMs: number;
+      /**
+       * The agent before breakpoints were made invisible (docs/agent-protocol.md, RUN flag 1): every hit's SIGTRAP
+       * suppressed whole, a handler the hit's forced SIGTRAP reset left reset. For negative controls only.
+       */
+      legacyTraps?: boolean;
+    }
   | { op: 'GETREGS'; pid: number }
   | { op: 'SETREGS'; pid: number; regs: UserRegs }
   | { op: 'GETREGSET'; pid: number; noteType: number; maxSize: number }
@@ -166,6 +179,7 @@ export function encodeOp(op: AgentOp): { opcode: number; payload: Buffer } {
       break;
     case 'RUN':
       w.u32(op.pid).u32(op.stopAfterHits).u32(op.timeoutMs);
+      if (op.legacyTraps) w.u32(RUN_LEGACY_TRAPS);
       break;
     case 'GETREGS':
       w.u32(op.pid);

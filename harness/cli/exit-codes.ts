@@ -3,6 +3,7 @@
  * docs/ci.md lists what produces each; test/exit-codes.test.ts produces each.
  */
 import { outcome, type Verdict } from '../report/verdicts.ts';
+import { EXIT_PERTURBED } from '../repro/verdict.ts';
 
 export const EXIT = {
   /** every verdict as expected, at least one of them a pass */
@@ -11,6 +12,8 @@ export const EXIT = {
   failed: 1,
   /** the command line cannot be carried out as given */
   usage: 2,
+  /** crh repro/cr: the traced uninterrupted run differs from the native one, so no verdict on the restore */
+  perturbed: EXIT_PERTURBED,
   /** infrastructure (BSD sysexits EX_UNAVAILABLE): QEMU, the image, a kernel that cannot boot, a guest lost mid-run */
   infra: 69,
 } as const;

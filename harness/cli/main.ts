@@ -4,7 +4,8 @@
  * prints it, every usage error repeats it; this file runs the commands.
  *
  * Exit codes (exit-codes.ts; docs/ci.md has what produces each): 0 all as
- * expected, 1 a case failed or none gave a verdict, 2 usage, 69
+ * expected, 1 a case failed or none gave a verdict, 2 usage, 3 the harness
+ * perturbs the program (repro/cr: traced and native references differ), 69
  * infrastructure (QEMU, image, a kernel that cannot boot, the guest lost
  * mid-run).
  */

@@ -4,7 +4,9 @@
  * the program and its files in, run it uninterrupted, run it again with a
  * checkpoint → kill → restore in the middle, compare, and write the bundle.
  * Exit 0 when the restored run matches, 1 when it differs (or the restore
- * failed), 2 for a request that cannot be carried out, 69 for infrastructure.
+ * failed), 3 when the uninterrupted traced run differs from the native one
+ * (the harness perturbs the program), 2 for a request that cannot be
+ * carried out, 69 for infrastructure.
  */
 import { existsSync } from 'node:fs';
 import { chmod, mkdir, rm } from 'node:fs/promises';
@@ -24,7 +26,7 @@ import type { BundleInputs } from './rerun.ts';
 import { UsageError } from './usage-error.ts';
 import { makeTempDir, removeTempDir } from '../util/temp-dir.ts';
 import { NotOwnedError, replaceOwnedDir } from '../util/owned-dir.ts';
-import { makeVerdict, verdictExitCode, type ReproVerdict } from './verdict.ts';
+import { makeVerdict, verdictExitCode, verdictLabel, type ReproVerdict } from './verdict.ts';
 
 export interface ReproOutcome {
   verdict: ReproVerdict;
@@ -52,7 +54,7 @@ export async function reproCommand(command: 'repro' | 'cr', argv: readonly strin
 /** Notes and summary quote what the program printed: escaped, so its output cannot rewrite the verdict line. */
 function report(verdict: ReproVerdict, bundle: string): void {
   for (const note of verdict.notes) process.stdout.write(`note: ${escapeControl(note)}\n`);
-  process.stdout.write(`verdict: ${verdict.pass ? 'PASS' : 'FAIL'} — ${escapeControl(verdict.summary)}\n`);
+  process.stdout.write(`verdict: ${verdictLabel(verdict)} — ${escapeControl(verdict.summary)}\n`);
   process.stdout.write(`bundle: ${escapeControl(bundle)}\n`);
 }
 
@@ -116,11 +118,11 @@ async function rerunBundle(request: BundleRerun, progress: Progress): Promise<nu
     const rerun = requestFromRecord(recorded.rerun, extracted, { out, ...(request.artifacts ? { artifacts: request.artifacts } : {}) });
     const { verdict, bundle } = await reproduce(rerun, progress);
     report(verdict, bundle);
-    const same = verdict.pass === recorded.pass && verdict.mismatches.map((m) => m.what).join() === recorded.mismatches.map((m) => m.what).join();
+    const same = verdict.pass === recorded.pass && Boolean(verdict.perturbed) === Boolean(recorded.perturbed) && verdict.mismatches.map((m) => m.what).join() === recorded.mismatches.map((m) => m.what).join();
     process.stdout.write(
       same
         ? `reproduced: the same verdict as ${escapeControl(request.bundle)}\n`
-        : `NOT reproduced: ${escapeControl(request.bundle)} says ${recorded.pass ? 'PASS' : 'FAIL'} — ${escapeControl(recorded.summary)}\n`,
+        : `NOT reproduced: ${escapeControl(request.bundle)} says ${verdictLabel(recorded)} — ${escapeControl(recorded.summary)}\n`,
     );
     return verdictExitCode(verdict);
   } finally {

@@ -16,6 +16,34 @@ export interface Mismatch {
   line?: number;
 }
 
+/** Where the uninterrupted traced run differs from the native one: the harness perturbs the program. */
+export interface Perturbation {
+  /** "exit status", "output" */
+  what: string;
+  native: string;
+  traced: string;
+  /** for output: the first differing line, 1-based */
+  line?: number;
+}
+
+/** The native run against the uninterrupted traced run: exit status and output (no hits: the native run has no breakpoint). */
+export function comparePerturbation(native: Pick<RunRecord, 'outcome' | 'code' | 'output'>, traced: Pick<RunRecord, 'outcome' | 'code' | 'output'>): Perturbation[] {
+  const differences: Perturbation[] = [];
+  const status = [describeStatus(native), describeStatus(traced)] as const;
+  if (status[0] !== status[1]) differences.push({ what: 'exit status', native: status[0], traced: status[1] });
+  const line = firstDifferentLine(native.output, traced.output);
+  if (line) differences.push({ what: 'output', line: line.line, native: line.reference, traced: line.restored });
+  return differences;
+}
+
+/** One line for a perturbation, as the summary shows it. */
+export function describePerturbation(differences: readonly Perturbation[]): string {
+  const parts = differences.map((d) =>
+    d.what === 'output' ? `output differs at line ${d.line}: native ${d.native}, traced ${d.traced}` : `${d.what} differs: native ${d.native}, traced ${d.traced}`,
+  );
+  return `the harness perturbs this program: its uninterrupted traced run differs from the native run (no tracer, no breakpoint): ${parts.join('; ')}`;
+}
+
 export function describeStatus(run: Pick<RunRecord, 'outcome' | 'code'>): string {
   if (run.outcome === 'exited') return `exit ${run.code}`;
   if (run.outcome === 'killed') return `killed by ${signalName(run.code)} (${run.code})`;

@@ -7,7 +7,7 @@ import type { PreparedProgram } from './prepare.ts';
 import { formatRegisterDiff } from './register-diff.ts';
 import { rerunScript, type BundleInputs } from './rerun.ts';
 import { GUEST_DIRS } from './runs.ts';
-import type { ReproVerdict } from './verdict.ts';
+import { verdictLabel, type ReproVerdict } from './verdict.ts';
 
 export interface BundleSources {
   request: ReproRequest;
@@ -26,7 +26,7 @@ export async function bundleContents(s: BundleSources): Promise<BundleEntry[]> {
   const text = (name: string, value: string, mode?: number): BundleEntry => ({ name, data: Buffer.from(value), ...(mode ? { mode } : {}) });
   return [
     text('verdict.json', `${JSON.stringify(verdict, null, 2)}\n`),
-    text('rerun.sh', rerunScript(verdict.rerunCommand, `${verdict.pass ? 'PASS' : 'FAIL'} — ${verdict.summary}`), 0o755),
+    text('rerun.sh', rerunScript(verdict.rerunCommand, `${verdictLabel(verdict)} — ${verdict.summary}`), 0o755),
     text('README.txt', readme(verdict)),
     ...(request.source ? [{ name: inputs.source!, data: await readFile(request.source) }] : []),
     { name: inputs.binary, data: prepared.program.data, mode: 0o755 },
@@ -44,6 +44,7 @@ export async function bundleContents(s: BundleSources): Promise<BundleEntry[]> {
       }),
     ),
     text('platform-profile.json', `${JSON.stringify(runs.profile, null, 2)}\n`),
+    text('output/native.out', runs.native.output),
     text('output/reference.out', runs.reference.output),
     ...(checkpointed.restoreError === undefined ? [text('output/restored.out', checkpointed.run.output)] : []),
   ];
@@ -54,7 +55,7 @@ function readme(verdict: ReproVerdict): string {
   return [
     `cr-harness reproducer bundle: ${verdict.program.name}`,
     '',
-    `verdict: ${verdict.pass ? 'PASS' : 'FAIL'} — ${verdict.summary}`,
+    `verdict: ${verdictLabel(verdict)} — ${verdict.summary}`,
     `policy: ${verdict.policy}`,
     '',
     row('verdict.json', 'the verdict, both runs, the mismatches, the restore\'s report, the platform'),
@@ -66,7 +67,7 @@ function readme(verdict: ReproVerdict): string {
     row('register-diff.txt', 'registers in the image vs in the restored process'),
     row('console.log', 'the guest\'s serial console'),
     row('platform-profile.json', 'what the host, QEMU and guest kernel measurably do'),
-    row('output/', 'what the program printed: uninterrupted, and original + restored'),
+    row('output/', 'what the program printed: native (no tracer), uninterrupted (traced), and original + restored'),
     '',
   ].join('\n');
 }

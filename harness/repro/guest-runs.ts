@@ -15,10 +15,13 @@ import { describeStatus } from './compare.ts';
 import type { ReproRequest } from './options.ts';
 import type { PreparedProgram } from './prepare.ts';
 import type { Progress } from './progress.ts';
-import { checkpointedRun, GUEST_DIRS, READY_FILE, referenceRun, type Checkpointed, type GuestProgram, type Reference, type RunContext } from './runs.ts';
+import type { NativeRun } from '../guest/native-run.ts';
+import { checkpointedRun, GUEST_DIRS, nativeReference, READY_FILE, referenceRun, type Checkpointed, type GuestProgram, type Reference, type RunContext } from './runs.ts';
 
 export interface GuestRuns {
   program: GuestProgram;
+  /** the program with no tracer and no breakpoint */
+  native: NativeRun;
   reference: Reference;
   checkpointed: Checkpointed;
   profile: PlatformProfile;
@@ -47,18 +50,23 @@ export async function runInGuest(request: ReproRequest, prepared: PreparedProgra
       ...(request.finishSignal ? { finishSignal: request.finishSignal } : {}),
       timeoutMs: request.timeoutMs,
       clearReady: async () => void (await ssh.run(`rm -f ${shellQuote(READY_FILE)}`)),
+      shell: (command) => ssh.run(command),
       phase: async (phase, detail) => {
         progress.phase(phase, detail);
         const text = `crh ${request.command}: ${phase}${detail ? `: ${detail}` : ''}`;
         await ssh.run(`echo ${shellQuote(`<5>${text}`)} > /dev/kmsg`);
       },
     };
+    await ctx.phase('native run', 'no tracer, no breakpoint');
+    const native = await nativeReference(ctx);
+    progress.note(`${describeStatus(native)}, ${native.output.length} bytes of output (pid ${native.pid})`);
     await ctx.phase('uninterrupted run');
-    const reference = await referenceRun(ctx);
+    // As the native run's pid: a native run cannot choose its pid, the agent can (clone3 set_tid).
+    const reference = await referenceRun(ctx, native.pid);
     const hits = prepared.breakAt !== undefined ? `, ${reference.hits} executions of ${hex(prepared.breakAt)}` : '';
     progress.note(`${describeStatus(reference)}, ${reference.output.length} bytes of output${hits}, ${reference.elapsedMs} ms (pid ${reference.pid})`);
     const checkpointed = await checkpointedRun(ctx, reference, guest.platform, request.policy, imageFile);
-    return { program, reference, checkpointed, profile: guest.profile, platform: guest.platform };
+    return { program, native, reference, checkpointed, profile: guest.profile, platform: guest.platform };
   } finally {
     progress.phase('shut down');
     await guest.close();

@@ -53,7 +53,7 @@ export function rerunScript(args: readonly string[], verdictLine: string): strin
     '# Reruns the reproducer in this bundle with exactly the switches that produced it.',
     '# From the top of a cr-harness clone (after `npm ci`), with the bundle extracted in DIR:',
     '#   sh DIR/rerun.sh [--out NEW.tar]',
-    '# Exit status as crh: 0 the restored run matched, 1 it differed, 2 usage, 69 infrastructure.',
+    '# Exit status as crh: 0 the restored run matched, 1 it differed, 3 the harness perturbs the program, 2 usage, 69 infrastructure.',
     `# Recorded verdict: ${verdictLine.replace(/\n/g, ' ')}`,
     'set -e',
     'bundle=$(cd "$(dirname "$0")" && pwd)',

@@ -17,6 +17,7 @@ import type { RestorePolicy } from '../restore/policy.ts';
 import { restoreProcess, type Difference, type RestoreResult } from '../restore/restore.ts';
 import { rewindInterruptedSyscall, type SyscallRewind } from '../restore/syscall-restart.ts';
 import { debugRegOffset, hex, type UserRegs } from '../x86/registers.ts';
+import { runNatively, type NativeRun } from '../guest/native-run.ts';
 import type { CheckpointPoint } from './options.ts';
 import { CheckpointNotReachedError, UsageError } from './usage-error.ts';
 
@@ -55,6 +56,8 @@ export interface RunContext {
   timeoutMs: number;
   /** removes the ready file between runs (a guest shell command) */
   clearReady: () => Promise<void>;
+  /** runs a guest shell command over its own SSH exec channel (no agent, no ptrace) and returns its stdout */
+  shell: (command: string) => Promise<string>;
   /** a new phase: shown on the host and marked in the guest's console log */
   phase: (name: string, detail?: string) => Promise<void>;
 }
@@ -73,13 +76,38 @@ export interface Reference extends RunRecord {
   elapsedMs: number;
 }
 
-/** The uninterrupted run: what the checkpointed run must reproduce. */
-export async function referenceRun(ctx: RunContext): Promise<Reference> {
+/**
+ * The program with no tracer and no breakpoint, in the same guest, from the
+ * same binary, arguments, environment and working directory, ASLR off:
+ * what the uninterrupted traced run must print, or the harness perturbs the
+ * program (its breakpoint, its tracing) and no verdict about the restore can
+ * rest on that run. Its pid is whatever fork gives.
+ */
+export async function nativeReference(ctx: RunContext): Promise<NativeRun> {
+  const { program } = ctx;
+  await ctx.clearReady();
+  const finish = ctx.point.kind === 'ready' && ctx.finishSignal ? { signal: ctx.finishSignal.number, readyFile: READY_FILE } : undefined;
+  return runNatively(
+    { shell: ctx.shell, readFile: (file) => readOutput(ctx.agent, file) },
+    { binary: program.binary, argv: program.argv, envp: program.envp, cwd: GUEST_DIRS.work, stdoutPath: `${GUEST_DIRS.out}/native.out`, timeoutMs: ctx.timeoutMs, ...(finish ? { finish } : {}) },
+  );
+}
+
+/**
+ * The uninterrupted run: what the checkpointed run must reproduce. With
+ * `pid` (the native run's, free again once it ended) it runs as that pid,
+ * so that output showing the pid compares equal to the native run's; if
+ * something took the pid meanwhile, it runs as whatever fork gives.
+ */
+export async function referenceRun(ctx: RunContext, pid?: number): Promise<Reference> {
   const { agent } = ctx;
   const out = `${GUEST_DIRS.out}/reference.out`;
   await ctx.clearReady();
   const started = Date.now();
-  const pid = await spawn(ctx, out);
+  pid = await spawn(ctx, out, pid).catch((error: unknown) => {
+    if (pid === undefined || !(error instanceof AgentError && error.errno === EEXIST)) throw error;
+    return spawn(ctx, out);
+  });
   if (ctx.point.kind === 'ready') {
     const ready = await runUntilReady(ctx, pid, out);
     if ('ended' in ready) throw notReached(ctx, ready.ended, 'the uninterrupted run', await readOutput(agent, out));

@@ -7,7 +7,7 @@ import { describePolicy } from '../restore/policy.ts';
 import type { Difference } from '../restore/restore.ts';
 import { sha256 } from '../util/hash.ts';
 import { hex } from '../x86/registers.ts';
-import { compareRuns, describeStatus, summarize, type Mismatch } from './compare.ts';
+import { comparePerturbation, compareRuns, describePerturbation, describeStatus, summarize, type Mismatch, type Perturbation } from './compare.ts';
 import type { GuestRuns } from './guest-runs.ts';
 import type { CheckpointPoint, ReproRequest } from './options.ts';
 import type { PreparedProgram } from './prepare.ts';
@@ -31,6 +31,12 @@ export interface ReproVerdict {
   version: number;
   createdAt: string;
   pass: boolean;
+  /**
+   * The uninterrupted traced run differed from the native run: the harness
+   * changed what it observes, so no verdict about the restore is given (never
+   * a pass; exit code 3). Absent in bundles written before the native run.
+   */
+  perturbed?: boolean;
   summary: string;
   command: 'repro' | 'cr';
   program: {
@@ -58,6 +64,8 @@ export interface ReproVerdict {
   };
   policy: string;
   finishSignal?: string;
+  /** the program with no tracer and no breakpoint (its pid is whatever fork gave) */
+  native?: RunView & { pid: number; agreed: boolean; differences: Perturbation[] };
   reference: RunView & { pid: number; elapsedMs: number };
   restored?: RunView;
   mismatches: Mismatch[];
@@ -76,8 +84,10 @@ export interface ReproVerdict {
 
 /** Decides the verdict of a request from its two runs. `inputs` names the program's files in the bundle. */
 export function makeVerdict(request: ReproRequest, prepared: PreparedProgram, runs: GuestRuns, inputs: BundleInputs): ReproVerdict {
-  const { reference, checkpointed } = runs;
+  const { native, reference, checkpointed } = runs;
   const restoreError = checkpointed.restoreError;
+  const perturbation = comparePerturbation(native, reference);
+  const perturbed = perturbation.length > 0;
   // A breakpoint checkpoint also compares how often the address ran: a lost RF re-triggers it.
   const hitsAt = request.checkpoint.kind === 'symbol' ? request.checkpoint.symbol : undefined;
   const mismatches = restoreError === undefined ? compareRuns(reference, checkpointed.run, hitsAt) : [];
@@ -88,8 +98,9 @@ export function makeVerdict(request: ReproRequest, prepared: PreparedProgram, ru
     format: VERDICT_FORMAT,
     version: VERDICT_VERSION,
     createdAt: new Date().toISOString(),
-    pass: restoreError === undefined && mismatches.length === 0,
-    summary: summarize(mismatches, restoreError, reference),
+    pass: !perturbed && restoreError === undefined && mismatches.length === 0,
+    perturbed,
+    summary: perturbed ? describePerturbation(perturbation) : summarize(mismatches, restoreError, reference),
     command: request.command,
     program: {
       name: prepared.name,
@@ -111,13 +122,17 @@ export function makeVerdict(request: ReproRequest, prepared: PreparedProgram, ru
     },
     policy: describePolicy(request.policy),
     ...(request.finishSignal ? { finishSignal: request.finishSignal.name } : {}),
+    native: { status: describeStatus(native), output: native.output, pid: native.pid, agreed: !perturbed, differences: perturbation },
     reference: { status: describeStatus(reference), output: reference.output, ...hits(reference.hits), pid: reference.pid, elapsedMs: reference.elapsedMs },
     ...(restoreError === undefined
       ? { restored: { status: describeStatus(checkpointed.run), output: checkpointed.run.output, ...hits(checkpointed.run.hits) } }
       : { restoreError }),
     mismatches,
     restoreDifferences: checkpointed.restoreDifferences,
-    notes: checkpointed.notes,
+    notes: [
+      ...(native.pid !== reference.pid ? [`the native run had pid ${native.pid}, which was taken before the traced runs could be given it; they had ${reference.pid}: output that shows the pid differs`] : []),
+      ...checkpointed.notes,
+    ],
     platform: runs.platform,
     rerun: rerunRecord(request, inputs),
     rerunCommand: rerunArgs(request, inputs),
@@ -125,9 +140,19 @@ export function makeVerdict(request: ReproRequest, prepared: PreparedProgram, ru
   };
 }
 
-/** The exit code crh gives a verdict. */
-export function verdictExitCode(verdict: Pick<ReproVerdict, 'pass'>): 0 | 1 {
+/** crh's exit code when the harness perturbs the program (docs/ci.md). */
+export const EXIT_PERTURBED = 3;
+
+/** The exit code crh gives a verdict: 0 pass, 1 fail, 3 the harness perturbs the program. */
+export function verdictExitCode(verdict: Pick<ReproVerdict, 'pass' | 'perturbed'>): 0 | 1 | 3 {
+  if (verdict.perturbed) return EXIT_PERTURBED;
   return verdict.pass ? 0 : 1;
+}
+
+/** The word a person reads first. */
+export function verdictLabel(verdict: Pick<ReproVerdict, 'pass' | 'perturbed'>): 'PASS' | 'FAIL' | 'PERTURBED' {
+  if (verdict.perturbed) return 'PERTURBED';
+  return verdict.pass ? 'PASS' : 'FAIL';
 }
 
 /** The longest summary or mismatch name a bundle's verdict may carry: it is printed. */
@@ -159,6 +184,7 @@ export function parseVerdict(text: string, bundle = '(bundle)'): ReproVerdict {
   }
   if (v.version !== VERDICT_VERSION) reject('version', `${JSON.stringify(v.version)}, this crh reads ${VERDICT_VERSION}`);
   if (typeof v.pass !== 'boolean') reject('pass', 'must be a boolean');
+  if (v.perturbed !== undefined && typeof v.perturbed !== 'boolean') reject('perturbed', 'must be a boolean');
   if (typeof v.summary !== 'string' || v.summary.length > RECORDED_TEXT_CHARS) reject('summary', `must be a string of at most ${RECORDED_TEXT_CHARS} characters`);
   if (!Array.isArray(v.mismatches)) return reject('mismatches', 'must be a list');
   v.mismatches.forEach((m: unknown, i) => {

@@ -1,0 +1,132 @@
+/*
+ * crh-native: runs a program the way the agent's SPAWN does, but with no
+ * tracer — the native reference a traced run is compared with.
+ *
+ *   crh-native TIMEOUT_MS STDOUT_PATH FINISH_SIGNAL READY_FILE PROGRAM ARGV0 ARGS...
+ *
+ * The child gets what SPAWN gives a workload: an empty signal mask and
+ * default dispositions, ASLR off (personality ADDR_NO_RANDOMIZE), stdin
+ * from /dev/null, stdout and stderr on STDOUT_PATH (created, truncated,
+ * mode 0600), no other descriptor; the environment and the working
+ * directory are this program's own (the caller runs it under `env -i` in
+ * the directory it wants). Nobody traces it. This program waits for it and
+ * prints two lines on its own stdout:
+ *
+ *   pid N
+ *   exited N | killed SIG | timed-out MS
+ *
+ * FINISH_SIGNAL (0: none) is sent to the child once it announces readiness,
+ * as `crh repro --finish-signal` does in the traced runs: READY_FILE holds a
+ * number, or a line CRH-READY appears in STDOUT_PATH.
+ * and exits 0, or prints "error: ..." on stderr and exits 127. The pid is
+ * whatever fork gives: a native run cannot be given the traced run's pid.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/personality.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Whether the program has announced readiness (see harness/repro/runs.ts). */
+static int announced(const char *ready_file, const char *out)
+{
+	char buf[4096];
+	ssize_t n;
+	int fd = open(ready_file, O_RDONLY | O_CLOEXEC);
+
+	if (fd >= 0) {
+		n = read(fd, buf, sizeof buf - 1);
+		close(fd);
+		if (n > 0 && buf[0] >= '0' && buf[0] <= '9')
+			return 1;
+	}
+	fd = open(out, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	/* The marker near the start is enough: programs announce early. */
+	n = read(fd, buf, sizeof buf - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	buf[n] = 0;
+	return strncmp(buf, "CRH-READY\n", 10) == 0 || strstr(buf, "\nCRH-READY\n") != NULL;
+}
+
+static void __attribute__((noreturn)) child(const char *out, const char *path, char **argv)
+{
+	int in_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	int out_fd = open(out, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	sigset_t none;
+
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
+	for (int s = 1; s < NSIG; s++)
+		signal(s, SIG_DFL);
+	if (in_fd < 0 || out_fd < 0 || personality((unsigned long)personality(0xffffffff) | ADDR_NO_RANDOMIZE) < 0 ||
+	    dup2(in_fd, 0) < 0 || dup2(out_fd, 1) < 0 || dup2(out_fd, 2) < 0 ||
+	    syscall(SYS_close_range, 3u, ~0u, 0u) < 0) {
+		fprintf(stderr, "error: preparing %s: %s\n", path, strerror(errno));
+		_exit(127);
+	}
+	execve(path, argv, environ);
+	fprintf(stderr, "error: execve %s: %s\n", path, strerror(errno));
+	_exit(127);
+}
+
+int main(int argc, char **argv)
+{
+	struct timespec start, now;
+	long timeout_ms;
+	int status, finish_signal, finished = 0;
+	pid_t pid, r;
+
+	if (argc < 7) {
+		fprintf(stderr, "usage: crh-native TIMEOUT_MS STDOUT_PATH FINISH_SIGNAL READY_FILE PROGRAM ARGV0 [ARGS...]\n");
+		return 127;
+	}
+	timeout_ms = strtol(argv[1], NULL, 10);
+	finish_signal = (int)strtol(argv[3], NULL, 10);
+	clock_gettime(CLOCK_MONOTONIC, &start);
+	pid = fork();
+	if (pid < 0) {
+		fprintf(stderr, "error: fork: %s\n", strerror(errno));
+		return 127;
+	}
+	if (pid == 0)
+		child(argv[2], argv[5], argv + 6);
+	printf("pid %d\n", (int)pid);
+	/* Polling keeps this free of signal handling; 1 ms is nothing to a TCG guest. */
+	for (;;) {
+		r = waitpid(pid, &status, WNOHANG);
+		if (r == pid)
+			break;
+		if (r < 0 && errno != EINTR) {
+			fprintf(stderr, "error: waitpid: %s\n", strerror(errno));
+			return 127;
+		}
+		if (finish_signal > 0 && !finished && announced(argv[4], argv[2])) {
+			kill(pid, finish_signal);
+			finished = 1;
+		}
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		if (timeout_ms > 0 && (now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000 > timeout_ms) {
+			kill(pid, SIGKILL);
+			waitpid(pid, &status, 0);
+			printf("timed-out %ld\n", timeout_ms);
+			return 0;
+		}
+		usleep(1000);
+	}
+	if (WIFEXITED(status))
+		printf("exited %d\n", WEXITSTATUS(status));
+	else
+		printf("killed %d\n", WTERMSIG(status));
+	return 0;
+}
