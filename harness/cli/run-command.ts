@@ -136,8 +136,10 @@ export async function runCommand(args: string[]): Promise<number> {
     throw error;
   }
 
-  const rowsOf = (name: string): Verdict[] => readVerdicts().filter((v) => v.case === path.basename(name) || v.case === name);
-  const infraIn = (name: string): boolean => readInfraFailures().some((f) => f.case === path.basename(name) || f.case === name);
+  // Rows name their case as the case likes; the file that recorded them ties them to the case file.
+  const fileOf = (name: string): string => path.relative(REPO_ROOT, path.join(casesDir, `${name}.test.ts`));
+  const rowsOf = (name: string): Verdict[] => readVerdicts().filter((v) => v.file === fileOf(name));
+  const infraIn = (name: string): boolean => readInfraFailures().some((f) => f.file === fileOf(name));
   const people = reporter === 'people';
   // A machine format owns stdout; a person still sees the case lines, on stderr.
   const display = people
@@ -183,9 +185,11 @@ export async function runCommand(args: string[]): Promise<number> {
     ];
     const failedCases: string[] = [];
     for (const e of ended.filter(caseFailed)) {
+      // A failing row speaks for itself in the summary; a case that failed beside its rows shows its failed assertions.
+      if (rowsOf(e.name).some((v) => !v.pass && v.skipped === undefined)) continue;
       failedCases.push(e.name);
       const why = failedAssertions(await readFile(e.tapFile, 'utf8').catch(() => ''));
-      if (why.length > 0 && !report.verdicts.some((v) => v.case === e.name && !v.pass && v.skipped === undefined)) process.stdout.write(`${e.name}:\n${why.map((w) => `  ${w}`).join('\n')}\n`);
+      if (why.length > 0) process.stdout.write(`${e.name}:\n${why.map((w) => `  ${w}`).join('\n')}\n`);
     }
     process.stdout.write(
       summary({
