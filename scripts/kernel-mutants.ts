@@ -26,6 +26,7 @@ import { parseArgs } from 'node:util';
 import { execa } from 'execa';
 import { InfraError } from '../harness/errors.ts';
 import { REPO_ROOT, cacheDir } from '../harness/util/cache-dir.ts';
+import { bootstrapHost } from '../harness/host/bootstrap.ts';
 import { applyMutant, decide, describeDecision, parseMutantSet, score, tapFailures, unionGrep, type Decision, type Mutant, type RunReport, type RunResult } from './mutants.ts';
 
 const { values } = parseArgs({
@@ -215,6 +216,10 @@ if (chosen.length === 0) throw new Error('no mutant selected');
 const started = new Date();
 const outDir = cacheDir('mutants', 'runs', started.toISOString().replace(/[:.]/g, '-'));
 await mkdir(outDir, { recursive: true });
+// What `make bzImage` needs beyond the harness's own packages (installed as root, else named with the apt-get line).
+await bootstrapHost(log, {
+  extra: { make: 'runs the kernel build', flex: 'the kernel config lexer', bison: 'the kernel config parser', 'libelf-dev': 'objtool', bc: 'the kernel build', 'libssl-dev': 'the kernel build (certs)' },
+});
 const source = await ensureSource();
 await restoreLeftovers(set.mutants);
 await checkApplicable(chosen);
