@@ -10,7 +10,8 @@
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { applyKernelOptions } from '../cli/kernel-flags.ts';
-import { openGuest } from '../guest/open-guest.ts';
+import { openGuest, type Guest } from '../guest/open-guest.ts';
+import type { NativeRun } from '../guest/native-run.ts';
 import { bootstrapHost } from '../host/bootstrap.ts';
 import { shellQuote } from '../machine/qemu-args.ts';
 import { artifactsRoot } from '../report/verdicts.ts';
@@ -20,11 +21,11 @@ import { escapeControl } from '../util/terminal-text.ts';
 import { writeBundle, BUNDLE_LIMITS, type BundleEntry } from './bundle.ts';
 import { comparePerturbation, describePerturbation } from './compare.ts';
 import type { ReproRequest } from './options.ts';
-import { prepareProgram, programName } from './prepare.ts';
+import { prepareProgram, programName, type PreparedProgram } from './prepare.ts';
 import type { Progress } from './progress.ts';
 import { formatRegisterDiff } from './register-diff.ts';
-import { GUEST_DIRS, nativeReference, READY_FILE, referenceRun, type GuestProgram, type RunContext } from './runs.ts';
-import { sweepRuns, type SweepResult } from './sweep.ts';
+import { GUEST_DIRS, nativeReference, READY_FILE, referenceRun, type GuestProgram, type Reference, type RunContext } from './runs.ts';
+import { sweepRuns, type SweepContext, type SweepResult } from './sweep.ts';
 import { formatSweepTable, makeSweepReport, type SweepReport } from './sweep-report.ts';
 import { UsageError } from './usage-error.ts';
 import { EXIT_PERTURBED } from './verdict.ts';
@@ -55,8 +56,7 @@ export function sweepExitCode(outcome: Pick<SweepOutcome, 'report' | 'perturbed'
 }
 
 export async function sweep(request: ReproRequest, progress: Progress): Promise<SweepOutcome> {
-  const sweepRequest = request.sweep;
-  if (!sweepRequest || request.checkpoint.kind !== 'symbol') throw new Error('sweep: the request has no --sweep');
+  if (!request.sweep) throw new Error('sweep: the request has no --sweep');
   applyKernelOptions(request.kernel);
   const name = programName(request);
   const root = path.join(request.artifacts ?? artifactsRoot(), 'repro');
@@ -68,56 +68,22 @@ export async function sweep(request: ReproRequest, progress: Progress): Promise<
     throw error instanceof NotOwnedError ? new UsageError(`${error.message}; name the bundle otherwise (--out)`, {}, { cause: error }) : error;
   });
   const prepared = await prepareProgram(request, path.join(runDir, 'build'), progress);
-  const breakAt = prepared.breakAt!;
 
   progress.phase('boot');
   await bootstrapHost((line) => progress.note(line));
   const guest = await openGuest({ artifactsDir: runDir, log: (line) => progress.note(line), agentCwd: GUEST_DIRS.work });
-  let result: SweepResult;
-  let reference;
-  let perturbed: string | undefined;
-  let nativeOutput: string;
+  let runs: SweepInGuest;
   try {
-    const { ssh } = guest.machine;
-    const guestBinary = `${GUEST_DIRS.bin}/${prepared.name}`;
-    progress.phase('upload', `${prepared.name} (${prepared.program.data.length} bytes)`);
-    await ssh.run(`mkdir -p ${GUEST_DIRS.bin} ${GUEST_DIRS.out} ${GUEST_DIRS.work} && echo 7 > /proc/sys/kernel/printk`);
-    await ssh.upload(guestBinary, prepared.program.data, 0o755);
-    for (const f of prepared.files) await ssh.upload(`${GUEST_DIRS.work}/${path.basename(f.file)}`, f.data, f.mode);
-    const program: GuestProgram = { binary: guestBinary, argv: [guestBinary, ...request.args], envp: [`CRH_READY_FILE=${READY_FILE}`] };
-    const phase = async (phaseName: string, detail?: string): Promise<void> => {
-      progress.phase(phaseName, detail);
-      await ssh.run(`echo ${shellQuote(`<5>crh ${request.command} --sweep: ${phaseName}${detail ? `: ${detail}` : ''}`)} > /dev/kmsg`);
-    };
-    const ctx: RunContext = {
-      agent: guest.agent,
-      program,
-      point: request.checkpoint,
-      breakAt,
-      timeoutMs: request.timeoutMs,
-      clearReady: async () => void (await ssh.run(`rm -f ${shellQuote(READY_FILE)}`)),
-      shell: (command) => ssh.run(command),
-      phase,
-    };
-    await phase('native run', 'no tracer, no breakpoint');
-    const native = await nativeReference(ctx);
-    nativeOutput = native.output;
-    await phase('uninterrupted run');
-    reference = await referenceRun(ctx, native.pid);
-    const differences = comparePerturbation(native, reference);
-    if (differences.length > 0) perturbed = describePerturbation(differences);
-    result = await sweepRuns(
-      { agent: guest.agent, program, breakAt, hit: request.checkpoint.hit, sweep: sweepRequest, timeoutMs: request.timeoutMs, platform: guest.platform, phase },
-      reference,
-      request.policy,
-    );
+    runs = await sweepInGuest(guest, request, prepared, progress);
   } finally {
     progress.phase('shut down');
     await guest.close();
   }
+  const { reference, result, perturbed } = runs;
+  const nativeOutput = runs.native.output;
 
   progress.phase('report', 'disassembling the boundaries');
-  const report = await makeSweepReport({ program: prepared.program, sweep: sweepRequest, hit: request.checkpoint.hit, policy: request.policy, reference, result });
+  const report = await makeSweepReport({ program: prepared.program, sweep: request.sweep!, hit: request.checkpoint.kind === 'symbol' ? request.checkpoint.hit : 1, policy: request.policy, reference, result });
   progress.phase('bundle', out);
   progress.endPhase();
   const entries = await sweepBundleEntries(runDir, request, prepared.program.data, name, report, result, nativeOutput, path.join(runDir, 'console.log'));
@@ -152,4 +118,54 @@ async function sweepBundleEntries(runDir: string, request: ReproRequest, binary:
     entries.push(text(`boundary-${v.index}/restored.out`, v.run.output));
   }
   return entries;
+}
+
+export interface SweepInGuest {
+  native: NativeRun;
+  reference: Reference;
+  /** the native run and the traced run differ: the harness perturbs the program */
+  perturbed?: string;
+  result: SweepResult;
+}
+
+/**
+ * The sweep's runs in an open guest (the CLI's, or a case's): upload the
+ * program, run it natively, uninterrupted under the tracer, then the sweep.
+ * `restore` replaces restoreProcess (a case passes its witnessed restore).
+ */
+export async function sweepInGuest(guest: Guest, request: ReproRequest, prepared: PreparedProgram, progress: Progress, restore?: SweepContext['restore']): Promise<SweepInGuest> {
+  const sweepRequest = request.sweep;
+  if (!sweepRequest || request.checkpoint.kind !== 'symbol' || prepared.breakAt === undefined) throw new Error('sweepInGuest: the request has no --sweep');
+  const { ssh } = guest.machine;
+  const guestBinary = `${GUEST_DIRS.bin}/${prepared.name}`;
+  progress.phase('upload', `${prepared.name} (${prepared.program.data.length} bytes)`);
+  await ssh.run(`mkdir -p ${GUEST_DIRS.bin} ${GUEST_DIRS.out} ${GUEST_DIRS.work} && echo 7 > /proc/sys/kernel/printk`);
+  await ssh.upload(guestBinary, prepared.program.data, 0o755);
+  for (const f of prepared.files) await ssh.upload(`${GUEST_DIRS.work}/${path.basename(f.file)}`, f.data, f.mode);
+  const program: GuestProgram = { binary: guestBinary, argv: [guestBinary, ...request.args], envp: [`CRH_READY_FILE=${READY_FILE}`] };
+  const phase = async (phaseName: string, detail?: string): Promise<void> => {
+    progress.phase(phaseName, detail);
+    await ssh.run(`echo ${shellQuote(`<5>crh ${request.command} --sweep: ${phaseName}${detail ? `: ${detail}` : ''}`)} > /dev/kmsg`);
+  };
+  const ctx: RunContext = {
+    agent: guest.agent,
+    program,
+    point: request.checkpoint,
+    breakAt: prepared.breakAt,
+    timeoutMs: request.timeoutMs,
+    clearReady: async () => void (await ssh.run(`rm -f ${shellQuote(READY_FILE)}`)),
+    shell: (command) => ssh.run(command),
+    phase,
+  };
+  await phase('native run', 'no tracer, no breakpoint');
+  const native = await nativeReference(ctx);
+  await phase('uninterrupted run');
+  const reference = await referenceRun(ctx, native.pid);
+  const differences = comparePerturbation(native, reference);
+  const result = await sweepRuns(
+    { agent: guest.agent, program, breakAt: prepared.breakAt, hit: request.checkpoint.hit, sweep: sweepRequest, timeoutMs: request.timeoutMs, platform: guest.platform, phase, ...(restore ? { restore } : {}) },
+    reference,
+    request.policy,
+  );
+  return { native, reference, result, ...(differences.length > 0 ? { perturbed: describePerturbation(differences) } : {}) };
 }

@@ -27,7 +27,7 @@ import { isInfraFailure } from '../report/infra-failures.ts';
 import { checkpointProcess } from '../restore/checkpoint.ts';
 import type { CheckpointImage, PlatformFacts, ProcessInfo } from '../restore/checkpoint-image.ts';
 import type { RestorePolicy } from '../restore/policy.ts';
-import { restoreProcess, type Difference } from '../restore/restore.ts';
+import { restoreProcess, type Difference, type RestoreOptions, type RestoreResult } from '../restore/restore.ts';
 import { debugRegOffset, EFLAGS, hex, type UserRegs } from '../x86/registers.ts';
 import { compareRuns, type Mismatch } from './compare.ts';
 import { GUEST_DIRS, type GuestProgram, type Reference, type RunRecord } from './runs.ts';
@@ -52,6 +52,8 @@ export interface SweepContext {
   timeoutMs: number;
   platform: PlatformFacts;
   phase: (name: string, detail?: string) => Promise<void>;
+  /** the restore under test: restoreProcess unless a case witnesses it (testing/restore-witness.ts) */
+  restore?: (agent: AgentClient, image: CheckpointImage, options: RestoreOptions, tag: string) => Promise<RestoreResult>;
 }
 
 /** One boundary the walk passed: where the process stood before its next instruction. */
@@ -209,7 +211,7 @@ async function restoreAndCompare(ctx: SweepContext, checkpoint: TakenCheckpoint,
   const base = { index: checkpoint.index, rip: checkpoint.rip, image: checkpoint.image, imageRegs: checkpoint.image.regs, checkpointMs: checkpoint.checkpointMs };
   let restored;
   try {
-    restored = await restoreProcess(agent, checkpoint.image, { policy, stdoutPath: after });
+    restored = await (ctx.restore ?? restoreProcess)(agent, checkpoint.image, { policy, stdoutPath: after }, `sweep-boundary-${checkpoint.index}`);
   } catch (error) {
     if (!(error instanceof CrhError) || isInfraFailure(error)) throw error;
     const run: RunRecord = { outcome: 'killed', code: 9, output: checkpoint.outputBefore, hits: 0 };

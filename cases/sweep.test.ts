@@ -1,0 +1,57 @@
+// expect: a sweep over examples/repro/callee-sweep.c's sweep_callee (12 instruction boundaries, a checkpoint at each,
+// one guest, one pass) matches the uninterrupted run at every boundary under the default policy, the walked process
+// itself ends as the uninterrupted run (stepping is invisible), and the table names each boundary by address,
+// symbol+offset and objdump's instruction. Negative control: regs=partial (callee-saved registers lost) fails at exactly
+// boundaries 3-6, where rbx or r12 holds a value the function reads again, and the headline names boundary 3 and rbx.
+import t from 'tap';
+import path from 'node:path';
+import { startGuest } from '../harness/testing/guest-fixture.ts';
+import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
+import { restoreWitnessed } from '../harness/testing/restore-witness.ts';
+import { recordRow } from '../harness/testing/verdict-rows.ts';
+import { describePolicy } from '../harness/restore/policy.ts';
+import { parseReproArgs, type ReproRequest } from '../harness/repro/options.ts';
+import { prepareProgram } from '../harness/repro/prepare.ts';
+import { Progress } from '../harness/repro/progress.ts';
+import { sweepInGuest } from '../harness/repro/sweep-command.ts';
+import { formatSweepTable, makeSweepReport } from '../harness/repro/sweep-report.ts';
+import { artifactsRoot } from '../harness/report/verdicts.ts';
+import { REPO_ROOT } from '../harness/util/cache-dir.ts';
+
+const CASE = 'sweep';
+const SCENARIO = 'sweep: 12 boundaries of sweep_callee (rbx live at 3-6, r12 at 4-5), a checkpoint at each';
+const COUNT = 12;
+const EXAMPLE = path.join(REPO_ROOT, 'examples', 'repro', 'callee-sweep.c');
+
+t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
+  const guest = await startGuest(t, CASE);
+  const progress = new Progress(`case ${CASE}`, (line) => t.comment(line));
+
+  const sweepWith = async (policyFlags: string[]) => {
+    const request = parseReproArgs('repro', [EXAMPLE, '--sweep', 'sweep_callee', '--count', String(COUNT), ...policyFlags]) as ReproRequest;
+    const prepared = await prepareProgram(request, path.join(artifactsRoot(), CASE, `build${policyFlags.join('')}`), progress);
+    const runs = await sweepInGuest(guest, request, prepared, progress, restoreWitnessed);
+    const report = await makeSweepReport({ program: prepared.program, sweep: request.sweep!, hit: 1, policy: request.policy, reference: runs.reference, result: runs.result });
+    t.comment(formatSweepTable(report));
+    return { request, runs, report, failing: report.rows.filter((r) => !r.pass).map((r) => r.boundary) };
+  };
+
+  await t.test('default policy: every boundary restores exactly', async (t) => {
+    const { request, runs, report, failing } = await sweepWith([]);
+    t.equal(runs.perturbed, undefined, 'the traced run prints what the native run prints');
+    t.equal(report.walked, COUNT, `${COUNT} boundaries walked`);
+    t.ok(report.stepped.matchesReference, `the stepped original ends as the uninterrupted run (${report.stepped.status})`);
+    t.same(report.rows.slice(0, 3).map((r) => [r.location, r.instruction]), [['sweep_callee', 'push %rbx'], ['sweep_callee+0x1', 'push %r12'], ['sweep_callee+0x3', 'mov %rdi,%rbx']], 'boundaries named by symbol+offset and objdump');
+    t.match(report.rows[10]?.location, /^main\+0x[0-9a-f]+$/, 'boundary 10 is back in main: the walk follows the return');
+    const observed = `failing boundaries: ${failing.join(' ') || 'none'}`;
+    recordRow(t, { case: CASE, scenario: SCENARIO, policy: describePolicy(request.policy), control: false, expected: 'failing boundaries: none', observed, pass: observed === 'failing boundaries: none' });
+  });
+
+  await t.test('negative control regs=partial: exactly the boundaries where a callee-saved register is live fail', async (t) => {
+    const { request, report, failing } = await sweepWith(['--regs', 'partial']);
+    t.ok(report.stepped.matchesReference, 'the stepped original is unaffected by the policy');
+    t.match(report.headline, /^first failing boundary 3 at 0x[0-9a-f]+ sweep_callee\+0x6 \(lea 0x7\(%rdi\),%r12\): output differs at line 1: .*; restored wrong: rbx /, 'the headline names boundary 3 and rbx');
+    const observed = `failing boundaries: ${failing.join(' ') || 'none'}`;
+    recordRow(t, { case: CASE, scenario: SCENARIO, policy: describePolicy(request.policy), control: true, expected: 'failing boundaries: 3 4 5 6', observed, pass: observed === 'failing boundaries: 3 4 5 6' });
+  });
+});
