@@ -28,6 +28,8 @@ import { GUEST_DIRS, nativeReference, READY_FILE, referenceRun, type GuestProgra
 import { sweepRuns, type SweepContext, type SweepResult } from './sweep.ts';
 import { formatSweepTable, makeSweepReport, type SweepReport } from './sweep-report.ts';
 import { UsageError } from './usage-error.ts';
+import { rerunRecord } from './rerun-record.ts';
+import { hex } from '../x86/registers.ts';
 import { EXIT_PERTURBED } from './verdict.ts';
 
 /** Failing boundaries whose checkpoint the bundle keeps; the table names them all. */
@@ -95,11 +97,15 @@ export async function sweep(request: ReproRequest, progress: Progress): Promise<
 
 async function sweepBundleEntries(runDir: string, request: ReproRequest, binary: Buffer, name: string, report: SweepReport, result: SweepResult, nativeOutput: string, consoleLog: string): Promise<BundleEntry[]> {
   const text = (entry: string, value: string): BundleEntry => ({ name: entry, data: Buffer.from(value) });
+  const inputs = { ...(request.source ? { source: `source/${path.basename(request.source)}` } : {}), binary: `binary/${name}`, files: request.files.map((f) => `files/${path.basename(f)}`) };
+  // The rerun record (rerun-record.ts, bounded and checked when read back) says what the sweep ran.
+  const json = { ...report, rerun: rerunRecord(request, inputs) };
   const entries: BundleEntry[] = [
     text('sweep.txt', formatSweepTable(report)),
-    text('sweep.json', `${JSON.stringify(report, null, 2)}\n`),
-    ...(request.source ? [{ name: `source/${path.basename(request.source)}`, data: await readFile(request.source) }] : []),
-    { name: `binary/${name}`, data: binary, mode: 0o755 },
+    text('sweep.json', `${JSON.stringify(json, (_key, value: unknown) => (typeof value === 'bigint' ? hex(value) : value), 2)}\n`),
+    ...(request.source ? [{ name: inputs.source!, data: await readFile(request.source) }] : []),
+    { name: inputs.binary, data: binary, mode: 0o755 },
+    ...(await Promise.all(request.files.map(async (f, i) => ({ name: inputs.files[i]!, data: await readFile(f) })))),
     { name: 'console.log', data: await readFile(consoleLog).catch(() => Buffer.from('(no console log)\n')) },
     text('output/native.out', nativeOutput),
     text('output/reference.out', report.reference.output),
