@@ -13,10 +13,11 @@
  * once it has brought the process to the symbol (DR7 0: from then on RUN
  * delivers every signal as the kernel would). STEP swallows every SIGTRAP
  * stop as a step, so a SIGTRAP the program would have had natively is
- * handed back to it with the next step: the trap its own TF raises after
+ * handed back to it at once, with one more step: the trap its own TF raises after
  * the instruction it set TF for, and an int3's. A signal of any other kind
  * stops STEP and is delivered with the next step, its delivery stop no
- * boundary of its own.
+ * boundary of its own. Inside the program's own SIGTRAP handler a step's
+ * forced SIGTRAP would reset the handler; sweep-sigtrap.ts undoes that.
  */
 import { constants } from 'node:os';
 import type { AgentClient } from '../agent/client.ts';
@@ -30,6 +31,7 @@ import type { RestorePolicy } from '../restore/policy.ts';
 import { restoreProcess, type Difference, type RestoreOptions, type RestoreResult } from '../restore/restore.ts';
 import { debugRegOffset, EFLAGS, hex, type UserRegs } from '../x86/registers.ts';
 import { compareRuns, type Mismatch } from './compare.ts';
+import { exposedSigtrapHandler, giveBackTf, sigreturnRestoresTf, undoSigtrapReset } from './sweep-sigtrap.ts';
 import { GUEST_DIRS, type GuestProgram, type Reference, type RunRecord } from './runs.ts';
 import type { SweepRequest } from './sweep-options.ts';
 import { CheckpointNotReachedError, UsageError } from './usage-error.ts';
@@ -130,28 +132,41 @@ export async function sweepRuns(ctx: SweepContext, reference: Reference, policy:
   const boundaries: Boundary[] = [];
   const taken: TakenCheckpoint[] = [];
   let regs = await agent.call({ op: 'GETREGS', pid });
-  let deliver = 0;
+  /** boundaries after which the program's own SIGTRAP was handed to it; steps whose forced SIGTRAP reset its handler (put back) */
+  const ownTraps: number[] = [];
+  const handlerResets: number[] = [];
+  /** rt_sigreturns whose restored TF the kernel took for the tracer's (stale TIF_FORCED_TF); given back as the program's */
+  const tfGivenBack: number[] = [];
   let ended: RunRecord | undefined;
   for (let index = 0; ; index++) {
     boundaries.push({ index, rip: regs.rip });
     if (index % ctx.sweep.every === 0) taken.push(await checkpointAt(ctx, process, { index, rip: regs.rip }, out));
     if (index + 1 >= ctx.sweep.count) break;
-    // What the program itself would get after this instruction: its own TF's trap, an int3's.
+    // What the program itself gets after this instruction: its own TF's trap, an int3's.
     const ownTrap = (regs.eflags & EFLAGS.TF) !== 0n || (await agent.call({ op: 'READ_MEM', pid, address: regs.rip, length: 1 }))[0] === INT3;
-    const step = await stepOnce(ctx, pid, deliver, index, notes);
+    const exposed = ownTrap ? undefined : await exposedSigtrapHandler(agent, pid);
+    const tfBack = await sigreturnRestoresTf(agent, pid, regs);
+    let step = await stepOnce(ctx, pid, 0, index, notes);
+    if (!('ended' in step) && exposed && (await undoSigtrapReset(agent, pid, exposed))) handlerResets.push(index);
+    if (!('ended' in step) && tfBack && (await giveBackTf(agent, pid))) tfGivenBack.push(index);
+    if (!('ended' in step) && ownTrap) {
+      // The stop after that instruction is no boundary of the program's: it never stands there without its SIGTRAP
+      // pending. The SIGTRAP goes to it now (the kernel keeps the trap's siginfo); its delivery stop is the next boundary.
+      ownTraps.push(index);
+      step = await stepOnce(ctx, pid, SIGTRAP, index, notes);
+    }
     if ('ended' in step) {
       ended = { ...step.ended, output: await readGuestText(agent, out, OUTPUT_MAX_BYTES), hits: 0 };
       notes.push(`the program ended after boundary ${index} (${describeEnd(step.ended)}): the walk has ${index + 1} boundaries, not ${ctx.sweep.count}`);
       break;
     }
-    deliver = ownTrap ? SIGTRAP : 0;
-    if (ownTrap) notes.push(`boundary ${index} (${hex(regs.rip)}): the program's own SIGTRAP (its TF or an int3) is delivered to it with the next step`);
     regs = await agent.call({ op: 'GETREGS', pid });
   }
-  // The walk ends in a stop whose SIGTRAP may still be the program's: RUN delivers what it finds pending only, so hand it over first.
-  if (!ended && deliver !== 0) await stepOnce(ctx, pid, deliver, boundaries.length - 1, notes);
   const stepped = ended ?? { ...(await runToEnd(agent, pid, ctx.timeoutMs)), output: await readGuestText(agent, out, OUTPUT_MAX_BYTES), hits: 0 };
   const walkMs = Date.now() - walkStarted;
+  if (ownTraps.length > 0) notes.push(`the program's own SIGTRAP (its TF or an int3) was delivered to it with the step after boundar${ownTraps.length === 1 ? 'y' : 'ies'} ${ownTraps.join(', ')}`);
+  if (tfGivenBack.length > 0) notes.push(`the rt_sigreturn after boundar${tfGivenBack.length === 1 ? 'y' : 'ies'} ${tfGivenBack.join(', ')} restored the program's TF, which the kernel took for the tracer's (TIF_FORCED_TF left from stepping the handler); given back as the program's`);
+  if (handlerResets.length > 0) notes.push(`inside the program's SIGTRAP handler (SIGTRAP blocked) the step's forced SIGTRAP reset the handler to SIG_DFL after boundar${handlerResets.length === 1 ? 'y' : 'ies'} ${handlerResets.join(', ')}; each time it was put back, SIGTRAP blocked again`);
 
   const verdicts: BoundaryVerdict[] = [];
   for (const checkpoint of taken) {
