@@ -3,6 +3,9 @@
 // itself ends as the uninterrupted run (stepping is invisible), and the table names each boundary by address,
 // symbol+offset and objdump's instruction. Negative control: regs=partial (callee-saved registers lost) fails at exactly
 // boundaries 3-6, where rbx or r12 holds a value the function reads again, and the headline names boundary 3 and rbx.
+// And a sweep through selfstep's own TF-stepped sequence, its SIGTRAP handler and its rt_sigreturn (30 boundaries, a
+// checkpoint every 3) leaves the program's traps its own: the walked process prints what it prints natively and every
+// checkpoint matches. Negative control: plain stepping (programSigtraps=ignore) — the walked process differs.
 import t from 'tap';
 import path from 'node:path';
 import { startGuest } from '../harness/testing/guest-fixture.ts';
@@ -27,10 +30,10 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
   const guest = await startGuest(t, CASE);
   const progress = new Progress(`case ${CASE}`, (line) => t.comment(line));
 
-  const sweepWith = async (policyFlags: string[]) => {
-    const request = parseReproArgs('repro', [EXAMPLE, '--sweep', 'sweep_callee', '--count', String(COUNT), ...policyFlags]) as ReproRequest;
+  const sweepWith = async (policyFlags: string[], args?: string[], programSigtraps?: 'keep' | 'ignore') => {
+    const request = parseReproArgs(args ? 'cr' : 'repro', args ?? [EXAMPLE, '--sweep', 'sweep_callee', '--count', String(COUNT), ...policyFlags]) as ReproRequest;
     const prepared = await prepareProgram(request, path.join(artifactsRoot(), CASE, `build${policyFlags.join('')}`), progress);
-    const runs = await sweepInGuest(guest, request, prepared, progress, restoreWitnessed);
+    const runs = await sweepInGuest(guest, request, prepared, progress, { restore: restoreWitnessed, ...(programSigtraps ? { programSigtraps } : {}) });
     const report = await makeSweepReport({ program: prepared.program, sweep: request.sweep!, hit: 1, policy: request.policy, reference: runs.reference, result: runs.result });
     t.comment(formatSweepTable(report));
     return { request, runs, report, failing: report.rows.filter((r) => !r.pass).map((r) => r.boundary) };
@@ -53,5 +56,27 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     t.match(report.headline, /^first failing boundary 3 at 0x[0-9a-f]+ sweep_callee\+0x6 \(lea 0x7\(%rdi\),%r12\): output differs at line 1: .*; restored wrong: rbx /, 'the headline names boundary 3 and rbx');
     const observed = `failing boundaries: ${failing.join(' ') || 'none'}`;
     recordRow(t, { case: CASE, scenario: SCENARIO, policy: describePolicy(request.policy), control: true, expected: 'failing boundaries: 3 4 5 6', observed, pass: observed === 'failing boundaries: 3 4 5 6' });
+  });
+
+  const SELFSTEP = 'sweep: 30 boundaries from selfstep\'s self_seq through its SIGTRAP handler and rt_sigreturn, a checkpoint every 3';
+  const selfstepArgs = ['--binary', guest.image.binaries.selfstep!, '--sweep', 'self_seq', '--count', '30', '--every', '3'];
+
+  await t.test('a program stepping itself keeps its own SIGTRAPs through the sweep', async (t) => {
+    const { request, runs, report, failing } = await sweepWith([], selfstepArgs);
+    t.equal(runs.perturbed, undefined, 'the traced run prints what the native run prints');
+    t.ok(report.stepped.matchesReference, `the walked process ends as the uninterrupted run (${report.stepped.status}${report.stepped.difference ? `: ${report.stepped.difference}` : ''})`);
+    t.ok(report.rows.some((r) => r.location.startsWith('selfstep_handler')), 'the walk enters the program\'s SIGTRAP handler');
+    t.match(report.notes.join('\n'), /own SIGTRAP .* delivered to it/, 'its own trap was handed to it');
+    t.match(report.notes.join('\n'), /reset the handler to SIG_DFL .* put back/, 'the handler reset by forced step traps was put back');
+    t.match(report.notes.join('\n'), /rt_sigreturn .* restored the program's TF/, 'the TF its sigreturn restores stayed its own');
+    const observed = `walked process ${report.stepped.matchesReference ? 'as uninterrupted' : 'differs'}; failing boundaries: ${failing.join(' ') || 'none'}`;
+    recordRow(t, { case: CASE, scenario: SELFSTEP, policy: describePolicy(request.policy), control: false, expected: 'walked process as uninterrupted; failing boundaries: none', observed, pass: observed === 'walked process as uninterrupted; failing boundaries: none' });
+  });
+
+  await t.test('negative control: plain stepping takes the program\'s SIGTRAPs from it', async (t) => {
+    const { request, report } = await sweepWith([], selfstepArgs, 'ignore');
+    t.notOk(report.stepped.matchesReference, `the walked process differs: ${report.stepped.difference}`);
+    const observed = `walked process ${report.stepped.matchesReference ? 'as uninterrupted' : 'differs'}`;
+    recordRow(t, { case: CASE, scenario: SELFSTEP, policy: `${describePolicy(request.policy)} stepping=plain`, control: true, expected: 'walked process differs', observed, pass: observed === 'walked process differs' });
   });
 });

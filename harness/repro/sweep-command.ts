@@ -137,9 +137,10 @@ export interface SweepInGuest {
 /**
  * The sweep's runs in an open guest (the CLI's, or a case's): upload the
  * program, run it natively, uninterrupted under the tracer, then the sweep.
- * `restore` replaces restoreProcess (a case passes its witnessed restore).
+ * `hooks.restore` replaces restoreProcess (a case passes its witnessed
+ * restore); `hooks.programSigtraps` 'ignore' is a case's negative control.
  */
-export async function sweepInGuest(guest: Guest, request: ReproRequest, prepared: PreparedProgram, progress: Progress, restore?: SweepContext['restore']): Promise<SweepInGuest> {
+export async function sweepInGuest(guest: Guest, request: ReproRequest, prepared: PreparedProgram, progress: Progress, hooks: Pick<SweepContext, 'restore' | 'programSigtraps'> = {}): Promise<SweepInGuest> {
   const sweepRequest = request.sweep;
   if (!sweepRequest || request.checkpoint.kind !== 'symbol' || prepared.breakAt === undefined) throw new Error('sweepInGuest: the request has no --sweep');
   const { ssh } = guest.machine;
@@ -169,7 +170,7 @@ export async function sweepInGuest(guest: Guest, request: ReproRequest, prepared
   const reference = await referenceRun(ctx, native.pid);
   const differences = comparePerturbation(native, reference);
   const result = await sweepRuns(
-    { agent: guest.agent, program, breakAt: prepared.breakAt, hit: request.checkpoint.hit, sweep: sweepRequest, timeoutMs: request.timeoutMs, platform: guest.platform, phase, ...(restore ? { restore } : {}) },
+    { agent: guest.agent, program, breakAt: prepared.breakAt, hit: request.checkpoint.hit, sweep: sweepRequest, timeoutMs: request.timeoutMs, platform: guest.platform, phase, ...hooks },
     reference,
     request.policy,
   );

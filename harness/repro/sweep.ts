@@ -56,6 +56,12 @@ export interface SweepContext {
   phase: (name: string, detail?: string) => Promise<void>;
   /** the restore under test: restoreProcess unless a case witnesses it (testing/restore-witness.ts) */
   restore?: (agent: AgentClient, image: CheckpointImage, options: RestoreOptions, tag: string) => Promise<RestoreResult>;
+  /**
+   * keep (the default): the program's own SIGTRAPs stay its own (above).
+   * ignore: plain stepping — the negative control that shows what keeping
+   * them prevents (a self-stepping program loses its traps or is killed).
+   */
+  programSigtraps?: 'keep' | 'ignore';
 }
 
 /** One boundary the walk passed: where the process stood before its next instruction. */
@@ -143,9 +149,10 @@ export async function sweepRuns(ctx: SweepContext, reference: Reference, policy:
     if (index % ctx.sweep.every === 0) taken.push(await checkpointAt(ctx, process, { index, rip: regs.rip }, out));
     if (index + 1 >= ctx.sweep.count) break;
     // What the program itself gets after this instruction: its own TF's trap, an int3's.
-    const ownTrap = (regs.eflags & EFLAGS.TF) !== 0n || (await agent.call({ op: 'READ_MEM', pid, address: regs.rip, length: 1 }))[0] === INT3;
-    const exposed = ownTrap ? undefined : await exposedSigtrapHandler(agent, pid);
-    const tfBack = await sigreturnRestoresTf(agent, pid, regs);
+    const keep = (ctx.programSigtraps ?? 'keep') === 'keep';
+    const ownTrap = keep && ((regs.eflags & EFLAGS.TF) !== 0n || (await agent.call({ op: 'READ_MEM', pid, address: regs.rip, length: 1 }))[0] === INT3);
+    const exposed = keep && !ownTrap ? await exposedSigtrapHandler(agent, pid) : undefined;
+    const tfBack = keep && (await sigreturnRestoresTf(agent, pid, regs));
     let step = await stepOnce(ctx, pid, 0, index, notes);
     if (!('ended' in step) && exposed && (await undoSigtrapReset(agent, pid, exposed))) handlerResets.push(index);
     if (!('ended' in step) && tfBack && (await giveBackTf(agent, pid))) tfGivenBack.push(index);
