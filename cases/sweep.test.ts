@@ -7,6 +7,7 @@
 // checkpoint every 3) leaves the program's traps its own: the walked process prints what it prints natively and every
 // checkpoint matches. Negative control: plain stepping (programSigtraps=ignore) — the walked process differs.
 import t from 'tap';
+import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { startGuest } from '../harness/testing/guest-fixture.ts';
 import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
@@ -32,8 +33,10 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
 
   const sweepWith = async (policyFlags: string[], args?: string[], programSigtraps?: 'keep' | 'ignore') => {
     const request = parseReproArgs(args ? 'cr' : 'repro', args ?? [EXAMPLE, '--sweep', 'sweep_callee', '--count', String(COUNT), ...policyFlags]) as ReproRequest;
-    const prepared = await prepareProgram(request, path.join(artifactsRoot(), CASE, `build${policyFlags.join('')}`), progress);
-    const runs = await sweepInGuest(guest, request, prepared, progress, { restore: restoreWitnessed, ...(programSigtraps ? { programSigtraps } : {}) });
+    const dir = path.join(artifactsRoot(), CASE, `${args ? 'selfstep' : 'callee'}${policyFlags.join('')}${programSigtraps ?? ''}`);
+    const prepared = await prepareProgram(request, path.join(dir, 'build'), progress);
+    await mkdir(dir, { recursive: true });
+    const runs = await sweepInGuest(guest, request, prepared, dir, progress, { restore: restoreWitnessed, ...(programSigtraps ? { programSigtraps } : {}) });
     const report = await makeSweepReport({ program: prepared.program, sweep: request.sweep!, hit: 1, policy: request.policy, reference: runs.reference, result: runs.result });
     t.comment(formatSweepTable(report));
     return { request, runs, report, failing: report.rows.filter((r) => !r.pass).map((r) => r.boundary) };

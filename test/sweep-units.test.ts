@@ -43,6 +43,7 @@ t.test('--sweep parses into a symbol checkpoint with bounds', async (t) => {
     [['--sweep', 'f', '--count', String(SWEEP_MAX_COUNT + 1)], /--count: 10001 is more than 10000/],
     [['--sweep', 'f', '--count', '4', '--every', '5'], /--every: 5 is more than 4 \(--count\)/],
     [['--sweep', 'f', '--count', '0'], /not a positive whole number/],
+    [['--sweep', 'f', '--count', '1001'], /takes 1001 checkpoints, more than 1000: give --every 2 or more/],
     [['--sweep', 'a b'], /neither a symbol name nor a 0x address/],
   ] as const) {
     const error = caught(() => parseReproArgs('repro', ['p.c', ...args]));
@@ -83,7 +84,7 @@ t.test('boundaries are named by symbol+offset and by objdump on the host binary'
 
   const regs = (over: Partial<UserRegs>): UserRegs => ({ ...(Object.fromEntries(USER_REGS_FIELDS.map((n) => [n, 0n])) as unknown as UserRegs), ...over });
   const verdict = (index: number, pass: boolean, image: Partial<UserRegs>, restored: Partial<UserRegs>): BoundaryVerdict => ({
-    index, rip: entry + BigInt([0, 1, 3, 6][index]!), pass, image: undefined as never, imageRegs: regs(image), restoredRegs: regs(restored), restoreDifferences: [],
+    index, rip: entry + BigInt([0, 1, 3, 6][index]!), pass, imageRegs: regs(image), restoredRegs: regs(restored), restoreDifferences: [],
     run: { outcome: 'exited', code: 0, output: pass ? 'result 105\n' : 'result 0\n', hits: 0 },
     mismatches: pass ? [] : [{ what: 'output', line: 1, reference: '"result 105"', restored: '"result 0"' }], checkpointMs: 10, restoreRunMs: 20,
   });

@@ -15,7 +15,6 @@ import type { NativeRun } from '../guest/native-run.ts';
 import { bootstrapHost } from '../host/bootstrap.ts';
 import { shellQuote } from '../machine/qemu-args.ts';
 import { artifactsRoot } from '../report/verdicts.ts';
-import { writeCheckpointImage } from '../restore/checkpoint-image.ts';
 import { NotOwnedError, replaceOwnedDir } from '../util/owned-dir.ts';
 import { escapeControl } from '../util/terminal-text.ts';
 import { writeBundle, BUNDLE_LIMITS, type BundleEntry } from './bundle.ts';
@@ -76,7 +75,7 @@ export async function sweep(request: ReproRequest, progress: Progress): Promise<
   const guest = await openGuest({ artifactsDir: runDir, log: (line) => progress.note(line), agentCwd: GUEST_DIRS.work });
   let runs: SweepInGuest;
   try {
-    runs = await sweepInGuest(guest, request, prepared, progress);
+    runs = await sweepInGuest(guest, request, prepared, runDir, progress);
   } finally {
     progress.phase('shut down');
     await guest.close();
@@ -88,14 +87,14 @@ export async function sweep(request: ReproRequest, progress: Progress): Promise<
   const report = await makeSweepReport({ program: prepared.program, sweep: request.sweep!, hit: request.checkpoint.kind === 'symbol' ? request.checkpoint.hit : 1, policy: request.policy, reference, result });
   progress.phase('bundle', out);
   progress.endPhase();
-  const entries = await sweepBundleEntries(runDir, request, prepared.program.data, name, report, result, nativeOutput, path.join(runDir, 'console.log'));
+  const entries = await sweepBundleEntries(request, prepared.program.data, name, report, result, nativeOutput, path.join(runDir, 'console.log'));
   await mkdir(path.dirname(out), { recursive: true });
   await writeBundle(out, entries);
   await writeFile(path.join(runDir, 'sweep.txt'), formatSweepTable(report));
   return { report, ...(perturbed ? { perturbed } : {}), bundle: out };
 }
 
-async function sweepBundleEntries(runDir: string, request: ReproRequest, binary: Buffer, name: string, report: SweepReport, result: SweepResult, nativeOutput: string, consoleLog: string): Promise<BundleEntry[]> {
+async function sweepBundleEntries(request: ReproRequest, binary: Buffer, name: string, report: SweepReport, result: SweepResult, nativeOutput: string, consoleLog: string): Promise<BundleEntry[]> {
   const text = (entry: string, value: string): BundleEntry => ({ name: entry, data: Buffer.from(value) });
   const inputs = { ...(request.source ? { source: `source/${path.basename(request.source)}` } : {}), binary: `binary/${name}`, files: request.files.map((f) => `files/${path.basename(f)}`) };
   // The rerun record (rerun-record.ts, bounded and checked when read back) says what the sweep ran.
@@ -114,9 +113,8 @@ async function sweepBundleEntries(runDir: string, request: ReproRequest, binary:
   const failing = result.verdicts.filter((v) => !v.pass).slice(0, KEPT_CHECKPOINTS_MAX);
   let bytes = entries.reduce((sum, e) => sum + e.data.length, 0);
   for (const v of failing) {
-    const file = path.join(runDir, `checkpoint-boundary-${v.index}.tar`);
-    await writeCheckpointImage(v.image, file);
-    const image = await readFile(file);
+    if (v.imageFile === undefined) continue;
+    const image = await readFile(v.imageFile);
     if (bytes + image.length > BUNDLE_LIMITS.totalBytes / 2) break;
     bytes += image.length;
     entries.push({ name: `boundary-${v.index}/checkpoint.tar`, data: image });
@@ -140,7 +138,7 @@ export interface SweepInGuest {
  * `hooks.restore` replaces restoreProcess (a case passes its witnessed
  * restore); `hooks.programSigtraps` 'ignore' is a case's negative control.
  */
-export async function sweepInGuest(guest: Guest, request: ReproRequest, prepared: PreparedProgram, progress: Progress, hooks: Pick<SweepContext, 'restore' | 'programSigtraps'> = {}): Promise<SweepInGuest> {
+export async function sweepInGuest(guest: Guest, request: ReproRequest, prepared: PreparedProgram, imageDir: string, progress: Progress, hooks: Pick<SweepContext, 'restore' | 'programSigtraps'> = {}): Promise<SweepInGuest> {
   const sweepRequest = request.sweep;
   if (!sweepRequest || request.checkpoint.kind !== 'symbol' || prepared.breakAt === undefined) throw new Error('sweepInGuest: the request has no --sweep');
   const { ssh } = guest.machine;
@@ -170,7 +168,7 @@ export async function sweepInGuest(guest: Guest, request: ReproRequest, prepared
   const reference = await referenceRun(ctx, native.pid);
   const differences = comparePerturbation(native, reference);
   const result = await sweepRuns(
-    { agent: guest.agent, program, breakAt: prepared.breakAt, hit: request.checkpoint.hit, sweep: sweepRequest, timeoutMs: request.timeoutMs, platform: guest.platform, phase, ...hooks },
+    { agent: guest.agent, program, breakAt: prepared.breakAt, hit: request.checkpoint.hit, sweep: sweepRequest, timeoutMs: request.timeoutMs, platform: guest.platform, phase, imageDir, ...hooks },
     reference,
     request.policy,
   );

@@ -18,6 +18,9 @@ export const SWEEP_DEFAULT_COUNT = 40;
 /** Bound on N: every boundary is a single-step round trip, every checkpoint a restore and a run to the end. */
 export const SWEEP_MAX_COUNT = 10_000;
 
+/** Bound on the checkpoints of one sweep: all are taken (and written to disk) before the first is restored. */
+export const SWEEP_MAX_CHECKPOINTS = 1_000;
+
 export const SWEEP_USAGE = '--sweep SYMBOL|0xADDR [--hit N] [--count N] [--every K]';
 
 export const sweepOptions = {
@@ -49,6 +52,8 @@ export function parseSweepFlags(values: SweepValues): SweepRequest | undefined {
   if (!/^(?:[A-Za-z_.$][\w.$@]*|0x[0-9a-fA-F]+)$/.test(symbol)) throw new UsageError(`--sweep: "${symbol}" is neither a symbol name nor a 0x address`);
   const count = values.count === undefined ? SWEEP_DEFAULT_COUNT : boundedInteger('--count', values.count, SWEEP_MAX_COUNT);
   const every = values.every === undefined ? 1 : boundedInteger('--every', values.every, count);
+  const checkpoints = Math.ceil(count / every);
+  if (checkpoints > SWEEP_MAX_CHECKPOINTS) throw new UsageError(`--count ${count} --every ${every} takes ${checkpoints} checkpoints, more than ${SWEEP_MAX_CHECKPOINTS}: give --every ${Math.ceil(count / SWEEP_MAX_CHECKPOINTS)} or more`);
   return { symbol, count, every };
 }
 

@@ -26,7 +26,9 @@ import { readGuestText } from '../agent/read-file.ts';
 import { AgentError, CrhError } from '../errors.ts';
 import { isInfraFailure } from '../report/infra-failures.ts';
 import { checkpointProcess } from '../restore/checkpoint.ts';
-import type { CheckpointImage, PlatformFacts, ProcessInfo } from '../restore/checkpoint-image.ts';
+import { readCheckpointImage, writeCheckpointImage, type CheckpointImage, type PlatformFacts, type ProcessInfo } from '../restore/checkpoint-image.ts';
+import { rm } from 'node:fs/promises';
+import path from 'node:path';
 import type { RestorePolicy } from '../restore/policy.ts';
 import { restoreProcess, type Difference, type RestoreOptions, type RestoreResult } from '../restore/restore.ts';
 import { debugRegOffset, EFLAGS, hex, type UserRegs } from '../x86/registers.ts';
@@ -62,6 +64,8 @@ export interface SweepContext {
    * them prevents (a self-stepping program loses its traps or is killed).
    */
   programSigtraps?: 'keep' | 'ignore';
+  /** a host directory the checkpoint images are written to as they are taken (one file each; a matching boundary's is removed once restored) */
+  imageDir: string;
 }
 
 /** One boundary the walk passed: where the process stood before its next instruction. */
@@ -72,7 +76,9 @@ export interface Boundary {
 
 /** A boundary checkpointed in the walk. */
 export interface TakenCheckpoint extends Boundary {
-  image: CheckpointImage;
+  /** the image, written at once: N images of a process do not stay in memory */
+  imageFile: string;
+  regs: UserRegs;
   /** what the original had written when it was checkpointed there */
   outputBefore: string;
   checkpointMs: number;
@@ -84,7 +90,8 @@ export interface BoundaryVerdict extends Boundary {
   mismatches: Mismatch[];
   /** the restore was refused or failed */
   restoreError?: string;
-  image: CheckpointImage;
+  /** the checkpoint image of a failing boundary (a matching one's is removed) */
+  imageFile?: string;
   imageRegs: UserRegs;
   /** the restored process at its restore stop */
   restoredRegs?: UserRegs;
@@ -199,8 +206,10 @@ async function checkpointAt(ctx: SweepContext, process: ProcessInfo, at: Boundar
     if (!(error instanceof CrhError) || isInfraFailure(error)) throw error;
     throw new UsageError(`the program cannot be checkpointed at boundary ${at.index} (${hex(at.rip)}): ${error.message}`, error.details, { cause: error });
   });
+  const imageFile = path.join(ctx.imageDir, `checkpoint-boundary-${at.index}.tar`);
+  await writeCheckpointImage(image, imageFile);
   const outputBefore = await readGuestText(ctx.agent, out, OUTPUT_MAX_BYTES);
-  return { ...at, image, outputBefore, checkpointMs: Date.now() - started };
+  return { ...at, imageFile, regs: image.regs, outputBefore, checkpointMs: Date.now() - started };
 }
 
 type Ended = { outcome: 'exited' | 'killed'; code: number };
@@ -230,10 +239,11 @@ async function restoreAndCompare(ctx: SweepContext, checkpoint: TakenCheckpoint,
   const { agent } = ctx;
   const after = `${GUEST_DIRS.out}/sweep-restored-${checkpoint.index}.out`;
   const started = Date.now();
-  const base = { index: checkpoint.index, rip: checkpoint.rip, image: checkpoint.image, imageRegs: checkpoint.image.regs, checkpointMs: checkpoint.checkpointMs };
+  const base = { index: checkpoint.index, rip: checkpoint.rip, imageFile: checkpoint.imageFile, imageRegs: checkpoint.regs, checkpointMs: checkpoint.checkpointMs };
+  const image = await readCheckpointImage(checkpoint.imageFile);
   let restored;
   try {
-    restored = await (ctx.restore ?? restoreProcess)(agent, checkpoint.image, { policy, stdoutPath: after }, `sweep-boundary-${checkpoint.index}`);
+    restored = await (ctx.restore ?? restoreProcess)(agent, image, { policy, stdoutPath: after }, `sweep-boundary-${checkpoint.index}`);
   } catch (error) {
     if (!(error instanceof CrhError) || isInfraFailure(error)) throw error;
     const run: RunRecord = { outcome: 'killed', code: 9, output: checkpoint.outputBefore, hits: 0 };
@@ -243,7 +253,12 @@ async function restoreAndCompare(ctx: SweepContext, checkpoint: TakenCheckpoint,
   const end = await runToEnd(agent, restored.pid, ctx.timeoutMs);
   const run: RunRecord = { ...end, output: checkpoint.outputBefore + (await readGuestText(agent, after, OUTPUT_MAX_BYTES)), hits: 0 };
   const mismatches = compareRuns(reference, run);
-  return { ...base, pass: mismatches.length === 0, run, mismatches, restoredRegs, restoreDifferences: restored.differences, restoreRunMs: Date.now() - started };
+  if (mismatches.length === 0) {
+    await rm(checkpoint.imageFile, { force: true });
+    const { imageFile: _kept, ...matching } = base;
+    return { ...matching, pass: true, run, mismatches, restoredRegs, restoreDifferences: restored.differences, restoreRunMs: Date.now() - started };
+  }
+  return { ...base, pass: false, run, mismatches, restoredRegs, restoreDifferences: restored.differences, restoreRunMs: Date.now() - started };
 }
 
 async function runToEnd(agent: AgentClient, pid: number, timeoutMs: number): Promise<Omit<RunRecord, 'output' | 'hits'>> {
