@@ -64,6 +64,7 @@ export function requestFromRecord(record: RerunRecord, extracted: ReadonlyMap<st
     out: where.out,
     ...(where.artifacts ? { artifacts: where.artifacts } : {}),
     kernel: {},
+    ...(record.sweep && record.checkpoint.kind === 'symbol' ? { sweep: { symbol: record.checkpoint.symbol, ...record.sweep } } : {}),
   };
 }
 
@@ -81,6 +82,7 @@ export function describeRerun(bundle: string, record: RerunRecord): string[] {
     `  files:      ${record.files.length ? record.files.map(e).join(', ') : '(none)'}`,
     `  checkpoint: ${describePoint(record.checkpoint)}${record.finishSignal ? `, then ${e(record.finishSignal)} to finish` : ''}`,
     `  policy:     rf=${e(p.rf)} regs=${e(p.regs)} restorer=${e(p.restorer)} rseq-fixup=${e(p.rseqFixup)} syscall-restart=${e(p.syscallRestart)}${p.omit.length ? ` omit=${p.omit.map(e).join(',')}` : ''}`,
+    ...(record.sweep ? [`  sweep:      ${record.sweep.count} boundaries, a checkpoint every ${record.sweep.every}`] : []),
     `  timeout:    ${record.timeoutMs} ms per run`,
     `  arguments:  ${record.args.length ? record.args.map((a) => `'${e(a).replaceAll("'", "\\'")}'`).join(' ') : '(none)'}`,
   ];

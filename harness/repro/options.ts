@@ -10,6 +10,7 @@ import { KERNEL_USAGE, kernelFlagArgs, kernelOptions, resolveKernelFlag } from '
 import { policyFromFlags, policyOptions, POLICY_USAGE } from '../cli/policy-flags.ts';
 import type { RestorePolicy } from '../restore/policy.ts';
 import { UsageError } from './usage-error.ts';
+import { parseSweepFlags, SWEEP_USAGE, sweepFlags, sweepOptions, type SweepRequest } from './sweep-options.ts';
 
 /** Where the checkpoint is taken. */
 export type CheckpointPoint =
@@ -43,6 +44,8 @@ export interface ReproRequest {
   artifacts?: string;
   /** --kernel and friends by flag name, as absolute paths */
   kernel: Record<string, string>;
+  /** --sweep: a checkpoint at every K-th of N instruction boundaries from the checkpoint symbol (sweep-options.ts) */
+  sweep?: SweepRequest;
 }
 
 export const DEFAULT_TIMEOUT_MS = 60_000;
@@ -51,6 +54,7 @@ export const REPRO_USAGE =
   'usage: crh repro FILE.c [--checkpoint-at SYMBOL|0xADDR [--hit N] | --checkpoint-after MS | --when-ready] [--finish-signal SIG]\n' +
   `                 ${POLICY_USAGE}\n` +
   `                 [--cflags "FLAGS"] [--timeout MS] [--out BUNDLE.tar] [--artifacts DIR] ${KERNEL_USAGE} [-- ARGS]\n` +
+  `       crh repro FILE.c ${SWEEP_USAGE} [the same policy switches] [-- ARGS]\n` +
   '       crh repro --bundle BUNDLE.tar [--out BUNDLE.tar] [--artifacts DIR]\n' +
   '       crh cr --binary PATH [--file PATH]... [the same checkpoint and policy switches] [-- ARGS]';
 
@@ -69,6 +73,7 @@ const options = {
   binary: { type: 'string' },
   file: { type: 'string', multiple: true },
   bundle: { type: 'string' },
+  ...sweepOptions,
 } as const;
 export { options as reproOptions };
 
@@ -121,6 +126,7 @@ export function parseReproArgs(command: 'repro' | 'cr', argv: readonly string[])
   if (values['finish-signal'] !== undefined && !values['when-ready']) {
     throw new UsageError('--finish-signal goes with --when-ready: the signal is sent once the program is ready, in the uninterrupted run and after the restore');
   }
+  const sweep = parseSweepFlags(values);
   let policy: RestorePolicy;
   try {
     policy = policyFromFlags(values);
@@ -134,7 +140,8 @@ export function parseReproArgs(command: 'repro' | 'cr', argv: readonly string[])
     files,
     args: programArgs,
     cflags: values.cflags?.split(/\s+/).filter(Boolean) ?? [],
-    checkpoint: checkpointPoint(values),
+    checkpoint: sweep ? { kind: 'symbol', symbol: sweep.symbol, hit: values.hit === undefined ? 1 : positiveInteger('--hit', values.hit) } : checkpointPoint(values),
+    ...(sweep ? { sweep } : {}),
     ...(values['finish-signal'] !== undefined ? { finishSignal: parseSignal(values['finish-signal']) } : {}),
     policy,
     timeoutMs: values.timeout === undefined ? DEFAULT_TIMEOUT_MS : positiveInteger('--timeout', values.timeout),
@@ -197,7 +204,8 @@ export function requestFlags(request: ReproRequest): string[] {
   const p = request.policy;
   const flags: string[] = [];
   const c = request.checkpoint;
-  if (c.kind === 'symbol') flags.push('--checkpoint-at', c.symbol, '--hit', String(c.hit));
+  if (request.sweep) flags.push(...sweepFlags(request.sweep), '--hit', String(c.kind === 'symbol' ? c.hit : 1));
+  else if (c.kind === 'symbol') flags.push('--checkpoint-at', c.symbol, '--hit', String(c.hit));
   else if (c.kind === 'after') flags.push('--checkpoint-after', String(c.ms));
   else flags.push('--when-ready');
   if (request.finishSignal) flags.push('--finish-signal', request.finishSignal.name);

@@ -13,6 +13,7 @@ import { SAFE_SEGMENT } from './bundle.ts';
 import { parseSignal, type CheckpointPoint, type ReproRequest } from './options.ts';
 import type { BundleInputs } from './rerun.ts';
 import { BundleRejectedError, UsageError } from './usage-error.ts';
+import { SWEEP_MAX_COUNT } from './sweep-options.ts';
 
 export const RERUN_RECORD_VERSION = 1;
 
@@ -54,6 +55,8 @@ export interface RerunRecord {
   timeoutMs: number;
   /** the program's arguments */
   args: string[];
+  /** --sweep: boundaries walked from the checkpoint symbol and the checkpoint spacing (sweep-options.ts) */
+  sweep?: { count: number; every: number };
 }
 
 /**
@@ -74,6 +77,7 @@ export function rerunRecord(request: ReproRequest, inputs: BundleInputs): RerunR
     ...(request.finishSignal ? { finishSignal: request.finishSignal.name } : {}),
     timeoutMs: request.timeoutMs,
     args: request.args,
+    ...(request.sweep ? { sweep: { count: request.sweep.count, every: request.sweep.every } } : {}),
   };
 }
 
@@ -91,7 +95,7 @@ const NEVER_FROM_A_BUNDLE: Record<string, string> = {
   out: 'where crh writes is never taken from a bundle (give --out yourself)',
 };
 
-const RECORD_KEYS = ['version', 'command', 'source', 'binary', 'files', 'checkpoint', 'policy', 'finishSignal', 'timeoutMs', 'args'];
+const RECORD_KEYS = ['version', 'command', 'source', 'binary', 'files', 'checkpoint', 'policy', 'finishSignal', 'timeoutMs', 'args', 'sweep'];
 const POLICY_KEYS = ['rf', 'regs', 'restorer', 'rseqFixup', 'syscallRestart', 'omit'];
 
 /**
@@ -147,7 +151,17 @@ export function parseRerunRecord(raw: unknown, bundle: string): RerunRecord {
     ...(finishSignal ? { finishSignal } : {}),
     timeoutMs,
     args: programArgs(record.args, reject),
+    ...(record.sweep !== undefined ? { sweep: sweepRecord(record.sweep, checkpoint, reject) } : {}),
   };
+}
+
+/** A sweep's bounds: at most SWEEP_MAX_COUNT boundaries, a spacing no larger than the count, from a symbol checkpoint only. */
+function sweepRecord(raw: unknown, checkpoint: CheckpointPoint, reject: Reject): { count: number; every: number } {
+  const sweep = object(raw, '.sweep', reject);
+  onlyKeys(sweep, ['count', 'every'], '.sweep', reject);
+  if (checkpoint.kind !== 'symbol') reject('.sweep', 'goes with a "symbol" checkpoint only (the sweep starts at its execution)');
+  const count = boundedInteger(sweep.count, '.sweep.count', SWEEP_MAX_COUNT, reject);
+  return { count, every: boundedInteger(sweep.every, '.sweep.every', count, reject) };
 }
 
 /** The restore policy a (checked) record asks for. */
