@@ -161,3 +161,15 @@ t.test('crh repro, end to end', async (t) => {
     t.equal((await verdictOf(path.join(dir, 'reader-again.tar'))).verdict.restored?.output, '2 [two words] from the host\n', 'the extracted file reached the program');
   });
 });
+
+t.test('exit 3: a program that looks at its tracer is perturbed by the harness, and no verdict on the restore is given', async (t) => {
+  const dir = await mkdtemp(path.join(tmpdir(), 'crh-repro-perturbed-'));
+  const r = await crhRun(['repro', example('tracerpid.c'), '--checkpoint-at', 'checkpoint_here', '--out', path.join(dir, 'tracerpid.tar'), '--artifacts', path.join(dir, 'artifacts')]);
+  if (!t.equal(r.exitCode, 3, 'exit 3 (docs/ci.md)')) t.comment(r.stderr.slice(-3000));
+  t.match(r.stdout, /^verdict: PERTURBED — /m, 'the verdict says the harness perturbs the program, never PASS');
+  const { verdict } = await verdictOf(path.join(dir, 'tracerpid.tar'));
+  t.equal(verdict.pass, false, 'the recorded verdict is no pass');
+  t.equal(verdict.perturbed, true);
+  t.match(verdict.native?.output, /traced: no/, 'natively the program has no tracer');
+  t.match(verdict.reference.output, /traced: yes/, 'under the agent it has');
+});
