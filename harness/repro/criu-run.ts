@@ -71,7 +71,7 @@ export async function criuCheckpointedRun(ctx: RunContext, reference: Reference,
   };
   const record = (restore?: { ms: number; log: string }, imageBytes = 0): Checkpointed['criu'] => ({
     version: criu.version,
-    dumpMs: dump.guestMs,
+    dumpMs: dump.wallMs,
     restoreMs: restore?.ms ?? 0,
     imageBytes,
     dumpLog: tail(dumpLog),
@@ -91,7 +91,7 @@ export async function criuCheckpointedRun(ctx: RunContext, reference: Reference,
   const restore = await runCriu(criu.exec, criuRestoreArgs(criu.command, CRIU_IMAGES_DIR, CRIU_PIDFILE));
   const restoreLog = await readOutput(agent, `${CRIU_IMAGES_DIR}/restore.log`).catch(() => '(no restore.log)');
   if (!restore.ok) {
-    return { ...taken, criu: record({ ms: restore.guestMs, log: restoreLog }, imageBytes), restoreError: `criu restore failed (exit ${restore.code}): ${lastLines(restore.stderr || restoreLog)}` };
+    return { ...taken, criu: record({ ms: restore.wallMs, log: restoreLog }, imageBytes), restoreError: `criu restore failed (exit ${restore.code}): ${lastLines(restore.stderr || restoreLog)}` };
   }
   const restoredPid = Number((await readOutput(agent, CRIU_PIDFILE)).trim());
   if (!Number.isInteger(restoredPid) || restoredPid <= 0) throw new CrhError(`criu restore wrote no pid to ${CRIU_PIDFILE}`, { restoreLog: tail(restoreLog) });
@@ -100,7 +100,7 @@ export async function criuCheckpointedRun(ctx: RunContext, reference: Reference,
   } catch (error) {
     if (!(error instanceof CrhError) || isInfraFailure(error)) throw error;
     await ctx.shell(`kill -9 ${restoredPid} 2>/dev/null; true`);
-    return { ...taken, criu: record({ ms: restore.guestMs, log: restoreLog }, imageBytes), restoreError: `the restored process ${restoredPid} could not be attached: ${error.message}` };
+    return { ...taken, criu: record({ ms: restore.wallMs, log: restoreLog }, imageBytes), restoreError: `the restored process ${restoredPid} could not be attached: ${error.message}` };
   }
   const restoredRegs = await agent.call({ op: 'GETREGS', pid: restoredPid });
   if (ctx.breakAt !== undefined) {
@@ -116,7 +116,7 @@ export async function criuCheckpointedRun(ctx: RunContext, reference: Reference,
     ...taken,
     restoredPid,
     restoredRegs,
-    criu: record({ ms: restore.guestMs, log: restoreLog }, imageBytes),
+    criu: record({ ms: restore.wallMs, log: restoreLog }, imageBytes),
     run: { outcome: end.outcome, code: end.code, output, hits: hitsBefore + end.hits },
   };
 }

@@ -41,7 +41,7 @@ export interface ReproVerdict {
   command: 'repro' | 'cr';
   /** which checkpoint/restore ran (absent in bundles written before the criu engine: crh) */
   engine?: 'crh' | 'criu';
-  /** engine criu: its version and what its dump and restore cost, timed in the guest */
+  /** engine criu: its version and what its dump and restore cost (host wall time, one SSH exec round trip included) */
   criu?: { version: string; dumpMs: number; restoreMs: number; imageBytes: number };
   program: {
     name: string;
