@@ -1,5 +1,6 @@
 // expect: DETACH (0x1e), REAP (0x1f) and ATTACH (0x20) encode as documented; through the real agent on the host's
-// kernel a process stopped at a breakpoint hit is left untraced in a job-control stop (state T, TracerPid 0), is
+// kernel a process stopped at a breakpoint hit is left untraced in a job-control stop (state T, TracerPid 0) with the
+// debug registers still armed (the kernel keeps them across a detach), is
 // taken back by ATTACH (TracerPid = the agent) and then runs to the same output as an untouched run; a detached
 // process killed by someone else is reaped with its wait status; and each op refuses what it must (ESRCH, EEXIST).
 import t, { type Test } from 'tap';
@@ -9,7 +10,8 @@ import { AgentClient } from '../harness/agent/client.ts';
 import { decodeResult, encodeOp, OPCODES } from '../harness/agent/ops.ts';
 import { localAgentTransport } from '../harness/agent/local-transport.ts';
 import { PayloadWriter } from '../harness/agent/wire.ts';
-import { spawnWithBreakpoint } from '../harness/agent/breakpoint-spawn.ts';
+import { DR7_EXECUTE_DR0, spawnWithBreakpoint } from '../harness/agent/breakpoint-spawn.ts';
+import { debugRegOffset } from '../harness/x86/registers.ts';
 import { ElfFile } from '../harness/elf/elf64.ts';
 import { AgentError } from '../harness/errors.ts';
 import { buildGuestBinaries } from '../harness/image/guest-binaries.ts';
@@ -70,9 +72,13 @@ t.test('detach at a hit, attach again, run to the end: the output of an untouche
   t.equal(procState(pid).tracer, hello.agentPid, 'traced by the agent again');
   const regs = await agent.call({ op: 'GETREGS', pid });
   t.equal(regs.rip, atHit.rip, 'at the same instruction as at the hit');
+  // What the next checkpointer sees: the tracer's debug registers survive the detach (the kernel keeps them).
+  t.equal(await agent.call({ op: 'PEEKUSER', pid, offset: debugRegOffset(0) }), target, 'DR0 still holds the breakpoint after DETACH');
+  t.equal(await agent.call({ op: 'PEEKUSER', pid, offset: debugRegOffset(7) }), DR7_EXECUTE_DR0, 'DR7 still enables it');
   await refused(t, agent.call({ op: 'ATTACH', pid }), EEXIST, 'ATTACH of a process already traced');
   const end = await agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: 30_000 });
   t.same([end.outcome, end.code], ['exited', 0], 'runs to its end once continued');
+  t.equal(end.hits.length, 6, 'the 6 calls after the third hit, each hit once: no re-trigger at the stop address (RF kept)');
   t.equal(readFileSync(out('handed'), 'utf8'), reference, 'same output as the untouched run');
   t.same(end.signals, [], 'no signal seen on the way (no SIGSTOP/SIGCONT left over)');
 

@@ -2024,8 +2024,10 @@ static int op_detach(struct call *c)
 	 * stop: whichever thread leaves its stop first takes it on its way back
 	 * to user mode and stops the whole group before any user instruction.
 	 * Each thread detaches with no signal of its own: a SIGTRAP of a hit
-	 * held in a signal-delivery stop is discarded, as RUN would. The kernel
-	 * drops the tracer's debug registers on detach. */
+	 * held in a signal-delivery stop is discarded, as RUN would. Debug
+	 * registers a tracer set stay with the thread (x86 clears them at exec
+	 * and exit, not at detach): the next checkpointer sees them as the
+	 * process's own state. */
 	if (kill(pid, SIGSTOP) < 0)
 		return fail_errno(c, "kill %d SIGSTOP", (int)pid);
 	for (size_t i = 0; i < ntasks; i++)

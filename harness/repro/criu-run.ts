@@ -94,6 +94,7 @@ export async function criuCheckpointedRun(ctx: RunContext, reference: Reference,
     return { ...taken, criu: record({ ms: restore.wallMs, log: restoreLog }, imageBytes), restoreError: `criu restore failed (exit ${restore.code}): ${lastLines(restore.stderr || restoreLog)}` };
   }
   const restoredPid = Number((await readOutput(agent, CRIU_PIDFILE)).trim());
+  let debugRegisters: { dr0: string; dr7: string } | undefined;
   if (!Number.isInteger(restoredPid) || restoredPid <= 0) throw new CrhError(`criu restore wrote no pid to ${CRIU_PIDFILE}`, { restoreLog: tail(restoreLog) });
   try {
     await agent.call({ op: 'ATTACH', pid: restoredPid });
@@ -104,7 +105,14 @@ export async function criuCheckpointedRun(ctx: RunContext, reference: Reference,
   }
   const restoredRegs = await agent.call({ op: 'GETREGS', pid: restoredPid });
   if (ctx.breakAt !== undefined) {
-    // The breakpoint is the harness's, not the program's: CRIU never saw it (DETACH dropped it). Armed again, so hits count on.
+    // The harness's breakpoint stayed in the thread across DETACH, so CRIU dumped a task with DR0/DR7 armed:
+    // whether its restore carries them is measured here, then the breakpoint is armed again so hits count on.
+    const dr0 = await agent.call({ op: 'PEEKUSER', pid: restoredPid, offset: debugRegOffset(0) });
+    const dr7 = await agent.call({ op: 'PEEKUSER', pid: restoredPid, offset: debugRegOffset(7) });
+    debugRegisters = { dr0: hex(dr0), dr7: hex(dr7) };
+    if (dr0 !== ctx.breakAt || (dr7 & 0xffn) !== DR7_EXECUTE_DR0) {
+      notes.push(`known engine gap: CRIU ${criu.version} did not restore the debug registers (dumped with DR0 ${hex(ctx.breakAt)}, DR7 ${hex(DR7_EXECUTE_DR0)}; restored DR0 ${hex(dr0)}, DR7 ${hex(dr7)}); the harness armed its breakpoint again`);
+    }
     await agent.call({ op: 'POKEUSER', pid: restoredPid, offset: debugRegOffset(0), value: ctx.breakAt });
     await agent.call({ op: 'POKEUSER', pid: restoredPid, offset: debugRegOffset(7), value: DR7_EXECUTE_DR0 });
   }
@@ -116,7 +124,7 @@ export async function criuCheckpointedRun(ctx: RunContext, reference: Reference,
     ...taken,
     restoredPid,
     restoredRegs,
-    criu: record({ ms: restore.wallMs, log: restoreLog }, imageBytes),
+    criu: { ...record({ ms: restore.wallMs, log: restoreLog }, imageBytes)!, ...(debugRegisters ? { debugRegisters } : {}) },
     run: { outcome: end.outcome, code: end.code, output, hits: hitsBefore + end.hits },
   };
 }

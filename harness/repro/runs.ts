@@ -157,6 +157,8 @@ export interface CriuRecord {
   imageBytes: number;
   dumpLog: string;
   restoreLog?: string;
+  /** DR0 and DR7 of the restored process, read before the harness armed its breakpoint again (symbol checkpoints) */
+  debugRegisters?: { dr0: string; dr7: string };
 }
 
 /**

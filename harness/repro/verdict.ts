@@ -42,7 +42,7 @@ export interface ReproVerdict {
   /** which checkpoint/restore ran (absent in bundles written before the criu engine: crh) */
   engine?: 'crh' | 'criu';
   /** engine criu: its version and what its dump and restore cost (host wall time, one SSH exec round trip included) */
-  criu?: { version: string; dumpMs: number; restoreMs: number; imageBytes: number };
+  criu?: { version: string; dumpMs: number; restoreMs: number; imageBytes: number; debugRegisters?: { dr0: string; dr7: string } };
   program: {
     name: string;
     /** bundle paths */
@@ -107,7 +107,7 @@ export function makeVerdict(request: ReproRequest, prepared: PreparedProgram, ru
     summary: perturbed ? describePerturbation(perturbation) : summarize(mismatches, restoreError, reference),
     command: request.command,
     engine: checkpointed.engine,
-    ...(checkpointed.criu ? { criu: { version: checkpointed.criu.version, dumpMs: checkpointed.criu.dumpMs, restoreMs: checkpointed.criu.restoreMs, imageBytes: checkpointed.criu.imageBytes } } : {}),
+    ...(checkpointed.criu ? { criu: { version: checkpointed.criu.version, dumpMs: checkpointed.criu.dumpMs, restoreMs: checkpointed.criu.restoreMs, imageBytes: checkpointed.criu.imageBytes, ...(checkpointed.criu.debugRegisters ? { debugRegisters: checkpointed.criu.debugRegisters } : {}) } } : {}),
     program: {
       name: prepared.name,
       ...inputs,
