@@ -8,6 +8,7 @@ import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { candidateVersions, criuWrapper, privateAptOptions, privateSourcesLine, CRIU_PREFIX } from '../harness/image/criu.ts';
 import { criuDumpArgs, criuRestoreArgs } from '../harness/criu/commands.ts';
+import { criuFailure } from '../harness/repro/criu-run.ts';
 import { parseReproArgs, requestFlags, type ReproRequest } from '../harness/repro/options.ts';
 import { parseRerunRecord, rerunRecord } from '../harness/repro/rerun-record.ts';
 import { UsageError } from '../harness/repro/usage-error.ts';
@@ -78,4 +79,10 @@ t.test('the CRIU variant has its own image key; the default\'s does not change',
   t.equal(await imageKey({ ...inputs }), plain, 'same inputs, same key');
   const withCriu = await imageKey({ ...inputs, criuWrapper: criuWrapper() });
   t.not(withCriu, plain, 'the CRIU variant differs');
+});
+
+t.test("a CRIU failure is summed up by its first Error line", async (t) => {
+  const log = '(01.96) inet: Collected\n(01.969191) Error (criu/sk-inet.c:191): inet: Connected TCP socket, consider using --tcp-established option.\n(01.99) Error (criu/cr-dump.c:2111): Dumping FAILED.\n';
+  t.equal(criuFailure(log), 'Error (criu/sk-inet.c:191): inet: Connected TCP socket, consider using --tcp-established option.');
+  t.equal(criuFailure('a\nb\nc\nd\n'), 'b | c | d', 'no Error line: the last three lines');
 });

@@ -81,7 +81,7 @@ export async function criuCheckpointedRun(ctx: RunContext, reference: Reference,
     // CRIU refused or failed: the process may still be there, stopped; it is the agent's child, so end it.
     await ctx.shell(`kill -9 ${pid} 2>/dev/null; true`);
     await agent.call({ op: 'REAP', pid, timeoutMs: REAP_TIMEOUT_MS }).catch(() => {});
-    return { ...taken, criu: record(), restoreError: `criu dump failed (exit ${dump.code}): ${lastLines(dump.stderr || dumpLog)}` };
+    return { ...taken, criu: record(), restoreError: `criu dump failed (exit ${dump.code}): ${criuFailure(dumpLog || dump.stderr)}` };
   }
   // The dump killed it; its zombie holds the pid the restore needs.
   await agent.call({ op: 'REAP', pid, timeoutMs: REAP_TIMEOUT_MS });
@@ -91,7 +91,7 @@ export async function criuCheckpointedRun(ctx: RunContext, reference: Reference,
   const restore = await runCriu(criu.exec, criuRestoreArgs(criu.command, CRIU_IMAGES_DIR, CRIU_PIDFILE));
   const restoreLog = await readOutput(agent, `${CRIU_IMAGES_DIR}/restore.log`).catch(() => '(no restore.log)');
   if (!restore.ok) {
-    return { ...taken, criu: record({ ms: restore.wallMs, log: restoreLog }, imageBytes), restoreError: `criu restore failed (exit ${restore.code}): ${lastLines(restore.stderr || restoreLog)}` };
+    return { ...taken, criu: record({ ms: restore.wallMs, log: restoreLog }, imageBytes), restoreError: `criu restore failed (exit ${restore.code}): ${criuFailure(restoreLog || restore.stderr)}` };
   }
   const restoredPid = Number((await readOutput(agent, CRIU_PIDFILE)).trim());
   let debugRegisters: { dr0: string; dr7: string } | undefined;
@@ -133,6 +133,9 @@ function tail(log: string): string {
   return log.length > LOG_MAX_BYTES ? `(first ${log.length - LOG_MAX_BYTES} bytes cut)\n${log.slice(-LOG_MAX_BYTES)}` : log;
 }
 
-function lastLines(text: string): string {
-  return text.trim().split('\n').slice(-3).join(' | ');
+/** CRIU's first "Error (file:line): ..." line says why (the later ones say that it failed); else the last lines. */
+export function criuFailure(text: string): string {
+  const lines = text.trim().split('\n');
+  const first = lines.find((l) => /\bError \(/.test(l));
+  return first ? first.replace(/^\(\s*[\d.]+\)\s*/, '') : lines.slice(-3).join(' | ');
 }
