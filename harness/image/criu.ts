@@ -16,13 +16,14 @@
  * apt-cache with -o. The .debs are unpacked with dpkg-deb -x, never installed.
  */
 import { existsSync } from 'node:fs';
-import { mkdir, readdir, realpath, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, realpath, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
 import { InfraError } from '../errors.ts';
 import { ensureCacheDir } from '../util/cache-dir.ts';
 import { buildOnce } from '../util/build-once.ts';
 import { sha256 } from '../util/hash.ts';
+import { writeFileAtomic } from '../util/atomic-write.ts';
 
 export const CRIU_SUITE = 'trixie';
 export const CRIU_PACKAGE = 'criu';
@@ -98,6 +99,26 @@ async function packageClosure(options: string[]): Promise<Array<{ name: string; 
   return packages;
 }
 
+/**
+ * The package closure, resolved once per state of the private lists: apt-cache
+ * parses the whole package list on every call (~6 s for the closure on these
+ * machines), and the answer can only change when the lists do.
+ */
+async function resolvedOnce(options: string[]): Promise<Array<{ name: string; version: string }>> {
+  const dir = await ensureCacheDir('apt', CRIU_SUITE);
+  const lists = path.join(dir, 'lists');
+  const release = (await readdir(lists)).filter((f) => f.endsWith('InRelease')).sort();
+  const listsKey = sha256((await Promise.all(release.map((f) => readFile(path.join(lists, f))))).map((b) => sha256(b)).join('\0')).slice(0, 16);
+  const memo = path.join(dir, `resolved-${CRIU_PACKAGE}-${listsKey}.json`);
+  if (release.length > 0 && existsSync(memo)) {
+    const saved = JSON.parse(await readFile(memo, 'utf8')) as unknown;
+    if (Array.isArray(saved) && saved.every((p) => typeof p?.name === 'string' && typeof p?.version === 'string')) return saved as Array<{ name: string; version: string }>;
+  }
+  const packages = await packageClosure(options);
+  if (release.length > 0) await writeFileAtomic(memo, JSON.stringify(packages));
+  return packages;
+}
+
 /** Package name -> candidate version, from `apt-cache policy A B ...` (a "NAME:" line opens each section). */
 export function candidateVersions(policyOutput: string): Map<string, string> {
   const versions = new Map<string, string>();
@@ -117,7 +138,7 @@ export function candidateVersions(policyOutput: string): Map<string, string> {
  */
 export async function debianCriu(log: (line: string) => void = () => {}): Promise<GuestCriu> {
   const options = await privateApt(log);
-  const packages = await packageClosure(options);
+  const packages = await resolvedOnce(options);
   const criu = packages.find((p) => p.name === CRIU_PACKAGE);
   if (!criu) throw new InfraError(`apt-cache did not list ${CRIU_PACKAGE} itself`);
   const key = packages.map((p) => `${p.name}=${p.version}`).sort().join(' ');
