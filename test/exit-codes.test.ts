@@ -64,6 +64,7 @@ t.test('exit 2: every refused command line, on every subcommand, with the reason
     [['verdicts', '--reset', '--check'], /exclude each other/],
     [['doctor', '--json=yes'], /--json' does not take an argument/],
     [['doctor', '--kernel', 'debian:-o=APT::x'], /not a Debian package name/],
+    [['doctor', '--engine', 'gdb'], /--engine takes crh or criu, not "gdb"[\s\S]*usage: crh doctor/],
     [['restore', 'image.tar'], /needs --dry-run[\s\S]*usage: crh restore/],
     [['restore', '--dry-run'], /takes one IMAGE \(got 0\)/],
     [['restore', '--dry-run', 'a.tar', 'b.tar'], /takes one IMAGE \(got 2\)/],
@@ -82,6 +83,8 @@ t.test('exit 2: every refused command line, on every subcommand, with the reason
     [['repro', 'x.c', '--when-ready', '--rf', 'bogus'], /unknown rf policy "bogus"/],
     [['repro', 'x.c', '--when-ready', '--kernel', 'debian:--help'], /not a Debian package name/],
     [['cr', '--when-ready'], /crh cr needs --binary PATH/],
+    [['repro', 'x.c', '--when-ready', '--engine', 'criu', '--regs', 'partial'], /--regs is a policy of crh's restore core and cannot apply to --engine criu/],
+    [['cr', '--binary', '/bin/true', '--when-ready', '--engine', 'crh,criu'], /one engine per run for now/],
   ];
   const results = await crhRunAll(refused.map(([args]) => args), { CRH_ARTIFACTS_DIR: artifacts });
   for (const [i, [args, reason]] of refused.entries()) {

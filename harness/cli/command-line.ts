@@ -40,7 +40,12 @@ export const COMMANDS = {
       '  --check exits 1 when a row is not as expected or there is none',
     { reset: { type: 'boolean' }, check: { type: 'boolean' } },
   ),
-  doctor: spec(`usage: crh doctor [--json] ${KERNEL_USAGE}\n  measure and print the platform profile`, { ...kernelOptions, json: { type: 'boolean' } }),
+  doctor: spec(
+    `usage: crh doctor [--json] [--engine crh|criu] ${KERNEL_USAGE}\n` +
+      '  measure and print the platform profile; --engine criu boots the image variant with CRIU\n' +
+      "  (Debian trixie's, with its own libraries) and adds `criu check`'s verdict",
+    { ...kernelOptions, json: { type: 'boolean' }, engine: { type: 'string' } },
+  ),
   restore: spec(
     `usage: crh restore --dry-run IMAGE ${POLICY_USAGE}\n` +
       '  validate a checkpoint image and print its restore plan\n' +

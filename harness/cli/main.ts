@@ -32,6 +32,7 @@ import { applyKernelOptions } from './kernel-flags.ts';
 import { COMMANDS, CRH_USAGE, isCommand, parseCommandLine, usageError, wantsHelp } from './command-line.ts';
 import { readBootSession, removeBootSession, sshArgs, writeBootSession } from './boot-session.ts';
 import { reproCommand } from '../repro/command.ts';
+import { criuCheck } from '../criu/commands.ts';
 import { UsageError } from '../repro/usage-error.ts';
 import { escapeControl } from '../util/terminal-text.ts';
 import { reportCommand, runCommand } from './run-command.ts';
@@ -130,21 +131,29 @@ async function doctorCommand(args: string[]): Promise<number> {
   const parsed = parseCommandLine(COMMANDS.doctor, args);
   if (!parsed) return EXIT.ok;
   const { values } = parsed;
+  const engine = values.engine ?? 'crh';
+  if (engine !== 'crh' && engine !== 'criu') throw usageError(COMMANDS.doctor, `--engine takes crh or criu, not ${JSON.stringify(engine)}`);
   applyKernelOptions(values);
   await bootstrapHost(log);
-  const image = await buildImage({ kernel: await kernelFromEnvironment(), log });
+  const image = await buildImage({ kernel: await kernelFromEnvironment(), log, criu: engine === 'criu' });
   const machine = await launchMachine({ image, artifactsDir: path.join(artifactsRoot(), 'doctor') });
   try {
     const { client: agent } = await AgentClient.open(await machine.ssh.transport(image.guestPaths['crh-agent']!));
     agent.failWhen(machine.failure);
     try {
       const profile = await platformProfile({ image, machine, agent, log }, { fresh: true });
+      const criu = image.criu ? { ...image.criu, ...(await criuCheck((command) => machine.ssh.exec(command), image.criu.command)) } : undefined;
       if (values.json) {
-        process.stdout.write(`${JSON.stringify(profile, null, 2)}\n`);
+        process.stdout.write(`${JSON.stringify(criu ? { ...profile, criu } : profile, null, 2)}\n`);
       } else {
         const rows = profileRows(profile);
+        if (criu) rows.push(['criu', `${criu.version} (Debian ${criu.suite} package ${image.criu!.version}): criu check ${criu.ok ? 'ok' : 'FAILED'}`], ['criu check', escapeControl(criu.output.split('\n').slice(-3).join(' | '))]);
         const width = Math.max(...rows.map(([k]) => k.length));
         process.stdout.write(`${rows.map(([k, v]) => `${k.padEnd(width)}  ${v}`).join('\n')}\n`);
+      }
+      if (criu && !criu.ok) {
+        log(`criu check failed in the guest:\n${escapeControl(criu.output)}`);
+        return EXIT.failed;
       }
     } finally {
       await agent.close();

@@ -47,12 +47,14 @@ export interface OpenGuestOptions {
    * working directory.
    */
   agentCwd?: string;
+  /** boot the image variant with CRIU (harness/image/criu.ts) */
+  criu?: boolean;
 }
 
 /** Builds (or finds) the image, launches a machine and opens the agent; on any failure what was started is released. */
 export async function openGuest(options: OpenGuestOptions): Promise<OpenedGuest> {
   const log = options.log ?? (() => {});
-  const image = await buildImage({ kernel: await kernelFromEnvironment(), log });
+  const image = await buildImage({ kernel: await kernelFromEnvironment(), log, ...(options.criu ? { criu: true } : {}) });
   const progress = (event: MachineEvent): void => {
     if (event.type === 'launch') log(`launch ${event.name} (${event.accel.accel}: ${event.accel.reason})`);
     else if (event.type === 'ready') log(`${event.name} ready in ${event.elapsedMs} ms`);

@@ -53,6 +53,7 @@ export function requestFromRecord(record: RerunRecord, extracted: ReadonlyMap<st
   };
   return {
     command: record.command,
+    ...(record.engine ? { engine: record.engine } : {}),
     ...(record.command === 'repro' ? { source: at(record.source!) } : { binary: at(record.binary!) }),
     files: record.files.map(at),
     args: [...record.args],

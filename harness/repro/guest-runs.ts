@@ -8,6 +8,8 @@ import path from 'node:path';
 import { openGuest } from '../guest/open-guest.ts';
 import { bootstrapHost } from '../host/bootstrap.ts';
 import { shellQuote } from '../machine/qemu-args.ts';
+import { InfraError } from '../errors.ts';
+import { criuCheckpointedRun } from './criu-run.ts';
 import type { PlatformProfile } from '../platform/profile.ts';
 import type { PlatformFacts } from '../restore/checkpoint-image.ts';
 import { hex } from '../x86/registers.ts';
@@ -31,7 +33,7 @@ export interface GuestRuns {
 export async function runInGuest(request: ReproRequest, prepared: PreparedProgram, runDir: string, imageFile: string, progress: Progress): Promise<GuestRuns> {
   progress.phase('boot');
   await bootstrapHost((line) => progress.note(line));
-  const guest = await openGuest({ artifactsDir: runDir, log: (line) => progress.note(line), agentCwd: GUEST_DIRS.work });
+  const guest = await openGuest({ artifactsDir: runDir, log: (line) => progress.note(line), agentCwd: GUEST_DIRS.work, ...(request.engine === 'criu' ? { criu: true } : {}) });
   try {
     const { ssh } = guest.machine;
     const guestBinary = `${GUEST_DIRS.bin}/${prepared.name}`;
@@ -65,7 +67,12 @@ export async function runInGuest(request: ReproRequest, prepared: PreparedProgra
     const reference = await referenceRun(ctx, native.pid);
     const hits = prepared.breakAt !== undefined ? `, ${reference.hits} executions of ${hex(prepared.breakAt)}` : '';
     progress.note(`${describeStatus(reference)}, ${reference.output.length} bytes of output${hits}, ${reference.elapsedMs} ms (pid ${reference.pid})`);
-    const checkpointed = await checkpointedRun(ctx, reference, guest.platform, request.policy, imageFile);
+    const criu = guest.image.criu;
+    if (request.engine === 'criu' && !criu) throw new InfraError('the image built for --engine criu has no CRIU');
+    const checkpointed =
+      request.engine === 'criu'
+        ? await criuCheckpointedRun(ctx, reference, { command: criu!.command, version: criu!.version, exec: (command) => ssh.exec(command) })
+        : await checkpointedRun(ctx, reference, guest.platform, request.policy, imageFile);
     return { program, native, reference, checkpointed, profile: guest.profile, platform: guest.platform };
   } finally {
     progress.phase('shut down');

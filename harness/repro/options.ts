@@ -21,8 +21,14 @@ export type CheckpointPoint =
   /** once the program announces readiness (CRH_READY_FILE or a CRH-READY line) */
   | { kind: 'ready' };
 
+/** Which checkpoint/restore runs the checkpointed run: crh's restore core, or CRIU in the guest. */
+export type Engine = 'crh' | 'criu';
+export const ENGINES: readonly Engine[] = ['crh', 'criu'];
+
 export interface ReproRequest {
   command: 'repro' | 'cr';
+  /** absent: crh */
+  engine?: Engine;
   /** repro: the C source */
   source?: string;
   /** cr: the prebuilt static binary */
@@ -53,10 +59,12 @@ export const DEFAULT_TIMEOUT_MS = 60_000;
 export const REPRO_USAGE =
   'usage: crh repro FILE.c [--checkpoint-at SYMBOL|0xADDR [--hit N] | --checkpoint-after MS | --when-ready] [--finish-signal SIG]\n' +
   `                 ${POLICY_USAGE}\n` +
-  `                 [--cflags "FLAGS"] [--timeout MS] [--out BUNDLE.tar] [--artifacts DIR] ${KERNEL_USAGE} [-- ARGS]\n` +
+  `                 [--engine crh|criu] [--cflags "FLAGS"] [--timeout MS] [--out BUNDLE.tar] [--artifacts DIR] ${KERNEL_USAGE} [-- ARGS]\n` +
   `       crh repro FILE.c ${SWEEP_USAGE} [the same policy switches] [-- ARGS]\n` +
   '       crh repro --bundle BUNDLE.tar [--out BUNDLE.tar] [--artifacts DIR]\n' +
-  '       crh cr --binary PATH [--file PATH]... [the same checkpoint and policy switches] [-- ARGS]';
+  '       crh cr --binary PATH [--file PATH]... [the same checkpoint and policy switches] [-- ARGS]\n' +
+  '  --engine criu: CRIU (Debian trixie\'s, in the guest) dumps and restores the stopped process instead of\n' +
+  '  crh\'s restore core; the policy switches describe the restore core and are a usage error with it';
 
 const options = {
   ...kernelOptions,
@@ -74,6 +82,7 @@ const options = {
   file: { type: 'string', multiple: true },
   bundle: { type: 'string' },
   ...sweepOptions,
+  engine: { type: 'string' },
 } as const;
 export { options as reproOptions };
 
@@ -127,6 +136,13 @@ export function parseReproArgs(command: 'repro' | 'cr', argv: readonly string[])
     throw new UsageError('--finish-signal goes with --when-ready: the signal is sent once the program is ready, in the uninterrupted run and after the restore');
   }
   const sweep = parseSweepFlags(values);
+  const engine = parseEngine(values.engine);
+  if (engine === 'criu') {
+    const given = Object.keys(policyOptions).filter((flag) => values[flag as keyof typeof policyOptions] !== undefined);
+    if (given.length > 0) {
+      throw new UsageError(`${given.map((f) => `--${f}`).join(', ')} ${given.length === 1 ? 'is a policy' : 'are policies'} of crh's restore core and cannot apply to --engine criu (CRIU restores by its own rules); drop ${given.length === 1 ? 'it' : 'them'} or use --engine crh`);
+    }
+  }
   let policy: RestorePolicy;
   try {
     policy = policyFromFlags(values);
@@ -135,6 +151,7 @@ export function parseReproArgs(command: 'repro' | 'cr', argv: readonly string[])
   }
   return {
     command,
+    ...(engine === 'criu' ? { engine } : {}),
     ...(source ? { source } : {}),
     ...(binary ? { binary } : {}),
     files,
@@ -152,6 +169,15 @@ export function parseReproArgs(command: 'repro' | 'cr', argv: readonly string[])
       return typeof value === 'string' ? [[flag, resolveKernelFlag(flag, value)]] : [];
     })),
   };
+}
+
+function parseEngine(text: string | undefined): Engine {
+  if (text === undefined || text === 'crh') return 'crh';
+  if (text === 'criu') return 'criu';
+  if (text.split(',').every((e) => (ENGINES as readonly string[]).includes(e))) {
+    throw new UsageError(`--engine ${text}: one engine per run for now (run crh once with --engine crh and once with --engine criu)`);
+  }
+  throw new UsageError(`--engine: "${text}" is not an engine (${ENGINES.join(' or ')})`);
 }
 
 /** Compiler flags start with a dash, which parseArgs refuses as a separate value: `--cflags -lm` becomes `--cflags=-lm`. */
@@ -209,8 +235,12 @@ export function requestFlags(request: ReproRequest): string[] {
   else if (c.kind === 'after') flags.push('--checkpoint-after', String(c.ms));
   else flags.push('--when-ready');
   if (request.finishSignal) flags.push('--finish-signal', request.finishSignal.name);
-  flags.push('--rf', p.rf, '--regs', p.regs ?? 'full', '--restorer', p.restorer ?? 'ptrace', '--rseq-fixup', p.rseqFixup ?? 'on', '--syscall-restart', p.syscallRestart ?? 'on');
-  if (p.omit?.length) flags.push('--omit', p.omit.join(','));
+  if (request.engine === 'criu') {
+    flags.push('--engine', 'criu');
+  } else {
+    flags.push('--rf', p.rf, '--regs', p.regs ?? 'full', '--restorer', p.restorer ?? 'ptrace', '--rseq-fixup', p.rseqFixup ?? 'on', '--syscall-restart', p.syscallRestart ?? 'on');
+    if (p.omit?.length) flags.push('--omit', p.omit.join(','));
+  }
   if (request.cflags.length > 0) flags.push(`--cflags=${request.cflags.join(' ')}`);
   flags.push('--timeout', String(request.timeoutMs));
   flags.push(...kernelFlagArgs(request.kernel));

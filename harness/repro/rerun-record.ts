@@ -40,6 +40,8 @@ export interface RerunPolicy {
 
 export interface RerunRecord {
   version: typeof RERUN_RECORD_VERSION;
+  /** absent: crh's restore core; "criu": CRIU in the guest */
+  engine?: 'criu';
   /** repro: compile `source` (without compiler flags) and run it; cr: run `binary` as carried */
   command: 'repro' | 'cr';
   /** repro: the bundle entry `source/NAME.c` */
@@ -69,6 +71,7 @@ export function rerunRecord(request: ReproRequest, inputs: BundleInputs): RerunR
   const fromSource = request.command === 'repro' && request.cflags.length === 0 && inputs.source !== undefined;
   return {
     version: RERUN_RECORD_VERSION,
+    ...(request.engine === 'criu' ? { engine: 'criu' as const } : {}),
     command: fromSource ? 'repro' : 'cr',
     ...(fromSource ? { source: inputs.source! } : { binary: inputs.binary }),
     files: inputs.files,
@@ -95,7 +98,7 @@ const NEVER_FROM_A_BUNDLE: Record<string, string> = {
   out: 'where crh writes is never taken from a bundle (give --out yourself)',
 };
 
-const RECORD_KEYS = ['version', 'command', 'source', 'binary', 'files', 'checkpoint', 'policy', 'finishSignal', 'timeoutMs', 'args', 'sweep'];
+const RECORD_KEYS = ['version', 'engine', 'command', 'source', 'binary', 'files', 'checkpoint', 'policy', 'finishSignal', 'timeoutMs', 'args', 'sweep'];
 const POLICY_KEYS = ['rf', 'regs', 'restorer', 'rseqFixup', 'syscallRestart', 'omit'];
 
 /**
@@ -113,6 +116,7 @@ export function parseRerunRecord(raw: unknown, bundle: string): RerunRecord {
   if (record.version !== RERUN_RECORD_VERSION) reject('.version', `${show(record.version)}; this crh reads rerun records of version ${RERUN_RECORD_VERSION}`);
   const command = record.command;
   if (command !== 'repro' && command !== 'cr') return reject('.command', `${show(command)}, expected "repro" or "cr"`);
+  if (record.engine !== undefined && record.engine !== 'criu') reject('.engine', `${show(record.engine)}, expected "criu" or no field (crh)`);
 
   const program = command === 'repro' ? 'source' : 'binary';
   const other = command === 'repro' ? 'binary' : 'source';
@@ -143,6 +147,7 @@ export function parseRerunRecord(raw: unknown, bundle: string): RerunRecord {
 
   return {
     version: RERUN_RECORD_VERSION,
+    ...(record.engine === 'criu' ? { engine: 'criu' as const } : {}),
     command,
     [program]: programEntry,
     files,

@@ -123,13 +123,20 @@ export async function referenceRun(ctx: RunContext, pid?: number): Promise<Refer
 }
 
 export interface Checkpointed {
+  /** which checkpoint/restore ran: crh's restore core or CRIU */
+  engine: 'crh' | 'criu';
   /** the original's pid, and the restored process's when it got one */
   pid: number;
   restoredPid?: number;
   /** how the original was stopped for the checkpoint */
   stoppedBy: string;
   rewind?: SyscallRewind;
-  image: CheckpointImage;
+  /** registers of the original at the checkpoint point (ptrace view) */
+  regsAtCheckpoint: UserRegs;
+  /** crh's checkpoint image (engine crh) */
+  image?: CheckpointImage;
+  /** what CRIU did and how long it took (engine criu) */
+  criu?: CriuRecord;
   /** registers of the restored process at its restore stop (ptrace view) */
   restoredRegs?: UserRegs;
   /** what the kernel accepted differently from the restore plan */
@@ -140,6 +147,18 @@ export interface Checkpointed {
   run: RunRecord;
   /** what a reader of the verdict should know: a rewound system call, a pid that could not be kept */
   notes: string[];
+}
+
+export interface CriuRecord {
+  version: string;
+  dumpMs: number;
+  restoreMs: number;
+  /** bytes of CRIU's image directory */
+  imageBytes: number;
+  dumpLog: string;
+  restoreLog?: string;
+  /** DR0 and DR7 of the restored process, read before the harness armed its breakpoint again (symbol checkpoints) */
+  debugRegisters?: { dr0: string; dr7: string };
 }
 
 /**
@@ -182,7 +201,7 @@ export async function checkpointedRun(ctx: RunContext, reference: Reference, pla
   await agent.call({ op: 'KILL', pid });
 
   // Until a restore succeeds, the run is the original's: killed at the checkpoint.
-  const taken = { pid, stoppedBy, image, notes, ...(rewind ? { rewind } : {}), run: { outcome: 'killed' as const, code: 9, output: outputBefore, hits: hitsBefore } };
+  const taken = { engine: 'crh' as const, pid, stoppedBy, regsAtCheckpoint: regs, image, notes, ...(rewind ? { rewind } : {}), run: { outcome: 'killed' as const, code: 9, output: outputBefore, hits: hitsBefore } };
   await ctx.phase('restore', `${image.regions.length} memory regions, pid ${pid}`);
   let restored: RestoreResult;
   try {
@@ -207,7 +226,7 @@ export async function checkpointedRun(ctx: RunContext, reference: Reference, pla
  * call is reissued runs the handler first and leaves the call waiting, where
  * the same signal arriving during the call interrupts it.
  */
-async function finishRestored(ctx: RunContext, pid: number): Promise<Omit<RunRecord, 'output'>> {
+export async function finishRestored(ctx: RunContext, pid: number): Promise<Omit<RunRecord, 'output'>> {
   if (ctx.finishSignal) {
     const ended = await interruptibleRun(ctx.agent, pid, RESUME_SLICE_MS);
     if (ended) return ended;
@@ -216,13 +235,13 @@ async function finishRestored(ctx: RunContext, pid: number): Promise<Omit<RunRec
   return runToEnd(ctx.agent, pid, ctx.timeoutMs);
 }
 
-function describePoint(point: CheckpointPoint): string {
+export function describePoint(point: CheckpointPoint): string {
   if (point.kind === 'symbol') return `execution ${point.hit} of ${point.symbol}`;
   if (point.kind === 'after') return `${point.ms} ms after the start`;
   return `readiness (${READY_FILE} or a ${READY_MARKER} line)`;
 }
 
-async function spawn(ctx: RunContext, stdoutPath: string, pid?: number): Promise<number> {
+export async function spawn(ctx: RunContext, stdoutPath: string, pid?: number): Promise<number> {
   const { agent, program } = ctx;
   const spawned = await agent.call({ op: 'SPAWN', path: program.binary, argv: program.argv, envp: program.envp, stdoutPath, noAslr: true, ...(pid !== undefined ? { pid } : {}) });
   if (ctx.breakAt !== undefined) {
@@ -233,7 +252,7 @@ async function spawn(ctx: RunContext, stdoutPath: string, pid?: number): Promise
 }
 
 /** Leaves the original stopped at the checkpoint point and says how it got there. */
-async function runToCheckpoint(ctx: RunContext, pid: number, out: string): Promise<string> {
+export async function runToCheckpoint(ctx: RunContext, pid: number, out: string): Promise<string> {
   const { agent, point } = ctx;
   if (point.kind === 'symbol') {
     const run = await agent.call({ op: 'RUN', pid, stopAfterHits: point.hit, timeoutMs: ctx.timeoutMs }).catch((error: unknown) => {
@@ -326,7 +345,7 @@ function notReached(ctx: RunContext, ended: Ended, which: string, output: string
   return new CheckpointNotReachedError(`the checkpoint point was not reached: in ${which} the program ${how}; ${what}`, { output });
 }
 
-async function readOutput(agent: AgentClient, file: string): Promise<string> {
+export async function readOutput(agent: AgentClient, file: string): Promise<string> {
   return readGuestText(agent, file, OUTPUT_MAX_BYTES);
 }
 

@@ -39,6 +39,10 @@ export interface ReproVerdict {
   perturbed?: boolean;
   summary: string;
   command: 'repro' | 'cr';
+  /** which checkpoint/restore ran (absent in bundles written before the criu engine: crh) */
+  engine?: 'crh' | 'criu';
+  /** engine criu: its version and what its dump and restore cost (host wall time, one SSH exec round trip included) */
+  criu?: { version: string; dumpMs: number; restoreMs: number; imageBytes: number; debugRegisters?: { dr0: string; dr7: string } };
   program: {
     name: string;
     /** bundle paths */
@@ -102,6 +106,8 @@ export function makeVerdict(request: ReproRequest, prepared: PreparedProgram, ru
     perturbed,
     summary: perturbed ? describePerturbation(perturbation) : summarize(mismatches, restoreError, reference),
     command: request.command,
+    engine: checkpointed.engine,
+    ...(checkpointed.criu ? { criu: { version: checkpointed.criu.version, dumpMs: checkpointed.criu.dumpMs, restoreMs: checkpointed.criu.restoreMs, imageBytes: checkpointed.criu.imageBytes, ...(checkpointed.criu.debugRegisters ? { debugRegisters: checkpointed.criu.debugRegisters } : {}) } } : {}),
     program: {
       name: prepared.name,
       ...inputs,
@@ -115,12 +121,12 @@ export function makeVerdict(request: ReproRequest, prepared: PreparedProgram, ru
       point: request.checkpoint,
       ...(prepared.breakAt !== undefined ? { address: hex(prepared.breakAt) } : {}),
       stoppedBy: checkpointed.stoppedBy,
-      rip: hex(checkpointed.image.regs.rip),
+      rip: hex(checkpointed.regsAtCheckpoint.rip),
       pid: checkpointed.pid,
       ...(checkpointed.restoredPid !== undefined ? { restoredPid: checkpointed.restoredPid } : {}),
       ...(checkpointed.rewind ? { rewound: checkpointed.rewind.note } : {}),
     },
-    policy: describePolicy(request.policy),
+    policy: checkpointed.engine === 'criu' ? `criu ${checkpointed.criu?.version ?? ''}: CRIU's own dump and restore (the restore core's policies do not apply)` : describePolicy(request.policy),
     ...(request.finishSignal ? { finishSignal: request.finishSignal.name } : {}),
     native: { status: describeStatus(native), output: native.output, pid: native.pid, agreed: !perturbed, differences: perturbation },
     reference: { status: describeStatus(reference), output: reference.output, ...hits(reference.hits), pid: reference.pid, elapsedMs: reference.elapsedMs },
