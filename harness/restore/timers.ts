@@ -348,6 +348,23 @@ export function timerSteps(pid: number, imagePid: number, state: TimerState, ope
   return layout.steps(pid, `timer settings and sigevents (${state.itimers.length} interval, ${state.posix.length} POSIX, ${state.timerfds.length} timerfd)`, calls);
 }
 
+const SI_KERNEL = 0x80;
+const SI_TIMER = -2;
+
+/**
+ * Whether a siginfo record (as PTRACE_PEEKSIGINFO gives it) was sent by one
+ * of `state`'s timers once restored: SI_TIMER with the id of a POSIX timer
+ * and its signal, or SI_KERNEL with an armed interval timer's signal. Such
+ * entries join the queues while the rest of a restore runs — the timers
+ * are live — and are not differences from the image.
+ */
+export function isTimerSignal(info: Buffer, state: TimerState): boolean {
+  const signo = info.readInt32LE(0);
+  const code = info.readInt32LE(8);
+  if (code === SI_TIMER) return state.posix.some((t) => t.notify !== 'none' && t.signo === signo && t.id === info.readInt32LE(16));
+  return code === SI_KERNEL && state.itimers.some((t) => ITIMER_SIGNAL[t.which] === signo);
+}
+
 export function describeSetting(s: TimerSetting): string {
   const ms = (ns: bigint): string => `${Number(ns) / 1e6} ms`;
   return `${ms(s.valueNs)} remaining${s.valueNs === 0n ? ' (expired, signal pending: armed with one interval)' : ''}, interval ${s.intervalNs === 0n ? 'none' : ms(s.intervalNs)}`;
