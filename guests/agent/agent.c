@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/personality.h>
+#include <sys/prctl.h>
 #include <limits.h>
 #include <sys/ptrace.h>
 #include <sys/syscall.h>
@@ -1002,6 +1003,29 @@ out:
 	return rc;
 }
 
+/*
+ * The agent is a child subreaper (main): a program that daemonizes leaves
+ * its daemon to the agent when its parent exits, so a run's leftovers stay
+ * findable below the agent (the host kills them between runs). Their
+ * zombies are reaped here, before each SPAWN, so none keeps a pid taken;
+ * tracked tasks are left to the waits that expect them.
+ */
+static void reap_orphans(void)
+{
+	char path[64];
+	FILE *f;
+	int child, st;
+
+	snprintf(path, sizeof path, "/proc/self/task/%d/children", (int)getpid());
+	f = fopen(path, "re");
+	if (!f)
+		return;
+	while (fscanf(f, "%d", &child) == 1)
+		if (!is_tracked(child))
+			waitpid(child, &st, __WALL | WNOHANG);
+	fclose(f);
+}
+
 static int op_spawn(struct call *c)
 {
 	uint32_t flags = rd_u32(&c->in, "flags");
@@ -1015,6 +1039,7 @@ static int op_spawn(struct call *c)
 
 	if (parsed(c))
 		goto out;
+	reap_orphans();
 	if (flags & ~(SPAWN_NO_ASLR | SPAWN_EXACT_PID)) {
 		fail(c, EINVAL, "flags: unknown bits 0x%x", flags & ~(SPAWN_NO_ASLR | SPAWN_EXACT_PID));
 		goto out;
@@ -2635,6 +2660,8 @@ int main(void)
 	 * tracees and suppress stop notifications. */
 	signal(SIGCHLD, SIG_DFL);
 	signal(SIGPIPE, SIG_IGN);
+	/* Orphans of the programs it runs become its children (reap_orphans). */
+	prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
 	sigemptyset(&sigchld_set);
 	sigaddset(&sigchld_set, SIGCHLD);
 	sigprocmask(SIG_BLOCK, &sigchld_set, NULL);
