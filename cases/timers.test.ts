@@ -27,6 +27,7 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_POSIX_TIMERS', 'CONFIG_TIMERFD'
       const stopped = await runThenInterrupt(guest, workload, ms, `/tmp/ticker-after-${ms}.out`);
       if (stopped.ended) return t.fail(`ticker ended before ${ms} ms: ${stopped.ended.outcome} ${stopped.ended.code}`);
       const { file, image } = await checkpointStopped(guest, process(stopped.pid), `after-${ms}`);
+      await guest.agent.call({ op: 'KILL', pid: stopped.pid });
       t.same(image.timers.itimers.map((i) => [i.which, i.intervalNs]), [['real', 1_000_000n], ['virtual', 3_000_000n], ['prof', 4_000_000n]], 'the image holds the three interval timers');
       t.same(image.timers.posix.map((p) => [p.id, p.notify]), [[0, 'signal'], [2, 'thread-id']], 'POSIX timers 0 and 2, the gap kept');
       t.same(image.timers.timerfds.map((f) => f.fd), [7], 'the timerfd at fd 7');
@@ -52,6 +53,7 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_POSIX_TIMERS', 'CONFIG_TIMERFD'
     const stopped = await runThenInterrupt(guest, workload, 200, '/tmp/ticker-omit.out');
     if (stopped.ended) return t.fail(`ticker ended before 200 ms: ${stopped.ended.outcome}`);
     const { file } = await checkpointStopped(guest, process(stopped.pid), 'omit');
+    await guest.agent.call({ op: 'KILL', pid: stopped.pid });
     const r = await restoreAndFinish(guest, file, policy, 'omit', {});
     t.match(r.output, /^stalled: /, `restored without its timers: ${r.output.trim()}`);
     t.equal(r.run.code, 3, 'and exits 3');
