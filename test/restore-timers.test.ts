@@ -13,7 +13,8 @@ import {
   timerSteps,
   NO_TIMERS,
 } from '../harness/restore/timers.ts';
-import { SYNTHETIC_TIMERS, syntheticImage } from './support/synthetic-image.ts';
+import { reseal, SYNTHETIC_TIMERS, syntheticImage } from './support/synthetic-image.ts';
+import { ImageRejectedError } from '../harness/errors.ts';
 
 const PROC_TIMERS = 'ID: 0\nsignal: 34/0000000000005eed\nnotify: signal/pid.812\nClockID: 1\nID: 2\nsignal: 12/000000000000c0de\nnotify: signal/tid.812\nClockID: 1\nID: 3\nsignal: 10/0000000000000000\nnotify: thread/pid.812\nClockID: 1\n';
 
@@ -76,4 +77,22 @@ t.test('timers round-trip through the image, and live timer signals are recognis
   t.ok(isTimerSignal(info(34, -2, 0), SYNTHETIC_TIMERS), 'POSIX timer 0');
   t.notOk(isTimerSignal(info(34, -2, 1), SYNTHETIC_TIMERS), 'no timer 1');
   t.notOk(isTimerSignal(info(14, 0x80), NO_TIMERS), 'not when timers are omitted');
+});
+
+t.test('a version 7 image (no timers.json) is refused, naming what it lacks', async (t) => {
+  const entries = imageEntries(syntheticImage());
+  entries.delete('timers.json');
+  const old = reseal(entries, {}, (m) => {
+    m.version = 7;
+    delete (m.entries as Record<string, unknown>)['timers.json'];
+  });
+  let error: unknown;
+  try {
+    parseImageEntries(old);
+  } catch (e) {
+    error = e;
+  }
+  t.ok(error instanceof ImageRejectedError, `refused: ${(error as Error | undefined)?.message}`);
+  t.match((error as ImageRejectedError).message, /has no timers\.json/);
+  t.equal((error as ImageRejectedError).field, 'version');
 });
