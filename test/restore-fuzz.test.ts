@@ -6,7 +6,7 @@ import path from 'node:path';
 import { isDeepStrictEqual } from 'node:util';
 import { ImageRejectedError } from '../harness/errors.ts';
 import { imageEntries, parseImageEntries, readCheckpointImage, writeCheckpointImage, type CheckpointImage } from '../harness/restore/checkpoint-image.ts';
-import { reseal, SYNTHETIC_LDT, syntheticImage as plainSyntheticImage } from './support/synthetic-image.ts';
+import { reseal, SYNTHETIC_LDT, SYNTHETIC_TIMERS, syntheticImage as plainSyntheticImage } from './support/synthetic-image.ts';
 import { prng } from './support/prng.ts';
 
 
@@ -14,9 +14,9 @@ const SEED = Number(process.env.CRH_FUZZ_SEED ?? 20261123);
 const BYTE_MUTATIONS = Number(process.env.CRH_FUZZ_BYTES ?? 6000);
 const FIELD_MUTATIONS = Number(process.env.CRH_FUZZ_FIELDS ?? 6000);
 
-/** The fuzzed image holds an LDT (and gs names its present entry), so that its bytes and fields are mutated too. */
+/** The fuzzed image holds an LDT (and gs names its present entry) and timers, so that their bytes and fields are mutated too. */
 const syntheticImage = (): CheckpointImage => {
-  const image = plainSyntheticImage({ ldt: SYNTHETIC_LDT });
+  const image = plainSyntheticImage({ ldt: SYNTHETIC_LDT, timers: SYNTHETIC_TIMERS });
   return { ...image, regs: { ...image.regs, gs: 0x1fn } };
 };
 
@@ -37,6 +37,26 @@ const INVALID: Array<{ entry: string; field: string; values: unknown[] }> = [
   { entry: 'debugregs.json', field: 'dr6', values: ['0x100000000', 'x'] },
   { entry: 'regs.json', field: 'gs', values: ['0x37', '0x27', '0xffff', '0x10'] },
   { entry: 'ldt.json', field: 'entries', values: [null, {}, 'x', undefined] },
+  { entry: 'timers.json', field: 'itimers', values: [null, {}, 'x', undefined, [1, 2, 3, 4]] },
+  { entry: 'timers.json', field: 'itimers.0.which', values: ['REAL', 0, 'alarm', null, undefined] },
+  { entry: 'timers.json', field: 'itimers.0.valueNs', values: ['1500', '-1', '0x10', 1000, '4611686018427387904', '', undefined] },
+  { entry: 'timers.json', field: 'itimers.0.intervalNs', values: ['0', '999', '1e6', '00', 1_000_000] },
+  { entry: 'timers.json', field: 'itimers.0.extra', values: [1, 'x'] },
+  { entry: 'timers.json', field: 'posix.0.id', values: [-1, 3, 4097, 1.5, '0', null, undefined] },
+  { entry: 'timers.json', field: 'posix.1.id', values: [0, -3, 100000] },
+  { entry: 'timers.json', field: 'posix.0.clock', values: [3, 4, 8, 9, -6, 12, '1'] },
+  { entry: 'timers.json', field: 'posix.0.signo', values: [0, 9, 19, 65, -1, '34'] },
+  { entry: 'timers.json', field: 'posix.0.notify', values: ['thread', 'SIGEV_SIGNAL', 4, null] },
+  { entry: 'timers.json', field: 'posix.0.tid', values: [42, 7, -1] },
+  { entry: 'timers.json', field: 'posix.1.tid', values: [0, 43, 4194305] },
+  { entry: 'timers.json', field: 'posix.0.sival', values: ['0x10000000000000000', '1234', 5, null] },
+  { entry: 'timers.json', field: 'posix.0.overrun', values: [-1, 2147483648, 0.5, '2'] },
+  { entry: 'timers.json', field: 'posix.0.valueNs', values: ['-5', 'abc', '9999999999999999999'] },
+  { entry: 'timers.json', field: 'timerfds.0.fd', values: [0, 2, 65536, '5', null] },
+  { entry: 'timers.json', field: 'timerfds.0.clock', values: [2, 3, 11, -1] },
+  { entry: 'timers.json', field: 'timerfds.0.flags', values: [1, 0o2, 0o4001, 0o10000000, -1] },
+  { entry: 'timers.json', field: 'timerfds.0.ticks', values: ['-1', '9223372036854775808', 3] },
+  { entry: 'timers.json', field: 'timerfds', values: [null, 'x', {}] },
   { entry: 'ldt.json', field: 'entries.0.entry_number', values: [8192, -1, 5, 1.5, '3', null, undefined] },
   { entry: 'ldt.json', field: 'entries.1.entry_number', values: [3, 2, 8192] },
   { entry: 'ldt.json', field: 'entries.0.base_addr', values: ['0x100000000', 4096, '-0x1', undefined] },

@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/personality.h>
+#include <sys/prctl.h>
 #include <limits.h>
 #include <sys/ptrace.h>
 #include <sys/syscall.h>
@@ -1005,6 +1006,29 @@ out:
 	return rc;
 }
 
+/*
+ * The agent is a child subreaper (main): a program that daemonizes leaves
+ * its daemon to the agent when its parent exits, so a run's leftovers stay
+ * findable below the agent (the host kills them between runs). Their
+ * zombies are reaped here, before each SPAWN, so none keeps a pid taken;
+ * tracked tasks are left to the waits that expect them.
+ */
+static void reap_orphans(void)
+{
+	char path[64];
+	FILE *f;
+	int child, st;
+
+	snprintf(path, sizeof path, "/proc/self/task/%d/children", (int)getpid());
+	f = fopen(path, "re");
+	if (!f)
+		return;
+	while (fscanf(f, "%d", &child) == 1)
+		if (!is_tracked(child))
+			waitpid(child, &st, __WALL | WNOHANG);
+	fclose(f);
+}
+
 static int op_spawn(struct call *c)
 {
 	uint32_t flags = rd_u32(&c->in, "flags");
@@ -1018,6 +1042,7 @@ static int op_spawn(struct call *c)
 
 	if (parsed(c))
 		goto out;
+	reap_orphans();
 	if (flags & ~(SPAWN_NO_ASLR | SPAWN_EXACT_PID)) {
 		fail(c, EINVAL, "flags: unknown bits 0x%x", flags & ~(SPAWN_NO_ASLR | SPAWN_EXACT_PID));
 		goto out;
@@ -1827,7 +1852,10 @@ static int op_inject_syscall(struct call *c)
 	uint64_t base, word, patched, dr6;
 	unsigned long msg;
 	pid_t born = 0;
-	int st, phase;
+	int st, phase, resume_sig = 0;
+	/* Signals that arrived before the call ran, put back in the queue (see below). */
+	uint64_t requeued = 0, mask_before = 0;
+	bool mask_changed = false;
 
 	for (int i = 0; i < 6; i++) {
 		char name[24];
@@ -1864,10 +1892,11 @@ static int op_inject_syscall(struct call *c)
 
 	/* phase 0: waiting for syscall-enter, 1: for syscall-exit. */
 	for (phase = 0; phase < 2;) {
-		if (ptrace(PTRACE_SYSCALL, pid, 0, 0) < 0) {
+		if (ptrace(PTRACE_SYSCALL, pid, 0, (void *)(long)resume_sig) < 0) {
 			fail_errno(c, "PTRACE_SYSCALL %d", (int)pid);
 			goto restore;
 		}
+		resume_sig = 0;
 		if (wait_for(pid, &st) < 0) {
 			fail_errno(c, "waitpid %d", (int)pid);
 			goto restore;
@@ -1876,6 +1905,15 @@ static int op_inject_syscall(struct call *c)
 			return fail(c, ESRCH, "process %d ended during the injected syscall %llu (wait status 0x%x)",
 				    (int)pid, (unsigned long long)nr, st);
 		if (st >> 8 == SYSCALL_STOP) {
+			/* The call runs under the mask it was given, not the one
+			 * that held a requeued signal back. */
+			if (phase == 0 && mask_changed) {
+				if (ptrace(PTRACE_SETSIGMASK, pid, (void *)sizeof mask_before, &mask_before) < 0) {
+					fail_errno(c, "PTRACE_SETSIGMASK %d (putting the mask back)", (int)pid);
+					goto restore;
+				}
+				mask_changed = false;
+			}
 			phase++;
 			continue;
 		}
@@ -1901,6 +1939,37 @@ static int op_inject_syscall(struct call *c)
 			ptrace(PTRACE_POKEUSER, pid, (void *)DR6_OFFSET, 0);
 			continue;
 		}
+		/*
+		 * A signal (a periodic timer, say) was dequeued on the way to
+		 * the injected instruction: it belongs to the process, not to
+		 * the call. Blocked now and handed back on resume, the kernel
+		 * queues it again with its siginfo and on its own queue
+		 * (ptrace_signal: "if the (new) signal is now blocked, requeue
+		 * it"), so a checkpoint finds it pending; then the call is
+		 * tried again. SIGSTOP cannot be blocked, and a signal that
+		 * comes back at once is raised by the attempt itself (a fault):
+		 * those still fail.
+		 */
+		if (phase == 0 && WSTOPSIG(st) != SIGSTOP && WSTOPSIG(st) != SIGKILL &&
+		    !(requeued & (1ull << (WSTOPSIG(st) - 1)))) {
+			uint64_t mask;
+
+			if (ptrace(PTRACE_GETSIGMASK, pid, (void *)sizeof mask, &mask) < 0) {
+				fail_errno(c, "PTRACE_GETSIGMASK %d", (int)pid);
+				goto restore;
+			}
+			if (!mask_changed)
+				mask_before = mask;
+			mask |= 1ull << (WSTOPSIG(st) - 1);
+			if (ptrace(PTRACE_SETSIGMASK, pid, (void *)sizeof mask, &mask) < 0) {
+				fail_errno(c, "PTRACE_SETSIGMASK %d", (int)pid);
+				goto restore;
+			}
+			mask_changed = true;
+			requeued |= 1ull << (WSTOPSIG(st) - 1);
+			resume_sig = WSTOPSIG(st);
+			continue;
+		}
 		fail(c, EINTR, "signal %d stopped process %d before the injected syscall ran; "
 			 "registers and memory restored, process left in that signal-delivery stop",
 			 WSTOPSIG(st), (int)pid);
@@ -1914,6 +1983,8 @@ static int op_inject_syscall(struct call *c)
 	wr_u64(&c->out, regs.rax);
 
 restore:
+	if (mask_changed && ptrace(PTRACE_SETSIGMASK, pid, (void *)sizeof mask_before, &mask_before) < 0 && !c->err)
+		fail_errno(c, "PTRACE_SETSIGMASK %d (putting the mask back)", (int)pid);
 	/* Left in its first stop (PTRACE_EVENT_STOP), before any instruction of
 	 * its own: the next request may address it. */
 	if (born && wait_for(born, &st) < 0 && !c->err)
@@ -2822,6 +2893,8 @@ int main(void)
 	 * tracees and suppress stop notifications. */
 	signal(SIGCHLD, SIG_DFL);
 	signal(SIGPIPE, SIG_IGN);
+	/* Orphans of the programs it runs become its children (reap_orphans). */
+	prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
 	sigemptyset(&sigchld_set);
 	sigaddset(&sigchld_set, SIGCHLD);
 	sigprocmask(SIG_BLOCK, &sigchld_set, NULL);

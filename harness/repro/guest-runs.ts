@@ -13,6 +13,7 @@ import { criuCheckpointedRun } from './criu-run.ts';
 import type { PlatformProfile } from '../platform/profile.ts';
 import type { PlatformFacts } from '../restore/checkpoint-image.ts';
 import { hex } from '../x86/registers.ts';
+import { cleanStartCommand, killedPids } from './clean-start.ts';
 import { describeStatus } from './compare.ts';
 import type { ReproRequest } from './options.ts';
 import type { PreparedProgram } from './prepare.ts';
@@ -41,7 +42,14 @@ export async function runInGuest(request: ReproRequest, prepared: PreparedProgra
     // Console level 7: the kernel's "segfault at ..." lines (KERN_INFO) reach the console log too.
     await ssh.run(`mkdir -p ${GUEST_DIRS.bin} ${GUEST_DIRS.out} ${GUEST_DIRS.work} && echo 7 > /proc/sys/kernel/printk`);
     await ssh.upload(guestBinary, prepared.program.data, 0o755);
-    for (const f of prepared.files) await ssh.upload(`${GUEST_DIRS.work}/${path.basename(f.file)}`, f.data, f.mode);
+    // Each run starts clean (clean-start.ts): nothing the previous one left
+    // running, a working directory at the same path holding only the --file
+    // inputs, copied again.
+    const cleanStart = async (run: string): Promise<void> => {
+      const killed = killedPids(await ssh.run(cleanStartCommand(GUEST_DIRS.work)));
+      if (killed.length > 0) progress.note(`before the ${run}: killed what the previous run left running (pid ${killed.join(', ')})`);
+      for (const f of prepared.files) await ssh.upload(`${GUEST_DIRS.work}/${path.basename(f.file)}`, f.data, f.mode);
+    };
 
     const program: GuestProgram = { binary: guestBinary, argv: [guestBinary, ...request.args], envp: [`CRH_READY_FILE=${READY_FILE}`] };
     const ctx: RunContext = {
@@ -59,14 +67,17 @@ export async function runInGuest(request: ReproRequest, prepared: PreparedProgra
         await ssh.run(`echo ${shellQuote(`<5>${text}`)} > /dev/kmsg`);
       },
     };
+    await cleanStart('native run');
     await ctx.phase('native run', 'no tracer, no breakpoint');
     const native = await nativeReference(ctx);
     progress.note(`${describeStatus(native)}, ${native.output.length} bytes of output (pid ${native.pid})`);
+    await cleanStart('uninterrupted run');
     await ctx.phase('uninterrupted run');
     // As the native run's pid: a native run cannot choose its pid, the agent can (clone3 set_tid).
     const reference = await referenceRun(ctx, native.pid);
     const hits = prepared.breakAt !== undefined ? `, ${reference.hits} executions of ${hex(prepared.breakAt)}` : '';
     progress.note(`${describeStatus(reference)}, ${reference.output.length} bytes of output${hits}, ${reference.elapsedMs} ms (pid ${reference.pid})`);
+    await cleanStart('checkpointed run');
     const criu = guest.image.criu;
     if (request.engine === 'criu' && !criu) throw new InfraError('the image built for --engine criu has no CRIU');
     const checkpointed =

@@ -9,7 +9,7 @@ import { readGuestText } from '../agent/read-file.ts';
 import { constants } from 'node:os';
 import type { AgentClient } from '../agent/client.ts';
 import { DR7_EXECUTE_DR0 } from '../agent/breakpoint-spawn.ts';
-import { CrhError, AgentError } from '../errors.ts';
+import { CheckpointError, CrhError, AgentError } from '../errors.ts';
 import { isInfraFailure } from '../report/infra-failures.ts';
 import { checkpointProcess } from '../restore/checkpoint.ts';
 import { writeCheckpointImage, type CheckpointImage, type PlatformFacts, type ProcessInfo } from '../restore/checkpoint-image.ts';
@@ -192,9 +192,11 @@ export async function checkpointedRun(ctx: RunContext, reference: Reference, pla
   await ctx.phase('checkpoint', `${stoppedBy}, rip ${hex(regs.rip)}`);
   const process: ProcessInfo = { binary: ctx.program.binary, argv: ctx.program.argv, envp: ctx.program.envp, noAslr: true, pid };
   const image = await checkpointProcess(agent, process, platform).catch((error: unknown) => {
-    // Something the image cannot express (a socket, a pipe): no verdict is possible.
+    // Something the image cannot express (a socket, a pipe), or a checkpoint
+    // that failed: a limitation of the C/R under test, never the user's
+    // mistake — crh exits 1 with the reason, not 2.
     if (!(error instanceof CrhError) || isInfraFailure(error)) throw error;
-    throw new UsageError(`the program cannot be checkpointed at this point: ${error.message}`, error.details, { cause: error });
+    throw new CheckpointError(`the program could not be checkpointed at this point: ${error.message}`, error.details, { cause: error });
   });
   await writeCheckpointImage(image, imageFile);
   const outputBefore = await readOutput(agent, before);

@@ -17,6 +17,7 @@ import { ALL_BLOCKABLE, finalMaskStep, signalSteps } from './signals.ts';
 import { applyThreadRseqFixups, debugRegSteps, linkSteps, threadCreationSteps, threadFinalSteps, type ThreadFixup } from './threads.ts';
 import { fileSteps, sessionSteps } from './files.ts';
 import { ldtSteps } from './ldt.ts';
+import { timerSteps } from './timers.ts';
 import { presentSlices, userfaultfdSteps } from './userfaultfd.ts';
 import { rewindInterruptedSyscall } from './syscall-restart.ts';
 import { brkStep, protectStep, rseqStep } from './syscall-steps.ts';
@@ -147,6 +148,14 @@ export function compileRestorePlan(checkpointed: CheckpointImage, probe: TargetP
     if (signals && signalPart.length === 0) steps.push({ op: { op: 'SETSIGMASK', pid, mask: ALL_BLOCKABLE }, why: 'block every signal before the threads are created: they start with this mask, and nothing is delivered to a half-restored process' });
     if (xstateSetEarlier) steps.push(xstateStep(image, pid, 'FPU/SSE/AVX state (xstate) of the main thread, before the threads are created: each starts with a copy'));
     steps.push(...threadCreationSteps(pid, image, policy, freePage(probe.maps, imageMaps)));
+  }
+
+  // Timers (timers.ts) once the threads exist — a SIGEV_THREAD_ID timer
+  // names one — and every signal is blocked: one that fires while the rest
+  // of the plan runs waits in the queue until the image's mask is set.
+  if (!omits(policy, 'timers')) {
+    const fdsNow = [...openFds, ...userfaultfds.map((u) => u.fd)];
+    steps.push(...timerSteps(pid, image.process.pid, image.timers, fdsNow, freePage(probe.maps, imageMaps)));
   }
 
   steps.push(...registerSteps(image, probe, imageMaps, policy, { xstateSetEarlier }));

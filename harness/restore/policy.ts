@@ -72,8 +72,12 @@ export type RseqFixupPolicy = (typeof RSEQ_FIXUP_POLICIES)[number];
  *   register is loaded as null when the task first runs, and a program that
  *   loads one of its LDT selectors itself gets #GP (SIGSEGV) — also where
  *   the entry was a not-present one, which raises #NP (SIGBUS).
+ * - timers: no interval timer, POSIX timer or timerfd is created or armed
+ *   (timers.ts) — a restorer that knows nothing of timers: a program
+ *   waiting for its periodic SIGALRM waits for ever, and a timerfd's
+ *   descriptor is not there.
  */
-export const OMITTABLE = ['debugregs', 'xstate', 'tls', 'rseq', 'signals', 'files', 'thread-xstate', 'thread-masks', 'thread-links', 'mapping-kinds', 'userfaultfd', 'ldt'] as const;
+export const OMITTABLE = ['debugregs', 'xstate', 'tls', 'rseq', 'signals', 'files', 'thread-xstate', 'thread-masks', 'thread-links', 'mapping-kinds', 'userfaultfd', 'ldt', 'timers'] as const;
 export type Omittable = (typeof OMITTABLE)[number];
 
 /** The segment registers and bases that make up a 64-bit task's TLS. */

@@ -23,6 +23,7 @@ import { SIGINFO_BYTES, signalStateProblem, type SignalState } from './signals.t
 import { taskStateProblem, type FileKind, type TaskState } from './files.ts';
 import { regionUserfaultProblem, userfaultfdsProblem, type UserfaultfdState } from './userfaultfd.ts';
 import { ldtProblem, LDT_ENTRIES, LDT_ENTRY_KEYS, type LdtEntry } from './ldt.ts';
+import { ITIMERS, POSIX_NOTIFY, timerStateProblem, type IntervalTimer, type PosixTimer, type TimerfdState, type TimerState } from './timers.ts';
 import { linksProblem, MAX_THREADS, MAX_TID, threadXstateEntry, type ThreadLinks, type ThreadState } from './threads.ts';
 
 export interface UntrustedImage {
@@ -36,6 +37,7 @@ export interface UntrustedImage {
   task: unknown;
   threads: unknown;
   ldt: unknown;
+  timers: unknown;
   xstate: Buffer;
   maps: string;
   regions: unknown;
@@ -454,6 +456,69 @@ export function ldtSelectorProblem(regs: UserRegs, ldt: readonly LdtEntry[], ent
   return undefined;
 }
 
+const DECIMAL = /^(?:0|[1-9][0-9]{0,19})$/;
+
+/**
+ * timers.json: { itimers, posix, timerfds } (timers.ts) — times as decimal
+ * strings of nanoseconds, sigev_value in hex, the rest small integers and
+ * names; every key known, every value in range (timerStateProblem), a
+ * thread-id timer naming a thread of the image, a timerfd at a descriptor
+ * no other part of the image restores.
+ */
+export function validateTimers(raw: unknown, tids: ReadonlySet<number>, fds: ReadonlySet<number>): TimerState {
+  const e = 'timers.json';
+  const object = (v: unknown, at: string): Record<string, unknown> => {
+    if (typeof v !== 'object' || v === null || Array.isArray(v)) reject(e, at, 'must be an object');
+    return v as Record<string, unknown>;
+  };
+  const only = (o: Record<string, unknown>, at: string, keys: readonly string[]): void => {
+    for (const key of Object.keys(o)) if (!keys.includes(key)) reject(e, `${at}.${key}`, 'unknown field');
+  };
+  const list = (v: unknown, at: string, max: number): unknown[] => {
+    if (!Array.isArray(v) || v.length > max) reject(e, at, `must be a list of at most ${max}`);
+    return v;
+  };
+  const int = (o: Record<string, unknown>, at: string, key: string): number => {
+    if (!Number.isSafeInteger(o[key])) reject(e, `${at}.${key}`, `must be an integer, got ${JSON.stringify(o[key])?.slice(0, 40)}`);
+    return o[key] as number;
+  };
+  const ns = (o: Record<string, unknown>, at: string, key: string): bigint => {
+    if (typeof o[key] !== 'string' || !DECIMAL.test(o[key] as string)) reject(e, `${at}.${key}`, `must be a decimal string, got ${JSON.stringify(o[key])?.slice(0, 40)}`);
+    return BigInt(o[key] as string);
+  };
+  const oneOf = <T extends string>(o: Record<string, unknown>, at: string, key: string, names: readonly T[]): T => {
+    if (!(names as readonly unknown[]).includes(o[key])) reject(e, `${at}.${key}`, `must be one of ${names.join(', ')}, got ${JSON.stringify(o[key])?.slice(0, 40)}`);
+    return o[key] as T;
+  };
+  const root = object(raw, '(root)');
+  only(root, '(root)', ['itimers', 'posix', 'timerfds']);
+  const itimers = list(root.itimers, 'itimers', ITIMERS.length).map((item, i): IntervalTimer => {
+    const at = `itimers[${i}]`;
+    const o = object(item, at);
+    only(o, at, ['which', 'valueNs', 'intervalNs']);
+    return { which: oneOf(o, at, 'which', ITIMERS), valueNs: ns(o, at, 'valueNs'), intervalNs: ns(o, at, 'intervalNs') };
+  });
+  const posix = list(root.posix, 'posix', 256).map((item, i): PosixTimer => {
+    const at = `posix[${i}]`;
+    const o = object(item, at);
+    only(o, at, ['id', 'clock', 'signo', 'sival', 'notify', 'tid', 'overrun', 'valueNs', 'intervalNs']);
+    return {
+      id: int(o, at, 'id'), clock: int(o, at, 'clock'), signo: int(o, at, 'signo'), sival: u64(e, `${at}.sival`, o.sival), notify: oneOf(o, at, 'notify', POSIX_NOTIFY),
+      tid: int(o, at, 'tid'), overrun: int(o, at, 'overrun'), valueNs: ns(o, at, 'valueNs'), intervalNs: ns(o, at, 'intervalNs'),
+    };
+  });
+  const timerfds = list(root.timerfds, 'timerfds', 1024).map((item, i): TimerfdState => {
+    const at = `timerfds[${i}]`;
+    const o = object(item, at);
+    only(o, at, ['fd', 'clock', 'flags', 'ticks', 'valueNs', 'intervalNs']);
+    return { fd: int(o, at, 'fd'), clock: int(o, at, 'clock'), flags: int(o, at, 'flags'), ticks: ns(o, at, 'ticks'), valueNs: ns(o, at, 'valueNs'), intervalNs: ns(o, at, 'intervalNs') };
+  });
+  const state = { itimers, posix, timerfds };
+  const problem = timerStateProblem(state, tids, fds);
+  if (problem) reject(e, problem.field, problem.why);
+  return state;
+}
+
 export function validateImage(raw: UntrustedImage): CheckpointImage {
   if (typeof raw.created !== 'string') reject('manifest.json', 'created', 'must be a string');
   const process = validateProcess(raw.process);
@@ -479,6 +544,9 @@ export function validateImage(raw: UntrustedImage): CheckpointImage {
   const ldt = validateLdt(raw.ldt);
   const unbacked = ldtSelectorProblem(regs, ldt, 'regs.json') ?? threads.map((th, i) => ldtSelectorProblem(th.regs, ldt, 'threads.json', `threads[${i}].regs.`)).find(Boolean);
   if (unbacked) reject(unbacked.entry, unbacked.field, unbacked.why);
+  const tids = new Set([process.pid, ...threads.map((th) => th.tid)]);
+  const fds = new Set([...task.files.map((f) => f.fd), ...(task.userfaultfds ?? []).map((u) => u.fd)]);
+  const timers = validateTimers(raw.timers, tids, fds);
   const memory = new Map(regions.flatMap((r) => (r.entry === null ? [] : [[r.entry, raw.entries.get(r.entry)!] as const])));
-  return { created: raw.created, process, platform, regs, debugRegs, rseq, signals, task, links, threads, ldt, xstate: raw.xstate, maps: raw.maps, regions, memory };
+  return { created: raw.created, process, platform, regs, debugRegs, rseq, signals, task, links, threads, ldt, timers, xstate: raw.xstate, maps: raw.maps, regions, memory };
 }
