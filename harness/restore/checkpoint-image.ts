@@ -26,6 +26,7 @@ import { signalsJson, type SignalState } from './signals.ts';
 import type { TaskState } from './files.ts';
 import { threadsJson, threadXstateEntry, type ThreadLinks, type ThreadState } from './threads.ts';
 import { ldtJson, type LdtEntry } from './ldt.ts';
+import { sleepJson, type SleepDeadline } from './sleep-deadline.ts';
 import { uniqueSibling } from '../util/atomic-write.ts';
 
 export const IMAGE_FORMAT = 'cr-harness-checkpoint';
@@ -38,15 +39,17 @@ export const IMAGE_FORMAT = 'cr-harness-checkpoint';
  * entry (its contents are the file's); 6: userfaultfds — task.json lists
  * them, and a region carries its registration mode and the pages the fault
  * server had not provided (userfaultfd.ts); 7: ldt.json, the entries the
- * process installed in its LDT with modify_ldt (ldt.ts).
+ * process installed in its LDT with modify_ldt (ldt.ts); 8: sleep.json, the
+ * deadline of a sleep the checkpoint interrupted (sleep-deadline.ts).
  */
-export const IMAGE_VERSION = 7;
+export const IMAGE_VERSION = 8;
 /**
  * Earlier versions are refused, each naming what it lacks: reading one as
  * the current version would invent the missing state as "none" — for an
  * LDT, a process whose LDT selectors then fault with #GP, far from the cause.
  */
 const OLDER_VERSIONS: Record<number, string> = {
+  7: 'has no sleep.json: a sleep it interrupted would start over on restore (take the checkpoint again)',
   6: 'has no ldt.json: it cannot say whether the process had an LDT (take the checkpoint again)',
 };
 const MANIFEST_DIGEST = 'manifest.sha256';
@@ -124,6 +127,8 @@ export interface CheckpointImage {
   threads: ThreadState[];
   /** the entries installed in the process's LDT, ascending by entry number; [] when it has none */
   ldt: LdtEntry[];
+  /** the deadline of the sleep the checkpoint interrupted (ERESTART_RESTARTBLOCK); null when none */
+  sleep: SleepDeadline | null;
   /** /proc/PID/maps at checkpoint time */
   maps: string;
   regions: MemoryRegion[];
@@ -161,6 +166,7 @@ export function imageEntries(image: CheckpointImage): Map<string, Buffer> {
   entries.set('task.json', json({ pgid: image.task.pgid, sid: image.task.sid, files: image.task.files.map((f) => ({ ...f, pos: f.pos.toString() })), userfaultfds: image.task.userfaultfds ?? [] }));
   entries.set('threads.json', json(threadsJson(image)));
   entries.set('ldt.json', json(ldtJson(image.ldt)));
+  entries.set('sleep.json', json(sleepJson(image.sleep)));
   entries.set('xstate.bin', image.xstate);
   for (const t of image.threads) entries.set(threadXstateEntry(t.tid), t.xstate);
   entries.set('maps.txt', Buffer.from(image.maps));
@@ -292,6 +298,7 @@ export function parseImageEntries(entries: Map<string, Buffer>): CheckpointImage
     task: parseJson(required(entries, 'task.json'), 'task.json'),
     threads: parseJson(required(entries, 'threads.json'), 'threads.json'),
     ldt: parseJson(required(entries, 'ldt.json'), 'ldt.json'),
+    sleep: parseJson(required(entries, 'sleep.json'), 'sleep.json'),
     xstate: required(entries, 'xstate.bin'),
     maps: required(entries, 'maps.txt').toString('utf8'),
     regions: regionsJson,

@@ -18,6 +18,7 @@ import { captureSignals, SS_DISABLE } from './signals.ts';
 import { captureLinks, otherThreads, type ThreadState } from './threads.ts';
 import { captureTask, CheckpointError } from './files.ts';
 import { captureLdt } from './ldt.ts';
+import { captureSleep } from './sleep-deadline.ts';
 import { refuseUncapturable } from './uncapturable.ts';
 import { absentRanges, checkRegistrations, parseSmapsRegistrations, presentSlices } from './userfaultfd.ts';
 import { AgentError } from '../errors.ts';
@@ -40,7 +41,10 @@ export interface CheckpointProcessOptions {
 export async function checkpointProcess(agent: AgentClient, process: ProcessInfo, platform: PlatformFacts, options: CheckpointProcessOptions = {}): Promise<CheckpointImage> {
   const pid = process.pid;
   // First, and before any call is injected: state no image can hold is refused by name (uncapturable.ts).
-  if ((options.uncapturable ?? 'refuse') === 'refuse') await refuseUncapturable(agent, pid, process.noAslr);
+  const refuse = (options.uncapturable ?? 'refuse') === 'refuse';
+  if (refuse) await refuseUncapturable(agent, pid, process.noAslr);
+  // The clock as close to the interruption as can be: it dates the sleep's deadline.
+  const sleep = await captureSleep(agent, pid, await agent.call({ op: 'GETREGS', pid }), refuse);
   const others = await otherThreads(agent, pid);
   const main = await threadRegisters(agent, pid);
   const threads: ThreadState[] = [];
@@ -87,7 +91,7 @@ export async function checkpointProcess(agent: AgentClient, process: ProcessInfo
     memory.set(entry, contents);
   }
   const { regs, xstate, debugRegs, rseq } = main;
-  return { created: new Date().toISOString(), process, platform, regs, xstate, debugRegs, rseq, signals, task, links: links.main, threads, ldt, maps, regions, memory };
+  return { created: new Date().toISOString(), process, platform, regs, xstate, debugRegs, rseq, signals, task, links: links.main, threads, ldt, sleep, maps, regions, memory };
 }
 
 /** What ptrace reads of one thread without running it: registers, xstate, debug registers, rseq registration. */

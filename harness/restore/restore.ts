@@ -18,6 +18,7 @@ import { rseqCsAddress, rseqCsPointer } from './rseq.ts';
 import { siginfoSigno } from './signals.ts';
 import { captureTask, type OpenFile, type TaskState } from './files.ts';
 import { assertThreadsAdmitted } from './threads.ts';
+import { BOOT_ID_PATH } from './sleep-deadline.ts';
 import { describeModes, describeUserfaultfd, parseSmapsRegistrations } from './userfaultfd.ts';
 import { errnoName } from '../agent/errno.ts';
 
@@ -64,7 +65,8 @@ export async function restoreProcess(agent: AgentClient, image: CheckpointImage,
     const maps = parseMaps((await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/maps`, maxSize: 1 << 20 })).toString('utf8'));
     const fds = (await agent.call({ op: 'LISTDIR', path: `/proc/${pid}/fd` })).map(Number);
     const files = await probeMappedFiles(agent, pid, mappedFiles(image.regions));
-    const plan = compileRestorePlan(image, { pid, regs, maps, fds, files }, options.policy);
+    const bootId = image.sleep ? (await agent.call({ op: 'READ_FILE', path: BOOT_ID_PATH, maxSize: 64 })).toString('latin1').trim() : undefined;
+    const plan = compileRestorePlan(image, { pid, regs, maps, fds, files, bootId }, options.policy);
     const steps = await agent.batch(plan.map((s) => s.op));
     checkSteps(plan, steps);
     const requested = fixedImage(image, options.policy).image;

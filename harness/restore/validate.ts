@@ -23,6 +23,7 @@ import { SIGINFO_BYTES, signalStateProblem, type SignalState } from './signals.t
 import { taskStateProblem, type FileKind, type TaskState } from './files.ts';
 import { regionUserfaultProblem, userfaultfdsProblem, type UserfaultfdState } from './userfaultfd.ts';
 import { ldtProblem, LDT_ENTRIES, LDT_ENTRY_KEYS, type LdtEntry } from './ldt.ts';
+import { BOOT_ID, sleepProblem, type SleepDeadline } from './sleep-deadline.ts';
 import { linksProblem, MAX_THREADS, MAX_TID, threadXstateEntry, type ThreadLinks, type ThreadState } from './threads.ts';
 
 export interface UntrustedImage {
@@ -36,6 +37,7 @@ export interface UntrustedImage {
   task: unknown;
   threads: unknown;
   ldt: unknown;
+  sleep: unknown;
   xstate: Buffer;
   maps: string;
   regions: unknown;
@@ -250,6 +252,34 @@ export function validateRseq(raw: unknown, regions: readonly MemoryRegion[], ent
   const problem = checkRseqArea(rseq, regions);
   if (problem) reject(entry, `${at}${problem.startsWith('size') ? 'size' : 'area'}`, problem);
   return rseq;
+}
+
+/**
+ * sleep.json: null, or the deadline of the interrupted sleep — shapes here,
+ * meaning (the registers show that call, the clock adds up, the kernel can
+ * write rmtp and read the deadline) in sleep-deadline.ts sleepProblem.
+ */
+export function validateSleep(raw: unknown, regs: UserRegs, regions: readonly MemoryRegion[]): SleepDeadline | null {
+  const entry = 'sleep.json';
+  if (raw === null) return null;
+  if (typeof raw !== 'object' || Array.isArray(raw)) reject(entry, '(root)', 'must be null or an object');
+  const r = raw as Record<string, unknown>;
+  const keys = ['nr', 'rmtp', 'remainingNs', 'checkpointClockNs', 'deadlineNs', 'bootId'];
+  for (const key of Object.keys(r)) if (!keys.includes(key)) reject(entry, key, 'unknown field');
+  if (r.nr !== 35 && r.nr !== 230) reject(entry, 'nr', `must be 35 (nanosleep) or 230 (clock_nanosleep), got ${JSON.stringify(r.nr)?.slice(0, 40)}`);
+  if (typeof r.bootId !== 'string' || !BOOT_ID.test(r.bootId)) reject(entry, 'bootId', 'must be a boot id like 0f1e2d3c-...: 8-4-4-4-12 lower-case hex digits');
+  const sleep: SleepDeadline = {
+    nr: r.nr,
+    rmtp: u64(entry, 'rmtp', r.rmtp),
+    remainingNs: u64(entry, 'remainingNs', r.remainingNs),
+    checkpointClockNs: u64(entry, 'checkpointClockNs', r.checkpointClockNs),
+    deadlineNs: u64(entry, 'deadlineNs', r.deadlineNs),
+    bootId: r.bootId,
+  };
+  const writable = (start: bigint, length: bigint): boolean => regions.some((m) => m.perms[1] === 'w' && m.start <= start && start + length <= m.end);
+  const problem = sleepProblem(sleep, regs, writable);
+  if (problem) reject(entry, problem.field, problem.why);
+  return sleep;
 }
 
 const HEX_BYTES = /^(?:[0-9a-f]{2})*$/;
@@ -479,6 +509,7 @@ export function validateImage(raw: UntrustedImage): CheckpointImage {
   const ldt = validateLdt(raw.ldt);
   const unbacked = ldtSelectorProblem(regs, ldt, 'regs.json') ?? threads.map((th, i) => ldtSelectorProblem(th.regs, ldt, 'threads.json', `threads[${i}].regs.`)).find(Boolean);
   if (unbacked) reject(unbacked.entry, unbacked.field, unbacked.why);
+  const sleep = validateSleep(raw.sleep, regs, regions);
   const memory = new Map(regions.flatMap((r) => (r.entry === null ? [] : [[r.entry, raw.entries.get(r.entry)!] as const])));
-  return { created: raw.created, process, platform, regs, debugRegs, rseq, signals, task, links, threads, ldt, xstate: raw.xstate, maps: raw.maps, regions, memory };
+  return { created: raw.created, process, platform, regs, debugRegs, rseq, signals, task, links, threads, ldt, sleep, xstate: raw.xstate, maps: raw.maps, regions, memory };
 }
