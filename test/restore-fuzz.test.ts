@@ -6,7 +6,7 @@ import path from 'node:path';
 import { isDeepStrictEqual } from 'node:util';
 import { ImageRejectedError } from '../harness/errors.ts';
 import { imageEntries, parseImageEntries, readCheckpointImage, writeCheckpointImage, type CheckpointImage } from '../harness/restore/checkpoint-image.ts';
-import { reseal, SYNTHETIC_LDT, syntheticImage as plainSyntheticImage } from './support/synthetic-image.ts';
+import { reseal, SYNTHETIC_LDT, syntheticSleepImage } from './support/synthetic-image.ts';
 import { prng } from './support/prng.ts';
 
 
@@ -14,10 +14,13 @@ const SEED = Number(process.env.CRH_FUZZ_SEED ?? 20261123);
 const BYTE_MUTATIONS = Number(process.env.CRH_FUZZ_BYTES ?? 6000);
 const FIELD_MUTATIONS = Number(process.env.CRH_FUZZ_FIELDS ?? 6000);
 
-/** The fuzzed image holds an LDT (and gs names its present entry), so that its bytes and fields are mutated too. */
+/**
+ * The fuzzed image holds an LDT (and gs names its present entry) and an
+ * interrupted sleep's deadline, so that their bytes and fields are mutated too.
+ */
 const syntheticImage = (): CheckpointImage => {
-  const image = plainSyntheticImage({ ldt: SYNTHETIC_LDT });
-  return { ...image, regs: { ...image.regs, gs: 0x1fn } };
+  const image = syntheticSleepImage();
+  return { ...image, ldt: SYNTHETIC_LDT, regs: { ...image.regs, gs: 0x1fn } };
 };
 
 /**
@@ -46,6 +49,12 @@ const INVALID: Array<{ entry: string; field: string; values: unknown[] }> = [
   { entry: 'ldt.json', field: 'entries.0.seg_not_present', values: [1, 2, true] },
   { entry: 'ldt.json', field: 'entries.1.useable', values: [2, false, '1'] },
   { entry: 'ldt.json', field: 'entries.0.dpl', values: [0, 3] },
+  { entry: 'sleep.json', field: 'nr', values: [7, 230, 202, '35', null, undefined] },
+  { entry: 'sleep.json', field: 'rmtp', values: ['0x0', '0x100b0008', '0x7ffffffff000', '0xffffffff81000000', 4096, undefined] },
+  { entry: 'sleep.json', field: 'deadlineNs', values: ['0x0', '0x8000000000000000', '0x17487b5801', '1', undefined] },
+  { entry: 'sleep.json', field: 'remainingNs', values: ['-0x1', '0x10000000000000000', undefined] },
+  { entry: 'sleep.json', field: 'bootId', values: ['', 'x', '0F1E2D3C-4B5A-6978-8796-A5B4C3D2E1F0', 7, undefined] },
+  { entry: 'sleep.json', field: 'extra', values: [0, 'x'] },
 ];
 
 /** Sets (or, for undefined, deletes) the value at a dotted path. */

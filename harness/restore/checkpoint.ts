@@ -40,11 +40,13 @@ export interface CheckpointProcessOptions {
 
 export async function checkpointProcess(agent: AgentClient, process: ProcessInfo, platform: PlatformFacts, options: CheckpointProcessOptions = {}): Promise<CheckpointImage> {
   const pid = process.pid;
-  // First, and before any call is injected: state no image can hold is refused by name (uncapturable.ts).
   const refuse = (options.uncapturable ?? 'refuse') === 'refuse';
-  if (refuse) await refuseUncapturable(agent, pid, process.noAslr);
-  // The clock as close to the interruption as can be: it dates the sleep's deadline.
+  // The clock first, as close to the interruption as can be: it dates an
+  // interrupted sleep's deadline, and the refusal's reads take a second under
+  // TCG. Its clock_gettime is the one call injected before the refusal.
   const sleep = await captureSleep(agent, pid, await agent.call({ op: 'GETREGS', pid }), refuse);
+  // Then, before anything else is injected: state no image can hold is refused by name (uncapturable.ts).
+  if (refuse) await refuseUncapturable(agent, pid, process.noAslr);
   const others = await otherThreads(agent, pid);
   const main = await threadRegisters(agent, pid);
   const threads: ThreadState[] = [];
