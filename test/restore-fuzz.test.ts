@@ -15,12 +15,13 @@ const BYTE_MUTATIONS = Number(process.env.CRH_FUZZ_BYTES ?? 6000);
 const FIELD_MUTATIONS = Number(process.env.CRH_FUZZ_FIELDS ?? 6000);
 
 /**
- * The fuzzed image holds an LDT (and gs names its present entry) and an
- * interrupted sleep's deadline, so that their bytes and fields are mutated too.
+ * The fuzzed image holds an LDT (and gs names its present entry), an
+ * interrupted sleep's deadline and protection keys, so that their bytes and
+ * fields are mutated too.
  */
 const syntheticImage = (): CheckpointImage => {
   const image = syntheticSleepImage();
-  return { ...image, ldt: SYNTHETIC_LDT, regs: { ...image.regs, gs: 0x1fn } };
+  return { ...image, ldt: SYNTHETIC_LDT, regs: { ...image.regs, gs: 0x1fn }, pkeys: { allocated: [1, 3], tagged: [{ start: 0x100a2000n, end: 0x100c5000n, pkey: 3 }] } };
 };
 
 /**
@@ -55,6 +56,11 @@ const INVALID: Array<{ entry: string; field: string; values: unknown[] }> = [
   { entry: 'sleep.json', field: 'remainingNs', values: ['-0x1', '0x10000000000000000', undefined] },
   { entry: 'sleep.json', field: 'bootId', values: ['', 'x', '0F1E2D3C-4B5A-6978-8796-A5B4C3D2E1F0', 7, undefined] },
   { entry: 'sleep.json', field: 'extra', values: [0, 'x'] },
+  { entry: 'pkeys.json', field: 'allocated', values: [[0], [16], [3, 1], [1, 1], [1], ['1'], null, undefined] },
+  { entry: 'pkeys.json', field: 'tagged.0.pkey', values: [0, 2, 16, -1, '3', undefined] },
+  { entry: 'pkeys.json', field: 'tagged.0.start', values: ['0x100a3000', '0x0', 5, undefined] },
+  { entry: 'pkeys.json', field: 'tagged.0.end', values: ['0x100c6000', '0x100c4000', 'x', undefined] },
+  { entry: 'pkeys.json', field: 'tagged', values: [{}, 'x', null, undefined] },
 ];
 
 /** Sets (or, for undefined, deletes) the value at a dotted path. */

@@ -27,6 +27,7 @@ import type { TaskState } from './files.ts';
 import { threadsJson, threadXstateEntry, type ThreadLinks, type ThreadState } from './threads.ts';
 import { ldtJson, type LdtEntry } from './ldt.ts';
 import { sleepJson, type SleepDeadline } from './sleep-deadline.ts';
+import { pkeysJson, type PkeyState } from './pkeys.ts';
 import { uniqueSibling } from '../util/atomic-write.ts';
 
 export const IMAGE_FORMAT = 'cr-harness-checkpoint';
@@ -40,7 +41,8 @@ export const IMAGE_FORMAT = 'cr-harness-checkpoint';
  * them, and a region carries its registration mode and the pages the fault
  * server had not provided (userfaultfd.ts); 7: ldt.json, the entries the
  * process installed in its LDT with modify_ldt (ldt.ts); 8: sleep.json, the
- * deadline of a sleep the checkpoint interrupted (sleep-deadline.ts).
+ * deadline of a sleep the checkpoint interrupted (sleep-deadline.ts), and
+ * pkeys.json, the allocated protection keys and tagged mappings (pkeys.ts).
  */
 export const IMAGE_VERSION = 8;
 /**
@@ -49,7 +51,7 @@ export const IMAGE_VERSION = 8;
  * LDT, a process whose LDT selectors then fault with #GP, far from the cause.
  */
 const OLDER_VERSIONS: Record<number, string> = {
-  7: 'has no sleep.json: a sleep it interrupted would start over on restore (take the checkpoint again)',
+  7: 'has no sleep.json and no pkeys.json: a sleep it interrupted would start over, and its protection keys would be lost (take the checkpoint again)',
   6: 'has no ldt.json: it cannot say whether the process had an LDT (take the checkpoint again)',
 };
 const MANIFEST_DIGEST = 'manifest.sha256';
@@ -129,6 +131,8 @@ export interface CheckpointImage {
   ldt: LdtEntry[];
   /** the deadline of the sleep the checkpoint interrupted (ERESTART_RESTARTBLOCK); null when none */
   sleep: SleepDeadline | null;
+  /** the protection keys the process had allocated and the mappings tagged with one (pkeys.ts) */
+  pkeys: PkeyState;
   /** /proc/PID/maps at checkpoint time */
   maps: string;
   regions: MemoryRegion[];
@@ -167,6 +171,7 @@ export function imageEntries(image: CheckpointImage): Map<string, Buffer> {
   entries.set('threads.json', json(threadsJson(image)));
   entries.set('ldt.json', json(ldtJson(image.ldt)));
   entries.set('sleep.json', json(sleepJson(image.sleep)));
+  entries.set('pkeys.json', json(pkeysJson(image.pkeys)));
   entries.set('xstate.bin', image.xstate);
   for (const t of image.threads) entries.set(threadXstateEntry(t.tid), t.xstate);
   entries.set('maps.txt', Buffer.from(image.maps));
@@ -299,6 +304,7 @@ export function parseImageEntries(entries: Map<string, Buffer>): CheckpointImage
     threads: parseJson(required(entries, 'threads.json'), 'threads.json'),
     ldt: parseJson(required(entries, 'ldt.json'), 'ldt.json'),
     sleep: parseJson(required(entries, 'sleep.json'), 'sleep.json'),
+    pkeys: parseJson(required(entries, 'pkeys.json'), 'pkeys.json'),
     xstate: required(entries, 'xstate.bin'),
     maps: required(entries, 'maps.txt').toString('utf8'),
     regions: regionsJson,

@@ -19,6 +19,7 @@ import { captureLinks, otherThreads, type ThreadState } from './threads.ts';
 import { captureTask, CheckpointError } from './files.ts';
 import { captureLdt } from './ldt.ts';
 import { captureSleep } from './sleep-deadline.ts';
+import { capturePkeys } from './pkeys.ts';
 import { refuseUncapturable } from './uncapturable.ts';
 import { absentRanges, checkRegistrations, parseSmapsRegistrations, presentSlices } from './userfaultfd.ts';
 import { AgentError } from '../errors.ts';
@@ -61,12 +62,14 @@ export async function checkpointProcess(agent: AgentClient, process: ProcessInfo
   const registrations = parseSmapsRegistrations((await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/smaps`, maxSize: 4 << 20 })).toString('utf8'));
   const dumped = parseMaps(maps).filter((m) => isDumped(m, process.binary)).map((m) => ({ ...m, userfault: registrations.get(m.start) ?? 0 }));
   checkRegistrations(pid, dumped, task.userfaultfds ?? []);
-  const { signals, links, absent, ldt } = await withRseqCsParked(agent, pid, [main.rseq, ...threads.map((t) => t.rseq)], async () => {
+  const { signals, links, absent, ldt, pkeys } = await withRseqCsParked(agent, pid, [main.rseq, ...threads.map((t) => t.rseq)], async () => {
     const signals = await captureSignals(agent, pid);
     const links = await captureLinks(agent, pid, others);
     const absent = await absentRanges(agent, pid, dumped.filter((m) => m.userfault !== 0).map((m) => [m.start, m.end] as const));
     const ldt = await captureLdt(agent, pid);
-    return { signals, links, absent, ldt };
+    // After every thread's xstate was read: the probe's pkey_alloc calls grant rights in this thread's PKRU.
+    const pkeys = await capturePkeys(agent, pid, dumped);
+    return { signals, links, absent, ldt, pkeys };
   });
   threads.forEach((t, i) => Object.assign(t, links.others[i]));
 
@@ -93,7 +96,7 @@ export async function checkpointProcess(agent: AgentClient, process: ProcessInfo
     memory.set(entry, contents);
   }
   const { regs, xstate, debugRegs, rseq } = main;
-  return { created: new Date().toISOString(), process, platform, regs, xstate, debugRegs, rseq, signals, task, links: links.main, threads, ldt, sleep, maps, regions, memory };
+  return { created: new Date().toISOString(), process, platform, regs, xstate, debugRegs, rseq, signals, task, links: links.main, threads, ldt, sleep, pkeys, maps, regions, memory };
 }
 
 /** What ptrace reads of one thread without running it: registers, xstate, debug registers, rseq registration. */

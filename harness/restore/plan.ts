@@ -20,6 +20,7 @@ import { ldtSteps } from './ldt.ts';
 import { presentSlices, userfaultfdSteps } from './userfaultfd.ts';
 import { rewindInterruptedSyscall } from './syscall-restart.ts';
 import { reissueSleep, type SleepReissue } from './sleep-deadline.ts';
+import { pkeySteps } from './pkeys.ts';
 import { brkStep, protectStep, rseqStep } from './syscall-steps.ts';
 
 export { PlanError, type PlanStep, type TargetProbe };
@@ -123,6 +124,9 @@ export function compileRestorePlan(checkpointed: CheckpointImage, probe: TargetP
   for (const region of image.regions) {
     steps.push(protectStep(pid, region.start, region.end - region.start, BigInt(protOf(region.perms)), `protections ${region.perms} on ${hex(region.start)}-${hex(region.end)}`));
   }
+
+  // Keys after the protections (pkey_mprotect sets both), before the registers: their xstate carries PKRU.
+  if (!omits(policy, 'pkeys')) steps.push(...pkeySteps(pid, image.pkeys, image.regions));
 
   if (!omits(policy, 'files')) {
     steps.push(...sessionSteps(pid, image.process.pid, image.task));

@@ -24,6 +24,7 @@ import { taskStateProblem, type FileKind, type TaskState } from './files.ts';
 import { regionUserfaultProblem, userfaultfdsProblem, type UserfaultfdState } from './userfaultfd.ts';
 import { ldtProblem, LDT_ENTRIES, LDT_ENTRY_KEYS, type LdtEntry } from './ldt.ts';
 import { BOOT_ID, sleepProblem, type SleepDeadline } from './sleep-deadline.ts';
+import { pkeysProblem, type PkeyState } from './pkeys.ts';
 import { linksProblem, MAX_THREADS, MAX_TID, threadXstateEntry, type ThreadLinks, type ThreadState } from './threads.ts';
 
 export interface UntrustedImage {
@@ -38,6 +39,7 @@ export interface UntrustedImage {
   threads: unknown;
   ldt: unknown;
   sleep: unknown;
+  pkeys: unknown;
   xstate: Buffer;
   maps: string;
   regions: unknown;
@@ -282,6 +284,31 @@ export function validateSleep(raw: unknown, regs: UserRegs, regions: readonly Me
   return sleep;
 }
 
+/** pkeys.json: { allocated: [keys], tagged: [{ start, end, pkey }] } — shapes here, meaning in pkeys.ts pkeysProblem. */
+export function validatePkeys(raw: unknown, regions: readonly MemoryRegion[]): PkeyState {
+  const entry = 'pkeys.json';
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) reject(entry, '(root)', 'must be an object');
+  const r = raw as Record<string, unknown>;
+  for (const key of Object.keys(r)) if (!['allocated', 'tagged'].includes(key)) reject(entry, key, 'unknown field');
+  if (!Array.isArray(r.allocated) || r.allocated.length > 15) reject(entry, 'allocated', 'must be a list of at most 15 keys');
+  if (!Array.isArray(r.tagged) || r.tagged.length > 1 << 16) reject(entry, 'tagged', 'must be a list');
+  const allocated = (r.allocated as unknown[]).map((k, i): number => {
+    if (typeof k !== 'number' || !Number.isInteger(k)) reject(entry, `allocated[${i}]`, 'must be an integer');
+    return k;
+  });
+  const tagged = (r.tagged as unknown[]).map((t, i) => {
+    if (typeof t !== 'object' || t === null || Array.isArray(t)) reject(entry, `tagged[${i}]`, 'must be an object');
+    const o = t as Record<string, unknown>;
+    for (const key of Object.keys(o)) if (!['start', 'end', 'pkey'].includes(key)) reject(entry, `tagged[${i}].${key}`, 'unknown field');
+    if (typeof o.pkey !== 'number' || !Number.isInteger(o.pkey)) reject(entry, `tagged[${i}].pkey`, 'must be an integer');
+    return { start: u64(entry, `tagged[${i}].start`, o.start), end: u64(entry, `tagged[${i}].end`, o.end), pkey: o.pkey };
+  });
+  const pkeys = { allocated, tagged };
+  const problem = pkeysProblem(pkeys, regions);
+  if (problem) reject(entry, problem.field, problem.why);
+  return pkeys;
+}
+
 const HEX_BYTES = /^(?:[0-9a-f]{2})*$/;
 
 /** signals.json: shapes and ranges here, meaning against the image's mappings in signalStateProblem. */
@@ -510,6 +537,7 @@ export function validateImage(raw: UntrustedImage): CheckpointImage {
   const unbacked = ldtSelectorProblem(regs, ldt, 'regs.json') ?? threads.map((th, i) => ldtSelectorProblem(th.regs, ldt, 'threads.json', `threads[${i}].regs.`)).find(Boolean);
   if (unbacked) reject(unbacked.entry, unbacked.field, unbacked.why);
   const sleep = validateSleep(raw.sleep, regs, regions);
+  const pkeys = validatePkeys(raw.pkeys, regions);
   const memory = new Map(regions.flatMap((r) => (r.entry === null ? [] : [[r.entry, raw.entries.get(r.entry)!] as const])));
-  return { created: raw.created, process, platform, regs, debugRegs, rseq, signals, task, links, threads, ldt, sleep, xstate: raw.xstate, maps: raw.maps, regions, memory };
+  return { created: raw.created, process, platform, regs, debugRegs, rseq, signals, task, links, threads, ldt, sleep, pkeys, xstate: raw.xstate, maps: raw.maps, regions, memory };
 }

@@ -74,6 +74,7 @@ export function syntheticImage(overrides: Partial<CheckpointImage> = {}): Checkp
     threads: [],
     ldt: [],
     sleep: null,
+    pkeys: { allocated: [], tagged: [] },
     signals: { blocked: 0n, actions: [], altstack: { sp: 0n, flags: 2, size: 0n }, pending: { thread: [], shared: [] } },
     debugRegs: { dr0: 0x10001234n, dr1: 0n, dr2: 0n, dr3: 0n, dr6: 0xffff0ff0n, dr7: 0x1n },
     maps: SYNTHETIC_MAPS,
