@@ -13,10 +13,10 @@
  *
  * and exits 0 when all of it holds, 1 otherwise (2: no PKU here).
  *
- * A platform that never raises the protection-key fault (QEMU 7.2 TCG: the
- * write faults again and again, the kernel finding nothing wrong) is caught
- * by a 3 s alarm: the write is then reported as a-write=HANG, and the run
- * exits 3 — the host conditions on it, never waits forever.
+ * A platform that never raises the protection-key fault (the write faulting
+ * again and again, the kernel finding nothing wrong) is caught by a 3 s
+ * alarm: the write is then reported as a-write=HANG, and the run exits 3 —
+ * the host conditions on it, never waits forever.
  */
 #define _GNU_SOURCE
 #include <setjmp.h>
@@ -55,11 +55,32 @@ void __attribute__((noinline)) pkeys_checkpoint(void)
 	__asm__ volatile("" ::: "memory");
 }
 
-/* Writes through p; returns 1 when it faulted (or hung: `hung` says so). */
+static unsigned int rdpkru(void)
+{
+	unsigned int eax, edx;
+
+	__asm__ volatile("rdpkru" : "=a"(eax), "=d"(edx) : "c"(0));
+	return eax;
+}
+
+static void wrpkru(unsigned int value)
+{
+	__asm__ volatile("wrpkru" ::"a"(value), "c"(0), "d"(0) : "memory");
+}
+
+/*
+ * Writes through p; returns 1 when it faulted (or hung: `hung` says so).
+ * The kernel runs a signal handler with the default PKRU and siglongjmp
+ * does not give PKRU back: it is put back here, or every later access
+ * through a key would fault.
+ */
 static int faults_on_write(volatile char *p)
 {
+	unsigned int pkru = rdpkru();
+
 	if (sigsetjmp(back, 1)) {
 		alarm(0);
+		wrpkru(pkru);
 		return 1;
 	}
 	alarm(HANG_SECONDS);
@@ -126,9 +147,9 @@ int main(void)
 	sigaction(SIGALRM, &sa, NULL);
 	key_a = smaps_key(a);
 	key_b = smaps_key(b);
+	pkru_k1 = pkey_get(k1);
 	a_faulted = faults_on_write(a);
 	b_faulted = faults_on_write(b);
-	pkru_k1 = pkey_get(k1);
 	next = pkey_alloc(0, 0);
 	if (hung)
 		printf("pkeys a-write=HANG");

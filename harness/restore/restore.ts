@@ -19,6 +19,7 @@ import { siginfoSigno } from './signals.ts';
 import { captureTask, type OpenFile, type TaskState } from './files.ts';
 import { assertThreadsAdmitted } from './threads.ts';
 import { BOOT_ID_PATH } from './sleep-deadline.ts';
+import { parseSmapsPkeys } from './pkeys.ts';
 import { describeModes, describeUserfaultfd, parseSmapsRegistrations } from './userfaultfd.ts';
 import { errnoName } from '../agent/errno.ts';
 
@@ -137,7 +138,16 @@ async function readBack(agent: AgentClient, pid: number, plan: PlanStep[], image
   const task = files || userfaultfds ? await captureTask(agent, pid) : undefined;
   if (task && files) differences.push(...readBackTask(task, pid, image));
   if (task && userfaultfds) differences.push(...(await readBackUserfaultfds(agent, pid, image, task)));
+  if (!omits(policy, 'pkeys') && image.pkeys.tagged.length > 0) differences.push(...(await readBackPkeys(agent, pid, image)));
   return differences;
+}
+
+/** Each tagged mapping's protection key, as smaps shows it now. (The allocation map shows nowhere: the plan's pkey_alloc results were checked step by step.) */
+async function readBackPkeys(agent: AgentClient, pid: number, image: CheckpointImage): Promise<Difference[]> {
+  const keys = parseSmapsPkeys((await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/smaps`, maxSize: 4 << 20 })).toString('utf8'));
+  return image.pkeys.tagged
+    .filter((t) => keys.get(t.start) !== t.pkey)
+    .map((t) => ({ what: `pkey ${hex(t.start)}-${hex(t.end)}`, requested: String(t.pkey), accepted: String(keys.get(t.start) ?? 'no VMA there') }));
 }
 
 /**
