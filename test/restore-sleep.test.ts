@@ -4,7 +4,7 @@ import { ImageRejectedError } from '../harness/errors.ts';
 import { imageEntries, parseImageEntries } from '../harness/restore/checkpoint-image.ts';
 import { compileRestorePlan } from '../harness/restore/plan.ts';
 import { parseMaps } from '../harness/restore/proc-maps.ts';
-import { deadlineAddress, interruptedSleep, reissueSleep, restartBlockProblem, sleepDeadline, timespecBytes, timespecNs } from '../harness/restore/sleep-deadline.ts';
+import { deadlineAddress, interruptedSleep, reissueSleep, restartBlockProblem, sleepDeadline, threadRestartBlockProblem, timespecBytes, timespecNs } from '../harness/restore/sleep-deadline.ts';
 import type { UserRegs } from '../harness/x86/registers.ts';
 import { reseal, SYNTHETIC_BOOT_ID, SYNTHETIC_MAPS, SYNTHETIC_RMTP, syntheticRegs, syntheticSleepImage } from './support/synthetic-image.ts';
 
@@ -31,6 +31,9 @@ t.test('which interrupted calls have a deadline the checkpoint can see', async (
   t.match(restartBlockProblem(interrupted(7n)), /system call 7 .*restart_block/, 'poll: named');
   t.match(restartBlockProblem(interrupted(202n)), /system call 202/, 'a futex wait with a timeout: named');
   t.equal(restartBlockProblem(syntheticRegs({ rax: BigInt.asUintN(64, -512n), orig_rax: 202n })), undefined, 'ERESTARTSYS: no restart block');
+  t.match(threadRestartBlockProblem(9, interrupted(35n, { rsi: 0x1000n })), /^thread 9: .*main thread's sleep deadline only/, 'a sleeping thread other than the main one: named');
+  t.match(threadRestartBlockProblem(9, interrupted(7n)), /^thread 9: system call 7/, 'a polling thread: named');
+  t.equal(threadRestartBlockProblem(9, syntheticRegs({ rax: BigInt.asUintN(64, -512n), orig_rax: 202n })), undefined, 'a thread in a futex wait: none');
 });
 
 t.test('timespecs and the deadline', async (t) => {

@@ -18,7 +18,7 @@ import { captureSignals, SS_DISABLE } from './signals.ts';
 import { captureLinks, otherThreads, type ThreadState } from './threads.ts';
 import { captureTask, CheckpointError } from './files.ts';
 import { captureLdt } from './ldt.ts';
-import { captureSleep } from './sleep-deadline.ts';
+import { captureSleep, threadRestartBlockProblem } from './sleep-deadline.ts';
 import { capturePkeys } from './pkeys.ts';
 import { refuseUncapturable } from './uncapturable.ts';
 import { absentRanges, checkRegistrations, parseSmapsRegistrations, presentSlices } from './userfaultfd.ts';
@@ -56,6 +56,8 @@ export async function checkpointProcess(agent: AgentClient, process: ProcessInfo
     const blocked = await agent.call({ op: 'GETSIGMASK', pid: tid });
     const pending = await agent.call({ op: 'PEEKSIGINFO', pid: tid, shared: false });
     threads.push({ tid, ...t, blocked, pending, altstack: { sp: 0n, flags: SS_DISABLE, size: 0n }, clearChildTid: 0n, robustList: 0n });
+    const restartBlock = threadRestartBlockProblem(tid, t.regs);
+    if (restartBlock && refuse) throw new CheckpointError(`pid ${pid}: ${restartBlock}`, { state: 'restart_block', target: `thread ${tid}` });
   }
   const task = await captureTask(agent, pid);
   const maps = (await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/maps`, maxSize: 1 << 20 })).toString('utf8');

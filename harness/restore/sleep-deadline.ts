@@ -205,3 +205,14 @@ export async function captureSleep(agent: AgentClient, pid: number, regs: UserRe
   if (!deadline) throw new CheckpointError(`pid ${pid}: system call ${sleep.nr} left no valid timespec at rmtp ${hex(sleep.rmtp)} (${remaining.toString('hex')})`, { target: `pid ${pid}` });
   return deadline;
 }
+
+/**
+ * Why a thread other than the main one cannot be checkpointed where it is
+ * (undefined when it can): a restart block of any kind — the image holds the
+ * deadline of the main thread's sleep only, and a thread's call re-issued
+ * with its original arguments would start over.
+ */
+export function threadRestartBlockProblem(tid: number, regs: UserRegs): string | undefined {
+  if (BigInt.asIntN(64, regs.rax) !== -ERESTART_RESTARTBLOCK) return undefined;
+  return `thread ${tid}: ${restartBlockProblem(regs) ?? `system call ${BigInt.asIntN(64, regs.orig_rax)} (a sleep) was interrupted with ERESTART_RESTARTBLOCK: the image holds the main thread's sleep deadline only`}`;
+}
