@@ -6,7 +6,7 @@ import path from 'node:path';
 import { isDeepStrictEqual } from 'node:util';
 import { ImageRejectedError } from '../harness/errors.ts';
 import { imageEntries, parseImageEntries, readCheckpointImage, writeCheckpointImage, type CheckpointImage } from '../harness/restore/checkpoint-image.ts';
-import { reseal, SYNTHETIC_LDT, SYNTHETIC_TIMERS, syntheticImage as plainSyntheticImage } from './support/synthetic-image.ts';
+import { reseal, SYNTHETIC_LDT, SYNTHETIC_TIMERS, syntheticSleepImage } from './support/synthetic-image.ts';
 import { prng } from './support/prng.ts';
 
 
@@ -14,10 +14,14 @@ const SEED = Number(process.env.CRH_FUZZ_SEED ?? 20261123);
 const BYTE_MUTATIONS = Number(process.env.CRH_FUZZ_BYTES ?? 6000);
 const FIELD_MUTATIONS = Number(process.env.CRH_FUZZ_FIELDS ?? 6000);
 
-/** The fuzzed image holds an LDT (and gs names its present entry) and timers, so that their bytes and fields are mutated too. */
+/**
+ * The fuzzed image holds an LDT (and gs names its present entry), timers, an
+ * interrupted sleep's deadline and protection keys, so that their bytes and
+ * fields are mutated too.
+ */
 const syntheticImage = (): CheckpointImage => {
-  const image = plainSyntheticImage({ ldt: SYNTHETIC_LDT, timers: SYNTHETIC_TIMERS });
-  return { ...image, regs: { ...image.regs, gs: 0x1fn } };
+  const image = syntheticSleepImage();
+  return { ...image, ldt: SYNTHETIC_LDT, timers: SYNTHETIC_TIMERS, regs: { ...image.regs, gs: 0x1fn }, pkeys: { allocated: [1, 3], tagged: [{ start: 0x100a2000n, end: 0x100c5000n, pkey: 3 }] } };
 };
 
 /**
@@ -66,6 +70,17 @@ const INVALID: Array<{ entry: string; field: string; values: unknown[] }> = [
   { entry: 'ldt.json', field: 'entries.0.seg_not_present', values: [1, 2, true] },
   { entry: 'ldt.json', field: 'entries.1.useable', values: [2, false, '1'] },
   { entry: 'ldt.json', field: 'entries.0.dpl', values: [0, 3] },
+  { entry: 'sleep.json', field: 'nr', values: [7, 230, 202, '35', null, undefined] },
+  { entry: 'sleep.json', field: 'rmtp', values: ['0x0', '0x100b0008', '0x7ffffffff000', '0xffffffff81000000', 4096, undefined] },
+  { entry: 'sleep.json', field: 'deadlineNs', values: ['0x0', '0x8000000000000000', '0x17487b5801', '1', undefined] },
+  { entry: 'sleep.json', field: 'remainingNs', values: ['-0x1', '0x10000000000000000', undefined] },
+  { entry: 'sleep.json', field: 'bootId', values: ['', 'x', '0F1E2D3C-4B5A-6978-8796-A5B4C3D2E1F0', 7, undefined] },
+  { entry: 'sleep.json', field: 'extra', values: [0, 'x'] },
+  { entry: 'pkeys.json', field: 'allocated', values: [[0], [16], [3, 1], [1, 1], [1], ['1'], null, undefined] },
+  { entry: 'pkeys.json', field: 'tagged.0.pkey', values: [0, 2, 16, -1, '3', undefined] },
+  { entry: 'pkeys.json', field: 'tagged.0.start', values: ['0x100a3000', '0x0', 5, undefined] },
+  { entry: 'pkeys.json', field: 'tagged.0.end', values: ['0x100c6000', '0x100c4000', 'x', undefined] },
+  { entry: 'pkeys.json', field: 'tagged', values: [{}, 'x', null, undefined] },
 ];
 
 /** Sets (or, for undefined, deletes) the value at a dotted path. */

@@ -27,6 +27,8 @@ import type { TaskState } from './files.ts';
 import { threadsJson, threadXstateEntry, type ThreadLinks, type ThreadState } from './threads.ts';
 import { ldtJson, type LdtEntry } from './ldt.ts';
 import { timersJson, type TimerState } from './timers.ts';
+import { sleepJson, type SleepDeadline } from './sleep-deadline.ts';
+import { pkeysJson, type PkeyState } from './pkeys.ts';
 import { uniqueSibling } from '../util/atomic-write.ts';
 
 export const IMAGE_FORMAT = 'cr-harness-checkpoint';
@@ -40,7 +42,9 @@ export const IMAGE_FORMAT = 'cr-harness-checkpoint';
  * them, and a region carries its registration mode and the pages the fault
  * server had not provided (userfaultfd.ts); 7: ldt.json, the entries the
  * process installed in its LDT with modify_ldt (ldt.ts); 8: timers.json, the
- * interval timers, POSIX timers and timerfds (timers.ts).
+ * interval timers, POSIX timers and timerfds (timers.ts); sleep.json, the
+ * deadline of a sleep the checkpoint interrupted (sleep-deadline.ts), and
+ * pkeys.json, the allocated protection keys and tagged mappings (pkeys.ts).
  */
 export const IMAGE_VERSION = 8;
 /**
@@ -49,7 +53,7 @@ export const IMAGE_VERSION = 8;
  * LDT, a process whose LDT selectors then fault with #GP, far from the cause.
  */
 const OLDER_VERSIONS: Record<number, string> = {
-  7: 'has no timers.json: it cannot say whether the process had timers armed (take the checkpoint again)',
+  7: 'has no timers.json, sleep.json or pkeys.json: it cannot say whether the process had timers armed, a sleep it interrupted would start over, and its protection keys would be lost (take the checkpoint again)',
   6: 'has no ldt.json: it cannot say whether the process had an LDT (take the checkpoint again)',
 };
 const MANIFEST_DIGEST = 'manifest.sha256';
@@ -129,6 +133,10 @@ export interface CheckpointImage {
   ldt: LdtEntry[];
   /** interval timers, POSIX timers, timerfds */
   timers: TimerState;
+  /** the deadline of the sleep the checkpoint interrupted (ERESTART_RESTARTBLOCK); null when none */
+  sleep: SleepDeadline | null;
+  /** the protection keys the process had allocated and the mappings tagged with one (pkeys.ts) */
+  pkeys: PkeyState;
   /** /proc/PID/maps at checkpoint time */
   maps: string;
   regions: MemoryRegion[];
@@ -167,6 +175,8 @@ export function imageEntries(image: CheckpointImage): Map<string, Buffer> {
   entries.set('threads.json', json(threadsJson(image)));
   entries.set('ldt.json', json(ldtJson(image.ldt)));
   entries.set('timers.json', json(timersJson(image.timers)));
+  entries.set('sleep.json', json(sleepJson(image.sleep)));
+  entries.set('pkeys.json', json(pkeysJson(image.pkeys)));
   entries.set('xstate.bin', image.xstate);
   for (const t of image.threads) entries.set(threadXstateEntry(t.tid), t.xstate);
   entries.set('maps.txt', Buffer.from(image.maps));
@@ -299,6 +309,8 @@ export function parseImageEntries(entries: Map<string, Buffer>): CheckpointImage
     threads: parseJson(required(entries, 'threads.json'), 'threads.json'),
     ldt: parseJson(required(entries, 'ldt.json'), 'ldt.json'),
     timers: parseJson(required(entries, 'timers.json'), 'timers.json'),
+    sleep: parseJson(required(entries, 'sleep.json'), 'sleep.json'),
+    pkeys: parseJson(required(entries, 'pkeys.json'), 'pkeys.json'),
     xstate: required(entries, 'xstate.bin'),
     maps: required(entries, 'maps.txt').toString('utf8'),
     regions: regionsJson,

@@ -19,6 +19,8 @@ import { siginfoSigno } from './signals.ts';
 import { captureTask, type OpenFile, type TaskState } from './files.ts';
 import { assertThreadsAdmitted } from './threads.ts';
 import { isTimerSignal, NO_TIMERS, type TimerState } from './timers.ts';
+import { BOOT_ID_PATH } from './sleep-deadline.ts';
+import { parseSmapsPkeys } from './pkeys.ts';
 import { describeModes, describeUserfaultfd, parseSmapsRegistrations } from './userfaultfd.ts';
 import { errnoName } from '../agent/errno.ts';
 
@@ -65,7 +67,8 @@ export async function restoreProcess(agent: AgentClient, image: CheckpointImage,
     const maps = parseMaps((await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/maps`, maxSize: 1 << 20 })).toString('utf8'));
     const fds = (await agent.call({ op: 'LISTDIR', path: `/proc/${pid}/fd` })).map(Number);
     const files = await probeMappedFiles(agent, pid, mappedFiles(image.regions));
-    const plan = compileRestorePlan(image, { pid, regs, maps, fds, files }, options.policy);
+    const bootId = image.sleep ? (await agent.call({ op: 'READ_FILE', path: BOOT_ID_PATH, maxSize: 64 })).toString('latin1').trim() : undefined;
+    const plan = compileRestorePlan(image, { pid, regs, maps, fds, files, bootId }, options.policy);
     const steps = await agent.batch(plan.map((s) => s.op));
     checkSteps(plan, steps);
     const requested = fixedImage(image, options.policy).image;
@@ -137,7 +140,16 @@ async function readBack(agent: AgentClient, pid: number, plan: PlanStep[], image
   const task = files || userfaultfds ? await captureTask(agent, pid) : undefined;
   if (task && files) differences.push(...readBackTask(task, pid, image));
   if (task && userfaultfds) differences.push(...(await readBackUserfaultfds(agent, pid, image, task)));
+  if (!omits(policy, 'pkeys') && image.pkeys.tagged.length > 0) differences.push(...(await readBackPkeys(agent, pid, image)));
   return differences;
+}
+
+/** Each tagged mapping's protection key, as smaps shows it now. (The allocation map shows nowhere: the plan's pkey_alloc results were checked step by step.) */
+async function readBackPkeys(agent: AgentClient, pid: number, image: CheckpointImage): Promise<Difference[]> {
+  const keys = parseSmapsPkeys((await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/smaps`, maxSize: 4 << 20 })).toString('utf8'));
+  return image.pkeys.tagged
+    .filter((t) => keys.get(t.start) !== t.pkey)
+    .map((t) => ({ what: `pkey ${hex(t.start)}-${hex(t.end)}`, requested: String(t.pkey), accepted: String(keys.get(t.start) ?? 'no VMA there') }));
 }
 
 /**

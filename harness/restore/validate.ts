@@ -24,6 +24,8 @@ import { taskStateProblem, type FileKind, type TaskState } from './files.ts';
 import { regionUserfaultProblem, userfaultfdsProblem, type UserfaultfdState } from './userfaultfd.ts';
 import { ldtProblem, LDT_ENTRIES, LDT_ENTRY_KEYS, type LdtEntry } from './ldt.ts';
 import { ITIMERS, POSIX_NOTIFY, timerStateProblem, type IntervalTimer, type PosixTimer, type TimerfdState, type TimerState } from './timers.ts';
+import { BOOT_ID, sleepProblem, type SleepDeadline } from './sleep-deadline.ts';
+import { pkeysProblem, type PkeyState } from './pkeys.ts';
 import { linksProblem, MAX_THREADS, MAX_TID, threadXstateEntry, type ThreadLinks, type ThreadState } from './threads.ts';
 
 export interface UntrustedImage {
@@ -38,6 +40,8 @@ export interface UntrustedImage {
   threads: unknown;
   ldt: unknown;
   timers: unknown;
+  sleep: unknown;
+  pkeys: unknown;
   xstate: Buffer;
   maps: string;
   regions: unknown;
@@ -252,6 +256,59 @@ export function validateRseq(raw: unknown, regions: readonly MemoryRegion[], ent
   const problem = checkRseqArea(rseq, regions);
   if (problem) reject(entry, `${at}${problem.startsWith('size') ? 'size' : 'area'}`, problem);
   return rseq;
+}
+
+/**
+ * sleep.json: null, or the deadline of the interrupted sleep — shapes here,
+ * meaning (the registers show that call, the clock adds up, the kernel can
+ * write rmtp and read the deadline) in sleep-deadline.ts sleepProblem.
+ */
+export function validateSleep(raw: unknown, regs: UserRegs, regions: readonly MemoryRegion[]): SleepDeadline | null {
+  const entry = 'sleep.json';
+  if (raw === null) return null;
+  if (typeof raw !== 'object' || Array.isArray(raw)) reject(entry, '(root)', 'must be null or an object');
+  const r = raw as Record<string, unknown>;
+  const keys = ['nr', 'rmtp', 'remainingNs', 'checkpointClockNs', 'deadlineNs', 'bootId'];
+  for (const key of Object.keys(r)) if (!keys.includes(key)) reject(entry, key, 'unknown field');
+  if (r.nr !== 35 && r.nr !== 230) reject(entry, 'nr', `must be 35 (nanosleep) or 230 (clock_nanosleep), got ${JSON.stringify(r.nr)?.slice(0, 40)}`);
+  if (typeof r.bootId !== 'string' || !BOOT_ID.test(r.bootId)) reject(entry, 'bootId', 'must be a boot id like 0f1e2d3c-...: 8-4-4-4-12 lower-case hex digits');
+  const sleep: SleepDeadline = {
+    nr: r.nr,
+    rmtp: u64(entry, 'rmtp', r.rmtp),
+    remainingNs: u64(entry, 'remainingNs', r.remainingNs),
+    checkpointClockNs: u64(entry, 'checkpointClockNs', r.checkpointClockNs),
+    deadlineNs: u64(entry, 'deadlineNs', r.deadlineNs),
+    bootId: r.bootId,
+  };
+  const writable = (start: bigint, length: bigint): boolean => regions.some((m) => m.perms[1] === 'w' && m.start <= start && start + length <= m.end);
+  const problem = sleepProblem(sleep, regs, writable);
+  if (problem) reject(entry, problem.field, problem.why);
+  return sleep;
+}
+
+/** pkeys.json: { allocated: [keys], tagged: [{ start, end, pkey }] } — shapes here, meaning in pkeys.ts pkeysProblem. */
+export function validatePkeys(raw: unknown, regions: readonly MemoryRegion[]): PkeyState {
+  const entry = 'pkeys.json';
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) reject(entry, '(root)', 'must be an object');
+  const r = raw as Record<string, unknown>;
+  for (const key of Object.keys(r)) if (!['allocated', 'tagged'].includes(key)) reject(entry, key, 'unknown field');
+  if (!Array.isArray(r.allocated) || r.allocated.length > 15) reject(entry, 'allocated', 'must be a list of at most 15 keys');
+  if (!Array.isArray(r.tagged) || r.tagged.length > 1 << 16) reject(entry, 'tagged', 'must be a list');
+  const allocated = (r.allocated as unknown[]).map((k, i): number => {
+    if (typeof k !== 'number' || !Number.isInteger(k)) reject(entry, `allocated[${i}]`, 'must be an integer');
+    return k;
+  });
+  const tagged = (r.tagged as unknown[]).map((t, i) => {
+    if (typeof t !== 'object' || t === null || Array.isArray(t)) reject(entry, `tagged[${i}]`, 'must be an object');
+    const o = t as Record<string, unknown>;
+    for (const key of Object.keys(o)) if (!['start', 'end', 'pkey'].includes(key)) reject(entry, `tagged[${i}].${key}`, 'unknown field');
+    if (typeof o.pkey !== 'number' || !Number.isInteger(o.pkey)) reject(entry, `tagged[${i}].pkey`, 'must be an integer');
+    return { start: u64(entry, `tagged[${i}].start`, o.start), end: u64(entry, `tagged[${i}].end`, o.end), pkey: o.pkey };
+  });
+  const pkeys = { allocated, tagged };
+  const problem = pkeysProblem(pkeys, regions);
+  if (problem) reject(entry, problem.field, problem.why);
+  return pkeys;
 }
 
 const HEX_BYTES = /^(?:[0-9a-f]{2})*$/;
@@ -547,6 +604,8 @@ export function validateImage(raw: UntrustedImage): CheckpointImage {
   const tids = new Set([process.pid, ...threads.map((th) => th.tid)]);
   const fds = new Set([...task.files.map((f) => f.fd), ...(task.userfaultfds ?? []).map((u) => u.fd)]);
   const timers = validateTimers(raw.timers, tids, fds);
+  const sleep = validateSleep(raw.sleep, regs, regions);
+  const pkeys = validatePkeys(raw.pkeys, regions);
   const memory = new Map(regions.flatMap((r) => (r.entry === null ? [] : [[r.entry, raw.entries.get(r.entry)!] as const])));
-  return { created: raw.created, process, platform, regs, debugRegs, rseq, signals, task, links, threads, ldt, timers, xstate: raw.xstate, maps: raw.maps, regions, memory };
+  return { created: raw.created, process, platform, regs, debugRegs, rseq, signals, task, links, threads, ldt, timers, sleep, pkeys, xstate: raw.xstate, maps: raw.maps, regions, memory };
 }

@@ -75,6 +75,8 @@ export function syntheticImage(overrides: Partial<CheckpointImage> = {}): Checkp
     threads: [],
     ldt: [],
     timers: { itimers: [], posix: [], timerfds: [] },
+    sleep: null,
+    pkeys: { allocated: [], tagged: [] },
     signals: { blocked: 0n, actions: [], altstack: { sp: 0n, flags: 2, size: 0n }, pending: { thread: [], shared: [] } },
     debugRegs: { dr0: 0x10001234n, dr1: 0n, dr2: 0n, dr3: 0n, dr6: 0xffff0ff0n, dr7: 0x1n },
     maps: SYNTHETIC_MAPS,
@@ -116,3 +118,16 @@ export const SYNTHETIC_TIMERS: TimerState = {
   ],
   timerfds: [{ fd: 5, clock: 1, flags: 0o4000, ticks: 3n, valueNs: 0n, intervalNs: 2_000_000n }],
 };
+/** Where the synthetic sleep's rmtp points: in the heap. */
+export const SYNTHETIC_RMTP = 0x100b0000n;
+export const SYNTHETIC_BOOT_ID = '0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0';
+
+/**
+ * An image checkpointed inside nanosleep (35): rax = -ERESTART_RESTARTBLOCK,
+ * 1.5 s left at CLOCK_MONOTONIC 100 s, in boot SYNTHETIC_BOOT_ID.
+ */
+export function syntheticSleepImage(): CheckpointImage {
+  const regs = syntheticRegs({ rax: BigInt.asUintN(64, -516n), orig_rax: 35n, rdi: 0x100b0010n, rsi: SYNTHETIC_RMTP, rip: 0x10001236n });
+  const sleep = { nr: 35, rmtp: SYNTHETIC_RMTP, remainingNs: 1_500_000_000n, checkpointClockNs: 100_000_000_000n, deadlineNs: 101_500_000_000n, bootId: SYNTHETIC_BOOT_ID };
+  return syntheticImage({ regs, sleep });
+}
