@@ -21,7 +21,8 @@ export const SESSION_LOSS_DEFER_MS = 500;
 export function agentKilled(exit: Promise<ChannelExit>): Promise<never> {
   const killed = new Promise<never>((_, reject) => {
     void exit.then((how) => {
-      if (how.signal === 'KILL') reject(new InfraError('the agent was killed by SIGKILL'));
+      // ssh2 names the signal as the server sent it: "KILL" (RFC 4254), or with a SIG prefix.
+      if (how.signal === 'KILL' || how.signal === 'SIGKILL') reject(new InfraError('the agent was killed by SIGKILL'));
     });
   });
   killed.catch(() => {});
