@@ -129,7 +129,7 @@ export function parseRerunRecord(raw: unknown, bundle: string): RerunRecord {
 
   const checkpoint = checkpointPoint(record.checkpoint, reject);
   const timeoutMs = boundedInteger(record.timeoutMs, '.timeoutMs', RERUN_LIMITS.timeoutMs, reject);
-  const cycles = record.cycles === undefined ? 1 : boundedInteger(record.cycles, '.cycles', RERUN_LIMITS.cycles, reject);
+  const cycles = record.cycles === undefined ? undefined : boundedInteger(record.cycles, '.cycles', RERUN_LIMITS.cycles, reject);
 
   let finishSignal: string | undefined;
   if (record.finishSignal !== undefined) {
@@ -151,7 +151,7 @@ export function parseRerunRecord(raw: unknown, bundle: string): RerunRecord {
     policy: rerunPolicy(record.policy, reject),
     ...(finishSignal ? { finishSignal } : {}),
     timeoutMs,
-    cycles,
+    ...(cycles !== undefined ? { cycles } : {}),
     args: programArgs(record.args, reject),
   };
 }
