@@ -23,27 +23,29 @@ interface Faulted {
 }
 
 /** Runs crh repro with its own TMPDIR, so that what it leaves there is its own and nobody else's. */
-async function runFaulted(t: Test, args: string[], artifacts: string, runName: string): Promise<Faulted> {
+async function runFaulted(t: Test, args: string[], artifacts: string, runName: string, faultLine: RegExp): Promise<Faulted> {
   const privateTmp = await mkdtemp(path.join(tmpdir(), 'crh-fault-test-tmp-'));
   t.teardown(() => rm(privateTmp, { recursive: true, force: true }));
-  const started = Date.now();
-  const r = await execa(process.execPath, [crh, 'repro', ...args, '--artifacts', artifacts, '--out', path.join(artifacts, `${runName}.tar`)], {
+  const child = execa(process.execPath, [crh, 'repro', ...args, '--artifacts', artifacts, '--out', path.join(artifacts, `${runName}.tar`)], {
     reject: false,
     cwd: REPO_ROOT,
     env: { TMPDIR: privateTmp },
   });
-  const totalMs = Date.now() - started;
+  // The fault's moment: when the progress line that announces it reaches us, as it is written.
+  let seen = '';
+  let faultAt: number | undefined;
+  child.stderr?.on('data', (chunk: Buffer) => {
+    seen += chunk.toString('utf8');
+    if (faultAt === undefined && faultLine.test(seen)) faultAt = Date.now();
+  });
+  const r = await child;
+  const exitedAt = Date.now();
   const stderr = r.stderr;
-  // "crh repro [ 14.2s]   injecting fault ..." (or the checkpoint phase's line): the fault's time on crh's own clock,
-  // which starts after node has loaded crh — so the time to exit measured from it is, if anything, too long.
-  const lines = stderr.split('\n');
-  const faultLine = lines.find((l) => /injecting fault/.test(l)) ?? lines.find((l) => /\] checkpoint:/.test(l)) ?? '';
-  const faultAt = Number(/\[\s*([\d.]+)s\]/.exec(faultLine)?.[1] ?? 0) * 1000;
+  t.ok(faultAt !== undefined, `the fault's moment was seen (${faultLine.source})`);
   const machine = /launch (crh-\d+-\d+)/.exec(stderr)?.[1] ?? '';
   t.ok(machine, `the machine's name is in the progress output (${machine})`);
   t.same((await readdir(privateTmp)).filter((f) => f.startsWith('crh-')), [], 'no crh-… temp directory or file of the run is left in its TMPDIR');
-  t.comment(`total ${totalMs} ms; fault at ${faultAt} ms on crh's clock`);
-  return { exitCode: r.exitCode, stdout: r.stdout, stderr, faultToExitMs: totalMs - faultAt, machine, runDir: path.join(artifacts, 'repro', runName) };
+  return { exitCode: r.exitCode, stdout: r.stdout, stderr, faultToExitMs: exitedAt - (faultAt ?? 0), machine, runDir: path.join(artifacts, 'repro', runName) };
 }
 
 /** No process whose command line names the machine; no reaper record of the crh process that ran it. */
@@ -77,7 +79,7 @@ t.test('faults injected in a phase: exit 69 naming the phase and the cause, noth
   for (const fault of FAULTS) {
     await t.test(`${fault.phase}:${fault.kind}`, async (t) => {
       const runName = `${fault.phase}-${fault.kind}`;
-      const r = await runFaulted(t, [path.join(REPO_ROOT, 'examples', 'repro', 'checksum.c'), '--checkpoint-at', 'checkpoint_here', '--inject-fault', `${fault.phase}:${fault.kind}`], artifacts, runName);
+      const r = await runFaulted(t, [path.join(REPO_ROOT, 'examples', 'repro', 'checksum.c'), '--checkpoint-at', 'checkpoint_here', '--inject-fault', `${fault.phase}:${fault.kind}`], artifacts, runName, /injecting fault/);
       if (!t.equal(r.exitCode, 69, 'exit 69 (infrastructure)')) t.comment(r.stderr.slice(-3000));
       t.match(r.stderr, /injecting fault/, 'the fault was injected');
       t.match(r.stderr, new RegExp(`^InfraError: during ${fault.phase}: ${fault.cause.source}`, 'm'), 'the error names the phase, then the cause');
@@ -103,7 +105,7 @@ t.test('the artifacts disk full while the image is written: exit 69 naming the f
     execFileSync('umount', [artifacts]);
     await rm(dir, { recursive: true, force: true });
   });
-  const r = await runFaulted(t, [path.join(REPO_ROOT, 'test', 'fixtures', 'repro', 'bigheap.c'), '--checkpoint-at', 'checkpoint_here'], artifacts, 'bigheap');
+  const r = await runFaulted(t, [path.join(REPO_ROOT, 'test', 'fixtures', 'repro', 'bigheap.c'), '--checkpoint-at', 'checkpoint_here'], artifacts, 'bigheap', /\] checkpoint:/);
   if (!t.equal(r.exitCode, 69, 'exit 69, not a FAIL')) t.comment(r.stderr.slice(-3000));
   t.match(r.stderr, new RegExp(`^InfraError: during checkpoint: cannot write the checkpoint image ${r.runDir}/checkpoint\\.tar: ENOSPC`, 'm'), 'the phase, the file and ENOSPC named');
   t.notMatch(r.stdout, /verdict:/, 'no verdict');
