@@ -4,7 +4,7 @@
  * exit 69 within seconds, an error naming the phase and the cause, the
  * artifacts kept, no QEMU and no temp directory left behind — is tested
  * (test/fault-injection.test.ts) rather than hoped for. Documented in
- * docs/ci.md; left out of the usage text, as it is no switch for a reproducer.
+ * docs/ci.md; the usage lists it last, marked as for tests of crh itself.
  *
  * The fault lands as the phase begins: after the phase is shown and marked in
  * the guest console, before the phase's first request to the guest returns.

@@ -63,7 +63,8 @@ export const REPRO_USAGE =
   `                 ${POLICY_USAGE}\n` +
   `                 [--cflags "FLAGS"] [--timeout MS] [--out BUNDLE.tar] [--artifacts DIR] ${KERNEL_USAGE} [-- ARGS]\n` +
   '       crh repro --bundle BUNDLE.tar [--out BUNDLE.tar] [--artifacts DIR]\n' +
-  '       crh cr --binary PATH [--file PATH]... [the same checkpoint and policy switches] [-- ARGS]';
+  '       crh cr --binary PATH [--file PATH]... [the same checkpoint and policy switches] [-- ARGS]\n' +
+  '       for tests of crh itself: [--inject-fault PHASE:KIND] (PHASE checkpoint|restore; KIND kill-qemu|kill-agent|drop-ssh|guest-panic; docs/ci.md)';
 
 const options = {
   ...kernelOptions,
