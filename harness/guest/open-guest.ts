@@ -13,6 +13,7 @@ import { kernelFromEnvironment } from '../image/kernel.ts';
 import type { MachineEvent, QemuMachine } from '../machine/machine.ts';
 import { launchMachine } from '../machine/fast-start.ts';
 import { shellQuote } from '../machine/qemu-args.ts';
+import { agentKilled, guestOrSessionFailure } from './session-loss.ts';
 import { platformProfile, profileFacts, type PlatformProfile } from '../platform/profile.ts';
 import type { PlatformFacts } from '../restore/checkpoint-image.ts';
 import { kernelSymbolFile } from '../symbols/kernel-symbols.ts';
@@ -81,9 +82,11 @@ export async function openGuest(options: OpenGuestOptions): Promise<OpenedGuest>
       await machine.ssh.run(`mkdir -p ${shellQuote(options.agentCwd)}`);
       command = `cd ${shellQuote(options.agentCwd)} && exec ${agentPath}`;
     }
-    const opened = await AgentClient.open(await machine.ssh.transport(command));
+    const transport = await machine.ssh.transport(command);
+    const opened = await AgentClient.open(transport);
     agent = opened.client;
-    agent.failWhen(machine.failure);
+    // A dropped SSH connection or a killed agent is infrastructure too, unless the machine has a better explanation.
+    agent.failWhen(guestOrSessionFailure(machine.failure, [machine.ssh.lost, agentKilled(transport.exit)]));
     const m = machine;
     agent.diagnose = async () => `${await m.diagnose()}\n--- console tail ---\n${m.console.tail()}`;
     const profile = await platformProfile({ image, machine, agent, log });

@@ -62,6 +62,7 @@ export function requestFromRecord(record: RerunRecord, extracted: ReadonlyMap<st
     ...(record.finishSignal ? { finishSignal: parseSignal(record.finishSignal) } : {}),
     policy: policyOf(record),
     timeoutMs: record.timeoutMs,
+    cycles: record.cycles ?? 1,
     out: where.out,
     ...(where.artifacts ? { artifacts: where.artifacts } : {}),
     kernel: {},
@@ -84,6 +85,7 @@ export function describeRerun(bundle: string, record: RerunRecord): string[] {
     `  checkpoint: ${describePoint(record.checkpoint)}${record.finishSignal ? `, then ${e(record.finishSignal)} to finish` : ''}`,
     `  policy:     rf=${e(p.rf)} regs=${e(p.regs)} restorer=${e(p.restorer)} rseq-fixup=${e(p.rseqFixup)} syscall-restart=${e(p.syscallRestart)}${p.omit.length ? ` omit=${p.omit.map(e).join(',')}` : ''}`,
     ...(record.sweep ? [`  sweep:      ${record.sweep.count} boundaries, a checkpoint every ${record.sweep.every}`] : []),
+    `  cycles:     ${record.cycles ?? 1} checkpoint → restore in a chain`,
     `  timeout:    ${record.timeoutMs} ms per run`,
     `  arguments:  ${record.args.length ? record.args.map((a) => `'${e(a).replaceAll("'", "\\'")}'`).join(' ') : '(none)'}`,
   ];

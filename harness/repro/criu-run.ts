@@ -68,6 +68,9 @@ export async function criuCheckpointedRun(ctx: RunContext, reference: Reference,
     ...(rewind ? { rewind } : {}),
     restoreDifferences: [],
     run: { outcome: 'killed' as const, code: 9, output: outputBefore, hits: hitsBefore },
+    // One checkpoint: a chain (--cycles) is crh's alone (refused with --engine criu in options.ts).
+    cycles: [],
+    cyclesAsked: 1,
   };
   const record = (restore?: { ms: number; log: string }, imageBytes = 0): Checkpointed['criu'] => ({
     version: criu.version,

@@ -9,6 +9,7 @@ import { parseArgs } from 'node:util';
 import { KERNEL_USAGE, kernelFlagArgs, kernelOptions, resolveKernelFlag } from '../cli/kernel-flags.ts';
 import { policyFromFlags, policyOptions, POLICY_USAGE } from '../cli/policy-flags.ts';
 import type { RestorePolicy } from '../restore/policy.ts';
+import { parseFault, type InjectedFault } from './fault-injection.ts';
 import { UsageError } from './usage-error.ts';
 import { parseSweepFlags, SWEEP_USAGE, sweepFlags, sweepOptions, type SweepRequest } from './sweep-options.ts';
 
@@ -43,6 +44,14 @@ export interface ReproRequest {
   /** delivered once the program is ready (when-ready) and again after the restore */
   finishSignal?: { name: string; number: number };
   policy: RestorePolicy;
+  /**
+   * checkpoint → kill → restore this many times in a chain, each restored
+   * process the one checkpointed next (1: once). Where the checkpoints fall:
+   * cycleSchedule in runs.ts.
+   */
+  cycles: number;
+  /** --inject-fault: an infrastructure failure made on purpose (fault-injection.ts); never carried by a bundle */
+  fault?: InjectedFault;
   /** bound on each run of the program */
   timeoutMs: number;
   /** the bundle to write; a default under the artifacts directory when absent */
@@ -55,16 +64,19 @@ export interface ReproRequest {
 }
 
 export const DEFAULT_TIMEOUT_MS = 60_000;
+/** The most --cycles a request (or a bundle's rerun record) may ask for. */
+export const MAX_CYCLES = 10_000;
 
 export const REPRO_USAGE =
-  'usage: crh repro FILE.c [--checkpoint-at SYMBOL|0xADDR [--hit N] | --checkpoint-after MS | --when-ready] [--finish-signal SIG]\n' +
+  'usage: crh repro FILE.c [--checkpoint-at SYMBOL|0xADDR [--hit N] | --checkpoint-after MS | --when-ready] [--finish-signal SIG] [--cycles N]\n' +
   `                 ${POLICY_USAGE}\n` +
   `                 [--engine crh|criu] [--cflags "FLAGS"] [--timeout MS] [--out BUNDLE.tar] [--artifacts DIR] ${KERNEL_USAGE} [-- ARGS]\n` +
   `       crh repro FILE.c ${SWEEP_USAGE} [the same policy switches] [-- ARGS]\n` +
   '       crh repro --bundle BUNDLE.tar [--out BUNDLE.tar] [--artifacts DIR]\n' +
   '       crh cr --binary PATH [--file PATH]... [the same checkpoint and policy switches] [-- ARGS]\n' +
   '  --engine criu: CRIU (Debian trixie\'s, in the guest) dumps and restores the stopped process instead of\n' +
-  '  crh\'s restore core; the policy switches describe the restore core and are a usage error with it';
+  '  crh\'s restore core; the policy switches describe the restore core and are a usage error with it\n' +
+  '       for tests of crh itself: [--inject-fault PHASE:KIND] (PHASE checkpoint|restore; KIND kill-qemu|kill-agent|drop-ssh|guest-panic; docs/ci.md)';
 
 const options = {
   ...kernelOptions,
@@ -74,6 +86,8 @@ const options = {
   'checkpoint-after': { type: 'string' },
   'when-ready': { type: 'boolean' },
   'finish-signal': { type: 'string' },
+  cycles: { type: 'string' },
+  'inject-fault': { type: 'string' },
   timeout: { type: 'string' },
   out: { type: 'string' },
   artifacts: { type: 'string' },
@@ -137,6 +151,7 @@ export function parseReproArgs(command: 'repro' | 'cr', argv: readonly string[])
   }
   const sweep = parseSweepFlags(values);
   const engine = parseEngine(values.engine);
+  if (engine === 'criu' && values.cycles !== undefined && values.cycles !== '1') throw new UsageError('--cycles chains crh\'s own checkpoints; with --engine criu a run takes one checkpoint');
   if (engine === 'criu') {
     const given = Object.keys(policyOptions).filter((flag) => values[flag as keyof typeof policyOptions] !== undefined);
     if (given.length > 0) {
@@ -161,6 +176,8 @@ export function parseReproArgs(command: 'repro' | 'cr', argv: readonly string[])
     ...(sweep ? { sweep } : {}),
     ...(values['finish-signal'] !== undefined ? { finishSignal: parseSignal(values['finish-signal']) } : {}),
     policy,
+    cycles: values.cycles === undefined ? 1 : boundedCycles(values.cycles),
+    ...(values['inject-fault'] !== undefined ? { fault: parseFault(values['inject-fault']) } : {}),
     timeoutMs: values.timeout === undefined ? DEFAULT_TIMEOUT_MS : positiveInteger('--timeout', values.timeout),
     ...(values.out ? { out: path.resolve(values.out) } : {}),
     ...(values.artifacts ? { artifacts: path.resolve(values.artifacts) } : {}),
@@ -205,6 +222,12 @@ function checkpointPoint(values: { 'checkpoint-at'?: string; hit?: string; 'chec
   return { kind: 'ready' };
 }
 
+function boundedCycles(text: string): number {
+  const cycles = positiveInteger('--cycles', text);
+  if (cycles > MAX_CYCLES) throw new UsageError(`--cycles: ${cycles} is more than ${MAX_CYCLES}`);
+  return cycles;
+}
+
 function positiveInteger(flag: string, text: string): number {
   if (!/^[1-9]\d{0,8}$/.test(text)) throw new UsageError(`${flag}: "${text}" is not a positive whole number`);
   return Number(text);
@@ -235,6 +258,7 @@ export function requestFlags(request: ReproRequest): string[] {
   else if (c.kind === 'after') flags.push('--checkpoint-after', String(c.ms));
   else flags.push('--when-ready');
   if (request.finishSignal) flags.push('--finish-signal', request.finishSignal.name);
+  if (request.cycles > 1) flags.push('--cycles', String(request.cycles));
   if (request.engine === 'criu') {
     flags.push('--engine', 'criu');
   } else {

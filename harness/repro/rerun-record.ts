@@ -2,7 +2,7 @@
  * The rerun record of a bundle: what `crh repro --bundle` may take from a
  * bundle someone sent, as typed data — never a command line. It names the
  * program and its files by bundle entry, and carries only the checkpoint
- * point, the policy switches, the timeout, the finish signal and the
+ * point, the policy switches, the timeout, the finish signal, the cycles and the
  * program's arguments. Compiler flags, kernel and module paths, artifact
  * and output directories cannot be expressed in it; a record that tries is
  * refused naming the field, as is every value out of bounds.
@@ -10,7 +10,7 @@
 import { policyFromFlags } from '../cli/policy-flags.ts';
 import type { RestorePolicy } from '../restore/policy.ts';
 import { SAFE_SEGMENT } from './bundle.ts';
-import { parseSignal, type CheckpointPoint, type ReproRequest } from './options.ts';
+import { MAX_CYCLES, parseSignal, type CheckpointPoint, type ReproRequest } from './options.ts';
 import type { BundleInputs } from './rerun.ts';
 import { BundleRejectedError, UsageError } from './usage-error.ts';
 import { SWEEP_MAX_COUNT } from './sweep-options.ts';
@@ -26,6 +26,7 @@ export const RERUN_LIMITS = {
   argChars: 4096,
   files: 64,
   symbolChars: 256,
+  cycles: MAX_CYCLES,
 } as const;
 
 /** Every switch spelled out, defaults included: a later change of a default does not change what a bundle reruns. */
@@ -55,6 +56,8 @@ export interface RerunRecord {
   /** a signal name, with a `ready` checkpoint only */
   finishSignal?: string;
   timeoutMs: number;
+  /** checkpoint → kill → restore cycles in a chain; absent in records made before --cycles (one cycle) */
+  cycles?: number;
   /** the program's arguments */
   args: string[];
   /** --sweep: boundaries walked from the checkpoint symbol and the checkpoint spacing (sweep-options.ts) */
@@ -79,6 +82,7 @@ export function rerunRecord(request: ReproRequest, inputs: BundleInputs): RerunR
     policy: { rf: p.rf, regs: p.regs ?? 'full', restorer: p.restorer ?? 'ptrace', rseqFixup: p.rseqFixup ?? 'on', syscallRestart: p.syscallRestart ?? 'on', omit: [...(p.omit ?? [])] },
     ...(request.finishSignal ? { finishSignal: request.finishSignal.name } : {}),
     timeoutMs: request.timeoutMs,
+    cycles: request.cycles,
     args: request.args,
     ...(request.sweep ? { sweep: { count: request.sweep.count, every: request.sweep.every } } : {}),
   };
@@ -98,7 +102,7 @@ const NEVER_FROM_A_BUNDLE: Record<string, string> = {
   out: 'where crh writes is never taken from a bundle (give --out yourself)',
 };
 
-const RECORD_KEYS = ['version', 'engine', 'command', 'source', 'binary', 'files', 'checkpoint', 'policy', 'finishSignal', 'timeoutMs', 'args', 'sweep'];
+const RECORD_KEYS = ['version', 'engine', 'command', 'source', 'binary', 'files', 'checkpoint', 'policy', 'finishSignal', 'timeoutMs', 'cycles', 'args', 'sweep'];
 const POLICY_KEYS = ['rf', 'regs', 'restorer', 'rseqFixup', 'syscallRestart', 'omit'];
 
 /**
@@ -133,6 +137,7 @@ export function parseRerunRecord(raw: unknown, bundle: string): RerunRecord {
 
   const checkpoint = checkpointPoint(record.checkpoint, reject);
   const timeoutMs = boundedInteger(record.timeoutMs, '.timeoutMs', RERUN_LIMITS.timeoutMs, reject);
+  const cycles = record.cycles === undefined ? undefined : boundedInteger(record.cycles, '.cycles', RERUN_LIMITS.cycles, reject);
 
   let finishSignal: string | undefined;
   if (record.finishSignal !== undefined) {
@@ -155,6 +160,7 @@ export function parseRerunRecord(raw: unknown, bundle: string): RerunRecord {
     policy: rerunPolicy(record.policy, reject),
     ...(finishSignal ? { finishSignal } : {}),
     timeoutMs,
+    ...(cycles !== undefined ? { cycles } : {}),
     args: programArgs(record.args, reject),
     ...(record.sweep !== undefined ? { sweep: sweepRecord(record.sweep, checkpoint, reject) } : {}),
   };

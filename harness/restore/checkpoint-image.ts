@@ -209,11 +209,21 @@ export async function writeCheckpointImage(image: CheckpointImage, file: string)
   const pack = tar.pack();
   const tmp = uniqueSibling(file, 'tmp');
   const written = pipeline(pack, createWriteStream(tmp, { flags: 'wx' }));
-  for (const [name, data] of imageEntries(image)) {
-    await new Promise<void>((resolve, reject) => pack.entry({ name, size: data.length, mode: 0o644, mtime: new Date(0) }, data, (e) => (e ? reject(e) : resolve())));
-  }
-  pack.finalize();
+  written.catch(() => {}); // awaited below; a failed write may also end the packing first
+  const packed = (async () => {
+    for (const [name, data] of imageEntries(image)) {
+      await new Promise<void>((resolve, reject) => {
+        // The entry's stream errors when the file's does (ENOSPC); the error reaches us through `written`.
+        pack.entry({ name, size: data.length, mode: 0o644, mtime: new Date(0) }, data, (e) => (e ? reject(e) : resolve())).on('error', () => {});
+      });
+    }
+    pack.finalize();
+  })();
+  packed.catch(() => {});
   try {
+    // A failed write destroys the pack: an entry's callback may then never come, so the write's failure ends the wait.
+    await Promise.race([packed, written]);
+    await packed;
     await written;
     await rename(tmp, file);
   } catch (error) {
