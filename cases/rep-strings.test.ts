@@ -9,6 +9,7 @@ import t, { type Test } from 'tap';
 import type { RunResult } from '../harness/agent/ops.ts';
 import { recordRowOutcome } from '../harness/testing/verdict-rows.ts';
 import { DEFAULT_POLICY, describePolicy, type RestorePolicy } from '../harness/restore/policy.ts';
+import { endedAs, nativeReference } from '../harness/testing/native-reference.ts';
 import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
 import { startGuest, type Guest } from '../harness/testing/guest-fixture.ts';
 import { checkpointAtHit, readOutput, restoreAndFinish, RUN_TIMEOUT_MS, spawnArmed, type Workload } from '../harness/testing/scenario.ts';
@@ -50,6 +51,11 @@ async function referenceRun(guest: Guest, t: Test, run: Run): Promise<{ result: 
   const result = await guest.agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
   const output = await readOutput(guest, out);
   t.equal(result.code, 0, `uninterrupted: ${output.trim()}`);
+  // The reference is a traced run: it must be what the program does with no tracer at all. Compared through stable(),
+  // the case's own view of the output: attempts and progress depend on where the 0.5 ms timer lands (timing), the
+  // rest — interrupted, frame-rf, result — must agree.
+  const native = await nativeReference(guest, run.workload);
+  t.equal(`${endedAs(result)}\n${stable(output)}`, `${endedAs(native)}\n${stable(native.output)}`, 'the traced reference is the native run (no tracer), attempts and progress masked');
   return { result, output };
 }
 
