@@ -45,7 +45,10 @@ interface Run {
   checkpointAt: { at: bigint };
 }
 
-async function referenceRun(guest: Guest, t: Test, run: Run): Promise<{ result: RunResult; output: string }> {
+/**
+ * `incomparable`: why this reference cannot be held to the native run; the native run is still made and shown.
+ */
+async function referenceRun(guest: Guest, t: Test, run: Run, incomparable?: string): Promise<{ result: RunResult; output: string }> {
   const out = `/tmp/repstr-${run.tag}.reference.out`;
   const pid = await spawnArmed(guest, run.workload, out);
   const result = await guest.agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
@@ -55,6 +58,10 @@ async function referenceRun(guest: Guest, t: Test, run: Run): Promise<{ result: 
   // the case's own view of the output: attempts and progress depend on where the 0.5 ms timer lands (timing), the
   // rest — interrupted, frame-rf, result — must agree.
   const native = await nativeReference(guest, run.workload);
+  if (incomparable) {
+    t.comment(`not compared with the native run (${incomparable}); natively: ${endedAs(native)}, ${native.output.trim()}`);
+    return { result, output };
+  }
   t.equal(`${endedAs(result)}\n${stable(output)}`, `${endedAs(native)}\n${stable(native.output)}`, 'the traced reference is the native run (no tracer), attempts and progress masked');
   return { result, output };
 }
@@ -123,7 +130,10 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     const repInsn = guest.symbols.resolve('repstr:rep_movsb_insn');
     const workload: Workload = { binary, argv: [binary, 'movsb', 'fwd', SMALL_KIB], debugRegs: { 0: inHandler, 1: repInsn, 7: DR7_BOTH } };
     const run: Run = { workload, tag: 'movsb-fwd-rep-breakpoint', scenario: `rep movsb fwd, ${SMALL_KIB} KiB, DR1 on the rep instruction, checkpoint in the handler`, dr7After: DR7_REP_ONLY, checkpointAt: { at: inHandler } };
-    const reference = await referenceRun(guest, t, run);
+    // Natively the 4 KiB copy takes far less than the 0.5 ms timer, so no attempt is interrupted (measured: exited 1,
+    // interrupted=0); traced, each iteration's DR1 trap (TCG) or the stop (KVM) slows the copy until the timer lands in it.
+    // The reference is the tracer's by construction here, not the program's on its own.
+    const reference = await referenceRun(guest, t, run, 'the DR1 trap on the rep instruction is what lets the timer land inside a 4 KiB copy');
     const repHits = (r: RunResult): number => r.hits.filter((h) => h.rip === repInsn).length;
     const bytes = Number(SMALL_KIB) << 10;
     const attempts = attemptsOf(reference.output);
