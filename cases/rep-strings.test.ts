@@ -131,8 +131,8 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     const workload: Workload = { binary, argv: [binary, 'movsb', 'fwd', SMALL_KIB], debugRegs: { 0: inHandler, 1: repInsn, 7: DR7_BOTH } };
     const run: Run = { workload, tag: 'movsb-fwd-rep-breakpoint', scenario: `rep movsb fwd, ${SMALL_KIB} KiB, DR1 on the rep instruction, checkpoint in the handler`, dr7After: DR7_REP_ONLY, checkpointAt: { at: inHandler } };
     // Natively the 4 KiB copy takes far less than the 0.5 ms timer, so no attempt is interrupted (measured: exited 1,
-    // interrupted=0); traced, each iteration's DR1 trap (TCG) or the stop (KVM) slows the copy until the timer lands in it.
-    // The reference is the tracer's by construction here, not the program's on its own.
+    // interrupted=0, measured under TCG); traced, the DR1 traps on the rep instruction (one per iteration under TCG) slow
+    // the copy until the timer lands in it. The reference is the tracer's by construction here, not the program's alone.
     const reference = await referenceRun(guest, t, run, 'the DR1 trap on the rep instruction is what lets the timer land inside a 4 KiB copy');
     const repHits = (r: RunResult): number => r.hits.filter((h) => h.rip === repInsn).length;
     const bytes = Number(SMALL_KIB) << 10;
