@@ -7,16 +7,14 @@
  * finished exactly as the crh engine finishes its own (finish signal, run
  * to the end). The comparison with the uninterrupted run is the caller's.
  */
-import { AgentError, CrhError } from '../errors.ts';
+import { CrhError } from '../errors.ts';
 import { isInfraFailure } from '../report/infra-failures.ts';
 import { criuDumpArgs, criuRestoreArgs, runCriu, type GuestExec } from '../criu/commands.ts';
 import { rewindInterruptedSyscall } from '../restore/syscall-restart.ts';
 import { debugRegOffset, hex } from '../x86/registers.ts';
 import { DR7_EXECUTE_DR0 } from '../agent/breakpoint-spawn.ts';
-import { describePoint, finishRestored, GUEST_DIRS, readOutput, runToCheckpoint, spawn, type Checkpointed, type Reference, type RunContext } from './runs.ts';
-import { constants } from 'node:os';
+import { describePoint, finishRestored, GUEST_DIRS, readOutput, runToCheckpoint, spawnAsReference, type Checkpointed, type Reference, type RunContext } from './runs.ts';
 
-const EEXIST = constants.errno.EEXIST;
 /** CRIU's images and logs: on the guest's tmpfs, beside the runs' outputs. */
 export const CRIU_IMAGES_DIR = `${GUEST_DIRS.root}/criu-img`;
 const CRIU_PIDFILE = `${GUEST_DIRS.out}/criu-restored.pid`;
@@ -37,14 +35,7 @@ export async function criuCheckpointedRun(ctx: RunContext, reference: Reference,
   const notes: string[] = [];
   await ctx.clearReady();
   await ctx.shell(`rm -rf ${CRIU_IMAGES_DIR} ${CRIU_PIDFILE} && mkdir -p ${CRIU_IMAGES_DIR}`);
-  let pid: number;
-  try {
-    pid = await spawn(ctx, before, reference.pid);
-  } catch (error) {
-    if (!(error instanceof AgentError && error.errno === EEXIST)) throw error;
-    pid = await spawn(ctx, before);
-    notes.push(`pid ${reference.pid} of the uninterrupted run was taken; this run has pid ${pid}, so output that shows the pid differs`);
-  }
+  const pid = await spawnAsReference(ctx, before, reference.pid, notes);
 
   await ctx.phase('run to the checkpoint', describePoint(ctx.point));
   const stoppedBy = await runToCheckpoint(ctx, pid, before);

@@ -218,14 +218,7 @@ export async function checkpointedRun(ctx: RunContext, reference: Reference, pla
     throw new CheckpointNotReachedError(`${ctx.point.symbol} was executed ${reference.hits} times in the uninterrupted run; ${cycles} cycles from --hit ${ctx.point.hit} need ${ctx.point.hit + cycles - 1}`);
   }
   await ctx.clearReady();
-  let pid: number;
-  try {
-    pid = await spawn(ctx, before, reference.pid);
-  } catch (error) {
-    if (!(error instanceof AgentError && error.errno === EEXIST)) throw error;
-    pid = await spawn(ctx, before);
-    notes.push(`pid ${reference.pid} of the uninterrupted run was taken; this run has pid ${pid}, so output that shows the pid differs`);
-  }
+  const pid = await spawnAsReference(ctx, before, reference.pid, notes);
 
   const tag = (cycle: number): string => (cycles > 1 ? `cycle ${cycle}/${cycles}: ` : '');
   await ctx.phase('run to the checkpoint', `${tag(1)}${describePoint(ctx.point)}`);
@@ -383,6 +376,22 @@ export function describePoint(point: CheckpointPoint): string {
   if (point.kind === 'symbol') return `execution ${point.hit} of ${point.symbol}`;
   if (point.kind === 'after') return `${point.ms} ms after the start`;
   return `readiness (${READY_FILE} or a ${READY_MARKER} line)`;
+}
+
+/**
+ * Spawns the checkpointed run with the uninterrupted run's pid (clone3
+ * set_tid) so output showing the pid compares; when that pid was taken
+ * meanwhile, with another, and a note saying so.
+ */
+export async function spawnAsReference(ctx: RunContext, stdoutPath: string, referencePid: number, notes: string[]): Promise<number> {
+  try {
+    return await spawn(ctx, stdoutPath, referencePid);
+  } catch (error) {
+    if (!(error instanceof AgentError && error.errno === EEXIST)) throw error;
+    const pid = await spawn(ctx, stdoutPath);
+    notes.push(`pid ${referencePid} of the uninterrupted run was taken; this run has pid ${pid}, so output that shows the pid differs`);
+    return pid;
+  }
 }
 
 export async function spawn(ctx: RunContext, stdoutPath: string, pid?: number): Promise<number> {
