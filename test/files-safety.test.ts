@@ -107,8 +107,10 @@ t.test('temporary names are created exclusively: a planted symlink is not follow
   await mkdir(victimDir);
   await writeFile(path.join(victimDir, 'keep'), 'untouched');
   // The random part of the name made predictable, as an attacker who guessed it would have it.
-  const fixed = { randomBytes: () => Buffer.from('deadbeef', 'hex') };
-  const { writeFileAtomic } = await t.mockImport<typeof import('../harness/util/atomic-write.ts')>('../harness/util/atomic-write.ts', { 'node:crypto': fixed });
+  const { writeFileAtomic, tempNameSource } = await import('../harness/util/atomic-write.ts');
+  const random = tempNameSource.randomHex;
+  tempNameSource.randomHex = () => 'deadbeef';
+  t.teardown(() => void (tempNameSource.randomHex = random));
   const target = path.join(dir, 'profile.json');
   await symlink(victim, `${target}.tmp-${process.pid}-deadbeef`);
   const failed = await rejection(writeFileAtomic(target, 'new'));
@@ -116,9 +118,7 @@ t.test('temporary names are created exclusively: a planted symlink is not follow
   t.equal(await readFile(victim, 'utf8'), 'untouched', 'the symlink target is not written');
   t.notOk(existsSync(target), 'nothing renamed into place');
 
-  const { buildOnce } = await t.mockImport<typeof import('../harness/util/build-once.ts')>('../harness/util/build-once.ts', {
-    '../harness/util/atomic-write.ts': await t.mockImport('../harness/util/atomic-write.ts', { 'node:crypto': fixed }),
-  });
+  const { buildOnce } = await import('../harness/util/build-once.ts');
   const cacheEntry = path.join(dir, 'entry');
   await symlink(victimDir, `${cacheEntry}.partial-${process.pid}-deadbeef`);
   let built = false;

@@ -49,7 +49,7 @@ t.test('machine formats on stdout', async (t) => {
   const report = JSON.parse(await readFile(path.join(dir, 'ktap.json'), 'utf8')) as RunReport;
   t.equal(report.verdicts.length, 6, 'JSON: every row');
   t.ok(report.kernel?.sha256, 'JSON: the kernel identity');
-  t.equal(await readFile(path.join(dir, 'ktap.ktap'), 'utf8'), ktap.stdout, '--ktap FILE holds what --reporter ktap printed');
+  t.equal((await readFile(path.join(dir, 'ktap.ktap'), 'utf8')).trimEnd(), ktap.stdout.trimEnd(), '--ktap FILE holds what --reporter ktap printed');
   const tap = await run('tap', '--reporter', 'tap');
   t.match(tap.stdout, /^TAP version 14\n/, 'TAP stream');
   t.equal((tap.stdout.match(/^(?:not )?ok \d+ - /gm) ?? []).length, 4, 'a top-level test per case file');

@@ -27,6 +27,13 @@ export async function writeFileAtomic(file: string, data: string | Uint8Array, m
  * Create it exclusively (flag 'wx', or mkdir without `recursive`): the name
  * is hard to guess, not impossible.
  */
+/**
+ * Where temporary names get their randomness. A test swaps it to plant a
+ * link at the very name an attacker who guessed it would use (module mocks
+ * would do the same but leave tapmock:// URLs that c8's report cannot read).
+ */
+export const tempNameSource = { randomHex: (bytes: number): string => randomBytes(bytes).toString('hex') };
+
 export function uniqueSibling(file: string, tag: string): string {
-  return `${file}.${tag}-${process.pid}-${randomBytes(4).toString('hex')}`;
+  return `${file}.${tag}-${process.pid}-${tempNameSource.randomHex(4)}`;
 }
