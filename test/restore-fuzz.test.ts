@@ -17,6 +17,9 @@ const FIELD_MUTATIONS = Number(process.env.CRH_FUZZ_FIELDS ?? 6000);
 /** The fuzzed image holds an LDT (and gs names its present entry), so that its bytes and fields are mutated too. */
 const syntheticImage = (): CheckpointImage => {
   const image = plainSyntheticImage({ ldt: SYNTHETIC_LDT });
+  // The heap stores two of its pages (format 8): the stored ranges are mutated too.
+  const heap = image.regions[2]!;
+  heap.stored = [[heap.start, heap.start + 0x1000n], [heap.end - 0x1000n, heap.end]];
   return { ...image, regs: { ...image.regs, gs: 0x1fn } };
 };
 
@@ -46,6 +49,13 @@ const INVALID: Array<{ entry: string; field: string; values: unknown[] }> = [
   { entry: 'ldt.json', field: 'entries.0.seg_not_present', values: [1, 2, true] },
   { entry: 'ldt.json', field: 'entries.1.useable', values: [2, false, '1'] },
   { entry: 'ldt.json', field: 'entries.0.dpl', values: [0, 3] },
+  {
+    entry: 'memory.json',
+    field: '2.stored',
+    values: ['all', null, undefined, {}, [['0x100a2000']], [['0x100a2010', '0x100a3000']], [['0x100a1000', '0x100a3000']], [['0x100c4000', '0x100c6000']], [['0x100c4000', '0x100c5000'], ['0x100a2000', '0x100a3000']], [['0x100a2000', 4096], ['0x100c4000', '0x100c5000']], [['0x100a3000', '0x100a3000'], ['0x100c4000', '0x100c5000']]],
+  },
+  { entry: 'memory.json', field: '2.stored.1', values: [['0x100a2000', '0x100a3000'], ['0x100c4000'], ['0x100c4000', '0x100c6000'], 'x', null] },
+  { entry: 'memory.json', field: '1.stored', values: [[['0x100a0000', '0x100a2000'], ['0x100a0000', '0x100a2000']], [['0x100a2000', '0x100a3000']]] },
 ];
 
 /** Sets (or, for undefined, deletes) the value at a dotted path. */

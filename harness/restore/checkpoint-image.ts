@@ -27,6 +27,7 @@ import type { TaskState } from './files.ts';
 import { threadsJson, threadXstateEntry, type ThreadLinks, type ThreadState } from './threads.ts';
 import { ldtJson, type LdtEntry } from './ldt.ts';
 import { uniqueSibling } from '../util/atomic-write.ts';
+import { packStored, storedRanges } from './stored-pages.ts';
 
 export const IMAGE_FORMAT = 'cr-harness-checkpoint';
 /**
@@ -38,9 +39,12 @@ export const IMAGE_FORMAT = 'cr-harness-checkpoint';
  * entry (its contents are the file's); 6: userfaultfds — task.json lists
  * them, and a region carries its registration mode and the pages the fault
  * server had not provided (userfaultfd.ts); 7: ldt.json, the entries the
- * process installed in its LDT with modify_ldt (ldt.ts).
+ * process installed in its LDT with modify_ldt (ldt.ts); 8: a memory entry
+ * holds only the pages its region's `stored` ranges name (untouched pages,
+ * a private file mapping's pages still the file's, anonymous zero pages are
+ * left out: stored-pages.ts).
  */
-export const IMAGE_VERSION = 7;
+export const IMAGE_VERSION = 8;
 /**
  * Earlier versions are refused, each naming what it lacks: reading one as
  * the current version would invent the missing state as "none" — for an
@@ -48,6 +52,7 @@ export const IMAGE_VERSION = 7;
  */
 const OLDER_VERSIONS: Record<number, string> = {
   6: 'has no ldt.json: it cannot say whether the process had an LDT (take the checkpoint again)',
+  7: 'has no stored page ranges in memory.json (take the checkpoint again)',
 };
 const MANIFEST_DIGEST = 'manifest.sha256';
 
@@ -103,6 +108,13 @@ export interface MemoryRegion {
    * restore, so that touching them faults to the server again
    */
   absent?: Array<[bigint, bigint]>;
+  /**
+   * the [start, end) page ranges the entry holds, sorted, concatenated in
+   * this order (format 8, stored-pages.ts); every other page reads as the
+   * mapping's backing: zeros, or the file. Absent in an image built in
+   * memory: every page but the absent ones.
+   */
+  stored?: Array<[bigint, bigint]>;
 }
 
 export interface CheckpointImage {
@@ -170,10 +182,13 @@ export function imageEntries(image: CheckpointImage): Map<string, Buffer> {
       image.regions.map((r) => ({
         start: hex(r.start), end: hex(r.end), perms: r.perms, name: r.name, file: r.file, offset: hex(r.offset), entry: r.entry,
         userfault: r.userfault ?? 0, absent: (r.absent ?? []).map(([start, end]) => [hex(start), hex(end)]),
+        stored: storedRanges(r).map(([start, end]) => [hex(start), hex(end)]),
       })),
     ),
   );
-  for (const [name, data] of image.memory) entries.set(name, data);
+  for (const r of image.regions) {
+    if (r.entry !== null) entries.set(r.entry, packStored(r, storedRanges(r), image.memory.get(r.entry)!));
+  }
   const manifest: Manifest = {
     format: IMAGE_FORMAT,
     version: IMAGE_VERSION,
