@@ -181,9 +181,12 @@ export class AgentClient {
     return true;
   }
 
+  /** Keeps page data on SSH although a bulk port is attached (benchmarks compare the two in one session). */
+  bulkSuspended = false;
+
   /** Whether page data goes over the bulk port. */
   get hasBulk(): boolean {
-    return this.bulk !== undefined && this.bulk.failure === undefined;
+    return this.bulk !== undefined && this.bulk.failure === undefined && !this.bulkSuspended;
   }
 
   /**
