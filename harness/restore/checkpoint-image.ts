@@ -40,9 +40,8 @@ export const IMAGE_FORMAT = 'cr-harness-checkpoint';
  * them, and a region carries its registration mode and the pages the fault
  * server had not provided (userfaultfd.ts); 7: ldt.json, the entries the
  * process installed in its LDT with modify_ldt (ldt.ts); 8: a memory entry
- * holds only the pages its region's `stored` ranges name (untouched pages,
- * a private file mapping's pages still the file's, anonymous zero pages are
- * left out: stored-pages.ts).
+ * holds only the pages its region's `stored` ranges name (untouched pages
+ * and anonymous zero pages are left out: stored-pages.ts).
  */
 export const IMAGE_VERSION = 8;
 /**

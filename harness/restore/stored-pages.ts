@@ -3,8 +3,13 @@
  * out reads after restore as the mapping's own backing — zeros for
  * anonymous memory, the file's bytes for a private file mapping — which is
  * exactly what the original read there when the page was never touched
- * (pagemap: neither present nor swapped), was still the file's own page
- * (never copied on write), or held only zeros (anonymous memory).
+ * (pagemap: neither present nor swapped) or held only zeros (anonymous
+ * memory).
+ *
+ * A private file mapping's touched page is stored even when it is still
+ * the file's own (pagemap bit 61, PAGE_FILE): leaving it to the file would
+ * make the image depend on the file's bytes at restore, and a restore that
+ * maps the region as anonymous memory (omit=mapping-kinds) would read zeros.
  *
  * Not left out: anything of a region a userfaultfd holds (there a missing
  * page faults to the server, so a zero page must be written and an absent
@@ -12,7 +17,7 @@
  * anonymous memory (its pages live in the shared object, not in this
  * process's page table, so pagemap cannot tell) — only their zero pages go.
  */
-import { PAGE_FILE, PAGE_PRESENT, PAGE_SWAPPED } from '../agent/ops.ts';
+import { PAGE_PRESENT, PAGE_SWAPPED } from '../agent/ops.ts';
 import type { MemoryRegion } from './checkpoint-image.ts';
 import { presentSlices } from './userfaultfd.ts';
 
@@ -20,13 +25,13 @@ export const PAGE_BYTES = 4096;
 const ZERO_PAGE = Buffer.alloc(PAGE_BYTES);
 
 /** How a region's pages are chosen. */
-export type StoreRule = 'all-but-absent' | 'touched' | 'touched-copied' | 'nonzero';
+export type StoreRule = 'all-but-absent' | 'touched' | 'touched-nonzero' | 'nonzero';
 
 /** The rule for a region (a region with no entry stores nothing). */
 export function storeRule(region: Pick<MemoryRegion, 'file' | 'perms' | 'userfault'>): StoreRule {
   if (region.userfault) return 'all-but-absent';
   if (region.perms[3] === 's') return 'nonzero';
-  return region.file === null ? 'touched' : 'touched-copied';
+  return region.file === null ? 'touched-nonzero' : 'touched';
 }
 
 /** Merges page indexes (ascending) into [start, end) address ranges. */
@@ -42,21 +47,15 @@ function pageRanges(start: bigint, pages: Iterable<number>): Array<[bigint, bigi
 }
 
 /**
- * The ranges to read from the process: for 'touched' and 'touched-copied'
- * the pages pagemap shows (`pagemap`, one byte per page), for the others
- * every page but the absent ones.
+ * The ranges to read from the process: for 'touched' and 'touched-nonzero'
+ * the pages pagemap shows present or swapped (`pagemap`, one byte per
+ * page), for the others every page but the absent ones.
  */
 export function pagesToRead(region: Pick<MemoryRegion, 'start' | 'end' | 'file' | 'perms' | 'userfault' | 'absent'>, pagemap: Buffer | undefined): Array<[bigint, bigint]> {
   const rule = storeRule(region);
   if (rule === 'all-but-absent' || rule === 'nonzero' || !pagemap) return presentSlices(region).map(([from, to]) => [region.start + BigInt(from), region.start + BigInt(to)]);
   const keep = function* (): Generator<number> {
-    for (let i = 0; i < pagemap.length; i++) {
-      const flags = pagemap[i]!;
-      if ((flags & (PAGE_PRESENT | PAGE_SWAPPED)) === 0) continue;
-      // A private file mapping's page that is still the file's reads the same from the file again.
-      if (rule === 'touched-copied' && (flags & PAGE_FILE) !== 0 && (flags & PAGE_SWAPPED) === 0) continue;
-      yield i;
-    }
+    for (let i = 0; i < pagemap.length; i++) if ((pagemap[i]! & (PAGE_PRESENT | PAGE_SWAPPED)) !== 0) yield i;
   };
   return pageRanges(region.start, keep());
 }
@@ -64,7 +63,7 @@ export function pagesToRead(region: Pick<MemoryRegion, 'start' | 'end' | 'file' 
 /** `read` (the bytes of `ranges`, concatenated) without its zero pages, where the rule lets zeros go. */
 export function dropZeroPages(region: Pick<MemoryRegion, 'file' | 'perms' | 'userfault'>, ranges: ReadonlyArray<readonly [bigint, bigint]>, read: Buffer): Array<[bigint, bigint]> {
   const rule = storeRule(region);
-  if (rule === 'all-but-absent' || rule === 'touched-copied') return ranges.map(([s, e]) => [s, e]);
+  if (rule === 'all-but-absent' || rule === 'touched') return ranges.map(([s, e]) => [s, e]);
   const pages: Array<[bigint, bigint]> = [];
   let at = 0;
   for (const [start, end] of ranges) {
