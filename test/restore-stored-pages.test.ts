@@ -1,4 +1,4 @@
-// expect: an image stores the touched pages of a mapping and no anonymous zero page; a userfaultfd region keeps every provided page; stored ranges pack and unpack exactly; a restore drops the target's own pages only where the image leaves pages out.
+// expect: an image stores the touched pages of anonymous memory and no anonymous zero page, every page of a private file mapping; a userfaultfd region keeps every provided page; stored ranges pack and unpack exactly; a restore drops the target's own pages only where the image leaves pages out.
 import t from 'tap';
 import { PAGE_FILE, PAGE_PRESENT, PAGE_SWAPPED } from '../harness/agent/ops.ts';
 import { dropZeroPages, packStored, pagesToRead, storeRule, unpackStored } from '../harness/restore/stored-pages.ts';
@@ -9,9 +9,9 @@ import { SYNTHETIC_MAPS, syntheticImage, syntheticRegs } from './support/synthet
 const P = 0x1000n;
 const anon = { start: 0x7000_0000n, end: 0x7000_0000n + 6n * P, file: null, perms: 'rw-p', userfault: 0 };
 
-t.test('rules: anonymous touched-nonzero, private file touched, shared nonzero, userfaultfd all but absent', async (t) => {
+t.test('rules: anonymous touched-nonzero, private file every page, shared nonzero, userfaultfd all but absent', async (t) => {
   t.equal(storeRule(anon), 'touched-nonzero');
-  t.equal(storeRule({ ...anon, file: '/bin/x' }), 'touched');
+  t.equal(storeRule({ ...anon, file: '/bin/x' }), 'every');
   t.equal(storeRule({ ...anon, perms: 'rw-s' }), 'nonzero');
   t.equal(storeRule({ ...anon, userfault: 1 }), 'all-but-absent');
 });
@@ -19,7 +19,7 @@ t.test('rules: anonymous touched-nonzero, private file touched, shared nonzero, 
 t.test('pagemap: present or swapped pages are read, merged into ranges; untouched ones are not', async (t) => {
   const map = Buffer.from([PAGE_PRESENT, PAGE_PRESENT | PAGE_FILE, 0, PAGE_SWAPPED, 0, PAGE_PRESENT]);
   t.same(pagesToRead(anon, map), [[anon.start, anon.start + 2n * P], [anon.start + 3n * P, anon.start + 4n * P], [anon.start + 5n * P, anon.end]]);
-  t.same(pagesToRead({ ...anon, file: '/bin/x' }, map), pagesToRead(anon, map), 'a file page still the file\'s is stored too');
+  t.same(pagesToRead({ ...anon, file: '/bin/x' }, map), [[anon.start, anon.end]], 'a private file mapping: every page, touched or not');
   t.same(pagesToRead({ ...anon, perms: 'rw-s' }, map), [[anon.start, anon.end]], 'shared memory: pagemap is not asked, every page read');
   t.same(pagesToRead({ ...anon, userfault: 1, absent: [[anon.start + P, anon.start + 2n * P]] }, map), [[anon.start, anon.start + P], [anon.start + 2n * P, anon.end]], 'userfaultfd: all but the absent pages');
 });

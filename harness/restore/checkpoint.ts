@@ -90,7 +90,7 @@ export async function checkpointProcess(agent: AgentClient, process: ProcessInfo
  */
 async function readContents(agent: AgentClient, pid: number, regions: MemoryRegion[]): Promise<Map<string, Buffer>> {
   const withEntry = regions.filter((r) => r.entry !== null);
-  const mapped = withEntry.filter((r) => storeRule(r) === 'touched' || storeRule(r) === 'touched-nonzero');
+  const mapped = withEntry.filter((r) => storeRule(r) === 'touched-nonzero');
   const pagemaps = new Map<MemoryRegion, Buffer>();
   const steps = await agent.batch(mapped.map((r) => ({ op: 'PAGEMAP', pid, start: r.start, pages: Number(r.end - r.start) / PAGE_BYTES }) as const));
   steps.forEach((step, i) => {

@@ -1,21 +1,22 @@
 /**
  * Which pages of a mapping the image stores (image format 8). A page left
- * out reads after restore as the mapping's own backing — zeros for
- * anonymous memory, the file's bytes for a private file mapping — which is
- * exactly what the original read there when the page was never touched
- * (pagemap: neither present nor swapped) or held only zeros (anonymous
- * memory).
+ * out reads after restore as the mapping's own backing — zeros — which is
+ * exactly what the original read there when the page of private anonymous
+ * memory was never touched (pagemap: neither present nor swapped) or held
+ * only zeros.
  *
- * A private file mapping's touched page is stored even when it is still
- * the file's own (pagemap bit 61, PAGE_FILE): leaving it to the file would
- * make the image depend on the file's bytes at restore, and a restore that
- * maps the region as anonymous memory (omit=mapping-kinds) would read zeros.
+ * Every page of a private file mapping is stored, touched or not, zero or
+ * not: a page left to the file would make the image depend on the file's
+ * bytes at restore time, and a restore that maps the region as anonymous
+ * memory (omit=mapping-kinds) would read zeros there. (pagemap's bit 61,
+ * PAGE_FILE, could tell the pages still the file's from copied ones; that
+ * saving is left for when restores no longer map file regions anonymous.)
  *
- * Not left out: anything of a region a userfaultfd holds (there a missing
- * page faults to the server, so a zero page must be written and an absent
- * one is recorded as absent, userfaultfd.ts), and untouched pages of shared
- * anonymous memory (its pages live in the shared object, not in this
- * process's page table, so pagemap cannot tell) — only their zero pages go.
+ * Not left out either: anything of a region a userfaultfd holds (there a
+ * missing page faults to the server, so a zero page must be written and an
+ * absent one is recorded as absent, userfaultfd.ts); and untouched pages
+ * of shared anonymous memory (its pages live in the shared object, not in
+ * this process's page table, so pagemap cannot tell) — only its zero pages go.
  */
 import { PAGE_PRESENT, PAGE_SWAPPED } from '../agent/ops.ts';
 import type { MemoryRegion } from './checkpoint-image.ts';
@@ -25,13 +26,13 @@ export const PAGE_BYTES = 4096;
 const ZERO_PAGE = Buffer.alloc(PAGE_BYTES);
 
 /** How a region's pages are chosen. */
-export type StoreRule = 'all-but-absent' | 'touched' | 'touched-nonzero' | 'nonzero';
+export type StoreRule = 'all-but-absent' | 'every' | 'touched-nonzero' | 'nonzero';
 
 /** The rule for a region (a region with no entry stores nothing). */
 export function storeRule(region: Pick<MemoryRegion, 'file' | 'perms' | 'userfault'>): StoreRule {
   if (region.userfault) return 'all-but-absent';
   if (region.perms[3] === 's') return 'nonzero';
-  return region.file === null ? 'touched-nonzero' : 'touched';
+  return region.file === null ? 'touched-nonzero' : 'every';
 }
 
 /** Merges page indexes (ascending) into [start, end) address ranges. */
@@ -47,13 +48,13 @@ function pageRanges(start: bigint, pages: Iterable<number>): Array<[bigint, bigi
 }
 
 /**
- * The ranges to read from the process: for 'touched' and 'touched-nonzero'
- * the pages pagemap shows present or swapped (`pagemap`, one byte per
- * page), for the others every page but the absent ones.
+ * The ranges to read from the process: for 'touched-nonzero' the pages
+ * pagemap shows present or swapped (`pagemap`, one byte per page), for the
+ * others every page but the absent ones.
  */
 export function pagesToRead(region: Pick<MemoryRegion, 'start' | 'end' | 'file' | 'perms' | 'userfault' | 'absent'>, pagemap: Buffer | undefined): Array<[bigint, bigint]> {
   const rule = storeRule(region);
-  if (rule === 'all-but-absent' || rule === 'nonzero' || !pagemap) return presentSlices(region).map(([from, to]) => [region.start + BigInt(from), region.start + BigInt(to)]);
+  if (rule !== 'touched-nonzero' || !pagemap) return presentSlices(region).map(([from, to]) => [region.start + BigInt(from), region.start + BigInt(to)]);
   const keep = function* (): Generator<number> {
     for (let i = 0; i < pagemap.length; i++) if ((pagemap[i]! & (PAGE_PRESENT | PAGE_SWAPPED)) !== 0) yield i;
   };
@@ -63,7 +64,7 @@ export function pagesToRead(region: Pick<MemoryRegion, 'start' | 'end' | 'file' 
 /** `read` (the bytes of `ranges`, concatenated) without its zero pages, where the rule lets zeros go. */
 export function dropZeroPages(region: Pick<MemoryRegion, 'file' | 'perms' | 'userfault'>, ranges: ReadonlyArray<readonly [bigint, bigint]>, read: Buffer): Array<[bigint, bigint]> {
   const rule = storeRule(region);
-  if (rule === 'all-but-absent' || rule === 'touched') return ranges.map(([s, e]) => [s, e]);
+  if (rule === 'all-but-absent' || rule === 'every') return ranges.map(([s, e]) => [s, e]);
   const pages: Array<[bigint, bigint]> = [];
   let at = 0;
   for (const [start, end] of ranges) {
