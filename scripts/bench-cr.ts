@@ -89,17 +89,19 @@ try {
     const image = await checkpointProcess(guest.agent, { binary, argv, envp: [], noAslr: true, pid }, guest.platform);
     await writeCheckpointImage(image, file);
     const checkpointMs = ms(t);
-    const region = image.regions.find((r) => r.end - r.start === BigInt(sizeMiB * MiB) && r.file === null)!;
+    // The data mapping; the kernel merges the untouched one below it (mmap grows down) into the same VMA.
+    const region = image.regions.find((r) => r.end - r.start === BigInt((sizeMiB + untouched) * MiB) && r.file === null);
+    if (!region) throw new Error(`memfill ${sizeMiB}: no ${sizeMiB + untouched} MiB anonymous region in the image`);
 
     // The raw channel: the same bytes, nothing else (the process still stopped).
-    const ranges = [{ address: region.start, length: sizeMiB * MiB }];
+    const ranges = [{ address: region.end - BigInt(sizeMiB * MiB), length: sizeMiB * MiB }];
     t = process.hrtime.bigint();
     const raw = await guest.agent.readMemory(pid, ranges);
     const rawOutMs = ms(t);
     t = process.hrtime.bigint();
     if (channel === 'bulk' || sizeMiB <= sshMax) {
       const writes = [];
-      for (let off = 0; off < raw.length; off += MiB) writes.push({ op: 'WRITE_MEM' as const, pid, address: region.start + BigInt(off), data: raw.subarray(off, off + MiB) });
+      for (let off = 0; off < raw.length; off += MiB) writes.push({ op: 'WRITE_MEM' as const, pid, address: ranges[0]!.address + BigInt(off), data: raw.subarray(off, off + MiB) });
       const steps = await guest.agent.batch(writes);
       if (steps.some((s) => !s.ok)) throw new Error('raw write failed');
     }
