@@ -11,6 +11,8 @@ import { checkpointProcess } from '../harness/restore/checkpoint.ts';
 import { readCheckpointImage, writeCheckpointImage, type ProcessInfo } from '../harness/restore/checkpoint-image.ts';
 import { DEFAULT_POLICY, describePolicy, type RestorePolicy } from '../harness/restore/policy.ts';
 import { restoreWitnessed } from '../harness/testing/restore-witness.ts';
+import { endedAs } from '../harness/testing/native-reference.ts';
+import { runNatively } from '../harness/guest/native-run.ts';
 import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
 import { startGuest } from '../harness/testing/guest-fixture.ts';
 import { readOutput, RUN_TIMEOUT_MS } from '../harness/testing/scenario.ts';
@@ -59,6 +61,26 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_FUTEX']), async (t) => {
   })();
   t.equal(reference.run.code, 0, 'uninterrupted: exits 0');
   t.match(reference.log, /^started pid=\d+\nwaiting\nwoke pid=\d+ same-pid=1 session=1 files=1 futex-errno=0\n$/, 'uninterrupted log');
+
+  // The reference is a traced run: it must be what the daemon does with no tracer at all. Not through
+  // nativeReference(): the daemon announces nothing crh-native's finish can see (no CRH-READY, its log starts with
+  // "started"), so its SIGUSR1 comes from a second guest shell once its own log says "waiting" and a settle has passed,
+  // as the traced run's comes once it has blocked. Its log has its own path (the daemon truncates and writes it) and
+  // is compared with the pids masked (normalize): the native run's pid is whatever fork gives; nothing else is masked.
+  const nativeLog = '/tmp/daemon-native.log';
+  await guest.machine.ssh.run(`rm -f ${nativeLog} ${nativeLog}.out`);
+  const nativeRun = runNatively(
+    { shell: (command) => guest.machine.ssh.run(command), readFile: (file) => readOutput(guest, file) },
+    { binary, argv: [binary, nativeLog], envp: [], stdoutPath: `${nativeLog}.out`, timeoutMs: RUN_TIMEOUT_MS },
+  );
+  const polls = Math.ceil(RUN_TIMEOUT_MS / 100);
+  await guest.machine.ssh.run(
+    `i=0; until grep -qx waiting ${nativeLog} 2>/dev/null || [ $i -ge ${polls} ]; do i=$((i+1)); sleep 0.1; done; sleep ${SETTLE_MS / 1000}; ` +
+      `pid=$(sed -n 's/^started pid=\\([0-9]*\\)$/\\1/p' ${nativeLog}); [ -z "$pid" ] || kill -USR1 "$pid"`,
+  );
+  const native = await nativeRun;
+  const nativeLogText = await readOutput(guest, nativeLog);
+  t.equal(`${endedAs(reference.run)}\n${normalize(reference.log)}`, `${endedAs(native)}\n${normalize(nativeLogText)}`, 'the traced reference is the native run (no tracer), pids masked');
 
   const cycle = async (t: Test, policy: RestorePolicy, tag: string, samePid = true) => {
     const log = `/tmp/daemon-${tag}.log`;

@@ -13,6 +13,7 @@ import type { RfPolicy } from '../harness/restore/policy.ts';
 import type { Restorer } from '../harness/restore/restorers.ts';
 import { restoreWitnessed } from '../harness/testing/restore-witness.ts';
 import { startGuest } from '../harness/testing/guest-fixture.ts';
+import { endedAs, nativeReference } from '../harness/testing/native-reference.ts';
 import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
 import { checkpointAtHit, readOutput, restoreAndFinish, RUN_TIMEOUT_MS, spawnArmed, type Workload } from '../harness/testing/scenario.ts';
 import { EFLAGS, hex } from '../harness/x86/registers.ts';
@@ -64,7 +65,11 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     const { result: run, observation } = await observeCpu(guest.machine.gdbSocket, symbols, { countDebugTrapsAt: target }, () =>
       agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS }),
     );
-    return { totalHits: run.hits.length, checksum: checksumIn(await readOutput(guest, '/tmp/hwbreak-reference.out')), exitCode: run.code, oracle: observation };
+    const output = await readOutput(guest, '/tmp/hwbreak-reference.out');
+    // The reference is a traced run: it must be what the program does with no tracer at all.
+    const native = await nativeReference(guest, workload);
+    t.equal(`${endedAs(run)}\n${output}`, `${endedAs(native)}\n${native.output}`, 'the traced reference is the native run (no tracer)');
+    return { totalHits: run.hits.length, checksum: checksumIn(output), exitCode: run.code, oracle: observation };
   })();
   t.equal(reference.exitCode, 0, 'uninterrupted run exits 0');
   t.equal(reference.totalHits, CALLS, `uninterrupted run: one ptrace hit per call (${CALLS})`);

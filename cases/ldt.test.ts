@@ -7,6 +7,7 @@ import t from 'tap';
 import { recordOutcome } from '../harness/report/verdicts.ts';
 import { DEFAULT_POLICY, describePolicy, type RestorePolicy } from '../harness/restore/policy.ts';
 import { describeLdtEntry } from '../harness/restore/ldt.ts';
+import { endedAs, nativeReference } from '../harness/testing/native-reference.ts';
 import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
 import { startGuest } from '../harness/testing/guest-fixture.ts';
 import { checkpointAtHit, restoreAndFinish, runUninterrupted, type Workload } from '../harness/testing/scenario.ts';
@@ -23,6 +24,9 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_MODIFY_LDT_SYSCALL']), async (t
 
   const { run: reference, output: expected } = await runUninterrupted(guest, workload, '/tmp/ldt-reference.out');
   t.equal(reference.code, 0, `uninterrupted: ${expected.trim()}`);
+  // The reference is a traced run: it must be what the program does with no tracer at all.
+  const native = await nativeReference(guest, workload);
+  t.equal(`${endedAs(reference)}\n${expected}`, `${endedAs(native)}\n${native.output}`, 'the traced reference is the native run (no tracer)');
   t.match(expected, /absent=SIGBUS\/128 /, 'uninterrupted: the not-present entry raises #NP, delivered as SIGBUS (SI_KERNEL)');
 
   for (const restorer of ['ptrace', 'sigreturn'] as const) {

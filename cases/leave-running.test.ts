@@ -8,6 +8,7 @@ import { readCheckpointImage } from '../harness/restore/checkpoint-image.ts';
 import { DEFAULT_POLICY, describePolicy, type RestorePolicy } from '../harness/restore/policy.ts';
 import { PidInUseError } from '../harness/restore/restore.ts';
 import { restoreWitnessed } from '../harness/testing/restore-witness.ts';
+import { endedAs, nativeReference } from '../harness/testing/native-reference.ts';
 import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
 import { startGuest } from '../harness/testing/guest-fixture.ts';
 import { checkpointAtHit, readOutput, restoreAndFinish, RUN_TIMEOUT_MS, spawnArmed, type Workload } from '../harness/testing/scenario.ts';
@@ -26,8 +27,12 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
 
   const refPid = await spawnArmed(guest, workload, '/tmp/leave-running-reference.out');
   const ref = await agent.call({ op: 'RUN', pid: refPid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
-  const refSum = checksum(await readOutput(guest, '/tmp/leave-running-reference.out'));
+  const refOutput = await readOutput(guest, '/tmp/leave-running-reference.out');
+  const refSum = checksum(refOutput);
   t.same([ref.code, ref.hits.length], [0, CALLS], `uninterrupted: ${CALLS} hits, checksum ${refSum}`);
+  // The reference is a traced run: it must be what the program does with no tracer at all.
+  const native = await nativeReference(guest, workload);
+  t.equal(`${endedAs(ref)}\n${refOutput}`, `${endedAs(native)}\n${native.output}`, 'the traced reference is the native run (no tracer)');
 
   const run = async (policy: RestorePolicy, tag: string) => {
     const checkpointed = await checkpointAtHit(guest, workload, AT, tag, { leaveRunning: true });

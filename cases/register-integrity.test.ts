@@ -8,6 +8,7 @@ import { recordRow } from '../harness/testing/verdict-rows.ts';
 import { CALLEE_SAVED, type RegsPolicy } from '../harness/restore/policy.ts';
 import { RESTORERS, type Restorer } from '../harness/restore/restorers.ts';
 import { startGuest } from '../harness/testing/guest-fixture.ts';
+import { endedAs, nativeReference } from '../harness/testing/native-reference.ts';
 import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
 import { checkpointAtHit, readOutput, restoreAndFinish, RUN_TIMEOUT_MS, type Restored, type Workload } from '../harness/testing/scenario.ts';
 import { hex, USER_REGS_FIELDS } from '../harness/x86/registers.ts';
@@ -35,6 +36,9 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
   const reference = await agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
   const referenceOutput = await readOutput(guest, '/tmp/regcheck-reference.out');
   t.equal(reference.code, 0, `uninterrupted run: ${referenceOutput.trim()}`);
+  // The reference is a traced run: it must be what the program does with no tracer at all.
+  const native = await nativeReference(guest, workload);
+  t.equal(`${endedAs(reference)}\n${referenceOutput}`, `${endedAs(native)}\n${native.output}`, 'the traced reference is the native run (no tracer)');
   t.same(mismatches(referenceOutput), [], 'the workload finds every register intact without a checkpoint');
 
   const run = async (t: Test, regs: RegsPolicy, restorer: Restorer): Promise<Restored> => {

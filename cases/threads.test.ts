@@ -20,6 +20,7 @@ import { readCheckpointImage, writeCheckpointImage } from '../harness/restore/ch
 import { DEFAULT_POLICY, describePolicy, type RestorePolicy } from '../harness/restore/policy.ts';
 import { restoreWitnessed } from '../harness/testing/restore-witness.ts';
 import { startGuest } from '../harness/testing/guest-fixture.ts';
+import { endedAs, nativeReference } from '../harness/testing/native-reference.ts';
 import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
 import { readOutput, RUN_TIMEOUT_MS, spawnArmed, type Workload } from '../harness/testing/scenario.ts';
 import { debugRegOffset, hex, type UserRegName } from '../harness/x86/registers.ts';
@@ -68,7 +69,12 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ', 'CONFIG_CHECKPOINT_RESTO
   const reference = await (async () => {
     const s = await stopAll('reference');
     const run = await agent.call({ op: 'RUN', pid: s.pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
-    return { ...s, end: run, line: summaryLine(await readOutput(guest, s.out)) };
+    const output = await readOutput(guest, s.out);
+    // The reference is a traced run (stopped at the breakpoint, t3 watched): it must be what the program does with no
+    // tracer at all.
+    const native = await nativeReference(guest, workload);
+    t.equal(`${endedAs(run)}\n${output}`, `${endedAs(native)}\n${native.output}`, 'the traced reference is the native run (no tracer)');
+    return { ...s, end: run, line: summaryLine(output) };
   })();
   t.equal(reference.run.stoppedTid, reference.pid, 'the main thread hit threads_checkpoint');
   t.same(reference.run.threads, [...reference.tids].sort((a, b) => a - b), `RUN left all ${THREADS} threads stopped: ${reference.run.threads.join(' ')}`);

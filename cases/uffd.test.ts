@@ -12,6 +12,7 @@ import { recordRowOutcome } from '../harness/testing/verdict-rows.ts';
 import { DEFAULT_POLICY, describePolicy, type RestorePolicy } from '../harness/restore/policy.ts';
 import { UFFD_MODE } from '../harness/restore/userfaultfd.ts';
 import type { CheckpointImage } from '../harness/restore/checkpoint-image.ts';
+import { endedAs, nativeReference } from '../harness/testing/native-reference.ts';
 import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
 import { startGuest, type Guest } from '../harness/testing/guest-fixture.ts';
 import { checkpointAtHit, checkpointStopped, readOutput, restoreAndFinish, RUN_TIMEOUT_MS, runUninterrupted, spawnArmed, type Restored } from '../harness/testing/scenario.ts';
@@ -66,6 +67,10 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_USERFAULTFD']), async (t) => {
     const at = symbols.resolve(`uffd:${access.label}`);
     const reference = await runUninterrupted(guest, { binary, argv: [binary, access.mode] }, `/tmp/uffd-${access.mode}-reference.out`);
     t.same([reference.run.outcome, reference.run.code], ['exited', 0], `uninterrupted ${access.mode}: ${summary(reference.output)}`);
+    // The reference is a traced run: it must be what the program does with no tracer at all. The whole output, as the
+    // case compares the restored run's: fault kind, served, mismatches, first and digest do not depend on timing.
+    const native = await nativeReference(guest, { binary, argv: [binary, access.mode] });
+    t.equal(`${endedAs(reference.run)}\n${reference.output}`, `${endedAs(native)}\n${native.output}`, 'the traced reference is the native run (no tracer)');
     t.match(summary(reference.output), new RegExp(`^uffd mode=${access.mode} fault=\\w+ served=copied mismatches=0 `), 'uninterrupted: one page served, every byte as the architecture says');
     const measuredFault = /fault=(\w+)/.exec(reference.output)?.[1];
     const rows = { ...conditions, [`faultKind.${access.mode}`]: String(measuredFault) };
@@ -149,6 +154,9 @@ async function breakpointOnFaultingLoad(t: Test, guest: Guest): Promise<void> {
   const reference = await readOutput(guest, '/tmp/uffd-breakpoint-reference.original.out');
   t.equal(hitsAtLoad(referenceRun.hits), 1, `uninterrupted: the breakpoint on the faulting load fires once (${referenceRun.hits.length} hit(s); the fault frame's RF keeps the re-executed load from firing it again)`);
   t.equal(referenceRun.code, 0, summary(reference));
+  // This reference was traced with a breakpoint on the faulting load: still what `uffd read` does with no tracer at all.
+  const native = await nativeReference(guest, { binary, argv: [binary, 'read'] });
+  t.equal(`${endedAs(referenceRun)}\n${reference}`, `${endedAs(native)}\n${native.output}`, 'the armed traced reference is the native run (no tracer)');
 
   const cycle = async (t: Test, policy: RestorePolicy, tag: string) => {
     const pid = await armed(tag);

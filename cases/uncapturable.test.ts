@@ -8,6 +8,7 @@ import t from 'tap';
 import { CheckpointError } from '../harness/errors.ts';
 import { recordOutcome, recordVerdict } from '../harness/report/verdicts.ts';
 import { DEFAULT_POLICY, describePolicy } from '../harness/restore/policy.ts';
+import { endedAs, nativeReference } from '../harness/testing/native-reference.ts';
 import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
 import { startGuest } from '../harness/testing/guest-fixture.ts';
 import { checkpointAtHit, restoreAndFinish, runUninterrupted, type Workload } from '../harness/testing/scenario.ts';
@@ -46,10 +47,13 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
 
   await refused('eventfd', ['eventfd'], ['eventfd']);
   await refused('personality', ['personality'], ['personality']);
-  await refused('several', ['eventfd', 'pipe', 'socket', 'timerfd', 'seccomp', 'timer', 'umask'], ['eventfd', 'pipe', 'socket', 'timerfd', 'seccomp', 'no_new_privs', 'POSIX timers', 'umask']);
+  await refused('several', ['eventfd', 'pipe', 'socket', 'timerfd', 'seccomp', 'timer', 'umask'], ['eventfd', 'pipe', 'socket', 'timerfd', 'seccomp', 'no_new_privs', 'POSIX timer', 'umask']);
 
   await t.test('holding nothing extra: checkpointed and restored as uninterrupted', async (t) => {
-    const { output: expected } = await runUninterrupted(guest, workload(), '/tmp/holdstate-reference.out');
+    const { run: reference, output: expected } = await runUninterrupted(guest, workload(), '/tmp/holdstate-reference.out');
+    // The honest run's reference is a traced run: it must be what the program does with no tracer at all.
+    const native = await nativeReference(guest, workload());
+    t.equal(`${endedAs(reference)}\n${expected}`, `${endedAs(native)}\n${native.output}`, 'the traced reference is the native run (no tracer)');
     const checkpointed = await checkpointAtHit(guest, workload(), 1, 'nothing', { disarm: true });
     const r = await restoreAndFinish(guest, checkpointed.file, DEFAULT_POLICY, 'nothing', {});
     t.equal(r.output, expected, `restored: ${r.output.trim()}`);

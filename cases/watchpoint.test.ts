@@ -9,6 +9,7 @@ import { dr7WriteWatch } from '../harness/agent/breakpoint-spawn.ts';
 import { recordRowOutcome } from '../harness/testing/verdict-rows.ts';
 import { DEFAULT_POLICY, describePolicy, type RestorePolicy } from '../harness/restore/policy.ts';
 import { startGuest } from '../harness/testing/guest-fixture.ts';
+import { endedAs, nativeReference } from '../harness/testing/native-reference.ts';
 import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
 import { checkpointAtHit, readOutput, restoreAndFinish, RUN_TIMEOUT_MS, spawnArmed, type Workload } from '../harness/testing/scenario.ts';
 import { hex } from '../harness/x86/registers.ts';
@@ -39,6 +40,9 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     const pid = await spawnArmed(guest, w, refOut);
     const reference = await guest.agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
     const referenceOutput = await readOutput(guest, refOut);
+    // The reference is a traced run: it must be what the program does with no tracer at all (run natively once per width).
+    const native = await nativeReference(guest, w);
+    t.equal(`${endedAs(reference)}\n${referenceOutput}`, `${endedAs(native)}\n${native.output}`, 'the traced reference is the native run (no tracer)');
     t.equal(reference.hits.length, ROUNDS, `uninterrupted: one trap per store to the watched bytes, none for the neighbour (${traps(reference)})`);
     t.ok(reference.hits.every((h) => (h.dr6 & DR6_HITS) === DR6_B1), 'uninterrupted: DR6 = B1 at every trap');
 

@@ -1,39 +1,47 @@
 /**
- * Checkpoint and restore of a process holding 1, 16, 64 and 256 MiB
- * (guests/workloads/memfill.c: every word written, checked by the process
- * itself after the restore), the image on the host as `crh cr` keeps it.
- * For each size: checkpoint (capture + image written) and restore (image
- * read and validated + restore + read-back) times, MB/s, image bytes; and
- * the raw channel moving the same bytes with nothing else (READ_MEM_BULK /
- * WRITE_MEM_BULK of the whole mapping, or READ_MEM / WRITE_MEM over SSH).
- * Each size runs over the bulk port and, up to --ssh-max MiB, with the bulk
- * port suspended (page data over SSH), in the same guest.
+ * Checkpoint and restore of the same memfill process (guests/workloads/
+ * memfill.c: every word written, checked by the process itself after the
+ * restore) by three paths in the same guest (the image variant with CRIU),
+ * in the same run: crh with page data over the bulk port, crh with the bulk
+ * port suspended (page data over SSH, up to --ssh-max MiB), and CRIU's
+ * `criu dump` + `criu restore -d`. N rounds of each, alternating; medians
+ * and ratios printed. Every restored process must finish with "memfill ok":
+ * a fast wrong restore is not a result.
  *
- *   node --import tsx scripts/bench-cr.ts [--sizes 1,16,64,256] [--runs 3] [--ssh-max 64] [--json FILE]
+ * What is timed (host wall clock; the TCG guest's clock runs fast):
+ * - crh: checkpointProcess + the image written to the host as `crh cr` keeps
+ *   it, and the image read and validated + restoreProcess; the process is
+ *   killed between them, untimed. Beside them, image bytes and the raw
+ *   channel moving the same bytes with nothing else (READ_MEM_BULK /
+ *   WRITE_MEM_BULK of the whole mapping, or READ_MEM / WRITE_MEM over SSH).
+ * - criu: `criu dump` and `criu restore -d` over one SSH exec each (images
+ *   on the guest's tmpfs), the round trip of an empty exec reported beside;
+ *   DETACH before and REAP/ATTACH after are not timed.
  *
- * Peers: PEERS below is where another engine (CRIU, in the same guest)
- * plugs in a column — a function that checkpoints and restores the same
- * workload and reports its two times; none is registered here.
+ *   node --import tsx scripts/bench-cr.ts [--sizes 1,16,64,256] [--runs 3] [--ssh-max 64] [--untouched 64] [--criu-max 256] [--json FILE]
  */
 import { mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { openGuest, type Guest } from '../harness/guest/open-guest.ts';
 import { spawnWithBreakpoint } from '../harness/agent/breakpoint-spawn.ts';
+import { criuDumpArgs, criuRestoreArgs, runCriu } from '../harness/criu/commands.ts';
+import { ElfFile } from '../harness/elf/elf64.ts';
+import { openGuest } from '../harness/guest/open-guest.ts';
+import { bootstrapHost } from '../harness/host/bootstrap.ts';
 import { debugRegOffset } from '../harness/x86/registers.ts';
 import { checkpointProcess } from '../harness/restore/checkpoint.ts';
 import { readCheckpointImage, writeCheckpointImage } from '../harness/restore/checkpoint-image.ts';
 import { restoreProcess } from '../harness/restore/restore.ts';
 import { DEFAULT_POLICY } from '../harness/restore/policy.ts';
-import { readGuestText } from '../harness/agent/read-file.ts';
-import { median } from './stats.ts';
+import { median, summarize } from './stats.ts';
 
 const { values } = parseArgs({
   options: {
     sizes: { type: 'string', default: '1,16,64,256' },
     runs: { type: 'string', default: '3' },
     'ssh-max': { type: 'string', default: '64' },
+    'criu-max': { type: 'string', default: '256' },
     untouched: { type: 'string', default: '64' },
     json: { type: 'string' },
   },
@@ -41,125 +49,163 @@ const { values } = parseArgs({
 const sizes = values.sizes.split(',').map(Number);
 const runs = Number(values.runs);
 const sshMax = Number(values['ssh-max']);
+const criuMax = Number(values['criu-max']);
 const untouchedMiB = Number(values.untouched);
 const MiB = 1024 * 1024;
-const RUN_TIMEOUT_MS = 120_000;
+const RUN_TIMEOUT_MS = 600_000;
 
-/** Another engine's checkpoint + restore of `memfill sizeMiB` in the same guest (a CRIU column). */
-export interface PeerEngine {
-  name: string;
-  checkpointRestore(guest: Guest, sizeMiB: number): Promise<{ checkpointMs: number; restoreMs: number }>;
-}
-/** Register peers here (e.g. CRIU once the guest has it); each gets its own columns. */
-const PEERS: PeerEngine[] = [];
-
+type Path = 'bulk' | 'ssh' | 'criu';
 interface Sample {
-  channel: 'bulk' | 'ssh';
+  path: Path;
   sizeMiB: number;
   untouchedMiB: number;
   checkpointMs: number;
   restoreMs: number;
-  imageBytes: number;
-  rawOutMs: number;
-  rawInMs: number;
+  /** crh only: the image file's size, and the raw channel's two directions */
+  imageBytes?: number;
+  rawOutMs?: number;
+  rawInMs?: number;
 }
 
+await bootstrapHost();
 const dir = await mkdtemp(path.join(tmpdir(), 'crh-bench-cr-'));
-const guest = await openGuest({ artifactsDir: dir, log: (l) => console.error(l) });
-const ms = (from: bigint): number => Number(process.hrtime.bigint() - from) / 1e6;
+const guest = await openGuest({ artifactsDir: dir, criu: true, agentCwd: '/tmp/bench', log: (l) => console.error(l) });
+const { agent, image } = guest;
+const ssh = guest.machine.ssh;
+const exec = (command: string) => ssh.exec(command);
+const ms = (from: number): number => performance.now() - from;
+
 try {
-  if (!guest.agent.hasBulk) throw new Error(`no bulk port: ${guest.agent.bulkUnavailable}`);
-  const binary = guest.image.guestPaths['memfill']!;
-  const ready = guest.symbols.resolve('memfill:ready');
-  const samples: Sample[] = [];
+  if (!agent.hasBulk) throw new Error(`no bulk port: ${agent.bulkUnavailable}`);
+  const criu = image.criu!;
+  const memfill = image.guestPaths.memfill!;
+  const breakAt = (await ElfFile.open(image.binaries.memfill!)).symbolAddress('memfill_checkpoint');
+  await ssh.run('mkdir -p /tmp/bench');
+  const roundTrips: number[] = [];
+  for (let i = 0; i < 5; i++) {
+    const t0 = performance.now();
+    await ssh.run('true');
+    roundTrips.push(Math.round(ms(t0)));
+  }
 
-  /** One checkpoint + restore of memfill MiB (+ untouched MiB), checked by the process itself. */
-  const once = async (channel: 'bulk' | 'ssh', sizeMiB: number, untouched: number): Promise<Sample> => {
-    guest.agent.bulkSuspended = channel === 'ssh';
-    const argv = [binary, String(sizeMiB), String(untouched)];
-    const out = `/tmp/memfill-${sizeMiB}.out`;
-    const pid = await spawnWithBreakpoint(guest.agent, { binary, argv, breakAt: ready }, out);
-    const run = await guest.agent.call({ op: 'RUN', pid, stopAfterHits: 1, timeoutMs: RUN_TIMEOUT_MS });
-    if (run.outcome !== 'hit-limit') throw new Error(`memfill ${sizeMiB}: ${run.outcome} ${run.code} before ready()`);
-    await guest.agent.call({ op: 'POKEUSER', pid, offset: debugRegOffset(7), value: 0n });
-    const file = path.join(dir, `memfill-${sizeMiB}-${channel}.tar`);
-    await rm(file, { force: true });
-
-    let t = process.hrtime.bigint();
-    const image = await checkpointProcess(guest.agent, { binary, argv, envp: [], noAslr: true, pid }, guest.platform);
-    await writeCheckpointImage(image, file);
-    const checkpointMs = ms(t);
-    // The data mapping; the kernel merges the untouched one below it (mmap grows down) into the same VMA.
-    const region = image.regions.find((r) => r.end - r.start === BigInt((sizeMiB + untouched) * MiB) && r.file === null);
-    if (!region) throw new Error(`memfill ${sizeMiB}: no ${sizeMiB + untouched} MiB anonymous region in the image`);
-
-    // The raw channel: the same bytes, nothing else (the process still stopped).
-    const ranges = [{ address: region.end - BigInt(sizeMiB * MiB), length: sizeMiB * MiB }];
-    t = process.hrtime.bigint();
-    const raw = await guest.agent.readMemory(pid, ranges);
-    const rawOutMs = ms(t);
-    t = process.hrtime.bigint();
-    if (channel === 'bulk' || sizeMiB <= sshMax) {
-      const writes = [];
-      for (let off = 0; off < raw.length; off += MiB) writes.push({ op: 'WRITE_MEM' as const, pid, address: ranges[0]!.address + BigInt(off), data: raw.subarray(off, off + MiB) });
-      const steps = await guest.agent.batch(writes);
-      if (steps.some((s) => !s.ok)) throw new Error('raw write failed');
+  const argvOf = (mib: number, untouched: number): string[] => [memfill, String(mib), ...(untouched ? [String(untouched)] : [])];
+  /** memfill spawned and run to memfill_checkpoint(), every page written. */
+  const stopped = async (mib: number, untouched: number, out: string): Promise<number> => {
+    const pid = await spawnWithBreakpoint(agent, { binary: memfill, argv: argvOf(mib, untouched), breakAt }, out);
+    const run = await agent.call({ op: 'RUN', pid, stopAfterHits: 1, timeoutMs: RUN_TIMEOUT_MS });
+    if (run.outcome !== 'hit-limit') throw new Error(`memfill ${mib} never reached its checkpoint: ${run.outcome} ${run.code}`);
+    return pid;
+  };
+  /** The restored process runs to its end and says it found every word intact. */
+  const finishes = async (pid: number, out: string, mib: number, who: string): Promise<void> => {
+    const end = await agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
+    const text = (await agent.call({ op: 'READ_FILE', path: out, maxSize: 4096 })).toString();
+    if (end.outcome !== 'exited' || end.code !== 0 || !text.startsWith(`memfill ok ${mib} MiB`)) {
+      throw new Error(`${who}-restored memfill ${mib} MiB: ${end.outcome} ${end.code}: ${JSON.stringify(text)}`);
     }
-    const rawInMs = ms(t);
-    await guest.agent.call({ op: 'KILL', pid });
-
-    t = process.hrtime.bigint();
-    const back = await readCheckpointImage(file);
-    const restored = await restoreProcess(guest.agent, back, { policy: DEFAULT_POLICY, stdoutPath: out });
-    const restoreMs = ms(t);
-    const end = await guest.agent.call({ op: 'RUN', pid: restored.pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
-    const said = (await readGuestText(guest.agent, out, 4096)).trim();
-    if (end.outcome !== 'exited' || end.code !== 0 || said !== `ok ${sizeMiB} MiB`) throw new Error(`memfill ${sizeMiB} (${channel}) after restore: ${end.outcome} ${end.code}: ${said}`);
-    const imageBytes = (await stat(file)).size;
-    await rm(file, { force: true });
-    return { channel, sizeMiB, untouchedMiB: untouched, checkpointMs, restoreMs, imageBytes, rawOutMs, rawInMs };
   };
 
-  const cases: Array<[('bulk' | 'ssh'), number, number]> = [];
+  /** One crh checkpoint + restore of memfill MiB (+ untouched MiB), page data on the bulk port or on SSH. */
+  const crhOnce = async (channel: 'bulk' | 'ssh', mib: number, untouched: number): Promise<Sample> => {
+    agent.bulkSuspended = channel === 'ssh';
+    const argv = argvOf(mib, untouched);
+    const out = `/tmp/bench/crh-${mib}.out`;
+    const pid = await stopped(mib, untouched, out);
+    await agent.call({ op: 'POKEUSER', pid, offset: debugRegOffset(7), value: 0n });
+    const file = path.join(dir, `memfill-${mib}-${channel}.tar`);
+    await rm(file, { force: true });
+
+    let t = performance.now();
+    const taken = await checkpointProcess(agent, { binary: memfill, argv, envp: [], noAslr: true, pid }, guest.platform);
+    await writeCheckpointImage(taken, file);
+    const checkpointMs = ms(t);
+    // The data mapping; the kernel merges the untouched one below it (mmap grows down) into the same VMA.
+    const region = taken.regions.find((r) => r.end - r.start === BigInt((mib + untouched) * MiB) && r.file === null);
+    if (!region) throw new Error(`memfill ${mib}: no ${mib + untouched} MiB anonymous region in the image`);
+
+    // The raw channel: the same bytes, nothing else (the process still stopped).
+    const ranges = [{ address: region.end - BigInt(mib * MiB), length: mib * MiB }];
+    t = performance.now();
+    const raw = await agent.readMemory(pid, ranges);
+    const rawOutMs = ms(t);
+    t = performance.now();
+    const writes = [];
+    for (let off = 0; off < raw.length; off += MiB) writes.push({ op: 'WRITE_MEM' as const, pid, address: ranges[0]!.address + BigInt(off), data: raw.subarray(off, off + MiB) });
+    const steps = await agent.batch(writes);
+    if (steps.some((s) => !s.ok)) throw new Error('raw write failed');
+    const rawInMs = ms(t);
+    await agent.call({ op: 'KILL', pid });
+
+    t = performance.now();
+    const back = await readCheckpointImage(file);
+    const restored = await restoreProcess(agent, back, { policy: DEFAULT_POLICY, stdoutPath: out });
+    const restoreMs = ms(t);
+    await finishes(restored.pid, out, mib, `crh (${channel})`);
+    const imageBytes = (await stat(file)).size;
+    await rm(file, { force: true });
+    agent.bulkSuspended = false;
+    return { path: channel, sizeMiB: mib, untouchedMiB: untouched, checkpointMs, restoreMs, imageBytes, rawOutMs, rawInMs };
+  };
+
+  /** One CRIU dump + restore of the same process, handed over by DETACH and taken back by ATTACH. */
+  const criuOnce = async (mib: number, untouched: number): Promise<Sample> => {
+    const out = `/tmp/bench/criu-${mib}.out`;
+    const imgDir = `/tmp/bench/criu-img-${mib}`;
+    await ssh.run(`rm -rf ${imgDir} && mkdir -p ${imgDir}`);
+    const pid = await stopped(mib, untouched, out);
+    await agent.call({ op: 'DETACH', pid });
+    const dump = await runCriu(exec, criuDumpArgs(criu.command, pid, imgDir));
+    if (!dump.ok) throw new Error(`criu dump failed: ${dump.stderr}\n${await ssh.run(`tail -5 ${imgDir}/dump.log`)}`);
+    await agent.call({ op: 'REAP', pid, timeoutMs: 10_000 });
+    const restore = await runCriu(exec, criuRestoreArgs(criu.command, imgDir, `${imgDir}/pid`));
+    if (!restore.ok) throw new Error(`criu restore failed: ${restore.stderr}\n${await ssh.run(`tail -5 ${imgDir}/restore.log`)}`);
+    const restoredPid = Number((await ssh.run(`cat ${imgDir}/pid`)).trim());
+    await agent.call({ op: 'ATTACH', pid: restoredPid });
+    await finishes(restoredPid, out, mib, 'criu');
+    await ssh.run(`rm -rf ${imgDir}`);
+    return { path: 'criu', sizeMiB: mib, untouchedMiB: untouched, checkpointMs: dump.wallMs, restoreMs: restore.wallMs };
+  };
+
+  const cases: Array<[Path, number, number]> = [];
   for (const size of sizes) {
     cases.push(['bulk', size, 0]);
     if (size <= sshMax) cases.push(['ssh', size, 0]);
+    if (size <= criuMax) cases.push(['criu', size, 0]);
   }
-  if (untouchedMiB > 0) cases.push(['bulk', 64, untouchedMiB]);
+  if (untouchedMiB > 0) cases.push(['bulk', 64, untouchedMiB], ['criu', 64, untouchedMiB]);
+  const samples: Sample[] = [];
   for (let round = 0; round < runs; round++) {
-    for (const [channel, size, untouched] of cases) {
-      const s = await once(channel, size, untouched);
-      console.error(`${channel} ${size} MiB${untouched ? ` +${untouched} untouched` : ''}: checkpoint ${s.checkpointMs.toFixed(0)} ms, restore ${s.restoreMs.toFixed(0)} ms, image ${s.imageBytes} B, raw out ${s.rawOutMs.toFixed(0)} ms, raw in ${s.rawInMs.toFixed(0)} ms`);
+    for (const [which, size, untouched] of cases) {
+      const s = which === 'criu' ? await criuOnce(size, untouched) : await crhOnce(which, size, untouched);
+      const extra = s.imageBytes === undefined ? '' : `, image ${s.imageBytes} B, raw out ${s.rawOutMs!.toFixed(0)} ms, raw in ${s.rawInMs!.toFixed(0)} ms`;
+      console.error(`round ${round + 1}/${runs} ${which} ${size} MiB${untouched ? ` +${untouched} untouched` : ''}: checkpoint ${s.checkpointMs.toFixed(0)} ms, restore ${s.restoreMs.toFixed(0)} ms${extra}`);
       samples.push(s);
     }
   }
-  guest.agent.bulkSuspended = false;
 
-  const peerCells: Record<string, string> = {};
-  for (const peer of PEERS) {
-    for (const size of sizes) {
-      const r = await peer.checkpointRestore(guest, size);
-      peerCells[`${peer.name}:${size}`] = `${r.checkpointMs.toFixed(0)} + ${r.restoreMs.toFixed(0)}`;
-    }
-  }
   const mbps = (bytes: number, t: number): string => (bytes / 1e6 / (t / 1000)).toFixed(0);
-  const header = ['process', 'channel', 'checkpoint ms', 'restore ms', 'C+R MB/s', 'image bytes', 'raw out ms (MB/s)', 'raw in ms (MB/s)', ...PEERS.map((p) => `${p.name} C + R ms`)];
+  const of = (which: Path, size: number, untouched: number) => samples.filter((s) => s.path === which && s.sizeMiB === size && s.untouchedMiB === untouched);
+  const total = (mine: Sample[]): number => median(mine.map((s) => s.checkpointMs)) + median(mine.map((s) => s.restoreMs));
+  const header = ['process', 'path', 'checkpoint ms', 'restore ms', 'C+R MB/s', 'image bytes', 'raw out ms (MB/s)', 'raw in ms (MB/s)', 'C+R vs bulk', 'C+R vs criu'];
   const rows: string[][] = [];
-  for (const [channel, size, untouched] of cases) {
-    const mine = samples.filter((s) => s.channel === channel && s.sizeMiB === size && s.untouchedMiB === untouched);
+  for (const [which, size, untouched] of cases) {
+    const mine = of(which, size, untouched);
     const c = median(mine.map((s) => s.checkpointMs));
     const r = median(mine.map((s) => s.restoreMs));
-    const o = median(mine.map((s) => s.rawOutMs));
-    const i = median(mine.map((s) => s.rawInMs));
     const bytes = size * MiB;
+    const crh = which !== 'criu';
+    const o = crh ? median(mine.map((s) => s.rawOutMs!)) : 0;
+    const i = crh ? median(mine.map((s) => s.rawInMs!)) : 0;
+    const bulk = of('bulk', size, untouched);
+    const criuRuns = of('criu', size, untouched);
     rows.push([
-      `${size} MiB${untouched ? ` + ${untouched} MiB untouched` : ''}`, channel, c.toFixed(0), r.toFixed(0), mbps(2 * bytes, c + r), String(median(mine.map((s) => s.imageBytes))),
-      `${o.toFixed(0)} (${mbps(bytes, o)})`, channel === 'ssh' && size > sshMax ? '—' : `${i.toFixed(0)} (${mbps(bytes, i)})`,
-      ...PEERS.map((p) => peerCells[`${p.name}:${size}`] ?? '—'),
+      `${size} MiB${untouched ? ` + ${untouched} MiB untouched` : ''}`, which, c.toFixed(0), r.toFixed(0), mbps(2 * bytes, c + r),
+      crh ? String(median(mine.map((s) => s.imageBytes!))) : '—', crh ? `${o.toFixed(0)} (${mbps(bytes, o)})` : '—', crh ? `${i.toFixed(0)} (${mbps(bytes, i)})` : '—',
+      bulk.length ? ((c + r) / total(bulk)).toFixed(2) : '—', criuRuns.length ? ((c + r) / total(criuRuns)).toFixed(2) : '—',
     ]);
   }
+  console.log(`CRIU ${criu.version} (Debian ${criu.suite}), image ${image.key}, guest ${guest.profile.accel ?? ''} ${guest.hello.release}; medians of ${runs} runs; empty SSH exec round trip: ${summarize(roundTrips)}`);
   console.log(`| ${header.join(' | ')} |\n|${header.map(() => '---').join('|')}|\n${rows.map((r) => `| ${r.join(' | ')} |`).join('\n')}`);
-  console.log(`\nmedians of ${runs} runs; guest ${guest.profile.accel ?? ''} ${guest.hello.release}`);
   if (values.json) await writeFile(values.json, `${JSON.stringify(samples, null, 2)}\n`);
 } finally {
   await guest.close();

@@ -40,7 +40,7 @@ t.test('status line and colour only where a person watches', async (t) => {
     const r = new ConsoleReporter({ write: (s) => void (text += s), isTTY, columns: 80 }, () => [row({})], () => false, env);
     r.onEvent({ type: 'start', file: 'cases/uffd.test.ts', name: 'uffd' });
     r.onEvent({ type: 'line', file: 'cases/uffd.test.ts', name: 'uffd', line: '    # Subtest: load: checkpointed in the fault' });
-    r.onEvent({ type: 'end', file: 'cases/uffd.test.ts', name: 'uffd', exitCode: 0, signal: null, durationMs: 2000, tapFile: '/x' });
+    r.onEvent({ type: 'end', file: 'cases/uffd.test.ts', name: 'uffd', exitCode: 0, signal: null, durationMs: 2000, tapFile: '/x', timedOut: false });
     return text;
   };
   const piped = run(false, {});

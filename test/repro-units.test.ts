@@ -197,9 +197,11 @@ t.test('bundle content: verdict, rerun script, register diff and inputs from one
     native: { outcome: 'exited', code: 0, output: 'pid 5\nchecksum 1\n', pid: 5 },
     reference: { outcome: 'exited', code: 0, output: 'pid 5\nchecksum 1\n', hits: 1, pid: 5, elapsedMs: 9 },
     checkpointed: {
-      pid: 5, restoredPid: 5, stoppedBy: 'breakpoint hit 1 at checkpoint_here', image, notes: [],
+      engine: 'crh', pid: 5, restoredPid: 5, stoppedBy: 'breakpoint hit 1 at checkpoint_here', regsAtCheckpoint: image.regs, image, notes: [],
       restoredRegs: { ...image.regs, rbx: 0n }, restoreDifferences: [],
       run: { outcome: 'exited', code: 0, output: 'pid 5\nchecksum 2\n', hits: 1 },
+      cycles: [{ cycle: 1, stoppedBy: 'breakpoint hit 1 at checkpoint_here', rip: '0x401000', checkpointMs: 5, imageBytes: 11, restoreMs: 3, registersDiffer: ['rbx'] }],
+      cyclesAsked: 1,
     },
     profile: { version: 1 } as GuestRuns['profile'],
     platform: { accel: 'tcg' },

@@ -1,4 +1,4 @@
-// expect: `crh repro` takes the 30-line example reproducer to a verdict and a self-contained bundle in one command against a real guest (exit 0, the pid kept), the bundle's rerun.sh reproduces that verdict from wherever the bundle is extracted, `--regs partial` (callee-saved registers lost) exits 1 naming the output line that differs, `crh repro --bundle` prints what it will run and reruns that verdict (a cr bundle with its file too), `--when-ready` checkpoints when the program says so, and `crh cr` runs a prebuilt binary with its arguments and a file copied into its working directory.
+// expect: `crh repro` takes the 30-line example reproducer to a verdict and a self-contained bundle in one command against a real guest (exit 0, the pid kept), the bundle's rerun.sh reproduces that verdict from wherever the bundle is extracted, `--regs partial` (callee-saved registers lost) exits 1 naming the output line that differs, `crh repro --bundle` prints what it will run and reruns that verdict (a cr bundle with its file too), `--when-ready` checkpoints when the program says so, `crh cr` runs a prebuilt binary with its arguments and a file copied into its working directory, and `--cycles 3` chains three checkpoint → restore cycles to the uninterrupted result while its negative control (`--regs partial`) fails naming cycle 1.
 import t from 'tap';
 import { mkdtemp, readFile, writeFile, copyFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -159,5 +159,49 @@ t.test('crh repro, end to end', async (t) => {
     t.match(again.stdout, /^ {2}arguments: {2}'two words'$/m);
     t.match(again.stdout, /^reproduced: the same verdict as /m);
     t.equal((await verdictOf(path.join(dir, 'reader-again.tar'))).verdict.restored?.output, '2 [two words] from the host\n', 'the extracted file reached the program');
+  });
+});
+
+t.test('exit 3: a program that looks at its tracer is perturbed by the harness, and no verdict on the restore is given', async (t) => {
+  const dir = await mkdtemp(path.join(tmpdir(), 'crh-repro-perturbed-'));
+  const r = await crhRun(['repro', example('tracerpid.c'), '--checkpoint-at', 'checkpoint_here', '--out', path.join(dir, 'tracerpid.tar'), '--artifacts', path.join(dir, 'artifacts')]);
+  if (!t.equal(r.exitCode, 3, 'exit 3 (docs/ci.md)')) t.comment(r.stderr.slice(-3000));
+  t.match(r.stdout, /^verdict: PERTURBED — /m, 'the verdict says the harness perturbs the program, never PASS');
+  const { verdict } = await verdictOf(path.join(dir, 'tracerpid.tar'));
+  t.equal(verdict.pass, false, 'the recorded verdict is no pass');
+  t.equal(verdict.perturbed, true);
+  t.match(verdict.native?.output, /traced: no/, 'natively the program has no tracer');
+  t.match(verdict.reference.output, /traced: yes/, 'under the agent it has');
+});
+
+t.test('--cycles: one program checkpointed and restored in a chain', async (t) => {
+  const dir = await mkdtemp(path.join(tmpdir(), 'crh-repro-cycles-test-'));
+  const artifacts = path.join(dir, 'artifacts');
+
+  await t.test('--cycles 3 at consecutive executions of checkpoint_here: exit 0, every cycle timed', async (t) => {
+    const bundle = path.join(dir, 'soak.tar');
+    const r = await crhRun(['repro', example('soak.c'), '--checkpoint-at', 'checkpoint_here', '--cycles', '3', '--out', bundle, '--artifacts', artifacts, '--', '20']);
+    if (!t.equal(r.exitCode, 0, 'exit 0')) t.comment(r.stderr.slice(-3000));
+    t.match(r.stdout, /^verdict: PASS — the restored run matches the uninterrupted run: exit 0, 3 lines of output \(3 of 3 checkpoint → restore cycles\)$/m);
+    t.match(r.stderr, /restore: cycle 3\/3: /, 'each cycle shown as it happens');
+    const { verdict, entries } = await verdictOf(bundle);
+    t.equal(verdict.restored?.output, verdict.reference.output, 'the chain ends as the uninterrupted run');
+    t.equal(verdict.restored?.hits, 20, 'and checkpoint_here ran as often: once per round');
+    t.equal(verdict.cycles?.done, 3);
+    t.notOk(verdict.cycles?.firstWrong, 'no cycle went wrong');
+    t.same(verdict.cycles?.each.map((c) => c.cycle), [1, 2, 3]);
+    for (const c of verdict.cycles?.each ?? []) t.ok(c.checkpointMs > 0 && (c.restoreMs ?? 0) > 0 && c.imageBytes > 0, `cycle ${c.cycle}: checkpoint ${c.checkpointMs} ms, restore ${c.restoreMs} ms, image ${c.imageBytes} bytes`);
+    t.equal(verdict.rerun.cycles, 3, 'the rerun record carries the cycles');
+    t.match(entries.get('rerun.sh')?.data.toString(), /--cycles 3/);
+  });
+
+  await t.test('negative control --cycles 3 --regs partial: exit 1, the first cycle named', async (t) => {
+    const bundle = path.join(dir, 'soak-partial.tar');
+    const r = await crhRun(['repro', example('soak.c'), '--checkpoint-at', 'checkpoint_here', '--cycles', '3', '--regs', 'partial', '--out', bundle, '--artifacts', artifacts, '--', '20']);
+    if (!t.equal(r.exitCode, 1, 'exit 1')) t.comment(r.stderr.slice(-3000));
+    t.match(r.stdout, /^verdict: FAIL — .*first went wrong at cycle 1: the restored process did not hold the image's [^)]*rbx/m);
+    const { verdict } = await verdictOf(bundle);
+    t.equal(verdict.cycles?.firstWrong?.cycle, 1);
+    t.ok(verdict.cycles?.each[0]?.registersDiffer?.includes('rbx'), `cycle 1 lost ${verdict.cycles?.each[0]?.registersDiffer?.join(', ')}`);
   });
 });

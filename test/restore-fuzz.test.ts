@@ -6,7 +6,7 @@ import path from 'node:path';
 import { isDeepStrictEqual } from 'node:util';
 import { ImageRejectedError } from '../harness/errors.ts';
 import { imageEntries, parseImageEntries, readCheckpointImage, writeCheckpointImage, type CheckpointImage } from '../harness/restore/checkpoint-image.ts';
-import { reseal, SYNTHETIC_LDT, syntheticImage as plainSyntheticImage } from './support/synthetic-image.ts';
+import { reseal, SYNTHETIC_LDT, SYNTHETIC_TIMERS, syntheticSleepImage } from './support/synthetic-image.ts';
 import { prng } from './support/prng.ts';
 
 
@@ -14,13 +14,17 @@ const SEED = Number(process.env.CRH_FUZZ_SEED ?? 20261123);
 const BYTE_MUTATIONS = Number(process.env.CRH_FUZZ_BYTES ?? 6000);
 const FIELD_MUTATIONS = Number(process.env.CRH_FUZZ_FIELDS ?? 6000);
 
-/** The fuzzed image holds an LDT (and gs names its present entry), so that its bytes and fields are mutated too. */
+/**
+ * The fuzzed image holds an LDT (and gs names its present entry), timers, an
+ * interrupted sleep's deadline and protection keys, so that their bytes and
+ * fields are mutated too.
+ */
 const syntheticImage = (): CheckpointImage => {
-  const image = plainSyntheticImage({ ldt: SYNTHETIC_LDT });
-  // The heap stores two of its pages (format 8): the stored ranges are mutated too.
+  const image = syntheticSleepImage();
+  // The heap stores two of its pages (format 9): the stored ranges are mutated too.
   const heap = image.regions[2]!;
   heap.stored = [[heap.start, heap.start + 0x1000n], [heap.end - 0x1000n, heap.end]];
-  return { ...image, regs: { ...image.regs, gs: 0x1fn } };
+  return { ...image, ldt: SYNTHETIC_LDT, timers: SYNTHETIC_TIMERS, regs: { ...image.regs, gs: 0x1fn }, pkeys: { allocated: [1, 3], tagged: [{ start: 0x100a2000n, end: 0x100c5000n, pkey: 3 }] } };
 };
 
 /**
@@ -40,6 +44,26 @@ const INVALID: Array<{ entry: string; field: string; values: unknown[] }> = [
   { entry: 'debugregs.json', field: 'dr6', values: ['0x100000000', 'x'] },
   { entry: 'regs.json', field: 'gs', values: ['0x37', '0x27', '0xffff', '0x10'] },
   { entry: 'ldt.json', field: 'entries', values: [null, {}, 'x', undefined] },
+  { entry: 'timers.json', field: 'itimers', values: [null, {}, 'x', undefined, [1, 2, 3, 4]] },
+  { entry: 'timers.json', field: 'itimers.0.which', values: ['REAL', 0, 'alarm', null, undefined] },
+  { entry: 'timers.json', field: 'itimers.0.valueNs', values: ['1500', '-1', '0x10', 1000, '4611686018427387904', '', undefined] },
+  { entry: 'timers.json', field: 'itimers.0.intervalNs', values: ['0', '999', '1e6', '00', 1_000_000] },
+  { entry: 'timers.json', field: 'itimers.0.extra', values: [1, 'x'] },
+  { entry: 'timers.json', field: 'posix.0.id', values: [-1, 3, 4097, 1.5, '0', null, undefined] },
+  { entry: 'timers.json', field: 'posix.1.id', values: [0, -3, 100000] },
+  { entry: 'timers.json', field: 'posix.0.clock', values: [3, 4, 8, 9, -6, 12, '1'] },
+  { entry: 'timers.json', field: 'posix.0.signo', values: [0, 9, 19, 65, -1, '34'] },
+  { entry: 'timers.json', field: 'posix.0.notify', values: ['thread', 'SIGEV_SIGNAL', 4, null] },
+  { entry: 'timers.json', field: 'posix.0.tid', values: [42, 7, -1] },
+  { entry: 'timers.json', field: 'posix.1.tid', values: [0, 43, 4194305] },
+  { entry: 'timers.json', field: 'posix.0.sival', values: ['0x10000000000000000', '1234', 5, null] },
+  { entry: 'timers.json', field: 'posix.0.overrun', values: [-1, 2147483648, 0.5, '2'] },
+  { entry: 'timers.json', field: 'posix.0.valueNs', values: ['-5', 'abc', '9999999999999999999'] },
+  { entry: 'timers.json', field: 'timerfds.0.fd', values: [0, 2, 65536, '5', null] },
+  { entry: 'timers.json', field: 'timerfds.0.clock', values: [2, 3, 11, -1] },
+  { entry: 'timers.json', field: 'timerfds.0.flags', values: [1, 0o2, 0o4001, 0o10000000, -1] },
+  { entry: 'timers.json', field: 'timerfds.0.ticks', values: ['-1', '9223372036854775808', 3] },
+  { entry: 'timers.json', field: 'timerfds', values: [null, 'x', {}] },
   { entry: 'ldt.json', field: 'entries.0.entry_number', values: [8192, -1, 5, 1.5, '3', null, undefined] },
   { entry: 'ldt.json', field: 'entries.1.entry_number', values: [3, 2, 8192] },
   { entry: 'ldt.json', field: 'entries.0.base_addr', values: ['0x100000000', 4096, '-0x1', undefined] },
@@ -56,6 +80,17 @@ const INVALID: Array<{ entry: string; field: string; values: unknown[] }> = [
   },
   { entry: 'memory.json', field: '2.stored.1', values: [['0x100a2000', '0x100a3000'], ['0x100c4000'], ['0x100c4000', '0x100c6000'], 'x', null] },
   { entry: 'memory.json', field: '1.stored', values: [[['0x100a0000', '0x100a2000'], ['0x100a0000', '0x100a2000']], [['0x100a2000', '0x100a3000']]] },
+  { entry: 'sleep.json', field: 'nr', values: [7, 230, 202, '35', null, undefined] },
+  { entry: 'sleep.json', field: 'rmtp', values: ['0x0', '0x100b0008', '0x7ffffffff000', '0xffffffff81000000', 4096, undefined] },
+  { entry: 'sleep.json', field: 'deadlineNs', values: ['0x0', '0x8000000000000000', '0x17487b5801', '1', undefined] },
+  { entry: 'sleep.json', field: 'remainingNs', values: ['-0x1', '0x10000000000000000', undefined] },
+  { entry: 'sleep.json', field: 'bootId', values: ['', 'x', '0F1E2D3C-4B5A-6978-8796-A5B4C3D2E1F0', 7, undefined] },
+  { entry: 'sleep.json', field: 'extra', values: [0, 'x'] },
+  { entry: 'pkeys.json', field: 'allocated', values: [[0], [16], [3, 1], [1, 1], [1], ['1'], null, undefined] },
+  { entry: 'pkeys.json', field: 'tagged.0.pkey', values: [0, 2, 16, -1, '3', undefined] },
+  { entry: 'pkeys.json', field: 'tagged.0.start', values: ['0x100a3000', '0x0', 5, undefined] },
+  { entry: 'pkeys.json', field: 'tagged.0.end', values: ['0x100c6000', '0x100c4000', 'x', undefined] },
+  { entry: 'pkeys.json', field: 'tagged', values: [{}, 'x', null, undefined] },
 ];
 
 /** Sets (or, for undefined, deletes) the value at a dotted path. */

@@ -22,7 +22,7 @@ const STATES: Record<string, string[]> = {
   memfd: ['memfd'],
   personality: ['personality'],
   seccomp: ['seccomp', 'no_new_privs'],
-  timer: ['POSIX timers'],
+  timer: ['POSIX timer'],
   tracer: ['ptrace tracee'],
   umask: ['umask'],
   rlimit: ['resource limits'],

@@ -7,7 +7,8 @@ import {
   limitsDiffer,
   personalityProblem,
   statusProblems,
-  timersProblem,
+  timersProblems,
+  timerfdUncapturable,
   tracerProblem,
   uncapturableError,
 } from '../harness/restore/uncapturable.ts';
@@ -29,7 +30,7 @@ t.test('descriptor links by kind', async (t) => {
   t.equal(descriptorState('anon_inode:[eventfd]'), 'eventfd');
   t.equal(descriptorState('anon_inode:[eventpoll]'), 'eventpoll');
   t.equal(descriptorState('anon_inode:[signalfd]'), 'signalfd');
-  t.equal(descriptorState('anon_inode:[timerfd]'), 'timerfd');
+  t.equal(descriptorState('anon_inode:[timerfd]'), undefined, 'a timerfd is timers.ts\'s');
   t.equal(descriptorState('anon_inode:[io_uring]'), 'io_uring');
   t.equal(descriptorState('anon_inode:[perf_event]'), 'perf_event');
   t.equal(descriptorState('anon_inode:inotify'), 'inotify');
@@ -66,8 +67,18 @@ t.test('seccomp, no_new_privs and a tracee', async (t) => {
 });
 
 t.test('POSIX timers and limits', async (t) => {
-  t.equal(timersProblem(812, ''), undefined);
-  t.match(timersProblem(812, 'ID: 0\nsignal: 14/0000000000000000\nnotify: signal/pid.812\nClockID: 1\nID: 1\nsignal: 0/0000000000000000\nnotify: none/pid.812\nClockID: 1\n'), { state: 'POSIX timers', seen: 'timer id 0, 1 (timer_create)' });
+  t.same(timersProblems(812, ''), []);
+  t.same(timersProblems(812, 'ID: 0\nsignal: 14/0000000000000000\nnotify: signal/pid.812\nClockID: 1\nID: 1\nsignal: 0/0000000000000000\nnotify: none/pid.812\nClockID: 1\nID: 2\nsignal: 12/00000000deadbeef\nnotify: signal/tid.813\nClockID: 2\n'), [], 'SIGEV_SIGNAL, SIGEV_NONE and SIGEV_THREAD_ID on restorable clocks are captured');
+  t.match(timersProblems(812, 'ID: 0\nsignal: 14/0000000000000000\nnotify: signal/pid.812\nClockID: 1\nID: 5\nsignal: 12/0000000000000000\nnotify: thread/pid.812\nClockID: 1\nID: 6\nsignal: 12/0000000000000000\nnotify: signal/pid.812\nClockID: -6\n'), [
+    { state: 'POSIX timer', where: '/proc/812/timers id 5', seen: /SIGEV_THREAD/ },
+    { state: 'POSIX timer', where: '/proc/812/timers id 6', seen: /clock -6/ },
+  ]);
+  t.match(timersProblems(812, 'ID: x\n'), [{ state: 'POSIX timer', seen: /unreadable/ }]);
+  const fdinfo = (settime: string, clock = 1): string => `pos:\t0\nflags:\t02004002\nmnt_id:\t15\nino:\t1057\nclockid: ${clock}\nticks: 0\nsettime flags: ${settime}\nit_value: (0, 49406829)\nit_interval: (1, 0)\n`;
+  t.equal(timerfdUncapturable(4, fdinfo('00')), undefined);
+  t.equal(timerfdUncapturable(4, fdinfo('01')), undefined, 'TFD_TIMER_ABSTIME: restored relative');
+  t.match(timerfdUncapturable(4, fdinfo('03', 0)), { state: 'timerfd', where: 'fd 4', seen: /CANCEL_ON_SET/ });
+  t.match(timerfdUncapturable(4, fdinfo('00', 8)), { state: 'timerfd', seen: /clock 8/ });
   t.same(limitsDiffer(LIMITS, LIMITS), []);
   t.same(limitsDiffer(LIMITS.replace('1024                 524288', '64                   524288'), LIMITS), ['Max open files 64 524288 files (agent: 1024 524288 files)']);
 });

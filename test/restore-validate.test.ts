@@ -179,7 +179,7 @@ t.test('memory regions: alignment, order, sizes, user space', async (t) => {
   rejects(t, () => parseImageEntries(withRegions((r) => (r[1]!.entry = r[0]!.entry))), 'memory.json', '[1].entry');
 });
 
-t.test('stored pages (format 8): every range checked, holes read as zeros', async (t) => {
+t.test('stored pages (format 9): every range checked, holes read as zeros', async (t) => {
   const image = syntheticImage();
   const heap = image.regions[2]!;
   // Only the heap's first and last pages are stored: the entry holds two pages, the rest reads as zeros.

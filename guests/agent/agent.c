@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/personality.h>
+#include <sys/prctl.h>
 #include <limits.h>
 #include <sys/ptrace.h>
 #include <sys/syscall.h>
@@ -74,10 +75,13 @@ enum {
 	OP_READLINK = 0x1b,
 	OP_LISTDIR = 0x1c,
 	OP_STEP = 0x1d,
-	OP_BULK_OPEN = 0x1e,
-	OP_READ_MEM_BULK = 0x1f,
-	OP_WRITE_MEM_BULK = 0x20,
-	OP_PAGEMAP = 0x21,
+	OP_DETACH = 0x1e,
+	OP_REAP = 0x1f,
+	OP_ATTACH = 0x20,
+	OP_BULK_OPEN = 0x21,
+	OP_READ_MEM_BULK = 0x22,
+	OP_WRITE_MEM_BULK = 0x23,
+	OP_PAGEMAP = 0x24,
 	OP_COUNT
 };
 
@@ -1381,6 +1385,29 @@ out:
 	return rc;
 }
 
+/*
+ * The agent is a child subreaper (main): a program that daemonizes leaves
+ * its daemon to the agent when its parent exits, so a run's leftovers stay
+ * findable below the agent (the host kills them between runs). Their
+ * zombies are reaped here, before each SPAWN, so none keeps a pid taken;
+ * tracked tasks are left to the waits that expect them.
+ */
+static void reap_orphans(void)
+{
+	char path[64];
+	FILE *f;
+	int child, st;
+
+	snprintf(path, sizeof path, "/proc/self/task/%d/children", (int)getpid());
+	f = fopen(path, "re");
+	if (!f)
+		return;
+	while (fscanf(f, "%d", &child) == 1)
+		if (!is_tracked(child))
+			waitpid(child, &st, __WALL | WNOHANG);
+	fclose(f);
+}
+
 static int op_spawn(struct call *c)
 {
 	uint32_t flags = rd_u32(&c->in, "flags");
@@ -1394,6 +1421,7 @@ static int op_spawn(struct call *c)
 
 	if (parsed(c))
 		goto out;
+	reap_orphans();
 	if (flags & ~(SPAWN_NO_ASLR | SPAWN_EXACT_PID)) {
 		fail(c, EINVAL, "flags: unknown bits 0x%x", flags & ~(SPAWN_NO_ASLR | SPAWN_EXACT_PID));
 		goto out;
@@ -2203,7 +2231,10 @@ static int op_inject_syscall(struct call *c)
 	uint64_t base, word, patched, dr6;
 	unsigned long msg;
 	pid_t born = 0;
-	int st, phase;
+	int st, phase, resume_sig = 0;
+	/* Signals that arrived before the call ran, put back in the queue (see below). */
+	uint64_t requeued = 0, mask_before = 0;
+	bool mask_changed = false;
 
 	for (int i = 0; i < 6; i++) {
 		char name[24];
@@ -2240,10 +2271,11 @@ static int op_inject_syscall(struct call *c)
 
 	/* phase 0: waiting for syscall-enter, 1: for syscall-exit. */
 	for (phase = 0; phase < 2;) {
-		if (ptrace(PTRACE_SYSCALL, pid, 0, 0) < 0) {
+		if (ptrace(PTRACE_SYSCALL, pid, 0, (void *)(long)resume_sig) < 0) {
 			fail_errno(c, "PTRACE_SYSCALL %d", (int)pid);
 			goto restore;
 		}
+		resume_sig = 0;
 		if (wait_for(pid, &st) < 0) {
 			fail_errno(c, "waitpid %d", (int)pid);
 			goto restore;
@@ -2252,6 +2284,15 @@ static int op_inject_syscall(struct call *c)
 			return fail(c, ESRCH, "process %d ended during the injected syscall %llu (wait status 0x%x)",
 				    (int)pid, (unsigned long long)nr, st);
 		if (st >> 8 == SYSCALL_STOP) {
+			/* The call runs under the mask it was given, not the one
+			 * that held a requeued signal back. */
+			if (phase == 0 && mask_changed) {
+				if (ptrace(PTRACE_SETSIGMASK, pid, (void *)sizeof mask_before, &mask_before) < 0) {
+					fail_errno(c, "PTRACE_SETSIGMASK %d (putting the mask back)", (int)pid);
+					goto restore;
+				}
+				mask_changed = false;
+			}
 			phase++;
 			continue;
 		}
@@ -2277,6 +2318,37 @@ static int op_inject_syscall(struct call *c)
 			ptrace(PTRACE_POKEUSER, pid, (void *)DR6_OFFSET, 0);
 			continue;
 		}
+		/*
+		 * A signal (a periodic timer, say) was dequeued on the way to
+		 * the injected instruction: it belongs to the process, not to
+		 * the call. Blocked now and handed back on resume, the kernel
+		 * queues it again with its siginfo and on its own queue
+		 * (ptrace_signal: "if the (new) signal is now blocked, requeue
+		 * it"), so a checkpoint finds it pending; then the call is
+		 * tried again. SIGSTOP cannot be blocked, and a signal that
+		 * comes back at once is raised by the attempt itself (a fault):
+		 * those still fail.
+		 */
+		if (phase == 0 && WSTOPSIG(st) != SIGSTOP && WSTOPSIG(st) != SIGKILL &&
+		    !(requeued & (1ull << (WSTOPSIG(st) - 1)))) {
+			uint64_t mask;
+
+			if (ptrace(PTRACE_GETSIGMASK, pid, (void *)sizeof mask, &mask) < 0) {
+				fail_errno(c, "PTRACE_GETSIGMASK %d", (int)pid);
+				goto restore;
+			}
+			if (!mask_changed)
+				mask_before = mask;
+			mask |= 1ull << (WSTOPSIG(st) - 1);
+			if (ptrace(PTRACE_SETSIGMASK, pid, (void *)sizeof mask, &mask) < 0) {
+				fail_errno(c, "PTRACE_SETSIGMASK %d", (int)pid);
+				goto restore;
+			}
+			mask_changed = true;
+			requeued |= 1ull << (WSTOPSIG(st) - 1);
+			resume_sig = WSTOPSIG(st);
+			continue;
+		}
 		fail(c, EINTR, "signal %d stopped process %d before the injected syscall ran; "
 			 "registers and memory restored, process left in that signal-delivery stop",
 			 WSTOPSIG(st), (int)pid);
@@ -2290,6 +2362,8 @@ static int op_inject_syscall(struct call *c)
 	wr_u64(&c->out, regs.rax);
 
 restore:
+	if (mask_changed && ptrace(PTRACE_SETSIGMASK, pid, (void *)sizeof mask_before, &mask_before) < 0 && !c->err)
+		fail_errno(c, "PTRACE_SETSIGMASK %d (putting the mask back)", (int)pid);
 	/* Left in its first stop (PTRACE_EVENT_STOP), before any instruction of
 	 * its own: the next request may address it. */
 	if (born && wait_for(born, &st) < 0 && !c->err)
@@ -2323,6 +2397,232 @@ static int op_kill(struct call *c)
 		return fail_errno(c, "waitpid %d", (int)pid);
 	wr_le(&c->out, (uint32_t)st, 4);
 	return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Handing a process to another checkpointer (CRIU) and taking it back.
+ *
+ * DETACH leaves a stopped process in a job-control stop with no tracer, as
+ * `criu dump` needs it; the process is still the agent's child, so once the
+ * dump kills it REAP collects it (its pid must be free for `criu restore`).
+ * ATTACH seizes a process the agent did not spawn (the restored one) and
+ * brings every thread into a ptrace stop, after which every op works on it
+ * as on a spawned one. */
+
+/* Children detached and not yet reaped: killed when the agent exits. */
+static pid_t detached[64];
+static size_t ndetached;
+
+static void forget_detached(pid_t pid)
+{
+	for (size_t i = 0; i < ndetached; i++)
+		if (detached[i] == pid) {
+			detached[i] = detached[--ndetached];
+			return;
+		}
+}
+
+static void kill_detached(void)
+{
+	while (ndetached) {
+		pid_t pid = detached[--ndetached];
+		int st;
+
+		kill(pid, SIGKILL);
+		while (waitpid(pid, &st, __WALL) < 0 && errno == EINTR)
+			;
+	}
+}
+
+/* The state letter of /proc/PID/task/TID/stat ('?' when unreadable). */
+static char task_state(pid_t pid, pid_t tid)
+{
+	char path[96], buf[512], *p;
+	ssize_t n;
+	int fd;
+
+	snprintf(path, sizeof path, "/proc/%d/task/%d/stat", (int)pid, (int)tid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return '?';
+	n = read(fd, buf, sizeof buf - 1);
+	close(fd);
+	if (n <= 0)
+		return '?';
+	buf[n] = 0;
+	p = strrchr(buf, ')');
+	return p && p[1] == ' ' ? p[2] : '?';
+}
+
+#define DETACH_STOP_TIMEOUT_MS 5000u
+
+static int op_detach(struct call *c)
+{
+	pid_t pid = rd_pid(&c->in);
+	struct timespec deadline, now;
+
+	if (parsed(c))
+		return -1;
+	if (!is_tracked(pid))
+		return fail(c, ESRCH, "pid: %d is not a process this agent spawned (or it was already reaped)", (int)pid);
+	for (size_t i = 0; i < ntasks; i++)
+		if (tasks[i].tgid == pid && !tasks[i].stopped)
+			return fail(c, EBUSY, "thread %d of process %d is not in a ptrace stop", (int)tasks[i].tid, (int)pid);
+	if (ndetached == sizeof detached / sizeof detached[0])
+		return fail(c, ENOSPC, "%zu detached processes are not reaped yet", ndetached);
+	/* SIGSTOP queued process-wide while every thread is still in a ptrace
+	 * stop: whichever thread leaves its stop first takes it on its way back
+	 * to user mode and stops the whole group before any user instruction.
+	 * Each thread detaches with no signal of its own: a SIGTRAP of a hit
+	 * held in a signal-delivery stop is discarded, as RUN would. Debug
+	 * registers a tracer set stay with the thread (x86 clears them at exec
+	 * and exit, not at detach): the next checkpointer sees them as the
+	 * process's own state. */
+	if (kill(pid, SIGSTOP) < 0)
+		return fail_errno(c, "kill %d SIGSTOP", (int)pid);
+	for (size_t i = 0; i < ntasks; i++)
+		if (tasks[i].tgid == pid && ptrace(PTRACE_DETACH, tasks[i].tid, 0, 0) < 0 && errno != ESRCH)
+			return fail_errno(c, "PTRACE_DETACH %d", (int)tasks[i].tid);
+	forget_process(pid);
+	detached[ndetached++] = pid;
+	/* Answer only once the kernel shows every thread stopped (state T). */
+	deadline_in(&deadline, DETACH_STOP_TIMEOUT_MS);
+	for (;;) {
+		char path[64];
+		struct dirent *e;
+		bool all = true;
+		DIR *d;
+
+		snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+		d = opendir(path);
+		if (!d)
+			return fail_errno(c, "opendir %s", path);
+		while ((e = readdir(d)) != NULL)
+			if (e->d_name[0] != '.' && task_state(pid, (pid_t)atoi(e->d_name)) != 'T')
+				all = false;
+		closedir(d);
+		if (all)
+			return 0;
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		if (now.tv_sec > deadline.tv_sec || (now.tv_sec == deadline.tv_sec && now.tv_nsec > deadline.tv_nsec))
+			return fail(c, ETIMEDOUT, "process %d not in a job-control stop within %u ms of its detach", (int)pid,
+				    DETACH_STOP_TIMEOUT_MS);
+		usleep(1000);
+	}
+}
+
+static int op_reap(struct call *c)
+{
+	pid_t pid = rd_pid(&c->in);
+	uint32_t timeout_ms = rd_u32(&c->in, "timeout_ms");
+	struct timespec deadline, now;
+	bool known = false;
+	int st;
+
+	if (parsed(c))
+		return -1;
+	for (size_t i = 0; i < ndetached; i++)
+		known = known || detached[i] == pid;
+	if (!known)
+		return fail(c, ESRCH, "pid: %d is not a process this agent detached (or it was already reaped)", (int)pid);
+	deadline_in(&deadline, timeout_ms);
+	for (;;) {
+		pid_t r = waitpid(pid, &st, __WALL | WNOHANG);
+
+		if (r < 0 && errno != EINTR)
+			return fail_errno(c, "waitpid %d", (int)pid);
+		if (r == pid && (WIFEXITED(st) || WIFSIGNALED(st)))
+			break;
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		if (timeout_ms && (now.tv_sec > deadline.tv_sec ||
+				   (now.tv_sec == deadline.tv_sec && now.tv_nsec > deadline.tv_nsec)))
+			return fail(c, ETIMEDOUT, "process %d did not end within %u ms", (int)pid, timeout_ms);
+		usleep(1000);
+	}
+	forget_detached(pid);
+	wr_u32(&c->out, (uint32_t)st);
+	return 0;
+}
+
+/* Seizes one thread and collects its first stop. */
+static int seize_thread(struct call *c, pid_t pid, pid_t tid)
+{
+	int st;
+
+	if (ptrace(PTRACE_SEIZE, tid, 0,
+		   (void *)(long)(PTRACE_O_EXITKILL | PTRACE_O_TRACEEXEC | PTRACE_O_TRACESYSGOOD |
+				  PTRACE_O_TRACECLONE)) < 0)
+		return fail_errno(c, "PTRACE_SEIZE %d", (int)tid);
+	if (!task_add(tid, pid, false))
+		return fail(c, ENOMEM, "task table");
+	if (ptrace(PTRACE_INTERRUPT, tid, 0, 0) < 0)
+		return fail_errno(c, "PTRACE_INTERRUPT %d", (int)tid);
+	/* A job-control-stopped thread reports PTRACE_EVENT_STOP for the
+	 * interrupt (its group-stop); a running one the same, with SIGTRAP. A
+	 * signal arriving first is left pending: re-interrupt after passing it on. */
+	for (;;) {
+		if (wait_for(tid, &st) < 0)
+			return fail_errno(c, "waitpid %d", (int)tid);
+		if (WIFEXITED(st) || WIFSIGNALED(st))
+			return fail(c, ESRCH, "thread %d ended while being attached", (int)tid);
+		if (st >> 16 == PTRACE_EVENT_STOP)
+			return 0;
+		if (resume(tid, PTRACE_CONT, st >> 16 == 0 ? WSTOPSIG(st) : 0) < 0 || interrupt(tid) < 0)
+			return fail_errno(c, "resuming and interrupting %d", (int)tid);
+	}
+}
+
+static int op_attach(struct call *c)
+{
+	pid_t pid = rd_pid(&c->in);
+	bool grew = true;
+
+	if (parsed(c))
+		return -1;
+	if (pid == getpid())
+		return fail(c, EINVAL, "pid: %d is the agent itself", (int)pid);
+	if (is_tracked(pid))
+		return fail(c, EEXIST, "pid: %d is already traced by this agent", (int)pid);
+	if (tgid_of(pid) != pid)
+		return fail(c, ESRCH, "pid: %d is no process (not a thread-group leader, or gone)", (int)pid);
+	/* Until a listing of /proc/PID/task shows no thread not yet seized: a
+	 * thread created meanwhile by one not yet stopped is caught next round;
+	 * once all are seized, TRACECLONE covers the rest. */
+	while (grew) {
+		char path[64];
+		struct dirent *e;
+		DIR *d;
+
+		grew = false;
+		snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+		d = opendir(path);
+		if (!d) {
+			fail_errno(c, "opendir %s", path);
+			goto undo;
+		}
+		while ((e = readdir(d)) != NULL) {
+			pid_t tid = (pid_t)atoi(e->d_name);
+
+			if (tid <= 0 || task_find(tid))
+				continue;
+			if (seize_thread(c, pid, tid) < 0) {
+				closedir(d);
+				goto undo;
+			}
+			grew = true;
+		}
+		closedir(d);
+	}
+	write_threads(&c->out, pid);
+	return 0;
+undo:
+	/* Nothing half-attached: detach what was seized, leaving it stopped. */
+	kill(pid, SIGSTOP);
+	for (size_t i = 0; i < ntasks; i++)
+		if (tasks[i].tgid == pid)
+			ptrace(PTRACE_DETACH, tasks[i].tid, 0, 0);
+	forget_process(pid);
+	return -1;
 }
 
 #ifndef PTRACE_GET_RSEQ_CONFIGURATION
@@ -2822,6 +3122,9 @@ static const op_fn ops[OP_COUNT] = {
 	[OP_LISTDIR] = op_listdir,
 	[OP_SIGNAL] = op_signal,
 	[OP_STEP] = op_step,
+	[OP_DETACH] = op_detach,
+	[OP_REAP] = op_reap,
+	[OP_ATTACH] = op_attach,
 	[OP_BULK_OPEN] = op_bulk_open,
 	[OP_READ_MEM_BULK] = op_read_mem_bulk,
 	[OP_WRITE_MEM_BULK] = op_write_mem_bulk,
@@ -2882,6 +3185,7 @@ static int write_full(int fd, const void *buf, size_t n)
 static void __attribute__((noreturn)) shut_down(int code)
 {
 	kill_all();
+	kill_detached();
 	exit(code);
 }
 
@@ -2976,6 +3280,8 @@ int main(void)
 	 * tracees and suppress stop notifications. */
 	signal(SIGCHLD, SIG_DFL);
 	signal(SIGPIPE, SIG_IGN);
+	/* Orphans of the programs it runs become its children (reap_orphans). */
+	prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
 	sigemptyset(&sigchld_set);
 	sigaddset(&sigchld_set, SIGCHLD);
 	sigprocmask(SIG_BLOCK, &sigchld_set, NULL);

@@ -20,6 +20,8 @@
  * number, or a line CRH-READY appears in STDOUT_PATH.
  * and exits 0, or prints "error: ..." on stderr and exits 127. The pid is
  * whatever fork gives: a native run cannot be given the traced run's pid.
+ * Whatever the program leaves running when it ends (a daemon: this program
+ * is a child subreaper, so orphans become its children) is killed.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -29,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/personality.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -57,6 +60,33 @@ static int announced(const char *ready_file, const char *out)
 		return 0;
 	buf[n] = 0;
 	return strncmp(buf, "CRH-READY\n", 10) == 0 || strstr(buf, "\nCRH-READY\n") != NULL;
+}
+
+/* Whatever the run left running (a daemon, reparented to us) is killed and
+ * reaped: the next run starts with none of it. */
+static void kill_leftovers(void)
+{
+	int status;
+
+	for (;;) {
+		char path[64];
+		FILE *f;
+		int child, any = 0;
+
+		snprintf(path, sizeof path, "/proc/self/task/%d/children", (int)getpid());
+		f = fopen(path, "re");
+		if (!f)
+			break;
+		while (fscanf(f, "%d", &child) == 1) {
+			kill(child, SIGKILL);
+			any = 1;
+		}
+		fclose(f);
+		if (!any)
+			break;
+		while (waitpid(-1, &status, 0) > 0)
+			;
+	}
 }
 
 static void __attribute__((noreturn)) child(const char *out, const char *path, char **argv)
@@ -94,6 +124,8 @@ int main(int argc, char **argv)
 	timeout_ms = strtol(argv[1], NULL, 10);
 	finish_signal = (int)strtol(argv[3], NULL, 10);
 	clock_gettime(CLOCK_MONOTONIC, &start);
+	/* A daemon the program leaves behind becomes ours (not init's): killed below. */
+	prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
 	pid = fork();
 	if (pid < 0) {
 		fprintf(stderr, "error: fork: %s\n", strerror(errno));
@@ -120,6 +152,7 @@ int main(int argc, char **argv)
 			kill(pid, SIGKILL);
 			waitpid(pid, &status, 0);
 			printf("timed-out %ld\n", timeout_ms);
+			kill_leftovers();
 			return 0;
 		}
 		usleep(1000);
@@ -128,5 +161,6 @@ int main(int argc, char **argv)
 		printf("exited %d\n", WEXITSTATUS(status));
 	else
 		printf("killed %d\n", WTERMSIG(status));
+	kill_leftovers();
 	return 0;
 }

@@ -9,7 +9,8 @@
  *   of that kind, left open;
  *   personality — personality(current | READ_IMPLIES_EXEC);
  *   seccomp     — no_new_privs and a seccomp filter that allows everything;
- *   timer       — a POSIX timer (timer_create, never armed);
+ *   timer       — a POSIX timer with notify SIGEV_THREAD (raw timer_create);
+ *   timerfd     — a timerfd set with TFD_TIMER_CANCEL_ON_SET (other timerfds are captured);
  *   tracer      — a child that asks to be traced (PTRACE_TRACEME) and
  *                 stops itself: this process is its tracer;
  *   umask       — umask 077;
@@ -72,8 +73,13 @@ static int take(const char *state)
 		sigaddset(&set, SIGUSR2);
 		return signalfd(-1, &set, 0) < 0;
 	}
-	if (!strcmp(state, "timerfd"))
-		return timerfd_create(CLOCK_MONOTONIC, 0) < 0;
+	if (!strcmp(state, "timerfd")) {
+		/* Captured in general (timers.ts); not one that must hear of clock changes. */
+		struct itimerspec far = { .it_value = { .tv_sec = 4000000000 } };
+		int fd = timerfd_create(CLOCK_REALTIME, 0);
+
+		return fd < 0 || timerfd_settime(fd, TFD_TIMER_ABSTIME | TFD_TIMER_CANCEL_ON_SET, &far, NULL) != 0;
+	}
 	if (!strcmp(state, "epoll"))
 		return epoll_create1(0) < 0;
 	if (!strcmp(state, "inotify"))
@@ -92,11 +98,15 @@ static int take(const char *state)
 		return prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 || syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) != 0;
 	}
 	if (!strcmp(state, "timer")) {
-		timer_t id;
+		/* Raw SIGEV_THREAD (the C library would make it SIGEV_THREAD_ID to a
+		 * helper thread): the kernel keeps it as notify "thread", which a
+		 * restore cannot create faithfully. */
+		int id;
 		struct sigevent ev;
 		memset(&ev, 0, sizeof ev);
-		ev.sigev_notify = SIGEV_NONE;
-		return timer_create(CLOCK_MONOTONIC, &ev, &id) != 0;
+		ev.sigev_notify = SIGEV_THREAD;
+		ev.sigev_signo = SIGUSR2;
+		return syscall(SYS_timer_create, CLOCK_MONOTONIC, &ev, &id) != 0;
 	}
 	if (!strcmp(state, "tracer")) {
 		tracee = fork();

@@ -30,10 +30,13 @@ export const OPCODES = {
   READLINK: 0x1b,
   LISTDIR: 0x1c,
   STEP: 0x1d,
-  BULK_OPEN: 0x1e,
-  READ_MEM_BULK: 0x1f,
-  WRITE_MEM_BULK: 0x20,
-  PAGEMAP: 0x21,
+  DETACH: 0x1e,
+  REAP: 0x1f,
+  ATTACH: 0x20,
+  BULK_OPEN: 0x21,
+  READ_MEM_BULK: 0x22,
+  WRITE_MEM_BULK: 0x23,
+  PAGEMAP: 0x24,
 } as const;
 
 /** A range of a target's memory a bulk request moves. */
@@ -98,7 +101,13 @@ export type AgentOp =
   /** one byte per page from /proc/PID/pagemap: PAGE_PRESENT | PAGE_SWAPPED | PAGE_FILE */
   | { op: 'PAGEMAP'; pid: number; start: bigint; pages: number }
   /** PTRACE_SINGLESTEP one stopped thread `count` times; `signo` (0 or absent: none) is delivered with the first step */
-  | { op: 'STEP'; pid: number; count: number; signo?: number; timeoutMs: number };
+  | { op: 'STEP'; pid: number; count: number; signo?: number; timeoutMs: number }
+  /** hands a stopped process to another tracer: left in a job-control stop (SIGSTOP), untraced, still the agent's child */
+  | { op: 'DETACH'; pid: number }
+  /** collects a detached child once it ended (another checkpointer killed it), freeing its pid; 0 ms: no limit */
+  | { op: 'REAP'; pid: number; timeoutMs: number }
+  /** seizes a process the agent did not spawn (a restored one), every thread brought into a ptrace stop */
+  | { op: 'ATTACH'; pid: number };
 
 export interface HelloResult {
   protocolVersion: number;
@@ -188,6 +197,10 @@ export interface OpResults {
   LISTDIR: string[];
   SIGNAL: void;
   STEP: StepResult;
+  DETACH: void;
+  REAP: { waitStatus: number };
+  /** every thread of the process, ascending, each in a ptrace stop */
+  ATTACH: { threads: number[] };
   BULK_OPEN: void;
   /** bytes the frame held */
   READ_MEM_BULK: bigint;
@@ -245,7 +258,12 @@ export function encodeOp(op: AgentOp): { opcode: number; payload: Buffer } {
     }
     case 'KILL':
     case 'RSEQ_CONFIG':
+    case 'DETACH':
+    case 'ATTACH':
       w.u32(op.pid);
+      break;
+    case 'REAP':
+      w.u32(op.pid).u32(op.timeoutMs);
       break;
     case 'PEEKSIGINFO':
       w.u32(op.pid).u32(op.shared ? 1 : 0);
@@ -342,7 +360,10 @@ function decodeByOp(name: OpName, r: PayloadReader): unknown {
     case 'INJECT_SYSCALL':
       return r.i64('result');
     case 'KILL':
+    case 'REAP':
       return { waitStatus: r.i32('wait_status') };
+    case 'ATTACH':
+      return { threads: r.array('threads', (e) => e.u32('tid')) };
     case 'PEEKSIGINFO':
       return r.array('siginfo', (e) => Buffer.from(e.bytes('siginfo')));
     case 'GETSIGMASK':
@@ -359,6 +380,7 @@ function decodeByOp(name: OpName, r: PayloadReader): unknown {
     case 'WRITE_MEM':
     case 'SIGNAL':
     case 'SETSIGMASK':
+    case 'DETACH':
     case 'BULK_OPEN':
     case 'WRITE_MEM_BULK':
       return undefined;
@@ -379,7 +401,11 @@ export function describeOp(op: AgentOp): string {
     case 'GETREGS':
     case 'KILL':
     case 'RSEQ_CONFIG':
+    case 'DETACH':
+    case 'ATTACH':
       return `${op.op} pid ${op.pid}`;
+    case 'REAP':
+      return `REAP pid ${op.pid}${op.timeoutMs ? ` within ${op.timeoutMs} ms` : ''}`;
     case 'PEEKSIGINFO':
       return `PEEKSIGINFO pid ${op.pid} ${op.shared ? 'shared' : 'thread'} queue`;
     case 'GETSIGMASK':

@@ -40,7 +40,12 @@ export const COMMANDS = {
       '  --check exits 1 when a row is not as expected or there is none',
     { reset: { type: 'boolean' }, check: { type: 'boolean' } },
   ),
-  doctor: spec(`usage: crh doctor [--json] ${KERNEL_USAGE}\n  measure and print the platform profile`, { ...kernelOptions, json: { type: 'boolean' } }),
+  doctor: spec(
+    `usage: crh doctor [--json] [--engine crh|criu] ${KERNEL_USAGE}\n` +
+      '  measure and print the platform profile; --engine criu boots the image variant with CRIU\n' +
+      "  (Debian trixie's, with its own libraries) and adds `criu check`'s verdict",
+    { ...kernelOptions, json: { type: 'boolean' }, engine: { type: 'string' } },
+  ),
   restore: spec(
     `usage: crh restore --dry-run IMAGE ${POLICY_USAGE}\n` +
       '  validate a checkpoint image and print its restore plan\n' +
@@ -49,9 +54,13 @@ export const COMMANDS = {
     true,
   ),
   run: spec(
-    `usage: crh run [--grep RE] ${KERNEL_USAGE}... [--jobs N] [--artifacts DIR]\n` +
-      '               [--junit FILE] [--json FILE] [--html FILE] [--cases DIR]\n' +
-      '  run the cases (N case files at once) and print the verdict table; the HTML report is\n' +
+    `usage: crh run [--grep RE] ${KERNEL_USAGE}... [--jobs N] [--shard I/N] [--artifacts DIR]\n` +
+      '               [--reporter people|tap|ktap|junit|json] [--junit FILE] [--json FILE] [--ktap FILE]\n' +
+      '               [--html FILE] [--cases DIR]\n' +
+      '  run the cases (N case files at once, default 2), a line per case and a summary (--reporter:\n' +
+      '  a machine format on stdout instead); --shard I/N runs the I-th of N disjoint shards balanced\n' +
+      '  by cases/durations.json. The wide verdict table, each case\'s TAP, the profile and the\n' +
+      '  durations go to the artifacts; the HTML report is\n' +
       '  always written (default <artifacts>/report.html). --kernel repeated: the suite once per\n' +
       '  kernel, in <artifacts>/<kernel>/, then the verdicts side by side (the n-th --system-map,\n' +
       '  --kernel-config, --modules go with the n-th --kernel)',
@@ -64,7 +73,15 @@ export const COMMANDS = {
       json: { type: 'string' },
       html: { type: 'string' },
       cases: { type: 'string' },
+      reporter: { type: 'string' },
+      shard: { type: 'string' },
+      ktap: { type: 'string' },
     },
+  ),
+  report: spec(
+    'usage: crh report --from RUN.json [--from RUN.json]... [--junit FILE] [--json FILE] [--ktap FILE] [--html FILE]\n' +
+      '  merge the JSON reports of crh run shards (disjoint, one kernel) into one set of reports',
+    { from: { type: 'string', multiple: true }, junit: { type: 'string' }, json: { type: 'string' }, ktap: { type: 'string' }, html: { type: 'string' } },
   ),
   // repro and cr parse their own command line (repro/options.ts); the table is here for --help.
   repro: spec(REPRO_USAGE, reproOptions, true),

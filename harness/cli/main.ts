@@ -9,7 +9,7 @@
  * infrastructure (QEMU, image, a kernel that cannot boot, the guest lost
  * mid-run).
  */
-import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import path from 'node:path';
 import { execa } from 'execa';
 import { CrhError } from '../errors.ts';
@@ -19,30 +19,23 @@ import { kernelFromEnvironment } from '../image/kernel.ts';
 import { QemuMachine } from '../machine/machine.ts';
 import { launchMachine } from '../machine/fast-start.ts';
 import { AgentClient } from '../agent/client.ts';
-import { platformProfile, profileRows, type PlatformProfile } from '../platform/profile.ts';
+import { platformProfile, profileRows } from '../platform/profile.ts';
 import { readCheckpointImage } from '../restore/checkpoint-image.ts';
 import { dryRunPlan, formatPlan } from '../restore/dry-run.ts';
 import { describePolicy } from '../restore/policy.ts';
 import { policyFromFlags } from './policy-flags.ts';
-import { readInfraFailures, recordInfraFailure } from '../report/infra-failures.ts';
-import { junitXml } from '../report/junit.ts';
-import { writeHtmlReport } from '../report/html-inputs.ts';
-import { writeFile } from 'node:fs/promises';
-import { artifactsRoot, formatVerdictTable, outcome, readVerdicts, verdictsFile, type Verdict } from '../report/verdicts.ts';
+import { artifactsRoot, formatVerdictTable, outcome, readVerdicts, verdictsFile } from '../report/verdicts.ts';
 import { EXIT, verdictsExitCode } from './exit-codes.ts';
-import { REPO_ROOT } from '../util/cache-dir.ts';
 import { installSignalCleanup } from '../util/cleanup.ts';
 import { isInfraFailure } from '../report/infra-failures.ts';
 import { applyKernelOptions } from './kernel-flags.ts';
 import { COMMANDS, CRH_USAGE, isCommand, parseCommandLine, usageError, wantsHelp } from './command-line.ts';
 import { readBootSession, removeBootSession, sshArgs, writeBootSession } from './boot-session.ts';
 import { reproCommand } from '../repro/command.ts';
+import { criuCheck } from '../criu/commands.ts';
 import { UsageError } from '../repro/usage-error.ts';
-import { kernelRuns, runKernelMatrix } from './kernel-matrix.ts';
-import { checkKernelConfig, kernelIdentity } from './kernel-identity.ts';
-import type { KernelIdentity } from '../report/kernel-matrix.ts';
 import { escapeControl } from '../util/terminal-text.ts';
-
+import { reportCommand, runCommand } from './run-command.ts';
 
 const log = (line: string): void => void process.stderr.write(`crh: ${line}\n`);
 
@@ -138,21 +131,29 @@ async function doctorCommand(args: string[]): Promise<number> {
   const parsed = parseCommandLine(COMMANDS.doctor, args);
   if (!parsed) return EXIT.ok;
   const { values } = parsed;
+  const engine = values.engine ?? 'crh';
+  if (engine !== 'crh' && engine !== 'criu') throw usageError(COMMANDS.doctor, `--engine takes crh or criu, not ${JSON.stringify(engine)}`);
   applyKernelOptions(values);
   await bootstrapHost(log);
-  const image = await buildImage({ kernel: await kernelFromEnvironment(), log });
+  const image = await buildImage({ kernel: await kernelFromEnvironment(), log, criu: engine === 'criu' });
   const machine = await launchMachine({ image, artifactsDir: path.join(artifactsRoot(), 'doctor') });
   try {
     const { client: agent } = await AgentClient.open(await machine.ssh.transport(image.guestPaths['crh-agent']!));
     agent.failWhen(machine.failure);
     try {
       const profile = await platformProfile({ image, machine, agent, log }, { fresh: true });
+      const criu = image.criu ? { ...image.criu, ...(await criuCheck((command) => machine.ssh.exec(command), image.criu.command)) } : undefined;
       if (values.json) {
-        process.stdout.write(`${JSON.stringify(profile, null, 2)}\n`);
+        process.stdout.write(`${JSON.stringify(criu ? { ...profile, criu } : profile, null, 2)}\n`);
       } else {
         const rows = profileRows(profile);
+        if (criu) rows.push(['criu', `${criu.version} (Debian ${criu.suite} package ${image.criu!.version}): criu check ${criu.ok ? 'ok' : 'FAILED'}`], ['criu check', escapeControl(criu.output.split('\n').slice(-3).join(' | '))]);
         const width = Math.max(...rows.map(([k]) => k.length));
         process.stdout.write(`${rows.map(([k, v]) => `${k.padEnd(width)}  ${v}`).join('\n')}\n`);
+      }
+      if (criu && !criu.ok) {
+        log(`criu check failed in the guest:\n${escapeControl(criu.output)}`);
+        return EXIT.failed;
       }
     } finally {
       await agent.close();
@@ -179,98 +180,6 @@ async function restoreCommand(args: string[]): Promise<number> {
   return EXIT.ok;
 }
 
-/** The profile a case's guest measured (every guest of one image and platform measures the same). */
-function measuredProfile(artifacts: string, verdicts: readonly Verdict[]): { file: string; profile: PlatformProfile } | undefined {
-  for (const name of new Set(verdicts.map((v) => v.case))) {
-    const file = path.join(artifacts, name, 'profile.json');
-    if (existsSync(file)) return { file, profile: JSON.parse(readFileSync(file, 'utf8')) as PlatformProfile };
-  }
-  return undefined;
-}
-
-async function runCommand(args: string[]): Promise<number> {
-  const parsed = parseCommandLine(COMMANDS.run, args);
-  if (!parsed) return EXIT.ok;
-  const { values } = parsed;
-  if (values.jobs !== undefined && !/^[1-9][0-9]*$/.test(values.jobs)) throw usageError(COMMANDS.run, `--jobs takes a number of case files to run at once, not ${values.jobs}`);
-  let grep: RegExp | undefined;
-  try {
-    grep = values.grep ? new RegExp(values.grep) : undefined;
-  } catch (error) {
-    throw usageError(COMMANDS.run, `--grep: ${(error as Error).message}`);
-  }
-  const jobs = values.jobs ? ['--jobs', values.jobs] : [];
-  const casesDir = path.resolve(REPO_ROOT, values.cases ?? 'cases');
-  if (!existsSync(casesDir)) throw usageError(COMMANDS.run, `--cases ${values.cases}: no such directory`);
-  const runs = kernelRuns(values);
-  if (runs.length > 1) {
-    if (values.html) throw usageError(COMMANDS.run, '--html names one file: with several kernels each kernel has its report in <artifacts>/<kernel>/report.html');
-    const passThrough = [...(values.grep ? ['--grep', values.grep] : []), ...jobs, ...(values.cases ? ['--cases', path.resolve(values.cases)] : [])];
-    const junit = values.junit ? path.resolve(values.junit) : undefined;
-    const json = values.json ? path.resolve(values.json) : undefined;
-    const root = values.artifacts ? path.resolve(values.artifacts) : artifactsRoot();
-    return (await runKernelMatrix({ runs, artifactsRoot: root, passThrough, ...(junit ? { junit } : {}), ...(json ? { json } : {}), log })).exitCode;
-  }
-  applyKernelOptions(runs[0]!.flags);
-  if (values.artifacts) process.env.CRH_ARTIFACTS_DIR = path.resolve(values.artifacts);
-  const artifacts = artifactsRoot();
-  const startedMs = Date.now();
-  const htmlFile = path.resolve(values.html ?? path.join(artifacts, 'report.html'));
-  process.env.CRH_VERDICTS_FILE = path.join(artifacts, 'verdicts.jsonl');
-  rmSync(process.env.CRH_VERDICTS_FILE, { force: true });
-  rmSync(path.join(artifacts, 'infra-failures.jsonl'), { force: true });
-
-  await bootstrapHost(log);
-  // Build once up front so the cases (run in parallel) find it cached; a
-  // kernel or image that cannot be had is infrastructure, reported as such.
-  await checkKernelConfig(() => kernelFromEnvironment(process.env));
-  let kernel: KernelIdentity | undefined;
-  try {
-    const image = await buildImage({ kernel: await kernelFromEnvironment(process.env, log), log });
-    log(`guest image ${image.key} (${image.kernel.origin})`);
-    kernel = await kernelIdentity(image.kernel);
-  } catch (error) {
-    recordInfraFailure('(image)', error);
-    const infra = readInfraFailures();
-    if (values.junit) await writeFile(values.junit, junitXml([], infra));
-    if (values.json) await writeFile(values.json, `${JSON.stringify({ verdicts: [], infrastructureFailures: infra }, null, 2)}\n`);
-    await writeHtmlReport(htmlFile, { verdicts: [], infra, artifactsRoot: artifacts, sinceMs: startedMs });
-    log(`HTML report: ${htmlFile}`);
-    throw error;
-  }
-
-
-  // cases/ and its folders (cases/reports/: the mailing-list catalog); --grep matches the relative path.
-  const cases = readdirSync(casesDir, { recursive: true, encoding: 'utf8' })
-    .filter((f) => f.endsWith('.test.ts') && (!grep || grep.test(f)))
-    .sort()
-    .map((f) => path.join(casesDir, f));
-  if (cases.length === 0) {
-    log(`no case matches ${values.grep}`);
-    return EXIT.usage;
-  }
-  const tap = await execa(path.join(REPO_ROOT, 'node_modules', '.bin', 'tap'), [...jobs, ...cases], {
-    cwd: REPO_ROOT,
-    stdio: 'inherit',
-    reject: false,
-  });
-  const verdicts = readVerdicts();
-  const profile = measuredProfile(artifacts, verdicts);
-  if (profile) process.stdout.write(`\nplatform profile the expectations were conditioned on (${profile.file}):\n${profileRows(profile.profile).map(([k, v]) => `  ${k.padEnd(34)} ${v}`).join('\n')}\n`);
-  process.stdout.write(`\n${formatVerdictTable(verdicts)}\n`);
-  const infra = readInfraFailures();
-  if (values.junit) await writeFile(values.junit, junitXml(verdicts, infra));
-  if (values.json) await writeFile(values.json, `${JSON.stringify({ kernel, verdicts, infrastructureFailures: infra }, null, 2)}\n`);
-  // The HTML report knows pass and fail only: a skipped case is left out of it rather than shown as a failure.
-  await writeHtmlReport(htmlFile, { verdicts: verdicts.filter((v) => outcome(v) !== 'SKIP'), infra, artifactsRoot: artifacts, sinceMs: startedMs });
-  for (const f of infra) log(`infrastructure failure in ${f.case}:\n${f.error}`);
-  const count = (o: string): number => verdicts.filter((v) => outcome(v) === o).length;
-  process.stdout.write(`\n${count('PASS')} passed, ${count('FAIL')} failed${count('SKIP') > 0 ? `, ${count('SKIP')} skipped` : ''}\n`);
-  process.stdout.write(`artifacts: ${artifacts}\nHTML report: ${htmlFile}\n`);
-  if (infra.length > 0) return EXIT.infra;
-  if (count('PASS') === 0 && count('FAIL') === 0) log(verdicts.length === 0 ? 'no verdict was recorded: nothing was tested' : 'every verdict is a skip: nothing was tested');
-  return verdictsExitCode(verdicts, tap.exitCode ?? EXIT.failed);
-}
 
 const HANDLERS: Record<Exclude<keyof typeof COMMANDS, 'repro' | 'cr'>, (args: string[]) => Promise<number>> = {
   bootstrap: bootstrapCommand,
@@ -281,6 +190,7 @@ const HANDLERS: Record<Exclude<keyof typeof COMMANDS, 'repro' | 'cr'>, (args: st
   doctor: doctorCommand,
   restore: restoreCommand,
   run: runCommand,
+  report: reportCommand,
 };
 
 async function main(argv: string[]): Promise<number> {

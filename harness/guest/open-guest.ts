@@ -14,6 +14,7 @@ import { kernelFromEnvironment } from '../image/kernel.ts';
 import type { MachineEvent, QemuMachine } from '../machine/machine.ts';
 import { launchMachine } from '../machine/fast-start.ts';
 import { BULK_PORT_NAME, shellQuote } from '../machine/qemu-args.ts';
+import { agentKilled, guestOrSessionFailure } from './session-loss.ts';
 import { platformProfile, profileFacts, type PlatformProfile } from '../platform/profile.ts';
 import type { PlatformFacts } from '../restore/checkpoint-image.ts';
 import { kernelSymbolFile } from '../symbols/kernel-symbols.ts';
@@ -48,12 +49,14 @@ export interface OpenGuestOptions {
    * working directory.
    */
   agentCwd?: string;
+  /** boot the image variant with CRIU (harness/image/criu.ts) */
+  criu?: boolean;
 }
 
 /** Builds (or finds) the image, launches a machine and opens the agent; on any failure what was started is released. */
 export async function openGuest(options: OpenGuestOptions): Promise<OpenedGuest> {
   const log = options.log ?? (() => {});
-  const image = await buildImage({ kernel: await kernelFromEnvironment(), log });
+  const image = await buildImage({ kernel: await kernelFromEnvironment(), log, ...(options.criu ? { criu: true } : {}) });
   const progress = (event: MachineEvent): void => {
     if (event.type === 'launch') log(`launch ${event.name} (${event.accel.accel}: ${event.accel.reason})`);
     else if (event.type === 'ready') log(`${event.name} ready in ${event.elapsedMs} ms`);
@@ -82,9 +85,11 @@ export async function openGuest(options: OpenGuestOptions): Promise<OpenedGuest>
       await machine.ssh.run(`mkdir -p ${shellQuote(options.agentCwd)}`);
       command = `cd ${shellQuote(options.agentCwd)} && exec ${agentPath}`;
     }
-    const opened = await AgentClient.open(await machine.ssh.transport(command));
+    const transport = await machine.ssh.transport(command);
+    const opened = await AgentClient.open(transport);
     agent = opened.client;
-    agent.failWhen(machine.failure);
+    // A dropped SSH connection or a killed agent is infrastructure too, unless the machine has a better explanation.
+    agent.failWhen(guestOrSessionFailure(machine.failure, [machine.ssh.lost, agentKilled(transport.exit)]));
     const m = machine;
     agent.diagnose = async () => `${await m.diagnose()}\n--- console tail ---\n${m.console.tail()}`;
     // Page data over the virtio-serial port, not SSH; a guest without it keeps to SSH, and says so.

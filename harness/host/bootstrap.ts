@@ -31,6 +31,8 @@ export const TEST_PACKAGES: Readonly<Record<string, string>> = {
 export interface BootstrapOptions {
   /** also install TEST_PACKAGES (`crh bootstrap --test`, run by `npm test`) */
   test?: boolean;
+  /** packages only one script needs (name → why), e.g. a kernel build's */
+  extra?: Readonly<Record<string, string>>;
 }
 
 export interface BootstrapReport {
@@ -61,7 +63,7 @@ export function installCommand(packages: readonly string[]): string {
  * MissingDependencyError with the command.
  */
 export async function bootstrapHost(log: (line: string) => void = () => {}, options: BootstrapOptions = {}): Promise<BootstrapReport> {
-  const wanted: Readonly<Record<string, string>> = options.test ? { ...HOST_PACKAGES, ...TEST_PACKAGES } : HOST_PACKAGES;
+  const wanted: Readonly<Record<string, string>> = { ...HOST_PACKAGES, ...(options.test ? TEST_PACKAGES : {}), ...options.extra };
   const packages = Object.keys(wanted);
   const missing = await missingPackages(packages);
   await ensurePackageLists(log);

@@ -16,6 +16,7 @@ import { debianKernel, type GuestKernel } from './kernel.ts';
 import { moduleLoadOrder } from './modules.ts';
 import { buildGuestBinaries, guestPath } from './guest-binaries.ts';
 import { sharedLibraryClosure } from './shared-libs.ts';
+import { CRIU_GUEST_COMMAND, CRIU_MODULES, debianCriu, type GuestCriu } from './criu.ts';
 
 export interface GuestImage {
   key: string;
@@ -31,6 +32,8 @@ export interface GuestImage {
   binaries: Record<string, string>;
   /** guest path of each guest program, by name */
   guestPaths: Record<string, string>;
+  /** CRIU in the guest, in the variant built with `criu: true` */
+  criu?: { version: string; suite: string; command: string };
 }
 
 export interface BuildImageOptions {
@@ -38,6 +41,12 @@ export interface BuildImageOptions {
   /** a kernel to use instead of the recipe's Debian kernel */
   kernel?: GuestKernel;
   log?: (line: string) => void;
+  /**
+   * The variant with CRIU (harness/image/criu.ts): its binary, library
+   * closure and kernel modules, under a key of its own. Only runs that ask
+   * for the criu engine build it; the default image stays as it is.
+   */
+  criu?: boolean;
 }
 
 // 2: the key no longer depends on the checkout's path.
@@ -52,6 +61,8 @@ export interface ImageInputs {
   /** guest path -> host path of the host programs and their libraries */
   hostFiles: ReadonlyMap<string, string>;
   modules: readonly { name: string; file: string }[];
+  /** the CRIU variant's wrapper script (its files are in hostFiles) */
+  criuWrapper?: string;
 }
 
 /**
@@ -68,6 +79,8 @@ export async function imageKey(inputs: ImageInputs): Promise<string> {
   for (const [guest, host] of [...inputs.hostFiles].sort()) keyParts.push(guest, await sha256File(host));
   for (const [guest, file] of Object.entries(recipe.files).sort()) keyParts.push(guest, sha256(await readFile(file)));
   for (const m of inputs.modules) keyParts.push(m.name, await sha256File(m.file));
+  // Absent for the default image, so its key is what it was before the variant existed.
+  if (inputs.criuWrapper !== undefined) keyParts.push('criu', inputs.criuWrapper);
   return sha256(keyParts.join('\0')).slice(0, 20);
 }
 
@@ -78,15 +91,19 @@ export async function buildImage(options: BuildImageOptions = {}): Promise<Guest
   const binaries = await buildGuestBinaries(log);
   // A user kernel without a modules directory must have virtio built in;
   // Debian's modules would not load into it (vermagic).
-  const modules = kernel.modulesDir ? await moduleLoadOrder(kernel.modulesDir, recipe.modules) : [];
+  const criu: GuestCriu | undefined = options.criu ? await debianCriu(log) : undefined;
+  const wantedModules = criu ? [...recipe.modules, ...CRIU_MODULES] : recipe.modules;
+  const modules = kernel.modulesDir ? await moduleLoadOrder(kernel.modulesDir, wantedModules) : [];
 
   const hostFiles = new Map<string, string>(); // guest path -> host path
   for (const [guest, host] of Object.entries(recipe.hostPrograms)) {
     hostFiles.set(guest, host);
     for (const lib of await sharedLibraryClosure(host)) hostFiles.set(lib, lib);
   }
+  // CRIU's closure lives under its own prefix (criu.ts says why), never on the guest's library path.
+  for (const [guest, host] of criu?.files ?? []) hostFiles.set(guest, host);
 
-  const key = await imageKey({ recipe, kernelSha256: kernel.sha256, binariesKey: binaries.key, hostFiles, modules });
+  const key = await imageKey({ recipe, kernelSha256: kernel.sha256, binariesKey: binaries.key, hostFiles, modules, ...(criu ? { criuWrapper: criu.wrapper } : {}) });
   const dir = path.join(await ensureCacheDir('images'), key);
 
   await buildOnce(dir, async (staging) => {
@@ -109,6 +126,7 @@ export async function buildImage(options: BuildImageOptions = {}): Promise<Guest
     if (modules.length > 0) {
       await writeFile(path.join(root, 'lib/modules/crh/load-order'), modules.map((m) => `${m.name}\n`).join(''));
     }
+    if (criu) await writeFile(path.join(root, CRIU_GUEST_COMMAND), criu.wrapper, { mode: 0o755 });
     await symlink('/bin/busybox', path.join(root, 'bin/sh'));
     await writeFile(path.join(root, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\n');
     await writeFile(path.join(root, 'etc/group'), 'root:x:0:\ntty:x:5:\n');
@@ -132,7 +150,7 @@ export async function buildImage(options: BuildImageOptions = {}): Promise<Guest
     await execa('rm', ['-rf', root]);
     await writeFile(
       path.join(staging, 'image.json'),
-      JSON.stringify({ format: IMAGE_FORMAT, key, recipe: recipe.name, kernel, modules: modules.map((m) => m.name), built: new Date().toISOString() }, null, 2),
+      JSON.stringify({ format: IMAGE_FORMAT, key, recipe: recipe.name, kernel, modules: modules.map((m) => m.name), ...(criu ? { criu: { version: criu.version, suite: criu.suite } } : {}), built: new Date().toISOString() }, null, 2),
     );
   });
 
@@ -147,6 +165,7 @@ export async function buildImage(options: BuildImageOptions = {}): Promise<Guest
     hostPublicKey: (await readFile(path.join(dir, 'host_key.pub'), 'utf8')).trim(),
     binaries: binaries.hostPath,
     guestPaths: Object.fromEntries(Object.keys(binaries.hostPath).map((n) => [n, guestPath(n)])),
+    ...(criu ? { criu: { version: criu.version, suite: criu.suite, command: CRIU_GUEST_COMMAND } } : {}),
   };
 }
 

@@ -26,6 +26,8 @@ export const CASE_OPTIONS: Readonly<Record<string, string>> = {
   CONFIG_CHECKPOINT_RESTORE: 'checkpoint/restore interfaces (prctl PR_GET_TID_ADDRESS); clone3 set_tid needs only CAP_CHECKPOINT_RESTORE, PTRACE_GET_RSEQ_CONFIGURATION only CONFIG_RSEQ',
   CONFIG_FUTEX: 'futexes (the daemon case blocks in FUTEX_WAIT)',
   CONFIG_MODIFY_LDT_SYSCALL: 'modify_ldt, the LDT a process installs for itself (ldt case)',
+  CONFIG_POSIX_TIMERS: 'setitimer, alarm and timer_create (timers case)',
+  CONFIG_TIMERFD: 'timerfd_create (timers case)',
   CONFIG_VIRTIO_NET: 'the guest network (SSH)',
 };
 

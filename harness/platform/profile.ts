@@ -14,6 +14,9 @@
  * - rseqDeprecatedFlagsRejected: whether the kernel kills a task whose active
  *   rseq_cs carries RSEQ_CS_FLAG_NO_RESTART_ON_* flags (6.0 and later) instead
  *   of honouring them; flags=0 is run first as the control.
+ * - cpuFeatures: FSGSBASE (CPUID and the kernel's HWCAP2), PKU (CPUID, OSPKE,
+ *   pkey_alloc) and the rseq feature size and alignment in the auxiliary
+ *   vector (6.3+; absent on 6.1), measured in the guest (cpu-features.ts).
  */
 import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
@@ -33,9 +36,11 @@ import { ElfFile } from '../elf/elf64.ts';
 import { CASE_OPTIONS, optionState } from './kernel-config.ts';
 import { guestKernelConfig } from './guest-kernel-config.ts';
 import { measureRfOnUserPageFault } from './page-fault-probe.ts';
+import { cpuFeatureFacts, cpuFeatureRows, cpuFeaturesProbe, type CpuFeatures } from './cpu-features.ts';
 import { inconclusiveProbes, isRunTimeout, PROBE_BOUND_MS, ProbeInconclusiveError, runBoundedProbe, type Measured, type Probe } from './probe-runner.ts';
 
-export const PROFILE_VERSION = 1;
+/** 2: cpuFeatures (FSGSBASE, PKU, rseq auxv). */
+export const PROFILE_VERSION = 2;
 
 export type { Measured } from './probe-runner.ts';
 
@@ -61,6 +66,7 @@ export interface PlatformProfile {
     rfAtHwBreakpointStop: Measured<boolean>;
     rseqDeprecatedFlagsRejected: Measured<boolean>;
   };
+  cpuFeatures: Measured<CpuFeatures>;
 }
 
 /** The accelerator decision's evidence, short enough for a table row and a checkpoint image. */
@@ -96,7 +102,7 @@ function currentAccel(machine: QemuMachine): Pick<PlatformProfile, 'accel' | 'ac
 }
 
 /** CPU flags worth recording: the ones C/R state depends on. */
-const INTERESTING_FLAGS = ['xsave', 'xsaveopt', 'xsavec', 'xsaves', 'avx', 'avx2', 'avx512f', 'fsgsbase', 'pku', 'rdrand', 'sse4_2', 'fxsr'];
+const INTERESTING_FLAGS = ['xsave', 'xsaveopt', 'xsavec', 'xsaves', 'avx', 'avx2', 'avx512f', 'fsgsbase', 'pku', 'ospke', 'rdrand', 'sse4_2', 'fxsr'];
 
 export interface ProfileContext {
   image: GuestImage;
@@ -121,7 +127,7 @@ export async function platformProfile(ctx: ProfileContext, options: { fresh?: bo
   if (!options.fresh && existsSync(file)) return { ...(JSON.parse(await readFile(file, 'utf8')) as PlatformProfile), ...currentAccel(ctx.machine) };
   const profile = await measurePlatformProfile(ctx);
   // A probe that could not conclude may have met a loaded host rather than the kernel: measured again by the next guest, not kept.
-  const inconclusive = inconclusiveProbes(profile.probes);
+  const inconclusive = inconclusiveProbes({ ...profile.probes, cpuFeatures: profile.cpuFeatures });
   if (inconclusive.length > 0) ctx.log?.(`profile not cached, inconclusive: ${inconclusive.join('; ')}`);
   // Guests started in parallel (crh run --jobs) read this file while another may write it.
   else await writeFileAtomic(file, `${JSON.stringify(profile, null, 2)}\n`);
@@ -143,6 +149,8 @@ export async function measurePlatformProfile(ctx: ProfileContext): Promise<Platf
   const rseq = await runBoundedProbe('rseq probe', rseqDeprecatedFlagsProbe(agent, image.guestPaths['rseq-flags']!), ctx.probeBoundMs ?? PROBE_BOUND_MS);
   log('probe: RF in the exception frame of a user page fault (gdbstub)');
   const pf = await measureRfOnUserPageFault(ctx);
+  log('probe: CPU features (FSGSBASE, PKU, rseq auxv)');
+  const cpuFeatures = await runBoundedProbe('cpu-features probe', cpuFeaturesProbe(agent, image.guestPaths['cpu-features']!), ctx.probeBoundMs ?? PROBE_BOUND_MS);
 
   return {
     version: PROFILE_VERSION,
@@ -159,6 +167,7 @@ export async function measurePlatformProfile(ctx: ProfileContext): Promise<Platf
     kernelConfig: Object.fromEntries(Object.keys(CASE_OPTIONS).map((o) => [o, optionState(config, o)])),
     kernelSymbols: pf.symbolsOrigin,
     probes: { rfOnUserPageFault: pf.measured, rfAtHwBreakpointStop: hw.measured, rseqDeprecatedFlagsRejected: rseq },
+    cpuFeatures,
   };
 }
 
@@ -233,6 +242,7 @@ export function profileFacts(p: PlatformProfile): Record<string, string | number
     kernelOrigin: p.kernelOrigin,
     ...Object.fromEntries(Object.entries(p.kernelConfig).map(([k, v]) => [`kernelConfig.${k}`, v])),
     ...Object.fromEntries(Object.entries(p.probes).map(([k, m]) => [`probes.${k}`, m.value])),
+    ...cpuFeatureFacts(p.cpuFeatures?.value ?? null),
   };
 }
 
@@ -252,6 +262,7 @@ export function profileRows(p: PlatformProfile): Array<[string, string]> {
     ['RF pushed on a user page fault', measured(p.probes.rfOnUserPageFault)],
     ['RF at a hw-breakpoint ptrace stop', measured(p.probes.rfAtHwBreakpointStop)],
     ['deprecated rseq_cs flags rejected', measured(p.probes.rseqDeprecatedFlagsRejected)],
+    ...cpuFeatureRows(p.cpuFeatures?.value ?? null, p.cpuFeatures?.how ?? 'a profile measured before cpu-features'),
   ];
 }
 

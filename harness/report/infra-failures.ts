@@ -6,11 +6,13 @@
 import { appendFileSync, existsSync, mkdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { BootError, CrhError, isInfraError } from '../errors.ts';
-import { verdictsFile } from './verdicts.ts';
+import { caseFile, verdictsFile } from './verdicts.ts';
 
 export interface InfraFailure {
   case: string;
   error: string;
+  /** the case file that recorded it (see caseFile) */
+  file?: string;
 }
 
 function infraFile(): string {
@@ -41,7 +43,8 @@ export function recordInfraFailure(caseName: string, error: unknown): void {
   const file = infraFile();
   mkdirSync(path.dirname(file), { recursive: true });
   const text = error instanceof CrhError ? error.describe() : String(error);
-  appendFileSync(file, `${JSON.stringify({ case: caseName, error: text })}\n`);
+  const source = caseFile();
+  appendFileSync(file, `${JSON.stringify({ case: caseName, error: text, ...(source ? { file: source } : {}) })}\n`);
 }
 
 export function readInfraFailures(): InfraFailure[] {

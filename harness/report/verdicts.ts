@@ -20,6 +20,8 @@ export interface Verdict {
   conditions?: Record<string, string>;
   /** registers whose observed value differs from the image, one per line (`rbx: image 0x…, cpu 0x…`) */
   registerDiff?: string;
+  /** the case file that recorded the row, relative to the repository */
+  file?: string;
   /** the case's artifacts folder, absolute or relative to the artifacts root (default: `<root>/<case>`) */
   artifacts?: string;
   /** wall time of the scenario × policy run */
@@ -58,6 +60,17 @@ export interface RestoreWitness {
 
 export type Outcome = 'PASS' | 'FAIL' | 'SKIP';
 
+/**
+ * The case file this process runs (its main script, relative to the
+ * repository), stamped on every row and failure it records: what ties a row
+ * to the file that made it when a case names itself otherwise
+ * (cases/reports/criu-rseq.test.ts records "report-criu-rseq").
+ */
+export function caseFile(): string | undefined {
+  const main = process.argv[1];
+  return main && main.endsWith('.test.ts') ? path.relative(REPO_ROOT, path.resolve(main)) : undefined;
+}
+
 export function outcome(v: Verdict): Outcome {
   return v.skipped !== undefined ? 'SKIP' : v.pass ? 'PASS' : 'FAIL';
 }
@@ -87,7 +100,8 @@ export function takeElapsedSinceLastRow(): number {
  * and run that produced it (the first row also carries the guest's start).
  */
 export function recordVerdict(verdict: Verdict): void {
-  const row = { ...verdict, durationMs: verdict.durationMs ?? takeElapsedSinceLastRow() };
+  const source = caseFile();
+  const row = { ...verdict, durationMs: verdict.durationMs ?? takeElapsedSinceLastRow(), ...(source && !verdict.file ? { file: source } : {}) };
   const file = verdictsFile();
   mkdirSync(path.dirname(file), { recursive: true });
   appendFileSync(file, `${JSON.stringify(row)}\n`);

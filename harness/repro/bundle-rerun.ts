@@ -53,6 +53,7 @@ export function requestFromRecord(record: RerunRecord, extracted: ReadonlyMap<st
   };
   return {
     command: record.command,
+    ...(record.engine ? { engine: record.engine } : {}),
     ...(record.command === 'repro' ? { source: at(record.source!) } : { binary: at(record.binary!) }),
     files: record.files.map(at),
     args: [...record.args],
@@ -61,9 +62,11 @@ export function requestFromRecord(record: RerunRecord, extracted: ReadonlyMap<st
     ...(record.finishSignal ? { finishSignal: parseSignal(record.finishSignal) } : {}),
     policy: policyOf(record),
     timeoutMs: record.timeoutMs,
+    cycles: record.cycles ?? 1,
     out: where.out,
     ...(where.artifacts ? { artifacts: where.artifacts } : {}),
     kernel: {},
+    ...(record.sweep && record.checkpoint.kind === 'symbol' ? { sweep: { symbol: record.checkpoint.symbol, ...record.sweep } } : {}),
   };
 }
 
@@ -81,6 +84,8 @@ export function describeRerun(bundle: string, record: RerunRecord): string[] {
     `  files:      ${record.files.length ? record.files.map(e).join(', ') : '(none)'}`,
     `  checkpoint: ${describePoint(record.checkpoint)}${record.finishSignal ? `, then ${e(record.finishSignal)} to finish` : ''}`,
     `  policy:     rf=${e(p.rf)} regs=${e(p.regs)} restorer=${e(p.restorer)} rseq-fixup=${e(p.rseqFixup)} syscall-restart=${e(p.syscallRestart)}${p.omit.length ? ` omit=${p.omit.map(e).join(',')}` : ''}`,
+    ...(record.sweep ? [`  sweep:      ${record.sweep.count} boundaries, a checkpoint every ${record.sweep.every}`] : []),
+    `  cycles:     ${record.cycles ?? 1} checkpoint → restore in a chain`,
     `  timeout:    ${record.timeoutMs} ms per run`,
     `  arguments:  ${record.args.length ? record.args.map((a) => `'${e(a).replaceAll("'", "\\'")}'`).join(' ') : '(none)'}`,
   ];

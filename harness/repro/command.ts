@@ -22,6 +22,7 @@ import { runInGuest } from './guest-runs.ts';
 import { parseReproArgs, type BundleRerun, type ReproRequest } from './options.ts';
 import { prepareProgram, programName } from './prepare.ts';
 import { Progress } from './progress.ts';
+import { sweepCommand } from './sweep-command.ts';
 import type { BundleInputs } from './rerun.ts';
 import { UsageError } from './usage-error.ts';
 import { makeTempDir, removeTempDir } from '../util/temp-dir.ts';
@@ -39,6 +40,7 @@ export async function reproCommand(command: 'repro' | 'cr', argv: readonly strin
     const parsed = parseReproArgs(command, argv);
     const progress = new Progress(`crh ${command}`);
     if ('bundle' in parsed) return await rerunBundle(parsed, progress);
+    if (parsed.sweep) return await sweepCommand(parsed, progress);
     const { verdict, bundle } = await reproduce(parsed, progress);
     report(verdict, bundle);
     return verdictExitCode(verdict);

@@ -5,12 +5,17 @@
  * console log.
  */
 import path from 'node:path';
+import { CrhError, InfraError } from '../errors.ts';
 import { openGuest } from '../guest/open-guest.ts';
+import { isInfraFailure } from '../report/infra-failures.ts';
+import { injectFault } from './fault-injection.ts';
 import { bootstrapHost } from '../host/bootstrap.ts';
 import { shellQuote } from '../machine/qemu-args.ts';
+import { criuCheckpointedRun } from './criu-run.ts';
 import type { PlatformProfile } from '../platform/profile.ts';
 import type { PlatformFacts } from '../restore/checkpoint-image.ts';
 import { hex } from '../x86/registers.ts';
+import { cleanStartCommand, killedPids } from './clean-start.ts';
 import { describeStatus } from './compare.ts';
 import type { ReproRequest } from './options.ts';
 import type { PreparedProgram } from './prepare.ts';
@@ -29,17 +34,57 @@ export interface GuestRuns {
 }
 
 export async function runInGuest(request: ReproRequest, prepared: PreparedProgram, runDir: string, imageFile: string, progress: Progress): Promise<GuestRuns> {
-  progress.phase('boot');
+  let phase = 'boot';
+  try {
+    return await phases(request, prepared, runDir, imageFile, progress, (name) => void (phase = name));
+  } catch (error) {
+    throw duringPhase(error, phase, runDir);
+  }
+}
+
+/**
+ * An infrastructure failure named by the phase it struck, the root cause
+ * after it ("during restore: guest lost: QEMU killed by SIGKILL") and the
+ * run directory that keeps the console log beside it. Anything else passes
+ * through unchanged.
+ */
+export function duringPhase(error: unknown, phase: string, runDir: string): unknown {
+  if (!isInfraFailure(error)) return error;
+  let root = error as Error;
+  const seen = new Set<unknown>();
+  // The innermost of our errors says what happened; the outer ones say which request it broke.
+  for (let e: unknown = error; e instanceof Error && !seen.has(e); e = e.cause) {
+    seen.add(e);
+    if (e instanceof CrhError) root = e;
+  }
+  const details = { ...(error instanceof CrhError ? error.details : {}), ...(root instanceof CrhError ? root.details : {}), artifacts: runDir };
+  return new InfraError(`during ${phase}: ${root.message}`, details, { cause: error });
+}
+
+async function phases(request: ReproRequest, prepared: PreparedProgram, runDir: string, imageFile: string, progress: Progress, entered: (phase: string) => void): Promise<GuestRuns> {
+  const phase = (name: string, detail?: string): void => {
+    entered(name);
+    progress.phase(name, detail);
+  };
+  phase('boot');
   await bootstrapHost((line) => progress.note(line));
-  const guest = await openGuest({ artifactsDir: runDir, log: (line) => progress.note(line), agentCwd: GUEST_DIRS.work });
+  const guest = await openGuest({ artifactsDir: runDir, log: (line) => progress.note(line), agentCwd: GUEST_DIRS.work, ...(request.engine === 'criu' ? { criu: true } : {}) });
+  let fault = request.fault;
   try {
     const { ssh } = guest.machine;
     const guestBinary = `${GUEST_DIRS.bin}/${prepared.name}`;
-    progress.phase('upload', `${prepared.name} (${prepared.program.data.length} bytes)${prepared.files.length ? ` and ${prepared.files.length} file(s)` : ''}`);
+    phase('upload', `${prepared.name} (${prepared.program.data.length} bytes)${prepared.files.length ? ` and ${prepared.files.length} file(s)` : ''}`);
     // Console level 7: the kernel's "segfault at ..." lines (KERN_INFO) reach the console log too.
     await ssh.run(`mkdir -p ${GUEST_DIRS.bin} ${GUEST_DIRS.out} ${GUEST_DIRS.work} && echo 7 > /proc/sys/kernel/printk`);
     await ssh.upload(guestBinary, prepared.program.data, 0o755);
-    for (const f of prepared.files) await ssh.upload(`${GUEST_DIRS.work}/${path.basename(f.file)}`, f.data, f.mode);
+    // Each run starts clean (clean-start.ts): nothing the previous one left
+    // running, a working directory at the same path holding only the --file
+    // inputs, copied again.
+    const cleanStart = async (run: string): Promise<void> => {
+      const killed = killedPids(await ssh.run(cleanStartCommand(GUEST_DIRS.work)));
+      if (killed.length > 0) progress.note(`before the ${run}: killed what the previous run left running (pid ${killed.join(', ')})`);
+      for (const f of prepared.files) await ssh.upload(`${GUEST_DIRS.work}/${path.basename(f.file)}`, f.data, f.mode);
+    };
 
     const program: GuestProgram = { binary: guestBinary, argv: [guestBinary, ...request.args], envp: [`CRH_READY_FILE=${READY_FILE}`] };
     const ctx: RunContext = {
@@ -51,23 +96,37 @@ export async function runInGuest(request: ReproRequest, prepared: PreparedProgra
       timeoutMs: request.timeoutMs,
       clearReady: async () => void (await ssh.run(`rm -f ${shellQuote(READY_FILE)}`)),
       shell: (command) => ssh.run(command),
-      phase: async (phase, detail) => {
-        progress.phase(phase, detail);
-        const text = `crh ${request.command}: ${phase}${detail ? `: ${detail}` : ''}`;
+      phase: async (name, detail) => {
+        phase(name, detail);
+        const text = `crh ${request.command}: ${name}${detail ? `: ${detail}` : ''}`;
         await ssh.run(`echo ${shellQuote(`<5>${text}`)} > /dev/kmsg`);
+        if (fault?.phase === name) {
+          const injected = fault;
+          fault = undefined;
+          await injectFault(injected, { machine: guest.machine, agentPid: guest.hello.agentPid, log: (line) => progress.note(line) });
+        }
       },
     };
+    await cleanStart('native run');
     await ctx.phase('native run', 'no tracer, no breakpoint');
     const native = await nativeReference(ctx);
     progress.note(`${describeStatus(native)}, ${native.output.length} bytes of output (pid ${native.pid})`);
+    await cleanStart('uninterrupted run');
     await ctx.phase('uninterrupted run');
     // As the native run's pid: a native run cannot choose its pid, the agent can (clone3 set_tid).
     const reference = await referenceRun(ctx, native.pid);
     const hits = prepared.breakAt !== undefined ? `, ${reference.hits} executions of ${hex(prepared.breakAt)}` : '';
     progress.note(`${describeStatus(reference)}, ${reference.output.length} bytes of output${hits}, ${reference.elapsedMs} ms (pid ${reference.pid})`);
-    const checkpointed = await checkpointedRun(ctx, reference, guest.platform, request.policy, imageFile);
+    await cleanStart('checkpointed run');
+    const criu = guest.image.criu;
+    if (request.engine === 'criu' && !criu) throw new InfraError('the image built for --engine criu has no CRIU');
+    const checkpointed =
+      request.engine === 'criu'
+        ? await criuCheckpointedRun(ctx, reference, { command: criu!.command, version: criu!.version, exec: (command) => ssh.exec(command) })
+        : await checkpointedRun(ctx, reference, guest.platform, request.policy, imageFile, request.cycles);
     return { program, native, reference, checkpointed, profile: guest.profile, platform: guest.platform };
   } finally {
+    // The failure's phase stays the one that failed: shutting down is no phase of the run's.
     progress.phase('shut down');
     await guest.close();
   }

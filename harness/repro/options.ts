@@ -9,7 +9,9 @@ import { parseArgs } from 'node:util';
 import { KERNEL_USAGE, kernelFlagArgs, kernelOptions, resolveKernelFlag } from '../cli/kernel-flags.ts';
 import { policyFromFlags, policyOptions, POLICY_USAGE } from '../cli/policy-flags.ts';
 import type { RestorePolicy } from '../restore/policy.ts';
+import { parseFault, type InjectedFault } from './fault-injection.ts';
 import { UsageError } from './usage-error.ts';
+import { parseSweepFlags, SWEEP_USAGE, sweepFlags, sweepOptions, type SweepRequest } from './sweep-options.ts';
 
 /** Where the checkpoint is taken. */
 export type CheckpointPoint =
@@ -20,8 +22,14 @@ export type CheckpointPoint =
   /** once the program announces readiness (CRH_READY_FILE or a CRH-READY line) */
   | { kind: 'ready' };
 
+/** Which checkpoint/restore runs the checkpointed run: crh's restore core, or CRIU in the guest. */
+export type Engine = 'crh' | 'criu';
+export const ENGINES: readonly Engine[] = ['crh', 'criu'];
+
 export interface ReproRequest {
   command: 'repro' | 'cr';
+  /** absent: crh */
+  engine?: Engine;
   /** repro: the C source */
   source?: string;
   /** cr: the prebuilt static binary */
@@ -36,6 +44,14 @@ export interface ReproRequest {
   /** delivered once the program is ready (when-ready) and again after the restore */
   finishSignal?: { name: string; number: number };
   policy: RestorePolicy;
+  /**
+   * checkpoint → kill → restore this many times in a chain, each restored
+   * process the one checkpointed next (1: once). Where the checkpoints fall:
+   * cycleSchedule in runs.ts.
+   */
+  cycles: number;
+  /** --inject-fault: an infrastructure failure made on purpose (fault-injection.ts); never carried by a bundle */
+  fault?: InjectedFault;
   /** bound on each run of the program */
   timeoutMs: number;
   /** the bundle to write; a default under the artifacts directory when absent */
@@ -43,16 +59,24 @@ export interface ReproRequest {
   artifacts?: string;
   /** --kernel and friends by flag name, as absolute paths */
   kernel: Record<string, string>;
+  /** --sweep: a checkpoint at every K-th of N instruction boundaries from the checkpoint symbol (sweep-options.ts) */
+  sweep?: SweepRequest;
 }
 
 export const DEFAULT_TIMEOUT_MS = 60_000;
+/** The most --cycles a request (or a bundle's rerun record) may ask for. */
+export const MAX_CYCLES = 10_000;
 
 export const REPRO_USAGE =
-  'usage: crh repro FILE.c [--checkpoint-at SYMBOL|0xADDR [--hit N] | --checkpoint-after MS | --when-ready] [--finish-signal SIG]\n' +
+  'usage: crh repro FILE.c [--checkpoint-at SYMBOL|0xADDR [--hit N] | --checkpoint-after MS | --when-ready] [--finish-signal SIG] [--cycles N]\n' +
   `                 ${POLICY_USAGE}\n` +
-  `                 [--cflags "FLAGS"] [--timeout MS] [--out BUNDLE.tar] [--artifacts DIR] ${KERNEL_USAGE} [-- ARGS]\n` +
+  `                 [--engine crh|criu] [--cflags "FLAGS"] [--timeout MS] [--out BUNDLE.tar] [--artifacts DIR] ${KERNEL_USAGE} [-- ARGS]\n` +
+  `       crh repro FILE.c ${SWEEP_USAGE} [the same policy switches] [-- ARGS]\n` +
   '       crh repro --bundle BUNDLE.tar [--out BUNDLE.tar] [--artifacts DIR]\n' +
-  '       crh cr --binary PATH [--file PATH]... [the same checkpoint and policy switches] [-- ARGS]';
+  '       crh cr --binary PATH [--file PATH]... [the same checkpoint and policy switches] [-- ARGS]\n' +
+  '  --engine criu: CRIU (Debian trixie\'s, in the guest) dumps and restores the stopped process instead of\n' +
+  '  crh\'s restore core; the policy switches describe the restore core and are a usage error with it\n' +
+  '       for tests of crh itself: [--inject-fault PHASE:KIND] (PHASE checkpoint|restore; KIND kill-qemu|kill-agent|drop-ssh|guest-panic; docs/ci.md)';
 
 const options = {
   ...kernelOptions,
@@ -62,6 +86,8 @@ const options = {
   'checkpoint-after': { type: 'string' },
   'when-ready': { type: 'boolean' },
   'finish-signal': { type: 'string' },
+  cycles: { type: 'string' },
+  'inject-fault': { type: 'string' },
   timeout: { type: 'string' },
   out: { type: 'string' },
   artifacts: { type: 'string' },
@@ -69,6 +95,8 @@ const options = {
   binary: { type: 'string' },
   file: { type: 'string', multiple: true },
   bundle: { type: 'string' },
+  ...sweepOptions,
+  engine: { type: 'string' },
 } as const;
 export { options as reproOptions };
 
@@ -121,6 +149,15 @@ export function parseReproArgs(command: 'repro' | 'cr', argv: readonly string[])
   if (values['finish-signal'] !== undefined && !values['when-ready']) {
     throw new UsageError('--finish-signal goes with --when-ready: the signal is sent once the program is ready, in the uninterrupted run and after the restore');
   }
+  const sweep = parseSweepFlags(values);
+  const engine = parseEngine(values.engine);
+  if (engine === 'criu' && values.cycles !== undefined && values.cycles !== '1') throw new UsageError('--cycles chains crh\'s own checkpoints; with --engine criu a run takes one checkpoint');
+  if (engine === 'criu') {
+    const given = Object.keys(policyOptions).filter((flag) => values[flag as keyof typeof policyOptions] !== undefined);
+    if (given.length > 0) {
+      throw new UsageError(`${given.map((f) => `--${f}`).join(', ')} ${given.length === 1 ? 'is a policy' : 'are policies'} of crh's restore core and cannot apply to --engine criu (CRIU restores by its own rules); drop ${given.length === 1 ? 'it' : 'them'} or use --engine crh`);
+    }
+  }
   let policy: RestorePolicy;
   try {
     policy = policyFromFlags(values);
@@ -129,14 +166,18 @@ export function parseReproArgs(command: 'repro' | 'cr', argv: readonly string[])
   }
   return {
     command,
+    ...(engine === 'criu' ? { engine } : {}),
     ...(source ? { source } : {}),
     ...(binary ? { binary } : {}),
     files,
     args: programArgs,
     cflags: values.cflags?.split(/\s+/).filter(Boolean) ?? [],
-    checkpoint: checkpointPoint(values),
+    checkpoint: sweep ? { kind: 'symbol', symbol: sweep.symbol, hit: values.hit === undefined ? 1 : positiveInteger('--hit', values.hit) } : checkpointPoint(values),
+    ...(sweep ? { sweep } : {}),
     ...(values['finish-signal'] !== undefined ? { finishSignal: parseSignal(values['finish-signal']) } : {}),
     policy,
+    cycles: values.cycles === undefined ? 1 : boundedCycles(values.cycles),
+    ...(values['inject-fault'] !== undefined ? { fault: parseFault(values['inject-fault']) } : {}),
     timeoutMs: values.timeout === undefined ? DEFAULT_TIMEOUT_MS : positiveInteger('--timeout', values.timeout),
     ...(values.out ? { out: path.resolve(values.out) } : {}),
     ...(values.artifacts ? { artifacts: path.resolve(values.artifacts) } : {}),
@@ -145,6 +186,15 @@ export function parseReproArgs(command: 'repro' | 'cr', argv: readonly string[])
       return typeof value === 'string' ? [[flag, resolveKernelFlag(flag, value)]] : [];
     })),
   };
+}
+
+function parseEngine(text: string | undefined): Engine {
+  if (text === undefined || text === 'crh') return 'crh';
+  if (text === 'criu') return 'criu';
+  if (text.split(',').every((e) => (ENGINES as readonly string[]).includes(e))) {
+    throw new UsageError(`--engine ${text}: one engine per run for now (run crh once with --engine crh and once with --engine criu)`);
+  }
+  throw new UsageError(`--engine: "${text}" is not an engine (${ENGINES.join(' or ')})`);
 }
 
 /** Compiler flags start with a dash, which parseArgs refuses as a separate value: `--cflags -lm` becomes `--cflags=-lm`. */
@@ -172,6 +222,12 @@ function checkpointPoint(values: { 'checkpoint-at'?: string; hit?: string; 'chec
   return { kind: 'ready' };
 }
 
+function boundedCycles(text: string): number {
+  const cycles = positiveInteger('--cycles', text);
+  if (cycles > MAX_CYCLES) throw new UsageError(`--cycles: ${cycles} is more than ${MAX_CYCLES}`);
+  return cycles;
+}
+
 function positiveInteger(flag: string, text: string): number {
   if (!/^[1-9]\d{0,8}$/.test(text)) throw new UsageError(`${flag}: "${text}" is not a positive whole number`);
   return Number(text);
@@ -197,12 +253,18 @@ export function requestFlags(request: ReproRequest): string[] {
   const p = request.policy;
   const flags: string[] = [];
   const c = request.checkpoint;
-  if (c.kind === 'symbol') flags.push('--checkpoint-at', c.symbol, '--hit', String(c.hit));
+  if (request.sweep) flags.push(...sweepFlags(request.sweep), '--hit', String(c.kind === 'symbol' ? c.hit : 1));
+  else if (c.kind === 'symbol') flags.push('--checkpoint-at', c.symbol, '--hit', String(c.hit));
   else if (c.kind === 'after') flags.push('--checkpoint-after', String(c.ms));
   else flags.push('--when-ready');
   if (request.finishSignal) flags.push('--finish-signal', request.finishSignal.name);
-  flags.push('--rf', p.rf, '--regs', p.regs ?? 'full', '--restorer', p.restorer ?? 'ptrace', '--rseq-fixup', p.rseqFixup ?? 'on', '--syscall-restart', p.syscallRestart ?? 'on');
-  if (p.omit?.length) flags.push('--omit', p.omit.join(','));
+  if (request.cycles > 1) flags.push('--cycles', String(request.cycles));
+  if (request.engine === 'criu') {
+    flags.push('--engine', 'criu');
+  } else {
+    flags.push('--rf', p.rf, '--regs', p.regs ?? 'full', '--restorer', p.restorer ?? 'ptrace', '--rseq-fixup', p.rseqFixup ?? 'on', '--syscall-restart', p.syscallRestart ?? 'on');
+    if (p.omit?.length) flags.push('--omit', p.omit.join(','));
+  }
   if (request.cflags.length > 0) flags.push(`--cflags=${request.cflags.join(' ')}`);
   flags.push('--timeout', String(request.timeoutMs));
   flags.push(...kernelFlagArgs(request.kernel));

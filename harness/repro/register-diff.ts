@@ -50,3 +50,24 @@ function explain(name: string, want: bigint, got: bigint, policy: RestorePolicy)
   if (name === 'eflags' && (want ^ got) === EFLAGS.RF) return ` (only RF differs: rf=${policy.rf})`;
   return '';
 }
+
+/**
+ * The registers a restored process does not hold as its image recorded them,
+ * at its restore stop — the check each cycle of a chain (--cycles) gets, so
+ * that the verdict names the cycle that first lost state. Left out: RF alone
+ * in eflags (the rf policy decides it), rip and rax when the checkpoint
+ * rewound a system call (the plan issues it again), and everything when the
+ * restorer is not ptrace (the stop shows its trampoline, not the registers).
+ * Undefined when no comparison is possible.
+ */
+export function differingRegisters(image: UserRegs, restored: UserRegs, policy: RestorePolicy, rewound: boolean): string[] | undefined {
+  if ((policy.restorer ?? 'ptrace') !== 'ptrace') return undefined;
+  return USER_REGS_FIELDS.filter((name) => {
+    const want = image[name];
+    const got = restored[name];
+    if (got === want) return false;
+    if (name === 'eflags' && (want ^ got) === EFLAGS.RF) return false;
+    if (rewound && (name === 'rip' || name === 'rax' || name === 'orig_rax')) return false;
+    return true;
+  });
+}

@@ -2,7 +2,7 @@
  * The rerun record of a bundle: what `crh repro --bundle` may take from a
  * bundle someone sent, as typed data — never a command line. It names the
  * program and its files by bundle entry, and carries only the checkpoint
- * point, the policy switches, the timeout, the finish signal and the
+ * point, the policy switches, the timeout, the finish signal, the cycles and the
  * program's arguments. Compiler flags, kernel and module paths, artifact
  * and output directories cannot be expressed in it; a record that tries is
  * refused naming the field, as is every value out of bounds.
@@ -10,9 +10,10 @@
 import { policyFromFlags } from '../cli/policy-flags.ts';
 import type { RestorePolicy } from '../restore/policy.ts';
 import { SAFE_SEGMENT } from './bundle.ts';
-import { parseSignal, type CheckpointPoint, type ReproRequest } from './options.ts';
+import { MAX_CYCLES, parseSignal, type CheckpointPoint, type ReproRequest } from './options.ts';
 import type { BundleInputs } from './rerun.ts';
 import { BundleRejectedError, UsageError } from './usage-error.ts';
+import { SWEEP_MAX_COUNT } from './sweep-options.ts';
 
 export const RERUN_RECORD_VERSION = 1;
 
@@ -25,6 +26,7 @@ export const RERUN_LIMITS = {
   argChars: 4096,
   files: 64,
   symbolChars: 256,
+  cycles: MAX_CYCLES,
 } as const;
 
 /** Every switch spelled out, defaults included: a later change of a default does not change what a bundle reruns. */
@@ -39,6 +41,8 @@ export interface RerunPolicy {
 
 export interface RerunRecord {
   version: typeof RERUN_RECORD_VERSION;
+  /** absent: crh's restore core; "criu": CRIU in the guest */
+  engine?: 'criu';
   /** repro: compile `source` (without compiler flags) and run it; cr: run `binary` as carried */
   command: 'repro' | 'cr';
   /** repro: the bundle entry `source/NAME.c` */
@@ -52,8 +56,12 @@ export interface RerunRecord {
   /** a signal name, with a `ready` checkpoint only */
   finishSignal?: string;
   timeoutMs: number;
+  /** checkpoint → kill → restore cycles in a chain; absent in records made before --cycles (one cycle) */
+  cycles?: number;
   /** the program's arguments */
   args: string[];
+  /** --sweep: boundaries walked from the checkpoint symbol and the checkpoint spacing (sweep-options.ts) */
+  sweep?: { count: number; every: number };
 }
 
 /**
@@ -66,6 +74,7 @@ export function rerunRecord(request: ReproRequest, inputs: BundleInputs): RerunR
   const fromSource = request.command === 'repro' && request.cflags.length === 0 && inputs.source !== undefined;
   return {
     version: RERUN_RECORD_VERSION,
+    ...(request.engine === 'criu' ? { engine: 'criu' as const } : {}),
     command: fromSource ? 'repro' : 'cr',
     ...(fromSource ? { source: inputs.source! } : { binary: inputs.binary }),
     files: inputs.files,
@@ -73,7 +82,9 @@ export function rerunRecord(request: ReproRequest, inputs: BundleInputs): RerunR
     policy: { rf: p.rf, regs: p.regs ?? 'full', restorer: p.restorer ?? 'ptrace', rseqFixup: p.rseqFixup ?? 'on', syscallRestart: p.syscallRestart ?? 'on', omit: [...(p.omit ?? [])] },
     ...(request.finishSignal ? { finishSignal: request.finishSignal.name } : {}),
     timeoutMs: request.timeoutMs,
+    cycles: request.cycles,
     args: request.args,
+    ...(request.sweep ? { sweep: { count: request.sweep.count, every: request.sweep.every } } : {}),
   };
 }
 
@@ -91,7 +102,7 @@ const NEVER_FROM_A_BUNDLE: Record<string, string> = {
   out: 'where crh writes is never taken from a bundle (give --out yourself)',
 };
 
-const RECORD_KEYS = ['version', 'command', 'source', 'binary', 'files', 'checkpoint', 'policy', 'finishSignal', 'timeoutMs', 'args'];
+const RECORD_KEYS = ['version', 'engine', 'command', 'source', 'binary', 'files', 'checkpoint', 'policy', 'finishSignal', 'timeoutMs', 'cycles', 'args', 'sweep'];
 const POLICY_KEYS = ['rf', 'regs', 'restorer', 'rseqFixup', 'syscallRestart', 'omit'];
 
 /**
@@ -109,6 +120,7 @@ export function parseRerunRecord(raw: unknown, bundle: string): RerunRecord {
   if (record.version !== RERUN_RECORD_VERSION) reject('.version', `${show(record.version)}; this crh reads rerun records of version ${RERUN_RECORD_VERSION}`);
   const command = record.command;
   if (command !== 'repro' && command !== 'cr') return reject('.command', `${show(command)}, expected "repro" or "cr"`);
+  if (record.engine !== undefined && record.engine !== 'criu') reject('.engine', `${show(record.engine)}, expected "criu" or no field (crh)`);
 
   const program = command === 'repro' ? 'source' : 'binary';
   const other = command === 'repro' ? 'binary' : 'source';
@@ -125,6 +137,7 @@ export function parseRerunRecord(raw: unknown, bundle: string): RerunRecord {
 
   const checkpoint = checkpointPoint(record.checkpoint, reject);
   const timeoutMs = boundedInteger(record.timeoutMs, '.timeoutMs', RERUN_LIMITS.timeoutMs, reject);
+  const cycles = record.cycles === undefined ? undefined : boundedInteger(record.cycles, '.cycles', RERUN_LIMITS.cycles, reject);
 
   let finishSignal: string | undefined;
   if (record.finishSignal !== undefined) {
@@ -139,6 +152,7 @@ export function parseRerunRecord(raw: unknown, bundle: string): RerunRecord {
 
   return {
     version: RERUN_RECORD_VERSION,
+    ...(record.engine === 'criu' ? { engine: 'criu' as const } : {}),
     command,
     [program]: programEntry,
     files,
@@ -146,8 +160,19 @@ export function parseRerunRecord(raw: unknown, bundle: string): RerunRecord {
     policy: rerunPolicy(record.policy, reject),
     ...(finishSignal ? { finishSignal } : {}),
     timeoutMs,
+    ...(cycles !== undefined ? { cycles } : {}),
     args: programArgs(record.args, reject),
+    ...(record.sweep !== undefined ? { sweep: sweepRecord(record.sweep, checkpoint, reject) } : {}),
   };
+}
+
+/** A sweep's bounds: at most SWEEP_MAX_COUNT boundaries, a spacing no larger than the count, from a symbol checkpoint only. */
+function sweepRecord(raw: unknown, checkpoint: CheckpointPoint, reject: Reject): { count: number; every: number } {
+  const sweep = object(raw, '.sweep', reject);
+  onlyKeys(sweep, ['count', 'every'], '.sweep', reject);
+  if (checkpoint.kind !== 'symbol') reject('.sweep', 'goes with a "symbol" checkpoint only (the sweep starts at its execution)');
+  const count = boundedInteger(sweep.count, '.sweep.count', SWEEP_MAX_COUNT, reject);
+  return { count, every: boundedInteger(sweep.every, '.sweep.every', count, reject) };
 }
 
 /** The restore policy a (checked) record asks for. */

@@ -5,11 +5,12 @@
  * binary, arguments, environment, working directory and pid, so what the
  * program prints may depend on any of them and still compare equal.
  */
+import { stat } from 'node:fs/promises';
 import { readGuestText } from '../agent/read-file.ts';
 import { constants } from 'node:os';
 import type { AgentClient } from '../agent/client.ts';
 import { DR7_EXECUTE_DR0 } from '../agent/breakpoint-spawn.ts';
-import { CrhError, AgentError } from '../errors.ts';
+import { CheckpointError, CrhError, AgentError, InfraError } from '../errors.ts';
 import { isInfraFailure } from '../report/infra-failures.ts';
 import { checkpointProcess } from '../restore/checkpoint.ts';
 import { writeCheckpointImage, type CheckpointImage, type PlatformFacts, type ProcessInfo } from '../restore/checkpoint-image.ts';
@@ -19,6 +20,7 @@ import { rewindInterruptedSyscall, type SyscallRewind } from '../restore/syscall
 import { debugRegOffset, hex, type UserRegs } from '../x86/registers.ts';
 import { runNatively, type NativeRun } from '../guest/native-run.ts';
 import type { CheckpointPoint } from './options.ts';
+import { differingRegisters } from './register-diff.ts';
 import { CheckpointNotReachedError, UsageError } from './usage-error.ts';
 
 const ETIMEDOUT = constants.errno.ETIMEDOUT;
@@ -122,36 +124,99 @@ export async function referenceRun(ctx: RunContext, pid?: number): Promise<Refer
   return { ...end, output, pid, elapsedMs: Date.now() - started };
 }
 
+/** One checkpoint → kill → restore of a chain (--cycles). */
+export interface CycleRecord {
+  /** 1 for the first */
+  cycle: number;
+  stoppedBy: string;
+  rip: string;
+  /** the checkpoint rewound an interrupted system call */
+  rewound?: string;
+  /** capturing the image and writing it to the host */
+  checkpointMs: number;
+  /** the image file's size */
+  imageBytes: number;
+  /** restoring it, up to the restore stop; absent when the restore failed */
+  restoreMs?: number;
+  /** registers the restored process did not hold as the image recorded them (differingRegisters); absent when not comparable */
+  registersDiffer?: string[];
+  restoreError?: string;
+}
+
 export interface Checkpointed {
+  /** which checkpoint/restore ran: crh's restore core or CRIU */
+  engine: 'crh' | 'criu';
   /** the original's pid, and the restored process's when it got one */
   pid: number;
   restoredPid?: number;
-  /** how the original was stopped for the checkpoint */
+  /** how the original was stopped for the (first) checkpoint */
   stoppedBy: string;
   rewind?: SyscallRewind;
-  image: CheckpointImage;
-  /** registers of the restored process at its restore stop (ptrace view) */
+  /** registers of the original at the (first) checkpoint point (ptrace view) */
+  regsAtCheckpoint: UserRegs;
+  /** the last image crh took (the one in the bundle; engine crh) */
+  image?: CheckpointImage;
+  /** what CRIU did and how long it took (engine criu) */
+  criu?: CriuRecord;
+  /** registers of the last restored process at its restore stop (ptrace view) */
   restoredRegs?: UserRegs;
-  /** what the kernel accepted differently from the restore plan */
+  /** what the kernel accepted differently from the restore plan (the last restore) */
   restoreDifferences: Difference[];
-  /** the restore was refused or failed: the C/R under test did not even resume the process */
+  /** a restore was refused or failed: the C/R under test did not even resume the process */
   restoreError?: string;
-  /** the original up to the checkpoint, then the restored process to its end */
+  /** the original up to the first checkpoint, then each restored process up to the next, the last to its end */
   run: RunRecord;
+  /** every cycle, in order; one for a single checkpoint */
+  cycles: CycleRecord[];
+  /** the cycles asked for (--cycles) */
+  cyclesAsked: number;
+  /** the restored process of this cycle ended before the next checkpoint point */
+  endedAfterCycle?: number;
   /** what a reader of the verdict should know: a rewound system call, a pid that could not be kept */
   notes: string[];
 }
 
+export interface CriuRecord {
+  version: string;
+  dumpMs: number;
+  restoreMs: number;
+  /** bytes of CRIU's image directory */
+  imageBytes: number;
+  dumpLog: string;
+  restoreLog?: string;
+  /** DR0 and DR7 of the restored process, read before the harness armed its breakpoint again (symbol checkpoints) */
+  debugRegisters?: { dr0: string; dr7: string };
+}
+
 /**
- * The checkpointed run, with the reference's pid. A failure of the restore
- * itself (refused image, failing plan step, pid taken) is a result, returned
- * as restoreError; a failure of the infrastructure is thrown.
+ * Where the checkpoints of a chain fall (docs/repro.md, --cycles): the
+ * first where --checkpoint-at/--after/--when-ready says; each later one
+ * counted from the restore before it —
+ *   symbol:  the next execution of the address (hits hit, hit+1, …);
+ *   after:   MS more of the program's own running (MS, 2·MS, … of running;
+ *            the time it spends stopped for a checkpoint is not counted);
+ *   ready:   a short slice after the restore (the program is still waiting);
+ *            the finish signal goes to the last restored process.
  */
-export async function checkpointedRun(ctx: RunContext, reference: Reference, platform: PlatformFacts, policy: RestorePolicy, imageFile: string): Promise<Checkpointed> {
+export function describeNextPoint(point: CheckpointPoint): string {
+  if (point.kind === 'symbol') return `the next execution of ${point.symbol}`;
+  if (point.kind === 'after') return `${point.ms} ms more of running`;
+  return `${RESUME_SLICE_MS} ms after the restore, still waiting`;
+}
+
+/**
+ * The checkpointed run, with the reference's pid, checkpointed and restored
+ * `cycles` times in a chain. A failure of a restore itself (refused image,
+ * failing plan step, pid taken) is a result, returned as restoreError and
+ * ending the chain; a failure of the infrastructure is thrown.
+ */
+export async function checkpointedRun(ctx: RunContext, reference: Reference, platform: PlatformFacts, policy: RestorePolicy, imageFile: string, cycles = 1): Promise<Checkpointed> {
   const { agent } = ctx;
   const before = `${GUEST_DIRS.out}/checkpointed.out`;
-  const after = `${GUEST_DIRS.out}/restored.out`;
   const notes: string[] = [];
+  if (ctx.point.kind === 'symbol' && cycles > 1 && reference.hits < ctx.point.hit + cycles - 1) {
+    throw new CheckpointNotReachedError(`${ctx.point.symbol} was executed ${reference.hits} times in the uninterrupted run; ${cycles} cycles from --hit ${ctx.point.hit} need ${ctx.point.hit + cycles - 1}`);
+  }
   await ctx.clearReady();
   let pid: number;
   try {
@@ -162,41 +227,139 @@ export async function checkpointedRun(ctx: RunContext, reference: Reference, pla
     notes.push(`pid ${reference.pid} of the uninterrupted run was taken; this run has pid ${pid}, so output that shows the pid differs`);
   }
 
-  await ctx.phase('run to the checkpoint', describePoint(ctx.point));
-  const stoppedBy = await runToCheckpoint(ctx, pid, before);
-  const hitsBefore = ctx.point.kind === 'symbol' ? ctx.point.hit : 0;
-  const regs = await agent.call({ op: 'GETREGS', pid });
-  // The image keeps the registers as they are; the restore plan issues the call again (policy syscall-restart).
-  const rewind = rewindInterruptedSyscall(regs);
-  if (rewind) notes.push(rewind.note);
+  const tag = (cycle: number): string => (cycles > 1 ? `cycle ${cycle}/${cycles}: ` : '');
+  await ctx.phase('run to the checkpoint', `${tag(1)}${describePoint(ctx.point)}`);
+  const firstStop = await runToCheckpoint(ctx, pid, before);
+  const records: CycleRecord[] = [];
+  let output = '';
+  let hits = ctx.point.kind === 'symbol' ? ctx.point.hit : 0;
+  let current = { pid, out: before, stoppedBy: firstStop };
+  let firstRewind: SyscallRewind | undefined;
+  let firstRegs: UserRegs | undefined;
+  let last: { image: CheckpointImage; restored?: RestoreResult; restoredRegs?: UserRegs; restoreError?: string } | undefined;
 
-  await ctx.phase('checkpoint', `${stoppedBy}, rip ${hex(regs.rip)}`);
-  const process: ProcessInfo = { binary: ctx.program.binary, argv: ctx.program.argv, envp: ctx.program.envp, noAslr: true, pid };
-  const image = await checkpointProcess(agent, process, platform).catch((error: unknown) => {
-    // Something the image cannot express (a socket, a pipe): no verdict is possible.
-    if (!(error instanceof CrhError) || isInfraFailure(error)) throw error;
-    throw new UsageError(`the program cannot be checkpointed at this point: ${error.message}`, error.details, { cause: error });
-  });
-  await writeCheckpointImage(image, imageFile);
-  const outputBefore = await readOutput(agent, before);
-  await agent.call({ op: 'KILL', pid });
+  for (let cycle = 1; ; cycle++) {
+    const regs = await agent.call({ op: 'GETREGS', pid: current.pid });
+    firstRegs ??= regs;
+    // The image keeps the registers as they are; the restore plan issues the call again (policy syscall-restart).
+    const rewind = rewindInterruptedSyscall(regs);
+    if (rewind && !firstRewind) {
+      firstRewind = rewind;
+      notes.push(cycles > 1 ? `cycle ${cycle}: ${rewind.note}` : rewind.note);
+    }
 
-  // Until a restore succeeds, the run is the original's: killed at the checkpoint.
-  const taken = { pid, stoppedBy, image, notes, ...(rewind ? { rewind } : {}), run: { outcome: 'killed' as const, code: 9, output: outputBefore, hits: hitsBefore } };
-  await ctx.phase('restore', `${image.regions.length} memory regions, pid ${pid}`);
-  let restored: RestoreResult;
-  try {
-    restored = await restoreProcess(agent, image, { policy, stdoutPath: after });
-  } catch (error) {
-    // restoreProcess leaves nothing behind when it fails.
-    if (!(error instanceof CrhError) || isInfraFailure(error)) throw error;
-    return { ...taken, restoreDifferences: [], restoreError: error.describe() };
+    await ctx.phase('checkpoint', `${tag(cycle)}${current.stoppedBy}, rip ${hex(regs.rip)}`);
+    const checkpointStarted = Date.now();
+    const process: ProcessInfo = { binary: ctx.program.binary, argv: ctx.program.argv, envp: ctx.program.envp, noAslr: true, pid: current.pid };
+    const image = await checkpointProcess(agent, process, platform).catch((error: unknown) => {
+      // Something the image cannot express (a socket, a pipe), or a checkpoint
+      // that failed: a limitation of the C/R under test, never the user's
+      // mistake — crh exits 1 with the reason, not 2.
+      if (!(error instanceof CrhError) || isInfraFailure(error)) throw error;
+      throw new CheckpointError(`the program could not be checkpointed at this point${cycles > 1 ? ` (cycle ${cycle})` : ''}: ${error.message}`, error.details, { cause: error });
+    });
+    const imageBytes = await writeImageFile(image, imageFile);
+    const checkpointMs = Date.now() - checkpointStarted;
+    output += await readOutput(agent, current.out);
+    await agent.call({ op: 'KILL', pid: current.pid });
+    const record: CycleRecord = { cycle, stoppedBy: current.stoppedBy, rip: hex(regs.rip), ...(rewind ? { rewound: rewind.note } : {}), checkpointMs, imageBytes };
+    records.push(record);
+
+    const out = cycles > 1 ? `${GUEST_DIRS.out}/restored-${cycle}.out` : `${GUEST_DIRS.out}/restored.out`;
+    await ctx.phase('restore', `${tag(cycle)}${image.regions.length} memory regions, pid ${current.pid}`);
+    const restoreStarted = Date.now();
+    let restored: RestoreResult;
+    try {
+      restored = await restoreProcess(agent, image, { policy, stdoutPath: out });
+    } catch (error) {
+      // restoreProcess leaves nothing behind when it fails.
+      if (!(error instanceof CrhError) || isInfraFailure(error)) throw error;
+      record.restoreError = error.describe();
+      last = { image, restoreError: record.restoreError };
+      // Until a restore succeeds, the run is the last process's: killed at its checkpoint.
+      return finished({ outcome: 'killed', code: 9, output, hits });
+    }
+    record.restoreMs = Date.now() - restoreStarted;
+    const restoredRegs = await agent.call({ op: 'GETREGS', pid: restored.pid });
+    const differ = differingRegisters(image.regs, restoredRegs, policy, rewind !== undefined);
+    if (differ) record.registersDiffer = differ;
+    last = { image, restored, restoredRegs };
+
+    if (cycle === cycles) break;
+    await ctx.phase('run to the checkpoint', `${tag(cycle + 1)}${describeNextPoint(ctx.point)}`);
+    const next = await runToNextCheckpoint(ctx, restored.pid);
+    if ('ended' in next) {
+      // Ended before the next point: its run is over; the verdict says after which cycle.
+      const run: RunRecord = { outcome: next.ended.outcome, code: next.ended.code, output: output + (await readOutput(agent, out)), hits: hits + next.ended.hits };
+      if (run.outcome === reference.outcome && run.code === reference.code && run.output === reference.output) {
+        throw new CheckpointNotReachedError(`the program ended after cycle ${cycle} of ${cycles}, with the uninterrupted run's result: the chain needs a longer run (${ctx.point.kind === 'after' ? 'a smaller --checkpoint-after, ' : ''}fewer --cycles)`, { output: run.output });
+      }
+      return finished(run, cycle);
+    }
+    hits += next.hits;
+    current = { pid: restored.pid, out, stoppedBy: next.stoppedBy };
   }
-  const restoredRegs = await agent.call({ op: 'GETREGS', pid: restored.pid });
+
+  const final = last.restored!;
   await ctx.phase('finish the restored process', ctx.finishSignal ? `${ctx.finishSignal.name} once it runs` : undefined);
-  const end = await finishRestored(ctx, restored.pid);
-  const run: RunRecord = { outcome: end.outcome, code: end.code, output: outputBefore + (await readOutput(agent, after)), hits: hitsBefore + end.hits };
-  return { ...taken, restoredPid: restored.pid, restoredRegs, restoreDifferences: restored.differences, run };
+  const end = await finishRestored(ctx, final.pid);
+  const finalOut = cycles > 1 ? `${GUEST_DIRS.out}/restored-${cycles}.out` : `${GUEST_DIRS.out}/restored.out`;
+  return finished({ outcome: end.outcome, code: end.code, output: output + (await readOutput(agent, finalOut)), hits: hits + end.hits });
+
+  function finished(run: RunRecord, endedAfterCycle?: number): Checkpointed {
+    return {
+      engine: 'crh',
+      pid,
+      ...(last!.restored ? { restoredPid: last!.restored.pid } : {}),
+      stoppedBy: firstStop,
+      regsAtCheckpoint: firstRegs!,
+      ...(firstRewind ? { rewind: firstRewind } : {}),
+      image: last!.image,
+      ...(last!.restoredRegs ? { restoredRegs: last!.restoredRegs } : {}),
+      restoreDifferences: last!.restored?.differences ?? [],
+      ...(last!.restoreError !== undefined ? { restoreError: last!.restoreError } : {}),
+      run,
+      cycles: records,
+      cyclesAsked: cycles,
+      ...(endedAfterCycle !== undefined ? { endedAfterCycle } : {}),
+      notes,
+    };
+  }
+}
+
+/**
+ * Writes the image to the host and returns its size. The artifacts disk
+ * filling up (or failing) is infrastructure: an InfraError naming the file;
+ * writeCheckpointImage removes its partial file.
+ */
+async function writeImageFile(image: CheckpointImage, file: string): Promise<number> {
+  try {
+    await writeCheckpointImage(image, file);
+    return (await stat(file)).size;
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'ENOSPC' || code === 'EDQUOT' || code === 'EIO' || code === 'EROFS') {
+      throw new InfraError(`cannot write the checkpoint image ${file}: ${(error as Error).message}`, {}, { cause: error });
+    }
+    throw error;
+  }
+}
+
+/** Runs a restored process of a chain on to the next checkpoint point (describeNextPoint), leaving it stopped there. */
+async function runToNextCheckpoint(ctx: RunContext, pid: number): Promise<{ stoppedBy: string; hits: number } | { ended: Ended }> {
+  const { agent, point } = ctx;
+  if (point.kind === 'symbol') {
+    const run = await agent.call({ op: 'RUN', pid, stopAfterHits: 1, timeoutMs: ctx.timeoutMs }).catch((error: unknown) => {
+      if (!(error instanceof AgentError && error.errno === ETIMEDOUT)) throw error;
+      throw new CheckpointNotReachedError(`a restored process did not execute ${point.symbol} again within ${ctx.timeoutMs} ms (--timeout)`);
+    });
+    if (run.outcome !== 'hit-limit') return { ended: { outcome: run.outcome, code: run.code, hits: run.hits.length } };
+    return { stoppedBy: `the next execution of ${point.symbol}`, hits: 1 };
+  }
+  const ms = point.kind === 'after' ? point.ms : RESUME_SLICE_MS;
+  const ended = await interruptibleRun(agent, pid, ms);
+  if (ended) return { ended };
+  return { stoppedBy: `interrupted ${ms} ms after the restore`, hits: 0 };
 }
 
 /**
@@ -207,7 +370,7 @@ export async function checkpointedRun(ctx: RunContext, reference: Reference, pla
  * call is reissued runs the handler first and leaves the call waiting, where
  * the same signal arriving during the call interrupts it.
  */
-async function finishRestored(ctx: RunContext, pid: number): Promise<Omit<RunRecord, 'output'>> {
+export async function finishRestored(ctx: RunContext, pid: number): Promise<Omit<RunRecord, 'output'>> {
   if (ctx.finishSignal) {
     const ended = await interruptibleRun(ctx.agent, pid, RESUME_SLICE_MS);
     if (ended) return ended;
@@ -216,13 +379,13 @@ async function finishRestored(ctx: RunContext, pid: number): Promise<Omit<RunRec
   return runToEnd(ctx.agent, pid, ctx.timeoutMs);
 }
 
-function describePoint(point: CheckpointPoint): string {
+export function describePoint(point: CheckpointPoint): string {
   if (point.kind === 'symbol') return `execution ${point.hit} of ${point.symbol}`;
   if (point.kind === 'after') return `${point.ms} ms after the start`;
   return `readiness (${READY_FILE} or a ${READY_MARKER} line)`;
 }
 
-async function spawn(ctx: RunContext, stdoutPath: string, pid?: number): Promise<number> {
+export async function spawn(ctx: RunContext, stdoutPath: string, pid?: number): Promise<number> {
   const { agent, program } = ctx;
   const spawned = await agent.call({ op: 'SPAWN', path: program.binary, argv: program.argv, envp: program.envp, stdoutPath, noAslr: true, ...(pid !== undefined ? { pid } : {}) });
   if (ctx.breakAt !== undefined) {
@@ -233,7 +396,7 @@ async function spawn(ctx: RunContext, stdoutPath: string, pid?: number): Promise
 }
 
 /** Leaves the original stopped at the checkpoint point and says how it got there. */
-async function runToCheckpoint(ctx: RunContext, pid: number, out: string): Promise<string> {
+export async function runToCheckpoint(ctx: RunContext, pid: number, out: string): Promise<string> {
   const { agent, point } = ctx;
   if (point.kind === 'symbol') {
     const run = await agent.call({ op: 'RUN', pid, stopAfterHits: point.hit, timeoutMs: ctx.timeoutMs }).catch((error: unknown) => {
@@ -326,7 +489,7 @@ function notReached(ctx: RunContext, ended: Ended, which: string, output: string
   return new CheckpointNotReachedError(`the checkpoint point was not reached: in ${which} the program ${how}; ${what}`, { output });
 }
 
-async function readOutput(agent: AgentClient, file: string): Promise<string> {
+export async function readOutput(agent: AgentClient, file: string): Promise<string> {
   return readGuestText(agent, file, OUTPUT_MAX_BYTES);
 }
 

@@ -9,6 +9,7 @@ import { sha256 } from '../util/hash.ts';
 import { hex } from '../x86/registers.ts';
 import { comparePerturbation, compareRuns, describePerturbation, describeStatus, summarize, type Mismatch, type Perturbation } from './compare.ts';
 import type { GuestRuns } from './guest-runs.ts';
+import type { Checkpointed } from './runs.ts';
 import type { CheckpointPoint, ReproRequest } from './options.ts';
 import type { PreparedProgram } from './prepare.ts';
 import { rerunArgs, type BundleInputs } from './rerun.ts';
@@ -39,6 +40,10 @@ export interface ReproVerdict {
   perturbed?: boolean;
   summary: string;
   command: 'repro' | 'cr';
+  /** which checkpoint/restore ran (absent in bundles written before the criu engine: crh) */
+  engine?: 'crh' | 'criu';
+  /** engine criu: its version and what its dump and restore cost (host wall time, one SSH exec round trip included) */
+  criu?: { version: string; dumpMs: number; restoreMs: number; imageBytes: number; debugRegisters?: { dr0: string; dr7: string } };
   program: {
     name: string;
     /** bundle paths */
@@ -80,6 +85,75 @@ export interface ReproVerdict {
   /** the crh arguments rerun.sh runs ({bundle}/... paths), for a person to read: never read back by crh */
   rerunCommand: string[];
   timingsMs: Record<string, number>;
+  /** --cycles: each checkpoint → restore of the chain and what it cost; absent in bundles made before --cycles */
+  cycles?: CyclesView;
+}
+
+export interface CyclesView {
+  asked: number;
+  /** cycles whose checkpoint was taken (fewer than asked when a restore failed or the program ended early) */
+  done: number;
+  /** the first cycle that went wrong: its restore failed, its restored registers differ from its image, or its process ended before the next point; absent when none did */
+  firstWrong?: { cycle: number; why: string };
+  /** per cycle, in order */
+  each: Array<{ cycle: number; checkpointMs: number; restoreMs?: number; imageBytes: number; rip: string; registersDiffer?: string[]; restoreError?: string }>;
+  /** median, min and max over the cycles */
+  checkpointMs: Spread;
+  restoreMs?: Spread;
+}
+
+export interface Spread {
+  median: number;
+  min: number;
+  max: number;
+}
+
+export function spread(values: readonly number[]): Spread | undefined {
+  if (values.length === 0) return undefined;
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = Math.floor(sorted.length / 2);
+  const median = sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+  return { median, min: sorted[0]!, max: sorted[sorted.length - 1]! };
+}
+
+/**
+ * The first cycle of a chain that went wrong, and how. The chain's verdict
+ * still rests on the final result; this says where to look. A register that
+ * differs is named only when the final result differs too or the cycle is a
+ * failed restore — a scratch register a policy legitimately leaves is no
+ * finding on its own.
+ */
+export function firstWrongCycle(checkpointed: Checkpointed, resultDiffers: boolean): { cycle: number; why: string } | undefined {
+  for (const c of checkpointed.cycles) {
+    if (c.restoreError !== undefined) return { cycle: c.cycle, why: `its restore failed: ${c.restoreError.split('\n')[0]}` };
+    if (resultDiffers && c.registersDiffer && c.registersDiffer.length > 0) {
+      return { cycle: c.cycle, why: `the restored process did not hold the image's ${c.registersDiffer.join(', ')}` };
+    }
+    if (checkpointed.endedAfterCycle === c.cycle) return { cycle: c.cycle, why: `the restored process ended before checkpoint ${c.cycle + 1}` };
+  }
+  if (resultDiffers && checkpointed.cyclesAsked > 1) return { cycle: checkpointed.cycles.length, why: 'no cycle showed a difference at its restore stop; the final result differs' };
+  return undefined;
+}
+
+function cyclesView(checkpointed: Checkpointed, resultDiffers: boolean): CyclesView {
+  const firstWrong = firstWrongCycle(checkpointed, resultDiffers);
+  const restoreMs = spread(checkpointed.cycles.flatMap((c) => (c.restoreMs === undefined ? [] : [c.restoreMs])));
+  return {
+    asked: checkpointed.cyclesAsked,
+    done: checkpointed.cycles.length,
+    ...(firstWrong ? { firstWrong } : {}),
+    each: checkpointed.cycles.map((c) => ({
+      cycle: c.cycle,
+      checkpointMs: c.checkpointMs,
+      ...(c.restoreMs !== undefined ? { restoreMs: c.restoreMs } : {}),
+      imageBytes: c.imageBytes,
+      rip: c.rip,
+      ...(c.registersDiffer?.length ? { registersDiffer: c.registersDiffer } : {}),
+      ...(c.restoreError !== undefined ? { restoreError: c.restoreError.split('\n')[0]! } : {}),
+    })),
+    checkpointMs: spread(checkpointed.cycles.map((c) => c.checkpointMs))!,
+    ...(restoreMs ? { restoreMs } : {}),
+  };
 }
 
 /** Decides the verdict of a request from its two runs. `inputs` names the program's files in the bundle. */
@@ -92,6 +166,9 @@ export function makeVerdict(request: ReproRequest, prepared: PreparedProgram, ru
   const hitsAt = request.checkpoint.kind === 'symbol' ? request.checkpoint.symbol : undefined;
   const mismatches = restoreError === undefined ? compareRuns(reference, checkpointed.run, hitsAt) : [];
   const hits = (n: number): { hits?: number } => (hitsAt !== undefined ? { hits: n } : {});
+  // CRIU's single dump and restore is no crh chain: its timings are in `criu`.
+  const cycles = checkpointed.cycles.length > 0 ? cyclesView(checkpointed, restoreError !== undefined || mismatches.length > 0) : undefined;
+  const summary = perturbed ? describePerturbation(perturbation) : summarize(mismatches, restoreError, reference);
   // The compiler line names the bundle's copies, not this host's paths.
   const inBundle = (arg: string): string => (arg === request.source ? inputs.source! : arg === prepared.program.file ? inputs.binary : arg);
   return {
@@ -100,8 +177,10 @@ export function makeVerdict(request: ReproRequest, prepared: PreparedProgram, ru
     createdAt: new Date().toISOString(),
     pass: !perturbed && restoreError === undefined && mismatches.length === 0,
     perturbed,
-    summary: perturbed ? describePerturbation(perturbation) : summarize(mismatches, restoreError, reference),
+    summary: cycles && checkpointed.cyclesAsked > 1 && !perturbed ? `${summary} (${describeChain(cycles)})` : summary,
     command: request.command,
+    engine: checkpointed.engine,
+    ...(checkpointed.criu ? { criu: { version: checkpointed.criu.version, dumpMs: checkpointed.criu.dumpMs, restoreMs: checkpointed.criu.restoreMs, imageBytes: checkpointed.criu.imageBytes, ...(checkpointed.criu.debugRegisters ? { debugRegisters: checkpointed.criu.debugRegisters } : {}) } } : {}),
     program: {
       name: prepared.name,
       ...inputs,
@@ -115,12 +194,12 @@ export function makeVerdict(request: ReproRequest, prepared: PreparedProgram, ru
       point: request.checkpoint,
       ...(prepared.breakAt !== undefined ? { address: hex(prepared.breakAt) } : {}),
       stoppedBy: checkpointed.stoppedBy,
-      rip: hex(checkpointed.image.regs.rip),
+      rip: hex(checkpointed.regsAtCheckpoint.rip),
       pid: checkpointed.pid,
       ...(checkpointed.restoredPid !== undefined ? { restoredPid: checkpointed.restoredPid } : {}),
       ...(checkpointed.rewind ? { rewound: checkpointed.rewind.note } : {}),
     },
-    policy: describePolicy(request.policy),
+    policy: checkpointed.engine === 'criu' ? `criu ${checkpointed.criu?.version ?? ''}: CRIU's own dump and restore (the restore core's policies do not apply)` : describePolicy(request.policy),
     ...(request.finishSignal ? { finishSignal: request.finishSignal.name } : {}),
     native: { status: describeStatus(native), output: native.output, pid: native.pid, agreed: !perturbed, differences: perturbation },
     reference: { status: describeStatus(reference), output: reference.output, ...hits(reference.hits), pid: reference.pid, elapsedMs: reference.elapsedMs },
@@ -137,7 +216,14 @@ export function makeVerdict(request: ReproRequest, prepared: PreparedProgram, ru
     rerun: rerunRecord(request, inputs),
     rerunCommand: rerunArgs(request, inputs),
     timingsMs: {},
+    ...(cycles ? { cycles } : {}),
   };
+}
+
+/** "3 of 3 cycles" / "first wrong at cycle 1: …", for the summary line. */
+function describeChain(cycles: CyclesView): string {
+  const done = `${cycles.done} of ${cycles.asked} checkpoint → restore cycles`;
+  return cycles.firstWrong ? `${done}; first went wrong at cycle ${cycles.firstWrong.cycle}: ${cycles.firstWrong.why}` : done;
 }
 
 /** crh's exit code when the harness perturbs the program (docs/ci.md). */

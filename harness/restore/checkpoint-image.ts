@@ -26,6 +26,9 @@ import { signalsJson, type SignalState } from './signals.ts';
 import type { TaskState } from './files.ts';
 import { threadsJson, threadXstateEntry, type ThreadLinks, type ThreadState } from './threads.ts';
 import { ldtJson, type LdtEntry } from './ldt.ts';
+import { timersJson, type TimerState } from './timers.ts';
+import { sleepJson, type SleepDeadline } from './sleep-deadline.ts';
+import { pkeysJson, type PkeyState } from './pkeys.ts';
 import { uniqueSibling } from '../util/atomic-write.ts';
 import { packStored, storedRanges } from './stored-pages.ts';
 
@@ -39,19 +42,23 @@ export const IMAGE_FORMAT = 'cr-harness-checkpoint';
  * entry (its contents are the file's); 6: userfaultfds — task.json lists
  * them, and a region carries its registration mode and the pages the fault
  * server had not provided (userfaultfd.ts); 7: ldt.json, the entries the
- * process installed in its LDT with modify_ldt (ldt.ts); 8: a memory entry
- * holds only the pages its region's `stored` ranges name (untouched pages
- * and anonymous zero pages are left out: stored-pages.ts).
+ * process installed in its LDT with modify_ldt (ldt.ts); 8: timers.json, the
+ * interval timers, POSIX timers and timerfds (timers.ts); sleep.json, the
+ * deadline of a sleep the checkpoint interrupted (sleep-deadline.ts), and
+ * pkeys.json, the allocated protection keys and tagged mappings (pkeys.ts);
+ * 9: a memory entry holds only the pages its region's `stored` ranges name
+ * (untouched pages and anonymous zero pages are left out: stored-pages.ts).
  */
-export const IMAGE_VERSION = 8;
+export const IMAGE_VERSION = 9;
 /**
  * Earlier versions are refused, each naming what it lacks: reading one as
  * the current version would invent the missing state as "none" — for an
  * LDT, a process whose LDT selectors then fault with #GP, far from the cause.
  */
 const OLDER_VERSIONS: Record<number, string> = {
+  8: 'has no stored page ranges in memory.json: every memory entry would have to hold its whole region (take the checkpoint again)',
+  7: 'has no timers.json, sleep.json or pkeys.json, nor stored page ranges in memory.json: it cannot say whether the process had timers armed, a sleep it interrupted would start over, and its protection keys would be lost (take the checkpoint again)',
   6: 'has no ldt.json: it cannot say whether the process had an LDT (take the checkpoint again)',
-  7: 'has no stored page ranges in memory.json (take the checkpoint again)',
 };
 const MANIFEST_DIGEST = 'manifest.sha256';
 
@@ -109,7 +116,7 @@ export interface MemoryRegion {
   absent?: Array<[bigint, bigint]>;
   /**
    * the [start, end) page ranges the entry holds, sorted, concatenated in
-   * this order (format 8, stored-pages.ts); every other page reads as the
+   * this order (format 9, stored-pages.ts); every other page reads as the
    * mapping's backing: zeros, or the file. Absent in an image built in
    * memory: every page but the absent ones.
    */
@@ -135,6 +142,12 @@ export interface CheckpointImage {
   threads: ThreadState[];
   /** the entries installed in the process's LDT, ascending by entry number; [] when it has none */
   ldt: LdtEntry[];
+  /** interval timers, POSIX timers, timerfds */
+  timers: TimerState;
+  /** the deadline of the sleep the checkpoint interrupted (ERESTART_RESTARTBLOCK); null when none */
+  sleep: SleepDeadline | null;
+  /** the protection keys the process had allocated and the mappings tagged with one (pkeys.ts) */
+  pkeys: PkeyState;
   /** /proc/PID/maps at checkpoint time */
   maps: string;
   regions: MemoryRegion[];
@@ -172,6 +185,9 @@ export function imageEntries(image: CheckpointImage): Map<string, Buffer> {
   entries.set('task.json', json({ pgid: image.task.pgid, sid: image.task.sid, files: image.task.files.map((f) => ({ ...f, pos: f.pos.toString() })), userfaultfds: image.task.userfaultfds ?? [] }));
   entries.set('threads.json', json(threadsJson(image)));
   entries.set('ldt.json', json(ldtJson(image.ldt)));
+  entries.set('timers.json', json(timersJson(image.timers)));
+  entries.set('sleep.json', json(sleepJson(image.sleep)));
+  entries.set('pkeys.json', json(pkeysJson(image.pkeys)));
   entries.set('xstate.bin', image.xstate);
   for (const t of image.threads) entries.set(threadXstateEntry(t.tid), t.xstate);
   entries.set('maps.txt', Buffer.from(image.maps));
@@ -207,11 +223,21 @@ export async function writeCheckpointImage(image: CheckpointImage, file: string)
   const pack = tar.pack();
   const tmp = uniqueSibling(file, 'tmp');
   const written = pipeline(pack, createWriteStream(tmp, { flags: 'wx' }));
-  for (const [name, data] of imageEntries(image)) {
-    await new Promise<void>((resolve, reject) => pack.entry({ name, size: data.length, mode: 0o644, mtime: new Date(0) }, data, (e) => (e ? reject(e) : resolve())));
-  }
-  pack.finalize();
+  written.catch(() => {}); // awaited below; a failed write may also end the packing first
+  const packed = (async () => {
+    for (const [name, data] of imageEntries(image)) {
+      await new Promise<void>((resolve, reject) => {
+        // The entry's stream errors when the file's does (ENOSPC); the error reaches us through `written`.
+        pack.entry({ name, size: data.length, mode: 0o644, mtime: new Date(0) }, data, (e) => (e ? reject(e) : resolve())).on('error', () => {});
+      });
+    }
+    pack.finalize();
+  })();
+  packed.catch(() => {});
   try {
+    // A failed write destroys the pack: an entry's callback may then never come, so the write's failure ends the wait.
+    await Promise.race([packed, written]);
+    await packed;
     await written;
     await rename(tmp, file);
   } catch (error) {
@@ -306,6 +332,9 @@ export function parseImageEntries(entries: Map<string, Buffer>): CheckpointImage
     task: parseJson(required(entries, 'task.json'), 'task.json'),
     threads: parseJson(required(entries, 'threads.json'), 'threads.json'),
     ldt: parseJson(required(entries, 'ldt.json'), 'ldt.json'),
+    timers: parseJson(required(entries, 'timers.json'), 'timers.json'),
+    sleep: parseJson(required(entries, 'sleep.json'), 'sleep.json'),
+    pkeys: parseJson(required(entries, 'pkeys.json'), 'pkeys.json'),
     xstate: required(entries, 'xstate.bin'),
     maps: required(entries, 'maps.txt').toString('utf8'),
     regions: regionsJson,

@@ -14,10 +14,13 @@ import { NT_X86_XSTATE, debugRegOffset } from '../x86/registers.ts';
 import { DEBUG_REG_NAMES, memoryEntryName, type CheckpointImage, type DebugRegs, type MemoryRegion, type PlatformFacts, type ProcessInfo } from './checkpoint-image.ts';
 import { hasContents, isDumped, mappedFile, parseMaps } from './proc-maps.ts';
 import { rseqCsAddress, type RseqState } from './rseq.ts';
-import { captureSignals, SS_DISABLE } from './signals.ts';
+import { ALL_BLOCKABLE, capturePending, captureSignals, SS_DISABLE } from './signals.ts';
+import { captureTimers, timerfdDescriptors } from './timers.ts';
 import { captureLinks, otherThreads, type ThreadState } from './threads.ts';
 import { captureTask, CheckpointError } from './files.ts';
 import { captureLdt } from './ldt.ts';
+import { captureSleep, threadRestartBlockProblem } from './sleep-deadline.ts';
+import { capturePkeys } from './pkeys.ts';
 import { refuseUncapturable } from './uncapturable.ts';
 import { absentRanges, checkRegistrations, parseSmapsRegistrations } from './userfaultfd.ts';
 import { dropZeroPages, PAGE_BYTES, pagesToRead, rangesBytes, storeRule, unpackStored } from './stored-pages.ts';
@@ -39,30 +42,65 @@ export interface CheckpointProcessOptions {
 
 export async function checkpointProcess(agent: AgentClient, process: ProcessInfo, platform: PlatformFacts, options: CheckpointProcessOptions = {}): Promise<CheckpointImage> {
   const pid = process.pid;
-  // First, and before any call is injected: state no image can hold is refused by name (uncapturable.ts).
-  if ((options.uncapturable ?? 'refuse') === 'refuse') await refuseUncapturable(agent, pid, process.noAslr);
+  const refuse = (options.uncapturable ?? 'refuse') === 'refuse';
+  // The clock first, as close to the interruption as can be: it dates an
+  // interrupted sleep's deadline, and the refusal's reads take a second under
+  // TCG. Its clock_gettime is the one call injected before the refusal.
+  const sleep = await captureSleep(agent, pid, await agent.call({ op: 'GETREGS', pid }), refuse);
+  // Then, before anything else is injected: state no image can hold is refused by name (uncapturable.ts).
+  if (refuse) await refuseUncapturable(agent, pid, process.noAslr);
   const others = await otherThreads(agent, pid);
+  // Every thread's mask as it was, then every signal blocked until the
+  // injected calls are over: a signal that arrives meanwhile (a periodic
+  // timer) waits in its queue instead of stopping a call half-way, and the
+  // queues, read last, hold it — the image has it pending.
+  const masks = new Map<number, bigint>();
+  for (const tid of [pid, ...others]) masks.set(tid, await agent.call({ op: 'GETSIGMASK', pid: tid }));
+  try {
+    for (const tid of masks.keys()) await agent.call({ op: 'SETSIGMASK', pid: tid, mask: ALL_BLOCKABLE });
+    return await captureBlocked(agent, process, platform, others, masks, { refuse, sleep });
+  } finally {
+    for (const [tid, mask] of masks) await agent.call({ op: 'SETSIGMASK', pid: tid, mask });
+  }
+}
+
+async function captureBlocked(
+  agent: AgentClient,
+  process: ProcessInfo,
+  platform: PlatformFacts,
+  others: readonly number[],
+  masks: ReadonlyMap<number, bigint>,
+  { refuse, sleep }: { refuse: boolean; sleep: CheckpointImage['sleep'] },
+): Promise<CheckpointImage> {
+  const pid = process.pid;
   const main = await threadRegisters(agent, pid);
   const threads: ThreadState[] = [];
   for (const tid of others) {
     const t = await threadRegisters(agent, tid);
-    const blocked = await agent.call({ op: 'GETSIGMASK', pid: tid });
-    const pending = await agent.call({ op: 'PEEKSIGINFO', pid: tid, shared: false });
-    threads.push({ tid, ...t, blocked, pending, altstack: { sp: 0n, flags: SS_DISABLE, size: 0n }, clearChildTid: 0n, robustList: 0n });
+    threads.push({ tid, ...t, blocked: masks.get(tid)!, pending: [], altstack: { sp: 0n, flags: SS_DISABLE, size: 0n }, clearChildTid: 0n, robustList: 0n });
+    const restartBlock = threadRestartBlockProblem(tid, t.regs);
+    if (restartBlock && refuse) throw new CheckpointError(`pid ${pid}: ${restartBlock}`, { state: 'restart_block', target: `thread ${tid}` });
   }
   const task = await captureTask(agent, pid);
+  const timerfdFds = await timerfdDescriptors(agent, pid);
   const maps = (await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/maps`, maxSize: 1 << 20 })).toString('utf8');
   const registrations = parseSmapsRegistrations((await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/smaps`, maxSize: 4 << 20 })).toString('utf8'));
   const dumped = parseMaps(maps).filter((m) => isDumped(m, process.binary)).map((m) => ({ ...m, userfault: registrations.get(m.start) ?? 0 }));
   checkRegistrations(pid, dumped, task.userfaultfds ?? []);
-  const { signals, links, absent, ldt } = await withRseqCsParked(agent, pid, [main.rseq, ...threads.map((t) => t.rseq)], async () => {
-    const signals = await captureSignals(agent, pid);
+  const { dispositions, links, absent, ldt, timers, pkeys } = await withRseqCsParked(agent, pid, [main.rseq, ...threads.map((t) => t.rseq)], async () => {
+    const dispositions = await captureSignals(agent, pid, masks.get(pid)!);
     const links = await captureLinks(agent, pid, others);
     const absent = await absentRanges(agent, pid, dumped.filter((m) => m.userfault !== 0).map((m) => [m.start, m.end] as const));
     const ldt = await captureLdt(agent, pid);
-    return { signals, links, absent, ldt };
+    const timers = await captureTimers(agent, pid, timerfdFds);
+    // After every thread's xstate was read: the probe's pkey_alloc calls grant rights in this thread's PKRU.
+    const pkeys = await capturePkeys(agent, pid, dumped);
+    return { dispositions, links, absent, ldt, timers, pkeys };
   });
   threads.forEach((t, i) => Object.assign(t, links.others[i]));
+  // Last, after every injected call: a timer that fired meanwhile is in here.
+  const signals = { ...dispositions, pending: await capturePending(agent, pid) };
+  for (const t of threads) t.pending = await agent.call({ op: 'PEEKSIGINFO', pid: t.tid, shared: false });
 
   const regions: CheckpointImage['regions'] = [];
   for (const m of dumped) {
@@ -77,7 +115,7 @@ export async function checkpointProcess(agent: AgentClient, process: ProcessInfo
   }
   const memory = await readContents(agent, pid, regions);
   const { regs, xstate, debugRegs, rseq } = main;
-  return { created: new Date().toISOString(), process, platform, regs, xstate, debugRegs, rseq, signals, task, links: links.main, threads, ldt, maps, regions, memory };
+  return { created: new Date().toISOString(), process, platform, regs, xstate, debugRegs, rseq, signals, task, links: links.main, threads, ldt, timers, sleep, pkeys, maps, regions, memory };
 }
 
 /**

@@ -16,6 +16,7 @@ import type { PlanStep } from './plan-step.ts';
 export { CheckpointError };
 import { DescriptorTable } from './descriptors.ts';
 import { ScratchLayout } from './scratch.ts';
+import { TIMERFD_LINK } from './timers.ts';
 import { parseUserfaultfdFdinfo, USERFAULTFD_LINK, type UserfaultfdState } from './userfaultfd.ts';
 
 export type FileKind = 'file' | 'directory' | 'device';
@@ -102,6 +103,8 @@ export async function captureTask(agent: AgentClient, pid: number): Promise<Task
   for (const fd of fds) {
     const path = await agent.call({ op: 'READLINK', path: `/proc/${pid}/fd/${fd}` });
     const fdinfo = (await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/fdinfo/${fd}`, maxSize: 65536 })).toString('utf8');
+    // A timerfd is timers.ts's: created again with its clock, flags and settings.
+    if (path === TIMERFD_LINK) continue;
     if (path === USERFAULTFD_LINK) {
       userfaultfds.push({ fd, ...parseUserfaultfdFdinfo(fdinfo) });
       continue;

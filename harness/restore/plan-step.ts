@@ -12,6 +12,8 @@ export interface TargetProbe {
   fds?: number[];
   /** what the target sees at each path the image's file mappings name (mappings.ts probeMappedFiles) */
   files?: Map<string, MappedFileState>;
+  /** the restoring guest's boot id: an interrupted sleep's deadline is absolute only in its own boot (sleep-deadline.ts) */
+  bootId?: string;
 }
 
 /** What the target sees at a mapped file's path: null when there is nothing (ENOENT, ENOTDIR). */

@@ -17,8 +17,11 @@ import { ALL_BLOCKABLE, finalMaskStep, signalSteps } from './signals.ts';
 import { applyThreadRseqFixups, debugRegSteps, linkSteps, threadCreationSteps, threadFinalSteps, type ThreadFixup } from './threads.ts';
 import { fileSteps, sessionSteps } from './files.ts';
 import { ldtSteps } from './ldt.ts';
+import { timerSteps } from './timers.ts';
 import { userfaultfdSteps } from './userfaultfd.ts';
 import { rewindInterruptedSyscall } from './syscall-restart.ts';
+import { reissueSleep, type SleepReissue } from './sleep-deadline.ts';
+import { pkeySteps } from './pkeys.ts';
 import { brkStep, dontNeedStep, protectStep, rseqStep } from './syscall-steps.ts';
 import { storedRanges } from './stored-pages.ts';
 
@@ -56,17 +59,21 @@ export function fixedImage(image: CheckpointImage, policy: RestorePolicy): { ima
  * A task stopped inside an interrupted system call resumes by issuing it
  * again, as the kernel would have restarted it (syscall-restart.ts): no
  * -ERESTART* value ever reaches the restored program. Every thread alike.
+ * An interrupted sleep whose deadline the image holds is re-issued with
+ * that deadline instead (sleep-deadline.ts), not started over.
  */
-export function withSyscallRestart(image: CheckpointImage): CheckpointImage {
+export function withSyscallRestart(image: CheckpointImage, bootId?: string): { image: CheckpointImage; sleep?: SleepReissue } {
   const rewound = (regs: CheckpointImage['regs']) => rewindInterruptedSyscall(regs)?.regs ?? regs;
-  return { ...image, regs: rewound(image.regs), threads: image.threads.map((t) => ({ ...t, regs: rewound(t.regs) })) };
+  const sleep = image.sleep ? reissueSleep(image.regs, image.sleep, bootId === image.sleep.bootId) : undefined;
+  return { image: { ...image, regs: sleep?.regs ?? rewound(image.regs), threads: image.threads.map((t) => ({ ...t, regs: rewound(t.regs) })) }, sleep };
 }
 
 export function compileRestorePlan(checkpointed: CheckpointImage, probe: TargetProbe, policy: RestorePolicy): PlanStep[] {
   const pid = probe.pid;
   const fixed = fixedImage(checkpointed, policy);
   const fixup = fixed.main;
-  const image = policy.syscallRestart === 'off' ? fixed.image : withSyscallRestart(fixed.image);
+  const restarted = policy.syscallRestart === 'off' ? { image: fixed.image } : withSyscallRestart(fixed.image, probe.bootId);
+  const image = restarted.image;
   const threadFixups: ThreadFixup[] = image.threads.map((thread, i) => ({ thread, fixup: fixed.threads[i]?.fixup }));
   const steps: PlanStep[] = [];
   const imageMaps = parseMaps(image.maps);
@@ -126,6 +133,9 @@ export function compileRestorePlan(checkpointed: CheckpointImage, probe: TargetP
     }
   }
 
+  // After the contents: the timespec sits below the stack's red zone, in memory the image also writes.
+  if (restarted.sleep) steps.push({ op: { op: 'WRITE_MEM', pid, address: restarted.sleep.address, data: restarted.sleep.timespec }, why: restarted.sleep.note });
+
   // Registered once its area holds the image's contents, before the
   // protections: the injected mprotect calls that follow return to user mode
   // with the IP elsewhere, so the kernel clears an rseq_cs that names a
@@ -138,6 +148,9 @@ export function compileRestorePlan(checkpointed: CheckpointImage, probe: TargetP
   for (const region of image.regions) {
     steps.push(protectStep(pid, region.start, region.end - region.start, BigInt(protOf(region.perms)), `protections ${region.perms} on ${hex(region.start)}-${hex(region.end)}`));
   }
+
+  // Keys after the protections (pkey_mprotect sets both), before the registers: their xstate carries PKRU.
+  if (!omits(policy, 'pkeys')) steps.push(...pkeySteps(pid, image.pkeys, image.regions));
 
   if (!omits(policy, 'files')) {
     steps.push(...sessionSteps(pid, image.process.pid, image.task));
@@ -170,6 +183,14 @@ export function compileRestorePlan(checkpointed: CheckpointImage, probe: TargetP
     if (signals && signalPart.length === 0) steps.push({ op: { op: 'SETSIGMASK', pid, mask: ALL_BLOCKABLE }, why: 'block every signal before the threads are created: they start with this mask, and nothing is delivered to a half-restored process' });
     if (xstateSetEarlier) steps.push(xstateStep(image, pid, 'FPU/SSE/AVX state (xstate) of the main thread, before the threads are created: each starts with a copy'));
     steps.push(...threadCreationSteps(pid, image, policy, freePage(probe.maps, imageMaps)));
+  }
+
+  // Timers (timers.ts) once the threads exist — a SIGEV_THREAD_ID timer
+  // names one — and every signal is blocked: one that fires while the rest
+  // of the plan runs waits in the queue until the image's mask is set.
+  if (!omits(policy, 'timers')) {
+    const fdsNow = [...openFds, ...userfaultfds.map((u) => u.fd)];
+    steps.push(...timerSteps(pid, image.process.pid, image.timers, fdsNow, freePage(probe.maps, imageMaps)));
   }
 
   steps.push(...registerSteps(image, probe, imageMaps, policy, { xstateSetEarlier }));

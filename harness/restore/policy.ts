@@ -72,8 +72,16 @@ export type RseqFixupPolicy = (typeof RSEQ_FIXUP_POLICIES)[number];
  *   register is loaded as null when the task first runs, and a program that
  *   loads one of its LDT selectors itself gets #GP (SIGSEGV) — also where
  *   the entry was a not-present one, which raises #NP (SIGBUS).
+ * - timers: no interval timer, POSIX timer or timerfd is created or armed
+ *   (timers.ts) — a restorer that knows nothing of timers: a program
+ *   waiting for its periodic SIGALRM waits for ever, and a timerfd's
+ *   descriptor is not there.
+ * - pkeys: no protection key allocated and no mapping tagged (pkeys.ts) — a
+ *   restorer that knows nothing of PKU: the tagged memory has key 0, so a
+ *   write PKRU denies goes through, and pkey_alloc hands out a key the
+ *   program still holds. (PKRU itself is in the xstate: omit=xstate.)
  */
-export const OMITTABLE = ['debugregs', 'xstate', 'tls', 'rseq', 'signals', 'files', 'thread-xstate', 'thread-masks', 'thread-links', 'mapping-kinds', 'userfaultfd', 'ldt'] as const;
+export const OMITTABLE = ['debugregs', 'xstate', 'tls', 'rseq', 'signals', 'files', 'thread-xstate', 'thread-masks', 'thread-links', 'mapping-kinds', 'userfaultfd', 'ldt', 'timers', 'pkeys'] as const;
 export type Omittable = (typeof OMITTABLE)[number];
 
 /** The segment registers and bases that make up a 64-bit task's TLS. */

@@ -18,6 +18,9 @@ import { rseqCsAddress, rseqCsPointer } from './rseq.ts';
 import { siginfoSigno } from './signals.ts';
 import { captureTask, type OpenFile, type TaskState } from './files.ts';
 import { assertThreadsAdmitted } from './threads.ts';
+import { isTimerSignal, NO_TIMERS, type TimerState } from './timers.ts';
+import { BOOT_ID_PATH } from './sleep-deadline.ts';
+import { parseSmapsPkeys } from './pkeys.ts';
 import { describeModes, describeUserfaultfd, parseSmapsRegistrations } from './userfaultfd.ts';
 import { errnoName } from '../agent/errno.ts';
 
@@ -64,7 +67,8 @@ export async function restoreProcess(agent: AgentClient, image: CheckpointImage,
     const maps = parseMaps((await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/maps`, maxSize: 1 << 20 })).toString('utf8'));
     const fds = (await agent.call({ op: 'LISTDIR', path: `/proc/${pid}/fd` })).map(Number);
     const files = await probeMappedFiles(agent, pid, mappedFiles(image.regions));
-    const plan = compileRestorePlan(image, { pid, regs, maps, fds, files }, options.policy);
+    const bootId = image.sleep ? (await agent.call({ op: 'READ_FILE', path: BOOT_ID_PATH, maxSize: 64 })).toString('latin1').trim() : undefined;
+    const plan = compileRestorePlan(image, { pid, regs, maps, fds, files, bootId }, options.policy);
     const steps = await agent.batch(plan.map((s) => s.op));
     checkSteps(plan, steps);
     const requested = fixedImage(image, options.policy).image;
@@ -128,14 +132,24 @@ async function readBack(agent: AgentClient, pid: number, plan: PlanStep[], image
     if (value !== image.debugRegs[name]) differences.push({ what: name, requested: hex(image.debugRegs[name]), accepted: hex(value) });
   }
   differences.push(...(await readBackRseq(agent, pid, image, policy)));
-  if (!omits(policy, 'signals')) differences.push(...(await readBackSignals(agent, pid, image)));
+  const timers = omits(policy, 'timers') ? NO_TIMERS : image.timers;
+  if (!omits(policy, 'signals')) differences.push(...(await readBackSignals(agent, pid, image, timers)));
   const files = !omits(policy, 'files');
   const userfaultfds = !omits(policy, 'userfaultfd') && (image.task.userfaultfds?.length ?? 0) > 0;
   // One look at the descriptor table serves both.
   const task = files || userfaultfds ? await captureTask(agent, pid) : undefined;
   if (task && files) differences.push(...readBackTask(task, pid, image));
   if (task && userfaultfds) differences.push(...(await readBackUserfaultfds(agent, pid, image, task)));
+  if (!omits(policy, 'pkeys') && image.pkeys.tagged.length > 0) differences.push(...(await readBackPkeys(agent, pid, image)));
   return differences;
+}
+
+/** Each tagged mapping's protection key, as smaps shows it now. (The allocation map shows nowhere: the plan's pkey_alloc results were checked step by step.) */
+async function readBackPkeys(agent: AgentClient, pid: number, image: CheckpointImage): Promise<Difference[]> {
+  const keys = parseSmapsPkeys((await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/smaps`, maxSize: 4 << 20 })).toString('utf8'));
+  return image.pkeys.tagged
+    .filter((t) => keys.get(t.start) !== t.pkey)
+    .map((t) => ({ what: `pkey ${hex(t.start)}-${hex(t.end)}`, requested: String(t.pkey), accepted: String(keys.get(t.start) ?? 'no VMA there') }));
 }
 
 /**
@@ -143,13 +157,13 @@ async function readBack(agent: AgentClient, pid: number, plan: PlanStep[], image
  * and the alternate stack can only be read by running code in the task;
  * the workloads check those themselves.)
  */
-async function readBackSignals(agent: AgentClient, pid: number, image: CheckpointImage): Promise<Difference[]> {
+async function readBackSignals(agent: AgentClient, pid: number, image: CheckpointImage, timers: TimerState): Promise<Difference[]> {
   const differences: Difference[] = [];
   const blocked = await agent.call({ op: 'GETSIGMASK', pid });
   if (blocked !== image.signals.blocked) differences.push({ what: 'signals.blocked', requested: hex(image.signals.blocked), accepted: hex(blocked) });
   for (const queue of ['thread', 'shared'] as const) {
-    const held = await agent.call({ op: 'PEEKSIGINFO', pid, shared: queue === 'shared' });
     const wanted = image.signals.pending[queue];
+    const held = liveTimerSignalsDropped(await agent.call({ op: 'PEEKSIGINFO', pid, shared: queue === 'shared' }), wanted, timers);
     const same = held.length === wanted.length && held.every((b, i) => b.equals(wanted[i]!));
     if (!same) {
       const signos = (list: Buffer[]): string => `[${list.map(siginfoSigno).join(' ')}]`;
@@ -239,10 +253,21 @@ async function readBackThreads(agent: AgentClient, plan: PlanStep[], image: Chec
       const blocked = await agent.call({ op: 'GETSIGMASK', pid: t.tid });
       if (blocked !== t.blocked) add('signals.blocked', hex(t.blocked), hex(blocked));
     }
-    const held = await agent.call({ op: 'PEEKSIGINFO', pid: t.tid, shared: false });
+    const held = liveTimerSignalsDropped(await agent.call({ op: 'PEEKSIGINFO', pid: t.tid, shared: false }), t.pending, omits(policy, 'timers') ? NO_TIMERS : image.timers);
     if (held.length !== t.pending.length || !held.every((b, i) => b.equals(t.pending[i]!))) {
       add('signals.pending.thread', `[${t.pending.map(siginfoSigno).join(' ')}]`, `[${held.map(siginfoSigno).join(' ')}]`);
     }
   }
   return differences;
+}
+
+/**
+ * A queue as read back, less what the restored timers sent after the
+ * image's entries were queued (they come after them): a live timer's
+ * signal is the restore working, not a difference.
+ */
+function liveTimerSignalsDropped(held: Buffer[], wanted: readonly Buffer[], timers: TimerState): Buffer[] {
+  const head = held.slice(0, wanted.length);
+  const rest = held.slice(wanted.length);
+  return head.every((b, i) => b.equals(wanted[i]!)) ? [...head, ...rest.filter((b) => !isTimerSignal(b, timers))] : held;
 }

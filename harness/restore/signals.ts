@@ -98,21 +98,14 @@ export const siginfoSigno = (info: Buffer): number => info.readInt32LE(0);
 
 const isDefault = (a: SigAction): boolean => a.handler === SIG_DFL && a.flags === 0n && a.mask === 0n;
 
-/** Reads a stopped task's signal state. The task is left as it was (the scratch page is unmapped). */
-export async function captureSignals(agent: AgentClient, pid: number): Promise<SignalState> {
-  const blocked = await agent.call({ op: 'GETSIGMASK', pid });
-  // A signal arriving while the calls are injected (a timer, say) would stop
-  // an injection half-way; blocked, it waits in the queue and is captured
-  // with the rest.
-  await agent.call({ op: 'SETSIGMASK', pid, mask: ALL_BLOCKABLE });
-  try {
-    return await captureUnderFullMask(agent, pid, blocked);
-  } finally {
-    await agent.call({ op: 'SETSIGMASK', pid, mask: blocked });
-  }
-}
-
-async function captureUnderFullMask(agent: AgentClient, pid: number, blocked: bigint): Promise<SignalState> {
+/**
+ * Reads a stopped task's dispositions and alternate stack; `blocked` is its
+ * mask as the caller read it before blocking every signal (checkpoint.ts:
+ * a signal arriving while calls are injected — a timer, say — then waits
+ * in the queue, and the queues are read last, with capturePending). The
+ * task is left as it was (the scratch page is unmapped).
+ */
+export async function captureSignals(agent: AgentClient, pid: number, blocked: bigint): Promise<Omit<SignalState, 'pending'>> {
   return withScratchPage(agent, pid, async (scratch) => {
     const ops: AgentOp[] = SETTABLE_SIGNALS.flatMap((signo): AgentOp[] => [
       { op: 'INJECT_SYSCALL', pid, nr: NR.rt_sigaction, args: [BigInt(signo), 0n, scratch, SIGSET_BYTES] },
@@ -128,10 +121,15 @@ async function captureUnderFullMask(agent: AgentClient, pid: number, blocked: bi
     const actions = SETTABLE_SIGNALS.map((signo, i) => decodeSigAction(signo, results[i * 2 + 1] as Buffer)).filter((a) => !isDefault(a));
     const ss = results.at(-1) as Buffer;
     const altstack = { sp: ss.readBigUInt64LE(0), flags: ss.readInt32LE(8), size: ss.readBigUInt64LE(16) };
-    const thread = await agent.call({ op: 'PEEKSIGINFO', pid, shared: false });
-    const shared = await agent.call({ op: 'PEEKSIGINFO', pid, shared: true });
-    return { blocked, actions, altstack, pending: { thread, shared } };
+    return { blocked, actions, altstack };
   });
+}
+
+/** The process's pending queues as seen from thread `pid`: its own, and the shared one. */
+export async function capturePending(agent: AgentClient, pid: number): Promise<SignalState['pending']> {
+  const thread = await agent.call({ op: 'PEEKSIGINFO', pid, shared: false });
+  const shared = await agent.call({ op: 'PEEKSIGINFO', pid, shared: true });
+  return { thread, shared };
 }
 
 /**

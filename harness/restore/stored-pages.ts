@@ -1,5 +1,5 @@
 /**
- * Which pages of a mapping the image stores (image format 8). A page left
+ * Which pages of a mapping the image stores (image format 9). A page left
  * out reads after restore as the mapping's own backing — zeros — which is
  * exactly what the original read there when the page of private anonymous
  * memory was never touched (pagemap: neither present nor swapped) or held

@@ -7,9 +7,11 @@
  * What is checked, before anything is injected into the target:
  * - descriptors of a kind no module handles (files.ts holds regular files,
  *   directories and a few devices; userfaultfd.ts a userfaultfd): sockets,
- *   pipes, memfds, namespace descriptors, and every anonymous inode —
- *   eventfd, eventpoll, signalfd, timerfd, io_uring, perf_event, inotify,
- *   fanotify, pidfd, bpf maps and programs — each named with its fd;
+ *   pipes, memfds, namespace descriptors, and every anonymous inode but a
+ *   timerfd — eventfd, eventpoll, signalfd, io_uring, perf_event, inotify,
+ *   fanotify, pidfd, bpf maps and programs — each named with its fd; a
+ *   timerfd timers.ts cannot create again (TFD_TIMER_CANCEL_ON_SET, an
+ *   alarm clock);
  * - the personality (/proc/PID/personality) other than what a process the
  *   agent spawns gets — the agent's own, with ADDR_NO_RANDOMIZE when ASLR is
  *   off: a restore re-execs the binary under that;
@@ -17,7 +19,10 @@
  *   than the agent's own (a spawned process inherits both);
  * - the process (any of its threads) tracing another process: its
  *   tracees' TracerPid names it (every process's main thread is looked at);
- * - POSIX timers (/proc/PID/timers);
+ * - POSIX timers (/proc/PID/timers) timers.ts cannot create again:
+ *   SIGEV_THREAD notify, a clock other than the ones it names, an id past
+ *   its bound. Interval timers (setitimer, alarm), the other POSIX timers
+ *   and timerfds are captured (timers.ts);
  * - namespaces (/proc/PID/ns/*), resource limits (/proc/PID/limits), umask
  *   and working directory other than the agent's: a restored process gets
  *   the agent's.
@@ -28,6 +33,7 @@ import { constants } from 'node:os';
 import type { AgentClient } from '../agent/client.ts';
 import { AgentError, CheckpointError } from '../errors.ts';
 import { USERFAULTFD_LINK } from './userfaultfd.ts';
+import { parseProcTimers, parseTimerfdFdinfo, procTimerProblem, TIMERFD_LINK, timerfdProblem, type ProcTimer } from './timers.ts';
 
 /** One piece of state the image cannot hold: what it is, where it was seen, and the evidence. */
 export interface Uncapturable {
@@ -79,7 +85,7 @@ export function personalityProblem(pid: number, text: string, agentText: string,
 
 /** The kinds of descriptor link (readlink /proc/PID/fd/N) no module captures; undefined when one does. */
 export function descriptorState(link: string): string | undefined {
-  if (link === USERFAULTFD_LINK) return undefined;
+  if (link === USERFAULTFD_LINK || link === TIMERFD_LINK) return undefined;
   if (link.startsWith('/memfd:')) return 'memfd';
   // A path: files.ts decides (regular files, directories, a few devices; a deleted file it refuses itself).
   if (link.startsWith('/')) return undefined;
@@ -110,10 +116,29 @@ export function tracerProblem(tracee: number, status: string, tids: ReadonlySet<
   return tids.has(tracer) ? { state: 'ptrace tracee', where: `pid ${tracee}`, seen: `TracerPid: ${tracer} (a restored process is nobody's tracer)` } : undefined;
 }
 
-/** /proc/PID/timers: one "ID: n" line per POSIX timer. */
-export function timersProblem(pid: number, text: string): Uncapturable | undefined {
-  const ids = [...text.matchAll(/^ID:\s*(\d+)$/gm)].map((m) => m[1]);
-  return ids.length > 0 ? { state: 'POSIX timers', where: `/proc/${pid}/timers`, seen: `timer id ${ids.join(', ')} (timer_create)` } : undefined;
+/** /proc/PID/timers: the POSIX timers timers.ts cannot create again, each named with its id. */
+export function timersProblems(pid: number, text: string): Uncapturable[] {
+  let timers: ProcTimer[];
+  try {
+    timers = parseProcTimers(text);
+  } catch (error) {
+    return [{ state: 'POSIX timer', where: `/proc/${pid}/timers`, seen: (error as Error).message }];
+  }
+  return timers.flatMap((t) => {
+    const problem = procTimerProblem(t);
+    return problem ? [{ state: 'POSIX timer', where: `/proc/${pid}/timers id ${t.id}`, seen: problem }] : [];
+  });
+}
+
+/** A timerfd's fdinfo, when timers.ts cannot create it again. */
+export function timerfdUncapturable(fd: number, fdinfo: string): Uncapturable | undefined {
+  let problem: string | undefined;
+  try {
+    problem = timerfdProblem(parseTimerfdFdinfo(fdinfo));
+  } catch (error) {
+    problem = (error as Error).message;
+  }
+  return problem ? { state: 'timerfd', where: `fd ${fd}`, seen: problem } : undefined;
 }
 
 /** Something of the target's that must equal the agent's: a namespace, limits, umask, cwd. */
@@ -143,6 +168,10 @@ export async function findUncapturable(agent: AgentClient, pid: number, noAslr: 
     const link = await optional(agent.call({ op: 'READLINK', path: `/proc/${pid}/fd/${fd}` }));
     const state = link === undefined ? undefined : descriptorState(link);
     if (state) found.push({ state, where: `fd ${fd}`, seen: link! });
+    if (link === TIMERFD_LINK) {
+      const fdinfo = await optional(read(`/proc/${pid}/fdinfo/${fd}`));
+      if (fdinfo !== undefined) add(timerfdUncapturable(fd, fdinfo));
+    }
   }
 
   add(personalityProblem(pid, await read(`/proc/${pid}/personality`), await read('/proc/self/personality'), noAslr));
@@ -162,7 +191,7 @@ export async function findUncapturable(agent: AgentClient, pid: number, noAslr: 
   }
 
   const timers = await optional(read(`/proc/${pid}/timers`));
-  if (timers !== undefined) add(timersProblem(pid, timers));
+  if (timers !== undefined) found.push(...timersProblems(pid, timers));
 
   for (const ns of NAMESPACES) {
     const target = await optional(agent.call({ op: 'READLINK', path: `/proc/${pid}/ns/${ns}` }));

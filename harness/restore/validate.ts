@@ -24,6 +24,9 @@ import { SIGINFO_BYTES, signalStateProblem, type SignalState } from './signals.t
 import { taskStateProblem, type FileKind, type TaskState } from './files.ts';
 import { regionUserfaultProblem, userfaultfdsProblem, type UserfaultfdState } from './userfaultfd.ts';
 import { ldtProblem, LDT_ENTRIES, LDT_ENTRY_KEYS, type LdtEntry } from './ldt.ts';
+import { ITIMERS, POSIX_NOTIFY, timerStateProblem, type IntervalTimer, type PosixTimer, type TimerfdState, type TimerState } from './timers.ts';
+import { BOOT_ID, sleepProblem, type SleepDeadline } from './sleep-deadline.ts';
+import { pkeysProblem, type PkeyState } from './pkeys.ts';
 import { linksProblem, MAX_THREADS, MAX_TID, threadXstateEntry, type ThreadLinks, type ThreadState } from './threads.ts';
 
 export interface UntrustedImage {
@@ -37,6 +40,9 @@ export interface UntrustedImage {
   task: unknown;
   threads: unknown;
   ldt: unknown;
+  timers: unknown;
+  sleep: unknown;
+  pkeys: unknown;
   xstate: Buffer;
   maps: string;
   regions: unknown;
@@ -292,6 +298,59 @@ export function validateRseq(raw: unknown, regions: readonly MemoryRegion[], ent
   return rseq;
 }
 
+/**
+ * sleep.json: null, or the deadline of the interrupted sleep — shapes here,
+ * meaning (the registers show that call, the clock adds up, the kernel can
+ * write rmtp and read the deadline) in sleep-deadline.ts sleepProblem.
+ */
+export function validateSleep(raw: unknown, regs: UserRegs, regions: readonly MemoryRegion[]): SleepDeadline | null {
+  const entry = 'sleep.json';
+  if (raw === null) return null;
+  if (typeof raw !== 'object' || Array.isArray(raw)) reject(entry, '(root)', 'must be null or an object');
+  const r = raw as Record<string, unknown>;
+  const keys = ['nr', 'rmtp', 'remainingNs', 'checkpointClockNs', 'deadlineNs', 'bootId'];
+  for (const key of Object.keys(r)) if (!keys.includes(key)) reject(entry, key, 'unknown field');
+  if (r.nr !== 35 && r.nr !== 230) reject(entry, 'nr', `must be 35 (nanosleep) or 230 (clock_nanosleep), got ${JSON.stringify(r.nr)?.slice(0, 40)}`);
+  if (typeof r.bootId !== 'string' || !BOOT_ID.test(r.bootId)) reject(entry, 'bootId', 'must be a boot id like 0f1e2d3c-...: 8-4-4-4-12 lower-case hex digits');
+  const sleep: SleepDeadline = {
+    nr: r.nr,
+    rmtp: u64(entry, 'rmtp', r.rmtp),
+    remainingNs: u64(entry, 'remainingNs', r.remainingNs),
+    checkpointClockNs: u64(entry, 'checkpointClockNs', r.checkpointClockNs),
+    deadlineNs: u64(entry, 'deadlineNs', r.deadlineNs),
+    bootId: r.bootId,
+  };
+  const writable = (start: bigint, length: bigint): boolean => regions.some((m) => m.perms[1] === 'w' && m.start <= start && start + length <= m.end);
+  const problem = sleepProblem(sleep, regs, writable);
+  if (problem) reject(entry, problem.field, problem.why);
+  return sleep;
+}
+
+/** pkeys.json: { allocated: [keys], tagged: [{ start, end, pkey }] } — shapes here, meaning in pkeys.ts pkeysProblem. */
+export function validatePkeys(raw: unknown, regions: readonly MemoryRegion[]): PkeyState {
+  const entry = 'pkeys.json';
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) reject(entry, '(root)', 'must be an object');
+  const r = raw as Record<string, unknown>;
+  for (const key of Object.keys(r)) if (!['allocated', 'tagged'].includes(key)) reject(entry, key, 'unknown field');
+  if (!Array.isArray(r.allocated) || r.allocated.length > 15) reject(entry, 'allocated', 'must be a list of at most 15 keys');
+  if (!Array.isArray(r.tagged) || r.tagged.length > 1 << 16) reject(entry, 'tagged', 'must be a list');
+  const allocated = (r.allocated as unknown[]).map((k, i): number => {
+    if (typeof k !== 'number' || !Number.isInteger(k)) reject(entry, `allocated[${i}]`, 'must be an integer');
+    return k;
+  });
+  const tagged = (r.tagged as unknown[]).map((t, i) => {
+    if (typeof t !== 'object' || t === null || Array.isArray(t)) reject(entry, `tagged[${i}]`, 'must be an object');
+    const o = t as Record<string, unknown>;
+    for (const key of Object.keys(o)) if (!['start', 'end', 'pkey'].includes(key)) reject(entry, `tagged[${i}].${key}`, 'unknown field');
+    if (typeof o.pkey !== 'number' || !Number.isInteger(o.pkey)) reject(entry, `tagged[${i}].pkey`, 'must be an integer');
+    return { start: u64(entry, `tagged[${i}].start`, o.start), end: u64(entry, `tagged[${i}].end`, o.end), pkey: o.pkey };
+  });
+  const pkeys = { allocated, tagged };
+  const problem = pkeysProblem(pkeys, regions);
+  if (problem) reject(entry, problem.field, problem.why);
+  return pkeys;
+}
+
 const HEX_BYTES = /^(?:[0-9a-f]{2})*$/;
 
 /** signals.json: shapes and ranges here, meaning against the image's mappings in signalStateProblem. */
@@ -494,6 +553,69 @@ export function ldtSelectorProblem(regs: UserRegs, ldt: readonly LdtEntry[], ent
   return undefined;
 }
 
+const DECIMAL = /^(?:0|[1-9][0-9]{0,19})$/;
+
+/**
+ * timers.json: { itimers, posix, timerfds } (timers.ts) — times as decimal
+ * strings of nanoseconds, sigev_value in hex, the rest small integers and
+ * names; every key known, every value in range (timerStateProblem), a
+ * thread-id timer naming a thread of the image, a timerfd at a descriptor
+ * no other part of the image restores.
+ */
+export function validateTimers(raw: unknown, tids: ReadonlySet<number>, fds: ReadonlySet<number>): TimerState {
+  const e = 'timers.json';
+  const object = (v: unknown, at: string): Record<string, unknown> => {
+    if (typeof v !== 'object' || v === null || Array.isArray(v)) reject(e, at, 'must be an object');
+    return v as Record<string, unknown>;
+  };
+  const only = (o: Record<string, unknown>, at: string, keys: readonly string[]): void => {
+    for (const key of Object.keys(o)) if (!keys.includes(key)) reject(e, `${at}.${key}`, 'unknown field');
+  };
+  const list = (v: unknown, at: string, max: number): unknown[] => {
+    if (!Array.isArray(v) || v.length > max) reject(e, at, `must be a list of at most ${max}`);
+    return v;
+  };
+  const int = (o: Record<string, unknown>, at: string, key: string): number => {
+    if (!Number.isSafeInteger(o[key])) reject(e, `${at}.${key}`, `must be an integer, got ${JSON.stringify(o[key])?.slice(0, 40)}`);
+    return o[key] as number;
+  };
+  const ns = (o: Record<string, unknown>, at: string, key: string): bigint => {
+    if (typeof o[key] !== 'string' || !DECIMAL.test(o[key] as string)) reject(e, `${at}.${key}`, `must be a decimal string, got ${JSON.stringify(o[key])?.slice(0, 40)}`);
+    return BigInt(o[key] as string);
+  };
+  const oneOf = <T extends string>(o: Record<string, unknown>, at: string, key: string, names: readonly T[]): T => {
+    if (!(names as readonly unknown[]).includes(o[key])) reject(e, `${at}.${key}`, `must be one of ${names.join(', ')}, got ${JSON.stringify(o[key])?.slice(0, 40)}`);
+    return o[key] as T;
+  };
+  const root = object(raw, '(root)');
+  only(root, '(root)', ['itimers', 'posix', 'timerfds']);
+  const itimers = list(root.itimers, 'itimers', ITIMERS.length).map((item, i): IntervalTimer => {
+    const at = `itimers[${i}]`;
+    const o = object(item, at);
+    only(o, at, ['which', 'valueNs', 'intervalNs']);
+    return { which: oneOf(o, at, 'which', ITIMERS), valueNs: ns(o, at, 'valueNs'), intervalNs: ns(o, at, 'intervalNs') };
+  });
+  const posix = list(root.posix, 'posix', 256).map((item, i): PosixTimer => {
+    const at = `posix[${i}]`;
+    const o = object(item, at);
+    only(o, at, ['id', 'clock', 'signo', 'sival', 'notify', 'tid', 'overrun', 'valueNs', 'intervalNs']);
+    return {
+      id: int(o, at, 'id'), clock: int(o, at, 'clock'), signo: int(o, at, 'signo'), sival: u64(e, `${at}.sival`, o.sival), notify: oneOf(o, at, 'notify', POSIX_NOTIFY),
+      tid: int(o, at, 'tid'), overrun: int(o, at, 'overrun'), valueNs: ns(o, at, 'valueNs'), intervalNs: ns(o, at, 'intervalNs'),
+    };
+  });
+  const timerfds = list(root.timerfds, 'timerfds', 1024).map((item, i): TimerfdState => {
+    const at = `timerfds[${i}]`;
+    const o = object(item, at);
+    only(o, at, ['fd', 'clock', 'flags', 'ticks', 'valueNs', 'intervalNs']);
+    return { fd: int(o, at, 'fd'), clock: int(o, at, 'clock'), flags: int(o, at, 'flags'), ticks: ns(o, at, 'ticks'), valueNs: ns(o, at, 'valueNs'), intervalNs: ns(o, at, 'intervalNs') };
+  });
+  const state = { itimers, posix, timerfds };
+  const problem = timerStateProblem(state, tids, fds);
+  if (problem) reject(e, problem.field, problem.why);
+  return state;
+}
+
 export function validateImage(raw: UntrustedImage): CheckpointImage {
   if (typeof raw.created !== 'string') reject('manifest.json', 'created', 'must be a string');
   const process = validateProcess(raw.process);
@@ -520,5 +642,10 @@ export function validateImage(raw: UntrustedImage): CheckpointImage {
   const ldt = validateLdt(raw.ldt);
   const unbacked = ldtSelectorProblem(regs, ldt, 'regs.json') ?? threads.map((th, i) => ldtSelectorProblem(th.regs, ldt, 'threads.json', `threads[${i}].regs.`)).find(Boolean);
   if (unbacked) reject(unbacked.entry, unbacked.field, unbacked.why);
-  return { created: raw.created, process, platform, regs, debugRegs, rseq, signals, task, links, threads, ldt, xstate: raw.xstate, maps: raw.maps, regions, memory };
+  const tids = new Set([process.pid, ...threads.map((th) => th.tid)]);
+  const fds = new Set([...task.files.map((f) => f.fd), ...(task.userfaultfds ?? []).map((u) => u.fd)]);
+  const timers = validateTimers(raw.timers, tids, fds);
+  const sleep = validateSleep(raw.sleep, regs, regions);
+  const pkeys = validatePkeys(raw.pkeys, regions);
+  return { created: raw.created, process, platform, regs, debugRegs, rseq, signals, task, links, threads, ldt, timers, sleep, pkeys, xstate: raw.xstate, maps: raw.maps, regions, memory };
 }

@@ -14,7 +14,7 @@ import { createInterface } from 'node:readline';
 export type CaseEvent =
   | { type: 'start'; file: string; name: string }
   | { type: 'line'; file: string; name: string; line: string }
-  | { type: 'end'; file: string; name: string; exitCode: number | null; signal: string | null; durationMs: number; tapFile: string };
+  | { type: 'end'; file: string; name: string; exitCode: number | null; signal: string | null; durationMs: number; tapFile: string; timedOut: boolean };
 
 export interface CasePoolOptions {
   files: readonly string[];
@@ -26,7 +26,12 @@ export interface CasePoolOptions {
   onEvent: (event: CaseEvent) => void;
   /** the TypeScript loader every case file needs */
   nodeArgs?: readonly string[];
+  /** a case file still running after this long is stopped (SIGTERM, then SIGKILL) and counts as failed */
+  timeoutMs?: number;
 }
+
+/** Grace between SIGTERM (the case's teardown shuts its guest down) and SIGKILL. */
+const KILL_GRACE_MS = 10_000;
 
 /** "cases/reports/2009-rf-tolerate.test.ts" → "reports/2009-rf-tolerate" relative to `root`. */
 export function caseName(file: string, root: string): string {
@@ -58,13 +63,26 @@ export async function runCasePool(options: CasePoolOptions, root: string): Promi
         tap.write(`${line}\n`);
         options.onEvent({ type: 'line', file, name, line });
       });
+      let timedOut = false;
+      let killer: NodeJS.Timeout | undefined;
+      const timer = options.timeoutMs
+        ? setTimeout(() => {
+            timedOut = true;
+            tap.write(`# crh run: stopped after ${options.timeoutMs} ms\n`);
+            child.kill('SIGTERM');
+            killer = setTimeout(() => child.kill('SIGKILL'), KILL_GRACE_MS);
+          }, options.timeoutMs)
+        : undefined;
       const [exitCode, signal] = await new Promise<[number | null, string | null]>((resolve, reject) => {
         child.once('error', reject);
         child.once('close', (code, sig) => resolve([code, sig]));
+      }).finally(() => {
+        clearTimeout(timer);
+        clearTimeout(killer);
       });
       running.delete(child);
       await new Promise<void>((resolve) => tap.end(resolve));
-      options.onEvent({ type: 'end', file, name, exitCode, signal, durationMs: Date.now() - started, tapFile });
+      options.onEvent({ type: 'end', file, name, exitCode, signal, durationMs: Date.now() - started, tapFile, timedOut });
     }
   };
   try {

@@ -34,8 +34,34 @@ export class SshCommandError extends CrhError {
   override readonly name = 'SshCommandError';
 }
 
+/** How a command run as a raw channel ended: its exit status, or the signal that killed it. */
+export interface ChannelExit {
+  code: number | null;
+  signal?: string;
+}
+
 export class SshSession {
-  private constructor(private readonly client: Client) {}
+  private closing = false;
+  private lostReject: ((error: Error) => void) | undefined;
+  /**
+   * Rejects (never resolves) when the connection ends without close() being
+   * called: the TCP link to the guest dropped, or the guest's sshd went away.
+   * Whoever waits on the guest races against it, as against a lost machine.
+   */
+  readonly lost: Promise<never> = new Promise<never>((_, reject) => {
+    this.lostReject = reject;
+  });
+
+  private constructor(private readonly client: Client) {
+    this.lost.catch(() => {}); // observed by whoever races against it
+    let lastError = '';
+    // After the handshake an 'error' event with no listener would end crh; it is one cause of a lost connection.
+    client.on('error', (e: Error) => void (lastError = e.message));
+    client.once('close', () => {
+      if (this.closing) return;
+      this.lostReject?.(new InfraError(`SSH connection to the guest lost${lastError ? `: ${lastError}` : ''}`));
+    });
+  }
 
   static async connect(target: SshTarget, timeoutMs = 20_000): Promise<SshSession> {
     const privateKey = await readFile(target.privateKeyPath);
@@ -111,11 +137,16 @@ export class SshSession {
     }
   }
 
-  /** A command's channel as an agent transport (stdin, stdout, stderr). */
-  async transport(command: string): Promise<AgentTransport> {
+  /** A command's channel as an agent transport (stdin, stdout, stderr); `exit` says how the command ended. */
+  async transport(command: string): Promise<AgentTransport & { exit: Promise<ChannelExit> }> {
     const channel = await this.channel(command);
     const closed = new Promise<void>((resolve) => channel.once('close', () => resolve()));
+    // 'exit' carries exit-status or exit-signal; a channel closed without either (a dropped connection) never fires it.
+    const exit = new Promise<ChannelExit>((resolve) =>
+      channel.once('exit', (code: number | null, signal?: string) => resolve({ code: signal ? null : (code ?? null), ...(signal ? { signal } : {}) })),
+    );
     return {
+      exit,
       input: channel,
       output: channel,
       stderr: channel.stderr,
@@ -129,7 +160,17 @@ export class SshSession {
   }
 
   close(): void {
+    this.closing = true;
     this.client.end();
+  }
+
+  /**
+   * Destroys the socket under the session, as a dropped network link would:
+   * no SSH disconnect message, every channel ends at once. For fault
+   * injection (repro/fault-injection.ts); `lost` then rejects.
+   */
+  dropConnection(): void {
+    this.client.destroy();
   }
 
   private channel(command: string): Promise<ClientChannel> {

@@ -10,6 +10,7 @@ import { recordRow } from './verdict-rows.ts';
 import { describePolicy, type RestorePolicy } from '../restore/policy.ts';
 import { startGuest, type Guest } from './guest-fixture.ts';
 import { kernelNeeds } from './kernel-needs.ts';
+import { endedAs, nativeReference } from './native-reference.ts';
 import type { Scenario } from './scenarios.ts';
 
 export interface HistoricReport {
@@ -47,6 +48,14 @@ export async function runHistoricReport(t: Test, report: HistoricReport, run: Re
   const guest = await startGuest(t, report.id);
   for (const exhibit of run.exhibits) {
     const scenario = await exhibit.scenario(guest);
+    const reference = scenario.reference;
+    // The verdicts below rest on a traced run; it must be what the program does with no tracer at all.
+    if (reference) {
+      await t.test(`${scenario.name}: the traced reference is the native run`, async (t) => {
+        const native = await nativeReference(guest, reference.workload);
+        t.equal(`${reference.ended}\n${reference.output}`, `${endedAs(native)}\n${native.output}`, 'the traced reference is the native run (no tracer)');
+      });
+    }
     await t.test(`${scenario.name}: fixed under ${describePolicy(run.fixed)}`, async (t) => {
       const started = Date.now();
       const a = await scenario.attempt(run.fixed, `${slug(scenario.name)}-fixed`);

@@ -11,6 +11,7 @@ import { dr7WriteWatch } from '../agent/breakpoint-spawn.ts';
 import type { RestorePolicy } from '../restore/policy.ts';
 import { hex, type UserRegs } from '../x86/registers.ts';
 import type { Guest } from './guest-fixture.ts';
+import { endedAs } from './native-reference.ts';
 import { checkpointAtHit, checkpointRseqArmed, readOutput, restoreAndFinish, RUN_TIMEOUT_MS, spawnArmed, type Workload } from './scenario.ts';
 
 /** One run of a scenario under one policy. */
@@ -28,6 +29,15 @@ export interface Attempt {
 export interface Scenario {
   name: string;
   attempt(policy: RestorePolicy, tag: string): Promise<Attempt>;
+  /** the traced uninterrupted run the verdicts rest on, for a check against the native run; absent when the expectation is fixed, not measured */
+  reference?: TracedReference;
+}
+
+/** A traced uninterrupted run as a native run can be compared with it: the workload, how it ended ("exited 0") and its output. */
+export interface TracedReference {
+  workload: Workload;
+  ended: string;
+  output: string;
 }
 
 /** A restore the policy refuses (rf=reject) is an attempt that failed, not an error of the case. */
@@ -57,11 +67,13 @@ export async function hwbreakScenario(guest: Guest): Promise<Scenario> {
   const checksum = (text: string): string | undefined => /checksum=([0-9a-f]{16})/.exec(text)?.[1];
   const pid = await spawnArmed(guest, workload, '/tmp/hwbreak-scenario-reference.out');
   const reference = await guest.agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
-  const referenceChecksum = checksum(await readOutput(guest, '/tmp/hwbreak-scenario-reference.out'));
+  const referenceOutput = await readOutput(guest, '/tmp/hwbreak-scenario-reference.out');
+  const referenceChecksum = checksum(referenceOutput);
   if (reference.hits.length !== CALLS || !referenceChecksum) throw new Error(`hwbreak reference run: ${reference.hits.length} hits, checksum ${referenceChecksum}`);
   const expected = `${CALLS} hits, ${CALLS - AT} #DB after restore, checksum ${referenceChecksum}`;
   return {
     name: `hw breakpoint, checkpoint at hit ${AT} of ${CALLS} (RF=1)`,
+    reference: { workload, ended: endedAs(reference), output: referenceOutput },
     async attempt(policy, tag) {
       const checkpointed = await checkpointAtHit(guest, workload, AT, tag);
       const r = await refusedOr(() => restoreAndFinish(guest, checkpointed.file, policy, tag, { countDebugTrapsAt: target }));
@@ -118,6 +130,7 @@ export async function watchScenario(guest: Guest): Promise<Scenario> {
   const expected = `${AT}+${ROUNDS - AT} traps, ${ROUNDS - AT} #DB after restore, same output`;
   return {
     name: `DR1 8-byte write watch, checkpoint at trap ${AT} of ${ROUNDS}`,
+    reference: { workload, ended: endedAs(reference), output: referenceOutput },
     async attempt(policy, tag) {
       const checkpointed = await checkpointAtHit(guest, workload, AT, tag);
       const r = await restoreAndFinish(guest, checkpointed.file, policy, tag, { countDebugTrapsAt: trapIp });

@@ -1,4 +1,5 @@
 /** A small, valid checkpoint image built in memory, for unit tests of the restore core. */
+import type { TimerState } from '../../harness/restore/timers.ts';
 import { memoryEntryName, type CheckpointImage } from '../../harness/restore/checkpoint-image.ts';
 import type { LdtEntry } from '../../harness/restore/ldt.ts';
 import { USER_REGS_FIELDS, type UserRegs } from '../../harness/x86/registers.ts';
@@ -73,6 +74,9 @@ export function syntheticImage(overrides: Partial<CheckpointImage> = {}): Checkp
     links: { clearChildTid: 0n, robustList: 0n },
     threads: [],
     ldt: [],
+    timers: { itimers: [], posix: [], timerfds: [] },
+    sleep: null,
+    pkeys: { allocated: [], tagged: [] },
     signals: { blocked: 0n, actions: [], altstack: { sp: 0n, flags: 2, size: 0n }, pending: { thread: [], shared: [] } },
     debugRegs: { dr0: 0x10001234n, dr1: 0n, dr2: 0n, dr3: 0n, dr6: 0xffff0ff0n, dr7: 0x1n },
     maps: SYNTHETIC_MAPS,
@@ -99,4 +103,31 @@ export function reseal(entries: Map<string, Buffer>, changes: Record<string, Buf
   out.set('manifest.json', manifestBytes);
   out.set('manifest.sha256', Buffer.from(`${sha256(manifestBytes)}\n`));
   return out;
+}
+
+/**
+ * Timers of every kind the image holds: ITIMER_REAL every 1 ms (its period
+ * ended, SIGALRM pending), POSIX timers 0 and 3 (a gap to fill), one aimed
+ * at the main thread (pid 42), and a timerfd at fd 5 with unread ticks.
+ */
+export const SYNTHETIC_TIMERS: TimerState = {
+  itimers: [{ which: 'real', valueNs: 0n, intervalNs: 1_000_000n }],
+  posix: [
+    { id: 0, clock: 1, signo: 34, sival: 0x1234n, notify: 'signal', tid: 0, overrun: 2, valueNs: 400_000n, intervalNs: 5_000_000n },
+    { id: 3, clock: 2, signo: 12, sival: 0n, notify: 'thread-id', tid: 42, overrun: 0, valueNs: 7_000_000_000n, intervalNs: 0n },
+  ],
+  timerfds: [{ fd: 5, clock: 1, flags: 0o4000, ticks: 3n, valueNs: 0n, intervalNs: 2_000_000n }],
+};
+/** Where the synthetic sleep's rmtp points: in the heap. */
+export const SYNTHETIC_RMTP = 0x100b0000n;
+export const SYNTHETIC_BOOT_ID = '0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0';
+
+/**
+ * An image checkpointed inside nanosleep (35): rax = -ERESTART_RESTARTBLOCK,
+ * 1.5 s left at CLOCK_MONOTONIC 100 s, in boot SYNTHETIC_BOOT_ID.
+ */
+export function syntheticSleepImage(): CheckpointImage {
+  const regs = syntheticRegs({ rax: BigInt.asUintN(64, -516n), orig_rax: 35n, rdi: 0x100b0010n, rsi: SYNTHETIC_RMTP, rip: 0x10001236n });
+  const sleep = { nr: 35, rmtp: SYNTHETIC_RMTP, remainingNs: 1_500_000_000n, checkpointClockNs: 100_000_000_000n, deadlineNs: 101_500_000_000n, bootId: SYNTHETIC_BOOT_ID };
+  return syntheticImage({ regs, sleep });
 }

@@ -1,0 +1,13 @@
+import { AgentClient } from '/work/wt/timers-clean/harness/agent/client.ts';
+import { localAgentTransport } from '/work/wt/timers-clean/harness/agent/local-transport.ts';
+import { spawnWithBreakpoint } from '/work/wt/timers-clean/harness/agent/breakpoint-spawn.ts';
+import { ElfFile } from '/work/wt/timers-clean/harness/elf/elf64.ts';
+import { buildGuestBinaries } from '/work/wt/timers-clean/harness/image/guest-binaries.ts';
+const bins = await buildGuestBinaries();
+const binary = process.argv[2]!;
+const breakAt = (await ElfFile.open(binary)).symbolAddress('ticker_work');
+const { client: agent } = await AgentClient.open(localAgentTransport(bins.hostPath['crh-agent']!));
+const pid = await spawnWithBreakpoint(agent, { binary, argv: [binary], breakAt }, '/tmp/dbg.out');
+const run = await agent.call({ op: 'RUN', pid, stopAfterHits: 5, timeoutMs: 20000 });
+console.log(run.outcome, run.code, run.hits.length);
+await agent.close();

@@ -1,0 +1,184 @@
+/**
+ * What a sweep says: one row per checkpointed boundary — address, symbol
+ * and offset, the instruction about to run there (binutils' objdump on the
+ * host binary), the verdict, and for a failure the first difference and
+ * the registers the restore got wrong — and the headline: the first
+ * failing boundary. Text for a person, JSON for a program.
+ */
+import { execa } from 'execa';
+import { SHN_LORESERVE, STT_FUNC, STT_NOTYPE, type ElfSymbol } from '../elf/elf64.ts';
+import { describePolicy, type RestorePolicy } from '../restore/policy.ts';
+import { hex, USER_REGS_FIELDS, type UserRegs } from '../x86/registers.ts';
+import { describeStatus, summarize } from './compare.ts';
+import type { Program } from './program.ts';
+import type { BoundaryVerdict, SweepResult } from './sweep.ts';
+import type { SweepRequest } from './sweep-options.ts';
+
+export const SWEEP_FORMAT = 'cr-harness-sweep';
+export const SWEEP_VERSION = 1;
+
+export interface SweepRow {
+  boundary: number;
+  address: string;
+  /** symbol+0xoffset, or the address when no symbol covers it */
+  location: string;
+  /** the instruction at the address, as objdump prints it */
+  instruction: string;
+  pass: boolean;
+  /** the first difference from the uninterrupted run (compare.ts), or the restore's failure */
+  firstDifference?: string;
+  /** registers whose restored value differs from the checkpoint's */
+  registersDiffering: string[];
+  /** of those, the ones whose checkpoint value changed since the last boundary that matched: the likely cause */
+  registersNewlyDiffering: string[];
+  checkpointMs: number;
+  restoreRunMs: number;
+}
+
+export interface SweepReport {
+  format: typeof SWEEP_FORMAT;
+  version: number;
+  createdAt: string;
+  pass: boolean;
+  headline: string;
+  symbol: string;
+  hit: number;
+  count: number;
+  every: number;
+  /** boundaries actually walked */
+  walked: number;
+  policy: string;
+  reference: { status: string; output: string };
+  stepped: { status: string; matchesReference: boolean; difference?: string };
+  rows: SweepRow[];
+  notes: string[];
+  timing: { walkMs: number; checkpointMsPerBoundary: number; restoreRunMsPerBoundary: number };
+}
+
+export interface ReportInputs {
+  program: Program;
+  sweep: SweepRequest;
+  hit: number;
+  policy: RestorePolicy;
+  reference: { outcome: 'exited' | 'killed' | 'timed-out'; code: number; output: string; hits: number };
+  result: SweepResult;
+  /** objdump's line for an address; injectable for tests */
+  disassemble?: (address: bigint) => Promise<string>;
+}
+
+export async function makeSweepReport(inputs: ReportInputs): Promise<SweepReport> {
+  const { result, program } = inputs;
+  const disassemble = inputs.disassemble ?? ((address: bigint) => objdumpInstruction(program.file, address));
+  const symbols = codeSymbols(program.elf.symbols());
+  const rows: SweepRow[] = [];
+  let lastMatching: BoundaryVerdict | undefined;
+  for (const v of result.verdicts) {
+    const differing = v.restoredRegs ? differingRegisters(v.imageRegs, v.restoredRegs) : [];
+    const newly = lastMatching ? differing.filter((name) => v.imageRegs[name as keyof UserRegs] !== lastMatching!.imageRegs[name as keyof UserRegs]) : [];
+    rows.push({
+      boundary: v.index,
+      address: hex(v.rip),
+      location: locate(symbols, v.rip),
+      instruction: await disassemble(v.rip),
+      pass: v.pass,
+      ...(v.pass ? {} : { firstDifference: summarize(v.mismatches.slice(0, 1), v.restoreError, inputs.reference) }),
+      registersDiffering: differing,
+      registersNewlyDiffering: newly,
+      checkpointMs: v.checkpointMs,
+      restoreRunMs: v.restoreRunMs,
+    });
+    if (v.pass) lastMatching = v;
+  }
+  const failing = rows.filter((r) => !r.pass);
+  const stepped = result.steppedMismatches;
+  const mean = (f: (v: BoundaryVerdict) => number): number => (result.verdicts.length === 0 ? 0 : Math.round(result.verdicts.reduce((sum, v) => sum + f(v), 0) / result.verdicts.length));
+  return {
+    format: SWEEP_FORMAT,
+    version: SWEEP_VERSION,
+    createdAt: new Date().toISOString(),
+    pass: failing.length === 0 && stepped.length === 0,
+    headline: headline(rows, result.boundaries.length, stepped.length === 0 ? undefined : summarize(stepped, undefined, inputs.reference)),
+    symbol: inputs.sweep.symbol,
+    hit: inputs.hit,
+    count: inputs.sweep.count,
+    every: inputs.sweep.every,
+    walked: result.boundaries.length,
+    policy: describePolicy(inputs.policy),
+    reference: { status: describeStatus(inputs.reference), output: inputs.reference.output },
+    stepped: { status: describeStatus(result.stepped), matchesReference: stepped.length === 0, ...(stepped.length ? { difference: summarize(stepped, undefined, inputs.reference) } : {}) },
+    rows,
+    notes: result.notes,
+    timing: { walkMs: result.walkMs, checkpointMsPerBoundary: mean((v) => v.checkpointMs), restoreRunMsPerBoundary: mean((v) => v.restoreRunMs) },
+  };
+}
+
+function headline(rows: SweepRow[], walked: number, steppedDifference: string | undefined): string {
+  if (steppedDifference !== undefined) return `the stepping itself changes the program (the walked process, run to its end, differs from the uninterrupted run: ${steppedDifference}); no boundary verdict rests on it`;
+  const failing = rows.filter((r) => !r.pass);
+  if (failing.length === 0) return `all ${rows.length} checkpointed boundaries of ${walked} match the uninterrupted run`;
+  const first = failing[0]!;
+  const registers = first.registersNewlyDiffering.length > 0 ? first.registersNewlyDiffering : first.registersDiffering;
+  const regText = registers.length > 0 ? `; restored wrong: ${registers.join(', ')}` : '';
+  return `first failing boundary ${first.boundary} at ${first.address} ${first.location} (${first.instruction}): ${first.firstDifference}${regText} — ${failing.length} of ${rows.length} boundaries fail (${failing.map((r) => r.boundary).join(', ')})`;
+}
+
+/** The text table, headline first. */
+export function formatSweepTable(report: SweepReport): string {
+  const lines = [
+    `# sweep of ${report.symbol} (execution ${report.hit}): ${report.walked} boundaries walked, a checkpoint every ${report.every}; policy ${report.policy}`,
+    `# ${report.headline}`,
+    `# the walked process run to its end: ${report.stepped.status}${report.stepped.matchesReference ? ', as the uninterrupted run' : `, DIFFERS: ${report.stepped.difference}`}`,
+    `# per boundary: checkpoint ${report.timing.checkpointMsPerBoundary} ms, restore + run to the end ${report.timing.restoreRunMsPerBoundary} ms (means); the walk ${report.timing.walkMs} ms`,
+    ['#'.padEnd(5), 'address'.padEnd(12), 'location'.padEnd(28), 'instruction'.padEnd(36), 'verdict', 'detail'].join(' '),
+  ];
+  for (const r of report.rows) {
+    const detail = r.pass ? '' : `${r.firstDifference}${r.registersDiffering.length ? ` [registers differing: ${r.registersDiffering.join(' ')}]` : ''}`;
+    lines.push([String(r.boundary).padEnd(5), r.address.padEnd(12), r.location.padEnd(28), r.instruction.padEnd(36), (r.pass ? 'match' : 'DIFFERS').padEnd(7), detail].join(' ').trimEnd());
+  }
+  for (const note of report.notes) lines.push(`note: ${note}`);
+  return `${lines.join('\n')}\n`;
+}
+
+/** Register names whose restored value is not the checkpoint's. */
+export function differingRegisters(image: UserRegs, restored: UserRegs): string[] {
+  return USER_REGS_FIELDS.filter((name) => image[name] !== restored[name]);
+}
+
+interface CodeSymbol {
+  name: string;
+  value: bigint;
+  size: bigint;
+}
+
+/** Functions and labels that are defined: what a code address can be named after. */
+function codeSymbols(all: ElfSymbol[]): CodeSymbol[] {
+  return all
+    .filter((s) => s.name !== '' && s.section !== 0 && s.section < SHN_LORESERVE && (s.type === STT_FUNC || s.type === STT_NOTYPE) && !s.name.startsWith('.'))
+    .map((s) => ({ name: s.name, value: s.value, size: s.size }))
+    .sort((a, b) => (a.value < b.value ? -1 : a.value > b.value ? 1 : 0));
+}
+
+/** name+0xoff of the nearest symbol at or below the address: a function that covers it first, else a label. */
+export function locate(symbols: readonly CodeSymbol[], address: bigint): string {
+  const below = symbols.filter((s) => s.value <= address);
+  const covering = below.filter((s) => s.size > 0n && address < s.value + s.size);
+  const nearest = (list: CodeSymbol[]): CodeSymbol | undefined => list.reduce<CodeSymbol | undefined>((a, b) => (!a || b.value >= a.value ? b : a), undefined);
+  const best = nearest(covering) ?? nearest(below);
+  if (!best) return hex(address);
+  const offset = address - best.value;
+  return offset === 0n ? best.name : `${best.name}+0x${offset.toString(16)}`;
+}
+
+/** The instruction at `address` in `binary`, from `objdump -d` (the mnemonic and operands, AT&T syntax). */
+export async function objdumpInstruction(binary: string, address: bigint): Promise<string> {
+  const start = `0x${address.toString(16)}`;
+  const stop = `0x${(address + 16n).toString(16)}`;
+  const r = await execa('objdump', ['-d', '--no-show-raw-insn', `--start-address=${start}`, `--stop-address=${stop}`, binary], { reject: false, timeout: 30_000 });
+  if (r.exitCode !== 0) return `(objdump failed: ${r.stderr.split('\n')[0] ?? ''})`;
+  const want = address.toString(16);
+  for (const line of r.stdout.split('\n')) {
+    const m = /^\s*([0-9a-f]+):\s+(.*)$/.exec(line);
+    if (m && m[1] === want) return m[2]!.replace(/\s+/g, ' ').trim();
+  }
+  return '(no instruction decoded here)';
+}

@@ -1,0 +1,278 @@
+/**
+ * The sweep: one process run to the first execution of a symbol, then
+ * single-stepped through the next N instruction boundaries in execution
+ * order (into calls, out of returns; a system call is one boundary), a
+ * checkpoint taken at every K-th boundary while the process stays stopped
+ * there, the process then run to its end — all in one pass. Afterwards each
+ * checkpoint is restored in a fresh process, one after another, and run to
+ * its end. Each restored run is compared with the uninterrupted run as the
+ * repro verdict compares them (compare.ts): the first boundary where they
+ * differ is where the restore under test goes wrong.
+ *
+ * The stepping must not be felt by the program. The breakpoint is disarmed
+ * once it has brought the process to the symbol (DR7 0: from then on RUN
+ * delivers every signal as the kernel would). STEP swallows every SIGTRAP
+ * stop as a step, so a SIGTRAP the program would have had natively is
+ * handed back to it at once, with one more step: the trap its own TF raises after
+ * the instruction it set TF for, and an int3's. A signal of any other kind
+ * stops STEP and is delivered with the next step, its delivery stop no
+ * boundary of its own. Inside the program's own SIGTRAP handler a step's
+ * forced SIGTRAP would reset the handler; sweep-sigtrap.ts undoes that.
+ */
+import { constants } from 'node:os';
+import type { AgentClient } from '../agent/client.ts';
+import { DR7_EXECUTE_DR0 } from '../agent/breakpoint-spawn.ts';
+import { readGuestText } from '../agent/read-file.ts';
+import { AgentError, CrhError } from '../errors.ts';
+import { isInfraFailure } from '../report/infra-failures.ts';
+import { checkpointProcess } from '../restore/checkpoint.ts';
+import { readCheckpointImage, writeCheckpointImage, type CheckpointImage, type PlatformFacts, type ProcessInfo } from '../restore/checkpoint-image.ts';
+import { rm } from 'node:fs/promises';
+import path from 'node:path';
+import type { RestorePolicy } from '../restore/policy.ts';
+import { restoreProcess, type Difference, type RestoreOptions, type RestoreResult } from '../restore/restore.ts';
+import { debugRegOffset, EFLAGS, hex, type UserRegs } from '../x86/registers.ts';
+import { compareRuns, type Mismatch } from './compare.ts';
+import { exposedSigtrapHandler, giveBackTf, sigreturnRestoresTf, undoSigtrapReset } from './sweep-sigtrap.ts';
+import { GUEST_DIRS, type GuestProgram, type Reference, type RunRecord } from './runs.ts';
+import type { SweepRequest } from './sweep-options.ts';
+import { CheckpointNotReachedError, UsageError } from './usage-error.ts';
+
+const ETIMEDOUT = constants.errno.ETIMEDOUT;
+const EEXIST = constants.errno.EEXIST;
+const SIGTRAP = constants.signals.SIGTRAP;
+const OUTPUT_MAX_BYTES = 4 * 1024 * 1024;
+const INT3 = 0xcc;
+/** Bound on one step: a step into a call that blocks (a read of a pipe no one writes) ends the walk there. */
+const STEP_TIMEOUT_MS = 10_000;
+
+export interface SweepContext {
+  agent: AgentClient;
+  program: GuestProgram;
+  /** the DR0 address of the sweep symbol, and which execution of it starts the walk */
+  breakAt: bigint;
+  hit: number;
+  sweep: SweepRequest;
+  timeoutMs: number;
+  platform: PlatformFacts;
+  phase: (name: string, detail?: string) => Promise<void>;
+  /** the restore under test: restoreProcess unless a case witnesses it (testing/restore-witness.ts) */
+  restore?: (agent: AgentClient, image: CheckpointImage, options: RestoreOptions, tag: string) => Promise<RestoreResult>;
+  /**
+   * keep (the default): the program's own SIGTRAPs stay its own (above).
+   * ignore: plain stepping — the negative control that shows what keeping
+   * them prevents (a self-stepping program loses its traps or is killed).
+   */
+  programSigtraps?: 'keep' | 'ignore';
+  /** a host directory the checkpoint images are written to as they are taken (one file each; a matching boundary's is removed once restored) */
+  imageDir: string;
+}
+
+/** One boundary the walk passed: where the process stood before its next instruction. */
+export interface Boundary {
+  index: number;
+  rip: bigint;
+}
+
+/** A boundary checkpointed in the walk. */
+export interface TakenCheckpoint extends Boundary {
+  /** the image, written at once: N images of a process do not stay in memory */
+  imageFile: string;
+  regs: UserRegs;
+  /** what the original had written when it was checkpointed there */
+  outputBefore: string;
+  checkpointMs: number;
+}
+
+export interface BoundaryVerdict extends Boundary {
+  pass: boolean;
+  run: RunRecord;
+  mismatches: Mismatch[];
+  /** the restore was refused or failed */
+  restoreError?: string;
+  /** the checkpoint image of a failing boundary (a matching one's is removed) */
+  imageFile?: string;
+  imageRegs: UserRegs;
+  /** the restored process at its restore stop */
+  restoredRegs?: UserRegs;
+  restoreDifferences: Difference[];
+  checkpointMs: number;
+  /** restore plus the run to the end */
+  restoreRunMs: number;
+}
+
+export interface SweepResult {
+  pid: number;
+  /** every boundary walked, in execution order (may be fewer than asked: the program ended) */
+  boundaries: Boundary[];
+  verdicts: BoundaryVerdict[];
+  /** the stepped original, run to its end after the walk: stepping must not change it */
+  stepped: RunRecord;
+  steppedMismatches: Mismatch[];
+  /** SIGTRAPs handed back to the program, other signals passed through, where the walk ended early */
+  notes: string[];
+  walkMs: number;
+}
+
+/**
+ * The sweep against `reference` (the uninterrupted traced run, whose pid
+ * the walked process asks for). A failed restore is a verdict; an
+ * infrastructure failure is thrown.
+ */
+export async function sweepRuns(ctx: SweepContext, reference: Reference, policy: RestorePolicy): Promise<SweepResult> {
+  const { agent } = ctx;
+  const out = `${GUEST_DIRS.out}/sweep-original.out`;
+  const notes: string[] = [];
+  const pid = await spawnArmed(ctx, out, reference.pid).catch((error: unknown) => {
+    if (!(error instanceof AgentError && error.errno === EEXIST)) throw error;
+    notes.push(`pid ${reference.pid} of the uninterrupted run was taken; the walked process has another, so output that shows the pid differs`);
+    return spawnArmed(ctx, out);
+  });
+  await ctx.phase('run to the sweep symbol', `execution ${ctx.hit} of ${ctx.sweep.symbol}`);
+  const run = await agent.call({ op: 'RUN', pid, stopAfterHits: ctx.hit, timeoutMs: ctx.timeoutMs }).catch((error: unknown) => {
+    if (!(error instanceof AgentError && error.errno === ETIMEDOUT)) throw error;
+    throw new CheckpointNotReachedError(`${ctx.sweep.symbol} was not executed ${ctx.hit} times within ${ctx.timeoutMs} ms (--timeout)`);
+  });
+  if (run.outcome !== 'hit-limit') {
+    throw new CheckpointNotReachedError(`the sweep never started: the program ended (${run.outcome} ${run.code}) after ${run.hits.length} executions of ${ctx.sweep.symbol}, never ${ctx.hit}`, { output: await readGuestText(agent, out, OUTPUT_MAX_BYTES) });
+  }
+  // From here the process is stepped: the breakpoint would only stop it again at the next call.
+  await agent.call({ op: 'POKEUSER', pid, offset: debugRegOffset(7), value: 0n });
+
+  const walkStarted = Date.now();
+  await ctx.phase('walk', `${ctx.sweep.count} boundaries, a checkpoint every ${ctx.sweep.every}`);
+  const process: ProcessInfo = { binary: ctx.program.binary, argv: ctx.program.argv, envp: ctx.program.envp, noAslr: true, pid };
+  const boundaries: Boundary[] = [];
+  const taken: TakenCheckpoint[] = [];
+  let regs = await agent.call({ op: 'GETREGS', pid });
+  /** boundaries after which the program's own SIGTRAP was handed to it; steps whose forced SIGTRAP reset its handler (put back) */
+  const ownTraps: number[] = [];
+  const handlerResets: number[] = [];
+  /** rt_sigreturns whose restored TF the kernel took for the tracer's (stale TIF_FORCED_TF); given back as the program's */
+  const tfGivenBack: number[] = [];
+  let ended: RunRecord | undefined;
+  for (let index = 0; ; index++) {
+    boundaries.push({ index, rip: regs.rip });
+    if (index % ctx.sweep.every === 0) taken.push(await checkpointAt(ctx, process, { index, rip: regs.rip }, out));
+    if (index + 1 >= ctx.sweep.count) break;
+    // What the program itself gets after this instruction: its own TF's trap, an int3's.
+    const keep = (ctx.programSigtraps ?? 'keep') === 'keep';
+    const ownTrap = keep && ((regs.eflags & EFLAGS.TF) !== 0n || (await agent.call({ op: 'READ_MEM', pid, address: regs.rip, length: 1 }))[0] === INT3);
+    const exposed = keep && !ownTrap ? await exposedSigtrapHandler(agent, pid) : undefined;
+    const tfBack = keep && (await sigreturnRestoresTf(agent, pid, regs));
+    let step = await stepOnce(ctx, pid, 0, index, notes);
+    if (!('ended' in step) && exposed && (await undoSigtrapReset(agent, pid, exposed))) handlerResets.push(index);
+    if (!('ended' in step) && tfBack && (await giveBackTf(agent, pid))) tfGivenBack.push(index);
+    if (!('ended' in step) && ownTrap) {
+      // The stop after that instruction is no boundary of the program's: it never stands there without its SIGTRAP
+      // pending. The SIGTRAP goes to it now (the kernel keeps the trap's siginfo); its delivery stop is the next boundary.
+      ownTraps.push(index);
+      step = await stepOnce(ctx, pid, SIGTRAP, index, notes);
+    }
+    if ('ended' in step) {
+      ended = { ...step.ended, output: await readGuestText(agent, out, OUTPUT_MAX_BYTES), hits: 0 };
+      notes.push(`the program ended after boundary ${index} (${describeEnd(step.ended)}): the walk has ${index + 1} boundaries, not ${ctx.sweep.count}`);
+      break;
+    }
+    regs = await agent.call({ op: 'GETREGS', pid });
+  }
+  const stepped = ended ?? { ...(await runToEnd(agent, pid, ctx.timeoutMs)), output: await readGuestText(agent, out, OUTPUT_MAX_BYTES), hits: 0 };
+  const walkMs = Date.now() - walkStarted;
+  if (ownTraps.length > 0) notes.push(`the program's own SIGTRAP (its TF or an int3) was delivered to it with the step after boundar${ownTraps.length === 1 ? 'y' : 'ies'} ${ownTraps.join(', ')}`);
+  if (tfGivenBack.length > 0) notes.push(`the rt_sigreturn after boundar${tfGivenBack.length === 1 ? 'y' : 'ies'} ${tfGivenBack.join(', ')} restored the program's TF, which the kernel took for the tracer's (TIF_FORCED_TF left from stepping the handler); given back as the program's`);
+  if (handlerResets.length > 0) notes.push(`inside the program's SIGTRAP handler (SIGTRAP blocked) the step's forced SIGTRAP reset the handler to SIG_DFL after boundar${handlerResets.length === 1 ? 'y' : 'ies'} ${handlerResets.join(', ')}; each time it was put back, SIGTRAP blocked again`);
+
+  const verdicts: BoundaryVerdict[] = [];
+  for (const checkpoint of taken) {
+    await ctx.phase('restore', `boundary ${checkpoint.index} of ${boundaries.length} at ${hex(checkpoint.rip)}`);
+    verdicts.push(await restoreAndCompare(ctx, checkpoint, reference, policy));
+  }
+  const steppedMismatches = compareRuns(reference, stepped);
+  return { pid, boundaries, verdicts, stepped, steppedMismatches, notes, walkMs };
+}
+
+async function spawnArmed(ctx: SweepContext, stdoutPath: string, pid?: number): Promise<number> {
+  const { agent, program } = ctx;
+  const spawned = await agent.call({ op: 'SPAWN', path: program.binary, argv: program.argv, envp: program.envp, stdoutPath, noAslr: true, ...(pid !== undefined ? { pid } : {}) });
+  await agent.call({ op: 'POKEUSER', pid: spawned.pid, offset: debugRegOffset(0), value: ctx.breakAt });
+  await agent.call({ op: 'POKEUSER', pid: spawned.pid, offset: debugRegOffset(7), value: DR7_EXECUTE_DR0 });
+  return spawned.pid;
+}
+
+/** A checkpoint of the stopped process, which stays stopped where it was (the leave-running mode: it is not killed). */
+async function checkpointAt(ctx: SweepContext, process: ProcessInfo, at: Boundary, out: string): Promise<TakenCheckpoint> {
+  const started = Date.now();
+  const image = await checkpointProcess(ctx.agent, process, ctx.platform).catch((error: unknown) => {
+    if (!(error instanceof CrhError) || isInfraFailure(error)) throw error;
+    throw new UsageError(`the program cannot be checkpointed at boundary ${at.index} (${hex(at.rip)}): ${error.message}`, error.details, { cause: error });
+  });
+  const imageFile = path.join(ctx.imageDir, `checkpoint-boundary-${at.index}.tar`);
+  await writeCheckpointImage(image, imageFile);
+  const outputBefore = await readGuestText(ctx.agent, out, OUTPUT_MAX_BYTES);
+  return { ...at, imageFile, regs: image.regs, outputBefore, checkpointMs: Date.now() - started };
+}
+
+type Ended = { outcome: 'exited' | 'killed'; code: number };
+
+/**
+ * One instruction boundary further. A signal of the program's that stops
+ * the step is delivered with a new step (its delivery builds the handler's
+ * frame; the step then reports at the handler's first instruction, the
+ * boundary).
+ */
+async function stepOnce(ctx: SweepContext, pid: number, deliver: number, index: number, notes: string[]): Promise<{ rip: bigint } | { ended: Ended }> {
+  let signo = deliver;
+  for (let tries = 0; tries < 64; tries++) {
+    const step = await ctx.agent.call({ op: 'STEP', pid, count: 1, signo, timeoutMs: STEP_TIMEOUT_MS }).catch((error: unknown) => {
+      if (!(error instanceof AgentError && error.errno === ETIMEDOUT)) throw error;
+      throw new UsageError(`the step after boundary ${index} did not end within ${STEP_TIMEOUT_MS} ms: the program blocks there; sweep fewer boundaries (--count ${index + 1})`);
+    });
+    if (step.outcome === 'stepped') return { rip: step.rip };
+    if (step.outcome === 'exited' || step.outcome === 'killed') return { ended: { outcome: step.outcome, code: step.code } };
+    notes.push(`after boundary ${index}: signal ${step.code} stopped the step; delivered with the next one`);
+    signo = step.code;
+  }
+  throw new CrhError(`STEP pid ${pid}: 64 signals in a row after boundary ${index}`);
+}
+
+async function restoreAndCompare(ctx: SweepContext, checkpoint: TakenCheckpoint, reference: Reference, policy: RestorePolicy): Promise<BoundaryVerdict> {
+  const { agent } = ctx;
+  const after = `${GUEST_DIRS.out}/sweep-restored-${checkpoint.index}.out`;
+  const started = Date.now();
+  const base = { index: checkpoint.index, rip: checkpoint.rip, imageFile: checkpoint.imageFile, imageRegs: checkpoint.regs, checkpointMs: checkpoint.checkpointMs };
+  const image = await readCheckpointImage(checkpoint.imageFile);
+  let restored;
+  try {
+    restored = await (ctx.restore ?? restoreProcess)(agent, image, { policy, stdoutPath: after }, `sweep-boundary-${checkpoint.index}`);
+  } catch (error) {
+    if (!(error instanceof CrhError) || isInfraFailure(error)) throw error;
+    const run: RunRecord = { outcome: 'killed', code: 9, output: checkpoint.outputBefore, hits: 0 };
+    return { ...base, pass: false, run, mismatches: compareRuns(reference, run), restoreError: error.describe(), restoreDifferences: [], restoreRunMs: Date.now() - started };
+  }
+  const restoredRegs = await agent.call({ op: 'GETREGS', pid: restored.pid });
+  const end = await runToEnd(agent, restored.pid, ctx.timeoutMs);
+  const run: RunRecord = { ...end, output: checkpoint.outputBefore + (await readGuestText(agent, after, OUTPUT_MAX_BYTES)), hits: 0 };
+  const mismatches = compareRuns(reference, run);
+  if (mismatches.length === 0) {
+    await rm(checkpoint.imageFile, { force: true });
+    const { imageFile: _kept, ...matching } = base;
+    return { ...matching, pass: true, run, mismatches, restoredRegs, restoreDifferences: restored.differences, restoreRunMs: Date.now() - started };
+  }
+  return { ...base, pass: false, run, mismatches, restoredRegs, restoreDifferences: restored.differences, restoreRunMs: Date.now() - started };
+}
+
+async function runToEnd(agent: AgentClient, pid: number, timeoutMs: number): Promise<Omit<RunRecord, 'output' | 'hits'>> {
+  try {
+    const run = await agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs });
+    if (run.outcome === 'hit-limit') throw new CrhError(`RUN pid ${pid} stopped at a hit limit it was not given`);
+    return { outcome: run.outcome, code: run.code };
+  } catch (error) {
+    if (!(error instanceof AgentError && error.errno === ETIMEDOUT)) throw error;
+    await agent.call({ op: 'KILL', pid });
+    return { outcome: 'timed-out', code: timeoutMs };
+  }
+}
+
+function describeEnd(end: Ended): string {
+  return end.outcome === 'exited' ? `exit ${end.code}` : `killed by signal ${end.code}`;
+}

@@ -1,0 +1,64 @@
+// expect: `crh repro --engine criu` hands the example stopped at its breakpoint to CRIU 4.1.1 in the guest and passes
+// (exit 0, pid kept, the address executed as often as uninterrupted, CRIU's logs in the bundle, no crh image, DR0/DR7
+// after CRIU's restore recorded and a difference named a known engine gap); the negative control — a program holding
+// an established loopback TCP connection, which CRIU refuses to dump without --tcp-established — FAILs (exit 1) with
+// CRIU's refusal as the summary; policy switches with --engine criu are a usage error (exit 2) before any guest starts.
+import t from 'tap';
+import { mkdtemp } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { execa } from 'execa';
+import { readBundle } from '../harness/repro/bundle.ts';
+import { parseVerdict } from '../harness/repro/verdict.ts';
+import { REPO_ROOT } from '../harness/util/cache-dir.ts';
+
+const crh = path.join(REPO_ROOT, 'bin', 'crh.js');
+
+async function crhRun(args: string[]): Promise<{ exitCode: number | undefined; stdout: string; stderr: string }> {
+  const r = await execa(process.execPath, [crh, ...args], { reject: false, cwd: REPO_ROOT });
+  return { exitCode: r.exitCode, stdout: r.stdout, stderr: r.stderr };
+}
+
+t.test('crh repro --engine criu, end to end', async (t) => {
+  const dir = await mkdtemp(path.join(tmpdir(), 'crh-repro-criu-'));
+  const artifacts = path.join(dir, 'artifacts');
+
+  await t.test('usage: a policy switch with --engine criu is refused by name', async (t) => {
+    const r = await crhRun(['repro', path.join(REPO_ROOT, 'examples/repro/checksum.c'), '--checkpoint-at', 'checkpoint_here', '--engine', 'criu', '--rf', 'clear']);
+    t.equal(r.exitCode, 2);
+    t.match(r.stderr, /--rf is a policy of crh's restore core and cannot apply to --engine criu/);
+  });
+
+  await t.test('exit 0: CRIU dumps and restores the example, and the run matches', async (t) => {
+    const bundle = path.join(dir, 'checksum-criu.tar');
+    const r = await crhRun(['repro', path.join(REPO_ROOT, 'examples/repro/checksum.c'), '--checkpoint-at', 'checkpoint_here', '--engine', 'criu', '--out', bundle, '--artifacts', artifacts]);
+    if (!t.equal(r.exitCode, 0, 'exit 0')) t.comment(`${r.stdout}\n${r.stderr.slice(-3000)}`);
+    t.match(r.stdout, /^verdict: PASS — the restored run matches the uninterrupted run/m);
+    t.match(r.stderr, /criu dump: breakpoint hit 1 at checkpoint_here/);
+    const entries = await readBundle(bundle);
+    const verdict = parseVerdict(entries.get('verdict.json')!.data.toString('utf8'));
+    t.equal(verdict.engine, 'criu');
+    t.equal(verdict.criu?.version, '4.1.1-1', "Debian trixie's CRIU ran");
+    t.ok((verdict.criu?.dumpMs ?? 0) > 0 && (verdict.criu?.restoreMs ?? 0) > 0 && (verdict.criu?.imageBytes ?? 0) > 0, `timed: dump ${verdict.criu?.dumpMs} ms, restore ${verdict.criu?.restoreMs} ms, ${verdict.criu?.imageBytes} bytes`);
+    t.equal(verdict.checkpoint.restoredPid, verdict.checkpoint.pid, 'CRIU kept the pid');
+    t.equal(verdict.restored?.hits, verdict.reference.hits, 'checkpoint_here ran as often as without the checkpoint');
+    t.ok(entries.has('criu/dump.log') && entries.has('criu/restore.log') && !entries.has('checkpoint.tar'), "CRIU's logs, no crh image");
+    t.match(entries.get('criu/restore.log')?.data.toString(), /Restore finished successfully/);
+    const regs = verdict.criu?.debugRegisters;
+    t.ok(regs, `debug registers after CRIU's restore: ${JSON.stringify(regs)}`);
+    const gap = verdict.notes.find((n) => n.startsWith('known engine gap'));
+    t.equal(Boolean(gap), regs?.dr7 !== '0x1' || regs?.dr0 !== verdict.checkpoint.address, `a debug-register difference is a note: ${gap ?? '(none: CRIU restored them)'}`);
+    t.equal(verdict.rerun.engine, 'criu', 'the rerun record keeps the engine');
+  });
+
+  await t.test('negative control: an established TCP connection, which CRIU refuses, FAILs with its refusal', async (t) => {
+    const bundle = path.join(dir, 'tcp-criu.tar');
+    const r = await crhRun(['repro', path.join(REPO_ROOT, 'test/fixtures/criu/tcp-loopback.c'), '--checkpoint-at', 'checkpoint_here', '--engine', 'criu', '--out', bundle, '--artifacts', artifacts]);
+    if (!t.equal(r.exitCode, 1, 'exit 1')) t.comment(`${r.stdout}\n${r.stderr.slice(-3000)}`);
+    t.match(r.stdout, /^verdict: FAIL — .*criu dump failed/m);
+    const verdict = parseVerdict((await readBundle(bundle)).get('verdict.json')!.data.toString('utf8'));
+    t.equal(verdict.pass, false);
+    t.match(verdict.restoreError, /^criu dump failed \(exit 1\): Error \(criu\/sk-inet\.c:\d+\): inet: Connected TCP socket, consider using --tcp-established option\./, 'CRIU\'s own reason');
+    t.equal(verdict.reference.output, 'connection kept\n', 'the uninterrupted run kept its connection');
+  });
+});
