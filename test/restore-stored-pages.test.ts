@@ -3,8 +3,10 @@ import t from 'tap';
 import { PAGE_FILE, PAGE_PRESENT, PAGE_SWAPPED } from '../harness/agent/ops.ts';
 import { dropZeroPages, packStored, pagesToRead, storeRule, unpackStored } from '../harness/restore/stored-pages.ts';
 import { compileRestorePlan } from '../harness/restore/plan.ts';
+import { imageEntries, parseImageEntries } from '../harness/restore/checkpoint-image.ts';
+import { ImageRejectedError } from '../harness/errors.ts';
 import { parseMaps } from '../harness/restore/proc-maps.ts';
-import { SYNTHETIC_MAPS, syntheticImage, syntheticRegs } from './support/synthetic-image.ts';
+import { reseal, SYNTHETIC_MAPS, syntheticImage, syntheticRegs } from './support/synthetic-image.ts';
 
 const P = 0x1000n;
 const anon = { start: 0x7000_0000n, end: 0x7000_0000n + 6n * P, file: null, perms: 'rw-p', userfault: 0 };
@@ -64,4 +66,17 @@ t.test('plan: MADV_DONTNEED on the target\'s own mappings where pages are left o
   const writes = steps.filter((s) => s.op.op === 'WRITE_MEM' && s.op.address >= stack.start && s.op.address < stack.end);
   t.same(writes.map((w) => (w.op.op === 'WRITE_MEM' ? [w.op.address, w.op.data.length] : [])), [[stack.end - P, 4096]], 'only the stored page is written');
   t.ok(steps.indexOf(drops.at(-1)!) < steps.indexOf(writes[0]!), 'dropped before written');
+});
+
+t.test('a version 8 image (timers, sleep, pkeys, but every page stored) is refused naming what it lacks', async (t) => {
+  const v8 = reseal(imageEntries(syntheticImage()), {}, (m) => (m.version = 8));
+  let error: unknown;
+  try {
+    parseImageEntries(v8);
+  } catch (e) {
+    error = e;
+  }
+  t.ok(error instanceof ImageRejectedError, `refused: ${(error as Error | undefined)?.message}`);
+  t.match((error as ImageRejectedError).message, /version 8 image has no stored page ranges in memory\.json/);
+  t.equal((error as ImageRejectedError).field, 'version');
 });
