@@ -1,6 +1,6 @@
 // expect: QEMU command lines bind only loopback or unix sockets, isolate the guest network, and pick the CPU per accelerator; CRH_QEMU names the binary.
 import t from 'tap';
-import { formatCommandLine, machineArgs, networkArgs, qemuArgs, shellQuote } from '../harness/machine/qemu-args.ts';
+import { BULK_PORT_NAME, bulkPortArgs, formatCommandLine, machineArgs, networkArgs, qemuArgs, shellQuote } from '../harness/machine/qemu-args.ts';
 import { probeArgs, probeFirmware } from '../harness/machine/accel.ts';
 import { DEFAULT_QEMU_BINARY, qemuBinary } from '../harness/machine/qemu-binary.ts';
 
@@ -45,6 +45,20 @@ t.test('every listener is a unix socket or loopback', async (t) => {
   t.notOk(args.includes('-incoming'), 'cold boot has no -incoming');
   const incoming = qemuArgs({ ...options, incomingState: '/c/state file' });
   t.equal(incoming[incoming.indexOf('-incoming') + 1], "exec:cat '/c/state file'");
+});
+
+t.test('the bulk data port: a named virtserialport on a unix-socket chardev, only when asked for', async (t) => {
+  t.same(bulkPortArgs('/tmp/x/bulk.sock'), [
+    '-device', 'virtio-serial-pci,id=bulkbus,romfile=',
+    '-chardev', 'socket,id=bulk,path=/tmp/x/bulk.sock,server=on,wait=off',
+    '-device', `virtserialport,bus=bulkbus.0,chardev=bulk,name=${BULK_PORT_NAME}`,
+  ]);
+  t.equal(BULK_PORT_NAME, 'org.cr-harness.bulk', 'the name the agent\'s BULK_OPEN looks for');
+  t.notOk(qemuArgs(options).includes('virtio-serial-pci,id=bulkbus,romfile='), 'no bulk socket, no device');
+  const withBulk = qemuArgs({ ...options, endpoints: { ...options.endpoints, bulkSocket: '/tmp/x/bulk.sock' } });
+  const chardevs = withBulk.filter((_, i) => withBulk[i - 1] === '-chardev');
+  t.ok(chardevs.includes('socket,id=bulk,path=/tmp/x/bulk.sock,server=on,wait=off'), 'a unix socket: no network listener');
+  t.notOk(withBulk.some((a) => /tcp:|host=/.test(a) && a.includes('bulk')), 'never TCP');
 });
 
 t.test('kernel, initrd and command line', async (t) => {

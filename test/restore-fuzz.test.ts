@@ -21,6 +21,9 @@ const FIELD_MUTATIONS = Number(process.env.CRH_FUZZ_FIELDS ?? 6000);
  */
 const syntheticImage = (): CheckpointImage => {
   const image = syntheticSleepImage();
+  // The heap stores two of its pages (format 9): the stored ranges are mutated too.
+  const heap = image.regions[2]!;
+  heap.stored = [[heap.start, heap.start + 0x1000n], [heap.end - 0x1000n, heap.end]];
   return { ...image, ldt: SYNTHETIC_LDT, timers: SYNTHETIC_TIMERS, regs: { ...image.regs, gs: 0x1fn }, pkeys: { allocated: [1, 3], tagged: [{ start: 0x100a2000n, end: 0x100c5000n, pkey: 3 }] } };
 };
 
@@ -70,6 +73,13 @@ const INVALID: Array<{ entry: string; field: string; values: unknown[] }> = [
   { entry: 'ldt.json', field: 'entries.0.seg_not_present', values: [1, 2, true] },
   { entry: 'ldt.json', field: 'entries.1.useable', values: [2, false, '1'] },
   { entry: 'ldt.json', field: 'entries.0.dpl', values: [0, 3] },
+  {
+    entry: 'memory.json',
+    field: '2.stored',
+    values: ['all', null, undefined, {}, [['0x100a2000']], [['0x100a2010', '0x100a3000']], [['0x100a1000', '0x100a3000']], [['0x100c4000', '0x100c6000']], [['0x100c4000', '0x100c5000'], ['0x100a2000', '0x100a3000']], [['0x100a2000', 4096], ['0x100c4000', '0x100c5000']], [['0x100a3000', '0x100a3000'], ['0x100c4000', '0x100c5000']]],
+  },
+  { entry: 'memory.json', field: '2.stored.1', values: [['0x100a2000', '0x100a3000'], ['0x100c4000'], ['0x100c4000', '0x100c6000'], 'x', null] },
+  { entry: 'memory.json', field: '1.stored', values: [[['0x100a0000', '0x100a2000'], ['0x100a0000', '0x100a2000']], [['0x100a2000', '0x100a3000']]] },
   { entry: 'sleep.json', field: 'nr', values: [7, 230, 202, '35', null, undefined] },
   { entry: 'sleep.json', field: 'rmtp', values: ['0x0', '0x100b0008', '0x7ffffffff000', '0xffffffff81000000', 4096, undefined] },
   { entry: 'sleep.json', field: 'deadlineNs', values: ['0x0', '0x8000000000000000', '0x17487b5801', '1', undefined] },

@@ -65,8 +65,8 @@ t.test('present slices: what a restore writes of a region', async (t) => {
 
 const UFFD_MAPS = '300000000-300001000 rw-p 00000000 00:00 0 \n300001000-300002000 rw-p 00000000 00:00 0 ';
 const REGISTERED: MemoryRegion[] = [
-  { start: 0x300000000n, end: 0x300001000n, perms: 'rw-p', name: '', file: null, offset: 0n, entry: 'memory/0200.bin' },
-  { start: 0x300001000n, end: 0x300002000n, perms: 'rw-p', name: '', file: null, offset: 0n, entry: 'memory/0201.bin', userfault: UFFD_MODE.MISSING, absent: [[0x300001000n, 0x300002000n]] },
+  { start: 0x300000000n, end: 0x300001000n, perms: 'rw-p', name: '', file: null, offset: 0n, entry: 'memory/0200.bin', stored: [[0x300000000n, 0x300001000n]] },
+  { start: 0x300001000n, end: 0x300002000n, perms: 'rw-p', name: '', file: null, offset: 0n, entry: 'memory/0201.bin', userfault: UFFD_MODE.MISSING, absent: [[0x300001000n, 0x300002000n]], stored: [] },
 ];
 
 function imageWithUserfaultfd(): CheckpointImage {
@@ -113,7 +113,8 @@ t.test('plan: absent pages unwritten; the userfaultfd at its number, its feature
 
   const omitted = compileRestorePlan(imageWithUserfaultfd(), probe, { rf: 'keep', omit: ['userfaultfd'] });
   t.equal(injected(omitted, 323).length + injected(omitted, 16).length, 0, 'omit=userfaultfd: no userfaultfd, no ioctl');
-  t.equal(writesTo(omitted, 0x300001000n, 0x300002000n).length, 1, 'and the absent page is written with the image\'s zeros');
+  // Format 8: the image does not store an absent page; the region is mapped fresh, unregistered, so it reads zeros.
+  t.equal(writesTo(omitted, 0x300001000n, 0x300002000n).length, 0, 'and the absent page, not stored, is left to read as zeros');
 });
 
 t.test('userfaultfdSteps: nothing without a userfaultfd; a taken number is refused', async (t) => {
@@ -151,8 +152,10 @@ t.test('memory.json and task.json: the new fields, as hostile input', async (t) 
   rejects('memory.json', region((r) => (r.absent = [['0x300001800', '0x300002000']])), `[${index}].absent[0]`);
   rejects('memory.json', region((r) => (r.absent = [['0x300001000']])), `[${index}].absent[0]`);
   rejects('memory.json', region((r) => (r.userfault = 0)), `[${index}].absent`);
+  // Format 8: an absent page is never stored — bytes for it do not fit the stored ranges, and a range naming it is refused.
   const withData = reseal(entries, { 'memory/0201.bin': Buffer.alloc(0x1000, 1) });
-  t.throws(() => parseImageEntries(withData), /absent\[0\].*non-zero bytes/, 'an absent page with bytes in the image is refused: nothing hides there');
+  t.throws(() => parseImageEntries(withData), /0x0 bytes memory\.json\[\d+\]\.stored names|bytes for the 0 bytes/, 'an absent page with bytes in the image is refused: nothing hides there');
+  rejects('memory.json', region((r) => (r.stored = [['0x300001000', '0x300002000']])), `[${index}].stored[0]`);
   const task = (mutate: (j: Record<string, unknown> & { userfaultfds: Array<Record<string, unknown>> }) => void) => {
     const j = JSON.parse(entries.get('task.json')!.toString());
     mutate(j);

@@ -1,5 +1,6 @@
 // expect: a checkpoint image is refused, naming entry and field, for every structural or range violation — and a valid one round-trips.
 import t, { type Test } from 'tap';
+import { memoryEntryName } from '../harness/restore/checkpoint-image.ts';
 import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -171,8 +172,61 @@ t.test('memory regions: alignment, order, sizes, user space', async (t) => {
   };
   rejects(t, () => parseImageEntries(withRegions((r) => (r[0]!.start = '0x10000010'))), 'memory.json', '[0].start');
   rejects(t, () => parseImageEntries(withRegions((r) => r.reverse())), 'memory.json', /\.start$/);
-  rejects(t, () => parseImageEntries(withRegions((r) => (r[1]!.end = '0x100a3000'))), 'memory/0001.bin', 'size');
+  rejects(t, () => parseImageEntries(withRegions((r) => (r[1]!.end = '0x100a3000'))), 'memory.json', '[2].start');
+  rejects(t, () => parseImageEntries(withRegions((r) => (r[1]!.stored = [['0x100a0000', '0x100a1000']]))), 'memory/0001.bin', 'size');
   rejects(t, () => parseImageEntries(withRegions((r) => (r[3]!.end = '0x800000001000'))), 'memory.json', '[3].end');
   rejects(t, () => parseImageEntries(withRegions((r) => (r[0]!.perms = 'rw-q'))), 'memory.json', '[0].perms');
   rejects(t, () => parseImageEntries(withRegions((r) => (r[1]!.entry = r[0]!.entry))), 'memory.json', '[1].entry');
+});
+
+t.test('stored pages (format 9): every range checked, holes read as zeros', async (t) => {
+  const image = syntheticImage();
+  const heap = image.regions[2]!;
+  // Only the heap's first and last pages are stored: the entry holds two pages, the rest reads as zeros.
+  heap.stored = [[heap.start, heap.start + 0x1000n], [heap.end - 0x1000n, heap.end]];
+  const entries = imageEntries(image);
+  t.equal(entries.get(heap.entry!)!.length, 0x2000, 'the entry holds the stored pages only');
+  const back = parseImageEntries(entries);
+  t.same(back.regions[2]!.stored, heap.stored, 'stored ranges round-trip');
+  const full = back.memory.get(heap.entry!)!;
+  t.equal(full.length, Number(heap.end - heap.start), 'the region is whole again in memory');
+  t.equal(full[0], 3, 'a stored page keeps its bytes');
+  t.equal(full[0x1000], 0, 'a page not stored reads as zeros');
+  t.equal(full[full.length - 1], 3, 'the last stored page keeps its bytes');
+
+  const withStored = (stored: unknown): Map<string, Buffer> => {
+    const e = imageEntries(syntheticImage());
+    const regions = JSON.parse(e.get('memory.json')!.toString()) as Array<Record<string, unknown>>;
+    regions[2]!.stored = stored;
+    return reseal(e, { 'memory.json': Buffer.from(JSON.stringify(regions)) });
+  };
+  rejects(t, () => parseImageEntries(withStored('all')), 'memory.json', '[2].stored');
+  rejects(t, () => parseImageEntries(withStored([['0x100a2000']])), 'memory.json', '[2].stored[0]');
+  rejects(t, () => parseImageEntries(withStored([['0x100a2000', 12]])), 'memory.json', '[2].stored[0][1]');
+  rejects(t, () => parseImageEntries(withStored([['0x100a2010', '0x100c5000']])), 'memory.json', '[2].stored[0]');
+  rejects(t, () => parseImageEntries(withStored([['0x100a3000', '0x100a3000']])), 'memory.json', '[2].stored[0]');
+  rejects(t, () => parseImageEntries(withStored([['0x100a1000', '0x100c5000']])), 'memory.json', '[2].stored[0]');
+  rejects(t, () => parseImageEntries(withStored([['0x100a2000', '0x100c6000']])), 'memory.json', '[2].stored[0]');
+  rejects(t, () => parseImageEntries(withStored([['0x100a3000', '0x100c5000'], ['0x100a2000', '0x100a3000']])), 'memory.json', '[2].stored[1]');
+  rejects(t, () => parseImageEntries(withStored([['0x100a2000', '0x100b0000'], ['0x100af000', '0x100c5000']])), 'memory.json', '[2].stored[1]');
+  // Well-formed but naming fewer bytes than the entry holds: the size check catches it.
+  rejects(t, () => parseImageEntries(withStored([['0x100a2000', '0x100a3000']])), 'memory/0002.bin', 'size');
+  // A huge region stored as nothing would be allocated whole on restore: bounded.
+  const huge = (() => {
+    const e = imageEntries(syntheticImage());
+    const regions = JSON.parse(e.get('memory.json')!.toString()) as Array<Record<string, unknown>>;
+    regions[3]!.start = '0x7f0000000000';
+    regions[3]!.stored = [];
+    return reseal(e, { 'memory.json': Buffer.from(JSON.stringify(regions)), [String(regions[3]!.entry)]: Buffer.alloc(0) });
+  })();
+  rejects(t, () => parseImageEntries(huge), 'memory.json', '[3].end');
+  // A shared file mapping stores nothing.
+  const shared = syntheticImage();
+  shared.regions[1] = { ...shared.regions[1]!, perms: 'rw-s', entry: null, stored: [[shared.regions[1]!.start, shared.regions[1]!.end]] };
+  shared.memory.delete(memoryEntryName(1));
+  const sharedEntries = imageEntries(shared);
+  const sharedRegions = JSON.parse(sharedEntries.get('memory.json')!.toString()) as Array<Record<string, unknown>>;
+  t.same(sharedRegions[1]!.stored, [], 'the writer stores nothing of a shared file mapping');
+  sharedRegions[1]!.stored = [['0x100a0000', '0x100a1000']];
+  rejects(t, () => parseImageEntries(reseal(sharedEntries, { 'memory.json': Buffer.from(JSON.stringify(sharedRegions)) })), 'memory.json', '[1].stored');
 });

@@ -1,14 +1,16 @@
 /*
  * memfill: a process of a chosen size, for measuring checkpoint/restore cost.
  *
- *   memfill MIB
+ *   memfill MIB [UNTOUCHED_MIB]
  *
  * Maps MIB MiB of private anonymous memory, writes every byte of it from a
  * position-dependent pattern, calls memfill_checkpoint() — the host
  * checkpoints there — then reads every byte back. Prints
  * "memfill ok MIB MiB sum=<16 hex digits>" and exits 0, or
  * "memfill mismatch at offset N" and exits 1: a restore that loses or
- * corrupts any page shows.
+ * corrupts any page shows. UNTOUCHED_MIB (default 0) maps a second private
+ * anonymous mapping that is never touched, to show what an image leaves out
+ * (the kernel may merge it with the written one into a single mapping).
  */
 #define _GNU_SOURCE
 #include <inttypes.h>
@@ -29,17 +31,21 @@ static uint64_t pattern(uint64_t i)
 int main(int argc, char **argv)
 {
 	long mib = argc > 1 ? strtol(argv[1], NULL, 10) : 1;
+	long untouched = argc > 2 ? strtol(argv[2], NULL, 10) : 0;
 	size_t words, bytes;
 	uint64_t *mem, sum = 0;
+	void *spare = NULL;
 
-	if (mib < 1 || mib > 1024) {
-		fprintf(stderr, "usage: memfill MIB (1..1024)\n");
+	if (mib < 1 || mib > 1024 || untouched < 0 || untouched > 1024) {
+		fprintf(stderr, "usage: memfill MIB [UNTOUCHED_MIB] (1..1024, 0..1024)\n");
 		return 2;
 	}
 	bytes = (size_t)mib << 20;
 	words = bytes / sizeof *mem;
 	mem = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (mem == MAP_FAILED) {
+	if (untouched > 0)
+		spare = mmap(NULL, (size_t)untouched << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (mem == MAP_FAILED || spare == MAP_FAILED) {
 		perror("mmap");
 		return 2;
 	}

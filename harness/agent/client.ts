@@ -6,8 +6,20 @@
 import type { Readable, Writable } from 'node:stream';
 import { AgentError, CrhError, TimeoutError } from '../errors.ts';
 import { FrameDecoder, MAX_FRAME_BYTES, PayloadReader, PayloadWriter, encodeFrame, type Frame } from './wire.ts';
-import { OPCODES, decodeResult, describeOp, encodeOp, type AgentOp, type HelloResult, type ResultOf } from './ops.ts';
+import { OPCODES, decodeResult, describeOp, encodeOp, type AgentOp, type HelloResult, type MemoryRange, type ResultOf } from './ops.ts';
 import { errnoName } from './errno.ts';
+import type { BulkChannel } from './bulk-channel.ts';
+import { constants } from 'node:os';
+
+/**
+ * A WRITE_MEM at least this large goes over the bulk port when one is
+ * attached; below it the extra frame costs more than the SSH bytes.
+ */
+export const BULK_MIN_BYTES = 16 * 1024;
+/** READ_MEM's per-request slice when there is no bulk port. */
+const SSH_READ_CHUNK_BYTES = 1024 * 1024;
+/** One READ_MEM_BULK's bound (its frame is held in host memory whole). */
+const BULK_READ_MAX_BYTES = 256 * 1024 * 1024;
 
 export const PROTOCOL_VERSION = 1;
 
@@ -72,6 +84,28 @@ export function batchSizes(subs: readonly Buffer[], maxFrameBytes: number): numb
   return sizes;
 }
 
+/** Consecutive ranges in groups of at most `max` bytes (a longer range alone is split). */
+function groupRanges(ranges: readonly MemoryRange[], max: number): MemoryRange[][] {
+  const groups: MemoryRange[][] = [];
+  let group: MemoryRange[] = [];
+  let bytes = 0;
+  for (const r of ranges) {
+    for (let off = 0; off < r.length; ) {
+      const length = Math.min(r.length - off, max - bytes);
+      group.push({ address: r.address + BigInt(off), length });
+      bytes += length;
+      off += length;
+      if (bytes === max) {
+        groups.push(group);
+        group = [];
+        bytes = 0;
+      }
+    }
+  }
+  if (group.length > 0) groups.push(group);
+  return groups;
+}
+
 export class AgentClient {
   private readonly decoder = new FrameDecoder();
   private readonly pending = new Map<number, Pending>();
@@ -88,6 +122,10 @@ export class AgentClient {
   maxFrameBytes = MAX_FRAME_BYTES;
   /** Called when a request times out; its text (e.g. where each vCPU is) goes into the error. */
   diagnose: (() => Promise<string>) | undefined;
+  /** the bulk data port page data crosses, once attachBulk() succeeded */
+  private bulk: BulkChannel | undefined;
+  /** why there is no bulk port (attachBulk's refusal), for reports */
+  bulkUnavailable: string | undefined = 'not attached';
 
   private constructor(private readonly transport: AgentTransport) {
     transport.output.on('data', (chunk: Buffer) => this.onData(chunk));
@@ -124,13 +162,91 @@ export class AgentClient {
   }
 
   /**
+   * Moves page data over `channel` from now on: the agent opens its end, the
+   * virtio-serial port named `portName`. False (with bulkUnavailable saying
+   * why) when the guest has no such port — a kernel without virtio_console,
+   * a machine without the device, another agent holding the port (EBUSY):
+   * page data then keeps to the SSH channel.
+   */
+  async attachBulk(channel: BulkChannel, portName: string): Promise<boolean> {
+    try {
+      await this.call({ op: 'BULK_OPEN', name: portName });
+    } catch (error) {
+      if (!(error instanceof AgentError) || error.errno === undefined) throw error;
+      this.bulkUnavailable = error.message;
+      return false;
+    }
+    this.bulk = channel;
+    this.bulkUnavailable = undefined;
+    return true;
+  }
+
+  /** Keeps page data on SSH although a bulk port is attached (benchmarks compare the two in one session). */
+  bulkSuspended = false;
+
+  /** Whether page data goes over the bulk port. */
+  get hasBulk(): boolean {
+    return this.bulk !== undefined && this.bulk.failure === undefined && !this.bulkSuspended;
+  }
+
+  /**
+   * The bytes of `ranges` of a stopped tracee's memory, concatenated: one
+   * READ_MEM_BULK per 256 MiB over the bulk port, else READ_MEM slices over SSH.
+   */
+  async readMemory(pid: number, ranges: readonly MemoryRange[]): Promise<Buffer> {
+    const total = ranges.reduce((n, r) => n + r.length, 0);
+    const out = Buffer.allocUnsafe(total);
+    let at = 0;
+    const bulk = this.hasBulk ? this.bulk! : undefined;
+    if (!bulk) {
+      for (const r of ranges) {
+        for (let off = 0; off < r.length; off += SSH_READ_CHUNK_BYTES) {
+          const length = Math.min(SSH_READ_CHUNK_BYTES, r.length - off);
+          (await this.call({ op: 'READ_MEM', pid, address: r.address + BigInt(off), length })).copy(out, at);
+          at += length;
+        }
+      }
+      return out;
+    }
+    for (const group of groupRanges(ranges, BULK_READ_MAX_BYTES)) {
+      const tag = bulk.nextTag();
+      const frame = bulk.expectFrame(tag);
+      frame.catch(() => {});
+      try {
+        await this.call({ op: 'READ_MEM_BULK', pid, tag, ranges: group });
+      } catch (error) {
+        // ENOTCONN: refused before any frame; anything else wrote its frame (zeros where unreadable) first.
+        if (error instanceof AgentError && error.errno === constants.errno.ENOTCONN) bulk.forgetFrame(tag);
+        else await frame.catch(() => {});
+        throw error;
+      }
+      const data = await frame;
+      data.copy(out, at);
+      at += data.length;
+    }
+    if (at !== total) throw new AgentError(`READ_MEM_BULK pid ${pid}: ${at} bytes arrived for ${total} requested`, 'READ_MEM_BULK', undefined);
+    return out;
+  }
+
+  /**
    * Runs operations in one BATCH request: the agent stops at the first
    * failure. Returns one step per executed op, the failing one last.
+   * With a bulk port attached, a WRITE_MEM of BULK_MIN_BYTES or more is
+   * sent as WRITE_MEM_BULK, its data on the port (the step still names the
+   * WRITE_MEM): the plan says what is written, the client how.
    */
   async batch(ops: readonly AgentOp[]): Promise<BatchStep[]> {
     if (ops.length === 0) return [];
-    const subs = ops.map((op) => {
-      const { opcode, payload } = encodeOp(op);
+    const bulk = this.hasBulk ? this.bulk! : undefined;
+    const frames = new Map<number, { tag: number; data: Uint8Array }>();
+    const subs = ops.map((op, i) => {
+      let wire: AgentOp = op;
+      if (bulk && op.op === 'WRITE_MEM' && op.data.length >= BULK_MIN_BYTES) {
+        const tag = bulk.nextTag();
+        frames.set(i, { tag, data: op.data });
+        wire = { op: 'WRITE_MEM_BULK', pid: op.pid, tag, ranges: [{ address: op.address, length: op.data.length }] };
+      }
+      const { opcode, payload } = encodeOp(wire);
       return new PayloadWriter().u16(opcode).raw(payload).finish();
     });
     // A plan whose data outgrows one frame (a large image's memory) goes as
@@ -139,7 +255,13 @@ export class AgentClient {
     const steps: BatchStep[] = [];
     let from = 0;
     for (const count of batchSizes(subs, this.maxFrameBytes)) {
-      const part = await this.batchFrame(ops.slice(from, from + count), subs.slice(from, from + count));
+      const sent = this.batchFrame(ops.slice(from, from + count), subs.slice(from, from + count));
+      // The request is on its way: its frames follow, in order (the agent consumes each, run or not).
+      for (let i = from; i < from + count; i++) {
+        const frame = frames.get(i);
+        if (frame) bulk!.sendFrame(frame.tag, [frame.data]);
+      }
+      const part = await sent;
       steps.push(...part);
       if (part.length < count || part.at(-1)?.ok === false) break;
       from += count;

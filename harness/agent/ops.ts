@@ -33,7 +33,23 @@ export const OPCODES = {
   DETACH: 0x1e,
   REAP: 0x1f,
   ATTACH: 0x20,
+  BULK_OPEN: 0x21,
+  READ_MEM_BULK: 0x22,
+  WRITE_MEM_BULK: 0x23,
+  PAGEMAP: 0x24,
 } as const;
+
+/** A range of a target's memory a bulk request moves. */
+export interface MemoryRange {
+  address: bigint;
+  length: number;
+}
+
+/** PAGEMAP's byte per page: the page is present in RAM / swapped out (neither: never touched, or dropped). */
+export const PAGE_PRESENT = 1;
+export const PAGE_SWAPPED = 2;
+/** the page is the file's own (a private file mapping's page not yet copied on write) or shared anonymous memory */
+export const PAGE_FILE = 4;
 
 export type OpName = keyof typeof OPCODES;
 
@@ -76,6 +92,14 @@ export type AgentOp =
   | { op: 'READLINK'; path: string }
   | { op: 'LISTDIR'; path: string }
   | { op: 'SIGNAL'; pid: number; signo: number }
+  /** open the virtio-serial port of that name (qemu-args.ts BULK_PORT_NAME) for the bulk ops */
+  | { op: 'BULK_OPEN'; name: string }
+  /** the ranges' bytes, concatenated, as one frame on the bulk port tagged `tag` (client.ts sends and reads it) */
+  | { op: 'READ_MEM_BULK'; pid: number; tag: number; ranges: readonly MemoryRange[] }
+  /** writes the ranges from the frame tagged `tag` the host puts on the bulk port */
+  | { op: 'WRITE_MEM_BULK'; pid: number; tag: number; ranges: readonly MemoryRange[] }
+  /** one byte per page from /proc/PID/pagemap: PAGE_PRESENT | PAGE_SWAPPED | PAGE_FILE */
+  | { op: 'PAGEMAP'; pid: number; start: bigint; pages: number }
   /** PTRACE_SINGLESTEP one stopped thread `count` times; `signo` (0 or absent: none) is delivered with the first step */
   | { op: 'STEP'; pid: number; count: number; signo?: number; timeoutMs: number }
   /** hands a stopped process to another tracer: left in a job-control stop (SIGSTOP), untraced, still the agent's child */
@@ -177,6 +201,11 @@ export interface OpResults {
   REAP: { waitStatus: number };
   /** every thread of the process, ascending, each in a ptrace stop */
   ATTACH: { threads: number[] };
+  BULK_OPEN: void;
+  /** bytes the frame held */
+  READ_MEM_BULK: bigint;
+  WRITE_MEM_BULK: void;
+  PAGEMAP: Buffer;
 }
 
 export type ResultOf<O extends AgentOp> = OpResults[O['op']];
@@ -255,6 +284,17 @@ export function encodeOp(op: AgentOp): { opcode: number; payload: Buffer } {
     case 'STEP':
       w.u32(op.pid).u32(op.count).u32(op.signo ?? 0).u32(op.timeoutMs);
       break;
+    case 'BULK_OPEN':
+      w.string(op.name);
+      break;
+    case 'READ_MEM_BULK':
+    case 'WRITE_MEM_BULK':
+      w.u32(op.pid).u32(op.tag).u32(op.ranges.length);
+      for (const r of op.ranges) w.u64(r.address).u64(r.length);
+      break;
+    case 'PAGEMAP':
+      w.u32(op.pid).u64(op.start).u32(op.pages);
+      break;
   }
   return { opcode: OPCODES[op.op], payload: w.finish() };
 }
@@ -311,6 +351,10 @@ function decodeByOp(name: OpName, r: PayloadReader): unknown {
     case 'READ_FILE':
     case 'READ_MEM':
       return Buffer.from(r.bytes('data'));
+    case 'PAGEMAP':
+      return Buffer.from(r.bytes('pages'));
+    case 'READ_MEM_BULK':
+      return r.u64('bytes');
     case 'PEEKUSER':
       return r.u64('value');
     case 'INJECT_SYSCALL':
@@ -337,6 +381,8 @@ function decodeByOp(name: OpName, r: PayloadReader): unknown {
     case 'SIGNAL':
     case 'SETSIGMASK':
     case 'DETACH':
+    case 'BULK_OPEN':
+    case 'WRITE_MEM_BULK':
       return undefined;
     case 'BATCH':
       throw new RangeError('BATCH is not decoded as a single op');
@@ -389,6 +435,13 @@ export function describeOp(op: AgentOp): string {
       return `READ_MEM pid ${op.pid} 0x${op.address.toString(16)} +${op.length}`;
     case 'WRITE_MEM':
       return `WRITE_MEM pid ${op.pid} 0x${op.address.toString(16)} +${op.data.length}`;
+    case 'BULK_OPEN':
+      return `BULK_OPEN ${op.name}`;
+    case 'READ_MEM_BULK':
+    case 'WRITE_MEM_BULK':
+      return `${op.op} pid ${op.pid} ${op.ranges.length} range${op.ranges.length === 1 ? '' : 's'}, ${op.ranges.reduce((n, r) => n + r.length, 0)} bytes (frame ${op.tag})`;
+    case 'PAGEMAP':
+      return `PAGEMAP pid ${op.pid} 0x${op.start.toString(16)} ${op.pages} pages`;
     case 'INJECT_SYSCALL':
       return `INJECT_SYSCALL pid ${op.pid} nr ${op.nr} (${op.args.map((a) => `0x${a.toString(16)}`).join(', ')})`;
   }

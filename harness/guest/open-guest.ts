@@ -6,13 +6,14 @@
  */
 import path from 'node:path';
 import { AgentClient } from '../agent/client.ts';
+import { BulkChannel } from '../agent/bulk-channel.ts';
 import { writeFileAtomic } from '../util/atomic-write.ts';
 import type { HelloResult } from '../agent/ops.ts';
 import { buildImage, type GuestImage } from '../image/build.ts';
 import { kernelFromEnvironment } from '../image/kernel.ts';
 import type { MachineEvent, QemuMachine } from '../machine/machine.ts';
 import { launchMachine } from '../machine/fast-start.ts';
-import { shellQuote } from '../machine/qemu-args.ts';
+import { BULK_PORT_NAME, shellQuote } from '../machine/qemu-args.ts';
 import { agentKilled, guestOrSessionFailure } from './session-loss.ts';
 import { platformProfile, profileFacts, type PlatformProfile } from '../platform/profile.ts';
 import type { PlatformFacts } from '../restore/checkpoint-image.ts';
@@ -64,11 +65,13 @@ export async function openGuest(options: OpenGuestOptions): Promise<OpenedGuest>
   };
   let machine: QemuMachine | undefined;
   let agent: AgentClient | undefined;
+  let bulk: BulkChannel | undefined;
   let closed = false;
   const close = async (): Promise<void> => {
     if (closed) return;
     closed = true;
     await agent?.close().catch(() => {});
+    bulk?.close();
     await machine?.shutdown();
   };
   try {
@@ -89,6 +92,9 @@ export async function openGuest(options: OpenGuestOptions): Promise<OpenedGuest>
     agent.failWhen(guestOrSessionFailure(machine.failure, [machine.ssh.lost, agentKilled(transport.exit)]));
     const m = machine;
     agent.diagnose = async () => `${await m.diagnose()}\n--- console tail ---\n${m.console.tail()}`;
+    // Page data over the virtio-serial port, not SSH; a guest without it keeps to SSH, and says so.
+    bulk = await BulkChannel.connect(machine.bulkSocket);
+    if (!(await agent.attachBulk(bulk, BULK_PORT_NAME))) log(`no bulk data port (${agent.bulkUnavailable}): page data goes over SSH`);
     const profile = await platformProfile({ image, machine, agent, log });
     // The profile this guest's expectations came from, beside its artifacts: crh run prints it with the verdicts.
     await writeFileAtomic(path.join(options.artifactsDir, 'profile.json'), `${JSON.stringify(profile, null, 2)}\n`);

@@ -31,11 +31,18 @@ export interface FastStartConfig extends MachineConfig {
   fastStart?: boolean;
 }
 
+/**
+ * Names the device set qemu-args.ts gives every machine; bumped when a
+ * device is added or removed, since a state saved with another set does not
+ * load (2: the bulk data port).
+ */
+const SAVED_STATE_DEVICES = 2;
+
 /** Where the state of `config`'s image and profile under `accel` (default: the one chosen now) lives. */
 export async function savedStatePath(config: MachineConfig, accel?: AccelChoice): Promise<string> {
   accel ??= config.accel ?? (await chooseAccelerator(bootFilesOf(config.image)));
   const key = sha256(
-    JSON.stringify({ image: config.image.key, memoryMiB: config.memoryMiB ?? 512, cpus: config.cpus ?? 1, accel: accel.accel, qemu: `${qemuBinary()} ${await qemuVersion()}` }),
+    JSON.stringify({ image: config.image.key, devices: SAVED_STATE_DEVICES, memoryMiB: config.memoryMiB ?? 512, cpus: config.cpus ?? 1, accel: accel.accel, qemu: `${qemuBinary()} ${await qemuVersion()}` }),
   ).slice(0, 20);
   return cacheDir('states', `${key}.vmstate`);
 }

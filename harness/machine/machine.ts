@@ -182,6 +182,11 @@ export class QemuMachine implements AsyncDisposable {
     return this.port;
   }
 
+  /** The host end of the bulk data port (a unix socket QEMU listens on). */
+  get bulkSocket(): string {
+    return path.join(this.runDir ?? '', 'bulk.sock');
+  }
+
   get gdbSocket(): string {
     return path.join(this.runDir ?? '', 'gdb.sock');
   }
@@ -268,7 +273,7 @@ export class QemuMachine implements AsyncDisposable {
         name: this.name,
         profile: { accel: this.accelChoice!.accel, memoryMiB: this.config.memoryMiB ?? 512, cpus: this.config.cpus ?? 1 },
         boot: { kernel: image.kernel.bzImage, initrd: image.initramfs, cmdline: image.cmdline },
-        endpoints: { qmpSocket: path.join(runDir, 'qmp.sock'), gdbSocket: path.join(runDir, 'gdb.sock'), sshPort: this.port },
+        endpoints: { qmpSocket: path.join(runDir, 'qmp.sock'), gdbSocket: path.join(runDir, 'gdb.sock'), sshPort: this.port, bulkSocket: this.bulkSocket },
         ...(this.config.incomingState ? { incomingState: this.config.incomingState } : {}),
       }),
     ];

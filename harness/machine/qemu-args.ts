@@ -24,7 +24,12 @@ export interface Endpoints {
   gdbSocket: string;
   /** host port on 127.0.0.1 forwarded to the guest's port 22 */
   sshPort: number;
+  /** unix socket of the bulk data port (virtio-serial); absent: no bulk port, page data goes over SSH */
+  bulkSocket?: string;
 }
+
+/** The name the guest sees in /sys/class/virtio-ports/<port>/name (the agent's BULK_OPEN looks for it). */
+export const BULK_PORT_NAME = 'org.cr-harness.bulk';
 
 /** Machine type, accelerator, CPU model, memory. TCG gets `max` so XSAVE/AVX exist in the guest. */
 export function machineArgs(profile: MachineProfile): string[] {
@@ -81,6 +86,20 @@ export function panicArgs(): string[] {
   return ['-device', 'pvpanic', '-action', 'panic=pause'];
 }
 
+/**
+ * The bulk data path: a virtio-serial port whose host end is a unix socket
+ * (QEMU listens; the host connects once the guest is up). Page data of
+ * checkpoints and restores crosses it unencrypted, in the guest's kernel at
+ * memory-copy cost, instead of the SSH channel whose cipher runs emulated.
+ */
+export function bulkPortArgs(socket: string): string[] {
+  return [
+    '-device', 'virtio-serial-pci,id=bulkbus,romfile=',
+    '-chardev', `socket,id=bulk,path=${socket},server=on,wait=off`,
+    '-device', `virtserialport,bus=bulkbus.0,chardev=bulk,name=${BULK_PORT_NAME}`,
+  ];
+}
+
 /** Start paused, loading saved VM state from a file (resumed with QMP cont). */
 export function incomingArgs(stateFile: string): string[] {
   return ['-incoming', `exec:cat ${shellQuote(stateFile)}`];
@@ -104,6 +123,7 @@ export function qemuArgs(o: QemuCommandOptions): string[] {
     ...gdbstubArgs(o.endpoints.gdbSocket),
     ...networkArgs(o.endpoints.sshPort),
     ...panicArgs(),
+    ...(o.endpoints.bulkSocket ? bulkPortArgs(o.endpoints.bulkSocket) : []),
     ...(o.incomingState ? incomingArgs(o.incomingState) : []),
   ];
 }

@@ -30,6 +30,7 @@ import { timersJson, type TimerState } from './timers.ts';
 import { sleepJson, type SleepDeadline } from './sleep-deadline.ts';
 import { pkeysJson, type PkeyState } from './pkeys.ts';
 import { uniqueSibling } from '../util/atomic-write.ts';
+import { packStored, storedRanges } from './stored-pages.ts';
 
 export const IMAGE_FORMAT = 'cr-harness-checkpoint';
 /**
@@ -44,16 +45,19 @@ export const IMAGE_FORMAT = 'cr-harness-checkpoint';
  * process installed in its LDT with modify_ldt (ldt.ts); 8: timers.json, the
  * interval timers, POSIX timers and timerfds (timers.ts); sleep.json, the
  * deadline of a sleep the checkpoint interrupted (sleep-deadline.ts), and
- * pkeys.json, the allocated protection keys and tagged mappings (pkeys.ts).
+ * pkeys.json, the allocated protection keys and tagged mappings (pkeys.ts);
+ * 9: a memory entry holds only the pages its region's `stored` ranges name
+ * (untouched pages and anonymous zero pages are left out: stored-pages.ts).
  */
-export const IMAGE_VERSION = 8;
+export const IMAGE_VERSION = 9;
 /**
  * Earlier versions are refused, each naming what it lacks: reading one as
  * the current version would invent the missing state as "none" — for an
  * LDT, a process whose LDT selectors then fault with #GP, far from the cause.
  */
 const OLDER_VERSIONS: Record<number, string> = {
-  7: 'has no timers.json, sleep.json or pkeys.json: it cannot say whether the process had timers armed, a sleep it interrupted would start over, and its protection keys would be lost (take the checkpoint again)',
+  8: 'has no stored page ranges in memory.json: every memory entry would have to hold its whole region (take the checkpoint again)',
+  7: 'has no timers.json, sleep.json or pkeys.json, nor stored page ranges in memory.json: it cannot say whether the process had timers armed, a sleep it interrupted would start over, and its protection keys would be lost (take the checkpoint again)',
   6: 'has no ldt.json: it cannot say whether the process had an LDT (take the checkpoint again)',
 };
 const MANIFEST_DIGEST = 'manifest.sha256';
@@ -110,6 +114,13 @@ export interface MemoryRegion {
    * restore, so that touching them faults to the server again
    */
   absent?: Array<[bigint, bigint]>;
+  /**
+   * the [start, end) page ranges the entry holds, sorted, concatenated in
+   * this order (format 9, stored-pages.ts); every other page reads as the
+   * mapping's backing: zeros, or the file. Absent in an image built in
+   * memory: every page but the absent ones.
+   */
+  stored?: Array<[bigint, bigint]>;
 }
 
 export interface CheckpointImage {
@@ -186,10 +197,13 @@ export function imageEntries(image: CheckpointImage): Map<string, Buffer> {
       image.regions.map((r) => ({
         start: hex(r.start), end: hex(r.end), perms: r.perms, name: r.name, file: r.file, offset: hex(r.offset), entry: r.entry,
         userfault: r.userfault ?? 0, absent: (r.absent ?? []).map(([start, end]) => [hex(start), hex(end)]),
+        stored: storedRanges(r).map(([start, end]) => [hex(start), hex(end)]),
       })),
     ),
   );
-  for (const [name, data] of image.memory) entries.set(name, data);
+  for (const r of image.regions) {
+    if (r.entry !== null) entries.set(r.entry, packStored(r, storedRanges(r), image.memory.get(r.entry)!));
+  }
   const manifest: Manifest = {
     format: IMAGE_FORMAT,
     version: IMAGE_VERSION,

@@ -22,13 +22,13 @@ import { captureLdt } from './ldt.ts';
 import { captureSleep, threadRestartBlockProblem } from './sleep-deadline.ts';
 import { capturePkeys } from './pkeys.ts';
 import { refuseUncapturable } from './uncapturable.ts';
-import { absentRanges, checkRegistrations, parseSmapsRegistrations, presentSlices } from './userfaultfd.ts';
+import { absentRanges, checkRegistrations, parseSmapsRegistrations } from './userfaultfd.ts';
+import { dropZeroPages, PAGE_BYTES, pagesToRead, rangesBytes, storeRule, unpackStored } from './stored-pages.ts';
 import { AgentError } from '../errors.ts';
 import { constants } from 'node:os';
 
 /** Generous bound for the XSAVE area (AVX-512 needs ~2.7 KiB, AMX ~11 KiB). */
 const XSTATE_MAX_BYTES = 16 * 1024;
-const READ_CHUNK_BYTES = 1024 * 1024;
 
 export interface CheckpointProcessOptions {
   /**
@@ -103,7 +103,6 @@ async function captureBlocked(
   for (const t of threads) t.pending = await agent.call({ op: 'PEEKSIGINFO', pid: t.tid, shared: false });
 
   const regions: CheckpointImage['regions'] = [];
-  const memory = new Map<string, Buffer>();
   for (const m of dumped) {
     const file = mappedFile(m) ?? null;
     // A deleted file (or a memfd, a SysV segment) cannot be opened again; a
@@ -113,19 +112,47 @@ async function captureBlocked(
     const region: MemoryRegion = { start: m.start, end: m.end, perms: m.perms, name: m.name, file, offset: file === null ? 0n : m.offset, entry };
     if (m.userfault !== 0) Object.assign(region, { userfault: m.userfault, absent: absent.get(m.start) ?? [] });
     regions.push(region);
-    if (entry === null) continue;
-    // An absent page stays zeros: reading it would raise the fault the server holds.
-    const contents = Buffer.alloc(Number(m.end - m.start));
-    for (const [from, to] of presentSlices(region)) {
-      for (let at = from; at < to; at += READ_CHUNK_BYTES) {
-        const length = Math.min(READ_CHUNK_BYTES, to - at);
-        (await agent.call({ op: 'READ_MEM', pid, address: m.start + BigInt(at), length })).copy(contents, at);
-      }
-    }
-    memory.set(entry, contents);
   }
+  const memory = await readContents(agent, pid, regions);
   const { regs, xstate, debugRegs, rseq } = main;
   return { created: new Date().toISOString(), process, platform, regs, xstate, debugRegs, rseq, signals, task, links: links.main, threads, ldt, timers, sleep, pkeys, maps, regions, memory };
+}
+
+/**
+ * The contents of every region with an entry, as full-region buffers, and
+ * each region's `stored` pages (stored-pages.ts): pagemap says which pages
+ * were touched (one BATCH for all regions), the touched pages cross in one
+ * readMemory (the bulk port when there is one), zero pages are let go where
+ * a hole reads as zeros. An absent page of a userfaultfd region is never
+ * read: reading it would raise the fault the server holds.
+ */
+async function readContents(agent: AgentClient, pid: number, regions: MemoryRegion[]): Promise<Map<string, Buffer>> {
+  const withEntry = regions.filter((r) => r.entry !== null);
+  const mapped = withEntry.filter((r) => storeRule(r) === 'touched-nonzero');
+  const pagemaps = new Map<MemoryRegion, Buffer>();
+  const steps = await agent.batch(mapped.map((r) => ({ op: 'PAGEMAP', pid, start: r.start, pages: Number(r.end - r.start) / PAGE_BYTES }) as const));
+  steps.forEach((step, i) => {
+    if (!step.ok) throw new AgentError(`PAGEMAP pid ${pid} ${describeRegionRange(mapped[i]!)}: ${step.message}`, 'PAGEMAP', step.errno);
+    pagemaps.set(mapped[i]!, step.result as Buffer);
+  });
+  if (steps.length !== mapped.length) throw new AgentError(`PAGEMAP pid ${pid}: ${steps.length} answers for ${mapped.length} regions`, 'PAGEMAP', undefined);
+  const reads = withEntry.map((r) => pagesToRead(r, pagemaps.get(r)));
+  const bytes = await agent.readMemory(pid, reads.flat().map(([s, e]) => ({ address: s, length: Number(e - s) })));
+  const memory = new Map<string, Buffer>();
+  let at = 0;
+  withEntry.forEach((region, i) => {
+    const ranges = reads[i]!;
+    const size = rangesBytes(ranges);
+    const read = bytes.subarray(at, at + size);
+    at += size;
+    region.stored = dropZeroPages(region, ranges, read);
+    memory.set(region.entry!, unpackStored(region, ranges, read));
+  });
+  return memory;
+}
+
+function describeRegionRange(r: MemoryRegion): string {
+  return `${r.start.toString(16)}-${r.end.toString(16)} ${r.perms}`;
 }
 
 /** What ptrace reads of one thread without running it: registers, xstate, debug registers, rseq registration. */

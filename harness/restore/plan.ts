@@ -18,11 +18,17 @@ import { applyThreadRseqFixups, debugRegSteps, linkSteps, threadCreationSteps, t
 import { fileSteps, sessionSteps } from './files.ts';
 import { ldtSteps } from './ldt.ts';
 import { timerSteps } from './timers.ts';
-import { presentSlices, userfaultfdSteps } from './userfaultfd.ts';
+import { userfaultfdSteps } from './userfaultfd.ts';
 import { rewindInterruptedSyscall } from './syscall-restart.ts';
 import { reissueSleep, type SleepReissue } from './sleep-deadline.ts';
 import { pkeySteps } from './pkeys.ts';
-import { brkStep, protectStep, rseqStep } from './syscall-steps.ts';
+import { brkStep, dontNeedStep, protectStep, rseqStep } from './syscall-steps.ts';
+import { storedRanges } from './stored-pages.ts';
+
+/** The parts of [start, end) the mappings cover. */
+function existingParts(start: bigint, end: bigint, mappings: readonly Mapping[]): Array<[bigint, bigint]> {
+  return mappings.filter((m) => m.start < end && start < m.end).map((m) => [m.start > start ? m.start : start, m.end < end ? m.end : end]);
+}
 
 export { PlanError, type PlanStep, type TargetProbe };
 
@@ -94,15 +100,32 @@ export function compileRestorePlan(checkpointed: CheckpointImage, probe: TargetP
   // Every kind of mapping (mappings.ts): anonymous, shared anonymous, files.
   steps.push(...mappingSteps(pid, image.regions, probe, covered, policy, freePage(probe.maps, imageMaps)));
 
-  // A shared file mapping has no entry: its contents are the file's. The
-  // pages a userfaultfd server had not provided stay unwritten, so that
-  // touching them faults to the server again (userfaultfd.ts).
   const userfaultfds = omits(policy, 'userfaultfd') ? [] : (image.task.userfaultfds ?? []);
+  // A page the image does not store (stored-pages.ts) must read as the
+  // mapping's backing. In memory the plan mapped it is; in a mapping the
+  // fresh target already had (its binary, its stack) it may not be:
+  // MADV_DONTNEED drops those pages first (zeros for anonymous memory, the
+  // file's bytes for a private file mapping). Never in a userfaultfd region,
+  // where a dropped page would fault to the server.
+  for (const region of image.regions) {
+    if (region.entry === null || region.userfault) continue;
+    const stored = storedRanges(region);
+    if (stored.length === 1 && stored[0]![0] === region.start && stored[0]![1] === region.end) continue;
+    for (const [start, end] of existingParts(region.start, region.end, probe.maps)) {
+      steps.push(dontNeedStep(pid, start, end - start, `drop the target's own pages of ${hex(start)}-${hex(end)} (${region.name || 'anonymous'}): the image leaves pages out`));
+    }
+  }
+
+  // A shared file mapping has no entry: its contents are the file's. Only
+  // the stored pages are written, so the pages a userfaultfd server had not
+  // provided stay unwritten, and touching them faults to the server again
+  // (userfaultfd.ts). The client sends large writes over the bulk port.
   for (const region of image.regions) {
     if (region.entry === null) continue;
     const data = image.memory.get(region.entry)!;
-    const slices = userfaultfds.length > 0 ? presentSlices(region) : [[0, data.length] as [number, number]];
-    for (const [from, to] of slices) {
+    for (const [start, end] of storedRanges(region)) {
+      const from = Number(start - region.start);
+      const to = Number(end - region.start);
       for (let off = from; off < to; off += WRITE_CHUNK_BYTES) {
         const slice = data.subarray(off, Math.min(off + WRITE_CHUNK_BYTES, to));
         steps.push({ op: { op: 'WRITE_MEM', pid, address: region.start + BigInt(off), data: slice }, why: `contents of ${region.name || 'anonymous'} (${region.entry})` });

@@ -5,7 +5,8 @@
 import type { PlanStep } from './plan-step.ts';
 import type { RseqState } from './rseq.ts';
 
-const NR = { mmap: 9, mprotect: 10, brk: 12, rseq: 334 } as const;
+const NR = { mmap: 9, mprotect: 10, brk: 12, madvise: 28, rseq: 334 } as const;
+const MADV_DONTNEED = 4n;
 export const PROT = { READ: 1n, WRITE: 2n, EXEC: 4n } as const;
 const MAP_PRIVATE = 0x02n;
 const MAP_ANONYMOUS = 0x20n;
@@ -34,4 +35,9 @@ export function brkStep(pid: number, end: bigint, why: string): PlanStep {
 /** rseq(area, size, flags 0, signature): the registration the image had. */
 export function rseqStep(pid: number, rseq: RseqState, why: string): PlanStep {
   return { op: { op: 'INJECT_SYSCALL', pid, nr: NR.rseq, args: [rseq.area, BigInt(rseq.size), 0n, BigInt(rseq.signature)] }, why, expect: 0n };
+}
+
+/** madvise(MADV_DONTNEED): the range's pages are dropped; private memory then reads as its backing (zeros, or the file). */
+export function dontNeedStep(pid: number, start: bigint, length: bigint, why: string): PlanStep {
+  return { op: { op: 'INJECT_SYSCALL', pid, nr: NR.madvise, args: [start, length, MADV_DONTNEED] }, why, expect: 0n };
 }

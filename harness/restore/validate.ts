@@ -17,6 +17,7 @@ import {
 } from '../x86/registers.ts';
 import { DEBUG_REG_NAMES, type CheckpointImage, type DebugRegs, type MemoryRegion, type PlatformFacts, type ProcessInfo } from './checkpoint-image.ts';
 import { parseMaps } from './proc-maps.ts';
+import { unpackStored } from './stored-pages.ts';
 import { mappedPathProblem } from './mappings.ts';
 import { checkRseqArea, type RseqState } from './rseq.ts';
 import { SIGINFO_BYTES, signalStateProblem, type SignalState } from './signals.ts';
@@ -185,9 +186,12 @@ function validatePlatform(raw: unknown): PlatformFacts {
   return raw as PlatformFacts;
 }
 
-function validateRegions(raw: unknown, entries: Map<string, Buffer>): MemoryRegion[] {
+/** The regions, and each entry's bytes as the full region (zeros where no page is stored). */
+function validateRegions(raw: unknown, entries: Map<string, Buffer>): { regions: MemoryRegion[]; memory: Map<string, Buffer> } {
   if (!Array.isArray(raw)) reject('memory.json', '(root)', 'must be a list');
   const regions: MemoryRegion[] = [];
+  const memory = new Map<string, Buffer>();
+  let regionBytes = 0n;
   const used = new Set<string>();
   raw.forEach((r: Record<string, unknown>, i: number) => {
     const at = `[${i}]`;
@@ -217,13 +221,15 @@ function validateRegions(raw: unknown, entries: Map<string, Buffer>): MemoryRegi
       if (!Array.isArray(pair) || pair.length !== 2) reject('memory.json', `${at}.absent[${j}]`, 'must be a [start, end] pair');
       return [u64('memory.json', `${at}.absent[${j}][0]`, pair[0]), u64('memory.json', `${at}.absent[${j}][1]`, pair[1])];
     });
-    const uffd = regionUserfaultProblem({ start, end, perms: r.perms, file, userfault: r.userfault, absent }, typeof r.entry === 'string' ? entries.get(r.entry) : undefined);
-    if (uffd) reject('memory.json', `${at}.${uffd.field}`, uffd.why);
+    const stored = validateStored(r.stored, start, end, absent, at);
     const registration = r.userfault === 0 ? {} : { userfault: r.userfault, absent };
     const sharedFile = file !== null && r.perms[3] === 's';
     if (sharedFile) {
       if (r.entry !== null) reject('memory.json', `${at}.entry`, 'must be null: a shared file mapping\'s contents are the file\'s, never written back');
-      regions.push({ start, end, perms: r.perms, name: r.name, file, offset, entry: null, ...registration });
+      if (stored.length > 0) reject('memory.json', `${at}.stored`, 'must be empty: a shared file mapping has no entry');
+      const uffd = regionUserfaultProblem({ start, end, perms: r.perms, file, userfault: r.userfault, absent }, undefined);
+      if (uffd) reject('memory.json', `${at}.${uffd.field}`, uffd.why);
+      regions.push({ start, end, perms: r.perms, name: r.name, file, offset, entry: null, stored, ...registration });
       return;
     }
     if (typeof r.entry !== 'string' || !r.entry.startsWith('memory/')) reject('memory.json', `${at}.entry`, 'must name a memory/ entry');
@@ -231,13 +237,47 @@ function validateRegions(raw: unknown, entries: Map<string, Buffer>): MemoryRegi
     used.add(r.entry);
     const data = entries.get(r.entry);
     if (!data) reject(r.entry, '(entry)', `missing (named by memory.json${at})`);
-    if (BigInt(data.length) !== end - start) reject(r.entry, 'size', `${data.length} bytes for a ${end - start}-byte region`);
-    regions.push({ start, end, perms: r.perms, name: r.name, file, offset, entry: r.entry, ...registration });
+    const storedBytes = stored.reduce((n, [s, e]) => n + (e - s), 0n);
+    if (BigInt(data.length) !== storedBytes) reject(r.entry, 'size', `${data.length} bytes for the ${storedBytes} bytes memory.json${at}.stored names`);
+    // The whole region is held in memory on restore: bounded as an entry was when it held every page.
+    if (end - start > BigInt(REGION_MAX_BYTES)) reject('memory.json', `${at}.end`, `a ${end - start}-byte region exceeds ${REGION_MAX_BYTES} bytes`);
+    regionBytes += end - start;
+    if (regionBytes > BigInt(REGIONS_MAX_BYTES)) reject('memory.json', `${at}.end`, `regions with contents exceed ${REGIONS_MAX_BYTES} bytes in all`);
+    const full = unpackStored({ start, end }, stored, data);
+    const uffd = regionUserfaultProblem({ start, end, perms: r.perms, file, userfault: r.userfault, absent }, full);
+    if (uffd) reject('memory.json', `${at}.${uffd.field}`, uffd.why);
+    memory.set(r.entry, full);
+    regions.push({ start, end, perms: r.perms, name: r.name, file, offset, entry: r.entry, stored, ...registration });
   });
   for (const name of entries.keys()) {
     if (name.startsWith('memory/') && !used.has(name)) reject(name, '(entry)', 'memory entry not named by memory.json');
   }
-  return regions;
+  return { regions, memory };
+}
+
+/** Bounds on what a restore holds in memory, as format 7 bounded entries (checkpoint-image.ts LIMITS). */
+const REGION_MAX_BYTES = 512 * 1024 * 1024;
+const REGIONS_MAX_BYTES = 2 * 1024 * 1024 * 1024;
+
+/**
+ * memory.json[i].stored: the page ranges the entry holds — sorted,
+ * disjoint, page aligned, non-empty, inside the region, and never a page
+ * the region's userfaultfd had not provided (an absent page is not written).
+ */
+function validateStored(raw: unknown, start: bigint, end: bigint, absent: ReadonlyArray<readonly [bigint, bigint]>, at: string): Array<[bigint, bigint]> {
+  if (!Array.isArray(raw) || raw.length > 1 << 20) reject('memory.json', `${at}.stored`, 'must be a list of [start, end] pairs');
+  let cursor = start;
+  return raw.map((pair: unknown, j: number): [bigint, bigint] => {
+    if (!Array.isArray(pair) || pair.length !== 2) reject('memory.json', `${at}.stored[${j}]`, 'must be a [start, end] pair');
+    const s = u64('memory.json', `${at}.stored[${j}][0]`, pair[0]);
+    const e = u64('memory.json', `${at}.stored[${j}][1]`, pair[1]);
+    if (s % PAGE !== 0n || e % PAGE !== 0n || e <= s) reject('memory.json', `${at}.stored[${j}]`, `${hex(s)}-${hex(e)} is not a non-empty page-aligned range`);
+    if (s < cursor || e > end) reject('memory.json', `${at}.stored[${j}]`, `${hex(s)}-${hex(e)} is outside the region ${hex(start)}-${hex(end)}, overlaps or is out of order`);
+    cursor = e;
+    const hole = absent.find(([as, ae]) => as < e && s < ae);
+    if (hole) reject('memory.json', `${at}.stored[${j}]`, `${hex(s)}-${hex(e)} includes absent pages ${hex(hole[0])}-${hex(hole[1])}`);
+    return [s, e];
+  });
 }
 
 const U32_HEX = /^0x[0-9a-f]{1,8}$/;
@@ -588,7 +628,8 @@ export function validateImage(raw: UntrustedImage): CheckpointImage {
   } catch (error) {
     reject('maps.txt', '(line)', (error as Error).message);
   }
-  const regions = validateRegions(raw.regions, raw.entries);
+  const { regions, memory } = validateRegions(raw.regions, raw.entries);
+  const entries = new Map([...raw.entries, ...memory]);
   const rseq = validateRseq(raw.rseq, regions);
   const signals = validateSignals(raw.signals, raw.maps);
   const task = validateTask(raw.task);
@@ -597,7 +638,7 @@ export function validateImage(raw: UntrustedImage): CheckpointImage {
   if (registered && (owners.length !== 1 || owners[0]!.features === null)) {
     reject('task.json', 'userfaultfds', `memory.json registers ${hex(registered.start)}-${hex(registered.end)} with a userfaultfd, so exactly one userfaultfd that went through UFFDIO_API must own it (found ${owners.length}${owners.length === 1 ? ', which never had UFFDIO_API' : ''})`);
   }
-  const { links, threads } = validateThreads(raw.threads, { pid: process.pid, xstate: raw.xstate, rseq, regions, maps: raw.maps, entries: raw.entries });
+  const { links, threads } = validateThreads(raw.threads, { pid: process.pid, xstate: raw.xstate, rseq, regions, maps: raw.maps, entries });
   const ldt = validateLdt(raw.ldt);
   const unbacked = ldtSelectorProblem(regs, ldt, 'regs.json') ?? threads.map((th, i) => ldtSelectorProblem(th.regs, ldt, 'threads.json', `threads[${i}].regs.`)).find(Boolean);
   if (unbacked) reject(unbacked.entry, unbacked.field, unbacked.why);
@@ -606,6 +647,5 @@ export function validateImage(raw: UntrustedImage): CheckpointImage {
   const timers = validateTimers(raw.timers, tids, fds);
   const sleep = validateSleep(raw.sleep, regs, regions);
   const pkeys = validatePkeys(raw.pkeys, regions);
-  const memory = new Map(regions.flatMap((r) => (r.entry === null ? [] : [[r.entry, raw.entries.get(r.entry)!] as const])));
   return { created: raw.created, process, platform, regs, debugRegs, rseq, signals, task, links, threads, ldt, timers, sleep, pkeys, xstate: raw.xstate, maps: raw.maps, regions, memory };
 }

@@ -15,9 +15,10 @@ export const debianCloudRecipe = {
   kernelMetapackage: 'linux-image-cloud-amd64',
   /**
    * Modules the guest loads at boot, dependencies resolved from each .ko's
-   * modinfo: the network, and pvpanic so a panic reaches QMP as GUEST_PANICKED.
+   * modinfo: the network, pvpanic so a panic reaches QMP as GUEST_PANICKED,
+   * and virtio_console for the bulk data port (qemu-args.ts bulkPortArgs).
    */
-  modules: ['virtio_net', 'virtio_pci', 'pvpanic_mmio'],
+  modules: ['virtio_net', 'virtio_pci', 'pvpanic_mmio', 'virtio_console'],
   /** Host files copied into the guest with their shared-library closure. */
   hostPrograms: {
     '/bin/busybox': '/bin/busybox',

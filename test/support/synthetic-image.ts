@@ -59,7 +59,7 @@ export function syntheticImage(overrides: Partial<CheckpointImage> = {}): Checkp
     { start: 0x100a0000n, end: 0x100a2000n, perms: 'rw-p', name: '/usr/local/bin/hwbreak', file: '/usr/local/bin/hwbreak', offset: 0xa0000n },
     { start: 0x100a2000n, end: 0x100c5000n, perms: 'rw-p', name: '[heap]', file: null, offset: 0n },
     { start: 0x7ffffffde000n, end: 0x7ffffffff000n, perms: 'rw-p', name: '[stack]', file: null, offset: 0n },
-  ].map((r, i) => ({ ...r, entry: memoryEntryName(i) as string | null }));
+  ].map((r, i) => ({ ...r, entry: memoryEntryName(i) as string | null, stored: [[r.start, r.end]] as Array<[bigint, bigint]> }));
   const memory = new Map(regions.map((r, i) => [r.entry!, Buffer.alloc(Number(r.end - r.start), i + 1)]));
   // The rseq area (in the heap, where static glibc keeps its TLS) starts zeroed: not in a critical section.
   memory.get(regions[2]!.entry!)!.fill(0, Number(SYNTHETIC_RSEQ.area - regions[2]!.start), Number(SYNTHETIC_RSEQ.area - regions[2]!.start) + SYNTHETIC_RSEQ.size);
