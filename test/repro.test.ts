@@ -7,6 +7,7 @@ import { execa } from 'execa';
 import { readBundle } from '../harness/repro/bundle.ts';
 import { parseVerdict, type ReproVerdict } from '../harness/repro/verdict.ts';
 import { REPO_ROOT } from '../harness/util/cache-dir.ts';
+import { PROFILE_VERSION } from '../harness/platform/profile.ts';
 
 const crh = path.join(REPO_ROOT, 'bin', 'crh.js');
 const example = (name: string): string => path.join(REPO_ROOT, 'examples', 'repro', name);
@@ -50,7 +51,7 @@ t.test('crh repro, end to end', async (t) => {
     t.equal(verdict.restored?.hits, verdict.reference.hits, 'checkpoint_here ran as often as without the checkpoint');
     t.match(entries.get('register-diff.txt')?.data.toString(), /^rbx\s+0x[0-9a-f]+\s+0x[0-9a-f]+$/m, 'register diff: rbx restored as in the image');
     t.match(entries.get('console.log')?.data.toString(), /crh repro: checkpoint: breakpoint hit 1 at checkpoint_here/, 'the phases are marked in the guest console');
-    t.equal(JSON.parse(entries.get('platform-profile.json')!.data.toString()).version, 1);
+    t.equal(JSON.parse(entries.get('platform-profile.json')!.data.toString()).version, PROFILE_VERSION, 'the profile of this crh');
   });
 
   await t.test('the bundle\'s rerun.sh reproduces the verdict from wherever it is extracted', async (t) => {

@@ -26,10 +26,13 @@
  * during the re-issued sleep ends it with EINTR without writing rmtp (an
  * absolute sleep has no remaining time).
  *
- * A call whose remaining time the kernel does not copy out (rmtp NULL, or
- * poll/select/epoll_wait with a timeout: their restart_block holds the
- * expiry and nothing in user memory does) cannot be given its deadline back:
- * the checkpoint refuses it by name (restartBlockProblem).
+ * poll/select/epoll_wait with a timeout cannot be given their deadline back
+ * (their restart_block holds the expiry and nothing in user memory does): the
+ * checkpoint refuses them by name (restartBlockProblem). A sleep with rmtp
+ * NULL (usleep, a program waiting in a loop) has no deadline either, but a
+ * sleep's only effect is its length: it is issued again with its original
+ * arguments and starts over, which the run's syscall-restart note says
+ * (syscall-restart.ts), rather than making every such program uncheckpointable.
  */
 import type { AgentClient } from '../agent/client.ts';
 import { CheckpointError } from '../errors.ts';
@@ -83,7 +86,6 @@ export function restartBlockProblem(regs: UserRegs): string | undefined {
   const nr = BigInt.asIntN(64, regs.orig_rax);
   const sleep = interruptedSleep(regs);
   if (!sleep) return `system call ${nr} was interrupted with ERESTART_RESTARTBLOCK: its remaining timeout lives only in the kernel's restart_block, which no ptrace request reads`;
-  if (sleep.rmtp === 0n) return `system call ${nr} (a sleep) was interrupted with ERESTART_RESTARTBLOCK and rmtp NULL: the kernel copied its remaining time nowhere`;
   return undefined;
 }
 
@@ -193,7 +195,8 @@ export async function captureSleep(agent: AgentClient, pid: number, regs: UserRe
     return null;
   }
   const sleep = interruptedSleep(regs);
-  if (!sleep) return null;
+  // rmtp NULL: no remaining time anywhere; the call starts over (see the top of this file).
+  if (!sleep || sleep.rmtp === 0n) return null;
   const clock = await withScratchPage(agent, pid, async (scratch) => {
     const r = await agent.call({ op: 'INJECT_SYSCALL', pid, nr: NR_CLOCK_GETTIME, args: [CLOCK_MONOTONIC, scratch] });
     if (r !== 0n) throw new CheckpointError(`pid ${pid}: clock_gettime(CLOCK_MONOTONIC) returned ${r}`, { target: `pid ${pid}` });
@@ -214,5 +217,7 @@ export async function captureSleep(agent: AgentClient, pid: number, regs: UserRe
  */
 export function threadRestartBlockProblem(tid: number, regs: UserRegs): string | undefined {
   if (BigInt.asIntN(64, regs.rax) !== -ERESTART_RESTARTBLOCK) return undefined;
+  // A sleep with rmtp NULL starts over in any thread, as in the main one.
+  if (interruptedSleep(regs)?.rmtp === 0n) return undefined;
   return `thread ${tid}: ${restartBlockProblem(regs) ?? `system call ${BigInt.asIntN(64, regs.orig_rax)} (a sleep) was interrupted with ERESTART_RESTARTBLOCK: the image holds the main thread's sleep deadline only`}`;
 }
