@@ -15,7 +15,7 @@ import { kernelSymbolFile } from '../symbols/kernel-symbols.ts';
 import { SymbolTable } from '../symbols/symbols.ts';
 import { EFLAGS, hex } from '../x86/registers.ts';
 import { readExceptionFrame } from '../oracle/exception-frame.ts';
-import type { Measured } from './profile.ts';
+import type { Measured } from './probe-runner.ts';
 
 /** Faults from other processes and the kernel are skipped; give up after this many. */
 const MAX_STOPS = 5000;
