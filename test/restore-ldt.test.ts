@@ -1,6 +1,7 @@
 // expect: LDT descriptors decode to the user_desc modify_ldt makes them from and encode back bit for bit; descriptors modify_ldt cannot make are refused by slot; ldt.json is validated field by field; the plan installs the LDT before any register write, and omit=ldt installs nothing.
-import t, { type Test } from 'tap';
-import { CheckpointError, ImageRejectedError } from '../harness/errors.ts';
+import t from 'tap';
+import { rejects } from './support/rejects.ts';
+import { CheckpointError } from '../harness/errors.ts';
 import { imageEntries, parseImageEntries } from '../harness/restore/checkpoint-image.ts';
 import { decodeDescriptor, encodeDescriptor, encodeUserDesc, ldtEntryProblem, ldtSteps, parseLdtTable, type LdtEntry } from '../harness/restore/ldt.ts';
 import { compileRestorePlan } from '../harness/restore/plan.ts';
@@ -11,16 +12,6 @@ import { reseal, SYNTHETIC_LDT, SYNTHETIC_MAPS, syntheticImage, syntheticRegs } 
 const RECORDED = { 3: 0x1a50f30a60d00017n, 5: 0x1a50730a8400003fn } as const;
 const data = (overrides: Partial<LdtEntry> = {}): LdtEntry => ({ entry_number: 3, base_addr: 0x1a0a60d0, limit: 0x17, seg_32bit: 1, contents: 0, read_exec_only: 0, limit_in_pages: 0, seg_not_present: 0, useable: 1, lm: 0, ...overrides });
 
-function rejects(t: Test, fn: () => unknown, entry: string, field: RegExp | string): void {
-  try {
-    fn();
-    t.fail(`accepted, expected rejection of ${entry} ${field}`);
-  } catch (error) {
-    t.ok(error instanceof ImageRejectedError, `ImageRejectedError (${(error as Error).message})`);
-    t.equal((error as ImageRejectedError).entry, entry);
-    t.match((error as ImageRejectedError).field, field);
-  }
-}
 
 t.test('recorded descriptors decode to the user_desc the workload passed, and encode back', async (t) => {
   t.same(decodeDescriptor(3, RECORDED[3]), { entry: data() });

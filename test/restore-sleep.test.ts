@@ -1,6 +1,6 @@
 // expect: a sleep interrupted with ERESTART_RESTARTBLOCK and rmtp is re-issued as an absolute CLOCK_MONOTONIC clock_nanosleep on the same syscall instruction (relative, for the remaining time, in another boot), its timespec written below the red zone; a restart block with no rmtp, or of poll, is named as uncapturable; sleep.json is validated field by field against the registers and memory; syscall-restart=off leaves the raw -516.
-import t, { type Test } from 'tap';
-import { ImageRejectedError } from '../harness/errors.ts';
+import t from 'tap';
+import { rejects } from './support/rejects.ts';
 import { imageEntries, parseImageEntries } from '../harness/restore/checkpoint-image.ts';
 import { compileRestorePlan } from '../harness/restore/plan.ts';
 import { parseMaps } from '../harness/restore/proc-maps.ts';
@@ -11,16 +11,6 @@ import { reseal, SYNTHETIC_BOOT_ID, SYNTHETIC_MAPS, SYNTHETIC_RMTP, syntheticReg
 const POLICY = { rf: 'keep-and-preserve', regs: 'full', restorer: 'ptrace', rseqFixup: 'on', syscallRestart: 'on' } as const;
 const interrupted = (nr: bigint, overrides: Partial<UserRegs> = {}): UserRegs => syntheticRegs({ rax: BigInt.asUintN(64, -516n), orig_rax: nr, ...overrides });
 
-function rejects(t: Test, fn: () => unknown, entry: string, field: RegExp | string): void {
-  try {
-    fn();
-    t.fail(`accepted, expected rejection of ${entry} ${field}`);
-  } catch (error) {
-    t.ok(error instanceof ImageRejectedError, `ImageRejectedError (${(error as Error).message})`);
-    t.equal((error as ImageRejectedError).entry, entry);
-    t.match((error as ImageRejectedError).field, field);
-  }
-}
 
 t.test('which interrupted calls have a deadline the checkpoint can see', async (t) => {
   t.same(interruptedSleep(interrupted(35n, { rsi: 0x1000n })), { nr: 35, rmtp: 0x1000n }, 'nanosleep: rmtp is rsi');

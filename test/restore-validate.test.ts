@@ -1,5 +1,6 @@
 // expect: a checkpoint image is refused, naming entry and field, for every structural or range violation — and a valid one round-trips.
 import t, { type Test } from 'tap';
+import { rejects } from './support/rejects.ts';
 import { memoryEntryName } from '../harness/restore/checkpoint-image.ts';
 import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -16,16 +17,6 @@ const hexRegs = (overrides: Record<string, string> = {}): Record<string, unknown
   ...overrides,
 });
 
-function rejects(t: Test, fn: () => unknown, entry: string, field: RegExp | string): void {
-  try {
-    fn();
-    t.fail(`accepted, expected rejection of ${entry} ${field}`);
-  } catch (error) {
-    t.ok(error instanceof ImageRejectedError, `ImageRejectedError (${(error as Error).message})`);
-    t.equal((error as ImageRejectedError).entry, entry);
-    t.match((error as ImageRejectedError).field, field);
-  }
-}
 
 t.test('EFLAGS: fixed bits must be exactly IF|0x2, offending bits named', async (t) => {
   t.same(eflagsViolations(0x246n), []);
