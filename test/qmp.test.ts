@@ -12,7 +12,7 @@ import { launchMachine, savedStatePath } from '../harness/machine/fast-start.ts'
 import { ConsoleLog } from '../harness/machine/console.ts';
 import { bootFilesOf } from '../harness/machine/machine.ts';
 import { decisionLocation } from '../harness/machine/accel.ts';
-import { StalledLaunchError, watchForStall, type StallWatchOptions } from '../harness/machine/stall-watch.ts';
+import { instructionPointers, StalledLaunchError, watchForStall, type StallWatchOptions } from '../harness/machine/stall-watch.ts';
 import { BootError } from '../harness/errors.ts';
 
 /** A fake QEMU that answers each command line by the script, as recorded from QEMU 7.2. */
@@ -179,6 +179,7 @@ t.test('a real QEMU: status, stop/cont with events, human monitor, saved state',
   await qmp.waitForEvent('RESUME', 5000);
   const registers = await qmp.execute<string>('human-monitor-command', { 'command-line': 'info registers' });
   t.match(registers, /RIP=[0-9a-f]{16}/, 'human-monitor-command reaches the monitor');
+  t.match(instructionPointers(await qmp.execute<string>('human-monitor-command', { 'command-line': 'info registers -a' })), /^[0-9a-f]{16}$/, 'info registers -a: the RIP of the one vCPU');
   await t.rejects(qmp.execute('no-such-command'), QmpError);
 
   const state = path.join(artifactsDir, 'test.vmstate');
@@ -240,4 +241,26 @@ t.test('launchMachine: a KVM state whose launch stalls is neither loaded into TC
   t.equal(await readFile(kvmState, 'utf8'), 'a state saved under KVM', 'the KVM state was not overwritten by a TCG machine');
   t.ok(existsSync(tcgState), 'the TCG state is the one that exists for TCG machines');
   t.match(await machine.ssh.run('echo up'), /up/);
+});
+
+t.test('stall watch: silence past the bound while the vCPUs move is not a stall; vCPUs that stay put are', async (t) => {
+  let rip = 0x1000;
+  const moving = await statusPeer(() => 'running');
+  const none = await watchUntil({ qmp: moving.qmp, stderr: () => '', silentConsoleMs: 300, vcpuPosition: async () => `${(rip += 3).toString(16)}` }, () => {}, 3000);
+  t.equal(none, undefined, 'a busy, silent vCPU (a kernel decompressing under a loaded TCG) earns more time');
+
+  const still = await statusPeer(() => 'running');
+  const error = await watchUntil({ qmp: still.qmp, stderr: () => '', silentConsoleMs: 300, vcpuPosition: async () => 'ffffffff81000000' }, () => {}, 4000);
+  t.ok(error instanceof StalledLaunchError, `stalled: ${error?.message}`);
+  t.match(error?.message, /no console output within 300 ms of launch, and the vCPUs did not move in 1000 ms \(ffffffff81000000\)/);
+
+  const mute = await statusPeer(() => 'running');
+  const unread = await watchUntil({ qmp: mute.qmp, stderr: () => '', silentConsoleMs: 300, vcpuPosition: () => Promise.reject(new Error('CommandNotFound')) }, () => {}, 3000);
+  t.match(unread?.message, /positions could not be read \(CommandNotFound\)/, 'an unreadable position decides as silence alone did');
+});
+
+t.test('instructionPointers: every vCPU of an HMP info registers -a answer', async (t) => {
+  const answer = 'CPU#0\nRAX=0000000000000000 RBX=0000000000000001\nRIP=ffffffff81001234 RFL=00000246\nCPU#1\nRIP=0000000001000000 RFL=00000002\n';
+  t.equal(instructionPointers(answer), 'ffffffff81001234 0000000001000000');
+  t.equal(instructionPointers('no registers'), '');
 });

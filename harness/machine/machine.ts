@@ -28,7 +28,7 @@ import { ConsoleLog, KERNEL_DEATH } from './console.ts';
 import { freeLoopbackPort } from './free-port.ts';
 import { formatCommandLine, qemuArgs, shellQuote, type BootFiles } from './qemu-args.ts';
 import { qemuBinary } from './qemu-binary.ts';
-import { evidenceDetails, SILENT_CONSOLE_MS, StalledLaunchError, watchForStall, type StallWatch } from './stall-watch.ts';
+import { evidenceDetails, instructionPointers, SILENT_CONSOLE_MS, StalledLaunchError, watchForStall, type StallWatch } from './stall-watch.ts';
 import { Ready } from './readiness.ts';
 import { diagnoseVcpus } from '../oracle/diagnose.ts';
 import type { SymbolTable } from '../symbols/symbols.ts';
@@ -320,6 +320,12 @@ export class QemuMachine implements AsyncDisposable {
       launchedAt: this.launchedAt,
       // A VM loading saved state prints nothing until something happens in the guest.
       silentConsoleMs: this.config.incomingState ? undefined : (this.config.silentConsoleMs ?? SILENT_CONSOLE_MS),
+      vcpuPosition: async () => {
+        const answer = await this.qmpClient!.execute<string>('human-monitor-command', { 'command-line': 'info registers -a' });
+        const rips = instructionPointers(answer);
+        if (rips === '') throw new LaunchError('HMP info registers named no RIP', { answer: answer.slice(0, 500) });
+        return rips;
+      },
       onStall: (error) => this.onStall(error),
     });
     if (this.config.incomingState) await this.resumeIncoming(ctx.deadline, abort.signal);

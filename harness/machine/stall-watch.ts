@@ -9,7 +9,15 @@
  * Signs watched, cheapest first: QEMU's stderr and the console (in memory,
  * every POLL_MS), QMP status (once at the start, then on every STOP event:
  * no periodic QMP traffic, so qmp.log stays readable), and a console that
- * stays silent past a bound on a cold boot.
+ * stays silent past a bound on a cold boot while the vCPUs do not move.
+ *
+ * Silence alone is not a stall: a generic Debian kernel (8 MB vmlinuz)
+ * decompresses without printing anything, and under TCG on 2 cores shared
+ * with other QEMUs (load average 20) that took more than 15 s — a launch
+ * judged "stalled" while its vCPU was busy in the decompressor (a CI run
+ * failed that way). So when the bound passes, the watch samples the vCPUs'
+ * instruction pointers twice; only a vCPU that stays put is a stall, and a
+ * moving one earns another bound.
  */
 import { BootError, LaunchError } from '../errors.ts';
 import type { QmpClient } from '../qmp/client.ts';
@@ -25,6 +33,8 @@ export const SILENT_CONSOLE_MS = 15_000;
 
 const POLL_MS = 250;
 const QMP_ANSWER_MS = 2000;
+/** Between the two samples of the vCPUs' positions: a busy TCG vCPU retires millions of instructions in this time. */
+export const PROGRESS_SAMPLE_MS = 1000;
 
 /** QEMU's own words when KVM cannot run the vCPU (accel/kvm/kvm-all.c). */
 export const KVM_FAILURE = /KVM internal error|KVM: entry failed|emulation failure|kvm run failed/i;
@@ -77,6 +87,13 @@ export interface StallWatchOptions {
   launchedAt: number;
   /** no console byte this long after launch is a stall; undefined when silence is legitimate (loading saved state) */
   silentConsoleMs: number | undefined;
+  /**
+   * Where the vCPUs are now (e.g. their RIPs); two equal answers
+   * PROGRESS_SAMPLE_MS apart mean they do not move. Undefined: silence past
+   * the bound is a stall by itself (the KVM boot probe, which wants evidence
+   * of a working accelerator, not patience).
+   */
+  vcpuPosition?: () => Promise<string>;
   /** called once, with a StalledLaunchError (or a BootError for a guest-panicked VM) */
   onStall: (error: Error) => void;
 }
@@ -90,6 +107,10 @@ export interface StallWatch {
 export function watchForStall(o: StallWatchOptions): StallWatch {
   let qmpStatus = '';
   let stopped = false;
+  /** the next time silence is judged (moves on while the vCPUs make progress) */
+  let silenceBound = o.silentConsoleMs === undefined ? undefined : o.launchedAt + o.silentConsoleMs;
+  let sampling = false;
+  let progressNote = '';
   const evidence = (seen: string): LaunchEvidence => ({
     seen,
     qmpStatus,
@@ -128,9 +149,24 @@ export function watchForStall(o: StallWatchOptions): StallWatch {
       stall(new StalledLaunchError(`the vCPU stopped: QEMU says "${line}"`, evidence(`stderr: ${line}`)));
       return;
     }
-    if (o.silentConsoleMs !== undefined && o.console.firstByteAt === undefined && Date.now() - o.launchedAt >= o.silentConsoleMs) {
-      stall(new StalledLaunchError(`no console output within ${o.silentConsoleMs} ms of launch`, evidence(`console silent for ${Date.now() - o.launchedAt} ms`)));
+    if (silenceBound === undefined || sampling || o.console.firstByteAt !== undefined || Date.now() < silenceBound) return;
+    const silent = (): StalledLaunchError =>
+      new StalledLaunchError(`no console output within ${o.silentConsoleMs} ms of launch${progressNote}`, evidence(`console silent for ${Date.now() - o.launchedAt} ms${progressNote}`));
+    if (!o.vcpuPosition) {
+      stall(silent());
+      return;
     }
+    sampling = true;
+    void sampleProgress(o.vcpuPosition).then((moved) => {
+      sampling = false;
+      if (stopped || o.console.firstByteAt !== undefined) return;
+      if (moved.kind === 'moving') {
+        silenceBound = Date.now() + o.silentConsoleMs!;
+        return;
+      }
+      progressNote = moved.kind === 'still' ? `, and the vCPUs did not move in ${PROGRESS_SAMPLE_MS} ms (${moved.at})` : `; the vCPUs' positions could not be read (${moved.why})`;
+      stall(silent());
+    });
   };
 
   const unsubscribe = o.qmp.onEvent((event) => {
@@ -146,4 +182,27 @@ export function watchForStall(o: StallWatchOptions): StallWatch {
   readStatus();
   poll();
   return { evidence, stop };
+}
+
+type Progress = { kind: 'moving' } | { kind: 'still'; at: string } | { kind: 'unknown'; why: string };
+
+async function sampleProgress(position: () => Promise<string>): Promise<Progress> {
+  try {
+    const first = await bounded(position());
+    await new Promise((resolve) => setTimeout(resolve, PROGRESS_SAMPLE_MS).unref());
+    const second = await bounded(position());
+    return first === second ? { kind: 'still', at: first } : { kind: 'moving' };
+  } catch (error) {
+    return { kind: 'unknown', why: error instanceof Error ? error.message : String(error) };
+  }
+}
+
+function bounded<T>(answer: Promise<T>): Promise<T> {
+  const bound = new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`no answer within ${QMP_ANSWER_MS} ms`)), QMP_ANSWER_MS).unref());
+  return Promise.race([answer, bound]);
+}
+
+/** The RIP (EIP for a vCPU still in 32-bit or real mode) of every vCPU in an HMP `info registers -a` answer, in order: what "moving" compares. */
+export function instructionPointers(infoRegisters: string): string {
+  return [...infoRegisters.matchAll(/\b[ER]IP=([0-9a-f]+)/g)].map((m) => m[1]).join(' ');
 }
