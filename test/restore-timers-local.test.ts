@@ -9,6 +9,7 @@ import { checkpointProcess } from '../harness/restore/checkpoint.ts';
 import type { CheckpointImage } from '../harness/restore/checkpoint-image.ts';
 import { restoreProcess } from '../harness/restore/restore.ts';
 import { DEFAULT_POLICY } from '../harness/restore/policy.ts';
+import { debugRegOffset } from '../harness/x86/registers.ts';
 
 const TIMEOUT_MS = 60_000;
 
@@ -32,6 +33,10 @@ t.test('timers across a checkpoint, on the host kernel', async (t) => {
     const pid = await spawnWithBreakpoint(agent, { binary, argv, breakAt }, out(tag));
     const run = await agent.call({ op: 'RUN', pid, stopAfterHits: hit, timeoutMs: TIMEOUT_MS });
     if (run.outcome !== 'hit-limit') throw new Error(`${tag}: ${run.outcome} ${await read(tag)}`);
+    // The DR0 breakpoint is the harness's, not the program's: left armed, the restored run would trap to the agent
+    // on every ticker_work call, and at load average ~18 those round trips starved ITIMER_VIRTUAL (user CPU time)
+    // for 3 s of wall time — "stalled: virtual at N" in 3 runs of 3 — a run the harness itself perturbed.
+    await agent.call({ op: 'POKEUSER', pid, offset: debugRegOffset(7), value: 0n });
     // Stopped long enough for ITIMER_REAL (1 ms) to have fired while stopped, and during the checkpoint.
     await new Promise((resolve) => setTimeout(resolve, 20));
     const image = await checkpointProcess(agent, { binary, argv, envp: [], noAslr: true, pid }, { host: true });
