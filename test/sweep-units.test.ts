@@ -84,13 +84,13 @@ t.test('boundaries are named by symbol+offset and by objdump on the host binary'
 
   const regs = (over: Partial<UserRegs>): UserRegs => ({ ...(Object.fromEntries(USER_REGS_FIELDS.map((n) => [n, 0n])) as unknown as UserRegs), ...over });
   const verdict = (index: number, pass: boolean, image: Partial<UserRegs>, restored: Partial<UserRegs>): BoundaryVerdict => ({
-    index, rip: entry + BigInt([0, 1, 3, 6][index]!), pass, imageRegs: regs(image), restoredRegs: regs(restored), restoreDifferences: [],
+    index, rip: entry + BigInt([0, 1, 3, 6][index]!), pass, reached: 'step', against: { outcome: 'exited', code: 0, output: 'result 105\n', hits: 0 }, stopFelt: [], imageRegs: regs(image), restoredRegs: regs(restored), restoreDifferences: [],
     run: { outcome: 'exited', code: 0, output: pass ? 'result 105\n' : 'result 0\n', hits: 0 },
     mismatches: pass ? [] : [{ what: 'output', line: 1, reference: '"result 105"', restored: '"result 0"' }], checkpointMs: 10, restoreRunMs: 20,
   });
   // r12 differs at every boundary (the caller's value lost), rbx only once it holds x: rbx is the newly differing register at 3.
   const result: SweepResult = {
-    pid: 1, boundaries: [0, 1, 2, 3].map((index) => ({ index, rip: entry })), notes: [], walkMs: 100,
+    pid: 1, boundaries: [0, 1, 2, 3].map((index) => ({ index, rip: entry })), notes: [], walkMs: 100, freshRunsMs: 0, freshRuns: 0,
     verdicts: [verdict(0, true, { r12: 5n }, {}), verdict(1, true, { r12: 5n }, {}), verdict(2, true, { r12: 5n }, {}), verdict(3, false, { r12: 5n, rbx: 7n }, {})],
     stepped: { outcome: 'exited', code: 0, output: 'result 105\n', hits: 0 }, steppedMismatches: [],
   };
