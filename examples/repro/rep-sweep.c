@@ -4,22 +4,27 @@
  * the walk stands at the rep instruction itself five times, with RCX the
  * bytes still to copy and RSI/RDI advanced past the ones done:
  *
- *   boundary  instruction   RCX  done
- *   0         mov %rdx,%rcx  -    -
- *   1         rep movsb      5    0
- *   2         rep movsb      4    1   (after a non-final iteration)
- *   3         rep movsb      3    2
- *   4         rep movsb      2    3
- *   5         rep movsb      1    4
- *   6         ret            0    5
- *   7 …       main
+ *   boundary  instruction     RCX  bytes done  live of RCX/RSI/RDI
+ *   0         mov %rdx,%rcx   -    -           RSI RDI (the arguments)
+ *   1         rep movsb       5    0           RCX RSI RDI
+ *   2         rep movsb       4    1           RCX RSI RDI (after a non-final iteration)
+ *   3         rep movsb       3    2           RCX RSI RDI
+ *   4         rep movsb       2    3           RCX RSI RDI
+ *   5         rep movsb       1    4           RCX RSI RDI
+ *   6         mov %rdi,%rax   0    5           RDI (where the copy ended)
+ *   7         ret             -    -           -
  *
  * A restore at 2-5 must resume the copy where it stood: no byte copied
  * twice or skipped, RSI/RDI/RCX continuing. The program copies into a
  * buffer that already holds other bytes and prints it whole, with where
- * RDI ended, so a lost or repeated iteration shows.
+ * RDI ended, so a lost or repeated iteration shows:
  *
- *   crh repro examples/repro/rep-sweep.c --sweep rep_sweep --count 12
+ *   dst ..ABCDE... end +7
+ *
+ * (Back in main, RSI and RDI are live again as printf's arguments: a sweep
+ * of 8 boundaries stops at the ret.)
+ *
+ *   crh repro examples/repro/rep-sweep.c --sweep rep_sweep --count 8 [--omit string-regs]
  */
 #include <stdio.h>
 #include <string.h>
