@@ -12,6 +12,7 @@ import { sweepBoundaries, SWEEP_MAX_COUNT } from '../harness/repro/sweep-options
 import { parseRerunRecord, rerunRecord } from '../harness/repro/rerun-record.ts';
 import { BundleRejectedError, UsageError } from '../harness/repro/usage-error.ts';
 import { locate, makeSweepReport, objdumpInstruction, formatSweepTable } from '../harness/repro/sweep-report.ts';
+import { sweepHtml } from '../harness/repro/sweep-html.ts';
 import { loadProgram } from '../harness/repro/program.ts';
 import type { BoundaryVerdict, SweepResult } from '../harness/repro/sweep.ts';
 import { DEFAULT_POLICY } from '../harness/restore/policy.ts';
@@ -98,5 +99,13 @@ t.test('boundaries are named by symbol+offset and by objdump on the host binary'
   t.equal(report.pass, false);
   t.match(report.headline, /^first failing boundary 3 at 0x[0-9a-f]+ sweep_callee\+0x6 \(lea 0x7\(%rdi\),%r12\): output differs at line 1: uninterrupted "result 105", restored "result 0"; restored wrong: rbx — 1 of 4 boundaries fail \(3\)$/);
   t.same(report.rows[3]?.registersDiffering.sort(), ['r12', 'rbx']);
-  t.match(formatSweepTable(report), /^3\s+0x[0-9a-f]+\s+sweep_callee\+0x6\s+lea 0x7\(%rdi\),%r12\s+DIFFERS output differs/m);
+  t.match(formatSweepTable(report), /^3\s+0x[0-9a-f]+\s+sweep_callee\+0x6\s+lea 0x7\(%rdi\),%r12\s+step\s+DIFFERS output differs/m);
+
+  // The HTML table: one row per boundary, the failing one marked, and the program's text escaped.
+  const html = sweepHtml({ ...report, notes: ['<script>alert(1)</script>'] });
+  t.match(html, /<meta http-equiv="Content-Security-Policy" content="default-src 'none';/, 'scripts forbidden');
+  t.equal(html.match(/<tr class="(pass|fail)">/g)?.length, 4, 'a row per checkpointed boundary');
+  t.match(html, /<tr class="fail"><td>3<\/td>.*lea 0x7\(%rdi\),%r12.*DIFFERS.*output differs at line 1: uninterrupted &quot;result 105&quot;.*registers differing: <code>r12 rbx<\/code>/, 'the failing boundary with its difference and registers');
+  t.notMatch(html, /<script>/, 'notes escaped');
+  t.match(html, /&lt;script&gt;alert\(1\)&lt;\/script&gt;/);
 });
