@@ -123,6 +123,8 @@ async function sweepBundleEntries(request: ReproRequest, binary: Buffer, name: s
     entries.push({ name: `boundary-${v.index}/checkpoint.tar`, data: image });
     entries.push(text(`boundary-${v.index}/register-diff.txt`, formatRegisterDiff({ image: v.imageRegs, ...(v.restoredRegs ? { restored: v.restoredRegs } : {}), policy: request.policy, kernel: v.restoreDifferences })));
     entries.push(text(`boundary-${v.index}/restored.out`, v.run.output));
+    // Reached by a fresh run to a breakpoint: what that run printed, continued from the stop — the output it was compared with.
+    if (v.reached === 'breakpoint') entries.push(text(`boundary-${v.index}/continued.out`, v.against.output));
   }
   return entries;
 }

@@ -192,7 +192,7 @@ export async function sweepRuns(ctx: SweepContext, reference: Reference, policy:
     const armed = rseqCs !== undefined && (await agent.call({ op: 'READ_MEM', pid, address: rseqCs, length: 8 })).readBigUInt64LE(0) !== 0n;
     boundaries.push({ index, rip: regs.rip, ...(armed ? { rseqArmed: true } : {}) });
     if (index % ctx.sweep.every === 0) {
-      if (armedAt === undefined) taken.push(await checkpointAt(ctx, process, { index, rip: regs.rip }, out));
+      if (armedAt === undefined) taken.push(await checkpointAt(ctx, process, boundaries[index]!, out));
       else byBreakpoint.push(index);
     }
     if (armed) armedAt ??= index;
