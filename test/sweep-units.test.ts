@@ -108,4 +108,25 @@ t.test('boundaries are named by symbol+offset and by objdump on the host binary'
   t.match(html, /<tr class="fail"><td>3<\/td>.*lea 0x7\(%rdi\),%r12.*DIFFERS.*output differs at line 1: uninterrupted &quot;result 105&quot;.*registers differing: <code>r12 rbx<\/code>/, 'the failing boundary with its difference and registers');
   t.notMatch(html, /<script>/, 'notes escaped');
   t.match(html, /&lt;script&gt;alert\(1\)&lt;\/script&gt;/);
+
+  // A boundary reached by breakpoint is compared with its own run continued from the stop, and says what the stop alone did.
+  const uninterrupted = { outcome: 'exited' as const, code: 0, output: 'counter 3 aborts 0\n', hits: 0 };
+  const continued = { outcome: 'exited' as const, code: 0, output: 'counter 3 aborts 1\n', hits: 0 };
+  const byBreakpoint = (index: number, pass: boolean): BoundaryVerdict => ({
+    index, rip: entry + BigInt(index), pass, reached: 'breakpoint', rseqArmed: true, against: continued,
+    stopFelt: [{ what: 'output', line: 1, reference: '"counter 3 aborts 0"', restored: '"counter 3 aborts 1"' }],
+    imageRegs: regs({}), restoredRegs: regs({}), restoreDifferences: [],
+    run: pass ? continued : uninterrupted,
+    mismatches: pass ? [] : [{ what: 'output', line: 1, reference: '"counter 3 aborts 1"', restored: '"counter 3 aborts 0"' }], checkpointMs: 10, restoreRunMs: 20,
+  });
+  const rseqResult: SweepResult = {
+    pid: 1, boundaries: [0, 1].map((index) => ({ index, rip: entry + BigInt(index) })), notes: [], walkMs: 100, freshRunsMs: 900, freshRuns: 2,
+    verdicts: [byBreakpoint(0, true), byBreakpoint(1, false)], stepped: uninterrupted, steppedMismatches: [],
+  };
+  const rseqReport = await makeSweepReport({ program, sweep: { symbol: 'sweep_callee', count: 2, every: 1 }, hit: 1, policy: DEFAULT_POLICY, reference: uninterrupted, result: rseqResult, disassemble: async () => 'nop' });
+  t.same(rseqReport.rows.map((r) => [r.reached, r.rseqArmed, r.pass]), [['breakpoint', true, true], ['breakpoint', true, false]]);
+  t.equal(rseqReport.rows[0]?.stopFelt, 'output differs at line 1: uninterrupted "counter 3 aborts 0", continued from the stop "counter 3 aborts 1"', 'the stop alone, against the uninterrupted run');
+  t.equal(rseqReport.rows[1]?.firstDifference, 'output differs at line 1: continued from the stop "counter 3 aborts 1", restored "counter 3 aborts 0"', 'the restored run, against the continued one');
+  t.match(formatSweepTable(rseqReport), /; 2 fresh runs to a breakpoint 900 ms\n/);
+  t.match(formatSweepTable(rseqReport), /^1\s+0x[0-9a-f]+\s+sweep_callee\+0x1\s+nop\s+break rseq DIFFERS output differs .*; the stop alone: /m);
 });
