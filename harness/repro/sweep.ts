@@ -184,7 +184,7 @@ export async function sweepRuns(ctx: SweepContext, reference: Reference, policy:
   /** rt_sigreturns whose restored TF the kernel took for the tracer's (stale TIF_FORCED_TF); given back as the program's */
   const tfGivenBack: number[] = [];
   let ended: RunRecord | undefined;
-  const rseqCs = await rseqCsWord(agent, pid);
+  const rseqCs = await rseqCsWord(agent, pid, notes);
   /** the first boundary stepped off with rseq_cs set: the later ones are reached by breakpoint */
   let armedAt: number | undefined;
   const byBreakpoint: number[] = [];
@@ -265,10 +265,20 @@ async function checkpointAt(ctx: SweepContext, process: ProcessInfo, at: Boundar
   return { ...at, imageFile, regs: image.regs, outputBefore, checkpointMs: Date.now() - started, reached: 'step' };
 }
 
-/** Where the walked process's rseq_cs word is, or undefined when it has no rseq registration. */
-async function rseqCsWord(agent: AgentClient, pid: number): Promise<bigint | undefined> {
-  const config = await agent.call({ op: 'RSEQ_CONFIG', pid });
-  return config.area === 0n ? undefined : rseqCsAddress({ area: config.area, size: config.size, signature: config.signature });
+/**
+ * Where the process's rseq_cs word is, or undefined when it has no rseq
+ * registration — or the kernel cannot say (PTRACE_GET_RSEQ_CONFIGURATION
+ * is 5.13+; a user's older kernel answers EIO), noted once.
+ */
+async function rseqCsWord(agent: AgentClient, pid: number, notes?: string[]): Promise<bigint | undefined> {
+  try {
+    const config = await agent.call({ op: 'RSEQ_CONFIG', pid });
+    return config.area === 0n ? undefined : rseqCsAddress({ area: config.area, size: config.size, signature: config.signature });
+  } catch (error) {
+    if (!(error instanceof AgentError)) throw error;
+    notes?.push(`the kernel did not report the rseq registration (${error.message}): rseq_cs not watched, every boundary stepped`);
+    return undefined;
+  }
 }
 
 function armedLeftNote(b: Boundary): string {
