@@ -13,6 +13,10 @@
 // default policy. Negative control: rseq-fixup=off fails at exactly the boundaries inside the section, 2-5.
 // rep movsb (examples/repro/rep-sweep.c, 8 boundaries from rep_sweep, the rep instruction at 1-5 with RCX 5..1): every
 // boundary matches. Negative control: omit=string-regs (RCX/RSI/RDI not restored) fails exactly where they are live, 0-6.
+// A rep movsb interrupted by a signal (examples/repro/rep-signal-sweep.c, 8 boundaries from rep_interrupted, called by the
+// SIGALRM handler only when the interrupted RIP is the rep): the handler's return and rt_sigreturn (0-2), then the rep
+// again between iterations (3-7); every boundary matches. Negative control: omit=string-regs fails at exactly 3-7 — in
+// the handler the copy's progress is in the signal frame, not in registers.
 import t from 'tap';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
@@ -153,5 +157,33 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     t.ok(report.stepped.matchesReference, 'the walked process is unaffected by the policy');
     const observed = `failing boundaries: ${failing.join(' ') || 'none'}`;
     recordRow(t, { case: CASE, scenario: REP, policy: describePolicy(request.policy), control: true, expected: 'failing boundaries: 0 1 2 3 4 5 6', observed, pass: observed === 'failing boundaries: 0 1 2 3 4 5 6' });
+  });
+
+  const REP_SIGNAL = 'sweep: 8 boundaries from rep-signal-sweep.c\'s rep_interrupted: the SIGALRM handler\'s return, rt_sigreturn, then the interrupted rep movsb between iterations (3-7), a checkpoint at each';
+  const repSignalArgs = [path.join(REPO_ROOT, 'examples', 'repro', 'rep-signal-sweep.c'), '--sweep', 'rep_interrupted', '--count', '8'];
+  /** Boundaries standing at the rep instruction the alarm interrupted. */
+  const atRep = (prepared: { program: { elf: { symbols(): { name: string; value: bigint }[] } } }, rows: { boundary: number; address: string }[]): number[] => {
+    const rep = prepared.program.elf.symbols().find((s) => s.name === 'rep_signal_insn')!.value;
+    return rows.filter((r) => BigInt(r.address) === rep).map((r) => r.boundary);
+  };
+
+  await t.test('rep movsb interrupted by a signal: from the handler through rt_sigreturn into the middle of the copy', async (t) => {
+    const { request, prepared, runs, report, failing } = await sweepWith([], repSignalArgs);
+    t.equal(runs.perturbed, undefined, 'the traced run prints what the native run prints');
+    t.ok(report.stepped.matchesReference, `the walked process ends as the uninterrupted run (${report.stepped.status})`);
+    t.same(report.rows.slice(0, 3).map((r) => r.location), ['rep_interrupted', '__restore_rt', '__restore_rt+0x7'], 'the handler returns through __restore_rt');
+    t.same(atRep(prepared, report.rows), [3, 4, 5, 6, 7], 'then the walk stands at the interrupted rep, once per iteration');
+    const rcx = runs.result.verdicts.filter((v) => v.index >= 3).map((v) => v.imageRegs.rcx);
+    t.ok(rcx[0]! > 5n && rcx.every((c, i) => i === 0 || c === rcx[i - 1]! - 1n), `RCX counts down from the interrupted count (${rcx.join(' ')})`);
+    t.equal(runs.reference.output, 'copy of 524288 bytes: exact; interrupted inside the rep: yes\n', 'the alarm interrupted the copy and it finished exact');
+    const observed = `failing boundaries: ${failing.join(' ') || 'none'}`;
+    recordRow(t, { case: CASE, scenario: REP_SIGNAL, policy: describePolicy(request.policy), control: false, expected: 'failing boundaries: none', observed, pass: observed === 'failing boundaries: none' });
+  });
+
+  await t.test('negative control omit=string-regs: exactly the boundaries at the rep fail, none in the handler', async (t) => {
+    const { request, prepared, report, failing } = await sweepWith(['--omit', 'string-regs'], repSignalArgs);
+    t.same(failing, atRep(prepared, report.rows), 'the failing boundaries are those at the rep instruction');
+    const observed = `failing boundaries: ${failing.join(' ') || 'none'}`;
+    recordRow(t, { case: CASE, scenario: REP_SIGNAL, policy: describePolicy(request.policy), control: true, expected: 'failing boundaries: 3 4 5 6 7', observed, pass: observed === 'failing boundaries: 3 4 5 6 7' });
   });
 });
