@@ -180,7 +180,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     recordRow(t, { case: CASE, scenario: REP_SIGNAL, policy: describePolicy(request.policy), control: false, expected: 'failing boundaries: none', observed, pass: observed === 'failing boundaries: none' });
   });
 
-  await t.test('negative control omit=string-regs: exactly the boundaries at the rep fail, none in the handler', async (t) => {
+  await t.test('negative control omit=string-regs over the signal-interrupted rep: exactly the boundaries at the rep fail, none in the handler', async (t) => {
     const { request, prepared, report, failing } = await sweepWith(['--omit', 'string-regs'], repSignalArgs);
     t.same(failing, atRep(prepared, report.rows), 'the failing boundaries are those at the rep instruction');
     const observed = `failing boundaries: ${failing.join(' ') || 'none'}`;
