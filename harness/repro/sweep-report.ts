@@ -15,7 +15,8 @@ import type { BoundaryVerdict, Reached, SweepResult } from './sweep.ts';
 import type { SweepRequest } from './sweep-options.ts';
 
 export const SWEEP_FORMAT = 'cr-harness-sweep';
-export const SWEEP_VERSION = 1;
+/** 2: rows say how their boundary was reached (step|breakpoint), whether rseq_cs was set, what the stop alone did; timing counts the fresh runs */
+export const SWEEP_VERSION = 2;
 
 export interface SweepRow {
   boundary: number;

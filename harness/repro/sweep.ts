@@ -189,7 +189,7 @@ export async function sweepRuns(ctx: SweepContext, reference: Reference, policy:
   let armedAt: number | undefined;
   const byBreakpoint: number[] = [];
   for (let index = 0; ; index++) {
-    const armed = rseqCs !== undefined && (await agent.call({ op: 'READ_MEM', pid, address: rseqCs, length: 8 })).readBigUInt64LE(0) !== 0n;
+    const armed = await rseqCsSet(agent, pid, rseqCs);
     boundaries.push({ index, rip: regs.rip, ...(armed ? { rseqArmed: true } : {}) });
     if (index % ctx.sweep.every === 0) {
       if (armedAt === undefined) taken.push(await checkpointAt(ctx, process, boundaries[index]!, out));
@@ -281,6 +281,12 @@ async function rseqCsWord(agent: AgentClient, pid: number, notes?: string[]): Pr
   }
 }
 
+/** Whether the rseq_cs word (rseqCsWord) holds a descriptor now; false without a registration. */
+async function rseqCsSet(agent: AgentClient, pid: number, word: bigint | undefined): Promise<boolean> {
+  if (word === undefined) return false;
+  return (await agent.call({ op: 'READ_MEM', pid, address: word, length: 8 })).readBigUInt64LE(0) !== 0n;
+}
+
 function armedLeftNote(b: Boundary): string {
   return `at ${hex(b.rip)} either cleared rseq_cs (outside the section it names: the walk then ran the section disarmed) or aborted the section (inside it)`;
 }
@@ -306,18 +312,26 @@ async function checkpointByBreakpoint(ctx: SweepContext, reference: Reference, b
     await agent.call({ op: 'KILL', pid }).catch(() => undefined);
     throw new CheckpointNotReachedError(`boundary ${index} (${hex(at.rip)}) was not reached by a fresh run: ${what}`, { output: await readGuestText(agent, out, OUTPUT_MAX_BYTES) });
   };
-  const toSymbol = await agent.call({ op: 'RUN', pid, stopAfterHits: ctx.hit, timeoutMs: ctx.timeoutMs });
-  if (toSymbol.outcome !== 'hit-limit') return unreached(`the run to ${ctx.sweep.symbol} ended ${toSymbol.outcome} ${toSymbol.code}`);
+  const runToHit = async (hits: number): Promise<string | undefined> => {
+    try {
+      const run = await agent.call({ op: 'RUN', pid, stopAfterHits: hits, timeoutMs: ctx.timeoutMs });
+      return run.outcome === 'hit-limit' ? undefined : `${run.outcome} ${run.code}`;
+    } catch (error) {
+      if (!(error instanceof AgentError && error.errno === ETIMEDOUT)) throw error;
+      return `not within ${ctx.timeoutMs} ms (--timeout)`;
+    }
+  };
+  const toSymbol = await runToHit(ctx.hit);
+  if (toSymbol !== undefined) return unreached(`the run to ${ctx.sweep.symbol} ended: ${toSymbol}`);
   await agent.call({ op: 'POKEUSER', pid, offset: debugRegOffset(0), value: at.rip });
-  const toBoundary = await agent.call({ op: 'RUN', pid, stopAfterHits: k, timeoutMs: ctx.timeoutMs });
-  if (toBoundary.outcome !== 'hit-limit') return unreached(`execution ${k} of ${hex(at.rip)} after the symbol never came (${toBoundary.outcome} ${toBoundary.code})`);
+  const toBoundary = await runToHit(k);
+  if (toBoundary !== undefined) return unreached(`execution ${k} of ${hex(at.rip)} after the symbol never came: ${toBoundary}`);
   const regs = await agent.call({ op: 'GETREGS', pid });
   if (regs.rip !== at.rip) return unreached(`the breakpoint stopped it at ${hex(regs.rip)}`);
   // From here the fresh run is the boundary's reference: no breakpoint may stop it again.
   await agent.call({ op: 'POKEUSER', pid, offset: debugRegOffset(7), value: 0n });
   const process: ProcessInfo = { binary: ctx.program.binary, argv: ctx.program.argv, envp: ctx.program.envp, noAslr: true, pid };
-  const rseqCs = await rseqCsWord(agent, pid);
-  const armed = rseqCs !== undefined && (await agent.call({ op: 'READ_MEM', pid, address: rseqCs, length: 8 })).readBigUInt64LE(0) !== 0n;
+  const armed = await rseqCsSet(agent, pid, await rseqCsWord(agent, pid));
   const checkpoint = await checkpointAt(ctx, process, { index, rip: at.rip }, out);
   const end = await runToEnd(agent, pid, ctx.timeoutMs);
   const continued: RunRecord = { ...end, output: await readGuestText(agent, out, OUTPUT_MAX_BYTES), hits: 0 };
