@@ -2,7 +2,7 @@
  * `crh repro … --sweep SYMBOL` and `crh cr … --sweep SYMBOL`: one guest for
  * the whole sweep — the native run, the uninterrupted traced run, the walk
  * with its checkpoints, every restore — then the table and a bundle that
- * keeps the table (text, JSON), the checkpoint and register diff of every
+ * keeps the table (text, JSON, HTML), the checkpoint and register diff of every
  * failing boundary, the program and the outputs. Exit 0 when every
  * boundary matches, 1 when any differs, 3 when the harness perturbs the
  * program (the traced or the stepped run differs from the native one).
@@ -25,6 +25,7 @@ import type { Progress } from './progress.ts';
 import { formatRegisterDiff } from './register-diff.ts';
 import { GUEST_DIRS, nativeReference, READY_FILE, referenceRun, type GuestProgram, type Reference, type RunContext } from './runs.ts';
 import { sweepRuns, type SweepContext, type SweepResult } from './sweep.ts';
+import { sweepHtml } from './sweep-html.ts';
 import { formatSweepTable, makeSweepReport, type SweepReport } from './sweep-report.ts';
 import { UsageError } from './usage-error.ts';
 import { rerunRecord } from './rerun-record.ts';
@@ -91,6 +92,7 @@ export async function sweep(request: ReproRequest, progress: Progress): Promise<
   await mkdir(path.dirname(out), { recursive: true });
   await writeBundle(out, entries);
   await writeFile(path.join(runDir, 'sweep.txt'), formatSweepTable(report));
+  await writeFile(path.join(runDir, 'sweep.html'), sweepHtml(report));
   return { report, ...(perturbed ? { perturbed } : {}), bundle: out };
 }
 
@@ -101,6 +103,7 @@ async function sweepBundleEntries(request: ReproRequest, binary: Buffer, name: s
   const json = { ...report, rerun: rerunRecord(request, inputs) };
   const entries: BundleEntry[] = [
     text('sweep.txt', formatSweepTable(report)),
+    text('sweep.html', sweepHtml(report)),
     text('sweep.json', `${JSON.stringify(json, (_key, value: unknown) => (typeof value === 'bigint' ? hex(value) : value), 2)}\n`),
     ...(request.source ? [{ name: inputs.source!, data: await readFile(request.source) }] : []),
     { name: inputs.binary, data: binary, mode: 0o755 },
@@ -120,6 +123,8 @@ async function sweepBundleEntries(request: ReproRequest, binary: Buffer, name: s
     entries.push({ name: `boundary-${v.index}/checkpoint.tar`, data: image });
     entries.push(text(`boundary-${v.index}/register-diff.txt`, formatRegisterDiff({ image: v.imageRegs, ...(v.restoredRegs ? { restored: v.restoredRegs } : {}), policy: request.policy, kernel: v.restoreDifferences })));
     entries.push(text(`boundary-${v.index}/restored.out`, v.run.output));
+    // Reached by a fresh run to a breakpoint: what that run printed, continued from the stop — the output it was compared with.
+    if (v.reached === 'breakpoint') entries.push(text(`boundary-${v.index}/continued.out`, v.against.output));
   }
   return entries;
 }

@@ -11,11 +11,12 @@ import { describePolicy, type RestorePolicy } from '../restore/policy.ts';
 import { hex, USER_REGS_FIELDS, type UserRegs } from '../x86/registers.ts';
 import { describeStatus, summarize } from './compare.ts';
 import type { Program } from './program.ts';
-import type { BoundaryVerdict, SweepResult } from './sweep.ts';
+import type { BoundaryVerdict, Reached, SweepResult } from './sweep.ts';
 import type { SweepRequest } from './sweep-options.ts';
 
 export const SWEEP_FORMAT = 'cr-harness-sweep';
-export const SWEEP_VERSION = 1;
+/** 2: rows say how their boundary was reached (step|breakpoint), whether rseq_cs was set, what the stop alone did; timing counts the fresh runs */
+export const SWEEP_VERSION = 2;
 
 export interface SweepRow {
   boundary: number;
@@ -25,7 +26,13 @@ export interface SweepRow {
   /** the instruction at the address, as objdump prints it */
   instruction: string;
   pass: boolean;
-  /** the first difference from the uninterrupted run (compare.ts), or the restore's failure */
+  /** step: checkpointed in the walk, compared with the uninterrupted run; breakpoint: by a fresh run stopped there, compared with that run continued (sweep.ts) */
+  reached: Reached;
+  /** rseq_cs was set at this boundary */
+  rseqArmed: boolean;
+  /** reached by breakpoint: how the stop alone changed the run (the continued run against the uninterrupted one), e.g. an rseq abort */
+  stopFelt?: string;
+  /** the first difference from the run it is compared with (compare.ts), or the restore's failure */
   firstDifference?: string;
   /** registers whose restored value differs from the checkpoint's */
   registersDiffering: string[];
@@ -52,7 +59,7 @@ export interface SweepReport {
   stepped: { status: string; matchesReference: boolean; difference?: string };
   rows: SweepRow[];
   notes: string[];
-  timing: { walkMs: number; checkpointMsPerBoundary: number; restoreRunMsPerBoundary: number };
+  timing: { walkMs: number; checkpointMsPerBoundary: number; restoreRunMsPerBoundary: number; freshRunsMs: number; freshRuns: number };
 }
 
 export interface ReportInputs {
@@ -81,7 +88,10 @@ export async function makeSweepReport(inputs: ReportInputs): Promise<SweepReport
       location: locate(symbols, v.rip),
       instruction: await disassemble(v.rip),
       pass: v.pass,
-      ...(v.pass ? {} : { firstDifference: summarize(v.mismatches.slice(0, 1), v.restoreError, inputs.reference) }),
+      reached: v.reached,
+      rseqArmed: v.rseqArmed === true,
+      ...(v.stopFelt.length > 0 ? { stopFelt: againstContinued(summarize(v.stopFelt, undefined, inputs.reference)) } : {}),
+      ...(v.pass ? {} : { firstDifference: v.reached === 'step' ? summarize(v.mismatches.slice(0, 1), v.restoreError, v.against) : againstContinued(summarize(v.mismatches.slice(0, 1), v.restoreError, v.against), 'restored') }),
       registersDiffering: differing,
       registersNewlyDiffering: newly,
       checkpointMs: v.checkpointMs,
@@ -108,14 +118,25 @@ export async function makeSweepReport(inputs: ReportInputs): Promise<SweepReport
     stepped: { status: describeStatus(result.stepped), matchesReference: stepped.length === 0, ...(stepped.length ? { difference: summarize(stepped, undefined, inputs.reference) } : {}) },
     rows,
     notes: result.notes,
-    timing: { walkMs: result.walkMs, checkpointMsPerBoundary: mean((v) => v.checkpointMs), restoreRunMsPerBoundary: mean((v) => v.restoreRunMs) },
+    timing: { walkMs: result.walkMs, checkpointMsPerBoundary: mean((v) => v.checkpointMs), restoreRunMsPerBoundary: mean((v) => v.restoreRunMs), freshRunsMs: result.freshRunsMs, freshRuns: result.freshRuns },
   };
+}
+
+/**
+ * compare.ts words a difference as "uninterrupted X, restored Y". For a
+ * boundary reached by breakpoint the left side is the fresh run continued
+ * from its stop (its reference), and for the stop-felt column the right side
+ * is that continued run too: say so.
+ */
+function againstContinued(text: string, right: 'restored' | 'continued' = 'continued'): string {
+  return right === 'restored' ? text.replace(/\buninterrupted /g, 'continued from the stop ') : text.replace(/, restored /g, ', continued from the stop ');
 }
 
 function headline(rows: SweepRow[], walked: number, steppedDifference: string | undefined): string {
   if (steppedDifference !== undefined) return `the stepping itself changes the program (the walked process, run to its end, differs from the uninterrupted run: ${steppedDifference}); no boundary verdict rests on it`;
   const failing = rows.filter((r) => !r.pass);
-  if (failing.length === 0) return `all ${rows.length} checkpointed boundaries of ${walked} match the uninterrupted run`;
+  const byBreakpoint = rows.filter((r) => r.reached === 'breakpoint').length;
+  if (failing.length === 0) return `all ${rows.length} checkpointed boundaries of ${walked} match ${byBreakpoint === 0 ? 'the uninterrupted run' : `(${byBreakpoint} reached by breakpoint, each against its own run continued from the stop)`}`;
   const first = failing[0]!;
   const registers = first.registersNewlyDiffering.length > 0 ? first.registersNewlyDiffering : first.registersDiffering;
   const regText = registers.length > 0 ? `; restored wrong: ${registers.join(', ')}` : '';
@@ -128,12 +149,15 @@ export function formatSweepTable(report: SweepReport): string {
     `# sweep of ${report.symbol} (execution ${report.hit}): ${report.walked} boundaries walked, a checkpoint every ${report.every}; policy ${report.policy}`,
     `# ${report.headline}`,
     `# the walked process run to its end: ${report.stepped.status}${report.stepped.matchesReference ? ', as the uninterrupted run' : `, DIFFERS: ${report.stepped.difference}`}`,
-    `# per boundary: checkpoint ${report.timing.checkpointMsPerBoundary} ms, restore + run to the end ${report.timing.restoreRunMsPerBoundary} ms (means); the walk ${report.timing.walkMs} ms`,
-    ['#'.padEnd(5), 'address'.padEnd(12), 'location'.padEnd(28), 'instruction'.padEnd(36), 'verdict', 'detail'].join(' '),
+    `# per boundary: checkpoint ${report.timing.checkpointMsPerBoundary} ms, restore + run to the end ${report.timing.restoreRunMsPerBoundary} ms (means); the walk ${report.timing.walkMs} ms${report.timing.freshRuns > 0 ? `; ${report.timing.freshRuns} fresh runs to a breakpoint ${report.timing.freshRunsMs} ms` : ''}`,
+    ['#'.padEnd(5), 'address'.padEnd(12), 'location'.padEnd(28), 'instruction'.padEnd(36), 'reached'.padEnd(10), 'verdict', 'detail'].join(' '),
   ];
   for (const r of report.rows) {
-    const detail = r.pass ? '' : `${r.firstDifference}${r.registersDiffering.length ? ` [registers differing: ${r.registersDiffering.join(' ')}]` : ''}`;
-    lines.push([String(r.boundary).padEnd(5), r.address.padEnd(12), r.location.padEnd(28), r.instruction.padEnd(36), (r.pass ? 'match' : 'DIFFERS').padEnd(7), detail].join(' ').trimEnd());
+    const felt = r.stopFelt ? `the stop alone: ${r.stopFelt}` : '';
+    const failure = r.pass ? '' : `${r.firstDifference}${r.registersDiffering.length ? ` [registers differing: ${r.registersDiffering.join(' ')}]` : ''}`;
+    const detail = [failure, felt].filter(Boolean).join('; ');
+    const reached = `${r.reached === 'step' ? 'step' : 'break'}${r.rseqArmed ? ' rseq' : ''}`;
+    lines.push([String(r.boundary).padEnd(5), r.address.padEnd(12), r.location.padEnd(28), r.instruction.padEnd(36), reached.padEnd(10), (r.pass ? 'match' : 'DIFFERS').padEnd(7), detail].join(' ').trimEnd());
   }
   for (const note of report.notes) lines.push(`note: ${note}`);
   return `${lines.join('\n')}\n`;

@@ -18,6 +18,22 @@
  * stops STEP and is delivered with the next step, its delivery stop no
  * boundary of its own. Inside the program's own SIGTRAP handler a step's
  * forced SIGTRAP would reset the handler; sweep-sigtrap.ts undoes that.
+ *
+ * rseq is the one state a step stop changes by itself: every ptrace stop
+ * goes through schedule(), which the kernel counts as a preemption, and on
+ * the way back to user mode its rseq fixup either aborts a task inside the
+ * critical section its rseq_cs names (IP to abort_ip) or, outside it,
+ * clears rseq_cs. So the first step taken from a boundary where rseq_cs is
+ * set changes what every later boundary would be natively: stepped from
+ * before start_ip the section is disarmed (rseq_cs 0 inside it), stepped
+ * from inside it aborts. The walk reads rseq_cs at every boundary; from the
+ * first step off an armed boundary on, a boundary's checkpoint is not taken
+ * in the walk but by a fresh run of the program stopped at that boundary by
+ * a breakpoint alone (its address, the k-th execution after the sweep
+ * symbol's hit: no step stop before it), and that run, continued to its end
+ * without a restore, is the boundary's reference — what a stop there does
+ * natively (the kernel aborts a section stopped inside). The restore must
+ * do what the stop does.
  */
 import { constants } from 'node:os';
 import type { AgentClient } from '../agent/client.ts';
@@ -30,6 +46,7 @@ import { readCheckpointImage, writeCheckpointImage, type CheckpointImage, type P
 import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { RestorePolicy } from '../restore/policy.ts';
+import { rseqCsAddress } from '../restore/rseq.ts';
 import { restoreProcess, type Difference, type RestoreOptions, type RestoreResult } from '../restore/restore.ts';
 import { debugRegOffset, EFLAGS, hex, type UserRegs } from '../x86/registers.ts';
 import { compareRuns, type Mismatch } from './compare.ts';
@@ -72,7 +89,12 @@ export interface SweepContext {
 export interface Boundary {
   index: number;
   rip: bigint;
+  /** rseq_cs was set there (in the walk: the step off it let the kernel's rseq fixup act, see above; by breakpoint: in the fresh run's stop) */
+  rseqArmed?: boolean;
 }
+
+/** How a checkpoint's boundary was reached: in the walk, or by a fresh run to a breakpoint there (rseq, above). */
+export type Reached = 'step' | 'breakpoint';
 
 /** A boundary checkpointed in the walk. */
 export interface TakenCheckpoint extends Boundary {
@@ -82,10 +104,18 @@ export interface TakenCheckpoint extends Boundary {
   /** what the original had written when it was checkpointed there */
   outputBefore: string;
   checkpointMs: number;
+  reached: Reached;
+  /** reached by breakpoint: the fresh run continued from that stop to its end, no restore — the boundary's reference */
+  continued?: RunRecord;
 }
 
 export interface BoundaryVerdict extends Boundary {
   pass: boolean;
+  reached: Reached;
+  /** what the restored run is compared with: the continued fresh run when reached by breakpoint, else the uninterrupted run */
+  against: RunRecord;
+  /** reached by breakpoint: how the continued run differs from the uninterrupted one (the stop itself is felt), empty when not */
+  stopFelt: Mismatch[];
   run: RunRecord;
   mismatches: Mismatch[];
   /** the restore was refused or failed */
@@ -112,6 +142,9 @@ export interface SweepResult {
   /** SIGTRAPs handed back to the program, other signals passed through, where the walk ended early */
   notes: string[];
   walkMs: number;
+  /** the fresh runs to the boundaries reached by breakpoint: to the stop, the checkpoint, on to the end */
+  freshRunsMs: number;
+  freshRuns: number;
 }
 
 /**
@@ -151,9 +184,18 @@ export async function sweepRuns(ctx: SweepContext, reference: Reference, policy:
   /** rt_sigreturns whose restored TF the kernel took for the tracer's (stale TIF_FORCED_TF); given back as the program's */
   const tfGivenBack: number[] = [];
   let ended: RunRecord | undefined;
+  const rseqCs = await rseqCsWord(agent, pid, notes);
+  /** the first boundary stepped off with rseq_cs set: the later ones are reached by breakpoint */
+  let armedAt: number | undefined;
+  const byBreakpoint: number[] = [];
   for (let index = 0; ; index++) {
-    boundaries.push({ index, rip: regs.rip });
-    if (index % ctx.sweep.every === 0) taken.push(await checkpointAt(ctx, process, { index, rip: regs.rip }, out));
+    const armed = await rseqCsSet(agent, pid, rseqCs);
+    boundaries.push({ index, rip: regs.rip, ...(armed ? { rseqArmed: true } : {}) });
+    if (index % ctx.sweep.every === 0) {
+      if (armedAt === undefined) taken.push(await checkpointAt(ctx, process, boundaries[index]!, out));
+      else byBreakpoint.push(index);
+    }
+    if (armed) armedAt ??= index;
     if (index + 1 >= ctx.sweep.count) break;
     // What the program itself gets after this instruction: its own TF's trap, an int3's.
     const keep = (ctx.programSigtraps ?? 'keep') === 'keep';
@@ -182,13 +224,24 @@ export async function sweepRuns(ctx: SweepContext, reference: Reference, policy:
   if (tfGivenBack.length > 0) notes.push(`the rt_sigreturn after boundar${tfGivenBack.length === 1 ? 'y' : 'ies'} ${tfGivenBack.join(', ')} restored the program's TF, which the kernel took for the tracer's (TIF_FORCED_TF left from stepping the handler); given back as the program's`);
   if (handlerResets.length > 0) notes.push(`inside the program's SIGTRAP handler (SIGTRAP blocked) the step's forced SIGTRAP reset the handler to SIG_DFL after boundar${handlerResets.length === 1 ? 'y' : 'ies'} ${handlerResets.join(', ')}; each time it was put back, SIGTRAP blocked again`);
 
+  if (armedAt !== undefined) {
+    const armedList = boundaries.filter((b) => b.rseqArmed).map((b) => b.index);
+    notes.push(`in the walk rseq_cs was set at boundar${armedList.length === 1 ? 'y' : 'ies'} ${armedList.join(', ')}: a step stop is a preemption to the kernel, whose rseq fixup on the resume from boundary ${armedAt} ${armedLeftNote(boundaries[armedAt]!)}; so the checkpoints after it (${byBreakpoint.join(', ') || 'none'}) were taken by fresh runs stopped there by a breakpoint, each compared with that run continued without a restore`);
+  }
+  const freshStarted = Date.now();
+  for (const index of byBreakpoint) {
+    await ctx.phase('fresh run to a boundary', `boundary ${index} at ${hex(boundaries[index]!.rip)} by breakpoint`);
+    taken.push(await checkpointByBreakpoint(ctx, reference, boundaries, index, notes));
+  }
+  const freshRunsMs = Date.now() - freshStarted;
+
   const verdicts: BoundaryVerdict[] = [];
   for (const checkpoint of taken) {
     await ctx.phase('restore', `boundary ${checkpoint.index} of ${boundaries.length} at ${hex(checkpoint.rip)}`);
     verdicts.push(await restoreAndCompare(ctx, checkpoint, reference, policy));
   }
   const steppedMismatches = compareRuns(reference, stepped);
-  return { pid, boundaries, verdicts, stepped, steppedMismatches, notes, walkMs };
+  return { pid, boundaries, verdicts, stepped, steppedMismatches, notes, walkMs, freshRunsMs, freshRuns: byBreakpoint.length };
 }
 
 async function spawnArmed(ctx: SweepContext, stdoutPath: string, pid?: number): Promise<number> {
@@ -209,7 +262,80 @@ async function checkpointAt(ctx: SweepContext, process: ProcessInfo, at: Boundar
   const imageFile = path.join(ctx.imageDir, `checkpoint-boundary-${at.index}.tar`);
   await writeCheckpointImage(image, imageFile);
   const outputBefore = await readGuestText(ctx.agent, out, OUTPUT_MAX_BYTES);
-  return { ...at, imageFile, regs: image.regs, outputBefore, checkpointMs: Date.now() - started };
+  return { ...at, imageFile, regs: image.regs, outputBefore, checkpointMs: Date.now() - started, reached: 'step' };
+}
+
+/**
+ * Where the process's rseq_cs word is, or undefined when it has no rseq
+ * registration — or the kernel cannot say (PTRACE_GET_RSEQ_CONFIGURATION
+ * is 5.13+; a user's older kernel answers EIO), noted once.
+ */
+async function rseqCsWord(agent: AgentClient, pid: number, notes?: string[]): Promise<bigint | undefined> {
+  try {
+    const config = await agent.call({ op: 'RSEQ_CONFIG', pid });
+    return config.area === 0n ? undefined : rseqCsAddress({ area: config.area, size: config.size, signature: config.signature });
+  } catch (error) {
+    if (!(error instanceof AgentError)) throw error;
+    notes?.push(`the kernel did not report the rseq registration (${error.message}): rseq_cs not watched, every boundary stepped`);
+    return undefined;
+  }
+}
+
+/** Whether the rseq_cs word (rseqCsWord) holds a descriptor now; false without a registration. */
+async function rseqCsSet(agent: AgentClient, pid: number, word: bigint | undefined): Promise<boolean> {
+  if (word === undefined) return false;
+  return (await agent.call({ op: 'READ_MEM', pid, address: word, length: 8 })).readBigUInt64LE(0) !== 0n;
+}
+
+function armedLeftNote(b: Boundary): string {
+  return `at ${hex(b.rip)} either cleared rseq_cs (outside the section it names: the walk then ran the section disarmed) or aborted the section (inside it)`;
+}
+
+/**
+ * Boundary `index` reached without a step: a fresh process of the program,
+ * run to the sweep symbol's hit, then to the k-th execution of the
+ * boundary's address after it (k counted in the walk), checkpointed there,
+ * and continued to its end — the boundary's reference.
+ */
+async function checkpointByBreakpoint(ctx: SweepContext, reference: Reference, boundaries: readonly Boundary[], index: number, notes: string[]): Promise<TakenCheckpoint> {
+  const { agent } = ctx;
+  const at = boundaries[index]!;
+  const earlier = boundaries.slice(1, index).filter((b) => b.rip === at.rip);
+  const k = earlier.length + 1;
+  if (earlier.some((b) => b.rseqArmed)) notes.push(`boundary ${index}: the breakpoint at ${hex(at.rip)} also stops at ${earlier.filter((b) => b.rseqArmed).map((b) => b.index).join(', ')}, where rseq_cs was set; those stops are felt too`);
+  const out = `${GUEST_DIRS.out}/sweep-fresh-${index}.out`;
+  const pid = await spawnArmed(ctx, out, reference.pid).catch((error: unknown) => {
+    if (!(error instanceof AgentError && error.errno === EEXIST)) throw error;
+    return spawnArmed(ctx, out);
+  });
+  const unreached = async (what: string): Promise<never> => {
+    await agent.call({ op: 'KILL', pid }).catch(() => undefined);
+    throw new CheckpointNotReachedError(`boundary ${index} (${hex(at.rip)}) was not reached by a fresh run: ${what}`, { output: await readGuestText(agent, out, OUTPUT_MAX_BYTES) });
+  };
+  const runToHit = async (hits: number): Promise<string | undefined> => {
+    try {
+      const run = await agent.call({ op: 'RUN', pid, stopAfterHits: hits, timeoutMs: ctx.timeoutMs });
+      return run.outcome === 'hit-limit' ? undefined : `${run.outcome} ${run.code}`;
+    } catch (error) {
+      if (!(error instanceof AgentError && error.errno === ETIMEDOUT)) throw error;
+      return `not within ${ctx.timeoutMs} ms (--timeout)`;
+    }
+  };
+  const toSymbol = await runToHit(ctx.hit);
+  if (toSymbol !== undefined) return unreached(`the run to ${ctx.sweep.symbol} ended: ${toSymbol}`);
+  await agent.call({ op: 'POKEUSER', pid, offset: debugRegOffset(0), value: at.rip });
+  const toBoundary = await runToHit(k);
+  if (toBoundary !== undefined) return unreached(`execution ${k} of ${hex(at.rip)} after the symbol never came: ${toBoundary}`);
+  const regs = await agent.call({ op: 'GETREGS', pid });
+  if (regs.rip !== at.rip) return unreached(`the breakpoint stopped it at ${hex(regs.rip)}`);
+  // From here the fresh run is the boundary's reference: no breakpoint may stop it again.
+  await agent.call({ op: 'POKEUSER', pid, offset: debugRegOffset(7), value: 0n });
+  const process: ProcessInfo = { binary: ctx.program.binary, argv: ctx.program.argv, envp: ctx.program.envp, noAslr: true, pid };
+  const armed = await rseqCsSet(agent, pid, await rseqCsWord(agent, pid));
+  const checkpoint = await checkpointAt(ctx, process, { index, rip: at.rip }, out);
+  const end = await runToEnd(agent, pid, ctx.timeoutMs);
+  const continued: RunRecord = { ...end, output: await readGuestText(agent, out, OUTPUT_MAX_BYTES), hits: 0 };
+  return { ...checkpoint, ...(armed ? { rseqArmed: true } : {}), reached: 'breakpoint', continued };
 }
 
 type Ended = { outcome: 'exited' | 'killed'; code: number };
@@ -239,7 +365,19 @@ async function restoreAndCompare(ctx: SweepContext, checkpoint: TakenCheckpoint,
   const { agent } = ctx;
   const after = `${GUEST_DIRS.out}/sweep-restored-${checkpoint.index}.out`;
   const started = Date.now();
-  const base = { index: checkpoint.index, rip: checkpoint.rip, imageFile: checkpoint.imageFile, imageRegs: checkpoint.regs, checkpointMs: checkpoint.checkpointMs };
+  const against = checkpoint.continued ?? reference;
+  const stopFelt = checkpoint.continued ? compareRuns(reference, checkpoint.continued) : [];
+  const base = {
+    index: checkpoint.index,
+    rip: checkpoint.rip,
+    ...(checkpoint.rseqArmed ? { rseqArmed: true } : {}),
+    reached: checkpoint.reached,
+    against,
+    stopFelt,
+    imageFile: checkpoint.imageFile,
+    imageRegs: checkpoint.regs,
+    checkpointMs: checkpoint.checkpointMs,
+  };
   const image = await readCheckpointImage(checkpoint.imageFile);
   let restored;
   try {
@@ -247,12 +385,12 @@ async function restoreAndCompare(ctx: SweepContext, checkpoint: TakenCheckpoint,
   } catch (error) {
     if (!(error instanceof CrhError) || isInfraFailure(error)) throw error;
     const run: RunRecord = { outcome: 'killed', code: 9, output: checkpoint.outputBefore, hits: 0 };
-    return { ...base, pass: false, run, mismatches: compareRuns(reference, run), restoreError: error.describe(), restoreDifferences: [], restoreRunMs: Date.now() - started };
+    return { ...base, pass: false, run, mismatches: compareRuns(against, run), restoreError: error.describe(), restoreDifferences: [], restoreRunMs: Date.now() - started };
   }
   const restoredRegs = await agent.call({ op: 'GETREGS', pid: restored.pid });
   const end = await runToEnd(agent, restored.pid, ctx.timeoutMs);
   const run: RunRecord = { ...end, output: checkpoint.outputBefore + (await readGuestText(agent, after, OUTPUT_MAX_BYTES)), hits: 0 };
-  const mismatches = compareRuns(reference, run);
+  const mismatches = compareRuns(against, run);
   if (mismatches.length === 0) {
     await rm(checkpoint.imageFile, { force: true });
     const { imageFile: _kept, ...matching } = base;

@@ -80,9 +80,19 @@ export type RseqFixupPolicy = (typeof RSEQ_FIXUP_POLICIES)[number];
  *   restorer that knows nothing of PKU: the tagged memory has key 0, so a
  *   write PKRU denies goes through, and pkey_alloc hands out a key the
  *   program still holds. (PKRU itself is in the xstate: omit=xstate.)
+ * - string-regs: RCX, RSI and RDI keep the restarting task's values — a
+ *   restorer that treats them as scratch, as they are at a call (caller-
+ *   saved argument registers, what a save point at a function call need not
+ *   keep): a task checkpointed in the middle of a rep string instruction
+ *   (RIP at it, RCX the count left, RSI/RDI advanced) resumes the copy from
+ *   wherever those registers happen to point. The sweep over a rep movsb
+ *   (examples/repro/rep-sweep.c) fails exactly where they are live.
  */
-export const OMITTABLE = ['debugregs', 'xstate', 'tls', 'rseq', 'signals', 'files', 'thread-xstate', 'thread-masks', 'thread-links', 'mapping-kinds', 'userfaultfd', 'ldt', 'timers', 'pkeys'] as const;
+export const OMITTABLE = ['debugregs', 'xstate', 'tls', 'rseq', 'signals', 'files', 'thread-xstate', 'thread-masks', 'thread-links', 'mapping-kinds', 'userfaultfd', 'ldt', 'timers', 'pkeys', 'string-regs'] as const;
 export type Omittable = (typeof OMITTABLE)[number];
+
+/** The registers a string instruction in progress keeps its count and pointers in (omit=string-regs). */
+export const STRING_REGISTERS = ['rcx', 'rsi', 'rdi'] as const;
 
 /** The segment registers and bases that make up a 64-bit task's TLS. */
 export const TLS_REGISTERS = ['fs_base', 'gs_base', 'fs', 'gs'] as const;
@@ -169,6 +179,7 @@ export function restoredRegisters(image: UserRegs, target: UserRegs, policy: Res
   const regs = { ...image, eflags: restoredEflags(image.eflags, target.eflags, policy) };
   if ((policy.regs ?? 'full') === 'partial') for (const name of CALLEE_SAVED) regs[name] = target[name];
   if (omits(policy, 'tls')) for (const name of TLS_REGISTERS) regs[name] = target[name];
+  if (omits(policy, 'string-regs')) for (const name of STRING_REGISTERS) regs[name] = target[name];
   return regs;
 }
 
