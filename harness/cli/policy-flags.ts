@@ -3,17 +3,18 @@ import {
   DEFAULT_POLICY,
   OMITTABLE,
   parseOmit,
+  parseRestorer,
   parseRegsPolicy,
   parseRfPolicy,
   parseRseqFixupPolicy,
   parseSyscallRestartPolicy,
   RF_POLICIES,
   REGS_POLICIES,
+  RESTORERS,
   RSEQ_FIXUP_POLICIES,
   SYSCALL_RESTART_POLICIES,
   type RestorePolicy,
 } from '../restore/policy.ts';
-import { parseRestorer, RESTORERS } from '../restore/restorers.ts';
 import { UsageError } from '../repro/usage-error.ts';
 
 export const policyOptions = {

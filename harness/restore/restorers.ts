@@ -26,14 +26,6 @@ import { xstateFeatures } from './validate.ts';
 import { SS_DISABLE, SS_ONSTACK } from './signals.ts';
 import { creationMask, threadXstateStep } from './threads.ts';
 
-export const RESTORERS = ['ptrace', 'sigreturn', 'popf'] as const;
-export type Restorer = (typeof RESTORERS)[number];
-
-export function parseRestorer(value: string): Restorer {
-  if ((RESTORERS as readonly string[]).includes(value)) return value as Restorer;
-  throw new RangeError(`unknown restorer "${value}" (one of ${RESTORERS.join(', ')})`);
-}
-
 const PAGE = 0x1000n;
 /** The System V red zone: a leaf function may keep live data this far below rsp. */
 const RED_ZONE = 128n;
