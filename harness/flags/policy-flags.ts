@@ -15,7 +15,7 @@ import {
   SYSCALL_RESTART_POLICIES,
   type RestorePolicy,
 } from '../restore/policy.ts';
-import { UsageError } from '../repro/usage-error.ts';
+import { UsageError } from '../errors.ts';
 
 export const policyOptions = {
   rf: { type: 'string' },
