@@ -129,6 +129,7 @@ int word_window(pid_t pid, uint64_t addr, size_t n, uint64_t *base, uint64_t *wo
 int poke_bytes(pid_t pid, uint64_t addr, const uint8_t *src, size_t n);
 int open_mem(pid_t pid, int flags);
 bool range_wraps(uint64_t addr, uint64_t len);
+int write_through_mem(int fd, pid_t pid, uint64_t addr, const uint8_t *data, size_t n, size_t *written);
 
 /* primitives.c */
 
@@ -149,6 +150,7 @@ void task_remove(pid_t tid);
 int resume(pid_t tid, int request, int sig);
 pid_t tgid_of(pid_t tid);
 bool is_zombie(pid_t tid);
+int scan_status(pid_t tid, bool (*scan)(const char *line, void *arg), void *arg);
 int wait_for(pid_t pid, int *status);
 void stash_status(pid_t tid, int status);
 int wait_any(pid_t tgid, pid_t *tid, int *status, const struct timespec *deadline);

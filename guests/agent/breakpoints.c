@@ -117,24 +117,29 @@ int deliver_sigtrap(pid_t tid, bool leave_stopped, bool *stopped)
 	return 0;
 }
 
+struct signal_masks {
+	unsigned long long ign, cgt;
+	int found;
+};
+
+static bool scan_signal_masks(const char *line, void *arg)
+{
+	struct signal_masks *m = arg;
+
+	m->found += sscanf(line, "SigIgn: %llx", &m->ign) + sscanf(line, "SigCgt: %llx", &m->cgt);
+	return false;
+}
+
 /* SIGTRAP's bits of SigIgn and SigCgt in /proc/TID/status. */
 static int sigtrap_disposition(pid_t tid, bool *ignored, bool *caught)
 {
-	char path[64], line[256];
-	unsigned long long ign = 0, cgt = 0;
-	int found = 0;
-	FILE *f;
+	struct signal_masks m = { 0 };
 
-	snprintf(path, sizeof path, "/proc/%d/status", (int)tid);
-	f = fopen(path, "re");
-	if (!f)
+	if (scan_status(tid, scan_signal_masks, &m) < 0)
 		return -1;
-	while (fgets(line, sizeof line, f))
-		found += sscanf(line, "SigIgn: %llx", &ign) + sscanf(line, "SigCgt: %llx", &cgt);
-	fclose(f);
-	*ignored = ign & SIGTRAP_BIT;
-	*caught = cgt & SIGTRAP_BIT;
-	return found == 2 ? 0 : -1;
+	*ignored = m.ign & SIGTRAP_BIT;
+	*caught = m.cgt & SIGTRAP_BIT;
+	return m.found == 2 ? 0 : -1;
 }
 
 /* One system call in stopped thread `tid`, as INJECT_SYSCALL runs it (less

@@ -292,18 +292,7 @@ int op_write_mem_bulk(struct call *c)
 				errno = EPIPE;
 				return fail_errno(c, "bulk port ended inside a frame");
 			}
-			while (fd >= 0 && !c->err && put < k) {
-				ssize_t r = pwrite(fd, bulk_buf + put, k - put, (off_t)(at + put));
-
-				if (r < 0 && errno == EINTR)
-					continue;
-				if (r <= 0)
-					break;
-				put += (size_t)r;
-			}
-			/* /proc/PID/mem refuses read-only mappings when the kernel
-			 * restricts FOLL_FORCE there; POKEDATA does not. */
-			if (fd >= 0 && !c->err && put < k && poke_bytes(pid, at + put, bulk_buf + put, k - put) < 0)
+			if (fd >= 0 && !c->err && write_through_mem(fd, pid, at, bulk_buf, k, &put) < 0)
 				fail_errno(c, "write 0x%llx (%zu bytes): failed after %zu bytes", (unsigned long long)at, k,
 					   put);
 			done += k;

@@ -95,6 +95,29 @@ bool range_wraps(uint64_t addr, uint64_t len)
 	return len && addr + len - 1 < addr;
 }
 
+/* Writes n bytes at addr of pid through its /proc/PID/mem (fd) as far as
+ * that goes, and the rest with POKEDATA: /proc/PID/mem refuses read-only
+ * mappings when the kernel restricts FOLL_FORCE there; POKEDATA does not.
+ * *written = what /proc/PID/mem took. Returns 0, or -1 with errno. */
+int write_through_mem(int fd, pid_t pid, uint64_t addr, const uint8_t *data, size_t n, size_t *written)
+{
+	size_t done = 0;
+
+	while (done < n) {
+		ssize_t r = pwrite(fd, data + done, n - done, (off_t)(addr + done));
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			break;
+		done += (size_t)r;
+	}
+	*written = done;
+	if (done < n && poke_bytes(pid, addr + done, data + done, n - done) < 0)
+		return -1;
+	return 0;
+}
+
 int op_read_file(struct call *c)
 {
 	char *path = rd_cstr(&c->in, "path");
@@ -197,7 +220,7 @@ int op_write_mem(struct call *c)
 	uint32_t len;
 	const uint8_t *data = rd_bytes(&c->in, "data", &len);
 	size_t done = 0;
-	int fd;
+	int fd, rc, e;
 
 	if (parsed(c))
 		return -1;
@@ -206,19 +229,11 @@ int op_write_mem(struct call *c)
 	fd = open_mem(pid, O_WRONLY);
 	if (fd < 0)
 		return fail_errno(c, "WRITE_MEM %d", (int)pid);
-	while (done < len) {
-		ssize_t n = pwrite(fd, data + done, len - done, (off_t)(addr + done));
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			break;
-		done += (size_t)n;
-	}
+	rc = write_through_mem(fd, pid, addr, data, len, &done);
+	e = errno;
 	close(fd);
-	/* /proc/PID/mem refuses read-only mappings when the kernel restricts
-	 * FOLL_FORCE there; POKEDATA does not. */
-	if (done < len && poke_bytes(pid, addr + done, data + done, len - done) < 0)
+	errno = e;
+	if (rc < 0)
 		return fail_errno(c, "write 0x%llx (%u bytes): failed after %zu bytes", (unsigned long long)addr,
 				  len, done);
 	return 0;

@@ -97,11 +97,11 @@ int resume(pid_t tid, int request, int sig)
 	return 0;
 }
 
-/* The thread group of a task, from /proc/TID/status; -1 when unreadable. */
-pid_t tgid_of(pid_t tid)
+/* Hands each line of /proc/TID/status to `scan` until it returns true;
+ * -1 when the file cannot be opened. */
+int scan_status(pid_t tid, bool (*scan)(const char *line, void *arg), void *arg)
 {
 	char path[64], line[256];
-	pid_t tgid = -1;
 	FILE *f;
 
 	snprintf(path, sizeof path, "/proc/%d/status", (int)tid);
@@ -109,9 +109,23 @@ pid_t tgid_of(pid_t tid)
 	if (!f)
 		return -1;
 	while (fgets(line, sizeof line, f))
-		if (sscanf(line, "Tgid: %d", &tgid) == 1)
+		if (scan(line, arg))
 			break;
 	fclose(f);
+	return 0;
+}
+
+static bool scan_tgid(const char *line, void *tgid)
+{
+	return sscanf(line, "Tgid: %d", (pid_t *)tgid) == 1;
+}
+
+/* The thread group of a task, from /proc/TID/status; -1 when unreadable. */
+pid_t tgid_of(pid_t tid)
+{
+	pid_t tgid = -1;
+
+	scan_status(tid, scan_tgid, &tgid);
 	return tgid;
 }
 
