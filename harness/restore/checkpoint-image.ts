@@ -5,13 +5,13 @@
  * the model itself lives in image-model.ts, the ground floor of restore/,
  * and is re-exported here for the code above restore/.
  */
-import { type CheckpointImage, DEBUG_REG_NAMES, type DebugRegs, memoryEntryName, type MemoryRegion, type PlatformFacts, type ProcessInfo } from './image-model.ts';
+import type { CheckpointImage } from './image-model.ts';
 import { readTarEntries, untrustedImage } from './image-tar.ts';
 import { validateImage } from './validate.ts';
 
-export type { CheckpointImage, DebugRegs, MemoryRegion, PlatformFacts, ProcessInfo } from './image-model.ts';
-export { DEBUG_REG_NAMES, memoryEntryName } from './image-model.ts';
-export { IMAGE_FORMAT, IMAGE_VERSION, imageEntries, LIMITS, readTarEntries, writeCheckpointImage } from './image-tar.ts';
+export type { CheckpointImage, MemoryRegion, PlatformFacts, ProcessInfo } from './image-model.ts';
+export { memoryEntryName } from './image-model.ts';
+export { IMAGE_VERSION, imageEntries, writeCheckpointImage } from './image-tar.ts';
 
 /**
  * Reads and validates an image. Throws ImageRejectedError naming the entry

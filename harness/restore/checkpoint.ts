@@ -11,7 +11,7 @@
  */
 import type { AgentClient } from '../agent/client.ts';
 import { NT_X86_XSTATE, debugRegOffset } from '../x86/registers.ts';
-import { type CheckpointImage, DEBUG_REG_NAMES, type DebugRegs, memoryEntryName, type MemoryRegion, type PlatformFacts, type ProcessInfo, type RseqState, type ThreadState } from './image-model.ts';
+import { DEBUG_REG_NAMES, memoryEntryName, type CheckpointImage, type DebugRegs, type MemoryRegion, type PlatformFacts, type ProcessInfo, type RseqState, type ThreadState } from './image-model.ts';
 import { hasContents, isDumped, mappedFile, parseMaps } from './proc-maps.ts';
 import { rseqCsAddress } from './rseq.ts';
 import { ALL_BLOCKABLE, capturePending, captureSignals, SS_DISABLE } from './signals.ts';

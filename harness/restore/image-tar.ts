@@ -22,7 +22,7 @@ import { uniqueSibling } from '../util/atomic-write.ts';
 import { sha256 } from '../util/hash.ts';
 import { jsonNestingDepth } from '../util/json-depth.ts';
 import { USER_REGS_FIELDS } from '../x86/registers.ts';
-import { type CheckpointImage, DEBUG_REG_NAMES, type PlatformFacts, type ProcessInfo, threadXstateEntry } from './image-model.ts';
+import { DEBUG_REG_NAMES, threadXstateEntry, type CheckpointImage, type PlatformFacts, type ProcessInfo } from './image-model.ts';
 import { ldtJson } from './ldt.ts';
 import { pkeysJson } from './pkeys.ts';
 import { signalsJson } from './signals.ts';

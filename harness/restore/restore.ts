@@ -9,7 +9,7 @@ import type { AgentClient, BatchStep } from '../agent/client.ts';
 import { describeOp } from '../agent/ops.ts';
 import { AgentError, CrhError, RestoreStepError } from '../errors.ts';
 import { NT_X86_XSTATE, USER_REGS_FIELDS, debugRegOffset, hex, type UserRegs } from '../x86/registers.ts';
-import { type CheckpointImage, DEBUG_REG_NAMES, type OpenFile, type TaskState, type TimerState } from './image-model.ts';
+import { DEBUG_REG_NAMES, type CheckpointImage, type OpenFile, type TaskState, type TimerState } from './image-model.ts';
 import { compileRestorePlan, fixedImage, type PlanStep } from './plan.ts';
 import { assertPolicyAdmits, omits, type RestorePolicy } from './policy.ts';
 import { parseMaps } from './proc-maps.ts';

@@ -35,8 +35,8 @@
 import type { AgentClient } from '../agent/client.ts';
 import type { AgentOp } from '../agent/ops.ts';
 import { AgentError, ImageRejectedError } from '../errors.ts';
-import { NT_X86_XSTATE, USER_REGS_FIELDS, debugRegOffset, hex, type UserRegs } from '../x86/registers.ts';
-import { type AltStack, type CheckpointImage, DEBUG_REG_NAMES, type DebugRegs, type MemoryRegion, type RseqState, type ThreadLinks, type ThreadState, threadXstateEntry } from './image-model.ts';
+import { NT_X86_XSTATE, USER_REGS_FIELDS, debugRegOffset, hex } from '../x86/registers.ts';
+import { DEBUG_REG_NAMES, threadXstateEntry, type AltStack, type CheckpointImage, type DebugRegs, type MemoryRegion, type ThreadLinks, type ThreadState } from './image-model.ts';
 import type { PlanStep } from './plan-step.ts';
 import { ScratchLayout, withScratchPage } from './scratch.ts';
 import { assertPolicyAdmits, omits, type RestorePolicy } from './policy.ts';

@@ -36,7 +36,7 @@ import type { AgentClient } from '../agent/client.ts';
 import type { AgentOp } from '../agent/ops.ts';
 import { AgentError, CheckpointError } from '../errors.ts';
 import { hex } from '../x86/registers.ts';
-import { type IntervalTimer, ITIMERS, type ItimerWhich, POSIX_NOTIFY, type PosixNotify, type PosixTimer, type TimerfdState, type TimerSetting, type TimerState } from './image-model.ts';
+import { ITIMERS, POSIX_NOTIFY, type IntervalTimer, type ItimerWhich, type PosixNotify, type PosixTimer, type TimerfdState, type TimerSetting, type TimerState } from './image-model.ts';
 import { DescriptorTable } from './descriptors.ts';
 import type { PlanStep } from './plan-step.ts';
 import { ScratchLayout, withScratchPage } from './scratch.ts';

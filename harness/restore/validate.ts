@@ -15,7 +15,7 @@ import {
   hex,
   type UserRegs,
 } from '../x86/registers.ts';
-import { type CheckpointImage, DEBUG_REG_NAMES, type DebugRegs, type FileKind, type IntervalTimer, ITIMERS, type LdtEntry, type MemoryRegion, type PkeyState, type PlatformFacts, POSIX_NOTIFY, type PosixTimer, type ProcessInfo, type RseqState, type SignalState, type SleepDeadline, type TaskState, type ThreadLinks, type ThreadState, threadXstateEntry, type TimerfdState, type TimerState, type UserfaultfdState } from './image-model.ts';
+import { DEBUG_REG_NAMES, ITIMERS, POSIX_NOTIFY, threadXstateEntry, type CheckpointImage, type DebugRegs, type FileKind, type IntervalTimer, type LdtEntry, type MemoryRegion, type PkeyState, type PlatformFacts, type PosixTimer, type ProcessInfo, type RseqState, type SignalState, type SleepDeadline, type TaskState, type ThreadLinks, type ThreadState, type TimerfdState, type TimerState, type UserfaultfdState } from './image-model.ts';
 import type { UntrustedImage } from './image-tar.ts';
 import { parseMaps } from './proc-maps.ts';
 import { unpackStored } from './stored-pages.ts';
