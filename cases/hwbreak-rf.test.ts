@@ -9,8 +9,7 @@ import { describeRegisters, observeCpu, type Observation } from '../harness/orac
 import { recordRow } from '../harness/testing/verdict-rows.ts';
 import { probeUnmeasuredVerdict } from '../harness/testing/probe-rows.ts';
 import { readCheckpointImage, type CheckpointImage } from '../harness/restore/checkpoint-image.ts';
-import type { RfPolicy } from '../harness/restore/policy.ts';
-import type { Restorer } from '../harness/restore/restorers.ts';
+import type { Restorer, RfPolicy } from '../harness/restore/policy.ts';
 import { restoreWitnessed } from '../harness/testing/restore-witness.ts';
 import { startGuest } from '../harness/testing/guest-fixture.ts';
 import { endedAs, nativeReference } from '../harness/testing/native-reference.ts';

@@ -5,8 +5,7 @@
 // rbx rbp r12 r13 r14 r15.
 import t, { type Test } from 'tap';
 import { recordRow } from '../harness/testing/verdict-rows.ts';
-import { CALLEE_SAVED, type RegsPolicy } from '../harness/restore/policy.ts';
-import { RESTORERS, type Restorer } from '../harness/restore/restorers.ts';
+import { CALLEE_SAVED, RESTORERS, type RegsPolicy, type Restorer } from '../harness/restore/policy.ts';
 import { startGuest } from '../harness/testing/guest-fixture.ts';
 import { endedAs, nativeReference } from '../harness/testing/native-reference.ts';
 import { kernelNeeds } from '../harness/testing/kernel-needs.ts';

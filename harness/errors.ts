@@ -27,6 +27,15 @@ export class CrhError extends Error {
   }
 }
 
+/**
+ * The request cannot be carried out as given — a flag, a reproducer that
+ * does not compile, a checkpoint point the program never reaches. `crh`
+ * exits 2 for it: it says nothing about checkpoint/restore.
+ */
+export class UsageError extends CrhError {
+  override readonly name: string = 'UsageError';
+}
+
 /** The host, QEMU, or the image build failed: not a verdict on anything under test. */
 export class InfraError extends CrhError {
   override readonly name: string = 'InfraError';

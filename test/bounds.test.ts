@@ -41,9 +41,9 @@ t.test('frame reassembly is linear: a 32 MiB frame in 1 KiB reads', async (t) =>
 });
 
 t.test("the host's frame limit is the agent's", async (t) => {
-  const source = await readFile(path.join(REPO_ROOT, 'guests', 'agent', 'agent.c'), 'utf8');
+  const source = await readFile(path.join(REPO_ROOT, 'guests', 'agent', 'agent.h'), 'utf8');
   const define = /#define MAX_FRAME \((\d+)u \* (\d+)u \* (\d+)u\)/.exec(source);
-  t.ok(define, 'agent.c defines MAX_FRAME');
+  t.ok(define, 'agent.h defines MAX_FRAME');
   t.equal(Number(define![1]) * Number(define![2]) * Number(define![3]), MAX_FRAME_BYTES);
 });
 

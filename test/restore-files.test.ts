@@ -4,7 +4,8 @@
 // when needed — without O_CREAT/O_TRUNC side effects, with its offset, and leads its session again with setsid.
 import t from 'tap';
 import { ImageRejectedError } from '../harness/errors.ts';
-import { fileKind, fileSteps, O, parseFdinfo, parseStatSession, sessionSteps, type OpenFile } from '../harness/restore/files.ts';
+import { fileKind, fileSteps, O, parseFdinfo, parseStatSession, sessionSteps } from '../harness/restore/files.ts';
+import type { OpenFile } from '../harness/restore/image-model.ts';
 import { compileRestorePlan } from '../harness/restore/plan.ts';
 import { parseMaps } from '../harness/restore/proc-maps.ts';
 import { validateTask } from '../harness/restore/validate.ts';

@@ -9,7 +9,7 @@ import { buildGuestBinaries } from '../harness/image/guest-binaries.ts';
 import { checkpointProcess } from '../harness/restore/checkpoint.ts';
 import type { CheckpointImage } from '../harness/restore/checkpoint-image.ts';
 import { restoreProcess } from '../harness/restore/restore.ts';
-import { RESTORERS } from '../harness/restore/restorers.ts';
+import { RESTORERS } from '../harness/restore/policy.ts';
 import { spawnWithBreakpoint } from '../harness/agent/breakpoint-spawn.ts';
 
 const CALLS = '17';

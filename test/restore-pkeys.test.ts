@@ -3,7 +3,8 @@ import t, { type Test } from 'tap';
 import { ImageRejectedError } from '../harness/errors.ts';
 import { imageEntries, parseImageEntries } from '../harness/restore/checkpoint-image.ts';
 import { compileRestorePlan } from '../harness/restore/plan.ts';
-import { allocatedFromProbe, parseSmapsPkeys, pkeySteps, type PkeyState } from '../harness/restore/pkeys.ts';
+import { allocatedFromProbe, parseSmapsPkeys, pkeySteps } from '../harness/restore/pkeys.ts';
+import type { PkeyState } from '../harness/restore/image-model.ts';
 import { parseMaps } from '../harness/restore/proc-maps.ts';
 import { reseal, SYNTHETIC_MAPS, syntheticImage, syntheticRegs } from './support/synthetic-image.ts';
 

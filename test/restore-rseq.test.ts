@@ -9,7 +9,7 @@ import { describePolicy, parseOmit, parseRseqFixupPolicy, type RestorePolicy } f
 import { parseMaps } from '../harness/restore/proc-maps.ts';
 import { applyRseqFixup, inCriticalSection } from '../harness/restore/rseq.ts';
 import { validateRseq } from '../harness/restore/validate.ts';
-import { policyFromFlags } from '../harness/cli/policy-flags.ts';
+import { policyFromFlags } from '../harness/flags/policy-flags.ts';
 import { SYNTHETIC_MAPS, SYNTHETIC_RSEQ, syntheticImage, syntheticRegs } from './support/synthetic-image.ts';
 
 const probe = { pid: 7, regs: syntheticRegs({ eflags: 0x202n, fs_base: 0n }), maps: parseMaps(SYNTHETIC_MAPS.split('\n').filter((l) => !l.includes('[heap]')).join('\n')) };

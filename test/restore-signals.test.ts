@@ -7,7 +7,8 @@ import { ImageRejectedError } from '../harness/errors.ts';
 import { imageEntries, parseImageEntries } from '../harness/restore/checkpoint-image.ts';
 import { compileRestorePlan, type PlanStep } from '../harness/restore/plan.ts';
 import { parseMaps } from '../harness/restore/proc-maps.ts';
-import { ALL_BLOCKABLE, SA_RESTORER, signalsJson, type SignalState } from '../harness/restore/signals.ts';
+import { ALL_BLOCKABLE, SA_RESTORER, signalsJson } from '../harness/restore/signals.ts';
+import type { SignalState } from '../harness/restore/image-model.ts';
 import { validateSignals } from '../harness/restore/validate.ts';
 import { SYNTHETIC_MAPS, syntheticImage, syntheticRegs } from './support/synthetic-image.ts';
 

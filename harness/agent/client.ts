@@ -118,7 +118,7 @@ export class AgentClient {
   requestsSent = 0;
   /** Host-side bound on one request; RUN gets its own guest-side timeout on top. */
   requestTimeoutMs = 120_000;
-  /** The agent's frame limit (guests/agent/agent.c MAX_FRAME); a BATCH larger than it is sent as several. Tests lower it. */
+  /** The agent's frame limit (guests/agent/agent.h MAX_FRAME); a BATCH larger than it is sent as several. Tests lower it. */
   maxFrameBytes = MAX_FRAME_BYTES;
   /** Called when a request times out; its text (e.g. where each vCPU is) goes into the error. */
   diagnose: (() => Promise<string>) | undefined;

@@ -6,6 +6,7 @@
 import { PayloadReader, PayloadWriter } from './wire.ts';
 import { decodeUserRegs, encodeUserRegs, type UserRegs } from '../x86/registers.ts';
 
+/** The opcodes as guests/agent/opcodes.h defines them (test/agent-opcodes.test.ts holds the two together). */
 export const OPCODES = {
   HELLO: 0x01,
   SPAWN: 0x02,

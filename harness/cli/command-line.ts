@@ -8,9 +8,9 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { UsageError } from '../repro/usage-error.ts';
 import { REPRO_USAGE, reproOptions } from '../repro/options.ts';
-import { KERNEL_USAGE, kernelOptions } from './kernel-flags.ts';
+import { KERNEL_USAGE, kernelOptions } from '../flags/kernel-flags.ts';
 import { runKernelOptions } from './kernel-matrix.ts';
-import { policyOptions, POLICY_USAGE } from './policy-flags.ts';
+import { policyOptions, POLICY_USAGE } from '../flags/policy-flags.ts';
 
 type Options = NonNullable<ParseArgsConfig['options']>;
 

@@ -17,7 +17,7 @@ import { describeKernelIdentity, formatKernelMatrix, type KernelColumn, type Ker
 import { outcome, type Verdict } from '../report/verdicts.ts';
 import { UsageError } from '../repro/usage-error.ts';
 import { REPO_ROOT } from '../util/cache-dir.ts';
-import { kernelFlagArgs, resolveKernelFlag } from './kernel-flags.ts';
+import { kernelFlagArgs, resolveKernelFlag } from '../flags/kernel-flags.ts';
 
 /** `crh run`'s kernel flags, each repeatable: the n-th --system-map, --kernel-config, --modules go with the n-th --kernel. */
 export const runKernelOptions = {

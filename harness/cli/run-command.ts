@@ -22,7 +22,7 @@ import { caseName, runCasePool, type CaseEvent } from '../run/case-pool.ts';
 import { REPO_ROOT } from '../util/cache-dir.ts';
 import { COMMANDS, parseCommandLine, usageError } from './command-line.ts';
 import { EXIT, verdictsExitCode } from './exit-codes.ts';
-import { applyKernelOptions } from './kernel-flags.ts';
+import { applyKernelOptions } from '../flags/kernel-flags.ts';
 import { checkKernelConfig, kernelIdentity } from './kernel-identity.ts';
 import { kernelRuns, runKernelMatrix } from './kernel-matrix.ts';
 

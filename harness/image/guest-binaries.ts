@@ -17,6 +17,8 @@ export const GUEST_BIN_DIR = '/usr/local/bin';
 export interface GuestBinarySpec {
   name: string;
   sources: string[];
+  /** headers the sources include: not compiled, but part of the cache key, so that changing one rebuilds */
+  headers?: string[];
   textSegment: string;
 }
 
@@ -40,7 +42,7 @@ export async function buildGuestBinaries(log: (line: string) => void = () => {})
   const gcc = (await execa('gcc', ['--version'])).stdout.split('\n')[0] ?? '';
   const parts: string[] = [gcc, JSON.stringify(manifest)];
   for (const spec of manifest.binaries) {
-    for (const src of spec.sources) parts.push(src, await readFile(path.join(GUESTS_DIR, src), 'utf8'));
+    for (const src of [...spec.sources, ...(spec.headers ?? [])]) parts.push(src, await readFile(path.join(GUESTS_DIR, src), 'utf8'));
   }
   const key = sha256(parts.join('\0')).slice(0, 16);
   const dir = path.join(await ensureCacheDir('guest-bin'), key);

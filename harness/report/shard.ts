@@ -5,7 +5,7 @@
  * durations the cases recorded: longest first, each to the shard with the
  * least time so far (LPT), ties broken by shard number.
  */
-import { UsageError } from '../repro/usage-error.ts';
+import { UsageError } from '../errors.ts';
 
 export interface Shard {
   /** 1-based */

@@ -11,7 +11,7 @@
 import { existsSync } from 'node:fs';
 import { chmod, mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
-import { applyKernelOptions } from '../cli/kernel-flags.ts';
+import { applyKernelOptions } from '../flags/kernel-flags.ts';
 import { CrhError } from '../errors.ts';
 import { artifactsRoot } from '../report/verdicts.ts';
 import { escapeControl } from '../util/terminal-text.ts';

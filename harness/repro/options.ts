@@ -6,8 +6,8 @@
 import { constants } from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { KERNEL_USAGE, kernelFlagArgs, kernelOptions, resolveKernelFlag } from '../cli/kernel-flags.ts';
-import { policyFromFlags, policyOptions, POLICY_USAGE } from '../cli/policy-flags.ts';
+import { KERNEL_USAGE, kernelFlagArgs, kernelOptions, resolveKernelFlag } from '../flags/kernel-flags.ts';
+import { policyFromFlags, policyOptions, POLICY_USAGE } from '../flags/policy-flags.ts';
 import type { RestorePolicy } from '../restore/policy.ts';
 import { parseFault, type InjectedFault } from './fault-injection.ts';
 import { UsageError } from './usage-error.ts';

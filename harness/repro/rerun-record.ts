@@ -7,7 +7,7 @@
  * and output directories cannot be expressed in it; a record that tries is
  * refused naming the field, as is every value out of bounds.
  */
-import { policyFromFlags } from '../cli/policy-flags.ts';
+import { policyFromFlags } from '../flags/policy-flags.ts';
 import type { RestorePolicy } from '../restore/policy.ts';
 import { SAFE_SEGMENT } from './bundle.ts';
 import { MAX_CYCLES, parseSignal, type CheckpointPoint, type ReproRequest } from './options.ts';

@@ -9,7 +9,7 @@
  */
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { applyKernelOptions } from '../cli/kernel-flags.ts';
+import { applyKernelOptions } from '../flags/kernel-flags.ts';
 import { openGuest, type Guest } from '../guest/open-guest.ts';
 import type { NativeRun } from '../guest/native-run.ts';
 import { bootstrapHost } from '../host/bootstrap.ts';

@@ -14,7 +14,8 @@
 import type { AgentClient } from '../agent/client.ts';
 import { AgentError } from '../errors.ts';
 import { withScratchPage } from '../restore/scratch.ts';
-import { decodeSigAction, encodeSigAction, SIG_DFL, SIG_IGN, type SigAction } from '../restore/signals.ts';
+import { decodeSigAction, encodeSigAction, SIG_DFL, SIG_IGN } from '../restore/signals.ts';
+import type { SigAction } from '../restore/image-model.ts';
 import { hex } from '../x86/registers.ts';
 
 const NR_RT_SIGACTION = 13;

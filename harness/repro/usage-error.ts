@@ -1,14 +1,8 @@
-import { CrhError } from '../errors.ts';
+import { UsageError } from '../errors.ts';
 import { escapeControl } from '../util/terminal-text.ts';
 
-/**
- * The request cannot be carried out as given — a flag, a reproducer that
- * does not compile, a checkpoint point the program never reaches. `crh`
- * exits 2 for it: it says nothing about checkpoint/restore.
- */
-export class UsageError extends CrhError {
-  override readonly name: string = 'UsageError';
-}
+/** UsageError lives with the other typed errors; it is named here too for the repro code that has always taken it from here. */
+export { UsageError };
 
 /** The program ended, or hung, before the requested checkpoint point. */
 export class CheckpointNotReachedError extends UsageError {

@@ -11,12 +11,12 @@
  */
 import type { AgentClient } from '../agent/client.ts';
 import { NT_X86_XSTATE, debugRegOffset } from '../x86/registers.ts';
-import { DEBUG_REG_NAMES, memoryEntryName, type CheckpointImage, type DebugRegs, type MemoryRegion, type PlatformFacts, type ProcessInfo } from './checkpoint-image.ts';
+import { DEBUG_REG_NAMES, memoryEntryName, type CheckpointImage, type DebugRegs, type MemoryRegion, type PlatformFacts, type ProcessInfo, type RseqState, type ThreadState } from './image-model.ts';
 import { hasContents, isDumped, mappedFile, parseMaps } from './proc-maps.ts';
-import { rseqCsAddress, type RseqState } from './rseq.ts';
+import { rseqCsAddress } from './rseq.ts';
 import { ALL_BLOCKABLE, capturePending, captureSignals, SS_DISABLE } from './signals.ts';
 import { captureTimers, timerfdDescriptors } from './timers.ts';
-import { captureLinks, otherThreads, type ThreadState } from './threads.ts';
+import { captureLinks, otherThreads } from './threads.ts';
 import { captureTask, CheckpointError } from './files.ts';
 import { captureLdt } from './ldt.ts';
 import { captureSleep, threadRestartBlockProblem } from './sleep-deadline.ts';

@@ -6,7 +6,7 @@
  * the neutral entry EFLAGS. A real restore probes the real target instead.
  */
 import { describeOp } from '../agent/ops.ts';
-import type { CheckpointImage } from './checkpoint-image.ts';
+import type { CheckpointImage } from './image-model.ts';
 import { compileRestorePlan, type PlanStep } from './plan.ts';
 import { assertPolicyAdmits, type RestorePolicy } from './policy.ts';
 import { isKernelProvided, parseMaps } from './proc-maps.ts';

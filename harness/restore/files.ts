@@ -11,33 +11,14 @@
  */
 import type { AgentClient } from '../agent/client.ts';
 import { CheckpointError } from '../errors.ts';
+import type { FileKind, OpenFile, TaskState, UserfaultfdState } from './image-model.ts';
 import type { PlanStep } from './plan-step.ts';
 
 export { CheckpointError };
 import { DescriptorTable } from './descriptors.ts';
 import { ScratchLayout } from './scratch.ts';
 import { TIMERFD_LINK } from './timers.ts';
-import { parseUserfaultfdFdinfo, USERFAULTFD_LINK, type UserfaultfdState } from './userfaultfd.ts';
-
-export type FileKind = 'file' | 'directory' | 'device';
-
-export interface OpenFile {
-  fd: number;
-  path: string;
-  /** open flags as /proc/PID/fdinfo shows them (octal there) */
-  flags: number;
-  /** file offset */
-  pos: bigint;
-  kind: FileKind;
-}
-
-export interface TaskState {
-  pgid: number;
-  sid: number;
-  files: OpenFile[];
-  /** the process's userfaultfds (userfaultfd.ts); absent when none */
-  userfaultfds?: UserfaultfdState[];
-}
+import { parseUserfaultfdFdinfo, USERFAULTFD_LINK } from './userfaultfd.ts';
 
 export const FIRST_RESTORED_FD = 3;
 export const MAX_FD = 65535;

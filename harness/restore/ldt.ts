@@ -24,6 +24,7 @@
 import type { AgentClient } from '../agent/client.ts';
 import { CheckpointError } from '../errors.ts';
 import { hex } from '../x86/registers.ts';
+import type { LdtEntry } from './image-model.ts';
 import type { PlanStep } from './plan-step.ts';
 import { ScratchLayout, withScratchPage } from './scratch.ts';
 
@@ -37,22 +38,6 @@ const NR_MODIFY_LDT = 154;
 /** modify_ldt functions: 0 reads the table, 0x11 writes one entry keeping AVL. */
 const READ_LDT = 0n;
 const WRITE_LDT = 0x11n;
-
-/** One installed entry, as struct user_desc spells it (flag fields are 0 or 1, contents 0-3). */
-export interface LdtEntry {
-  entry_number: number;
-  base_addr: number;
-  /** 20 bits; in pages when limit_in_pages */
-  limit: number;
-  seg_32bit: number;
-  /** bit 0: expand-down (data) or conforming (code); bit 1: code */
-  contents: number;
-  read_exec_only: number;
-  limit_in_pages: number;
-  seg_not_present: number;
-  useable: number;
-  lm: number;
-}
 
 export const USER_DESC_FLAGS = ['seg_32bit', 'read_exec_only', 'limit_in_pages', 'seg_not_present', 'useable', 'lm'] as const;
 export const LDT_ENTRY_KEYS = ['entry_number', 'base_addr', 'limit', 'contents', ...USER_DESC_FLAGS] as const;

@@ -15,7 +15,7 @@
 import type { AgentClient } from '../agent/client.ts';
 import { AgentError } from '../errors.ts';
 import { hex } from '../x86/registers.ts';
-import type { MemoryRegion } from './checkpoint-image.ts';
+import type { MemoryRegion } from './image-model.ts';
 import { PlanError, type MappedFileState, type PlanStep, type TargetProbe } from './plan-step.ts';
 import { omits, type RestorePolicy } from './policy.ts';
 import { protOf, uncovered, type Mapping } from './proc-maps.ts';

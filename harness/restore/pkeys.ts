@@ -23,7 +23,7 @@
  */
 import type { AgentClient } from '../agent/client.ts';
 import { hex } from '../x86/registers.ts';
-import type { MemoryRegion } from './checkpoint-image.ts';
+import type { MemoryRegion, PkeyState } from './image-model.ts';
 import type { PlanStep } from './plan-step.ts';
 import { protOf } from './proc-maps.ts';
 
@@ -32,13 +32,6 @@ const NR = { pkey_mprotect: 329, pkey_alloc: 330, pkey_free: 331 } as const;
 export const PKEY_COUNT = 16;
 const PKEY_DISABLE_ACCESS = 1n;
 const EINVAL = 22n;
-
-export interface PkeyState {
-  /** keys the process had allocated, ascending, 0 left out */
-  allocated: number[];
-  /** mappings tagged with a key other than 0 */
-  tagged: Array<{ start: bigint; end: bigint; pkey: number }>;
-}
 
 /** Each smaps VMA's "ProtectionKey:", by its start; VMAs without the line are left out. */
 export function parseSmapsPkeys(smaps: string): Map<bigint, number> {

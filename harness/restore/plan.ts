@@ -6,7 +6,7 @@
  * looks like there.
  */
 import { debugRegOffset, hex } from '../x86/registers.ts';
-import { DEBUG_REG_NAMES, type CheckpointImage } from './checkpoint-image.ts';
+import { DEBUG_REG_NAMES, type CheckpointImage } from './image-model.ts';
 import { PlanError, type PlanStep, type TargetProbe } from './plan-step.ts';
 import { omits, type RestorePolicy } from './policy.ts';
 import { applyRseqFixup, type RseqFixup } from './rseq.ts';

@@ -4,7 +4,6 @@
  */
 import { ImageRejectedError } from '../errors.ts';
 import { EFLAGS, hex, type UserRegs } from '../x86/registers.ts';
-import type { Restorer } from './restorers.ts';
 
 /**
  * What happens to EFLAGS.RF on restart (containers list, 2009, "c/r: tolerate
@@ -105,6 +104,15 @@ export const TLS_REGISTERS = ['fs_base', 'gs_base', 'fs', 'gs'] as const;
  */
 export const SYSCALL_RESTART_POLICIES = ['on', 'off'] as const;
 export type SyscallRestartPolicy = (typeof SYSCALL_RESTART_POLICIES)[number];
+
+/** How registers reach the restored task: each mechanism is described, and built, in restorers.ts. */
+export const RESTORERS = ['ptrace', 'sigreturn', 'popf'] as const;
+export type Restorer = (typeof RESTORERS)[number];
+
+export function parseRestorer(value: string): Restorer {
+  if ((RESTORERS as readonly string[]).includes(value)) return value as Restorer;
+  throw new RangeError(`unknown restorer "${value}" (one of ${RESTORERS.join(', ')})`);
+}
 
 export interface RestorePolicy {
   rf: RfPolicy;

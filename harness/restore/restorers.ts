@@ -17,22 +17,14 @@
  * in the restored process.
  */
 import { NT_X86_XSTATE, hex, type UserRegs } from '../x86/registers.ts';
-import type { CheckpointImage } from './checkpoint-image.ts';
+import type { CheckpointImage, SignalState, ThreadState } from './image-model.ts';
 import { omits, restoredRegisters, type RestorePolicy } from './policy.ts';
 import type { Mapping } from './proc-maps.ts';
 import { PlanError, type PlanStep, type TargetProbe } from './plan-step.ts';
 import { mapFixedStep, PROT, protectStep } from './syscall-steps.ts';
 import { xstateFeatures } from './validate.ts';
-import { SS_DISABLE, SS_ONSTACK, type SignalState } from './signals.ts';
-import { creationMask, threadXstateStep, type ThreadState } from './threads.ts';
-
-export const RESTORERS = ['ptrace', 'sigreturn', 'popf'] as const;
-export type Restorer = (typeof RESTORERS)[number];
-
-export function parseRestorer(value: string): Restorer {
-  if ((RESTORERS as readonly string[]).includes(value)) return value as Restorer;
-  throw new RangeError(`unknown restorer "${value}" (one of ${RESTORERS.join(', ')})`);
-}
+import { SS_DISABLE, SS_ONSTACK } from './signals.ts';
+import { creationMask, threadXstateStep } from './threads.ts';
 
 const PAGE = 0x1000n;
 /** The System V red zone: a leaf function may keep live data this far below rsp. */

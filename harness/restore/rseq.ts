@@ -10,16 +10,9 @@
  * the restorer that did not know).
  */
 import { hex } from '../x86/registers.ts';
-import type { CheckpointImage, MemoryRegion } from './checkpoint-image.ts';
+import type { CheckpointImage, MemoryRegion, RseqState } from './image-model.ts';
 import { PlanError } from './plan-step.ts';
 import { parseMaps } from './proc-maps.ts';
-
-/** A task's rseq registration (PTRACE_GET_RSEQ_CONFIGURATION). */
-export interface RseqState {
-  area: bigint;
-  size: number;
-  signature: number;
-}
 
 /** struct rseq: cpu_id_start u32, cpu_id u32, rseq_cs u64, flags u32 — the original 32-byte ABI. */
 export const RSEQ_AREA_MIN = 32;

@@ -17,34 +17,10 @@ import type { AgentClient } from '../agent/client.ts';
 import type { AgentOp } from '../agent/ops.ts';
 import { AgentError } from '../errors.ts';
 import { hex } from '../x86/registers.ts';
+import type { AltStack, SigAction, SignalState } from './image-model.ts';
 import type { PlanStep } from './plan-step.ts';
 import { ScratchLayout, withScratchPage } from './scratch.ts';
 import type { Mapping } from './proc-maps.ts';
-
-/** struct sigaction as the x86-64 kernel reads it (rt_sigaction). */
-export interface SigAction {
-  signo: number;
-  handler: bigint;
-  flags: bigint;
-  restorer: bigint;
-  mask: bigint;
-}
-
-export interface AltStack {
-  sp: bigint;
-  flags: number;
-  size: bigint;
-}
-
-export interface SignalState {
-  /** bit n-1 = signal n */
-  blocked: bigint;
-  /** dispositions other than the default, by signal number */
-  actions: SigAction[];
-  altstack: AltStack;
-  /** raw 128-byte siginfo records, in delivery order */
-  pending: { thread: Buffer[]; shared: Buffer[] };
-}
 
 export const NSIG = 64;
 const SIGKILL = 9;

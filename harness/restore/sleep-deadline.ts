@@ -38,6 +38,7 @@ import type { AgentClient } from '../agent/client.ts';
 import { CheckpointError } from '../errors.ts';
 import type { UserRegs } from '../x86/registers.ts';
 import { hex } from '../x86/registers.ts';
+import type { SleepDeadline } from './image-model.ts';
 import { withScratchPage } from './scratch.ts';
 
 export const ERESTART_RESTARTBLOCK = 516n;
@@ -50,22 +51,6 @@ const RED_ZONE_BYTES = 128n;
 const TIMESPEC_BYTES = 16n;
 const NS_PER_S = 1_000_000_000n;
 const NR_CLOCK_GETTIME = 228;
-
-/** The sleep the checkpoint interrupted: enough to give it its deadline back. */
-export interface SleepDeadline {
-  /** the interrupted call: 35 (nanosleep) or 230 (clock_nanosleep, relative) */
-  nr: number;
-  /** where the program asked for the remaining time (the kernel wrote it there at the interruption) */
-  rmtp: bigint;
-  /** the remaining time the kernel wrote to rmtp, ns */
-  remainingNs: bigint;
-  /** CLOCK_MONOTONIC in the guest when the checkpoint read rmtp, ns */
-  checkpointClockNs: bigint;
-  /** checkpointClockNs + remainingNs: when the uninterrupted call would have returned */
-  deadlineNs: bigint;
-  /** /proc/sys/kernel/random/boot_id of the checkpointed guest: the monotonic clock is one boot's */
-  bootId: string;
-}
 
 /** The interrupted call and where its rmtp is, or undefined when `regs` show no interrupted sleep. */
 export function interruptedSleep(regs: UserRegs): { nr: number; rmtp: bigint } | undefined {

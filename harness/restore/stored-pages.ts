@@ -19,7 +19,7 @@
  * this process's page table, so pagemap cannot tell) — only its zero pages go.
  */
 import { PAGE_PRESENT, PAGE_SWAPPED } from '../agent/ops.ts';
-import type { MemoryRegion } from './checkpoint-image.ts';
+import type { MemoryRegion } from './image-model.ts';
 import { presentSlices } from './userfaultfd.ts';
 
 export const PAGE_BYTES = 4096;

@@ -2,8 +2,8 @@
  * Plan steps that are system calls injected into the target (x86-64 Linux
  * numbers and flags), each with the result that means success.
  */
+import type { RseqState } from './image-model.ts';
 import type { PlanStep } from './plan-step.ts';
-import type { RseqState } from './rseq.ts';
 
 const NR = { mmap: 9, mprotect: 10, brk: 12, madvise: 28, rseq: 334 } as const;
 const MADV_DONTNEED = 4n;

@@ -35,39 +35,14 @@
 import type { AgentClient } from '../agent/client.ts';
 import type { AgentOp } from '../agent/ops.ts';
 import { AgentError, ImageRejectedError } from '../errors.ts';
-import { NT_X86_XSTATE, USER_REGS_FIELDS, debugRegOffset, hex, type UserRegs } from '../x86/registers.ts';
-import { DEBUG_REG_NAMES, type CheckpointImage, type DebugRegs, type MemoryRegion } from './checkpoint-image.ts';
+import { NT_X86_XSTATE, USER_REGS_FIELDS, debugRegOffset, hex } from '../x86/registers.ts';
+import { DEBUG_REG_NAMES, threadXstateEntry, type AltStack, type CheckpointImage, type DebugRegs, type MemoryRegion, type ThreadLinks, type ThreadState } from './image-model.ts';
 import type { PlanStep } from './plan-step.ts';
 import { ScratchLayout, withScratchPage } from './scratch.ts';
 import { assertPolicyAdmits, omits, type RestorePolicy } from './policy.ts';
-import { applyRseqFixup, type RseqFixup, type RseqState } from './rseq.ts';
-import { ALL_BLOCKABLE, encodeAltStack, siginfoSigno, SS_DISABLE, SS_ONSTACK, type AltStack } from './signals.ts';
+import { applyRseqFixup, type RseqFixup } from './rseq.ts';
+import { ALL_BLOCKABLE, encodeAltStack, siginfoSigno, SS_DISABLE, SS_ONSTACK } from './signals.ts';
 import { rseqStep } from './syscall-steps.ts';
-
-/**
- * What a thread's C library registered with the kernel about itself; 0 =
- * none. `robustList` is the head of a struct robust_list_head (24 bytes on
- * x86-64, the only length the kernel accepts).
- */
-export interface ThreadLinks {
-  clearChildTid: bigint;
-  robustList: bigint;
-}
-
-/** A thread other than the main one: what the kernel keeps for it alone. */
-export interface ThreadState extends ThreadLinks {
-  tid: number;
-  regs: UserRegs;
-  xstate: Buffer;
-  debugRegs: DebugRegs;
-  /** its rseq registration; null when it has none */
-  rseq: RseqState | null;
-  /** blocked mask, bit n-1 = signal n */
-  blocked: bigint;
-  altstack: AltStack;
-  /** its own pending queue, raw 128-byte siginfo records in delivery order (the shared queue is the process's) */
-  pending: Buffer[];
-}
 
 /** sizeof(struct robust_list_head) on x86-64. */
 export const ROBUST_LIST_HEAD_BYTES = 24n;
@@ -92,11 +67,6 @@ export const CLONE = {
 export const THREAD_CLONE_FLAGS = CLONE.VM | CLONE.FS | CLONE.FILES | CLONE.SIGHAND | CLONE.THREAD | CLONE.SYSVSEM;
 /** struct clone_args up to set_tid_size (CLONE_ARGS_SIZE_VER1). */
 const CLONE_ARGS_BYTES = 80;
-
-/** The tar entry of a thread's XSAVE area. */
-export function threadXstateEntry(tid: number): string {
-  return `threads/${tid}-xstate.bin`;
-}
 
 /** The threads of a process other than the main one, ascending, from /proc/PID/task. */
 export async function otherThreads(agent: AgentClient, pid: number): Promise<number[]> {

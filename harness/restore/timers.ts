@@ -36,14 +36,13 @@ import type { AgentClient } from '../agent/client.ts';
 import type { AgentOp } from '../agent/ops.ts';
 import { AgentError, CheckpointError } from '../errors.ts';
 import { hex } from '../x86/registers.ts';
+import { ITIMERS, POSIX_NOTIFY, type IntervalTimer, type ItimerWhich, type PosixNotify, type PosixTimer, type TimerfdState, type TimerSetting, type TimerState } from './image-model.ts';
 import { DescriptorTable } from './descriptors.ts';
 import type { PlanStep } from './plan-step.ts';
 import { ScratchLayout, withScratchPage } from './scratch.ts';
 
 const NR = { close: 3, ioctl: 16, getitimer: 36, setitimer: 38, timer_create: 222, timer_settime: 223, timer_gettime: 224, timer_getoverrun: 225, timer_delete: 226, timerfd_create: 283, timerfd_settime: 286 } as const;
 
-export const ITIMERS = ['real', 'virtual', 'prof'] as const;
-export type ItimerWhich = (typeof ITIMERS)[number];
 /** The signal each interval timer sends. */
 export const ITIMER_SIGNAL: Record<ItimerWhich, number> = { real: 14, virtual: 26, prof: 27 };
 
@@ -58,8 +57,6 @@ export const RESTORABLE_CLOCKS: ReadonlyMap<number, string> = new Map([
 /** Clocks a timerfd accepts (timerfd_create): REALTIME, MONOTONIC, BOOTTIME. */
 export const TIMERFD_CLOCKS = [0, 1, 7] as const;
 
-export const POSIX_NOTIFY = ['signal', 'none', 'thread-id'] as const;
-export type PosixNotify = (typeof POSIX_NOTIFY)[number];
 const SIGEV_SIGNAL = 0;
 const SIGEV_NONE = 1;
 const SIGEV_THREAD_ID = 4;
@@ -79,48 +76,6 @@ export const TFD_TIMER_ABSTIME = 1;
 /** TFD_IOC_SET_TICKS = _IOW('T', 0, __u64): the unread expirations (CONFIG_CHECKPOINT_RESTORE). */
 const TFD_IOC_SET_TICKS = 0x40085400n;
 export const TIMERFD_LINK = 'anon_inode:[timerfd]';
-
-/** Remaining time and period, in nanoseconds (interval timers keep microseconds: multiples of 1000). */
-export interface TimerSetting {
-  valueNs: bigint;
-  intervalNs: bigint;
-}
-
-export interface IntervalTimer extends TimerSetting {
-  which: ItimerWhich;
-}
-
-export interface PosixTimer extends TimerSetting {
-  id: number;
-  clock: number;
-  /** the signal sent; 0 with notify "none" */
-  signo: number;
-  /** sigev_value, handed to the handler as si_value */
-  sival: bigint;
-  notify: PosixNotify;
-  /** the thread a "thread-id" timer signals; 0 otherwise */
-  tid: number;
-  /** timer_getoverrun at checkpoint time: recorded, not settable */
-  overrun: number;
-}
-
-export interface TimerfdState extends TimerSetting {
-  fd: number;
-  clock: number;
-  /** O_NONBLOCK and O_CLOEXEC of the descriptor */
-  flags: number;
-  /** expirations not read yet */
-  ticks: bigint;
-}
-
-export interface TimerState {
-  /** armed interval timers only, in ITIMERS order */
-  itimers: IntervalTimer[];
-  /** ascending by id */
-  posix: PosixTimer[];
-  /** ascending by fd */
-  timerfds: TimerfdState[];
-}
 
 export const NO_TIMERS: TimerState = { itimers: [], posix: [], timerfds: [] };
 

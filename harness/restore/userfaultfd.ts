@@ -29,8 +29,8 @@
  */
 import type { AgentClient } from '../agent/client.ts';
 import { hex } from '../x86/registers.ts';
-import type { MemoryRegion } from './checkpoint-image.ts';
 import { CheckpointError } from '../errors.ts';
+import type { MemoryRegion, UserfaultfdState } from './image-model.ts';
 import type { PlanStep } from './plan-step.ts';
 import type { Mapping } from './proc-maps.ts';
 import { DescriptorTable } from './descriptors.ts';
@@ -38,14 +38,6 @@ import { ScratchLayout, withScratchPage } from './scratch.ts';
 
 /** What /proc/PID/fd shows for a userfaultfd. */
 export const USERFAULTFD_LINK = 'anon_inode:[userfaultfd]';
-
-export interface UserfaultfdState {
-  fd: number;
-  /** O_CLOEXEC and O_NONBLOCK, as userfaultfd(2) takes them */
-  flags: number;
-  /** the UFFDIO_API features the server asked for; null when it never called UFFDIO_API */
-  features: number | null;
-}
 
 /** UFFDIO_REGISTER_MODE_* bits. */
 export const UFFD_MODE = { MISSING: 1, WP: 2, MINOR: 4 } as const;

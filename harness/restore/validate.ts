@@ -15,39 +15,20 @@ import {
   hex,
   type UserRegs,
 } from '../x86/registers.ts';
-import { DEBUG_REG_NAMES, type CheckpointImage, type DebugRegs, type MemoryRegion, type PlatformFacts, type ProcessInfo } from './checkpoint-image.ts';
+import { DEBUG_REG_NAMES, ITIMERS, POSIX_NOTIFY, threadXstateEntry, type CheckpointImage, type DebugRegs, type FileKind, type IntervalTimer, type LdtEntry, type MemoryRegion, type PkeyState, type PlatformFacts, type PosixTimer, type ProcessInfo, type RseqState, type SignalState, type SleepDeadline, type TaskState, type ThreadLinks, type ThreadState, type TimerfdState, type TimerState, type UserfaultfdState } from './image-model.ts';
+import type { UntrustedImage } from './image-tar.ts';
 import { parseMaps } from './proc-maps.ts';
 import { unpackStored } from './stored-pages.ts';
 import { mappedPathProblem } from './mappings.ts';
-import { checkRseqArea, type RseqState } from './rseq.ts';
-import { SIGINFO_BYTES, signalStateProblem, type SignalState } from './signals.ts';
-import { taskStateProblem, type FileKind, type TaskState } from './files.ts';
-import { regionUserfaultProblem, userfaultfdsProblem, type UserfaultfdState } from './userfaultfd.ts';
-import { ldtProblem, LDT_ENTRIES, LDT_ENTRY_KEYS, type LdtEntry } from './ldt.ts';
-import { ITIMERS, POSIX_NOTIFY, timerStateProblem, type IntervalTimer, type PosixTimer, type TimerfdState, type TimerState } from './timers.ts';
-import { BOOT_ID, sleepProblem, type SleepDeadline } from './sleep-deadline.ts';
-import { pkeysProblem, type PkeyState } from './pkeys.ts';
-import { linksProblem, MAX_THREADS, MAX_TID, threadXstateEntry, type ThreadLinks, type ThreadState } from './threads.ts';
-
-export interface UntrustedImage {
-  created: unknown;
-  process: unknown;
-  platform: unknown;
-  regs: Record<string, unknown>;
-  debugRegs: Record<string, unknown>;
-  rseq: unknown;
-  signals: unknown;
-  task: unknown;
-  threads: unknown;
-  ldt: unknown;
-  timers: unknown;
-  sleep: unknown;
-  pkeys: unknown;
-  xstate: Buffer;
-  maps: string;
-  regions: unknown;
-  entries: Map<string, Buffer>;
-}
+import { checkRseqArea } from './rseq.ts';
+import { SIGINFO_BYTES, signalStateProblem } from './signals.ts';
+import { taskStateProblem } from './files.ts';
+import { regionUserfaultProblem, userfaultfdsProblem } from './userfaultfd.ts';
+import { ldtProblem, LDT_ENTRIES, LDT_ENTRY_KEYS } from './ldt.ts';
+import { timerStateProblem } from './timers.ts';
+import { BOOT_ID, sleepProblem } from './sleep-deadline.ts';
+import { pkeysProblem } from './pkeys.ts';
+import { linksProblem, MAX_THREADS, MAX_TID } from './threads.ts';
 
 const PAGE = 4096n;
 /** Largest file offset (loff_t) a mapping may reach. */

@@ -1,7 +1,7 @@
 /** A small, valid checkpoint image built in memory, for unit tests of the restore core. */
-import type { TimerState } from '../../harness/restore/timers.ts';
+import type { TimerState } from '../../harness/restore/image-model.ts';
 import { memoryEntryName, type CheckpointImage } from '../../harness/restore/checkpoint-image.ts';
-import type { LdtEntry } from '../../harness/restore/ldt.ts';
+import type { LdtEntry } from '../../harness/restore/image-model.ts';
 import { USER_REGS_FIELDS, type UserRegs } from '../../harness/x86/registers.ts';
 import { sha256 } from '../../harness/util/hash.ts';
 

@@ -3,18 +3,19 @@ import {
   DEFAULT_POLICY,
   OMITTABLE,
   parseOmit,
+  parseRestorer,
   parseRegsPolicy,
   parseRfPolicy,
   parseRseqFixupPolicy,
   parseSyscallRestartPolicy,
   RF_POLICIES,
   REGS_POLICIES,
+  RESTORERS,
   RSEQ_FIXUP_POLICIES,
   SYSCALL_RESTART_POLICIES,
   type RestorePolicy,
 } from '../restore/policy.ts';
-import { parseRestorer, RESTORERS } from '../restore/restorers.ts';
-import { UsageError } from '../repro/usage-error.ts';
+import { UsageError } from '../errors.ts';
 
 export const policyOptions = {
   rf: { type: 'string' },

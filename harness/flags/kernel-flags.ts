@@ -1,7 +1,7 @@
 /** The kernel switches every command that boots a guest takes, and how they reach the cases. */
 import path from 'node:path';
 import { DEBIAN_KERNEL_PREFIX, splitKernelSpec } from '../image/kernel.ts';
-import { UsageError } from '../repro/usage-error.ts';
+import { UsageError } from '../errors.ts';
 
 export const kernelOptions = {
   kernel: { type: 'string' },
