@@ -425,14 +425,14 @@ export async function runToCheckpoint(ctx: RunContext, pid: number, out: string)
   return `interrupted once ready (${ready.how})`;
 }
 
-interface Ended {
+export interface Ended {
   outcome: 'exited' | 'killed';
   code: number;
   hits: number;
 }
 
 /** RUN for `ms`: undefined when the time ran out (the process is then interrupted and stopped), else how it ended. */
-async function interruptibleRun(agent: AgentClient, pid: number, ms: number): Promise<Ended | undefined> {
+export async function interruptibleRun(agent: AgentClient, pid: number, ms: number): Promise<Ended | undefined> {
   try {
     const run = await agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: ms });
     if (run.outcome === 'hit-limit') throw new CrhError(`RUN pid ${pid} stopped at a hit limit it was not given`);

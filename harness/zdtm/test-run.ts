@@ -1,0 +1,107 @@
+/**
+ * One ZDTM-protocol test in a booted guest: natively first, then with
+ * checkpoint → kill → restore, each run from a clean start (repro/
+ * clean-start.ts: nothing the previous run left running, the working
+ * directory at the same path emptied and the --file inputs copied again).
+ * Used by `crh zdtm` and by cases/zdtm.test.ts alike.
+ */
+import type { AgentClient } from '../agent/client.ts';
+import type { PlatformFacts } from '../restore/checkpoint-image.ts';
+import type { RestorePolicy } from '../restore/policy.ts';
+import { cleanStartCommand, killedPids } from '../repro/clean-start.ts';
+import { readIfPresent } from '../repro/pid-file.ts';
+import { checkpointedZdtmRun, type CheckpointedZdtmRun } from './checkpointed.ts';
+import { nativeProblem, nativeZdtmCommand, parseNativeZdtm, type NativeZdtmRun, type ZdtmLaunch } from './native.ts';
+import { describeOutfile, INPROGRESS, OUTFILE, outfileVerdict, type OutfileVerdict, type ZdtmResult } from './verdict.ts';
+
+/** Where things live in the guest; fixed, so every run sees the same paths. */
+export const ZDTM_DIRS = {
+  root: '/tmp/crh-zdtm',
+  bin: '/tmp/crh-zdtm/bin',
+  /** the tests' working directory (the agent runs there: a restored process inherits it) */
+  work: '/tmp/crh-zdtm/work',
+  out: '/tmp/crh-zdtm/out',
+} as const;
+
+const OUTFILE_MAX_BYTES = 4 * 1024 * 1024;
+
+export interface ZdtmSession {
+  agent: AgentClient;
+  platform: PlatformFacts;
+  /** a guest shell command over its own SSH exec channel, its stdout */
+  shell: (command: string) => Promise<string>;
+  upload: (guestPath: string, data: Uint8Array, mode: number) => Promise<void>;
+  note: (line: string) => void;
+  phase: (name: string, detail?: string) => Promise<void>;
+}
+
+export interface ZdtmTest {
+  /** as rows show it */
+  name: string;
+  /** guest path */
+  binary: string;
+  args: readonly string[];
+  /** copied into the working directory before each run */
+  files: readonly { name: string; data: Uint8Array; mode: number }[];
+}
+
+export interface ZdtmTestOptions {
+  policy: RestorePolicy;
+  iters: number;
+  settleMs: number;
+  timeoutMs: number;
+  /** host path for the checkpoint image (the last cycle's is kept) */
+  imageFile: string;
+}
+
+export interface ZdtmTestRecord extends ZdtmResult {
+  nativeRun: NativeZdtmRun;
+  nativeOutfile: OutfileVerdict;
+  checkpointedRun?: CheckpointedZdtmRun;
+  checkpointedOutfile?: OutfileVerdict;
+}
+
+/** Prepares the guest directories once per guest. */
+export async function prepareZdtmGuest(session: Pick<ZdtmSession, 'shell'>): Promise<void> {
+  await session.shell(`mkdir -p ${ZDTM_DIRS.bin} ${ZDTM_DIRS.work} ${ZDTM_DIRS.out}`);
+}
+
+export async function runZdtmTest(session: ZdtmSession, test: ZdtmTest, options: ZdtmTestOptions): Promise<ZdtmTestRecord> {
+  const started = Date.now();
+  const title = [test.name, ...test.args].join(' ');
+  const cleanStart = async (run: string): Promise<void> => {
+    const killed = killedPids(await session.shell(cleanStartCommand(ZDTM_DIRS.work)));
+    if (killed.length > 0) session.note(`before the ${run}: killed what the previous run left running (pid ${killed.join(', ')})`);
+    for (const f of test.files) await session.upload(`${ZDTM_DIRS.work}/${f.name}`, f.data, f.mode);
+  };
+  const outfiles = async (): Promise<OutfileVerdict> =>
+    outfileVerdict(await readIfPresent(session.agent, `${ZDTM_DIRS.work}/${OUTFILE}`, OUTFILE_MAX_BYTES), await readIfPresent(session.agent, `${ZDTM_DIRS.work}/${INPROGRESS}`, OUTFILE_MAX_BYTES));
+
+  await cleanStart('native run');
+  await session.phase('native run', `${title}: no tracer, no checkpoint`);
+  const nativeLaunch: ZdtmLaunch = { binary: test.binary, args: test.args, cwd: ZDTM_DIRS.work, launcherOut: `${ZDTM_DIRS.out}/launcher-native.out` };
+  const nativeRun = parseNativeZdtm(await session.shell(nativeZdtmCommand(nativeLaunch, options.settleMs, options.timeoutMs)));
+  const nativeOutfile = await outfiles();
+  const problem = nativeProblem(nativeRun) ?? (nativeOutfile.pass ? undefined : describeOutfile(nativeOutfile));
+  session.note(`natively: ${problem ?? describeOutfile(nativeOutfile)}`);
+  if (problem) return { test: title, native: { pass: false, summary: problem }, durationMs: Date.now() - started, nativeRun, nativeOutfile };
+
+  await cleanStart('checkpointed run');
+  const launch: ZdtmLaunch = { ...nativeLaunch, launcherOut: `${ZDTM_DIRS.out}/launcher.out` };
+  const checkpointedRun = await checkpointedZdtmRun({ agent: session.agent, platform: session.platform, policy: options.policy, cycles: options.iters, settleMs: options.settleMs, timeoutMs: options.timeoutMs, outDir: ZDTM_DIRS.out, imageFile: options.imageFile, phase: session.phase }, launch);
+  const checkpointedOutfile = checkpointedRun.failure === undefined ? await outfiles() : undefined;
+  const pass = checkpointedOutfile?.pass ?? false;
+  const pidNote = checkpointedRun.restoredPid !== undefined && checkpointedRun.restoredPid !== checkpointedRun.pid ? ` (restored as pid ${checkpointedRun.restoredPid}, not ${checkpointedRun.pid})` : '';
+  const summary = checkpointedRun.failure ?? `${describeOutfile(checkpointedOutfile!)}${pidNote}`;
+  session.note(`after ${checkpointedRun.cycles.length} checkpoint/restore cycle(s): ${summary}`);
+  return {
+    test: title,
+    native: { pass: true, summary: describeOutfile(nativeOutfile) },
+    checkpointed: { pass, summary },
+    durationMs: Date.now() - started,
+    nativeRun,
+    nativeOutfile,
+    checkpointedRun,
+    ...(checkpointedOutfile ? { checkpointedOutfile } : {}),
+  };
+}
