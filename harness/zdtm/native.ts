@@ -58,7 +58,7 @@ export function nativeZdtmCommand(launch: ZdtmLaunch, settleMs: number, timeoutM
 
 /** Parses what nativeZdtmCommand prints. */
 export function parseNativeZdtm(text: string): NativeZdtmRun {
-  const m = /^launcher (\d+)\n(?:pid (\d+)\n(ended|timed-out)\n)?$/.exec(text);
+  const m = /^launcher (\d+)(?:\npid (\d+)\n(ended|timed-out))?$/.exec(text.trimEnd());
   if (!m) throw new CrhError(`the native ZDTM run printed ${JSON.stringify(text)}, expected "launcher N" then "pid P" and "ended" or "timed-out"`);
   return { launcherStatus: Number(m[1]), ...(m[2] !== undefined ? { pid: Number(m[2]) } : {}), ended: m[3] === 'ended' };
 }

@@ -8,6 +8,7 @@
 import type { AgentClient } from '../agent/client.ts';
 import type { PlatformFacts } from '../restore/checkpoint-image.ts';
 import type { RestorePolicy } from '../restore/policy.ts';
+import { shellQuote } from '../machine/qemu-args.ts';
 import { cleanStartCommand, killedPids } from '../repro/clean-start.ts';
 import { readIfPresent } from '../repro/pid-file.ts';
 import { checkpointedZdtmRun, type CheckpointedZdtmRun } from './checkpointed.ts';
@@ -15,13 +16,19 @@ import { nativeProblem, nativeZdtmCommand, parseNativeZdtm, type NativeZdtmRun, 
 import { describeOutfile, INPROGRESS, OUTFILE, outfileVerdict, type OutfileVerdict, type ZdtmResult } from './verdict.ts';
 
 /** Where things live in the guest; fixed, so every run sees the same paths. */
-export const ZDTM_DIRS = {
-  root: '/tmp/crh-zdtm',
+export const ZDTM_DIRS: ZdtmDirs = {
   bin: '/tmp/crh-zdtm/bin',
-  /** the tests' working directory (the agent runs there: a restored process inherits it) */
   work: '/tmp/crh-zdtm/work',
   out: '/tmp/crh-zdtm/out',
-} as const;
+};
+
+export interface ZdtmDirs {
+  bin: string;
+  /** the tests' working directory (the agent runs there: a restored process inherits it) */
+  work: string;
+  /** the launchers' and restored processes' own stdout files */
+  out: string;
+}
 
 const OUTFILE_MAX_BYTES = 4 * 1024 * 1024;
 
@@ -52,6 +59,10 @@ export interface ZdtmTestOptions {
   timeoutMs: number;
   /** host path for the checkpoint image (the last cycle's is kept) */
   imageFile: string;
+  /** default ZDTM_DIRS */
+  dirs?: ZdtmDirs;
+  /** the agent's process name, whose descendants a clean start kills (default crh-agent) */
+  agentName?: string;
 }
 
 export interface ZdtmTestRecord extends ZdtmResult {
@@ -62,24 +73,25 @@ export interface ZdtmTestRecord extends ZdtmResult {
 }
 
 /** Prepares the guest directories once per guest. */
-export async function prepareZdtmGuest(session: Pick<ZdtmSession, 'shell'>): Promise<void> {
-  await session.shell(`mkdir -p ${ZDTM_DIRS.bin} ${ZDTM_DIRS.work} ${ZDTM_DIRS.out}`);
+export async function prepareZdtmGuest(session: Pick<ZdtmSession, 'shell'>, dirs: ZdtmDirs = ZDTM_DIRS): Promise<void> {
+  await session.shell(`mkdir -p ${[dirs.bin, dirs.work, dirs.out].map(shellQuote).join(' ')}`);
 }
 
 export async function runZdtmTest(session: ZdtmSession, test: ZdtmTest, options: ZdtmTestOptions): Promise<ZdtmTestRecord> {
   const started = Date.now();
+  const dirs = options.dirs ?? ZDTM_DIRS;
   const title = [test.name, ...test.args].join(' ');
   const cleanStart = async (run: string): Promise<void> => {
-    const killed = killedPids(await session.shell(cleanStartCommand(ZDTM_DIRS.work)));
+    const killed = killedPids(await session.shell(cleanStartCommand(dirs.work, options.agentName)));
     if (killed.length > 0) session.note(`before the ${run}: killed what the previous run left running (pid ${killed.join(', ')})`);
-    for (const f of test.files) await session.upload(`${ZDTM_DIRS.work}/${f.name}`, f.data, f.mode);
+    for (const f of test.files) await session.upload(`${dirs.work}/${f.name}`, f.data, f.mode);
   };
   const outfiles = async (): Promise<OutfileVerdict> =>
-    outfileVerdict(await readIfPresent(session.agent, `${ZDTM_DIRS.work}/${OUTFILE}`, OUTFILE_MAX_BYTES), await readIfPresent(session.agent, `${ZDTM_DIRS.work}/${INPROGRESS}`, OUTFILE_MAX_BYTES));
+    outfileVerdict(await readIfPresent(session.agent, `${dirs.work}/${OUTFILE}`, OUTFILE_MAX_BYTES), await readIfPresent(session.agent, `${dirs.work}/${INPROGRESS}`, OUTFILE_MAX_BYTES));
 
   await cleanStart('native run');
   await session.phase('native run', `${title}: no tracer, no checkpoint`);
-  const nativeLaunch: ZdtmLaunch = { binary: test.binary, args: test.args, cwd: ZDTM_DIRS.work, launcherOut: `${ZDTM_DIRS.out}/launcher-native.out` };
+  const nativeLaunch: ZdtmLaunch = { binary: test.binary, args: test.args, cwd: dirs.work, launcherOut: `${dirs.out}/launcher-native.out` };
   const nativeRun = parseNativeZdtm(await session.shell(nativeZdtmCommand(nativeLaunch, options.settleMs, options.timeoutMs)));
   const nativeOutfile = await outfiles();
   const problem = nativeProblem(nativeRun) ?? (nativeOutfile.pass ? undefined : describeOutfile(nativeOutfile));
@@ -87,8 +99,8 @@ export async function runZdtmTest(session: ZdtmSession, test: ZdtmTest, options:
   if (problem) return { test: title, native: { pass: false, summary: problem }, durationMs: Date.now() - started, nativeRun, nativeOutfile };
 
   await cleanStart('checkpointed run');
-  const launch: ZdtmLaunch = { ...nativeLaunch, launcherOut: `${ZDTM_DIRS.out}/launcher.out` };
-  const checkpointedRun = await checkpointedZdtmRun({ agent: session.agent, platform: session.platform, policy: options.policy, cycles: options.iters, settleMs: options.settleMs, timeoutMs: options.timeoutMs, outDir: ZDTM_DIRS.out, imageFile: options.imageFile, phase: session.phase }, launch);
+  const launch: ZdtmLaunch = { ...nativeLaunch, launcherOut: `${dirs.out}/launcher.out` };
+  const checkpointedRun = await checkpointedZdtmRun({ agent: session.agent, platform: session.platform, policy: options.policy, cycles: options.iters, settleMs: options.settleMs, timeoutMs: options.timeoutMs, outDir: dirs.out, imageFile: options.imageFile, phase: session.phase }, launch);
   const checkpointedOutfile = checkpointedRun.failure === undefined ? await outfiles() : undefined;
   const pass = checkpointedOutfile?.pass ?? false;
   const pidNote = checkpointedRun.restoredPid !== undefined && checkpointedRun.restoredPid !== checkpointedRun.pid ? ` (restored as pid ${checkpointedRun.restoredPid}, not ${checkpointedRun.pid})` : '';
