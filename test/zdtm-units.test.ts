@@ -4,6 +4,9 @@
 import t from 'tap';
 import { UsageError } from '../harness/repro/usage-error.ts';
 import { parseChildren, parsePidFile } from '../harness/repro/pid-file.ts';
+import { parseReproArgs, requestFlags, type ReproRequest } from '../harness/repro/options.ts';
+import { parseRerunRecord, rerunRecord } from '../harness/repro/rerun-record.ts';
+import { BundleRejectedError } from '../harness/repro/usage-error.ts';
 import { DEFAULT_POLICY } from '../harness/restore/policy.ts';
 import { launcherArgv, nativeProblem, nativeZdtmCommand, parseNativeZdtm } from '../harness/zdtm/native.ts';
 import { parseZdtmArgs } from '../harness/zdtm/options.ts';
@@ -95,4 +98,21 @@ t.test('pid file and children', async (t) => {
   t.equal(parsePidFile('99999999999'), undefined, 'beyond any pid');
   t.same(parseChildren('12 13 \n'), [12, 13]);
   t.same(parseChildren(''), []);
+});
+
+t.test('--pid-file on crh cr and crh repro', async (t) => {
+  const r = parseReproArgs('cr', ['--binary', '/b/d', '--when-ready', '--pid-file', 'run/d.pid', '--finish-signal', 'TERM']) as ReproRequest;
+  t.equal(r.pidFile, 'run/d.pid', 'kept as given: a guest path relative to the working directory');
+  t.ok(requestFlags(r).join(' ').includes('--pid-file run/d.pid'), 'a rerun command line repeats it');
+  const record = rerunRecord(r, { binary: 'binary/d', files: [] });
+  t.equal(parseRerunRecord(JSON.parse(JSON.stringify(record)), 'b.tar').pidFile, 'run/d.pid', 'a bundle carries it');
+  t.throws(() => parseRerunRecord({ ...record, pidFile: '../../etc/x' }, 'b.tar'), BundleRejectedError, 'a bundle\'s pid file may not climb out');
+  t.throws(() => parseRerunRecord({ ...record, pidFile: 7 }, 'b.tar'), BundleRejectedError);
+  const refused: [string[], RegExp][] = [
+    [['--binary', '/b/d', '--pid-file', 'd.pid', '--checkpoint-after', '5'], /--pid-file goes with --when-ready/],
+    [['--binary', '/b/d', '--when-ready', '--pid-file', '../d.pid'], /has a \.\. component/],
+    [['--binary', '/b/d', '--when-ready', '--pid-file', 'a b'], /not a plain path/],
+    [['--binary', '/b/d', '--when-ready', '--pid-file', 'd.pid', '--engine', 'criu'], /--engine criu/],
+  ];
+  for (const [argv, message] of refused) t.throws(() => parseReproArgs('cr', argv), { name: 'UsageError', message }, `crh cr ${argv.join(' ')}`);
 });
