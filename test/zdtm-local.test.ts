@@ -11,6 +11,7 @@ import { AgentClient } from '../harness/agent/client.ts';
 import { localAgentTransport } from '../harness/agent/local-transport.ts';
 import { buildGuestBinaries } from '../harness/image/guest-binaries.ts';
 import { DEFAULT_POLICY, type RestorePolicy } from '../harness/restore/policy.ts';
+import { cleanStartCommand, killedPids } from '../harness/repro/clean-start.ts';
 import { makeTempDir, removeTempDir } from '../harness/util/temp-dir.ts';
 import { prepareZdtmGuest, runZdtmTest, type ZdtmDirs, type ZdtmSession } from '../harness/zdtm/test-run.ts';
 import { zdtmExitCode } from '../harness/zdtm/verdict.ts';
@@ -52,7 +53,7 @@ t.test('crh zdtm runs on the host kernel', async (t) => {
     const binary = path.join(dirs.bin, name);
     await copyFile(bins.hostPath[name]!, binary);
     await chmod(binary, 0o755);
-    return runZdtmTest(session, { name, binary, args: options.args ?? [], files: [] }, { policy: options.policy ?? DEFAULT_POLICY, iters: options.iters ?? 1, settleMs: 200, timeoutMs: TIMEOUT_MS, imageFile: path.join(root, `${name}.tar`), dirs, agentName });
+    return runZdtmTest(session, { name, binary, args: options.args ?? [], files: [] }, { policy: options.policy ?? DEFAULT_POLICY, iters: options.iters ?? 1, settleMs: 200, timeoutMs: TIMEOUT_MS, imageFile: path.join(root, `${name}.tar`), dirs, agentName, nativeRunner: bins.hostPath['crh-native']! });
   };
 
   for (const name of ['zdtm-wait', 'zdtm-spin', 'zdtm-itimer']) {
@@ -85,6 +86,21 @@ t.test('crh zdtm runs on the host kernel', async (t) => {
     t.notOk(r.checkpointed?.pass, `checkpointed: ${r.checkpointed?.summary}`);
     t.match(r.checkpointed?.summary, /timer stalled|ticks in/);
     t.equal(zdtmExitCode([r]), 1, 'exit 1');
+  });
+
+  await t.test('a test whose daemon has a child: the native run leaves nothing behind, the checkpoint is refused as a tree', async (t) => {
+    const r = await run('zdtm-wait', { args: ['child'] });
+    t.ok(r.native.pass, `natively: ${r.native.summary}`);
+    t.notOk(r.checkpointed?.pass, `checkpointed: ${r.checkpointed?.summary}`);
+    t.match(r.checkpointed?.summary, /process tree: pid \d+ has children \d+; the restore core restores one process/);
+    t.equal(zdtmExitCode([r]), 1, 'exit 1: a C/R limitation');
+    // The refused tree's child is the agent's (a subreaper): the next clean start kills it. The native run's child is
+    // init's: only the native run's own sweep of the daemon's session can have killed it.
+    const killed = killedPids(await shell(cleanStartCommand(dirs.work, agentName)));
+    t.equal(killed.length, 1, `the next clean start kills the refused tree's child (${killed.join(', ')})`);
+    // Killed is enough: a zombie waiting for its parent to collect it runs nothing.
+    const left = await execa('sh', ['-c', 'for p in $(pgrep -x zdtm-wait); do sed -n "s/.*) \\([^Z]\\) .*/$p/p" /proc/$p/stat 2>/dev/null; done'], { reject: false });
+    t.equal(left.stdout.trim(), '', 'no zdtm-wait process left running: the native run\'s child was killed too');
   });
 
   await t.test('a test that fails natively is reported as such, with no C/R verdict', async (t) => {

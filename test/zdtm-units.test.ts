@@ -8,7 +8,7 @@ import { parseReproArgs, requestFlags, type ReproRequest } from '../harness/repr
 import { parseRerunRecord, rerunRecord } from '../harness/repro/rerun-record.ts';
 import { BundleRejectedError } from '../harness/repro/usage-error.ts';
 import { DEFAULT_POLICY } from '../harness/restore/policy.ts';
-import { launcherArgv, nativeProblem, nativeZdtmCommand, parseNativeZdtm } from '../harness/zdtm/native.ts';
+import { launcherArgv, nativeProblem, nativeZdtmCommand, parseNativeZdtm, underNativeRunner } from '../harness/zdtm/native.ts';
 import { parseZdtmArgs } from '../harness/zdtm/options.ts';
 import { describeOutfile, outfileVerdict, TAIL_LINES, zdtmExitCode, zdtmRows, type ZdtmResult } from '../harness/zdtm/verdict.ts';
 
@@ -77,6 +77,7 @@ t.test('native run: the command and its report', async (t) => {
   t.match(command, /^cd \/w \|\| exit 1\n/);
   t.ok(command.includes(`env -i '/b/t x' --pidfile=T.pid --outfile=T.out --opt 'it'\\''s' </dev/null >/o/l.out 2>&1 3<&- 4<&-`), 'clean environment, quoted, fds 0-2 only');
   t.match(command, /sleep 0\.200\nkill -TERM/);
+  t.equal(underNativeRunner('echo "a b"', '/o/r.txt', 5000, '/bin/runner'), `exec /bin/runner 5000 /o/r.txt 0 /nonexistent /bin/sh sh -c 'echo "a b"'`, 'the script under the subreaper runner, its report to a file');
   t.same(parseNativeZdtm('launcher 0\npid 42\nended\n'), { launcherStatus: 0, pid: 42, ended: true });
   t.same(parseNativeZdtm('launcher 0\npid 42\ntimed-out'), { launcherStatus: 0, pid: 42, ended: false });
   t.same(parseNativeZdtm('launcher 1\n'), { launcherStatus: 1, ended: false });

@@ -1,7 +1,7 @@
 /*
  * zdtm-wait: a ZDTM-protocol test (protocol.h) that waits for SIGTERM.
  *
- *   zdtm-wait --pidfile=T.pid --outfile=T.out [fail]
+ *   zdtm-wait --pidfile=T.pid --outfile=T.out [fail | child]
  *
  * Before it says it is ready it writes a pattern to a private heap page and
  * a word to its shared page. Woken by SIGTERM it checks that it still leads
@@ -10,7 +10,10 @@
  * the shared page is still a shared mapping (the "s" in /proc/self/maps)
  * holding its word — a restore that made it private memory fails here.
  * Then it prints PASS, or FAIL naming the first check that failed. With the
- * argument `fail` it fails on purpose (a test that fails natively).
+ * argument `fail` it fails on purpose (a test that fails natively). With
+ * `child` it forks a child that sleeps in pause() before it is ready: a
+ * process tree (which crh refuses to checkpoint as one process); the child
+ * outlives it, left for whoever ran the test to clean up.
  */
 #define _GNU_SOURCE
 #include "protocol.h"
@@ -51,6 +54,7 @@ int main(int argc, char **argv)
 {
 	int first = zp_init(argc, argv);
 	int fail_on_purpose = first < argc && strcmp(argv[first], "fail") == 0;
+	int with_child = first < argc && strcmp(argv[first], "child") == 0;
 	uint32_t *heap = malloc(HEAP_WORDS * sizeof *heap);
 	struct stat st, cwd, out1, out2;
 	int i, flags;
@@ -62,6 +66,10 @@ int main(int argc, char **argv)
 	for (i = 0; i < HEAP_WORDS; i++)
 		heap[i] = 0x9e3779b9u * (uint32_t)(i + 1);
 	zp_shared[1] = SHARED_WORD;
+	if (with_child && fork() == 0) {
+		for (;;)
+			pause();
+	}
 	zp_daemon();
 	zp_msg("waiting for SIGTERM");
 

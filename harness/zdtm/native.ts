@@ -1,14 +1,19 @@
 /**
  * The native run of a ZDTM-protocol test: no tracer, no checkpoint, in the
  * same guest and the same fresh working directory as the checkpointed run.
- * One guest shell command (pure: built and parsed without a guest) starts
+ * One guest shell script (pure: built and parsed without a guest) starts
  * the launcher with a clean environment and fds 0-2 only, waits for it,
  * reads the pid file, gives the daemon the settle time the checkpointed run
- * gives it, sends SIGTERM and waits until it has ended (it is init's child
- * by then; its end shows as /proc/PID gone or a zombie). A daemon still
- * running at the timeout is killed: nothing of this run is left for the next.
+ * gives it, sends SIGTERM and waits until it has ended (its end shows as
+ * /proc/PID gone or a zombie); a daemon still running at the timeout is
+ * killed. The script runs under the native runner (guests/native/
+ * crh-native), a child subreaper that kills whatever its child leaves
+ * running once the child ends: the daemon and anything the test forked —
+ * in its session or not — stay below it, so nothing of this run is left
+ * for the next.
  */
 import { CrhError } from '../errors.ts';
+import { NATIVE_RUNNER } from '../guest/native-run.ts';
 import { shellQuote } from '../machine/qemu-args.ts';
 import { PIDFILE, OUTFILE } from './verdict.ts';
 
@@ -54,6 +59,16 @@ export function nativeZdtmCommand(launch: ZdtmLaunch, settleMs: number, timeoutM
     `while [ -d /proc/$pid ] && [ "$(${state})" != Z ] && [ $i -lt ${polls} ]; do sleep 0.05; i=$((i+1)); done`,
     `if [ -d /proc/$pid ] && [ "$(${state})" != Z ]; then kill -9 "$pid"; echo "timed-out"; else echo "ended"; fi`,
   ].join('\n');
+}
+
+/**
+ * The script under the native runner: its report (what it prints) goes to
+ * `reportPath`; the runner prints its own "pid N" and how the script ended
+ * (guest/native-run.ts parseNativeReport), killing the script and
+ * everything below it after `timeoutMs`.
+ */
+export function underNativeRunner(script: string, reportPath: string, timeoutMs: number, runner = NATIVE_RUNNER): string {
+  return `exec ${shellQuote(runner)} ${timeoutMs} ${shellQuote(reportPath)} 0 /nonexistent /bin/sh sh -c ${shellQuote(script)}`;
 }
 
 /** Parses what nativeZdtmCommand prints. */

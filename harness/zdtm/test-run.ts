@@ -12,7 +12,8 @@ import { shellQuote } from '../machine/qemu-args.ts';
 import { cleanStartCommand, killedPids } from '../repro/clean-start.ts';
 import { readIfPresent } from '../repro/pid-file.ts';
 import { checkpointedZdtmRun, type CheckpointedZdtmRun } from './checkpointed.ts';
-import { nativeProblem, nativeZdtmCommand, parseNativeZdtm, type NativeZdtmRun, type ZdtmLaunch } from './native.ts';
+import { parseNativeReport } from '../guest/native-run.ts';
+import { nativeProblem, nativeZdtmCommand, parseNativeZdtm, underNativeRunner, type NativeZdtmRun, type ZdtmLaunch } from './native.ts';
 import { describeOutfile, INPROGRESS, OUTFILE, outfileVerdict, type OutfileVerdict, type ZdtmResult } from './verdict.ts';
 
 /** Where things live in the guest; fixed, so every run sees the same paths. */
@@ -63,10 +64,13 @@ export interface ZdtmTestOptions {
   dirs?: ZdtmDirs;
   /** the agent's process name, whose descendants a clean start kills (default crh-agent) */
   agentName?: string;
+  /** the native runner's path (default guest/native-run.ts NATIVE_RUNNER) */
+  nativeRunner?: string;
 }
 
 export interface ZdtmTestRecord extends ZdtmResult {
-  nativeRun: NativeZdtmRun;
+  /** absent when the native run itself timed out */
+  nativeRun?: NativeZdtmRun;
   nativeOutfile: OutfileVerdict;
   checkpointedRun?: CheckpointedZdtmRun;
   checkpointedOutfile?: OutfileVerdict;
@@ -92,11 +96,15 @@ export async function runZdtmTest(session: ZdtmSession, test: ZdtmTest, options:
   await cleanStart('native run');
   await session.phase('native run', `${title}: no tracer, no checkpoint`);
   const nativeLaunch: ZdtmLaunch = { binary: test.binary, args: test.args, cwd: dirs.work, launcherOut: `${dirs.out}/launcher-native.out` };
-  const nativeRun = parseNativeZdtm(await session.shell(nativeZdtmCommand(nativeLaunch, options.settleMs, options.timeoutMs)));
+  // The script's own waits are bounded by the timeout: the launcher, then the daemon's end after SIGTERM.
+  const boundMs = 2 * options.timeoutMs + options.settleMs;
+  const report = `${dirs.out}/native-report.txt`;
+  const runner = parseNativeReport(await session.shell(underNativeRunner(nativeZdtmCommand(nativeLaunch, options.settleMs, options.timeoutMs), report, boundMs, options.nativeRunner)));
+  const nativeRun = runner.outcome === 'timed-out' ? undefined : parseNativeZdtm((await readIfPresent(session.agent, report)) ?? '');
   const nativeOutfile = await outfiles();
-  const problem = nativeProblem(nativeRun) ?? (nativeOutfile.pass ? undefined : describeOutfile(nativeOutfile));
+  const problem = (nativeRun ? nativeProblem(nativeRun) : `the launcher did not exit within ${boundMs} ms (killed)`) ?? (nativeOutfile.pass ? undefined : describeOutfile(nativeOutfile));
   session.note(`natively: ${problem ?? describeOutfile(nativeOutfile)}`);
-  if (problem) return { test: title, native: { pass: false, summary: problem }, durationMs: Date.now() - started, nativeRun, nativeOutfile };
+  if (problem) return { test: title, native: { pass: false, summary: problem }, durationMs: Date.now() - started, ...(nativeRun ? { nativeRun } : {}), nativeOutfile };
 
   await cleanStart('checkpointed run');
   const launch: ZdtmLaunch = { ...nativeLaunch, launcherOut: `${dirs.out}/launcher.out` };
