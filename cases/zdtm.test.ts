@@ -4,7 +4,7 @@
 // reference: no tracer, no checkpoint) and again after checkpoint → kill → restore of the daemon its pid file names,
 // with the same pid (the outfile renamed to T.out); the spinning one also across three cycles. Negative controls:
 // omit=mapping-kinds (the shared page made private: zdtm-wait FAILs), omit=timers (zdtm-itimer's timer stalls); and a
-// test that fails natively is reported as such, with no C/R verdict.
+// test that fails natively is reported as such, with no C/R verdict; a daemon with a child is refused as a process tree.
 import t, { type Test } from 'tap';
 import path from 'node:path';
 import { recordRowOutcome } from '../harness/testing/verdict-rows.ts';
@@ -76,6 +76,13 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_CHECKPOINT_RESTORE', 'CONFIG_FU
       row(t, c.scenario, c.policy, true, r);
     });
   }
+
+  await t.test('a test whose daemon has a child is refused by name as a process tree (crh zdtm exits 1)', async (t) => {
+    const r = await run('zdtm-wait', 'tree', { args: ['child'] });
+    t.ok(r.native.pass, `natively: ${r.native.summary}`);
+    t.match(r.checkpointed?.summary ?? '', /process tree: pid \d+ has children \d+; the restore core restores one process/, `checkpointed: ${r.checkpointed?.summary}`);
+    t.equal(zdtmExitCode([r]), 1);
+  });
 
   await t.test('a test that fails natively is reported as such (crh zdtm exits 2), never checkpointed', async (t) => {
     const r = await run('zdtm-wait', 'native-fail', { args: ['fail'] });
