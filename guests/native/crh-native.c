@@ -2,7 +2,12 @@
  * crh-native: runs a program the way the agent's SPAWN does, but with no
  * tracer — the native reference a traced run is compared with.
  *
- *   crh-native TIMEOUT_MS STDOUT_PATH FINISH_SIGNAL READY_FILE PROGRAM ARGV0 ARGS...
+ *   crh-native [--pid-file FILE] TIMEOUT_MS STDOUT_PATH FINISH_SIGNAL READY_FILE PROGRAM ARGV0 ARGS...
+ *
+ * With --pid-file (a daemon, `crh cr --pid-file`): the program started is
+ * the launcher; once it has exited 0, the process whose pid FILE holds —
+ * our child by then, this program being a child subreaper — is the one
+ * waited for, sent FINISH_SIGNAL at once (it is ready), and reported on.
  *
  * The child gets what SPAWN gives a workload: an empty signal mask and
  * default dispositions, ASLR off (personality ADDR_NO_RANDOMIZE), stdin
@@ -110,15 +115,40 @@ static void __attribute__((noreturn)) child(const char *out, const char *path, c
 	_exit(127);
 }
 
+/* The pid FILE names (its first line), 0 when none. */
+static pid_t read_pid_file(const char *file)
+{
+	char buf[32];
+	ssize_t n;
+	long v;
+	int fd = open(file, O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0)
+		return 0;
+	n = read(fd, buf, sizeof buf - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	buf[n] = 0;
+	v = strtol(buf, NULL, 10);
+	return v > 0 && v < 0x40000000 ? (pid_t)v : 0;
+}
+
 int main(int argc, char **argv)
 {
 	struct timespec start, now;
 	long timeout_ms;
 	int status, finish_signal, finished = 0;
+	const char *pid_file = NULL;
 	pid_t pid, r;
 
+	if (argc > 2 && strcmp(argv[1], "--pid-file") == 0) {
+		pid_file = argv[2];
+		argv += 2;
+		argc -= 2;
+	}
 	if (argc < 7) {
-		fprintf(stderr, "usage: crh-native TIMEOUT_MS STDOUT_PATH FINISH_SIGNAL READY_FILE PROGRAM ARGV0 [ARGS...]\n");
+		fprintf(stderr, "usage: crh-native [--pid-file FILE] TIMEOUT_MS STDOUT_PATH FINISH_SIGNAL READY_FILE PROGRAM ARGV0 [ARGS...]\n");
 		return 127;
 	}
 	timeout_ms = strtol(argv[1], NULL, 10);
@@ -137,13 +167,29 @@ int main(int argc, char **argv)
 	/* Polling keeps this free of signal handling; 1 ms is nothing to a TCG guest. */
 	for (;;) {
 		r = waitpid(pid, &status, WNOHANG);
+		if (r == pid && pid_file && WIFEXITED(status) && WEXITSTATUS(status) == 0) {
+			/* The launcher is done: from now on the daemon is the program. */
+			pid_t daemon = read_pid_file(pid_file);
+
+			pid_file = NULL;
+			if (daemon > 0 && waitpid(daemon, &status, WNOHANG) == 0) {
+				pid = daemon;
+				if (finish_signal > 0) {
+					kill(pid, finish_signal);
+					finished = 1;
+				}
+				continue;
+			}
+			/* No live child of ours is named: the launcher's status is the report. */
+			break;
+		}
 		if (r == pid)
 			break;
 		if (r < 0 && errno != EINTR) {
 			fprintf(stderr, "error: waitpid: %s\n", strerror(errno));
 			return 127;
 		}
-		if (finish_signal > 0 && !finished && announced(argv[4], argv[2])) {
+		if (finish_signal > 0 && !finished && !pid_file && announced(argv[4], argv[2])) {
 			kill(pid, finish_signal);
 			finished = 1;
 		}

@@ -8,6 +8,7 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { UsageError } from '../repro/usage-error.ts';
 import { REPRO_USAGE, reproOptions } from '../repro/options.ts';
+import { ZDTM_USAGE, zdtmOptions } from '../zdtm/options.ts';
 import { KERNEL_USAGE, kernelOptions } from '../flags/kernel-flags.ts';
 import { runKernelOptions } from './kernel-matrix.ts';
 import { policyOptions, POLICY_USAGE } from '../flags/policy-flags.ts';
@@ -86,6 +87,8 @@ export const COMMANDS = {
   // repro and cr parse their own command line (repro/options.ts); the table is here for --help.
   repro: spec(REPRO_USAGE, reproOptions, true),
   cr: spec(REPRO_USAGE, reproOptions, true),
+  // zdtm parses its own command line too (zdtm/options.ts): what follows `--` is the tests' arguments.
+  zdtm: spec(ZDTM_USAGE, zdtmOptions, true),
 } as const;
 
 export type CommandName = keyof typeof COMMANDS;

@@ -32,6 +32,7 @@ import { applyKernelOptions } from '../flags/kernel-flags.ts';
 import { COMMANDS, CRH_USAGE, isCommand, parseCommandLine, usageError, wantsHelp } from './command-line.ts';
 import { readBootSession, removeBootSession, sshArgs, writeBootSession } from './boot-session.ts';
 import { reproCommand } from '../repro/command.ts';
+import { zdtmCommand } from '../zdtm/command.ts';
 import { criuCheck } from '../criu/commands.ts';
 import { UsageError } from '../repro/usage-error.ts';
 import { escapeControl } from '../util/terminal-text.ts';
@@ -181,7 +182,7 @@ async function restoreCommand(args: string[]): Promise<number> {
 }
 
 
-const HANDLERS: Record<Exclude<keyof typeof COMMANDS, 'repro' | 'cr'>, (args: string[]) => Promise<number>> = {
+const HANDLERS: Record<Exclude<keyof typeof COMMANDS, 'repro' | 'cr' | 'zdtm'>, (args: string[]) => Promise<number>> = {
   bootstrap: bootstrapCommand,
   image: imageCommand,
   boot: bootCommand,
@@ -211,6 +212,14 @@ async function main(argv: string[]): Promise<number> {
       return EXIT.ok;
     }
     return reproCommand(command, rest);
+  }
+  if (command === 'zdtm') {
+    // zdtm/options.ts parses it; --help before `--` only (after it come the tests' arguments).
+    if (wantsHelp(rest)) {
+      process.stdout.write(`${COMMANDS.zdtm.usage}\n`);
+      return EXIT.ok;
+    }
+    return zdtmCommand(rest);
   }
   return HANDLERS[command](rest);
 }

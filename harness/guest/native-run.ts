@@ -26,6 +26,8 @@ export interface NativeRunRequest {
   timeoutMs: number;
   /** sent once the program announces readiness (ready file or CRH-READY line), as the traced runs do */
   finish?: { signal: number; readyFile: string };
+  /** a daemon: once the program exits 0, the process this file names is waited for (and sent `finish`) instead */
+  pidFile?: string;
 }
 
 export interface NativeRun {
@@ -45,6 +47,7 @@ export interface NativeRunner {
 /** The shell command that runs the program natively (pure: tested without a guest). */
 export function nativeCommand(r: NativeRunRequest): string {
   const args = [
+    ...(r.pidFile !== undefined ? ['--pid-file', r.pidFile] : []),
     String(r.timeoutMs),
     r.stdoutPath,
     String(r.finish?.signal ?? 0),

@@ -93,6 +93,7 @@ async function phases(request: ReproRequest, prepared: PreparedProgram, runDir: 
       point: request.checkpoint,
       ...(prepared.breakAt !== undefined ? { breakAt: prepared.breakAt } : {}),
       ...(request.finishSignal ? { finishSignal: request.finishSignal } : {}),
+      ...(request.pidFile !== undefined ? { pidFile: path.posix.resolve(GUEST_DIRS.work, request.pidFile) } : {}),
       timeoutMs: request.timeoutMs,
       clearReady: async () => void (await ssh.run(`rm -f ${shellQuote(READY_FILE)}`)),
       shell: (command) => ssh.run(command),

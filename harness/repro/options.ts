@@ -43,6 +43,13 @@ export interface ReproRequest {
   checkpoint: CheckpointPoint;
   /** delivered once the program is ready (when-ready) and again after the restore */
   finishSignal?: { name: string; number: number };
+  /**
+   * --pid-file: the program is a launcher and the process to checkpoint is
+   * the one whose pid it writes to this file (a path in the guest, relative
+   * to the program's working directory); ready once the launcher has exited 0
+   * and the file names a live process (repro/pid-file.ts)
+   */
+  pidFile?: string;
   policy: RestorePolicy;
   /**
    * checkpoint → kill → restore this many times in a chain, each restored
@@ -68,12 +75,14 @@ export const DEFAULT_TIMEOUT_MS = 60_000;
 export const MAX_CYCLES = 10_000;
 
 export const REPRO_USAGE =
-  'usage: crh repro FILE.c [--checkpoint-at SYMBOL|0xADDR [--hit N] | --checkpoint-after MS | --when-ready] [--finish-signal SIG] [--cycles N]\n' +
+  'usage: crh repro FILE.c [--checkpoint-at SYMBOL|0xADDR [--hit N] | --checkpoint-after MS | --when-ready [--pid-file FILE]] [--finish-signal SIG] [--cycles N]\n' +
   `                 ${POLICY_USAGE}\n` +
   `                 [--engine crh|criu] [--cflags "FLAGS"] [--timeout MS] [--out BUNDLE.tar] [--artifacts DIR] ${KERNEL_USAGE} [-- ARGS]\n` +
   `       crh repro FILE.c ${SWEEP_USAGE} [the same policy switches] [-- ARGS]\n` +
   '       crh repro --bundle BUNDLE.tar [--out BUNDLE.tar] [--artifacts DIR]\n' +
   '       crh cr --binary PATH [--file PATH]... [the same checkpoint and policy switches] [-- ARGS]\n' +
+  '  --pid-file FILE (with --when-ready): the program is a launcher; checkpoint the daemon whose pid it writes\n' +
+  '  to FILE (relative to its working directory) once it has exited 0; a daemon with children is refused\n' +
   '  --engine criu: CRIU (Debian trixie\'s, in the guest) dumps and restores the stopped process instead of\n' +
   '  crh\'s restore core; the policy switches describe the restore core and are a usage error with it\n' +
   '       for tests of crh itself: [--inject-fault PHASE:KIND] (PHASE checkpoint|restore; KIND kill-qemu|kill-agent|drop-ssh|guest-panic; docs/ci.md)';
@@ -86,6 +95,7 @@ const options = {
   'checkpoint-after': { type: 'string' },
   'when-ready': { type: 'boolean' },
   'finish-signal': { type: 'string' },
+  'pid-file': { type: 'string' },
   cycles: { type: 'string' },
   'inject-fault': { type: 'string' },
   timeout: { type: 'string' },
@@ -149,6 +159,12 @@ export function parseReproArgs(command: 'repro' | 'cr', argv: readonly string[])
   if (values['finish-signal'] !== undefined && !values['when-ready']) {
     throw new UsageError('--finish-signal goes with --when-ready: the signal is sent once the program is ready, in the uninterrupted run and after the restore');
   }
+  const pidFile = values['pid-file'];
+  if (pidFile !== undefined) {
+    if (!values['when-ready']) throw new UsageError('--pid-file goes with --when-ready: the daemon is checkpointed once the launcher has exited 0 and the file names it');
+    checkPidFilePath(pidFile, (why) => new UsageError(`--pid-file: ${why}`));
+    if (values.engine === 'criu') throw new UsageError('--pid-file is crh\'s own attach; --engine criu takes the process crh spawned');
+  }
   const sweep = parseSweepFlags(values);
   const engine = parseEngine(values.engine);
   if (engine === 'criu' && values.cycles !== undefined && values.cycles !== '1') throw new UsageError('--cycles chains crh\'s own checkpoints; with --engine criu a run takes one checkpoint');
@@ -175,6 +191,7 @@ export function parseReproArgs(command: 'repro' | 'cr', argv: readonly string[])
     checkpoint: sweep ? { kind: 'symbol', symbol: sweep.symbol, hit: values.hit === undefined ? 1 : positiveInteger('--hit', values.hit) } : checkpointPoint(values),
     ...(sweep ? { sweep } : {}),
     ...(values['finish-signal'] !== undefined ? { finishSignal: parseSignal(values['finish-signal']) } : {}),
+    ...(pidFile !== undefined ? { pidFile } : {}),
     policy,
     cycles: values.cycles === undefined ? 1 : boundedCycles(values.cycles),
     ...(values['inject-fault'] !== undefined ? { fault: parseFault(values['inject-fault']) } : {}),
@@ -186,6 +203,16 @@ export function parseReproArgs(command: 'repro' | 'cr', argv: readonly string[])
       return typeof value === 'string' ? [[flag, resolveKernelFlag(flag, value)]] : [];
     })),
   };
+}
+
+/**
+ * A pid file's path as a request or a bundle may give it: relative to the
+ * program's working directory (or absolute), printable, no `..` component
+ * (a bundle's must not point the agent elsewhere).
+ */
+export function checkPidFilePath(file: string, refuse: (why: string) => Error): void {
+  if (!/^[A-Za-z0-9_.+\/-]{1,255}$/.test(file)) throw refuse(`"${file}" is not a plain path (letters, digits, _ . + - /; at most 255)`);
+  if (file.split('/').includes('..')) throw refuse(`"${file}" has a .. component`);
 }
 
 function parseEngine(text: string | undefined): Engine {
@@ -257,6 +284,7 @@ export function requestFlags(request: ReproRequest): string[] {
   else if (c.kind === 'symbol') flags.push('--checkpoint-at', c.symbol, '--hit', String(c.hit));
   else if (c.kind === 'after') flags.push('--checkpoint-after', String(c.ms));
   else flags.push('--when-ready');
+  if (request.pidFile !== undefined) flags.push('--pid-file', request.pidFile);
   if (request.finishSignal) flags.push('--finish-signal', request.finishSignal.name);
   if (request.cycles > 1) flags.push('--cycles', String(request.cycles));
   if (request.engine === 'criu') {

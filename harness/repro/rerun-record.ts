@@ -10,7 +10,7 @@
 import { policyFromFlags } from '../flags/policy-flags.ts';
 import type { RestorePolicy } from '../restore/policy.ts';
 import { SAFE_SEGMENT } from './bundle.ts';
-import { MAX_CYCLES, parseSignal, type CheckpointPoint, type ReproRequest } from './options.ts';
+import { checkPidFilePath, MAX_CYCLES, parseSignal, type CheckpointPoint, type ReproRequest } from './options.ts';
 import type { BundleInputs } from './rerun.ts';
 import { BundleRejectedError, UsageError } from './usage-error.ts';
 import { SWEEP_MAX_COUNT } from './sweep-options.ts';
@@ -55,6 +55,8 @@ export interface RerunRecord {
   policy: RerunPolicy;
   /** a signal name, with a `ready` checkpoint only */
   finishSignal?: string;
+  /** --pid-file: a path in the guest relative to the working directory, with a `ready` checkpoint only */
+  pidFile?: string;
   timeoutMs: number;
   /** checkpoint → kill → restore cycles in a chain; absent in records made before --cycles (one cycle) */
   cycles?: number;
@@ -81,6 +83,7 @@ export function rerunRecord(request: ReproRequest, inputs: BundleInputs): RerunR
     checkpoint: request.checkpoint,
     policy: { rf: p.rf, regs: p.regs ?? 'full', restorer: p.restorer ?? 'ptrace', rseqFixup: p.rseqFixup ?? 'on', syscallRestart: p.syscallRestart ?? 'on', omit: [...(p.omit ?? [])] },
     ...(request.finishSignal ? { finishSignal: request.finishSignal.name } : {}),
+    ...(request.pidFile !== undefined ? { pidFile: request.pidFile } : {}),
     timeoutMs: request.timeoutMs,
     cycles: request.cycles,
     args: request.args,
@@ -102,7 +105,7 @@ const NEVER_FROM_A_BUNDLE: Record<string, string> = {
   out: 'where crh writes is never taken from a bundle (give --out yourself)',
 };
 
-const RECORD_KEYS = ['version', 'engine', 'command', 'source', 'binary', 'files', 'checkpoint', 'policy', 'finishSignal', 'timeoutMs', 'cycles', 'args', 'sweep'];
+const RECORD_KEYS = ['version', 'engine', 'command', 'source', 'binary', 'files', 'checkpoint', 'policy', 'finishSignal', 'pidFile', 'timeoutMs', 'cycles', 'args', 'sweep'];
 const POLICY_KEYS = ['rf', 'regs', 'restorer', 'rseqFixup', 'syscallRestart', 'omit'];
 
 /**
@@ -150,6 +153,15 @@ export function parseRerunRecord(raw: unknown, bundle: string): RerunRecord {
     }
   }
 
+  let pidFile: string | undefined;
+  if (record.pidFile !== undefined) {
+    if (typeof record.pidFile !== 'string') return reject('.pidFile', `${show(record.pidFile)} is not a path`);
+    if (checkpoint.kind !== 'ready') reject('.pidFile', 'goes with a "ready" checkpoint only');
+    if (record.engine === 'criu') reject('.pidFile', 'is crh\'s own attach, not the criu engine\'s');
+    checkPidFilePath(record.pidFile, (why) => reject('.pidFile', why));
+    pidFile = record.pidFile;
+  }
+
   return {
     version: RERUN_RECORD_VERSION,
     ...(record.engine === 'criu' ? { engine: 'criu' as const } : {}),
@@ -159,6 +171,7 @@ export function parseRerunRecord(raw: unknown, bundle: string): RerunRecord {
     checkpoint,
     policy: rerunPolicy(record.policy, reject),
     ...(finishSignal ? { finishSignal } : {}),
+    ...(pidFile !== undefined ? { pidFile } : {}),
     timeoutMs,
     ...(cycles !== undefined ? { cycles } : {}),
     args: programArgs(record.args, reject),

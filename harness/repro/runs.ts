@@ -20,6 +20,8 @@ import { rewindInterruptedSyscall, type SyscallRewind } from '../restore/syscall
 import { debugRegOffset, hex, type UserRegs } from '../x86/registers.ts';
 import { runNatively, type NativeRun } from '../guest/native-run.ts';
 import type { CheckpointPoint } from './options.ts';
+import { captureStdio, reattachStdio, type StdioFile } from './daemon-stdio.ts';
+import { runLauncherToDaemon } from './pid-file.ts';
 import { differingRegisters } from './register-diff.ts';
 import { CheckpointNotReachedError, UsageError } from './usage-error.ts';
 
@@ -55,6 +57,8 @@ export interface RunContext {
   /** the DR0 address for a symbol checkpoint */
   breakAt?: bigint;
   finishSignal?: { name: string; number: number };
+  /** --pid-file (guest path): the spawned program is a launcher, the process this file names the one checkpointed */
+  pidFile?: string;
   timeoutMs: number;
   /** removes the ready file between runs (a guest shell command) */
   clearReady: () => Promise<void>;
@@ -74,7 +78,10 @@ export interface RunRecord {
 }
 
 export interface Reference extends RunRecord {
+  /** the spawned program's (with --pid-file, the launcher's) */
   pid: number;
+  /** --pid-file: the daemon's */
+  daemonPid?: number;
   elapsedMs: number;
 }
 
@@ -91,7 +98,7 @@ export async function nativeReference(ctx: RunContext): Promise<NativeRun> {
   const finish = ctx.point.kind === 'ready' && ctx.finishSignal ? { signal: ctx.finishSignal.number, readyFile: READY_FILE } : undefined;
   return runNatively(
     { shell: ctx.shell, readFile: (file) => readOutput(ctx.agent, file) },
-    { binary: program.binary, argv: program.argv, envp: program.envp, cwd: GUEST_DIRS.work, stdoutPath: `${GUEST_DIRS.out}/native.out`, timeoutMs: ctx.timeoutMs, ...(finish ? { finish } : {}) },
+    { binary: program.binary, argv: program.argv, envp: program.envp, cwd: GUEST_DIRS.work, stdoutPath: `${GUEST_DIRS.out}/native.out`, timeoutMs: ctx.timeoutMs, ...(finish ? { finish } : {}), ...(ctx.pidFile ? { pidFile: ctx.pidFile } : {}) },
   );
 }
 
@@ -110,9 +117,14 @@ export async function referenceRun(ctx: RunContext, pid?: number): Promise<Refer
     if (pid === undefined || !(error instanceof AgentError && error.errno === EEXIST)) throw error;
     return spawn(ctx, out);
   });
+  const spawned = pid;
   if (ctx.point.kind === 'ready') {
-    const ready = await runUntilReady(ctx, pid, out);
-    if ('ended' in ready) throw notReached(ctx, ready.ended, 'the uninterrupted run', await readOutput(agent, out));
+    if (ctx.pidFile) {
+      pid = (await runLauncherToDaemon(agent, pid, ctx.pidFile, ctx.timeoutMs)).pid;
+    } else {
+      const ready = await runUntilReady(ctx, pid, out);
+      if ('ended' in ready) throw notReached(ctx, ready.ended, 'the uninterrupted run', await readOutput(agent, out));
+    }
     if (ctx.finishSignal) await agent.call({ op: 'SIGNAL', pid, signo: ctx.finishSignal.number });
   }
   const end = await runToEnd(agent, pid, ctx.timeoutMs);
@@ -121,7 +133,7 @@ export async function referenceRun(ctx: RunContext, pid?: number): Promise<Refer
   if (ctx.point.kind === 'symbol' && end.hits < ctx.point.hit) {
     throw new CheckpointNotReachedError(`${ctx.point.symbol} was executed ${end.hits} times in the uninterrupted run; --hit ${ctx.point.hit} is never reached`, { output });
   }
-  return { ...end, output, pid, elapsedMs: Date.now() - started };
+  return { ...end, output, pid: spawned, ...(spawned !== pid ? { daemonPid: pid } : {}), elapsedMs: Date.now() - started };
 }
 
 /** One checkpoint → kill → restore of a chain (--cycles). */
@@ -218,11 +230,11 @@ export async function checkpointedRun(ctx: RunContext, reference: Reference, pla
     throw new CheckpointNotReachedError(`${ctx.point.symbol} was executed ${reference.hits} times in the uninterrupted run; ${cycles} cycles from --hit ${ctx.point.hit} need ${ctx.point.hit + cycles - 1}`);
   }
   await ctx.clearReady();
-  const pid = await spawnAsReference(ctx, before, reference.pid, notes);
+  const spawned = await spawnAsReference(ctx, before, reference.pid, notes);
 
   const tag = (cycle: number): string => (cycles > 1 ? `cycle ${cycle}/${cycles}: ` : '');
   await ctx.phase('run to the checkpoint', `${tag(1)}${describePoint(ctx.point)}`);
-  const firstStop = await runToCheckpoint(ctx, pid, before);
+  const { pid, stoppedBy: firstStop } = ctx.pidFile ? await runToDaemon(ctx, spawned, before, reference, notes) : { pid: spawned, stoppedBy: await runToCheckpoint(ctx, spawned, before) };
   const records: CycleRecord[] = [];
   let output = '';
   let hits = ctx.point.kind === 'symbol' ? ctx.point.hit : 0;
@@ -244,13 +256,16 @@ export async function checkpointedRun(ctx: RunContext, reference: Reference, pla
     await ctx.phase('checkpoint', `${tag(cycle)}${current.stoppedBy}, rip ${hex(regs.rip)}`);
     const checkpointStarted = Date.now();
     const process: ProcessInfo = { binary: ctx.program.binary, argv: ctx.program.argv, envp: ctx.program.envp, noAslr: true, pid: current.pid };
-    const image = await checkpointProcess(agent, process, platform).catch((error: unknown) => {
+    const refused = (error: unknown): never => {
       // Something the image cannot express (a socket, a pipe), or a checkpoint
       // that failed: a limitation of the C/R under test, never the user's
       // mistake — crh exits 1 with the reason, not 2.
       if (!(error instanceof CrhError) || isInfraFailure(error)) throw error;
       throw new CheckpointError(`the program could not be checkpointed at this point${cycles > 1 ? ` (cycle ${cycle})` : ''}: ${error.message}`, error.details, { cause: error });
-    });
+    };
+    // A daemon's own descriptors 0-2 (not crh's output file) are given back after the restore (daemon-stdio.ts).
+    const stdio: StdioFile[] = ctx.pidFile ? await captureStdio(agent, current.pid, [current.out]).catch(refused) : [];
+    const image = await checkpointProcess(agent, process, platform).catch(refused);
     const imageBytes = await writeImageFile(image, imageFile);
     const checkpointMs = Date.now() - checkpointStarted;
     output += await readOutput(agent, current.out);
@@ -264,6 +279,11 @@ export async function checkpointedRun(ctx: RunContext, reference: Reference, pla
     let restored: RestoreResult;
     try {
       restored = await restoreProcess(agent, image, { policy, stdoutPath: out });
+      const pidRestored = restored.pid;
+      await reattachStdio(agent, pidRestored, stdio).catch(async (error: unknown) => {
+        await agent.call({ op: 'KILL', pid: pidRestored }).catch(() => {});
+        throw error;
+      });
     } catch (error) {
       // restoreProcess leaves nothing behind when it fails.
       if (!(error instanceof CrhError) || isInfraFailure(error)) throw error;
@@ -404,6 +424,22 @@ export async function spawn(ctx: RunContext, stdoutPath: string, pid?: number): 
   return spawned.pid;
 }
 
+/**
+ * --pid-file: runs the launcher to its exit and seizes the daemon its pid
+ * file names (pid-file.ts), lets it run one slice (as a ready program is
+ * checkpointed at most a slice after it announced itself), and leaves it
+ * stopped there.
+ */
+async function runToDaemon(ctx: RunContext, launcher: number, out: string, reference: Reference, notes: string[]): Promise<{ pid: number; stoppedBy: string }> {
+  const { pid, how } = await runLauncherToDaemon(ctx.agent, launcher, ctx.pidFile!, ctx.timeoutMs);
+  if (reference.daemonPid !== undefined && pid !== reference.daemonPid) {
+    notes.push(`the daemon has pid ${pid}, the uninterrupted run's had ${reference.daemonPid} (a launcher's child cannot be given its pid), so output that shows the pid differs`);
+  }
+  const ended = await interruptibleRun(ctx.agent, pid, RESUME_SLICE_MS);
+  if (ended) throw notReached(ctx, ended, 'the checkpointed run', await readOutput(ctx.agent, out));
+  return { pid, stoppedBy: `interrupted once ready (${how})` };
+}
+
 /** Leaves the original stopped at the checkpoint point and says how it got there. */
 export async function runToCheckpoint(ctx: RunContext, pid: number, out: string): Promise<string> {
   const { agent, point } = ctx;
@@ -425,14 +461,14 @@ export async function runToCheckpoint(ctx: RunContext, pid: number, out: string)
   return `interrupted once ready (${ready.how})`;
 }
 
-interface Ended {
+export interface Ended {
   outcome: 'exited' | 'killed';
   code: number;
   hits: number;
 }
 
 /** RUN for `ms`: undefined when the time ran out (the process is then interrupted and stopped), else how it ended. */
-async function interruptibleRun(agent: AgentClient, pid: number, ms: number): Promise<Ended | undefined> {
+export async function interruptibleRun(agent: AgentClient, pid: number, ms: number): Promise<Ended | undefined> {
   try {
     const run = await agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: ms });
     if (run.outcome === 'hit-limit') throw new CrhError(`RUN pid ${pid} stopped at a hit limit it was not given`);

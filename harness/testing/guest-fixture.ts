@@ -16,11 +16,12 @@ interface Teardownable {
   comment(...args: unknown[]): void;
 }
 
-export async function startGuest(t: Teardownable, caseName: string): Promise<Guest> {
+/** `agentCwd`: the guest directory the agent runs in (open-guest.ts), for cases whose programs need their own. */
+export async function startGuest(t: Teardownable, caseName: string, options: { agentCwd?: string } = {}): Promise<Guest> {
   const artifactsDir = path.join(artifactsRoot(), caseName);
   await mkdir(artifactsDir, { recursive: true });
   try {
-    const guest = await openGuest({ artifactsDir, log: (line) => t.comment(`${caseName}: ${line}`) });
+    const guest = await openGuest({ artifactsDir, log: (line) => t.comment(`${caseName}: ${line}`), ...(options.agentCwd ? { agentCwd: options.agentCwd } : {}) });
     t.teardown(() => guest.close());
     // A guest lost mid-case (QEMU died, the kernel panicked) fails the case's assertions too; recorded here, crh run exits 69 for it, not 1.
     guest.machine.failure.catch((error: unknown) => recordInfraFailure(caseName, error));

@@ -1,0 +1,96 @@
+/**
+ * A daemon named by a pid file: the process to checkpoint is not the one
+ * crh spawned (the launcher) but the one whose pid the program writes to a
+ * file — a ZDTM test's T.pid, a service's `--pid-file`. The agent is a child
+ * subreaper, so once the launcher has exited the daemon is the agent's own
+ * child, and ATTACH seizes it like a spawned process.
+ *
+ * The restore core restores one process (any number of threads): a daemon
+ * with live children is a process tree and is refused by name, as
+ * restore/uncapturable.ts refuses state the image cannot hold.
+ */
+import type { AgentClient } from '../agent/client.ts';
+import { AgentError, CheckpointError } from '../errors.ts';
+import { CheckpointNotReachedError } from './usage-error.ts';
+
+const ENOENT = 2;
+const ETIMEDOUT = 110;
+
+/** The pid a pid file names: its first line, a positive whole number; undefined when the file is absent or holds none. */
+export function parsePidFile(text: string | undefined): number | undefined {
+  const first = text?.split('\n')[0]?.trim() ?? '';
+  return /^[1-9]\d{0,9}$/.test(first) && Number(first) <= 0x3fffffff ? Number(first) : undefined;
+}
+
+/** The pids a /proc/PID/task/TID/children listing names. */
+export function parseChildren(text: string): number[] {
+  return text.split(/\s+/).filter(Boolean).map(Number);
+}
+
+/** Reads a guest file, undefined when it does not exist. */
+export async function readIfPresent(agent: AgentClient, path: string, maxSize = 4096): Promise<string | undefined> {
+  try {
+    return (await agent.call({ op: 'READ_FILE', path, maxSize })).toString('utf8');
+  } catch (error) {
+    if (error instanceof AgentError && error.errno === ENOENT) return undefined;
+    throw error;
+  }
+}
+
+/** The one-letter state of /proc/PID/stat ("Z" a zombie), undefined when there is no such process. */
+async function processState(agent: AgentClient, pid: number): Promise<string | undefined> {
+  const stat = await readIfPresent(agent, `/proc/${pid}/stat`);
+  return stat === undefined ? undefined : /\) (\S) /.exec(stat)?.[1];
+}
+
+/**
+ * Runs the launcher (spawned, stopped) to its end and seizes the daemon its
+ * pid file names. Ready when the launcher has exited 0 and `pidFile` names
+ * a live process. A launcher that fails, hangs past `timeoutMs` or names no
+ * live process never reached the checkpoint point (CheckpointNotReachedError).
+ */
+export async function runLauncherToDaemon(agent: AgentClient, launcherPid: number, pidFile: string, timeoutMs: number): Promise<{ pid: number; how: string }> {
+  const run = await agent.call({ op: 'RUN', pid: launcherPid, stopAfterHits: 0, timeoutMs }).catch(async (error: unknown) => {
+    if (!(error instanceof AgentError && error.errno === ETIMEDOUT)) throw error;
+    await agent.call({ op: 'KILL', pid: launcherPid }).catch(() => {});
+    throw new CheckpointNotReachedError(`the launcher (pid ${launcherPid}) did not exit within ${timeoutMs} ms; with --pid-file the program is ready once it has exited 0 and the pid file names a live process`);
+  });
+  if (run.outcome !== 'exited' || run.code !== 0) {
+    throw new CheckpointNotReachedError(`the launcher (pid ${launcherPid}) ${run.outcome === 'exited' ? `exited with status ${run.code}` : `was killed by signal ${run.code}`}: it must exit 0 once the daemon is ready`);
+  }
+  const pid = await attachNamedProcess(agent, pidFile);
+  return { pid, how: `the launcher exited 0 and ${pidFile} names pid ${pid}` };
+}
+
+/**
+ * Seizes the live process `pidFile` names (ATTACH: every thread stopped),
+ * then refuses it if it has children.
+ */
+export async function attachNamedProcess(agent: AgentClient, pidFile: string): Promise<number> {
+  const text = await readIfPresent(agent, pidFile, 64);
+  const pid = parsePidFile(text);
+  if (pid === undefined) {
+    throw new CheckpointNotReachedError(text === undefined ? `the pid file ${pidFile} was not written` : `the pid file ${pidFile} holds ${JSON.stringify(text.slice(0, 40))}, not a pid`);
+  }
+  const state = await processState(agent, pid);
+  if (state === undefined || state === 'Z') throw new CheckpointNotReachedError(`pid ${pid}, named by ${pidFile}, is ${state === 'Z' ? 'a zombie' : 'not running'}: the daemon ended before it could be checkpointed`);
+  await agent.call({ op: 'ATTACH', pid });
+  await refuseTree(agent, pid);
+  return pid;
+}
+
+/**
+ * A process with live children is a tree: refused by name (and killed,
+ * with its children left to the next clean start), since restoring it alone
+ * would silently drop them. Zombie children count too: they hold pids the
+ * restored tree would have to wait for.
+ */
+export async function refuseTree(agent: AgentClient, pid: number): Promise<void> {
+  const children: number[] = [];
+  for (const tid of await agent.call({ op: 'LISTDIR', path: `/proc/${pid}/task` })) {
+    children.push(...parseChildren((await readIfPresent(agent, `/proc/${pid}/task/${tid}/children`)) ?? ''));
+  }
+  if (children.length === 0) return;
+  await agent.call({ op: 'KILL', pid }).catch(() => {});
+  throw new CheckpointError(`process tree: pid ${pid} has children ${children.join(', ')}; the restore core restores one process`);
+}

@@ -1,0 +1,104 @@
+/**
+ * `crh zdtm BINARY... [policy switches] [--iters N] [-- ARGS]`: tests that
+ * follow CRIU's ZDTM protocol (docs/zdtm.md), each run natively and then
+ * through checkpoint → kill → restore in one guest, one verdict row per
+ * test in crh run's report formats. Exit 0 every test passed as natively,
+ * 1 one failed under C/R, 2 one fails natively (or a usage error), 69
+ * infrastructure (the reports then carry it as an infrastructure failure).
+ */
+import { readFile, stat } from 'node:fs/promises';
+import path from 'node:path';
+import { applyKernelOptions } from '../flags/kernel-flags.ts';
+import { CrhError } from '../errors.ts';
+import { openGuest } from '../guest/open-guest.ts';
+import { bootstrapHost } from '../host/bootstrap.ts';
+import { shellQuote } from '../machine/qemu-args.ts';
+import { isInfraFailure, type InfraFailure } from '../report/infra-failures.ts';
+import { artifactsRoot, type Verdict } from '../report/verdicts.ts';
+import { writeReports } from '../report/write-reports.ts';
+import { describePolicy } from '../restore/policy.ts';
+import { loadProgram } from '../repro/program.ts';
+import { Progress } from '../repro/progress.ts';
+import { UsageError } from '../repro/usage-error.ts';
+import { NotOwnedError, replaceOwnedDir } from '../util/owned-dir.ts';
+import { escapeControl } from '../util/terminal-text.ts';
+import { parseZdtmArgs } from './options.ts';
+import { prepareZdtmGuest, runZdtmTest, ZDTM_DIRS, type ZdtmTest } from './test-run.ts';
+import { rowLabel, zdtmExitCode, zdtmRows, type ZdtmResult } from './verdict.ts';
+
+/** Entry point for `crh zdtm ...`; returns the exit code. */
+export async function zdtmCommand(argv: readonly string[]): Promise<number> {
+  const request = parseZdtmArgs(argv);
+  // Everything wrong with the inputs fails here, before a guest starts.
+  const programs = await Promise.all(request.binaries.map((b) => loadProgram(b)));
+  const files = await Promise.all(
+    request.files.map(async (file) => {
+      try {
+        return { name: path.basename(file), data: await readFile(file), mode: (await stat(file)).mode & 0o777 };
+      } catch (error) {
+        throw new UsageError(`--file ${file}: ${(error as Error).message}`);
+      }
+    }),
+  );
+  applyKernelOptions(request.kernel);
+  const runDir = path.join(request.artifacts ?? artifactsRoot(), 'zdtm');
+  await replaceOwnedDir(runDir).catch((error: unknown) => {
+    throw error instanceof NotOwnedError ? new UsageError(`${error.message}; choose another --artifacts`, {}, { cause: error }) : error;
+  });
+  const progress = new Progress('crh zdtm');
+  const policy = describePolicy(request.policy);
+  const results: ZdtmResult[] = [];
+  const reports = async (infrastructureFailures: InfraFailure[]): Promise<Verdict[]> => {
+    const verdicts = zdtmRows(results, policy, request.iters);
+    await writeReports({ verdicts, infrastructureFailures }, { ...(request.json ? { json: request.json } : {}), ...(request.junit ? { junit: request.junit } : {}) }, { artifactsRoot: runDir, sinceMs: 0 });
+    return verdicts;
+  };
+
+  try {
+    progress.phase('boot');
+    await bootstrapHost((line) => progress.note(line));
+    const guest = await openGuest({ artifactsDir: runDir, log: (line) => progress.note(line), agentCwd: ZDTM_DIRS.work });
+    try {
+      const { ssh } = guest.machine;
+      await prepareZdtmGuest({ shell: (c) => ssh.run(c) });
+      const tests: ZdtmTest[] = [];
+      for (const program of programs) {
+        const name = path.basename(program.file);
+        const binary = `${ZDTM_DIRS.bin}/${name}`;
+        await ssh.upload(binary, program.data, 0o755);
+        tests.push({ name, binary, args: request.args, files });
+      }
+      for (const test of tests) {
+        const record = await runZdtmTest(
+          {
+            agent: guest.agent,
+            platform: guest.platform,
+            shell: (c) => ssh.run(c),
+            upload: (p, d, m) => ssh.upload(p, d, m),
+            note: (line) => progress.note(escapeControl(line)),
+            phase: async (name, detail) => {
+              progress.phase(name, detail && escapeControl(detail));
+              await ssh.run(`echo ${shellQuote(`<5>crh zdtm: ${test.name}: ${name}`)} > /dev/kmsg`);
+            },
+          },
+          test,
+          { policy: request.policy, iters: request.iters, settleMs: request.settleMs, timeoutMs: request.timeoutMs, imageFile: path.join(runDir, `${test.name}.checkpoint.tar`) },
+        );
+        results.push(record);
+      }
+    } finally {
+      progress.phase('shut down');
+      await guest.close();
+      progress.endPhase();
+    }
+  } catch (error) {
+    if (isInfraFailure(error)) await reports([{ case: 'zdtm', error: error instanceof CrhError ? error.describe() : String(error) }]);
+    throw error;
+  }
+
+  const verdicts = await reports([]);
+  for (const row of verdicts) process.stdout.write(`${rowLabel(row)}  ${escapeControl(row.scenario)}: ${escapeControl(row.skipped ?? row.observed)}\n`);
+  const code = zdtmExitCode(results);
+  process.stdout.write(`zdtm: ${results.filter((r) => r.checkpointed?.pass).length} passed as natively, ${results.filter((r) => r.checkpointed && !r.checkpointed.pass).length} failed under checkpoint/restore, ${results.filter((r) => !r.native.pass).length} fail natively (policy ${policy}; artifacts ${escapeControl(runDir)})\n`);
+  return code;
+}

@@ -1,0 +1,127 @@
+/**
+ * One ZDTM-protocol test in a booted guest: natively first, then with
+ * checkpoint → kill → restore, each run from a clean start (repro/
+ * clean-start.ts: nothing the previous run left running, the working
+ * directory at the same path emptied and the --file inputs copied again).
+ * Used by `crh zdtm` and by cases/zdtm.test.ts alike.
+ */
+import type { AgentClient } from '../agent/client.ts';
+import type { PlatformFacts } from '../restore/checkpoint-image.ts';
+import type { RestorePolicy } from '../restore/policy.ts';
+import { shellQuote } from '../machine/qemu-args.ts';
+import { cleanStartCommand, killedPids } from '../repro/clean-start.ts';
+import { readIfPresent } from '../repro/pid-file.ts';
+import { checkpointedZdtmRun, type CheckpointedZdtmRun } from './checkpointed.ts';
+import { parseNativeReport } from '../guest/native-run.ts';
+import { nativeProblem, nativeZdtmCommand, parseNativeZdtm, underNativeRunner, type NativeZdtmRun, type ZdtmLaunch } from './native.ts';
+import { describeOutfile, INPROGRESS, OUTFILE, outfileVerdict, type OutfileVerdict, type ZdtmResult } from './verdict.ts';
+
+/** Where things live in the guest; fixed, so every run sees the same paths. */
+export const ZDTM_DIRS: ZdtmDirs = {
+  bin: '/tmp/crh-zdtm/bin',
+  work: '/tmp/crh-zdtm/work',
+  out: '/tmp/crh-zdtm/out',
+};
+
+export interface ZdtmDirs {
+  bin: string;
+  /** the tests' working directory (the agent runs there: a restored process inherits it) */
+  work: string;
+  /** the launchers' and restored processes' own stdout files */
+  out: string;
+}
+
+const OUTFILE_MAX_BYTES = 4 * 1024 * 1024;
+
+export interface ZdtmSession {
+  agent: AgentClient;
+  platform: PlatformFacts;
+  /** a guest shell command over its own SSH exec channel, its stdout */
+  shell: (command: string) => Promise<string>;
+  upload: (guestPath: string, data: Uint8Array, mode: number) => Promise<void>;
+  note: (line: string) => void;
+  phase: (name: string, detail?: string) => Promise<void>;
+}
+
+export interface ZdtmTest {
+  /** as rows show it */
+  name: string;
+  /** guest path */
+  binary: string;
+  args: readonly string[];
+  /** copied into the working directory before each run */
+  files: readonly { name: string; data: Uint8Array; mode: number }[];
+}
+
+export interface ZdtmTestOptions {
+  policy: RestorePolicy;
+  iters: number;
+  settleMs: number;
+  timeoutMs: number;
+  /** host path for the checkpoint image (the last cycle's is kept) */
+  imageFile: string;
+  /** default ZDTM_DIRS */
+  dirs?: ZdtmDirs;
+  /** the agent's process name, whose descendants a clean start kills (default crh-agent) */
+  agentName?: string;
+  /** the native runner's path (default guest/native-run.ts NATIVE_RUNNER) */
+  nativeRunner?: string;
+}
+
+export interface ZdtmTestRecord extends ZdtmResult {
+  /** absent when the native run itself timed out */
+  nativeRun?: NativeZdtmRun;
+  nativeOutfile: OutfileVerdict;
+  checkpointedRun?: CheckpointedZdtmRun;
+  checkpointedOutfile?: OutfileVerdict;
+}
+
+/** Prepares the guest directories once per guest. */
+export async function prepareZdtmGuest(session: Pick<ZdtmSession, 'shell'>, dirs: ZdtmDirs = ZDTM_DIRS): Promise<void> {
+  await session.shell(`mkdir -p ${[dirs.bin, dirs.work, dirs.out].map(shellQuote).join(' ')}`);
+}
+
+export async function runZdtmTest(session: ZdtmSession, test: ZdtmTest, options: ZdtmTestOptions): Promise<ZdtmTestRecord> {
+  const started = Date.now();
+  const dirs = options.dirs ?? ZDTM_DIRS;
+  const title = [test.name, ...test.args].join(' ');
+  const cleanStart = async (run: string): Promise<void> => {
+    const killed = killedPids(await session.shell(cleanStartCommand(dirs.work, options.agentName)));
+    if (killed.length > 0) session.note(`before the ${run}: killed what the previous run left running (pid ${killed.join(', ')})`);
+    for (const f of test.files) await session.upload(`${dirs.work}/${f.name}`, f.data, f.mode);
+  };
+  const outfiles = async (): Promise<OutfileVerdict> =>
+    outfileVerdict(await readIfPresent(session.agent, `${dirs.work}/${OUTFILE}`, OUTFILE_MAX_BYTES), await readIfPresent(session.agent, `${dirs.work}/${INPROGRESS}`, OUTFILE_MAX_BYTES));
+
+  await cleanStart('native run');
+  await session.phase('native run', `${title}: no tracer, no checkpoint`);
+  const nativeLaunch: ZdtmLaunch = { binary: test.binary, args: test.args, cwd: dirs.work, launcherOut: `${dirs.out}/launcher-native.out` };
+  // The script's own waits are bounded by the timeout: the launcher, then the daemon's end after SIGTERM.
+  const boundMs = 2 * options.timeoutMs + options.settleMs;
+  const report = `${dirs.out}/native-report.txt`;
+  const runner = parseNativeReport(await session.shell(underNativeRunner(nativeZdtmCommand(nativeLaunch, options.settleMs, options.timeoutMs), report, boundMs, options.nativeRunner)));
+  const nativeRun = runner.outcome === 'timed-out' ? undefined : parseNativeZdtm((await readIfPresent(session.agent, report)) ?? '');
+  const nativeOutfile = await outfiles();
+  const problem = (nativeRun ? nativeProblem(nativeRun) : `the launcher did not exit within ${boundMs} ms (killed)`) ?? (nativeOutfile.pass ? undefined : describeOutfile(nativeOutfile));
+  session.note(`natively: ${problem ?? describeOutfile(nativeOutfile)}`);
+  if (problem) return { test: title, native: { pass: false, summary: problem }, durationMs: Date.now() - started, ...(nativeRun ? { nativeRun } : {}), nativeOutfile };
+
+  await cleanStart('checkpointed run');
+  const launch: ZdtmLaunch = { ...nativeLaunch, launcherOut: `${dirs.out}/launcher.out` };
+  const checkpointedRun = await checkpointedZdtmRun({ agent: session.agent, platform: session.platform, policy: options.policy, cycles: options.iters, settleMs: options.settleMs, timeoutMs: options.timeoutMs, outDir: dirs.out, imageFile: options.imageFile, phase: session.phase }, launch);
+  const checkpointedOutfile = checkpointedRun.failure === undefined ? await outfiles() : undefined;
+  const pass = checkpointedOutfile?.pass ?? false;
+  const pidNote = checkpointedRun.restoredPid !== undefined && checkpointedRun.restoredPid !== checkpointedRun.pid ? ` (restored as pid ${checkpointedRun.restoredPid}, not ${checkpointedRun.pid})` : '';
+  const summary = checkpointedRun.failure ?? `${describeOutfile(checkpointedOutfile!)}${pidNote}`;
+  session.note(`after ${checkpointedRun.cycles.length} checkpoint/restore cycle(s): ${summary}`);
+  return {
+    test: title,
+    native: { pass: true, summary: describeOutfile(nativeOutfile) },
+    checkpointed: { pass, summary },
+    durationMs: Date.now() - started,
+    nativeRun,
+    nativeOutfile,
+    checkpointedRun,
+    ...(checkpointedOutfile ? { checkpointedOutfile } : {}),
+  };
+}

@@ -1,0 +1,57 @@
+// expect: through `crh repro`/`crh cr --pid-file` against a real guest, the process checkpointed is the daemon the
+// launcher names in its pid file: a daemon with a shared page waiting for SIGUSR1 ends with its uninterrupted output
+// (exit 0), our ZDTM-protocol test passes with its outfile as fds 1 and 2 given back; the control --omit
+// mapping-kinds shows the shared page made private (exit 1); a daemon with a child is refused by name as a process
+// tree (exit 1).
+import t from 'tap';
+import { mkdtemp } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { execa } from 'execa';
+import { buildGuestBinaries } from '../harness/image/guest-binaries.ts';
+import { readBundle } from '../harness/repro/bundle.ts';
+import { parseVerdict } from '../harness/repro/verdict.ts';
+import { REPO_ROOT } from '../harness/util/cache-dir.ts';
+
+const crh = path.join(REPO_ROOT, 'bin', 'crh.js');
+const daemon = path.join(REPO_ROOT, 'examples', 'repro', 'pid-file-daemon.c');
+const ready = ['--when-ready', '--pid-file', 'daemon.pid', '--finish-signal', 'USR1'];
+
+async function crhRun(args: string[]): Promise<{ exitCode: number | undefined; stdout: string; stderr: string }> {
+  const r = await execa(process.execPath, [crh, ...args], { reject: false, cwd: REPO_ROOT });
+  return { exitCode: r.exitCode, stdout: r.stdout, stderr: r.stderr };
+}
+
+t.test('crh repro/cr --pid-file', async (t) => {
+  const dir = await mkdtemp(path.join(tmpdir(), 'crh-repro-pid-file-'));
+  const artifacts = path.join(dir, 'artifacts');
+
+  await t.test('a daemon named by its pid file: checkpointed, restored, its uninterrupted output', async (t) => {
+    const bundle = path.join(dir, 'daemon.tar');
+    const r = await crhRun(['repro', daemon, ...ready, '--out', bundle, '--artifacts', artifacts]);
+    if (!t.equal(r.exitCode, 0, 'exit 0')) t.comment(`${r.stdout}\n${r.stderr.slice(-3000)}`);
+    const verdict = parseVerdict((await readBundle(bundle)).get('verdict.json')!.data.toString('utf8'));
+    t.equal(verdict.restored?.output, 'woke: session=1 shared=0x5a17ed private=0x9121 still-shared=1\n', 'the restored daemon\'s output');
+    t.match(r.stderr, /the launcher exited 0 and \/tmp\/crh-repro\/work\/daemon\.pid names pid \d+/, 'the daemon, not the launcher, was checkpointed');
+  });
+
+  await t.test('control --omit mapping-kinds: the shared page comes back private, exit 1', async (t) => {
+    const r = await crhRun(['repro', daemon, ...ready, '--omit', 'mapping-kinds', '--out', path.join(dir, 'omit.tar'), '--artifacts', artifacts]);
+    t.equal(r.exitCode, 1, 'exit 1');
+    t.match(r.stdout, /^verdict: FAIL/m);
+    t.match(r.stdout, /still-shared=0/);
+  });
+
+  await t.test('a daemon with a child: refused by name as a process tree, exit 1', async (t) => {
+    const r = await crhRun(['repro', daemon, ...ready, '--out', path.join(dir, 'tree.tar'), '--artifacts', artifacts, '--', 'tree']);
+    t.equal(r.exitCode, 1, 'exit 1');
+    t.match(r.stderr, /process tree: pid \d+ has children \d+; the restore core restores one process/);
+  });
+
+  await t.test('a ZDTM-protocol test through crh cr --pid-file: its outfile as fds 1 and 2 after the restore', async (t) => {
+    const binary = (await buildGuestBinaries()).hostPath['zdtm-wait']!;
+    const r = await crhRun(['cr', '--binary', binary, '--when-ready', '--pid-file', 'T.pid', '--finish-signal', 'TERM', '--out', path.join(dir, 'zdtm-wait.tar'), '--artifacts', artifacts, '--', '--pidfile=T.pid', '--outfile=T.out']);
+    // zdtm-wait exits 1 with a FAIL line when its descriptors, session or shared page are not what they were.
+    if (!t.equal(r.exitCode, 0, 'exit 0: the restored test exited 0, as uninterrupted')) t.comment(`${r.stdout}\n${r.stderr.slice(-3000)}`);
+  });
+});

@@ -1,0 +1,48 @@
+// expect: `crh zdtm` as a user runs it, against a real guest: two of our ZDTM-protocol tests in one guest, one failing
+// under checkpoint/restore (--omit timers: zdtm-itimer's timer stalls) — exit 1, a line per test, JSON and JUnit rows
+// for both (one pass, one failure); the same with a test that fails natively (`-- fail`) — exit 2, its row a skip that
+// says so.
+import t from 'tap';
+import { mkdtemp, readFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { execa } from 'execa';
+import { buildGuestBinaries } from '../harness/image/guest-binaries.ts';
+import type { RunReport } from '../harness/report/write-reports.ts';
+import { REPO_ROOT } from '../harness/util/cache-dir.ts';
+
+const crh = path.join(REPO_ROOT, 'bin', 'crh.js');
+
+async function crhRun(args: string[]): Promise<{ exitCode: number | undefined; stdout: string; stderr: string }> {
+  const r = await execa(process.execPath, [crh, ...args], { reject: false, cwd: REPO_ROOT });
+  return { exitCode: r.exitCode, stdout: r.stdout, stderr: r.stderr };
+}
+
+t.test('crh zdtm', async (t) => {
+  const dir = await mkdtemp(path.join(tmpdir(), 'crh-zdtm-cli-'));
+  const bins = await buildGuestBinaries();
+
+  await t.test('a C/R failure beside a pass: exit 1, rows for both', async (t) => {
+    const json = path.join(dir, 'run.json');
+    const junit = path.join(dir, 'run.xml');
+    const r = await crhRun(['zdtm', bins.hostPath['zdtm-wait']!, bins.hostPath['zdtm-itimer']!, '--omit', 'timers', '--json', json, '--junit', junit, '--artifacts', path.join(dir, 'a1')]);
+    if (!t.equal(r.exitCode, 1, 'exit 1')) t.comment(`${r.stdout}\n${r.stderr.slice(-3000)}`);
+    t.match(r.stdout, /^PASS  zdtm-wait: PASS in T\.out: PASS$/m, 'zdtm-wait passes (it has no timer)');
+    t.match(r.stdout, /^FAIL  zdtm-itimer: no PASS in T\.out: FAIL: the timer stalled/m, 'zdtm-itimer fails, naming the stall');
+    const report = JSON.parse(await readFile(json, 'utf8')) as RunReport;
+    t.same(report.verdicts.map((v) => [v.case, v.scenario, v.pass]), [['zdtm', 'zdtm-wait', true], ['zdtm', 'zdtm-itimer', false]]);
+    t.match(report.verdicts[0]!.policy, /omit=timers/);
+    t.same(report.infrastructureFailures, []);
+    const xml = await readFile(junit, 'utf8');
+    t.match(xml, /<testcase [^>]*name="[^"]*zdtm-itimer[^"]*"[^>]*>\s*<failure/, 'JUnit: zdtm-itimer a failure');
+  });
+
+  await t.test('a test that fails natively: exit 2, a skip saying so', async (t) => {
+    const json = path.join(dir, 'native.json');
+    const r = await crhRun(['zdtm', bins.hostPath['zdtm-wait']!, '--json', json, '--artifacts', path.join(dir, 'a2'), '--', 'fail']);
+    if (!t.equal(r.exitCode, 2, 'exit 2')) t.comment(`${r.stdout}\n${r.stderr.slice(-3000)}`);
+    t.match(r.stdout, /^NATIVE-FAIL  zdtm-wait fail: fails natively: no PASS in T\.out: FAIL: asked to fail/m);
+    const report = JSON.parse(await readFile(json, 'utf8')) as RunReport;
+    t.match(report.verdicts[0]!.skipped, /fails natively/);
+  });
+});
