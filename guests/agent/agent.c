@@ -82,6 +82,8 @@ enum {
 	OP_READ_MEM_BULK = 0x22,
 	OP_WRITE_MEM_BULK = 0x23,
 	OP_PAGEMAP = 0x24,
+	OP_TRACE_FORKS = 0x28,
+	OP_RELEASE = 0x29,
 	OP_COUNT
 };
 
@@ -2296,9 +2298,11 @@ static int op_inject_syscall(struct call *c)
 			phase++;
 			continue;
 		}
-		if (st >> 16 == PTRACE_EVENT_CLONE && ptrace(PTRACE_GETEVENTMSG, pid, 0, &msg) == 0) {
+		if ((st >> 16 == PTRACE_EVENT_CLONE || st >> 16 == PTRACE_EVENT_FORK || st >> 16 == PTRACE_EVENT_VFORK) &&
+		    ptrace(PTRACE_GETEVENTMSG, pid, 0, &msg) == 0) {
 			/* The injected call made a thread (or process): traced
-			 * already (TRACECLONE); its first stop is collected below. */
+			 * already (TRACECLONE, or TRACEFORK that TRACE_FORKS turned
+			 * on for a restored tree); its first stop is collected below. */
 			pid_t group = tgid_of((pid_t)msg);
 
 			born = (pid_t)msg;
@@ -2623,6 +2627,58 @@ undo:
 			ptrace(PTRACE_DETACH, tasks[i].tid, 0, 0);
 	forget_process(pid);
 	return -1;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Process trees (a restore creates each child by an injected clone3 in its
+ * parent, and lets the tree run).
+ *
+ * TRACE_FORKS turns PTRACE_O_TRACEFORK and TRACEVFORK on or off for every
+ * thread of a tracked process: with them on, a child that an injected clone3
+ * with exit signal SIGCHLD creates is traced from its first instruction
+ * (INJECT_SYSCALL records it and collects its first stop). The child
+ * inherits the options in force; the host turns them off again.
+ *
+ * RELEASE detaches every thread of a tracked process (PTRACE_DETACH, no
+ * signal: a hit's SIGTRAP held in a stop is discarded) and forgets it: the
+ * process runs on untraced, a child of its own parent. */
+
+#define TRACE_OPTIONS (PTRACE_O_EXITKILL | PTRACE_O_TRACEEXEC | PTRACE_O_TRACESYSGOOD | PTRACE_O_TRACECLONE)
+
+static int op_trace_forks(struct call *c)
+{
+	pid_t pid = rd_pid(&c->in);
+	uint32_t on = rd_u32(&c->in, "on");
+	long options = TRACE_OPTIONS | (on ? PTRACE_O_TRACEFORK | PTRACE_O_TRACEVFORK : 0);
+
+	if (parsed(c))
+		return -1;
+	if (on > 1)
+		return fail(c, EINVAL, "on: %u is neither 0 nor 1", on);
+	if (!is_tracked(pid) || tgid_of(pid) != pid)
+		return fail(c, ESRCH, "pid: %d is not a process this agent traces", (int)pid);
+	for (size_t i = 0; i < ntasks; i++)
+		if (tasks[i].tgid == pid && ptrace(PTRACE_SETOPTIONS, tasks[i].tid, 0, (void *)options) < 0)
+			return fail_errno(c, "PTRACE_SETOPTIONS %d", (int)tasks[i].tid);
+	return 0;
+}
+
+static int op_release(struct call *c)
+{
+	pid_t pid = rd_pid(&c->in);
+
+	if (parsed(c))
+		return -1;
+	if (!is_tracked(pid) || tgid_of(pid) != pid)
+		return fail(c, ESRCH, "pid: %d is not a process this agent traces", (int)pid);
+	for (size_t i = 0; i < ntasks; i++)
+		if (tasks[i].tgid == pid && !tasks[i].stopped)
+			return fail(c, EBUSY, "thread %d of pid %d is not in a collected stop", (int)tasks[i].tid, (int)pid);
+	for (size_t i = 0; i < ntasks; i++)
+		if (tasks[i].tgid == pid && ptrace(PTRACE_DETACH, tasks[i].tid, 0, 0) < 0 && errno != ESRCH)
+			return fail_errno(c, "PTRACE_DETACH %d", (int)tasks[i].tid);
+	forget_process(pid);
+	return 0;
 }
 
 #ifndef PTRACE_GET_RSEQ_CONFIGURATION
@@ -3129,6 +3185,8 @@ static const op_fn ops[OP_COUNT] = {
 	[OP_READ_MEM_BULK] = op_read_mem_bulk,
 	[OP_WRITE_MEM_BULK] = op_write_mem_bulk,
 	[OP_PAGEMAP] = op_pagemap,
+	[OP_TRACE_FORKS] = op_trace_forks,
+	[OP_RELEASE] = op_release,
 };
 
 /* Runs one op on c (whose payload reader is set up) and returns the status;

@@ -220,3 +220,13 @@ export async function refuseUncapturable(agent: AgentClient, pid: number, noAslr
   const found = await findUncapturable(agent, pid, noAslr);
   if (found.length > 0) throw uncapturableError(pid, found);
 }
+
+/**
+ * A process of a checkpointed tree that has exited and not been waited for
+ * (state Z in /proc/PID/stat): it has no registers or memory left, and a
+ * restore cannot make a process a zombie again — its parent's wait would
+ * then find nothing, or hang.
+ */
+export function zombieProblem(pid: number, ppid: number, state: string): Uncapturable | undefined {
+  return state === 'Z' || state === 'X' ? { state: 'zombie', where: `pid ${pid}`, seen: `state ${state}: exited, not yet waited for by its parent ${ppid}` } : undefined;
+}
