@@ -3,7 +3,8 @@
 // as a tree of three (pids, parents, groups, sessions), killed, restored with the same pids, parent links, groups and
 // sessions and one shared page, and ends with the uninterrupted run's line; under omit=mapping-kinds (each process a
 // private copy of the page) the line shows the counter diverging; with the grandchild's parent doctored to the root it
-// shows the wrong parent links (the child cannot wait for its grandchild).
+// shows the wrong parent links (the child cannot wait for its grandchild); under omit=pipe-contents the pipe comes back
+// empty. The pipe from the grandchild to the parent is restored with the 3000 bytes queued in it.
 import t from 'tap';
 import { AgentClient } from '../harness/agent/client.ts';
 import { localAgentTransport } from '../harness/agent/local-transport.ts';
@@ -50,7 +51,7 @@ t.test('a process tree through the real agent, on the host kernel', async (t) =>
     const end = await agent.call({ op: 'RUN', pid: s.pid, stopAfterHits: 0, timeoutMs: 30_000 });
     return `${end.outcome} ${end.code} ${(await read(out('reference'))).trim()}`;
   })();
-  t.match(reference, /^exited 0 proctree ok: counter 986152, child 0x0, grandchild 0x0, child exit 9$/, `uninterrupted (traced to the same points): ${reference}`);
+  t.match(reference, /^exited 0 proctree ok: counter 986152, child 0x0, grandchild 0x0, child exit 9, pipe 3100 bytes$/, `uninterrupted (traced to the same points): ${reference}`);
 
   const checkpoint = async (tag: string): Promise<ProcessTree> => {
     const s = await stopTree(tag);
@@ -74,6 +75,8 @@ t.test('a process tree through the real agent, on the host kernel', async (t) =>
     t.equal(child!.pgid, child!.pid, 'the child leads its group');
     t.same([grandchild!.sid, grandchild!.pgid], [grandchild!.pid, grandchild!.pid], 'the grandchild leads its session');
     t.equal(grandchild!.image.regs.rip, sym('proctree_grandchild_checkpoint'), 'the grandchild checkpointed at its breakpoint');
+    const ends = (tree.pipes ?? []).map((p) => `${p.ends.map((e) => `${e.pid === root!.pid ? 'root' : e.pid === grandchild!.pid ? 'grandchild' : 'child'} fd ${e.fd} ${e.write ? 'w' : 'r'}`).join(', ')}: ${p.queued.length} queued`);
+    t.same(ends, ['root fd 3 r, grandchild fd 4 w: 3000 queued'], `one pipe, the grandchild's bytes queued in it: ${ends.join('; ')}`);
     const { restored, line } = await restoreAndRun(tree, DEFAULT_POLICY, 'default');
     t.same(restored.differences, [], 'read back: every process as planned, the tree as in the image');
     t.equal(restored.skeleton.filter((s) => s.op.op === 'INJECT_SYSCALL' && s.op.nr === 9).length, 1, 'the shared page mapped once, in the root');
@@ -87,6 +90,13 @@ t.test('a process tree through the real agent, on the host kernel', async (t) =>
     t.match(line, /proctree mismatch: counter \d+ \(not the one page all three share\)/);
   });
 
+  await t.test('control omit=pipe-contents: the pipe restored empty', async (t) => {
+    const tree = await checkpoint('pipe');
+    const { line } = await restoreAndRun(tree, { ...DEFAULT_POLICY, omit: ['pipe-contents'] }, 'pipe');
+    t.not(line, reference, `diverges: ${line}`);
+    t.match(line, /proctree mismatch: .*, pipe 100 bytes \(not the bytes written\)$/, 'the parent reads only what the grandchild wrote after the restore');
+  });
+
   await t.test('control: the grandchild restored as the root\'s child (wrong parent links)', async (t) => {
     const tree = await checkpoint('links');
     const [root, child, grandchild] = tree.members;
@@ -95,6 +105,6 @@ t.test('a process tree through the real agent, on the host kernel', async (t) =>
     t.same(restored.differences, [], 'the restore did what it was told (the doctored tree)');
     t.not(line, reference, `diverges: ${line}`);
     // The grandchild, no longer the child's, may not have reported yet when the root prints: only the child's word is certain.
-    t.match(line, /proctree mismatch: .*, child 0x2, grandchild 0x[0-9a-f]+, child exit 9/, 'the child cannot wait for its grandchild (ECHILD)');
+    t.match(line, /proctree mismatch: .*, child 0x2, grandchild 0x[0-9a-f]+, child exit 9, /, 'the child cannot wait for its grandchild (ECHILD)');
   });
 });

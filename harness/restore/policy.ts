@@ -80,8 +80,12 @@ export type RseqFixupPolicy = (typeof RSEQ_FIXUP_POLICIES)[number];
  *   restorer that knows nothing of PKU: the tagged memory has key 0, so a
  *   write PKRU denies goes through, and pkey_alloc hands out a key the
  *   program still holds. (PKRU itself is in the xstate: omit=xstate.)
+ * - pipe-contents: a tree's pipes are created and their ends placed, but the
+ *   bytes queued in them are not written back (tree-pipes.ts) — a restorer
+ *   that drops pipe contents: the reader waits for data that never comes, or
+ *   sees end of file early.
  */
-export const OMITTABLE = ['debugregs', 'xstate', 'tls', 'rseq', 'signals', 'files', 'thread-xstate', 'thread-masks', 'thread-links', 'mapping-kinds', 'userfaultfd', 'ldt', 'timers', 'pkeys'] as const;
+export const OMITTABLE = ['debugregs', 'xstate', 'tls', 'rseq', 'signals', 'files', 'thread-xstate', 'thread-masks', 'thread-links', 'mapping-kinds', 'userfaultfd', 'ldt', 'timers', 'pkeys', 'pipe-contents'] as const;
 export type Omittable = (typeof OMITTABLE)[number];
 
 /** The segment registers and bases that make up a 64-bit task's TLS. */

@@ -148,7 +148,8 @@ async function readBack(agent: AgentClient, pid: number, plan: PlanStep[], image
   const files = !omits(policy, 'files');
   const userfaultfds = !omits(policy, 'userfaultfd') && (image.task.userfaultfds?.length ?? 0) > 0;
   // One look at the descriptor table serves both.
-  const task = files || userfaultfds ? await captureTask(agent, pid) : undefined;
+  // A restored tree's pipes are read back by tree-restore.ts.
+  const task = files || userfaultfds ? await captureTask(agent, pid, { skipPipes: true }) : undefined;
   if (task && files) differences.push(...readBackTask(task, pid, image));
   if (task && userfaultfds) differences.push(...(await readBackUserfaultfds(agent, pid, image, task)));
   if (!omits(policy, 'pkeys') && image.pkeys.tagged.length > 0) differences.push(...(await readBackPkeys(agent, pid, image)));

@@ -18,13 +18,16 @@
  * parent exited — restoring it needs a parent that then exits, not done
  * yet); a descendant running another binary than the root's (an exec in a
  * child: its stub would be a copy of the root's binary); shared anonymous
- * memory that cannot be one object after a restore (tree.ts).
+ * memory that cannot be one object after a restore (tree.ts); a pipe that
+ * cannot be created once and inherited, or holds too much (tree-pipes.ts).
+ * The pipes between the processes are captured with their queued bytes.
  */
 import type { AgentClient } from '../agent/client.ts';
 import { AgentError, CheckpointError } from '../errors.ts';
 import { checkpointProcess, type CheckpointProcessOptions } from './checkpoint.ts';
 import type { PlatformFacts, ProcessInfo } from './checkpoint-image.ts';
 import { PlanError } from './plan-step.ts';
+import { capturePipes, pipeCreator } from './tree-pipes.ts';
 import { creationOrder, sharedAnonymousObjects, type ProcessTree, type TreeMember } from './tree.ts';
 import { uncapturableError, zombieProblem, type Uncapturable } from './uncapturable.ts';
 
@@ -124,14 +127,25 @@ export async function checkpointTree(agent: AgentClient, root: ProcessInfo, plat
   for (const m of ordered) {
     const cmdline = (await agent.call({ op: 'READ_FILE', path: `/proc/${m.pid}/cmdline`, maxSize: 65536 })).toString('utf8').split('\0').slice(0, -1);
     const info: ProcessInfo = m.pid === root.pid ? root : { ...root, pid: m.pid, argv: cmdline };
-    tree.members.push({ ...m, image: await checkpointProcess(agent, info, platform, options) });
+    tree.members.push({ ...m, image: await checkpointProcess(agent, info, platform, { ...options, pipesCaptured: true }) });
   }
+  // After every process's own state: the temporary pipe the copy of queued bytes uses is gone again by then.
+  const pipes = await capturePipes(agent, tree.members.map((m) => m.pid));
+  if (pipes.length > 0) tree.pipes = pipes;
   // Shared memory that could not be one object again is refused now, not at restore.
   try {
     sharedAnonymousObjects(tree);
   } catch (error) {
     if (error instanceof PlanError) throw new CheckpointError(error.message, { state: 'shared anonymous memory' });
     throw error;
+  }
+  for (const p of pipes) {
+    try {
+      pipeCreator(tree.members, p);
+    } catch (error) {
+      if (error instanceof PlanError) throw new CheckpointError(error.message, { state: 'pipe' });
+      throw error;
+    }
   }
   return tree;
 }

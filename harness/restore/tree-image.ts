@@ -12,12 +12,23 @@
 import * as tar from 'tar-stream';
 import { ImageRejectedError } from '../errors.ts';
 import { imageEntries, parseImageEntries, readTarEntries, writeCheckpointImage, type CheckpointImage } from './checkpoint-image.ts';
-import { treeShapeProblem, type ProcessTree, type TreeMember } from './tree.ts';
+import { pipesProblem } from './tree-pipes.ts';
+import { treeShapeProblem, type ProcessTree, type TreeMember, type TreePipe } from './tree.ts';
 
 export const TREE_ENTRY = 'tree.json';
 
 export function nestedEntryName(pid: number): string {
   return `tree/${pid}.bin`;
+}
+
+interface TreeJsonPipe {
+  inode: number;
+  ends: Array<{ pid: number; fd: number; write: boolean; cloexec: boolean }>;
+  nonblockRead: boolean;
+  nonblockWrite: boolean;
+  size: number;
+  /** the queued bytes, base64 */
+  queued: string;
 }
 
 interface TreeJsonMember extends TreeMember {
@@ -46,7 +57,8 @@ export async function treeEntries(tree: ProcessTree): Promise<Map<string, Buffer
   if (!root) throw new RangeError('a process tree has at least its root');
   const extra = new Map<string, Buffer>();
   const members: TreeJsonMember[] = tree.members.map((m, i) => ({ pid: m.pid, ppid: m.ppid, pgid: m.pgid, sid: m.sid, exitSignal: m.exitSignal, entry: i === 0 ? null : nestedEntryName(m.pid) }));
-  extra.set(TREE_ENTRY, Buffer.from(`${JSON.stringify({ members }, null, 2)}\n`));
+  const pipes: TreeJsonPipe[] = (tree.pipes ?? []).map((p) => ({ inode: p.inode, ends: p.ends, nonblockRead: p.nonblockRead, nonblockWrite: p.nonblockWrite, size: p.size, queued: p.queued.toString('base64') }));
+  extra.set(TREE_ENTRY, Buffer.from(`${JSON.stringify({ members, pipes }, null, 2)}\n`));
   for (const m of others) extra.set(nestedEntryName(m.pid), await packTar(imageEntries(m.image)));
   return extra;
 }
@@ -68,7 +80,7 @@ export async function parseTreeEntries(entries: Map<string, Buffer>): Promise<Pr
     // A one-process image: its own session and group, no parent in the image.
     return { members: [{ pid: rootImage.process.pid, ppid: 0, pgid: rootImage.task.pgid, sid: rootImage.task.sid, exitSignal: 17, image: rootImage }] };
   }
-  const members = validateTreeJson(parseTreeJson(raw));
+  const { members, pipes } = validateTreeJson(parseTreeJson(raw));
   const listed = new Set(members.slice(1).map((m) => m.entry));
   for (const name of entries.keys()) {
     if (name.startsWith('tree/') && !listed.has(name)) throw new ImageRejectedError('nested image not listed in tree.json', name, '(entry)');
@@ -86,6 +98,7 @@ export async function parseTreeEntries(entries: Map<string, Buffer>): Promise<Pr
     if (image.task.pgid !== m.pgid || image.task.sid !== m.sid) throw new ImageRejectedError(`task.json says pgid ${image.task.pgid} sid ${image.task.sid}, tree.json ${m.pgid} ${m.sid}`, TREE_ENTRY, `members[${i}]`);
     tree.members.push({ pid: m.pid, ppid: m.ppid, pgid: m.pgid, sid: m.sid, exitSignal: m.exitSignal, image });
   }
+  if (pipes.length > 0) tree.pipes = pipes;
   return tree;
 }
 
@@ -98,9 +111,9 @@ function parseTreeJson(raw: Buffer): unknown {
   }
 }
 
-function validateTreeJson(raw: unknown): TreeJsonMember[] {
+function validateTreeJson(raw: unknown): { members: TreeJsonMember[]; pipes: TreePipe[] } {
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new ImageRejectedError('is not an object', TREE_ENTRY, '(root)');
-  const extra = Object.keys(raw).find((k) => k !== 'members');
+  const extra = Object.keys(raw).find((k) => k !== 'members' && k !== 'pipes');
   if (extra) throw new ImageRejectedError('unknown field', TREE_ENTRY, extra);
   const list = (raw as { members?: unknown }).members;
   if (!Array.isArray(list)) throw new ImageRejectedError('is not an array', TREE_ENTRY, 'members');
@@ -115,5 +128,31 @@ function validateTreeJson(raw: unknown): TreeJsonMember[] {
   });
   const problem = treeShapeProblem(members);
   if (problem) throw new ImageRejectedError(problem.why, TREE_ENTRY, problem.field);
-  return members;
+  const pipes = validatePipesJson((raw as { pipes?: unknown }).pipes ?? [], new Set(members.map((m) => m.pid)));
+  return { members, pipes };
+}
+
+function validatePipesJson(raw: unknown, pids: ReadonlySet<number>): TreePipe[] {
+  if (!Array.isArray(raw)) throw new ImageRejectedError('is not an array', TREE_ENTRY, 'pipes');
+  if (raw.length > 1024) throw new ImageRejectedError(`${raw.length} pipes, limit 1024`, TREE_ENTRY, 'pipes');
+  const pipes = raw.map((p: unknown, i): TreePipe => {
+    if (typeof p !== 'object' || p === null || Array.isArray(p)) throw new ImageRejectedError('is not an object', TREE_ENTRY, `pipes[${i}]`);
+    const o = p as Record<string, unknown>;
+    const unknownKey = Object.keys(o).find((k) => !['inode', 'ends', 'nonblockRead', 'nonblockWrite', 'size', 'queued'].includes(k));
+    if (unknownKey) throw new ImageRejectedError('unknown field', TREE_ENTRY, `pipes[${i}].${unknownKey}`);
+    if (typeof o.nonblockRead !== 'boolean' || typeof o.nonblockWrite !== 'boolean') throw new ImageRejectedError('must be booleans', TREE_ENTRY, `pipes[${i}].nonblock`);
+    if (typeof o.queued !== 'string' || !/^[A-Za-z0-9+/]*={0,2}$/.test(o.queued)) throw new ImageRejectedError('is not base64', TREE_ENTRY, `pipes[${i}].queued`);
+    if (!Array.isArray(o.ends)) throw new ImageRejectedError('is not an array', TREE_ENTRY, `pipes[${i}].ends`);
+    const ends = o.ends.map((e: unknown, j) => {
+      if (typeof e !== 'object' || e === null || Array.isArray(e)) throw new ImageRejectedError('is not an object', TREE_ENTRY, `pipes[${i}].ends[${j}]`);
+      const x = e as Record<string, unknown>;
+      const bad = Object.keys(x).find((k) => !['pid', 'fd', 'write', 'cloexec'].includes(k));
+      if (bad) throw new ImageRejectedError('unknown field', TREE_ENTRY, `pipes[${i}].ends[${j}].${bad}`);
+      return { pid: x.pid as number, fd: x.fd as number, write: x.write as boolean, cloexec: x.cloexec as boolean };
+    });
+    return { inode: o.inode as number, ends, nonblockRead: o.nonblockRead, nonblockWrite: o.nonblockWrite, size: o.size as number, queued: Buffer.from(o.queued, 'base64') };
+  });
+  const problem = pipesProblem(pipes, pids);
+  if (problem) throw new ImageRejectedError(problem.why, TREE_ENTRY, problem.field);
+  return pipes;
 }

@@ -15,16 +15,23 @@
  */
 import type { AgentClient } from '../agent/client.ts';
 import { AgentError, CrhError, RestoreStepError } from '../errors.ts';
-import { parseStatSession } from './files.ts';
-import type { PlanStep } from './plan-step.ts';
+import { parseFdinfo, parseStatSession } from './files.ts';
+import { PlanError, type PlanStep } from './plan-step.ts';
+import { DEFAULT_PIPE_BYTES, parkingBase, withPipes } from './tree-pipes.ts';
 import { omits, assertPolicyAdmits, type RestorePolicy } from './policy.ts';
 import type { Mapping } from './proc-maps.ts';
 import { checkSteps, PidInUseError, restoreInto, type Difference, type RestoreResult } from './restore.ts';
 import { PROT } from './syscall-steps.ts';
 import { assertThreadsAdmitted } from './threads.ts';
-import { planTreeSkeleton, sharedAnonymousObjects, type ProcessTree, type SharedAnonymous, type TreeAction } from './tree.ts';
+import { planTreeSkeleton, sharedAnonymousObjects, type ProcessTree, type SharedAnonymous, type TreeAction, type TreePipe } from './tree.ts';
 
-const NR = { mmap: 9, munmap: 11, setpgid: 109, setsid: 112, clone3: 435 } as const;
+const NR = { write: 1, close: 3, mmap: 9, munmap: 11, fcntl: 72, setpgid: 109, setsid: 112, dup3: 292, pipe2: 293, clone3: 435 } as const;
+const F_SETFL = 4n;
+const F_SETPIPE_SZ = 1031n;
+const O_NONBLOCK = 0o4000n;
+const O_CLOEXEC = 0o2000000n;
+/** Where a fresh stub's pipe2 puts a new pipe: the lowest free descriptors, above its 0-2 (every parked one is higher). */
+const FRESH_PIPE = { read: 3n, write: 4n } as const;
 const EEXIST = 17;
 const MAP_SHARED = 0x01n;
 const MAP_ANONYMOUS = 0x20n;
@@ -66,6 +73,9 @@ export function cloneArgs(pid: number, exitSignal: number, scratch: bigint): Buf
   return b;
 }
 
+/** Queued pipe bytes go this far below the clone_args scratch, in the fresh stub's stack (its VMA reaches 128 KiB below the arguments). */
+const PIPE_DATA_BELOW_SCRATCH = 0x9000;
+
 /** The agent steps of the skeleton's actions (the root's spawn is not one: restoreTree does it first). Pure. */
 export function skeletonSteps(actions: readonly TreeAction[], stub: StubFacts): PlanStep[] {
   const steps: PlanStep[] = [];
@@ -95,6 +105,33 @@ export function skeletonSteps(actions: readonly TreeAction[], stub: StubFacts): 
       case 'unmap-inherited':
         steps.push({ op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.munmap, args: [a.start, a.end - a.start] }, why: a.why, expect: 0n });
         break;
+      case 'pipe-create': {
+        const [r, w] = [BigInt(a.read), BigInt(a.write)];
+        steps.push(
+          { op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.pipe2, args: [stub.scratch + 128n, 0n] }, why: a.why, expect: 0n },
+          { op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.dup3, args: [FRESH_PIPE.read, r, 0n] }, why: `park the read end at fd ${a.read}`, expect: r },
+          { op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.dup3, args: [FRESH_PIPE.write, w, 0n] }, why: `park the write end at fd ${a.write}`, expect: w },
+          { op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.close, args: [FRESH_PIPE.read] }, why: 'close the unparked read end', expect: 0n },
+          { op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.close, args: [FRESH_PIPE.write] }, why: 'close the unparked write end', expect: 0n },
+        );
+        if (a.nonblockRead) steps.push({ op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.fcntl, args: [r, F_SETFL, O_NONBLOCK] }, why: 'O_NONBLOCK on the read end', expect: 0n });
+        if (a.nonblockWrite) steps.push({ op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.fcntl, args: [w, F_SETFL, O_NONBLOCK] }, why: 'O_NONBLOCK on the write end', expect: 0n });
+        if (a.size !== DEFAULT_PIPE_BYTES) steps.push({ op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.fcntl, args: [w, F_SETPIPE_SZ, BigInt(a.size)] }, why: `pipe size ${a.size} bytes`, expect: BigInt(a.size) });
+        if (a.queued.length > 0) {
+          const at = stub.scratch - BigInt(PIPE_DATA_BELOW_SCRATCH);
+          steps.push(
+            { op: { op: 'WRITE_MEM', pid: a.pid, address: at, data: a.queued }, why: `the ${a.queued.length} queued bytes, in the stub's stack` },
+            { op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.write, args: [w, at, BigInt(a.queued.length)] }, why: `write the ${a.queued.length} queued bytes back into the pipe`, expect: BigInt(a.queued.length) },
+          );
+        }
+        break;
+      }
+      case 'fd-dup':
+        steps.push({ op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.dup3, args: [BigInt(a.from), BigInt(a.to), a.cloexec ? O_CLOEXEC : 0n] }, why: a.why, expect: BigInt(a.to) });
+        break;
+      case 'fd-close':
+        steps.push({ op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.close, args: [BigInt(a.fd)] }, why: a.why, expect: 0n });
+        break;
     }
   }
   return steps;
@@ -116,7 +153,10 @@ export async function restoreTree(agent: AgentClient, tree: ProcessTree, options
   }
   // omit=mapping-kinds: no shared object is created; each process maps private memory of its own (the control).
   const shared = omits(policy, 'mapping-kinds') ? [] : sharedAnonymousObjects(tree);
-  const actions = planTreeSkeleton(tree.members, shared);
+  // omit=pipe-contents: the pipes without their queued bytes (the control).
+  const pipes = (tree.pipes ?? []).map((p) => (omits(policy, 'pipe-contents') ? { ...p, queued: Buffer.alloc(0) } : p));
+  const fdsInTree = tree.members.flatMap((m) => [...m.image.task.files.map((f) => f.fd), ...(m.image.task.userfaultfds ?? []).map((u) => u.fd), ...m.image.timers.timerfds.map((x) => x.fd)]);
+  const actions = withPipes(planTreeSkeleton(tree.members, shared), tree.members, pipes, parkingBase(pipes, fdsInTree));
 
   const created: number[] = [];
   try {
@@ -129,6 +169,9 @@ export async function restoreTree(agent: AgentClient, tree: ProcessTree, options
     }
     created.push(root.pid);
     const regs = await agent.call({ op: 'GETREGS', pid: root.pid });
+    // Pipes are created where pipe2 puts them in a fresh stub (fds 3 and 4): the stub must have 0-2 open, nothing else.
+    const stubFds = (await agent.call({ op: 'LISTDIR', path: `/proc/${root.pid}/fd` })).map(Number).sort((a, b) => a - b);
+    if (pipes.length > 0 && stubFds.join(' ') !== '0 1 2') throw new PlanError(`the root's stub has fds ${stubFds.join(' ')} open, not 0-2: its pipe2 would not return fds 3 and 4`);
     const stub: StubFacts = { scratch: (regs.rsp - 4096n) & ~0xfn, rip: regs.rip, word: await agent.call({ op: 'READ_MEM', pid: root.pid, address: regs.rip, length: 8 }) };
     const skeleton = skeletonSteps(actions, stub);
     for (const a of actions) if (a.kind === 'clone') created.push(a.pid);
@@ -148,7 +191,7 @@ export async function restoreTree(agent: AgentClient, tree: ProcessTree, options
       members.push(restored);
       differences.push(...restored.differences.map((d) => ({ ...d, what: `pid ${m.pid} ${d.what}` })));
     }
-    differences.push(...(await readBackTree(agent, tree)));
+    differences.push(...(await readBackTree(agent, tree)), ...(await readBackPipes(agent, pipes)));
     return { skeleton, members, differences };
   } catch (error) {
     const killed: string[] = [];
@@ -182,6 +225,35 @@ async function readBackTree(agent: AgentClient, tree: ProcessTree): Promise<Diff
       const requested = name(m[key], root[key], root.pid);
       const accepted = name(got[key], rootNow[key], root.pid);
       if (requested !== accepted) differences.push({ what: `pid ${m.pid} ${key}`, requested, accepted });
+    }
+  }
+  return differences;
+}
+
+/**
+ * Every pipe end where the image has one: the same pipe behind all the ends
+ * of one image pipe, another behind each other pipe, the access mode and
+ * close-on-exec as they were. (The queued bytes cannot be read back without
+ * running the tree; the workload checks them itself.)
+ */
+async function readBackPipes(agent: AgentClient, pipes: readonly TreePipe[]): Promise<Difference[]> {
+  const differences: Difference[] = [];
+  const seen = new Map<string, number>();
+  for (const [i, p] of pipes.entries()) {
+    for (const e of p.ends) {
+      const what = `pid ${e.pid} fd ${e.fd}`;
+      const requested = `${e.write ? 'write' : 'read'} end of pipe ${i}${e.cloexec ? ', close-on-exec' : ''}`;
+      const link = await agent.call({ op: 'READLINK', path: `/proc/${e.pid}/fd/${e.fd}` }).catch(() => 'closed');
+      const inode = /^pipe:\[(\d+)\]$/.exec(link)?.[1];
+      if (!inode) {
+        differences.push({ what, requested, accepted: link });
+        continue;
+      }
+      const { flags } = parseFdinfo((await agent.call({ op: 'READ_FILE', path: `/proc/${e.pid}/fdinfo/${e.fd}`, maxSize: 65536 })).toString('utf8'));
+      const owner = seen.get(inode) ?? i;
+      seen.set(inode, owner);
+      const accepted = `${(flags & 3) === 1 ? 'write' : 'read'} end of pipe ${owner}${(flags & 0o2000000) !== 0 ? ', close-on-exec' : ''}`;
+      if (accepted !== requested) differences.push({ what, requested, accepted });
     }
   }
   return differences;

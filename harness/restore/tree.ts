@@ -30,9 +30,30 @@ export interface TreeMember {
   exitSignal: number;
 }
 
+export interface PipeEnd {
+  pid: number;
+  fd: number;
+  /** the write end (else the read end) */
+  write: boolean;
+  cloexec: boolean;
+}
+
+export interface TreePipe {
+  /** the pipe's inode at checkpoint time: its identity in the image */
+  inode: number;
+  ends: PipeEnd[];
+  nonblockRead: boolean;
+  nonblockWrite: boolean;
+  /** F_GETPIPE_SZ */
+  size: number;
+  queued: Buffer;
+}
+
 /** A checkpointed tree: every process's own image and its place. The root comes first, then the others in creation order. */
 export interface ProcessTree {
   members: Array<TreeMember & { image: CheckpointImage }>;
+  /** the pipes its processes hold (tree-pipes.ts); absent: none */
+  pipes?: TreePipe[];
 }
 
 /** A step of building the tree's skeleton: stubs, their parent links, sessions and groups. */
@@ -42,7 +63,10 @@ export type TreeAction =
   | { kind: 'setsid'; pid: number; why: string }
   | { kind: 'setpgid'; pid: number; pgid: number; why: string }
   | { kind: 'map-shared'; pid: number; start: bigint; end: bigint; why: string }
-  | { kind: 'unmap-inherited'; pid: number; start: bigint; end: bigint; why: string };
+  | { kind: 'unmap-inherited'; pid: number; start: bigint; end: bigint; why: string }
+  | { kind: 'pipe-create'; pid: number; read: number; write: number; nonblockRead: boolean; nonblockWrite: boolean; size: number; queued: Buffer; why: string }
+  | { kind: 'fd-dup'; pid: number; from: number; to: number; cloexec: boolean; why: string }
+  | { kind: 'fd-close'; pid: number; fd: number; why: string };
 
 /** Why a tree is malformed (checked as hostile input), or undefined. */
 export function treeShapeProblem(members: readonly TreeMember[]): { field: string; why: string } | undefined {
