@@ -4,7 +4,9 @@
 // its children are cloned (and unmapped in a descendant that did not hold it); trees the kernel's rules cannot rebuild
 // (a group or session whose leader is gone, a reparented orphan, shared memory at different ranges or held by no common
 // ancestor) are refused by name; a tree image (format 10) round-trips through its tar with nested per-process images,
-// a version 9 image reads as a one-process tree, and the root alone of a tree image is refused.
+// a version 9 image reads as a one-process tree, and the root alone of a tree image is refused. A pipe is created once in
+// the holder that is an ancestor of the others, parked above every descriptor, with its queued bytes written back, and
+// each process dup3s its own ends into place and closes the parked ones; hostile pipe fields are refused naming them.
 import t from 'tap';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -16,6 +18,7 @@ import { parseMaps } from '../harness/restore/proc-maps.ts';
 import { CLONE_ARGS_BYTES, cloneArgs, skeletonSteps } from '../harness/restore/tree-restore.ts';
 import { nestedEntryName, parseTreeEntries, readTreeImage, treeEntries, writeTreeImage } from '../harness/restore/tree-image.ts';
 import { descendantsOf, parseProcStat, type ProcStat } from '../harness/restore/tree-checkpoint.ts';
+import { parkingBase, pipeCreator, withPipes, type TreePipe } from '../harness/restore/tree-pipes.ts';
 import { creationOrder, planTreeSkeleton, sharedAnonymousObjects, SIGCHLD, type ProcessTree, type TreeMember } from '../harness/restore/tree.ts';
 import { reseal, SYNTHETIC_MAPS, syntheticImage, syntheticRegs } from './support/synthetic-image.ts';
 import { rejects } from './support/rejects.ts';
@@ -164,4 +167,48 @@ t.test('format 10: a tree round-trips with nested images; version 9 is a one-pro
   rejects(t, () => parseImageEntries(corrupt, { tree: true }), nestedEntryName(101), 'size');
   await t.rejects(parseTreeEntries(reseal(entries, { [nestedEntryName(101)]: Buffer.from('not a tar') })), { name: 'ImageRejectedError' }, 'a nested entry that is no tar, digests recomputed');
   t.throws(() => parseImageEntries(reseal(entries, {}, (m) => (m.version = 9)), { tree: true }), { name: 'ImageRejectedError', message: /a version 9 image holds no process tree/ });
+});
+
+const pipe = (ends: TreePipe['ends'], queued = Buffer.from('queued bytes')): TreePipe => ({ inode: 77, ends, nonblockRead: false, nonblockWrite: true, size: 65536, queued });
+
+t.test('pipes: created in the holding ancestor before its children, parked, then each process\'s ends in place', async (t) => {
+  const members = [member(100, 1, 7, 7), member(101, 100, 7, 7), member(102, 101, 7, 7)];
+  const p = pipe([{ pid: 100, fd: 3, write: false, cloexec: false }, { pid: 102, fd: 4, write: true, cloexec: true }]);
+  t.equal(pipeCreator(members, p), 100, 'the root holds an end and is the grandchild\'s ancestor');
+  t.equal(parkingBase([p], [5, 7]), 100, 'parked at 100 and up: above every descriptor of the tree');
+  const actions = withPipes(planTreeSkeleton(members), members, [p], 100);
+  const described = actions.map((a) => (a.kind === 'fd-dup' ? `dup ${a.pid} ${a.from}->${a.to}${a.cloexec ? ' cloexec' : ''}` : a.kind === 'fd-close' ? `close ${a.pid} ${a.fd}` : a.kind === 'pipe-create' ? `pipe ${a.pid} ${a.read}/${a.write} ${a.queued.length}` : a.kind === 'clone' ? `clone ${a.pid}` : `${a.kind} ${a.pid}`));
+  t.same(described, ['spawn-root 100', 'pipe 100 100/101 12', 'clone 101', 'clone 102', 'dup 100 100->3', 'close 100 100', 'close 100 101', 'close 101 100', 'close 101 101', 'dup 102 101->4 cloexec', 'close 102 100', 'close 102 101']);
+  const stub = { scratch: 0x7fffffffd000n, rip: 0x401000n, word: Buffer.alloc(8) };
+  const steps = skeletonSteps(actions, stub).filter((s) => s.op.op === 'INJECT_SYSCALL' || s.op.op === 'WRITE_MEM');
+  const calls = steps.map((s) => (s.op.op === 'INJECT_SYSCALL' ? `${s.op.pid}:${s.op.nr}(${s.op.args.slice(0, 3).join(',')})=${s.expect}` : `${(s.op as { pid: number }).pid}:mem`));
+  t.same(calls.slice(0, 8), [
+    `100:293(${stub.scratch + 128n},0)=0`, '100:292(3,100,0)=100', '100:292(4,101,0)=101', '100:3(3)=0', '100:3(4)=0', '100:72(101,4,2048)=0', '100:mem', `100:1(101,${stub.scratch - 0x9000n},12)=12`,
+  ], 'pipe2 at fds 3 and 4, parked, O_NONBLOCK on the write end, the queued bytes written back');
+  t.ok(calls.includes('102:292(101,4,524288)=4'), 'the grandchild\'s write end at fd 4, close-on-exec');
+  // Held by two siblings only: no holder is the other's ancestor.
+  t.throws(() => pipeCreator([...members, member(103, 100, 7, 7)], pipe([{ pid: 102, fd: 3, write: false, cloexec: false }, { pid: 103, fd: 4, write: true, cloexec: false }])), { name: 'PlanError', message: /pipe:\[77\] is held by pid 102, pid 103, none an ancestor/ });
+});
+
+t.test('format 10 with pipes: round trip, hostile fields refused by name', async (t) => {
+  const tree: ProcessTree = { ...sharedTree([100, 101, 102]), pipes: [pipe([{ pid: 100, fd: 3, write: false, cloexec: false }, { pid: 102, fd: 4, write: true, cloexec: true }], Buffer.from([0, 1, 2, 255]))] };
+  const entries = imageEntries(tree.members[0]!.image, await treeEntries(tree));
+  const back = await parseTreeEntries(entries);
+  t.same(back.pipes, tree.pipes, 'pipes as written, queued bytes included');
+  const treeJson = JSON.parse(entries.get('tree.json')!.toString()) as { pipes: Array<Record<string, unknown> & { ends: Array<Record<string, unknown>> }> };
+  const withPipe = (edit: (p: (typeof treeJson.pipes)[number]) => void): Map<string, Buffer> => {
+    const copy = structuredClone(treeJson);
+    edit(copy.pipes[0]!);
+    return reseal(entries, { 'tree.json': Buffer.from(JSON.stringify(copy)) });
+  };
+  const refused = async (e: Map<string, Buffer>, field: string, what: string): Promise<void> => {
+    await t.rejects(parseTreeEntries(e), { name: 'ImageRejectedError', field }, what);
+  };
+  await refused(withPipe((p) => (p.ends[0]!.pid = 999)), 'pipes[0].ends[0].pid', 'an end in no process of the tree');
+  await refused(withPipe((p) => (p.ends[1]!.fd = 70000)), 'pipes[0].ends[1].fd', 'a descriptor out of range');
+  await refused(withPipe((p) => (p.ends[1] = { ...p.ends[0]! })), 'pipes[0].ends[1].fd', 'one descriptor twice');
+  await refused(withPipe((p) => (p.size = 5000)), 'pipes[0].size', 'a size that is no power of two');
+  await refused(withPipe((p) => (p.queued = Buffer.alloc(40000).toString('base64'))), 'pipes[0].queued', 'more queued than an image holds');
+  await refused(withPipe((p) => (p.queued = 'not base64!')), 'pipes[0].queued', 'queued bytes that are not base64');
+  await refused(withPipe((p) => (p.extra = 1)), 'pipes[0].extra', 'an unknown field');
 });
