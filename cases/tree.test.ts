@@ -1,10 +1,12 @@
 // expect: a three-process tree — a parent, its child (leading a process group of its own) and its grandchild (leading a
-// session of its own), joined by one MAP_SHARED anonymous page — stopped with the parent before its waitpid, the child in
+// session of its own), joined by one MAP_SHARED anonymous page and a pipe from the grandchild to the parent holding 3000
+// queued bytes — stopped with the parent before its waitpid, the child in
 // its waitpid and the grandchild at a hardware breakpoint, checkpointed as a tree (format 10), killed and restored with the
-// same pids, parent links, groups and sessions and one shared page, ends with the uninterrupted run's line (which is the
+// same pids, parent links, groups and sessions, one shared page and the pipe with its bytes, ends with the uninterrupted run's line (which is the
 // native run's), and the CPU runs the grandchild's code at its breakpoint address with the grandchild's own stack pointer.
-// Negative controls: omit=mapping-kinds (each process a private copy of the page: the counter diverges), the grandchild
-// restored as the parent's child (wrong parent links: the child cannot wait for it).
+// Negative controls: omit=mapping-kinds (each process a private copy of the page: the counter diverges), omit=pipe-contents
+// (the pipe restored empty: the parent reads 100 bytes, not 3100), the grandchild restored as the parent's child (wrong
+// parent links: the child cannot wait for it).
 import t, { type Test } from 'tap';
 import { appendFileSync, writeFileSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
@@ -25,7 +27,7 @@ import { recordRowOutcome } from '../harness/testing/verdict-rows.ts';
 import { debugRegOffset, hex } from '../harness/x86/registers.ts';
 
 const CASE = 'tree';
-const SCENARIO = 'parent, child (own group), grandchild (own session) sharing a MAP_SHARED page; grandchild at a hardware breakpoint';
+const SCENARIO = 'parent, child (own group), grandchild (own session) sharing a MAP_SHARED page, a pipe with queued bytes; grandchild at a hardware breakpoint';
 
 t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_CHECKPOINT_RESTORE']), async (t) => {
   const guest = await startGuest(t, CASE);
@@ -71,7 +73,7 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_CHECKPOINT_RESTORE']), async (t
     t.equal(line, `${endedAs(native)} ${native.output.trim()}`, 'the traced reference is the native run (no tracer)');
     return line;
   })();
-  t.match(reference, /^exited 0 proctree ok: counter \d+, child 0x0, grandchild 0x0, child exit 9$/, `uninterrupted: ${reference}`);
+  t.match(reference, /^exited 0 proctree ok: counter \d+, child 0x0, grandchild 0x0, child exit 9, pipe 3100 bytes$/, `uninterrupted: ${reference}`);
 
   const checkpoint = async (t: Test, tag: string) => {
     const s = await stopTree(tag);
@@ -87,6 +89,8 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_CHECKPOINT_RESTORE']), async (t
     t.equal(grandchild!.pid, s.grandchild);
     t.equal(child!.pgid, child!.pid, 'the child leads its process group');
     t.same([grandchild!.sid, grandchild!.pgid], [grandchild!.pid, grandchild!.pid], 'the grandchild leads its session');
+    const pipes = (tree.pipes ?? []).map((p) => `${p.ends.map((e) => `${e.pid === root!.pid ? 'parent' : e.pid === grandchild!.pid ? 'grandchild' : 'child'} fd ${e.fd} ${e.write ? 'w' : 'r'}`).join(', ')}: ${p.queued.length} queued`);
+    t.same(pipes, ['parent fd 3 r, grandchild fd 4 w: 3000 queued'], `one pipe, the grandchild's bytes queued in it: ${pipes.join('; ')}`);
     t.equal(grandchild!.image.regs.rip, sym('proctree_grandchild_checkpoint'), `the grandchild checkpointed at its breakpoint (eflags at the hit ${s.hitEflags === undefined ? '?' : hex(s.hitEflags)})`);
     t.comment(`checkpoint of 3 processes: ${checkpointMs} ms, image ${(await stat(file)).size} bytes`);
     return { file, tree };
@@ -110,7 +114,7 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_CHECKPOINT_RESTORE']), async (t
     return { tree, restored, restoreMs, line, observation };
   };
 
-  await t.test('kill and restore the tree: same pids, parent links, groups, sessions, one shared page; it ends as uninterrupted', async (t) => {
+  await t.test('kill and restore the tree: same pids, parent links, groups, sessions, one shared page, the pipe and its bytes; it ends as uninterrupted', async (t) => {
     const c = await checkpoint(t, 'default');
     const r = await restoreAndRun(c.file, DEFAULT_POLICY, 'default');
     const clones = r.restored.skeleton.filter((s) => s.op.op === 'INJECT_SYSCALL' && s.op.nr === 435).length;
@@ -134,11 +138,16 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_CHECKPOINT_RESTORE']), async (t
       shows: /proctree mismatch: counter \d+ \(not the one page all three share\)/,
     },
     {
+      name: 'omit=pipe-contents: the pipe restored without its queued bytes',
+      policy: { ...DEFAULT_POLICY, omit: ['pipe-contents'] },
+      shows: /proctree mismatch: .*, pipe 100 bytes \(not the bytes written\)$/,
+    },
+    {
       name: 'wrong parent links: the grandchild restored as the parent\'s child',
       policy: DEFAULT_POLICY,
       doctor: (tree) => ({ members: tree.members.map((m, i) => (i === 2 ? { ...m, ppid: tree.members[0]!.pid } : m)) }),
       // The grandchild is no longer the child's to wait for; whether it has reported when the parent prints is a race.
-      shows: /proctree mismatch: .*, child 0x2, grandchild 0x[0-9a-f]+, child exit 9/,
+      shows: /proctree mismatch: .*, child 0x2, grandchild 0x[0-9a-f]+, child exit 9, /,
     },
   ];
   for (const [i, c] of controls.entries()) {
