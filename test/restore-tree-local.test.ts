@@ -4,7 +4,8 @@
 // sessions and one shared page, and ends with the uninterrupted run's line; under omit=mapping-kinds (each process a
 // private copy of the page) the line shows the counter diverging; with the grandchild's parent doctored to the root it
 // shows the wrong parent links (the child cannot wait for its grandchild); under omit=pipe-contents the pipe comes back
-// empty. The pipe from the grandchild to the parent is restored with the 3000 bytes queued in it.
+// empty. The pipe from the grandchild to the parent is restored with the 3000 bytes queued in it. A tree holding a zombie
+// (the grandchild exited while the child, stopped, had not waited for it) is refused by name, naming the zombie.
 import t from 'tap';
 import { AgentClient } from '../harness/agent/client.ts';
 import { localAgentTransport } from '../harness/agent/local-transport.ts';
@@ -106,5 +107,19 @@ t.test('a process tree through the real agent, on the host kernel', async (t) =>
     t.not(line, reference, `diverges: ${line}`);
     // The grandchild, no longer the child's, may not have reported yet when the root prints: only the child's word is certain.
     t.match(line, /proctree mismatch: .*, child 0x2, grandchild 0x[0-9a-f]+, child exit 9, /, 'the child cannot wait for its grandchild (ECHILD)');
+  });
+
+  await t.test('a zombie in the tree is refused by name', async (t) => {
+    const s = await stopTree('zombie');
+    const child = Number((await read(`/proc/${s.grandchild}/stat`)).split(') ')[1]!.split(' ')[1]);
+    await agent.call({ op: 'ATTACH', pid: child });
+    const end = await agent.call({ op: 'RUN', pid: s.grandchild, stopAfterHits: 0, timeoutMs: 30_000 });
+    t.equal(end.outcome, 'exited', 'the grandchild exited; its parent, stopped, has not waited for it');
+    await t.rejects(checkpointTree(agent, { binary, argv: [binary], envp: [], noAslr: true, pid: s.pid }, { host: true }), {
+      name: 'CheckpointError',
+      message: new RegExp(`zombie \\(pid ${s.grandchild}: state Z: exited, not yet waited for by its parent ${child}\\)`),
+    });
+    await agent.call({ op: 'KILL', pid: s.pid });
+    await agent.call({ op: 'KILL', pid: child });
   });
 });
