@@ -19,6 +19,7 @@ import { CLONE_ARGS_BYTES, cloneArgs, skeletonSteps } from '../harness/restore/t
 import { nestedEntryName, parseTreeEntries, readTreeImage, treeEntries, writeTreeImage } from '../harness/restore/tree-image.ts';
 import { descendantsOf, parseProcStat, type ProcStat } from '../harness/restore/tree-checkpoint.ts';
 import { parkingBase, pipeCreator, withPipes, type TreePipe } from '../harness/restore/tree-pipes.ts';
+import { dryRunTreePlan } from '../harness/restore/tree-dry-run.ts';
 import { creationOrder, planTreeSkeleton, sharedAnonymousObjects, SIGCHLD, type ProcessTree, type TreeMember } from '../harness/restore/tree.ts';
 import { reseal, SYNTHETIC_MAPS, syntheticImage, syntheticRegs } from './support/synthetic-image.ts';
 import { rejects } from './support/rejects.ts';
@@ -211,4 +212,14 @@ t.test('format 10 with pipes: round trip, hostile fields refused by name', async
   await refused(withPipe((p) => (p.queued = Buffer.alloc(40000).toString('base64'))), 'pipes[0].queued', 'more queued than an image holds');
   await refused(withPipe((p) => (p.queued = 'not base64!')), 'pipes[0].queued', 'queued bytes that are not base64');
   await refused(withPipe((p) => (p.extra = 1)), 'pipes[0].extra', 'an unknown field');
+});
+
+t.test('dry run of a tree: the skeleton, then each process\'s plan against a fresh stub with the objects it inherits', async (t) => {
+  const tree: ProcessTree = { ...sharedTree([100, 101, 102]), pipes: [pipe([{ pid: 100, fd: 3, write: false, cloexec: false }, { pid: 102, fd: 4, write: true, cloexec: false }])] };
+  const plan = dryRunTreePlan(tree, { rf: 'keep-and-preserve' });
+  const mmaps = plan.filter((s) => s.op.op === 'INJECT_SYSCALL' && s.op.nr === 9 && s.op.args[0] === 0x7ffff7ff0000n);
+  t.equal(mmaps.length, 1, 'the shared page mapped once (the skeleton), never by a process\'s own plan');
+  t.same(plan.filter((s) => s.op.op === 'INJECT_SYSCALL' && s.op.nr === 435).map((s) => s.expect), [101n, 102n], 'two clone3');
+  t.same([...new Set(plan.filter((s) => s.op.op === 'SETREGS').map((s) => (s.op as { pid: number }).pid))], [100, 101, 102], 'each process\'s registers set');
+  t.throws(() => dryRunTreePlan(tree, { rf: 'reject' }), { name: 'ImageRejectedError', field: 'eflags.RF' }, 'the policy gate applies (RF in the image, rf=reject)');
 });

@@ -138,8 +138,23 @@ export function skeletonSteps(actions: readonly TreeAction[], stub: StubFacts): 
 }
 
 /** The shared objects a process holds, as the mappings its stub has for them when its own restore starts. */
-function inheritedShared(shared: readonly SharedAnonymous[], pid: number): Mapping[] {
+export function inheritedShared(shared: readonly SharedAnonymous[], pid: number): Mapping[] {
   return shared.filter((o) => o.holders.includes(pid)).map((o) => ({ start: o.start, end: o.end, perms: 'rw-s', offset: 0n, device: '00:00', inode: o.inode, name: '/dev/zero (deleted)' }));
+}
+
+/**
+ * The pure part of a tree's restore under `policy`: its shared objects, its
+ * pipes as they will be made, and the skeleton's actions. Throws PlanError
+ * (naming the process, object or pipe) when the tree cannot be rebuilt.
+ */
+export function planTreeRestore(tree: ProcessTree, policy: RestorePolicy): { shared: SharedAnonymous[]; pipes: TreePipe[]; actions: TreeAction[] } {
+  // omit=mapping-kinds: no shared object is created; each process maps private memory of its own (the control).
+  const shared = omits(policy, 'mapping-kinds') ? [] : sharedAnonymousObjects(tree);
+  // omit=pipe-contents: the pipes without their queued bytes (the control).
+  const pipes = (tree.pipes ?? []).map((p) => (omits(policy, 'pipe-contents') ? { ...p, queued: Buffer.alloc(0) } : p));
+  const fdsInTree = tree.members.flatMap((m) => [...m.image.task.files.map((f) => f.fd), ...(m.image.task.userfaultfds ?? []).map((u) => u.fd), ...m.image.timers.timerfds.map((x) => x.fd)]);
+  const actions = withPipes(planTreeSkeleton(tree.members, shared), tree.members, pipes, parkingBase(pipes, fdsInTree));
+  return { shared, pipes, actions };
 }
 
 export async function restoreTree(agent: AgentClient, tree: ProcessTree, options: TreeRestoreOptions): Promise<TreeRestoreResult> {
@@ -151,12 +166,7 @@ export async function restoreTree(agent: AgentClient, tree: ProcessTree, options
     assertPolicyAdmits(m.image.regs.eflags, policy);
     assertThreadsAdmitted(m.image, policy);
   }
-  // omit=mapping-kinds: no shared object is created; each process maps private memory of its own (the control).
-  const shared = omits(policy, 'mapping-kinds') ? [] : sharedAnonymousObjects(tree);
-  // omit=pipe-contents: the pipes without their queued bytes (the control).
-  const pipes = (tree.pipes ?? []).map((p) => (omits(policy, 'pipe-contents') ? { ...p, queued: Buffer.alloc(0) } : p));
-  const fdsInTree = tree.members.flatMap((m) => [...m.image.task.files.map((f) => f.fd), ...(m.image.task.userfaultfds ?? []).map((u) => u.fd), ...m.image.timers.timerfds.map((x) => x.fd)]);
-  const actions = withPipes(planTreeSkeleton(tree.members, shared), tree.members, pipes, parkingBase(pipes, fdsInTree));
+  const { shared, pipes, actions } = planTreeRestore(tree, policy);
 
   const created: number[] = [];
   try {
