@@ -27,7 +27,9 @@
  *   and working directory other than the agent's: a restored process gets
  *   the agent's.
  * The LDT is captured (ldt.ts); a descriptor there that modify_ldt cannot
- * make is refused by ldt.ts, naming the slot.
+ * make is refused by ldt.ts, naming the slot. A tree's checkpoint
+ * (tree-checkpoint.ts) captures the pipes between its processes and refuses
+ * a zombie in the tree (zombieProblem).
  */
 import { constants } from 'node:os';
 import type { AgentClient } from '../agent/client.ts';
