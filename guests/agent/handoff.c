@@ -1,6 +1,7 @@
 /*
  * Handing a process to another checkpointer (CRIU) and taking it back:
- * DETACH, REAP and ATTACH.
+ * DETACH, REAP and ATTACH; letting a restored process tree go its own way:
+ * TRACE_FORKS and RELEASE.
  */
 #include "agent.h"
 
@@ -228,4 +229,56 @@ undo:
 			ptrace(PTRACE_DETACH, tasks[i].tid, 0, 0);
 	forget_process(pid);
 	return -1;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Process trees (a restore creates each child by an injected clone3 in its
+ * parent, and lets the tree run).
+ *
+ * TRACE_FORKS turns PTRACE_O_TRACEFORK and TRACEVFORK on or off for every
+ * thread of a tracked process: with them on, a child that an injected clone3
+ * with exit signal SIGCHLD creates is traced from its first instruction
+ * (INJECT_SYSCALL records it and collects its first stop). The child
+ * inherits the options in force; the host turns them off again.
+ *
+ * RELEASE detaches every thread of a tracked process (PTRACE_DETACH, no
+ * signal: a hit's SIGTRAP held in a stop is discarded) and forgets it: the
+ * process runs on untraced, a child of its own parent. */
+
+#define TRACE_OPTIONS (PTRACE_O_EXITKILL | PTRACE_O_TRACEEXEC | PTRACE_O_TRACESYSGOOD | PTRACE_O_TRACECLONE)
+
+int op_trace_forks(struct call *c)
+{
+	pid_t pid = rd_pid(&c->in);
+	uint32_t on = rd_u32(&c->in, "on");
+	long options = TRACE_OPTIONS | (on ? PTRACE_O_TRACEFORK | PTRACE_O_TRACEVFORK : 0);
+
+	if (parsed(c))
+		return -1;
+	if (on > 1)
+		return fail(c, EINVAL, "on: %u is neither 0 nor 1", on);
+	if (!is_tracked(pid) || tgid_of(pid) != pid)
+		return fail(c, ESRCH, "pid: %d is not a process this agent traces", (int)pid);
+	for (size_t i = 0; i < ntasks; i++)
+		if (tasks[i].tgid == pid && ptrace(PTRACE_SETOPTIONS, tasks[i].tid, 0, (void *)options) < 0)
+			return fail_errno(c, "PTRACE_SETOPTIONS %d", (int)tasks[i].tid);
+	return 0;
+}
+
+int op_release(struct call *c)
+{
+	pid_t pid = rd_pid(&c->in);
+
+	if (parsed(c))
+		return -1;
+	if (!is_tracked(pid) || tgid_of(pid) != pid)
+		return fail(c, ESRCH, "pid: %d is not a process this agent traces", (int)pid);
+	for (size_t i = 0; i < ntasks; i++)
+		if (tasks[i].tgid == pid && !tasks[i].stopped)
+			return fail(c, EBUSY, "thread %d of pid %d is not in a collected stop", (int)tasks[i].tid, (int)pid);
+	for (size_t i = 0; i < ntasks; i++)
+		if (tasks[i].tgid == pid && ptrace(PTRACE_DETACH, tasks[i].tid, 0, 0) < 0 && errno != ESRCH)
+			return fail_errno(c, "PTRACE_DETACH %d", (int)tasks[i].tid);
+	forget_process(pid);
+	return 0;
 }

@@ -186,9 +186,11 @@ int op_inject_syscall(struct call *c)
 			phase++;
 			continue;
 		}
-		if (st >> 16 == PTRACE_EVENT_CLONE && ptrace(PTRACE_GETEVENTMSG, pid, 0, &msg) == 0) {
+		if ((st >> 16 == PTRACE_EVENT_CLONE || st >> 16 == PTRACE_EVENT_FORK || st >> 16 == PTRACE_EVENT_VFORK) &&
+		    ptrace(PTRACE_GETEVENTMSG, pid, 0, &msg) == 0) {
 			/* The injected call made a thread (or process): traced
-			 * already (TRACECLONE); its first stop is collected below. */
+			 * already (TRACECLONE, or TRACEFORK that TRACE_FORKS turned
+			 * on for a restored tree); its first stop is collected below. */
 			pid_t group = tgid_of((pid_t)msg);
 
 			born = (pid_t)msg;

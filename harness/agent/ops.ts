@@ -38,6 +38,8 @@ export const OPCODES = {
   READ_MEM_BULK: 0x22,
   WRITE_MEM_BULK: 0x23,
   PAGEMAP: 0x24,
+  TRACE_FORKS: 0x28,
+  RELEASE: 0x29,
 } as const;
 
 /** A range of a target's memory a bulk request moves. */
@@ -108,7 +110,11 @@ export type AgentOp =
   /** collects a detached child once it ended (another checkpointer killed it), freeing its pid; 0 ms: no limit */
   | { op: 'REAP'; pid: number; timeoutMs: number }
   /** seizes a process the agent did not spawn (a restored one), every thread brought into a ptrace stop */
-  | { op: 'ATTACH'; pid: number };
+  | { op: 'ATTACH'; pid: number }
+  /** PTRACE_O_TRACEFORK/TRACEVFORK on or off for every thread of the process: a restore's injected clone3 of a child (exit signal SIGCHLD) is then traced */
+  | { op: 'TRACE_FORKS'; pid: number; on: boolean }
+  /** detach every thread of the process (no signal) and forget it: it runs on untraced */
+  | { op: 'RELEASE'; pid: number };
 
 export interface HelloResult {
   protocolVersion: number;
@@ -202,6 +208,8 @@ export interface OpResults {
   REAP: { waitStatus: number };
   /** every thread of the process, ascending, each in a ptrace stop */
   ATTACH: { threads: number[] };
+  TRACE_FORKS: void;
+  RELEASE: void;
   BULK_OPEN: void;
   /** bytes the frame held */
   READ_MEM_BULK: bigint;
@@ -261,7 +269,11 @@ export function encodeOp(op: AgentOp): { opcode: number; payload: Buffer } {
     case 'RSEQ_CONFIG':
     case 'DETACH':
     case 'ATTACH':
+    case 'RELEASE':
       w.u32(op.pid);
+      break;
+    case 'TRACE_FORKS':
+      w.u32(op.pid).u32(op.on ? 1 : 0);
       break;
     case 'REAP':
       w.u32(op.pid).u32(op.timeoutMs);
@@ -384,6 +396,8 @@ function decodeByOp(name: OpName, r: PayloadReader): unknown {
     case 'DETACH':
     case 'BULK_OPEN':
     case 'WRITE_MEM_BULK':
+    case 'TRACE_FORKS':
+    case 'RELEASE':
       return undefined;
     case 'BATCH':
       throw new RangeError('BATCH is not decoded as a single op');
@@ -404,7 +418,10 @@ export function describeOp(op: AgentOp): string {
     case 'RSEQ_CONFIG':
     case 'DETACH':
     case 'ATTACH':
+    case 'RELEASE':
       return `${op.op} pid ${op.pid}`;
+    case 'TRACE_FORKS':
+      return `TRACE_FORKS pid ${op.pid} ${op.on ? 'on' : 'off'}`;
     case 'REAP':
       return `REAP pid ${op.pid}${op.timeoutMs ? ` within ${op.timeoutMs} ms` : ''}`;
     case 'PEEKSIGINFO':

@@ -20,7 +20,8 @@ import { QemuMachine } from '../machine/machine.ts';
 import { launchMachine } from '../machine/fast-start.ts';
 import { AgentClient } from '../agent/client.ts';
 import { platformProfile, profileRows } from '../platform/profile.ts';
-import { readCheckpointImage } from '../restore/checkpoint-image.ts';
+import { readTreeImage } from '../restore/tree-image.ts';
+import { dryRunTreePlan } from '../restore/tree-dry-run.ts';
 import { dryRunPlan, formatPlan } from '../restore/dry-run.ts';
 import { describePolicy } from '../restore/policy.ts';
 import { policyFromFlags } from '../flags/policy-flags.ts';
@@ -172,12 +173,15 @@ async function restoreCommand(args: string[]): Promise<number> {
   if (!values['dry-run']) throw usageError(COMMANDS.restore, 'crh restore needs --dry-run');
   if (positionals.length !== 1) throw usageError(COMMANDS.restore, `crh restore takes one IMAGE (got ${positionals.length})`);
   const policy = policyFromFlags(values);
-  const image = await readCheckpointImage(positionals[0]!);
+  const tree = await readTreeImage(positionals[0]!);
+  const image = tree.members[0]!.image;
   // Image fields are untrusted text: control characters in them are shown escaped, never sent to the terminal.
   const shown = escapeControl;
-  process.stdout.write(`image ${shown(positionals[0]!)}: valid (${shown(image.process.binary)}, pid ${image.process.pid}, ${image.regions.length} memory regions, ${1 + image.threads.length} thread${image.threads.length ? 's' : ''}, taken ${shown(String(image.created))})\n`);
+  const processes = tree.members.length > 1 ? `, a tree of ${tree.members.length} processes (${tree.members.map((m) => m.pid).join(' ')})${tree.pipes?.length ? ` and ${tree.pipes.length} pipe${tree.pipes.length > 1 ? 's' : ''}` : ''}` : '';
+  process.stdout.write(`image ${shown(positionals[0]!)}: valid (${shown(image.process.binary)}, pid ${image.process.pid}, ${image.regions.length} memory regions, ${1 + image.threads.length} thread${image.threads.length ? 's' : ''}${processes}, taken ${shown(String(image.created))})\n`);
   process.stdout.write(`policy: ${describePolicy(policy)}\n`);
-  process.stdout.write(`${shown(formatPlan(dryRunPlan(image, policy)), { keepNewlines: true })}\n`);
+  const plan = tree.members.length > 1 ? dryRunTreePlan(tree, policy) : dryRunPlan(image, policy);
+  process.stdout.write(`${shown(formatPlan(plan), { keepNewlines: true })}\n`);
   return EXIT.ok;
 }
 

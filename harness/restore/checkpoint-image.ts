@@ -11,7 +11,7 @@ import { validateImage } from './validate.ts';
 
 export type { CheckpointImage, MemoryRegion, PlatformFacts, ProcessInfo } from './image-model.ts';
 export { memoryEntryName } from './image-model.ts';
-export { IMAGE_VERSION, imageEntries, writeCheckpointImage } from './image-tar.ts';
+export { IMAGE_VERSION, imageEntries, readTarEntries, writeCheckpointImage } from './image-tar.ts';
 
 /**
  * Reads and validates an image. Throws ImageRejectedError naming the entry
@@ -21,7 +21,12 @@ export async function readCheckpointImage(file: string): Promise<CheckpointImage
   return parseImageEntries(await readTarEntries(file));
 }
 
-/** Validates an image already split into its tar entries (the tests build hostile ones this way). */
-export function parseImageEntries(entries: Map<string, Buffer>): CheckpointImage {
-  return validateImage(untrustedImage(entries));
+/**
+ * Validates an image already split into its tar entries (the tests build
+ * hostile ones this way). `tree`: the caller reads the tree entries itself
+ * (tree-image.ts); without it an image holding more than one process is
+ * refused.
+ */
+export function parseImageEntries(entries: Map<string, Buffer>, options: { tree?: boolean } = {}): CheckpointImage {
+  return validateImage(untrustedImage(entries, options));
 }

@@ -38,6 +38,11 @@ export interface CheckpointProcessOptions {
    * missing after restore); descriptors files.ts cannot hold still fail.
    */
   uncapturable?: 'refuse' | 'ignore';
+  /**
+   * Pipe descriptors are left to the caller (a tree's checkpoint captures
+   * the pipes between its processes: tree-pipes.ts) instead of refused.
+   */
+  pipesCaptured?: boolean;
 }
 
 export async function checkpointProcess(agent: AgentClient, process: ProcessInfo, platform: PlatformFacts, options: CheckpointProcessOptions = {}): Promise<CheckpointImage> {
@@ -48,7 +53,7 @@ export async function checkpointProcess(agent: AgentClient, process: ProcessInfo
   // TCG. Its clock_gettime is the one call injected before the refusal.
   const sleep = await captureSleep(agent, pid, await agent.call({ op: 'GETREGS', pid }), refuse);
   // Then, before anything else is injected: state no image can hold is refused by name (uncapturable.ts).
-  if (refuse) await refuseUncapturable(agent, pid, process.noAslr);
+  if (refuse) await refuseUncapturable(agent, pid, process.noAslr, { pipesCaptured: options.pipesCaptured ?? false });
   const others = await otherThreads(agent, pid);
   // Every thread's mask as it was, then every signal blocked until the
   // injected calls are over: a signal that arrives meanwhile (a periodic
@@ -58,7 +63,7 @@ export async function checkpointProcess(agent: AgentClient, process: ProcessInfo
   for (const tid of [pid, ...others]) masks.set(tid, await agent.call({ op: 'GETSIGMASK', pid: tid }));
   try {
     for (const tid of masks.keys()) await agent.call({ op: 'SETSIGMASK', pid: tid, mask: ALL_BLOCKABLE });
-    return await captureBlocked(agent, process, platform, others, masks, { refuse, sleep });
+    return await captureBlocked(agent, process, platform, others, masks, { refuse, sleep, pipesCaptured: options.pipesCaptured ?? false });
   } finally {
     for (const [tid, mask] of masks) await agent.call({ op: 'SETSIGMASK', pid: tid, mask });
   }
@@ -70,7 +75,7 @@ async function captureBlocked(
   platform: PlatformFacts,
   others: readonly number[],
   masks: ReadonlyMap<number, bigint>,
-  { refuse, sleep }: { refuse: boolean; sleep: CheckpointImage['sleep'] },
+  { refuse, sleep, pipesCaptured }: { refuse: boolean; sleep: CheckpointImage['sleep']; pipesCaptured: boolean },
 ): Promise<CheckpointImage> {
   const pid = process.pid;
   const main = await threadRegisters(agent, pid);
@@ -81,7 +86,7 @@ async function captureBlocked(
     const restartBlock = threadRestartBlockProblem(tid, t.regs);
     if (restartBlock && refuse) throw new CheckpointError(`pid ${pid}: ${restartBlock}`, { state: 'restart_block', target: `thread ${tid}` });
   }
-  const task = await captureTask(agent, pid);
+  const task = await captureTask(agent, pid, { skipPipes: pipesCaptured });
   const timerfdFds = await timerfdDescriptors(agent, pid);
   const maps = (await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/maps`, maxSize: 1 << 20 })).toString('utf8');
   const registrations = parseSmapsRegistrations((await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/smaps`, maxSize: 4 << 20 })).toString('utf8'));

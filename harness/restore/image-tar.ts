@@ -16,6 +16,7 @@
 import { createReadStream, createWriteStream } from 'node:fs';
 import { rename, rm } from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
+import { Readable } from 'node:stream';
 import * as tar from 'tar-stream';
 import { ImageRejectedError } from '../errors.ts';
 import { uniqueSibling } from '../util/atomic-write.ts';
@@ -46,9 +47,14 @@ export const IMAGE_FORMAT = 'cr-harness-checkpoint';
  * deadline of a sleep the checkpoint interrupted (sleep-deadline.ts), and
  * pkeys.json, the allocated protection keys and tagged mappings (pkeys.ts);
  * 9: a memory entry holds only the pages its region's `stored` ranges name
- * (untouched pages and anonymous zero pages are left out: stored-pages.ts).
+ * (untouched pages and anonymous zero pages are left out: stored-pages.ts);
+ * 10: a process tree (tree-image.ts): tree.json (each process's pid, parent,
+ * group, session, exit signal) and tree/PID.bin, every process but the root
+ * as an image of its own. A version 9 image is read as a one-process tree.
  */
-export const IMAGE_VERSION = 9;
+export const IMAGE_VERSION = 10;
+/** Versions read as they are: 9 differs from 10 only in holding no tree entries. */
+const READABLE_VERSIONS = [9, IMAGE_VERSION];
 /**
  * Earlier versions are refused, each naming what it lacks: reading one as
  * the current version would invent the missing state as "none" — for an
@@ -107,8 +113,12 @@ interface Manifest {
 
 const hex = (v: bigint): string => `0x${v.toString(16)}`;
 
-/** Serializes an image to its tar entries (manifest last, so it can list the others). */
-export function imageEntries(image: CheckpointImage): Map<string, Buffer> {
+/**
+ * Serializes an image to its tar entries (manifest last, so it can list the
+ * others). `extra` entries (a tree's: tree-image.ts) are listed in the
+ * manifest with the rest.
+ */
+export function imageEntries(image: CheckpointImage, extra: ReadonlyMap<string, Buffer> = new Map()): Map<string, Buffer> {
   const entries = new Map<string, Buffer>();
   const json = (v: unknown): Buffer => Buffer.from(`${JSON.stringify(v, null, 2)}\n`);
   entries.set('regs.json', json(Object.fromEntries(USER_REGS_FIELDS.map((n) => [n, hex(image.regs[n])]))));
@@ -137,6 +147,7 @@ export function imageEntries(image: CheckpointImage): Map<string, Buffer> {
   for (const r of image.regions) {
     if (r.entry !== null) entries.set(r.entry, packStored(r, storedRanges(r), image.memory.get(r.entry)!));
   }
+  for (const [name, data] of extra) entries.set(name, data);
   const manifest: Manifest = {
     format: IMAGE_FORMAT,
     version: IMAGE_VERSION,
@@ -151,14 +162,14 @@ export function imageEntries(image: CheckpointImage): Map<string, Buffer> {
   return entries;
 }
 
-/** Writes the image as a tar, atomically (a temporary file renamed into place). */
-export async function writeCheckpointImage(image: CheckpointImage, file: string): Promise<void> {
+/** Writes the image as a tar, atomically (a temporary file renamed into place); `extra` as for imageEntries. */
+export async function writeCheckpointImage(image: CheckpointImage, file: string, extra: ReadonlyMap<string, Buffer> = new Map()): Promise<void> {
   const pack = tar.pack();
   const tmp = uniqueSibling(file, 'tmp');
   const written = pipeline(pack, createWriteStream(tmp, { flags: 'wx' }));
   written.catch(() => {}); // awaited below; a failed write may also end the packing first
   const packed = (async () => {
-    for (const [name, data] of imageEntries(image)) {
+    for (const [name, data] of imageEntries(image, extra)) {
       await new Promise<void>((resolve, reject) => {
         // The entry's stream errors when the file's does (ENOSPC); the error reaches us through `written`.
         pack.entry({ name, size: data.length, mode: 0o644, mtime: new Date(0) }, data, (e) => (e ? reject(e) : resolve())).on('error', () => {});
@@ -181,8 +192,8 @@ export async function writeCheckpointImage(image: CheckpointImage, file: string)
 
 const SAFE_NAME = /^(?:[a-z0-9_-]+\/)?[a-z0-9_-]+\.(?:json|bin|txt|sha256)$/;
 
-/** Reads tar entries with the structural checks: names, types, duplicates, sizes. */
-export async function readTarEntries(file: string): Promise<Map<string, Buffer>> {
+/** Reads tar entries (a file, or a tar already in memory: a tree's nested image) with the structural checks: names, types, duplicates, sizes. */
+export async function readTarEntries(file: string | Buffer): Promise<Map<string, Buffer>> {
   const entries = new Map<string, Buffer>();
   let total = 0;
   let rejection: ImageRejectedError | undefined;
@@ -211,9 +222,9 @@ export async function readTarEntries(file: string): Promise<Map<string, Buffer>>
     });
   });
   try {
-    await pipeline(createReadStream(file), extract);
+    await pipeline(typeof file === 'string' ? createReadStream(file) : Readable.from([file]), extract);
   } catch (error) {
-    throw rejection ?? new ImageRejectedError(`not a readable tar: ${(error as Error).message}`, file, 'tar');
+    throw rejection ?? new ImageRejectedError(`not a readable tar: ${(error as Error).message}`, typeof file === 'string' ? file : '(nested image)', 'tar');
   }
   if (rejection) throw rejection;
   return entries;
@@ -223,8 +234,11 @@ export async function readTarEntries(file: string): Promise<Map<string, Buffer>>
  * The image's entries as untyped values, once the manifest, its digest, the
  * version and every entry's size and SHA-256 check out — nothing more is
  * believed: validate.ts checks every field before anything else sees it.
+ * `tree`: the caller reads the tree entries itself (tree-image.ts). Without
+ * it, an image holding more than one process is refused: restoring its root
+ * alone would silently lose the others.
  */
-export function untrustedImage(entries: Map<string, Buffer>): UntrustedImage {
+export function untrustedImage(entries: Map<string, Buffer>, { tree = false }: { tree?: boolean } = {}): UntrustedImage {
   const manifestRaw = entries.get('manifest.json');
   if (!manifestRaw) throw new ImageRejectedError('missing', 'manifest.json', '(entry)');
   const digest = entries.get(MANIFEST_DIGEST);
@@ -234,7 +248,10 @@ export function untrustedImage(entries: Map<string, Buffer>): UntrustedImage {
   if (manifest.format !== IMAGE_FORMAT) throw new ImageRejectedError(`is ${JSON.stringify(manifest.format)}, expected ${IMAGE_FORMAT}`, 'manifest.json', 'format');
   const older = typeof manifest.version === 'number' ? OLDER_VERSIONS[manifest.version] : undefined;
   if (older) throw new ImageRejectedError(`is ${manifest.version}, this harness reads ${IMAGE_VERSION}: a version ${manifest.version} image ${older}`, 'manifest.json', 'version');
-  if (manifest.version !== IMAGE_VERSION) throw new ImageRejectedError(`is ${JSON.stringify(manifest.version)}, this harness reads ${IMAGE_VERSION}`, 'manifest.json', 'version');
+  if (!READABLE_VERSIONS.includes(manifest.version as number)) throw new ImageRejectedError(`is ${JSON.stringify(manifest.version)}, this harness reads ${READABLE_VERSIONS.join(' and ')}`, 'manifest.json', 'version');
+  const nested = [...entries.keys()].filter((name) => name.startsWith('tree/'));
+  if (manifest.version === 9 && (nested.length > 0 || entries.has('tree.json'))) throw new ImageRejectedError('a version 9 image holds no process tree', nested[0] ?? 'tree.json', '(entry)');
+  if (nested.length > 0 && !tree) throw new ImageRejectedError(`holds a process tree (${nested.length + 1} processes): restore it as a tree (restoreTree), not its root alone`, nested[0]!, '(entry)');
   if (typeof manifest.entries !== 'object' || manifest.entries === null) throw new ImageRejectedError('missing', 'manifest.json', 'entries');
 
   for (const name of entries.keys()) {

@@ -98,9 +98,11 @@ export function describeRegion(r: MemoryRegion): string {
  * has, except the very same file mapping (the binary's own, which the exec
  * recreated): same file, same kind, same offset at every address.
  */
-function checkOccupants(region: MemoryRegion, target: readonly Mapping[]): void {
+function checkOccupants(region: MemoryRegion, target: readonly Mapping[], inherited: readonly Mapping[]): void {
   const shared = region.perms[3] === 's';
   if (region.file === null && !shared) return;
+  // A tree's shared object, which an ancestor created for this process to inherit (tree.ts).
+  if (region.file === null && inherited.some((m) => m.start === region.start && m.end === region.end)) return;
   for (const m of target) {
     if (m.end <= region.start || m.start >= region.end) continue;
     const same = region.file !== null && m.name === region.file && m.perms[3] === region.perms[3] && m.offset - m.start === region.offset - region.start;
@@ -122,7 +124,7 @@ export function mappingSteps(pid: number, regions: readonly MemoryRegion[], prob
   const paths = new Map<string, bigint>();
   const fd = BigInt(new DescriptorTable(probe.fds ?? [0, 1, 2]).lowestFree());
   for (const region of regions) {
-    if (kinds) checkOccupants(region, probe.maps);
+    if (kinds) checkOccupants(region, probe.maps, probe.tree?.inheritedShared ?? []);
     const pieces = uncovered(region.start, region.end, covered);
     const shared = region.perms[3] === 's';
     if (!kinds || (region.file === null && !shared)) {

@@ -14,6 +14,14 @@ export interface TargetProbe {
   files?: Map<string, MappedFileState>;
   /** the restoring guest's boot id: an interrupted sleep's deadline is absolute only in its own boot (sleep-deadline.ts) */
   bootId?: string;
+  /**
+   * Set when the target is one process of a tree being restored
+   * (tree-restore.ts): its session and process group are already the
+   * image's, and `inheritedShared` are shared anonymous mappings it holds
+   * already — the tree's shared objects, created once by an ancestor and
+   * inherited — which the plan neither maps again nor refuses as occupants.
+   */
+  tree?: { inheritedShared: Mapping[] };
 }
 
 /** What the target sees at a mapped file's path: null when there is nothing (ENOENT, ENOTDIR). */

@@ -86,8 +86,12 @@ export type RseqFixupPolicy = (typeof RSEQ_FIXUP_POLICIES)[number];
  *   (RIP at it, RCX the count left, RSI/RDI advanced) resumes the copy from
  *   wherever those registers happen to point. The sweep over a rep movsb
  *   (examples/repro/rep-sweep.c) fails exactly where they are live.
+ * - pipe-contents: a tree's pipes are created and their ends placed, but the
+ *   bytes queued in them are not written back (tree-pipes.ts) — a restorer
+ *   that drops pipe contents: the reader waits for data that never comes, or
+ *   sees end of file early.
  */
-export const OMITTABLE = ['debugregs', 'xstate', 'tls', 'rseq', 'signals', 'files', 'thread-xstate', 'thread-masks', 'thread-links', 'mapping-kinds', 'userfaultfd', 'ldt', 'timers', 'pkeys', 'string-regs'] as const;
+export const OMITTABLE = ['debugregs', 'xstate', 'tls', 'rseq', 'signals', 'files', 'thread-xstate', 'thread-masks', 'thread-links', 'mapping-kinds', 'userfaultfd', 'ldt', 'timers', 'pkeys', 'string-regs', 'pipe-contents'] as const;
 export type Omittable = (typeof OMITTABLE)[number];
 
 /** The registers a string instruction in progress keeps its count and pointers in (omit=string-regs). */

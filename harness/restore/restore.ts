@@ -10,7 +10,7 @@ import { describeOp } from '../agent/ops.ts';
 import { AgentError, CrhError, RestoreStepError } from '../errors.ts';
 import { NT_X86_XSTATE, USER_REGS_FIELDS, debugRegOffset, hex, type UserRegs } from '../x86/registers.ts';
 import { DEBUG_REG_NAMES, type CheckpointImage, type OpenFile, type TaskState, type TimerState } from './image-model.ts';
-import { compileRestorePlan, fixedImage, type PlanStep } from './plan.ts';
+import { compileRestorePlan, fixedImage, type PlanStep, type TargetProbe } from './plan.ts';
 import { assertPolicyAdmits, omits, type RestorePolicy } from './policy.ts';
 import { parseMaps } from './proc-maps.ts';
 import { mappedFiles, probeMappedFiles } from './mappings.ts';
@@ -63,17 +63,7 @@ export async function restoreProcess(agent: AgentClient, image: CheckpointImage,
   assertThreadsAdmitted(image, options.policy);
   const { pid } = await spawnTarget(agent, image, options);
   try {
-    const regs = await agent.call({ op: 'GETREGS', pid });
-    const maps = parseMaps((await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/maps`, maxSize: 1 << 20 })).toString('utf8'));
-    const fds = (await agent.call({ op: 'LISTDIR', path: `/proc/${pid}/fd` })).map(Number);
-    const files = await probeMappedFiles(agent, pid, mappedFiles(image.regions));
-    const bootId = image.sleep ? (await agent.call({ op: 'READ_FILE', path: BOOT_ID_PATH, maxSize: 64 })).toString('latin1').trim() : undefined;
-    const plan = compileRestorePlan(image, { pid, regs, maps, fds, files, bootId }, options.policy);
-    const steps = await agent.batch(plan.map((s) => s.op));
-    checkSteps(plan, steps);
-    const requested = fixedImage(image, options.policy).image;
-    const differences = [...(await readBack(agent, pid, plan, requested, options.policy)), ...(await readBackThreads(agent, plan, requested, options.policy))];
-    return { pid, plan, differences };
+    return await restoreInto(agent, image, pid, options.policy);
   } catch (error) {
     // No half-restored process is left behind.
     const killed = await agent.call({ op: 'KILL', pid }).then(
@@ -83,6 +73,26 @@ export async function restoreProcess(agent: AgentClient, image: CheckpointImage,
     if (error instanceof CrhError) error.details.target = killed;
     throw error;
   }
+}
+
+/**
+ * Restores `image` into `pid`, a process stopped under the agent that the
+ * image's binary was exec'd into (or a copy of one: a tree's stub, whose
+ * `tree` facts the plan takes into account): probe, compile the plan, run
+ * it, read back. The caller owns the process, and kills it on failure.
+ */
+export async function restoreInto(agent: AgentClient, image: CheckpointImage, pid: number, policy: RestorePolicy, tree?: TargetProbe['tree']): Promise<RestoreResult> {
+  const regs = await agent.call({ op: 'GETREGS', pid });
+  const maps = parseMaps((await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/maps`, maxSize: 1 << 20 })).toString('utf8'));
+  const fds = (await agent.call({ op: 'LISTDIR', path: `/proc/${pid}/fd` })).map(Number);
+  const files = await probeMappedFiles(agent, pid, mappedFiles(image.regions));
+  const bootId = image.sleep ? (await agent.call({ op: 'READ_FILE', path: BOOT_ID_PATH, maxSize: 64 })).toString('latin1').trim() : undefined;
+  const plan = compileRestorePlan(image, { pid, regs, maps, fds, files, bootId, ...(tree ? { tree } : {}) }, policy);
+  const steps = await agent.batch(plan.map((s) => s.op));
+  checkSteps(plan, steps);
+  const requested = fixedImage(image, policy).image;
+  const differences = [...(await readBack(agent, pid, plan, requested, policy)), ...(await readBackThreads(agent, plan, requested, policy))];
+  return { pid, plan, differences };
 }
 
 async function spawnTarget(agent: AgentClient, image: CheckpointImage, options: RestoreOptions): Promise<{ pid: number }> {
@@ -98,7 +108,8 @@ async function spawnTarget(agent: AgentClient, image: CheckpointImage, options: 
   }
 }
 
-function checkSteps(plan: PlanStep[], steps: BatchStep[]): void {
+/** Throws RestoreStepError for the first step that failed or returned other than its `expect`. */
+export function checkSteps(plan: PlanStep[], steps: BatchStep[]): void {
   steps.forEach((step, i) => {
     const planned = plan[i]!;
     if (!step.ok) throw new RestoreStepError(`${step.message} (${errnoName(step.errno)})`, i, `${describeOp(planned.op)}: ${planned.why}`);
@@ -137,7 +148,8 @@ async function readBack(agent: AgentClient, pid: number, plan: PlanStep[], image
   const files = !omits(policy, 'files');
   const userfaultfds = !omits(policy, 'userfaultfd') && (image.task.userfaultfds?.length ?? 0) > 0;
   // One look at the descriptor table serves both.
-  const task = files || userfaultfds ? await captureTask(agent, pid) : undefined;
+  // A restored tree's pipes are read back by tree-restore.ts.
+  const task = files || userfaultfds ? await captureTask(agent, pid, { skipPipes: true }) : undefined;
   if (task && files) differences.push(...readBackTask(task, pid, image));
   if (task && userfaultfds) differences.push(...(await readBackUserfaultfds(agent, pid, image, task)));
   if (!omits(policy, 'pkeys') && image.pkeys.tagged.length > 0) differences.push(...(await readBackPkeys(agent, pid, image)));

@@ -27,7 +27,9 @@
  *   and working directory other than the agent's: a restored process gets
  *   the agent's.
  * The LDT is captured (ldt.ts); a descriptor there that modify_ldt cannot
- * make is refused by ldt.ts, naming the slot.
+ * make is refused by ldt.ts, naming the slot. A tree's checkpoint
+ * (tree-checkpoint.ts) captures the pipes between its processes and refuses
+ * a zombie in the tree (zombieProblem).
  */
 import { constants } from 'node:os';
 import type { AgentClient } from '../agent/client.ts';
@@ -216,7 +218,18 @@ export function uncapturableError(pid: number, found: readonly Uncapturable[]): 
 }
 
 /** Throws uncapturableError when the process holds anything the image cannot. */
-export async function refuseUncapturable(agent: AgentClient, pid: number, noAslr: boolean): Promise<void> {
-  const found = await findUncapturable(agent, pid, noAslr);
+export async function refuseUncapturable(agent: AgentClient, pid: number, noAslr: boolean, { pipesCaptured = false }: { pipesCaptured?: boolean } = {}): Promise<void> {
+  // A tree's checkpoint captures the pipes between its processes itself (tree-pipes.ts).
+  const found = (await findUncapturable(agent, pid, noAslr)).filter((u) => !(pipesCaptured && u.state === 'pipe'));
   if (found.length > 0) throw uncapturableError(pid, found);
+}
+
+/**
+ * A process of a checkpointed tree that has exited and not been waited for
+ * (state Z in /proc/PID/stat): it has no registers or memory left, and a
+ * restore cannot make a process a zombie again — its parent's wait would
+ * then find nothing, or hang.
+ */
+export function zombieProblem(pid: number, ppid: number, state: string): Uncapturable | undefined {
+  return state === 'Z' || state === 'X' ? { state: 'zombie', where: `pid ${pid}`, seen: `state ${state}: exited, not yet waited for by its parent ${ppid}` } : undefined;
 }

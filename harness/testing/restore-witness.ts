@@ -9,6 +9,8 @@ import type { AgentClient } from '../agent/client.ts';
 import type { CheckpointImage } from '../restore/checkpoint-image.ts';
 import { restoreProcess, type RestoreOptions, type RestoreResult } from '../restore/restore.ts';
 import type { RestoreWitness } from '../report/verdicts.ts';
+import { restoreTree, type TreeRestoreOptions, type TreeRestoreResult } from '../restore/tree-restore.ts';
+import type { ProcessTree } from '../restore/tree.ts';
 
 const pending: RestoreWitness[] = [];
 
@@ -32,6 +34,18 @@ export function takeRestores(): RestoreWitness[] {
 export async function restoreWitnessed(agent: AgentClient, image: CheckpointImage, options: RestoreOptions, tag: string): Promise<RestoreResult> {
   try {
     const restored = await restoreProcess(agent, image, options);
+    noteRestore({ tag, differences: restored.differences });
+    return restored;
+  } catch (error) {
+    noteRestore({ tag, differences: [], refused: error instanceof Error ? error.message : String(error) });
+    throw error;
+  }
+}
+
+/** restoreTree (tree-restore.ts), its read-back (every process's, and the tree's) or its refusal noted for the next verdict row under `tag`. */
+export async function restoreTreeWitnessed(agent: AgentClient, tree: ProcessTree, options: TreeRestoreOptions, tag: string): Promise<TreeRestoreResult> {
+  try {
+    const restored = await restoreTree(agent, tree, options);
     noteRestore({ tag, differences: restored.differences });
     return restored;
   } catch (error) {

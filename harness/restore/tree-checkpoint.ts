@@ -1,0 +1,151 @@
+/**
+ * Checkpoints a process and all its descendants — children of fork, vfork
+ * (after their exec) and clone without CLONE_THREAD, at any depth — as a
+ * tree (tree.ts): each process's pid, parent, group, session and exit
+ * signal, and each one's own image (checkpoint.ts).
+ *
+ * The root is stopped under the agent already (RUN left it so). Its
+ * descendants are found in /proc (every process's parent, from its stat)
+ * and each is seized and stopped (ATTACH), until a look at /proc finds none
+ * not yet stopped: a process that is stopped creates no more children, so
+ * this ends, and once every process is stopped the tree's state is one that
+ * really occurred — what each captures afterwards is consistent with the
+ * others (the contents of memory they share read after all are stopped).
+ *
+ * Refused by name (uncapturable.ts, CheckpointError): a zombie in the tree;
+ * a process reparented to the agent (a child of the agent's that is not the
+ * root and that the agent does not trace: a daemon of this program whose
+ * parent exited — restoring it needs a parent that then exits, not done
+ * yet); a descendant running another binary than the root's (an exec in a
+ * child: its stub would be a copy of the root's binary); shared anonymous
+ * memory that cannot be one object after a restore (tree.ts); a pipe that
+ * cannot be created once and inherited, or holds too much (tree-pipes.ts).
+ * The pipes between the processes are captured with their queued bytes.
+ */
+import type { AgentClient } from '../agent/client.ts';
+import { AgentError, CheckpointError } from '../errors.ts';
+import { checkpointProcess, type CheckpointProcessOptions } from './checkpoint.ts';
+import type { PlatformFacts, ProcessInfo } from './image-model.ts';
+import { PlanError } from './plan-step.ts';
+import { capturePipes, pipeCreator } from './tree-pipes.ts';
+import { creationOrder, sharedAnonymousObjects, type ProcessTree, type TreeMember } from './tree.ts';
+import { uncapturableError, zombieProblem, type Uncapturable } from './uncapturable.ts';
+
+/** A process as /proc/PID/stat shows it. */
+export interface ProcStat {
+  pid: number;
+  state: string;
+  ppid: number;
+  pgid: number;
+  sid: number;
+  exitSignal: number;
+}
+
+/** Fields of /proc/PID/stat after the parenthesised name: state (3), ppid (4), pgrp (5), session (6), exit_signal (38). */
+export function parseProcStat(pid: number, stat: string): ProcStat {
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const n = (field: number): number => Number(fields[field - 3]);
+  const parsed = { pid, state: fields[0] ?? '?', ppid: n(4), pgid: n(5), sid: n(6), exitSignal: n(38) };
+  if (![parsed.ppid, parsed.pgid, parsed.sid, parsed.exitSignal].every(Number.isInteger)) throw new CheckpointError(`cannot read /proc/${pid}/stat: ${stat.slice(0, 120)}`);
+  return parsed;
+}
+
+/** Every process in /proc, with its stat (a process that ends while being read is left out). */
+async function scanProcesses(agent: AgentClient): Promise<Map<number, ProcStat>> {
+  const found = new Map<number, ProcStat>();
+  for (const entry of await agent.call({ op: 'LISTDIR', path: '/proc' })) {
+    if (!/^\d+$/.test(entry)) continue;
+    const pid = Number(entry);
+    try {
+      found.set(pid, parseProcStat(pid, (await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/stat`, maxSize: 4096 })).toString('utf8')));
+    } catch (error) {
+      if (error instanceof AgentError) continue; // gone meanwhile
+      throw error;
+    }
+  }
+  return found;
+}
+
+/** The descendants of `root` among `all`, parents before children. */
+export function descendantsOf(root: number, all: ReadonlyMap<number, ProcStat>): ProcStat[] {
+  const found: ProcStat[] = [];
+  const frontier = [root];
+  while (frontier.length > 0) {
+    const parent = frontier.shift()!;
+    for (const p of [...all.values()].filter((s) => s.ppid === parent && s.pid !== root).sort((a, b) => a.pid - b.pid)) {
+      found.push(p);
+      frontier.push(p.pid);
+    }
+  }
+  return found;
+}
+
+async function tracerOf(agent: AgentClient, pid: number): Promise<number> {
+  const status = (await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/status`, maxSize: 65536 })).toString('utf8');
+  return Number(/^TracerPid:\s*(\d+)$/m.exec(status)?.[1] ?? 0);
+}
+
+export async function checkpointTree(agent: AgentClient, root: ProcessInfo, platform: PlatformFacts, options: CheckpointProcessOptions = {}): Promise<ProcessTree> {
+  const { agentPid } = await agent.call({ op: 'HELLO' });
+  // Stop every descendant, until none is left running.
+  const stopped = new Set<number>([root.pid]);
+  let all = await scanProcesses(agent);
+  for (;;) {
+    const running = descendantsOf(root.pid, all).filter((p) => !stopped.has(p.pid) && p.state !== 'Z' && p.state !== 'X');
+    if (running.length === 0) break;
+    for (const p of running) {
+      // A child the agent traces already (a clone child, left in its first stop) is stopped.
+      if ((await tracerOf(agent, p.pid)) !== agentPid) await agent.call({ op: 'ATTACH', pid: p.pid });
+      stopped.add(p.pid);
+    }
+    all = await scanProcesses(agent);
+  }
+
+  const members = descendantsOf(root.pid, all);
+  const refused: Uncapturable[] = [];
+  for (const p of members) {
+    const zombie = zombieProblem(p.pid, p.ppid, p.state);
+    if (zombie) refused.push(zombie);
+  }
+  for (const p of all.values()) {
+    if (p.ppid !== agentPid || p.pid === root.pid || p.state === 'Z' || p.state === 'X') continue;
+    if ((await tracerOf(agent, p.pid).catch(() => agentPid)) === agentPid) continue;
+    refused.push({ state: 'reparented orphan', where: `pid ${p.pid}`, seen: `a child of the agent (pid ${agentPid}, a subreaper) that it did not spawn: a process whose parent exited (a daemon), which a restore cannot give a parent that exits` });
+  }
+  const rootBinary = root.binary;
+  for (const p of members.filter((m) => m.state !== 'Z' && m.state !== 'X')) {
+    const exe = await agent.call({ op: 'READLINK', path: `/proc/${p.pid}/exe` });
+    if (exe !== rootBinary) refused.push({ state: 'exec in a child', where: `pid ${p.pid}`, seen: `runs ${exe}, not the root's ${rootBinary}: its restore would start from a copy of the root's binary` });
+  }
+  if (refused.length > 0) throw uncapturableError(root.pid, refused);
+
+  const rootStat = all.get(root.pid);
+  if (!rootStat) throw new CheckpointError(`pid ${root.pid} is not in /proc`);
+  const rootMember: TreeMember = { pid: root.pid, ppid: rootStat.ppid, pgid: rootStat.pgid, sid: rootStat.sid, exitSignal: rootStat.exitSignal };
+  const ordered = creationOrder(rootMember, members.map((p) => ({ pid: p.pid, ppid: p.ppid, pgid: p.pgid, sid: p.sid, exitSignal: p.exitSignal })));
+  const tree: ProcessTree = { members: [] };
+  for (const m of ordered) {
+    const cmdline = (await agent.call({ op: 'READ_FILE', path: `/proc/${m.pid}/cmdline`, maxSize: 65536 })).toString('utf8').split('\0').slice(0, -1);
+    const info: ProcessInfo = m.pid === root.pid ? root : { ...root, pid: m.pid, argv: cmdline };
+    tree.members.push({ ...m, image: await checkpointProcess(agent, info, platform, { ...options, pipesCaptured: true }) });
+  }
+  // After every process's own state: the temporary pipe the copy of queued bytes uses is gone again by then.
+  const pipes = await capturePipes(agent, tree.members.map((m) => m.pid));
+  if (pipes.length > 0) tree.pipes = pipes;
+  // Shared memory that could not be one object again is refused now, not at restore.
+  try {
+    sharedAnonymousObjects(tree);
+  } catch (error) {
+    if (error instanceof PlanError) throw new CheckpointError(error.message, { state: 'shared anonymous memory' });
+    throw error;
+  }
+  for (const p of pipes) {
+    try {
+      pipeCreator(tree.members, p);
+    } catch (error) {
+      if (error instanceof PlanError) throw new CheckpointError(error.message, { state: 'pipe' });
+      throw error;
+    }
+  }
+  return tree;
+}

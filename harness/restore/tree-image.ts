@@ -1,0 +1,158 @@
+/**
+ * A process tree's checkpoint image (format 10): the root's image as every
+ * image is, plus tree.json — each process's pid, parent, process group,
+ * session and exit signal, the root first and every process after its
+ * parent — and tree/PID.bin for every other process: that process's own
+ * image, a tar of the same entries a one-process image has (its manifest
+ * and digests included), nested. The outer manifest's digest covers each
+ * nested tar; each is read with the same checks as a top-level image.
+ * A version 9 image (and a version 10 one without tree.json) is a tree of
+ * one process.
+ */
+import * as tar from 'tar-stream';
+import { ImageRejectedError } from '../errors.ts';
+import { imageEntries, parseImageEntries, readTarEntries, writeCheckpointImage, type CheckpointImage } from './checkpoint-image.ts';
+import { pipesProblem } from './tree-pipes.ts';
+import { treeShapeProblem, type ProcessTree, type TreeMember, type TreePipe } from './tree.ts';
+
+export const TREE_ENTRY = 'tree.json';
+
+export function nestedEntryName(pid: number): string {
+  return `tree/${pid}.bin`;
+}
+
+interface TreeJsonPipe {
+  inode: number;
+  ends: Array<{ pid: number; fd: number; write: boolean; cloexec: boolean }>;
+  nonblockRead: boolean;
+  nonblockWrite: boolean;
+  size: number;
+  /** the queued bytes, base64 */
+  queued: string;
+}
+
+interface TreeJsonMember extends TreeMember {
+  /** tree/PID.bin for every process but the root (whose image is the top level's): null for the root */
+  entry: string | null;
+}
+
+/** A tar of `entries`, in memory. */
+async function packTar(entries: ReadonlyMap<string, Buffer>): Promise<Buffer> {
+  const pack = tar.pack();
+  const chunks: Buffer[] = [];
+  pack.on('data', (chunk: unknown) => void chunks.push(chunk as Buffer));
+  const ended = new Promise<void>((resolve, reject) => {
+    pack.on('end', resolve);
+    pack.on('error', reject);
+  });
+  for (const [name, data] of entries) pack.entry({ name, size: data.length, mode: 0o644, mtime: new Date(0) }, data);
+  pack.finalize();
+  await ended;
+  return Buffer.concat(chunks);
+}
+
+/** tree.json and the nested images, the extra entries of the root's image. */
+export async function treeEntries(tree: ProcessTree): Promise<Map<string, Buffer>> {
+  const [root, ...others] = tree.members;
+  if (!root) throw new RangeError('a process tree has at least its root');
+  const extra = new Map<string, Buffer>();
+  const members: TreeJsonMember[] = tree.members.map((m, i) => ({ pid: m.pid, ppid: m.ppid, pgid: m.pgid, sid: m.sid, exitSignal: m.exitSignal, entry: i === 0 ? null : nestedEntryName(m.pid) }));
+  const pipes: TreeJsonPipe[] = (tree.pipes ?? []).map((p) => ({ inode: p.inode, ends: p.ends, nonblockRead: p.nonblockRead, nonblockWrite: p.nonblockWrite, size: p.size, queued: p.queued.toString('base64') }));
+  extra.set(TREE_ENTRY, Buffer.from(`${JSON.stringify({ members, pipes }, null, 2)}\n`));
+  for (const m of others) extra.set(nestedEntryName(m.pid), await packTar(imageEntries(m.image)));
+  return extra;
+}
+
+/** Writes the tree as one image file (atomically, as writeCheckpointImage does). */
+export async function writeTreeImage(tree: ProcessTree, file: string): Promise<void> {
+  await writeCheckpointImage(tree.members[0]!.image, file, await treeEntries(tree));
+}
+
+export async function readTreeImage(file: string): Promise<ProcessTree> {
+  return parseTreeEntries(await readTarEntries(file));
+}
+
+/** Validates and reads a tree from an image's entries; every nested image is checked as a top-level one is. */
+export async function parseTreeEntries(entries: Map<string, Buffer>): Promise<ProcessTree> {
+  const rootImage = parseImageEntries(entries, { tree: true });
+  const raw = entries.get(TREE_ENTRY);
+  if (!raw) {
+    // A one-process image: its own session and group, no parent in the image.
+    return { members: [{ pid: rootImage.process.pid, ppid: 0, pgid: rootImage.task.pgid, sid: rootImage.task.sid, exitSignal: 17, image: rootImage }] };
+  }
+  const { members, pipes } = validateTreeJson(parseTreeJson(raw));
+  const listed = new Set(members.slice(1).map((m) => m.entry));
+  for (const name of entries.keys()) {
+    if (name.startsWith('tree/') && !listed.has(name)) throw new ImageRejectedError('nested image not listed in tree.json', name, '(entry)');
+  }
+  const tree: ProcessTree = { members: [] };
+  for (const [i, m] of members.entries()) {
+    let image: CheckpointImage;
+    if (i === 0) image = rootImage;
+    else {
+      const nested = entries.get(m.entry!);
+      if (!nested) throw new ImageRejectedError('listed in tree.json but absent', m.entry!, '(entry)');
+      image = parseImageEntries(await readTarEntries(nested));
+    }
+    if (image.process.pid !== m.pid) throw new ImageRejectedError(`holds pid ${image.process.pid}, tree.json says ${m.pid}`, i === 0 ? 'manifest.json' : m.entry!, 'process.pid');
+    if (image.task.pgid !== m.pgid || image.task.sid !== m.sid) throw new ImageRejectedError(`task.json says pgid ${image.task.pgid} sid ${image.task.sid}, tree.json ${m.pgid} ${m.sid}`, TREE_ENTRY, `members[${i}]`);
+    tree.members.push({ pid: m.pid, ppid: m.ppid, pgid: m.pgid, sid: m.sid, exitSignal: m.exitSignal, image });
+  }
+  if (pipes.length > 0) tree.pipes = pipes;
+  return tree;
+}
+
+function parseTreeJson(raw: Buffer): unknown {
+  if (raw.length > 1024 * 1024) throw new ImageRejectedError('larger than 1 MiB', TREE_ENTRY, 'size');
+  try {
+    return JSON.parse(raw.toString('utf8'));
+  } catch (error) {
+    throw new ImageRejectedError(`invalid JSON: ${(error as Error).message}`, TREE_ENTRY, '(json)');
+  }
+}
+
+function validateTreeJson(raw: unknown): { members: TreeJsonMember[]; pipes: TreePipe[] } {
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new ImageRejectedError('is not an object', TREE_ENTRY, '(root)');
+  const extra = Object.keys(raw).find((k) => k !== 'members' && k !== 'pipes');
+  if (extra) throw new ImageRejectedError('unknown field', TREE_ENTRY, extra);
+  const list = (raw as { members?: unknown }).members;
+  if (!Array.isArray(list)) throw new ImageRejectedError('is not an array', TREE_ENTRY, 'members');
+  const members = list.map((m: unknown, i): TreeJsonMember => {
+    if (typeof m !== 'object' || m === null || Array.isArray(m)) throw new ImageRejectedError('is not an object', TREE_ENTRY, `members[${i}]`);
+    const o = m as Record<string, unknown>;
+    const unknownKey = Object.keys(o).find((k) => !['pid', 'ppid', 'pgid', 'sid', 'exitSignal', 'entry'].includes(k));
+    if (unknownKey) throw new ImageRejectedError('unknown field', TREE_ENTRY, `members[${i}].${unknownKey}`);
+    const want = i === 0 ? null : nestedEntryName(o.pid as number);
+    if (o.entry !== want) throw new ImageRejectedError(`is ${JSON.stringify(o.entry)?.slice(0, 40)}, expected ${JSON.stringify(want)}`, TREE_ENTRY, `members[${i}].entry`);
+    return { pid: o.pid as number, ppid: o.ppid as number, pgid: o.pgid as number, sid: o.sid as number, exitSignal: o.exitSignal as number, entry: want };
+  });
+  const problem = treeShapeProblem(members);
+  if (problem) throw new ImageRejectedError(problem.why, TREE_ENTRY, problem.field);
+  const pipes = validatePipesJson((raw as { pipes?: unknown }).pipes ?? [], new Set(members.map((m) => m.pid)));
+  return { members, pipes };
+}
+
+function validatePipesJson(raw: unknown, pids: ReadonlySet<number>): TreePipe[] {
+  if (!Array.isArray(raw)) throw new ImageRejectedError('is not an array', TREE_ENTRY, 'pipes');
+  if (raw.length > 1024) throw new ImageRejectedError(`${raw.length} pipes, limit 1024`, TREE_ENTRY, 'pipes');
+  const pipes = raw.map((p: unknown, i): TreePipe => {
+    if (typeof p !== 'object' || p === null || Array.isArray(p)) throw new ImageRejectedError('is not an object', TREE_ENTRY, `pipes[${i}]`);
+    const o = p as Record<string, unknown>;
+    const unknownKey = Object.keys(o).find((k) => !['inode', 'ends', 'nonblockRead', 'nonblockWrite', 'size', 'queued'].includes(k));
+    if (unknownKey) throw new ImageRejectedError('unknown field', TREE_ENTRY, `pipes[${i}].${unknownKey}`);
+    if (typeof o.nonblockRead !== 'boolean' || typeof o.nonblockWrite !== 'boolean') throw new ImageRejectedError('must be booleans', TREE_ENTRY, `pipes[${i}].nonblock`);
+    if (typeof o.queued !== 'string' || !/^[A-Za-z0-9+/]*={0,2}$/.test(o.queued)) throw new ImageRejectedError('is not base64', TREE_ENTRY, `pipes[${i}].queued`);
+    if (!Array.isArray(o.ends)) throw new ImageRejectedError('is not an array', TREE_ENTRY, `pipes[${i}].ends`);
+    const ends = o.ends.map((e: unknown, j) => {
+      if (typeof e !== 'object' || e === null || Array.isArray(e)) throw new ImageRejectedError('is not an object', TREE_ENTRY, `pipes[${i}].ends[${j}]`);
+      const x = e as Record<string, unknown>;
+      const bad = Object.keys(x).find((k) => !['pid', 'fd', 'write', 'cloexec'].includes(k));
+      if (bad) throw new ImageRejectedError('unknown field', TREE_ENTRY, `pipes[${i}].ends[${j}].${bad}`);
+      return { pid: x.pid as number, fd: x.fd as number, write: x.write as boolean, cloexec: x.cloexec as boolean };
+    });
+    return { inode: o.inode as number, ends, nonblockRead: o.nonblockRead, nonblockWrite: o.nonblockWrite, size: o.size as number, queued: Buffer.from(o.queued, 'base64') };
+  });
+  const problem = pipesProblem(pipes, pids);
+  if (problem) throw new ImageRejectedError(problem.why, TREE_ENTRY, problem.field);
+  return pipes;
+}

@@ -1,0 +1,185 @@
+/**
+ * Pipes between the processes of a tree, with the bytes queued in them.
+ *
+ * Checkpoint: every pipe descriptor of every process, grouped by the pipe's
+ * inode (/proc/PID/fd/N reads pipe:[inode]); each descriptor's end (the
+ * access mode), close-on-exec flag and O_NONBLOCK (fdinfo); the pipe's
+ * buffer size (F_GETPIPE_SZ) and its queued bytes, copied without consuming
+ * them: tee(2) from a read end into a temporary pipe of the holder, read
+ * from there (FIONREAD says how many).
+ *
+ * Restore: the pipe is created once, in the holder that is an ancestor of
+ * every other holder (its creator), right after that process exists and
+ * before its children are cloned, so they inherit it; it gets its size, its
+ * O_NONBLOCK flags and its queued bytes (written into the fresh pipe), and
+ * its ends are parked at descriptors above every descriptor of the tree.
+ * Once every process exists, each dup3s the ends it held to its own numbers
+ * (close-on-exec as it was) and closes the parked ones; a process that held
+ * none just closes them.
+ *
+ * Limits, refused by name: a pipe held by no ancestor of all its holders;
+ * more than MAX_QUEUED_BYTES queued; one end reached through descriptions
+ * with different O_NONBLOCK (the ends of a description cannot be told
+ * apart from /proc). A pipe whose other end is held outside the tree cannot
+ * be told from one whose other end was closed: it is restored as closed.
+ */
+import type { AgentClient } from '../agent/client.ts';
+import { AgentError, CheckpointError } from '../errors.ts';
+import { parseFdinfo, O } from './files.ts';
+import { PlanError } from './plan-step.ts';
+import { withScratchPage } from './scratch.ts';
+import { isAncestor, type PipeEnd, type TreeAction, type TreeMember, type TreePipe } from './tree.ts';
+
+export type { PipeEnd, TreePipe };
+
+/** Queued bytes a pipe may hold in an image: they are written back from the stub's stack. */
+export const MAX_QUEUED_BYTES = 32 * 1024;
+export const DEFAULT_PIPE_BYTES = 65536;
+
+const NR = { read: 0, close: 3, ioctl: 16, fcntl: 72, tee: 276, pipe2: 293 } as const;
+const F_GETPIPE_SZ = 1032n;
+const FIONREAD = 0x541bn;
+const SPLICE_F_NONBLOCK = 2n;
+const O_NONBLOCK = BigInt(O.NONBLOCK);
+const O_CLOEXEC = BigInt(O.CLOEXEC);
+const PIPE_LINK = /^pipe:\[(\d+)\]$/;
+
+function failed(result: bigint): boolean {
+  return result < 0n && result > -4096n;
+}
+
+/** Every pipe the processes `pids` hold (all stopped), with its queued bytes. */
+export async function capturePipes(agent: AgentClient, pids: readonly number[]): Promise<TreePipe[]> {
+  const byInode = new Map<number, { ends: PipeEnd[]; nonblock: { read: Set<boolean>; write: Set<boolean> } }>();
+  for (const pid of pids) {
+    for (const fd of (await agent.call({ op: 'LISTDIR', path: `/proc/${pid}/fd` })).map(Number).sort((a, b) => a - b)) {
+      const inode = Number(PIPE_LINK.exec(await agent.call({ op: 'READLINK', path: `/proc/${pid}/fd/${fd}` }))?.[1] ?? 0);
+      if (!inode) continue;
+      const { flags } = parseFdinfo((await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/fdinfo/${fd}`, maxSize: 65536 })).toString('utf8'));
+      const write = (flags & 3) === O.WRONLY;
+      const pipe = byInode.get(inode) ?? { ends: [], nonblock: { read: new Set<boolean>(), write: new Set<boolean>() } };
+      pipe.ends.push({ pid, fd, write, cloexec: (flags & O.CLOEXEC) !== 0 });
+      pipe.nonblock[write ? 'write' : 'read'].add((flags & O.NONBLOCK) !== 0);
+      byInode.set(inode, pipe);
+    }
+  }
+  const pipes: TreePipe[] = [];
+  for (const [inode, p] of byInode) {
+    for (const side of ['read', 'write'] as const) {
+      if (p.nonblock[side].size > 1) throw new CheckpointError(`pipe:[${inode}]: its ${side} end is open with and without O_NONBLOCK (two open file descriptions, which a restore cannot tell apart)`, { state: 'pipe', target: `pipe:[${inode}]` });
+    }
+    const reader = p.ends.find((e) => !e.write);
+    const { size, queued } = reader ? await readQueued(agent, inode, reader) : { size: await pipeSize(agent, p.ends[0]!), queued: Buffer.alloc(0) };
+    pipes.push({ inode, ends: p.ends, nonblockRead: p.nonblock.read.has(true), nonblockWrite: p.nonblock.write.has(true), size, queued });
+  }
+  return pipes;
+}
+
+async function pipeSize(agent: AgentClient, end: PipeEnd): Promise<number> {
+  const size = await agent.call({ op: 'INJECT_SYSCALL', pid: end.pid, nr: NR.fcntl, args: [BigInt(end.fd), F_GETPIPE_SZ] });
+  if (failed(size)) throw new AgentError(`fcntl(F_GETPIPE_SZ) on fd ${end.fd} of pid ${end.pid}: errno ${-size}`, 'INJECT_SYSCALL', Number(-size));
+  return Number(size);
+}
+
+/** The pipe's size and queued bytes, through a read end, without consuming them (tee into a temporary pipe). */
+async function readQueued(agent: AgentClient, inode: number, reader: PipeEnd): Promise<{ size: number; queued: Buffer }> {
+  const { pid, fd } = reader;
+  const size = await pipeSize(agent, reader);
+  const queued = await withScratchPage(agent, pid, async (scratch) => {
+    const call = async (nr: number, args: bigint[], what: string): Promise<bigint> => {
+      const r = await agent.call({ op: 'INJECT_SYSCALL', pid, nr, args });
+      if (failed(r)) throw new AgentError(`${what} in pid ${pid} (reading pipe:[${inode}]): errno ${-r}`, 'INJECT_SYSCALL', Number(-r));
+      return r;
+    };
+    await call(NR.ioctl, [BigInt(fd), FIONREAD, scratch], `ioctl(${fd}, FIONREAD)`);
+    const count = (await agent.call({ op: 'READ_MEM', pid, address: scratch, length: 4 })).readInt32LE(0);
+    if (count === 0) return Buffer.alloc(0);
+    if (count > MAX_QUEUED_BYTES) throw new CheckpointError(`pipe:[${inode}] holds ${count} queued bytes, more than the ${MAX_QUEUED_BYTES} an image holds`, { state: 'pipe', target: `pipe:[${inode}]` });
+    await call(NR.pipe2, [scratch, O_CLOEXEC | O_NONBLOCK], 'pipe2 (a temporary pipe)');
+    const fds = await agent.call({ op: 'READ_MEM', pid, address: scratch, length: 8 });
+    const [tmpRead, tmpWrite] = [BigInt(fds.readInt32LE(0)), BigInt(fds.readInt32LE(4))];
+    try {
+      const teed = await call(NR.tee, [BigInt(fd), tmpWrite, BigInt(count), SPLICE_F_NONBLOCK], `tee(${fd})`);
+      const got = await call(NR.read, [tmpRead, scratch + 4096n, teed], 'read (the temporary pipe)');
+      if (got !== BigInt(count)) throw new CheckpointError(`pipe:[${inode}]: FIONREAD said ${count} bytes, tee and read gave ${got}`, { state: 'pipe' });
+      return await agent.call({ op: 'READ_MEM', pid, address: scratch + 4096n, length: count });
+    } finally {
+      await agent.call({ op: 'INJECT_SYSCALL', pid, nr: NR.close, args: [tmpRead] });
+      await agent.call({ op: 'INJECT_SYSCALL', pid, nr: NR.close, args: [tmpWrite] });
+    }
+  }, 4096 + MAX_QUEUED_BYTES);
+  return { size, queued };
+}
+
+/** The holder of a pipe that is an ancestor of all its holders; PlanError when none is. */
+export function pipeCreator(members: readonly TreeMember[], pipe: TreePipe): number {
+  const holders = [...new Set(pipe.ends.map((e) => e.pid))];
+  const creator = holders.find((c) => holders.every((p) => isAncestor(members, c, p)));
+  if (creator === undefined) throw new PlanError(`pipe:[${pipe.inode}] is held by ${holders.map((p) => `pid ${p}`).join(', ')}, none an ancestor of the others: it cannot be created once and inherited`);
+  return creator;
+}
+
+/** The lowest descriptor above every descriptor `members` use (pipe ends and `otherFds`): where pipes are parked. */
+export function parkingBase(pipes: readonly TreePipe[], otherFds: readonly number[]): number {
+  return Math.max(99, ...otherFds, ...pipes.flatMap((p) => p.ends.map((e) => e.fd))) + 1;
+}
+
+/**
+ * The skeleton with the pipes in it: each pipe's creation right after its
+ * creator's own actions (before its first child is cloned), and, once every
+ * process exists, each process's ends moved to their numbers and the parked
+ * descriptors closed. Pure.
+ */
+export function withPipes(actions: readonly TreeAction[], members: readonly TreeMember[], pipes: readonly TreePipe[], base: number): TreeAction[] {
+  if (pipes.length === 0) return [...actions];
+  const parked = pipes.map((p, i) => ({ pipe: p, read: base + 2 * i, write: base + 2 * i + 1, creator: pipeCreator(members, p) }));
+  const out: TreeAction[] = [];
+  const created = new Set<number>();
+  const createFor = (pid: number): void => {
+    if (created.has(pid)) return;
+    created.add(pid);
+    for (const k of parked.filter((x) => x.creator === pid)) {
+      out.push({ kind: 'pipe-create', pid, read: k.read, write: k.write, nonblockRead: k.pipe.nonblockRead, nonblockWrite: k.pipe.nonblockWrite, size: k.pipe.size, queued: k.pipe.queued, why: `pipe:[${k.pipe.inode}] created in pid ${pid} (held by ${[...new Set(k.pipe.ends.map((e) => e.pid))].join(' ')}), parked at fds ${k.read} and ${k.write}, ${k.pipe.queued.length} queued bytes written back` });
+    }
+  };
+  for (const a of actions) {
+    // A process's pipes come after its own actions, before the first child it clones.
+    if (a.kind === 'clone') createFor(a.parent);
+    out.push(a);
+  }
+  for (const m of members) createFor(m.pid);
+  for (const m of members) {
+    const inherited = parked.filter((k) => isAncestor(members, k.creator, m.pid));
+    for (const k of inherited) {
+      for (const e of k.pipe.ends.filter((x) => x.pid === m.pid)) {
+        out.push({ kind: 'fd-dup', pid: m.pid, from: e.write ? k.write : k.read, to: e.fd, cloexec: e.cloexec, why: `pid ${m.pid} fd ${e.fd}: the ${e.write ? 'write' : 'read'} end of pipe:[${k.pipe.inode}]${e.cloexec ? ' (close-on-exec)' : ''}` });
+      }
+    }
+    for (const k of inherited) {
+      out.push({ kind: 'fd-close', pid: m.pid, fd: k.read, why: `pid ${m.pid}: close the parked read end of pipe:[${k.pipe.inode}]` });
+      out.push({ kind: 'fd-close', pid: m.pid, fd: k.write, why: `pid ${m.pid}: close the parked write end of pipe:[${k.pipe.inode}]` });
+    }
+  }
+  return out;
+}
+
+/** Why a pipes list from tree.json is malformed, or undefined. */
+export function pipesProblem(pipes: readonly TreePipe[], pids: ReadonlySet<number>): { field: string; why: string } | undefined {
+  const used = new Set<string>();
+  for (const [i, p] of pipes.entries()) {
+    if (!Number.isInteger(p.inode) || p.inode < 1) return { field: `pipes[${i}].inode`, why: `${p.inode} is no inode` };
+    if (!Number.isInteger(p.size) || p.size < 4096 || p.size > 1 << 20 || (p.size & (p.size - 1)) !== 0) return { field: `pipes[${i}].size`, why: `${p.size} is no pipe size (a power of two, 4 KiB-1 MiB)` };
+    if (p.queued.length > MAX_QUEUED_BYTES || p.queued.length > p.size) return { field: `pipes[${i}].queued`, why: `${p.queued.length} bytes, more than ${Math.min(MAX_QUEUED_BYTES, p.size)}` };
+    if (!Array.isArray(p.ends) || p.ends.length === 0 || p.ends.length > 4096) return { field: `pipes[${i}].ends`, why: 'no end, or too many' };
+    for (const [j, e] of p.ends.entries()) {
+      const at = `pipes[${i}].ends[${j}]`;
+      if (!pids.has(e.pid)) return { field: `${at}.pid`, why: `${e.pid} is no process of the tree` };
+      if (!Number.isInteger(e.fd) || e.fd < 0 || e.fd > 65535) return { field: `${at}.fd`, why: `${e.fd} is no descriptor` };
+      if (typeof e.write !== 'boolean' || typeof e.cloexec !== 'boolean') return { field: at, why: 'write and cloexec must be booleans' };
+      const key = `${e.pid}:${e.fd}`;
+      if (used.has(key)) return { field: `${at}.fd`, why: `pid ${e.pid} fd ${e.fd} appears twice` };
+      used.add(key);
+    }
+  }
+  return undefined;
+}

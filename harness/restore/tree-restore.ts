@@ -1,0 +1,276 @@
+/**
+ * Restores a process tree with its pids, parent links, process groups and
+ * sessions. First the skeleton (tree.ts plans it): the root's stub spawned
+ * by the agent with its pid; each child made by clone3 injected into its
+ * parent's stub (set_tid = its pid, its exit signal, no CLONE_VM: a copy of
+ * the parent's fresh process, traced from its first instruction through
+ * TRACE_FORKS), before that parent's memory is restored, so the kernel links
+ * it to the right parent; setsid in a session leader before its children
+ * exist, groups once all do; the tree's shared anonymous objects mapped in
+ * their creator before its children are cloned, so they inherit one object.
+ * Then every process is restored by the single-process restore
+ * (restore.ts restoreInto), and the tree is read back from /proc.
+ * A failure kills every process created so far, the root first (its
+ * children are then the agent's, which reaps them), and names the step.
+ */
+import type { AgentClient } from '../agent/client.ts';
+import { AgentError, CrhError, RestoreStepError } from '../errors.ts';
+import { parseFdinfo, parseStatSession } from './files.ts';
+import { PlanError, type PlanStep } from './plan-step.ts';
+import { DEFAULT_PIPE_BYTES, parkingBase, withPipes } from './tree-pipes.ts';
+import { omits, assertPolicyAdmits, type RestorePolicy } from './policy.ts';
+import type { Mapping } from './proc-maps.ts';
+import { checkSteps, PidInUseError, restoreInto, type Difference, type RestoreResult } from './restore.ts';
+import { PROT } from './syscall-steps.ts';
+import { assertThreadsAdmitted } from './threads.ts';
+import { planTreeSkeleton, sharedAnonymousObjects, type ProcessTree, type SharedAnonymous, type TreeAction, type TreePipe } from './tree.ts';
+
+const NR = { write: 1, close: 3, mmap: 9, munmap: 11, fcntl: 72, setpgid: 109, setsid: 112, dup3: 292, pipe2: 293, clone3: 435 } as const;
+const F_SETFL = 4n;
+const F_SETPIPE_SZ = 1031n;
+const O_NONBLOCK = 0o4000n;
+const O_CLOEXEC = 0o2000000n;
+/** Where a fresh stub's pipe2 puts a new pipe: the lowest free descriptors, above its 0-2 (every parked one is higher). */
+const FRESH_PIPE = { read: 3n, write: 4n } as const;
+const EEXIST = 17;
+const MAP_SHARED = 0x01n;
+const MAP_ANONYMOUS = 0x20n;
+const MAP_FIXED_NOREPLACE = 0x100000n;
+const NO_FD = BigInt.asUintN(64, -1n);
+/** struct clone_args up to cgroup (CLONE_ARGS_SIZE_VER2), then the one set_tid entry. */
+export const CLONE_ARGS_BYTES = 88;
+
+export interface TreeRestoreOptions {
+  policy: RestorePolicy;
+  /** guest file the restored processes write their stdout/stderr to (the root's stub opens it; every child inherits it) */
+  stdoutPath: string;
+}
+
+export interface TreeRestoreResult {
+  /** the skeleton's steps: clones, sessions, groups, shared objects */
+  skeleton: PlanStep[];
+  /** each process's own restore, in the tree's order (the root first) */
+  members: RestoreResult[];
+  /** pid, parent, group and session as /proc shows them, where they differ from the image; each process's own read-back differences, named with its pid */
+  differences: Difference[];
+}
+
+/** Where a stub's injected clone3 finds its arguments, and the text word its injection patches (put back in each new child, which got a copy of the patched page). */
+export interface StubFacts {
+  /** a writable address in the stub's stack, below its stack pointer (every stub is a copy: the same in all) */
+  scratch: bigint;
+  rip: bigint;
+  word: Buffer;
+}
+
+/** struct clone_args for a child process: no flags (a fork), its exit signal, set_tid = its pid; the pid follows at +88. */
+export function cloneArgs(pid: number, exitSignal: number, scratch: bigint): Buffer {
+  const b = Buffer.alloc(CLONE_ARGS_BYTES + 8);
+  b.writeBigUInt64LE(BigInt(exitSignal), 32);
+  b.writeBigUInt64LE(scratch + BigInt(CLONE_ARGS_BYTES), 64);
+  b.writeBigUInt64LE(1n, 72);
+  b.writeInt32LE(pid, CLONE_ARGS_BYTES);
+  return b;
+}
+
+/** Queued pipe bytes go this far below the clone_args scratch, in the fresh stub's stack (its VMA reaches 128 KiB below the arguments). */
+const PIPE_DATA_BELOW_SCRATCH = 0x9000;
+
+/** The agent steps of the skeleton's actions (the root's spawn is not one: restoreTree does it first). Pure. */
+export function skeletonSteps(actions: readonly TreeAction[], stub: StubFacts): PlanStep[] {
+  const steps: PlanStep[] = [];
+  for (const a of actions) {
+    switch (a.kind) {
+      case 'spawn-root':
+        break;
+      case 'clone':
+        steps.push(
+          { op: { op: 'TRACE_FORKS', pid: a.parent, on: true }, why: `trace what pid ${a.parent} forks: the child is traced from its first instruction` },
+          { op: { op: 'WRITE_MEM', pid: a.parent, address: stub.scratch, data: cloneArgs(a.pid, a.exitSignal, stub.scratch) }, why: `clone_args for pid ${a.pid}: exit signal ${a.exitSignal}, set_tid ${a.pid}` },
+          { op: { op: 'INJECT_SYSCALL', pid: a.parent, nr: NR.clone3, args: [stub.scratch, BigInt(CLONE_ARGS_BYTES)] }, why: a.why, expect: BigInt(a.pid) },
+          { op: { op: 'WRITE_MEM', pid: a.pid, address: stub.rip, data: stub.word }, why: `pid ${a.pid}: put back the text its parent's injection had patched when the page was copied` },
+          { op: { op: 'TRACE_FORKS', pid: a.parent, on: false }, why: `pid ${a.parent}: stop tracing forks` },
+          { op: { op: 'TRACE_FORKS', pid: a.pid, on: false }, why: `pid ${a.pid}: inherited the fork tracing; off` },
+        );
+        break;
+      case 'setsid':
+        steps.push({ op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.setsid, args: [] }, why: a.why, expect: BigInt(a.pid) });
+        break;
+      case 'setpgid':
+        steps.push({ op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.setpgid, args: [0n, a.pgid === a.pid ? 0n : BigInt(a.pgid)] }, why: a.why, expect: 0n });
+        break;
+      case 'map-shared':
+        steps.push({ op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.mmap, args: [a.start, a.end - a.start, PROT.READ | PROT.WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, NO_FD, 0n] }, why: a.why, expect: a.start });
+        break;
+      case 'unmap-inherited':
+        steps.push({ op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.munmap, args: [a.start, a.end - a.start] }, why: a.why, expect: 0n });
+        break;
+      case 'pipe-create': {
+        const [r, w] = [BigInt(a.read), BigInt(a.write)];
+        steps.push(
+          { op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.pipe2, args: [stub.scratch + 128n, 0n] }, why: a.why, expect: 0n },
+          { op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.dup3, args: [FRESH_PIPE.read, r, 0n] }, why: `park the read end at fd ${a.read}`, expect: r },
+          { op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.dup3, args: [FRESH_PIPE.write, w, 0n] }, why: `park the write end at fd ${a.write}`, expect: w },
+          { op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.close, args: [FRESH_PIPE.read] }, why: 'close the unparked read end', expect: 0n },
+          { op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.close, args: [FRESH_PIPE.write] }, why: 'close the unparked write end', expect: 0n },
+        );
+        if (a.nonblockRead) steps.push({ op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.fcntl, args: [r, F_SETFL, O_NONBLOCK] }, why: 'O_NONBLOCK on the read end', expect: 0n });
+        if (a.nonblockWrite) steps.push({ op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.fcntl, args: [w, F_SETFL, O_NONBLOCK] }, why: 'O_NONBLOCK on the write end', expect: 0n });
+        if (a.size !== DEFAULT_PIPE_BYTES) steps.push({ op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.fcntl, args: [w, F_SETPIPE_SZ, BigInt(a.size)] }, why: `pipe size ${a.size} bytes`, expect: BigInt(a.size) });
+        if (a.queued.length > 0) {
+          const at = stub.scratch - BigInt(PIPE_DATA_BELOW_SCRATCH);
+          steps.push(
+            { op: { op: 'WRITE_MEM', pid: a.pid, address: at, data: a.queued }, why: `the ${a.queued.length} queued bytes, in the stub's stack` },
+            { op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.write, args: [w, at, BigInt(a.queued.length)] }, why: `write the ${a.queued.length} queued bytes back into the pipe`, expect: BigInt(a.queued.length) },
+          );
+        }
+        break;
+      }
+      case 'fd-dup':
+        steps.push({ op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.dup3, args: [BigInt(a.from), BigInt(a.to), a.cloexec ? O_CLOEXEC : 0n] }, why: a.why, expect: BigInt(a.to) });
+        break;
+      case 'fd-close':
+        steps.push({ op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.close, args: [BigInt(a.fd)] }, why: a.why, expect: 0n });
+        break;
+    }
+  }
+  return steps;
+}
+
+/** The shared objects a process holds, as the mappings its stub has for them when its own restore starts. */
+export function inheritedShared(shared: readonly SharedAnonymous[], pid: number): Mapping[] {
+  return shared.filter((o) => o.holders.includes(pid)).map((o) => ({ start: o.start, end: o.end, perms: 'rw-s', offset: 0n, device: '00:00', inode: o.inode, name: '/dev/zero (deleted)' }));
+}
+
+/**
+ * The pure part of a tree's restore under `policy`: its shared objects, its
+ * pipes as they will be made, and the skeleton's actions. Throws PlanError
+ * (naming the process, object or pipe) when the tree cannot be rebuilt.
+ */
+export function planTreeRestore(tree: ProcessTree, policy: RestorePolicy): { shared: SharedAnonymous[]; pipes: TreePipe[]; actions: TreeAction[] } {
+  // omit=mapping-kinds: no shared object is created; each process maps private memory of its own (the control).
+  const shared = omits(policy, 'mapping-kinds') ? [] : sharedAnonymousObjects(tree);
+  // omit=pipe-contents: the pipes without their queued bytes (the control).
+  const pipes = (tree.pipes ?? []).map((p) => (omits(policy, 'pipe-contents') ? { ...p, queued: Buffer.alloc(0) } : p));
+  const fdsInTree = tree.members.flatMap((m) => [...m.image.task.files.map((f) => f.fd), ...(m.image.task.userfaultfds ?? []).map((u) => u.fd), ...m.image.timers.timerfds.map((x) => x.fd)]);
+  const actions = withPipes(planTreeSkeleton(tree.members, shared), tree.members, pipes, parkingBase(pipes, fdsInTree));
+  return { shared, pipes, actions };
+}
+
+export async function restoreTree(agent: AgentClient, tree: ProcessTree, options: TreeRestoreOptions): Promise<TreeRestoreResult> {
+  const { policy } = options;
+  const [root] = tree.members;
+  if (!root) throw new RangeError('a process tree has at least its root');
+  // Everything that can refuse does so before the guest is touched.
+  for (const m of tree.members) {
+    assertPolicyAdmits(m.image.regs.eflags, policy);
+    assertThreadsAdmitted(m.image, policy);
+  }
+  const { shared, pipes, actions } = planTreeRestore(tree, policy);
+
+  const created: number[] = [];
+  try {
+    const process = root.image.process;
+    try {
+      await agent.call({ op: 'SPAWN', path: process.binary, argv: process.argv, envp: process.envp, stdoutPath: options.stdoutPath, noAslr: process.noAslr, pid: root.pid });
+    } catch (error) {
+      if (error instanceof AgentError && error.errno === EEXIST) throw new PidInUseError(`cannot restore the tree's root as pid ${root.pid}: another process has it (is the original still alive?)`, { agent: error.message });
+      throw error;
+    }
+    created.push(root.pid);
+    const regs = await agent.call({ op: 'GETREGS', pid: root.pid });
+    // Pipes are created where pipe2 puts them in a fresh stub (fds 3 and 4): the stub must have 0-2 open, nothing else.
+    const stubFds = (await agent.call({ op: 'LISTDIR', path: `/proc/${root.pid}/fd` })).map(Number).sort((a, b) => a - b);
+    if (pipes.length > 0 && stubFds.join(' ') !== '0 1 2') throw new PlanError(`the root's stub has fds ${stubFds.join(' ')} open, not 0-2: its pipe2 would not return fds 3 and 4`);
+    const stub: StubFacts = { scratch: (regs.rsp - 4096n) & ~0xfn, rip: regs.rip, word: await agent.call({ op: 'READ_MEM', pid: root.pid, address: regs.rip, length: 8 }) };
+    const skeleton = skeletonSteps(actions, stub);
+    for (const a of actions) if (a.kind === 'clone') created.push(a.pid);
+    const results = await agent.batch(skeleton.map((s) => s.op));
+    try {
+      checkSteps(skeleton, results);
+    } catch (error) {
+      if (error instanceof RestoreStepError && results.some((r) => !r.ok && r.errno === EEXIST)) {
+        throw new PidInUseError(`cannot restore the tree: ${error.message} (a pid of the tree is in use: is the original still alive?)`, { step: error.message });
+      }
+      throw error;
+    }
+    const members: RestoreResult[] = [];
+    const differences: Difference[] = [];
+    for (const m of tree.members) {
+      const restored = await restoreInto(agent, m.image, m.pid, policy, { inheritedShared: inheritedShared(shared, m.pid) });
+      members.push(restored);
+      differences.push(...restored.differences.map((d) => ({ ...d, what: `pid ${m.pid} ${d.what}` })));
+    }
+    differences.push(...(await readBackTree(agent, tree)), ...(await readBackPipes(agent, pipes)));
+    return { skeleton, members, differences };
+  } catch (error) {
+    const killed: string[] = [];
+    for (const pid of created) {
+      killed.push(await agent.call({ op: 'KILL', pid }).then(() => `pid ${pid} killed`, (e: unknown) => `pid ${pid}: ${(e as Error).message}`));
+    }
+    if (error instanceof CrhError) error.details.target = killed.join('; ');
+    throw error;
+  }
+}
+
+/**
+ * Parent, group and session of every process as /proc shows them now. The
+ * root's parent is the agent, and a session or group the root did not lead
+ * is whatever started it ("outside"), in the image and now alike.
+ */
+async function readBackTree(agent: AgentClient, tree: ProcessTree): Promise<Difference[]> {
+  const now = new Map<number, { ppid: number; pgid: number; sid: number }>();
+  for (const m of tree.members) {
+    const stat = (await agent.call({ op: 'READ_FILE', path: `/proc/${m.pid}/stat`, maxSize: 4096 })).toString('utf8');
+    now.set(m.pid, { ...parseStatSession(stat), ppid: Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) });
+  }
+  const root = tree.members[0]!;
+  const rootNow = now.get(root.pid)!;
+  const name = (v: number, outside: number, rootPid: number): string => (v === outside && v !== rootPid ? 'outside' : String(v));
+  const differences: Difference[] = [];
+  for (const [i, m] of tree.members.entries()) {
+    const got = now.get(m.pid)!;
+    if (i > 0 && got.ppid !== m.ppid) differences.push({ what: `pid ${m.pid} parent`, requested: String(m.ppid), accepted: String(got.ppid) });
+    for (const key of ['pgid', 'sid'] as const) {
+      const requested = name(m[key], root[key], root.pid);
+      const accepted = name(got[key], rootNow[key], root.pid);
+      if (requested !== accepted) differences.push({ what: `pid ${m.pid} ${key}`, requested, accepted });
+    }
+  }
+  return differences;
+}
+
+/**
+ * Every pipe end where the image has one: the same pipe behind all the ends
+ * of one image pipe, another behind each other pipe, the access mode and
+ * close-on-exec as they were. (The queued bytes cannot be read back without
+ * running the tree; the workload checks them itself.)
+ */
+async function readBackPipes(agent: AgentClient, pipes: readonly TreePipe[]): Promise<Difference[]> {
+  const differences: Difference[] = [];
+  const seen = new Map<string, number>();
+  for (const [i, p] of pipes.entries()) {
+    for (const e of p.ends) {
+      const what = `pid ${e.pid} fd ${e.fd}`;
+      const requested = `${e.write ? 'write' : 'read'} end of pipe ${i}${e.cloexec ? ', close-on-exec' : ''}`;
+      const link = await agent.call({ op: 'READLINK', path: `/proc/${e.pid}/fd/${e.fd}` }).catch(() => 'closed');
+      const inode = /^pipe:\[(\d+)\]$/.exec(link)?.[1];
+      if (!inode) {
+        differences.push({ what, requested, accepted: link });
+        continue;
+      }
+      const { flags } = parseFdinfo((await agent.call({ op: 'READ_FILE', path: `/proc/${e.pid}/fdinfo/${e.fd}`, maxSize: 65536 })).toString('utf8'));
+      const owner = seen.get(inode) ?? i;
+      seen.set(inode, owner);
+      const accepted = `${(flags & 3) === 1 ? 'write' : 'read'} end of pipe ${owner}${(flags & 0o2000000) !== 0 ? ', close-on-exec' : ''}`;
+      if (accepted !== requested) differences.push({ what, requested, accepted });
+    }
+  }
+  return differences;
+}
+
+/** Lets every process but the root run on untraced (RELEASE), so the root can be RUN while its descendants run too. */
+export async function releaseDescendants(agent: AgentClient, tree: ProcessTree): Promise<void> {
+  for (const m of tree.members.slice(1)) await agent.call({ op: 'RELEASE', pid: m.pid });
+}
+
