@@ -31,6 +31,7 @@ import { sleepJson, type SleepDeadline } from './sleep-deadline.ts';
 import { pkeysJson, type PkeyState } from './pkeys.ts';
 import { uniqueSibling } from '../util/atomic-write.ts';
 import { packStored, storedRanges } from './stored-pages.ts';
+import { dependenciesJson, parseDependencies, type PlatformDependencies } from './platform-dependencies.ts';
 
 export const IMAGE_FORMAT = 'cr-harness-checkpoint';
 /**
@@ -47,9 +48,19 @@ export const IMAGE_FORMAT = 'cr-harness-checkpoint';
  * deadline of a sleep the checkpoint interrupted (sleep-deadline.ts), and
  * pkeys.json, the allocated protection keys and tagged mappings (pkeys.ts);
  * 9: a memory entry holds only the pages its region's `stored` ranges name
- * (untouched pages and anonymous zero pages are left out: stored-pages.ts).
+ * (untouched pages and anonymous zero pages are left out: stored-pages.ts);
+ * 10: depends.json, what the process may depend on in the platform — XCR0
+ * and the xstate components in use, the CPU flags it could have seen, the
+ * vDSO/vvar layout and symbols, the rseq feature size and alignment
+ * (platform-dependencies.ts) — so a restore elsewhere is refused by name.
  */
-export const IMAGE_VERSION = 9;
+export const IMAGE_VERSION = 10;
+/**
+ * Read as well as the current version: a version 9 image lacks only
+ * depends.json, and reads as one that recorded no dependencies (a restore
+ * then says it could not check them).
+ */
+const READABLE_OLDER_VERSIONS = [9];
 /**
  * Earlier versions are refused, each naming what it lacks: reading one as
  * the current version would invent the missing state as "none" — for an
@@ -148,6 +159,8 @@ export interface CheckpointImage {
   sleep: SleepDeadline | null;
   /** the protection keys the process had allocated and the mappings tagged with one (pkeys.ts) */
   pkeys: PkeyState;
+  /** what the process may depend on in the platform (platform-dependencies.ts); absent when not recorded (a version 9 image) */
+  dependencies?: PlatformDependencies;
   /** /proc/PID/maps at checkpoint time */
   maps: string;
   regions: MemoryRegion[];
@@ -188,6 +201,7 @@ export function imageEntries(image: CheckpointImage): Map<string, Buffer> {
   entries.set('timers.json', json(timersJson(image.timers)));
   entries.set('sleep.json', json(sleepJson(image.sleep)));
   entries.set('pkeys.json', json(pkeysJson(image.pkeys)));
+  entries.set('depends.json', json(dependenciesJson(image.dependencies)));
   entries.set('xstate.bin', image.xstate);
   for (const t of image.threads) entries.set(threadXstateEntry(t.tid), t.xstate);
   entries.set('maps.txt', Buffer.from(image.maps));
@@ -304,7 +318,8 @@ export function parseImageEntries(entries: Map<string, Buffer>): CheckpointImage
   if (manifest.format !== IMAGE_FORMAT) throw new ImageRejectedError(`is ${JSON.stringify(manifest.format)}, expected ${IMAGE_FORMAT}`, 'manifest.json', 'format');
   const older = typeof manifest.version === 'number' ? OLDER_VERSIONS[manifest.version] : undefined;
   if (older) throw new ImageRejectedError(`is ${manifest.version}, this harness reads ${IMAGE_VERSION}: a version ${manifest.version} image ${older}`, 'manifest.json', 'version');
-  if (manifest.version !== IMAGE_VERSION) throw new ImageRejectedError(`is ${JSON.stringify(manifest.version)}, this harness reads ${IMAGE_VERSION}`, 'manifest.json', 'version');
+  const readable = manifest.version === IMAGE_VERSION || READABLE_OLDER_VERSIONS.includes(manifest.version as number);
+  if (!readable) throw new ImageRejectedError(`is ${JSON.stringify(manifest.version)}, this harness reads ${IMAGE_VERSION}`, 'manifest.json', 'version');
   if (typeof manifest.entries !== 'object' || manifest.entries === null) throw new ImageRejectedError('missing', 'manifest.json', 'entries');
 
   for (const name of entries.keys()) {
@@ -340,7 +355,9 @@ export function parseImageEntries(entries: Map<string, Buffer>): CheckpointImage
     regions: regionsJson,
     entries,
   });
-  return image;
+  // Version 9 has no depends.json; in version 10 it is required like every other entry.
+  const dependencies = manifest.version === IMAGE_VERSION ? parseDependencies(parseJson(required(entries, 'depends.json'), 'depends.json')) : undefined;
+  return dependencies ? { ...image, dependencies } : image;
 }
 
 function required(entries: Map<string, Buffer>, name: string): Buffer {

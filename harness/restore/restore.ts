@@ -12,7 +12,8 @@ import { NT_X86_XSTATE, USER_REGS_FIELDS, debugRegOffset, hex, type UserRegs } f
 import { DEBUG_REG_NAMES, type CheckpointImage } from './checkpoint-image.ts';
 import { compileRestorePlan, fixedImage, type PlanStep } from './plan.ts';
 import { assertPolicyAdmits, omits, type RestorePolicy } from './policy.ts';
-import { parseMaps } from './proc-maps.ts';
+import { parseMaps, type Mapping } from './proc-maps.ts';
+import { describeMissing, IncompatibleTargetError, missingDependencies, readTargetDependencies } from './platform-dependencies.ts';
 import { mappedFiles, probeMappedFiles } from './mappings.ts';
 import { rseqCsAddress, rseqCsPointer } from './rseq.ts';
 import { siginfoSigno } from './signals.ts';
@@ -37,6 +38,8 @@ export interface RestoreResult {
   plan: PlanStep[];
   /** what the kernel accepted that differs from the plan's request (it may sanitize) */
   differences: Difference[];
+  /** dependencies the target lacks, restored anyway (dependencies: 'try'), or why they were not checked; [] when all were there */
+  dependencyNotes: string[];
 }
 
 export interface RestoreOptions {
@@ -51,6 +54,13 @@ export interface RestoreOptions {
    * a tid in use fails that thread's clone3 step.
    */
   samePid?: boolean;
+  /**
+   * refuse (default): a target lacking something the image says the process
+   * depends on (a CPU feature, the vDSO, the rseq ABI: platform-dependencies.ts)
+   * is refused before any plan step, naming it (IncompatibleTargetError).
+   * try: restore anyway; what is missing comes back in `dependencyNotes`.
+   */
+  dependencies?: 'refuse' | 'try';
 }
 
 /** The checkpointed pid could not be had: another process holds it. */
@@ -65,6 +75,7 @@ export async function restoreProcess(agent: AgentClient, image: CheckpointImage,
   try {
     const regs = await agent.call({ op: 'GETREGS', pid });
     const maps = parseMaps((await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/maps`, maxSize: 1 << 20 })).toString('utf8'));
+    const dependencyNotes = await checkTargetDependencies(agent, pid, maps, image, options.dependencies ?? 'refuse');
     const fds = (await agent.call({ op: 'LISTDIR', path: `/proc/${pid}/fd` })).map(Number);
     const files = await probeMappedFiles(agent, pid, mappedFiles(image.regions));
     const bootId = image.sleep ? (await agent.call({ op: 'READ_FILE', path: BOOT_ID_PATH, maxSize: 64 })).toString('latin1').trim() : undefined;
@@ -73,7 +84,7 @@ export async function restoreProcess(agent: AgentClient, image: CheckpointImage,
     checkSteps(plan, steps);
     const requested = fixedImage(image, options.policy).image;
     const differences = [...(await readBack(agent, pid, plan, requested, options.policy)), ...(await readBackThreads(agent, plan, requested, options.policy))];
-    return { pid, plan, differences };
+    return { pid, plan, differences, dependencyNotes };
   } catch (error) {
     // No half-restored process is left behind.
     const killed = await agent.call({ op: 'KILL', pid }).then(
@@ -83,6 +94,20 @@ export async function restoreProcess(agent: AgentClient, image: CheckpointImage,
     if (error instanceof CrhError) error.details.target = killed;
     throw error;
   }
+}
+
+/**
+ * The image's platform dependencies against the fresh target's
+ * (platform-dependencies.ts): refused by name, or — under 'try' — returned
+ * as notes for the verdict to say what the restore went on without.
+ */
+async function checkTargetDependencies(agent: AgentClient, pid: number, maps: Mapping[], image: CheckpointImage, mode: 'refuse' | 'try'): Promise<string[]> {
+  if (!image.dependencies) return ['the image records no platform dependencies (format 9): CPU features, vDSO and rseq ABI not checked'];
+  const target = await readTargetDependencies(agent, pid, maps);
+  const missing = missingDependencies(image.dependencies, target, image.rseq?.area);
+  if (missing.length === 0) return [];
+  if (mode === 'refuse') throw new IncompatibleTargetError(missing);
+  return [`restored anyway, the target lacks: ${describeMissing(missing)}`];
 }
 
 async function spawnTarget(agent: AgentClient, image: CheckpointImage, options: RestoreOptions): Promise<{ pid: number }> {
