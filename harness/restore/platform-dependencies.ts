@@ -4,7 +4,7 @@
  * refused by name instead of crashing far from the cause (format 10,
  * depends.json):
  * - xstate: the XSAVE features the kernel enabled for user space (XCR0, as
- *   the kernel reports it in the sw_reserved bytes of the xstate regset)
+ *   ptrace reports it in the sw_reserved bytes of the xstate regset)
  *   and those the process's threads had in use (XSTATE_BV of each thread's
  *   XSAVE header: a component not in its init state). A thread that used
  *   AVX has YMM (bit 2) set; SETREGSET of it is refused by a kernel whose
@@ -37,9 +37,12 @@ const XSTATE_MAX_BYTES = 16 * 1024;
 const VDSO_MAX_BYTES = 64 * 1024;
 const AT_RSEQ_FEATURE_SIZE = 27n;
 const AT_RSEQ_ALIGN = 28n;
-/** "FPXS": the kernel filled the sw_reserved bytes of the legacy area (struct _fpx_sw_bytes). */
-const FP_XSTATE_MAGIC1 = 0x46505853;
-const SW_BYTES_OFFSET = 464;
+/**
+ * Where the xstate regset holds XCR0: ptrace's convention puts the user
+ * XSAVE feature mask in the first 8 bytes of the legacy area's sw_reserved
+ * (USER_XSTATE_XCR0_WORD), not the signal frame's struct _fpx_sw_bytes.
+ */
+const XCR0_OFFSET = 464;
 const XSAVE_HEADER_OFFSET = 512;
 
 /**
@@ -69,7 +72,7 @@ const XSTATE_COMPONENTS: Record<number, string> = {
 
 export interface PlatformDependencies {
   xstate: {
-    /** the XSAVE features the kernel enables for user space (sw_reserved xfeatures); null when the kernel reported none */
+    /** the XSAVE features the kernel enables for user space (the regset's sw_reserved word 0); null when the kernel reported none */
     xcr0: bigint | null;
     /** XSTATE_BV of every thread's XSAVE header, or'ed: the components not in their init state */
     inUse: bigint;
@@ -106,8 +109,8 @@ export function describeMissing(missing: readonly MissingDependency[]): string {
 /** XCR0 and XSTATE_BV of one thread's xstate regset (standard XSAVE layout, as ptrace gives it). */
 export function xstateHeader(xstate: Buffer): { xcr0: bigint | null; xstateBv: bigint } {
   if (xstate.length < XSAVE_HEADER_OFFSET + 64) return { xcr0: null, xstateBv: 0n };
-  const magic = xstate.readUInt32LE(SW_BYTES_OFFSET);
-  return { xcr0: magic === FP_XSTATE_MAGIC1 ? xstate.readBigUInt64LE(SW_BYTES_OFFSET + 8) : null, xstateBv: xstate.readBigUInt64LE(XSAVE_HEADER_OFFSET) };
+  const xcr0 = xstate.readBigUInt64LE(XCR0_OFFSET);
+  return { xcr0: xcr0 === 0n ? null : xcr0, xstateBv: xstate.readBigUInt64LE(XSAVE_HEADER_OFFSET) };
 }
 
 /** The USER_CPU_FLAGS on the first flags line of /proc/cpuinfo, sorted. */

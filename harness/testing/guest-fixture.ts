@@ -16,11 +16,26 @@ interface Teardownable {
   comment(...args: unknown[]): void;
 }
 
-export async function startGuest(t: Teardownable, caseName: string): Promise<Guest> {
-  const artifactsDir = path.join(artifactsRoot(), caseName);
+/** A second guest of a case (a restore elsewhere): its CPU model or kernel, its artifacts in a folder of the case's. */
+export interface OtherGuestOptions {
+  /** the folder under the case's artifacts, e.g. "restore-max-avx" */
+  name: string;
+  /** QEMU -cpu model */
+  cpuModel?: string;
+  /** a --kernel value */
+  kernel?: string;
+}
+
+export async function startGuest(t: Teardownable, caseName: string, other?: OtherGuestOptions): Promise<Guest> {
+  const artifactsDir = other ? path.join(artifactsRoot(), caseName, other.name) : path.join(artifactsRoot(), caseName);
   await mkdir(artifactsDir, { recursive: true });
   try {
-    const guest = await openGuest({ artifactsDir, log: (line) => t.comment(`${caseName}: ${line}`) });
+    const guest = await openGuest({
+      artifactsDir,
+      log: (line) => t.comment(`${caseName}${other ? `/${other.name}` : ''}: ${line}`),
+      ...(other?.cpuModel !== undefined ? { cpuModel: other.cpuModel } : {}),
+      ...(other?.kernel !== undefined ? { kernel: other.kernel } : {}),
+    });
     t.teardown(() => guest.close());
     // A guest lost mid-case (QEMU died, the kernel panicked) fails the case's assertions too; recorded here, crh run exits 69 for it, not 1.
     guest.machine.failure.catch((error: unknown) => recordInfraFailure(caseName, error));
