@@ -4,9 +4,14 @@
 // any plan step, the error naming avx (IncompatibleTargetError); restored there anyway (dependencies 'try'), the row
 // says what happened. Conditioned on the measured profiles: the checkpoint guest has avx, the restore guest has not.
 // Negative control: omit=xstate on the same model (the upper halves lost: ymm=0/16, exit 1).
+// Then 6.1 → 6.12 (Debian trixie's kernel, when the checkpoint guest runs 6.1): the C library's rseq area re-registered
+// (cpu_id current again) and the vDSO functions glibc resolved on 6.1 (clock_gettime, gettimeofday, time, getcpu)
+// redirected to 6.12's — each the native run's output; controls omit=rseq (stale cpu_id) and omit=vdso tried anyway
+// (the old offsets are other code on 6.12).
 import t from 'tap';
 import { DEFAULT_POLICY, describePolicy, type RestorePolicy } from '../harness/restore/policy.ts';
 import { readCheckpointImage } from '../harness/restore/checkpoint-image.ts';
+import type { Difference } from '../harness/restore/restore.ts';
 import { IncompatibleTargetError } from '../harness/restore/platform-dependencies.ts';
 import { recordRow, recordRowOutcome } from '../harness/testing/verdict-rows.ts';
 import { restoreWitnessed } from '../harness/testing/restore-witness.ts';
@@ -19,6 +24,8 @@ const CASE = 'restore-elsewhere';
 const SCENARIO = 'ymm0-15 holding distinct patterns at a breakpoint, checkpointed under -cpu max, restored in another guest';
 const NO_AVX = 'max,-avx';
 const YMM_BIT = 1n << 2n;
+/** Debian trixie's cloud kernel (6.12), through crh's private apt configuration for trixie. */
+const KERNEL_612 = 'debian:linux-image-cloud-amd64@trixie';
 
 t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
   const guest = await startGuest(t, CASE);
@@ -103,6 +110,50 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     });
   });
 
+  await t.test(`another kernel (${KERNEL_612}): rseq re-registered, the vDSO redirected`, async (t) => {
+    // The move measured: Debian 6.1 (no rseq auxv, its vDSO) to 6.12 (AT_RSEQ_FEATURE_SIZE 28, a vDSO with other offsets).
+    if (!guest.profile.kernelRelease.startsWith('6.1.')) {
+      t.comment(`the checkpoint guest runs ${guest.profile.kernelRelease}, not 6.1: the 6.1 → 6.12 move is not this run's`);
+      return;
+    }
+    const there = await startGuest(t, CASE, { name: 'restore-6.12', kernel: KERNEL_612 });
+    const kernelConditions = {
+      'checkpoint kernel': guest.profile.kernelRelease, 'restore kernel': there.profile.kernelRelease,
+      'rseq feature size (checkpoint / restore)': `${String(guest.platform['features.rseqFeatureSize'])} / ${String(there.platform['features.rseqFeatureSize'])}`,
+    };
+    t.ok(there.profile.kernelRelease.startsWith('6.12'), `the restore guest runs ${there.profile.kernelRelease}`);
+    const moves = [
+      { name: 'rseqcpu', symbol: 'rseqcpu:rseq_checkpoint', scenario: 'the C library\'s rseq area (cpu_id made stale after the move), 6.1 → 6.12', control: { omit: ['rseq'] as RestorePolicy['omit'], why: 'omit=rseq: not registered on 6.12, the stale cpu_id stays' } },
+      { name: 'vdsoclock', symbol: 'vdsoclock:vdso_checkpoint', scenario: 'clock_gettime, gettimeofday, time, getcpu through the vDSO after a 6.1 → 6.12 move', control: { omit: ['vdso'] as RestorePolicy['omit'], why: 'omit=vdso, tried anyway: glibc\'s vDSO addresses land in other code' } },
+    ];
+    for (const move of moves) {
+      const bin = guest.image.guestPaths[move.name]!;
+      const w: Workload = { binary: bin, argv: [bin], breakAt: guest.symbols.resolve(move.symbol) };
+      const { run: ref, output: want } = await runUninterrupted(guest, w, `/tmp/${move.name}-reference.out`);
+      t.equal(ref.code, 0, `${move.name} uninterrupted on ${guest.profile.kernelRelease}: ${want.trim()}`);
+      const nat = await nativeReference(guest, w);
+      t.equal(`${endedAs(nat)}\n${nat.output}`, `${endedAs(ref)}\n${want}`, `${move.name}: the traced reference is the native run`);
+
+      await t.test(`${move.name}: checkpointed on ${guest.profile.kernelRelease}, restored on ${there.profile.kernelRelease}`, async (t) => {
+        const taken = await checkpointAtHit(guest, w, 1, `${move.name}-to-6.12`, { disarm: true });
+        t.equal(taken.run.outcome, 'hit-limit', `stopped at ${move.symbol}`);
+        const r = await restoreThere(there, taken.file, DEFAULT_POLICY, `${move.name}-to-6.12`, 'refuse');
+        t.same(r.differences.filter((d) => d.what !== 'session'), [], 'read back: as requested, but for the session');
+        t.ok(r.notes.some((n) => n.startsWith('vDSO redirected')), `the vDSO redirected: ${r.notes.join('; ')}`);
+        t.equal(r.output, want, `the restored run is the native run: ${r.output.trim()}`);
+        recordRowOutcome(t, { case: CASE, scenario: move.scenario, policy: describePolicy(DEFAULT_POLICY), control: false, expected: want.trim(), observed: r.output.trim() || r.ended, matchedUninterrupted: r.output === want && r.ended === 'exited 0', conditions: kernelConditions });
+      });
+      await t.test(`${move.name}: negative control ${move.control.why}`, async (t) => {
+        const policy: RestorePolicy = { ...DEFAULT_POLICY, omit: move.control.omit };
+        const taken = await checkpointAtHit(guest, w, 1, `${move.name}-to-6.12-control`, { disarm: true });
+        const r = await restoreThere(there, taken.file, policy, `${move.name}-to-6.12-control`, 'try');
+        const observed = `${r.ended}: ${r.output.trim()}`;
+        t.not(observed, `exited 0: ${want.trim()}`, `caught: ${observed}`);
+        recordRowOutcome(t, { case: CASE, scenario: move.scenario, policy: `${describePolicy(policy)} dependencies=try`, control: true, expected: want.trim(), observed, matchedUninterrupted: r.output === want && r.ended === 'exited 0', conditions: kernelConditions });
+      });
+    }
+  });
+
   await t.test('negative control omit=xstate (same guest): the upper halves lost', async (t) => {
     const policy: RestorePolicy = { ...DEFAULT_POLICY, omit: ['xstate'] };
     const again = await checkpointAtHit(guest, workload, 1, 'avx-omit', { disarm: true });
@@ -114,6 +165,15 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     recordRowOutcome(t, { case: CASE, scenario: SCENARIO, policy: describePolicy(policy), control: true, expected: expected.trim(), observed: line, matchedUninterrupted: r.output === expected });
   });
 });
+
+/** Restores the image in `guest` (no oracle: nothing here counts CPU events) and runs it to its end. */
+async function restoreThere(guest: Guest, file: string, policy: RestorePolicy, tag: string, dependencies: 'refuse' | 'try'): Promise<{ differences: Difference[]; notes: string[]; ended: string; output: string }> {
+  const image = await readCheckpointImage(file);
+  const out = `/tmp/${tag}.restored.out`;
+  const restored = await restoreWitnessed(guest.agent, image, { policy, stdoutPath: out, dependencies }, tag);
+  const run = await guest.agent.call({ op: 'RUN', pid: restored.pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
+  return { differences: restored.differences, notes: restored.dependencyNotes, ended: endedAs(run), output: await readOutput(guest, out) };
+}
 
 /** "pgid P, sid S" of the guest's agent, as the restore's read-back words a session (/proc/PID/stat fields 5 and 6). */
 async function agentSession(guest: Guest): Promise<string> {

@@ -11,9 +11,11 @@ import {
   missingDependencies,
   parseDependencies,
   userCpuFlags,
+  vdsoRedirectable,
   xstateHeader,
   type PlatformDependencies,
 } from '../harness/restore/platform-dependencies.ts';
+import { trampolinePage, vdsoRedirectSteps } from '../harness/restore/vdso-redirect.ts';
 import { reseal, syntheticImage, syntheticXstate } from './support/synthetic-image.ts';
 
 /** What a TCG `-cpu max` guest on Debian's 6.1 looks like (x87 SSE AVX PKRU; no rseq auxv). */
@@ -122,4 +124,30 @@ t.test('depends.json is untrusted: every field checked, named', async (t) => {
   rejects(t, () => parseDependencies(edit((d) => (d.rseq.align = 1e9))), 'depends.json', 'rseq.align');
   const proto = parseDependencies(edit((d) => (d.vdso.symbols = JSON.parse('{"__proto__": "0x10"}'))))!;
   t.equal(proto.vdso.symbols.__proto__, 0x10n, 'a symbol named __proto__ is a name like any other');
+});
+
+t.test('a vDSO with other offsets in the same layout is redirected, not missing (vdso-redirect.ts)', async (t) => {
+  const target: PlatformDependencies = { ...MAX_61, vdso: { ...MAX_61.vdso, symbols: { __vdso_clock_gettime: 0xbc0n, __vdso_gettimeofday: 0x8a0n, __vdso_getcpu: 0xfe0n } } };
+  t.equal(vdsoRedirectable(MAX_61, MAX_61), undefined, 'nothing changed');
+  t.equal(vdsoRedirectable(MAX_61, target), true);
+  t.same(missingDependencies(MAX_61, target), [], 'redirected: nothing missing');
+  t.same(missingDependencies(MAX_61, target, undefined, { redirectVdso: false }).map((m) => m.feature), ['vdso symbols'], 'omit=vdso: missing');
+  const lacking = { ...target, vdso: { ...target.vdso, symbols: { __vdso_clock_gettime: 0xbc0n } } };
+  t.equal(vdsoRedirectable(MAX_61, lacking), false, 'a function the new vDSO lacks cannot be redirected');
+
+  const page = trampolinePage(MAX_61, target, 0x2000, 0x4000_0000_4000n);
+  t.equal(page.length, 0x2000);
+  t.equal(page[0], 0xcc, 'int3 where no function was');
+  t.same([...page.subarray(0xb00, 0xb06)], [0xff, 0x25, 0, 0, 0, 0], 'jmp *0(%rip) at clock_gettime\'s old offset');
+  t.equal(page.readBigUInt64LE(0xb06), 0x4000_0000_4000n + 0xbc0n, 'to clock_gettime in the moved vDSO');
+  t.equal(page.readBigUInt64LE(0xd46), 0x4000_0000_4000n + 0xfe0n, 'getcpu likewise');
+
+  const { steps, note } = vdsoRedirectSteps(77, MAX_61, target, [0x2c001826n], [{ start: 0x2c000000n, end: 0x2c100000n, perms: 'r-xp', offset: 0n, device: '00:00', inode: 0, name: '/x' }]);
+  t.same(steps.map((s) => (s.op.op === 'INJECT_SYSCALL' ? s.op.nr : s.op.op)), [25, 25, 9, 'WRITE_MEM', 10], 'mremap vvar and vdso together, map the old place, the jumps, read-only executable');
+  t.equal(steps[0]!.expect, 0x4000_0000_0000n, '[vvar] to the first free candidate');
+  t.equal(steps[1]!.expect, 0x4000_0000_4000n, '[vdso] at the same distance from it');
+  t.match(note, /vDSO redirected/);
+  t.throws(() => vdsoRedirectSteps(77, MAX_61, target, [0x7ffff7fc1b05n], []), /stopped inside the checkpoint kernel's vDSO/, 'a thread inside the old vDSO cannot be redirected');
+  const tooClose = { ...MAX_61, vdso: { ...MAX_61.vdso, symbols: { a: 0x100n, b: 0x108n } } };
+  t.throws(() => trampolinePage(tooClose, { ...target, vdso: { ...target.vdso, symbols: { a: 0x200n, b: 0x300n } } }, 0x2000, 0n), /too close/);
 });

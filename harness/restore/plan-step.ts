@@ -3,6 +3,7 @@ import type { AgentOp } from '../agent/ops.ts';
 import { CrhError } from '../errors.ts';
 import type { UserRegs } from '../x86/registers.ts';
 import type { Mapping } from './proc-maps.ts';
+import type { PlatformDependencies } from './platform-dependencies.ts';
 
 export interface TargetProbe {
   pid: number;
@@ -14,6 +15,8 @@ export interface TargetProbe {
   files?: Map<string, MappedFileState>;
   /** the restoring guest's boot id: an interrupted sleep's deadline is absolute only in its own boot (sleep-deadline.ts) */
   bootId?: string;
+  /** what the target's platform offers (platform-dependencies.ts): a vDSO with other offsets is redirected (vdso-redirect.ts) */
+  dependencies?: PlatformDependencies;
 }
 
 /** What the target sees at a mapped file's path: null when there is nothing (ENOENT, ENOTDIR). */

@@ -23,7 +23,9 @@
  *   a process may use every field up to the feature size (mm_cid from 28).
  *
  * The same facts are read from the fresh restore target (readPlatformDependencies
- * on its pid), and missingDependencies() names each one the target lacks.
+ * on its pid), and missingDependencies() names each one the target lacks. A
+ * vDSO with the same layout and other offsets is no missing dependency: the
+ * plan redirects the old offsets to the new code (vdso-redirect.ts).
  */
 import { createHash } from 'node:crypto';
 import type { AgentClient } from '../agent/client.ts';
@@ -194,6 +196,19 @@ export async function readTargetDependencies(agent: Pick<AgentClient, 'call'>, p
   return readPlatformDependencies(agent, pid, [xstate], maps);
 }
 
+const layout = (d: PlatformDependencies): string => d.vdso.mappings.map((m) => `${m.name} ${hex(m.start)}-${hex(m.end)}`).join(', ');
+
+/**
+ * Whether a changed vDSO can be redirected (vdso-redirect.ts): the same layout, and every
+ * function the checkpoint's vDSO exported exists in the target's.
+ * Undefined when nothing changed.
+ */
+export function vdsoRedirectable(image: PlatformDependencies, target: PlatformDependencies): boolean | undefined {
+  const changed = Object.entries(image.vdso.symbols).some(([name, at]) => target.vdso.symbols[name] !== at);
+  if (!changed) return undefined;
+  return layout(image) === layout(target) && image.vdso.mappings.some((m) => m.name === '[vdso]') && Object.keys(image.vdso.symbols).every((name) => target.vdso.symbols[name] !== undefined);
+}
+
 function bitNames(bits: bigint, names: Record<number, string>): string[] {
   const out: string[] = [];
   for (let bit = 0; bit < 64; bit++) if ((bits >> BigInt(bit)) & 1n) out.push(names[bit] ?? `bit ${bit}`);
@@ -205,7 +220,7 @@ function bitNames(bits: bigint, names: Record<number, string>): string[] {
  * target (`target`) lacks; [] when it has them all. `rseqArea` is the
  * process's registered rseq area, if any: the target's alignment must admit it.
  */
-export function missingDependencies(image: PlatformDependencies, target: PlatformDependencies, rseqArea?: bigint): MissingDependency[] {
+export function missingDependencies(image: PlatformDependencies, target: PlatformDependencies, rseqArea?: bigint, { redirectVdso = true } = {}): MissingDependency[] {
   const missing: MissingDependency[] = [];
   // XSAVE components the process had in use and the target's kernel does not enable.
   if (target.xstate.xcr0 !== null) {
@@ -227,7 +242,8 @@ export function missingDependencies(image: PlatformDependencies, target: Platfor
   const vdsoThere = target.vdso.mappings.map((m) => `${m.name} ${hex(m.start)}-${hex(m.end)}`).join(', ');
   if (vdsoMoved !== vdsoThere) missing.push({ feature: 'vdso layout', why: `the checkpoint's ${vdsoMoved || 'none'}, the target's ${vdsoThere || 'none'}` });
   const changed = Object.entries(image.vdso.symbols).filter(([name, at]) => target.vdso.symbols[name] !== at).map(([name, at]) => `${name} at +${hex(at)}, the target's ${target.vdso.symbols[name] === undefined ? 'absent' : `+${hex(target.vdso.symbols[name]!)}`}`);
-  if (changed.length > 0) missing.push({ feature: 'vdso symbols', why: `the process resolved them in the checkpoint kernel's vDSO: ${changed.join(', ')}` });
+  // Other offsets in the same layout are redirected (vdso-redirect.ts) unless the policy says not to.
+  if (changed.length > 0 && !(redirectVdso && vdsoRedirectable(image, target))) missing.push({ feature: 'vdso symbols', why: `the process resolved them in the checkpoint kernel's vDSO: ${changed.join(', ')}` });
   const { featureSize, align } = image.rseq;
   if (featureSize !== null && (target.rseq.featureSize ?? 0) < featureSize) {
     missing.push({ feature: 'rseq feature size', why: `AT_RSEQ_FEATURE_SIZE ${featureSize} at the checkpoint (fields the process may use), the target's ${target.rseq.featureSize ?? 'absent'}` });

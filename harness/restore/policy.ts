@@ -80,8 +80,12 @@ export type RseqFixupPolicy = (typeof RSEQ_FIXUP_POLICIES)[number];
  *   restorer that knows nothing of PKU: the tagged memory has key 0, so a
  *   write PKRU denies goes through, and pkey_alloc hands out a key the
  *   program still holds. (PKRU itself is in the xstate: omit=xstate.)
+ * - vdso: a restore onto a kernel whose vDSO has other offsets leaves it as
+ *   it is (vdso-redirect.ts): the functions the process resolved in the old
+ *   one are other code there. Refused as a missing dependency unless the
+ *   restore is tried anyway.
  */
-export const OMITTABLE = ['debugregs', 'xstate', 'tls', 'rseq', 'signals', 'files', 'thread-xstate', 'thread-masks', 'thread-links', 'mapping-kinds', 'userfaultfd', 'ldt', 'timers', 'pkeys'] as const;
+export const OMITTABLE = ['debugregs', 'xstate', 'tls', 'rseq', 'signals', 'files', 'thread-xstate', 'thread-masks', 'thread-links', 'mapping-kinds', 'userfaultfd', 'ldt', 'timers', 'pkeys', 'vdso'] as const;
 export type Omittable = (typeof OMITTABLE)[number];
 
 /** The segment registers and bases that make up a 64-bit task's TLS. */

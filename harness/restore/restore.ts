@@ -13,7 +13,7 @@ import { DEBUG_REG_NAMES, type CheckpointImage } from './checkpoint-image.ts';
 import { compileRestorePlan, fixedImage, type PlanStep } from './plan.ts';
 import { assertPolicyAdmits, omits, type RestorePolicy } from './policy.ts';
 import { parseMaps, type Mapping } from './proc-maps.ts';
-import { describeMissing, IncompatibleTargetError, missingDependencies, readTargetDependencies } from './platform-dependencies.ts';
+import { describeMissing, IncompatibleTargetError, missingDependencies, readTargetDependencies, vdsoFingerprint, vdsoRedirectable, type PlatformDependencies } from './platform-dependencies.ts';
 import { mappedFiles, probeMappedFiles } from './mappings.ts';
 import { rseqCsAddress, rseqCsPointer } from './rseq.ts';
 import { siginfoSigno } from './signals.ts';
@@ -75,11 +75,11 @@ export async function restoreProcess(agent: AgentClient, image: CheckpointImage,
   try {
     const regs = await agent.call({ op: 'GETREGS', pid });
     const maps = parseMaps((await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/maps`, maxSize: 1 << 20 })).toString('utf8'));
-    const dependencyNotes = await checkTargetDependencies(agent, pid, maps, image, options.dependencies ?? 'refuse');
+    const { notes: dependencyNotes, target } = await checkTargetDependencies(agent, pid, maps, image, options.dependencies ?? 'refuse', !omits(options.policy, 'vdso'));
     const fds = (await agent.call({ op: 'LISTDIR', path: `/proc/${pid}/fd` })).map(Number);
     const files = await probeMappedFiles(agent, pid, mappedFiles(image.regions));
     const bootId = image.sleep ? (await agent.call({ op: 'READ_FILE', path: BOOT_ID_PATH, maxSize: 64 })).toString('latin1').trim() : undefined;
-    const plan = compileRestorePlan(image, { pid, regs, maps, fds, files, bootId }, options.policy);
+    const plan = compileRestorePlan(image, { pid, regs, maps, fds, files, bootId, ...(target ? { dependencies: target } : {}) }, options.policy);
     const steps = await agent.batch(plan.map((s) => s.op));
     checkSteps(plan, steps);
     const requested = fixedImage(image, options.policy).image;
@@ -101,13 +101,14 @@ export async function restoreProcess(agent: AgentClient, image: CheckpointImage,
  * (platform-dependencies.ts): refused by name, or — under 'try' — returned
  * as notes for the verdict to say what the restore went on without.
  */
-async function checkTargetDependencies(agent: AgentClient, pid: number, maps: Mapping[], image: CheckpointImage, mode: 'refuse' | 'try'): Promise<string[]> {
-  if (!image.dependencies) return ['the image records no platform dependencies (format 9): CPU features, vDSO and rseq ABI not checked'];
+async function checkTargetDependencies(agent: AgentClient, pid: number, maps: Mapping[], image: CheckpointImage, mode: 'refuse' | 'try', redirectVdso: boolean): Promise<{ notes: string[]; target?: PlatformDependencies }> {
+  if (!image.dependencies) return { notes: ['the image records no platform dependencies (format 9): CPU features, vDSO and rseq ABI not checked'] };
   const target = await readTargetDependencies(agent, pid, maps);
-  const missing = missingDependencies(image.dependencies, target, image.rseq?.area);
-  if (missing.length === 0) return [];
+  const notes = redirectVdso && vdsoRedirectable(image.dependencies, target) ? [`vDSO redirected: the target kernel's vDSO has other offsets (${vdsoFingerprint(image.dependencies)} → ${vdsoFingerprint(target)}); the old ones jump to the new code`] : [];
+  const missing = missingDependencies(image.dependencies, target, image.rseq?.area, { redirectVdso });
+  if (missing.length === 0) return { notes, target };
   if (mode === 'refuse') throw new IncompatibleTargetError(missing);
-  return [`restored anyway, the target lacks: ${describeMissing(missing)}`];
+  return { notes: [...notes, `restored anyway, the target lacks: ${describeMissing(missing)}`], target };
 }
 
 async function spawnTarget(agent: AgentClient, image: CheckpointImage, options: RestoreOptions): Promise<{ pid: number }> {
