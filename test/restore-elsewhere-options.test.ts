@@ -4,7 +4,9 @@
 import t from 'tap';
 import { parseReproArgs, requestFlags, type ReproRequest } from '../harness/repro/options.ts';
 import { parseCpuModel } from '../harness/repro/restore-elsewhere.ts';
-import { UsageError } from '../harness/repro/usage-error.ts';
+import { BundleRejectedError, UsageError } from '../harness/repro/usage-error.ts';
+import { parseRerunRecord, rerunRecord } from '../harness/repro/rerun-record.ts';
+import { requestFromRecord } from '../harness/repro/bundle-rerun.ts';
 import { resolveKernelFlag } from '../harness/cli/kernel-flags.ts';
 import { splitDebianSpec } from '../harness/image/kernel.ts';
 import { cpuModelOf, machineArgs } from '../harness/machine/qemu-args.ts';
@@ -57,4 +59,28 @@ t.test('debian:PACKAGE@SUITE', async (t) => {
   t.equal(resolveKernelFlag('kernel', 'new=debian:linux-image-cloud-amd64@trixie'), 'new=debian:linux-image-cloud-amd64@trixie', 'a label stays in front');
   t.throws(() => resolveKernelFlag('kernel', 'debian:linux-image-amd64@'), UsageError, 'an empty suite');
   t.throws(() => resolveKernelFlag('kernel', 'debian:linux-image-amd64@../x'), UsageError);
+});
+
+t.test('a bundle carries --restore-cpu and --restore-anyway, checked; never a restore kernel', async (t) => {
+  const request = parseReproArgs('repro', [...base, '--restore-cpu', 'max,-pku', '--restore-anyway']) as ReproRequest;
+  const record = rerunRecord(request, { source: 'source/x.c', binary: 'binary/x', files: [] });
+  t.equal(record.restoreCpu, 'max,-pku');
+  t.equal(record.restoreAnyway, true);
+  const parsed = parseRerunRecord(JSON.parse(JSON.stringify(record)), 'b.tar');
+  t.equal(parsed.restoreCpu, 'max,-pku', 'read back from the bundle');
+  t.same(requestFromRecord(parsed, new Map([['source/x.c', '/tmp/x.c']]), { out: '/tmp/o.tar' }).elsewhere, { cpu: 'max,-pku', anyway: true }, 'and rerun elsewhere');
+  const hostile = (edit: Record<string, unknown>, re: RegExp): void => {
+    try {
+      parseRerunRecord({ ...JSON.parse(JSON.stringify(record)), ...edit }, 'b.tar');
+      t.fail(`accepted ${JSON.stringify(edit)}`);
+    } catch (error) {
+      t.ok(error instanceof BundleRejectedError, `refused ${JSON.stringify(edit)}`);
+      t.match((error as Error).message, re);
+    }
+  };
+  hostile({ restoreCpu: 'max -device x' }, /restoreCpu/);
+  hostile({ restoreCpu: 7 }, /restoreCpu/);
+  hostile({ restoreAnyway: 'yes' }, /restoreAnyway/);
+  hostile({ restoreCpu: undefined }, /restoreAnyway.*goes with restoreCpu/);
+  hostile({ restoreKernel: 'debian:linux-image-amd64@trixie' }, /never taken from a bundle/);
 });
