@@ -134,6 +134,12 @@ t.test('a vDSO with other offsets in the same layout is redirected, not missing 
   t.same(missingDependencies(MAX_61, target, undefined, { redirectVdso: false }).map((m) => m.feature), ['vdso symbols'], 'omit=vdso: missing');
   const lacking = { ...target, vdso: { ...target.vdso, symbols: { __vdso_clock_gettime: 0xbc0n } } };
   t.equal(vdsoRedirectable(MAX_61, lacking), false, 'a function the new vDSO lacks cannot be redirected');
+  const lackingMissing = missingDependencies(MAX_61, lacking);
+  t.same(lackingMissing.map((m) => m.feature), ['vdso symbols']);
+  t.match(lackingMissing[0]!.why, /lacks __vdso_gettimeofday, __vdso_getcpu \(the others are redirected/, 'named: the functions it lacks');
+  const partial = trampolinePage(MAX_61, lacking, 0x2000, 0x4000_0000_4000n);
+  t.equal(partial.readBigUInt64LE(0xb06), 0x4000_0000_4000n + 0xbc0n, 'tried anyway: the ones it has jump');
+  t.equal(partial[0xd40], 0xcc, 'the one it lacks traps');
 
   const page = trampolinePage(MAX_61, target, 0x2000, 0x4000_0000_4000n);
   t.equal(page.length, 0x2000);

@@ -8,7 +8,7 @@
 import { debugRegOffset, hex } from '../x86/registers.ts';
 import { DEBUG_REG_NAMES, type CheckpointImage } from './checkpoint-image.ts';
 import { PlanError, type PlanStep, type TargetProbe } from './plan-step.ts';
-import { vdsoRedirectable } from './platform-dependencies.ts';
+import { vdsoMovable } from './platform-dependencies.ts';
 import { vdsoRedirectSteps } from './vdso-redirect.ts';
 import { omits, type RestorePolicy } from './policy.ts';
 import { applyRseqFixup, type RseqFixup } from './rseq.ts';
@@ -88,7 +88,8 @@ export function compileRestorePlan(checkpointed: CheckpointImage, probe: TargetP
     }
   }
   // Another kernel's vDSO in the same place: the old offsets jump to the new code (vdso-redirect.ts).
-  if (image.dependencies && probe.dependencies && !omits(policy, 'vdso') && vdsoRedirectable(image.dependencies, probe.dependencies)) {
+  // (Functions the new vDSO lacks get int3; the dependency check refused them already unless the restore is tried anyway.)
+  if (image.dependencies && probe.dependencies && !omits(policy, 'vdso') && vdsoMovable(image.dependencies, probe.dependencies)) {
     const rips = [image.regs.rip, ...image.threads.map((t) => t.regs.rip)];
     steps.push(...vdsoRedirectSteps(pid, image.dependencies, probe.dependencies, rips, [...probe.maps, ...imageMaps]).steps);
   }

@@ -204,9 +204,22 @@ const layout = (d: PlatformDependencies): string => d.vdso.mappings.map((m) => `
  * Undefined when nothing changed.
  */
 export function vdsoRedirectable(image: PlatformDependencies, target: PlatformDependencies): boolean | undefined {
+  const movable = vdsoMovable(image, target);
+  if (movable === undefined) return undefined;
+  return movable && Object.keys(image.vdso.symbols).every((name) => target.vdso.symbols[name] !== undefined);
+}
+
+/**
+ * Whether the plan moves the target's vDSO and puts jumps in the old one's
+ * place: the same layout, other offsets. A function the target's vDSO
+ * lacks gets none (int3): vdsoRedirectable() says whether any is lacking,
+ * which is a missing dependency unless the restore is tried anyway.
+ * Undefined when nothing changed.
+ */
+export function vdsoMovable(image: PlatformDependencies, target: PlatformDependencies): boolean | undefined {
   const changed = Object.entries(image.vdso.symbols).some(([name, at]) => target.vdso.symbols[name] !== at);
   if (!changed) return undefined;
-  return layout(image) === layout(target) && image.vdso.mappings.some((m) => m.name === '[vdso]') && Object.keys(image.vdso.symbols).every((name) => target.vdso.symbols[name] !== undefined);
+  return layout(image) === layout(target) && image.vdso.mappings.some((m) => m.name === '[vdso]');
 }
 
 function bitNames(bits: bigint, names: Record<number, string>): string[] {
@@ -243,7 +256,10 @@ export function missingDependencies(image: PlatformDependencies, target: Platfor
   if (vdsoMoved !== vdsoThere) missing.push({ feature: 'vdso layout', why: `the checkpoint's ${vdsoMoved || 'none'}, the target's ${vdsoThere || 'none'}` });
   const changed = Object.entries(image.vdso.symbols).filter(([name, at]) => target.vdso.symbols[name] !== at).map(([name, at]) => `${name} at +${hex(at)}, the target's ${target.vdso.symbols[name] === undefined ? 'absent' : `+${hex(target.vdso.symbols[name]!)}`}`);
   // Other offsets in the same layout are redirected (vdso-redirect.ts) unless the policy says not to.
-  if (changed.length > 0 && !(redirectVdso && vdsoRedirectable(image, target))) missing.push({ feature: 'vdso symbols', why: `the process resolved them in the checkpoint kernel's vDSO: ${changed.join(', ')}` });
+  const lacking = Object.keys(image.vdso.symbols).filter((name) => target.vdso.symbols[name] === undefined);
+  if (redirectVdso && vdsoMovable(image, target) && lacking.length > 0) {
+    missing.push({ feature: 'vdso symbols', why: `the target kernel's vDSO lacks ${lacking.join(', ')} (the others are redirected; a call to one of these would meet int3)` });
+  } else if (changed.length > 0 && !(redirectVdso && vdsoRedirectable(image, target))) missing.push({ feature: 'vdso symbols', why: `the process resolved them in the checkpoint kernel's vDSO: ${changed.join(', ')}` });
   const { featureSize, align } = image.rseq;
   if (featureSize !== null && (target.rseq.featureSize ?? 0) < featureSize) {
     missing.push({ feature: 'rseq feature size', why: `AT_RSEQ_FEATURE_SIZE ${featureSize} at the checkpoint (fields the process may use), the target's ${target.rseq.featureSize ?? 'absent'}` });

@@ -13,7 +13,7 @@ import { DEBUG_REG_NAMES, type CheckpointImage } from './checkpoint-image.ts';
 import { compileRestorePlan, fixedImage, type PlanStep } from './plan.ts';
 import { assertPolicyAdmits, omits, type RestorePolicy } from './policy.ts';
 import { parseMaps, type Mapping } from './proc-maps.ts';
-import { describeMissing, IncompatibleTargetError, missingDependencies, readTargetDependencies, vdsoFingerprint, vdsoRedirectable, type PlatformDependencies } from './platform-dependencies.ts';
+import { describeMissing, IncompatibleTargetError, missingDependencies, readTargetDependencies, vdsoFingerprint, vdsoMovable, type PlatformDependencies } from './platform-dependencies.ts';
 import { mappedFiles, probeMappedFiles } from './mappings.ts';
 import { rseqCsAddress, rseqCsPointer } from './rseq.ts';
 import { siginfoSigno } from './signals.ts';
@@ -104,7 +104,7 @@ export async function restoreProcess(agent: AgentClient, image: CheckpointImage,
 async function checkTargetDependencies(agent: AgentClient, pid: number, maps: Mapping[], image: CheckpointImage, mode: 'refuse' | 'try', redirectVdso: boolean): Promise<{ notes: string[]; target?: PlatformDependencies }> {
   if (!image.dependencies) return { notes: ['the image records no platform dependencies (format 9): CPU features, vDSO and rseq ABI not checked'] };
   const target = await readTargetDependencies(agent, pid, maps);
-  const notes = redirectVdso && vdsoRedirectable(image.dependencies, target) ? [`vDSO redirected: the target kernel's vDSO has other offsets (${vdsoFingerprint(image.dependencies)} → ${vdsoFingerprint(target)}); the old ones jump to the new code`] : [];
+  const notes = redirectVdso && vdsoMovable(image.dependencies, target) ? [`vDSO redirected: the target kernel's vDSO has other offsets (${vdsoFingerprint(image.dependencies)} → ${vdsoFingerprint(target)}); the old ones jump to the new code`] : [];
   const missing = missingDependencies(image.dependencies, target, image.rseq?.area, { redirectVdso });
   if (missing.length === 0) return { notes, target };
   if (mode === 'refuse') throw new IncompatibleTargetError(missing);

@@ -36,8 +36,11 @@ export function trampolinePage(image: PlatformDependencies, target: PlatformDepe
   const page = Buffer.alloc(oldSize, INT3);
   const taken: Array<[number, number, string]> = [];
   for (const [name, offset] of Object.entries(image.vdso.symbols)) {
+    const there = target.vdso.symbols[name];
+    // A function the new vDSO lacks keeps int3: a call traps (SIGTRAP) rather than running other code.
+    if (there === undefined) continue;
     const at = Number(offset);
-    const destination = movedVdso + target.vdso.symbols[name]!;
+    const destination = movedVdso + there;
     if (at + JMP_BYTES > oldSize) throw new PlanError(`vDSO redirect: ${name} at +${hex(offset)} leaves no room for a jump in a ${oldSize}-byte vDSO`);
     // Aliases (clock_gettime, __vdso_clock_gettime) share an offset and a destination; anything else may not overlap.
     const clash = taken.find(([start, , other]) => start !== at && at < start + JMP_BYTES && start < at + JMP_BYTES && other !== name);
@@ -75,6 +78,6 @@ export function vdsoRedirectSteps(pid: number, image: PlatformDependencies, targ
   steps.push(mapFixedStep(pid, oldVdso.start, size, PROT.READ | PROT.WRITE, 'a page at the old vDSO\'s place for the jumps to the moved one'));
   steps.push({ op: { op: 'WRITE_MEM', pid, address: oldVdso.start, data: trampolinePage(image, target, Number(size), movedVdso) }, why: 'a jump at each function the process resolved in the old vDSO, int3 elsewhere' });
   steps.push(protectStep(pid, oldVdso.start, size, PROT.READ | PROT.EXEC, 'the jumps read-only and executable, as the vDSO was'));
-  const functions = Object.keys(image.vdso.symbols).length;
+  const functions = Object.keys(image.vdso.symbols).filter((name) => target.vdso.symbols[name] !== undefined).length;
   return { steps, note: `vDSO redirected: the target kernel's vDSO differs (same layout, other offsets); moved to ${hex(movedVdso)}, ${functions} functions of the old one jump there` };
 }
