@@ -1,6 +1,7 @@
 /** The kernel switches every command that boots a guest takes, and how they reach the cases. */
 import path from 'node:path';
-import { DEBIAN_KERNEL_PREFIX, splitKernelSpec } from '../image/kernel.ts';
+import { DEBIAN_KERNEL_PREFIX, splitDebianSpec, splitKernelSpec } from '../image/kernel.ts';
+import { DEBIAN_SUITE } from '../image/private-apt.ts';
 import { UsageError } from '../errors.ts';
 
 export const kernelOptions = {
@@ -10,7 +11,7 @@ export const kernelOptions = {
   modules: { type: 'string' },
 } as const;
 
-export const KERNEL_USAGE = '[--kernel BZIMAGE|debian:PACKAGE [--system-map FILE] [--kernel-config FILE] [--modules DIR]]';
+export const KERNEL_USAGE = '[--kernel BZIMAGE|debian:PACKAGE[@SUITE] [--system-map FILE] [--kernel-config FILE] [--modules DIR]]';
 
 const ENVIRONMENT: Record<keyof typeof kernelOptions, string> = {
   kernel: 'CRH_KERNEL',
@@ -43,12 +44,13 @@ export function kernelFlagArgs(values: Record<string, string | boolean | string[
  */
 export function resolveKernelFlag(flag: string, value: string): string {
   const { label, spec } = flag === 'kernel' ? splitKernelSpec(value) : { label: undefined, spec: value };
-  if (spec === '') throw new UsageError(`--${flag} takes a file${flag === 'kernel' ? ' or debian:PACKAGE' : ''}, not an empty string`);
+  if (spec === '') throw new UsageError(`--${flag} takes a file${flag === 'kernel' ? ' or debian:PACKAGE[@SUITE]' : ''}, not an empty string`);
   const labelled = (resolved: string): string => (label ? `${label}=${resolved}` : resolved);
   if (!spec.startsWith(DEBIAN_KERNEL_PREFIX)) return labelled(path.resolve(spec));
-  const name = spec.slice(DEBIAN_KERNEL_PREFIX.length);
+  const { name, suite } = splitDebianSpec(spec.slice(DEBIAN_KERNEL_PREFIX.length));
   if (flag !== 'kernel') throw new UsageError(`--${flag} takes a file, not a Debian package (${spec})`);
   // Debian policy 5.6.1: lower case letters, digits, + - . ; at least two characters, starting alphanumeric.
   if (!/^[a-z0-9][a-z0-9+.-]+$/.test(name)) throw new UsageError(`--kernel ${JSON.stringify(value)}: "${name}" is not a Debian package name`);
+  if (suite !== undefined && !DEBIAN_SUITE.test(suite)) throw new UsageError(`--kernel ${JSON.stringify(value)}: "${suite}" is not a Debian suite name (e.g. bookworm-backports, trixie)`);
   return labelled(spec);
 }

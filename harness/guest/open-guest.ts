@@ -51,12 +51,17 @@ export interface OpenGuestOptions {
   agentCwd?: string;
   /** boot the image variant with CRIU (harness/image/criu.ts) */
   criu?: boolean;
+  /** the QEMU CPU model (`-cpu`), e.g. `max,-avx`: a guest to restore in elsewhere (default: host under KVM, max under TCG) */
+  cpuModel?: string;
+  /** a --kernel value (a bzImage, debian:PACKAGE[@SUITE]) instead of the one the environment (CRH_KERNEL) names */
+  kernel?: string;
 }
 
 /** Builds (or finds) the image, launches a machine and opens the agent; on any failure what was started is released. */
 export async function openGuest(options: OpenGuestOptions): Promise<OpenedGuest> {
   const log = options.log ?? (() => {});
-  const image = await buildImage({ kernel: await kernelFromEnvironment(), log, ...(options.criu ? { criu: true } : {}) });
+  const kernel = options.kernel !== undefined ? await kernelFromEnvironment({ CRH_KERNEL: options.kernel }, log) : await kernelFromEnvironment();
+  const image = await buildImage({ kernel, log, ...(options.criu ? { criu: true } : {}) });
   const progress = (event: MachineEvent): void => {
     if (event.type === 'launch') log(`launch ${event.name} (${event.accel.accel}: ${event.accel.reason})`);
     else if (event.type === 'ready') log(`${event.name} ready in ${event.elapsedMs} ms`);
@@ -78,7 +83,7 @@ export async function openGuest(options: OpenGuestOptions): Promise<OpenedGuest>
     // Guest programs now, kernel symbols once the guest is up (they may come from its /proc/kallsyms).
     const symbols = new SymbolTable();
     for (const [name, file] of Object.entries(image.binaries)) await symbols.addProgram(name, file);
-    machine = await launchMachine({ image, artifactsDir: options.artifactsDir, onEvent: progress, diagnosisSymbols: symbols });
+    machine = await launchMachine({ image, artifactsDir: options.artifactsDir, onEvent: progress, diagnosisSymbols: symbols, ...(options.cpuModel ? { cpuModel: options.cpuModel } : {}) });
     const agentPath = image.guestPaths['crh-agent']!;
     let command = agentPath;
     if (options.agentCwd) {

@@ -24,6 +24,9 @@ import { ensureCacheDir } from '../util/cache-dir.ts';
 import { buildOnce } from '../util/build-once.ts';
 import { sha256 } from '../util/hash.ts';
 import { writeFileAtomic } from '../util/atomic-write.ts';
+import { candidateVersions, privateApt } from './private-apt.ts';
+
+export { candidateVersions, privateAptOptions, privateSourcesLine } from './private-apt.ts';
 
 export const CRIU_SUITE = 'trixie';
 export const CRIU_PACKAGE = 'criu';
@@ -47,38 +50,6 @@ export interface GuestCriu {
   files: ReadonlyMap<string, string>;
   /** the wrapper script's text, installed at CRIU_GUEST_COMMAND */
   wrapper: string;
-}
-
-/** The apt-get/apt-cache options of crh's private trixie configuration, rooted at `dir`. */
-export function privateAptOptions(dir: string): string[] {
-  return [
-    `Dir::Etc::sourcelist=${path.join(dir, 'sources.list')}`,
-    'Dir::Etc::sourceparts=/dev/null',
-    `Dir::State::Lists=${path.join(dir, 'lists')}`,
-    `Dir::Cache=${path.join(dir, 'cache')}`,
-    // A private list directory needs no lock shared with the system's apt.
-    'Debug::NoLocking=1',
-  ].flatMap((o) => ['-o', o]);
-}
-
-/** The one line of crh's private sources file. */
-export function privateSourcesLine(suite: string): string {
-  return `deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian ${suite} main\n`;
-}
-
-async function privateApt(log: (line: string) => void): Promise<string[]> {
-  const dir = await ensureCacheDir('apt', CRIU_SUITE);
-  await mkdir(path.join(dir, 'lists', 'partial'), { recursive: true });
-  await mkdir(path.join(dir, 'cache', 'archives', 'partial'), { recursive: true });
-  await writeFile(path.join(dir, 'sources.list'), privateSourcesLine(CRIU_SUITE));
-  const options = privateAptOptions(dir);
-  const hasLists = (await readdir(path.join(dir, 'lists'))).some((f) => f.endsWith('_Packages') || f.endsWith('InRelease'));
-  if (!hasLists) {
-    log(`apt-get update of crh's private ${CRIU_SUITE} sources (${dir})`);
-    const update = await execa('apt-get', [...options, 'update'], { reject: false });
-    if (update.exitCode !== 0) throw new InfraError(`apt-get update of the private ${CRIU_SUITE} sources failed`, { command: `apt-get ${options.join(' ')} update`, output: `${update.stdout}\n${update.stderr}` });
-  }
-  return options;
 }
 
 /** The packages `criu` depends on, recursively (Depends only), with the candidate version of each. */
@@ -119,25 +90,12 @@ async function resolvedOnce(options: string[]): Promise<Array<{ name: string; ve
   return packages;
 }
 
-/** Package name -> candidate version, from `apt-cache policy A B ...` (a "NAME:" line opens each section). */
-export function candidateVersions(policyOutput: string): Map<string, string> {
-  const versions = new Map<string, string>();
-  let current: string | undefined;
-  for (const line of policyOutput.split('\n')) {
-    const section = line.match(/^(\S+):$/);
-    if (section) current = section[1];
-    const candidate = line.match(/^\s+Candidate:\s*(\S+)/);
-    if (candidate && current) versions.set(current, candidate[1]!);
-  }
-  return versions;
-}
-
 /**
  * CRIU from Debian trixie with its library closure, unpacked into crh's
  * cache (once per version set) and described as guest files.
  */
 export async function debianCriu(log: (line: string) => void = () => {}): Promise<GuestCriu> {
-  const options = await privateApt(log);
+  const options = await privateApt(CRIU_SUITE, log);
   const packages = await resolvedOnce(options);
   const criu = packages.find((p) => p.name === CRIU_PACKAGE);
   if (!criu) throw new InfraError(`apt-cache did not list ${CRIU_PACKAGE} itself`);

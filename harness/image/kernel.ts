@@ -13,6 +13,7 @@ import { ensureCacheDir } from '../util/cache-dir.ts';
 import { sha256File } from '../util/hash.ts';
 import { buildOnce } from '../util/build-once.ts';
 import { parseBzImageHeader, SETUP_MAX_BYTES } from './bzimage-header.ts';
+import { privateApt } from './private-apt.ts';
 
 export interface GuestKernel {
   /**
@@ -37,18 +38,34 @@ export interface GuestKernel {
   sha256: string;
 }
 
-/** A versioned Debian kernel package (linux-image-6.1.0-56-amd64), as opposed to a metapackage that points at one. */
-const VERSIONED_KERNEL_PACKAGE = /^linux-image-\d+\.\d+\.\d+-\d+-/;
+/**
+ * A versioned Debian kernel package, as opposed to a metapackage that
+ * points at one: bookworm's linux-image-6.1.0-56-amd64 (ABI number),
+ * trixie's linux-image-6.12.117+deb13-amd64 and backports'
+ * linux-image-6.12.12+bpo-amd64 (a suffix instead).
+ */
+const VERSIONED_KERNEL_PACKAGE = /^linux-image-\d+\.\d+\.\d+(?:-\d+|\+[a-z0-9.~]+)-/;
+
+/** `debian:PACKAGE@SUITE`: the package from another Debian suite, through crh's private apt configuration for it (private-apt.ts). */
+export function splitDebianSpec(spec: string): { name: string; suite?: string } {
+  const at = spec.indexOf('@');
+  return at < 0 ? { name: spec } : { name: spec.slice(0, at), suite: spec.slice(at + 1) };
+}
+
+/** apt-get/apt-cache options for `suite` (its private configuration), or none for the host's own sources. */
+async function aptOptions(suite: string | undefined, log: (line: string) => void): Promise<string[]> {
+  return suite === undefined ? [] : privateApt(suite, log);
+}
 
 /**
  * Resolves a Debian metapackage (linux-image-cloud-amd64) to the versioned
  * kernel package; a versioned package name (one ABI build, e.g.
  * linux-image-6.1.0-54-cloud-amd64) stands for itself.
  */
-export async function resolveKernelPackage(metapackage: string): Promise<{ name: string; version: string }> {
+export async function resolveKernelPackage(metapackage: string, apt: string[] = []): Promise<{ name: string; version: string }> {
   let name = metapackage;
   if (!VERSIONED_KERNEL_PACKAGE.test(metapackage)) {
-    const depends = await execa('apt-cache', ['depends', metapackage], { reject: false });
+    const depends = await execa('apt-cache', [...apt, 'depends', metapackage], { reject: false });
     const target = depends.stdout.match(/Depends:\s+(linux-image-\S+)/)?.[1];
     if (depends.exitCode !== 0 || !target) {
       throw new InfraError(`cannot resolve kernel package ${metapackage} with apt-cache`, {
@@ -59,7 +76,7 @@ export async function resolveKernelPackage(metapackage: string): Promise<{ name:
     }
     name = target;
   }
-  const policy = await execa('apt-cache', ['policy', name], { reject: false });
+  const policy = await execa('apt-cache', [...apt, 'policy', name], { reject: false });
   const version = policy.stdout.match(/Candidate:\s+(\S+)/)?.[1];
   if (!version || version === '(none)') throw new InfraError(`no candidate version for ${name}`, { command: `apt-cache policy ${name}`, output: `${policy.stdout}\n${policy.stderr}` });
   return { name, version };
@@ -70,12 +87,17 @@ export async function resolveKernelPackage(metapackage: string): Promise<{ name:
  * When apt cannot resolve the package (no lists, offline) an already cached
  * kernel is used instead, and `log` says so.
  */
-export async function debianKernel(metapackage: string, log: (line: string) => void = () => {}): Promise<GuestKernel> {
+export async function debianKernel(spec: string, log: (line: string) => void = () => {}): Promise<GuestKernel> {
+  const { name: metapackage, suite } = splitDebianSpec(spec);
   const root = await ensureCacheDir('kernels');
   let pkg: { name: string; version: string };
+  let apt: string[] = [];
   try {
-    pkg = await resolveKernelPackage(metapackage);
+    apt = await aptOptions(suite, log);
+    pkg = await resolveKernelPackage(metapackage, apt);
   } catch (error) {
+    // A kernel from another suite has no stand-in: the cache does not say which suite a kernel came from.
+    if (suite !== undefined) throw error;
     // Only a kernel of the flavour asked for: with several cached, the newest of any flavour would be the wrong kernel.
     const cached = existsSync(root) ? (await readdir(root)).filter((d) => cachedKernelMatches(d, metapackage)).sort() : [];
     const newest = cached.at(-1);
@@ -86,7 +108,7 @@ export async function debianKernel(metapackage: string, log: (line: string) => v
   }
   const dir = path.join(root, `${pkg.name}_${pkg.version}`);
   if (!existsSync(path.join(dir, 'complete'))) log(`fetching ${pkg.name} ${pkg.version}`);
-  await fetchDebianPackage(pkg.name, pkg.version, dir);
+  await fetchDebianPackage(pkg.name, pkg.version, dir, apt);
   const debs = (await readdir(dir)).filter((f) => f.endsWith('.deb'));
   const release = pkg.name.replace(/^linux-image-/, '');
   const tree = path.join(dir, 'tree');
@@ -95,9 +117,9 @@ export async function debianKernel(metapackage: string, log: (line: string) => v
     bzImage: path.join(tree, 'boot', `vmlinuz-${release}`),
     systemMap: path.join(tree, 'boot', `System.map-${release}`),
     config: path.join(tree, 'boot', `config-${release}`),
-    modulesDir: path.join(tree, 'lib', 'modules', release),
+    modulesDir: path.join(tree, MODULE_ROOTS.find((root) => existsSync(path.join(tree, root, release))) ?? MODULE_ROOTS[0], release),
     kernelVersion: (await bzImageVersion(path.join(tree, 'boot', `vmlinuz-${release}`))).kernelVersion,
-    origin: `debian:${pkg.name}=${pkg.version}`,
+    origin: `debian:${pkg.name}=${pkg.version}${suite ? `@${suite}` : ''}`,
     sha256: await sha256File(path.join(dir, debs[0]!)),
   };
 }
@@ -110,15 +132,36 @@ export function cachedKernelMatches(dir: string, metapackage: string): boolean {
   return VERSIONED_KERNEL_PACKAGE.test(dir) && dir.replace(VERSIONED_KERNEL_PACKAGE, '').startsWith(`${flavour}_`);
 }
 
-async function fetchDebianPackage(name: string, version: string, dir: string): Promise<void> {
+async function fetchDebianPackage(name: string, version: string, dir: string, apt: string[]): Promise<void> {
   await buildOnce(dir, async (staging) => {
-    const download = await execa('apt-get', ['download', `${name}=${version}`], { cwd: staging, reject: false });
+    const download = await execa('apt-get', [...apt, 'download', `${name}=${version}`], { cwd: staging, reject: false });
     const debs = (await readdir(staging)).filter((f) => f.endsWith('.deb'));
     if (download.exitCode !== 0 || debs.length !== 1) {
       throw new InfraError(`apt-get download ${name}=${version} failed`, { output: `${download.stdout}\n${download.stderr}` });
     }
-    await execa('dpkg-deb', ['-x', path.join(staging, debs[0]!), path.join(staging, 'tree')]);
+    const tree = path.join(staging, 'tree');
+    await execa('dpkg-deb', ['-x', path.join(staging, debs[0]!), tree]);
+    for (const root of MODULE_ROOTS) await decompressModules(path.join(tree, root));
   });
+}
+
+/** Where a kernel package puts its modules: lib/modules up to bookworm, usr/lib/modules in trixie (merged /usr). */
+const MODULE_ROOTS = [path.join('lib', 'modules'), path.join('usr', 'lib', 'modules')] as const;
+
+/**
+ * Newer Debian kernels (6.12: trixie, bookworm-backports) ship their
+ * modules xz-compressed (.ko.xz), which the guest's busybox insmod cannot
+ * load and modules.ts cannot read: unpacked once, here, into plain .ko.
+ */
+async function decompressModules(modulesRoot: string): Promise<void> {
+  if (!existsSync(modulesRoot)) return;
+  const compressed = (await readdir(modulesRoot, { recursive: true })).filter((f) => f.endsWith('.ko.xz')).map((f) => path.join(modulesRoot, f));
+  // In batches: one xz per few hundred files, not one per file.
+  for (let i = 0; i < compressed.length; i += 256) {
+    const batch = compressed.slice(i, i + 256);
+    const xz = await execa('xz', ['--decompress', '--', ...batch], { reject: false });
+    if (xz.exitCode !== 0) throw new InfraError(`xz could not decompress the kernel's modules (${batch[0]} …)`, { output: xz.stderr.slice(-4000), hint: 'install xz-utils' });
+  }
 }
 
 /** A user's own kernel: a bzImage, optionally its System.map, config and modules directory. */
@@ -140,7 +183,7 @@ export async function userKernel(options: { bzImage: string; systemMap?: string;
   };
 }
 
-/** `--kernel debian:<package>`: a Debian kernel package (metapackage or one ABI build) instead of a file. */
+/** `--kernel debian:<package>[@<suite>]`: a Debian kernel package (metapackage or one ABI build), from the host's sources or another suite, instead of a file. */
 export const DEBIAN_KERNEL_PREFIX = 'debian:';
 
 /** The release and version string a bzImage's setup header names; when it names none, `kernelVersion` says why. */

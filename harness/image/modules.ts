@@ -3,7 +3,8 @@
  * modules.dep (depmod runs at install time), so dependencies are read from
  * each module's own .modinfo "depends=" entry.
  */
-import { readdir } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { ElfFile, parseModinfo } from '../elf/elf64.ts';
 import { InfraError } from '../errors.ts';
@@ -26,14 +27,27 @@ async function indexModules(modulesDir: string): Promise<Map<string, string>> {
   return index;
 }
 
-/** The modules `wanted` needs, in an order in which each loads after its dependencies. */
+/**
+ * Modules built into the kernel (modules.builtin, one path a line): a
+ * kernel of another configuration (6.12's cloud flavour has virtio_pci
+ * built in, 6.1's as a module) needs no file for them.
+ */
+async function builtinModules(modulesDir: string): Promise<Set<string>> {
+  const file = path.join(modulesDir, 'modules.builtin');
+  if (!existsSync(file)) return new Set();
+  const lines = (await readFile(file, 'utf8')).split('\n').filter(Boolean);
+  return new Set(lines.map((l) => path.basename(l).replace(/\.ko$/, '').replaceAll('-', '_')));
+}
+
+/** The modules `wanted` needs, in an order in which each loads after its dependencies; built-in ones are left out. */
 export async function moduleLoadOrder(modulesDir: string, wanted: readonly string[]): Promise<ModuleFile[]> {
   const index = await indexModules(modulesDir);
+  const builtin = await builtinModules(modulesDir);
   const order: ModuleFile[] = [];
   const visiting = new Set<string>();
   const done = new Set<string>();
   const visit = async (name: string, chain: string[]): Promise<void> => {
-    if (done.has(name)) return;
+    if (done.has(name) || (builtin.has(name) && !index.has(name))) return;
     if (visiting.has(name)) throw new InfraError(`module dependency cycle: ${[...chain, name].join(' -> ')}`);
     const file = index.get(name);
     if (!file) throw new InfraError(`kernel module ${name} not found under ${modulesDir}`, { 'needed by': chain.join(' -> ') || '(recipe)' });

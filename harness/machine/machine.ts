@@ -26,7 +26,7 @@ import { makeTempDir, removeTempDir } from '../util/temp-dir.ts';
 import { chooseAccelerator, recordKvmFailure, type AccelChoice } from './accel.ts';
 import { ConsoleLog, KERNEL_DEATH } from './console.ts';
 import { freeLoopbackPort } from './free-port.ts';
-import { formatCommandLine, qemuArgs, shellQuote, type BootFiles } from './qemu-args.ts';
+import { cpuModelOf, formatCommandLine, qemuArgs, shellQuote, type BootFiles } from './qemu-args.ts';
 import { qemuBinary } from './qemu-binary.ts';
 import { evidenceDetails, instructionPointers, SILENT_CONSOLE_MS, StalledLaunchError, watchForStall, type StallWatch } from './stall-watch.ts';
 import { Ready } from './readiness.ts';
@@ -50,6 +50,8 @@ export interface MachineConfig {
   name?: string;
   memoryMiB?: number;
   cpus?: number;
+  /** the QEMU CPU model (`-cpu`); default host under KVM, max under TCG (qemu-args.ts cpuModelOf) */
+  cpuModel?: string;
   /** the accelerator to use as given (no decision, no fallback); default: chooseAccelerator() */
   accel?: AccelChoice;
   /** launch → SSH answers; TCG boots take seconds, a stuck one is cut off here */
@@ -195,6 +197,11 @@ export class QemuMachine implements AsyncDisposable {
     return this.accelChoice;
   }
 
+  /** The `-cpu` model this machine runs (known once the accelerator is chosen). */
+  get cpuModel(): string | undefined {
+    return this.accelChoice ? cpuModelOf({ accel: this.accelChoice.accel, ...(this.config.cpuModel ? { cpuModel: this.config.cpuModel } : {}) }) : undefined;
+  }
+
   get commandLine(): string {
     return formatCommandLine(this.argv);
   }
@@ -271,7 +278,7 @@ export class QemuMachine implements AsyncDisposable {
       qemuBinary(),
       ...qemuArgs({
         name: this.name,
-        profile: { accel: this.accelChoice!.accel, memoryMiB: this.config.memoryMiB ?? 512, cpus: this.config.cpus ?? 1 },
+        profile: { accel: this.accelChoice!.accel, memoryMiB: this.config.memoryMiB ?? 512, cpus: this.config.cpus ?? 1, ...(this.config.cpuModel ? { cpuModel: this.config.cpuModel } : {}) },
         boot: { kernel: image.kernel.bzImage, initrd: image.initramfs, cmdline: image.cmdline },
         endpoints: { qmpSocket: path.join(runDir, 'qmp.sock'), gdbSocket: path.join(runDir, 'gdb.sock'), sshPort: this.port, bulkSocket: this.bulkSocket },
         ...(this.config.incomingState ? { incomingState: this.config.incomingState } : {}),

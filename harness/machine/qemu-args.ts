@@ -11,6 +11,16 @@ export interface MachineProfile {
   /** guest RAM in MiB */
   memoryMiB: number;
   cpus: number;
+  /**
+   * the QEMU CPU model (`-cpu`), e.g. `max,-avx` or `Skylake-Client`, for a
+   * restore onto another CPU; default `host` under KVM, `max` under TCG
+   */
+  cpuModel?: string;
+}
+
+/** The CPU model a machine of `profile` runs: the one asked for, else host (KVM) or max (TCG, so XSAVE/AVX exist). */
+export function cpuModelOf(profile: Pick<MachineProfile, 'accel' | 'cpuModel'>): string {
+  return profile.cpuModel ?? (profile.accel === 'kvm' ? 'host' : 'max');
 }
 
 export interface BootFiles {
@@ -31,12 +41,12 @@ export interface Endpoints {
 /** The name the guest sees in /sys/class/virtio-ports/<port>/name (the agent's BULK_OPEN looks for it). */
 export const BULK_PORT_NAME = 'org.cr-harness.bulk';
 
-/** Machine type, accelerator, CPU model, memory. TCG gets `max` so XSAVE/AVX exist in the guest. */
+/** Machine type, accelerator, CPU model (cpuModelOf), memory. */
 export function machineArgs(profile: MachineProfile): string[] {
   return [
     '-machine', 'pc',
     '-accel', profile.accel,
-    '-cpu', profile.accel === 'kvm' ? 'host' : 'max',
+    '-cpu', cpuModelOf(profile),
     '-m', String(profile.memoryMiB),
     '-smp', String(profile.cpus),
     '-nodefaults',

@@ -116,7 +116,10 @@ export interface ProfileContext {
 /** Cache file of the profile for this image, QEMU, accelerator and host CPU. */
 export async function profilePath(ctx: Pick<ProfileContext, 'image' | 'machine'>): Promise<string> {
   const hostCpu = (await readFile('/proc/cpuinfo', 'utf8')).match(/model name\s*:\s*(.*)/)?.[1] ?? 'unknown';
-  const key = sha256(JSON.stringify({ v: PROFILE_VERSION, image: ctx.image.key, accel: ctx.machine.accel?.accel, qemu: await qemuVersion(), hostCpu })).slice(0, 20);
+  // A CPU model other than the default (--restore-cpu) is another platform; the default keeps the keys profiles were cached under.
+  const model = ctx.machine.cpuModel;
+  const cpuModel = model && model !== 'max' && model !== 'host' ? { cpuModel: model } : {};
+  const key = sha256(JSON.stringify({ v: PROFILE_VERSION, image: ctx.image.key, accel: ctx.machine.accel?.accel, qemu: await qemuVersion(), hostCpu, ...cpuModel })).slice(0, 20);
   return cacheDir('profiles', `${key}.json`);
 }
 
@@ -157,7 +160,7 @@ export async function measurePlatformProfile(ctx: ProfileContext): Promise<Platf
     measuredAt: new Date().toISOString(),
     qemu: await qemuVersion(),
     ...currentAccel(machine),
-    cpuModel: machine.accel?.accel === 'kvm' ? 'host' : 'max',
+    cpuModel: machine.cpuModel ?? (machine.accel?.accel === 'kvm' ? 'host' : 'max'),
     guestCpu: cpuinfo.match(/model name\s*:\s*(.*)/)?.[1] ?? 'unknown',
     cpuFlags: INTERESTING_FLAGS.filter((f) => flags.has(f)),
     xcr0: hex(hw.xcr0),

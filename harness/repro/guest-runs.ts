@@ -6,7 +6,8 @@
  */
 import path from 'node:path';
 import { CrhError, InfraError } from '../errors.ts';
-import { openGuest } from '../guest/open-guest.ts';
+import { openGuest, type OpenedGuest } from '../guest/open-guest.ts';
+import { describeElsewhere } from './restore-elsewhere.ts';
 import { isInfraFailure } from '../report/infra-failures.ts';
 import { injectFault } from './fault-injection.ts';
 import { bootstrapHost } from '../host/bootstrap.ts';
@@ -21,7 +22,7 @@ import type { ReproRequest } from './options.ts';
 import type { PreparedProgram } from './prepare.ts';
 import type { Progress } from './progress.ts';
 import type { NativeRun } from '../guest/native-run.ts';
-import { checkpointedRun, GUEST_DIRS, nativeReference, READY_FILE, referenceRun, type Checkpointed, type GuestProgram, type Reference, type RunContext } from './runs.ts';
+import { checkpointedRun, GUEST_DIRS, nativeReference, READY_FILE, referenceRun, type Checkpointed, type GuestProgram, type Reference, type RestoreElsewhere, type RunContext } from './runs.ts';
 
 export interface GuestRuns {
   program: GuestProgram;
@@ -31,6 +32,8 @@ export interface GuestRuns {
   checkpointed: Checkpointed;
   profile: PlatformProfile;
   platform: PlatformFacts;
+  /** the guest the process was restored in, when not this one (--restore-cpu, --restore-kernel) */
+  restoredIn?: { profile: PlatformProfile; platform: PlatformFacts };
 }
 
 export async function runInGuest(request: ReproRequest, prepared: PreparedProgram, runDir: string, imageFile: string, progress: Progress): Promise<GuestRuns> {
@@ -70,6 +73,7 @@ async function phases(request: ReproRequest, prepared: PreparedProgram, runDir: 
   await bootstrapHost((line) => progress.note(line));
   const guest = await openGuest({ artifactsDir: runDir, log: (line) => progress.note(line), agentCwd: GUEST_DIRS.work, ...(request.engine === 'criu' ? { criu: true } : {}) });
   let fault = request.fault;
+  let restoreGuest: OpenedGuest | undefined;
   try {
     const { ssh } = guest.machine;
     const guestBinary = `${GUEST_DIRS.bin}/${prepared.name}`;
@@ -118,17 +122,39 @@ async function phases(request: ReproRequest, prepared: PreparedProgram, runDir: 
     const reference = await referenceRun(ctx, native.pid);
     const hits = prepared.breakAt !== undefined ? `, ${reference.hits} executions of ${hex(prepared.breakAt)}` : '';
     progress.note(`${describeStatus(reference)}, ${reference.output.length} bytes of output${hits}, ${reference.elapsedMs} ms (pid ${reference.pid})`);
+    let elsewhere: RestoreElsewhere | undefined;
+    if (request.elsewhere) {
+      // The restore guest: the same image recipe, another CPU model or kernel, the program and its files at the same paths.
+      phase('boot the restore guest', describeElsewhere(request.elsewhere));
+      restoreGuest = await openGuest({
+        artifactsDir: path.join(runDir, 'restore-guest'),
+        log: (line) => progress.note(`restore guest: ${line}`),
+        agentCwd: GUEST_DIRS.work,
+        ...(request.elsewhere.cpu !== undefined ? { cpuModel: request.elsewhere.cpu } : {}),
+        ...(request.elsewhere.kernel !== undefined ? { kernel: request.elsewhere.kernel } : {}),
+      });
+      const there = restoreGuest.machine.ssh;
+      await there.run(`mkdir -p ${GUEST_DIRS.bin} ${GUEST_DIRS.out} ${GUEST_DIRS.work} && echo 7 > /proc/sys/kernel/printk`);
+      await there.upload(guestBinary, prepared.program.data, 0o755);
+      for (const f of prepared.files) await there.upload(`${GUEST_DIRS.work}/${path.basename(f.file)}`, f.data, f.mode);
+      progress.note(`restore guest: -cpu ${restoreGuest.profile.cpuModel}, kernel ${restoreGuest.profile.kernelRelease}, CPU flags ${restoreGuest.profile.cpuFlags.join(' ')}`);
+      elsewhere = {
+        ctx: { ...ctx, agent: restoreGuest.agent, shell: (command) => there.run(command), clearReady: async () => void (await there.run(`rm -f ${shellQuote(READY_FILE)}`)) },
+        anyway: request.elsewhere.anyway,
+      };
+    }
     await cleanStart('checkpointed run');
     const criu = guest.image.criu;
     if (request.engine === 'criu' && !criu) throw new InfraError('the image built for --engine criu has no CRIU');
     const checkpointed =
       request.engine === 'criu'
         ? await criuCheckpointedRun(ctx, reference, { command: criu!.command, version: criu!.version, exec: (command) => ssh.exec(command) })
-        : await checkpointedRun(ctx, reference, guest.platform, request.policy, imageFile, request.cycles);
-    return { program, native, reference, checkpointed, profile: guest.profile, platform: guest.platform };
+        : await checkpointedRun(ctx, reference, guest.platform, request.policy, imageFile, request.cycles, elsewhere);
+    return { program, native, reference, checkpointed, profile: guest.profile, platform: guest.platform, ...(restoreGuest ? { restoredIn: { profile: restoreGuest.profile, platform: restoreGuest.platform } } : {}) };
   } finally {
     // The failure's phase stays the one that failed: shutting down is no phase of the run's.
     progress.phase('shut down');
+    await restoreGuest?.close();
     await guest.close();
   }
 }

@@ -11,6 +11,7 @@ import { policyFromFlags, policyOptions, POLICY_USAGE } from '../flags/policy-fl
 import type { RestorePolicy } from '../restore/policy.ts';
 import { parseFault, type InjectedFault } from './fault-injection.ts';
 import { UsageError } from './usage-error.ts';
+import { parseRestoreElsewhere, RESTORE_ELSEWHERE_USAGE, restoreElsewhereFlags, restoreElsewhereOptions, type RestoreElsewhereRequest } from './restore-elsewhere.ts';
 import { parseSweepFlags, SWEEP_USAGE, sweepFlags, sweepOptions, type SweepRequest } from './sweep-options.ts';
 
 /** Where the checkpoint is taken. */
@@ -68,6 +69,8 @@ export interface ReproRequest {
   kernel: Record<string, string>;
   /** --sweep: a checkpoint at every K-th of N instruction boundaries from the checkpoint symbol (sweep-options.ts) */
   sweep?: SweepRequest;
+  /** --restore-cpu, --restore-kernel, --restore-anyway: restore in another guest (restore-elsewhere.ts) */
+  elsewhere?: RestoreElsewhereRequest;
 }
 
 export const DEFAULT_TIMEOUT_MS = 60_000;
@@ -77,7 +80,8 @@ export const MAX_CYCLES = 10_000;
 export const REPRO_USAGE =
   'usage: crh repro FILE.c [--checkpoint-at SYMBOL|0xADDR [--hit N] | --checkpoint-after MS | --when-ready [--pid-file FILE]] [--finish-signal SIG] [--cycles N]\n' +
   `                 ${POLICY_USAGE}\n` +
-  `                 [--engine crh|criu] [--cflags "FLAGS"] [--timeout MS] [--out BUNDLE.tar] [--artifacts DIR] ${KERNEL_USAGE} [-- ARGS]\n` +
+  `                 [--engine crh|criu] [--cflags "FLAGS"] [--timeout MS] [--out BUNDLE.tar] [--artifacts DIR] ${KERNEL_USAGE}\n` +
+  `                 ${RESTORE_ELSEWHERE_USAGE} [-- ARGS]\n` +
   `       crh repro FILE.c ${SWEEP_USAGE} [the same policy switches] [-- ARGS]\n` +
   '       crh repro --bundle BUNDLE.tar [--out BUNDLE.tar] [--artifacts DIR]\n' +
   '       crh cr --binary PATH [--file PATH]... [the same checkpoint and policy switches] [-- ARGS]\n' +
@@ -106,6 +110,7 @@ const options = {
   file: { type: 'string', multiple: true },
   bundle: { type: 'string' },
   ...sweepOptions,
+  ...restoreElsewhereOptions,
   engine: { type: 'string' },
 } as const;
 export { options as reproOptions };
@@ -174,6 +179,11 @@ export function parseReproArgs(command: 'repro' | 'cr', argv: readonly string[])
       throw new UsageError(`${given.map((f) => `--${f}`).join(', ')} ${given.length === 1 ? 'is a policy' : 'are policies'} of crh's restore core and cannot apply to --engine criu (CRIU restores by its own rules); drop ${given.length === 1 ? 'it' : 'them'} or use --engine crh`);
     }
   }
+  const elsewhere = parseRestoreElsewhere(values);
+  if (elsewhere && engine === 'criu') throw new UsageError('--restore-cpu and --restore-kernel restore through crh\'s restore core; with --engine criu CRIU restores in the checkpoint\'s guest');
+  if (elsewhere && sweep) throw new UsageError('--sweep restores every checkpoint in the guest it took it in; it goes without --restore-cpu and --restore-kernel');
+  if (elsewhere && values.cycles !== undefined && values.cycles !== '1') throw new UsageError('a restore in another guest moves the process once: --cycles goes without --restore-cpu and --restore-kernel');
+  if (elsewhere && pidFile !== undefined) throw new UsageError('--pid-file gives the daemon back its own descriptors 0-2, files in the guest it ran in: it goes without --restore-cpu and --restore-kernel');
   let policy: RestorePolicy;
   try {
     policy = policyFromFlags(values);
@@ -198,6 +208,7 @@ export function parseReproArgs(command: 'repro' | 'cr', argv: readonly string[])
     timeoutMs: values.timeout === undefined ? DEFAULT_TIMEOUT_MS : positiveInteger('--timeout', values.timeout),
     ...(values.out ? { out: path.resolve(values.out) } : {}),
     ...(values.artifacts ? { artifacts: path.resolve(values.artifacts) } : {}),
+    ...(elsewhere ? { elsewhere } : {}),
     kernel: Object.fromEntries(Object.keys(kernelOptions).flatMap((flag) => {
       const value = values[flag as keyof typeof kernelOptions];
       return typeof value === 'string' ? [[flag, resolveKernelFlag(flag, value)]] : [];
@@ -296,5 +307,6 @@ export function requestFlags(request: ReproRequest): string[] {
   if (request.cflags.length > 0) flags.push(`--cflags=${request.cflags.join(' ')}`);
   flags.push('--timeout', String(request.timeoutMs));
   flags.push(...kernelFlagArgs(request.kernel));
+  if (request.elsewhere) flags.push(...restoreElsewhereFlags(request.elsewhere));
   return flags;
 }

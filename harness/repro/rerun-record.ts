@@ -14,6 +14,7 @@ import { checkPidFilePath, MAX_CYCLES, parseSignal, type CheckpointPoint, type R
 import type { BundleInputs } from './rerun.ts';
 import { BundleRejectedError, UsageError } from './usage-error.ts';
 import { SWEEP_MAX_COUNT } from './sweep-options.ts';
+import { parseCpuModel } from './restore-elsewhere.ts';
 
 export const RERUN_RECORD_VERSION = 1;
 
@@ -64,6 +65,10 @@ export interface RerunRecord {
   args: string[];
   /** --sweep: boundaries walked from the checkpoint symbol and the checkpoint spacing (sweep-options.ts) */
   sweep?: { count: number; every: number };
+  /** --restore-cpu: the QEMU CPU model of the restore guest (a restore kernel, like --kernel, is never taken from a bundle) */
+  restoreCpu?: string;
+  /** --restore-anyway */
+  restoreAnyway?: boolean;
 }
 
 /**
@@ -88,6 +93,8 @@ export function rerunRecord(request: ReproRequest, inputs: BundleInputs): RerunR
     cycles: request.cycles,
     args: request.args,
     ...(request.sweep ? { sweep: { count: request.sweep.count, every: request.sweep.every } } : {}),
+    ...(request.elsewhere?.cpu !== undefined ? { restoreCpu: request.elsewhere.cpu } : {}),
+    ...(request.elsewhere?.anyway ? { restoreAnyway: true } : {}),
   };
 }
 
@@ -101,11 +108,13 @@ const NEVER_FROM_A_BUNDLE: Record<string, string> = {
   'kernel-config': 'kernel and module paths are never taken from a bundle',
   kernelConfig: 'kernel and module paths are never taken from a bundle',
   modules: 'kernel and module paths are never taken from a bundle',
+  restoreKernel: 'kernel and module paths are never taken from a bundle',
+  'restore-kernel': 'kernel and module paths are never taken from a bundle',
   artifacts: 'where crh writes is never taken from a bundle (give --artifacts yourself)',
   out: 'where crh writes is never taken from a bundle (give --out yourself)',
 };
 
-const RECORD_KEYS = ['version', 'engine', 'command', 'source', 'binary', 'files', 'checkpoint', 'policy', 'finishSignal', 'pidFile', 'timeoutMs', 'cycles', 'args', 'sweep'];
+const RECORD_KEYS = ['version', 'engine', 'command', 'source', 'binary', 'files', 'checkpoint', 'policy', 'finishSignal', 'pidFile', 'timeoutMs', 'cycles', 'args', 'sweep', 'restoreCpu', 'restoreAnyway'];
 const POLICY_KEYS = ['rf', 'regs', 'restorer', 'rseqFixup', 'syscallRestart', 'omit'];
 
 /**
@@ -176,7 +185,24 @@ export function parseRerunRecord(raw: unknown, bundle: string): RerunRecord {
     ...(cycles !== undefined ? { cycles } : {}),
     args: programArgs(record.args, reject),
     ...(record.sweep !== undefined ? { sweep: sweepRecord(record.sweep, checkpoint, reject) } : {}),
+    ...restoreElsewhereRecord(record, reject),
   };
+}
+
+/** --restore-cpu and --restore-anyway from a record: a CPU model as QEMU spells one, a boolean that needs it. */
+function restoreElsewhereRecord(record: Record<string, unknown>, reject: Reject): Pick<RerunRecord, 'restoreCpu' | 'restoreAnyway'> {
+  let restoreCpu: string | undefined;
+  if (record.restoreCpu !== undefined) {
+    if (typeof record.restoreCpu !== 'string') return reject('.restoreCpu', `${show(record.restoreCpu)} is not a CPU model`);
+    try {
+      restoreCpu = parseCpuModel('restoreCpu', record.restoreCpu);
+    } catch (error) {
+      reject('.restoreCpu', (error as Error).message);
+    }
+  }
+  if (record.restoreAnyway !== undefined && record.restoreAnyway !== true) reject('.restoreAnyway', `${show(record.restoreAnyway)}: true or no field`);
+  if (record.restoreAnyway === true && restoreCpu === undefined) reject('.restoreAnyway', 'goes with restoreCpu');
+  return { ...(restoreCpu !== undefined ? { restoreCpu } : {}), ...(record.restoreAnyway === true ? { restoreAnyway: true } : {}) };
 }
 
 /** A sweep's bounds: at most SWEEP_MAX_COUNT boundaries, a spacing no larger than the count, from a symbol checkpoint only. */

@@ -136,6 +136,16 @@ export async function referenceRun(ctx: RunContext, pid?: number): Promise<Refer
   return { ...end, output, pid: spawned, ...(spawned !== pid ? { daemonPid: pid } : {}), elapsedMs: Date.now() - started };
 }
 
+/**
+ * A restore in another guest than the checkpoint's (--restore-cpu,
+ * --restore-kernel): its run context (agent, shell) and whether a target
+ * lacking what the process depends on is tried anyway (--restore-anyway).
+ */
+export interface RestoreElsewhere {
+  ctx: RunContext;
+  anyway: boolean;
+}
+
 /** One checkpoint → kill → restore of a chain (--cycles). */
 export interface CycleRecord {
   /** 1 for the first */
@@ -222,8 +232,11 @@ export function describeNextPoint(point: CheckpointPoint): string {
  * failing plan step, pid taken) is a result, returned as restoreError and
  * ending the chain; a failure of the infrastructure is thrown.
  */
-export async function checkpointedRun(ctx: RunContext, reference: Reference, platform: PlatformFacts, policy: RestorePolicy, imageFile: string, cycles = 1): Promise<Checkpointed> {
+export async function checkpointedRun(ctx: RunContext, reference: Reference, platform: PlatformFacts, policy: RestorePolicy, imageFile: string, cycles = 1, elsewhere?: RestoreElsewhere): Promise<Checkpointed> {
   const { agent } = ctx;
+  // Where the restore happens: this guest, or another (--restore-cpu, --restore-kernel) holding the same program and files.
+  const there = elsewhere?.ctx ?? ctx;
+  if (elsewhere && cycles > 1) throw new UsageError('a restore in another guest moves the process once: --cycles goes without --restore-cpu and --restore-kernel');
   const before = `${GUEST_DIRS.out}/checkpointed.out`;
   const notes: string[] = [];
   if (ctx.point.kind === 'symbol' && cycles > 1 && reference.hits < ctx.point.hit + cycles - 1) {
@@ -278,10 +291,11 @@ export async function checkpointedRun(ctx: RunContext, reference: Reference, pla
     const restoreStarted = Date.now();
     let restored: RestoreResult;
     try {
-      restored = await restoreProcess(agent, image, { policy, stdoutPath: out });
+      restored = await restoreProcess(there.agent, image, { policy, stdoutPath: out, ...(elsewhere?.anyway ? { dependencies: 'try' as const } : {}) });
+      notes.push(...restored.dependencyNotes);
       const pidRestored = restored.pid;
-      await reattachStdio(agent, pidRestored, stdio).catch(async (error: unknown) => {
-        await agent.call({ op: 'KILL', pid: pidRestored }).catch(() => {});
+      await reattachStdio(there.agent, pidRestored, stdio).catch(async (error: unknown) => {
+        await there.agent.call({ op: 'KILL', pid: pidRestored }).catch(() => {});
         throw error;
       });
     } catch (error) {
@@ -293,7 +307,7 @@ export async function checkpointedRun(ctx: RunContext, reference: Reference, pla
       return finished({ outcome: 'killed', code: 9, output, hits });
     }
     record.restoreMs = Date.now() - restoreStarted;
-    const restoredRegs = await agent.call({ op: 'GETREGS', pid: restored.pid });
+    const restoredRegs = await there.agent.call({ op: 'GETREGS', pid: restored.pid });
     const differ = differingRegisters(image.regs, restoredRegs, policy, rewind !== undefined);
     if (differ) record.registersDiffer = differ;
     last = { image, restored, restoredRegs };
@@ -315,9 +329,9 @@ export async function checkpointedRun(ctx: RunContext, reference: Reference, pla
 
   const final = last.restored!;
   await ctx.phase('finish the restored process', ctx.finishSignal ? `${ctx.finishSignal.name} once it runs` : undefined);
-  const end = await finishRestored(ctx, final.pid);
+  const end = await finishRestored(there, final.pid);
   const finalOut = cycles > 1 ? `${GUEST_DIRS.out}/restored-${cycles}.out` : `${GUEST_DIRS.out}/restored.out`;
-  return finished({ outcome: end.outcome, code: end.code, output: output + (await readOutput(agent, finalOut)), hits: hits + end.hits });
+  return finished({ outcome: end.outcome, code: end.code, output: output + (await readOutput(there.agent, finalOut)), hits: hits + end.hits });
 
   function finished(run: RunRecord, endedAfterCycle?: number): Checkpointed {
     return {

@@ -210,6 +210,7 @@ export function makeVerdict(request: ReproRequest, prepared: PreparedProgram, ru
     restoreDifferences: checkpointed.restoreDifferences,
     notes: [
       ...(native.pid !== reference.pid ? [`the native run had pid ${native.pid}, which was taken before the traced runs could be given it; they had ${reference.pid}: output that shows the pid differs`] : []),
+      ...(runs.restoredIn ? [`restored in another guest: -cpu ${runs.restoredIn.profile.cpuModel}, kernel ${runs.restoredIn.profile.kernelRelease} (CPU flags ${runs.restoredIn.profile.cpuFlags.join(' ')})`] : []),
       ...checkpointed.notes,
     ],
     platform: runs.platform,

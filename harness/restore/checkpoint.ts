@@ -22,6 +22,7 @@ import { captureLdt } from './ldt.ts';
 import { captureSleep, threadRestartBlockProblem } from './sleep-deadline.ts';
 import { capturePkeys } from './pkeys.ts';
 import { refuseUncapturable } from './uncapturable.ts';
+import { readPlatformDependencies } from './platform-dependencies.ts';
 import { absentRanges, checkRegistrations, parseSmapsRegistrations } from './userfaultfd.ts';
 import { dropZeroPages, PAGE_BYTES, pagesToRead, rangesBytes, storeRule, unpackStored } from './stored-pages.ts';
 import { AgentError } from '../errors.ts';
@@ -120,7 +121,9 @@ async function captureBlocked(
   }
   const memory = await readContents(agent, pid, regions);
   const { regs, xstate, debugRegs, rseq } = main;
-  return { created: new Date().toISOString(), process, platform, regs, xstate, debugRegs, rseq, signals, task, links: links.main, threads, ldt, timers, sleep, pkeys, maps, regions, memory };
+  // What a restore elsewhere must offer (platform-dependencies.ts): read, not injected, so any time before the kill will do.
+  const dependencies = await readPlatformDependencies(agent, pid, [xstate, ...threads.map((t) => t.xstate)], parseMaps(maps));
+  return { created: new Date().toISOString(), process, platform, regs, xstate, debugRegs, rseq, signals, task, links: links.main, threads, ldt, timers, sleep, pkeys, dependencies, maps, regions, memory };
 }
 
 /**

@@ -5,6 +5,7 @@
  * (validate.ts), capture and the plan compiler all build on these types,
  * and it imports nothing of restore/ itself.
  */
+import type { PlatformDependencies } from './platform-dependencies.ts';
 import type { UserRegs } from '../x86/registers.ts';
 
 export interface ProcessInfo {
@@ -85,6 +86,8 @@ export interface CheckpointImage {
   sleep: SleepDeadline | null;
   /** the protection keys the process had allocated and the mappings tagged with one (pkeys.ts) */
   pkeys: PkeyState;
+  /** what the process may depend on in the platform (platform-dependencies.ts); absent when not recorded (a version 9 image) */
+  dependencies?: PlatformDependencies;
   /** /proc/PID/maps at checkpoint time */
   maps: string;
   regions: MemoryRegion[];

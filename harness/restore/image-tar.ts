@@ -29,6 +29,7 @@ import { pkeysJson } from './pkeys.ts';
 import { signalsJson } from './signals.ts';
 import { sleepJson } from './sleep-deadline.ts';
 import { packStored, storedRanges } from './stored-pages.ts';
+import { dependenciesJson } from './platform-dependencies.ts';
 import { threadsJson } from './threads.ts';
 import { timersJson } from './timers.ts';
 
@@ -48,12 +49,18 @@ export const IMAGE_FORMAT = 'cr-harness-checkpoint';
  * pkeys.json, the allocated protection keys and tagged mappings (pkeys.ts);
  * 9: a memory entry holds only the pages its region's `stored` ranges name
  * (untouched pages and anonymous zero pages are left out: stored-pages.ts);
- * 10: a process tree (tree-image.ts): tree.json (each process's pid, parent,
+ * 10: depends.json, what the process may depend on in the platform — XCR0
+ * and the xstate components in use, the CPU flags it could have seen, the
+ * vDSO/vvar layout and symbols, the rseq feature size and alignment
+ * (platform-dependencies.ts) — so a restore elsewhere is refused by name;
+ * and a process tree (tree-image.ts): tree.json (each process's pid, parent,
  * group, session, exit signal) and tree/PID.bin, every process but the root
- * as an image of its own. A version 9 image is read as a one-process tree.
+ * as an image of its own. A version 9 image is read as a one-process tree
+ * that recorded no dependencies (a restore then says it could not check
+ * them).
  */
 export const IMAGE_VERSION = 10;
-/** Versions read as they are: 9 differs from 10 only in holding no tree entries. */
+/** Versions read as they are: 9 differs from 10 only in holding no tree entries and no depends.json. */
 const READABLE_VERSIONS = [9, IMAGE_VERSION];
 /**
  * Earlier versions are refused, each naming what it lacks: reading one as
@@ -91,6 +98,8 @@ export interface UntrustedImage {
   timers: unknown;
   sleep: unknown;
   pkeys: unknown;
+  /** depends.json (platform-dependencies.ts); undefined in a version 9 image, which has none */
+  dependencies: unknown;
   xstate: Buffer;
   maps: string;
   regions: unknown;
@@ -131,6 +140,7 @@ export function imageEntries(image: CheckpointImage, extra: ReadonlyMap<string, 
   entries.set('timers.json', json(timersJson(image.timers)));
   entries.set('sleep.json', json(sleepJson(image.sleep)));
   entries.set('pkeys.json', json(pkeysJson(image.pkeys)));
+  entries.set('depends.json', json(dependenciesJson(image.dependencies)));
   entries.set('xstate.bin', image.xstate);
   for (const t of image.threads) entries.set(threadXstateEntry(t.tid), t.xstate);
   entries.set('maps.txt', Buffer.from(image.maps));
@@ -282,6 +292,7 @@ export function untrustedImage(entries: Map<string, Buffer>, { tree = false }: {
     timers: parseJson(required(entries, 'timers.json'), 'timers.json'),
     sleep: parseJson(required(entries, 'sleep.json'), 'sleep.json'),
     pkeys: parseJson(required(entries, 'pkeys.json'), 'pkeys.json'),
+    dependencies: manifest.version === IMAGE_VERSION ? parseJson(required(entries, 'depends.json'), 'depends.json') : undefined,
     xstate: required(entries, 'xstate.bin'),
     maps: required(entries, 'maps.txt').toString('utf8'),
     regions: regionsJson,

@@ -3,6 +3,7 @@ import type { AgentOp } from '../agent/ops.ts';
 import { CrhError } from '../errors.ts';
 import type { UserRegs } from '../x86/registers.ts';
 import type { Mapping } from './proc-maps.ts';
+import type { PlatformDependencies } from './platform-dependencies.ts';
 
 export interface TargetProbe {
   pid: number;
@@ -22,6 +23,8 @@ export interface TargetProbe {
    * inherited — which the plan neither maps again nor refuses as occupants.
    */
   tree?: { inheritedShared: Mapping[] };
+  /** what the target's platform offers (platform-dependencies.ts): a vDSO with other offsets is redirected (vdso-redirect.ts) */
+  dependencies?: PlatformDependencies;
 }
 
 /** What the target sees at a mapped file's path: null when there is nothing (ENOENT, ENOTDIR). */

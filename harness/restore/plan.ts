@@ -8,6 +8,8 @@
 import { debugRegOffset, hex } from '../x86/registers.ts';
 import { DEBUG_REG_NAMES, type CheckpointImage } from './image-model.ts';
 import { PlanError, type PlanStep, type TargetProbe } from './plan-step.ts';
+import { vdsoMovable } from './platform-dependencies.ts';
+import { vdsoRedirectSteps } from './vdso-redirect.ts';
 import { omits, type RestorePolicy } from './policy.ts';
 import { applyRseqFixup, type RseqFixup } from './rseq.ts';
 import { isKernelProvided, parseMaps, protOf, type Mapping } from './proc-maps.ts';
@@ -84,6 +86,12 @@ export function compileRestorePlan(checkpointed: CheckpointImage, probe: TargetP
     if (!there || there.start !== m.start || there.end !== m.end) {
       throw new PlanError(`${m.name} is at ${hex(m.start)}-${hex(m.end)} in the image but ${there ? `${hex(there.start)}-${hex(there.end)}` : 'absent'} in the target`);
     }
+  }
+  // Another kernel's vDSO in the same place: the old offsets jump to the new code (vdso-redirect.ts).
+  // (Functions the new vDSO lacks get int3; the dependency check refused them already unless the restore is tried anyway.)
+  if (image.dependencies && probe.dependencies && !omits(policy, 'vdso') && vdsoMovable(image.dependencies, probe.dependencies)) {
+    const rips = [image.regs.rip, ...image.threads.map((t) => t.regs.rip)];
+    steps.push(...vdsoRedirectSteps(pid, image.dependencies, probe.dependencies, rips, [...probe.maps, ...imageMaps]).steps);
   }
 
   const covered: Mapping[] = [...probe.maps];

@@ -90,8 +90,12 @@ export type RseqFixupPolicy = (typeof RSEQ_FIXUP_POLICIES)[number];
  *   bytes queued in them are not written back (tree-pipes.ts) — a restorer
  *   that drops pipe contents: the reader waits for data that never comes, or
  *   sees end of file early.
+ * - vdso: a restore onto a kernel whose vDSO has other offsets leaves it as
+ *   it is (vdso-redirect.ts): the functions the process resolved in the old
+ *   one are other code there. Refused as a missing dependency unless the
+ *   restore is tried anyway.
  */
-export const OMITTABLE = ['debugregs', 'xstate', 'tls', 'rseq', 'signals', 'files', 'thread-xstate', 'thread-masks', 'thread-links', 'mapping-kinds', 'userfaultfd', 'ldt', 'timers', 'pkeys', 'string-regs', 'pipe-contents'] as const;
+export const OMITTABLE = ['debugregs', 'xstate', 'tls', 'rseq', 'signals', 'files', 'thread-xstate', 'thread-masks', 'thread-links', 'mapping-kinds', 'userfaultfd', 'ldt', 'timers', 'pkeys', 'string-regs', 'pipe-contents', 'vdso'] as const;
 export type Omittable = (typeof OMITTABLE)[number];
 
 /** The registers a string instruction in progress keeps its count and pointers in (omit=string-regs). */

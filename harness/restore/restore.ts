@@ -12,7 +12,8 @@ import { NT_X86_XSTATE, USER_REGS_FIELDS, debugRegOffset, hex, type UserRegs } f
 import { DEBUG_REG_NAMES, type CheckpointImage, type OpenFile, type TaskState, type TimerState } from './image-model.ts';
 import { compileRestorePlan, fixedImage, type PlanStep, type TargetProbe } from './plan.ts';
 import { assertPolicyAdmits, omits, type RestorePolicy } from './policy.ts';
-import { parseMaps } from './proc-maps.ts';
+import { parseMaps, type Mapping } from './proc-maps.ts';
+import { describeMissing, IncompatibleTargetError, missingDependencies, readTargetDependencies, vdsoFingerprint, vdsoMovable, type PlatformDependencies } from './platform-dependencies.ts';
 import { mappedFiles, probeMappedFiles } from './mappings.ts';
 import { rseqCsAddress, rseqCsPointer } from './rseq.ts';
 import { siginfoSigno } from './signals.ts';
@@ -37,6 +38,8 @@ export interface RestoreResult {
   plan: PlanStep[];
   /** what the kernel accepted that differs from the plan's request (it may sanitize) */
   differences: Difference[];
+  /** dependencies the target lacks, restored anyway (dependencies: 'try'), or why they were not checked; [] when all were there */
+  dependencyNotes: string[];
 }
 
 export interface RestoreOptions {
@@ -51,6 +54,13 @@ export interface RestoreOptions {
    * a tid in use fails that thread's clone3 step.
    */
   samePid?: boolean;
+  /**
+   * refuse (default): a target lacking something the image says the process
+   * depends on (a CPU feature, the vDSO, the rseq ABI: platform-dependencies.ts)
+   * is refused before any plan step, naming it (IncompatibleTargetError).
+   * try: restore anyway; what is missing comes back in `dependencyNotes`.
+   */
+  dependencies?: 'refuse' | 'try';
 }
 
 /** The checkpointed pid could not be had: another process holds it. */
@@ -63,7 +73,7 @@ export async function restoreProcess(agent: AgentClient, image: CheckpointImage,
   assertThreadsAdmitted(image, options.policy);
   const { pid } = await spawnTarget(agent, image, options);
   try {
-    return await restoreInto(agent, image, pid, options.policy);
+    return await restoreInto(agent, image, pid, options.policy, undefined, options.dependencies ?? 'refuse');
   } catch (error) {
     // No half-restored process is left behind.
     const killed = await agent.call({ op: 'KILL', pid }).then(
@@ -81,18 +91,34 @@ export async function restoreProcess(agent: AgentClient, image: CheckpointImage,
  * `tree` facts the plan takes into account): probe, compile the plan, run
  * it, read back. The caller owns the process, and kills it on failure.
  */
-export async function restoreInto(agent: AgentClient, image: CheckpointImage, pid: number, policy: RestorePolicy, tree?: TargetProbe['tree']): Promise<RestoreResult> {
+export async function restoreInto(agent: AgentClient, image: CheckpointImage, pid: number, policy: RestorePolicy, tree?: TargetProbe['tree'], dependencies: 'refuse' | 'try' = 'refuse'): Promise<RestoreResult> {
   const regs = await agent.call({ op: 'GETREGS', pid });
   const maps = parseMaps((await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/maps`, maxSize: 1 << 20 })).toString('utf8'));
+  const { notes: dependencyNotes, target } = await checkTargetDependencies(agent, pid, maps, image, dependencies, !omits(policy, 'vdso'));
   const fds = (await agent.call({ op: 'LISTDIR', path: `/proc/${pid}/fd` })).map(Number);
   const files = await probeMappedFiles(agent, pid, mappedFiles(image.regions));
   const bootId = image.sleep ? (await agent.call({ op: 'READ_FILE', path: BOOT_ID_PATH, maxSize: 64 })).toString('latin1').trim() : undefined;
-  const plan = compileRestorePlan(image, { pid, regs, maps, fds, files, bootId, ...(tree ? { tree } : {}) }, policy);
+  const plan = compileRestorePlan(image, { pid, regs, maps, fds, files, bootId, ...(tree ? { tree } : {}), ...(target ? { dependencies: target } : {}) }, policy);
   const steps = await agent.batch(plan.map((s) => s.op));
   checkSteps(plan, steps);
   const requested = fixedImage(image, policy).image;
   const differences = [...(await readBack(agent, pid, plan, requested, policy)), ...(await readBackThreads(agent, plan, requested, policy))];
-  return { pid, plan, differences };
+  return { pid, plan, differences, dependencyNotes };
+}
+
+/**
+ * The image's platform dependencies against the fresh target's
+ * (platform-dependencies.ts): refused by name, or — under 'try' — returned
+ * as notes for the verdict to say what the restore went on without.
+ */
+async function checkTargetDependencies(agent: AgentClient, pid: number, maps: Mapping[], image: CheckpointImage, mode: 'refuse' | 'try', redirectVdso: boolean): Promise<{ notes: string[]; target?: PlatformDependencies }> {
+  if (!image.dependencies) return { notes: ['the image records no platform dependencies (format 9): CPU features, vDSO and rseq ABI not checked'] };
+  const target = await readTargetDependencies(agent, pid, maps);
+  const notes = redirectVdso && vdsoMovable(image.dependencies, target) ? [`vDSO redirected: the target kernel's vDSO has other offsets (${vdsoFingerprint(image.dependencies)} → ${vdsoFingerprint(target)}); the old ones jump to the new code`] : [];
+  const missing = missingDependencies(image.dependencies, target, image.rseq?.area, { redirectVdso });
+  if (missing.length === 0) return { notes, target };
+  if (mode === 'refuse') throw new IncompatibleTargetError(missing);
+  return { notes: [...notes, `restored anyway, the target lacks: ${describeMissing(missing)}`], target };
 }
 
 async function spawnTarget(agent: AgentClient, image: CheckpointImage, options: RestoreOptions): Promise<{ pid: number }> {

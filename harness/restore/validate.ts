@@ -3,6 +3,7 @@
  * from a hostile file; what leaves is a CheckpointImage whose every value
  * is in range. Each failure names the entry and the field.
  */
+import { parseDependencies } from './platform-dependencies.ts';
 import { ImageRejectedError } from '../errors.ts';
 import {
   EFLAGS_REQUIRED_FIXED,
@@ -628,5 +629,7 @@ export function validateImage(raw: UntrustedImage): CheckpointImage {
   const timers = validateTimers(raw.timers, tids, fds);
   const sleep = validateSleep(raw.sleep, regs, regions);
   const pkeys = validatePkeys(raw.pkeys, regions);
-  return { created: raw.created, process, platform, regs, debugRegs, rseq, signals, task, links, threads, ldt, timers, sleep, pkeys, xstate: raw.xstate, maps: raw.maps, regions, memory };
+  // Version 9 has no depends.json (undefined); in version 10 it is required like every other entry.
+  const dependencies = raw.dependencies === undefined ? undefined : parseDependencies(raw.dependencies);
+  return { created: raw.created, process, platform, regs, debugRegs, rseq, signals, task, links, threads, ldt, timers, sleep, pkeys, ...(dependencies ? { dependencies } : {}), xstate: raw.xstate, maps: raw.maps, regions, memory };
 }

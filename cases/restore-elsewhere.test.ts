@@ -1,0 +1,183 @@
+// expect: a program holding its state in ymm0-15 (AVX upper halves), checkpointed at a breakpoint in a `-cpu max`
+// guest, records XCR0 with YMM, YMM in use and the avx flag in the image (depends.json); restored in another guest of
+// the same model it finishes with the native run's output; restored in a `-cpu max,-avx` guest it is refused before
+// any plan step, the error naming avx (IncompatibleTargetError); restored there anyway (dependencies 'try'), the row
+// says what happened. Conditioned on the measured profiles: the checkpoint guest has avx, the restore guest has not.
+// Negative control: omit=xstate on the same model (the upper halves lost: ymm=0/16, exit 1).
+// Then 6.1 → 6.12 (Debian trixie's kernel, when the checkpoint guest runs 6.1): the C library's rseq area re-registered
+// (cpu_id current again) and the vDSO functions glibc resolved on 6.1 (clock_gettime, gettimeofday, time, getcpu)
+// redirected to 6.12's — each the native run's output; controls omit=rseq (stale cpu_id) and omit=vdso tried anyway
+// (the old offsets are other code on 6.12).
+import t from 'tap';
+import { DEFAULT_POLICY, describePolicy, type RestorePolicy } from '../harness/restore/policy.ts';
+import { readCheckpointImage } from '../harness/restore/checkpoint-image.ts';
+import type { Difference } from '../harness/restore/restore.ts';
+import { IncompatibleTargetError } from '../harness/restore/platform-dependencies.ts';
+import { recordRow, recordRowOutcome } from '../harness/testing/verdict-rows.ts';
+import { restoreWitnessed } from '../harness/testing/restore-witness.ts';
+import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
+import { startGuest, type Guest } from '../harness/testing/guest-fixture.ts';
+import { endedAs, nativeReference } from '../harness/testing/native-reference.ts';
+import { checkpointAtHit, readOutput, restoreAndFinish, runUninterrupted, RUN_TIMEOUT_MS, type Workload } from '../harness/testing/scenario.ts';
+
+const CASE = 'restore-elsewhere';
+const SCENARIO = 'ymm0-15 holding distinct patterns at a breakpoint, checkpointed under -cpu max, restored in another guest';
+const NO_AVX = 'max,-avx';
+const YMM_BIT = 1n << 2n;
+/** Debian trixie's cloud kernel (6.12), through crh's private apt configuration for trixie. */
+const KERNEL_612 = 'debian:linux-image-cloud-amd64@trixie';
+
+t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
+  const guest = await startGuest(t, CASE);
+  if (!guest.profile.cpuFlags.includes('avx')) {
+    t.comment(`the checkpoint guest's CPU (${guest.profile.cpuModel}) has no avx (measured flags: ${guest.profile.cpuFlags.join(' ')}): nothing to move`);
+    return;
+  }
+  const binary = guest.image.guestPaths.avxhold!;
+  const workload: Workload = { binary, argv: [binary], breakAt: guest.symbols.resolve('avxhold:avx_checkpoint') };
+  const { run: reference, output: expected } = await runUninterrupted(guest, workload, '/tmp/avxhold-reference.out');
+  t.equal(reference.code, 0, `uninterrupted: ${expected.trim()}`);
+  t.match(expected, /^avxhold ymm=16\/16 sum=[0-9a-f]{64}\n$/, 'uninterrupted: every register held its pattern');
+  const native = await nativeReference(guest, workload);
+  t.equal(`${endedAs(native)}\n${native.output}`, `${endedAs(reference)}\n${expected}`, 'the traced reference is the native run (no tracer)');
+
+  const checkpointed = await checkpointAtHit(guest, workload, 1, 'avx', { disarm: true });
+  t.equal(checkpointed.run.outcome, 'hit-limit', 'stopped at avx_checkpoint');
+  const deps = checkpointed.image!.dependencies!;
+  t.ok(deps, 'the image records its platform dependencies');
+  t.ok(deps.xstate.xcr0 !== null && (deps.xstate.xcr0 & YMM_BIT) !== 0n, `XCR0 ${deps.xstate.xcr0?.toString(16)} has YMM`);
+  t.ok((deps.xstate.inUse & YMM_BIT) !== 0n, `YMM in use (XSTATE_BV 0x${deps.xstate.inUse.toString(16)})`);
+  t.ok(deps.cpuFlags.includes('avx'), 'avx among the flags the process could have seen');
+  const conditions = { 'checkpoint cpu': guest.profile.cpuModel, 'checkpoint flags': guest.profile.cpuFlags.join(' ') };
+
+  await t.test('the same CPU model, another guest: the uninterrupted output', async (t) => {
+    const same = await startGuest(t, CASE, { name: 'restore-max', cpuModel: guest.profile.cpuModel });
+    const r = await restoreAndFinish(same, checkpointed.file, DEFAULT_POLICY, 'avx-same-model', {});
+    // The workload lives in the session of the agent that spawned it; in another guest that agent's session is another
+    // (measured: pgid/sid 109 there, 107 here): the only difference a move may show, and it must be exactly that one.
+    t.same(r.differences.filter((d) => d.what !== 'session'), [], 'read back: as requested, but for the session');
+    const session = r.differences.find((d) => d.what === 'session');
+    if (session) {
+      t.equal(session.requested, await agentSession(guest), 'the image holds the checkpoint guest\'s agent session');
+      t.equal(session.accepted, await agentSession(same), 'the restored process joined the restore guest\'s agent session');
+    }
+    t.equal(r.output, expected, `the restored run is the native run: ${r.output.trim()}`);
+    t.equal(r.run.code, 0);
+    recordRowOutcome(t, { case: CASE, scenario: `${SCENARIO}: -cpu ${same.profile.cpuModel}`, policy: describePolicy(DEFAULT_POLICY), control: false, expected: expected.trim(), observed: r.output.trim(), matchedUninterrupted: r.output === expected && r.run.code === 0, conditions });
+  });
+
+  await t.test(`-cpu ${NO_AVX}: refused, naming avx; and what happens when tried anyway`, async (t) => {
+    const noAvx = await startGuest(t, CASE, { name: 'restore-max-no-avx', cpuModel: NO_AVX });
+    const measured = noAvx.profile.cpuFlags.includes('avx');
+    t.notOk(measured, `measured: the ${NO_AVX} guest has no avx (flags ${noAvx.profile.cpuFlags.join(' ')}, XCR0 ${noAvx.profile.xcr0})`);
+    const rowConditions = { ...conditions, 'restore cpu': NO_AVX, 'restore flags': noAvx.profile.cpuFlags.join(' '), 'restore xcr0': String(noAvx.profile.xcr0) };
+    const image = await readCheckpointImage(checkpointed.file);
+    const refused = await restoreWitnessed(noAvx.agent, image, { policy: DEFAULT_POLICY, stdoutPath: '/tmp/avxhold-refused.restored.out' }, 'avx-refused').then(
+      (r) => ({ restoredPid: r.pid }),
+      (e: unknown) => e,
+    );
+    const named = refused instanceof IncompatibleTargetError && refused.missing.some((m) => m.feature === 'avx');
+    t.ok(refused instanceof IncompatibleTargetError, `refused: ${(refused as Error).message ?? JSON.stringify(refused)}`);
+    t.ok(named, 'the refusal names avx');
+    t.match(String((refused as Error).message), /\bavx \(in use: YMM/, 'avx as in use (YMM state), not only seen');
+    const left = (await noAvx.machine.ssh.exec('pidof avxhold')).stdout.trim();
+    t.equal(left, '', 'no avxhold left behind in the restore guest');
+    recordRow(t, {
+      case: CASE, scenario: `${SCENARIO}: -cpu ${NO_AVX}`, policy: describePolicy(DEFAULT_POLICY), control: false,
+      expected: 'refused, naming avx (in use), nothing left running',
+      observed: refused instanceof IncompatibleTargetError ? `refused: ${refused.missing.map((m) => m.feature).join(', ')}` : 'restored',
+      pass: named && left === '',
+      conditions: rowConditions,
+    });
+
+    // Anyway: the row says what happened (the kernel's refusal of the YMM state, or the program's own finding).
+    const tried = await restoreWitnessed(noAvx.agent, image, { policy: DEFAULT_POLICY, stdoutPath: '/tmp/avxhold-anyway.restored.out', dependencies: 'try' }, 'avx-anyway').then(
+      async (r) => {
+        const run = await noAvx.agent.call({ op: 'RUN', pid: r.pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
+        return { notes: r.dependencyNotes, ended: `${endedAs(run)}: ${(await readOutput(noAvx, '/tmp/avxhold-anyway.restored.out')).trim()}` };
+      },
+      (e: unknown) => ({ notes: [] as string[], ended: `restore failed: ${(e as Error).message.split('\n')[0]}` }),
+    );
+    t.comment(`restored anyway onto ${NO_AVX}: ${tried.ended}`);
+    const wrong = tried.ended !== `exited 0: ${expected.trim()}`;
+    t.ok(wrong, 'tried anyway, the process does not finish as uninterrupted');
+    recordRow(t, {
+      case: CASE, scenario: `${SCENARIO}: -cpu ${NO_AVX}, restored anyway`, policy: `${describePolicy(DEFAULT_POLICY)} dependencies=try`, control: true,
+      expected: 'not the uninterrupted run (the target has no YMM state)',
+      observed: [tried.ended, ...tried.notes].join('; '),
+      pass: wrong,
+      conditions: rowConditions,
+    });
+  });
+
+  await t.test(`another kernel (${KERNEL_612}): rseq re-registered, the vDSO redirected`, async (t) => {
+    // The move measured: Debian 6.1 (no rseq auxv, its vDSO) to 6.12 (AT_RSEQ_FEATURE_SIZE 28, a vDSO with other offsets).
+    if (!guest.profile.kernelRelease.startsWith('6.1.')) {
+      t.comment(`the checkpoint guest runs ${guest.profile.kernelRelease}, not 6.1: the 6.1 → 6.12 move is not this run's`);
+      return;
+    }
+    const there = await startGuest(t, CASE, { name: 'restore-6.12', kernel: KERNEL_612 });
+    const kernelConditions = {
+      'checkpoint kernel': guest.profile.kernelRelease, 'restore kernel': there.profile.kernelRelease,
+      'rseq feature size (checkpoint / restore)': `${String(guest.platform['features.rseqFeatureSize'])} / ${String(there.platform['features.rseqFeatureSize'])}`,
+    };
+    t.ok(there.profile.kernelRelease.startsWith('6.12'), `the restore guest runs ${there.profile.kernelRelease}`);
+    const moves = [
+      { name: 'rseqcpu', symbol: 'rseqcpu:rseq_checkpoint', scenario: 'the C library\'s rseq area (cpu_id made stale after the move), 6.1 → 6.12', control: { omit: ['rseq'] as RestorePolicy['omit'], why: 'omit=rseq: not registered on 6.12, the stale cpu_id stays' } },
+      { name: 'vdsoclock', symbol: 'vdsoclock:vdso_checkpoint', scenario: 'clock_gettime, gettimeofday, time, getcpu through the vDSO after a 6.1 → 6.12 move', control: { omit: ['vdso'] as RestorePolicy['omit'], why: 'omit=vdso, tried anyway: glibc\'s vDSO addresses land in other code' } },
+    ];
+    for (const move of moves) {
+      const bin = guest.image.guestPaths[move.name]!;
+      const w: Workload = { binary: bin, argv: [bin], breakAt: guest.symbols.resolve(move.symbol) };
+      const { run: ref, output: want } = await runUninterrupted(guest, w, `/tmp/${move.name}-reference.out`);
+      t.equal(ref.code, 0, `${move.name} uninterrupted on ${guest.profile.kernelRelease}: ${want.trim()}`);
+      const nat = await nativeReference(guest, w);
+      t.equal(`${endedAs(nat)}\n${nat.output}`, `${endedAs(ref)}\n${want}`, `${move.name}: the traced reference is the native run`);
+
+      await t.test(`${move.name}: checkpointed on ${guest.profile.kernelRelease}, restored on ${there.profile.kernelRelease}`, async (t) => {
+        const taken = await checkpointAtHit(guest, w, 1, `${move.name}-to-6.12`, { disarm: true });
+        t.equal(taken.run.outcome, 'hit-limit', `stopped at ${move.symbol}`);
+        const r = await restoreThere(there, taken.file, DEFAULT_POLICY, `${move.name}-to-6.12`, 'refuse');
+        t.same(r.differences.filter((d) => d.what !== 'session'), [], 'read back: as requested, but for the session');
+        t.ok(r.notes.some((n) => n.startsWith('vDSO redirected')), `the vDSO redirected: ${r.notes.join('; ')}`);
+        t.equal(r.output, want, `the restored run is the native run: ${r.output.trim()}`);
+        recordRowOutcome(t, { case: CASE, scenario: move.scenario, policy: describePolicy(DEFAULT_POLICY), control: false, expected: want.trim(), observed: r.output.trim() || r.ended, matchedUninterrupted: r.output === want && r.ended === 'exited 0', conditions: kernelConditions });
+      });
+      await t.test(`${move.name}: negative control ${move.control.why}`, async (t) => {
+        const policy: RestorePolicy = { ...DEFAULT_POLICY, omit: move.control.omit };
+        const taken = await checkpointAtHit(guest, w, 1, `${move.name}-to-6.12-control`, { disarm: true });
+        const r = await restoreThere(there, taken.file, policy, `${move.name}-to-6.12-control`, 'try');
+        const observed = `${r.ended}: ${r.output.trim()}`;
+        t.not(observed, `exited 0: ${want.trim()}`, `caught: ${observed}`);
+        recordRowOutcome(t, { case: CASE, scenario: move.scenario, policy: `${describePolicy(policy)} dependencies=try`, control: true, expected: want.trim(), observed, matchedUninterrupted: r.output === want && r.ended === 'exited 0', conditions: kernelConditions });
+      });
+    }
+  });
+
+  await t.test('negative control omit=xstate (same guest): the upper halves lost', async (t) => {
+    const policy: RestorePolicy = { ...DEFAULT_POLICY, omit: ['xstate'] };
+    const again = await checkpointAtHit(guest, workload, 1, 'avx-omit', { disarm: true });
+    const r = await restoreAndFinish(guest, again.file, policy, 'avx-omit-xstate', {});
+    const line = r.output.trim();
+    t.not(r.output, expected, `caught: ${line}`);
+    t.match(line, /^avxhold ymm=\d+\/16 /, 'the program itself reports the lost registers');
+    t.equal(r.run.code, 1, 'and exits 1');
+    recordRowOutcome(t, { case: CASE, scenario: SCENARIO, policy: describePolicy(policy), control: true, expected: expected.trim(), observed: line, matchedUninterrupted: r.output === expected });
+  });
+});
+
+/** Restores the image in `guest` (no oracle: nothing here counts CPU events) and runs it to its end. */
+async function restoreThere(guest: Guest, file: string, policy: RestorePolicy, tag: string, dependencies: 'refuse' | 'try'): Promise<{ differences: Difference[]; notes: string[]; ended: string; output: string }> {
+  const image = await readCheckpointImage(file);
+  const out = `/tmp/${tag}.restored.out`;
+  const restored = await restoreWitnessed(guest.agent, image, { policy, stdoutPath: out, dependencies }, tag);
+  const run = await guest.agent.call({ op: 'RUN', pid: restored.pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
+  return { differences: restored.differences, notes: restored.dependencyNotes, ended: endedAs(run), output: await readOutput(guest, out) };
+}
+
+/** "pgid P, sid S" of the guest's agent, as the restore's read-back words a session (/proc/PID/stat fields 5 and 6). */
+async function agentSession(guest: Guest): Promise<string> {
+  const stat = (await guest.agent.call({ op: 'READ_FILE', path: `/proc/${guest.hello.agentPid}/stat`, maxSize: 4096 })).toString('latin1');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return `pgid ${fields[2]}, sid ${fields[3]}`;
+}
