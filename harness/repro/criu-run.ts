@@ -10,6 +10,7 @@
 import { CrhError } from '../errors.ts';
 import { isInfraFailure } from '../report/infra-failures.ts';
 import { criuDumpArgs, criuRestoreArgs, runCriu, type GuestExec } from '../criu/commands.ts';
+import { criuFailure } from '../criu/handoff.ts';
 import { rewindInterruptedSyscall } from '../restore/syscall-restart.ts';
 import { debugRegOffset, hex } from '../x86/registers.ts';
 import { DR7_EXECUTE_DR0 } from '../agent/breakpoint-spawn.ts';
@@ -127,9 +128,5 @@ function tail(log: string): string {
   return log.length > LOG_MAX_BYTES ? `(first ${log.length - LOG_MAX_BYTES} bytes cut)\n${log.slice(-LOG_MAX_BYTES)}` : log;
 }
 
-/** CRIU's first "Error (file:line): ..." line says why (the later ones say that it failed); else the last lines. */
-export function criuFailure(text: string): string {
-  const lines = text.trim().split('\n');
-  const first = lines.find((l) => /\bError \(/.test(l));
-  return first ? first.replace(/^\(\s*[\d.]+\)\s*/, '') : lines.slice(-3).join(' | ');
-}
+// One reading of CRIU's logs for both the repro engine and the cases (criu/handoff.ts).
+export { criuFailure };

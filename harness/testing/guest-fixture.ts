@@ -8,6 +8,7 @@ import { mkdir } from 'node:fs/promises';
 import { openGuest, type Guest } from '../guest/open-guest.ts';
 import { artifactsRoot } from '../report/verdicts.ts';
 import { isInfraFailure, recordInfraFailure } from '../report/infra-failures.ts';
+import { runEngines } from '../run/engines.ts';
 
 export type { Guest };
 
@@ -20,7 +21,9 @@ export async function startGuest(t: Teardownable, caseName: string): Promise<Gue
   const artifactsDir = path.join(artifactsRoot(), caseName);
   await mkdir(artifactsDir, { recursive: true });
   try {
-    const guest = await openGuest({ artifactsDir, log: (line) => t.comment(`${caseName}: ${line}`) });
+    // crh run --engine …criu: every case boots the image variant with CRIU (crh run built it up front).
+    const criu = runEngines().includes('criu');
+    const guest = await openGuest({ artifactsDir, log: (line) => t.comment(`${caseName}: ${line}`), ...(criu ? { criu } : {}) });
     t.teardown(() => guest.close());
     // A guest lost mid-case (QEMU died, the kernel panicked) fails the case's assertions too; recorded here, crh run exits 69 for it, not 1.
     guest.machine.failure.catch((error: unknown) => recordInfraFailure(caseName, error));
