@@ -9,6 +9,7 @@
  * and after) and noted for the row as its restore's read-back; CRIU's logs
  * go to the case's artifacts.
  */
+import type { Test } from 'tap';
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { RunResult } from '../agent/ops.ts';
@@ -16,11 +17,12 @@ import { handOffToCriu, type CriuInGuest, type Handoff } from '../criu/handoff.t
 import { POLICY_NOT_FOR_CRIU } from '../criu/known-gaps.ts';
 import { CrhError } from '../errors.ts';
 import type { Observation, WatchOptions } from '../oracle/cpu-oracle.ts';
-import type { Engine, RestoreWitness } from '../report/verdicts.ts';
+import type { Engine, EngineGap, RestoreWitness } from '../report/verdicts.ts';
 import { runEngines } from '../run/engines.ts';
 import { debugRegOffset, EFLAGS, hex, USER_REGS_FIELDS, type UserRegs } from '../x86/registers.ts';
 import type { Guest } from './guest-fixture.ts';
 import { noteRestore } from './restore-witness.ts';
+import { recordRow } from './verdict-rows.ts';
 import { readOutput, RUN_TIMEOUT_MS, runUnderOracle, spawnArmed, type Workload } from './scenario.ts';
 
 /** Whether this case process runs `engine` (crh run --engine; crh alone by default). */
@@ -151,4 +153,59 @@ export function debugRegisterLost(r: Pick<CriuRestored, 'debugAtDump' | 'debugRe
 /** The rows a case records for its crh controls under the criu engine: each a SKIP saying the switch does not apply. */
 export function policyRowsNotForCriu(caseName: string, scenario: string, policies: readonly string[]): Array<{ case: string; scenario: string; policy: string; engine: Engine; control: boolean; expected: string; observed: string; pass: boolean; skipped: string }> {
   return policies.map((policy) => ({ case: caseName, scenario, policy, engine: 'criu' as const, control: true, expected: '-', observed: '-', pass: false, skipped: POLICY_NOT_FOR_CRIU }));
+}
+
+/** What a case's judge makes of a restored CRIU attempt. */
+export interface CriuJudgement {
+  observed: string;
+  /** indistinguishable from the uninterrupted run, by every witness */
+  exact: boolean;
+  /** set when the whole difference is this documented gap of CRIU's */
+  gap?: EngineGap;
+  /** registers the CPU (oracle) or ptrace showed differently from the dump, one line each */
+  registerDiff?: string[];
+  conditions?: Record<string, string>;
+}
+
+/**
+ * One row of a case's scenario table run through CRIU: the workload to its
+ * `hit`-th stop, handed to CRIU, taken back and run to its end under the
+ * oracle, judged by the case. The row is PASS when exact, GAP when the
+ * difference is exactly a documented gap, and otherwise a finding (FAIL)
+ * with its register diff; CRIU's refusal is a finding too, with its reason.
+ */
+export interface CriuScenario {
+  case: string;
+  scenario: string;
+  workload: Workload;
+  hit: number;
+  watch: Omit<WatchOptions, 'log'>;
+  dr7BeforeDump?: bigint;
+  /** the uninterrupted run, as the row's expectation */
+  expected: string;
+  judge(a: Extract<CriuAttempt, { kind: 'restored' }>): CriuJudgement;
+}
+
+export async function runCriuScenario(t: Test, guest: Guest, s: CriuScenario, tag: string): Promise<void> {
+  const base = { case: s.case, scenario: s.scenario, policy: 'criu defaults', engine: 'criu' as const, control: false, expected: s.expected };
+  const a = await criuAtHit(guest, s.workload, s.hit, tag, { watch: s.watch, ...(s.dr7BeforeDump !== undefined ? { dr7BeforeDump: s.dr7BeforeDump } : {}) });
+  if (a.kind !== 'restored') {
+    const why = a.kind === 'refused' ? `CRIU ${guest.image.criu?.version}: ${a.reason}` : `the workload ended before stop ${s.hit} (${a.checkpointRun.outcome} ${a.checkpointRun.code})`;
+    t.fail(`CRIU dumped and restored the process: ${why}`);
+    recordRow(t, { ...base, observed: why, pass: false });
+    return;
+  }
+  t.comment(`CRIU: ${a.handoff.dumpMs} ms dump, ${a.handoff.restoreMs} ms restore, ${a.handoff.imageBytes} bytes of images; debug registers ${lostDebugRegisters(a) || 'as dumped'}`);
+  const j = s.judge(a);
+  const registers = [...generalRegisterDifferences(a), ...(j.registerDiff ?? [])];
+  t.same(registers, [], 'CRIU gave back every general register (ptrace) and the CPU resumed with them (oracle)');
+  t.ok(j.exact || j.gap !== undefined, `resumed exactly, or differs by a known gap alone: ${j.exact ? 'exact' : j.gap ? `the gap (${j.gap.what})` : `neither — ${j.observed}`}`);
+  recordRow(t, {
+    ...base,
+    observed: `${j.observed}${lostDebugRegisters(a) ? `; restored ${lostDebugRegisters(a)}` : ''}`,
+    pass: j.exact && registers.length === 0,
+    ...(!j.exact && j.gap ? { engineGap: j.gap } : {}),
+    ...(registers.length > 0 ? { registerDiff: registers.join('\n') } : {}),
+    conditions: { ...j.conditions, 'criu.version': guest.image.criu?.version ?? '?' },
+  });
 }
