@@ -20,7 +20,7 @@ import { endedAs, nativeReference } from '../harness/testing/native-reference.ts
 import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
 import { checkpointAtHit, readOutput, restoreAndFinish, RUN_TIMEOUT_MS, spawnArmed, type Workload } from '../harness/testing/scenario.ts';
 import { EFLAGS, hex, type UserRegs } from '../harness/x86/registers.ts';
-import { criuAtHit, debugRegisterLost, generalRegisterDifferences, lostDebugRegisters, policyRowsNotForCriu, runsEngine, type CriuAttempt } from '../harness/testing/criu-engine.ts';
+import { clearRf, criuAtHit, debugRegisterLost, generalRegisterDifferences, lostDebugRegisters, policyRowsNotForCriu, runsEngine, type CriuAttempt } from '../harness/testing/criu-engine.ts';
 import { CRIU_GAPS } from '../harness/criu/known-gaps.ts';
 
 const CASE = 'hwbreak-rf';
@@ -261,7 +261,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
   });
 
   await t.test('engine criu, negative control: re-armed and RF cleared after the restore, the breakpoint fires again', async (t) => {
-    const a = await criuAtHit(guest, workload, CHECKPOINT_AT_HIT, 'criu-rf-cleared', { watch, rearmDebugRegisters: true, clearRf: true });
+    const a = await criuAtHit(guest, workload, CHECKPOINT_AT_HIT, 'criu-rf-cleared', { watch, rearmDebugRegisters: true, tamper: clearRf });
     if (a.kind !== 'restored') return refusedRow(t, 'criu, breakpoint re-armed, RF cleared', true, a);
     const o = criuOutcome(a);
     t.equal(o.totalHits, CALLS + 1, `${CALLS + 1} ptrace hits: the re-trigger`);

@@ -13,7 +13,7 @@ import { endedAs, nativeReference } from '../harness/testing/native-reference.ts
 import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
 import { checkpointAtHit, readOutput, restoreAndFinish, RUN_TIMEOUT_MS, type Restored, type Workload } from '../harness/testing/scenario.ts';
 import { hex, USER_REGS_FIELDS } from '../harness/x86/registers.ts';
-import { policyRowsNotForCriu, runCriuScenario, runsEngine } from '../harness/testing/criu-engine.ts';
+import { policyRowsNotForCriu, runCriuControl, runCriuScenario, runsEngine, type CriuScenario } from '../harness/testing/criu-engine.ts';
 
 const CASE = 'register-integrity';
 const SCENARIO = 'patterns in every register, checkpoint at regcheck_checkpoint';
@@ -88,18 +88,31 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
   });
 
   if (!runsEngine('criu')) return;
-  await t.test('engine criu: CRIU restores every register, at the workload and at the CPU', async (t) => {
-    await runCriuScenario(t, guest, {
-      case: CASE, scenario: SCENARIO, workload, hit: 1, watch: { firstExecutionAt: resumed },
-      expected: 'regcheck ok; CPU GPRs = dumped',
-      judge: (a) => {
-        const checked = [...PATTERNED, 'rsp', 'fs_base'] as const;
-        const diff = checked.filter((name) => a.observation.first?.get(name) !== a.regsAtDump[name])
-          .map((name) => `${name}: dumped ${hex(a.regsAtDump[name])}, cpu ${a.observation.first?.get(name) === undefined ? '?' : hex(a.observation.first.get(name)!)}`);
-        const ok = a.run.outcome === 'exited' && a.run.code === 0 && mismatches(a.output)?.length === 0;
-        return { observed: `${a.output.trim() || `${a.run.outcome} ${a.run.code}`}; CPU differs in ${diff.length} register(s)`, exact: ok && diff.length === 0, registerDiff: diff };
+  const criuScenario: CriuScenario = {
+    case: CASE, scenario: SCENARIO, workload, hit: 1, watch: { firstExecutionAt: resumed },
+    expected: 'regcheck ok; CPU GPRs = dumped',
+    judge: (a) => {
+      const checked = [...PATTERNED, 'rsp', 'fs_base'] as const;
+      const diff = checked.filter((name) => a.observation.first?.get(name) !== a.regsAtDump[name])
+        .map((name) => `${name}: dumped ${hex(a.regsAtDump[name])}, cpu ${a.observation.first?.get(name) === undefined ? '?' : hex(a.observation.first.get(name)!)}`);
+      const ok = a.run.outcome === 'exited' && a.run.code === 0 && mismatches(a.output)?.length === 0;
+      return { observed: `${a.output.trim() || `${a.run.outcome} ${a.run.code}`}; CPU differs in ${diff.length} register(s)`, exact: ok && diff.length === 0, registerDiff: diff };
+    },
+    control: {
+      policy: 'criu, callee-saved registers zeroed after the restore',
+      tamper: (regs) => ({ ...regs, ...Object.fromEntries(CALLEE_SAVED.map((r) => [r, 0n])) }),
+      expected: `mismatch: ${[...CALLEE_SAVED].sort().join(' ')}, at the workload and at the CPU`,
+      showedIt: (a, j) => {
+        const zeroed = JSON.stringify([...CALLEE_SAVED].sort());
+        return JSON.stringify(mismatches(a.output)) === zeroed && JSON.stringify((j.registerDiff ?? []).map((l) => l.split(':')[0]).sort()) === zeroed;
       },
-    }, 'criu');
+    },
+  };
+  await t.test('engine criu: CRIU restores every register, at the workload and at the CPU', async (t) => {
+    await runCriuScenario(t, guest, criuScenario, 'criu');
+  });
+  await t.test('engine criu, negative control: callee-saved registers zeroed after CRIU\'s restore are caught by name', async (t) => {
+    await runCriuControl(t, guest, criuScenario, 'criu-zeroed');
   });
   for (const row of policyRowsNotForCriu(CASE, SCENARIO, ['restorer=ptrace regs=partial'])) {
     await t.test(`engine criu: ${row.policy} ${row.skipped}`, async (t) => {

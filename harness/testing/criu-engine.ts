@@ -67,8 +67,13 @@ export interface CriuAttemptOptions {
    * breakpoints), so the rest of the scenario is judged past the known gap.
    */
   rearmDebugRegisters?: boolean;
-  /** A negative control: clear EFLAGS.RF of the restored process before it runs (what crh's rf=clear does). */
-  clearRf?: boolean;
+  /**
+   * A negative control: registers the harness changes in the restored
+   * process before it runs (clear RF as crh's rf=clear does, zero the
+   * callee-saved registers as regs=partial does), to show the witnesses of
+   * the criu path catch what they must.
+   */
+  tamper?: (regs: UserRegs) => UserRegs;
   /** DR7 to leave before the dump (e.g. 0: the breakpoint only chose where to stop) */
   dr7BeforeDump?: bigint;
 }
@@ -125,9 +130,7 @@ export async function criuAtHit(guest: Guest, w: Workload, hit: number, tag: str
     // DR7 last: it enables an address only once the address is in place.
     for (const index of DEBUG_INDICES) await agent.call({ op: 'POKEUSER', pid: restoredPid, offset: debugRegOffset(index), value: debugAtDump[index]! });
   }
-  if (options.clearRf) {
-    await agent.call({ op: 'SETREGS', pid: restoredPid, regs: { ...restoredRegs, eflags: restoredRegs.eflags & ~EFLAGS.RF } });
-  }
+  if (options.tamper) await agent.call({ op: 'SETREGS', pid: restoredPid, regs: options.tamper(restoredRegs) });
   const { run, observation } = await runUnderOracle(guest, restoredPid, `${tag} (criu ${criu.version})`, options.watch);
   return { kind: 'restored', checkpointRun, regsAtDump, restoredRegs, debugAtDump, debugRestored, differences, run, observation, output: await readOutput(guest, stdoutPath), handoff };
 }
@@ -184,7 +187,18 @@ export interface CriuScenario {
   /** the uninterrupted run, as the row's expectation */
   expected: string;
   judge(a: Extract<CriuAttempt, { kind: 'restored' }>): CriuJudgement;
+  /** the criu path's negative control: the harness tampers with the restored process, and the judge must see it */
+  control?: {
+    policy: string;
+    tamper: (regs: UserRegs) => UserRegs;
+    expected: string;
+    /** whether the tampered run showed the difference it must */
+    showedIt(a: Extract<CriuAttempt, { kind: 'restored' }>, j: CriuJudgement): boolean;
+  };
 }
+
+/** Clears EFLAGS.RF: what crh's rf=clear does to an image, done to CRIU's restored process. */
+export const clearRf = (regs: UserRegs): UserRegs => ({ ...regs, eflags: regs.eflags & ~EFLAGS.RF });
 
 export async function runCriuScenario(t: Test, guest: Guest, s: CriuScenario, tag: string): Promise<void> {
   const base = { case: s.case, scenario: s.scenario, policy: 'criu defaults', engine: 'criu' as const, control: false, expected: s.expected };
@@ -208,4 +222,21 @@ export async function runCriuScenario(t: Test, guest: Guest, s: CriuScenario, ta
     ...(registers.length > 0 ? { registerDiff: registers.join('\n') } : {}),
     conditions: { ...j.conditions, 'criu.version': guest.image.criu?.version ?? '?' },
   });
+}
+
+/** The control of `s` (its `control`), run as its own row: PASS when the tampered run showed what it must. */
+export async function runCriuControl(t: Test, guest: Guest, s: CriuScenario, tag: string): Promise<void> {
+  const control = s.control!;
+  const base = { case: s.case, scenario: s.scenario, policy: control.policy, engine: 'criu' as const, control: true, expected: control.expected };
+  const a = await criuAtHit(guest, s.workload, s.hit, tag, { watch: s.watch, tamper: control.tamper, ...(s.dr7BeforeDump !== undefined ? { dr7BeforeDump: s.dr7BeforeDump } : {}) });
+  if (a.kind !== 'restored') {
+    const why = a.kind === 'refused' ? `CRIU ${guest.image.criu?.version}: ${a.reason}` : `the workload ended before stop ${s.hit}`;
+    t.fail(`CRIU dumped and restored the process: ${why}`);
+    recordRow(t, { ...base, observed: why, pass: false });
+    return;
+  }
+  const j = s.judge(a);
+  const showed = control.showedIt(a, j) && !j.exact;
+  t.ok(showed, `the tampered run differs as it must: ${j.observed}`);
+  recordRow(t, { ...base, observed: j.observed, pass: showed });
 }

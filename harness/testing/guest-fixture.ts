@@ -6,7 +6,8 @@
 import path from 'node:path';
 import { mkdir } from 'node:fs/promises';
 import { openGuest, type Guest } from '../guest/open-guest.ts';
-import { artifactsRoot } from '../report/verdicts.ts';
+import { artifactsRoot, recordVerdict } from '../report/verdicts.ts';
+import { enginesRecorded } from './verdict-rows.ts';
 import { isInfraFailure, recordInfraFailure } from '../report/infra-failures.ts';
 import { runEngines } from '../run/engines.ts';
 
@@ -25,6 +26,15 @@ export async function startGuest(t: Teardownable, caseName: string): Promise<Gue
     const criu = runEngines().includes('criu');
     const guest = await openGuest({ artifactsDir, log: (line) => t.comment(`${caseName}: ${line}`), ...(criu ? { criu } : {}) });
     t.teardown(() => guest.close());
+    // An engine the run asked for that this case recorded no row for is said, never silently absent from the table.
+    t.teardown(() => {
+      for (const engine of runEngines().filter((e) => e !== 'crh' && !enginesRecorded().has(e))) {
+        recordVerdict({
+          case: caseName, scenario: '(every scenario of the case)', policy: '-', engine, control: false, expected: '-', observed: '-', pass: false,
+          skipped: `no scenario of this case is handed to ${engine.toUpperCase()} yet (its crh rows ran); cases with CRIU rows: README, "Engines"`,
+        });
+      }
+    });
     // A guest lost mid-case (QEMU died, the kernel panicked) fails the case's assertions too; recorded here, crh run exits 69 for it, not 1.
     guest.machine.failure.catch((error: unknown) => recordInfraFailure(caseName, error));
     return guest;
