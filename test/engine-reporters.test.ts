@@ -127,7 +127,8 @@ t.test('side by side: one column per engine, the reason under every cell that is
   ]);
   const text = formatEngineSideBySide(rows, ['crh', 'criu']);
   t.match(text.split('\n')[0]!, /^case\s+scenario\s+policy\s+crh\s+criu$/);
-  t.match(text, /criu GAP: hwbreak-rf \/ .* \/ criu defaults\n +known engine gap: .* — observed 2 hits/);
+  t.match(text, /criu GAP: hwbreak-rf \/ .* \/ criu defaults\n +known engine gap: the task's own debug registers .* \[1\] — observed 2 hits/);
+  t.match(text, /^\[1\] CRIU's x86 core image/m, 'the reference, once, under the notes');
   t.match(text, /criu SKIP: hwbreak-rf \/ .* \/ rf=clear \(control\)\n +policy switches that describe the TS core do not apply to CRIU/);
   // The kernel matrix keeps the engines apart too.
   const kernels = kernelMatrixRows([{ label: 'a', kernel: 'a', verdicts: rows, infra: [] }]);

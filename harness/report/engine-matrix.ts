@@ -7,7 +7,7 @@
  * plain PASS says why: a gap with its reference, a finding with what was
  * observed, a skip with its reason. Pure: the rows come in as data.
  */
-import { describeGap, engineOf, outcome, type Engine, type Verdict } from './verdicts.ts';
+import { engineOf, outcome, type Engine, type Verdict } from './verdicts.ts';
 
 export interface EngineMatrixRow {
   case: string;
@@ -39,10 +39,13 @@ export function engineMatrixRows(verdicts: readonly Verdict[], engines: readonly
   });
 }
 
-/** Why a cell is what it is, when it is not a plain PASS. */
-function cellReason(v: Verdict): string | undefined {
+/** Why a cell is what it is, when it is not a plain PASS; a gap's reference is numbered (`references`), printed once under the notes. */
+function cellReason(v: Verdict, references: string[]): string | undefined {
   const o = outcome(v);
-  if (o === 'GAP') return `${describeGap(v.engineGap!)} — observed ${v.observed}`;
+  if (o === 'GAP') {
+    if (!references.includes(v.engineGap!.reference)) references.push(v.engineGap!.reference);
+    return `known engine gap: ${v.engineGap!.what} [${references.indexOf(v.engineGap!.reference) + 1}] — observed ${v.observed}`;
+  }
   if (o === 'SKIP') return v.skipped;
   if (o === 'FAIL') return `expected ${v.expected}, observed ${v.observed}${v.failedAssertions?.length ? `; failed: ${v.failedAssertions.join('; ')}` : ''}`;
   return undefined;
@@ -56,11 +59,18 @@ export function formatEngineSideBySide(verdicts: readonly Verdict[], engines: re
   const body = rows.map((r) => [r.case, r.scenario, r.policy, ...r.cells]);
   const widths = header.map((h, i) => Math.max(h.length, ...body.map((r) => r[i]!.length)));
   const line = (cells: string[]): string => cells.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd();
+  const references: string[] = [];
   const notes = rows.flatMap((r) =>
     r.verdicts.flatMap((v, i) => {
-      const why = v ? cellReason(v) : undefined;
+      const why = v ? cellReason(v, references) : undefined;
       return why ? [`${engines[i]} ${r.cells[i]}: ${r.case} / ${r.scenario} / ${r.policy}`, `    ${why}`] : [];
     }),
   );
-  return [line(header), line(widths.map((w) => '-'.repeat(w))), ...body.map(line), ...(notes.length > 0 ? ['', ...notes] : [])].join('\n');
+  return [
+    line(header),
+    line(widths.map((w) => '-'.repeat(w))),
+    ...body.map(line),
+    ...(notes.length > 0 ? ['', ...notes] : []),
+    ...(references.length > 0 ? ['', ...references.map((ref, i) => `[${i + 1}] ${ref}`)] : []),
+  ].join('\n');
 }
