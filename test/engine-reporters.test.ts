@@ -16,7 +16,7 @@ import { kernelMatrixRows } from '../harness/report/kernel-matrix.ts';
 import { ktap } from '../harness/report/ktap.ts';
 import { engineOf, formatVerdictTable, outcome, readVerdicts, witnessLines, type Verdict } from '../harness/report/verdicts.ts';
 import { machineReport, mergeReports } from '../harness/report/write-reports.ts';
-import { withFailedAssertions } from '../harness/testing/verdict-rows.ts';
+import { enginesRecorded, recordRow, withFailedAssertions } from '../harness/testing/verdict-rows.ts';
 import { CRIU_GAPS, POLICY_NOT_FOR_CRIU } from '../harness/criu/known-gaps.ts';
 
 const SCENARIO = 'hw breakpoint, checkpoint at hit 2 (RF=1)';
@@ -133,4 +133,24 @@ t.test('side by side: one column per engine, the reason under every cell that is
   // The kernel matrix keeps the engines apart too.
   const kernels = kernelMatrixRows([{ label: 'a', kernel: 'a', verdicts: rows, infra: [] }]);
   t.same(kernels.map((r) => r.policy), ['rf=keep-and-preserve restorer=ptrace', 'rf=clear (control)', 'criu: criu defaults', 'criu: criu, breakpoint re-armed', 'criu: rf=clear (control)']);
+});
+
+t.test('recordRow notes the engines a case process recorded (what guest-fixture checks for a SKIP row)', async (t) => {
+  const dir = await mkdtemp(path.join(tmpdir(), 'crh-engine-rows-'));
+  const before = process.env.CRH_VERDICTS_FILE;
+  process.env.CRH_VERDICTS_FILE = path.join(dir, 'verdicts.jsonl');
+  t.teardown(async () => {
+    if (before === undefined) delete process.env.CRH_VERDICTS_FILE;
+    else process.env.CRH_VERDICTS_FILE = before;
+    await rm(dir, { recursive: true, force: true });
+  });
+  const teardowns: Array<() => unknown> = [];
+  const scope = { count: 0, lists: { fail: [] }, teardown: (fn: () => unknown) => void teardowns.push(fn) };
+  t.same([...enginesRecorded()], [], 'nothing recorded yet');
+  recordRow(scope, oldCrh);
+  t.same([...enginesRecorded()], ['crh'], 'a row without an engine is crh');
+  recordRow(scope, criuRearmed);
+  t.same([...enginesRecorded()].sort(), ['crh', 'criu']);
+  for (const fn of teardowns) fn();
+  t.same(readVerdicts(process.env.CRH_VERDICTS_FILE).map((v) => v.engine), ['crh', 'criu'], 'both rows written at the scope\'s end');
 });
