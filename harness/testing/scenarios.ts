@@ -214,7 +214,7 @@ export async function rseqInsideScenario(guest: Guest): Promise<Scenario> {
     // CRIU fixes up the IP of a task stopped inside a critical section itself (cr-dump: "fixup thread IP when inside rseq cs").
     criu: (tag) =>
       attemptThroughCriu(guest, {
-        workload, hit: 1, dr7BeforeDump: 0n, watch: { firstExecutionAt: abortHandler }, expected,
+        workload, hit: 1, dr7BeforeDump: 0n, watch: { firstExecutionAt: abortHandler }, expected, ripMovedTo: abortHandler,
         stopMissed: async (pid) => {
           const config = await guest.agent.call({ op: 'RSEQ_CONFIG', pid });
           const rseqCs = (await guest.agent.call({ op: 'READ_MEM', pid, address: rseqCsAddress(config), length: 8 })).readBigUInt64LE(0);
