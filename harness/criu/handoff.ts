@@ -37,13 +37,17 @@ export type Handoff =
   | ({ ok: true; restoredPid: number } & Logs)
   | ({ ok: false; stage: 'dump' | 'restore' | 'attach'; reason: string } & Logs);
 
+/** Called as each CRIU command starts (crh repro shows them as phases); the restore's with the size of the images. */
+export type HandoffStage = (stage: { name: 'dump' } | { name: 'restore'; imageBytes: number }) => Promise<void>;
+
 /** Hands the stopped process `pid` to CRIU and takes the restored one back; `dir` (a guest path) is emptied first. */
-export async function handOffToCriu(agent: AgentClient, criu: CriuInGuest, pid: number, dir: string): Promise<Handoff> {
+export async function handOffToCriu(agent: AgentClient, criu: CriuInGuest, pid: number, dir: string, onStage: HandoffStage = async () => {}): Promise<Handoff> {
   const pidFile = `${dir}/restored.pid`;
   const prepared = await criu.exec(`rm -rf ${shellQuote(dir)} && mkdir -p ${shellQuote(dir)}`);
   if (prepared.code !== 0) throw new CrhError(`could not prepare ${dir} in the guest for CRIU's images`, { stderr: prepared.stderr });
   const readLog = async (name: string): Promise<string> => tail(await readGuestText(agent, `${dir}/${name}`, LOG_MAX_BYTES * 4).catch(() => `(no ${name})`));
 
+  await onStage({ name: 'dump' });
   await agent.call({ op: 'DETACH', pid });
   const dump = await runCriu(criu.exec, criuDumpArgs(criu.command, pid, dir));
   const dumpLog = await readLog('dump.log');
@@ -57,6 +61,7 @@ export async function handOffToCriu(agent: AgentClient, criu: CriuInGuest, pid: 
   const du = await criu.exec(`du -sk ${shellQuote(dir)} | cut -f1`);
   const imageBytes = Number(du.stdout.trim()) * 1024;
 
+  await onStage({ name: 'restore', imageBytes });
   const restore = await runCriu(criu.exec, criuRestoreArgs(criu.command, dir, pidFile));
   const restoreLog = await readLog('restore.log');
   const logs = { dumpMs: dump.wallMs, restoreMs: restore.wallMs, imageBytes, dumpLog, restoreLog };
