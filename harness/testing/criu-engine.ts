@@ -74,6 +74,8 @@ export interface CriuAttemptOptions {
    * the criu path catch what they must.
    */
   tamper?: (regs: UserRegs) => UserRegs;
+  /** A negative control's other state changed in the restored process before it runs (e.g. its signal mask, through the agent). */
+  afterRestore?: (pid: number) => Promise<void>;
   /** DR7 to leave before the dump (e.g. 0: the breakpoint only chose where to stop) */
   dr7BeforeDump?: bigint;
   /**
@@ -148,6 +150,7 @@ export async function criuAtHit(guest: Guest, w: Workload, hit: number, tag: str
     for (const index of DEBUG_INDICES) await agent.call({ op: 'POKEUSER', pid: restoredPid, offset: debugRegOffset(index), value: debugAtDump[index]! });
   }
   if (options.tamper) await agent.call({ op: 'SETREGS', pid: restoredPid, regs: options.tamper(restoredRegs) });
+  if (options.afterRestore) await options.afterRestore(restoredPid);
   const { run, observation } = await runUnderOracle(guest, restoredPid, `${tag} (criu ${criu.version})`, options.watch);
   return { kind: 'restored', checkpointRun, regsAtDump, restoredRegs, debugAtDump, debugRestored, differences, run, observation, output: await readOutput(guest, stdoutPath), handoff };
 }
@@ -207,7 +210,8 @@ export interface CriuScenario {
   /** the criu path's negative control: the harness tampers with the restored process, and the judge must see it */
   control?: {
     policy: string;
-    tamper: (regs: UserRegs) => UserRegs;
+    tamper?: (regs: UserRegs) => UserRegs;
+    afterRestore?: (pid: number) => Promise<void>;
     expected: string;
     /** whether the tampered run showed the difference it must */
     showedIt(a: Extract<CriuAttempt, { kind: 'restored' }>, j: CriuJudgement): boolean;
@@ -245,7 +249,12 @@ export async function runCriuScenario(t: Test, guest: Guest, s: CriuScenario, ta
 export async function runCriuControl(t: Test, guest: Guest, s: CriuScenario, tag: string): Promise<void> {
   const control = s.control!;
   const base = { case: s.case, scenario: s.scenario, policy: control.policy, engine: 'criu' as const, control: true, expected: control.expected };
-  const a = await criuAtHit(guest, s.workload, s.hit, tag, { watch: s.watch, tamper: control.tamper, ...(s.dr7BeforeDump !== undefined ? { dr7BeforeDump: s.dr7BeforeDump } : {}) });
+  const a = await criuAtHit(guest, s.workload, s.hit, tag, {
+    watch: s.watch,
+    ...(control.tamper ? { tamper: control.tamper } : {}),
+    ...(control.afterRestore ? { afterRestore: control.afterRestore } : {}),
+    ...(s.dr7BeforeDump !== undefined ? { dr7BeforeDump: s.dr7BeforeDump } : {}),
+  });
   if (a.kind !== 'restored') {
     const why = a.kind === 'refused' ? `CRIU ${guest.image.criu?.version}: ${a.reason}` : `the workload ended before stop ${s.hit}`;
     t.fail(`CRIU dumped and restored the process: ${why}`);
