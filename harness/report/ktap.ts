@@ -38,7 +38,7 @@ export function ktap(verdicts: readonly Verdict[], identity: Readonly<Record<str
         if (v.conditions) out.push(...diagnostics(`depends on: ${formatConditions(v.conditions)}`, '    '));
         if (v.registerDiff) out.push(...diagnostics(v.registerDiff, '    '));
       }
-      // A known engine gap is kselftest's XFAIL: ok, with the directive and its reference.
+      // A known engine gap is kselftest's expected failure: "ok N desc # XFAIL" (ktap_test_xfail in tools/testing/selftests/kselftest/ktap_helpers.sh).
       if (o === 'GAP') out.push(`    ok ${j + 1} ${what} # XFAIL ${description(describeGap(v.engineGap!))}`);
       else out.push(o === 'SKIP' ? `    ok ${j + 1} ${what} # SKIP ${description(v.skipped ?? '')}` : `    ${o === 'PASS' ? 'ok' : 'not ok'} ${j + 1} ${what}`);
     });
