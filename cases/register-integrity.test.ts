@@ -2,7 +2,8 @@
 // taken with distinct patterns in all of them (ptrace restorer, regs=full) — as the workload
 // checks itself and as the CPU shows through the gdbstub oracle, under every restorer; the fault injection regs=partial
 // (the 2015 entry-code bug: callee-saved registers not restored) is caught naming exactly
-// rbx rbp r12 r13 r14 r15.
+// rbx rbp r12 r13 r14 r15. With --engine criu the same stop is handed to CRIU and must come back with
+// every register as dumped (the workload's own check and the oracle); regs=partial does not apply to CRIU.
 import t, { type Test } from 'tap';
 import { recordRow } from '../harness/testing/verdict-rows.ts';
 import { CALLEE_SAVED, RESTORERS, type RegsPolicy, type Restorer } from '../harness/restore/policy.ts';
@@ -11,6 +12,7 @@ import { endedAs, nativeReference } from '../harness/testing/native-reference.ts
 import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
 import { checkpointAtHit, readOutput, restoreAndFinish, RUN_TIMEOUT_MS, type Restored, type Workload } from '../harness/testing/scenario.ts';
 import { hex, USER_REGS_FIELDS } from '../harness/x86/registers.ts';
+import { policyRowsNotForCriu, runCriuControl, runCriuScenario, runsEngine, type CriuScenario } from '../harness/testing/criu-engine.ts';
 
 const CASE = 'register-integrity';
 const SCENARIO = 'patterns in every register, checkpoint at regcheck_checkpoint';
@@ -50,8 +52,9 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
   const cpuDiffers = (r: Restored): string[] =>
     PATTERNED.filter((name) => r.observation.first?.get(name) !== r.image.regs[name]).sort();
 
+  const crhOnly = runsEngine('crh') ? {} : { skip: 'engine crh not asked for (--engine criu)' };
   for (const restorer of RESTORERS) {
-    await t.test(`regs=full, restorer=${restorer}: nothing lost, at the workload and at the CPU`, async (t) => {
+    await t.test(`regs=full, restorer=${restorer}: nothing lost, at the workload and at the CPU`, crhOnly, async (t) => {
       const r = await run(t, 'full', restorer);
       t.same(r.differences, [], 'the kernel accepted every register as requested');
       t.ok(r.observation.first, 'oracle: the CPU reached regcheck_resumed');
@@ -70,7 +73,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     });
   }
 
-  await t.test('negative control regs=partial (the 2015 entry-code bug): caught, naming exactly the callee-saved registers', async (t) => {
+  await t.test('negative control regs=partial (the 2015 entry-code bug): caught, naming exactly the callee-saved registers', crhOnly, async (t) => {
     const r = await run(t, 'partial', 'ptrace');
     const expected = [...CALLEE_SAVED].sort();
     t.same(mismatches(r.output), expected, `the workload names exactly ${expected.join(' ')}: ${r.output.trim()}`);
@@ -82,4 +85,38 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
       pass: JSON.stringify(mismatches(r.output)) === JSON.stringify(expected) && JSON.stringify(cpuDiffers(r)) === JSON.stringify(expected),
     });
   });
+
+  if (!runsEngine('criu')) return;
+  const criuScenario: CriuScenario = {
+    case: CASE, scenario: SCENARIO, workload, hit: 1, watch: { firstExecutionAt: resumed },
+    expected: 'regcheck ok; CPU GPRs = dumped',
+    judge: (a) => {
+      const checked = [...PATTERNED, 'rsp', 'fs_base'] as const;
+      const diff = checked.filter((name) => a.observation.first?.get(name) !== a.regsAtDump[name])
+        .map((name) => `${name}: dumped ${hex(a.regsAtDump[name])}, cpu ${a.observation.first?.get(name) === undefined ? '?' : hex(a.observation.first.get(name)!)}`);
+      const ok = a.run.outcome === 'exited' && a.run.code === 0 && mismatches(a.output)?.length === 0;
+      return { observed: `${a.output.trim() || `${a.run.outcome} ${a.run.code}`}; CPU differs in ${diff.length} register(s)`, exact: ok && diff.length === 0, registerDiff: diff };
+    },
+    control: {
+      policy: 'criu, callee-saved registers zeroed after the restore',
+      tamper: (regs) => ({ ...regs, ...Object.fromEntries(CALLEE_SAVED.map((r) => [r, 0n])) }),
+      expected: `mismatch: ${[...CALLEE_SAVED].sort().join(' ')}, at the workload and at the CPU`,
+      showedIt: (a, j) => {
+        const zeroed = JSON.stringify([...CALLEE_SAVED].sort());
+        return JSON.stringify(mismatches(a.output)) === zeroed && JSON.stringify((j.registerDiff ?? []).map((l) => l.split(':')[0]).sort()) === zeroed;
+      },
+    },
+  };
+  await t.test('engine criu: CRIU restores every register, at the workload and at the CPU', async (t) => {
+    await runCriuScenario(t, guest, criuScenario, 'criu');
+  });
+  await t.test('engine criu, negative control: callee-saved registers zeroed after CRIU\'s restore are caught by name', async (t) => {
+    await runCriuControl(t, guest, criuScenario, 'criu-zeroed');
+  });
+  for (const row of policyRowsNotForCriu(CASE, SCENARIO, ['restorer=ptrace regs=partial'])) {
+    await t.test(`engine criu: ${row.policy} ${row.skipped}`, async (t) => {
+      t.pass(row.skipped);
+      recordRow(t, row);
+    });
+  }
 });

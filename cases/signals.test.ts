@@ -15,6 +15,8 @@ import { startGuest } from '../harness/testing/guest-fixture.ts';
 import { endedAs, nativeReference } from '../harness/testing/native-reference.ts';
 import { checkpointAtHit, restoreAndFinish, runUninterrupted, type Workload } from '../harness/testing/scenario.ts';
 import { hex } from '../harness/x86/registers.ts';
+import { policyRowsNotForCriu, runCriuControl, runCriuScenario, runsEngine, type CriuScenario } from '../harness/testing/criu-engine.ts';
+import { recordRow } from '../harness/testing/verdict-rows.ts';
 
 const CASE = 'signals';
 const SIGUSR1 = 10;
@@ -102,6 +104,48 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
           expected: ref.trim(), observed, matchedUninterrupted: observed === ref.trim(), conditions,
         });
       }
+    });
+  }
+
+  // engine criu (crh run --engine …criu): the same stops handed to CRIU, judged by the workload's own output.
+  if (!runsEngine('criu')) return;
+  const STATE = 'signal state: dispositions, mask, sigaltstack, pending RT queue';
+  const stateScenario: CriuScenario = {
+    case: CASE, scenario: STATE, workload: stateWorkload, hit: 1, dr7BeforeDump: 0n, watch: {},
+    expected: stateReference.trim(),
+    judge: (a) => ({ observed: a.run.outcome === 'killed' ? `killed by signal ${a.run.code}` : a.output.trim(), exact: a.output === stateReference && a.run.outcome === 'exited' && a.run.code === 0 }),
+    control: {
+      // The mask CRIU restored replaced by an empty one through the agent: the workload must name it (and the early deliveries).
+      policy: 'criu, signal mask emptied after the restore',
+      afterRestore: async (pid) => void (await guest.agent.call({ op: 'SETSIGMASK', pid, mask: 0n })),
+      expected: 'sigstate mismatch naming the mask',
+      showedIt: (_a, j) => /^sigstate mismatch:.*\bblocked\b/m.test(j.observed),
+    },
+  };
+  await t.test('engine criu: dispositions, mask, alternate stack and pending queues through CRIU', (t) => runCriuScenario(t, guest, stateScenario, 'criu-state'));
+  await t.test('engine criu, negative control: the mask emptied after CRIU\'s restore is named by the workload', (t) => runCriuControl(t, guest, stateScenario, 'criu-state-mask'));
+  for (const h of HANDLERS) {
+    await t.test(`engine criu: checkpoint inside the handler of ${h.what}`, async (t) => {
+      const ref = await reference(['handler', h.kind], `criu-handler-${h.kind}`);
+      await runCriuScenario(t, guest, {
+        case: CASE, scenario: `checkpoint inside the handler of ${h.what}`, hit: 1, dr7BeforeDump: 0n, watch: {},
+        workload: { binary, argv: [binary, 'handler', h.kind], breakAt: guest.symbols.resolve('sigstate:sigstate_in_handler') },
+        expected: ref.trim(),
+        judge: (a) => {
+          const observed = a.run.outcome === 'killed' ? `killed by signal ${a.run.code}` : a.output.trim();
+          return { observed, exact: observed === ref.trim(), conditions: { architectureRf: String(h.architectureRf), platformRf: String(/rf=(\d)/.exec(ref)?.[1]) } };
+        },
+      }, `criu-handler-${h.kind}`);
+    });
+  }
+  const notForCriu = [
+    ...policyRowsNotForCriu(CASE, STATE, [describePolicy({ ...DEFAULT_POLICY, omit: ['signals'] })]),
+    ...HANDLERS.flatMap((h) => policyRowsNotForCriu(CASE, `checkpoint inside the handler of ${h.what}`, [describePolicy({ ...DEFAULT_POLICY, regs: 'partial' })])),
+  ];
+  for (const row of notForCriu) {
+    await t.test(`engine criu: ${row.policy} ${row.skipped}`, async (t) => {
+      t.pass(row.skipped);
+      recordRow(t, row);
     });
   }
 });

@@ -25,6 +25,9 @@ import { startGuest } from '../harness/testing/guest-fixture.ts';
 import { endedAs, nativeReference } from '../harness/testing/native-reference.ts';
 import { checkpointAtHit, readOutput, restoreAndFinish, RUN_TIMEOUT_MS, spawnArmed, type Workload } from '../harness/testing/scenario.ts';
 import { EFLAGS, debugRegOffset, hex } from '../harness/x86/registers.ts';
+import { runCriuControl, runCriuScenario, runsEngine, type CriuScenario } from '../harness/testing/criu-engine.ts';
+import { recordRow } from '../harness/testing/verdict-rows.ts';
+import { POLICY_NOT_FOR_CRIU } from '../harness/criu/known-gaps.ts';
 
 const CASE = 'single-step';
 const SCENARIO = 'TF set by popf in the workload, checkpoint mid-sequence';
@@ -197,6 +200,34 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
       t.equal(r.dbAtMid, 0, 'oracle: and the CPU raised no #DB at step_mid');
       t.equal(r.output, refOutput, 'let go, the program saw no trap and the sum is right: only the tracer\'s view differs');
       verdict(t, policy, true, r);
+    });
+  });
+
+  // engine criu (crh run --engine …criu): the popf scenario's stop (TF set, mid-sequence) handed to CRIU.
+  if (!runsEngine('criu')) return;
+  const criuScenario: CriuScenario = {
+    case: CASE, scenario: SCENARIO, workload, hit: 1, dr7BeforeDump: 0n, watch: {},
+    expected: `ips=${reference}`,
+    judge: (a) => {
+      // The scenario holds only when the dump caught TF set (eflags as CRIU dumped it, in the row).
+      const tf = (a.regsAtDump.eflags & EFLAGS.TF) !== 0n;
+      return { observed: `ips=${ips(a.output)}; TF at the dump: ${tf}`, exact: tf && ips(a.output) === reference && a.run.outcome === 'exited' && a.run.code === 0 };
+    },
+    control: {
+      policy: 'criu, TF cleared after the restore',
+      tamper: (regs) => ({ ...regs, eflags: regs.eflags & ~EFLAGS.TF }),
+      expected: 'differs from the uninterrupted trap list (the steps from the resume address lost)',
+      showedIt: (a) => ips(a.output) !== reference,
+    },
+  };
+  await t.test('engine criu: the exact trap list after CRIU\'s dump and restore mid-sequence', (t) => runCriuScenario(t, guest, criuScenario, 'criu'));
+  await t.test('engine criu, negative control: TF cleared after CRIU\'s restore loses the rest of the steps', (t) => runCriuControl(t, guest, criuScenario, 'criu-tf-cleared'));
+  await t.test(`engine criu: restorer=popf ${POLICY_NOT_FOR_CRIU}; the tracer-set scenario is crh's alone`, async (t) => {
+    t.pass(POLICY_NOT_FOR_CRIU);
+    recordRow(t, { case: CASE, scenario: SCENARIO, policy: describePolicy({ ...DEFAULT_POLICY, restorer: 'popf' }), engine: 'criu', control: true, expected: '-', observed: '-', pass: false, skipped: POLICY_NOT_FOR_CRIU });
+    recordRow(t, {
+      case: CASE, scenario: TRACED_SCENARIO, policy: 'criu defaults', engine: 'criu', control: false, expected: '-', observed: '-', pass: false,
+      skipped: 'not handed to CRIU: the tracer single-stepping the restored process is the scenario, and CRIU takes the task from the agent (DETACH) for the dump — the tracer-set TF is the agent\'s, not the program\'s state',
     });
   });
 });

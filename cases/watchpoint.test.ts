@@ -13,6 +13,9 @@ import { endedAs, nativeReference } from '../harness/testing/native-reference.ts
 import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
 import { checkpointAtHit, readOutput, restoreAndFinish, RUN_TIMEOUT_MS, spawnArmed, type Workload } from '../harness/testing/scenario.ts';
 import { hex } from '../harness/x86/registers.ts';
+import { debugRegisterLost, policyRowsNotForCriu, runCriuScenario, runsEngine } from '../harness/testing/criu-engine.ts';
+import { CRIU_GAPS } from '../harness/criu/known-gaps.ts';
+import { recordRow } from '../harness/testing/verdict-rows.ts';
 
 const CASE = 'watchpoint';
 const ROUNDS = 6;
@@ -84,4 +87,35 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
       matchedUninterrupted: r.run.hits.length === remaining.length,
     });
   });
+
+  // engine criu (crh run --engine …criu): the same stop handed to CRIU; the watch it does not restore is its known gap.
+  if (!runsEngine('criu')) return;
+  for (const width of WIDTHS) {
+    await t.test(`engine criu: ${width}-byte write watch across CRIU's dump and restore`, async (t) => {
+      const w = workload(width);
+      const pid = await spawnArmed(guest, w, `/tmp/watch-criu-len${width}.reference.out`);
+      const reference = await guest.agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
+      const referenceOutput = await readOutput(guest, `/tmp/watch-criu-len${width}.reference.out`);
+      const trapIp = reference.hits[0]!.rip;
+      const remaining = ROUNDS - CHECKPOINT_AT_TRAP;
+      await runCriuScenario(t, guest, {
+        case: CASE, scenario: `DR1 write watch, length ${width}, checkpoint at trap ${CHECKPOINT_AT_TRAP}`, workload: w, hit: CHECKPOINT_AT_TRAP, watch: { countDebugTrapsAt: trapIp },
+        expected: `${CHECKPOINT_AT_TRAP}+${remaining} traps, CPU #DB ${remaining}, DR6 0x2, same output`,
+        judge: (a) => {
+          const sameOutput = a.output === referenceOutput;
+          const observed = `${a.checkpointRun.hits.length}+${a.run.hits.length} traps, CPU #DB ${a.observation.debugTraps.length}, ${sameOutput ? 'same' : 'different'} output`;
+          const exact = a.run.hits.length === remaining && a.observation.debugTraps.length === remaining && sameOutput && a.run.hits.every((h) => (h.dr6 & DR6_HITS) === DR6_B1);
+          // The known gap and nothing else: the watch is gone (no trap, no #DB), the program's own result is the same.
+          const gapOnly = debugRegisterLost(a, 1) && a.run.hits.length === 0 && a.observation.debugTraps.length === 0 && sameOutput && a.run.code === 0;
+          return { observed, exact, ...(gapOnly ? { gap: CRIU_GAPS.debugRegisters } : {}) };
+        },
+      }, `criu-len${width}`);
+    });
+  }
+  for (const row of policyRowsNotForCriu(CASE, `DR1 write watch, length 8, checkpoint at trap ${CHECKPOINT_AT_TRAP}`, [describePolicy({ ...DEFAULT_POLICY, omit: ['debugregs'] })])) {
+    await t.test(`engine criu: ${row.policy} ${row.skipped}`, async (t) => {
+      t.pass(row.skipped);
+      recordRow(t, row);
+    });
+  }
 });

@@ -99,7 +99,7 @@ t.test('--kernel and its companions', async (t) => {
 t.test('skips in the verdict table and in JUnit', async (t) => {
   const verdicts = [v('hwbreak-rf', 'hit 2', 'rf=clear', true), rseqSkip];
   t.equal(outcome(rseqSkip), 'SKIP');
-  t.match(formatVerdictTable(verdicts), /rseq\s+\(every scenario of the case\)\s+-\s+.*SKIP: the guest kernel lacks CONFIG_RSEQ \(not set\)/);
+  t.match(formatVerdictTable(verdicts), /rseq\s+\(every scenario of the case\)\s+crh\s+-\s+.*SKIP: the guest kernel lacks CONFIG_RSEQ \(not set\)/);
   const xml = new XMLParser({ ignoreAttributes: false, attributeNamePrefix: '' }).parse(junitXml(verdicts));
   t.match(xml.testsuites, { tests: '2', failures: '0', skipped: '1' });
   const rseq = xml.testsuites.testsuite.find((s: { name: string }) => s.name === 'rseq');

@@ -56,15 +56,18 @@ export const COMMANDS = {
   ),
   run: spec(
     `usage: crh run [--grep RE] ${KERNEL_USAGE}... [--jobs N] [--shard I/N] [--artifacts DIR]\n` +
-      '               [--reporter people|tap|ktap|junit|json] [--junit FILE] [--json FILE] [--ktap FILE]\n' +
-      '               [--html FILE] [--cases DIR]\n' +
+      '               [--engine crh|criu|crh,criu] [--reporter people|tap|ktap|junit|json] [--junit FILE]\n' +
+      '               [--json FILE] [--ktap FILE] [--html FILE] [--cases DIR]\n' +
       '  run the cases (N case files at once, default 2), a line per case and a summary (--reporter:\n' +
       '  a machine format on stdout instead); --shard I/N runs the I-th of N disjoint shards balanced\n' +
       '  by cases/durations.json. The wide verdict table, each case\'s TAP, the profile and the\n' +
       '  durations go to the artifacts; the HTML report is\n' +
       '  always written (default <artifacts>/report.html). --kernel repeated: the suite once per\n' +
       '  kernel, in <artifacts>/<kernel>/, then the verdicts side by side (the n-th --system-map,\n' +
-      '  --kernel-config, --modules go with the n-th --kernel)',
+      '  --kernel-config, --modules go with the n-th --kernel). --engine (default crh): which engine\n' +
+      "  checkpoints and restores; criu hands each case's stopped process to CRIU (Debian trixie's, in\n" +
+      '  the image variant with CRIU, built on first use) where the scenario can go through it, and says\n' +
+      '  why not where it cannot; crh,criu runs both, side by side in every report',
     {
       ...runKernelOptions,
       jobs: { type: 'string' },
@@ -77,6 +80,7 @@ export const COMMANDS = {
       reporter: { type: 'string' },
       shard: { type: 'string' },
       ktap: { type: 'string' },
+      engine: { type: 'string' },
     },
   ),
   report: spec(

@@ -108,9 +108,10 @@ async function verdictsCommand(args: string[]): Promise<number> {
   }
   const verdicts = readVerdicts(file);
   const failed = verdicts.filter((v) => outcome(v) === 'FAIL');
-  process.stdout.write(`${formatVerdictTable(verdicts)}\n\n${verdicts.length - failed.length} as expected or skipped, ${failed.length} not (${file})\n`);
+  const gaps = verdicts.filter((v) => outcome(v) === 'GAP').length;
+  process.stdout.write(`${formatVerdictTable(verdicts)}\n\n${verdicts.length - failed.length} as expected or skipped${gaps > 0 ? ` (${gaps} of them known engine gaps)` : ''}, ${failed.length} not (${file})\n`);
   if (!values.check) return EXIT.ok;
-  for (const v of failed) log(`not as expected: ${v.case}: ${v.scenario} under ${v.policy}${v.control ? ' (negative control)' : ''}: expected ${v.expected}, observed ${v.observed}`);
+  for (const v of failed) log(`not as expected: ${v.case}${v.engine && v.engine !== 'crh' ? ` [${v.engine}]` : ''}: ${v.scenario} under ${v.policy}${v.control ? ' (negative control)' : ''}: expected ${v.expected}, observed ${v.observed}`);
   if (failed.length === 0 && verdictsExitCode(verdicts) !== EXIT.ok) log(verdicts.length === 0 ? 'no verdict was recorded: nothing was tested' : 'every verdict is a skip: nothing was tested');
   return verdictsExitCode(verdicts);
 }

@@ -19,6 +19,8 @@ import { casesOfShard, parseShard } from '../report/shard.ts';
 import { artifactsRoot, formatVerdictTable, readVerdicts, type Verdict } from '../report/verdicts.ts';
 import { machineReport, mergeReports, REPORTERS, tapStream, writeReports, type Reporter, type RunReport } from '../report/write-reports.ts';
 import { caseName, runCasePool, type CaseEvent } from '../run/case-pool.ts';
+import { ENGINES_ENV, parseEngines } from '../run/engines.ts';
+import { formatEngineSideBySide } from '../report/engine-matrix.ts';
 import { REPO_ROOT } from '../util/cache-dir.ts';
 import { COMMANDS, parseCommandLine, usageError } from './command-line.ts';
 import { EXIT, verdictsExitCode } from './exit-codes.ts';
@@ -78,6 +80,12 @@ export async function runCommand(args: string[]): Promise<number> {
   } catch (error) {
     throw usageError(COMMANDS.run, `--grep: ${(error as Error).message}`);
   }
+  let engines: ReturnType<typeof parseEngines>;
+  try {
+    engines = parseEngines(values.engine ?? 'crh');
+  } catch (error) {
+    throw usageError(COMMANDS.run, (error as Error).message);
+  }
   const jobs = Number(values.jobs ?? '2');
   const casesDir = path.resolve(REPO_ROOT, values.cases ?? 'cases');
   if (!existsSync(casesDir)) throw usageError(COMMANDS.run, `--cases ${values.cases}: no such directory`);
@@ -85,7 +93,7 @@ export async function runCommand(args: string[]): Promise<number> {
   if (runs.length > 1) {
     if (values.html) throw usageError(COMMANDS.run, '--html names one file: with several kernels each kernel has its report in <artifacts>/<kernel>/report.html');
     if (reporter !== 'people' || values.ktap) throw usageError(COMMANDS.run, '--reporter and --ktap go with one kernel: with several, each kernel has its reports in <artifacts>/<kernel>/');
-    const passThrough = [...(values.grep ? ['--grep', values.grep] : []), ...(values.jobs ? ['--jobs', values.jobs] : []), ...(values.shard ? ['--shard', values.shard] : []), ...(values.cases ? ['--cases', path.resolve(values.cases)] : [])];
+    const passThrough = [...(values.grep ? ['--grep', values.grep] : []), ...(values.jobs ? ['--jobs', values.jobs] : []), ...(values.shard ? ['--shard', values.shard] : []), ...(values.cases ? ['--cases', path.resolve(values.cases)] : []), ...(values.engine ? ['--engine', engines.join(',')] : [])];
     const junit = values.junit ? path.resolve(values.junit) : undefined;
     const json = values.json ? path.resolve(values.json) : undefined;
     const root = values.artifacts ? path.resolve(values.artifacts) : artifactsRoot();
@@ -116,6 +124,8 @@ export async function runCommand(args: string[]): Promise<number> {
     ...(values.json ? { json: path.resolve(values.json) } : {}),
     ...(values.ktap ? { ktap: path.resolve(values.ktap) } : {}),
   };
+  // The cases read the engines as they read the kernel flags: from the environment crh run hands them.
+  process.env[ENGINES_ENV] = engines.join(',');
   process.env.CRH_VERDICTS_FILE = path.join(artifacts, 'verdicts.jsonl');
   rmSync(process.env.CRH_VERDICTS_FILE, { force: true });
   rmSync(path.join(artifacts, 'infra-failures.jsonl'), { force: true });
@@ -125,9 +135,12 @@ export async function runCommand(args: string[]): Promise<number> {
   // kernel or image that cannot be had is infrastructure, reported as such.
   await checkKernelConfig(() => kernelFromEnvironment(process.env));
   let kernel: KernelIdentity | undefined;
+  let criu: { version: string; suite: string } | undefined;
   try {
-    const image = await buildImage({ kernel: await kernelFromEnvironment(process.env, log), log });
-    log(`guest image ${image.key} (${image.kernel.origin})`);
+    // With criu among the engines every case boots the image variant with CRIU (built once here, then cached).
+    const image = await buildImage({ kernel: await kernelFromEnvironment(process.env, log), log, ...(engines.includes('criu') ? { criu: true } : {}) });
+    log(`guest image ${image.key} (${image.kernel.origin})${image.criu ? `, CRIU ${image.criu.version} from Debian ${image.criu.suite}` : ''}`);
+    criu = image.criu;
     kernel = await kernelIdentity(image.kernel);
   } catch (error) {
     recordInfraFailure('(image)', error);
@@ -181,8 +194,11 @@ export async function runCommand(args: string[]): Promise<number> {
     const context = [
       ...(accel ? [`accelerator: ${accel}`] : []),
       ...(kernel ? [`kernel: ${kernel.label ? `${kernel.label} = ` : ''}${describeKernelIdentity(kernel)}`] : []),
+      ...(engines.length > 1 || engines[0] !== 'crh' ? [`engines: ${engines.join(', ')}${criu ? ` (CRIU ${criu.version}, Debian ${criu.suite})` : ''}`] : []),
       ...(shard ? [`shard ${shard.index}/${shard.count}: ${cases.length} case file(s)`] : []),
     ];
+    // Both engines asked: the rows side by side, one column per engine, before the summary.
+    if (engines.length > 1) process.stdout.write(`\n${formatEngineSideBySide(report.verdicts, engines)}\n`);
     const failedCases: string[] = [];
     for (const e of ended.filter(caseFailed)) {
       // A failing row speaks for itself in the summary; a case that failed beside its rows shows its failed assertions.

@@ -6,7 +6,7 @@
  * to its artifacts and the HTML report. Colour only on a TTY without
  * NO_COLOR. The full TAP of every case stays in its artifacts.
  */
-import { outcome, type Verdict } from './verdicts.ts';
+import { describeGap, engineOf, outcome, type Verdict } from './verdicts.ts';
 import type { CaseEvent } from '../run/case-pool.ts';
 
 export const SUMMARY_COLUMNS = 100;
@@ -44,10 +44,11 @@ export function caseLine(name: string, rows: readonly Verdict[], exitCode: numbe
   const failed = rows.filter((v) => outcome(v) === 'FAIL').length;
   const skipped = rows.filter((v) => outcome(v) === 'SKIP');
   const controls = rows.filter((v) => v.control).length;
+  const gaps = rows.filter((v) => outcome(v) === 'GAP').length;
   const time = seconds(durationMs).padStart(7);
   if (infra) return `${s.bad('!')} ${fit(name, NAME_COLUMNS).padEnd(NAME_COLUMNS)} ${'infrastructure failure'.padEnd(WHAT_COLUMNS)} ${time}`;
   if (rows.length > 0 && skipped.length === rows.length) return `${s.dim('-')} ${fit(name, NAME_COLUMNS).padEnd(NAME_COLUMNS)} ${fit(`skipped: ${skipped[0]!.skipped}`, WHAT_COLUMNS).padEnd(WHAT_COLUMNS)} ${time}`;
-  const counts = `${rows.length} rows, ${controls} controls${failed > 0 ? `, ${failed} not as expected` : ''}`;
+  const counts = `${rows.length} rows, ${controls} controls${gaps > 0 ? `, ${gaps} engine gaps` : ''}${failed > 0 ? `, ${failed} not as expected` : ''}`;
   const bad = failed > 0 || exitCode !== 0 || rows.length === 0;
   const why = bad && failed === 0 ? (rows.length === 0 ? 'no verdict row' : `assertions failed (exit ${exitCode})`) : counts;
   return `${bad ? s.bad('✗') : s.ok('✓')} ${fit(name, NAME_COLUMNS).padEnd(NAME_COLUMNS)} ${fit(why, WHAT_COLUMNS).padEnd(WHAT_COLUMNS)} ${time}`;
@@ -72,8 +73,10 @@ export function summary(input: SummaryInput, s: Style = style(false)): string {
   lines.push(rule);
   for (const c of input.context) lines.push(fit(c, SUMMARY_COLUMNS));
   const notAsExpected = input.verdicts.filter((v) => outcome(v) === 'FAIL');
+  // Rows of another engine than crh name it: a CRIU row not as expected is a finding about CRIU.
+  const engineTag = (v: Verdict): string => (engineOf(v) === 'crh' ? '' : ` [${engineOf(v)}]`);
   for (const v of notAsExpected) {
-    lines.push(s.bad(fit(`✗ ${v.case}: ${v.scenario} under ${v.policy}${v.control ? ' (control)' : ''}`, SUMMARY_COLUMNS)));
+    lines.push(s.bad(fit(`✗ ${v.case}${engineTag(v)}: ${v.scenario} under ${v.policy}${v.control ? ' (control)' : ''}`, SUMMARY_COLUMNS)));
     lines.push(fit(`    expected ${v.expected}`, SUMMARY_COLUMNS));
     lines.push(fit(`    observed ${v.observed}`, SUMMARY_COLUMNS));
     for (const d of (v.registerDiff ?? '').split('\n').filter(Boolean).slice(0, 4)) lines.push(fit(`    ${d}`, SUMMARY_COLUMNS));
@@ -81,8 +84,17 @@ export function summary(input: SummaryInput, s: Style = style(false)): string {
   }
   for (const c of input.failedCases) if (!notAsExpected.some((v) => v.case === c)) lines.push(s.bad(fit(`✗ ${c}: assertions failed outside any verdict row (see its TAP in ${input.artifactsRoot}/tap/)`, SUMMARY_COLUMNS)));
   for (const c of input.infraCases) lines.push(s.bad(fit(`! ${c}: infrastructure failure (${input.artifactsRoot}/infra-failures.jsonl)`, SUMMARY_COLUMNS)));
+  // Known engine gaps are listed, one line each with their reference, and counted apart from passes and failures.
+  for (const v of input.verdicts.filter((r) => outcome(r) === 'GAP')) {
+    lines.push(s.dim(fit(`~ ${v.case}${engineTag(v)}: ${v.scenario} under ${v.policy}`, SUMMARY_COLUMNS)));
+    lines.push(fit(`    ${describeGap(v.engineGap!)}`, SUMMARY_COLUMNS));
+  }
   const controls = input.verdicts.filter((v) => v.control && outcome(v) === 'PASS').length;
-  lines.push(`${count('PASS')} passed, ${count('FAIL')} failed${count('SKIP') > 0 ? `, ${count('SKIP')} skipped` : ''}`);
+  const engines = [...new Set(input.verdicts.map(engineOf))];
+  lines.push(
+    `${count('PASS')} passed, ${count('FAIL')} failed${count('GAP') > 0 ? `, ${count('GAP')} known engine gaps` : ''}${count('SKIP') > 0 ? `, ${count('SKIP')} skipped` : ''}` +
+      (engines.length > 1 || engines[0] !== 'crh' ? ` (engines: ${engines.join(', ')})` : ''),
+  );
   lines.push(fit(`${input.verdicts.length} verdict rows (${controls} negative controls showed their bug) in ${seconds(input.elapsedMs)}`, SUMMARY_COLUMNS));
   lines.push(fit(`artifacts: ${input.artifactsRoot}`, SUMMARY_COLUMNS));
   lines.push(fit(`HTML report: ${input.htmlReport}`, SUMMARY_COLUMNS));

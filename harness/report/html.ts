@@ -4,14 +4,16 @@
  * cell PASS or FAIL, marked when it is a negative control, with the platform
  * conditions, and opening (<details>) to expected vs observed, the register
  * diff and an excerpt of the guest console — then every verdict in one flat
- * table, the infrastructure failures and the platform profile.
+ * table, the infrastructure failures and the platform profile. With more
+ * than one engine (crh, criu) the matrix is scenario × engine · policy; a
+ * known engine gap is its own outcome (GAP), with its reference.
  *
  * Everything shown comes from verdict rows, error texts and console logs:
  * untrusted text, escaped on the way in, and a Content-Security-Policy that
  * forbids scripts besides, so a slip in escaping still runs nothing.
  */
 import type { InfraFailure } from './infra-failures.ts';
-import { outcome, witnessLines, type Outcome, type Verdict } from './verdicts.ts';
+import { describeGap, engineOf, outcome, witnessLines, type Outcome, type Verdict } from './verdicts.ts';
 
 export interface HtmlReportInput {
   verdicts: readonly Verdict[];
@@ -35,6 +37,8 @@ export const REPORT_COLORS = {
   fail: '#b3261e',
   passCell: '#e3f4e7',
   failCell: '#fbe3e1',
+  gap: '#8a5a00',
+  gapCell: '#fdf1d8',
 } as const;
 
 const CONTROL_CHARS = /[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f]/g;
@@ -65,10 +69,10 @@ function badge(o: Outcome): string {
   return `<span class="badge ${o.toLowerCase()}">${o}</span>`;
 }
 
-/** A cell's outcome: FAIL if any verdict failed, SKIP if all were skipped, else PASS. */
+/** A cell's outcome: FAIL if any verdict failed, SKIP if all were skipped, GAP if any is a known engine gap, else PASS. */
 function cellOutcome(verdicts: readonly Verdict[]): Outcome {
   const outcomes = verdicts.map(outcome);
-  return outcomes.includes('FAIL') ? 'FAIL' : outcomes.every((o) => o === 'SKIP') ? 'SKIP' : 'PASS';
+  return outcomes.includes('FAIL') ? 'FAIL' : outcomes.every((o) => o === 'SKIP') ? 'SKIP' : outcomes.includes('GAP') ? 'GAP' : 'PASS';
 }
 
 const isFailure = (v: Verdict): boolean => outcome(v) === 'FAIL';
@@ -91,7 +95,9 @@ function verdictDetail(v: Verdict, input: HtmlReportInput): string {
   const rows: Array<[string, string]> = [
     ['expected', pre(v.expected)],
     ['observed', pre(v.observed)],
+    ['engine', escapeHtml(engineOf(v))],
     ['kind', v.control ? 'negative control: expected to show the historic bug' : 'the fix: expected to resume exactly'],
+    ...(v.engineGap ? [['known engine gap', escapeHtml(describeGap(v.engineGap))] as [string, string]] : []),
     ['platform conditions', v.conditions ? escapeHtml(conditionsText(v)) : '<span class="muted">none</span>'],
     ...(v.failedAssertions?.length ? [['failed assertions', pre(v.failedAssertions.join('\n'))] as [string, string]] : []),
     ['kernel read-back', restoresText(v)],
@@ -110,7 +116,7 @@ function matrixCell(cellVerdicts: readonly Verdict[], input: HtmlReportInput): s
   const control = cellVerdicts.some((v) => v.control);
   const conditions = unique(cellVerdicts.map(conditionsText).filter(Boolean));
   // A failing cell says why without being opened: the failed checks and what the kernel did not accept.
-  const causes = unique(cellVerdicts.filter((v) => outcome(v) === 'FAIL').flatMap((v) => witnessLines(v).filter((l) => !l.endsWith('accepted everything as requested')).slice(0, 3)));
+  const causes = unique(cellVerdicts.filter((v) => outcome(v) === 'FAIL' || outcome(v) === 'GAP').flatMap((v) => witnessLines(v).filter((l) => !l.endsWith('accepted everything as requested')).slice(0, 3)));
   const summary = [
     badge(cell),
     control ? '<span class="tag">control</span>' : '',
@@ -126,30 +132,39 @@ function matrixCell(cellVerdicts: readonly Verdict[], input: HtmlReportInput): s
 
 function caseMatrix(caseName: string, verdicts: readonly Verdict[], input: HtmlReportInput, index: number): string {
   const scenarios = unique(verdicts.map((v) => v.scenario));
-  const policies = unique(verdicts.map((v) => v.policy));
+  // Columns are engine × policy; a case run by crh alone keeps its policy headers as they were.
+  const engines = unique(verdicts.map(engineOf));
+  const columns = unique(verdicts.map((v) => JSON.stringify([engineOf(v), v.policy]))).map((c) => JSON.parse(c) as [string, string]);
+  const headOf = ([engine, policy]: [string, string]): string => (engines.length > 1 || engine !== 'crh' ? `${engine} · ${policy}` : policy);
   const failed = verdicts.filter(isFailure).length;
   const id = `case-${index}`;
-  const head = `<tr><th scope="col">scenario</th>${policies.map((p) => `<th scope="col">${escapeHtml(p)}</th>`).join('')}</tr>`;
+  const head = `<tr><th scope="col">scenario</th>${columns.map((c) => `<th scope="col">${escapeHtml(headOf(c))}</th>`).join('')}</tr>`;
   const body = scenarios
-    .map((s) => `<tr><th scope="row">${escapeHtml(s)}</th>${policies.map((p) => matrixCell(verdicts.filter((v) => v.scenario === s && v.policy === p), input)).join('')}</tr>`)
+    .map((s) => `<tr><th scope="row">${escapeHtml(s)}</th>${columns.map(([e, p]) => matrixCell(verdicts.filter((v) => v.scenario === s && engineOf(v) === e && v.policy === p), input)).join('')}</tr>`)
     .join('\n');
   return (
     `<section class="case" aria-labelledby="${id}"><h3 id="${id}">${escapeHtml(caseName)}</h3>\n` +
-    `<table class="matrix" data-case="${escapeHtml(caseName)}"><caption>scenario × policy: ${verdicts.length} verdicts, ${failed} not as expected</caption>\n` +
+    `<table class="matrix" data-case="${escapeHtml(caseName)}"><caption>scenario × ${engines.length > 1 ? 'engine · ' : ''}policy: ${verdicts.length} verdicts, ${failed} not as expected${gapCount(verdicts)}</caption>\n` +
     `<thead>${head}</thead>\n<tbody>${body}</tbody></table></section>`
   );
+}
+
+/** ", N known engine gaps" when there are any (they are among the rows as expected: no failure of the harness). */
+function gapCount(verdicts: readonly Verdict[]): string {
+  const gaps = verdicts.filter((v) => outcome(v) === 'GAP').length;
+  return gaps > 0 ? `, ${gaps} known engine gap${gaps === 1 ? '' : 's'}` : '';
 }
 
 function flatTable(verdicts: readonly Verdict[]): string {
   const rows = verdicts.map(
     (v) =>
-      `<tr data-status="${outcome(v).toLowerCase()}"><td>${escapeHtml(v.case)}</td><td>${escapeHtml(v.scenario)}</td><td>${escapeHtml(v.policy)}</td>` +
+      `<tr data-status="${outcome(v).toLowerCase()}"><td>${escapeHtml(v.case)}</td><td>${escapeHtml(v.scenario)}</td><td>${escapeHtml(engineOf(v))}</td><td>${escapeHtml(v.policy)}</td>` +
       `<td>${v.control ? 'negative control' : 'fix'}</td><td>${escapeHtml(v.expected)}</td><td>${escapeHtml(v.observed)}</td>` +
-      `<td>${escapeHtml(conditionsText(v))}</td><td>${v.durationMs !== undefined ? escapeHtml(formatDuration(v.durationMs)) : ''}</td><td>${badge(outcome(v))}${v.skipped !== undefined ? ` ${escapeHtml(v.skipped)}` : ''}</td></tr>`,
+      `<td>${escapeHtml(conditionsText(v))}</td><td>${v.durationMs !== undefined ? escapeHtml(formatDuration(v.durationMs)) : ''}</td><td>${badge(outcome(v))}${v.skipped !== undefined ? ` ${escapeHtml(v.skipped)}` : ''}${v.engineGap ? ` ${escapeHtml(describeGap(v.engineGap))}` : ''}</td></tr>`,
   );
   return (
     '<table class="flat"><caption>every verdict, in the order recorded</caption>\n' +
-    '<thead><tr><th scope="col">case</th><th scope="col">scenario</th><th scope="col">policy</th><th scope="col">kind</th>' +
+    '<thead><tr><th scope="col">case</th><th scope="col">scenario</th><th scope="col">engine</th><th scope="col">policy</th><th scope="col">kind</th>' +
     '<th scope="col">expected</th><th scope="col">observed</th><th scope="col">platform</th><th scope="col">time</th><th scope="col">verdict</th></tr></thead>\n' +
     `<tbody>${rows.join('\n')}</tbody></table>`
   );
@@ -186,6 +201,8 @@ thead th { background: #eee; }
 .cell.pass { background: ${REPORT_COLORS.passCell}; }
 .cell.fail { background: ${REPORT_COLORS.failCell}; }
 .cell.none { background: #f4f4f4; }
+.cell.gap { background: ${REPORT_COLORS.gapCell}; }
+.badge.gap { background: ${REPORT_COLORS.gap}; }
 .badge { display: inline-block; padding: .1rem .45rem; border-radius: 3px; color: #fff; font-weight: bold; letter-spacing: .03em; }
 .badge.pass { background: ${REPORT_COLORS.pass}; }
 .badge.fail { background: ${REPORT_COLORS.fail}; }
@@ -239,7 +256,7 @@ export function htmlReport(input: HtmlReportInput): string {
 <body>
 <header>
 <h1>${escapeHtml(title)}</h1>
-<p><span class="outcome ${overall[0]}">${overall[1]}</span> — ${verdicts.length - failed} of ${verdicts.length} verdicts as expected or skipped, ${failed} not; ${infra.length} infrastructure failure${infra.length === 1 ? '' : 's'}.${input.generatedAt ? ` Generated ${escapeHtml(input.generatedAt)}.` : ''}</p>
+<p><span class="outcome ${overall[0]}">${overall[1]}</span> — ${verdicts.length - failed} of ${verdicts.length} verdicts as expected or skipped, ${failed} not${gapCount(verdicts)}; ${infra.length} infrastructure failure${infra.length === 1 ? '' : 's'}.${input.generatedAt ? ` Generated ${escapeHtml(input.generatedAt)}.` : ''}</p>
 <p class="muted">A negative control passes when it shows the historic bug it reproduces. Open a cell for expected vs observed, the register diff and the guest console.</p>
 </header>
 <main>

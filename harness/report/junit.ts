@@ -3,10 +3,12 @@
  * testcase per verdict (scenario × policy), a <failure> where the observed
  * result was not the expected one, <skipped> for a case the kernel cannot
  * run (the reason names the missing option), an <error> per infrastructure
- * failure.
+ * failure. Rows of the criu engine say so in their name and carry an engine
+ * property; a known engine gap is <skipped type="known-engine-gap"> with its
+ * reference (what pytest does with an expected failure), not a failure.
  */
 import type { InfraFailure } from './infra-failures.ts';
-import { outcome, witnessLines, type Verdict } from './verdicts.ts';
+import { describeGap, engineOf, outcome, witnessLines, type Verdict } from './verdicts.ts';
 
 /** The one line a CI page shows for a failure: the comparison, and first what failed in the row's own scope. */
 function failureMessage(v: Verdict): string {
@@ -27,20 +29,24 @@ export function junitXml(verdicts: readonly Verdict[], infra: readonly InfraFail
     const rows = verdicts.filter((v) => v.case === name);
     const errors = infra.filter((f) => f.case === name);
     const testcases = rows.map((v) => {
-      const title = `${v.scenario} [${v.policy}${v.control ? ', negative control' : ''}]`;
+      const engine = engineOf(v);
+      const title = `${v.scenario} [${engine === 'crh' ? '' : `engine=${engine} `}${v.policy}${v.control ? ', negative control' : ''}]`;
       const conditions = v.conditions ? Object.entries(v.conditions).map(([k, c]) => `${k}=${c}`).join(' ') : '';
+      const properties = `<properties><property name="engine" value="${engine}"/></properties>`;
       const body = outcome(v) === 'SKIP'
         ? `<skipped message="${escapeXml(v.skipped ?? '')}"/>`
+        : outcome(v) === 'GAP'
+        ? `<skipped type="known-engine-gap" message="${escapeXml(describeGap(v.engineGap!))}">${escapeXml([`expected: ${v.expected}`, `observed: ${v.observed}`, ...witnessLines(v)].join('\n'))}</skipped>`
         : v.pass
         ? ''
         : `<failure message="${escapeXml(failureMessage(v))}">${escapeXml([`expected: ${v.expected}`, `observed: ${v.observed}`, ...(conditions ? [`platform: ${conditions}`] : []), ...witnessLines(v)].join('\n'))}</failure>`;
-      return `    <testcase classname="${escapeXml(name)}" name="${escapeXml(title)}">${body}</testcase>`;
+      return `    <testcase classname="${escapeXml(name)}" name="${escapeXml(title)}">${properties}${body}</testcase>`;
     });
     const errorCases = errors.map(
       (f, i) => `    <testcase classname="${escapeXml(name)}" name="infrastructure ${i + 1}"><error message="${escapeXml(f.error.split('\n')[0] ?? '')}">${escapeXml(f.error)}</error></testcase>`,
     );
     const failures = rows.filter((v) => outcome(v) === 'FAIL').length;
-    const skipped = rows.filter((v) => outcome(v) === 'SKIP').length;
+    const skipped = rows.filter((v) => outcome(v) === 'SKIP' || outcome(v) === 'GAP').length;
     return [
       `  <testsuite name="${escapeXml(name)}" tests="${rows.length + errors.length}" failures="${failures}" errors="${errors.length}" skipped="${skipped}">`,
       ...testcases,
@@ -50,6 +56,6 @@ export function junitXml(verdicts: readonly Verdict[], infra: readonly InfraFail
   });
   const total = verdicts.length + infra.length;
   const failures = verdicts.filter((v) => outcome(v) === 'FAIL').length;
-  const skipped = verdicts.filter((v) => outcome(v) === 'SKIP').length;
+  const skipped = verdicts.filter((v) => outcome(v) === 'SKIP' || outcome(v) === 'GAP').length;
   return `<?xml version="1.0" encoding="UTF-8"?>\n<testsuites name="cr-harness" tests="${total}" failures="${failures}" errors="${infra.length}" skipped="${skipped}">\n${suites.join('\n')}\n</testsuites>\n`;
 }

@@ -5,7 +5,7 @@
  * reads first. Pure: the runs come in as data.
  */
 import type { InfraFailure } from './infra-failures.ts';
-import { outcome, type Verdict } from './verdicts.ts';
+import { engineOf, outcome, type Verdict } from './verdicts.ts';
 
 /** Which kernel a run booted (cli/kernel-identity.ts): what `--json` writes as `kernel`. */
 export interface KernelIdentity {
@@ -55,7 +55,7 @@ export interface MatrixRow {
 /** A case skipped as a whole (kernel-needs.ts) has one row for all its scenarios. */
 const isCaseSkip = (v: Verdict): boolean => v.skipped !== undefined && v.policy === '-';
 
-const keyOf = (v: Verdict): string => JSON.stringify([v.case, v.scenario, v.policy, v.control]);
+const keyOf = (v: Verdict): string => JSON.stringify([v.case, v.scenario, engineOf(v), v.policy, v.control]);
 
 /** The options a skip names, e.g. "SKIP (CONFIG_RSEQ)"; the whole reason stays in the verdict row. */
 function skipCell(v: Verdict): string {
@@ -91,7 +91,7 @@ export function kernelMatrixRows(columns: readonly KernelColumn[]): MatrixRow[] 
     return {
       case: row.case,
       scenario: row.scenario,
-      policy: row.control ? `${row.policy} (control)` : row.policy,
+      policy: `${engineOf(row) === 'crh' ? '' : `${engineOf(row)}: `}${row.control ? `${row.policy} (control)` : row.policy}`,
       cells,
       observed,
       differs: new Set(cells).size > 1,

@@ -5,7 +5,7 @@
  * and a failing row's cause as diagnostic lines, so a kernel CI system that
  * reads KUnit/kselftest output reads ours.
  */
-import { formatConditions, outcome, type Verdict } from './verdicts.ts';
+import { describeGap, engineOf, formatConditions, outcome, type Verdict } from './verdicts.ts';
 
 /** A KTAP description may not hold '#' (it starts a directive) nor a line break. */
 function description(text: string): string {
@@ -31,13 +31,16 @@ export function ktap(verdicts: readonly Verdict[], identity: Readonly<Record<str
     out.push('    KTAP version 1', `    # Subtest: ${description(name)}`, `    1..${rows.length}`);
     rows.forEach((v, j) => {
       const o = outcome(v);
-      const what = description(`${v.scenario} under ${v.policy}${v.control ? ' (negative control)' : ''}`);
+      const engine = engineOf(v);
+      const what = description(`${v.scenario} under ${engine === 'crh' ? '' : `engine=${engine} `}${v.policy}${v.control ? ' (negative control)' : ''}`);
       if (o === 'FAIL') {
         out.push(...diagnostics(`expected: ${v.expected}\nobserved: ${v.observed}`, '    '));
         if (v.conditions) out.push(...diagnostics(`depends on: ${formatConditions(v.conditions)}`, '    '));
         if (v.registerDiff) out.push(...diagnostics(v.registerDiff, '    '));
       }
-      out.push(o === 'SKIP' ? `    ok ${j + 1} ${what} # SKIP ${description(v.skipped ?? '')}` : `    ${o === 'PASS' ? 'ok' : 'not ok'} ${j + 1} ${what}`);
+      // A known engine gap is kselftest's expected failure: "ok N desc # XFAIL" (ktap_test_xfail in tools/testing/selftests/kselftest/ktap_helpers.sh).
+      if (o === 'GAP') out.push(`    ok ${j + 1} ${what} # XFAIL ${description(describeGap(v.engineGap!))}`);
+      else out.push(o === 'SKIP' ? `    ok ${j + 1} ${what} # SKIP ${description(v.skipped ?? '')}` : `    ${o === 'PASS' ? 'ok' : 'not ok'} ${j + 1} ${what}`);
     });
     const outcomes = rows.map(outcome);
     const caseLine = outcomes.includes('FAIL') ? 'not ok' : 'ok';

@@ -6,10 +6,29 @@ import { appendFileSync, existsSync, mkdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { REPO_ROOT } from '../util/cache-dir.ts';
 
+/** Which checkpoint/restore engine made a row: crh's restore core, or CRIU in the guest. */
+export type Engine = 'crh' | 'criu';
+export const ENGINES: readonly Engine[] = ['crh', 'criu'];
+
+/**
+ * A difference from the uninterrupted run that the engine is documented or
+ * measured to make: not a harness failure, not a finding, counted on its own.
+ */
+export interface EngineGap {
+  /** what the engine does not restore, e.g. "the task's debug registers (DR0-DR3, DR7)" */
+  what: string;
+  /** where that is documented or measured: a source file and behaviour of the engine, or our own measurement */
+  reference: string;
+}
+
 export interface Verdict {
   case: string;
   scenario: string;
   policy: string;
+  /** the engine that checkpointed and restored; absent (rows from before engines) reads as crh */
+  engine?: Engine;
+  /** set when the row's difference is exactly a known gap of its engine (outcome GAP) */
+  engineGap?: EngineGap;
   expected: string;
   observed: string;
   /** whether observed matched expected */
@@ -58,7 +77,8 @@ export interface RestoreWitness {
   oracle?: string;
 }
 
-export type Outcome = 'PASS' | 'FAIL' | 'SKIP';
+/** GAP: a known engine gap (engineGap), neither a pass nor a harness failure. */
+export type Outcome = 'PASS' | 'FAIL' | 'SKIP' | 'GAP';
 
 /**
  * The case file this process runs (its main script, relative to the
@@ -72,7 +92,20 @@ export function caseFile(): string | undefined {
 }
 
 export function outcome(v: Verdict): Outcome {
-  return v.skipped !== undefined ? 'SKIP' : v.pass ? 'PASS' : 'FAIL';
+  if (v.skipped !== undefined) return 'SKIP';
+  // A failed assertion of the row's own scope outweighs the gap: the gap explains one difference, not every check.
+  if (v.engineGap !== undefined && !v.failedAssertions?.length) return 'GAP';
+  return v.pass ? 'PASS' : 'FAIL';
+}
+
+/** The row's engine: crh for a row recorded before engines were a dimension. */
+export function engineOf(v: Verdict): Engine {
+  return v.engine ?? 'crh';
+}
+
+/** "known engine gap: WHAT (REFERENCE)", as every reporter prints a GAP row's reason. */
+export function describeGap(gap: EngineGap): string {
+  return `known engine gap: ${gap.what} (${gap.reference})`;
 }
 
 export function artifactsRoot(): string {
@@ -140,6 +173,7 @@ export function witnessLines(v: Verdict): string[] {
     if (r.oracle !== undefined) lines.push(`oracle ${r.tag}: ${r.oracle}`);
   }
   if (v.registerDiff) for (const l of v.registerDiff.split('\n')) lines.push(`register diff: ${l}`);
+  if (v.engineGap) lines.push(describeGap(v.engineGap));
   return lines;
 }
 
@@ -155,21 +189,27 @@ export function readVerdicts(file = verdictsFile()): Verdict[] {
   return readFileSync(file, 'utf8')
     .split('\n')
     .filter(Boolean)
-    .map((l) => JSON.parse(l) as Verdict);
+    .map((l) => withEngine(JSON.parse(l) as Verdict));
+}
+
+/** A row with its engine stated: rows recorded before engines were a dimension are crh's. */
+export function withEngine(v: Verdict): Verdict {
+  return v.engine ? v : { ...v, engine: 'crh' };
 }
 
 /** A plain-text table, one row per verdict, widths fitted to the content. */
 export function formatVerdictTable(verdicts: readonly Verdict[]): string {
-  const header = ['case', 'scenario', 'policy', 'expected', 'observed', 'depends on', 'time', 'verdict'];
+  const header = ['case', 'scenario', 'engine', 'policy', 'expected', 'observed', 'depends on', 'time', 'verdict'];
   const rows = verdicts.map((v) => [
     v.case,
     v.scenario,
+    engineOf(v),
     v.control ? `${v.policy} (control)` : v.policy,
     v.expected,
     v.observed,
     formatConditions(v.conditions),
     v.durationMs === undefined ? '' : `${(v.durationMs / 1000).toFixed(1)} s`,
-    v.skipped !== undefined ? `SKIP: ${v.skipped}` : v.failedAssertions?.length ? `FAIL: ${v.failedAssertions.join('; ')}` : outcome(v),
+    v.skipped !== undefined ? `SKIP: ${v.skipped}` : v.failedAssertions?.length ? `FAIL: ${v.failedAssertions.join('; ')}` : v.engineGap ? `GAP: ${describeGap(v.engineGap)}` : outcome(v),
   ]);
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
   const line = (cells: string[]): string => cells.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd();

@@ -11,7 +11,7 @@ import { junitXml } from './junit.ts';
 import { ktap } from './ktap.ts';
 import { writeHtmlReport } from './html-inputs.ts';
 import type { KernelIdentity } from './kernel-matrix.ts';
-import { outcome, type Verdict } from './verdicts.ts';
+import { outcome, withEngine, type Verdict } from './verdicts.ts';
 
 export interface RunReport {
   kernel?: KernelIdentity;
@@ -87,7 +87,7 @@ export async function mergeReports(files: readonly string[]): Promise<RunReport>
     }
     if (r.kernel && merged.kernel && r.kernel.sha256 !== merged.kernel.sha256) throw new Error(`${file} ran kernel ${r.kernel.release} (${r.kernel.sha256.slice(0, 12)}), the others ${merged.kernel.release} (${merged.kernel.sha256.slice(0, 12)})`);
     if (r.kernel) merged.kernel = r.kernel;
-    merged.verdicts.push(...r.verdicts);
+    merged.verdicts.push(...r.verdicts.map(withEngine));
     merged.infrastructureFailures.push(...r.infrastructureFailures);
   }
   return merged;

@@ -6,8 +6,10 @@
 import path from 'node:path';
 import { mkdir } from 'node:fs/promises';
 import { openGuest, type Guest } from '../guest/open-guest.ts';
-import { artifactsRoot } from '../report/verdicts.ts';
+import { artifactsRoot, recordVerdict } from '../report/verdicts.ts';
+import { enginesRecorded } from './verdict-rows.ts';
 import { isInfraFailure, recordInfraFailure } from '../report/infra-failures.ts';
+import { runEngines } from '../run/engines.ts';
 
 export type { Guest };
 
@@ -32,14 +34,26 @@ export async function startGuest(t: Teardownable, caseName: string, options: Gue
   const artifactsDir = options.name ? path.join(artifactsRoot(), caseName, options.name) : path.join(artifactsRoot(), caseName);
   await mkdir(artifactsDir, { recursive: true });
   try {
+    // crh run --engine …criu: every case boots the image variant with CRIU (crh run built it up front).
+    const criu = runEngines().includes('criu');
     const guest = await openGuest({
       artifactsDir,
       log: (line) => t.comment(`${caseName}${options.name ? `/${options.name}` : ''}: ${line}`),
       ...(options.agentCwd ? { agentCwd: options.agentCwd } : {}),
       ...(options.cpuModel !== undefined ? { cpuModel: options.cpuModel } : {}),
       ...(options.kernel !== undefined ? { kernel: options.kernel } : {}),
+      ...(criu ? { criu } : {}),
     });
     t.teardown(() => guest.close());
+    // An engine the run asked for that this case recorded no row for is said, never silently absent from the table.
+    t.teardown(() => {
+      for (const engine of runEngines().filter((e) => e !== 'crh' && !enginesRecorded().has(e))) {
+        recordVerdict({
+          case: caseName, scenario: '(every scenario of the case)', policy: '-', engine, control: false, expected: '-', observed: '-', pass: false,
+          skipped: `no scenario of this case is handed to ${engine.toUpperCase()} yet (its crh rows ran); cases with CRIU rows: README, "Engines"`,
+        });
+      }
+    });
     // A guest lost mid-case (QEMU died, the kernel panicked) fails the case's assertions too; recorded here, crh run exits 69 for it, not 1.
     guest.machine.failure.catch((error: unknown) => recordInfraFailure(caseName, error));
     return guest;

@@ -3,7 +3,10 @@
  * its scenario run under the policy that reproduces the report's bug — which
  * must make the scenario fail — and under the fix, which must pass. The
  * report's date, source and subject go into the case's output and the
- * verdict rows.
+ * verdict rows. With crh run --engine …criu each scenario's stop is also
+ * handed to CRIU (Scenario.criu): a row of engine criu, PASS, a known engine
+ * gap or a finding; the historic policies, which describe crh's restore
+ * core, are SKIP rows for CRIU saying so.
  */
 import type { Test } from 'tap';
 import { recordRow } from './verdict-rows.ts';
@@ -12,6 +15,8 @@ import { startGuest, type Guest } from './guest-fixture.ts';
 import { kernelNeeds } from './kernel-needs.ts';
 import { endedAs, nativeReference } from './native-reference.ts';
 import type { Scenario } from './scenarios.ts';
+import { runsEngine } from './criu-engine.ts';
+import { POLICY_NOT_FOR_CRIU } from '../criu/known-gaps.ts';
 
 export interface HistoricReport {
   /** the case name, e.g. report-2009-rf-tolerate */
@@ -46,6 +51,7 @@ export async function runHistoricReport(t: Test, report: HistoricReport, run: Re
   const { skip } = await kernelNeeds(t, report.id, report.needs);
   if (skip) return void t.plan(0, skip);
   const guest = await startGuest(t, report.id);
+  const crhOnly = runsEngine('crh') ? {} : { skip: 'engine crh not asked for (--engine criu)' };
   for (const exhibit of run.exhibits) {
     const scenario = await exhibit.scenario(guest);
     const reference = scenario.reference;
@@ -56,7 +62,7 @@ export async function runHistoricReport(t: Test, report: HistoricReport, run: Re
         t.equal(`${reference.ended}\n${reference.output}`, `${endedAs(native)}\n${native.output}`, 'the traced reference is the native run (no tracer)');
       });
     }
-    await t.test(`${scenario.name}: fixed under ${describePolicy(run.fixed)}`, async (t) => {
+    await t.test(`${scenario.name}: fixed under ${describePolicy(run.fixed)}`, crhOnly, async (t) => {
       const started = Date.now();
       const a = await scenario.attempt(run.fixed, `${slug(scenario.name)}-fixed`);
       t.ok(a.pass, `resumed as the uninterrupted run: ${a.observed} (expected ${a.expected})`);
@@ -66,7 +72,7 @@ export async function runHistoricReport(t: Test, report: HistoricReport, run: Re
       });
     });
     for (const [i, h] of exhibit.historic.entries()) {
-      await t.test(`${scenario.name}: the bug under ${describePolicy(h.policy)} (${h.shows})`, async (t) => {
+      await t.test(`${scenario.name}: the bug under ${describePolicy(h.policy)} (${h.shows})`, crhOnly, async (t) => {
         const started = Date.now();
         const a = await scenario.attempt(h.policy, `${slug(scenario.name)}-historic-${i}`);
         t.notOk(a.pass, `the historic behaviour is reproduced: ${a.observed} (uninterrupted: ${a.expected})`);
@@ -78,6 +84,35 @@ export async function runHistoricReport(t: Test, report: HistoricReport, run: Re
         });
       });
     }
+    if (runsEngine('criu')) await criuRows(t, report, scenario, exhibit);
+  }
+}
+
+/** The scenario's stop through CRIU, and a SKIP row per historic policy (they describe crh's restore core). */
+async function criuRows(t: Test, report: HistoricReport, scenario: Scenario, exhibit: Exhibit): Promise<void> {
+  const rowScenario = `${report.date} ${report.subject}: ${scenario.name}`;
+  const criu = scenario.criu;
+  await t.test(`${scenario.name}: engine criu`, async (t) => {
+    const started = Date.now();
+    if (!criu) {
+      t.pass('not handed to CRIU: said as a skip');
+      recordRow(t, { case: report.id, scenario: rowScenario, policy: 'criu defaults', engine: 'criu', control: false, expected: '-', observed: '-', pass: false, skipped: 'this scenario is not handed to CRIU yet (no Scenario.criu)' });
+      return;
+    }
+    const a = await criu.call(scenario, `${slug(scenario.name)}-criu`);
+    t.ok(a.pass || a.gap !== undefined, `resumed as the uninterrupted run, or differs by a known gap alone: ${a.observed} (expected ${a.expected})`);
+    if (a.registerDiff) t.comment(`register diff:\n${a.registerDiff}`);
+    recordRow(t, {
+      case: report.id, scenario: rowScenario, policy: 'criu defaults', engine: 'criu', control: false,
+      expected: a.expected, observed: a.observed, pass: a.pass, conditions: a.conditions, registerDiff: a.registerDiff, durationMs: Date.now() - started,
+      ...(!a.pass && a.gap ? { engineGap: a.gap } : {}),
+    });
+  });
+  for (const h of exhibit.historic) {
+    await t.test(`${scenario.name}: engine criu, ${describePolicy(h.policy)}: ${POLICY_NOT_FOR_CRIU}`, async (t) => {
+      t.pass(POLICY_NOT_FOR_CRIU);
+      recordRow(t, { case: report.id, scenario: rowScenario, policy: describePolicy(h.policy), engine: 'criu', control: true, expected: '-', observed: '-', pass: false, skipped: POLICY_NOT_FOR_CRIU });
+    });
   }
 }
 

@@ -194,15 +194,24 @@ export async function restoreAndFinish(guest: Guest, file: string, policy: Resto
   const image = await readCheckpointImage(file);
   const out = `/tmp/${path.basename(image.process.binary)}-${tag}.restored.out`;
   const restored = await restoreWitnessed(guest.agent, image, { policy, stdoutPath: out, samePid }, tag);
-  // Every VM stop the oracle services goes to the case's artifacts.
+  const { run, observation } = await runUnderOracle(guest, restored.pid, tag, watch);
+  return { pid: restored.pid, image, differences: restored.differences, run, output: await readOutput(guest, out), observation };
+}
+
+/**
+ * Runs a restored process (by any engine) to its end while the CPU oracle
+ * watches; every VM stop the oracle services goes to the case's artifacts
+ * (oracle-TAG.log) and its counts to the pending restore `tag`.
+ */
+export async function runUnderOracle(guest: Guest, pid: number, tag: string, watch: Omit<WatchOptions, 'log'>): Promise<{ run: RunResult; observation: Observation }> {
   const oracleLog = path.join(guest.artifactsDir, `oracle-${tag}.log`);
   writeFileSync(oracleLog, '');
   const log = (line: string): void => appendFileSync(oracleLog, `${new Date().toISOString()} ${line}\n`);
   const { result: run, observation } = await observeCpu(guest.machine.gdbSocket, guest.symbols, { ...watch, log }, () =>
-    guest.agent.call({ op: 'RUN', pid: restored.pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS }),
+    guest.agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS }),
   );
   noteOracle(tag, oracleCounts(guest, watch, observation));
-  return { pid: restored.pid, image, differences: restored.differences, run, output: await readOutput(guest, out), observation };
+  return { run, observation };
 }
 
 /** The oracle's counts in one line, for the row: "first execution of regcheck:regcheck_resumed reached; 3 #DB at hwbreak:target; 14 VM stops". */

@@ -13,6 +13,9 @@ import { hex, type UserRegs } from '../x86/registers.ts';
 import type { Guest } from './guest-fixture.ts';
 import { endedAs } from './native-reference.ts';
 import { checkpointAtHit, checkpointRseqArmed, readOutput, restoreAndFinish, RUN_TIMEOUT_MS, spawnArmed, type Workload } from './scenario.ts';
+import { attemptThroughCriu, debugRegisterLost, type CriuScenarioAttempt } from './criu-engine.ts';
+import { CRIU_GAPS } from '../criu/known-gaps.ts';
+import { rseqCsAddress } from '../restore/rseq.ts';
 
 /** One run of a scenario under one policy. */
 export interface Attempt {
@@ -29,6 +32,12 @@ export interface Attempt {
 export interface Scenario {
   name: string;
   attempt(policy: RestorePolicy, tag: string): Promise<Attempt>;
+  /**
+   * The same stop handed to CRIU instead (crh run --engine criu): judged by
+   * the same witnesses; `gap` when the whole difference is a documented gap
+   * of CRIU's. Absent: the scenario is not run through CRIU (said as a SKIP).
+   */
+  criu?(tag: string): Promise<CriuScenarioAttempt>;
   /** the traced uninterrupted run the verdicts rest on, for a check against the native run; absent when the expectation is fixed, not measured */
   reference?: TracedReference;
 }
@@ -87,6 +96,22 @@ export async function hwbreakScenario(guest: Guest): Promise<Scenario> {
         conditions: { 'probes.rfAtHwBreakpointStop': String(guest.profile.probes.rfAtHwBreakpointStop.value) },
       };
     },
+    criu: (tag) =>
+      attemptThroughCriu(guest, {
+        workload, hit: AT, watch: { countDebugTrapsAt: target }, expected,
+        judge: (a) => {
+          const hits = a.checkpointRun.hits.length + a.run.hits.length;
+          const traps = a.observation.debugTraps.length;
+          const sameResult = checksum(a.output) === referenceChecksum && a.run.outcome === 'exited' && a.run.code === 0;
+          return {
+            observed: `${hits} hits, ${traps} #DB after restore, checksum ${checksum(a.output)}`,
+            exact: hits === CALLS && traps === CALLS - AT && sameResult,
+            // The breakpoint gone with CRIU's restore, and nothing else: no hit and no #DB after it, the same checksum.
+            ...(debugRegisterLost(a, 0) && hits === AT && traps === 0 && sameResult ? { gap: CRIU_GAPS.debugRegisters } : {}),
+            conditions: { 'probes.rfAtHwBreakpointStop': String(guest.profile.probes.rfAtHwBreakpointStop.value) },
+          };
+        },
+      }, tag),
   };
 }
 
@@ -112,6 +137,15 @@ export async function regcheckScenario(guest: Guest): Promise<Scenario> {
         registerDiff: diff.join('\n') || undefined,
       };
     },
+    criu: (tag) =>
+      attemptThroughCriu(guest, {
+        workload, hit: 1, watch: { firstExecutionAt: resumed }, expected,
+        judge: (a) => {
+          const diff = registerDiff(a.observation.first, a.regsAtDump, PATTERNED_GPRS);
+          const verdict = a.run.outcome === 'killed' ? `killed by signal ${a.run.code}` : (a.output.trim().split('\n').at(-1) ?? '');
+          return { observed: `${verdict}; CPU differs in ${diff.length} register(s)`, exact: a.run.outcome === 'exited' && a.run.code === 0 && /^regcheck ok/m.test(a.output) && diff.length === 0, registerDiff: diff };
+        },
+      }, tag),
   };
 }
 
@@ -141,6 +175,19 @@ export async function watchScenario(guest: Guest): Promise<Scenario> {
         observed: `${checkpointed.run.hits.length}+${r.run.hits.length} traps, ${traps} #DB after restore, ${r.output === referenceOutput ? 'same' : 'different'} output`,
       };
     },
+    criu: (tag) =>
+      attemptThroughCriu(guest, {
+        workload, hit: AT, watch: { countDebugTrapsAt: trapIp }, expected,
+        judge: (a) => {
+          const traps = a.observation.debugTraps.length;
+          const same = a.output === referenceOutput;
+          return {
+            observed: `${a.checkpointRun.hits.length}+${a.run.hits.length} traps, ${traps} #DB after restore, ${same ? 'same' : 'different'} output`,
+            exact: a.run.hits.length === ROUNDS - AT && traps === ROUNDS - AT && same,
+            ...(debugRegisterLost(a, 1) && a.run.hits.length === 0 && traps === 0 && same ? { gap: CRIU_GAPS.debugRegisters } : {}),
+          };
+        },
+      }, tag),
   };
 }
 
@@ -164,5 +211,20 @@ export async function rseqInsideScenario(guest: Guest): Promise<Scenario> {
         observed: `${line}; CPU ran the abort handler: ${ranAbort}`,
       };
     },
+    // CRIU fixes up the IP of a task stopped inside a critical section itself (cr-dump: "fixup thread IP when inside rseq cs").
+    criu: (tag) =>
+      attemptThroughCriu(guest, {
+        workload, hit: 1, dr7BeforeDump: 0n, watch: { firstExecutionAt: abortHandler }, expected, ripMovedTo: abortHandler,
+        stopMissed: async (pid) => {
+          const config = await guest.agent.call({ op: 'RSEQ_CONFIG', pid });
+          const rseqCs = (await guest.agent.call({ op: 'READ_MEM', pid, address: rseqCsAddress(config), length: 8 })).readBigUInt64LE(0);
+          return rseqCs === 0n ? 'rseq_cs was already 0 at the stop (the kernel cleared it after a preemption before start_ip)' : undefined;
+        },
+        judge: (a) => {
+          const line = /sum=\d+ aborts=\d+ reregister=\S+/.exec(a.output)?.[0] ?? `no summary (${a.run.outcome} ${a.run.code})`;
+          const ranAbort = a.observation.first !== undefined;
+          return { observed: `${line}; CPU ran the abort handler: ${ranAbort}`, exact: line === `sum=${ITERATIONS} aborts=1 reregister=EBUSY` && ranAbort && a.run.code === 0 };
+        },
+      }, tag),
   };
 }

@@ -12,7 +12,7 @@
  * at the moment it was recorded to know which failures are its own, and is
  * written then. Rows carry the restores the row made (restore-witness.ts).
  */
-import { outcomeVerdict, recordVerdict, takeElapsedSinceLastRow, type OutcomeRow, type Verdict } from '../report/verdicts.ts';
+import { engineOf, outcomeVerdict, recordVerdict, takeElapsedSinceLastRow, type Engine, type OutcomeRow, type Verdict } from '../report/verdicts.ts';
 import { takeRestores } from './restore-witness.ts';
 
 /** The parts of a tap Test a row reads: its assertion count, its failed points (id = assertion number), its teardown. */
@@ -30,6 +30,13 @@ interface PendingRow {
 }
 
 const pendingRows = new WeakMap<AssertionScope, PendingRow[]>();
+/** The engines this case process has recorded rows for (guest-fixture.ts says so when an asked engine got none). */
+const recordedEngines = new Set<Engine>();
+
+/** The engines this process recorded at least one row for, through recordRow. */
+export function enginesRecorded(): ReadonlySet<Engine> {
+  return recordedEngines;
+}
 
 /** A row with its scope's failed assertions applied: any failure makes it FAIL and is named. */
 export function withFailedAssertions(verdict: Verdict, failed: readonly string[]): Verdict {
@@ -51,6 +58,7 @@ export function recordRow(t: AssertionScope, verdict: Verdict): void {
       }
     });
   }
+  recordedEngines.add(engineOf(verdict));
   const restores = [...(verdict.restores ?? []), ...takeRestores()];
   rows.push({
     verdict: { ...verdict, durationMs: verdict.durationMs ?? takeElapsedSinceLastRow(), ...(restores.length > 0 ? { restores } : {}) },
