@@ -1,7 +1,7 @@
 // expect: --engine takes crh, criu or both (any order, each once) and nothing else; case processes read
 // the engines crh run hands them (CRH_ENGINES), crh alone when none was handed.
 import t from 'tap';
-import { ENGINES_ENV, parseEngines, runEngines } from '../harness/run/engines.ts';
+import { ENGINES_ENV, parseEngines, runEngines } from '../harness/flags/engine-flags.ts';
 
 t.test('parseEngines', async (t) => {
   t.same(parseEngines('crh'), ['crh']);

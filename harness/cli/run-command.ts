@@ -19,7 +19,7 @@ import { casesOfShard, parseShard } from '../report/shard.ts';
 import { artifactsRoot, formatVerdictTable, readVerdicts, type Verdict } from '../report/verdicts.ts';
 import { machineReport, mergeReports, REPORTERS, tapStream, writeReports, type Reporter, type RunReport } from '../report/write-reports.ts';
 import { caseName, runCasePool, type CaseEvent } from '../run/case-pool.ts';
-import { ENGINES_ENV, parseEngines } from '../run/engines.ts';
+import { ENGINES_ENV, parseEngines } from '../flags/engine-flags.ts';
 import { formatEngineSideBySide } from '../report/engine-matrix.ts';
 import { REPO_ROOT } from '../util/cache-dir.ts';
 import { COMMANDS, parseCommandLine, usageError } from './command-line.ts';

@@ -18,7 +18,7 @@ import { POLICY_NOT_FOR_CRIU } from '../criu/known-gaps.ts';
 import { CrhError } from '../errors.ts';
 import type { Observation, WatchOptions } from '../oracle/cpu-oracle.ts';
 import type { Engine, EngineGap, RestoreWitness } from '../report/verdicts.ts';
-import { runEngines } from '../run/engines.ts';
+import { runEngines } from '../flags/engine-flags.ts';
 import { debugRegOffset, EFLAGS, hex, USER_REGS_FIELDS, type UserRegs } from '../x86/registers.ts';
 import type { Guest } from './guest-fixture.ts';
 import { noteRestore } from './restore-witness.ts';

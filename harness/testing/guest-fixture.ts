@@ -9,7 +9,7 @@ import { openGuest, type Guest } from '../guest/open-guest.ts';
 import { artifactsRoot, recordVerdict } from '../report/verdicts.ts';
 import { enginesRecorded } from './verdict-rows.ts';
 import { isInfraFailure, recordInfraFailure } from '../report/infra-failures.ts';
-import { runEngines } from '../run/engines.ts';
+import { runEngines } from '../flags/engine-flags.ts';
 
 export type { Guest };
 
