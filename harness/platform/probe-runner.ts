@@ -11,10 +11,10 @@
  * the runner also stops waiting after twice the bound and a second, for a
  * probe that ignores it.
  */
-import { constants } from 'node:os';
-import { AgentError, CrhError } from '../errors.ts';
+import { isRunTimeout } from '../agent/run-to-end.ts';
+export { isRunTimeout };
+import { CrhError } from '../errors.ts';
 
-const ETIMEDOUT = constants.errno.ETIMEDOUT;
 
 /** Seconds, not the 30 s of a case's RUN: a working kernel answers every probe in milliseconds, even under TCG. */
 export const PROBE_BOUND_MS = 5_000;
@@ -38,10 +38,6 @@ export class ProbeInconclusiveError extends CrhError {
   }
 }
 
-/** Whether `error` is the agent's RUN giving up at its timeout (the program still running). */
-export function isRunTimeout(error: unknown): boolean {
-  return error instanceof AgentError && error.errno === ETIMEDOUT;
-}
 
 /**
  * Runs `probe` under `boundMs`: its measurement, or an inconclusive null

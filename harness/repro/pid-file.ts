@@ -9,12 +9,12 @@
  * with live children is a process tree and is refused by name, as
  * restore/uncapturable.ts refuses state the image cannot hold.
  */
+import { isRunTimeout } from '../agent/run-to-end.ts';
 import type { AgentClient } from '../agent/client.ts';
 import { AgentError, CheckpointError } from '../errors.ts';
 import { CheckpointNotReachedError } from './usage-error.ts';
 
 const ENOENT = 2;
-const ETIMEDOUT = 110;
 
 /** The pid a pid file names: its first line, a positive whole number; undefined when the file is absent or holds none. */
 export function parsePidFile(text: string | undefined): number | undefined {
@@ -51,7 +51,7 @@ async function processState(agent: AgentClient, pid: number): Promise<string | u
  */
 export async function runLauncherToDaemon(agent: AgentClient, launcherPid: number, pidFile: string, timeoutMs: number): Promise<{ pid: number; how: string }> {
   const run = await agent.call({ op: 'RUN', pid: launcherPid, stopAfterHits: 0, timeoutMs }).catch(async (error: unknown) => {
-    if (!(error instanceof AgentError && error.errno === ETIMEDOUT)) throw error;
+    if (!(isRunTimeout(error))) throw error;
     await agent.call({ op: 'KILL', pid: launcherPid }).catch(() => {});
     throw new CheckpointNotReachedError(`the launcher (pid ${launcherPid}) did not exit within ${timeoutMs} ms; with --pid-file the program is ready once it has exited 0 and the pid file names a live process`);
   });

@@ -5,6 +5,7 @@
  * binary, arguments, environment, working directory and pid, so what the
  * program prints may depend on any of them and still compare equal.
  */
+import { isRunTimeout } from '../agent/run-to-end.ts';
 import { stat } from 'node:fs/promises';
 import { readGuestText } from '../agent/read-file.ts';
 import { constants } from 'node:os';
@@ -25,7 +26,6 @@ import { runLauncherToDaemon } from './pid-file.ts';
 import { differingRegisters } from './register-diff.ts';
 import { CheckpointNotReachedError, UsageError } from './usage-error.ts';
 
-const ETIMEDOUT = constants.errno.ETIMEDOUT;
 const EEXIST = constants.errno.EEXIST;
 const OUTPUT_MAX_BYTES = 4 * 1024 * 1024;
 /** How long a restored process runs before it is sent the finish signal. */
@@ -377,7 +377,7 @@ async function runToNextCheckpoint(ctx: RunContext, pid: number): Promise<{ stop
   const { agent, point } = ctx;
   if (point.kind === 'symbol') {
     const run = await agent.call({ op: 'RUN', pid, stopAfterHits: 1, timeoutMs: ctx.timeoutMs }).catch((error: unknown) => {
-      if (!(error instanceof AgentError && error.errno === ETIMEDOUT)) throw error;
+      if (!(isRunTimeout(error))) throw error;
       throw new CheckpointNotReachedError(`a restored process did not execute ${point.symbol} again within ${ctx.timeoutMs} ms (--timeout)`);
     });
     if (run.outcome !== 'hit-limit') return { ended: { outcome: run.outcome, code: run.code, hits: run.hits.length } };
@@ -459,7 +459,7 @@ export async function runToCheckpoint(ctx: RunContext, pid: number, out: string)
   const { agent, point } = ctx;
   if (point.kind === 'symbol') {
     const run = await agent.call({ op: 'RUN', pid, stopAfterHits: point.hit, timeoutMs: ctx.timeoutMs }).catch((error: unknown) => {
-      if (!(error instanceof AgentError && error.errno === ETIMEDOUT)) throw error;
+      if (!(isRunTimeout(error))) throw error;
       throw new CheckpointNotReachedError(`the checkpoint point was not reached: ${point.symbol} was not executed ${point.hit} times within ${ctx.timeoutMs} ms (--timeout)`);
     });
     if (run.outcome !== 'hit-limit') throw notReached(ctx, { outcome: run.outcome, code: run.code, hits: run.hits.length }, 'the checkpointed run', await readOutput(agent, out));
@@ -488,7 +488,7 @@ export async function interruptibleRun(agent: AgentClient, pid: number, ms: numb
     if (run.outcome === 'hit-limit') throw new CrhError(`RUN pid ${pid} stopped at a hit limit it was not given`);
     return { outcome: run.outcome, code: run.code, hits: run.hits.length };
   } catch (error) {
-    if (error instanceof AgentError && error.errno === ETIMEDOUT) return undefined;
+    if (isRunTimeout(error)) return undefined;
     throw error;
   }
 }

@@ -35,6 +35,7 @@
  * natively (the kernel aborts a section stopped inside). The restore must
  * do what the stop does.
  */
+import { isRunTimeout, runToEnd } from '../agent/run-to-end.ts';
 import { constants } from 'node:os';
 import type { AgentClient } from '../agent/client.ts';
 import { DR7_EXECUTE_DR0 } from '../agent/breakpoint-spawn.ts';
@@ -55,7 +56,6 @@ import { GUEST_DIRS, type GuestProgram, type Reference, type RunRecord } from '.
 import type { SweepRequest } from './sweep-options.ts';
 import { CheckpointNotReachedError, UsageError } from './usage-error.ts';
 
-const ETIMEDOUT = constants.errno.ETIMEDOUT;
 const EEXIST = constants.errno.EEXIST;
 const SIGTRAP = constants.signals.SIGTRAP;
 const OUTPUT_MAX_BYTES = 4 * 1024 * 1024;
@@ -163,7 +163,7 @@ export async function sweepRuns(ctx: SweepContext, reference: Reference, policy:
   });
   await ctx.phase('run to the sweep symbol', `execution ${ctx.hit} of ${ctx.sweep.symbol}`);
   const run = await agent.call({ op: 'RUN', pid, stopAfterHits: ctx.hit, timeoutMs: ctx.timeoutMs }).catch((error: unknown) => {
-    if (!(error instanceof AgentError && error.errno === ETIMEDOUT)) throw error;
+    if (!(isRunTimeout(error))) throw error;
     throw new CheckpointNotReachedError(`${ctx.sweep.symbol} was not executed ${ctx.hit} times within ${ctx.timeoutMs} ms (--timeout)`);
   });
   if (run.outcome !== 'hit-limit') {
@@ -317,7 +317,7 @@ async function checkpointByBreakpoint(ctx: SweepContext, reference: Reference, b
       const run = await agent.call({ op: 'RUN', pid, stopAfterHits: hits, timeoutMs: ctx.timeoutMs });
       return run.outcome === 'hit-limit' ? undefined : `${run.outcome} ${run.code}`;
     } catch (error) {
-      if (!(error instanceof AgentError && error.errno === ETIMEDOUT)) throw error;
+      if (!(isRunTimeout(error))) throw error;
       return `not within ${ctx.timeoutMs} ms (--timeout)`;
     }
   };
@@ -350,7 +350,7 @@ async function stepOnce(ctx: SweepContext, pid: number, deliver: number, index: 
   let signo = deliver;
   for (let tries = 0; tries < 64; tries++) {
     const step = await ctx.agent.call({ op: 'STEP', pid, count: 1, signo, timeoutMs: STEP_TIMEOUT_MS }).catch((error: unknown) => {
-      if (!(error instanceof AgentError && error.errno === ETIMEDOUT)) throw error;
+      if (!(isRunTimeout(error))) throw error;
       throw new UsageError(`the step after boundary ${index} did not end within ${STEP_TIMEOUT_MS} ms: the program blocks there; sweep fewer boundaries (--count ${index + 1})`);
     });
     if (step.outcome === 'stepped') return { rip: step.rip };
@@ -399,17 +399,6 @@ async function restoreAndCompare(ctx: SweepContext, checkpoint: TakenCheckpoint,
   return { ...base, pass: false, run, mismatches, restoredRegs, restoreDifferences: restored.differences, restoreRunMs: Date.now() - started };
 }
 
-async function runToEnd(agent: AgentClient, pid: number, timeoutMs: number): Promise<Omit<RunRecord, 'output' | 'hits'>> {
-  try {
-    const run = await agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs });
-    if (run.outcome === 'hit-limit') throw new CrhError(`RUN pid ${pid} stopped at a hit limit it was not given`);
-    return { outcome: run.outcome, code: run.code };
-  } catch (error) {
-    if (!(error instanceof AgentError && error.errno === ETIMEDOUT)) throw error;
-    await agent.call({ op: 'KILL', pid });
-    return { outcome: 'timed-out', code: timeoutMs };
-  }
-}
 
 function describeEnd(end: Ended): string {
   return end.outcome === 'exited' ? `exit ${end.code}` : `killed by signal ${end.code}`;

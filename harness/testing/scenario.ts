@@ -6,9 +6,9 @@
  * with no breakpoint at all, run it for a while and interrupt it wherever it
  * is (runThenInterrupt), then checkpoint it there (checkpointStopped).
  */
+import { isRunTimeout } from '../agent/run-to-end.ts';
 import { readGuestText } from '../agent/read-file.ts';
 import { appendFileSync, writeFileSync } from 'node:fs';
-import { constants } from 'node:os';
 import path from 'node:path';
 import type { RunResult } from '../agent/ops.ts';
 import { observeCpu, type Observation, type WatchOptions } from '../oracle/cpu-oracle.ts';
@@ -21,9 +21,8 @@ import { spawnWithBreakpoint, type ArmedProgram } from '../agent/breakpoint-spaw
 import type { Guest } from './guest-fixture.ts';
 import { debugRegOffset, hex } from '../x86/registers.ts';
 import { rseqCsPointer } from '../restore/rseq.ts';
-import { AgentError, CrhError } from '../errors.ts';
+import { CrhError } from '../errors.ts';
 
-const ETIMEDOUT = constants.errno.ETIMEDOUT;
 
 export const RUN_TIMEOUT_MS = 60_000;
 
@@ -152,7 +151,7 @@ export async function runThenInterrupt(guest: Guest, w: Workload, ms: number, st
   try {
     ended = await agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: ms });
   } catch (error) {
-    if (error instanceof AgentError && error.errno === ETIMEDOUT) return { pid, elapsedMs: Date.now() - started };
+    if (isRunTimeout(error)) return { pid, elapsedMs: Date.now() - started };
     throw error;
   }
   if (ended.outcome === 'hit-limit') {

@@ -12,9 +12,10 @@
  * fails, a process that ends or hangs where it should not) is a result: a
  * failed run with its reason. Infrastructure failures are thrown.
  */
+import { isRunTimeout, runToEnd } from '../agent/run-to-end.ts';
 import { stat } from 'node:fs/promises';
 import type { AgentClient } from '../agent/client.ts';
-import { AgentError, CrhError } from '../errors.ts';
+import { CrhError } from '../errors.ts';
 import { isInfraFailure } from '../report/infra-failures.ts';
 import { checkpointProcess } from '../restore/checkpoint.ts';
 import { writeCheckpointImage, type PlatformFacts } from '../restore/checkpoint-image.ts';
@@ -27,7 +28,6 @@ import { launcherArgv, type ZdtmLaunch } from './native.ts';
 import { PIDFILE } from './verdict.ts';
 
 const SIGTERM = 15;
-const ETIMEDOUT = 110;
 /** How long a restored test runs before the next checkpoint, or before SIGTERM. */
 export const RESUME_SLICE_MS = 50;
 
@@ -114,19 +114,7 @@ export async function checkpointedZdtmRun(ctx: ZdtmRunContext, launch: ZdtmLaunc
   return { pid, restoredPid: current, cycles };
 }
 
-type End = { outcome: 'exited' | 'killed'; code: number } | { outcome: 'timed-out'; code: number };
 
-async function runToEnd(agent: AgentClient, pid: number, timeoutMs: number): Promise<End> {
-  try {
-    const run = await agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs });
-    if (run.outcome === 'hit-limit') throw new CrhError(`RUN pid ${pid} stopped at a hit limit it was not given`);
-    return { outcome: run.outcome, code: run.code };
-  } catch (error) {
-    if (!(error instanceof AgentError && error.errno === ETIMEDOUT)) throw error;
-    await agent.call({ op: 'KILL', pid });
-    return { outcome: 'timed-out', code: timeoutMs };
-  }
-}
 
 function describeEnd(end: { outcome: string; code: number }): string {
   if (end.outcome === 'exited') return `exited with status ${end.code}`;
