@@ -1,5 +1,5 @@
-// expect: every general-purpose register, ymm0-15, mxcsr, x87 and fs_base survive a checkpoint
-// taken with distinct patterns in all of them (ptrace restorer, regs=full) — as the workload
+// expect: every general-purpose register, ymm0-15, mxcsr, x87, fs_base and EFLAGS.DF survive a checkpoint
+// taken with distinct patterns in all of them and DF set (ptrace restorer, regs=full) — as the workload
 // checks itself and as the CPU shows through the gdbstub oracle, under every restorer; the fault injection regs=partial
 // (the 2015 entry-code bug: callee-saved registers not restored) is caught naming exactly
 // rbx rbp r12 r13 r14 r15. With --engine criu the same stop is handed to CRIU and must come back with
@@ -11,7 +11,7 @@ import { startGuest } from '../harness/testing/guest-fixture.ts';
 import { endedAs, nativeReference } from '../harness/testing/native-reference.ts';
 import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
 import { checkpointAtHit, readOutput, restoreAndFinish, RUN_TIMEOUT_MS, type Restored, type Workload } from '../harness/testing/scenario.ts';
-import { hex, USER_REGS_FIELDS } from '../harness/x86/registers.ts';
+import { EFLAGS, hex, USER_REGS_FIELDS } from '../harness/x86/registers.ts';
 import { policyRowsNotForCriu, runCriuControl, runCriuScenario, runsEngine, type CriuScenario } from '../harness/testing/criu-engine.ts';
 
 const CASE = 'register-integrity';
@@ -56,6 +56,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
   for (const restorer of RESTORERS) {
     await t.test(`regs=full, restorer=${restorer}: nothing lost, at the workload and at the CPU`, crhOnly, async (t) => {
       const r = await run(t, 'full', restorer);
+      t.not(r.image.regs.eflags & EFLAGS.DF, 0n, `the image holds DF=1 (eflags ${hex(r.image.regs.eflags)}): the restore must set the direction flag`);
       t.same(r.differences, [], 'the kernel accepted every register as requested');
       t.ok(r.observation.first, 'oracle: the CPU reached regcheck_resumed');
       t.same(cpuDiffers(r), [], 'oracle: every patterned GPR in the CPU equals the image');

@@ -3,7 +3,9 @@
 // delivered once, in order, with its value after restore, and a SIGSEGV handler still running on the alternate stack —
 // under the ptrace and the sigreturn restorer; a process checkpointed inside a SIGILL (ud2), SIGSEGV (#GP) or SIGTRAP
 // (int3) handler returns from it exactly once with the interrupted context's EFLAGS.RF as the uninterrupted run saw it
-// (the architecture says 1 for the two faults, 0 for the trap; a platform that pushes otherwise is reported).
+// (the architecture says 1 for the two faults, 0 for the trap; a platform that pushes otherwise is reported); a process
+// checkpointed inside a handler that then writes another alternate stack into its frame's uc_stack has that stack
+// after rt_sigreturn (the kernel installs the frame's uc_stack), under both restorers, as natively.
 // Negative controls: omit=signals (dispositions, mask, alternate stack and queues lost) and, inside a handler,
 // regs=partial.
 import t from 'tap';
@@ -80,6 +82,30 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
       case: CASE, scenario: 'signal state: dispositions, mask, sigaltstack, pending RT queue', policy: describePolicy(policy), control: true,
       expected: stateReference.trim(), observed: r.output.trim(), matchedUninterrupted: r.output === stateReference,
     });
+  });
+
+  await t.test('checkpoint inside a handler that writes another alternate stack into its frame\'s uc_stack', async (t) => {
+    const workload: Workload = { binary, argv: [binary, 'altstack'], breakAt: guest.symbols.resolve('sigstate:sigstate_in_handler') };
+    const ref = await reference(['altstack'], 'altstack');
+    t.equal(ref.trim(), 'sigstate ok altstack=frame', 'uninterrupted: rt_sigreturn installed the frame\'s uc_stack');
+    const policies: RestorePolicy[] = [DEFAULT_POLICY, { ...DEFAULT_POLICY, restorer: 'sigreturn' }, { ...DEFAULT_POLICY, regs: 'partial' }];
+    for (const policy of policies) {
+      // regs=partial: the handler keeps its ucontext pointer in a callee-saved register across sigstate_in_handler().
+      const control = policy.regs === 'partial';
+      const tag = `altstack-${policy.restorer}${control ? '-regs-partial' : ''}`;
+      const checkpointed = await checkpointAtHit(guest, workload, 1, tag, { disarm: true });
+      const r = await restoreAndFinish(guest, checkpointed.file, policy, tag, {});
+      const observed = r.run.outcome === 'killed' ? `killed by signal ${r.run.code}` : r.output.trim();
+      if (control) t.not(observed, ref.trim(), `regs=partial inside the handler is caught: ${observed}`);
+      else {
+        t.equal(r.image.signals.altstack.flags, 0, 'the image holds the alternate stack A, enabled');
+        t.equal(observed, ref.trim(), `${describePolicy(policy)}: after rt_sigreturn sigaltstack reads back the frame's stack: ${observed}`);
+      }
+      recordRowOutcome(t, {
+        case: CASE, scenario: 'checkpoint inside a handler that changes uc_stack: sigaltstack after rt_sigreturn', policy: describePolicy(policy), control,
+        expected: ref.trim(), observed, matchedUninterrupted: observed === ref.trim(),
+      });
+    }
   });
 
   for (const h of HANDLERS) {

@@ -1,10 +1,13 @@
 // expect: a sleep checkpointed while it blocks (interrupted with ERESTART_RESTARTBLOCK: glibc nanosleep, system call 35,
 // a relative CLOCK_MONOTONIC clock_nanosleep; with and without a SIGUSR2 handler lacking SA_RESTART; and an absolute
 // one, ERESTARTNOHAND) returns 0 after a kill-and-restore at the time the uninterrupted call would have — the deadline
-// taken from the checkpoint (rmtp + CLOCK_MONOTONIC) — not after starting over. A poll with a timeout, whose remaining
-// time only the kernel's restart_block holds, is refused at checkpoint by name. Negative controls: syscall-restart=off
-// (the raw -ERESTART_RESTARTBLOCK, 516, reaches the program), and the poll checkpointed anyway (uncapturable=ignore):
-// it starts over and returns late.
+// taken from the checkpoint (rmtp + CLOCK_MONOTONIC) — not after starting over. A relative sleep with no handler only
+// stopped by the tracer at the same point (the stop every checkpoint begins with) and continued, with no restore,
+// goes on through the kernel's own restart_block (restart_syscall) and returns 0 on time, as natively. A poll with a
+// timeout, whose remaining time only the kernel's restart_block holds, is refused at checkpoint by name. Negative
+// controls: syscall-restart=off (the raw -ERESTART_RESTARTBLOCK, 516, reaches the program), the stopped sleep sent a
+// SIGUSR2 its handler takes without SA_RESTART (EINTR, as natively), and the poll checkpointed anyway
+// (uncapturable=ignore): it starts over and returns late.
 import t, { type Test } from 'tap';
 import { CheckpointError } from '../harness/errors.ts';
 import type { ProcessInfo } from '../harness/restore/checkpoint-image.ts';
@@ -14,7 +17,7 @@ import { recordRowOutcome } from '../harness/testing/verdict-rows.ts';
 import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
 import { startGuest } from '../harness/testing/guest-fixture.ts';
 import { endedAs, nativeReference } from '../harness/testing/native-reference.ts';
-import { checkpointStopped, restoreAndFinish, runThenInterrupt, runUninterrupted, type Workload } from '../harness/testing/scenario.ts';
+import { checkpointStopped, readOutput, restoreAndFinish, RUN_TIMEOUT_MS, runThenInterrupt, runUninterrupted, type Workload } from '../harness/testing/scenario.ts';
 import { hex } from '../harness/x86/registers.ts';
 
 const CASE = 'sleep-restart';
@@ -27,6 +30,7 @@ const SLEEPS = [
   { mode: 'monotonic', handler: 'norestart', nr: 230, rax: -516n },
   { mode: 'absolute', handler: 'norestart', nr: 230, rax: -514n },
 ] as const;
+const SIGUSR2 = 12;
 
 t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
   const guest = await startGuest(t, CASE);
@@ -81,6 +85,39 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
       recordRowOutcome(t, { case: CASE, scenario: `${s.mode} (handler ${s.handler}) ${SLEEP_MS} ms, checkpoint after ${CHECKPOINT_AFTER_MS} ms`, policy: describePolicy(DEFAULT_POLICY), control: false, expected, observed: verdict(r.output), matchedUninterrupted: verdict(r.output) === expected && r.run.code === 0 });
     });
   }
+
+  /**
+   * Stops the sleeper where a checkpoint would (the tracer's interrupt: the sleep returns ERESTART_RESTARTBLOCK into
+   * the stop), optionally queues a signal, and continues the same process to its end — no checkpoint, no restore:
+   * what is checked is the kernel's own resumption, restart_syscall through the restart_block the sleep left.
+   */
+  const stopAndContinue = async (mode: string, handler: string, tag: string, signo?: number) => {
+    const out = `/tmp/sleeper-${tag}.out`;
+    const stopped = await runThenInterrupt(guest, workload(mode, handler), CHECKPOINT_AFTER_MS, out);
+    if (stopped.ended) throw new Error(`sleeper ${mode} ended before the stop: ${endedAs(stopped.ended)}`);
+    const regs = await guest.agent.call({ op: 'GETREGS', pid: stopped.pid });
+    if (signo !== undefined) await guest.agent.call({ op: 'SIGNAL', pid: stopped.pid, signo });
+    const run = await guest.agent.call({ op: 'RUN', pid: stopped.pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
+    return { regs, run, output: await readOutput(guest, out) };
+  };
+
+  await t.test('nanosleep (handler none) stopped while it sleeps and continued, no restore: the kernel\'s restart_block resumes it on time', async (t) => {
+    const expected = await reference(t, 'nanosleep', 'none');
+    const { regs, run, output } = await stopAndContinue('nanosleep', 'none', 'stop-continue');
+    t.equal(regs.orig_rax, 230n, 'stopped inside system call 230 (clock_nanosleep)');
+    t.equal(BigInt.asIntN(64, regs.rax), -516n, `rax ${hex(regs.rax)} at the stop: ERESTART_RESTARTBLOCK, the kernel resumes through restart_syscall`);
+    t.equal(verdict(output), expected, `continued: ${output.trim().replace('\n', ' ')} (uninterrupted: ${SLEEP_MS} ms)`);
+    t.equal(run.code, 0);
+    recordRowOutcome(t, { case: CASE, scenario: `nanosleep (handler none) ${SLEEP_MS} ms, stopped after ${CHECKPOINT_AFTER_MS} ms and continued`, policy: 'no restore (the kernel\'s restart_block)', control: false, expected, observed: verdict(output), matchedUninterrupted: verdict(output) === expected && run.code === 0 });
+
+    await t.test('negative control: SIGUSR2 queued while stopped, its handler without SA_RESTART — EINTR, early', async (t) => {
+      const { run, output } = await stopAndContinue('nanosleep', 'norestart', 'stop-continue-usr2', SIGUSR2);
+      t.same(run.signals.map((s) => s.signo), [SIGUSR2], 'the SIGUSR2 was delivered');
+      t.match(verdict(output), /^sleeper nanosleep norestart ret=-1 errno=4 on-time=0$/, `caught: ${output.trim().replace('\n', ' ')}`);
+      t.equal(run.code, 1, 'and exits 1');
+      recordRowOutcome(t, { case: CASE, scenario: `nanosleep (handler norestart) ${SLEEP_MS} ms, stopped after ${CHECKPOINT_AFTER_MS} ms and continued`, policy: 'no restore, SIGUSR2 queued in the stop', control: true, expected: 'sleeper nanosleep norestart ret=0 errno=0 on-time=1', observed: verdict(output), matchedUninterrupted: run.code === 0 });
+    });
+  });
 
   await t.test('negative control syscall-restart=off: the raw ERESTART_RESTARTBLOCK reaches the program', async (t) => {
     const policy: RestorePolicy = { ...DEFAULT_POLICY, syscallRestart: 'off' };

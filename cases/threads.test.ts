@@ -32,6 +32,8 @@ const THREADS = 4;
 const T3_WATCH_HITS = 4;
 /** What the CPU must hold when an in-section thread runs its abort handler: that thread's callee-saved registers and TLS. */
 const OWN_REGISTERS: UserRegName[] = ['rbx', 'rbp', 'r12', 'r13', 'r14', 'r15', 'fs_base'];
+/** hold_abort to hold_start is 3 instructions; more steps than this outside the section means it is somewhere else. */
+const MAX_STEPS_BACK_INSIDE = 32;
 
 const summaryLine = (output: string): string => /^threads (?:ok|mismatch).*$/m.exec(output)?.[0] ?? `no summary line (${JSON.stringify(output.slice(0, 120))})`;
 
@@ -49,8 +51,32 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ', 'CONFIG_CHECKPOINT_RESTO
   };
 
   /**
+   * A preemption aborts t1's or t2's section: the kernel sends it to
+   * hold_abort, from where it runs 3 instructions outside the section
+   * (hold_abort, hold_retry) before it is back at hold_start. The more
+   * preemptions (a loaded host), the likelier the stop finds it in that
+   * window, and the scenario — a thread checkpointed inside its section —
+   * was then missed by chance. Such a thread is single-stepped back in: the
+   * instructions it would run next anyway, nothing skipped. A preemption
+   * during a step aborts it again; the loop follows it, bounded.
+   */
+  const stepBackInside = async (tid: number): Promise<number> => {
+    const inside = (rip: bigint): boolean => rip >= section.start && rip < section.end;
+    let rip = (await agent.call({ op: 'GETREGS', pid: tid })).rip;
+    let steps = 0;
+    while (!inside(rip) && steps < MAX_STEPS_BACK_INSIDE) {
+      const step = await agent.call({ op: 'STEP', pid: tid, count: 1, timeoutMs: RUN_TIMEOUT_MS });
+      if (step.outcome !== 'stepped') throw new Error(`thread ${tid} ${step.outcome} (${step.code}) while stepped back into its section from ${hex(rip)}`);
+      rip = step.rip;
+      steps++;
+    }
+    return steps;
+  };
+
+  /**
    * Runs to the main thread's breakpoint — every worker spinning, t1 and t2
-   * inside their sections — where RUN leaves every thread stopped; gives t3
+   * inside their sections (stepped back in when the stop caught one just
+   * aborted out of it) — where RUN leaves every thread stopped; gives t3
    * its own DR1 write watch and disarms the main thread's DR0.
    */
   const stopAll = async (tag: string) => {
@@ -60,14 +86,20 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ', 'CONFIG_CHECKPOINT_RESTO
     if (run.outcome !== 'hit-limit') throw new Error(`threads never reached threads_checkpoint (${run.outcome} ${run.code}): ${await readOutput(guest, out)}`);
     const raw = await agent.call({ op: 'READ_MEM', pid, address: sym('thread_tids'), length: 4 * THREADS });
     const tids = Array.from({ length: THREADS }, (_, i) => raw.readInt32LE(4 * i));
+    const steppedBack: string[] = [];
+    for (const i of [1, 2]) {
+      const steps = await stepBackInside(tids[i]!);
+      if (steps > 0) steppedBack.push(`t${i} was stopped just aborted out of its section: ${steps} step(s) back into it`);
+    }
     await agent.call({ op: 'POKEUSER', pid, offset: debugRegOffset(7), value: 0n });
     await agent.call({ op: 'POKEUSER', pid: tids[3]!, offset: debugRegOffset(1), value: sym('watched') });
     await agent.call({ op: 'POKEUSER', pid: tids[3]!, offset: debugRegOffset(7), value: dr7WriteWatch(1, 8) });
-    return { pid, run, tids, out };
+    return { pid, run, tids, out, steppedBack };
   };
 
   const reference = await (async () => {
     const s = await stopAll('reference');
+    for (const line of s.steppedBack) t.comment(`reference: ${line}`);
     const run = await agent.call({ op: 'RUN', pid: s.pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
     const output = await readOutput(guest, s.out);
     // The reference is a traced run (stopped at the breakpoint, t3 watched): it must be what the program does with no
@@ -87,6 +119,7 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ', 'CONFIG_CHECKPOINT_RESTO
   /** Stops every thread as above, checkpoints the process and kills it; the image goes to the artifacts. */
   const checkpoint = async (t: Test, tag: string) => {
     const s = await stopAll(tag);
+    for (const line of s.steppedBack) t.comment(line);
     const started = Date.now();
     const image = await checkpointProcess(agent, { binary, argv: workload.argv, envp: [], noAslr: true, pid: s.pid }, guest.platform);
     const checkpointMs = Date.now() - started;

@@ -53,7 +53,7 @@ t.test('exit 1: a case failed', async (t) => {
   const r = await run(['--cases', 'test/fixtures/cases']);
   t.equal(r.exitCode, 1);
   t.match(r.stdout, /✗ always-fails: fixture under none\n\s+expected pass\n\s+observed fail/, 'the summary spells out the failure');
-  t.match(await readFile(path.join(r.artifacts, 'verdicts.txt'), 'utf8'), /always-fails\s+fixture\s+none\s+pass\s+fail\s+(?:\S.*?\s+)?FAIL/, 'the verdict table in the artifacts shows it');
+  t.match(await readFile(path.join(r.artifacts, 'verdicts.txt'), 'utf8'), /always-fails\s+fixture\s+crh\s+none\s+pass\s+fail\s+(?:\S.*?\s+)?FAIL/, 'the verdict table in the artifacts shows it');
   const testcase = asList(r.junit?.testsuites?.testsuite)[0]?.testcase;
   t.ok(asList(testcase)[0]?.failure, 'JUnit has the <failure>');
   t.equal(r.junit?.testsuites?.failures, '1');

@@ -5,11 +5,13 @@
  *
  * Puts a distinct pattern in every general-purpose register but rsp, in
  * xmm0-15 (ymm0-15 with their upper halves when AVX is enabled), in mxcsr
- * (round toward zero, exceptions unmasked differently from the default) and
- * in two x87 registers, then runs through the label `regcheck_checkpoint`
+ * (round toward zero, exceptions unmasked differently from the default), in
+ * two x87 registers and in EFLAGS.DF (std: the direction flag a `std; rep
+ * movs` is checkpointed with), then runs through the label `regcheck_checkpoint`
  * (a nop: the host's breakpoint goes there and the checkpoint is taken at
  * that stop). At `regcheck_resumed` every register is stored and compared
- * with its pattern, fs_base with its value before. Prints "regcheck ok" and
+ * with its pattern, fs_base with its value before, DF must still be set
+ * (and is cleared right after, as the ABI wants). Prints "regcheck ok" and
  * exits 0, or "regcheck mismatch: <registers>" and exits 1.
  *
  * Callee-saved registers (rbx rbp r12-r15) are where the 2015 entry-code
@@ -38,6 +40,7 @@ struct regcheck_state {
 	uint32_t mxcsr;
 	uint32_t pad;
 	double x87[2];
+	uint64_t rflags;
 };
 
 /* The patterns the asm loads, and what it found after the checkpoint label. */
@@ -76,6 +79,7 @@ __asm__(".text\n"
 	"	movq 0x28(%rsi), %rdi\n	movq 0x30(%rsi), %rbp\n	movq 0x38(%rsi), %r8\n	movq 0x40(%rsi), %r9\n"
 	"	movq 0x48(%rsi), %r10\n	movq 0x50(%rsi), %r11\n	movq 0x58(%rsi), %r12\n	movq 0x60(%rsi), %r13\n"
 	"	movq 0x68(%rsi), %r14\n	movq 0x70(%rsi), %r15\n	movq 0x20(%rsi), %rsi\n"
+	"	std\n"
 	".globl regcheck_checkpoint\n"
 	"regcheck_checkpoint:\n"
 	"	nop\n"
@@ -91,6 +95,10 @@ __asm__(".text\n"
 	"	incl %ecx\n"
 	"	cmpl $15, %ecx\n"
 	"	jne 3b\n"
+	"	pushfq\n"
+	"	popq %rdx\n"
+	"	movq %rdx, 0x298(%rax)\n"
+	"	cld\n"
 	"	cmpl $0, regcheck_avx(%rip)\n"
 	"	jz 4f\n"
 	"	vmovdqu %ymm0, 0x080(%rax)\n	vmovdqu %ymm1, 0x0a0(%rax)\n	vmovdqu %ymm2, 0x0c0(%rax)\n	vmovdqu %ymm3, 0x0e0(%rax)\n"
@@ -120,6 +128,10 @@ const uint32_t regcheck_default_mxcsr = 0x1f80;
 _Static_assert(offsetof(struct regcheck_state, vec) == 0x80, "vec offset");
 _Static_assert(offsetof(struct regcheck_state, mxcsr) == 0x280, "mxcsr offset");
 _Static_assert(offsetof(struct regcheck_state, x87) == 0x288, "x87 offset");
+_Static_assert(offsetof(struct regcheck_state, rflags) == 0x298, "rflags offset");
+
+/* EFLAGS.DF, set by the asm before the checkpoint label. */
+#define RFLAGS_DF 0x400ull
 
 static int avx_usable(void)
 {
@@ -166,10 +178,12 @@ int main(void)
 		snprintf(bad + strlen(bad), sizeof bad - strlen(bad), " x87");
 	if (fs_after != fs_before)
 		snprintf(bad + strlen(bad), sizeof bad - strlen(bad), " fs_base");
+	if (!(got.rflags & RFLAGS_DF))
+		snprintf(bad + strlen(bad), sizeof bad - strlen(bad), " df");
 	if (bad[0]) {
 		printf("regcheck mismatch:%s\n", bad);
 		return 1;
 	}
-	printf("regcheck ok (%s)\n", avx ? "gpr ymm mxcsr x87 fs_base" : "gpr xmm mxcsr x87 fs_base");
+	printf("regcheck ok (%s)\n", avx ? "gpr ymm mxcsr x87 fs_base df" : "gpr xmm mxcsr x87 fs_base df");
 	return 0;
 }

@@ -5,6 +5,7 @@
  *   sigstate handler ill|segv|trap
  *                         stops inside the handler of a ud2 (#UD), a
  *                         privileged instruction (#GP) or an int3 (#BP trap)
+ *   sigstate altstack     a handler that changes uc_stack in its frame
  *
  * state: installs a SIGUSR1 handler (SA_SIGINFO | SA_RESTART, blocking
  * SIGUSR2 while it runs), ignores SIGUSR2, installs a SIGRTMIN+1 handler
@@ -22,6 +23,13 @@
  * there — records EFLAGS.RF from the interrupted context, steps the saved
  * IP over the instruction (ud2 and hlt are 2 and 1 bytes; int3 has already
  * advanced) and returns through rt_sigreturn.
+ *
+ * altstack: sets an alternate stack A, sends itself SIGUSR2 (its handler
+ * runs on the ordinary stack), and the handler calls sigstate_in_handler()
+ * — the host checkpoints there — then writes a second stack B into the
+ * uc_stack of its own frame and returns. rt_sigreturn installs the frame's
+ * uc_stack as the alternate stack (the kernel's restore_altstack), so
+ * sigaltstack must read back B afterwards.
  *
  * Prints "sigstate ok ..." and exits 0, or "sigstate mismatch: <items>" and
  * exits 1.
@@ -257,12 +265,56 @@ static int handler(const char *kind)
 	return 0;
 }
 
+static char altstack_b[65536] __attribute__((aligned(16)));
+
+static void on_usr2_swap_stack(int sig, siginfo_t *si, void *ucv)
+{
+	ucontext_t *uc = ucv;
+
+	(void)sig;
+	(void)si;
+	sigstate_in_handler();
+	handler_runs++;
+	uc->uc_stack.ss_sp = altstack_b;
+	uc->uc_stack.ss_size = sizeof altstack_b;
+	uc->uc_stack.ss_flags = 0;
+}
+
+static int altstack_from_frame(void)
+{
+	stack_t a = { .ss_sp = altstack, .ss_size = sizeof altstack, .ss_flags = 0 }, now;
+	struct sigaction sa;
+
+	if (sigaltstack(&a, NULL) != 0)
+		return perror("sigaltstack"), 2;
+	memset(&sa, 0, sizeof sa);
+	sa.sa_sigaction = on_usr2_swap_stack;
+	sa.sa_flags = SA_SIGINFO; /* no SA_ONSTACK: on the ordinary stack sigreturn may change the alternate one */
+	sigaction(SIGUSR2, &sa, NULL);
+	raise(SIGUSR2);
+	if (handler_runs != 1) {
+		printf("sigstate mismatch: handler-runs=%d\n", handler_runs);
+		return 1;
+	}
+	sigaltstack(NULL, &now);
+	if (now.ss_sp != altstack_b || now.ss_size != sizeof altstack_b || now.ss_flags != 0) {
+		printf("sigstate mismatch: altstack-from-frame (%s, size %zu, flags %d)\n",
+		       now.ss_sp == altstack ? "still A" : now.ss_sp == altstack_b ? "B" : "neither A nor B", now.ss_size,
+		       now.ss_flags);
+		return 1;
+	}
+	printf("sigstate ok altstack=frame\n");
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc == 2 && !strcmp(argv[1], "state"))
 		return state();
+	if (argc == 2 && !strcmp(argv[1], "altstack"))
+		return altstack_from_frame();
 	if (argc == 3 && !strcmp(argv[1], "handler"))
 		return handler(argv[2]);
-	fprintf(stderr, "usage: sigstate state | sigstate handler ill|segv|trap\n");
+	fprintf(stderr, "usage: sigstate state | sigstate handler ill|segv|trap | sigstate altstack\n");
 	return 2;
 }

@@ -1,13 +1,19 @@
 /*
  * watch: a workload for data-watchpoint cases.
  *
- *   watch WIDTH [ROUNDS]    WIDTH = 1, 2, 4 or 8; ROUNDS defaults to 6
+ *   watch WIDTH [ROUNDS]    WIDTH = 1, 2, 4, 8 or upper; ROUNDS defaults to 6
  *
  * Each round stores WIDTH bytes to `watched` (8-byte aligned) and then
  * WIDTH bytes just past it, at watched + WIDTH — outside a WIDTH-byte
- * watchpoint on `watched`, so only the first store may trap. It prints
+ * watchpoint on `watched`, so only the first store may trap. `upper` is
+ * for an 8-byte watchpoint: each round stores 4 bytes to its upper half
+ * (watched + 4, bytes 4-7) and then 8 bytes just past it, at watched + 8:
+ * only a watchpoint that really covers 8 bytes sees the first store. It
+ * prints
  *
  *   watch width=W rounds=R value=<hex> neighbour=<hex>
+ *
+ * (W is `upper` in that mode; value and neighbour are 8 bytes then.)
  *
  * The stores are volatile: each one is a single instruction of exactly that
  * width, none merged or dropped.
@@ -40,27 +46,35 @@ static void store(volatile uint8_t *at, int width, uint64_t v)
 
 int main(int argc, char **argv)
 {
-	int width, rounds = 6, i;
+	int width, upper, rounds = 6, i;
 	uint64_t value = 0, neighbour = 0;
 
 	if (argc < 2 || argc > 3) {
-		fprintf(stderr, "usage: watch 1|2|4|8 [ROUNDS]\n");
+		fprintf(stderr, "usage: watch 1|2|4|8|upper [ROUNDS]\n");
 		return 2;
 	}
-	width = atoi(argv[1]);
+	upper = !strcmp(argv[1], "upper");
+	width = upper ? 8 : atoi(argv[1]);
 	if (width != 1 && width != 2 && width != 4 && width != 8) {
-		fprintf(stderr, "watch: width must be 1, 2, 4 or 8\n");
+		fprintf(stderr, "watch: width must be 1, 2, 4, 8 or upper\n");
 		return 2;
 	}
 	if (argc == 3)
 		rounds = atoi(argv[2]);
 	for (i = 0; i < rounds; i++) {
-		store(watched, width, 0x1122334455667788ull * (uint64_t)(i + 1));
+		if (upper)
+			store(watched + 4, 4, 0x55667788u * (uint64_t)(i + 1));
+		else
+			store(watched, width, 0x1122334455667788ull * (uint64_t)(i + 1));
 		store(watched + width, width, 0x99aabbccddeeff00ull ^ (uint64_t)i);
 	}
 	memcpy(&value, watched, (size_t)width);
 	memcpy(&neighbour, watched + width, (size_t)width);
-	printf("watch width=%d rounds=%d value=%llx neighbour=%llx\n", width, rounds, (unsigned long long)value,
-	       (unsigned long long)neighbour);
+	if (upper)
+		printf("watch width=upper rounds=%d value=%llx neighbour=%llx\n", rounds, (unsigned long long)value,
+		       (unsigned long long)neighbour);
+	else
+		printf("watch width=%d rounds=%d value=%llx neighbour=%llx\n", width, rounds, (unsigned long long)value,
+		       (unsigned long long)neighbour);
 	return 0;
 }
