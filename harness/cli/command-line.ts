@@ -11,7 +11,7 @@ import { REPRO_USAGE, reproOptions } from '../repro/options.ts';
 import { ZDTM_USAGE, zdtmOptions } from '../zdtm/options.ts';
 import { KERNEL_USAGE, kernelOptions } from '../flags/kernel-flags.ts';
 import { runKernelOptions } from './kernel-matrix.ts';
-import { policyOptions, POLICY_USAGE } from '../flags/policy-flags.ts';
+import { OMIT_USAGE, policyOptions, POLICY_USAGE } from '../flags/policy-flags.ts';
 
 type Options = NonNullable<ParseArgsConfig['options']>;
 
@@ -48,7 +48,7 @@ export const COMMANDS = {
     { ...kernelOptions, json: { type: 'boolean' }, engine: { type: 'string' } },
   ),
   restore: spec(
-    `usage: crh restore --dry-run IMAGE ${POLICY_USAGE}\n` +
+    `usage: crh restore --dry-run IMAGE\n                 ${POLICY_USAGE}\n${OMIT_USAGE}\n` +
       '  validate a checkpoint image and print its restore plan\n' +
       '  (a live restore runs inside a case, against a booted guest)',
     { 'dry-run': { type: 'boolean' }, ...policyOptions },

@@ -27,8 +27,26 @@ export const policyOptions = {
 } as const;
 
 export const POLICY_USAGE =
-  `[--rf ${RF_POLICIES.join('|')}] [--regs ${REGS_POLICIES.join('|')}] [--restorer ${RESTORERS.join('|')}] ` +
-  `[--rseq-fixup ${RSEQ_FIXUP_POLICIES.join('|')}] [--syscall-restart ${SYSCALL_RESTART_POLICIES.join('|')}] [--omit ${OMITTABLE.join(',')}]`;
+  `[--rf ${RF_POLICIES.join('|')}] [--regs ${REGS_POLICIES.join('|')}] [--restorer ${RESTORERS.join('|')}]\n` +
+  `                 [--rseq-fixup ${RSEQ_FIXUP_POLICIES.join('|')}] [--syscall-restart ${SYSCALL_RESTART_POLICIES.join('|')}] [--omit WHAT,...]`;
+
+/** What --omit takes, wrapped to fit a terminal: printed under every usage that has the policy switches. */
+export const OMIT_USAGE = wrapList('  --omit WHAT[,WHAT...], WHAT one of: ', OMITTABLE, 100);
+
+function wrapList(lead: string, items: readonly string[], width: number): string {
+  const lines: string[] = [];
+  let line = lead;
+  for (const [i, item] of items.entries()) {
+    const word = `${item}${i < items.length - 1 ? ',' : ''}`;
+    if (line.length + word.length + 1 > width && line.trim() !== lead.trim()) {
+      lines.push(line.trimEnd());
+      line = ' '.repeat(lead.length);
+    }
+    line += `${word} `;
+  }
+  lines.push(line.trimEnd());
+  return lines.join('\n');
+}
 
 /** The policy the flags ask for; the default for every switch not given. Throws UsageError on an unknown value. */
 export function policyFromFlags(values: Partial<Record<keyof typeof policyOptions, string | boolean>>): RestorePolicy {
@@ -36,7 +54,7 @@ export function policyFromFlags(values: Partial<Record<keyof typeof policyOption
     return policyOf(values);
   } catch (error) {
     // The policy parsers say which value of which switch they refused.
-    if (error instanceof RangeError) throw new UsageError(`${error.message}\nrestore policy switches: ${POLICY_USAGE}`);
+    if (error instanceof RangeError) throw new UsageError(`${error.message}\nrestore policy switches: ${POLICY_USAGE}\n${OMIT_USAGE}`);
     throw error;
   }
 }

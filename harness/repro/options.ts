@@ -7,7 +7,7 @@ import { constants } from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { KERNEL_USAGE, kernelFlagArgs, kernelOptions, resolveKernelFlag } from '../flags/kernel-flags.ts';
-import { policyFromFlags, policyOptions, POLICY_USAGE } from '../flags/policy-flags.ts';
+import { OMIT_USAGE, policyFromFlags, policyOptions, POLICY_USAGE } from '../flags/policy-flags.ts';
 import type { RestorePolicy } from '../restore/policy.ts';
 import { parseFault, type InjectedFault } from './fault-injection.ts';
 import { UsageError } from './usage-error.ts';
@@ -78,9 +78,11 @@ export const DEFAULT_TIMEOUT_MS = 60_000;
 export const MAX_CYCLES = 10_000;
 
 export const REPRO_USAGE =
-  'usage: crh repro FILE.c [--checkpoint-at SYMBOL|0xADDR [--hit N] | --checkpoint-after MS | --when-ready [--pid-file FILE]] [--finish-signal SIG] [--cycles N]\n' +
+  'usage: crh repro FILE.c [--checkpoint-at SYMBOL|0xADDR [--hit N] | --checkpoint-after MS\n' +
+  '                 | --when-ready [--pid-file FILE]] [--finish-signal SIG] [--cycles N]\n' +
   `                 ${POLICY_USAGE}\n` +
-  `                 [--engine crh|criu] [--cflags "FLAGS"] [--timeout MS] [--out BUNDLE.tar] [--artifacts DIR] ${KERNEL_USAGE}\n` +
+  '                 [--engine crh|criu] [--cflags "FLAGS"] [--timeout MS] [--out BUNDLE.tar] [--artifacts DIR]\n' +
+  `                 ${KERNEL_USAGE}\n` +
   `                 ${RESTORE_ELSEWHERE_USAGE} [-- ARGS]\n` +
   `       crh repro FILE.c ${SWEEP_USAGE} [the same policy switches] [-- ARGS]\n` +
   '       crh repro --bundle BUNDLE.tar [--out BUNDLE.tar] [--artifacts DIR]\n' +
@@ -89,7 +91,9 @@ export const REPRO_USAGE =
   '  to FILE (relative to its working directory) once it has exited 0; a daemon with children is refused\n' +
   '  --engine criu: CRIU (Debian trixie\'s, in the guest) dumps and restores the stopped process instead of\n' +
   '  crh\'s restore core; the policy switches describe the restore core and are a usage error with it\n' +
-  '       for tests of crh itself: [--inject-fault PHASE:KIND] (PHASE checkpoint|restore; KIND kill-qemu|kill-agent|drop-ssh|guest-panic; docs/ci.md)';
+  `${OMIT_USAGE}\n` +
+  '       for tests of crh itself: [--inject-fault PHASE:KIND] (docs/ci.md)\n' +
+  '       (PHASE checkpoint|restore; KIND kill-qemu|kill-agent|drop-ssh|guest-panic)';
 
 const options = {
   ...kernelOptions,

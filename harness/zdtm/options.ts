@@ -6,7 +6,7 @@
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { KERNEL_USAGE, kernelOptions, resolveKernelFlag } from '../flags/kernel-flags.ts';
-import { policyFromFlags, policyOptions, POLICY_USAGE } from '../flags/policy-flags.ts';
+import { OMIT_USAGE, policyFromFlags, policyOptions, POLICY_USAGE } from '../flags/policy-flags.ts';
 import type { RestorePolicy } from '../restore/policy.ts';
 import { UsageError } from '../repro/usage-error.ts';
 
@@ -38,7 +38,9 @@ export const MAX_ITERS = 1000;
 export const ZDTM_USAGE =
   'usage: crh zdtm BINARY... [--iters N] [--file PATH]... [--settle MS] [--timeout MS]\n' +
   `                 ${POLICY_USAGE}\n` +
-  `                 [--artifacts DIR] [--json FILE] [--junit FILE] ${KERNEL_USAGE} [-- ARGS]\n` +
+  '                 [--artifacts DIR] [--json FILE] [--junit FILE]\n' +
+  `                 ${KERNEL_USAGE} [-- ARGS]\n` +
+  `${OMIT_USAGE}\n` +
   '  run tests that follow CRIU\'s ZDTM protocol (your own ZDTM build, static): each in a fresh working\n' +
   '  directory as `BINARY --pidfile=T.pid --outfile=T.out ARGS` with a clean environment; ready when the\n' +
   '  launcher exited 0 and T.pid exists. Each test runs natively first (no checkpoint); then the process\n' +
