@@ -42,7 +42,7 @@ export const COMMANDS = {
     { reset: { type: 'boolean' }, check: { type: 'boolean' } },
   ),
   doctor: spec(
-    `usage: crh doctor [--json] [--engine crh|criu] ${KERNEL_USAGE}\n` +
+    `usage: crh doctor [--json] [--engine crh|criu]\n                  ${KERNEL_USAGE}\n` +
       '  measure and print the platform profile; --engine criu boots the image variant with CRIU\n' +
       "  (Debian trixie's, with its own libraries) and adds `criu check`'s verdict",
     { ...kernelOptions, json: { type: 'boolean' }, engine: { type: 'string' } },
@@ -55,7 +55,7 @@ export const COMMANDS = {
     true,
   ),
   run: spec(
-    `usage: crh run [--grep RE] ${KERNEL_USAGE}... [--jobs N] [--shard I/N] [--artifacts DIR]\n` +
+    `usage: crh run [--grep RE] [--jobs N] [--shard I/N] [--artifacts DIR]\n               ${KERNEL_USAGE}...\n` +
       '               [--engine crh|criu|crh,criu] [--reporter people|tap|ktap|junit|json] [--junit FILE]\n' +
       '               [--json FILE] [--ktap FILE] [--html FILE] [--cases DIR]\n' +
       '  run the cases (N case files at once, default 2), a line per case and a summary (--reporter:\n' +
