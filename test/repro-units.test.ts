@@ -1,4 +1,5 @@
 // expect: crh repro/cr command lines parse into one request (every mistake a usage error naming the flag), a request turns back into the switches that rerun it, a request and its runs make the bundle (verdict, rerun.sh, register diff, inputs) and bundles round-trip and refuse unsafe entries, the comparison names the first differing line, interrupted system calls are rewound, and a reproducer that does not compile exits 2 before any guest starts.
+import { caught } from './support/caught.ts';
 import t from 'tap';
 import { execa } from 'execa';
 import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
@@ -24,14 +25,6 @@ import { bundleContents } from '../harness/repro/contents.ts';
 import type { GuestRuns } from '../harness/repro/guest-runs.ts';
 import { syntheticImage } from './support/synthetic-image.ts';
 
-const caught = (fn: () => unknown): Error | undefined => {
-  try {
-    fn();
-  } catch (error) {
-    return error as Error;
-  }
-  return undefined;
-};
 
 const request = (command: 'repro' | 'cr', argv: string[]): ReproRequest => {
   const parsed = parseReproArgs(command, argv);

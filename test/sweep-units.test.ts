@@ -2,6 +2,7 @@
 // the flags), the switches round-trip through requestFlags, the rerun record carries the sweep bounded (over-large or
 // stray sweeps rejected by field), a boundary is named by symbol+offset and by objdump's instruction on a real host
 // binary, and the report's headline names the first failing boundary and the register that changed since the last match.
+import { caught } from './support/caught.ts';
 import t from 'tap';
 import { execa } from 'execa';
 import { mkdtemp } from 'node:fs/promises';
@@ -19,14 +20,6 @@ import { DEFAULT_POLICY } from '../harness/restore/policy.ts';
 import { USER_REGS_FIELDS, type UserRegs } from '../harness/x86/registers.ts';
 import { REPO_ROOT } from '../harness/util/cache-dir.ts';
 
-const caught = (fn: () => unknown): Error | undefined => {
-  try {
-    fn();
-  } catch (error) {
-    return error as Error;
-  }
-  return undefined;
-};
 
 t.test('--sweep parses into a symbol checkpoint with bounds', async (t) => {
   const r = parseReproArgs('repro', ['p.c', '--sweep', 'f', '--count', '12', '--every', '3']) as ReproRequest;
