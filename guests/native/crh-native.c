@@ -42,28 +42,33 @@
 #include <time.h>
 #include <unistd.h>
 
-/* Whether the program has announced readiness (see harness/repro/runs.ts). */
-static int announced(const char *ready_file, const char *out)
+/* The first SIZE - 1 bytes of PATH, NUL-terminated in BUF; how many, or 0
+ * when the file is missing or empty. */
+static ssize_t read_head(const char *path, char *buf, size_t size)
 {
-	char buf[4096];
 	ssize_t n;
-	int fd = open(ready_file, O_RDONLY | O_CLOEXEC);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
 
-	if (fd >= 0) {
-		n = read(fd, buf, sizeof buf - 1);
-		close(fd);
-		if (n > 0 && buf[0] >= '0' && buf[0] <= '9')
-			return 1;
-	}
-	fd = open(out, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return 0;
-	/* The marker near the start is enough: programs announce early. */
-	n = read(fd, buf, sizeof buf - 1);
+	n = read(fd, buf, size - 1);
 	close(fd);
 	if (n <= 0)
 		return 0;
 	buf[n] = 0;
+	return n;
+}
+
+/* Whether the program has announced readiness (see harness/repro/runs.ts). */
+static int announced(const char *ready_file, const char *out)
+{
+	char buf[4096];
+
+	if (read_head(ready_file, buf, sizeof buf) > 0 && buf[0] >= '0' && buf[0] <= '9')
+		return 1;
+	/* The marker near the start is enough: programs announce early. */
+	if (read_head(out, buf, sizeof buf) == 0)
+		return 0;
 	return strncmp(buf, "CRH-READY\n", 10) == 0 || strstr(buf, "\nCRH-READY\n") != NULL;
 }
 
@@ -119,17 +124,10 @@ static void __attribute__((noreturn)) child(const char *out, const char *path, c
 static pid_t read_pid_file(const char *file)
 {
 	char buf[32];
-	ssize_t n;
 	long v;
-	int fd = open(file, O_RDONLY | O_CLOEXEC);
 
-	if (fd < 0)
+	if (read_head(file, buf, sizeof buf) == 0)
 		return 0;
-	n = read(fd, buf, sizeof buf - 1);
-	close(fd);
-	if (n <= 0)
-		return 0;
-	buf[n] = 0;
 	v = strtol(buf, NULL, 10);
 	return v > 0 && v < 0x40000000 ? (pid_t)v : 0;
 }
