@@ -41,6 +41,9 @@ t.test('sessions before children, group leaders before members', async (t) => {
   t.same(kinds(planTreeSkeleton(daemon)), ['spawn 100', 'clone 101 in 100', 'setsid 101', 'clone 102 in 101']);
   // The root leading only a group: its child, created before the group exists, joins it afterwards.
   t.same(kinds(planTreeSkeleton([member(100, 1, 100, 7), member(101, 100, 100, 7)])), ['spawn 100', 'clone 101 in 100', 'setpgid 100 100', 'setpgid 101 100']);
+  // Checkpointed in a container: /proc shows the runner's session and group, led outside the pid namespace, as 0.
+  t.same(kinds(planTreeSkeleton([member(100, 1, 0, 0), member(101, 100, 0, 0), member(102, 101, 102, 102)])), ['spawn 100', 'clone 101 in 100', 'clone 102 in 101', 'setsid 102']);
+  t.same(kinds(planTreeSkeleton([member(100, 1, 100, 0), member(101, 100, 100, 0)])), ['spawn 100', 'clone 101 in 100', 'setpgid 100 100', 'setpgid 101 100']);
 });
 
 t.test('a tree the kernel\'s rules cannot rebuild is refused by name', async (t) => {
@@ -55,6 +58,8 @@ t.test('a tree the kernel\'s rules cannot rebuild is refused by name', async (t)
   refused([member(100, 1, 100, 100), member(101, 100, 100, 101)], /pid 101 leads session 101 but is in group 100/, 'a session leader in another group');
   // A child in the root's session when the root leads its own later? 101 was created in 100's session: it cannot be in 7.
   refused([member(100, 1, 100, 100), member(101, 100, 7, 7)], /pid 101 is in session 7, led by no process/, 'a child left in the session its parent left');
+  refused([member(100, 1, 100, 100), member(101, 100, 0, 0)], /pid 101 is in session 0, led by no process/, 'outside the pid namespace (0) only where the root is');
+  refused([member(100, 1, -1, 7)], /members\[0\]\.pgid: -1 is not a pid/, 'a negative group');
 });
 
 t.test('creation order: each process after its parent, children by pid, depth first', async (t) => {

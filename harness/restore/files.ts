@@ -136,9 +136,10 @@ export function sessionSteps(pid: number, imagePid: number, task: TaskState): Pl
 
 /** A message naming the field, or undefined: checks that need no other part of the image. */
 export function taskStateProblem(task: TaskState): { field: string; why: string } | undefined {
-  const isPid = (n: number): boolean => Number.isInteger(n) && n >= 1 && n <= 4194304;
-  if (!isPid(task.pgid)) return { field: 'pgid', why: `${task.pgid} is not a pid` };
-  if (!isPid(task.sid)) return { field: 'sid', why: `${task.sid} is not a pid` };
+  // 0: /proc's word for a leader in an ancestor pid namespace (the process ran in a container).
+  const isPidOrOutside = (n: number): boolean => Number.isInteger(n) && n >= 0 && n <= 4194304;
+  if (!isPidOrOutside(task.pgid)) return { field: 'pgid', why: `${task.pgid} is not a pid` };
+  if (!isPidOrOutside(task.sid)) return { field: 'sid', why: `${task.sid} is not a pid` };
   if (task.files.length > 1024) return { field: 'files', why: `${task.files.length} descriptors, limit 1024` };
   const seen = new Set<number>();
   for (const [i, f] of task.files.entries()) {

@@ -71,11 +71,15 @@ export type TreeAction =
 /** Why a tree is malformed (checked as hostile input), or undefined. */
 export function treeShapeProblem(members: readonly TreeMember[]): { field: string; why: string } | undefined {
   const isPid = (n: unknown): boolean => Number.isInteger(n) && (n as number) >= 1 && (n as number) <= 4194304;
+  // /proc shows a session or group as 0 when its leader lives in an ancestor pid namespace (a
+  // container's runner started the tree): that is "outside", legal for the whole tree but never led by it.
+  const isPidOrOutside = (n: unknown): boolean => n === 0 || isPid(n);
   if (members.length === 0) return { field: 'members', why: 'no process' };
   if (members.length > 1024) return { field: 'members', why: `${members.length} processes, limit 1024` };
   const pids = new Set<number>();
   for (const [i, m] of members.entries()) {
-    for (const key of ['pid', 'pgid', 'sid'] as const) if (!isPid(m[key])) return { field: `members[${i}].${key}`, why: `${m[key]} is not a pid` };
+    if (!isPid(m.pid)) return { field: `members[${i}].pid`, why: `${m.pid} is not a pid` };
+    for (const key of ['pgid', 'sid'] as const) if (!isPidOrOutside(m[key])) return { field: `members[${i}].${key}`, why: `${m[key]} is not a pid (or 0: led outside the pid namespace)` };
     if (!Number.isInteger(m.ppid) || m.ppid < 0 || m.ppid > 4194304) return { field: `members[${i}].ppid`, why: `${m.ppid} is not a pid` };
     if (!Number.isInteger(m.exitSignal) || m.exitSignal < 0 || m.exitSignal > 64) return { field: `members[${i}].exitSignal`, why: `${m.exitSignal} is no signal` };
     if (pids.has(m.pid)) return { field: `members[${i}].pid`, why: `pid ${m.pid} appears twice` };
@@ -110,7 +114,8 @@ export function planTreeSkeleton(members: readonly TreeMember[], shared: readonl
 
   // The session or group of whatever spawns the root (on restore, the agent's), when the root's own are not kept:
   // the root's image values stand for "outside" when they are not the root's pid.
-  const OUTSIDE = 0;
+  // -1: no image value (0 included, which names a leader outside the pid namespace) is ever equal to it.
+  const OUTSIDE = -1;
   const wanted = (m: TreeMember): { pgid: number; sid: number } => ({
     sid: byPid.has(m.sid) || m.sid === root.sid ? m.sid : Number.NaN,
     pgid: byPid.has(m.pgid) || m.pgid === root.pgid ? m.pgid : Number.NaN,
@@ -168,10 +173,7 @@ export function planTreeSkeleton(members: readonly TreeMember[], shared: readonl
 
   // What the simulation arrived at must be the image's, process by process.
   for (const m of members) {
-    const s = now.get(m.pid)!;
-    // OUTSIDE is the agent's own session or group, which no image value names.
-    const sid = s.sid === OUTSIDE ? -1 : s.sid;
-    const pgid = s.pgid === OUTSIDE ? -1 : s.pgid;
+    const { sid, pgid } = now.get(m.pid)!;
     if (sid !== m.sid) throw new PlanError(`process tree: pid ${m.pid} would be in session ${sid}, the image says ${m.sid} (a session is inherited from the parent or created by setsid)`);
     if (pgid !== m.pgid) throw new PlanError(`process tree: pid ${m.pid} would be in process group ${pgid}, the image says ${m.pgid}`);
   }
