@@ -54,6 +54,8 @@ t.test('session: a session leader leads again; a group leader leads its group', 
 t.test('task.json: every field checked', async (t) => {
   const good = { pgid: 5, sid: 5, files: [{ fd: 3, path: '/tmp/d.log', flags: O.WRONLY, pos: '42', kind: 'file' }], userfaultfds: [] };
   t.same(validateTask(good).files[0]!.pos, 42n);
+  // 0: a leader outside the checkpoint's pid namespace (a process checkpointed in a container), as /proc shows it.
+  t.same(validateTask({ ...good, pgid: 0, sid: 0 }).sid, 0);
   const rejects = (mutate: (j: any) => void, field: string): void => {
     const j = JSON.parse(JSON.stringify(good));
     mutate(j);
@@ -64,7 +66,8 @@ t.test('task.json: every field checked', async (t) => {
       t.ok(error instanceof ImageRejectedError && error.entry === 'task.json' && error.field === field, `${field}: ${(error as Error).message}`);
     }
   };
-  rejects((j) => (j.pgid = 0), 'pgid');
+  rejects((j) => (j.pgid = -1), 'pgid');
+  rejects((j) => (j.pgid = 4194305), 'pgid');
   rejects((j) => (j.sid = 'x'), 'sid');
   rejects((j) => (j.files[0].fd = 2), 'files[0].fd');
   rejects((j) => j.files.push({ ...j.files[0] }), 'files[1].fd');

@@ -10,59 +10,21 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { ImageRejectedError } from '../harness/errors.ts';
-import { imageEntries, parseImageEntries, readCheckpointImage, writeCheckpointImage, type CheckpointImage } from '../harness/restore/checkpoint-image.ts';
+import { imageEntries, parseImageEntries, readCheckpointImage, writeCheckpointImage } from '../harness/restore/checkpoint-image.ts';
 import { dryRunPlan, formatPlan } from '../harness/restore/dry-run.ts';
 import { compileRestorePlan, type PlanStep } from '../harness/restore/plan.ts';
 import { parseOmit, type RestorePolicy } from '../harness/restore/policy.ts';
 import { parseMaps } from '../harness/restore/proc-maps.ts';
-import { ALL_BLOCKABLE, SIGINFO_BYTES } from '../harness/restore/signals.ts';
+import { ALL_BLOCKABLE } from '../harness/restore/signals.ts';
 import { CLONE, THREAD_CLONE_FLAGS } from '../harness/restore/threads.ts';
-import { threadXstateEntry, type ThreadState } from '../harness/restore/image-model.ts';
+import { threadXstateEntry } from '../harness/restore/image-model.ts';
 import { debugRegOffset, NT_X86_XSTATE } from '../harness/x86/registers.ts';
-import { reseal, SYNTHETIC_MAPS, syntheticImage, syntheticRegs, syntheticXstate } from './support/synthetic-image.ts';
+import { reseal, SYNTHETIC_MAPS, syntheticImage, syntheticRegs, syntheticThread as thread, syntheticThreadedImage as threaded, syntheticXstate } from './support/synthetic-image.ts';
 import { prng } from './support/prng.ts';
 
 const POLICY: RestorePolicy = { rf: 'keep-and-preserve' };
 const probe = { pid: 42, regs: syntheticRegs({ eflags: 0x202n, fs_base: 0n }), maps: parseMaps(SYNTHETIC_MAPS.split('\n').filter((l) => !l.includes('[heap]')).join('\n')) };
 const NR = { mmap: 9, munmap: 11, sigaltstack: 131, set_tid_address: 218, set_robust_list: 273, rt_tgsigqueueinfo: 297, rseq: 334, clone3: 435 } as const;
-
-/** A 128-byte siginfo for `signo` sent by tgkill from pid 42 (SI_TKILL). */
-function siginfo(signo: number): Buffer {
-  const b = Buffer.alloc(SIGINFO_BYTES);
-  b.writeInt32LE(signo, 0);
-  b.writeInt32LE(-6, 8);
-  b.writeInt32LE(42, 16);
-  return b;
-}
-
-/** Thread `tid`, its own everything: rseq area and tid words in the heap, stack in [stack]. */
-function thread(tid: number, n: number, overrides: Partial<ThreadState> = {}): ThreadState {
-  const x = syntheticXstate();
-  x.writeUInt32LE(0x1f80 | (n << 13), 24);
-  return {
-    tid,
-    regs: syntheticRegs({ rip: 0x10001300n + BigInt(n) * 0x10n, rsp: 0x7ffffffe8000n - BigInt(n) * 0x2000n, fs_base: 0x100c1000n + BigInt(n) * 0x100n, rbx: 0xb0b0n + BigInt(n) }),
-    xstate: x,
-    debugRegs: { dr0: 0n, dr1: n === 2 ? 0x100c4000n : 0n, dr2: 0n, dr3: 0n, dr6: 0xffff0ff0n, dr7: n === 2 ? 0x900004n : 0n },
-    rseq: { area: 0x100c0040n + BigInt(n) * 0x20n, size: 32, signature: 0x53053053 },
-    blocked: 1n << BigInt(9 + n),
-    altstack: n === 1 ? { sp: 0x100c2000n, flags: 0, size: 0x1000n } : { sp: 0n, flags: 2, size: 0n },
-    pending: n === 1 ? [siginfo(10)] : [],
-    clearChildTid: 0x100c3000n + BigInt(n) * 0x10n,
-    robustList: 0x100c3100n + BigInt(n) * 0x20n,
-    ...overrides,
-  };
-}
-
-/** The synthetic image with two more threads, listed ascending. */
-function threaded(overrides: Partial<CheckpointImage> = {}): CheckpointImage {
-  const image = syntheticImage({ links: { clearChildTid: 0x100c3400n, robustList: 0x100c3420n }, threads: [thread(43, 1), thread(45, 2)], ...overrides });
-  // Each thread's rseq area starts zeroed, as the main thread's: not in a critical section.
-  const heap = image.regions[2]!;
-  const bytes = Buffer.from(image.memory.get(heap.entry!)!);
-  for (const t0 of image.threads) if (t0.rseq) bytes.fill(0, Number(t0.rseq.area - heap.start), Number(t0.rseq.area - heap.start) + t0.rseq.size);
-  return { ...image, memory: new Map(image.memory).set(heap.entry!, bytes) };
-}
 
 const ops = (plan: PlanStep[]) => plan.map((s) => s.op);
 const indexOf = (plan: PlanStep[], match: (s: PlanStep) => boolean): number => plan.findIndex(match);

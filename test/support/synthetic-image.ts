@@ -1,5 +1,6 @@
 /** A small, valid checkpoint image built in memory, for unit tests of the restore core. */
-import type { TimerState } from '../../harness/restore/image-model.ts';
+import type { ThreadState, TimerState } from '../../harness/restore/image-model.ts';
+import { SIGINFO_BYTES } from '../../harness/restore/signals.ts';
 import { memoryEntryName, type CheckpointImage } from '../../harness/restore/checkpoint-image.ts';
 import type { LdtEntry } from '../../harness/restore/image-model.ts';
 import { USER_REGS_FIELDS, type UserRegs } from '../../harness/x86/registers.ts';
@@ -130,4 +131,42 @@ export function syntheticSleepImage(): CheckpointImage {
   const regs = syntheticRegs({ rax: BigInt.asUintN(64, -516n), orig_rax: 35n, rdi: 0x100b0010n, rsi: SYNTHETIC_RMTP, rip: 0x10001236n });
   const sleep = { nr: 35, rmtp: SYNTHETIC_RMTP, remainingNs: 1_500_000_000n, checkpointClockNs: 100_000_000_000n, deadlineNs: 101_500_000_000n, bootId: SYNTHETIC_BOOT_ID };
   return syntheticImage({ regs, sleep });
+}
+
+/** A 128-byte siginfo for `signo` sent by tgkill from pid 42 (SI_TKILL). */
+export function syntheticSiginfo(signo: number): Buffer {
+  const b = Buffer.alloc(SIGINFO_BYTES);
+  b.writeInt32LE(signo, 0);
+  b.writeInt32LE(-6, 8);
+  b.writeInt32LE(42, 16);
+  return b;
+}
+
+/** Thread `tid`, its own everything: rseq area and tid words in the heap, stack in [stack]. */
+export function syntheticThread(tid: number, n: number, overrides: Partial<ThreadState> = {}): ThreadState {
+  const x = syntheticXstate();
+  x.writeUInt32LE(0x1f80 | (n << 13), 24);
+  return {
+    tid,
+    regs: syntheticRegs({ rip: 0x10001300n + BigInt(n) * 0x10n, rsp: 0x7ffffffe8000n - BigInt(n) * 0x2000n, fs_base: 0x100c1000n + BigInt(n) * 0x100n, rbx: 0xb0b0n + BigInt(n) }),
+    xstate: x,
+    debugRegs: { dr0: 0n, dr1: n === 2 ? 0x100c4000n : 0n, dr2: 0n, dr3: 0n, dr6: 0xffff0ff0n, dr7: n === 2 ? 0x900004n : 0n },
+    rseq: { area: 0x100c0040n + BigInt(n) * 0x20n, size: 32, signature: 0x53053053 },
+    blocked: 1n << BigInt(9 + n),
+    altstack: n === 1 ? { sp: 0x100c2000n, flags: 0, size: 0x1000n } : { sp: 0n, flags: 2, size: 0n },
+    pending: n === 1 ? [syntheticSiginfo(10)] : [],
+    clearChildTid: 0x100c3000n + BigInt(n) * 0x10n,
+    robustList: 0x100c3100n + BigInt(n) * 0x20n,
+    ...overrides,
+  };
+}
+
+/** The synthetic image with two more threads, listed ascending. */
+export function syntheticThreadedImage(overrides: Partial<CheckpointImage> = {}): CheckpointImage {
+  const image = syntheticImage({ links: { clearChildTid: 0x100c3400n, robustList: 0x100c3420n }, threads: [syntheticThread(43, 1), syntheticThread(45, 2)], ...overrides });
+  // Each thread's rseq area starts zeroed, as the main thread's: not in a critical section.
+  const heap = image.regions[2]!;
+  const bytes = Buffer.from(image.memory.get(heap.entry!)!);
+  for (const t0 of image.threads) if (t0.rseq) bytes.fill(0, Number(t0.rseq.area - heap.start), Number(t0.rseq.area - heap.start) + t0.rseq.size);
+  return { ...image, memory: new Map(image.memory).set(heap.entry!, bytes) };
 }
