@@ -16,7 +16,7 @@ import { outcome } from '../report/verdicts.ts';
 // A kernel's single-kernel `crh run` is read back as its `--json` wrote it (RunReport).
 import { writeReports, type RunReport } from '../report/write-reports.ts';
 import { EXIT } from './exit-codes.ts';
-import { UsageError } from '../repro/usage-error.ts';
+import { UsageError } from '../errors.ts';
 import { REPO_ROOT } from '../util/cache-dir.ts';
 import { kernelFlagArgs, resolveKernelFlag } from '../flags/kernel-flags.ts';
 

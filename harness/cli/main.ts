@@ -12,11 +12,12 @@
 import { rmSync } from 'node:fs';
 import path from 'node:path';
 import { execa } from 'execa';
-import { CrhError } from '../errors.ts';
+import { CrhError, UsageError } from '../errors.ts';
 import { bootstrapHost } from '../host/bootstrap.ts';
 import { buildImage } from '../image/build.ts';
 import { resolveKernel, type GuestKernel } from '../image/kernel.ts';
 import { QemuMachine } from '../machine/machine.ts';
+import { forcedAccelerator } from '../machine/accel.ts';
 import { openGuest } from '../guest/open-guest.ts';
 import { profileRows } from '../platform/profile.ts';
 import { readTreeImage } from '../restore/tree-image.ts';
@@ -35,7 +36,6 @@ import { readBootSession, removeBootSession, sshArgs, writeBootSession } from '.
 import { reproCommand } from '../repro/command.ts';
 import { zdtmCommand } from '../zdtm/command.ts';
 import { criuCheck } from '../criu/commands.ts';
-import { UsageError } from '../repro/usage-error.ts';
 import { escapeControl } from '../util/terminal-text.ts';
 import { reportCommand, runCommand } from './run-command.ts';
 
@@ -72,7 +72,9 @@ async function bootCommand(args: string[]): Promise<number> {
   await bootstrapHost(log);
   const image = await buildImage({ kernel: await commandKernel(values), log });
   const artifactsDir = path.join(artifactsRoot(), 'boot');
-  const machine = new QemuMachine({ image, artifactsDir, name: 'crh-boot', onEvent: (e) => e.type === 'ready' && log(`ready in ${e.elapsedMs} ms`) });
+  // CRH_ACCEL, read with the other user variables (flags/run-configuration.ts), forces the accelerator here as in a run.
+  const { accel } = runConfiguration();
+  const machine = new QemuMachine({ image, artifactsDir, name: 'crh-boot', onEvent: (e) => e.type === 'ready' && log(`ready in ${e.elapsedMs} ms`), ...(accel ? { accel: await forcedAccelerator(accel) } : {}) });
   await machine.launch();
   try {
     const session = await writeBootSession(artifactsDir, { sshPort: machine.sshPort, clientKey: image.clientKey, qemuPid: machine.pid!, ownerPid: process.pid }, image.hostPublicKey);

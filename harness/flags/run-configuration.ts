@@ -78,9 +78,6 @@ const KERNEL_VARIABLES: Record<keyof typeof kernelOptions, string> = {
   modules: 'CRH_MODULES_DIR',
 };
 
-/** Every variable a person may set for a run, for the docs and for the tests that clear them. */
-export const USER_VARIABLES = [...Object.values(KERNEL_VARIABLES), 'CRH_ENGINES', 'CRH_ACCEL', 'CRH_ARTIFACTS_DIR'] as const;
-
 /** The default artifacts directory: artifacts/ in the repository. */
 export const DEFAULT_ARTIFACTS_DIR = path.join(REPO_ROOT, 'artifacts');
 
