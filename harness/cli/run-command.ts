@@ -116,10 +116,8 @@ export async function runCommand(args: string[]): Promise<number> {
   }
 
   // The run's one configuration: built and checked here, worked under here, handed to every case process as one file.
-  const configuration = configureRun(
-    { ...(runs[0]!.flags.kernel !== undefined ? { kernel: kernelChoiceFromFlags(runs[0]!.flags)! } : {}), ...(engineFlag ? { engines: engineFlag } : {}), ...(values.artifacts ? { artifactsDir: values.artifacts } : {}) },
-    process.env,
-  );
+  const kernelFlag = kernelChoiceFromFlags(runs[0]!.flags);
+  const configuration = configureRun({ ...(kernelFlag ? { kernel: kernelFlag } : {}), ...(engineFlag ? { engines: engineFlag } : {}), ...(values.artifacts ? { artifactsDir: values.artifacts } : {}) }, process.env);
   adoptRunConfiguration(configuration);
   const { engines, artifactsDir: artifacts, verdictsFile } = configuration;
   const startedMs = Date.now();
