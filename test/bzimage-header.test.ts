@@ -8,7 +8,8 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { kernelLabel, kernelRuns } from '../harness/cli/kernel-matrix.ts';
 import { parseBzImageHeader, SETUP_MAX_BYTES } from '../harness/image/bzimage-header.ts';
-import { kernelFromEnvironment, splitKernelSpec, userKernel } from '../harness/image/kernel.ts';
+import { resolveKernel, splitKernelSpec, userKernel } from '../harness/image/kernel.ts';
+import { configurationFromUserEnvironment } from '../harness/flags/run-configuration.ts';
 import { describeKernelIdentity, formatKernelMatrix } from '../harness/report/kernel-matrix.ts';
 import { cacheDir } from '../harness/util/cache-dir.ts';
 import { sha256 } from '../harness/util/hash.ts';
@@ -97,7 +98,7 @@ t.test('--kernel NAME=PATH labels a kernel; identities tell builds at one path a
   const dir = await mkdtemp(path.join(tmpdir(), 'crh-bzimage-'));
   const file = path.join(dir, 'bzImage');
   await writeFile(file, header('6.1.0-crh-patched (me@host) #2 SMP'));
-  const kernel = await kernelFromEnvironment({ CRH_KERNEL: `patched=${file}` });
+  const kernel = await resolveKernel(configurationFromUserEnvironment({ CRH_KERNEL: `patched=${file}` }).kernel);
   t.equal(kernel?.label, 'patched');
   t.equal(kernel?.release, '6.1.0-crh-patched', 'release from the header, not "bzImage"');
   await writeFile(file, Buffer.alloc(4096));

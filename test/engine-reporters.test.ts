@@ -18,6 +18,7 @@ import { engineOf, formatVerdictTable, outcome, readVerdicts, witnessLines, type
 import { machineReport, mergeReports } from '../harness/report/write-reports.ts';
 import { enginesRecorded, recordRow, withFailedAssertions } from '../harness/testing/verdict-rows.ts';
 import { CRIU_GAPS, POLICY_NOT_FOR_CRIU } from '../harness/criu/known-gaps.ts';
+import { adoptRunConfiguration } from '../harness/flags/run-configuration.ts';
 
 const SCENARIO = 'hw breakpoint, checkpoint at hit 2 (RF=1)';
 const base = { case: 'hwbreak-rf', scenario: SCENARIO, expected: '5 hits, 3 #DB after restore', control: false } as const;
@@ -137,11 +138,9 @@ t.test('side by side: one column per engine, the reason under every cell that is
 
 t.test('recordRow notes the engines a case process recorded (what guest-fixture checks for a SKIP row)', async (t) => {
   const dir = await mkdtemp(path.join(tmpdir(), 'crh-engine-rows-'));
-  const before = process.env.CRH_VERDICTS_FILE;
-  process.env.CRH_VERDICTS_FILE = path.join(dir, 'verdicts.jsonl');
+  // This process's run configuration, as crh run's case processes have theirs: the rows go to dir.
+  adoptRunConfiguration({ engines: ['crh', 'criu'], artifactsDir: dir, verdictsFile: path.join(dir, 'verdicts.jsonl') });
   t.teardown(async () => {
-    if (before === undefined) delete process.env.CRH_VERDICTS_FILE;
-    else process.env.CRH_VERDICTS_FILE = before;
     await rm(dir, { recursive: true, force: true });
   });
   const teardowns: Array<() => unknown> = [];
@@ -152,5 +151,5 @@ t.test('recordRow notes the engines a case process recorded (what guest-fixture 
   recordRow(scope, criuRearmed);
   t.same([...enginesRecorded()].sort(), ['crh', 'criu']);
   for (const fn of teardowns) fn();
-  t.same(readVerdicts(process.env.CRH_VERDICTS_FILE).map((v) => v.engine), ['crh', 'criu'], 'both rows written at the scope\'s end');
+  t.same(readVerdicts(path.join(dir, 'verdicts.jsonl')).map((v) => v.engine), ['crh', 'criu'], 'both rows written at the scope\'s end');
 });

@@ -2,7 +2,7 @@
 // 1 (a failed verdict row, a run that tested nothing), 2 (every kind of refused command line on every subcommand, no stack
 // trace), 69 (a kernel that cannot be had). 69 from a guest lost mid-run is test/guest-loss.test.ts.
 import t from 'tap';
-import { mkdtemp, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { execa } from 'execa';
@@ -103,9 +103,10 @@ t.test('exit 1 and 0 from crh verdicts --check: a failed row fails, rows that ar
   const dir = await mkdtemp(path.join(tmpdir(), 'crh-exit-verdicts-'));
   const row = (over: Record<string, unknown>): string => JSON.stringify({ case: 'c', scenario: 's', policy: 'p', control: false, expected: 'pass', observed: 'pass', pass: true, ...over });
   const check = async (name: string, rows: string[]): Promise<{ exitCode: number | undefined; stderr: string }> => {
-    const file = path.join(dir, `${name}.jsonl`);
-    await writeFile(file, rows.map((r) => `${r}\n`).join(''));
-    return crhRun(['verdicts', '--check'], { CRH_VERDICTS_FILE: file });
+    const artifacts = path.join(dir, name);
+    await mkdir(artifacts, { recursive: true });
+    await writeFile(path.join(artifacts, 'verdicts.jsonl'), rows.map((r) => `${r}\n`).join(''));
+    return crhRun(['verdicts', '--check'], { CRH_ARTIFACTS_DIR: artifacts });
   };
   t.equal((await check('pass', [row({}), row({ skipped: 'lacks CONFIG_X', pass: false })])).exitCode, EXIT.ok, 'a pass beside a skip: 0');
   t.equal((await check('fail', [row({}), row({ observed: 'fail', pass: false })])).exitCode, EXIT.failed, 'a failed row: 1');

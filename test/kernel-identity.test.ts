@@ -7,7 +7,8 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { execa } from 'execa';
 import { kernelIdentity } from '../harness/cli/kernel-identity.ts';
-import { kernelFromEnvironment } from '../harness/image/kernel.ts';
+import { resolveKernel } from '../harness/image/kernel.ts';
+import { configurationFromUserEnvironment } from '../harness/flags/run-configuration.ts';
 import { REPO_ROOT } from '../harness/util/cache-dir.ts';
 import { sha256 } from '../harness/util/hash.ts';
 import { syntheticBzImage } from './support/synthetic-bzimage.ts';
@@ -30,7 +31,7 @@ t.test('identity of a user kernel: label, release, image and config hashes', asy
   process.env.CRH_CACHE_DIR = path.join(dir, 'cache');
   t.teardown(() => void delete process.env.CRH_CACHE_DIR);
   const { file, bytes } = await kernelWithVersion(dir, '6.1.0-crh-rf (me@host) #7 SMP');
-  const kernel = (await kernelFromEnvironment({ CRH_KERNEL: `patched=${file}` }))!;
+  const kernel = (await resolveKernel(configurationFromUserEnvironment({ CRH_KERNEL: `patched=${file}` }).kernel))!;
   const id = await kernelIdentity(kernel);
   t.match(id, { label: 'patched', release: '6.1.0-crh-rf', kernelVersion: '6.1.0-crh-rf (me@host) #7 SMP', origin: `file:${file}`, sha256: sha256(bytes), configSha256: sha256(CONFIG) });
   t.match(id.configSource, /IKCONFIG embedded in the bzImage/);

@@ -10,6 +10,7 @@ import { parseKernelConfig } from '../harness/platform/kernel-config.ts';
 import { decideRequirements } from '../harness/platform/kernel-requirements.ts';
 import { readVerdicts } from '../harness/report/verdicts.ts';
 import { EVERY_CASE_NEEDS, recordSkip } from '../harness/testing/kernel-needs.ts';
+import { adoptRunConfiguration } from '../harness/flags/run-configuration.ts';
 
 const config = parseKernelConfig('CONFIG_RSEQ=y\nCONFIG_VIRTIO_NET=m\n# CONFIG_USERFAULTFD is not set\nCONFIG_HZ=250\n');
 const known = { config, source: '/boot/config-test' };
@@ -33,8 +34,9 @@ t.test('the skip decision', async (t) => {
 });
 
 t.test('a skipped case leaves one skip row naming the option', async (t) => {
-  process.env.CRH_VERDICTS_FILE = path.join(await mkdtemp(path.join(tmpdir(), 'crh-skip-')), 'verdicts.jsonl');
-  t.teardown(() => void delete process.env.CRH_VERDICTS_FILE);
+  // This process's run configuration, as crh run's case processes have theirs: the rows go to a fresh directory.
+  const dir = await mkdtemp(path.join(tmpdir(), 'crh-skip-'));
+  adoptRunConfiguration({ engines: ['crh'], artifactsDir: dir, verdictsFile: path.join(dir, 'verdicts.jsonl') });
   recordSkip('rseq', decideRequirements(known, ['CONFIG_VIRTIO_NET', 'CONFIG_USERFAULTFD']));
   const [row, ...rest] = readVerdicts();
   t.same(rest, []);

@@ -9,12 +9,15 @@ import { htmlReport } from '../harness/report/html.ts';
 import { junitXml } from '../harness/report/junit.ts';
 import { formatVerdictTable, readVerdicts, type Verdict } from '../harness/report/verdicts.ts';
 import { withFailedAssertions } from '../harness/testing/verdict-rows.ts';
+import { handDown } from './support/run-configuration.ts';
 
 const FIXTURE = path.join(import.meta.dirname, 'fixtures', 'verdict-rows', 'scoped-rows.test.ts');
 
 t.test('rows from a real tap run carry their scope\'s failures and restores', async (t) => {
-  const file = path.join(mkdtempSync(path.join(tmpdir(), 'crh-rows-')), 'verdicts.jsonl');
-  const run = await execa(process.execPath, ['--import=tsx', FIXTURE], { env: { CRH_VERDICTS_FILE: file }, reject: false });
+  const dir = mkdtempSync(path.join(tmpdir(), 'crh-rows-'));
+  const file = path.join(dir, 'artifacts', 'verdicts.jsonl');
+  // Run as crh run runs a case: its configuration handed down in one file.
+  const run = await execa(process.execPath, ['--import=tsx', FIXTURE], { env: await handDown(dir), reject: false });
   t.not(run.exitCode, 0, 'the fixture\'s tap run fails (it has failing assertions)');
   const rows = readVerdicts(file);
   t.same(rows.map((r) => [r.policy, r.pass]), [['restorer=ptrace regs=full', false], ['restorer=sigreturn regs=full', true], ['first', true], ['second', false]], 'each row FAIL exactly when its own scope failed');

@@ -6,7 +6,7 @@
 import { existsSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { writeFileAtomic } from '../util/atomic-write.ts';
-import { UsageError } from '../repro/usage-error.ts';
+import { UsageError } from '../errors.ts';
 
 export interface BootSession {
   sshPort: number;

@@ -10,7 +10,7 @@
 import type { GuestKernel } from '../image/kernel.ts';
 import { guestKernelConfig, KernelConfigConflictError } from '../platform/guest-kernel-config.ts';
 import type { KernelIdentity } from '../report/kernel-matrix.ts';
-import { UsageError } from '../repro/usage-error.ts';
+import { UsageError } from '../errors.ts';
 
 /** The identity of `kernel` for the JSON report and the side-by-side header. */
 export async function kernelIdentity(kernel: GuestKernel): Promise<KernelIdentity> {

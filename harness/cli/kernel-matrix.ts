@@ -11,11 +11,12 @@ import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
 import { DEBIAN_KERNEL_PREFIX, splitKernelSpec } from '../image/kernel.ts';
-import type { InfraFailure } from '../report/infra-failures.ts';
-import { junitXml } from '../report/junit.ts';
-import { describeKernelIdentity, formatKernelMatrix, type KernelColumn, type KernelIdentity } from '../report/kernel-matrix.ts';
-import { outcome, type Verdict } from '../report/verdicts.ts';
-import { UsageError } from '../repro/usage-error.ts';
+import { describeKernelIdentity, formatKernelMatrix, type KernelColumn } from '../report/kernel-matrix.ts';
+import { outcome } from '../report/verdicts.ts';
+// A kernel's single-kernel `crh run` is read back as its `--json` wrote it (RunReport).
+import { writeReports, type RunReport } from '../report/write-reports.ts';
+import { EXIT } from './exit-codes.ts';
+import { UsageError } from '../errors.ts';
 import { REPO_ROOT } from '../util/cache-dir.ts';
 import { kernelFlagArgs, resolveKernelFlag } from '../flags/kernel-flags.ts';
 
@@ -108,12 +109,6 @@ export interface KernelOutcome extends KernelColumn {
   exitCode: number;
 }
 
-/** A kernel's single-kernel `crh run`, reported as `--json` writes it. */
-interface RunReport {
-  kernel?: KernelIdentity;
-  verdicts: Verdict[];
-  infrastructureFailures: InfraFailure[];
-}
 
 /** Runs the suite once per kernel and prints the side-by-side table; resolves to the exit code. */
 export async function runKernelMatrix(o: MatrixOptions): Promise<{ exitCode: number; outcomes: KernelOutcome[] }> {
@@ -151,15 +146,15 @@ export async function runKernelMatrix(o: MatrixOptions): Promise<{ exitCode: num
     // One testsuite per kernel and case: the case name carries the kernel's label.
     const verdicts = outcomes.flatMap((c) => c.verdicts.map((v) => ({ ...v, case: `${c.label}/${v.case}` })));
     const infra = outcomes.flatMap((c) => c.infra.map((f) => ({ ...f, case: `${c.label}/${f.case}` })));
-    await writeFile(o.junit, junitXml(verdicts, infra));
+    await writeReports({ verdicts, infrastructureFailures: infra }, { junit: o.junit }, { artifactsRoot: o.artifactsRoot, sinceMs: 0 });
   }
   return { exitCode: matrixExitCode(outcomes), outcomes };
 }
 
 /** 69 when any kernel's run hit the infrastructure (a kernel that cannot boot included), else 2 for a usage error, else 1 when any case failed anywhere, else 0. */
 export function matrixExitCode(outcomes: readonly Pick<KernelOutcome, 'exitCode' | 'verdicts' | 'infra'>[]): number {
-  if (outcomes.some((c) => c.exitCode === 69 || c.infra.length > 0)) return 69;
-  if (outcomes.some((c) => c.exitCode === 2)) return 2;
-  if (outcomes.some((c) => c.exitCode !== 0 || c.verdicts.some((v) => outcome(v) === 'FAIL'))) return 1;
-  return 0;
+  if (outcomes.some((c) => c.exitCode === EXIT.infra || c.infra.length > 0)) return EXIT.infra;
+  if (outcomes.some((c) => c.exitCode === EXIT.usage)) return EXIT.usage;
+  if (outcomes.some((c) => c.exitCode !== EXIT.ok || c.verdicts.some((v) => outcome(v) === 'FAIL'))) return EXIT.failed;
+  return EXIT.ok;
 }

@@ -12,14 +12,14 @@
 import { rmSync } from 'node:fs';
 import path from 'node:path';
 import { execa } from 'execa';
-import { CrhError } from '../errors.ts';
+import { CrhError, UsageError } from '../errors.ts';
 import { bootstrapHost } from '../host/bootstrap.ts';
 import { buildImage } from '../image/build.ts';
-import { kernelFromEnvironment } from '../image/kernel.ts';
+import { resolveKernel, type GuestKernel } from '../image/kernel.ts';
 import { QemuMachine } from '../machine/machine.ts';
-import { launchMachine } from '../machine/fast-start.ts';
-import { AgentClient } from '../agent/client.ts';
-import { platformProfile, profileRows } from '../platform/profile.ts';
+import { forcedAccelerator } from '../machine/accel.ts';
+import { openGuest } from '../guest/open-guest.ts';
+import { profileRows } from '../platform/profile.ts';
 import { readTreeImage } from '../restore/tree-image.ts';
 import { dryRunTreePlan } from '../restore/tree-dry-run.ts';
 import { dryRunPlan, formatPlan } from '../restore/dry-run.ts';
@@ -29,17 +29,22 @@ import { artifactsRoot, formatVerdictTable, outcome, readVerdicts, verdictsFile 
 import { EXIT, verdictsExitCode } from './exit-codes.ts';
 import { installSignalCleanup } from '../util/cleanup.ts';
 import { isInfraFailure } from '../report/infra-failures.ts';
-import { applyKernelOptions } from '../flags/kernel-flags.ts';
+import { kernelChoiceFromFlags } from '../flags/kernel-flags.ts';
+import { runConfiguration } from '../flags/run-configuration.ts';
 import { COMMANDS, CRH_USAGE, isCommand, parseCommandLine, usageError, wantsHelp } from './command-line.ts';
 import { readBootSession, removeBootSession, sshArgs, writeBootSession } from './boot-session.ts';
 import { reproCommand } from '../repro/command.ts';
 import { zdtmCommand } from '../zdtm/command.ts';
 import { criuCheck } from '../criu/commands.ts';
-import { UsageError } from '../repro/usage-error.ts';
 import { escapeControl } from '../util/terminal-text.ts';
 import { reportCommand, runCommand } from './run-command.ts';
 
 const log = (line: string): void => void process.stderr.write(`crh: ${line}\n`);
+
+/** The kernel a command's --kernel flags choose, else the one CRH_KERNEL names, else undefined (the recipe's default). */
+function commandKernel(values: Record<string, string | boolean | string[] | undefined>): Promise<GuestKernel | undefined> {
+  return resolveKernel(kernelChoiceFromFlags(values) ?? runConfiguration().kernel, log);
+}
 
 
 async function bootstrapCommand(args: string[]): Promise<number> {
@@ -54,9 +59,8 @@ async function imageCommand(args: string[]): Promise<number> {
   const parsed = parseCommandLine(COMMANDS.image, args);
   if (!parsed) return EXIT.ok;
   const { values } = parsed;
-  applyKernelOptions(values);
   await bootstrapHost(log);
-  const image = await buildImage({ kernel: await kernelFromEnvironment(), log });
+  const image = await buildImage({ kernel: await commandKernel(values), log });
   process.stdout.write(`${JSON.stringify({ key: image.key, dir: image.dir, kernel: image.kernel.bzImage, initramfs: image.initramfs, origin: image.kernel.origin }, null, 2)}\n`);
   return EXIT.ok;
 }
@@ -65,11 +69,12 @@ async function bootCommand(args: string[]): Promise<number> {
   const parsed = parseCommandLine(COMMANDS.boot, args);
   if (!parsed) return EXIT.ok;
   const { values } = parsed;
-  applyKernelOptions(values);
   await bootstrapHost(log);
-  const image = await buildImage({ kernel: await kernelFromEnvironment(), log });
+  const image = await buildImage({ kernel: await commandKernel(values), log });
   const artifactsDir = path.join(artifactsRoot(), 'boot');
-  const machine = new QemuMachine({ image, artifactsDir, name: 'crh-boot', onEvent: (e) => e.type === 'ready' && log(`ready in ${e.elapsedMs} ms`) });
+  // CRH_ACCEL, read with the other user variables (flags/run-configuration.ts), forces the accelerator here as in a run.
+  const { accel } = runConfiguration();
+  const machine = new QemuMachine({ image, artifactsDir, name: 'crh-boot', onEvent: (e) => e.type === 'ready' && log(`ready in ${e.elapsedMs} ms`), ...(accel ? { accel: await forcedAccelerator(accel) } : {}) });
   await machine.launch();
   try {
     const session = await writeBootSession(artifactsDir, { sshPort: machine.sshPort, clientKey: image.clientKey, qemuPid: machine.pid!, ownerPid: process.pid }, image.hostPublicKey);
@@ -136,33 +141,27 @@ async function doctorCommand(args: string[]): Promise<number> {
   const { values } = parsed;
   const engine = values.engine ?? 'crh';
   if (engine !== 'crh' && engine !== 'criu') throw usageError(COMMANDS.doctor, `--engine takes crh or criu, not ${JSON.stringify(engine)}`);
-  applyKernelOptions(values);
   await bootstrapHost(log);
-  const image = await buildImage({ kernel: await kernelFromEnvironment(), log, criu: engine === 'criu' });
-  const machine = await launchMachine({ image, artifactsDir: path.join(artifactsRoot(), 'doctor') });
+  // Opened as every command and case opens its guest (guest/open-guest.ts), the profile measured anew.
+  const kernel = kernelChoiceFromFlags(values);
+  const guest = await openGuest({ artifactsDir: path.join(artifactsRoot(), 'doctor'), log, freshProfile: true, ...(kernel ? { kernel } : {}), ...(engine === 'criu' ? { criu: true } : {}) });
   try {
-    const { client: agent } = await AgentClient.open(await machine.ssh.transport(image.guestPaths['crh-agent']!));
-    agent.failWhen(machine.failure);
-    try {
-      const profile = await platformProfile({ image, machine, agent, log }, { fresh: true });
-      const criu = image.criu ? { ...image.criu, ...(await criuCheck((command) => machine.ssh.exec(command), image.criu.command)) } : undefined;
-      if (values.json) {
-        process.stdout.write(`${JSON.stringify(criu ? { ...profile, criu } : profile, null, 2)}\n`);
-      } else {
-        const rows = profileRows(profile);
-        if (criu) rows.push(['criu', `${criu.version} (Debian ${criu.suite} package ${image.criu!.version}): criu check ${criu.ok ? 'ok' : 'FAILED'}`], ['criu check', escapeControl(criu.output.split('\n').slice(-3).join(' | '))]);
-        const width = Math.max(...rows.map(([k]) => k.length));
-        process.stdout.write(`${rows.map(([k, v]) => `${k.padEnd(width)}  ${v}`).join('\n')}\n`);
-      }
-      if (criu && !criu.ok) {
-        log(`criu check failed in the guest:\n${escapeControl(criu.output)}`);
-        return EXIT.failed;
-      }
-    } finally {
-      await agent.close();
+    const { image, machine, profile } = guest;
+    const criu = image.criu ? { ...image.criu, ...(await criuCheck((command) => machine.ssh.exec(command), image.criu.command)) } : undefined;
+    if (values.json) {
+      process.stdout.write(`${JSON.stringify(criu ? { ...profile, criu } : profile, null, 2)}\n`);
+    } else {
+      const rows = profileRows(profile);
+      if (criu) rows.push(['criu', `${criu.version} (Debian ${criu.suite} package ${image.criu!.version}): criu check ${criu.ok ? 'ok' : 'FAILED'}`], ['criu check', escapeControl(criu.output.split('\n').slice(-3).join(' | '))]);
+      const width = Math.max(...rows.map(([k]) => k.length));
+      process.stdout.write(`${rows.map(([k, v]) => `${k.padEnd(width)}  ${v}`).join('\n')}\n`);
+    }
+    if (criu && !criu.ok) {
+      log(`criu check failed in the guest:\n${escapeControl(criu.output)}`);
+      return EXIT.failed;
     }
   } finally {
-    await machine.shutdown();
+    await guest.close();
   }
   return EXIT.ok;
 }

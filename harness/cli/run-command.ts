@@ -10,7 +10,7 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { bootstrapHost } from '../host/bootstrap.ts';
 import { buildImage } from '../image/build.ts';
-import { kernelFromEnvironment } from '../image/kernel.ts';
+import { resolveKernel } from '../image/kernel.ts';
 import { profileRows, type PlatformProfile } from '../platform/profile.ts';
 import { caseLine, ConsoleReporter, summary } from '../report/console-reporter.ts';
 import { readInfraFailures, recordInfraFailure } from '../report/infra-failures.ts';
@@ -19,12 +19,13 @@ import { casesOfShard, parseShard } from '../report/shard.ts';
 import { artifactsRoot, formatVerdictTable, readVerdicts, type Verdict } from '../report/verdicts.ts';
 import { machineReport, mergeReports, REPORTERS, tapStream, writeReports, type Reporter, type RunReport } from '../report/write-reports.ts';
 import { caseName, runCasePool, type CaseEvent } from '../run/case-pool.ts';
-import { ENGINES_ENV, parseEngines } from '../flags/engine-flags.ts';
+import { parseEngines } from '../flags/engine-flags.ts';
+import { adoptRunConfiguration, configureRun, RUN_CONFIGURATION_ENV, RUN_CONFIGURATION_FILE, writeRunConfiguration } from '../flags/run-configuration.ts';
 import { formatEngineSideBySide } from '../report/engine-matrix.ts';
 import { REPO_ROOT } from '../util/cache-dir.ts';
 import { COMMANDS, parseCommandLine, usageError } from './command-line.ts';
 import { EXIT, verdictsExitCode } from './exit-codes.ts';
-import { applyKernelOptions } from '../flags/kernel-flags.ts';
+import { kernelChoiceFromFlags } from '../flags/kernel-flags.ts';
 import { checkKernelConfig, kernelIdentity } from './kernel-identity.ts';
 import { kernelRuns, runKernelMatrix } from './kernel-matrix.ts';
 
@@ -80,9 +81,9 @@ export async function runCommand(args: string[]): Promise<number> {
   } catch (error) {
     throw usageError(COMMANDS.run, `--grep: ${(error as Error).message}`);
   }
-  let engines: ReturnType<typeof parseEngines>;
+  let engineFlag: ReturnType<typeof parseEngines> | undefined;
   try {
-    engines = parseEngines(values.engine ?? 'crh');
+    engineFlag = values.engine === undefined ? undefined : parseEngines(values.engine);
   } catch (error) {
     throw usageError(COMMANDS.run, (error as Error).message);
   }
@@ -93,7 +94,7 @@ export async function runCommand(args: string[]): Promise<number> {
   if (runs.length > 1) {
     if (values.html) throw usageError(COMMANDS.run, '--html names one file: with several kernels each kernel has its report in <artifacts>/<kernel>/report.html');
     if (reporter !== 'people' || values.ktap) throw usageError(COMMANDS.run, '--reporter and --ktap go with one kernel: with several, each kernel has its reports in <artifacts>/<kernel>/');
-    const passThrough = [...(values.grep ? ['--grep', values.grep] : []), ...(values.jobs ? ['--jobs', values.jobs] : []), ...(values.shard ? ['--shard', values.shard] : []), ...(values.cases ? ['--cases', path.resolve(values.cases)] : []), ...(values.engine ? ['--engine', engines.join(',')] : [])];
+    const passThrough = [...(values.grep ? ['--grep', values.grep] : []), ...(values.jobs ? ['--jobs', values.jobs] : []), ...(values.shard ? ['--shard', values.shard] : []), ...(values.cases ? ['--cases', path.resolve(values.cases)] : []), ...(engineFlag ? ['--engine', engineFlag.join(',')] : [])];
     const junit = values.junit ? path.resolve(values.junit) : undefined;
     const json = values.json ? path.resolve(values.json) : undefined;
     const root = values.artifacts ? path.resolve(values.artifacts) : artifactsRoot();
@@ -114,9 +115,11 @@ export async function runCommand(args: string[]): Promise<number> {
     if (cases.length === 0) throw usageError(COMMANDS.run, `shard ${shard.index}/${shard.count} is empty: ${shard.count} shards for fewer case files`);
   }
 
-  applyKernelOptions(runs[0]!.flags);
-  if (values.artifacts) process.env.CRH_ARTIFACTS_DIR = path.resolve(values.artifacts);
-  const artifacts = artifactsRoot();
+  // The run's one configuration: built and checked here, worked under here, handed to every case process as one file.
+  const kernelFlag = kernelChoiceFromFlags(runs[0]!.flags);
+  const configuration = configureRun({ ...(kernelFlag ? { kernel: kernelFlag } : {}), ...(engineFlag ? { engines: engineFlag } : {}), ...(values.artifacts ? { artifactsDir: values.artifacts } : {}) }, process.env);
+  adoptRunConfiguration(configuration);
+  const { engines, artifactsDir: artifacts, verdictsFile } = configuration;
   const startedMs = Date.now();
   const files = {
     html: path.resolve(values.html ?? path.join(artifacts, 'report.html')),
@@ -124,21 +127,19 @@ export async function runCommand(args: string[]): Promise<number> {
     ...(values.json ? { json: path.resolve(values.json) } : {}),
     ...(values.ktap ? { ktap: path.resolve(values.ktap) } : {}),
   };
-  // The cases read the engines as they read the kernel flags: from the environment crh run hands them.
-  process.env[ENGINES_ENV] = engines.join(',');
-  process.env.CRH_VERDICTS_FILE = path.join(artifacts, 'verdicts.jsonl');
-  rmSync(process.env.CRH_VERDICTS_FILE, { force: true });
-  rmSync(path.join(artifacts, 'infra-failures.jsonl'), { force: true });
+  rmSync(verdictsFile, { force: true });
+  rmSync(path.join(path.dirname(verdictsFile), 'infra-failures.jsonl'), { force: true });
+  const configurationFile = await writeRunConfiguration(configuration, path.join(artifacts, RUN_CONFIGURATION_FILE));
 
   await bootstrapHost(log);
   // Build once up front so the cases (run in parallel) find it cached; a
   // kernel or image that cannot be had is infrastructure, reported as such.
-  await checkKernelConfig(() => kernelFromEnvironment(process.env));
+  await checkKernelConfig(() => resolveKernel(configuration.kernel));
   let kernel: KernelIdentity | undefined;
   let criu: { version: string; suite: string } | undefined;
   try {
     // With criu among the engines every case boots the image variant with CRIU (built once here, then cached).
-    const image = await buildImage({ kernel: await kernelFromEnvironment(process.env, log), log, ...(engines.includes('criu') ? { criu: true } : {}) });
+    const image = await buildImage({ kernel: await resolveKernel(configuration.kernel, log), log, ...(engines.includes('criu') ? { criu: true } : {}) });
     log(`guest image ${image.key} (${image.kernel.origin})${image.criu ? `, CRIU ${image.criu.version} from Debian ${image.criu.suite}` : ''}`);
     criu = image.criu;
     kernel = await kernelIdentity(image.kernel);
@@ -167,7 +168,7 @@ export async function runCommand(args: string[]): Promise<number> {
       tapDir: path.join(artifacts, 'tap'),
       cwd: REPO_ROOT,
       // tap's own per-file bound (30 s when a test file runs as a plain program) matches ours.
-      env: { ...process.env, TAP_TIMEOUT: String(CASE_TIMEOUT_MS / 1000) },
+      env: { ...process.env, [RUN_CONFIGURATION_ENV]: configurationFile, TAP_TIMEOUT: String(CASE_TIMEOUT_MS / 1000) },
       timeoutMs: CASE_TIMEOUT_MS,
       onEvent: (event) => {
         if (event.type === 'end') ended.push(event);

@@ -1,12 +1,10 @@
 /**
  * Which checkpoint/restore engines a `crh run` puts the cases through —
- * crh's restore core, CRIU in the guest, or both side by side — and how the
- * choice reaches the case processes: as CRH_ENGINES, the way the kernel
- * flags reach them as CRH_KERNEL and friends (cli/kernel-flags.ts).
+ * crh's restore core, CRIU in the guest, or both side by side. The choice
+ * reaches the case processes in the run configuration (run-configuration.ts).
  */
 import { ENGINES, type Engine } from '../report/verdicts.ts';
-
-export const ENGINES_ENV = 'CRH_ENGINES';
+import { runConfiguration } from './run-configuration.ts';
 
 /** What a run without --engine runs. */
 export const DEFAULT_ENGINES: readonly Engine[] = ['crh'];
@@ -23,8 +21,7 @@ export function parseEngines(text: string): Engine[] {
   return ENGINES.filter((e) => names.includes(e));
 }
 
-/** The engines this case process runs, from CRH_ENGINES (set by crh run); crh alone when unset. */
-export function runEngines(env: NodeJS.ProcessEnv = process.env): Engine[] {
-  const text = env[ENGINES_ENV];
-  return text === undefined || text === '' ? [...DEFAULT_ENGINES] : parseEngines(text);
+/** The engines this case process runs: its run configuration's (crh alone unless crh run or CRH_ENGINES said otherwise). */
+export function runEngines(): Engine[] {
+  return runConfiguration().engines;
 }

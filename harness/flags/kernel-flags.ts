@@ -1,6 +1,6 @@
-/** The kernel switches every command that boots a guest takes, and how they reach the cases. */
+/** The kernel switches every command that boots a guest takes, and the kernel choice they make. */
 import path from 'node:path';
-import { DEBIAN_KERNEL_PREFIX, splitDebianSpec, splitKernelSpec } from '../image/kernel.ts';
+import { DEBIAN_KERNEL_PREFIX, splitDebianSpec, splitKernelSpec, type KernelChoice } from '../image/kernel.ts';
 import { DEBIAN_SUITE } from '../image/private-apt.ts';
 import { UsageError } from '../errors.ts';
 
@@ -13,24 +13,30 @@ export const kernelOptions = {
 
 export const KERNEL_USAGE = '[--kernel BZIMAGE|debian:PACKAGE[@SUITE] [--system-map FILE] [--kernel-config FILE] [--modules DIR]]';
 
-const ENVIRONMENT: Record<keyof typeof kernelOptions, string> = {
-  kernel: 'CRH_KERNEL',
-  'system-map': 'CRH_SYSTEM_MAP',
-  'kernel-config': 'CRH_KERNEL_CONFIG',
-  modules: 'CRH_MODULES_DIR',
-};
+const KERNEL_FLAGS = Object.keys(kernelOptions) as (keyof typeof kernelOptions)[];
 
-/** Kernel flags become the CRH_* variables that cases (separate processes) and the image builder read. */
-export function applyKernelOptions(values: Record<string, string | boolean | string[] | undefined>): void {
-  for (const [flag, env] of Object.entries(ENVIRONMENT)) {
+/**
+ * The kernel the flags choose, checked and made absolute (resolveKernelFlag);
+ * undefined without --kernel (the recipe's default kernel; companion files
+ * alone choose nothing, as they always have).
+ */
+export function kernelChoiceFromFlags(values: Partial<Record<string, string | boolean | string[] | undefined>>): KernelChoice | undefined {
+  const text = (flag: keyof typeof kernelOptions): string | undefined => {
     const value = values[flag];
-    if (typeof value === 'string') process.env[env] = resolveKernelFlag(flag, value);
-  }
+    return typeof value === 'string' ? resolveKernelFlag(flag, value) : undefined;
+  };
+  const kernel = text('kernel');
+  const systemMap = text('system-map');
+  const config = text('kernel-config');
+  const modulesDir = text('modules');
+  if (kernel === undefined) return undefined;
+  const { label, spec } = splitKernelSpec(kernel);
+  return { spec, ...(label ? { label } : {}), ...(systemMap ? { systemMap } : {}), ...(config ? { config } : {}), ...(modulesDir ? { modulesDir } : {}) };
 }
 
 /** The kernel flags as given (absolute paths), to repeat them in a command line. */
 export function kernelFlagArgs(values: Record<string, string | boolean | string[] | undefined>): string[] {
-  return Object.keys(ENVIRONMENT).flatMap((flag) => {
+  return KERNEL_FLAGS.flatMap((flag) => {
     const value = values[flag];
     return typeof value === 'string' ? [`--${flag}`, resolveKernelFlag(flag, value)] : [];
   });

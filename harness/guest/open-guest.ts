@@ -10,7 +10,9 @@ import { BulkChannel } from '../agent/bulk-channel.ts';
 import { writeFileAtomic } from '../util/atomic-write.ts';
 import type { HelloResult } from '../agent/ops.ts';
 import { buildImage, type GuestImage } from '../image/build.ts';
-import { kernelFromEnvironment } from '../image/kernel.ts';
+import { resolveKernel, type KernelChoice } from '../image/kernel.ts';
+import { forcedAccelerator } from '../machine/accel.ts';
+import { runConfiguration } from '../flags/run-configuration.ts';
 import type { MachineEvent, QemuMachine } from '../machine/machine.ts';
 import { launchMachine } from '../machine/fast-start.ts';
 import { BULK_PORT_NAME, shellQuote } from '../machine/qemu-args.ts';
@@ -53,15 +55,20 @@ export interface OpenGuestOptions {
   criu?: boolean;
   /** the QEMU CPU model (`-cpu`), e.g. `max,-avx`: a guest to restore in elsewhere (default: host under KVM, max under TCG) */
   cpuModel?: string;
-  /** a --kernel value (a bzImage, debian:PACKAGE[@SUITE]) instead of the one the environment (CRH_KERNEL) names */
-  kernel?: string;
+  /** a kernel instead of the run configuration's (a command's --kernel, a restore guest's other kernel) */
+  kernel?: KernelChoice;
+  /** measure the platform profile anew rather than take the cached one (crh doctor) */
+  freshProfile?: boolean;
 }
 
 /** Builds (or finds) the image, launches a machine and opens the agent; on any failure what was started is released. */
 export async function openGuest(options: OpenGuestOptions): Promise<OpenedGuest> {
   const log = options.log ?? (() => {});
-  const kernel = options.kernel !== undefined ? await kernelFromEnvironment({ CRH_KERNEL: options.kernel }, log) : await kernelFromEnvironment();
+  const configuration = runConfiguration();
+  const kernel = await resolveKernel(options.kernel ?? configuration.kernel, log);
   const image = await buildImage({ kernel, log, ...(options.criu ? { criu: true } : {}) });
+  // A forced accelerator is given as the choice (no probe, no fallback); otherwise the machine decides by evidence.
+  const accel = configuration.accel ? await forcedAccelerator(configuration.accel) : undefined;
   const progress = (event: MachineEvent): void => {
     if (event.type === 'launch') log(`launch ${event.name} (${event.accel.accel}: ${event.accel.reason})`);
     else if (event.type === 'ready') log(`${event.name} ready in ${event.elapsedMs} ms`);
@@ -83,7 +90,7 @@ export async function openGuest(options: OpenGuestOptions): Promise<OpenedGuest>
     // Guest programs now, kernel symbols once the guest is up (they may come from its /proc/kallsyms).
     const symbols = new SymbolTable();
     for (const [name, file] of Object.entries(image.binaries)) await symbols.addProgram(name, file);
-    machine = await launchMachine({ image, artifactsDir: options.artifactsDir, onEvent: progress, diagnosisSymbols: symbols, ...(options.cpuModel ? { cpuModel: options.cpuModel } : {}) });
+    machine = await launchMachine({ image, artifactsDir: options.artifactsDir, onEvent: progress, diagnosisSymbols: symbols, ...(options.cpuModel ? { cpuModel: options.cpuModel } : {}), ...(accel ? { accel } : {}) });
     const agentPath = image.guestPaths['crh-agent']!;
     let command = agentPath;
     if (options.agentCwd) {
@@ -100,7 +107,7 @@ export async function openGuest(options: OpenGuestOptions): Promise<OpenedGuest>
     // Page data over the virtio-serial port, not SSH; a guest without it keeps to SSH, and says so.
     bulk = await BulkChannel.connect(machine.bulkSocket);
     if (!(await agent.attachBulk(bulk, BULK_PORT_NAME))) log(`no bulk data port (${agent.bulkUnavailable}): page data goes over SSH`);
-    const profile = await platformProfile({ image, machine, agent, log });
+    const profile = await platformProfile({ image, machine, agent, log }, { fresh: options.freshProfile === true });
     // The profile this guest's expectations came from, beside its artifacts: crh run prints it with the verdicts.
     await writeFileAtomic(path.join(options.artifactsDir, 'profile.json'), `${JSON.stringify(profile, null, 2)}\n`);
     const platform: PlatformFacts = { ...profileFacts(profile), imageKey: image.key, start: machine.fromSavedState ? 'saved-state' : 'cold-boot' };

@@ -199,7 +199,7 @@ export async function bzImageVersion(bzImage: string): Promise<{ release?: strin
 }
 
 /** A name the user may give a kernel: a folder name, and not a path or a package spec. */
-const KERNEL_LABEL = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
+export const KERNEL_LABEL = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
 
 /**
  * `--kernel NAME=PATH` (or `NAME=debian:PACKAGE`): the name and the kernel.
@@ -213,24 +213,36 @@ export function splitKernelSpec(value: string): { label?: string; spec: string }
 }
 
 /**
- * The kernel chosen by the environment: CRH_KERNEL (a bzImage) with
- * CRH_SYSTEM_MAP, CRH_KERNEL_CONFIG and CRH_MODULES_DIR beside it — how
- * `crh run --kernel` hands a user's kernel to the cases — or a Debian
- * package (`debian:linux-image-amd64`), fetched as the default kernel is,
- * or undefined for the recipe's default.
+ * A kernel as a run names it (`crh run --kernel NAME=PATH --system-map …`,
+ * or the CRH_KERNEL variables when no run configuration was handed down):
+ * `spec` is an absolute bzImage path or `debian:PACKAGE[@SUITE]`; the
+ * companion files are absolute paths. Plain data, so it travels in the run
+ * configuration (flags/run-configuration.ts).
  */
-export async function kernelFromEnvironment(env: NodeJS.ProcessEnv = process.env, log: (line: string) => void = () => {}): Promise<GuestKernel | undefined> {
-  if (!env.CRH_KERNEL) return undefined;
-  const { label, spec } = splitKernelSpec(env.CRH_KERNEL);
-  const named = (kernel: GuestKernel): GuestKernel => (label ? { ...kernel, label } : kernel);
-  if (spec.startsWith(DEBIAN_KERNEL_PREFIX)) {
-    const kernel = await debianKernel(spec.slice(DEBIAN_KERNEL_PREFIX.length), log);
-    return named(env.CRH_KERNEL_CONFIG ? { ...kernel, config: env.CRH_KERNEL_CONFIG } : kernel);
+export interface KernelChoice {
+  spec: string;
+  label?: string;
+  systemMap?: string;
+  config?: string;
+  modulesDir?: string;
+}
+
+/**
+ * The kernel a choice names: a user's bzImage with its companion files, or
+ * a Debian package fetched as the default kernel is; undefined for no
+ * choice (the recipe's default kernel).
+ */
+export async function resolveKernel(choice: KernelChoice | undefined, log: (line: string) => void = () => {}): Promise<GuestKernel | undefined> {
+  if (choice === undefined) return undefined;
+  const named = (kernel: GuestKernel): GuestKernel => (choice.label ? { ...kernel, label: choice.label } : kernel);
+  if (choice.spec.startsWith(DEBIAN_KERNEL_PREFIX)) {
+    const kernel = await debianKernel(choice.spec.slice(DEBIAN_KERNEL_PREFIX.length), log);
+    return named(choice.config ? { ...kernel, config: choice.config } : kernel);
   }
   return named(await userKernel({
-    bzImage: spec,
-    ...(env.CRH_SYSTEM_MAP ? { systemMap: env.CRH_SYSTEM_MAP } : {}),
-    ...(env.CRH_KERNEL_CONFIG ? { config: env.CRH_KERNEL_CONFIG } : {}),
-    ...(env.CRH_MODULES_DIR ? { modulesDir: env.CRH_MODULES_DIR } : {}),
+    bzImage: choice.spec,
+    ...(choice.systemMap ? { systemMap: choice.systemMap } : {}),
+    ...(choice.config ? { config: choice.config } : {}),
+    ...(choice.modulesDir ? { modulesDir: choice.modulesDir } : {}),
   }));
 }

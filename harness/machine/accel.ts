@@ -96,6 +96,24 @@ export interface ChooseOptions {
 /** One decision per cache key per process; concurrent launches share it. */
 const decisions = new Map<string, Promise<AccelChoice>>();
 
+async function accessible(device: string): Promise<boolean> {
+  return access(device, constants.R_OK | constants.W_OK).then(
+    () => true,
+    () => false,
+  );
+}
+
+/**
+ * The accelerator a person forced (CRH_ACCEL, handed to case processes in
+ * the run configuration): tcg as it is; kvm without a probe and without
+ * fallback, once the device is there.
+ */
+export async function forcedAccelerator(accel: Accelerator, kvmDevice = '/dev/kvm'): Promise<AccelChoice> {
+  if (accel === 'tcg') return { accel: 'tcg', reason: 'CRH_ACCEL=tcg', forced: true };
+  if (!(await accessible(kvmDevice))) throw new InfraError(`CRH_ACCEL=kvm but ${kvmDevice} is absent or not accessible`);
+  return { accel: 'kvm', reason: 'CRH_ACCEL=kvm (not probed, no fallback)', forced: true };
+}
+
 /**
  * KVM when the guest really boots under it, else TCG. CRH_ACCEL=tcg|kvm is
  * the user's override: tcg is never probed; kvm is used without a probe and
@@ -103,18 +121,10 @@ const decisions = new Map<string, Promise<AccelChoice>>();
  */
 export async function chooseAccelerator(boot: BootFiles, options: ChooseOptions = {}): Promise<AccelChoice> {
   const forced = process.env.CRH_ACCEL;
-  if (forced === 'tcg') return { accel: 'tcg', reason: 'CRH_ACCEL=tcg', forced: true };
-  if (forced !== undefined && forced !== '' && forced !== 'kvm') throw new InfraError(`CRH_ACCEL must be tcg or kvm, not "${forced}"`);
+  if (forced !== undefined && forced !== '' && forced !== 'tcg' && forced !== 'kvm') throw new InfraError(`CRH_ACCEL must be tcg or kvm, not "${forced}"`);
+  if (forced === 'tcg' || forced === 'kvm') return forcedAccelerator(forced, options.kvmDevice);
   const kvmDevice = options.kvmDevice ?? '/dev/kvm';
-  const usable = await access(kvmDevice, constants.R_OK | constants.W_OK).then(
-    () => true,
-    () => false,
-  );
-  if (forced === 'kvm') {
-    if (!usable) throw new InfraError(`CRH_ACCEL=kvm but ${kvmDevice} is absent or not accessible`);
-    return { accel: 'kvm', reason: 'CRH_ACCEL=kvm (not probed, no fallback)', forced: true };
-  }
-  if (!usable) return { accel: 'tcg', reason: `${kvmDevice} is absent or not accessible` };
+  if (!(await accessible(kvmDevice))) return { accel: 'tcg', reason: `${kvmDevice} is absent or not accessible` };
   let where: DecisionLocation;
   try {
     where = await decisionLocation(boot);

@@ -5,10 +5,10 @@
 import { appendFileSync, existsSync, mkdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { REPO_ROOT } from '../util/cache-dir.ts';
+import { runConfiguration, type Engine } from '../flags/run-configuration.ts';
 
-/** Which checkpoint/restore engine made a row: crh's restore core, or CRIU in the guest. */
-export type Engine = 'crh' | 'criu';
-export const ENGINES: readonly Engine[] = ['crh', 'criu'];
+// The engines are run configuration (flags/run-configuration.ts); named here too for the rows and reports that have always taken them from here.
+export { ENGINES, type Engine } from '../flags/run-configuration.ts';
 
 /**
  * A difference from the uninterrupted run that the engine is documented or
@@ -108,12 +108,14 @@ export function describeGap(gap: EngineGap): string {
   return `known engine gap: ${gap.what} (${gap.reference})`;
 }
 
+/** Where this process's run puts its artifacts (the run configuration's). */
 export function artifactsRoot(): string {
-  return process.env.CRH_ARTIFACTS_DIR ?? path.join(REPO_ROOT, 'artifacts');
+  return runConfiguration().artifactsDir;
 }
 
+/** Where this process's run records its verdict rows (the run configuration's). */
 export function verdictsFile(): string {
-  return process.env.CRH_VERDICTS_FILE ?? path.join(artifactsRoot(), 'verdicts.jsonl');
+  return runConfiguration().verdictsFile;
 }
 
 /** When this process recorded its last verdict (or loaded this module): cases record one verdict per run, in order. */

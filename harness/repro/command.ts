@@ -11,7 +11,6 @@
 import { existsSync } from 'node:fs';
 import { chmod, mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
-import { applyKernelOptions } from '../flags/kernel-flags.ts';
 import { CrhError } from '../errors.ts';
 import { artifactsRoot } from '../report/verdicts.ts';
 import { escapeControl } from '../util/terminal-text.ts';
@@ -73,7 +72,6 @@ export function runDirName(out: string, program: string): string {
 
 /** Runs one request to its verdict and writes its bundle. */
 export async function reproduce(request: ReproRequest, progress: Progress): Promise<ReproOutcome> {
-  applyKernelOptions(request.kernel);
   const name = programName(request);
   const root = path.join(request.artifacts ?? artifactsRoot(), 'repro');
   const out = request.out ?? path.join(root, `${name}.tar`);

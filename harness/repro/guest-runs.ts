@@ -7,6 +7,7 @@
 import path from 'node:path';
 import { CrhError, InfraError } from '../errors.ts';
 import { openGuest, type OpenedGuest } from '../guest/open-guest.ts';
+import { kernelChoiceFromFlags } from '../flags/kernel-flags.ts';
 import { describeElsewhere } from './restore-elsewhere.ts';
 import { isInfraFailure } from '../report/infra-failures.ts';
 import { injectFault } from './fault-injection.ts';
@@ -71,7 +72,8 @@ async function phases(request: ReproRequest, prepared: PreparedProgram, runDir: 
   };
   phase('boot');
   await bootstrapHost((line) => progress.note(line));
-  const guest = await openGuest({ artifactsDir: runDir, log: (line) => progress.note(line), agentCwd: GUEST_DIRS.work, ...(request.engine === 'criu' ? { criu: true } : {}) });
+  const kernel = kernelChoiceFromFlags(request.kernel);
+  const guest = await openGuest({ artifactsDir: runDir, log: (line) => progress.note(line), agentCwd: GUEST_DIRS.work, ...(kernel ? { kernel } : {}), ...(request.engine === 'criu' ? { criu: true } : {}) });
   let fault = request.fault;
   let restoreGuest: OpenedGuest | undefined;
   try {
@@ -131,7 +133,7 @@ async function phases(request: ReproRequest, prepared: PreparedProgram, runDir: 
         log: (line) => progress.note(`restore guest: ${line}`),
         agentCwd: GUEST_DIRS.work,
         ...(request.elsewhere.cpu !== undefined ? { cpuModel: request.elsewhere.cpu } : {}),
-        ...(request.elsewhere.kernel !== undefined ? { kernel: request.elsewhere.kernel } : {}),
+        ...(request.elsewhere.kernel !== undefined ? { kernel: kernelChoiceFromFlags({ kernel: request.elsewhere.kernel }) } : {}),
       });
       const there = restoreGuest.machine.ssh;
       await there.run(`mkdir -p ${GUEST_DIRS.bin} ${GUEST_DIRS.out} ${GUEST_DIRS.work} && echo 7 > /proc/sys/kernel/printk`);

@@ -9,7 +9,7 @@
  */
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { applyKernelOptions } from '../flags/kernel-flags.ts';
+import { kernelChoiceFromFlags } from '../flags/kernel-flags.ts';
 import { openGuest, type Guest } from '../guest/open-guest.ts';
 import type { NativeRun } from '../guest/native-run.ts';
 import { bootstrapHost } from '../host/bootstrap.ts';
@@ -59,7 +59,6 @@ export function sweepExitCode(outcome: Pick<SweepOutcome, 'report' | 'perturbed'
 
 export async function sweep(request: ReproRequest, progress: Progress): Promise<SweepOutcome> {
   if (!request.sweep) throw new Error('sweep: the request has no --sweep');
-  applyKernelOptions(request.kernel);
   const name = programName(request);
   const root = path.join(request.artifacts ?? artifactsRoot(), 'repro');
   const out = request.out ?? path.join(root, `${name}-sweep.tar`);
@@ -73,7 +72,8 @@ export async function sweep(request: ReproRequest, progress: Progress): Promise<
 
   progress.phase('boot');
   await bootstrapHost((line) => progress.note(line));
-  const guest = await openGuest({ artifactsDir: runDir, log: (line) => progress.note(line), agentCwd: GUEST_DIRS.work });
+  const kernel = kernelChoiceFromFlags(request.kernel);
+  const guest = await openGuest({ artifactsDir: runDir, log: (line) => progress.note(line), agentCwd: GUEST_DIRS.work, ...(kernel ? { kernel } : {}) });
   let runs: SweepInGuest;
   try {
     runs = await sweepInGuest(guest, request, prepared, runDir, progress);

@@ -9,7 +9,8 @@ import { openGuest, type Guest } from '../guest/open-guest.ts';
 import { artifactsRoot, recordVerdict } from '../report/verdicts.ts';
 import { enginesRecorded } from './verdict-rows.ts';
 import { isInfraFailure, recordInfraFailure } from '../report/infra-failures.ts';
-import { runEngines } from '../flags/engine-flags.ts';
+import { runConfiguration } from '../flags/run-configuration.ts';
+import { kernelChoiceFromFlags } from '../flags/kernel-flags.ts';
 
 export type { Guest };
 
@@ -26,7 +27,7 @@ export interface GuestOptions {
   name?: string;
   /** QEMU -cpu model */
   cpuModel?: string;
-  /** a --kernel value */
+  /** a --kernel value (a bzImage, debian:PACKAGE[@SUITE]) instead of the run's kernel */
   kernel?: string;
 }
 
@@ -35,19 +36,20 @@ export async function startGuest(t: Teardownable, caseName: string, options: Gue
   await mkdir(artifactsDir, { recursive: true });
   try {
     // crh run --engine …criu: every case boots the image variant with CRIU (crh run built it up front).
-    const criu = runEngines().includes('criu');
+    const { engines } = runConfiguration();
+    const criu = engines.includes('criu');
     const guest = await openGuest({
       artifactsDir,
       log: (line) => t.comment(`${caseName}${options.name ? `/${options.name}` : ''}: ${line}`),
       ...(options.agentCwd ? { agentCwd: options.agentCwd } : {}),
       ...(options.cpuModel !== undefined ? { cpuModel: options.cpuModel } : {}),
-      ...(options.kernel !== undefined ? { kernel: options.kernel } : {}),
+      ...(options.kernel !== undefined ? { kernel: kernelChoiceFromFlags({ kernel: options.kernel }) } : {}),
       ...(criu ? { criu } : {}),
     });
     t.teardown(() => guest.close());
     // An engine the run asked for that this case recorded no row for is said, never silently absent from the table.
     t.teardown(() => {
-      for (const engine of runEngines().filter((e) => e !== 'crh' && !enginesRecorded().has(e))) {
+      for (const engine of engines.filter((e) => e !== 'crh' && !enginesRecorded().has(e))) {
         recordVerdict({
           case: caseName, scenario: '(every scenario of the case)', policy: '-', engine, control: false, expected: '-', observed: '-', pass: false,
           skipped: `no scenario of this case is handed to ${engine.toUpperCase()} yet (its crh rows ran); cases with CRIU rows: README, "Engines"`,

@@ -9,7 +9,8 @@
  * to the verdicts. When its config is unknown the case runs and says so.
  */
 import { debianCloudRecipe } from '../../images/debian-cloud/recipe.ts';
-import { debianKernel, kernelFromEnvironment, type GuestKernel } from '../image/kernel.ts';
+import { debianKernel, resolveKernel, type GuestKernel } from '../image/kernel.ts';
+import { runConfiguration } from '../flags/run-configuration.ts';
 import { guestKernelConfig } from '../platform/guest-kernel-config.ts';
 import { decideRequirements, type RequirementDecision } from '../platform/kernel-requirements.ts';
 import { recordVerdict } from '../report/verdicts.ts';
@@ -25,9 +26,9 @@ interface Commentable {
   comment(...args: unknown[]): void;
 }
 
-/** The kernel the cases boot: `crh run --kernel`'s, else the recipe's Debian kernel. */
+/** The kernel the cases boot: the run configuration's (`crh run --kernel`, CRH_KERNEL), else the recipe's Debian kernel. */
 export async function casesKernel(): Promise<GuestKernel> {
-  return (await kernelFromEnvironment()) ?? (await debianKernel(debianCloudRecipe.kernelMetapackage));
+  return (await resolveKernel(runConfiguration().kernel)) ?? (await debianKernel(debianCloudRecipe.kernelMetapackage));
 }
 
 /** The decision for a case needing `options` (beyond EVERY_CASE_NEEDS) on the kernel the cases boot. */

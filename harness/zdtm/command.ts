@@ -8,7 +8,7 @@
  */
 import { readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
-import { applyKernelOptions } from '../flags/kernel-flags.ts';
+import { kernelChoiceFromFlags } from '../flags/kernel-flags.ts';
 import { CrhError } from '../errors.ts';
 import { openGuest } from '../guest/open-guest.ts';
 import { bootstrapHost } from '../host/bootstrap.ts';
@@ -40,7 +40,6 @@ export async function zdtmCommand(argv: readonly string[]): Promise<number> {
       }
     }),
   );
-  applyKernelOptions(request.kernel);
   const runDir = path.join(request.artifacts ?? artifactsRoot(), 'zdtm');
   await replaceOwnedDir(runDir).catch((error: unknown) => {
     throw error instanceof NotOwnedError ? new UsageError(`${error.message}; choose another --artifacts`, {}, { cause: error }) : error;
@@ -57,7 +56,8 @@ export async function zdtmCommand(argv: readonly string[]): Promise<number> {
   try {
     progress.phase('boot');
     await bootstrapHost((line) => progress.note(line));
-    const guest = await openGuest({ artifactsDir: runDir, log: (line) => progress.note(line), agentCwd: ZDTM_DIRS.work });
+    const kernel = kernelChoiceFromFlags(request.kernel);
+    const guest = await openGuest({ artifactsDir: runDir, log: (line) => progress.note(line), agentCwd: ZDTM_DIRS.work, ...(kernel ? { kernel } : {}) });
     try {
       const { ssh } = guest.machine;
       await prepareZdtmGuest({ shell: (c) => ssh.run(c) });
