@@ -3,8 +3,7 @@
  * crh's restore core, CRIU in the guest, or both side by side. The choice
  * reaches the case processes in the run configuration (run-configuration.ts).
  */
-import { ENGINES, type Engine } from '../report/verdicts.ts';
-import { runConfiguration } from './run-configuration.ts';
+import { ENGINES, runConfiguration, type Engine } from './run-configuration.ts';
 
 /** What a run without --engine runs. */
 export const DEFAULT_ENGINES: readonly Engine[] = ['crh'];
