@@ -21,6 +21,7 @@ import { captureTask } from './files.ts';
 import { assertThreadsAdmitted } from './threads.ts';
 import { isTimerSignal, NO_TIMERS } from './timers.ts';
 import { BOOT_ID_PATH } from './sleep-deadline.ts';
+import { clockDecision, readTargetClocks, type ClockDecision } from './time-namespace.ts';
 import { parseSmapsPkeys } from './pkeys.ts';
 import { describeModes, describeUserfaultfd, parseSmapsRegistrations } from './userfaultfd.ts';
 import { errnoName } from '../agent/errno.ts';
@@ -98,7 +99,10 @@ export async function restoreInto(agent: AgentClient, image: CheckpointImage, pi
   const fds = (await agent.call({ op: 'LISTDIR', path: `/proc/${pid}/fd` })).map(Number);
   const files = await probeMappedFiles(agent, pid, mappedFiles(image.regions));
   const bootId = image.sleep ? (await agent.call({ op: 'READ_FILE', path: BOOT_ID_PATH, maxSize: 64 })).toString('latin1').trim() : undefined;
-  const plan = compileRestorePlan(image, { pid, regs, maps, fds, files, bootId, ...(tree ? { tree } : {}), ...(target ? { dependencies: target } : {}) }, policy);
+  // Last before the plan: the time namespace's offsets count from this read (time-namespace.ts).
+  const clocks = await clocksFor(agent, pid, image, policy, dependencies);
+  if (clocks.note) dependencyNotes.push(clocks.note);
+  const plan = compileRestorePlan(image, { pid, regs, maps, fds, files, bootId, ...(tree ? { tree } : {}), ...(target ? { dependencies: target } : {}), ...(clocks.offsets ? { clockOffsets: clocks.offsets } : {}) }, policy);
   const steps = await agent.batch(plan.map((s) => s.op));
   checkSteps(plan, steps);
   const requested = fixedImage(image, policy).image;
@@ -119,6 +123,18 @@ async function checkTargetDependencies(agent: AgentClient, pid: number, maps: Ma
   if (missing.length === 0) return { notes, target };
   if (mode === 'refuse') throw new IncompatibleTargetError(missing);
   return { notes: [...notes, `restored anyway, the target lacks: ${describeMissing(missing)}`], target };
+}
+
+/**
+ * The target's clocks against the image's (time-namespace.ts): offsets for
+ * a time namespace when the restore is in another boot; a kernel without
+ * time namespaces refused by name, or — under 'try' — a note.
+ */
+async function clocksFor(agent: AgentClient, pid: number, image: CheckpointImage, policy: RestorePolicy, mode: 'refuse' | 'try'): Promise<ClockDecision> {
+  const decision = clockDecision(image.clocks, await readTargetClocks(agent, pid), omits(policy, 'timens'));
+  if (!decision.missing) return decision;
+  if (mode === 'refuse') throw new IncompatibleTargetError([decision.missing]);
+  return { note: `restored anyway, the target lacks: ${describeMissing([decision.missing])}` };
 }
 
 async function spawnTarget(agent: AgentClient, image: CheckpointImage, options: RestoreOptions): Promise<{ pid: number }> {
