@@ -7,8 +7,10 @@
 // Then 6.1 → 6.12 (Debian trixie's kernel, when the checkpoint guest runs 6.1): the C library's rseq area re-registered
 // (cpu_id current again) and the vDSO functions glibc resolved on 6.1 (clock_gettime, gettimeofday, time, getcpu)
 // redirected to 6.12's — each the native run's output; controls omit=rseq (stale cpu_id) and omit=vdso tried anyway
-// (the old offsets are other code on 6.12).
-import t from 'tap';
+// (the old offsets are other code on 6.12). And the clocks: CLOCK_MONOTONIC/BOOTTIME read before and after the move
+// go on (a time namespace with the checkpoint's offsets), conditioned on the restore kernel's time namespaces
+// (refused by name without them); control omit=timens (the restoring boot's clocks: backwards or jumped).
+import t, { type Test } from 'tap';
 import { DEFAULT_POLICY, describePolicy, type RestorePolicy } from '../harness/restore/policy.ts';
 import { readCheckpointImage } from '../harness/restore/checkpoint-image.ts';
 import type { Difference } from '../harness/restore/restore.ts';
@@ -26,6 +28,12 @@ const NO_AVX = 'max,-avx';
 const YMM_BIT = 1n << 2n;
 /** Debian trixie's cloud kernel (6.12), through crh's private apt configuration for trixie. */
 const KERNEL_612 = 'debian:linux-image-cloud-amd64@trixie';
+/**
+ * monoclock's bound: a clock that moved forward by more than this across the checkpoint jumped. It holds the
+ * restore's own time after the target's clocks are read (the plan, the resumption: seconds under a loaded TCG), and is
+ * far below what two boots' clocks differ by here (the checkpoint guest has run every earlier subtest).
+ */
+const CLOCK_BOUND_S = 20;
 
 t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
   const guest = await startGuest(t, CASE);
@@ -152,6 +160,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
         recordRowOutcome(t, { case: CASE, scenario: move.scenario, policy: `${describePolicy(policy)} dependencies=try`, control: true, expected: want.trim(), observed, matchedUninterrupted: r.output === want && r.ended === 'exited 0', conditions: kernelConditions });
       });
     }
+    await clockMove(t, guest, there, kernelConditions);
   });
 
   await t.test('negative control omit=xstate (same guest): the upper halves lost', async (t) => {
@@ -165,6 +174,68 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     recordRowOutcome(t, { case: CASE, scenario: SCENARIO, policy: describePolicy(policy), control: true, expected: expected.trim(), observed: line, matchedUninterrupted: r.output === expected });
   });
 });
+
+/**
+ * CLOCK_MONOTONIC and CLOCK_BOOTTIME across the move (time-namespace.ts): monoclock reads both (vDSO and system call)
+ * before and after its checkpoint and says whether each went on (never backwards, not forward by more than its bound).
+ * Checkpointed in `from`, restored in `to` (another boot): in a time namespace, the native run's line. The control,
+ * omit=timens, leaves the restoring boot's clocks: what the process then sees is predicted from the image's clocks and
+ * the restoring guest's, and the row is conditioned on it (a prediction within the bound is reported, not counted).
+ */
+async function clockMove(t: Test, from: Guest, to: Guest, kernelConditions: Record<string, string>): Promise<void> {
+  const bin = from.image.guestPaths.monoclock!;
+  const w: Workload = { binary: bin, argv: [bin, String(CLOCK_BOUND_S)], breakAt: from.symbols.resolve('monoclock:monoclock_checkpoint') };
+  const scenario = `CLOCK_MONOTONIC and CLOCK_BOOTTIME (vDSO and system call) across a ${from.profile.kernelRelease} → ${to.profile.kernelRelease} move (another boot), bound ${CLOCK_BOUND_S} s`;
+  const timens = to.platform['features.timeNamespace'];
+  const conditions = { ...kernelConditions, 'restore kernel has time namespaces (profile)': String(timens) };
+  const { run: ref, output: want } = await runUninterrupted(from, w, '/tmp/monoclock-reference.out');
+  t.equal(ref.code, 0, `monoclock uninterrupted: ${want.trim()}`);
+  const nat = await nativeReference(from, w);
+  t.equal(`${endedAs(nat)}\n${nat.output}`, `${endedAs(ref)}\n${want}`, 'monoclock: the traced reference is the native run');
+
+  await t.test(`monoclock: checkpointed on ${from.profile.kernelRelease}, restored on ${to.profile.kernelRelease} in a time namespace`, async (t) => {
+    const taken = await checkpointAtHit(from, w, 1, 'monoclock-moved', { disarm: true });
+    t.equal(taken.run.outcome, 'hit-limit', 'stopped at monoclock_checkpoint');
+    const clocks = taken.image!.clocks;
+    t.ok(clocks, `the image records the process's clocks (monotonic ${clocks && Number(clocks.monotonicNs) / 1e9} s, boot ${clocks?.bootId})`);
+    if (timens !== true) {
+      // Measured, not assumed: a kernel without CONFIG_TIME_NS cannot continue the clocks; the restore must say so by name.
+      const refused = await restoreThere(to, taken.file, DEFAULT_POLICY, 'monoclock-moved', 'refuse').then(() => undefined, (e: unknown) => e);
+      const named = refused instanceof IncompatibleTargetError && refused.missing.some((m) => m.feature === 'time namespaces');
+      t.ok(named, `the restore kernel has no time namespaces (profile: ${String(timens)}): refused, naming them`);
+      recordRow(t, { case: CASE, scenario, policy: describePolicy(DEFAULT_POLICY), control: false, expected: 'refused, naming time namespaces (the restore kernel has none)', observed: refused instanceof Error ? refused.message : 'restored', pass: named, conditions });
+      return;
+    }
+    const r = await restoreThere(to, taken.file, DEFAULT_POLICY, 'monoclock-moved', 'refuse');
+    t.ok(r.notes.some((n) => n.startsWith('time namespace: ')), `entered a time namespace: ${r.notes.join('; ')}`);
+    t.equal(r.output, want, `the restored run is the native run: ${r.output.trim()}`);
+    recordRowOutcome(t, { case: CASE, scenario, policy: describePolicy(DEFAULT_POLICY), control: false, expected: want.trim(), observed: r.output.trim() || r.ended, matchedUninterrupted: r.output === want && r.ended === 'exited 0', conditions });
+  });
+
+  await t.test('monoclock: negative control omit=timens (the restoring boot\'s clocks)', async (t) => {
+    const policy: RestorePolicy = { ...DEFAULT_POLICY, omit: ['timens'] };
+    const taken = await checkpointAtHit(from, w, 1, 'monoclock-moved-control', { disarm: true });
+    const r = await restoreThere(to, taken.file, policy, 'monoclock-moved-control', 'try');
+    const observed = `${r.ended}: ${r.output.trim()}`;
+    // What the process sees without a namespace, from the two clocks (the note carries it): the control can only
+    // catch a move whose boots are further apart than the bound — say so rather than count a blind control.
+    const note = r.notes.find((n) => n.startsWith('omit=timens: ')) ?? '';
+    const moves = /CLOCK_MONOTONIC moves by ([-+][0-9.]+) s/.exec(note);
+    const step = moves ? Number(moves[1]) : NaN;
+    const predicted = Number.isNaN(step) ? 'unknown' : step < 0 ? 'backwards' : step > CLOCK_BOUND_S ? 'jumped' : 'continuous';
+    t.comment(`omit=timens: ${note} → predicted ${predicted}`);
+    const rowConditions = { ...conditions, 'without a namespace, CLOCK_MONOTONIC would move by': moves ? `${moves[1]} s` : 'not reported' };
+    if (predicted === 'continuous' || predicted === 'unknown') {
+      t.comment(`the boots are within ${CLOCK_BOUND_S} s of each other (${predicted}): this control cannot catch anything in this run`);
+      recordRow(t, { case: CASE, scenario, policy: `${describePolicy(policy)} dependencies=try`, control: true, expected: 'inconclusive: the two boots\' clocks are within the bound', observed, pass: false, conditions: rowConditions });
+      t.fail('the negative control had nothing to catch (the boots\' clocks within the bound)');
+      return;
+    }
+    t.not(observed, `exited 0: ${want.trim()}`, `caught: ${observed}`);
+    t.match(r.output, new RegExp(`monotonic vdso=${predicted} syscall=${predicted} boottime vdso=${predicted} syscall=${predicted}`), `each clock ${predicted}, as predicted`);
+    recordRowOutcome(t, { case: CASE, scenario, policy: `${describePolicy(policy)} dependencies=try`, control: true, expected: want.trim(), observed, matchedUninterrupted: r.output === want && r.ended === 'exited 0', conditions: rowConditions });
+  });
+}
 
 /** Restores the image in `guest` (no oracle: nothing here counts CPU events) and runs it to its end. */
 async function restoreThere(guest: Guest, file: string, policy: RestorePolicy, tag: string, dependencies: 'refuse' | 'try'): Promise<{ differences: Difference[]; notes: string[]; ended: string; output: string }> {
