@@ -13,7 +13,8 @@ import { DEBUG_REG_NAMES, type CheckpointImage, type OpenFile, type TaskState, t
 import { compileRestorePlan, fixedImage, type PlanStep, type TargetProbe } from './plan.ts';
 import { assertPolicyAdmits, omits, type RestorePolicy } from './policy.ts';
 import { parseMaps, type Mapping } from './proc-maps.ts';
-import { describeMissing, IncompatibleTargetError, missingDependencies, readTargetDependencies, vdsoFingerprint, vdsoMovable, type PlatformDependencies } from './platform-dependencies.ts';
+import { describeMissing, IncompatibleTargetError, missingDependencies, readTargetDependencies, vdsoFingerprint, vdsoMovable, xstateHeader, type PlatformDependencies } from './platform-dependencies.ts';
+import { withFittedXstate } from './xstate-fit.ts';
 import { mappedFiles, probeMappedFiles } from './mappings.ts';
 import { rseqCsAddress, rseqCsPointer } from './rseq.ts';
 import { siginfoSigno } from './signals.ts';
@@ -27,6 +28,8 @@ import { describeModes, describeUserfaultfd, parseSmapsRegistrations } from './u
 import { errnoName } from '../agent/errno.ts';
 
 const EEXIST = 17;
+/** Bound on a target's xstate regset read (the largest XSAVE layouts, AMX included, stay below 12 KiB). */
+const XSTATE_MAX_BYTES = 16 * 1024;
 
 export interface Difference {
   what: string;
@@ -92,10 +95,15 @@ export async function restoreProcess(agent: AgentClient, image: CheckpointImage,
  * `tree` facts the plan takes into account): probe, compile the plan, run
  * it, read back. The caller owns the process, and kills it on failure.
  */
-export async function restoreInto(agent: AgentClient, image: CheckpointImage, pid: number, policy: RestorePolicy, tree?: TargetProbe['tree'], dependencies: 'refuse' | 'try' = 'refuse'): Promise<RestoreResult> {
+export async function restoreInto(agent: AgentClient, checkpointed: CheckpointImage, pid: number, policy: RestorePolicy, tree?: TargetProbe['tree'], dependencies: 'refuse' | 'try' = 'refuse'): Promise<RestoreResult> {
   const regs = await agent.call({ op: 'GETREGS', pid });
   const maps = parseMaps((await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/maps`, maxSize: 1 << 20 })).toString('utf8'));
-  const { notes: dependencyNotes, target } = await checkTargetDependencies(agent, pid, maps, image, dependencies, !omits(policy, 'vdso'));
+  const { notes: dependencyNotes, target } = await checkTargetDependencies(agent, pid, maps, checkpointed, dependencies, !omits(policy, 'vdso'));
+  // Another CPU model's XSAVE layout has another size, and the kernel takes only its own (xstate-fit.ts).
+  const targetXstate = await agent.call({ op: 'GETREGSET', pid, noteType: NT_X86_XSTATE, maxSize: XSTATE_MAX_BYTES });
+  const fitted = withFittedXstate(checkpointed, targetXstate.length, xstateHeader(targetXstate).xcr0);
+  if (fitted.note) dependencyNotes.push(fitted.note);
+  const image = fitted.image;
   const fds = (await agent.call({ op: 'LISTDIR', path: `/proc/${pid}/fd` })).map(Number);
   const files = await probeMappedFiles(agent, pid, mappedFiles(image.regions));
   const bootId = image.sleep ? (await agent.call({ op: 'READ_FILE', path: BOOT_ID_PATH, maxSize: 64 })).toString('latin1').trim() : undefined;
