@@ -7,14 +7,18 @@
 // Then 6.1 → 6.12 (Debian trixie's kernel, when the checkpoint guest runs 6.1): the C library's rseq area re-registered
 // (cpu_id current again) and the vDSO functions glibc resolved on 6.1 (clock_gettime, gettimeofday, time, getcpu)
 // redirected to 6.12's — each the native run's output; controls omit=rseq (stale cpu_id) and omit=vdso tried anyway
-// (the old offsets are other code on 6.12).
-import t from 'tap';
+// (the old offsets are other code on 6.12). And the clocks: CLOCK_MONOTONIC/BOOTTIME read before and after the move
+// go on (a time namespace with the checkpoint's offsets), conditioned on the restore kernel's time namespaces
+// (refused by name without them); control omit=timens (the restoring boot's clocks: backwards or jumped). And -cpu
+// Skylake-Client as QEMU's TCG gives it: refused naming exactly what the measured guest lacks of the image's platform.
+import t, { type Test } from 'tap';
 import { DEFAULT_POLICY, describePolicy, type RestorePolicy } from '../harness/restore/policy.ts';
 import { readCheckpointImage } from '../harness/restore/checkpoint-image.ts';
 import type { Difference } from '../harness/restore/restore.ts';
-import { IncompatibleTargetError } from '../harness/restore/platform-dependencies.ts';
+import { IncompatibleTargetError, userCpuFlags, xstateFeatureName } from '../harness/restore/platform-dependencies.ts';
 import { recordRow, recordRowOutcome } from '../harness/testing/verdict-rows.ts';
 import { restoreWitnessed } from '../harness/testing/restore-witness.ts';
+import { hex } from '../harness/x86/registers.ts';
 import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
 import { startGuest, type Guest } from '../harness/testing/guest-fixture.ts';
 import { endedAs, nativeReference } from '../harness/testing/native-reference.ts';
@@ -23,9 +27,17 @@ import { checkpointAtHit, readOutput, restoreAndFinish, runUninterrupted, RUN_TI
 const CASE = 'restore-elsewhere';
 const SCENARIO = 'ymm0-15 holding distinct patterns at a breakpoint, checkpointed under -cpu max, restored in another guest';
 const NO_AVX = 'max,-avx';
+/** A named model, as a real fleet has them (no PKU, no AVX-512), under whatever TCG makes of it. */
+const SKYLAKE = 'Skylake-Client';
 const YMM_BIT = 1n << 2n;
 /** Debian trixie's cloud kernel (6.12), through crh's private apt configuration for trixie. */
 const KERNEL_612 = 'debian:linux-image-cloud-amd64@trixie';
+/**
+ * monoclock's bound: a clock that moved forward by more than this across the checkpoint jumped. It holds the
+ * restore's own time after the target's clocks are read (the plan, the resumption: seconds under a loaded TCG), and is
+ * far below what two boots' clocks differ by here (the checkpoint guest has run every earlier subtest).
+ */
+const CLOCK_BOUND_S = 20;
 
 t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
   const guest = await startGuest(t, CASE);
@@ -110,6 +122,65 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     });
   });
 
+  await t.test(`-cpu ${SKYLAKE}: what it lacks of the checkpoint's platform is refused by name, as measured`, async (t) => {
+    // QEMU 7.2's TCG drops part of the model (measured: pcid x2apic tsc-deadline hle invpcid rtm rdseed 3dnowprefetch
+    // xsavec, one warning each); what the guest ends up with is the profile's word, and the expectation rests on it.
+    const sky = await startGuest(t, CASE, { name: 'restore-skylake-client', cpuModel: SKYLAKE });
+    const xcr0 = BigInt(sky.profile.xcr0);
+    // The flags as the restore compares them: the user-visible ones of the guest's /proc/cpuinfo.
+    const skyFlags = userCpuFlags((await sky.agent.call({ op: 'READ_FILE', path: '/proc/cpuinfo', maxSize: 1 << 20 })).toString('latin1'));
+    const lackedFlags = deps.cpuFlags.filter((f) => !skyFlags.includes(f));
+    const lostInUse = deps.xstate.inUse & ~xcr0;
+    const rowConditions = { ...conditions, 'restore cpu': SKYLAKE, 'restore flags': skyFlags.join(' '), 'restore xcr0': sky.profile.xcr0 };
+    t.comment(`measured under ${sky.profile.accel}: -cpu ${SKYLAKE} has ${skyFlags.join(' ')}, XCR0 ${sky.profile.xcr0}; the image's flags it lacks: ${lackedFlags.join(' ') || 'none'}; xstate in use it lacks: ${hex(lostInUse)}`);
+    const image = await readCheckpointImage(checkpointed.file);
+    const outcome = await restoreWitnessed(sky.agent, image, { policy: DEFAULT_POLICY, stdoutPath: '/tmp/avxhold-skylake.restored.out' }, 'avx-skylake-client').then(
+      async (r) => {
+        const run = await sky.agent.call({ op: 'RUN', pid: r.pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
+        return { refused: undefined, ended: `${endedAs(run)}: ${(await readOutput(sky, '/tmp/avxhold-skylake.restored.out')).trim()}` };
+      },
+      (e: unknown) => {
+        if (e instanceof IncompatibleTargetError) return { refused: e, ended: `refused: ${e.missing.map((m) => m.feature).join(', ')}` };
+        throw e;
+      },
+    );
+    if (lackedFlags.length === 0 && lostInUse === 0n) {
+      t.equal(outcome.ended, `exited 0: ${expected.trim()}`, `nothing lacking: restored, the native run's output (${outcome.ended})`);
+      recordRow(t, { case: CASE, scenario: `${SCENARIO}: -cpu ${SKYLAKE}`, policy: describePolicy(DEFAULT_POLICY), control: false, expected: expected.trim(), observed: outcome.ended, pass: outcome.ended === `exited 0: ${expected.trim()}`, conditions: rowConditions });
+      return;
+    }
+    const named = outcome.refused?.missing.map((m) => m.feature) ?? [];
+    const wanted = [...new Set([...lackedFlags, ...bitsOf(lostInUse).map(xstateFeatureName)])];
+    t.ok(outcome.refused, `refused: ${outcome.refused?.message ?? outcome.ended}`);
+    t.same([...named].sort(), [...wanted].sort(), `the refusal names exactly what the measured ${SKYLAKE} lacks: ${wanted.join(', ')}`);
+    const left = (await sky.machine.ssh.exec('pidof avxhold')).stdout.trim();
+    t.equal(left, '', 'nothing left running');
+    recordRow(t, {
+      case: CASE, scenario: `${SCENARIO}: -cpu ${SKYLAKE}`, policy: describePolicy(DEFAULT_POLICY), control: false,
+      expected: `refused, naming ${wanted.join(', ')} (what the measured model lacks)`, observed: outcome.ended,
+      pass: outcome.refused !== undefined && named.length === wanted.length && wanted.every((w) => named.includes(w)) && left === '',
+      conditions: rowConditions,
+    });
+
+    await t.test(`and back: checkpointed under -cpu ${SKYLAKE}, restored under -cpu ${guest.profile.cpuModel}`, async (t) => {
+      // The other way the model earns acceptance: what it offers, the checkpoint guest's model offers too (measured).
+      const back = await checkpointAtHit(sky, workload, 1, 'avx-from-skylake', { disarm: true });
+      t.equal(back.run.outcome, 'hit-limit', 'stopped at avx_checkpoint');
+      const needed = back.image!.dependencies!;
+      const missingHere = needed.cpuFlags.filter((f) => !deps.cpuFlags.includes(f));
+      t.comment(`the ${SKYLAKE} image's flags the ${guest.profile.cpuModel} guest lacks: ${missingHere.join(' ') || 'none'}; XCR0 ${hex(needed.xstate.xcr0 ?? 0n)} in use ${hex(needed.xstate.inUse)}`);
+      const r = await restoreThere(guest, back.file, DEFAULT_POLICY, 'avx-from-skylake', 'refuse').then(
+        (done) => ({ observed: `${done.ended}: ${done.output.trim()}`, notes: done.notes }),
+        (e: unknown) => ({ observed: `restore failed: ${(e as Error).message}`, notes: [] as string[] }),
+      );
+      const accept = missingHere.length === 0 && (needed.xstate.inUse & ~(deps.xstate.xcr0 ?? 0n)) === 0n;
+      const want = accept ? `exited 0: ${expected.trim()}` : 'refused';
+      if (accept) t.equal(r.observed, want, `accepted, the native run's output: ${r.observed}`);
+      else t.match(r.observed, /lacks what the process depends on/, `refused: ${r.observed}`);
+      recordRow(t, { case: CASE, scenario: `${SCENARIO.replace('-cpu max', `-cpu ${SKYLAKE}`)}: restored under -cpu ${guest.profile.cpuModel}`, policy: describePolicy(DEFAULT_POLICY), control: false, expected: want, observed: [r.observed, ...r.notes].join('; '), pass: accept ? r.observed === want : r.observed.includes('lacks what the process depends on'), conditions: { ...rowConditions, 'flags the checkpoint cpu lacks': missingHere.join(' ') || 'none' } });
+    });
+  });
+
   await t.test(`another kernel (${KERNEL_612}): rseq re-registered, the vDSO redirected`, async (t) => {
     // The move measured: Debian 6.1 (no rseq auxv, its vDSO) to 6.12 (AT_RSEQ_FEATURE_SIZE 28, a vDSO with other offsets).
     if (!guest.profile.kernelRelease.startsWith('6.1.')) {
@@ -152,6 +223,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
         recordRowOutcome(t, { case: CASE, scenario: move.scenario, policy: `${describePolicy(policy)} dependencies=try`, control: true, expected: want.trim(), observed, matchedUninterrupted: r.output === want && r.ended === 'exited 0', conditions: kernelConditions });
       });
     }
+    await clockMove(t, guest, there, kernelConditions);
   });
 
   await t.test('negative control omit=xstate (same guest): the upper halves lost', async (t) => {
@@ -165,6 +237,72 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     recordRowOutcome(t, { case: CASE, scenario: SCENARIO, policy: describePolicy(policy), control: true, expected: expected.trim(), observed: line, matchedUninterrupted: r.output === expected });
   });
 });
+
+/**
+ * CLOCK_MONOTONIC and CLOCK_BOOTTIME across the move (time-namespace.ts): monoclock reads both (vDSO and system call)
+ * before and after its checkpoint and says whether each went on (never backwards, not forward by more than its bound).
+ * Checkpointed in `from`, restored in `to` (another boot): in a time namespace, the native run's line. The control,
+ * omit=timens, leaves the restoring boot's clocks: what the process then sees is predicted from the image's clocks and
+ * the restoring guest's, and the row is conditioned on it (a prediction within the bound is reported, not counted).
+ */
+async function clockMove(t: Test, from: Guest, to: Guest, kernelConditions: Record<string, string>): Promise<void> {
+  const bin = from.image.guestPaths.monoclock!;
+  const w: Workload = { binary: bin, argv: [bin, String(CLOCK_BOUND_S)], breakAt: from.symbols.resolve('monoclock:monoclock_checkpoint') };
+  const scenario = `CLOCK_MONOTONIC and CLOCK_BOOTTIME (vDSO and system call) across a ${from.profile.kernelRelease} → ${to.profile.kernelRelease} move (another boot), bound ${CLOCK_BOUND_S} s`;
+  const timens = to.platform['features.timeNamespace'];
+  const conditions = { ...kernelConditions, 'restore kernel has time namespaces (profile)': String(timens) };
+  const { run: ref, output: want } = await runUninterrupted(from, w, '/tmp/monoclock-reference.out');
+  t.equal(ref.code, 0, `monoclock uninterrupted: ${want.trim()}`);
+  const nat = await nativeReference(from, w);
+  t.equal(`${endedAs(nat)}\n${nat.output}`, `${endedAs(ref)}\n${want}`, 'monoclock: the traced reference is the native run');
+
+  await t.test(`monoclock: checkpointed on ${from.profile.kernelRelease}, restored on ${to.profile.kernelRelease} in a time namespace`, async (t) => {
+    const taken = await checkpointAtHit(from, w, 1, 'monoclock-moved', { disarm: true });
+    t.equal(taken.run.outcome, 'hit-limit', 'stopped at monoclock_checkpoint');
+    const clocks = taken.image!.clocks;
+    t.ok(clocks, `the image records the process's clocks (monotonic ${clocks && Number(clocks.monotonicNs) / 1e9} s, boot ${clocks?.bootId})`);
+    if (timens !== true) {
+      // Measured, not assumed: a kernel without CONFIG_TIME_NS cannot continue the clocks; the restore must say so by name.
+      const refused = await restoreThere(to, taken.file, DEFAULT_POLICY, 'monoclock-moved', 'refuse').then(() => undefined, (e: unknown) => e);
+      const named = refused instanceof IncompatibleTargetError && refused.missing.some((m) => m.feature === 'time namespaces');
+      t.ok(named, `the restore kernel has no time namespaces (profile: ${String(timens)}): refused, naming them`);
+      recordRow(t, { case: CASE, scenario, policy: describePolicy(DEFAULT_POLICY), control: false, expected: 'refused, naming time namespaces (the restore kernel has none)', observed: refused instanceof Error ? refused.message : 'restored', pass: named, conditions });
+      return;
+    }
+    const r = await restoreThere(to, taken.file, DEFAULT_POLICY, 'monoclock-moved', 'refuse');
+    t.ok(r.notes.some((n) => n.startsWith('time namespace: ')), `entered a time namespace: ${r.notes.join('; ')}`);
+    t.equal(r.output, want, `the restored run is the native run: ${r.output.trim()}`);
+    recordRowOutcome(t, { case: CASE, scenario, policy: describePolicy(DEFAULT_POLICY), control: false, expected: want.trim(), observed: r.output.trim() || r.ended, matchedUninterrupted: r.output === want && r.ended === 'exited 0', conditions });
+  });
+
+  await t.test('monoclock: negative control omit=timens (the restoring boot\'s clocks)', async (t) => {
+    const policy: RestorePolicy = { ...DEFAULT_POLICY, omit: ['timens'] };
+    const taken = await checkpointAtHit(from, w, 1, 'monoclock-moved-control', { disarm: true });
+    const r = await restoreThere(to, taken.file, policy, 'monoclock-moved-control', 'try');
+    const observed = `${r.ended}: ${r.output.trim()}`;
+    // What the process sees without a namespace, from the two clocks (the note carries it): the control can only
+    // catch a move whose boots are further apart than the bound — say so rather than count a blind control.
+    const note = r.notes.find((n) => n.startsWith('omit=timens: ')) ?? '';
+    const moves = /CLOCK_MONOTONIC moves by ([-+][0-9.]+) s/.exec(note);
+    const step = moves ? Number(moves[1]) : NaN;
+    const predicted = Number.isNaN(step) ? 'unknown' : step < 0 ? 'backwards' : step > CLOCK_BOUND_S ? 'jumped' : 'continuous';
+    t.comment(`omit=timens: ${note} → predicted ${predicted}`);
+    const rowConditions = { ...conditions, 'without a namespace, CLOCK_MONOTONIC would move by': moves ? `${moves[1]} s` : 'not reported' };
+    if (predicted === 'continuous' || predicted === 'unknown') {
+      t.comment(`the boots are within ${CLOCK_BOUND_S} s of each other (${predicted}): this control cannot catch anything in this run`);
+      recordRow(t, { case: CASE, scenario, policy: `${describePolicy(policy)} dependencies=try`, control: true, expected: 'inconclusive: the two boots\' clocks are within the bound', observed, pass: false, conditions: rowConditions });
+      t.fail('the negative control had nothing to catch (the boots\' clocks within the bound)');
+      return;
+    }
+    t.not(observed, `exited 0: ${want.trim()}`, `caught: ${observed}`);
+    t.match(r.output, new RegExp(`monotonic vdso=${predicted} syscall=${predicted} boottime vdso=${predicted} syscall=${predicted}`), `each clock ${predicted}, as predicted`);
+    recordRowOutcome(t, { case: CASE, scenario, policy: `${describePolicy(policy)} dependencies=try`, control: true, expected: want.trim(), observed, matchedUninterrupted: r.output === want && r.ended === 'exited 0', conditions: rowConditions });
+  });
+}
+
+function bitsOf(v: bigint): number[] {
+  return Array.from({ length: 64 }, (_, bit) => bit).filter((bit) => ((v >> BigInt(bit)) & 1n) !== 0n);
+}
 
 /** Restores the image in `guest` (no oracle: nothing here counts CPU events) and runs it to its end. */
 async function restoreThere(guest: Guest, file: string, policy: RestorePolicy, tag: string, dependencies: 'refuse' | 'try'): Promise<{ differences: Difference[]; notes: string[]; ended: string; output: string }> {

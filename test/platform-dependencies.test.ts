@@ -85,8 +85,8 @@ t.test('missing dependencies: each named, with why', async (t) => {
   t.same(missingDependencies(MAX_61, { ...MAX_61, rseq: { featureSize: 28, align: 64 } }, 0x100c0020n).map((m) => m.feature), ['rseq alignment']);
 });
 
-t.test('depends.json (format 10) round-trips; a version 9 image reads with no dependencies', async (t) => {
-  t.equal(IMAGE_VERSION, 10);
+t.test('depends.json (format 10 and later) round-trips; a version 9 image reads with no dependencies', async (t) => {
+  t.equal(IMAGE_VERSION, 11);
   const image = syntheticImage({ dependencies: MAX_61 });
   const back = parseImageEntries(imageEntries(image));
   t.same(back.dependencies, MAX_61);
@@ -94,12 +94,18 @@ t.test('depends.json (format 10) round-trips; a version 9 image reads with no de
 
   const v9entries = new Map(imageEntries(image));
   v9entries.delete('depends.json');
+  v9entries.delete('clocks.json');
   const v9 = reseal(v9entries, {}, (m) => {
     m.version = 9;
     delete (m.entries as Record<string, unknown>)['depends.json'];
+    delete (m.entries as Record<string, unknown>)['clocks.json'];
   });
   t.equal(parseImageEntries(v9).dependencies, undefined, 'version 9: read, no dependencies');
-  const v10missing = reseal(v9entries, {}, (m) => delete (m.entries as Record<string, unknown>)['depends.json']);
+  const v10missing = reseal(v9entries, {}, (m) => {
+    m.version = 10;
+    delete (m.entries as Record<string, unknown>)['depends.json'];
+    delete (m.entries as Record<string, unknown>)['clocks.json'];
+  });
   rejects(t, () => parseImageEntries(v10missing), 'depends.json', '(entry)');
 });
 

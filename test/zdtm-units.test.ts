@@ -21,6 +21,9 @@ t.test('command line', async (t) => {
   t.same(r.policy.omit, ['timers']);
   const d = parseZdtmArgs(['/z/a']);
   t.equal(d.iters, 1, 'one cycle by default');
+  t.equal(d.elsewhere, undefined, 'restored in the checkpoint guest by default');
+  t.same(parseZdtmArgs(['/z/a', '--restore-cpu', 'Skylake-Client', '--restore-anyway']).elsewhere, { cpu: 'Skylake-Client', anyway: true }, '--restore-cpu and --restore-anyway');
+  t.same(parseZdtmArgs(['/z/a', '--restore-kernel', 'debian:linux-image-cloud-amd64@trixie']).elsewhere, { kernel: 'debian:linux-image-cloud-amd64@trixie', anyway: false }, '--restore-kernel takes a Debian package');
   t.same({ ...d.policy, omit: undefined }, { ...DEFAULT_POLICY, omit: undefined }, 'the default policy');
   const refused: [string[], RegExp][] = [
     [[], /at least one test BINARY/],
@@ -31,6 +34,9 @@ t.test('command line', async (t) => {
     [['/z/a', '--bogus'], /Unknown option '--bogus'[\s\S]*usage: crh zdtm/],
     [['/x/a', '/y/a'], /two tests are named a/],
     [['/z/a', '--file', '/q/T.out'], /names a file of the protocol/],
+    [['/z/a', '--restore-cpu', 'max,-avx', '--iters', '2'], /moves the test once: --iters goes without --restore-cpu/],
+    [['/z/a', '--restore-anyway'], /--restore-anyway goes with --restore-cpu or --restore-kernel/],
+    [['/z/a', '--restore-cpu', 'max;reboot'], /--restore-cpu: "max;reboot" is not a QEMU CPU model/],
   ];
   for (const [argv, message] of refused) {
     t.throws(() => parseZdtmArgs(argv), UsageError, `crh zdtm ${argv.join(' ')}: a UsageError`);

@@ -9,6 +9,8 @@
  *   pkey_alloc=N|-ERRNO  a first pkey_alloc(0, 0) in a fresh process (freed again)
  *   rseq.feature_size=N|absent  getauxval(AT_RSEQ_FEATURE_SIZE), 6.3 and later
  *   rseq.align=N|absent         getauxval(AT_RSEQ_ALIGN), 6.3 and later
+ *   timens=0|1           /proc/self/ns/time exists: the kernel has time namespaces (CONFIG_TIME_NS),
+ *                        which a restore in another boot needs to continue the process's clocks
  */
 #define _GNU_SOURCE
 #include <cpuid.h>
@@ -58,5 +60,6 @@ int main(void)
 	}
 	auxv("rseq.feature_size", AT_RSEQ_FEATURE_SIZE);
 	auxv("rseq.align", AT_RSEQ_ALIGN);
+	printf("timens=%d\n", access("/proc/self/ns/time", F_OK) == 0);
 	return 0;
 }

@@ -8,6 +8,9 @@
  *   whether pkey_alloc hands out a key (PKRU is XSAVE component 9).
  * - rseq: AT_RSEQ_FEATURE_SIZE and AT_RSEQ_ALIGN, in the auxiliary vector
  *   from 6.3 on (mm_cid among the fields): "absent" before.
+ * - time namespaces: /proc/self/ns/time exists (CONFIG_TIME_NS, 5.6+); a
+ *   restore in another boot continues the process's clocks in one
+ *   (time-namespace.ts). Not a CPU feature, but measured by the same probe.
  */
 import type { AgentClient } from '../agent/client.ts';
 import { CrhError } from '../errors.ts';
@@ -19,6 +22,8 @@ export interface CpuFeatures {
   /** AT_RSEQ_FEATURE_SIZE / AT_RSEQ_ALIGN; null when the kernel puts none in the auxiliary vector */
   rseqFeatureSize: number | null;
   rseqAlign: number | null;
+  /** the kernel offers time namespaces (CONFIG_TIME_NS) */
+  timeNamespace: boolean;
 }
 
 const LINE = /^([a-z0-9_.]+)=(-?\d+|absent)$/;
@@ -49,6 +54,7 @@ export function parseCpuFeatures(text: string): CpuFeatures {
     pku: { cpuid: flag('cpuid.pku'), ospke: flag('cpuid.ospke'), pkeyAlloc: Number(get('pkey_alloc')) },
     rseqFeatureSize: number('rseq.feature_size'),
     rseqAlign: number('rseq.align'),
+    timeNamespace: flag('timens'),
   };
 }
 
@@ -61,7 +67,7 @@ export function cpuFeaturesProbe(agent: Pick<AgentClient, 'call'>, binary: strin
       const run = await agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: boundMs });
       const text = (await agent.call({ op: 'READ_FILE', path: out, maxSize: 4096 })).toString('utf8');
       if (run.outcome !== 'exited' || run.code !== 0) return { value: null, how: `cpu-features ${run.outcome} ${run.code}: ${text.trim()}` };
-      return { value: parseCpuFeatures(text), how: 'guests/probes/cpu-features: CPUID leaf 7, AT_HWCAP2, pkey_alloc, AT_RSEQ_FEATURE_SIZE/AT_RSEQ_ALIGN' };
+      return { value: parseCpuFeatures(text), how: 'guests/probes/cpu-features: CPUID leaf 7, AT_HWCAP2, pkey_alloc, AT_RSEQ_FEATURE_SIZE/AT_RSEQ_ALIGN, /proc/self/ns/time' };
     } catch (error) {
       if (!isRunTimeout(error)) throw error;
       await agent.call({ op: 'KILL', pid }).catch(() => {});
@@ -80,6 +86,7 @@ export function cpuFeatureRows(f: CpuFeatures | null, how: string): Array<[strin
     ['FSGSBASE (CPUID / kernel HWCAP2)', `${yesNo(f.fsgsbase.cpuid)} / ${yesNo(f.fsgsbase.hwcap2)}`],
     ['PKU (CPUID / OSPKE / pkey_alloc)', `${yesNo(f.pku.cpuid)} / ${yesNo(f.pku.ospke)} / ${pkey}`],
     ['rseq feature size / alignment (auxv)', `${f.rseqFeatureSize ?? 'absent'} / ${f.rseqAlign ?? 'absent'}`],
+    ['time namespaces (CONFIG_TIME_NS)', yesNo(f.timeNamespace)],
   ];
 }
 
@@ -93,5 +100,7 @@ export function cpuFeatureFacts(f: CpuFeatures | null): Record<string, string | 
     'features.pku.pkeyAlloc': f?.pku.pkeyAlloc ?? null,
     'features.rseqFeatureSize': f ? (f.rseqFeatureSize ?? 'absent') : null,
     'features.rseqAlign': f ? (f.rseqAlign ?? 'absent') : null,
+    // A profile measured before the probe printed timens= has no value: not measured.
+    'features.timeNamespace': f?.timeNamespace ?? null,
   };
 }

@@ -16,7 +16,8 @@
  *   of honouring them; flags=0 is run first as the control.
  * - cpuFeatures: FSGSBASE (CPUID and the kernel's HWCAP2), PKU (CPUID, OSPKE,
  *   pkey_alloc) and the rseq feature size and alignment in the auxiliary
- *   vector (6.3+; absent on 6.1), measured in the guest (cpu-features.ts).
+ *   vector (6.3+; absent on 6.1), and whether the kernel has time
+ *   namespaces, measured in the guest (cpu-features.ts).
  */
 import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
@@ -39,8 +40,8 @@ import { measureRfOnUserPageFault } from './page-fault-probe.ts';
 import { cpuFeatureFacts, cpuFeatureRows, cpuFeaturesProbe, type CpuFeatures } from './cpu-features.ts';
 import { inconclusiveProbes, isRunTimeout, PROBE_BOUND_MS, ProbeInconclusiveError, runBoundedProbe, type Measured, type Probe } from './probe-runner.ts';
 
-/** 2: cpuFeatures (FSGSBASE, PKU, rseq auxv). */
-export const PROFILE_VERSION = 2;
+/** 2: cpuFeatures (FSGSBASE, PKU, rseq auxv); 3: cpuFeatures.timeNamespace (CONFIG_TIME_NS). */
+export const PROFILE_VERSION = 3;
 
 export type { Measured } from './probe-runner.ts';
 

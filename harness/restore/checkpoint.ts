@@ -23,6 +23,7 @@ import { captureSleep, threadRestartBlockProblem } from './sleep-deadline.ts';
 import { capturePkeys } from './pkeys.ts';
 import { refuseUncapturable } from './uncapturable.ts';
 import { readPlatformDependencies } from './platform-dependencies.ts';
+import { readProcessClocks } from './time-namespace.ts';
 import { absentRanges, checkRegistrations, parseSmapsRegistrations } from './userfaultfd.ts';
 import { dropZeroPages, PAGE_BYTES, pagesToRead, rangesBytes, storeRule, unpackStored } from './stored-pages.ts';
 import { AgentError } from '../errors.ts';
@@ -55,6 +56,9 @@ export async function checkpointProcess(agent: AgentClient, process: ProcessInfo
   const sleep = await captureSleep(agent, pid, await agent.call({ op: 'GETREGS', pid }), refuse);
   // Then, before anything else is injected: state no image can hold is refused by name (uncapturable.ts).
   if (refuse) await refuseUncapturable(agent, pid, process.noAslr, { pipesCaptured: options.pipesCaptured ?? false });
+  // The process's own clocks, as soon as nothing stands against injecting: a restore in another boot
+  // continues them from here (time-namespace.ts), so what passes until they are read shows as a forward step.
+  const clocks = await readProcessClocks(agent, pid);
   const others = await otherThreads(agent, pid);
   // Every thread's mask as it was, then every signal blocked until the
   // injected calls are over: a signal that arrives meanwhile (a periodic
@@ -64,7 +68,7 @@ export async function checkpointProcess(agent: AgentClient, process: ProcessInfo
   for (const tid of [pid, ...others]) masks.set(tid, await agent.call({ op: 'GETSIGMASK', pid: tid }));
   try {
     for (const tid of masks.keys()) await agent.call({ op: 'SETSIGMASK', pid: tid, mask: ALL_BLOCKABLE });
-    return await captureBlocked(agent, process, platform, others, masks, { refuse, sleep, pipesCaptured: options.pipesCaptured ?? false });
+    return { ...(await captureBlocked(agent, process, platform, others, masks, { refuse, sleep, pipesCaptured: options.pipesCaptured ?? false })), clocks };
   } finally {
     for (const [tid, mask] of masks) await agent.call({ op: 'SETSIGMASK', pid: tid, mask });
   }

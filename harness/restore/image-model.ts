@@ -88,6 +88,8 @@ export interface CheckpointImage {
   pkeys: PkeyState;
   /** what the process may depend on in the platform (platform-dependencies.ts); absent when not recorded (a version 9 image) */
   dependencies?: PlatformDependencies;
+  /** the process's own CLOCK_MONOTONIC and CLOCK_BOOTTIME at the checkpoint, and its boot (time-namespace.ts); absent when not recorded (before version 11) */
+  clocks?: ProcessClocks;
   /** /proc/PID/maps at checkpoint time */
   maps: string;
   regions: MemoryRegion[];
@@ -253,6 +255,18 @@ export interface TimerState {
   posix: PosixTimer[];
   /** ascending by fd */
   timerfds: TimerfdState[];
+}
+
+/**
+ * The clocks as the checkpointed process read them (in its own time
+ * namespace), a moment after it stopped: a restore in another boot gives it
+ * a time namespace whose offsets continue them (time-namespace.ts).
+ */
+export interface ProcessClocks {
+  monotonicNs: bigint;
+  boottimeNs: bigint;
+  /** the boot they count from (/proc/sys/kernel/random/boot_id) */
+  bootId: string;
 }
 
 /** The sleep the checkpoint interrupted: enough to give it its deadline back. */

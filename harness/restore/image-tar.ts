@@ -32,6 +32,7 @@ import { packStored, storedRanges } from './stored-pages.ts';
 import { dependenciesJson } from './platform-dependencies.ts';
 import { threadsJson } from './threads.ts';
 import { timersJson } from './timers.ts';
+import { clocksJson } from './time-namespace.ts';
 
 export const IMAGE_FORMAT = 'cr-harness-checkpoint';
 /**
@@ -57,11 +58,16 @@ export const IMAGE_FORMAT = 'cr-harness-checkpoint';
  * group, session, exit signal) and tree/PID.bin, every process but the root
  * as an image of its own. A version 9 image is read as a one-process tree
  * that recorded no dependencies (a restore then says it could not check
- * them).
+ * them);
+ * 11: clocks.json, the process's own CLOCK_MONOTONIC and CLOCK_BOOTTIME at
+ * the checkpoint and the boot id they count from (time-namespace.ts), so a
+ * restore in another boot continues them in a time namespace. A version 9
+ * or 10 image is read with no clocks (a restore elsewhere then says the
+ * clocks are the target boot's).
  */
-export const IMAGE_VERSION = 10;
-/** Versions read as they are: 9 differs from 10 only in holding no tree entries and no depends.json. */
-const READABLE_VERSIONS = [9, IMAGE_VERSION];
+export const IMAGE_VERSION = 11;
+/** Versions read as they are: 10 differs from 11 only in holding no clocks.json, 9 also no tree entries and no depends.json. */
+const READABLE_VERSIONS = [9, 10, IMAGE_VERSION];
 /**
  * Earlier versions are refused, each naming what it lacks: reading one as
  * the current version would invent the missing state as "none" — for an
@@ -100,6 +106,8 @@ export interface UntrustedImage {
   pkeys: unknown;
   /** depends.json (platform-dependencies.ts); undefined in a version 9 image, which has none */
   dependencies: unknown;
+  /** clocks.json (time-namespace.ts); undefined before version 11 */
+  clocks: unknown;
   xstate: Buffer;
   maps: string;
   regions: unknown;
@@ -141,6 +149,7 @@ export function imageEntries(image: CheckpointImage, extra: ReadonlyMap<string, 
   entries.set('sleep.json', json(sleepJson(image.sleep)));
   entries.set('pkeys.json', json(pkeysJson(image.pkeys)));
   entries.set('depends.json', json(dependenciesJson(image.dependencies)));
+  entries.set('clocks.json', json(clocksJson(image.clocks)));
   entries.set('xstate.bin', image.xstate);
   for (const t of image.threads) entries.set(threadXstateEntry(t.tid), t.xstate);
   entries.set('maps.txt', Buffer.from(image.maps));
@@ -292,7 +301,8 @@ export function untrustedImage(entries: Map<string, Buffer>, { tree = false }: {
     timers: parseJson(required(entries, 'timers.json'), 'timers.json'),
     sleep: parseJson(required(entries, 'sleep.json'), 'sleep.json'),
     pkeys: parseJson(required(entries, 'pkeys.json'), 'pkeys.json'),
-    dependencies: manifest.version === IMAGE_VERSION ? parseJson(required(entries, 'depends.json'), 'depends.json') : undefined,
+    dependencies: manifest.version === 9 ? undefined : parseJson(required(entries, 'depends.json'), 'depends.json'),
+    clocks: manifest.version === IMAGE_VERSION ? parseJson(required(entries, 'clocks.json'), 'clocks.json') : undefined,
     xstate: required(entries, 'xstate.bin'),
     maps: required(entries, 'maps.txt').toString('utf8'),
     regions: regionsJson,

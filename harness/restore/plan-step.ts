@@ -25,6 +25,8 @@ export interface TargetProbe {
   tree?: { inheritedShared: Mapping[] };
   /** what the target's platform offers (platform-dependencies.ts): a vDSO with other offsets is redirected (vdso-redirect.ts) */
   dependencies?: PlatformDependencies;
+  /** checkpoint − target clocks when the restore is in another boot: the offsets of the time namespace the target enters first (time-namespace.ts) */
+  clockOffsets?: { monotonicNs: bigint; boottimeNs: bigint };
 }
 
 /** What the target sees at a mapped file's path: null when there is nothing (ENOENT, ENOTDIR). */

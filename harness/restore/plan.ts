@@ -26,6 +26,7 @@ import { reissueSleep, type SleepReissue } from './sleep-deadline.ts';
 import { pkeySteps } from './pkeys.ts';
 import { brkStep, dontNeedStep, protectStep, rseqStep } from './syscall-steps.ts';
 import { storedRanges } from './stored-pages.ts';
+import { timeNamespaceSteps } from './time-namespace.ts';
 
 /** The parts of [start, end) the mappings cover. */
 function existingParts(start: bigint, end: bigint, mappings: readonly Mapping[]): Array<[bigint, bigint]> {
@@ -87,6 +88,10 @@ export function compileRestorePlan(checkpointed: CheckpointImage, probe: TargetP
       throw new PlanError(`${m.name} is at ${hex(m.start)}-${hex(m.end)} in the image but ${there ? `${hex(there.start)}-${hex(there.end)}` : 'absent'} in the target`);
     }
   }
+  // In another boot, the time namespace first (time-namespace.ts): setns wants a single-threaded task, and
+  // no descriptor of the image is open yet, so the one it opens and closes is the lowest the fresh target lacks.
+  if (probe.clockOffsets) steps.push(...timeNamespaceSteps(pid, probe.clockOffsets, probe.fds ?? [0, 1, 2], freePage(probe.maps, imageMaps)));
+
   // Another kernel's vDSO in the same place: the old offsets jump to the new code (vdso-redirect.ts).
   // (Functions the new vDSO lacks get int3; the dependency check refused them already unless the restore is tried anyway.)
   if (image.dependencies && probe.dependencies && !omits(policy, 'vdso') && vdsoMovable(image.dependencies, probe.dependencies)) {

@@ -67,6 +67,10 @@ const XSTATE_FEATURES: Record<number, string> = {
   0: 'x87', 1: 'sse', 2: 'avx', 3: 'mpx', 4: 'mpx', 5: 'avx512', 6: 'avx512', 7: 'avx512', 8: 'pt', 9: 'pku',
   11: 'cet', 12: 'cet', 17: 'amx', 18: 'amx',
 };
+/** An XSAVE component bit as a refusal names it: the feature, e.g. avx for YMM, pku for PKRU. */
+export function xstateFeatureName(bit: number): string {
+  return XSTATE_FEATURES[bit] ?? `xstate bit ${bit}`;
+}
 const XSTATE_COMPONENTS: Record<number, string> = {
   0: 'x87', 1: 'SSE', 2: 'YMM', 3: 'BNDREGS', 4: 'BNDCSR', 5: 'opmask', 6: 'ZMM_Hi256', 7: 'Hi16_ZMM', 8: 'PT', 9: 'PKRU',
   11: 'CET_U', 12: 'CET_S', 17: 'XTILECFG', 18: 'XTILEDATA',
@@ -240,7 +244,7 @@ export function missingDependencies(image: PlatformDependencies, target: Platfor
     const lost = image.xstate.inUse & ~target.xstate.xcr0;
     for (let bit = 0; bit < 64; bit++) {
       if (!((lost >> BigInt(bit)) & 1n)) continue;
-      const feature = XSTATE_FEATURES[bit] ?? `xstate bit ${bit}`;
+      const feature = xstateFeatureName(bit);
       if (missing.some((m) => m.feature === feature)) continue;
       missing.push({ feature, why: `in use: ${XSTATE_COMPONENTS[bit] ?? `component ${bit}`} state (XSTATE_BV ${hex(image.xstate.inUse)}), not in the target's XCR0 ${hex(target.xstate.xcr0)} [${bitNames(target.xstate.xcr0, XSTATE_COMPONENTS).join(' ')}]` });
     }

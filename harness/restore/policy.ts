@@ -94,8 +94,11 @@ export type RseqFixupPolicy = (typeof RSEQ_FIXUP_POLICIES)[number];
  *   it is (vdso-redirect.ts): the functions the process resolved in the old
  *   one are other code there. Refused as a missing dependency unless the
  *   restore is tried anyway.
+ * - timens: a restore in another boot does not put the process into a time
+ *   namespace (time-namespace.ts): its CLOCK_MONOTONIC and CLOCK_BOOTTIME
+ *   are the restoring boot's, backwards or ahead of where they were.
  */
-export const OMITTABLE = ['debugregs', 'xstate', 'tls', 'rseq', 'signals', 'files', 'thread-xstate', 'thread-masks', 'thread-links', 'mapping-kinds', 'userfaultfd', 'ldt', 'timers', 'pkeys', 'string-regs', 'pipe-contents', 'vdso'] as const;
+export const OMITTABLE = ['debugregs', 'xstate', 'tls', 'rseq', 'signals', 'files', 'thread-xstate', 'thread-masks', 'thread-links', 'mapping-kinds', 'userfaultfd', 'ldt', 'timers', 'pkeys', 'string-regs', 'pipe-contents', 'vdso', 'timens'] as const;
 export type Omittable = (typeof OMITTABLE)[number];
 
 /** The registers a string instruction in progress keeps its count and pointers in (omit=string-regs). */

@@ -8,20 +8,24 @@
 import type { AgentClient, BatchStep } from '../agent/client.ts';
 import { describeOp } from '../agent/ops.ts';
 import { AgentError, CrhError, RestoreStepError } from '../errors.ts';
-import { hex } from '../x86/registers.ts';
+import { NT_X86_XSTATE, hex } from '../x86/registers.ts';
 import type { CheckpointImage } from './image-model.ts';
 import { compileRestorePlan, fixedImage, type PlanStep, type TargetProbe } from './plan.ts';
 import { assertPolicyAdmits, omits, type RestorePolicy } from './policy.ts';
 import { parseMaps, type Mapping } from './proc-maps.ts';
-import { describeMissing, IncompatibleTargetError, missingDependencies, readTargetDependencies, vdsoFingerprint, vdsoMovable, type PlatformDependencies } from './platform-dependencies.ts';
+import { describeMissing, IncompatibleTargetError, missingDependencies, readTargetDependencies, vdsoFingerprint, vdsoMovable, xstateHeader, type PlatformDependencies } from './platform-dependencies.ts';
+import { withFittedXstate } from './xstate-fit.ts';
 import { mappedFiles, probeMappedFiles } from './mappings.ts';
 import { captureTask } from './files.ts';
 import { assertThreadsAdmitted } from './threads.ts';
 import { BOOT_ID_PATH } from './sleep-deadline.ts';
+import { clockDecision, readTargetClocks, type ClockDecision } from './time-namespace.ts';
 import { errnoName } from '../agent/errno.ts';
 import { compareTask, compareUserfaultfds, readBackBatch, type Difference } from './read-back.ts';
 
 const EEXIST = 17;
+/** Bound on a target's xstate regset read (the largest XSAVE layouts, AMX included, stay below 12 KiB). */
+const XSTATE_MAX_BYTES = 16 * 1024;
 
 export type { Difference } from './read-back.ts';
 
@@ -83,14 +87,22 @@ export async function restoreProcess(agent: AgentClient, image: CheckpointImage,
  * `tree` facts the plan takes into account): probe, compile the plan, run
  * it, read back. The caller owns the process, and kills it on failure.
  */
-export async function restoreInto(agent: AgentClient, image: CheckpointImage, pid: number, policy: RestorePolicy, tree?: TargetProbe['tree'], dependencies: 'refuse' | 'try' = 'refuse'): Promise<RestoreResult> {
+export async function restoreInto(agent: AgentClient, checkpointed: CheckpointImage, pid: number, policy: RestorePolicy, tree?: TargetProbe['tree'], dependencies: 'refuse' | 'try' = 'refuse'): Promise<RestoreResult> {
   const regs = await agent.call({ op: 'GETREGS', pid });
   const maps = parseMaps((await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/maps`, maxSize: 1 << 20 })).toString('utf8'));
-  const { notes: dependencyNotes, target } = await checkTargetDependencies(agent, pid, maps, image, dependencies, !omits(policy, 'vdso'));
+  const { notes: dependencyNotes, target } = await checkTargetDependencies(agent, pid, maps, checkpointed, dependencies, !omits(policy, 'vdso'));
+  // Another CPU model's XSAVE layout has another size, and the kernel takes only its own (xstate-fit.ts).
+  const targetXstate = await agent.call({ op: 'GETREGSET', pid, noteType: NT_X86_XSTATE, maxSize: XSTATE_MAX_BYTES });
+  const fitted = withFittedXstate(checkpointed, targetXstate.length, xstateHeader(targetXstate).xcr0);
+  if (fitted.note) dependencyNotes.push(fitted.note);
+  const image = fitted.image;
   const fds = (await agent.call({ op: 'LISTDIR', path: `/proc/${pid}/fd` })).map(Number);
   const files = await probeMappedFiles(agent, pid, mappedFiles(image.regions));
   const bootId = image.sleep ? (await agent.call({ op: 'READ_FILE', path: BOOT_ID_PATH, maxSize: 64 })).toString('latin1').trim() : undefined;
-  const plan = compileRestorePlan(image, { pid, regs, maps, fds, files, bootId, ...(tree ? { tree } : {}), ...(target ? { dependencies: target } : {}) }, policy);
+  // Last before the plan: the time namespace's offsets count from this read (time-namespace.ts).
+  const clocks = await clocksFor(agent, pid, image, policy, dependencies);
+  if (clocks.note) dependencyNotes.push(clocks.note);
+  const plan = compileRestorePlan(image, { pid, regs, maps, fds, files, bootId, ...(tree ? { tree } : {}), ...(target ? { dependencies: target } : {}), ...(clocks.offsets ? { clockOffsets: clocks.offsets } : {}) }, policy);
   const steps = await agent.batch(plan.map((s) => s.op));
   checkSteps(plan, steps);
   const requested = fixedImage(image, policy).image;
@@ -111,6 +123,18 @@ async function checkTargetDependencies(agent: AgentClient, pid: number, maps: Ma
   if (missing.length === 0) return { notes, target };
   if (mode === 'refuse') throw new IncompatibleTargetError(missing);
   return { notes: [...notes, `restored anyway, the target lacks: ${describeMissing(missing)}`], target };
+}
+
+/**
+ * The target's clocks against the image's (time-namespace.ts): offsets for
+ * a time namespace when the restore is in another boot; a kernel without
+ * time namespaces refused by name, or — under 'try' — a note.
+ */
+async function clocksFor(agent: AgentClient, pid: number, image: CheckpointImage, policy: RestorePolicy, mode: 'refuse' | 'try'): Promise<ClockDecision> {
+  const decision = clockDecision(image.clocks, await readTargetClocks(agent, pid), omits(policy, 'timens'));
+  if (!decision.missing) return decision;
+  if (mode === 'refuse') throw new IncompatibleTargetError([decision.missing]);
+  return { note: `restored anyway, the target lacks: ${describeMissing([decision.missing])}` };
 }
 
 async function spawnTarget(agent: AgentClient, image: CheckpointImage, options: RestoreOptions): Promise<{ pid: number }> {

@@ -4,6 +4,7 @@
  * is in range. Each failure names the entry and the field.
  */
 import { parseDependencies } from './platform-dependencies.ts';
+import { parseClocks } from './time-namespace.ts';
 import { ImageRejectedError } from '../errors.ts';
 import {
   EFLAGS_REQUIRED_FIXED,
@@ -631,5 +632,7 @@ export function validateImage(raw: UntrustedImage): CheckpointImage {
   const pkeys = validatePkeys(raw.pkeys, regions);
   // Version 9 has no depends.json (undefined); in version 10 it is required like every other entry.
   const dependencies = raw.dependencies === undefined ? undefined : parseDependencies(raw.dependencies);
-  return { created: raw.created, process, platform, regs, debugRegs, rseq, signals, task, links, threads, ldt, timers, sleep, pkeys, ...(dependencies ? { dependencies } : {}), xstate: raw.xstate, maps: raw.maps, regions, memory };
+  // Before version 11 there is no clocks.json (undefined); from 11 on it is required like every other entry.
+  const clocks = raw.clocks === undefined ? undefined : parseClocks(raw.clocks);
+  return { created: raw.created, process, platform, regs, debugRegs, rseq, signals, task, links, threads, ldt, timers, sleep, pkeys, ...(dependencies ? { dependencies } : {}), ...(clocks ? { clocks } : {}), xstate: raw.xstate, maps: raw.maps, regions, memory };
 }

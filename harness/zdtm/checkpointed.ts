@@ -26,6 +26,7 @@ import { attachNamedProcess } from '../repro/pid-file.ts';
 import { interruptibleRun } from '../repro/runs.ts';
 import { launcherArgv, type ZdtmLaunch } from './native.ts';
 import { PIDFILE } from './verdict.ts';
+import { UsageError } from '../repro/usage-error.ts';
 
 const SIGTERM = 15;
 /** How long a restored test runs before the next checkpoint, or before SIGTERM. */
@@ -43,6 +44,20 @@ export interface ZdtmRunContext {
   /** host path of the image of cycle N (the last one is kept) */
   imageFile: string;
   phase: (name: string, detail?: string) => Promise<void>;
+  /** restore in another guest (--restore-cpu, --restore-kernel): the test is moved once, and ends there */
+  elsewhere?: ZdtmElsewhere;
+}
+
+/**
+ * The restore guest of a move: its agent, whether a target lacking what the
+ * test depends on is tried anyway, and `carry`, which copies the checkpoint
+ * guest's working directory and the given files (the daemon's own output)
+ * to the same paths there — a restored process reopens its files by path.
+ */
+export interface ZdtmElsewhere {
+  agent: AgentClient;
+  anyway: boolean;
+  carry: (files: readonly string[]) => Promise<void>;
 }
 
 export interface CycleTiming {
@@ -62,6 +77,9 @@ export interface CheckpointedZdtmRun {
 
 export async function checkpointedZdtmRun(ctx: ZdtmRunContext, launch: ZdtmLaunch): Promise<CheckpointedZdtmRun> {
   const { agent } = ctx;
+  // Where the restored test runs: this guest, or the restore guest of a move (from its first restore on).
+  const there = ctx.elsewhere?.agent ?? agent;
+  if (ctx.elsewhere && ctx.cycles > 1) throw new UsageError('a restore in another guest moves the test once: --iters goes without --restore-cpu and --restore-kernel');
   const cycles: CycleTiming[] = [];
   await ctx.phase('launch', launcherArgv(launch).join(' '));
   const launcher = await agent.call({ op: 'SPAWN', path: launch.binary, argv: launcherArgv(launch), envp: [], stdoutPath: launch.launcherOut, noAslr: true });
@@ -90,26 +108,28 @@ export async function checkpointedZdtmRun(ctx: ZdtmRunContext, launch: ZdtmLaunc
       await writeCheckpointImage(image, ctx.imageFile);
       const checkpointMs = Date.now() - started;
       await agent.call({ op: 'KILL', pid: current });
-      await ctx.phase('restore', `${tag}${image.regions.length} memory regions, pid ${current}`);
+      if (ctx.elsewhere) await ctx.elsewhere.carry(stdio.flatMap((f) => (f.path ? [f.path] : [])));
+      await ctx.phase('restore', `${tag}${image.regions.length} memory regions, pid ${current}${ctx.elsewhere ? ', in the restore guest' : ''}`);
       const restoreStarted = Date.now();
-      const restored = await restoreProcess(agent, image, { policy: ctx.policy, stdoutPath: `${ctx.outDir}/restored-${cycle}.out` });
-      await reattachStdio(agent, restored.pid, stdio);
+      const restored = await restoreProcess(there, image, { policy: ctx.policy, stdoutPath: `${ctx.outDir}/restored-${cycle}.out`, ...(ctx.elsewhere?.anyway ? { dependencies: 'try' as const } : {}) });
+      if (restored.dependencyNotes.length > 0) await ctx.phase('restored', restored.dependencyNotes.join('; '));
+      await reattachStdio(there, restored.pid, stdio);
       restoredPid = restored.pid;
       timing = { checkpointMs, imageBytes: (await stat(ctx.imageFile)).size, restoreMs: Date.now() - restoreStarted };
     } catch (error) {
       // The process may still be stopped (a checkpoint refused): nothing of it is left for the next run.
-      await agent.call({ op: 'KILL', pid: current }).catch(() => {});
+      await (cycle > 1 ? there : agent).call({ op: 'KILL', pid: current }).catch(() => {});
       return { failure: `${tag}${resultOf(error)}`, pid, cycles };
     }
     cycles.push(timing);
     current = restoredPid;
-    const ended = await interruptibleRun(agent, current, RESUME_SLICE_MS);
+    const ended = await interruptibleRun(there, current, RESUME_SLICE_MS);
     if (ended) return { failure: `${tag}the restored test ended before SIGTERM (${describeEnd(ended)})`, pid, restoredPid: current, cycles };
   }
 
   await ctx.phase('SIGTERM', `pid ${current}`);
-  await agent.call({ op: 'SIGNAL', pid: current, signo: SIGTERM });
-  const end = await runToEnd(agent, current, ctx.timeoutMs);
+  await there.call({ op: 'SIGNAL', pid: current, signo: SIGTERM });
+  const end = await runToEnd(there, current, ctx.timeoutMs);
   if (end.outcome === 'timed-out') return { failure: `the restored test did not end within ${ctx.timeoutMs} ms of SIGTERM (killed)`, pid, restoredPid: current, cycles };
   return { pid, restoredPid: current, cycles };
 }

@@ -1,7 +1,8 @@
 /**
  * `crh zdtm BINARY... [policy switches] [--iters N] [-- ARGS]`: tests that
  * follow CRIU's ZDTM protocol (docs/zdtm.md), each run natively and then
- * through checkpoint → kill → restore in one guest, one verdict row per
+ * through checkpoint → kill → restore in one guest (or, with --restore-cpu
+ * or --restore-kernel, restored once in a second guest), one verdict row per
  * test in crh run's report formats. Exit 0 every test passed as natively,
  * 1 one failed under C/R, 2 one fails natively (or a usage error), 69
  * infrastructure (the reports then carry it as an infrastructure failure).
@@ -23,6 +24,7 @@ import { UsageError } from '../repro/usage-error.ts';
 import { NotOwnedError, replaceOwnedDir } from '../util/owned-dir.ts';
 import { escapeControl } from '../util/terminal-text.ts';
 import { parseZdtmArgs } from './options.ts';
+import { describeElsewhere } from '../repro/restore-elsewhere.ts';
 import { prepareZdtmGuest, runZdtmTest, ZDTM_DIRS, type ZdtmTest } from './test-run.ts';
 import { rowLabel, zdtmExitCode, zdtmRows, type ZdtmResult } from './verdict.ts';
 
@@ -45,7 +47,8 @@ export async function zdtmCommand(argv: readonly string[]): Promise<number> {
     throw error instanceof NotOwnedError ? new UsageError(`${error.message}; choose another --artifacts`, {}, { cause: error }) : error;
   });
   const progress = new Progress('crh zdtm');
-  const policy = describePolicy(request.policy);
+  // A move is part of what the rows were run under: the policy column says where the restore happened.
+  const policy = `${describePolicy(request.policy)}${request.elsewhere ? `, restored in another guest (${describeElsewhere(request.elsewhere)})${request.elsewhere.anyway ? ' anyway' : ''}` : ''}`;
   const results: ZdtmResult[] = [];
   const reports = async (infrastructureFailures: InfraFailure[]): Promise<Verdict[]> => {
     const verdicts = zdtmRows(results, policy, request.iters);
@@ -58,14 +61,30 @@ export async function zdtmCommand(argv: readonly string[]): Promise<number> {
     await bootstrapHost((line) => progress.note(line));
     const kernel = kernelChoiceFromFlags(request.kernel);
     const guest = await openGuest({ artifactsDir: runDir, log: (line) => progress.note(line), agentCwd: ZDTM_DIRS.work, ...(kernel ? { kernel } : {}) });
+    let restoreGuest: Awaited<ReturnType<typeof openGuest>> | undefined;
     try {
       const { ssh } = guest.machine;
       await prepareZdtmGuest({ shell: (c) => ssh.run(c) });
+      if (request.elsewhere) {
+        // The restore guest: the same image recipe, another CPU model or kernel, the tests at the same paths.
+        progress.phase('boot the restore guest', describeElsewhere(request.elsewhere));
+        restoreGuest = await openGuest({
+          artifactsDir: path.join(runDir, 'restore-guest'),
+          log: (line) => progress.note(`restore guest: ${line}`),
+          agentCwd: ZDTM_DIRS.work,
+          ...(request.elsewhere.cpu !== undefined ? { cpuModel: request.elsewhere.cpu } : {}),
+          ...(request.elsewhere.kernel !== undefined ? { kernel: kernelChoiceFromFlags({ kernel: request.elsewhere.kernel }) } : {}),
+        });
+        await prepareZdtmGuest({ shell: (c) => restoreGuest!.machine.ssh.run(c) });
+        progress.note(`restore guest: -cpu ${restoreGuest.profile.cpuModel}, kernel ${restoreGuest.profile.kernelRelease}, CPU flags ${restoreGuest.profile.cpuFlags.join(' ')}`);
+      }
+      const there = restoreGuest && { session: { agent: restoreGuest.agent, shell: restoreGuest.machine.ssh.run.bind(restoreGuest.machine.ssh), upload: restoreGuest.machine.ssh.upload.bind(restoreGuest.machine.ssh) }, anyway: request.elsewhere!.anyway };
       const tests: ZdtmTest[] = [];
       for (const program of programs) {
         const name = path.basename(program.file);
         const binary = `${ZDTM_DIRS.bin}/${name}`;
         await ssh.upload(binary, program.data, 0o755);
+        if (there) await there.session.upload(binary, program.data, 0o755);
         tests.push({ name, binary, args: request.args, files });
       }
       for (const test of tests) {
@@ -82,13 +101,17 @@ export async function zdtmCommand(argv: readonly string[]): Promise<number> {
             },
           },
           test,
-          { policy: request.policy, iters: request.iters, settleMs: request.settleMs, timeoutMs: request.timeoutMs, imageFile: path.join(runDir, `${test.name}.checkpoint.tar`) },
+          { policy: request.policy, iters: request.iters, settleMs: request.settleMs, timeoutMs: request.timeoutMs, imageFile: path.join(runDir, `${test.name}.checkpoint.tar`), ...(there ? { elsewhere: there } : {}) },
         );
         results.push(record);
       }
     } finally {
       progress.phase('shut down');
-      await guest.close();
+      try {
+        await restoreGuest?.close();
+      } finally {
+        await guest.close();
+      }
       progress.endPhase();
     }
   } catch (error) {

@@ -9,6 +9,7 @@ import { KERNEL_USAGE, kernelOptions, resolveKernelFlag } from '../flags/kernel-
 import { OMIT_USAGE, policyFromFlags, policyOptions, POLICY_USAGE } from '../flags/policy-flags.ts';
 import type { RestorePolicy } from '../restore/policy.ts';
 import { UsageError } from '../repro/usage-error.ts';
+import { parseRestoreElsewhere, RESTORE_ELSEWHERE_USAGE, restoreElsewhereOptions, type RestoreElsewhereRequest } from '../repro/restore-elsewhere.ts';
 
 export interface ZdtmRequest {
   /** host paths of the test binaries (static x86-64), run one after another in one guest */
@@ -29,6 +30,8 @@ export interface ZdtmRequest {
   junit?: string;
   /** --kernel and friends by flag name, as absolute paths */
   kernel: Record<string, string>;
+  /** --restore-cpu, --restore-kernel, --restore-anyway: each test restored in another guest (repro/restore-elsewhere.ts) */
+  elsewhere?: RestoreElsewhereRequest;
 }
 
 export const DEFAULT_TIMEOUT_MS = 60_000;
@@ -39,7 +42,8 @@ export const ZDTM_USAGE =
   'usage: crh zdtm BINARY... [--iters N] [--file PATH]... [--settle MS] [--timeout MS]\n' +
   `                 ${POLICY_USAGE}\n` +
   '                 [--artifacts DIR] [--json FILE] [--junit FILE]\n' +
-  `                 ${KERNEL_USAGE} [-- ARGS]\n` +
+  `                 ${KERNEL_USAGE}\n` +
+  `                 ${RESTORE_ELSEWHERE_USAGE} [-- ARGS]\n` +
   `${OMIT_USAGE}\n` +
   '  run tests that follow CRIU\'s ZDTM protocol (your own ZDTM build, static): each in a fresh working\n' +
   '  directory as `BINARY --pidfile=T.pid --outfile=T.out ARGS` with a clean environment; ready when the\n' +
@@ -47,12 +51,16 @@ export const ZDTM_USAGE =
   '  T.pid names is checkpointed, killed and restored with the same pid N times (--iters, default 1),\n' +
   '  sent SIGTERM and waited for; the verdict is the word PASS among the last lines of T.out (or\n' +
   '  T.out.inprogress). --settle: ms the test runs once ready before the first checkpoint (default 200).\n' +
+  '  --restore-cpu/--restore-kernel: restore in a second guest of that CPU model/kernel (the working\n' +
+  '  directory and the daemon\'s own output files carried over), once (--iters 1); one lacking what the\n' +
+  '  test depends on is refused naming it (a C/R failure, exit 1) unless --restore-anyway.\n' +
   '  Exit 0 every test passed as natively, 1 one failed under checkpoint/restore, 2 one fails natively\n' +
   '  (or a usage error), 69 infrastructure. --json/--junit write crh run\'s report formats';
 
 export const zdtmOptions = {
   ...kernelOptions,
   ...policyOptions,
+  ...restoreElsewhereOptions,
   iters: { type: 'string' },
   file: { type: 'string', multiple: true },
   settle: { type: 'string' },
@@ -84,6 +92,8 @@ export function parseZdtmArgs(argv: readonly string[]): ZdtmRequest {
   if (clash) throw new UsageError(`--file: ${clash} is named twice, or names a file of the protocol (T.pid, T.out); each lands in the working directory under its own name`);
   const iters = values.iters === undefined ? 1 : positiveInteger('--iters', values.iters);
   if (iters > MAX_ITERS) throw new UsageError(`--iters: ${iters} is more than ${MAX_ITERS}`);
+  const elsewhere = parseRestoreElsewhere(values);
+  if (elsewhere && iters > 1) throw new UsageError('a restore in another guest moves the test once: --iters goes without --restore-cpu and --restore-kernel');
   return {
     binaries,
     args,
@@ -101,6 +111,7 @@ export function parseZdtmArgs(argv: readonly string[]): ZdtmRequest {
         return typeof value === 'string' ? [[flag, resolveKernelFlag(flag, value)]] : [];
       }),
     ),
+    ...(elsewhere ? { elsewhere } : {}),
   };
 }
 

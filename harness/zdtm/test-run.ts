@@ -6,6 +6,7 @@
  * Used by `crh zdtm` and by cases/zdtm.test.ts alike.
  */
 import type { AgentClient } from '../agent/client.ts';
+import { AgentError, CrhError } from '../errors.ts';
 import type { PlatformFacts } from '../restore/checkpoint-image.ts';
 import type { RestorePolicy } from '../restore/policy.ts';
 import { shellQuote } from '../machine/qemu-args.ts';
@@ -66,6 +67,13 @@ export interface ZdtmTestOptions {
   agentName?: string;
   /** the native runner's path (default guest/native-run.ts NATIVE_RUNNER) */
   nativeRunner?: string;
+  /**
+   * Restore in another guest (--restore-cpu, --restore-kernel), prepared
+   * with prepareZdtmGuest and holding the test binary at the same path: the
+   * checkpointed run's working directory is cleaned there too, carried over
+   * at the move, and the verdict read there.
+   */
+  elsewhere?: { session: Pick<ZdtmSession, 'agent' | 'shell' | 'upload'>; anyway: boolean };
 }
 
 export interface ZdtmTestRecord extends ZdtmResult {
@@ -107,9 +115,19 @@ export async function runZdtmTest(session: ZdtmSession, test: ZdtmTest, options:
   if (problem) return { test: title, native: { pass: false, summary: problem }, durationMs: Date.now() - started, ...(nativeRun ? { nativeRun } : {}), nativeOutfile };
 
   await cleanStart('checkpointed run');
+  const moved = options.elsewhere;
+  if (moved) {
+    const killed = killedPids(await moved.session.shell(cleanStartCommand(dirs.work, options.agentName)));
+    if (killed.length > 0) session.note(`restore guest: killed what the previous run left running (pid ${killed.join(', ')})`);
+  }
   const launch: ZdtmLaunch = { ...nativeLaunch, launcherOut: `${dirs.out}/launcher.out` };
-  const checkpointedRun = await checkpointedZdtmRun({ agent: session.agent, platform: session.platform, policy: options.policy, cycles: options.iters, settleMs: options.settleMs, timeoutMs: options.timeoutMs, outDir: dirs.out, imageFile: options.imageFile, phase: session.phase }, launch);
-  const checkpointedOutfile = checkpointedRun.failure === undefined ? await outfiles() : undefined;
+  const elsewhere = moved && { agent: moved.session.agent, anyway: moved.anyway, carry: (files: readonly string[]) => carryFiles(session.agent, moved.session, dirs.work, files) };
+  const checkpointedRun = await checkpointedZdtmRun({ agent: session.agent, platform: session.platform, policy: options.policy, cycles: options.iters, settleMs: options.settleMs, timeoutMs: options.timeoutMs, outDir: dirs.out, imageFile: options.imageFile, phase: session.phase, ...(elsewhere ? { elsewhere } : {}) }, launch);
+  const verdictAgent = moved?.session.agent ?? session.agent;
+  const checkpointedOutfile =
+    checkpointedRun.failure === undefined
+      ? outfileVerdict(await readIfPresent(verdictAgent, `${dirs.work}/${OUTFILE}`, OUTFILE_MAX_BYTES), await readIfPresent(verdictAgent, `${dirs.work}/${INPROGRESS}`, OUTFILE_MAX_BYTES))
+      : undefined;
   const pass = checkpointedOutfile?.pass ?? false;
   const pidNote = checkpointedRun.restoredPid !== undefined && checkpointedRun.restoredPid !== checkpointedRun.pid ? ` (restored as pid ${checkpointedRun.restoredPid}, not ${checkpointedRun.pid})` : '';
   const summary = checkpointedRun.failure ?? `${describeOutfile(checkpointedOutfile!)}${pidNote}`;
@@ -124,4 +142,32 @@ export async function runZdtmTest(session: ZdtmSession, test: ZdtmTest, options:
     checkpointedRun,
     ...(checkpointedOutfile ? { checkpointedOutfile } : {}),
   };
+}
+
+/** Bytes one carried file may hold: a ZDTM test's working files are small; a bigger one fails the move by name. */
+const CARRY_MAX_BYTES = 16 * 1024 * 1024;
+const ENOENT = 2;
+const EISDIR = 21;
+
+/**
+ * At a move: every regular file of the checkpoint guest's working
+ * directory, and `files` (the daemon's own output), written at the same
+ * paths in the restore guest — what the restored process reopens by path.
+ * Their modes are not carried (0644): the restored process holds them open.
+ */
+async function carryFiles(from: AgentClient, to: Pick<ZdtmSession, 'upload'>, work: string, files: readonly string[]): Promise<void> {
+  const names = await from.call({ op: 'LISTDIR', path: work });
+  const paths = [...names.filter((n) => n !== '.' && n !== '..').map((n) => `${work}/${n}`), ...files.filter((f) => f.startsWith('/') && !f.startsWith('/dev/'))];
+  for (const file of new Set(paths)) {
+    let data: Buffer;
+    try {
+      data = await from.call({ op: 'READ_FILE', path: file, maxSize: CARRY_MAX_BYTES + 1 });
+    } catch (error) {
+      // Gone meanwhile, or a directory: nothing a restored descriptor reopens.
+      if (error instanceof AgentError && (error.errno === ENOENT || error.errno === EISDIR)) continue;
+      throw error;
+    }
+    if (data.length > CARRY_MAX_BYTES) throw new CrhError(`${file} holds more than ${CARRY_MAX_BYTES} bytes: too much to carry to the restore guest`, { file });
+    await to.upload(file, data, 0o644);
+  }
 }
