@@ -113,6 +113,9 @@ function abortsAtCheckpoint(image: CheckpointImage, at: bigint): number {
   return Number(bytes.readBigUInt64LE(Number(at - region.start)));
 }
 
+/** Retries of the first increment a busy CPU may preempt in a row; a restore that leaves the section uncommittable aborts it forever. */
+const MAX_PREEMPTED_RETRIES = 3;
+
 const show = (s: Summary | undefined): string => (s ? `sum=${s.sum} aborts=${s.aborts} reregister=${s.reregister}` : 'no summary line');
 
 t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ']), async (t) => {
@@ -152,7 +155,13 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ']), async (t) => {
         const r = await cycle(t, mode, point.label, DEFAULT_POLICY, `${mode}-${point.label}`);
         const before = abortsAtCheckpoint(r.image, abortsCounter);
         if (before > 0) t.comment(`the first increment had aborted ${before} time(s) on its own before the checkpoint (preempted inside its section): the restore must add exactly ${point.aborts}`);
-        const expected: Summary = { sum: ITERATIONS, aborts: before + point.aborts, reregister: 'EBUSY' };
+        // An attempt aborts at most once. A point that aborts the attempt in progress makes it retry, and a retry is a
+        // fresh section a busy CPU may preempt again (flake run 4, 2026-12-05: aborts=2 at start_ip): those aborts are
+        // the retries', counted and named, never the restore's. A point that aborts nothing leaves no retry: exact.
+        const retries = point.aborts > 0 && r.summary ? Math.max(0, r.summary.aborts - before - point.aborts) : 0;
+        if (retries > 0) t.comment(`${retries} retry(ies) of the first increment after the restore's abort were preempted inside their section on their own`);
+        t.ok(retries <= MAX_PREEMPTED_RETRIES, `at most ${MAX_PREEMPTED_RETRIES} preempted retries (${retries}): more is no busy CPU but a section that cannot commit`);
+        const expected: Summary = { sum: ITERATIONS, aborts: before + point.aborts + retries, reregister: 'EBUSY' };
         t.same(r.summary, expected, `restored run: ${show(r.summary)}`);
         t.equal(r.run.code, 0, 'exits 0');
         const ran = abortHandlerRan(r);
@@ -163,8 +172,8 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ']), async (t) => {
         if (csDiff) t.comment(`rseq_cs after the plan: requested ${csDiff.requested}, the kernel left ${csDiff.accepted}`);
         recordRowOutcome(t, {
           case: CASE, scenario: `rseq ${mode}: checkpoint ${point.why}`, policy: describePolicy(DEFAULT_POLICY), control: false,
-          expected: show(expected), observed: `${show(r.summary)}; CPU ran abort handler: ${r.observation.first !== undefined}`,
-          matchedUninterrupted: JSON.stringify(r.summary) === JSON.stringify(expected) && r.run.code === 0 && (ran ?? point.aborts > 0) === point.aborts > 0,
+          expected: `${show(expected)}${retries > 0 ? ` (${retries} preempted retry(ies))` : ''}`, observed: `${show(r.summary)}; CPU ran abort handler: ${r.observation.first !== undefined}`,
+          matchedUninterrupted: JSON.stringify(r.summary) === JSON.stringify(expected) && retries <= MAX_PREEMPTED_RETRIES && r.run.code === 0 && (ran ?? point.aborts > 0) === point.aborts > 0,
         });
       });
     }
