@@ -18,8 +18,11 @@
  * parent exited — restoring it needs a parent that then exits, not done
  * yet); a descendant running another binary than the root's (an exec in a
  * child: its stub would be a copy of the root's binary); shared anonymous
- * memory that cannot be one object after a restore (tree.ts); a pipe that
- * cannot be created once and inherited, or holds too much (tree-pipes.ts).
+ * memory that cannot be one object after a restore (tree.ts); sessions and
+ * groups that no sequence of setsid/setpgid can form again (tree.ts
+ * planTreeSkeleton: e.g. a child forked before its parent's setsid, left in
+ * a session led outside the tree); a pipe that cannot be created once and
+ * inherited, or holds too much (tree-pipes.ts).
  * The pipes between the processes are captured with their queued bytes.
  */
 import type { AgentClient } from '../agent/client.ts';
@@ -28,7 +31,7 @@ import { checkpointProcess, type CheckpointProcessOptions } from './checkpoint.t
 import type { PlatformFacts, ProcessInfo } from './image-model.ts';
 import { PlanError } from './plan-step.ts';
 import { capturePipes, pipeCreator } from './tree-pipes.ts';
-import { creationOrder, sharedAnonymousObjects, type ProcessTree, type TreeMember } from './tree.ts';
+import { creationOrder, planTreeSkeleton, sharedAnonymousObjects, type ProcessTree, type TreeMember } from './tree.ts';
 import { uncapturableError, zombieProblem, type Uncapturable } from './uncapturable.ts';
 
 /** A process as /proc/PID/stat shows it. */
@@ -51,7 +54,7 @@ export function parseProcStat(pid: number, stat: string): ProcStat {
 }
 
 /** Every process in /proc, with its stat (a process that ends while being read is left out). */
-async function scanProcesses(agent: AgentClient): Promise<Map<number, ProcStat>> {
+export async function scanProcesses(agent: AgentClient): Promise<Map<number, ProcStat>> {
   const found = new Map<number, ProcStat>();
   for (const entry of await agent.call({ op: 'LISTDIR', path: '/proc' })) {
     if (!/^\d+$/.test(entry)) continue;
@@ -132,11 +135,19 @@ export async function checkpointTree(agent: AgentClient, root: ProcessInfo, plat
   // After every process's own state: the temporary pipe the copy of queued bytes uses is gone again by then.
   const pipes = await capturePipes(agent, tree.members.map((m) => m.pid));
   if (pipes.length > 0) tree.pipes = pipes;
-  // Shared memory that could not be one object again is refused now, not at restore.
+  // Shared memory that could not be one object again, and sessions and groups no sequence of calls can form again,
+  // are refused now, not at restore.
+  let shared;
   try {
-    sharedAnonymousObjects(tree);
+    shared = sharedAnonymousObjects(tree);
   } catch (error) {
     if (error instanceof PlanError) throw new CheckpointError(error.message, { state: 'shared anonymous memory' });
+    throw error;
+  }
+  try {
+    planTreeSkeleton(tree.members, shared);
+  } catch (error) {
+    if (error instanceof PlanError) throw new CheckpointError(error.message, { state: 'process tree' });
     throw error;
   }
   for (const p of pipes) {
