@@ -21,7 +21,7 @@ import { rewindInterruptedSyscall, type SyscallRewind } from '../restore/syscall
 import { debugRegOffset, hex, type UserRegs } from '../x86/registers.ts';
 import { runNatively, type NativeRun } from '../guest/native-run.ts';
 import type { CheckpointPoint } from './options.ts';
-import { checkpointDaemon, killDaemonTree, restoreDaemon, writeDaemonImage } from './daemon-tree.ts';
+import { checkpointDaemon, describeTreeShape, killDaemonTree, restoreDaemon, writeDaemonImage } from './daemon-tree.ts';
 import { runLauncherToDaemon } from './pid-file.ts';
 import { differingRegisters } from './register-diff.ts';
 import { CheckpointNotReachedError, UsageError } from './usage-error.ts';
@@ -291,7 +291,7 @@ export async function checkpointedRun(ctx: RunContext, reference: Reference, pla
     records.push(record);
 
     const out = cycles > 1 ? `${GUEST_DIRS.out}/restored-${cycle}.out` : `${GUEST_DIRS.out}/restored.out`;
-    await ctx.phase('restore', `${tag(cycle)}${image.regions.length} memory regions, pid ${current.pid}`);
+    await ctx.phase('restore', `${tag(cycle)}${daemon ? `${describeTreeShape(daemon.tree)}; ` : ''}${image.regions.length} memory regions, pid ${current.pid}`);
     const restoreStarted = Date.now();
     let restored: RestoreResult;
     try {
