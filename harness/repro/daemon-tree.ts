@@ -17,10 +17,12 @@ import { CrhError } from '../errors.ts';
 import { writeCheckpointImage, type PlatformFacts, type ProcessInfo } from '../restore/checkpoint-image.ts';
 import type { RestorePolicy } from '../restore/policy.ts';
 import { restoreProcess, type RestoreResult } from '../restore/restore.ts';
+import { findSharedDescriptions } from '../restore/shared-descriptions.ts';
 import { checkpointTree, descendantsOf, scanProcesses } from '../restore/tree-checkpoint.ts';
 import { writeTreeImage } from '../restore/tree-image.ts';
 import { releaseDescendants, restoreTree } from '../restore/tree-restore.ts';
 import type { ProcessTree } from '../restore/tree.ts';
+import { uncapturableError } from '../restore/uncapturable.ts';
 import { captureStdio, reattachStdio, type StdioFile } from './daemon-stdio.ts';
 
 export interface DaemonCheckpoint {
@@ -44,6 +46,10 @@ export async function checkpointDaemon(agent: AgentClient, process: ProcessInfo,
   const tree = await checkpointTree(agent, process, platform);
   const stdio = new Map<number, StdioFile[]>();
   for (const m of tree.members) stdio.set(m.pid, await captureStdio(agent, m.pid, harnessFiles));
+  // Each process's 0-2 are opened again by path, one description each: refused where the processes could tell.
+  const held = [...stdio].flatMap(([pid, files]) => files.flatMap((f) => (f.path === undefined ? [] : [{ pid, fd: f.fd, path: f.path, flags: f.flags }])));
+  const shared = await findSharedDescriptions(agent, held);
+  if (shared.length > 0) throw uncapturableError(process.pid, shared);
   return { tree, stdio };
 }
 

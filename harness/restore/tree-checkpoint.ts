@@ -21,7 +21,8 @@
  * memory that cannot be one object after a restore (tree.ts); sessions and
  * groups that no sequence of setsid/setpgid can form again (tree.ts
  * planTreeSkeleton: e.g. a child forked before its parent's setsid, left in
- * a session led outside the tree); a pipe that cannot be created once and
+ * a session led outside the tree); one open file description several
+ * processes share at an offset (shared-descriptions.ts); a pipe that cannot be created once and
  * inherited, or holds too much (tree-pipes.ts).
  * The pipes between the processes are captured with their queued bytes.
  */
@@ -30,6 +31,8 @@ import { AgentError, CheckpointError } from '../errors.ts';
 import { checkpointProcess, type CheckpointProcessOptions } from './checkpoint.ts';
 import type { PlatformFacts, ProcessInfo } from './image-model.ts';
 import { PlanError } from './plan-step.ts';
+import { FIRST_RESTORED_FD, parseFdinfo } from './files.ts';
+import { findSharedDescriptions, type HeldFile } from './shared-descriptions.ts';
 import { capturePipes, pipeCreator } from './tree-pipes.ts';
 import { creationOrder, planTreeSkeleton, sharedAnonymousObjects, type ProcessTree, type TreeMember } from './tree.ts';
 import { uncapturableError, zombieProblem, type Uncapturable } from './uncapturable.ts';
@@ -83,6 +86,20 @@ export function descendantsOf(root: number, all: ReadonlyMap<number, ProcStat>):
   return found;
 }
 
+/** The descriptors from 3 up that name a path (files, directories, devices), of every process in `pids`. */
+async function heldFiles(agent: AgentClient, pids: readonly number[]): Promise<HeldFile[]> {
+  const held: HeldFile[] = [];
+  for (const pid of pids) {
+    for (const fd of (await agent.call({ op: 'LISTDIR', path: `/proc/${pid}/fd` })).map(Number).filter((n) => n >= FIRST_RESTORED_FD)) {
+      const path = await agent.call({ op: 'READLINK', path: `/proc/${pid}/fd/${fd}` });
+      if (!path.startsWith('/')) continue;
+      const { flags } = parseFdinfo((await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/fdinfo/${fd}`, maxSize: 65536 })).toString('utf8'));
+      held.push({ pid, fd, path, flags });
+    }
+  }
+  return held;
+}
+
 async function tracerOf(agent: AgentClient, pid: number): Promise<number> {
   const status = (await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/status`, maxSize: 65536 })).toString('utf8');
   return Number(/^TracerPid:\s*(\d+)$/m.exec(status)?.[1] ?? 0);
@@ -132,20 +149,25 @@ export async function checkpointTree(agent: AgentClient, root: ProcessInfo, plat
     const info: ProcessInfo = m.pid === root.pid ? root : { ...root, pid: m.pid, argv: cmdline };
     tree.members.push({ ...m, image: await checkpointProcess(agent, info, platform, { ...options, pipesCaptured: true }) });
   }
+  // One description inherited across fork: an offset the processes share (shared-descriptions.ts); after each
+  // process's own refusals (a FIFO is named as one). Descriptors 0-2 are whoever restores the tree's (the root's stub
+  // gives every process its own, inherited).
+  const shared = await findSharedDescriptions(agent, await heldFiles(agent, tree.members.map((m) => m.pid)));
+  if (shared.length > 0) throw uncapturableError(root.pid, shared);
   // After every process's own state: the temporary pipe the copy of queued bytes uses is gone again by then.
   const pipes = await capturePipes(agent, tree.members.map((m) => m.pid));
   if (pipes.length > 0) tree.pipes = pipes;
   // Shared memory that could not be one object again, and sessions and groups no sequence of calls can form again,
   // are refused now, not at restore.
-  let shared;
+  let anonymous;
   try {
-    shared = sharedAnonymousObjects(tree);
+    anonymous = sharedAnonymousObjects(tree);
   } catch (error) {
     if (error instanceof PlanError) throw new CheckpointError(error.message, { state: 'shared anonymous memory' });
     throw error;
   }
   try {
-    planTreeSkeleton(tree.members, shared);
+    planTreeSkeleton(tree.members, anonymous);
   } catch (error) {
     if (error instanceof PlanError) throw new CheckpointError(error.message, { state: 'process tree' });
     throw error;

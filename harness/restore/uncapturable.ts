@@ -11,7 +11,9 @@
  *   timerfd — eventfd, eventpoll, signalfd, io_uring, perf_event, inotify,
  *   fanotify, pidfd, bpf maps and programs — each named with its fd; a
  *   timerfd timers.ts cannot create again (TFD_TIMER_CANCEL_ON_SET, an
- *   alarm clock);
+ *   alarm clock); a path that names a FIFO, a socket file or a device node
+ *   outside /dev (fstat injected: opened again by path it would block, or
+ *   come back empty);
  * - the personality (/proc/PID/personality) other than what a process the
  *   agent spawns gets — the agent's own, with ADDR_NO_RANDOMIZE when ASLR is
  *   off: a restore re-execs the binary under that;
@@ -29,11 +31,13 @@
  * The LDT is captured (ldt.ts); a descriptor there that modify_ldt cannot
  * make is refused by ldt.ts, naming the slot. A tree's checkpoint
  * (tree-checkpoint.ts) captures the pipes between its processes and refuses
- * a zombie in the tree (zombieProblem).
+ * a zombie in the tree (zombieProblem) and an open file description its
+ * processes share at an offset (shared-descriptions.ts).
  */
 import { constants } from 'node:os';
 import type { AgentClient } from '../agent/client.ts';
 import { AgentError, CheckpointError } from '../errors.ts';
+import { withScratchPage } from './scratch.ts';
 import { USERFAULTFD_LINK } from './userfaultfd.ts';
 import { parseProcTimers, parseTimerfdFdinfo, procTimerProblem, TIMERFD_LINK, timerfdProblem, type ProcTimer } from './timers.ts';
 
@@ -98,6 +102,31 @@ export function descriptorState(link: string): string | undefined {
   const ns = /^([a-z_]+):\[\d+\]$/.exec(link)?.[1];
   if (ns) return `${ns} namespace`;
   return link;
+}
+
+const NR_FSTAT = 5;
+/** struct stat on x86-64: st_dev (8), st_ino (8), st_nlink (8), then st_mode. */
+const ST_MODE_OFFSET = 24;
+
+/** Whether a descriptor's link is a path the restore opens again (files.ts): not a device it knows, not under /dev, /proc, /sys (refused there by files.ts). */
+function opensByPath(link: string): boolean {
+  return link.startsWith('/') && !link.endsWith(' (deleted)') && !/^\/(dev|proc|sys)\//.test(link);
+}
+
+/** The kind of a file a path names that no restore by path gives back (a FIFO, a socket file, a device node), from st_mode; undefined for a regular file or directory. */
+export function fileTypeState(mode: number): string | undefined {
+  switch (mode & 0o170000) {
+    case 0o010000:
+      return 'fifo';
+    case 0o140000:
+      return 'unix socket file';
+    case 0o020000:
+      return 'character device';
+    case 0o060000:
+      return 'block device';
+    default:
+      return undefined;
+  }
 }
 
 /** Seccomp: and NoNewPrivs: of a thread's status, against the agent's (a spawned process inherits both). */
@@ -166,6 +195,7 @@ export async function findUncapturable(agent: AgentClient, pid: number, noAslr: 
   const found: Uncapturable[] = [];
   const add = (u: Uncapturable | undefined): void => void (u && found.push(u));
 
+  const byPath: Array<{ fd: number; link: string }> = [];
   for (const fd of (await agent.call({ op: 'LISTDIR', path: `/proc/${pid}/fd` })).map(Number).sort((a, b) => a - b)) {
     const link = await optional(agent.call({ op: 'READLINK', path: `/proc/${pid}/fd/${fd}` }));
     const state = link === undefined ? undefined : descriptorState(link);
@@ -174,6 +204,19 @@ export async function findUncapturable(agent: AgentClient, pid: number, noAslr: 
       const fdinfo = await optional(read(`/proc/${pid}/fdinfo/${fd}`));
       if (fdinfo !== undefined) add(timerfdUncapturable(fd, fdinfo));
     }
+    if (link !== undefined && state === undefined && opensByPath(link)) byPath.push({ fd, link });
+  }
+  // A path names a FIFO or a device node as well as a file: opened again by path it would block, or lose what is queued.
+  if (byPath.length > 0) {
+    await withScratchPage(agent, pid, async (scratch) => {
+      for (const { fd, link } of byPath) {
+        const result = await agent.call({ op: 'INJECT_SYSCALL', pid, nr: NR_FSTAT, args: [BigInt(fd), scratch] });
+        if (result !== 0n) continue; // closed meanwhile: nothing to restore
+        const mode = (await agent.call({ op: 'READ_MEM', pid, address: scratch + BigInt(ST_MODE_OFFSET), length: 4 })).readUInt32LE(0);
+        const state = fileTypeState(mode);
+        if (state) found.push({ state, where: `fd ${fd}`, seen: `${link} (mode 0o${mode.toString(8)}): opened again by path, it would not be the same object` });
+      }
+    });
   }
 
   add(personalityProblem(pid, await read(`/proc/${pid}/personality`), await read('/proc/self/personality'), noAslr));
