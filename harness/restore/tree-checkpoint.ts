@@ -23,8 +23,10 @@
  * planTreeSkeleton: e.g. a child forked before its parent's setsid, left in
  * a session led outside the tree); one open file description several
  * processes share at an offset (shared-descriptions.ts); a pipe that cannot be created once and
- * inherited, or holds too much (tree-pipes.ts).
- * The pipes between the processes are captured with their queued bytes.
+ * inherited, or holds too much (tree-pipes.ts); a socket that is not a unix
+ * socketpair held in the tree, or one that holds what an image cannot
+ * (tree-sockets.ts). The pipes and socketpairs between the processes are
+ * captured with their queued data.
  */
 import type { AgentClient } from '../agent/client.ts';
 import { AgentError, CheckpointError } from '../errors.ts';
@@ -34,6 +36,7 @@ import { PlanError } from './plan-step.ts';
 import { FIRST_RESTORED_FD, parseFdinfo } from './files.ts';
 import { findSharedDescriptions, type HeldFile } from './shared-descriptions.ts';
 import { capturePipes, pipeCreator } from './tree-pipes.ts';
+import { captureSocketpairs, socketpairCreator } from './tree-sockets.ts';
 import { creationOrder, planTreeSkeleton, sharedAnonymousObjects, type ProcessTree, type TreeMember } from './tree.ts';
 import { uncapturableError, zombieProblem, type Uncapturable } from './uncapturable.ts';
 
@@ -157,6 +160,8 @@ export async function checkpointTree(agent: AgentClient, root: ProcessInfo, plat
   // After every process's own state: the temporary pipe the copy of queued bytes uses is gone again by then.
   const pipes = await capturePipes(agent, tree.members.map((m) => m.pid));
   if (pipes.length > 0) tree.pipes = pipes;
+  const socketpairs = await captureSocketpairs(agent, tree.members.map((m) => m.pid));
+  if (socketpairs.length > 0) tree.socketpairs = socketpairs;
   // Shared memory that could not be one object again, and sessions and groups no sequence of calls can form again,
   // are refused now, not at restore.
   let anonymous;
@@ -171,6 +176,14 @@ export async function checkpointTree(agent: AgentClient, root: ProcessInfo, plat
   } catch (error) {
     if (error instanceof PlanError) throw new CheckpointError(error.message, { state: 'process tree' });
     throw error;
+  }
+  for (const p of socketpairs) {
+    try {
+      socketpairCreator(tree.members, p);
+    } catch (error) {
+      if (error instanceof PlanError) throw new CheckpointError(error.message, { state: 'socketpair' });
+      throw error;
+    }
   }
   for (const p of pipes) {
     try {

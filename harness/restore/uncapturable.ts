@@ -262,8 +262,9 @@ export function uncapturableError(pid: number, found: readonly Uncapturable[]): 
 
 /** Throws uncapturableError when the process holds anything the image cannot. */
 export async function refuseUncapturable(agent: AgentClient, pid: number, noAslr: boolean, { pipesCaptured = false }: { pipesCaptured?: boolean } = {}): Promise<void> {
-  // A tree's checkpoint captures the pipes between its processes itself (tree-pipes.ts).
-  const found = (await findUncapturable(agent, pid, noAslr)).filter((u) => !(pipesCaptured && u.state === 'pipe'));
+  // A tree's checkpoint captures the pipes and socketpairs between its processes itself (tree-pipes.ts,
+  // tree-sockets.ts, which refuses every other socket by name).
+  const found = (await findUncapturable(agent, pid, noAslr)).filter((u) => !(pipesCaptured && (u.state === 'pipe' || u.state === 'socket')));
   if (found.length > 0) throw uncapturableError(pid, found);
 }
 
