@@ -6,7 +6,7 @@
  * process's descriptors 0-2 given back by path (daemon-stdio.ts). Used by
  * `crh zdtm` and by `--pid-file` on `crh cr` and `crh repro` alike.
  *
- * A daemon with no descendants and no pipe goes through the one-process
+ * A daemon with no descendants, no pipe and no socketpair goes through the one-process
  * checkpoint and restore (its image has no tree.json), as before trees
  * existed. A tree the restore core cannot rebuild is refused by name at
  * the checkpoint (a CheckpointError: a C/R limitation, exit 1).
@@ -31,9 +31,9 @@ export interface DaemonCheckpoint {
   stdio: Map<number, StdioFile[]>;
 }
 
-/** Whether the checkpoint is one process with nothing a tree holds: restored as one process. */
+/** Whether the checkpoint is one process with nothing only a tree holds (a pipe, a socketpair): restored as one process. */
 export function isSingleProcess(tree: ProcessTree): boolean {
-  return tree.members.length === 1 && (tree.pipes ?? []).length === 0;
+  return tree.members.length === 1 && (tree.pipes ?? []).length === 0 && (tree.socketpairs ?? []).length === 0;
 }
 
 /**
@@ -111,6 +111,6 @@ export async function restoreDaemon(agent: AgentClient, checkpoint: DaemonCheckp
 
 /** What the checkpoint holds, for a progress line: its processes and pipes. */
 export function describeTreeShape(tree: ProcessTree): string {
-  const pipes = (tree.pipes ?? []).length;
-  return `${tree.members.length} process${tree.members.length === 1 ? '' : 'es'} (pid ${tree.members.map((m) => m.pid).join(', ')})${pipes > 0 ? `, ${pipes} pipe${pipes === 1 ? '' : 's'}` : ''}`;
+  const count = (n: number, what: string): string => (n > 0 ? `, ${n} ${what}${n === 1 ? '' : 's'}` : '');
+  return `${tree.members.length} process${tree.members.length === 1 ? '' : 'es'} (pid ${tree.members.map((m) => m.pid).join(', ')})${count((tree.pipes ?? []).length, 'pipe')}${count((tree.socketpairs ?? []).length, 'socketpair')}`;
 }
