@@ -1,10 +1,12 @@
 // expect: through the real agent on the host's kernel, a parent and a child joined by a unix socketpair — SOCK_STREAM
-// and SOCK_DGRAM — with data queued both ways are checkpointed as a tree with the pair and both queues (a datagram
+// and SOCK_DGRAM — with data queued both ways, the parent at a breakpoint and the child waiting on a pipe, are checkpointed as a tree with the pair and both queues (a datagram
 // socket's datagrams one by one), killed, restored with the same pids and one socketpair between them, and end with
 // the uninterrupted run's line; under omit=pipe-contents the queues come back empty and the line says so.
 import t from 'tap';
 import path from 'node:path';
+import { spawnWithBreakpoint } from '../harness/agent/breakpoint-spawn.ts';
 import { AgentClient } from '../harness/agent/client.ts';
+import { ElfFile } from '../harness/elf/elf64.ts';
 import { localAgentTransport } from '../harness/agent/local-transport.ts';
 import { buildGuestBinaries } from '../harness/image/guest-binaries.ts';
 import { DEFAULT_POLICY, type RestorePolicy } from '../harness/restore/policy.ts';
@@ -12,10 +14,7 @@ import { checkpointTree } from '../harness/restore/tree-checkpoint.ts';
 import { readTreeImage, writeTreeImage } from '../harness/restore/tree-image.ts';
 import { releaseDescendants, restoreTree } from '../harness/restore/tree-restore.ts';
 import { killDaemonTree } from '../harness/repro/daemon-tree.ts';
-import { interruptibleRun } from '../harness/repro/runs.ts';
 import { makeTempDir, removeTempDir } from '../harness/util/temp-dir.ts';
-
-const SIGUSR1 = 10;
 
 t.test('unix socketpairs in a process tree through the real agent, on the host kernel', async (t) => {
   const bins = await buildGuestBinaries();
@@ -26,22 +25,21 @@ t.test('unix socketpairs in a process tree through the real agent, on the host k
   t.teardown(() => agent.close());
   const read = async (file: string): Promise<string> => (await agent.call({ op: 'READ_FILE', path: file, maxSize: 4096 })).toString();
 
-  /** sockpair TYPE until both processes are ready (everything sent, nothing read); the parent left stopped. */
+  const elf = await ElfFile.open(binary);
+  const breakAt = elf.symbols().find((s) => s.name === 'sockpair_checkpoint')!.value;
+  /** sockpair TYPE with the parent stopped at sockpair_checkpoint (both queues full, the child waiting on its pipe). */
   const ready = async (type: string, tag: string) => {
     const out = path.join(dir, `${tag}.out`);
     const argv = [binary, type];
-    const { pid } = await agent.call({ op: 'SPAWN', path: binary, argv, envp: [], stdoutPath: out, noAslr: true });
+    const pid = await spawnWithBreakpoint(agent, { binary, argv, breakAt }, out);
     t.teardown(() => killDaemonTree(agent, pid).then(() => undefined));
-    for (let i = 0; i < 200 && !/child ready[^]*parent ready|parent ready[^]*child ready/.test(await read(out)); i++) {
-      const ended = await interruptibleRun(agent, pid, 20);
-      if (ended) throw new Error(`sockpair ${type} ended before it was ready: ${ended.outcome} ${ended.code}`);
-    }
+    const hit = await agent.call({ op: 'RUN', pid, stopAfterHits: 1, timeoutMs: 30_000 });
+    if (hit.outcome !== 'hit-limit') throw new Error(`sockpair ${type} never reached sockpair_checkpoint: ${hit.outcome} ${hit.code}`);
     return { pid, out, process: { binary, argv, envp: [], noAslr: true, pid } };
   };
   const finish = async (pid: number, out: string): Promise<string> => {
-    await agent.call({ op: 'SIGNAL', pid, signo: SIGUSR1 });
     const end = await agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: 30_000 });
-    return `${end.outcome} ${end.code} ${(await read(out)).split('\n').filter((l) => l.startsWith('sockpair')).join('')}`;
+    return `${end.outcome} ${end.code} ${(await read(out)).trim()}`;
   };
 
   for (const type of ['stream', 'dgram'] as const) {

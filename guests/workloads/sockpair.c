@@ -5,15 +5,15 @@
  *   sockpair stream|dgram
  *
  * The parent makes a socketpair of the type asked (SOCK_STREAM or
- * SOCK_DGRAM) and forks. The child sends UP_MESSAGES messages up (sizes
- * 1, 38, 75, ...: on a datagram socket each one datagram), prints
- * "child ready" and waits for SIGUSR1; the parent sends DOWN_MESSAGES
- * down, prints "parent ready" and waits for SIGUSR1. Nothing is read
- * before: the host checkpoints the two with everything queued. On SIGUSR1
- * the parent passes the signal to the child; each reads what is queued for
- * it (without blocking) and checks the bytes and, on a datagram socket,
- * each datagram's size; the child's exit status says what it found; the
- * parent prints one line and exits 0:
+ * SOCK_DGRAM) and two pipes, and forks. The child sends UP_MESSAGES
+ * messages up (sizes 1, 38, 75, ...: on a datagram socket each one
+ * datagram), says so with a byte on one pipe and waits for a byte on the
+ * other; the parent, once the child's byte is there, sends DOWN_MESSAGES
+ * down and calls sockpair_checkpoint() — where the host stops it, with
+ * both queues full and nothing read. Then the parent lets the child go;
+ * each reads what is queued for it (without blocking) and checks the bytes
+ * and, on a datagram socket, each datagram's size; the child's exit status
+ * says what it found; the parent prints one line and exits 0:
  *
  *   sockpair dgram ok: up 8 messages 1044 bytes, down 3 messages, child exit 0
  *
@@ -21,7 +21,6 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -105,39 +104,47 @@ static const char *check_messages(int fd, int count, int base, int dgram, int *m
 	return NULL;
 }
 
+/* The checkpoint point: the host stops the parent here (a breakpoint), with both queues full and the child waiting. */
+__attribute__((noinline)) void sockpair_checkpoint(void)
+{
+	__asm__ volatile("" ::: "memory");
+}
+
 int main(int argc, char **argv)
 {
-	int dgram, sv[2], sig, status, messages, bytes;
-	sigset_t usr1;
+	int dgram, sv[2], done[2], go[2], status, messages, bytes;
 	const char *why;
+	char c = 0;
 	pid_t child;
 
 	if (argc != 2 || (strcmp(argv[1], "stream") != 0 && strcmp(argv[1], "dgram") != 0))
 		return 2;
 	dgram = strcmp(argv[1], "dgram") == 0;
 	setvbuf(stdout, NULL, _IONBF, 0);
-	sigemptyset(&usr1);
-	sigaddset(&usr1, SIGUSR1);
-	sigprocmask(SIG_BLOCK, &usr1, NULL);
-	if (socketpair(AF_UNIX, dgram ? SOCK_DGRAM : SOCK_STREAM, 0, sv) < 0)
+	if (socketpair(AF_UNIX, dgram ? SOCK_DGRAM : SOCK_STREAM, 0, sv) < 0 || pipe(done) < 0 || pipe(go) < 0)
 		return 1;
 	child = fork();
 	if (child < 0)
 		return 1;
 	if (child == 0) {
 		close(sv[0]);
-		if (send_messages(sv[1], UP_MESSAGES, 0) < 0)
+		close(done[0]);
+		close(go[1]);
+		if (send_messages(sv[1], UP_MESSAGES, 0) < 0 || write(done[1], "d", 1) != 1)
 			_exit(2);
-		printf("child ready\n");
-		sigwait(&usr1, &sig);
+		if (read(go[0], &c, 1) != 1)
+			_exit(4);
 		_exit(check_messages(sv[1], DOWN_MESSAGES, 100, dgram, &messages, &bytes) ? 3 : 0);
 	}
 	close(sv[1]);
-	if (send_messages(sv[0], DOWN_MESSAGES, 100) < 0)
+	close(done[1]);
+	close(go[0]);
+	/* Everything the child sends is queued once its byte arrives; then ours. */
+	if (read(done[0], &c, 1) != 1 || send_messages(sv[0], DOWN_MESSAGES, 100) < 0)
 		return 1;
-	printf("parent ready\n");
-	sigwait(&usr1, &sig);
-	kill(child, SIGUSR1);
+	sockpair_checkpoint();
+	if (write(go[1], "g", 1) != 1)
+		return 1;
 	why = check_messages(sv[0], UP_MESSAGES, 0, dgram, &messages, &bytes);
 	if (waitpid(child, &status, 0) != child)
 		status = -1;
