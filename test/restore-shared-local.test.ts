@@ -3,7 +3,7 @@
 // one offset) is refused as a shared open file description naming both descriptors; a file opened write-only with
 // O_APPEND before the fork (writes at the end whoever makes them) is checkpointed, restored with the same pids, each
 // process's fd 3 write-only O_APPEND on the file again; a FIFO (opened again by path it would block, or come back empty) is
-// refused by name with its mode.
+// refused by name with its mode; a memfd both map shared is refused by name.
 import t from 'tap';
 import path from 'node:path';
 import { AgentClient } from '../harness/agent/client.ts';
@@ -74,6 +74,14 @@ t.test('shared state across fork through the real agent, on the host kernel', as
     await t.rejects(checkpointTree(agent, s.process, { host: true }), {
       name: 'CheckpointError',
       message: new RegExp(`fifo \\(fd 3: ${s.file} \\(mode 0o10600\\): opened again by path, it would not be the same object\\)`),
+    });
+  });
+
+  await t.test('a memfd mapped shared by parent and child: refused by name', async (t) => {
+    const s = await started('memfd');
+    await t.rejects(checkpointTree(agent, s.process, { host: true }), {
+      name: 'CheckpointError',
+      message: /memfd \(fd 3: \/memfd:memfd \(deleted\)\)/,
     });
   });
 });

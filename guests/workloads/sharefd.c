@@ -9,6 +9,7 @@
  *   offset   PATH read-write: one open file description, one offset
  *   append   PATH write-only, O_APPEND: one description, writes at the end
  *   fifo     a FIFO made at PATH, opened read-write, 5 bytes queued in it
+ *   memfd    a memfd named PATH's last component, 4 KiB, mapped shared
  * Then the parent forks; each process writes a line to stdout and sleeps
  * in pause() until killed. The host stops the two and checkpoints them.
  */
@@ -16,6 +17,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -35,6 +37,12 @@ int main(int argc, char **argv)
 			return 1;
 		fd = open(argv[2], O_RDWR);
 		if (fd >= 0 && write(fd, "queue", 5) != 5)
+			return 1;
+	} else if (strcmp(argv[1], "memfd") == 0) {
+		const char *name = strrchr(argv[2], '/');
+
+		fd = memfd_create(name ? name + 1 : argv[2], 0);
+		if (fd >= 0 && (ftruncate(fd, 4096) < 0 || mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) == MAP_FAILED))
 			return 1;
 	} else
 		return 2;
