@@ -209,7 +209,7 @@ export async function captureSocketpairs(agent: AgentClient, pids: readonly numb
       throw new CheckpointError(`socket:[${inode}] (${s.ends.map((e) => `pid ${e.pid} fd ${e.fd}`).join(', ')}): ${why}`, { state: 'socket', target: `socket:[${inode}]` });
     };
     const d = diags.get(inode)!;
-    if ('errno' in d) return refuse(`not a unix socket (sock_diag answered errno ${d.errno}): only unix socketpairs are restored`);
+    if ('errno' in d) return refuse(`sock_diag knows no unix socket with this inode (errno ${d.errno}): not a unix socket — only unix socketpairs are restored — or a kernel without unix_diag (CONFIG_UNIX_DIAG), which pairing the sockets needs`);
     const type = SOCK_TYPE[d.type as keyof typeof SOCK_TYPE] ?? refuse(`a unix socket of type ${d.type}: only SOCK_STREAM and SOCK_DGRAM socketpairs are restored`);
     if (d.named) refuse('bound to a name: only unnamed socketpairs are restored');
     if (d.shutdown !== 0) refuse(`shut down (${d.shutdown}): only open socketpairs are restored`);
