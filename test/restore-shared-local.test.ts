@@ -19,14 +19,14 @@ import { makeTempDir, removeTempDir } from '../harness/util/temp-dir.ts';
 
 t.test('shared state across fork through the real agent, on the host kernel', async (t) => {
   const bins = await buildGuestBinaries();
-  const binary = bins.hostPath.sharefd!;
+  const binary = bins.hostPath.sockpair!;
   const dir = await makeTempDir('crh-shared-local-');
   t.teardown(() => removeTempDir(dir));
   const { client: agent } = await AgentClient.open(localAgentTransport(bins.hostPath['crh-agent']!));
   t.teardown(() => agent.close());
   const read = async (file: string): Promise<string> => (await agent.call({ op: 'READ_FILE', path: file, maxSize: 4096 })).toString();
 
-  /** sharefd MODE PATH, run until both processes wait in pause(), left stopped (the parent under the agent). */
+  /** sockpair MODE PATH (sharefd.c), run until both processes wait in pause(), left stopped (the parent under the agent). */
   const started = async (mode: string) => {
     const file = path.join(dir, mode);
     const argv = [binary, mode, file];

@@ -1,8 +1,9 @@
 /*
- * sharefd: a parent and a child that share what fork shares, for the
- * refusals and restores of a process tree's shared state.
+ * sharefd: the sockpair binary's other modes (sockpair.c hands them here):
+ * a parent and a child that share what fork shares, for the refusals and
+ * restores of a process tree's shared state.
  *
- *   sharefd MODE PATH
+ *   sockpair offset|append|fifo|memfd PATH
  *
  * MODE says what the parent opens (at PATH, in a directory of the caller's)
  * before it forks:
@@ -21,7 +22,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-int main(int argc, char **argv)
+int sharefd_main(int argc, char **argv);
+
+int sharefd_main(int argc, char **argv)
 {
 	int fd = -1;
 	pid_t child;

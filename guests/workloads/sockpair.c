@@ -3,6 +3,7 @@
  * queued both ways, for the restore of a process tree's socketpairs.
  *
  *   sockpair stream|dgram
+ *   sockpair offset|append|fifo|memfd PATH   (sharefd.c)
  *
  * The parent makes a socketpair of the type asked (SOCK_STREAM or
  * SOCK_DGRAM) and two pipes, and forks. The child sends UP_MESSAGES
@@ -104,6 +105,9 @@ static const char *check_messages(int fd, int count, int base, int dgram, int *m
 	return NULL;
 }
 
+/* sharefd.c: the modes that share a file, a FIFO or a memfd across fork. */
+int sharefd_main(int argc, char **argv);
+
 /* The checkpoint point: the host stops the parent here (a breakpoint), with both queues full and the child waiting. */
 __attribute__((noinline)) void sockpair_checkpoint(void)
 {
@@ -117,6 +121,8 @@ int main(int argc, char **argv)
 	char c = 0;
 	pid_t child;
 
+	if (argc == 3)
+		return sharefd_main(argc, argv);
 	if (argc != 2 || (strcmp(argv[1], "stream") != 0 && strcmp(argv[1], "dgram") != 0))
 		return 2;
 	dgram = strcmp(argv[1], "dgram") == 0;
