@@ -60,6 +60,7 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_CHECKPOINT_RESTORE', 'CONFIG_FU
       t.equal(r.checkpointedRun?.restoredPid, r.checkpointedRun?.pid, `restored with its own pid ${r.checkpointedRun?.pid}`);
       t.equal(r.checkpointedOutfile?.file, 'T.out', 'its exit handler renamed the outfile: the pid never changed');
       t.equal(zdtmExitCode([r]), 0, 'crh zdtm would exit 0');
+      for (const [i, c] of (r.checkpointedRun?.cycles ?? []).entries()) t.comment(`cycle ${i + 1}: ${c.processes} process(es), checkpoint ${c.checkpointMs} ms, image ${c.imageBytes} bytes, restore ${c.restoreMs} ms`);
       row(t, s.scenario, DEFAULT_POLICY, false, r);
     });
   }
