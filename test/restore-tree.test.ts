@@ -280,6 +280,8 @@ t.test('format 10 with socketpairs: round trip, hostile fields refused by name; 
   await refused(edited((p) => (p.queued = [[]] as unknown as string[][])), 'socketpairs[0].queued', 'not two queues');
   await refused(edited((p) => ((p.type = 'dgram'), (p.queued = [[''], []]))), 'socketpairs[0].queued', 'a zero-length datagram');
   await refused(edited((p) => (p.extra = 1)), 'socketpairs[0].extra', 'an unknown field');
+  const withPipe: ProcessTree = { ...tree, pipes: [pipe([{ pid: 100, fd: 5, write: false, cloexec: false }])] };
+  await refused(imageEntries(withPipe.members[0]!.image, await treeEntries(withPipe)), 'socketpairs[0].ends[0][0].fd', 'a descriptor that is a pipe end and a socket');
 });
 
 t.test('sock_diag: the request for one unix socket, and its answer parsed', async (t) => {

@@ -143,6 +143,14 @@ function validateTreeJson(raw: unknown): { members: TreeJsonMember[]; pipes: Tre
   if (problem) throw new ImageRejectedError(problem.why, TREE_ENTRY, problem.field);
   const pipes = validatePipesJson((raw as { pipes?: unknown }).pipes ?? [], new Set(members.map((m) => m.pid)));
   const socketpairs = validateSocketpairsJson((raw as { socketpairs?: unknown }).socketpairs ?? [], new Set(members.map((m) => m.pid)));
+  // One descriptor is a pipe end or a socket, never both.
+  const pipeFds = new Set(pipes.flatMap((p) => p.ends.map((e) => `${e.pid}:${e.fd}`)));
+  for (const [i, p] of socketpairs.entries()) {
+    for (const side of [0, 1] as const) {
+      const j = p.ends[side].findIndex((e) => pipeFds.has(`${e.pid}:${e.fd}`));
+      if (j >= 0) throw new ImageRejectedError(`pid ${p.ends[side][j]!.pid} fd ${p.ends[side][j]!.fd} is also a pipe end`, TREE_ENTRY, `socketpairs[${i}].ends[${side}][${j}].fd`);
+    }
+  }
   return { members, pipes, socketpairs };
 }
 
