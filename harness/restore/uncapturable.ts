@@ -12,7 +12,8 @@
  *   fanotify, pidfd, bpf maps and programs — each named with its fd; a
  *   timerfd timers.ts cannot create again (TFD_TIMER_CANCEL_ON_SET, an
  *   alarm clock); a path that names a FIFO, a socket file or a device node
- *   outside /dev (fstat injected: opened again by path it would block, or
+ *   outside /dev (specialFileProblems: fstat injected, so checkpoint.ts
+ *   calls it with signals blocked; opened again by path it would block, or
  *   come back empty);
  * - the personality (/proc/PID/personality) other than what a process the
  *   agent spawns gets — the agent's own, with ADDR_NO_RANDOMIZE when ASLR is
@@ -108,7 +109,7 @@ const NR_FSTAT = 5;
 /** struct stat on x86-64: st_dev (8), st_ino (8), st_nlink (8), then st_mode. */
 const ST_MODE_OFFSET = 24;
 
-/** Whether a descriptor's link is a path the restore opens again (files.ts): not a device it knows, not under /dev, /proc, /sys (refused there by files.ts). */
+/** Whether a descriptor's link is a path the restore opens again (files.ts): not deleted, not under /dev, /proc, /sys (refused or handled there by files.ts). */
 function opensByPath(link: string): boolean {
   return link.startsWith('/') && !link.endsWith(' (deleted)') && !/^\/(dev|proc|sys)\//.test(link);
 }
@@ -195,7 +196,6 @@ export async function findUncapturable(agent: AgentClient, pid: number, noAslr: 
   const found: Uncapturable[] = [];
   const add = (u: Uncapturable | undefined): void => void (u && found.push(u));
 
-  const byPath: Array<{ fd: number; link: string }> = [];
   for (const fd of (await agent.call({ op: 'LISTDIR', path: `/proc/${pid}/fd` })).map(Number).sort((a, b) => a - b)) {
     const link = await optional(agent.call({ op: 'READLINK', path: `/proc/${pid}/fd/${fd}` }));
     const state = link === undefined ? undefined : descriptorState(link);
@@ -204,21 +204,7 @@ export async function findUncapturable(agent: AgentClient, pid: number, noAslr: 
       const fdinfo = await optional(read(`/proc/${pid}/fdinfo/${fd}`));
       if (fdinfo !== undefined) add(timerfdUncapturable(fd, fdinfo));
     }
-    if (link !== undefined && state === undefined && opensByPath(link)) byPath.push({ fd, link });
   }
-  // A path names a FIFO or a device node as well as a file: opened again by path it would block, or lose what is queued.
-  if (byPath.length > 0) {
-    await withScratchPage(agent, pid, async (scratch) => {
-      for (const { fd, link } of byPath) {
-        const result = await agent.call({ op: 'INJECT_SYSCALL', pid, nr: NR_FSTAT, args: [BigInt(fd), scratch] });
-        if (result !== 0n) continue; // closed meanwhile: nothing to restore
-        const mode = (await agent.call({ op: 'READ_MEM', pid, address: scratch + BigInt(ST_MODE_OFFSET), length: 4 })).readUInt32LE(0);
-        const state = fileTypeState(mode);
-        if (state) found.push({ state, where: `fd ${fd}`, seen: `${link} (mode 0o${mode.toString(8)}): opened again by path, it would not be the same object` });
-      }
-    });
-  }
-
   add(personalityProblem(pid, await read(`/proc/${pid}/personality`), await read('/proc/self/personality'), noAslr));
 
   const agentStatus = await read('/proc/self/status');
@@ -249,6 +235,33 @@ export async function findUncapturable(agent: AgentClient, pid: number, noAslr: 
   add(sameAsAgent('umask', `/proc/${pid}/status`, umask(await read(`/proc/${pid}/status`)), umask(agentStatus)));
   add(sameAsAgent('working directory', `/proc/${pid}/cwd`, await agent.call({ op: 'READLINK', path: `/proc/${pid}/cwd` }), await agent.call({ op: 'READLINK', path: '/proc/self/cwd' })));
   return found;
+}
+
+/**
+ * The descriptors whose path names a FIFO, a socket file or a device node
+ * (fileTypeState), found by an fstat injected into the stopped process: a
+ * path the restore would open again, which would block or come back empty.
+ * Injected calls: the caller runs it with the process's signals blocked and
+ * its rseq critical section parked, as every injected capture.
+ */
+export async function specialFileProblems(agent: AgentClient, pid: number): Promise<Uncapturable[]> {
+  const byPath: Array<{ fd: number; link: string }> = [];
+  for (const fd of (await agent.call({ op: 'LISTDIR', path: `/proc/${pid}/fd` })).map(Number).sort((a, b) => a - b)) {
+    const link = await agent.call({ op: 'READLINK', path: `/proc/${pid}/fd/${fd}` }).catch((error: unknown) => (gone(error) ? undefined : Promise.reject(error)));
+    if (link !== undefined && opensByPath(link)) byPath.push({ fd, link });
+  }
+  if (byPath.length === 0) return [];
+  return withScratchPage(agent, pid, async (scratch) => {
+    const found: Uncapturable[] = [];
+    for (const { fd, link } of byPath) {
+      const result = await agent.call({ op: 'INJECT_SYSCALL', pid, nr: NR_FSTAT, args: [BigInt(fd), scratch] });
+      if (result !== 0n) continue; // closed meanwhile: nothing to restore
+      const mode = (await agent.call({ op: 'READ_MEM', pid, address: scratch + BigInt(ST_MODE_OFFSET), length: 4 })).readUInt32LE(0);
+      const state = fileTypeState(mode);
+      if (state) found.push({ state, where: `fd ${fd}`, seen: `${link} (mode 0o${mode.toString(8)}): opened again by path, it would not be the same object` });
+    }
+    return found;
+  });
 }
 
 /** The refusal: one CheckpointError naming every piece found (state, where, what was seen). */
