@@ -6,7 +6,9 @@
 // native run's), and the CPU runs the grandchild's code at its breakpoint address with the grandchild's own stack pointer.
 // Negative controls: omit=mapping-kinds (each process a private copy of the page: the counter diverges), omit=pipe-contents
 // (the pipe restored empty: the parent reads 100 bytes, not 3100), the grandchild restored as the parent's child (wrong
-// parent links: the child cannot wait for it).
+// parent links: the child cannot wait for it). And a parent and child joined by a unix socketpair (SOCK_STREAM, then
+// SOCK_DGRAM) with data queued both ways, the parent at a breakpoint: restored as one pair with both queues, it ends as
+// the native run; omit=pipe-contents (the pair restored empty) is caught by the program.
 import t, { type Test } from 'tap';
 import { appendFileSync, writeFileSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
@@ -158,6 +160,58 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_CHECKPOINT_RESTORE']), async (t
       t.match(r.line, c.shows, `caught: ${r.line}`);
       t.not(r.line, reference, 'and it differs from the uninterrupted run');
       recordRowOutcome(t, { case: CASE, scenario: SCENARIO, policy: `${describePolicy(c.policy)}${c.doctor ? ' (grandchild re-parented to the root)' : ''}`, control: true, expected: reference, observed: r.line, matchedUninterrupted: r.line === reference });
+    });
+  }
+
+  // A parent and child joined by a unix socketpair, data queued both ways: the pair restored as one, its queues sent again.
+  for (const type of ['stream', 'dgram'] as const) {
+    const pairBinary = guest.image.guestPaths.sockpair!;
+    const pairWorkload: Workload = { binary: pairBinary, argv: [pairBinary, type], breakAt: symbols.resolve('sockpair:sockpair_checkpoint') };
+    const pairScenario = `parent and child joined by a unix ${type === 'stream' ? 'SOCK_STREAM' : 'SOCK_DGRAM'} socketpair, data queued both ways; parent at a hardware breakpoint`;
+    const runPair = async (tag: string, policy?: RestorePolicy) => {
+      const out = `/tmp/tree-${tag}.original.out`;
+      const pid = await spawnArmed(guest, pairWorkload, out);
+      const hit = await agent.call({ op: 'RUN', pid, stopAfterHits: 1, timeoutMs: RUN_TIMEOUT_MS });
+      if (hit.outcome !== 'hit-limit') throw new Error(`sockpair never reached sockpair_checkpoint (${hit.outcome} ${hit.code}): ${await readOutput(guest, out)}`);
+      if (!policy) {
+        const end = await agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
+        return { line: `${endedAs(end)} ${(await readOutput(guest, out)).trim()}` };
+      }
+      const started = Date.now();
+      const tree = await checkpointTree(agent, { binary: pairBinary, argv: pairWorkload.argv, envp: [], noAslr: true, pid }, guest.platform);
+      const checkpointMs = Date.now() - started;
+      const file = path.join(guest.artifactsDir, `checkpoint-${tag}.tar`);
+      await writeTreeImage(tree, file);
+      for (const m of tree.members) await agent.call({ op: 'KILL', pid: m.pid });
+      const fromImage = await readTreeImage(file);
+      const restoredOut = `/tmp/tree-${tag}.restored.out`;
+      const restoreStarted = Date.now();
+      const restored = await restoreTreeWitnessed(agent, fromImage, { policy, stdoutPath: restoredOut }, tag);
+      const restoreMs = Date.now() - restoreStarted;
+      await releaseDescendants(agent, fromImage);
+      const end = await agent.call({ op: 'RUN', pid: fromImage.members[0]!.pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
+      return { line: `${endedAs(end)} ${(await readOutput(guest, restoredOut)).trim()}`, tree: fromImage, restored, timing: `checkpoint ${checkpointMs} ms, image ${(await stat(file)).size} bytes, restore ${restoreMs} ms` };
+    };
+    const pairReference = (await runPair(`${type}-reference`)).line;
+    const native = await nativeReference(guest, pairWorkload);
+    t.equal(pairReference, `${endedAs(native)} ${native.output.trim()}`, `${type}: the traced reference is the native run (no tracer)`);
+    t.match(pairReference, new RegExp(`^exited 0 sockpair ${type} ok: up \\d+ messages 1044 bytes, down 3 messages, child exit 0$`), `${type} uninterrupted: ${pairReference}`);
+
+    await t.test(`kill and restore a ${type} socketpair between parent and child: one pair, both queues; it ends as uninterrupted`, async (t) => {
+      const r = await runPair(`${type}-default`, DEFAULT_POLICY);
+      t.same(r.tree?.socketpairs?.map((p) => p.queued.map((q) => q.reduce((n, b) => n + b.length, 0))), [[1044, 114]], 'one socketpair: 1044 bytes queued for the parent, 114 for the child');
+      t.same(r.restored?.differences, [], 'read back: one socketpair between the two, as planned');
+      t.equal(r.line, pairReference, `restored: ${r.line}`);
+      t.comment(`${type} socketpair, 2 processes: ${r.timing}`);
+      recordRowOutcome(t, { case: CASE, scenario: pairScenario, policy: describePolicy(DEFAULT_POLICY), control: false, expected: pairReference, observed: r.line, matchedUninterrupted: r.line === pairReference && r.restored?.differences.length === 0 });
+    });
+
+    await t.test(`negative control omit=pipe-contents: the ${type} socketpair restored without its queued data`, async (t) => {
+      const policy: RestorePolicy = { ...DEFAULT_POLICY, omit: ['pipe-contents'] };
+      const r = await runPair(`${type}-empty`, policy);
+      t.match(r.line, new RegExp(`sockpair ${type} mismatch: up 0 bytes queued, not 1044, child status 0x300`), `caught: ${r.line}`);
+      t.not(r.line, pairReference, 'and it differs from the uninterrupted run');
+      recordRowOutcome(t, { case: CASE, scenario: pairScenario, policy: describePolicy(policy), control: true, expected: pairReference, observed: r.line, matchedUninterrupted: r.line === pairReference });
     });
   }
 });

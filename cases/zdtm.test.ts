@@ -1,10 +1,11 @@
 // expect: `crh zdtm`'s run (zdtm/test-run.ts) on our own ZDTM-protocol tests — a daemon waiting for SIGTERM with an
 // outfile, a directory fd and a shared page; one spinning with integer, SSE and x87 counters in step; one living on a
-// 1 ms ITIMER_REAL — each in a fresh working directory, launched with a clean environment, passes natively (the
-// reference: no tracer, no checkpoint) and again after checkpoint → kill → restore of the daemon its pid file names,
-// with the same pid (the outfile renamed to T.out); the spinning one also across three cycles. Negative controls:
-// omit=mapping-kinds (the shared page made private: zdtm-wait FAILs), omit=timers (zdtm-itimer's timer stalls); and a
-// test that fails natively is reported as such, with no C/R verdict; a daemon with a child is refused as a process tree.
+// 1 ms ITIMER_REAL; one whose daemon talks to a child through pipes — each in a fresh working directory, launched with a clean environment, passes natively (the
+// reference: no tracer, no checkpoint) and again after checkpoint → kill → restore of the tree rooted at the daemon its
+// pid file names, with the same pids (the outfile renamed to T.out); the spinning one also across three cycles.
+// Negative controls: omit=mapping-kinds (the shared page made private: zdtm-wait FAILs), omit=timers (zdtm-itimer's
+// timer stalls), omit=pipe-contents (zdtm-pipe finds the pipe from its child empty); a test that fails natively is
+// reported as such, with no C/R verdict; a daemon whose child sits outside its session is refused by name.
 import t, { type Test } from 'tap';
 import path from 'node:path';
 import { recordRowOutcome } from '../harness/testing/verdict-rows.ts';
@@ -48,6 +49,7 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_CHECKPOINT_RESTORE', 'CONFIG_FU
     { name: 'zdtm-spin', scenario: 'ZDTM protocol: daemon spinning (integer, SSE, x87 counters)', iters: 1 },
     { name: 'zdtm-spin', scenario: 'ZDTM protocol: daemon spinning, 3 checkpoint/restore cycles', iters: 3 },
     { name: 'zdtm-itimer', scenario: 'ZDTM protocol: daemon on a 1 ms ITIMER_REAL', iters: 1 },
+    { name: 'zdtm-pipe', scenario: 'ZDTM protocol: daemon and child joined by pipes, bytes in flight (a process tree)', iters: 1 },
   ];
   for (const [i, s] of scenarios.entries()) {
     await t.test(`${s.scenario}: PASS natively and after checkpoint/restore`, async (t) => {
@@ -58,6 +60,7 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_CHECKPOINT_RESTORE', 'CONFIG_FU
       t.equal(r.checkpointedRun?.restoredPid, r.checkpointedRun?.pid, `restored with its own pid ${r.checkpointedRun?.pid}`);
       t.equal(r.checkpointedOutfile?.file, 'T.out', 'its exit handler renamed the outfile: the pid never changed');
       t.equal(zdtmExitCode([r]), 0, 'crh zdtm would exit 0');
+      for (const [i, c] of (r.checkpointedRun?.cycles ?? []).entries()) t.comment(`cycle ${i + 1}: ${c.processes} process(es), checkpoint ${c.checkpointMs} ms, image ${c.imageBytes} bytes, restore ${c.restoreMs} ms`);
       row(t, s.scenario, DEFAULT_POLICY, false, r);
     });
   }
@@ -65,6 +68,7 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_CHECKPOINT_RESTORE', 'CONFIG_FU
   const controls = [
     { name: 'zdtm-wait', scenario: scenarios[0]!.scenario, policy: { ...DEFAULT_POLICY, omit: ['mapping-kinds'] } as RestorePolicy, shows: /no longer a shared mapping/ },
     { name: 'zdtm-itimer', scenario: scenarios[3]!.scenario, policy: { ...DEFAULT_POLICY, omit: ['timers'] } as RestorePolicy, shows: /the timer stalled/ },
+    { name: 'zdtm-pipe', scenario: scenarios[4]!.scenario, policy: { ...DEFAULT_POLICY, omit: ['pipe-contents'] } as RestorePolicy, shows: /the pipe from the child held 0 bytes, not 6000/ },
   ];
   for (const [i, c] of controls.entries()) {
     await t.test(`negative control ${describePolicy(c.policy)}: ${c.name} FAILs`, async (t) => {
@@ -77,10 +81,10 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_CHECKPOINT_RESTORE', 'CONFIG_FU
     });
   }
 
-  await t.test('a test whose daemon has a child is refused by name as a process tree (crh zdtm exits 1)', async (t) => {
+  await t.test('a test whose daemon forked a child before its setsid is refused by name: no setsid/setpgid sequence places the child again (crh zdtm exits 1)', async (t) => {
     const r = await run('zdtm-wait', 'tree', { args: ['child'] });
     t.ok(r.native.pass, `natively: ${r.native.summary}`);
-    t.match(r.checkpointed?.summary ?? '', /process tree: pid \d+ has children \d+; the restore core restores one process/, `checkpointed: ${r.checkpointed?.summary}`);
+    t.match(r.checkpointed?.summary ?? '', /process tree: pid \d+ is in session \d+, led by no process of the tree and not the root's: it cannot be created again/, `checkpointed: ${r.checkpointed?.summary}`);
     t.equal(zdtmExitCode([r]), 1);
   });
 

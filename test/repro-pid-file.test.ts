@@ -1,8 +1,9 @@
 // expect: through `crh repro`/`crh cr --pid-file` against a real guest, the process checkpointed is the daemon the
 // launcher names in its pid file: a daemon with a shared page waiting for SIGUSR1 ends with its uninterrupted output
 // (exit 0), our ZDTM-protocol test passes with its outfile as fds 1 and 2 given back; the control --omit
-// mapping-kinds shows the shared page made private (exit 1); a daemon with a child is refused by name as a process
-// tree (exit 1).
+// mapping-kinds shows the shared page made private (exit 1); a daemon with a child is checkpointed and restored with
+// it as a process tree (exit 0); a daemon whose child no setsid/setpgid sequence can place again is refused by name
+// (exit 1).
 import t from 'tap';
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -42,10 +43,20 @@ t.test('crh repro/cr --pid-file', async (t) => {
     t.match(r.stdout, /still-shared=0/);
   });
 
-  await t.test('a daemon with a child: refused by name as a process tree, exit 1', async (t) => {
-    const r = await crhRun(['repro', daemon, ...ready, '--out', path.join(dir, 'tree.tar'), '--artifacts', artifacts, '--', 'tree']);
-    t.equal(r.exitCode, 1, 'exit 1');
-    t.match(r.stderr, /process tree: pid \d+ has children \d+; the restore core restores one process/);
+  await t.test('a daemon with a child: checkpointed and restored as a process tree, its uninterrupted output', async (t) => {
+    const bundle = path.join(dir, 'tree.tar');
+    const r = await crhRun(['repro', daemon, ...ready, '--out', bundle, '--artifacts', artifacts, '--', 'tree']);
+    if (!t.equal(r.exitCode, 0, 'exit 0')) t.comment(`${r.stdout}\n${r.stderr.slice(-3000)}`);
+    const verdict = parseVerdict((await readBundle(bundle)).get('verdict.json')!.data.toString('utf8'));
+    t.equal(verdict.restored?.output, 'woke: session=1 shared=0x5a17ed private=0x9121 still-shared=1\n', 'the restored daemon\'s output');
+    t.match(r.stderr, /2 processes \(pid \d+, \d+\)/, 'the daemon and its child were restored together');
+  });
+
+  await t.test('a ZDTM-protocol test whose daemon forked a child before its setsid, through crh cr --pid-file: refused by name, exit 1', async (t) => {
+    const binary = (await buildGuestBinaries()).hostPath['zdtm-wait']!;
+    const r = await crhRun(['cr', '--binary', binary, '--when-ready', '--pid-file', 'T.pid', '--finish-signal', 'TERM', '--out', path.join(dir, 'zdtm-tree.tar'), '--artifacts', artifacts, '--', '--pidfile=T.pid', '--outfile=T.out', 'child']);
+    t.equal(r.exitCode, 1, 'exit 1: a C/R limitation, not a usage error');
+    t.match(r.stderr, /process tree: pid \d+ is in session \d+, led by no process of the tree and not the root's: it cannot be created again/);
   });
 
   await t.test('a ZDTM-protocol test through crh cr --pid-file: its outfile as fds 1 and 2 after the restore', async (t) => {

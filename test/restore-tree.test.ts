@@ -7,6 +7,9 @@
 // a version 9 image reads as a one-process tree, and the root alone of a tree image is refused. A pipe is created once in
 // the holder that is an ancestor of the others, parked above every descriptor, with its queued bytes written back, and
 // each process dup3s its own ends into place and closes the parked ones; hostile pipe fields are refused naming them.
+// A unix socketpair likewise, its queued data sent again from each socket's peer (a datagram at a time, MSG_DONTWAIT);
+// its tree.json field is written only when there are socketpairs, hostile fields refused naming them; the sock_diag
+// request names the inode and the answer's peer, name and shutdown are read.
 import t from 'tap';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -20,7 +23,8 @@ import { nestedEntryName, parseTreeEntries, readTreeImage, treeEntries, writeTre
 import { descendantsOf, parseProcStat, type ProcStat } from '../harness/restore/tree-checkpoint.ts';
 import { parkingBase, pipeCreator, withPipes, type TreePipe } from '../harness/restore/tree-pipes.ts';
 import { dryRunTreePlan } from '../harness/restore/tree-dry-run.ts';
-import { creationOrder, planTreeSkeleton, sharedAnonymousObjects, SIGCHLD, type ProcessTree, type TreeMember } from '../harness/restore/tree.ts';
+import { parseUnixDiag, socketpairCreator, unixDiagRequest, withSocketpairs } from '../harness/restore/tree-sockets.ts';
+import { creationOrder, planTreeSkeleton, sharedAnonymousObjects, SIGCHLD, type ProcessTree, type TreeMember, type TreeSocketPair } from '../harness/restore/tree.ts';
 import { reseal, SYNTHETIC_MAPS, syntheticImage, syntheticRegs } from './support/synthetic-image.ts';
 import { rejects } from './support/rejects.ts';
 
@@ -227,4 +231,85 @@ t.test('dry run of a tree: the skeleton, then each process\'s plan against a fre
   t.same(plan.filter((s) => s.op.op === 'INJECT_SYSCALL' && s.op.nr === 435).map((s) => s.expect), [101n, 102n], 'two clone3');
   t.same([...new Set(plan.filter((s) => s.op.op === 'SETREGS').map((s) => (s.op as { pid: number }).pid))], [100, 101, 102], 'each process\'s registers set');
   t.throws(() => dryRunTreePlan(tree, { rf: 'reject' }), { name: 'ImageRejectedError', field: 'eflags.RF' }, 'the policy gate applies (RF in the image, rf=reject)');
+});
+
+const socketpair = (type: 'stream' | 'dgram', queued: [Buffer[], Buffer[]]): TreeSocketPair => ({
+  type,
+  inodes: [500, 501],
+  ends: [[{ pid: 100, fd: 5, cloexec: false, nonblock: true }], [{ pid: 102, fd: 6, cloexec: true, nonblock: false }]],
+  queued,
+});
+
+t.test('socketpairs: created in the holding ancestor, queued data sent from each socket\'s peer, then each process\'s ends in place', async (t) => {
+  const members = [member(100, 1, 7, 7), member(101, 100, 7, 7), member(102, 101, 7, 7)];
+  const p = socketpair('dgram', [[Buffer.from('up-1'), Buffer.from('up-22')], [Buffer.from('down')]]);
+  t.equal(socketpairCreator(members, p), 100, 'the root holds a socket and is the grandchild\'s ancestor');
+  const actions = withSocketpairs(planTreeSkeleton(members), members, [p], 102);
+  const described = actions.map((a) => (a.kind === 'fd-dup' ? `dup ${a.pid} ${a.from}->${a.to}${a.cloexec ? ' cloexec' : ''}` : a.kind === 'fd-close' ? `close ${a.pid} ${a.fd}` : a.kind === 'socketpair-create' ? `socketpair ${a.pid} ${a.type} ${a.fds.join('/')}` : a.kind === 'clone' ? `clone ${a.pid}` : `${a.kind} ${a.pid}`));
+  t.same(described, ['spawn-root 100', 'socketpair 100 dgram 102/103', 'clone 101', 'clone 102', 'dup 100 102->5', 'close 100 102', 'close 100 103', 'close 101 102', 'close 101 103', 'dup 102 103->6 cloexec', 'close 102 102', 'close 102 103']);
+  const stub = { scratch: 0x7fffffffd000n, rip: 0x401000n, word: Buffer.alloc(8) };
+  const steps = skeletonSteps(actions, stub).filter((s) => s.op.op === 'INJECT_SYSCALL');
+  const calls = steps.map((s) => (s.op.op === 'INJECT_SYSCALL' ? `${s.op.pid}:${s.op.nr}(${s.op.args.slice(0, 4).join(',')})=${s.expect}` : ''));
+  const at = stub.scratch - 0x9000n;
+  t.same(calls.slice(0, 9), [
+    `100:53(1,2,0,${stub.scratch + 128n})=0`, '100:292(3,102,0)=102', '100:292(4,103,0)=103', '100:3(3)=0', '100:3(4)=0',
+    '100:72(102,4,2048)=0', `100:44(103,${at},4,64)=4`, `100:44(103,${at},5,64)=5`, `100:44(102,${at},4,64)=4`,
+  ], 'socketpair at fds 3 and 4, parked, O_NONBLOCK on the first socket; each datagram sent from its socket\'s peer, MSG_DONTWAIT');
+  t.throws(() => socketpairCreator([...members, member(103, 100, 7, 7)], { ...p, ends: [[{ pid: 102, fd: 5, cloexec: false, nonblock: false }], [{ pid: 103, fd: 6, cloexec: false, nonblock: false }]] }), { name: 'PlanError', message: /socketpair socket:\[500\]\/socket:\[501\] is held by pid 102, pid 103, none an ancestor/ });
+});
+
+t.test('format 10 with socketpairs: round trip, hostile fields refused by name; a tree without them writes no field', async (t) => {
+  const tree: ProcessTree = { ...sharedTree([100, 101, 102]), socketpairs: [socketpair('stream', [[Buffer.from([0, 1, 255])], []])] };
+  const entries = imageEntries(tree.members[0]!.image, await treeEntries(tree));
+  t.same((await parseTreeEntries(entries)).socketpairs, tree.socketpairs, 'socketpairs as written, queued data included');
+  t.notOk('socketpairs' in JSON.parse((await treeEntries(sharedTree([100, 101, 102]))).get('tree.json')!.toString()), 'no socketpairs: no field');
+  const treeJson = JSON.parse(entries.get('tree.json')!.toString()) as { socketpairs: Array<Record<string, unknown> & { ends: Array<Array<Record<string, unknown>>>; queued: string[][] }> };
+  const edited = (edit: (p: (typeof treeJson.socketpairs)[number]) => void): Map<string, Buffer> => {
+    const copy = structuredClone(treeJson);
+    edit(copy.socketpairs[0]!);
+    return reseal(entries, { 'tree.json': Buffer.from(JSON.stringify(copy)) });
+  };
+  const refused = async (e: Map<string, Buffer>, field: string, what: string): Promise<void> => {
+    await t.rejects(parseTreeEntries(e), { name: 'ImageRejectedError', field }, what);
+  };
+  await refused(edited((p) => (p.type = 'seqpacket')), 'socketpairs[0].type', 'a type other than stream or dgram');
+  await refused(edited((p) => (p.ends[0]![0]!.pid = 999)), 'socketpairs[0].ends[0][0].pid', 'an end in no process of the tree');
+  await refused(edited((p) => (p.ends[1]![0] = { ...p.ends[0]![0]! })), 'socketpairs[0].ends[1][0].fd', 'one descriptor twice');
+  await refused(edited((p) => (p.queued = [[Buffer.alloc(70000).toString('base64')], []])), 'socketpairs[0].queued', 'more queued than an image holds');
+  await refused(edited((p) => (p.queued = [['not base64!'], []])), 'socketpairs[0].queued[0][0]', 'queued data that is not base64');
+  await refused(edited((p) => (p.queued = [[]] as unknown as string[][])), 'socketpairs[0].queued', 'not two queues');
+  await refused(edited((p) => ((p.type = 'dgram'), (p.queued = [[''], []]))), 'socketpairs[0].queued', 'a zero-length datagram');
+  await refused(edited((p) => (p.extra = 1)), 'socketpairs[0].extra', 'an unknown field');
+  const withPipe: ProcessTree = { ...tree, pipes: [pipe([{ pid: 100, fd: 5, write: false, cloexec: false }])] };
+  await refused(imageEntries(withPipe.members[0]!.image, await treeEntries(withPipe)), 'socketpairs[0].ends[0][0].fd', 'a descriptor that is a pipe end and a socket');
+});
+
+t.test('sock_diag: the request for one unix socket, and its answer parsed', async (t) => {
+  const req = unixDiagRequest(0x1234);
+  t.same([req.readUInt32LE(0), req.readUInt16LE(4), req.readUInt16LE(6), req.readUInt8(16), req.readUInt32LE(24), req.readUInt32LE(28)], [40, 20, 1, 1, 0x1234, 0x5], 'SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, AF_UNIX, the inode, SHOW_NAME|SHOW_PEER');
+  const answer = (attrs: Array<[number, Buffer]>): Buffer => {
+    const body = Buffer.concat(attrs.map(([type, data]) => {
+      const a = Buffer.alloc((4 + data.length + 3) & ~3);
+      a.writeUInt16LE(4 + data.length, 0);
+      a.writeUInt16LE(type, 2);
+      data.copy(a, 4);
+      return a;
+    }));
+    const head = Buffer.alloc(32);
+    head.writeUInt32LE(32 + body.length, 0);
+    head.writeUInt16LE(20, 4);
+    head.writeUInt8(1, 16);
+    head.writeUInt8(2, 17);
+    head.writeUInt32LE(0x1234, 20);
+    return Buffer.concat([head, body]);
+  };
+  const u32 = (n: number): Buffer => Buffer.from(Uint32Array.of(n).buffer);
+  t.same(parseUnixDiag(answer([[2, u32(0x1235)], [6, Buffer.from([0])]])), { inode: 0x1234, type: 2, peer: 0x1235, named: false, shutdown: 0 }, 'a datagram socket, its peer');
+  t.same(parseUnixDiag(answer([[0, Buffer.from('/run/x\0')], [6, Buffer.from([3])]])), { inode: 0x1234, type: 2, peer: 0, named: true, shutdown: 3 }, 'named, shut down both ways, no peer');
+  const error = Buffer.alloc(36);
+  error.writeUInt32LE(36, 0);
+  error.writeUInt16LE(2, 4);
+  error.writeInt32LE(-2, 16);
+  t.same(parseUnixDiag(error), { errno: 2 }, 'NLMSG_ERROR: no such unix socket');
+  t.throws(() => parseUnixDiag(Buffer.alloc(8)), { name: 'CheckpointError' }, 'a short answer');
 });

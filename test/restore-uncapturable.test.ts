@@ -1,9 +1,10 @@
-// expect: the checkpoint-time refusal reads recorded /proc text right: descriptor links by kind (userfaultfd and paths left to their modules), personality against what a spawn gives, seccomp and no_new_privs, a tracee's TracerPid, POSIX timers, limits; the error names every state found.
+// expect: the checkpoint-time refusal reads recorded /proc text right: descriptor links by kind (userfaultfd and paths left to their modules), a path's file type from st_mode (FIFO, socket file, device node), personality against what a spawn gives, seccomp and no_new_privs, a tracee's TracerPid, POSIX timers, limits; the error names every state found.
 import t from 'tap';
 import { CheckpointError } from '../harness/errors.ts';
 import {
   descriptorState,
   describePersonality,
+  fileTypeState,
   limitsDiffer,
   personalityProblem,
   statusProblems,
@@ -42,6 +43,15 @@ t.test('descriptor links by kind', async (t) => {
   t.equal(descriptorState('pipe:[159174]'), 'pipe');
   t.equal(descriptorState('net:[4026531840]'), 'net namespace');
   t.equal(descriptorState('/memfd:holdstate (deleted)'), 'memfd');
+});
+
+t.test('a path descriptor by its st_mode: FIFOs, socket files and device nodes refused, files and directories not', async (t) => {
+  t.equal(fileTypeState(0o100644), undefined, 'a regular file');
+  t.equal(fileTypeState(0o40755), undefined, 'a directory');
+  t.equal(fileTypeState(0o10600), 'fifo');
+  t.equal(fileTypeState(0o140777), 'unix socket file');
+  t.equal(fileTypeState(0o20666), 'character device');
+  t.equal(fileTypeState(0o60660), 'block device');
 });
 
 t.test('personality against what a restore spawn gives', async (t) => {

@@ -1,8 +1,9 @@
 // expect: on the host's own kernel, our ZDTM-protocol tests go through crh zdtm's run (zdtm/test-run.ts with the real
 // agent, no QEMU): each passes natively and, checkpointed, killed and restored with the same pid (once, and three
 // times in a chain), passes again with its outfile renamed to T.out; the negative controls fail — omit=mapping-kinds
-// (the shared page made private) for the waiting test, omit=timers for the interval-timer test — and a test that
-// fails natively is reported as such, with no C/R verdict.
+// (the shared page made private) for the waiting test, omit=timers for the interval-timer test, omit=pipe-contents
+// for the pipe test (its daemon and child restored as one tree) — a daemon whose child no setsid/setpgid sequence
+// can place again is refused by name, and a test that fails natively is reported as such, with no C/R verdict.
 import t from 'tap';
 import { copyFile, chmod, writeFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -56,7 +57,7 @@ t.test('crh zdtm runs on the host kernel', async (t) => {
     return runZdtmTest(session, { name, binary, args: options.args ?? [], files: [] }, { policy: options.policy ?? DEFAULT_POLICY, iters: options.iters ?? 1, settleMs: 200, timeoutMs: TIMEOUT_MS, imageFile: path.join(root, `${name}.tar`), dirs, agentName, nativeRunner: bins.hostPath['crh-native']! });
   };
 
-  for (const name of ['zdtm-wait', 'zdtm-spin', 'zdtm-itimer']) {
+  for (const name of ['zdtm-wait', 'zdtm-spin', 'zdtm-itimer', 'zdtm-pipe']) {
     await t.test(`${name}: PASS natively and after a checkpoint/restore`, async (t) => {
       const r = await run(name);
       t.ok(r.native.pass, `natively: ${r.native.summary}`);
@@ -88,16 +89,31 @@ t.test('crh zdtm runs on the host kernel', async (t) => {
     t.equal(zdtmExitCode([r]), 1, 'exit 1');
   });
 
-  await t.test('a test whose daemon has a child: the native run leaves nothing behind, the checkpoint is refused as a tree', async (t) => {
+  await t.test('zdtm-pipe: the daemon and its child restored as one tree, the bytes in flight in the pipe between them kept', async (t) => {
+    const r = await run('zdtm-pipe');
+    t.ok(r.checkpointed?.pass, `checkpointed: ${r.checkpointed?.summary}`);
+    const [cycle] = r.checkpointedRun?.cycles ?? [];
+    t.equal(cycle?.processes, 2, 'two processes checkpointed and restored: the daemon and its child');
+    t.comment(`zdtm-pipe: checkpoint ${cycle?.checkpointMs} ms, image ${cycle?.imageBytes} bytes, restore ${cycle?.restoreMs} ms`);
+  });
+
+  await t.test('negative control omit=pipe-contents: zdtm-pipe finds the pipe from its child empty', async (t) => {
+    const r = await run('zdtm-pipe', { policy: { ...DEFAULT_POLICY, omit: ['pipe-contents'] } });
+    t.ok(r.native.pass, 'natively it passes');
+    t.notOk(r.checkpointed?.pass, `checkpointed: ${r.checkpointed?.summary}`);
+    t.match(r.checkpointed?.summary, /the pipe from the child held 0 bytes, not 6000/);
+    t.equal(zdtmExitCode([r]), 1, 'exit 1');
+  });
+
+  await t.test('a test whose daemon forked a child before its setsid: the native run leaves nothing behind, the tree is refused by name', async (t) => {
     const r = await run('zdtm-wait', { args: ['child'] });
     t.ok(r.native.pass, `natively: ${r.native.summary}`);
     t.notOk(r.checkpointed?.pass, `checkpointed: ${r.checkpointed?.summary}`);
-    t.match(r.checkpointed?.summary, /process tree: pid \d+ has children \d+; the restore core restores one process/);
+    t.match(r.checkpointed?.summary, /CheckpointError: process tree: pid \d+ is in session \d+, led by no process of the tree and not the root's: it cannot be created again/);
     t.equal(zdtmExitCode([r]), 1, 'exit 1: a C/R limitation');
-    // The refused tree's child is the agent's (a subreaper): the next clean start kills it. The native run's child is
-    // init's: only the native run's own sweep of the daemon's session can have killed it.
+    // The refused tree is killed whole: nothing of it is left for the next clean start.
     const killed = killedPids(await shell(cleanStartCommand(dirs.work, agentName)));
-    t.equal(killed.length, 1, `the next clean start kills the refused tree's child (${killed.join(', ')})`);
+    t.same(killed, [], `the refused tree was killed at the refusal (${killed.join(', ')})`);
     // Killed is enough: a zombie waiting for its parent to collect it runs nothing.
     const left = await execa('sh', ['-c', 'for p in $(pgrep -x zdtm-wait); do sed -n "s/.*) \\([^Z]\\) .*/$p/p" /proc/$p/stat 2>/dev/null; done'], { reject: false });
     t.equal(left.stdout.trim(), '', 'no zdtm-wait process left running: the native run\'s child was killed too');

@@ -3,7 +3,7 @@
 // one), the native run's shell command and report, and the pid-file and children parsers — do what they say.
 import t from 'tap';
 import { UsageError } from '../harness/repro/usage-error.ts';
-import { parseChildren, parsePidFile } from '../harness/repro/pid-file.ts';
+import { parsePidFile } from '../harness/repro/pid-file.ts';
 import { parseReproArgs, requestFlags, type ReproRequest } from '../harness/repro/options.ts';
 import { parseRerunRecord, rerunRecord } from '../harness/repro/rerun-record.ts';
 import { BundleRejectedError } from '../harness/repro/usage-error.ts';
@@ -94,7 +94,7 @@ t.test('native run: the command and its report', async (t) => {
   t.equal(nativeProblem({ launcherStatus: 0, pid: 9, ended: true }), undefined);
 });
 
-t.test('pid file and children', async (t) => {
+t.test('pid file', async (t) => {
   t.equal(parsePidFile('1234\n'), 1234);
   t.equal(parsePidFile(' 77 \nmore'), 77, 'the first line');
   t.equal(parsePidFile(undefined), undefined);
@@ -103,8 +103,6 @@ t.test('pid file and children', async (t) => {
   t.equal(parsePidFile('-1\n'), undefined);
   t.equal(parsePidFile('12abc'), undefined);
   t.equal(parsePidFile('99999999999'), undefined, 'beyond any pid');
-  t.same(parseChildren('12 13 \n'), [12, 13]);
-  t.same(parseChildren(''), []);
 });
 
 t.test('--pid-file on crh cr and crh repro', async (t) => {

@@ -13,7 +13,8 @@
  * inherited) whether it still leads its own session, both words, and
  * whether the shared page is still a shared mapping, then exits 0.
  * With the argument `tree` the daemon first forks a child that sleeps: a
- * process tree, which `crh cr --pid-file` refuses by name.
+ * process tree, which `crh cr --pid-file` checkpoints and restores whole
+ * (the same pids, parent, session and group).
  */
 #define _GNU_SOURCE
 #include <fcntl.h>

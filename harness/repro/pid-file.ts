@@ -5,13 +5,13 @@
  * subreaper, so once the launcher has exited the daemon is the agent's own
  * child, and ATTACH seizes it like a spawned process.
  *
- * The restore core restores one process (any number of threads): a daemon
- * with live children is a process tree and is refused by name, as
- * restore/uncapturable.ts refuses state the image cannot hold.
+ * A daemon with children is checkpointed with them, as a process tree
+ * (daemon-tree.ts); what a tree's restore cannot rebuild is refused by name
+ * at the checkpoint.
  */
 import { isRunTimeout } from '../agent/run-to-end.ts';
 import type { AgentClient } from '../agent/client.ts';
-import { AgentError, CheckpointError } from '../errors.ts';
+import { AgentError } from '../errors.ts';
 import { CheckpointNotReachedError } from './usage-error.ts';
 
 const ENOENT = 2;
@@ -20,11 +20,6 @@ const ENOENT = 2;
 export function parsePidFile(text: string | undefined): number | undefined {
   const first = text?.split('\n')[0]?.trim() ?? '';
   return /^[1-9]\d{0,9}$/.test(first) && Number(first) <= 0x3fffffff ? Number(first) : undefined;
-}
-
-/** The pids a /proc/PID/task/TID/children listing names. */
-export function parseChildren(text: string): number[] {
-  return text.split(/\s+/).filter(Boolean).map(Number);
 }
 
 /** Reads a guest file, undefined when it does not exist. */
@@ -62,10 +57,7 @@ export async function runLauncherToDaemon(agent: AgentClient, launcherPid: numbe
   return { pid, how: `the launcher exited 0 and ${pidFile} names pid ${pid}` };
 }
 
-/**
- * Seizes the live process `pidFile` names (ATTACH: every thread stopped),
- * then refuses it if it has children.
- */
+/** Seizes the live process `pidFile` names (ATTACH: every thread stopped; its descendants run on). */
 export async function attachNamedProcess(agent: AgentClient, pidFile: string): Promise<number> {
   const text = await readIfPresent(agent, pidFile, 64);
   const pid = parsePidFile(text);
@@ -75,22 +67,5 @@ export async function attachNamedProcess(agent: AgentClient, pidFile: string): P
   const state = await processState(agent, pid);
   if (state === undefined || state === 'Z') throw new CheckpointNotReachedError(`pid ${pid}, named by ${pidFile}, is ${state === 'Z' ? 'a zombie' : 'not running'}: the daemon ended before it could be checkpointed`);
   await agent.call({ op: 'ATTACH', pid });
-  await refuseTree(agent, pid);
   return pid;
-}
-
-/**
- * A process with live children is a tree: refused by name (and killed,
- * with its children left to the next clean start), since restoring it alone
- * would silently drop them. Zombie children count too: they hold pids the
- * restored tree would have to wait for.
- */
-export async function refuseTree(agent: AgentClient, pid: number): Promise<void> {
-  const children: number[] = [];
-  for (const tid of await agent.call({ op: 'LISTDIR', path: `/proc/${pid}/task` })) {
-    children.push(...parseChildren((await readIfPresent(agent, `/proc/${pid}/task/${tid}/children`)) ?? ''));
-  }
-  if (children.length === 0) return;
-  await agent.call({ op: 'KILL', pid }).catch(() => {});
-  throw new CheckpointError(`process tree: pid ${pid} has children ${children.join(', ')}; the restore core restores one process`);
 }

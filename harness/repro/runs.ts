@@ -21,7 +21,7 @@ import { rewindInterruptedSyscall, type SyscallRewind } from '../restore/syscall
 import { debugRegOffset, hex, type UserRegs } from '../x86/registers.ts';
 import { runNatively, type NativeRun } from '../guest/native-run.ts';
 import type { CheckpointPoint } from './options.ts';
-import { captureStdio, reattachStdio, type StdioFile } from './daemon-stdio.ts';
+import { checkpointDaemon, describeTreeShape, killDaemonTree, restoreDaemon, writeDaemonImage } from './daemon-tree.ts';
 import { runLauncherToDaemon } from './pid-file.ts';
 import { differingRegisters } from './register-diff.ts';
 import { CheckpointNotReachedError, UsageError } from './usage-error.ts';
@@ -276,30 +276,30 @@ export async function checkpointedRun(ctx: RunContext, reference: Reference, pla
       if (!(error instanceof CrhError) || isInfraFailure(error)) throw error;
       throw new CheckpointError(`the program could not be checkpointed at this point${cycles > 1 ? ` (cycle ${cycle})` : ''}: ${error.message}`, error.details, { cause: error });
     };
-    // A daemon's own descriptors 0-2 (not crh's output file) are given back after the restore (daemon-stdio.ts).
-    const stdio: StdioFile[] = ctx.pidFile ? await captureStdio(agent, current.pid, [current.out]).catch(refused) : [];
-    const image = await checkpointProcess(agent, process, platform).catch(refused);
-    const imageBytes = await writeImageFile(image, imageFile);
+    // A daemon is checkpointed with its descendants, each process's own descriptors 0-2 (not crh's output file)
+    // given back after the restore (daemon-tree.ts).
+    const daemon = ctx.pidFile ? await checkpointDaemon(agent, process, platform, [current.out]).catch(async (error: unknown) => {
+      await killDaemonTree(agent, current.pid).catch(() => {});
+      return refused(error);
+    }) : undefined;
+    const image = daemon ? daemon.tree.members[0]!.image : await checkpointProcess(agent, process, platform).catch(refused);
+    const imageBytes = await writeImageFile(imageFile, () => (daemon ? writeDaemonImage(daemon, imageFile) : writeCheckpointImage(image, imageFile)));
     const checkpointMs = Date.now() - checkpointStarted;
     output += await readOutput(agent, current.out);
-    await agent.call({ op: 'KILL', pid: current.pid });
+    for (const pid of daemon ? daemon.tree.members.map((m) => m.pid) : [current.pid]) await agent.call({ op: 'KILL', pid });
     const record: CycleRecord = { cycle, stoppedBy: current.stoppedBy, rip: hex(regs.rip), ...(rewind ? { rewound: rewind.note } : {}), checkpointMs, imageBytes };
     records.push(record);
 
     const out = cycles > 1 ? `${GUEST_DIRS.out}/restored-${cycle}.out` : `${GUEST_DIRS.out}/restored.out`;
-    await ctx.phase('restore', `${tag(cycle)}${image.regions.length} memory regions, pid ${current.pid}`);
+    await ctx.phase('restore', `${tag(cycle)}${daemon ? `${describeTreeShape(daemon.tree)}; ` : ''}${image.regions.length} memory regions, pid ${current.pid}`);
     const restoreStarted = Date.now();
     let restored: RestoreResult;
     try {
-      restored = await restoreProcess(there.agent, image, { policy, stdoutPath: out, ...(elsewhere?.anyway ? { dependencies: 'try' as const } : {}) });
+      // --pid-file goes without a restore elsewhere (options.ts): a daemon is restored in this guest.
+      restored = daemon ? await restoreDaemon(agent, daemon, { policy, stdoutPath: out }) : await restoreProcess(there.agent, image, { policy, stdoutPath: out, ...(elsewhere?.anyway ? { dependencies: 'try' as const } : {}) });
       notes.push(...restored.dependencyNotes);
-      const pidRestored = restored.pid;
-      await reattachStdio(there.agent, pidRestored, stdio).catch(async (error: unknown) => {
-        await there.agent.call({ op: 'KILL', pid: pidRestored }).catch(() => {});
-        throw error;
-      });
     } catch (error) {
-      // restoreProcess leaves nothing behind when it fails.
+      // restoreProcess and restoreDaemon leave nothing behind when they fail.
       if (!(error instanceof CrhError) || isInfraFailure(error)) throw error;
       record.restoreError = error.describe();
       last = { image, restoreError: record.restoreError };
@@ -355,13 +355,13 @@ export async function checkpointedRun(ctx: RunContext, reference: Reference, pla
 }
 
 /**
- * Writes the image to the host and returns its size. The artifacts disk
+ * Writes the image to the host (`write`: one process's, or a daemon's tree) and returns its size. The artifacts disk
  * filling up (or failing) is infrastructure: an InfraError naming the file;
  * writeCheckpointImage removes its partial file.
  */
-async function writeImageFile(image: CheckpointImage, file: string): Promise<number> {
+async function writeImageFile(file: string, write: () => Promise<unknown>): Promise<number> {
   try {
-    await writeCheckpointImage(image, file);
+    await write();
     return (await stat(file)).size;
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;

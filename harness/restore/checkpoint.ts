@@ -21,7 +21,7 @@ import { captureTask, CheckpointError } from './files.ts';
 import { captureLdt } from './ldt.ts';
 import { captureSleep, threadRestartBlockProblem } from './sleep-deadline.ts';
 import { capturePkeys } from './pkeys.ts';
-import { refuseUncapturable } from './uncapturable.ts';
+import { refuseUncapturable, specialFileProblems, uncapturableError } from './uncapturable.ts';
 import { readPlatformDependencies } from './platform-dependencies.ts';
 import { readProcessClocks } from './time-namespace.ts';
 import { absentRanges, checkRegistrations, parseSmapsRegistrations } from './userfaultfd.ts';
@@ -90,6 +90,11 @@ async function captureBlocked(
     threads.push({ tid, ...t, blocked: masks.get(tid)!, pending: [], altstack: { sp: 0n, flags: SS_DISABLE, size: 0n }, clearChildTid: 0n, robustList: 0n });
     const restartBlock = threadRestartBlockProblem(tid, t.regs);
     if (restartBlock && refuse) throw new CheckpointError(`pid ${pid}: ${restartBlock}`, { state: 'restart_block', target: `thread ${tid}` });
+  }
+  // A path that names a FIFO or a device node (an fstat injected: signals are blocked by now).
+  if (refuse) {
+    const special = await withRseqCsParked(agent, pid, [main.rseq, ...threads.map((t) => t.rseq)], () => specialFileProblems(agent, pid));
+    if (special.length > 0) throw uncapturableError(pid, special);
   }
   const task = await captureTask(agent, pid, { skipPipes: pipesCaptured });
   const timerfdFds = await timerfdDescriptors(agent, pid);

@@ -86,10 +86,11 @@ export type RseqFixupPolicy = (typeof RSEQ_FIXUP_POLICIES)[number];
  *   (RIP at it, RCX the count left, RSI/RDI advanced) resumes the copy from
  *   wherever those registers happen to point. The sweep over a rep movsb
  *   (examples/repro/rep-sweep.c) fails exactly where they are live.
- * - pipe-contents: a tree's pipes are created and their ends placed, but the
- *   bytes queued in them are not written back (tree-pipes.ts) — a restorer
- *   that drops pipe contents: the reader waits for data that never comes, or
- *   sees end of file early.
+ * - pipe-contents: a tree's pipes and unix socketpairs are created and their
+ *   ends placed, but the data queued in them is not written back
+ *   (tree-pipes.ts, tree-sockets.ts) — a restorer that drops pipe and socket
+ *   contents: the reader waits for data that never comes, or sees end of
+ *   file early.
  * - vdso: a restore onto a kernel whose vDSO has other offsets leaves it as
  *   it is (vdso-redirect.ts): the functions the process resolved in the old
  *   one are other code there. Refused as a missing dependency unless the

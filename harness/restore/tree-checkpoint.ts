@@ -18,17 +18,26 @@
  * parent exited — restoring it needs a parent that then exits, not done
  * yet); a descendant running another binary than the root's (an exec in a
  * child: its stub would be a copy of the root's binary); shared anonymous
- * memory that cannot be one object after a restore (tree.ts); a pipe that
- * cannot be created once and inherited, or holds too much (tree-pipes.ts).
- * The pipes between the processes are captured with their queued bytes.
+ * memory that cannot be one object after a restore (tree.ts); sessions and
+ * groups that no sequence of setsid/setpgid can form again (tree.ts
+ * planTreeSkeleton: e.g. a child forked before its parent's setsid, left in
+ * a session led outside the tree); one open file description several
+ * processes share at an offset (shared-descriptions.ts); a pipe that cannot be created once and
+ * inherited, or holds too much (tree-pipes.ts); a socket that is not a unix
+ * socketpair held in the tree, or one that holds what an image cannot
+ * (tree-sockets.ts). The pipes and socketpairs between the processes are
+ * captured with their queued data.
  */
 import type { AgentClient } from '../agent/client.ts';
 import { AgentError, CheckpointError } from '../errors.ts';
 import { checkpointProcess, type CheckpointProcessOptions } from './checkpoint.ts';
 import type { PlatformFacts, ProcessInfo } from './image-model.ts';
 import { PlanError } from './plan-step.ts';
+import { FIRST_RESTORED_FD, parseFdinfo } from './files.ts';
+import { findSharedDescriptions, type HeldFile } from './shared-descriptions.ts';
 import { capturePipes, pipeCreator } from './tree-pipes.ts';
-import { creationOrder, sharedAnonymousObjects, type ProcessTree, type TreeMember } from './tree.ts';
+import { captureSocketpairs, socketpairCreator } from './tree-sockets.ts';
+import { creationOrder, planTreeSkeleton, sharedAnonymousObjects, type ProcessTree, type TreeMember } from './tree.ts';
 import { uncapturableError, zombieProblem, type Uncapturable } from './uncapturable.ts';
 
 /** A process as /proc/PID/stat shows it. */
@@ -51,7 +60,7 @@ export function parseProcStat(pid: number, stat: string): ProcStat {
 }
 
 /** Every process in /proc, with its stat (a process that ends while being read is left out). */
-async function scanProcesses(agent: AgentClient): Promise<Map<number, ProcStat>> {
+export async function scanProcesses(agent: AgentClient): Promise<Map<number, ProcStat>> {
   const found = new Map<number, ProcStat>();
   for (const entry of await agent.call({ op: 'LISTDIR', path: '/proc' })) {
     if (!/^\d+$/.test(entry)) continue;
@@ -78,6 +87,20 @@ export function descendantsOf(root: number, all: ReadonlyMap<number, ProcStat>):
     }
   }
   return found;
+}
+
+/** The descriptors from 3 up that name a path (files, directories, devices), of every process in `pids`. */
+async function heldFiles(agent: AgentClient, pids: readonly number[]): Promise<HeldFile[]> {
+  const held: HeldFile[] = [];
+  for (const pid of pids) {
+    for (const fd of (await agent.call({ op: 'LISTDIR', path: `/proc/${pid}/fd` })).map(Number).filter((n) => n >= FIRST_RESTORED_FD)) {
+      const path = await agent.call({ op: 'READLINK', path: `/proc/${pid}/fd/${fd}` });
+      if (!path.startsWith('/')) continue;
+      const { flags } = parseFdinfo((await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/fdinfo/${fd}`, maxSize: 65536 })).toString('utf8'));
+      held.push({ pid, fd, path, flags });
+    }
+  }
+  return held;
 }
 
 async function tracerOf(agent: AgentClient, pid: number): Promise<number> {
@@ -129,15 +152,38 @@ export async function checkpointTree(agent: AgentClient, root: ProcessInfo, plat
     const info: ProcessInfo = m.pid === root.pid ? root : { ...root, pid: m.pid, argv: cmdline };
     tree.members.push({ ...m, image: await checkpointProcess(agent, info, platform, { ...options, pipesCaptured: true }) });
   }
+  // One description inherited across fork: an offset the processes share (shared-descriptions.ts); after each
+  // process's own refusals (a FIFO is named as one). Descriptors 0-2 are whoever restores the tree's (the root's stub
+  // gives every process its own, inherited).
+  const shared = await findSharedDescriptions(agent, await heldFiles(agent, tree.members.map((m) => m.pid)));
+  if (shared.length > 0) throw uncapturableError(root.pid, shared);
   // After every process's own state: the temporary pipe the copy of queued bytes uses is gone again by then.
   const pipes = await capturePipes(agent, tree.members.map((m) => m.pid));
   if (pipes.length > 0) tree.pipes = pipes;
-  // Shared memory that could not be one object again is refused now, not at restore.
+  const socketpairs = await captureSocketpairs(agent, tree.members.map((m) => m.pid));
+  if (socketpairs.length > 0) tree.socketpairs = socketpairs;
+  // Shared memory that could not be one object again, and sessions and groups no sequence of calls can form again,
+  // are refused now, not at restore.
+  let anonymous;
   try {
-    sharedAnonymousObjects(tree);
+    anonymous = sharedAnonymousObjects(tree);
   } catch (error) {
     if (error instanceof PlanError) throw new CheckpointError(error.message, { state: 'shared anonymous memory' });
     throw error;
+  }
+  try {
+    planTreeSkeleton(tree.members, anonymous);
+  } catch (error) {
+    if (error instanceof PlanError) throw new CheckpointError(error.message, { state: 'process tree' });
+    throw error;
+  }
+  for (const p of socketpairs) {
+    try {
+      socketpairCreator(tree.members, p);
+    } catch (error) {
+      if (error instanceof PlanError) throw new CheckpointError(error.message, { state: 'socketpair' });
+      throw error;
+    }
   }
   for (const p of pipes) {
     try {

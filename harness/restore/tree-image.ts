@@ -2,7 +2,8 @@
  * A process tree's checkpoint image (format 10): the root's image as every
  * image is, plus tree.json — each process's pid, parent, process group,
  * session and exit signal, the root first and every process after its
- * parent — and tree/PID.bin for every other process: that process's own
+ * parent; the pipes and (when there are any: an optional field) the unix
+ * socketpairs between them with their queued data — and tree/PID.bin for every other process: that process's own
  * image, a tar of the same entries a one-process image has (its manifest
  * and digests included), nested. The outer manifest's digest covers each
  * nested tar; each is read with the same checks as a top-level image.
@@ -13,7 +14,8 @@ import * as tar from 'tar-stream';
 import { ImageRejectedError } from '../errors.ts';
 import { imageEntries, parseImageEntries, readTarEntries, writeCheckpointImage, type CheckpointImage } from './checkpoint-image.ts';
 import { pipesProblem } from './tree-pipes.ts';
-import { treeShapeProblem, type ProcessTree, type TreeMember, type TreePipe } from './tree.ts';
+import { socketpairsProblem } from './tree-sockets.ts';
+import { treeShapeProblem, type ProcessTree, type SocketEnd, type TreeMember, type TreePipe, type TreeSocketPair } from './tree.ts';
 
 export const TREE_ENTRY = 'tree.json';
 
@@ -29,6 +31,14 @@ interface TreeJsonPipe {
   size: number;
   /** the queued bytes, base64 */
   queued: string;
+}
+
+interface TreeJsonSocketpair {
+  type: 'stream' | 'dgram';
+  inodes: [number, number];
+  ends: [SocketEnd[], SocketEnd[]];
+  /** what each socket would read next, base64: one string for a stream's bytes, one per datagram */
+  queued: [string[], string[]];
 }
 
 interface TreeJsonMember extends TreeMember {
@@ -58,7 +68,9 @@ export async function treeEntries(tree: ProcessTree): Promise<Map<string, Buffer
   const extra = new Map<string, Buffer>();
   const members: TreeJsonMember[] = tree.members.map((m, i) => ({ pid: m.pid, ppid: m.ppid, pgid: m.pgid, sid: m.sid, exitSignal: m.exitSignal, entry: i === 0 ? null : nestedEntryName(m.pid) }));
   const pipes: TreeJsonPipe[] = (tree.pipes ?? []).map((p) => ({ inode: p.inode, ends: p.ends, nonblockRead: p.nonblockRead, nonblockWrite: p.nonblockWrite, size: p.size, queued: p.queued.toString('base64') }));
-  extra.set(TREE_ENTRY, Buffer.from(`${JSON.stringify({ members, pipes }, null, 2)}\n`));
+  // socketpairs only when there are any: a tree without is written as before them.
+  const socketpairs: TreeJsonSocketpair[] = (tree.socketpairs ?? []).map((p) => ({ type: p.type, inodes: p.inodes, ends: p.ends, queued: [p.queued[0].map((b) => b.toString('base64')), p.queued[1].map((b) => b.toString('base64'))] }));
+  extra.set(TREE_ENTRY, Buffer.from(`${JSON.stringify({ members, pipes, ...(socketpairs.length > 0 ? { socketpairs } : {}) }, null, 2)}\n`));
   for (const m of others) extra.set(nestedEntryName(m.pid), await packTar(imageEntries(m.image)));
   return extra;
 }
@@ -80,7 +92,7 @@ export async function parseTreeEntries(entries: Map<string, Buffer>): Promise<Pr
     // A one-process image: its own session and group, no parent in the image.
     return { members: [{ pid: rootImage.process.pid, ppid: 0, pgid: rootImage.task.pgid, sid: rootImage.task.sid, exitSignal: 17, image: rootImage }] };
   }
-  const { members, pipes } = validateTreeJson(parseTreeJson(raw));
+  const { members, pipes, socketpairs } = validateTreeJson(parseTreeJson(raw));
   const listed = new Set(members.slice(1).map((m) => m.entry));
   for (const name of entries.keys()) {
     if (name.startsWith('tree/') && !listed.has(name)) throw new ImageRejectedError('nested image not listed in tree.json', name, '(entry)');
@@ -99,6 +111,7 @@ export async function parseTreeEntries(entries: Map<string, Buffer>): Promise<Pr
     tree.members.push({ pid: m.pid, ppid: m.ppid, pgid: m.pgid, sid: m.sid, exitSignal: m.exitSignal, image });
   }
   if (pipes.length > 0) tree.pipes = pipes;
+  if (socketpairs.length > 0) tree.socketpairs = socketpairs;
   return tree;
 }
 
@@ -111,9 +124,9 @@ function parseTreeJson(raw: Buffer): unknown {
   }
 }
 
-function validateTreeJson(raw: unknown): { members: TreeJsonMember[]; pipes: TreePipe[] } {
+function validateTreeJson(raw: unknown): { members: TreeJsonMember[]; pipes: TreePipe[]; socketpairs: TreeSocketPair[] } {
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new ImageRejectedError('is not an object', TREE_ENTRY, '(root)');
-  const extra = Object.keys(raw).find((k) => k !== 'members' && k !== 'pipes');
+  const extra = Object.keys(raw).find((k) => k !== 'members' && k !== 'pipes' && k !== 'socketpairs');
   if (extra) throw new ImageRejectedError('unknown field', TREE_ENTRY, extra);
   const list = (raw as { members?: unknown }).members;
   if (!Array.isArray(list)) throw new ImageRejectedError('is not an array', TREE_ENTRY, 'members');
@@ -129,7 +142,16 @@ function validateTreeJson(raw: unknown): { members: TreeJsonMember[]; pipes: Tre
   const problem = treeShapeProblem(members);
   if (problem) throw new ImageRejectedError(problem.why, TREE_ENTRY, problem.field);
   const pipes = validatePipesJson((raw as { pipes?: unknown }).pipes ?? [], new Set(members.map((m) => m.pid)));
-  return { members, pipes };
+  const socketpairs = validateSocketpairsJson((raw as { socketpairs?: unknown }).socketpairs ?? [], new Set(members.map((m) => m.pid)));
+  // One descriptor is a pipe end or a socket, never both.
+  const pipeFds = new Set(pipes.flatMap((p) => p.ends.map((e) => `${e.pid}:${e.fd}`)));
+  for (const [i, p] of socketpairs.entries()) {
+    for (const side of [0, 1] as const) {
+      const j = p.ends[side].findIndex((e) => pipeFds.has(`${e.pid}:${e.fd}`));
+      if (j >= 0) throw new ImageRejectedError(`pid ${p.ends[side][j]!.pid} fd ${p.ends[side][j]!.fd} is also a pipe end`, TREE_ENTRY, `socketpairs[${i}].ends[${side}][${j}].fd`);
+    }
+  }
+  return { members, pipes, socketpairs };
 }
 
 function validatePipesJson(raw: unknown, pids: ReadonlySet<number>): TreePipe[] {
@@ -155,4 +177,38 @@ function validatePipesJson(raw: unknown, pids: ReadonlySet<number>): TreePipe[] 
   const problem = pipesProblem(pipes, pids);
   if (problem) throw new ImageRejectedError(problem.why, TREE_ENTRY, problem.field);
   return pipes;
+}
+
+function validateSocketpairsJson(raw: unknown, pids: ReadonlySet<number>): TreeSocketPair[] {
+  if (!Array.isArray(raw)) throw new ImageRejectedError('is not an array', TREE_ENTRY, 'socketpairs');
+  if (raw.length > 1024) throw new ImageRejectedError(`${raw.length} socketpairs, limit 1024`, TREE_ENTRY, 'socketpairs');
+  const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+  const pairs = raw.map((p: unknown, i): TreeSocketPair => {
+    const at = `socketpairs[${i}]`;
+    if (!isObject(p)) throw new ImageRejectedError('is not an object', TREE_ENTRY, at);
+    const unknownKey = Object.keys(p).find((k) => !['type', 'inodes', 'ends', 'queued'].includes(k));
+    if (unknownKey) throw new ImageRejectedError('unknown field', TREE_ENTRY, `${at}.${unknownKey}`);
+    const sides = (v: unknown, field: string): [unknown[], unknown[]] => {
+      if (!Array.isArray(v) || v.length !== 2 || !v.every(Array.isArray)) throw new ImageRejectedError('is not two lists', TREE_ENTRY, `${at}.${field}`);
+      return v as [unknown[], unknown[]];
+    };
+    const queued = sides(p.queued, 'queued').map((list, side) =>
+      list.map((q, j) => {
+        if (typeof q !== 'string' || !/^[A-Za-z0-9+/]*={0,2}$/.test(q)) throw new ImageRejectedError('is not base64', TREE_ENTRY, `${at}.queued[${side}][${j}]`);
+        return Buffer.from(q, 'base64');
+      }),
+    ) as [Buffer[], Buffer[]];
+    const ends = sides(p.ends, 'ends').map((list, side) =>
+      list.map((e, j) => {
+        if (!isObject(e)) throw new ImageRejectedError('is not an object', TREE_ENTRY, `${at}.ends[${side}][${j}]`);
+        const bad = Object.keys(e).find((k) => !['pid', 'fd', 'cloexec', 'nonblock'].includes(k));
+        if (bad) throw new ImageRejectedError('unknown field', TREE_ENTRY, `${at}.ends[${side}][${j}].${bad}`);
+        return { pid: e.pid as number, fd: e.fd as number, cloexec: e.cloexec as boolean, nonblock: e.nonblock as boolean };
+      }),
+    ) as [SocketEnd[], SocketEnd[]];
+    return { type: p.type as 'stream' | 'dgram', inodes: p.inodes as [number, number], ends, queued };
+  });
+  const problem = socketpairsProblem(pairs, pids);
+  if (problem) throw new ImageRejectedError(problem.why, TREE_ENTRY, problem.field);
+  return pairs;
 }

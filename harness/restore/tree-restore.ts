@@ -18,14 +18,18 @@ import { AgentError, CrhError, RestoreStepError } from '../errors.ts';
 import { parseFdinfo, parseStatSession } from './files.ts';
 import { PlanError, type PlanStep } from './plan-step.ts';
 import { DEFAULT_PIPE_BYTES, parkingBase, withPipes } from './tree-pipes.ts';
+import { withSocketpairs } from './tree-sockets.ts';
 import { omits, assertPolicyAdmits, type RestorePolicy } from './policy.ts';
 import type { Mapping } from './proc-maps.ts';
 import { checkSteps, PidInUseError, restoreInto, type Difference, type RestoreResult } from './restore.ts';
 import { PROT } from './syscall-steps.ts';
 import { assertThreadsAdmitted } from './threads.ts';
-import { planTreeSkeleton, sharedAnonymousObjects, type ProcessTree, type SharedAnonymous, type TreeAction, type TreePipe } from './tree.ts';
+import { planTreeSkeleton, sharedAnonymousObjects, type ProcessTree, type SharedAnonymous, type TreeAction, type TreePipe, type TreeSocketPair } from './tree.ts';
 
-const NR = { write: 1, close: 3, mmap: 9, munmap: 11, fcntl: 72, setpgid: 109, setsid: 112, dup3: 292, pipe2: 293, clone3: 435 } as const;
+const NR = { write: 1, close: 3, mmap: 9, munmap: 11, sendto: 44, socketpair: 53, fcntl: 72, setpgid: 109, setsid: 112, dup3: 292, pipe2: 293, clone3: 435 } as const;
+const AF_UNIX = 1n;
+const SOCK_TYPE_NUMBER = { stream: 1n, dgram: 2n } as const;
+const MSG_DONTWAIT = 0x40n;
 const F_SETFL = 4n;
 const F_SETPIPE_SZ = 1031n;
 const O_NONBLOCK = 0o4000n;
@@ -126,6 +130,29 @@ export function skeletonSteps(actions: readonly TreeAction[], stub: StubFacts): 
         }
         break;
       }
+      case 'socketpair-create': {
+        const parked = [BigInt(a.fds[0]), BigInt(a.fds[1])] as const;
+        steps.push(
+          { op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.socketpair, args: [AF_UNIX, SOCK_TYPE_NUMBER[a.type], 0n, stub.scratch + 128n] }, why: a.why, expect: 0n },
+          { op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.dup3, args: [FRESH_PIPE.read, parked[0], 0n] }, why: `park the first socket at fd ${a.fds[0]}`, expect: parked[0] },
+          { op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.dup3, args: [FRESH_PIPE.write, parked[1], 0n] }, why: `park the second socket at fd ${a.fds[1]}`, expect: parked[1] },
+          { op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.close, args: [FRESH_PIPE.read] }, why: 'close the unparked first socket', expect: 0n },
+          { op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.close, args: [FRESH_PIPE.write] }, why: 'close the unparked second socket', expect: 0n },
+        );
+        for (const side of [0, 1] as const) {
+          if (a.nonblock[side]) steps.push({ op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.fcntl, args: [parked[side], F_SETFL, O_NONBLOCK] }, why: `O_NONBLOCK on fd ${a.fds[side]}`, expect: 0n });
+          // What socket `side` would read was sent by its peer: send it again from there, a datagram at a time.
+          const from = parked[1 - side]!;
+          for (const [i, data] of a.queued[side].entries()) {
+            const at = stub.scratch - BigInt(PIPE_DATA_BELOW_SCRATCH);
+            steps.push(
+              { op: { op: 'WRITE_MEM', pid: a.pid, address: at, data }, why: `${a.type === 'dgram' ? `datagram ${i + 1} of ${a.queued[side].length}` : 'the queued bytes'} for fd ${a.fds[side]}, in the stub's stack` },
+              { op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.sendto, args: [from, at, BigInt(data.length), MSG_DONTWAIT, 0n, 0n] }, why: `send ${data.length} bytes from fd ${a.fds[1 - side]} to fd ${a.fds[side]} (queued there at checkpoint)`, expect: BigInt(data.length) },
+            );
+          }
+        }
+        break;
+      }
       case 'fd-dup':
         steps.push({ op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.dup3, args: [BigInt(a.from), BigInt(a.to), a.cloexec ? O_CLOEXEC : 0n] }, why: a.why, expect: BigInt(a.to) });
         break;
@@ -147,14 +174,18 @@ export function inheritedShared(shared: readonly SharedAnonymous[], pid: number)
  * pipes as they will be made, and the skeleton's actions. Throws PlanError
  * (naming the process, object or pipe) when the tree cannot be rebuilt.
  */
-export function planTreeRestore(tree: ProcessTree, policy: RestorePolicy): { shared: SharedAnonymous[]; pipes: TreePipe[]; actions: TreeAction[] } {
+export function planTreeRestore(tree: ProcessTree, policy: RestorePolicy): { shared: SharedAnonymous[]; pipes: TreePipe[]; socketpairs: TreeSocketPair[]; actions: TreeAction[] } {
   // omit=mapping-kinds: no shared object is created; each process maps private memory of its own (the control).
   const shared = omits(policy, 'mapping-kinds') ? [] : sharedAnonymousObjects(tree);
   // omit=pipe-contents: the pipes without their queued bytes (the control).
+  // omit=pipe-contents: the pipes and socketpairs without their queued data (the control).
   const pipes = (tree.pipes ?? []).map((p) => (omits(policy, 'pipe-contents') ? { ...p, queued: Buffer.alloc(0) } : p));
+  const socketpairs = (tree.socketpairs ?? []).map((p): TreeSocketPair => (omits(policy, 'pipe-contents') ? { ...p, queued: [[], []] } : p));
   const fdsInTree = tree.members.flatMap((m) => [...m.image.task.files.map((f) => f.fd), ...(m.image.task.userfaultfds ?? []).map((u) => u.fd), ...m.image.timers.timerfds.map((x) => x.fd)]);
-  const actions = withPipes(planTreeSkeleton(tree.members, shared), tree.members, pipes, parkingBase(pipes, fdsInTree));
-  return { shared, pipes, actions };
+  const base = parkingBase(pipes, [...fdsInTree, ...socketpairs.flatMap((p) => p.ends.flat().map((e) => e.fd))]);
+  const withAllPipes = withPipes(planTreeSkeleton(tree.members, shared), tree.members, pipes, base);
+  const actions = withSocketpairs(withAllPipes, tree.members, socketpairs, base + 2 * pipes.length);
+  return { shared, pipes, socketpairs, actions };
 }
 
 export async function restoreTree(agent: AgentClient, tree: ProcessTree, options: TreeRestoreOptions): Promise<TreeRestoreResult> {
@@ -166,7 +197,7 @@ export async function restoreTree(agent: AgentClient, tree: ProcessTree, options
     assertPolicyAdmits(m.image.regs.eflags, policy);
     assertThreadsAdmitted(m.image, policy);
   }
-  const { shared, pipes, actions } = planTreeRestore(tree, policy);
+  const { shared, pipes, socketpairs, actions } = planTreeRestore(tree, policy);
 
   const created: number[] = [];
   try {
@@ -181,7 +212,7 @@ export async function restoreTree(agent: AgentClient, tree: ProcessTree, options
     const regs = await agent.call({ op: 'GETREGS', pid: root.pid });
     // Pipes are created where pipe2 puts them in a fresh stub (fds 3 and 4): the stub must have 0-2 open, nothing else.
     const stubFds = (await agent.call({ op: 'LISTDIR', path: `/proc/${root.pid}/fd` })).map(Number).sort((a, b) => a - b);
-    if (pipes.length > 0 && stubFds.join(' ') !== '0 1 2') throw new PlanError(`the root's stub has fds ${stubFds.join(' ')} open, not 0-2: its pipe2 would not return fds 3 and 4`);
+    if (pipes.length + socketpairs.length > 0 && stubFds.join(' ') !== '0 1 2') throw new PlanError(`the root's stub has fds ${stubFds.join(' ')} open, not 0-2: its pipe2 and socketpair would not return fds 3 and 4`);
     const stub: StubFacts = { scratch: (regs.rsp - 4096n) & ~0xfn, rip: regs.rip, word: await agent.call({ op: 'READ_MEM', pid: root.pid, address: regs.rip, length: 8 }) };
     const skeleton = skeletonSteps(actions, stub);
     for (const a of actions) if (a.kind === 'clone') created.push(a.pid);
@@ -201,7 +232,7 @@ export async function restoreTree(agent: AgentClient, tree: ProcessTree, options
       members.push(restored);
       differences.push(...restored.differences.map((d) => ({ ...d, what: `pid ${m.pid} ${d.what}` })));
     }
-    differences.push(...(await readBackTree(agent, tree)), ...(await readBackPipes(agent, pipes)));
+    differences.push(...(await readBackTree(agent, tree)), ...(await readBackPipes(agent, pipes)), ...(await readBackSocketpairs(agent, socketpairs)));
     return { skeleton, members, differences };
   } catch (error) {
     const killed: string[] = [];
@@ -264,6 +295,36 @@ async function readBackPipes(agent: AgentClient, pipes: readonly TreePipe[]): Pr
       seen.set(inode, owner);
       const accepted = `${(flags & 3) === 1 ? 'write' : 'read'} end of pipe ${owner}${(flags & 0o2000000) !== 0 ? ', close-on-exec' : ''}`;
       if (accepted !== requested) differences.push({ what, requested, accepted });
+    }
+  }
+  return differences;
+}
+
+/**
+ * Every socketpair end where the image has one: one socket behind all the
+ * descriptors of one side, another behind the other side, none shared with
+ * another pair, O_NONBLOCK and close-on-exec as they were. (The queued data
+ * cannot be read back without running the tree; the workload checks it.)
+ */
+async function readBackSocketpairs(agent: AgentClient, pairs: readonly TreeSocketPair[]): Promise<Difference[]> {
+  const differences: Difference[] = [];
+  const owner = new Map<string, string>();
+  for (const [i, p] of pairs.entries()) {
+    for (const side of [0, 1] as const) {
+      for (const e of p.ends[side]) {
+        const what = `pid ${e.pid} fd ${e.fd}`;
+        const requested = `socket ${side} of socketpair ${i}${e.nonblock ? ', O_NONBLOCK' : ''}${e.cloexec ? ', close-on-exec' : ''}`;
+        const link = await agent.call({ op: 'READLINK', path: `/proc/${e.pid}/fd/${e.fd}` }).catch(() => 'closed');
+        if (!/^socket:\[\d+\]$/.test(link)) {
+          differences.push({ what, requested, accepted: link });
+          continue;
+        }
+        const { flags } = parseFdinfo((await agent.call({ op: 'READ_FILE', path: `/proc/${e.pid}/fdinfo/${e.fd}`, maxSize: 65536 })).toString('utf8'));
+        const name = owner.get(link) ?? `socket ${side} of socketpair ${i}`;
+        owner.set(link, name);
+        const accepted = `${name}${(flags & 0o4000) !== 0 ? ', O_NONBLOCK' : ''}${(flags & 0o2000000) !== 0 ? ', close-on-exec' : ''}`;
+        if (accepted !== requested) differences.push({ what, requested, accepted });
+      }
     }
   }
   return differences;

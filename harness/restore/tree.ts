@@ -49,11 +49,32 @@ export interface TreePipe {
   queued: Buffer;
 }
 
+/** A descriptor on one socket of a socketpair. */
+export interface SocketEnd {
+  pid: number;
+  fd: number;
+  cloexec: boolean;
+  nonblock: boolean;
+}
+
+/** A unix socketpair between processes of the tree (tree-sockets.ts). */
+export interface TreeSocketPair {
+  type: 'stream' | 'dgram';
+  /** the two sockets' inodes at checkpoint time */
+  inodes: [number, number];
+  /** the descriptors on each socket */
+  ends: [SocketEnd[], SocketEnd[]];
+  /** what each socket would read next: a stream's bytes as one buffer, a datagram socket's datagrams one each */
+  queued: [Buffer[], Buffer[]];
+}
+
 /** A checkpointed tree: every process's own image and its place. The root comes first, then the others in creation order. */
 export interface ProcessTree {
   members: Array<TreeMember & { image: CheckpointImage }>;
   /** the pipes its processes hold (tree-pipes.ts); absent: none */
   pipes?: TreePipe[];
+  /** the unix socketpairs between them (tree-sockets.ts); absent: none */
+  socketpairs?: TreeSocketPair[];
 }
 
 /** A step of building the tree's skeleton: stubs, their parent links, sessions and groups. */
@@ -65,6 +86,7 @@ export type TreeAction =
   | { kind: 'map-shared'; pid: number; start: bigint; end: bigint; why: string }
   | { kind: 'unmap-inherited'; pid: number; start: bigint; end: bigint; why: string }
   | { kind: 'pipe-create'; pid: number; read: number; write: number; nonblockRead: boolean; nonblockWrite: boolean; size: number; queued: Buffer; why: string }
+  | { kind: 'socketpair-create'; pid: number; type: 'stream' | 'dgram'; fds: readonly [number, number]; nonblock: [boolean, boolean]; queued: [Buffer[], Buffer[]]; why: string }
   | { kind: 'fd-dup'; pid: number; from: number; to: number; cloexec: boolean; why: string }
   | { kind: 'fd-close'; pid: number; fd: number; why: string };
 

@@ -11,7 +11,10 @@
  *   timerfd — eventfd, eventpoll, signalfd, io_uring, perf_event, inotify,
  *   fanotify, pidfd, bpf maps and programs — each named with its fd; a
  *   timerfd timers.ts cannot create again (TFD_TIMER_CANCEL_ON_SET, an
- *   alarm clock);
+ *   alarm clock); a path that names a FIFO, a socket file or a device node
+ *   outside /dev (specialFileProblems: fstat injected, so checkpoint.ts
+ *   calls it with signals blocked; opened again by path it would block, or
+ *   come back empty);
  * - the personality (/proc/PID/personality) other than what a process the
  *   agent spawns gets — the agent's own, with ADDR_NO_RANDOMIZE when ASLR is
  *   off: a restore re-execs the binary under that;
@@ -29,11 +32,13 @@
  * The LDT is captured (ldt.ts); a descriptor there that modify_ldt cannot
  * make is refused by ldt.ts, naming the slot. A tree's checkpoint
  * (tree-checkpoint.ts) captures the pipes between its processes and refuses
- * a zombie in the tree (zombieProblem).
+ * a zombie in the tree (zombieProblem) and an open file description its
+ * processes share at an offset (shared-descriptions.ts).
  */
 import { constants } from 'node:os';
 import type { AgentClient } from '../agent/client.ts';
 import { AgentError, CheckpointError } from '../errors.ts';
+import { withScratchPage } from './scratch.ts';
 import { USERFAULTFD_LINK } from './userfaultfd.ts';
 import { parseProcTimers, parseTimerfdFdinfo, procTimerProblem, TIMERFD_LINK, timerfdProblem, type ProcTimer } from './timers.ts';
 
@@ -98,6 +103,31 @@ export function descriptorState(link: string): string | undefined {
   const ns = /^([a-z_]+):\[\d+\]$/.exec(link)?.[1];
   if (ns) return `${ns} namespace`;
   return link;
+}
+
+const NR_FSTAT = 5;
+/** struct stat on x86-64: st_dev (8), st_ino (8), st_nlink (8), then st_mode. */
+const ST_MODE_OFFSET = 24;
+
+/** Whether a descriptor's link is a path the restore opens again (files.ts): not deleted, not under /dev, /proc, /sys (refused or handled there by files.ts). */
+function opensByPath(link: string): boolean {
+  return link.startsWith('/') && !link.endsWith(' (deleted)') && !/^\/(dev|proc|sys)\//.test(link);
+}
+
+/** The kind of a file a path names that no restore by path gives back (a FIFO, a socket file, a device node), from st_mode; undefined for a regular file or directory. */
+export function fileTypeState(mode: number): string | undefined {
+  switch (mode & 0o170000) {
+    case 0o010000:
+      return 'fifo';
+    case 0o140000:
+      return 'unix socket file';
+    case 0o020000:
+      return 'character device';
+    case 0o060000:
+      return 'block device';
+    default:
+      return undefined;
+  }
 }
 
 /** Seccomp: and NoNewPrivs: of a thread's status, against the agent's (a spawned process inherits both). */
@@ -175,7 +205,6 @@ export async function findUncapturable(agent: AgentClient, pid: number, noAslr: 
       if (fdinfo !== undefined) add(timerfdUncapturable(fd, fdinfo));
     }
   }
-
   add(personalityProblem(pid, await read(`/proc/${pid}/personality`), await read('/proc/self/personality'), noAslr));
 
   const agentStatus = await read('/proc/self/status');
@@ -208,6 +237,33 @@ export async function findUncapturable(agent: AgentClient, pid: number, noAslr: 
   return found;
 }
 
+/**
+ * The descriptors whose path names a FIFO, a socket file or a device node
+ * (fileTypeState), found by an fstat injected into the stopped process: a
+ * path the restore would open again, which would block or come back empty.
+ * Injected calls: the caller runs it with the process's signals blocked and
+ * its rseq critical section parked, as every injected capture.
+ */
+export async function specialFileProblems(agent: AgentClient, pid: number): Promise<Uncapturable[]> {
+  const byPath: Array<{ fd: number; link: string }> = [];
+  for (const fd of (await agent.call({ op: 'LISTDIR', path: `/proc/${pid}/fd` })).map(Number).sort((a, b) => a - b)) {
+    const link = await agent.call({ op: 'READLINK', path: `/proc/${pid}/fd/${fd}` }).catch((error: unknown) => (gone(error) ? undefined : Promise.reject(error)));
+    if (link !== undefined && opensByPath(link)) byPath.push({ fd, link });
+  }
+  if (byPath.length === 0) return [];
+  return withScratchPage(agent, pid, async (scratch) => {
+    const found: Uncapturable[] = [];
+    for (const { fd, link } of byPath) {
+      const result = await agent.call({ op: 'INJECT_SYSCALL', pid, nr: NR_FSTAT, args: [BigInt(fd), scratch] });
+      if (result !== 0n) continue; // closed meanwhile: nothing to restore
+      const mode = (await agent.call({ op: 'READ_MEM', pid, address: scratch + BigInt(ST_MODE_OFFSET), length: 4 })).readUInt32LE(0);
+      const state = fileTypeState(mode);
+      if (state) found.push({ state, where: `fd ${fd}`, seen: `${link} (mode 0o${mode.toString(8)}): opened again by path, it would not be the same object` });
+    }
+    return found;
+  });
+}
+
 /** The refusal: one CheckpointError naming every piece found (state, where, what was seen). */
 export function uncapturableError(pid: number, found: readonly Uncapturable[]): CheckpointError {
   const list = found.map((u) => `${u.state} (${u.where}: ${u.seen})`);
@@ -219,8 +275,9 @@ export function uncapturableError(pid: number, found: readonly Uncapturable[]): 
 
 /** Throws uncapturableError when the process holds anything the image cannot. */
 export async function refuseUncapturable(agent: AgentClient, pid: number, noAslr: boolean, { pipesCaptured = false }: { pipesCaptured?: boolean } = {}): Promise<void> {
-  // A tree's checkpoint captures the pipes between its processes itself (tree-pipes.ts).
-  const found = (await findUncapturable(agent, pid, noAslr)).filter((u) => !(pipesCaptured && u.state === 'pipe'));
+  // A tree's checkpoint captures the pipes and socketpairs between its processes itself (tree-pipes.ts,
+  // tree-sockets.ts, which refuses every other socket by name).
+  const found = (await findUncapturable(agent, pid, noAslr)).filter((u) => !(pipesCaptured && (u.state === 'pipe' || u.state === 'socket')));
   if (found.length > 0) throw uncapturableError(pid, found);
 }
 

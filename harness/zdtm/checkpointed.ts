@@ -2,26 +2,24 @@
  * The checkpointed run of a ZDTM-protocol test: the launcher spawned by the
  * agent with a clean environment (fds 0-2 only: SPAWN gives stdin
  * /dev/null and stdout/stderr on a file), run to its exit; the daemon its
- * pid file names seized (repro/pid-file.ts: a tree is refused), given the
- * settle time, then `cycles` times checkpointed, killed and restored with
- * the same pid — the test's exit handler renames its outfile only when its
- * pid is unchanged — its descriptors 0-2 given back (repro/daemon-stdio.ts);
+ * pid file names seized (repro/pid-file.ts), given the settle time, then
+ * `cycles` times checkpointed with all its descendants, killed and restored
+ * with the same pids (repro/daemon-tree.ts) — the test's exit handler
+ * renames its outfile only when its pid is unchanged — each process's
+ * descriptors 0-2 given back (repro/daemon-stdio.ts);
  * then SIGTERM, and the verdict from its outfile once it has ended.
  *
  * A limitation of the C/R under test (a checkpoint refused, a restore that
  * fails, a process that ends or hangs where it should not) is a result: a
  * failed run with its reason. Infrastructure failures are thrown.
  */
-import { isRunTimeout, runToEnd } from '../agent/run-to-end.ts';
-import { stat } from 'node:fs/promises';
+import { runToEnd } from '../agent/run-to-end.ts';
 import type { AgentClient } from '../agent/client.ts';
 import { CrhError } from '../errors.ts';
 import { isInfraFailure } from '../report/infra-failures.ts';
-import { checkpointProcess } from '../restore/checkpoint.ts';
-import { writeCheckpointImage, type PlatformFacts } from '../restore/checkpoint-image.ts';
+import type { PlatformFacts } from '../restore/checkpoint-image.ts';
 import type { RestorePolicy } from '../restore/policy.ts';
-import { restoreProcess } from '../restore/restore.ts';
-import { captureStdio, reattachStdio } from '../repro/daemon-stdio.ts';
+import { checkpointDaemon, describeTreeShape, killDaemonTree, restoreDaemon, writeDaemonImage } from '../repro/daemon-tree.ts';
 import { attachNamedProcess } from '../repro/pid-file.ts';
 import { interruptibleRun } from '../repro/runs.ts';
 import { launcherArgv, type ZdtmLaunch } from './native.ts';
@@ -64,6 +62,8 @@ export interface CycleTiming {
   checkpointMs: number;
   imageBytes: number;
   restoreMs: number;
+  /** processes checkpointed and restored: the daemon and its descendants */
+  processes: number;
 }
 
 export interface CheckpointedZdtmRun {
@@ -103,22 +103,20 @@ export async function checkpointedZdtmRun(ctx: ZdtmRunContext, launch: ZdtmLaunc
     let restoredPid: number;
     let timing: CycleTiming;
     try {
-      const stdio = await captureStdio(agent, current);
-      const image = await checkpointProcess(agent, { binary: launch.binary, argv: launcherArgv(launch), envp: [], noAslr: true, pid: current }, ctx.platform);
-      await writeCheckpointImage(image, ctx.imageFile);
+      const checkpoint = await checkpointDaemon(agent, { binary: launch.binary, argv: launcherArgv(launch), envp: [], noAslr: true, pid: current }, ctx.platform);
+      const imageBytes = await writeDaemonImage(checkpoint, ctx.imageFile);
       const checkpointMs = Date.now() - started;
-      await agent.call({ op: 'KILL', pid: current });
-      if (ctx.elsewhere) await ctx.elsewhere.carry(stdio.flatMap((f) => (f.path ? [f.path] : [])));
-      await ctx.phase('restore', `${tag}${image.regions.length} memory regions, pid ${current}${ctx.elsewhere ? ', in the restore guest' : ''}`);
+      for (const m of checkpoint.tree.members) await agent.call({ op: 'KILL', pid: m.pid });
+      if (ctx.elsewhere) await ctx.elsewhere.carry([...checkpoint.stdio.values()].flat().flatMap((f) => (f.path ? [f.path] : [])));
+      await ctx.phase('restore', `${tag}${describeTreeShape(checkpoint.tree)}, ${checkpoint.tree.members[0]!.image.regions.length} memory regions in the root${ctx.elsewhere ? ', in the restore guest' : ''}`);
       const restoreStarted = Date.now();
-      const restored = await restoreProcess(there, image, { policy: ctx.policy, stdoutPath: `${ctx.outDir}/restored-${cycle}.out`, ...(ctx.elsewhere?.anyway ? { dependencies: 'try' as const } : {}) });
+      const restored = await restoreDaemon(there, checkpoint, { policy: ctx.policy, stdoutPath: `${ctx.outDir}/restored-${cycle}.out`, ...(ctx.elsewhere?.anyway ? { dependencies: 'try' as const } : {}) });
       if (restored.dependencyNotes.length > 0) await ctx.phase('restored', restored.dependencyNotes.join('; '));
-      await reattachStdio(there, restored.pid, stdio);
       restoredPid = restored.pid;
-      timing = { checkpointMs, imageBytes: (await stat(ctx.imageFile)).size, restoreMs: Date.now() - restoreStarted };
+      timing = { checkpointMs, imageBytes, restoreMs: Date.now() - restoreStarted, processes: restored.pids.length };
     } catch (error) {
-      // The process may still be stopped (a checkpoint refused): nothing of it is left for the next run.
-      await (cycle > 1 ? there : agent).call({ op: 'KILL', pid: current }).catch(() => {});
+      // The tree may still be stopped (a checkpoint refused): nothing of it is left for the next run.
+      await killDaemonTree(cycle > 1 ? there : agent, current).catch(() => {});
       return { failure: `${tag}${resultOf(error)}`, pid, cycles };
     }
     cycles.push(timing);

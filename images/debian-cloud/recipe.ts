@@ -16,9 +16,12 @@ export const debianCloudRecipe = {
   /**
    * Modules the guest loads at boot, dependencies resolved from each .ko's
    * modinfo: the network, pvpanic so a panic reaches QMP as GUEST_PANICKED,
-   * and virtio_console for the bulk data port (qemu-args.ts bulkPortArgs).
+   * virtio_console for the bulk data port (qemu-args.ts bulkPortArgs), and
+   * unix_diag: a tree's socketpairs are paired by sock_diag
+   * (restore/tree-sockets.ts), which answers ENOENT for every unix socket
+   * without it (measured on the 6.1 cloud kernel, where it is a module).
    */
-  modules: ['virtio_net', 'virtio_pci', 'pvpanic_mmio', 'virtio_console'],
+  modules: ['virtio_net', 'virtio_pci', 'pvpanic_mmio', 'virtio_console', 'unix_diag'],
   /** Host files copied into the guest with their shared-library closure. */
   hostPrograms: {
     '/bin/busybox': '/bin/busybox',
