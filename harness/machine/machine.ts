@@ -104,6 +104,8 @@ export class QemuMachine implements AsyncDisposable {
   private ramDir: string | undefined;
   /** why guest RAM is not in a file the host can read (undefined when it is) */
   guestRamUnavailable: string | undefined;
+  /** When each step of the last start finished, in ms after QEMU was spawned (scripts/bench-start.ts prints them). */
+  readonly launchPhases: Array<{ phase: string; ms: number }> = [];
   private unregisterCleanup: (() => void) | undefined;
   private stderrTail = '';
   private qmpClient: QmpClient | undefined;
@@ -333,6 +335,7 @@ export class QemuMachine implements AsyncDisposable {
     this.quitIssued = false;
     this.ready = false;
     this.launchedAt = Date.now();
+    this.launchPhases.length = 0;
     // A retried start begins with fresh RAM, as a machine with QEMU's own RAM does.
     if (this.ramDir) await rm(path.join(this.ramDir, 'ram'), { force: true });
     // setpriv --pdeathsig: the kernel kills QEMU if this process dies, even by SIGKILL.
@@ -355,6 +358,7 @@ export class QemuMachine implements AsyncDisposable {
     this.consoleLog = new ConsoleLog(path.join(this.config.artifactsDir, 'console.log'), child.stdout!);
     this.consoleLog.onLine((line) => this.emit({ type: 'console', name: this.name, line }));
     if (child.pid) await recordMachine(child.pid, this.name, this.ramDir);
+    this.markPhase('spawned');
   }
 
   private async waitReady(deadline: Deadline): Promise<void> {
@@ -365,6 +369,7 @@ export class QemuMachine implements AsyncDisposable {
     });
     const ctx = { deadline, signal: abort.signal, console: this.consoleLog! };
     this.qmpClient = await this.connectQmp(ctx.deadline, abort.signal);
+    this.markPhase('QMP connected');
     this.stallWatch = watchForStall({
       qmp: this.qmpClient,
       stderr: () => this.stderrTail,
@@ -382,12 +387,19 @@ export class QemuMachine implements AsyncDisposable {
     });
     if (this.config.incomingState) await this.resumeIncoming(ctx.deadline, abort.signal);
     await Ready.forSshBanner(this.port).waitUntilReady(ctx);
+    this.markPhase('SSH banner');
     this.sshSession = await SshSession.connect({
       host: '127.0.0.1',
       port: this.port,
       privateKeyPath: this.config.image.clientKey,
       hostPublicKey: this.config.image.hostPublicKey,
     });
+    this.markPhase('SSH session');
+  }
+
+  /** Notes that `phase` of the start just finished (launchPhases). */
+  markPhase(phase: string): void {
+    this.launchPhases.push({ phase, ms: Date.now() - this.launchedAt });
   }
 
   /** During launch a stall ends the readiness wait; after it, whatever races against `failure`. */
@@ -443,6 +455,7 @@ export class QemuMachine implements AsyncDisposable {
       if (deadline.expired) throw new TimeoutError(`saved state never finished loading (status ${status})`);
       await sleep(20);
     }
+    this.markPhase('state loaded');
     await this.qmp.execute('cont');
   }
 
