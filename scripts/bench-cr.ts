@@ -5,8 +5,8 @@
  * in the same run: crh with page data straight from and into guest RAM (the
  * shared RAM file, agent/ram-transfer.ts), crh with page data over the bulk
  * port, crh with both suspended (page data over SSH, up to --ssh-max MiB), and CRIU's
- * `criu dump` + `criu restore -d`. N rounds of each, alternating; medians
- * and ratios printed. Every restored process must finish with "memfill ok":
+ * `criu dump` + `criu restore -d`. N rounds of each, alternating (each round
+ * starting one case later than the last); medians and ratios printed. Every restored process must finish with "memfill ok":
  * a fast wrong restore is not a result.
  *
  * What is timed (host wall clock; the TCG guest's clock runs fast):
@@ -181,7 +181,10 @@ try {
   if (untouchedMiB > 0) cases.push(['ram', 64, untouchedMiB], ['bulk', 64, untouchedMiB], ['criu', 64, untouchedMiB]);
   const samples: Sample[] = [];
   for (let round = 0; round < runs; round++) {
-    for (const [which, size, untouched] of cases) {
+    // Each round starts one case later: no path always runs first, or always right after CRIU's 64 MiB
+    // (whose aftermath in the guest slowed whatever came next by up to 1.5 s).
+    const order = cases.map((_, i) => cases[(i + round) % cases.length]!);
+    for (const [which, size, untouched] of order) {
       const s = which === 'criu' ? await criuOnce(size, untouched) : await crhOnce(which, size, untouched);
       const extra = s.imageBytes === undefined ? '' : `, image ${s.imageBytes} B, raw out ${s.rawOutMs!.toFixed(0)} ms, raw in ${s.rawInMs!.toFixed(0)} ms`;
       console.error(`round ${round + 1}/${runs} ${which} ${size} MiB${untouched ? ` +${untouched} untouched` : ''}: checkpoint ${s.checkpointMs.toFixed(0)} ms, restore ${s.restoreMs.toFixed(0)} ms${extra}`);
