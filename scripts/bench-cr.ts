@@ -1,19 +1,20 @@
 /**
  * Checkpoint and restore of the same memfill process (guests/workloads/
  * memfill.c: every word written, checked by the process itself after the
- * restore) by three paths in the same guest (the image variant with CRIU),
- * in the same run: crh with page data over the bulk port, crh with the bulk
- * port suspended (page data over SSH, up to --ssh-max MiB), and CRIU's
- * `criu dump` + `criu restore -d`. N rounds of each, alternating; medians
- * and ratios printed. Every restored process must finish with "memfill ok":
+ * restore) by four paths in the same guest (the image variant with CRIU),
+ * in the same run: crh with page data straight from and into guest RAM (the
+ * shared RAM file, agent/ram-transfer.ts), crh with page data over the bulk
+ * port, crh with both suspended (page data over SSH, up to --ssh-max MiB), and CRIU's
+ * `criu dump` + `criu restore -d`. N rounds of each, alternating (each round
+ * starting one case later than the last); medians and ratios printed. Every restored process must finish with "memfill ok":
  * a fast wrong restore is not a result.
  *
  * What is timed (host wall clock; the TCG guest's clock runs fast):
  * - crh: checkpointProcess + the image written to the host as `crh cr` keeps
  *   it, and the image read and validated + restoreProcess; the process is
  *   killed between them, untimed. Beside them, image bytes and the raw
- *   channel moving the same bytes with nothing else (READ_MEM_BULK /
- *   WRITE_MEM_BULK of the whole mapping, or READ_MEM / WRITE_MEM over SSH).
+ *   channel moving the same bytes with nothing else (readMemory and a
+ *   BATCH of 1 MiB WRITE_MEMs of the whole mapping, by the row's path).
  * - criu: `criu dump` and `criu restore -d` over one SSH exec each (images
  *   on the guest's tmpfs), the round trip of an empty exec reported beside;
  *   DETACH before and REAP/ATTACH after are not timed.
@@ -54,7 +55,7 @@ const untouchedMiB = Number(values.untouched);
 const MiB = 1024 * 1024;
 const RUN_TIMEOUT_MS = 600_000;
 
-type Path = 'bulk' | 'ssh' | 'criu';
+type Path = 'ram' | 'bulk' | 'ssh' | 'criu';
 interface Sample {
   path: Path;
   sizeMiB: number;
@@ -77,6 +78,7 @@ const ms = (from: number): number => performance.now() - from;
 
 try {
   if (!agent.hasBulk) throw new Error(`no bulk port: ${agent.bulkUnavailable}`);
+  if (!agent.hasGuestRam) throw new Error(`no guest RAM file: ${agent.guestRamUnavailable}`);
   const criu = image.criu!;
   const memfill = image.guestPaths.memfill!;
   const breakAt = (await ElfFile.open(image.binaries.memfill!)).symbolAddress('memfill_checkpoint');
@@ -105,9 +107,12 @@ try {
     }
   };
 
-  /** One crh checkpoint + restore of memfill MiB (+ untouched MiB), page data on the bulk port or on SSH. */
-  const crhOnce = async (channel: 'bulk' | 'ssh', mib: number, untouched: number): Promise<Sample> => {
+  /** One crh checkpoint + restore of memfill MiB (+ untouched MiB), page data in guest RAM, on the bulk port or on SSH. */
+  const crhOnce = async (channel: 'ram' | 'bulk' | 'ssh', mib: number, untouched: number): Promise<Sample> => {
+    agent.guestRamSuspended = channel !== 'ram';
     agent.bulkSuspended = channel === 'ssh';
+    const expected = { ram: 'guest-ram', bulk: 'bulk', ssh: 'ssh' }[channel];
+    if (agent.dataPath !== expected) throw new Error(`the ${channel} row would move page data by ${agent.dataPath}`);
     const argv = argvOf(mib, untouched);
     const out = `/tmp/bench/crh-${mib}.out`;
     const pid = await stopped(mib, untouched, out);
@@ -144,6 +149,7 @@ try {
     const imageBytes = (await stat(file)).size;
     await rm(file, { force: true });
     agent.bulkSuspended = false;
+    agent.guestRamSuspended = false;
     return { path: channel, sizeMiB: mib, untouchedMiB: untouched, checkpointMs, restoreMs, imageBytes, rawOutMs, rawInMs };
   };
 
@@ -168,14 +174,17 @@ try {
 
   const cases: Array<[Path, number, number]> = [];
   for (const size of sizes) {
-    cases.push(['bulk', size, 0]);
+    cases.push(['ram', size, 0], ['bulk', size, 0]);
     if (size <= sshMax) cases.push(['ssh', size, 0]);
     if (size <= criuMax) cases.push(['criu', size, 0]);
   }
-  if (untouchedMiB > 0) cases.push(['bulk', 64, untouchedMiB], ['criu', 64, untouchedMiB]);
+  if (untouchedMiB > 0) cases.push(['ram', 64, untouchedMiB], ['bulk', 64, untouchedMiB], ['criu', 64, untouchedMiB]);
   const samples: Sample[] = [];
   for (let round = 0; round < runs; round++) {
-    for (const [which, size, untouched] of cases) {
+    // Each round starts one case later: no path always runs first, or always right after CRIU's 64 MiB
+    // (whose aftermath in the guest slowed whatever came next by up to 1.5 s).
+    const order = cases.map((_, i) => cases[(i + round) % cases.length]!);
+    for (const [which, size, untouched] of order) {
       const s = which === 'criu' ? await criuOnce(size, untouched) : await crhOnce(which, size, untouched);
       const extra = s.imageBytes === undefined ? '' : `, image ${s.imageBytes} B, raw out ${s.rawOutMs!.toFixed(0)} ms, raw in ${s.rawInMs!.toFixed(0)} ms`;
       console.error(`round ${round + 1}/${runs} ${which} ${size} MiB${untouched ? ` +${untouched} untouched` : ''}: checkpoint ${s.checkpointMs.toFixed(0)} ms, restore ${s.restoreMs.toFixed(0)} ms${extra}`);

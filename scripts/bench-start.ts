@@ -1,6 +1,7 @@
 /**
- * Cold boot vs start from saved VM state, to SSH-ready, measured in the same
- * run: N of each, alternating, medians and the ratio.
+ * Cold boot vs start from saved VM state, to SSH-ready and to an agent that
+ * answers HELLO, measured in the same run: N of each, alternating, medians,
+ * the ratio, and where a saved-state start spends its time (its phases).
  *
  *   node --import tsx scripts/bench-start.ts [--runs 5]
  */
@@ -11,6 +12,7 @@ import { parseArgs } from 'node:util';
 import { bootstrapHost } from '../harness/host/bootstrap.ts';
 import { buildImage } from '../harness/image/build.ts';
 import { launchMachine } from '../harness/machine/fast-start.ts';
+import { AgentClient } from '../harness/agent/client.ts';
 import { median, summarize } from './stats.ts';
 
 const { values } = parseArgs({ options: { runs: { type: 'string', default: '5' } } });
@@ -23,16 +25,28 @@ await (await launchMachine({ image, artifactsDir })).shutdown();
 
 const cold: number[] = [];
 const saved: number[] = [];
+const agentCold: number[] = [];
+const agentSaved: number[] = [];
+/** the saved-state starts' phases (machine.ts launchPhases), ms after QEMU was spawned */
+const phases = new Map<string, number[]>();
 for (let i = 0; i < runs; i++) {
   for (const [fastStart, into] of [[false, cold], [true, saved]] as const) {
     const started = Date.now();
     const machine = await launchMachine({ image, artifactsDir, fastStart });
     into.push(Date.now() - started);
+    // The agent answering HELLO over its SSH channel: what a case waits for before its first request.
+    const { client } = await AgentClient.open(await machine.ssh.transport(image.guestPaths['crh-agent']!));
+    (fastStart ? agentSaved : agentCold).push(Date.now() - started);
+    await client.close();
     if (machine.fromSavedState !== fastStart) throw new Error(`expected fromSavedState=${fastStart}`);
+    if (fastStart) for (const { phase, ms } of machine.launchPhases) phases.set(phase, [...(phases.get(phase) ?? []), ms]);
     await machine.shutdown();
   }
   console.error(`run ${i + 1}/${runs}: cold ${cold.at(-1)} ms, saved state ${saved.at(-1)} ms`);
 }
 console.log(`launch -> SSH ready, cold boot (${runs}): ${summarize(cold)}`);
 console.log(`launch -> SSH ready, saved state + re-seed (${runs}): ${summarize(saved)}`);
+console.log(`launch -> agent HELLO answered, cold boot: ${summarize(agentCold)}; saved state: ${summarize(agentSaved)}`);
 console.log(`ratio cold / saved (medians): ${(median(cold) / median(saved)).toFixed(2)}`);
+console.log('saved-state start, each phase done at (ms after QEMU was spawned, medians):');
+for (const [phase, at] of phases) console.log(`  ${phase}: ${median(at).toFixed(0)} (${summarize(at)})`);

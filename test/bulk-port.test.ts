@@ -8,6 +8,8 @@ import type { AgentOp } from '../harness/agent/ops.ts';
 t.test('bulk port', async (t) => {
   const guest = await startGuest(t, 'bulk-port');
   const { agent } = guest;
+  // Whole pages would go straight through guest RAM (test/guest-ram.test.ts): this test is the port's.
+  agent.guestRamSuspended = true;
   t.ok(agent.hasBulk, `the guest has the bulk port (${agent.bulkUnavailable ?? 'attached'})`);
   const binary = guest.image.guestPaths.memfill!;
   const { pid } = await agent.call({ op: 'SPAWN', path: binary, argv: [binary, '1'], envp: [], stdoutPath: '/tmp/bulk-port.out', noAslr: true });

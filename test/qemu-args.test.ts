@@ -1,6 +1,6 @@
 // expect: QEMU command lines bind only loopback or unix sockets, isolate the guest network, and pick the CPU per accelerator; CRH_QEMU names the binary.
 import t from 'tap';
-import { BULK_PORT_NAME, bulkPortArgs, formatCommandLine, machineArgs, networkArgs, qemuArgs, shellQuote } from '../harness/machine/qemu-args.ts';
+import { BULK_PORT_NAME, bulkPortArgs, formatCommandLine, GUEST_RAM_ID, guestRamArgs, machineArgs, networkArgs, qemuArgs, shellQuote } from '../harness/machine/qemu-args.ts';
 import { probeArgs, probeFirmware } from '../harness/machine/accel.ts';
 import { DEFAULT_QEMU_BINARY, qemuBinary } from '../harness/machine/qemu-binary.ts';
 
@@ -59,6 +59,19 @@ t.test('the bulk data port: a named virtserialport on a unix-socket chardev, onl
   const chardevs = withBulk.filter((_, i) => withBulk[i - 1] === '-chardev');
   t.ok(chardevs.includes('socket,id=bulk,path=/tmp/x/bulk.sock,server=on,wait=off'), 'a unix socket: no network listener');
   t.notOk(withBulk.some((a) => /tcp:|host=/.test(a) && a.includes('bulk')), 'never TCP');
+});
+
+t.test('guest RAM in a shared file: the machine\'s own RAM id, all below 4 GiB, only when asked for', async (t) => {
+  t.same(guestRamArgs('/dev/shm/crh-ram-x/ram', 512), [
+    '-object', 'memory-backend-file,id=pc.ram,size=512M,mem-path=/dev/shm/crh-ram-x/ram,share=on',
+    '-machine', 'memory-backend=pc.ram',
+  ]);
+  t.equal(GUEST_RAM_ID, 'pc.ram', 'the id QEMU gives a pc machine\'s RAM: the migration stream names the same RAM block');
+  t.throws(() => guestRamArgs('/dev/shm/r', 4096), /below 4 GiB/, 'RAM that would reach above 4 GiB is refused (frame × 4096 would not be its offset)');
+  t.throws(() => guestRamArgs('/dev/shm/a,b', 512), /comma/, 'a path that would end the option value is refused');
+  t.notOk(qemuArgs(options).some((a) => a.startsWith('memory-backend')), 'no RAM file, no backend');
+  const withRam = qemuArgs({ ...options, endpoints: { ...options.endpoints, guestRamFile: '/dev/shm/crh-ram-x/ram' } });
+  t.ok(withRam.includes(`memory-backend-file,id=pc.ram,size=${options.profile.memoryMiB}M,mem-path=/dev/shm/crh-ram-x/ram,share=on`), 'the backend is sized as -m');
 });
 
 t.test('kernel, initrd and command line', async (t) => {

@@ -2,7 +2,7 @@
 import t from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdtemp, readdir, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -121,4 +121,24 @@ t.test('an unreadable record or one from before start times is removed once its 
   t.notOk(existsSync(garbage), 'unreadable record removed');
   t.notOk(existsSync(old), 'old record of a dead owner removed');
   t.ok(existsSync(oldLiveOwner), 'old record of a live owner kept');
+});
+
+t.test('a dead owner\'s guest RAM directory on /dev/shm goes with its record; a path not ours stays', async (t) => {
+  const ram = await mkdtemp('/dev/shm/crh-ram-');
+  await writeFile(path.join(ram, 'ram'), Buffer.alloc(4096));
+  const foreign = await mkdtemp(path.join(tmpdir(), 'crh-ram-'));
+  t.teardown(() => rm(foreign, { recursive: true, force: true }));
+  t.teardown(() => rm(ram, { recursive: true, force: true }));
+  const gone = 2 ** 22 + 1;
+  await writeRecord({ qemuPid: gone, qemuStartTime: '1', ...deadOwner(), name: 'crh-ram-1', startedAt: new Date().toISOString(), ramDir: ram });
+  await writeRecord({ qemuPid: gone, qemuStartTime: '1', ...deadOwner(), name: 'crh-ram-2', startedAt: new Date().toISOString(), ramDir: foreign });
+  const reaped = await reapOrphans();
+  t.same(reaped, [`removed guest RAM ${ram} of dead process ${process.pid}`], 'the reap says what it removed');
+  t.notOk(existsSync(ram), 'the /dev/shm RAM directory is gone');
+  t.ok(existsSync(foreign), 'a directory that is not a /dev/shm/crh-ram-XXXXXX is left alone');
+  const live = await mkdtemp('/dev/shm/crh-ram-');
+  t.teardown(() => rm(live, { recursive: true, force: true }));
+  await writeRecord({ qemuPid: gone, qemuStartTime: '1', ownerPid: process.pid, ownerStartTime: processStartTime(process.pid)!, name: 'crh-ram-3', startedAt: new Date().toISOString(), ramDir: live });
+  t.same(await reapOrphans(), [], 'a live owner\'s machine is not reaped');
+  t.ok(existsSync(live), 'nor its RAM');
 });

@@ -18,6 +18,7 @@
  *   primitives.c   registers, user area, INJECT_SYSCALL, KILL, signal state
  *   memory.c       ptrace word helpers, READ_FILE, READ/WRITE_MEM, READLINK, LISTDIR
  *   bulk.c         the bulk data port and PAGEMAP
+ *   frames.c       PAGE_FRAMES: page frames for reads and writes in guest RAM
  *   handoff.c      DETACH, REAP, ATTACH (handing a process to CRIU and back)
  */
 #include "agent.h"

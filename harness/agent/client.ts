@@ -9,6 +9,8 @@ import { FrameDecoder, MAX_FRAME_BYTES, PayloadReader, PayloadWriter, encodeFram
 import { OPCODES, decodeResult, describeOp, encodeOp, type AgentOp, type HelloResult, type MemoryRange, type ResultOf } from './ops.ts';
 import { errnoName } from './errno.ts';
 import type { BulkChannel } from './bulk-channel.ts';
+import type { GuestRam } from './guest-ram.ts';
+import { batchThroughRam, pageAligned, readThroughRam, type RamAgent, type RamStats } from './ram-transfer.ts';
 import { constants } from 'node:os';
 
 /**
@@ -189,11 +191,54 @@ export class AgentClient {
     return this.bulk !== undefined && this.bulk.failure === undefined && !this.bulkSuspended;
   }
 
+  /** guest RAM as a file on the host, once attachGuestRam() was called */
+  private ram: GuestRam | undefined;
+  /** why page data does not go straight through guest RAM, for reports */
+  guestRamUnavailable: string | undefined = 'not attached';
+  /** Keeps page data off guest RAM although it is attached (benchmarks compare the paths in one session). */
+  guestRamSuspended = false;
+  /** pages moved in guest RAM, and pages handed back to the agent (no frame, or a frame that moved) */
+  readonly ramStats: RamStats = { pagesRead: 0, pagesWritten: 0, pagesThroughAgent: 0 };
+
   /**
-   * The bytes of `ranges` of a stopped tracee's memory, concatenated: one
+   * Moves whole pages of page data through `ram`, the machine's guest RAM
+   * file (ram-transfer.ts): the agent names the frames, the host copies.
+   */
+  attachGuestRam(ram: GuestRam): void {
+    this.ram = ram;
+    this.guestRamUnavailable = undefined;
+  }
+
+  /** Whether whole pages go straight through guest RAM. */
+  get hasGuestRam(): boolean {
+    return this.ram !== undefined && !this.guestRamSuspended;
+  }
+
+  /** The path page data takes now (reports and benchmarks print it). */
+  get dataPath(): 'guest-ram' | 'bulk' | 'ssh' {
+    return this.hasGuestRam ? 'guest-ram' : this.hasBulk ? 'bulk' : 'ssh';
+  }
+
+  private get ramAgent(): RamAgent {
+    return {
+      frames: (op) => this.call(op),
+      readThroughAgent: (pid, ranges) => this.readThroughAgent(pid, ranges),
+      batchThroughAgent: (ops) => this.batchThroughAgent(ops),
+    };
+  }
+
+  /**
+   * The bytes of `ranges` of a stopped tracee's memory, concatenated: whole
+   * pages straight from guest RAM when it is attached, else one
    * READ_MEM_BULK per 256 MiB over the bulk port, else READ_MEM slices over SSH.
    */
   async readMemory(pid: number, ranges: readonly MemoryRange[]): Promise<Buffer> {
+    if (this.hasGuestRam && ranges.every(pageAligned)) return readThroughRam(this.ramAgent, this.ram!, this.ramStats, pid, ranges);
+    return this.readThroughAgent(pid, ranges);
+  }
+
+  /** readMemory through the agent: the bulk port, else SSH. */
+  private async readThroughAgent(pid: number, ranges: readonly MemoryRange[]): Promise<Buffer> {
     const total = ranges.reduce((n, r) => n + r.length, 0);
     const out = Buffer.allocUnsafe(total);
     let at = 0;
@@ -233,9 +278,17 @@ export class AgentClient {
    * failure. Returns one step per executed op, the failing one last.
    * With a bulk port attached, a WRITE_MEM of BULK_MIN_BYTES or more is
    * sent as WRITE_MEM_BULK, its data on the port (the step still names the
-   * WRITE_MEM): the plan says what is written, the client how.
+   * WRITE_MEM): the plan says what is written, the client how. With guest
+   * RAM attached, a WRITE_MEM of whole pages goes straight into guest RAM
+   * (ram-transfer.ts batchThroughRam) instead.
    */
   async batch(ops: readonly AgentOp[]): Promise<BatchStep[]> {
+    if (this.hasGuestRam) return (await batchThroughRam(this.ramAgent, this.ram!, this.ramStats, ops)) as BatchStep[];
+    return this.batchThroughAgent(ops);
+  }
+
+  /** batch() through the agent: large writes on the bulk port, the rest on SSH. */
+  private async batchThroughAgent(ops: readonly AgentOp[]): Promise<BatchStep[]> {
     if (ops.length === 0) return [];
     const bulk = this.hasBulk ? this.bulk! : undefined;
     const frames = new Map<number, { tag: number; data: Uint8Array }>();

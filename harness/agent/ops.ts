@@ -38,6 +38,7 @@ export const OPCODES = {
   READ_MEM_BULK: 0x22,
   WRITE_MEM_BULK: 0x23,
   PAGEMAP: 0x24,
+  PAGE_FRAMES: 0x25,
   TRACE_FORKS: 0x28,
   RELEASE: 0x29,
 } as const;
@@ -55,6 +56,10 @@ export const PAGE_SWAPPED = 2;
 export const PAGE_FILE = 4;
 
 export type OpName = keyof typeof OPCODES;
+
+/** PAGE_FRAMES modes (guests/agent/frames.c FRAMES_CHECK, _READ, _WRITE). */
+export const FRAMES_MODES = { check: 0, read: 1, write: 2 } as const;
+export type FramesMode = keyof typeof FRAMES_MODES;
 
 /** RUN flag 1: hits handled as before breakpoints were made invisible. */
 const RUN_LEGACY_TRAPS = 1;
@@ -103,6 +108,12 @@ export type AgentOp =
   | { op: 'WRITE_MEM_BULK'; pid: number; tag: number; ranges: readonly MemoryRange[] }
   /** one byte per page from /proc/PID/pagemap: PAGE_PRESENT | PAGE_SWAPPED | PAGE_FILE */
   | { op: 'PAGEMAP'; pid: number; start: bigint; pages: number }
+  /**
+   * the guest-physical frame of every page of the page-aligned ranges, 0 where
+   * `mode` cannot use it (guests/agent/frames.c): 'check' only looks, 'read'
+   * faults absent pages in first, 'write' makes each an exclusive anonymous page first
+   */
+  | { op: 'PAGE_FRAMES'; pid: number; mode: FramesMode; ranges: readonly MemoryRange[] }
   /** PTRACE_SINGLESTEP one stopped thread `count` times; `signo` (0 or absent: none) is delivered with the first step */
   | { op: 'STEP'; pid: number; count: number; signo?: number; timeoutMs: number }
   /** hands a stopped process to another tracer: left in a job-control stop (SIGSTOP), untraced, still the agent's child */
@@ -215,6 +226,8 @@ export interface OpResults {
   READ_MEM_BULK: bigint;
   WRITE_MEM_BULK: void;
   PAGEMAP: Buffer;
+  /** one frame number per page, in the ranges' order; 0: none usable */
+  PAGE_FRAMES: Uint32Array;
 }
 
 export type ResultOf<O extends AgentOp> = OpResults[O['op']];
@@ -308,6 +321,10 @@ export function encodeOp(op: AgentOp): { opcode: number; payload: Buffer } {
     case 'PAGEMAP':
       w.u32(op.pid).u64(op.start).u32(op.pages);
       break;
+    case 'PAGE_FRAMES':
+      w.u32(op.pid).u32(FRAMES_MODES[op.mode]).u32(op.ranges.length);
+      for (const r of op.ranges) w.u64(r.address).u64(r.length);
+      break;
   }
   return { opcode: OPCODES[op.op], payload: w.finish() };
 }
@@ -366,6 +383,13 @@ function decodeByOp(name: OpName, r: PayloadReader): unknown {
       return Buffer.from(r.bytes('data'));
     case 'PAGEMAP':
       return Buffer.from(r.bytes('pages'));
+    case 'PAGE_FRAMES': {
+      const bytes = r.bytes('frames');
+      if (bytes.length % 4 !== 0) throw new RangeError(`PAGE_FRAMES: ${bytes.length} bytes of frames is not a whole number of u32`);
+      const frames = new Uint32Array(bytes.length / 4);
+      for (let i = 0; i < frames.length; i++) frames[i] = bytes.readUInt32LE(i * 4);
+      return frames;
+    }
     case 'READ_MEM_BULK':
       return r.u64('bytes');
     case 'PEEKUSER':
@@ -460,6 +484,8 @@ export function describeOp(op: AgentOp): string {
       return `${op.op} pid ${op.pid} ${op.ranges.length} range${op.ranges.length === 1 ? '' : 's'}, ${op.ranges.reduce((n, r) => n + r.length, 0)} bytes (frame ${op.tag})`;
     case 'PAGEMAP':
       return `PAGEMAP pid ${op.pid} 0x${op.start.toString(16)} ${op.pages} pages`;
+    case 'PAGE_FRAMES':
+      return `PAGE_FRAMES pid ${op.pid} ${op.mode} ${op.ranges.length} range${op.ranges.length === 1 ? '' : 's'}, ${op.ranges.reduce((n, r) => n + r.length, 0) / 4096} pages`;
     case 'INJECT_SYSCALL':
       return `INJECT_SYSCALL pid ${op.pid} nr ${op.nr} (${op.args.map((a) => `0x${a.toString(16)}`).join(', ')})`;
   }

@@ -7,6 +7,7 @@
 import path from 'node:path';
 import { AgentClient } from '../agent/client.ts';
 import { BulkChannel } from '../agent/bulk-channel.ts';
+import { GuestRam } from '../agent/guest-ram.ts';
 import { writeFileAtomic } from '../util/atomic-write.ts';
 import type { HelloResult } from '../agent/ops.ts';
 import { buildImage, type GuestImage } from '../image/build.ts';
@@ -78,12 +79,14 @@ export async function openGuest(options: OpenGuestOptions): Promise<OpenedGuest>
   let machine: QemuMachine | undefined;
   let agent: AgentClient | undefined;
   let bulk: BulkChannel | undefined;
+  let ram: GuestRam | undefined;
   let closed = false;
   const close = async (): Promise<void> => {
     if (closed) return;
     closed = true;
     await agent?.close().catch(() => {});
     bulk?.close();
+    ram?.close();
     await machine?.shutdown();
   };
   try {
@@ -107,6 +110,15 @@ export async function openGuest(options: OpenGuestOptions): Promise<OpenedGuest>
     // Page data over the virtio-serial port, not SSH; a guest without it keeps to SSH, and says so.
     bulk = await BulkChannel.connect(machine.bulkSocket);
     if (!(await agent.attachBulk(bulk, BULK_PORT_NAME))) log(`no bulk data port (${agent.bulkUnavailable}): page data goes over SSH`);
+    // Whole pages straight from and into guest RAM when it is a file we share; the port (or SSH) stays for the rest.
+    const ramFile = machine.guestRam;
+    if (ramFile) {
+      ram = GuestRam.open(ramFile.file, ramFile.bytes);
+      agent.attachGuestRam(ram);
+    } else {
+      agent.guestRamUnavailable = machine.guestRamUnavailable ?? 'no guest RAM file';
+    }
+    log(`page data: ${agent.dataPath}${agent.guestRamUnavailable ? ` (guest RAM: ${agent.guestRamUnavailable})` : ` (${ramFile!.file})`}`);
     const profile = await platformProfile({ image, machine, agent, log }, { fresh: options.freshProfile === true });
     // The profile this guest's expectations came from, beside its artifacts: crh run prints it with the verdicts.
     await writeFileAtomic(path.join(options.artifactsDir, 'profile.json'), `${JSON.stringify(profile, null, 2)}\n`);

@@ -92,6 +92,7 @@ async function launchFromState(config: MachineConfig & { accel: AccelChoice }, s
   }
   try {
     await reseed(machine);
+    machine.markPhase('clock set, entropy mixed in');
   } catch (error) {
     await machine.shutdown();
     throw error;

@@ -13,7 +13,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdir, open, rename, rm, appendFile } from 'node:fs/promises';
+import { mkdir, open, rename, rm, appendFile, statfs } from 'node:fs/promises';
 import path from 'node:path';
 import { BootError, CrhError, InfraError, LaunchError, TimeoutError } from '../errors.ts';
 import { QmpClient } from '../qmp/client.ts';
@@ -26,7 +26,7 @@ import { makeTempDir, removeTempDir } from '../util/temp-dir.ts';
 import { chooseAccelerator, recordKvmFailure, type AccelChoice } from './accel.ts';
 import { ConsoleLog, KERNEL_DEATH } from './console.ts';
 import { freeLoopbackPort } from './free-port.ts';
-import { cpuModelOf, formatCommandLine, qemuArgs, shellQuote, type BootFiles } from './qemu-args.ts';
+import { cpuModelOf, formatCommandLine, GUEST_RAM_LINEAR_MAX_MIB, qemuArgs, shellQuote, type BootFiles } from './qemu-args.ts';
 import { qemuBinary } from './qemu-binary.ts';
 import { evidenceDetails, instructionPointers, SILENT_CONSOLE_MS, StalledLaunchError, watchForStall, type StallWatch } from './stall-watch.ts';
 import { Ready } from './readiness.ts';
@@ -67,7 +67,19 @@ export interface MachineConfig {
   onEvent?: (event: MachineEvent) => void;
   /** names addresses in hang diagnoses (kernel symbols, when already known) */
   diagnosisSymbols?: SymbolTable;
+  /**
+   * Guest RAM in a file the host shares (qemu-args.ts guestRamArgs), in a
+   * directory of ours on /dev/shm, so page data moves without crossing the
+   * guest (default true; without a tmpfs /dev/shm, or with more RAM than lies
+   * below 4 GiB, the machine runs with QEMU's own RAM and says why in
+   * guestRamUnavailable).
+   */
+  guestRamInFile?: boolean;
 }
+
+/** Where guest RAM files go: memory, never a disk that would write them back. */
+const GUEST_RAM_BASE = '/dev/shm';
+const TMPFS_MAGIC = 0x01021994;
 
 let machineCounter = 0;
 const PORT_ATTEMPTS = 3;
@@ -88,6 +100,12 @@ export class QemuMachine implements AsyncDisposable {
   private exitedUnasked = false;
   private shutdownPromise: Promise<void> | undefined;
   private runDir: string | undefined;
+  /** the directory on /dev/shm holding the guest RAM file, when RAM is in a file */
+  private ramDir: string | undefined;
+  /** why guest RAM is not in a file the host can read (undefined when it is) */
+  guestRamUnavailable: string | undefined;
+  /** When each step of the last start finished, in ms after QEMU was spawned (scripts/bench-start.ts prints them). */
+  readonly launchPhases: Array<{ phase: string; ms: number }> = [];
   private unregisterCleanup: (() => void) | undefined;
   private stderrTail = '';
   private qmpClient: QmpClient | undefined;
@@ -123,6 +141,7 @@ export class QemuMachine implements AsyncDisposable {
     // A signal to crh shuts this machine down (QEMU, its record, its run directory) before crh dies of it.
     this.unregisterCleanup = onCleanup(`machine ${this.name}`, () => this.shutdown());
     this.runDir = await makeTempDir('crh-');
+    this.ramDir = await this.makeRamDir();
     let deadline = Deadline.in(this.config.bootTimeoutMs ?? 180_000);
     let fellBack = false;
 
@@ -152,12 +171,38 @@ export class QemuMachine implements AsyncDisposable {
           this.child = undefined;
           this.diagnosis = undefined;
           this.runDir = await makeTempDir('crh-');
+          this.ramDir = await this.makeRamDir();
           this.unregisterCleanup = onCleanup(`machine ${this.name}`, () => this.shutdown());
           continue;
         }
         throw failure;
       }
     }
+  }
+
+  /** A directory of ours on /dev/shm for the guest RAM file, or undefined (guestRamUnavailable says why). */
+  private async makeRamDir(): Promise<string | undefined> {
+    const memoryMiB = this.config.memoryMiB ?? 512;
+    if (this.config.guestRamInFile === false) this.guestRamUnavailable = 'not asked for (guestRamInFile: false)';
+    else if (memoryMiB > GUEST_RAM_LINEAR_MAX_MIB) this.guestRamUnavailable = `${memoryMiB} MiB of guest RAM is not all below 4 GiB (at most ${GUEST_RAM_LINEAR_MAX_MIB} MiB)`;
+    else {
+      const fs = await statfs(GUEST_RAM_BASE).catch((error: Error) => error);
+      if (fs instanceof Error) this.guestRamUnavailable = `${GUEST_RAM_BASE}: ${fs.message}`;
+      else if (fs.type !== TMPFS_MAGIC) this.guestRamUnavailable = `${GUEST_RAM_BASE} is not a tmpfs (type 0x${fs.type.toString(16)})`;
+      else {
+        this.guestRamUnavailable = undefined;
+        return makeTempDir('crh-ram-', GUEST_RAM_BASE);
+      }
+    }
+    return undefined;
+  }
+
+  /**
+   * The file guest RAM lives in and its size, when it is in one: the host
+   * reads and writes a guest page at offset frame × 4096 (agent/guest-ram.ts).
+   */
+  get guestRam(): { file: string; bytes: number } | undefined {
+    return this.ramDir && this.child ? { file: path.join(this.ramDir, 'ram'), bytes: (this.config.memoryMiB ?? 512) * 1024 * 1024 } : undefined;
   }
 
   /** A KVM the harness chose itself (not the user, not the caller) may be replaced by TCG once. */
@@ -280,7 +325,7 @@ export class QemuMachine implements AsyncDisposable {
         name: this.name,
         profile: { accel: this.accelChoice!.accel, memoryMiB: this.config.memoryMiB ?? 512, cpus: this.config.cpus ?? 1, ...(this.config.cpuModel ? { cpuModel: this.config.cpuModel } : {}) },
         boot: { kernel: image.kernel.bzImage, initrd: image.initramfs, cmdline: image.cmdline },
-        endpoints: { qmpSocket: path.join(runDir, 'qmp.sock'), gdbSocket: path.join(runDir, 'gdb.sock'), sshPort: this.port, bulkSocket: this.bulkSocket },
+        endpoints: { qmpSocket: path.join(runDir, 'qmp.sock'), gdbSocket: path.join(runDir, 'gdb.sock'), sshPort: this.port, bulkSocket: this.bulkSocket, ...(this.ramDir ? { guestRamFile: path.join(this.ramDir, 'ram') } : {}) },
         ...(this.config.incomingState ? { incomingState: this.config.incomingState } : {}),
       }),
     ];
@@ -290,6 +335,9 @@ export class QemuMachine implements AsyncDisposable {
     this.quitIssued = false;
     this.ready = false;
     this.launchedAt = Date.now();
+    this.launchPhases.length = 0;
+    // A retried start begins with fresh RAM, as a machine with QEMU's own RAM does.
+    if (this.ramDir) await rm(path.join(this.ramDir, 'ram'), { force: true });
     // setpriv --pdeathsig: the kernel kills QEMU if this process dies, even by SIGKILL.
     const child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', ...this.argv], { stdio: ['ignore', 'pipe', 'pipe'] });
     this.child = child;
@@ -309,7 +357,8 @@ export class QemuMachine implements AsyncDisposable {
     });
     this.consoleLog = new ConsoleLog(path.join(this.config.artifactsDir, 'console.log'), child.stdout!);
     this.consoleLog.onLine((line) => this.emit({ type: 'console', name: this.name, line }));
-    if (child.pid) await recordMachine(child.pid, this.name);
+    if (child.pid) await recordMachine(child.pid, this.name, this.ramDir);
+    this.markPhase('spawned');
   }
 
   private async waitReady(deadline: Deadline): Promise<void> {
@@ -320,6 +369,7 @@ export class QemuMachine implements AsyncDisposable {
     });
     const ctx = { deadline, signal: abort.signal, console: this.consoleLog! };
     this.qmpClient = await this.connectQmp(ctx.deadline, abort.signal);
+    this.markPhase('QMP connected');
     this.stallWatch = watchForStall({
       qmp: this.qmpClient,
       stderr: () => this.stderrTail,
@@ -337,12 +387,19 @@ export class QemuMachine implements AsyncDisposable {
     });
     if (this.config.incomingState) await this.resumeIncoming(ctx.deadline, abort.signal);
     await Ready.forSshBanner(this.port).waitUntilReady(ctx);
+    this.markPhase('SSH banner');
     this.sshSession = await SshSession.connect({
       host: '127.0.0.1',
       port: this.port,
       privateKeyPath: this.config.image.clientKey,
       hostPublicKey: this.config.image.hostPublicKey,
     });
+    this.markPhase('SSH session');
+  }
+
+  /** Notes that `phase` of the start just finished (launchPhases). */
+  markPhase(phase: string): void {
+    this.launchPhases.push({ phase, ms: Date.now() - this.launchedAt });
   }
 
   /** During launch a stall ends the readiness wait; after it, whatever races against `failure`. */
@@ -398,6 +455,7 @@ export class QemuMachine implements AsyncDisposable {
       if (deadline.expired) throw new TimeoutError(`saved state never finished loading (status ${status})`);
       await sleep(20);
     }
+    this.markPhase('state loaded');
     await this.qmp.execute('cont');
   }
 
@@ -474,6 +532,8 @@ export class QemuMachine implements AsyncDisposable {
       if (child?.pid) await forgetMachine(child.pid);
       await this.consoleLog?.close();
       if (this.runDir) await removeTempDir(this.runDir);
+      if (this.ramDir) await removeTempDir(this.ramDir);
+      this.ramDir = undefined;
       this.unregisterCleanup?.();
       this.unregisterCleanup = undefined;
     }

@@ -3,6 +3,7 @@
  * unit-tested without running QEMU. Every listener binds loopback or a unix
  * socket; the guest network is user-mode with restrict=on.
  */
+import { PC_LINEAR_RAM_MAX_MIB } from '../x86/pc-memory.ts';
 
 export type Accelerator = 'kvm' | 'tcg';
 
@@ -36,6 +37,8 @@ export interface Endpoints {
   sshPort: number;
   /** unix socket of the bulk data port (virtio-serial); absent: no bulk port, page data goes over SSH */
   bulkSocket?: string;
+  /** the file guest RAM lives in, shared with the host (guestRamArgs); absent: QEMU's anonymous RAM */
+  guestRamFile?: string;
 }
 
 /** The name the guest sees in /sys/class/virtio-ports/<port>/name (the agent's BULK_OPEN looks for it). */
@@ -110,6 +113,29 @@ export function bulkPortArgs(socket: string): string[] {
   ];
 }
 
+/**
+ * The RAM id QEMU's pc machine gives its own RAM: the file-backed RAM takes
+ * the same name, so its migration stream is the one an anonymous-RAM machine
+ * writes and reads.
+ */
+export const GUEST_RAM_ID = 'pc.ram';
+/** Guest RAM in a file is kept all below 4 GiB, where guest-physical address = file offset. */
+export const GUEST_RAM_LINEAR_MAX_MIB = PC_LINEAR_RAM_MAX_MIB;
+
+/**
+ * Guest RAM as a file the host shares (MAP_SHARED, share=on): the host reads
+ * and writes a page of the guest at offset frame × 4096 (agent/guest-ram.ts)
+ * instead of moving it through the guest. The file belongs in memory (a
+ * tmpfs such as /dev/shm): on a disk it would be written back.
+ */
+export function guestRamArgs(file: string, memoryMiB: number): string[] {
+  if (!Number.isInteger(memoryMiB) || memoryMiB < 1 || memoryMiB > GUEST_RAM_LINEAR_MAX_MIB) {
+    throw new RangeError(`guest RAM of ${memoryMiB} MiB in a file: must be 1..${GUEST_RAM_LINEAR_MAX_MIB} MiB, all below 4 GiB where frame × 4096 is its file offset`);
+  }
+  if (file.includes(',')) throw new RangeError(`guest RAM file ${file}: a comma would end QEMU's option value`);
+  return ['-object', `memory-backend-file,id=${GUEST_RAM_ID},size=${memoryMiB}M,mem-path=${file},share=on`, '-machine', `memory-backend=${GUEST_RAM_ID}`];
+}
+
 /** Start paused, loading saved VM state from a file (resumed with QMP cont). */
 export function incomingArgs(stateFile: string): string[] {
   return ['-incoming', `exec:cat ${shellQuote(stateFile)}`];
@@ -127,6 +153,7 @@ export function qemuArgs(o: QemuCommandOptions): string[] {
   return [
     '-name', o.name,
     ...machineArgs(o.profile),
+    ...(o.endpoints.guestRamFile ? guestRamArgs(o.endpoints.guestRamFile, o.profile.memoryMiB) : []),
     ...bootArgs(o.boot),
     ...consoleArgs(),
     ...qmpArgs(o.endpoints.qmpSocket),

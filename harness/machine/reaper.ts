@@ -14,7 +14,7 @@
  * time and a `-name crh-…` QEMU command line all match. Node 20 has no
  * pidfd API, which would make this airtight.
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, rmSync } from 'node:fs';
 import { readdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { writeFileAtomic } from '../util/atomic-write.ts';
@@ -30,11 +30,17 @@ export interface MachineRecord {
   /** QEMU's -name: crh-… */
   name: string;
   startedAt: string;
+  /** the machine's guest RAM directory on /dev/shm (machine.ts), removed with a reaped machine: it holds memory */
+  ramDir?: string;
 }
+
+/** What a guest RAM directory of ours is named (makeTempDir('crh-ram-', '/dev/shm')): nothing else is removed by a reap. */
+const RAM_DIR = /^\/dev\/shm\/crh-ram-[A-Za-z0-9]{6}$/;
 
 export const MACHINE_NAME_PREFIX = 'crh-';
 
 const live = new Map<number, string>(); // qemu pid -> record file
+const liveRamDirs = new Map<number, string>(); // qemu pid -> its guest RAM directory
 
 /** The directory of machine records; CRH_CACHE_DIR moves it with the rest of the cache. */
 export function recordsDir(): Promise<string> {
@@ -85,21 +91,23 @@ function ownerAlive(record: Pick<MachineRecord, 'ownerPid'> & Partial<MachineRec
 }
 
 /** Records a QEMU just spawned (pid `qemuPid`) by this process. */
-export async function recordMachine(qemuPid: number, name: string): Promise<void> {
+export async function recordMachine(qemuPid: number, name: string, ramDir?: string): Promise<void> {
   const qemuStartTime = processStartTime(qemuPid);
   const ownerStartTime = processStartTime(process.pid);
   // Already gone: nothing to record; the launch notices the exit by itself.
   if (qemuStartTime === undefined || ownerStartTime === undefined) return;
-  const record: MachineRecord = { qemuPid, qemuStartTime, ownerPid: process.pid, ownerStartTime, name, startedAt: new Date().toISOString() };
+  const record: MachineRecord = { qemuPid, qemuStartTime, ownerPid: process.pid, ownerStartTime, name, startedAt: new Date().toISOString(), ...(ramDir ? { ramDir } : {}) };
   const file = path.join(await recordsDir(), `${record.ownerPid}-${record.qemuPid}.json`);
   await writeFileAtomic(file, JSON.stringify(record), 0o600);
   live.set(record.qemuPid, file);
+  if (ramDir) liveRamDirs.set(qemuPid, ramDir);
   startWatchdog();
 }
 
 export async function forgetMachine(qemuPid: number): Promise<void> {
   const file = live.get(qemuPid);
   live.delete(qemuPid);
+  liveRamDirs.delete(qemuPid);
   if (file) await rm(file, { force: true });
 }
 
@@ -152,6 +160,11 @@ export async function reapOrphans(): Promise<string[]> {
         // exited between the check and the kill
       }
     }
+    // Its guest RAM file is memory (/dev/shm) that no one else frees.
+    if (record?.ramDir !== undefined && RAM_DIR.test(record.ramDir)) {
+      await rm(record.ramDir, { recursive: true, force: true });
+      reaped.push(`removed guest RAM ${record.ramDir} of dead process ${record.ownerPid}`);
+    }
     await rm(file, { force: true });
   }
   return reaped;
@@ -186,6 +199,8 @@ export function killAllNow(): void {
       // already gone
     }
   }
+  // The guest RAM files hold memory: gone with their machines.
+  for (const dir of liveRamDirs.values()) if (RAM_DIR.test(dir)) rmSync(dir, { recursive: true, force: true });
 }
 
 process.once('exit', killAllNow);

@@ -13,8 +13,7 @@
  * JSON values and buffers that only validate.ts turns into a
  * CheckpointImage. The file is never modified.
  */
-import { createReadStream, createWriteStream } from 'node:fs';
-import { rename, rm } from 'node:fs/promises';
+import { open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
 import { Readable } from 'node:stream';
 import * as tar from 'tar-stream';
@@ -181,27 +180,22 @@ export function imageEntries(image: CheckpointImage, extra: ReadonlyMap<string, 
   return entries;
 }
 
-/** Writes the image as a tar, atomically (a temporary file renamed into place); `extra` as for imageEntries. */
+/**
+ * Writes the image as a tar, atomically (a temporary file renamed into
+ * place); `extra` as for imageEntries. The tar is packed in memory — its
+ * chunks are the entries' own buffers between headers — and written in one
+ * go: a stream to the file moved a 64 MiB image at a third of the speed.
+ */
 export async function writeCheckpointImage(image: CheckpointImage, file: string, extra: ReadonlyMap<string, Buffer> = new Map()): Promise<void> {
-  const pack = tar.pack();
+  const chunks = await packTar(imageEntries(image, extra));
   const tmp = uniqueSibling(file, 'tmp');
-  const written = pipeline(pack, createWriteStream(tmp, { flags: 'wx' }));
-  written.catch(() => {}); // awaited below; a failed write may also end the packing first
-  const packed = (async () => {
-    for (const [name, data] of imageEntries(image, extra)) {
-      await new Promise<void>((resolve, reject) => {
-        // The entry's stream errors when the file's does (ENOSPC); the error reaches us through `written`.
-        pack.entry({ name, size: data.length, mode: 0o644, mtime: new Date(0) }, data, (e) => (e ? reject(e) : resolve())).on('error', () => {});
-      });
-    }
-    pack.finalize();
-  })();
-  packed.catch(() => {});
+  const handle = await open(tmp, 'wx', 0o644);
   try {
-    // A failed write destroys the pack: an entry's callback may then never come, so the write's failure ends the wait.
-    await Promise.race([packed, written]);
-    await packed;
-    await written;
+    try {
+      await writeFile(handle, chunks);
+    } finally {
+      await handle.close();
+    }
     await rename(tmp, file);
   } catch (error) {
     await rm(tmp, { force: true });
@@ -209,7 +203,29 @@ export async function writeCheckpointImage(image: CheckpointImage, file: string,
   }
 }
 
+/** The tar of `entries`, as the chunks tar-stream emits (headers, the entries' buffers, padding). */
+async function packTar(entries: ReadonlyMap<string, Buffer>): Promise<Buffer[]> {
+  const pack = tar.pack();
+  const chunks: Buffer[] = [];
+  pack.on('data', (chunk: unknown) => void chunks.push(chunk as Buffer));
+  const ended = new Promise<void>((resolve, reject) => {
+    pack.once('end', resolve);
+    pack.once('error', reject);
+  });
+  for (const [name, data] of entries) {
+    await new Promise<void>((resolve, reject) => {
+      pack.entry({ name, size: data.length, mode: 0o644, mtime: new Date(0) }, data, (e) => (e ? reject(e) : resolve()));
+    });
+  }
+  pack.finalize();
+  await ended;
+  return chunks;
+}
+
 const SAFE_NAME = /^(?:[a-z0-9_-]+\/)?[a-z0-9_-]+\.(?:json|bin|txt|sha256)$/;
+
+/** What a tar holds besides its entries' bytes, at most: a header and padding per entry, the end blocks. */
+const TAR_OVERHEAD_BYTES = (LIMITS.entries + 2) * 1024;
 
 /** Reads tar entries (a file, or a tar already in memory: a tree's nested image) with the structural checks: names, types, duplicates, sizes. */
 export async function readTarEntries(file: string | Buffer): Promise<Map<string, Buffer>> {
@@ -236,12 +252,20 @@ export async function readTarEntries(file: string | Buffer): Promise<Map<string,
     const chunks: Buffer[] = [];
     stream.on('data', (chunk: unknown) => void chunks.push(chunk as Buffer));
     stream.on('end', () => {
-      entries.set(header.name, Buffer.concat(chunks));
+      // One chunk (an entry parsed from a buffer in memory) is kept as it is: a copy of 64 MiB costs its page faults again.
+      entries.set(header.name, chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks));
       next();
     });
   });
   try {
-    await pipeline(typeof file === 'string' ? createReadStream(file) : Readable.from([file]), extract);
+    // The file read whole (bounded first): one read and one parse of a buffer, where a file stream parsed a 64 MiB image in 0.6-2 s.
+    let data: Buffer;
+    if (typeof file === 'string') {
+      const size = (await stat(file)).size;
+      if (size > LIMITS.totalBytes + TAR_OVERHEAD_BYTES) throw (rejection = new ImageRejectedError(`image file is ${size} bytes, more than its entries' limit of ${LIMITS.totalBytes} bytes allows`, file, 'size'));
+      data = await readFile(file);
+    } else data = file;
+    await pipeline(Readable.from([data]), extract);
   } catch (error) {
     throw rejection ?? new ImageRejectedError(`not a readable tar: ${(error as Error).message}`, typeof file === 'string' ? file : '(nested image)', 'tar');
   }
