@@ -22,6 +22,9 @@ t.test('command line', async (t) => {
   const d = parseZdtmArgs(['/z/a']);
   t.equal(d.iters, 1, 'one cycle by default');
   t.same({ ...d.policy, omit: undefined }, { ...DEFAULT_POLICY, omit: undefined }, 'the default policy');
+  t.same(d.engines, ['crh'], 'crh alone by default');
+  t.same(parseZdtmArgs(['/z/a', '--engine', 'criu,crh']).engines, ['crh', 'criu'], '--engine criu,crh: both, crh first');
+  t.same(parseZdtmArgs(['/z/a', '--engine', 'crh,criu', '--omit', 'timers']).policy.omit, ['timers'], 'with crh,criu a policy switch applies to crh');
   const refused: [string[], RegExp][] = [
     [[], /at least one test BINARY/],
     [['/z/a', '--iters', '0'], /--iters: "0" is not a positive whole number/],
@@ -31,6 +34,8 @@ t.test('command line', async (t) => {
     [['/z/a', '--bogus'], /Unknown option '--bogus'[\s\S]*usage: crh zdtm/],
     [['/x/a', '/y/a'], /two tests are named a/],
     [['/z/a', '--file', '/q/T.out'], /names a file of the protocol/],
+    [['/z/a', '--engine', 'dmtcp'], /"dmtcp" is not an engine[\s\S]*usage: crh zdtm/],
+    [['/z/a', '--engine', 'criu', '--rf', 'clear'], /--rf: policies of crh's restore core, which --engine criu does not run/],
   ];
   for (const [argv, message] of refused) {
     t.throws(() => parseZdtmArgs(argv), UsageError, `crh zdtm ${argv.join(' ')}: a UsageError`);
@@ -68,6 +73,8 @@ t.test('exit code and rows', async (t) => {
   t.same(rows.map((r) => [r.case, r.pass, r.skipped !== undefined]), [['zdtm', true, false], ['zdtm', false, false], ['zdtm', false, true]]);
   t.match(rows[0]!.scenario, /^a \(2 checkpoint\/restore cycles\)$/);
   t.match(rows[2]!.skipped, /fails natively: FAIL: n/);
+  const both = zdtmRows([{ ...pass, engine: 'crh' }, { ...crFail, test: 'a', engine: 'criu' }], 'rf=clear', 1, 'criu defaults (criu 4.1.1)');
+  t.same(both.map((r) => [r.scenario, r.engine, r.policy, r.pass]), [['a', 'crh', 'rf=clear', true], ['a', 'criu', 'criu defaults (criu 4.1.1)', false]], 'one row per engine, each with its own policy');
 });
 
 t.test('native run: the command and its report', async (t) => {

@@ -116,7 +116,7 @@ export async function checkpointedZdtmRun(ctx: ZdtmRunContext, launch: ZdtmLaunc
 
 
 
-function describeEnd(end: { outcome: string; code: number }): string {
+export function describeEnd(end: { outcome: string; code: number }): string {
   if (end.outcome === 'exited') return `exited with status ${end.code}`;
   if (end.outcome === 'killed') return `was killed by signal ${end.code}`;
   return `did not end within ${end.code} ms`;

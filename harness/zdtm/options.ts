@@ -9,6 +9,8 @@ import { KERNEL_USAGE, kernelOptions, resolveKernelFlag } from '../flags/kernel-
 import { OMIT_USAGE, policyFromFlags, policyOptions, POLICY_USAGE } from '../flags/policy-flags.ts';
 import type { RestorePolicy } from '../restore/policy.ts';
 import { UsageError } from '../repro/usage-error.ts';
+import { parseEngines } from '../flags/engine-flags.ts';
+import type { Engine } from '../report/verdicts.ts';
 
 export interface ZdtmRequest {
   /** host paths of the test binaries (static x86-64), run one after another in one guest */
@@ -18,6 +20,8 @@ export interface ZdtmRequest {
   /** files copied into the fresh working directory before every run */
   files: string[];
   policy: RestorePolicy;
+  /** which engines checkpoint and restore each test, in crh-first order (--engine; crh alone by default) */
+  engines: Engine[];
   /** checkpoint → kill → restore this many times before SIGTERM */
   iters: number;
   /** bound on each wait: the launcher, the end after SIGTERM */
@@ -38,7 +42,7 @@ export const MAX_ITERS = 1000;
 export const ZDTM_USAGE =
   'usage: crh zdtm BINARY... [--iters N] [--file PATH]... [--settle MS] [--timeout MS]\n' +
   `                 ${POLICY_USAGE}\n` +
-  '                 [--artifacts DIR] [--json FILE] [--junit FILE]\n' +
+  '                 [--engine crh|criu|crh,criu] [--artifacts DIR] [--json FILE] [--junit FILE]\n' +
   `                 ${KERNEL_USAGE} [-- ARGS]\n` +
   `${OMIT_USAGE}\n` +
   '  run tests that follow CRIU\'s ZDTM protocol (your own ZDTM build, static): each in a fresh working\n' +
@@ -48,7 +52,11 @@ export const ZDTM_USAGE =
   '  sent SIGTERM and waited for; the verdict is the word PASS among the last lines of T.out (or\n' +
   '  T.out.inprogress). --settle: ms the test runs once ready before the first checkpoint (default 200).\n' +
   '  Exit 0 every test passed as natively, 1 one failed under checkpoint/restore, 2 one fails natively\n' +
-  '  (or a usage error), 69 infrastructure. --json/--junit write crh run\'s report formats';
+  '  (or a usage error), 69 infrastructure. --json/--junit write crh run\'s report formats.\n' +
+  '  --engine criu: CRIU (Debian trixie\'s, in the guest) dumps the tree rooted at T.pid\'s pid and restores it\n' +
+  '  (criu dump -t PID --shell-job, criu restore -d), taken back under the agent and judged by T.out the same\n' +
+  '  way; crh,criu runs both, one row per engine side by side. The policy switches describe crh\'s restore core:\n' +
+  '  a usage error with criu alone, applied to crh\'s rows only with crh,criu';
 
 export const zdtmOptions = {
   ...kernelOptions,
@@ -60,6 +68,7 @@ export const zdtmOptions = {
   artifacts: { type: 'string' },
   json: { type: 'string' },
   junit: { type: 'string' },
+  engine: { type: 'string' },
 } as const;
 
 export function parseZdtmArgs(argv: readonly string[]): ZdtmRequest {
@@ -84,11 +93,17 @@ export function parseZdtmArgs(argv: readonly string[]): ZdtmRequest {
   if (clash) throw new UsageError(`--file: ${clash} is named twice, or names a file of the protocol (T.pid, T.out); each lands in the working directory under its own name`);
   const iters = values.iters === undefined ? 1 : positiveInteger('--iters', values.iters);
   if (iters > MAX_ITERS) throw new UsageError(`--iters: ${iters} is more than ${MAX_ITERS}`);
+  const engines = parseEngineFlag(values.engine);
+  if (!engines.includes('crh')) {
+    const given = Object.keys(policyOptions).filter((flag) => values[flag as keyof typeof policyOptions] !== undefined);
+    if (given.length > 0) throw new UsageError(`${given.map((f) => `--${f}`).join(', ')}: policies of crh's restore core, which --engine criu does not run (CRIU restores by its own rules)`);
+  }
   return {
     binaries,
     args,
     files,
     policy: policyFromFlags(values),
+    engines,
     iters,
     timeoutMs: values.timeout === undefined ? DEFAULT_TIMEOUT_MS : positiveInteger('--timeout', values.timeout),
     settleMs: values.settle === undefined ? DEFAULT_SETTLE_MS : positiveInteger('--settle', values.settle),
@@ -102,6 +117,15 @@ export function parseZdtmArgs(argv: readonly string[]): ZdtmRequest {
       }),
     ),
   };
+}
+
+function parseEngineFlag(text: string | undefined): Engine[] {
+  if (text === undefined) return ['crh'];
+  try {
+    return parseEngines(text);
+  } catch (error) {
+    throw new UsageError(`${(error as Error).message}\n${ZDTM_USAGE}`);
+  }
 }
 
 function positiveInteger(flag: string, text: string): number {
