@@ -54,8 +54,13 @@ t.test('--engine on crh repro and crh cr', async (t) => {
   t.ok(requestFlags(crh).includes('--rf') && !requestFlags(crh).includes('--engine'), 'crh: policy switches as before');
   t.throws(() => parseReproArgs('repro', [...base, '--engine', 'criu', '--rf', 'keep', '--restorer', 'popf']), new UsageError('--rf, --restorer are policies of crh\'s restore core and cannot apply to --engine criu (CRIU restores by its own rules); drop them or use --engine crh'));
   t.throws(() => parseReproArgs('cr', ['--binary', '/bin/true', '--when-ready', '--engine', 'criu', '--omit', 'rseq']), /--omit is a policy of crh's restore core/);
-  t.throws(() => parseReproArgs('repro', [...base, '--engine', 'crh,criu']), /one engine per run for now/);
-  t.throws(() => parseReproArgs('repro', [...base, '--engine', 'gdb']), /"gdb" is not an engine \(crh or criu\)/);
+  const both = parseReproArgs('repro', [...base, '--engine', 'criu,crh', '--rf', 'clear']) as ReproRequest;
+  t.same([both.engine, both.engines, both.policy.rf], [undefined, ['crh', 'criu'], 'clear'], '--engine criu,crh: both, crh first, the policy switches for crh\'s run');
+  t.throws(() => parseReproArgs('repro', [...base, '--engine', 'crh,criu', '--cycles', '3']), /--cycles chains crh's own checkpoints; with --engine crh,criu a run takes one checkpoint/);
+  t.throws(() => parseReproArgs('repro', ['x.c', '--sweep', 'f', '--count', '12', '--engine', 'crh,criu']), /--sweep restores through crh's restore core at every point; it goes without --engine crh,criu/);
+  t.throws(() => parseReproArgs('cr', ['--binary', '/bin/true', '--when-ready', '--pid-file', 'p', '--engine', 'crh,criu']), /--pid-file is crh's own attach; --engine crh,criu/);
+  t.throws(() => parseReproArgs('repro', [...base, '--engine', 'crh,crh']), /crh is named twice/);
+  t.throws(() => parseReproArgs('repro', [...base, '--engine', 'gdb']), /"gdb" is not an engine \(crh or criu/);
   t.ok(parseReproArgs('repro', [...base, '--engine', 'crh', '--rf', 'clear']), 'policy switches stay valid with --engine crh');
 });
 
