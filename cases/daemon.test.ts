@@ -3,8 +3,13 @@
 // /dev/null and directory descriptors at the same numbers, flags and offset, the interrupted futex wait issued again
 // (no -ERESTARTSYS reaches it), it wakes on SIGUSR1 and logs exactly what an uninterrupted run logs. Negative controls:
 // a restore under a new pid, omit=files (descriptors and session lost), syscall-restart=off (the raw -ERESTARTSYS, 512,
-// reaches the program).
+// reaches the program). Engine criu: the same blocked daemon handed to CRIU (dump, restore -d, taken back) logs exactly
+// the uninterrupted log; its control closes the log descriptor in CRIU's restored process (as omit=files loses it).
 import t, { type Test } from 'tap';
+import { writeFile } from 'node:fs/promises';
+import { handOffToCriu } from '../harness/criu/handoff.ts';
+import { criuIn, policyRowsNotForCriu, runsEngine } from '../harness/testing/criu-engine.ts';
+import { recordRow } from '../harness/testing/verdict-rows.ts';
 import { AgentError } from '../harness/errors.ts';
 import { recordRowOutcome } from '../harness/testing/verdict-rows.ts';
 import { checkpointProcess } from '../harness/restore/checkpoint.ts';
@@ -100,7 +105,8 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_FUTEX']), async (t) => {
     return { original, restored, done, observed: normalize(done.log) };
   };
 
-  await t.test('kill-and-restore under the default policy: the log is the uninterrupted one', async (t) => {
+  const crhOnly = runsEngine('crh') ? {} : { skip: 'engine crh not asked for (--engine criu)' };
+  await t.test('kill-and-restore under the default policy: the log is the uninterrupted one', crhOnly, async (t) => {
     const { original, restored, done, observed } = await cycle(t, DEFAULT_POLICY, 'default');
     t.equal(restored.pid, original.pid, `the same pid, ${original.pid}`);
     t.same(restored.differences, [], 'read back: every register, descriptor and the session as requested');
@@ -115,7 +121,7 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_FUTEX']), async (t) => {
     { name: 'syscall-restart=off (registers copied verbatim)', policy: { ...DEFAULT_POLICY, syscallRestart: 'off' }, samePid: true, shows: /futex-errno=512/ },
   ];
   for (const [i, c] of controls.entries()) {
-    await t.test(`negative control: ${c.name}`, async (t) => {
+    await t.test(`negative control: ${c.name}`, crhOnly, async (t) => {
       const { done, observed } = await cycle(t, c.policy, `control-${i}`, c.samePid);
       const stdout = await readOutput(guest, `/tmp/daemon-control-${i}.log.restored.out`);
       t.match(observed, c.shows, `the daemon shows it: log ${JSON.stringify(observed)}, stdout ${JSON.stringify(stdout.trim())}`);
@@ -123,4 +129,58 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_FUTEX']), async (t) => {
       recordRowOutcome(t, { case: CASE, scenario: SCENARIO, policy: `${describePolicy(c.policy)}${c.samePid ? '' : ' new-pid'}`, control: true, expected: normalize(reference.log).trim().split('\n').at(-1)!, observed: normalize(stdout).trim() || observed.trim().split('\n').at(-1)!, matchedUninterrupted: observed === normalize(reference.log) });
     });
   }
+
+  if (!runsEngine('criu')) return;
+  const criu = criuIn(guest);
+  const expectedLast = normalize(reference.log).trim().split('\n').at(-1)!;
+  /** The blocked daemon handed to CRIU and taken back; `afterRestore` changes the restored one before it goes on (a control). */
+  const criuCycle = async (t: Test, tag: string, afterRestore?: (pid: number) => Promise<void>) => {
+    const log = `/tmp/daemon-${tag}.log`;
+    const original = await startBlocked(log);
+    const handoff = await handOffToCriu(agent, criu, original.pid, `/tmp/criu-${tag}`);
+    await writeFile(path.join(guest.artifactsDir, `criu-${tag}-dump.log`), handoff.dumpLog);
+    if (handoff.restoreLog !== undefined) await writeFile(path.join(guest.artifactsDir, `criu-${tag}-restore.log`), handoff.restoreLog);
+    if (!handoff.ok) return { kind: 'refused' as const, refused: `CRIU ${criu.version}: ${handoff.reason}` };
+    t.comment(`CRIU: ${handoff.dumpMs} ms dump, ${handoff.restoreMs} ms restore, ${handoff.imageBytes} bytes of images; pid ${original.pid} → ${handoff.restoredPid}`);
+    if (afterRestore) await afterRestore(handoff.restoredPid);
+    const done = await finish(handoff.restoredPid, log);
+    return { kind: 'restored' as const, original, restoredPid: handoff.restoredPid, done, observed: normalize(done.log) };
+  };
+  const criuBase = { case: CASE, scenario: SCENARIO, engine: 'criu' as const, conditions: { 'criu.version': criu.version } };
+
+  await t.test('engine criu: CRIU dumps and restores the blocked daemon, and its log is the uninterrupted one', async (t) => {
+    const r = await criuCycle(t, 'criu');
+    if (r.kind === 'refused') {
+      t.fail(r.refused);
+      return recordRow(t, { ...criuBase, policy: 'criu defaults', control: false, expected: expectedLast, observed: r.refused, pass: false });
+    }
+    t.equal(r.restoredPid, r.original.pid, `CRIU kept the pid, ${r.original.pid}`);
+    t.equal(r.done.run.code, 0);
+    t.equal(r.observed, normalize(reference.log), `log: ${JSON.stringify(r.done.log)}`);
+    recordRow(t, { ...criuBase, policy: 'criu defaults', control: false, expected: expectedLast, observed: r.observed.trim().split('\n').at(-1)!, pass: r.observed === normalize(reference.log) && r.done.run.code === 0 && r.restoredPid === r.original.pid });
+  });
+
+  await t.test("engine criu, negative control: the log descriptor closed in CRIU's restored daemon (as omit=files loses it)", async (t) => {
+    const r = await criuCycle(t, 'criu-closed', async (pid) => {
+      const result = await agent.call({ op: 'INJECT_SYSCALL', pid, nr: SYS_CLOSE, args: [3n] });
+      if (result !== 0n) throw new Error(`close(3) in pid ${pid} returned ${result}`);
+    });
+    if (r.kind === 'refused') {
+      t.fail(r.refused);
+      return recordRow(t, { ...criuBase, policy: 'criu, fd 3 closed after the restore', control: true, expected: expectedLast, observed: r.refused, pass: false });
+    }
+    const stdout = await readOutput(guest, '/tmp/daemon-criu-closed.log.out');
+    const showed = r.observed !== normalize(reference.log) && r.done.run.code !== 0;
+    t.ok(showed, `the daemon shows it: log ${JSON.stringify(r.observed)}, stdout ${JSON.stringify(stdout.trim())}, exit ${r.done.run.code}`);
+    recordRow(t, { ...criuBase, policy: 'criu, fd 3 closed after the restore', control: true, expected: expectedLast, observed: normalize(stdout).trim() || r.observed.trim().split('\n').at(-1)!, pass: showed });
+  });
+  for (const row of policyRowsNotForCriu(CASE, SCENARIO, controls.filter((c) => c.policy !== DEFAULT_POLICY).map((c) => describePolicy(c.policy)))) {
+    await t.test(`engine criu: ${row.policy} ${row.skipped}`, async (t) => {
+      t.pass(row.skipped);
+      recordRow(t, row);
+    });
+  }
 });
+
+/** x86-64 close(2). */
+const SYS_CLOSE = 3;

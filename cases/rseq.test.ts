@@ -6,8 +6,13 @@
 // uninterrupted long section aborts 0 or 1 times: spontaneous preemption; aborts are the first increment's — the one every
 // checkpoint interrupts — and the others', which only a preemption inside them causes, are reported). Negative controls: rseq-fixup=off (the section
 // commits as if never interrupted: 0 aborts, breakpoint and long section alike) and omit=rseq (no registration after
-// restore: re-registering succeeds).
+// restore: re-registering succeeds). Engine criu: each breakpoint point handed to CRIU — its rseq support moves a task
+// inside a section to abort_ip at the dump and registers the area again — gives the same sums, aborts and EBUSY, the
+// CPU running the abort handler exactly where one abort is due; its control puts CRIU's restored task back at the
+// dumped IP inside the section (undoing CRIU's fixup, as rseq-fixup=off does): the section commits, 0 aborts.
 import t, { type Test } from 'tap';
+import { attemptThroughCriu, criuAtHit, policyRowsNotForCriu, runsEngine } from '../harness/testing/criu-engine.ts';
+import { rseqCsAddress } from '../harness/restore/rseq.ts';
 import { recordRow, recordRowOutcome } from '../harness/testing/verdict-rows.ts';
 import { probeUnmeasuredVerdict } from '../harness/testing/probe-rows.ts';
 import { describePolicy, DEFAULT_POLICY, type RestorePolicy } from '../harness/restore/policy.ts';
@@ -149,9 +154,10 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ']), async (t) => {
     return { ...r, summary: summary(r.output) };
   };
 
+  const crhOnly = runsEngine('crh') ? {} : { skip: 'engine crh not asked for (--engine criu)' };
   for (const mode of Object.keys(MODES) as Mode[]) {
     for (const point of POINTS) {
-      await t.test(`${mode} registration, checkpoint ${point.why} (${point.label}): ${point.aborts} abort(s)`, async (t) => {
+      await t.test(`${mode} registration, checkpoint ${point.why} (${point.label}): ${point.aborts} abort(s)`, crhOnly, async (t) => {
         const r = await cycle(t, mode, point.label, DEFAULT_POLICY, `${mode}-${point.label}`);
         const before = abortsAtCheckpoint(r.image, abortsCounter);
         if (before > 0) t.comment(`the first increment had aborted ${before} time(s) on its own before the checkpoint (preempted inside its section): the restore must add exactly ${point.aborts}`);
@@ -179,7 +185,7 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ']), async (t) => {
     }
   }
 
-  await t.test('negative control rseq-fixup=off (a restorer that does not apply the abort): the section commits, 0 aborts', async (t) => {
+  await t.test('negative control rseq-fixup=off (a restorer that does not apply the abort): the section commits, 0 aborts', crhOnly, async (t) => {
     const policy: RestorePolicy = { ...DEFAULT_POLICY, rseqFixup: 'off' };
     const r = await cycle(t, 'glibc', 'rseq_inside', policy, 'glibc-rseq_inside-fixup-off');
     t.equal(r.summary?.aborts, 0, `no abort: ${show(r.summary)}`);
@@ -203,7 +209,7 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ']), async (t) => {
   const section = { start: symbols.resolve('rseqcs:rseq_start'), postCommit: symbols.resolve('rseqcs:rseq_post_commit') };
 
   for (const mode of Object.keys(MODES) as Mode[]) {
-    await t.test(`${mode} registration, a long section (${LONG.spin} iterations) interrupted by a ${LONG.stopAfterMs} ms timeout, no breakpoint in it: exactly one abort`, async (t) => {
+    await t.test(`${mode} registration, a long section (${LONG.spin} iterations) interrupted by a ${LONG.stopAfterMs} ms timeout, no breakpoint in it: exactly one abort`, crhOnly, async (t) => {
       const w = longWorkload(mode);
       const reference = await referenceRun(t, guest, w, `${mode}-long`);
       const refLong = longAborts(reference.output);
@@ -259,7 +265,7 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ']), async (t) => {
     });
   }
 
-  await t.test('deprecated NO_RESTART flags, checkpoint inside: the restored task meets the kernel exactly as the original would', async (t) => {
+  await t.test('deprecated NO_RESTART flags, checkpoint inside: the restored task meets the kernel exactly as the original would', crhOnly, async (t) => {
     const rejected = guest.profile.probes.rseqDeprecatedFlagsRejected.value;
     t.comment(`profile: probes.rseqDeprecatedFlagsRejected = ${rejected} (${guest.profile.probes.rseqDeprecatedFlagsRejected.how}); kernel ${guest.profile.kernelRelease}`);
     if (rejected === null) {
@@ -298,7 +304,7 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ']), async (t) => {
     }
   });
 
-  await t.test('negative control omit=rseq (no re-registration, CRIU before rseq support): re-registering succeeds', async (t) => {
+  await t.test('negative control omit=rseq (no re-registration, CRIU before rseq support): re-registering succeeds', crhOnly, async (t) => {
     const policy: RestorePolicy = { ...DEFAULT_POLICY, omit: ['rseq'] };
     const r = await cycle(t, 'own', 'rseq_outside', policy, 'own-rseq_outside-omit-rseq');
     t.equal(r.summary?.reregister, '0', `the kernel had no registration: ${show(r.summary)}`);
@@ -309,7 +315,85 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ']), async (t) => {
       matchedUninterrupted: r.summary?.reregister === 'EBUSY',
     });
   });
+
+  if (runsEngine('criu')) await criuRows(t, guest, workload, abortHandler, abortsCounter);
 });
+
+/**
+ * The breakpoint points through CRIU. At the stop (before the dump) the
+ * first increment's aborts so far are read from the process, as the crh
+ * rows read them from the image; a stop at an armed label whose rseq_cs the
+ * kernel already cleared (a preemption before start_ip) is taken again, as
+ * checkpointRseqArmed does.
+ */
+async function criuRows(t: Test, guest: Guest, workload: (mode: Mode, label: string) => Workload, abortHandler: bigint, abortsCounter: bigint): Promise<void> {
+  const { agent } = guest;
+  const atStop = (label: string, before: { aborts: number }) => async (pid: number): Promise<string | undefined> => {
+    before.aborts = Number((await agent.call({ op: 'READ_MEM', pid, address: abortsCounter, length: 8 })).readBigUInt64LE(0));
+    if (label === 'rseq_outside') return undefined;
+    const config = await agent.call({ op: 'RSEQ_CONFIG', pid });
+    const rseqCs = (await agent.call({ op: 'READ_MEM', pid, address: rseqCsAddress(config), length: 8 })).readBigUInt64LE(0);
+    return rseqCs === 0n ? 'rseq_cs was already 0 at the stop (the kernel cleared it after a preemption before start_ip)' : undefined;
+  };
+  const judge = (expected: Summary, aborts: number) => (a: { output: string; run: { code: number }; observation: { first?: unknown } }) => {
+    const got = summary(a.output);
+    const ranAbort = a.observation.first !== undefined;
+    // Later increments preempted inside their sections run the handler too: the oracle then speaks for none in particular.
+    const ranAsDue = laterAborts(a.output) !== 0 && ranAbort ? true : ranAbort === aborts > 0;
+    return { observed: `${show(got)}; CPU ran abort handler: ${ranAbort}`, exact: JSON.stringify(got) === JSON.stringify(expected) && a.run.code === 0 && ranAsDue };
+  };
+
+  for (const mode of Object.keys(MODES) as Mode[]) {
+    for (const point of POINTS) {
+      const scenario = `rseq ${mode}: checkpoint ${point.why}`;
+      await t.test(`engine criu: ${mode} registration, checkpoint ${point.why} (${point.label}): ${point.aborts} abort(s)`, async (t) => {
+        const before = { aborts: 0 };
+        // What the expectation is depends on the stop: read there, so the judge is built lazily.
+        let expected: Summary = { sum: ITERATIONS, aborts: point.aborts, reregister: 'EBUSY' };
+        const a = await attemptThroughCriu(guest, {
+          workload: workload(mode, point.label), hit: 1, dr7BeforeDump: 0n, watch: { firstExecutionAt: abortHandler },
+          expected: show(expected),
+          ...(point.aborts > 0 ? { ripMovedTo: abortHandler } : {}),
+          stopMissed: async (pid) => {
+            const missed = await atStop(point.label, before)(pid);
+            expected = { sum: ITERATIONS, aborts: before.aborts + point.aborts, reregister: 'EBUSY' };
+            return missed;
+          },
+          judge: (r) => judge(expected, point.aborts)(r),
+        }, `criu-${mode}-${point.label}`);
+        if (before.aborts > 0) t.comment(`the first increment had aborted ${before.aborts} time(s) on its own before the dump: CRIU's restore must add exactly ${point.aborts}`);
+        t.ok(a.pass, `CRIU: ${a.observed}${a.registerDiff ? `\n${a.registerDiff}` : ''}`);
+        recordRow(t, { case: CASE, scenario, policy: 'criu defaults', engine: 'criu', control: false, expected: show(expected), observed: a.observed, pass: a.pass, ...(a.registerDiff ? { registerDiff: a.registerDiff } : {}), ...(a.conditions ? { conditions: a.conditions } : {}) });
+      });
+    }
+  }
+
+  const inside = guest.symbols.resolve('rseqcs:rseq_inside');
+  await t.test("engine criu, negative control: CRIU's restored task put back inside its section at the dumped IP (its fixup undone): the section commits, 0 aborts", async (t) => {
+    const before = { aborts: 0 };
+    const a = await criuAtHit(guest, workload('glibc', 'rseq_inside'), 1, 'criu-fixup-undone', {
+      watch: { firstExecutionAt: abortHandler }, dr7BeforeDump: 0n, stopMissed: atStop('rseq_inside', before),
+      tamper: (regs) => ({ ...regs, rip: inside }),
+    });
+    const expected = show({ sum: ITERATIONS, aborts: before.aborts + 1, reregister: 'EBUSY' });
+    const policy = 'criu, rip set back to rseq_inside after the restore';
+    if (a.kind !== 'restored') {
+      const why = a.kind === 'refused' ? a.reason : `ended before the stop (${a.checkpointRun.outcome} ${a.checkpointRun.code})`;
+      t.fail(why);
+      return recordRow(t, { case: CASE, scenario: 'rseq glibc: checkpoint inside, at a breakpoint', policy, engine: 'criu', control: true, expected, observed: why, pass: false });
+    }
+    const got = summary(a.output);
+    const showed = got?.aborts === before.aborts && a.run.code === 0;
+    t.ok(showed, `caught: no abort added — ${show(got)} (CRIU moved rip ${a.regsAtDump.rip === a.restoredRegs.rip ? 'nowhere' : `${hex(a.regsAtDump.rip)} → ${hex(a.restoredRegs.rip)}`})`);
+    recordRow(t, { case: CASE, scenario: 'rseq glibc: checkpoint inside, at a breakpoint', policy, engine: 'criu', control: true, expected, observed: `${show(got)}; CPU ran abort handler: ${a.observation.first !== undefined}`, pass: showed });
+  });
+  for (const row of policyRowsNotForCriu(CASE, 'rseq glibc: checkpoint inside, at a breakpoint', [describePolicy({ ...DEFAULT_POLICY, rseqFixup: 'off' }), describePolicy({ ...DEFAULT_POLICY, omit: ['rseq'] })])) {
+    await t.test(`engine criu: ${row.policy} ${row.skipped}`, async (t) => {
+      t.pass(row.skipped);
+      recordRow(t, row);
+    });
+  }
+}
 
 /** RSEQ_CS_FLAG_NO_RESTART_ON_MIGRATE: deprecated since Linux 6.0. */
 const NO_RESTART_ON_MIGRATE = 4;

@@ -4,6 +4,8 @@
 // parsed (policy switches with criu are a usage error naming them), a rerun record keeps the engine and refuses any
 // other, and the default image's key does not change while the CRIU variant gets its own.
 import t from 'tap';
+import { criuBundlePath, sideBySideExitCode } from '../harness/repro/command.ts';
+import type { ReproVerdict } from '../harness/repro/verdict.ts';
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { candidateVersions, criuWrapper, privateAptOptions, privateSourcesLine, CRIU_PREFIX } from '../harness/image/criu.ts';
@@ -54,8 +56,13 @@ t.test('--engine on crh repro and crh cr', async (t) => {
   t.ok(requestFlags(crh).includes('--rf') && !requestFlags(crh).includes('--engine'), 'crh: policy switches as before');
   t.throws(() => parseReproArgs('repro', [...base, '--engine', 'criu', '--rf', 'keep', '--restorer', 'popf']), new UsageError('--rf, --restorer are policies of crh\'s restore core and cannot apply to --engine criu (CRIU restores by its own rules); drop them or use --engine crh'));
   t.throws(() => parseReproArgs('cr', ['--binary', '/bin/true', '--when-ready', '--engine', 'criu', '--omit', 'rseq']), /--omit is a policy of crh's restore core/);
-  t.throws(() => parseReproArgs('repro', [...base, '--engine', 'crh,criu']), /one engine per run for now/);
-  t.throws(() => parseReproArgs('repro', [...base, '--engine', 'gdb']), /"gdb" is not an engine \(crh or criu\)/);
+  const both = parseReproArgs('repro', [...base, '--engine', 'criu,crh', '--rf', 'clear']) as ReproRequest;
+  t.same([both.engine, both.engines, both.policy.rf], [undefined, ['crh', 'criu'], 'clear'], '--engine criu,crh: both, crh first, the policy switches for crh\'s run');
+  t.throws(() => parseReproArgs('repro', [...base, '--engine', 'crh,criu', '--cycles', '3']), /--cycles chains crh's own checkpoints; with --engine crh,criu a run takes one checkpoint/);
+  t.throws(() => parseReproArgs('repro', ['x.c', '--sweep', 'f', '--count', '12', '--engine', 'crh,criu']), /--sweep restores through crh's restore core at every point; it goes without --engine crh,criu/);
+  t.throws(() => parseReproArgs('cr', ['--binary', '/bin/true', '--when-ready', '--pid-file', 'p', '--engine', 'crh,criu']), /--pid-file is crh's own attach; --engine crh,criu/);
+  t.throws(() => parseReproArgs('repro', [...base, '--engine', 'crh,crh']), /crh is named twice/);
+  t.throws(() => parseReproArgs('repro', [...base, '--engine', 'gdb']), /"gdb" is not an engine \(crh or criu/);
   t.ok(parseReproArgs('repro', [...base, '--engine', 'crh', '--rf', 'clear']), 'policy switches stay valid with --engine crh');
 });
 
@@ -85,4 +92,14 @@ t.test("a CRIU failure is summed up by its first Error line", async (t) => {
   const log = '(01.96) inet: Collected\n(01.969191) Error (criu/sk-inet.c:191): inet: Connected TCP socket, consider using --tcp-established option.\n(01.99) Error (criu/cr-dump.c:2111): Dumping FAILED.\n';
   t.equal(criuFailure(log), 'Error (criu/sk-inet.c:191): inet: Connected TCP socket, consider using --tcp-established option.');
   t.equal(criuFailure('a\nb\nc\nd\n'), 'b | c | d', 'no Error line: the last three lines');
+});
+
+t.test('--engine crh,criu on crh repro: the exit code of two verdicts and where CRIU\'s bundle goes', async (t) => {
+  const v = (pass: boolean, perturbed = false) => ({ pass, perturbed }) as ReproVerdict;
+  t.equal(sideBySideExitCode([v(true), v(true)]), 0, 'both passed: 0');
+  t.equal(sideBySideExitCode([v(true), v(false)]), 1, 'CRIU failed: 1');
+  t.equal(sideBySideExitCode([v(false), v(true)]), 1, 'crh failed: 1');
+  t.equal(sideBySideExitCode([v(false, true), v(false, true)]), 3, 'the harness perturbs the program (the shared uninterrupted run): 3');
+  t.equal(criuBundlePath('/a/checksum.tar'), '/a/checksum-criu.tar');
+  t.equal(criuBundlePath('/a/bundle'), '/a/bundle-criu.tar');
 });

@@ -3,7 +3,10 @@
 // after CRIU's restore recorded and a difference named a known engine gap); the negative control — a program holding
 // an established loopback TCP connection, which CRIU refuses to dump without --tcp-established — FAILs (exit 1) with
 // CRIU's refusal as the summary; policy switches with --engine criu are a usage error (exit 2) before any guest starts.
+// --engine crh,criu: both on one program against one uninterrupted run, verdicts side by side and a bundle each; with
+// the TCP program crh's refusal shows beside CRIU's FAIL and the exit is 1.
 import t from 'tap';
+import { existsSync } from 'node:fs';
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -60,5 +63,30 @@ t.test('crh repro --engine criu, end to end', async (t) => {
     t.equal(verdict.pass, false);
     t.match(verdict.restoreError, /^criu dump failed \(exit 1\): Error \(criu\/sk-inet\.c:\d+\): inet: Connected TCP socket, consider using --tcp-established option\./, 'CRIU\'s own reason');
     t.equal(verdict.reference.output, 'connection kept\n', 'the uninterrupted run kept its connection');
+  });
+
+  await t.test('--engine crh,criu: both engines on one program in one guest, the verdicts side by side, a bundle each', async (t) => {
+    const bundle = path.join(dir, 'checksum-both.tar');
+    const r = await crhRun(['repro', path.join(REPO_ROOT, 'examples/repro/checksum.c'), '--checkpoint-at', 'checkpoint_here', '--engine', 'crh,criu', '--out', bundle, '--artifacts', artifacts]);
+    if (!t.equal(r.exitCode, 0, 'exit 0: both passed')) t.comment(`${r.stdout}\n${r.stderr.slice(-3000)}`);
+    t.match(r.stdout, /^verdict \[crh \]: PASS +— the restored run matches the uninterrupted run.*\nverdict \[criu\]: PASS +— the restored run matches/m, 'crh\'s verdict, then CRIU\'s');
+    t.equal(r.stderr.match(/uninterrupted run$/gm)?.length, 1, 'one uninterrupted run for both');
+    const crhBundle = await readBundle(bundle);
+    const criuBundle = await readBundle(path.join(dir, 'checksum-both-criu.tar'));
+    const crhVerdict = parseVerdict(crhBundle.get('verdict.json')!.data.toString('utf8'));
+    const criuVerdict = parseVerdict(criuBundle.get('verdict.json')!.data.toString('utf8'));
+    t.same([crhVerdict.engine, criuVerdict.engine], ['crh', 'criu']);
+    t.equal(criuVerdict.reference.output, crhVerdict.reference.output, 'judged against the same uninterrupted run');
+    t.ok(crhBundle.has('checkpoint.tar') && !criuBundle.has('checkpoint.tar') && criuBundle.has('criu/dump.log'), "crh's image in its bundle, CRIU's logs in CRIU's");
+    t.same([crhVerdict.rerun.engine, criuVerdict.rerun.engine], [undefined, 'criu'], 'each bundle reruns its own engine alone');
+  });
+
+  await t.test('negative control, side by side: an established TCP connection, refused by both engines (each its own reason), exit 1', async (t) => {
+    const bundle = path.join(dir, 'tcp-both.tar');
+    const r = await crhRun(['repro', path.join(REPO_ROOT, 'test/fixtures/criu/tcp-loopback.c'), '--checkpoint-at', 'checkpoint_here', '--engine', 'crh,criu', '--out', bundle, '--artifacts', artifacts]);
+    if (!t.equal(r.exitCode, 1, 'exit 1: CRIU failed')) t.comment(`${r.stdout}\n${r.stderr.slice(-3000)}`);
+    t.notOk(existsSync(bundle), "no crh bundle: crh took no checkpoint");
+    t.ok(existsSync(path.join(dir, 'tcp-both-criu.tar')), "CRIU's bundle, with its refusal");
+    t.match(r.stdout, /^verdict \[crh \]: REFUSED +— CheckpointError: .*socket.*\nverdict \[criu\]: FAIL +— .*criu dump failed.*--tcp-established/m, 'crh\'s refusal beside CRIU\'s');
   });
 });

@@ -25,6 +25,9 @@ t.test('command line', async (t) => {
   t.same(parseZdtmArgs(['/z/a', '--restore-cpu', 'Skylake-Client', '--restore-anyway']).elsewhere, { cpu: 'Skylake-Client', anyway: true }, '--restore-cpu and --restore-anyway');
   t.same(parseZdtmArgs(['/z/a', '--restore-kernel', 'debian:linux-image-cloud-amd64@trixie']).elsewhere, { kernel: 'debian:linux-image-cloud-amd64@trixie', anyway: false }, '--restore-kernel takes a Debian package');
   t.same({ ...d.policy, omit: undefined }, { ...DEFAULT_POLICY, omit: undefined }, 'the default policy');
+  t.same(d.engines, ['crh'], 'crh alone by default');
+  t.same(parseZdtmArgs(['/z/a', '--engine', 'criu,crh']).engines, ['crh', 'criu'], '--engine criu,crh: both, crh first');
+  t.same(parseZdtmArgs(['/z/a', '--engine', 'crh,criu', '--omit', 'timers']).policy.omit, ['timers'], 'with crh,criu a policy switch applies to crh');
   const refused: [string[], RegExp][] = [
     [[], /at least one test BINARY/],
     [['/z/a', '--iters', '0'], /--iters: "0" is not a positive whole number/],
@@ -37,6 +40,9 @@ t.test('command line', async (t) => {
     [['/z/a', '--restore-cpu', 'max,-avx', '--iters', '2'], /moves the test once: --iters goes without --restore-cpu/],
     [['/z/a', '--restore-anyway'], /--restore-anyway goes with --restore-cpu or --restore-kernel/],
     [['/z/a', '--restore-cpu', 'max;reboot'], /--restore-cpu: "max;reboot" is not a QEMU CPU model/],
+    [['/z/a', '--engine', 'dmtcp'], /"dmtcp" is not an engine[\s\S]*usage: crh zdtm/],
+    [['/z/a', '--engine', 'criu', '--rf', 'clear'], /--rf: policies of crh's restore core, which --engine criu does not run/],
+    [['/z/a', '--engine', 'crh,criu', '--restore-cpu', 'max,-avx'], /not with --engine criu/],
   ];
   for (const [argv, message] of refused) {
     t.throws(() => parseZdtmArgs(argv), UsageError, `crh zdtm ${argv.join(' ')}: a UsageError`);
@@ -74,6 +80,8 @@ t.test('exit code and rows', async (t) => {
   t.same(rows.map((r) => [r.case, r.pass, r.skipped !== undefined]), [['zdtm', true, false], ['zdtm', false, false], ['zdtm', false, true]]);
   t.match(rows[0]!.scenario, /^a \(2 checkpoint\/restore cycles\)$/);
   t.match(rows[2]!.skipped, /fails natively: FAIL: n/);
+  const both = zdtmRows([{ ...pass, engine: 'crh' }, { ...crFail, test: 'a', engine: 'criu' }], 'rf=clear', 1, 'criu defaults (criu 4.1.1)');
+  t.same(both.map((r) => [r.scenario, r.engine, r.policy, r.pass]), [['a', 'crh', 'rf=clear', true], ['a', 'criu', 'criu defaults (criu 4.1.1)', false]], 'one row per engine, each with its own policy');
 });
 
 t.test('native run: the command and its report', async (t) => {

@@ -131,8 +131,9 @@ export async function runKernelMatrix(o: MatrixOptions): Promise<{ exitCode: num
       kernel: `${asked}${report?.kernel ? ` → ${describeKernelIdentity(report.kernel)}` : ''}`,
       ...(report?.kernel ? { identity: report.kernel } : {}),
       verdicts: report?.verdicts ?? [],
-      // A run that ended without its report (killed, crashed) proves nothing about its kernel.
-      infra: report ? infra : [{ case: '(image)', error: `crh run for kernel ${run.label} exited ${exitCode} without writing ${jsonFile}` }],
+      // A run that ended without its report (killed, crashed) proves nothing about its kernel; one that refused its
+      // command line (exit 2: a --grep matching no case, say) is the user's to fix, and the matrix exits 2 with it.
+      infra: report || exitCode === EXIT.usage ? infra : [{ case: '(image)', error: `crh run for kernel ${run.label} exited ${exitCode} without writing ${jsonFile}` }],
       exitCode,
     });
   }

@@ -9,7 +9,7 @@
  */
 import type { AgentClient } from '../agent/client.ts';
 import { readGuestText } from '../agent/read-file.ts';
-import { CrhError } from '../errors.ts';
+import { AgentError, CrhError } from '../errors.ts';
 import { isInfraFailure } from '../report/infra-failures.ts';
 import { shellQuote } from '../machine/qemu-args.ts';
 import { criuDumpArgs, criuRestoreArgs, runCriu, type GuestExec } from './commands.ts';
@@ -57,7 +57,7 @@ export async function handOffToCriu(agent: AgentClient, criu: CriuInGuest, pid: 
     await agent.call({ op: 'REAP', pid, timeoutMs: REAP_TIMEOUT_MS }).catch(() => {});
     return { ok: false, stage: 'dump', reason: `criu dump failed (exit ${dump.code}): ${criuFailure(dumpLog || dump.stderr)}`, dumpMs: dump.wallMs, dumpLog };
   }
-  await agent.call({ op: 'REAP', pid, timeoutMs: REAP_TIMEOUT_MS });
+  await reapDumped(agent, criu, pid);
   const du = await criu.exec(`du -sk ${shellQuote(dir)} | cut -f1`);
   const imageBytes = Number(du.stdout.trim()) * 1024;
 
@@ -76,6 +76,28 @@ export async function handOffToCriu(agent: AgentClient, criu: CriuInGuest, pid: 
     return { ok: false, stage: 'attach', reason: `the restored process ${restoredPid} could not be attached: ${error.message}`, ...logs };
   }
   return { ok: true, restoredPid, ...logs };
+}
+
+const ECHILD = 10;
+
+/**
+ * Waits until the dumped process is gone, so its pid is free for the
+ * restore. The agent's child (spawned, or a daemon left to the agent as
+ * child subreaper) is reaped by the agent; one CRIU restored before (a
+ * chain of dumps) is init's child — `criu restore -d` exits and leaves it
+ * there — and the agent's waitpid says ECHILD: init reaps it, and the wait
+ * is for /proc/PID to go.
+ */
+async function reapDumped(agent: AgentClient, criu: CriuInGuest, pid: number): Promise<void> {
+  try {
+    await agent.call({ op: 'REAP', pid, timeoutMs: REAP_TIMEOUT_MS });
+    return;
+  } catch (error) {
+    if (!(error instanceof AgentError) || error.errno !== ECHILD) throw error;
+  }
+  const polls = Math.ceil(REAP_TIMEOUT_MS / 10);
+  const gone = await criu.exec(`i=0; while [ -e /proc/${pid} ] && [ $i -lt ${polls} ]; do sleep 0.01; i=$((i+1)); done; [ ! -e /proc/${pid} ]`);
+  if (gone.code !== 0) throw new CrhError(`process ${pid}, dumped by CRIU, was still there ${REAP_TIMEOUT_MS} ms after the dump (init did not reap it)`, { stderr: gone.stderr });
 }
 
 function tail(log: string): string {

@@ -15,6 +15,13 @@ export const CRIU_GAPS = {
       '(compel/arch/x86) arm DR0/DR7 of the restored task to stop it at sigreturn, then clear DR7; measured with CRIU 4.1.1 on the Debian 6.1 guest: ' +
       'dumped with DR0 = the breakpoint, DR7 = 0x1, restored with DR7 = 0 (docs/reproducing.md, harness/repro/criu-run.ts)',
   },
+  userfaultfd: {
+    what: "a task's own userfaultfd is not dumped: CRIU refuses the process",
+    reference:
+      "CRIU's images/fdinfo.proto fd_types has no userfaultfd kind (CRIU uses userfaultfd itself only for --lazy-pages), and an anon inode no dumper " +
+      'claims goes to criu/files-ext.c, which asks the plugins (DUMP_EXT_FILE) and, none taking it, fails the dump; measured with CRIU 4.1.1 on the ' +
+      'Debian 6.1 guest: "Error (criu/files-ext.c:94): Can\'t dump file 3 of that type [600] (anon anon_inode:[userfaultfd])" (cases/uffd.test.ts)',
+  },
 } as const satisfies Record<string, EngineGap>;
 
 /**

@@ -11,7 +11,7 @@
 import { existsSync } from 'node:fs';
 import { chmod, mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
-import { CrhError } from '../errors.ts';
+import { CrhError, type CheckpointError } from '../errors.ts';
 import { artifactsRoot } from '../report/verdicts.ts';
 import { escapeControl } from '../util/terminal-text.ts';
 import { extractEntries, writeBundle } from './bundle.ts';
@@ -26,11 +26,20 @@ import type { BundleInputs } from './rerun.ts';
 import { UsageError } from './usage-error.ts';
 import { makeTempDir, removeTempDir } from '../util/temp-dir.ts';
 import { NotOwnedError, replaceOwnedDir } from '../util/owned-dir.ts';
+import { DEFAULT_POLICY } from '../restore/policy.ts';
 import { makeVerdict, verdictExitCode, verdictLabel, type ReproVerdict } from './verdict.ts';
 
 export interface ReproOutcome {
   verdict: ReproVerdict;
   bundle: string;
+  /** --engine crh,criu: CRIU's verdict and bundle, beside crh's */
+  criu?: { verdict: ReproVerdict; bundle: string };
+}
+
+/** --engine crh,criu where crh refused the checkpoint: its refusal beside CRIU's verdict and bundle. */
+export interface RefusedBesideCriu {
+  crhRefusal: CheckpointError;
+  criu: { verdict: ReproVerdict; bundle: string };
 }
 
 /** Entry point for `crh repro ...` and `crh cr ...`; returns the exit code. */
@@ -40,9 +49,21 @@ export async function reproCommand(command: 'repro' | 'cr', argv: readonly strin
     const progress = new Progress(`crh ${command}`);
     if ('bundle' in parsed) return await rerunBundle(parsed, progress);
     if (parsed.sweep) return await sweepCommand(parsed, progress);
-    const { verdict, bundle } = await reproduce(parsed, progress);
-    report(verdict, bundle);
-    return verdictExitCode(verdict);
+    const outcome = await reproduce(parsed, progress);
+    if ('crhRefusal' in outcome) {
+      // crh's line is its refusal, as `--engine crh` alone would end (exit 1 with the reason).
+      for (const note of outcome.criu.verdict.notes) process.stdout.write(`note [criu]: ${escapeControl(note)}\n`);
+      process.stdout.write(`verdict [crh ]: ${'REFUSED'.padEnd(9)} — ${escapeControl(`${outcome.crhRefusal.name}: ${outcome.crhRefusal.message}`)}\n`);
+      process.stdout.write(`verdict [criu]: ${verdictLabel(outcome.criu.verdict).padEnd(9)} — ${escapeControl(outcome.criu.verdict.summary)}\n`);
+      process.stdout.write(`bundle [criu]: ${escapeControl(outcome.criu.bundle)}\n`);
+      return outcome.criu.verdict.perturbed ? verdictExitCode(outcome.criu.verdict) : 1;
+    }
+    if (!outcome.criu) {
+      report(outcome.verdict, outcome.bundle);
+      return verdictExitCode(outcome.verdict);
+    }
+    reportSideBySide([{ engine: 'crh', ...outcome }, { engine: 'criu', ...outcome.criu }]);
+    return sideBySideExitCode([outcome.verdict, outcome.criu.verdict]);
   } catch (error) {
     // Details quote the program's output and the compiler's diagnostics, both under the source's control.
     if (error instanceof CrhError) {
@@ -59,6 +80,29 @@ function report(verdict: ReproVerdict, bundle: string): void {
   process.stdout.write(`bundle: ${escapeControl(bundle)}\n`);
 }
 
+/** Both engines' verdicts, a line each under one header, then each one's notes and bundle. */
+function reportSideBySide(each: Array<{ engine: string; verdict: ReproVerdict; bundle: string }>): void {
+  for (const { engine, verdict } of each) for (const note of verdict.notes) process.stdout.write(`note [${engine}]: ${escapeControl(note)}\n`);
+  for (const { engine, verdict } of each) process.stdout.write(`verdict [${engine.padEnd(4)}]: ${verdictLabel(verdict).padEnd(9)} — ${escapeControl(verdict.summary)}\n`);
+  for (const { engine, bundle } of each) process.stdout.write(`bundle [${engine.padEnd(4)}]: ${escapeControl(bundle)}\n`);
+}
+
+/**
+ * The exit code of a side-by-side run: 3 when the harness perturbs the
+ * program (the uninterrupted run both verdicts share), else 1 when either
+ * engine failed, else 0.
+ */
+export function sideBySideExitCode(verdicts: readonly ReproVerdict[]): 0 | 1 | 3 {
+  const codes = verdicts.map(verdictExitCode);
+  if (codes.includes(3)) return 3;
+  return codes.includes(1) ? 1 : 0;
+}
+
+/** Where CRIU's bundle of a side-by-side run goes: beside crh's, `-criu` before `.tar`. */
+export function criuBundlePath(out: string): string {
+  return out.endsWith('.tar') ? `${out.slice(0, -'.tar'.length)}-criu.tar` : `${out}-criu.tar`;
+}
+
 /**
  * The run directory's name: the bundle's, so runs of one program under
  * different policies keep their own logs; the program's when the bundle's
@@ -71,7 +115,7 @@ export function runDirName(out: string, program: string): string {
 }
 
 /** Runs one request to its verdict and writes its bundle. */
-export async function reproduce(request: ReproRequest, progress: Progress): Promise<ReproOutcome> {
+export async function reproduce(request: ReproRequest, progress: Progress): Promise<ReproOutcome | RefusedBesideCriu> {
   const name = programName(request);
   const root = path.join(request.artifacts ?? artifactsRoot(), 'repro');
   const out = request.out ?? path.join(root, `${name}.tar`);
@@ -85,17 +129,40 @@ export async function reproduce(request: ReproRequest, progress: Progress): Prom
   const imageFile = path.join(runDir, 'checkpoint.tar');
   const runs = await runInGuest(request, prepared, runDir, imageFile, progress);
 
-  progress.phase('bundle', out);
+  if (!runs.crhRefusal) progress.phase('bundle', out);
   const inputs: BundleInputs = {
     ...(request.source ? { source: `source/${path.basename(request.source)}` } : {}),
     binary: `binary/${name}`,
     files: prepared.files.map((f) => `files/${path.basename(f.file)}`),
   };
-  const verdict = makeVerdict(request, prepared, runs, inputs);
+  // Side by side, each engine's verdict is a single-engine one: its bundle reruns that engine alone.
+  const single: ReproRequest = { ...request };
+  delete single.engines;
+  const consoleLog = path.join(runDir, 'console.log');
+  if (runs.crhRefusal) {
+    const criuOnly: ReproRequest = { ...single, engine: 'criu', policy: DEFAULT_POLICY };
+    const criuVerdict = makeVerdict(criuOnly, prepared, runs, inputs);
+    const criuOut = criuBundlePath(out);
+    progress.phase('bundle', criuOut);
+    progress.endPhase();
+    criuVerdict.timingsMs = { ...progress.timings };
+    await writeBundle(criuOut, await bundleContents({ request: criuOnly, prepared, runs, inputs, verdict: criuVerdict, imageFile, consoleLog }));
+    return { crhRefusal: runs.crhRefusal, criu: { verdict: criuVerdict, bundle: criuOut } };
+  }
+  const verdict = makeVerdict(single, prepared, runs, inputs);
+  const criuRequest: ReproRequest | undefined = runs.criuAlongside ? { ...single, engine: 'criu', policy: DEFAULT_POLICY } : undefined;
+  const criuRuns = runs.criuAlongside ? { ...runs, checkpointed: runs.criuAlongside } : undefined;
+  const criuVerdict = criuRequest && criuRuns ? makeVerdict(criuRequest, prepared, criuRuns, inputs) : undefined;
   progress.endPhase();
   verdict.timingsMs = { ...progress.timings };
-  await writeBundle(out, await bundleContents({ request, prepared, runs, inputs, verdict, imageFile, consoleLog: path.join(runDir, 'console.log') }));
-  return { verdict, bundle: out };
+  await writeBundle(out, await bundleContents({ request: single, prepared, runs, inputs, verdict, imageFile, consoleLog }));
+  if (!criuVerdict || !criuRequest || !criuRuns) return { verdict, bundle: out };
+  criuVerdict.timingsMs = { ...progress.timings };
+  const criuOut = criuBundlePath(out);
+  progress.phase('bundle', criuOut);
+  await writeBundle(criuOut, await bundleContents({ request: criuRequest, prepared, runs: criuRuns, inputs, verdict: criuVerdict, imageFile, consoleLog }));
+  progress.endPhase();
+  return { verdict, bundle: out, criu: { verdict: criuVerdict, bundle: criuOut } };
 }
 
 /**
@@ -116,7 +183,10 @@ async function rerunBundle(request: BundleRerun, progress: Progress): Promise<nu
     // Never over the bundle being rerun: the new one goes beside it unless --out says otherwise.
     const out = request.out ?? request.bundle.replace(/(\.tar)?$/, '-rerun.tar');
     const rerun = requestFromRecord(recorded.rerun, extracted, { out, ...(request.artifacts ? { artifacts: request.artifacts } : {}) });
-    const { verdict, bundle } = await reproduce(rerun, progress);
+    const outcome = await reproduce(rerun, progress);
+    // A bundle records one engine (rerun-record.ts): a side-by-side outcome cannot come back from one.
+    if ('crhRefusal' in outcome || outcome.criu) throw new CrhError(`${request.bundle} reran as two engines; a bundle records one`);
+    const { verdict, bundle } = outcome;
     report(verdict, bundle);
     const same = verdict.pass === recorded.pass && Boolean(verdict.perturbed) === Boolean(recorded.perturbed) && verdict.mismatches.map((m) => m.what).join() === recorded.mismatches.map((m) => m.what).join();
     process.stdout.write(

@@ -5,7 +5,7 @@
  * console log.
  */
 import path from 'node:path';
-import { CrhError, InfraError } from '../errors.ts';
+import { CheckpointError, CrhError, InfraError } from '../errors.ts';
 import { openGuest, type OpenedGuest } from '../guest/open-guest.ts';
 import { kernelChoiceFromFlags } from '../flags/kernel-flags.ts';
 import { describeElsewhere } from './restore-elsewhere.ts';
@@ -31,6 +31,14 @@ export interface GuestRuns {
   native: NativeRun;
   reference: Reference;
   checkpointed: Checkpointed;
+  /** --engine crh,criu: CRIU's checkpointed run, made after crh's against the same uninterrupted run */
+  criuAlongside?: Checkpointed;
+  /**
+   * --engine crh,criu when crh's checkpoint refused the process (state the
+   * restore core does not capture, restore/uncapturable.ts): the refusal,
+   * crh's verdict; `checkpointed` is then CRIU's run
+   */
+  crhRefusal?: CheckpointError;
   profile: PlatformProfile;
   platform: PlatformFacts;
   /** the guest the process was restored in, when not this one (--restore-cpu, --restore-kernel) */
@@ -73,7 +81,7 @@ async function phases(request: ReproRequest, prepared: PreparedProgram, runDir: 
   phase('boot');
   await bootstrapHost((line) => progress.note(line));
   const kernel = kernelChoiceFromFlags(request.kernel);
-  const guest = await openGuest({ artifactsDir: runDir, log: (line) => progress.note(line), agentCwd: GUEST_DIRS.work, ...(kernel ? { kernel } : {}), ...(request.engine === 'criu' ? { criu: true } : {}) });
+  const guest = await openGuest({ artifactsDir: runDir, log: (line) => progress.note(line), agentCwd: GUEST_DIRS.work, ...(kernel ? { kernel } : {}), ...(request.engine === 'criu' || request.engines?.includes('criu') ? { criu: true } : {}) });
   let fault = request.fault;
   let restoreGuest: OpenedGuest | undefined;
   try {
@@ -147,12 +155,42 @@ async function phases(request: ReproRequest, prepared: PreparedProgram, runDir: 
     }
     await cleanStart('checkpointed run');
     const criu = guest.image.criu;
-    if (request.engine === 'criu' && !criu) throw new InfraError('the image built for --engine criu has no CRIU');
-    const checkpointed =
-      request.engine === 'criu'
-        ? await criuCheckpointedRun(ctx, reference, { command: criu!.command, version: criu!.version, exec: (command) => ssh.exec(command) })
-        : await checkpointedRun(ctx, reference, guest.platform, request.policy, imageFile, request.cycles, elsewhere);
-    return { program, native, reference, checkpointed, profile: guest.profile, platform: guest.platform, ...(restoreGuest ? { restoredIn: { profile: restoreGuest.profile, platform: restoreGuest.platform } } : {}) };
+    const criuRun = async (): Promise<Checkpointed> => {
+      if (!criu) throw new InfraError('the image built for --engine criu has no CRIU');
+      return criuCheckpointedRun(ctx, reference, { command: criu.command, version: criu.version, exec: (command) => ssh.exec(command) });
+    };
+    const sideBySide = request.engines?.includes('criu') === true && request.engine !== 'criu';
+    let checkpointed: Checkpointed;
+    let crhRefusal: CheckpointError | undefined;
+    try {
+      checkpointed = request.engine === 'criu' ? await criuRun() : await checkpointedRun(ctx, reference, guest.platform, request.policy, imageFile, request.cycles, elsewhere);
+    } catch (error) {
+      // Side by side, crh's refusal is crh's verdict, and CRIU still gets the process.
+      if (!sideBySide || !(error instanceof CheckpointError)) throw error;
+      crhRefusal = error;
+      progress.note(`crh refused the checkpoint: ${error.message}`);
+      // The refused process is still the agent's, stopped: ended and collected, so CRIU's run gets the pid.
+      await guest.agent.call({ op: 'KILL', pid: reference.pid }).catch(() => {});
+      await cleanStart('checkpointed run (criu)');
+      checkpointed = await criuRun();
+    }
+    let criuAlongside: Checkpointed | undefined;
+    if (sideBySide && !crhRefusal) {
+      // The same program from the same clean start, against the same uninterrupted run: only the engine differs.
+      await cleanStart('checkpointed run (criu)');
+      criuAlongside = await criuRun();
+    }
+    return {
+      program,
+      native,
+      reference,
+      checkpointed,
+      ...(criuAlongside ? { criuAlongside } : {}),
+      ...(crhRefusal ? { crhRefusal } : {}),
+      profile: guest.profile,
+      platform: guest.platform,
+      ...(restoreGuest ? { restoredIn: { profile: restoreGuest.profile, platform: restoreGuest.platform } } : {}),
+    };
   } finally {
     // The failure's phase stays the one that failed: shutting down is no phase of the run's.
     progress.phase('shut down');

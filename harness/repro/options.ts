@@ -12,6 +12,7 @@ import type { RestorePolicy } from '../restore/policy.ts';
 import { parseFault, type InjectedFault } from './fault-injection.ts';
 import { UsageError } from './usage-error.ts';
 import { parseRestoreElsewhere, RESTORE_ELSEWHERE_USAGE, restoreElsewhereFlags, restoreElsewhereOptions, type RestoreElsewhereRequest } from './restore-elsewhere.ts';
+import { parseEngines } from '../flags/engine-flags.ts';
 import { parseSweepFlags, SWEEP_USAGE, sweepFlags, sweepOptions, type SweepRequest } from './sweep-options.ts';
 
 /** Where the checkpoint is taken. */
@@ -31,6 +32,13 @@ export interface ReproRequest {
   command: 'repro' | 'cr';
   /** absent: crh */
   engine?: Engine;
+  /**
+   * --engine crh,criu: both engines, one after the other, on the same
+   * program in one guest against the same uninterrupted run — `engine` is
+   * then absent (crh's run, the policy switches apply to it) and CRIU's run
+   * is made alongside, with its own verdict and bundle
+   */
+  engines?: readonly Engine[];
   /** repro: the C source */
   source?: string;
   /** cr: the prebuilt static binary */
@@ -81,7 +89,7 @@ export const REPRO_USAGE =
   'usage: crh repro FILE.c [--checkpoint-at SYMBOL|0xADDR [--hit N] | --checkpoint-after MS\n' +
   '                 | --when-ready [--pid-file FILE]] [--finish-signal SIG] [--cycles N]\n' +
   `                 ${POLICY_USAGE}\n` +
-  '                 [--engine crh|criu] [--cflags "FLAGS"] [--timeout MS] [--out BUNDLE.tar] [--artifacts DIR]\n' +
+  '                 [--engine crh|criu|crh,criu] [--cflags "FLAGS"] [--timeout MS] [--out BUNDLE.tar] [--artifacts DIR]\n' +
   `                 ${KERNEL_USAGE}\n` +
   `                 ${RESTORE_ELSEWHERE_USAGE} [-- ARGS]\n` +
   `       crh repro FILE.c ${SWEEP_USAGE} [the same policy switches] [-- ARGS]\n` +
@@ -90,7 +98,9 @@ export const REPRO_USAGE =
   '  --pid-file FILE (with --when-ready): the program is a launcher; checkpoint the daemon whose pid it writes\n' +
   '  to FILE (relative to its working directory) once it has exited 0; a daemon with children is refused\n' +
   '  --engine criu: CRIU (Debian trixie\'s, in the guest) dumps and restores the stopped process instead of\n' +
-  '  crh\'s restore core; the policy switches describe the restore core and are a usage error with it\n' +
+  '  crh\'s restore core; the policy switches describe the restore core and are a usage error with it.\n' +
+  '  --engine crh,criu: both, in one guest against one uninterrupted run, the verdicts side by side and a\n' +
+  '  bundle each (CRIU\'s beside BUNDLE as BUNDLE-criu.tar); the policy switches apply to crh\'s run\n' +
   `${OMIT_USAGE}\n` +
   '       for tests of crh itself: [--inject-fault PHASE:KIND] (docs/ci.md)\n' +
   '       (PHASE checkpoint|restore; KIND kill-qemu|kill-agent|drop-ssh|guest-panic)';
@@ -172,11 +182,15 @@ export function parseReproArgs(command: 'repro' | 'cr', argv: readonly string[])
   if (pidFile !== undefined) {
     if (!values['when-ready']) throw new UsageError('--pid-file goes with --when-ready: the daemon is checkpointed once the launcher has exited 0 and the file names it');
     checkPidFilePath(pidFile, (why) => new UsageError(`--pid-file: ${why}`));
-    if (values.engine === 'criu') throw new UsageError('--pid-file is crh\'s own attach; --engine criu takes the process crh spawned');
   }
   const sweep = parseSweepFlags(values);
-  const engine = parseEngine(values.engine);
-  if (engine === 'criu' && values.cycles !== undefined && values.cycles !== '1') throw new UsageError('--cycles chains crh\'s own checkpoints; with --engine criu a run takes one checkpoint');
+  const engines = parseEngine(values.engine);
+  const engine: Engine = engines.length === 1 ? engines[0]! : 'crh';
+  const withCriu = engines.includes('criu');
+  const flagOf = engines.length > 1 ? '--engine crh,criu' : '--engine criu';
+  if (withCriu && pidFile !== undefined) throw new UsageError(`--pid-file is crh's own attach; ${flagOf} takes the process crh spawned`);
+  if (withCriu && values.cycles !== undefined && values.cycles !== '1') throw new UsageError(`--cycles chains crh's own checkpoints; with ${flagOf} a run takes one checkpoint`);
+  if (withCriu && sweep) throw new UsageError(`--sweep restores through crh's restore core at every point; it goes without ${flagOf}`);
   if (engine === 'criu') {
     const given = Object.keys(policyOptions).filter((flag) => values[flag as keyof typeof policyOptions] !== undefined);
     if (given.length > 0) {
@@ -184,7 +198,7 @@ export function parseReproArgs(command: 'repro' | 'cr', argv: readonly string[])
     }
   }
   const elsewhere = parseRestoreElsewhere(values);
-  if (elsewhere && engine === 'criu') throw new UsageError('--restore-cpu and --restore-kernel restore through crh\'s restore core; with --engine criu CRIU restores in the checkpoint\'s guest');
+  if (elsewhere && withCriu) throw new UsageError(`--restore-cpu and --restore-kernel restore through crh's restore core; with ${flagOf} CRIU restores in the checkpoint's guest`);
   if (elsewhere && sweep) throw new UsageError('--sweep restores every checkpoint in the guest it took it in; it goes without --restore-cpu and --restore-kernel');
   if (elsewhere && values.cycles !== undefined && values.cycles !== '1') throw new UsageError('a restore in another guest moves the process once: --cycles goes without --restore-cpu and --restore-kernel');
   if (elsewhere && pidFile !== undefined) throw new UsageError('--pid-file gives the daemon back its own descriptors 0-2, files in the guest it ran in: it goes without --restore-cpu and --restore-kernel');
@@ -197,6 +211,7 @@ export function parseReproArgs(command: 'repro' | 'cr', argv: readonly string[])
   return {
     command,
     ...(engine === 'criu' ? { engine } : {}),
+    ...(engines.length > 1 ? { engines } : {}),
     ...(source ? { source } : {}),
     ...(binary ? { binary } : {}),
     files,
@@ -230,13 +245,14 @@ export function checkPidFilePath(file: string, refuse: (why: string) => Error): 
   if (file.split('/').includes('..')) throw refuse(`"${file}" has a .. component`);
 }
 
-function parseEngine(text: string | undefined): Engine {
-  if (text === undefined || text === 'crh') return 'crh';
-  if (text === 'criu') return 'criu';
-  if (text.split(',').every((e) => (ENGINES as readonly string[]).includes(e))) {
-    throw new UsageError(`--engine ${text}: one engine per run for now (run crh once with --engine crh and once with --engine criu)`);
+/** crh, criu or both (crh first): flags/engine-flags.ts parseEngines, its refusals as usage errors. */
+function parseEngine(text: string | undefined): Engine[] {
+  if (text === undefined) return ['crh'];
+  try {
+    return parseEngines(text);
+  } catch (error) {
+    throw new UsageError(`${(error as Error).message}\n${REPRO_USAGE}`);
   }
-  throw new UsageError(`--engine: "${text}" is not an engine (${ENGINES.join(' or ')})`);
 }
 
 /** Compiler flags start with a dash, which parseArgs refuses as a separate value: `--cflags -lm` becomes `--cflags=-lm`. */

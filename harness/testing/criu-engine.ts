@@ -51,6 +51,13 @@ export interface CriuRestored {
   debugRestored: Record<number, bigint>;
   /** every register and debug register CRIU gave back differently */
   differences: RestoreWitness['differences'];
+  /**
+   * A signal pending at the dump (a timer's, say) that the kernel delivered
+   * as CRIU's restored task returned to user mode: the task was stopped at
+   * its handler's entry, and the registers compared with the dump are the
+   * ones its signal frame saved (the context the handler returns to)
+   */
+  deliveredSignals?: number[];
   /** the restored process's run to its end, with the oracle's observation */
   run: RunResult;
   observation: Observation;
@@ -138,12 +145,15 @@ export async function criuAtHit(guest: Guest, w: Workload, hit: number, tag: str
   const restoredPid = handoff.restoredPid;
   const restoredRegs = await agent.call({ op: 'GETREGS', pid: restoredPid });
   const debugRestored = await debugRegisters(guest, restoredPid);
+  const frame = await deliveredSignalFrame(guest, restoredPid, restoredRegs, regsAtDump);
+  // With a signal delivered at the restore, the context CRIU restored is the one in its frame.
+  const resumedWith: UserRegs = frame ? { ...restoredRegs, ...frame.saved } : restoredRegs;
   const differences: RestoreWitness['differences'] = [
-    ...COMPARED.filter((r) => restoredRegs[r] !== regsAtDump[r]).map((r) => ({ what: r, requested: hex(regsAtDump[r]), accepted: hex(restoredRegs[r]) })),
+    ...COMPARED.filter((r) => resumedWith[r] !== regsAtDump[r]).map((r) => ({ what: r, requested: hex(regsAtDump[r]), accepted: hex(resumedWith[r]) })),
     ...DEBUG_INDICES.filter((i) => debugRestored[i] !== debugAtDump[i]).map((i) => ({ what: `dr${i}`, requested: hex(debugAtDump[i]!), accepted: hex(debugRestored[i]!) })),
   ];
   // "requested" is the process's value at the dump, "accepted" what CRIU's restore left: the read-back of a CRIU restore.
-  noteRestore({ tag: `${tag} (criu ${criu.version})`, differences });
+  noteRestore({ tag: `${tag} (criu ${criu.version})${frame ? `, signals ${frame.signals.join(', ')} delivered at the restore: registers read from the innermost frame` : ''}`, differences });
 
   if (options.rearmDebugRegisters) {
     // DR7 last: it enables an address only once the address is in place.
@@ -152,7 +162,40 @@ export async function criuAtHit(guest: Guest, w: Workload, hit: number, tag: str
   if (options.tamper) await agent.call({ op: 'SETREGS', pid: restoredPid, regs: options.tamper(restoredRegs) });
   if (options.afterRestore) await options.afterRestore(restoredPid);
   const { run, observation } = await runUnderOracle(guest, restoredPid, `${tag} (criu ${criu.version})`, options.watch);
-  return { kind: 'restored', checkpointRun, regsAtDump, restoredRegs, debugAtDump, debugRestored, differences, run, observation, output: await readOutput(guest, stdoutPath), handoff };
+  return { kind: 'restored', checkpointRun, regsAtDump, restoredRegs, debugAtDump, debugRestored, differences, ...(frame ? { deliveredSignals: frame.signals } : {}), run, observation, output: await readOutput(guest, stdoutPath), handoff };
+}
+
+/** struct sigcontext_64's general registers, in its order (arch/x86/include/uapi/asm/sigcontext.h). */
+const SIGCONTEXT_GPRS = ['r8', 'r9', 'r10', 'r11', 'r12', 'r13', 'r14', 'r15', 'rdi', 'rsi', 'rbp', 'rbx', 'rdx', 'rax', 'rcx', 'rsp', 'rip', 'eflags'] as const;
+/** At a handler's entry rsp points at the rt_sigframe: pretcode (8), then the ucontext's uc_flags (8), uc_link (8), uc_stack (24), then uc_mcontext. */
+const SIGCONTEXT_OFFSET = 48n;
+
+/** How many nested handler frames are followed: the kernel delivers every pending unblocked signal at once, one frame on another. */
+const MAX_NESTED_FRAMES = 16;
+
+/**
+ * The signal frames the kernel built when it delivered signals pending at
+ * the dump to CRIU's restored task: present when the task stopped at a
+ * handler's entry (rdx = &uc = rsp + 8, rdi the signal number) rather than
+ * where it was dumped. Every pending unblocked signal is delivered before
+ * the return to user mode, so a handler's frame may hold another handler's
+ * entry: the frames are followed down to the one whose sigcontext holds
+ * the dumped rip and rsp. Undefined when there is no such chain; the
+ * registers are then compared as they are.
+ */
+async function deliveredSignalFrame(guest: Guest, pid: number, restored: UserRegs, dumped: UserRegs): Promise<{ signo: number; signals: number[]; saved: Partial<UserRegs> } | undefined> {
+  const signals: number[] = [];
+  let at: Partial<UserRegs> = restored;
+  for (let depth = 0; depth < MAX_NESTED_FRAMES; depth++) {
+    if (at.rip === dumped.rip && at.rsp === dumped.rsp) return depth === 0 ? undefined : { signo: signals[0]!, signals, saved: at };
+    // A handler's entry, as __setup_rt_frame leaves it (arch/x86/kernel/signal.c): rdi = signo, rsi = &info, rdx = &uc = rsp + 8.
+    if (at.rdx !== at.rsp! + 8n || at.rdi === undefined || at.rdi < 1n || at.rdi > 64n) return undefined;
+    signals.push(Number(at.rdi));
+    const bytes = await guest.agent.call({ op: 'READ_MEM', pid, address: at.rsp! + SIGCONTEXT_OFFSET, length: SIGCONTEXT_GPRS.length * 8 }).catch(() => undefined);
+    if (!bytes || bytes.length < SIGCONTEXT_GPRS.length * 8) return undefined;
+    at = Object.fromEntries(SIGCONTEXT_GPRS.map((r, i) => [r, bytes.readBigUInt64LE(i * 8)]));
+  }
+  return undefined;
 }
 
 /** "DR0 0x401136 → 0x10d40, DR7 0x1 → 0x0": the debug registers CRIU did not give back, for a row. */
@@ -230,7 +273,7 @@ export async function runCriuScenario(t: Test, guest: Guest, s: CriuScenario, ta
     recordRow(t, { ...base, observed: why, pass: false });
     return;
   }
-  t.comment(`CRIU: ${a.handoff.dumpMs} ms dump, ${a.handoff.restoreMs} ms restore, ${a.handoff.imageBytes} bytes of images; debug registers ${lostDebugRegisters(a) || 'as dumped'}`);
+  t.comment(`CRIU: ${a.handoff.dumpMs} ms dump, ${a.handoff.restoreMs} ms restore, ${a.handoff.imageBytes} bytes of images; debug registers ${lostDebugRegisters(a) || 'as dumped'}${a.deliveredSignals ? `; signals ${a.deliveredSignals.join(', ')}, pending at the dump, delivered at the restore (registers read from the innermost frame)` : ''}`);
   const j = s.judge(a);
   const registers = [...generalRegisterDifferences(a), ...(j.registerDiff ?? [])];
   t.same(registers, [], 'CRIU gave back every general register (ptrace) and the CPU resumed with them (oracle)');

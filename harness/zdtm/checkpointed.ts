@@ -62,8 +62,8 @@ export interface CycleTiming {
   checkpointMs: number;
   imageBytes: number;
   restoreMs: number;
-  /** processes checkpointed and restored: the daemon and its descendants */
-  processes: number;
+  /** processes checkpointed and restored: the daemon and its descendants (undefined: the engine does not say, CRIU) */
+  processes?: number;
 }
 
 export interface CheckpointedZdtmRun {
@@ -134,7 +134,7 @@ export async function checkpointedZdtmRun(ctx: ZdtmRunContext, launch: ZdtmLaunc
 
 
 
-function describeEnd(end: { outcome: string; code: number }): string {
+export function describeEnd(end: { outcome: string; code: number }): string {
   if (end.outcome === 'exited') return `exited with status ${end.code}`;
   if (end.outcome === 'killed') return `was killed by signal ${end.code}`;
   return `did not end within ${end.code} ms`;

@@ -26,7 +26,7 @@ import { escapeControl } from '../util/terminal-text.ts';
 import { parseZdtmArgs } from './options.ts';
 import { describeElsewhere } from '../repro/restore-elsewhere.ts';
 import { prepareZdtmGuest, runZdtmTest, ZDTM_DIRS, type ZdtmTest } from './test-run.ts';
-import { rowLabel, zdtmExitCode, zdtmRows, type ZdtmResult } from './verdict.ts';
+import { CRIU_POLICY, rowLabel, zdtmExitCode, zdtmRows, type ZdtmResult } from './verdict.ts';
 
 /** Entry point for `crh zdtm ...`; returns the exit code. */
 export async function zdtmCommand(argv: readonly string[]): Promise<number> {
@@ -50,8 +50,9 @@ export async function zdtmCommand(argv: readonly string[]): Promise<number> {
   // A move is part of what the rows were run under: the policy column says where the restore happened.
   const policy = `${describePolicy(request.policy)}${request.elsewhere ? `, restored in another guest (${describeElsewhere(request.elsewhere)})${request.elsewhere.anyway ? ' anyway' : ''}` : ''}`;
   const results: ZdtmResult[] = [];
+  let criuPolicy = CRIU_POLICY;
   const reports = async (infrastructureFailures: InfraFailure[]): Promise<Verdict[]> => {
-    const verdicts = zdtmRows(results, policy, request.iters);
+    const verdicts = zdtmRows(results, policy, request.iters, criuPolicy);
     await writeReports({ verdicts, infrastructureFailures }, { ...(request.json ? { json: request.json } : {}), ...(request.junit ? { junit: request.junit } : {}) }, { artifactsRoot: runDir, sinceMs: 0 });
     return verdicts;
   };
@@ -60,10 +61,13 @@ export async function zdtmCommand(argv: readonly string[]): Promise<number> {
     progress.phase('boot');
     await bootstrapHost((line) => progress.note(line));
     const kernel = kernelChoiceFromFlags(request.kernel);
-    const guest = await openGuest({ artifactsDir: runDir, log: (line) => progress.note(line), agentCwd: ZDTM_DIRS.work, ...(kernel ? { kernel } : {}) });
+    const withCriu = request.engines.includes('criu');
+    const guest = await openGuest({ artifactsDir: runDir, log: (line) => progress.note(line), agentCwd: ZDTM_DIRS.work, ...(kernel ? { kernel } : {}), ...(withCriu ? { criu: true } : {}) });
     let restoreGuest: Awaited<ReturnType<typeof openGuest>> | undefined;
     try {
       const { ssh } = guest.machine;
+      const criu = guest.image.criu ? { command: guest.image.criu.command, version: guest.image.criu.version, exec: (command: string) => ssh.exec(command) } : undefined;
+      if (criu) criuPolicy = `${CRIU_POLICY} (criu ${criu.version})`;
       await prepareZdtmGuest({ shell: (c) => ssh.run(c) });
       if (request.elsewhere) {
         // The restore guest: the same image recipe, another CPU model or kernel, the tests at the same paths.
@@ -88,22 +92,37 @@ export async function zdtmCommand(argv: readonly string[]): Promise<number> {
         tests.push({ name, binary, args: request.args, files });
       }
       for (const test of tests) {
-        const record = await runZdtmTest(
-          {
-            agent: guest.agent,
-            platform: guest.platform,
-            shell: (c) => ssh.run(c),
-            upload: (p, d, m) => ssh.upload(p, d, m),
-            note: (line) => progress.note(escapeControl(line)),
-            phase: async (name, detail) => {
-              progress.phase(name, detail && escapeControl(detail));
-              await ssh.run(`echo ${shellQuote(`<5>crh zdtm: ${test.name}: ${name}`)} > /dev/kmsg`);
+        // With crh,criu the test runs natively once; each engine's checkpointed run is judged against it.
+        let first: Awaited<ReturnType<typeof runZdtmTest>> | undefined;
+        for (const engine of request.engines) {
+          const record = await runZdtmTest(
+            {
+              agent: guest.agent,
+              platform: guest.platform,
+              shell: (c) => ssh.run(c),
+              upload: (p, d, m) => ssh.upload(p, d, m),
+              note: (line) => progress.note(escapeControl(line)),
+              phase: async (name, detail) => {
+                progress.phase(name, detail && escapeControl(detail));
+                await ssh.run(`echo ${shellQuote(`<5>crh zdtm: ${test.name}: ${name}`)} > /dev/kmsg`);
+              },
             },
-          },
-          test,
-          { policy: request.policy, iters: request.iters, settleMs: request.settleMs, timeoutMs: request.timeoutMs, imageFile: path.join(runDir, `${test.name}.checkpoint.tar`), ...(there ? { elsewhere: there } : {}) },
-        );
-        results.push(record);
+            test,
+            {
+              policy: request.policy,
+              iters: request.iters,
+              settleMs: request.settleMs,
+              timeoutMs: request.timeoutMs,
+              imageFile: path.join(runDir, `${test.name}.checkpoint.tar`),
+              engine,
+              ...(criu ? { criu } : {}),
+              ...(first ? { nativeFrom: first } : {}),
+              ...(there ? { elsewhere: there } : {}),
+            },
+          );
+          first ??= record;
+          results.push(record);
+        }
       }
     } finally {
       progress.phase('shut down');
@@ -120,8 +139,14 @@ export async function zdtmCommand(argv: readonly string[]): Promise<number> {
   }
 
   const verdicts = await reports([]);
-  for (const row of verdicts) process.stdout.write(`${rowLabel(row)}  ${escapeControl(row.scenario)}: ${escapeControl(row.skipped ?? row.observed)}\n`);
+  // Engines side by side: each test's rows follow one another, the engine named on each.
+  const engineColumn = (row: Verdict): string => (request.engines.length > 1 ? `${(row.engine ?? 'crh').padEnd(4)}  ` : '');
+  for (const row of verdicts) process.stdout.write(`${rowLabel(row)}  ${engineColumn(row)}${escapeControl(row.scenario)}: ${escapeControl(row.skipped ?? row.observed)}\n`);
   const code = zdtmExitCode(results);
-  process.stdout.write(`zdtm: ${results.filter((r) => r.checkpointed?.pass).length} passed as natively, ${results.filter((r) => r.checkpointed && !r.checkpointed.pass).length} failed under checkpoint/restore, ${results.filter((r) => !r.native.pass).length} fail natively (policy ${policy}; artifacts ${escapeControl(runDir)})\n`);
+  const tally = (engine: string): string => {
+    const mine = results.filter((r) => (r.engine ?? 'crh') === engine);
+    return `${mine.filter((r) => r.checkpointed?.pass).length} passed as natively, ${mine.filter((r) => r.checkpointed && !r.checkpointed.pass).length} failed under checkpoint/restore, ${mine.filter((r) => !r.native.pass).length} fail natively (${engine === 'criu' ? criuPolicy : `policy ${policy}`}`;
+  };
+  for (const engine of request.engines) process.stdout.write(`zdtm${request.engines.length > 1 ? ` [${engine}]` : ''}: ${tally(engine)}${engine === request.engines.at(-1) ? `; artifacts ${escapeControl(runDir)}` : ''})\n`);
   return code;
 }

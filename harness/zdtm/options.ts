@@ -10,6 +10,8 @@ import { OMIT_USAGE, policyFromFlags, policyOptions, POLICY_USAGE } from '../fla
 import type { RestorePolicy } from '../restore/policy.ts';
 import { UsageError } from '../repro/usage-error.ts';
 import { parseRestoreElsewhere, RESTORE_ELSEWHERE_USAGE, restoreElsewhereOptions, type RestoreElsewhereRequest } from '../repro/restore-elsewhere.ts';
+import { parseEngines } from '../flags/engine-flags.ts';
+import type { Engine } from '../flags/run-configuration.ts';
 
 export interface ZdtmRequest {
   /** host paths of the test binaries (static x86-64), run one after another in one guest */
@@ -19,6 +21,8 @@ export interface ZdtmRequest {
   /** files copied into the fresh working directory before every run */
   files: string[];
   policy: RestorePolicy;
+  /** which engines checkpoint and restore each test, in crh-first order (--engine; crh alone by default) */
+  engines: Engine[];
   /** checkpoint → kill → restore this many times before SIGTERM */
   iters: number;
   /** bound on each wait: the launcher, the end after SIGTERM */
@@ -41,7 +45,7 @@ export const MAX_ITERS = 1000;
 export const ZDTM_USAGE =
   'usage: crh zdtm BINARY... [--iters N] [--file PATH]... [--settle MS] [--timeout MS]\n' +
   `                 ${POLICY_USAGE}\n` +
-  '                 [--artifacts DIR] [--json FILE] [--junit FILE]\n' +
+  '                 [--engine crh|criu|crh,criu] [--artifacts DIR] [--json FILE] [--junit FILE]\n' +
   `                 ${KERNEL_USAGE}\n` +
   `                 ${RESTORE_ELSEWHERE_USAGE} [-- ARGS]\n` +
   `${OMIT_USAGE}\n` +
@@ -55,7 +59,11 @@ export const ZDTM_USAGE =
   '  directory and the daemon\'s own output files carried over), once (--iters 1); one lacking what the\n' +
   '  test depends on is refused naming it (a C/R failure, exit 1) unless --restore-anyway.\n' +
   '  Exit 0 every test passed as natively, 1 one failed under checkpoint/restore, 2 one fails natively\n' +
-  '  (or a usage error), 69 infrastructure. --json/--junit write crh run\'s report formats';
+  '  (or a usage error), 69 infrastructure. --json/--junit write crh run\'s report formats.\n' +
+  '  --engine criu: CRIU (Debian trixie\'s, in the guest) dumps the tree rooted at T.pid\'s pid and restores it\n' +
+  '  (criu dump -t PID --shell-job, criu restore -d), taken back under the agent and judged by T.out the same\n' +
+  '  way; crh,criu runs both, one row per engine side by side. The policy switches describe crh\'s restore core:\n' +
+  '  a usage error with criu alone, applied to crh\'s rows only with crh,criu';
 
 export const zdtmOptions = {
   ...kernelOptions,
@@ -68,6 +76,7 @@ export const zdtmOptions = {
   artifacts: { type: 'string' },
   json: { type: 'string' },
   junit: { type: 'string' },
+  engine: { type: 'string' },
 } as const;
 
 export function parseZdtmArgs(argv: readonly string[]): ZdtmRequest {
@@ -94,11 +103,18 @@ export function parseZdtmArgs(argv: readonly string[]): ZdtmRequest {
   if (iters > MAX_ITERS) throw new UsageError(`--iters: ${iters} is more than ${MAX_ITERS}`);
   const elsewhere = parseRestoreElsewhere(values);
   if (elsewhere && iters > 1) throw new UsageError('a restore in another guest moves the test once: --iters goes without --restore-cpu and --restore-kernel');
+  const engines = parseEngineFlag(values.engine);
+  if (!engines.includes('crh')) {
+    const given = Object.keys(policyOptions).filter((flag) => values[flag as keyof typeof policyOptions] !== undefined);
+    if (given.length > 0) throw new UsageError(`${given.map((f) => `--${f}`).join(', ')}: policies of crh's restore core, which --engine criu does not run (CRIU restores by its own rules)`);
+  }
+  if (elsewhere && engines.includes('criu')) throw new UsageError('--restore-cpu/--restore-kernel move the test through crh\'s restore core: not with --engine criu');
   return {
     binaries,
     args,
     files,
     policy: policyFromFlags(values),
+    engines,
     iters,
     timeoutMs: values.timeout === undefined ? DEFAULT_TIMEOUT_MS : positiveInteger('--timeout', values.timeout),
     settleMs: values.settle === undefined ? DEFAULT_SETTLE_MS : positiveInteger('--settle', values.settle),
@@ -113,6 +129,15 @@ export function parseZdtmArgs(argv: readonly string[]): ZdtmRequest {
     ),
     ...(elsewhere ? { elsewhere } : {}),
   };
+}
+
+function parseEngineFlag(text: string | undefined): Engine[] {
+  if (text === undefined) return ['crh'];
+  try {
+    return parseEngines(text);
+  } catch (error) {
+    throw new UsageError(`${(error as Error).message}\n${ZDTM_USAGE}`);
+  }
 }
 
 function positiveInteger(flag: string, text: string): number {

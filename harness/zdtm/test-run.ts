@@ -13,6 +13,10 @@ import { shellQuote } from '../machine/qemu-args.ts';
 import { cleanStartCommand, killedPids } from '../repro/clean-start.ts';
 import { readIfPresent } from '../repro/pid-file.ts';
 import { checkpointedZdtmRun, type CheckpointedZdtmRun } from './checkpointed.ts';
+import { criuZdtmRun } from './criu-checkpointed.ts';
+import type { CriuInGuest } from '../criu/handoff.ts';
+import type { Engine } from '../report/verdicts.ts';
+import path from 'node:path';
 import { parseNativeReport } from '../guest/native-run.ts';
 import { nativeProblem, nativeZdtmCommand, parseNativeZdtm, underNativeRunner, type NativeZdtmRun, type ZdtmLaunch } from './native.ts';
 import { describeOutfile, INPROGRESS, OUTFILE, outfileVerdict, type OutfileVerdict, type ZdtmResult } from './verdict.ts';
@@ -74,6 +78,12 @@ export interface ZdtmTestOptions {
    * at the move, and the verdict read there.
    */
   elsewhere?: { session: Pick<ZdtmSession, 'agent' | 'shell' | 'upload'>; anyway: boolean };
+  /** which engine checkpoints and restores (default crh); criu needs `criu`, and keeps its logs beside imageFile */
+  engine?: Engine;
+  criu?: CriuInGuest;
+  /** this test's record under another engine (--engine crh,criu): its native run is reused, not run again */
+  nativeFrom?: ZdtmTestRecord;
+
 }
 
 export interface ZdtmTestRecord extends ZdtmResult {
@@ -101,20 +111,28 @@ export async function runZdtmTest(session: ZdtmSession, test: ZdtmTest, options:
   const outfiles = async (): Promise<OutfileVerdict> =>
     outfileVerdict(await readIfPresent(session.agent, `${dirs.work}/${OUTFILE}`, OUTFILE_MAX_BYTES), await readIfPresent(session.agent, `${dirs.work}/${INPROGRESS}`, OUTFILE_MAX_BYTES));
 
-  await cleanStart('native run');
-  await session.phase('native run', `${title}: no tracer, no checkpoint`);
+  const engine = options.engine ?? 'crh';
   const nativeLaunch: ZdtmLaunch = { binary: test.binary, args: test.args, cwd: dirs.work, launcherOut: `${dirs.out}/launcher-native.out` };
-  // The script's own waits are bounded by the timeout: the launcher, then the daemon's end after SIGTERM.
-  const boundMs = 2 * options.timeoutMs + options.settleMs;
-  const report = `${dirs.out}/native-report.txt`;
-  const runner = parseNativeReport(await session.shell(underNativeRunner(nativeZdtmCommand(nativeLaunch, options.settleMs, options.timeoutMs), report, boundMs, options.nativeRunner)));
-  const nativeRun = runner.outcome === 'timed-out' ? undefined : parseNativeZdtm((await readIfPresent(session.agent, report)) ?? '');
-  const nativeOutfile = await outfiles();
-  const problem = (nativeRun ? nativeProblem(nativeRun) : `the launcher did not exit within ${boundMs} ms (killed)`) ?? (nativeOutfile.pass ? undefined : describeOutfile(nativeOutfile));
-  session.note(`natively: ${problem ?? describeOutfile(nativeOutfile)}`);
-  if (problem) return { test: title, native: { pass: false, summary: problem }, durationMs: Date.now() - started, ...(nativeRun ? { nativeRun } : {}), nativeOutfile };
+  let nativeRun: NativeZdtmRun | undefined;
+  let nativeOutfile: OutfileVerdict;
+  if (options.nativeFrom) {
+    ({ nativeRun, nativeOutfile } = options.nativeFrom);
+    if (!options.nativeFrom.native.pass) return { ...options.nativeFrom, engine, durationMs: 0 };
+  } else {
+    await cleanStart('native run');
+    await session.phase('native run', `${title}: no tracer, no checkpoint`);
+    // The script's own waits are bounded by the timeout: the launcher, then the daemon's end after SIGTERM.
+    const boundMs = 2 * options.timeoutMs + options.settleMs;
+    const report = `${dirs.out}/native-report.txt`;
+    const runner = parseNativeReport(await session.shell(underNativeRunner(nativeZdtmCommand(nativeLaunch, options.settleMs, options.timeoutMs), report, boundMs, options.nativeRunner)));
+    nativeRun = runner.outcome === 'timed-out' ? undefined : parseNativeZdtm((await readIfPresent(session.agent, report)) ?? '');
+    nativeOutfile = await outfiles();
+    const problem = (nativeRun ? nativeProblem(nativeRun) : `the launcher did not exit within ${boundMs} ms (killed)`) ?? (nativeOutfile.pass ? undefined : describeOutfile(nativeOutfile));
+    session.note(`natively: ${problem ?? describeOutfile(nativeOutfile)}`);
+    if (problem) return { test: title, engine, native: { pass: false, summary: problem }, durationMs: Date.now() - started, ...(nativeRun ? { nativeRun } : {}), nativeOutfile };
+  }
 
-  await cleanStart('checkpointed run');
+  await cleanStart(`checkpointed run (${engine})`);
   const moved = options.elsewhere;
   if (moved) {
     const killed = killedPids(await moved.session.shell(cleanStartCommand(dirs.work, options.agentName)));
@@ -122,7 +140,10 @@ export async function runZdtmTest(session: ZdtmSession, test: ZdtmTest, options:
   }
   const launch: ZdtmLaunch = { ...nativeLaunch, launcherOut: `${dirs.out}/launcher.out` };
   const elsewhere = moved && { agent: moved.session.agent, anyway: moved.anyway, carry: (files: readonly string[]) => carryFiles(session.agent, moved.session, dirs.work, files) };
-  const checkpointedRun = await checkpointedZdtmRun({ agent: session.agent, platform: session.platform, policy: options.policy, cycles: options.iters, settleMs: options.settleMs, timeoutMs: options.timeoutMs, outDir: dirs.out, imageFile: options.imageFile, phase: session.phase, ...(elsewhere ? { elsewhere } : {}) }, launch);
+  const checkpointedRun =
+    engine === 'criu'
+      ? await criuZdtmRun({ agent: session.agent, criu: criuOf(options), cycles: options.iters, settleMs: options.settleMs, timeoutMs: options.timeoutMs, imagesDir: `${dirs.out}/criu-img`, logsDir: path.dirname(options.imageFile), phase: session.phase }, launch)
+      : await checkpointedZdtmRun({ agent: session.agent, platform: session.platform, policy: options.policy, cycles: options.iters, settleMs: options.settleMs, timeoutMs: options.timeoutMs, outDir: dirs.out, imageFile: options.imageFile, phase: session.phase, ...(elsewhere ? { elsewhere } : {}) }, launch);
   const verdictAgent = moved?.session.agent ?? session.agent;
   const checkpointedOutfile =
     checkpointedRun.failure === undefined
@@ -134,6 +155,7 @@ export async function runZdtmTest(session: ZdtmSession, test: ZdtmTest, options:
   session.note(`after ${checkpointedRun.cycles.length} checkpoint/restore cycle(s): ${summary}`);
   return {
     test: title,
+    engine,
     native: { pass: true, summary: describeOutfile(nativeOutfile) },
     checkpointed: { pass, summary },
     durationMs: Date.now() - started,
@@ -170,4 +192,9 @@ async function carryFiles(from: AgentClient, to: Pick<ZdtmSession, 'upload'>, wo
     if (data.length > CARRY_MAX_BYTES) throw new CrhError(`${file} holds more than ${CARRY_MAX_BYTES} bytes: too much to carry to the restore guest`, { file });
     await to.upload(file, data, 0o644);
   }
+}
+
+function criuOf(options: ZdtmTestOptions): CriuInGuest {
+  if (!options.criu) throw new CrhError('the criu engine was asked for but this guest was booted from the image without CRIU');
+  return options.criu;
 }

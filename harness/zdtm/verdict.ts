@@ -6,7 +6,7 @@
  * pid, or an older ZDTM that writes T.out directly, still has a verdict.
  * Pure: the run modules read the files, this decides.
  */
-import { outcome, type Verdict } from '../report/verdicts.ts';
+import { outcome, type Engine, type Verdict } from '../report/verdicts.ts';
 
 /** How many lines from the end the word PASS is looked for in. */
 export const TAIL_LINES = 5;
@@ -41,6 +41,8 @@ export function describeOutfile(v: OutfileVerdict): string {
 export interface ZdtmResult {
   /** the test's name and arguments, as rows show it */
   test: string;
+  /** which engine checkpointed and restored it (absent: crh) */
+  engine?: Engine;
   /** the native run: passed, or why not */
   native: { pass: boolean; summary: string };
   /** the checkpointed run; absent when the native run failed (no C/R verdict on a test that fails anyway) */
@@ -65,11 +67,12 @@ export function zdtmExitCode(results: readonly ZdtmResult[]): 0 | 1 | 2 {
  * JUnit, JSON). A test that fails natively is a skip naming why: it is
  * neither a C/R pass nor a C/R failure.
  */
-export function zdtmRows(results: readonly ZdtmResult[], policy: string, cycles: number): Verdict[] {
+export function zdtmRows(results: readonly ZdtmResult[], policy: string, cycles: number, criuPolicy = CRIU_POLICY): Verdict[] {
   return results.map((r) => ({
     case: 'zdtm',
     scenario: `${r.test}${cycles > 1 ? ` (${cycles} checkpoint/restore cycles)` : ''}`,
-    policy,
+    ...(r.engine ? { engine: r.engine } : {}),
+    policy: r.engine === 'criu' ? criuPolicy : policy,
     expected: 'PASS, as natively',
     observed: r.checkpointed ? r.checkpointed.summary : `native run: ${r.native.summary}`,
     pass: r.checkpointed?.pass ?? false,
@@ -78,6 +81,9 @@ export function zdtmRows(results: readonly ZdtmResult[], policy: string, cycles:
     ...(r.native.pass ? {} : { skipped: `fails natively: ${r.native.summary}` }),
   }));
 }
+
+/** A CRIU row's policy: CRIU's own defaults (the restore core's policy switches do not apply to it). */
+export const CRIU_POLICY = 'criu defaults';
 
 /** PASS, FAIL or SKIP (failed natively) of a row, for the terminal. */
 export function rowLabel(row: Verdict): string {
