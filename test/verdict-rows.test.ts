@@ -1,7 +1,7 @@
 // expect: a verdict row recorded from a tap scope whose assertion failed is FAIL and names the
 // assertion; the kernel's read-back rides in the row and shows in JUnit and the HTML cell.
 import t from 'tap';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { execa } from 'execa';

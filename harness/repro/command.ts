@@ -9,7 +9,7 @@
  * carried out, 69 for infrastructure.
  */
 import { existsSync } from 'node:fs';
-import { chmod, mkdir, rm } from 'node:fs/promises';
+import { chmod } from 'node:fs/promises';
 import path from 'node:path';
 import { CrhError, type CheckpointError } from '../errors.ts';
 import { artifactsRoot } from '../report/verdicts.ts';
