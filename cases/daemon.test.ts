@@ -85,7 +85,11 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_FUTEX']), async (t) => {
   );
   const native = await nativeRun;
   const nativeLogText = await readOutput(guest, nativeLog);
-  t.equal(`${endedAs(reference.run)}\n${normalize(reference.log)}`, `${endedAs(native)}\n${normalize(nativeLogText)}`, 'the traced reference is the native run (no tracer), pids masked');
+  t.equal(
+    `${endedAs(reference.run)}\n${normalize(reference.log)}`,
+    `${endedAs(native)}\n${normalize(nativeLogText)}`,
+    'the traced reference is the native run (no tracer), pids masked',
+  );
 
   const cycle = async (t: Test, policy: RestorePolicy, tag: string, samePid = true) => {
     const log = `/tmp/daemon-${tag}.log`;
@@ -97,7 +101,15 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_FUTEX']), async (t) => {
     const checked = await readCheckpointImage(file);
     t.equal(checked.regs.orig_rax, BigInt(FUTEX), 'checkpointed inside futex()');
     t.equal(BigInt.asIntN(64, checked.regs.rax), -512n, `rax = -ERESTARTSYS at the checkpoint (${hex(checked.regs.rax)})`);
-    t.same(checked.task.files.map((f) => [f.fd, f.path, f.kind]), [[3, log, 'file'], [4, '/dev/null', 'device'], [5, '/tmp', 'directory']], 'the image holds the three descriptors');
+    t.same(
+      checked.task.files.map((f) => [f.fd, f.path, f.kind]),
+      [
+        [3, log, 'file'],
+        [4, '/dev/null', 'device'],
+        [5, '/tmp', 'directory'],
+      ],
+      'the image holds the three descriptors',
+    );
     t.equal(checked.task.sid, original.pid, 'the image records its own session');
     const restored = await restoreWitnessed(agent, checked, { policy, stdoutPath: `${log}.restored.out`, samePid }, tag);
     t.comment(`restored as pid ${restored.pid} (checkpointed as ${original.pid}); read back: ${JSON.stringify(restored.differences)}`);
@@ -112,12 +124,25 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_FUTEX']), async (t) => {
     t.same(restored.differences, [], 'read back: every register, descriptor and the session as requested');
     t.equal(done.run.code, 0);
     t.equal(observed, normalize(reference.log), `log: ${JSON.stringify(done.log)}`);
-    recordRowOutcome(t, { case: CASE, scenario: SCENARIO, policy: describePolicy(DEFAULT_POLICY), control: false, expected: normalize(reference.log).trim().split('\n').at(-1)!, observed: observed.trim().split('\n').at(-1)!, matchedUninterrupted: observed === normalize(reference.log) && done.run.code === 0 });
+    recordRowOutcome(t, {
+      case: CASE,
+      scenario: SCENARIO,
+      policy: describePolicy(DEFAULT_POLICY),
+      control: false,
+      expected: normalize(reference.log).trim().split('\n').at(-1)!,
+      observed: observed.trim().split('\n').at(-1)!,
+      matchedUninterrupted: observed === normalize(reference.log) && done.run.code === 0,
+    });
   });
 
   const controls: { name: string; policy: RestorePolicy; samePid: boolean; shows: RegExp }[] = [
     { name: 'a restore under a new pid', policy: DEFAULT_POLICY, samePid: false, shows: /same-pid=0 session=0/ },
-    { name: 'omit=files (descriptors and session not restored)', policy: { ...DEFAULT_POLICY, omit: ['files'] }, samePid: true, shows: /^started pid=P\nwaiting\n$/ },
+    {
+      name: 'omit=files (descriptors and session not restored)',
+      policy: { ...DEFAULT_POLICY, omit: ['files'] },
+      samePid: true,
+      shows: /^started pid=P\nwaiting\n$/,
+    },
     { name: 'syscall-restart=off (registers copied verbatim)', policy: { ...DEFAULT_POLICY, syscallRestart: 'off' }, samePid: true, shows: /futex-errno=512/ },
   ];
   for (const [i, c] of controls.entries()) {
@@ -126,7 +151,15 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_FUTEX']), async (t) => {
       const stdout = await readOutput(guest, `/tmp/daemon-control-${i}.log.restored.out`);
       t.match(observed, c.shows, `the daemon shows it: log ${JSON.stringify(observed)}, stdout ${JSON.stringify(stdout.trim())}`);
       t.equal(done.run.code, 1, 'and exits 1');
-      recordRowOutcome(t, { case: CASE, scenario: SCENARIO, policy: `${describePolicy(c.policy)}${c.samePid ? '' : ' new-pid'}`, control: true, expected: normalize(reference.log).trim().split('\n').at(-1)!, observed: normalize(stdout).trim() || observed.trim().split('\n').at(-1)!, matchedUninterrupted: observed === normalize(reference.log) });
+      recordRowOutcome(t, {
+        case: CASE,
+        scenario: SCENARIO,
+        policy: `${describePolicy(c.policy)}${c.samePid ? '' : ' new-pid'}`,
+        control: true,
+        expected: normalize(reference.log).trim().split('\n').at(-1)!,
+        observed: normalize(stdout).trim() || observed.trim().split('\n').at(-1)!,
+        matchedUninterrupted: observed === normalize(reference.log),
+      });
     });
   }
 
@@ -141,7 +174,9 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_FUTEX']), async (t) => {
     await writeFile(path.join(guest.artifactsDir, `criu-${tag}-dump.log`), handoff.dumpLog);
     if (handoff.restoreLog !== undefined) await writeFile(path.join(guest.artifactsDir, `criu-${tag}-restore.log`), handoff.restoreLog);
     if (!handoff.ok) return { kind: 'refused' as const, refused: `CRIU ${criu.version}: ${handoff.reason}` };
-    t.comment(`CRIU: ${handoff.dumpMs} ms dump, ${handoff.restoreMs} ms restore, ${handoff.imageBytes} bytes of images; pid ${original.pid} → ${handoff.restoredPid}`);
+    t.comment(
+      `CRIU: ${handoff.dumpMs} ms dump, ${handoff.restoreMs} ms restore, ${handoff.imageBytes} bytes of images; pid ${original.pid} → ${handoff.restoredPid}`,
+    );
     if (afterRestore) await afterRestore(handoff.restoredPid);
     const done = await finish(handoff.restoredPid, log);
     return { kind: 'restored' as const, original, restoredPid: handoff.restoredPid, done, observed: normalize(done.log) };
@@ -157,7 +192,14 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_FUTEX']), async (t) => {
     t.equal(r.restoredPid, r.original.pid, `CRIU kept the pid, ${r.original.pid}`);
     t.equal(r.done.run.code, 0);
     t.equal(r.observed, normalize(reference.log), `log: ${JSON.stringify(r.done.log)}`);
-    recordRow(t, { ...criuBase, policy: 'criu defaults', control: false, expected: expectedLast, observed: r.observed.trim().split('\n').at(-1)!, pass: r.observed === normalize(reference.log) && r.done.run.code === 0 && r.restoredPid === r.original.pid });
+    recordRow(t, {
+      ...criuBase,
+      policy: 'criu defaults',
+      control: false,
+      expected: expectedLast,
+      observed: r.observed.trim().split('\n').at(-1)!,
+      pass: r.observed === normalize(reference.log) && r.done.run.code === 0 && r.restoredPid === r.original.pid,
+    });
   });
 
   await t.test("engine criu, negative control: the log descriptor closed in CRIU's restored daemon (as omit=files loses it)", async (t) => {
@@ -167,14 +209,32 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_FUTEX']), async (t) => {
     });
     if (r.kind === 'refused') {
       t.fail(r.refused);
-      return recordRow(t, { ...criuBase, policy: 'criu, fd 3 closed after the restore', control: true, expected: expectedLast, observed: r.refused, pass: false });
+      return recordRow(t, {
+        ...criuBase,
+        policy: 'criu, fd 3 closed after the restore',
+        control: true,
+        expected: expectedLast,
+        observed: r.refused,
+        pass: false,
+      });
     }
     const stdout = await readOutput(guest, '/tmp/daemon-criu-closed.log.out');
     const showed = r.observed !== normalize(reference.log) && r.done.run.code !== 0;
     t.ok(showed, `the daemon shows it: log ${JSON.stringify(r.observed)}, stdout ${JSON.stringify(stdout.trim())}, exit ${r.done.run.code}`);
-    recordRow(t, { ...criuBase, policy: 'criu, fd 3 closed after the restore', control: true, expected: expectedLast, observed: normalize(stdout).trim() || r.observed.trim().split('\n').at(-1)!, pass: showed });
+    recordRow(t, {
+      ...criuBase,
+      policy: 'criu, fd 3 closed after the restore',
+      control: true,
+      expected: expectedLast,
+      observed: normalize(stdout).trim() || r.observed.trim().split('\n').at(-1)!,
+      pass: showed,
+    });
   });
-  for (const row of policyRowsNotForCriu(CASE, SCENARIO, controls.filter((c) => c.policy !== DEFAULT_POLICY).map((c) => describePolicy(c.policy)))) {
+  for (const row of policyRowsNotForCriu(
+    CASE,
+    SCENARIO,
+    controls.filter((c) => c.policy !== DEFAULT_POLICY).map((c) => describePolicy(c.policy)),
+  )) {
     await t.test(`engine criu: ${row.policy} ${row.skipped}`, async (t) => {
       t.pass(row.skipped);
       recordRow(t, row);

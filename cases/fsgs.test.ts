@@ -45,17 +45,33 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
       t.same(r.differences, [], 'read back: as requested');
       t.equal(r.output, expected, `the restored run is the uninterrupted run: ${r.output.trim()}`);
       t.equal(r.run.code, 0);
-      recordRowOutcome(t, { case: CASE, scenario: SCENARIO, policy: describePolicy(policy), control: false, expected: expected.trim(), observed: r.output.trim(), matchedUninterrupted: r.output === expected && r.run.code === 0 });
+      recordRowOutcome(t, {
+        case: CASE,
+        scenario: SCENARIO,
+        policy: describePolicy(policy),
+        control: false,
+        expected: expected.trim(),
+        observed: r.output.trim(),
+        matchedUninterrupted: r.output === expected && r.run.code === 0,
+      });
     });
   }
 
-  await t.test('negative control omit=tls: the fresh target\'s selectors and bases', async (t) => {
+  await t.test("negative control omit=tls: the fresh target's selectors and bases", async (t) => {
     const policy: RestorePolicy = { ...DEFAULT_POLICY, omit: ['tls'] };
     const checkpointed = await checkpointAtHit(guest, workload, 1, 'fsgs-omit-tls', { disarm: true });
     const r = await restoreAndFinish(guest, checkpointed.file, policy, 'fsgs-omit-tls', {});
     const observed = `${endedAs(r.run)}: ${r.output.trim()}`;
     t.not(r.output, expected, `caught: ${observed}`);
     t.not(r.run.code, 0, 'and it does not exit 0');
-    recordRowOutcome(t, { case: CASE, scenario: SCENARIO, policy: describePolicy(policy), control: true, expected: expected.trim(), observed, matchedUninterrupted: r.output === expected && r.run.code === 0 });
+    recordRowOutcome(t, {
+      case: CASE,
+      scenario: SCENARIO,
+      policy: describePolicy(policy),
+      control: true,
+      expected: expected.trim(),
+      observed,
+      matchedUninterrupted: r.output === expected && r.run.code === 0,
+    });
   });
 });

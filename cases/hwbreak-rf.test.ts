@@ -19,7 +19,16 @@ import { endedAs, nativeReference } from '../harness/testing/native-reference.ts
 import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
 import { checkpointAtHit, readOutput, restoreAndFinish, RUN_TIMEOUT_MS, spawnArmed, type Workload } from '../harness/testing/scenario.ts';
 import { EFLAGS, hex, type UserRegs } from '../harness/x86/registers.ts';
-import { clearRf, criuAtHit, debugRegisterLost, generalRegisterDifferences, lostDebugRegisters, policyRowsNotForCriu, runsEngine, type CriuAttempt } from '../harness/testing/criu-engine.ts';
+import {
+  clearRf,
+  criuAtHit,
+  debugRegisterLost,
+  generalRegisterDifferences,
+  lostDebugRegisters,
+  policyRowsNotForCriu,
+  runsEngine,
+  type CriuAttempt,
+} from '../harness/testing/criu-engine.ts';
 import { CRIU_GAPS } from '../harness/criu/known-gaps.ts';
 
 const CASE = 'hwbreak-rf';
@@ -52,11 +61,22 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
   if (rfAtStop.value === null) {
     // The kernel left the probe without an answer: a finding about it, not a platform to skip on.
     t.fail(`RF at a hardware-breakpoint stop unmeasured: ${rfAtStop.how}`);
-    recordRow(t, probeUnmeasuredVerdict({ case: CASE, scenario: SCENARIO, policy: '-', control: false, expected: 'RF=1 at the breakpoint stop, then the scenario' }, 'probes.rfAtHwBreakpointStop', rfAtStop));
+    recordRow(
+      t,
+      probeUnmeasuredVerdict(
+        { case: CASE, scenario: SCENARIO, policy: '-', control: false, expected: 'RF=1 at the breakpoint stop, then the scenario' },
+        'probes.rfAtHwBreakpointStop',
+        rfAtStop,
+      ),
+    );
     return;
   }
   if (rfAtStop.value !== true) {
-    await t.test('RF scenario', { skip: `this platform does not set RF at hardware-breakpoint stops (profile: ${rfAtStop.how}); the scenario cannot be built` }, async () => {});
+    await t.test(
+      'RF scenario',
+      { skip: `this platform does not set RF at hardware-breakpoint stops (profile: ${rfAtStop.how}); the scenario cannot be built` },
+      async () => {},
+    );
     return;
   }
 
@@ -90,15 +110,23 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     o.oracle.debugTraps.every((trap) => trap.ip === target) &&
     CHECKED_REGISTERS.every((r) => o.oracle.first!.get(r) === regs[r]);
 
-  const restoreAt = async (t: Test, tag: string, rf: RfPolicy, restorer: Restorer = 'ptrace'): Promise<{ outcome: Outcome; image: CheckpointImage; differences: string[] }> => {
+  const restoreAt = async (
+    t: Test,
+    tag: string,
+    rf: RfPolicy,
+    restorer: Restorer = 'ptrace',
+  ): Promise<{ outcome: Outcome; image: CheckpointImage; differences: string[] }> => {
     const checkpointed = await checkpointAtHit(guest, workload, CHECKPOINT_AT_HIT, tag);
     t.equal(checkpointed.run.outcome, 'hit-limit', `original stopped at hit ${CHECKPOINT_AT_HIT}`);
     t.equal(checkpointed.run.hits.at(-1)?.rip, target, 'stopped at hwbreak:target');
     const r = await restoreAndFinish(guest, checkpointed.file, { rf, restorer }, tag, { firstExecutionAt: targetBody, countDebugTrapsAt: target });
     t.ok((r.image.regs.eflags & EFLAGS.RF) !== 0n, `EFLAGS.RF is set in the image (${hex(r.image.regs.eflags)}), as the profile says`);
     t.equal(r.image.regs.rip, target, 'the image resumes at hwbreak:target');
-    t.comment(`oracle: #DB frames at hwbreak:target after restore: ${r.observation.debugTraps.map((d) => `eflags ${hex(d.flags)}`).join(', ') || 'none'} (${r.observation.stops} VM stops)`);
-    if (r.observation.first) t.comment(`oracle, after the resumed nop: ${describeRegisters(r.observation.first, ['rip', 'cs', 'eflags', 'rsp', 'rbx', 'rbp', 'fs_base'], symbols)}`);
+    t.comment(
+      `oracle: #DB frames at hwbreak:target after restore: ${r.observation.debugTraps.map((d) => `eflags ${hex(d.flags)}`).join(', ') || 'none'} (${r.observation.stops} VM stops)`,
+    );
+    if (r.observation.first)
+      t.comment(`oracle, after the resumed nop: ${describeRegisters(r.observation.first, ['rip', 'cs', 'eflags', 'rsp', 'rbx', 'rbp', 'fs_base'], symbols)}`);
     return {
       image: r.image,
       outcome: {
@@ -116,35 +144,57 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
 
   // Both restorers that return through IRET must keep RF: ptrace directly, sigreturn from the frame.
   for (const restorer of ['ptrace', 'sigreturn'] as const) {
-    await t.test(`default policy (keep-and-preserve), restorer=${restorer}: exactly N hits and the reference checksum, at the agent and at the CPU`, crhOnly, async (t) => {
-      const { outcome: o, image, differences } = await restoreAt(t, `default-${restorer}`, 'keep-and-preserve', restorer);
-      t.same(differences, [], 'the kernel accepted every restored register as requested');
-      t.equal(o.totalHits, CALLS, `${CALLS} ptrace hits across original and restored process`);
-      t.equal(o.checksum, reference.checksum, 'same checksum as the uninterrupted run');
-      t.ok(o.oracle.first, 'oracle: the CPU executed the resumed instruction and reached hwbreak:target_body');
-      for (const r of CHECKED_REGISTERS) t.equal(o.oracle.first?.get(r), image.regs[r], `oracle: ${r} = ${hex(image.regs[r])} in the CPU after resuming`);
-      t.equal(o.oracle.first?.get('cs'), 0x33n, 'oracle: user code segment');
-      t.equal(o.oracle.debugTraps.length, CALLS - CHECKPOINT_AT_HIT, `oracle: ${CALLS - CHECKPOINT_AT_HIT} #DB at hwbreak:target after restore — none at the resumed instruction, RF took effect`);
-      t.ok(resumedExactly(o, image.regs), 'resumed exactly as the uninterrupted run');
-      recordRow(t, {
-        case: CASE, scenario: SCENARIO, policy: `rf=keep-and-preserve restorer=${restorer}`, control: false,
-        expected: `${CALLS} hits, ${CALLS - CHECKPOINT_AT_HIT} #DB after restore, checksum ${reference.checksum}`,
-        observed: `${o.totalHits} hits, ${o.oracle.debugTraps.length} #DB after restore, checksum ${o.checksum}`,
-        pass: resumedExactly(o, image.regs),
-        conditions: { 'probes.rfAtHwBreakpointStop': String(rfAtStop.value) },
-      });
-    });
+    await t.test(
+      `default policy (keep-and-preserve), restorer=${restorer}: exactly N hits and the reference checksum, at the agent and at the CPU`,
+      crhOnly,
+      async (t) => {
+        const { outcome: o, image, differences } = await restoreAt(t, `default-${restorer}`, 'keep-and-preserve', restorer);
+        t.same(differences, [], 'the kernel accepted every restored register as requested');
+        t.equal(o.totalHits, CALLS, `${CALLS} ptrace hits across original and restored process`);
+        t.equal(o.checksum, reference.checksum, 'same checksum as the uninterrupted run');
+        t.ok(o.oracle.first, 'oracle: the CPU executed the resumed instruction and reached hwbreak:target_body');
+        for (const r of CHECKED_REGISTERS) t.equal(o.oracle.first?.get(r), image.regs[r], `oracle: ${r} = ${hex(image.regs[r])} in the CPU after resuming`);
+        t.equal(o.oracle.first?.get('cs'), 0x33n, 'oracle: user code segment');
+        t.equal(
+          o.oracle.debugTraps.length,
+          CALLS - CHECKPOINT_AT_HIT,
+          `oracle: ${CALLS - CHECKPOINT_AT_HIT} #DB at hwbreak:target after restore — none at the resumed instruction, RF took effect`,
+        );
+        t.ok(resumedExactly(o, image.regs), 'resumed exactly as the uninterrupted run');
+        recordRow(t, {
+          case: CASE,
+          scenario: SCENARIO,
+          policy: `rf=keep-and-preserve restorer=${restorer}`,
+          control: false,
+          expected: `${CALLS} hits, ${CALLS - CHECKPOINT_AT_HIT} #DB after restore, checksum ${reference.checksum}`,
+          observed: `${o.totalHits} hits, ${o.oracle.debugTraps.length} #DB after restore, checksum ${o.checksum}`,
+          pass: resumedExactly(o, image.regs),
+          conditions: { 'probes.rfAtHwBreakpointStop': String(rfAtStop.value) },
+        });
+      },
+    );
   }
 
   await t.test('negative control rf=clear: the spurious re-trigger makes the main assertion fail, at the agent and at the CPU', crhOnly, async (t) => {
     const { outcome: o, image } = await restoreAt(t, 'clear', 'clear');
     t.equal(o.totalHits, CALLS + 1, `${CALLS + 1} ptrace hits: the restored task re-hits the breakpoint it stopped at`);
-    t.equal(o.oracle.debugTraps.length, CALLS - CHECKPOINT_AT_HIT + 1, `oracle: ${CALLS - CHECKPOINT_AT_HIT + 1} #DB at hwbreak:target after restore — the CPU trapped again at the resumed instruction`);
-    t.equal(o.oracle.debugTraps[0]?.flags !== undefined ? (o.oracle.debugTraps[0].flags & EFLAGS.RF) : undefined, 0n, 'oracle: the spurious #DB was taken with RF clear');
+    t.equal(
+      o.oracle.debugTraps.length,
+      CALLS - CHECKPOINT_AT_HIT + 1,
+      `oracle: ${CALLS - CHECKPOINT_AT_HIT + 1} #DB at hwbreak:target after restore — the CPU trapped again at the resumed instruction`,
+    );
+    t.equal(
+      o.oracle.debugTraps[0]?.flags !== undefined ? o.oracle.debugTraps[0].flags & EFLAGS.RF : undefined,
+      0n,
+      'oracle: the spurious #DB was taken with RF clear',
+    );
     t.equal(o.checksum, reference.checksum, 'the extra trap changes no data, only the trap count');
     t.notOk(resumedExactly(o, image.regs), 'the main assertion fails on this control');
     recordRow(t, {
-      case: CASE, scenario: SCENARIO, policy: 'rf=clear', control: true,
+      case: CASE,
+      scenario: SCENARIO,
+      policy: 'rf=clear',
+      control: true,
       expected: `${CALLS + 1} hits, ${CALLS - CHECKPOINT_AT_HIT + 1} #DB after restore (spurious re-trigger)`,
       observed: `${o.totalHits} hits, ${o.oracle.debugTraps.length} #DB after restore`,
       pass: o.totalHits === CALLS + 1 && o.oracle.debugTraps.length === CALLS - CHECKPOINT_AT_HIT + 1 && !resumedExactly(o, image.regs),
@@ -160,7 +210,10 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     for (const r of CHECKED_REGISTERS) t.equal(o.oracle.first?.get(r), image.regs[r], `oracle: ${r} in the CPU after the trampoline`);
     t.notOk(resumedExactly(o, image.regs), 'the main assertion fails on this control');
     recordRow(t, {
-      case: CASE, scenario: SCENARIO, policy: 'restorer=popf', control: true,
+      case: CASE,
+      scenario: SCENARIO,
+      policy: 'restorer=popf',
+      control: true,
       expected: `${CALLS + 1} hits, ${CALLS - CHECKPOINT_AT_HIT + 1} #DB after restore (RF lost by POPF)`,
       observed: `${o.totalHits} hits, ${o.oracle.debugTraps.length} #DB after restore`,
       pass: o.totalHits === CALLS + 1 && o.oracle.debugTraps.length === CALLS - CHECKPOINT_AT_HIT + 1 && !resumedExactly(o, image.regs),
@@ -189,7 +242,10 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     t.equal(processesBefore, '', 'no hwbreak process before');
     t.equal(await hwbreaksIn(), processesBefore, 'no hwbreak process was spawned');
     recordRow(t, {
-      case: CASE, scenario: SCENARIO, policy: 'rf=reject', control: true,
+      case: CASE,
+      scenario: SCENARIO,
+      policy: 'rf=reject',
+      control: true,
       expected: 'refused, naming RF, guest untouched',
       observed: error instanceof ImageRejectedError ? `refused at ${error.entry} ${error.field}, ${agent.requestsSent - before} requests sent` : 'restored',
       pass: error instanceof ImageRejectedError && /RF/.test(error.message) && agent.requestsSent === before,
@@ -206,7 +262,11 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
   });
   /** The oracle's registers after the resumed nop against the registers at the dump: what CRIU must have restored. */
   const cpuDiff = (a: Extract<CriuAttempt, { kind: 'restored' }>): string[] =>
-    a.observation.first ? CHECKED_REGISTERS.filter((r) => a.observation.first!.get(r) !== a.regsAtDump[r]).map((r) => `${r}: dumped ${hex(a.regsAtDump[r])}, cpu ${hex(a.observation.first!.get(r) ?? -1n)}`) : ['the CPU never reached hwbreak:target_body'];
+    a.observation.first
+      ? CHECKED_REGISTERS.filter((r) => a.observation.first!.get(r) !== a.regsAtDump[r]).map(
+          (r) => `${r}: dumped ${hex(a.regsAtDump[r])}, cpu ${hex(a.observation.first!.get(r) ?? -1n)}`,
+        )
+      : ['the CPU never reached hwbreak:target_body'];
   const watch = { firstExecutionAt: targetBody, countDebugTrapsAt: target };
   const expectedExactly = `${CALLS} hits, ${CALLS - CHECKPOINT_AT_HIT} #DB after restore, checksum ${reference.checksum}`;
   const observedOf = (o: Outcome): string => `${o.totalHits} hits, ${o.oracle.debugTraps.length} #DB after restore, checksum ${o.checksum}`;
@@ -221,17 +281,30 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     if (a.kind !== 'restored') return refusedRow(t, 'criu defaults', false, a);
     const o = criuOutcome(a);
     const registers = [...generalRegisterDifferences(a), ...cpuDiff(a)];
-    t.comment(`CRIU ${a.handoff.dumpMs} ms dump, ${a.handoff.restoreMs} ms restore, ${a.handoff.imageBytes} bytes of images; debug registers: ${lostDebugRegisters(a) || 'as dumped'}`);
+    t.comment(
+      `CRIU ${a.handoff.dumpMs} ms dump, ${a.handoff.restoreMs} ms restore, ${a.handoff.imageBytes} bytes of images; debug registers: ${lostDebugRegisters(a) || 'as dumped'}`,
+    );
     t.equal((a.regsAtDump.eflags & EFLAGS.RF) !== 0n, true, 'RF=1 in the registers CRIU dumped');
     t.same(registers, [], 'CRIU restored every general register (ptrace read-back) and the CPU resumed with them (oracle)');
     t.equal(o.checksum, reference.checksum, 'same checksum as the uninterrupted run');
     t.equal(o.exitCode, 0, 'the restored process exits 0');
     const exact = resumedExactly(o, a.regsAtDump);
     // Exactly the gap: the breakpoint is gone (no hit, no #DB after the restore) and nothing else differs.
-    const gapOnly = !exact && debugRegisterLost(a, 0) && o.totalHits === CHECKPOINT_AT_HIT && o.oracle.debugTraps.length === 0 && registers.length === 0 && o.checksum === reference.checksum && o.exitCode === 0;
+    const gapOnly =
+      !exact &&
+      debugRegisterLost(a, 0) &&
+      o.totalHits === CHECKPOINT_AT_HIT &&
+      o.oracle.debugTraps.length === 0 &&
+      registers.length === 0 &&
+      o.checksum === reference.checksum &&
+      o.exitCode === 0;
     t.ok(exact || gapOnly, `resumed exactly, or differs by the known gap alone (${exact ? 'exact' : gapOnly ? 'the gap' : 'neither'})`);
     recordRow(t, {
-      case: CASE, scenario: SCENARIO, policy: 'criu defaults', engine: 'criu', control: false,
+      case: CASE,
+      scenario: SCENARIO,
+      policy: 'criu defaults',
+      engine: 'criu',
+      control: false,
       expected: expectedExactly,
       observed: `${observedOf(o)}${lostDebugRegisters(a) ? `; restored ${lostDebugRegisters(a)}` : ''}`,
       pass: exact,
@@ -252,8 +325,14 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     const exact = resumedExactly(o, a.regsAtDump);
     t.ok(exact, 'resumed exactly as the uninterrupted run');
     recordRow(t, {
-      case: CASE, scenario: SCENARIO, policy: 'criu, breakpoint re-armed', engine: 'criu', control: false,
-      expected: expectedExactly, observed: observedOf(o), pass: exact,
+      case: CASE,
+      scenario: SCENARIO,
+      policy: 'criu, breakpoint re-armed',
+      engine: 'criu',
+      control: false,
+      expected: expectedExactly,
+      observed: observedOf(o),
+      pass: exact,
       ...(registers.length > 0 ? { registerDiff: registers.join('\n') } : {}),
       conditions: { 'probes.rfAtHwBreakpointStop': String(rfAtStop.value) },
     });
@@ -267,7 +346,11 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     t.equal(o.oracle.debugTraps.length, CALLS - CHECKPOINT_AT_HIT + 1, 'oracle: one #DB more, at the resumed instruction');
     t.notOk(resumedExactly(o, a.regsAtDump), 'the main assertion fails on this control');
     recordRow(t, {
-      case: CASE, scenario: SCENARIO, policy: 'criu, breakpoint re-armed, RF cleared', engine: 'criu', control: true,
+      case: CASE,
+      scenario: SCENARIO,
+      policy: 'criu, breakpoint re-armed, RF cleared',
+      engine: 'criu',
+      control: true,
       expected: `${CALLS + 1} hits, ${CALLS - CHECKPOINT_AT_HIT + 1} #DB after restore (spurious re-trigger)`,
       observed: observedOf(o),
       pass: o.totalHits === CALLS + 1 && o.oracle.debugTraps.length === CALLS - CHECKPOINT_AT_HIT + 1 && !resumedExactly(o, a.regsAtDump),

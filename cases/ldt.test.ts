@@ -35,13 +35,25 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_MODIFY_LDT_SYSCALL']), async (t
       const checkpointed = await checkpointAtHit(guest, workload, 1, restorer, { disarm: true });
       t.equal(checkpointed.run.outcome, 'hit-limit', 'stopped at ldt_checkpoint');
       const image = checkpointed.image!;
-      t.same(image.ldt.map((e) => e.entry_number), [3, 5], `the image holds entries 3 and 5: ${image.ldt.map(describeLdtEntry).join('; ')}`);
-      t.equal(image.regs.gs, DATA_SELECTOR, 'gs holds entry 3\'s selector at the checkpoint');
+      t.same(
+        image.ldt.map((e) => e.entry_number),
+        [3, 5],
+        `the image holds entries 3 and 5: ${image.ldt.map(describeLdtEntry).join('; ')}`,
+      );
+      t.equal(image.regs.gs, DATA_SELECTOR, "gs holds entry 3's selector at the checkpoint");
       const r = await restoreAndFinish(guest, checkpointed.file, policy, restorer, {});
       t.same(r.differences, [], 'read back: as requested');
       t.equal(r.output, expected, `the restored run is the uninterrupted run: ${r.output.trim()}`);
       t.equal(r.run.code, 0);
-      recordOutcome({ case: CASE, scenario: SCENARIO, policy: describePolicy(policy), control: false, expected: expected.trim(), observed: r.output.trim(), matchedUninterrupted: r.output === expected && r.run.code === 0 });
+      recordOutcome({
+        case: CASE,
+        scenario: SCENARIO,
+        policy: describePolicy(policy),
+        control: false,
+        expected: expected.trim(),
+        observed: r.output.trim(),
+        matchedUninterrupted: r.output === expected && r.run.code === 0,
+      });
     });
   }
 
@@ -50,8 +62,20 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_MODIFY_LDT_SYSCALL']), async (t
     const checkpointed = await checkpointAtHit(guest, workload, 1, 'omit-ldt', { disarm: true });
     const r = await restoreAndFinish(guest, checkpointed.file, policy, 'omit-ldt', {});
     const line = r.output.trim();
-    t.match(line, /^ldt mismatch gs=0x0 .*reload=SIGSEGV\/128 absent=SIGSEGV\/128 ldt-read=0 /, `caught: %gs loaded as null, both selectors #GP, no LDT: ${line}`);
+    t.match(
+      line,
+      /^ldt mismatch gs=0x0 .*reload=SIGSEGV\/128 absent=SIGSEGV\/128 ldt-read=0 /,
+      `caught: %gs loaded as null, both selectors #GP, no LDT: ${line}`,
+    );
     t.equal(r.run.code, 1, 'and exits 1');
-    recordOutcome({ case: CASE, scenario: SCENARIO, policy: describePolicy(policy), control: true, expected: expected.trim(), observed: line, matchedUninterrupted: r.output === expected });
+    recordOutcome({
+      case: CASE,
+      scenario: SCENARIO,
+      policy: describePolicy(policy),
+      control: true,
+      expected: expected.trim(),
+      observed: line,
+      matchedUninterrupted: r.output === expected,
+    });
   });
 });

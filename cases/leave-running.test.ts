@@ -51,12 +51,20 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     const { checkpointed, refused, copy, original, originalSum } = await run(DEFAULT_POLICY, 'default');
     t.ok(refused instanceof PidInUseError, `the original's pid is refused while it lives: ${(refused as Error | undefined)?.message}`);
     t.not(copy.pid, checkpointed.process.pid, `the copy runs as pid ${copy.pid} beside the original ${checkpointed.process.pid}`);
-    t.same([original.code, checkpointed.run.hits.length + original.hits.length, originalSum], [0, CALLS, refSum], 'the original goes on: all hits, same checksum');
+    t.same(
+      [original.code, checkpointed.run.hits.length + original.hits.length, originalSum],
+      [0, CALLS, refSum],
+      'the original goes on: all hits, same checksum',
+    );
     t.same([copy.run.code, AT + copy.run.hits.length, checksum(copy.output)], [0, CALLS, refSum], 'the copy: all hits, same checksum');
     const observed = `original ${checkpointed.run.hits.length + original.hits.length} hits ${originalSum}; copy ${AT + copy.run.hits.length} hits ${checksum(copy.output)}`;
     recordRowOutcome(t, {
-      case: CASE, scenario: SCENARIO, policy: describePolicy(DEFAULT_POLICY), control: false,
-      expected: `original ${CALLS} hits ${refSum}; copy ${CALLS} hits ${refSum}`, observed,
+      case: CASE,
+      scenario: SCENARIO,
+      policy: describePolicy(DEFAULT_POLICY),
+      control: false,
+      expected: `original ${CALLS} hits ${refSum}; copy ${CALLS} hits ${refSum}`,
+      observed,
       matchedUninterrupted: observed === `original ${CALLS} hits ${refSum}; copy ${CALLS} hits ${refSum}`,
     });
   });
@@ -68,8 +76,12 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     t.equal(AT + copy.run.hits.length, CALLS + 1, 'the copy: one spurious hit');
     const observed = `original ${checkpointed.run.hits.length + original.hits.length} hits ${originalSum}; copy ${AT + copy.run.hits.length} hits ${checksum(copy.output)}`;
     recordRowOutcome(t, {
-      case: CASE, scenario: SCENARIO, policy: describePolicy(policy), control: true,
-      expected: `original ${CALLS} hits ${refSum}; copy ${CALLS} hits ${refSum}`, observed,
+      case: CASE,
+      scenario: SCENARIO,
+      policy: describePolicy(policy),
+      control: true,
+      expected: `original ${CALLS} hits ${refSum}; copy ${CALLS} hits ${refSum}`,
+      observed,
       matchedUninterrupted: observed === `original ${CALLS} hits ${refSum}; copy ${CALLS} hits ${refSum}`,
     });
   });

@@ -42,13 +42,36 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     t.equal(checkpointed.run.outcome, 'hit-limit', 'stopped at mappings_checkpoint');
     const r = await restoreAndFinish(guest, checkpointed.file, DEFAULT_POLICY, 'default', {});
     const at = (start: bigint) => r.image.regions.filter((g) => g.start >= start && g.start < start + 0x100000n);
-    t.same(at(SHARED_ANON).map((g) => [g.perms, g.file, g.entry !== null]), [['rw-s', null, true]], `shared anonymous at ${hex(SHARED_ANON)}: dumped with its contents (${at(SHARED_ANON)[0]?.name})`);
-    t.same(at(PRIV_FILE).map((g) => [g.perms, g.file, hex(g.offset), g.entry !== null]), [['rw-p', `${prefix}.priv`, '0x1000', true], ['r--p', `${prefix}.priv`, '0x3000', true]], 'private file mapping: two VMAs, their offsets, contents dumped');
-    t.same(at(SHARED_FILE).map((g) => [g.perms, g.file, hex(g.offset), g.entry]), [['rw-s', `${prefix}.shared`, '0x1000', null]], 'shared file mapping: no contents in the image');
+    t.same(
+      at(SHARED_ANON).map((g) => [g.perms, g.file, g.entry !== null]),
+      [['rw-s', null, true]],
+      `shared anonymous at ${hex(SHARED_ANON)}: dumped with its contents (${at(SHARED_ANON)[0]?.name})`,
+    );
+    t.same(
+      at(PRIV_FILE).map((g) => [g.perms, g.file, hex(g.offset), g.entry !== null]),
+      [
+        ['rw-p', `${prefix}.priv`, '0x1000', true],
+        ['r--p', `${prefix}.priv`, '0x3000', true],
+      ],
+      'private file mapping: two VMAs, their offsets, contents dumped',
+    );
+    t.same(
+      at(SHARED_FILE).map((g) => [g.perms, g.file, hex(g.offset), g.entry]),
+      [['rw-s', `${prefix}.shared`, '0x1000', null]],
+      'shared file mapping: no contents in the image',
+    );
     t.same(r.differences, [], 'read back: as requested');
     t.equal(r.output, reference, `the restored run is the uninterrupted run: ${r.output.trim()}`);
     t.equal(r.run.code, 0);
-    recordRowOutcome(t, { case: CASE, scenario: SCENARIO, policy: describePolicy(DEFAULT_POLICY), control: false, expected: reference.trim(), observed: r.output.trim(), matchedUninterrupted: r.output === reference && r.run.code === 0 });
+    recordRowOutcome(t, {
+      case: CASE,
+      scenario: SCENARIO,
+      policy: describePolicy(DEFAULT_POLICY),
+      control: false,
+      expected: reference.trim(),
+      observed: r.output.trim(),
+      matchedUninterrupted: r.output === reference && r.run.code === 0,
+    });
   });
 
   await t.test('negative control omit=mapping-kinds: every mapping private anonymous', async (t) => {
@@ -58,6 +81,14 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     const verdict = r.output.trim().split('\n').at(-1)!;
     t.match(verdict, /^mappings mismatch: shared-file-contents maps shared-write-not-in-file$/, `caught, naming what was lost: ${verdict}`);
     t.equal(r.run.code, 1, 'and exits 1');
-    recordRowOutcome(t, { case: CASE, scenario: SCENARIO, policy: describePolicy(policy), control: true, expected: reference.trim(), observed: verdict, matchedUninterrupted: r.output === reference });
+    recordRowOutcome(t, {
+      case: CASE,
+      scenario: SCENARIO,
+      policy: describePolicy(policy),
+      control: true,
+      expected: reference.trim(),
+      observed: verdict,
+      matchedUninterrupted: r.output === reference,
+    });
   });
 });

@@ -46,7 +46,15 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
       t.same(r.differences, [], 'read back: as requested');
       t.equal(r.output, expected, `the restored run is the uninterrupted run: ${r.output.trim()}`);
       t.equal(r.run.code, 0);
-      recordRowOutcome(t, { case: CASE, scenario, policy: describePolicy(policy), control: false, expected: expected.trim(), observed: r.output.trim(), matchedUninterrupted: r.output === expected && r.run.code === 0 });
+      recordRowOutcome(t, {
+        case: CASE,
+        scenario,
+        policy: describePolicy(policy),
+        control: false,
+        expected: expected.trim(),
+        observed: r.output.trim(),
+        matchedUninterrupted: r.output === expected && r.run.code === 0,
+      });
     });
   }
 
@@ -57,6 +65,14 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     const line = r.output.trim();
     t.match(line, /^pkeys a-write=ok b-write=ok a-read=2 pkru-k1=2 smaps-keys=(?:0|-1),(?:0|-1) next-key=1$/, `caught: ${line}`);
     t.equal(r.run.code, 1, 'and exits 1');
-    recordRowOutcome(t, { case: CASE, scenario, policy: describePolicy(policy), control: true, expected: expected.trim(), observed: line, matchedUninterrupted: r.output === expected });
+    recordRowOutcome(t, {
+      case: CASE,
+      scenario,
+      policy: describePolicy(policy),
+      control: true,
+      expected: expected.trim(),
+      observed: line,
+      matchedUninterrupted: r.output === expected,
+    });
   });
 });

@@ -49,8 +49,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     return restoreAndFinish(guest, checkpointed.file, { rf: 'keep-and-preserve', regs, restorer }, tag, { firstExecutionAt: resumed });
   };
   /** GPRs whose value in the CPU after resuming differs from the image. */
-  const cpuDiffers = (r: Restored): string[] =>
-    PATTERNED.filter((name) => r.observation.first?.get(name) !== r.image.regs[name]).sort();
+  const cpuDiffers = (r: Restored): string[] => PATTERNED.filter((name) => r.observation.first?.get(name) !== r.image.regs[name]).sort();
 
   const crhOnly = runsEngine('crh') ? {} : { skip: 'engine crh not asked for (--engine criu)' };
   for (const restorer of RESTORERS) {
@@ -67,8 +66,12 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
       t.equal(r.run.code, 0, `restored run: ${r.output.trim()}`);
       t.same(mismatches(r.output), [], 'the workload finds every register intact');
       recordRow(t, {
-        case: CASE, scenario: SCENARIO, policy: `restorer=${restorer} regs=full`, control: false,
-        expected: 'regcheck ok; CPU GPRs = image', observed: `${r.output.trim()}; CPU differs in [${cpuDiffers(r).join(' ')}]`,
+        case: CASE,
+        scenario: SCENARIO,
+        policy: `restorer=${restorer} regs=full`,
+        control: false,
+        expected: 'regcheck ok; CPU GPRs = image',
+        observed: `${r.output.trim()}; CPU differs in [${cpuDiffers(r).join(' ')}]`,
         pass: r.run.code === 0 && mismatches(r.output)?.length === 0 && cpuDiffers(r).length === 0,
       });
     });
@@ -81,22 +84,38 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     t.equal(r.run.code, 1, 'and exits 1');
     t.same(cpuDiffers(r), expected, 'oracle: exactly those differ from the image in the CPU');
     recordRow(t, {
-      case: CASE, scenario: SCENARIO, policy: 'restorer=ptrace regs=partial', control: true,
-      expected: `mismatch: ${expected.join(' ')}`, observed: r.output.trim(),
+      case: CASE,
+      scenario: SCENARIO,
+      policy: 'restorer=ptrace regs=partial',
+      control: true,
+      expected: `mismatch: ${expected.join(' ')}`,
+      observed: r.output.trim(),
       pass: JSON.stringify(mismatches(r.output)) === JSON.stringify(expected) && JSON.stringify(cpuDiffers(r)) === JSON.stringify(expected),
     });
   });
 
   if (!runsEngine('criu')) return;
   const criuScenario: CriuScenario = {
-    case: CASE, scenario: SCENARIO, workload, hit: 1, watch: { firstExecutionAt: resumed },
+    case: CASE,
+    scenario: SCENARIO,
+    workload,
+    hit: 1,
+    watch: { firstExecutionAt: resumed },
     expected: 'regcheck ok; CPU GPRs = dumped',
     judge: (a) => {
       const checked = [...PATTERNED, 'rsp', 'fs_base'] as const;
-      const diff = checked.filter((name) => a.observation.first?.get(name) !== a.regsAtDump[name])
-        .map((name) => `${name}: dumped ${hex(a.regsAtDump[name])}, cpu ${a.observation.first?.get(name) === undefined ? '?' : hex(a.observation.first.get(name)!)}`);
+      const diff = checked
+        .filter((name) => a.observation.first?.get(name) !== a.regsAtDump[name])
+        .map(
+          (name) =>
+            `${name}: dumped ${hex(a.regsAtDump[name])}, cpu ${a.observation.first?.get(name) === undefined ? '?' : hex(a.observation.first.get(name)!)}`,
+        );
       const ok = a.run.outcome === 'exited' && a.run.code === 0 && mismatches(a.output)?.length === 0;
-      return { observed: `${a.output.trim() || `${a.run.outcome} ${a.run.code}`}; CPU differs in ${diff.length} register(s)`, exact: ok && diff.length === 0, registerDiff: diff };
+      return {
+        observed: `${a.output.trim() || `${a.run.outcome} ${a.run.code}`}; CPU differs in ${diff.length} register(s)`,
+        exact: ok && diff.length === 0,
+        registerDiff: diff,
+      };
     },
     control: {
       policy: 'criu, callee-saved registers zeroed after the restore',
@@ -111,7 +130,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
   await t.test('engine criu: CRIU restores every register, at the workload and at the CPU', async (t) => {
     await runCriuScenario(t, guest, criuScenario, 'criu');
   });
-  await t.test('engine criu, negative control: callee-saved registers zeroed after CRIU\'s restore are caught by name', async (t) => {
+  await t.test("engine criu, negative control: callee-saved registers zeroed after CRIU's restore are caught by name", async (t) => {
     await runCriuControl(t, guest, criuScenario, 'criu-zeroed');
   });
   for (const row of policyRowsNotForCriu(CASE, SCENARIO, ['restorer=ptrace regs=partial'])) {

@@ -38,7 +38,11 @@ const DR7_REP_ONLY = 0x4n;
 /** How many times the workload ran the instruction before the timer landed inside it. */
 const attemptsOf = (output: string): number => Number(/ attempts=(\d+)/.exec(output)?.[1] ?? 1);
 
-const stable = (out: string): string => out.trim().replace(/ attempts=\d+/, ' attempts=*').replace(/ progress=\d+\//, ' progress=*/');
+const stable = (out: string): string =>
+  out
+    .trim()
+    .replace(/ attempts=\d+/, ' attempts=*')
+    .replace(/ progress=\d+\//, ' progress=*/');
 
 interface Run {
   workload: Workload;
@@ -67,7 +71,11 @@ async function referenceRun(guest: Guest, t: Test, run: Run, incomparable?: stri
     t.comment(`not compared with the native run (${incomparable}); natively: ${endedAs(native)}, ${native.output.trim()}`);
     return { result, output };
   }
-  t.equal(`${endedAs(result)}\n${stable(output)}`, `${endedAs(native)}\n${stable(native.output)}`, 'the traced reference is the native run (no tracer), attempts and progress masked');
+  t.equal(
+    `${endedAs(result)}\n${stable(output)}`,
+    `${endedAs(native)}\n${stable(native.output)}`,
+    'the traced reference is the native run (no tracer), attempts and progress masked',
+  );
   return { result, output };
 }
 
@@ -88,7 +96,14 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
    * costs `hitsPerMissedAttempt` (the reference and the restored run may
    * need different numbers of attempts on a busy host).
    */
-  const restoreBoth = async (t: Test, run: Run, reference: { result: RunResult; output: string }, countHits: (r: RunResult) => number, extra: Record<string, string> = {}, hitsPerMissedAttempt = 0) => {
+  const restoreBoth = async (
+    t: Test,
+    run: Run,
+    reference: { result: RunResult; output: string },
+    countHits: (r: RunResult) => number,
+    extra: Record<string, string> = {},
+    hitsPerMissedAttempt = 0,
+  ) => {
     const interruptedAttemptHits = (hits: number, output: string): number => hits - (attemptsOf(output) - 1) * hitsPerMissedAttempt;
     const expectedHits = interruptedAttemptHits(countHits(reference.result), reference.output);
     for (const policy of [DEFAULT_POLICY, { ...DEFAULT_POLICY, regs: 'partial' } as RestorePolicy]) {
@@ -98,7 +113,15 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
       t.equal(checkpointed.run.hits.at(-1)?.rip, inHandler, 'checkpointed inside the SIGALRM handler');
       if (checkpointed.run.outcome !== 'hit-limit') {
         // The timer never landed inside the instruction (the workload retries 50 times): nothing to restore.
-        recordRowOutcome(t, { case: CASE, scenario: run.scenario, policy: describePolicy(policy), control, expected: stable(reference.output), observed: `no checkpoint: the run ended (${checkpointed.run.outcome} ${checkpointed.run.code}) before the handler`, matchedUninterrupted: control });
+        recordRowOutcome(t, {
+          case: CASE,
+          scenario: run.scenario,
+          policy: describePolicy(policy),
+          control,
+          expected: stable(reference.output),
+          observed: `no checkpoint: the run ended (${checkpointed.run.outcome} ${checkpointed.run.code}) before the handler`,
+          matchedUninterrupted: control,
+        });
         continue;
       }
       const r = await restoreAndFinish(guest, checkpointed.file, policy, tag, {});
@@ -108,12 +131,21 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
         t.not(observed, stable(reference.output), `regs=partial is caught: ${observed}`);
       } else {
         t.equal(observed, stable(reference.output), `exact result, RCX/RSI/RDI continued: ${r.output.trim()}`);
-        t.equal(hits, expectedHits, `${hits} hit(s) on the rep instruction across the checkpoint in the interrupted attempt, as uninterrupted (attempts: ${attemptsOf(reference.output)} uninterrupted, ${attemptsOf(r.output)} restored)`);
+        t.equal(
+          hits,
+          expectedHits,
+          `${hits} hit(s) on the rep instruction across the checkpoint in the interrupted attempt, as uninterrupted (attempts: ${attemptsOf(reference.output)} uninterrupted, ${attemptsOf(r.output)} restored)`,
+        );
       }
       recordRowOutcome(t, {
-        case: CASE, scenario: run.scenario, policy: describePolicy(policy), control,
-        expected: `${stable(reference.output)}; ${expectedHits} rep hit(s)`, observed: `${observed}; ${hits} rep hit(s)`,
-        matchedUninterrupted: observed === stable(reference.output) && hits === expectedHits, conditions: conditions(reference.output, extra),
+        case: CASE,
+        scenario: run.scenario,
+        policy: describePolicy(policy),
+        control,
+        expected: `${stable(reference.output)}; ${expectedHits} rep hit(s)`,
+        observed: `${observed}; ${hits} rep hit(s)`,
+        matchedUninterrupted: observed === stable(reference.output) && hits === expectedHits,
+        conditions: conditions(reference.output, extra),
       });
     }
   };
@@ -132,11 +164,20 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
       if (!runsEngine('criu')) return;
       // The same stop (the first execution of rep_in_handler, the rep instruction interrupted) handed to CRIU.
       const criuScenario: CriuScenario = {
-        case: CASE, scenario: run.scenario, workload: run.workload, hit: 1, dr7BeforeDump: run.dr7After, watch: {},
+        case: CASE,
+        scenario: run.scenario,
+        workload: run.workload,
+        hit: 1,
+        dr7BeforeDump: run.dr7After,
+        watch: {},
         expected: stable(reference.output),
         judge: (a) => {
           const observed = a.run.outcome === 'killed' ? `killed by signal ${a.run.code}` : stable(a.output);
-          return { observed, exact: observed === stable(reference.output) && a.run.outcome === 'exited' && a.run.code === 0, conditions: conditions(reference.output) };
+          return {
+            observed,
+            exact: observed === stable(reference.output) && a.run.outcome === 'exited' && a.run.code === 0,
+            conditions: conditions(reference.output),
+          };
         },
         control: {
           // What regs=partial does to crh's restore, done to CRIU's: the handler's callee-saved registers lost.
@@ -146,11 +187,25 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
           showedIt: (_a, j) => j.observed !== stable(reference.output),
         },
       };
-      await t.test('engine criu: the exact result after CRIU\'s dump and restore in the handler', (t) => runCriuScenario(t, guest, criuScenario, `criu-${run.tag}`));
-      await t.test('engine criu, negative control: callee-saved registers zeroed in the handler after the restore are caught', (t) => runCriuControl(t, guest, criuScenario, `criu-${run.tag}-zeroed`));
+      await t.test("engine criu: the exact result after CRIU's dump and restore in the handler", (t) =>
+        runCriuScenario(t, guest, criuScenario, `criu-${run.tag}`),
+      );
+      await t.test('engine criu, negative control: callee-saved registers zeroed in the handler after the restore are caught', (t) =>
+        runCriuControl(t, guest, criuScenario, `criu-${run.tag}-zeroed`),
+      );
       await t.test(`engine criu: regs=partial ${POLICY_NOT_FOR_CRIU}`, async (t) => {
         t.pass(POLICY_NOT_FOR_CRIU);
-        recordRow(t, { case: CASE, scenario: run.scenario, policy: describePolicy({ ...DEFAULT_POLICY, regs: 'partial' }), engine: 'criu', control: true, expected: '-', observed: '-', pass: false, skipped: POLICY_NOT_FOR_CRIU });
+        recordRow(t, {
+          case: CASE,
+          scenario: run.scenario,
+          policy: describePolicy({ ...DEFAULT_POLICY, regs: 'partial' }),
+          engine: 'criu',
+          control: true,
+          expected: '-',
+          observed: '-',
+          pass: false,
+          skipped: POLICY_NOT_FOR_CRIU,
+        });
       });
     });
   }
@@ -158,7 +213,13 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
   await t.test('an execute breakpoint on the rep instruction itself', async (t) => {
     const repInsn = guest.symbols.resolve('repstr:rep_movsb_insn');
     const workload: Workload = { binary, argv: [binary, 'movsb', 'fwd', SMALL_KIB], debugRegs: { 0: inHandler, 1: repInsn, 7: DR7_BOTH } };
-    const run: Run = { workload, tag: 'movsb-fwd-rep-breakpoint', scenario: `rep movsb fwd, ${SMALL_KIB} KiB, DR1 on the rep instruction, checkpoint in the handler`, dr7After: DR7_REP_ONLY, checkpointAt: { at: inHandler } };
+    const run: Run = {
+      workload,
+      tag: 'movsb-fwd-rep-breakpoint',
+      scenario: `rep movsb fwd, ${SMALL_KIB} KiB, DR1 on the rep instruction, checkpoint in the handler`,
+      dr7After: DR7_REP_ONLY,
+      checkpointAt: { at: inHandler },
+    };
     // Natively the 4 KiB copy takes far less than the 0.5 ms timer, so no attempt is interrupted (measured: exited 1,
     // interrupted=0, measured under TCG); traced, the DR1 traps on the rep instruction (one per iteration under TCG) slow
     // the copy until the timer lands in it. The reference is the tracer's by construction here, not the program's alone.
@@ -171,15 +232,28 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     // suppressing re-triggers between iterations) or once per iteration (QEMU TCG).
     const perIteration = hits >= bytes;
     const behaviour = perIteration ? 'per-iteration' : 'once';
-    t.comment(`measured: ${hits} hits per attempt on the rep instruction for ${bytes} iterations (${attempts} attempt(s)) — ${behaviour}${perIteration ? ' (a QEMU TCG fidelity gap: the architecture traps once)' : ''}`);
+    t.comment(
+      `measured: ${hits} hits per attempt on the rep instruction for ${bytes} iterations (${attempts} attempt(s)) — ${behaviour}${perIteration ? ' (a QEMU TCG fidelity gap: the architecture traps once)' : ''}`,
+    );
     if (guest.profile.accel === 'kvm') t.equal(behaviour, 'once', 'under KVM the CPU traps once per execution');
-    t.ok(reference.result.hits.some((h) => h.rip === inHandler), 'the uninterrupted run reached rep_in_handler');
+    t.ok(
+      reference.result.hits.some((h) => h.rip === inHandler),
+      'the uninterrupted run reached rep_in_handler',
+    );
     if (runsEngine('crh')) await restoreBoth(t, run, reference, repHits, { repBreakpoint: behaviour }, perIteration ? bytes : 1);
     if (runsEngine('criu')) {
       // Its witness is the DR1 breakpoint on the rep instruction across the checkpoint: exactly what CRIU does not restore.
       recordRow(t, {
-        case: CASE, scenario: run.scenario, policy: 'criu defaults', engine: 'criu', control: false, expected: '-', observed: '-', pass: false,
-        skipped: "not handed to CRIU: the scenario's witness is a DR1 breakpoint kept across the checkpoint, and CRIU does not restore the task's debug registers (known engine gap, harness/criu/known-gaps.ts); the rep result through CRIU is in the rows above",
+        case: CASE,
+        scenario: run.scenario,
+        policy: 'criu defaults',
+        engine: 'criu',
+        control: false,
+        expected: '-',
+        observed: '-',
+        pass: false,
+        skipped:
+          "not handed to CRIU: the scenario's witness is a DR1 breakpoint kept across the checkpoint, and CRIU does not restore the task's debug registers (known engine gap, harness/criu/known-gaps.ts); the rep result through CRIU is in the rows above",
       });
     }
   });

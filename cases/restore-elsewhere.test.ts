@@ -67,22 +67,40 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     const r = await restoreAndFinish(same, checkpointed.file, DEFAULT_POLICY, 'avx-same-model', {});
     // The workload lives in the session of the agent that spawned it; in another guest that agent's session is another
     // (measured: pgid/sid 109 there, 107 here): the only difference a move may show, and it must be exactly that one.
-    t.same(r.differences.filter((d) => d.what !== 'session'), [], 'read back: as requested, but for the session');
+    t.same(
+      r.differences.filter((d) => d.what !== 'session'),
+      [],
+      'read back: as requested, but for the session',
+    );
     const session = r.differences.find((d) => d.what === 'session');
     if (session) {
-      t.equal(session.requested, await agentSession(guest), 'the image holds the checkpoint guest\'s agent session');
-      t.equal(session.accepted, await agentSession(same), 'the restored process joined the restore guest\'s agent session');
+      t.equal(session.requested, await agentSession(guest), "the image holds the checkpoint guest's agent session");
+      t.equal(session.accepted, await agentSession(same), "the restored process joined the restore guest's agent session");
     }
     t.equal(r.output, expected, `the restored run is the native run: ${r.output.trim()}`);
     t.equal(r.run.code, 0);
-    recordRowOutcome(t, { case: CASE, scenario: `${SCENARIO}: -cpu ${same.profile.cpuModel}`, policy: describePolicy(DEFAULT_POLICY), control: false, expected: expected.trim(), observed: r.output.trim(), matchedUninterrupted: r.output === expected && r.run.code === 0, conditions });
+    recordRowOutcome(t, {
+      case: CASE,
+      scenario: `${SCENARIO}: -cpu ${same.profile.cpuModel}`,
+      policy: describePolicy(DEFAULT_POLICY),
+      control: false,
+      expected: expected.trim(),
+      observed: r.output.trim(),
+      matchedUninterrupted: r.output === expected && r.run.code === 0,
+      conditions,
+    });
   });
 
   await t.test(`-cpu ${NO_AVX}: refused, naming avx; and what happens when tried anyway`, async (t) => {
     const noAvx = await startGuest(t, CASE, { name: 'restore-max-no-avx', cpuModel: NO_AVX });
     const measured = noAvx.profile.cpuFlags.includes('avx');
     t.notOk(measured, `measured: the ${NO_AVX} guest has no avx (flags ${noAvx.profile.cpuFlags.join(' ')}, XCR0 ${noAvx.profile.xcr0})`);
-    const rowConditions = { ...conditions, 'restore cpu': NO_AVX, 'restore flags': noAvx.profile.cpuFlags.join(' '), 'restore xcr0': String(noAvx.profile.xcr0) };
+    const rowConditions = {
+      ...conditions,
+      'restore cpu': NO_AVX,
+      'restore flags': noAvx.profile.cpuFlags.join(' '),
+      'restore xcr0': String(noAvx.profile.xcr0),
+    };
     const image = await readCheckpointImage(checkpointed.file);
     const refused = await restoreWitnessed(noAvx.agent, image, { policy: DEFAULT_POLICY, stdoutPath: '/tmp/avxhold-refused.restored.out' }, 'avx-refused').then(
       (r) => ({ restoredPid: r.pid }),
@@ -95,7 +113,10 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     const left = (await noAvx.machine.ssh.exec('pidof avxhold')).stdout.trim();
     t.equal(left, '', 'no avxhold left behind in the restore guest');
     recordRow(t, {
-      case: CASE, scenario: `${SCENARIO}: -cpu ${NO_AVX}`, policy: describePolicy(DEFAULT_POLICY), control: false,
+      case: CASE,
+      scenario: `${SCENARIO}: -cpu ${NO_AVX}`,
+      policy: describePolicy(DEFAULT_POLICY),
+      control: false,
       expected: 'refused, naming avx (in use), nothing left running',
       observed: refused instanceof IncompatibleTargetError ? `refused: ${refused.missing.map((m) => m.feature).join(', ')}` : 'restored',
       pass: named && left === '',
@@ -103,7 +124,12 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     });
 
     // Anyway: the row says what happened (the kernel's refusal of the YMM state, or the program's own finding).
-    const tried = await restoreWitnessed(noAvx.agent, image, { policy: DEFAULT_POLICY, stdoutPath: '/tmp/avxhold-anyway.restored.out', dependencies: 'try' }, 'avx-anyway').then(
+    const tried = await restoreWitnessed(
+      noAvx.agent,
+      image,
+      { policy: DEFAULT_POLICY, stdoutPath: '/tmp/avxhold-anyway.restored.out', dependencies: 'try' },
+      'avx-anyway',
+    ).then(
       async (r) => {
         const run = await noAvx.agent.call({ op: 'RUN', pid: r.pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
         return { notes: r.dependencyNotes, ended: `${endedAs(run)}: ${(await readOutput(noAvx, '/tmp/avxhold-anyway.restored.out')).trim()}` };
@@ -114,7 +140,10 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     const wrong = tried.ended !== `exited 0: ${expected.trim()}`;
     t.ok(wrong, 'tried anyway, the process does not finish as uninterrupted');
     recordRow(t, {
-      case: CASE, scenario: `${SCENARIO}: -cpu ${NO_AVX}, restored anyway`, policy: `${describePolicy(DEFAULT_POLICY)} dependencies=try`, control: true,
+      case: CASE,
+      scenario: `${SCENARIO}: -cpu ${NO_AVX}, restored anyway`,
+      policy: `${describePolicy(DEFAULT_POLICY)} dependencies=try`,
+      control: true,
       expected: 'not the uninterrupted run (the target has no YMM state)',
       observed: [tried.ended, ...tried.notes].join('; '),
       pass: wrong,
@@ -132,9 +161,16 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     const lackedFlags = deps.cpuFlags.filter((f) => !skyFlags.includes(f));
     const lostInUse = deps.xstate.inUse & ~xcr0;
     const rowConditions = { ...conditions, 'restore cpu': SKYLAKE, 'restore flags': skyFlags.join(' '), 'restore xcr0': sky.profile.xcr0 };
-    t.comment(`measured under ${sky.profile.accel}: -cpu ${SKYLAKE} has ${skyFlags.join(' ')}, XCR0 ${sky.profile.xcr0}; the image's flags it lacks: ${lackedFlags.join(' ') || 'none'}; xstate in use it lacks: ${hex(lostInUse)}`);
+    t.comment(
+      `measured under ${sky.profile.accel}: -cpu ${SKYLAKE} has ${skyFlags.join(' ')}, XCR0 ${sky.profile.xcr0}; the image's flags it lacks: ${lackedFlags.join(' ') || 'none'}; xstate in use it lacks: ${hex(lostInUse)}`,
+    );
     const image = await readCheckpointImage(checkpointed.file);
-    const outcome = await restoreWitnessed(sky.agent, image, { policy: DEFAULT_POLICY, stdoutPath: '/tmp/avxhold-skylake.restored.out' }, 'avx-skylake-client').then(
+    const outcome = await restoreWitnessed(
+      sky.agent,
+      image,
+      { policy: DEFAULT_POLICY, stdoutPath: '/tmp/avxhold-skylake.restored.out' },
+      'avx-skylake-client',
+    ).then(
       async (r) => {
         const run = await sky.agent.call({ op: 'RUN', pid: r.pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
         return { refused: undefined, ended: `${endedAs(run)}: ${(await readOutput(sky, '/tmp/avxhold-skylake.restored.out')).trim()}` };
@@ -146,7 +182,16 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     );
     if (lackedFlags.length === 0 && lostInUse === 0n) {
       t.equal(outcome.ended, `exited 0: ${expected.trim()}`, `nothing lacking: restored, the native run's output (${outcome.ended})`);
-      recordRow(t, { case: CASE, scenario: `${SCENARIO}: -cpu ${SKYLAKE}`, policy: describePolicy(DEFAULT_POLICY), control: false, expected: expected.trim(), observed: outcome.ended, pass: outcome.ended === `exited 0: ${expected.trim()}`, conditions: rowConditions });
+      recordRow(t, {
+        case: CASE,
+        scenario: `${SCENARIO}: -cpu ${SKYLAKE}`,
+        policy: describePolicy(DEFAULT_POLICY),
+        control: false,
+        expected: expected.trim(),
+        observed: outcome.ended,
+        pass: outcome.ended === `exited 0: ${expected.trim()}`,
+        conditions: rowConditions,
+      });
       return;
     }
     const named = outcome.refused?.missing.map((m) => m.feature) ?? [];
@@ -156,8 +201,12 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     const left = (await sky.machine.ssh.exec('pidof avxhold')).stdout.trim();
     t.equal(left, '', 'nothing left running');
     recordRow(t, {
-      case: CASE, scenario: `${SCENARIO}: -cpu ${SKYLAKE}`, policy: describePolicy(DEFAULT_POLICY), control: false,
-      expected: `refused, naming ${wanted.join(', ')} (what the measured model lacks)`, observed: outcome.ended,
+      case: CASE,
+      scenario: `${SCENARIO}: -cpu ${SKYLAKE}`,
+      policy: describePolicy(DEFAULT_POLICY),
+      control: false,
+      expected: `refused, naming ${wanted.join(', ')} (what the measured model lacks)`,
+      observed: outcome.ended,
       pass: outcome.refused !== undefined && named.length === wanted.length && wanted.every((w) => named.includes(w)) && left === '',
       conditions: rowConditions,
     });
@@ -168,7 +217,9 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
       t.equal(back.run.outcome, 'hit-limit', 'stopped at avx_checkpoint');
       const needed = back.image!.dependencies!;
       const missingHere = needed.cpuFlags.filter((f) => !deps.cpuFlags.includes(f));
-      t.comment(`the ${SKYLAKE} image's flags the ${guest.profile.cpuModel} guest lacks: ${missingHere.join(' ') || 'none'}; XCR0 ${hex(needed.xstate.xcr0 ?? 0n)} in use ${hex(needed.xstate.inUse)}`);
+      t.comment(
+        `the ${SKYLAKE} image's flags the ${guest.profile.cpuModel} guest lacks: ${missingHere.join(' ') || 'none'}; XCR0 ${hex(needed.xstate.xcr0 ?? 0n)} in use ${hex(needed.xstate.inUse)}`,
+      );
       const r = await restoreThere(guest, back.file, DEFAULT_POLICY, 'avx-from-skylake', 'refuse').then(
         (done) => ({ observed: `${done.ended}: ${done.output.trim()}`, notes: done.notes }),
         (e: unknown) => ({ observed: `restore failed: ${(e as Error).message}`, notes: [] as string[] }),
@@ -177,7 +228,16 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
       const want = accept ? `exited 0: ${expected.trim()}` : 'refused';
       if (accept) t.equal(r.observed, want, `accepted, the native run's output: ${r.observed}`);
       else t.match(r.observed, /lacks what the process depends on/, `refused: ${r.observed}`);
-      recordRow(t, { case: CASE, scenario: `${SCENARIO.replace('-cpu max', `-cpu ${SKYLAKE}`)}: restored under -cpu ${guest.profile.cpuModel}`, policy: describePolicy(DEFAULT_POLICY), control: false, expected: want, observed: [r.observed, ...r.notes].join('; '), pass: accept ? r.observed === want : r.observed.includes('lacks what the process depends on'), conditions: { ...rowConditions, 'flags the checkpoint cpu lacks': missingHere.join(' ') || 'none' } });
+      recordRow(t, {
+        case: CASE,
+        scenario: `${SCENARIO.replace('-cpu max', `-cpu ${SKYLAKE}`)}: restored under -cpu ${guest.profile.cpuModel}`,
+        policy: describePolicy(DEFAULT_POLICY),
+        control: false,
+        expected: want,
+        observed: [r.observed, ...r.notes].join('; '),
+        pass: accept ? r.observed === want : r.observed.includes('lacks what the process depends on'),
+        conditions: { ...rowConditions, 'flags the checkpoint cpu lacks': missingHere.join(' ') || 'none' },
+      });
     });
   });
 
@@ -189,13 +249,24 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     }
     const there = await startGuest(t, CASE, { name: 'restore-6.12', kernel: KERNEL_612 });
     const kernelConditions = {
-      'checkpoint kernel': guest.profile.kernelRelease, 'restore kernel': there.profile.kernelRelease,
+      'checkpoint kernel': guest.profile.kernelRelease,
+      'restore kernel': there.profile.kernelRelease,
       'rseq feature size (checkpoint / restore)': `${String(guest.platform['features.rseqFeatureSize'])} / ${String(there.platform['features.rseqFeatureSize'])}`,
     };
     t.ok(there.profile.kernelRelease.startsWith('6.12'), `the restore guest runs ${there.profile.kernelRelease}`);
     const moves = [
-      { name: 'rseqcpu', symbol: 'rseqcpu:rseq_checkpoint', scenario: 'the C library\'s rseq area (cpu_id made stale after the move), 6.1 → 6.12', control: { omit: ['rseq'] as RestorePolicy['omit'], why: 'omit=rseq: not registered on 6.12, the stale cpu_id stays' } },
-      { name: 'vdsoclock', symbol: 'vdsoclock:vdso_checkpoint', scenario: 'clock_gettime, gettimeofday, time, getcpu through the vDSO after a 6.1 → 6.12 move', control: { omit: ['vdso'] as RestorePolicy['omit'], why: 'omit=vdso, tried anyway: glibc\'s vDSO addresses land in other code' } },
+      {
+        name: 'rseqcpu',
+        symbol: 'rseqcpu:rseq_checkpoint',
+        scenario: "the C library's rseq area (cpu_id made stale after the move), 6.1 → 6.12",
+        control: { omit: ['rseq'] as RestorePolicy['omit'], why: 'omit=rseq: not registered on 6.12, the stale cpu_id stays' },
+      },
+      {
+        name: 'vdsoclock',
+        symbol: 'vdsoclock:vdso_checkpoint',
+        scenario: 'clock_gettime, gettimeofday, time, getcpu through the vDSO after a 6.1 → 6.12 move',
+        control: { omit: ['vdso'] as RestorePolicy['omit'], why: "omit=vdso, tried anyway: glibc's vDSO addresses land in other code" },
+      },
     ];
     for (const move of moves) {
       const bin = guest.image.guestPaths[move.name]!;
@@ -209,10 +280,26 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
         const taken = await checkpointAtHit(guest, w, 1, `${move.name}-to-6.12`, { disarm: true });
         t.equal(taken.run.outcome, 'hit-limit', `stopped at ${move.symbol}`);
         const r = await restoreThere(there, taken.file, DEFAULT_POLICY, `${move.name}-to-6.12`, 'refuse');
-        t.same(r.differences.filter((d) => d.what !== 'session'), [], 'read back: as requested, but for the session');
-        t.ok(r.notes.some((n) => n.startsWith('vDSO redirected')), `the vDSO redirected: ${r.notes.join('; ')}`);
+        t.same(
+          r.differences.filter((d) => d.what !== 'session'),
+          [],
+          'read back: as requested, but for the session',
+        );
+        t.ok(
+          r.notes.some((n) => n.startsWith('vDSO redirected')),
+          `the vDSO redirected: ${r.notes.join('; ')}`,
+        );
         t.equal(r.output, want, `the restored run is the native run: ${r.output.trim()}`);
-        recordRowOutcome(t, { case: CASE, scenario: move.scenario, policy: describePolicy(DEFAULT_POLICY), control: false, expected: want.trim(), observed: r.output.trim() || r.ended, matchedUninterrupted: r.output === want && r.ended === 'exited 0', conditions: kernelConditions });
+        recordRowOutcome(t, {
+          case: CASE,
+          scenario: move.scenario,
+          policy: describePolicy(DEFAULT_POLICY),
+          control: false,
+          expected: want.trim(),
+          observed: r.output.trim() || r.ended,
+          matchedUninterrupted: r.output === want && r.ended === 'exited 0',
+          conditions: kernelConditions,
+        });
       });
       await t.test(`${move.name}: negative control ${move.control.why}`, async (t) => {
         const policy: RestorePolicy = { ...DEFAULT_POLICY, omit: move.control.omit };
@@ -220,7 +307,16 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
         const r = await restoreThere(there, taken.file, policy, `${move.name}-to-6.12-control`, 'try');
         const observed = `${r.ended}: ${r.output.trim()}`;
         t.not(observed, `exited 0: ${want.trim()}`, `caught: ${observed}`);
-        recordRowOutcome(t, { case: CASE, scenario: move.scenario, policy: `${describePolicy(policy)} dependencies=try`, control: true, expected: want.trim(), observed, matchedUninterrupted: r.output === want && r.ended === 'exited 0', conditions: kernelConditions });
+        recordRowOutcome(t, {
+          case: CASE,
+          scenario: move.scenario,
+          policy: `${describePolicy(policy)} dependencies=try`,
+          control: true,
+          expected: want.trim(),
+          observed,
+          matchedUninterrupted: r.output === want && r.ended === 'exited 0',
+          conditions: kernelConditions,
+        });
       });
     }
     await clockMove(t, guest, there, kernelConditions);
@@ -234,7 +330,15 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     t.not(r.output, expected, `caught: ${line}`);
     t.match(line, /^avxhold ymm=\d+\/16 /, 'the program itself reports the lost registers');
     t.equal(r.run.code, 1, 'and exits 1');
-    recordRowOutcome(t, { case: CASE, scenario: SCENARIO, policy: describePolicy(policy), control: true, expected: expected.trim(), observed: line, matchedUninterrupted: r.output === expected });
+    recordRowOutcome(t, {
+      case: CASE,
+      scenario: SCENARIO,
+      policy: describePolicy(policy),
+      control: true,
+      expected: expected.trim(),
+      observed: line,
+      matchedUninterrupted: r.output === expected,
+    });
   });
 });
 
@@ -263,19 +367,43 @@ async function clockMove(t: Test, from: Guest, to: Guest, kernelConditions: Reco
     t.ok(clocks, `the image records the process's clocks (monotonic ${clocks && Number(clocks.monotonicNs) / 1e9} s, boot ${clocks?.bootId})`);
     if (timens !== true) {
       // Measured, not assumed: a kernel without CONFIG_TIME_NS cannot continue the clocks; the restore must say so by name.
-      const refused = await restoreThere(to, taken.file, DEFAULT_POLICY, 'monoclock-moved', 'refuse').then(() => undefined, (e: unknown) => e);
+      const refused = await restoreThere(to, taken.file, DEFAULT_POLICY, 'monoclock-moved', 'refuse').then(
+        () => undefined,
+        (e: unknown) => e,
+      );
       const named = refused instanceof IncompatibleTargetError && refused.missing.some((m) => m.feature === 'time namespaces');
       t.ok(named, `the restore kernel has no time namespaces (profile: ${String(timens)}): refused, naming them`);
-      recordRow(t, { case: CASE, scenario, policy: describePolicy(DEFAULT_POLICY), control: false, expected: 'refused, naming time namespaces (the restore kernel has none)', observed: refused instanceof Error ? refused.message : 'restored', pass: named, conditions });
+      recordRow(t, {
+        case: CASE,
+        scenario,
+        policy: describePolicy(DEFAULT_POLICY),
+        control: false,
+        expected: 'refused, naming time namespaces (the restore kernel has none)',
+        observed: refused instanceof Error ? refused.message : 'restored',
+        pass: named,
+        conditions,
+      });
       return;
     }
     const r = await restoreThere(to, taken.file, DEFAULT_POLICY, 'monoclock-moved', 'refuse');
-    t.ok(r.notes.some((n) => n.startsWith('time namespace: ')), `entered a time namespace: ${r.notes.join('; ')}`);
+    t.ok(
+      r.notes.some((n) => n.startsWith('time namespace: ')),
+      `entered a time namespace: ${r.notes.join('; ')}`,
+    );
     t.equal(r.output, want, `the restored run is the native run: ${r.output.trim()}`);
-    recordRowOutcome(t, { case: CASE, scenario, policy: describePolicy(DEFAULT_POLICY), control: false, expected: want.trim(), observed: r.output.trim() || r.ended, matchedUninterrupted: r.output === want && r.ended === 'exited 0', conditions });
+    recordRowOutcome(t, {
+      case: CASE,
+      scenario,
+      policy: describePolicy(DEFAULT_POLICY),
+      control: false,
+      expected: want.trim(),
+      observed: r.output.trim() || r.ended,
+      matchedUninterrupted: r.output === want && r.ended === 'exited 0',
+      conditions,
+    });
   });
 
-  await t.test('monoclock: negative control omit=timens (the restoring boot\'s clocks)', async (t) => {
+  await t.test("monoclock: negative control omit=timens (the restoring boot's clocks)", async (t) => {
     const policy: RestorePolicy = { ...DEFAULT_POLICY, omit: ['timens'] };
     const taken = await checkpointAtHit(from, w, 1, 'monoclock-moved-control', { disarm: true });
     const r = await restoreThere(to, taken.file, policy, 'monoclock-moved-control', 'try');
@@ -290,13 +418,35 @@ async function clockMove(t: Test, from: Guest, to: Guest, kernelConditions: Reco
     const rowConditions = { ...conditions, 'without a namespace, CLOCK_MONOTONIC would move by': moves ? `${moves[1]} s` : 'not reported' };
     if (predicted === 'continuous' || predicted === 'unknown') {
       t.comment(`the boots are within ${CLOCK_BOUND_S} s of each other (${predicted}): this control cannot catch anything in this run`);
-      recordRow(t, { case: CASE, scenario, policy: `${describePolicy(policy)} dependencies=try`, control: true, expected: 'inconclusive: the two boots\' clocks are within the bound', observed, pass: false, conditions: rowConditions });
-      t.fail('the negative control had nothing to catch (the boots\' clocks within the bound)');
+      recordRow(t, {
+        case: CASE,
+        scenario,
+        policy: `${describePolicy(policy)} dependencies=try`,
+        control: true,
+        expected: "inconclusive: the two boots' clocks are within the bound",
+        observed,
+        pass: false,
+        conditions: rowConditions,
+      });
+      t.fail("the negative control had nothing to catch (the boots' clocks within the bound)");
       return;
     }
     t.not(observed, `exited 0: ${want.trim()}`, `caught: ${observed}`);
-    t.match(r.output, new RegExp(`monotonic vdso=${predicted} syscall=${predicted} boottime vdso=${predicted} syscall=${predicted}`), `each clock ${predicted}, as predicted`);
-    recordRowOutcome(t, { case: CASE, scenario, policy: `${describePolicy(policy)} dependencies=try`, control: true, expected: want.trim(), observed, matchedUninterrupted: r.output === want && r.ended === 'exited 0', conditions: rowConditions });
+    t.match(
+      r.output,
+      new RegExp(`monotonic vdso=${predicted} syscall=${predicted} boottime vdso=${predicted} syscall=${predicted}`),
+      `each clock ${predicted}, as predicted`,
+    );
+    recordRowOutcome(t, {
+      case: CASE,
+      scenario,
+      policy: `${describePolicy(policy)} dependencies=try`,
+      control: true,
+      expected: want.trim(),
+      observed,
+      matchedUninterrupted: r.output === want && r.ended === 'exited 0',
+      conditions: rowConditions,
+    });
   });
 }
 
@@ -305,7 +455,13 @@ function bitsOf(v: bigint): number[] {
 }
 
 /** Restores the image in `guest` (no oracle: nothing here counts CPU events) and runs it to its end. */
-async function restoreThere(guest: Guest, file: string, policy: RestorePolicy, tag: string, dependencies: 'refuse' | 'try'): Promise<{ differences: Difference[]; notes: string[]; ended: string; output: string }> {
+async function restoreThere(
+  guest: Guest,
+  file: string,
+  policy: RestorePolicy,
+  tag: string,
+  dependencies: 'refuse' | 'try',
+): Promise<{ differences: Difference[]; notes: string[]; ended: string; output: string }> {
   const image = await readCheckpointImage(file);
   const out = `/tmp/${tag}.restored.out`;
   const restored = await restoreWitnessed(guest.agent, image, { policy, stdoutPath: out, dependencies }, tag);

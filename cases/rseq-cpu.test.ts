@@ -17,7 +17,7 @@ import { endedAs, nativeReference } from '../harness/testing/native-reference.ts
 import { checkpointAtHit, restoreAndFinish, runUninterrupted, type Workload } from '../harness/testing/scenario.ts';
 
 const CASE = 'rseq-cpu';
-const SCENARIO = 'the C library\'s rseq area with cpu_id and cpu_id_start stale, checkpoint at a breakpoint, a signal after';
+const SCENARIO = "the C library's rseq area with cpu_id and cpu_id_start stale, checkpoint at a breakpoint, a signal after";
 
 t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ']), async (t) => {
   const guest = await startGuest(t, CASE);
@@ -45,7 +45,15 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ']), async (t) => {
       t.same(r.differences, [], 'read back: as requested');
       t.equal(r.output, expected, `the restored run is the uninterrupted run: ${r.output.trim()}`);
       t.equal(r.run.code, 0);
-      recordRowOutcome(t, { case: CASE, scenario: SCENARIO, policy: describePolicy(policy), control: false, expected: expected.trim(), observed: r.output.trim(), matchedUninterrupted: r.output === expected && r.run.code === 0 });
+      recordRowOutcome(t, {
+        case: CASE,
+        scenario: SCENARIO,
+        policy: describePolicy(policy),
+        control: false,
+        expected: expected.trim(),
+        observed: r.output.trim(),
+        matchedUninterrupted: r.output === expected && r.run.code === 0,
+      });
     });
   }
 
@@ -56,7 +64,15 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ']), async (t) => {
     const line = r.output.trim();
     t.match(line, /cpu_id=stale cpu_id_start=stale/, `caught: ${line}`);
     t.equal(r.run.code, 1, 'and exits 1');
-    recordRowOutcome(t, { case: CASE, scenario: SCENARIO, policy: describePolicy(policy), control: true, expected: expected.trim(), observed: line, matchedUninterrupted: r.output === expected });
+    recordRowOutcome(t, {
+      case: CASE,
+      scenario: SCENARIO,
+      policy: describePolicy(policy),
+      control: true,
+      expected: expected.trim(),
+      observed: line,
+      matchedUninterrupted: r.output === expected,
+    });
   });
 
   if (!runsEngine('criu')) return;
@@ -69,13 +85,21 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ']), async (t) => {
     dr7BeforeDump: 0n,
     watch: {},
     expected: expected.trim(),
-    judge: (a) => ({ observed: a.output.trim() || `${a.run.outcome} ${a.run.code}`, exact: a.output === expected && a.run.outcome === 'exited' && a.run.code === 0 }),
+    judge: (a) => ({
+      observed: a.output.trim() || `${a.run.outcome} ${a.run.code}`,
+      exact: a.output === expected && a.run.outcome === 'exited' && a.run.code === 0,
+    }),
     control: {
       policy: "criu, the rseq area unregistered in CRIU's restored process (as omit=rseq)",
       afterRestore: async (pid) => {
         const config = await guest.agent.call({ op: 'RSEQ_CONFIG', pid });
         if (config.area === 0n) throw new Error(`CRIU's restored pid ${pid} has no rseq registration to take away`);
-        const result = await guest.agent.call({ op: 'INJECT_SYSCALL', pid, nr: SYS_RSEQ, args: [config.area, BigInt(config.size), RSEQ_FLAG_UNREGISTER, BigInt(config.signature)] });
+        const result = await guest.agent.call({
+          op: 'INJECT_SYSCALL',
+          pid,
+          nr: SYS_RSEQ,
+          args: [config.area, BigInt(config.size), RSEQ_FLAG_UNREGISTER, BigInt(config.signature)],
+        });
         if (result !== 0n) throw new Error(`rseq(UNREGISTER) in pid ${pid} returned ${result}`);
       },
       expected: 'cpu_id=stale cpu_id_start=stale, exit 1',
@@ -88,7 +112,10 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ']), async (t) => {
   await t.test("engine criu, negative control: the area unregistered after CRIU's restore, the stale cpu_id stays", async (t) => {
     await runCriuControl(t, guest, criuScenario, 'criu-unregistered');
   });
-  for (const row of policyRowsNotForCriu(CASE, SCENARIO, [describePolicy({ ...DEFAULT_POLICY, restorer: 'sigreturn' }), describePolicy({ ...DEFAULT_POLICY, omit: ['rseq'] })])) {
+  for (const row of policyRowsNotForCriu(CASE, SCENARIO, [
+    describePolicy({ ...DEFAULT_POLICY, restorer: 'sigreturn' }),
+    describePolicy({ ...DEFAULT_POLICY, omit: ['rseq'] }),
+  ])) {
     await t.test(`engine criu: ${row.policy} ${row.skipped}`, async (t) => {
       t.pass(row.skipped);
       recordRow(t, row);

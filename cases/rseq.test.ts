@@ -22,7 +22,19 @@ import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
 import { debugRegOffset, hex } from '../harness/x86/registers.ts';
 import { activeCriticalSection, inCriticalSection, type RseqCriticalSection } from '../harness/restore/rseq.ts';
 import type { CheckpointImage, ProcessInfo } from '../harness/restore/checkpoint-image.ts';
-import { checkpointAtHit, checkpointRseqArmed, checkpointStopped, readOutput, restoreAndFinish, RUN_TIMEOUT_MS, runThenInterrupt, runUninterrupted, spawnArmed, type Restored, type Workload } from '../harness/testing/scenario.ts';
+import {
+  checkpointAtHit,
+  checkpointRseqArmed,
+  checkpointStopped,
+  readOutput,
+  restoreAndFinish,
+  RUN_TIMEOUT_MS,
+  runThenInterrupt,
+  runUninterrupted,
+  spawnArmed,
+  type Restored,
+  type Workload,
+} from '../harness/testing/scenario.ts';
 
 const CASE = 'rseq';
 const ITERATIONS = 64;
@@ -144,13 +156,17 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ']), async (t) => {
 
   const cycle = async (t: Test, mode: Mode, label: string, policy: RestorePolicy, tag: string, descFlags = 0): Promise<Restored & { summary?: Summary }> => {
     // Every label but rseq_outside comes after the store to rseq_cs (checkpointRseqArmed says why that matters).
-    const checkpointed = label === 'rseq_outside'
-      ? { ...(await checkpointAtHit(guest, workload(mode, label, descFlags), 1, tag, { disarm: true })), misses: [] }
-      : await checkpointRseqArmed(guest, workload(mode, label, descFlags), tag, { disarm: true });
+    const checkpointed =
+      label === 'rseq_outside'
+        ? { ...(await checkpointAtHit(guest, workload(mode, label, descFlags), 1, tag, { disarm: true })), misses: [] }
+        : await checkpointRseqArmed(guest, workload(mode, label, descFlags), tag, { disarm: true });
     for (const miss of checkpointed.misses) t.comment(`checkpoint taken again: ${miss}`);
     t.equal(checkpointed.run.outcome, 'hit-limit', `stopped at ${label}`);
     const r = await restoreAndFinish(guest, checkpointed.file, policy, tag, { firstExecutionAt: abortHandler });
-    t.ok(r.image.rseq, `the image holds the registration: ${r.image.rseq ? `area 0x${r.image.rseq.area.toString(16)} size ${r.image.rseq.size} sig 0x${r.image.rseq.signature.toString(16)}` : 'none'}`);
+    t.ok(
+      r.image.rseq,
+      `the image holds the registration: ${r.image.rseq ? `area 0x${r.image.rseq.area.toString(16)} size ${r.image.rseq.size} sig 0x${r.image.rseq.signature.toString(16)}` : 'none'}`,
+    );
     return { ...r, summary: summary(r.output) };
   };
 
@@ -160,26 +176,46 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ']), async (t) => {
       await t.test(`${mode} registration, checkpoint ${point.why} (${point.label}): ${point.aborts} abort(s)`, crhOnly, async (t) => {
         const r = await cycle(t, mode, point.label, DEFAULT_POLICY, `${mode}-${point.label}`);
         const before = abortsAtCheckpoint(r.image, abortsCounter);
-        if (before > 0) t.comment(`the first increment had aborted ${before} time(s) on its own before the checkpoint (preempted inside its section): the restore must add exactly ${point.aborts}`);
+        if (before > 0)
+          t.comment(
+            `the first increment had aborted ${before} time(s) on its own before the checkpoint (preempted inside its section): the restore must add exactly ${point.aborts}`,
+          );
         // An attempt aborts at most once. A point that aborts the attempt in progress makes it retry, and a retry is a
         // fresh section a busy CPU may preempt again (flake run 4, 2026-12-05: aborts=2 at start_ip): those aborts are
         // the retries', counted and named, never the restore's. A point that aborts nothing leaves no retry: exact.
         const retries = point.aborts > 0 && r.summary ? Math.max(0, r.summary.aborts - before - point.aborts) : 0;
         if (retries > 0) t.comment(`${retries} retry(ies) of the first increment after the restore's abort were preempted inside their section on their own`);
-        t.ok(retries <= MAX_PREEMPTED_RETRIES, `at most ${MAX_PREEMPTED_RETRIES} preempted retries (${retries}): more is no busy CPU but a section that cannot commit`);
+        t.ok(
+          retries <= MAX_PREEMPTED_RETRIES,
+          `at most ${MAX_PREEMPTED_RETRIES} preempted retries (${retries}): more is no busy CPU but a section that cannot commit`,
+        );
         const expected: Summary = { sum: ITERATIONS, aborts: before + point.aborts + retries, reregister: 'EBUSY' };
         t.same(r.summary, expected, `restored run: ${show(r.summary)}`);
         t.equal(r.run.code, 0, 'exits 0');
         const ran = abortHandlerRan(r);
-        if (ran === undefined) t.comment(`${laterAborts(r.output)} later increment(s) aborted on their own (preempted inside their sections): the oracle's abort-handler run may be theirs, so it is not checked for the first`);
+        if (ran === undefined)
+          t.comment(
+            `${laterAborts(r.output)} later increment(s) aborted on their own (preempted inside their sections): the oracle's abort-handler run may be theirs, so it is not checked for the first`,
+          );
         else t.equal(ran, point.aborts > 0, `oracle: the CPU ${point.aborts > 0 ? 'executed' : 'never executed'} the abort handler`);
-        t.notOk(r.differences.some((d) => d.what === 'rseq'), 'the kernel holds the registration as the image had it');
+        t.notOk(
+          r.differences.some((d) => d.what === 'rseq'),
+          'the kernel holds the registration as the image had it',
+        );
         const csDiff = r.differences.find((d) => d.what === 'rseq.rseq_cs');
         if (csDiff) t.comment(`rseq_cs after the plan: requested ${csDiff.requested}, the kernel left ${csDiff.accepted}`);
         recordRowOutcome(t, {
-          case: CASE, scenario: `rseq ${mode}: checkpoint ${point.why}`, policy: describePolicy(DEFAULT_POLICY), control: false,
-          expected: `${show(expected)}${retries > 0 ? ` (${retries} preempted retry(ies))` : ''}`, observed: `${show(r.summary)}; CPU ran abort handler: ${r.observation.first !== undefined}`,
-          matchedUninterrupted: JSON.stringify(r.summary) === JSON.stringify(expected) && retries <= MAX_PREEMPTED_RETRIES && r.run.code === 0 && (ran ?? point.aborts > 0) === point.aborts > 0,
+          case: CASE,
+          scenario: `rseq ${mode}: checkpoint ${point.why}`,
+          policy: describePolicy(DEFAULT_POLICY),
+          control: false,
+          expected: `${show(expected)}${retries > 0 ? ` (${retries} preempted retry(ies))` : ''}`,
+          observed: `${show(r.summary)}; CPU ran abort handler: ${r.observation.first !== undefined}`,
+          matchedUninterrupted:
+            JSON.stringify(r.summary) === JSON.stringify(expected) &&
+            retries <= MAX_PREEMPTED_RETRIES &&
+            r.run.code === 0 &&
+            (ran ?? point.aborts > 0) === point.aborts > 0,
         });
       });
     }
@@ -189,13 +225,21 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ']), async (t) => {
     const policy: RestorePolicy = { ...DEFAULT_POLICY, rseqFixup: 'off' };
     const r = await cycle(t, 'glibc', 'rseq_inside', policy, 'glibc-rseq_inside-fixup-off');
     t.equal(r.summary?.aborts, 0, `no abort: ${show(r.summary)}`);
-    if (abortHandlerRan(r) === undefined) t.comment(`${laterAborts(r.output)} later increment(s) aborted on their own: the oracle's abort-handler run is theirs`);
+    if (abortHandlerRan(r) === undefined)
+      t.comment(`${laterAborts(r.output)} later increment(s) aborted on their own: the oracle's abort-handler run is theirs`);
     else t.equal(r.observation.first, undefined, 'oracle: the CPU never executed the abort handler');
     const csDiff = r.differences.find((d) => d.what === 'rseq.rseq_cs');
-    t.ok(csDiff && csDiff.accepted === '0x0', `read back: the kernel cleared rseq_cs before the task resumed (${csDiff ? `${csDiff.requested} → ${csDiff.accepted}` : 'no difference'})`);
+    t.ok(
+      csDiff && csDiff.accepted === '0x0',
+      `read back: the kernel cleared rseq_cs before the task resumed (${csDiff ? `${csDiff.requested} → ${csDiff.accepted}` : 'no difference'})`,
+    );
     recordRowOutcome(t, {
-      case: CASE, scenario: 'rseq glibc: checkpoint inside, at a breakpoint', policy: describePolicy(policy), control: true,
-      expected: show({ sum: ITERATIONS, aborts: 1, reregister: 'EBUSY' }), observed: show(r.summary),
+      case: CASE,
+      scenario: 'rseq glibc: checkpoint inside, at a breakpoint',
+      policy: describePolicy(policy),
+      control: true,
+      expected: show({ sum: ITERATIONS, aborts: 1, reregister: 'EBUSY' }),
+      observed: show(r.summary),
       matchedUninterrupted: r.summary?.aborts === 1,
     });
   });
@@ -209,73 +253,124 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ']), async (t) => {
   const section = { start: symbols.resolve('rseqcs:rseq_start'), postCommit: symbols.resolve('rseqcs:rseq_post_commit') };
 
   for (const mode of Object.keys(MODES) as Mode[]) {
-    await t.test(`${mode} registration, a long section (${LONG.spin} iterations) interrupted by a ${LONG.stopAfterMs} ms timeout, no breakpoint in it: exactly one abort`, crhOnly, async (t) => {
-      const w = longWorkload(mode);
-      const reference = await referenceRun(t, guest, w, `${mode}-long`);
-      const refLong = longAborts(reference.output);
-      t.equal(reference.code, 0, `uninterrupted: ${show(reference.summary)}`);
-      t.match(reference.summary, { sum: ITERATIONS, reregister: 'EBUSY' }, 'uninterrupted: exact sum, still registered');
-      t.ok(refLong !== undefined && refLong <= 1, `uninterrupted: the long section aborted ${refLong ?? '?'} time(s) (0 or 1: preempted or not, spontaneously)`);
+    await t.test(
+      `${mode} registration, a long section (${LONG.spin} iterations) interrupted by a ${LONG.stopAfterMs} ms timeout, no breakpoint in it: exactly one abort`,
+      crhOnly,
+      async (t) => {
+        const w = longWorkload(mode);
+        const reference = await referenceRun(t, guest, w, `${mode}-long`);
+        const refLong = longAborts(reference.output);
+        t.equal(reference.code, 0, `uninterrupted: ${show(reference.summary)}`);
+        t.match(reference.summary, { sum: ITERATIONS, reregister: 'EBUSY' }, 'uninterrupted: exact sum, still registered');
+        t.ok(
+          refLong !== undefined && refLong <= 1,
+          `uninterrupted: the long section aborted ${refLong ?? '?'} time(s) (0 or 1: preempted or not, spontaneously)`,
+        );
 
-      const stop = await interruptInside(guest, w, `${mode}-long`, section);
-      for (const miss of stop.misses) t.comment(`missed: ${miss}`);
-      if (!('image' in stop)) {
-        t.fail(`no stop inside the section in ${LONG.tries} tries`);
-        return void recordRowOutcome(t, {
-          case: CASE, scenario: `rseq ${mode}: long section interrupted by a ${LONG.stopAfterMs} ms timeout (no breakpoint in it)`, policy: describePolicy(DEFAULT_POLICY), control: false,
-          expected: 'a stop inside the section, then exactly one abort', observed: `no stop inside the section in ${LONG.tries} tries`, matchedUninterrupted: false,
-        });
-      }
-      const { image, cs, tries } = stop;
-      t.pass(`try ${tries} of at most ${LONG.tries}: RUN's timeout stopped it ${LONG.stopAfterMs} ms after rseq_outside(0) (the RUN took ${stop.elapsedMs} ms), rip ${hex(image.regs.rip)} in [${hex(cs.startIp)}, +${hex(cs.postCommitOffset)}) — ${LONG.spin - Number(image.regs.rcx)} of ${LONG.spin} iterations done`);
-      t.same([cs.startIp, cs.startIp + cs.postCommitOffset, cs.abortIp], [section.start, section.postCommit, abortHandler], 'the image\'s rseq_cs is rseqcs\'s descriptor');
-      t.equal(cs.flags, 0, 'no deprecated flags');
-
-      // The original, continued from that very stop: what "without the checkpoint" means here.
-      const continued = await guest.agent.call({ op: 'RUN', pid: stop.process.pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
-      const originalOut = await readOutput(guest, stop.stdoutPath);
-      const expected: Summary = { sum: ITERATIONS, aborts: 1, reregister: 'EBUSY' };
-      t.equal(continued.code, 0, 'the original, continued, exits 0');
-      t.same([withoutAborts(summary(originalOut)), longAborts(originalOut)], [withoutAborts(expected), 1], `the original, continued from the stop: ${show(summary(originalOut))}, long section aborted ${longAborts(originalOut) ?? '?'} time(s)`);
-
-      for (const policy of [DEFAULT_POLICY, { ...DEFAULT_POLICY, rseqFixup: 'off' } as RestorePolicy]) {
-        const control = policy.rseqFixup === 'off';
-        const r = await restoreAndFinish(guest, stop.file, policy, `${mode}-long-fixup-${policy.rseqFixup}`, { firstExecutionAt: abortHandler });
-        const got = { ...summary(r.output), long: longAborts(r.output) };
-        const observed = `${show(summary(r.output))}, long section aborts=${got.long ?? '?'}; CPU ran abort handler: ${r.observation.first !== undefined}; stop inside on try ${tries}`;
-        const matched = JSON.stringify(withoutAborts(summary(r.output))) === JSON.stringify(withoutAborts(expected)) && got.long === 1 && r.run.code === 0 && r.observation.first !== undefined;
-        const csDiff = r.differences.find((d) => d.what === 'rseq.rseq_cs');
-        if (control) {
-          t.equal(got.long, 0, `rseq-fixup=off: the section commits from the middle, no abort: ${observed}`);
-          if (abortHandlerRan(r) === undefined) t.comment(`${laterAborts(r.output)} later increment(s) aborted on their own: the oracle's abort-handler run is theirs`);
-          else t.equal(r.observation.first, undefined, 'oracle: the CPU never executed the abort handler');
-          t.ok(csDiff && csDiff.accepted === '0x0', `read back: the kernel cleared rseq_cs before the task resumed (${csDiff ? `${csDiff.requested} → ${csDiff.accepted}` : 'no difference'})`);
-        } else {
-          t.same(withoutAborts(summary(r.output)), withoutAborts(expected), `restored run: ${show(summary(r.output))}`);
-          t.equal(got.long, 1, 'the long section aborted exactly once');
-          t.equal(r.run.code, 0, 'exits 0');
-          t.ok(r.observation.first !== undefined, 'oracle: the CPU executed the abort handler');
-          t.notOk(r.differences.some((d) => d.what === 'rseq'), 'the kernel holds the registration as the image had it');
+        const stop = await interruptInside(guest, w, `${mode}-long`, section);
+        for (const miss of stop.misses) t.comment(`missed: ${miss}`);
+        if (!('image' in stop)) {
+          t.fail(`no stop inside the section in ${LONG.tries} tries`);
+          return void recordRowOutcome(t, {
+            case: CASE,
+            scenario: `rseq ${mode}: long section interrupted by a ${LONG.stopAfterMs} ms timeout (no breakpoint in it)`,
+            policy: describePolicy(DEFAULT_POLICY),
+            control: false,
+            expected: 'a stop inside the section, then exactly one abort',
+            observed: `no stop inside the section in ${LONG.tries} tries`,
+            matchedUninterrupted: false,
+          });
         }
-        recordRowOutcome(t, {
-          case: CASE, scenario: `rseq ${mode}: long section interrupted by a ${LONG.stopAfterMs} ms timeout (no breakpoint in it)`, policy: describePolicy(policy), control,
-          expected: `${show(expected)}, long section aborts=1; CPU ran abort handler: true`, observed, matchedUninterrupted: matched,
-        });
-      }
-    });
+        const { image, cs, tries } = stop;
+        t.pass(
+          `try ${tries} of at most ${LONG.tries}: RUN's timeout stopped it ${LONG.stopAfterMs} ms after rseq_outside(0) (the RUN took ${stop.elapsedMs} ms), rip ${hex(image.regs.rip)} in [${hex(cs.startIp)}, +${hex(cs.postCommitOffset)}) — ${LONG.spin - Number(image.regs.rcx)} of ${LONG.spin} iterations done`,
+        );
+        t.same(
+          [cs.startIp, cs.startIp + cs.postCommitOffset, cs.abortIp],
+          [section.start, section.postCommit, abortHandler],
+          "the image's rseq_cs is rseqcs's descriptor",
+        );
+        t.equal(cs.flags, 0, 'no deprecated flags');
+
+        // The original, continued from that very stop: what "without the checkpoint" means here.
+        const continued = await guest.agent.call({ op: 'RUN', pid: stop.process.pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
+        const originalOut = await readOutput(guest, stop.stdoutPath);
+        const expected: Summary = { sum: ITERATIONS, aborts: 1, reregister: 'EBUSY' };
+        t.equal(continued.code, 0, 'the original, continued, exits 0');
+        t.same(
+          [withoutAborts(summary(originalOut)), longAborts(originalOut)],
+          [withoutAborts(expected), 1],
+          `the original, continued from the stop: ${show(summary(originalOut))}, long section aborted ${longAborts(originalOut) ?? '?'} time(s)`,
+        );
+
+        for (const policy of [DEFAULT_POLICY, { ...DEFAULT_POLICY, rseqFixup: 'off' } as RestorePolicy]) {
+          const control = policy.rseqFixup === 'off';
+          const r = await restoreAndFinish(guest, stop.file, policy, `${mode}-long-fixup-${policy.rseqFixup}`, { firstExecutionAt: abortHandler });
+          const got = { ...summary(r.output), long: longAborts(r.output) };
+          const observed = `${show(summary(r.output))}, long section aborts=${got.long ?? '?'}; CPU ran abort handler: ${r.observation.first !== undefined}; stop inside on try ${tries}`;
+          const matched =
+            JSON.stringify(withoutAborts(summary(r.output))) === JSON.stringify(withoutAborts(expected)) &&
+            got.long === 1 &&
+            r.run.code === 0 &&
+            r.observation.first !== undefined;
+          const csDiff = r.differences.find((d) => d.what === 'rseq.rseq_cs');
+          if (control) {
+            t.equal(got.long, 0, `rseq-fixup=off: the section commits from the middle, no abort: ${observed}`);
+            if (abortHandlerRan(r) === undefined)
+              t.comment(`${laterAborts(r.output)} later increment(s) aborted on their own: the oracle's abort-handler run is theirs`);
+            else t.equal(r.observation.first, undefined, 'oracle: the CPU never executed the abort handler');
+            t.ok(
+              csDiff && csDiff.accepted === '0x0',
+              `read back: the kernel cleared rseq_cs before the task resumed (${csDiff ? `${csDiff.requested} → ${csDiff.accepted}` : 'no difference'})`,
+            );
+          } else {
+            t.same(withoutAborts(summary(r.output)), withoutAborts(expected), `restored run: ${show(summary(r.output))}`);
+            t.equal(got.long, 1, 'the long section aborted exactly once');
+            t.equal(r.run.code, 0, 'exits 0');
+            t.ok(r.observation.first !== undefined, 'oracle: the CPU executed the abort handler');
+            t.notOk(
+              r.differences.some((d) => d.what === 'rseq'),
+              'the kernel holds the registration as the image had it',
+            );
+          }
+          recordRowOutcome(t, {
+            case: CASE,
+            scenario: `rseq ${mode}: long section interrupted by a ${LONG.stopAfterMs} ms timeout (no breakpoint in it)`,
+            policy: describePolicy(policy),
+            control,
+            expected: `${show(expected)}, long section aborts=1; CPU ran abort handler: true`,
+            observed,
+            matchedUninterrupted: matched,
+          });
+        }
+      },
+    );
   }
 
   await t.test('deprecated NO_RESTART flags, checkpoint inside: the restored task meets the kernel exactly as the original would', crhOnly, async (t) => {
     const rejected = guest.profile.probes.rseqDeprecatedFlagsRejected.value;
-    t.comment(`profile: probes.rseqDeprecatedFlagsRejected = ${rejected} (${guest.profile.probes.rseqDeprecatedFlagsRejected.how}); kernel ${guest.profile.kernelRelease}`);
+    t.comment(
+      `profile: probes.rseqDeprecatedFlagsRejected = ${rejected} (${guest.profile.probes.rseqDeprecatedFlagsRejected.how}); kernel ${guest.profile.kernelRelease}`,
+    );
     if (rejected === null) {
       const probe = guest.profile.probes.rseqDeprecatedFlagsRejected;
       t.fail(`the profile could not measure how this kernel treats deprecated rseq_cs flags: ${probe.how}`);
       for (const policy of [DEFAULT_POLICY, { ...DEFAULT_POLICY, rseqFixup: 'off' } as RestorePolicy]) {
-        recordRow(t, probeUnmeasuredVerdict({
-          case: CASE, scenario: 'rseq glibc: checkpoint inside a section with deprecated NO_RESTART flags', policy: describePolicy(policy), control: policy.rseqFixup === 'off',
-          expected: 'as the kernel treats deprecated flags (probes.rseqDeprecatedFlagsRejected)', conditions: { kernelRelease: guest.profile.kernelRelease },
-        }, 'probes.rseqDeprecatedFlagsRejected', probe));
+        recordRow(
+          t,
+          probeUnmeasuredVerdict(
+            {
+              case: CASE,
+              scenario: 'rseq glibc: checkpoint inside a section with deprecated NO_RESTART flags',
+              policy: describePolicy(policy),
+              control: policy.rseqFixup === 'off',
+              expected: 'as the kernel treats deprecated flags (probes.rseqDeprecatedFlagsRejected)',
+              conditions: { kernelRelease: guest.profile.kernelRelease },
+            },
+            'probes.rseqDeprecatedFlagsRejected',
+            probe,
+          ),
+        );
       }
       return;
     }
@@ -298,8 +393,14 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ']), async (t) => {
       if (control) t.not(observed, expected, `rseq-fixup=off: the kernel cleared rseq_cs during the restore, so the task never meets it: ${observed}`);
       else t.equal(observed, expected, `rseq-fixup=on (rseq_cs written back last): ${observed}`);
       recordRowOutcome(t, {
-        case: CASE, scenario: 'rseq glibc: checkpoint inside a section with deprecated NO_RESTART flags', policy: describePolicy(policy), control,
-        expected, observed, matchedUninterrupted: observed === expected, conditions,
+        case: CASE,
+        scenario: 'rseq glibc: checkpoint inside a section with deprecated NO_RESTART flags',
+        policy: describePolicy(policy),
+        control,
+        expected,
+        observed,
+        matchedUninterrupted: observed === expected,
+        conditions,
       });
     }
   });
@@ -310,8 +411,12 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ']), async (t) => {
     t.equal(r.summary?.reregister, '0', `the kernel had no registration: ${show(r.summary)}`);
     t.equal(r.run.code, 1, 'the workload reports it (exit 1)');
     recordRowOutcome(t, {
-      case: CASE, scenario: 'rseq own: checkpoint between sections', policy: describePolicy(policy), control: true,
-      expected: show({ sum: ITERATIONS, aborts: 0, reregister: 'EBUSY' }), observed: show(r.summary),
+      case: CASE,
+      scenario: 'rseq own: checkpoint between sections',
+      policy: describePolicy(policy),
+      control: true,
+      expected: show({ sum: ITERATIONS, aborts: 0, reregister: 'EBUSY' }),
+      observed: show(r.summary),
       matchedUninterrupted: r.summary?.reregister === 'EBUSY',
     });
   });
@@ -328,19 +433,24 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ']), async (t) => {
  */
 async function criuRows(t: Test, guest: Guest, workload: (mode: Mode, label: string) => Workload, abortHandler: bigint, abortsCounter: bigint): Promise<void> {
   const { agent } = guest;
-  const atStop = (label: string, before: { aborts: number }) => async (pid: number): Promise<string | undefined> => {
-    before.aborts = Number((await agent.call({ op: 'READ_MEM', pid, address: abortsCounter, length: 8 })).readBigUInt64LE(0));
-    if (label === 'rseq_outside') return undefined;
-    const config = await agent.call({ op: 'RSEQ_CONFIG', pid });
-    const rseqCs = (await agent.call({ op: 'READ_MEM', pid, address: rseqCsAddress(config), length: 8 })).readBigUInt64LE(0);
-    return rseqCs === 0n ? 'rseq_cs was already 0 at the stop (the kernel cleared it after a preemption before start_ip)' : undefined;
-  };
+  const atStop =
+    (label: string, before: { aborts: number }) =>
+    async (pid: number): Promise<string | undefined> => {
+      before.aborts = Number((await agent.call({ op: 'READ_MEM', pid, address: abortsCounter, length: 8 })).readBigUInt64LE(0));
+      if (label === 'rseq_outside') return undefined;
+      const config = await agent.call({ op: 'RSEQ_CONFIG', pid });
+      const rseqCs = (await agent.call({ op: 'READ_MEM', pid, address: rseqCsAddress(config), length: 8 })).readBigUInt64LE(0);
+      return rseqCs === 0n ? 'rseq_cs was already 0 at the stop (the kernel cleared it after a preemption before start_ip)' : undefined;
+    };
   const judge = (expected: Summary, aborts: number) => (a: { output: string; run: { code: number }; observation: { first?: unknown } }) => {
     const got = summary(a.output);
     const ranAbort = a.observation.first !== undefined;
     // Later increments preempted inside their sections run the handler too: the oracle then speaks for none in particular.
     const ranAsDue = laterAborts(a.output) !== 0 && ranAbort ? true : ranAbort === aborts > 0;
-    return { observed: `${show(got)}; CPU ran abort handler: ${ranAbort}`, exact: JSON.stringify(got) === JSON.stringify(expected) && a.run.code === 0 && ranAsDue };
+    return {
+      observed: `${show(got)}; CPU ran abort handler: ${ranAbort}`,
+      exact: JSON.stringify(got) === JSON.stringify(expected) && a.run.code === 0 && ranAsDue,
+    };
   };
 
   for (const mode of Object.keys(MODES) as Mode[]) {
@@ -350,44 +460,92 @@ async function criuRows(t: Test, guest: Guest, workload: (mode: Mode, label: str
         const before = { aborts: 0 };
         // What the expectation is depends on the stop: read there, so the judge is built lazily.
         let expected: Summary = { sum: ITERATIONS, aborts: point.aborts, reregister: 'EBUSY' };
-        const a = await attemptThroughCriu(guest, {
-          workload: workload(mode, point.label), hit: 1, dr7BeforeDump: 0n, watch: { firstExecutionAt: abortHandler },
-          expected: show(expected),
-          ...(point.aborts > 0 ? { ripMovedTo: abortHandler } : {}),
-          stopMissed: async (pid) => {
-            const missed = await atStop(point.label, before)(pid);
-            expected = { sum: ITERATIONS, aborts: before.aborts + point.aborts, reregister: 'EBUSY' };
-            return missed;
+        const a = await attemptThroughCriu(
+          guest,
+          {
+            workload: workload(mode, point.label),
+            hit: 1,
+            dr7BeforeDump: 0n,
+            watch: { firstExecutionAt: abortHandler },
+            expected: show(expected),
+            ...(point.aborts > 0 ? { ripMovedTo: abortHandler } : {}),
+            stopMissed: async (pid) => {
+              const missed = await atStop(point.label, before)(pid);
+              expected = { sum: ITERATIONS, aborts: before.aborts + point.aborts, reregister: 'EBUSY' };
+              return missed;
+            },
+            judge: (r) => judge(expected, point.aborts)(r),
           },
-          judge: (r) => judge(expected, point.aborts)(r),
-        }, `criu-${mode}-${point.label}`);
-        if (before.aborts > 0) t.comment(`the first increment had aborted ${before.aborts} time(s) on its own before the dump: CRIU's restore must add exactly ${point.aborts}`);
+          `criu-${mode}-${point.label}`,
+        );
+        if (before.aborts > 0)
+          t.comment(`the first increment had aborted ${before.aborts} time(s) on its own before the dump: CRIU's restore must add exactly ${point.aborts}`);
         t.ok(a.pass, `CRIU: ${a.observed}${a.registerDiff ? `\n${a.registerDiff}` : ''}`);
-        recordRow(t, { case: CASE, scenario, policy: 'criu defaults', engine: 'criu', control: false, expected: show(expected), observed: a.observed, pass: a.pass, ...(a.registerDiff ? { registerDiff: a.registerDiff } : {}), ...(a.conditions ? { conditions: a.conditions } : {}) });
+        recordRow(t, {
+          case: CASE,
+          scenario,
+          policy: 'criu defaults',
+          engine: 'criu',
+          control: false,
+          expected: show(expected),
+          observed: a.observed,
+          pass: a.pass,
+          ...(a.registerDiff ? { registerDiff: a.registerDiff } : {}),
+          ...(a.conditions ? { conditions: a.conditions } : {}),
+        });
       });
     }
   }
 
   const inside = guest.symbols.resolve('rseqcs:rseq_inside');
-  await t.test("engine criu, negative control: CRIU's restored task put back inside its section at the dumped IP (its fixup undone): the section commits, 0 aborts", async (t) => {
-    const before = { aborts: 0 };
-    const a = await criuAtHit(guest, workload('glibc', 'rseq_inside'), 1, 'criu-fixup-undone', {
-      watch: { firstExecutionAt: abortHandler }, dr7BeforeDump: 0n, stopMissed: atStop('rseq_inside', before),
-      tamper: (regs) => ({ ...regs, rip: inside }),
-    });
-    const expected = show({ sum: ITERATIONS, aborts: before.aborts + 1, reregister: 'EBUSY' });
-    const policy = 'criu, rip set back to rseq_inside after the restore';
-    if (a.kind !== 'restored') {
-      const why = a.kind === 'refused' ? a.reason : `ended before the stop (${a.checkpointRun.outcome} ${a.checkpointRun.code})`;
-      t.fail(why);
-      return recordRow(t, { case: CASE, scenario: 'rseq glibc: checkpoint inside, at a breakpoint', policy, engine: 'criu', control: true, expected, observed: why, pass: false });
-    }
-    const got = summary(a.output);
-    const showed = got?.aborts === before.aborts && a.run.code === 0;
-    t.ok(showed, `caught: no abort added — ${show(got)} (CRIU moved rip ${a.regsAtDump.rip === a.restoredRegs.rip ? 'nowhere' : `${hex(a.regsAtDump.rip)} → ${hex(a.restoredRegs.rip)}`})`);
-    recordRow(t, { case: CASE, scenario: 'rseq glibc: checkpoint inside, at a breakpoint', policy, engine: 'criu', control: true, expected, observed: `${show(got)}; CPU ran abort handler: ${a.observation.first !== undefined}`, pass: showed });
-  });
-  for (const row of policyRowsNotForCriu(CASE, 'rseq glibc: checkpoint inside, at a breakpoint', [describePolicy({ ...DEFAULT_POLICY, rseqFixup: 'off' }), describePolicy({ ...DEFAULT_POLICY, omit: ['rseq'] })])) {
+  await t.test(
+    "engine criu, negative control: CRIU's restored task put back inside its section at the dumped IP (its fixup undone): the section commits, 0 aborts",
+    async (t) => {
+      const before = { aborts: 0 };
+      const a = await criuAtHit(guest, workload('glibc', 'rseq_inside'), 1, 'criu-fixup-undone', {
+        watch: { firstExecutionAt: abortHandler },
+        dr7BeforeDump: 0n,
+        stopMissed: atStop('rseq_inside', before),
+        tamper: (regs) => ({ ...regs, rip: inside }),
+      });
+      const expected = show({ sum: ITERATIONS, aborts: before.aborts + 1, reregister: 'EBUSY' });
+      const policy = 'criu, rip set back to rseq_inside after the restore';
+      if (a.kind !== 'restored') {
+        const why = a.kind === 'refused' ? a.reason : `ended before the stop (${a.checkpointRun.outcome} ${a.checkpointRun.code})`;
+        t.fail(why);
+        return recordRow(t, {
+          case: CASE,
+          scenario: 'rseq glibc: checkpoint inside, at a breakpoint',
+          policy,
+          engine: 'criu',
+          control: true,
+          expected,
+          observed: why,
+          pass: false,
+        });
+      }
+      const got = summary(a.output);
+      const showed = got?.aborts === before.aborts && a.run.code === 0;
+      t.ok(
+        showed,
+        `caught: no abort added — ${show(got)} (CRIU moved rip ${a.regsAtDump.rip === a.restoredRegs.rip ? 'nowhere' : `${hex(a.regsAtDump.rip)} → ${hex(a.restoredRegs.rip)}`})`,
+      );
+      recordRow(t, {
+        case: CASE,
+        scenario: 'rseq glibc: checkpoint inside, at a breakpoint',
+        policy,
+        engine: 'criu',
+        control: true,
+        expected,
+        observed: `${show(got)}; CPU ran abort handler: ${a.observation.first !== undefined}`,
+        pass: showed,
+      });
+    },
+  );
+  for (const row of policyRowsNotForCriu(CASE, 'rseq glibc: checkpoint inside, at a breakpoint', [
+    describePolicy({ ...DEFAULT_POLICY, rseqFixup: 'off' }),
+    describePolicy({ ...DEFAULT_POLICY, omit: ['rseq'] }),
+  ])) {
     await t.test(`engine criu: ${row.policy} ${row.skipped}`, async (t) => {
       t.pass(row.skipped);
       recordRow(t, row);
@@ -420,7 +578,11 @@ async function referenceRun(t: Test, guest: Guest, w: Workload, tag: string): Pr
   const { run, output } = await runUninterrupted(guest, w, `/tmp/rseqcs-reference-${tag}.out`);
   // The reference is a traced run: it must be what the program does with no tracer at all, abort counts aside.
   const native = await nativeReference(guest, w);
-  t.equal(`${endedAs(run)}\n${withoutAbortCounts(output)}`, `${endedAs(native)}\n${withoutAbortCounts(native.output)}`, 'the traced reference is the native run (no tracer), abort counts masked');
+  t.equal(
+    `${endedAs(run)}\n${withoutAbortCounts(output)}`,
+    `${endedAs(native)}\n${withoutAbortCounts(native.output)}`,
+    'the traced reference is the native run (no tracer), abort counts masked',
+  );
   return { code: run.code, summary: summary(output), output };
 }
 
@@ -443,7 +605,12 @@ interface InsideStop {
  * of the rseq_cs the image's registration points at, else kills it and tries
  * again, at most LONG.tries times. Every miss is reported.
  */
-async function interruptInside(guest: Guest, w: Workload, tag: string, section: { start: bigint }): Promise<InsideStop & { misses: string[] } | { misses: string[] }> {
+async function interruptInside(
+  guest: Guest,
+  w: Workload,
+  tag: string,
+  section: { start: bigint },
+): Promise<(InsideStop & { misses: string[] }) | { misses: string[] }> {
   const misses: string[] = [];
   for (let attempt = 1; attempt <= LONG.tries; attempt++) {
     const stdoutPath = `/tmp/rseqcs-${tag}-try${attempt}.original.out`;
@@ -456,8 +623,11 @@ async function interruptInside(guest: Guest, w: Workload, tag: string, section: 
     const process: ProcessInfo = { binary: w.binary, argv: w.argv, envp: w.envp ?? [], noAslr: true, pid: r.pid };
     const { file, image } = await checkpointStopped(guest, process, `${tag}-try${attempt}`);
     const cs = image.rseq ? activeCriticalSection(image) : undefined;
-    if (cs && cs.startIp === section.start && inCriticalSection(image.regs.rip, cs)) return { process, stdoutPath, file, image, cs, tries: attempt, elapsedMs: r.elapsedMs, misses };
-    misses.push(`try ${attempt}: stopped (RUN took ${r.elapsedMs} ms), rip ${hex(image.regs.rip)} ${cs ? `outside [${hex(cs.startIp)}, +${hex(cs.postCommitOffset)})` : 'with rseq_cs 0'}`);
+    if (cs && cs.startIp === section.start && inCriticalSection(image.regs.rip, cs))
+      return { process, stdoutPath, file, image, cs, tries: attempt, elapsedMs: r.elapsedMs, misses };
+    misses.push(
+      `try ${attempt}: stopped (RUN took ${r.elapsedMs} ms), rip ${hex(image.regs.rip)} ${cs ? `outside [${hex(cs.startIp)}, +${hex(cs.postCommitOffset)})` : 'with rseq_cs 0'}`,
+    );
     await guest.agent.call({ op: 'KILL', pid: r.pid });
   }
   return { misses };

@@ -26,7 +26,8 @@ const DR6_BS = 0x4000n;
  * guest frozen) — with the legacy agent as with this one, so it is the platform's, not the agent's. On the host's
  * kernel (test/agent-invisible-breakpoints.test.ts) the same hit is one #DB with DR6 B0 and BS.
  */
-const TCG_WATCH_WITH_TF = 'QEMU TCG freezes the guest in its #DB handler when a data watchpoint hits an instruction run with TF set (measured on QEMU 7.2, also with the legacy agent); covered on the host kernel by test/agent-invisible-breakpoints.test.ts';
+const TCG_WATCH_WITH_TF =
+  'QEMU TCG freezes the guest in its #DB handler when a data watchpoint hits an instruction run with TF set (measured on QEMU 7.2, also with the legacy agent); covered on the host kernel by test/agent-invisible-breakpoints.test.ts';
 
 t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
   const guest = await startGuest(t, CASE);
@@ -47,7 +48,15 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     const traced = await runUninterrupted(guest, plain, '/tmp/selfstep-traced.out');
     t.equal(endedAs(traced.run), endedAs(native));
     t.equal(traced.output, native.output, 'traced reference = native reference');
-    recordOutcome({ case: CASE, scenario: 'traced uninterrupted vs native, nothing armed', policy: 'agent', control: false, expected, observed: summary(endedAs(traced.run), traced.output), matchedUninterrupted: traced.output === native.output && endedAs(traced.run) === endedAs(native) });
+    recordOutcome({
+      case: CASE,
+      scenario: 'traced uninterrupted vs native, nothing armed',
+      policy: 'agent',
+      control: false,
+      expected,
+      observed: summary(endedAs(traced.run), traced.output),
+      matchedUninterrupted: traced.output === native.output && endedAs(traced.run) === endedAs(native),
+    });
   });
 
   const at = (symbol: string): bigint => guest.symbols.resolve(`selfstep:${symbol}`);
@@ -58,7 +67,16 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
   ];
   const watchSkip = guest.profile.accel === 'tcg' ? TCG_WATCH_WITH_TF : undefined;
   const skipRow = (scenario: string, control: boolean): void =>
-    recordVerdict({ case: CASE, scenario, policy: control ? 'agent legacy-traps (before issue 19)' : 'agent', control, expected, observed: 'not run', pass: false, skipped: `accel ${guest.profile.accel}: ${TCG_WATCH_WITH_TF}` });
+    recordVerdict({
+      case: CASE,
+      scenario,
+      policy: control ? 'agent legacy-traps (before issue 19)' : 'agent',
+      control,
+      expected,
+      observed: 'not run',
+      pass: false,
+      skipped: `accel ${guest.profile.accel}: ${TCG_WATCH_WITH_TF}`,
+    });
   for (const p of points) {
     const armed: Workload = p.armed;
     if (p.where === 'self_cell' && watchSkip) {
@@ -77,29 +95,58 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
       t.equal(endedAs(run), endedAs(native), `armed, uninterrupted: ${endedAs(run)}`);
       t.equal(output, native.output, 'armed, uninterrupted: exactly the native output');
       t.ok(run.hits.length >= p.hit, `the breakpoint was hit (${run.hits.length} times)`);
-      if (p.where === 'self_cell') t.equal(both, run.hits.length, 'every watchpoint hit came in one #DB with the program\'s step (DR6 BS)');
-      recordOutcome({ case: CASE, scenario: `armed uninterrupted vs native, ${p.what}`, policy: 'agent', control: false, expected, observed: summary(endedAs(run), output), matchedUninterrupted: output === native.output && endedAs(run) === endedAs(native), conditions: { hitsWithBS: String(both) } });
+      if (p.where === 'self_cell') t.equal(both, run.hits.length, "every watchpoint hit came in one #DB with the program's step (DR6 BS)");
+      recordOutcome({
+        case: CASE,
+        scenario: `armed uninterrupted vs native, ${p.what}`,
+        policy: 'agent',
+        control: false,
+        expected,
+        observed: summary(endedAs(run), output),
+        matchedUninterrupted: output === native.output && endedAs(run) === endedAs(native),
+        conditions: { hitsWithBS: String(both) },
+      });
 
       const checkpointed = await checkpointAtHit(guest, armed, p.hit, p.where);
-      t.equal(checkpointed.run.outcome, 'hit-limit', `checkpointed at hit ${p.hit} of ${p.where}, rip ${checkpointed.image ? hex(checkpointed.image.regs.rip) : '?'}`);
+      t.equal(
+        checkpointed.run.outcome,
+        'hit-limit',
+        `checkpointed at hit ${p.hit} of ${p.where}, rip ${checkpointed.image ? hex(checkpointed.image.regs.rip) : '?'}`,
+      );
       const r = await restoreAndFinish(guest, checkpointed.file, DEFAULT_POLICY, p.where, {});
       const before = await readOutput(guest, `/tmp/selfstep-${p.where}.original.out`);
       const whole = before + r.output;
       t.equal(endedAs(r.run), endedAs(native), `restored: ${endedAs(r.run)}`);
       t.equal(whole, native.output, 'original up to the checkpoint + restored: exactly the native output');
       t.equal(run.hits.length, checkpointed.run.hits.length + r.run.hits.length, `as many hits as the uninterrupted armed run (${run.hits.length})`);
-      recordOutcome({ case: CASE, scenario: `checkpoint ${p.what} (hit ${p.hit}), restored vs native`, policy: describePolicy(DEFAULT_POLICY), control: false, expected, observed: summary(endedAs(r.run), whole), matchedUninterrupted: whole === native.output && endedAs(r.run) === endedAs(native) });
+      recordOutcome({
+        case: CASE,
+        scenario: `checkpoint ${p.what} (hit ${p.hit}), restored vs native`,
+        policy: describePolicy(DEFAULT_POLICY),
+        control: false,
+        expected,
+        observed: summary(endedAs(r.run), whole),
+        matchedUninterrupted: whole === native.output && endedAs(r.run) === endedAs(native),
+      });
     });
   }
 
-  await t.test('negative control: the legacy agent (every hit\'s SIGTRAP suppressed) with the breakpoint on the handler', async (t) => {
+  await t.test("negative control: the legacy agent (every hit's SIGTRAP suppressed) with the breakpoint on the handler", async (t) => {
     const out = '/tmp/selfstep-legacy.out';
     const pid = await spawnArmed(guest, { binary, argv: [binary], breakAt: at('selfstep_handler') }, out);
     const run = await guest.agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS, legacyTraps: true });
     const output = await readOutput(guest, out);
     t.equal(endedAs(run), 'killed 5', 'killed by SIGTRAP: the hit inside the handler reset it to SIG_DFL, the next step trap was fatal');
     t.equal(output, '', 'and printed nothing (natively: exit 0 and the trap list)');
-    recordOutcome({ case: CASE, scenario: 'armed uninterrupted vs native, breakpoint on its SIGTRAP handler', policy: 'agent legacy-traps (before issue 19)', control: true, expected, observed: summary(endedAs(run), output), matchedUninterrupted: output === native.output && endedAs(run) === endedAs(native) });
+    recordOutcome({
+      case: CASE,
+      scenario: 'armed uninterrupted vs native, breakpoint on its SIGTRAP handler',
+      policy: 'agent legacy-traps (before issue 19)',
+      control: true,
+      expected,
+      observed: summary(endedAs(run), output),
+      matchedUninterrupted: output === native.output && endedAs(run) === endedAs(native),
+    });
   });
 
   if (watchSkip) {
@@ -114,6 +161,14 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     t.equal(endedAs(run), 'exited 0');
     t.match(output, /^selfstep traps=11 sum=28$/m, 'one trap fewer than natively (12)');
     t.notOk(output.includes(`addr=+${at('self_store') - at('self_seq') + 7n} `), 'the trap after self_store is the one missing');
-    recordOutcome({ case: CASE, scenario: 'armed uninterrupted vs native, write watchpoint hit by a stepped store', policy: 'agent legacy-traps (before issue 19)', control: true, expected, observed: summary(endedAs(run), output), matchedUninterrupted: output === native.output && endedAs(run) === endedAs(native) });
+    recordOutcome({
+      case: CASE,
+      scenario: 'armed uninterrupted vs native, write watchpoint hit by a stepped store',
+      policy: 'agent legacy-traps (before issue 19)',
+      control: true,
+      expected,
+      observed: summary(endedAs(run), output),
+      matchedUninterrupted: output === native.output && endedAs(run) === endedAs(native),
+    });
   });
 });

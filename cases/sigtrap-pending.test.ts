@@ -42,7 +42,11 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
   const watching: Workload = { binary, argv, debugRegs: { 1: watched, 7: WATCH_DR7 } };
 
   const native = await nativeReference(guest, { binary, argv });
-  t.equal(`${endedAs(native)}: ${native.output.trim()}`, 'exited 0: trappend pending=1 blocked=1 delivered=1 code=SI_QUEUE value=0x5eed pending-after=0 stores=4', 'native: one SIGTRAP pending, blocked, delivered once when unblocked');
+  t.equal(
+    `${endedAs(native)}: ${native.output.trim()}`,
+    'exited 0: trappend pending=1 blocked=1 delivered=1 code=SI_QUEUE value=0x5eed pending-after=0 stores=4',
+    'native: one SIGTRAP pending, blocked, delivered once when unblocked',
+  );
 
   // The uninterrupted reference under the watchpoint: the program's line is the native one (a debugger's watchpoint
   // is invisible to it) and the watchpoint traps at every store, B1 each time.
@@ -51,8 +55,11 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
   const expected = await readOutput(guest, '/tmp/trappend-reference.out');
   t.equal(`${endedAs(reference)}: ${expected}`, `${endedAs(native)}: ${native.output}`, 'the watched reference is the native run');
   t.equal(reference.hits.length, 4, `the watchpoint trapped at each of the 4 stores: ${describeHits(reference)}`);
-  t.ok(reference.hits.every((h) => (h.dr6 & DR6_B1) !== 0n), 'each a DR1 trap (DR6 B1)');
-  t.same(reference.signals.filter((s) => s.signo === SIGTRAP).length, 1, 'the agent saw the program\'s one SIGTRAP delivered (and passed it on)');
+  t.ok(
+    reference.hits.every((h) => (h.dr6 & DR6_B1) !== 0n),
+    'each a DR1 trap (DR6 B1)',
+  );
+  t.same(reference.signals.filter((s) => s.signo === SIGTRAP).length, 1, "the agent saw the program's one SIGTRAP delivered (and passed it on)");
   const afterCheckpoint = reference.hits.slice(1).map((h) => hex(h.rip));
 
   const taken = await checkpointInWait(t, guest, watching, blockAt);
@@ -79,13 +86,28 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
       if (c.control) {
         t.not(observed, want, `caught: ${observed}`);
       } else {
-        t.same(r.differences.filter((d) => d.what !== 'session'), [], 'read back: as requested');
+        t.same(
+          r.differences.filter((d) => d.what !== 'session'),
+          [],
+          'read back: as requested',
+        );
         t.equal(r.output, expected, `the program's line is the native one: ${r.output.trim()}`);
         t.same(hits, afterCheckpoint, 'the watchpoint trapped at each remaining store, as uninterrupted');
-        t.ok(r.run.hits.every((h) => (h.dr6 & DR6_B1) !== 0n), 'each a DR1 trap');
+        t.ok(
+          r.run.hits.every((h) => (h.dr6 & DR6_B1) !== 0n),
+          'each a DR1 trap',
+        );
         t.equal(r.run.signals.filter((s) => s.signo === SIGTRAP).length, 1, 'one SIGTRAP delivered to the program, as uninterrupted');
       }
-      recordRowOutcome(t, { case: CASE, scenario: SCENARIO, policy: describePolicy(c.policy), control: c.control, expected: want, observed, matchedUninterrupted: observed === want });
+      recordRowOutcome(t, {
+        case: CASE,
+        scenario: SCENARIO,
+        policy: describePolicy(c.policy),
+        control: c.control,
+        expected: want,
+        observed,
+        matchedUninterrupted: observed === want,
+      });
     });
   }
 });
@@ -97,7 +119,11 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
  */
 async function checkpointInWait(t: Test, guest: Guest, watching: Workload, blockAt: bigint): Promise<{ file: string; image: CheckpointImage }> {
   const { agent } = guest;
-  const pid = await spawnArmed(guest, { ...watching, breakAt: blockAt, debugRegs: { ...watching.debugRegs, 7: WATCH_DR7 | DR7_EXECUTE_DR0 } }, '/tmp/trappend-original.out');
+  const pid = await spawnArmed(
+    guest,
+    { ...watching, breakAt: blockAt, debugRegs: { ...watching.debugRegs, 7: WATCH_DR7 | DR7_EXECUTE_DR0 } },
+    '/tmp/trappend-original.out',
+  );
   const first = await agent.call({ op: 'RUN', pid, stopAfterHits: 2, timeoutMs: RUN_TIMEOUT_MS });
   t.equal(first.outcome, 'hit-limit', 'stopped at our breakpoint');
   t.same(first.hits.map((h) => hex(h.rip)).at(-1), hex(blockAt), `the first store's watch trap, then trap_block: ${describeHits(first)}`);
@@ -117,7 +143,12 @@ async function checkpointInWait(t: Test, guest: Guest, watching: Workload, block
   }
 }
 
-async function restoreAndRun(guest: Guest, file: string, policy: RestorePolicy, tag: string): Promise<{ run: RunResult; output: string; differences: Array<{ what: string }> }> {
+async function restoreAndRun(
+  guest: Guest,
+  file: string,
+  policy: RestorePolicy,
+  tag: string,
+): Promise<{ run: RunResult; output: string; differences: Array<{ what: string }> }> {
   const image = await readCheckpointImage(file);
   const out = `/tmp/${tag}.restored.out`;
   const restored = await restoreWitnessed(guest.agent, image, { policy, stdoutPath: out }, tag);

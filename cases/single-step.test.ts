@@ -69,7 +69,15 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
       const { r, observed } = await cycle(policy, restorer);
       t.equal(observed, reference, `trap IPs after restore: ${observed}`);
       t.equal(r.run.code, 0);
-      recordRowOutcome(t, { case: CASE, scenario: SCENARIO, policy: describePolicy(policy), control: false, expected: `ips=${reference}`, observed: `ips=${observed}`, matchedUninterrupted: observed === reference });
+      recordRowOutcome(t, {
+        case: CASE,
+        scenario: SCENARIO,
+        policy: describePolicy(policy),
+        control: false,
+        expected: `ips=${reference}`,
+        observed: `ips=${observed}`,
+        matchedUninterrupted: observed === reference,
+      });
     });
   }
 
@@ -78,7 +86,15 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     const { observed } = await cycle(policy, 'popf');
     const late = reference?.replace(midOffset, `${midOffset},${midOffset}`);
     t.equal(observed, late, `trap IPs: ${observed} — ${midOffset} recorded twice (after the trampoline's ret, then after the instruction)`);
-    recordRowOutcome(t, { case: CASE, scenario: SCENARIO, policy: describePolicy(policy), control: true, expected: `ips=${reference}`, observed: `ips=${observed}`, matchedUninterrupted: observed === reference });
+    recordRowOutcome(t, {
+      case: CASE,
+      scenario: SCENARIO,
+      policy: describePolicy(policy),
+      control: true,
+      expected: `ips=${reference}`,
+      observed: `ips=${observed}`,
+      matchedUninterrupted: observed === reference,
+    });
   });
 
   await t.test('tracer-set TF: the tracer single-steps the sequence, checkpointed mid-sequence', async (t) => {
@@ -117,15 +133,26 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     // Uninterrupted: stepped from step_seq to step_tail; the CPU's #DB at step_mid witnessed through the gdbstub.
     const refOut = '/tmp/stepper-traced-reference.out';
     const refPid = await atSequenceStart(refOut);
-    const { result: refSteps, observation: refCpu } = await observeCpu(guest.machine.gdbSocket, symbols, { countDebugTrapsAt: stepMid }, () => stepToTail(refPid, 1));
+    const { result: refSteps, observation: refCpu } = await observeCpu(guest.machine.gdbSocket, symbols, { countDebugTrapsAt: stepMid }, () =>
+      stepToTail(refPid, 1),
+    );
     const tracedReference = list(refSteps);
     const refOutput = await finish(refPid, refOut);
     t.comment(`uninterrupted stepped IPs: ${tracedReference}; output: ${refOutput}`);
     t.equal(refSteps.at(-1)?.rip, stepTail, 'the tracer reached step_tail');
-    t.ok(refSteps.every((s) => (s.dr6 & DR6_BS) !== 0n), 'every stop is a single-step trap (DR6.BS)');
-    t.ok(refSteps.every((s) => (s.eflags & EFLAGS.TF) === 0n), 'the tracer\'s TF is hidden from eflags at every stop');
+    t.ok(
+      refSteps.every((s) => (s.dr6 & DR6_BS) !== 0n),
+      'every stop is a single-step trap (DR6.BS)',
+    );
+    t.ok(
+      refSteps.every((s) => (s.eflags & EFLAGS.TF) === 0n),
+      "the tracer's TF is hidden from eflags at every stop",
+    );
     t.equal(refCpu.debugTraps.length, 1, `oracle: one #DB at step_mid (${dbAtMid(refCpu.debugTraps)})`);
-    t.ok(refCpu.debugTraps.every((d) => (d.flags & EFLAGS.TF) !== 0n), 'oracle: the CPU had TF set there — it is the tracer\'s, not in the registers ptrace shows');
+    t.ok(
+      refCpu.debugTraps.every((d) => (d.flags & EFLAGS.TF) !== 0n),
+      "oracle: the CPU had TF set there — it is the tracer's, not in the registers ptrace shows",
+    );
     t.equal(refOutput, 'stepper traps=0 sum=28 ips=', 'the handler saw no trap (the tracer suppressed them) and the sequence ran once');
     const midIndex = refSteps.findIndex((s) => s.rip === stepMid) + 1;
     t.ok(midIndex > 0 && midIndex < refSteps.length, `step_mid is step ${midIndex} of ${refSteps.length}`);
@@ -148,27 +175,47 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     const cycle = async (policy: RestorePolicy, tag: string) => {
       const out = `/tmp/stepper-traced-${tag}.restored.out`;
       const restored = await restoreWitnessed(agent, image, { policy, stdoutPath: out }, `traced-${tag}`);
-      const { result: steps, observation } = await observeCpu(guest.machine.gdbSocket, symbols, { countDebugTrapsAt: stepMid }, () => stepToTail(restored.pid, refSteps.length - midIndex));
+      const { result: steps, observation } = await observeCpu(guest.machine.gdbSocket, symbols, { countDebugTrapsAt: stepMid }, () =>
+        stepToTail(restored.pid, refSteps.length - midIndex),
+      );
       const output = await finish(restored.pid, out);
       const observed = list([...toMid.steps, ...steps]);
       const tf = steps.map((s) => ((s.eflags & EFLAGS.TF) !== 0n ? 'TF' : '-')).join(' ');
-      t.comment(`restorer=${policy.restorer}: after restore ${list(steps)} (DR6 ${steps.map((s) => hex(s.dr6)).join(' ')}; eflags ${tf}); #DB at step_mid: ${dbAtMid(observation.debugTraps)}; output: ${output}`);
-      return { steps, observed, output, plan: restored.plan, dbAtMid: observation.debugTraps.length, matched: observed === tracedReference && output === refOutput };
+      t.comment(
+        `restorer=${policy.restorer}: after restore ${list(steps)} (DR6 ${steps.map((s) => hex(s.dr6)).join(' ')}; eflags ${tf}); #DB at step_mid: ${dbAtMid(observation.debugTraps)}; output: ${output}`,
+      );
+      return {
+        steps,
+        observed,
+        output,
+        plan: restored.plan,
+        dbAtMid: observation.debugTraps.length,
+        matched: observed === tracedReference && output === refOutput,
+      };
     };
     const verdict = (t: Test, policy: RestorePolicy, control: boolean, r: Awaited<ReturnType<typeof cycle>>): void =>
       recordRowOutcome(t, {
-        case: CASE, scenario: TRACED_SCENARIO, policy: describePolicy(policy), control,
-        expected: `ips=${tracedReference}; ${refOutput}`, observed: `ips=${r.observed}; ${r.output}`, matchedUninterrupted: r.matched,
+        case: CASE,
+        scenario: TRACED_SCENARIO,
+        policy: describePolicy(policy),
+        control,
+        expected: `ips=${tracedReference}; ${refOutput}`,
+        observed: `ips=${r.observed}; ${r.output}`,
+        matchedUninterrupted: r.matched,
         conditions: { kernelRelease: guest.profile.kernelRelease },
       });
     /** The uninterrupted stepped list with `extra` stops inserted after the checkpoint's. */
-    const withStopsAtResume = (...extra: string[]): string => [...tracedReference.split(',').slice(0, midIndex), ...extra, ...tracedReference.split(',').slice(midIndex)].join(',');
+    const withStopsAtResume = (...extra: string[]): string =>
+      [...tracedReference.split(',').slice(0, midIndex), ...extra, ...tracedReference.split(',').slice(midIndex)].join(',');
 
     await t.test('restorer=ptrace (IRET): the exact list of stepped IPs', async (t) => {
       const policy: RestorePolicy = { ...DEFAULT_POLICY, restorer: 'ptrace' };
       const r = await cycle(policy, 'ptrace');
       t.equal(r.observed, tracedReference, `stepped IPs across the restore: ${r.observed}`);
-      t.ok(r.steps.every((s) => (s.dr6 & DR6_BS) !== 0n && (s.eflags & EFLAGS.TF) === 0n), 'every stop a single-step trap, the tracer\'s TF hidden as before');
+      t.ok(
+        r.steps.every((s) => (s.dr6 & DR6_BS) !== 0n && (s.eflags & EFLAGS.TF) === 0n),
+        "every stop a single-step trap, the tracer's TF hidden as before",
+      );
       t.equal(r.dbAtMid, 0, 'oracle: no #DB at step_mid after the restore — the first step ran the instruction there');
       t.equal(r.output, refOutput, 'let go, the program saw no trap and the sum is right');
       verdict(t, policy, false, r);
@@ -188,17 +235,24 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
       // popf mode's own TF does there, until the epilogue's popfq clears it.
       const epilogue = reference?.split(',').slice(reference.split(',').indexOf(at(stepTail)) + 1) ?? [];
       t.equal(r.output, `stepper traps=${epilogue.length} sum=28 ips=${epilogue.join(',')}`, `let go, the program trapped by itself: ${r.output}`);
-      t.ok(r.steps.slice(1).every((s) => (s.eflags & EFLAGS.TF) !== 0n), 'after the trampoline\'s popfq, TF shows in eflags at every stop');
+      t.ok(
+        r.steps.slice(1).every((s) => (s.eflags & EFLAGS.TF) !== 0n),
+        "after the trampoline's popfq, TF shows in eflags at every stop",
+      );
       verdict(t, policy, true, r);
     });
 
-    await t.test('negative control restorer=sigreturn: the tracer\'s first step runs the trampoline\'s rt_sigreturn — the resume address twice', async (t) => {
+    await t.test("negative control restorer=sigreturn: the tracer's first step runs the trampoline's rt_sigreturn — the resume address twice", async (t) => {
       const policy: RestorePolicy = { ...DEFAULT_POLICY, restorer: 'sigreturn' };
       const r = await cycle(policy, 'sigreturn');
       t.equal(r.observed, withStopsAtResume(at(stepMid)), `stepped IPs: ${r.observed} — step_mid again`);
-      t.equal((r.steps[0]?.dr6 ?? DR6_BS) & DR6_BS, 0n, `that stop is the kernel's report of the stepped system call, no single-step #DB (DR6 ${hex(r.steps[0]?.dr6 ?? 0n)})`);
+      t.equal(
+        (r.steps[0]?.dr6 ?? DR6_BS) & DR6_BS,
+        0n,
+        `that stop is the kernel's report of the stepped system call, no single-step #DB (DR6 ${hex(r.steps[0]?.dr6 ?? 0n)})`,
+      );
       t.equal(r.dbAtMid, 0, 'oracle: and the CPU raised no #DB at step_mid');
-      t.equal(r.output, refOutput, 'let go, the program saw no trap and the sum is right: only the tracer\'s view differs');
+      t.equal(r.output, refOutput, "let go, the program saw no trap and the sum is right: only the tracer's view differs");
       verdict(t, policy, true, r);
     });
   });
@@ -206,12 +260,20 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
   // engine criu (crh run --engine …criu): the popf scenario's stop (TF set, mid-sequence) handed to CRIU.
   if (!runsEngine('criu')) return;
   const criuScenario: CriuScenario = {
-    case: CASE, scenario: SCENARIO, workload, hit: 1, dr7BeforeDump: 0n, watch: {},
+    case: CASE,
+    scenario: SCENARIO,
+    workload,
+    hit: 1,
+    dr7BeforeDump: 0n,
+    watch: {},
     expected: `ips=${reference}`,
     judge: (a) => {
       // The scenario holds only when the dump caught TF set (eflags as CRIU dumped it, in the row).
       const tf = (a.regsAtDump.eflags & EFLAGS.TF) !== 0n;
-      return { observed: `ips=${ips(a.output)}; TF at the dump: ${tf}`, exact: tf && ips(a.output) === reference && a.run.outcome === 'exited' && a.run.code === 0 };
+      return {
+        observed: `ips=${ips(a.output)}; TF at the dump: ${tf}`,
+        exact: tf && ips(a.output) === reference && a.run.outcome === 'exited' && a.run.code === 0,
+      };
     },
     control: {
       policy: 'criu, TF cleared after the restore',
@@ -220,14 +282,34 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
       showedIt: (a) => ips(a.output) !== reference,
     },
   };
-  await t.test('engine criu: the exact trap list after CRIU\'s dump and restore mid-sequence', (t) => runCriuScenario(t, guest, criuScenario, 'criu'));
-  await t.test('engine criu, negative control: TF cleared after CRIU\'s restore loses the rest of the steps', (t) => runCriuControl(t, guest, criuScenario, 'criu-tf-cleared'));
+  await t.test("engine criu: the exact trap list after CRIU's dump and restore mid-sequence", (t) => runCriuScenario(t, guest, criuScenario, 'criu'));
+  await t.test("engine criu, negative control: TF cleared after CRIU's restore loses the rest of the steps", (t) =>
+    runCriuControl(t, guest, criuScenario, 'criu-tf-cleared'),
+  );
   await t.test(`engine criu: restorer=popf ${POLICY_NOT_FOR_CRIU}; the tracer-set scenario is crh's alone`, async (t) => {
     t.pass(POLICY_NOT_FOR_CRIU);
-    recordRow(t, { case: CASE, scenario: SCENARIO, policy: describePolicy({ ...DEFAULT_POLICY, restorer: 'popf' }), engine: 'criu', control: true, expected: '-', observed: '-', pass: false, skipped: POLICY_NOT_FOR_CRIU });
     recordRow(t, {
-      case: CASE, scenario: TRACED_SCENARIO, policy: 'criu defaults', engine: 'criu', control: false, expected: '-', observed: '-', pass: false,
-      skipped: 'not handed to CRIU: the tracer single-stepping the restored process is the scenario, and CRIU takes the task from the agent (DETACH) for the dump — the tracer-set TF is the agent\'s, not the program\'s state',
+      case: CASE,
+      scenario: SCENARIO,
+      policy: describePolicy({ ...DEFAULT_POLICY, restorer: 'popf' }),
+      engine: 'criu',
+      control: true,
+      expected: '-',
+      observed: '-',
+      pass: false,
+      skipped: POLICY_NOT_FOR_CRIU,
+    });
+    recordRow(t, {
+      case: CASE,
+      scenario: TRACED_SCENARIO,
+      policy: 'criu defaults',
+      engine: 'criu',
+      control: false,
+      expected: '-',
+      observed: '-',
+      pass: false,
+      skipped:
+        "not handed to CRIU: the tracer single-stepping the restored process is the scenario, and CRIU takes the task from the agent (DETACH) for the dump — the tracer-set TF is the agent's, not the program's state",
     });
   });
 });

@@ -17,7 +17,15 @@ import { recordRowOutcome } from '../harness/testing/verdict-rows.ts';
 import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
 import { startGuest } from '../harness/testing/guest-fixture.ts';
 import { endedAs, nativeReference } from '../harness/testing/native-reference.ts';
-import { checkpointStopped, readOutput, restoreAndFinish, RUN_TIMEOUT_MS, runThenInterrupt, runUninterrupted, type Workload } from '../harness/testing/scenario.ts';
+import {
+  checkpointStopped,
+  readOutput,
+  restoreAndFinish,
+  RUN_TIMEOUT_MS,
+  runThenInterrupt,
+  runUninterrupted,
+  type Workload,
+} from '../harness/testing/scenario.ts';
 import { hex } from '../harness/x86/registers.ts';
 
 const CASE = 'sleep-restart';
@@ -76,13 +84,21 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
       t.equal(image.regs.orig_rax, BigInt(s.nr), `checkpointed inside system call ${s.nr}`);
       t.equal(BigInt.asIntN(64, image.regs.rax), s.rax, `rax ${hex(image.regs.rax)} at the checkpoint`);
       if (s.rax === -516n) {
-        t.ok(image.sleep, 'the image holds the sleep\'s deadline');
+        t.ok(image.sleep, "the image holds the sleep's deadline");
         t.comment(`remaining at the checkpoint ${image.sleep!.remainingNs / 1_000_000n} ms, deadline ${image.sleep!.deadlineNs} ns CLOCK_MONOTONIC`);
       } else t.equal(image.sleep, null, 'an absolute sleep carries its own deadline: no sleep.json');
       t.same(r.differences, [], 'read back: as requested');
       t.equal(verdict(r.output), expected, `restored: ${r.output.trim().replace('\n', ' ')} (uninterrupted: ${SLEEP_MS} ms)`);
       t.equal(r.run.code, 0);
-      recordRowOutcome(t, { case: CASE, scenario: `${s.mode} (handler ${s.handler}) ${SLEEP_MS} ms, checkpoint after ${CHECKPOINT_AFTER_MS} ms`, policy: describePolicy(DEFAULT_POLICY), control: false, expected, observed: verdict(r.output), matchedUninterrupted: verdict(r.output) === expected && r.run.code === 0 });
+      recordRowOutcome(t, {
+        case: CASE,
+        scenario: `${s.mode} (handler ${s.handler}) ${SLEEP_MS} ms, checkpoint after ${CHECKPOINT_AFTER_MS} ms`,
+        policy: describePolicy(DEFAULT_POLICY),
+        control: false,
+        expected,
+        observed: verdict(r.output),
+        matchedUninterrupted: verdict(r.output) === expected && r.run.code === 0,
+      });
     });
   }
 
@@ -101,21 +117,41 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     return { regs, run, output: await readOutput(guest, out) };
   };
 
-  await t.test('nanosleep (handler none) stopped while it sleeps and continued, no restore: the kernel\'s restart_block resumes it on time', async (t) => {
+  await t.test("nanosleep (handler none) stopped while it sleeps and continued, no restore: the kernel's restart_block resumes it on time", async (t) => {
     const expected = await reference(t, 'nanosleep', 'none');
     const { regs, run, output } = await stopAndContinue('nanosleep', 'none', 'stop-continue');
     t.equal(regs.orig_rax, 230n, 'stopped inside system call 230 (clock_nanosleep)');
     t.equal(BigInt.asIntN(64, regs.rax), -516n, `rax ${hex(regs.rax)} at the stop: ERESTART_RESTARTBLOCK, the kernel resumes through restart_syscall`);
     t.equal(verdict(output), expected, `continued: ${output.trim().replace('\n', ' ')} (uninterrupted: ${SLEEP_MS} ms)`);
     t.equal(run.code, 0);
-    recordRowOutcome(t, { case: CASE, scenario: `nanosleep (handler none) ${SLEEP_MS} ms, stopped after ${CHECKPOINT_AFTER_MS} ms and continued`, policy: 'no restore (the kernel\'s restart_block)', control: false, expected, observed: verdict(output), matchedUninterrupted: verdict(output) === expected && run.code === 0 });
+    recordRowOutcome(t, {
+      case: CASE,
+      scenario: `nanosleep (handler none) ${SLEEP_MS} ms, stopped after ${CHECKPOINT_AFTER_MS} ms and continued`,
+      policy: "no restore (the kernel's restart_block)",
+      control: false,
+      expected,
+      observed: verdict(output),
+      matchedUninterrupted: verdict(output) === expected && run.code === 0,
+    });
 
     await t.test('negative control: SIGUSR2 queued while stopped, its handler without SA_RESTART — EINTR, early', async (t) => {
       const { run, output } = await stopAndContinue('nanosleep', 'norestart', 'stop-continue-usr2', SIGUSR2);
-      t.same(run.signals.map((s) => s.signo), [SIGUSR2], 'the SIGUSR2 was delivered');
+      t.same(
+        run.signals.map((s) => s.signo),
+        [SIGUSR2],
+        'the SIGUSR2 was delivered',
+      );
       t.match(verdict(output), /^sleeper nanosleep norestart ret=-1 errno=4 on-time=0$/, `caught: ${output.trim().replace('\n', ' ')}`);
       t.equal(run.code, 1, 'and exits 1');
-      recordRowOutcome(t, { case: CASE, scenario: `nanosleep (handler norestart) ${SLEEP_MS} ms, stopped after ${CHECKPOINT_AFTER_MS} ms and continued`, policy: 'no restore, SIGUSR2 queued in the stop', control: true, expected: 'sleeper nanosleep norestart ret=0 errno=0 on-time=1', observed: verdict(output), matchedUninterrupted: run.code === 0 });
+      recordRowOutcome(t, {
+        case: CASE,
+        scenario: `nanosleep (handler norestart) ${SLEEP_MS} ms, stopped after ${CHECKPOINT_AFTER_MS} ms and continued`,
+        policy: 'no restore, SIGUSR2 queued in the stop',
+        control: true,
+        expected: 'sleeper nanosleep norestart ret=0 errno=0 on-time=1',
+        observed: verdict(output),
+        matchedUninterrupted: run.code === 0,
+      });
     });
   });
 
@@ -124,26 +160,57 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     const { r } = await cycle(t, 'sys-nanosleep', 'none', policy, 'control-off');
     t.match(verdict(r.output), /^sleeper sys-nanosleep none ret=-1 errno=516 on-time=0$/, `caught: ${r.output.trim().replace('\n', ' ')}`);
     t.equal(r.run.code, 1, 'and exits 1');
-    recordRowOutcome(t, { case: CASE, scenario: `sys-nanosleep (handler none) ${SLEEP_MS} ms, checkpoint after ${CHECKPOINT_AFTER_MS} ms`, policy: describePolicy(policy), control: true, expected: `sleeper sys-nanosleep none ret=0 errno=0 on-time=1`, observed: verdict(r.output), matchedUninterrupted: r.run.code === 0 });
+    recordRowOutcome(t, {
+      case: CASE,
+      scenario: `sys-nanosleep (handler none) ${SLEEP_MS} ms, checkpoint after ${CHECKPOINT_AFTER_MS} ms`,
+      policy: describePolicy(policy),
+      control: true,
+      expected: `sleeper sys-nanosleep none ret=0 errno=0 on-time=1`,
+      observed: verdict(r.output),
+      matchedUninterrupted: r.run.code === 0,
+    });
   });
 
-  await t.test('poll with a timeout: refused at checkpoint, its remaining time is the kernel\'s alone', async (t) => {
+  await t.test("poll with a timeout: refused at checkpoint, its remaining time is the kernel's alone", async (t) => {
     const expected = await reference(t, 'poll', 'none');
     const w = workload('poll', 'none');
     const stopped = await runThenInterrupt(guest, w, CHECKPOINT_AFTER_MS, '/tmp/sleeper-poll-refused.out');
     if (stopped.ended) throw new Error(`sleeper poll ended before the checkpoint: ${endedAs(stopped.ended)}`);
-    const refused = await checkpointStopped(guest, { binary, argv: w.argv, envp: [], noAslr: true, pid: stopped.pid }, 'poll-refused').then(() => undefined, (e: unknown) => e);
+    const refused = await checkpointStopped(guest, { binary, argv: w.argv, envp: [], noAslr: true, pid: stopped.pid }, 'poll-refused').then(
+      () => undefined,
+      (e: unknown) => e,
+    );
     await guest.agent.call({ op: 'KILL', pid: stopped.pid });
     t.type(refused, CheckpointError);
-    t.match((refused as Error).message, /system call 7 was interrupted with ERESTART_RESTARTBLOCK: its remaining timeout lives only in the kernel's restart_block/, 'named: poll (7) and the restart_block');
-    recordRowOutcome(t, { case: CASE, scenario: `poll (handler none) ${SLEEP_MS} ms, checkpoint after ${CHECKPOINT_AFTER_MS} ms`, policy: 'refused at checkpoint', control: false, expected: 'CheckpointError naming the restart_block', observed: (refused as Error).message, matchedUninterrupted: refused instanceof CheckpointError });
+    t.match(
+      (refused as Error).message,
+      /system call 7 was interrupted with ERESTART_RESTARTBLOCK: its remaining timeout lives only in the kernel's restart_block/,
+      'named: poll (7) and the restart_block',
+    );
+    recordRowOutcome(t, {
+      case: CASE,
+      scenario: `poll (handler none) ${SLEEP_MS} ms, checkpoint after ${CHECKPOINT_AFTER_MS} ms`,
+      policy: 'refused at checkpoint',
+      control: false,
+      expected: 'CheckpointError naming the restart_block',
+      observed: (refused as Error).message,
+      matchedUninterrupted: refused instanceof CheckpointError,
+    });
 
     await t.test('negative control: the poll checkpointed anyway (uncapturable=ignore) starts over and returns late', async (t) => {
       const { r } = await cycle(t, 'poll', 'none', DEFAULT_POLICY, 'control-poll', { uncapturable: 'ignore' });
       t.match(verdict(r.output), /^sleeper poll none ret=0 errno=0 on-time=0$/, `caught: ${r.output.trim().replace('\n', ' ')}`);
       t.ok(elapsedMs(r.output) >= SLEEP_MS + CHECKPOINT_AFTER_MS, `late by at least the time slept before the checkpoint: ${elapsedMs(r.output)} ms`);
       t.equal(r.run.code, 1, 'and exits 1');
-      recordRowOutcome(t, { case: CASE, scenario: `poll (handler none) ${SLEEP_MS} ms, checkpoint after ${CHECKPOINT_AFTER_MS} ms`, policy: `${describePolicy(DEFAULT_POLICY)} uncapturable=ignore`, control: true, expected, observed: verdict(r.output), matchedUninterrupted: verdict(r.output) === expected });
+      recordRowOutcome(t, {
+        case: CASE,
+        scenario: `poll (handler none) ${SLEEP_MS} ms, checkpoint after ${CHECKPOINT_AFTER_MS} ms`,
+        policy: `${describePolicy(DEFAULT_POLICY)} uncapturable=ignore`,
+        control: true,
+        expected,
+        observed: verdict(r.output),
+        matchedUninterrupted: verdict(r.output) === expected,
+      });
     });
   });
 });

@@ -44,12 +44,22 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
   const progress = new Progress(`case ${CASE}`, (line) => t.comment(line));
 
   const sweepWith = async (policyFlags: string[], args?: string[], programSigtraps?: 'keep' | 'ignore') => {
-    const request = parseReproArgs(args?.[0] === '--binary' ? 'cr' : 'repro', [...(args ?? [EXAMPLE, '--sweep', 'sweep_callee', '--count', String(COUNT)]), ...policyFlags]) as ReproRequest;
+    const request = parseReproArgs(args?.[0] === '--binary' ? 'cr' : 'repro', [
+      ...(args ?? [EXAMPLE, '--sweep', 'sweep_callee', '--count', String(COUNT)]),
+      ...policyFlags,
+    ]) as ReproRequest;
     const dir = path.join(artifactsRoot(), CASE, `${request.sweep!.symbol}${policyFlags.join('')}${programSigtraps ?? ''}`);
     const prepared = await prepareProgram(request, path.join(dir, 'build'), progress);
     await mkdir(dir, { recursive: true });
     const runs = await sweepInGuest(guest, request, prepared, dir, progress, { restore: restoreWitnessed, ...(programSigtraps ? { programSigtraps } : {}) });
-    const report = await makeSweepReport({ program: prepared.program, sweep: request.sweep!, hit: 1, policy: request.policy, reference: runs.reference, result: runs.result });
+    const report = await makeSweepReport({
+      program: prepared.program,
+      sweep: request.sweep!,
+      hit: 1,
+      policy: request.policy,
+      reference: runs.reference,
+      result: runs.result,
+    });
     t.comment(formatSweepTable(report));
     return { request, prepared, runs, report, failing: report.rows.filter((r) => !r.pass).map((r) => r.boundary) };
   };
@@ -59,86 +69,184 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     t.equal(runs.perturbed, undefined, 'the traced run prints what the native run prints');
     t.equal(report.walked, COUNT, `${COUNT} boundaries walked`);
     t.ok(report.stepped.matchesReference, `the stepped original ends as the uninterrupted run (${report.stepped.status})`);
-    t.same(report.rows.slice(0, 3).map((r) => [r.location, r.instruction]), [['sweep_callee', 'push %rbx'], ['sweep_callee+0x1', 'push %r12'], ['sweep_callee+0x3', 'mov %rdi,%rbx']], 'boundaries named by symbol+offset and objdump');
+    t.same(
+      report.rows.slice(0, 3).map((r) => [r.location, r.instruction]),
+      [
+        ['sweep_callee', 'push %rbx'],
+        ['sweep_callee+0x1', 'push %r12'],
+        ['sweep_callee+0x3', 'mov %rdi,%rbx'],
+      ],
+      'boundaries named by symbol+offset and objdump',
+    );
     t.match(report.rows[10]?.location, /^main\+0x[0-9a-f]+$/, 'boundary 10 is back in main: the walk follows the return');
     const observed = `failing boundaries: ${failing.join(' ') || 'none'}`;
-    recordRow(t, { case: CASE, scenario: SCENARIO, policy: describePolicy(request.policy), control: false, expected: 'failing boundaries: none', observed, pass: observed === 'failing boundaries: none' });
+    recordRow(t, {
+      case: CASE,
+      scenario: SCENARIO,
+      policy: describePolicy(request.policy),
+      control: false,
+      expected: 'failing boundaries: none',
+      observed,
+      pass: observed === 'failing boundaries: none',
+    });
   });
 
   await t.test('negative control regs=partial: exactly the boundaries where a callee-saved register is live fail', async (t) => {
     const { request, report, failing } = await sweepWith(['--regs', 'partial']);
     t.ok(report.stepped.matchesReference, 'the stepped original is unaffected by the policy');
-    t.match(report.headline, /^first failing boundary 3 at 0x[0-9a-f]+ sweep_callee\+0x6 \(lea 0x7\(%rdi\),%r12\): output differs at line 1: .*; restored wrong: rbx /, 'the headline names boundary 3 and rbx');
+    t.match(
+      report.headline,
+      /^first failing boundary 3 at 0x[0-9a-f]+ sweep_callee\+0x6 \(lea 0x7\(%rdi\),%r12\): output differs at line 1: .*; restored wrong: rbx /,
+      'the headline names boundary 3 and rbx',
+    );
     const observed = `failing boundaries: ${failing.join(' ') || 'none'}`;
-    recordRow(t, { case: CASE, scenario: SCENARIO, policy: describePolicy(request.policy), control: true, expected: 'failing boundaries: 3 4 5 6', observed, pass: observed === 'failing boundaries: 3 4 5 6' });
+    recordRow(t, {
+      case: CASE,
+      scenario: SCENARIO,
+      policy: describePolicy(request.policy),
+      control: true,
+      expected: 'failing boundaries: 3 4 5 6',
+      observed,
+      pass: observed === 'failing boundaries: 3 4 5 6',
+    });
   });
 
-  const SELFSTEP = 'sweep: 30 boundaries from selfstep\'s self_seq through its SIGTRAP handler and rt_sigreturn, a checkpoint at each';
+  const SELFSTEP = "sweep: 30 boundaries from selfstep's self_seq through its SIGTRAP handler and rt_sigreturn, a checkpoint at each";
   const selfstepArgs = ['--binary', guest.image.binaries.selfstep!, '--sweep', 'self_seq', '--count', '30'];
 
   await t.test('a program stepping itself keeps its own SIGTRAPs through the sweep', async (t) => {
     const { request, runs, report, failing } = await sweepWith([], selfstepArgs);
     t.equal(runs.perturbed, undefined, 'the traced run prints what the native run prints');
-    t.ok(report.stepped.matchesReference, `the walked process ends as the uninterrupted run (${report.stepped.status}${report.stepped.difference ? `: ${report.stepped.difference}` : ''})`);
-    t.ok(report.rows.some((r) => r.location.startsWith('selfstep_handler')), 'the walk enters the program\'s SIGTRAP handler');
+    t.ok(
+      report.stepped.matchesReference,
+      `the walked process ends as the uninterrupted run (${report.stepped.status}${report.stepped.difference ? `: ${report.stepped.difference}` : ''})`,
+    );
+    t.ok(
+      report.rows.some((r) => r.location.startsWith('selfstep_handler')),
+      "the walk enters the program's SIGTRAP handler",
+    );
     t.match(report.notes.join('\n'), /own SIGTRAP .* delivered to it/, 'its own trap was handed to it');
     t.match(report.notes.join('\n'), /reset the handler to SIG_DFL .* put back/, 'the handler reset by forced step traps was put back');
     t.match(report.notes.join('\n'), /rt_sigreturn .* restored the program's TF/, 'the TF its sigreturn restores stayed its own');
     const observed = `walked process ${report.stepped.matchesReference ? 'as uninterrupted' : 'differs'}; failing boundaries: ${failing.join(' ') || 'none'}`;
-    recordRow(t, { case: CASE, scenario: SELFSTEP, policy: describePolicy(request.policy), control: false, expected: 'walked process as uninterrupted; failing boundaries: none', observed, pass: observed === 'walked process as uninterrupted; failing boundaries: none' });
+    recordRow(t, {
+      case: CASE,
+      scenario: SELFSTEP,
+      policy: describePolicy(request.policy),
+      control: false,
+      expected: 'walked process as uninterrupted; failing boundaries: none',
+      observed,
+      pass: observed === 'walked process as uninterrupted; failing boundaries: none',
+    });
   });
 
-  await t.test('negative control: plain stepping takes the program\'s SIGTRAPs from it', async (t) => {
+  await t.test("negative control: plain stepping takes the program's SIGTRAPs from it", async (t) => {
     // What it shows is the walked process, not a checkpoint: every third keeps it short.
     const { request, report } = await sweepWith([], [...selfstepArgs, '--every', '3'], 'ignore');
     t.notOk(report.stepped.matchesReference, `the walked process differs: ${report.stepped.difference}`);
     const observed = `walked process ${report.stepped.matchesReference ? 'as uninterrupted' : 'differs'}`;
-    recordRow(t, { case: CASE, scenario: SELFSTEP, policy: `${describePolicy(request.policy)} stepping=plain`, control: true, expected: 'walked process differs', observed, pass: observed === 'walked process differs' });
+    recordRow(t, {
+      case: CASE,
+      scenario: SELFSTEP,
+      policy: `${describePolicy(request.policy)} stepping=plain`,
+      control: true,
+      expected: 'walked process differs',
+      observed,
+      pass: observed === 'walked process differs',
+    });
   });
 
-  await t.test('negative control restorer=popf: exactly the boundaries where the program\'s TF is live fail', async (t) => {
+  await t.test("negative control restorer=popf: exactly the boundaries where the program's TF is live fail", async (t) => {
     const { request, runs, report, failing } = await sweepWith(['--restorer', 'popf'], selfstepArgs);
     t.ok(report.stepped.matchesReference, 'the walked process is unaffected by the restorer');
     const tfLive = runs.result.verdicts.filter((v) => (v.imageRegs.eflags & EFLAGS.TF) !== 0n).map((v) => v.index);
     t.same(failing, tfLive, `the failing boundaries are those whose image has TF set (${tfLive.join(' ')})`);
-    t.match(report.headline, /^first failing boundary 0 at 0x[0-9a-f]+ \S+ \(add \$0x1,%rax\): output differs at line 1: uninterrupted "trap 1 code=2 addr=\+4 rip=\+4", restored "trap 1 code=2 addr=\+0 rip=\+0"/, 'the trap comes one instruction early');
+    t.match(
+      report.headline,
+      /^first failing boundary 0 at 0x[0-9a-f]+ \S+ \(add \$0x1,%rax\): output differs at line 1: uninterrupted "trap 1 code=2 addr=\+4 rip=\+4", restored "trap 1 code=2 addr=\+0 rip=\+0"/,
+      'the trap comes one instruction early',
+    );
     const observed = `failing boundaries: ${failing.join(' ') || 'none'}`;
-    recordRow(t, { case: CASE, scenario: SELFSTEP, policy: describePolicy(request.policy), control: true, expected: 'failing boundaries: 0 26', observed, pass: observed === 'failing boundaries: 0 26' });
+    recordRow(t, {
+      case: CASE,
+      scenario: SELFSTEP,
+      policy: describePolicy(request.policy),
+      control: true,
+      expected: 'failing boundaries: 0 26',
+      observed,
+      pass: observed === 'failing boundaries: 0 26',
+    });
   });
 
-  const RSEQ = 'sweep: 12 boundaries of rseq-sweep.c\'s rseq_sweep_cs (critical section at 2-5), a checkpoint at each; after the step off rseq_armed each by a fresh run to a breakpoint';
+  const RSEQ =
+    "sweep: 12 boundaries of rseq-sweep.c's rseq_sweep_cs (critical section at 2-5), a checkpoint at each; after the step off rseq_armed each by a fresh run to a breakpoint";
   const rseqArgs = [path.join(REPO_ROOT, 'examples', 'repro', 'rseq-sweep.c'), '--sweep', 'rseq_sweep_cs', '--count', '12'];
   /** The boundaries whose address is inside [start_ip, post_commit_ip): what the kernel aborts when stopped there. */
-  const insideSection = (prepared: { program: { elf: { symbols(): { name: string; value: bigint }[] } } }, rows: { boundary: number; address: string }[]): number[] => {
+  const insideSection = (
+    prepared: { program: { elf: { symbols(): { name: string; value: bigint }[] } } },
+    rows: { boundary: number; address: string }[],
+  ): number[] => {
     const at = (name: string): bigint => prepared.program.elf.symbols().find((s) => s.name === name)!.value;
     const [start, post] = [at('rseq_sweep_start'), at('rseq_sweep_post_commit')];
     return rows.filter((r) => BigInt(r.address) >= start && BigInt(r.address) < post).map((r) => r.boundary);
   };
 
-  await t.test('rseq: every boundary restores as a stop there continues, the section\'s abort included', async (t) => {
+  await t.test("rseq: every boundary restores as a stop there continues, the section's abort included", async (t) => {
     const { request, prepared, runs, report, failing } = await sweepWith([], rseqArgs);
     t.equal(runs.perturbed, undefined, 'the traced run prints what the native run prints');
     t.ok(report.stepped.matchesReference, `the walked process ends as the uninterrupted run (${report.stepped.status})`);
-    t.same(report.rows.filter((r) => r.reached === 'step').map((r) => r.boundary), [0, 1], 'the walk checkpoints up to rseq_armed, where rseq_cs is first set');
+    t.same(
+      report.rows.filter((r) => r.reached === 'step').map((r) => r.boundary),
+      [0, 1],
+      'the walk checkpoints up to rseq_armed, where rseq_cs is first set',
+    );
     t.ok(report.rows[1]?.rseqArmed, 'rseq_cs is set at boundary 1 (rseq_armed)');
     t.match(report.notes.join('\n'), /in the walk rseq_cs was set at boundary 1: /, 'the walk saw its step disarm the section: rseq_cs 0 from boundary 2 on');
     const inside = insideSection(prepared, report.rows);
     t.same(inside, [2, 3, 4, 5], 'boundaries 2-5 are inside [start_ip, post_commit_ip)');
-    t.same(report.rows.filter((r) => r.stopFelt !== undefined).map((r) => r.boundary), inside, 'a stop alone is felt exactly inside the section: the continued run aborts');
-    t.match(report.rows[2]?.stopFelt, /"counter 3 aborts 0", continued from the stop "counter 3 aborts 1"/, 'the kernel aborted the section stopped at start_ip');
+    t.same(
+      report.rows.filter((r) => r.stopFelt !== undefined).map((r) => r.boundary),
+      inside,
+      'a stop alone is felt exactly inside the section: the continued run aborts',
+    );
+    t.match(
+      report.rows[2]?.stopFelt,
+      /"counter 3 aborts 0", continued from the stop "counter 3 aborts 1"/,
+      'the kernel aborted the section stopped at start_ip',
+    );
     const observed = `failing boundaries: ${failing.join(' ') || 'none'}`;
-    recordRow(t, { case: CASE, scenario: RSEQ, policy: describePolicy(request.policy), control: false, expected: 'failing boundaries: none', observed, pass: observed === 'failing boundaries: none' });
+    recordRow(t, {
+      case: CASE,
+      scenario: RSEQ,
+      policy: describePolicy(request.policy),
+      control: false,
+      expected: 'failing boundaries: none',
+      observed,
+      pass: observed === 'failing boundaries: none',
+    });
   });
 
   await t.test('negative control rseq-fixup=off: exactly the boundaries inside [start_ip, post_commit_ip) fail', async (t) => {
     const { request, prepared, report, failing } = await sweepWith(['--rseq-fixup', 'off'], rseqArgs);
     t.same(failing, insideSection(prepared, report.rows), 'the failing boundaries are those inside the section');
-    t.match(report.headline, /^first failing boundary 2 at 0x[0-9a-f]+ rseq_sweep_cs\+0x5 \(mov \(%rsi\),%rax\): output differs at line 1: continued from the stop "counter 3 aborts 1", restored "counter 3 aborts 0"/, 'the restored run commits where the stop aborts');
+    t.match(
+      report.headline,
+      /^first failing boundary 2 at 0x[0-9a-f]+ rseq_sweep_cs\+0x5 \(mov \(%rsi\),%rax\): output differs at line 1: continued from the stop "counter 3 aborts 1", restored "counter 3 aborts 0"/,
+      'the restored run commits where the stop aborts',
+    );
     const observed = `failing boundaries: ${failing.join(' ') || 'none'}`;
-    recordRow(t, { case: CASE, scenario: RSEQ, policy: describePolicy(request.policy), control: true, expected: 'failing boundaries: 2 3 4 5', observed, pass: observed === 'failing boundaries: 2 3 4 5' });
+    recordRow(t, {
+      case: CASE,
+      scenario: RSEQ,
+      policy: describePolicy(request.policy),
+      control: true,
+      expected: 'failing boundaries: 2 3 4 5',
+      observed,
+      pass: observed === 'failing boundaries: 2 3 4 5',
+    });
   });
 
-  const REP = 'sweep: 8 boundaries of rep-sweep.c\'s rep_sweep to its ret, the rep movsb at 1-5 (RCX 5..1, after each iteration), a checkpoint at each';
+  const REP = "sweep: 8 boundaries of rep-sweep.c's rep_sweep to its ret, the rep movsb at 1-5 (RCX 5..1, after each iteration), a checkpoint at each";
   const repArgs = [path.join(REPO_ROOT, 'examples', 'repro', 'rep-sweep.c'), '--sweep', 'rep_sweep', '--count', '8'];
 
   await t.test('rep movsb: a restore between iterations resumes the copy where it stood', async (t) => {
@@ -146,20 +254,47 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     t.equal(runs.perturbed, undefined, 'the traced run prints what the native run prints');
     t.ok(report.stepped.matchesReference, `the walked process ends as the uninterrupted run (${report.stepped.status})`);
     const rep = runs.result.verdicts.filter((v) => report.rows[v.index]?.instruction.startsWith('rep movsb'));
-    t.same(rep.map((v) => [v.index, v.imageRegs.rcx]), [[1, 5n], [2, 4n], [3, 3n], [4, 2n], [5, 1n]], 'the walk stands at the rep instruction after every iteration, RCX counting down');
+    t.same(
+      rep.map((v) => [v.index, v.imageRegs.rcx]),
+      [
+        [1, 5n],
+        [2, 4n],
+        [3, 3n],
+        [4, 2n],
+        [5, 1n],
+      ],
+      'the walk stands at the rep instruction after every iteration, RCX counting down',
+    );
     t.equal(runs.reference.output, 'dst ..ABCDE... end +7\n', 'the uninterrupted run copies five bytes once');
     const observed = `failing boundaries: ${failing.join(' ') || 'none'}`;
-    recordRow(t, { case: CASE, scenario: REP, policy: describePolicy(request.policy), control: false, expected: 'failing boundaries: none', observed, pass: observed === 'failing boundaries: none' });
+    recordRow(t, {
+      case: CASE,
+      scenario: REP,
+      policy: describePolicy(request.policy),
+      control: false,
+      expected: 'failing boundaries: none',
+      observed,
+      pass: observed === 'failing boundaries: none',
+    });
   });
 
   await t.test('negative control omit=string-regs: exactly the boundaries where RCX/RSI/RDI are live fail', async (t) => {
     const { request, report, failing } = await sweepWith(['--omit', 'string-regs'], repArgs);
     t.ok(report.stepped.matchesReference, 'the walked process is unaffected by the policy');
     const observed = `failing boundaries: ${failing.join(' ') || 'none'}`;
-    recordRow(t, { case: CASE, scenario: REP, policy: describePolicy(request.policy), control: true, expected: 'failing boundaries: 0 1 2 3 4 5 6', observed, pass: observed === 'failing boundaries: 0 1 2 3 4 5 6' });
+    recordRow(t, {
+      case: CASE,
+      scenario: REP,
+      policy: describePolicy(request.policy),
+      control: true,
+      expected: 'failing boundaries: 0 1 2 3 4 5 6',
+      observed,
+      pass: observed === 'failing boundaries: 0 1 2 3 4 5 6',
+    });
   });
 
-  const REP_SIGNAL = 'sweep: 8 boundaries from rep-signal-sweep.c\'s rep_interrupted: the SIGALRM handler\'s return, rt_sigreturn, then the interrupted rep movsb between iterations (3-7), a checkpoint at each';
+  const REP_SIGNAL =
+    "sweep: 8 boundaries from rep-signal-sweep.c's rep_interrupted: the SIGALRM handler's return, rt_sigreturn, then the interrupted rep movsb between iterations (3-7), a checkpoint at each";
   const repSignalArgs = [path.join(REPO_ROOT, 'examples', 'repro', 'rep-signal-sweep.c'), '--sweep', 'rep_interrupted', '--count', '8'];
   /** Boundaries standing at the rep instruction the alarm interrupted. */
   const atRep = (prepared: { program: { elf: { symbols(): { name: string; value: bigint }[] } } }, rows: { boundary: number; address: string }[]): number[] => {
@@ -171,19 +306,39 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     const { request, prepared, runs, report, failing } = await sweepWith([], repSignalArgs);
     t.equal(runs.perturbed, undefined, 'the traced run prints what the native run prints');
     t.ok(report.stepped.matchesReference, `the walked process ends as the uninterrupted run (${report.stepped.status})`);
-    t.same(report.rows.slice(0, 3).map((r) => r.location), ['rep_interrupted', '__restore_rt', '__restore_rt+0x7'], 'the handler returns through __restore_rt');
+    t.same(
+      report.rows.slice(0, 3).map((r) => r.location),
+      ['rep_interrupted', '__restore_rt', '__restore_rt+0x7'],
+      'the handler returns through __restore_rt',
+    );
     t.same(atRep(prepared, report.rows), [3, 4, 5, 6, 7], 'then the walk stands at the interrupted rep, once per iteration');
     const rcx = runs.result.verdicts.filter((v) => v.index >= 3).map((v) => v.imageRegs.rcx);
     t.ok(rcx[0]! > 5n && rcx.every((c, i) => i === 0 || c === rcx[i - 1]! - 1n), `RCX counts down from the interrupted count (${rcx.join(' ')})`);
     t.equal(runs.reference.output, 'copy of 524288 bytes: exact; interrupted inside the rep: yes\n', 'the alarm interrupted the copy and it finished exact');
     const observed = `failing boundaries: ${failing.join(' ') || 'none'}`;
-    recordRow(t, { case: CASE, scenario: REP_SIGNAL, policy: describePolicy(request.policy), control: false, expected: 'failing boundaries: none', observed, pass: observed === 'failing boundaries: none' });
+    recordRow(t, {
+      case: CASE,
+      scenario: REP_SIGNAL,
+      policy: describePolicy(request.policy),
+      control: false,
+      expected: 'failing boundaries: none',
+      observed,
+      pass: observed === 'failing boundaries: none',
+    });
   });
 
   await t.test('negative control omit=string-regs over the signal-interrupted rep: exactly the boundaries at the rep fail, none in the handler', async (t) => {
     const { request, prepared, report, failing } = await sweepWith(['--omit', 'string-regs'], repSignalArgs);
     t.same(failing, atRep(prepared, report.rows), 'the failing boundaries are those at the rep instruction');
     const observed = `failing boundaries: ${failing.join(' ') || 'none'}`;
-    recordRow(t, { case: CASE, scenario: REP_SIGNAL, policy: describePolicy(request.policy), control: true, expected: 'failing boundaries: 3 4 5 6 7', observed, pass: observed === 'failing boundaries: 3 4 5 6 7' });
+    recordRow(t, {
+      case: CASE,
+      scenario: REP_SIGNAL,
+      policy: describePolicy(request.policy),
+      control: true,
+      expected: 'failing boundaries: 3 4 5 6 7',
+      observed,
+      pass: observed === 'failing boundaries: 3 4 5 6 7',
+    });
   });
 });

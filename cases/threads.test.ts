@@ -120,11 +120,18 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ', 'CONFIG_CHECKPOINT_RESTO
     return { ...s, end: run, line: summaryLine(output) };
   })();
   t.equal(reference.run.stoppedTid, reference.pid, 'the main thread hit threads_checkpoint');
-  t.same(reference.run.threads, [...reference.tids].sort((a, b) => a - b), `RUN left all ${THREADS} threads stopped: ${reference.run.threads.join(' ')}`);
+  t.same(
+    reference.run.threads,
+    [...reference.tids].sort((a, b) => a - b),
+    `RUN left all ${THREADS} threads stopped: ${reference.run.threads.join(' ')}`,
+  );
   t.equal(reference.end.code, 0, `uninterrupted: ${reference.line}`);
   t.match(reference.line, /^threads ok: 4 threads/);
   t.equal(reference.end.hits.length, T3_WATCH_HITS, `uninterrupted: ${watchSummary(reference.end.hits, reference.tids[3]!)}`);
-  t.ok(reference.end.hits.every((h) => h.tid === reference.tids[3]), 'every watch hit in t3, the one thread whose DR1 was set');
+  t.ok(
+    reference.end.hits.every((h) => h.tid === reference.tids[3]),
+    'every watch hit in t3, the one thread whose DR1 was set',
+  );
   const expected = `${reference.line}; ${watchSummary(reference.end.hits, reference.tids[3]!)}`;
 
   /** Stops every thread as above, checkpoints the process and kills it; the image goes to the artifacts. */
@@ -137,7 +144,11 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ', 'CONFIG_CHECKPOINT_RESTO
     const file = path.join(guest.artifactsDir, `checkpoint-${tag}.tar`);
     await writeCheckpointImage(image, file);
     await agent.call({ op: 'KILL', pid: s.pid });
-    t.same(image.threads.map((x) => x.tid), s.tids.slice(1), `the image holds the 3 other threads: ${s.tids.slice(1).join(' ')}`);
+    t.same(
+      image.threads.map((x) => x.tid),
+      s.tids.slice(1),
+      `the image holds the 3 other threads: ${s.tids.slice(1).join(' ')}`,
+    );
     const inside = image.threads.filter((x) => x.regs.rip >= section.start && x.regs.rip < section.end).map((x) => s.tids.indexOf(x.tid));
     t.same(inside, [1, 2], `t1 and t2 checkpointed inside their critical sections [${hex(section.start)}, ${hex(section.end)})`);
     t.ok(image.threads.every((x) => x.rseq !== null) && image.rseq !== null, 'every thread has its own rseq registration in the image');
@@ -168,17 +179,33 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ', 'CONFIG_CHECKPOINT_RESTO
       const policy: RestorePolicy = { ...DEFAULT_POLICY, restorer };
       const c = await checkpoint(t, `default-${restorer}`);
       const r = await restoreAndRun(c.file, policy, `default-${restorer}`, c.tids[3]!);
-      t.comment(`restore of ${THREADS} threads (${r.restored.plan.length} plan steps, ${r.restored.plan.filter((s) => s.op.op === 'INJECT_SYSCALL' && s.op.nr === 435).length} clone3): ${r.restoreMs} ms`);
+      t.comment(
+        `restore of ${THREADS} threads (${r.restored.plan.length} plan steps, ${r.restored.plan.filter((s) => s.op.op === 'INJECT_SYSCALL' && s.op.nr === 435).length} clone3): ${r.restoreMs} ms`,
+      );
       t.equal(r.restored.pid, c.pid, `the same pid, ${c.pid}`);
-      t.same(r.restored.differences, [], 'read back: every thread holds the registers, xstate, debug registers, rseq registration, mask and queue the plan set');
+      t.same(
+        r.restored.differences,
+        [],
+        'read back: every thread holds the registers, xstate, debug registers, rseq registration, mask and queue the plan set',
+      );
       t.equal(r.observed, expected, `restored: ${r.observed}`);
       t.equal(r.run.code, 0);
-      t.ok(r.run.hits.every((h) => h.tid === c.tids[3]), 'the restored watchpoint fires in t3 (the same tid) only');
+      t.ok(
+        r.run.hits.every((h) => h.tid === c.tids[3]),
+        'the restored watchpoint fires in t3 (the same tid) only',
+      );
       const first = r.observation.first;
       const owner = first && r.image.threads.find((x) => OWN_REGISTERS.every((name) => first.get(name) === x.regs[name]));
-      t.ok(owner && [1, 2].includes(c.tids.indexOf(owner.tid)), `oracle: the CPU ran the abort handler with ${owner ? `t${c.tids.indexOf(owner.tid)}'s` : 'no restored thread\'s'} own ${OWN_REGISTERS.join(' ')}`);
+      t.ok(
+        owner && [1, 2].includes(c.tids.indexOf(owner.tid)),
+        `oracle: the CPU ran the abort handler with ${owner ? `t${c.tids.indexOf(owner.tid)}'s` : "no restored thread's"} own ${OWN_REGISTERS.join(' ')}`,
+      );
       recordRowOutcome(t, {
-        case: CASE, scenario: SCENARIO, policy: describePolicy(policy), control: false, expected,
+        case: CASE,
+        scenario: SCENARIO,
+        policy: describePolicy(policy),
+        control: false,
+        expected,
         observed: `${r.observed}; CPU ran the abort handler as ${owner ? `t${c.tids.indexOf(owner.tid)}` : 'no thread'}`,
         matchedUninterrupted: r.observed === expected && r.run.code === 0 && owner !== undefined && r.restored.differences.length === 0,
       });
@@ -193,7 +220,7 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ', 'CONFIG_CHECKPOINT_RESTO
       cpu: 'no-abort',
     },
     {
-      name: 'omit=thread-xstate: each thread keeps the copy of the main thread\'s xstate it was created with (one FPU state per process)',
+      name: "omit=thread-xstate: each thread keeps the copy of the main thread's xstate it was created with (one FPU state per process)",
       policy: { ...DEFAULT_POLICY, omit: ['thread-xstate'] },
       shows: /^threads mismatch: t1\.vec t1\.mxcsr t2\.vec t2\.mxcsr t3\.vec t3\.mxcsr;/,
     },
@@ -208,7 +235,7 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ', 'CONFIG_CHECKPOINT_RESTO
       shows: /^threads mismatch: join1 join2 join3 robust;/,
     },
     {
-      name: 'omit=debugregs: t3\'s DR1 watchpoint is lost',
+      name: "omit=debugregs: t3's DR1 watchpoint is lost",
       policy: { ...DEFAULT_POLICY, omit: ['debugregs'] },
       shows: /^threads ok: .*; watch hits 0$/,
     },
@@ -221,7 +248,15 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ', 'CONFIG_CHECKPOINT_RESTO
       t.match(r.observed, c.shows, `caught: ${r.observed}`);
       t.not(r.observed, expected, 'and it differs from the uninterrupted run');
       if (c.cpu === 'no-abort') t.equal(r.observation.first, undefined, 'oracle: the CPU never ran the abort handler after the restore');
-      recordRowOutcome(t, { case: CASE, scenario: SCENARIO, policy: describePolicy(c.policy), control: true, expected, observed: r.observed, matchedUninterrupted: r.observed === expected });
+      recordRowOutcome(t, {
+        case: CASE,
+        scenario: SCENARIO,
+        policy: describePolicy(c.policy),
+        control: true,
+        expected,
+        observed: r.observed,
+        matchedUninterrupted: r.observed === expected,
+      });
     });
   }
 
@@ -262,33 +297,45 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ', 'CONFIG_CHECKPOINT_RESTO
     t.equal(r.handoff.restoredPid, r.s.pid, `CRIU kept the pid, ${r.s.pid}`);
     t.equal(r.run.code, 0);
     t.equal(r.line, reference.line, `restored: ${r.line}`);
-    t.ok(r.owner !== undefined, `oracle: the CPU ran the abort handler with ${r.owner ? `t${r.owner}'s` : "no dumped thread's"} own ${OWN_REGISTERS.join(' ')}`);
+    t.ok(
+      r.owner !== undefined,
+      `oracle: the CPU ran the abort handler with ${r.owner ? `t${r.owner}'s` : "no dumped thread's"} own ${OWN_REGISTERS.join(' ')}`,
+    );
     const exact = r.observed === expected && r.run.code === 0 && r.owner !== undefined;
     // t3's DR1 watch: CRIU does not restore a task's debug registers (known-gaps.ts); the rest must be exact.
     const gap = !exact && r.line === reference.line && r.run.code === 0 && r.owner !== undefined && r.run.hits.length === 0 && (r.t3Dr7 & 0xf0n) === 0n;
     t.ok(exact || gap, `exact, or differs by the known gap alone: ${r.observed}; t3's DR7 after CRIU's restore ${hex(r.t3Dr7)}`);
     recordRow(t, {
-      ...criuBase, policy: 'criu defaults', control: false,
+      ...criuBase,
+      policy: 'criu defaults',
+      control: false,
       observed: `${r.observed}; CPU ran the abort handler as ${r.owner ? `t${r.owner}` : 'no thread'}; t3's DR7 restored as ${hex(r.t3Dr7)}`,
-      pass: exact, ...(gap ? { engineGap: CRIU_GAPS.debugRegisters } : {}),
+      pass: exact,
+      ...(gap ? { engineGap: CRIU_GAPS.debugRegisters } : {}),
     });
   });
 
-  await t.test("engine criu, negative control: t1 given another blocked mask (SIGRTMIN+10 blocked) in CRIU's restored process (as omit=thread-masks)", async (t) => {
-    // One more signal blocked (SIGRTMIN+10, which no thread blocks): t1's pending SIGUSR1 stays blocked, the mask differs.
-    const r = await throughCriu(t, 'criu-mask', async (tids) => {
-      const mask = await agent.call({ op: 'GETSIGMASK', pid: tids[1]! });
-      await agent.call({ op: 'SETSIGMASK', pid: tids[1]!, mask: mask | (1n << BigInt(EXTRA_BLOCKED - 1)) });
-    });
-    if (r.kind === 'refused') {
-      t.fail(r.why);
-      return recordRow(t, { ...criuBase, policy: 'criu, t1 blocks SIGRTMIN+10 after the restore', control: true, observed: r.why, pass: false });
-    }
-    const showed = /^threads mismatch:.* t1\.mask/.test(r.line);
-    t.ok(showed, `caught: ${r.observed}`);
-    recordRow(t, { ...criuBase, policy: 'criu, t1 blocks SIGRTMIN+10 after the restore', control: true, observed: r.observed, pass: showed });
-  });
-  for (const row of policyRowsNotForCriu(CASE, SCENARIO, [describePolicy({ ...DEFAULT_POLICY, restorer: 'sigreturn' }), ...controls.map((c) => describePolicy(c.policy))])) {
+  await t.test(
+    "engine criu, negative control: t1 given another blocked mask (SIGRTMIN+10 blocked) in CRIU's restored process (as omit=thread-masks)",
+    async (t) => {
+      // One more signal blocked (SIGRTMIN+10, which no thread blocks): t1's pending SIGUSR1 stays blocked, the mask differs.
+      const r = await throughCriu(t, 'criu-mask', async (tids) => {
+        const mask = await agent.call({ op: 'GETSIGMASK', pid: tids[1]! });
+        await agent.call({ op: 'SETSIGMASK', pid: tids[1]!, mask: mask | (1n << BigInt(EXTRA_BLOCKED - 1)) });
+      });
+      if (r.kind === 'refused') {
+        t.fail(r.why);
+        return recordRow(t, { ...criuBase, policy: 'criu, t1 blocks SIGRTMIN+10 after the restore', control: true, observed: r.why, pass: false });
+      }
+      const showed = /^threads mismatch:.* t1\.mask/.test(r.line);
+      t.ok(showed, `caught: ${r.observed}`);
+      recordRow(t, { ...criuBase, policy: 'criu, t1 blocks SIGRTMIN+10 after the restore', control: true, observed: r.observed, pass: showed });
+    },
+  );
+  for (const row of policyRowsNotForCriu(CASE, SCENARIO, [
+    describePolicy({ ...DEFAULT_POLICY, restorer: 'sigreturn' }),
+    ...controls.map((c) => describePolicy(c.policy)),
+  ])) {
     await t.test(`engine criu: ${row.policy} ${row.skipped}`, async (t) => {
       t.pass(row.skipped);
       recordRow(t, row);

@@ -20,7 +20,13 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_POSIX_TIMERS', 'CONFIG_TIMERFD'
   const guest = await startGuest(t, CASE);
   const binary = guest.image.guestPaths.ticker!;
   const workload: Workload = { binary, argv: [binary, '1000'] };
-  const process = (pid: number): { binary: string; argv: string[]; envp: string[]; noAslr: boolean; pid: number } => ({ binary, argv: workload.argv, envp: [], noAslr: true, pid });
+  const process = (pid: number): { binary: string; argv: string[]; envp: string[]; noAslr: boolean; pid: number } => ({
+    binary,
+    argv: workload.argv,
+    envp: [],
+    noAslr: true,
+    pid,
+  });
 
   const { run: reference, output: expected } = await runUninterrupted(guest, workload, '/tmp/ticker-reference.out');
   t.equal(reference.code, 0, `uninterrupted: ${expected.trim()}`);
@@ -33,14 +39,41 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_POSIX_TIMERS', 'CONFIG_TIMERFD'
       if (stopped.ended) return t.fail(`ticker ended before ${ms} ms: ${stopped.ended.outcome} ${stopped.ended.code}`);
       const { file, image } = await checkpointStopped(guest, process(stopped.pid), `after-${ms}`);
       await guest.agent.call({ op: 'KILL', pid: stopped.pid });
-      t.same(image.timers.itimers.map((i) => [i.which, i.intervalNs]), [['real', 1_000_000n], ['virtual', 3_000_000n], ['prof', 4_000_000n]], 'the image holds the three interval timers');
-      t.same(image.timers.posix.map((p) => [p.id, p.notify]), [[0, 'signal'], [2, 'thread-id']], 'POSIX timers 0 and 2, the gap kept');
-      t.same(image.timers.timerfds.map((f) => f.fd), [7], 'the timerfd at fd 7');
+      t.same(
+        image.timers.itimers.map((i) => [i.which, i.intervalNs]),
+        [
+          ['real', 1_000_000n],
+          ['virtual', 3_000_000n],
+          ['prof', 4_000_000n],
+        ],
+        'the image holds the three interval timers',
+      );
+      t.same(
+        image.timers.posix.map((p) => [p.id, p.notify]),
+        [
+          [0, 'signal'],
+          [2, 'thread-id'],
+        ],
+        'POSIX timers 0 and 2, the gap kept',
+      );
+      t.same(
+        image.timers.timerfds.map((f) => f.fd),
+        [7],
+        'the timerfd at fd 7',
+      );
       const r = await restoreAndFinish(guest, file, DEFAULT_POLICY, `after-${ms}`, {});
       t.same(r.differences, [], 'read back: as requested');
       t.equal(r.output, expected, `restored: ${r.output.trim()}`);
       t.equal(r.run.code, 0);
-      recordRowOutcome(t, { case: CASE, scenario, policy: describePolicy(DEFAULT_POLICY), control: false, expected: expected.trim(), observed: r.output.trim(), matchedUninterrupted: r.output === expected && r.run.code === 0 });
+      recordRowOutcome(t, {
+        case: CASE,
+        scenario,
+        policy: describePolicy(DEFAULT_POLICY),
+        control: false,
+        expected: expected.trim(),
+        observed: r.output.trim(),
+        matchedUninterrupted: r.output === expected && r.run.code === 0,
+      });
     });
   }
 
@@ -50,7 +83,15 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_POSIX_TIMERS', 'CONFIG_TIMERFD'
     t.equal(checkpointed.run.outcome, 'hit-limit', 'stopped in ticker_work');
     const r = await restoreAndFinish(guest, checkpointed.file, DEFAULT_POLICY, 'hit300', {});
     t.equal(r.output, expected, `restored: ${r.output.trim()}`);
-    recordRowOutcome(t, { case: CASE, scenario: 'daemon on a 1 ms interval timer, POSIX timers and a timerfd, checkpoint at a breakpoint', policy: describePolicy(DEFAULT_POLICY), control: false, expected: expected.trim(), observed: r.output.trim(), matchedUninterrupted: r.output === expected && r.run.code === 0 });
+    recordRowOutcome(t, {
+      case: CASE,
+      scenario: 'daemon on a 1 ms interval timer, POSIX timers and a timerfd, checkpoint at a breakpoint',
+      policy: describePolicy(DEFAULT_POLICY),
+      control: false,
+      expected: expected.trim(),
+      observed: r.output.trim(),
+      matchedUninterrupted: r.output === expected && r.run.code === 0,
+    });
   });
 
   await t.test('negative control omit=timers: the restored daemon stalls', crhOnly, async (t) => {
@@ -62,7 +103,15 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_POSIX_TIMERS', 'CONFIG_TIMERFD'
     const r = await restoreAndFinish(guest, file, policy, 'omit', {});
     t.match(r.output, /^stalled: /, `restored without its timers: ${r.output.trim()}`);
     t.equal(r.run.code, 3, 'and exits 3');
-    recordRowOutcome(t, { case: CASE, scenario: 'daemon on a 1 ms interval timer, POSIX timers and a timerfd, interrupted 200 ms in', policy: describePolicy(policy), control: true, expected: expected.trim(), observed: r.output.trim(), matchedUninterrupted: r.output === expected });
+    recordRowOutcome(t, {
+      case: CASE,
+      scenario: 'daemon on a 1 ms interval timer, POSIX timers and a timerfd, interrupted 200 ms in',
+      policy: describePolicy(policy),
+      control: true,
+      expected: expected.trim(),
+      observed: r.output.trim(),
+      matchedUninterrupted: r.output === expected,
+    });
   });
 
   if (!runsEngine('criu')) return;
@@ -76,7 +125,10 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_POSIX_TIMERS', 'CONFIG_TIMERFD'
     dr7BeforeDump: 0n,
     watch: {},
     expected: expected.trim(),
-    judge: (a) => ({ observed: a.output.trim() || `${a.run.outcome} ${a.run.code}`, exact: a.output === expected && a.run.outcome === 'exited' && a.run.code === 0 }),
+    judge: (a) => ({
+      observed: a.output.trim() || `${a.run.outcome} ${a.run.code}`,
+      exact: a.output === expected && a.run.outcome === 'exited' && a.run.code === 0,
+    }),
     control: {
       policy: "criu, ITIMER_REAL disarmed in CRIU's restored process (as omit=timers drops it)",
       afterRestore: async (pid) => {
@@ -91,7 +143,7 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_POSIX_TIMERS', 'CONFIG_TIMERFD'
   await t.test('engine criu: CRIU dumps and restores the daemon with its timers, and it ends as uninterrupted', async (t) => {
     await runCriuScenario(t, guest, criuScenario, 'criu');
   });
-  await t.test('engine criu, negative control: ITIMER_REAL disarmed after CRIU\'s restore, the daemon stalls', async (t) => {
+  await t.test("engine criu, negative control: ITIMER_REAL disarmed after CRIU's restore, the daemon stalls", async (t) => {
     await runCriuControl(t, guest, criuScenario, 'criu-no-timer');
   });
   for (const row of policyRowsNotForCriu(CASE, SCENARIO, [describePolicy({ ...DEFAULT_POLICY, omit: ['timers'] })])) {

@@ -48,7 +48,8 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_CHECKPOINT_RESTORE']), async (t
     const out = `/tmp/tree-${tag}.original.out`;
     const pid = await spawnArmed(guest, workload, out);
     const ready = await agent.call({ op: 'RUN', pid, stopAfterHits: 1, timeoutMs: RUN_TIMEOUT_MS });
-    if (ready.outcome !== 'hit-limit') throw new Error(`proctree never reached proctree_ready (${ready.outcome} ${ready.code}): ${await readOutput(guest, out)}`);
+    if (ready.outcome !== 'hit-limit')
+      throw new Error(`proctree never reached proctree_ready (${ready.outcome} ${ready.code}): ${await readOutput(guest, out)}`);
     const page = (await agent.call({ op: 'READ_MEM', pid, address: sym('proctree_shared'), length: 8 })).readBigUInt64LE(0);
     const grandchild = (await agent.call({ op: 'READ_MEM', pid, address: page + 4n, length: 4 })).readInt32LE(0);
     await agent.call({ op: 'ATTACH', pid: grandchild });
@@ -87,13 +88,24 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_CHECKPOINT_RESTORE']), async (t
     // The root first: its children go to the agent (a subreaper), which reaps them as it kills them.
     for (const m of tree.members) await agent.call({ op: 'KILL', pid: m.pid });
     const [root, child, grandchild] = tree.members;
-    t.same(tree.members.map((m) => m.ppid).slice(1), [root!.pid, child!.pid], `three processes, each the previous one's child: ${tree.members.map((m) => m.pid).join(' ')}`);
+    t.same(
+      tree.members.map((m) => m.ppid).slice(1),
+      [root!.pid, child!.pid],
+      `three processes, each the previous one's child: ${tree.members.map((m) => m.pid).join(' ')}`,
+    );
     t.equal(grandchild!.pid, s.grandchild);
     t.equal(child!.pgid, child!.pid, 'the child leads its process group');
     t.same([grandchild!.sid, grandchild!.pgid], [grandchild!.pid, grandchild!.pid], 'the grandchild leads its session');
-    const pipes = (tree.pipes ?? []).map((p) => `${p.ends.map((e) => `${e.pid === root!.pid ? 'parent' : e.pid === grandchild!.pid ? 'grandchild' : 'child'} fd ${e.fd} ${e.write ? 'w' : 'r'}`).join(', ')}: ${p.queued.length} queued`);
+    const pipes = (tree.pipes ?? []).map(
+      (p) =>
+        `${p.ends.map((e) => `${e.pid === root!.pid ? 'parent' : e.pid === grandchild!.pid ? 'grandchild' : 'child'} fd ${e.fd} ${e.write ? 'w' : 'r'}`).join(', ')}: ${p.queued.length} queued`,
+    );
     t.same(pipes, ['parent fd 3 r, grandchild fd 4 w: 3000 queued'], `one pipe, the grandchild's bytes queued in it: ${pipes.join('; ')}`);
-    t.equal(grandchild!.image.regs.rip, sym('proctree_grandchild_checkpoint'), `the grandchild checkpointed at its breakpoint (eflags at the hit ${s.hitEflags === undefined ? '?' : hex(s.hitEflags)})`);
+    t.equal(
+      grandchild!.image.regs.rip,
+      sym('proctree_grandchild_checkpoint'),
+      `the grandchild checkpointed at its breakpoint (eflags at the hit ${s.hitEflags === undefined ? '?' : hex(s.hitEflags)})`,
+    );
     t.comment(`checkpoint of 3 processes: ${checkpointMs} ms, image ${(await stat(file)).size} bytes`);
     return { file, tree };
   };
@@ -108,30 +120,53 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_CHECKPOINT_RESTORE']), async (t
     const oracleLog = path.join(guest.artifactsDir, `oracle-${tag}.log`);
     writeFileSync(oracleLog, '');
     const log = (line: string): void => appendFileSync(oracleLog, `${new Date().toISOString()} ${line}\n`);
-    const { result: end, observation } = await observeCpu(guest.machine.gdbSocket, symbols, { firstExecutionAt: sym('proctree_grandchild_checkpoint'), log }, async () => {
-      await releaseDescendants(agent, tree);
-      return agent.call({ op: 'RUN', pid: tree.members[0]!.pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
-    });
+    const { result: end, observation } = await observeCpu(
+      guest.machine.gdbSocket,
+      symbols,
+      { firstExecutionAt: sym('proctree_grandchild_checkpoint'), log },
+      async () => {
+        await releaseDescendants(agent, tree);
+        return agent.call({ op: 'RUN', pid: tree.members[0]!.pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
+      },
+    );
     const line = `${endedAs(end)} ${(await readOutput(guest, out)).trim()}`;
     return { tree, restored, restoreMs, line, observation };
   };
 
-  await t.test('kill and restore the tree: same pids, parent links, groups, sessions, one shared page, the pipe and its bytes; it ends as uninterrupted', async (t) => {
-    const c = await checkpoint(t, 'default');
-    const r = await restoreAndRun(c.file, DEFAULT_POLICY, 'default');
-    const clones = r.restored.skeleton.filter((s) => s.op.op === 'INJECT_SYSCALL' && s.op.nr === 435).length;
-    t.comment(`restore of 3 processes (${clones} clone3 in the skeleton, ${r.restored.members.reduce((n, m) => n + m.plan.length, 0)} plan steps): ${r.restoreMs} ms`);
-    t.same(r.restored.differences, [], 'read back: every process as its plan set it; pids, parents, groups and sessions as in the image');
-    t.equal(r.restored.skeleton.filter((s) => s.op.op === 'INJECT_SYSCALL' && s.op.nr === 9).length, 1, 'the shared page mapped once, in the parent, before its child was cloned');
-    t.equal(r.line, reference, `restored: ${r.line}`);
-    const grandchild = c.tree.members[2]!.image;
-    const first = r.observation.first;
-    t.equal(first?.get('rsp'), grandchild.regs.rsp, `oracle: the CPU ran the grandchild's breakpoint address with the grandchild's stack pointer ${hex(grandchild.regs.rsp)}`);
-    recordRowOutcome(t, {
-      case: CASE, scenario: SCENARIO, policy: describePolicy(DEFAULT_POLICY), control: false, expected: reference, observed: r.line,
-      matchedUninterrupted: r.line === reference && r.restored.differences.length === 0 && first?.get('rsp') === grandchild.regs.rsp,
-    });
-  });
+  await t.test(
+    'kill and restore the tree: same pids, parent links, groups, sessions, one shared page, the pipe and its bytes; it ends as uninterrupted',
+    async (t) => {
+      const c = await checkpoint(t, 'default');
+      const r = await restoreAndRun(c.file, DEFAULT_POLICY, 'default');
+      const clones = r.restored.skeleton.filter((s) => s.op.op === 'INJECT_SYSCALL' && s.op.nr === 435).length;
+      t.comment(
+        `restore of 3 processes (${clones} clone3 in the skeleton, ${r.restored.members.reduce((n, m) => n + m.plan.length, 0)} plan steps): ${r.restoreMs} ms`,
+      );
+      t.same(r.restored.differences, [], 'read back: every process as its plan set it; pids, parents, groups and sessions as in the image');
+      t.equal(
+        r.restored.skeleton.filter((s) => s.op.op === 'INJECT_SYSCALL' && s.op.nr === 9).length,
+        1,
+        'the shared page mapped once, in the parent, before its child was cloned',
+      );
+      t.equal(r.line, reference, `restored: ${r.line}`);
+      const grandchild = c.tree.members[2]!.image;
+      const first = r.observation.first;
+      t.equal(
+        first?.get('rsp'),
+        grandchild.regs.rsp,
+        `oracle: the CPU ran the grandchild's breakpoint address with the grandchild's stack pointer ${hex(grandchild.regs.rsp)}`,
+      );
+      recordRowOutcome(t, {
+        case: CASE,
+        scenario: SCENARIO,
+        policy: describePolicy(DEFAULT_POLICY),
+        control: false,
+        expected: reference,
+        observed: r.line,
+        matchedUninterrupted: r.line === reference && r.restored.differences.length === 0 && first?.get('rsp') === grandchild.regs.rsp,
+      });
+    },
+  );
 
   const controls: Array<{ name: string; policy: RestorePolicy; doctor?: (tree: ProcessTree) => ProcessTree; shows: RegExp }> = [
     {
@@ -145,7 +180,7 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_CHECKPOINT_RESTORE']), async (t
       shows: /proctree mismatch: .*, pipe 100 bytes \(not the bytes written\)$/,
     },
     {
-      name: 'wrong parent links: the grandchild restored as the parent\'s child',
+      name: "wrong parent links: the grandchild restored as the parent's child",
       policy: DEFAULT_POLICY,
       doctor: (tree) => ({ members: tree.members.map((m, i) => (i === 2 ? { ...m, ppid: tree.members[0]!.pid } : m)) }),
       // The grandchild is no longer the child's to wait for; whether it has reported when the parent prints is a race.
@@ -159,7 +194,15 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_CHECKPOINT_RESTORE']), async (t
       const r = await restoreAndRun(k.file, c.policy, tag, c.doctor);
       t.match(r.line, c.shows, `caught: ${r.line}`);
       t.not(r.line, reference, 'and it differs from the uninterrupted run');
-      recordRowOutcome(t, { case: CASE, scenario: SCENARIO, policy: `${describePolicy(c.policy)}${c.doctor ? ' (grandchild re-parented to the root)' : ''}`, control: true, expected: reference, observed: r.line, matchedUninterrupted: r.line === reference });
+      recordRowOutcome(t, {
+        case: CASE,
+        scenario: SCENARIO,
+        policy: `${describePolicy(c.policy)}${c.doctor ? ' (grandchild re-parented to the root)' : ''}`,
+        control: true,
+        expected: reference,
+        observed: r.line,
+        matchedUninterrupted: r.line === reference,
+      });
     });
   }
 
@@ -172,7 +215,8 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_CHECKPOINT_RESTORE']), async (t
       const out = `/tmp/tree-${tag}.original.out`;
       const pid = await spawnArmed(guest, pairWorkload, out);
       const hit = await agent.call({ op: 'RUN', pid, stopAfterHits: 1, timeoutMs: RUN_TIMEOUT_MS });
-      if (hit.outcome !== 'hit-limit') throw new Error(`sockpair never reached sockpair_checkpoint (${hit.outcome} ${hit.code}): ${await readOutput(guest, out)}`);
+      if (hit.outcome !== 'hit-limit')
+        throw new Error(`sockpair never reached sockpair_checkpoint (${hit.outcome} ${hit.code}): ${await readOutput(guest, out)}`);
       if (!policy) {
         const end = await agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
         return { line: `${endedAs(end)} ${(await readOutput(guest, out)).trim()}` };
@@ -190,20 +234,41 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_CHECKPOINT_RESTORE']), async (t
       const restoreMs = Date.now() - restoreStarted;
       await releaseDescendants(agent, fromImage);
       const end = await agent.call({ op: 'RUN', pid: fromImage.members[0]!.pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
-      return { line: `${endedAs(end)} ${(await readOutput(guest, restoredOut)).trim()}`, tree: fromImage, restored, timing: `checkpoint ${checkpointMs} ms, image ${(await stat(file)).size} bytes, restore ${restoreMs} ms` };
+      return {
+        line: `${endedAs(end)} ${(await readOutput(guest, restoredOut)).trim()}`,
+        tree: fromImage,
+        restored,
+        timing: `checkpoint ${checkpointMs} ms, image ${(await stat(file)).size} bytes, restore ${restoreMs} ms`,
+      };
     };
     const pairReference = (await runPair(`${type}-reference`)).line;
     const native = await nativeReference(guest, pairWorkload);
     t.equal(pairReference, `${endedAs(native)} ${native.output.trim()}`, `${type}: the traced reference is the native run (no tracer)`);
-    t.match(pairReference, new RegExp(`^exited 0 sockpair ${type} ok: up \\d+ messages 1044 bytes, down 3 messages, child exit 0$`), `${type} uninterrupted: ${pairReference}`);
+    t.match(
+      pairReference,
+      new RegExp(`^exited 0 sockpair ${type} ok: up \\d+ messages 1044 bytes, down 3 messages, child exit 0$`),
+      `${type} uninterrupted: ${pairReference}`,
+    );
 
     await t.test(`kill and restore a ${type} socketpair between parent and child: one pair, both queues; it ends as uninterrupted`, async (t) => {
       const r = await runPair(`${type}-default`, DEFAULT_POLICY);
-      t.same(r.tree?.socketpairs?.map((p) => p.queued.map((q) => q.reduce((n, b) => n + b.length, 0))), [[1044, 114]], 'one socketpair: 1044 bytes queued for the parent, 114 for the child');
+      t.same(
+        r.tree?.socketpairs?.map((p) => p.queued.map((q) => q.reduce((n, b) => n + b.length, 0))),
+        [[1044, 114]],
+        'one socketpair: 1044 bytes queued for the parent, 114 for the child',
+      );
       t.same(r.restored?.differences, [], 'read back: one socketpair between the two, as planned');
       t.equal(r.line, pairReference, `restored: ${r.line}`);
       t.comment(`${type} socketpair, 2 processes: ${r.timing}`);
-      recordRowOutcome(t, { case: CASE, scenario: pairScenario, policy: describePolicy(DEFAULT_POLICY), control: false, expected: pairReference, observed: r.line, matchedUninterrupted: r.line === pairReference && r.restored?.differences.length === 0 });
+      recordRowOutcome(t, {
+        case: CASE,
+        scenario: pairScenario,
+        policy: describePolicy(DEFAULT_POLICY),
+        control: false,
+        expected: pairReference,
+        observed: r.line,
+        matchedUninterrupted: r.line === pairReference && r.restored?.differences.length === 0,
+      });
     });
 
     await t.test(`negative control omit=pipe-contents: the ${type} socketpair restored without its queued data`, async (t) => {
@@ -211,7 +276,15 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_CHECKPOINT_RESTORE']), async (t
       const r = await runPair(`${type}-empty`, policy);
       t.match(r.line, new RegExp(`sockpair ${type} mismatch: up 0 bytes queued, not 1044, child status 0x300`), `caught: ${r.line}`);
       t.not(r.line, pairReference, 'and it differs from the uninterrupted run');
-      recordRowOutcome(t, { case: CASE, scenario: pairScenario, policy: describePolicy(policy), control: true, expected: pairReference, observed: r.line, matchedUninterrupted: r.line === pairReference });
+      recordRowOutcome(t, {
+        case: CASE,
+        scenario: pairScenario,
+        policy: describePolicy(policy),
+        control: true,
+        expected: pairReference,
+        observed: r.line,
+        matchedUninterrupted: r.line === pairReference,
+      });
     });
   }
 });

@@ -19,7 +19,16 @@ import type { CheckpointImage } from '../harness/restore/checkpoint-image.ts';
 import { endedAs, nativeReference } from '../harness/testing/native-reference.ts';
 import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
 import { startGuest, type Guest } from '../harness/testing/guest-fixture.ts';
-import { checkpointAtHit, checkpointStopped, readOutput, restoreAndFinish, RUN_TIMEOUT_MS, runUninterrupted, spawnArmed, type Restored } from '../harness/testing/scenario.ts';
+import {
+  checkpointAtHit,
+  checkpointStopped,
+  readOutput,
+  restoreAndFinish,
+  RUN_TIMEOUT_MS,
+  runUninterrupted,
+  spawnArmed,
+  type Restored,
+} from '../harness/testing/scenario.ts';
 import { debugRegOffset, EFLAGS, hex } from '../harness/x86/registers.ts';
 import { DR7_EXECUTE_DR0 } from '../harness/agent/breakpoint-spawn.ts';
 
@@ -76,7 +85,11 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_USERFAULTFD']), async (t) => {
     // case compares the restored run's: fault kind, served, mismatches, first and digest do not depend on timing.
     const native = await nativeReference(guest, { binary, argv: [binary, access.mode] });
     t.equal(`${endedAs(reference.run)}\n${reference.output}`, `${endedAs(native)}\n${native.output}`, 'the traced reference is the native run (no tracer)');
-    t.match(summary(reference.output), new RegExp(`^uffd mode=${access.mode} fault=\\w+ served=copied mismatches=0 `), 'uninterrupted: one page served, every byte as the architecture says');
+    t.match(
+      summary(reference.output),
+      new RegExp(`^uffd mode=${access.mode} fault=\\w+ served=copied mismatches=0 `),
+      'uninterrupted: one page served, every byte as the architecture says',
+    );
     const measuredFault = /fault=(\w+)/.exec(reference.output)?.[1];
     const rows = { ...conditions, [`faultKind.${access.mode}`]: String(measuredFault) };
     if (measuredFault === access.fault) t.pass(`the server saw a ${access.fault} fault`);
@@ -104,14 +117,24 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_USERFAULTFD']), async (t) => {
       if (rfProbe.value === null) t.comment(`RF in the image: ${rf} (the profile could not measure what this platform pushes)`);
       else t.equal(rf, rfProbe.value, `RF in the image (${hex(worker.eflags)}) is what the platform pushes on a user page fault`);
       const registered = r.image.regions.filter((g) => g.userfault);
-      t.same(registered.map((g) => [g.start, g.end, g.userfault, g.absent]), [[access.missing, access.missing + PAGE, UFFD_MODE.MISSING, [[access.missing, access.missing + PAGE]]]], 'the image: the missing page registered MISSING, and absent');
+      t.same(
+        registered.map((g) => [g.start, g.end, g.userfault, g.absent]),
+        [[access.missing, access.missing + PAGE, UFFD_MODE.MISSING, [[access.missing, access.missing + PAGE]]]],
+        'the image: the missing page registered MISSING, and absent',
+      );
       t.equal(r.image.task.userfaultfds?.length, 1, `the image: one userfaultfd (${JSON.stringify(r.image.task.userfaultfds)})`);
       t.same(r.differences, [], 'read back: the userfaultfd, its features and the registration as the image had them');
       t.equal(r.output, reference.output, `the restored run is the uninterrupted run: ${summary(r.output)}`);
       t.equal(r.run.code, 0);
       recordRowOutcome(t, {
-        case: CASE, scenario: `${access.mode}: blocked in a userfaultfd-held ${access.fault} fault`, policy: describePolicy(DEFAULT_POLICY), control: false,
-        expected: summary(reference.output), observed: summary(r.output), matchedUninterrupted: r.output === reference.output && r.run.code === 0, conditions: rows,
+        case: CASE,
+        scenario: `${access.mode}: blocked in a userfaultfd-held ${access.fault} fault`,
+        policy: describePolicy(DEFAULT_POLICY),
+        control: false,
+        expected: summary(reference.output),
+        observed: summary(r.output),
+        matchedUninterrupted: r.output === reference.output && r.run.code === 0,
+        conditions: rows,
       });
     });
 
@@ -120,8 +143,14 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_USERFAULTFD']), async (t) => {
       t.match(summary(r.output), /served=EBADF mismatches=[1-9]\d* /, `caught: the access read zeros, and the server has no userfaultfd: ${summary(r.output)}`);
       t.equal(r.run.code, 1, 'and exits 1');
       recordRowOutcome(t, {
-        case: CASE, scenario: `${access.mode}: blocked in a userfaultfd-held ${access.fault} fault`, policy: describePolicy(OMIT_USERFAULTFD), control: true,
-        expected: summary(reference.output), observed: summary(r.output), matchedUninterrupted: r.output === reference.output, conditions: rows,
+        case: CASE,
+        scenario: `${access.mode}: blocked in a userfaultfd-held ${access.fault} fault`,
+        policy: describePolicy(OMIT_USERFAULTFD),
+        control: true,
+        expected: summary(reference.output),
+        observed: summary(r.output),
+        matchedUninterrupted: r.output === reference.output,
+        conditions: rows,
       });
     });
   }
@@ -143,8 +172,19 @@ async function throughCriu(t: Test, guest: Guest): Promise<void> {
   const scenario = 'read: blocked in a userfaultfd-held read fault';
   const reference = await runUninterrupted(guest, { binary, argv: [binary, 'read'] }, '/tmp/uffd-criu-reference.out');
   await t.test(`${scenario}: engine criu`, async (t) => {
-    const a = await criuAtHit(guest, { binary, argv: [binary, 'read'], breakAt: guest.symbols.resolve('uffd:uffd_fault_seen') }, 1, 'criu', { watch: {}, dr7BeforeDump: 0n });
-    const base = { case: CASE, scenario, policy: 'criu defaults', engine: 'criu' as const, control: false, expected: summary(reference.output), conditions: { 'criu.version': guest.image.criu?.version ?? '?' } };
+    const a = await criuAtHit(guest, { binary, argv: [binary, 'read'], breakAt: guest.symbols.resolve('uffd:uffd_fault_seen') }, 1, 'criu', {
+      watch: {},
+      dr7BeforeDump: 0n,
+    });
+    const base = {
+      case: CASE,
+      scenario,
+      policy: 'criu defaults',
+      engine: 'criu' as const,
+      control: false,
+      expected: summary(reference.output),
+      conditions: { 'criu.version': guest.image.criu?.version ?? '?' },
+    };
     if (a.kind === 'ended') {
       t.fail(`uffd ended before the fault was read (${a.checkpointRun.outcome} ${a.checkpointRun.code})`);
       return recordRow(t, { ...base, observed: `ended before the stop: ${a.checkpointRun.outcome} ${a.checkpointRun.code}`, pass: false });
@@ -152,7 +192,12 @@ async function throughCriu(t: Test, guest: Guest): Promise<void> {
     if (a.kind === 'refused') {
       const gap = a.handoff.stage === 'dump' && USERFAULTFD_REFUSAL.test(a.reason);
       t.ok(gap, `CRIU refused the userfaultfd, by its own words: ${a.reason}`);
-      return recordRow(t, { ...base, observed: `CRIU ${guest.image.criu?.version}: ${a.reason}`, pass: false, ...(gap ? { engineGap: CRIU_GAPS.userfaultfd } : {}) });
+      return recordRow(t, {
+        ...base,
+        observed: `CRIU ${guest.image.criu?.version}: ${a.reason}`,
+        pass: false,
+        ...(gap ? { engineGap: CRIU_GAPS.userfaultfd } : {}),
+      });
     }
     t.comment(`CRIU: ${a.handoff.dumpMs} ms dump, ${a.handoff.restoreMs} ms restore, ${a.handoff.imageBytes} bytes of images`);
     t.equal(a.output, reference.output, `restored by CRIU: ${summary(a.output)}`);
@@ -184,10 +229,15 @@ async function breakpointOnFaultingLoad(t: Test, guest: Guest): Promise<void> {
 
   /** Spawned and stopped at uffd_serve_begin with the worker's DR0 on the load; returns the pid. */
   const armed = async (tag: string): Promise<number> => {
-    const pid = await spawnArmed(guest, { binary, argv: [binary, 'read'], breakAt: symbols.resolve('uffd:uffd_serve_begin') }, `/tmp/uffd-breakpoint-${tag}.original.out`);
+    const pid = await spawnArmed(
+      guest,
+      { binary, argv: [binary, 'read'], breakAt: symbols.resolve('uffd:uffd_serve_begin') },
+      `/tmp/uffd-breakpoint-${tag}.original.out`,
+    );
     const begun = await agent.call({ op: 'RUN', pid, stopAfterHits: 1, timeoutMs: RUN_TIMEOUT_MS });
     const worker = begun.threads.find((tid) => tid !== pid);
-    if (begun.outcome !== 'hit-limit' || worker === undefined) throw new Error(`uffd did not stop at uffd_serve_begin with its worker started: ${JSON.stringify({ outcome: begun.outcome, threads: begun.threads })}`);
+    if (begun.outcome !== 'hit-limit' || worker === undefined)
+      throw new Error(`uffd did not stop at uffd_serve_begin with its worker started: ${JSON.stringify({ outcome: begun.outcome, threads: begun.threads })}`);
     await agent.call({ op: 'POKEUSER', pid: worker, offset: debugRegOffset(0), value: load });
     await agent.call({ op: 'POKEUSER', pid: worker, offset: debugRegOffset(7), value: DR7_EXECUTE_DR0 });
     return pid;
@@ -197,7 +247,11 @@ async function breakpointOnFaultingLoad(t: Test, guest: Guest): Promise<void> {
   await agent.call({ op: 'POKEUSER', pid: referencePid, offset: debugRegOffset(7), value: 0n });
   const referenceRun = await agent.call({ op: 'RUN', pid: referencePid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
   const reference = await readOutput(guest, '/tmp/uffd-breakpoint-reference.original.out');
-  t.equal(hitsAtLoad(referenceRun.hits), 1, `uninterrupted: the breakpoint on the faulting load fires once (${referenceRun.hits.length} hit(s); the fault frame's RF keeps the re-executed load from firing it again)`);
+  t.equal(
+    hitsAtLoad(referenceRun.hits),
+    1,
+    `uninterrupted: the breakpoint on the faulting load fires once (${referenceRun.hits.length} hit(s); the fault frame's RF keeps the re-executed load from firing it again)`,
+  );
   t.equal(referenceRun.code, 0, summary(reference));
   // This reference was traced with a breakpoint on the faulting load: still what `uffd read` does with no tracer at all.
   const native = await nativeReference(guest, { binary, argv: [binary, 'read'] });
@@ -207,16 +261,27 @@ async function breakpointOnFaultingLoad(t: Test, guest: Guest): Promise<void> {
     const pid = await armed(tag);
     await agent.call({ op: 'POKEUSER', pid, offset: debugRegOffset(0), value: symbols.resolve('uffd:uffd_fault_seen') });
     const before = await agent.call({ op: 'RUN', pid, stopAfterHits: 2, timeoutMs: RUN_TIMEOUT_MS });
-    t.same(before.hits.map((h) => symbols.symbolize(h.rip)), ['uffd:uffd_load', 'uffd:uffd_fault_seen'], 'the load hit its breakpoint, then faulted; the server read the fault');
+    t.same(
+      before.hits.map((h) => symbols.symbolize(h.rip)),
+      ['uffd:uffd_load', 'uffd:uffd_fault_seen'],
+      'the load hit its breakpoint, then faulted; the server read the fault',
+    );
     await agent.call({ op: 'POKEUSER', pid, offset: debugRegOffset(7), value: 0n });
     const { file } = await checkpointStopped(guest, { binary, argv: [binary, 'read'], envp: [], noAslr: true, pid }, `breakpoint-${tag}`);
     await agent.call({ op: 'KILL', pid });
     const r = await restoreAndFinish(guest, file, policy, `breakpoint-${tag}`, { countDebugTrapsAt: load });
-    t.equal(r.observation.debugTraps.length, hitsAtLoad(r.run.hits), `oracle: the CPU raised ${r.observation.debugTraps.length} #DB at uffd_load after the restore, as many as ptrace reported`);
+    t.equal(
+      r.observation.debugTraps.length,
+      hitsAtLoad(r.run.hits),
+      `oracle: the CPU raised ${r.observation.debugTraps.length} #DB at uffd_load after the restore, as many as ptrace reported`,
+    );
     const worker = workerOf(r.image);
     t.equal(worker.regs.rip, load, 'the worker is checkpointed at the load');
     t.equal(worker.debugRegs.dr7, DR7_EXECUTE_DR0, 'with its breakpoint still armed');
-    t.ok((worker.regs.eflags & EFLAGS.RF) !== 0n, `RF=1 in the image (${hex(worker.regs.eflags)}): the fault frame of an instruction whose breakpoint already fired`);
+    t.ok(
+      (worker.regs.eflags & EFLAGS.RF) !== 0n,
+      `RF=1 in the image (${hex(worker.regs.eflags)}): the fault frame of an instruction whose breakpoint already fired`,
+    );
     return { r, total: hitsAtLoad(before.hits) + hitsAtLoad(r.run.hits) };
   };
 
@@ -224,12 +289,28 @@ async function breakpointOnFaultingLoad(t: Test, guest: Guest): Promise<void> {
     const { r, total } = await cycle(t, DEFAULT_POLICY, 'default');
     t.equal(total, 1, `one hit in all: ${hitsAtLoad(r.run.hits)} after the restore`);
     t.equal(r.output, reference, `served: ${summary(r.output)}`);
-    recordRowOutcome(t, { case: CASE, scenario, policy: describePolicy(DEFAULT_POLICY), control: false, expected: `hits=1 ${summary(reference)}`, observed: `hits=${total} ${summary(r.output)}`, matchedUninterrupted: total === 1 && r.output === reference });
+    recordRowOutcome(t, {
+      case: CASE,
+      scenario,
+      policy: describePolicy(DEFAULT_POLICY),
+      control: false,
+      expected: `hits=1 ${summary(reference)}`,
+      observed: `hits=${total} ${summary(r.output)}`,
+      matchedUninterrupted: total === 1 && r.output === reference,
+    });
   });
 
   await t.test(`${scenario}: negative control rf=clear (2009) — the re-executed load fires the breakpoint again`, async (t) => {
     const { r, total } = await cycle(t, RF_CLEAR, 'rf-clear');
     t.equal(total, 2, `two hits in all: ${hitsAtLoad(r.run.hits)} after the restore`);
-    recordRowOutcome(t, { case: CASE, scenario, policy: describePolicy(RF_CLEAR), control: true, expected: `hits=1 ${summary(reference)}`, observed: `hits=${total} ${summary(r.output)}`, matchedUninterrupted: total === 1 && r.output === reference });
+    recordRowOutcome(t, {
+      case: CASE,
+      scenario,
+      policy: describePolicy(RF_CLEAR),
+      control: true,
+      expected: `hits=1 ${summary(reference)}`,
+      observed: `hits=${total} ${summary(r.output)}`,
+      matchedUninterrupted: total === 1 && r.output === reference,
+    });
   });
 }

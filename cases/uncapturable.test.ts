@@ -37,7 +37,10 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
       t.equal(await running(), '', 'no holdstate process left behind');
       t.comment(`spawn, run to the breakpoint and the refused checkpoint: ${ms} ms`);
       recordVerdict({
-        case: CASE, scenario: `holding ${states.join(' ')}, checkpoint at a breakpoint`, policy: POLICY, control: false,
+        case: CASE,
+        scenario: `holding ${states.join(' ')}, checkpoint at a breakpoint`,
+        policy: POLICY,
+        control: false,
         expected: `refused at checkpoint, naming ${names.join(', ')}`,
         observed: error instanceof CheckpointError ? `refused: ${error.message}` : 'checkpoint taken',
         pass: error instanceof CheckpointError && JSON.stringify(named) === JSON.stringify(names),
@@ -47,7 +50,11 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
 
   await refused('eventfd', ['eventfd'], ['eventfd']);
   await refused('personality', ['personality'], ['personality']);
-  await refused('several', ['eventfd', 'pipe', 'socket', 'timerfd', 'seccomp', 'timer', 'umask'], ['eventfd', 'pipe', 'socket', 'timerfd', 'seccomp', 'no_new_privs', 'POSIX timer', 'umask']);
+  await refused(
+    'several',
+    ['eventfd', 'pipe', 'socket', 'timerfd', 'seccomp', 'timer', 'umask'],
+    ['eventfd', 'pipe', 'socket', 'timerfd', 'seccomp', 'no_new_privs', 'POSIX timer', 'umask'],
+  );
 
   await t.test('holding nothing extra: checkpointed and restored as uninterrupted', async (t) => {
     const { run: reference, output: expected } = await runUninterrupted(guest, workload(), '/tmp/holdstate-reference.out');
@@ -57,7 +64,15 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     const checkpointed = await checkpointAtHit(guest, workload(), 1, 'nothing', { disarm: true });
     const r = await restoreAndFinish(guest, checkpointed.file, DEFAULT_POLICY, 'nothing', {});
     t.equal(r.output, expected, `restored: ${r.output.trim()}`);
-    recordOutcome({ case: CASE, scenario: 'holding nothing extra, checkpoint at a breakpoint', policy: POLICY, control: false, expected: expected.trim(), observed: r.output.trim(), matchedUninterrupted: r.output === expected && r.run.code === 0 });
+    recordOutcome({
+      case: CASE,
+      scenario: 'holding nothing extra, checkpoint at a breakpoint',
+      policy: POLICY,
+      control: false,
+      expected: expected.trim(),
+      observed: r.output.trim(),
+      matchedUninterrupted: r.output === expected && r.run.code === 0,
+    });
   });
 
   await t.test('negative control uncapturable=ignore: the personality is silently lost', async (t) => {
@@ -67,6 +82,14 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     const r = await restoreAndFinish(guest, checkpointed.file, DEFAULT_POLICY, 'ignore', {});
     t.match(r.output, /personality=0x4\d{4} /, `restored without it: ${r.output.trim()}`);
     t.not(r.output, expected, 'differs from the uninterrupted run');
-    recordOutcome({ case: CASE, scenario: 'holding personality READ_IMPLIES_EXEC, checkpoint at a breakpoint', policy: `${POLICY} uncapturable=ignore`, control: true, expected: expected.trim(), observed: r.output.trim(), matchedUninterrupted: r.output === expected });
+    recordOutcome({
+      case: CASE,
+      scenario: 'holding personality READ_IMPLIES_EXEC, checkpoint at a breakpoint',
+      policy: `${POLICY} uncapturable=ignore`,
+      control: true,
+      expected: expected.trim(),
+      observed: r.output.trim(),
+      matchedUninterrupted: r.output === expected,
+    });
   });
 });

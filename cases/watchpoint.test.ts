@@ -65,7 +65,10 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     const native = await nativeReference(guest, w);
     t.equal(`${endedAs(reference)}\n${referenceOutput}`, `${endedAs(native)}\n${native.output}`, 'the traced reference is the native run (no tracer)');
     t.equal(reference.hits.length, ROUNDS, `uninterrupted: one trap per store to the watched bytes, none for the neighbour (${traps(reference)})`);
-    t.ok(reference.hits.every((h) => (h.dr6 & DR6_HITS) === DR6_B1), 'uninterrupted: DR6 = B1 at every trap');
+    t.ok(
+      reference.hits.every((h) => (h.dr6 & DR6_HITS) === DR6_B1),
+      'uninterrupted: DR6 = B1 at every trap',
+    );
 
     const checkpointed = await checkpointAtHit(guest, w, CHECKPOINT_AT_TRAP, tag);
     t.equal(checkpointed.run.outcome, 'hit-limit', `checkpoint at trap ${CHECKPOINT_AT_TRAP}`);
@@ -74,7 +77,16 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
       // the verdict row says so instead of the case dying on a restore of nothing.
       // (A control that cannot even checkpoint shows nothing: no row, the assertion above fails.)
       const observed = `the run ended (${endedAs(checkpointed.run)}) after ${checkpointed.run.hits.length} trap(s), before trap ${CHECKPOINT_AT_TRAP}`;
-      if (policy === DEFAULT_POLICY) recordRowOutcome(t, { case: CASE, scenario: scenarioOf(mode), policy: describePolicy(policy), control: false, expected: `${CHECKPOINT_AT_TRAP}+${ROUNDS - CHECKPOINT_AT_TRAP} traps`, observed, matchedUninterrupted: false });
+      if (policy === DEFAULT_POLICY)
+        recordRowOutcome(t, {
+          case: CASE,
+          scenario: scenarioOf(mode),
+          policy: describePolicy(policy),
+          control: false,
+          expected: `${CHECKPOINT_AT_TRAP}+${ROUNDS - CHECKPOINT_AT_TRAP} traps`,
+          observed,
+          matchedUninterrupted: false,
+        });
       return undefined;
     }
     const trapIp = reference.hits[0]!.rip;
@@ -86,18 +98,41 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     const cycled = await cycle(t, mode, DEFAULT_POLICY, mode.label);
     if (!cycled) return;
     const { referenceOutput, checkpointed, r, trapIp, remaining } = cycled;
-    t.same(checkpointed.run.hits.map((h) => h.rip), [trapIp, trapIp, trapIp], 'the original trapped three times before the checkpoint');
-    t.same(r.differences.filter((d) => d.what.startsWith('dr')), [], 'DR0-3, DR6, DR7 read back as checkpointed: still armed');
+    t.same(
+      checkpointed.run.hits.map((h) => h.rip),
+      [trapIp, trapIp, trapIp],
+      'the original trapped three times before the checkpoint',
+    );
+    t.same(
+      r.differences.filter((d) => d.what.startsWith('dr')),
+      [],
+      'DR0-3, DR6, DR7 read back as checkpointed: still armed',
+    );
     t.equal(r.image.debugRegs.dr1, watched, `DR1 = ${hex(watched)} in the image`);
-    t.same(r.run.hits.map((h) => h.rip), remaining.map((h) => h.rip), `restored: the remaining ${remaining.length} traps at the same IPs (${traps(r.run)})`);
-    t.ok(r.run.hits.every((h) => (h.dr6 & DR6_HITS) === DR6_B1), 'restored: DR6 = B1 at every trap');
+    t.same(
+      r.run.hits.map((h) => h.rip),
+      remaining.map((h) => h.rip),
+      `restored: the remaining ${remaining.length} traps at the same IPs (${traps(r.run)})`,
+    );
+    t.ok(
+      r.run.hits.every((h) => (h.dr6 & DR6_HITS) === DR6_B1),
+      'restored: DR6 = B1 at every trap',
+    );
     t.equal(r.observation.debugTraps.length, remaining.length, `oracle: ${r.observation.debugTraps.length} #DB at ${hex(trapIp)} in the CPU`);
     t.equal(r.output, referenceOutput, `same output as uninterrupted: ${r.output.trim()}`);
     const observed = `${checkpointed.run.hits.length}+${r.run.hits.length} traps, CPU #DB ${r.observation.debugTraps.length}, DR6 ${[...new Set(r.run.hits.map((h) => hex(h.dr6 & DR6_HITS)))].join(',')}`;
     recordRowOutcome(t, {
-      case: CASE, scenario: scenarioOf(mode), policy: describePolicy(DEFAULT_POLICY), control: false,
-      expected: `${CHECKPOINT_AT_TRAP}+${ROUNDS - CHECKPOINT_AT_TRAP} traps, CPU #DB ${ROUNDS - CHECKPOINT_AT_TRAP}, DR6 0x2`, observed,
-      matchedUninterrupted: r.run.hits.length === remaining.length && r.observation.debugTraps.length === remaining.length && r.output === referenceOutput && r.run.hits.every((h) => (h.dr6 & DR6_HITS) === DR6_B1),
+      case: CASE,
+      scenario: scenarioOf(mode),
+      policy: describePolicy(DEFAULT_POLICY),
+      control: false,
+      expected: `${CHECKPOINT_AT_TRAP}+${ROUNDS - CHECKPOINT_AT_TRAP} traps, CPU #DB ${ROUNDS - CHECKPOINT_AT_TRAP}, DR6 0x2`,
+      observed,
+      matchedUninterrupted:
+        r.run.hits.length === remaining.length &&
+        r.observation.debugTraps.length === remaining.length &&
+        r.output === referenceOutput &&
+        r.run.hits.every((h) => (h.dr6 & DR6_HITS) === DR6_B1),
     });
   };
 
@@ -108,10 +143,17 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     const { r, remaining } = cycled;
     t.equal(r.run.hits.length, 0, `restored: no trap (${remaining.length} expected)`);
     t.equal(r.observation.debugTraps.length, 0, 'oracle: no #DB in the CPU');
-    t.ok(r.differences.some((d) => d.what === 'dr7'), `read back: DR7 differs (${JSON.stringify(r.differences.filter((d) => d.what.startsWith('dr')))})`);
+    t.ok(
+      r.differences.some((d) => d.what === 'dr7'),
+      `read back: DR7 differs (${JSON.stringify(r.differences.filter((d) => d.what.startsWith('dr')))})`,
+    );
     recordRowOutcome(t, {
-      case: CASE, scenario: scenarioOf(mode), policy: describePolicy(policy), control: true,
-      expected: `${CHECKPOINT_AT_TRAP}+${ROUNDS - CHECKPOINT_AT_TRAP} traps`, observed: `${CHECKPOINT_AT_TRAP}+${r.run.hits.length} traps, CPU #DB ${r.observation.debugTraps.length}`,
+      case: CASE,
+      scenario: scenarioOf(mode),
+      policy: describePolicy(policy),
+      control: true,
+      expected: `${CHECKPOINT_AT_TRAP}+${ROUNDS - CHECKPOINT_AT_TRAP} traps`,
+      observed: `${CHECKPOINT_AT_TRAP}+${r.run.hits.length} traps, CPU #DB ${r.observation.debugTraps.length}`,
       matchedUninterrupted: r.run.hits.length === remaining.length,
     });
   };
@@ -123,8 +165,12 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
   // bytes 4-7 tells the lengths apart.
   await t.test('8-byte write watch armed across the checkpoint, 4-byte stores to its upper half (bytes 4-7)', (t) => armedAcross(t, UPPER_HALF));
 
-  await t.test('negative control omit=debugregs (OpenVZ 2008: debug registers not restored): the remaining traps are lost', (t) => omitDebugRegs(t, widthMode(8)));
-  await t.test('negative control omit=debugregs, stores to the upper half of the 8-byte watch: the remaining traps are lost', (t) => omitDebugRegs(t, UPPER_HALF));
+  await t.test('negative control omit=debugregs (OpenVZ 2008: debug registers not restored): the remaining traps are lost', (t) =>
+    omitDebugRegs(t, widthMode(8)),
+  );
+  await t.test('negative control omit=debugregs, stores to the upper half of the 8-byte watch: the remaining traps are lost', (t) =>
+    omitDebugRegs(t, UPPER_HALF),
+  );
 
   // engine criu (crh run --engine …criu): the same stop handed to CRIU; the watch it does not restore is its known gap.
   if (!runsEngine('criu')) return;
@@ -136,21 +182,36 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
       const referenceOutput = await readOutput(guest, `/tmp/watch-criu-len${width}.reference.out`);
       const trapIp = reference.hits[0]!.rip;
       const remaining = ROUNDS - CHECKPOINT_AT_TRAP;
-      await runCriuScenario(t, guest, {
-        case: CASE, scenario: `DR1 write watch, length ${width}, checkpoint at trap ${CHECKPOINT_AT_TRAP}`, workload: w, hit: CHECKPOINT_AT_TRAP, watch: { countDebugTrapsAt: trapIp },
-        expected: `${CHECKPOINT_AT_TRAP}+${remaining} traps, CPU #DB ${remaining}, DR6 0x2, same output`,
-        judge: (a) => {
-          const sameOutput = a.output === referenceOutput;
-          const observed = `${a.checkpointRun.hits.length}+${a.run.hits.length} traps, CPU #DB ${a.observation.debugTraps.length}, ${sameOutput ? 'same' : 'different'} output`;
-          const exact = a.run.hits.length === remaining && a.observation.debugTraps.length === remaining && sameOutput && a.run.hits.every((h) => (h.dr6 & DR6_HITS) === DR6_B1);
-          // The known gap and nothing else: the watch is gone (no trap, no #DB), the program's own result is the same.
-          const gapOnly = debugRegisterLost(a, 1) && a.run.hits.length === 0 && a.observation.debugTraps.length === 0 && sameOutput && a.run.code === 0;
-          return { observed, exact, ...(gapOnly ? { gap: CRIU_GAPS.debugRegisters } : {}) };
+      await runCriuScenario(
+        t,
+        guest,
+        {
+          case: CASE,
+          scenario: `DR1 write watch, length ${width}, checkpoint at trap ${CHECKPOINT_AT_TRAP}`,
+          workload: w,
+          hit: CHECKPOINT_AT_TRAP,
+          watch: { countDebugTrapsAt: trapIp },
+          expected: `${CHECKPOINT_AT_TRAP}+${remaining} traps, CPU #DB ${remaining}, DR6 0x2, same output`,
+          judge: (a) => {
+            const sameOutput = a.output === referenceOutput;
+            const observed = `${a.checkpointRun.hits.length}+${a.run.hits.length} traps, CPU #DB ${a.observation.debugTraps.length}, ${sameOutput ? 'same' : 'different'} output`;
+            const exact =
+              a.run.hits.length === remaining &&
+              a.observation.debugTraps.length === remaining &&
+              sameOutput &&
+              a.run.hits.every((h) => (h.dr6 & DR6_HITS) === DR6_B1);
+            // The known gap and nothing else: the watch is gone (no trap, no #DB), the program's own result is the same.
+            const gapOnly = debugRegisterLost(a, 1) && a.run.hits.length === 0 && a.observation.debugTraps.length === 0 && sameOutput && a.run.code === 0;
+            return { observed, exact, ...(gapOnly ? { gap: CRIU_GAPS.debugRegisters } : {}) };
+          },
         },
-      }, `criu-len${width}`);
+        `criu-len${width}`,
+      );
     });
   }
-  for (const row of policyRowsNotForCriu(CASE, `DR1 write watch, length 8, checkpoint at trap ${CHECKPOINT_AT_TRAP}`, [describePolicy({ ...DEFAULT_POLICY, omit: ['debugregs'] })])) {
+  for (const row of policyRowsNotForCriu(CASE, `DR1 write watch, length 8, checkpoint at trap ${CHECKPOINT_AT_TRAP}`, [
+    describePolicy({ ...DEFAULT_POLICY, omit: ['debugregs'] }),
+  ])) {
     await t.test(`engine criu: ${row.policy} ${row.skipped}`, async (t) => {
       t.pass(row.skipped);
       recordRow(t, row);

@@ -33,16 +33,28 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_CHECKPOINT_RESTORE', 'CONFIG_FU
     phase: async (name, detail) => void t.comment(`${name}${detail ? `: ${detail}` : ''}`),
   };
   const run = (name: string, tag: string, options: { args?: string[]; policy?: RestorePolicy; iters?: number } = {}) =>
-    runZdtmTest(session, { name, binary: guest.image.guestPaths[name]!, args: options.args ?? [], files: [] }, {
-      policy: options.policy ?? DEFAULT_POLICY,
-      iters: options.iters ?? 1,
-      settleMs: SETTLE_MS,
-      timeoutMs: RUN_TIMEOUT_MS,
-      imageFile: path.join(guest.artifactsDir, `checkpoint-${tag}.tar`),
-    });
+    runZdtmTest(
+      session,
+      { name, binary: guest.image.guestPaths[name]!, args: options.args ?? [], files: [] },
+      {
+        policy: options.policy ?? DEFAULT_POLICY,
+        iters: options.iters ?? 1,
+        settleMs: SETTLE_MS,
+        timeoutMs: RUN_TIMEOUT_MS,
+        imageFile: path.join(guest.artifactsDir, `checkpoint-${tag}.tar`),
+      },
+    );
 
   const row = (t: Test, scenario: string, policy: RestorePolicy, control: boolean, r: Awaited<ReturnType<typeof run>>) =>
-    recordRowOutcome(t, { case: CASE, scenario, policy: describePolicy(policy), control, expected: r.native.summary, observed: r.checkpointed?.summary ?? `not checkpointed: ${r.native.summary}`, matchedUninterrupted: r.checkpointed?.pass === true });
+    recordRowOutcome(t, {
+      case: CASE,
+      scenario,
+      policy: describePolicy(policy),
+      control,
+      expected: r.native.summary,
+      observed: r.checkpointed?.summary ?? `not checkpointed: ${r.native.summary}`,
+      matchedUninterrupted: r.checkpointed?.pass === true,
+    });
 
   const scenarios = [
     { name: 'zdtm-wait', scenario: 'ZDTM protocol: daemon waiting for SIGTERM (outfile, dir fd, shared page)', iters: 1 },
@@ -60,15 +72,26 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_CHECKPOINT_RESTORE', 'CONFIG_FU
       t.equal(r.checkpointedRun?.restoredPid, r.checkpointedRun?.pid, `restored with its own pid ${r.checkpointedRun?.pid}`);
       t.equal(r.checkpointedOutfile?.file, 'T.out', 'its exit handler renamed the outfile: the pid never changed');
       t.equal(zdtmExitCode([r]), 0, 'crh zdtm would exit 0');
-      for (const [i, c] of (r.checkpointedRun?.cycles ?? []).entries()) t.comment(`cycle ${i + 1}: ${c.processes} process(es), checkpoint ${c.checkpointMs} ms, image ${c.imageBytes} bytes, restore ${c.restoreMs} ms`);
+      for (const [i, c] of (r.checkpointedRun?.cycles ?? []).entries())
+        t.comment(`cycle ${i + 1}: ${c.processes} process(es), checkpoint ${c.checkpointMs} ms, image ${c.imageBytes} bytes, restore ${c.restoreMs} ms`);
       row(t, s.scenario, DEFAULT_POLICY, false, r);
     });
   }
 
   const controls = [
-    { name: 'zdtm-wait', scenario: scenarios[0]!.scenario, policy: { ...DEFAULT_POLICY, omit: ['mapping-kinds'] } as RestorePolicy, shows: /no longer a shared mapping/ },
+    {
+      name: 'zdtm-wait',
+      scenario: scenarios[0]!.scenario,
+      policy: { ...DEFAULT_POLICY, omit: ['mapping-kinds'] } as RestorePolicy,
+      shows: /no longer a shared mapping/,
+    },
     { name: 'zdtm-itimer', scenario: scenarios[3]!.scenario, policy: { ...DEFAULT_POLICY, omit: ['timers'] } as RestorePolicy, shows: /the timer stalled/ },
-    { name: 'zdtm-pipe', scenario: scenarios[4]!.scenario, policy: { ...DEFAULT_POLICY, omit: ['pipe-contents'] } as RestorePolicy, shows: /the pipe from the child held 0 bytes, not 6000/ },
+    {
+      name: 'zdtm-pipe',
+      scenario: scenarios[4]!.scenario,
+      policy: { ...DEFAULT_POLICY, omit: ['pipe-contents'] } as RestorePolicy,
+      shows: /the pipe from the child held 0 bytes, not 6000/,
+    },
   ];
   for (const [i, c] of controls.entries()) {
     await t.test(`negative control ${describePolicy(c.policy)}: ${c.name} FAILs`, async (t) => {
@@ -81,12 +104,19 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_CHECKPOINT_RESTORE', 'CONFIG_FU
     });
   }
 
-  await t.test('a test whose daemon forked a child before its setsid is refused by name: no setsid/setpgid sequence places the child again (crh zdtm exits 1)', async (t) => {
-    const r = await run('zdtm-wait', 'tree', { args: ['child'] });
-    t.ok(r.native.pass, `natively: ${r.native.summary}`);
-    t.match(r.checkpointed?.summary ?? '', /process tree: pid \d+ is in session \d+, led by no process of the tree and not the root's: it cannot be created again/, `checkpointed: ${r.checkpointed?.summary}`);
-    t.equal(zdtmExitCode([r]), 1);
-  });
+  await t.test(
+    'a test whose daemon forked a child before its setsid is refused by name: no setsid/setpgid sequence places the child again (crh zdtm exits 1)',
+    async (t) => {
+      const r = await run('zdtm-wait', 'tree', { args: ['child'] });
+      t.ok(r.native.pass, `natively: ${r.native.summary}`);
+      t.match(
+        r.checkpointed?.summary ?? '',
+        /process tree: pid \d+ is in session \d+, led by no process of the tree and not the root's: it cannot be created again/,
+        `checkpointed: ${r.checkpointed?.summary}`,
+      );
+      t.equal(zdtmExitCode([r]), 1);
+    },
+  );
 
   await t.test('a test that fails natively is reported as such (crh zdtm exits 2), never checkpointed', async (t) => {
     const r = await run('zdtm-wait', 'native-fail', { args: ['fail'] });

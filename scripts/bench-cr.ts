@@ -135,7 +135,8 @@ try {
     const rawOutMs = ms(t);
     t = performance.now();
     const writes = [];
-    for (let off = 0; off < raw.length; off += MiB) writes.push({ op: 'WRITE_MEM' as const, pid, address: ranges[0]!.address + BigInt(off), data: raw.subarray(off, off + MiB) });
+    for (let off = 0; off < raw.length; off += MiB)
+      writes.push({ op: 'WRITE_MEM' as const, pid, address: ranges[0]!.address + BigInt(off), data: raw.subarray(off, off + MiB) });
     const steps = await agent.batch(writes);
     if (steps.some((s) => !s.ok)) throw new Error('raw write failed');
     const rawInMs = ms(t);
@@ -187,7 +188,9 @@ try {
     for (const [which, size, untouched] of order) {
       const s = which === 'criu' ? await criuOnce(size, untouched) : await crhOnce(which, size, untouched);
       const extra = s.imageBytes === undefined ? '' : `, image ${s.imageBytes} B, raw out ${s.rawOutMs!.toFixed(0)} ms, raw in ${s.rawInMs!.toFixed(0)} ms`;
-      console.error(`round ${round + 1}/${runs} ${which} ${size} MiB${untouched ? ` +${untouched} untouched` : ''}: checkpoint ${s.checkpointMs.toFixed(0)} ms, restore ${s.restoreMs.toFixed(0)} ms${extra}`);
+      console.error(
+        `round ${round + 1}/${runs} ${which} ${size} MiB${untouched ? ` +${untouched} untouched` : ''}: checkpoint ${s.checkpointMs.toFixed(0)} ms, restore ${s.restoreMs.toFixed(0)} ms${extra}`,
+      );
       samples.push(s);
     }
   }
@@ -195,7 +198,18 @@ try {
   const mbps = (bytes: number, t: number): string => (bytes / 1e6 / (t / 1000)).toFixed(0);
   const of = (which: Path, size: number, untouched: number) => samples.filter((s) => s.path === which && s.sizeMiB === size && s.untouchedMiB === untouched);
   const total = (mine: Sample[]): number => median(mine.map((s) => s.checkpointMs)) + median(mine.map((s) => s.restoreMs));
-  const header = ['process', 'path', 'checkpoint ms', 'restore ms', 'C+R MB/s', 'image bytes', 'raw out ms (MB/s)', 'raw in ms (MB/s)', 'C+R vs bulk', 'C+R vs criu'];
+  const header = [
+    'process',
+    'path',
+    'checkpoint ms',
+    'restore ms',
+    'C+R MB/s',
+    'image bytes',
+    'raw out ms (MB/s)',
+    'raw in ms (MB/s)',
+    'C+R vs bulk',
+    'C+R vs criu',
+  ];
   const rows: string[][] = [];
   for (const [which, size, untouched] of cases) {
     const mine = of(which, size, untouched);
@@ -208,12 +222,21 @@ try {
     const bulk = of('bulk', size, untouched);
     const criuRuns = of('criu', size, untouched);
     rows.push([
-      `${size} MiB${untouched ? ` + ${untouched} MiB untouched` : ''}`, which, c.toFixed(0), r.toFixed(0), mbps(2 * bytes, c + r),
-      crh ? String(median(mine.map((s) => s.imageBytes!))) : '—', crh ? `${o.toFixed(0)} (${mbps(bytes, o)})` : '—', crh ? `${i.toFixed(0)} (${mbps(bytes, i)})` : '—',
-      bulk.length ? ((c + r) / total(bulk)).toFixed(2) : '—', criuRuns.length ? ((c + r) / total(criuRuns)).toFixed(2) : '—',
+      `${size} MiB${untouched ? ` + ${untouched} MiB untouched` : ''}`,
+      which,
+      c.toFixed(0),
+      r.toFixed(0),
+      mbps(2 * bytes, c + r),
+      crh ? String(median(mine.map((s) => s.imageBytes!))) : '—',
+      crh ? `${o.toFixed(0)} (${mbps(bytes, o)})` : '—',
+      crh ? `${i.toFixed(0)} (${mbps(bytes, i)})` : '—',
+      bulk.length ? ((c + r) / total(bulk)).toFixed(2) : '—',
+      criuRuns.length ? ((c + r) / total(criuRuns)).toFixed(2) : '—',
     ]);
   }
-  console.log(`CRIU ${criu.version} (Debian ${criu.suite}), image ${image.key}, guest ${guest.profile.accel ?? ''} ${guest.hello.release}; medians of ${runs} runs; empty SSH exec round trip: ${summarize(roundTrips)}`);
+  console.log(
+    `CRIU ${criu.version} (Debian ${criu.suite}), image ${image.key}, guest ${guest.profile.accel ?? ''} ${guest.hello.release}; medians of ${runs} runs; empty SSH exec round trip: ${summarize(roundTrips)}`,
+  );
   console.log(`| ${header.join(' | ')} |\n|${header.map(() => '---').join('|')}|\n${rows.map((r) => `| ${r.join(' | ')} |`).join('\n')}`);
   if (values.json) await writeFile(values.json, `${JSON.stringify(samples, null, 2)}\n`);
 } finally {

@@ -51,15 +51,26 @@ try {
     reference ??= data;
 
     const out = path.join(dir, `gdb-${round}.bin`);
-    const gdb = await execa(gdbPath, [
-      '-nx', '-batch',
-      '-ex', 'set pagination off',
-      '-ex', `target remote 127.0.0.1:${port}`,
-      '-ex', 'python import time; t0 = time.perf_counter()',
-      '-ex', `dump binary memory ${out} 0x${ADDRESS.toString(16)} 0x${(ADDRESS + BigInt(BYTES)).toString(16)}`,
-      '-ex', 'python print("ELAPSED_MS", (time.perf_counter() - t0) * 1000)',
-      '-ex', 'detach',
-    ], { reject: false });
+    const gdb = await execa(
+      gdbPath,
+      [
+        '-nx',
+        '-batch',
+        '-ex',
+        'set pagination off',
+        '-ex',
+        `target remote 127.0.0.1:${port}`,
+        '-ex',
+        'python import time; t0 = time.perf_counter()',
+        '-ex',
+        `dump binary memory ${out} 0x${ADDRESS.toString(16)} 0x${(ADDRESS + BigInt(BYTES)).toString(16)}`,
+        '-ex',
+        'python print("ELAPSED_MS", (time.perf_counter() - t0) * 1000)',
+        '-ex',
+        'detach',
+      ],
+      { reject: false },
+    );
     const elapsed = /ELAPSED_MS ([0-9.]+)/.exec(gdb.stdout)?.[1];
     if (!elapsed) throw new Error(`gdb did not report a time:\n${gdb.stdout}\n${gdb.stderr}`);
     theirs.push(Number(elapsed));

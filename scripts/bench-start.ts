@@ -30,7 +30,10 @@ const agentSaved: number[] = [];
 /** the saved-state starts' phases (machine.ts launchPhases), ms after QEMU was spawned */
 const phases = new Map<string, number[]>();
 for (let i = 0; i < runs; i++) {
-  for (const [fastStart, into] of [[false, cold], [true, saved]] as const) {
+  for (const [fastStart, into] of [
+    [false, cold],
+    [true, saved],
+  ] as const) {
     const started = Date.now();
     const machine = await launchMachine({ image, artifactsDir, fastStart });
     into.push(Date.now() - started);

@@ -16,7 +16,10 @@ import { REPO_ROOT } from '../harness/util/cache-dir.ts';
 const split = process.argv.indexOf('--');
 const own = split < 0 ? process.argv.slice(2) : process.argv.slice(2, split);
 const passThrough = split < 0 ? [] : process.argv.slice(split + 1);
-const { values } = parseArgs({ args: own, options: { runs: { type: 'string', default: '10' }, out: { type: 'string', default: path.join(REPO_ROOT, 'artifacts', 'flake') } } });
+const { values } = parseArgs({
+  args: own,
+  options: { runs: { type: 'string', default: '10' }, out: { type: 'string', default: path.join(REPO_ROOT, 'artifacts', 'flake') } },
+});
 const runs = Number(values.runs);
 const out = path.resolve(values.out!);
 await mkdir(out, { recursive: true });
@@ -34,7 +37,11 @@ for (let run = 1; run <= runs; run++) {
   const dir = path.join(out, `run-${run}`);
   const json = path.join(dir, 'run.json');
   const started = Date.now();
-  const r = await execa(process.execPath, [path.join(REPO_ROOT, 'bin', 'crh.js'), 'run', '--artifacts', dir, '--json', json, ...passThrough], { cwd: REPO_ROOT, reject: false, all: true });
+  const r = await execa(process.execPath, [path.join(REPO_ROOT, 'bin', 'crh.js'), 'run', '--artifacts', dir, '--json', json, ...passThrough], {
+    cwd: REPO_ROOT,
+    reject: false,
+    all: true,
+  });
   const seconds = (Date.now() - started) / 1000;
   let verdicts: Verdict[] = [];
   let infra: { case: string }[] = [];
@@ -48,10 +55,13 @@ for (let run = 1; run <= runs; run++) {
   const notAsExpected = verdicts.filter((v) => !v.pass && v.skipped === undefined).map((v) => `${v.case}: ${v.scenario} under ${v.policy}`);
   const record = { run, exitCode: r.exitCode ?? -1, seconds, rows: verdicts.length, notAsExpected, infra: infra.map((f) => f.case) };
   records.push(record);
-  process.stdout.write(`run ${run}/${runs}: exit ${record.exitCode}, ${record.rows} rows, ${notAsExpected.length} not as expected, ${record.infra.length} infrastructure failures, ${seconds.toFixed(1)} s\n`);
+  process.stdout.write(
+    `run ${run}/${runs}: exit ${record.exitCode}, ${record.rows} rows, ${notAsExpected.length} not as expected, ${record.infra.length} infrastructure failures, ${seconds.toFixed(1)} s\n`,
+  );
   for (const n of notAsExpected) process.stdout.write(`  ✗ ${n}\n`);
   for (const c of record.infra) process.stdout.write(`  ! ${c}\n`);
-  if (record.exitCode !== 0 && notAsExpected.length === 0 && record.infra.length === 0) process.stdout.write(`${(r.all ?? '').split('\n').slice(-15).join('\n')}\n`);
+  if (record.exitCode !== 0 && notAsExpected.length === 0 && record.infra.length === 0)
+    process.stdout.write(`${(r.all ?? '').split('\n').slice(-15).join('\n')}\n`);
 }
 
 const failedRuns = records.filter((r) => r.exitCode !== 0).length;

@@ -27,7 +27,19 @@ import { execa } from 'execa';
 import { InfraError } from '../harness/errors.ts';
 import { REPO_ROOT, cacheDir } from '../harness/util/cache-dir.ts';
 import { bootstrapHost } from '../harness/host/bootstrap.ts';
-import { applyMutant, decide, describeDecision, parseMutantSet, score, tapFailures, unionGrep, type Decision, type Mutant, type RunReport, type RunResult } from './mutants.ts';
+import {
+  applyMutant,
+  decide,
+  describeDecision,
+  parseMutantSet,
+  score,
+  tapFailures,
+  unionGrep,
+  type Decision,
+  type Mutant,
+  type RunReport,
+  type RunResult,
+} from './mutants.ts';
 
 const { values } = parseArgs({
   options: {
@@ -53,7 +65,8 @@ const log = (line: string): void => void process.stderr.write(`${new Date().toIS
 
 async function run(cmd: string, args: string[], cwd: string, what: string): Promise<void> {
   const r = await execa(cmd, args, { cwd, reject: false, all: true });
-  if (r.exitCode !== 0) throw new InfraError(`${what} failed (exit ${r.exitCode})`, { command: [cmd, ...args].join(' '), output: (r.all ?? '').split('\n').slice(-40).join('\n') });
+  if (r.exitCode !== 0)
+    throw new InfraError(`${what} failed (exit ${r.exitCode})`, { command: [cmd, ...args].join(' '), output: (r.all ?? '').split('\n').slice(-40).join('\n') });
 }
 
 /** Debian's kernel source, downloaded and unpacked once into the cache. */
@@ -82,7 +95,10 @@ async function ensureSource(): Promise<string> {
 
 /** The fragment's lines (`CONFIG_X=y` or `# CONFIG_X is not set`), comments and blanks dropped. */
 function fragmentLines(text: string): string[] {
-  return text.split('\n').map((l) => l.trim()).filter((l) => /^CONFIG_[A-Z0-9_]+=/.test(l) || /^# CONFIG_[A-Z0-9_]+ is not set$/.test(l));
+  return text
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => /^CONFIG_[A-Z0-9_]+=/.test(l) || /^# CONFIG_[A-Z0-9_]+ is not set$/.test(l));
 }
 
 /**
@@ -97,7 +113,8 @@ async function configure(): Promise<void> {
   if (existsSync(stamp) && (await readFile(stamp, 'utf8')).trim() === digest && existsSync(path.join(BUILD, '.config'))) return;
   await mkdir(BUILD, { recursive: true });
   const make = (target: string): Promise<void> => run('nice', ['-n', '19', 'make', `O=${BUILD}`, target], SRC, `make ${target}`);
-  const config = (...args: string[]): Promise<void> => run(path.join(SRC, 'scripts', 'config'), ['--file', path.join(BUILD, '.config'), ...args], SRC, 'scripts/config');
+  const config = (...args: string[]): Promise<void> =>
+    run(path.join(SRC, 'scripts', 'config'), ['--file', path.join(BUILD, '.config'), ...args], SRC, 'scripts/config');
   log('configuring: tinyconfig + images/mutants/kernel.fragment');
   await make('tinyconfig');
   await config('--enable', '64BIT');
@@ -112,7 +129,11 @@ async function configure(): Promise<void> {
   await make('olddefconfig');
   const result = new Set((await readFile(path.join(BUILD, '.config'), 'utf8')).split('\n'));
   const dropped = lines.filter((l) => !result.has(l));
-  if (dropped.length > 0) throw new InfraError('olddefconfig dropped options the fragment sets (a dependency is missing from it)', { dropped: dropped.join('\n'), fragment: FRAGMENT });
+  if (dropped.length > 0)
+    throw new InfraError('olddefconfig dropped options the fragment sets (a dependency is missing from it)', {
+      dropped: dropped.join('\n'),
+      fragment: FRAGMENT,
+    });
   await writeFile(stamp, `${digest}\n`);
 }
 
@@ -169,14 +190,25 @@ async function crhRun(grep: string | undefined, label: string, outDir: string, l
   const json = path.join(outDir, `${label}.json`);
   await rm(json, { force: true });
   const args = [
-    '-n', '19', process.execPath, path.join(REPO_ROOT, 'bin', 'crh.js'), 'run',
-    '--kernel', path.join(BUILD, 'arch', 'x86', 'boot', 'bzImage'),
-    '--kernel-config', path.join(BUILD, '.config'),
-    '--system-map', path.join(BUILD, 'System.map'),
-    '--json', json,
-    '--artifacts', path.join(outDir, label),
-    '--html', path.join(outDir, label, 'report.html'),
-    '--jobs', '1',
+    '-n',
+    '19',
+    process.execPath,
+    path.join(REPO_ROOT, 'bin', 'crh.js'),
+    'run',
+    '--kernel',
+    path.join(BUILD, 'arch', 'x86', 'boot', 'bzImage'),
+    '--kernel-config',
+    path.join(BUILD, '.config'),
+    '--system-map',
+    path.join(BUILD, 'System.map'),
+    '--json',
+    json,
+    '--artifacts',
+    path.join(outDir, label),
+    '--html',
+    path.join(outDir, label, 'report.html'),
+    '--jobs',
+    '1',
     ...(grep ? ['--grep', grep] : []),
   ];
   log(`crh run ${grep ? `--grep '${grep}'` : '(all cases)'} (${label})`);
@@ -218,7 +250,14 @@ const outDir = cacheDir('mutants', 'runs', started.toISOString().replace(/[:.]/g
 await mkdir(outDir, { recursive: true });
 // What `make bzImage` needs beyond the harness's own packages (installed as root, else named with the apt-get line).
 await bootstrapHost(log, {
-  extra: { make: 'runs the kernel build', flex: 'the kernel config lexer', bison: 'the kernel config parser', 'libelf-dev': 'objtool', bc: 'the kernel build', 'libssl-dev': 'the kernel build (certs)' },
+  extra: {
+    make: 'runs the kernel build',
+    flex: 'the kernel config lexer',
+    bison: 'the kernel config parser',
+    'libelf-dev': 'objtool',
+    bc: 'the kernel build',
+    'libssl-dev': 'the kernel build (certs)',
+  },
 });
 const source = await ensureSource();
 await restoreLeftovers(set.mutants);
@@ -234,7 +273,9 @@ const baseline = decide(await crhRun(baselineGrep, 'baseline', outDir, 3600));
 const baselineRunSeconds = Math.round((Date.now() - baselineStarted) / 1000);
 const runLimit = values['run-limit'] ? Number(values['run-limit']) : Math.max(900, 3 * baselineRunSeconds);
 // decide() speaks of mutants: for the pristine kernel its "missed" means every row passed.
-log(`baseline (${baselineRunSeconds} s): ${baseline.outcome === 'missed' ? `passes, ${baseline.rows} rows as expected` : describeDecision(baseline)}; a mutant run is stopped after ${runLimit} s`);
+log(
+  `baseline (${baselineRunSeconds} s): ${baseline.outcome === 'missed' ? `passes, ${baseline.rows} rows as expected` : describeDecision(baseline)}; a mutant run is stopped after ${runLimit} s`,
+);
 if (baseline.outcome !== 'missed') {
   // An unmutated kernel that fails its cases makes every catch meaningless.
   log(`the pristine kernel does not pass the selection; no mutant run. Logs: ${outDir}`);
@@ -264,6 +305,8 @@ for (const [i, m] of chosen.entries()) {
 // The tree is pristine again; rebuild so the cached bzImage matches it.
 await buildKernel('pristine again');
 const s = score(results.map((r) => r.decision));
-process.stdout.write(`\nkernel mutation score (${source}, ${started.toISOString().slice(0, 10)}): ${s.caught}/${s.decided} caught (${s.byVerdict} by a verdict row)${s.inconclusive ? `, ${s.inconclusive} inconclusive` : ''}\n\n`);
+process.stdout.write(
+  `\nkernel mutation score (${source}, ${started.toISOString().slice(0, 10)}): ${s.caught}/${s.decided} caught (${s.byVerdict} by a verdict row)${s.inconclusive ? `, ${s.inconclusive} inconclusive` : ''}\n\n`,
+);
 for (const r of results) process.stdout.write(`${r.mutant.id} [${r.mutant.area}] ${r.mutant.file}: ${describeDecision(r.decision)}\n`);
 process.stdout.write(`\nresults: ${values.out ?? path.join(outDir, 'results.json')}\n`);

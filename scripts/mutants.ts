@@ -175,7 +175,11 @@ export function decide(run: RunResult): Decision {
   const infra = run.report?.infrastructureFailures ?? [];
   const boot = infra.find((f) => f.error.startsWith('BootError'));
   if (run.exitCode === 69 && boot) return { outcome: 'caught', by: 'boot', error: `${boot.case}: ${firstLine(boot.error)}` };
-  if (run.exitCode === 69) return { outcome: 'inconclusive', why: `infrastructure failure: ${infra.map((f) => `${f.case}: ${firstLine(f.error)}`).join('; ') || 'exit 69 with none recorded'}` };
+  if (run.exitCode === 69)
+    return {
+      outcome: 'inconclusive',
+      why: `infrastructure failure: ${infra.map((f) => `${f.case}: ${firstLine(f.error)}`).join('; ') || 'exit 69 with none recorded'}`,
+    };
   if (run.exitCode === 1) {
     if (run.tapFailures.length > 0) return { outcome: 'caught', by: 'assertion', failures: run.tapFailures };
     return { outcome: 'inconclusive', why: 'crh exited 1 with neither a FAIL row nor a failed TAP assertion' };

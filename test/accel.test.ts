@@ -105,12 +105,38 @@ t.test('CRH_ACCEL=tcg overrides without probing; a bad value is refused', async 
 });
 
 t.test('the platform profile shows the accelerator, its reason and the evidence', async (t) => {
-  const evidence = { seen: 'stderr: KVM internal error. Suberror: 1', elapsedMs: 712, qmpStatus: 'internal-error', stderr: 'KVM internal error. Suberror: 1', console: '', decidedAt: '2026-12-04T23:00:00.000Z' };
+  const evidence = {
+    seen: 'stderr: KVM internal error. Suberror: 1',
+    elapsedMs: 712,
+    qmpStatus: 'internal-error',
+    stderr: 'KVM internal error. Suberror: 1',
+    console: '',
+    decidedAt: '2026-12-04T23:00:00.000Z',
+  };
   t.equal(
     describeAccelEvidence(evidence),
     'stderr: KVM internal error. Suberror: 1; QMP status internal-error; 712 ms; stderr: KVM internal error. Suberror: 1; console empty; decided 2026-12-04T23:00:00.000Z',
   );
-  const profile = { qemu: '7.2', accel: 'tcg', accelReason: 'kvm failed: stderr: KVM internal error. Suberror: 1', accelEvidence: evidence, cpuModel: 'max', guestCpu: 'QEMU TCG CPU', cpuFlags: [], xcr0: '0x7', xsaveBytes: 832, kernelRelease: '6.1', kernelOrigin: 'test', kernelConfig: {}, kernelSymbols: 'x', probes: { rfOnUserPageFault: { value: null, how: '' }, rfAtHwBreakpointStop: { value: null, how: '' }, rseqDeprecatedFlagsRejected: { value: null, how: '' } } } as unknown as PlatformProfile;
+  const profile = {
+    qemu: '7.2',
+    accel: 'tcg',
+    accelReason: 'kvm failed: stderr: KVM internal error. Suberror: 1',
+    accelEvidence: evidence,
+    cpuModel: 'max',
+    guestCpu: 'QEMU TCG CPU',
+    cpuFlags: [],
+    xcr0: '0x7',
+    xsaveBytes: 832,
+    kernelRelease: '6.1',
+    kernelOrigin: 'test',
+    kernelConfig: {},
+    kernelSymbols: 'x',
+    probes: {
+      rfOnUserPageFault: { value: null, how: '' },
+      rfAtHwBreakpointStop: { value: null, how: '' },
+      rseqDeprecatedFlagsRejected: { value: null, how: '' },
+    },
+  } as unknown as PlatformProfile;
   const rows = new Map(profileRows(profile));
   t.equal(rows.get('accelerator'), 'tcg (kvm failed: stderr: KVM internal error. Suberror: 1)');
   t.match(rows.get('accelerator evidence'), /QMP status internal-error; 712 ms/);

@@ -15,7 +15,15 @@ t.test('frame decoder: frames split anywhere and joined in one chunk', async (t)
   for (let split = 1; split < stream.length; split += 5) {
     const d = new FrameDecoder();
     const got = [...d.push(stream.subarray(0, split)), ...d.push(stream.subarray(split))];
-    t.same(got.map((f) => [f.id, f.payload.length]), [[1, 7], [2, 14], [3, 21]], `split at ${split}`);
+    t.same(
+      got.map((f) => [f.id, f.payload.length]),
+      [
+        [1, 7],
+        [2, 14],
+        [3, 21],
+      ],
+      `split at ${split}`,
+    );
   }
   const byteByByte = new FrameDecoder();
   const got = [...stream].flatMap((b) => byteByByte.push(Buffer.from([b])));
@@ -34,7 +42,10 @@ t.test('payload reader: every overrun names its field', async (t) => {
 });
 
 /** A scripted agent: answers each request with the next recorded response bytes. */
-function transcriptTransport(script: (request: { id: number; op: number; payload: Buffer }) => Buffer[]): { transport: Parameters<typeof AgentClient.open>[0]; input: PassThrough } {
+function transcriptTransport(script: (request: { id: number; op: number; payload: Buffer }) => Buffer[]): {
+  transport: Parameters<typeof AgentClient.open>[0];
+  input: PassThrough;
+} {
   const input = new PassThrough();
   const output = new PassThrough();
   const decoder = new FrameDecoder();
@@ -56,7 +67,10 @@ t.test('transcript: responses split across reads and an error frame', async (t) 
   });
   const { client, hello } = await AgentClient.open(transport);
   t.same(hello, { protocolVersion: 1, release: '6.1.0-test', machine: 'x86_64', pageSize: 4096, agentPid: 77 });
-  const error = await client.call({ op: 'GETREGS', pid: 9 }).then(() => undefined, (e: unknown) => e as AgentError);
+  const error = await client.call({ op: 'GETREGS', pid: 9 }).then(
+    () => undefined,
+    (e: unknown) => e as AgentError,
+  );
   t.ok(error instanceof AgentError);
   t.equal(error?.errno, 3);
   t.match(error?.message, /GETREGS pid 9: no such process \(ESRCH \(3\)\)/);
@@ -64,11 +78,15 @@ t.test('transcript: responses split across reads and an error frame', async (t) 
 });
 
 t.test('transcript: wrong protocol version, unknown id, and a dying agent', async (t) => {
-  const old = transcriptTransport(({ id, op }) => [encodeFrame({ id, op, word: 0, payload: new PayloadWriter().u32(2).string('r').string('m').u32(4096).u32(1).finish() })]);
+  const old = transcriptTransport(({ id, op }) => [
+    encodeFrame({ id, op, word: 0, payload: new PayloadWriter().u32(2).string('r').string('m').u32(4096).u32(1).finish() }),
+  ]);
   await t.rejects(AgentClient.open(old.transport), /agent speaks protocol 2, host speaks 1/);
 
   let calls = 0;
-  const stray = transcriptTransport(({ id, op }) => (calls++ === 0 ? [encodeFrame({ id, op, word: 0, payload: helloPayload })] : [encodeFrame({ id: id + 100, op, word: 0, payload: Buffer.alloc(0) })]));
+  const stray = transcriptTransport(({ id, op }) =>
+    calls++ === 0 ? [encodeFrame({ id, op, word: 0, payload: helloPayload })] : [encodeFrame({ id: id + 100, op, word: 0, payload: Buffer.alloc(0) })],
+  );
   const { client } = await AgentClient.open(stray.transport);
   await t.rejects(client.call({ op: 'KILL', pid: 1 }), /response for unknown request id/);
 
@@ -106,7 +124,11 @@ t.test('the real agent, on the host kernel', async (t) => {
   t.equal(await client.call({ op: 'GETSIGMASK', pid }), 1n << 9n, 'SETSIGMASK round-trips (SIGUSR1 blocked)');
   await client.call({ op: 'SIGNAL', pid, signo: 10 });
   const queued = await client.call({ op: 'PEEKSIGINFO', pid, shared: true });
-  t.same(queued.map((i) => [i.length, i.readInt32LE(0)]), [[128, 10]], 'the blocked SIGUSR1 is on the shared queue');
+  t.same(
+    queued.map((i) => [i.length, i.readInt32LE(0)]),
+    [[128, 10]],
+    'the blocked SIGUSR1 is on the shared queue',
+  );
   t.same(await client.call({ op: 'PEEKSIGINFO', pid, shared: false }), [], 'and not on the thread queue');
   t.equal(await client.call({ op: 'INJECT_SYSCALL', pid, nr: 127, args: [0n, 8n] }), -14n, 'rt_sigpending with a null set fails EFAULT: injections still work');
   await t.rejects(client.call({ op: 'RSEQ_CONFIG', pid: 1 }), AgentError, 'not a tracee');
@@ -116,7 +138,10 @@ t.test('the real agent, on the host kernel', async (t) => {
   const first = await client.call({ op: 'RUN', pid, stopAfterHits: 2, timeoutMs: 30_000 });
   t.equal(first.outcome, 'hit-limit');
   t.equal(first.hits.length, 2);
-  t.ok(first.hits.every((h) => h.rip === target && (h.eflags & EFLAGS.RF) !== 0n && (h.dr6 & 1n) === 1n), 'each hit at target, RF set, DR6.B0');
+  t.ok(
+    first.hits.every((h) => h.rip === target && (h.eflags & EFLAGS.RF) !== 0n && (h.dr6 & 1n) === 1n),
+    'each hit at target, RF set, DR6.B0',
+  );
   const xstate = await client.call({ op: 'GETREGSET', pid, noteType: NT_X86_XSTATE, maxSize: 16384 });
   t.ok(xstate.length >= 576, `xstate is ${xstate.length} bytes`);
 

@@ -20,7 +20,10 @@ const { ESRCH, EEXIST } = constants.errno;
 const CALLS = '9';
 
 async function refused(t: Test, call: Promise<unknown>, errno: number, what: string): Promise<void> {
-  const error = await call.then(() => undefined, (e: unknown) => e);
+  const error = await call.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
   t.ok(error instanceof AgentError && error.errno === errno, `${what}: ${(error as Error | undefined)?.message ?? 'no error'}`);
 }
 
@@ -65,7 +68,7 @@ t.test('detach at a hit, attach again, run to the end: the output of an untouche
   await new Promise((r) => setTimeout(r, 200));
   t.same(procState(pid), { state: 'T', tracer: 0 }, 'and still stopped 200 ms later');
   await refused(t, agent.call({ op: 'GETREGS', pid }), ESRCH, 'GETREGS of a detached process');
-  await refused(t, agent.call({ op: 'KILL', pid }), ESRCH, 'KILL of a detached process: no longer the agent\'s');
+  await refused(t, agent.call({ op: 'KILL', pid }), ESRCH, "KILL of a detached process: no longer the agent's");
 
   const attached = await agent.call({ op: 'ATTACH', pid });
   t.same(attached.threads, [pid], 'ATTACH answers its one thread');

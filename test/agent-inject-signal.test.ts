@@ -30,7 +30,7 @@ t.test('injected calls under a 1 ms interval timer, on the host kernel', async (
     if (queued.some((b) => b.readInt32LE(0) === SIGALRM)) pendingAlarm++;
   }
   t.equal(pendingAlarm, 20, 'SIGALRM stayed pending after every injection');
-  t.equal(await agent.call({ op: 'GETSIGMASK', pid }), mask, 'the mask is the process\'s own again');
+  t.equal(await agent.call({ op: 'GETSIGMASK', pid }), mask, "the mask is the process's own again");
   const end = await agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: 60_000 });
   t.same([end.outcome, end.code], ['exited', 0], 'and it runs on to its end');
 });

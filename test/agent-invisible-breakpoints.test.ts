@@ -55,7 +55,7 @@ t.test('breakpoints the program cannot feel (host kernel)', async (t) => {
   const pid = await spawnWithBreakpoint(agent, watched, out);
   const limit = await agent.call({ op: 'RUN', pid, stopAfterHits: 1, timeoutMs: 20_000 });
   t.equal(limit.outcome, 'hit-limit');
-  t.equal((await agent.call({ op: 'GETREGS', pid })).rip, sym('selfstep_handler'), 'at the limit: left at the handler\'s first instruction, its trap delivered');
+  t.equal((await agent.call({ op: 'GETREGS', pid })).rip, sym('selfstep_handler'), "at the limit: left at the handler's first instruction, its trap delivered");
   const rest = await agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: 20_000 });
   t.equal(`${rest.outcome} ${rest.code}`, 'exited 0');
   t.equal(await readFile(out, 'utf8'), plain.output, 'and it finishes as natively');

@@ -42,7 +42,10 @@ t.test('opcodes.h is a well-formed list', async (t) => {
   t.same(problems, [], 'every name has its op_ function and appears once');
   const codes = [...opcodes.values()];
   t.equal(new Set(codes).size, codes.length, 'no code is used twice');
-  t.ok(codes.every((c) => c > 0 && c <= 0xffff), 'every code fits the u16 op field and is not 0');
+  t.ok(
+    codes.every((c) => c > 0 && c <= 0xffff),
+    'every code fits the u16 op field and is not 0',
+  );
 });
 
 t.test('harness/agent/ops.ts OPCODES agrees with opcodes.h', async (t) => {

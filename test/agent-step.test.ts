@@ -25,7 +25,10 @@ const DR6_BS = 0x4000n;
 
 /** The AgentError a call fails with, checked for its errno (and message). */
 async function refused(t: Test, call: Promise<unknown>, errno: number, message: RegExp, what: string): Promise<void> {
-  const error = await call.then(() => undefined, (e: unknown) => e);
+  const error = await call.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
   t.ok(error instanceof AgentError && error.errno === errno && message.test(error.message), `${what}: ${(error as Error | undefined)?.message ?? 'no error'}`);
 }
 
@@ -41,8 +44,12 @@ t.test('wire: STEP is pid, count, signo, timeout_ms; the answer is outcome, code
     .u32(1)
     .u32(0)
     .u32(2)
-    .u64(0x140015ben).u64(0x246n).u64(0x4000n)
-    .u64(0x140015c2n).u64(0x246n).u64(0x4000n)
+    .u64(0x140015ben)
+    .u64(0x246n)
+    .u64(0x4000n)
+    .u64(0x140015c2n)
+    .u64(0x246n)
+    .u64(0x4000n)
     .u64(0x140015c2n)
     .finish();
   t.same(decodeResult({ op: 'STEP', pid: 7, count: 2, timeoutMs: 0 }, answer), {
@@ -56,7 +63,10 @@ t.test('wire: STEP is pid, count, signo, timeout_ms; the answer is outcome, code
   });
   const signal = new PayloadWriter().u32(2).u32(SIGUSR1).u32(0).u64(0x10001000n).finish();
   t.same(decodeResult({ op: 'STEP', pid: 7, count: 2, timeoutMs: 0 }, signal), { outcome: 'signal', code: SIGUSR1, steps: [], rip: 0x10001000n });
-  t.throws(() => decodeResult({ op: 'STEP', pid: 7, count: 1, timeoutMs: 0 }, new PayloadWriter().u32(9).u32(0).u32(0).u64(0).finish()), /STEP: unknown outcome 9/);
+  t.throws(
+    () => decodeResult({ op: 'STEP', pid: 7, count: 1, timeoutMs: 0 }, new PayloadWriter().u32(9).u32(0).u32(0).u64(0).finish()),
+    /STEP: unknown outcome 9/,
+  );
   t.throws(() => decodeResult({ op: 'STEP', pid: 7, count: 1, timeoutMs: 0 }, answer.subarray(0, answer.length - 1)), /rip/, 'a short answer names the field');
 });
 
@@ -67,12 +77,16 @@ t.test('transcript: a STEP answered with an error frame names the op and the err
   const hello = new PayloadWriter().u32(1).string('6.1.0-test').string('x86_64').u32(4096).u32(77).finish();
   input.on('data', (chunk: Buffer) => {
     for (const f of decoder.push(chunk)) {
-      const payload = f.op === OPCODES.HELLO ? hello : new PayloadWriter().u32(ESRCH).string('pid: 9 is not a stopped thread of a process this agent spawned').finish();
+      const payload =
+        f.op === OPCODES.HELLO ? hello : new PayloadWriter().u32(ESRCH).string('pid: 9 is not a stopped thread of a process this agent spawned').finish();
       output.write(encodeFrame({ id: f.id, op: f.op, word: f.op === OPCODES.HELLO ? 0 : 1, payload }));
     }
   });
   const { client } = await AgentClient.open({ input, output, close: async () => void output.end() });
-  const error = await client.call({ op: 'STEP', pid: 9, count: 4, timeoutMs: 0 }).then(() => undefined, (e: unknown) => e as AgentError);
+  const error = await client.call({ op: 'STEP', pid: 9, count: 4, timeoutMs: 0 }).then(
+    () => undefined,
+    (e: unknown) => e as AgentError,
+  );
   t.ok(error instanceof AgentError);
   t.equal(error?.errno, ESRCH);
   t.match(error?.message, /STEP pid 9 4 steps: pid: 9 is not a stopped thread .* \(ESRCH/);
@@ -107,16 +121,33 @@ t.test('STEP through the real agent, on the host kernel', async (t) => {
 
     const first = await client.call({ op: 'STEP', pid, count: 3, timeoutMs: 30_000 });
     t.equal(first.outcome, 'stepped', 'outcome stepped');
-    t.same(first.steps.map((s) => at(s.rip)), ['+4', '+8', '+12'], 'three addq of 4 bytes each');
+    t.same(
+      first.steps.map((s) => at(s.rip)),
+      ['+4', '+8', '+12'],
+      'three addq of 4 bytes each',
+    );
     t.equal(first.rip, seq + 12n, 'left at the last step');
-    t.ok(first.steps.every((s) => (s.dr6 & DR6_BS) !== 0n && (s.dr6 & 0xfn) === 0n), `DR6.BS on every step (${first.steps.map((s) => s.dr6.toString(16))})`);
-    t.ok(first.steps.every((s) => (s.eflags & EFLAGS.TF) === 0n), 'the TF the kernel set for the step is not in eflags');
+    t.ok(
+      first.steps.every((s) => (s.dr6 & DR6_BS) !== 0n && (s.dr6 & 0xfn) === 0n),
+      `DR6.BS on every step (${first.steps.map((s) => s.dr6.toString(16))})`,
+    );
+    t.ok(
+      first.steps.every((s) => (s.eflags & EFLAGS.TF) === 0n),
+      'the TF the kernel set for the step is not in eflags',
+    );
     t.equal(await client.call({ op: 'PEEKUSER', pid, offset: debugRegOffset(6) }), 0n, 'DR6 cleared after each step');
 
     const rest = await client.call({ op: 'STEP', pid, count: 4, timeoutMs: 30_000 });
-    t.same(rest.steps.map((s) => at(s.rip)), ['+16', '+20', '+24', '+28'], 'four more addq');
+    t.same(
+      rest.steps.map((s) => at(s.rip)),
+      ['+16', '+20', '+24', '+28'],
+      'four more addq',
+    );
     t.equal(rest.rip, tail, 'at step_tail');
-    t.ok(rest.steps.every((s) => (s.eflags & EFLAGS.TF) === 0n), 'TF still hidden');
+    t.ok(
+      rest.steps.every((s) => (s.eflags & EFLAGS.TF) === 0n),
+      'TF still hidden',
+    );
 
     // A signal delivered with a step: the kernel builds the frame and reports the step at the handler's first instruction.
     const delivered = await client.call({ op: 'STEP', pid, count: 1, signo: SIGTRAP, timeoutMs: 30_000 });
@@ -124,19 +155,31 @@ t.test('STEP through the real agent, on the host kernel', async (t) => {
     t.equal(delivered.rip, onTrap, 'stopped at on_trap, the SIGTRAP handler');
     const done = await client.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: 30_000 });
     t.same([done.outcome, done.code], ['exited', 0], 'exits 0');
-    t.equal((await client.call({ op: 'READ_FILE', path: out, maxSize: 4096 })).toString(), 'stepper traps=1 sum=28 ips=+28\n', 'the handler saw only the delivered SIGTRAP, at step_tail');
+    t.equal(
+      (await client.call({ op: 'READ_FILE', path: out, maxSize: 4096 })).toString(),
+      'stepper traps=1 sum=28 ips=+28\n',
+      'the handler saw only the delivered SIGTRAP, at step_tail',
+    );
     await refused(t, client.call({ op: 'STEP', pid, count: 1, timeoutMs: 0 }), ESRCH, /not a stopped thread/, 'a reaped process: ESRCH');
   });
 
-  await t.test('stepping over a popf that clears TF hands the tracer\'s TF to the program', async (t) => {
+  await t.test("stepping over a popf that clears TF hands the tracer's TF to the program", async (t) => {
     const pid = await spawnWithBreakpoint(client, { binary: stepper, argv: [stepper, 'traced'], breakAt: seq }, out);
     await client.call({ op: 'RUN', pid, stopAfterHits: 1, timeoutMs: 30_000 });
     await client.call({ op: 'POKEUSER', pid, offset: debugRegOffset(7), value: 0n });
     const steps = (await client.call({ op: 'STEP', pid, count: 11, timeoutMs: 30_000 })).steps;
-    t.same(steps.map((s) => at(s.rip)), ['+4', '+8', '+12', '+16', '+20', '+24', '+28', '+29', '+37', '+38', at(end + 1n)], 'through pushfq, andq, popfq and the nop at step_end');
+    t.same(
+      steps.map((s) => at(s.rip)),
+      ['+4', '+8', '+12', '+16', '+20', '+24', '+28', '+29', '+37', '+38', at(end + 1n)],
+      'through pushfq, andq, popfq and the nop at step_end',
+    );
     // The kernel takes a stepped popf for one that sets TF itself (is_setting_trap_flag) and drops TIF_FORCED_TF;
     // the next step finds TF clear and TIF_SINGLESTEP set, and restores TF as the program's own.
-    t.same(steps.map((s) => (s.eflags & EFLAGS.TF) !== 0n), [...Array(10).fill(false), true], 'TF hidden until the step after the popfq');
+    t.same(
+      steps.map((s) => (s.eflags & EFLAGS.TF) !== 0n),
+      [...Array(10).fill(false), true],
+      'TF hidden until the step after the popfq',
+    );
     const done = await client.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: 30_000 });
     t.same([done.outcome, done.code], ['exited', 0], 'exits 0');
     const traps = Number(/traps=(\d+)/.exec((await client.call({ op: 'READ_FILE', path: out, maxSize: 65536 })).toString())?.[1]);
@@ -170,7 +213,13 @@ t.test('STEP through the real agent, on the host kernel', async (t) => {
     // RUN until it blocks in its futex wait: the timeout leaves it interrupted there.
     await refused(t, client.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: 1000 }), ETIMEDOUT, /timed out/, 'RUN timed out in the wait');
     const started = Date.now();
-    await refused(t, client.call({ op: 'STEP', pid, count: 1, timeoutMs: 300 }), ETIMEDOUT, /in step 1 of 1 .* interrupted and left stopped/, 'the step timed out');
+    await refused(
+      t,
+      client.call({ op: 'STEP', pid, count: 1, timeoutMs: 300 }),
+      ETIMEDOUT,
+      /in step 1 of 1 .* interrupted and left stopped/,
+      'the step timed out',
+    );
     t.ok(Date.now() - started < 10_000, `answered after ${Date.now() - started} ms`);
     const regs = await client.call({ op: 'GETREGS', pid });
     t.ok(regs.rip > 0n, 'stopped: its registers can be read');

@@ -53,7 +53,9 @@ t.test('batchSizes: consecutive groups within the limit; one sub-request over it
   t.same(batchSizes(subs, 8 + 4 + 3 * 100), [3, 3, 3, 1]);
   t.same(batchSizes(subs, MAX_FRAME_BYTES), [10]);
   t.same(batchSizes([], 1000), []);
-  t.throws(() => batchSizes([Buffer.alloc(10), Buffer.alloc(5000)], 4096), { message: /sub-request 1 is 5000 bytes, more than fits the agent's frame limit of 4096 bytes/ });
+  t.throws(() => batchSizes([Buffer.alloc(10), Buffer.alloc(5000)], 4096), {
+    message: /sub-request 1 is 5000 bytes, more than fits the agent's frame limit of 4096 bytes/,
+  });
 });
 
 t.test('the real agent: a batch over the frame limit runs as several frames, in order, stopping at the first failure', async (t) => {
@@ -61,7 +63,14 @@ t.test('the real agent: a batch over the frame limit runs as several frames, in 
   const { client } = await AgentClient.open(localAgentTransport(bins.hostPath['crh-agent']!));
   t.teardown(() => client.close());
   const hwbreak = bins.hostPath.hwbreak!;
-  const { pid } = await client.call({ op: 'SPAWN', path: hwbreak, argv: [hwbreak, '1'], envp: [], stdoutPath: `/tmp/crh-bounds-${process.pid}.out`, noAslr: true });
+  const { pid } = await client.call({
+    op: 'SPAWN',
+    path: hwbreak,
+    argv: [hwbreak, '1'],
+    envp: [],
+    stdoutPath: `/tmp/crh-bounds-${process.pid}.out`,
+    noAslr: true,
+  });
   t.teardown(() => client.call({ op: 'KILL', pid }).catch(() => {}));
   const maps = (await client.call({ op: 'READ_FILE', path: `/proc/${pid}/maps`, maxSize: 65536 })).toString();
   const stack = /^([0-9a-f]+)-([0-9a-f]+) rw.p .*\[stack\]$/m.exec(maps);
@@ -75,10 +84,16 @@ t.test('the real agent: a batch over the frame limit runs as several frames, in 
   const steps = await client.batch(ops);
   const frames = client.requestsSent - sentBefore;
   t.equal(steps.length, 24, 'every op answered');
-  t.ok(steps.every((s) => s.ok), 'every write accepted');
+  t.ok(
+    steps.every((s) => s.ok),
+    'every write accepted',
+  );
   t.ok(frames >= 5, `${frames} BATCH frames of at most ${client.maxFrameBytes} bytes`);
   const back = await client.call({ op: 'READ_MEM', pid, address: base, length: 24 * chunk });
-  t.ok(Array.from({ length: 24 }, (_, i) => back[i * chunk] === i + 1 && back[(i + 1) * chunk - 1] === i + 1).every(Boolean), 'the memory holds every write, in order');
+  t.ok(
+    Array.from({ length: 24 }, (_, i) => back[i * chunk] === i + 1 && back[(i + 1) * chunk - 1] === i + 1).every(Boolean),
+    'the memory holds every write, in order',
+  );
 
   const failing = [...ops.slice(0, 7), { op: 'WRITE_MEM' as const, pid, address: 0x10n, data: Buffer.alloc(chunk) }, ...ops.slice(8)];
   const before = client.requestsSent;
@@ -87,7 +102,9 @@ t.test('the real agent: a batch over the frame limit runs as several frames, in 
   t.notOk(stopped[7]!.ok, 'the write to 0x10 failed');
   t.equal(client.requestsSent - before, 2, 'the frames after the failure were never sent');
 
-  await t.rejects(client.call({ op: 'WRITE_MEM', pid, address: base, data: Buffer.alloc(client.maxFrameBytes) }), { message: /WRITE_MEM: a request of \d+ bytes does not fit the agent's frame limit of \d+ bytes/ });
+  await t.rejects(client.call({ op: 'WRITE_MEM', pid, address: base, data: Buffer.alloc(client.maxFrameBytes) }), {
+    message: /WRITE_MEM: a request of \d+ bytes does not fit the agent's frame limit of \d+ bytes/,
+  });
   t.ok(await client.call({ op: 'GETREGS', pid }), 'and the session goes on');
 });
 
@@ -127,10 +144,23 @@ t.test('console: an endless line is cut into marked pieces (a panic after it is 
   for (let i = 0; i < 100; i++) source.write('A'.repeat(1000));
   source.write('\nKernel panic - not syncing: test\n');
   await new Promise((r) => setImmediate(r));
-  t.ok(seen.every((l) => l.length <= CONSOLE_LINE_MAX_CHARS + 60), `no line over ${CONSOLE_LINE_MAX_CHARS} characters and its mark`);
+  t.ok(
+    seen.every((l) => l.length <= CONSOLE_LINE_MAX_CHARS + 60),
+    `no line over ${CONSOLE_LINE_MAX_CHARS} characters and its mark`,
+  );
   t.match(seen[0], /\[crh: console line cut at 4096 characters\]$/);
-  t.equal(seen.filter((l) => l.startsWith('A')).map((l) => l.replace(/ \[crh:.*/, '')).join('').length, 100_000, 'nothing of the line is lost');
-  t.ok(seen.some((l) => KERNEL_DEATH.test(l)), 'the panic after it is seen');
+  t.equal(
+    seen
+      .filter((l) => l.startsWith('A'))
+      .map((l) => l.replace(/ \[crh:.*/, ''))
+      .join('').length,
+    100_000,
+    'nothing of the line is lost',
+  );
+  t.ok(
+    seen.some((l) => KERNEL_DEATH.test(l)),
+    'the panic after it is seen',
+  );
   await log.close();
   const file = await readFile(path.join(dir, 'console.log'), 'utf8');
   t.ok(file.length < 100_200, `the log stopped at its limit (${file.length} bytes)`);
@@ -143,7 +173,11 @@ t.test('image JSON nested 1e6 deep is refused by name, before anything recurses'
   const entries = imageEntries(syntheticImage());
   for (const deep of ['['.repeat(1e6), `${'['.repeat(1e6)}${']'.repeat(1e6)}`]) {
     for (const entry of ['threads.json', 'regs.json']) {
-      t.throws(() => parseImageEntries(reseal(entries, { [entry]: Buffer.from(deep) })), new ImageRejectedError('JSON nests deeper than 64 levels', entry, '(json)'), `${entry}: ${deep.length} characters`);
+      t.throws(
+        () => parseImageEntries(reseal(entries, { [entry]: Buffer.from(deep) })),
+        new ImageRejectedError('JSON nests deeper than 64 levels', entry, '(json)'),
+        `${entry}: ${deep.length} characters`,
+      );
     }
     const manifest = Buffer.from(deep);
     const sealed = new Map(entries);

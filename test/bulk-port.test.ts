@@ -23,14 +23,24 @@ t.test('bulk port', async (t) => {
   const viaSsh = async (address: bigint, length: number): Promise<Buffer> => agent.call({ op: 'READ_MEM', pid, address, length });
   const viaBulk = async (address: bigint, length: number): Promise<Buffer> => agent.readMemory(pid, [{ address, length }]);
 
-  t.same(await viaBulk(text.start, Number(text.end - text.start)), await viaSsh(text.start, Number(text.end - text.start)), 'the program text read over the port equals READ_MEM over SSH');
-  const two = await agent.readMemory(pid, [{ address: text.start, length: 4096 }, { address: at, length: 4096 }]);
+  t.same(
+    await viaBulk(text.start, Number(text.end - text.start)),
+    await viaSsh(text.start, Number(text.end - text.start)),
+    'the program text read over the port equals READ_MEM over SSH',
+  );
+  const two = await agent.readMemory(pid, [
+    { address: text.start, length: 4096 },
+    { address: at, length: 4096 },
+  ]);
   t.same(two, Buffer.concat([await viaSsh(text.start, 4096), await viaSsh(at, 4096)]), 'two ranges in one frame, in order');
 
   const write = (data: Buffer, address = at): AgentOp => ({ op: 'WRITE_MEM', pid, address, data });
   t.ok(pattern(1).length >= BULK_MIN_BYTES, 'the writes are large enough to take the port');
   let steps = await agent.batch([write(pattern(1))]);
-  t.ok(steps.every((s) => s.ok), 'a bulk write in a BATCH succeeds');
+  t.ok(
+    steps.every((s) => s.ok),
+    'a bulk write in a BATCH succeeds',
+  );
   t.same(await viaSsh(at, 0x8000), pattern(1), 'its bytes are in the process (read back over SSH)');
 
   // A failing step first: the two bulk writes after it are not run, and their frames must be drained.
@@ -43,7 +53,11 @@ t.test('bulk port', async (t) => {
   t.equal(steps.length, 1, 'a bulk write to an unmapped address fails and stops the BATCH');
   t.notOk(steps[0]!.ok);
   steps = await agent.batch([write(pattern(6)), write(Buffer.alloc(8), 0x10n), write(pattern(7))]);
-  t.same(steps.map((s) => s.ok), [true, false], 'a bulk write, then a failure, then a skipped bulk write');
+  t.same(
+    steps.map((s) => s.ok),
+    [true, false],
+    'a bulk write, then a failure, then a skipped bulk write',
+  );
   t.same(await viaBulk(at, 0x8000), pattern(6), 'the port still reads in step: the write before the failure landed, the one after did not');
   t.ok(agent.hasBulk, 'and the port is still attached');
 

@@ -32,13 +32,19 @@ const reason = (image: Uint8Array): string => {
   return r.ok ? `ok ${r.header.release}` : r.reason;
 };
 
-t.test('Debian\'s kernel names its release in the header', async (t) => {
+t.test("Debian's kernel names its release in the header", async (t) => {
   const root = cacheDir('kernels');
   const images = existsSync(root)
-    ? readdirSync(root).filter((d) => !d.includes('.partial-')).flatMap((d) => {
-        const boot = path.join(root, d, 'tree', 'boot');
-        return existsSync(boot) ? readdirSync(boot).filter((f) => f.startsWith('vmlinuz-')).map((f) => path.join(boot, f)) : [];
-      })
+    ? readdirSync(root)
+        .filter((d) => !d.includes('.partial-'))
+        .flatMap((d) => {
+          const boot = path.join(root, d, 'tree', 'boot');
+          return existsSync(boot)
+            ? readdirSync(boot)
+                .filter((f) => f.startsWith('vmlinuz-'))
+                .map((f) => path.join(boot, f))
+            : [];
+        })
     : [];
   if (images.length === 0) return void t.comment(`no Debian kernel in ${root} yet (crh image fetches one): nothing to read`);
   for (const file of images) {
@@ -47,11 +53,15 @@ t.test('Debian\'s kernel names its release in the header', async (t) => {
     t.ok(parsed.ok, `${file} parses`);
     if (!parsed.ok) continue;
     t.equal(parsed.header.release, release, `release ${release}, as the package names it`);
-    t.match(parsed.header.kernelVersion, new RegExp(`^${release.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} \\(.*\\) #1 SMP`), `the whole string: ${parsed.header.kernelVersion}`);
+    t.match(
+      parsed.header.kernelVersion,
+      new RegExp(`^${release.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} \\(.*\\) #1 SMP`),
+      `the whole string: ${parsed.header.kernelVersion}`,
+    );
     t.match(parsed.header.protocol, /^2\.\d\d$/);
     const kernel = await userKernel({ bzImage: file });
     t.equal(kernel.release, release, 'a user kernel at the same file gets that release, not its file name');
-    t.equal(kernel.sha256, sha256(await readFile(file)), 'and the image\'s SHA-256');
+    t.equal(kernel.sha256, sha256(await readFile(file)), "and the image's SHA-256");
   }
 });
 
@@ -67,7 +77,11 @@ t.test('hostile headers: the field at fault, never a throw', async (t) => {
   t.match(reason(header(undefined, { pointer: 0 })), /kernel_version at 0x20e is 0/);
   t.match(reason(header('6.1.0', { setupSects: 1, pointer: 0x300 })), /outside the setup code \(0x400 bytes\)/, 'a pointer beyond setup_sects');
   t.match(reason(header(undefined, { pointer: 0xfff0, setupSects: 255 })), /outside the setup code|past the/, 'a pointer past the bytes there are');
-  t.match(reason(header('6.1.0', { setupSects: 255, pointer: 0x600, length: 0x820 }).subarray(0, 0x803)), /has no NUL within 3 bytes/, 'a string cut by the end of the bytes given');
+  t.match(
+    reason(header('6.1.0', { setupSects: 255, pointer: 0x600, length: 0x820 }).subarray(0, 0x803)),
+    /has no NUL within 3 bytes/,
+    'a string cut by the end of the bytes given',
+  );
   const noNul = header(undefined);
   noNul.fill(0x41, 0x500);
   t.match(reason(noNul), /has no NUL within/);
@@ -93,7 +107,10 @@ t.test('--kernel NAME=PATH labels a kernel; identities tell builds at one path a
   t.same(splitKernelSpec('/a/bzImage'), { spec: '/a/bzImage' });
   t.same(splitKernelSpec('../x=y/bzImage'), { spec: '../x=y/bzImage' }, 'a name is no path');
   t.equal(kernelLabel('patched=/src/linux/arch/x86/boot/bzImage'), 'patched');
-  t.same(kernelRuns({ kernel: ['base=/k/bzImage', 'patched=/k/bzImage'] }).map((r) => r.label), ['base', 'patched']);
+  t.same(
+    kernelRuns({ kernel: ['base=/k/bzImage', 'patched=/k/bzImage'] }).map((r) => r.label),
+    ['base', 'patched'],
+  );
 
   const dir = await mkdtemp(path.join(tmpdir(), 'crh-bzimage-'));
   const file = path.join(dir, 'bzImage');
@@ -109,6 +126,10 @@ t.test('--kernel NAME=PATH labels a kernel; identities tell builds at one path a
   const identity = (sha: string) => ({ release: '6.1.0-crh', origin: `file:${file}`, sha256: sha.repeat(64), configSha256: 'c'.repeat(64) });
   t.equal(describeKernelIdentity(identity('a')), `6.1.0-crh sha256 aaaaaaaaaaaa config cccccccccccc (file:${file})`);
   const column = (label: string, sha: string) => ({ label, kernel: file, identity: identity(sha), verdicts: [], infra: [] });
-  t.match(formatKernelMatrix([column('base', 'a'), column('patched', 'a')]), /note: patched and base are the same image \(sha256 aaaaaaaaaaaa\)/, 'the same image twice is said');
+  t.match(
+    formatKernelMatrix([column('base', 'a'), column('patched', 'a')]),
+    /note: patched and base are the same image \(sha256 aaaaaaaaaaaa\)/,
+    'the same image twice is said',
+  );
   t.notMatch(formatKernelMatrix([column('base', 'a'), column('patched', 'b')]), /same image/);
 });

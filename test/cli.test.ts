@@ -24,17 +24,29 @@ async function run(args: string[]): Promise<Run> {
   const dir = await mkdtemp(path.join(tmpdir(), 'crh-cli-'));
   const junitFile = path.join(dir, 'junit.xml');
   const jsonFile = path.join(dir, 'verdicts.json');
-  const r = await execa(process.execPath, [crh, 'run', '--artifacts', dir, '--junit', junitFile, '--json', jsonFile, ...args], { reject: false, cwd: REPO_ROOT });
+  const r = await execa(process.execPath, [crh, 'run', '--artifacts', dir, '--junit', junitFile, '--json', jsonFile, ...args], {
+    reject: false,
+    cwd: REPO_ROOT,
+  });
   const xml = await readFile(junitFile, 'utf8').catch(() => undefined);
   const json = await readFile(jsonFile, 'utf8').catch(() => undefined);
-  return { artifacts: dir, exitCode: r.exitCode, stdout: r.stdout, stderr: r.stderr, junit: xml ? parse(xml) : undefined, json: json ? JSON.parse(json) : undefined };
+  return {
+    artifacts: dir,
+    exitCode: r.exitCode,
+    stdout: r.stdout,
+    stderr: r.stderr,
+    junit: xml ? parse(xml) : undefined,
+    json: json ? JSON.parse(json) : undefined,
+  };
 }
 
 t.test('exit 69: the kernel file does not exist', async (t) => {
   const r = await run(['--kernel', '/nonexistent/bzImage']);
   t.equal(r.exitCode, 69, 'infrastructure, not a test failure');
   t.match(r.stderr, /kernel bzImage not found: \/nonexistent\/bzImage/);
-  const errors = asList(r.junit?.testsuites?.testsuite).flatMap((s: any) => asList(s.testcase)).filter((c: any) => c.error);
+  const errors = asList(r.junit?.testsuites?.testsuite)
+    .flatMap((s: any) => asList(s.testcase))
+    .filter((c: any) => c.error);
   t.equal(errors.length, 1, 'JUnit carries the infrastructure error');
 });
 
@@ -46,14 +58,21 @@ t.test('exit 69: a file that is no kernel cannot boot', async (t) => {
   t.equal(r.exitCode, 69, 'infrastructure, not a test failure');
   t.match(r.stderr, /infrastructure failure in hwbreak-rf/);
   const suites = asList(r.junit?.testsuites?.testsuite);
-  t.ok(suites.some((s: any) => asList(s.testcase).some((c: any) => c.error)), 'the case shows an <error>');
+  t.ok(
+    suites.some((s: any) => asList(s.testcase).some((c: any) => c.error)),
+    'the case shows an <error>',
+  );
 });
 
 t.test('exit 1: a case failed', async (t) => {
   const r = await run(['--cases', 'test/fixtures/cases']);
   t.equal(r.exitCode, 1);
   t.match(r.stdout, /✗ always-fails: fixture under none\n\s+expected pass\n\s+observed fail/, 'the summary spells out the failure');
-  t.match(await readFile(path.join(r.artifacts, 'verdicts.txt'), 'utf8'), /always-fails\s+fixture\s+crh\s+none\s+pass\s+fail\s+(?:\S.*?\s+)?FAIL/, 'the verdict table in the artifacts shows it');
+  t.match(
+    await readFile(path.join(r.artifacts, 'verdicts.txt'), 'utf8'),
+    /always-fails\s+fixture\s+crh\s+none\s+pass\s+fail\s+(?:\S.*?\s+)?FAIL/,
+    'the verdict table in the artifacts shows it',
+  );
   const testcase = asList(r.junit?.testsuites?.testsuite)[0]?.testcase;
   t.ok(asList(testcase)[0]?.failure, 'JUnit has the <failure>');
   t.equal(r.junit?.testsuites?.failures, '1');
@@ -66,7 +85,10 @@ t.test('exit 0: register-integrity, every verdict as expected, JUnit parsed', as
   const cases = asList(suite?.testcase);
   t.equal(cases.length, 4, 'one testcase per verdict: three restorers and one negative control');
   t.equal(cases.filter((c: any) => c.failure || c.error).length, 0);
-  t.ok(cases.some((c: any) => /negative control/.test(c.name)), 'negative controls are named as such');
+  t.ok(
+    cases.some((c: any) => /negative control/.test(c.name)),
+    'negative controls are named as such',
+  );
   t.match(r.stdout, /4 passed, 0 failed/);
   t.match(r.stdout, /^accelerator: (tcg|kvm)/m, 'the summary names the accelerator the expectations were measured on');
   t.match(await readFile(path.join(r.artifacts, 'profile.txt'), 'utf8'), /^accelerator\s+(tcg|kvm)/m, 'the whole platform profile is in the artifacts');
@@ -77,7 +99,12 @@ t.test('exit 0: register-integrity, every verdict as expected, JUnit parsed', as
 t.test('crh doctor --json: the profile, with the platform probes measured', async (t) => {
   const r = await execa(process.execPath, [crh, 'doctor', '--json'], { reject: false, cwd: REPO_ROOT });
   t.equal(r.exitCode, 0, r.stderr.slice(-2000));
-  const profile = JSON.parse(r.stdout) as { accel: string; probes: Record<string, { value: boolean | null; how: string }>; kernelConfig: Record<string, string>; xcr0: string };
+  const profile = JSON.parse(r.stdout) as {
+    accel: string;
+    probes: Record<string, { value: boolean | null; how: string }>;
+    kernelConfig: Record<string, string>;
+    xcr0: string;
+  };
   t.ok(['tcg', 'kvm'].includes(profile.accel));
   for (const [name, probe] of Object.entries(profile.probes)) {
     t.type(probe.value, 'boolean', `${name} measured: ${probe.value} (${probe.how})`);
@@ -101,7 +128,11 @@ t.test('crh boot keeps a guest up, crh ssh reaches it with the host key pinned, 
     });
     void boot.then((r) => reject(new Error(`crh boot ended early: ${r.exitCode} ${r.stderr}`)));
   });
-  t.match(printed, /^ssh -i \S+ -p \d+ -o UserKnownHostsFile=\S+ -o StrictHostKeyChecking=yes/m, `a ready ssh command line, host key pinned: ${printed.split('\n')[0]}`);
+  t.match(
+    printed,
+    /^ssh -i \S+ -p \d+ -o UserKnownHostsFile=\S+ -o StrictHostKeyChecking=yes/m,
+    `a ready ssh command line, host key pinned: ${printed.split('\n')[0]}`,
+  );
   const session = JSON.parse(await readFile(path.join(artifacts, 'boot', 'session.json'), 'utf8')) as { qemuPid: number };
   const uname = await execa(process.execPath, [crh, 'ssh', '--', 'uname', '-r'], { reject: false, env });
   t.equal(uname.exitCode, 0, `crh ssh -- uname -r: ${uname.stdout.trim()} ${uname.stderr.trim()}`);

@@ -4,7 +4,16 @@ import t from 'tap';
 import { caseLine, ConsoleReporter, summary, SUMMARY_COLUMNS } from '../harness/report/console-reporter.ts';
 import type { Verdict } from '../harness/report/verdicts.ts';
 
-const row = (over: Partial<Verdict>): Verdict => ({ case: 'hwbreak-rf', scenario: 'a breakpoint hit once per call across a kill-and-restore at the hit '.repeat(3), policy: 'rf=keep', expected: '5 hits '.repeat(30), observed: '5 hits', pass: true, control: false, ...over });
+const row = (over: Partial<Verdict>): Verdict => ({
+  case: 'hwbreak-rf',
+  scenario: 'a breakpoint hit once per call across a kill-and-restore at the hit '.repeat(3),
+  policy: 'rf=keep',
+  expected: '5 hits '.repeat(30),
+  observed: '5 hits',
+  pass: true,
+  control: false,
+  ...over,
+});
 
 t.test('a line per case', async (t) => {
   t.match(caseLine('hwbreak-rf', [row({}), row({ control: true })], 0, 12_345, false), /^✓ hwbreak-rf +2 rows, 1 controls +12\.3 s$/);
@@ -37,7 +46,12 @@ t.test('the summary fits 100 columns and names what failed', async (t) => {
 t.test('status line and colour only where a person watches', async (t) => {
   const run = (isTTY: boolean, env: NodeJS.ProcessEnv) => {
     let text = '';
-    const r = new ConsoleReporter({ write: (s) => void (text += s), isTTY, columns: 80 }, () => [row({})], () => false, env);
+    const r = new ConsoleReporter(
+      { write: (s) => void (text += s), isTTY, columns: 80 },
+      () => [row({})],
+      () => false,
+      env,
+    );
     r.onEvent({ type: 'start', file: 'cases/uffd.test.ts', name: 'uffd' });
     r.onEvent({ type: 'line', file: 'cases/uffd.test.ts', name: 'uffd', line: '    # Subtest: load: checkpointed in the fault' });
     r.onEvent({ type: 'end', file: 'cases/uffd.test.ts', name: 'uffd', exitCode: 0, signal: null, durationMs: 2000, tapFile: '/x', timedOut: false });

@@ -25,10 +25,33 @@ const base = { case: 'hwbreak-rf', scenario: SCENARIO, expected: '5 hits, 3 #DB 
 /** A row from before engines: no engine field at all. */
 const oldCrh: Verdict = { ...base, policy: 'rf=keep-and-preserve restorer=ptrace', observed: '5 hits, 3 #DB after restore', pass: true };
 const crhControl: Verdict = { ...base, policy: 'rf=clear', control: true, expected: '6 hits', observed: '6 hits', pass: true, engine: 'crh' };
-const criuGap: Verdict = { ...base, policy: 'criu defaults', engine: 'criu', observed: '2 hits, 0 #DB after restore; restored DR0 0x401136 → 0x10d40, DR7 0x1 → 0x0', pass: false, engineGap: CRIU_GAPS.debugRegisters };
+const criuGap: Verdict = {
+  ...base,
+  policy: 'criu defaults',
+  engine: 'criu',
+  observed: '2 hits, 0 #DB after restore; restored DR0 0x401136 → 0x10d40, DR7 0x1 → 0x0',
+  pass: false,
+  engineGap: CRIU_GAPS.debugRegisters,
+};
 const criuRearmed: Verdict = { ...base, policy: 'criu, breakpoint re-armed', engine: 'criu', observed: '5 hits, 3 #DB after restore', pass: true };
-const criuFinding: Verdict = { ...base, policy: 'criu, breakpoint re-armed', engine: 'criu', observed: '6 hits, 4 #DB after restore', pass: false, registerDiff: 'rbx: dumped 0x1, cpu 0x2' };
-const criuSkip: Verdict = { ...base, policy: 'rf=clear', control: true, engine: 'criu', expected: '-', observed: '-', pass: false, skipped: POLICY_NOT_FOR_CRIU };
+const criuFinding: Verdict = {
+  ...base,
+  policy: 'criu, breakpoint re-armed',
+  engine: 'criu',
+  observed: '6 hits, 4 #DB after restore',
+  pass: false,
+  registerDiff: 'rbx: dumped 0x1, cpu 0x2',
+};
+const criuSkip: Verdict = {
+  ...base,
+  policy: 'rf=clear',
+  control: true,
+  engine: 'criu',
+  expected: '-',
+  observed: '-',
+  pass: false,
+  skipped: POLICY_NOT_FOR_CRIU,
+};
 const rows = [oldCrh, crhControl, criuGap, criuRearmed, criuSkip];
 
 t.test('outcome, engine and the gap', async (t) => {
@@ -54,7 +77,15 @@ t.test('the verdict table has an engine column; a gap row says so with its refer
 
 t.test('people output: case line and summary count gaps apart and name the engine of a finding', async (t) => {
   t.match(caseLine('hwbreak-rf', rows, 0, 1000, false), /^✓ hwbreak-rf +5 rows, 2 controls, 1 engine gaps/);
-  const text = summary({ verdicts: [...rows, criuFinding], infraCases: [], failedCases: [], elapsedMs: 1000, artifactsRoot: '/a', htmlReport: '/a/report.html', context: [] });
+  const text = summary({
+    verdicts: [...rows, criuFinding],
+    infraCases: [],
+    failedCases: [],
+    elapsedMs: 1000,
+    artifactsRoot: '/a',
+    htmlReport: '/a/report.html',
+    context: [],
+  });
   t.match(text, /✗ hwbreak-rf \[criu\]: hw breakpoint/, 'the finding names its engine');
   t.match(text, /rbx: dumped 0x1, cpu 0x2/, 'with its register diff');
   t.match(text, /artifacts \/a\/hwbreak-rf/, 'and its artifacts');
@@ -70,13 +101,23 @@ t.test('JSON: every row states its engine, old rows included; merged shards too'
   const jsonl = path.join(dir, 'verdicts.jsonl');
   await writeFile(jsonl, rows.map((r) => JSON.stringify(r)).join('\n') + '\n');
   const read = readVerdicts(jsonl);
-  t.same(read.map((v) => v.engine), ['crh', 'crh', 'criu', 'criu', 'criu']);
+  t.same(
+    read.map((v) => v.engine),
+    ['crh', 'crh', 'criu', 'criu', 'criu'],
+  );
   const json = JSON.parse(machineReport('json', { verdicts: read, infrastructureFailures: [] })) as { verdicts: Verdict[] };
-  t.same(json.verdicts.map((v) => [v.engine, v.policy]), read.map((v) => [v.engine, v.policy]));
+  t.same(
+    json.verdicts.map((v) => [v.engine, v.policy]),
+    read.map((v) => [v.engine, v.policy]),
+  );
   t.same(json.verdicts[2]!.engineGap, CRIU_GAPS.debugRegisters, 'the gap and its reference are in the JSON');
   const shard = path.join(dir, 'shard.json');
   await writeFile(shard, JSON.stringify({ verdicts: [oldCrh], infrastructureFailures: [] }));
-  t.same((await mergeReports([shard])).verdicts.map((v) => v.engine), ['crh'], 'an old shard report reads as crh');
+  t.same(
+    (await mergeReports([shard])).verdicts.map((v) => v.engine),
+    ['crh'],
+    'an old shard report reads as crh',
+  );
 });
 
 t.test('JUnit: engine in the test name and as a property; a gap is skipped with its reference, not a failure', async (t) => {
@@ -120,12 +161,15 @@ t.test('HTML: engine · policy columns, a GAP badge with its reference, an engin
 
 t.test('side by side: one column per engine, the reason under every cell that is not a pass', async (t) => {
   const matrix = engineMatrixRows(rows, ['crh', 'criu']);
-  t.same(matrix.map((r) => [r.policy, ...r.cells]), [
-    ['rf=keep-and-preserve restorer=ptrace', 'PASS', '-'],
-    ['rf=clear (control)', 'PASS', 'SKIP'],
-    ['criu defaults', '-', 'GAP'],
-    ['criu, breakpoint re-armed', '-', 'PASS'],
-  ]);
+  t.same(
+    matrix.map((r) => [r.policy, ...r.cells]),
+    [
+      ['rf=keep-and-preserve restorer=ptrace', 'PASS', '-'],
+      ['rf=clear (control)', 'PASS', 'SKIP'],
+      ['criu defaults', '-', 'GAP'],
+      ['criu, breakpoint re-armed', '-', 'PASS'],
+    ],
+  );
   const text = formatEngineSideBySide(rows, ['crh', 'criu']);
   t.match(text.split('\n')[0]!, /^case\s+scenario\s+policy\s+crh\s+criu$/);
   t.match(text, /criu GAP: hwbreak-rf \/ .* \/ criu defaults\n +known engine gap: the task's own debug registers .* \[1\] — observed 2 hits/);
@@ -133,7 +177,10 @@ t.test('side by side: one column per engine, the reason under every cell that is
   t.match(text, /criu SKIP: hwbreak-rf \/ .* \/ rf=clear \(control\)\n +policy switches that describe the TS core do not apply to CRIU/);
   // The kernel matrix keeps the engines apart too.
   const kernels = kernelMatrixRows([{ label: 'a', kernel: 'a', verdicts: rows, infra: [] }]);
-  t.same(kernels.map((r) => r.policy), ['rf=keep-and-preserve restorer=ptrace', 'rf=clear (control)', 'criu: criu defaults', 'criu: criu, breakpoint re-armed', 'criu: rf=clear (control)']);
+  t.same(
+    kernels.map((r) => r.policy),
+    ['rf=keep-and-preserve restorer=ptrace', 'rf=clear (control)', 'criu: criu defaults', 'criu: criu, breakpoint re-armed', 'criu: rf=clear (control)'],
+  );
 });
 
 t.test('recordRow notes the engines a case process recorded (what guest-fixture checks for a SKIP row)', async (t) => {
@@ -151,5 +198,9 @@ t.test('recordRow notes the engines a case process recorded (what guest-fixture 
   recordRow(scope, criuRearmed);
   t.same([...enginesRecorded()].sort(), ['crh', 'criu']);
   for (const fn of teardowns) fn();
-  t.same(readVerdicts(path.join(dir, 'verdicts.jsonl')).map((v) => v.engine), ['crh', 'criu'], 'both rows written at the scope\'s end');
+  t.same(
+    readVerdicts(path.join(dir, 'verdicts.jsonl')).map((v) => v.engine),
+    ['crh', 'criu'],
+    "both rows written at the scope's end",
+  );
 });

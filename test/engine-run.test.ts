@@ -17,7 +17,26 @@ t.test('crh run --engine crh,criu, end to end', async (t) => {
   t.teardown(() => removeTempDir(dir));
   const json = path.join(dir, 'run.json');
   const junit = path.join(dir, 'run.xml');
-  const r = await execa(process.execPath, [path.join(REPO_ROOT, 'bin', 'crh.js'), 'run', '--grep', '^hwbreak-rf', '--engine', 'crh,criu', '--jobs', '1', '--artifacts', path.join(dir, 'artifacts'), '--json', json, '--junit', junit], { reject: false, cwd: REPO_ROOT });
+  const r = await execa(
+    process.execPath,
+    [
+      path.join(REPO_ROOT, 'bin', 'crh.js'),
+      'run',
+      '--grep',
+      '^hwbreak-rf',
+      '--engine',
+      'crh,criu',
+      '--jobs',
+      '1',
+      '--artifacts',
+      path.join(dir, 'artifacts'),
+      '--json',
+      json,
+      '--junit',
+      junit,
+    ],
+    { reject: false, cwd: REPO_ROOT },
+  );
   if (!t.equal(r.exitCode, 0, 'exit 0: every row as expected, the gap included')) t.comment(`${r.stdout}\n${r.stderr.slice(-3000)}`);
   t.match(r.stdout, /^case\s+scenario\s+policy\s+crh\s+criu$/m, 'the side-by-side table: one column per engine');
   t.match(r.stdout, /^hwbreak-rf\s+.*\s+rf=clear \(control\)\s+PASS\s+SKIP$/m, 'a crh control: PASS under crh, SKIP under CRIU');
@@ -34,7 +53,11 @@ t.test('crh run --engine crh,criu, end to end', async (t) => {
   t.equal(engines('crh').length, 5, 'five crh rows, each naming its engine');
   t.equal(engines('criu').length, 6, 'six criu rows');
   t.match(report.verdicts.find((v) => v.engine === 'criu' && v.policy === 'criu defaults')?.engineGap?.reference, /compel's ptrace_set_breakpoint/);
-  t.match(report.verdicts.find((v) => v.policy === 'criu defaults')?.observed, /restored DR0 0x[0-9a-f]+ → 0x[0-9a-f]+, DR7 0x1 → 0x0/, 'the debug registers as CRIU left them');
+  t.match(
+    report.verdicts.find((v) => v.policy === 'criu defaults')?.observed,
+    /restored DR0 0x[0-9a-f]+ → 0x[0-9a-f]+, DR7 0x1 → 0x0/,
+    'the debug registers as CRIU left them',
+  );
   const xml = await readFile(junit, 'utf8');
   t.match(xml, /\[engine=criu criu defaults\]"><properties><property name="engine" value="criu"\/><\/properties><skipped type="known-engine-gap"/);
 });

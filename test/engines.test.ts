@@ -25,7 +25,8 @@ t.test('the engines a case process runs', async (t) => {
   t.same(engines({ CRH_ENGINES: 'criu,crh' }), ['crh', 'criu'], 'crh first');
   t.same(engines({ CRH_ENGINES: 'criu' }), ['criu']);
   t.throws(() => engines({ CRH_ENGINES: 'bogus' }), /CRH_ENGINES: "bogus" is not an engine/, 'a bad value is refused, naming the variable, not read as crh');
-  const handed = (list: unknown): unknown => parseRunConfiguration(JSON.stringify({ version: 1, engines: list, artifactsDir: '/a', verdictsFile: '/a/v.jsonl' }), 'run.json').engines;
+  const handed = (list: unknown): unknown =>
+    parseRunConfiguration(JSON.stringify({ version: 1, engines: list, artifactsDir: '/a', verdictsFile: '/a/v.jsonl' }), 'run.json').engines;
   t.same(handed(['criu', 'crh']), ['crh', 'criu'], 'handed down by crh run: crh first');
   t.throws(() => handed(['bogus']), /run\.json: engines: "bogus" is not an engine/, 'a bad value handed over is refused, not read as crh');
   t.throws(() => handed([]), /engines: \[\]/, 'an empty list is refused: a run runs at least one engine');

@@ -89,7 +89,10 @@ t.test('exit 2: every refused command line, on every subcommand, with the reason
     [['repro', 'x.c', '--when-ready', '--engine', 'criu', '--regs', 'partial'], /--regs is a policy of crh's restore core and cannot apply to --engine criu/],
     [['cr', '--binary', '/bin/true', '--when-ready', '--engine', 'crh,criu', '--cycles', '2'], /--cycles chains crh's own checkpoints; with --engine crh,criu/],
   ];
-  const results = await crhRunAll(refused.map(([args]) => args), { CRH_ARTIFACTS_DIR: artifacts });
+  const results = await crhRunAll(
+    refused.map(([args]) => args),
+    { CRH_ARTIFACTS_DIR: artifacts },
+  );
   for (const [i, [args, reason]] of refused.entries()) {
     const r = results[i]!;
     const line = `crh ${args.map((a) => JSON.stringify(a)).join(' ')}`;
@@ -101,7 +104,8 @@ t.test('exit 2: every refused command line, on every subcommand, with the reason
 
 t.test('exit 1 and 0 from crh verdicts --check: a failed row fails, rows that are all skips tested nothing', async (t) => {
   const dir = await mkdtemp(path.join(tmpdir(), 'crh-exit-verdicts-'));
-  const row = (over: Record<string, unknown>): string => JSON.stringify({ case: 'c', scenario: 's', policy: 'p', control: false, expected: 'pass', observed: 'pass', pass: true, ...over });
+  const row = (over: Record<string, unknown>): string =>
+    JSON.stringify({ case: 'c', scenario: 's', policy: 'p', control: false, expected: 'pass', observed: 'pass', pass: true, ...over });
   const check = async (name: string, rows: string[]): Promise<{ exitCode: number | undefined; stderr: string }> => {
     const artifacts = path.join(dir, name);
     await mkdir(artifacts, { recursive: true });

@@ -44,19 +44,27 @@ async function runFaulted(t: Test, args: string[], artifacts: string, runName: s
   t.ok(faultAt !== undefined, `the fault's moment was seen (${faultLine.source})`);
   const machine = /launch (crh-\d+-\d+)/.exec(stderr)?.[1] ?? '';
   t.ok(machine, `the machine's name is in the progress output (${machine})`);
-  t.same((await readdir(privateTmp)).filter((f) => f.startsWith('crh-')), [], 'no crh-… temp directory or file of the run is left in its TMPDIR');
+  t.same(
+    (await readdir(privateTmp)).filter((f) => f.startsWith('crh-')),
+    [],
+    'no crh-… temp directory or file of the run is left in its TMPDIR',
+  );
   return { exitCode: r.exitCode, stdout: r.stdout, stderr, faultToExitMs: exitedAt - (faultAt ?? 0), machine, runDir: path.join(artifacts, 'repro', runName) };
 }
 
 /** No process whose command line names the machine; no reaper record of the crh process that ran it. */
 async function nothingLeft(t: Test, machine: string): Promise<void> {
-  const qemus = readdirSync('/proc').filter((p) => /^\d+$/.test(p)).filter((p) => {
-    try {
-      return readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0').some((arg) => arg.includes(machine));
-    } catch {
-      return false;
-    }
-  });
+  const qemus = readdirSync('/proc')
+    .filter((p) => /^\d+$/.test(p))
+    .filter((p) => {
+      try {
+        return readFileSync(`/proc/${p}/cmdline`, 'utf8')
+          .split('\0')
+          .some((arg) => arg.includes(machine));
+      } catch {
+        return false;
+      }
+    });
   t.same(qemus, [], `no process runs ${machine}`);
   const owner = /^crh-(\d+)-/.exec(machine)?.[1];
   const records = (await readdir(await recordsDir())).filter((f) => f.startsWith(`${owner}-`));
@@ -79,7 +87,13 @@ t.test('faults injected in a phase: exit 69 naming the phase and the cause, noth
   for (const fault of FAULTS) {
     await t.test(`${fault.phase}:${fault.kind}`, async (t) => {
       const runName = `${fault.phase}-${fault.kind}`;
-      const r = await runFaulted(t, [path.join(REPO_ROOT, 'examples', 'repro', 'checksum.c'), '--checkpoint-at', 'checkpoint_here', '--inject-fault', `${fault.phase}:${fault.kind}`], artifacts, runName, /injecting fault/);
+      const r = await runFaulted(
+        t,
+        [path.join(REPO_ROOT, 'examples', 'repro', 'checksum.c'), '--checkpoint-at', 'checkpoint_here', '--inject-fault', `${fault.phase}:${fault.kind}`],
+        artifacts,
+        runName,
+        /injecting fault/,
+      );
       if (!t.equal(r.exitCode, 69, 'exit 69 (infrastructure)')) t.comment(r.stderr.slice(-3000));
       t.match(r.stderr, /injecting fault/, 'the fault was injected');
       t.match(r.stderr, new RegExp(`^InfraError: during ${fault.phase}: ${fault.cause.source}`, 'm'), 'the error names the phase, then the cause');
@@ -105,12 +119,26 @@ t.test('the artifacts disk full while the image is written: exit 69 naming the f
     execFileSync('umount', [artifacts]);
     await rm(dir, { recursive: true, force: true });
   });
-  const r = await runFaulted(t, [path.join(REPO_ROOT, 'test', 'fixtures', 'repro', 'bigheap.c'), '--checkpoint-at', 'checkpoint_here'], artifacts, 'bigheap', /\] checkpoint:/);
+  const r = await runFaulted(
+    t,
+    [path.join(REPO_ROOT, 'test', 'fixtures', 'repro', 'bigheap.c'), '--checkpoint-at', 'checkpoint_here'],
+    artifacts,
+    'bigheap',
+    /\] checkpoint:/,
+  );
   if (!t.equal(r.exitCode, 69, 'exit 69, not a FAIL')) t.comment(r.stderr.slice(-3000));
-  t.match(r.stderr, new RegExp(`^InfraError: during checkpoint: cannot write the checkpoint image ${r.runDir}/checkpoint\\.tar: ENOSPC`, 'm'), 'the phase, the file and ENOSPC named');
+  t.match(
+    r.stderr,
+    new RegExp(`^InfraError: during checkpoint: cannot write the checkpoint image ${r.runDir}/checkpoint\\.tar: ENOSPC`, 'm'),
+    'the phase, the file and ENOSPC named',
+  );
   t.notMatch(r.stdout, /verdict:/, 'no verdict');
   t.ok(r.faultToExitMs < FAULT_TO_EXIT_MS, `exit ${r.faultToExitMs} ms after the checkpoint began`);
-  t.same(readdirSync(r.runDir).filter((f) => f.includes('checkpoint')), [], 'no image and no partial image in the run directory');
+  t.same(
+    readdirSync(r.runDir).filter((f) => f.includes('checkpoint')),
+    [],
+    'no image and no partial image in the run directory',
+  );
   t.ok(existsSync(path.join(r.runDir, 'console.log')), 'the console log is kept');
   await nothingLeft(t, r.machine);
 });

@@ -44,22 +44,28 @@ t.test('crh repro --out ..tar / ...tar / .tar deletes no artifacts', async (t) =
   // It does not compile: crh stops with a usage error after preparing the run directory, before any guest.
   await writeFile(source, 'int main(void) { return undeclared; }\n');
   for (const out of ['..tar', '...tar', '.tar']) {
-    const run = await execa(process.execPath, [crh, 'repro', source, '--when-ready', '--out', path.join(artifacts, out), '--artifacts', artifacts], { reject: false, cwd: artifacts });
+    const run = await execa(process.execPath, [crh, 'repro', source, '--when-ready', '--out', path.join(artifacts, out), '--artifacts', artifacts], {
+      reject: false,
+      cwd: artifacts,
+    });
     t.equal(run.exitCode, 2, `--out ${out}: usage error (does not compile): ${run.stderr.split('\n').slice(-3).join(' | ')}`);
     t.equal(await readFile(path.join(repro, 'earlier-run', 'console.log'), 'utf8'), 'an earlier run\n', `--out ${out}: an earlier run's artifacts are intact`);
     t.ok(existsSync(path.join(artifacts, 'report.html')), `--out ${out}: the artifacts root is intact`);
   }
-  t.ok(existsSync(path.join(repro, 'broken', OWNED_MARKER)), 'the run went to repro/broken, marked as crh\'s');
+  t.ok(existsSync(path.join(repro, 'broken', OWNED_MARKER)), "the run went to repro/broken, marked as crh's");
   // A directory of the user's where the run directory would go: refused with a usage error, kept.
   await mkdir(path.join(repro, 'mine'));
   await writeFile(path.join(repro, 'mine', 'notes.txt'), 'mine\n');
-  const clash = await execa(process.execPath, [crh, 'repro', source, '--when-ready', '--out', path.join(artifacts, 'mine.tar'), '--artifacts', artifacts], { reject: false, cwd: artifacts });
-  t.equal(clash.exitCode, 2, 'a user\'s directory at the run directory: usage error');
+  const clash = await execa(process.execPath, [crh, 'repro', source, '--when-ready', '--out', path.join(artifacts, 'mine.tar'), '--artifacts', artifacts], {
+    reject: false,
+    cwd: artifacts,
+  });
+  t.equal(clash.exitCode, 2, "a user's directory at the run directory: usage error");
   t.match(clash.stderr, /refusing to delete .*mine: crh did not create it/);
   t.equal(await readFile(path.join(repro, 'mine', 'notes.txt'), 'utf8'), 'mine\n', 'and it is intact');
 });
 
-t.test('an owned directory is replaced; a user\'s directory at that name is refused and kept', async (t) => {
+t.test("an owned directory is replaced; a user's directory at that name is refused and kept", async (t) => {
   const root = await scratch();
   const ours = path.join(root, 'ours');
   await createOwnedDir(ours);
@@ -72,7 +78,7 @@ t.test('an owned directory is replaced; a user\'s directory at that name is refu
   await writeFile(path.join(theirs, 'thesis.tex'), 'precious');
   const refused = await rejection(replaceOwnedDir(theirs));
   t.match(refused?.message, /refusing to delete .*theirs: crh did not create it/);
-  t.equal(await readFile(path.join(theirs, 'thesis.tex'), 'utf8'), 'precious', 'the user\'s file is intact');
+  t.equal(await readFile(path.join(theirs, 'thesis.tex'), 'utf8'), 'precious', "the user's file is intact");
 
   // A symlink to an owned directory is not the directory: refused, the target kept.
   const link = path.join(root, 'link');
@@ -122,10 +128,12 @@ t.test('temporary names are created exclusively: a planted symlink is not follow
   const cacheEntry = path.join(dir, 'entry');
   await symlink(victimDir, `${cacheEntry}.partial-${process.pid}-deadbeef`);
   let built = false;
-  const refused = await rejection(buildOnce(cacheEntry, async (staging) => {
-    built = true;
-    await writeFile(path.join(staging, 'keep'), 'overwritten');
-  }));
+  const refused = await rejection(
+    buildOnce(cacheEntry, async (staging) => {
+      built = true;
+      await writeFile(path.join(staging, 'keep'), 'overwritten');
+    }),
+  );
   t.match((refused as NodeJS.ErrnoException | undefined)?.code, 'EEXIST', 'buildOnce fails on the planted staging name');
   t.notOk(built, 'nothing was built into it');
   t.same((await readdir(victimDir)).sort(), ['keep'], 'the symlinked directory is untouched');
@@ -144,7 +152,7 @@ t.test('temporary names are created exclusively: a planted symlink is not follow
   t.ok(existsSync(path.join(fresh, OWNED_MARKER)) && existsSync(path.join(fresh, 'complete')), 'marked and complete');
 });
 
-t.test('the cache root is private: created 0700, a wider one tightened, another user\'s refused', async (t) => {
+t.test("the cache root is private: created 0700, a wider one tightened, another user's refused", async (t) => {
   const saved = process.env.CRH_CACHE_DIR;
   t.teardown(() => {
     if (saved === undefined) delete process.env.CRH_CACHE_DIR;
@@ -180,7 +188,10 @@ t.test('the image key depends on input bytes, not on their paths', async (t) => 
     copies.push(dir);
   }
   const inputsAt = (dir: string): ImageInputs => ({
-    recipe: { ...debianCloudRecipe, files: Object.fromEntries(Object.entries(debianCloudRecipe.files).map(([guest, file]) => [guest, path.join(dir, path.basename(file))])) } as typeof debianCloudRecipe,
+    recipe: {
+      ...debianCloudRecipe,
+      files: Object.fromEntries(Object.entries(debianCloudRecipe.files).map(([guest, file]) => [guest, path.join(dir, path.basename(file))])),
+    } as typeof debianCloudRecipe,
     kernelSha256: 'k'.repeat(64),
     binariesKey: 'b'.repeat(16),
     hostFiles: new Map([['/lib/libfake.so', path.join(dir, 'libfake.so')]]),
@@ -188,13 +199,13 @@ t.test('the image key depends on input bytes, not on their paths', async (t) => 
   });
   const [a, b] = [await imageKey(inputsAt(copies[0]!)), await imageKey(inputsAt(copies[1]!))];
   t.equal(a, b, `two copies at different paths: one key (${a})`);
-  t.equal(await imageKey({ ...inputsAt(copies[0]!), recipe: debianCloudRecipe }), a, 'the repository\'s own recipe files give that key too');
+  t.equal(await imageKey({ ...inputsAt(copies[0]!), recipe: debianCloudRecipe }), a, "the repository's own recipe files give that key too");
   await writeFile(path.join(copies[1]!, 'rcS'), `${await readFile(path.join(copies[1]!, 'rcS'), 'utf8')}# one more line\n`);
   t.not(await imageKey(inputsAt(copies[1]!)), a, 'a changed byte in a recipe file: another key');
   t.not(await imageKey({ ...inputsAt(copies[0]!), kernelSha256: 'c'.repeat(64) }), a, 'another kernel: another key');
 });
 
-t.test('a copy of the repository at another path finds this checkout\'s image: one key, nothing built', async (t) => {
+t.test("a copy of the repository at another path finds this checkout's image: one key, nothing built", async (t) => {
   const here = await buildImage();
   const clone = path.join(await scratch(), 'another', 'clone');
   const files = (await execa('git', ['ls-files', '-z'], { cwd: REPO_ROOT })).stdout.split('\0').filter(Boolean);

@@ -61,7 +61,8 @@ const recorded = (request: string, nth = 0): Exchange => {
   return found;
 };
 /** The recorded session up to and including the handshake's '?'. */
-const handshake = (): Exchange[] => session.exchanges.slice(0, session.exchanges.findIndex((e) => e.request === frame('?')) + 1).map((e) => ({ ...e, replies: [...e.replies] }));
+const handshake = (): Exchange[] =>
+  session.exchanges.slice(0, session.exchanges.findIndex((e) => e.request === frame('?')) + 1).map((e) => ({ ...e, replies: [...e.replies] }));
 /** A packet's payload from a recorded reply chunk like "+$...#xx". */
 const payloadOf = (chunk: string): string => /\$([^#]*)#/.exec(chunk)![1]!;
 
@@ -131,7 +132,15 @@ t.test('encode: checksum over the escaped bytes; # $ } * escaped; every recorded
   const all = Buffer.from(Array.from({ length: 256 }, (_, i) => i));
   const encoded = encodePacket(all);
   t.ok(decodePayload(encoded.subarray(1, -3)).equals(all), 'all 256 byte values survive escaping');
-  t.equal(encoded.subarray(1, -3).toString('latin1').replace(/}./gs, '').search(/[#$}*]/), -1, 'none of # $ } * is left bare');
+  t.equal(
+    encoded
+      .subarray(1, -3)
+      .toString('latin1')
+      .replace(/}./gs, '')
+      .search(/[#$}*]/),
+    -1,
+    'none of # $ } * is left bare',
+  );
   for (const { request } of session.exchanges.filter((e) => e.request.startsWith('$'))) {
     t.equal(frame(decodePayload(Buffer.from(request.slice(1, -3), 'latin1'))), request, `re-encodes ${request.slice(0, 40)}`);
   }
@@ -185,19 +194,23 @@ function normalized(events: PacketEvent[]): unknown[] {
 
 t.test('parser: acks, packets, a notification, RLE, escapes, junk, a bad checksum — at every split point', async (t) => {
   const whole = normalized(parseAll([composite]));
-  t.same(whole, [
-    { type: 'ack' },
-    { type: 'packet', payload: 'T02thread:p01.01;' },
-    { type: 'ack' },
-    { type: 'packet', payload: 'PacketSize=1000;qXfer:features:read+;vContSupported+;multiprocess+' },
-    { type: 'nack' },
-    { type: 'notification', payload: 'Stop:T05thread:p01.02;' },
-    { type: 'packet', payload: '000011111' },
-    { type: 'packet', payload: '}#$*' },
-    { type: 'junk', bytes: 'noise' },
-    { type: 'bad-checksum', raw: '$QCp01.01#00', expected: 0, actual: 0xf4 },
-    { type: 'packet', payload: 'OK' },
-  ], 'several packets in one chunk');
+  t.same(
+    whole,
+    [
+      { type: 'ack' },
+      { type: 'packet', payload: 'T02thread:p01.01;' },
+      { type: 'ack' },
+      { type: 'packet', payload: 'PacketSize=1000;qXfer:features:read+;vContSupported+;multiprocess+' },
+      { type: 'nack' },
+      { type: 'notification', payload: 'Stop:T05thread:p01.02;' },
+      { type: 'packet', payload: '000011111' },
+      { type: 'packet', payload: '}#$*' },
+      { type: 'junk', bytes: 'noise' },
+      { type: 'bad-checksum', raw: '$QCp01.01#00', expected: 0, actual: 0xf4 },
+      { type: 'packet', payload: 'OK' },
+    ],
+    'several packets in one chunk',
+  );
   let mismatches = 0;
   for (let i = 0; i <= composite.length; i++) {
     for (let j = i; j <= composite.length; j++) {
@@ -211,7 +224,10 @@ t.test('parser: acks, packets, a notification, RLE, escapes, junk, a bad checksu
   const stubBytes = [...session.greeting, ...session.exchanges.flatMap((e) => e.replies)].join('');
   const events = parseAll([stubBytes]);
   t.same(normalized(parseAll([...stubBytes])), normalized(events), `the whole recorded session (${stubBytes.length} bytes) byte by byte`);
-  t.notOk(events.some((e) => e.type === 'bad-checksum' || e.type === 'junk'), 'QEMU sent nothing but acks and well-formed packets');
+  t.notOk(
+    events.some((e) => e.type === 'bad-checksum' || e.type === 'junk'),
+    'QEMU sent nothing but acks and well-formed packets',
+  );
   t.throws(() => new PacketParser(100).push(Buffer.from(`$${'0'.repeat(200)}`)), /longer than 100 bytes/);
 });
 
@@ -301,7 +317,8 @@ t.test("target description: QEMU's recorded XML gives the 'g' layout", async (t)
 });
 
 t.test('target description: regnum defaults, gaps, nested includes, and what is refused', async (t) => {
-  const from = (files: Record<string, string>) => (annex: string) => (annex in files ? Promise.resolve(files[annex]!) : Promise.reject(new GdbError(`no ${annex}`)));
+  const from = (files: Record<string, string>) => (annex: string) =>
+    annex in files ? Promise.resolve(files[annex]!) : Promise.reject(new GdbError(`no ${annex}`));
   const d = await readTargetDescription(
     from({
       'target.xml': `<?xml version="1.0"?><!DOCTYPE target SYSTEM "gdb-target.dtd" [ <!ENTITY x "y"> ]>
@@ -314,7 +331,13 @@ t.test('target description: regnum defaults, gaps, nested includes, and what is 
   t.same(d.features, ['org.example.a', 'org.example.c', 'org.example.b']);
   t.same(
     d.registers.registers.map((r) => [r.name, r.regnum, r.offset]),
-    [['a0', 0, 0], ['c0', 1, 4], ['a1', 2, 5], ['b0', 10, 13], ['b1', 11, 15]],
+    [
+      ['a0', 0, 0],
+      ['c0', 1, 4],
+      ['a1', 2, 5],
+      ['b0', 10, 13],
+      ['b1', 11, 15],
+    ],
     'regnum counts on from the previous register across includes; offsets pack in regnum order, skipping gaps',
   );
   t.equal(d.registers.get('b0').group, 'g&h', 'entities in attributes are decoded');
@@ -333,7 +356,10 @@ t.test('target description: regnum defaults, gaps, nested includes, and what is 
   await refused({ 'target.xml': '<target><!-- never closed' }, /unterminated comment/);
   await refused({ 'target.xml': '<target><reg name="r" bitsize=8/></target>' }, /malformed attribute/);
   await refused({ 'target.xml': '<target>&bogus;</target>' }, /unknown entity/);
-  t.same([...scanXml('<a x="1"/>t&lt;<b>')].map((x) => x.kind), ['start', 'text', 'start']);
+  t.same(
+    [...scanXml('<a x="1"/>t&lt;<b>')].map((x) => x.kind),
+    ['start', 'text', 'start'],
+  );
 });
 
 /** The calls test/gdb-qemu.test.ts made while recording session.txt, with what the replay must show. */
@@ -364,7 +390,11 @@ async function replaySession(t: Test, chop?: (chunk: string) => string[]): Promi
   t.equal((await gdb.request(`m${KERNEL_TEXT.toString(16)},801`)).toString(), 'E22');
   await gdb.insertBreakpoint('hardware', KERNEL_TEXT, 1);
   await gdb.removeBreakpoint('hardware', KERNEL_TEXT, 1);
-  await t.rejects(gdb.removeBreakpoint('hardware', KERNEL_TEXT, 1), { name: 'GdbError', errno: 22, message: /z1,ffffffff81000000,1: the stub replied E22 \(EINVAL\)/ });
+  await t.rejects(gdb.removeBreakpoint('hardware', KERNEL_TEXT, 1), {
+    name: 'GdbError',
+    errno: 22,
+    message: /z1,ffffffff81000000,1: the stub replied E22 \(EINVAL\)/,
+  });
   const threads = await gdb.threads();
   t.same(threads, ['p01.01', 'p01.02']);
   await gdb.selectThread('g', threads[1]!);
@@ -389,7 +419,10 @@ t.test('transcript: a recorded session, one byte per read', (t) => replaySession
 t.test('transcript: a recorded session, reads of 7 bytes', (t) => replaySession(t, (c) => c.match(/[^]{1,7}/g)!));
 
 /** The recorded handshake followed by `tail`, served by a fake stub; a connected client. */
-async function afterHandshake(tail: Exchange[], options: GdbClientOptions & { chop?: (c: string) => string[]; respond?: (r: string) => string[]; edit?: (h: Exchange[]) => void } = {}) {
+async function afterHandshake(
+  tail: Exchange[],
+  options: GdbClientOptions & { chop?: (c: string) => string[]; respond?: (r: string) => string[]; edit?: (h: Exchange[]) => void } = {},
+) {
   const exchanges = handshake();
   options.edit?.(exchanges);
   const stub = new FakeStub({ greeting: session.greeting, exchanges: [...exchanges, ...tail] }, options);
@@ -565,7 +598,10 @@ t.test('X writes when the stub takes them: binary escaped, chunked to PacketSize
     frames.push(request);
     const body = decodePayload(Buffer.from(request.slice(1, -3), 'latin1'));
     const colon = body.indexOf(0x3a);
-    const [addr, len] = body.toString('latin1', 1, colon).split(',').map((x) => BigInt(`0x${x}`)) as [bigint, bigint];
+    const [addr, len] = body
+      .toString('latin1', 1, colon)
+      .split(',')
+      .map((x) => BigInt(`0x${x}`)) as [bigint, bigint];
     const data = body[0] === 0x58 ? body.subarray(colon + 1) : Buffer.from(body.toString('latin1', colon + 1), 'hex');
     if (BigInt(data.length) !== len) return [`+${frame('E22')}`];
     writes.set(addr, data);
@@ -579,15 +615,26 @@ t.test('X writes when the stub takes them: binary escaped, chunked to PacketSize
       // With a 256-byte PacketSize the qXfer requests ask for less each time.
       const xfer = h.filter((e) => e.request.startsWith('$qXfer'));
       const xml = recordedXml();
-      h.splice(h.indexOf(xfer[0]!), xfer.length, ...xferExchanges('target.xml', xml.get('target.xml')!, 0x7d), ...xferExchanges('i386-64bit.xml', xml.get('i386-64bit.xml')!, 0x7d));
+      h.splice(
+        h.indexOf(xfer[0]!),
+        xfer.length,
+        ...xferExchanges('target.xml', xml.get('target.xml')!, 0x7d),
+        ...xferExchanges('i386-64bit.xml', xml.get('i386-64bit.xml')!, 0x7d),
+      );
     },
   });
   t.equal(gdb.packetSize, 0x100);
   const data = Buffer.from(Array.from({ length: 1000 }, (_, i) => (i * 13) & 0xff));
   await gdb.writeMemory(0x1000n, data);
   t.equal(frames[0], frame('X1000,0:'), 'a zero-length X probes for binary writes');
-  t.ok(frames.every((f) => f.length <= 0x100), `no packet exceeds PacketSize (longest ${Math.max(...frames.map((f) => f.length))})`);
-  t.ok(frames.slice(1).every((f) => f.startsWith('$X')), 'X accepted: every chunk is binary');
+  t.ok(
+    frames.every((f) => f.length <= 0x100),
+    `no packet exceeds PacketSize (longest ${Math.max(...frames.map((f) => f.length))})`,
+  );
+  t.ok(
+    frames.slice(1).every((f) => f.startsWith('$X')),
+    'X accepted: every chunk is binary',
+  );
   const joined = Buffer.concat([...writes.entries()].sort(([a], [b]) => (a < b ? -1 : 1)).map(([, d]) => d));
   t.ok(joined.equals(data), `${frames.length - 1} X packets reassemble the data, # $ } * included`);
   t.equal(writes.size, frames.length - 1);
@@ -600,7 +647,10 @@ function xferExchanges(annex: string, text: string, length: number): Exchange[] 
   for (let offset = 0; ; offset += length) {
     const piece = text.slice(offset, offset + length);
     const last = offset + length >= text.length;
-    out.push({ request: frame(`qXfer:features:read:${annex}:${offset.toString(16)},${length.toString(16)}`), replies: [`+${frame(`${last ? 'l' : 'm'}${piece}`)}`] });
+    out.push({
+      request: frame(`qXfer:features:read:${annex}:${offset.toString(16)},${length.toString(16)}`),
+      replies: [`+${frame(`${last ? 'l' : 'm'}${piece}`)}`],
+    });
     if (last) return out;
   }
 }
@@ -656,5 +706,8 @@ t.test('malformed replies: named, and a broken frame or stop reply gives up the 
   t.ok(stub.stream.destroyed, 'an unparseable stop reply leaves the protocol out of step: disconnected');
   const rle = await afterHandshake([{ request: frame('g'), replies: [`+${raw('*!')}`] }]);
   await t.rejects(rle.gdb.readRegisters(), { name: 'GdbError', message: /malformed run-length encoding/ });
-  await t.rejects(GdbClient.connect({ path: '/nonexistent/gdb.sock' }), { name: 'GdbError', message: /cannot connect to the gdbstub at \/nonexistent\/gdb.sock/ });
+  await t.rejects(GdbClient.connect({ path: '/nonexistent/gdb.sock' }), {
+    name: 'GdbError',
+    message: /cannot connect to the gdbstub at \/nonexistent\/gdb.sock/,
+  });
 });

@@ -143,12 +143,19 @@ t.test('memory: chunk limit, 64 KiB twice, 1 MiB, writes across chunks restored,
   await gdb.writeMemory(scratch, pattern);
   const writes = logged.slice(before).filter((l) => /^> [XM]/.test(l));
   t.ok(logged.includes('X unsupported: writing memory with M'), 'QEMU 7.2 has no X: the client falls back to M');
-  t.same(writes.map((l) => l.slice(2, 3)), ['X', 'M', 'M', 'M', 'M', 'M'], `one X probe, then five M packets of at most ${gdb.packetSize} bytes`);
+  t.same(
+    writes.map((l) => l.slice(2, 3)),
+    ['X', 'M', 'M', 'M', 'M', 'M'],
+    `one X probe, then five M packets of at most ${gdb.packetSize} bytes`,
+  );
   t.ok((await gdb.readMemory(scratch, 10_000)).equals(pattern), '10000 bytes written across write chunks read back');
   await gdb.writeMemory(scratch, saved);
   t.ok((await gdb.readMemory(scratch, 10_000)).equals(saved), 'and the original bytes are back');
 
-  const fault = await gdb.readMemory(0n, 16).then(() => undefined, (e: unknown) => e as GdbError);
+  const fault = await gdb.readMemory(0n, 16).then(
+    () => undefined,
+    (e: unknown) => e as GdbError,
+  );
   t.ok(fault instanceof GdbError, 'reading unmapped address 0 fails');
   t.equal(fault?.errno, 14);
   t.match(fault?.message, /m0,10: the stub replied E14 \(EFAULT\)/);
@@ -172,7 +179,9 @@ t.test('Z1 at hwbreak:target (a user address): exactly one stop per call; Z0 and
       // The user context only: the guest kernel may take an interrupt at that boundary
       // in between (cr2, k_gs_base and the like then differ), but the instruction never ran.
       const user = (r: Map<string, bigint>): Array<[string, bigint | undefined]> =>
-        ['rax', 'rbx', 'rcx', 'rdx', 'rsi', 'rdi', 'rbp', 'rsp', 'r8', 'r9', 'r10', 'r11', 'r12', 'r13', 'r14', 'r15', 'rip', 'cs', 'ss', 'fs_base'].map((n) => [n, r.get(n)]);
+        ['rax', 'rbx', 'rcx', 'rdx', 'rsi', 'rdi', 'rbp', 'rsp', 'r8', 'r9', 'r10', 'r11', 'r12', 'r13', 'r14', 'r15', 'rip', 'cs', 'ss', 'fs_base'].map(
+          (n) => [n, r.get(n)],
+        );
       t.same(user(await gdb.readRegisters()), user(regs), 'without the step-over, QEMU reports the same execution again (user registers equal)');
     }
   }
@@ -262,7 +271,10 @@ t.test('threads: one per vCPU, Hg selects whose registers are read', async (t) =
     t.equal(await gdb.currentThread(), threads[0], `after Hg/Hc ${id}, qC still names ${threads[0]}`);
   }
   t.comment(`RIPs: ${seen.map((s) => `0x${s.rip.toString(16)}`).join(' ')}`);
-  t.ok(seen.every((s) => s.rip >= 0xffff_8000_0000_0000n || s.rip < 0x8000_0000_0000n), 'canonical RIPs');
+  t.ok(
+    seen.every((s) => s.rip >= 0xffff_8000_0000_0000n || s.rip < 0x8000_0000_0000n),
+    'canonical RIPs',
+  );
   t.not(seen[0]!.rsp, seen[1]!.rsp, 'each vCPU has its own stack');
   await gdb.selectThread('g', threads[0]!);
   await gdb.selectThread('c', threads[0]!);

@@ -39,7 +39,10 @@ t.test('the channel closes first, the machine reports the loss 50 ms later: the 
   const machine = machineFailure();
   const { client } = await AgentClient.open(agent.transport);
   client.failWhen(machine.failure);
-  const call = client.call({ op: 'GETREGS', pid: 9 }).then(() => undefined, (e: unknown) => e);
+  const call = client.call({ op: 'GETREGS', pid: 9 }).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
   await agent.received;
   agent.closeChannel();
   await new Promise((r) => setTimeout(r, 50));
@@ -47,11 +50,14 @@ t.test('the channel closes first, the machine reports the loss 50 ms later: the 
   const error = await call;
   t.ok(error instanceof AgentError, 'still an AgentError naming the op');
   t.match((error as AgentError).message, /GETREGS: guest lost: QEMU killed by signal 9/);
-  t.ok((error as AgentError).cause instanceof BootError, 'whose cause is the machine\'s error');
+  t.ok((error as AgentError).cause instanceof BootError, "whose cause is the machine's error");
   t.ok(isInfraFailure(error), 'infrastructure');
   // A restore wraps the agent's failure; the class survives the wrapping.
   t.ok(isInfraFailure(new RestoreStepError('batch failed', 3, 'SETREGS', { cause: error })), 'infrastructure through a restore step');
-  const later = await client.call({ op: 'GETREGS', pid: 9 }).then(() => undefined, (e: unknown) => e);
+  const later = await client.call({ op: 'GETREGS', pid: 9 }).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
   t.ok(isInfraFailure(later), 'and every later request too');
   await client.close();
 });
@@ -62,7 +68,10 @@ t.test('the machine reports the loss while a request waits: infrastructure at on
   const { client } = await AgentClient.open(agent.transport);
   client.failWhen(machine.failure);
   const started = Date.now();
-  const call = client.call({ op: 'GETREGS', pid: 9 }).then(() => undefined, (e: unknown) => e);
+  const call = client.call({ op: 'GETREGS', pid: 9 }).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
   await agent.received;
   machine.lose('GUEST_PANICKED');
   const error = await call;
@@ -77,7 +86,10 @@ t.test('negative control: the agent closes its channel and the guest stays up â€
   const { client } = await AgentClient.open(agent.transport);
   client.failWhen(machine.failure);
   const started = Date.now();
-  const call = client.call({ op: 'GETREGS', pid: 9 }).then(() => undefined, (e: unknown) => e);
+  const call = client.call({ op: 'GETREGS', pid: 9 }).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
   await agent.received;
   agent.closeChannel();
   const error = await call;
@@ -92,7 +104,10 @@ t.test('without a machine to ask, a closed channel fails the request at once', a
   const agent = silentAfterHello();
   const { client } = await AgentClient.open(agent.transport);
   const started = Date.now();
-  const call = client.call({ op: 'GETREGS', pid: 9 }).then(() => undefined, (e: unknown) => e);
+  const call = client.call({ op: 'GETREGS', pid: 9 }).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
   await agent.received;
   agent.closeChannel();
   const error = await call;

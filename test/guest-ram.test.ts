@@ -31,31 +31,60 @@ t.test('page data in guest RAM', async (t) => {
   const stats = { ...agent.ramStats };
 
   const textLength = Number(text.end - text.start);
-  t.same(await agent.readMemory(pid, [{ address: text.start, length: textLength }]), await viaSsh(text.start, textLength), 'the program text read from guest RAM equals READ_MEM over SSH');
-  t.ok(agent.ramStats.pagesRead >= stats.pagesRead + textLength / GUEST_PAGE_BYTES - agent.ramStats.pagesThroughAgent, `its pages came from the RAM file (${agent.ramStats.pagesRead - stats.pagesRead} pages read there)`);
+  t.same(
+    await agent.readMemory(pid, [{ address: text.start, length: textLength }]),
+    await viaSsh(text.start, textLength),
+    'the program text read from guest RAM equals READ_MEM over SSH',
+  );
+  t.ok(
+    agent.ramStats.pagesRead >= stats.pagesRead + textLength / GUEST_PAGE_BYTES - agent.ramStats.pagesThroughAgent,
+    `its pages came from the RAM file (${agent.ramStats.pagesRead - stats.pagesRead} pages read there)`,
+  );
 
   const write = (data: Buffer, address = at): AgentOp => ({ op: 'WRITE_MEM', pid, address, data });
   const written = agent.ramStats.pagesWritten;
   let steps = await agent.batch([write(pattern(1))]);
-  t.ok(steps.every((s) => s.ok), 'a whole-page write in a BATCH succeeds');
+  t.ok(
+    steps.every((s) => s.ok),
+    'a whole-page write in a BATCH succeeds',
+  );
   t.equal(agent.ramStats.pagesWritten, written + 8, 'its 8 pages went into the RAM file');
   t.same(await viaSsh(at, 0x8000), pattern(1), 'and the process reads them (READ_MEM over SSH)');
 
   // The program text is a read-only private file mapping: the write must land in a private copy, never in the file's page.
   const fileBefore = await agent.call({ op: 'READ_FILE', path: binary, maxSize: 64 * MiB });
   steps = await agent.batch([write(pattern(2, 4096), text.start)]);
-  t.ok(steps.every((s) => s.ok), 'a write over the read-only text succeeds');
+  t.ok(
+    steps.every((s) => s.ok),
+    'a write over the read-only text succeeds',
+  );
   t.same(await viaSsh(text.start, 4096), pattern(2, 4096), 'the process sees it');
-  t.same(await agent.call({ op: 'READ_FILE', path: binary, maxSize: 64 * MiB }), fileBefore, 'the program file (its page cache) is unchanged: the write went to a copy on write');
+  t.same(
+    await agent.call({ op: 'READ_FILE', path: binary, maxSize: 64 * MiB }),
+    fileBefore,
+    'the program file (its page cache) is unchanged: the write went to a copy on write',
+  );
 
   // BATCH order and failures, as a plain BATCH.
   steps = await agent.batch([write(Buffer.alloc(8), 0x10n), write(pattern(3))]);
-  t.same(steps.map((s) => s.ok), [false], 'a failing op before a page write stops the BATCH there');
+  t.same(
+    steps.map((s) => s.ok),
+    [false],
+    'a failing op before a page write stops the BATCH there',
+  );
   t.same(await viaSsh(at, 0x8000), pattern(1), 'the page write after it did not happen');
   steps = await agent.batch([write(pattern(4), 0x1000n), write(pattern(5))]);
-  t.same(steps.map((s) => s.ok), [false], 'a page write to an unmapped address fails (no frame, then WRITE_MEM fails) and stops the BATCH');
+  t.same(
+    steps.map((s) => s.ok),
+    [false],
+    'a page write to an unmapped address fails (no frame, then WRITE_MEM fails) and stops the BATCH',
+  );
   steps = await agent.batch([write(pattern(6)), write(Buffer.alloc(8), 0x10n), write(pattern(7))]);
-  t.same(steps.map((s) => s.ok), [true, false], 'a page write, a failure, a skipped page write');
+  t.same(
+    steps.map((s) => s.ok),
+    [true, false],
+    'a page write, a failure, a skipped page write',
+  );
   t.same(await viaSsh(at, 0x8000), pattern(6), 'the write before the failure landed, the one after did not');
 
   // Control: the RAM file is the guest's RAM at frame × 4096 — one byte changed there is seen by the process.
@@ -75,14 +104,25 @@ t.test('page data in guest RAM', async (t) => {
       await agent.call({ op: 'POKEUSER', pid: mpid, offset: debugRegOffset(7), value: 0n });
       const before = { ...agent.ramStats };
       const image = await checkpointProcess(agent, { binary, argv, envp: [], noAslr: true, pid: mpid }, guest.platform);
-      t.ok(agent.ramStats.pagesRead - before.pagesRead >= 1024, `the checkpoint read its 4 MiB from guest RAM (${agent.ramStats.pagesRead - before.pagesRead} pages; ${agent.ramStats.pagesThroughAgent - before.pagesThroughAgent} through the agent)`);
+      t.ok(
+        agent.ramStats.pagesRead - before.pagesRead >= 1024,
+        `the checkpoint read its 4 MiB from guest RAM (${agent.ramStats.pagesRead - before.pagesRead} pages; ${agent.ramStats.pagesThroughAgent - before.pagesThroughAgent} through the agent)`,
+      );
       await agent.call({ op: 'KILL', pid: mpid });
       const restored = await restoreProcess(agent, image, { policy: DEFAULT_POLICY, stdoutPath: out });
-      t.ok(agent.ramStats.pagesWritten - before.pagesWritten >= 1024, `the restore wrote its 4 MiB into guest RAM (${agent.ramStats.pagesWritten - before.pagesWritten} pages)`);
+      t.ok(
+        agent.ramStats.pagesWritten - before.pagesWritten >= 1024,
+        `the restore wrote its 4 MiB into guest RAM (${agent.ramStats.pagesWritten - before.pagesWritten} pages)`,
+      );
       if (corrupt) {
         const region = image.regions.find((r) => r.file === null && r.end - r.start === BigInt(4 * MiB))!;
         const target = region.start + BigInt(3 * MiB) + 0x123n;
-        const [f] = await agent.call({ op: 'PAGE_FRAMES', pid: restored.pid, mode: 'check', ranges: [{ address: target & ~0xfffn, length: GUEST_PAGE_BYTES }] });
+        const [f] = await agent.call({
+          op: 'PAGE_FRAMES',
+          pid: restored.pid,
+          mode: 'check',
+          ranges: [{ address: target & ~0xfffn, length: GUEST_PAGE_BYTES }],
+        });
         const offset = f! * GUEST_PAGE_BYTES + Number(target & 0xfffn);
         poke(ramFile, offset, peek(ramFile, offset) ^ 0x01);
       }
@@ -92,7 +132,11 @@ t.test('page data in guest RAM', async (t) => {
       return text;
     };
     t.match(await restoredOnce(false), /^memfill ok 4 MiB sum=/, 'the restored memfill finds every word intact');
-    t.match(await restoredOnce(true), /^memfill mismatch at offset 3146016\b/, 'control: one bit flipped in the RAM file at the restored page is the mismatch the process reports');
+    t.match(
+      await restoredOnce(true),
+      /^memfill mismatch at offset 3146016\b/,
+      'control: one bit flipped in the RAM file at the restored page is the mismatch the process reports',
+    );
   });
 });
 

@@ -34,18 +34,75 @@ async function tempDir(t: Test, prefix: string): Promise<string> {
 
 /** Two cases: 3 + 4 matrix cells, 5 PASS (one a control), 1 FAIL (a control), 1 not run; an infrastructure failure. */
 const VERDICTS: Verdict[] = [
-  { case: 'hwbreak-rf', scenario: HW, policy: 'rf=keep-and-preserve restorer=ptrace', control: false, expected: '5 hits, 3 #DB after restore', observed: '5 hits, 3 #DB after restore', pass: true, conditions: RF_CONDITION, durationMs: 2300 },
-  { case: 'hwbreak-rf', scenario: HW, policy: 'rf=clear', control: true, expected: '6 hits, 4 #DB after restore (spurious re-trigger)', observed: '5 hits, 3 #DB after restore', pass: false, conditions: RF_CONDITION, registerDiff: 'eflags: image 0x10246, cpu 0x246' },
-  { case: 'hwbreak-rf', scenario: HW, policy: 'restorer=popf', control: true, expected: '6 hits (RF lost by POPF)', observed: '6 hits', pass: true, conditions: RF_CONDITION },
-  { case: 'register-integrity', scenario: REGS, policy: 'restorer=ptrace regs=full', control: false, expected: 'regcheck ok', observed: 'regcheck ok', pass: true },
-  { case: 'register-integrity', scenario: REGS, policy: 'restorer=ptrace regs=partial', control: true, expected: 'mismatch: rbx rbp r12 r13 r14 r15', observed: 'regcheck mismatch: rbx rbp r12 r13 r14 r15', pass: true, registerDiff: 'rbx: image 0x1111, cpu 0x0\nrbp: image 0x2222, cpu 0x0' },
-  { case: 'register-integrity', scenario: PROBE, policy: 'restorer=ptrace regs=full', control: false, expected: 'escaped', observed: `${SCRIPT} \u001b[31mred\u001b[0m`, pass: true },
+  {
+    case: 'hwbreak-rf',
+    scenario: HW,
+    policy: 'rf=keep-and-preserve restorer=ptrace',
+    control: false,
+    expected: '5 hits, 3 #DB after restore',
+    observed: '5 hits, 3 #DB after restore',
+    pass: true,
+    conditions: RF_CONDITION,
+    durationMs: 2300,
+  },
+  {
+    case: 'hwbreak-rf',
+    scenario: HW,
+    policy: 'rf=clear',
+    control: true,
+    expected: '6 hits, 4 #DB after restore (spurious re-trigger)',
+    observed: '5 hits, 3 #DB after restore',
+    pass: false,
+    conditions: RF_CONDITION,
+    registerDiff: 'eflags: image 0x10246, cpu 0x246',
+  },
+  {
+    case: 'hwbreak-rf',
+    scenario: HW,
+    policy: 'restorer=popf',
+    control: true,
+    expected: '6 hits (RF lost by POPF)',
+    observed: '6 hits',
+    pass: true,
+    conditions: RF_CONDITION,
+  },
+  {
+    case: 'register-integrity',
+    scenario: REGS,
+    policy: 'restorer=ptrace regs=full',
+    control: false,
+    expected: 'regcheck ok',
+    observed: 'regcheck ok',
+    pass: true,
+  },
+  {
+    case: 'register-integrity',
+    scenario: REGS,
+    policy: 'restorer=ptrace regs=partial',
+    control: true,
+    expected: 'mismatch: rbx rbp r12 r13 r14 r15',
+    observed: 'regcheck mismatch: rbx rbp r12 r13 r14 r15',
+    pass: true,
+    registerDiff: 'rbx: image 0x1111, cpu 0x0\nrbp: image 0x2222, cpu 0x0',
+  },
+  {
+    case: 'register-integrity',
+    scenario: PROBE,
+    policy: 'restorer=ptrace regs=full',
+    control: false,
+    expected: 'escaped',
+    observed: `${SCRIPT} \u001b[31mred\u001b[0m`,
+    pass: true,
+  },
 ];
 const INFRA: InfraFailure[] = [{ case: 'rseq-cs', error: 'BootError: the kernel panicked <b>bold?</b>\n--- console tail ---\nKernel panic - not syncing' }];
 const INPUT: HtmlReportInput = {
   verdicts: VERDICTS,
   infra: INFRA,
-  profile: [['accel', 'tcg'], ['probes.rfOnUserPageFault', 'false']],
+  profile: [
+    ['accel', 'tcg'],
+    ['probes.rfOnUserPageFault', 'false'],
+  ],
   consoleExcerpts: { 'hwbreak-rf': '[    1.9] crh: ready, uptime 1.90', 'rseq-cs': 'Kernel panic - not syncing' },
   artifactLinks: { 'hwbreak-rf': '../hwbreak-rf' },
   generatedAt: '2026-11-23T12:00:00Z',
@@ -72,7 +129,7 @@ t.test('the outcome line follows the exit-code rules', async (t) => {
   t.match(htmlReport({ verdicts: [] }), /NO VERDICTS/);
 });
 
-t.test('writeHtmlReport reads console tails, links case folders and takes the profile from this run\'s newest checkpoint image', async (t) => {
+t.test("writeHtmlReport reads console tails, links case folders and takes the profile from this run's newest checkpoint image", async (t) => {
   const root = await tempDir(t, 'crh-html-');
   const caseDir = path.join(root, 'hwbreak-rf');
   await mkdir(caseDir, { recursive: true });
@@ -82,7 +139,10 @@ t.test('writeHtmlReport reads console tails, links case folders and takes the pr
   const stale = path.join(caseDir, 'checkpoint-old.tar');
   await writeCheckpointImage(syntheticImage({ platform: { accel: 'stale-run' } }), stale);
   await utimes(stale, new Date(sinceMs - 60_000), new Date(sinceMs - 60_000));
-  await writeCheckpointImage(syntheticImage({ platform: { accel: 'tcg', 'probes.rfOnUserPageFault': false, 'probes.rseqDeprecatedFlagsRejected': null } }), path.join(caseDir, 'checkpoint-new.tar'));
+  await writeCheckpointImage(
+    syntheticImage({ platform: { accel: 'tcg', 'probes.rfOnUserPageFault': false, 'probes.rseqDeprecatedFlagsRejected': null } }),
+    path.join(caseDir, 'checkpoint-new.tar'),
+  );
 
   const excerpt = await consoleExcerpt(path.join(caseDir, 'console.log'));
   t.equal(excerpt?.split('\n').length, 40, 'forty lines');
@@ -103,7 +163,10 @@ t.test('crh run writes the report: to --html FILE, else to artifacts/report.html
   const crh = path.join(REPO_ROOT, 'bin', 'crh.js');
   const failed = await tempDir(t, 'crh-html-run-');
   const htmlFile = path.join(failed, 'elsewhere', 'run.html');
-  const r = await execa(process.execPath, [crh, 'run', '--cases', 'test/fixtures/cases', '--artifacts', failed, '--html', htmlFile], { reject: false, cwd: REPO_ROOT });
+  const r = await execa(process.execPath, [crh, 'run', '--cases', 'test/fixtures/cases', '--artifacts', failed, '--html', htmlFile], {
+    reject: false,
+    cwd: REPO_ROOT,
+  });
   t.equal(r.exitCode, 1, 'the fixture case fails');
   t.match(r.stdout, new RegExp(`HTML report: ${htmlFile}`));
   const html = await readFile(htmlFile, 'utf8');
@@ -125,17 +188,37 @@ t.test('the Chromium command line: the binary itself under setpriv, the DevTools
   t.equal(asUser.executable, '/usr/bin/setpriv');
   t.same(asUser.args.slice(0, 4), ['--pdeathsig', 'KILL', '--', '/usr/lib/chromium/chromium'], 'setpriv execs the browser, not the /usr/bin/chromium wrapper');
   const args = asUser.args.slice(4);
-  for (const flag of ['--headless=new', '--remote-debugging-pipe', '--user-data-dir=/tmp/profile', '--host-resolver-rules=MAP * ~NOTFOUND', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-breakpad', '--disable-crash-reporter', '--disable-extensions', '--disable-gpu', '--force-color-profile=srgb']) {
+  for (const flag of [
+    '--headless=new',
+    '--remote-debugging-pipe',
+    '--user-data-dir=/tmp/profile',
+    '--host-resolver-rules=MAP * ~NOTFOUND',
+    '--disable-background-networking',
+    '--disable-component-update',
+    '--disable-sync',
+    '--no-first-run',
+    '--disable-breakpad',
+    '--disable-crash-reporter',
+    '--disable-extensions',
+    '--disable-gpu',
+    '--force-color-profile=srgb',
+  ]) {
     t.ok(args.includes(flag), flag);
   }
-  t.notOk(args.some((a) => a.startsWith('--remote-debugging-port')), 'no DevTools port');
+  t.notOk(
+    args.some((a) => a.startsWith('--remote-debugging-port')),
+    'no DevTools port',
+  );
   t.notOk(args.includes('--no-sandbox'), 'sandboxed when not root');
   const disabled = args.filter((a) => a.startsWith('--disable-features=')).flatMap((a) => a.slice('--disable-features='.length).split(','));
   t.equal(args.filter((a) => a.startsWith('--disable-features=')).length, 1, 'one --disable-features list: puppeteer merges ours into its own');
   for (const feature of ['Translate', 'MediaRouter', 'OptimizationHints', 'AutofillServerCommunication', 'CertificateTransparencyComponentUpdater']) {
     t.ok(disabled.includes(feature), `feature ${feature} disabled`);
   }
-  t.ok(chromiumCommand('/usr/bin/setpriv', '/usr/lib/chromium/chromium', '/tmp/profile', { asRoot: true }).args.includes('--no-sandbox'), '--no-sandbox as root');
+  t.ok(
+    chromiumCommand('/usr/bin/setpriv', '/usr/lib/chromium/chromium', '/tmp/profile', { asRoot: true }).args.includes('--no-sandbox'),
+    '--no-sandbox as root',
+  );
 });
 
 t.test('Chromium is required, and its absence is named with the install command', async (t) => {
@@ -197,7 +280,14 @@ t.test('in a real headless Chromium: the matrix renders, a cell opens, the scree
     };
   })()`);
   t.equal(rendered.title, 'cr-harness report');
-  t.same(rendered.matrices, [{ case: 'hwbreak-rf', rows: 1, columns: 3 }, { case: 'register-integrity', rows: 2, columns: 2 }], 'one matrix per case: scenarios × policies');
+  t.same(
+    rendered.matrices,
+    [
+      { case: 'hwbreak-rf', rows: 1, columns: 3 },
+      { case: 'register-integrity', rows: 2, columns: 2 },
+    ],
+    'one matrix per case: scenarios × policies',
+  );
   t.same(rendered.status, { pass: 5, fail: 1, none: 1 }, 'cell verdicts');
   t.equal(rendered.controls, 3, 'negative controls marked');
   t.equal(rendered.laidOut, 7, 'every matrix cell has a rendered box');
@@ -225,7 +315,16 @@ t.test('in a real headless Chromium: the matrix renders, a cell opens, the scree
   })()`);
   t.ok(opened.open, 'the click opened the cell');
   t.ok(opened.height > 100, `the opened cell takes room (${opened.height} px)`);
-  for (const shown of ['expected', '6 hits, 4 #DB after restore (spurious re-trigger)', 'observed', 'register diff', 'eflags: image 0x10246, cpu 0x246', 'console excerpt', 'crh: ready, uptime 1.90', 'probes.rfAtHwBreakpointStop=true']) {
+  for (const shown of [
+    'expected',
+    '6 hits, 4 #DB after restore (spurious re-trigger)',
+    'observed',
+    'register diff',
+    'eflags: image 0x10246, cpu 0x246',
+    'console excerpt',
+    'crh: ready, uptime 1.90',
+    'probes.rfAtHwBreakpointStop=true',
+  ]) {
     t.ok(opened.text.includes(shown), `the opened cell shows ${JSON.stringify(shown)}`);
   }
 
@@ -257,7 +356,11 @@ t.test('a browser that runs past its budget is killed, with every process of its
   const page = await browser.newPage({ width: 320, height: 200 });
   const thrown = await page.evaluate('null.boom').catch((e: unknown) => e);
   t.ok(thrown instanceof InfraError && !(thrown instanceof TimeoutError), 'an exception in the page is an InfraError');
-  t.match((thrown as InfraError).describe(), /page evaluation threw: TypeError: Cannot read properties of null[^]*--- expression ---\nnull\.boom/, 'naming the exception and the expression');
+  t.match(
+    (thrown as InfraError).describe(),
+    /page evaluation threw: TypeError: Cannot read properties of null[^]*--- expression ---\nnull\.boom/,
+    'naming the exception and the expression',
+  );
   const hung = await page.evaluate('new Promise(() => {})').catch((e: unknown) => e);
   t.ok(hung instanceof TimeoutError, `a page that never answers ends in TimeoutError: ${(hung as Error).message}`);
   await browser.close();
@@ -265,7 +368,16 @@ t.test('a browser that runs past its budget is killed, with every process of its
 });
 
 t.test('a skipped case is shown as SKIP, counted neither as a pass nor as a failure', async (t) => {
-  const skipped = { case: 'rseq', scenario: '(every scenario of the case)', policy: '-', expected: 'run', observed: 'skipped', pass: false, control: false, skipped: 'the guest kernel lacks CONFIG_RSEQ (not set)' };
+  const skipped = {
+    case: 'rseq',
+    scenario: '(every scenario of the case)',
+    policy: '-',
+    expected: 'run',
+    observed: 'skipped',
+    pass: false,
+    control: false,
+    skipped: 'the guest kernel lacks CONFIG_RSEQ (not set)',
+  };
   const html = htmlReport({ verdicts: [skipped], infra: [] });
   t.match(html, /<td class="cell skip" data-status="skip">/, 'the matrix cell is a skip');
   t.match(html, /<span class="badge skip">SKIP<\/span> the guest kernel lacks CONFIG_RSEQ/, 'the flat table names the missing option');

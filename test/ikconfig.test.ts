@@ -68,7 +68,10 @@ t.test('a kernel built without IKCONFIG, and payloads that cannot be read', asyn
 });
 
 t.test('the Debian 6.1 kernels: payload decompressed, no IKCONFIG, as their packaged config says', async (t) => {
-  for (const [metapackage, format] of [['linux-image-cloud-amd64', 'lz4'], ['linux-image-amd64', 'xz']] as const) {
+  for (const [metapackage, format] of [
+    ['linux-image-cloud-amd64', 'lz4'],
+    ['linux-image-amd64', 'xz'],
+  ] as const) {
     const kernel = await debianKernel(metapackage);
     const started = Date.now();
     const result = await extractIkconfigFile(kernel.bzImage);
@@ -93,26 +96,46 @@ t.test('where a guest kernel config comes from: given file, then IKCONFIG, then 
   // A given file that contradicts the kernel's own config is refused, naming every option it gets wrong.
   const given = path.join(dir, 'given.config');
   await writeFile(given, CONFIG.replace('# CONFIG_RSEQ is not set', 'CONFIG_RSEQ=y'));
-  const conflict = await guestKernelConfig({ bzImage: withIk, config: given, sha256: sha256(bytes) }).then(() => undefined, (e: unknown) => e);
+  const conflict = await guestKernelConfig({ bzImage: withIk, config: given, sha256: sha256(bytes) }).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
   t.type(conflict, KernelConfigConflictError, 'a given file contradicting IKCONFIG is an error');
   t.same((conflict as KernelConfigConflictError).contradictions, [{ option: 'CONFIG_RSEQ', file: 'y', embedded: 'n' }], 'naming the option, both values');
-  t.match((conflict as Error).message, /given\.config contradicts the config embedded in the kernel \(IKCONFIG\) on 1 option\(s\): CONFIG_RSEQ \(.*: y, embedded: n\)/);
+  t.match(
+    (conflict as Error).message,
+    /given\.config contradicts the config embedded in the kernel \(IKCONFIG\) on 1 option\(s\): CONFIG_RSEQ \(.*: y, embedded: n\)/,
+  );
   const agreeing = path.join(dir, 'agreeing.config');
   await writeFile(agreeing, CONFIG.replace('# Automatically generated file; DO NOT EDIT.\n', ''));
   const agreed = await guestKernelConfig({ bzImage: withIk, config: agreeing, sha256: sha256(bytes) });
   t.equal(optionState(agreed.config, 'CONFIG_VIRTIO_NET'), 'm', 'a given file that agrees (comments aside) is used');
   t.match(agreed.source, /agreeing\.config \(agrees with the embedded IKCONFIG\)/);
   t.equal(agreed.sha256, sha256(CONFIG.replace('# Automatically generated file; DO NOT EDIT.\n', '')), 'with the hash of the text used');
-  t.same(configContradictions(new Map([['CONFIG_A', 'y'], ['CONFIG_B', 'n']]), new Map([['CONFIG_C', 'm']])), [
-    { option: 'CONFIG_A', file: 'y', embedded: 'n' },
-    { option: 'CONFIG_C', file: 'n', embedded: 'm' },
-  ], 'an option one side lacks is "n" there; an unset one agrees with an absent one');
+  t.same(
+    configContradictions(
+      new Map([
+        ['CONFIG_A', 'y'],
+        ['CONFIG_B', 'n'],
+      ]),
+      new Map([['CONFIG_C', 'm']]),
+    ),
+    [
+      { option: 'CONFIG_A', file: 'y', embedded: 'n' },
+      { option: 'CONFIG_C', file: 'n', embedded: 'm' },
+    ],
+    'an option one side lacks is "n" there; an unset one agrees with an absent one',
+  );
   const embedded = await guestKernelConfig({ bzImage: withIk, sha256: sha256(bytes) });
   t.match(embedded.source, /^IKCONFIG embedded in the bzImage \(xz payload/);
   t.equal(optionState(embedded.config, 'CONFIG_RSEQ'), 'n');
   t.equal(optionState(embedded.config, 'CONFIG_VIRTIO_NET'), 'm');
   await writeFile(path.join(dir, 'config-6.1.0-crh'), 'CONFIG_RSEQ=y\n');
-  t.equal(optionState((await guestKernelConfig({ bzImage: withIk, sha256: sha256(bytes) })).config, 'CONFIG_RSEQ'), 'n', 'IKCONFIG beats a file beside it (cached result)');
+  t.equal(
+    optionState((await guestKernelConfig({ bzImage: withIk, sha256: sha256(bytes) })).config, 'CONFIG_RSEQ'),
+    'n',
+    'IKCONFIG beats a file beside it (cached result)',
+  );
 
   const tree = path.join(dir, 'linux', 'arch', 'x86', 'boot');
   const bare = path.join(tree, 'bzImage');

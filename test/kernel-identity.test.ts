@@ -33,7 +33,14 @@ t.test('identity of a user kernel: label, release, image and config hashes', asy
   const { file, bytes } = await kernelWithVersion(dir, '6.1.0-crh-rf (me@host) #7 SMP');
   const kernel = (await resolveKernel(configurationFromUserEnvironment({ CRH_KERNEL: `patched=${file}` }).kernel))!;
   const id = await kernelIdentity(kernel);
-  t.match(id, { label: 'patched', release: '6.1.0-crh-rf', kernelVersion: '6.1.0-crh-rf (me@host) #7 SMP', origin: `file:${file}`, sha256: sha256(bytes), configSha256: sha256(CONFIG) });
+  t.match(id, {
+    label: 'patched',
+    release: '6.1.0-crh-rf',
+    kernelVersion: '6.1.0-crh-rf (me@host) #7 SMP',
+    origin: `file:${file}`,
+    sha256: sha256(bytes),
+    configSha256: sha256(CONFIG),
+  });
   t.match(id.configSource, /IKCONFIG embedded in the bzImage/);
 });
 
@@ -42,10 +49,20 @@ t.test('crh run: a --kernel-config contradicting IKCONFIG is a usage error namin
   const { file } = await kernelWithVersion(dir, '6.1.0-crh (me@host) #1 SMP');
   const wrong = path.join(dir, 'config-no-rseq');
   await writeFile(wrong, CONFIG.replace('CONFIG_RSEQ=y', '# CONFIG_RSEQ is not set'));
-  const r = await execa(process.execPath, [path.join(REPO_ROOT, 'bin', 'crh.js'), 'run', '--kernel', file, '--kernel-config', wrong, '--artifacts', path.join(dir, 'artifacts')], {
-    cwd: REPO_ROOT, reject: false, env: { CRH_CACHE_DIR: path.join(dir, 'cache') }, timeout: 120_000,
-  });
+  const r = await execa(
+    process.execPath,
+    [path.join(REPO_ROOT, 'bin', 'crh.js'), 'run', '--kernel', file, '--kernel-config', wrong, '--artifacts', path.join(dir, 'artifacts')],
+    {
+      cwd: REPO_ROOT,
+      reject: false,
+      env: { CRH_CACHE_DIR: path.join(dir, 'cache') },
+      timeout: 120_000,
+    },
+  );
   t.equal(r.exitCode, 2, 'exit 2: usage');
-  t.match(r.stderr, /config-no-rseq contradicts the config embedded in the kernel \(IKCONFIG\) on 1 option\(s\): CONFIG_RSEQ \(.*config-no-rseq: n, embedded: y\)/);
+  t.match(
+    r.stderr,
+    /config-no-rseq contradicts the config embedded in the kernel \(IKCONFIG\) on 1 option\(s\): CONFIG_RSEQ \(.*config-no-rseq: n, embedded: y\)/,
+  );
   t.notMatch(r.stderr, /launch|booting/i, 'no guest was started');
 });

@@ -35,10 +35,24 @@ t.test('cloud and generic 6.1 side by side; RSEQ missing from the second config 
   const r = await execa(
     process.execPath,
     [
-      crh, 'run', '--grep', '^(register-integrity\\.test|reports/criu-rseq)',
-      '--kernel', 'debian:linux-image-cloud-amd64', '--kernel-config', cloud.config!,
-      '--kernel', 'debian:linux-image-amd64', '--kernel-config', noRseq,
-      '--artifacts', dir, '--json', path.join(dir, 'all.json'), '--junit', path.join(dir, 'junit.xml'),
+      crh,
+      'run',
+      '--grep',
+      '^(register-integrity\\.test|reports/criu-rseq)',
+      '--kernel',
+      'debian:linux-image-cloud-amd64',
+      '--kernel-config',
+      cloud.config!,
+      '--kernel',
+      'debian:linux-image-amd64',
+      '--kernel-config',
+      noRseq,
+      '--artifacts',
+      dir,
+      '--json',
+      path.join(dir, 'all.json'),
+      '--junit',
+      path.join(dir, 'junit.xml'),
     ],
     { cwd: REPO_ROOT, reject: false },
   );
@@ -47,21 +61,43 @@ t.test('cloud and generic 6.1 side by side; RSEQ missing from the second config 
   if (r.exitCode !== 0) t.comment(`${r.stdout.slice(-4000)}\n${r.stderr.slice(-4000)}`);
 
   const { kernels } = JSON.parse(await readFile(path.join(dir, 'all.json'), 'utf8')) as MatrixJson;
-  t.same(kernels.map((k) => k.label), ['cloud-amd64', 'amd64']);
+  t.same(
+    kernels.map((k) => k.label),
+    ['cloud-amd64', 'amd64'],
+  );
   t.match(kernels[0]!.kernel, /6\.1\.0-\d+-cloud-amd64/);
-  t.match(kernels[1]!.kernel, /6\.1\.0-\d+-amd64 sha256 [0-9a-f]{12} config [0-9a-f]{12} \(debian:linux-image-6\.1\.0-\d+-amd64=/, 'release, image and config hashes in the header');
-  t.match(kernels[1]!.identity, { release: generic.release, sha256: generic.sha256, kernelVersion: new RegExp(`^${generic.release.replace(/\./g, '\\.')} `) }, 'the identity in the JSON: release, image hash, the header\'s version string');
+  t.match(
+    kernels[1]!.kernel,
+    /6\.1\.0-\d+-amd64 sha256 [0-9a-f]{12} config [0-9a-f]{12} \(debian:linux-image-6\.1\.0-\d+-amd64=/,
+    'release, image and config hashes in the header',
+  );
+  t.match(
+    kernels[1]!.identity,
+    { release: generic.release, sha256: generic.sha256, kernelVersion: new RegExp(`^${generic.release.replace(/\./g, '\\.')} `) },
+    "the identity in the JSON: release, image hash, the header's version string",
+  );
   const rows = (k: number, c: string): Verdict[] => kernels[k]!.verdicts.filter((v) => v.case === c);
   t.equal(rows(0, 'register-integrity').length, 4, 'register-integrity ran on the cloud kernel');
-  t.same(rows(1, 'register-integrity').map((v) => v.pass), [true, true, true, true], 'and on the generic one: both columns filled');
+  t.same(
+    rows(1, 'register-integrity').map((v) => v.pass),
+    [true, true, true, true],
+    'and on the generic one: both columns filled',
+  );
   const rseq = 'report-criu-rseq';
-  t.ok(rows(0, rseq).length === 3 && rows(0, rseq).every((v) => v.pass && !v.skipped), 'the rseq report ran and passed on the cloud kernel (fix and 2 historic bugs)');
+  t.ok(
+    rows(0, rseq).length === 3 && rows(0, rseq).every((v) => v.pass && !v.skipped),
+    'the rseq report ran and passed on the cloud kernel (fix and 2 historic bugs)',
+  );
   t.match(rows(1, rseq), [{ skipped: /the guest kernel lacks CONFIG_RSEQ \(not set\); config: .*-no-rseq/ }], 'one skip row naming the option');
   t.notOk(existsSync(path.join(dir, 'amd64', rseq)), 'no guest was booted for the skipped case');
   t.ok(existsSync(path.join(dir, 'amd64', 'register-integrity', 'console.log')), 'each kernel keeps its artifacts in its own folder');
   t.ok(existsSync(path.join(dir, 'cloud-amd64', 'register-integrity', 'console.log')));
 
-  t.match(r.stdout, /^- reports\/criu-rseq +skipped: the guest kernel lacks CONFIG_RSEQ/m, 'the run shows the case as skipped with its reason (in full in the JSON above)');
+  t.match(
+    r.stdout,
+    /^- reports\/criu-rseq +skipped: the guest kernel lacks CONFIG_RSEQ/m,
+    'the run shows the case as skipped with its reason (in full in the JSON above)',
+  );
   t.match(r.stdout, /case\s+scenario\s+policy\s+cloud-amd64\s+amd64\n/, 'one column per kernel');
   t.match(r.stdout, /\n {3}register-integrity .*restorer=ptrace regs=full\s+PASS\s+PASS\n/, 'same verdict: no marker');
   t.match(r.stdout, /\n≠ {2}report-criu-rseq .*\s+PASS\s+SKIP \(CONFIG_RSEQ\)\n/, 'differing rows are marked');
@@ -76,7 +112,20 @@ t.test('a kernel that cannot be had: exit 69 for the whole matrix, INFRA in its 
   const dir = await mkdtemp(path.join(tmpdir(), 'crh-matrix-broken-'));
   const r = await execa(
     process.execPath,
-    [crh, 'run', '--cases', 'test/fixtures/cases', '--kernel', 'debian:linux-image-cloud-amd64', '--kernel', '/nonexistent/bzImage', '--kernel', 'debian:linux-image-no-such-flavour', '--artifacts', dir],
+    [
+      crh,
+      'run',
+      '--cases',
+      'test/fixtures/cases',
+      '--kernel',
+      'debian:linux-image-cloud-amd64',
+      '--kernel',
+      '/nonexistent/bzImage',
+      '--kernel',
+      'debian:linux-image-no-such-flavour',
+      '--artifacts',
+      dir,
+    ],
     { cwd: REPO_ROOT, reject: false },
   );
   t.equal(r.exitCode, 69, 'infrastructure wins over the failing fixture case');

@@ -6,9 +6,24 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
 import { REPO_ROOT } from '../harness/util/cache-dir.ts';
-import { MutantApplyError, MutantListError, applyMutant, decide, describeDecision, parseMutantSet, score, tapFailures, unionGrep, type Mutant, type RunReport } from '../scripts/mutants.ts';
+import {
+  MutantApplyError,
+  MutantListError,
+  applyMutant,
+  decide,
+  describeDecision,
+  parseMutantSet,
+  score,
+  tapFailures,
+  unionGrep,
+  type Mutant,
+  type RunReport,
+} from '../scripts/mutants.ts';
 
-const listed = JSON.parse(readFileSync(path.join(REPO_ROOT, 'images', 'mutants', 'mutants.json'), 'utf8')) as { areas: Record<string, string>; mutants: Mutant[] };
+const listed = JSON.parse(readFileSync(path.join(REPO_ROOT, 'images', 'mutants', 'mutants.json'), 'utf8')) as {
+  areas: Record<string, string>;
+  mutants: Mutant[];
+};
 
 const mutant: Mutant = {
   id: 'flag-mask-no-rf',
@@ -63,33 +78,87 @@ t.test('the baseline selection covers every area asked for', async (t) => {
 });
 
 const row = (over: Partial<RunReport['verdicts'][number]> = {}): RunReport['verdicts'][number] => ({
-  case: 'hwbreak-rf', scenario: 'hw breakpoint, checkpoint at hit 2 (RF=1)', policy: 'rf=keep-and-preserve restorer=ptrace', expected: 'hits=3', observed: 'hits=3', pass: true, control: false, ...over,
+  case: 'hwbreak-rf',
+  scenario: 'hw breakpoint, checkpoint at hit 2 (RF=1)',
+  policy: 'rf=keep-and-preserve restorer=ptrace',
+  expected: 'hits=3',
+  observed: 'hits=3',
+  pass: true,
+  control: false,
+  ...over,
 });
-const report = (verdicts: RunReport['verdicts'], infrastructureFailures: RunReport['infrastructureFailures'] = []): RunReport => ({ verdicts, infrastructureFailures });
+const report = (verdicts: RunReport['verdicts'], infrastructureFailures: RunReport['infrastructureFailures'] = []): RunReport => ({
+  verdicts,
+  infrastructureFailures,
+});
 
 t.test('caught or missed, from a crh run --json report', async (t) => {
   const failing = row({ pass: false, observed: 'hits=4' });
   const caught = decide({ exitCode: 1, report: report([row(), failing, row({ control: true })]), tapFailures: ['hwbreak-rf'] });
-  t.same(caught, { outcome: 'caught', by: 'verdict', rows: [{ case: failing.case, scenario: failing.scenario, policy: failing.policy, control: false, expected: 'hits=3', observed: 'hits=4' }] }, 'a FAIL row catches, and names itself');
+  t.same(
+    caught,
+    {
+      outcome: 'caught',
+      by: 'verdict',
+      rows: [{ case: failing.case, scenario: failing.scenario, policy: failing.policy, control: false, expected: 'hits=3', observed: 'hits=4' }],
+    },
+    'a FAIL row catches, and names itself',
+  );
   t.match(describeDecision(caught), /^CAUGHT by 1 verdict row: hwbreak-rf \/ hw breakpoint/, 'described with case, scenario, policy');
 
-  t.same(decide({ exitCode: 0, report: report([row(), row({ control: true }), row({ skipped: 'lacks CONFIG_RSEQ' })]), tapFailures: [] }), { outcome: 'missed', rows: 2 }, 'exit 0, every row as expected: missed (skips not counted)');
-  t.same(decide({ exitCode: 1, report: report([row()]), tapFailures: ['single-step', 'single-step'] }).outcome, 'caught', 'exit 1 on a failed assertion with no FAIL row is a catch');
-  t.match(decide({ exitCode: 1, report: report([row()]), tapFailures: ['every stop is a single-step trap (DR6.BS)'] }), { by: 'assertion', failures: ['every stop is a single-step trap (DR6.BS)'] }, '… by an assertion, named');
+  t.same(
+    decide({ exitCode: 0, report: report([row(), row({ control: true }), row({ skipped: 'lacks CONFIG_RSEQ' })]), tapFailures: [] }),
+    { outcome: 'missed', rows: 2 },
+    'exit 0, every row as expected: missed (skips not counted)',
+  );
+  t.same(
+    decide({ exitCode: 1, report: report([row()]), tapFailures: ['single-step', 'single-step'] }).outcome,
+    'caught',
+    'exit 1 on a failed assertion with no FAIL row is a catch',
+  );
+  t.match(
+    decide({ exitCode: 1, report: report([row()]), tapFailures: ['every stop is a single-step trap (DR6.BS)'] }),
+    { by: 'assertion', failures: ['every stop is a single-step trap (DR6.BS)'] },
+    '… by an assertion, named',
+  );
 
-  const boot = decide({ exitCode: 69, report: report([], [{ case: '(image)', error: 'BootError: the guest kernel panicked\n--- console ---\nKernel panic' }]), tapFailures: [] });
-  t.same(boot, { outcome: 'caught', by: 'boot', error: '(image): BootError: the guest kernel panicked' }, 'a kernel that does not come up: a catch, of the weaker kind');
+  const boot = decide({
+    exitCode: 69,
+    report: report([], [{ case: '(image)', error: 'BootError: the guest kernel panicked\n--- console ---\nKernel panic' }]),
+    tapFailures: [],
+  });
+  t.same(
+    boot,
+    { outcome: 'caught', by: 'boot', error: '(image): BootError: the guest kernel panicked' },
+    'a kernel that does not come up: a catch, of the weaker kind',
+  );
   t.match(describeDecision(boot), /boot failure only \(weaker\)/, 'and said to be weaker');
-  t.match(decide({ exitCode: 69, report: report([], [{ case: 'uffd', error: 'LaunchError: qemu-system-x86_64 exited 1' }]), tapFailures: [] }), { outcome: 'inconclusive' }, 'QEMU failing says nothing about the kernel');
+  t.match(
+    decide({ exitCode: 69, report: report([], [{ case: 'uffd', error: 'LaunchError: qemu-system-x86_64 exited 1' }]), tapFailures: [] }),
+    { outcome: 'inconclusive' },
+    'QEMU failing says nothing about the kernel',
+  );
   t.match(decide({ exitCode: 1, report: report([row()]), tapFailures: [] }), { outcome: 'inconclusive' }, 'exit 1 with nothing failed is not read as a catch');
-  t.match(decide({ exitCode: 0, report: report([row({ skipped: 'lacks CONFIG_RSEQ' })]), tapFailures: [] }), { outcome: 'inconclusive', why: /tested nothing/ }, 'all skipped is no miss');
+  t.match(
+    decide({ exitCode: 0, report: report([row({ skipped: 'lacks CONFIG_RSEQ' })]), tapFailures: [] }),
+    { outcome: 'inconclusive', why: /tested nothing/ },
+    'all skipped is no miss',
+  );
   t.match(decide({ exitCode: 0, report: undefined, tapFailures: [] }), { outcome: 'inconclusive' }, 'no report, no decision');
   t.match(decide({ exitCode: 2, report: undefined, tapFailures: [] }), { outcome: 'inconclusive', why: 'crh exited 2' }, 'a usage error decides nothing');
-  t.same(decide({ exitCode: undefined, report: undefined, tapFailures: [], timedOutAfterSeconds: 900 }), { outcome: 'caught', by: 'timeout', limitSeconds: 900 }, 'a run that hangs past the limit');
+  t.same(
+    decide({ exitCode: undefined, report: undefined, tapFailures: [], timedOutAfterSeconds: 900 }),
+    { outcome: 'caught', by: 'timeout', limitSeconds: 900 },
+    'a run that hangs past the limit',
+  );
 });
 
 t.test('TAP failures and the score', async (t) => {
-  t.same(tapFailures('ok 1 - a\n    not ok 2 - rf preserved\nnot ok 3 - hwbreak-rf\nnot ok 4 - hwbreak-rf # time=1s\n'), ['rf preserved', 'hwbreak-rf'], 'indented and top-level not-ok lines, each once, without their time');
+  t.same(
+    tapFailures('ok 1 - a\n    not ok 2 - rf preserved\nnot ok 3 - hwbreak-rf\nnot ok 4 - hwbreak-rf # time=1s\n'),
+    ['rf preserved', 'hwbreak-rf'],
+    'indented and top-level not-ok lines, each once, without their time',
+  );
   const s = score([
     { outcome: 'caught', by: 'verdict', rows: [] },
     { outcome: 'caught', by: 'boot', error: 'x' },

@@ -16,16 +16,24 @@ const config = parseKernelConfig('CONFIG_RSEQ=y\nCONFIG_VIRTIO_NET=m\n# CONFIG_U
 const known = { config, source: '/boot/config-test' };
 
 t.test('the skip decision', async (t) => {
-  t.same(decideRequirements(known, ['CONFIG_RSEQ', 'CONFIG_VIRTIO_NET', 'CONFIG_HZ']), {
-    run: true,
-    missing: [],
-    reason: 'CONFIG_RSEQ=y CONFIG_VIRTIO_NET=m CONFIG_HZ=250; config: /boot/config-test',
-  }, '"y", "m" and a value all count as present');
-  t.same(decideRequirements(known, ['CONFIG_RSEQ', 'CONFIG_USERFAULTFD', 'CONFIG_HAVE_HW_BREAKPOINT', 'CONFIG_USERFAULTFD']), {
-    run: false,
-    missing: ['CONFIG_USERFAULTFD', 'CONFIG_HAVE_HW_BREAKPOINT'],
-    reason: 'the guest kernel lacks CONFIG_USERFAULTFD (not set), CONFIG_HAVE_HW_BREAKPOINT (not set); config: /boot/config-test',
-  }, '"is not set" and absent both skip; each missing option is named once');
+  t.same(
+    decideRequirements(known, ['CONFIG_RSEQ', 'CONFIG_VIRTIO_NET', 'CONFIG_HZ']),
+    {
+      run: true,
+      missing: [],
+      reason: 'CONFIG_RSEQ=y CONFIG_VIRTIO_NET=m CONFIG_HZ=250; config: /boot/config-test',
+    },
+    '"y", "m" and a value all count as present',
+  );
+  t.same(
+    decideRequirements(known, ['CONFIG_RSEQ', 'CONFIG_USERFAULTFD', 'CONFIG_HAVE_HW_BREAKPOINT', 'CONFIG_USERFAULTFD']),
+    {
+      run: false,
+      missing: ['CONFIG_USERFAULTFD', 'CONFIG_HAVE_HW_BREAKPOINT'],
+      reason: 'the guest kernel lacks CONFIG_USERFAULTFD (not set), CONFIG_HAVE_HW_BREAKPOINT (not set); config: /boot/config-test',
+    },
+    '"is not set" and absent both skip; each missing option is named once',
+  );
   const unknown = decideRequirements({ config: undefined, source: 'unknown: no --kernel-config; no IKCFG_ST marker' }, ['CONFIG_RSEQ']);
   t.same(unknown, { run: true, missing: [], reason: 'kernel config unknown, CONFIG_RSEQ not checked (unknown: no --kernel-config; no IKCFG_ST marker)' });
   t.throws(() => decideRequirements(known, ['RSEQ']), /not kernel option names: RSEQ/, 'a misspelt name is an error, not a skip forever');

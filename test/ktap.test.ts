@@ -4,7 +4,16 @@ import t from 'tap';
 import { ktap } from '../harness/report/ktap.ts';
 import type { Verdict } from '../harness/report/verdicts.ts';
 
-const row = (over: Partial<Verdict>): Verdict => ({ case: 'hwbreak-rf', scenario: 'one hit per call', policy: 'rf=keep', expected: '5 hits', observed: '5 hits', pass: true, control: false, ...over });
+const row = (over: Partial<Verdict>): Verdict => ({
+  case: 'hwbreak-rf',
+  scenario: 'one hit per call',
+  policy: 'rf=keep',
+  expected: '5 hits',
+  observed: '5 hits',
+  pass: true,
+  control: false,
+  ...over,
+});
 
 const rows: Verdict[] = [
   row({}),

@@ -17,9 +17,23 @@ const TCP6 = `  sl  local_address                         remote_address        
 
 t.test('the check flags wildcard listeners and accepts loopback ones', async (t) => {
   const v4 = parseSocketTable('tcp', TCP);
-  t.same(v4.map((l) => [l.address, l.port, isLoopback(l)]), [['0.0.0.0', 2024, false], ['127.0.0.1', 35554, true]], 'IPv4: the established connection is no listener');
+  t.same(
+    v4.map((l) => [l.address, l.port, isLoopback(l)]),
+    [
+      ['0.0.0.0', 2024, false],
+      ['127.0.0.1', 35554, true],
+    ],
+    'IPv4: the established connection is no listener',
+  );
   const v6 = parseSocketTable('tcp6', TCP6);
-  t.same(v6.map((l) => [l.address, l.port, isLoopback(l)]), [['0:0:0:0:0:0:0:0', 22, false], ['0:0:0:0:0:0:0:1', 23, true]], 'IPv6: [::] flagged, [::1] accepted');
+  t.same(
+    v6.map((l) => [l.address, l.port, isLoopback(l)]),
+    [
+      ['0:0:0:0:0:0:0:0', 22, false],
+      ['0:0:0:0:0:0:0:1', 23, true],
+    ],
+    'IPv6: [::] flagged, [::1] accepted',
+  );
 });
 
 t.test('a running guest listens on loopback and unix sockets only', async (t) => {

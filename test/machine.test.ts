@@ -57,7 +57,10 @@ t.test('a guest that panics mid-case fails pending agent requests at once, with 
   const run = client.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: 0 });
   const started = Date.now();
   void machine.ssh.exec('echo c > /proc/sysrq-trigger');
-  const error = (await run.then(() => undefined, (e: unknown) => e)) as AgentError;
+  const error = (await run.then(
+    () => undefined,
+    (e: unknown) => e,
+  )) as AgentError;
   t.ok(error instanceof AgentError, `RUN failed: ${error?.message}`);
   t.match(error.message, /guest lost: (GUEST_PANICKED|kernel died)/);
   t.match(error.details['console tail'], /sysrq/i, 'the console tail shows the crash');
@@ -79,7 +82,10 @@ t.test('an agent request that outlives its deadline fails with where each vCPU i
   client.diagnose = () => machine.diagnose();
   client.requestTimeoutMs = 1500;
   const { pid } = await client.call({ op: 'SPAWN', path: '/bin/sleep', argv: ['sleep', '600'], envp: [], stdoutPath: '/tmp/sleep.out', noAslr: false });
-  const error = (await client.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: 0 }).then(() => undefined, (e: unknown) => e)) as TimeoutError;
+  const error = (await client.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: 0 }).then(
+    () => undefined,
+    (e: unknown) => e,
+  )) as TimeoutError;
   t.ok(error instanceof TimeoutError, `TimeoutError: ${error?.message}`);
   t.match(error.details.diagnosis, /vCPU \S+: (kernel|user) mode, rip 0x[0-9a-f]+/);
   t.equal((await machine.qmp.execute<{ status: string }>('query-status')).status, 'running', 'the diagnosis resumed the VM');
@@ -88,7 +94,10 @@ t.test('an agent request that outlives its deadline fails with where each vCPU i
 t.test('a missing kernel fails launch with the command line, and nothing runs', async (t) => {
   const broken = { ...image, kernel: { ...image.kernel, bzImage: '/nonexistent/bzImage' } };
   const machine = new QemuMachine({ image: broken, artifactsDir: await artifacts() });
-  const error = (await machine.launch().then(() => undefined, (e: unknown) => e)) as LaunchError;
+  const error = (await machine.launch().then(
+    () => undefined,
+    (e: unknown) => e,
+  )) as LaunchError;
   t.ok(error instanceof LaunchError, `LaunchError: ${error?.message}`);
   t.match(error.details['command line'], /-kernel \/nonexistent\/bzImage/);
   t.match(error.details['QEMU stderr'], /nonexistent/);
@@ -100,7 +109,10 @@ t.test('a kernel panic ends the wait at once with the console tail', async (t) =
   const panicking = { ...image, cmdline: [...image.cmdline, 'rdinit=/nonexistent', 'root=/dev/nonexistent'] };
   const machine = new QemuMachine({ image: panicking, artifactsDir: await artifacts(), bootTimeoutMs: 120_000 });
   const started = Date.now();
-  const error: unknown = await machine.launch().then(() => undefined, (e: unknown) => e);
+  const error: unknown = await machine.launch().then(
+    () => undefined,
+    (e: unknown) => e,
+  );
   t.ok(error instanceof BootError, `BootError: ${(error as Error | undefined)?.message}`);
   t.match((error as BootError).details['console tail'], /Kernel panic/);
   t.ok(Date.now() - started < 60_000, 'well before the boot timeout');
@@ -109,7 +121,10 @@ t.test('a kernel panic ends the wait at once with the console tail', async (t) =
 
 t.test('a boot that does not finish in time is cut off and killed', async (t) => {
   const machine = new QemuMachine({ image, artifactsDir: await artifacts(), bootTimeoutMs: 300 });
-  const error = (await machine.launch().then(() => undefined, (e: unknown) => e)) as BootError;
+  const error = (await machine.launch().then(
+    () => undefined,
+    (e: unknown) => e,
+  )) as BootError;
   t.ok(error instanceof BootError, `BootError: ${error?.message}`);
   t.match(error.details['command line'], /qemu-system-x86_64/);
   t.match(error.details['vCPUs at the timeout'], /^vCPU \S+: (kernel|user) mode, rip 0x[0-9a-f]+/, 'the error says where the vCPU was');
@@ -173,7 +188,10 @@ t.test('a kernel whose vCPU halts before printing fails in seconds as infrastruc
   const halting = { ...image, kernel: { ...image.kernel, bzImage: await haltingBzImage(image.kernel.bzImage, dir) } };
   const machine = new QemuMachine({ image: halting, artifactsDir: dir, accel: { accel: 'tcg', reason: 'test' } });
   const started = Date.now();
-  const error = (await machine.launch().then(() => undefined, (e: unknown) => e)) as StalledLaunchError;
+  const error = (await machine.launch().then(
+    () => undefined,
+    (e: unknown) => e,
+  )) as StalledLaunchError;
   const elapsed = Date.now() - started;
   t.ok(error instanceof StalledLaunchError && error instanceof InfraError, `StalledLaunchError (infrastructure): ${error?.message}`);
   t.match(error.message, /no console output within 15000 ms of launch/);
@@ -208,7 +226,11 @@ t.test('a KVM launch that stalls with "KVM internal error" falls back to TCG onc
   const started = Date.now();
   await machine.launch();
   const launches = events.filter((e) => e.type === 'launch');
-  t.same(launches.map((e) => (e.type === 'launch' ? e.accel.accel : '')), ['kvm', 'tcg'], 'one KVM launch, then one TCG launch');
+  t.same(
+    launches.map((e) => (e.type === 'launch' ? e.accel.accel : '')),
+    ['kvm', 'tcg'],
+    'one KVM launch, then one TCG launch',
+  );
   const fallback = events.find((e) => e.type === 'accel-fallback');
   t.ok(fallback, 'the fallback is an event');
   t.ok(fallback!.at - started < 10_000, `the KVM launch was given up after ${fallback!.at - started} ms`);
@@ -220,7 +242,11 @@ t.test('a KVM launch that stalls with "KVM internal error" falls back to TCG onc
   const record = JSON.parse(await readFile(file, 'utf8')) as { choice: { accel: string; reason: string } };
   t.equal(record.choice.accel, 'tcg', 'the cached decision now says TCG');
   t.match(record.choice.reason, /^kvm failed: /);
-  t.same(processesWith('kvm-internal-error.mjs').filter((pid) => readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(machine.name)), [], 'the stalled fake QEMU is gone');
+  t.same(
+    processesWith('kvm-internal-error.mjs').filter((pid) => readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(machine.name)),
+    [],
+    'the stalled fake QEMU is gone',
+  );
 });
 
 t.test('CRH_ACCEL=kvm is obeyed: a stalled KVM launch is not replaced, it fails in seconds as infrastructure with the evidence', async (t) => {
@@ -243,11 +269,14 @@ t.test('CRH_ACCEL=kvm is obeyed: a stalled KVM launch is not replaced, it fails 
   process.env.CRH_ACCEL = 'kvm';
   const machine = new QemuMachine({ image, artifactsDir: await artifacts() });
   const started = Date.now();
-  const error = (await machine.launch().then(() => undefined, (e: unknown) => e)) as StalledLaunchError;
+  const error = (await machine.launch().then(
+    () => undefined,
+    (e: unknown) => e,
+  )) as StalledLaunchError;
   const elapsed = Date.now() - started;
   t.ok(error instanceof StalledLaunchError && error instanceof InfraError, `StalledLaunchError: ${error?.message}`);
   t.ok(elapsed < 15_000, `failed after ${elapsed} ms`);
-  t.equal(machine.accel?.accel, 'kvm', 'no fallback against the user\'s choice');
+  t.equal(machine.accel?.accel, 'kvm', "no fallback against the user's choice");
   t.match(error.details['QEMU stderr'], /KVM internal error\. Suberror: 1[\s\S]*emulation failure/);
   t.match(error.details['seen'], /stderr: KVM internal error|QMP status internal-error/);
   t.match(error.details['command line'], /-accel kvm -cpu host/);

@@ -19,11 +19,15 @@ const CASES = ['parallel-guest-a', 'parallel-guest-b', 'parallel-guest-c'];
 async function run(jobs: number, options: { barrierMs: number; cache?: string }) {
   const dir = await mkdtemp(path.join(tmpdir(), 'crh-jobs-'));
   const started = Date.now();
-  const r = await execa(process.execPath, [crh, 'run', '--cases', 'test/fixtures/parallel-cases', '--jobs', String(jobs), '--artifacts', dir, '--json', path.join(dir, 'run.json')], {
-    cwd: REPO_ROOT,
-    reject: false,
-    env: { CRH_PARALLEL_GUESTS: '3', CRH_PARALLEL_BARRIER_MS: String(options.barrierMs), ...(options.cache ? { CRH_CACHE_DIR: options.cache } : {}) },
-  });
+  const r = await execa(
+    process.execPath,
+    [crh, 'run', '--cases', 'test/fixtures/parallel-cases', '--jobs', String(jobs), '--artifacts', dir, '--json', path.join(dir, 'run.json')],
+    {
+      cwd: REPO_ROOT,
+      reject: false,
+      env: { CRH_PARALLEL_GUESTS: '3', CRH_PARALLEL_BARRIER_MS: String(options.barrierMs), ...(options.cache ? { CRH_CACHE_DIR: options.cache } : {}) },
+    },
+  );
   const json = JSON.parse(await readFile(path.join(dir, 'run.json'), 'utf8')) as { verdicts: Verdict[] };
   const up = await Promise.all(
     CASES.map(async (c) => {
@@ -39,19 +43,42 @@ type Run = Awaited<ReturnType<typeof run>>;
 async function checkNoCollision(t: Test, r: Run): Promise<void> {
   t.equal(r.exitCode, 0, `crh run --jobs 3 exits 0 (${r.elapsedMs} ms)`);
   if (r.exitCode !== 0) t.comment(`${r.stdout.slice(-4000)}\n${r.stderr.slice(-4000)}`);
-  t.same(r.verdicts.map((v) => [v.case, v.pass]).sort(), CASES.map((c) => [c, true]), 'each case met the others and reached its own guest');
+  t.same(
+    r.verdicts.map((v) => [v.case, v.pass]).sort(),
+    CASES.map((c) => [c, true]),
+    'each case met the others and reached its own guest',
+  );
   const distinct = (f: (b: BarrierRecord) => unknown): number => new Set(r.up.map(f)).size;
-  t.equal(distinct((b) => b.sshPort), 3, `SSH ports ${r.up.map((b) => b.sshPort).join(' ')}`);
-  t.equal(distinct((b) => b.qemuPid), 3, `QEMU pids ${r.up.map((b) => b.qemuPid).join(' ')}`);
-  t.equal(distinct((b) => b.machineName), 3, `machine names ${r.up.map((b) => b.machineName).join(' ')}`);
-  t.equal(distinct((b) => path.dirname(b.gdbSocket)), 3, 'each machine has its own socket directory (QMP and gdbstub)');
+  t.equal(
+    distinct((b) => b.sshPort),
+    3,
+    `SSH ports ${r.up.map((b) => b.sshPort).join(' ')}`,
+  );
+  t.equal(
+    distinct((b) => b.qemuPid),
+    3,
+    `QEMU pids ${r.up.map((b) => b.qemuPid).join(' ')}`,
+  );
+  t.equal(
+    distinct((b) => b.machineName),
+    3,
+    `machine names ${r.up.map((b) => b.machineName).join(' ')}`,
+  );
+  t.equal(
+    distinct((b) => path.dirname(b.gdbSocket)),
+    3,
+    'each machine has its own socket directory (QMP and gdbstub)',
+  );
   for (const b of r.up) {
     const files = await readdir(path.join(r.dir, b.case));
     t.ok(files.includes('console.log') && files.includes('qmp.log'), `${b.case}: console and QMP logs in artifacts/${b.case}/`);
     const names = [...(await readFile(path.join(r.dir, b.case, 'qmp.log'), 'utf8')).matchAll(/"name": "([^"]+)"/g)].map((m) => m[1]);
     t.same(names, [b.machineName], `${b.case}: its QMP log holds its own machine's exchange only`);
   }
-  t.notOk(r.up.some((b) => existsSync(path.dirname(b.gdbSocket))), 'every socket directory is gone: no QEMU left running');
+  t.notOk(
+    r.up.some((b) => existsSync(path.dirname(b.gdbSocket))),
+    'every socket directory is gone: no QEMU left running',
+  );
 }
 
 t.test('--jobs 3 from an empty cache: three cold boots saving one state, three profiles measured at once', async (t) => {
@@ -61,17 +88,29 @@ t.test('--jobs 3 from an empty cache: three cold boots saving one state, three p
   await symlink(cacheDir('kernels'), path.join(cache, 'kernels'));
   const cold = await run(3, { barrierMs: 240_000, cache });
   await checkNoCollision(t, cold);
-  t.same(cold.up.map((b) => b.fromSavedState), [false, false, false], 'all three booted cold: there was no state yet');
+  t.same(
+    cold.up.map((b) => b.fromSavedState),
+    [false, false, false],
+    'all three booted cold: there was no state yet',
+  );
   const states = await readdir(path.join(cache, 'states'));
   t.equal(states.filter((f) => f.endsWith('.vmstate')).length, 1, `one saved state, written by all three: ${states.join(' ')}`);
-  t.same(states.filter((f) => f.includes('.partial-')), [], 'no half-written state left behind');
+  t.same(
+    states.filter((f) => f.includes('.partial-')),
+    [],
+    'no half-written state left behind',
+  );
   const profiles = await readdir(path.join(cache, 'profiles'));
   t.equal(profiles.length, 1, `one profile file: ${profiles.join(' ')}`);
   t.doesNotThrow(() => JSON.parse(readFileSync(path.join(cache, 'profiles', profiles[0]!), 'utf8')), 'and it is whole JSON');
 
   const warm = await run(3, { barrierMs: 120_000, cache });
   await checkNoCollision(t, warm);
-  t.same(warm.up.map((b) => b.fromSavedState), [true, true, true], 'the state the three wrote at once starts all three');
+  t.same(
+    warm.up.map((b) => b.fromSavedState),
+    [true, true, true],
+    'the state the three wrote at once starts all three',
+  );
 });
 
 t.test('--jobs 1 (negative control): the same cases never meet', async (t) => {

@@ -54,35 +54,85 @@ t.test('auxv: AT_RSEQ_FEATURE_SIZE (27) and AT_RSEQ_ALIGN (28), absent before 6.
     });
     return b;
   };
-  t.same(auxvRseq(pairs([[6n, 4096n], [27n, 28n], [28n, 32n]])), { featureSize: 28, align: 32 });
+  t.same(
+    auxvRseq(
+      pairs([
+        [6n, 4096n],
+        [27n, 28n],
+        [28n, 32n],
+      ]),
+    ),
+    { featureSize: 28, align: 32 },
+  );
   t.same(auxvRseq(pairs([[6n, 4096n]])), { featureSize: null, align: null });
-  t.same(auxvRseq(pairs([[0n, 0n], [27n, 28n]])), { featureSize: null, align: null }, 'nothing after AT_NULL');
+  t.same(
+    auxvRseq(
+      pairs([
+        [0n, 0n],
+        [27n, 28n],
+      ]),
+    ),
+    { featureSize: null, align: null },
+    'nothing after AT_NULL',
+  );
 });
 
 t.test('missing dependencies: each named, with why', async (t) => {
   t.same(missingDependencies(MAX_61, MAX_61), [], 'the same platform lacks nothing');
-  const noAvx: PlatformDependencies = { ...MAX_61, xstate: { xcr0: 0x203n, inUse: 0x3n }, cpuFlags: MAX_61.cpuFlags.filter((f) => f !== 'avx' && f !== 'avx2') };
+  const noAvx: PlatformDependencies = {
+    ...MAX_61,
+    xstate: { xcr0: 0x203n, inUse: 0x3n },
+    cpuFlags: MAX_61.cpuFlags.filter((f) => f !== 'avx' && f !== 'avx2'),
+  };
   const missing = missingDependencies(MAX_61, noAvx);
-  t.same(missing.map((m) => m.feature), ['avx', 'avx2'], 'avx in use (YMM), avx2 only seen');
+  t.same(
+    missing.map((m) => m.feature),
+    ['avx', 'avx2'],
+    'avx in use (YMM), avx2 only seen',
+  );
   t.match(missing[0]!.why, /in use: YMM state.*XCR0 0x203/);
   t.match(missing[1]!.why, /could have been seen/);
   const error = new IncompatibleTargetError(missing);
   t.match(error.message, /lacks what the process depends on: avx \(in use/);
 
   const unused = { ...MAX_61, xstate: { xcr0: 0x207n, inUse: 0x203n } };
-  t.same(missingDependencies(unused, noAvx).map((m) => m.feature), ['avx', 'avx2'], 'AVX never used: still refused, it could have been seen');
+  t.same(
+    missingDependencies(unused, noAvx).map((m) => m.feature),
+    ['avx', 'avx2'],
+    'AVX never used: still refused, it could have been seen',
+  );
 
   const noPku: PlatformDependencies = { ...MAX_61, xstate: { xcr0: 0x7n, inUse: 0x7n }, cpuFlags: MAX_61.cpuFlags.filter((f) => f !== 'pku' && f !== 'ospke') };
-  t.same(missingDependencies(MAX_61, noPku).map((m) => m.feature), ['pku', 'ospke']);
+  t.same(
+    missingDependencies(MAX_61, noPku).map((m) => m.feature),
+    ['pku', 'ospke'],
+  );
 
   const kernel612: PlatformDependencies = {
     ...MAX_61,
-    vdso: { mappings: [{ name: '[vvar]', start: 0x7ffff7fbb000n, end: 0x7ffff7fbf000n }, { name: '[vdso]', start: 0x7ffff7fbf000n, end: 0x7ffff7fc1000n }], symbols: { ...MAX_61.vdso.symbols, __vdso_clock_gettime: 0xc20n } },
+    vdso: {
+      mappings: [
+        { name: '[vvar]', start: 0x7ffff7fbb000n, end: 0x7ffff7fbf000n },
+        { name: '[vdso]', start: 0x7ffff7fbf000n, end: 0x7ffff7fc1000n },
+      ],
+      symbols: { ...MAX_61.vdso.symbols, __vdso_clock_gettime: 0xc20n },
+    },
     rseq: { featureSize: 28, align: 32 },
   };
-  t.same(missingDependencies(MAX_61, kernel612, 0x100c0020n).map((m) => m.feature), ['vdso layout', 'vdso symbols'], '6.1 → 6.12: the vDSO moved; the rseq ABI only grew');
-  t.same(missingDependencies(kernel612, MAX_61).map((m) => m.feature), ['vdso layout', 'vdso symbols', 'rseq feature size'], '6.12 → 6.1: and mm_cid is gone');
-  t.same(missingDependencies(MAX_61, { ...MAX_61, rseq: { featureSize: 28, align: 64 } }, 0x100c0020n).map((m) => m.feature), ['rseq alignment']);
+  t.same(
+    missingDependencies(MAX_61, kernel612, 0x100c0020n).map((m) => m.feature),
+    ['vdso layout', 'vdso symbols'],
+    '6.1 → 6.12: the vDSO moved; the rseq ABI only grew',
+  );
+  t.same(
+    missingDependencies(kernel612, MAX_61).map((m) => m.feature),
+    ['vdso layout', 'vdso symbols', 'rseq feature size'],
+    '6.12 → 6.1: and mm_cid is gone',
+  );
+  t.same(
+    missingDependencies(MAX_61, { ...MAX_61, rseq: { featureSize: 28, align: 64 } }, 0x100c0020n).map((m) => m.feature),
+    ['rseq alignment'],
+  );
 });
 
 t.test('depends.json (format 10 and later) round-trips; a version 9 image reads with no dependencies', async (t) => {
@@ -133,15 +183,25 @@ t.test('depends.json is untrusted: every field checked, named', async (t) => {
 });
 
 t.test('a vDSO with other offsets in the same layout is redirected, not missing (vdso-redirect.ts)', async (t) => {
-  const target: PlatformDependencies = { ...MAX_61, vdso: { ...MAX_61.vdso, symbols: { __vdso_clock_gettime: 0xbc0n, __vdso_gettimeofday: 0x8a0n, __vdso_getcpu: 0xfe0n } } };
+  const target: PlatformDependencies = {
+    ...MAX_61,
+    vdso: { ...MAX_61.vdso, symbols: { __vdso_clock_gettime: 0xbc0n, __vdso_gettimeofday: 0x8a0n, __vdso_getcpu: 0xfe0n } },
+  };
   t.equal(vdsoRedirectable(MAX_61, MAX_61), undefined, 'nothing changed');
   t.equal(vdsoRedirectable(MAX_61, target), true);
   t.same(missingDependencies(MAX_61, target), [], 'redirected: nothing missing');
-  t.same(missingDependencies(MAX_61, target, undefined, { redirectVdso: false }).map((m) => m.feature), ['vdso symbols'], 'omit=vdso: missing');
+  t.same(
+    missingDependencies(MAX_61, target, undefined, { redirectVdso: false }).map((m) => m.feature),
+    ['vdso symbols'],
+    'omit=vdso: missing',
+  );
   const lacking = { ...target, vdso: { ...target.vdso, symbols: { __vdso_clock_gettime: 0xbc0n } } };
   t.equal(vdsoRedirectable(MAX_61, lacking), false, 'a function the new vDSO lacks cannot be redirected');
   const lackingMissing = missingDependencies(MAX_61, lacking);
-  t.same(lackingMissing.map((m) => m.feature), ['vdso symbols']);
+  t.same(
+    lackingMissing.map((m) => m.feature),
+    ['vdso symbols'],
+  );
   t.match(lackingMissing[0]!.why, /lacks __vdso_gettimeofday, __vdso_getcpu \(the others are redirected/, 'named: the functions it lacks');
   const partial = trampolinePage(MAX_61, lacking, 0x2000, 0x4000_0000_4000n);
   t.equal(partial.readBigUInt64LE(0xb06), 0x4000_0000_4000n + 0xbc0n, 'tried anyway: the ones it has jump');
@@ -150,16 +210,30 @@ t.test('a vDSO with other offsets in the same layout is redirected, not missing 
   const page = trampolinePage(MAX_61, target, 0x2000, 0x4000_0000_4000n);
   t.equal(page.length, 0x2000);
   t.equal(page[0], 0xcc, 'int3 where no function was');
-  t.same([...page.subarray(0xb00, 0xb06)], [0xff, 0x25, 0, 0, 0, 0], 'jmp *0(%rip) at clock_gettime\'s old offset');
+  t.same([...page.subarray(0xb00, 0xb06)], [0xff, 0x25, 0, 0, 0, 0], "jmp *0(%rip) at clock_gettime's old offset");
   t.equal(page.readBigUInt64LE(0xb06), 0x4000_0000_4000n + 0xbc0n, 'to clock_gettime in the moved vDSO');
   t.equal(page.readBigUInt64LE(0xd46), 0x4000_0000_4000n + 0xfe0n, 'getcpu likewise');
 
-  const { steps, note } = vdsoRedirectSteps(77, MAX_61, target, [0x2c001826n], [{ start: 0x2c000000n, end: 0x2c100000n, perms: 'r-xp', offset: 0n, device: '00:00', inode: 0, name: '/x' }]);
-  t.same(steps.map((s) => (s.op.op === 'INJECT_SYSCALL' ? s.op.nr : s.op.op)), [25, 25, 9, 'WRITE_MEM', 10], 'mremap vvar and vdso together, map the old place, the jumps, read-only executable');
+  const { steps, note } = vdsoRedirectSteps(
+    77,
+    MAX_61,
+    target,
+    [0x2c001826n],
+    [{ start: 0x2c000000n, end: 0x2c100000n, perms: 'r-xp', offset: 0n, device: '00:00', inode: 0, name: '/x' }],
+  );
+  t.same(
+    steps.map((s) => (s.op.op === 'INJECT_SYSCALL' ? s.op.nr : s.op.op)),
+    [25, 25, 9, 'WRITE_MEM', 10],
+    'mremap vvar and vdso together, map the old place, the jumps, read-only executable',
+  );
   t.equal(steps[0]!.expect, 0x4000_0000_0000n, '[vvar] to the first free candidate');
   t.equal(steps[1]!.expect, 0x4000_0000_4000n, '[vdso] at the same distance from it');
   t.match(note, /vDSO redirected/);
-  t.throws(() => vdsoRedirectSteps(77, MAX_61, target, [0x7ffff7fc1b05n], []), /stopped inside the checkpoint kernel's vDSO/, 'a thread inside the old vDSO cannot be redirected');
+  t.throws(
+    () => vdsoRedirectSteps(77, MAX_61, target, [0x7ffff7fc1b05n], []),
+    /stopped inside the checkpoint kernel's vDSO/,
+    'a thread inside the old vDSO cannot be redirected',
+  );
   const tooClose = { ...MAX_61, vdso: { ...MAX_61.vdso, symbols: { a: 0x100n, b: 0x108n } } };
   t.throws(() => trampolinePage(tooClose, { ...target, vdso: { ...target.vdso, symbols: { a: 0x200n, b: 0x300n } } }, 0x2000, 0n), /too close/);
 });

@@ -38,9 +38,37 @@ t.test('a probe that never concludes gives up at twice its bound and a second, n
 });
 
 t.test('a probe that saw the kernel not do it says what it saw; other failures propagate', async (t) => {
-  t.same(await runBoundedProbe('p', async () => { throw new ProbeInconclusiveError('no abort'); }, 50), { value: null, how: 'p: no abort', inconclusive: true });
-  t.same(await runBoundedProbe('p', async () => { throw new AgentError('RUN timed out', 'RUN', constants.errno.ETIMEDOUT); }, 50), { value: null, how: 'p: the program did not finish within 50 ms', inconclusive: true });
-  await t.rejects(runBoundedProbe('p', async () => { throw new InfraError('QEMU died'); }, 50), InfraError, 'the host failing is not a finding about the kernel');
+  t.same(
+    await runBoundedProbe(
+      'p',
+      async () => {
+        throw new ProbeInconclusiveError('no abort');
+      },
+      50,
+    ),
+    { value: null, how: 'p: no abort', inconclusive: true },
+  );
+  t.same(
+    await runBoundedProbe(
+      'p',
+      async () => {
+        throw new AgentError('RUN timed out', 'RUN', constants.errno.ETIMEDOUT);
+      },
+      50,
+    ),
+    { value: null, how: 'p: the program did not finish within 50 ms', inconclusive: true },
+  );
+  await t.rejects(
+    runBoundedProbe(
+      'p',
+      async () => {
+        throw new InfraError('QEMU died');
+      },
+      50,
+    ),
+    InfraError,
+    'the host failing is not a finding about the kernel',
+  );
   t.same(await runBoundedProbe('p', async () => ({ value: true, how: 'measured' }), 50), { value: true, how: 'measured' }, 'a conclusion passes through');
 });
 
@@ -62,7 +90,11 @@ t.test('the rseq probe on a kernel whose rseq never aborts: the finding, the pro
   t.equal(m.inconclusive, true);
   t.match(m.how, /^rseq probe: no rseq abort within 200 ms \(rseq-flags 0: /, m.how);
   t.ok(elapsed < BOUND + 500, `answered in ${elapsed} ms, by the agent's own timeout, not 30 s`);
-  t.same(calls.map((c) => c.op), ['SPAWN', 'RUN', 'KILL'], 'the control alone ran, and was killed');
+  t.same(
+    calls.map((c) => c.op),
+    ['SPAWN', 'RUN', 'KILL'],
+    'the control alone ran, and was killed',
+  );
   t.equal(calls[1]!.timeoutMs, BOUND, 'RUN waited the bound');
   t.equal(calls[2]!.pid, 4242);
   t.same(inconclusiveProbes({ rseqDeprecatedFlagsRejected: m, rfAtHwBreakpointStop: { value: true, how: 'x' } }), [`rseqDeprecatedFlagsRejected: ${m.how}`]);
@@ -75,14 +107,24 @@ t.test('the rseq probe on a working 6.1 kernel still concludes', async (t) => {
     RUN: async () => (runs.at(-1) === '0' ? exited(0) : killed(11)),
     READ_FILE: async () => Buffer.from('outcome=abort\n'),
   });
-  t.same(await runBoundedProbe('rseq probe', rseqDeprecatedFlagsProbe(agent, '/bin/rseq-flags'), 200), { value: true, how: 'flags=0 aborted; flags=4 (NO_RESTART_ON_MIGRATE) killed by SIGSEGV' });
+  t.same(await runBoundedProbe('rseq probe', rseqDeprecatedFlagsProbe(agent, '/bin/rseq-flags'), 200), {
+    value: true,
+    how: 'flags=0 aborted; flags=4 (NO_RESTART_ON_MIGRATE) killed by SIGSEGV',
+  });
 });
 
-t.test('a scenario resting on an unmeasured probe: a FAIL row with the probe\'s reason', async (t) => {
+t.test("a scenario resting on an unmeasured probe: a FAIL row with the probe's reason", async (t) => {
   const probe = { value: null, how: 'rseq probe: no rseq abort within 5000 ms (…)', inconclusive: true } as const;
-  const v = probeUnmeasuredVerdict({ case: 'rseq', scenario: 'deprecated flags', policy: 'rseq-fixup=on', control: false, expected: 'as the kernel treats them' }, 'probes.rseqDeprecatedFlagsRejected', probe);
+  const v = probeUnmeasuredVerdict(
+    { case: 'rseq', scenario: 'deprecated flags', policy: 'rseq-fixup=on', control: false, expected: 'as the kernel treats them' },
+    'probes.rseqDeprecatedFlagsRejected',
+    probe,
+  );
   t.equal(outcome(v), 'FAIL');
-  t.match(v.observed, /not run: its expectation rests on probes\.rseqDeprecatedFlagsRejected, which this kernel left unmeasured — rseq probe: no rseq abort within 5000 ms/);
+  t.match(
+    v.observed,
+    /not run: its expectation rests on probes\.rseqDeprecatedFlagsRejected, which this kernel left unmeasured — rseq probe: no rseq abort within 5000 ms/,
+  );
   t.same(v.conditions, { 'probes.rseqDeprecatedFlagsRejected': 'null' });
   t.match(formatVerdictTable([v]), /no rseq abort within 5000 ms.*FAIL/);
 });

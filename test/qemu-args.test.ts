@@ -1,6 +1,16 @@
 // expect: QEMU command lines bind only loopback or unix sockets, isolate the guest network, and pick the CPU per accelerator; CRH_QEMU names the binary.
 import t from 'tap';
-import { BULK_PORT_NAME, bulkPortArgs, formatCommandLine, GUEST_RAM_ID, guestRamArgs, machineArgs, networkArgs, qemuArgs, shellQuote } from '../harness/machine/qemu-args.ts';
+import {
+  BULK_PORT_NAME,
+  bulkPortArgs,
+  formatCommandLine,
+  GUEST_RAM_ID,
+  guestRamArgs,
+  machineArgs,
+  networkArgs,
+  qemuArgs,
+  shellQuote,
+} from '../harness/machine/qemu-args.ts';
 import { probeArgs, probeFirmware } from '../harness/machine/accel.ts';
 import { DEFAULT_QEMU_BINARY, qemuBinary } from '../harness/machine/qemu-binary.ts';
 
@@ -36,12 +46,15 @@ t.test('network: restricted user mode, SSH forward on 127.0.0.1 only', async (t)
 t.test('every listener is a unix socket or loopback', async (t) => {
   const args = qemuArgs(options);
   const chardevs = args.filter((_, i) => args[i - 1] === '-chardev');
-  t.same(chardevs.filter((c) => c.startsWith('socket,')), [
-    'socket,id=qmp,path=/tmp/x/qmp.sock,server=on,wait=off',
-    'socket,id=gdbstub,path=/tmp/x/gdb.sock,server=on,wait=off',
-  ]);
+  t.same(
+    chardevs.filter((c) => c.startsWith('socket,')),
+    ['socket,id=qmp,path=/tmp/x/qmp.sock,server=on,wait=off', 'socket,id=gdbstub,path=/tmp/x/gdb.sock,server=on,wait=off'],
+  );
   t.ok(args.includes('-gdb') && args[args.indexOf('-gdb') + 1] === 'chardev:gdbstub', 'gdbstub always on');
-  t.notOk(args.some((a) => /tcp::\d|host=0\.0\.0\.0|0\.0\.0\.0:/.test(a)), 'no wildcard listener anywhere');
+  t.notOk(
+    args.some((a) => /tcp::\d|host=0\.0\.0\.0|0\.0\.0\.0:/.test(a)),
+    'no wildcard listener anywhere',
+  );
   t.notOk(args.includes('-incoming'), 'cold boot has no -incoming');
   const incoming = qemuArgs({ ...options, incomingState: '/c/state file' });
   t.equal(incoming[incoming.indexOf('-incoming') + 1], "exec:cat '/c/state file'");
@@ -49,29 +62,43 @@ t.test('every listener is a unix socket or loopback', async (t) => {
 
 t.test('the bulk data port: a named virtserialport on a unix-socket chardev, only when asked for', async (t) => {
   t.same(bulkPortArgs('/tmp/x/bulk.sock'), [
-    '-device', 'virtio-serial-pci,id=bulkbus,romfile=',
-    '-chardev', 'socket,id=bulk,path=/tmp/x/bulk.sock,server=on,wait=off',
-    '-device', `virtserialport,bus=bulkbus.0,chardev=bulk,name=${BULK_PORT_NAME}`,
+    '-device',
+    'virtio-serial-pci,id=bulkbus,romfile=',
+    '-chardev',
+    'socket,id=bulk,path=/tmp/x/bulk.sock,server=on,wait=off',
+    '-device',
+    `virtserialport,bus=bulkbus.0,chardev=bulk,name=${BULK_PORT_NAME}`,
   ]);
-  t.equal(BULK_PORT_NAME, 'org.cr-harness.bulk', 'the name the agent\'s BULK_OPEN looks for');
+  t.equal(BULK_PORT_NAME, 'org.cr-harness.bulk', "the name the agent's BULK_OPEN looks for");
   t.notOk(qemuArgs(options).includes('virtio-serial-pci,id=bulkbus,romfile='), 'no bulk socket, no device');
   const withBulk = qemuArgs({ ...options, endpoints: { ...options.endpoints, bulkSocket: '/tmp/x/bulk.sock' } });
   const chardevs = withBulk.filter((_, i) => withBulk[i - 1] === '-chardev');
   t.ok(chardevs.includes('socket,id=bulk,path=/tmp/x/bulk.sock,server=on,wait=off'), 'a unix socket: no network listener');
-  t.notOk(withBulk.some((a) => /tcp:|host=/.test(a) && a.includes('bulk')), 'never TCP');
+  t.notOk(
+    withBulk.some((a) => /tcp:|host=/.test(a) && a.includes('bulk')),
+    'never TCP',
+  );
 });
 
-t.test('guest RAM in a shared file: the machine\'s own RAM id, all below 4 GiB, only when asked for', async (t) => {
+t.test("guest RAM in a shared file: the machine's own RAM id, all below 4 GiB, only when asked for", async (t) => {
   t.same(guestRamArgs('/dev/shm/crh-ram-x/ram', 512), [
-    '-object', 'memory-backend-file,id=pc.ram,size=512M,mem-path=/dev/shm/crh-ram-x/ram,share=on',
-    '-machine', 'memory-backend=pc.ram',
+    '-object',
+    'memory-backend-file,id=pc.ram,size=512M,mem-path=/dev/shm/crh-ram-x/ram,share=on',
+    '-machine',
+    'memory-backend=pc.ram',
   ]);
-  t.equal(GUEST_RAM_ID, 'pc.ram', 'the id QEMU gives a pc machine\'s RAM: the migration stream names the same RAM block');
+  t.equal(GUEST_RAM_ID, 'pc.ram', "the id QEMU gives a pc machine's RAM: the migration stream names the same RAM block");
   t.throws(() => guestRamArgs('/dev/shm/r', 4096), /below 4 GiB/, 'RAM that would reach above 4 GiB is refused (frame × 4096 would not be its offset)');
   t.throws(() => guestRamArgs('/dev/shm/a,b', 512), /comma/, 'a path that would end the option value is refused');
-  t.notOk(qemuArgs(options).some((a) => a.startsWith('memory-backend')), 'no RAM file, no backend');
+  t.notOk(
+    qemuArgs(options).some((a) => a.startsWith('memory-backend')),
+    'no RAM file, no backend',
+  );
   const withRam = qemuArgs({ ...options, endpoints: { ...options.endpoints, guestRamFile: '/dev/shm/crh-ram-x/ram' } });
-  t.ok(withRam.includes(`memory-backend-file,id=pc.ram,size=${options.profile.memoryMiB}M,mem-path=/dev/shm/crh-ram-x/ram,share=on`), 'the backend is sized as -m');
+  t.ok(
+    withRam.includes(`memory-backend-file,id=pc.ram,size=${options.profile.memoryMiB}M,mem-path=/dev/shm/crh-ram-x/ram,share=on`),
+    'the backend is sized as -m',
+  );
 });
 
 t.test('kernel, initrd and command line', async (t) => {

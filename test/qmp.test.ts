@@ -30,7 +30,11 @@ function scripted(answer: (command: { execute: string; id: string; arguments?: u
     }
   });
   const duplex = Duplex.from({ readable: toClient, writable: fromClient });
-  queueMicrotask(() => toClient.write('{"QMP": {"version": {"qemu": {"micro": 22, "minor": 2, "major": 7}, "package": "Debian 1:7.2+dfsg-7+deb12u18+b3"}, "capabilities": ["oob"]}}\r\n'));
+  queueMicrotask(() =>
+    toClient.write(
+      '{"QMP": {"version": {"qemu": {"micro": 22, "minor": 2, "major": 7}, "package": "Debian 1:7.2+dfsg-7+deb12u18+b3"}, "capabilities": ["oob"]}}\r\n',
+    ),
+  );
   return duplex;
 }
 
@@ -49,12 +53,18 @@ t.test('transcript: replies split across chunks, interleaved events, errors with
   t.equal(status.status, 'paused');
   const stop = await qmp.waitForEvent('STOP', 100);
   t.same(stop.timestamp, { seconds: 1, microseconds: 2 }, 'the event that arrived before the reply was queued');
-  const error = await qmp.execute('no-such-command').then(() => undefined, (e: unknown) => e as QmpError);
+  const error = await qmp.execute('no-such-command').then(
+    () => undefined,
+    (e: unknown) => e as QmpError,
+  );
   t.ok(error instanceof QmpError);
   t.equal(error?.errorClass, 'CommandNotFound');
   t.match(error?.message, /no-such-command: The command no-such-command has not been found/);
   await t.rejects(qmp.waitForEvent('RESUME', 50), /no QMP event RESUME within 50 ms/);
-  t.ok(log.some((l) => l.startsWith('> {"execute":"query-status"')), 'every message is logged');
+  t.ok(
+    log.some((l) => l.startsWith('> {"execute":"query-status"')),
+    'every message is logged',
+  );
   qmp.close();
   await t.rejects(qmp.execute('query-status'), /closed/);
 });
@@ -89,7 +99,11 @@ async function statusPeer(status: () => string): Promise<{ qmp: QmpClient; event
   return { qmp, event: (name) => stream.emit('data', `{"timestamp": {"seconds": 1, "microseconds": 0}, "event": "${name}"}\r\n`), queries: () => queries };
 }
 
-async function watchUntil(o: Omit<StallWatchOptions, 'onStall' | 'console' | 'launchedAt'> & { consoleText?: string; launchedAt?: number }, act: () => void, waitMs: number): Promise<Error | undefined> {
+async function watchUntil(
+  o: Omit<StallWatchOptions, 'onStall' | 'console' | 'launchedAt'> & { consoleText?: string; launchedAt?: number },
+  act: () => void,
+  waitMs: number,
+): Promise<Error | undefined> {
   const dir = await mkdtemp(path.join(tmpdir(), 'crh-stall-'));
   const source = new PassThrough();
   const serial = new ConsoleLog(path.join(dir, 'console.log'), source);
@@ -107,7 +121,11 @@ async function watchUntil(o: Omit<StallWatchOptions, 'onStall' | 'console' | 'la
 
 t.test('stall watch: a VM already in internal-error when QMP connects fails at once, with the evidence', async (t) => {
   const peer = await statusPeer(() => 'internal-error');
-  const error = await watchUntil({ qmp: peer.qmp, stderr: () => 'KVM internal error. Suberror: 1\nemulation failure\n', silentConsoleMs: undefined }, () => {}, 2000);
+  const error = await watchUntil(
+    { qmp: peer.qmp, stderr: () => 'KVM internal error. Suberror: 1\nemulation failure\n', silentConsoleMs: undefined },
+    () => {},
+    2000,
+  );
   t.ok(error instanceof StalledLaunchError, `stalled: ${error?.message}`);
   const evidence = (error as StalledLaunchError).evidence;
   t.match(evidence.stderrTail, /Suberror: 1/);
@@ -117,27 +135,35 @@ t.test('stall watch: a VM already in internal-error when QMP connects fails at o
 t.test('stall watch: STOP then internal-error fails; STOP then paused (a saveState) does not', async (t) => {
   let status = 'running';
   const peer = await statusPeer(() => status);
-  const error = await watchUntil({ qmp: peer.qmp, stderr: () => '', silentConsoleMs: undefined }, () => {
-    setTimeout(() => {
-      status = 'internal-error';
-      peer.event('STOP');
-    }, 100);
-  }, 2000);
+  const error = await watchUntil(
+    { qmp: peer.qmp, stderr: () => '', silentConsoleMs: undefined },
+    () => {
+      setTimeout(() => {
+        status = 'internal-error';
+        peer.event('STOP');
+      }, 100);
+    },
+    2000,
+  );
   t.ok(error instanceof StalledLaunchError, `stalled: ${error?.message}`);
   t.equal((error as StalledLaunchError).evidence.qmpStatus, 'internal-error');
   t.equal((error as StalledLaunchError).evidence.seen, 'QMP status internal-error');
 
   let pausedStatus = 'running';
   const paused = await statusPeer(() => pausedStatus);
-  const none = await watchUntil({ qmp: paused.qmp, stderr: () => '', silentConsoleMs: undefined }, () => {
-    pausedStatus = 'paused';
-    paused.event('STOP');
-  }, 600);
+  const none = await watchUntil(
+    { qmp: paused.qmp, stderr: () => '', silentConsoleMs: undefined },
+    () => {
+      pausedStatus = 'paused';
+      paused.event('STOP');
+    },
+    600,
+  );
   t.equal(none, undefined, 'a paused VM is not a stalled one');
   t.ok(paused.queries() >= 2, 'the STOP made the watch read the status');
 });
 
-t.test('stall watch: guest-panicked is the kernel\'s failure (BootError), not infrastructure', async (t) => {
+t.test("stall watch: guest-panicked is the kernel's failure (BootError), not infrastructure", async (t) => {
   const peer = await statusPeer(() => 'guest-panicked');
   const error = await watchUntil({ qmp: peer.qmp, stderr: () => '', silentConsoleMs: undefined }, () => {}, 2000);
   t.ok(error instanceof BootError && !(error instanceof StalledLaunchError), `BootError: ${error?.message}`);
@@ -179,7 +205,11 @@ t.test('a real QEMU: status, stop/cont with events, human monitor, saved state',
   await qmp.waitForEvent('RESUME', 5000);
   const registers = await qmp.execute<string>('human-monitor-command', { 'command-line': 'info registers' });
   t.match(registers, /RIP=[0-9a-f]{16}/, 'human-monitor-command reaches the monitor');
-  t.match(instructionPointers(await qmp.execute<string>('human-monitor-command', { 'command-line': 'info registers -a' })), /^[0-9a-f]{16}$/, 'info registers -a: the RIP of the one vCPU');
+  t.match(
+    instructionPointers(await qmp.execute<string>('human-monitor-command', { 'command-line': 'info registers -a' })),
+    /^[0-9a-f]{16}$/,
+    'info registers -a: the RIP of the one vCPU',
+  );
   await t.rejects(qmp.execute('no-such-command'), QmpError);
 
   const state = path.join(artifactsDir, 'test.vmstate');
@@ -246,7 +276,11 @@ t.test('launchMachine: a KVM state whose launch stalls is neither loaded into TC
 t.test('stall watch: silence past the bound while the vCPUs move is not a stall; vCPUs that stay put are', async (t) => {
   let rip = 0x1000;
   const moving = await statusPeer(() => 'running');
-  const none = await watchUntil({ qmp: moving.qmp, stderr: () => '', silentConsoleMs: 300, vcpuPosition: async () => `${(rip += 3).toString(16)}` }, () => {}, 3000);
+  const none = await watchUntil(
+    { qmp: moving.qmp, stderr: () => '', silentConsoleMs: 300, vcpuPosition: async () => `${(rip += 3).toString(16)}` },
+    () => {},
+    3000,
+  );
   t.equal(none, undefined, 'a busy, silent vCPU (a kernel decompressing under a loaded TCG) earns more time');
 
   const still = await statusPeer(() => 'running');
@@ -255,7 +289,11 @@ t.test('stall watch: silence past the bound while the vCPUs move is not a stall;
   t.match(error?.message, /no console output within 300 ms of launch, and the vCPUs did not move in 1000 ms \(ffffffff81000000\)/);
 
   const mute = await statusPeer(() => 'running');
-  const unread = await watchUntil({ qmp: mute.qmp, stderr: () => '', silentConsoleMs: 300, vcpuPosition: () => Promise.reject(new Error('CommandNotFound')) }, () => {}, 3000);
+  const unread = await watchUntil(
+    { qmp: mute.qmp, stderr: () => '', silentConsoleMs: 300, vcpuPosition: () => Promise.reject(new Error('CommandNotFound')) },
+    () => {},
+    3000,
+  );
   t.match(unread?.message, /positions could not be read \(CommandNotFound\)/, 'an unreadable position decides as silence alone did');
 });
 

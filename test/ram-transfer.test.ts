@@ -77,7 +77,11 @@ t.test('a frame beyond the file is an error, never a read of something else', as
   const ram = GuestRam.open(ramFile(t), PAGES * GUEST_PAGE_BYTES);
   t.teardown(() => ram.close());
   await t.rejects(readThroughRam(scriptedAgent([PAGES], [PAGES]), ram, stats(), 1, [{ address: 0n, length: GUEST_PAGE_BYTES }]), /beyond guest RAM/);
-  t.throws(() => GuestRam.open(ramFile(t), 2 * PAGES * GUEST_PAGE_BYTES), /holds 65536 bytes, the machine has 131072/, 'a file of another size than the machine\'s RAM is refused');
+  t.throws(
+    () => GuestRam.open(ramFile(t), 2 * PAGES * GUEST_PAGE_BYTES),
+    /holds 65536 bytes, the machine has 131072/,
+    "a file of another size than the machine's RAM is refused",
+  );
 });
 
 t.test('writes: into the file at the frames; a moved page again through the agent; BATCH order kept', async (t) => {
@@ -90,16 +94,39 @@ t.test('writes: into the file at the frames; a moved page again through the agen
   const before: AgentOp = { op: 'POKEUSER', pid: 1, offset: 0, value: 0n };
   const after: AgentOp = { op: 'POKEUSER', pid: 1, offset: 8, value: 0n };
   const steps = await batchThroughRam(agent, ram, s, [before, { op: 'WRITE_MEM', pid: 1, address: 0x20000n, data }, after]);
-  t.same(steps.map((x) => [x.op.op, x.ok]), [['POKEUSER', true], ['WRITE_MEM', true], ['POKEUSER', true]], 'one step per op, in order');
+  t.same(
+    steps.map((x) => [x.op.op, x.ok]),
+    [
+      ['POKEUSER', true],
+      ['WRITE_MEM', true],
+      ['POKEUSER', true],
+    ],
+    'one step per op, in order',
+  );
   const now = readFileSync(file);
   t.same(now.subarray(5 * GUEST_PAGE_BYTES, 6 * GUEST_PAGE_BYTES), Buffer.alloc(GUEST_PAGE_BYTES, 0xa1), 'page 0 is in frame 5');
   t.same(now.subarray(7 * GUEST_PAGE_BYTES, 8 * GUEST_PAGE_BYTES), Buffer.alloc(GUEST_PAGE_BYTES, 0xa2), 'page 1 went into frame 7 too');
-  t.same(agent.writes.map((w) => (w.op === 'WRITE_MEM' ? [w.address, w.data.length, w.data[0]] : [])), [[0x21000n, GUEST_PAGE_BYTES, 0xa2]], 'and, its frame having moved, again as a WRITE_MEM through the agent');
-  t.same(agent.calls, ['BATCH POKEUSER,PAGE_FRAMES', 'PAGE_FRAMES check', 'BATCH WRITE_MEM', 'BATCH POKEUSER'], 'the op before the run goes with the frames request');
+  t.same(
+    agent.writes.map((w) => (w.op === 'WRITE_MEM' ? [w.address, w.data.length, w.data[0]] : [])),
+    [[0x21000n, GUEST_PAGE_BYTES, 0xa2]],
+    'and, its frame having moved, again as a WRITE_MEM through the agent',
+  );
+  t.same(
+    agent.calls,
+    ['BATCH POKEUSER,PAGE_FRAMES', 'PAGE_FRAMES check', 'BATCH WRITE_MEM', 'BATCH POKEUSER'],
+    'the op before the run goes with the frames request',
+  );
   t.same(s, { pagesRead: 0, pagesWritten: 1, pagesThroughAgent: 1 });
 
   const failing = scriptedAgent([5], [5]);
-  const stopped = await batchThroughRam(failing, ram, stats(), [{ op: 'WRITE_MEM', pid: 1, address: 0n, data: Buffer.alloc(8) }, { op: 'WRITE_MEM', pid: 1, address: 0x20000n, data: Buffer.alloc(GUEST_PAGE_BYTES) }]);
-  t.same(stopped.map((x) => x.ok), [false], 'a failing op before a page write stops the BATCH; the page write is not done');
+  const stopped = await batchThroughRam(failing, ram, stats(), [
+    { op: 'WRITE_MEM', pid: 1, address: 0n, data: Buffer.alloc(8) },
+    { op: 'WRITE_MEM', pid: 1, address: 0x20000n, data: Buffer.alloc(GUEST_PAGE_BYTES) },
+  ]);
+  t.same(
+    stopped.map((x) => x.ok),
+    [false],
+    'a failing op before a page write stops the BATCH; the page write is not done',
+  );
   t.same(failing.calls, ['BATCH WRITE_MEM,PAGE_FRAMES'], 'no copy after the failure');
 });

@@ -70,12 +70,31 @@ t.test('an unrelated process holding a recorded pid survives; the stale record i
   // The pid reused by some other program: another start time, and no QEMU command line.
   const sleeper = await longLived(['1000']);
   const started = processStartTime(sleeper.pid!)!;
-  const reused = await writeRecord({ qemuPid: sleeper.pid!, qemuStartTime: String(Number(started) - 1), ...deadOwner(), name: 'crh-stale-1', startedAt: new Date().toISOString() });
+  const reused = await writeRecord({
+    qemuPid: sleeper.pid!,
+    qemuStartTime: String(Number(started) - 1),
+    ...deadOwner(),
+    name: 'crh-stale-1',
+    startedAt: new Date().toISOString(),
+  });
   // Same start time, but the program is not a crh QEMU (a record written wrong, or a name someone else chose).
-  const notQemu = await writeRecord({ qemuPid: sleeper.pid!, qemuStartTime: started, ...deadOwner(), name: 'crh-stale-2', startedAt: new Date().toISOString() });
+  const notQemu = await writeRecord({
+    qemuPid: sleeper.pid!,
+    qemuStartTime: started,
+    ...deadOwner(),
+    name: 'crh-stale-2',
+    startedAt: new Date().toISOString(),
+  });
   // A QEMU-looking process, start time right, but running under another name.
   const other = await longLived(['-name', 'crh-other'], 'qemu-system-x86_64');
-  const otherName = await writeRecord({ qemuPid: other.pid!, qemuStartTime: processStartTime(other.pid!)!, ownerPid: 2 ** 22 + 1, ownerStartTime: '1', name: 'crh-mine', startedAt: new Date().toISOString() });
+  const otherName = await writeRecord({
+    qemuPid: other.pid!,
+    qemuStartTime: processStartTime(other.pid!)!,
+    ownerPid: 2 ** 22 + 1,
+    ownerStartTime: '1',
+    name: 'crh-mine',
+    startedAt: new Date().toISOString(),
+  });
   const reaped = await reapOrphans();
   t.same(reaped, [], 'nothing reaped');
   await sleep(200);
@@ -86,7 +105,13 @@ t.test('an unrelated process holding a recorded pid survives; the stale record i
 
 t.test('a matching leftover QEMU with a dead owner is reaped; one whose owner lives is left alone', async (t) => {
   const orphan = await longLived(['-machine', 'pc', '-name', 'crh-test', '1000'], 'qemu-system-x86_64');
-  const orphanRecord = await writeRecord({ qemuPid: orphan.pid!, qemuStartTime: processStartTime(orphan.pid!)!, ...deadOwner(), name: 'crh-test', startedAt: new Date().toISOString() });
+  const orphanRecord = await writeRecord({
+    qemuPid: orphan.pid!,
+    qemuStartTime: processStartTime(orphan.pid!)!,
+    ...deadOwner(),
+    name: 'crh-test',
+    startedAt: new Date().toISOString(),
+  });
   const owned = await longLived(['-name', 'crh-owned'], 'qemu-system-x86_64');
   const ownedRecord = await writeRecord({
     qemuPid: owned.pid!,
@@ -123,7 +148,7 @@ t.test('an unreadable record or one from before start times is removed once its 
   t.ok(existsSync(oldLiveOwner), 'old record of a live owner kept');
 });
 
-t.test('a dead owner\'s guest RAM directory on /dev/shm goes with its record; a path not ours stays', async (t) => {
+t.test("a dead owner's guest RAM directory on /dev/shm goes with its record; a path not ours stays", async (t) => {
   const ram = await mkdtemp('/dev/shm/crh-ram-');
   await writeFile(path.join(ram, 'ram'), Buffer.alloc(4096));
   const foreign = await mkdtemp(path.join(tmpdir(), 'crh-ram-'));
@@ -138,7 +163,15 @@ t.test('a dead owner\'s guest RAM directory on /dev/shm goes with its record; a 
   t.ok(existsSync(foreign), 'a directory that is not a /dev/shm/crh-ram-XXXXXX is left alone');
   const live = await mkdtemp('/dev/shm/crh-ram-');
   t.teardown(() => rm(live, { recursive: true, force: true }));
-  await writeRecord({ qemuPid: gone, qemuStartTime: '1', ownerPid: process.pid, ownerStartTime: processStartTime(process.pid)!, name: 'crh-ram-3', startedAt: new Date().toISOString(), ramDir: live });
-  t.same(await reapOrphans(), [], 'a live owner\'s machine is not reaped');
+  await writeRecord({
+    qemuPid: gone,
+    qemuStartTime: '1',
+    ownerPid: process.pid,
+    ownerStartTime: processStartTime(process.pid)!,
+    name: 'crh-ram-3',
+    startedAt: new Date().toISOString(),
+    ramDir: live,
+  });
+  t.same(await reapOrphans(), [], "a live owner's machine is not reaped");
   t.ok(existsSync(live), 'nor its RAM');
 });

@@ -31,7 +31,13 @@ async function tarOf(entries: readonly TarEntry[]): Promise<Buffer> {
   const ended = new Promise<void>((resolve) => pack.on('end', () => resolve()));
   for (const e of entries) {
     await new Promise<void>((resolve, reject) => {
-      const header = { name: e.name, type: e.type ?? 'file', mode: 0o644, ...(e.linkname ? { linkname: e.linkname } : {}), ...(e.type === 'character-device' ? { devmajor: 1, devminor: 5 } : {}) };
+      const header = {
+        name: e.name,
+        type: e.type ?? 'file',
+        mode: 0o644,
+        ...(e.linkname ? { linkname: e.linkname } : {}),
+        ...(e.type === 'character-device' ? { devmajor: 1, devminor: 5 } : {}),
+      };
       if (e.type && e.type !== 'file') pack.entry(header, (error) => (error ? reject(error) : resolve()));
       else pack.entry(header, e.data ?? '', (error) => (error ? reject(error) : resolve()));
     });
@@ -119,30 +125,199 @@ t.test('hostile bundles are refused naming the field; nothing outside is read, w
   });
 
   const hostile: Array<[string, TarEntry[] | (() => Promise<Buffer>), RegExp]> = [
-    ['compiler wrapper flags', [{ name: 'verdict.json', data: verdictJson({ ...honestRecord(), cflags: ['-wrapper', `/bin/sh,-c,touch ${wrapperRan}`] }) }, { name: 'source/prog.c', data: PROGRAM }], /verdict\.json rerun\.cflags: compiler flags are never taken from a bundle/],
-    ['a file outside the bundle (--file /etc/shadow)', [{ name: 'verdict.json', data: verdictJson({ ...honestRecord(), command: 'cr', source: undefined, binary: 'binary/prog', files: [canary] }) }, { name: 'binary/prog', data: 'x' }], /verdict\.json rerun\.files\[0\]: ".*canary\.txt" is not a bundle entry files\/NAME/],
-    ['a ../ file name', [{ name: 'verdict.json', data: verdictJson({ ...honestRecord(), command: 'cr', source: undefined, binary: 'binary/prog', files: ['files/../../canary.txt'] }) }, { name: 'binary/prog', data: 'x' }], /verdict\.json rerun\.files\[0\]: "files\/\.\.\/\.\.\/canary\.txt" is not a bundle entry/],
-    ['a ../ source name', [{ name: 'verdict.json', data: verdictJson({ ...honestRecord(), source: '../source/prog.c' }) }, { name: 'source/prog.c', data: PROGRAM }], /verdict\.json rerun\.source: "\.\.\/source\/prog\.c" is not a bundle entry/],
-    ['an absolute source path', [{ name: 'verdict.json', data: verdictJson({ ...honestRecord(), source: path.join(base, 'w.c') }) }, { name: 'source/prog.c', data: PROGRAM }], /verdict\.json rerun\.source: ".*w\.c" is not a bundle entry source\/NAME/],
-    ['artifacts elsewhere', [{ name: 'verdict.json', data: verdictJson({ ...honestRecord(), artifacts: path.join(base, 'elsewhere') }) }, { name: 'source/prog.c', data: PROGRAM }], /verdict\.json rerun\.artifacts: where crh writes is never taken from a bundle/],
-    ['an output path', [{ name: 'verdict.json', data: verdictJson({ ...honestRecord(), out: canary }) }, { name: 'source/prog.c', data: PROGRAM }], /verdict\.json rerun\.out: where crh writes/],
-    ['a kernel path', [{ name: 'verdict.json', data: verdictJson({ ...honestRecord(), kernel: canary }) }, { name: 'source/prog.c', data: PROGRAM }], /verdict\.json rerun\.kernel: kernel and module paths are never taken from a bundle/],
-    ['a modules path', [{ name: 'verdict.json', data: verdictJson({ ...honestRecord(), modules: base }) }, { name: 'source/prog.c', data: PROGRAM }], /verdict\.json rerun\.modules: kernel and module paths/],
-    ['an absurd timeout', [{ name: 'verdict.json', data: verdictJson({ ...honestRecord(), timeoutMs: 1e12 }) }, { name: 'source/prog.c', data: PROGRAM }], new RegExp(`verdict\\.json rerun\\.timeoutMs: 1000000000000 is not a whole number from 1 to ${RERUN_LIMITS.timeoutMs}`)],
-    ['a negative timeout', [{ name: 'verdict.json', data: verdictJson({ ...honestRecord(), timeoutMs: -5 }) }, { name: 'source/prog.c', data: PROGRAM }], /verdict\.json rerun\.timeoutMs: -5 is not a whole number/],
-    ['an absurd hit count', [{ name: 'verdict.json', data: verdictJson({ ...honestRecord(), checkpoint: { kind: 'symbol', symbol: 'f', hit: 1e9 } }) }, { name: 'source/prog.c', data: PROGRAM }], /verdict\.json rerun\.checkpoint\.hit: 1000000000 is not a whole number/],
-    ['a symlink entry', [{ name: 'verdict.json', data: verdictJson(honestRecord()) }, { name: 'source/prog.c', type: 'symlink', linkname: canary }], /entry "source\/prog\.c": type symlink \(a bundle holds regular files only\)/],
-    ['a hardlink entry', [{ name: 'verdict.json', data: verdictJson(honestRecord()) }, { name: 'source/prog.c', type: 'link', linkname: canary }], /entry "source\/prog\.c": type link/],
-    ['a device entry', [{ name: 'verdict.json', data: verdictJson(honestRecord()) }, { name: 'source/prog.c', type: 'character-device' }], /entry "source\/prog\.c": type character-device/],
-    ['an absolute entry name', [{ name: canary, data: 'overwritten' }, { name: 'verdict.json', data: verdictJson(honestRecord()) }], /entry ".*canary\.txt": not a plain relative name/],
-    ['an oversized entry', () => oversizedTar('checkpoint.tar', BUNDLE_LIMITS.entryBytes + 1), new RegExp(`entry "checkpoint\\.tar": too large: ${BUNDLE_LIMITS.entryBytes + 1} bytes`)],
+    [
+      'compiler wrapper flags',
+      [
+        { name: 'verdict.json', data: verdictJson({ ...honestRecord(), cflags: ['-wrapper', `/bin/sh,-c,touch ${wrapperRan}`] }) },
+        { name: 'source/prog.c', data: PROGRAM },
+      ],
+      /verdict\.json rerun\.cflags: compiler flags are never taken from a bundle/,
+    ],
+    [
+      'a file outside the bundle (--file /etc/shadow)',
+      [
+        { name: 'verdict.json', data: verdictJson({ ...honestRecord(), command: 'cr', source: undefined, binary: 'binary/prog', files: [canary] }) },
+        { name: 'binary/prog', data: 'x' },
+      ],
+      /verdict\.json rerun\.files\[0\]: ".*canary\.txt" is not a bundle entry files\/NAME/,
+    ],
+    [
+      'a ../ file name',
+      [
+        {
+          name: 'verdict.json',
+          data: verdictJson({ ...honestRecord(), command: 'cr', source: undefined, binary: 'binary/prog', files: ['files/../../canary.txt'] }),
+        },
+        { name: 'binary/prog', data: 'x' },
+      ],
+      /verdict\.json rerun\.files\[0\]: "files\/\.\.\/\.\.\/canary\.txt" is not a bundle entry/,
+    ],
+    [
+      'a ../ source name',
+      [
+        { name: 'verdict.json', data: verdictJson({ ...honestRecord(), source: '../source/prog.c' }) },
+        { name: 'source/prog.c', data: PROGRAM },
+      ],
+      /verdict\.json rerun\.source: "\.\.\/source\/prog\.c" is not a bundle entry/,
+    ],
+    [
+      'an absolute source path',
+      [
+        { name: 'verdict.json', data: verdictJson({ ...honestRecord(), source: path.join(base, 'w.c') }) },
+        { name: 'source/prog.c', data: PROGRAM },
+      ],
+      /verdict\.json rerun\.source: ".*w\.c" is not a bundle entry source\/NAME/,
+    ],
+    [
+      'artifacts elsewhere',
+      [
+        { name: 'verdict.json', data: verdictJson({ ...honestRecord(), artifacts: path.join(base, 'elsewhere') }) },
+        { name: 'source/prog.c', data: PROGRAM },
+      ],
+      /verdict\.json rerun\.artifacts: where crh writes is never taken from a bundle/,
+    ],
+    [
+      'an output path',
+      [
+        { name: 'verdict.json', data: verdictJson({ ...honestRecord(), out: canary }) },
+        { name: 'source/prog.c', data: PROGRAM },
+      ],
+      /verdict\.json rerun\.out: where crh writes/,
+    ],
+    [
+      'a kernel path',
+      [
+        { name: 'verdict.json', data: verdictJson({ ...honestRecord(), kernel: canary }) },
+        { name: 'source/prog.c', data: PROGRAM },
+      ],
+      /verdict\.json rerun\.kernel: kernel and module paths are never taken from a bundle/,
+    ],
+    [
+      'a modules path',
+      [
+        { name: 'verdict.json', data: verdictJson({ ...honestRecord(), modules: base }) },
+        { name: 'source/prog.c', data: PROGRAM },
+      ],
+      /verdict\.json rerun\.modules: kernel and module paths/,
+    ],
+    [
+      'an absurd timeout',
+      [
+        { name: 'verdict.json', data: verdictJson({ ...honestRecord(), timeoutMs: 1e12 }) },
+        { name: 'source/prog.c', data: PROGRAM },
+      ],
+      new RegExp(`verdict\\.json rerun\\.timeoutMs: 1000000000000 is not a whole number from 1 to ${RERUN_LIMITS.timeoutMs}`),
+    ],
+    [
+      'a negative timeout',
+      [
+        { name: 'verdict.json', data: verdictJson({ ...honestRecord(), timeoutMs: -5 }) },
+        { name: 'source/prog.c', data: PROGRAM },
+      ],
+      /verdict\.json rerun\.timeoutMs: -5 is not a whole number/,
+    ],
+    [
+      'an absurd hit count',
+      [
+        { name: 'verdict.json', data: verdictJson({ ...honestRecord(), checkpoint: { kind: 'symbol', symbol: 'f', hit: 1e9 } }) },
+        { name: 'source/prog.c', data: PROGRAM },
+      ],
+      /verdict\.json rerun\.checkpoint\.hit: 1000000000 is not a whole number/,
+    ],
+    [
+      'a symlink entry',
+      [
+        { name: 'verdict.json', data: verdictJson(honestRecord()) },
+        { name: 'source/prog.c', type: 'symlink', linkname: canary },
+      ],
+      /entry "source\/prog\.c": type symlink \(a bundle holds regular files only\)/,
+    ],
+    [
+      'a hardlink entry',
+      [
+        { name: 'verdict.json', data: verdictJson(honestRecord()) },
+        { name: 'source/prog.c', type: 'link', linkname: canary },
+      ],
+      /entry "source\/prog\.c": type link/,
+    ],
+    [
+      'a device entry',
+      [
+        { name: 'verdict.json', data: verdictJson(honestRecord()) },
+        { name: 'source/prog.c', type: 'character-device' },
+      ],
+      /entry "source\/prog\.c": type character-device/,
+    ],
+    [
+      'an absolute entry name',
+      [
+        { name: canary, data: 'overwritten' },
+        { name: 'verdict.json', data: verdictJson(honestRecord()) },
+      ],
+      /entry ".*canary\.txt": not a plain relative name/,
+    ],
+    [
+      'an oversized entry',
+      () => oversizedTar('checkpoint.tar', BUNDLE_LIMITS.entryBytes + 1),
+      new RegExp(`entry "checkpoint\\.tar": too large: ${BUNDLE_LIMITS.entryBytes + 1} bytes`),
+    ],
     ['no verdict.json', [{ name: 'source/prog.c', data: PROGRAM }], /: verdict\.json: missing \(is it a crh bundle\?\)/],
-    ['a garbled verdict.json', [{ name: 'verdict.json', data: '{"format": "cr-harness-repro-verdict", "version": 2, "pass": tr' }, { name: 'source/prog.c', data: PROGRAM }], /: verdict\.json: invalid JSON/],
-    ['a verdict.json that is not an object', [{ name: 'verdict.json', data: '["repro"]' }, { name: 'source/prog.c', data: PROGRAM }], /: verdict\.json: is not a JSON object/],
-    ['an old bundle whose rerun is a command line', [{ name: 'verdict.json', data: verdictJson(['repro', '{bundle}/source/prog.c', '--when-ready', `--cflags=-wrapper /bin/sh,-c,touch ${wrapperRan}`, '--file', canary], { version: 1 }) }, { name: 'source/prog.c', data: PROGRAM }], /verdict\.json version: version 1 records its rerun as a crh command line, which crh no longer takes from a bundle/],
-    ['a command line in a current verdict', [{ name: 'verdict.json', data: verdictJson(['repro', '{bundle}/source/prog.c', '--when-ready']) }, { name: 'source/prog.c', data: PROGRAM }], /verdict\.json rerun: must be an object/],
-    ['a record naming an entry the bundle lacks', [{ name: 'verdict.json', data: verdictJson({ ...honestRecord(), command: 'cr', source: undefined, binary: 'binary/prog', files: ['files/absent.txt'] }) }, { name: 'binary/prog', data: 'x' }], /verdict\.json rerun\.files\[0\]: "files\/absent\.txt" is no entry of the bundle/],
-    ['an unknown field', [{ name: 'verdict.json', data: verdictJson({ ...honestRecord(), env: { LD_PRELOAD: canary } }) }, { name: 'source/prog.c', data: PROGRAM }], /verdict\.json rerun\.env: unknown field/],
+    [
+      'a garbled verdict.json',
+      [
+        { name: 'verdict.json', data: '{"format": "cr-harness-repro-verdict", "version": 2, "pass": tr' },
+        { name: 'source/prog.c', data: PROGRAM },
+      ],
+      /: verdict\.json: invalid JSON/,
+    ],
+    [
+      'a verdict.json that is not an object',
+      [
+        { name: 'verdict.json', data: '["repro"]' },
+        { name: 'source/prog.c', data: PROGRAM },
+      ],
+      /: verdict\.json: is not a JSON object/,
+    ],
+    [
+      'an old bundle whose rerun is a command line',
+      [
+        {
+          name: 'verdict.json',
+          data: verdictJson(['repro', '{bundle}/source/prog.c', '--when-ready', `--cflags=-wrapper /bin/sh,-c,touch ${wrapperRan}`, '--file', canary], {
+            version: 1,
+          }),
+        },
+        { name: 'source/prog.c', data: PROGRAM },
+      ],
+      /verdict\.json version: version 1 records its rerun as a crh command line, which crh no longer takes from a bundle/,
+    ],
+    [
+      'a command line in a current verdict',
+      [
+        { name: 'verdict.json', data: verdictJson(['repro', '{bundle}/source/prog.c', '--when-ready']) },
+        { name: 'source/prog.c', data: PROGRAM },
+      ],
+      /verdict\.json rerun: must be an object/,
+    ],
+    [
+      'a record naming an entry the bundle lacks',
+      [
+        {
+          name: 'verdict.json',
+          data: verdictJson({ ...honestRecord(), command: 'cr', source: undefined, binary: 'binary/prog', files: ['files/absent.txt'] }),
+        },
+        { name: 'binary/prog', data: 'x' },
+      ],
+      /verdict\.json rerun\.files\[0\]: "files\/absent\.txt" is no entry of the bundle/,
+    ],
+    [
+      'an unknown field',
+      [
+        { name: 'verdict.json', data: verdictJson({ ...honestRecord(), env: { LD_PRELOAD: canary } }) },
+        { name: 'source/prog.c', data: PROGRAM },
+      ],
+      /verdict\.json rerun\.env: unknown field/,
+    ],
   ];
 
   for (const [why, contents, field] of hostile) {
@@ -170,7 +345,13 @@ t.test('hostile bundles are refused naming the field; nothing outside is read, w
   await t.test('control: an honest bundle under the same probes is printed, extracted and compiled (exit 2 from the fake gcc)', async (t) => {
     const bundle = path.join(base, 'honest.tar');
     const record = { ...honestRecord(), args: ['two words', 'bell\x07'] };
-    await writeFile(bundle, await tarOf([{ name: 'verdict.json', data: verdictJson(record) }, { name: 'source/prog.c', data: PROGRAM }]));
+    await writeFile(
+      bundle,
+      await tarOf([
+        { name: 'verdict.json', data: verdictJson(record) },
+        { name: 'source/prog.c', data: PROGRAM },
+      ]),
+    );
     const r = await execa(process.execPath, [path.join(REPO_ROOT, 'bin', 'crh.js'), 'repro', '--bundle', bundle, '--out', out, '--artifacts', artifacts], {
       reject: false,
       cwd: REPO_ROOT,
@@ -182,13 +363,21 @@ t.test('hostile bundles are refused naming the field; nothing outside is read, w
     t.match(r.stdout, /^ {2}arguments: {2}'two words' 'bell\\x07'$/m, 'arguments printed quoted, the control character escaped');
     t.match(r.stderr, /prog\.c does not compile/);
     t.ok(existsSync(gccRan), 'the compiler probe fired: it would have caught a spawn in the cases above');
-    t.match(await readFile(gccRan, 'utf8'), /-o prog prog\.c$/m, 'with the bundle\'s source, copied into the sandbox, and no flag from the bundle');
-    t.same((await readdir(privateTmp)).filter((n) => n.startsWith('crh-')), [], 'the extraction and the sandbox are removed afterwards');
+    t.match(await readFile(gccRan, 'utf8'), /-o prog prog\.c$/m, "with the bundle's source, copied into the sandbox, and no flag from the bundle");
+    t.same(
+      (await readdir(privateTmp)).filter((n) => n.startsWith('crh-')),
+      [],
+      'the extraction and the sandbox are removed afterwards',
+    );
   });
 
   await t.test('the CLI exits 2 for a refused bundle', async (t) => {
     const bundle = path.join(base, 'compiler-wrapper-flags.tar');
-    const r = await execa(process.execPath, [path.join(REPO_ROOT, 'bin', 'crh.js'), 'repro', '--bundle', bundle], { reject: false, cwd: REPO_ROOT, env: { TMPDIR: privateTmp } });
+    const r = await execa(process.execPath, [path.join(REPO_ROOT, 'bin', 'crh.js'), 'repro', '--bundle', bundle], {
+      reject: false,
+      cwd: REPO_ROOT,
+      env: { TMPDIR: privateTmp },
+    });
     t.equal(r.exitCode, 2);
     t.match(r.stderr, /^BundleRejectedError: .*verdict\.json rerun\.cflags: /m);
   });
@@ -232,14 +421,33 @@ t.test('a rerun record round-trips, and every value out of bounds is refused by 
 });
 
 t.test('a request becomes a record and back: the same request but for paths; --cflags reruns the binary the bundle carries', async (t) => {
-  const parsed = parseReproArgs('repro', ['/src/x.c', '--checkpoint-at', 'here', '--hit', '2', '--rf', 'clear', '--omit', 'xstate,tls', '--timeout', '5000', '--', 'one', 'two words']);
+  const parsed = parseReproArgs('repro', [
+    '/src/x.c',
+    '--checkpoint-at',
+    'here',
+    '--hit',
+    '2',
+    '--rf',
+    'clear',
+    '--omit',
+    'xstate,tls',
+    '--timeout',
+    '5000',
+    '--',
+    'one',
+    'two words',
+  ]);
   if ('bundle' in parsed) throw new Error('expected a request');
   const record = rerunRecord(parsed, { source: 'source/x.c', binary: 'binary/x', files: [] });
   t.equal(record.command, 'repro');
   const back = parseRerunRecord(JSON.parse(JSON.stringify(record)), 'b.tar');
   t.same(back, record, 'through JSON and the checks unchanged');
   const again = requestFromRecord(back, new Map([['source/x.c', '/private/source/x.c']]), { out: '/o.tar' });
-  t.same({ ...again, source: undefined, out: undefined }, { ...parsed, source: undefined, out: undefined }, 'checkpoint, policy, timeout and arguments survive');
+  t.same(
+    { ...again, source: undefined, out: undefined },
+    { ...parsed, source: undefined, out: undefined },
+    'checkpoint, policy, timeout and arguments survive',
+  );
   t.equal(again.source, '/private/source/x.c');
 
   const flagged = parseReproArgs('repro', ['/src/m.c', '--when-ready', '--cflags', '-lm -wrapper /bin/sh,-c,id']);

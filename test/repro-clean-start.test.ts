@@ -48,7 +48,10 @@ t.test('a daemon below the agent is killed, the work directory emptied in place'
   const killed = killedPids(stdout);
   t.ok(killed.includes(daemon), `the daemon was killed (${killed.join(', ')})`);
   t.ok(killed.length >= 3, 'and its children');
-  t.ok(killed.every((p) => p !== agent.pid && p !== bystander.pid), 'neither the agent nor a bystander');
+  t.ok(
+    killed.every((p) => p !== agent.pid && p !== bystander.pid),
+    'neither the agent nor a bystander',
+  );
   await new Promise((resolve) => setTimeout(resolve, 200));
   t.notOk(alive(daemon), 'the daemon is gone');
   t.ok(alive(bystander.pid!), 'the bystander runs on');

@@ -23,9 +23,18 @@ t.test('clean runs and timers through crh repro', async (t) => {
 
   await t.test('a daemon and O_EXCL files: every run starts clean', async (t) => {
     const bundle = path.join(dir, 'exclusive-daemon.tar');
-    const r = await crhRun(['repro', path.join(REPO_ROOT, 'examples', 'repro', 'exclusive-daemon.c'), '--checkpoint-at', 'checkpoint_here', '--out', bundle, '--artifacts', artifacts]);
+    const r = await crhRun([
+      'repro',
+      path.join(REPO_ROOT, 'examples', 'repro', 'exclusive-daemon.c'),
+      '--checkpoint-at',
+      'checkpoint_here',
+      '--out',
+      bundle,
+      '--artifacts',
+      artifacts,
+    ]);
     if (!t.equal(r.exitCode, 0, 'exit 0')) t.comment(`${r.stdout}\n${r.stderr.slice(-3000)}`);
-    t.match(r.stderr, /killed what the previous run left running/, 'the previous run\'s daemon was killed');
+    t.match(r.stderr, /killed what the previous run left running/, "the previous run's daemon was killed");
     const verdict = parseVerdict((await readBundle(bundle)).get('verdict.json')!.data.toString('utf8'));
     t.match(verdict.restored?.output, /^daemon\.lock exists\nclaimed main\.lock\nsum \d+\n$/, 'the checkpointed run claimed its files afresh');
   });
@@ -42,7 +51,19 @@ t.test('clean runs and timers through crh repro', async (t) => {
   }
 
   await t.test('control --omit timers: the restored ticker stalls, exit 1', async (t) => {
-    const r = await crhRun(['cr', '--binary', ticker, '--checkpoint-after', '300', '--omit', 'timers', '--out', path.join(dir, 'ticker-omit.tar'), '--artifacts', artifacts]);
+    const r = await crhRun([
+      'cr',
+      '--binary',
+      ticker,
+      '--checkpoint-after',
+      '300',
+      '--omit',
+      'timers',
+      '--out',
+      path.join(dir, 'ticker-omit.tar'),
+      '--artifacts',
+      artifacts,
+    ]);
     t.equal(r.exitCode, 1, 'exit 1');
     t.match(r.stdout, /^verdict: FAIL/m);
     t.match(r.stdout, /stalled/, 'the output that differs names the stall');

@@ -32,7 +32,12 @@ t.test('hostile C is stopped by the sandbox, each with its cause named', async (
 
   const shadow = await compileError(dir, 'shadow.c', 'asm(".section .rodata\\n.incbin \\"/etc/shadow\\"\\n.text");\nint main(void) { return 0; }\n');
   t.ok(shadow instanceof UsageError, '.incbin /etc/shadow: a UsageError');
-  if (asRoot) t.match(shadow?.message, /shadow\.c was not compiled: the assembler could not open \/etc\/shadow \(permission denied or absent\): the compiler runs as nobody \(uid 65534/, String(shadow?.message));
+  if (asRoot)
+    t.match(
+      shadow?.message,
+      /shadow\.c was not compiled: the assembler could not open \/etc\/shadow \(permission denied or absent\): the compiler runs as nobody \(uid 65534/,
+      String(shadow?.message),
+    );
   else t.match(shadow?.message, /shadow\.c was not compiled: the assembler could not open \/etc\/shadow/);
   t.notMatch(shadow?.details['gcc output'] ?? '', /root:/, 'no line of the file reached the diagnostics');
 
@@ -43,7 +48,11 @@ t.test('hostile C is stopped by the sandbox, each with its cause named', async (
   const include = await compileError(dir, 'include.c', `#include "${secret}"\nint main(void) { return leaked; }\n`);
   if (asRoot) {
     t.ok(include instanceof UsageError, '#include of a root-only file: a UsageError');
-    t.match(include?.message, new RegExp(`include\\.c was not compiled: permission denied reading ${secret.replace(/[.]/g, '\\.')}: the compiler runs as nobody \\(uid ${COMPILE_UID}`), String(include?.message));
+    t.match(
+      include?.message,
+      new RegExp(`include\\.c was not compiled: permission denied reading ${secret.replace(/[.]/g, '\\.')}: the compiler runs as nobody \\(uid ${COMPILE_UID}`),
+      String(include?.message),
+    );
   } else {
     t.comment('not root: the compiler runs as this user, who may read the file');
   }
@@ -59,8 +68,8 @@ t.test('an honest reproducer compiles in the sandbox and is read back', async (t
   t.equal(compiled.binary, path.join(dir, 'build', 'checksum'));
   const info = await stat(compiled.binary);
   t.ok(info.isFile() && info.size > 100_000, `a static binary, ${info.size} bytes`);
-  t.equal(info.uid, process.getuid?.(), 'owned by crh\'s user, not the sandbox\'s (it was read back and written anew)');
-  t.same(compiled.command.slice(-3), ['-o', compiled.binary, source], 'the command line names the caller\'s paths');
+  t.equal(info.uid, process.getuid?.(), "owned by crh's user, not the sandbox's (it was read back and written anew)");
+  t.same(compiled.command.slice(-3), ['-o', compiled.binary, source], "the command line names the caller's paths");
 });
 
 t.test('an absent source is a UsageError naming it', async (t) => {
@@ -96,7 +105,8 @@ t.test('the wall clock kills the whole compiler process group: an include of a F
 });
 
 t.test('causes: wall clock, CPU time, file size, output, permission, plain error', async (t) => {
-  const run = (over: Partial<Parameters<typeof failureCause>[0]>): string | undefined => failureCause({ wallClockHit: false, outputTooLong: false, signal: undefined, stderr: '', ...over });
+  const run = (over: Partial<Parameters<typeof failureCause>[0]>): string | undefined =>
+    failureCause({ wallClockHit: false, outputTooLong: false, signal: undefined, stderr: '', ...over });
   t.match(run({ wallClockHit: true }), /wall-clock limit hit/);
   t.match(run({ stderr: 'gcc: fatal error: CPU time limit exceeded signal terminated program cc1' }), /CPU-time limit hit/);
   t.match(run({ signal: 'SIGXFSZ' }), /file-size limit hit/);

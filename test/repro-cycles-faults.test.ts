@@ -38,21 +38,46 @@ t.test('--inject-fault PHASE:KIND', async (t) => {
   for (const bad of ['restore', 'boot:kill-qemu', 'restore:kill-everything', 'restore:kill-qemu:now']) {
     t.throws(() => parseFault(bad), { name: 'UsageError', message: /^--inject-fault: .* is not PHASE:KIND/ }, bad);
   }
-  t.notOk('fault' in rerunRecord(parse([...base, '--inject-fault', 'restore:drop-ssh']), { source: 'source/x.c', binary: 'binary/x', files: [] }), 'never carried by a bundle');
+  t.notOk(
+    'fault' in rerunRecord(parse([...base, '--inject-fault', 'restore:drop-ssh']), { source: 'source/x.c', binary: 'binary/x', files: [] }),
+    'never carried by a bundle',
+  );
 });
 
 t.test('spread and the first wrong cycle', async (t) => {
   t.same(spread([5, 1, 3]), { median: 3, min: 1, max: 5 });
   t.same(spread([4, 1, 3, 2]), { median: 2.5, min: 1, max: 4 });
   t.equal(spread([]), undefined);
-  const cycle = (n: number, extra: Partial<CycleRecord> = {}): CycleRecord => ({ cycle: n, stoppedBy: 's', rip: '0x1', checkpointMs: 1, imageBytes: 1, restoreMs: 1, registersDiffer: [], ...extra });
+  const cycle = (n: number, extra: Partial<CycleRecord> = {}): CycleRecord => ({
+    cycle: n,
+    stoppedBy: 's',
+    rip: '0x1',
+    checkpointMs: 1,
+    imageBytes: 1,
+    restoreMs: 1,
+    registersDiffer: [],
+    ...extra,
+  });
   const chain = (cycles: CycleRecord[], extra: Partial<Checkpointed> = {}): Checkpointed => ({ cycles, cyclesAsked: 3, ...extra }) as Checkpointed;
   t.equal(firstWrongCycle(chain([cycle(1), cycle(2), cycle(3)]), false), undefined, 'a chain that matched');
-  t.same(firstWrongCycle(chain([cycle(1), cycle(2, { registersDiffer: ['rbx'] }), cycle(3, { registersDiffer: ['rbx'] })]), true), { cycle: 2, why: "the restored process did not hold the image's rbx" });
-  t.equal(firstWrongCycle(chain([cycle(1, { registersDiffer: ['r11'] }), cycle(2), cycle(3)]), false), undefined, 'a register alone, with the result the same, is no finding');
-  t.same(firstWrongCycle(chain([cycle(1), cycle(2, { restoreError: 'RestoreStepError: step 3 failed\nmore' })]), true), { cycle: 2, why: 'its restore failed: RestoreStepError: step 3 failed' });
+  t.same(firstWrongCycle(chain([cycle(1), cycle(2, { registersDiffer: ['rbx'] }), cycle(3, { registersDiffer: ['rbx'] })]), true), {
+    cycle: 2,
+    why: "the restored process did not hold the image's rbx",
+  });
+  t.equal(
+    firstWrongCycle(chain([cycle(1, { registersDiffer: ['r11'] }), cycle(2), cycle(3)]), false),
+    undefined,
+    'a register alone, with the result the same, is no finding',
+  );
+  t.same(firstWrongCycle(chain([cycle(1), cycle(2, { restoreError: 'RestoreStepError: step 3 failed\nmore' })]), true), {
+    cycle: 2,
+    why: 'its restore failed: RestoreStepError: step 3 failed',
+  });
   t.same(firstWrongCycle(chain([cycle(1), cycle(2)], { endedAfterCycle: 2 }), true), { cycle: 2, why: 'the restored process ended before checkpoint 3' });
-  t.same(firstWrongCycle(chain([cycle(1), cycle(2), cycle(3)]), true), { cycle: 3, why: 'no cycle showed a difference at its restore stop; the final result differs' });
+  t.same(firstWrongCycle(chain([cycle(1), cycle(2), cycle(3)]), true), {
+    cycle: 3,
+    why: 'no cycle showed a difference at its restore stop; the final result differs',
+  });
 });
 
 t.test('differingRegisters: RF alone, a rewound call and a trampoline restorer are not losses', async (t) => {
@@ -74,8 +99,11 @@ t.test('duringPhase: infrastructure renamed by its phase and root cause; the res
   t.equal(wrapped.details.artifacts, '/a/run');
   t.equal(wrapped.details['console tail'], 'tail');
   t.equal(wrapped.cause, agent, 'the chain kept');
-  const full = Object.assign(new Error("ENOSPC: no space left on device, write"), { code: 'ENOSPC' });
-  t.equal((duringPhase(new InfraError('cannot write the checkpoint image /a/checkpoint.tar: ENOSPC', {}, { cause: full }), 'checkpoint', '/a') as Error).message, 'during checkpoint: cannot write the checkpoint image /a/checkpoint.tar: ENOSPC');
+  const full = Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+  t.equal(
+    (duringPhase(new InfraError('cannot write the checkpoint image /a/checkpoint.tar: ENOSPC', {}, { cause: full }), 'checkpoint', '/a') as Error).message,
+    'during checkpoint: cannot write the checkpoint image /a/checkpoint.tar: ENOSPC',
+  );
   const usage = new UsageError('no');
   t.equal(duringPhase(usage, 'checkpoint', '/a'), usage, 'a usage error passes through');
   const ours = new CrhError('a bug');
@@ -101,6 +129,9 @@ t.test('session loss: the machine explains first, else the session loss stands',
 
   const killed = await agentKilled(Promise.resolve({ code: null, signal: 'SIGKILL' })).catch((e: unknown) => e);
   t.match((killed as Error).message, /the agent was killed by SIGKILL/);
-  const segv = await Promise.race([agentKilled(Promise.resolve({ code: null, signal: 'SIGSEGV' })).catch(() => 'rejected'), new Promise((r) => setTimeout(() => r('pending'), 50))]);
+  const segv = await Promise.race([
+    agentKilled(Promise.resolve({ code: null, signal: 'SIGSEGV' })).catch(() => 'rejected'),
+    new Promise((r) => setTimeout(() => r('pending'), 50)),
+  ]);
   t.equal(segv, 'pending', 'an agent that crashes by itself is no session loss: a failure of ours');
 });

@@ -32,7 +32,7 @@ t.test('crh repro/cr --pid-file', async (t) => {
     const r = await crhRun(['repro', daemon, ...ready, '--out', bundle, '--artifacts', artifacts]);
     if (!t.equal(r.exitCode, 0, 'exit 0')) t.comment(`${r.stdout}\n${r.stderr.slice(-3000)}`);
     const verdict = parseVerdict((await readBundle(bundle)).get('verdict.json')!.data.toString('utf8'));
-    t.equal(verdict.restored?.output, 'woke: session=1 shared=0x5a17ed private=0x9121 still-shared=1\n', 'the restored daemon\'s output');
+    t.equal(verdict.restored?.output, 'woke: session=1 shared=0x5a17ed private=0x9121 still-shared=1\n', "the restored daemon's output");
     t.match(r.stderr, /the launcher exited 0 and \/tmp\/crh-repro\/work\/daemon\.pid names pid \d+/, 'the daemon, not the launcher, was checkpointed');
   });
 
@@ -48,20 +48,53 @@ t.test('crh repro/cr --pid-file', async (t) => {
     const r = await crhRun(['repro', daemon, ...ready, '--out', bundle, '--artifacts', artifacts, '--', 'tree']);
     if (!t.equal(r.exitCode, 0, 'exit 0')) t.comment(`${r.stdout}\n${r.stderr.slice(-3000)}`);
     const verdict = parseVerdict((await readBundle(bundle)).get('verdict.json')!.data.toString('utf8'));
-    t.equal(verdict.restored?.output, 'woke: session=1 shared=0x5a17ed private=0x9121 still-shared=1\n', 'the restored daemon\'s output');
+    t.equal(verdict.restored?.output, 'woke: session=1 shared=0x5a17ed private=0x9121 still-shared=1\n', "the restored daemon's output");
     t.match(r.stderr, /2 processes \(pid \d+, \d+\)/, 'the daemon and its child were restored together');
   });
 
   await t.test('a ZDTM-protocol test whose daemon forked a child before its setsid, through crh cr --pid-file: refused by name, exit 1', async (t) => {
     const binary = (await buildGuestBinaries()).hostPath['zdtm-wait']!;
-    const r = await crhRun(['cr', '--binary', binary, '--when-ready', '--pid-file', 'T.pid', '--finish-signal', 'TERM', '--out', path.join(dir, 'zdtm-tree.tar'), '--artifacts', artifacts, '--', '--pidfile=T.pid', '--outfile=T.out', 'child']);
+    const r = await crhRun([
+      'cr',
+      '--binary',
+      binary,
+      '--when-ready',
+      '--pid-file',
+      'T.pid',
+      '--finish-signal',
+      'TERM',
+      '--out',
+      path.join(dir, 'zdtm-tree.tar'),
+      '--artifacts',
+      artifacts,
+      '--',
+      '--pidfile=T.pid',
+      '--outfile=T.out',
+      'child',
+    ]);
     t.equal(r.exitCode, 1, 'exit 1: a C/R limitation, not a usage error');
     t.match(r.stderr, /process tree: pid \d+ is in session \d+, led by no process of the tree and not the root's: it cannot be created again/);
   });
 
   await t.test('a ZDTM-protocol test through crh cr --pid-file: its outfile as fds 1 and 2 after the restore', async (t) => {
     const binary = (await buildGuestBinaries()).hostPath['zdtm-wait']!;
-    const r = await crhRun(['cr', '--binary', binary, '--when-ready', '--pid-file', 'T.pid', '--finish-signal', 'TERM', '--out', path.join(dir, 'zdtm-wait.tar'), '--artifacts', artifacts, '--', '--pidfile=T.pid', '--outfile=T.out']);
+    const r = await crhRun([
+      'cr',
+      '--binary',
+      binary,
+      '--when-ready',
+      '--pid-file',
+      'T.pid',
+      '--finish-signal',
+      'TERM',
+      '--out',
+      path.join(dir, 'zdtm-wait.tar'),
+      '--artifacts',
+      artifacts,
+      '--',
+      '--pidfile=T.pid',
+      '--outfile=T.out',
+    ]);
     // zdtm-wait exits 1 with a FAIL line when its descriptors, session or shared page are not what they were.
     if (!t.equal(r.exitCode, 0, 'exit 0: the restored test exited 0, as uninterrupted')) t.comment(`${r.stdout}\n${r.stderr.slice(-3000)}`);
   });

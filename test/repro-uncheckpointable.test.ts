@@ -10,8 +10,29 @@ import { REPO_ROOT } from '../harness/util/cache-dir.ts';
 t.test('crh cr on a process holding an eventfd: exit 1 with the reason', async (t) => {
   const dir = await mkdtemp(path.join(tmpdir(), 'crh-repro-uncheckpointable-'));
   const holdstate = (await buildGuestBinaries()).hostPath.holdstate!;
-  const r = await execa(process.execPath, [path.join(REPO_ROOT, 'bin', 'crh.js'), 'cr', '--binary', holdstate, '--checkpoint-at', 'holdstate_checkpoint', '--out', path.join(dir, 'b.tar'), '--artifacts', path.join(dir, 'artifacts'), '--', 'eventfd'], { reject: false, cwd: REPO_ROOT });
+  const r = await execa(
+    process.execPath,
+    [
+      path.join(REPO_ROOT, 'bin', 'crh.js'),
+      'cr',
+      '--binary',
+      holdstate,
+      '--checkpoint-at',
+      'holdstate_checkpoint',
+      '--out',
+      path.join(dir, 'b.tar'),
+      '--artifacts',
+      path.join(dir, 'artifacts'),
+      '--',
+      'eventfd',
+    ],
+    { reject: false, cwd: REPO_ROOT },
+  );
   t.equal(r.exitCode, 1, 'exit 1, not 2');
-  t.match(r.stderr, /CheckpointError: the program could not be checkpointed at this point: pid \d+ holds state the restore core does not capture: eventfd \(fd \d+: anon_inode:\[eventfd\]\)/, 'the reason, naming the state');
+  t.match(
+    r.stderr,
+    /CheckpointError: the program could not be checkpointed at this point: pid \d+ holds state the restore core does not capture: eventfd \(fd \d+: anon_inode:\[eventfd\]\)/,
+    'the reason, naming the state',
+  );
   t.notMatch(r.stderr, /UsageError/);
 });

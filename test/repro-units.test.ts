@@ -25,7 +25,6 @@ import { bundleContents } from '../harness/repro/contents.ts';
 import type { GuestRuns } from '../harness/repro/guest-runs.ts';
 import { syntheticImage } from './support/synthetic-image.ts';
 
-
 const request = (command: 'repro' | 'cr', argv: string[]): ReproRequest => {
   const parsed = parseReproArgs(command, argv);
   if ('bundle' in parsed) throw new Error('expected a request');
@@ -80,7 +79,24 @@ t.test('every mistake is a UsageError naming what is wrong', async (t) => {
 });
 
 t.test('a request turns into rerun arguments that parse back into the same request', async (t) => {
-  const original = request('repro', ['/src/x.c', '--checkpoint-at', 'here', '--hit', '2', '--rf', 'clear', '--restorer', 'sigreturn', '--cflags', '-DN=3 -lm', '--timeout', '5000', '--', 'one', 'two words']);
+  const original = request('repro', [
+    '/src/x.c',
+    '--checkpoint-at',
+    'here',
+    '--hit',
+    '2',
+    '--rf',
+    'clear',
+    '--restorer',
+    'sigreturn',
+    '--cflags',
+    '-DN=3 -lm',
+    '--timeout',
+    '5000',
+    '--',
+    'one',
+    'two words',
+  ]);
   const ready = request('repro', ['/src/y.c', '--when-ready', '--finish-signal', 'TERM', '--omit', 'xstate']);
   const readyBack = resolveRerunArgs(rerunArgs(ready, { source: 'source/y.c', binary: 'binary/y', files: [] }), '/e');
   t.same({ ...request('repro', readyBack.slice(1)), source: undefined }, { ...ready, source: undefined }, 'finish signal and omissions survive too');
@@ -97,11 +113,19 @@ t.test('a request turns into rerun arguments that parse back into the same reque
 
   const script = rerunScript(args, 'PASS — fine');
   t.match(script, /^#!\/bin\/sh\n/);
-  t.match(script, /exec node bin\/crh\.js repro "\$bundle\/source\/x\.c" --checkpoint-at here --hit 2 .*'--cflags=-DN=3 -lm'.* "\$@" -- one 'two words'\n/, 'paths from the bundle, switches added at run time before the program arguments');
+  t.match(
+    script,
+    /exec node bin\/crh\.js repro "\$bundle\/source\/x\.c" --checkpoint-at here --hit 2 .*'--cflags=-DN=3 -lm'.* "\$@" -- one 'two words'\n/,
+    'paths from the bundle, switches added at run time before the program arguments',
+  );
   const dir = await mkdtemp(path.join(tmpdir(), 'crh-rerun-'));
   await writeFile(path.join(dir, 'rerun.sh'), script.replace('exec node bin/crh.js', 'printf "%s\\n"'));
   const printed = await execa('sh', [path.join(dir, 'rerun.sh'), '--out', 'o.tar'], { cwd: dir });
-  t.same(printed.stdout.split('\n'), ['repro', `${dir}/source/x.c`, ...back.slice(2, back.indexOf('--')), '--out', 'o.tar', '--', 'one', 'two words'], 'the shell sees exactly those words');
+  t.same(
+    printed.stdout.split('\n'),
+    ['repro', `${dir}/source/x.c`, ...back.slice(2, back.indexOf('--')), '--out', 'o.tar', '--', 'one', 'two words'],
+    'the shell sees exactly those words',
+  );
 });
 
 t.test('bundles: written atomically, read back, unsafe entries refused', async (t) => {
@@ -125,7 +149,10 @@ t.test('bundles: written atomically, read back, unsafe entries refused', async (
   pack.entry({ name: '../../etc/passwd' }, 'x');
   pack.finalize();
   await done;
-  const refused = await readBundle(hostile).then(() => undefined, (e: unknown) => e as Error);
+  const refused = await readBundle(hostile).then(
+    () => undefined,
+    (e: unknown) => e as Error,
+  );
   t.ok(refused instanceof UsageError, 'a hostile bundle is a usage error');
   t.match(refused?.message, /"\.\.\/\.\.\/etc\/passwd": not a plain relative name/);
   const link = path.join(dir, 'link.tar');
@@ -141,12 +168,18 @@ t.test('comparison: status, first differing line, breakpoint hits', async (t) =>
   const ref = { outcome: 'exited' as const, code: 0, output: 'pid 7\nsum 1\n', hits: 3 };
   t.same(compareRuns(ref, { ...ref }, 'f'), [], 'identical runs');
   const m = compareRuns(ref, { outcome: 'killed', code: 11, output: 'pid 7\nsum 2\n', hits: 4 }, 'f');
-  t.same(m.map((x) => x.what), ['exit status', 'output', 'breakpoint hits at f']);
+  t.same(
+    m.map((x) => x.what),
+    ['exit status', 'output', 'breakpoint hits at f'],
+  );
   t.equal(m[0]!.restored, 'killed by SIGSEGV (11)');
   t.same(m[1], { what: 'output', line: 2, reference: '"sum 1"', restored: '"sum 2"' });
   t.same(firstDifferentLine('a\n', 'a\nb\n'), { line: 2, reference: '""', restored: '"b"' });
   t.same(firstDifferentLine('a\nb', 'a'), { line: 2, reference: '"b"', restored: '(no line 2)' });
-  t.match(summarize(m, undefined, ref), /^exit status differs: uninterrupted exit 0, restored killed by SIGSEGV \(11\); output differs at line 2: uninterrupted "sum 1", restored "sum 2"/);
+  t.match(
+    summarize(m, undefined, ref),
+    /^exit status differs: uninterrupted exit 0, restored killed by SIGSEGV \(11\); output differs at line 2: uninterrupted "sum 1", restored "sum 2"/,
+  );
   t.equal(summarize([], undefined, ref), 'the restored run matches the uninterrupted run: exit 0, 2 lines of output');
   t.match(summarize([], 'ImageRejectedError: eflags.RF\nmore', ref), /^the restore failed: ImageRejectedError: eflags.RF$/);
 });
@@ -166,7 +199,12 @@ t.test('interrupted system calls are rewound to be issued again', async (t) => {
 
 t.test('register diff: differences explained by the policy', async (t) => {
   const image = regs({ rbx: 0x1111n, rip: 0x30001000n, eflags: 0x10246n });
-  const text = formatRegisterDiff({ image, restored: { ...image, rbx: 0n, eflags: 0x246n }, policy: { rf: 'clear', regs: 'partial' }, kernel: [{ what: 'fs_base', requested: '0x1', accepted: '0x0' }] });
+  const text = formatRegisterDiff({
+    image,
+    restored: { ...image, rbx: 0n, eflags: 0x246n },
+    policy: { rf: 'clear', regs: 'partial' },
+    kernel: [{ what: 'fs_base', requested: '0x1', accepted: '0x0' }],
+  });
   t.match(text, /^rbx\s+0x1111\s+0x0\s+differs \(regs=partial: callee-saved/m);
   t.match(text, /^eflags\s+0x10246\s+0x246\s+differs \(only RF differs: rf=clear\)/m);
   t.match(text, /^rip\s+0x30001000\s+0x30001000$/m, 'equal registers carry no note');
@@ -180,7 +218,10 @@ t.test('bundle content: verdict, rerun script, register diff and inputs from one
   const prepared = await prepareProgram(req, path.join(dir, 'build'), new Progress('test', () => {}));
   t.equal(prepared.name, 'checksum');
   t.match(prepared.compiler?.join(' '), /^gcc -static -O2 -Wall -Wl,-Ttext-segment=0x30000000 -o /);
-  t.ok(prepared.breakAt !== undefined && prepared.breakAt >= 0x30000000n && prepared.breakAt < 0x31000000n, 'checkpoint_here resolved in the program\'s own text');
+  t.ok(
+    prepared.breakAt !== undefined && prepared.breakAt >= 0x30000000n && prepared.breakAt < 0x31000000n,
+    "checkpoint_here resolved in the program's own text",
+  );
   const image = syntheticImage();
   const imageFile = path.join(dir, 'image.tar');
   await writeFile(imageFile, 'image bytes');
@@ -190,10 +231,27 @@ t.test('bundle content: verdict, rerun script, register diff and inputs from one
     native: { outcome: 'exited', code: 0, output: 'pid 5\nchecksum 1\n', pid: 5 },
     reference: { outcome: 'exited', code: 0, output: 'pid 5\nchecksum 1\n', hits: 1, pid: 5, elapsedMs: 9 },
     checkpointed: {
-      engine: 'crh', pid: 5, restoredPid: 5, stoppedBy: 'breakpoint hit 1 at checkpoint_here', regsAtCheckpoint: image.regs, image, notes: [],
-      restoredRegs: { ...image.regs, rbx: 0n }, restoreDifferences: [],
+      engine: 'crh',
+      pid: 5,
+      restoredPid: 5,
+      stoppedBy: 'breakpoint hit 1 at checkpoint_here',
+      regsAtCheckpoint: image.regs,
+      image,
+      notes: [],
+      restoredRegs: { ...image.regs, rbx: 0n },
+      restoreDifferences: [],
       run: { outcome: 'exited', code: 0, output: 'pid 5\nchecksum 2\n', hits: 1 },
-      cycles: [{ cycle: 1, stoppedBy: 'breakpoint hit 1 at checkpoint_here', rip: '0x401000', checkpointMs: 5, imageBytes: 11, restoreMs: 3, registersDiffer: ['rbx'] }],
+      cycles: [
+        {
+          cycle: 1,
+          stoppedBy: 'breakpoint hit 1 at checkpoint_here',
+          rip: '0x401000',
+          checkpointMs: 5,
+          imageBytes: 11,
+          restoreMs: 3,
+          registersDiffer: ['rbx'],
+        },
+      ],
       cyclesAsked: 1,
     },
     profile: { version: 1 } as GuestRuns['profile'],
@@ -203,13 +261,32 @@ t.test('bundle content: verdict, rerun script, register diff and inputs from one
   const verdict = makeVerdict(req, prepared, runs, inputs);
   t.equal(verdict.pass, false);
   t.equal(verdict.summary, 'output differs at line 2: uninterrupted "checksum 1", restored "checksum 2"');
-  t.same(verdict.program.compiler?.slice(-3), ['-o', 'binary/checksum', 'source/checksum.c'], 'the compiler line names the bundle\'s files, not this host\'s');
+  t.same(verdict.program.compiler?.slice(-3), ['-o', 'binary/checksum', 'source/checksum.c'], "the compiler line names the bundle's files, not this host's");
   const entries = await bundleContents({ request: req, prepared, runs, inputs, verdict, imageFile, consoleLog: path.join(dir, 'absent.log') });
-  t.same(entries.map((e) => e.name), ['verdict.json', 'rerun.sh', 'README.txt', 'source/checksum.c', 'binary/checksum', 'checkpoint.tar', 'console.log', 'register-diff.txt', 'platform-profile.json', 'output/native.out', 'output/reference.out', 'output/restored.out']);
+  t.same(
+    entries.map((e) => e.name),
+    [
+      'verdict.json',
+      'rerun.sh',
+      'README.txt',
+      'source/checksum.c',
+      'binary/checksum',
+      'checkpoint.tar',
+      'console.log',
+      'register-diff.txt',
+      'platform-profile.json',
+      'output/native.out',
+      'output/reference.out',
+      'output/restored.out',
+    ],
+  );
   const entry = (name: string): Buffer => entries.find((e) => e.name === name)!.data;
   t.same(parseVerdict(entry('verdict.json').toString()).rerun, verdict.rerun, 'verdict.json parses back');
   t.equal(entries.find((e) => e.name === 'rerun.sh')?.mode, 0o755);
-  t.match(entry('rerun.sh').toString(), /exec node bin\/crh\.js repro "\$bundle\/source\/checksum\.c" --checkpoint-at checkpoint_here --hit 1 .*--regs partial/);
+  t.match(
+    entry('rerun.sh').toString(),
+    /exec node bin\/crh\.js repro "\$bundle\/source\/checksum\.c" --checkpoint-at checkpoint_here --hit 1 .*--regs partial/,
+  );
   t.match(entry('register-diff.txt').toString(), /^rbx\s+0x[0-9a-f]+\s+0x0\s+differs \(regs=partial/m);
   t.same(entry('source/checksum.c'), await readFile(source));
   t.same(entry('binary/checksum'), prepared.program.data);
@@ -217,7 +294,12 @@ t.test('bundle content: verdict, rerun script, register diff and inputs from one
   t.equal(entry('console.log').toString(), '(no console log)\n', 'a missing console log is said, not an error');
   t.match(entry('README.txt').toString(), /verdict: FAIL — output differs at line 2/);
 
-  const failed = makeVerdict(req, prepared, { ...runs, checkpointed: { ...runs.checkpointed, restoreError: 'PidInUseError: cannot restore as pid 5\nmore' } }, inputs);
+  const failed = makeVerdict(
+    req,
+    prepared,
+    { ...runs, checkpointed: { ...runs.checkpointed, restoreError: 'PidInUseError: cannot restore as pid 5\nmore' } },
+    inputs,
+  );
   t.equal(failed.summary, 'the restore failed: PidInUseError: cannot restore as pid 5');
   t.equal(failed.restored, undefined, 'no restored run to show');
   t.same(failed.mismatches, []);
@@ -239,11 +321,25 @@ t.test('bundle content: verdict, rerun script, register diff and inputs from one
   t.equal(perturbed.perturbed, true);
   t.equal(verdictExitCode(perturbed), 3, 'exit code 3: the harness perturbs the program');
   t.equal(verdictLabel(perturbed), 'PERTURBED');
-  t.match(perturbed.summary, /^the harness perturbs this program: .*exit status differs: native exit 0, traced killed by SIGTRAP \(5\); output differs at line 1: native "a", traced ""/);
-  t.same(perturbed.native?.differences.map((d) => d.what), ['exit status', 'output']);
+  t.match(
+    perturbed.summary,
+    /^the harness perturbs this program: .*exit status differs: native exit 0, traced killed by SIGTRAP \(5\); output differs at line 1: native "a", traced ""/,
+  );
+  t.same(
+    perturbed.native?.differences.map((d) => d.what),
+    ['exit status', 'output'],
+  );
   t.equal(perturbed.native?.agreed, false);
   t.match(perturbed.notes[0], /native run had pid 77, which was taken/, 'a pid the traced runs could not be given is said');
-  const perturbedEntries = await bundleContents({ request: req, prepared, runs: perturbedRuns, inputs, verdict: perturbed, imageFile, consoleLog: path.join(dir, 'absent.log') });
+  const perturbedEntries = await bundleContents({
+    request: req,
+    prepared,
+    runs: perturbedRuns,
+    inputs,
+    verdict: perturbed,
+    imageFile,
+    consoleLog: path.join(dir, 'absent.log'),
+  });
   t.equal(perturbedEntries.find((e) => e.name === 'output/native.out')?.data.toString(), 'a\nb\nc\nd\ne\nf\n');
   t.match(perturbedEntries.find((e) => e.name === 'README.txt')?.data.toString(), /verdict: PERTURBED — the harness perturbs/);
 });
@@ -251,19 +347,25 @@ t.test('bundle content: verdict, rerun script, register diff and inputs from one
 t.test('native run: the command crh-native is given, and its report parsed', async (t) => {
   const command = nativeCommand({ binary: '/b/p', argv: ['/b/p', "it's"], envp: ['A=1'], cwd: '/w', stdoutPath: '/o/native.out', timeoutMs: 5000 });
   t.equal(command, `cd /w && exec env -i A=1 /usr/local/bin/crh-native 5000 /o/native.out 0 /nonexistent /b/p /b/p 'it'\\''s'`);
-  t.match(nativeCommand({ binary: '/b/p', argv: ['/b/p'], envp: [], cwd: '/w', stdoutPath: '/o', timeoutMs: 1, finish: { signal: 15, readyFile: '/r' } }), / 1 \/o 15 \/r \/b\/p \/b\/p$/);
+  t.match(
+    nativeCommand({ binary: '/b/p', argv: ['/b/p'], envp: [], cwd: '/w', stdoutPath: '/o', timeoutMs: 1, finish: { signal: 15, readyFile: '/r' } }),
+    / 1 \/o 15 \/r \/b\/p \/b\/p$/,
+  );
   t.same(parseNativeReport('pid 42\nkilled 5\n'), { pid: 42, outcome: 'killed', code: 5 });
   t.same(parseNativeReport('pid 42\nexited 0\n'), { pid: 42, outcome: 'exited', code: 0 });
   t.throws(() => parseNativeReport('exited 0\n'), /expected "pid N"/);
   t.same(comparePerturbation({ outcome: 'exited', code: 0, output: 'x\n' }, { outcome: 'exited', code: 0, output: 'x\n' }), [], 'equal runs: no perturbation');
 });
 
-t.test('a reproducer that does not compile: exit 2 with gcc\'s message, before any guest', async (t) => {
+t.test("a reproducer that does not compile: exit 2 with gcc's message, before any guest", async (t) => {
   const dir = await mkdtemp(path.join(tmpdir(), 'crh-compile-'));
   const source = path.join(dir, 'broken.c');
   await writeFile(source, 'int main(void) { return undeclared_thing; }\n');
   const started = Date.now();
-  const r = await execa(process.execPath, [path.join(REPO_ROOT, 'bin', 'crh.js'), 'repro', source, '--when-ready', '--artifacts', dir], { reject: false, cwd: REPO_ROOT });
+  const r = await execa(process.execPath, [path.join(REPO_ROOT, 'bin', 'crh.js'), 'repro', source, '--when-ready', '--artifacts', dir], {
+    reject: false,
+    cwd: REPO_ROOT,
+  });
   t.equal(r.exitCode, 2, r.stderr);
   t.match(r.stderr, new RegExp(`UsageError: ${source.replace(/[.]/g, '\\.')} does not compile`));
   t.match(r.stderr, /undeclared_thing/, "gcc's stderr is shown");

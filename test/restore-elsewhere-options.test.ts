@@ -14,14 +14,24 @@ import { cpuModelOf, machineArgs } from '../harness/machine/qemu-args.ts';
 const base = ['x.c', '--checkpoint-at', 'f'];
 
 t.test('the three flags reach the request and come back as rerun flags', async (t) => {
-  const r = parseReproArgs('repro', [...base, '--restore-cpu', 'max,-avx', '--restore-kernel', 'debian:linux-image-cloud-amd64@trixie', '--restore-anyway']) as ReproRequest;
+  const r = parseReproArgs('repro', [
+    ...base,
+    '--restore-cpu',
+    'max,-avx',
+    '--restore-kernel',
+    'debian:linux-image-cloud-amd64@trixie',
+    '--restore-anyway',
+  ]) as ReproRequest;
   t.same(r.elsewhere, { cpu: 'max,-avx', kernel: 'debian:linux-image-cloud-amd64@trixie', anyway: true });
   const flags = requestFlags(r);
   t.match(flags.join(' '), /--restore-cpu max,-avx --restore-kernel debian:linux-image-cloud-amd64@trixie --restore-anyway/);
   const again = parseReproArgs('repro', ['x.c', ...flags]) as ReproRequest;
   t.same(again.elsewhere, r.elsewhere, 'parsed back the same');
   t.equal((parseReproArgs('repro', base) as ReproRequest).elsewhere, undefined, 'none given: restored where checkpointed');
-  t.same((parseReproArgs('cr', ['--binary', '/bin/true', '--when-ready', '--restore-cpu', 'Skylake-Client']) as ReproRequest).elsewhere, { cpu: 'Skylake-Client', anyway: false });
+  t.same((parseReproArgs('cr', ['--binary', '/bin/true', '--when-ready', '--restore-cpu', 'Skylake-Client']) as ReproRequest).elsewhere, {
+    cpu: 'Skylake-Client',
+    anyway: false,
+  });
 });
 
 t.test('misuse is a UsageError naming the flag', async (t) => {
@@ -44,8 +54,10 @@ t.test('misuse is a UsageError naming the flag', async (t) => {
 });
 
 t.test('CPU models QEMU spells', async (t) => {
-  for (const ok of ['max', 'max,-avx', 'max,-pku', 'Skylake-Client', 'Skylake-Client-v4', 'max,avx=off', 'qemu64,+sse4.2']) t.equal(parseCpuModel('--restore-cpu', ok), ok);
-  for (const bad of ['', 'max,,', 'max -avx', 'max,-avx;', '$(id)', 'max,=on']) t.throws(() => parseCpuModel('--restore-cpu', bad), UsageError, JSON.stringify(bad));
+  for (const ok of ['max', 'max,-avx', 'max,-pku', 'Skylake-Client', 'Skylake-Client-v4', 'max,avx=off', 'qemu64,+sse4.2'])
+    t.equal(parseCpuModel('--restore-cpu', ok), ok);
+  for (const bad of ['', 'max,,', 'max -avx', 'max,-avx;', '$(id)', 'max,=on'])
+    t.throws(() => parseCpuModel('--restore-cpu', bad), UsageError, JSON.stringify(bad));
   t.equal(cpuModelOf({ accel: 'tcg' }), 'max');
   t.equal(cpuModelOf({ accel: 'kvm' }), 'host');
   const args = machineArgs({ accel: 'tcg', memoryMiB: 256, cpus: 1, cpuModel: 'max,-avx' });
@@ -68,7 +80,11 @@ t.test('a bundle carries --restore-cpu and --restore-anyway, checked; never a re
   t.equal(record.restoreAnyway, true);
   const parsed = parseRerunRecord(JSON.parse(JSON.stringify(record)), 'b.tar');
   t.equal(parsed.restoreCpu, 'max,-pku', 'read back from the bundle');
-  t.same(requestFromRecord(parsed, new Map([['source/x.c', '/tmp/x.c']]), { out: '/tmp/o.tar' }).elsewhere, { cpu: 'max,-pku', anyway: true }, 'and rerun elsewhere');
+  t.same(
+    requestFromRecord(parsed, new Map([['source/x.c', '/tmp/x.c']]), { out: '/tmp/o.tar' }).elsewhere,
+    { cpu: 'max,-pku', anyway: true },
+    'and rerun elsewhere',
+  );
   const hostile = (edit: Record<string, unknown>, re: RegExp): void => {
     try {
       parseRerunRecord({ ...JSON.parse(JSON.stringify(record)), ...edit }, 'b.tar');

@@ -19,7 +19,8 @@ t.test('/proc parsing', async (t) => {
   t.equal(fileKind('/tmp/x.log', O.WRONLY), 'file');
   t.equal(fileKind('/tmp', O.DIRECTORY), 'directory');
   t.equal(fileKind('/dev/null', O.RDWR), 'device');
-  for (const bad of ['pipe:[1234]', 'socket:[9]', 'anon_inode:[eventfd]', '/tmp/gone (deleted)', '/dev/sda', '/proc/1/mem']) t.equal(fileKind(bad, 0), undefined, `${bad} is refused`);
+  for (const bad of ['pipe:[1234]', 'socket:[9]', 'anon_inode:[eventfd]', '/tmp/gone (deleted)', '/dev/sda', '/proc/1/mem'])
+    t.equal(fileKind(bad, 0), undefined, `${bad} is refused`);
 });
 
 const log: OpenFile = { fd: 3, path: '/tmp/d.log', flags: O.WRONLY | O.LARGEFILE | O.CREAT | O.TRUNC, pos: 42n, kind: 'file' };
@@ -27,28 +28,53 @@ const dir: OpenFile = { fd: 7, path: '/tmp', flags: O.DIRECTORY | O.LARGEFILE | 
 
 t.test('plan: each file at its own number, no side effects, offsets', async (t) => {
   const steps = fileSteps(5, [log, dir], [0, 1, 2], 0x1000_0000_0000n);
-  const calls = steps.filter((s) => s.op.op === 'INJECT_SYSCALL').map((s) => ({ nr: (s.op as { nr: number }).nr, args: (s.op as { args: readonly bigint[] }).args, expect: s.expect }));
-  t.same(calls.map((c) => c.nr), [9, 257, 8, 257, 292, 3, 11], 'mmap, open(3), lseek, open(4), dup3 to 7, close 4, munmap');
+  const calls = steps
+    .filter((s) => s.op.op === 'INJECT_SYSCALL')
+    .map((s) => ({ nr: (s.op as { nr: number }).nr, args: (s.op as { args: readonly bigint[] }).args, expect: s.expect }));
+  t.same(
+    calls.map((c) => c.nr),
+    [9, 257, 8, 257, 292, 3, 11],
+    'mmap, open(3), lseek, open(4), dup3 to 7, close 4, munmap',
+  );
   t.equal(calls[1]!.expect, 3n, 'open() returns the lowest free descriptor: 3');
   t.equal(Number(calls[1]!.args[2]) & (O.CREAT | O.TRUNC), 0, 'O_CREAT and O_TRUNC are never passed again');
   t.same(calls[2]!.args.slice(0, 3), [3n, 42n, 0n], 'lseek(3, 42, SEEK_SET)');
   t.same([calls[3]!.expect, calls[4]!.args, calls[4]!.expect], [4n, [4n, 7n, BigInt(O.CLOEXEC)], 7n], 'the directory lands on 4 and moves to 7 with O_CLOEXEC');
-  t.notOk(calls.some((c) => c.nr === 8 && c.args[0] === 7n), 'a directory offset is not set');
+  t.notOk(
+    calls.some((c) => c.nr === 8 && c.args[0] === 7n),
+    'a directory offset is not set',
+  );
   const paths = steps.find((s) => s.op.op === 'WRITE_MEM')!.op as { data: Uint8Array };
   t.equal(Buffer.from(paths.data).toString(), '/tmp/d.log\0/tmp\0');
   t.same(fileSteps(5, [], [0, 1, 2], 0n), [], 'nothing to open, nothing injected');
-  t.equal(fileSteps(5, [{ ...log, fd: 4 }], [0, 1, 2, 3], 0n).find((s) => (s.op as { nr?: number }).nr === 257)!.expect, 4n, 'an fd the target already has is skipped over');
+  t.equal(
+    fileSteps(5, [{ ...log, fd: 4 }], [0, 1, 2, 3], 0n).find((s) => (s.op as { nr?: number }).nr === 257)!.expect,
+    4n,
+    'an fd the target already has is skipped over',
+  );
   t.throws(() => fileSteps(5, [{ ...log, fd: 9 }], [0, 1, 2, 9], 0n), /already open/);
 });
 
 t.test('session: a session leader leads again; a group leader leads its group', async (t) => {
-  t.same(sessionSteps(8, 113, { pgid: 113, sid: 113, files: [] }).map((s) => [(s.op as { nr: number }).nr, s.expect]), [[112, 8n]]);
-  t.same(sessionSteps(8, 113, { pgid: 113, sid: 1, files: [] }).map((s) => (s.op as { nr: number }).nr), [109]);
+  t.same(
+    sessionSteps(8, 113, { pgid: 113, sid: 113, files: [] }).map((s) => [(s.op as { nr: number }).nr, s.expect]),
+    [[112, 8n]],
+  );
+  t.same(
+    sessionSteps(8, 113, { pgid: 113, sid: 1, files: [] }).map((s) => (s.op as { nr: number }).nr),
+    [109],
+  );
   t.same(sessionSteps(8, 113, { pgid: 1, sid: 1, files: [] }), []);
   const probe = { pid: 8, regs: syntheticRegs({ eflags: 0x202n }), maps: parseMaps(SYNTHETIC_MAPS), fds: [0, 1, 2] };
   const image = syntheticImage({ task: { pgid: 42, sid: 42, files: [log] } });
-  t.ok(compileRestorePlan(image, probe, { rf: 'keep' }).some((s) => (s.op as { nr?: number }).nr === 112), 'the plan has the setsid');
-  t.notOk(compileRestorePlan(image, probe, { rf: 'keep', omit: ['files'] }).some((s) => [112, 257].includes((s.op as { nr?: number }).nr ?? -1)), 'omit=files: no setsid, no open');
+  t.ok(
+    compileRestorePlan(image, probe, { rf: 'keep' }).some((s) => (s.op as { nr?: number }).nr === 112),
+    'the plan has the setsid',
+  );
+  t.notOk(
+    compileRestorePlan(image, probe, { rf: 'keep', omit: ['files'] }).some((s) => [112, 257].includes((s.op as { nr?: number }).nr ?? -1)),
+    'omit=files: no setsid, no open',
+  );
 });
 
 t.test('task.json: every field checked', async (t) => {

@@ -9,7 +9,6 @@ import { imageEntries, parseImageEntries, readCheckpointImage, writeCheckpointIm
 import { reseal, SYNTHETIC_LDT, SYNTHETIC_TIMERS, syntheticSleepImage } from './support/synthetic-image.ts';
 import { prng } from './support/prng.ts';
 
-
 const SEED = Number(process.env.CRH_FUZZ_SEED ?? 20261123);
 const BYTE_MUTATIONS = Number(process.env.CRH_FUZZ_BYTES ?? 6000);
 const FIELD_MUTATIONS = Number(process.env.CRH_FUZZ_FIELDS ?? 6000);
@@ -23,8 +22,17 @@ const syntheticImage = (): CheckpointImage => {
   const image = syntheticSleepImage();
   // The heap stores two of its pages (format 9): the stored ranges are mutated too.
   const heap = image.regions[2]!;
-  heap.stored = [[heap.start, heap.start + 0x1000n], [heap.end - 0x1000n, heap.end]];
-  return { ...image, ldt: SYNTHETIC_LDT, timers: SYNTHETIC_TIMERS, regs: { ...image.regs, gs: 0x1fn }, pkeys: { allocated: [1, 3], tagged: [{ start: 0x100a2000n, end: 0x100c5000n, pkey: 3 }] } };
+  heap.stored = [
+    [heap.start, heap.start + 0x1000n],
+    [heap.end - 0x1000n, heap.end],
+  ];
+  return {
+    ...image,
+    ldt: SYNTHETIC_LDT,
+    timers: SYNTHETIC_TIMERS,
+    regs: { ...image.regs, gs: 0x1fn },
+    pkeys: { allocated: [1, 3], tagged: [{ start: 0x100a2000n, end: 0x100c5000n, pkey: 3 }] },
+  };
 };
 
 /**
@@ -76,10 +84,41 @@ const INVALID: Array<{ entry: string; field: string; values: unknown[] }> = [
   {
     entry: 'memory.json',
     field: '2.stored',
-    values: ['all', null, undefined, {}, [['0x100a2000']], [['0x100a2010', '0x100a3000']], [['0x100a1000', '0x100a3000']], [['0x100c4000', '0x100c6000']], [['0x100c4000', '0x100c5000'], ['0x100a2000', '0x100a3000']], [['0x100a2000', 4096], ['0x100c4000', '0x100c5000']], [['0x100a3000', '0x100a3000'], ['0x100c4000', '0x100c5000']]],
+    values: [
+      'all',
+      null,
+      undefined,
+      {},
+      [['0x100a2000']],
+      [['0x100a2010', '0x100a3000']],
+      [['0x100a1000', '0x100a3000']],
+      [['0x100c4000', '0x100c6000']],
+      [
+        ['0x100c4000', '0x100c5000'],
+        ['0x100a2000', '0x100a3000'],
+      ],
+      [
+        ['0x100a2000', 4096],
+        ['0x100c4000', '0x100c5000'],
+      ],
+      [
+        ['0x100a3000', '0x100a3000'],
+        ['0x100c4000', '0x100c5000'],
+      ],
+    ],
   },
   { entry: 'memory.json', field: '2.stored.1', values: [['0x100a2000', '0x100a3000'], ['0x100c4000'], ['0x100c4000', '0x100c6000'], 'x', null] },
-  { entry: 'memory.json', field: '1.stored', values: [[['0x100a0000', '0x100a2000'], ['0x100a0000', '0x100a2000']], [['0x100a2000', '0x100a3000']]] },
+  {
+    entry: 'memory.json',
+    field: '1.stored',
+    values: [
+      [
+        ['0x100a0000', '0x100a2000'],
+        ['0x100a0000', '0x100a2000'],
+      ],
+      [['0x100a2000', '0x100a3000']],
+    ],
+  },
   { entry: 'sleep.json', field: 'nr', values: [7, 230, 202, '35', null, undefined] },
   { entry: 'sleep.json', field: 'rmtp', values: ['0x0', '0x100b0008', '0x7ffffffff000', '0xffffffff81000000', 4096, undefined] },
   { entry: 'sleep.json', field: 'deadlineNs', values: ['0x0', '0x8000000000000000', '0x17487b5801', '1', undefined] },
@@ -124,7 +163,8 @@ t.test('byte-level mutations of the tar: refused, or read back unchanged', async
     let buf: Buffer = copy;
     if (kind === 0) copy[at] = copy[at]! ^ (1 << Math.floor(random() * 8));
     else if (kind === 1) copy[at] = Math.floor(random() * 256);
-    else if (kind === 2) buf = copy.subarray(0, at); // truncated
+    else if (kind === 2)
+      buf = copy.subarray(0, at); // truncated
     else buf = Buffer.concat([copy.subarray(0, at), Buffer.alloc(1 + Math.floor(random() * 600), Math.floor(random() * 256)), copy.subarray(at)]);
     await writeFile(mutant, buf);
     try {
@@ -136,7 +176,9 @@ t.test('byte-level mutations of the tar: refused, or read back unchanged', async
       else crashes.push(`mutation ${i} (kind ${kind} at ${at}): ${(error as Error).stack ?? String(error)}`);
     }
   }
-  t.comment(`seed ${SEED}: ${BYTE_MUTATIONS} byte mutations: ${refused} refused, ${unchanged} read back unchanged (padding/header bytes), ${accepted.length} accepted changed, ${crashes.length} crashes`);
+  t.comment(
+    `seed ${SEED}: ${BYTE_MUTATIONS} byte mutations: ${refused} refused, ${unchanged} read back unchanged (padding/header bytes), ${accepted.length} accepted changed, ${crashes.length} crashes`,
+  );
   t.same(accepted, [], 'no changed image is accepted');
   t.same(crashes, [], 'no error other than ImageRejectedError');
   t.ok(refused > BYTE_MUTATIONS / 2, 'most mutations hit checked bytes');
@@ -162,7 +204,9 @@ t.test('field-level mutations resealed with correct checksums: every invalid val
       else crashes.push(`${target.entry} ${target.field} = ${JSON.stringify(value)}: ${String(error)}`);
     }
   }
-  t.comment(`seed ${SEED + 1}: ${FIELD_MUTATIONS} field mutations: ${refused} refused naming their entry, ${accepted.length} accepted, ${crashes.length} other errors`);
+  t.comment(
+    `seed ${SEED + 1}: ${FIELD_MUTATIONS} field mutations: ${refused} refused naming their entry, ${accepted.length} accepted, ${crashes.length} other errors`,
+  );
   t.same(accepted, [], 'no invalid value is accepted');
   t.same(crashes, [], 'every refusal is an ImageRejectedError naming the mutated entry');
   t.equal(refused, FIELD_MUTATIONS);

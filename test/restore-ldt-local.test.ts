@@ -37,9 +37,19 @@ t.test('LDT across checkpoint and restore, on the host kernel', async (t) => {
 
   await t.test('default policy: the same output as uninterrupted', async (t) => {
     const r = await restoreUnder('default', DEFAULT_POLICY);
-    t.same(r.image.ldt.map((e) => [e.entry_number, e.seg_not_present, e.useable]), [[3, 0, 1], [5, 1, 1]], 'the image holds entries 3 and 5, 5 not present');
-    t.equal(r.image.regs.gs, 0x1fn, 'gs holds entry 3\'s selector (TI = 1, RPL 3) at the checkpoint');
-    t.ok(r.restored.plan.findIndex((s) => s.why.startsWith('LDT entry')) < r.restored.plan.findIndex((s) => s.op.op === 'SETREGS'), 'the LDT is installed before the registers are written');
+    t.same(
+      r.image.ldt.map((e) => [e.entry_number, e.seg_not_present, e.useable]),
+      [
+        [3, 0, 1],
+        [5, 1, 1],
+      ],
+      'the image holds entries 3 and 5, 5 not present',
+    );
+    t.equal(r.image.regs.gs, 0x1fn, "gs holds entry 3's selector (TI = 1, RPL 3) at the checkpoint");
+    t.ok(
+      r.restored.plan.findIndex((s) => s.why.startsWith('LDT entry')) < r.restored.plan.findIndex((s) => s.op.op === 'SETREGS'),
+      'the LDT is installed before the registers are written',
+    );
     t.same(r.restored.differences, [], 'read back: as requested');
     t.equal(r.output, reference, `restored: ${r.output.trim()}`);
     t.equal(r.run.code, 0);

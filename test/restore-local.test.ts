@@ -44,7 +44,11 @@ t.test('checkpoint at a breakpoint and restore, on the host kernel', async (t) =
       t.equal(run.code, 0);
       const expectedHits = restorer === 'popf' ? Number(CALLS) - 1 : Number(CALLS) - 2;
       t.equal(run.hits.length, expectedHits, `${expectedHits} hits after restore${restorer === 'popf' ? ' (POPF loses RF: one re-trigger)' : ''}`);
-      t.equal((await agent.call({ op: 'READ_FILE', path: out(`${restorer}-restored`), maxSize: 4096 })).toString(), reference, 'same output as the uninterrupted run');
+      t.equal(
+        (await agent.call({ op: 'READ_FILE', path: out(`${restorer}-restored`), maxSize: 4096 })).toString(),
+        reference,
+        'same output as the uninterrupted run',
+      );
     });
   }
 

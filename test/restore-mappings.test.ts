@@ -35,14 +35,22 @@ function imageWithMappings(): CheckpointImage {
   return { ...base, maps, regions, memory };
 }
 
-const targetMaps = parseMaps(SYNTHETIC_MAPS.split('\n').filter((l) => !l.includes('[heap]')).map((l) => l.replace('7ffffffde000-7ffffffff000', '7ffffffef000-7ffffffff000')).join('\n'));
+const targetMaps = parseMaps(
+  SYNTHETIC_MAPS.split('\n')
+    .filter((l) => !l.includes('[heap]'))
+    .map((l) => l.replace('7ffffffde000-7ffffffff000', '7ffffffef000-7ffffffff000'))
+    .join('\n'),
+);
 const files = new Map([
   [PRIV, { size: 0x4000n, regular: true }],
   [SHARED, { size: 0x3000n, regular: true }],
   ['/usr/local/bin/hwbreak', { size: 0x100000n, regular: true }],
 ]);
 const probe = { pid: 100, regs: syntheticRegs({ eflags: 0x202n }), maps: targetMaps, fds: [0, 1, 2], files };
-const syscalls = (plan: PlanStep[], nr: number) => plan.filter((s) => s.op.op === 'INJECT_SYSCALL' && s.op.nr === nr).map((s) => ({ args: (s.op as { args: readonly bigint[] }).args, expect: s.expect, why: s.why }));
+const syscalls = (plan: PlanStep[], nr: number) =>
+  plan
+    .filter((s) => s.op.op === 'INJECT_SYSCALL' && s.op.nr === nr)
+    .map((s) => ({ args: (s.op as { args: readonly bigint[] }).args, expect: s.expect, why: s.why }));
 const MAP_SHARED = 0x01n;
 const MAP_PRIVATE = 0x02n;
 const MAP_ANONYMOUS = 0x20n;
@@ -51,40 +59,93 @@ const MAP_FIXED_NOREPLACE = 0x100000n;
 t.test('each kind of mapping gets its own mmap', async (t) => {
   const plan = compileRestorePlan(imageWithMappings(), probe, { rf: 'keep' });
   const mmaps = syscalls(plan, 9).filter((m) => m.args[0]! >= 0x200000000n && m.args[0]! < 0x300000000n);
-  t.same(mmaps.map((m) => [m.args[0], m.args[1], m.args[3], m.args[4], m.args[5]]), [
-    [0x200000000n, 0x2000n, MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, 0xffffffffffffffffn, 0n],
-    [0x200100000n, 0x2000n, MAP_PRIVATE | MAP_FIXED_NOREPLACE, 3n, 0x1000n],
-    [0x200102000n, 0x1000n, MAP_PRIVATE | MAP_FIXED_NOREPLACE, 3n, 0x3000n],
-    [0x200200000n, 0x2000n, MAP_SHARED | MAP_FIXED_NOREPLACE, 3n, 0x1000n],
-  ], 'shared anonymous; private file at its offsets (one piece each); shared file at its offset');
-  t.same(mmaps.map((m) => m.expect), [0x200000000n, 0x200100000n, 0x200102000n, 0x200200000n], 'each must land at its address');
-  t.same(mmaps.map((m) => m.args[2]), [3n, 3n, 3n, 3n], 'mapped writable (shared rw-s: its own prot), protections come later');
+  t.same(
+    mmaps.map((m) => [m.args[0], m.args[1], m.args[3], m.args[4], m.args[5]]),
+    [
+      [0x200000000n, 0x2000n, MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, 0xffffffffffffffffn, 0n],
+      [0x200100000n, 0x2000n, MAP_PRIVATE | MAP_FIXED_NOREPLACE, 3n, 0x1000n],
+      [0x200102000n, 0x1000n, MAP_PRIVATE | MAP_FIXED_NOREPLACE, 3n, 0x3000n],
+      [0x200200000n, 0x2000n, MAP_SHARED | MAP_FIXED_NOREPLACE, 3n, 0x1000n],
+    ],
+    'shared anonymous; private file at its offsets (one piece each); shared file at its offset',
+  );
+  t.same(
+    mmaps.map((m) => m.expect),
+    [0x200000000n, 0x200100000n, 0x200102000n, 0x200200000n],
+    'each must land at its address',
+  );
+  t.same(
+    mmaps.map((m) => m.args[2]),
+    [3n, 3n, 3n, 3n],
+    'mapped writable (shared rw-s: its own prot), protections come later',
+  );
 
   const opens = syscalls(plan, 257);
   t.equal(opens.length, 3, 'one open per file piece');
-  t.same(opens.map((o) => [o.args[2], o.expect]), [[0o2000000n, 3n], [0o2000000n, 3n], [0o2000002n, 3n]], 'read-only for the private file, read-write for the shared rw-s one; the lowest free fd, 3');
+  t.same(
+    opens.map((o) => [o.args[2], o.expect]),
+    [
+      [0o2000000n, 3n],
+      [0o2000000n, 3n],
+      [0o2000002n, 3n],
+    ],
+    'read-only for the private file, read-write for the shared rw-s one; the lowest free fd, 3',
+  );
   const pathAt = opens[0]!.args[1]!;
   const written = plan.find((s) => s.op.op === 'WRITE_MEM' && s.op.address === pathAt)!.op as { data: Uint8Array };
   t.equal(Buffer.from(written.data).toString('latin1'), `${PRIV}\0${SHARED}\0`, 'the paths, NUL-terminated, in a scratch page');
   const closes = syscalls(plan, 3);
-  t.same(closes.map((c) => [c.args[0], c.expect]), [[3n, 0n], [3n, 0n], [3n, 0n]], 'every fd closed again');
+  t.same(
+    closes.map((c) => [c.args[0], c.expect]),
+    [
+      [3n, 0n],
+      [3n, 0n],
+      [3n, 0n],
+    ],
+    'every fd closed again',
+  );
   const order = plan.map((s) => (s.op.op === 'INJECT_SYSCALL' ? s.op.nr : -1));
   for (let i = 0; i < order.length; i++) if (order[i] === 257) t.same([order[i + 1], order[i + 2]], [9, 3], `open ${i}: then mmap, then close`);
 
   const contents = plan.filter((s) => s.op.op === 'WRITE_MEM' && s.why.startsWith('contents')).map((s) => (s.op as { address: bigint }).address);
   t.ok(contents.includes(0x200000000n), 'shared anonymous contents written');
   t.ok(contents.includes(0x200100000n) && contents.includes(0x200102000n), 'private file contents (copy-on-write pages) written');
-  t.notOk(contents.some((a) => a >= 0x200200000n && a < 0x200202000n), 'no write into the shared file mapping (it would write the file)');
+  t.notOk(
+    contents.some((a) => a >= 0x200200000n && a < 0x200202000n),
+    'no write into the shared file mapping (it would write the file)',
+  );
   const mprotects = syscalls(plan, 10).filter((m) => m.args[0]! >= 0x200000000n && m.args[0]! < 0x300000000n);
-  t.same(mprotects.map((m) => m.args[2]), [3n, 3n, 1n, 3n], 'protections per region');
-  t.notOk(syscalls(plan, 257).some((o) => plan.some((s) => s.op.op === 'WRITE_MEM' && s.op.address === o.args[1] && Buffer.from((s.op as { data: Uint8Array }).data).toString().includes('hwbreak'))), 'the binary, which the target maps already, is not opened');
+  t.same(
+    mprotects.map((m) => m.args[2]),
+    [3n, 3n, 1n, 3n],
+    'protections per region',
+  );
+  t.notOk(
+    syscalls(plan, 257).some((o) =>
+      plan.some(
+        (s) =>
+          s.op.op === 'WRITE_MEM' &&
+          s.op.address === o.args[1] &&
+          Buffer.from((s.op as { data: Uint8Array }).data)
+            .toString()
+            .includes('hwbreak'),
+      ),
+    ),
+    'the binary, which the target maps already, is not opened',
+  );
 });
 
 t.test('a missing or shrunk file fails the plan, naming the mapping', async (t) => {
   const gone = { ...probe, files: new Map([...files, [SHARED, null]]) };
-  t.throws(() => compileRestorePlan(imageWithMappings(), gone, { rf: 'keep' }), new PlanError('mapping 0x200200000-0x200202000 rw-s /tmp/data.shared @ 0x1000: /tmp/data.shared no longer exists'));
+  t.throws(
+    () => compileRestorePlan(imageWithMappings(), gone, { rf: 'keep' }),
+    new PlanError('mapping 0x200200000-0x200202000 rw-s /tmp/data.shared @ 0x1000: /tmp/data.shared no longer exists'),
+  );
   const shrunk = { ...probe, files: new Map([...files, [PRIV, { size: 0x3000n, regular: true }]]) };
-  t.throws(() => compileRestorePlan(imageWithMappings(), shrunk, { rf: 'keep' }), /mapping 0x200102000-0x200103000 r--p \/tmp\/data\.priv @ 0x3000: .* is 12288 bytes now, the mapping reaches file offset 0x4000/);
+  t.throws(
+    () => compileRestorePlan(imageWithMappings(), shrunk, { rf: 'keep' }),
+    /mapping 0x200102000-0x200103000 r--p \/tmp\/data\.priv @ 0x3000: .* is 12288 bytes now, the mapping reaches file offset 0x4000/,
+  );
   const partial = { ...probe, files: new Map([...files, [PRIV, { size: 0x3001n, regular: true }]]) };
   t.doesNotThrow(() => compileRestorePlan(imageWithMappings(), partial, { rf: 'keep' }), 'a file ending inside the last page is enough');
   const unprobed = { ...probe, files: undefined };
@@ -93,28 +154,41 @@ t.test('a missing or shrunk file fails the plan, naming the mapping', async (t) 
 
 t.test('a shared or file region over something else in the target fails the plan', async (t) => {
   const occupied = { ...probe, maps: [...targetMaps, ...parseMaps('200200000-200201000 rw-p 00000000 00:00 0')] };
-  t.throws(() => compileRestorePlan(imageWithMappings(), occupied, { rf: 'keep' }), /mapping 0x200200000-0x200202000 rw-s .*: the fresh target has 0x200200000-0x200201000 rw-p anonymous there/);
+  t.throws(
+    () => compileRestorePlan(imageWithMappings(), occupied, { rf: 'keep' }),
+    /mapping 0x200200000-0x200202000 rw-s .*: the fresh target has 0x200200000-0x200201000 rw-p anonymous there/,
+  );
 });
 
 t.test('omit=mapping-kinds: everything private anonymous, no file opened, the shared file left unwritten', async (t) => {
   const plan = compileRestorePlan(imageWithMappings(), probe, { rf: 'keep', omit: ['mapping-kinds'] });
   const mmaps = syscalls(plan, 9).filter((m) => m.args[0]! >= 0x200000000n && m.args[0]! < 0x300000000n);
-  t.same(mmaps.map((m) => m.args[3]), [0x100022n, 0x100022n, 0x100022n, 0x100022n], 'MAP_PRIVATE|MAP_ANONYMOUS|MAP_FIXED_NOREPLACE each');
+  t.same(
+    mmaps.map((m) => m.args[3]),
+    [0x100022n, 0x100022n, 0x100022n, 0x100022n],
+    'MAP_PRIVATE|MAP_ANONYMOUS|MAP_FIXED_NOREPLACE each',
+  );
   t.equal(syscalls(plan, 257).length, 0, 'no open');
   const gone = { ...probe, files: new Map([...files, [SHARED, null]]) };
   t.doesNotThrow(() => compileRestorePlan(imageWithMappings(), gone, { rf: 'keep', omit: ['mapping-kinds'] }), 'files are not looked at');
 });
 
 t.test('checkpoint selection', async (t) => {
-  const maps = parseMaps([...EXTRA_MAPS, '10001000-10080000 r-xp 00001000 00:02 12 /usr/local/bin/hwbreak', '30000000-30010000 r-xp 00000000 00:02 13 /usr/lib/libx.so'].join('\n'));
-  t.same(maps.map((m) => [isDumped(m, '/usr/local/bin/hwbreak'), mappedFile(m) ?? null, hasContents(m)]), [
-    [true, null, true],
-    [true, PRIV, true],
-    [true, PRIV, true],
-    [true, SHARED, false],
-    [false, '/usr/local/bin/hwbreak', true],
-    [true, '/usr/lib/libx.so', true],
-  ], 'shared anonymous (/dev/zero (deleted)) is anonymous; a shared file mapping has no contents of its own; only the binary\'s text is left out');
+  const maps = parseMaps(
+    [...EXTRA_MAPS, '10001000-10080000 r-xp 00001000 00:02 12 /usr/local/bin/hwbreak', '30000000-30010000 r-xp 00000000 00:02 13 /usr/lib/libx.so'].join('\n'),
+  );
+  t.same(
+    maps.map((m) => [isDumped(m, '/usr/local/bin/hwbreak'), mappedFile(m) ?? null, hasContents(m)]),
+    [
+      [true, null, true],
+      [true, PRIV, true],
+      [true, PRIV, true],
+      [true, SHARED, false],
+      [false, '/usr/local/bin/hwbreak', true],
+      [true, '/usr/lib/libx.so', true],
+    ],
+    "shared anonymous (/dev/zero (deleted)) is anonymous; a shared file mapping has no contents of its own; only the binary's text is left out",
+  );
 });
 
 t.test('memory.json: the new fields are hostile input', async (t) => {
@@ -125,7 +199,11 @@ t.test('memory.json: the new fields are hostile input', async (t) => {
   const memory = new Map([...renamed].map(([to, from]) => [to, image.memory.get(from)!]));
   const entries = imageEntries({ ...image, regions, memory });
   const back = parseImageEntries(entries);
-  t.same(back.regions.map((r) => [r.file, r.offset, r.entry === null]), regions.map((r) => [r.file, r.offset, r.entry === null]), 'round trip');
+  t.same(
+    back.regions.map((r) => [r.file, r.offset, r.entry === null]),
+    regions.map((r) => [r.file, r.offset, r.entry === null]),
+    'round trip',
+  );
   const mutate = (edit: (r: Array<Record<string, unknown>>) => void) => {
     const list = JSON.parse(entries.get('memory.json')!.toString()) as Array<Record<string, unknown>>;
     edit(list);
@@ -139,17 +217,56 @@ t.test('memory.json: the new fields are hostile input', async (t) => {
       t.ok(error instanceof ImageRejectedError && (error as ImageRejectedError).message.includes(field), `${field}: ${(error as Error).message}`);
     }
   };
-  rejects(mutate((r) => (r[4]!.file = 'tmp/relative')), '[4].file');
-  rejects(mutate((r) => (r[4]!.file = '/tmp/../etc/shadow')), '[4].file');
-  rejects(mutate((r) => (r[4]!.file = '/proc/self/mem')), '[4].file');
-  rejects(mutate((r) => (r[4]!.file = '/tmp/x (deleted)')), '[4].file');
-  rejects(mutate((r) => (r[4]!.file = 7)), '[4].file');
-  rejects(mutate((r) => delete r[4]!.file), '[4].file');
-  rejects(mutate((r) => (r[4]!.offset = '0x1001')), '[4].offset');
-  rejects(mutate((r) => (r[4]!.offset = 4096)), '[4].offset');
-  rejects(mutate((r) => (r[3]!.offset = '0x1000')), '[3].offset');
-  rejects(mutate((r) => (r[4]!.offset = '0x7ffffffffffff000')), '[4].offset');
-  rejects(mutate((r) => (r[6]!.entry = 'memory/0001.bin')), '[6].entry');
-  rejects(mutate((r) => (r[3]!.entry = null)), '[3].entry');
-  rejects(mutate((r) => (r[6]!.perms = 'rw-x')), '[6].perms');
+  rejects(
+    mutate((r) => (r[4]!.file = 'tmp/relative')),
+    '[4].file',
+  );
+  rejects(
+    mutate((r) => (r[4]!.file = '/tmp/../etc/shadow')),
+    '[4].file',
+  );
+  rejects(
+    mutate((r) => (r[4]!.file = '/proc/self/mem')),
+    '[4].file',
+  );
+  rejects(
+    mutate((r) => (r[4]!.file = '/tmp/x (deleted)')),
+    '[4].file',
+  );
+  rejects(
+    mutate((r) => (r[4]!.file = 7)),
+    '[4].file',
+  );
+  rejects(
+    mutate((r) => delete r[4]!.file),
+    '[4].file',
+  );
+  rejects(
+    mutate((r) => (r[4]!.offset = '0x1001')),
+    '[4].offset',
+  );
+  rejects(
+    mutate((r) => (r[4]!.offset = 4096)),
+    '[4].offset',
+  );
+  rejects(
+    mutate((r) => (r[3]!.offset = '0x1000')),
+    '[3].offset',
+  );
+  rejects(
+    mutate((r) => (r[4]!.offset = '0x7ffffffffffff000')),
+    '[4].offset',
+  );
+  rejects(
+    mutate((r) => (r[6]!.entry = 'memory/0001.bin')),
+    '[6].entry',
+  );
+  rejects(
+    mutate((r) => (r[3]!.entry = null)),
+    '[3].entry',
+  );
+  rejects(
+    mutate((r) => (r[6]!.perms = 'rw-x')),
+    '[6].perms',
+  );
 });

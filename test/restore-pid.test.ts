@@ -35,7 +35,11 @@ t.test('pids across spawn and restore, on the host kernel', async (t) => {
   t.teardown(() => agent.close());
   const out = (tag: string): string => `/tmp/crh-restore-pid-${process.pid}-${tag}.out`;
   const argv = [hwbreak, '7'];
-  const failure = (p: Promise<unknown>): Promise<Error | undefined> => p.then(() => undefined, (e: unknown) => e as Error);
+  const failure = (p: Promise<unknown>): Promise<Error | undefined> =>
+    p.then(
+      () => undefined,
+      (e: unknown) => e as Error,
+    );
 
   await t.test('SPAWN with an exact pid: the pid of a process that is gone', async (t) => {
     const { pid: first } = await agent.call({ op: 'SPAWN', path: hwbreak, argv, envp: [], stdoutPath: out('first'), noAslr: true });
@@ -65,7 +69,11 @@ t.test('pids across spawn and restore, on the host kernel', async (t) => {
     await agent.call({ op: 'KILL', pid });
     const restored = await restoreProcess(agent, image, { policy, stdoutPath: out('restored') });
     t.equal(restored.pid, pid, 'restored with the original pid');
-    t.equal(await agent.call({ op: 'INJECT_SYSCALL', pid: restored.pid, nr: GETPID, args: [] }), BigInt(pid), 'getpid() in the restored process answers the original pid');
+    t.equal(
+      await agent.call({ op: 'INJECT_SYSCALL', pid: restored.pid, nr: GETPID, args: [] }),
+      BigInt(pid),
+      'getpid() in the restored process answers the original pid',
+    );
     const run = await agent.call({ op: 'RUN', pid: restored.pid, stopAfterHits: 0, timeoutMs: 30_000 });
     t.same([run.outcome, run.code, run.hits.length], ['exited', 0, 4], 'and it finishes: the remaining 4 of 7 hits');
 
@@ -84,9 +92,13 @@ t.test('pids across spawn and restore, on the host kernel', async (t) => {
     await agent.call({ op: 'SIGNAL', pid, signo: constants.signals.SIGTERM });
     const run = await agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: 30_000 });
     t.same([run.outcome, run.code], ['killed', constants.signals.SIGTERM], 'SIGTERM pending at the stop, delivered on continue: default action');
-    t.same(run.signals.map((s) => s.signo), [constants.signals.SIGTERM], 'RUN saw its signal-delivery stop');
+    t.same(
+      run.signals.map((s) => s.signo),
+      [constants.signals.SIGTERM],
+      'RUN saw its signal-delivery stop',
+    );
     const notOurs = await failure(agent.call({ op: 'SIGNAL', pid: 1, signo: constants.signals.SIGUSR1 }));
-    t.ok(notOurs instanceof AgentError && notOurs.errno === constants.errno.ESRCH, 'pid 1 is not the agent\'s: ESRCH');
+    t.ok(notOurs instanceof AgentError && notOurs.errno === constants.errno.ESRCH, "pid 1 is not the agent's: ESRCH");
     const { pid: other } = await agent.call({ op: 'SPAWN', path: hwbreak, argv, envp: [], stdoutPath: out('signal2'), noAslr: true });
     const zero = await failure(agent.call({ op: 'SIGNAL', pid: other, signo: 0 }));
     t.ok(zero instanceof AgentError && zero.errno === constants.errno.EINVAL, 'signal 0 is refused: EINVAL');

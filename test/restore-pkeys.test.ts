@@ -11,7 +11,13 @@ import { reseal, SYNTHETIC_MAPS, syntheticImage, syntheticRegs } from './support
 const POLICY = { rf: 'keep-and-preserve', regs: 'full', restorer: 'ptrace', rseqFixup: 'on', syscallRestart: 'on' } as const;
 const HEAP = { start: 0x100a2000n, end: 0x100c5000n };
 const STACK = { start: 0x7ffffffde000n, end: 0x7ffffffff000n };
-const PKEYS: PkeyState = { allocated: [1, 3], tagged: [{ ...HEAP, pkey: 1 }, { ...STACK, pkey: 3 }] };
+const PKEYS: PkeyState = {
+  allocated: [1, 3],
+  tagged: [
+    { ...HEAP, pkey: 1 },
+    { ...STACK, pkey: 3 },
+  ],
+};
 
 function rejects(t: Test, fn: () => unknown, field: RegExp | string): void {
   try {
@@ -28,25 +34,47 @@ t.test('the allocated keys from the probe', async (t) => {
   t.same(allocatedFromProbe([-22n]), [], 'EINVAL first: no PKU, no keys');
   t.same(allocatedFromProbe([1n, 2n, 3n, 4n, 5n, 6n, 7n, 8n, 9n, 10n, 11n, 12n, 13n, 14n, 15n, -28n]), [], 'every key handed out: none allocated');
   t.same(allocatedFromProbe([2n, 4n, 5n, 6n, 7n, 8n, 9n, 10n, 11n, 12n, 13n, 14n, 15n, -28n]), [1, 3], 'the keys never handed out are the allocated ones');
-  t.same(allocatedFromProbe([-28n]), Array.from({ length: 15 }, (_, i) => i + 1), 'ENOSPC first: all allocated');
+  t.same(
+    allocatedFromProbe([-28n]),
+    Array.from({ length: 15 }, (_, i) => i + 1),
+    'ENOSPC first: all allocated',
+  );
 });
 
 t.test('smaps ProtectionKey', async (t) => {
-  const smaps = ['10000000-10001000 r--p 00000000 00:02 12 /bin/x', 'Size:                  4 kB', 'ProtectionKey:         0', '7ffff7a00000-7ffff7a01000 rw-p 00000000 00:00 0', 'Rss: 4 kB', 'ProtectionKey:         3', 'VmFlags: rd wr mr mw me ac'].join('\n');
-  t.same([...parseSmapsPkeys(smaps)], [[0x10000000n, 0], [0x7ffff7a00000n, 3]]);
+  const smaps = [
+    '10000000-10001000 r--p 00000000 00:02 12 /bin/x',
+    'Size:                  4 kB',
+    'ProtectionKey:         0',
+    '7ffff7a00000-7ffff7a01000 rw-p 00000000 00:00 0',
+    'Rss: 4 kB',
+    'ProtectionKey:         3',
+    'VmFlags: rd wr mr mw me ac',
+  ].join('\n');
+  t.same(
+    [...parseSmapsPkeys(smaps)],
+    [
+      [0x10000000n, 0],
+      [0x7ffff7a00000n, 3],
+    ],
+  );
   t.same([...parseSmapsPkeys('10000000-10001000 r--p 00000000 00:02 12 /bin/x\nSize: 4 kB\n')], [], 'a kernel without PKU prints no ProtectionKey');
 });
 
 t.test('the plan', async (t) => {
   const steps = pkeySteps(7, PKEYS, syntheticImage().regions);
-  t.same(steps.map((s) => [(s.op as { nr: number }).nr, (s.op as unknown as { args: bigint[] }).args, s.expect]), [
-    [330, [0n, 1n], 1n],
-    [330, [0n, 1n], 2n],
-    [330, [0n, 1n], 3n],
-    [331, [2n], 0n],
-    [329, [HEAP.start, HEAP.end - HEAP.start, 3n, 1n], 0n],
-    [329, [STACK.start, STACK.end - STACK.start, 3n, 3n], 0n],
-  ], 'alloc 1, 2, 3 (each must be that key), free the gap 2, tag the heap with 1 and the stack with 3');
+  t.same(
+    steps.map((s) => [(s.op as { nr: number }).nr, (s.op as unknown as { args: bigint[] }).args, s.expect]),
+    [
+      [330, [0n, 1n], 1n],
+      [330, [0n, 1n], 2n],
+      [330, [0n, 1n], 3n],
+      [331, [2n], 0n],
+      [329, [HEAP.start, HEAP.end - HEAP.start, 3n, 1n], 0n],
+      [329, [STACK.start, STACK.end - STACK.start, 3n, 3n], 0n],
+    ],
+    'alloc 1, 2, 3 (each must be that key), free the gap 2, tag the heap with 1 and the stack with 3',
+  );
   t.same(pkeySteps(7, { allocated: [], tagged: [] }, []), [], 'no keys: nothing');
   const image = syntheticImage({ pkeys: PKEYS });
   const probe = { pid: 7, regs: syntheticRegs(), maps: parseMaps(SYNTHETIC_MAPS).filter((m) => m.name !== '[heap]') };
@@ -57,7 +85,10 @@ t.test('the plan', async (t) => {
   t.ok(first > lastProtect, 'after the protections');
   t.ok(first < regs, 'before the xstate and registers (PKRU)');
   const omitted = compileRestorePlan(image, probe, { ...POLICY, omit: ['pkeys'] });
-  t.notOk(omitted.some((s) => s.op.op === 'INJECT_SYSCALL' && [329, 330, 331].includes(s.op.nr)), 'omit=pkeys: no pkey call');
+  t.notOk(
+    omitted.some((s) => s.op.op === 'INJECT_SYSCALL' && [329, 330, 331].includes(s.op.nr)),
+    'omit=pkeys: no pkey call',
+  );
 });
 
 t.test('pkeys.json round-trips and is validated', async (t) => {

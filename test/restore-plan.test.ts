@@ -24,9 +24,17 @@ t.test('memory: heap by brk, holes by mmap, contents, protections', async (t) =>
   t.same((mmaps[0]!.op as { args: readonly bigint[] }).args.slice(0, 2), [0x7ffffffde000n, 0x11000n]);
   t.equal(mmaps[0]!.expect, 0x7ffffffde000n);
   const writes = plan.filter((s) => s.op.op === 'WRITE_MEM');
-  t.equal(writes.reduce((n, s) => n + (s.op as { data: Uint8Array }).data.length, 0), 0x1000 + 0x2000 + 0x23000 + 0x21000, 'every dumped byte written');
+  t.equal(
+    writes.reduce((n, s) => n + (s.op as { data: Uint8Array }).data.length, 0),
+    0x1000 + 0x2000 + 0x23000 + 0x21000,
+    'every dumped byte written',
+  );
   const mprotects = plan.filter((s) => s.op.op === 'INJECT_SYSCALL' && s.op.nr === 10);
-  t.same(mprotects.map((s) => (s.op as { args: readonly bigint[] }).args[2]), [1n, 3n, 3n, 3n], 'r--p → PROT_READ, rw-p → PROT_READ|PROT_WRITE');
+  t.same(
+    mprotects.map((s) => (s.op as { args: readonly bigint[] }).args[2]),
+    [1n, 3n, 3n, 3n],
+    'r--p → PROT_READ, rw-p → PROT_READ|PROT_WRITE',
+  );
   const firstWrite = ops.findIndex((o) => o.op === 'WRITE_MEM');
   const lastMap = ops.findLastIndex((o) => o.op === 'INJECT_SYSCALL' && (o.nr === 9 || o.nr === 12));
   t.ok(lastMap < firstWrite, 'memory exists before it is written');
@@ -52,7 +60,11 @@ t.test('the vdso must be where the image had it', async (t) => {
 
 t.test('uncovered ranges', async (t) => {
   const maps = parseMaps('1000-2000 rw-p 00000000 00:00 0\n3000-4000 rw-p 00000000 00:00 0');
-  t.same(uncovered(0x0n, 0x5000n, maps), [[0x0n, 0x1000n], [0x2000n, 0x3000n], [0x4000n, 0x5000n]]);
+  t.same(uncovered(0x0n, 0x5000n, maps), [
+    [0x0n, 0x1000n],
+    [0x2000n, 0x3000n],
+    [0x4000n, 0x5000n],
+  ]);
   t.same(uncovered(0x1000n, 0x2000n, maps), []);
   t.same(uncovered(0x1800n, 0x3800n, maps), [[0x2000n, 0x3000n]]);
 });
@@ -79,7 +91,10 @@ t.test('restorer=popf: trampoline page, frame below the red zone, registers thro
 t.test('restorer=sigreturn: an rt_sigframe with the registers and the XSAVE area as signal fpstate', async (t) => {
   const image = syntheticImage();
   const plan = compileRestorePlan(image, probe, { rf: 'keep-and-preserve', restorer: 'sigreturn' });
-  t.notOk(plan.some((s) => s.op.op === 'SETREGSET'), 'xstate travels in the frame, not through ptrace');
+  t.notOk(
+    plan.some((s) => s.op.op === 'SETREGSET'),
+    'xstate travels in the frame, not through ptrace',
+  );
   const setregs = plan.find((s) => s.op.op === 'SETREGS')!.op as { regs: Record<string, bigint> };
   const code = plan.find((s) => s.op.op === 'WRITE_MEM' && s.op.address === setregs.regs.rip)!.op as { data: Uint8Array };
   t.same([...code.data], [0x0f, 0x05], 'the task starts on a syscall instruction');
@@ -109,20 +124,31 @@ t.test('restorer=sigreturn: an rt_sigframe with the registers and the XSAVE area
 });
 
 t.test('a heap the kernel shows as several [heap] VMAs is grown to its last end with one brk', async (t) => {
-  const split = SYNTHETIC_MAPS.replace('100a2000-100c5000 rw-p 00000000 00:00 0 [heap]', '100a2000-100b0000 rw-p 00000000 00:00 0 [heap]\n100b0000-100c5000 rw-p 00000000 00:00 0 [heap]');
+  const split = SYNTHETIC_MAPS.replace(
+    '100a2000-100c5000 rw-p 00000000 00:00 0 [heap]',
+    '100a2000-100b0000 rw-p 00000000 00:00 0 [heap]\n100b0000-100c5000 rw-p 00000000 00:00 0 [heap]',
+  );
   const plan = compileRestorePlan(syntheticImage({ maps: split }), probe, { rf: 'keep' });
   const brks = plan.filter((s) => s.op.op === 'INJECT_SYSCALL' && s.op.nr === 12);
   t.equal(brks.length, 1);
   t.equal(brks[0]!.expect, 0x100c5000n);
-  t.notOk(plan.some((s) => s.op.op === 'INJECT_SYSCALL' && s.op.nr === 9 && (s.op.args[0] ?? 0n) >= 0x100a2000n && (s.op.args[0] ?? 0n) < 0x100c5000n), 'no anonymous mapping inside the heap');
+  t.notOk(
+    plan.some((s) => s.op.op === 'INJECT_SYSCALL' && s.op.nr === 9 && (s.op.args[0] ?? 0n) >= 0x100a2000n && (s.op.args[0] ?? 0n) < 0x100c5000n),
+    'no anonymous mapping inside the heap',
+  );
 });
 
-t.test('the kernel\'s special mappings are never dumped, including the vvar split of 6.13+', async (t) => {
-  const maps = parseMaps('7ffff7ff9000-7ffff7ffb000 r--p 00000000 00:00 0 [vvar]\n7ffff7ffb000-7ffff7ffd000 r--p 00000000 00:00 0 [vvar_vclock]\n7ffff7ffd000-7ffff7fff000 r-xp 00000000 00:00 0 [vdso]\n7ffffffde000-7ffffffff000 rw-p 00000000 00:00 0 [stack]');
-  t.same(maps.map((m) => [m.name, isDumped(m), isKernelProvided(m)]), [
-    ['[vvar]', false, true],
-    ['[vvar_vclock]', false, true],
-    ['[vdso]', false, true],
-    ['[stack]', true, false],
-  ]);
+t.test("the kernel's special mappings are never dumped, including the vvar split of 6.13+", async (t) => {
+  const maps = parseMaps(
+    '7ffff7ff9000-7ffff7ffb000 r--p 00000000 00:00 0 [vvar]\n7ffff7ffb000-7ffff7ffd000 r--p 00000000 00:00 0 [vvar_vclock]\n7ffff7ffd000-7ffff7fff000 r-xp 00000000 00:00 0 [vdso]\n7ffffffde000-7ffffffff000 rw-p 00000000 00:00 0 [stack]',
+  );
+  t.same(
+    maps.map((m) => [m.name, isDumped(m), isKernelProvided(m)]),
+    [
+      ['[vvar]', false, true],
+      ['[vvar_vclock]', false, true],
+      ['[vdso]', false, true],
+      ['[stack]', true, false],
+    ],
+  );
 });

@@ -39,7 +39,7 @@ t.test('policy names parse, unknown ones are refused', async (t) => {
   t.throws(() => parseRfPolicy('drop'), /unknown rf policy/);
 });
 
-t.test('regs=partial keeps the restarting task\'s callee-saved registers (the 2015 entry bug); full restores all', async (t) => {
+t.test("regs=partial keeps the restarting task's callee-saved registers (the 2015 entry bug); full restores all", async (t) => {
   const image = syntheticRegs();
   const target = syntheticRegs({ rbp: 0xdeadn, rbx: 0xbeefn, r12: 12n, r13: 13n, r14: 14n, r15: 15n, rax: 0xaaaan, eflags: 0x202n });
   const full = restoredRegisters(image, target, { rf: 'keep', regs: 'full' });
@@ -54,11 +54,11 @@ t.test('regs=partial keeps the restarting task\'s callee-saved registers (the 20
   t.equal(parseRegsPolicy('partial'), 'partial');
 });
 
-t.test('omit=string-regs keeps the restarting task\'s RCX, RSI and RDI, nothing else', async (t) => {
+t.test("omit=string-regs keeps the restarting task's RCX, RSI and RDI, nothing else", async (t) => {
   const image = syntheticRegs({ rcx: 3n, rsi: 0x4000n, rdi: 0x5000n });
   const target = syntheticRegs({ rcx: 0n, rsi: 0x7n, rdi: 0x9n, rax: 0xaaaan, rbx: 0xbeefn });
   const omitted = restoredRegisters(image, target, { rf: 'keep', omit: ['string-regs'] });
   t.same(USER_REGS_FIELDS.filter((n) => omitted[n] !== image[n]).sort(), ['rcx', 'rdi', 'rsi'], 'exactly the string registers differ');
-  t.same([omitted.rcx, omitted.rsi, omitted.rdi], [0n, 0x7n, 0x9n], 'they are the target\'s');
+  t.same([omitted.rcx, omitted.rsi, omitted.rdi], [0n, 0x7n, 0x9n], "they are the target's");
   t.same(restoredRegisters(image, target, { rf: 'keep' }), image, 'without the omit: the image');
 });

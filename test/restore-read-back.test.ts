@@ -16,30 +16,79 @@ import { debugRegOffset, type UserRegs } from '../harness/x86/registers.ts';
 import { SYNTHETIC_MAPS, syntheticRegs, syntheticSiginfo, syntheticThreadedImage } from './support/synthetic-image.ts';
 
 const POLICY: RestorePolicy = { rf: 'keep-and-preserve' };
-const probe = { pid: 42, regs: syntheticRegs({ eflags: 0x202n, fs_base: 0n }), maps: parseMaps(SYNTHETIC_MAPS.split('\n').filter((l) => !l.includes('[heap]')).join('\n')) };
+const probe = {
+  pid: 42,
+  regs: syntheticRegs({ eflags: 0x202n, fs_base: 0n }),
+  maps: parseMaps(
+    SYNTHETIC_MAPS.split('\n')
+      .filter((l) => !l.includes('[heap]'))
+      .join('\n'),
+  ),
+};
 
 /** A kernel holding, per task, what the image says (registers and xstate as the plan set them): built from the image, not from the read-back's own expectations. */
 function faithfulKernel(image: CheckpointImage, plan: ReturnType<typeof compileRestorePlan>) {
-  const tasks = new Map<number, { regs?: UserRegs; xstate?: Buffer; dr: Record<string, bigint>; rseq?: { area: bigint; size: number; signature: number }; cs: bigint; blocked: bigint; thread: Buffer[]; shared: Buffer[] }>();
+  const tasks = new Map<
+    number,
+    {
+      regs?: UserRegs;
+      xstate?: Buffer;
+      dr: Record<string, bigint>;
+      rseq?: { area: bigint; size: number; signature: number };
+      cs: bigint;
+      blocked: bigint;
+      thread: Buffer[];
+      shared: Buffer[];
+    }
+  >();
   const setRegs = (tid: number) => (plan.find((s) => s.op.op === 'SETREGS' && s.op.pid === tid)?.op as { regs: UserRegs } | undefined)?.regs;
   const setXstate = (tid: number) => (plan.find((s) => s.op.op === 'SETREGSET' && s.op.pid === tid)?.op as { data: Uint8Array } | undefined)?.data;
   const xs = (d: Uint8Array | undefined) => (d ? Buffer.from(d) : undefined);
-  tasks.set(42, { regs: setRegs(42), xstate: xs(setXstate(42)), dr: { ...image.debugRegs }, rseq: image.rseq ?? undefined, cs: image.rseq ? rseqCsPointer(image) : 0n, blocked: image.signals.blocked, thread: [...image.signals.pending.thread], shared: [...image.signals.pending.shared] });
+  tasks.set(42, {
+    regs: setRegs(42),
+    xstate: xs(setXstate(42)),
+    dr: { ...image.debugRegs },
+    rseq: image.rseq ?? undefined,
+    cs: image.rseq ? rseqCsPointer(image) : 0n,
+    blocked: image.signals.blocked,
+    thread: [...image.signals.pending.thread],
+    shared: [...image.signals.pending.shared],
+  });
   for (const th of image.threads) {
-    tasks.set(th.tid, { regs: setRegs(th.tid), xstate: xs(setXstate(th.tid)), dr: { ...th.debugRegs }, rseq: th.rseq ?? undefined, cs: th.rseq ? rseqCsPointer({ ...image, rseq: th.rseq }) : 0n, blocked: th.blocked, thread: [...th.pending], shared: [] });
+    tasks.set(th.tid, {
+      regs: setRegs(th.tid),
+      xstate: xs(setXstate(th.tid)),
+      dr: { ...th.debugRegs },
+      rseq: th.rseq ?? undefined,
+      cs: th.rseq ? rseqCsPointer({ ...image, rseq: th.rseq }) : 0n,
+      blocked: th.blocked,
+      thread: [...th.pending],
+      shared: [],
+    });
   }
   const answer = (op: AgentOp): BatchStep => {
     const task = tasks.get((op as { pid: number }).pid)!;
     const ok = (result: unknown): BatchStep => ({ ok: true, op, result }) as BatchStep;
     switch (op.op) {
-      case 'GETREGS': return ok(task.regs);
-      case 'GETREGSET': return ok(task.xstate);
-      case 'PEEKUSER': return ok(task.dr[['dr0', 'dr1', 'dr2', 'dr3', '', '', 'dr6', 'dr7'][[0, 1, 2, 3, 4, 5, 6, 7].find((n) => debugRegOffset(n) === op.offset)!]!]);
-      case 'RSEQ_CONFIG': return ok(task.rseq ? { area: task.rseq.area, size: task.rseq.size, signature: task.rseq.signature } : { area: 0n, size: 0, signature: 0 });
-      case 'READ_MEM': { const b = Buffer.alloc(8); b.writeBigUInt64LE(task.cs); return ok(b); }
-      case 'GETSIGMASK': return ok(task.blocked);
-      case 'PEEKSIGINFO': return ok(op.shared ? task.shared : task.thread);
-      default: throw new Error(`no answer for ${op.op}`);
+      case 'GETREGS':
+        return ok(task.regs);
+      case 'GETREGSET':
+        return ok(task.xstate);
+      case 'PEEKUSER':
+        return ok(task.dr[['dr0', 'dr1', 'dr2', 'dr3', '', '', 'dr6', 'dr7'][[0, 1, 2, 3, 4, 5, 6, 7].find((n) => debugRegOffset(n) === op.offset)!]!]);
+      case 'RSEQ_CONFIG':
+        return ok(task.rseq ? { area: task.rseq.area, size: task.rseq.size, signature: task.rseq.signature } : { area: 0n, size: 0, signature: 0 });
+      case 'READ_MEM': {
+        const b = Buffer.alloc(8);
+        b.writeBigUInt64LE(task.cs);
+        return ok(b);
+      }
+      case 'GETSIGMASK':
+        return ok(task.blocked);
+      case 'PEEKSIGINFO':
+        return ok(op.shared ? task.shared : task.thread);
+      default:
+        throw new Error(`no answer for ${op.op}`);
     }
   };
   return { tasks, run: (checks: ReadBackCheck[]) => compareReadBack(checks, answersOf(checks, checks.flatMap((c): AgentOp[] => c.ops).map(answer))) };
@@ -48,7 +97,8 @@ function faithfulKernel(image: CheckpointImage, plan: ReturnType<typeof compileR
 t.test('one path for every thread: the same checks for the main thread and each other one, all reads in one list', async (t) => {
   const image = syntheticThreadedImage({ signals: { ...syntheticThreadedImage().signals, pending: { thread: [], shared: [syntheticSiginfo(12)] } } });
   const checks = compileReadBack(42, compileRestorePlan(image, probe, POLICY), image, POLICY);
-  const kindsOf = (tid: number) => checks.filter((c) => 'task' in c && c.task.tid === tid).map((c) => (c.kind === 'pending-signals' ? `${c.kind}:${c.queue}` : c.kind));
+  const kindsOf = (tid: number) =>
+    checks.filter((c) => 'task' in c && c.task.tid === tid).map((c) => (c.kind === 'pending-signals' ? `${c.kind}:${c.queue}` : c.kind));
   const perThread = ['registers', 'xstate', ...Array(6).fill('debug-register'), 'rseq', 'signal-mask', 'pending-signals:thread'];
   t.same(kindsOf(43), perThread, 'a thread: registers, xstate, six debug registers, rseq, mask, its own queue');
   t.same(kindsOf(45), perThread, 'the other thread alike');
@@ -90,16 +140,27 @@ t.test('a kernel that holds what was asked gives no difference; each change come
     ['xstate', 'rseq.rseq_cs', 'thread 43 dr1', 'thread 43 signals.pending.thread', 'thread 45 eflags', 'thread 45 dr7'],
     'worded for people as before: the main thread unnamed, the others by tid',
   );
-  t.match(differences.find((d) => d.what === 'xstate'), { requested: '832 bytes', accepted: '832 bytes, first difference at offset 100' });
-  t.match(differences.find((d) => d.what === 'thread 45 eflags'), { requested: '0x10246', accepted: '0x246' }, 'RF dropped by the kernel');
-  t.match(differences.find((d) => d.what === 'thread 43 signals.pending.thread'), { requested: '[10]', accepted: '[]' });
+  t.match(
+    differences.find((d) => d.what === 'xstate'),
+    { requested: '832 bytes', accepted: '832 bytes, first difference at offset 100' },
+  );
+  t.match(
+    differences.find((d) => d.what === 'thread 45 eflags'),
+    { requested: '0x10246', accepted: '0x246' },
+    'RF dropped by the kernel',
+  );
+  t.match(
+    differences.find((d) => d.what === 'thread 43 signals.pending.thread'),
+    { requested: '[10]', accepted: '[]' },
+  );
 });
 
 t.test('omit=signals and omit=thread-masks drop exactly their checks', async (t) => {
   const image = syntheticThreadedImage();
-  const count = (policy: RestorePolicy, kind: string) => compileReadBack(42, compileRestorePlan(image, probe, policy), image, policy).filter((c) => c.kind === kind).length;
+  const count = (policy: RestorePolicy, kind: string) =>
+    compileReadBack(42, compileRestorePlan(image, probe, policy), image, policy).filter((c) => c.kind === kind).length;
   t.equal(count(POLICY, 'signal-mask'), 3);
-  t.equal(count({ ...POLICY, omit: ['thread-masks'] }, 'signal-mask'), 1, 'the main thread\'s mask only');
+  t.equal(count({ ...POLICY, omit: ['thread-masks'] }, 'signal-mask'), 1, "the main thread's mask only");
   t.equal(count({ ...POLICY, omit: ['signals'] }, 'signal-mask') + count({ ...POLICY, omit: ['signals'] }, 'pending-signals'), 0, 'no signal checks at all');
   t.equal(count({ ...POLICY, omit: ['signals'] }, 'debug-register'), 18, 'the rest kept');
 });
@@ -108,6 +169,9 @@ t.test('a read the agent fails is its error, naming the read; a short answer is 
   const image = syntheticThreadedImage();
   const checks = compileReadBack(42, compileRestorePlan(image, probe, POLICY), image, POLICY);
   const first = checks[0]!.ops[0]!;
-  t.throws(() => answersOf(checks, [{ ok: false, op: first, errno: 3, message: 'no such process' }]), { name: 'AgentError', message: /read-back GETREGS.*no such process/ });
+  t.throws(() => answersOf(checks, [{ ok: false, op: first, errno: 3, message: 'no such process' }]), {
+    name: 'AgentError',
+    message: /read-back GETREGS.*no such process/,
+  });
   t.throws(() => answersOf(checks, []), { name: 'AgentError', message: /answered 0 of 37/ });
 });

@@ -12,7 +12,15 @@ import { validateRseq } from '../harness/restore/validate.ts';
 import { policyFromFlags } from '../harness/flags/policy-flags.ts';
 import { SYNTHETIC_MAPS, SYNTHETIC_RSEQ, syntheticImage, syntheticRegs } from './support/synthetic-image.ts';
 
-const probe = { pid: 7, regs: syntheticRegs({ eflags: 0x202n, fs_base: 0n }), maps: parseMaps(SYNTHETIC_MAPS.split('\n').filter((l) => !l.includes('[heap]')).join('\n')) };
+const probe = {
+  pid: 7,
+  regs: syntheticRegs({ eflags: 0x202n, fs_base: 0n }),
+  maps: parseMaps(
+    SYNTHETIC_MAPS.split('\n')
+      .filter((l) => !l.includes('[heap]'))
+      .join('\n'),
+  ),
+};
 const POLICY: RestorePolicy = { rf: 'keep-and-preserve' };
 
 /** A critical section in the text, its descriptor in .data. */
@@ -86,7 +94,12 @@ t.test('the registration is injected after the memory it lives in and before the
 });
 
 t.test('rseq-fixup=on: inside the section → abort_ip and rseq_cs cleared; the bounds are [start, start + post_commit_offset)', async (t) => {
-  for (const [rip, aborts] of [[CS.start, true], [CS.start + 0x3fn, true], [CS.start + CS.postCommit, false], [CS.start - 1n, false]] as const) {
+  for (const [rip, aborts] of [
+    [CS.start, true],
+    [CS.start + 0x3fn, true],
+    [CS.start + CS.postCommit, false],
+    [CS.start - 1n, false],
+  ] as const) {
     const image = inSection(rip);
     const plan = compileRestorePlan(image, probe, POLICY);
     t.equal(setregs(plan).rip, aborts ? CS.abort : rip, `rip 0x${rip.toString(16)}: ${aborts ? 'abort_ip' : 'unchanged'}`);
@@ -96,7 +109,11 @@ t.test('rseq-fixup=on: inside the section → abort_ip and rseq_cs cleared; the 
   }
   const original = inSection(CS.start + 4n);
   applyRseqFixup(original);
-  t.equal(original.memory.get(original.regions[2]!.entry!)!.readBigUInt64LE(Number(SYNTHETIC_RSEQ.area + 8n - 0x100a2000n)), CS.at, 'the fixup works on a copy: the input image keeps its rseq_cs');
+  t.equal(
+    original.memory.get(original.regions[2]!.entry!)!.readBigUInt64LE(Number(SYNTHETIC_RSEQ.area + 8n - 0x100a2000n)),
+    CS.at,
+    'the fixup works on a copy: the input image keeps its rseq_cs',
+  );
   t.ok(inCriticalSection(CS.start, { at: 0n, version: 0, flags: 0, startIp: CS.start, postCommitOffset: CS.postCommit, abortIp: CS.abort }));
 });
 
@@ -110,10 +127,27 @@ t.test('NO_RESTART flags are left to the kernel; a wrong signature, version or a
   const noRestart = compileRestorePlan(inSection(CS.start + 4n, { flags: 4 }), probe, POLICY);
   t.equal(setregs(noRestart).rip, CS.start + 4n, 'flags=4: IP unchanged');
   const last = noRestart.at(-1)!.op as { op: string; address: bigint; data: Uint8Array };
-  t.same([last.op, last.address, Buffer.from(last.data).readBigUInt64LE(0)], ['WRITE_MEM', SYNTHETIC_RSEQ.area + 8n, CS.at], 'flags=4: rseq_cs written back as the very last step');
-  t.notOk(compileRestorePlan(inSection(CS.start + 4n, { flags: 4 }), probe, { ...POLICY, rseqFixup: 'off' }).at(-1)!.why.startsWith('rseq_cs'), 'rseq-fixup=off: not written back');
-  t.equal(setregs(compileRestorePlan(inSection(CS.start + 4n, { abort: DUMPED_ABORT }), probe, POLICY)).rip, DUMPED_ABORT, 'a dumped abort handler with the signature before it');
-  t.throws(() => compileRestorePlan(inSection(CS.start + 4n, { abort: DUMPED_ABORT, signature: 0x12345678 }), probe, POLICY), /not preceded by the registered signature/, 'signature mismatch');
+  t.same(
+    [last.op, last.address, Buffer.from(last.data).readBigUInt64LE(0)],
+    ['WRITE_MEM', SYNTHETIC_RSEQ.area + 8n, CS.at],
+    'flags=4: rseq_cs written back as the very last step',
+  );
+  t.notOk(
+    compileRestorePlan(inSection(CS.start + 4n, { flags: 4 }), probe, { ...POLICY, rseqFixup: 'off' })
+      .at(-1)!
+      .why.startsWith('rseq_cs'),
+    'rseq-fixup=off: not written back',
+  );
+  t.equal(
+    setregs(compileRestorePlan(inSection(CS.start + 4n, { abort: DUMPED_ABORT }), probe, POLICY)).rip,
+    DUMPED_ABORT,
+    'a dumped abort handler with the signature before it',
+  );
+  t.throws(
+    () => compileRestorePlan(inSection(CS.start + 4n, { abort: DUMPED_ABORT, signature: 0x12345678 }), probe, POLICY),
+    /not preceded by the registered signature/,
+    'signature mismatch',
+  );
   t.throws(() => compileRestorePlan(inSection(CS.start + 4n, { abort: 0x100a1000n }), probe, POLICY), /not in an executable mapping/, 'abort_ip in data');
   const badVersion = inSection(CS.start + 4n);
   const data = badVersion.memory.get(badVersion.regions[1]!.entry!)!;
@@ -131,11 +165,14 @@ t.test('omit=…: exactly the named state is not restored', async (t) => {
   t.equal(omit(['debugregs']).filter((s) => s.op.op === 'POKEUSER').length, 0, 'debugregs: no DR writes');
   t.equal(full.filter((s) => s.op.op === 'POKEUSER').length, 6);
   t.equal(omit(['xstate']).filter((s) => s.op.op === 'SETREGSET').length, 0, 'xstate: no SETREGSET');
-  t.equal(setregs(omit(['tls'])).fs_base, probe.regs.fs_base, 'tls: fs_base stays the target\'s');
+  t.equal(setregs(omit(['tls'])).fs_base, probe.regs.fs_base, "tls: fs_base stays the target's");
   t.equal(setregs(full).fs_base, image.regs.fs_base);
   t.equal(rseqSteps(omit(['rseq'])).length, 0, 'rseq: no registration');
   const sig = compileRestorePlan(image, probe, { ...POLICY, restorer: 'sigreturn', omit: ['xstate'] });
-  t.notOk(sig.some((s) => s.why.startsWith('signal fpstate')), 'sigreturn without fpstate');
+  t.notOk(
+    sig.some((s) => s.why.startsWith('signal fpstate')),
+    'sigreturn without fpstate',
+  );
   const frame = sig.find((s) => s.why.startsWith('rt_sigframe'))!.op as { data: Uint8Array };
   t.equal(Buffer.from(frame.data).readBigUInt64LE(8), 6n, 'uc_flags without UC_FP_XSTATE');
   t.equal(Buffer.from(frame.data).readBigUInt64LE(48 + 184), 0n, 'fpstate pointer 0: the kernel starts a fresh FPU');

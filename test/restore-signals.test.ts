@@ -12,7 +12,15 @@ import type { SignalState } from '../harness/restore/image-model.ts';
 import { validateSignals } from '../harness/restore/validate.ts';
 import { SYNTHETIC_MAPS, syntheticImage, syntheticRegs } from './support/synthetic-image.ts';
 
-const probe = { pid: 9, regs: syntheticRegs({ eflags: 0x202n }), maps: parseMaps(SYNTHETIC_MAPS.split('\n').filter((l) => !l.includes('[heap]')).join('\n')) };
+const probe = {
+  pid: 9,
+  regs: syntheticRegs({ eflags: 0x202n }),
+  maps: parseMaps(
+    SYNTHETIC_MAPS.split('\n')
+      .filter((l) => !l.includes('[heap]'))
+      .join('\n'),
+  ),
+};
 
 function siginfo(signo: number, value: number): Buffer {
   const b = Buffer.alloc(128);
@@ -71,15 +79,27 @@ t.test('plan: block all, dispositions, alternate stack, queues in order, the mas
   const block = plan.findIndex((s) => s.op.op === 'SETSIGMASK' && s.op.mask === ALL_BLOCKABLE);
   const firstQueue = plan.findIndex((s) => s.op.op === 'INJECT_SYSCALL' && (s.op.nr === 129 || s.op.nr === 297));
   t.ok(block >= 0 && block < firstQueue, 'every signal blocked before anything is queued');
-  t.same(injected(plan, 13).map((s) => (s.op as { args: readonly bigint[] }).args[0]), [10n, 12n], 'rt_sigaction for each non-default disposition');
+  t.same(
+    injected(plan, 13).map((s) => (s.op as { args: readonly bigint[] }).args[0]),
+    [10n, 12n],
+    'rt_sigaction for each non-default disposition',
+  );
   t.equal(injected(plan, 131).length, 1, 'one sigaltstack');
-  t.same(injected(plan, 129).map((s) => (s.op as { args: readonly bigint[] }).args[1]), [35n, 35n, 35n], 'the process queue, in order');
-  t.same(injected(plan, 297).map((s) => (s.op as { args: readonly bigint[] }).args[2]), [10n], 'the thread queue');
+  t.same(
+    injected(plan, 129).map((s) => (s.op as { args: readonly bigint[] }).args[1]),
+    [35n, 35n, 35n],
+    'the process queue, in order',
+  );
+  t.same(
+    injected(plan, 297).map((s) => (s.op as { args: readonly bigint[] }).args[2]),
+    [10n],
+    'the thread queue',
+  );
   const scratch = plan.find((s) => s.op.op === 'WRITE_MEM' && s.why.includes('sigaction'))!.op as { data: Uint8Array; address: bigint };
   t.equal(scratch.data.length, 2 * 32 + 24 + 4 * 128, 'two sigactions, a stack_t, four siginfo records');
   const lastResume = plan.findLastIndex((s) => s.op.op === 'INJECT_SYSCALL');
   const mask = plan.findLastIndex((s) => s.op.op === 'SETSIGMASK');
-  t.ok(mask > lastResume, 'the image\'s mask is set after the last injected call');
+  t.ok(mask > lastResume, "the image's mask is set after the last injected call");
   t.equal((plan[mask]!.op as { mask: bigint }).mask, STATE.blocked);
   t.ok(injected(plan, 11).length === 1 && plan.indexOf(injected(plan, 11)[0]!) > firstQueue, 'the scratch page is unmapped again');
 });
@@ -93,5 +113,5 @@ t.test('sigreturn: the frame carries the mask and the alternate stack; omit=sign
   t.equal(omitted.filter((s) => s.op.op === 'SETSIGMASK').length, 0, 'no mask');
   t.equal(injected(omitted, 13).length + injected(omitted, 129).length + injected(omitted, 297).length, 0, 'no dispositions, no queues');
   const omittedFrame = Buffer.from((omitted.find((s) => s.why.startsWith('rt_sigframe'))!.op as { data: Uint8Array }).data);
-  t.same([omittedFrame.readBigUInt64LE(304), omittedFrame.readInt32LE(32)], [0n, 2], 'a fresh task\'s mask and a disabled alternate stack in the frame');
+  t.same([omittedFrame.readBigUInt64LE(304), omittedFrame.readInt32LE(32)], [0n, 2], "a fresh task's mask and a disabled alternate stack in the frame");
 });

@@ -4,24 +4,44 @@ import { rejects } from './support/rejects.ts';
 import { imageEntries, parseImageEntries } from '../harness/restore/checkpoint-image.ts';
 import { compileRestorePlan } from '../harness/restore/plan.ts';
 import { parseMaps } from '../harness/restore/proc-maps.ts';
-import { deadlineAddress, interruptedSleep, reissueSleep, restartBlockProblem, sleepDeadline, threadRestartBlockProblem, timespecBytes, timespecNs } from '../harness/restore/sleep-deadline.ts';
+import {
+  deadlineAddress,
+  interruptedSleep,
+  reissueSleep,
+  restartBlockProblem,
+  sleepDeadline,
+  threadRestartBlockProblem,
+  timespecBytes,
+  timespecNs,
+} from '../harness/restore/sleep-deadline.ts';
 import type { UserRegs } from '../harness/x86/registers.ts';
 import { reseal, SYNTHETIC_BOOT_ID, SYNTHETIC_MAPS, SYNTHETIC_RMTP, syntheticRegs, syntheticSleepImage } from './support/synthetic-image.ts';
 
 const POLICY = { rf: 'keep-and-preserve', regs: 'full', restorer: 'ptrace', rseqFixup: 'on', syscallRestart: 'on' } as const;
 const interrupted = (nr: bigint, overrides: Partial<UserRegs> = {}): UserRegs => syntheticRegs({ rax: BigInt.asUintN(64, -516n), orig_rax: nr, ...overrides });
 
-
 t.test('which interrupted calls have a deadline the checkpoint can see', async (t) => {
   t.same(interruptedSleep(interrupted(35n, { rsi: 0x1000n })), { nr: 35, rmtp: 0x1000n }, 'nanosleep: rmtp is rsi');
   t.same(interruptedSleep(interrupted(230n, { r10: 0x2000n })), { nr: 230, rmtp: 0x2000n }, 'clock_nanosleep: rmtp is r10');
-  t.equal(interruptedSleep(syntheticRegs({ rax: BigInt.asUintN(64, -514n), orig_rax: 230n })), undefined, 'ERESTARTNOHAND (an absolute sleep) restarts with its own deadline');
+  t.equal(
+    interruptedSleep(syntheticRegs({ rax: BigInt.asUintN(64, -514n), orig_rax: 230n })),
+    undefined,
+    'ERESTARTNOHAND (an absolute sleep) restarts with its own deadline',
+  );
   t.equal(restartBlockProblem(interrupted(35n, { rsi: 0x1000n })), undefined, 'nanosleep with rmtp: capturable');
-  t.equal(restartBlockProblem(interrupted(35n, { rsi: 0n })), undefined, 'nanosleep without rmtp (usleep): not refused, it starts over with its original arguments');
+  t.equal(
+    restartBlockProblem(interrupted(35n, { rsi: 0n })),
+    undefined,
+    'nanosleep without rmtp (usleep): not refused, it starts over with its original arguments',
+  );
   t.match(restartBlockProblem(interrupted(7n)), /system call 7 .*restart_block/, 'poll: named');
   t.match(restartBlockProblem(interrupted(202n)), /system call 202/, 'a futex wait with a timeout: named');
   t.equal(restartBlockProblem(syntheticRegs({ rax: BigInt.asUintN(64, -512n), orig_rax: 202n })), undefined, 'ERESTARTSYS: no restart block');
-  t.match(threadRestartBlockProblem(9, interrupted(35n, { rsi: 0x1000n })), /^thread 9: .*main thread's sleep deadline only/, 'a sleeping thread other than the main one: named');
+  t.match(
+    threadRestartBlockProblem(9, interrupted(35n, { rsi: 0x1000n })),
+    /^thread 9: .*main thread's sleep deadline only/,
+    'a sleeping thread other than the main one: named',
+  );
   t.match(threadRestartBlockProblem(9, interrupted(7n)), /^thread 9: system call 7/, 'a polling thread: named');
   t.equal(threadRestartBlockProblem(9, syntheticRegs({ rax: BigInt.asUintN(64, -512n), orig_rax: 202n })), undefined, 'a thread in a futex wait: none');
 });
@@ -48,7 +68,7 @@ t.test('re-issued with the deadline', async (t) => {
   t.equal(same.regs.rdi, 1n, 'CLOCK_MONOTONIC');
   t.equal(same.regs.rsi, 1n, 'TIMER_ABSTIME');
   t.equal(same.regs.rdx, same.address, 'the deadline placed below the red zone');
-  t.equal(same.regs.r10, SYNTHETIC_RMTP, 'the program\'s rmtp');
+  t.equal(same.regs.r10, SYNTHETIC_RMTP, "the program's rmtp");
   t.equal(timespecNs(same.timespec), 101_500_000_000n, 'the absolute deadline');
   const other = reissueSleep(image.regs, image.sleep!, false);
   t.equal(other.regs.rsi, 0n, 'another boot: relative');
@@ -64,7 +84,7 @@ t.test('the plan: the timespec written, the registers rewound; syscall-restart=o
   t.equal(setRegs.regs.rax, 230n);
   t.equal(setRegs.regs.rsi, 1n, 'absolute in the same boot');
   const write = plan.find((s) => s.op.op === 'WRITE_MEM' && s.op.address === setRegs.regs.rdx);
-  t.ok(write, 'the deadline\'s timespec is written');
+  t.ok(write, "the deadline's timespec is written");
   t.equal(timespecNs(Buffer.from((write!.op as { data: Uint8Array }).data)), 101_500_000_000n);
   const lastContents = plan.findLastIndex((s) => s.op.op === 'WRITE_MEM' && s.why.startsWith('contents'));
   t.ok(plan.indexOf(write!) > lastContents, 'after the contents of the stack it lies in');
@@ -72,7 +92,10 @@ t.test('the plan: the timespec written, the registers rewound; syscall-restart=o
   t.equal((elsewhere.find((s) => s.op.op === 'SETREGS')!.op as { regs: UserRegs }).regs.rsi, 0n, 'another boot: relative');
   const off = compileRestorePlan(image, probe, { ...POLICY, syscallRestart: 'off' });
   t.equal((off.find((s) => s.op.op === 'SETREGS')!.op as { regs: UserRegs }).regs.rax, BigInt.asUintN(64, -516n), 'off: the raw -ERESTART_RESTARTBLOCK');
-  t.notOk(off.some((s) => s.op.op === 'WRITE_MEM' && s.why.includes('clock_nanosleep')), 'off: no timespec');
+  t.notOk(
+    off.some((s) => s.op.op === 'WRITE_MEM' && s.why.includes('clock_nanosleep')),
+    'off: no timespec',
+  );
 });
 
 t.test('sleep.json round-trips and is validated field by field', async (t) => {
@@ -100,6 +123,17 @@ t.test('sleep.json round-trips and is validated field by field', async (t) => {
   const regs = JSON.parse(plain.get('regs.json')!.toString()) as Record<string, string>;
   rejects(t, () => parseImageEntries(reseal(plain, { 'regs.json': Buffer.from(JSON.stringify({ ...regs, rax: '0x0' })) })), 'sleep.json', 'nr');
   // rmtp must be writable memory the image restores, and the deadline's slot below rsp too.
-  rejects(t, () => parseImageEntries(reseal(plain, { 'regs.json': Buffer.from(JSON.stringify({ ...regs, rsi: '0x10000800' })), 'sleep.json': Buffer.from(JSON.stringify({ ...JSON.parse(plain.get('sleep.json')!.toString()), rmtp: '0x10000800' })) })), 'sleep.json', 'rmtp');
+  rejects(
+    t,
+    () =>
+      parseImageEntries(
+        reseal(plain, {
+          'regs.json': Buffer.from(JSON.stringify({ ...regs, rsi: '0x10000800' })),
+          'sleep.json': Buffer.from(JSON.stringify({ ...JSON.parse(plain.get('sleep.json')!.toString()), rmtp: '0x10000800' })),
+        }),
+      ),
+    'sleep.json',
+    'rmtp',
+  );
   rejects(t, () => parseImageEntries(reseal(plain, { 'regs.json': Buffer.from(JSON.stringify({ ...regs, rsp: '0x7ffffffde040' })) })), 'sleep.json', 'nr');
 });

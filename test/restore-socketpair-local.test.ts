@@ -47,7 +47,11 @@ t.test('unix socketpairs in a process tree through the real agent, on the host k
       const s = await ready(type, `${type}-reference`);
       return finish(s.pid, s.out);
     })();
-    t.match(reference, new RegExp(`^exited 0 sockpair ${type} ok: up ${type === 'dgram' ? 8 : '\\d+'} messages 1044 bytes, down 3 messages, child exit 0$`), `uninterrupted: ${reference}`);
+    t.match(
+      reference,
+      new RegExp(`^exited 0 sockpair ${type} ok: up ${type === 'dgram' ? 8 : '\\d+'} messages 1044 bytes, down 3 messages, child exit 0$`),
+      `uninterrupted: ${reference}`,
+    );
 
     const checkpointAndRestore = async (policy: RestorePolicy, tag: string) => {
       const s = await ready(type, tag);
@@ -72,7 +76,16 @@ t.test('unix socketpairs in a process tree through the real agent, on the host k
       const [pair] = r.tree.socketpairs ?? [];
       t.equal(r.tree.socketpairs?.length, 1, 'one socketpair');
       t.equal(pair?.type, type);
-      t.same(pair?.queued.map((q) => q.map((b) => b.length)), type === 'dgram' ? [[1, 38, 75, 112, 149, 186, 223, 260], [1, 38, 75]] : [[1044], [114]], 'the parent\'s socket holds what the child sent up, the child\'s what the parent sent down');
+      t.same(
+        pair?.queued.map((q) => q.map((b) => b.length)),
+        type === 'dgram'
+          ? [
+              [1, 38, 75, 112, 149, 186, 223, 260],
+              [1, 38, 75],
+            ]
+          : [[1044], [114]],
+        "the parent's socket holds what the child sent up, the child's what the parent sent down",
+      );
       t.same(r.restored.differences, [], 'read back: one socketpair between the two, as planned');
       t.equal(r.line, reference, `restored: ${r.line}`);
       t.comment(`${type}: checkpoint ${r.checkpointMs} ms, restore ${r.restoreMs} ms`);

@@ -20,10 +20,21 @@ t.test('rules: anonymous touched-nonzero, private file every page, shared nonzer
 
 t.test('pagemap: present or swapped pages are read, merged into ranges; untouched ones are not', async (t) => {
   const map = Buffer.from([PAGE_PRESENT, PAGE_PRESENT | PAGE_FILE, 0, PAGE_SWAPPED, 0, PAGE_PRESENT]);
-  t.same(pagesToRead(anon, map), [[anon.start, anon.start + 2n * P], [anon.start + 3n * P, anon.start + 4n * P], [anon.start + 5n * P, anon.end]]);
+  t.same(pagesToRead(anon, map), [
+    [anon.start, anon.start + 2n * P],
+    [anon.start + 3n * P, anon.start + 4n * P],
+    [anon.start + 5n * P, anon.end],
+  ]);
   t.same(pagesToRead({ ...anon, file: '/bin/x' }, map), [[anon.start, anon.end]], 'a private file mapping: every page, touched or not');
   t.same(pagesToRead({ ...anon, perms: 'rw-s' }, map), [[anon.start, anon.end]], 'shared memory: pagemap is not asked, every page read');
-  t.same(pagesToRead({ ...anon, userfault: 1, absent: [[anon.start + P, anon.start + 2n * P]] }, map), [[anon.start, anon.start + P], [anon.start + 2n * P, anon.end]], 'userfaultfd: all but the absent pages');
+  t.same(
+    pagesToRead({ ...anon, userfault: 1, absent: [[anon.start + P, anon.start + 2n * P]] }, map),
+    [
+      [anon.start, anon.start + P],
+      [anon.start + 2n * P, anon.end],
+    ],
+    'userfaultfd: all but the absent pages',
+  );
 });
 
 t.test('zero pages: dropped from anonymous memory, kept in file mappings and userfaultfd regions', async (t) => {
@@ -31,16 +42,25 @@ t.test('zero pages: dropped from anonymous memory, kept in file mappings and use
   read.fill(7, 0, 1); // page 0 non-zero
   read.fill(9, Number(3n * P) + 4095, Number(4n * P)); // last byte of page 3
   const ranges: Array<[bigint, bigint]> = [[anon.start, anon.start + 4n * P]];
-  t.same(dropZeroPages(anon, ranges, read), [[anon.start, anon.start + P], [anon.start + 3n * P, anon.start + 4n * P]]);
-  t.same(dropZeroPages({ ...anon, perms: 'rw-s' }, ranges, read), [[anon.start, anon.start + P], [anon.start + 3n * P, anon.start + 4n * P]]);
-  t.same(dropZeroPages({ ...anon, file: '/bin/x' }, ranges, read), ranges, 'a zero page of a file mapping is not the file\'s bytes: kept');
+  t.same(dropZeroPages(anon, ranges, read), [
+    [anon.start, anon.start + P],
+    [anon.start + 3n * P, anon.start + 4n * P],
+  ]);
+  t.same(dropZeroPages({ ...anon, perms: 'rw-s' }, ranges, read), [
+    [anon.start, anon.start + P],
+    [anon.start + 3n * P, anon.start + 4n * P],
+  ]);
+  t.same(dropZeroPages({ ...anon, file: '/bin/x' }, ranges, read), ranges, "a zero page of a file mapping is not the file's bytes: kept");
   t.same(dropZeroPages({ ...anon, userfault: 1 }, ranges, read), ranges, 'a zero page the server provided is not a missing one: kept');
 });
 
 t.test('pack and unpack: the stored bytes in order, zeros elsewhere', async (t) => {
   const full = Buffer.alloc(Number(6n * P));
   for (let i = 0; i < 6; i++) full.fill(i + 1, i * 4096, (i + 1) * 4096);
-  const stored: Array<[bigint, bigint]> = [[anon.start + P, anon.start + 3n * P], [anon.start + 5n * P, anon.end]];
+  const stored: Array<[bigint, bigint]> = [
+    [anon.start + P, anon.start + 3n * P],
+    [anon.start + 5n * P, anon.end],
+  ];
   const packed = packStored(anon, stored, full);
   t.equal(packed.length, 3 * 4096);
   t.same([packed[0], packed[4096], packed[8192]], [2, 3, 6]);
@@ -49,7 +69,7 @@ t.test('pack and unpack: the stored bytes in order, zeros elsewhere', async (t) 
   t.equal(packStored(anon, [[anon.start, anon.end]], full), full, 'a whole region is not copied');
 });
 
-t.test('plan: MADV_DONTNEED on the target\'s own mappings where pages are left out, before the writes', async (t) => {
+t.test("plan: MADV_DONTNEED on the target's own mappings where pages are left out, before the writes", async (t) => {
   const image = syntheticImage();
   const stack = image.regions[3]!;
   const maps = parseMaps(SYNTHETIC_MAPS);
@@ -64,7 +84,11 @@ t.test('plan: MADV_DONTNEED on the target\'s own mappings where pages are left o
   t.equal(drops.length, inTarget.length, 'one madvise per part of the region the target has');
   for (const d of drops) t.same(d.op.op === 'INJECT_SYSCALL' && d.op.args[2], 4n, 'MADV_DONTNEED');
   const writes = steps.filter((s) => s.op.op === 'WRITE_MEM' && s.op.address >= stack.start && s.op.address < stack.end);
-  t.same(writes.map((w) => (w.op.op === 'WRITE_MEM' ? [w.op.address, w.op.data.length] : [])), [[stack.end - P, 4096]], 'only the stored page is written');
+  t.same(
+    writes.map((w) => (w.op.op === 'WRITE_MEM' ? [w.op.address, w.op.data.length] : [])),
+    [[stack.end - P, 4096]],
+    'only the stored page is written',
+  );
   t.ok(steps.indexOf(drops.at(-1)!) < steps.indexOf(writes[0]!), 'dropped before written');
 });
 

@@ -40,7 +40,11 @@ t.test('threads through the real agent, on the host kernel', async (t) => {
     const { pid, run } = await stopped('run');
     t.equal(run.outcome, 'hit-limit');
     t.equal(run.stoppedTid, pid, 'the main thread hit');
-    t.same(run.hits.map((h) => [h.tid, h.rip]), [[pid, sym('threads_checkpoint')]], 'one hit, with its tid');
+    t.same(
+      run.hits.map((h) => [h.tid, h.rip]),
+      [[pid, sym('threads_checkpoint')]],
+      'one hit, with its tid',
+    );
     t.equal(run.threads.length, THREADS, `every thread reported: ${run.threads.join(' ')}`);
     for (const tid of run.threads) t.ok((await agent.call({ op: 'GETREGS', pid: tid })).rip > 0n, `thread ${tid} is in a ptrace stop (GETREGS works)`);
     const killed = await agent.call({ op: 'KILL', pid });
@@ -57,7 +61,10 @@ t.test('threads through the real agent, on the host kernel', async (t) => {
     // rip and the flags its loop left (at the `je` of the loop ZF decides); r8 already points at `release`.
     await agent.call({ op: 'SETREGS', pid, regs: { ...(await agent.call({ op: 'GETREGS', pid })), rip: spin.rip, eflags: spin.eflags } });
     await agent.call({ op: 'POKEUSER', pid, offset: 904, value: 0n });
-    const error = await agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: 300 }).then(() => undefined, (e: unknown) => e as AgentError);
+    const error = await agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: 300 }).then(
+      () => undefined,
+      (e: unknown) => e as AgentError,
+    );
     t.equal(error?.errno, ETIMEDOUT, `timed out: ${error?.message}`);
     t.match(error?.message, /every thread of process \d+ interrupted and left stopped/);
     for (const tid of run.threads) {
@@ -72,11 +79,22 @@ t.test('threads through the real agent, on the host kernel', async (t) => {
     const { pid, run } = await stopped('cycle');
     const image = await checkpointProcess(agent, { binary, argv: [binary], envp: [], noAslr: true, pid }, { host: true });
     await agent.call({ op: 'KILL', pid });
-    t.same(image.threads.map((x) => x.tid), run.threads.filter((tid) => tid !== pid), 'the image holds the other three threads');
-    t.ok(image.threads.every((x) => x.clearChildTid !== 0n && x.robustList !== 0n), 'each with the clear_child_tid and robust list glibc gave it');
+    t.same(
+      image.threads.map((x) => x.tid),
+      run.threads.filter((tid) => tid !== pid),
+      'the image holds the other three threads',
+    );
+    t.ok(
+      image.threads.every((x) => x.clearChildTid !== 0n && x.robustList !== 0n),
+      'each with the clear_child_tid and robust list glibc gave it',
+    );
     const restored = await restoreProcess(agent, image, { policy: DEFAULT_POLICY, stdoutPath: out('cycle-restored') });
     t.same(restored.differences, [], 'read back: as planned, thread by thread');
-    t.same((await agent.call({ op: 'LISTDIR', path: `/proc/${pid}/task` })).map(Number).sort((a, b) => a - b), run.threads, 'the same tids');
+    t.same(
+      (await agent.call({ op: 'LISTDIR', path: `/proc/${pid}/task` })).map(Number).sort((a, b) => a - b),
+      run.threads,
+      'the same tids',
+    );
     const end = await agent.call({ op: 'RUN', pid: restored.pid, stopAfterHits: 0, timeoutMs: 30_000 });
     t.same([end.outcome, end.code], ['exited', 0]);
     t.match(await read(out('cycle-restored')), /^threads ok: 4 threads/);
@@ -88,7 +106,10 @@ t.test('threads through the real agent, on the host kernel', async (t) => {
     await agent.call({ op: 'KILL', pid });
     // The third thread asks for the agent's own pid: clone3 answers EEXIST after two threads exist.
     const broken = { ...image, threads: image.threads.map((x, i) => (i === 2 ? { ...x, tid: hello.agentPid } : x)) };
-    const error = await restoreProcess(agent, broken, { policy: DEFAULT_POLICY, stdoutPath: out('failing-restored') }).then(() => undefined, (e: unknown) => e as RestoreStepError);
+    const error = await restoreProcess(agent, broken, { policy: DEFAULT_POLICY, stdoutPath: out('failing-restored') }).then(
+      () => undefined,
+      (e: unknown) => e as RestoreStepError,
+    );
     t.ok(error instanceof RestoreStepError, `refused: ${error?.message}`);
     t.match(error?.message, new RegExp(`create thread ${hello.agentPid}: clone3`), 'the failing step is the third clone3');
     t.match(error?.message, /EEXIST/);

@@ -46,15 +46,36 @@ t.test('timers across a checkpoint, on the host kernel', async (t) => {
 
   await t.test('every timer is in the image, and the signals that fired are pending', async (t) => {
     const image = await takeImage('image', 200);
-    t.same(image.timers.itimers.map((i) => i.which), ['real', 'virtual', 'prof']);
-    t.same(image.timers.itimers.map((i) => i.intervalNs), [1_000_000n, 3_000_000n, 4_000_000n], 'intervals');
-    t.same(image.timers.posix.map((p) => [p.id, p.notify, p.signo, p.sival]), [[0, 'signal', 34, 0x5eedn], [2, 'thread-id', 12, 0xc0den]], 'POSIX timers 0 and 2 (1 was deleted)');
+    t.same(
+      image.timers.itimers.map((i) => i.which),
+      ['real', 'virtual', 'prof'],
+    );
+    t.same(
+      image.timers.itimers.map((i) => i.intervalNs),
+      [1_000_000n, 3_000_000n, 4_000_000n],
+      'intervals',
+    );
+    t.same(
+      image.timers.posix.map((p) => [p.id, p.notify, p.signo, p.sival]),
+      [
+        [0, 'signal', 34, 0x5eedn],
+        [2, 'thread-id', 12, 0xc0den],
+      ],
+      'POSIX timers 0 and 2 (1 was deleted)',
+    );
     t.equal(image.timers.posix[1]?.tid, image.process.pid, 'the thread-id timer names the main thread');
-    t.same(image.timers.timerfds.map((f) => [f.fd, f.clock, f.flags, f.intervalNs]), [[7, 1, 0o2004000, 2_000_000n]], 'the timerfd at fd 7');
-    t.notOk(image.task.files.some((f) => f.fd === 7), 'the timerfd is not among the files');
+    t.same(
+      image.timers.timerfds.map((f) => [f.fd, f.clock, f.flags, f.intervalNs]),
+      [[7, 1, 0o2004000, 2_000_000n]],
+      'the timerfd at fd 7',
+    );
+    t.notOk(
+      image.task.files.some((f) => f.fd === 7),
+      'the timerfd is not among the files',
+    );
     const pendingSignals = image.signals.pending.shared.map((b) => b.readInt32LE(0)).concat(image.signals.pending.thread.map((b) => b.readInt32LE(0)));
     t.ok(pendingSignals.includes(14), `SIGALRM, fired while the process was stopped, is pending in the image (pending: ${pendingSignals.join(', ')})`);
-    t.equal(image.signals.blocked, 0n, 'the mask is the program\'s own, not the one the checkpoint used');
+    t.equal(image.signals.blocked, 0n, "the mask is the program's own, not the one the checkpoint used");
   });
 
   for (const hit of [1, 150, 600]) {

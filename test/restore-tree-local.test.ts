@@ -52,7 +52,11 @@ t.test('a process tree through the real agent, on the host kernel', async (t) =>
     const end = await agent.call({ op: 'RUN', pid: s.pid, stopAfterHits: 0, timeoutMs: 30_000 });
     return `${end.outcome} ${end.code} ${(await read(out('reference'))).trim()}`;
   })();
-  t.match(reference, /^exited 0 proctree ok: counter 986152, child 0x0, grandchild 0x0, child exit 9, pipe 3100 bytes$/, `uninterrupted (traced to the same points): ${reference}`);
+  t.match(
+    reference,
+    /^exited 0 proctree ok: counter 986152, child 0x0, grandchild 0x0, child exit 9, pipe 3100 bytes$/,
+    `uninterrupted (traced to the same points): ${reference}`,
+  );
 
   const checkpoint = async (tag: string): Promise<ProcessTree> => {
     const s = await stopTree(tag);
@@ -71,12 +75,15 @@ t.test('a process tree through the real agent, on the host kernel', async (t) =>
     const tree = await checkpoint('default');
     const [root, child, grandchild] = tree.members;
     t.equal(tree.members.length, 3, `three processes: ${tree.members.map((m) => m.pid).join(' ')}`);
-    t.equal(child!.ppid, root!.pid, 'the child\'s parent is the root');
-    t.equal(grandchild!.ppid, child!.pid, 'the grandchild\'s parent is the child');
+    t.equal(child!.ppid, root!.pid, "the child's parent is the root");
+    t.equal(grandchild!.ppid, child!.pid, "the grandchild's parent is the child");
     t.equal(child!.pgid, child!.pid, 'the child leads its group');
     t.same([grandchild!.sid, grandchild!.pgid], [grandchild!.pid, grandchild!.pid], 'the grandchild leads its session');
     t.equal(grandchild!.image.regs.rip, sym('proctree_grandchild_checkpoint'), 'the grandchild checkpointed at its breakpoint');
-    const ends = (tree.pipes ?? []).map((p) => `${p.ends.map((e) => `${e.pid === root!.pid ? 'root' : e.pid === grandchild!.pid ? 'grandchild' : 'child'} fd ${e.fd} ${e.write ? 'w' : 'r'}`).join(', ')}: ${p.queued.length} queued`);
+    const ends = (tree.pipes ?? []).map(
+      (p) =>
+        `${p.ends.map((e) => `${e.pid === root!.pid ? 'root' : e.pid === grandchild!.pid ? 'grandchild' : 'child'} fd ${e.fd} ${e.write ? 'w' : 'r'}`).join(', ')}: ${p.queued.length} queued`,
+    );
     t.same(ends, ['root fd 3 r, grandchild fd 4 w: 3000 queued'], `one pipe, the grandchild's bytes queued in it: ${ends.join('; ')}`);
     const { restored, line } = await restoreAndRun(tree, DEFAULT_POLICY, 'default');
     t.same(restored.differences, [], 'read back: every process as planned, the tree as in the image');
@@ -98,7 +105,7 @@ t.test('a process tree through the real agent, on the host kernel', async (t) =>
     t.match(line, /proctree mismatch: .*, pipe 100 bytes \(not the bytes written\)$/, 'the parent reads only what the grandchild wrote after the restore');
   });
 
-  await t.test('control: the grandchild restored as the root\'s child (wrong parent links)', async (t) => {
+  await t.test("control: the grandchild restored as the root's child (wrong parent links)", async (t) => {
     const tree = await checkpoint('links');
     const [root, child, grandchild] = tree.members;
     const doctored: ProcessTree = { members: [root!, child!, { ...grandchild!, ppid: root!.pid }] };

@@ -40,7 +40,8 @@ t.test('uncapturable state is refused at checkpoint time, by name, on the host k
   const stopped = async (tag: string, argv: string[]): Promise<number> => {
     const pid = await spawnWithBreakpoint(agent, { binary, argv, breakAt }, out(tag));
     const run = await agent.call({ op: 'RUN', pid, stopAfterHits: 1, timeoutMs: 30_000 });
-    if (run.outcome !== 'hit-limit') throw new Error(`${tag}: ${run.outcome} ${(await agent.call({ op: 'READ_FILE', path: out(tag), maxSize: 4096 })).toString()}`);
+    if (run.outcome !== 'hit-limit')
+      throw new Error(`${tag}: ${run.outcome} ${(await agent.call({ op: 'READ_FILE', path: out(tag), maxSize: 4096 })).toString()}`);
     return pid;
   };
 

@@ -17,7 +17,6 @@ const hexRegs = (overrides: Record<string, string> = {}): Record<string, unknown
   ...overrides,
 });
 
-
 t.test('EFLAGS: fixed bits must be exactly IF|0x2, offending bits named', async (t) => {
   t.same(eflagsViolations(0x246n), []);
   t.same(eflagsViolations(0x10246n), [], 'RF is user-changeable');
@@ -118,7 +117,10 @@ const validEntries = (): Array<{ name: string; data: Buffer }> => [...imageEntri
 
 async function rejectsFile(t: Test, file: string, entry: RegExp | string, field: RegExp | string): Promise<void> {
   const before = await readFile(file);
-  const error = await readCheckpointImage(file).then(() => undefined, (e: unknown) => e);
+  const error = await readCheckpointImage(file).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
   t.ok(error instanceof ImageRejectedError, `rejected: ${(error as Error | undefined)?.message}`);
   t.match((error as ImageRejectedError).entry, entry);
   t.match((error as ImageRejectedError).field, field);
@@ -174,7 +176,10 @@ t.test('stored pages (format 9): every range checked, holes read as zeros', asyn
   const image = syntheticImage();
   const heap = image.regions[2]!;
   // Only the heap's first and last pages are stored: the entry holds two pages, the rest reads as zeros.
-  heap.stored = [[heap.start, heap.start + 0x1000n], [heap.end - 0x1000n, heap.end]];
+  heap.stored = [
+    [heap.start, heap.start + 0x1000n],
+    [heap.end - 0x1000n, heap.end],
+  ];
   const entries = imageEntries(image);
   t.equal(entries.get(heap.entry!)!.length, 0x2000, 'the entry holds the stored pages only');
   const back = parseImageEntries(entries);
@@ -198,8 +203,30 @@ t.test('stored pages (format 9): every range checked, holes read as zeros', asyn
   rejects(t, () => parseImageEntries(withStored([['0x100a3000', '0x100a3000']])), 'memory.json', '[2].stored[0]');
   rejects(t, () => parseImageEntries(withStored([['0x100a1000', '0x100c5000']])), 'memory.json', '[2].stored[0]');
   rejects(t, () => parseImageEntries(withStored([['0x100a2000', '0x100c6000']])), 'memory.json', '[2].stored[0]');
-  rejects(t, () => parseImageEntries(withStored([['0x100a3000', '0x100c5000'], ['0x100a2000', '0x100a3000']])), 'memory.json', '[2].stored[1]');
-  rejects(t, () => parseImageEntries(withStored([['0x100a2000', '0x100b0000'], ['0x100af000', '0x100c5000']])), 'memory.json', '[2].stored[1]');
+  rejects(
+    t,
+    () =>
+      parseImageEntries(
+        withStored([
+          ['0x100a3000', '0x100c5000'],
+          ['0x100a2000', '0x100a3000'],
+        ]),
+      ),
+    'memory.json',
+    '[2].stored[1]',
+  );
+  rejects(
+    t,
+    () =>
+      parseImageEntries(
+        withStored([
+          ['0x100a2000', '0x100b0000'],
+          ['0x100af000', '0x100c5000'],
+        ]),
+      ),
+    'memory.json',
+    '[2].stored[1]',
+  );
   // Well-formed but naming fewer bytes than the entry holds: the size check catches it.
   rejects(t, () => parseImageEntries(withStored([['0x100a2000', '0x100a3000']])), 'memory/0002.bin', 'size');
   // A huge region stored as nothing would be allocated whole on restore: bounded.

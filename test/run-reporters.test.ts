@@ -16,17 +16,35 @@ const dir = await mkdtemp(path.join(tmpdir(), 'crh-reporters-'));
 t.teardown(() => rm(dir, { recursive: true, force: true }));
 
 const run = (name: string, ...args: string[]) =>
-  execa(process.execPath, [crh, 'run', '--cases', 'test/fixtures/reporter-cases', '--artifacts', path.join(dir, name), ...args], { cwd: REPO_ROOT, reject: false, env: { NO_COLOR: '' } });
+  execa(process.execPath, [crh, 'run', '--cases', 'test/fixtures/reporter-cases', '--artifacts', path.join(dir, name), ...args], {
+    cwd: REPO_ROOT,
+    reject: false,
+    env: { NO_COLOR: '' },
+  });
 
 t.test('people: a line per case, a summary within 100 columns, exit 1', async (t) => {
   const r = await run('people');
   t.equal(r.exitCode, 1, 'a failing row and a failing assertion fail the run');
   const lines = r.stdout.split('\n');
-  t.same(lines.filter((l) => [...l].length > 100), [], 'no line wider than 100 columns');
+  t.same(
+    lines.filter((l) => [...l].length > 100),
+    [],
+    'no line wider than 100 columns',
+  );
   t.notMatch(r.stdout, /\x1b/, 'no escape sequences when stdout is not a terminal');
-  for (const c of ['alpha', 'beta']) t.ok(lines.some((l) => new RegExp(`^✓ ${c} +2 rows, 1 controls`).test(l)), `✓ ${c}`);
-  t.ok(lines.some((l) => /^✗ gamma-row-fails +1 rows, 0 controls, 1 not as expected/.test(l)), '✗ the case with a failing row');
-  t.ok(lines.some((l) => /^✗ delta-assert-fails +assertions failed \(exit 1\)/.test(l)), '✗ the case whose assertion failed beside a passing row');
+  for (const c of ['alpha', 'beta'])
+    t.ok(
+      lines.some((l) => new RegExp(`^✓ ${c} +2 rows, 1 controls`).test(l)),
+      `✓ ${c}`,
+    );
+  t.ok(
+    lines.some((l) => /^✗ gamma-row-fails +1 rows, 0 controls, 1 not as expected/.test(l)),
+    '✗ the case with a failing row',
+  );
+  t.ok(
+    lines.some((l) => /^✗ delta-assert-fails +assertions failed \(exit 1\)/.test(l)),
+    '✗ the case whose assertion failed beside a passing row',
+  );
   t.match(r.stdout, /an assertion that fails on purpose/, 'the failing assertion is shown');
   t.match(r.stdout, /eflags: asked 0x10202, kernel has 0x202/, 'the failing row shows its register diff');
   t.match(r.stdout, /^5 passed, 1 failed$/m, 'the count line');
@@ -37,14 +55,26 @@ t.test('people: a line per case, a summary within 100 columns, exit 1', async (t
 });
 
 t.test('machine formats on stdout', async (t) => {
-  const ktap = await run('ktap', '--reporter', 'ktap', '--junit', path.join(dir, 'ktap.xml'), '--json', path.join(dir, 'ktap.json'), '--ktap', path.join(dir, 'ktap.ktap'));
+  const ktap = await run(
+    'ktap',
+    '--reporter',
+    'ktap',
+    '--junit',
+    path.join(dir, 'ktap.xml'),
+    '--json',
+    path.join(dir, 'ktap.json'),
+    '--ktap',
+    path.join(dir, 'ktap.ktap'),
+  );
   t.equal(ktap.exitCode, 1);
   t.match(ktap.stdout, /^KTAP version 1\n/, 'KTAP first line');
   t.match(ktap.stdout, /^# kernel: /m, 'the kernel identity');
   t.match(ktap.stdout, /^1\.\.4$/m, 'four case files');
   t.match(ktap.stdout, /^not ok \d+ gamma-row-fails$/m, 'the failing row fails its case');
   // The files of every format come from the same run as the KTAP on stdout.
-  const junit = new XMLParser({ ignoreAttributes: false }).parse(await readFile(path.join(dir, 'ktap.xml'), 'utf8')) as { testsuites: { testsuite: unknown[] } };
+  const junit = new XMLParser({ ignoreAttributes: false }).parse(await readFile(path.join(dir, 'ktap.xml'), 'utf8')) as {
+    testsuites: { testsuite: unknown[] };
+  };
   t.equal(junit.testsuites.testsuite.length, 4, 'JUnit: a testsuite per case');
   const report = JSON.parse(await readFile(path.join(dir, 'ktap.json'), 'utf8')) as RunReport;
   t.equal(report.verdicts.length, 6, 'JSON: every row');

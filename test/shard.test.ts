@@ -14,7 +14,11 @@ t.test('shards are disjoint, complete and deterministic', async (t) => {
     const all = shards.flat();
     t.same([...all].sort(), [...cases].sort(), `n=${n}: every case exactly once`);
     t.equal(new Set(all).size, all.length, `n=${n}: no case twice`);
-    t.same(splitIntoShards([...cases].reverse(), durations, n).map((s) => [...s].sort()), shards.map((s) => [...s].sort()), `n=${n}: the input order does not change the split`);
+    t.same(
+      splitIntoShards([...cases].reverse(), durations, n).map((s) => [...s].sort()),
+      shards.map((s) => [...s].sort()),
+      `n=${n}: the input order does not change the split`,
+    );
     for (let i = 1; i <= n; i++) t.same(casesOfShard(cases, durations, { index: i, count: n }), shards[i - 1], `n=${n}: shard ${i} alone is the same`);
   }
 });

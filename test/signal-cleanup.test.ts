@@ -107,7 +107,11 @@ t.test('SIGTERM to `crh boot` mid-boot: no crh- temp dir, no record, no QEMU lef
   boot.kill('SIGTERM');
   const { code, signal, atMs } = await exit;
   t.equal(signal, 'SIGTERM', `crh died of SIGTERM (status ${code}) ${atMs - sent} ms after it`);
-  t.same((await readdir(tmp)).filter((f) => f.startsWith('crh-')), [], 'no crh- temp dir left');
+  t.same(
+    (await readdir(tmp)).filter((f) => f.startsWith('crh-')),
+    [],
+    'no crh- temp dir left',
+  );
   t.notOk(existsSync(path.join(records, recordFile)), 'its reaper record is removed');
   t.not(processStartTime(record.qemuPid), record.qemuStartTime, `QEMU ${record.qemuPid} is gone`);
   t.ok(atMs - sent < 15_000, 'within the cleanup bound');

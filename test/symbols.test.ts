@@ -9,8 +9,13 @@ import { launchMachine } from '../harness/machine/fast-start.ts';
 import { kernelSymbolFile } from '../harness/symbols/kernel-symbols.ts';
 
 t.test('System.map lines', async (t) => {
-  const syms = parseSystemMap('ffffffff81000000 T _stext\nffffffff81001000 t helper\n0000000000000000 A absolute\n0000000000001000 D per_cpu_offset_not_address\nffffffff82000000 D some_data\n');
-  t.same(syms.map((s) => s.name), ['_stext', 'helper', 'some_data']);
+  const syms = parseSystemMap(
+    'ffffffff81000000 T _stext\nffffffff81001000 t helper\n0000000000000000 A absolute\n0000000000001000 D per_cpu_offset_not_address\nffffffff82000000 D some_data\n',
+  );
+  t.same(
+    syms.map((s) => s.name),
+    ['_stext', 'helper', 'some_data'],
+  );
 });
 
 t.test('the real kernel (symbols from the booted guest) and guest programs', async (t) => {
@@ -27,7 +32,7 @@ t.test('the real kernel (symbols from the booted guest) and guest programs', asy
   t.equal(table.symbolize(pf), 'kernel:exc_page_fault');
   t.equal(table.symbolize(pf + 4n), 'kernel:exc_page_fault+0x4');
   const target = table.resolve('hwbreak:target');
-  t.ok(target >= 0x10000000n && target < 0x11000000n, 'hwbreak:target inside hwbreak\'s own text segment');
+  t.ok(target >= 0x10000000n && target < 0x11000000n, "hwbreak:target inside hwbreak's own text segment");
   t.equal(table.symbolize(target + 1n), 'hwbreak:target_body', 'global labels count as symbols');
   const impl = table.resolve('hwbreak:target_impl');
   t.equal(table.symbolize(impl + 4n), 'hwbreak:target_impl+0x4');

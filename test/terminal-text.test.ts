@@ -25,7 +25,7 @@ t.test('control characters are escaped', async (t) => {
 t.test('where crh prints text it does not control, it is escaped', async (t) => {
   const lines: string[] = [];
   const progress = new Progress('crh repro', (line) => void lines.push(line));
-  progress.note("x.c:1:1: warning: \x1b]0;owned\x07 unused");
+  progress.note('x.c:1:1: warning: \x1b]0;owned\x07 unused');
   t.match(lines[0], /warning: \\x1b\]0;owned\\x07 unused$/, 'a compiler warning on the progress stream');
 
   // gcc quotes the offending source line: an ESC in the source reaches its diagnostics.

@@ -6,7 +6,15 @@
 // time_for_children, through the lowest free descriptor, in scratch pages unmapped again.
 import t from 'tap';
 import { IMAGE_VERSION, imageEntries, parseImageEntries } from '../harness/restore/checkpoint-image.ts';
-import { clockDecision, clocksJson, offsetLine, parseClocks, timeNamespaceSteps, type ProcessClocks, type TargetClocks } from '../harness/restore/time-namespace.ts';
+import {
+  clockDecision,
+  clocksJson,
+  offsetLine,
+  parseClocks,
+  timeNamespaceSteps,
+  type ProcessClocks,
+  type TargetClocks,
+} from '../harness/restore/time-namespace.ts';
 import type { Test } from 'tap';
 import { rejects as rejectsEntry } from './support/rejects.ts';
 import { reseal, syntheticImage } from './support/synthetic-image.ts';
@@ -66,7 +74,11 @@ t.test('offsets as /proc/PID/timens_offsets parses them', async (t) => {
 t.test('the plan steps', async (t) => {
   const steps = timeNamespaceSteps(42, { monotonicNs: -280n * S, boottimeNs: 1n }, [0, 1, 2, 4], 0x7f00_0000_0000n);
   const calls = steps.map((s) => (s.op.op === 'INJECT_SYSCALL' ? `${s.op.nr}:${s.expect}` : s.op.op));
-  t.same(calls, ['9:139637976727552', 'WRITE_MEM', '272:0', '257:3', '1:15', '3:0', '257:3', '308:0', '3:0', '11:0'], 'mmap, write, unshare, open fd 3 (the lowest free), write the offsets, close, open, setns, close, munmap');
+  t.same(
+    calls,
+    ['9:139637976727552', 'WRITE_MEM', '272:0', '257:3', '1:15', '3:0', '257:3', '308:0', '3:0', '11:0'],
+    'mmap, write, unshare, open fd 3 (the lowest free), write the offsets, close, open, setns, close, munmap',
+  );
   const written = steps[1]!.op.op === 'WRITE_MEM' ? Buffer.from(steps[1]!.op.data).toString('latin1') : '';
   t.ok(written.includes('/proc/self/timens_offsets\0'), 'the offsets file');
   t.ok(written.includes('1 -280 0\n7 0 1\n'), 'the offsets, monotonic then boottime');

@@ -11,9 +11,12 @@ t.test('fitXstate', async (t) => {
   const grown = fitXstate(small, 2696, 0x21fn);
   t.equal(grown.length, 2696);
   t.same(grown.subarray(0, 464), small.subarray(0, 464), 'the legacy area in place');
-  t.equal(grown.readBigUInt64LE(464), 0x21fn, 'the target\'s XCR0 word');
+  t.equal(grown.readBigUInt64LE(464), 0x21fn, "the target's XCR0 word");
   t.same(grown.subarray(472, 832), small.subarray(472, 832), 'header and YMM in place');
-  t.ok(grown.subarray(832).every((b) => b === 0), 'zeros past the image\'s end');
+  t.ok(
+    grown.subarray(832).every((b) => b === 0),
+    "zeros past the image's end",
+  );
   const cut = fitXstate(grown, 832, 0x7n);
   t.equal(cut.length, 832);
   t.equal(cut.readBigUInt64LE(464), 0x7n);
@@ -28,6 +31,9 @@ t.test('withFittedXstate', async (t) => {
   const bigger = image.xstate.length + 64;
   const fitted = withFittedXstate({ ...image, threads: image.threads.map((th) => ({ ...th, xstate: syntheticXstate() })) }, bigger, 0x7n);
   t.equal(fitted.image.xstate.length, bigger);
-  t.ok(fitted.image.threads.every((th) => th.xstate.length === bigger), 'the threads\' too');
+  t.ok(
+    fitted.image.threads.every((th) => th.xstate.length === bigger),
+    "the threads' too",
+  );
   t.match(fitted.note, new RegExp(`${image.xstate.length} → ${bigger} bytes`));
 });

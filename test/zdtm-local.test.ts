@@ -54,7 +54,20 @@ t.test('crh zdtm runs on the host kernel', async (t) => {
     const binary = path.join(dirs.bin, name);
     await copyFile(bins.hostPath[name]!, binary);
     await chmod(binary, 0o755);
-    return runZdtmTest(session, { name, binary, args: options.args ?? [], files: [] }, { policy: options.policy ?? DEFAULT_POLICY, iters: options.iters ?? 1, settleMs: 200, timeoutMs: TIMEOUT_MS, imageFile: path.join(root, `${name}.tar`), dirs, agentName, nativeRunner: bins.hostPath['crh-native']! });
+    return runZdtmTest(
+      session,
+      { name, binary, args: options.args ?? [], files: [] },
+      {
+        policy: options.policy ?? DEFAULT_POLICY,
+        iters: options.iters ?? 1,
+        settleMs: 200,
+        timeoutMs: TIMEOUT_MS,
+        imageFile: path.join(root, `${name}.tar`),
+        dirs,
+        agentName,
+        nativeRunner: bins.hostPath['crh-native']!,
+      },
+    );
   };
 
   for (const name of ['zdtm-wait', 'zdtm-spin', 'zdtm-itimer', 'zdtm-pipe']) {
@@ -109,14 +122,19 @@ t.test('crh zdtm runs on the host kernel', async (t) => {
     const r = await run('zdtm-wait', { args: ['child'] });
     t.ok(r.native.pass, `natively: ${r.native.summary}`);
     t.notOk(r.checkpointed?.pass, `checkpointed: ${r.checkpointed?.summary}`);
-    t.match(r.checkpointed?.summary, /CheckpointError: process tree: pid \d+ is in session \d+, led by no process of the tree and not the root's: it cannot be created again/);
+    t.match(
+      r.checkpointed?.summary,
+      /CheckpointError: process tree: pid \d+ is in session \d+, led by no process of the tree and not the root's: it cannot be created again/,
+    );
     t.equal(zdtmExitCode([r]), 1, 'exit 1: a C/R limitation');
     // The refused tree is killed whole: nothing of it is left for the next clean start.
     const killed = killedPids(await shell(cleanStartCommand(dirs.work, agentName)));
     t.same(killed, [], `the refused tree was killed at the refusal (${killed.join(', ')})`);
     // Killed is enough: a zombie waiting for its parent to collect it runs nothing.
-    const left = await execa('sh', ['-c', 'for p in $(pgrep -x zdtm-wait); do sed -n "s/.*) \\([^Z]\\) .*/$p/p" /proc/$p/stat 2>/dev/null; done'], { reject: false });
-    t.equal(left.stdout.trim(), '', 'no zdtm-wait process left running: the native run\'s child was killed too');
+    const left = await execa('sh', ['-c', 'for p in $(pgrep -x zdtm-wait); do sed -n "s/.*) \\([^Z]\\) .*/$p/p" /proc/$p/stat 2>/dev/null; done'], {
+      reject: false,
+    });
+    t.equal(left.stdout.trim(), '', "no zdtm-wait process left running: the native run's child was killed too");
   });
 
   await t.test('a test that fails natively is reported as such, with no C/R verdict', async (t) => {

@@ -15,15 +15,23 @@ import { describeOutfile, outfileVerdict, TAIL_LINES, zdtmExitCode, zdtmRows, ty
 t.test('command line', async (t) => {
   const r = parseZdtmArgs(['/z/a', 'b', '--iters', '3', '--omit', 'timers', '--settle', '50', '--', '--flag', 'x']);
   t.same(r.binaries, ['/z/a', `${process.cwd()}/b`], 'binaries made absolute');
-  t.same(r.args, ['--flag', 'x'], 'what follows -- is the tests\' arguments, dashes and all');
+  t.same(r.args, ['--flag', 'x'], "what follows -- is the tests' arguments, dashes and all");
   t.equal(r.iters, 3);
   t.equal(r.settleMs, 50);
   t.same(r.policy.omit, ['timers']);
   const d = parseZdtmArgs(['/z/a']);
   t.equal(d.iters, 1, 'one cycle by default');
   t.equal(d.elsewhere, undefined, 'restored in the checkpoint guest by default');
-  t.same(parseZdtmArgs(['/z/a', '--restore-cpu', 'Skylake-Client', '--restore-anyway']).elsewhere, { cpu: 'Skylake-Client', anyway: true }, '--restore-cpu and --restore-anyway');
-  t.same(parseZdtmArgs(['/z/a', '--restore-kernel', 'debian:linux-image-cloud-amd64@trixie']).elsewhere, { kernel: 'debian:linux-image-cloud-amd64@trixie', anyway: false }, '--restore-kernel takes a Debian package');
+  t.same(
+    parseZdtmArgs(['/z/a', '--restore-cpu', 'Skylake-Client', '--restore-anyway']).elsewhere,
+    { cpu: 'Skylake-Client', anyway: true },
+    '--restore-cpu and --restore-anyway',
+  );
+  t.same(
+    parseZdtmArgs(['/z/a', '--restore-kernel', 'debian:linux-image-cloud-amd64@trixie']).elsewhere,
+    { kernel: 'debian:linux-image-cloud-amd64@trixie', anyway: false },
+    '--restore-kernel takes a Debian package',
+  );
   t.same({ ...d.policy, omit: undefined }, { ...DEFAULT_POLICY, omit: undefined }, 'the default policy');
   t.same(d.engines, ['crh'], 'crh alone by default');
   t.same(parseZdtmArgs(['/z/a', '--engine', 'criu,crh']).engines, ['crh', 'criu'], '--engine criu,crh: both, crh first');
@@ -77,11 +85,33 @@ t.test('exit code and rows', async (t) => {
   t.equal(zdtmExitCode([nativeFail, crFail, pass]), 1, 'a C/R failure outranks a native one');
   t.equal(zdtmExitCode([]), 0);
   const rows = zdtmRows([pass, crFail, nativeFail], 'default', 2);
-  t.same(rows.map((r) => [r.case, r.pass, r.skipped !== undefined]), [['zdtm', true, false], ['zdtm', false, false], ['zdtm', false, true]]);
+  t.same(
+    rows.map((r) => [r.case, r.pass, r.skipped !== undefined]),
+    [
+      ['zdtm', true, false],
+      ['zdtm', false, false],
+      ['zdtm', false, true],
+    ],
+  );
   t.match(rows[0]!.scenario, /^a \(2 checkpoint\/restore cycles\)$/);
   t.match(rows[2]!.skipped, /fails natively: FAIL: n/);
-  const both = zdtmRows([{ ...pass, engine: 'crh' }, { ...crFail, test: 'a', engine: 'criu' }], 'rf=clear', 1, 'criu defaults (criu 4.1.1)');
-  t.same(both.map((r) => [r.scenario, r.engine, r.policy, r.pass]), [['a', 'crh', 'rf=clear', true], ['a', 'criu', 'criu defaults (criu 4.1.1)', false]], 'one row per engine, each with its own policy');
+  const both = zdtmRows(
+    [
+      { ...pass, engine: 'crh' },
+      { ...crFail, test: 'a', engine: 'criu' },
+    ],
+    'rf=clear',
+    1,
+    'criu defaults (criu 4.1.1)',
+  );
+  t.same(
+    both.map((r) => [r.scenario, r.engine, r.policy, r.pass]),
+    [
+      ['a', 'crh', 'rf=clear', true],
+      ['a', 'criu', 'criu defaults (criu 4.1.1)', false],
+    ],
+    'one row per engine, each with its own policy',
+  );
 });
 
 t.test('native run: the command and its report', async (t) => {
@@ -89,9 +119,16 @@ t.test('native run: the command and its report', async (t) => {
   t.same(launcherArgv(launch), ['/b/t x', '--pidfile=T.pid', '--outfile=T.out', '--opt', "it's"]);
   const command = nativeZdtmCommand(launch, 200, 1000);
   t.match(command, /^cd \/w \|\| exit 1\n/);
-  t.ok(command.includes(`env -i '/b/t x' --pidfile=T.pid --outfile=T.out --opt 'it'\\''s' </dev/null >/o/l.out 2>&1 3<&- 4<&-`), 'clean environment, quoted, fds 0-2 only');
+  t.ok(
+    command.includes(`env -i '/b/t x' --pidfile=T.pid --outfile=T.out --opt 'it'\\''s' </dev/null >/o/l.out 2>&1 3<&- 4<&-`),
+    'clean environment, quoted, fds 0-2 only',
+  );
   t.match(command, /sleep 0\.200\nkill -TERM/);
-  t.equal(underNativeRunner('echo "a b"', '/o/r.txt', 5000, '/bin/runner'), `exec /bin/runner 5000 /o/r.txt 0 /nonexistent /bin/sh sh -c 'echo "a b"'`, 'the script under the subreaper runner, its report to a file');
+  t.equal(
+    underNativeRunner('echo "a b"', '/o/r.txt', 5000, '/bin/runner'),
+    `exec /bin/runner 5000 /o/r.txt 0 /nonexistent /bin/sh sh -c 'echo "a b"'`,
+    'the script under the subreaper runner, its report to a file',
+  );
   t.same(parseNativeZdtm('launcher 0\npid 42\nended\n'), { launcherStatus: 0, pid: 42, ended: true });
   t.same(parseNativeZdtm('launcher 0\npid 42\ntimed-out'), { launcherStatus: 0, pid: 42, ended: false });
   t.same(parseNativeZdtm('launcher 1\n'), { launcherStatus: 1, ended: false });
@@ -119,7 +156,7 @@ t.test('--pid-file on crh cr and crh repro', async (t) => {
   t.ok(requestFlags(r).join(' ').includes('--pid-file run/d.pid'), 'a rerun command line repeats it');
   const record = rerunRecord(r, { binary: 'binary/d', files: [] });
   t.equal(parseRerunRecord(JSON.parse(JSON.stringify(record)), 'b.tar').pidFile, 'run/d.pid', 'a bundle carries it');
-  t.throws(() => parseRerunRecord({ ...record, pidFile: '../../etc/x' }, 'b.tar'), BundleRejectedError, 'a bundle\'s pid file may not climb out');
+  t.throws(() => parseRerunRecord({ ...record, pidFile: '../../etc/x' }, 'b.tar'), BundleRejectedError, "a bundle's pid file may not climb out");
   t.throws(() => parseRerunRecord({ ...record, pidFile: 7 }, 'b.tar'), BundleRejectedError);
   const refused: [string[], RegExp][] = [
     [['--binary', '/b/d', '--pid-file', 'd.pid', '--checkpoint-after', '5'], /--pid-file goes with --when-ready/],

@@ -18,7 +18,9 @@ t.test('report-2010-rf-tf-popf', (t) =>
     },
     {
       fixed: { ...DEFAULT_POLICY, restorer: 'sigreturn' },
-      exhibits: [{ scenario: hwbreakScenario, historic: [{ policy: { ...DEFAULT_POLICY, restorer: 'popf' }, shows: 'RF lost by POPF: the breakpoint fires again' }] }],
+      exhibits: [
+        { scenario: hwbreakScenario, historic: [{ policy: { ...DEFAULT_POLICY, restorer: 'popf' }, shows: 'RF lost by POPF: the breakpoint fires again' }] },
+      ],
     },
   ),
 );

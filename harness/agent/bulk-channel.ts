@@ -135,8 +135,10 @@ export class BulkChannel {
     const length = this.header.readBigUInt64LE(8);
     const want = this.expected[0];
     if (magic !== BULK_MAGIC) return this.fail(new AgentError(`bulk port: a frame header with magic 0x${magic.toString(16)}`, 'bulk', undefined));
-    if (!want || want.tag !== tag) return this.fail(new AgentError(`bulk port: frame ${tag} arrived, ${want ? `frame ${want.tag}` : 'none'} was expected`, 'bulk', undefined));
-    if (length > BigInt(BULK_FRAME_MAX_BYTES)) return this.fail(new AgentError(`bulk port: frame ${tag} of ${length} bytes exceeds ${BULK_FRAME_MAX_BYTES}`, 'bulk', undefined));
+    if (!want || want.tag !== tag)
+      return this.fail(new AgentError(`bulk port: frame ${tag} arrived, ${want ? `frame ${want.tag}` : 'none'} was expected`, 'bulk', undefined));
+    if (length > BigInt(BULK_FRAME_MAX_BYTES))
+      return this.fail(new AgentError(`bulk port: frame ${tag} of ${length} bytes exceeds ${BULK_FRAME_MAX_BYTES}`, 'bulk', undefined));
     this.body = Buffer.allocUnsafe(Number(length));
     this.bodyFill = 0;
     if (this.body.length === 0) this.endFrame();

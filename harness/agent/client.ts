@@ -43,9 +43,7 @@ interface Pending {
 }
 
 /** Outcome of one sub-operation of a BATCH. */
-export type BatchStep<O extends AgentOp = AgentOp> =
-  | { ok: true; op: O; result: ResultOf<O> }
-  | { ok: false; op: O; errno: number; message: string };
+export type BatchStep<O extends AgentOp = AgentOp> = { ok: true; op: O; result: ResultOf<O> } | { ok: false; op: O; errno: number; message: string };
 
 const STDERR_TAIL_BYTES = 8192;
 /**
@@ -73,7 +71,12 @@ export function batchSizes(subs: readonly Buffer[], maxFrameBytes: number): numb
   let bytes = 0;
   subs.forEach((sub, i) => {
     const cost = 4 + sub.length;
-    if (cost > budget) throw new AgentError(`BATCH: sub-request ${i} is ${sub.length} bytes, more than fits the agent's frame limit of ${maxFrameBytes} bytes`, 'BATCH', undefined);
+    if (cost > budget)
+      throw new AgentError(
+        `BATCH: sub-request ${i} is ${sub.length} bytes, more than fits the agent's frame limit of ${maxFrameBytes} bytes`,
+        'BATCH',
+        undefined,
+      );
     if (bytes + cost > budget) {
       sizes.push(count);
       count = 0;
@@ -92,7 +95,7 @@ function groupRanges(ranges: readonly MemoryRange[], max: number): MemoryRange[]
   let group: MemoryRange[] = [];
   let bytes = 0;
   for (const r of ranges) {
-    for (let off = 0; off < r.length; ) {
+    for (let off = 0; off < r.length;) {
       const length = Math.min(r.length - off, max - bytes);
       group.push({ address: r.address + BigInt(off), length });
       bytes += length;
@@ -132,8 +135,12 @@ export class AgentClient {
   private constructor(private readonly transport: AgentTransport) {
     transport.output.on('data', (chunk: Buffer) => this.onData(chunk));
     transport.output.on('end', () => this.channelClosed(new AgentError('agent closed its output', 'transport', undefined, this.context())));
-    transport.output.on('error', (e: Error) => this.channelClosed(new AgentError(`agent output failed: ${e.message}`, 'transport', undefined, this.context(), { cause: e })));
-    transport.input.on('error', (e: Error) => this.channelClosed(new AgentError(`agent input failed: ${e.message}`, 'transport', undefined, this.context(), { cause: e })));
+    transport.output.on('error', (e: Error) =>
+      this.channelClosed(new AgentError(`agent output failed: ${e.message}`, 'transport', undefined, this.context(), { cause: e })),
+    );
+    transport.input.on('error', (e: Error) =>
+      this.channelClosed(new AgentError(`agent input failed: ${e.message}`, 'transport', undefined, this.context(), { cause: e })),
+    );
     transport.stderr?.on('data', (chunk: Buffer) => {
       this.stderrTail = (this.stderrTail + chunk.toString('utf8')).slice(-STDERR_TAIL_BYTES);
     });
@@ -372,7 +379,13 @@ export class AgentClient {
     if (this.closedReason) return Promise.reject(this.closedReason);
     // The agent exits on a frame over its limit: refuse it here, with the numbers, and keep the session.
     if (FRAME_LENGTH_FIELD_BYTES + payload.length > this.maxFrameBytes) {
-      return Promise.reject(new AgentError(`${opName}: a request of ${payload.length} bytes does not fit the agent's frame limit of ${this.maxFrameBytes} bytes`, opName, undefined));
+      return Promise.reject(
+        new AgentError(
+          `${opName}: a request of ${payload.length} bytes does not fit the agent's frame limit of ${this.maxFrameBytes} bytes`,
+          opName,
+          undefined,
+        ),
+      );
     }
     const id = this.nextId++;
     this.requestsSent++;

@@ -31,7 +31,8 @@ export class GuestRam {
 
   /** Opens the RAM file of a running machine (QEMU created it at `bytes`). */
   static open(file: string, bytes: number): GuestRam {
-    if (bytes > PC_LINEAR_RAM_MAX_MIB * 1024 * 1024) throw new RangeError(`guest RAM of ${bytes} bytes reaches above 4 GiB: frame × 4096 is no longer its file offset`);
+    if (bytes > PC_LINEAR_RAM_MAX_MIB * 1024 * 1024)
+      throw new RangeError(`guest RAM of ${bytes} bytes reaches above 4 GiB: frame × 4096 is no longer its file offset`);
     const fd = openSync(file, 'r+');
     try {
       const size = fstatSync(fd).size;
@@ -51,7 +52,8 @@ export class GuestRam {
     return this.eachRun(frames, (frame, index, count) => {
       const length = count * GUEST_PAGE_BYTES;
       const got = readSync(this.openFd(), out, outOffset + index * GUEST_PAGE_BYTES, length, frame * GUEST_PAGE_BYTES);
-      if (got !== length) throw new AgentError(`guest RAM file ${this.file}: ${got} of ${length} bytes at frame 0x${frame.toString(16)}`, 'guest-ram', undefined);
+      if (got !== length)
+        throw new AgentError(`guest RAM file ${this.file}: ${got} of ${length} bytes at frame 0x${frame.toString(16)}`, 'guest-ram', undefined);
     });
   }
 
@@ -60,7 +62,8 @@ export class GuestRam {
     return this.eachRun(frames, (frame, index, count) => {
       const length = count * GUEST_PAGE_BYTES;
       const put = writeSync(this.openFd(), data, dataOffset + index * GUEST_PAGE_BYTES, length, frame * GUEST_PAGE_BYTES);
-      if (put !== length) throw new AgentError(`guest RAM file ${this.file}: wrote ${put} of ${length} bytes at frame 0x${frame.toString(16)}`, 'guest-ram', undefined);
+      if (put !== length)
+        throw new AgentError(`guest RAM file ${this.file}: wrote ${put} of ${length} bytes at frame 0x${frame.toString(16)}`, 'guest-ram', undefined);
     });
   }
 
@@ -78,7 +81,7 @@ export class GuestRam {
   private eachRun(frames: Uint32Array, move: (frame: number, index: number, count: number) => void): number[] {
     const skipped: number[] = [];
     const last = this.bytes / GUEST_PAGE_BYTES;
-    for (let i = 0; i < frames.length; ) {
+    for (let i = 0; i < frames.length;) {
       const frame = frames[i]!;
       if (frame === 0) {
         skipped.push(i++);
@@ -86,7 +89,12 @@ export class GuestRam {
       }
       let count = 1;
       while (i + count < frames.length && frames[i + count] === frame + count) count++;
-      if (frame + count > last) throw new AgentError(`page frame 0x${(frame + count - 1).toString(16)} lies beyond guest RAM (${this.bytes} bytes in ${this.file})`, 'guest-ram', undefined);
+      if (frame + count > last)
+        throw new AgentError(
+          `page frame 0x${(frame + count - 1).toString(16)} lies beyond guest RAM (${this.bytes} bytes in ${this.file})`,
+          'guest-ram',
+          undefined,
+        );
       move(frame, i, count);
       i += count;
     }

@@ -70,7 +70,15 @@ export const SPAWN_EXACT_PID = 2;
 
 export type AgentOp =
   | { op: 'HELLO' }
-  | { op: 'SPAWN'; path: string; argv: string[]; envp: string[]; stdoutPath: string; noAslr: boolean; /** exactly this pid, or fail (EEXIST when taken) */ pid?: number }
+  | {
+      op: 'SPAWN';
+      path: string;
+      argv: string[];
+      envp: string[];
+      stdoutPath: string;
+      noAslr: boolean;
+      /** exactly this pid, or fail (EEXIST when taken) */ pid?: number;
+    }
   | {
       op: 'RUN';
       pid: number;
@@ -238,7 +246,11 @@ export function encodeOp(op: AgentOp): { opcode: number; payload: Buffer } {
     case 'HELLO':
       break;
     case 'SPAWN':
-      w.u32((op.noAslr ? SPAWN_NO_ASLR : 0) | (op.pid !== undefined ? SPAWN_EXACT_PID : 0)).string(op.path).strings(op.argv).strings(op.envp).string(op.stdoutPath);
+      w.u32((op.noAslr ? SPAWN_NO_ASLR : 0) | (op.pid !== undefined ? SPAWN_EXACT_PID : 0))
+        .string(op.path)
+        .strings(op.argv)
+        .strings(op.envp)
+        .string(op.stdoutPath);
       if (op.pid !== undefined) w.u32(op.pid);
       break;
     case 'RUN':
@@ -308,7 +320,10 @@ export function encodeOp(op: AgentOp): { opcode: number; payload: Buffer } {
       w.u32(op.pid).u32(op.signo);
       break;
     case 'STEP':
-      w.u32(op.pid).u32(op.count).u32(op.signo ?? 0).u32(op.timeoutMs);
+      w.u32(op.pid)
+        .u32(op.count)
+        .u32(op.signo ?? 0)
+        .u32(op.timeoutMs);
       break;
     case 'BULK_OPEN':
       w.string(op.name);

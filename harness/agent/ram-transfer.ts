@@ -62,7 +62,8 @@ function pageAddresses(ranges: readonly MemoryRange[]): bigint[] {
 
 /** Pages (by index) to move through the agent: no frame, or a frame that changed between `before` and `after`. */
 function unsettled(before: Uint32Array, after: Uint32Array): number[] {
-  if (after.length !== before.length) throw new AgentError(`PAGE_FRAMES answered ${after.length} frames on the check, ${before.length} before`, 'PAGE_FRAMES', undefined);
+  if (after.length !== before.length)
+    throw new AgentError(`PAGE_FRAMES answered ${after.length} frames on the check, ${before.length} before`, 'PAGE_FRAMES', undefined);
   const out: number[] = [];
   for (let i = 0; i < before.length; i++) if (before[i] === 0 || after[i] !== before[i]) out.push(i);
   return out;
@@ -93,7 +94,10 @@ export async function readThroughRam(agent: RamAgent, ram: GuestRam, stats: RamS
     if (redo.length > 0) {
       const addresses = pageAddresses(group);
       const spans = runs(redo);
-      const again = await agent.readThroughAgent(pid, spans.map(([i, n]) => ({ address: addresses[i]!, length: n * GUEST_PAGE_BYTES })));
+      const again = await agent.readThroughAgent(
+        pid,
+        spans.map(([i, n]) => ({ address: addresses[i]!, length: n * GUEST_PAGE_BYTES })),
+      );
       let from = 0;
       for (const [i, n] of spans) {
         again.copy(out, at + i * GUEST_PAGE_BYTES, from, from + n * GUEST_PAGE_BYTES);
@@ -157,7 +161,12 @@ export async function batchThroughRam(agent: RamAgent, ram: GuestRam, stats: Ram
     if (redo.length > 0) {
       const failed = await writeThroughAgent(agent, writes, redo);
       if (failed) {
-        steps.push(...writes.slice(0, failed.index).map((op): RamBatchStep => ({ ok: true, op, result: undefined })), { ok: false, op: writes[failed.index]!, errno: failed.errno, message: failed.message });
+        steps.push(...writes.slice(0, failed.index).map((op): RamBatchStep => ({ ok: true, op, result: undefined })), {
+          ok: false,
+          op: writes[failed.index]!,
+          errno: failed.errno,
+          message: failed.message,
+        });
         return steps;
       }
     }
@@ -170,7 +179,11 @@ export async function batchThroughRam(agent: RamAgent, ram: GuestRam, stats: Ram
 }
 
 /** The pages `redo` (indexes across `writes`) as WRITE_MEMs; the first failure, named by the write it belongs to. */
-async function writeThroughAgent(agent: RamAgent, writes: readonly WriteMemOp[], redo: readonly number[]): Promise<{ index: number; errno: number; message: string } | undefined> {
+async function writeThroughAgent(
+  agent: RamAgent,
+  writes: readonly WriteMemOp[],
+  redo: readonly number[],
+): Promise<{ index: number; errno: number; message: string } | undefined> {
   const owner: Array<{ index: number; page: number }> = [];
   writes.forEach((w, index) => {
     for (let page = 0; page < w.data.length / GUEST_PAGE_BYTES; page++) owner.push({ index, page });
@@ -179,11 +192,16 @@ async function writeThroughAgent(agent: RamAgent, writes: readonly WriteMemOp[],
   const opOwner: number[] = [];
   for (const [i, n] of runs(redo)) {
     // A run may cross from one write to the next: split it at the boundary.
-    for (let k = i; k < i + n; ) {
+    for (let k = i; k < i + n;) {
       const { index, page } = owner[k]!;
       const w = writes[index]!;
       const count = Math.min(i + n - k, w.data.length / GUEST_PAGE_BYTES - page);
-      ops.push({ op: 'WRITE_MEM', pid: w.pid, address: w.address + BigInt(page * GUEST_PAGE_BYTES), data: w.data.subarray(page * GUEST_PAGE_BYTES, (page + count) * GUEST_PAGE_BYTES) });
+      ops.push({
+        op: 'WRITE_MEM',
+        pid: w.pid,
+        address: w.address + BigInt(page * GUEST_PAGE_BYTES),
+        data: w.data.subarray(page * GUEST_PAGE_BYTES, (page + count) * GUEST_PAGE_BYTES),
+      });
       opOwner.push(index);
       k += count;
     }
@@ -204,7 +222,7 @@ function groupPages(ranges: readonly MemoryRange[]): MemoryRange[][] {
   let group: MemoryRange[] = [];
   let bytes = 0;
   for (const r of ranges) {
-    for (let off = 0; off < r.length; ) {
+    for (let off = 0; off < r.length;) {
       const length = Math.min(r.length - off, FRAMES_GROUP_BYTES - bytes);
       group.push({ address: r.address + BigInt(off), length });
       bytes += length;

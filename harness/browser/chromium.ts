@@ -172,7 +172,8 @@ export class HeadlessChromium implements AsyncDisposable {
       });
     } catch (error) {
       await removeTempDir(userDataDir);
-      if (launchBudget.signal.aborted) throw new TimeoutError(`chromium did not start within its ${options.timeoutMs} ms budget; killed`, { command: commandLine }, { cause: error });
+      if (launchBudget.signal.aborted)
+        throw new TimeoutError(`chromium did not start within its ${options.timeoutMs} ms budget; killed`, { command: commandLine }, { cause: error });
       // puppeteer kills the group of a browser that failed to start and keeps its stderr to itself.
       throw new InfraError(`cannot start chromium: ${describe(error)}`, { command: commandLine }, { cause: error });
     } finally {
@@ -281,7 +282,8 @@ export function liveGroupMembers(pgid: number): number[] {
 async function killGroup(pgid: number): Promise<void> {
   const until = Date.now() + GROUP_EXIT_MS;
   while (liveGroupMembers(pgid).length > 0) {
-    if (Date.now() > until) throw new InfraError(`chromium process group ${pgid} survived SIGKILL for ${GROUP_EXIT_MS} ms`, { pids: liveGroupMembers(pgid).join(' ') });
+    if (Date.now() > until)
+      throw new InfraError(`chromium process group ${pgid} survived SIGKILL for ${GROUP_EXIT_MS} ms`, { pids: liveGroupMembers(pgid).join(' ') });
     try {
       process.kill(-pgid, 'SIGKILL');
     } catch {

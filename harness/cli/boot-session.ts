@@ -48,19 +48,26 @@ export function readBootSession(artifactsDir: string): BootSession {
   const file = sessionFile(artifactsDir);
   if (!existsSync(file)) throw new UsageError(`no guest is running: start one with \`crh boot\` (looked for ${file})`);
   const session = JSON.parse(readFileSync(file, 'utf8')) as BootSession;
-  if (!Number.isInteger(session.qemuPid) || !alive(session.qemuPid)) throw new UsageError(`the guest of ${file} is gone (QEMU pid ${session.qemuPid} is not running): start one with \`crh boot\``);
+  if (!Number.isInteger(session.qemuPid) || !alive(session.qemuPid))
+    throw new UsageError(`the guest of ${file} is gone (QEMU pid ${session.qemuPid} is not running): start one with \`crh boot\``);
   return session;
 }
 
 /** The ssh arguments that reach the guest, host key pinned. */
 export function sshArgs(session: BootSession, command: readonly string[] = []): string[] {
   return [
-    '-i', session.clientKey,
-    '-p', String(session.sshPort),
-    '-o', `UserKnownHostsFile=${session.knownHosts}`,
-    '-o', 'StrictHostKeyChecking=yes',
-    '-o', 'IdentitiesOnly=yes',
-    '-o', 'BatchMode=yes',
+    '-i',
+    session.clientKey,
+    '-p',
+    String(session.sshPort),
+    '-o',
+    `UserKnownHostsFile=${session.knownHosts}`,
+    '-o',
+    'StrictHostKeyChecking=yes',
+    '-o',
+    'IdentitiesOnly=yes',
+    '-o',
+    'BatchMode=yes',
     'root@127.0.0.1',
     ...command,
   ];

@@ -34,7 +34,7 @@ export const COMMANDS = {
   ),
   image: spec(`usage: crh image ${KERNEL_USAGE}\n  build (or find) the guest image and print its paths`, kernelOptions),
   boot: spec(`usage: crh boot ${KERNEL_USAGE}\n  boot a guest, print a ready ssh command line (host key pinned); Ctrl-C stops it`, kernelOptions),
-  ssh: spec('usage: crh ssh [-- COMMAND]\n  a shell, or one command, in the guest `crh boot` is running; exits with ssh\'s code', {}, true),
+  ssh: spec("usage: crh ssh [-- COMMAND]\n  a shell, or one command, in the guest `crh boot` is running; exits with ssh's code", {}, true),
   verdicts: spec(
     'usage: crh verdicts [--reset | --check]\n' +
       '  print the verdict rows the cases recorded; --reset empties them,\n' +
@@ -60,7 +60,7 @@ export const COMMANDS = {
       '               [--json FILE] [--ktap FILE] [--html FILE] [--cases DIR]\n' +
       '  run the cases (N case files at once, default 2), a line per case and a summary (--reporter:\n' +
       '  a machine format on stdout instead); --shard I/N runs the I-th of N disjoint shards balanced\n' +
-      '  by cases/durations.json. The wide verdict table, each case\'s TAP, the profile and the\n' +
+      "  by cases/durations.json. The wide verdict table, each case's TAP, the profile and the\n" +
       '  durations go to the artifacts; the HTML report is\n' +
       '  always written (default <artifacts>/report.html). --kernel repeated: the suite once per\n' +
       '  kernel, in <artifacts>/<kernel>/, then the verdicts side by side (the n-th --system-map,\n' +

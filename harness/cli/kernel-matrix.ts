@@ -109,7 +109,6 @@ export interface KernelOutcome extends KernelColumn {
   exitCode: number;
 }
 
-
 /** Runs the suite once per kernel and prints the side-by-side table; resolves to the exit code. */
 export async function runKernelMatrix(o: MatrixOptions): Promise<{ exitCode: number; outcomes: KernelOutcome[] }> {
   const outcomes: KernelOutcome[] = [];
@@ -133,14 +132,24 @@ export async function runKernelMatrix(o: MatrixOptions): Promise<{ exitCode: num
       verdicts: report?.verdicts ?? [],
       // A run that ended without its report (killed, crashed) proves nothing about its kernel; one that refused its
       // command line (exit 2: a --grep matching no case, say) is the user's to fix, and the matrix exits 2 with it.
-      infra: report || exitCode === EXIT.usage ? infra : [{ case: '(image)', error: `crh run for kernel ${run.label} exited ${exitCode} without writing ${jsonFile}` }],
+      infra:
+        report || exitCode === EXIT.usage
+          ? infra
+          : [{ case: '(image)', error: `crh run for kernel ${run.label} exited ${exitCode} without writing ${jsonFile}` }],
       exitCode,
     });
   }
   process.stdout.write(`\n${formatKernelMatrix(outcomes)}\n`);
   process.stdout.write(`artifacts: ${outcomes.map((c) => path.join(o.artifactsRoot, c.label)).join(', ')}\n`);
   if (o.json) {
-    const kernels = outcomes.map((c) => ({ label: c.label, kernel: c.kernel, identity: c.identity, exitCode: c.exitCode, verdicts: c.verdicts, infrastructureFailures: c.infra }));
+    const kernels = outcomes.map((c) => ({
+      label: c.label,
+      kernel: c.kernel,
+      identity: c.identity,
+      exitCode: c.exitCode,
+      verdicts: c.verdicts,
+      infrastructureFailures: c.infra,
+    }));
     await writeFile(o.json, `${JSON.stringify({ kernels }, null, 2)}\n`);
   }
   if (o.junit) {

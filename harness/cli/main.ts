@@ -46,7 +46,6 @@ function commandKernel(values: Record<string, string | boolean | string[] | unde
   return resolveKernel(kernelChoiceFromFlags(values) ?? runConfiguration().kernel, log);
 }
 
-
 async function bootstrapCommand(args: string[]): Promise<number> {
   const parsed = parseCommandLine(COMMANDS.bootstrap, args);
   if (!parsed) return EXIT.ok;
@@ -61,7 +60,9 @@ async function imageCommand(args: string[]): Promise<number> {
   const { values } = parsed;
   await bootstrapHost(log);
   const image = await buildImage({ kernel: await commandKernel(values), log });
-  process.stdout.write(`${JSON.stringify({ key: image.key, dir: image.dir, kernel: image.kernel.bzImage, initramfs: image.initramfs, origin: image.kernel.origin }, null, 2)}\n`);
+  process.stdout.write(
+    `${JSON.stringify({ key: image.key, dir: image.dir, kernel: image.kernel.bzImage, initramfs: image.initramfs, origin: image.kernel.origin }, null, 2)}\n`,
+  );
   return EXIT.ok;
 }
 
@@ -74,10 +75,20 @@ async function bootCommand(args: string[]): Promise<number> {
   const artifactsDir = path.join(artifactsRoot(), 'boot');
   // CRH_ACCEL, read with the other user variables (flags/run-configuration.ts), forces the accelerator here as in a run.
   const { accel } = runConfiguration();
-  const machine = new QemuMachine({ image, artifactsDir, name: 'crh-boot', onEvent: (e) => e.type === 'ready' && log(`ready in ${e.elapsedMs} ms`), ...(accel ? { accel: await forcedAccelerator(accel) } : {}) });
+  const machine = new QemuMachine({
+    image,
+    artifactsDir,
+    name: 'crh-boot',
+    onEvent: (e) => e.type === 'ready' && log(`ready in ${e.elapsedMs} ms`),
+    ...(accel ? { accel: await forcedAccelerator(accel) } : {}),
+  });
   await machine.launch();
   try {
-    const session = await writeBootSession(artifactsDir, { sshPort: machine.sshPort, clientKey: image.clientKey, qemuPid: machine.pid!, ownerPid: process.pid }, image.hostPublicKey);
+    const session = await writeBootSession(
+      artifactsDir,
+      { sshPort: machine.sshPort, clientKey: image.clientKey, qemuPid: machine.pid!, ownerPid: process.pid },
+      image.hostPublicKey,
+    );
     process.stdout.write(
       `ssh ${sshArgs(session).join(' ')}\n` +
         `(or: crh ssh [-- COMMAND])\nconsole log: ${path.join(artifactsDir, 'console.log')}\nCtrl-C shuts the guest down.\n`,
@@ -114,10 +125,16 @@ async function verdictsCommand(args: string[]): Promise<number> {
   const verdicts = readVerdicts(file);
   const failed = verdicts.filter((v) => outcome(v) === 'FAIL');
   const gaps = verdicts.filter((v) => outcome(v) === 'GAP').length;
-  process.stdout.write(`${formatVerdictTable(verdicts)}\n\n${verdicts.length - failed.length} as expected or skipped${gaps > 0 ? ` (${gaps} of them known engine gaps)` : ''}, ${failed.length} not (${file})\n`);
+  process.stdout.write(
+    `${formatVerdictTable(verdicts)}\n\n${verdicts.length - failed.length} as expected or skipped${gaps > 0 ? ` (${gaps} of them known engine gaps)` : ''}, ${failed.length} not (${file})\n`,
+  );
   if (!values.check) return EXIT.ok;
-  for (const v of failed) log(`not as expected: ${v.case}${v.engine && v.engine !== 'crh' ? ` [${v.engine}]` : ''}: ${v.scenario} under ${v.policy}${v.control ? ' (negative control)' : ''}: expected ${v.expected}, observed ${v.observed}`);
-  if (failed.length === 0 && verdictsExitCode(verdicts) !== EXIT.ok) log(verdicts.length === 0 ? 'no verdict was recorded: nothing was tested' : 'every verdict is a skip: nothing was tested');
+  for (const v of failed)
+    log(
+      `not as expected: ${v.case}${v.engine && v.engine !== 'crh' ? ` [${v.engine}]` : ''}: ${v.scenario} under ${v.policy}${v.control ? ' (negative control)' : ''}: expected ${v.expected}, observed ${v.observed}`,
+    );
+  if (failed.length === 0 && verdictsExitCode(verdicts) !== EXIT.ok)
+    log(verdicts.length === 0 ? 'no verdict was recorded: nothing was tested' : 'every verdict is a skip: nothing was tested');
   return verdictsExitCode(verdicts);
 }
 
@@ -144,7 +161,13 @@ async function doctorCommand(args: string[]): Promise<number> {
   await bootstrapHost(log);
   // Opened as every command and case opens its guest (guest/open-guest.ts), the profile measured anew.
   const kernel = kernelChoiceFromFlags(values);
-  const guest = await openGuest({ artifactsDir: path.join(artifactsRoot(), 'doctor'), log, freshProfile: true, ...(kernel ? { kernel } : {}), ...(engine === 'criu' ? { criu: true } : {}) });
+  const guest = await openGuest({
+    artifactsDir: path.join(artifactsRoot(), 'doctor'),
+    log,
+    freshProfile: true,
+    ...(kernel ? { kernel } : {}),
+    ...(engine === 'criu' ? { criu: true } : {}),
+  });
   try {
     const { image, machine, profile } = guest;
     const criu = image.criu ? { ...image.criu, ...(await criuCheck((command) => machine.ssh.exec(command), image.criu.command)) } : undefined;
@@ -152,7 +175,11 @@ async function doctorCommand(args: string[]): Promise<number> {
       process.stdout.write(`${JSON.stringify(criu ? { ...profile, criu } : profile, null, 2)}\n`);
     } else {
       const rows = profileRows(profile);
-      if (criu) rows.push(['criu', `${criu.version} (Debian ${criu.suite} package ${image.criu!.version}): criu check ${criu.ok ? 'ok' : 'FAILED'}`], ['criu check', escapeControl(criu.output.split('\n').slice(-3).join(' | '))]);
+      if (criu)
+        rows.push(
+          ['criu', `${criu.version} (Debian ${criu.suite} package ${image.criu!.version}): criu check ${criu.ok ? 'ok' : 'FAILED'}`],
+          ['criu check', escapeControl(criu.output.split('\n').slice(-3).join(' | '))],
+        );
       const width = Math.max(...rows.map(([k]) => k.length));
       process.stdout.write(`${rows.map(([k, v]) => `${k.padEnd(width)}  ${v}`).join('\n')}\n`);
     }
@@ -177,14 +204,18 @@ async function restoreCommand(args: string[]): Promise<number> {
   const image = tree.members[0]!.image;
   // Image fields are untrusted text: control characters in them are shown escaped, never sent to the terminal.
   const shown = escapeControl;
-  const processes = tree.members.length > 1 ? `, a tree of ${tree.members.length} processes (${tree.members.map((m) => m.pid).join(' ')})${tree.pipes?.length ? ` and ${tree.pipes.length} pipe${tree.pipes.length > 1 ? 's' : ''}` : ''}` : '';
-  process.stdout.write(`image ${shown(positionals[0]!)}: valid (${shown(image.process.binary)}, pid ${image.process.pid}, ${image.regions.length} memory regions, ${1 + image.threads.length} thread${image.threads.length ? 's' : ''}${processes}, taken ${shown(String(image.created))})\n`);
+  const processes =
+    tree.members.length > 1
+      ? `, a tree of ${tree.members.length} processes (${tree.members.map((m) => m.pid).join(' ')})${tree.pipes?.length ? ` and ${tree.pipes.length} pipe${tree.pipes.length > 1 ? 's' : ''}` : ''}`
+      : '';
+  process.stdout.write(
+    `image ${shown(positionals[0]!)}: valid (${shown(image.process.binary)}, pid ${image.process.pid}, ${image.regions.length} memory regions, ${1 + image.threads.length} thread${image.threads.length ? 's' : ''}${processes}, taken ${shown(String(image.created))})\n`,
+  );
   process.stdout.write(`policy: ${describePolicy(policy)}\n`);
   const plan = tree.members.length > 1 ? dryRunTreePlan(tree, policy) : dryRunPlan(image, policy);
   process.stdout.write(`${shown(formatPlan(plan), { keepNewlines: true })}\n`);
   return EXIT.ok;
 }
-
 
 const HANDLERS: Record<Exclude<keyof typeof COMMANDS, 'repro' | 'cr' | 'zdtm'>, (args: string[]) => Promise<number>> = {
   bootstrap: bootstrapCommand,

@@ -66,7 +66,8 @@ export async function runCommand(args: string[]): Promise<number> {
   const parsed = parseCommandLine(COMMANDS.run, args);
   if (!parsed) return EXIT.ok;
   const { values } = parsed;
-  if (values.jobs !== undefined && !/^[1-9][0-9]*$/.test(values.jobs)) throw usageError(COMMANDS.run, `--jobs takes a number of case files to run at once, not ${values.jobs}`);
+  if (values.jobs !== undefined && !/^[1-9][0-9]*$/.test(values.jobs))
+    throw usageError(COMMANDS.run, `--jobs takes a number of case files to run at once, not ${values.jobs}`);
   const reporter = (values.reporter ?? 'people') as Reporter;
   if (!REPORTERS.includes(reporter)) throw usageError(COMMANDS.run, `--reporter takes one of ${REPORTERS.join(', ')}, not ${values.reporter}`);
   let shard: ReturnType<typeof parseShard> | undefined;
@@ -92,9 +93,17 @@ export async function runCommand(args: string[]): Promise<number> {
   if (!existsSync(casesDir)) throw usageError(COMMANDS.run, `--cases ${values.cases}: no such directory`);
   const runs = kernelRuns(values);
   if (runs.length > 1) {
-    if (values.html) throw usageError(COMMANDS.run, '--html names one file: with several kernels each kernel has its report in <artifacts>/<kernel>/report.html');
-    if (reporter !== 'people' || values.ktap) throw usageError(COMMANDS.run, '--reporter and --ktap go with one kernel: with several, each kernel has its reports in <artifacts>/<kernel>/');
-    const passThrough = [...(values.grep ? ['--grep', values.grep] : []), ...(values.jobs ? ['--jobs', values.jobs] : []), ...(values.shard ? ['--shard', values.shard] : []), ...(values.cases ? ['--cases', path.resolve(values.cases)] : []), ...(engineFlag ? ['--engine', engineFlag.join(',')] : [])];
+    if (values.html)
+      throw usageError(COMMANDS.run, '--html names one file: with several kernels each kernel has its report in <artifacts>/<kernel>/report.html');
+    if (reporter !== 'people' || values.ktap)
+      throw usageError(COMMANDS.run, '--reporter and --ktap go with one kernel: with several, each kernel has its reports in <artifacts>/<kernel>/');
+    const passThrough = [
+      ...(values.grep ? ['--grep', values.grep] : []),
+      ...(values.jobs ? ['--jobs', values.jobs] : []),
+      ...(values.shard ? ['--shard', values.shard] : []),
+      ...(values.cases ? ['--cases', path.resolve(values.cases)] : []),
+      ...(engineFlag ? ['--engine', engineFlag.join(',')] : []),
+    ];
     const junit = values.junit ? path.resolve(values.junit) : undefined;
     const json = values.json ? path.resolve(values.json) : undefined;
     const root = values.artifacts ? path.resolve(values.artifacts) : artifactsRoot();
@@ -117,7 +126,14 @@ export async function runCommand(args: string[]): Promise<number> {
 
   // The run's one configuration: built and checked here, worked under here, handed to every case process as one file.
   const kernelFlag = kernelChoiceFromFlags(runs[0]!.flags);
-  const configuration = configureRun({ ...(kernelFlag ? { kernel: kernelFlag } : {}), ...(engineFlag ? { engines: engineFlag } : {}), ...(values.artifacts ? { artifactsDir: values.artifacts } : {}) }, process.env);
+  const configuration = configureRun(
+    {
+      ...(kernelFlag ? { kernel: kernelFlag } : {}),
+      ...(engineFlag ? { engines: engineFlag } : {}),
+      ...(values.artifacts ? { artifactsDir: values.artifacts } : {}),
+    },
+    process.env,
+  );
   adoptRunConfiguration(configuration);
   const { engines, artifactsDir: artifacts, verdictsFile } = configuration;
   const startedMs = Date.now();
@@ -157,7 +173,11 @@ export async function runCommand(args: string[]): Promise<number> {
   const people = reporter === 'people';
   // A machine format owns stdout; a person still sees the case lines, on stderr.
   const display = people
-    ? new ConsoleReporter({ write: (s) => void process.stdout.write(s), isTTY: process.stdout.isTTY === true, columns: process.stdout.columns ?? 100 }, rowsOf, infraIn)
+    ? new ConsoleReporter(
+        { write: (s) => void process.stdout.write(s), isTTY: process.stdout.isTTY === true, columns: process.stdout.columns ?? 100 },
+        rowsOf,
+        infraIn,
+      )
     : undefined;
   const ended: Extract<CaseEvent, { type: 'end' }>[] = [];
   log(`${cases.length} case file(s), ${jobs} at a time; each case's TAP in ${path.join(artifacts, 'tap')}/`);
@@ -173,7 +193,8 @@ export async function runCommand(args: string[]): Promise<number> {
       onEvent: (event) => {
         if (event.type === 'end') ended.push(event);
         if (display) display.onEvent(event);
-        else if (event.type === 'end') process.stderr.write(`${caseLine(event.name, rowsOf(event.name), event.exitCode, event.durationMs, infraIn(event.name))}\n`);
+        else if (event.type === 'end')
+          process.stderr.write(`${caseLine(event.name, rowsOf(event.name), event.exitCode, event.durationMs, infraIn(event.name))}\n`);
       },
     },
     casesDir,
@@ -186,7 +207,13 @@ export async function runCommand(args: string[]): Promise<number> {
   const profile = measuredProfile(artifacts, report.verdicts);
   await mkdir(artifacts, { recursive: true });
   await writeFile(path.join(artifacts, 'verdicts.txt'), `${formatVerdictTable(report.verdicts)}\n`);
-  if (profile) await writeFile(path.join(artifacts, 'profile.txt'), `${profileRows(profile).map(([k, v]) => `${k.padEnd(34)} ${v}`).join('\n')}\n`);
+  if (profile)
+    await writeFile(
+      path.join(artifacts, 'profile.txt'),
+      `${profileRows(profile)
+        .map(([k, v]) => `${k.padEnd(34)} ${v}`)
+        .join('\n')}\n`,
+    );
   await writeFile(path.join(artifacts, 'durations.json'), `${JSON.stringify(Object.fromEntries(ended.map((e) => [e.name, e.durationMs])), null, 2)}\n`);
 
   const caseFailed = (e: (typeof ended)[number]): boolean => e.exitCode !== 0 || e.timedOut;

@@ -58,5 +58,12 @@ export async function criuCheck(exec: GuestExec, criu: string): Promise<CriuChec
   const version = await exec(`${shellQuote(criu)} --version`);
   if (version.code !== 0) throw new InfraError(`${criu} --version failed in the guest`, { stdout: version.stdout, stderr: version.stderr });
   const check = await exec(`${shellQuote(criu)} check`);
-  return { version: version.stdout.trim().split('\n')[0]!.replace(/^Version:\s*/, ''), ok: check.code === 0, output: `${check.stdout}${check.stderr}`.trim() };
+  return {
+    version: version.stdout
+      .trim()
+      .split('\n')[0]!
+      .replace(/^Version:\s*/, ''),
+    ok: check.code === 0,
+    output: `${check.stdout}${check.stderr}`.trim(),
+  };
 }

@@ -33,9 +33,7 @@ interface Logs {
   restoreLog?: string;
 }
 
-export type Handoff =
-  | ({ ok: true; restoredPid: number } & Logs)
-  | ({ ok: false; stage: 'dump' | 'restore' | 'attach'; reason: string } & Logs);
+export type Handoff = ({ ok: true; restoredPid: number } & Logs) | ({ ok: false; stage: 'dump' | 'restore' | 'attach'; reason: string } & Logs);
 
 /** Called as each CRIU command starts (crh repro shows them as phases); the restore's with the size of the images. */
 export type HandoffStage = (stage: { name: 'dump' } | { name: 'restore'; imageBytes: number }) => Promise<void>;
@@ -65,9 +63,11 @@ export async function handOffToCriu(agent: AgentClient, criu: CriuInGuest, pid: 
   const restore = await runCriu(criu.exec, criuRestoreArgs(criu.command, dir, pidFile));
   const restoreLog = await readLog('restore.log');
   const logs = { dumpMs: dump.wallMs, restoreMs: restore.wallMs, imageBytes, dumpLog, restoreLog };
-  if (!restore.ok) return { ok: false, stage: 'restore', reason: `criu restore failed (exit ${restore.code}): ${criuFailure(restoreLog || restore.stderr)}`, ...logs };
+  if (!restore.ok)
+    return { ok: false, stage: 'restore', reason: `criu restore failed (exit ${restore.code}): ${criuFailure(restoreLog || restore.stderr)}`, ...logs };
   const restoredPid = Number((await readGuestText(agent, pidFile, 64)).trim());
-  if (!Number.isInteger(restoredPid) || restoredPid <= 0) throw new CrhError(`criu restore wrote no pid to ${pidFile}`, { restoreLog: restoreLog.slice(-4096) });
+  if (!Number.isInteger(restoredPid) || restoredPid <= 0)
+    throw new CrhError(`criu restore wrote no pid to ${pidFile}`, { restoreLog: restoreLog.slice(-4096) });
   try {
     await agent.call({ op: 'ATTACH', pid: restoredPid });
   } catch (error) {
@@ -97,7 +97,8 @@ async function reapDumped(agent: AgentClient, criu: CriuInGuest, pid: number): P
   }
   const polls = Math.ceil(REAP_TIMEOUT_MS / 10);
   const gone = await criu.exec(`i=0; while [ -e /proc/${pid} ] && [ $i -lt ${polls} ]; do sleep 0.01; i=$((i+1)); done; [ ! -e /proc/${pid} ]`);
-  if (gone.code !== 0) throw new CrhError(`process ${pid}, dumped by CRIU, was still there ${REAP_TIMEOUT_MS} ms after the dump (init did not reap it)`, { stderr: gone.stderr });
+  if (gone.code !== 0)
+    throw new CrhError(`process ${pid}, dumped by CRIU, was still there ${REAP_TIMEOUT_MS} ms after the dump (init did not reap it)`, { stderr: gone.stderr });
 }
 
 function tail(log: string): string {

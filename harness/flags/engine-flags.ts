@@ -13,7 +13,8 @@ export function parseEngines(text: string): Engine[] {
   const names = text.split(',').map((e) => e.trim());
   for (const name of names) {
     if (name === '') throw new Error(`--engine ${JSON.stringify(text)}: an empty engine name (give ${ENGINES.join(', ')} or ${ENGINES.join(',')})`);
-    if (!(ENGINES as readonly string[]).includes(name)) throw new Error(`--engine: "${name}" is not an engine (${ENGINES.join(' or ')}, or both: ${ENGINES.join(',')})`);
+    if (!(ENGINES as readonly string[]).includes(name))
+      throw new Error(`--engine: "${name}" is not an engine (${ENGINES.join(' or ')}, or both: ${ENGINES.join(',')})`);
   }
   const repeated = names.find((n, i) => names.indexOf(n) !== i);
   if (repeated) throw new Error(`--engine ${text}: ${repeated} is named twice`);

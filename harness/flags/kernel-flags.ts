@@ -57,6 +57,7 @@ export function resolveKernelFlag(flag: string, value: string): string {
   if (flag !== 'kernel') throw new UsageError(`--${flag} takes a file, not a Debian package (${spec})`);
   // Debian policy 5.6.1: lower case letters, digits, + - . ; at least two characters, starting alphanumeric.
   if (!/^[a-z0-9][a-z0-9+.-]+$/.test(name)) throw new UsageError(`--kernel ${JSON.stringify(value)}: "${name}" is not a Debian package name`);
-  if (suite !== undefined && !DEBIAN_SUITE.test(suite)) throw new UsageError(`--kernel ${JSON.stringify(value)}: "${suite}" is not a Debian suite name (e.g. bookworm-backports, trixie)`);
+  if (suite !== undefined && !DEBIAN_SUITE.test(suite))
+    throw new UsageError(`--kernel ${JSON.stringify(value)}: "${suite}" is not a Debian suite name (e.g. bookworm-backports, trixie)`);
   return labelled(spec);
 }

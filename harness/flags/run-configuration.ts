@@ -168,7 +168,8 @@ export function parseRunConfiguration(text: string, source: string): RunConfigur
   }
   if (!isRecord(value)) throw new RunConfigurationError(source, '(the file)', 'not a JSON object');
   const { version, ...configuration } = value;
-  if (version !== RUN_CONFIGURATION_VERSION) throw new RunConfigurationError(source, 'version', `${JSON.stringify(version)}: this crh reads version ${RUN_CONFIGURATION_VERSION}`);
+  if (version !== RUN_CONFIGURATION_VERSION)
+    throw new RunConfigurationError(source, 'version', `${JSON.stringify(version)}: this crh reads version ${RUN_CONFIGURATION_VERSION}`);
   return checkRunConfiguration(configuration, source);
 }
 
@@ -223,15 +224,19 @@ export function checkRunConfiguration(value: Record<string, unknown>, source: st
 
   const engines = value.engines;
   if (!Array.isArray(engines) || engines.length === 0) refuse('engines', `${JSON.stringify(engines)}: give a list of one or both of ${ENGINES.join(', ')}`);
-  for (const engine of engines as unknown[]) if (!(ENGINES as readonly unknown[]).includes(engine)) refuse('engines', `${JSON.stringify(engine)} is not an engine (${ENGINES.join(' or ')})`);
+  for (const engine of engines as unknown[])
+    if (!(ENGINES as readonly unknown[]).includes(engine)) refuse('engines', `${JSON.stringify(engine)} is not an engine (${ENGINES.join(' or ')})`);
   const repeated = (engines as Engine[]).find((e, i) => (engines as Engine[]).indexOf(e) !== i);
   if (repeated) refuse('engines', `${repeated} is named twice`);
 
   const accel = value.accel;
-  if (accel !== undefined && !(ACCELERATOR_OVERRIDES as readonly unknown[]).includes(accel)) refuse('accel', `${JSON.stringify(accel)}: must be tcg or kvm (or absent: decided by evidence)`);
+  if (accel !== undefined && !(ACCELERATOR_OVERRIDES as readonly unknown[]).includes(accel))
+    refuse('accel', `${JSON.stringify(accel)}: must be tcg or kvm (or absent: decided by evidence)`);
 
   return {
-    ...(value.kernel !== undefined ? { kernel: checkKernelChoice(value.kernel, (field, why) => refuse(field === '' ? 'kernel' : `kernel.${field}`, why)) } : {}),
+    ...(value.kernel !== undefined
+      ? { kernel: checkKernelChoice(value.kernel, (field, why) => refuse(field === '' ? 'kernel' : `kernel.${field}`, why)) }
+      : {}),
     engines: ENGINES.filter((e) => (engines as Engine[]).includes(e)),
     ...(accel !== undefined ? { accel: accel as AcceleratorOverride } : {}),
     artifactsDir: absolutePath(value.artifactsDir, (why) => refuse('artifactsDir', why)),
@@ -257,8 +262,10 @@ function checkKernelChoice(value: unknown, refuse: Refusal): KernelChoice {
   } else {
     absolutePath(spec, (why) => refuse('spec', why));
   }
-  if (label !== undefined && (typeof label !== 'string' || !KERNEL_LABEL.test(label))) refuse('label', `${JSON.stringify(label)} is not a kernel name (letters, digits, . _ -)`);
-  const file = (field: 'systemMap' | 'config' | 'modulesDir'): Partial<KernelChoice> => (value[field] === undefined ? {} : { [field]: absolutePath(value[field], (why) => refuse(field, why)) });
+  if (label !== undefined && (typeof label !== 'string' || !KERNEL_LABEL.test(label)))
+    refuse('label', `${JSON.stringify(label)} is not a kernel name (letters, digits, . _ -)`);
+  const file = (field: 'systemMap' | 'config' | 'modulesDir'): Partial<KernelChoice> =>
+    value[field] === undefined ? {} : { [field]: absolutePath(value[field], (why) => refuse(field, why)) };
   return { spec, ...(label !== undefined ? { label: label as string } : {}), ...file('systemMap'), ...file('config'), ...file('modulesDir') };
 }
 

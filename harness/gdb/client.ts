@@ -533,7 +533,10 @@ export class GdbClient {
   /** Sends 0x03; the promise is the stop it causes. Callers hold the serial turn. */
   private sendInterrupt(timeoutMs: number): Promise<StopReply> {
     if (this.closedReason) return Promise.reject(this.closedReason);
-    const stop = this.running !== undefined ? this.waitFor(this.runWaiters, timeoutMs, 'after the interrupt') : this.waitFor(this.stopWaiters, timeoutMs, 'after the interrupt (was the target running?)');
+    const stop =
+      this.running !== undefined
+        ? this.waitFor(this.runWaiters, timeoutMs, 'after the interrupt')
+        : this.waitFor(this.stopWaiters, timeoutMs, 'after the interrupt (was the target running?)');
     this.logLine('> \\x03 (interrupt)');
     this.stream.write(Buffer.from([0x03]));
     return stop;
@@ -581,7 +584,8 @@ export class GdbClient {
         }
         if ((await this.readRegisterInTurn(pcRegister)) !== pc) break;
         this.logLine(`step ${attempt} over the breakpoint at 0x${pc.toString(16)} left the vCPU there`);
-        if (attempt === MAX_STEP_OVER_ATTEMPTS) throw new GdbError(`${MAX_STEP_OVER_ATTEMPTS} steps did not move the vCPU off 0x${pc.toString(16)}`, {}, this.context());
+        if (attempt === MAX_STEP_OVER_ATTEMPTS)
+          throw new GdbError(`${MAX_STEP_OVER_ATTEMPTS} steps did not move the vCPU off 0x${pc.toString(16)}`, {}, this.context());
       }
     } catch (error) {
       // Still running or disconnected: they cannot go back in, so stop claiming them.
@@ -638,7 +642,8 @@ export class GdbClient {
       return new GdbError(`${packet}: the stub replied ${text} (${errnoName(code)})`, { packet: payload, reply, errno: code }, this.context());
     }
     if (text.startsWith('E.')) return new GdbError(`${packet}: the stub replied: ${printable(text.slice(2))}`, { packet: payload, reply }, this.context());
-    if (text === '') return new GdbError(`${packet}: the stub does not support ${feature ?? 'this request'} (empty reply)`, { packet: payload, reply }, this.context());
+    if (text === '')
+      return new GdbError(`${packet}: the stub does not support ${feature ?? 'this request'} (empty reply)`, { packet: payload, reply }, this.context());
     return new GdbError(`${packet}: unexpected reply "${printable(text, 80)}"`, { packet: payload, reply }, this.context());
   }
 
@@ -724,7 +729,9 @@ export class GdbClient {
           return;
         }
         this.stats.nacked++;
-        this.logLine(`< ${printable(event.raw, 60)} bad checksum (0x${event.actual.toString(16)}, says ${event.expected < 0 ? 'garbage' : `0x${event.expected.toString(16)}`}): sent -`);
+        this.logLine(
+          `< ${printable(event.raw, 60)} bad checksum (0x${event.actual.toString(16)}, says ${event.expected < 0 ? 'garbage' : `0x${event.expected.toString(16)}`}): sent -`,
+        );
         this.stream.write('-');
         return;
       case 'notification': {

@@ -140,7 +140,10 @@ export type PacketEvent =
   /** bytes outside any packet that are not `+` or `-` */
   | { type: 'junk'; bytes: Buffer };
 
-type State = { at: 'idle' } | { at: 'body'; kind: 'packet' | 'notification'; start: number } | { at: 'checksum'; kind: 'packet' | 'notification'; start: number; hash: number };
+type State =
+  | { at: 'idle' }
+  | { at: 'body'; kind: 'packet' | 'notification'; start: number }
+  | { at: 'checksum'; kind: 'packet' | 'notification'; start: number; hash: number };
 
 /**
  * A streaming parser: push chunks split anywhere, get whole events back in
@@ -201,7 +204,10 @@ export class PacketParser {
     if (this.state.at !== 'idle') {
       // Rebase the partial packet's positions onto the trimmed buffer.
       const shift = consumed;
-      this.state = this.state.at === 'body' ? { ...this.state, start: this.state.start - shift } : { ...this.state, start: this.state.start - shift, hash: this.state.hash - shift };
+      this.state =
+        this.state.at === 'body'
+          ? { ...this.state, start: this.state.start - shift }
+          : { ...this.state, start: this.state.start - shift, hash: this.state.hash - shift };
     }
     return events;
   }

@@ -9,9 +9,7 @@ import { GdbError, decodeHex, littleEndian } from './packets.ts';
 export const GDB_SIGNAL = { INT: 2, TRAP: 5 } as const;
 
 /** Why the target stopped, when the stub says (the `reason:value` pairs of a T reply). */
-export type StopReason =
-  | { kind: 'watch' | 'rwatch' | 'awatch'; address: bigint }
-  | { kind: 'swbreak' | 'hwbreak' };
+export type StopReason = { kind: 'watch' | 'rwatch' | 'awatch'; address: bigint } | { kind: 'swbreak' | 'hwbreak' };
 
 export type StopReply =
   | {

@@ -160,9 +160,7 @@ function integer(text: string, file: string, what: string): number {
 }
 
 export type XmlToken =
-  | { kind: 'start'; name: string; attributes: Map<string, string>; selfClosing: boolean }
-  | { kind: 'end'; name: string }
-  | { kind: 'text'; text: string };
+  { kind: 'start'; name: string; attributes: Map<string, string>; selfClosing: boolean } | { kind: 'end'; name: string } | { kind: 'text'; text: string };
 
 /**
  * Tokens of an XML document: start and end tags with decoded attributes, and
@@ -223,7 +221,9 @@ export function* scanXml(text: string, file = '(xml)'): Generator<XmlToken> {
         return { kind: 'start', name, attributes, selfClosing: false };
       }
       if (ws === 0 && attributes.size > 0) fail(file, `attributes of <${name}> run together at offset ${at}`);
-      const attr = /^([A-Za-z_][\w:.-]*)\s*=\s*(?:"([^"<]*)"|'([^'<]*)')/.exec(text.slice(at, at + 4096)) ?? fail(file, `malformed attribute in <${name}> at offset ${at}`);
+      const attr =
+        /^([A-Za-z_][\w:.-]*)\s*=\s*(?:"([^"<]*)"|'([^'<]*)')/.exec(text.slice(at, at + 4096)) ??
+        fail(file, `malformed attribute in <${name}> at offset ${at}`);
       if (attributes.has(attr[1]!)) fail(file, `<${name}> repeats attribute ${attr[1]}`);
       attributes.set(attr[1]!, decodeEntities(attr[2] ?? attr[3] ?? '', file));
       at += attr[0].length;

@@ -93,7 +93,14 @@ export async function openGuest(options: OpenGuestOptions): Promise<OpenedGuest>
     // Guest programs now, kernel symbols once the guest is up (they may come from its /proc/kallsyms).
     const symbols = new SymbolTable();
     for (const [name, file] of Object.entries(image.binaries)) await symbols.addProgram(name, file);
-    machine = await launchMachine({ image, artifactsDir: options.artifactsDir, onEvent: progress, diagnosisSymbols: symbols, ...(options.cpuModel ? { cpuModel: options.cpuModel } : {}), ...(accel ? { accel } : {}) });
+    machine = await launchMachine({
+      image,
+      artifactsDir: options.artifactsDir,
+      onEvent: progress,
+      diagnosisSymbols: symbols,
+      ...(options.cpuModel ? { cpuModel: options.cpuModel } : {}),
+      ...(accel ? { accel } : {}),
+    });
     const agentPath = image.guestPaths['crh-agent']!;
     let command = agentPath;
     if (options.agentCwd) {

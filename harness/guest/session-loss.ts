@@ -34,7 +34,11 @@ export function agentKilled(exit: Promise<ChannelExit>): Promise<never> {
  * first session loss: what the agent client fails its requests with
  * (AgentClient.failWhen). Never resolves.
  */
-export function guestOrSessionFailure(machineFailure: Promise<never>, sessionLosses: readonly Promise<never>[], deferMs = SESSION_LOSS_DEFER_MS): Promise<never> {
+export function guestOrSessionFailure(
+  machineFailure: Promise<never>,
+  sessionLosses: readonly Promise<never>[],
+  deferMs = SESSION_LOSS_DEFER_MS,
+): Promise<never> {
   const failure = new Promise<never>((_, reject) => {
     machineFailure.catch(reject);
     for (const loss of sessionLosses) loss.catch((error: unknown) => setTimeout(() => reject(error), deferMs).unref());

@@ -103,7 +103,14 @@ export async function buildImage(options: BuildImageOptions = {}): Promise<Guest
   // CRIU's closure lives under its own prefix (criu.ts says why), never on the guest's library path.
   for (const [guest, host] of criu?.files ?? []) hostFiles.set(guest, host);
 
-  const key = await imageKey({ recipe, kernelSha256: kernel.sha256, binariesKey: binaries.key, hostFiles, modules, ...(criu ? { criuWrapper: criu.wrapper } : {}) });
+  const key = await imageKey({
+    recipe,
+    kernelSha256: kernel.sha256,
+    binariesKey: binaries.key,
+    hostFiles,
+    modules,
+    ...(criu ? { criuWrapper: criu.wrapper } : {}),
+  });
   const dir = path.join(await ensureCacheDir('images'), key);
 
   await buildOnce(dir, async (staging) => {
@@ -136,7 +143,12 @@ export async function buildImage(options: BuildImageOptions = {}): Promise<Guest
     // only the matching client key logs in.
     await execa('dropbearkey', ['-t', 'ed25519', '-f', path.join(root, 'etc/dropbear/host_key')]);
     const hostPub = (await execa('dropbearkey', ['-y', '-f', path.join(root, 'etc/dropbear/host_key')])).stdout;
-    const hostPublicKey = hostPub.split('\n').find((l) => l.startsWith('ssh-'))?.split(' ').slice(0, 2).join(' ');
+    const hostPublicKey = hostPub
+      .split('\n')
+      .find((l) => l.startsWith('ssh-'))
+      ?.split(' ')
+      .slice(0, 2)
+      .join(' ');
     if (!hostPublicKey) throw new InfraError('dropbearkey printed no public key', { output: hostPub });
     await execa('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', 'cr-harness', '-f', path.join(staging, 'id_ed25519')]);
     await chmod(path.join(staging, 'id_ed25519'), 0o600);
@@ -150,7 +162,19 @@ export async function buildImage(options: BuildImageOptions = {}): Promise<Guest
     await execa('rm', ['-rf', root]);
     await writeFile(
       path.join(staging, 'image.json'),
-      JSON.stringify({ format: IMAGE_FORMAT, key, recipe: recipe.name, kernel, modules: modules.map((m) => m.name), ...(criu ? { criu: { version: criu.version, suite: criu.suite } } : {}), built: new Date().toISOString() }, null, 2),
+      JSON.stringify(
+        {
+          format: IMAGE_FORMAT,
+          key,
+          recipe: recipe.name,
+          kernel,
+          modules: modules.map((m) => m.name),
+          ...(criu ? { criu: { version: criu.version, suite: criu.suite } } : {}),
+          built: new Date().toISOString(),
+        },
+        null,
+        2,
+      ),
     );
   });
 

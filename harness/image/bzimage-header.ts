@@ -39,7 +39,8 @@ export type BzImageHeaderResult = { ok: true; header: BzImageHeader } | { ok: fa
 export function parseBzImageHeader(image: Uint8Array): BzImageHeaderResult {
   const bytes = Buffer.from(image.buffer, image.byteOffset, image.byteLength);
   if (bytes.length < KERNEL_VERSION + 2) return { ok: false, reason: `${bytes.length} bytes: too short for an x86 setup header (needs ${KERNEL_VERSION + 2})` };
-  if (bytes.toString('latin1', HEADER_MAGIC, HEADER_MAGIC + 4) !== 'HdrS') return { ok: false, reason: 'no "HdrS" at 0x202: not a bzImage of boot protocol 2.00 or later' };
+  if (bytes.toString('latin1', HEADER_MAGIC, HEADER_MAGIC + 4) !== 'HdrS')
+    return { ok: false, reason: 'no "HdrS" at 0x202: not a bzImage of boot protocol 2.00 or later' };
   const version = bytes.readUInt16LE(PROTOCOL_VERSION);
   const protocol = `${version >> 8}.${String(version & 0xff).padStart(2, '0')}`;
   if (version < 0x0200) return { ok: false, reason: `boot protocol ${protocol} at 0x206: kernel_version needs 2.00 or later` };
@@ -48,7 +49,8 @@ export function parseBzImageHeader(image: Uint8Array): BzImageHeaderResult {
   // setup_sects 0 means 4 (boot.rst); the setup code is those sectors plus the boot sector.
   const setupBytes = ((bytes[SETUP_SECTS] || 4) + 1) * 512;
   const start = pointer + 0x200;
-  if (start >= setupBytes) return { ok: false, reason: `kernel_version at 0x20e points to 0x${start.toString(16)}, outside the setup code (0x${setupBytes.toString(16)} bytes)` };
+  if (start >= setupBytes)
+    return { ok: false, reason: `kernel_version at 0x20e points to 0x${start.toString(16)}, outside the setup code (0x${setupBytes.toString(16)} bytes)` };
   if (start >= bytes.length) return { ok: false, reason: `kernel_version at 0x20e points to 0x${start.toString(16)}, past the ${bytes.length} bytes given` };
   const end = bytes.indexOf(0, start);
   const limit = Math.min(setupBytes, bytes.length, start + KERNEL_VERSION_MAX_BYTES);

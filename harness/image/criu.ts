@@ -40,7 +40,19 @@ const LOADER = 'ld-linux-x86-64.so.2';
  * 6.1 cloud kernel: without them kernel-feature detection fails); their own
  * dependencies (libcrc32c, ...) come from each module's modinfo.
  */
-export const CRIU_MODULES = ['nfnetlink', 'nf_tables', 'ip_set', 'unix_diag', 'inet_diag', 'tcp_diag', 'udp_diag', 'netlink_diag', 'af_packet_diag', 'tun', 'veth'] as const;
+export const CRIU_MODULES = [
+  'nfnetlink',
+  'nf_tables',
+  'ip_set',
+  'unix_diag',
+  'inet_diag',
+  'tcp_diag',
+  'udp_diag',
+  'netlink_diag',
+  'af_packet_diag',
+  'tun',
+  'veth',
+] as const;
 
 export interface GuestCriu {
   /** the Debian package version, e.g. 4.1.1-1 */
@@ -54,7 +66,11 @@ export interface GuestCriu {
 
 /** The packages `criu` depends on, recursively (Depends only), with the candidate version of each. */
 async function packageClosure(options: string[]): Promise<Array<{ name: string; version: string }>> {
-  const deps = await execa('apt-cache', [...options, 'depends', '--recurse', '--no-recommends', '--no-suggests', '--no-conflicts', '--no-breaks', '--no-replaces', '--no-enhances', CRIU_PACKAGE], { reject: false });
+  const deps = await execa(
+    'apt-cache',
+    [...options, 'depends', '--recurse', '--no-recommends', '--no-suggests', '--no-conflicts', '--no-breaks', '--no-replaces', '--no-enhances', CRIU_PACKAGE],
+    { reject: false },
+  );
   if (deps.exitCode !== 0) throw new InfraError(`apt-cache depends ${CRIU_PACKAGE} (${CRIU_SUITE}) failed`, { output: deps.stderr });
   // Top-level lines are package names; virtual packages show as <name> and are skipped.
   const names = [...new Set(deps.stdout.split('\n').filter((l) => /^[a-z0-9][a-z0-9+.-]+$/.test(l)))];
@@ -83,7 +99,8 @@ async function resolvedOnce(options: string[]): Promise<Array<{ name: string; ve
   const memo = path.join(dir, `resolved-${CRIU_PACKAGE}-${listsKey}.json`);
   if (release.length > 0 && existsSync(memo)) {
     const saved = JSON.parse(await readFile(memo, 'utf8')) as unknown;
-    if (Array.isArray(saved) && saved.every((p) => typeof p?.name === 'string' && typeof p?.version === 'string')) return saved as Array<{ name: string; version: string }>;
+    if (Array.isArray(saved) && saved.every((p) => typeof p?.name === 'string' && typeof p?.version === 'string'))
+      return saved as Array<{ name: string; version: string }>;
   }
   const packages = await packageClosure(options);
   if (release.length > 0) await writeFileAtomic(memo, JSON.stringify(packages));
@@ -99,7 +116,10 @@ export async function debianCriu(log: (line: string) => void = () => {}): Promis
   const packages = await resolvedOnce(options);
   const criu = packages.find((p) => p.name === CRIU_PACKAGE);
   if (!criu) throw new InfraError(`apt-cache did not list ${CRIU_PACKAGE} itself`);
-  const key = packages.map((p) => `${p.name}=${p.version}`).sort().join(' ');
+  const key = packages
+    .map((p) => `${p.name}=${p.version}`)
+    .sort()
+    .join(' ');
   const dir = path.join(await ensureCacheDir('criu'), `${criu.version}-${sha256(key).slice(0, 12)}`);
   await buildOnce(dir, async (staging) => {
     log(`fetching ${CRIU_PACKAGE} ${criu.version} from ${CRIU_SUITE} with ${packages.length - 1} library packages`);

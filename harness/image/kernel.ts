@@ -78,7 +78,8 @@ export async function resolveKernelPackage(metapackage: string, apt: string[] = 
   }
   const policy = await execa('apt-cache', [...apt, 'policy', name], { reject: false });
   const version = policy.stdout.match(/Candidate:\s+(\S+)/)?.[1];
-  if (!version || version === '(none)') throw new InfraError(`no candidate version for ${name}`, { command: `apt-cache policy ${name}`, output: `${policy.stdout}\n${policy.stderr}` });
+  if (!version || version === '(none)')
+    throw new InfraError(`no candidate version for ${name}`, { command: `apt-cache policy ${name}`, output: `${policy.stdout}\n${policy.stderr}` });
   return { name, version };
 }
 
@@ -160,7 +161,8 @@ async function decompressModules(modulesRoot: string): Promise<void> {
   for (let i = 0; i < compressed.length; i += 256) {
     const batch = compressed.slice(i, i + 256);
     const xz = await execa('xz', ['--decompress', '--', ...batch], { reject: false });
-    if (xz.exitCode !== 0) throw new InfraError(`xz could not decompress the kernel's modules (${batch[0]} …)`, { output: xz.stderr.slice(-4000), hint: 'install xz-utils' });
+    if (xz.exitCode !== 0)
+      throw new InfraError(`xz could not decompress the kernel's modules (${batch[0]} …)`, { output: xz.stderr.slice(-4000), hint: 'install xz-utils' });
   }
 }
 
@@ -239,10 +241,12 @@ export async function resolveKernel(choice: KernelChoice | undefined, log: (line
     const kernel = await debianKernel(choice.spec.slice(DEBIAN_KERNEL_PREFIX.length), log);
     return named(choice.config ? { ...kernel, config: choice.config } : kernel);
   }
-  return named(await userKernel({
-    bzImage: choice.spec,
-    ...(choice.systemMap ? { systemMap: choice.systemMap } : {}),
-    ...(choice.config ? { config: choice.config } : {}),
-    ...(choice.modulesDir ? { modulesDir: choice.modulesDir } : {}),
-  }));
+  return named(
+    await userKernel({
+      bzImage: choice.spec,
+      ...(choice.systemMap ? { systemMap: choice.systemMap } : {}),
+      ...(choice.config ? { config: choice.config } : {}),
+      ...(choice.modulesDir ? { modulesDir: choice.modulesDir } : {}),
+    }),
+  );
 }

@@ -44,7 +44,11 @@ export async function privateApt(suite: string, log: (line: string) => void): Pr
   if (!hasLists) {
     log(`apt-get update of crh's private ${suite} sources (${dir})`);
     const update = await execa('apt-get', [...options, 'update'], { reject: false });
-    if (update.exitCode !== 0) throw new InfraError(`apt-get update of the private ${suite} sources failed`, { command: `apt-get ${options.join(' ')} update`, output: `${update.stdout}\n${update.stderr}` });
+    if (update.exitCode !== 0)
+      throw new InfraError(`apt-get update of the private ${suite} sources failed`, {
+        command: `apt-get ${options.join(' ')} update`,
+        output: `${update.stdout}\n${update.stderr}`,
+      });
   }
   return options;
 }

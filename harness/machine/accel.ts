@@ -60,11 +60,7 @@ export function probeFirmware(): Buffer {
 }
 
 export function probeArgs(accel: Accelerator, firmware: string): string[] {
-  return [
-    ...machineArgs({ accel, memoryMiB: 16, cpus: 1 }),
-    '-bios', firmware,
-    '-device', `isa-debug-exit,iobase=0xf4,iosize=4`,
-  ];
+  return [...machineArgs({ accel, memoryMiB: 16, cpus: 1 }), '-bios', firmware, '-device', `isa-debug-exit,iobase=0xf4,iosize=4`];
 }
 
 /**

@@ -42,7 +42,8 @@ export async function probeBoot(accel: Accelerator, boot: BootFiles, options: Bo
   const qmpSocket = path.join(runDir, 'qmp.sock');
   const argv = [
     qemuBinary(),
-    '-name', name,
+    '-name',
+    name,
     ...machineArgs({ accel, memoryMiB: options.memoryMiB ?? 512, cpus: 1 }),
     ...bootArgs(boot),
     ...consoleArgs(),
@@ -75,7 +76,10 @@ export async function probeBoot(accel: Accelerator, boot: BootFiles, options: Bo
   let settled = false;
   try {
     const outcome = await new Promise<{ booted: boolean; seen: string; error?: Error }>((resolve) => {
-      const timer = setTimeout(() => resolve({ booted: false, seen: `no "${READY_MARKER.source}" on the console within ${options.timeoutMs} ms` }), options.timeoutMs);
+      const timer = setTimeout(
+        () => resolve({ booted: false, seen: `no "${READY_MARKER.source}" on the console within ${options.timeoutMs} ms` }),
+        options.timeoutMs,
+      );
       const settle = (result: { booted: boolean; seen: string; error?: Error }): void => {
         settled = true;
         clearTimeout(timer);
@@ -136,5 +140,11 @@ export async function probeBoot(accel: Accelerator, boot: BootFiles, options: Bo
 async function readStatus(qmp: QmpClient | undefined): Promise<string> {
   if (!qmp) return '';
   const bound = new Promise<string>((resolve) => setTimeout(() => resolve(''), 1000).unref());
-  return Promise.race([qmp.execute<{ status: string }>('query-status').then((r) => r.status, () => ''), bound]);
+  return Promise.race([
+    qmp.execute<{ status: string }>('query-status').then(
+      (r) => r.status,
+      () => '',
+    ),
+    bound,
+  ]);
 }

@@ -42,7 +42,15 @@ const SAVED_STATE_DEVICES = 2;
 export async function savedStatePath(config: MachineConfig, accel?: AccelChoice): Promise<string> {
   accel ??= config.accel ?? (await chooseAccelerator(bootFilesOf(config.image)));
   const key = sha256(
-    JSON.stringify({ image: config.image.key, devices: SAVED_STATE_DEVICES, memoryMiB: config.memoryMiB ?? 512, cpus: config.cpus ?? 1, ...(config.cpuModel ? { cpuModel: config.cpuModel } : {}), accel: accel.accel, qemu: `${qemuBinary()} ${await qemuVersion()}` }),
+    JSON.stringify({
+      image: config.image.key,
+      devices: SAVED_STATE_DEVICES,
+      memoryMiB: config.memoryMiB ?? 512,
+      cpus: config.cpus ?? 1,
+      ...(config.cpuModel ? { cpuModel: config.cpuModel } : {}),
+      accel: accel.accel,
+      qemu: `${qemuBinary()} ${await qemuVersion()}`,
+    }),
   ).slice(0, 20);
   return cacheDir('states', `${key}.vmstate`);
 }

@@ -156,7 +156,8 @@ export class QemuMachine implements AsyncDisposable {
       } catch (error) {
         const lostPortRace = /Could not set up host forwarding rule/.test(this.stderrTail);
         // Where the vCPU is says what stalled it (a RIP in early boot, a halt loop): read it before the kill.
-        if ((error instanceof TimeoutError || error instanceof StalledLaunchError) && this.exitDescription === undefined) this.diagnosis = await this.diagnose();
+        if ((error instanceof TimeoutError || error instanceof StalledLaunchError) && this.exitDescription === undefined)
+          this.diagnosis = await this.diagnose();
         await this.shutdown();
         const failure = this.launchFailure(error);
         const fallBack = failure instanceof StalledLaunchError && !fellBack && this.mayFallBack();
@@ -184,7 +185,8 @@ export class QemuMachine implements AsyncDisposable {
   private async makeRamDir(): Promise<string | undefined> {
     const memoryMiB = this.config.memoryMiB ?? 512;
     if (this.config.guestRamInFile === false) this.guestRamUnavailable = 'not asked for (guestRamInFile: false)';
-    else if (memoryMiB > GUEST_RAM_LINEAR_MAX_MIB) this.guestRamUnavailable = `${memoryMiB} MiB of guest RAM is not all below 4 GiB (at most ${GUEST_RAM_LINEAR_MAX_MIB} MiB)`;
+    else if (memoryMiB > GUEST_RAM_LINEAR_MAX_MIB)
+      this.guestRamUnavailable = `${memoryMiB} MiB of guest RAM is not all below 4 GiB (at most ${GUEST_RAM_LINEAR_MAX_MIB} MiB)`;
     else {
       const fs = await statfs(GUEST_RAM_BASE).catch((error: Error) => error);
       if (fs instanceof Error) this.guestRamUnavailable = `${GUEST_RAM_BASE}: ${fs.message}`;
@@ -323,9 +325,20 @@ export class QemuMachine implements AsyncDisposable {
       qemuBinary(),
       ...qemuArgs({
         name: this.name,
-        profile: { accel: this.accelChoice!.accel, memoryMiB: this.config.memoryMiB ?? 512, cpus: this.config.cpus ?? 1, ...(this.config.cpuModel ? { cpuModel: this.config.cpuModel } : {}) },
+        profile: {
+          accel: this.accelChoice!.accel,
+          memoryMiB: this.config.memoryMiB ?? 512,
+          cpus: this.config.cpus ?? 1,
+          ...(this.config.cpuModel ? { cpuModel: this.config.cpuModel } : {}),
+        },
         boot: { kernel: image.kernel.bzImage, initrd: image.initramfs, cmdline: image.cmdline },
-        endpoints: { qmpSocket: path.join(runDir, 'qmp.sock'), gdbSocket: path.join(runDir, 'gdb.sock'), sshPort: this.port, bulkSocket: this.bulkSocket, ...(this.ramDir ? { guestRamFile: path.join(this.ramDir, 'ram') } : {}) },
+        endpoints: {
+          qmpSocket: path.join(runDir, 'qmp.sock'),
+          gdbSocket: path.join(runDir, 'gdb.sock'),
+          sshPort: this.port,
+          bulkSocket: this.bulkSocket,
+          ...(this.ramDir ? { guestRamFile: path.join(this.ramDir, 'ram') } : {}),
+        },
         ...(this.config.incomingState ? { incomingState: this.config.incomingState } : {}),
       }),
     ];
@@ -490,7 +503,8 @@ export class QemuMachine implements AsyncDisposable {
     const death = this.consoleLog?.lines.find((line) => KERNEL_DEATH.test(line));
     if (death) return new BootError(`guest kernel died: ${death.trim()}`, details, { cause: error });
     // With -no-reboot, a guest that panics or reboots makes QEMU exit 0: the guest's doing, not QEMU's.
-    if (this.exitedUnasked && this.exitDescription === 'exited with status 0') return new BootError(`guest shut down during boot (QEMU ${this.exitDescription})`, details, { cause: error });
+    if (this.exitedUnasked && this.exitDescription === 'exited with status 0')
+      return new BootError(`guest shut down during boot (QEMU ${this.exitDescription})`, details, { cause: error });
     if (error instanceof StalledLaunchError) {
       const { 'QEMU stderr': _stderr, 'console tail': _console, ...judged } = evidenceDetails(error.evidence);
       return new StalledLaunchError(`${cause} (accel ${this.accelChoice?.accel})`, error.evidence, { ...judged, ...details }, { cause: error });

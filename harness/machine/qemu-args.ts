@@ -47,14 +47,20 @@ export const BULK_PORT_NAME = 'org.cr-harness.bulk';
 /** Machine type, accelerator, CPU model (cpuModelOf), memory. */
 export function machineArgs(profile: MachineProfile): string[] {
   return [
-    '-machine', 'pc',
-    '-accel', profile.accel,
-    '-cpu', cpuModelOf(profile),
-    '-m', String(profile.memoryMiB),
-    '-smp', String(profile.cpus),
+    '-machine',
+    'pc',
+    '-accel',
+    profile.accel,
+    '-cpu',
+    cpuModelOf(profile),
+    '-m',
+    String(profile.memoryMiB),
+    '-smp',
+    String(profile.cpus),
     '-nodefaults',
     '-no-user-config',
-    '-display', 'none',
+    '-display',
+    'none',
     '-no-reboot',
   ];
 }
@@ -84,10 +90,7 @@ export function gdbstubArgs(socket: string): string[] {
  */
 export function networkArgs(sshPort: number): string[] {
   if (!Number.isInteger(sshPort) || sshPort < 1 || sshPort > 65535) throw new RangeError(`invalid SSH port ${sshPort}`);
-  return [
-    '-netdev', `user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:${sshPort}-:22`,
-    '-device', 'virtio-net-pci,netdev=net0,romfile=',
-  ];
+  return ['-netdev', `user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:${sshPort}-:22`, '-device', 'virtio-net-pci,netdev=net0,romfile='];
 }
 
 /**
@@ -107,9 +110,12 @@ export function panicArgs(): string[] {
  */
 export function bulkPortArgs(socket: string): string[] {
   return [
-    '-device', 'virtio-serial-pci,id=bulkbus,romfile=',
-    '-chardev', `socket,id=bulk,path=${socket},server=on,wait=off`,
-    '-device', `virtserialport,bus=bulkbus.0,chardev=bulk,name=${BULK_PORT_NAME}`,
+    '-device',
+    'virtio-serial-pci,id=bulkbus,romfile=',
+    '-chardev',
+    `socket,id=bulk,path=${socket},server=on,wait=off`,
+    '-device',
+    `virtserialport,bus=bulkbus.0,chardev=bulk,name=${BULK_PORT_NAME}`,
   ];
 }
 
@@ -130,7 +136,9 @@ export const GUEST_RAM_LINEAR_MAX_MIB = PC_LINEAR_RAM_MAX_MIB;
  */
 export function guestRamArgs(file: string, memoryMiB: number): string[] {
   if (!Number.isInteger(memoryMiB) || memoryMiB < 1 || memoryMiB > GUEST_RAM_LINEAR_MAX_MIB) {
-    throw new RangeError(`guest RAM of ${memoryMiB} MiB in a file: must be 1..${GUEST_RAM_LINEAR_MAX_MIB} MiB, all below 4 GiB where frame × 4096 is its file offset`);
+    throw new RangeError(
+      `guest RAM of ${memoryMiB} MiB in a file: must be 1..${GUEST_RAM_LINEAR_MAX_MIB} MiB, all below 4 GiB where frame × 4096 is its file offset`,
+    );
   }
   if (file.includes(',')) throw new RangeError(`guest RAM file ${file}: a comma would end QEMU's option value`);
   return ['-object', `memory-backend-file,id=${GUEST_RAM_ID},size=${memoryMiB}M,mem-path=${file},share=on`, '-machine', `memory-backend=${GUEST_RAM_ID}`];
@@ -151,7 +159,8 @@ export interface QemuCommandOptions {
 
 export function qemuArgs(o: QemuCommandOptions): string[] {
   return [
-    '-name', o.name,
+    '-name',
+    o.name,
     ...machineArgs(o.profile),
     ...(o.endpoints.guestRamFile ? guestRamArgs(o.endpoints.guestRamFile, o.profile.memoryMiB) : []),
     ...bootArgs(o.boot),

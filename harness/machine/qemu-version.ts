@@ -8,7 +8,12 @@ export function qemuVersion(): Promise<string> {
   const binary = qemuBinary();
   let version = cached.get(binary);
   if (!version) {
-    version = execa(binary, ['--version']).then((r) => r.stdout.split('\n')[0]!.replace(/^QEMU emulator version\s*/, '').trim());
+    version = execa(binary, ['--version']).then((r) =>
+      r.stdout
+        .split('\n')[0]!
+        .replace(/^QEMU emulator version\s*/, '')
+        .trim(),
+    );
     cached.set(binary, version);
   }
   return version;

@@ -62,7 +62,9 @@ export function processStartTime(pid: number): string | undefined {
 
 function commandLine(pid: number): string[] | undefined {
   try {
-    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter((a) => a !== '');
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8')
+      .split('\0')
+      .filter((a) => a !== '');
   } catch {
     return undefined;
   }
@@ -96,7 +98,15 @@ export async function recordMachine(qemuPid: number, name: string, ramDir?: stri
   const ownerStartTime = processStartTime(process.pid);
   // Already gone: nothing to record; the launch notices the exit by itself.
   if (qemuStartTime === undefined || ownerStartTime === undefined) return;
-  const record: MachineRecord = { qemuPid, qemuStartTime, ownerPid: process.pid, ownerStartTime, name, startedAt: new Date().toISOString(), ...(ramDir ? { ramDir } : {}) };
+  const record: MachineRecord = {
+    qemuPid,
+    qemuStartTime,
+    ownerPid: process.pid,
+    ownerStartTime,
+    name,
+    startedAt: new Date().toISOString(),
+    ...(ramDir ? { ramDir } : {}),
+  };
   const file = path.join(await recordsDir(), `${record.ownerPid}-${record.qemuPid}.json`);
   await writeFileAtomic(file, JSON.stringify(record), 0o600);
   live.set(record.qemuPid, file);

@@ -53,9 +53,9 @@ export interface LaunchEvidence {
 
 export function evidenceDetails(evidence: LaunchEvidence): Record<string, string> {
   return {
-    'seen': evidence.seen,
+    seen: evidence.seen,
     'QMP status': evidence.qmpStatus,
-    'elapsed': `${evidence.elapsedMs} ms after launch`,
+    elapsed: `${evidence.elapsedMs} ms after launch`,
     'QEMU stderr': evidence.stderrTail,
     'console tail': evidence.consoleTail,
   };
@@ -128,7 +128,8 @@ export function watchForStall(o: StallWatchOptions): StallWatch {
     qmpStatus = status;
     if (status === 'internal-error') stall(new StalledLaunchError('the VM stopped: QEMU reports status internal-error', evidence('QMP status internal-error')));
     // pvpanic: the kernel under test panicked — a result about that kernel, not infrastructure.
-    else if (status === 'guest-panicked') stall(new BootError('the guest kernel panicked (QMP status guest-panicked)', evidenceDetails(evidence('QMP status guest-panicked'))));
+    else if (status === 'guest-panicked')
+      stall(new BootError('the guest kernel panicked (QMP status guest-panicked)', evidenceDetails(evidence('QMP status guest-panicked'))));
   };
   const readStatus = (): void => {
     const answer = o.qmp.execute<{ status: string }>('query-status').then((r) => r.status);
@@ -145,13 +146,19 @@ export function watchForStall(o: StallWatchOptions): StallWatch {
     const stderr = o.stderr();
     const kvm = KVM_FAILURE.exec(stderr);
     if (kvm) {
-      const line = stderr.slice(stderr.lastIndexOf('\n', kvm.index) + 1).split('\n')[0]!.trim();
+      const line = stderr
+        .slice(stderr.lastIndexOf('\n', kvm.index) + 1)
+        .split('\n')[0]!
+        .trim();
       stall(new StalledLaunchError(`the vCPU stopped: QEMU says "${line}"`, evidence(`stderr: ${line}`)));
       return;
     }
     if (silenceBound === undefined || sampling || o.console.firstByteAt !== undefined || Date.now() < silenceBound) return;
     const silent = (): StalledLaunchError =>
-      new StalledLaunchError(`no console output within ${o.silentConsoleMs} ms of launch${progressNote}`, evidence(`console silent for ${Date.now() - o.launchedAt} ms${progressNote}`));
+      new StalledLaunchError(
+        `no console output within ${o.silentConsoleMs} ms of launch${progressNote}`,
+        evidence(`console silent for ${Date.now() - o.launchedAt} ms${progressNote}`),
+      );
     if (!o.vcpuPosition) {
       stall(silent());
       return;
@@ -164,7 +171,10 @@ export function watchForStall(o: StallWatchOptions): StallWatch {
         silenceBound = Date.now() + o.silentConsoleMs!;
         return;
       }
-      progressNote = moved.kind === 'still' ? `, and the vCPUs did not move in ${PROGRESS_SAMPLE_MS} ms (${moved.at})` : `; the vCPUs' positions could not be read (${moved.why})`;
+      progressNote =
+        moved.kind === 'still'
+          ? `, and the vCPUs did not move in ${PROGRESS_SAMPLE_MS} ms (${moved.at})`
+          : `; the vCPUs' positions could not be read (${moved.why})`;
       stall(silent());
     });
   };

@@ -18,7 +18,12 @@ export async function diagnoseVcpus(gdbSocket: string, symbols?: SymbolTable, ti
       const rip = regs.get('rip') ?? 0n;
       const cs = regs.get('cs') ?? 0n;
       const mode = (cs & 3n) === 3n ? 'user' : 'kernel';
-      lines.push(`vCPU ${thread}: ${mode} mode, rip ${hex(rip)} ${symbols ? symbols.symbolize(rip) : ''}, cs ${hex(cs)}, rsp ${hex(regs.get('rsp') ?? 0n)}`.replace('  ', ' '));
+      lines.push(
+        `vCPU ${thread}: ${mode} mode, rip ${hex(rip)} ${symbols ? symbols.symbolize(rip) : ''}, cs ${hex(cs)}, rsp ${hex(regs.get('rsp') ?? 0n)}`.replace(
+          '  ',
+          ' ',
+        ),
+      );
     }
     return lines.join('\n');
   } finally {

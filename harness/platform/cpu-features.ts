@@ -67,7 +67,10 @@ export function cpuFeaturesProbe(agent: Pick<AgentClient, 'call'>, binary: strin
       const run = await agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: boundMs });
       const text = (await agent.call({ op: 'READ_FILE', path: out, maxSize: 4096 })).toString('utf8');
       if (run.outcome !== 'exited' || run.code !== 0) return { value: null, how: `cpu-features ${run.outcome} ${run.code}: ${text.trim()}` };
-      return { value: parseCpuFeatures(text), how: 'guests/probes/cpu-features: CPUID leaf 7, AT_HWCAP2, pkey_alloc, AT_RSEQ_FEATURE_SIZE/AT_RSEQ_ALIGN, /proc/self/ns/time' };
+      return {
+        value: parseCpuFeatures(text),
+        how: 'guests/probes/cpu-features: CPUID leaf 7, AT_HWCAP2, pkey_alloc, AT_RSEQ_FEATURE_SIZE/AT_RSEQ_ALIGN, /proc/self/ns/time',
+      };
     } catch (error) {
       if (!isRunTimeout(error)) throw error;
       await agent.call({ op: 'KILL', pid }).catch(() => {});

@@ -52,7 +52,7 @@ export class KernelConfigConflictError extends CrhError {
     const shown = contradictions.slice(0, 20).map((c) => `${c.option} (${file}: ${c.file}, embedded: ${c.embedded})`);
     super(
       `${file} contradicts the config embedded in the kernel (IKCONFIG) on ${contradictions.length} option(s): ${shown.join(', ')}${contradictions.length > shown.length ? ', …' : ''}`,
-      { hint: 'give the .config of this very build, or leave --kernel-config out: the embedded config is the kernel\'s own' },
+      { hint: "give the .config of this very build, or leave --kernel-config out: the embedded config is the kernel's own" },
     );
   }
 }
@@ -60,9 +60,7 @@ export class KernelConfigConflictError extends CrhError {
 /** Every option on which two configs disagree, sorted; an option one of them lacks counts as "n" there. */
 export function configContradictions(file: KernelConfig, embedded: KernelConfig): ConfigContradiction[] {
   const options = [...new Set([...file.keys(), ...embedded.keys()])].sort();
-  return options
-    .map((option) => ({ option, file: file.get(option) ?? 'n', embedded: embedded.get(option) ?? 'n' }))
-    .filter((c) => c.file !== c.embedded);
+  return options.map((option) => ({ option, file: file.get(option) ?? 'n', embedded: embedded.get(option) ?? 'n' })).filter((c) => c.file !== c.embedded);
 }
 
 /** Config files that may sit beside a bzImage, most specific first. */

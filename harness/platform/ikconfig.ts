@@ -92,7 +92,10 @@ export async function decompressPayload(payload: Uint8Array, format: PayloadComp
   }
   if (result.exitCode !== 0) {
     const stderr = Buffer.from(result.stderr).toString('utf8').trim();
-    throw new PayloadError(`${tool.command} failed on the ${format} payload: ${stderr.split('\n')[0]}`, { command: `${tool.command} ${tool.args.join(' ')}`, stderr });
+    throw new PayloadError(`${tool.command} failed on the ${format} payload: ${stderr.split('\n')[0]}`, {
+      command: `${tool.command} ${tool.args.join(' ')}`,
+      stderr,
+    });
   }
   const out = Buffer.from(result.stdout);
   if (out.length !== declared) throw new PayloadError(`the ${format} payload declares ${declared} bytes but decompressed to ${out.length}`);

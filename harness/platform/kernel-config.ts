@@ -23,7 +23,8 @@ export const CASE_OPTIONS: Readonly<Record<string, string>> = {
   CONFIG_RSEQ: 'restartable sequences (rseq cases)',
   CONFIG_USERFAULTFD: 'faults held open by userfaultfd',
   CONFIG_HAVE_HW_BREAKPOINT: 'ptrace hardware breakpoints and watchpoints',
-  CONFIG_CHECKPOINT_RESTORE: 'checkpoint/restore interfaces (prctl PR_GET_TID_ADDRESS); clone3 set_tid needs only CAP_CHECKPOINT_RESTORE, PTRACE_GET_RSEQ_CONFIGURATION only CONFIG_RSEQ',
+  CONFIG_CHECKPOINT_RESTORE:
+    'checkpoint/restore interfaces (prctl PR_GET_TID_ADDRESS); clone3 set_tid needs only CAP_CHECKPOINT_RESTORE, PTRACE_GET_RSEQ_CONFIGURATION only CONFIG_RSEQ',
   CONFIG_FUTEX: 'futexes (the daemon case blocks in FUTEX_WAIT)',
   CONFIG_MODIFY_LDT_SYSCALL: 'modify_ldt, the LDT a process installs for itself (ldt case)',
   CONFIG_POSIX_TIMERS: 'setitimer, alarm and timer_create (timers case)',

@@ -15,7 +15,6 @@ import { isRunTimeout } from '../agent/run-to-end.ts';
 export { isRunTimeout };
 import { CrhError } from '../errors.ts';
 
-
 /** Seconds, not the 30 s of a case's RUN: a working kernel answers every probe in milliseconds, even under TCG. */
 export const PROBE_BOUND_MS = 5_000;
 
@@ -38,7 +37,6 @@ export class ProbeInconclusiveError extends CrhError {
   }
 }
 
-
 /**
  * Runs `probe` under `boundMs`: its measurement, or an inconclusive null
  * that names the probe and what it saw. Errors other than a probe's own
@@ -50,7 +48,10 @@ export async function runBoundedProbe<T>(name: string, probe: Probe<T>, boundMs 
   // Past the probe's own bound by as much again and a second: the agent's answer to a timed-out RUN comes first.
   const giveUpMs = 2 * boundMs + 1_000;
   const gaveUp = new Promise<Measured<T>>((resolve) => {
-    timer = setTimeout(() => resolve({ value: null, how: `${name}: no conclusion within ${giveUpMs} ms (the probe did not return)`, inconclusive: true }), giveUpMs);
+    timer = setTimeout(
+      () => resolve({ value: null, how: `${name}: no conclusion within ${giveUpMs} ms (the probe did not return)`, inconclusive: true }),
+      giveUpMs,
+    );
   });
   try {
     const measuring = probe(boundMs);

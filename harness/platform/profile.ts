@@ -85,7 +85,11 @@ export interface AccelEvidence {
 function accelEvidence(choice: AccelChoice | undefined): AccelEvidence | undefined {
   const e = choice?.evidence;
   if (!e) return undefined;
-  const lines = (text: string): string[] => text.split('\n').map((l) => l.trim()).filter((l) => l.length > 0);
+  const lines = (text: string): string[] =>
+    text
+      .split('\n')
+      .map((l) => l.trim())
+      .filter((l) => l.length > 0);
   return {
     seen: e.seen,
     elapsedMs: e.elapsedMs,
@@ -120,7 +124,9 @@ export async function profilePath(ctx: Pick<ProfileContext, 'image' | 'machine'>
   // A CPU model other than the default (--restore-cpu) is another platform; the default keeps the keys profiles were cached under.
   const model = ctx.machine.cpuModel;
   const cpuModel = model && model !== 'max' && model !== 'host' ? { cpuModel: model } : {};
-  const key = sha256(JSON.stringify({ v: PROFILE_VERSION, image: ctx.image.key, accel: ctx.machine.accel?.accel, qemu: await qemuVersion(), hostCpu, ...cpuModel })).slice(0, 20);
+  const key = sha256(
+    JSON.stringify({ v: PROFILE_VERSION, image: ctx.image.key, accel: ctx.machine.accel?.accel, qemu: await qemuVersion(), hostCpu, ...cpuModel }),
+  ).slice(0, 20);
   return cacheDir('profiles', `${key}.json`);
 }
 
@@ -154,7 +160,11 @@ export async function measurePlatformProfile(ctx: ProfileContext): Promise<Platf
   log('probe: RF in the exception frame of a user page fault (gdbstub)');
   const pf = await measureRfOnUserPageFault(ctx);
   log('probe: CPU features (FSGSBASE, PKU, rseq auxv)');
-  const cpuFeatures = await runBoundedProbe('cpu-features probe', cpuFeaturesProbe(agent, image.guestPaths['cpu-features']!), ctx.probeBoundMs ?? PROBE_BOUND_MS);
+  const cpuFeatures = await runBoundedProbe(
+    'cpu-features probe',
+    cpuFeaturesProbe(agent, image.guestPaths['cpu-features']!),
+    ctx.probeBoundMs ?? PROBE_BOUND_MS,
+  );
 
   return {
     version: PROFILE_VERSION,
@@ -215,7 +225,9 @@ async function probeRseqDeprecatedFlags(agent: Pick<AgentClient, 'call'>, binary
     } catch (error) {
       if (!isRunTimeout(error)) throw error;
       await agent.call({ op: 'KILL', pid }).catch(() => {});
-      throw new ProbeInconclusiveError(`no rseq abort within ${boundMs} ms (rseq-flags ${flags}: a critical section spinning under 5 ms timer signals was still running; killed)`);
+      throw new ProbeInconclusiveError(
+        `no rseq abort within ${boundMs} ms (rseq-flags ${flags}: a critical section spinning under 5 ms timer signals was still running; killed)`,
+      );
     }
     // RUN records and delivers signals; the timer's SIGALRMs show up there too.
     if (run.outcome === 'killed') return `signal ${run.code}`;

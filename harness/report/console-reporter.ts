@@ -47,7 +47,8 @@ export function caseLine(name: string, rows: readonly Verdict[], exitCode: numbe
   const gaps = rows.filter((v) => outcome(v) === 'GAP').length;
   const time = seconds(durationMs).padStart(7);
   if (infra) return `${s.bad('!')} ${fit(name, NAME_COLUMNS).padEnd(NAME_COLUMNS)} ${'infrastructure failure'.padEnd(WHAT_COLUMNS)} ${time}`;
-  if (rows.length > 0 && skipped.length === rows.length) return `${s.dim('-')} ${fit(name, NAME_COLUMNS).padEnd(NAME_COLUMNS)} ${fit(`skipped: ${skipped[0]!.skipped}`, WHAT_COLUMNS).padEnd(WHAT_COLUMNS)} ${time}`;
+  if (rows.length > 0 && skipped.length === rows.length)
+    return `${s.dim('-')} ${fit(name, NAME_COLUMNS).padEnd(NAME_COLUMNS)} ${fit(`skipped: ${skipped[0]!.skipped}`, WHAT_COLUMNS).padEnd(WHAT_COLUMNS)} ${time}`;
   const counts = `${rows.length} rows, ${controls} controls${gaps > 0 ? `, ${gaps} engine gaps` : ''}${failed > 0 ? `, ${failed} not as expected` : ''}`;
   const bad = failed > 0 || exitCode !== 0 || rows.length === 0;
   const why = bad && failed === 0 ? (rows.length === 0 ? 'no verdict row' : `assertions failed (exit ${exitCode})`) : counts;
@@ -82,7 +83,9 @@ export function summary(input: SummaryInput, s: Style = style(false)): string {
     for (const d of (v.registerDiff ?? '').split('\n').filter(Boolean).slice(0, 4)) lines.push(fit(`    ${d}`, SUMMARY_COLUMNS));
     lines.push(fit(`    artifacts ${v.artifacts ?? `${input.artifactsRoot}/${v.case}`}`, SUMMARY_COLUMNS));
   }
-  for (const c of input.failedCases) if (!notAsExpected.some((v) => v.case === c)) lines.push(s.bad(fit(`✗ ${c}: assertions failed outside any verdict row (see its TAP in ${input.artifactsRoot}/tap/)`, SUMMARY_COLUMNS)));
+  for (const c of input.failedCases)
+    if (!notAsExpected.some((v) => v.case === c))
+      lines.push(s.bad(fit(`✗ ${c}: assertions failed outside any verdict row (see its TAP in ${input.artifactsRoot}/tap/)`, SUMMARY_COLUMNS)));
   for (const c of input.infraCases) lines.push(s.bad(fit(`! ${c}: infrastructure failure (${input.artifactsRoot}/infra-failures.jsonl)`, SUMMARY_COLUMNS)));
   // Known engine gaps are listed, one line each with their reference, and counted apart from passes and failures.
   for (const v of input.verdicts.filter((r) => outcome(r) === 'GAP')) {

@@ -58,7 +58,11 @@ export function formatEngineSideBySide(verdicts: readonly Verdict[], engines: re
   const header = ['case', 'scenario', 'policy', ...engines];
   const body = rows.map((r) => [r.case, r.scenario, r.policy, ...r.cells]);
   const widths = header.map((h, i) => Math.max(h.length, ...body.map((r) => r[i]!.length)));
-  const line = (cells: string[]): string => cells.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd();
+  const line = (cells: string[]): string =>
+    cells
+      .map((c, i) => c.padEnd(widths[i]!))
+      .join('  ')
+      .trimEnd();
   const references: string[] = [];
   const notes = rows.flatMap((r) =>
     r.verdicts.flatMap((v, i) => {

@@ -31,7 +31,10 @@ export async function consoleExcerpt(file: string, lines = CONSOLE_EXCERPT_LINES
     const { size } = await handle.stat();
     const length = Math.min(size, CONSOLE_TAIL_BYTES);
     const { buffer } = await handle.read(Buffer.alloc(length), 0, length, size - length);
-    let text = buffer.toString('utf8').replace(ANSI_SEQUENCE, '').replace(/\r(?=\n)/g, '');
+    let text = buffer
+      .toString('utf8')
+      .replace(ANSI_SEQUENCE, '')
+      .replace(/\r(?=\n)/g, '');
     // A tail cut mid-line starts with a fragment; drop it.
     if (size > length) text = text.slice(text.indexOf('\n') + 1);
     const tail = text.trimEnd().split('\n').slice(-lines).join('\n');
@@ -95,7 +98,9 @@ export async function writeHtmlReport(file: string, run: HtmlReportRun): Promise
     infra: run.infra,
     consoleExcerpts,
     artifactLinks,
-    ...(facts ? { profile: facts.rows, profileSource: `as recorded in ${path.relative(run.artifactsRoot, facts.file)}, the newest checkpoint image of this run` } : {}),
+    ...(facts
+      ? { profile: facts.rows, profileSource: `as recorded in ${path.relative(run.artifactsRoot, facts.file)}, the newest checkpoint image of this run` }
+      : {}),
     generatedAt: run.generatedAt ?? new Date().toISOString(),
   });
   await mkdir(path.dirname(path.resolve(file)), { recursive: true });

@@ -52,7 +52,10 @@ export function escapeHtml(text: string): string {
 
 /** A relative path → an href that can only be a relative URL (each segment percent-encoded, so no scheme survives). */
 function relativeHref(relativePath: string): string {
-  return relativePath.split(/[\\/]/).map((s) => encodeURIComponent(s)).join('/');
+  return relativePath
+    .split(/[\\/]/)
+    .map((s) => encodeURIComponent(s))
+    .join('/');
 }
 
 const unique = <T>(items: readonly T[]): T[] => [...new Set(items)];
@@ -62,7 +65,11 @@ function formatDuration(ms: number): string {
 }
 
 function conditionsText(v: Verdict): string {
-  return v.conditions ? Object.entries(v.conditions).map(([k, c]) => `${k}=${c}`).join(', ') : '';
+  return v.conditions
+    ? Object.entries(v.conditions)
+        .map(([k, c]) => `${k}=${c}`)
+        .join(', ')
+    : '';
 }
 
 function badge(o: Outcome): string {
@@ -116,14 +123,24 @@ function matrixCell(cellVerdicts: readonly Verdict[], input: HtmlReportInput): s
   const control = cellVerdicts.some((v) => v.control);
   const conditions = unique(cellVerdicts.map(conditionsText).filter(Boolean));
   // A failing cell says why without being opened: the failed checks and what the kernel did not accept.
-  const causes = unique(cellVerdicts.filter((v) => outcome(v) === 'FAIL' || outcome(v) === 'GAP').flatMap((v) => witnessLines(v).filter((l) => !l.endsWith('accepted everything as requested')).slice(0, 3)));
+  const causes = unique(
+    cellVerdicts
+      .filter((v) => outcome(v) === 'FAIL' || outcome(v) === 'GAP')
+      .flatMap((v) =>
+        witnessLines(v)
+          .filter((l) => !l.endsWith('accepted everything as requested'))
+          .slice(0, 3),
+      ),
+  );
   const summary = [
     badge(cell),
     control ? '<span class="tag">control</span>' : '',
     cellVerdicts.length > 1 ? `<span class="muted">×${cellVerdicts.length}</span>` : '',
     conditions.length > 0 ? `<span class="conditions">${escapeHtml(conditions.join('; '))}</span>` : '',
     causes.length > 0 ? `<span class="cause">${escapeHtml(causes.join('; '))}</span>` : '',
-  ].filter(Boolean).join(' ');
+  ]
+    .filter(Boolean)
+    .join(' ');
   return (
     `<td class="cell ${status}" data-status="${status}"${control ? ' data-control=""' : ''}>` +
     `<details><summary>${summary}</summary>${cellVerdicts.map((v) => verdictDetail(v, input)).join('<hr>')}</details></td>`
@@ -140,7 +157,17 @@ function caseMatrix(caseName: string, verdicts: readonly Verdict[], input: HtmlR
   const id = `case-${index}`;
   const head = `<tr><th scope="col">scenario</th>${columns.map((c) => `<th scope="col">${escapeHtml(headOf(c))}</th>`).join('')}</tr>`;
   const body = scenarios
-    .map((s) => `<tr><th scope="row">${escapeHtml(s)}</th>${columns.map(([e, p]) => matrixCell(verdicts.filter((v) => v.scenario === s && engineOf(v) === e && v.policy === p), input)).join('')}</tr>`)
+    .map(
+      (s) =>
+        `<tr><th scope="row">${escapeHtml(s)}</th>${columns
+          .map(([e, p]) =>
+            matrixCell(
+              verdicts.filter((v) => v.scenario === s && engineOf(v) === e && v.policy === p),
+              input,
+            ),
+          )
+          .join('')}</tr>`,
+    )
     .join('\n');
   return (
     `<section class="case" aria-labelledby="${id}"><h3 id="${id}">${escapeHtml(caseName)}</h3>\n` +
@@ -236,14 +263,27 @@ export function htmlReport(input: HtmlReportInput): string {
   const title = input.title ?? 'cr-harness report';
   const failed = verdicts.filter(isFailure).length;
   const overall =
-    infra.length > 0 ? ['fail', 'INFRASTRUCTURE FAILURE: the run says nothing about the code under test'] :
-    failed > 0 || verdicts.length === 0 ? ['fail', verdicts.length === 0 ? 'NO VERDICTS' : 'FAILED'] : ['pass', 'ALL AS EXPECTED'];
+    infra.length > 0
+      ? ['fail', 'INFRASTRUCTURE FAILURE: the run says nothing about the code under test']
+      : failed > 0 || verdicts.length === 0
+        ? ['fail', verdicts.length === 0 ? 'NO VERDICTS' : 'FAILED']
+        : ['pass', 'ALL AS EXPECTED'];
   const cases = unique(verdicts.map((v) => v.case));
-  const matrices = cases.map((c, i) => caseMatrix(c, verdicts.filter((v) => v.case === c), input, i)).join('\n');
-  const profile = input.profile && input.profile.length > 0
-    ? `${input.profileSource ? `<p class="muted">${escapeHtml(input.profileSource)}</p>` : ''}` +
-      `<table class="profile"><tbody>${input.profile.map(([k, v]) => `<tr><th scope="row">${escapeHtml(k)}</th><td>${escapeHtml(v)}</td></tr>`).join('')}</tbody></table>`
-    : '<p class="muted">No profile recorded in this run.</p>';
+  const matrices = cases
+    .map((c, i) =>
+      caseMatrix(
+        c,
+        verdicts.filter((v) => v.case === c),
+        input,
+        i,
+      ),
+    )
+    .join('\n');
+  const profile =
+    input.profile && input.profile.length > 0
+      ? `${input.profileSource ? `<p class="muted">${escapeHtml(input.profileSource)}</p>` : ''}` +
+        `<table class="profile"><tbody>${input.profile.map(([k, v]) => `<tr><th scope="row">${escapeHtml(k)}</th><td>${escapeHtml(v)}</td></tr>`).join('')}</tbody></table>`
+      : '<p class="muted">No profile recorded in this run.</p>';
   return `<!doctype html>
 <html lang="en">
 <head>

@@ -50,5 +50,8 @@ export function recordInfraFailure(caseName: string, error: unknown): void {
 export function readInfraFailures(): InfraFailure[] {
   const file = infraFile();
   if (!existsSync(file)) return [];
-  return readFileSync(file, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as InfraFailure);
+  return readFileSync(file, 'utf8')
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => JSON.parse(l) as InfraFailure);
 }

@@ -18,9 +18,12 @@ function failureMessage(v: Verdict): string {
 }
 
 function escapeXml(text: string): string {
-  return text.replace(/[<>&'"]/g, (c) => ({ '<': '&lt;', '>': '&gt;', '&': '&amp;', "'": '&apos;', '"': '&quot;' })[c]!)
-    // XML 1.0 cannot carry most control characters at all.
-    .replace(/[\u0000-\u0008\u000b\u000c\u000e-\u001f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
+  return (
+    text
+      .replace(/[<>&'"]/g, (c) => ({ '<': '&lt;', '>': '&gt;', '&': '&amp;', "'": '&apos;', '"': '&quot;' })[c]!)
+      // XML 1.0 cannot carry most control characters at all.
+      .replace(/[\u0000-\u0008\u000b\u000c\u000e-\u001f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`)
+  );
 }
 
 export function junitXml(verdicts: readonly Verdict[], infra: readonly InfraFailure[] = []): string {
@@ -31,19 +34,25 @@ export function junitXml(verdicts: readonly Verdict[], infra: readonly InfraFail
     const testcases = rows.map((v) => {
       const engine = engineOf(v);
       const title = `${v.scenario} [${engine === 'crh' ? '' : `engine=${engine} `}${v.policy}${v.control ? ', negative control' : ''}]`;
-      const conditions = v.conditions ? Object.entries(v.conditions).map(([k, c]) => `${k}=${c}`).join(' ') : '';
+      const conditions = v.conditions
+        ? Object.entries(v.conditions)
+            .map(([k, c]) => `${k}=${c}`)
+            .join(' ')
+        : '';
       const properties = `<properties><property name="engine" value="${engine}"/></properties>`;
-      const body = outcome(v) === 'SKIP'
-        ? `<skipped message="${escapeXml(v.skipped ?? '')}"/>`
-        : outcome(v) === 'GAP'
-        ? `<skipped type="known-engine-gap" message="${escapeXml(describeGap(v.engineGap!))}">${escapeXml([`expected: ${v.expected}`, `observed: ${v.observed}`, ...witnessLines(v)].join('\n'))}</skipped>`
-        : v.pass
-        ? ''
-        : `<failure message="${escapeXml(failureMessage(v))}">${escapeXml([`expected: ${v.expected}`, `observed: ${v.observed}`, ...(conditions ? [`platform: ${conditions}`] : []), ...witnessLines(v)].join('\n'))}</failure>`;
+      const body =
+        outcome(v) === 'SKIP'
+          ? `<skipped message="${escapeXml(v.skipped ?? '')}"/>`
+          : outcome(v) === 'GAP'
+            ? `<skipped type="known-engine-gap" message="${escapeXml(describeGap(v.engineGap!))}">${escapeXml([`expected: ${v.expected}`, `observed: ${v.observed}`, ...witnessLines(v)].join('\n'))}</skipped>`
+            : v.pass
+              ? ''
+              : `<failure message="${escapeXml(failureMessage(v))}">${escapeXml([`expected: ${v.expected}`, `observed: ${v.observed}`, ...(conditions ? [`platform: ${conditions}`] : []), ...witnessLines(v)].join('\n'))}</failure>`;
       return `    <testcase classname="${escapeXml(name)}" name="${escapeXml(title)}">${properties}${body}</testcase>`;
     });
     const errorCases = errors.map(
-      (f, i) => `    <testcase classname="${escapeXml(name)}" name="infrastructure ${i + 1}"><error message="${escapeXml(f.error.split('\n')[0] ?? '')}">${escapeXml(f.error)}</error></testcase>`,
+      (f, i) =>
+        `    <testcase classname="${escapeXml(name)}" name="infrastructure ${i + 1}"><error message="${escapeXml(f.error.split('\n')[0] ?? '')}">${escapeXml(f.error)}</error></testcase>`,
     );
     const failures = rows.filter((v) => outcome(v) === 'FAIL').length;
     const skipped = rows.filter((v) => outcome(v) === 'SKIP' || outcome(v) === 'GAP').length;

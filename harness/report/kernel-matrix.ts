@@ -112,7 +112,11 @@ export function formatKernelMatrix(columns: readonly KernelColumn[]): string {
   const header = ['', 'case', 'scenario', 'policy', ...columns.map((c) => c.label)];
   const body = rows.map((r) => [r.differs ? '≠' : '', r.case, r.scenario, r.policy, ...r.cells]);
   const widths = header.map((h, i) => Math.max(h.length, ...body.map((r) => r[i]!.length)));
-  const line = (cells: string[]): string => cells.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd();
+  const line = (cells: string[]): string =>
+    cells
+      .map((c, i) => c.padEnd(widths[i]!))
+      .join('  ')
+      .trimEnd();
   const differing = rows.filter((r) => r.differs);
   const details = differing.flatMap((r) => [
     `≠ ${r.case} / ${r.scenario} / ${r.policy}`,
@@ -125,7 +129,9 @@ export function formatKernelMatrix(columns: readonly KernelColumn[]): string {
     line(widths.map((w) => '-'.repeat(w))),
     ...body.map(line),
     '',
-    differing.length === 0 ? `every row is the same on all ${columns.length} kernels` : `${differing.length} of ${rows.length} rows differ between kernels (≠):`,
+    differing.length === 0
+      ? `every row is the same on all ${columns.length} kernels`
+      : `${differing.length} of ${rows.length} rows differ between kernels (≠):`,
     ...details,
   ].join('\n');
 }

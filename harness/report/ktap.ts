@@ -9,7 +9,10 @@ import { describeGap, engineOf, formatConditions, outcome, type Verdict } from '
 
 /** A KTAP description may not hold '#' (it starts a directive) nor a line break. */
 function description(text: string): string {
-  return text.replace(/[\r\n]+/g, ' ').replaceAll('#', 'no.').trim();
+  return text
+    .replace(/[\r\n]+/g, ' ')
+    .replaceAll('#', 'no.')
+    .trim();
 }
 
 function diagnostics(text: string, indent: string): string[] {

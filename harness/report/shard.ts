@@ -29,7 +29,10 @@ export function parseShard(text: string): Shard {
  * sensible rather than all new cases on shard 1.
  */
 export function splitIntoShards(cases: readonly string[], durationsMs: Readonly<Record<string, number>>, count: number): string[][] {
-  const known = cases.map((c) => durationsMs[c]).filter((d): d is number => d !== undefined && d > 0).sort((a, b) => a - b);
+  const known = cases
+    .map((c) => durationsMs[c])
+    .filter((d): d is number => d !== undefined && d > 0)
+    .sort((a, b) => a - b);
   const fallback = known.length > 0 ? known[Math.floor(known.length / 2)]! : 1;
   const weight = (c: string): number => {
     const d = durationsMs[c];

@@ -211,9 +211,19 @@ export function formatVerdictTable(verdicts: readonly Verdict[]): string {
     v.observed,
     formatConditions(v.conditions),
     v.durationMs === undefined ? '' : `${(v.durationMs / 1000).toFixed(1)} s`,
-    v.skipped !== undefined ? `SKIP: ${v.skipped}` : v.failedAssertions?.length ? `FAIL: ${v.failedAssertions.join('; ')}` : v.engineGap ? `GAP: ${describeGap(v.engineGap)}` : outcome(v),
+    v.skipped !== undefined
+      ? `SKIP: ${v.skipped}`
+      : v.failedAssertions?.length
+        ? `FAIL: ${v.failedAssertions.join('; ')}`
+        : v.engineGap
+          ? `GAP: ${describeGap(v.engineGap)}`
+          : outcome(v),
   ]);
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
-  const line = (cells: string[]): string => cells.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd();
+  const line = (cells: string[]): string =>
+    cells
+      .map((c, i) => c.padEnd(widths[i]!))
+      .join('  ')
+      .trimEnd();
   return [line(header), line(widths.map((w) => '-'.repeat(w))), ...rows.map(line)].join('\n');
 }

@@ -53,7 +53,12 @@ export async function writeReports(report: RunReport, files: ReportFiles, html: 
   if (files.junit) await writeFile(files.junit, machineReport('junit', report));
   if (files.ktap) await writeFile(files.ktap, machineReport('ktap', report));
   if (files.html) {
-    await writeHtmlReport(files.html, { verdicts: report.verdicts.filter((v) => outcome(v) !== 'SKIP'), infra: report.infrastructureFailures, artifactsRoot: html.artifactsRoot, sinceMs: html.sinceMs });
+    await writeHtmlReport(files.html, {
+      verdicts: report.verdicts.filter((v) => outcome(v) !== 'SKIP'),
+      infra: report.infrastructureFailures,
+      artifactsRoot: html.artifactsRoot,
+      sinceMs: html.sinceMs,
+    });
   }
 }
 
@@ -79,13 +84,17 @@ export async function mergeReports(files: readonly string[]): Promise<RunReport>
   const owner = new Map<string, string>();
   for (const file of files) {
     const r = JSON.parse(await readFile(file, 'utf8')) as Partial<RunReport>;
-    if (!Array.isArray(r.verdicts) || !Array.isArray(r.infrastructureFailures)) throw new Error(`${file}: not a crh run --json report (no verdicts/infrastructureFailures lists)`);
+    if (!Array.isArray(r.verdicts) || !Array.isArray(r.infrastructureFailures))
+      throw new Error(`${file}: not a crh run --json report (no verdicts/infrastructureFailures lists)`);
     for (const name of new Set([...r.verdicts.map((v) => v.case), ...r.infrastructureFailures.map((f) => f.case)])) {
       const before = owner.get(name);
       if (before) throw new Error(`case ${name} is in both ${before} and ${file}: the shards overlap`);
       owner.set(name, file);
     }
-    if (r.kernel && merged.kernel && r.kernel.sha256 !== merged.kernel.sha256) throw new Error(`${file} ran kernel ${r.kernel.release} (${r.kernel.sha256.slice(0, 12)}), the others ${merged.kernel.release} (${merged.kernel.sha256.slice(0, 12)})`);
+    if (r.kernel && merged.kernel && r.kernel.sha256 !== merged.kernel.sha256)
+      throw new Error(
+        `${file} ran kernel ${r.kernel.release} (${r.kernel.sha256.slice(0, 12)}), the others ${merged.kernel.release} (${merged.kernel.sha256.slice(0, 12)})`,
+      );
     if (r.kernel) merged.kernel = r.kernel;
     merged.verdicts.push(...r.verdicts.map(withEngine));
     merged.infrastructureFailures.push(...r.infrastructureFailures);

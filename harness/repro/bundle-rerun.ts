@@ -88,7 +88,9 @@ export function describeRerun(bundle: string, record: RerunRecord): string[] {
     `  policy:     rf=${e(p.rf)} regs=${e(p.regs)} restorer=${e(p.restorer)} rseq-fixup=${e(p.rseqFixup)} syscall-restart=${e(p.syscallRestart)}${p.omit.length ? ` omit=${p.omit.map(e).join(',')}` : ''}`,
     ...(record.sweep ? [`  sweep:      ${record.sweep.count} boundaries, a checkpoint every ${record.sweep.every}`] : []),
     `  cycles:     ${record.cycles ?? 1} checkpoint → restore in a chain`,
-    ...(record.restoreCpu !== undefined ? [`  restore in: another guest, -cpu ${e(record.restoreCpu)}${record.restoreAnyway ? ', restored even where it lacks what the process depends on' : ''}`] : []),
+    ...(record.restoreCpu !== undefined
+      ? [`  restore in: another guest, -cpu ${e(record.restoreCpu)}${record.restoreAnyway ? ', restored even where it lacks what the process depends on' : ''}`]
+      : []),
     `  timeout:    ${record.timeoutMs} ms per run`,
     `  arguments:  ${record.args.length ? record.args.map((a) => `'${e(a).replaceAll("'", "\\'")}'`).join(' ') : '(none)'}`,
   ];

@@ -79,7 +79,8 @@ export async function readBundle(file: string): Promise<Map<string, BundleEntry>
     const size = header.size ?? 0;
     total += size;
     if (size > BUNDLE_LIMITS.entryBytes) return fail(`too large: ${size} bytes, more than the ${BUNDLE_LIMITS.entryBytes} an entry may hold`);
-    if (total > BUNDLE_LIMITS.totalBytes) return fail(`too large: the entries so far hold ${total} bytes, more than the ${BUNDLE_LIMITS.totalBytes} a bundle may hold`);
+    if (total > BUNDLE_LIMITS.totalBytes)
+      return fail(`too large: the entries so far hold ${total} bytes, more than the ${BUNDLE_LIMITS.totalBytes} a bundle may hold`);
     const chunks: Buffer[] = [];
     stream.on('data', (chunk: unknown) => void chunks.push(chunk as Buffer));
     stream.on('end', () => {
@@ -108,9 +109,10 @@ export async function extractEntries(dir: string, entries: readonly BundleEntry[
     if (!SAFE_NAME.test(entry.name)) throw new Error(`bundle entry name ${JSON.stringify(entry.name)} is not a plain relative name`);
     const file = path.join(dir, entry.name);
     const parent = path.dirname(file);
-    if (parent !== dir) await mkdir(parent, { mode: 0o700 }).catch((error: NodeJS.ErrnoException) => {
-      if (error.code !== 'EEXIST') throw error;
-    });
+    if (parent !== dir)
+      await mkdir(parent, { mode: 0o700 }).catch((error: NodeJS.ErrnoException) => {
+        if (error.code !== 'EEXIST') throw error;
+      });
     const handle = await open(file, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
     try {
       await handle.writeFile(entry.data);

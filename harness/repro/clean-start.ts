@@ -45,6 +45,9 @@ export function cleanStartCommand(workDir: string, agentName = 'crh-agent'): str
 
 /** The pids a cleanStartCommand run reports killed, in order, each once. */
 export function killedPids(output: string): number[] {
-  const pids = output.split('\n').filter((l) => l.startsWith('killed ')).flatMap((l) => l.slice(7).trim().split(/\s+/).map(Number));
+  const pids = output
+    .split('\n')
+    .filter((l) => l.startsWith('killed '))
+    .flatMap((l) => l.slice(7).trim().split(/\s+/).map(Number));
   return [...new Set(pids)].filter((p) => Number.isInteger(p) && p > 0);
 }

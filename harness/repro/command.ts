@@ -62,7 +62,10 @@ export async function reproCommand(command: 'repro' | 'cr', argv: readonly strin
       report(outcome.verdict, outcome.bundle);
       return verdictExitCode(outcome.verdict);
     }
-    reportSideBySide([{ engine: 'crh', ...outcome }, { engine: 'criu', ...outcome.criu }]);
+    reportSideBySide([
+      { engine: 'crh', ...outcome },
+      { engine: 'criu', ...outcome.criu },
+    ]);
     return sideBySideExitCode([outcome.verdict, outcome.criu.verdict]);
   } catch (error) {
     // Details quote the program's output and the compiler's diagnostics, both under the source's control.
@@ -83,7 +86,8 @@ function report(verdict: ReproVerdict, bundle: string): void {
 /** Both engines' verdicts, a line each under one header, then each one's notes and bundle. */
 function reportSideBySide(each: Array<{ engine: string; verdict: ReproVerdict; bundle: string }>): void {
   for (const { engine, verdict } of each) for (const note of verdict.notes) process.stdout.write(`note [${engine}]: ${escapeControl(note)}\n`);
-  for (const { engine, verdict } of each) process.stdout.write(`verdict [${engine.padEnd(4)}]: ${verdictLabel(verdict).padEnd(9)} — ${escapeControl(verdict.summary)}\n`);
+  for (const { engine, verdict } of each)
+    process.stdout.write(`verdict [${engine.padEnd(4)}]: ${verdictLabel(verdict).padEnd(9)} — ${escapeControl(verdict.summary)}\n`);
   for (const { engine, bundle } of each) process.stdout.write(`bundle [${engine.padEnd(4)}]: ${escapeControl(bundle)}\n`);
 }
 
@@ -188,7 +192,10 @@ async function rerunBundle(request: BundleRerun, progress: Progress): Promise<nu
     if ('crhRefusal' in outcome || outcome.criu) throw new CrhError(`${request.bundle} reran as two engines; a bundle records one`);
     const { verdict, bundle } = outcome;
     report(verdict, bundle);
-    const same = verdict.pass === recorded.pass && Boolean(verdict.perturbed) === Boolean(recorded.perturbed) && verdict.mismatches.map((m) => m.what).join() === recorded.mismatches.map((m) => m.what).join();
+    const same =
+      verdict.pass === recorded.pass &&
+      Boolean(verdict.perturbed) === Boolean(recorded.perturbed) &&
+      verdict.mismatches.map((m) => m.what).join() === recorded.mismatches.map((m) => m.what).join();
     process.stdout.write(
       same
         ? `reproduced: the same verdict as ${escapeControl(request.bundle)}\n`

@@ -27,7 +27,10 @@ export interface Perturbation {
 }
 
 /** The native run against the uninterrupted traced run: exit status and output (no hits: the native run has no breakpoint). */
-export function comparePerturbation(native: Pick<RunRecord, 'outcome' | 'code' | 'output'>, traced: Pick<RunRecord, 'outcome' | 'code' | 'output'>): Perturbation[] {
+export function comparePerturbation(
+  native: Pick<RunRecord, 'outcome' | 'code' | 'output'>,
+  traced: Pick<RunRecord, 'outcome' | 'code' | 'output'>,
+): Perturbation[] {
   const differences: Perturbation[] = [];
   const status = [describeStatus(native), describeStatus(traced)] as const;
   if (status[0] !== status[1]) differences.push({ what: 'exit status', native: status[0], traced: status[1] });
@@ -39,7 +42,9 @@ export function comparePerturbation(native: Pick<RunRecord, 'outcome' | 'code' |
 /** One line for a perturbation, as the summary shows it. */
 export function describePerturbation(differences: readonly Perturbation[]): string {
   const parts = differences.map((d) =>
-    d.what === 'output' ? `output differs at line ${d.line}: native ${d.native}, traced ${d.traced}` : `${d.what} differs: native ${d.native}, traced ${d.traced}`,
+    d.what === 'output'
+      ? `output differs at line ${d.line}: native ${d.native}, traced ${d.traced}`
+      : `${d.what} differs: native ${d.native}, traced ${d.traced}`,
   );
   return `the harness perturbs this program: its uninterrupted traced run differs from the native run (no tracer, no breakpoint): ${parts.join('; ')}`;
 }
@@ -84,6 +89,10 @@ export function summarize(mismatches: readonly Mismatch[], restoreError: string 
     return `the restored run matches the uninterrupted run: ${describeStatus(reference)}, ${lines} line${lines === 1 ? '' : 's'} of output`;
   }
   return mismatches
-    .map((m) => (m.what === 'output' ? `output differs at line ${m.line}: uninterrupted ${m.reference}, restored ${m.restored}` : `${m.what} differs: uninterrupted ${m.reference}, restored ${m.restored}`))
+    .map((m) =>
+      m.what === 'output'
+        ? `output differs at line ${m.line}: uninterrupted ${m.reference}, restored ${m.restored}`
+        : `${m.what} differs: uninterrupted ${m.reference}, restored ${m.restored}`,
+    )
     .join('; ');
 }

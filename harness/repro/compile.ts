@@ -55,14 +55,24 @@ export interface Compiled {
 }
 
 /** Compiles `source` into `outDir` in the sandbox; a failure is a UsageError naming the file and the cause, with gcc's output. */
-export async function compileReproducer(source: string, outDir: string, extraFlags: readonly string[] = [], limits: CompileLimits = COMPILE_LIMITS): Promise<Compiled> {
+export async function compileReproducer(
+  source: string,
+  outDir: string,
+  extraFlags: readonly string[] = [],
+  limits: CompileLimits = COMPILE_LIMITS,
+): Promise<Compiled> {
   let text: Buffer;
   try {
     text = await readFile(source);
   } catch (error) {
     throw new UsageError(`${source}: ${(error as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (error as Error).message}`);
   }
-  const stem = path.basename(source).replace(/\.c$/, '').replace(/[^A-Za-z0-9_.+-]/g, '_').replace(/^[.]/, '_') || 'repro';
+  const stem =
+    path
+      .basename(source)
+      .replace(/\.c$/, '')
+      .replace(/[^A-Za-z0-9_.+-]/g, '_')
+      .replace(/^[.]/, '_') || 'repro';
   const binary = path.join(outDir, stem);
   const command = ['gcc', ...REPRO_CFLAGS, '-o', binary, source, ...extraFlags];
   const sandbox = await mkdtemp(path.join(tmpdir(), 'crh-compile-'));
@@ -100,8 +110,16 @@ interface SandboxRun {
 /** Runs `command` in `dir` under the limits, as nobody when root; its process group is killed at the wall clock. */
 async function sandboxed(dir: string, asRoot: boolean, L: CompileLimits, command: string[]): Promise<SandboxRun> {
   const argv = [
-    'prlimit', `--cpu=${L.cpuSeconds}`, `--as=${L.addressSpaceBytes}`, `--fsize=${L.fileSizeBytes}`, '--core=0', '--',
-    'setpriv', ...(asRoot ? [`--reuid=${COMPILE_UID}`, `--regid=${COMPILE_UID}`, '--clear-groups'] : []), '--no-new-privs', '--',
+    'prlimit',
+    `--cpu=${L.cpuSeconds}`,
+    `--as=${L.addressSpaceBytes}`,
+    `--fsize=${L.fileSizeBytes}`,
+    '--core=0',
+    '--',
+    'setpriv',
+    ...(asRoot ? [`--reuid=${COMPILE_UID}`, `--regid=${COMPILE_UID}`, '--clear-groups'] : []),
+    '--no-new-privs',
+    '--',
     ...command,
   ];
   // A new process group (detached), so the wall clock ends cc1, as and ld too, not only the gcc driver.
@@ -128,7 +146,8 @@ async function sandboxed(dir: string, asRoot: boolean, L: CompileLimits, command
   const result = await child.finally(() => clearTimeout(timer));
   const stderr = String(result.stderr ?? '');
   const unexecutable = /^(prlimit|setpriv): failed to execute (\S+): No such file or directory$/m.exec(stderr);
-  const missing = (result as { code?: string }).code === 'ENOENT' ? 'prlimit (util-linux)' : result.exitCode === 127 && unexecutable ? unexecutable[2] : undefined;
+  const missing =
+    (result as { code?: string }).code === 'ENOENT' ? 'prlimit (util-linux)' : result.exitCode === 127 && unexecutable ? unexecutable[2] : undefined;
   return {
     argv,
     exitCode: result.exitCode,
@@ -141,7 +160,10 @@ async function sandboxed(dir: string, asRoot: boolean, L: CompileLimits, command
 }
 
 /** Which bound or permission stopped the compiler, from how it ended and what gcc said; undefined for a plain compile error. */
-export function failureCause(run: Pick<SandboxRun, 'wallClockHit' | 'outputTooLong' | 'signal' | 'stderr'>, L: CompileLimits = COMPILE_LIMITS): string | undefined {
+export function failureCause(
+  run: Pick<SandboxRun, 'wallClockHit' | 'outputTooLong' | 'signal' | 'stderr'>,
+  L: CompileLimits = COMPILE_LIMITS,
+): string | undefined {
   const mib = (n: number): string => `${n / 1024 ** 2} MiB`;
   if (run.wallClockHit) return `the compiler ran longer than ${L.wallClockMs / 1000} s (wall-clock limit hit; it was killed)`;
   if (run.outputTooLong) return `the compiler printed more than ${mib(L.outputBytes)} of diagnostics (output limit hit)`;
@@ -150,14 +172,17 @@ export function failureCause(run: Pick<SandboxRun, 'wallClockHit' | 'outputTooLo
   if (/virtual memory exhausted|out of memory allocating|Cannot allocate memory|memory exhausted/.test(said)) {
     return `the compiler needed more than ${mib(L.addressSpaceBytes)} of memory (address-space limit hit; a source that includes a device such as /dev/zero does this)`;
   }
-  if (run.signal === 'SIGXFSZ' || /File size limit exceeded/.test(said)) return `the compiler wrote a file larger than ${mib(L.fileSizeBytes)} (file-size limit hit)`;
+  if (run.signal === 'SIGXFSZ' || /File size limit exceeded/.test(said))
+    return `the compiler wrote a file larger than ${mib(L.fileSizeBytes)} (file-size limit hit)`;
   const who = process.getuid?.() === 0 ? `nobody (uid ${COMPILE_UID}, no groups)` : 'you, with no new privileges';
   const denied = /^(?:.*?: )?(?:fatal error: )?(\S+): Permission denied$/m.exec(said);
   // The names come from the source: escaped, as they go into the message.
-  if (denied) return `permission denied reading ${escapeControl(denied[1]!)}: the compiler runs as ${who} in a directory holding only a copy of the source, and reads only what that user may`;
+  if (denied)
+    return `permission denied reading ${escapeControl(denied[1]!)}: the compiler runs as ${who} in a directory holding only a copy of the source, and reads only what that user may`;
   // GNU as reports an .incbin it may not open as "file not found".
   const incbin = /Error: file not found: (.+)$/m.exec(said);
-  if (incbin) return `the assembler could not open ${escapeControl(incbin[1]!)} (permission denied or absent): the compiler runs as ${who} and reads only what that user may`;
+  if (incbin)
+    return `the assembler could not open ${escapeControl(incbin[1]!)} (permission denied or absent): the compiler runs as ${who} and reads only what that user may`;
   return undefined;
 }
 
@@ -173,7 +198,8 @@ async function readBack(file: string): Promise<Buffer> {
   try {
     const info = await handle.stat();
     if (!info.isFile()) throw new UsageError(`the compiler's output ${path.basename(file)} is not a regular file`);
-    if (info.size > COMPILE_LIMITS.fileSizeBytes) throw new UsageError(`the compiler's output ${path.basename(file)} is larger than ${COMPILE_LIMITS.fileSizeBytes} bytes`);
+    if (info.size > COMPILE_LIMITS.fileSizeBytes)
+      throw new UsageError(`the compiler's output ${path.basename(file)} is larger than ${COMPILE_LIMITS.fileSizeBytes} bytes`);
     return await handle.readFile();
   } finally {
     await handle.close();

@@ -32,7 +32,12 @@ export async function bundleContents(s: BundleSources): Promise<BundleEntry[]> {
     { name: inputs.binary, data: prepared.program.data, mode: 0o755 },
     ...prepared.files.map((f, i) => ({ name: inputs.files[i]!, data: f.data, mode: f.mode })),
     ...(checkpointed.engine === 'crh' ? [{ name: 'checkpoint.tar', data: await readFile(s.imageFile) }] : []),
-    ...(checkpointed.criu ? [text('criu/dump.log', checkpointed.criu.dumpLog), ...(checkpointed.criu.restoreLog !== undefined ? [text('criu/restore.log', checkpointed.criu.restoreLog)] : [])] : []),
+    ...(checkpointed.criu
+      ? [
+          text('criu/dump.log', checkpointed.criu.dumpLog),
+          ...(checkpointed.criu.restoreLog !== undefined ? [text('criu/restore.log', checkpointed.criu.restoreLog)] : []),
+        ]
+      : []),
     { name: 'console.log', data: await readFile(s.consoleLog).catch(() => Buffer.from('(no console log)\n')) },
     text(
       'register-diff.txt',
@@ -60,15 +65,21 @@ function readme(verdict: ReproVerdict): string {
     `verdict: ${verdictLabel(verdict)} — ${verdict.summary}`,
     `policy: ${verdict.policy}`,
     '',
-    row('verdict.json', 'the verdict, both runs, the mismatches, the restore\'s report, the platform'),
+    row('verdict.json', "the verdict, both runs, the mismatches, the restore's report, the platform"),
     row('rerun.sh', 'reruns it: from a cr-harness clone, `sh DIR/rerun.sh` (or `crh repro --bundle THIS.tar`)'),
     ...(verdict.program.source ? [row(verdict.program.source, 'the reproducer')] : []),
     row(verdict.program.binary, `the program as it ran in the guest (${verdict.program.guestPath})`),
     ...verdict.program.files.map((f) => row(f, `copied into its working directory (${GUEST_DIRS.work})`)),
     ...(verdict.engine === 'criu'
-      ? [row('criu/', "CRIU's dump and restore logs (-v4); its images stayed in the guest"), row('register-diff.txt', 'registers at the checkpoint stop vs in the restored process')]
-      : [row('checkpoint.tar', 'the checkpoint image (crh restore --dry-run checkpoint.tar shows its restore plan)'), row('register-diff.txt', 'registers in the image vs in the restored process')]),
-    row('console.log', 'the guest\'s serial console'),
+      ? [
+          row('criu/', "CRIU's dump and restore logs (-v4); its images stayed in the guest"),
+          row('register-diff.txt', 'registers at the checkpoint stop vs in the restored process'),
+        ]
+      : [
+          row('checkpoint.tar', 'the checkpoint image (crh restore --dry-run checkpoint.tar shows its restore plan)'),
+          row('register-diff.txt', 'registers in the image vs in the restored process'),
+        ]),
+    row('console.log', "the guest's serial console"),
     row('platform-profile.json', 'what the host, QEMU and guest kernel measurably do'),
     row('output/', 'what the program printed: native (no tracer), uninterrupted (traced), and original + restored'),
     '',

@@ -13,7 +13,17 @@ import { criuFailure, handOffToCriu } from '../criu/handoff.ts';
 import { rewindInterruptedSyscall } from '../restore/syscall-restart.ts';
 import { debugRegOffset, hex } from '../x86/registers.ts';
 import { DR7_EXECUTE_DR0 } from '../agent/breakpoint-spawn.ts';
-import { describePoint, finishRestored, GUEST_DIRS, readOutput, runToCheckpoint, spawnAsReference, type Checkpointed, type Reference, type RunContext } from './runs.ts';
+import {
+  describePoint,
+  finishRestored,
+  GUEST_DIRS,
+  readOutput,
+  runToCheckpoint,
+  spawnAsReference,
+  type Checkpointed,
+  type Reference,
+  type RunContext,
+} from './runs.ts';
 
 /** CRIU's images and logs: on the guest's tmpfs, beside the runs' outputs. */
 export const CRIU_IMAGES_DIR = `${GUEST_DIRS.root}/criu-img`;
@@ -41,7 +51,9 @@ export async function criuCheckpointedRun(ctx: RunContext, reference: Reference,
   if (rewind) notes.push(`${rewind.note} (CRIU restarts it by its own rules)`);
 
   const handoff = await handOffToCriu(agent, criu, pid, CRIU_IMAGES_DIR, (stage) =>
-    stage.name === 'dump' ? ctx.phase('criu dump', `${stoppedBy}, rip ${hex(regs.rip)}`) : ctx.phase('criu restore', `${stage.imageBytes} bytes of images, pid ${pid}`),
+    stage.name === 'dump'
+      ? ctx.phase('criu dump', `${stoppedBy}, rip ${hex(regs.rip)}`)
+      : ctx.phase('criu restore', `${stage.imageBytes} bytes of images, pid ${pid}`),
   );
   const outputBefore = await readOutput(agent, before);
   const taken = {
@@ -76,7 +88,9 @@ export async function criuCheckpointedRun(ctx: RunContext, reference: Reference,
     const dr7 = await agent.call({ op: 'PEEKUSER', pid: restoredPid, offset: debugRegOffset(7) });
     debugRegisters = { dr0: hex(dr0), dr7: hex(dr7) };
     if (dr0 !== ctx.breakAt || (dr7 & 0xffn) !== DR7_EXECUTE_DR0) {
-      notes.push(`known engine gap: CRIU ${criu.version} did not restore the debug registers (dumped with DR0 ${hex(ctx.breakAt)}, DR7 ${hex(DR7_EXECUTE_DR0)}; restored DR0 ${hex(dr0)}, DR7 ${hex(dr7)}); the harness armed its breakpoint again`);
+      notes.push(
+        `known engine gap: CRIU ${criu.version} did not restore the debug registers (dumped with DR0 ${hex(ctx.breakAt)}, DR7 ${hex(DR7_EXECUTE_DR0)}; restored DR0 ${hex(dr0)}, DR7 ${hex(dr7)}); the harness armed its breakpoint again`,
+      );
     }
     await agent.call({ op: 'POKEUSER', pid: restoredPid, offset: debugRegOffset(0), value: ctx.breakAt });
     await agent.call({ op: 'POKEUSER', pid: restoredPid, offset: debugRegOffset(7), value: DR7_EXECUTE_DR0 });

@@ -57,7 +57,9 @@ export async function captureStdio(agent: AgentClient, pid: number, harnessFiles
     const { flags, pos } = parseFdinfo((await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/fdinfo/${fd}`, maxSize: 4096 })).toString('utf8'));
     // The restore core's rule for descriptors above 2: a file or directory by path, or one of its harmless devices.
     if (fileKind(link, flags) === undefined || link.length > PATH_MAX) {
-      throw new CheckpointError(`fd ${fd} of pid ${pid} is ${link}: a daemon's descriptors 0-2 are opened again by path after a restore, and this is no file, directory or restorable device`);
+      throw new CheckpointError(
+        `fd ${fd} of pid ${pid} is ${link}: a daemon's descriptors 0-2 are opened again by path after a restore, and this is no file, directory or restorable device`,
+      );
     }
     files.push({ fd, path: link, flags, pos });
   }

@@ -42,7 +42,12 @@ export function isSingleProcess(tree: ProcessTree): boolean {
  * 0-2 except those on `harnessFiles`. On a refusal the caller kills the
  * tree (killDaemonTree): its processes are stopped under the agent.
  */
-export async function checkpointDaemon(agent: AgentClient, process: ProcessInfo, platform: PlatformFacts, harnessFiles: readonly string[] = []): Promise<DaemonCheckpoint> {
+export async function checkpointDaemon(
+  agent: AgentClient,
+  process: ProcessInfo,
+  platform: PlatformFacts,
+  harnessFiles: readonly string[] = [],
+): Promise<DaemonCheckpoint> {
   const tree = await checkpointTree(agent, process, platform);
   const stdio = new Map<number, StdioFile[]>();
   for (const m of tree.members) stdio.set(m.pid, await captureStdio(agent, m.pid, harnessFiles));
@@ -71,7 +76,13 @@ export async function killDaemonTree(agent: AgentClient, root: number): Promise<
   const killed: number[] = [];
   for (const pid of pids) {
     await agent.call({ op: 'ATTACH', pid }).catch(() => {});
-    if (await agent.call({ op: 'KILL', pid }).then(() => true, () => false)) killed.push(pid);
+    if (
+      await agent.call({ op: 'KILL', pid }).then(
+        () => true,
+        () => false,
+      )
+    )
+      killed.push(pid);
   }
   return killed;
 }
@@ -87,7 +98,11 @@ export interface RestoredDaemon extends RestoreResult {
  * untraced; the root is left stopped under the agent. A failure leaves
  * nothing behind (every restored process is killed) and is thrown.
  */
-export async function restoreDaemon(agent: AgentClient, checkpoint: DaemonCheckpoint, options: { policy: RestorePolicy; stdoutPath: string; dependencies?: RestoreOptions['dependencies'] }): Promise<RestoredDaemon> {
+export async function restoreDaemon(
+  agent: AgentClient,
+  checkpoint: DaemonCheckpoint,
+  options: { policy: RestorePolicy; stdoutPath: string; dependencies?: RestoreOptions['dependencies'] },
+): Promise<RestoredDaemon> {
   const { tree, stdio } = checkpoint;
   const pids = tree.members.map((m) => m.pid);
   let restored: RestoreResult;

@@ -70,7 +70,13 @@ export async function injectFault(fault: InjectedFault, target: FaultTarget): Pr
 
 async function noticed(failure: Promise<never>, log: (line: string) => void): Promise<void> {
   const bound = new AbortController();
-  const seen = await Promise.race([failure.then(() => true, () => true), sleep(NOTICE_BOUND_MS, false, { signal: bound.signal }).catch(() => false)]);
+  const seen = await Promise.race([
+    failure.then(
+      () => true,
+      () => true,
+    ),
+    sleep(NOTICE_BOUND_MS, false, { signal: bound.signal }).catch(() => false),
+  ]);
   bound.abort();
   if (!seen) log(`the machine did not report the fault within ${NOTICE_BOUND_MS} ms; the phase goes on`);
 }

@@ -23,7 +23,18 @@ import type { ReproRequest } from './options.ts';
 import type { PreparedProgram } from './prepare.ts';
 import type { Progress } from './progress.ts';
 import type { NativeRun } from '../guest/native-run.ts';
-import { checkpointedRun, GUEST_DIRS, nativeReference, READY_FILE, referenceRun, type Checkpointed, type GuestProgram, type Reference, type RestoreElsewhere, type RunContext } from './runs.ts';
+import {
+  checkpointedRun,
+  GUEST_DIRS,
+  nativeReference,
+  READY_FILE,
+  referenceRun,
+  type Checkpointed,
+  type GuestProgram,
+  type Reference,
+  type RestoreElsewhere,
+  type RunContext,
+} from './runs.ts';
 
 export interface GuestRuns {
   program: GuestProgram;
@@ -73,7 +84,14 @@ export function duringPhase(error: unknown, phase: string, runDir: string): unkn
   return new InfraError(`during ${phase}: ${root.message}`, details, { cause: error });
 }
 
-async function phases(request: ReproRequest, prepared: PreparedProgram, runDir: string, imageFile: string, progress: Progress, entered: (phase: string) => void): Promise<GuestRuns> {
+async function phases(
+  request: ReproRequest,
+  prepared: PreparedProgram,
+  runDir: string,
+  imageFile: string,
+  progress: Progress,
+  entered: (phase: string) => void,
+): Promise<GuestRuns> {
   const phase = (name: string, detail?: string): void => {
     entered(name);
     progress.phase(name, detail);
@@ -81,7 +99,13 @@ async function phases(request: ReproRequest, prepared: PreparedProgram, runDir: 
   phase('boot');
   await bootstrapHost((line) => progress.note(line));
   const kernel = kernelChoiceFromFlags(request.kernel);
-  const guest = await openGuest({ artifactsDir: runDir, log: (line) => progress.note(line), agentCwd: GUEST_DIRS.work, ...(kernel ? { kernel } : {}), ...(request.engine === 'criu' || request.engines?.includes('criu') ? { criu: true } : {}) });
+  const guest = await openGuest({
+    artifactsDir: runDir,
+    log: (line) => progress.note(line),
+    agentCwd: GUEST_DIRS.work,
+    ...(kernel ? { kernel } : {}),
+    ...(request.engine === 'criu' || request.engines?.includes('criu') ? { criu: true } : {}),
+  });
   let fault = request.fault;
   let restoreGuest: OpenedGuest | undefined;
   try {
@@ -147,9 +171,16 @@ async function phases(request: ReproRequest, prepared: PreparedProgram, runDir: 
       await there.run(`mkdir -p ${GUEST_DIRS.bin} ${GUEST_DIRS.out} ${GUEST_DIRS.work} && echo 7 > /proc/sys/kernel/printk`);
       await there.upload(guestBinary, prepared.program.data, 0o755);
       for (const f of prepared.files) await there.upload(`${GUEST_DIRS.work}/${path.basename(f.file)}`, f.data, f.mode);
-      progress.note(`restore guest: -cpu ${restoreGuest.profile.cpuModel}, kernel ${restoreGuest.profile.kernelRelease}, CPU flags ${restoreGuest.profile.cpuFlags.join(' ')}`);
+      progress.note(
+        `restore guest: -cpu ${restoreGuest.profile.cpuModel}, kernel ${restoreGuest.profile.kernelRelease}, CPU flags ${restoreGuest.profile.cpuFlags.join(' ')}`,
+      );
       elsewhere = {
-        ctx: { ...ctx, agent: restoreGuest.agent, shell: (command) => there.run(command), clearReady: async () => void (await there.run(`rm -f ${shellQuote(READY_FILE)}`)) },
+        ctx: {
+          ...ctx,
+          agent: restoreGuest.agent,
+          shell: (command) => there.run(command),
+          clearReady: async () => void (await there.run(`rm -f ${shellQuote(READY_FILE)}`)),
+        },
         anyway: request.elsewhere.anyway,
       };
     }
@@ -163,7 +194,10 @@ async function phases(request: ReproRequest, prepared: PreparedProgram, runDir: 
     let checkpointed: Checkpointed;
     let crhRefusal: CheckpointError | undefined;
     try {
-      checkpointed = request.engine === 'criu' ? await criuRun() : await checkpointedRun(ctx, reference, guest.platform, request.policy, imageFile, request.cycles, elsewhere);
+      checkpointed =
+        request.engine === 'criu'
+          ? await criuRun()
+          : await checkpointedRun(ctx, reference, guest.platform, request.policy, imageFile, request.cycles, elsewhere);
     } catch (error) {
       // Side by side, crh's refusal is crh's verdict, and CRIU still gets the process.
       if (!sideBySide || !(error instanceof CheckpointError)) throw error;

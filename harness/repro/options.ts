@@ -11,7 +11,13 @@ import { OMIT_USAGE, policyFromFlags, policyOptions, POLICY_USAGE } from '../fla
 import type { RestorePolicy } from '../restore/policy.ts';
 import { parseFault, type InjectedFault } from './fault-injection.ts';
 import { UsageError } from './usage-error.ts';
-import { parseRestoreElsewhere, RESTORE_ELSEWHERE_USAGE, restoreElsewhereFlags, restoreElsewhereOptions, type RestoreElsewhereRequest } from './restore-elsewhere.ts';
+import {
+  parseRestoreElsewhere,
+  RESTORE_ELSEWHERE_USAGE,
+  restoreElsewhereFlags,
+  restoreElsewhereOptions,
+  type RestoreElsewhereRequest,
+} from './restore-elsewhere.ts';
 import { parseEngines } from '../flags/engine-flags.ts';
 import { parseSweepFlags, SWEEP_USAGE, sweepFlags, sweepOptions, type SweepRequest } from './sweep-options.ts';
 
@@ -97,10 +103,10 @@ export const REPRO_USAGE =
   '       crh cr --binary PATH [--file PATH]... [the same checkpoint and policy switches] [-- ARGS]\n' +
   '  --pid-file FILE (with --when-ready): the program is a launcher; checkpoint the daemon whose pid it writes\n' +
   '  to FILE (relative to its working directory) once it has exited 0; a daemon with children is refused\n' +
-  '  --engine criu: CRIU (Debian trixie\'s, in the guest) dumps and restores the stopped process instead of\n' +
-  '  crh\'s restore core; the policy switches describe the restore core and are a usage error with it.\n' +
+  "  --engine criu: CRIU (Debian trixie's, in the guest) dumps and restores the stopped process instead of\n" +
+  "  crh's restore core; the policy switches describe the restore core and are a usage error with it.\n" +
   '  --engine crh,criu: both, in one guest against one uninterrupted run, the verdicts side by side and a\n' +
-  '  bundle each (CRIU\'s beside BUNDLE as BUNDLE-criu.tar); the policy switches apply to crh\'s run\n' +
+  "  bundle each (CRIU's beside BUNDLE as BUNDLE-criu.tar); the policy switches apply to crh's run\n" +
   `${OMIT_USAGE}\n` +
   '       for tests of crh itself: [--inject-fault PHASE:KIND] (docs/ci.md)\n' +
   '       (PHASE checkpoint|restore; KIND kill-qemu|kill-agent|drop-ssh|guest-panic)';
@@ -153,9 +159,15 @@ export function parseReproArgs(command: 'repro' | 'cr', argv: readonly string[])
     if (command !== 'repro') throw new UsageError(`--bundle belongs to crh repro\n${REPRO_USAGE}`);
     const extra = Object.keys(values).filter((k) => !['bundle', 'out', 'artifacts'].includes(k));
     if (positionals.length > 0 || extra.length > 0 || programArgs.length > 0) {
-      throw new UsageError(`--bundle reruns exactly what the bundle records; only --out and --artifacts may be added (got ${[...positionals, ...extra.map((k) => `--${k}`)].join(' ')})`);
+      throw new UsageError(
+        `--bundle reruns exactly what the bundle records; only --out and --artifacts may be added (got ${[...positionals, ...extra.map((k) => `--${k}`)].join(' ')})`,
+      );
     }
-    return { bundle: path.resolve(values.bundle), ...(values.out ? { out: path.resolve(values.out) } : {}), ...(values.artifacts ? { artifacts: path.resolve(values.artifacts) } : {}) };
+    return {
+      bundle: path.resolve(values.bundle),
+      ...(values.out ? { out: path.resolve(values.out) } : {}),
+      ...(values.artifacts ? { artifacts: path.resolve(values.artifacts) } : {}),
+    };
   }
 
   let source: string | undefined;
@@ -176,11 +188,14 @@ export function parseReproArgs(command: 'repro' | 'cr', argv: readonly string[])
   if (clash) throw new UsageError(`--file: two files are named ${clash}; each lands in the program's working directory under its own name`);
 
   if (values['finish-signal'] !== undefined && !values['when-ready']) {
-    throw new UsageError('--finish-signal goes with --when-ready: the signal is sent once the program is ready, in the uninterrupted run and after the restore');
+    throw new UsageError(
+      '--finish-signal goes with --when-ready: the signal is sent once the program is ready, in the uninterrupted run and after the restore',
+    );
   }
   const pidFile = values['pid-file'];
   if (pidFile !== undefined) {
-    if (!values['when-ready']) throw new UsageError('--pid-file goes with --when-ready: the daemon is checkpointed once the launcher has exited 0 and the file names it');
+    if (!values['when-ready'])
+      throw new UsageError('--pid-file goes with --when-ready: the daemon is checkpointed once the launcher has exited 0 and the file names it');
     checkPidFilePath(pidFile, (why) => new UsageError(`--pid-file: ${why}`));
   }
   const sweep = parseSweepFlags(values);
@@ -189,19 +204,28 @@ export function parseReproArgs(command: 'repro' | 'cr', argv: readonly string[])
   const withCriu = engines.includes('criu');
   const flagOf = engines.length > 1 ? '--engine crh,criu' : '--engine criu';
   if (withCriu && pidFile !== undefined) throw new UsageError(`--pid-file is crh's own attach; ${flagOf} takes the process crh spawned`);
-  if (withCriu && values.cycles !== undefined && values.cycles !== '1') throw new UsageError(`--cycles chains crh's own checkpoints; with ${flagOf} a run takes one checkpoint`);
+  if (withCriu && values.cycles !== undefined && values.cycles !== '1')
+    throw new UsageError(`--cycles chains crh's own checkpoints; with ${flagOf} a run takes one checkpoint`);
   if (withCriu && sweep) throw new UsageError(`--sweep restores through crh's restore core at every point; it goes without ${flagOf}`);
   if (engine === 'criu') {
     const given = Object.keys(policyOptions).filter((flag) => values[flag as keyof typeof policyOptions] !== undefined);
     if (given.length > 0) {
-      throw new UsageError(`${given.map((f) => `--${f}`).join(', ')} ${given.length === 1 ? 'is a policy' : 'are policies'} of crh's restore core and cannot apply to --engine criu (CRIU restores by its own rules); drop ${given.length === 1 ? 'it' : 'them'} or use --engine crh`);
+      throw new UsageError(
+        `${given.map((f) => `--${f}`).join(', ')} ${given.length === 1 ? 'is a policy' : 'are policies'} of crh's restore core and cannot apply to --engine criu (CRIU restores by its own rules); drop ${given.length === 1 ? 'it' : 'them'} or use --engine crh`,
+      );
     }
   }
   const elsewhere = parseRestoreElsewhere(values);
-  if (elsewhere && withCriu) throw new UsageError(`--restore-cpu and --restore-kernel restore through crh's restore core; with ${flagOf} CRIU restores in the checkpoint's guest`);
-  if (elsewhere && sweep) throw new UsageError('--sweep restores every checkpoint in the guest it took it in; it goes without --restore-cpu and --restore-kernel');
-  if (elsewhere && values.cycles !== undefined && values.cycles !== '1') throw new UsageError('a restore in another guest moves the process once: --cycles goes without --restore-cpu and --restore-kernel');
-  if (elsewhere && pidFile !== undefined) throw new UsageError('--pid-file gives the daemon back its own descriptors 0-2, files in the guest it ran in: it goes without --restore-cpu and --restore-kernel');
+  if (elsewhere && withCriu)
+    throw new UsageError(`--restore-cpu and --restore-kernel restore through crh's restore core; with ${flagOf} CRIU restores in the checkpoint's guest`);
+  if (elsewhere && sweep)
+    throw new UsageError('--sweep restores every checkpoint in the guest it took it in; it goes without --restore-cpu and --restore-kernel');
+  if (elsewhere && values.cycles !== undefined && values.cycles !== '1')
+    throw new UsageError('a restore in another guest moves the process once: --cycles goes without --restore-cpu and --restore-kernel');
+  if (elsewhere && pidFile !== undefined)
+    throw new UsageError(
+      '--pid-file gives the daemon back its own descriptors 0-2, files in the guest it ran in: it goes without --restore-cpu and --restore-kernel',
+    );
   let policy: RestorePolicy;
   try {
     policy = policyFromFlags(values);
@@ -217,7 +241,9 @@ export function parseReproArgs(command: 'repro' | 'cr', argv: readonly string[])
     files,
     args: programArgs,
     cflags: values.cflags?.split(/\s+/).filter(Boolean) ?? [],
-    checkpoint: sweep ? { kind: 'symbol', symbol: sweep.symbol, hit: values.hit === undefined ? 1 : positiveInteger('--hit', values.hit) } : checkpointPoint(values),
+    checkpoint: sweep
+      ? { kind: 'symbol', symbol: sweep.symbol, hit: values.hit === undefined ? 1 : positiveInteger('--hit', values.hit) }
+      : checkpointPoint(values),
     ...(sweep ? { sweep } : {}),
     ...(values['finish-signal'] !== undefined ? { finishSignal: parseSignal(values['finish-signal']) } : {}),
     ...(pidFile !== undefined ? { pidFile } : {}),
@@ -228,10 +254,12 @@ export function parseReproArgs(command: 'repro' | 'cr', argv: readonly string[])
     ...(values.out ? { out: path.resolve(values.out) } : {}),
     ...(values.artifacts ? { artifacts: path.resolve(values.artifacts) } : {}),
     ...(elsewhere ? { elsewhere } : {}),
-    kernel: Object.fromEntries(Object.keys(kernelOptions).flatMap((flag) => {
-      const value = values[flag as keyof typeof kernelOptions];
-      return typeof value === 'string' ? [[flag, resolveKernelFlag(flag, value)]] : [];
-    })),
+    kernel: Object.fromEntries(
+      Object.keys(kernelOptions).flatMap((flag) => {
+        const value = values[flag as keyof typeof kernelOptions];
+        return typeof value === 'string' ? [[flag, resolveKernelFlag(flag, value)]] : [];
+      }),
+    ),
   };
 }
 
@@ -266,14 +294,21 @@ function joinCflags(args: string[]): string[] {
 }
 
 function checkpointPoint(values: { 'checkpoint-at'?: string; hit?: string; 'checkpoint-after'?: string; 'when-ready'?: boolean }): CheckpointPoint {
-  const given = [values['checkpoint-at'] !== undefined && '--checkpoint-at', values['checkpoint-after'] !== undefined && '--checkpoint-after', values['when-ready'] && '--when-ready'].filter(Boolean);
+  const given = [
+    values['checkpoint-at'] !== undefined && '--checkpoint-at',
+    values['checkpoint-after'] !== undefined && '--checkpoint-after',
+    values['when-ready'] && '--when-ready',
+  ].filter(Boolean);
   if (given.length !== 1) {
-    throw new UsageError(`say where to checkpoint with exactly one of --checkpoint-at SYMBOL, --checkpoint-after MS, --when-ready${given.length > 1 ? ` (got ${given.join(' and ')})` : ''}\n${REPRO_USAGE}`);
+    throw new UsageError(
+      `say where to checkpoint with exactly one of --checkpoint-at SYMBOL, --checkpoint-after MS, --when-ready${given.length > 1 ? ` (got ${given.join(' and ')})` : ''}\n${REPRO_USAGE}`,
+    );
   }
   if (values.hit !== undefined && values['checkpoint-at'] === undefined) throw new UsageError('--hit N counts executions of --checkpoint-at SYMBOL');
   if (values['checkpoint-at'] !== undefined) {
     const symbol = values['checkpoint-at'];
-    if (!/^(?:[A-Za-z_.$][\w.$@]*|0x[0-9a-fA-F]+)$/.test(symbol)) throw new UsageError(`--checkpoint-at: "${symbol}" is neither a symbol name nor a 0x address`);
+    if (!/^(?:[A-Za-z_.$][\w.$@]*|0x[0-9a-fA-F]+)$/.test(symbol))
+      throw new UsageError(`--checkpoint-at: "${symbol}" is neither a symbol name nor a 0x address`);
     return { kind: 'symbol', symbol, hit: values.hit === undefined ? 1 : positiveInteger('--hit', values.hit) };
   }
   if (values['checkpoint-after'] !== undefined) return { kind: 'after', ms: positiveInteger('--checkpoint-after', values['checkpoint-after']) };
@@ -321,7 +356,18 @@ export function requestFlags(request: ReproRequest): string[] {
   if (request.engine === 'criu') {
     flags.push('--engine', 'criu');
   } else {
-    flags.push('--rf', p.rf, '--regs', p.regs ?? 'full', '--restorer', p.restorer ?? 'ptrace', '--rseq-fixup', p.rseqFixup ?? 'on', '--syscall-restart', p.syscallRestart ?? 'on');
+    flags.push(
+      '--rf',
+      p.rf,
+      '--regs',
+      p.regs ?? 'full',
+      '--restorer',
+      p.restorer ?? 'ptrace',
+      '--rseq-fixup',
+      p.rseqFixup ?? 'on',
+      '--syscall-restart',
+      p.syscallRestart ?? 'on',
+    );
     if (p.omit?.length) flags.push('--omit', p.omit.join(','));
   }
   if (request.cflags.length > 0) flags.push(`--cflags=${request.cflags.join(' ')}`);

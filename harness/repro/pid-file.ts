@@ -46,12 +46,16 @@ async function processState(agent: AgentClient, pid: number): Promise<string | u
  */
 export async function runLauncherToDaemon(agent: AgentClient, launcherPid: number, pidFile: string, timeoutMs: number): Promise<{ pid: number; how: string }> {
   const run = await agent.call({ op: 'RUN', pid: launcherPid, stopAfterHits: 0, timeoutMs }).catch(async (error: unknown) => {
-    if (!(isRunTimeout(error))) throw error;
+    if (!isRunTimeout(error)) throw error;
     await agent.call({ op: 'KILL', pid: launcherPid }).catch(() => {});
-    throw new CheckpointNotReachedError(`the launcher (pid ${launcherPid}) did not exit within ${timeoutMs} ms; with --pid-file the program is ready once it has exited 0 and the pid file names a live process`);
+    throw new CheckpointNotReachedError(
+      `the launcher (pid ${launcherPid}) did not exit within ${timeoutMs} ms; with --pid-file the program is ready once it has exited 0 and the pid file names a live process`,
+    );
   });
   if (run.outcome !== 'exited' || run.code !== 0) {
-    throw new CheckpointNotReachedError(`the launcher (pid ${launcherPid}) ${run.outcome === 'exited' ? `exited with status ${run.code}` : `was killed by signal ${run.code}`}: it must exit 0 once the daemon is ready`);
+    throw new CheckpointNotReachedError(
+      `the launcher (pid ${launcherPid}) ${run.outcome === 'exited' ? `exited with status ${run.code}` : `was killed by signal ${run.code}`}: it must exit 0 once the daemon is ready`,
+    );
   }
   const pid = await attachNamedProcess(agent, pidFile);
   return { pid, how: `the launcher exited 0 and ${pidFile} names pid ${pid}` };
@@ -62,10 +66,15 @@ export async function attachNamedProcess(agent: AgentClient, pidFile: string): P
   const text = await readIfPresent(agent, pidFile, 64);
   const pid = parsePidFile(text);
   if (pid === undefined) {
-    throw new CheckpointNotReachedError(text === undefined ? `the pid file ${pidFile} was not written` : `the pid file ${pidFile} holds ${JSON.stringify(text.slice(0, 40))}, not a pid`);
+    throw new CheckpointNotReachedError(
+      text === undefined ? `the pid file ${pidFile} was not written` : `the pid file ${pidFile} holds ${JSON.stringify(text.slice(0, 40))}, not a pid`,
+    );
   }
   const state = await processState(agent, pid);
-  if (state === undefined || state === 'Z') throw new CheckpointNotReachedError(`pid ${pid}, named by ${pidFile}, is ${state === 'Z' ? 'a zombie' : 'not running'}: the daemon ended before it could be checkpointed`);
+  if (state === undefined || state === 'Z')
+    throw new CheckpointNotReachedError(
+      `pid ${pid}, named by ${pidFile}, is ${state === 'Z' ? 'a zombie' : 'not running'}: the daemon ended before it could be checkpointed`,
+    );
   await agent.call({ op: 'ATTACH', pid });
   return pid;
 }

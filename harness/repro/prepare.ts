@@ -32,7 +32,12 @@ export interface PreparedProgram {
 /** The name a request's program goes by, from its source or binary file name. */
 export function programName(request: ReproRequest): string {
   const file = request.source ?? request.binary ?? 'program';
-  return path.basename(file).replace(/\.c$/, '').replace(/[^A-Za-z0-9_.+-]/g, '_') || 'program';
+  return (
+    path
+      .basename(file)
+      .replace(/\.c$/, '')
+      .replace(/[^A-Za-z0-9_.+-]/g, '_') || 'program'
+  );
 }
 
 export async function prepareProgram(request: ReproRequest, buildDir: string, progress: Progress): Promise<PreparedProgram> {

@@ -30,7 +30,8 @@ export async function loadProgram(file: string): Promise<Program> {
   }
   if (data.readUInt16LE(0x12) !== 0x3e) throw new UsageError(`${file} is not an x86-64 program`);
   // The guest image carries no shared libraries for user programs.
-  if (elf.sections.some((s) => s.name === '.interp')) throw new UsageError(`${file} is dynamically linked (it has a .interp section); the guest runs static programs only — link with -static`);
+  if (elf.sections.some((s) => s.name === '.interp'))
+    throw new UsageError(`${file} is dynamically linked (it has a .interp section); the guest runs static programs only — link with -static`);
   return { file, elf, data };
 }
 
@@ -41,10 +42,14 @@ export function resolveCheckpointAddress(program: Program, symbol: string): bigi
     .symbols()
     .filter((s) => s.name === symbol && s.section !== 0 && s.section < SHN_LORESERVE && [STT_FUNC, STT_NOTYPE, STT_OBJECT].includes(s.type));
   if (defined.length === 0) {
-    const hint = program.elf.symbols().length === 0 ? ' (the program has no symbol table: was it stripped?)' : ' (a label in inline asm needs .globl, or use a function name)';
+    const hint =
+      program.elf.symbols().length === 0
+        ? ' (the program has no symbol table: was it stripped?)'
+        : ' (a label in inline asm needs .globl, or use a function name)';
     throw new UsageError(`${program.file}: no symbol ${symbol}${hint}`);
   }
   const addresses = [...new Set(defined.map((s) => s.value))];
-  if (addresses.length > 1) throw new UsageError(`${program.file}: ${symbol} names ${addresses.length} addresses (${addresses.map(hex).join(', ')}); give one as 0x...`);
+  if (addresses.length > 1)
+    throw new UsageError(`${program.file}: ${symbol} names ${addresses.length} addresses (${addresses.map(hex).join(', ')}); give one as 0x...`);
   return addresses[0]!;
 }

@@ -22,13 +22,12 @@ export interface RegisterDiffInput {
 export function formatRegisterDiff(input: RegisterDiffInput): string {
   const { image, restored, policy } = input;
   const restorer = policy.restorer ?? 'ptrace';
-  const lines = [
-    `# registers: checkpoint image vs the restored process at its restore stop (ptrace GETREGS)`,
-    `# policy: ${describePolicy(policy)}`,
-  ];
+  const lines = [`# registers: checkpoint image vs the restored process at its restore stop (ptrace GETREGS)`, `# policy: ${describePolicy(policy)}`];
   if (input.rewound) lines.push(`# the image holds the registers after the checkpoint rewound it: ${input.rewound}`);
-  if (restorer === 'sigreturn') lines.push('# restorer=sigreturn: the registers reach the task through an rt_sigframe when it runs; at the restore stop ptrace shows the trampoline entry');
-  if (restorer === 'popf') lines.push('# restorer=popf: the task enters a popfq; ret trampoline, so rip, rsp and eflags at the restore stop are the trampoline\'s');
+  if (restorer === 'sigreturn')
+    lines.push('# restorer=sigreturn: the registers reach the task through an rt_sigframe when it runs; at the restore stop ptrace shows the trampoline entry');
+  if (restorer === 'popf')
+    lines.push("# restorer=popf: the task enters a popfq; ret trampoline, so rip, rsp and eflags at the restore stop are the trampoline's");
   if (!restored) lines.push('# the restore did not produce a process: image values only');
   lines.push(['register'.padEnd(9), 'image'.padEnd(20), 'restored'.padEnd(20), 'note'].join(' ').trimEnd());
   for (const name of USER_REGS_FIELDS) {
@@ -38,15 +37,16 @@ export function formatRegisterDiff(input: RegisterDiffInput): string {
     if (got !== undefined && got !== want) note = `differs${explain(name, want, got, policy)}`;
     lines.push([name.padEnd(9), hex(want).padEnd(20), (got === undefined ? '-' : hex(got)).padEnd(20), note].join(' ').trimEnd());
   }
-  lines.push('', '# what the kernel accepted differently from the plan\'s request (RestoreResult.differences)');
+  lines.push('', "# what the kernel accepted differently from the plan's request (RestoreResult.differences)");
   if (input.kernel.length === 0) lines.push(restored ? 'none' : '(no restore)');
   for (const d of input.kernel) lines.push(`${d.what}: requested ${d.requested}, accepted ${d.accepted}`);
   return `${lines.join('\n')}\n`;
 }
 
 function explain(name: string, want: bigint, got: bigint, policy: RestorePolicy): string {
-  if ((policy.regs ?? 'full') === 'partial' && (CALLEE_SAVED as readonly string[]).includes(name)) return ' (regs=partial: callee-saved registers keep the fresh target\'s values)';
-  if (omits(policy, 'tls') && (TLS_REGISTERS as readonly string[]).includes(name)) return ' (omit=tls: the fresh target\'s TLS)';
+  if ((policy.regs ?? 'full') === 'partial' && (CALLEE_SAVED as readonly string[]).includes(name))
+    return " (regs=partial: callee-saved registers keep the fresh target's values)";
+  if (omits(policy, 'tls') && (TLS_REGISTERS as readonly string[]).includes(name)) return " (omit=tls: the fresh target's TLS)";
   if (name === 'eflags' && (want ^ got) === EFLAGS.RF) return ` (only RF differs: rf=${policy.rf})`;
   return '';
 }

@@ -86,7 +86,14 @@ export function rerunRecord(request: ReproRequest, inputs: BundleInputs): RerunR
     ...(fromSource ? { source: inputs.source! } : { binary: inputs.binary }),
     files: inputs.files,
     checkpoint: request.checkpoint,
-    policy: { rf: p.rf, regs: p.regs ?? 'full', restorer: p.restorer ?? 'ptrace', rseqFixup: p.rseqFixup ?? 'on', syscallRestart: p.syscallRestart ?? 'on', omit: [...(p.omit ?? [])] },
+    policy: {
+      rf: p.rf,
+      regs: p.regs ?? 'full',
+      restorer: p.restorer ?? 'ptrace',
+      rseqFixup: p.rseqFixup ?? 'on',
+      syscallRestart: p.syscallRestart ?? 'on',
+      omit: [...(p.omit ?? [])],
+    },
     ...(request.finishSignal ? { finishSignal: request.finishSignal.name } : {}),
     ...(request.pidFile !== undefined ? { pidFile: request.pidFile } : {}),
     timeoutMs: request.timeoutMs,
@@ -114,7 +121,24 @@ const NEVER_FROM_A_BUNDLE: Record<string, string> = {
   out: 'where crh writes is never taken from a bundle (give --out yourself)',
 };
 
-const RECORD_KEYS = ['version', 'engine', 'command', 'source', 'binary', 'files', 'checkpoint', 'policy', 'finishSignal', 'pidFile', 'timeoutMs', 'cycles', 'args', 'sweep', 'restoreCpu', 'restoreAnyway'];
+const RECORD_KEYS = [
+  'version',
+  'engine',
+  'command',
+  'source',
+  'binary',
+  'files',
+  'checkpoint',
+  'policy',
+  'finishSignal',
+  'pidFile',
+  'timeoutMs',
+  'cycles',
+  'args',
+  'sweep',
+  'restoreCpu',
+  'restoreAnyway',
+];
 const POLICY_KEYS = ['rf', 'regs', 'restorer', 'rseqFixup', 'syscallRestart', 'omit'];
 
 /**
@@ -153,7 +177,8 @@ export function parseRerunRecord(raw: unknown, bundle: string): RerunRecord {
 
   let finishSignal: string | undefined;
   if (record.finishSignal !== undefined) {
-    if (typeof record.finishSignal !== 'string' || !/^[A-Z0-9+]{1,16}$/.test(record.finishSignal)) return reject('.finishSignal', `${show(record.finishSignal)} is not a signal name`);
+    if (typeof record.finishSignal !== 'string' || !/^[A-Z0-9+]{1,16}$/.test(record.finishSignal))
+      return reject('.finishSignal', `${show(record.finishSignal)} is not a signal name`);
     if (checkpoint.kind !== 'ready') reject('.finishSignal', 'goes with a "ready" checkpoint only');
     try {
       finishSignal = parseSignal(record.finishSignal).name;
@@ -166,7 +191,7 @@ export function parseRerunRecord(raw: unknown, bundle: string): RerunRecord {
   if (record.pidFile !== undefined) {
     if (typeof record.pidFile !== 'string') return reject('.pidFile', `${show(record.pidFile)} is not a path`);
     if (checkpoint.kind !== 'ready') reject('.pidFile', 'goes with a "ready" checkpoint only');
-    if (record.engine === 'criu') reject('.pidFile', 'is crh\'s own attach, not the criu engine\'s');
+    if (record.engine === 'criu') reject('.pidFile', "is crh's own attach, not the criu engine's");
     checkPidFilePath(record.pidFile, (why) => reject('.pidFile', why));
     pidFile = record.pidFile;
   }
@@ -217,7 +242,14 @@ function sweepRecord(raw: unknown, checkpoint: CheckpointPoint, reject: Reject):
 /** The restore policy a (checked) record asks for. */
 export function policyOf(record: RerunRecord): RestorePolicy {
   const p = record.policy;
-  return policyFromFlags({ rf: p.rf, regs: p.regs, restorer: p.restorer, 'rseq-fixup': p.rseqFixup, 'syscall-restart': p.syscallRestart, ...(p.omit.length ? { omit: p.omit.join(',') } : {}) });
+  return policyFromFlags({
+    rf: p.rf,
+    regs: p.regs,
+    restorer: p.restorer,
+    'rseq-fixup': p.rseqFixup,
+    'syscall-restart': p.syscallRestart,
+    ...(p.omit.length ? { omit: p.omit.join(',') } : {}),
+  });
 }
 
 type Reject = (field: string, why: string) => never;
@@ -249,7 +281,8 @@ function entryName(value: unknown, dir: string, field: string, reject: Reject): 
 }
 
 function boundedInteger(value: unknown, field: string, max: number, reject: Reject): number {
-  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 1 || value > max) return reject(field, `${show(value)} is not a whole number from 1 to ${max}`);
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 1 || value > max)
+    return reject(field, `${show(value)} is not a whole number from 1 to ${max}`);
   return value;
 }
 
@@ -277,9 +310,18 @@ function checkpointPoint(raw: unknown, reject: Reject): CheckpointPoint {
 function rerunPolicy(raw: unknown, reject: Reject): RerunPolicy {
   const p = object(raw, '.policy', reject);
   onlyKeys(p, POLICY_KEYS, '.policy', reject);
-  const text = (key: string): string => (typeof p[key] === 'string' && (p[key] as string).length <= 32 ? (p[key] as string) : reject(`.policy.${key}`, `must be a policy name, not ${show(p[key])}`));
-  if (!Array.isArray(p.omit) || p.omit.length > 32 || !p.omit.every((o) => typeof o === 'string' && /^[a-z-]{1,32}$/.test(o))) return reject('.policy.omit', `must be a list of names, not ${show(p.omit)}`);
-  const policy: RerunPolicy = { rf: text('rf'), regs: text('regs'), restorer: text('restorer'), rseqFixup: text('rseqFixup'), syscallRestart: text('syscallRestart'), omit: p.omit as string[] };
+  const text = (key: string): string =>
+    typeof p[key] === 'string' && (p[key] as string).length <= 32 ? (p[key] as string) : reject(`.policy.${key}`, `must be a policy name, not ${show(p[key])}`);
+  if (!Array.isArray(p.omit) || p.omit.length > 32 || !p.omit.every((o) => typeof o === 'string' && /^[a-z-]{1,32}$/.test(o)))
+    return reject('.policy.omit', `must be a list of names, not ${show(p.omit)}`);
+  const policy: RerunPolicy = {
+    rf: text('rf'),
+    regs: text('regs'),
+    restorer: text('restorer'),
+    rseqFixup: text('rseqFixup'),
+    syscallRestart: text('syscallRestart'),
+    omit: p.omit as string[],
+  };
   try {
     policyOf({ policy } as RerunRecord);
   } catch (error) {
@@ -294,7 +336,8 @@ function programArgs(raw: unknown, reject: Reject): string[] {
   if (raw.length > RERUN_LIMITS.args) reject('.args', `${raw.length} arguments, more than ${RERUN_LIMITS.args}`);
   raw.forEach((a: unknown, i) => {
     // execve cannot pass a NUL inside an argument.
-    if (typeof a !== 'string' || a.length > RERUN_LIMITS.argChars || a.includes('\0')) reject(`.args[${i}]`, `must be a string of at most ${RERUN_LIMITS.argChars} characters without NUL, not ${show(a)}`);
+    if (typeof a !== 'string' || a.length > RERUN_LIMITS.argChars || a.includes('\0'))
+      reject(`.args[${i}]`, `must be a string of at most ${RERUN_LIMITS.argChars} characters without NUL, not ${show(a)}`);
   });
   return raw as string[];
 }

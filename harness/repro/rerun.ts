@@ -21,9 +21,7 @@ export interface BundleInputs {
 export function rerunArgs(request: ReproRequest, inputs: BundleInputs): string[] {
   const at = (name: string): string => `${BUNDLE_DIR}/${name}`;
   const program =
-    request.command === 'repro'
-      ? ['repro', at(inputs.source!)]
-      : ['cr', '--binary', at(inputs.binary), ...inputs.files.flatMap((f) => ['--file', at(f)])];
+    request.command === 'repro' ? ['repro', at(inputs.source!)] : ['cr', '--binary', at(inputs.binary), ...inputs.files.flatMap((f) => ['--file', at(f)])];
   return [...program, ...requestFlags(request), ...(request.args.length > 0 ? ['--', ...request.args] : [])];
 }
 

@@ -40,11 +40,18 @@ export function parseCpuModel(flag: string, text: string): string {
 }
 
 /** The request, or undefined when none of the three flags was given. */
-export function parseRestoreElsewhere(values: { 'restore-cpu'?: string; 'restore-kernel'?: string; 'restore-anyway'?: boolean }): RestoreElsewhereRequest | undefined {
+export function parseRestoreElsewhere(values: {
+  'restore-cpu'?: string;
+  'restore-kernel'?: string;
+  'restore-anyway'?: boolean;
+}): RestoreElsewhereRequest | undefined {
   const cpu = values['restore-cpu'];
   const kernel = values['restore-kernel'];
   if (cpu === undefined && kernel === undefined) {
-    if (values['restore-anyway']) throw new UsageError('--restore-anyway goes with --restore-cpu or --restore-kernel: it says to restore in that guest even where it lacks what the process depends on');
+    if (values['restore-anyway'])
+      throw new UsageError(
+        '--restore-anyway goes with --restore-cpu or --restore-kernel: it says to restore in that guest even where it lacks what the process depends on',
+      );
     return undefined;
   }
   return {

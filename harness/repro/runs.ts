@@ -98,7 +98,16 @@ export async function nativeReference(ctx: RunContext): Promise<NativeRun> {
   const finish = ctx.point.kind === 'ready' && ctx.finishSignal ? { signal: ctx.finishSignal.number, readyFile: READY_FILE } : undefined;
   return runNatively(
     { shell: ctx.shell, readFile: (file) => readOutput(ctx.agent, file) },
-    { binary: program.binary, argv: program.argv, envp: program.envp, cwd: GUEST_DIRS.work, stdoutPath: `${GUEST_DIRS.out}/native.out`, timeoutMs: ctx.timeoutMs, ...(finish ? { finish } : {}), ...(ctx.pidFile ? { pidFile: ctx.pidFile } : {}) },
+    {
+      binary: program.binary,
+      argv: program.argv,
+      envp: program.envp,
+      cwd: GUEST_DIRS.work,
+      stdoutPath: `${GUEST_DIRS.out}/native.out`,
+      timeoutMs: ctx.timeoutMs,
+      ...(finish ? { finish } : {}),
+      ...(ctx.pidFile ? { pidFile: ctx.pidFile } : {}),
+    },
   );
 }
 
@@ -131,7 +140,10 @@ export async function referenceRun(ctx: RunContext, pid?: number): Promise<Refer
   const output = await readOutput(agent, out);
   if (end.outcome === 'timed-out') throw new UsageError(`the uninterrupted run did not finish within ${ctx.timeoutMs} ms; raise --timeout`, { output });
   if (ctx.point.kind === 'symbol' && end.hits < ctx.point.hit) {
-    throw new CheckpointNotReachedError(`${ctx.point.symbol} was executed ${end.hits} times in the uninterrupted run; --hit ${ctx.point.hit} is never reached`, { output });
+    throw new CheckpointNotReachedError(
+      `${ctx.point.symbol} was executed ${end.hits} times in the uninterrupted run; --hit ${ctx.point.hit} is never reached`,
+      { output },
+    );
   }
   return { ...end, output, pid: spawned, ...(spawned !== pid ? { daemonPid: pid } : {}), elapsedMs: Date.now() - started };
 }
@@ -232,22 +244,35 @@ export function describeNextPoint(point: CheckpointPoint): string {
  * failing plan step, pid taken) is a result, returned as restoreError and
  * ending the chain; a failure of the infrastructure is thrown.
  */
-export async function checkpointedRun(ctx: RunContext, reference: Reference, platform: PlatformFacts, policy: RestorePolicy, imageFile: string, cycles = 1, elsewhere?: RestoreElsewhere): Promise<Checkpointed> {
+export async function checkpointedRun(
+  ctx: RunContext,
+  reference: Reference,
+  platform: PlatformFacts,
+  policy: RestorePolicy,
+  imageFile: string,
+  cycles = 1,
+  elsewhere?: RestoreElsewhere,
+): Promise<Checkpointed> {
   const { agent } = ctx;
   // Where the restore happens: this guest, or another (--restore-cpu, --restore-kernel) holding the same program and files.
   const there = elsewhere?.ctx ?? ctx;
-  if (elsewhere && cycles > 1) throw new UsageError('a restore in another guest moves the process once: --cycles goes without --restore-cpu and --restore-kernel');
+  if (elsewhere && cycles > 1)
+    throw new UsageError('a restore in another guest moves the process once: --cycles goes without --restore-cpu and --restore-kernel');
   const before = `${GUEST_DIRS.out}/checkpointed.out`;
   const notes: string[] = [];
   if (ctx.point.kind === 'symbol' && cycles > 1 && reference.hits < ctx.point.hit + cycles - 1) {
-    throw new CheckpointNotReachedError(`${ctx.point.symbol} was executed ${reference.hits} times in the uninterrupted run; ${cycles} cycles from --hit ${ctx.point.hit} need ${ctx.point.hit + cycles - 1}`);
+    throw new CheckpointNotReachedError(
+      `${ctx.point.symbol} was executed ${reference.hits} times in the uninterrupted run; ${cycles} cycles from --hit ${ctx.point.hit} need ${ctx.point.hit + cycles - 1}`,
+    );
   }
   await ctx.clearReady();
   const spawned = await spawnAsReference(ctx, before, reference.pid, notes);
 
   const tag = (cycle: number): string => (cycles > 1 ? `cycle ${cycle}/${cycles}: ` : '');
   await ctx.phase('run to the checkpoint', `${tag(1)}${describePoint(ctx.point)}`);
-  const { pid, stoppedBy: firstStop } = ctx.pidFile ? await runToDaemon(ctx, spawned, before, reference, notes) : { pid: spawned, stoppedBy: await runToCheckpoint(ctx, spawned, before) };
+  const { pid, stoppedBy: firstStop } = ctx.pidFile
+    ? await runToDaemon(ctx, spawned, before, reference, notes)
+    : { pid: spawned, stoppedBy: await runToCheckpoint(ctx, spawned, before) };
   const records: CycleRecord[] = [];
   let output = '';
   let hits = ctx.point.kind === 'symbol' ? ctx.point.hit : 0;
@@ -274,20 +299,33 @@ export async function checkpointedRun(ctx: RunContext, reference: Reference, pla
       // that failed: a limitation of the C/R under test, never the user's
       // mistake — crh exits 1 with the reason, not 2.
       if (!(error instanceof CrhError) || isInfraFailure(error)) throw error;
-      throw new CheckpointError(`the program could not be checkpointed at this point${cycles > 1 ? ` (cycle ${cycle})` : ''}: ${error.message}`, error.details, { cause: error });
+      throw new CheckpointError(
+        `the program could not be checkpointed at this point${cycles > 1 ? ` (cycle ${cycle})` : ''}: ${error.message}`,
+        error.details,
+        { cause: error },
+      );
     };
     // A daemon is checkpointed with its descendants, each process's own descriptors 0-2 (not crh's output file)
     // given back after the restore (daemon-tree.ts).
-    const daemon = ctx.pidFile ? await checkpointDaemon(agent, process, platform, [current.out]).catch(async (error: unknown) => {
-      await killDaemonTree(agent, current.pid).catch(() => {});
-      return refused(error);
-    }) : undefined;
+    const daemon = ctx.pidFile
+      ? await checkpointDaemon(agent, process, platform, [current.out]).catch(async (error: unknown) => {
+          await killDaemonTree(agent, current.pid).catch(() => {});
+          return refused(error);
+        })
+      : undefined;
     const image = daemon ? daemon.tree.members[0]!.image : await checkpointProcess(agent, process, platform).catch(refused);
     const imageBytes = await writeImageFile(imageFile, () => (daemon ? writeDaemonImage(daemon, imageFile) : writeCheckpointImage(image, imageFile)));
     const checkpointMs = Date.now() - checkpointStarted;
     output += await readOutput(agent, current.out);
     for (const pid of daemon ? daemon.tree.members.map((m) => m.pid) : [current.pid]) await agent.call({ op: 'KILL', pid });
-    const record: CycleRecord = { cycle, stoppedBy: current.stoppedBy, rip: hex(regs.rip), ...(rewind ? { rewound: rewind.note } : {}), checkpointMs, imageBytes };
+    const record: CycleRecord = {
+      cycle,
+      stoppedBy: current.stoppedBy,
+      rip: hex(regs.rip),
+      ...(rewind ? { rewound: rewind.note } : {}),
+      checkpointMs,
+      imageBytes,
+    };
     records.push(record);
 
     const out = cycles > 1 ? `${GUEST_DIRS.out}/restored-${cycle}.out` : `${GUEST_DIRS.out}/restored.out`;
@@ -296,7 +334,9 @@ export async function checkpointedRun(ctx: RunContext, reference: Reference, pla
     let restored: RestoreResult;
     try {
       // --pid-file goes without a restore elsewhere (options.ts): a daemon is restored in this guest.
-      restored = daemon ? await restoreDaemon(agent, daemon, { policy, stdoutPath: out }) : await restoreProcess(there.agent, image, { policy, stdoutPath: out, ...(elsewhere?.anyway ? { dependencies: 'try' as const } : {}) });
+      restored = daemon
+        ? await restoreDaemon(agent, daemon, { policy, stdoutPath: out })
+        : await restoreProcess(there.agent, image, { policy, stdoutPath: out, ...(elsewhere?.anyway ? { dependencies: 'try' as const } : {}) });
       notes.push(...restored.dependencyNotes);
     } catch (error) {
       // restoreProcess and restoreDaemon leave nothing behind when they fail.
@@ -317,9 +357,17 @@ export async function checkpointedRun(ctx: RunContext, reference: Reference, pla
     const next = await runToNextCheckpoint(ctx, restored.pid);
     if ('ended' in next) {
       // Ended before the next point: its run is over; the verdict says after which cycle.
-      const run: RunRecord = { outcome: next.ended.outcome, code: next.ended.code, output: output + (await readOutput(agent, out)), hits: hits + next.ended.hits };
+      const run: RunRecord = {
+        outcome: next.ended.outcome,
+        code: next.ended.code,
+        output: output + (await readOutput(agent, out)),
+        hits: hits + next.ended.hits,
+      };
       if (run.outcome === reference.outcome && run.code === reference.code && run.output === reference.output) {
-        throw new CheckpointNotReachedError(`the program ended after cycle ${cycle} of ${cycles}, with the uninterrupted run's result: the chain needs a longer run (${ctx.point.kind === 'after' ? 'a smaller --checkpoint-after, ' : ''}fewer --cycles)`, { output: run.output });
+        throw new CheckpointNotReachedError(
+          `the program ended after cycle ${cycle} of ${cycles}, with the uninterrupted run's result: the chain needs a longer run (${ctx.point.kind === 'after' ? 'a smaller --checkpoint-after, ' : ''}fewer --cycles)`,
+          { output: run.output },
+        );
       }
       return finished(run, cycle);
     }
@@ -377,7 +425,7 @@ async function runToNextCheckpoint(ctx: RunContext, pid: number): Promise<{ stop
   const { agent, point } = ctx;
   if (point.kind === 'symbol') {
     const run = await agent.call({ op: 'RUN', pid, stopAfterHits: 1, timeoutMs: ctx.timeoutMs }).catch((error: unknown) => {
-      if (!(isRunTimeout(error))) throw error;
+      if (!isRunTimeout(error)) throw error;
       throw new CheckpointNotReachedError(`a restored process did not execute ${point.symbol} again within ${ctx.timeoutMs} ms (--timeout)`);
     });
     if (run.outcome !== 'hit-limit') return { ended: { outcome: run.outcome, code: run.code, hits: run.hits.length } };
@@ -430,7 +478,15 @@ export async function spawnAsReference(ctx: RunContext, stdoutPath: string, refe
 
 export async function spawn(ctx: RunContext, stdoutPath: string, pid?: number): Promise<number> {
   const { agent, program } = ctx;
-  const spawned = await agent.call({ op: 'SPAWN', path: program.binary, argv: program.argv, envp: program.envp, stdoutPath, noAslr: true, ...(pid !== undefined ? { pid } : {}) });
+  const spawned = await agent.call({
+    op: 'SPAWN',
+    path: program.binary,
+    argv: program.argv,
+    envp: program.envp,
+    stdoutPath,
+    noAslr: true,
+    ...(pid !== undefined ? { pid } : {}),
+  });
   if (ctx.breakAt !== undefined) {
     await agent.call({ op: 'POKEUSER', pid: spawned.pid, offset: debugRegOffset(0), value: ctx.breakAt });
     await agent.call({ op: 'POKEUSER', pid: spawned.pid, offset: debugRegOffset(7), value: DR7_EXECUTE_DR0 });
@@ -447,7 +503,9 @@ export async function spawn(ctx: RunContext, stdoutPath: string, pid?: number): 
 async function runToDaemon(ctx: RunContext, launcher: number, out: string, reference: Reference, notes: string[]): Promise<{ pid: number; stoppedBy: string }> {
   const { pid, how } = await runLauncherToDaemon(ctx.agent, launcher, ctx.pidFile!, ctx.timeoutMs);
   if (reference.daemonPid !== undefined && pid !== reference.daemonPid) {
-    notes.push(`the daemon has pid ${pid}, the uninterrupted run's had ${reference.daemonPid} (a launcher's child cannot be given its pid), so output that shows the pid differs`);
+    notes.push(
+      `the daemon has pid ${pid}, the uninterrupted run's had ${reference.daemonPid} (a launcher's child cannot be given its pid), so output that shows the pid differs`,
+    );
   }
   const ended = await interruptibleRun(ctx.agent, pid, RESUME_SLICE_MS);
   if (ended) throw notReached(ctx, ended, 'the checkpointed run', await readOutput(ctx.agent, out));
@@ -459,10 +517,13 @@ export async function runToCheckpoint(ctx: RunContext, pid: number, out: string)
   const { agent, point } = ctx;
   if (point.kind === 'symbol') {
     const run = await agent.call({ op: 'RUN', pid, stopAfterHits: point.hit, timeoutMs: ctx.timeoutMs }).catch((error: unknown) => {
-      if (!(isRunTimeout(error))) throw error;
-      throw new CheckpointNotReachedError(`the checkpoint point was not reached: ${point.symbol} was not executed ${point.hit} times within ${ctx.timeoutMs} ms (--timeout)`);
+      if (!isRunTimeout(error)) throw error;
+      throw new CheckpointNotReachedError(
+        `the checkpoint point was not reached: ${point.symbol} was not executed ${point.hit} times within ${ctx.timeoutMs} ms (--timeout)`,
+      );
     });
-    if (run.outcome !== 'hit-limit') throw notReached(ctx, { outcome: run.outcome, code: run.code, hits: run.hits.length }, 'the checkpointed run', await readOutput(agent, out));
+    if (run.outcome !== 'hit-limit')
+      throw notReached(ctx, { outcome: run.outcome, code: run.code, hits: run.hits.length }, 'the checkpointed run', await readOutput(agent, out));
     return `breakpoint hit ${point.hit} at ${point.symbol}`;
   }
   if (point.kind === 'after') {
@@ -510,7 +571,9 @@ async function runUntilReady(ctx: RunContext, pid: number, out: string): Promise
     if (how) return { how };
     if (Date.now() > deadline) {
       await ctx.agent.call({ op: 'KILL', pid }).catch(() => {});
-      throw new CheckpointNotReachedError(`the program did not announce readiness within ${ctx.timeoutMs} ms: it should write its pid to the file named by $CRH_READY_FILE, or print and flush a line ${READY_MARKER}`);
+      throw new CheckpointNotReachedError(
+        `the program did not announce readiness within ${ctx.timeoutMs} ms: it should write its pid to the file named by $CRH_READY_FILE, or print and flush a line ${READY_MARKER}`,
+      );
     }
     sliceMs = Math.min(sliceMs * 2, 50);
   }

@@ -45,7 +45,12 @@ export interface SweepOutcome {
 /** Runs a sweep request to its report and bundle, prints them, returns the exit code. */
 export async function sweepCommand(request: ReproRequest, progress: Progress): Promise<number> {
   const outcome = await sweep(request, progress);
-  process.stdout.write(formatSweepTable(outcome.report).split('\n').map((line) => escapeControl(line)).join('\n'));
+  process.stdout.write(
+    formatSweepTable(outcome.report)
+      .split('\n')
+      .map((line) => escapeControl(line))
+      .join('\n'),
+  );
   if (outcome.perturbed) process.stdout.write(`verdict: PERTURBED — ${escapeControl(outcome.perturbed)}\n`);
   else process.stdout.write(`verdict: ${outcome.report.pass ? 'PASS' : 'FAIL'} — ${escapeControl(outcome.report.headline)}\n`);
   process.stdout.write(`bundle: ${escapeControl(outcome.bundle)}\n`);
@@ -85,7 +90,14 @@ export async function sweep(request: ReproRequest, progress: Progress): Promise<
   const nativeOutput = runs.native.output;
 
   progress.phase('report', 'disassembling the boundaries');
-  const report = await makeSweepReport({ program: prepared.program, sweep: request.sweep!, hit: request.checkpoint.kind === 'symbol' ? request.checkpoint.hit : 1, policy: request.policy, reference, result });
+  const report = await makeSweepReport({
+    program: prepared.program,
+    sweep: request.sweep!,
+    hit: request.checkpoint.kind === 'symbol' ? request.checkpoint.hit : 1,
+    policy: request.policy,
+    reference,
+    result,
+  });
   progress.phase('bundle', out);
   progress.endPhase();
   const entries = await sweepBundleEntries(request, prepared.program.data, name, report, result, nativeOutput, path.join(runDir, 'console.log'));
@@ -96,9 +108,21 @@ export async function sweep(request: ReproRequest, progress: Progress): Promise<
   return { report, ...(perturbed ? { perturbed } : {}), bundle: out };
 }
 
-async function sweepBundleEntries(request: ReproRequest, binary: Buffer, name: string, report: SweepReport, result: SweepResult, nativeOutput: string, consoleLog: string): Promise<BundleEntry[]> {
+async function sweepBundleEntries(
+  request: ReproRequest,
+  binary: Buffer,
+  name: string,
+  report: SweepReport,
+  result: SweepResult,
+  nativeOutput: string,
+  consoleLog: string,
+): Promise<BundleEntry[]> {
   const text = (entry: string, value: string): BundleEntry => ({ name: entry, data: Buffer.from(value) });
-  const inputs = { ...(request.source ? { source: `source/${path.basename(request.source)}` } : {}), binary: `binary/${name}`, files: request.files.map((f) => `files/${path.basename(f)}`) };
+  const inputs = {
+    ...(request.source ? { source: `source/${path.basename(request.source)}` } : {}),
+    binary: `binary/${name}`,
+    files: request.files.map((f) => `files/${path.basename(f)}`),
+  };
   // The rerun record (rerun-record.ts, bounded and checked when read back) says what the sweep ran.
   const json = { ...report, rerun: rerunRecord(request, inputs) };
   const entries: BundleEntry[] = [
@@ -121,7 +145,17 @@ async function sweepBundleEntries(request: ReproRequest, binary: Buffer, name: s
     if (bytes + image.length > BUNDLE_LIMITS.totalBytes / 2) break;
     bytes += image.length;
     entries.push({ name: `boundary-${v.index}/checkpoint.tar`, data: image });
-    entries.push(text(`boundary-${v.index}/register-diff.txt`, formatRegisterDiff({ image: v.imageRegs, ...(v.restoredRegs ? { restored: v.restoredRegs } : {}), policy: request.policy, kernel: v.restoreDifferences })));
+    entries.push(
+      text(
+        `boundary-${v.index}/register-diff.txt`,
+        formatRegisterDiff({
+          image: v.imageRegs,
+          ...(v.restoredRegs ? { restored: v.restoredRegs } : {}),
+          policy: request.policy,
+          kernel: v.restoreDifferences,
+        }),
+      ),
+    );
     entries.push(text(`boundary-${v.index}/restored.out`, v.run.output));
     // Reached by a fresh run to a breakpoint: what that run printed, continued from the stop — the output it was compared with.
     if (v.reached === 'breakpoint') entries.push(text(`boundary-${v.index}/continued.out`, v.against.output));
@@ -143,7 +177,14 @@ export interface SweepInGuest {
  * `hooks.restore` replaces restoreProcess (a case passes its witnessed
  * restore); `hooks.programSigtraps` 'ignore' is a case's negative control.
  */
-export async function sweepInGuest(guest: Guest, request: ReproRequest, prepared: PreparedProgram, imageDir: string, progress: Progress, hooks: Pick<SweepContext, 'restore' | 'programSigtraps'> = {}): Promise<SweepInGuest> {
+export async function sweepInGuest(
+  guest: Guest,
+  request: ReproRequest,
+  prepared: PreparedProgram,
+  imageDir: string,
+  progress: Progress,
+  hooks: Pick<SweepContext, 'restore' | 'programSigtraps'> = {},
+): Promise<SweepInGuest> {
   const sweepRequest = request.sweep;
   if (!sweepRequest || request.checkpoint.kind !== 'symbol' || prepared.breakAt === undefined) throw new Error('sweepInGuest: the request has no --sweep');
   const { ssh } = guest.machine;
@@ -173,7 +214,18 @@ export async function sweepInGuest(guest: Guest, request: ReproRequest, prepared
   const reference = await referenceRun(ctx, native.pid);
   const differences = comparePerturbation(native, reference);
   const result = await sweepRuns(
-    { agent: guest.agent, program, breakAt: prepared.breakAt, hit: request.checkpoint.hit, sweep: sweepRequest, timeoutMs: request.timeoutMs, platform: guest.platform, phase, imageDir, ...hooks },
+    {
+      agent: guest.agent,
+      program,
+      breakAt: prepared.breakAt,
+      hit: request.checkpoint.hit,
+      sweep: sweepRequest,
+      timeoutMs: request.timeoutMs,
+      platform: guest.platform,
+      phase,
+      imageDir,
+      ...hooks,
+    },
     reference,
     request.policy,
   );

@@ -64,7 +64,9 @@ function row(r: SweepRow): string {
   const e = escapeHtml;
   const kind = r.pass ? 'pass' : 'fail';
   const reached = `${r.reached === 'step' ? 'step' : 'breakpoint (fresh run)'}${r.rseqArmed ? ', rseq_cs set' : ''}`;
-  const failure = r.pass ? '' : `${e(r.firstDifference ?? '')}${r.registersDiffering.length ? `<br>registers differing: <code>${e(r.registersDiffering.join(' '))}</code>` : ''}`;
+  const failure = r.pass
+    ? ''
+    : `${e(r.firstDifference ?? '')}${r.registersDiffering.length ? `<br>registers differing: <code>${e(r.registersDiffering.join(' '))}</code>` : ''}`;
   const felt = r.stopFelt ? `<br><span class="muted">the stop alone: ${e(r.stopFelt)}</span>` : '';
   return `<tr class="${kind}"><td>${r.boundary}</td><td><code>${e(r.address)}</code></td><td><code>${e(r.location)}</code></td><td><code>${e(r.instruction)}</code></td><td>${e(reached)}</td><td class="verdict"><span class="badge ${kind}">${r.pass ? 'match' : 'DIFFERS'}</span></td><td class="detail">${failure}${felt}</td></tr>`;
 }

@@ -46,14 +46,22 @@ export function parseSweepFlags(values: SweepValues): SweepRequest | undefined {
     if (stray.length > 0) throw new UsageError(`${stray.map((f) => `--${f}`).join(' and ')} go${stray.length === 1 ? 'es' : ''} with --sweep SYMBOL`);
     return undefined;
   }
-  const other = (['checkpoint-at', 'checkpoint-after', 'when-ready', 'finish-signal'] as const).filter((flag) => values[flag] !== undefined && values[flag] !== false);
-  if (other.length > 0) throw new UsageError(`--sweep takes its checkpoints itself (at the boundaries after the first execution of its symbol); drop ${other.map((f) => `--${f}`).join(' and ')}`);
+  const other = (['checkpoint-at', 'checkpoint-after', 'when-ready', 'finish-signal'] as const).filter(
+    (flag) => values[flag] !== undefined && values[flag] !== false,
+  );
+  if (other.length > 0)
+    throw new UsageError(
+      `--sweep takes its checkpoints itself (at the boundaries after the first execution of its symbol); drop ${other.map((f) => `--${f}`).join(' and ')}`,
+    );
   const symbol = values.sweep;
   if (!/^(?:[A-Za-z_.$][\w.$@]*|0x[0-9a-fA-F]+)$/.test(symbol)) throw new UsageError(`--sweep: "${symbol}" is neither a symbol name nor a 0x address`);
   const count = values.count === undefined ? SWEEP_DEFAULT_COUNT : boundedInteger('--count', values.count, SWEEP_MAX_COUNT);
   const every = values.every === undefined ? 1 : boundedInteger('--every', values.every, count);
   const checkpoints = Math.ceil(count / every);
-  if (checkpoints > SWEEP_MAX_CHECKPOINTS) throw new UsageError(`--count ${count} --every ${every} takes ${checkpoints} checkpoints, more than ${SWEEP_MAX_CHECKPOINTS}: give --every ${Math.ceil(count / SWEEP_MAX_CHECKPOINTS)} or more`);
+  if (checkpoints > SWEEP_MAX_CHECKPOINTS)
+    throw new UsageError(
+      `--count ${count} --every ${every} takes ${checkpoints} checkpoints, more than ${SWEEP_MAX_CHECKPOINTS}: give --every ${Math.ceil(count / SWEEP_MAX_CHECKPOINTS)} or more`,
+    );
   return { symbol, count, every };
 }
 

@@ -91,7 +91,14 @@ export async function makeSweepReport(inputs: ReportInputs): Promise<SweepReport
       reached: v.reached,
       rseqArmed: v.rseqArmed === true,
       ...(v.stopFelt.length > 0 ? { stopFelt: againstContinued(summarize(v.stopFelt, undefined, inputs.reference)) } : {}),
-      ...(v.pass ? {} : { firstDifference: v.reached === 'step' ? summarize(v.mismatches.slice(0, 1), v.restoreError, v.against) : againstContinued(summarize(v.mismatches.slice(0, 1), v.restoreError, v.against), 'restored') }),
+      ...(v.pass
+        ? {}
+        : {
+            firstDifference:
+              v.reached === 'step'
+                ? summarize(v.mismatches.slice(0, 1), v.restoreError, v.against)
+                : againstContinued(summarize(v.mismatches.slice(0, 1), v.restoreError, v.against), 'restored'),
+          }),
       registersDiffering: differing,
       registersNewlyDiffering: newly,
       checkpointMs: v.checkpointMs,
@@ -101,7 +108,8 @@ export async function makeSweepReport(inputs: ReportInputs): Promise<SweepReport
   }
   const failing = rows.filter((r) => !r.pass);
   const stepped = result.steppedMismatches;
-  const mean = (f: (v: BoundaryVerdict) => number): number => (result.verdicts.length === 0 ? 0 : Math.round(result.verdicts.reduce((sum, v) => sum + f(v), 0) / result.verdicts.length));
+  const mean = (f: (v: BoundaryVerdict) => number): number =>
+    result.verdicts.length === 0 ? 0 : Math.round(result.verdicts.reduce((sum, v) => sum + f(v), 0) / result.verdicts.length);
   return {
     format: SWEEP_FORMAT,
     version: SWEEP_VERSION,
@@ -115,10 +123,20 @@ export async function makeSweepReport(inputs: ReportInputs): Promise<SweepReport
     walked: result.boundaries.length,
     policy: describePolicy(inputs.policy),
     reference: { status: describeStatus(inputs.reference), output: inputs.reference.output },
-    stepped: { status: describeStatus(result.stepped), matchesReference: stepped.length === 0, ...(stepped.length ? { difference: summarize(stepped, undefined, inputs.reference) } : {}) },
+    stepped: {
+      status: describeStatus(result.stepped),
+      matchesReference: stepped.length === 0,
+      ...(stepped.length ? { difference: summarize(stepped, undefined, inputs.reference) } : {}),
+    },
     rows,
     notes: result.notes,
-    timing: { walkMs: result.walkMs, checkpointMsPerBoundary: mean((v) => v.checkpointMs), restoreRunMsPerBoundary: mean((v) => v.restoreRunMs), freshRunsMs: result.freshRunsMs, freshRuns: result.freshRuns },
+    timing: {
+      walkMs: result.walkMs,
+      checkpointMsPerBoundary: mean((v) => v.checkpointMs),
+      restoreRunMsPerBoundary: mean((v) => v.restoreRunMs),
+      freshRunsMs: result.freshRunsMs,
+      freshRuns: result.freshRuns,
+    },
   };
 }
 
@@ -133,10 +151,12 @@ function againstContinued(text: string, right: 'restored' | 'continued' = 'conti
 }
 
 function headline(rows: SweepRow[], walked: number, steppedDifference: string | undefined): string {
-  if (steppedDifference !== undefined) return `the stepping itself changes the program (the walked process, run to its end, differs from the uninterrupted run: ${steppedDifference}); no boundary verdict rests on it`;
+  if (steppedDifference !== undefined)
+    return `the stepping itself changes the program (the walked process, run to its end, differs from the uninterrupted run: ${steppedDifference}); no boundary verdict rests on it`;
   const failing = rows.filter((r) => !r.pass);
   const byBreakpoint = rows.filter((r) => r.reached === 'breakpoint').length;
-  if (failing.length === 0) return `all ${rows.length} checkpointed boundaries of ${walked} match ${byBreakpoint === 0 ? 'the uninterrupted run' : `(${byBreakpoint} reached by breakpoint, each against its own run continued from the stop)`}`;
+  if (failing.length === 0)
+    return `all ${rows.length} checkpointed boundaries of ${walked} match ${byBreakpoint === 0 ? 'the uninterrupted run' : `(${byBreakpoint} reached by breakpoint, each against its own run continued from the stop)`}`;
   const first = failing[0]!;
   const registers = first.registersNewlyDiffering.length > 0 ? first.registersNewlyDiffering : first.registersDiffering;
   const regText = registers.length > 0 ? `; restored wrong: ${registers.join(', ')}` : '';
@@ -157,7 +177,19 @@ export function formatSweepTable(report: SweepReport): string {
     const failure = r.pass ? '' : `${r.firstDifference}${r.registersDiffering.length ? ` [registers differing: ${r.registersDiffering.join(' ')}]` : ''}`;
     const detail = [failure, felt].filter(Boolean).join('; ');
     const reached = `${r.reached === 'step' ? 'step' : 'break'}${r.rseqArmed ? ' rseq' : ''}`;
-    lines.push([String(r.boundary).padEnd(5), r.address.padEnd(12), r.location.padEnd(28), r.instruction.padEnd(36), reached.padEnd(10), (r.pass ? 'match' : 'DIFFERS').padEnd(7), detail].join(' ').trimEnd());
+    lines.push(
+      [
+        String(r.boundary).padEnd(5),
+        r.address.padEnd(12),
+        r.location.padEnd(28),
+        r.instruction.padEnd(36),
+        reached.padEnd(10),
+        (r.pass ? 'match' : 'DIFFERS').padEnd(7),
+        detail,
+      ]
+        .join(' ')
+        .trimEnd(),
+    );
   }
   for (const note of report.notes) lines.push(`note: ${note}`);
   return `${lines.join('\n')}\n`;
@@ -197,7 +229,10 @@ export function locate(symbols: readonly CodeSymbol[], address: bigint): string 
 export async function objdumpInstruction(binary: string, address: bigint): Promise<string> {
   const start = `0x${address.toString(16)}`;
   const stop = `0x${(address + 16n).toString(16)}`;
-  const r = await execa('objdump', ['-d', '--no-show-raw-insn', `--start-address=${start}`, `--stop-address=${stop}`, binary], { reject: false, timeout: 30_000 });
+  const r = await execa('objdump', ['-d', '--no-show-raw-insn', `--start-address=${start}`, `--stop-address=${stop}`, binary], {
+    reject: false,
+    timeout: 30_000,
+  });
   if (r.exitCode !== 0) return `(objdump failed: ${r.stderr.split('\n')[0] ?? ''})`;
   const want = address.toString(16);
   for (const line of r.stdout.split('\n')) {

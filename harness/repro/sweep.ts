@@ -163,11 +163,14 @@ export async function sweepRuns(ctx: SweepContext, reference: Reference, policy:
   });
   await ctx.phase('run to the sweep symbol', `execution ${ctx.hit} of ${ctx.sweep.symbol}`);
   const run = await agent.call({ op: 'RUN', pid, stopAfterHits: ctx.hit, timeoutMs: ctx.timeoutMs }).catch((error: unknown) => {
-    if (!(isRunTimeout(error))) throw error;
+    if (!isRunTimeout(error)) throw error;
     throw new CheckpointNotReachedError(`${ctx.sweep.symbol} was not executed ${ctx.hit} times within ${ctx.timeoutMs} ms (--timeout)`);
   });
   if (run.outcome !== 'hit-limit') {
-    throw new CheckpointNotReachedError(`the sweep never started: the program ended (${run.outcome} ${run.code}) after ${run.hits.length} executions of ${ctx.sweep.symbol}, never ${ctx.hit}`, { output: await readGuestText(agent, out, OUTPUT_MAX_BYTES) });
+    throw new CheckpointNotReachedError(
+      `the sweep never started: the program ended (${run.outcome} ${run.code}) after ${run.hits.length} executions of ${ctx.sweep.symbol}, never ${ctx.hit}`,
+      { output: await readGuestText(agent, out, OUTPUT_MAX_BYTES) },
+    );
   }
   // From here the process is stepped: the breakpoint would only stop it again at the next call.
   await agent.call({ op: 'POKEUSER', pid, offset: debugRegOffset(7), value: 0n });
@@ -220,13 +223,24 @@ export async function sweepRuns(ctx: SweepContext, reference: Reference, policy:
   }
   const stepped = ended ?? { ...(await runToEnd(agent, pid, ctx.timeoutMs)), output: await readGuestText(agent, out, OUTPUT_MAX_BYTES), hits: 0 };
   const walkMs = Date.now() - walkStarted;
-  if (ownTraps.length > 0) notes.push(`the program's own SIGTRAP (its TF or an int3) was delivered to it with the step after boundar${ownTraps.length === 1 ? 'y' : 'ies'} ${ownTraps.join(', ')}`);
-  if (tfGivenBack.length > 0) notes.push(`the rt_sigreturn after boundar${tfGivenBack.length === 1 ? 'y' : 'ies'} ${tfGivenBack.join(', ')} restored the program's TF, which the kernel took for the tracer's (TIF_FORCED_TF left from stepping the handler); given back as the program's`);
-  if (handlerResets.length > 0) notes.push(`inside the program's SIGTRAP handler (SIGTRAP blocked) the step's forced SIGTRAP reset the handler to SIG_DFL after boundar${handlerResets.length === 1 ? 'y' : 'ies'} ${handlerResets.join(', ')}; each time it was put back, SIGTRAP blocked again`);
+  if (ownTraps.length > 0)
+    notes.push(
+      `the program's own SIGTRAP (its TF or an int3) was delivered to it with the step after boundar${ownTraps.length === 1 ? 'y' : 'ies'} ${ownTraps.join(', ')}`,
+    );
+  if (tfGivenBack.length > 0)
+    notes.push(
+      `the rt_sigreturn after boundar${tfGivenBack.length === 1 ? 'y' : 'ies'} ${tfGivenBack.join(', ')} restored the program's TF, which the kernel took for the tracer's (TIF_FORCED_TF left from stepping the handler); given back as the program's`,
+    );
+  if (handlerResets.length > 0)
+    notes.push(
+      `inside the program's SIGTRAP handler (SIGTRAP blocked) the step's forced SIGTRAP reset the handler to SIG_DFL after boundar${handlerResets.length === 1 ? 'y' : 'ies'} ${handlerResets.join(', ')}; each time it was put back, SIGTRAP blocked again`,
+    );
 
   if (armedAt !== undefined) {
     const armedList = boundaries.filter((b) => b.rseqArmed).map((b) => b.index);
-    notes.push(`in the walk rseq_cs was set at boundar${armedList.length === 1 ? 'y' : 'ies'} ${armedList.join(', ')}: a step stop is a preemption to the kernel, whose rseq fixup on the resume from boundary ${armedAt} ${armedLeftNote(boundaries[armedAt]!)}; so the checkpoints after it (${byBreakpoint.join(', ') || 'none'}) were taken by fresh runs stopped there by a breakpoint, each compared with that run continued without a restore`);
+    notes.push(
+      `in the walk rseq_cs was set at boundar${armedList.length === 1 ? 'y' : 'ies'} ${armedList.join(', ')}: a step stop is a preemption to the kernel, whose rseq fixup on the resume from boundary ${armedAt} ${armedLeftNote(boundaries[armedAt]!)}; so the checkpoints after it (${byBreakpoint.join(', ') || 'none'}) were taken by fresh runs stopped there by a breakpoint, each compared with that run continued without a restore`,
+    );
   }
   const freshStarted = Date.now();
   for (const index of byBreakpoint) {
@@ -246,7 +260,15 @@ export async function sweepRuns(ctx: SweepContext, reference: Reference, policy:
 
 async function spawnArmed(ctx: SweepContext, stdoutPath: string, pid?: number): Promise<number> {
   const { agent, program } = ctx;
-  const spawned = await agent.call({ op: 'SPAWN', path: program.binary, argv: program.argv, envp: program.envp, stdoutPath, noAslr: true, ...(pid !== undefined ? { pid } : {}) });
+  const spawned = await agent.call({
+    op: 'SPAWN',
+    path: program.binary,
+    argv: program.argv,
+    envp: program.envp,
+    stdoutPath,
+    noAslr: true,
+    ...(pid !== undefined ? { pid } : {}),
+  });
   await agent.call({ op: 'POKEUSER', pid: spawned.pid, offset: debugRegOffset(0), value: ctx.breakAt });
   await agent.call({ op: 'POKEUSER', pid: spawned.pid, offset: debugRegOffset(7), value: DR7_EXECUTE_DR0 });
   return spawned.pid;
@@ -297,12 +319,24 @@ function armedLeftNote(b: Boundary): string {
  * boundary's address after it (k counted in the walk), checkpointed there,
  * and continued to its end — the boundary's reference.
  */
-async function checkpointByBreakpoint(ctx: SweepContext, reference: Reference, boundaries: readonly Boundary[], index: number, notes: string[]): Promise<TakenCheckpoint> {
+async function checkpointByBreakpoint(
+  ctx: SweepContext,
+  reference: Reference,
+  boundaries: readonly Boundary[],
+  index: number,
+  notes: string[],
+): Promise<TakenCheckpoint> {
   const { agent } = ctx;
   const at = boundaries[index]!;
   const earlier = boundaries.slice(1, index).filter((b) => b.rip === at.rip);
   const k = earlier.length + 1;
-  if (earlier.some((b) => b.rseqArmed)) notes.push(`boundary ${index}: the breakpoint at ${hex(at.rip)} also stops at ${earlier.filter((b) => b.rseqArmed).map((b) => b.index).join(', ')}, where rseq_cs was set; those stops are felt too`);
+  if (earlier.some((b) => b.rseqArmed))
+    notes.push(
+      `boundary ${index}: the breakpoint at ${hex(at.rip)} also stops at ${earlier
+        .filter((b) => b.rseqArmed)
+        .map((b) => b.index)
+        .join(', ')}, where rseq_cs was set; those stops are felt too`,
+    );
   const out = `${GUEST_DIRS.out}/sweep-fresh-${index}.out`;
   const pid = await spawnArmed(ctx, out, reference.pid).catch((error: unknown) => {
     if (!(error instanceof AgentError && error.errno === EEXIST)) throw error;
@@ -310,14 +344,16 @@ async function checkpointByBreakpoint(ctx: SweepContext, reference: Reference, b
   });
   const unreached = async (what: string): Promise<never> => {
     await agent.call({ op: 'KILL', pid }).catch(() => undefined);
-    throw new CheckpointNotReachedError(`boundary ${index} (${hex(at.rip)}) was not reached by a fresh run: ${what}`, { output: await readGuestText(agent, out, OUTPUT_MAX_BYTES) });
+    throw new CheckpointNotReachedError(`boundary ${index} (${hex(at.rip)}) was not reached by a fresh run: ${what}`, {
+      output: await readGuestText(agent, out, OUTPUT_MAX_BYTES),
+    });
   };
   const runToHit = async (hits: number): Promise<string | undefined> => {
     try {
       const run = await agent.call({ op: 'RUN', pid, stopAfterHits: hits, timeoutMs: ctx.timeoutMs });
       return run.outcome === 'hit-limit' ? undefined : `${run.outcome} ${run.code}`;
     } catch (error) {
-      if (!(isRunTimeout(error))) throw error;
+      if (!isRunTimeout(error)) throw error;
       return `not within ${ctx.timeoutMs} ms (--timeout)`;
     }
   };
@@ -350,8 +386,10 @@ async function stepOnce(ctx: SweepContext, pid: number, deliver: number, index: 
   let signo = deliver;
   for (let tries = 0; tries < 64; tries++) {
     const step = await ctx.agent.call({ op: 'STEP', pid, count: 1, signo, timeoutMs: STEP_TIMEOUT_MS }).catch((error: unknown) => {
-      if (!(isRunTimeout(error))) throw error;
-      throw new UsageError(`the step after boundary ${index} did not end within ${STEP_TIMEOUT_MS} ms: the program blocks there; sweep fewer boundaries (--count ${index + 1})`);
+      if (!isRunTimeout(error)) throw error;
+      throw new UsageError(
+        `the step after boundary ${index} did not end within ${STEP_TIMEOUT_MS} ms: the program blocks there; sweep fewer boundaries (--count ${index + 1})`,
+      );
     });
     if (step.outcome === 'stepped') return { rip: step.rip };
     if (step.outcome === 'exited' || step.outcome === 'killed') return { ended: { outcome: step.outcome, code: step.code } };
@@ -385,7 +423,15 @@ async function restoreAndCompare(ctx: SweepContext, checkpoint: TakenCheckpoint,
   } catch (error) {
     if (!(error instanceof CrhError) || isInfraFailure(error)) throw error;
     const run: RunRecord = { outcome: 'killed', code: 9, output: checkpoint.outputBefore, hits: 0 };
-    return { ...base, pass: false, run, mismatches: compareRuns(against, run), restoreError: error.describe(), restoreDifferences: [], restoreRunMs: Date.now() - started };
+    return {
+      ...base,
+      pass: false,
+      run,
+      mismatches: compareRuns(against, run),
+      restoreError: error.describe(),
+      restoreDifferences: [],
+      restoreRunMs: Date.now() - started,
+    };
   }
   const restoredRegs = await agent.call({ op: 'GETREGS', pid: restored.pid });
   const end = await runToEnd(agent, restored.pid, ctx.timeoutMs);
@@ -398,7 +444,6 @@ async function restoreAndCompare(ctx: SweepContext, checkpoint: TakenCheckpoint,
   }
   return { ...base, pass: false, run, mismatches, restoredRegs, restoreDifferences: restored.differences, restoreRunMs: Date.now() - started };
 }
-
 
 function describeEnd(end: Ended): string {
   return end.outcome === 'exited' ? `exit ${end.code}` : `killed by signal ${end.code}`;

@@ -131,7 +131,8 @@ export function firstWrongCycle(checkpointed: Checkpointed, resultDiffers: boole
     }
     if (checkpointed.endedAfterCycle === c.cycle) return { cycle: c.cycle, why: `the restored process ended before checkpoint ${c.cycle + 1}` };
   }
-  if (resultDiffers && checkpointed.cyclesAsked > 1) return { cycle: checkpointed.cycles.length, why: 'no cycle showed a difference at its restore stop; the final result differs' };
+  if (resultDiffers && checkpointed.cyclesAsked > 1)
+    return { cycle: checkpointed.cycles.length, why: 'no cycle showed a difference at its restore stop; the final result differs' };
   return undefined;
 }
 
@@ -180,7 +181,17 @@ export function makeVerdict(request: ReproRequest, prepared: PreparedProgram, ru
     summary: cycles && checkpointed.cyclesAsked > 1 && !perturbed ? `${summary} (${describeChain(cycles)})` : summary,
     command: request.command,
     engine: checkpointed.engine,
-    ...(checkpointed.criu ? { criu: { version: checkpointed.criu.version, dumpMs: checkpointed.criu.dumpMs, restoreMs: checkpointed.criu.restoreMs, imageBytes: checkpointed.criu.imageBytes, ...(checkpointed.criu.debugRegisters ? { debugRegisters: checkpointed.criu.debugRegisters } : {}) } } : {}),
+    ...(checkpointed.criu
+      ? {
+          criu: {
+            version: checkpointed.criu.version,
+            dumpMs: checkpointed.criu.dumpMs,
+            restoreMs: checkpointed.criu.restoreMs,
+            imageBytes: checkpointed.criu.imageBytes,
+            ...(checkpointed.criu.debugRegisters ? { debugRegisters: checkpointed.criu.debugRegisters } : {}),
+          },
+        }
+      : {}),
     program: {
       name: prepared.name,
       ...inputs,
@@ -199,7 +210,10 @@ export function makeVerdict(request: ReproRequest, prepared: PreparedProgram, ru
       ...(checkpointed.restoredPid !== undefined ? { restoredPid: checkpointed.restoredPid } : {}),
       ...(checkpointed.rewind ? { rewound: checkpointed.rewind.note } : {}),
     },
-    policy: checkpointed.engine === 'criu' ? `criu ${checkpointed.criu?.version ?? ''}: CRIU's own dump and restore (the restore core's policies do not apply)` : describePolicy(request.policy),
+    policy:
+      checkpointed.engine === 'criu'
+        ? `criu ${checkpointed.criu?.version ?? ''}: CRIU's own dump and restore (the restore core's policies do not apply)`
+        : describePolicy(request.policy),
     ...(request.finishSignal ? { finishSignal: request.finishSignal.name } : {}),
     native: { status: describeStatus(native), output: native.output, pid: native.pid, agreed: !perturbed, differences: perturbation },
     reference: { status: describeStatus(reference), output: reference.output, ...hits(reference.hits), pid: reference.pid, elapsedMs: reference.elapsedMs },
@@ -209,8 +223,16 @@ export function makeVerdict(request: ReproRequest, prepared: PreparedProgram, ru
     mismatches,
     restoreDifferences: checkpointed.restoreDifferences,
     notes: [
-      ...(native.pid !== reference.pid ? [`the native run had pid ${native.pid}, which was taken before the traced runs could be given it; they had ${reference.pid}: output that shows the pid differs`] : []),
-      ...(runs.restoredIn ? [`restored in another guest: -cpu ${runs.restoredIn.profile.cpuModel}, kernel ${runs.restoredIn.profile.kernelRelease} (CPU flags ${runs.restoredIn.profile.cpuFlags.join(' ')})`] : []),
+      ...(native.pid !== reference.pid
+        ? [
+            `the native run had pid ${native.pid}, which was taken before the traced runs could be given it; they had ${reference.pid}: output that shows the pid differs`,
+          ]
+        : []),
+      ...(runs.restoredIn
+        ? [
+            `restored in another guest: -cpu ${runs.restoredIn.profile.cpuModel}, kernel ${runs.restoredIn.profile.kernelRelease} (CPU flags ${runs.restoredIn.profile.cpuFlags.join(' ')})`,
+          ]
+        : []),
       ...checkpointed.notes,
     ],
     platform: runs.platform,
@@ -267,12 +289,16 @@ export function parseVerdict(text: string, bundle = '(bundle)'): ReproVerdict {
   const v = raw as Record<string, unknown>;
   if (v.format !== VERDICT_FORMAT) reject('format', `${JSON.stringify(v.format)}, expected ${VERDICT_FORMAT}`);
   if (v.version === 1) {
-    reject('version', 'version 1 records its rerun as a crh command line, which crh no longer takes from a bundle; read its rerun.sh and run that if you trust it, or ask for a bundle made by a current crh');
+    reject(
+      'version',
+      'version 1 records its rerun as a crh command line, which crh no longer takes from a bundle; read its rerun.sh and run that if you trust it, or ask for a bundle made by a current crh',
+    );
   }
   if (v.version !== VERDICT_VERSION) reject('version', `${JSON.stringify(v.version)}, this crh reads ${VERDICT_VERSION}`);
   if (typeof v.pass !== 'boolean') reject('pass', 'must be a boolean');
   if (v.perturbed !== undefined && typeof v.perturbed !== 'boolean') reject('perturbed', 'must be a boolean');
-  if (typeof v.summary !== 'string' || v.summary.length > RECORDED_TEXT_CHARS) reject('summary', `must be a string of at most ${RECORDED_TEXT_CHARS} characters`);
+  if (typeof v.summary !== 'string' || v.summary.length > RECORDED_TEXT_CHARS)
+    reject('summary', `must be a string of at most ${RECORDED_TEXT_CHARS} characters`);
   if (!Array.isArray(v.mismatches)) return reject('mismatches', 'must be a list');
   v.mismatches.forEach((m: unknown, i) => {
     const what = (m as { what?: unknown } | null)?.what;

@@ -11,7 +11,17 @@
  */
 import type { AgentClient } from '../agent/client.ts';
 import { NT_X86_XSTATE, debugRegOffset } from '../x86/registers.ts';
-import { DEBUG_REG_NAMES, memoryEntryName, type CheckpointImage, type DebugRegs, type MemoryRegion, type PlatformFacts, type ProcessInfo, type RseqState, type ThreadState } from './image-model.ts';
+import {
+  DEBUG_REG_NAMES,
+  memoryEntryName,
+  type CheckpointImage,
+  type DebugRegs,
+  type MemoryRegion,
+  type PlatformFacts,
+  type ProcessInfo,
+  type RseqState,
+  type ThreadState,
+} from './image-model.ts';
 import { hasContents, isDumped, mappedFile, parseMaps } from './proc-maps.ts';
 import { rseqCsAddress } from './rseq.ts';
 import { ALL_BLOCKABLE, capturePending, captureSignals, SS_DISABLE } from './signals.ts';
@@ -47,7 +57,12 @@ export interface CheckpointProcessOptions {
   pipesCaptured?: boolean;
 }
 
-export async function checkpointProcess(agent: AgentClient, process: ProcessInfo, platform: PlatformFacts, options: CheckpointProcessOptions = {}): Promise<CheckpointImage> {
+export async function checkpointProcess(
+  agent: AgentClient,
+  process: ProcessInfo,
+  platform: PlatformFacts,
+  options: CheckpointProcessOptions = {},
+): Promise<CheckpointImage> {
   const pid = process.pid;
   const refuse = (options.uncapturable ?? 'refuse') === 'refuse';
   // The clock first, as close to the interruption as can be: it dates an
@@ -100,12 +115,18 @@ async function captureBlocked(
   const timerfdFds = await timerfdDescriptors(agent, pid);
   const maps = (await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/maps`, maxSize: 1 << 20 })).toString('utf8');
   const registrations = parseSmapsRegistrations((await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/smaps`, maxSize: 4 << 20 })).toString('utf8'));
-  const dumped = parseMaps(maps).filter((m) => isDumped(m, process.binary)).map((m) => ({ ...m, userfault: registrations.get(m.start) ?? 0 }));
+  const dumped = parseMaps(maps)
+    .filter((m) => isDumped(m, process.binary))
+    .map((m) => ({ ...m, userfault: registrations.get(m.start) ?? 0 }));
   checkRegistrations(pid, dumped, task.userfaultfds ?? []);
   const { dispositions, links, absent, ldt, timers, pkeys } = await withRseqCsParked(agent, pid, [main.rseq, ...threads.map((t) => t.rseq)], async () => {
     const dispositions = await captureSignals(agent, pid, masks.get(pid)!);
     const links = await captureLinks(agent, pid, others);
-    const absent = await absentRanges(agent, pid, dumped.filter((m) => m.userfault !== 0).map((m) => [m.start, m.end] as const));
+    const absent = await absentRanges(
+      agent,
+      pid,
+      dumped.filter((m) => m.userfault !== 0).map((m) => [m.start, m.end] as const),
+    );
     const ldt = await captureLdt(agent, pid);
     const timers = await captureTimers(agent, pid, timerfdFds);
     // After every thread's xstate was read: the probe's pkey_alloc calls grant rights in this thread's PKRU.
@@ -122,7 +143,11 @@ async function captureBlocked(
     const file = mappedFile(m) ?? null;
     // A deleted file (or a memfd, a SysV segment) cannot be opened again; a
     // process restored without it would fail later, far from the cause.
-    if (file?.endsWith(' (deleted)')) throw new CheckpointError(`mapping ${m.start.toString(16)}-${m.end.toString(16)} ${m.perms} maps ${file}, which a restore cannot open again`, { mapping: `${m.start.toString(16)}-${m.end.toString(16)}`, target: file });
+    if (file?.endsWith(' (deleted)'))
+      throw new CheckpointError(`mapping ${m.start.toString(16)}-${m.end.toString(16)} ${m.perms} maps ${file}, which a restore cannot open again`, {
+        mapping: `${m.start.toString(16)}-${m.end.toString(16)}`,
+        target: file,
+      });
     const entry = hasContents(m) ? memoryEntryName(regions.length) : null;
     const region: MemoryRegion = { start: m.start, end: m.end, perms: m.perms, name: m.name, file, offset: file === null ? 0n : m.offset, entry };
     if (m.userfault !== 0) Object.assign(region, { userfault: m.userfault, absent: absent.get(m.start) ?? [] });
@@ -132,7 +157,27 @@ async function captureBlocked(
   const { regs, xstate, debugRegs, rseq } = main;
   // What a restore elsewhere must offer (platform-dependencies.ts): read, not injected, so any time before the kill will do.
   const dependencies = await readPlatformDependencies(agent, pid, [xstate, ...threads.map((t) => t.xstate)], parseMaps(maps));
-  return { created: new Date().toISOString(), process, platform, regs, xstate, debugRegs, rseq, signals, task, links: links.main, threads, ldt, timers, sleep, pkeys, dependencies, maps, regions, memory };
+  return {
+    created: new Date().toISOString(),
+    process,
+    platform,
+    regs,
+    xstate,
+    debugRegs,
+    rseq,
+    signals,
+    task,
+    links: links.main,
+    threads,
+    ldt,
+    timers,
+    sleep,
+    pkeys,
+    dependencies,
+    maps,
+    regions,
+    memory,
+  };
 }
 
 /**
@@ -154,7 +199,10 @@ async function readContents(agent: AgentClient, pid: number, regions: MemoryRegi
   });
   if (steps.length !== mapped.length) throw new AgentError(`PAGEMAP pid ${pid}: ${steps.length} answers for ${mapped.length} regions`, 'PAGEMAP', undefined);
   const reads = withEntry.map((r) => pagesToRead(r, pagemaps.get(r)));
-  const bytes = await agent.readMemory(pid, reads.flat().map(([s, e]) => ({ address: s, length: Number(e - s) })));
+  const bytes = await agent.readMemory(
+    pid,
+    reads.flat().map(([s, e]) => ({ address: s, length: Number(e - s) })),
+  );
   const memory = new Map<string, Buffer>();
   let at = 0;
   withEntry.forEach((region, i) => {
@@ -211,7 +259,8 @@ async function rseqRegistration(agent: AgentClient, pid: number): Promise<RseqSt
   try {
     const config = await agent.call({ op: 'RSEQ_CONFIG', pid });
     if (config.area === 0n) return null;
-    if (config.flags !== 0) throw new AgentError(`pid ${pid} registered rseq with flags 0x${config.flags.toString(16)}, which no current kernel accepts`, 'RSEQ_CONFIG', undefined);
+    if (config.flags !== 0)
+      throw new AgentError(`pid ${pid} registered rseq with flags 0x${config.flags.toString(16)}, which no current kernel accepts`, 'RSEQ_CONFIG', undefined);
     return { area: config.area, size: config.size, signature: config.signature };
   } catch (error) {
     if (error instanceof AgentError && error.errno === constants.errno.EIO) return null;

@@ -38,7 +38,11 @@ export class DescriptorTable {
     this.open.delete(got);
     this.open.add(fd);
     return [
-      { op: { op: 'INJECT_SYSCALL', pid, nr: NR.dup3, args: [BigInt(got), BigInt(fd), cloexec ? O_CLOEXEC : 0n] }, why: `move ${what} to fd ${fd}`, expect: BigInt(fd) },
+      {
+        op: { op: 'INJECT_SYSCALL', pid, nr: NR.dup3, args: [BigInt(got), BigInt(fd), cloexec ? O_CLOEXEC : 0n] },
+        why: `move ${what} to fd ${fd}`,
+        expect: BigInt(fd),
+      },
       { op: { op: 'INJECT_SYSCALL', pid, nr: NR.close, args: [BigInt(got)] }, why: `close the temporary fd ${got}`, expect: 0n },
     ];
   }

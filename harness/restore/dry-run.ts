@@ -24,5 +24,10 @@ export function dryRunPlan(image: CheckpointImage, policy: RestorePolicy): PlanS
 
 export function formatPlan(plan: readonly PlanStep[]): string {
   const width = String(plan.length).length;
-  return plan.map((s, i) => `${String(i + 1).padStart(width)}. ${describeOp(s.op)}${s.expect !== undefined ? ` (expect 0x${s.expect.toString(16)})` : ''}\n${' '.repeat(width + 2)}${s.why}`).join('\n');
+  return plan
+    .map(
+      (s, i) =>
+        `${String(i + 1).padStart(width)}. ${describeOp(s.op)}${s.expect !== undefined ? ` (expect 0x${s.expect.toString(16)})` : ''}\n${' '.repeat(width + 2)}${s.why}`,
+    )
+    .join('\n');
 }

@@ -79,7 +79,10 @@ export function fileKind(path: string, flags: number): FileKind | undefined {
 /** `skipPipes`: pipe and socket descriptors are someone else's (a tree's: tree-pipes.ts, tree-sockets.ts), left out instead of refused. */
 export async function captureTask(agent: AgentClient, pid: number, { skipPipes = false }: { skipPipes?: boolean } = {}): Promise<TaskState> {
   const session = parseStatSession((await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/stat`, maxSize: 4096 })).toString('utf8'));
-  const fds = (await agent.call({ op: 'LISTDIR', path: `/proc/${pid}/fd` })).map(Number).filter((fd) => fd >= FIRST_RESTORED_FD).sort((a, b) => a - b);
+  const fds = (await agent.call({ op: 'LISTDIR', path: `/proc/${pid}/fd` }))
+    .map(Number)
+    .filter((fd) => fd >= FIRST_RESTORED_FD)
+    .sort((a, b) => a - b);
   const files: OpenFile[] = [];
   const userfaultfds: UserfaultfdState[] = [];
   for (const fd of fds) {
@@ -94,7 +97,11 @@ export async function captureTask(agent: AgentClient, pid: number, { skipPipes =
     }
     const { pos, flags } = parseFdinfo(fdinfo);
     const kind = fileKind(path, flags);
-    if (!kind) throw new CheckpointError(`fd ${fd} of pid ${pid} is ${path}, which a checkpoint image cannot hold (regular files, directories and ${RESTORABLE_DEVICES.join(' ')} only)`, { fd: String(fd), target: path });
+    if (!kind)
+      throw new CheckpointError(
+        `fd ${fd} of pid ${pid} is ${path}, which a checkpoint image cannot hold (regular files, directories and ${RESTORABLE_DEVICES.join(' ')} only)`,
+        { fd: String(fd), target: path },
+      );
     files.push({ fd, path, flags, pos, kind });
   }
   return { ...session, files, ...(userfaultfds.length > 0 ? { userfaultfds } : {}) };
@@ -115,10 +122,15 @@ export function fileSteps(pid: number, files: readonly OpenFile[], targetFds: re
   for (const f of files) {
     const got = table.lowestFree();
     const flags = BigInt(f.flags & ~O_SIDE_EFFECTS);
-    steps.push({ op: { op: 'INJECT_SYSCALL', pid, nr: NR.openat, args: [AT_FDCWD, layout.place(Buffer.from(`${f.path}\0`)), flags, 0n] }, why: `open ${f.path} (${f.kind}, flags 0o${f.flags.toString(8)}) for fd ${f.fd}`, expect: BigInt(got) });
+    steps.push({
+      op: { op: 'INJECT_SYSCALL', pid, nr: NR.openat, args: [AT_FDCWD, layout.place(Buffer.from(`${f.path}\0`)), flags, 0n] },
+      why: `open ${f.path} (${f.kind}, flags 0o${f.flags.toString(8)}) for fd ${f.fd}`,
+      expect: BigInt(got),
+    });
     steps.push(...table.place(pid, got, f.fd, (f.flags & O.CLOEXEC) !== 0, f.path));
     // A directory's offset is a file-system cookie, and a device has none worth keeping.
-    if (f.kind === 'file' && f.pos !== 0n) steps.push({ op: { op: 'INJECT_SYSCALL', pid, nr: NR.lseek, args: [BigInt(f.fd), f.pos, 0n] }, why: `offset ${f.pos} on fd ${f.fd}`, expect: f.pos });
+    if (f.kind === 'file' && f.pos !== 0n)
+      steps.push({ op: { op: 'INJECT_SYSCALL', pid, nr: NR.lseek, args: [BigInt(f.fd), f.pos, 0n] }, why: `offset ${f.pos} on fd ${f.fd}`, expect: f.pos });
   }
   return layout.steps(pid, `${files.length} path(s), NUL-terminated`, steps);
 }
@@ -129,8 +141,10 @@ export function fileSteps(pid: number, files: readonly OpenFile[], targetFds: re
  * is the checkpointed one.
  */
 export function sessionSteps(pid: number, imagePid: number, task: TaskState): PlanStep[] {
-  if (task.sid === imagePid) return [{ op: { op: 'INJECT_SYSCALL', pid, nr: NR.setsid, args: [] }, why: `setsid: pid ${imagePid} led its own session`, expect: BigInt(pid) }];
-  if (task.pgid === imagePid) return [{ op: { op: 'INJECT_SYSCALL', pid, nr: NR.setpgid, args: [0n, 0n] }, why: `setpgid(0, 0): pid ${imagePid} led its own process group`, expect: 0n }];
+  if (task.sid === imagePid)
+    return [{ op: { op: 'INJECT_SYSCALL', pid, nr: NR.setsid, args: [] }, why: `setsid: pid ${imagePid} led its own session`, expect: BigInt(pid) }];
+  if (task.pgid === imagePid)
+    return [{ op: { op: 'INJECT_SYSCALL', pid, nr: NR.setpgid, args: [0n, 0n] }, why: `setpgid(0, 0): pid ${imagePid} led its own process group`, expect: 0n }];
   return [];
 }
 
@@ -144,11 +158,14 @@ export function taskStateProblem(task: TaskState): { field: string; why: string 
   const seen = new Set<number>();
   for (const [i, f] of task.files.entries()) {
     const at = `files[${i}]`;
-    if (!Number.isInteger(f.fd) || f.fd < FIRST_RESTORED_FD || f.fd > MAX_FD) return { field: `${at}.fd`, why: `${f.fd} is not a descriptor ${FIRST_RESTORED_FD}-${MAX_FD}` };
+    if (!Number.isInteger(f.fd) || f.fd < FIRST_RESTORED_FD || f.fd > MAX_FD)
+      return { field: `${at}.fd`, why: `${f.fd} is not a descriptor ${FIRST_RESTORED_FD}-${MAX_FD}` };
     if (seen.has(f.fd)) return { field: `${at}.fd`, why: `fd ${f.fd} appears twice` };
     seen.add(f.fd);
-    if (typeof f.path !== 'string' || !/^\/[^\0]{0,4094}$/.test(f.path) || f.path.split('/').includes('..')) return { field: `${at}.path`, why: `${JSON.stringify(f.path)?.slice(0, 60)} is not an absolute path without ".."` };
-    if (!Number.isInteger(f.flags) || f.flags < 0 || f.flags >= 2 ** 31 || (f.flags & ~O_KNOWN) !== 0) return { field: `${at}.flags`, why: `0o${Number(f.flags).toString(8)} has unknown bits` };
+    if (typeof f.path !== 'string' || !/^\/[^\0]{0,4094}$/.test(f.path) || f.path.split('/').includes('..'))
+      return { field: `${at}.path`, why: `${JSON.stringify(f.path)?.slice(0, 60)} is not an absolute path without ".."` };
+    if (!Number.isInteger(f.flags) || f.flags < 0 || f.flags >= 2 ** 31 || (f.flags & ~O_KNOWN) !== 0)
+      return { field: `${at}.flags`, why: `0o${Number(f.flags).toString(8)} has unknown bits` };
     if ((f.flags & O.PATH) !== 0 && (f.flags & (O.WRONLY | O.RDWR)) !== 0) return { field: `${at}.flags`, why: 'O_PATH with a write mode' };
     if (f.pos < 0n || f.pos >= 1n << 62n) return { field: `${at}.pos`, why: `${f.pos} is out of range` };
     if (fileKind(f.path, f.flags) !== f.kind) return { field: `${at}.kind`, why: `${f.kind} does not match ${f.path} with flags 0o${f.flags.toString(8)}` };

@@ -141,7 +141,15 @@ export function imageEntries(image: CheckpointImage, extra: ReadonlyMap<string, 
   entries.set('debugregs.json', json(Object.fromEntries(DEBUG_REG_NAMES.map((n) => [n, hex(image.debugRegs[n])]))));
   entries.set('rseq.json', json(image.rseq && { area: hex(image.rseq.area), size: image.rseq.size, signature: `0x${image.rseq.signature.toString(16)}` }));
   entries.set('signals.json', json(signalsJson(image.signals)));
-  entries.set('task.json', json({ pgid: image.task.pgid, sid: image.task.sid, files: image.task.files.map((f) => ({ ...f, pos: f.pos.toString() })), userfaultfds: image.task.userfaultfds ?? [] }));
+  entries.set(
+    'task.json',
+    json({
+      pgid: image.task.pgid,
+      sid: image.task.sid,
+      files: image.task.files.map((f) => ({ ...f, pos: f.pos.toString() })),
+      userfaultfds: image.task.userfaultfds ?? [],
+    }),
+  );
   entries.set('threads.json', json(threadsJson(image)));
   entries.set('ldt.json', json(ldtJson(image.ldt)));
   entries.set('timers.json', json(timersJson(image.timers)));
@@ -156,8 +164,15 @@ export function imageEntries(image: CheckpointImage, extra: ReadonlyMap<string, 
     'memory.json',
     json(
       image.regions.map((r) => ({
-        start: hex(r.start), end: hex(r.end), perms: r.perms, name: r.name, file: r.file, offset: hex(r.offset), entry: r.entry,
-        userfault: r.userfault ?? 0, absent: (r.absent ?? []).map(([start, end]) => [hex(start), hex(end)]),
+        start: hex(r.start),
+        end: hex(r.end),
+        perms: r.perms,
+        name: r.name,
+        file: r.file,
+        offset: hex(r.offset),
+        entry: r.entry,
+        userfault: r.userfault ?? 0,
+        absent: (r.absent ?? []).map(([start, end]) => [hex(start), hex(end)]),
         stored: storedRanges(r).map(([start, end]) => [hex(start), hex(end)]),
       })),
     ),
@@ -262,7 +277,12 @@ export async function readTarEntries(file: string | Buffer): Promise<Map<string,
     let data: Buffer;
     if (typeof file === 'string') {
       const size = (await stat(file)).size;
-      if (size > LIMITS.totalBytes + TAR_OVERHEAD_BYTES) throw (rejection = new ImageRejectedError(`image file is ${size} bytes, more than its entries' limit of ${LIMITS.totalBytes} bytes allows`, file, 'size'));
+      if (size > LIMITS.totalBytes + TAR_OVERHEAD_BYTES)
+        throw (rejection = new ImageRejectedError(
+          `image file is ${size} bytes, more than its entries' limit of ${LIMITS.totalBytes} bytes allows`,
+          file,
+          'size',
+        ));
       data = await readFile(file);
     } else data = file;
     await pipeline(Readable.from([data]), extract);
@@ -286,19 +306,34 @@ export function untrustedImage(entries: Map<string, Buffer>, { tree = false }: {
   if (!manifestRaw) throw new ImageRejectedError('missing', 'manifest.json', '(entry)');
   const digest = entries.get(MANIFEST_DIGEST);
   if (!digest) throw new ImageRejectedError('missing', MANIFEST_DIGEST, '(entry)');
-  if (digest.toString('latin1') !== `${sha256(manifestRaw)}\n`) throw new ImageRejectedError('does not match the SHA-256 of manifest.json', MANIFEST_DIGEST, 'sha256');
+  if (digest.toString('latin1') !== `${sha256(manifestRaw)}\n`)
+    throw new ImageRejectedError('does not match the SHA-256 of manifest.json', MANIFEST_DIGEST, 'sha256');
   const manifest = parseJson(manifestRaw, 'manifest.json') as Partial<Manifest>;
-  if (manifest.format !== IMAGE_FORMAT) throw new ImageRejectedError(`is ${JSON.stringify(manifest.format)}, expected ${IMAGE_FORMAT}`, 'manifest.json', 'format');
+  if (manifest.format !== IMAGE_FORMAT)
+    throw new ImageRejectedError(`is ${JSON.stringify(manifest.format)}, expected ${IMAGE_FORMAT}`, 'manifest.json', 'format');
   const older = typeof manifest.version === 'number' ? OLDER_VERSIONS[manifest.version] : undefined;
-  if (older) throw new ImageRejectedError(`is ${manifest.version}, this harness reads ${IMAGE_VERSION}: a version ${manifest.version} image ${older}`, 'manifest.json', 'version');
-  if (!READABLE_VERSIONS.includes(manifest.version as number)) throw new ImageRejectedError(`is ${JSON.stringify(manifest.version)}, this harness reads ${READABLE_VERSIONS.join(' and ')}`, 'manifest.json', 'version');
+  if (older)
+    throw new ImageRejectedError(
+      `is ${manifest.version}, this harness reads ${IMAGE_VERSION}: a version ${manifest.version} image ${older}`,
+      'manifest.json',
+      'version',
+    );
+  if (!READABLE_VERSIONS.includes(manifest.version as number))
+    throw new ImageRejectedError(`is ${JSON.stringify(manifest.version)}, this harness reads ${READABLE_VERSIONS.join(' and ')}`, 'manifest.json', 'version');
   const nested = [...entries.keys()].filter((name) => name.startsWith('tree/'));
-  if (manifest.version === 9 && (nested.length > 0 || entries.has('tree.json'))) throw new ImageRejectedError('a version 9 image holds no process tree', nested[0] ?? 'tree.json', '(entry)');
-  if (nested.length > 0 && !tree) throw new ImageRejectedError(`holds a process tree (${nested.length + 1} processes): restore it as a tree (restoreTree), not its root alone`, nested[0]!, '(entry)');
+  if (manifest.version === 9 && (nested.length > 0 || entries.has('tree.json')))
+    throw new ImageRejectedError('a version 9 image holds no process tree', nested[0] ?? 'tree.json', '(entry)');
+  if (nested.length > 0 && !tree)
+    throw new ImageRejectedError(
+      `holds a process tree (${nested.length + 1} processes): restore it as a tree (restoreTree), not its root alone`,
+      nested[0]!,
+      '(entry)',
+    );
   if (typeof manifest.entries !== 'object' || manifest.entries === null) throw new ImageRejectedError('missing', 'manifest.json', 'entries');
 
   for (const name of entries.keys()) {
-    if (name !== 'manifest.json' && name !== MANIFEST_DIGEST && !(name in manifest.entries)) throw new ImageRejectedError('entry is not listed in the manifest', name, '(entry)');
+    if (name !== 'manifest.json' && name !== MANIFEST_DIGEST && !(name in manifest.entries))
+      throw new ImageRejectedError('entry is not listed in the manifest', name, '(entry)');
   }
   for (const [name, meta] of Object.entries(manifest.entries)) {
     const data = entries.get(name);
@@ -344,7 +379,8 @@ function parseJson(data: Buffer, entry: string): unknown {
   if (data.length > LIMITS.jsonBytes) throw new ImageRejectedError(`JSON entry larger than ${LIMITS.jsonBytes} bytes`, entry, 'size');
   const text = data.toString('utf8');
   // Our entries nest a few levels; a deeper one is hostile and would overflow the stack of whatever walks it.
-  if (jsonNestingDepth(text, LIMITS.jsonDepth) > LIMITS.jsonDepth) throw new ImageRejectedError(`JSON nests deeper than ${LIMITS.jsonDepth} levels`, entry, '(json)');
+  if (jsonNestingDepth(text, LIMITS.jsonDepth) > LIMITS.jsonDepth)
+    throw new ImageRejectedError(`JSON nests deeper than ${LIMITS.jsonDepth} levels`, entry, '(json)');
   try {
     return JSON.parse(text);
   } catch (error) {

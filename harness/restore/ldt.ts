@@ -112,7 +112,8 @@ export function encodeUserDesc(e: LdtEntry): Buffer {
  * refuse or turn into something else (the kernel's write_ldt and LDT_empty).
  */
 export function ldtEntryProblem(e: LdtEntry): { field: string; why: string } | undefined {
-  if (!Number.isInteger(e.entry_number) || e.entry_number < 0 || e.entry_number >= LDT_ENTRIES) return { field: 'entry_number', why: `${e.entry_number} is not an LDT slot 0-${LDT_ENTRIES - 1}` };
+  if (!Number.isInteger(e.entry_number) || e.entry_number < 0 || e.entry_number >= LDT_ENTRIES)
+    return { field: 'entry_number', why: `${e.entry_number} is not an LDT slot 0-${LDT_ENTRIES - 1}` };
   if (!Number.isInteger(e.base_addr) || e.base_addr < 0 || e.base_addr > 0xffffffff) return { field: 'base_addr', why: `${e.base_addr} is not a 32-bit base` };
   if (!Number.isInteger(e.limit) || e.limit < 0 || e.limit > 0xfffff) return { field: 'limit', why: `${e.limit} is not a 20-bit limit` };
   if (!Number.isInteger(e.contents) || e.contents < 0 || e.contents > 3) return { field: 'contents', why: `${e.contents} is not 0-3` };
@@ -121,7 +122,15 @@ export function ldtEntryProblem(e: LdtEntry): { field: string; why: string } | u
   if (e.lm !== 0) return { field: 'lm', why: 'a 64-bit LDT code segment, which modify_ldt never creates (the kernel clears L)' };
   // A conforming code segment runs at the caller's privilege: the kernel only takes one marked not present.
   if (e.contents === 3 && e.seg_not_present !== 1) return { field: 'contents', why: '3 (conforming code) on a present segment, which modify_ldt refuses' };
-  const empty = e.base_addr === 0 && e.limit === 0 && e.contents === 0 && e.read_exec_only === 1 && e.seg_32bit === 0 && e.limit_in_pages === 0 && e.seg_not_present === 1 && e.useable === 0;
+  const empty =
+    e.base_addr === 0 &&
+    e.limit === 0 &&
+    e.contents === 0 &&
+    e.read_exec_only === 1 &&
+    e.seg_32bit === 0 &&
+    e.limit_in_pages === 0 &&
+    e.seg_not_present === 1 &&
+    e.useable === 0;
   if (empty) return { field: 'entry_number', why: `entry ${e.entry_number} is the empty user_desc, which clears the slot instead of installing it` };
   return undefined;
 }
@@ -133,7 +142,8 @@ export function ldtProblem(entries: readonly LdtEntry[]): { field: string; why: 
   for (const [i, e] of entries.entries()) {
     const problem = ldtEntryProblem(e);
     if (problem) return { field: `entries[${i}].${problem.field}`, why: problem.why };
-    if (e.entry_number <= previous) return { field: `entries[${i}].entry_number`, why: `${e.entry_number} does not follow ${previous}: entries are listed once each, ascending` };
+    if (e.entry_number <= previous)
+      return { field: `entries[${i}].entry_number`, why: `${e.entry_number} does not follow ${previous}: entries are listed once each, ascending` };
     previous = e.entry_number;
   }
   return undefined;
@@ -146,7 +156,10 @@ export function ldtProblem(entries: readonly LdtEntry[]): { field: string; why: 
  */
 export function parseLdtTable(pid: number, table: Buffer, returned: bigint): LdtEntry[] {
   if (returned < 0n) throw new CheckpointError(`modify_ldt(0) in pid ${pid} failed: errno ${-returned}`, { field: 'ldt' });
-  if (returned % BigInt(LDT_ENTRY_BYTES) !== 0n || returned > BigInt(table.length)) throw new CheckpointError(`modify_ldt(0) in pid ${pid} answered ${returned} bytes, not a whole number of 8-byte descriptors within ${table.length}`, { field: 'ldt' });
+  if (returned % BigInt(LDT_ENTRY_BYTES) !== 0n || returned > BigInt(table.length))
+    throw new CheckpointError(`modify_ldt(0) in pid ${pid} answered ${returned} bytes, not a whole number of 8-byte descriptors within ${table.length}`, {
+      field: 'ldt',
+    });
   const entries: LdtEntry[] = [];
   for (let i = 0; i < Number(returned) / LDT_ENTRY_BYTES; i++) {
     const decoded = decodeDescriptor(i, table.readBigUInt64LE(i * LDT_ENTRY_BYTES));
@@ -165,7 +178,10 @@ export async function captureLdt(agent: AgentClient, pid: number): Promise<LdtEn
     async (scratch) => {
       const returned = await agent.call({ op: 'INJECT_SYSCALL', pid, nr: NR_MODIFY_LDT, args: [READ_LDT, scratch, BigInt(LDT_BYTES)] });
       if (returned === 0n) return [];
-      const table = returned > 0n && returned <= BigInt(LDT_BYTES) ? await agent.call({ op: 'READ_MEM', pid, address: scratch, length: Number(returned) }) : Buffer.alloc(0);
+      const table =
+        returned > 0n && returned <= BigInt(LDT_BYTES)
+          ? await agent.call({ op: 'READ_MEM', pid, address: scratch, length: Number(returned) })
+          : Buffer.alloc(0);
       return parseLdtTable(pid, table, returned);
     },
     LDT_BYTES,
@@ -185,7 +201,10 @@ export function ldtSteps(pid: number, entries: readonly LdtEntry[], scratch: big
 }
 
 export function describeLdtEntry(e: LdtEntry): string {
-  const kind = e.contents & 2 ? `code${e.contents & 1 ? ' conforming' : ''}${e.read_exec_only ? ' execute-only' : ' readable'}` : `data${e.contents & 1 ? ' expand-down' : ''}${e.read_exec_only ? ' read-only' : ' read-write'}`;
+  const kind =
+    e.contents & 2
+      ? `code${e.contents & 1 ? ' conforming' : ''}${e.read_exec_only ? ' execute-only' : ' readable'}`
+      : `data${e.contents & 1 ? ' expand-down' : ''}${e.read_exec_only ? ' read-only' : ' read-write'}`;
   return `${kind}, base ${hex(BigInt(e.base_addr))}, limit ${hex(BigInt(e.limit))}${e.limit_in_pages ? ' pages' : ''}, ${e.seg_32bit ? '32' : '16'}-bit${e.seg_not_present ? ', not present' : ''}${e.useable ? ', AVL' : ''}`;
 }
 

@@ -25,7 +25,6 @@ import { mapFixedStep, PROT } from './syscall-steps.ts';
 
 export type { MappedFileState };
 
-
 const NR = { close: 3, mmap: 9, openat: 257, newfstatat: 262 } as const;
 const PAGE = 4096n;
 const AT_FDCWD = BigInt.asUintN(64, -100n);
@@ -50,9 +49,11 @@ export const MAPPABLE_DEVICES = ['/dev/zero'];
 
 /** Why a path from memory.json may not be opened by a restore, or undefined (checked as hostile input). */
 export function mappedPathProblem(path: unknown): string | undefined {
-  if (typeof path !== 'string' || !/^\/[^\0\n]{0,4094}$/.test(path) || path.split('/').includes('..')) return `${JSON.stringify(path)?.slice(0, 60)} is not an absolute path without ".."`;
+  if (typeof path !== 'string' || !/^\/[^\0\n]{0,4094}$/.test(path) || path.split('/').includes('..'))
+    return `${JSON.stringify(path)?.slice(0, 60)} is not an absolute path without ".."`;
   if (path.endsWith(' (deleted)')) return `${path.slice(0, 60)} is a deleted file`;
-  if (/^\/(proc|sys|dev)\//.test(path) && !MAPPABLE_DEVICES.includes(path)) return `${path.slice(0, 60)} is under /proc, /sys or /dev (${MAPPABLE_DEVICES.join(' ')} only)`;
+  if (/^\/(proc|sys|dev)\//.test(path) && !MAPPABLE_DEVICES.includes(path))
+    return `${path.slice(0, 60)} is under /proc, /sys or /dev (${MAPPABLE_DEVICES.join(' ')} only)`;
   if (Buffer.byteLength(path) + 1 > Number(PAGE) - PATH_AT) return `${path.slice(0, 60)}… is longer than ${Number(PAGE) - PATH_AT - 1} bytes`;
   return undefined;
 }
@@ -116,7 +117,14 @@ function checkOccupants(region: MemoryRegion, target: readonly Mapping[], inheri
  * omit=mapping-kinds every part is private anonymous memory, as before
  * shared and file mappings were restored.
  */
-export function mappingSteps(pid: number, regions: readonly MemoryRegion[], probe: TargetProbe, covered: readonly Mapping[], policy: RestorePolicy, scratch: bigint): PlanStep[] {
+export function mappingSteps(
+  pid: number,
+  regions: readonly MemoryRegion[],
+  probe: TargetProbe,
+  covered: readonly Mapping[],
+  policy: RestorePolicy,
+  scratch: bigint,
+): PlanStep[] {
   const kinds = !omits(policy, 'mapping-kinds');
   const anonymous: PlanStep[] = [];
   const fileCalls: PlanStep[] = [];
@@ -128,12 +136,30 @@ export function mappingSteps(pid: number, regions: readonly MemoryRegion[], prob
     const pieces = uncovered(region.start, region.end, covered);
     const shared = region.perms[3] === 's';
     if (!kinds || (region.file === null && !shared)) {
-      for (const [start, end] of pieces) anonymous.push(mapFixedStep(pid, start, end - start, PROT.READ | PROT.WRITE, `map ${hex(start)}-${hex(end)} (absent in the target) for ${region.name || 'anonymous memory'}${kinds ? '' : ' (omit=mapping-kinds: private anonymous)'}`));
+      for (const [start, end] of pieces)
+        anonymous.push(
+          mapFixedStep(
+            pid,
+            start,
+            end - start,
+            PROT.READ | PROT.WRITE,
+            `map ${hex(start)}-${hex(end)} (absent in the target) for ${region.name || 'anonymous memory'}${kinds ? '' : ' (omit=mapping-kinds: private anonymous)'}`,
+          ),
+        );
       continue;
     }
     if (region.file === null) {
       for (const [start, end] of pieces) {
-        anonymous.push({ op: { op: 'INJECT_SYSCALL', pid, nr: NR.mmap, args: [start, end - start, PROT.READ | PROT.WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, NO_FD, 0n] }, why: `map ${hex(start)}-${hex(end)} shared anonymous for ${region.name}`, expect: start });
+        anonymous.push({
+          op: {
+            op: 'INJECT_SYSCALL',
+            pid,
+            nr: NR.mmap,
+            args: [start, end - start, PROT.READ | PROT.WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, NO_FD, 0n],
+          },
+          why: `map ${hex(start)}-${hex(end)} shared anonymous for ${region.name}`,
+          expect: start,
+        });
       }
       continue;
     }
@@ -154,8 +180,21 @@ export function mappingSteps(pid: number, regions: readonly MemoryRegion[], prob
     for (const [start, end] of pieces) {
       const offset = region.offset + (start - region.start);
       fileCalls.push(
-        { op: { op: 'INJECT_SYSCALL', pid, nr: NR.openat, args: [AT_FDCWD, path, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC, 0n] }, why: `open ${file} ${writable ? 'read-write' : 'read-only'} to map it`, expect: fd },
-        { op: { op: 'INJECT_SYSCALL', pid, nr: NR.mmap, args: [start, end - start, prot, (shared ? MAP_SHARED : MAP_PRIVATE) | MAP_FIXED_NOREPLACE, fd, offset] }, why: `map ${hex(start)}-${hex(end)} ${shared ? 'MAP_SHARED' : 'MAP_PRIVATE'} of ${file} at offset ${hex(offset)}`, expect: start },
+        {
+          op: { op: 'INJECT_SYSCALL', pid, nr: NR.openat, args: [AT_FDCWD, path, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC, 0n] },
+          why: `open ${file} ${writable ? 'read-write' : 'read-only'} to map it`,
+          expect: fd,
+        },
+        {
+          op: {
+            op: 'INJECT_SYSCALL',
+            pid,
+            nr: NR.mmap,
+            args: [start, end - start, prot, (shared ? MAP_SHARED : MAP_PRIVATE) | MAP_FIXED_NOREPLACE, fd, offset],
+          },
+          why: `map ${hex(start)}-${hex(end)} ${shared ? 'MAP_SHARED' : 'MAP_PRIVATE'} of ${file} at offset ${hex(offset)}`,
+          expect: start,
+        },
         { op: { op: 'INJECT_SYSCALL', pid, nr: NR.close, args: [fd] }, why: `close fd ${fd}: the mapping holds the file`, expect: 0n },
       );
     }

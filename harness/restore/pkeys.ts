@@ -85,7 +85,8 @@ export function pkeysProblem(pkeys: PkeyState, regions: readonly MemoryRegion[])
   }
   for (const [i, t] of pkeys.tagged.entries()) {
     if (!pkeys.allocated.includes(t.pkey)) return { field: `tagged[${i}].pkey`, why: `${t.pkey} is not among the allocated keys` };
-    if (!regions.some((r) => r.start === t.start && r.end === t.end)) return { field: `tagged[${i}]`, why: `${hex(t.start)}-${hex(t.end)} is not a mapping in memory.json` };
+    if (!regions.some((r) => r.start === t.start && r.end === t.end))
+      return { field: `tagged[${i}]`, why: `${hex(t.start)}-${hex(t.end)} is not a mapping in memory.json` };
     if (i > 0 && t.start <= pkeys.tagged[i - 1]!.start) return { field: `tagged[${i}]`, why: 'mappings must be ascending, each once' };
   }
   return undefined;
@@ -100,13 +101,23 @@ export function pkeysProblem(pkeys: PkeyState, regions: readonly MemoryRegion[])
 export function pkeySteps(pid: number, pkeys: PkeyState, regions: readonly MemoryRegion[]): PlanStep[] {
   const steps: PlanStep[] = [];
   const max = pkeys.allocated.at(-1) ?? 0;
-  for (let k = 1; k <= max; k++) steps.push({ op: { op: 'INJECT_SYSCALL', pid, nr: NR.pkey_alloc, args: [0n, PKEY_DISABLE_ACCESS] }, why: `pkey_alloc: key ${k}${pkeys.allocated.includes(k) ? '' : ' (a gap: freed again below)'}`, expect: BigInt(k) });
+  for (let k = 1; k <= max; k++)
+    steps.push({
+      op: { op: 'INJECT_SYSCALL', pid, nr: NR.pkey_alloc, args: [0n, PKEY_DISABLE_ACCESS] },
+      why: `pkey_alloc: key ${k}${pkeys.allocated.includes(k) ? '' : ' (a gap: freed again below)'}`,
+      expect: BigInt(k),
+    });
   for (let k = 1; k <= max; k++) {
-    if (!pkeys.allocated.includes(k)) steps.push({ op: { op: 'INJECT_SYSCALL', pid, nr: NR.pkey_free, args: [BigInt(k)] }, why: `pkey_free ${k}: the program had freed it`, expect: 0n });
+    if (!pkeys.allocated.includes(k))
+      steps.push({ op: { op: 'INJECT_SYSCALL', pid, nr: NR.pkey_free, args: [BigInt(k)] }, why: `pkey_free ${k}: the program had freed it`, expect: 0n });
   }
   for (const t of pkeys.tagged) {
     const region = regions.find((r) => r.start === t.start && r.end === t.end)!;
-    steps.push({ op: { op: 'INJECT_SYSCALL', pid, nr: NR.pkey_mprotect, args: [t.start, t.end - t.start, BigInt(protOf(region.perms)), BigInt(t.pkey)] }, why: `pkey_mprotect ${hex(t.start)}-${hex(t.end)} ${region.perms} with key ${t.pkey}`, expect: 0n });
+    steps.push({
+      op: { op: 'INJECT_SYSCALL', pid, nr: NR.pkey_mprotect, args: [t.start, t.end - t.start, BigInt(protOf(region.perms)), BigInt(t.pkey)] },
+      why: `pkey_mprotect ${hex(t.start)}-${hex(t.end)} ${region.perms} with key ${t.pkey}`,
+      expect: 0n,
+    });
   }
   return steps;
 }

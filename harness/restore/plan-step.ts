@@ -43,4 +43,3 @@ export interface PlanStep {
 export class PlanError extends CrhError {
   override readonly name = 'PlanError';
 }
-

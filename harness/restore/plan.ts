@@ -85,7 +85,9 @@ export function compileRestorePlan(checkpointed: CheckpointImage, probe: TargetP
   for (const m of imageMaps.filter(isKernelProvided)) {
     const there = probe.maps.find((t) => t.name === m.name);
     if (!there || there.start !== m.start || there.end !== m.end) {
-      throw new PlanError(`${m.name} is at ${hex(m.start)}-${hex(m.end)} in the image but ${there ? `${hex(there.start)}-${hex(there.end)}` : 'absent'} in the target`);
+      throw new PlanError(
+        `${m.name} is at ${hex(m.start)}-${hex(m.end)} in the image but ${there ? `${hex(there.start)}-${hex(there.end)}` : 'absent'} in the target`,
+      );
     }
   }
   // In another boot, the time namespace first (time-namespace.ts): setns wants a single-threaded task, and
@@ -125,7 +127,14 @@ export function compileRestorePlan(checkpointed: CheckpointImage, probe: TargetP
     const stored = storedRanges(region);
     if (stored.length === 1 && stored[0]![0] === region.start && stored[0]![1] === region.end) continue;
     for (const [start, end] of existingParts(region.start, region.end, probe.maps)) {
-      steps.push(dontNeedStep(pid, start, end - start, `drop the target's own pages of ${hex(start)}-${hex(end)} (${region.name || 'anonymous'}): the image leaves pages out`));
+      steps.push(
+        dontNeedStep(
+          pid,
+          start,
+          end - start,
+          `drop the target's own pages of ${hex(start)}-${hex(end)} (${region.name || 'anonymous'}): the image leaves pages out`,
+        ),
+      );
     }
   }
 
@@ -141,13 +150,17 @@ export function compileRestorePlan(checkpointed: CheckpointImage, probe: TargetP
       const to = Number(end - region.start);
       for (let off = from; off < to; off += WRITE_CHUNK_BYTES) {
         const slice = data.subarray(off, Math.min(off + WRITE_CHUNK_BYTES, to));
-        steps.push({ op: { op: 'WRITE_MEM', pid, address: region.start + BigInt(off), data: slice }, why: `contents of ${region.name || 'anonymous'} (${region.entry})` });
+        steps.push({
+          op: { op: 'WRITE_MEM', pid, address: region.start + BigInt(off), data: slice },
+          why: `contents of ${region.name || 'anonymous'} (${region.entry})`,
+        });
       }
     }
   }
 
   // After the contents: the timespec sits below the stack's red zone, in memory the image also writes.
-  if (restarted.sleep) steps.push({ op: { op: 'WRITE_MEM', pid, address: restarted.sleep.address, data: restarted.sleep.timespec }, why: restarted.sleep.note });
+  if (restarted.sleep)
+    steps.push({ op: { op: 'WRITE_MEM', pid, address: restarted.sleep.address, data: restarted.sleep.timespec }, why: restarted.sleep.note });
 
   // Registered once its area holds the image's contents, before the
   // protections: the injected mprotect calls that follow return to user mode
@@ -159,7 +172,15 @@ export function compileRestorePlan(checkpointed: CheckpointImage, probe: TargetP
   }
 
   for (const region of image.regions) {
-    steps.push(protectStep(pid, region.start, region.end - region.start, BigInt(protOf(region.perms)), `protections ${region.perms} on ${hex(region.start)}-${hex(region.end)}`));
+    steps.push(
+      protectStep(
+        pid,
+        region.start,
+        region.end - region.start,
+        BigInt(protOf(region.perms)),
+        `protections ${region.perms} on ${hex(region.start)}-${hex(region.end)}`,
+      ),
+    );
   }
 
   // Keys after the protections (pkey_mprotect sets both), before the registers: their xstate carries PKRU.
@@ -194,8 +215,13 @@ export function compileRestorePlan(checkpointed: CheckpointImage, probe: TargetP
   const threaded = image.threads.length > 0;
   const xstateSetEarlier = threaded && (policy.restorer ?? 'ptrace') !== 'sigreturn' && !omits(policy, 'xstate');
   if (threaded) {
-    if (signals && signalPart.length === 0) steps.push({ op: { op: 'SETSIGMASK', pid, mask: ALL_BLOCKABLE }, why: 'block every signal before the threads are created: they start with this mask, and nothing is delivered to a half-restored process' });
-    if (xstateSetEarlier) steps.push(xstateStep(image, pid, 'FPU/SSE/AVX state (xstate) of the main thread, before the threads are created: each starts with a copy'));
+    if (signals && signalPart.length === 0)
+      steps.push({
+        op: { op: 'SETSIGMASK', pid, mask: ALL_BLOCKABLE },
+        why: 'block every signal before the threads are created: they start with this mask, and nothing is delivered to a half-restored process',
+      });
+    if (xstateSetEarlier)
+      steps.push(xstateStep(image, pid, 'FPU/SSE/AVX state (xstate) of the main thread, before the threads are created: each starts with a copy'));
     steps.push(...threadCreationSteps(pid, image, policy, freePage(probe.maps, imageMaps)));
   }
 
@@ -225,7 +251,10 @@ export function compileRestorePlan(checkpointed: CheckpointImage, probe: TargetP
   if (last && !omits(policy, 'rseq')) {
     const value = Buffer.alloc(8);
     value.writeBigUInt64LE(last.value);
-    steps.push({ op: { op: 'WRITE_MEM', pid, address: last.address, data: value }, why: `rseq_cs ${hex(last.value)} written back last: the kernel cleared it while the plan ran` });
+    steps.push({
+      op: { op: 'WRITE_MEM', pid, address: last.address, data: value },
+      why: `rseq_cs ${hex(last.value)} written back last: the kernel cleared it while the plan ran`,
+    });
   }
   steps.push(...threadFinalSteps(threadFixups, policy));
   return steps;

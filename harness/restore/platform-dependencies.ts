@@ -53,27 +53,110 @@ const XSAVE_HEADER_OFFSET = 512;
  * program's own CPUID checks choose code by.
  */
 export const USER_CPU_FLAGS: readonly string[] = [
-  'sse', 'sse2', 'pni', 'ssse3', 'sse4_1', 'sse4_2', 'sse4a', 'popcnt', 'abm', 'movbe', 'cx16', 'lahf_lm',
-  'aes', 'pclmulqdq', 'vaes', 'vpclmulqdq', 'gfni', 'sha_ni', 'rdrand', 'rdseed', 'rdpid', 'adx', 'bmi1', 'bmi2',
-  'f16c', 'fma', 'fma4', 'xop', 'avx', 'avx2', 'avx_vnni', 'avx512f', 'avx512dq', 'avx512cd', 'avx512bw', 'avx512vl',
-  'avx512ifma', 'avx512vbmi', 'avx512_vbmi2', 'avx512_vnni', 'avx512_bitalg', 'avx512_vpopcntdq', 'avx512_bf16',
-  'avx512_fp16', 'amx_tile', 'amx_bf16', 'amx_int8', 'erms', 'fsrm', 'clflushopt', 'clwb', 'xsave', 'xsaveopt',
-  'xsavec', 'xgetbv1', 'pku', 'ospke', 'fsgsbase', 'hle', 'rtm', 'movdiri', 'movdir64b', 'waitpkg', 'serialize',
-  '3dnowprefetch', 'prefetchwt1',
+  'sse',
+  'sse2',
+  'pni',
+  'ssse3',
+  'sse4_1',
+  'sse4_2',
+  'sse4a',
+  'popcnt',
+  'abm',
+  'movbe',
+  'cx16',
+  'lahf_lm',
+  'aes',
+  'pclmulqdq',
+  'vaes',
+  'vpclmulqdq',
+  'gfni',
+  'sha_ni',
+  'rdrand',
+  'rdseed',
+  'rdpid',
+  'adx',
+  'bmi1',
+  'bmi2',
+  'f16c',
+  'fma',
+  'fma4',
+  'xop',
+  'avx',
+  'avx2',
+  'avx_vnni',
+  'avx512f',
+  'avx512dq',
+  'avx512cd',
+  'avx512bw',
+  'avx512vl',
+  'avx512ifma',
+  'avx512vbmi',
+  'avx512_vbmi2',
+  'avx512_vnni',
+  'avx512_bitalg',
+  'avx512_vpopcntdq',
+  'avx512_bf16',
+  'avx512_fp16',
+  'amx_tile',
+  'amx_bf16',
+  'amx_int8',
+  'erms',
+  'fsrm',
+  'clflushopt',
+  'clwb',
+  'xsave',
+  'xsaveopt',
+  'xsavec',
+  'xgetbv1',
+  'pku',
+  'ospke',
+  'fsgsbase',
+  'hle',
+  'rtm',
+  'movdiri',
+  'movdir64b',
+  'waitpkg',
+  'serialize',
+  '3dnowprefetch',
+  'prefetchwt1',
 ];
 
 /** XSAVE components by bit, as a feature a person recognises. */
 const XSTATE_FEATURES: Record<number, string> = {
-  0: 'x87', 1: 'sse', 2: 'avx', 3: 'mpx', 4: 'mpx', 5: 'avx512', 6: 'avx512', 7: 'avx512', 8: 'pt', 9: 'pku',
-  11: 'cet', 12: 'cet', 17: 'amx', 18: 'amx',
+  0: 'x87',
+  1: 'sse',
+  2: 'avx',
+  3: 'mpx',
+  4: 'mpx',
+  5: 'avx512',
+  6: 'avx512',
+  7: 'avx512',
+  8: 'pt',
+  9: 'pku',
+  11: 'cet',
+  12: 'cet',
+  17: 'amx',
+  18: 'amx',
 };
 /** An XSAVE component bit as a refusal names it: the feature, e.g. avx for YMM, pku for PKRU. */
 export function xstateFeatureName(bit: number): string {
   return XSTATE_FEATURES[bit] ?? `xstate bit ${bit}`;
 }
 const XSTATE_COMPONENTS: Record<number, string> = {
-  0: 'x87', 1: 'SSE', 2: 'YMM', 3: 'BNDREGS', 4: 'BNDCSR', 5: 'opmask', 6: 'ZMM_Hi256', 7: 'Hi16_ZMM', 8: 'PT', 9: 'PKRU',
-  11: 'CET_U', 12: 'CET_S', 17: 'XTILECFG', 18: 'XTILEDATA',
+  0: 'x87',
+  1: 'SSE',
+  2: 'YMM',
+  3: 'BNDREGS',
+  4: 'BNDCSR',
+  5: 'opmask',
+  6: 'ZMM_Hi256',
+  7: 'Hi16_ZMM',
+  8: 'PT',
+  9: 'PKRU',
+  11: 'CET_U',
+  12: 'CET_S',
+  17: 'XTILECFG',
+  18: 'XTILEDATA',
 };
 
 export interface PlatformDependencies {
@@ -103,7 +186,10 @@ export interface MissingDependency {
 /** The restore target lacks something the checkpointed process depends on; the message names every missing feature. */
 export class IncompatibleTargetError extends CrhError {
   override readonly name = 'IncompatibleTargetError';
-  constructor(readonly missing: MissingDependency[], details: Record<string, string> = {}) {
+  constructor(
+    readonly missing: MissingDependency[],
+    details: Record<string, string> = {},
+  ) {
     super(`the restore target lacks what the process depends on: ${describeMissing(missing)} (--restore-anyway tries regardless)`, details);
   }
 }
@@ -155,7 +241,7 @@ export function vdsoSymbols(vdso: Buffer): Record<string, bigint> {
   for (let at = 0; at + 24 <= dynsym.length; at += 24) {
     const info = dynsym[at + 4]!;
     const bind = info >> 4;
-    if ((info & 0xf) !== STT_FUNC || (bind !== STB_GLOBAL && bind !== 2 /* STB_WEAK */)) continue;
+    if ((info & 0xf) !== STT_FUNC || (bind !== STB_GLOBAL && bind !== 2) /* STB_WEAK */) continue;
     const nameAt = dynsym.readUInt32LE(at);
     const end = dynstr.indexOf(0, nameAt);
     const name = dynstr.toString('latin1', nameAt, end < 0 ? dynstr.length : end);
@@ -172,7 +258,12 @@ export function vdsoSymbols(vdso: Buffer): Record<string, bigint> {
  * them: `xstates` are its threads' xstate regsets (read already), `maps` its
  * /proc/PID/maps. The process must be in a ptrace stop under the agent.
  */
-export async function readPlatformDependencies(agent: Pick<AgentClient, 'call'>, pid: number, xstates: readonly Buffer[], maps: readonly Mapping[]): Promise<PlatformDependencies> {
+export async function readPlatformDependencies(
+  agent: Pick<AgentClient, 'call'>,
+  pid: number,
+  xstates: readonly Buffer[],
+  maps: readonly Mapping[],
+): Promise<PlatformDependencies> {
   let xcr0: bigint | null = null;
   let inUse = 0n;
   for (const xstate of xstates) {
@@ -237,7 +328,12 @@ function bitNames(bits: bigint, names: Record<number, string>): string[] {
  * target (`target`) lacks; [] when it has them all. `rseqArea` is the
  * process's registered rseq area, if any: the target's alignment must admit it.
  */
-export function missingDependencies(image: PlatformDependencies, target: PlatformDependencies, rseqArea?: bigint, { redirectVdso = true } = {}): MissingDependency[] {
+export function missingDependencies(
+  image: PlatformDependencies,
+  target: PlatformDependencies,
+  rseqArea?: bigint,
+  { redirectVdso = true } = {},
+): MissingDependency[] {
   const missing: MissingDependency[] = [];
   // XSAVE components the process had in use and the target's kernel does not enable.
   if (target.xstate.xcr0 !== null) {
@@ -246,37 +342,58 @@ export function missingDependencies(image: PlatformDependencies, target: Platfor
       if (!((lost >> BigInt(bit)) & 1n)) continue;
       const feature = xstateFeatureName(bit);
       if (missing.some((m) => m.feature === feature)) continue;
-      missing.push({ feature, why: `in use: ${XSTATE_COMPONENTS[bit] ?? `component ${bit}`} state (XSTATE_BV ${hex(image.xstate.inUse)}), not in the target's XCR0 ${hex(target.xstate.xcr0)} [${bitNames(target.xstate.xcr0, XSTATE_COMPONENTS).join(' ')}]` });
+      missing.push({
+        feature,
+        why: `in use: ${XSTATE_COMPONENTS[bit] ?? `component ${bit}`} state (XSTATE_BV ${hex(image.xstate.inUse)}), not in the target's XCR0 ${hex(target.xstate.xcr0)} [${bitNames(target.xstate.xcr0, XSTATE_COMPONENTS).join(' ')}]`,
+      });
     }
   }
   // CPUID features the process could have seen and chosen code by.
   const targetFlags = new Set(target.cpuFlags);
   for (const flag of image.cpuFlags) {
     if (targetFlags.has(flag) || missing.some((m) => m.feature === flag)) continue;
-    missing.push({ feature: flag, why: 'could have been seen: CPUID had it at the checkpoint (code chosen by it, e.g. glibc\'s ifuncs, would meet a missing instruction)' });
+    missing.push({
+      feature: flag,
+      why: "could have been seen: CPUID had it at the checkpoint (code chosen by it, e.g. glibc's ifuncs, would meet a missing instruction)",
+    });
   }
   const vdsoMoved = image.vdso.mappings.map((m) => `${m.name} ${hex(m.start)}-${hex(m.end)}`).join(', ');
   const vdsoThere = target.vdso.mappings.map((m) => `${m.name} ${hex(m.start)}-${hex(m.end)}`).join(', ');
   if (vdsoMoved !== vdsoThere) missing.push({ feature: 'vdso layout', why: `the checkpoint's ${vdsoMoved || 'none'}, the target's ${vdsoThere || 'none'}` });
-  const changed = Object.entries(image.vdso.symbols).filter(([name, at]) => target.vdso.symbols[name] !== at).map(([name, at]) => `${name} at +${hex(at)}, the target's ${target.vdso.symbols[name] === undefined ? 'absent' : `+${hex(target.vdso.symbols[name]!)}`}`);
+  const changed = Object.entries(image.vdso.symbols)
+    .filter(([name, at]) => target.vdso.symbols[name] !== at)
+    .map(([name, at]) => `${name} at +${hex(at)}, the target's ${target.vdso.symbols[name] === undefined ? 'absent' : `+${hex(target.vdso.symbols[name]!)}`}`);
   // Other offsets in the same layout are redirected (vdso-redirect.ts) unless the policy says not to.
   const lacking = Object.keys(image.vdso.symbols).filter((name) => target.vdso.symbols[name] === undefined);
   if (redirectVdso && vdsoMovable(image, target) && lacking.length > 0) {
-    missing.push({ feature: 'vdso symbols', why: `the target kernel's vDSO lacks ${lacking.join(', ')} (the others are redirected; a call to one of these would meet int3)` });
-  } else if (changed.length > 0 && !(redirectVdso && vdsoRedirectable(image, target))) missing.push({ feature: 'vdso symbols', why: `the process resolved them in the checkpoint kernel's vDSO: ${changed.join(', ')}` });
+    missing.push({
+      feature: 'vdso symbols',
+      why: `the target kernel's vDSO lacks ${lacking.join(', ')} (the others are redirected; a call to one of these would meet int3)`,
+    });
+  } else if (changed.length > 0 && !(redirectVdso && vdsoRedirectable(image, target)))
+    missing.push({ feature: 'vdso symbols', why: `the process resolved them in the checkpoint kernel's vDSO: ${changed.join(', ')}` });
   const { featureSize, align } = image.rseq;
   if (featureSize !== null && (target.rseq.featureSize ?? 0) < featureSize) {
-    missing.push({ feature: 'rseq feature size', why: `AT_RSEQ_FEATURE_SIZE ${featureSize} at the checkpoint (fields the process may use), the target's ${target.rseq.featureSize ?? 'absent'}` });
+    missing.push({
+      feature: 'rseq feature size',
+      why: `AT_RSEQ_FEATURE_SIZE ${featureSize} at the checkpoint (fields the process may use), the target's ${target.rseq.featureSize ?? 'absent'}`,
+    });
   }
   if (rseqArea !== undefined && target.rseq.align !== null && rseqArea % BigInt(target.rseq.align) !== 0n) {
-    missing.push({ feature: 'rseq alignment', why: `the registered area ${hex(rseqArea)} is not aligned to the target's AT_RSEQ_ALIGN ${target.rseq.align} (the checkpoint's ${align ?? 'absent'})` });
+    missing.push({
+      feature: 'rseq alignment',
+      why: `the registered area ${hex(rseqArea)} is not aligned to the target's AT_RSEQ_ALIGN ${target.rseq.align} (the checkpoint's ${align ?? 'absent'})`,
+    });
   }
   return missing;
 }
 
 /** A short fingerprint of the vDSO's exported symbols, for notes and reports. */
 export function vdsoFingerprint(d: PlatformDependencies): string {
-  const text = Object.entries(d.vdso.symbols).sort(([a], [b]) => (a < b ? -1 : 1)).map(([n, v]) => `${n}=${hex(v)}`).join(',');
+  const text = Object.entries(d.vdso.symbols)
+    .sort(([a], [b]) => (a < b ? -1 : 1))
+    .map(([n, v]) => `${n}=${hex(v)}`)
+    .join(',');
   return createHash('sha256').update(text).digest('hex').slice(0, 12);
 }
 
@@ -286,7 +403,10 @@ export function dependenciesJson(d: PlatformDependencies | undefined): unknown {
   return {
     xstate: { xcr0: d.xstate.xcr0 === null ? null : hex(d.xstate.xcr0), inUse: hex(d.xstate.inUse) },
     cpuFlags: d.cpuFlags,
-    vdso: { mappings: d.vdso.mappings.map((m) => ({ name: m.name, start: hex(m.start), end: hex(m.end) })), symbols: Object.fromEntries(Object.entries(d.vdso.symbols).map(([n, v]) => [n, hex(v)])) },
+    vdso: {
+      mappings: d.vdso.mappings.map((m) => ({ name: m.name, start: hex(m.start), end: hex(m.end) })),
+      symbols: Object.fromEntries(Object.entries(d.vdso.symbols).map(([n, v]) => [n, hex(v)])),
+    },
     rseq: d.rseq,
   };
 }
@@ -301,20 +421,32 @@ export function parseDependencies(raw: unknown): PlatformDependencies | undefine
   const fail = (field: string, why: string): never => {
     throw new ImageRejectedError(why, ENTRY, field);
   };
-  const object = (v: unknown, field: string): Record<string, unknown> => (typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Record<string, unknown>) : fail(field, 'is not an object'));
-  const hex64 = (v: unknown, field: string): bigint => (typeof v === 'string' && HEX64.test(v) ? BigInt(v) : fail(field, `${JSON.stringify(v)} is not a 0x hex value of at most 64 bits`));
-  const size = (v: unknown, field: string): number | null => (v === null ? null : Number.isInteger(v) && (v as number) > 0 && (v as number) <= 4096 ? (v as number) : fail(field, `${JSON.stringify(v)} is neither null nor a size from 1 to 4096`));
+  const object = (v: unknown, field: string): Record<string, unknown> =>
+    typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Record<string, unknown>) : fail(field, 'is not an object');
+  const hex64 = (v: unknown, field: string): bigint =>
+    typeof v === 'string' && HEX64.test(v) ? BigInt(v) : fail(field, `${JSON.stringify(v)} is not a 0x hex value of at most 64 bits`);
+  const size = (v: unknown, field: string): number | null =>
+    v === null
+      ? null
+      : Number.isInteger(v) && (v as number) > 0 && (v as number) <= 4096
+        ? (v as number)
+        : fail(field, `${JSON.stringify(v)} is neither null nor a size from 1 to 4096`);
   const top = object(raw, '(entry)');
   const xstate = object(top.xstate, 'xstate');
   const xcr0 = xstate.xcr0 === null ? null : hex64(xstate.xcr0, 'xstate.xcr0');
   const inUse = hex64(xstate.inUse, 'xstate.inUse');
   if (!Array.isArray(top.cpuFlags) || top.cpuFlags.length > LIMIT.flags) fail('cpuFlags', `is not a list of at most ${LIMIT.flags} flags`);
-  const cpuFlags = (top.cpuFlags as unknown[]).map((f, i) => (typeof f === 'string' && /^[a-z0-9_]{1,32}$/.test(f) ? f : fail(`cpuFlags[${i}]`, `${JSON.stringify(f)} is not a /proc/cpuinfo flag name`)));
+  const cpuFlags = (top.cpuFlags as unknown[]).map((f, i) =>
+    typeof f === 'string' && /^[a-z0-9_]{1,32}$/.test(f) ? f : fail(`cpuFlags[${i}]`, `${JSON.stringify(f)} is not a /proc/cpuinfo flag name`),
+  );
   const vdso = object(top.vdso, 'vdso');
   if (!Array.isArray(vdso.mappings) || vdso.mappings.length > LIMIT.mappings) fail('vdso.mappings', `is not a list of at most ${LIMIT.mappings} mappings`);
   const mappings = (vdso.mappings as unknown[]).map((m, i) => {
     const o = object(m, `vdso.mappings[${i}]`);
-    const name = typeof o.name === 'string' && /^\[(vdso|vvar[a-z_]*)\]$/.test(o.name) ? o.name : fail(`vdso.mappings[${i}].name`, `${JSON.stringify(o.name)} is not [vdso] or [vvar…]`);
+    const name =
+      typeof o.name === 'string' && /^\[(vdso|vvar[a-z_]*)\]$/.test(o.name)
+        ? o.name
+        : fail(`vdso.mappings[${i}].name`, `${JSON.stringify(o.name)} is not [vdso] or [vvar…]`);
     const start = hex64(o.start, `vdso.mappings[${i}].start`);
     const end = hex64(o.end, `vdso.mappings[${i}].end`);
     if (end <= start || start % 4096n !== 0n || end % 4096n !== 0n) fail(`vdso.mappings[${i}]`, `${hex(start)}-${hex(end)} is not a page-aligned range`);
@@ -328,5 +460,10 @@ export function parseDependencies(raw: unknown): PlatformDependencies | undefine
     symbols[name] = hex64(value, `vdso.symbols.${name}`);
   }
   const rseq = object(top.rseq, 'rseq');
-  return { xstate: { xcr0, inUse }, cpuFlags, vdso: { mappings, symbols }, rseq: { featureSize: size(rseq.featureSize, 'rseq.featureSize'), align: size(rseq.align, 'rseq.align') } };
+  return {
+    xstate: { xcr0, inUse },
+    cpuFlags,
+    vdso: { mappings, symbols },
+    rseq: { featureSize: size(rseq.featureSize, 'rseq.featureSize'), align: size(rseq.align, 'rseq.align') },
+  };
 }

@@ -99,7 +99,26 @@ export type RseqFixupPolicy = (typeof RSEQ_FIXUP_POLICIES)[number];
  *   namespace (time-namespace.ts): its CLOCK_MONOTONIC and CLOCK_BOOTTIME
  *   are the restoring boot's, backwards or ahead of where they were.
  */
-export const OMITTABLE = ['debugregs', 'xstate', 'tls', 'rseq', 'signals', 'files', 'thread-xstate', 'thread-masks', 'thread-links', 'mapping-kinds', 'userfaultfd', 'ldt', 'timers', 'pkeys', 'string-regs', 'pipe-contents', 'vdso', 'timens'] as const;
+export const OMITTABLE = [
+  'debugregs',
+  'xstate',
+  'tls',
+  'rseq',
+  'signals',
+  'files',
+  'thread-xstate',
+  'thread-masks',
+  'thread-links',
+  'mapping-kinds',
+  'userfaultfd',
+  'ldt',
+  'timers',
+  'pkeys',
+  'string-regs',
+  'pipe-contents',
+  'vdso',
+  'timens',
+] as const;
 export type Omittable = (typeof OMITTABLE)[number];
 
 /** The registers a string instruction in progress keeps its count and pointers in (omit=string-regs). */
@@ -171,7 +190,10 @@ export function parseRseqFixupPolicy(value: string): RseqFixupPolicy {
 
 /** A comma-separated list of OMITTABLE names; empty means nothing omitted. */
 export function parseOmit(value: string): Omittable[] {
-  const names = value.split(',').map((s) => s.trim()).filter(Boolean);
+  const names = value
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
   for (const name of names) {
     if (!(OMITTABLE as readonly string[]).includes(name)) throw new RangeError(`unknown omit "${name}" (any of ${OMITTABLE.join(', ')})`);
   }

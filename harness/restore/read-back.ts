@@ -83,7 +83,8 @@ export type ReadBackCheck =
 export function expectations(pid: number, plan: readonly PlanStep[], image: CheckpointImage, policy: RestorePolicy): TaskExpectation[] {
   const timers = omits(policy, 'timers') ? NO_TIMERS : image.timers;
   const signals = !omits(policy, 'signals');
-  const setRegs = (tid: number): UserRegs | undefined => (plan.find((s) => s.op.op === 'SETREGS' && s.op.pid === tid)?.op as { regs: UserRegs } | undefined)?.regs;
+  const setRegs = (tid: number): UserRegs | undefined =>
+    (plan.find((s) => s.op.op === 'SETREGS' && s.op.pid === tid)?.op as { regs: UserRegs } | undefined)?.regs;
   // The sigreturn restorer hands xstate to the kernel in the signal frame: it is
   // loaded when the task runs, so there is nothing to read back yet.
   const setXstate = (tid: number): Buffer | undefined => {
@@ -119,8 +120,17 @@ export function compileReadBack(pid: number, plan: readonly PlanStep[], image: C
     const tid = task.tid;
     if (task.regs) checks.push({ kind: 'registers', task, ops: [{ op: 'GETREGS', pid: tid }] });
     if (task.xstate) checks.push({ kind: 'xstate', task, ops: [{ op: 'GETREGSET', pid: tid, noteType: NT_X86_XSTATE, maxSize: task.xstate.length }] });
-    for (const name of DEBUG_REG_NAMES) checks.push({ kind: 'debug-register', task, name, ops: [{ op: 'PEEKUSER', pid: tid, offset: debugRegOffset(Number(name.slice(2))) }] });
-    if (task.rseq) checks.push({ kind: 'rseq', task, ops: [{ op: 'RSEQ_CONFIG', pid: tid }, { op: 'READ_MEM', pid: tid, address: rseqCsAddress(task.rseq.state), length: 8 }] });
+    for (const name of DEBUG_REG_NAMES)
+      checks.push({ kind: 'debug-register', task, name, ops: [{ op: 'PEEKUSER', pid: tid, offset: debugRegOffset(Number(name.slice(2))) }] });
+    if (task.rseq)
+      checks.push({
+        kind: 'rseq',
+        task,
+        ops: [
+          { op: 'RSEQ_CONFIG', pid: tid },
+          { op: 'READ_MEM', pid: tid, address: rseqCsAddress(task.rseq.state), length: 8 },
+        ],
+      });
     if (task.blocked !== undefined) checks.push({ kind: 'signal-mask', task, ops: [{ op: 'GETSIGMASK', pid: tid }] });
     if (task.pending) {
       checks.push({ kind: 'pending-signals', task, queue: 'thread', ops: [{ op: 'PEEKSIGINFO', pid: tid, shared: false }] });
@@ -166,7 +176,13 @@ function judge(check: ReadBackCheck, answer: readonly unknown[]): ReadBackDiffer
       const { task } = check;
       const wanted = task.xstate!;
       const got = answer[0] as Buffer;
-      if (!got.equals(wanted)) add({ kind: 'xstate', tid: task.tid }, `${task.who}xstate`, `${wanted.length} bytes`, `${got.length} bytes, first difference at offset ${got.findIndex((b, i) => b !== wanted[i])}`);
+      if (!got.equals(wanted))
+        add(
+          { kind: 'xstate', tid: task.tid },
+          `${task.who}xstate`,
+          `${wanted.length} bytes`,
+          `${got.length} bytes, first difference at offset ${got.findIndex((b, i) => b !== wanted[i])}`,
+        );
       break;
     }
     case 'debug-register': {
@@ -179,7 +195,8 @@ function judge(check: ReadBackCheck, answer: readonly unknown[]): ReadBackDiffer
       const { task } = check;
       const rseq = task.rseq!;
       const config = answer[0] as ResultOf<AgentOp & { op: 'RSEQ_CONFIG' }>;
-      const describe = (area: bigint, size: number, signature: number): string => (area === 0n ? 'none' : `${hex(area)} size ${size} signature 0x${signature.toString(16)}`);
+      const describe = (area: bigint, size: number, signature: number): string =>
+        area === 0n ? 'none' : `${hex(area)} size ${size} signature 0x${signature.toString(16)}`;
       const requested = rseq.omitted ? 'none' : describe(rseq.state.area, rseq.state.size, rseq.state.signature);
       const accepted = describe(config.area, config.size, config.signature);
       if (requested !== accepted) add({ kind: 'rseq', tid: task.tid }, `${task.who}rseq`, requested, accepted);
@@ -202,7 +219,12 @@ function judge(check: ReadBackCheck, answer: readonly unknown[]): ReadBackDiffer
       const held = liveTimerSignalsDropped(answer[0] as Buffer[], wanted, pending.timers);
       if (held.length !== wanted.length || !held.every((b, i) => b.equals(wanted[i]!))) {
         const signos = (list: readonly Buffer[]): string => `[${list.map(siginfoSigno).join(' ')}]`;
-        add({ kind: 'pending-signals', tid: task.tid, queue }, `${task.who}signals.pending.${queue}`, signos(wanted), `${signos(held)}${held.length === wanted.length ? ' (siginfo contents differ)' : ''}`);
+        add(
+          { kind: 'pending-signals', tid: task.tid, queue },
+          `${task.who}signals.pending.${queue}`,
+          signos(wanted),
+          `${signos(held)}${held.length === wanted.length ? ' (siginfo contents differ)' : ''}`,
+        );
       }
       break;
     }
@@ -210,7 +232,8 @@ function judge(check: ReadBackCheck, answer: readonly unknown[]): ReadBackDiffer
       // The allocation map shows nowhere: the plan's pkey_alloc results were checked step by step.
       const keys = parseSmapsPkeys((answer[0] as Buffer).toString('utf8'));
       for (const t of check.tagged) {
-        if (keys.get(t.start) !== t.pkey) add({ kind: 'pkey', start: t.start, end: t.end }, `pkey ${hex(t.start)}-${hex(t.end)}`, String(t.pkey), String(keys.get(t.start) ?? 'no VMA there'));
+        if (keys.get(t.start) !== t.pkey)
+          add({ kind: 'pkey', start: t.start, end: t.end }, `pkey ${hex(t.start)}-${hex(t.end)}`, String(t.pkey), String(keys.get(t.start) ?? 'no VMA there'));
       }
       break;
     }
@@ -221,7 +244,13 @@ function judge(check: ReadBackCheck, answer: readonly unknown[]): ReadBackDiffer
         if (!r.userfault) continue;
         const vma = maps.find((m) => m.start <= r.start && r.start < m.end);
         const mode = vma ? (modes.get(vma.start) ?? 0) : 0;
-        if (mode !== r.userfault) add({ kind: 'userfault-range', start: r.start, end: r.end }, `userfault ${hex(r.start)}-${hex(r.end)}`, describeModes(r.userfault), describeModes(mode));
+        if (mode !== r.userfault)
+          add(
+            { kind: 'userfault-range', start: r.start, end: r.end },
+            `userfault ${hex(r.start)}-${hex(r.end)}`,
+            describeModes(r.userfault),
+            describeModes(mode),
+          );
       }
       break;
     }
@@ -244,11 +273,13 @@ function liveTimerSignalsDropped(held: Buffer[], wanted: readonly Buffer[], time
 export function compareTask(now: TaskState, pid: number, image: CheckpointImage): ReadBackDifference[] {
   const differences: ReadBackDifference[] = [];
   const session = (t: TaskState, p: number): string => `pgid ${t.pgid === p ? 'own' : t.pgid}, sid ${t.sid === p ? 'own' : t.sid}`;
-  if (session(now, pid) !== session(image.task, image.process.pid)) differences.push({ what: 'session', requested: session(image.task, image.process.pid), accepted: session(now, pid), subject: { kind: 'session', pid } });
+  if (session(now, pid) !== session(image.task, image.process.pid))
+    differences.push({ what: 'session', requested: session(image.task, image.process.pid), accepted: session(now, pid), subject: { kind: 'session', pid } });
   const describe = (f: OpenFile | undefined): string => (f ? `${f.path} flags 0o${f.flags.toString(8)} pos ${f.kind === 'file' ? f.pos : '-'}` : 'closed');
   for (const f of image.task.files) {
     const got = now.files.find((g) => g.fd === f.fd);
-    if (describe(got) !== describe(f)) differences.push({ what: `fd ${f.fd}`, requested: describe(f), accepted: describe(got), subject: { kind: 'descriptor', fd: f.fd } });
+    if (describe(got) !== describe(f))
+      differences.push({ what: `fd ${f.fd}`, requested: describe(f), accepted: describe(got), subject: { kind: 'descriptor', fd: f.fd } });
   }
   return differences;
 }
@@ -257,12 +288,27 @@ export function compareTask(now: TaskState, pid: number, image: CheckpointImage)
 export function compareUserfaultfds(now: TaskState, image: CheckpointImage): ReadBackDifference[] {
   return (image.task.userfaultfds ?? []).flatMap((u) => {
     const got = now.userfaultfds?.find((g) => g.fd === u.fd);
-    return describeUserfaultfd(got) === describeUserfaultfd(u) ? [] : [{ what: `userfaultfd fd ${u.fd}`, requested: describeUserfaultfd(u), accepted: describeUserfaultfd(got), subject: { kind: 'userfaultfd' as const, fd: u.fd } }];
+    return describeUserfaultfd(got) === describeUserfaultfd(u)
+      ? []
+      : [
+          {
+            what: `userfaultfd fd ${u.fd}`,
+            requested: describeUserfaultfd(u),
+            accepted: describeUserfaultfd(got),
+            subject: { kind: 'userfaultfd' as const, fd: u.fd },
+          },
+        ];
   });
 }
 
 /** Compiles the checks, runs them as one BATCH, and compares. */
-export async function readBackBatch(agent: AgentClient, pid: number, plan: readonly PlanStep[], image: CheckpointImage, policy: RestorePolicy): Promise<ReadBackDifference[]> {
+export async function readBackBatch(
+  agent: AgentClient,
+  pid: number,
+  plan: readonly PlanStep[],
+  image: CheckpointImage,
+  policy: RestorePolicy,
+): Promise<ReadBackDifference[]> {
   const checks = compileReadBack(pid, plan, image, policy);
   const steps = await agent.batch(checks.flatMap((c): AgentOp[] => c.ops));
   return compareReadBack(checks, answersOf(checks, steps));

@@ -13,7 +13,16 @@ import type { CheckpointImage } from './image-model.ts';
 import { compileRestorePlan, fixedImage, type PlanStep, type TargetProbe } from './plan.ts';
 import { assertPolicyAdmits, omits, type RestorePolicy } from './policy.ts';
 import { parseMaps, type Mapping } from './proc-maps.ts';
-import { describeMissing, IncompatibleTargetError, missingDependencies, readTargetDependencies, vdsoFingerprint, vdsoMovable, xstateHeader, type PlatformDependencies } from './platform-dependencies.ts';
+import {
+  describeMissing,
+  IncompatibleTargetError,
+  missingDependencies,
+  readTargetDependencies,
+  vdsoFingerprint,
+  vdsoMovable,
+  xstateHeader,
+  type PlatformDependencies,
+} from './platform-dependencies.ts';
 import { withFittedXstate } from './xstate-fit.ts';
 import { mappedFiles, probeMappedFiles } from './mappings.ts';
 import { captureTask } from './files.ts';
@@ -87,7 +96,14 @@ export async function restoreProcess(agent: AgentClient, image: CheckpointImage,
  * `tree` facts the plan takes into account): probe, compile the plan, run
  * it, read back. The caller owns the process, and kills it on failure.
  */
-export async function restoreInto(agent: AgentClient, checkpointed: CheckpointImage, pid: number, policy: RestorePolicy, tree?: TargetProbe['tree'], dependencies: 'refuse' | 'try' = 'refuse'): Promise<RestoreResult> {
+export async function restoreInto(
+  agent: AgentClient,
+  checkpointed: CheckpointImage,
+  pid: number,
+  policy: RestorePolicy,
+  tree?: TargetProbe['tree'],
+  dependencies: 'refuse' | 'try' = 'refuse',
+): Promise<RestoreResult> {
   const regs = await agent.call({ op: 'GETREGS', pid });
   const maps = parseMaps((await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/maps`, maxSize: 1 << 20 })).toString('utf8'));
   const { notes: dependencyNotes, target } = await checkTargetDependencies(agent, pid, maps, checkpointed, dependencies, !omits(policy, 'vdso'));
@@ -102,7 +118,21 @@ export async function restoreInto(agent: AgentClient, checkpointed: CheckpointIm
   // Last before the plan: the time namespace's offsets count from this read (time-namespace.ts).
   const clocks = await clocksFor(agent, pid, image, policy, dependencies);
   if (clocks.note) dependencyNotes.push(clocks.note);
-  const plan = compileRestorePlan(image, { pid, regs, maps, fds, files, bootId, ...(tree ? { tree } : {}), ...(target ? { dependencies: target } : {}), ...(clocks.offsets ? { clockOffsets: clocks.offsets } : {}) }, policy);
+  const plan = compileRestorePlan(
+    image,
+    {
+      pid,
+      regs,
+      maps,
+      fds,
+      files,
+      bootId,
+      ...(tree ? { tree } : {}),
+      ...(target ? { dependencies: target } : {}),
+      ...(clocks.offsets ? { clockOffsets: clocks.offsets } : {}),
+    },
+    policy,
+  );
   const steps = await agent.batch(plan.map((s) => s.op));
   checkSteps(plan, steps);
   const requested = fixedImage(image, policy).image;
@@ -115,10 +145,22 @@ export async function restoreInto(agent: AgentClient, checkpointed: CheckpointIm
  * (platform-dependencies.ts): refused by name, or — under 'try' — returned
  * as notes for the verdict to say what the restore went on without.
  */
-async function checkTargetDependencies(agent: AgentClient, pid: number, maps: Mapping[], image: CheckpointImage, mode: 'refuse' | 'try', redirectVdso: boolean): Promise<{ notes: string[]; target?: PlatformDependencies }> {
+async function checkTargetDependencies(
+  agent: AgentClient,
+  pid: number,
+  maps: Mapping[],
+  image: CheckpointImage,
+  mode: 'refuse' | 'try',
+  redirectVdso: boolean,
+): Promise<{ notes: string[]; target?: PlatformDependencies }> {
   if (!image.dependencies) return { notes: ['the image records no platform dependencies (format 9): CPU features, vDSO and rseq ABI not checked'] };
   const target = await readTargetDependencies(agent, pid, maps);
-  const notes = redirectVdso && vdsoMovable(image.dependencies, target) ? [`vDSO redirected: the target kernel's vDSO has other offsets (${vdsoFingerprint(image.dependencies)} → ${vdsoFingerprint(target)}); the old ones jump to the new code`] : [];
+  const notes =
+    redirectVdso && vdsoMovable(image.dependencies, target)
+      ? [
+          `vDSO redirected: the target kernel's vDSO has other offsets (${vdsoFingerprint(image.dependencies)} → ${vdsoFingerprint(target)}); the old ones jump to the new code`,
+        ]
+      : [];
   const missing = missingDependencies(image.dependencies, target, image.rseq?.area, { redirectVdso });
   if (missing.length === 0) return { notes, target };
   if (mode === 'refuse') throw new IncompatibleTargetError(missing);
@@ -141,10 +183,21 @@ async function spawnTarget(agent: AgentClient, image: CheckpointImage, options: 
   const { process } = image;
   const pid = options.samePid === false ? undefined : process.pid;
   try {
-    return await agent.call({ op: 'SPAWN', path: process.binary, argv: process.argv, envp: process.envp, stdoutPath: options.stdoutPath, noAslr: process.noAslr, pid });
+    return await agent.call({
+      op: 'SPAWN',
+      path: process.binary,
+      argv: process.argv,
+      envp: process.envp,
+      stdoutPath: options.stdoutPath,
+      noAslr: process.noAslr,
+      pid,
+    });
   } catch (error) {
     if (error instanceof AgentError && error.errno === EEXIST) {
-      throw new PidInUseError(`cannot restore as pid ${process.pid}, the pid the checkpoint was taken with: another process has it (is the original still alive?)`, { agent: error.message });
+      throw new PidInUseError(
+        `cannot restore as pid ${process.pid}, the pid the checkpoint was taken with: another process has it (is the original still alive?)`,
+        { agent: error.message },
+      );
     }
     throw error;
   }

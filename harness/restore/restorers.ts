@@ -56,7 +56,13 @@ export function xstateStep(image: CheckpointImage, pid: number, why = 'FPU/SSE/A
  * ptrace (for the threads it creates to copy); the sigreturn restorer,
  * which carries it in the frame, ignores it.
  */
-export function registerSteps(image: CheckpointImage, probe: TargetProbe, imageMaps: Mapping[], policy: RestorePolicy, { xstateSetEarlier = false } = {}): PlanStep[] {
+export function registerSteps(
+  image: CheckpointImage,
+  probe: TargetProbe,
+  imageMaps: Mapping[],
+  policy: RestorePolicy,
+  { xstateSetEarlier = false } = {},
+): PlanStep[] {
   const pid = probe.pid;
   const regs = restoredRegisters(image.regs, probe.regs, policy);
   const omitXstate = omits(policy, 'xstate');
@@ -102,8 +108,24 @@ const SIGFRAME = {
 } as const;
 /** struct sigcontext field offsets, in the order the kernel reads them. */
 const SIGCONTEXT: Readonly<Record<string, number>> = {
-  r8: 0, r9: 8, r10: 16, r11: 24, r12: 32, r13: 40, r14: 48, r15: 56, rdi: 64, rsi: 72, rbp: 80, rbx: 88,
-  rdx: 96, rax: 104, rcx: 112, rsp: 120, rip: 128, eflags: 136,
+  r8: 0,
+  r9: 8,
+  r10: 16,
+  r11: 24,
+  r12: 32,
+  r13: 40,
+  r14: 48,
+  r15: 56,
+  rdi: 64,
+  rsi: 72,
+  rbp: 80,
+  rbx: 88,
+  rdx: 96,
+  rax: 104,
+  rcx: 112,
+  rsp: 120,
+  rip: 128,
+  eflags: 136,
 };
 const SC_CS = 144;
 const SC_SS = 150;
@@ -118,7 +140,15 @@ const NR_RT_SIGRETURN = 15n;
 const SYSCALL = Buffer.from([0x0f, 0x05]);
 
 /** `ptraceXstate` null: a frame without fpstate, which makes the kernel give the task a fresh FPU. */
-function sigreturnSteps(pid: number, regs: UserRegs, ptraceXstate: Buffer | null, signals: FrameSignals, probe: TargetProbe, imageMaps: Mapping[], mapTrampoline = true): PlanStep[] {
+function sigreturnSteps(
+  pid: number,
+  regs: UserRegs,
+  ptraceXstate: Buffer | null,
+  signals: FrameSignals,
+  probe: TargetProbe,
+  imageMaps: Mapping[],
+  mapTrampoline = true,
+): PlanStep[] {
   const page = freePage(probe.maps, imageMaps);
   if (!ptraceXstate) {
     const frameAt = ((regs.rsp - RED_ZONE - BigInt(SIGFRAME.size)) & ~15n) - 8n;
@@ -144,13 +174,29 @@ function sigreturnSteps(pid: number, regs: UserRegs, ptraceXstate: Buffer | null
   const frameAt = ((fpAt - BigInt(SIGFRAME.size)) & ~15n) - 8n;
   writableHolding(imageMaps, frameAt, fpAt + BigInt(fpstate.length), 'signal frame');
 
-  return sigframeSteps(pid, regs, signals, page, frameAt, fpAt, [
-    { op: { op: 'WRITE_MEM', pid, address: fpAt, data: fpstate }, why: `signal fpstate (${xsize}-byte XSAVE area + magic) at ${hex(fpAt)}` },
-  ], mapTrampoline);
+  return sigframeSteps(
+    pid,
+    regs,
+    signals,
+    page,
+    frameAt,
+    fpAt,
+    [{ op: { op: 'WRITE_MEM', pid, address: fpAt, data: fpstate }, why: `signal fpstate (${xsize}-byte XSAVE area + magic) at ${hex(fpAt)}` }],
+    mapTrampoline,
+  );
 }
 
 /** The frame, the trampoline and the registers that start it; fpAt 0 means no fpstate. */
-function sigframeSteps(pid: number, regs: UserRegs, { blocked, altstack }: FrameSignals, page: bigint, frameAt: bigint, fpAt: bigint, fpSteps: PlanStep[], mapTrampoline: boolean): PlanStep[] {
+function sigframeSteps(
+  pid: number,
+  regs: UserRegs,
+  { blocked, altstack }: FrameSignals,
+  page: bigint,
+  frameAt: bigint,
+  fpAt: bigint,
+  fpSteps: PlanStep[],
+  mapTrampoline: boolean,
+): PlanStep[] {
   const frame = Buffer.alloc(SIGFRAME.size);
   frame.writeBigUInt64LE((fpAt === 0n ? 0n : UC_FP_XSTATE) | UC_SIGCONTEXT_SS | UC_STRICT_RESTORE_SS, SIGFRAME.ucFlags);
   // rt_sigreturn restores the alternate stack from uc_stack too.
@@ -169,7 +215,11 @@ function sigframeSteps(pid: number, regs: UserRegs, { blocked, altstack }: Frame
     ...fpSteps,
     { op: { op: 'WRITE_MEM', pid, address: frameAt, data: frame }, why: `rt_sigframe at ${hex(frameAt)}: rip ${hex(regs.rip)}, eflags ${hex(regs.eflags)}` },
     {
-      op: { op: 'SETREGS', pid, regs: { ...regs, rip: page, rsp: frameAt + 8n, rax: NR_RT_SIGRETURN, orig_rax: BigInt.asUintN(64, -1n), eflags: TRAMPOLINE_EFLAGS } },
+      op: {
+        op: 'SETREGS',
+        pid,
+        regs: { ...regs, rip: page, rsp: frameAt + 8n, rax: NR_RT_SIGRETURN, orig_rax: BigInt.asUintN(64, -1n), eflags: TRAMPOLINE_EFLAGS },
+      },
       why: 'start on the trampoline: rt_sigreturn with rsp at the frame (fs_base, gs_base set here; sigcontext has no place for them)',
     },
   ];
@@ -184,7 +234,10 @@ function popfSteps(pid: number, regs: UserRegs, probe: TargetProbe, imageMaps: M
   frameBytes.writeBigUInt64LE(regs.rip, 8);
   return [
     ...(mapTrampoline ? trampolineSteps(pid, page, POPF_TRAMPOLINE, 'popf trampoline (popfq; ret $128)') : []),
-    { op: { op: 'WRITE_MEM', pid, address: frame, data: frameBytes }, why: `popf frame below the red zone at ${hex(frame)}: eflags ${hex(regs.eflags)}, rip ${hex(regs.rip)}` },
+    {
+      op: { op: 'WRITE_MEM', pid, address: frame, data: frameBytes },
+      why: `popf frame below the red zone at ${hex(frame)}: eflags ${hex(regs.eflags)}, rip ${hex(regs.rip)}`,
+    },
     {
       op: { op: 'SETREGS', pid, regs: { ...regs, rip: page, rsp: frame, eflags: TRAMPOLINE_EFLAGS } },
       why: `registers through the popf trampoline: rip ${hex(page)}, rsp ${hex(frame)} (eflags ${hex(regs.eflags)} left to popfq, which cannot set RF)`,
@@ -206,7 +259,10 @@ export function threadRegisterSteps(t: ThreadState, probe: TargetProbe, imageMap
   const describe = `registers of thread ${t.tid} (regs=${policy.regs ?? 'full'}${omits(policy, 'tls') ? ', TLS omitted' : ''})`;
   switch (policy.restorer ?? 'ptrace') {
     case 'ptrace':
-      return [...threadXstateStep(t, policy), { op: { op: 'SETREGS', pid: t.tid, regs }, why: `${describe}, eflags ${hex(regs.eflags)} under rf=${policy.rf}, returned through IRET` }];
+      return [
+        ...threadXstateStep(t, policy),
+        { op: { op: 'SETREGS', pid: t.tid, regs }, why: `${describe}, eflags ${hex(regs.eflags)} under rf=${policy.rf}, returned through IRET` },
+      ];
     case 'popf':
       return [...threadXstateStep(t, policy), ...popfSteps(t.tid, regs, probe, imageMaps, false)];
     case 'sigreturn': {

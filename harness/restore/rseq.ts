@@ -103,7 +103,8 @@ export function applyRseqFixup(image: CheckpointImage): RseqFixup {
   const cs = activeCriticalSection(image);
   if (!cs) return { image, note: 'rseq_cs is 0: not in a critical section' };
   const ip = image.regs.rip;
-  if (!inCriticalSection(ip, cs)) return { image, note: `rip ${hex(ip)} is outside the section [${hex(cs.startIp)}, +${hex(cs.postCommitOffset)}) that rseq_cs names: nothing to abort` };
+  if (!inCriticalSection(ip, cs))
+    return { image, note: `rip ${hex(ip)} is outside the section [${hex(cs.startIp)}, +${hex(cs.postCommitOffset)}) that rseq_cs names: nothing to abort` };
   if (cs.version !== 0) throw new PlanError(`rseq_cs at ${hex(cs.at)} has version ${cs.version}; only version 0 exists`);
   if ((cs.flags & RSEQ_CS_NO_RESTART_FLAGS) !== 0) {
     return {
@@ -116,10 +117,13 @@ export function applyRseqFixup(image: CheckpointImage): RseqFixup {
   // signature is checked here only when the image has the bytes; the kernel
   // checks it again on every abort.
   const abortIn = parseMaps(image.maps).find((m) => m.start <= cs.abortIp - 4n && cs.abortIp < m.end);
-  if (!abortIn || abortIn.perms[2] !== 'x') throw new PlanError(`abort_ip ${hex(cs.abortIp)} of rseq_cs at ${hex(cs.at)} is not in an executable mapping of the image`);
+  if (!abortIn || abortIn.perms[2] !== 'x')
+    throw new PlanError(`abort_ip ${hex(cs.abortIp)} of rseq_cs at ${hex(cs.at)} is not in an executable mapping of the image`);
   const signature = imageBytes(image, cs.abortIp - 4n, 4n);
   if (signature && signature.readUInt32LE(0) !== image.rseq.signature) {
-    throw new PlanError(`abort_ip ${hex(cs.abortIp)} is not preceded by the registered signature 0x${image.rseq.signature.toString(16)} (the kernel would kill the task)`);
+    throw new PlanError(
+      `abort_ip ${hex(cs.abortIp)} is not preceded by the registered signature 0x${image.rseq.signature.toString(16)} (the kernel would kill the task)`,
+    );
   }
   const memory = new Map(image.memory);
   const csAt = rseqCsAddress(image.rseq);

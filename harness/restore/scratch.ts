@@ -38,7 +38,11 @@ export class ScratchLayout {
   steps(pid: number, what: string, calls: PlanStep[]): PlanStep[] {
     const length = ((BigInt(this.size) + PAGE - 1n) / PAGE) * PAGE;
     return [
-      { op: { op: 'INJECT_SYSCALL', pid, nr: NR.mmap, args: [this.base, length, PROT_READ_WRITE, MAP_SCRATCH, NO_FD, 0n] }, why: `scratch page(s) at ${hex(this.base)} for ${what}`, expect: this.base },
+      {
+        op: { op: 'INJECT_SYSCALL', pid, nr: NR.mmap, args: [this.base, length, PROT_READ_WRITE, MAP_SCRATCH, NO_FD, 0n] },
+        why: `scratch page(s) at ${hex(this.base)} for ${what}`,
+        expect: this.base,
+      },
       { op: { op: 'WRITE_MEM', pid, address: this.base, data: Buffer.concat(this.parts) }, why: what },
       ...calls,
       { op: { op: 'INJECT_SYSCALL', pid, nr: NR.munmap, args: [this.base, length] }, why: 'unmap the scratch page(s)', expect: 0n },
@@ -55,7 +59,8 @@ export class ScratchLayout {
 export async function withScratchPage<T>(agent: AgentClient, pid: number, read: (scratch: bigint) => Promise<T>, bytes = Number(PAGE)): Promise<T> {
   const length = ((BigInt(bytes) + PAGE - 1n) / PAGE) * PAGE;
   const scratch = await agent.call({ op: 'INJECT_SYSCALL', pid, nr: NR.mmap, args: [0n, length, PROT_READ_WRITE, MAP_PRIVATE_ANONYMOUS, NO_FD, 0n] });
-  if (scratch < 0n && scratch > -4096n) throw new AgentError(`mmap of a scratch page in pid ${pid} failed: errno ${-scratch}`, 'INJECT_SYSCALL', Number(-scratch));
+  if (scratch < 0n && scratch > -4096n)
+    throw new AgentError(`mmap of a scratch page in pid ${pid} failed: errno ${-scratch}`, 'INJECT_SYSCALL', Number(-scratch));
   try {
     return await read(scratch);
   } finally {

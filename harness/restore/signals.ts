@@ -36,8 +36,16 @@ export const ALL_BLOCKABLE = ((1n << 64n) - 1n) & ~UNBLOCKABLE;
 
 /** SA_* bits the x86-64 kernel knows (uapi asm-generic/signal-defs.h, asm/signal.h). */
 export const SA_KNOWN =
-  0x1n /* NOCLDSTOP */ | 0x2n /* NOCLDWAIT */ | 0x4n /* SIGINFO */ | 0x400n /* UNSUPPORTED */ | 0x800n /* EXPOSE_TAGBITS */ |
-  0x04000000n /* RESTORER */ | 0x08000000n /* ONSTACK */ | 0x10000000n /* RESTART */ | 0x40000000n /* NODEFER */ | 0x80000000n; /* RESETHAND */
+  0x1n /* NOCLDSTOP */ |
+  0x2n /* NOCLDWAIT */ |
+  0x4n /* SIGINFO */ |
+  0x400n /* UNSUPPORTED */ |
+  0x800n /* EXPOSE_TAGBITS */ |
+  0x04000000n /* RESTORER */ |
+  0x08000000n /* ONSTACK */ |
+  0x10000000n /* RESTART */ |
+  0x40000000n /* NODEFER */ |
+  0x80000000n; /* RESETHAND */
 export const SA_RESTORER = 0x04000000n;
 export const SS_ONSTACK = 1;
 export const SS_DISABLE = 2;
@@ -91,7 +99,8 @@ export async function captureSignals(agent: AgentClient, pid: number, blocked: b
     const steps = await agent.batch(ops);
     const results = steps.map((s, i) => {
       if (!s.ok) throw new AgentError(`reading signal state of pid ${pid}: step ${i} failed: ${s.message}`, s.op.op, s.errno);
-      if (s.op.op === 'INJECT_SYSCALL' && (s.result as bigint) !== 0n) throw new AgentError(`reading signal state of pid ${pid}: system call ${s.op.nr} returned ${s.result}`, s.op.op, Number(-(s.result as bigint)));
+      if (s.op.op === 'INJECT_SYSCALL' && (s.result as bigint) !== 0n)
+        throw new AgentError(`reading signal state of pid ${pid}: system call ${s.op.nr} returned ${s.result}`, s.op.op, Number(-(s.result as bigint)));
       return s.result;
     });
     const actions = SETTABLE_SIGNALS.map((signo, i) => decodeSigAction(signo, results[i * 2 + 1] as Buffer)).filter((a) => !isDefault(a));
@@ -117,20 +126,38 @@ export function signalSteps(pid: number, state: SignalState, scratch: bigint): P
   const pendingCount = state.pending.shared.length + state.pending.thread.length;
   // A fresh exec has default actions, no alternate stack and nothing pending: then there is nothing to inject.
   if (state.actions.length === 0 && (state.altstack.flags & SS_DISABLE) !== 0 && pendingCount === 0) return [];
-  const steps: PlanStep[] = [{ op: { op: 'SETSIGMASK', pid, mask: ALL_BLOCKABLE }, why: 'block every signal while the restore runs: nothing is delivered to a half-restored task' }];
+  const steps: PlanStep[] = [
+    { op: { op: 'SETSIGMASK', pid, mask: ALL_BLOCKABLE }, why: 'block every signal while the restore runs: nothing is delivered to a half-restored task' },
+  ];
   const layout = new ScratchLayout(scratch);
   const at = (b: Buffer): bigint => layout.place(b);
   const calls: PlanStep[] = [];
   for (const a of state.actions) {
-    calls.push({ op: { op: 'INJECT_SYSCALL', pid, nr: NR.rt_sigaction, args: [BigInt(a.signo), at(encodeSigAction(a)), 0n, SIGSET_BYTES] }, why: `disposition of signal ${a.signo}: handler ${hex(a.handler)}, flags ${hex(a.flags)}, mask ${hex(a.mask)}`, expect: 0n });
+    calls.push({
+      op: { op: 'INJECT_SYSCALL', pid, nr: NR.rt_sigaction, args: [BigInt(a.signo), at(encodeSigAction(a)), 0n, SIGSET_BYTES] },
+      why: `disposition of signal ${a.signo}: handler ${hex(a.handler)}, flags ${hex(a.flags)}, mask ${hex(a.mask)}`,
+      expect: 0n,
+    });
   }
   const ss = { ...state.altstack, flags: state.altstack.flags & ~SS_ONSTACK };
-  calls.push({ op: { op: 'INJECT_SYSCALL', pid, nr: NR.sigaltstack, args: [at(encodeAltStack(ss)), 0n] }, why: `alternate signal stack ${hex(ss.sp)} +${hex(ss.size)}, flags ${hex(BigInt(ss.flags >>> 0))}`, expect: 0n });
+  calls.push({
+    op: { op: 'INJECT_SYSCALL', pid, nr: NR.sigaltstack, args: [at(encodeAltStack(ss)), 0n] },
+    why: `alternate signal stack ${hex(ss.sp)} +${hex(ss.size)}, flags ${hex(BigInt(ss.flags >>> 0))}`,
+    expect: 0n,
+  });
   for (const info of state.pending.shared) {
-    calls.push({ op: { op: 'INJECT_SYSCALL', pid, nr: NR.rt_sigqueueinfo, args: [BigInt(pid), BigInt(siginfoSigno(info)), at(info)] }, why: `queue signal ${siginfoSigno(info)} on the process (shared) queue again, with its siginfo`, expect: 0n });
+    calls.push({
+      op: { op: 'INJECT_SYSCALL', pid, nr: NR.rt_sigqueueinfo, args: [BigInt(pid), BigInt(siginfoSigno(info)), at(info)] },
+      why: `queue signal ${siginfoSigno(info)} on the process (shared) queue again, with its siginfo`,
+      expect: 0n,
+    });
   }
   for (const info of state.pending.thread) {
-    calls.push({ op: { op: 'INJECT_SYSCALL', pid, nr: NR.rt_tgsigqueueinfo, args: [BigInt(pid), BigInt(pid), BigInt(siginfoSigno(info)), at(info)] }, why: `queue signal ${siginfoSigno(info)} on the thread queue again, with its siginfo`, expect: 0n });
+    calls.push({
+      op: { op: 'INJECT_SYSCALL', pid, nr: NR.rt_tgsigqueueinfo, args: [BigInt(pid), BigInt(pid), BigInt(siginfoSigno(info)), at(info)] },
+      why: `queue signal ${siginfoSigno(info)} on the thread queue again, with its siginfo`,
+      expect: 0n,
+    });
   }
   return [...steps, ...layout.steps(pid, `${state.actions.length} sigaction(s), the stack_t and ${pendingCount} siginfo record(s)`, calls)];
 }
@@ -145,7 +172,8 @@ export function finalMaskStep(pid: number, state: SignalState): PlanStep {
  * records for real signals. Returns a message naming the field, or undefined.
  */
 export function signalStateProblem(state: SignalState, maps: readonly Mapping[]): { field: string; why: string } | undefined {
-  const inMapping = (address: bigint, perm: 'x' | 'w'): boolean => maps.some((m) => m.start <= address && address < m.end && m.perms[perm === 'x' ? 2 : 1] === perm);
+  const inMapping = (address: bigint, perm: 'x' | 'w'): boolean =>
+    maps.some((m) => m.start <= address && address < m.end && m.perms[perm === 'x' ? 2 : 1] === perm);
   if ((state.blocked & UNBLOCKABLE) !== 0n) return { field: 'blocked', why: `${hex(state.blocked)} blocks SIGKILL or SIGSTOP, which no task can` };
   const seen = new Set<number>();
   for (const [i, a] of state.actions.entries()) {
@@ -154,8 +182,10 @@ export function signalStateProblem(state: SignalState, maps: readonly Mapping[])
     if (seen.has(a.signo)) return { field: `${f}.signo`, why: `signal ${a.signo} appears twice` };
     seen.add(a.signo);
     if ((a.flags & ~SA_KNOWN) !== 0n) return { field: `${f}.flags`, why: `${hex(a.flags)} has bits the kernel does not define` };
-    if (a.handler > SIG_IGN && !inMapping(a.handler, 'x')) return { field: `${f}.handler`, why: `${hex(a.handler)} is not in an executable mapping of the image` };
-    if ((a.flags & SA_RESTORER) !== 0n && !inMapping(a.restorer, 'x')) return { field: `${f}.restorer`, why: `${hex(a.restorer)} is not in an executable mapping of the image` };
+    if (a.handler > SIG_IGN && !inMapping(a.handler, 'x'))
+      return { field: `${f}.handler`, why: `${hex(a.handler)} is not in an executable mapping of the image` };
+    if ((a.flags & SA_RESTORER) !== 0n && !inMapping(a.restorer, 'x'))
+      return { field: `${f}.restorer`, why: `${hex(a.restorer)} is not in an executable mapping of the image` };
     if ((a.mask & UNBLOCKABLE) !== 0n) return { field: `${f}.mask`, why: `${hex(a.mask)} blocks SIGKILL or SIGSTOP` };
   }
   const ss = state.altstack;
@@ -163,14 +193,16 @@ export function signalStateProblem(state: SignalState, maps: readonly Mapping[])
   if ((ss.flags & ~knownSs) !== 0) return { field: 'altstack.flags', why: `0x${(ss.flags >>> 0).toString(16)} has unknown bits` };
   if ((ss.flags & SS_DISABLE) === 0) {
     if (ss.size === 0n || ss.size > 1n << 30n) return { field: 'altstack.size', why: `${ss.size} is not a plausible stack size` };
-    if (!inMapping(ss.sp, 'w') || !inMapping(ss.sp + ss.size - 1n, 'w')) return { field: 'altstack.sp', why: `${hex(ss.sp)} +${hex(ss.size)} is not in writable memory of the image` };
+    if (!inMapping(ss.sp, 'w') || !inMapping(ss.sp + ss.size - 1n, 'w'))
+      return { field: 'altstack.sp', why: `${hex(ss.sp)} +${hex(ss.size)} is not in writable memory of the image` };
   }
   for (const [queue, list] of Object.entries(state.pending)) {
     if (list.length > 4096) return { field: `pending.${queue}`, why: `${list.length} entries, more than any RLIMIT_SIGPENDING allows here` };
     for (const [i, info] of list.entries()) {
       if (info.length !== SIGINFO_BYTES) return { field: `pending.${queue}[${i}]`, why: `${info.length} bytes, a siginfo is ${SIGINFO_BYTES}` };
       const signo = siginfoSigno(info);
-      if (signo < 1 || signo > NSIG || signo === SIGKILL || signo === SIGSTOP) return { field: `pending.${queue}[${i}].si_signo`, why: `${signo} cannot be pending in a stopped, live task` };
+      if (signo < 1 || signo > NSIG || signo === SIGKILL || signo === SIGSTOP)
+        return { field: `pending.${queue}[${i}].si_signo`, why: `${signo} cannot be pending in a stopped, live task` };
     }
   }
   return undefined;

@@ -70,7 +70,8 @@ export function restartBlockProblem(regs: UserRegs): string | undefined {
   if (BigInt.asIntN(64, regs.rax) !== -ERESTART_RESTARTBLOCK) return undefined;
   const nr = BigInt.asIntN(64, regs.orig_rax);
   const sleep = interruptedSleep(regs);
-  if (!sleep) return `system call ${nr} was interrupted with ERESTART_RESTARTBLOCK: its remaining timeout lives only in the kernel's restart_block, which no ptrace request reads`;
+  if (!sleep)
+    return `system call ${nr} was interrupted with ERESTART_RESTARTBLOCK: its remaining timeout lives only in the kernel's restart_block, which no ptrace request reads`;
   return undefined;
 }
 
@@ -118,7 +119,15 @@ export interface SleepReissue {
  */
 export function reissueSleep(regs: UserRegs, sleep: SleepDeadline, sameBoot: boolean): SleepReissue {
   const address = deadlineAddress(regs.rsp);
-  const rewound = { ...regs, rip: regs.rip - 2n, rax: BigInt(NR_CLOCK_NANOSLEEP), orig_rax: BigInt(NR_CLOCK_NANOSLEEP), rdi: CLOCK_MONOTONIC, rdx: address, r10: sleep.rmtp };
+  const rewound = {
+    ...regs,
+    rip: regs.rip - 2n,
+    rax: BigInt(NR_CLOCK_NANOSLEEP),
+    orig_rax: BigInt(NR_CLOCK_NANOSLEEP),
+    rdi: CLOCK_MONOTONIC,
+    rdx: address,
+    r10: sleep.rmtp,
+  };
   if (sameBoot) {
     return {
       regs: { ...rewound, rsi: TIMER_ABSTIME },
@@ -138,7 +147,14 @@ export function reissueSleep(regs: UserRegs, sleep: SleepDeadline, sameBoot: boo
 /** sleep.json: null, or the fields with the 64-bit ones in hex. */
 export function sleepJson(sleep: SleepDeadline | null): unknown {
   if (!sleep) return null;
-  return { nr: sleep.nr, rmtp: hex(sleep.rmtp), remainingNs: hex(sleep.remainingNs), checkpointClockNs: hex(sleep.checkpointClockNs), deadlineNs: hex(sleep.deadlineNs), bootId: sleep.bootId };
+  return {
+    nr: sleep.nr,
+    rmtp: hex(sleep.rmtp),
+    remainingNs: hex(sleep.remainingNs),
+    checkpointClockNs: hex(sleep.checkpointClockNs),
+    deadlineNs: hex(sleep.deadlineNs),
+    bootId: sleep.bootId,
+  };
 }
 
 /** An upper bound no real sleep reaches (about 317 years): a deadline beyond it is hostile. */
@@ -153,16 +169,29 @@ export const BOOT_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f
  * clock plus the remaining time, and the kernel must be able to write rmtp
  * and read the timespec the restore places below the red zone.
  */
-export function sleepProblem(sleep: SleepDeadline, regs: UserRegs, writable: (start: bigint, length: bigint) => boolean): { field: string; why: string } | undefined {
+export function sleepProblem(
+  sleep: SleepDeadline,
+  regs: UserRegs,
+  writable: (start: bigint, length: bigint) => boolean,
+): { field: string; why: string } | undefined {
   const seen = interruptedSleep(regs);
-  if (!seen || seen.nr !== sleep.nr) return { field: 'nr', why: `regs.json does not show system call ${sleep.nr} interrupted with ERESTART_RESTARTBLOCK (rax ${hex(regs.rax)}, orig_rax ${hex(regs.orig_rax)})` };
+  if (!seen || seen.nr !== sleep.nr)
+    return {
+      field: 'nr',
+      why: `regs.json does not show system call ${sleep.nr} interrupted with ERESTART_RESTARTBLOCK (rax ${hex(regs.rax)}, orig_rax ${hex(regs.orig_rax)})`,
+    };
   if (seen.rmtp !== sleep.rmtp) return { field: 'rmtp', why: `${hex(sleep.rmtp)} is not the call's rmtp argument, ${hex(seen.rmtp)}` };
   if (!writable(sleep.rmtp, 16n)) return { field: 'rmtp', why: `${hex(sleep.rmtp)} is not 16 bytes of writable memory in memory.json` };
-  if (sleep.deadlineNs !== sleep.checkpointClockNs + sleep.remainingNs) return { field: 'deadlineNs', why: `is not checkpointClockNs + remainingNs (${hex(sleep.checkpointClockNs + sleep.remainingNs)})` };
+  if (sleep.deadlineNs !== sleep.checkpointClockNs + sleep.remainingNs)
+    return { field: 'deadlineNs', why: `is not checkpointClockNs + remainingNs (${hex(sleep.checkpointClockNs + sleep.remainingNs)})` };
   if (sleep.deadlineNs >= MAX_SLEEP_NS) return { field: 'deadlineNs', why: `${hex(sleep.deadlineNs)} is beyond any clock_nanosleep deadline` };
   if (regs.rsp < 256n) return { field: 'nr', why: `regs.json rsp ${hex(regs.rsp)} leaves no room below it for the deadline's timespec` };
   const at = deadlineAddress(regs.rsp);
-  if (!writable(at, 16n)) return { field: 'nr', why: `the deadline's timespec would go at ${hex(at)} (below rsp ${hex(regs.rsp)} and its red zone), which is not writable memory in memory.json` };
+  if (!writable(at, 16n))
+    return {
+      field: 'nr',
+      why: `the deadline's timespec would go at ${hex(at)} (below rsp ${hex(regs.rsp)} and its red zone), which is not writable memory in memory.json`,
+    };
   return undefined;
 }
 
@@ -190,7 +219,10 @@ export async function captureSleep(agent: AgentClient, pid: number, regs: UserRe
   const remaining = await agent.call({ op: 'READ_MEM', pid, address: sleep.rmtp, length: 16 });
   const bootId = (await agent.call({ op: 'READ_FILE', path: BOOT_ID_PATH, maxSize: 64 })).toString('latin1').trim();
   const deadline = sleepDeadline(sleep.nr, sleep.rmtp, remaining, clock, bootId);
-  if (!deadline) throw new CheckpointError(`pid ${pid}: system call ${sleep.nr} left no valid timespec at rmtp ${hex(sleep.rmtp)} (${remaining.toString('hex')})`, { target: `pid ${pid}` });
+  if (!deadline)
+    throw new CheckpointError(`pid ${pid}: system call ${sleep.nr} left no valid timespec at rmtp ${hex(sleep.rmtp)} (${remaining.toString('hex')})`, {
+      target: `pid ${pid}`,
+    });
   return deadline;
 }
 

@@ -52,7 +52,10 @@ function pageRanges(start: bigint, pages: Iterable<number>): Array<[bigint, bigi
  * pagemap shows present or swapped (`pagemap`, one byte per page), for the
  * others every page but the absent ones.
  */
-export function pagesToRead(region: Pick<MemoryRegion, 'start' | 'end' | 'file' | 'perms' | 'userfault' | 'absent'>, pagemap: Buffer | undefined): Array<[bigint, bigint]> {
+export function pagesToRead(
+  region: Pick<MemoryRegion, 'start' | 'end' | 'file' | 'perms' | 'userfault' | 'absent'>,
+  pagemap: Buffer | undefined,
+): Array<[bigint, bigint]> {
   const rule = storeRule(region);
   if (rule !== 'touched-nonzero' || !pagemap) return presentSlices(region).map(([from, to]) => [region.start + BigInt(from), region.start + BigInt(to)]);
   const keep = function* (): Generator<number> {
@@ -62,7 +65,11 @@ export function pagesToRead(region: Pick<MemoryRegion, 'start' | 'end' | 'file' 
 }
 
 /** `read` (the bytes of `ranges`, concatenated) without its zero pages, where the rule lets zeros go. */
-export function dropZeroPages(region: Pick<MemoryRegion, 'file' | 'perms' | 'userfault'>, ranges: ReadonlyArray<readonly [bigint, bigint]>, read: Buffer): Array<[bigint, bigint]> {
+export function dropZeroPages(
+  region: Pick<MemoryRegion, 'file' | 'perms' | 'userfault'>,
+  ranges: ReadonlyArray<readonly [bigint, bigint]>,
+  read: Buffer,
+): Array<[bigint, bigint]> {
   const rule = storeRule(region);
   if (rule === 'all-but-absent' || rule === 'every') return ranges.map(([s, e]) => [s, e]);
   const pages: Array<[bigint, bigint]> = [];

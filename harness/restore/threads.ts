@@ -36,7 +36,16 @@ import type { AgentClient } from '../agent/client.ts';
 import type { AgentOp } from '../agent/ops.ts';
 import { AgentError, ImageRejectedError } from '../errors.ts';
 import { NT_X86_XSTATE, USER_REGS_FIELDS, debugRegOffset, hex } from '../x86/registers.ts';
-import { DEBUG_REG_NAMES, threadXstateEntry, type AltStack, type CheckpointImage, type DebugRegs, type MemoryRegion, type ThreadLinks, type ThreadState } from './image-model.ts';
+import {
+  DEBUG_REG_NAMES,
+  threadXstateEntry,
+  type AltStack,
+  type CheckpointImage,
+  type DebugRegs,
+  type MemoryRegion,
+  type ThreadLinks,
+  type ThreadState,
+} from './image-model.ts';
 import type { PlanStep } from './plan-step.ts';
 import { ScratchLayout, withScratchPage } from './scratch.ts';
 import { assertPolicyAdmits, omits, type RestorePolicy } from './policy.ts';
@@ -71,7 +80,8 @@ const CLONE_ARGS_BYTES = 80;
 /** The threads of a process other than the main one, ascending, from /proc/PID/task. */
 export async function otherThreads(agent: AgentClient, pid: number): Promise<number[]> {
   const tids = (await agent.call({ op: 'LISTDIR', path: `/proc/${pid}/task` })).map(Number);
-  if (!tids.includes(pid)) throw new AgentError(`/proc/${pid}/task does not list the main thread ${pid} (has it exited before the others?)`, 'LISTDIR', undefined);
+  if (!tids.includes(pid))
+    throw new AgentError(`/proc/${pid}/task does not list the main thread ${pid} (has it exited before the others?)`, 'LISTDIR', undefined);
   return tids.filter((tid) => tid !== pid).sort((a, b) => a - b);
 }
 
@@ -82,7 +92,11 @@ export async function otherThreads(agent: AgentClient, pid: number): Promise<num
  * mapped in the main one and unmapped again. Threads stopped inside an rseq
  * critical section must have rseq_cs parked by the caller.
  */
-export async function captureLinks(agent: AgentClient, pid: number, others: readonly number[]): Promise<{ main: ThreadLinks; others: Array<ThreadLinks & { altstack: AltStack }> }> {
+export async function captureLinks(
+  agent: AgentClient,
+  pid: number,
+  others: readonly number[],
+): Promise<{ main: ThreadLinks; others: Array<ThreadLinks & { altstack: AltStack }> }> {
   return withScratchPage(agent, pid, async (scratch) => {
     const perThread = (tid: number, altstack: boolean): AgentOp[] => [
       { op: 'INJECT_SYSCALL', pid: tid, nr: NR.prctl, args: [PR_GET_TID_ADDRESS, scratch] },
@@ -95,16 +109,30 @@ export async function captureLinks(agent: AgentClient, pid: number, others: read
     const results = steps.map((s, i) => {
       if (!s.ok) throw new AgentError(`reading the thread links of pid ${pid}: step ${i} failed: ${s.message}`, s.op.op, s.errno);
       if (s.op.op === 'INJECT_SYSCALL' && (s.result as bigint) !== 0n) {
-        const what = s.op.nr === NR.prctl ? 'prctl(PR_GET_TID_ADDRESS) (needs CONFIG_CHECKPOINT_RESTORE)' : s.op.nr === NR.get_robust_list ? 'get_robust_list' : 'sigaltstack';
-        throw new AgentError(`reading the thread links of pid ${pid}: ${what} in thread ${s.op.pid} returned ${s.result}`, s.op.op, Number(-(s.result as bigint)));
+        const what =
+          s.op.nr === NR.prctl
+            ? 'prctl(PR_GET_TID_ADDRESS) (needs CONFIG_CHECKPOINT_RESTORE)'
+            : s.op.nr === NR.get_robust_list
+              ? 'get_robust_list'
+              : 'sigaltstack';
+        throw new AgentError(
+          `reading the thread links of pid ${pid}: ${what} in thread ${s.op.pid} returned ${s.result}`,
+          s.op.op,
+          Number(-(s.result as bigint)),
+        );
       }
       return s.result;
     });
     const reads = results.filter((r): r is Buffer => Buffer.isBuffer(r));
     const decode = (b: Buffer): ThreadLinks & { altstack: AltStack } => {
       const length = b.readBigUInt64LE(16);
-      if (length !== ROBUST_LIST_HEAD_BYTES) throw new AgentError(`get_robust_list reported a ${length}-byte head; x86-64 has ${ROBUST_LIST_HEAD_BYTES}`, 'INJECT_SYSCALL', undefined);
-      return { clearChildTid: b.readBigUInt64LE(0), robustList: b.readBigUInt64LE(8), altstack: { sp: b.readBigUInt64LE(32), flags: b.readInt32LE(40), size: b.readBigUInt64LE(48) } };
+      if (length !== ROBUST_LIST_HEAD_BYTES)
+        throw new AgentError(`get_robust_list reported a ${length}-byte head; x86-64 has ${ROBUST_LIST_HEAD_BYTES}`, 'INJECT_SYSCALL', undefined);
+      return {
+        clearChildTid: b.readBigUInt64LE(0),
+        robustList: b.readBigUInt64LE(8),
+        altstack: { sp: b.readBigUInt64LE(32), flags: b.readInt32LE(40), size: b.readBigUInt64LE(48) },
+      };
     };
     const [main, ...rest] = reads.map(decode);
     return { main: { clearChildTid: main!.clearChildTid, robustList: main!.robustList }, others: rest };
@@ -139,11 +167,13 @@ export function linksProblem(links: ThreadLinks, regions: readonly MemoryRegion[
   const inWritable = (at: bigint, length: bigint): boolean => regions.some((r) => r.start <= at && at + length <= r.end && r.perms[1] === 'w');
   if (links.clearChildTid !== 0n) {
     if (links.clearChildTid % 4n !== 0n) return { field: 'clearChildTid', why: `${hex(links.clearChildTid)} is not 4-byte aligned (a futex word)` };
-    if (!inWritable(links.clearChildTid, 4n)) return { field: 'clearChildTid', why: `${hex(links.clearChildTid)} is not in a writable dumped region of the image` };
+    if (!inWritable(links.clearChildTid, 4n))
+      return { field: 'clearChildTid', why: `${hex(links.clearChildTid)} is not in a writable dumped region of the image` };
   }
   if (links.robustList !== 0n) {
     if (links.robustList % 8n !== 0n) return { field: 'robustList', why: `${hex(links.robustList)} is not 8-byte aligned` };
-    if (!inWritable(links.robustList, ROBUST_LIST_HEAD_BYTES)) return { field: 'robustList', why: `${hex(links.robustList)} +${ROBUST_LIST_HEAD_BYTES} is not in a writable dumped region of the image` };
+    if (!inWritable(links.robustList, ROBUST_LIST_HEAD_BYTES))
+      return { field: 'robustList', why: `${hex(links.robustList)} +${ROBUST_LIST_HEAD_BYTES} is not in a writable dumped region of the image` };
   }
   return undefined;
 }
@@ -175,10 +205,18 @@ export function applyThreadRseqFixups(image: CheckpointImage): { image: Checkpoi
 export function linkSteps(tid: number, links: ThreadLinks, who: string, clearChildTidToo: boolean): PlanStep[] {
   const steps: PlanStep[] = [];
   if (clearChildTidToo && links.clearChildTid !== 0n) {
-    steps.push({ op: { op: 'INJECT_SYSCALL', pid: tid, nr: NR.set_tid_address, args: [links.clearChildTid] }, why: `clear_child_tid of ${who}: ${hex(links.clearChildTid)} (set_tid_address; it answers the caller's tid)`, expect: BigInt(tid) });
+    steps.push({
+      op: { op: 'INJECT_SYSCALL', pid: tid, nr: NR.set_tid_address, args: [links.clearChildTid] },
+      why: `clear_child_tid of ${who}: ${hex(links.clearChildTid)} (set_tid_address; it answers the caller's tid)`,
+      expect: BigInt(tid),
+    });
   }
   if (links.robustList !== 0n) {
-    steps.push({ op: { op: 'INJECT_SYSCALL', pid: tid, nr: NR.set_robust_list, args: [links.robustList, ROBUST_LIST_HEAD_BYTES] }, why: `robust futex list of ${who}: head ${hex(links.robustList)}`, expect: 0n });
+    steps.push({
+      op: { op: 'INJECT_SYSCALL', pid: tid, nr: NR.set_robust_list, args: [links.robustList, ROBUST_LIST_HEAD_BYTES] },
+      why: `robust futex list of ${who}: head ${hex(links.robustList)}`,
+      expect: 0n,
+    });
   }
   return steps;
 }
@@ -221,26 +259,37 @@ export function threadCreationSteps(pid: number, image: CheckpointImage, policy:
       expect: BigInt(t.tid),
     });
     const who = `thread ${t.tid}`;
-    if (t.rseq && !omits(policy, 'rseq')) calls.push(rseqStep(t.tid, t.rseq, `register rseq of ${who}: area ${hex(t.rseq.area)}, ${t.rseq.size} bytes, signature ${hex(t.rseq.signature)}`));
+    if (t.rseq && !omits(policy, 'rseq'))
+      calls.push(rseqStep(t.tid, t.rseq, `register rseq of ${who}: area ${hex(t.rseq.area)}, ${t.rseq.size} bytes, signature ${hex(t.rseq.signature)}`));
     if (links) calls.push(...linkSteps(t.tid, t, who, false));
     if (signals && (t.altstack.flags & SS_DISABLE) === 0) {
       const ss = { ...t.altstack, flags: t.altstack.flags & ~SS_ONSTACK };
-      calls.push({ op: { op: 'INJECT_SYSCALL', pid: t.tid, nr: NR.sigaltstack, args: [at(encodeAltStack(ss)), 0n] }, why: `alternate signal stack of ${who}: ${hex(ss.sp)} +${hex(ss.size)}`, expect: 0n });
+      calls.push({
+        op: { op: 'INJECT_SYSCALL', pid: t.tid, nr: NR.sigaltstack, args: [at(encodeAltStack(ss)), 0n] },
+        why: `alternate signal stack of ${who}: ${hex(ss.sp)} +${hex(ss.size)}`,
+        expect: 0n,
+      });
     }
     if (signals) {
       for (const info of t.pending) {
         // Injected into the thread itself: a siginfo with si_code >= 0 or SI_TKILL (kill, tgkill) may only be queued by its target.
-        calls.push({ op: { op: 'INJECT_SYSCALL', pid: t.tid, nr: NR.rt_tgsigqueueinfo, args: [BigInt(pid), BigInt(t.tid), BigInt(siginfoSigno(info)), at(info)] }, why: `queue signal ${siginfoSigno(info)} on the queue of ${who} again, with its siginfo`, expect: 0n });
+        calls.push({
+          op: { op: 'INJECT_SYSCALL', pid: t.tid, nr: NR.rt_tgsigqueueinfo, args: [BigInt(pid), BigInt(t.tid), BigInt(siginfoSigno(info)), at(info)] },
+          why: `queue signal ${siginfoSigno(info)} on the queue of ${who} again, with its siginfo`,
+          expect: 0n,
+        });
       }
     }
   }
   return layout.steps(pid, `${image.threads.length} clone_args with set_tid arrays, stack_t and siginfo records`, calls);
-
 }
 
 /** DR0-3, DR6, then DR7 of one task: DR7 enables a breakpoint only once its address is in place. */
 export function debugRegSteps(tid: number, dr: DebugRegs, who: string): PlanStep[] {
-  return DEBUG_REG_NAMES.map((name) => ({ op: { op: 'POKEUSER', pid: tid, offset: debugRegOffset(Number(name.slice(2))), value: dr[name] }, why: `debug register ${name.toUpperCase()} of ${who}` }));
+  return DEBUG_REG_NAMES.map((name) => ({
+    op: { op: 'POKEUSER', pid: tid, offset: debugRegOffset(Number(name.slice(2))), value: dr[name] },
+    why: `debug register ${name.toUpperCase()} of ${who}`,
+  }));
 }
 
 /** The mask a thread is created with under `policy`: everything blocked while the restore runs, or (signals omitted) the fresh main thread's none. */
@@ -252,7 +301,8 @@ export function creationMask(policy: RestorePolicy): bigint {
 export function threadFinalSteps(fixups: readonly ThreadFixup[], policy: RestorePolicy): PlanStep[] {
   const steps: PlanStep[] = [];
   if (!omits(policy, 'signals') && !omits(policy, 'thread-masks')) {
-    for (const { thread: t } of fixups) steps.push({ op: { op: 'SETSIGMASK', pid: t.tid, mask: t.blocked }, why: `blocked signals of thread ${t.tid}: ${hex(t.blocked)}, set last` });
+    for (const { thread: t } of fixups)
+      steps.push({ op: { op: 'SETSIGMASK', pid: t.tid, mask: t.blocked }, why: `blocked signals of thread ${t.tid}: ${hex(t.blocked)}, set last` });
   }
   if (!omits(policy, 'rseq')) {
     for (const { thread: t, fixup } of fixups) {
@@ -260,7 +310,10 @@ export function threadFinalSteps(fixups: readonly ThreadFixup[], policy: Restore
       if (!last) continue;
       const value = Buffer.alloc(8);
       value.writeBigUInt64LE(last.value);
-      steps.push({ op: { op: 'WRITE_MEM', pid: t.tid, address: last.address, data: value }, why: `rseq_cs ${hex(last.value)} of thread ${t.tid} written back last: the kernel cleared it while the plan ran` });
+      steps.push({
+        op: { op: 'WRITE_MEM', pid: t.tid, address: last.address, data: value },
+        why: `rseq_cs ${hex(last.value)} of thread ${t.tid} written back last: the kernel cleared it while the plan ran`,
+      });
     }
   }
   return steps;
@@ -278,7 +331,12 @@ export function assertThreadsAdmitted(image: CheckpointImage, policy: RestorePol
     try {
       assertPolicyAdmits(t.regs.eflags, policy);
     } catch (error) {
-      if (error instanceof ImageRejectedError) throw new ImageRejectedError(`thread ${t.tid}: ${hex(t.regs.eflags)} has RF (resume flag) set, which policy rf=reject refuses (the 2009 restart check)`, 'threads.json', `threads[${i}].regs.eflags.RF`);
+      if (error instanceof ImageRejectedError)
+        throw new ImageRejectedError(
+          `thread ${t.tid}: ${hex(t.regs.eflags)} has RF (resume flag) set, which policy rf=reject refuses (the 2009 restart check)`,
+          'threads.json',
+          `threads[${i}].regs.eflags.RF`,
+        );
       throw error;
     }
   });

@@ -69,9 +69,11 @@ export async function readProcessClocks(agent: AgentClient, pid: number): Promis
   const [monotonicNs, boottimeNs] = await withScratchPage(agent, pid, async (scratch) => {
     const read = async (name: keyof typeof CLOCK_IDS): Promise<bigint> => {
       const r = await agent.call({ op: 'INJECT_SYSCALL', pid, nr: NR.clock_gettime, args: [CLOCK_IDS[name], scratch] });
-      if (r !== 0n) throw new CheckpointError(`pid ${pid}: clock_gettime(CLOCK_${name.toUpperCase()}) returned ${BigInt.asIntN(64, r)}`, { target: `pid ${pid}` });
+      if (r !== 0n)
+        throw new CheckpointError(`pid ${pid}: clock_gettime(CLOCK_${name.toUpperCase()}) returned ${BigInt.asIntN(64, r)}`, { target: `pid ${pid}` });
       const ns = timespecNs(await agent.call({ op: 'READ_MEM', pid, address: scratch, length: 16 }));
-      if (ns === undefined) throw new CheckpointError(`pid ${pid}: clock_gettime(CLOCK_${name.toUpperCase()}) wrote no valid timespec`, { target: `pid ${pid}` });
+      if (ns === undefined)
+        throw new CheckpointError(`pid ${pid}: clock_gettime(CLOCK_${name.toUpperCase()}) wrote no valid timespec`, { target: `pid ${pid}` });
       return ns;
     };
     return [await read('monotonic'), await read('boottime')];
@@ -110,15 +112,26 @@ const seconds = (ns: bigint): string => `${ns < 0n ? '-' : '+'}${(Number(ns < 0n
  */
 export function clockDecision(image: ProcessClocks | undefined, target: TargetClocks | undefined, omitted: boolean): ClockDecision {
   if (!target) return {};
-  if (!image) return { note: 'the image records no clocks (format 10 or earlier): CLOCK_MONOTONIC and CLOCK_BOOTTIME are whatever the target boot\'s are' };
+  if (!image) return { note: "the image records no clocks (format 10 or earlier): CLOCK_MONOTONIC and CLOCK_BOOTTIME are whatever the target boot's are" };
   if (image.bootId === target.bootId) return {};
   const offsets = { monotonicNs: image.monotonicNs - target.monotonicNs, boottimeNs: image.boottimeNs - target.boottimeNs };
   const moved = `checkpointed in boot ${image.bootId}, restored in boot ${target.bootId}`;
-  if (omitted) return { note: `omit=timens: ${moved}, no time namespace: CLOCK_MONOTONIC moves by ${seconds(-offsets.monotonicNs)}, CLOCK_BOOTTIME by ${seconds(-offsets.boottimeNs)} for the process` };
+  if (omitted)
+    return {
+      note: `omit=timens: ${moved}, no time namespace: CLOCK_MONOTONIC moves by ${seconds(-offsets.monotonicNs)}, CLOCK_BOOTTIME by ${seconds(-offsets.boottimeNs)} for the process`,
+    };
   if (!target.timeNamespace) {
-    return { missing: { feature: 'time namespaces', why: `${moved}: without CONFIG_TIME_NS (no /proc/PID/ns/time) its CLOCK_MONOTONIC would move by ${seconds(-offsets.monotonicNs)}` } };
+    return {
+      missing: {
+        feature: 'time namespaces',
+        why: `${moved}: without CONFIG_TIME_NS (no /proc/PID/ns/time) its CLOCK_MONOTONIC would move by ${seconds(-offsets.monotonicNs)}`,
+      },
+    };
   }
-  return { offsets, note: `time namespace: ${moved}; offsets CLOCK_MONOTONIC ${seconds(offsets.monotonicNs)}, CLOCK_BOOTTIME ${seconds(offsets.boottimeNs)}: the process's clocks go on from the checkpoint` };
+  return {
+    offsets,
+    note: `time namespace: ${moved}; offsets CLOCK_MONOTONIC ${seconds(offsets.monotonicNs)}, CLOCK_BOOTTIME ${seconds(offsets.boottimeNs)}: the process's clocks go on from the checkpoint`,
+  };
 }
 
 /** "ID SECONDS NANOSECONDS" as /proc/PID/timens_offsets takes it: the nanoseconds 0..999999999, the seconds carrying the sign. */
@@ -148,13 +161,23 @@ export function timeNamespaceSteps(pid: number, offsets: NonNullable<ClockDecisi
   const textAt = layout.place(text);
   const nsPath = layout.place(cString('/proc/self/ns/time_for_children'));
   const call = (nr: number, args: bigint[], expect: bigint, why: string): PlanStep => ({ op: { op: 'INJECT_SYSCALL', pid, nr, args }, why, expect });
-  return layout.steps(pid, 'the time namespace\'s offsets and the paths', [
+  return layout.steps(pid, "the time namespace's offsets and the paths", [
     call(NR.unshare, [CLONE_NEWTIME], 0n, 'unshare(CLONE_NEWTIME): a new time namespace for the children of the target'),
-    call(NR.openat, [AT_FDCWD, offsetsPath, O_WRONLY | O_CLOEXEC, 0n], BigInt(fd), 'open /proc/self/timens_offsets (the new namespace\'s, as no task is in it yet)'),
-    call(NR.write, [BigInt(fd), textAt, BigInt(text.length)], BigInt(text.length), `offsets: ${text.toString('latin1').trim().replace('\n', ', ')} (clock at checkpoint − clock now)`),
+    call(
+      NR.openat,
+      [AT_FDCWD, offsetsPath, O_WRONLY | O_CLOEXEC, 0n],
+      BigInt(fd),
+      "open /proc/self/timens_offsets (the new namespace's, as no task is in it yet)",
+    ),
+    call(
+      NR.write,
+      [BigInt(fd), textAt, BigInt(text.length)],
+      BigInt(text.length),
+      `offsets: ${text.toString('latin1').trim().replace('\n', ', ')} (clock at checkpoint − clock now)`,
+    ),
     call(NR.close, [BigInt(fd)], 0n, 'close it'),
     call(NR.openat, [AT_FDCWD, nsPath, O_RDONLY | O_CLOEXEC, 0n], BigInt(fd), 'open /proc/self/ns/time_for_children'),
-    call(NR.setns, [BigInt(fd), CLONE_NEWTIME], 0n, 'setns: the target itself enters the namespace (its vvar pages refault as the namespace\'s)'),
+    call(NR.setns, [BigInt(fd), CLONE_NEWTIME], 0n, "setns: the target itself enters the namespace (its vvar pages refault as the namespace's)"),
     call(NR.close, [BigInt(fd)], 0n, 'close it'),
   ]);
 }

@@ -36,12 +36,34 @@ import type { AgentClient } from '../agent/client.ts';
 import type { AgentOp } from '../agent/ops.ts';
 import { AgentError, CheckpointError } from '../errors.ts';
 import { hex } from '../x86/registers.ts';
-import { ITIMERS, POSIX_NOTIFY, type IntervalTimer, type ItimerWhich, type PosixNotify, type PosixTimer, type TimerfdState, type TimerSetting, type TimerState } from './image-model.ts';
+import {
+  ITIMERS,
+  POSIX_NOTIFY,
+  type IntervalTimer,
+  type ItimerWhich,
+  type PosixNotify,
+  type PosixTimer,
+  type TimerfdState,
+  type TimerSetting,
+  type TimerState,
+} from './image-model.ts';
 import { DescriptorTable } from './descriptors.ts';
 import type { PlanStep } from './plan-step.ts';
 import { ScratchLayout, withScratchPage } from './scratch.ts';
 
-const NR = { close: 3, ioctl: 16, getitimer: 36, setitimer: 38, timer_create: 222, timer_settime: 223, timer_gettime: 224, timer_getoverrun: 225, timer_delete: 226, timerfd_create: 283, timerfd_settime: 286 } as const;
+const NR = {
+  close: 3,
+  ioctl: 16,
+  getitimer: 36,
+  setitimer: 38,
+  timer_create: 222,
+  timer_settime: 223,
+  timer_gettime: 224,
+  timer_getoverrun: 225,
+  timer_delete: 226,
+  timerfd_create: 283,
+  timerfd_settime: 286,
+} as const;
 
 /** The signal each interval timer sends. */
 export const ITIMER_SIGNAL: Record<ItimerWhich, number> = { real: 14, virtual: 26, prof: 27 };
@@ -101,7 +123,15 @@ export function parseProcTimers(text: string): ProcTimer[] {
     const notify = /^notify:\s*(\w+)\/(pid|tid)\.(\d+)$/m.exec(block);
     const clock = /^ClockID:\s*(-?\d+)$/m.exec(block);
     if (!id || !signal || !notify || !clock) throw new CheckpointError(`unreadable /proc/PID/timers record: ${JSON.stringify(block.slice(0, 160))}`);
-    timers.push({ id: Number(id[1]), signo: Number(signal[1]), sival: BigInt(`0x${signal[2]}`), notify: notify[1]!, target: notify[2] as 'pid' | 'tid', targetId: Number(notify[3]), clock: Number(clock[1]) });
+    timers.push({
+      id: Number(id[1]),
+      signo: Number(signal[1]),
+      sival: BigInt(`0x${signal[2]}`),
+      notify: notify[1]!,
+      target: notify[2] as 'pid' | 'tid',
+      targetId: Number(notify[3]),
+      clock: Number(clock[1]),
+    });
   }
   return timers.sort((a, b) => a.id - b.id);
 }
@@ -123,15 +153,24 @@ export function parseTimerfdFdinfo(text: string): { clock: number; ticks: bigint
   const value = /^it_value:\s*\((\d+),\s*(\d+)\)$/m.exec(text);
   const interval = /^it_interval:\s*\((\d+),\s*(\d+)\)$/m.exec(text);
   const flags = /^flags:\s+([0-7]+)$/m.exec(text)?.[1];
-  if (clock === undefined || ticks === undefined || settime === undefined || !value || !interval || flags === undefined) throw new CheckpointError(`unreadable timerfd fdinfo: ${JSON.stringify(text.slice(0, 200))}`);
+  if (clock === undefined || ticks === undefined || settime === undefined || !value || !interval || flags === undefined)
+    throw new CheckpointError(`unreadable timerfd fdinfo: ${JSON.stringify(text.slice(0, 200))}`);
   const ns = (m: RegExpExecArray): bigint => BigInt(m[1]!) * 1_000_000_000n + BigInt(m[2]!);
-  return { clock: Number(clock), ticks: BigInt(ticks), settimeFlags: parseInt(settime, 8), valueNs: ns(value), intervalNs: ns(interval), flags: parseInt(flags, 8) };
+  return {
+    clock: Number(clock),
+    ticks: BigInt(ticks),
+    settimeFlags: parseInt(settime, 8),
+    valueNs: ns(value),
+    intervalNs: ns(interval),
+    flags: parseInt(flags, 8),
+  };
 }
 
 /** Why a timerfd (its fdinfo) cannot be restored, or undefined. */
 export function timerfdProblem(info: ReturnType<typeof parseTimerfdFdinfo>): string | undefined {
   if (!(TIMERFD_CLOCKS as readonly number[]).includes(info.clock)) return `clock ${info.clock}`;
-  if ((info.settimeFlags & ~TFD_TIMER_ABSTIME) !== 0) return `settime flags 0${info.settimeFlags.toString(8)} (TFD_TIMER_CANCEL_ON_SET: a clock change would have to reach it)`;
+  if ((info.settimeFlags & ~TFD_TIMER_ABSTIME) !== 0)
+    return `settime flags 0${info.settimeFlags.toString(8)} (TFD_TIMER_CANCEL_ON_SET: a clock change would have to reach it)`;
   return undefined;
 }
 
@@ -205,7 +244,11 @@ export async function captureTimers(agent: AgentClient, pid: number, timerfdFds:
   const listed = procText === undefined ? [] : parseProcTimers(procText);
   for (const t of listed) {
     const problem = procTimerProblem(t);
-    if (problem) throw new CheckpointError(`POSIX timer ${t.id} of pid ${pid} cannot be restored: ${problem}`, { state: 'POSIX timer', where: `/proc/${pid}/timers id ${t.id}` });
+    if (problem)
+      throw new CheckpointError(`POSIX timer ${t.id} of pid ${pid} cannot be restored: ${problem}`, {
+        state: 'POSIX timer',
+        where: `/proc/${pid}/timers id ${t.id}`,
+      });
   }
   const { itimers, posix } = await withScratchPage(agent, pid, async (scratch) => {
     const ops: AgentOp[] = ITIMERS.flatMap((_, which): AgentOp[] => [
@@ -241,7 +284,17 @@ export async function captureTimers(agent: AgentClient, pid: number, timerfdFds:
       const b = results[at + 1] as Buffer;
       const overrun = Number(call(at + 2, `timer_getoverrun(${t.id})`));
       const notify: PosixNotify = t.notify === 'none' ? 'none' : t.target === 'tid' ? 'thread-id' : 'signal';
-      return { id: t.id, clock: t.clock, signo: t.notify === 'none' ? 0 : t.signo, sival: t.sival, notify, tid: notify === 'thread-id' ? t.targetId : 0, overrun, intervalNs: timespecNs(b, 0), valueNs: timespecNs(b, 16) };
+      return {
+        id: t.id,
+        clock: t.clock,
+        signo: t.notify === 'none' ? 0 : t.signo,
+        sival: t.sival,
+        notify,
+        tid: notify === 'thread-id' ? t.targetId : 0,
+        overrun,
+        intervalNs: timespecNs(b, 0),
+        valueNs: timespecNs(b, 16),
+      };
     });
     return { itimers, posix };
   });
@@ -269,7 +322,11 @@ export function timerSteps(pid: number, imagePid: number, state: TimerState, ope
   const calls: PlanStep[] = [];
   for (const t of state.itimers) {
     const armed = { ...t, valueNs: armingValue(t)! };
-    calls.push({ op: { op: 'INJECT_SYSCALL', pid, nr: NR.setitimer, args: [BigInt(ITIMERS.indexOf(t.which)), layout.place(encodeItimerval(armed)), 0n] }, why: `interval timer ITIMER_${t.which.toUpperCase()}: ${describeSetting(t)}`, expect: 0n });
+    calls.push({
+      op: { op: 'INJECT_SYSCALL', pid, nr: NR.setitimer, args: [BigInt(ITIMERS.indexOf(t.which)), layout.place(encodeItimerval(armed)), 0n] },
+      why: `interval timer ITIMER_${t.which.toUpperCase()}: ${describeSetting(t)}`,
+      expect: 0n,
+    });
   }
   // Sequential ids: each id below the next timer's is a placeholder, created and deleted.
   const byId = new Map(state.posix.map((t) => [t.id, t]));
@@ -278,29 +335,59 @@ export function timerSteps(pid: number, imagePid: number, state: TimerState, ope
   for (let id = 0; id <= top; id++) {
     const t = byId.get(id);
     if (!t) {
-      calls.push({ op: { op: 'INJECT_SYSCALL', pid, nr: NR.timer_create, args: [1n, placeholder, idSlot] }, why: `placeholder for POSIX timer id ${id} (ids are handed out in order)`, expect: 0n });
+      calls.push({
+        op: { op: 'INJECT_SYSCALL', pid, nr: NR.timer_create, args: [1n, placeholder, idSlot] },
+        why: `placeholder for POSIX timer id ${id} (ids are handed out in order)`,
+        expect: 0n,
+      });
       calls.push({ op: { op: 'INJECT_SYSCALL', pid, nr: NR.timer_delete, args: [BigInt(id)] }, why: `delete placeholder ${id}`, expect: 0n });
       continue;
     }
     const tid = t.tid === imagePid ? pid : t.tid;
-    calls.push({ op: { op: 'INJECT_SYSCALL', pid, nr: NR.timer_create, args: [BigInt(t.clock), layout.place(encodeSigevent(t, tid)), idSlot] }, why: `POSIX timer ${id}: ${RESTORABLE_CLOCKS.get(t.clock)}, ${t.notify === 'none' ? 'SIGEV_NONE' : `signal ${t.signo}${t.notify === 'thread-id' ? ` to thread ${tid}` : ''}, sigev_value ${hex(t.sival)}`}`, expect: 0n });
+    calls.push({
+      op: { op: 'INJECT_SYSCALL', pid, nr: NR.timer_create, args: [BigInt(t.clock), layout.place(encodeSigevent(t, tid)), idSlot] },
+      why: `POSIX timer ${id}: ${RESTORABLE_CLOCKS.get(t.clock)}, ${t.notify === 'none' ? 'SIGEV_NONE' : `signal ${t.signo}${t.notify === 'thread-id' ? ` to thread ${tid}` : ''}, sigev_value ${hex(t.sival)}`}`,
+      expect: 0n,
+    });
     const value = armingValue(t);
-    if (value !== undefined) calls.push({ op: { op: 'INJECT_SYSCALL', pid, nr: NR.timer_settime, args: [BigInt(id), 0n, layout.place(encodeItimerspec({ ...t, valueNs: value })), 0n] }, why: `arm POSIX timer ${id}: ${describeSetting(t)}`, expect: 0n });
+    if (value !== undefined)
+      calls.push({
+        op: { op: 'INJECT_SYSCALL', pid, nr: NR.timer_settime, args: [BigInt(id), 0n, layout.place(encodeItimerspec({ ...t, valueNs: value })), 0n] },
+        why: `arm POSIX timer ${id}: ${describeSetting(t)}`,
+        expect: 0n,
+      });
   }
   const table = new DescriptorTable(openFds);
   for (const f of state.timerfds) {
     const got = table.lowestFree();
-    calls.push({ op: { op: 'INJECT_SYSCALL', pid, nr: NR.timerfd_create, args: [BigInt(f.clock), BigInt(f.flags)] }, why: `timerfd for fd ${f.fd}: clock ${f.clock}, flags 0o${f.flags.toString(8)}`, expect: BigInt(got) });
+    calls.push({
+      op: { op: 'INJECT_SYSCALL', pid, nr: NR.timerfd_create, args: [BigInt(f.clock), BigInt(f.flags)] },
+      why: `timerfd for fd ${f.fd}: clock ${f.clock}, flags 0o${f.flags.toString(8)}`,
+      expect: BigInt(got),
+    });
     calls.push(...table.place(pid, got, f.fd, (f.flags & O_CLOEXEC) !== 0, `timerfd ${f.fd}`));
     const value = armingValue(f);
-    if (value !== undefined) calls.push({ op: { op: 'INJECT_SYSCALL', pid, nr: NR.timerfd_settime, args: [BigInt(f.fd), 0n, layout.place(encodeItimerspec({ ...f, valueNs: value })), 0n] }, why: `arm timerfd ${f.fd}: ${describeSetting(f)}`, expect: 0n });
+    if (value !== undefined)
+      calls.push({
+        op: { op: 'INJECT_SYSCALL', pid, nr: NR.timerfd_settime, args: [BigInt(f.fd), 0n, layout.place(encodeItimerspec({ ...f, valueNs: value })), 0n] },
+        why: `arm timerfd ${f.fd}: ${describeSetting(f)}`,
+        expect: 0n,
+      });
     if (f.ticks > 0n) {
       const ticks = Buffer.alloc(8);
       ticks.writeBigUInt64LE(f.ticks);
-      calls.push({ op: { op: 'INJECT_SYSCALL', pid, nr: NR.ioctl, args: [BigInt(f.fd), TFD_IOC_SET_TICKS, layout.place(ticks)] }, why: `${f.ticks} unread expiration(s) on timerfd ${f.fd}`, expect: 0n });
+      calls.push({
+        op: { op: 'INJECT_SYSCALL', pid, nr: NR.ioctl, args: [BigInt(f.fd), TFD_IOC_SET_TICKS, layout.place(ticks)] },
+        why: `${f.ticks} unread expiration(s) on timerfd ${f.fd}`,
+        expect: 0n,
+      });
     }
   }
-  return layout.steps(pid, `timer settings and sigevents (${state.itimers.length} interval, ${state.posix.length} POSIX, ${state.timerfds.length} timerfd)`, calls);
+  return layout.steps(
+    pid,
+    `timer settings and sigevents (${state.itimers.length} interval, ${state.posix.length} POSIX, ${state.timerfds.length} timerfd)`,
+    calls,
+  );
 }
 
 const SI_KERNEL = 0x80;
@@ -331,16 +418,19 @@ export function describeSetting(s: TimerSetting): string {
  * timer must name one; `fds` the descriptors the image restores otherwise.
  */
 export function timerStateProblem(state: TimerState, tids: ReadonlySet<number>, fds: ReadonlySet<number>): { field: string; why: string } | undefined {
-  const time = (v: bigint, field: string): { field: string; why: string } | undefined => (v < 0n || v >= MAX_TIMER_NS ? { field, why: `${v} ns is out of range (0 to 2^62)` } : undefined);
+  const time = (v: bigint, field: string): { field: string; why: string } | undefined =>
+    v < 0n || v >= MAX_TIMER_NS ? { field, why: `${v} ns is out of range (0 to 2^62)` } : undefined;
   const seenWhich = new Set<string>();
   for (const [i, t] of state.itimers.entries()) {
     const at = `itimers[${i}]`;
-    if (!(ITIMERS as readonly string[]).includes(t.which)) return { field: `${at}.which`, why: `${JSON.stringify(t.which)} is not one of ${ITIMERS.join(', ')}` };
+    if (!(ITIMERS as readonly string[]).includes(t.which))
+      return { field: `${at}.which`, why: `${JSON.stringify(t.which)} is not one of ${ITIMERS.join(', ')}` };
     if (seenWhich.has(t.which)) return { field: `${at}.which`, why: `${t.which} appears twice` };
     seenWhich.add(t.which);
     const bad = time(t.valueNs, `${at}.valueNs`) ?? time(t.intervalNs, `${at}.intervalNs`);
     if (bad) return bad;
-    if (t.valueNs % 1000n !== 0n || t.intervalNs % 1000n !== 0n) return { field: `${at}`, why: 'interval timers count microseconds: times must be multiples of 1000 ns' };
+    if (t.valueNs % 1000n !== 0n || t.intervalNs % 1000n !== 0n)
+      return { field: `${at}`, why: 'interval timers count microseconds: times must be multiples of 1000 ns' };
     if (armingValue(t) === undefined) return { field: `${at}.valueNs`, why: 'a disarmed timer (no value, no interval) is not listed' };
   }
   if (state.posix.length > MAX_POSIX_TIMERS) return { field: 'posix', why: `${state.posix.length} timers, limit ${MAX_POSIX_TIMERS}` };
@@ -351,11 +441,18 @@ export function timerStateProblem(state: TimerState, tids: ReadonlySet<number>, 
     if (t.id <= lastId) return { field: `${at}.id`, why: `${t.id} is not above the previous id ${lastId} (ascending, each once)` };
     lastId = t.id;
     if (!RESTORABLE_CLOCKS.has(t.clock)) return { field: `${at}.clock`, why: `${t.clock} is not a clock a restore can create a timer on` };
-    if (!(POSIX_NOTIFY as readonly string[]).includes(t.notify)) return { field: `${at}.notify`, why: `${JSON.stringify(t.notify)} is not one of ${POSIX_NOTIFY.join(', ')}` };
-    if (t.notify === 'none' ? t.signo !== 0 : !Number.isInteger(t.signo) || t.signo < 1 || t.signo > 64 || t.signo === 9 || t.signo === 19) return { field: `${at}.signo`, why: `${t.signo} is not a signal a timer with notify ${t.notify} sends` };
-    if (t.notify === 'thread-id' ? !tids.has(t.tid) : t.tid !== 0) return { field: `${at}.tid`, why: t.notify === 'thread-id' ? `${t.tid} is not a thread of the image` : `${t.tid}: only a thread-id timer names a thread` };
+    if (!(POSIX_NOTIFY as readonly string[]).includes(t.notify))
+      return { field: `${at}.notify`, why: `${JSON.stringify(t.notify)} is not one of ${POSIX_NOTIFY.join(', ')}` };
+    if (t.notify === 'none' ? t.signo !== 0 : !Number.isInteger(t.signo) || t.signo < 1 || t.signo > 64 || t.signo === 9 || t.signo === 19)
+      return { field: `${at}.signo`, why: `${t.signo} is not a signal a timer with notify ${t.notify} sends` };
+    if (t.notify === 'thread-id' ? !tids.has(t.tid) : t.tid !== 0)
+      return {
+        field: `${at}.tid`,
+        why: t.notify === 'thread-id' ? `${t.tid} is not a thread of the image` : `${t.tid}: only a thread-id timer names a thread`,
+      };
     if (t.sival < 0n || t.sival >= 1n << 64n) return { field: `${at}.sival`, why: 'not a 64-bit value' };
-    if (!Number.isInteger(t.overrun) || t.overrun < 0 || t.overrun > 0x7fffffff) return { field: `${at}.overrun`, why: `${t.overrun} is not a count timer_getoverrun returns` };
+    if (!Number.isInteger(t.overrun) || t.overrun < 0 || t.overrun > 0x7fffffff)
+      return { field: `${at}.overrun`, why: `${t.overrun} is not a count timer_getoverrun returns` };
     const bad = time(t.valueNs, `${at}.valueNs`) ?? time(t.intervalNs, `${at}.intervalNs`);
     if (bad) return bad;
   }
@@ -367,7 +464,8 @@ export function timerStateProblem(state: TimerState, tids: ReadonlySet<number>, 
     lastFd = f.fd;
     if (fds.has(f.fd)) return { field: `${at}.fd`, why: `fd ${f.fd} is also another descriptor of the image` };
     if (!(TIMERFD_CLOCKS as readonly number[]).includes(f.clock)) return { field: `${at}.clock`, why: `${f.clock} is not a clock timerfd_create accepts` };
-    if (!Number.isInteger(f.flags) || (f.flags & ~TIMERFD_FLAGS) !== 0) return { field: `${at}.flags`, why: `0o${Number(f.flags).toString(8)} has bits other than O_NONBLOCK and O_CLOEXEC` };
+    if (!Number.isInteger(f.flags) || (f.flags & ~TIMERFD_FLAGS) !== 0)
+      return { field: `${at}.flags`, why: `0o${Number(f.flags).toString(8)} has bits other than O_NONBLOCK and O_CLOEXEC` };
     if (f.ticks < 0n || f.ticks >= 1n << 63n) return { field: `${at}.ticks`, why: `${f.ticks} is out of range` };
     const bad = time(f.valueNs, `${at}.valueNs`) ?? time(f.intervalNs, `${at}.intervalNs`);
     if (bad) return bad;
@@ -380,7 +478,16 @@ export function timersJson(s: TimerState): unknown {
   const setting = (t: TimerSetting): { valueNs: string; intervalNs: string } => ({ valueNs: t.valueNs.toString(), intervalNs: t.intervalNs.toString() });
   return {
     itimers: s.itimers.map((t) => ({ which: t.which, ...setting(t) })),
-    posix: s.posix.map((t) => ({ id: t.id, clock: t.clock, signo: t.signo, sival: hex(t.sival), notify: t.notify, tid: t.tid, overrun: t.overrun, ...setting(t) })),
+    posix: s.posix.map((t) => ({
+      id: t.id,
+      clock: t.clock,
+      signo: t.signo,
+      sival: hex(t.sival),
+      notify: t.notify,
+      tid: t.tid,
+      overrun: t.overrun,
+      ...setting(t),
+    })),
     timerfds: s.timerfds.map((f) => ({ fd: f.fd, clock: f.clock, flags: f.flags, ticks: f.ticks.toString(), ...setting(f) })),
   };
 }

@@ -55,7 +55,8 @@ export function parseProcStat(pid: number, stat: string): ProcStat {
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   const n = (field: number): number => Number(fields[field - 3]);
   const parsed = { pid, state: fields[0] ?? '?', ppid: n(4), pgid: n(5), sid: n(6), exitSignal: n(38) };
-  if (![parsed.ppid, parsed.pgid, parsed.sid, parsed.exitSignal].every(Number.isInteger)) throw new CheckpointError(`cannot read /proc/${pid}/stat: ${stat.slice(0, 120)}`);
+  if (![parsed.ppid, parsed.pgid, parsed.sid, parsed.exitSignal].every(Number.isInteger))
+    throw new CheckpointError(`cannot read /proc/${pid}/stat: ${stat.slice(0, 120)}`);
   return parsed;
 }
 
@@ -108,7 +109,12 @@ async function tracerOf(agent: AgentClient, pid: number): Promise<number> {
   return Number(/^TracerPid:\s*(\d+)$/m.exec(status)?.[1] ?? 0);
 }
 
-export async function checkpointTree(agent: AgentClient, root: ProcessInfo, platform: PlatformFacts, options: CheckpointProcessOptions = {}): Promise<ProcessTree> {
+export async function checkpointTree(
+  agent: AgentClient,
+  root: ProcessInfo,
+  platform: PlatformFacts,
+  options: CheckpointProcessOptions = {},
+): Promise<ProcessTree> {
   const { agentPid } = await agent.call({ op: 'HELLO' });
   // Stop every descendant, until none is left running.
   const stopped = new Set<number>([root.pid]);
@@ -133,19 +139,31 @@ export async function checkpointTree(agent: AgentClient, root: ProcessInfo, plat
   for (const p of all.values()) {
     if (p.ppid !== agentPid || p.pid === root.pid || p.state === 'Z' || p.state === 'X') continue;
     if ((await tracerOf(agent, p.pid).catch(() => agentPid)) === agentPid) continue;
-    refused.push({ state: 'reparented orphan', where: `pid ${p.pid}`, seen: `a child of the agent (pid ${agentPid}, a subreaper) that it did not spawn: a process whose parent exited (a daemon), which a restore cannot give a parent that exits` });
+    refused.push({
+      state: 'reparented orphan',
+      where: `pid ${p.pid}`,
+      seen: `a child of the agent (pid ${agentPid}, a subreaper) that it did not spawn: a process whose parent exited (a daemon), which a restore cannot give a parent that exits`,
+    });
   }
   const rootBinary = root.binary;
   for (const p of members.filter((m) => m.state !== 'Z' && m.state !== 'X')) {
     const exe = await agent.call({ op: 'READLINK', path: `/proc/${p.pid}/exe` });
-    if (exe !== rootBinary) refused.push({ state: 'exec in a child', where: `pid ${p.pid}`, seen: `runs ${exe}, not the root's ${rootBinary}: its restore would start from a copy of the root's binary` });
+    if (exe !== rootBinary)
+      refused.push({
+        state: 'exec in a child',
+        where: `pid ${p.pid}`,
+        seen: `runs ${exe}, not the root's ${rootBinary}: its restore would start from a copy of the root's binary`,
+      });
   }
   if (refused.length > 0) throw uncapturableError(root.pid, refused);
 
   const rootStat = all.get(root.pid);
   if (!rootStat) throw new CheckpointError(`pid ${root.pid} is not in /proc`);
   const rootMember: TreeMember = { pid: root.pid, ppid: rootStat.ppid, pgid: rootStat.pgid, sid: rootStat.sid, exitSignal: rootStat.exitSignal };
-  const ordered = creationOrder(rootMember, members.map((p) => ({ pid: p.pid, ppid: p.ppid, pgid: p.pgid, sid: p.sid, exitSignal: p.exitSignal })));
+  const ordered = creationOrder(
+    rootMember,
+    members.map((p) => ({ pid: p.pid, ppid: p.ppid, pgid: p.pgid, sid: p.sid, exitSignal: p.exitSignal })),
+  );
   const tree: ProcessTree = { members: [] };
   for (const m of ordered) {
     const cmdline = (await agent.call({ op: 'READ_FILE', path: `/proc/${m.pid}/cmdline`, maxSize: 65536 })).toString('utf8').split('\0').slice(0, -1);
@@ -155,12 +173,24 @@ export async function checkpointTree(agent: AgentClient, root: ProcessInfo, plat
   // One description inherited across fork: an offset the processes share (shared-descriptions.ts); after each
   // process's own refusals (a FIFO is named as one). Descriptors 0-2 are whoever restores the tree's (the root's stub
   // gives every process its own, inherited).
-  const shared = await findSharedDescriptions(agent, await heldFiles(agent, tree.members.map((m) => m.pid)));
+  const shared = await findSharedDescriptions(
+    agent,
+    await heldFiles(
+      agent,
+      tree.members.map((m) => m.pid),
+    ),
+  );
   if (shared.length > 0) throw uncapturableError(root.pid, shared);
   // After every process's own state: the temporary pipe the copy of queued bytes uses is gone again by then.
-  const pipes = await capturePipes(agent, tree.members.map((m) => m.pid));
+  const pipes = await capturePipes(
+    agent,
+    tree.members.map((m) => m.pid),
+  );
   if (pipes.length > 0) tree.pipes = pipes;
-  const socketpairs = await captureSocketpairs(agent, tree.members.map((m) => m.pid));
+  const socketpairs = await captureSocketpairs(
+    agent,
+    tree.members.map((m) => m.pid),
+  );
   if (socketpairs.length > 0) tree.socketpairs = socketpairs;
   // Shared memory that could not be one object again, and sessions and groups no sequence of calls can form again,
   // are refused now, not at restore.

@@ -28,7 +28,13 @@ export function dryRunTreePlan(tree: ProcessTree, policy: RestorePolicy): PlanSt
   const fresh = parseMaps(root.maps).filter((m) => m.name.startsWith('/') || m.name === '[stack]' || isKernelProvided(m));
   for (const m of tree.members) {
     const held = inheritedShared(shared, m.pid);
-    steps.push(...compileRestorePlan(m.image, { pid: m.pid, regs: { ...root.regs, eflags: 0x202n }, maps: [...fresh, ...held], tree: { inheritedShared: held } }, policy));
+    steps.push(
+      ...compileRestorePlan(
+        m.image,
+        { pid: m.pid, regs: { ...root.regs, eflags: 0x202n }, maps: [...fresh, ...held], tree: { inheritedShared: held } },
+        policy,
+      ),
+    );
   }
   return steps;
 }

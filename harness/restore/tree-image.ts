@@ -66,10 +66,29 @@ export async function treeEntries(tree: ProcessTree): Promise<Map<string, Buffer
   const [root, ...others] = tree.members;
   if (!root) throw new RangeError('a process tree has at least its root');
   const extra = new Map<string, Buffer>();
-  const members: TreeJsonMember[] = tree.members.map((m, i) => ({ pid: m.pid, ppid: m.ppid, pgid: m.pgid, sid: m.sid, exitSignal: m.exitSignal, entry: i === 0 ? null : nestedEntryName(m.pid) }));
-  const pipes: TreeJsonPipe[] = (tree.pipes ?? []).map((p) => ({ inode: p.inode, ends: p.ends, nonblockRead: p.nonblockRead, nonblockWrite: p.nonblockWrite, size: p.size, queued: p.queued.toString('base64') }));
+  const members: TreeJsonMember[] = tree.members.map((m, i) => ({
+    pid: m.pid,
+    ppid: m.ppid,
+    pgid: m.pgid,
+    sid: m.sid,
+    exitSignal: m.exitSignal,
+    entry: i === 0 ? null : nestedEntryName(m.pid),
+  }));
+  const pipes: TreeJsonPipe[] = (tree.pipes ?? []).map((p) => ({
+    inode: p.inode,
+    ends: p.ends,
+    nonblockRead: p.nonblockRead,
+    nonblockWrite: p.nonblockWrite,
+    size: p.size,
+    queued: p.queued.toString('base64'),
+  }));
   // socketpairs only when there are any: a tree without is written as before them.
-  const socketpairs: TreeJsonSocketpair[] = (tree.socketpairs ?? []).map((p) => ({ type: p.type, inodes: p.inodes, ends: p.ends, queued: [p.queued[0].map((b) => b.toString('base64')), p.queued[1].map((b) => b.toString('base64'))] }));
+  const socketpairs: TreeJsonSocketpair[] = (tree.socketpairs ?? []).map((p) => ({
+    type: p.type,
+    inodes: p.inodes,
+    ends: p.ends,
+    queued: [p.queued[0].map((b) => b.toString('base64')), p.queued[1].map((b) => b.toString('base64'))],
+  }));
   extra.set(TREE_ENTRY, Buffer.from(`${JSON.stringify({ members, pipes, ...(socketpairs.length > 0 ? { socketpairs } : {}) }, null, 2)}\n`));
   for (const m of others) extra.set(nestedEntryName(m.pid), await packTar(imageEntries(m.image)));
   return extra;
@@ -106,8 +125,10 @@ export async function parseTreeEntries(entries: Map<string, Buffer>): Promise<Pr
       if (!nested) throw new ImageRejectedError('listed in tree.json but absent', m.entry!, '(entry)');
       image = parseImageEntries(await readTarEntries(nested));
     }
-    if (image.process.pid !== m.pid) throw new ImageRejectedError(`holds pid ${image.process.pid}, tree.json says ${m.pid}`, i === 0 ? 'manifest.json' : m.entry!, 'process.pid');
-    if (image.task.pgid !== m.pgid || image.task.sid !== m.sid) throw new ImageRejectedError(`task.json says pgid ${image.task.pgid} sid ${image.task.sid}, tree.json ${m.pgid} ${m.sid}`, TREE_ENTRY, `members[${i}]`);
+    if (image.process.pid !== m.pid)
+      throw new ImageRejectedError(`holds pid ${image.process.pid}, tree.json says ${m.pid}`, i === 0 ? 'manifest.json' : m.entry!, 'process.pid');
+    if (image.task.pgid !== m.pgid || image.task.sid !== m.sid)
+      throw new ImageRejectedError(`task.json says pgid ${image.task.pgid} sid ${image.task.sid}, tree.json ${m.pgid} ${m.sid}`, TREE_ENTRY, `members[${i}]`);
     tree.members.push({ pid: m.pid, ppid: m.ppid, pgid: m.pgid, sid: m.sid, exitSignal: m.exitSignal, image });
   }
   if (pipes.length > 0) tree.pipes = pipes;
@@ -136,7 +157,8 @@ function validateTreeJson(raw: unknown): { members: TreeJsonMember[]; pipes: Tre
     const unknownKey = Object.keys(o).find((k) => !['pid', 'ppid', 'pgid', 'sid', 'exitSignal', 'entry'].includes(k));
     if (unknownKey) throw new ImageRejectedError('unknown field', TREE_ENTRY, `members[${i}].${unknownKey}`);
     const want = i === 0 ? null : nestedEntryName(o.pid as number);
-    if (o.entry !== want) throw new ImageRejectedError(`is ${JSON.stringify(o.entry)?.slice(0, 40)}, expected ${JSON.stringify(want)}`, TREE_ENTRY, `members[${i}].entry`);
+    if (o.entry !== want)
+      throw new ImageRejectedError(`is ${JSON.stringify(o.entry)?.slice(0, 40)}, expected ${JSON.stringify(want)}`, TREE_ENTRY, `members[${i}].entry`);
     return { pid: o.pid as number, ppid: o.ppid as number, pgid: o.pgid as number, sid: o.sid as number, exitSignal: o.exitSignal as number, entry: want };
   });
   const problem = treeShapeProblem(members);
@@ -148,7 +170,12 @@ function validateTreeJson(raw: unknown): { members: TreeJsonMember[]; pipes: Tre
   for (const [i, p] of socketpairs.entries()) {
     for (const side of [0, 1] as const) {
       const j = p.ends[side].findIndex((e) => pipeFds.has(`${e.pid}:${e.fd}`));
-      if (j >= 0) throw new ImageRejectedError(`pid ${p.ends[side][j]!.pid} fd ${p.ends[side][j]!.fd} is also a pipe end`, TREE_ENTRY, `socketpairs[${i}].ends[${side}][${j}].fd`);
+      if (j >= 0)
+        throw new ImageRejectedError(
+          `pid ${p.ends[side][j]!.pid} fd ${p.ends[side][j]!.fd} is also a pipe end`,
+          TREE_ENTRY,
+          `socketpairs[${i}].ends[${side}][${j}].fd`,
+        );
     }
   }
   return { members, pipes, socketpairs };
@@ -162,8 +189,10 @@ function validatePipesJson(raw: unknown, pids: ReadonlySet<number>): TreePipe[] 
     const o = p as Record<string, unknown>;
     const unknownKey = Object.keys(o).find((k) => !['inode', 'ends', 'nonblockRead', 'nonblockWrite', 'size', 'queued'].includes(k));
     if (unknownKey) throw new ImageRejectedError('unknown field', TREE_ENTRY, `pipes[${i}].${unknownKey}`);
-    if (typeof o.nonblockRead !== 'boolean' || typeof o.nonblockWrite !== 'boolean') throw new ImageRejectedError('must be booleans', TREE_ENTRY, `pipes[${i}].nonblock`);
-    if (typeof o.queued !== 'string' || !/^[A-Za-z0-9+/]*={0,2}$/.test(o.queued)) throw new ImageRejectedError('is not base64', TREE_ENTRY, `pipes[${i}].queued`);
+    if (typeof o.nonblockRead !== 'boolean' || typeof o.nonblockWrite !== 'boolean')
+      throw new ImageRejectedError('must be booleans', TREE_ENTRY, `pipes[${i}].nonblock`);
+    if (typeof o.queued !== 'string' || !/^[A-Za-z0-9+/]*={0,2}$/.test(o.queued))
+      throw new ImageRejectedError('is not base64', TREE_ENTRY, `pipes[${i}].queued`);
     if (!Array.isArray(o.ends)) throw new ImageRejectedError('is not an array', TREE_ENTRY, `pipes[${i}].ends`);
     const ends = o.ends.map((e: unknown, j) => {
       if (typeof e !== 'object' || e === null || Array.isArray(e)) throw new ImageRejectedError('is not an object', TREE_ENTRY, `pipes[${i}].ends[${j}]`);
@@ -172,7 +201,14 @@ function validatePipesJson(raw: unknown, pids: ReadonlySet<number>): TreePipe[] 
       if (bad) throw new ImageRejectedError('unknown field', TREE_ENTRY, `pipes[${i}].ends[${j}].${bad}`);
       return { pid: x.pid as number, fd: x.fd as number, write: x.write as boolean, cloexec: x.cloexec as boolean };
     });
-    return { inode: o.inode as number, ends, nonblockRead: o.nonblockRead, nonblockWrite: o.nonblockWrite, size: o.size as number, queued: Buffer.from(o.queued, 'base64') };
+    return {
+      inode: o.inode as number,
+      ends,
+      nonblockRead: o.nonblockRead,
+      nonblockWrite: o.nonblockWrite,
+      size: o.size as number,
+      queued: Buffer.from(o.queued, 'base64'),
+    };
   });
   const problem = pipesProblem(pipes, pids);
   if (problem) throw new ImageRejectedError(problem.why, TREE_ENTRY, problem.field);
@@ -194,7 +230,8 @@ function validateSocketpairsJson(raw: unknown, pids: ReadonlySet<number>): TreeS
     };
     const queued = sides(p.queued, 'queued').map((list, side) =>
       list.map((q, j) => {
-        if (typeof q !== 'string' || !/^[A-Za-z0-9+/]*={0,2}$/.test(q)) throw new ImageRejectedError('is not base64', TREE_ENTRY, `${at}.queued[${side}][${j}]`);
+        if (typeof q !== 'string' || !/^[A-Za-z0-9+/]*={0,2}$/.test(q))
+          throw new ImageRejectedError('is not base64', TREE_ENTRY, `${at}.queued[${side}][${j}]`);
         return Buffer.from(q, 'base64');
       }),
     ) as [Buffer[], Buffer[]];

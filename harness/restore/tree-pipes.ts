@@ -66,7 +66,11 @@ export async function capturePipes(agent: AgentClient, pids: readonly number[]):
   const pipes: TreePipe[] = [];
   for (const [inode, p] of byInode) {
     for (const side of ['read', 'write'] as const) {
-      if (p.nonblock[side].size > 1) throw new CheckpointError(`pipe:[${inode}]: its ${side} end is open with and without O_NONBLOCK (two open file descriptions, which a restore cannot tell apart)`, { state: 'pipe', target: `pipe:[${inode}]` });
+      if (p.nonblock[side].size > 1)
+        throw new CheckpointError(
+          `pipe:[${inode}]: its ${side} end is open with and without O_NONBLOCK (two open file descriptions, which a restore cannot tell apart)`,
+          { state: 'pipe', target: `pipe:[${inode}]` },
+        );
     }
     const reader = p.ends.find((e) => !e.write);
     const { size, queued } = reader ? await readQueued(agent, inode, reader) : { size: await pipeSize(agent, p.ends[0]!), queued: Buffer.alloc(0) };
@@ -85,29 +89,38 @@ async function pipeSize(agent: AgentClient, end: PipeEnd): Promise<number> {
 async function readQueued(agent: AgentClient, inode: number, reader: PipeEnd): Promise<{ size: number; queued: Buffer }> {
   const { pid, fd } = reader;
   const size = await pipeSize(agent, reader);
-  const queued = await withScratchPage(agent, pid, async (scratch) => {
-    const call = async (nr: number, args: bigint[], what: string): Promise<bigint> => {
-      const r = await agent.call({ op: 'INJECT_SYSCALL', pid, nr, args });
-      if (failed(r)) throw new AgentError(`${what} in pid ${pid} (reading pipe:[${inode}]): errno ${-r}`, 'INJECT_SYSCALL', Number(-r));
-      return r;
-    };
-    await call(NR.ioctl, [BigInt(fd), FIONREAD, scratch], `ioctl(${fd}, FIONREAD)`);
-    const count = (await agent.call({ op: 'READ_MEM', pid, address: scratch, length: 4 })).readInt32LE(0);
-    if (count === 0) return Buffer.alloc(0);
-    if (count > MAX_QUEUED_BYTES) throw new CheckpointError(`pipe:[${inode}] holds ${count} queued bytes, more than the ${MAX_QUEUED_BYTES} an image holds`, { state: 'pipe', target: `pipe:[${inode}]` });
-    await call(NR.pipe2, [scratch, O_CLOEXEC | O_NONBLOCK], 'pipe2 (a temporary pipe)');
-    const fds = await agent.call({ op: 'READ_MEM', pid, address: scratch, length: 8 });
-    const [tmpRead, tmpWrite] = [BigInt(fds.readInt32LE(0)), BigInt(fds.readInt32LE(4))];
-    try {
-      const teed = await call(NR.tee, [BigInt(fd), tmpWrite, BigInt(count), SPLICE_F_NONBLOCK], `tee(${fd})`);
-      const got = await call(NR.read, [tmpRead, scratch + 4096n, teed], 'read (the temporary pipe)');
-      if (got !== BigInt(count)) throw new CheckpointError(`pipe:[${inode}]: FIONREAD said ${count} bytes, tee and read gave ${got}`, { state: 'pipe' });
-      return await agent.call({ op: 'READ_MEM', pid, address: scratch + 4096n, length: count });
-    } finally {
-      await agent.call({ op: 'INJECT_SYSCALL', pid, nr: NR.close, args: [tmpRead] });
-      await agent.call({ op: 'INJECT_SYSCALL', pid, nr: NR.close, args: [tmpWrite] });
-    }
-  }, 4096 + MAX_QUEUED_BYTES);
+  const queued = await withScratchPage(
+    agent,
+    pid,
+    async (scratch) => {
+      const call = async (nr: number, args: bigint[], what: string): Promise<bigint> => {
+        const r = await agent.call({ op: 'INJECT_SYSCALL', pid, nr, args });
+        if (failed(r)) throw new AgentError(`${what} in pid ${pid} (reading pipe:[${inode}]): errno ${-r}`, 'INJECT_SYSCALL', Number(-r));
+        return r;
+      };
+      await call(NR.ioctl, [BigInt(fd), FIONREAD, scratch], `ioctl(${fd}, FIONREAD)`);
+      const count = (await agent.call({ op: 'READ_MEM', pid, address: scratch, length: 4 })).readInt32LE(0);
+      if (count === 0) return Buffer.alloc(0);
+      if (count > MAX_QUEUED_BYTES)
+        throw new CheckpointError(`pipe:[${inode}] holds ${count} queued bytes, more than the ${MAX_QUEUED_BYTES} an image holds`, {
+          state: 'pipe',
+          target: `pipe:[${inode}]`,
+        });
+      await call(NR.pipe2, [scratch, O_CLOEXEC | O_NONBLOCK], 'pipe2 (a temporary pipe)');
+      const fds = await agent.call({ op: 'READ_MEM', pid, address: scratch, length: 8 });
+      const [tmpRead, tmpWrite] = [BigInt(fds.readInt32LE(0)), BigInt(fds.readInt32LE(4))];
+      try {
+        const teed = await call(NR.tee, [BigInt(fd), tmpWrite, BigInt(count), SPLICE_F_NONBLOCK], `tee(${fd})`);
+        const got = await call(NR.read, [tmpRead, scratch + 4096n, teed], 'read (the temporary pipe)');
+        if (got !== BigInt(count)) throw new CheckpointError(`pipe:[${inode}]: FIONREAD said ${count} bytes, tee and read gave ${got}`, { state: 'pipe' });
+        return await agent.call({ op: 'READ_MEM', pid, address: scratch + 4096n, length: count });
+      } finally {
+        await agent.call({ op: 'INJECT_SYSCALL', pid, nr: NR.close, args: [tmpRead] });
+        await agent.call({ op: 'INJECT_SYSCALL', pid, nr: NR.close, args: [tmpWrite] });
+      }
+    },
+    4096 + MAX_QUEUED_BYTES,
+  );
   return { size, queued };
 }
 
@@ -115,7 +128,10 @@ async function readQueued(agent: AgentClient, inode: number, reader: PipeEnd): P
 export function pipeCreator(members: readonly TreeMember[], pipe: TreePipe): number {
   const holders = [...new Set(pipe.ends.map((e) => e.pid))];
   const creator = holders.find((c) => holders.every((p) => isAncestor(members, c, p)));
-  if (creator === undefined) throw new PlanError(`pipe:[${pipe.inode}] is held by ${holders.map((p) => `pid ${p}`).join(', ')}, none an ancestor of the others: it cannot be created once and inherited`);
+  if (creator === undefined)
+    throw new PlanError(
+      `pipe:[${pipe.inode}] is held by ${holders.map((p) => `pid ${p}`).join(', ')}, none an ancestor of the others: it cannot be created once and inherited`,
+    );
   return creator;
 }
 
@@ -139,7 +155,17 @@ export function withPipes(actions: readonly TreeAction[], members: readonly Tree
     if (created.has(pid)) return;
     created.add(pid);
     for (const k of parked.filter((x) => x.creator === pid)) {
-      out.push({ kind: 'pipe-create', pid, read: k.read, write: k.write, nonblockRead: k.pipe.nonblockRead, nonblockWrite: k.pipe.nonblockWrite, size: k.pipe.size, queued: k.pipe.queued, why: `pipe:[${k.pipe.inode}] created in pid ${pid} (held by ${[...new Set(k.pipe.ends.map((e) => e.pid))].join(' ')}), parked at fds ${k.read} and ${k.write}, ${k.pipe.queued.length} queued bytes written back` });
+      out.push({
+        kind: 'pipe-create',
+        pid,
+        read: k.read,
+        write: k.write,
+        nonblockRead: k.pipe.nonblockRead,
+        nonblockWrite: k.pipe.nonblockWrite,
+        size: k.pipe.size,
+        queued: k.pipe.queued,
+        why: `pipe:[${k.pipe.inode}] created in pid ${pid} (held by ${[...new Set(k.pipe.ends.map((e) => e.pid))].join(' ')}), parked at fds ${k.read} and ${k.write}, ${k.pipe.queued.length} queued bytes written back`,
+      });
     }
   };
   for (const a of actions) {
@@ -152,7 +178,14 @@ export function withPipes(actions: readonly TreeAction[], members: readonly Tree
     const inherited = parked.filter((k) => isAncestor(members, k.creator, m.pid));
     for (const k of inherited) {
       for (const e of k.pipe.ends.filter((x) => x.pid === m.pid)) {
-        out.push({ kind: 'fd-dup', pid: m.pid, from: e.write ? k.write : k.read, to: e.fd, cloexec: e.cloexec, why: `pid ${m.pid} fd ${e.fd}: the ${e.write ? 'write' : 'read'} end of pipe:[${k.pipe.inode}]${e.cloexec ? ' (close-on-exec)' : ''}` });
+        out.push({
+          kind: 'fd-dup',
+          pid: m.pid,
+          from: e.write ? k.write : k.read,
+          to: e.fd,
+          cloexec: e.cloexec,
+          why: `pid ${m.pid} fd ${e.fd}: the ${e.write ? 'write' : 'read'} end of pipe:[${k.pipe.inode}]${e.cloexec ? ' (close-on-exec)' : ''}`,
+        });
       }
     }
     for (const k of inherited) {
@@ -168,8 +201,10 @@ export function pipesProblem(pipes: readonly TreePipe[], pids: ReadonlySet<numbe
   const used = new Set<string>();
   for (const [i, p] of pipes.entries()) {
     if (!Number.isInteger(p.inode) || p.inode < 1) return { field: `pipes[${i}].inode`, why: `${p.inode} is no inode` };
-    if (!Number.isInteger(p.size) || p.size < 4096 || p.size > 1 << 20 || (p.size & (p.size - 1)) !== 0) return { field: `pipes[${i}].size`, why: `${p.size} is no pipe size (a power of two, 4 KiB-1 MiB)` };
-    if (p.queued.length > MAX_QUEUED_BYTES || p.queued.length > p.size) return { field: `pipes[${i}].queued`, why: `${p.queued.length} bytes, more than ${Math.min(MAX_QUEUED_BYTES, p.size)}` };
+    if (!Number.isInteger(p.size) || p.size < 4096 || p.size > 1 << 20 || (p.size & (p.size - 1)) !== 0)
+      return { field: `pipes[${i}].size`, why: `${p.size} is no pipe size (a power of two, 4 KiB-1 MiB)` };
+    if (p.queued.length > MAX_QUEUED_BYTES || p.queued.length > p.size)
+      return { field: `pipes[${i}].queued`, why: `${p.queued.length} bytes, more than ${Math.min(MAX_QUEUED_BYTES, p.size)}` };
     if (!Array.isArray(p.ends) || p.ends.length === 0 || p.ends.length > 4096) return { field: `pipes[${i}].ends`, why: 'no end, or too many' };
     for (const [j, e] of p.ends.entries()) {
       const at = `pipes[${i}].ends[${j}]`;

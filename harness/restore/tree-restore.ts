@@ -24,9 +24,30 @@ import type { Mapping } from './proc-maps.ts';
 import { checkSteps, PidInUseError, restoreInto, type Difference, type RestoreResult } from './restore.ts';
 import { PROT } from './syscall-steps.ts';
 import { assertThreadsAdmitted } from './threads.ts';
-import { planTreeSkeleton, sharedAnonymousObjects, type ProcessTree, type SharedAnonymous, type TreeAction, type TreePipe, type TreeSocketPair } from './tree.ts';
+import {
+  planTreeSkeleton,
+  sharedAnonymousObjects,
+  type ProcessTree,
+  type SharedAnonymous,
+  type TreeAction,
+  type TreePipe,
+  type TreeSocketPair,
+} from './tree.ts';
 
-const NR = { write: 1, close: 3, mmap: 9, munmap: 11, sendto: 44, socketpair: 53, fcntl: 72, setpgid: 109, setsid: 112, dup3: 292, pipe2: 293, clone3: 435 } as const;
+const NR = {
+  write: 1,
+  close: 3,
+  mmap: 9,
+  munmap: 11,
+  sendto: 44,
+  socketpair: 53,
+  fcntl: 72,
+  setpgid: 109,
+  setsid: 112,
+  dup3: 292,
+  pipe2: 293,
+  clone3: 435,
+} as const;
 const AF_UNIX = 1n;
 const SOCK_TYPE_NUMBER = { stream: 1n, dgram: 2n } as const;
 const MSG_DONTWAIT = 0x40n;
@@ -90,9 +111,15 @@ export function skeletonSteps(actions: readonly TreeAction[], stub: StubFacts): 
       case 'clone':
         steps.push(
           { op: { op: 'TRACE_FORKS', pid: a.parent, on: true }, why: `trace what pid ${a.parent} forks: the child is traced from its first instruction` },
-          { op: { op: 'WRITE_MEM', pid: a.parent, address: stub.scratch, data: cloneArgs(a.pid, a.exitSignal, stub.scratch) }, why: `clone_args for pid ${a.pid}: exit signal ${a.exitSignal}, set_tid ${a.pid}` },
+          {
+            op: { op: 'WRITE_MEM', pid: a.parent, address: stub.scratch, data: cloneArgs(a.pid, a.exitSignal, stub.scratch) },
+            why: `clone_args for pid ${a.pid}: exit signal ${a.exitSignal}, set_tid ${a.pid}`,
+          },
           { op: { op: 'INJECT_SYSCALL', pid: a.parent, nr: NR.clone3, args: [stub.scratch, BigInt(CLONE_ARGS_BYTES)] }, why: a.why, expect: BigInt(a.pid) },
-          { op: { op: 'WRITE_MEM', pid: a.pid, address: stub.rip, data: stub.word }, why: `pid ${a.pid}: put back the text its parent's injection had patched when the page was copied` },
+          {
+            op: { op: 'WRITE_MEM', pid: a.pid, address: stub.rip, data: stub.word },
+            why: `pid ${a.pid}: put back the text its parent's injection had patched when the page was copied`,
+          },
           { op: { op: 'TRACE_FORKS', pid: a.parent, on: false }, why: `pid ${a.parent}: stop tracing forks` },
           { op: { op: 'TRACE_FORKS', pid: a.pid, on: false }, why: `pid ${a.pid}: inherited the fork tracing; off` },
         );
@@ -104,7 +131,16 @@ export function skeletonSteps(actions: readonly TreeAction[], stub: StubFacts): 
         steps.push({ op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.setpgid, args: [0n, a.pgid === a.pid ? 0n : BigInt(a.pgid)] }, why: a.why, expect: 0n });
         break;
       case 'map-shared':
-        steps.push({ op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.mmap, args: [a.start, a.end - a.start, PROT.READ | PROT.WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, NO_FD, 0n] }, why: a.why, expect: a.start });
+        steps.push({
+          op: {
+            op: 'INJECT_SYSCALL',
+            pid: a.pid,
+            nr: NR.mmap,
+            args: [a.start, a.end - a.start, PROT.READ | PROT.WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, NO_FD, 0n],
+          },
+          why: a.why,
+          expect: a.start,
+        });
         break;
       case 'unmap-inherited':
         steps.push({ op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.munmap, args: [a.start, a.end - a.start] }, why: a.why, expect: 0n });
@@ -118,14 +154,29 @@ export function skeletonSteps(actions: readonly TreeAction[], stub: StubFacts): 
           { op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.close, args: [FRESH_PIPE.read] }, why: 'close the unparked read end', expect: 0n },
           { op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.close, args: [FRESH_PIPE.write] }, why: 'close the unparked write end', expect: 0n },
         );
-        if (a.nonblockRead) steps.push({ op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.fcntl, args: [r, F_SETFL, O_NONBLOCK] }, why: 'O_NONBLOCK on the read end', expect: 0n });
-        if (a.nonblockWrite) steps.push({ op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.fcntl, args: [w, F_SETFL, O_NONBLOCK] }, why: 'O_NONBLOCK on the write end', expect: 0n });
-        if (a.size !== DEFAULT_PIPE_BYTES) steps.push({ op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.fcntl, args: [w, F_SETPIPE_SZ, BigInt(a.size)] }, why: `pipe size ${a.size} bytes`, expect: BigInt(a.size) });
+        if (a.nonblockRead)
+          steps.push({ op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.fcntl, args: [r, F_SETFL, O_NONBLOCK] }, why: 'O_NONBLOCK on the read end', expect: 0n });
+        if (a.nonblockWrite)
+          steps.push({
+            op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.fcntl, args: [w, F_SETFL, O_NONBLOCK] },
+            why: 'O_NONBLOCK on the write end',
+            expect: 0n,
+          });
+        if (a.size !== DEFAULT_PIPE_BYTES)
+          steps.push({
+            op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.fcntl, args: [w, F_SETPIPE_SZ, BigInt(a.size)] },
+            why: `pipe size ${a.size} bytes`,
+            expect: BigInt(a.size),
+          });
         if (a.queued.length > 0) {
           const at = stub.scratch - BigInt(PIPE_DATA_BELOW_SCRATCH);
           steps.push(
             { op: { op: 'WRITE_MEM', pid: a.pid, address: at, data: a.queued }, why: `the ${a.queued.length} queued bytes, in the stub's stack` },
-            { op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.write, args: [w, at, BigInt(a.queued.length)] }, why: `write the ${a.queued.length} queued bytes back into the pipe`, expect: BigInt(a.queued.length) },
+            {
+              op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.write, args: [w, at, BigInt(a.queued.length)] },
+              why: `write the ${a.queued.length} queued bytes back into the pipe`,
+              expect: BigInt(a.queued.length),
+            },
           );
         }
         break;
@@ -133,28 +184,56 @@ export function skeletonSteps(actions: readonly TreeAction[], stub: StubFacts): 
       case 'socketpair-create': {
         const parked = [BigInt(a.fds[0]), BigInt(a.fds[1])] as const;
         steps.push(
-          { op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.socketpair, args: [AF_UNIX, SOCK_TYPE_NUMBER[a.type], 0n, stub.scratch + 128n] }, why: a.why, expect: 0n },
-          { op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.dup3, args: [FRESH_PIPE.read, parked[0], 0n] }, why: `park the first socket at fd ${a.fds[0]}`, expect: parked[0] },
-          { op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.dup3, args: [FRESH_PIPE.write, parked[1], 0n] }, why: `park the second socket at fd ${a.fds[1]}`, expect: parked[1] },
+          {
+            op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.socketpair, args: [AF_UNIX, SOCK_TYPE_NUMBER[a.type], 0n, stub.scratch + 128n] },
+            why: a.why,
+            expect: 0n,
+          },
+          {
+            op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.dup3, args: [FRESH_PIPE.read, parked[0], 0n] },
+            why: `park the first socket at fd ${a.fds[0]}`,
+            expect: parked[0],
+          },
+          {
+            op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.dup3, args: [FRESH_PIPE.write, parked[1], 0n] },
+            why: `park the second socket at fd ${a.fds[1]}`,
+            expect: parked[1],
+          },
           { op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.close, args: [FRESH_PIPE.read] }, why: 'close the unparked first socket', expect: 0n },
           { op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.close, args: [FRESH_PIPE.write] }, why: 'close the unparked second socket', expect: 0n },
         );
         for (const side of [0, 1] as const) {
-          if (a.nonblock[side]) steps.push({ op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.fcntl, args: [parked[side], F_SETFL, O_NONBLOCK] }, why: `O_NONBLOCK on fd ${a.fds[side]}`, expect: 0n });
+          if (a.nonblock[side])
+            steps.push({
+              op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.fcntl, args: [parked[side], F_SETFL, O_NONBLOCK] },
+              why: `O_NONBLOCK on fd ${a.fds[side]}`,
+              expect: 0n,
+            });
           // What socket `side` would read was sent by its peer: send it again from there, a datagram at a time.
           const from = parked[1 - side]!;
           for (const [i, data] of a.queued[side].entries()) {
             const at = stub.scratch - BigInt(PIPE_DATA_BELOW_SCRATCH);
             steps.push(
-              { op: { op: 'WRITE_MEM', pid: a.pid, address: at, data }, why: `${a.type === 'dgram' ? `datagram ${i + 1} of ${a.queued[side].length}` : 'the queued bytes'} for fd ${a.fds[side]}, in the stub's stack` },
-              { op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.sendto, args: [from, at, BigInt(data.length), MSG_DONTWAIT, 0n, 0n] }, why: `send ${data.length} bytes from fd ${a.fds[1 - side]} to fd ${a.fds[side]} (queued there at checkpoint)`, expect: BigInt(data.length) },
+              {
+                op: { op: 'WRITE_MEM', pid: a.pid, address: at, data },
+                why: `${a.type === 'dgram' ? `datagram ${i + 1} of ${a.queued[side].length}` : 'the queued bytes'} for fd ${a.fds[side]}, in the stub's stack`,
+              },
+              {
+                op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.sendto, args: [from, at, BigInt(data.length), MSG_DONTWAIT, 0n, 0n] },
+                why: `send ${data.length} bytes from fd ${a.fds[1 - side]} to fd ${a.fds[side]} (queued there at checkpoint)`,
+                expect: BigInt(data.length),
+              },
             );
           }
         }
         break;
       }
       case 'fd-dup':
-        steps.push({ op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.dup3, args: [BigInt(a.from), BigInt(a.to), a.cloexec ? O_CLOEXEC : 0n] }, why: a.why, expect: BigInt(a.to) });
+        steps.push({
+          op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.dup3, args: [BigInt(a.from), BigInt(a.to), a.cloexec ? O_CLOEXEC : 0n] },
+          why: a.why,
+          expect: BigInt(a.to),
+        });
         break;
       case 'fd-close':
         steps.push({ op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.close, args: [BigInt(a.fd)] }, why: a.why, expect: 0n });
@@ -166,7 +245,9 @@ export function skeletonSteps(actions: readonly TreeAction[], stub: StubFacts): 
 
 /** The shared objects a process holds, as the mappings its stub has for them when its own restore starts. */
 export function inheritedShared(shared: readonly SharedAnonymous[], pid: number): Mapping[] {
-  return shared.filter((o) => o.holders.includes(pid)).map((o) => ({ start: o.start, end: o.end, perms: 'rw-s', offset: 0n, device: '00:00', inode: o.inode, name: '/dev/zero (deleted)' }));
+  return shared
+    .filter((o) => o.holders.includes(pid))
+    .map((o) => ({ start: o.start, end: o.end, perms: 'rw-s', offset: 0n, device: '00:00', inode: o.inode, name: '/dev/zero (deleted)' }));
 }
 
 /**
@@ -174,14 +255,21 @@ export function inheritedShared(shared: readonly SharedAnonymous[], pid: number)
  * pipes as they will be made, and the skeleton's actions. Throws PlanError
  * (naming the process, object or pipe) when the tree cannot be rebuilt.
  */
-export function planTreeRestore(tree: ProcessTree, policy: RestorePolicy): { shared: SharedAnonymous[]; pipes: TreePipe[]; socketpairs: TreeSocketPair[]; actions: TreeAction[] } {
+export function planTreeRestore(
+  tree: ProcessTree,
+  policy: RestorePolicy,
+): { shared: SharedAnonymous[]; pipes: TreePipe[]; socketpairs: TreeSocketPair[]; actions: TreeAction[] } {
   // omit=mapping-kinds: no shared object is created; each process maps private memory of its own (the control).
   const shared = omits(policy, 'mapping-kinds') ? [] : sharedAnonymousObjects(tree);
   // omit=pipe-contents: the pipes without their queued bytes (the control).
   // omit=pipe-contents: the pipes and socketpairs without their queued data (the control).
   const pipes = (tree.pipes ?? []).map((p) => (omits(policy, 'pipe-contents') ? { ...p, queued: Buffer.alloc(0) } : p));
   const socketpairs = (tree.socketpairs ?? []).map((p): TreeSocketPair => (omits(policy, 'pipe-contents') ? { ...p, queued: [[], []] } : p));
-  const fdsInTree = tree.members.flatMap((m) => [...m.image.task.files.map((f) => f.fd), ...(m.image.task.userfaultfds ?? []).map((u) => u.fd), ...m.image.timers.timerfds.map((x) => x.fd)]);
+  const fdsInTree = tree.members.flatMap((m) => [
+    ...m.image.task.files.map((f) => f.fd),
+    ...(m.image.task.userfaultfds ?? []).map((u) => u.fd),
+    ...m.image.timers.timerfds.map((x) => x.fd),
+  ]);
   const base = parkingBase(pipes, [...fdsInTree, ...socketpairs.flatMap((p) => p.ends.flat().map((e) => e.fd))]);
   const withAllPipes = withPipes(planTreeSkeleton(tree.members, shared), tree.members, pipes, base);
   const actions = withSocketpairs(withAllPipes, tree.members, socketpairs, base + 2 * pipes.length);
@@ -203,17 +291,33 @@ export async function restoreTree(agent: AgentClient, tree: ProcessTree, options
   try {
     const process = root.image.process;
     try {
-      await agent.call({ op: 'SPAWN', path: process.binary, argv: process.argv, envp: process.envp, stdoutPath: options.stdoutPath, noAslr: process.noAslr, pid: root.pid });
+      await agent.call({
+        op: 'SPAWN',
+        path: process.binary,
+        argv: process.argv,
+        envp: process.envp,
+        stdoutPath: options.stdoutPath,
+        noAslr: process.noAslr,
+        pid: root.pid,
+      });
     } catch (error) {
-      if (error instanceof AgentError && error.errno === EEXIST) throw new PidInUseError(`cannot restore the tree's root as pid ${root.pid}: another process has it (is the original still alive?)`, { agent: error.message });
+      if (error instanceof AgentError && error.errno === EEXIST)
+        throw new PidInUseError(`cannot restore the tree's root as pid ${root.pid}: another process has it (is the original still alive?)`, {
+          agent: error.message,
+        });
       throw error;
     }
     created.push(root.pid);
     const regs = await agent.call({ op: 'GETREGS', pid: root.pid });
     // Pipes are created where pipe2 puts them in a fresh stub (fds 3 and 4): the stub must have 0-2 open, nothing else.
     const stubFds = (await agent.call({ op: 'LISTDIR', path: `/proc/${root.pid}/fd` })).map(Number).sort((a, b) => a - b);
-    if (pipes.length + socketpairs.length > 0 && stubFds.join(' ') !== '0 1 2') throw new PlanError(`the root's stub has fds ${stubFds.join(' ')} open, not 0-2: its pipe2 and socketpair would not return fds 3 and 4`);
-    const stub: StubFacts = { scratch: (regs.rsp - 4096n) & ~0xfn, rip: regs.rip, word: await agent.call({ op: 'READ_MEM', pid: root.pid, address: regs.rip, length: 8 }) };
+    if (pipes.length + socketpairs.length > 0 && stubFds.join(' ') !== '0 1 2')
+      throw new PlanError(`the root's stub has fds ${stubFds.join(' ')} open, not 0-2: its pipe2 and socketpair would not return fds 3 and 4`);
+    const stub: StubFacts = {
+      scratch: (regs.rsp - 4096n) & ~0xfn,
+      rip: regs.rip,
+      word: await agent.call({ op: 'READ_MEM', pid: root.pid, address: regs.rip, length: 8 }),
+    };
     const skeleton = skeletonSteps(actions, stub);
     for (const a of actions) if (a.kind === 'clone') created.push(a.pid);
     const results = await agent.batch(skeleton.map((s) => s.op));
@@ -221,7 +325,9 @@ export async function restoreTree(agent: AgentClient, tree: ProcessTree, options
       checkSteps(skeleton, results);
     } catch (error) {
       if (error instanceof RestoreStepError && results.some((r) => !r.ok && r.errno === EEXIST)) {
-        throw new PidInUseError(`cannot restore the tree: ${error.message} (a pid of the tree is in use: is the original still alive?)`, { step: error.message });
+        throw new PidInUseError(`cannot restore the tree: ${error.message} (a pid of the tree is in use: is the original still alive?)`, {
+          step: error.message,
+        });
       }
       throw error;
     }
@@ -237,7 +343,12 @@ export async function restoreTree(agent: AgentClient, tree: ProcessTree, options
   } catch (error) {
     const killed: string[] = [];
     for (const pid of created) {
-      killed.push(await agent.call({ op: 'KILL', pid }).then(() => `pid ${pid} killed`, (e: unknown) => `pid ${pid}: ${(e as Error).message}`));
+      killed.push(
+        await agent.call({ op: 'KILL', pid }).then(
+          () => `pid ${pid} killed`,
+          (e: unknown) => `pid ${pid}: ${(e as Error).message}`,
+        ),
+      );
     }
     if (error instanceof CrhError) error.details.target = killed.join('; ');
     throw error;
@@ -334,4 +445,3 @@ async function readBackSocketpairs(agent: AgentClient, pairs: readonly TreeSocke
 export async function releaseDescendants(agent: AgentClient, tree: ProcessTree): Promise<void> {
   for (const m of tree.members.slice(1)) await agent.call({ op: 'RELEASE', pid: m.pid });
 }
-

@@ -93,10 +93,11 @@ export function parseUnixDiag(reply: Buffer): UnixDiag | { errno: number } {
   if (reply.length < 16) throw new CheckpointError(`sock_diag answered ${reply.length} bytes`, { state: 'socket' });
   const type = reply.readUInt16LE(4);
   if (type === NLMSG_ERROR) return { errno: -reply.readInt32LE(16) };
-  if (type !== SOCK_DIAG_BY_FAMILY || reply.length < 32) throw new CheckpointError(`sock_diag answered message type ${type} (${reply.length} bytes)`, { state: 'socket' });
+  if (type !== SOCK_DIAG_BY_FAMILY || reply.length < 32)
+    throw new CheckpointError(`sock_diag answered message type ${type} (${reply.length} bytes)`, { state: 'socket' });
   const end = Math.min(reply.readUInt32LE(0), reply.length);
   const diag: UnixDiag = { inode: reply.readUInt32LE(20), type: reply.readUInt8(17), peer: 0, named: false, shutdown: 0 };
-  for (let at = 32; at + 4 <= end; ) {
+  for (let at = 32; at + 4 <= end;) {
     const len = reply.readUInt16LE(at);
     const attr = reply.readUInt16LE(at + 2);
     if (len < 4) break;
@@ -138,52 +139,57 @@ async function peekQueue(agent: AgentClient, inode: number, end: SocketEnd, dgra
   const refuse = (why: string): never => {
     throw new CheckpointError(`socket:[${inode}] (pid ${pid} fd ${fd}): ${why}`, { state: 'socketpair', target: `socket:[${inode}]` });
   };
-  return withScratchPage(agent, pid, async (scratch) => {
-    const call = async (nr: number, args: bigint[], what: string): Promise<bigint> => {
-      const r = await agent.call({ op: 'INJECT_SYSCALL', pid, nr, args });
-      if (failed(r)) throw new AgentError(`${what} on fd ${fd} of pid ${pid}: errno ${-r}`, 'INJECT_SYSCALL', Number(-r));
-      return r;
-    };
-    const data = scratch + 4096n;
-    // The holder's own peek offset, put back after (-1: none).
-    await agent.call({ op: 'WRITE_MEM', pid, address: scratch + 8n, data: Buffer.from([4, 0, 0, 0]) });
-    await call(NR.getsockopt, [BigInt(fd), SOL_SOCKET, SO_PEEK_OFF, scratch, scratch + 8n], 'getsockopt(SO_PEEK_OFF)');
-    const own = (await agent.call({ op: 'READ_MEM', pid, address: scratch, length: 4 })).readInt32LE(0);
-    await agent.call({ op: 'WRITE_MEM', pid, address: scratch + 16n, data: Buffer.alloc(4) });
-    await call(NR.setsockopt, [BigInt(fd), SOL_SOCKET, SO_PEEK_OFF, scratch + 16n, 4n], 'setsockopt(SO_PEEK_OFF, 0)');
-    const queued: Buffer[] = [];
-    let total = 0;
-    try {
-      // struct iovec at +128, struct msghdr at +64 (msg_flags at +48 of it).
-      const iov = Buffer.alloc(16);
-      iov.writeBigUInt64LE(data, 0);
-      iov.writeBigUInt64LE(BigInt(MAX_QUEUED_BYTES + 1), 8);
-      await agent.call({ op: 'WRITE_MEM', pid, address: scratch + 128n, data: iov });
-      for (;;) {
-        const msg = Buffer.alloc(56);
-        msg.writeBigUInt64LE(scratch + 128n, 16);
-        msg.writeBigUInt64LE(1n, 24);
-        await agent.call({ op: 'WRITE_MEM', pid, address: scratch + 64n, data: msg });
-        const n = await agent.call({ op: 'INJECT_SYSCALL', pid, nr: NR.recvmsg, args: [BigInt(fd), scratch + 64n, MSG_PEEK | MSG_DONTWAIT] });
-        if (n === -EAGAIN) break;
-        if (failed(n)) throw new AgentError(`recvmsg(MSG_PEEK) on fd ${fd} of pid ${pid}: errno ${-n}`, 'INJECT_SYSCALL', Number(-n));
-        if (n === 0n) {
-          if (dgram) refuse('a zero-length datagram is queued (a peek cannot move past it)');
-          break; // a stream at its end: the peer shut down (refused by the caller)
+  return withScratchPage(
+    agent,
+    pid,
+    async (scratch) => {
+      const call = async (nr: number, args: bigint[], what: string): Promise<bigint> => {
+        const r = await agent.call({ op: 'INJECT_SYSCALL', pid, nr, args });
+        if (failed(r)) throw new AgentError(`${what} on fd ${fd} of pid ${pid}: errno ${-r}`, 'INJECT_SYSCALL', Number(-r));
+        return r;
+      };
+      const data = scratch + 4096n;
+      // The holder's own peek offset, put back after (-1: none).
+      await agent.call({ op: 'WRITE_MEM', pid, address: scratch + 8n, data: Buffer.from([4, 0, 0, 0]) });
+      await call(NR.getsockopt, [BigInt(fd), SOL_SOCKET, SO_PEEK_OFF, scratch, scratch + 8n], 'getsockopt(SO_PEEK_OFF)');
+      const own = (await agent.call({ op: 'READ_MEM', pid, address: scratch, length: 4 })).readInt32LE(0);
+      await agent.call({ op: 'WRITE_MEM', pid, address: scratch + 16n, data: Buffer.alloc(4) });
+      await call(NR.setsockopt, [BigInt(fd), SOL_SOCKET, SO_PEEK_OFF, scratch + 16n, 4n], 'setsockopt(SO_PEEK_OFF, 0)');
+      const queued: Buffer[] = [];
+      let total = 0;
+      try {
+        // struct iovec at +128, struct msghdr at +64 (msg_flags at +48 of it).
+        const iov = Buffer.alloc(16);
+        iov.writeBigUInt64LE(data, 0);
+        iov.writeBigUInt64LE(BigInt(MAX_QUEUED_BYTES + 1), 8);
+        await agent.call({ op: 'WRITE_MEM', pid, address: scratch + 128n, data: iov });
+        for (;;) {
+          const msg = Buffer.alloc(56);
+          msg.writeBigUInt64LE(scratch + 128n, 16);
+          msg.writeBigUInt64LE(1n, 24);
+          await agent.call({ op: 'WRITE_MEM', pid, address: scratch + 64n, data: msg });
+          const n = await agent.call({ op: 'INJECT_SYSCALL', pid, nr: NR.recvmsg, args: [BigInt(fd), scratch + 64n, MSG_PEEK | MSG_DONTWAIT] });
+          if (n === -EAGAIN) break;
+          if (failed(n)) throw new AgentError(`recvmsg(MSG_PEEK) on fd ${fd} of pid ${pid}: errno ${-n}`, 'INJECT_SYSCALL', Number(-n));
+          if (n === 0n) {
+            if (dgram) refuse('a zero-length datagram is queued (a peek cannot move past it)');
+            break; // a stream at its end: the peer shut down (refused by the caller)
+          }
+          const flags = (await agent.call({ op: 'READ_MEM', pid, address: scratch + 64n + 48n, length: 4 })).readInt32LE(0);
+          if (flags & MSG_CTRUNC) refuse('control messages are in flight (SCM_RIGHTS or credentials), which an image does not hold');
+          if (flags & MSG_TRUNC) refuse(`a datagram longer than the ${MAX_QUEUED_BYTES} bytes an image holds is queued`);
+          total += Number(n);
+          if (total > MAX_QUEUED_BYTES) refuse(`more than the ${MAX_QUEUED_BYTES} queued bytes an image holds`);
+          queued.push(await agent.call({ op: 'READ_MEM', pid, address: data, length: Number(n) }));
         }
-        const flags = (await agent.call({ op: 'READ_MEM', pid, address: scratch + 64n + 48n, length: 4 })).readInt32LE(0);
-        if (flags & MSG_CTRUNC) refuse('control messages are in flight (SCM_RIGHTS or credentials), which an image does not hold');
-        if (flags & MSG_TRUNC) refuse(`a datagram longer than the ${MAX_QUEUED_BYTES} bytes an image holds is queued`);
-        total += Number(n);
-        if (total > MAX_QUEUED_BYTES) refuse(`more than the ${MAX_QUEUED_BYTES} queued bytes an image holds`);
-        queued.push(await agent.call({ op: 'READ_MEM', pid, address: data, length: Number(n) }));
+      } finally {
+        await agent.call({ op: 'WRITE_MEM', pid, address: scratch + 16n, data: Buffer.from(Uint32Array.of(own >>> 0).buffer) });
+        await agent.call({ op: 'INJECT_SYSCALL', pid, nr: NR.setsockopt, args: [BigInt(fd), SOL_SOCKET, SO_PEEK_OFF, scratch + 16n, 4n] });
       }
-    } finally {
-      await agent.call({ op: 'WRITE_MEM', pid, address: scratch + 16n, data: Buffer.from(Uint32Array.of(own >>> 0).buffer) });
-      await agent.call({ op: 'INJECT_SYSCALL', pid, nr: NR.setsockopt, args: [BigInt(fd), SOL_SOCKET, SO_PEEK_OFF, scratch + 16n, 4n] });
-    }
-    return dgram ? queued : queued.length > 0 ? [Buffer.concat(queued)] : [];
-  }, 4096 + MAX_QUEUED_BYTES + 1);
+      return dgram ? queued : queued.length > 0 ? [Buffer.concat(queued)] : [];
+    },
+    4096 + MAX_QUEUED_BYTES + 1,
+  );
 }
 
 /** Every socket the processes `pids` hold (all stopped): socketpairs of the tree, with their queues, or a refusal naming the socket. */
@@ -206,19 +212,30 @@ export async function captureSocketpairs(agent: AgentClient, pids: readonly numb
   for (const [inode, s] of byInode) {
     if (done.has(inode)) continue;
     const refuse = (why: string): never => {
-      throw new CheckpointError(`socket:[${inode}] (${s.ends.map((e) => `pid ${e.pid} fd ${e.fd}`).join(', ')}): ${why}`, { state: 'socket', target: `socket:[${inode}]` });
+      throw new CheckpointError(`socket:[${inode}] (${s.ends.map((e) => `pid ${e.pid} fd ${e.fd}`).join(', ')}): ${why}`, {
+        state: 'socket',
+        target: `socket:[${inode}]`,
+      });
     };
     const d = diags.get(inode)!;
-    if ('errno' in d) return refuse(`sock_diag knows no unix socket with this inode (errno ${d.errno}): not a unix socket — only unix socketpairs are restored — or a kernel without unix_diag (CONFIG_UNIX_DIAG), which pairing the sockets needs`);
-    const type = SOCK_TYPE[d.type as keyof typeof SOCK_TYPE] ?? refuse(`a unix socket of type ${d.type}: only SOCK_STREAM and SOCK_DGRAM socketpairs are restored`);
+    if ('errno' in d)
+      return refuse(
+        `sock_diag knows no unix socket with this inode (errno ${d.errno}): not a unix socket — only unix socketpairs are restored — or a kernel without unix_diag (CONFIG_UNIX_DIAG), which pairing the sockets needs`,
+      );
+    const type =
+      SOCK_TYPE[d.type as keyof typeof SOCK_TYPE] ?? refuse(`a unix socket of type ${d.type}: only SOCK_STREAM and SOCK_DGRAM socketpairs are restored`);
     if (d.named) refuse('bound to a name: only unnamed socketpairs are restored');
     if (d.shutdown !== 0) refuse(`shut down (${d.shutdown}): only open socketpairs are restored`);
     const peer = byInode.get(d.peer);
     const peerDiag = diags.get(d.peer);
-    if (!peer || !peerDiag || 'errno' in peerDiag) return refuse(`its peer ${d.peer ? `socket:[${d.peer}]` : '(none: closed or never connected)'} is not held in the tree`);
+    if (!peer || !peerDiag || 'errno' in peerDiag)
+      return refuse(`its peer ${d.peer ? `socket:[${d.peer}]` : '(none: closed or never connected)'} is not held in the tree`);
     if (peerDiag.peer !== inode || peerDiag.shutdown !== 0) refuse(`its peer socket:[${d.peer}] is not connected back to it (or shut down): not a socketpair`);
     for (const side of [s, peer]) if (new Set(side.ends.map((e) => e.nonblock)).size > 1) refuse('one of its sockets is open with and without O_NONBLOCK');
-    const queued: [Buffer[], Buffer[]] = [await peekQueue(agent, inode, s.ends[0]!, type === 'dgram'), await peekQueue(agent, d.peer, peer.ends[0]!, type === 'dgram')];
+    const queued: [Buffer[], Buffer[]] = [
+      await peekQueue(agent, inode, s.ends[0]!, type === 'dgram'),
+      await peekQueue(agent, d.peer, peer.ends[0]!, type === 'dgram'),
+    ];
     pairs.push({ type, inodes: [inode, d.peer], ends: [s.ends, peer.ends], queued });
     done.add(inode).add(d.peer);
   }
@@ -229,7 +246,10 @@ export async function captureSocketpairs(agent: AgentClient, pids: readonly numb
 export function socketpairCreator(members: readonly TreeMember[], pair: TreeSocketPair): number {
   const holders = [...new Set(pair.ends.flat().map((e) => e.pid))];
   const creator = holders.find((c) => holders.every((p) => isAncestor(members, c, p)));
-  if (creator === undefined) throw new PlanError(`socketpair socket:[${pair.inodes[0]}]/socket:[${pair.inodes[1]}] is held by ${holders.map((p) => `pid ${p}`).join(', ')}, none an ancestor of the others: it cannot be created once and inherited`);
+  if (creator === undefined)
+    throw new PlanError(
+      `socketpair socket:[${pair.inodes[0]}]/socket:[${pair.inodes[1]}] is held by ${holders.map((p) => `pid ${p}`).join(', ')}, none an ancestor of the others: it cannot be created once and inherited`,
+    );
   return creator;
 }
 
@@ -251,7 +271,15 @@ export function withSocketpairs(actions: readonly TreeAction[], members: readonl
     created.add(pid);
     for (const k of parked.filter((x) => x.creator === pid)) {
       const bytes = k.pair.queued.flat().reduce((n, b) => n + b.length, 0);
-      out.push({ kind: 'socketpair-create', pid, type: k.pair.type, fds: k.fds, nonblock: [k.pair.ends[0][0]!.nonblock, k.pair.ends[1][0]!.nonblock], queued: k.pair.queued, why: `${name(k.pair)} created in pid ${pid}, parked at fds ${k.fds[0]} and ${k.fds[1]}, ${bytes} queued bytes sent again` });
+      out.push({
+        kind: 'socketpair-create',
+        pid,
+        type: k.pair.type,
+        fds: k.fds,
+        nonblock: [k.pair.ends[0][0]!.nonblock, k.pair.ends[1][0]!.nonblock],
+        queued: k.pair.queued,
+        why: `${name(k.pair)} created in pid ${pid}, parked at fds ${k.fds[0]} and ${k.fds[1]}, ${bytes} queued bytes sent again`,
+      });
     }
   };
   for (const a of actions) {
@@ -264,7 +292,14 @@ export function withSocketpairs(actions: readonly TreeAction[], members: readonl
     for (const k of inherited) {
       for (const side of [0, 1] as const) {
         for (const e of k.pair.ends[side].filter((x) => x.pid === m.pid)) {
-          out.push({ kind: 'fd-dup', pid: m.pid, from: k.fds[side], to: e.fd, cloexec: e.cloexec, why: `pid ${m.pid} fd ${e.fd}: socket:[${k.pair.inodes[side]}] of ${name(k.pair)}${e.cloexec ? ' (close-on-exec)' : ''}` });
+          out.push({
+            kind: 'fd-dup',
+            pid: m.pid,
+            from: k.fds[side],
+            to: e.fd,
+            cloexec: e.cloexec,
+            why: `pid ${m.pid} fd ${e.fd}: socket:[${k.pair.inodes[side]}] of ${name(k.pair)}${e.cloexec ? ' (close-on-exec)' : ''}`,
+          });
         }
       }
     }
@@ -279,8 +314,10 @@ export function withSocketpairs(actions: readonly TreeAction[], members: readonl
 export function socketpairsProblem(pairs: readonly TreeSocketPair[], pids: ReadonlySet<number>): { field: string; why: string } | undefined {
   const used = new Set<string>();
   for (const [i, p] of pairs.entries()) {
-    if (p.type !== 'stream' && p.type !== 'dgram') return { field: `socketpairs[${i}].type`, why: `${JSON.stringify(p.type)?.slice(0, 20)} is not stream or dgram` };
-    if (!Array.isArray(p.inodes) || p.inodes.length !== 2 || !p.inodes.every((n) => Number.isInteger(n) && n >= 1)) return { field: `socketpairs[${i}].inodes`, why: 'not two inodes' };
+    if (p.type !== 'stream' && p.type !== 'dgram')
+      return { field: `socketpairs[${i}].type`, why: `${JSON.stringify(p.type)?.slice(0, 20)} is not stream or dgram` };
+    if (!Array.isArray(p.inodes) || p.inodes.length !== 2 || !p.inodes.every((n) => Number.isInteger(n) && n >= 1))
+      return { field: `socketpairs[${i}].inodes`, why: 'not two inodes' };
     const bytes = p.queued.flat().reduce((n, b) => n + b.length, 0);
     if (bytes > 2 * MAX_QUEUED_BYTES) return { field: `socketpairs[${i}].queued`, why: `${bytes} bytes, more than ${2 * MAX_QUEUED_BYTES}` };
     if (p.queued.some((q) => q.length > 4096)) return { field: `socketpairs[${i}].queued`, why: 'more than 4096 datagrams' };

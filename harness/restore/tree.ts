@@ -86,7 +86,15 @@ export type TreeAction =
   | { kind: 'map-shared'; pid: number; start: bigint; end: bigint; why: string }
   | { kind: 'unmap-inherited'; pid: number; start: bigint; end: bigint; why: string }
   | { kind: 'pipe-create'; pid: number; read: number; write: number; nonblockRead: boolean; nonblockWrite: boolean; size: number; queued: Buffer; why: string }
-  | { kind: 'socketpair-create'; pid: number; type: 'stream' | 'dgram'; fds: readonly [number, number]; nonblock: [boolean, boolean]; queued: [Buffer[], Buffer[]]; why: string }
+  | {
+      kind: 'socketpair-create';
+      pid: number;
+      type: 'stream' | 'dgram';
+      fds: readonly [number, number];
+      nonblock: [boolean, boolean];
+      queued: [Buffer[], Buffer[]];
+      why: string;
+    }
   | { kind: 'fd-dup'; pid: number; from: number; to: number; cloexec: boolean; why: string }
   | { kind: 'fd-close'; pid: number; fd: number; why: string };
 
@@ -101,9 +109,11 @@ export function treeShapeProblem(members: readonly TreeMember[]): { field: strin
   const pids = new Set<number>();
   for (const [i, m] of members.entries()) {
     if (!isPid(m.pid)) return { field: `members[${i}].pid`, why: `${m.pid} is not a pid` };
-    for (const key of ['pgid', 'sid'] as const) if (!isPidOrOutside(m[key])) return { field: `members[${i}].${key}`, why: `${m[key]} is not a pid (or 0: led outside the pid namespace)` };
+    for (const key of ['pgid', 'sid'] as const)
+      if (!isPidOrOutside(m[key])) return { field: `members[${i}].${key}`, why: `${m[key]} is not a pid (or 0: led outside the pid namespace)` };
     if (!Number.isInteger(m.ppid) || m.ppid < 0 || m.ppid > 4194304) return { field: `members[${i}].ppid`, why: `${m.ppid} is not a pid` };
-    if (!Number.isInteger(m.exitSignal) || m.exitSignal < 0 || m.exitSignal > 64) return { field: `members[${i}].exitSignal`, why: `${m.exitSignal} is no signal` };
+    if (!Number.isInteger(m.exitSignal) || m.exitSignal < 0 || m.exitSignal > 64)
+      return { field: `members[${i}].exitSignal`, why: `${m.exitSignal} is no signal` };
     if (pids.has(m.pid)) return { field: `members[${i}].pid`, why: `pid ${m.pid} appears twice` };
     pids.add(m.pid);
   }
@@ -111,7 +121,11 @@ export function treeShapeProblem(members: readonly TreeMember[]): { field: strin
   const seen = new Set<number>([members[0]!.pid]);
   for (const [i, m] of members.entries()) {
     if (i === 0) continue;
-    if (!seen.has(m.ppid)) return { field: `members[${i}].ppid`, why: `pid ${m.pid}'s parent ${m.ppid} is ${pids.has(m.ppid) ? 'listed after it' : 'not in the tree (a process reparented to the agent, whose parent exited: not restorable yet)'}` };
+    if (!seen.has(m.ppid))
+      return {
+        field: `members[${i}].ppid`,
+        why: `pid ${m.pid}'s parent ${m.ppid} is ${pids.has(m.ppid) ? 'listed after it' : 'not in the tree (a process reparented to the agent, whose parent exited: not restorable yet)'}`,
+      };
     seen.add(m.pid);
   }
   return undefined;
@@ -144,9 +158,14 @@ export function planTreeSkeleton(members: readonly TreeMember[], shared: readonl
   });
   for (const m of members) {
     const w = wanted(m);
-    if (Number.isNaN(w.sid)) throw new PlanError(`process tree: pid ${m.pid} is in session ${m.sid}, led by no process of the tree and not the root's: it cannot be created again`);
-    if (Number.isNaN(w.pgid)) throw new PlanError(`process tree: pid ${m.pid} is in process group ${m.pgid}, led by no process of the tree and not the root's: it cannot be created again`);
-    if (m.sid === m.pid && m.pgid !== m.pid) throw new PlanError(`process tree: pid ${m.pid} leads session ${m.sid} but is in group ${m.pgid} (a session leader leads its group)`);
+    if (Number.isNaN(w.sid))
+      throw new PlanError(`process tree: pid ${m.pid} is in session ${m.sid}, led by no process of the tree and not the root's: it cannot be created again`);
+    if (Number.isNaN(w.pgid))
+      throw new PlanError(
+        `process tree: pid ${m.pid} is in process group ${m.pgid}, led by no process of the tree and not the root's: it cannot be created again`,
+      );
+    if (m.sid === m.pid && m.pgid !== m.pid)
+      throw new PlanError(`process tree: pid ${m.pid} leads session ${m.sid} but is in group ${m.pgid} (a session leader leads its group)`);
   }
 
   const create = (m: TreeMember, parent: TreeMember | undefined): void => {
@@ -154,17 +173,33 @@ export function planTreeSkeleton(members: readonly TreeMember[], shared: readonl
       actions.push({ kind: 'spawn-root', pid: m.pid, why: `the root, pid ${m.pid}, spawned by the agent` });
       now.set(m.pid, { pgid: m.pgid === m.pid ? OUTSIDE : root.pgid, sid: m.sid === m.pid ? OUTSIDE : root.sid });
     } else {
-      actions.push({ kind: 'clone', parent: parent.pid, pid: m.pid, exitSignal: m.exitSignal, why: `pid ${m.pid}, child of ${parent.pid}: clone3 in its parent with set_tid` });
+      actions.push({
+        kind: 'clone',
+        parent: parent.pid,
+        pid: m.pid,
+        exitSignal: m.exitSignal,
+        why: `pid ${m.pid}, child of ${parent.pid}: clone3 in its parent with set_tid`,
+      });
       now.set(m.pid, { ...now.get(parent.pid)! });
     }
     // Before its children exist: they inherit the session.
     if (m.sid === m.pid) {
-      actions.push({ kind: 'setsid', pid: m.pid, why: `setsid: pid ${m.pid} leads session ${m.sid}${children.has(m.pid) ? ', before its children are created (they inherit it)' : ''}` });
+      actions.push({
+        kind: 'setsid',
+        pid: m.pid,
+        why: `setsid: pid ${m.pid} leads session ${m.sid}${children.has(m.pid) ? ', before its children are created (they inherit it)' : ''}`,
+      });
       now.set(m.pid, { pgid: m.pid, sid: m.pid });
     }
     // Its shared objects before its children exist: they inherit them, and so share them.
     for (const o of shared.filter((x) => x.creator === m.pid)) {
-      actions.push({ kind: 'map-shared', pid: m.pid, start: o.start, end: o.end, why: `map ${o.start.toString(16)}-${o.end.toString(16)} shared anonymous in pid ${m.pid}, before its children are created: one object for ${o.holders.join(' ')} (shmem inode ${o.inode} at checkpoint)` });
+      actions.push({
+        kind: 'map-shared',
+        pid: m.pid,
+        start: o.start,
+        end: o.end,
+        why: `map ${o.start.toString(16)}-${o.end.toString(16)} shared anonymous in pid ${m.pid}, before its children are created: one object for ${o.holders.join(' ')} (shmem inode ${o.inode} at checkpoint)`,
+      });
     }
     for (const c of children.get(m.pid) ?? []) create(c, m);
   };
@@ -180,7 +215,10 @@ export function planTreeSkeleton(members: readonly TreeMember[], shared: readonl
     const state = now.get(m.pid)!;
     if (state.pgid === m.pgid || m.pgid === m.pid) continue;
     const exists = [...now.values()].some((s) => s.pgid === m.pgid && s.sid === state.sid);
-    if (!exists) throw new PlanError(`process tree: pid ${m.pid} is in process group ${m.pgid}, which has no member in its session once the tree is built: setpgid would fail`);
+    if (!exists)
+      throw new PlanError(
+        `process tree: pid ${m.pid} is in process group ${m.pgid}, which has no member in its session once the tree is built: setpgid would fail`,
+      );
     actions.push({ kind: 'setpgid', pid: m.pid, pgid: m.pgid, why: `setpgid(0, ${m.pgid}): pid ${m.pid} joins process group ${m.pgid}` });
     now.set(m.pid, { pgid: m.pgid, sid: state.sid });
   }
@@ -189,14 +227,23 @@ export function planTreeSkeleton(members: readonly TreeMember[], shared: readonl
   for (const o of shared) {
     for (const m of members) {
       if (m.pid === o.creator || o.holders.includes(m.pid) || !isAncestor(members, o.creator, m.pid)) continue;
-      actions.push({ kind: 'unmap-inherited', pid: m.pid, start: o.start, end: o.end, why: `unmap ${o.start.toString(16)}-${o.end.toString(16)} in pid ${m.pid}: inherited from ${o.creator}, not held at checkpoint` });
+      actions.push({
+        kind: 'unmap-inherited',
+        pid: m.pid,
+        start: o.start,
+        end: o.end,
+        why: `unmap ${o.start.toString(16)}-${o.end.toString(16)} in pid ${m.pid}: inherited from ${o.creator}, not held at checkpoint`,
+      });
     }
   }
 
   // What the simulation arrived at must be the image's, process by process.
   for (const m of members) {
     const { sid, pgid } = now.get(m.pid)!;
-    if (sid !== m.sid) throw new PlanError(`process tree: pid ${m.pid} would be in session ${sid}, the image says ${m.sid} (a session is inherited from the parent or created by setsid)`);
+    if (sid !== m.sid)
+      throw new PlanError(
+        `process tree: pid ${m.pid} would be in session ${sid}, the image says ${m.sid} (a session is inherited from the parent or created by setsid)`,
+      );
     if (pgid !== m.pgid) throw new PlanError(`process tree: pid ${m.pid} would be in process group ${pgid}, the image says ${m.pgid}`);
   }
   return actions;
@@ -266,10 +313,15 @@ export function sharedAnonymousObjects(tree: ProcessTree): SharedAnonymous[] {
     if (pids.length < 2) continue;
     const where = held.map((h) => `pid ${h.pid} at ${h.start.toString(16)}-${h.end.toString(16)}`).join(', ');
     if (held.length !== pids.length || held.some((h) => h.start !== held[0]!.start || h.end !== held[0]!.end)) {
-      throw new PlanError(`shared anonymous memory (shmem inode ${inode}) is mapped at different ranges (${where}): only an object every holder maps whole at one range (inherited across fork) is restored as one object`);
+      throw new PlanError(
+        `shared anonymous memory (shmem inode ${inode}) is mapped at different ranges (${where}): only an object every holder maps whole at one range (inherited across fork) is restored as one object`,
+      );
     }
     const creator = pids.find((c) => pids.every((p) => isAncestor(tree.members, c, p)));
-    if (creator === undefined) throw new PlanError(`shared anonymous memory (shmem inode ${inode}) is held by ${where}, none an ancestor of the others: it cannot be created once and inherited`);
+    if (creator === undefined)
+      throw new PlanError(
+        `shared anonymous memory (shmem inode ${inode}) is held by ${where}, none an ancestor of the others: it cannot be created once and inherited`,
+      );
     objects.push({ inode, start: held[0]!.start, end: held[0]!.end, holders: pids, creator });
   }
   return objects;

@@ -87,7 +87,11 @@ export function personalityProblem(pid: number, text: string, agentText: string,
   const spawned = parseInt(agentText.trim(), 16) | (noAslr ? ADDR_NO_RANDOMIZE : 0);
   if (!Number.isInteger(value)) return { state: 'personality', where: `/proc/${pid}/personality`, seen: `unreadable: ${JSON.stringify(text.slice(0, 40))}` };
   if (value === spawned) return undefined;
-  return { state: 'personality', where: `/proc/${pid}/personality`, seen: `0x${value.toString(16)} (${describePersonality(value)}), a restored process gets 0x${spawned.toString(16)} (${describePersonality(spawned)})` };
+  return {
+    state: 'personality',
+    where: `/proc/${pid}/personality`,
+    seen: `0x${value.toString(16)} (${describePersonality(value)}), a restored process gets 0x${spawned.toString(16)} (${describePersonality(spawned)})`,
+  };
 }
 
 /** The kinds of descriptor link (readlink /proc/PID/fd/N) no module captures; undefined when one does. */
@@ -134,7 +138,10 @@ export function fileTypeState(mode: number): string | undefined {
 export function statusProblems(where: string, status: string, agentStatus: string): Uncapturable[] {
   const field = (text: string, name: string): string | undefined => new RegExp(`^${name}:\\s*(.*)$`, 'm').exec(text)?.[1]?.trim();
   const problems: Uncapturable[] = [];
-  for (const [name, state] of [['Seccomp', 'seccomp'], ['NoNewPrivs', 'no_new_privs']] as const) {
+  for (const [name, state] of [
+    ['Seccomp', 'seccomp'],
+    ['NoNewPrivs', 'no_new_privs'],
+  ] as const) {
     const value = field(status, name);
     const agent = field(agentStatus, name);
     if (value !== undefined && value !== agent) problems.push({ state, where, seen: `${name}: ${value}, a restored process gets ${agent ?? 'none'}` });
@@ -145,7 +152,9 @@ export function statusProblems(where: string, status: string, agentStatus: strin
 /** TracerPid: of a process's status, when one of `tids` (the target's threads) traces it. */
 export function tracerProblem(tracee: number, status: string, tids: ReadonlySet<number>): Uncapturable | undefined {
   const tracer = Number(/^TracerPid:\s*(\d+)$/m.exec(status)?.[1] ?? 0);
-  return tids.has(tracer) ? { state: 'ptrace tracee', where: `pid ${tracee}`, seen: `TracerPid: ${tracer} (a restored process is nobody's tracer)` } : undefined;
+  return tids.has(tracer)
+    ? { state: 'ptrace tracee', where: `pid ${tracee}`, seen: `TracerPid: ${tracer} (a restored process is nobody's tracer)` }
+    : undefined;
 }
 
 /** /proc/PID/timers: the POSIX timers timers.ts cannot create again, each named with its id. */
@@ -175,12 +184,25 @@ export function timerfdUncapturable(fd: number, fdinfo: string): Uncapturable | 
 
 /** Something of the target's that must equal the agent's: a namespace, limits, umask, cwd. */
 export function sameAsAgent(state: string, where: string, target: string, agent: string): Uncapturable | undefined {
-  return target === agent ? undefined : { state, where, seen: `${target.trim().split('\n').length > 1 ? 'differs' : target.trim()}, a restored process gets ${agent.trim().split('\n').length > 1 ? "the agent's" : agent.trim()}` };
+  return target === agent
+    ? undefined
+    : {
+        state,
+        where,
+        seen: `${target.trim().split('\n').length > 1 ? 'differs' : target.trim()}, a restored process gets ${agent.trim().split('\n').length > 1 ? "the agent's" : agent.trim()}`,
+      };
 }
 
 /** /proc/PID/limits, one line per resource, whose values differ. */
 export function limitsDiffer(target: string, agent: string): string[] {
-  const lines = (text: string): Map<string, string> => new Map(text.split('\n').slice(1).filter(Boolean).map((l) => [l.slice(0, 26).trim(), l.slice(26).trim().replace(/\s+/g, ' ')]));
+  const lines = (text: string): Map<string, string> =>
+    new Map(
+      text
+        .split('\n')
+        .slice(1)
+        .filter(Boolean)
+        .map((l) => [l.slice(0, 26).trim(), l.slice(26).trim().replace(/\s+/g, ' ')]),
+    );
   const mine = lines(agent);
   return [...lines(target)].filter(([name, value]) => mine.get(name) !== value).map(([name, value]) => `${name} ${value} (agent: ${mine.get(name) ?? 'none'})`);
 }
@@ -233,7 +255,14 @@ export async function findUncapturable(agent: AgentClient, pid: number, noAslr: 
   if (limits.length > 0) found.push({ state: 'resource limits', where: `/proc/${pid}/limits`, seen: limits.join('; ') });
   const umask = (text: string): string => /^Umask:\s*(\S+)$/m.exec(text)?.[1] ?? '?';
   add(sameAsAgent('umask', `/proc/${pid}/status`, umask(await read(`/proc/${pid}/status`)), umask(agentStatus)));
-  add(sameAsAgent('working directory', `/proc/${pid}/cwd`, await agent.call({ op: 'READLINK', path: `/proc/${pid}/cwd` }), await agent.call({ op: 'READLINK', path: '/proc/self/cwd' })));
+  add(
+    sameAsAgent(
+      'working directory',
+      `/proc/${pid}/cwd`,
+      await agent.call({ op: 'READLINK', path: `/proc/${pid}/cwd` }),
+      await agent.call({ op: 'READLINK', path: '/proc/self/cwd' }),
+    ),
+  );
   return found;
 }
 
@@ -247,7 +276,9 @@ export async function findUncapturable(agent: AgentClient, pid: number, noAslr: 
 export async function specialFileProblems(agent: AgentClient, pid: number): Promise<Uncapturable[]> {
   const byPath: Array<{ fd: number; link: string }> = [];
   for (const fd of (await agent.call({ op: 'LISTDIR', path: `/proc/${pid}/fd` })).map(Number).sort((a, b) => a - b)) {
-    const link = await agent.call({ op: 'READLINK', path: `/proc/${pid}/fd/${fd}` }).catch((error: unknown) => (gone(error) ? undefined : Promise.reject(error)));
+    const link = await agent
+      .call({ op: 'READLINK', path: `/proc/${pid}/fd/${fd}` })
+      .catch((error: unknown) => (gone(error) ? undefined : Promise.reject(error)));
     if (link !== undefined && opensByPath(link)) byPath.push({ fd, link });
   }
   if (byPath.length === 0) return [];
@@ -274,7 +305,12 @@ export function uncapturableError(pid: number, found: readonly Uncapturable[]): 
 }
 
 /** Throws uncapturableError when the process holds anything the image cannot. */
-export async function refuseUncapturable(agent: AgentClient, pid: number, noAslr: boolean, { pipesCaptured = false }: { pipesCaptured?: boolean } = {}): Promise<void> {
+export async function refuseUncapturable(
+  agent: AgentClient,
+  pid: number,
+  noAslr: boolean,
+  { pipesCaptured = false }: { pipesCaptured?: boolean } = {},
+): Promise<void> {
   // A tree's checkpoint captures the pipes and socketpairs between its processes itself (tree-pipes.ts,
   // tree-sockets.ts, which refuses every other socket by name).
   const found = (await findUncapturable(agent, pid, noAslr)).filter((u) => !(pipesCaptured && (u.state === 'pipe' || u.state === 'socket')));
@@ -288,5 +324,7 @@ export async function refuseUncapturable(agent: AgentClient, pid: number, noAslr
  * then find nothing, or hang.
  */
 export function zombieProblem(pid: number, ppid: number, state: string): Uncapturable | undefined {
-  return state === 'Z' || state === 'X' ? { state: 'zombie', where: `pid ${pid}`, seen: `state ${state}: exited, not yet waited for by its parent ${ppid}` } : undefined;
+  return state === 'Z' || state === 'X'
+    ? { state: 'zombie', where: `pid ${pid}`, seen: `state ${state}: exited, not yet waited for by its parent ${ppid}` }
+    : undefined;
 }

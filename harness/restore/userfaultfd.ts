@@ -78,7 +78,11 @@ export function parseSmapsRegistrations(smaps: string): Map<bigint, number> {
       continue;
     }
     if (current === undefined || !line.startsWith('VmFlags:')) continue;
-    const mode = line.slice(8).trim().split(/\s+/).reduce((m, flag) => m | (VMFLAG_MODE[flag] ?? 0), 0);
+    const mode = line
+      .slice(8)
+      .trim()
+      .split(/\s+/)
+      .reduce((m, flag) => m | (VMFLAG_MODE[flag] ?? 0), 0);
     modes.set(current, mode);
   }
   return modes;
@@ -86,7 +90,12 @@ export function parseSmapsRegistrations(smaps: string): Map<bigint, number> {
 
 /** A registration as errors and the plan name it. */
 export function describeModes(mode: number): string {
-  return Object.entries(UFFD_MODE).filter(([, bit]) => (mode & bit) !== 0).map(([name]) => name).join('|') || 'none';
+  return (
+    Object.entries(UFFD_MODE)
+      .filter(([, bit]) => (mode & bit) !== 0)
+      .map(([name]) => name)
+      .join('|') || 'none'
+  );
 }
 
 /**
@@ -98,12 +107,20 @@ export function checkRegistrations(pid: number, mappings: ReadonlyArray<Mapping 
   const registered = mappings.filter((m) => m.userfault !== 0);
   if (registered.length === 0) return;
   if (userfaultfds.length !== 1) {
-    throw new CheckpointError(`pid ${pid} has ${registered.length} userfaultfd-registered mapping(s) and ${userfaultfds.length} userfaultfd descriptors: which descriptor owns a range is not visible from outside unless there is exactly one`, { fds: userfaultfds.map((u) => u.fd).join(' ') || 'none' });
+    throw new CheckpointError(
+      `pid ${pid} has ${registered.length} userfaultfd-registered mapping(s) and ${userfaultfds.length} userfaultfd descriptors: which descriptor owns a range is not visible from outside unless there is exactly one`,
+      { fds: userfaultfds.map((u) => u.fd).join(' ') || 'none' },
+    );
   }
   for (const m of registered) {
     const where = `mapping ${hex(m.start)}-${hex(m.end)} ${m.perms} ${m.name || 'anonymous'}`;
-    if (m.userfault !== UFFD_MODE.MISSING) throw new CheckpointError(`${where} is registered ${describeModes(m.userfault)}: only MISSING registrations can be checkpointed (write-protect and minor-fault state is in page tables)`, { mapping: where });
-    if (m.perms[3] !== 'p' || m.name.startsWith('/')) throw new CheckpointError(`${where} is registered with a userfaultfd but is not private anonymous memory`, { mapping: where });
+    if (m.userfault !== UFFD_MODE.MISSING)
+      throw new CheckpointError(
+        `${where} is registered ${describeModes(m.userfault)}: only MISSING registrations can be checkpointed (write-protect and minor-fault state is in page tables)`,
+        { mapping: where },
+      );
+    if (m.perms[3] !== 'p' || m.name.startsWith('/'))
+      throw new CheckpointError(`${where} is registered with a userfaultfd but is not private anonymous memory`, { mapping: where });
   }
 }
 
@@ -113,7 +130,11 @@ export function checkRegistrations(pid: number, mappings: ReadonlyArray<Mapping 
  * means never provided: the held fault's page, and any other the server has
  * not placed.)
  */
-export async function absentRanges(agent: AgentClient, pid: number, ranges: ReadonlyArray<readonly [bigint, bigint]>): Promise<Map<bigint, Array<[bigint, bigint]>>> {
+export async function absentRanges(
+  agent: AgentClient,
+  pid: number,
+  ranges: ReadonlyArray<readonly [bigint, bigint]>,
+): Promise<Map<bigint, Array<[bigint, bigint]>>> {
   const found = new Map<bigint, Array<[bigint, bigint]>>();
   if (ranges.length === 0) return found;
   await withScratchPage(agent, pid, async (scratch) => {
@@ -156,20 +177,34 @@ export function presentSlices(region: Pick<MemoryRegion, 'start' | 'end' | 'abse
  * once the plan's files are restored; `scratch` a free page for the ioctl
  * structures.
  */
-export function userfaultfdSteps(pid: number, userfaultfds: readonly UserfaultfdState[], regions: readonly MemoryRegion[], openFds: readonly number[], scratch: bigint): PlanStep[] {
+export function userfaultfdSteps(
+  pid: number,
+  userfaultfds: readonly UserfaultfdState[],
+  regions: readonly MemoryRegion[],
+  openFds: readonly number[],
+  scratch: bigint,
+): PlanStep[] {
   if (userfaultfds.length === 0) return [];
   const table = new DescriptorTable(openFds);
   const layout = new ScratchLayout(scratch);
   const steps: PlanStep[] = [];
   for (const u of userfaultfds) {
     const got = table.lowestFree();
-    steps.push({ op: { op: 'INJECT_SYSCALL', pid, nr: NR.userfaultfd, args: [BigInt(u.flags & USERFAULTFD_FLAGS)] }, why: `userfaultfd(0o${(u.flags & USERFAULTFD_FLAGS).toString(8)}) for fd ${u.fd}`, expect: BigInt(got) });
+    steps.push({
+      op: { op: 'INJECT_SYSCALL', pid, nr: NR.userfaultfd, args: [BigInt(u.flags & USERFAULTFD_FLAGS)] },
+      why: `userfaultfd(0o${(u.flags & USERFAULTFD_FLAGS).toString(8)}) for fd ${u.fd}`,
+      expect: BigInt(got),
+    });
     steps.push(...table.place(pid, got, u.fd, (u.flags & O_CLOEXEC) !== 0, 'the userfaultfd'));
     if (u.features === null) continue;
     const api = Buffer.alloc(24);
     api.writeBigUInt64LE(UFFD_API, 0);
     api.writeBigUInt64LE(BigInt(u.features), 8);
-    steps.push({ op: { op: 'INJECT_SYSCALL', pid, nr: NR.ioctl, args: [BigInt(u.fd), IOCTL.api, layout.place(api)] }, why: `UFFDIO_API on fd ${u.fd}, features 0x${u.features.toString(16)}`, expect: 0n });
+    steps.push({
+      op: { op: 'INJECT_SYSCALL', pid, nr: NR.ioctl, args: [BigInt(u.fd), IOCTL.api, layout.place(api)] },
+      why: `UFFDIO_API on fd ${u.fd}, features 0x${u.features.toString(16)}`,
+      expect: 0n,
+    });
     for (const r of regions) {
       const mode = r.userfault ?? 0;
       if (mode === 0) continue;
@@ -177,7 +212,11 @@ export function userfaultfdSteps(pid: number, userfaultfds: readonly Userfaultfd
       reg.writeBigUInt64LE(r.start, 0);
       reg.writeBigUInt64LE(r.end - r.start, 8);
       reg.writeBigUInt64LE(BigInt(mode), 16);
-      steps.push({ op: { op: 'INJECT_SYSCALL', pid, nr: NR.ioctl, args: [BigInt(u.fd), IOCTL.register, layout.place(reg)] }, why: `UFFDIO_REGISTER ${hex(r.start)}-${hex(r.end)} ${describeModes(mode)} on fd ${u.fd} (${r.absent?.length ?? 0} absent range(s) left for the server)`, expect: 0n });
+      steps.push({
+        op: { op: 'INJECT_SYSCALL', pid, nr: NR.ioctl, args: [BigInt(u.fd), IOCTL.register, layout.place(reg)] },
+        why: `UFFDIO_REGISTER ${hex(r.start)}-${hex(r.end)} ${describeModes(mode)} on fd ${u.fd} (${r.absent?.length ?? 0} absent range(s) left for the server)`,
+        expect: 0n,
+      });
     }
   }
   return layout.steps(pid, 'uffdio_api and uffdio_register structures', steps);
@@ -192,8 +231,10 @@ export function userfaultfdsProblem(list: readonly UserfaultfdState[], fileFds: 
     if (!Number.isInteger(u.fd) || u.fd < 3 || u.fd > 65535) return { field: `${at}.fd`, why: `${u.fd} is not a descriptor 3-65535` };
     if (seen.has(u.fd) || fileFds.has(u.fd)) return { field: `${at}.fd`, why: `fd ${u.fd} appears twice` };
     seen.add(u.fd);
-    if (!Number.isInteger(u.flags) || (u.flags & ~USERFAULTFD_FLAGS) !== 0) return { field: `${at}.flags`, why: `0o${Number(u.flags).toString(8)} is not a combination of O_CLOEXEC and O_NONBLOCK` };
-    if (u.features !== null && (!Number.isInteger(u.features) || u.features < 0 || u.features > MAX_FEATURES)) return { field: `${at}.features`, why: `${u.features} is not a feature set 0x0-0x${MAX_FEATURES.toString(16)}` };
+    if (!Number.isInteger(u.flags) || (u.flags & ~USERFAULTFD_FLAGS) !== 0)
+      return { field: `${at}.flags`, why: `0o${Number(u.flags).toString(8)} is not a combination of O_CLOEXEC and O_NONBLOCK` };
+    if (u.features !== null && (!Number.isInteger(u.features) || u.features < 0 || u.features > MAX_FEATURES))
+      return { field: `${at}.features`, why: `${u.features} is not a feature set 0x0-0x${MAX_FEATURES.toString(16)}` };
   }
   return undefined;
 }
@@ -203,16 +244,21 @@ export function userfaultfdsProblem(list: readonly UserfaultfdState[], fileFds: 
  * MISSING on private anonymous memory, absent ranges page aligned, sorted,
  * inside the region, and zero in the image (nothing hidden in them).
  */
-export function regionUserfaultProblem(r: Pick<MemoryRegion, 'start' | 'end' | 'perms' | 'file'> & { userfault: number; absent: ReadonlyArray<readonly [bigint, bigint]> }, data: Buffer | undefined): { field: string; why: string } | undefined {
+export function regionUserfaultProblem(
+  r: Pick<MemoryRegion, 'start' | 'end' | 'perms' | 'file'> & { userfault: number; absent: ReadonlyArray<readonly [bigint, bigint]> },
+  data: Buffer | undefined,
+): { field: string; why: string } | undefined {
   if (r.userfault !== 0 && r.userfault !== UFFD_MODE.MISSING) return { field: 'userfault', why: `mode ${r.userfault} (only 0 or 1, MISSING, is restorable)` };
   if (r.userfault !== 0 && (r.file !== null || r.perms[3] !== 'p')) return { field: 'userfault', why: 'only private anonymous memory may be registered' };
   if (r.absent.length > 0 && r.userfault === 0) return { field: 'absent', why: 'absent pages in a region no userfaultfd holds' };
   let cursor = r.start;
   for (const [i, [start, end]] of r.absent.entries()) {
-    if (start % PAGE !== 0n || end % PAGE !== 0n || end <= start) return { field: `absent[${i}]`, why: `${hex(start)}-${hex(end)} is not a non-empty page-aligned range` };
+    if (start % PAGE !== 0n || end % PAGE !== 0n || end <= start)
+      return { field: `absent[${i}]`, why: `${hex(start)}-${hex(end)} is not a non-empty page-aligned range` };
     if (start < cursor || end > r.end) return { field: `absent[${i}]`, why: `${hex(start)}-${hex(end)} is outside the region or out of order` };
     cursor = end;
-    if (data && data.subarray(Number(start - r.start), Number(end - r.start)).some((b) => b !== 0)) return { field: `absent[${i}]`, why: `${hex(start)}-${hex(end)} holds non-zero bytes in the image` };
+    if (data && data.subarray(Number(start - r.start), Number(end - r.start)).some((b) => b !== 0))
+      return { field: `absent[${i}]`, why: `${hex(start)}-${hex(end)} holds non-zero bytes in the image` };
   }
   return undefined;
 }

@@ -17,7 +17,31 @@ import {
   hex,
   type UserRegs,
 } from '../x86/registers.ts';
-import { DEBUG_REG_NAMES, ITIMERS, POSIX_NOTIFY, threadXstateEntry, type CheckpointImage, type DebugRegs, type FileKind, type IntervalTimer, type LdtEntry, type MemoryRegion, type PkeyState, type PlatformFacts, type PosixTimer, type ProcessInfo, type RseqState, type SignalState, type SleepDeadline, type TaskState, type ThreadLinks, type ThreadState, type TimerfdState, type TimerState, type UserfaultfdState } from './image-model.ts';
+import {
+  DEBUG_REG_NAMES,
+  ITIMERS,
+  POSIX_NOTIFY,
+  threadXstateEntry,
+  type CheckpointImage,
+  type DebugRegs,
+  type FileKind,
+  type IntervalTimer,
+  type LdtEntry,
+  type MemoryRegion,
+  type PkeyState,
+  type PlatformFacts,
+  type PosixTimer,
+  type ProcessInfo,
+  type RseqState,
+  type SignalState,
+  type SleepDeadline,
+  type TaskState,
+  type ThreadLinks,
+  type ThreadState,
+  type TimerfdState,
+  type TimerState,
+  type UserfaultfdState,
+} from './image-model.ts';
 import type { UntrustedImage } from './image-tar.ts';
 import { parseMaps } from './proc-maps.ts';
 import { unpackStored } from './stored-pages.ts';
@@ -42,7 +66,8 @@ function reject(entry: string, field: string, why: string): never {
 }
 
 function u64(entry: string, field: string, value: unknown): bigint {
-  if (typeof value !== 'string' || !U64_HEX.test(value)) reject(entry, field, `must be a 64-bit hex string like "0x1f", got ${JSON.stringify(value)?.slice(0, 40)}`);
+  if (typeof value !== 'string' || !U64_HEX.test(value))
+    reject(entry, field, `must be a 64-bit hex string like "0x1f", got ${JSON.stringify(value)?.slice(0, 40)}`);
   return BigInt(value);
 }
 
@@ -94,9 +119,9 @@ export function validateDebugRegs(raw: Record<string, unknown>, entry = 'debugre
     if (!(DEBUG_REG_NAMES as readonly string[]).includes(key)) reject(entry, `${at}${key}`, 'unknown debug register');
   }
   if ((dr.dr7 & DR7_MUST_BE_ZERO) !== 0n) reject(entry, `${at}dr7`, `${hex(dr.dr7)} sets reserved or GD bits`);
-  if ((dr.dr6 >> 32n) !== 0n) reject(entry, `${at}dr6`, `${hex(dr.dr6)} sets bits above 31`);
+  if (dr.dr6 >> 32n !== 0n) reject(entry, `${at}dr6`, `${hex(dr.dr6)} sets bits above 31`);
   for (let i = 0; i < 4; i++) {
-    const name = (["dr0", "dr1", "dr2", "dr3"] as const)[i]!;
+    const name = (['dr0', 'dr1', 'dr2', 'dr3'] as const)[i]!;
     const address = dr[name];
     const enabled = ((dr.dr7 >> BigInt(i * 2)) & 3n) !== 0n;
     if (address >= USER_SPACE_END) reject(entry, `${at}${name}`, `${hex(address)} is not a user-space address`);
@@ -141,7 +166,8 @@ export function validateXstate(data: Buffer, entry = 'xstate.bin', at = ''): voi
   for (let off = XSAVE_LEGACY + 16; off < XSAVE_LEGACY + XSAVE_HEADER; off += 8) {
     if (data.readBigUInt64LE(off) !== 0n) reject(entry, `${at}header.reserved`, `reserved header bytes at ${off} are not zero`);
   }
-  if ((xstateBv & ~xcr0) !== 0n) reject(entry, `${at}xstate_bv`, `0x${xstateBv.toString(16)} has features the CPU did not enable (XCR0 0x${xcr0.toString(16)})`);
+  if ((xstateBv & ~xcr0) !== 0n)
+    reject(entry, `${at}xstate_bv`, `0x${xstateBv.toString(16)} has features the CPU did not enable (XCR0 0x${xcr0.toString(16)})`);
 }
 
 function validateProcess(raw: unknown): ProcessInfo {
@@ -186,7 +212,8 @@ function validateRegions(raw: unknown, entries: Map<string, Buffer>): { regions:
     if (end > USER_SPACE_END) reject('memory.json', `${at}.end`, `${hex(end)} is outside user space`);
     const prev = regions.at(-1);
     if (prev && start < prev.end) reject('memory.json', `${at}.start`, 'regions overlap or are not sorted');
-    if (typeof r.perms !== 'string' || !/^[r-][w-][x-][ps]$/.test(r.perms)) reject('memory.json', `${at}.perms`, `${JSON.stringify(r.perms)} is not perms like "rw-p" (private) or "rw-s" (shared)`);
+    if (typeof r.perms !== 'string' || !/^[r-][w-][x-][ps]$/.test(r.perms))
+      reject('memory.json', `${at}.perms`, `${JSON.stringify(r.perms)} is not perms like "rw-p" (private) or "rw-s" (shared)`);
     if (typeof r.name !== 'string' || r.name.length > 4096 || r.name.includes('\0')) reject('memory.json', `${at}.name`, 'must be a string');
     let file: string | null = null;
     if (r.file !== null) {
@@ -198,7 +225,8 @@ function validateRegions(raw: unknown, entries: Map<string, Buffer>): { regions:
     if (offset % PAGE !== 0n) reject('memory.json', `${at}.offset`, `${hex(offset)} is not page aligned`);
     if (file === null && offset !== 0n) reject('memory.json', `${at}.offset`, `${hex(offset)} for anonymous memory (must be 0x0)`);
     if (offset + (end - start) > MAX_FILE_OFFSET) reject('memory.json', `${at}.offset`, `${hex(offset)} puts the mapping's end past any file offset`);
-    if (typeof r.userfault !== 'number' || !Number.isInteger(r.userfault)) reject('memory.json', `${at}.userfault`, 'must be an integer (0: not registered with a userfaultfd)');
+    if (typeof r.userfault !== 'number' || !Number.isInteger(r.userfault))
+      reject('memory.json', `${at}.userfault`, 'must be an integer (0: not registered with a userfaultfd)');
     if (!Array.isArray(r.absent) || r.absent.length > 1 << 20) reject('memory.json', `${at}.absent`, 'must be a list of [start, end] pairs');
     const absent = (r.absent as unknown[]).map((pair, j): [bigint, bigint] => {
       if (!Array.isArray(pair) || pair.length !== 2) reject('memory.json', `${at}.absent[${j}]`, 'must be a [start, end] pair');
@@ -208,7 +236,7 @@ function validateRegions(raw: unknown, entries: Map<string, Buffer>): { regions:
     const registration = r.userfault === 0 ? {} : { userfault: r.userfault, absent };
     const sharedFile = file !== null && r.perms[3] === 's';
     if (sharedFile) {
-      if (r.entry !== null) reject('memory.json', `${at}.entry`, 'must be null: a shared file mapping\'s contents are the file\'s, never written back');
+      if (r.entry !== null) reject('memory.json', `${at}.entry`, "must be null: a shared file mapping's contents are the file's, never written back");
       if (stored.length > 0) reject('memory.json', `${at}.stored`, 'must be empty: a shared file mapping has no entry');
       const uffd = regionUserfaultProblem({ start, end, perms: r.perms, file, userfault: r.userfault, absent }, undefined);
       if (uffd) reject('memory.json', `${at}.${uffd.field}`, uffd.why);
@@ -255,7 +283,8 @@ function validateStored(raw: unknown, start: bigint, end: bigint, absent: Readon
     const s = u64('memory.json', `${at}.stored[${j}][0]`, pair[0]);
     const e = u64('memory.json', `${at}.stored[${j}][1]`, pair[1]);
     if (s % PAGE !== 0n || e % PAGE !== 0n || e <= s) reject('memory.json', `${at}.stored[${j}]`, `${hex(s)}-${hex(e)} is not a non-empty page-aligned range`);
-    if (s < cursor || e > end) reject('memory.json', `${at}.stored[${j}]`, `${hex(s)}-${hex(e)} is outside the region ${hex(start)}-${hex(end)}, overlaps or is out of order`);
+    if (s < cursor || e > end)
+      reject('memory.json', `${at}.stored[${j}]`, `${hex(s)}-${hex(e)} is outside the region ${hex(start)}-${hex(end)}, overlaps or is out of order`);
     cursor = e;
     const hole = absent.find(([as, ae]) => as < e && s < ae);
     if (hole) reject('memory.json', `${at}.stored[${j}]`, `${hex(s)}-${hex(e)} includes absent pages ${hex(hole[0])}-${hex(hole[1])}`);
@@ -351,14 +380,22 @@ export function validateSignals(raw: unknown, maps: string): SignalState {
   const actions = list(root.actions, 'actions', 64).map((a, i) => {
     const o = obj(a, `actions[${i}]`);
     if (!Number.isInteger(o.signo)) reject(e, `actions[${i}].signo`, 'must be an integer');
-    return { signo: o.signo as number, handler: u64(e, `actions[${i}].handler`, o.handler), flags: u64(e, `actions[${i}].flags`, o.flags), restorer: u64(e, `actions[${i}].restorer`, o.restorer), mask: u64(e, `actions[${i}].mask`, o.mask) };
+    return {
+      signo: o.signo as number,
+      handler: u64(e, `actions[${i}].handler`, o.handler),
+      flags: u64(e, `actions[${i}].flags`, o.flags),
+      restorer: u64(e, `actions[${i}].restorer`, o.restorer),
+      mask: u64(e, `actions[${i}].mask`, o.mask),
+    };
   });
   const ss = obj(root.altstack, 'altstack');
-  if (!Number.isInteger(ss.flags) || (ss.flags as number) < -(2 ** 31) || (ss.flags as number) >= 2 ** 31) reject(e, 'altstack.flags', 'must be a 32-bit integer');
+  if (!Number.isInteger(ss.flags) || (ss.flags as number) < -(2 ** 31) || (ss.flags as number) >= 2 ** 31)
+    reject(e, 'altstack.flags', 'must be a 32-bit integer');
   const pending = obj(root.pending, 'pending');
   const records = (field: 'thread' | 'shared'): Buffer[] =>
     list(pending[field], `pending.${field}`, 4096).map((h, i) => {
-      if (typeof h !== 'string' || h.length !== SIGINFO_BYTES * 2 || !HEX_BYTES.test(h)) reject(e, `pending.${field}[${i}]`, `must be a ${SIGINFO_BYTES}-byte siginfo in hex`);
+      if (typeof h !== 'string' || h.length !== SIGINFO_BYTES * 2 || !HEX_BYTES.test(h))
+        reject(e, `pending.${field}[${i}]`, `must be a ${SIGINFO_BYTES}-byte siginfo in hex`);
       return Buffer.from(h, 'hex');
     });
   const state: SignalState = {
@@ -455,8 +492,10 @@ export function validateThreads(raw: unknown, ctx: ThreadsContext): { links: Thr
     const xstate = ctx.entries.get(entry);
     if (!xstate) reject(entry, '(entry)', `missing (named by threads.json ${at}xstate)`);
     validateXstate(xstate, entry);
-    if (xstate.length !== ctx.xstate.length) reject(entry, '(size)', `${xstate.length} bytes, xstate.bin has ${ctx.xstate.length}: one CPU has one XSAVE layout`);
-    if (xstateFeatures(xstate) !== xstateFeatures(ctx.xstate)) reject(entry, 'xcr0', `${hex(xstateFeatures(xstate))} differs from xstate.bin's ${hex(xstateFeatures(ctx.xstate))}`);
+    if (xstate.length !== ctx.xstate.length)
+      reject(entry, '(size)', `${xstate.length} bytes, xstate.bin has ${ctx.xstate.length}: one CPU has one XSAVE layout`);
+    if (xstateFeatures(xstate) !== xstateFeatures(ctx.xstate))
+      reject(entry, 'xcr0', `${hex(xstateFeatures(xstate))} differs from xstate.bin's ${hex(xstateFeatures(ctx.xstate))}`);
     named.add(entry);
     const rseq = validateRseq(o.rseq, ctx.regions, e, `${at}rseq.`);
     if (rseq) {
@@ -466,11 +505,13 @@ export function validateThreads(raw: unknown, ctx: ThreadsContext): { links: Thr
     }
     const blocked = u64(e, `${at}blocked`, o.blocked);
     const ss = obj(o.altstack, `${at}altstack`);
-    if (!Number.isInteger(ss.flags) || (ss.flags as number) < -(2 ** 31) || (ss.flags as number) >= 2 ** 31) reject(e, `${at}altstack.flags`, 'must be a 32-bit integer');
+    if (!Number.isInteger(ss.flags) || (ss.flags as number) < -(2 ** 31) || (ss.flags as number) >= 2 ** 31)
+      reject(e, `${at}altstack.flags`, 'must be a 32-bit integer');
     const altstack = { sp: u64(e, `${at}altstack.sp`, ss.sp), flags: ss.flags as number, size: u64(e, `${at}altstack.size`, ss.size) };
     if (!Array.isArray(o.pending) || o.pending.length > 4096) reject(e, `${at}pending`, 'must be a list of at most 4096');
     const pending = (o.pending as unknown[]).map((h, j) => {
-      if (typeof h !== 'string' || h.length !== SIGINFO_BYTES * 2 || !HEX_BYTES.test(h)) reject(e, `${at}pending[${j}]`, `must be a ${SIGINFO_BYTES}-byte siginfo in hex`);
+      if (typeof h !== 'string' || h.length !== SIGINFO_BYTES * 2 || !HEX_BYTES.test(h))
+        reject(e, `${at}pending[${j}]`, `must be a ${SIGINFO_BYTES}-byte siginfo in hex`);
       return Buffer.from(h, 'hex');
     });
     const problem = signalStateProblem({ blocked, actions: [], altstack, pending: { thread: pending, shared: [] } }, maps);
@@ -499,7 +540,8 @@ export function validateLdt(raw: unknown): LdtEntry[] {
     const o = item as Record<string, unknown>;
     for (const key of Object.keys(o)) if (!(LDT_ENTRY_KEYS as readonly string[]).includes(key)) reject(e, `${at}.${key}`, 'unknown field');
     const u32 = (field: 'base_addr' | 'limit'): number => {
-      if (typeof o[field] !== 'string' || !U32_HEX.test(o[field] as string)) reject(e, `${at}.${field}`, `must be a 32-bit hex string, got ${JSON.stringify(o[field])?.slice(0, 40)}`);
+      if (typeof o[field] !== 'string' || !U32_HEX.test(o[field] as string))
+        reject(e, `${at}.${field}`, `must be a 32-bit hex string, got ${JSON.stringify(o[field])?.slice(0, 40)}`);
       return Number(o[field]);
     };
     const small = (field: Exclude<(typeof LDT_ENTRY_KEYS)[number], 'base_addr' | 'limit'>): number => {
@@ -507,8 +549,16 @@ export function validateLdt(raw: unknown): LdtEntry[] {
       return o[field] as number;
     };
     return {
-      entry_number: small('entry_number'), base_addr: u32('base_addr'), limit: u32('limit'), seg_32bit: small('seg_32bit'), contents: small('contents'),
-      read_exec_only: small('read_exec_only'), limit_in_pages: small('limit_in_pages'), seg_not_present: small('seg_not_present'), useable: small('useable'), lm: small('lm'),
+      entry_number: small('entry_number'),
+      base_addr: u32('base_addr'),
+      limit: u32('limit'),
+      seg_32bit: small('seg_32bit'),
+      contents: small('contents'),
+      read_exec_only: small('read_exec_only'),
+      limit_in_pages: small('limit_in_pages'),
+      seg_not_present: small('seg_not_present'),
+      useable: small('useable'),
+      lm: small('lm'),
     };
   });
   const problem = ldtProblem(entries);
@@ -524,14 +574,24 @@ export function validateLdt(raw: unknown): LdtEntry[] {
  * from a process. A missing entry is blamed on the register (`entry`, `at`),
  * a not-present one on ldt.json.
  */
-export function ldtSelectorProblem(regs: UserRegs, ldt: readonly LdtEntry[], entry: string, at = ''): { entry: string; field: string; why: string } | undefined {
+export function ldtSelectorProblem(
+  regs: UserRegs,
+  ldt: readonly LdtEntry[],
+  entry: string,
+  at = '',
+): { entry: string; field: string; why: string } | undefined {
   for (const seg of ['ds', 'es', 'fs', 'gs'] as const) {
     const selector = regs[seg];
     if ((selector & 4n) === 0n) continue;
     const index = Number(selector >> 3n);
     const i = ldt.findIndex((e) => e.entry_number === index);
     if (i < 0) return { entry, field: `${at}${seg}`, why: `${hex(selector)} names LDT entry ${index}, which ldt.json does not install` };
-    if (ldt[i]!.seg_not_present) return { entry: 'ldt.json', field: `entries[${i}].seg_not_present`, why: `entry ${index} is marked not present, yet ${entry} ${at}${seg} holds its selector ${hex(selector)}` };
+    if (ldt[i]!.seg_not_present)
+      return {
+        entry: 'ldt.json',
+        field: `entries[${i}].seg_not_present`,
+        why: `entry ${index} is marked not present, yet ${entry} ${at}${seg} holds its selector ${hex(selector)}`,
+      };
   }
   return undefined;
 }
@@ -563,11 +623,13 @@ export function validateTimers(raw: unknown, tids: ReadonlySet<number>, fds: Rea
     return o[key] as number;
   };
   const ns = (o: Record<string, unknown>, at: string, key: string): bigint => {
-    if (typeof o[key] !== 'string' || !DECIMAL.test(o[key] as string)) reject(e, `${at}.${key}`, `must be a decimal string, got ${JSON.stringify(o[key])?.slice(0, 40)}`);
+    if (typeof o[key] !== 'string' || !DECIMAL.test(o[key] as string))
+      reject(e, `${at}.${key}`, `must be a decimal string, got ${JSON.stringify(o[key])?.slice(0, 40)}`);
     return BigInt(o[key] as string);
   };
   const oneOf = <T extends string>(o: Record<string, unknown>, at: string, key: string, names: readonly T[]): T => {
-    if (!(names as readonly unknown[]).includes(o[key])) reject(e, `${at}.${key}`, `must be one of ${names.join(', ')}, got ${JSON.stringify(o[key])?.slice(0, 40)}`);
+    if (!(names as readonly unknown[]).includes(o[key]))
+      reject(e, `${at}.${key}`, `must be one of ${names.join(', ')}, got ${JSON.stringify(o[key])?.slice(0, 40)}`);
     return o[key] as T;
   };
   const root = object(raw, '(root)');
@@ -583,15 +645,29 @@ export function validateTimers(raw: unknown, tids: ReadonlySet<number>, fds: Rea
     const o = object(item, at);
     only(o, at, ['id', 'clock', 'signo', 'sival', 'notify', 'tid', 'overrun', 'valueNs', 'intervalNs']);
     return {
-      id: int(o, at, 'id'), clock: int(o, at, 'clock'), signo: int(o, at, 'signo'), sival: u64(e, `${at}.sival`, o.sival), notify: oneOf(o, at, 'notify', POSIX_NOTIFY),
-      tid: int(o, at, 'tid'), overrun: int(o, at, 'overrun'), valueNs: ns(o, at, 'valueNs'), intervalNs: ns(o, at, 'intervalNs'),
+      id: int(o, at, 'id'),
+      clock: int(o, at, 'clock'),
+      signo: int(o, at, 'signo'),
+      sival: u64(e, `${at}.sival`, o.sival),
+      notify: oneOf(o, at, 'notify', POSIX_NOTIFY),
+      tid: int(o, at, 'tid'),
+      overrun: int(o, at, 'overrun'),
+      valueNs: ns(o, at, 'valueNs'),
+      intervalNs: ns(o, at, 'intervalNs'),
     };
   });
   const timerfds = list(root.timerfds, 'timerfds', 1024).map((item, i): TimerfdState => {
     const at = `timerfds[${i}]`;
     const o = object(item, at);
     only(o, at, ['fd', 'clock', 'flags', 'ticks', 'valueNs', 'intervalNs']);
-    return { fd: int(o, at, 'fd'), clock: int(o, at, 'clock'), flags: int(o, at, 'flags'), ticks: ns(o, at, 'ticks'), valueNs: ns(o, at, 'valueNs'), intervalNs: ns(o, at, 'intervalNs') };
+    return {
+      fd: int(o, at, 'fd'),
+      clock: int(o, at, 'clock'),
+      flags: int(o, at, 'flags'),
+      ticks: ns(o, at, 'ticks'),
+      valueNs: ns(o, at, 'valueNs'),
+      intervalNs: ns(o, at, 'intervalNs'),
+    };
   });
   const state = { itimers, posix, timerfds };
   const problem = timerStateProblem(state, tids, fds);
@@ -619,11 +695,16 @@ export function validateImage(raw: UntrustedImage): CheckpointImage {
   const registered = regions.find((r) => r.userfault);
   const owners = task.userfaultfds ?? [];
   if (registered && (owners.length !== 1 || owners[0]!.features === null)) {
-    reject('task.json', 'userfaultfds', `memory.json registers ${hex(registered.start)}-${hex(registered.end)} with a userfaultfd, so exactly one userfaultfd that went through UFFDIO_API must own it (found ${owners.length}${owners.length === 1 ? ', which never had UFFDIO_API' : ''})`);
+    reject(
+      'task.json',
+      'userfaultfds',
+      `memory.json registers ${hex(registered.start)}-${hex(registered.end)} with a userfaultfd, so exactly one userfaultfd that went through UFFDIO_API must own it (found ${owners.length}${owners.length === 1 ? ', which never had UFFDIO_API' : ''})`,
+    );
   }
   const { links, threads } = validateThreads(raw.threads, { pid: process.pid, xstate: raw.xstate, rseq, regions, maps: raw.maps, entries });
   const ldt = validateLdt(raw.ldt);
-  const unbacked = ldtSelectorProblem(regs, ldt, 'regs.json') ?? threads.map((th, i) => ldtSelectorProblem(th.regs, ldt, 'threads.json', `threads[${i}].regs.`)).find(Boolean);
+  const unbacked =
+    ldtSelectorProblem(regs, ldt, 'regs.json') ?? threads.map((th, i) => ldtSelectorProblem(th.regs, ldt, 'threads.json', `threads[${i}].regs.`)).find(Boolean);
   if (unbacked) reject(unbacked.entry, unbacked.field, unbacked.why);
   const tids = new Set([process.pid, ...threads.map((th) => th.tid)]);
   const fds = new Set([...task.files.map((f) => f.fd), ...(task.userfaultfds ?? []).map((u) => u.fd)]);
@@ -634,5 +715,26 @@ export function validateImage(raw: UntrustedImage): CheckpointImage {
   const dependencies = raw.dependencies === undefined ? undefined : parseDependencies(raw.dependencies);
   // Before version 11 there is no clocks.json (undefined); from 11 on it is required like every other entry.
   const clocks = raw.clocks === undefined ? undefined : parseClocks(raw.clocks);
-  return { created: raw.created, process, platform, regs, debugRegs, rseq, signals, task, links, threads, ldt, timers, sleep, pkeys, ...(dependencies ? { dependencies } : {}), ...(clocks ? { clocks } : {}), xstate: raw.xstate, maps: raw.maps, regions, memory };
+  return {
+    created: raw.created,
+    process,
+    platform,
+    regs,
+    debugRegs,
+    rseq,
+    signals,
+    task,
+    links,
+    threads,
+    ldt,
+    timers,
+    sleep,
+    pkeys,
+    ...(dependencies ? { dependencies } : {}),
+    ...(clocks ? { clocks } : {}),
+    xstate: raw.xstate,
+    maps: raw.maps,
+    regions,
+    memory,
+  };
 }

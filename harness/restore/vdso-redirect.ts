@@ -58,11 +58,18 @@ export function trampolinePage(image: PlatformDependencies, target: PlatformDepe
  * image's threads' instruction pointers: one inside the old vDSO cannot be
  * redirected (PlanError).
  */
-export function vdsoRedirectSteps(pid: number, image: PlatformDependencies, target: PlatformDependencies, rips: readonly bigint[], occupied: readonly Mapping[]): { steps: PlanStep[]; note: string } {
+export function vdsoRedirectSteps(
+  pid: number,
+  image: PlatformDependencies,
+  target: PlatformDependencies,
+  rips: readonly bigint[],
+  occupied: readonly Mapping[],
+): { steps: PlanStep[]; note: string } {
   const special = [...target.vdso.mappings].sort((a, b) => (a.start < b.start ? -1 : 1));
   const oldVdso = image.vdso.mappings.find((m) => m.name === '[vdso]')!;
   const inside = rips.find((rip) => rip >= oldVdso.start && rip < oldVdso.end);
-  if (inside !== undefined) throw new PlanError(`vDSO redirect: the process was stopped inside the checkpoint kernel's vDSO (rip ${hex(inside)}), whose code the target does not have`);
+  if (inside !== undefined)
+    throw new PlanError(`vDSO redirect: the process was stopped inside the checkpoint kernel's vDSO (rip ${hex(inside)}), whose code the target does not have`);
   const low = special[0]!.start;
   const high = special.at(-1)!.end;
   const base = MOVED_CANDIDATES.find((c) => occupied.every((m) => m.end <= c || m.start >= c + (high - low)));
@@ -75,9 +82,15 @@ export function vdsoRedirectSteps(pid: number, image: PlatformDependencies, targ
   }));
   const size = oldVdso.end - oldVdso.start;
   const movedVdso = special.find((m) => m.name === '[vdso]')!.start + delta;
-  steps.push(mapFixedStep(pid, oldVdso.start, size, PROT.READ | PROT.WRITE, 'a page at the old vDSO\'s place for the jumps to the moved one'));
-  steps.push({ op: { op: 'WRITE_MEM', pid, address: oldVdso.start, data: trampolinePage(image, target, Number(size), movedVdso) }, why: 'a jump at each function the process resolved in the old vDSO, int3 elsewhere' });
+  steps.push(mapFixedStep(pid, oldVdso.start, size, PROT.READ | PROT.WRITE, "a page at the old vDSO's place for the jumps to the moved one"));
+  steps.push({
+    op: { op: 'WRITE_MEM', pid, address: oldVdso.start, data: trampolinePage(image, target, Number(size), movedVdso) },
+    why: 'a jump at each function the process resolved in the old vDSO, int3 elsewhere',
+  });
   steps.push(protectStep(pid, oldVdso.start, size, PROT.READ | PROT.EXEC, 'the jumps read-only and executable, as the vDSO was'));
   const functions = Object.keys(image.vdso.symbols).filter((name) => target.vdso.symbols[name] !== undefined).length;
-  return { steps, note: `vDSO redirected: the target kernel's vDSO differs (same layout, other offsets); moved to ${hex(movedVdso)}, ${functions} functions of the old one jump there` };
+  return {
+    steps,
+    note: `vDSO redirected: the target kernel's vDSO differs (same layout, other offsets); moved to ${hex(movedVdso)}, ${functions} functions of the old one jump there`,
+  };
 }

@@ -31,7 +31,11 @@ export function fitXstate(xstate: Buffer, size: number, targetXcr0: bigint | nul
 export function withFittedXstate(image: CheckpointImage, size: number, targetXcr0: bigint | null): { image: CheckpointImage; note?: string } {
   if (image.xstate.length === size && image.threads.every((t) => t.xstate.length === size)) return { image };
   return {
-    image: { ...image, xstate: fitXstate(image.xstate, size, targetXcr0), threads: image.threads.map((t) => ({ ...t, xstate: fitXstate(t.xstate, size, targetXcr0) })) },
+    image: {
+      ...image,
+      xstate: fitXstate(image.xstate, size, targetXcr0),
+      threads: image.threads.map((t) => ({ ...t, xstate: fitXstate(t.xstate, size, targetXcr0) })),
+    },
     note: `xstate fitted to the target's XSAVE layout: ${image.xstate.length} → ${size} bytes (standard format, components in place)`,
   };
 }

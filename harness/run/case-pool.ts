@@ -54,7 +54,11 @@ export async function runCasePool(options: CasePoolOptions, root: string): Promi
       const tapFile = path.join(options.tapDir, `${name.replaceAll('/', '-')}.tap`);
       const started = Date.now();
       options.onEvent({ type: 'start', file, name });
-      const child = spawn(process.execPath, [...(options.nodeArgs ?? ['--import=tsx']), file], { cwd: options.cwd, env: options.env, stdio: ['ignore', 'pipe', 'pipe'] });
+      const child = spawn(process.execPath, [...(options.nodeArgs ?? ['--import=tsx']), file], {
+        cwd: options.cwd,
+        env: options.env,
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
       running.add(child);
       const tap = createWriteStream(tapFile);
       child.stderr!.pipe(createWriteStream(`${tapFile}.stderr`));

@@ -108,10 +108,13 @@ export class SshSession {
     const result = await this.exec(command);
     // A caller of run() parses the whole output; a cut one would be parsed as if complete.
     if (result.code !== 0 || result.truncated) {
-      throw new SshCommandError(`guest command ${result.code === 0 ? `wrote more than ${EXEC_OUTPUT_MAX_BYTES} bytes` : `failed (exit ${result.code ?? result.signal})`}: ${command}`, {
-        stdout: result.stdout,
-        stderr: result.stderr,
-      });
+      throw new SshCommandError(
+        `guest command ${result.code === 0 ? `wrote more than ${EXEC_OUTPUT_MAX_BYTES} bytes` : `failed (exit ${result.code ?? result.signal})`}: ${command}`,
+        {
+          stdout: result.stdout,
+          stderr: result.stderr,
+        },
+      );
     }
     return result.stdout;
   }
@@ -133,7 +136,10 @@ export class SshSession {
       channel.end(data);
     });
     if (code !== 0) {
-      throw new SshCommandError(`upload of ${data.length} bytes to ${guestPath} failed (exit ${code})`, { command, stderr: Buffer.concat(stderr).toString('utf8') });
+      throw new SshCommandError(`upload of ${data.length} bytes to ${guestPath} failed (exit ${code})`, {
+        command,
+        stderr: Buffer.concat(stderr).toString('utf8'),
+      });
     }
   }
 

@@ -150,10 +150,17 @@ export async function criuAtHit(guest: Guest, w: Workload, hit: number, tag: str
   const resumedWith: UserRegs = frame ? { ...restoredRegs, ...frame.saved } : restoredRegs;
   const differences: RestoreWitness['differences'] = [
     ...COMPARED.filter((r) => resumedWith[r] !== regsAtDump[r]).map((r) => ({ what: r, requested: hex(regsAtDump[r]), accepted: hex(resumedWith[r]) })),
-    ...DEBUG_INDICES.filter((i) => debugRestored[i] !== debugAtDump[i]).map((i) => ({ what: `dr${i}`, requested: hex(debugAtDump[i]!), accepted: hex(debugRestored[i]!) })),
+    ...DEBUG_INDICES.filter((i) => debugRestored[i] !== debugAtDump[i]).map((i) => ({
+      what: `dr${i}`,
+      requested: hex(debugAtDump[i]!),
+      accepted: hex(debugRestored[i]!),
+    })),
   ];
   // "requested" is the process's value at the dump, "accepted" what CRIU's restore left: the read-back of a CRIU restore.
-  noteRestore({ tag: `${tag} (criu ${criu.version})${frame ? `, signals ${frame.signals.join(', ')} delivered at the restore: registers read from the innermost frame` : ''}`, differences });
+  noteRestore({
+    tag: `${tag} (criu ${criu.version})${frame ? `, signals ${frame.signals.join(', ')} delivered at the restore: registers read from the innermost frame` : ''}`,
+    differences,
+  });
 
   if (options.rearmDebugRegisters) {
     // DR7 last: it enables an address only once the address is in place.
@@ -162,11 +169,43 @@ export async function criuAtHit(guest: Guest, w: Workload, hit: number, tag: str
   if (options.tamper) await agent.call({ op: 'SETREGS', pid: restoredPid, regs: options.tamper(restoredRegs) });
   if (options.afterRestore) await options.afterRestore(restoredPid);
   const { run, observation } = await runUnderOracle(guest, restoredPid, `${tag} (criu ${criu.version})`, options.watch);
-  return { kind: 'restored', checkpointRun, regsAtDump, restoredRegs, debugAtDump, debugRestored, differences, ...(frame ? { deliveredSignals: frame.signals } : {}), run, observation, output: await readOutput(guest, stdoutPath), handoff };
+  return {
+    kind: 'restored',
+    checkpointRun,
+    regsAtDump,
+    restoredRegs,
+    debugAtDump,
+    debugRestored,
+    differences,
+    ...(frame ? { deliveredSignals: frame.signals } : {}),
+    run,
+    observation,
+    output: await readOutput(guest, stdoutPath),
+    handoff,
+  };
 }
 
 /** struct sigcontext_64's general registers, in its order (arch/x86/include/uapi/asm/sigcontext.h). */
-const SIGCONTEXT_GPRS = ['r8', 'r9', 'r10', 'r11', 'r12', 'r13', 'r14', 'r15', 'rdi', 'rsi', 'rbp', 'rbx', 'rdx', 'rax', 'rcx', 'rsp', 'rip', 'eflags'] as const;
+const SIGCONTEXT_GPRS = [
+  'r8',
+  'r9',
+  'r10',
+  'r11',
+  'r12',
+  'r13',
+  'r14',
+  'r15',
+  'rdi',
+  'rsi',
+  'rbp',
+  'rbx',
+  'rdx',
+  'rax',
+  'rcx',
+  'rsp',
+  'rip',
+  'eflags',
+] as const;
 /** At a handler's entry rsp points at the rt_sigframe: pretcode (8), then the ucontext's uc_flags (8), uc_link (8), uc_stack (24), then uc_mcontext. */
 const SIGCONTEXT_OFFSET = 48n;
 
@@ -183,7 +222,12 @@ const MAX_NESTED_FRAMES = 16;
  * the dumped rip and rsp. Undefined when there is no such chain; the
  * registers are then compared as they are.
  */
-async function deliveredSignalFrame(guest: Guest, pid: number, restored: UserRegs, dumped: UserRegs): Promise<{ signo: number; signals: number[]; saved: Partial<UserRegs> } | undefined> {
+async function deliveredSignalFrame(
+  guest: Guest,
+  pid: number,
+  restored: UserRegs,
+  dumped: UserRegs,
+): Promise<{ signo: number; signals: number[]; saved: Partial<UserRegs> } | undefined> {
   const signals: number[] = [];
   let at: Partial<UserRegs> = restored;
   for (let depth = 0; depth < MAX_NESTED_FRAMES; depth++) {
@@ -191,7 +235,9 @@ async function deliveredSignalFrame(guest: Guest, pid: number, restored: UserReg
     // A handler's entry, as __setup_rt_frame leaves it (arch/x86/kernel/signal.c): rdi = signo, rsi = &info, rdx = &uc = rsp + 8.
     if (at.rdx !== at.rsp! + 8n || at.rdi === undefined || at.rdi < 1n || at.rdi > 64n) return undefined;
     signals.push(Number(at.rdi));
-    const bytes = await guest.agent.call({ op: 'READ_MEM', pid, address: at.rsp! + SIGCONTEXT_OFFSET, length: SIGCONTEXT_GPRS.length * 8 }).catch(() => undefined);
+    const bytes = await guest.agent
+      .call({ op: 'READ_MEM', pid, address: at.rsp! + SIGCONTEXT_OFFSET, length: SIGCONTEXT_GPRS.length * 8 })
+      .catch(() => undefined);
     if (!bytes || bytes.length < SIGCONTEXT_GPRS.length * 8) return undefined;
     at = Object.fromEntries(SIGCONTEXT_GPRS.map((r, i) => [r, bytes.readBigUInt64LE(i * 8)]));
   }
@@ -217,8 +263,32 @@ export function debugRegisterLost(r: Pick<CriuRestored, 'debugAtDump' | 'debugRe
 }
 
 /** The rows a case records for its crh controls under the criu engine: each a SKIP saying the switch does not apply. */
-export function policyRowsNotForCriu(caseName: string, scenario: string, policies: readonly string[]): Array<{ case: string; scenario: string; policy: string; engine: Engine; control: boolean; expected: string; observed: string; pass: boolean; skipped: string }> {
-  return policies.map((policy) => ({ case: caseName, scenario, policy, engine: 'criu' as const, control: true, expected: '-', observed: '-', pass: false, skipped: POLICY_NOT_FOR_CRIU }));
+export function policyRowsNotForCriu(
+  caseName: string,
+  scenario: string,
+  policies: readonly string[],
+): Array<{
+  case: string;
+  scenario: string;
+  policy: string;
+  engine: Engine;
+  control: boolean;
+  expected: string;
+  observed: string;
+  pass: boolean;
+  skipped: string;
+}> {
+  return policies.map((policy) => ({
+    case: caseName,
+    scenario,
+    policy,
+    engine: 'criu' as const,
+    control: true,
+    expected: '-',
+    observed: '-',
+    pass: false,
+    skipped: POLICY_NOT_FOR_CRIU,
+  }));
 }
 
 /** What a case's judge makes of a restored CRIU attempt. */
@@ -268,16 +338,24 @@ export async function runCriuScenario(t: Test, guest: Guest, s: CriuScenario, ta
   const base = { case: s.case, scenario: s.scenario, policy: 'criu defaults', engine: 'criu' as const, control: false, expected: s.expected };
   const a = await criuAtHit(guest, s.workload, s.hit, tag, { watch: s.watch, ...(s.dr7BeforeDump !== undefined ? { dr7BeforeDump: s.dr7BeforeDump } : {}) });
   if (a.kind !== 'restored') {
-    const why = a.kind === 'refused' ? `CRIU ${guest.image.criu?.version}: ${a.reason}` : `the workload ended before stop ${s.hit} (${a.checkpointRun.outcome} ${a.checkpointRun.code})`;
+    const why =
+      a.kind === 'refused'
+        ? `CRIU ${guest.image.criu?.version}: ${a.reason}`
+        : `the workload ended before stop ${s.hit} (${a.checkpointRun.outcome} ${a.checkpointRun.code})`;
     t.fail(`CRIU dumped and restored the process: ${why}`);
     recordRow(t, { ...base, observed: why, pass: false });
     return;
   }
-  t.comment(`CRIU: ${a.handoff.dumpMs} ms dump, ${a.handoff.restoreMs} ms restore, ${a.handoff.imageBytes} bytes of images; debug registers ${lostDebugRegisters(a) || 'as dumped'}${a.deliveredSignals ? `; signals ${a.deliveredSignals.join(', ')}, pending at the dump, delivered at the restore (registers read from the innermost frame)` : ''}`);
+  t.comment(
+    `CRIU: ${a.handoff.dumpMs} ms dump, ${a.handoff.restoreMs} ms restore, ${a.handoff.imageBytes} bytes of images; debug registers ${lostDebugRegisters(a) || 'as dumped'}${a.deliveredSignals ? `; signals ${a.deliveredSignals.join(', ')}, pending at the dump, delivered at the restore (registers read from the innermost frame)` : ''}`,
+  );
   const j = s.judge(a);
   const registers = [...generalRegisterDifferences(a), ...(j.registerDiff ?? [])];
   t.same(registers, [], 'CRIU gave back every general register (ptrace) and the CPU resumed with them (oracle)');
-  t.ok(j.exact || j.gap !== undefined, `resumed exactly, or differs by a known gap alone: ${j.exact ? 'exact' : j.gap ? `the gap (${j.gap.what})` : `neither — ${j.observed}`}`);
+  t.ok(
+    j.exact || j.gap !== undefined,
+    `resumed exactly, or differs by a known gap alone: ${j.exact ? 'exact' : j.gap ? `the gap (${j.gap.what})` : `neither — ${j.observed}`}`,
+  );
   recordRow(t, {
     ...base,
     observed: `${j.observed}${lostDebugRegisters(a) ? `; restored ${lostDebugRegisters(a)}` : ''}`,
@@ -340,7 +418,12 @@ export async function attemptThroughCriu(
     ...(spec.stopMissed ? { stopMissed: spec.stopMissed } : {}),
   });
   if (a.kind === 'refused') return { pass: false, expected: spec.expected, observed: `CRIU ${guest.image.criu?.version}: ${a.reason}` };
-  if (a.kind === 'ended') return { pass: false, expected: spec.expected, observed: `the workload ended before stop ${spec.hit} (${a.checkpointRun.outcome} ${a.checkpointRun.code})` };
+  if (a.kind === 'ended')
+    return {
+      pass: false,
+      expected: spec.expected,
+      observed: `the workload ended before stop ${spec.hit} (${a.checkpointRun.outcome} ${a.checkpointRun.code})`,
+    };
   const j = spec.judge(a);
   const moved = spec.ripMovedTo !== undefined && a.restoredRegs.rip === spec.ripMovedTo && a.regsAtDump.rip !== spec.ripMovedTo;
   const registers = [...generalRegisterDifferences(a).filter((d) => !(moved && d.startsWith('rip:'))), ...(j.registerDiff ?? [])];

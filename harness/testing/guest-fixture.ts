@@ -51,7 +51,14 @@ export async function startGuest(t: Teardownable, caseName: string, options: Gue
     t.teardown(() => {
       for (const engine of engines.filter((e) => e !== 'crh' && !enginesRecorded().has(e))) {
         recordVerdict({
-          case: caseName, scenario: '(every scenario of the case)', policy: '-', engine, control: false, expected: '-', observed: '-', pass: false,
+          case: caseName,
+          scenario: '(every scenario of the case)',
+          policy: '-',
+          engine,
+          control: false,
+          expected: '-',
+          observed: '-',
+          pass: false,
           skipped: `no scenario of this case is handed to ${engine.toUpperCase()} yet (its crh rows ran); cases with CRIU rows: README, "Engines"`,
         });
       }

@@ -67,8 +67,16 @@ export async function runHistoricReport(t: Test, report: HistoricReport, run: Re
       const a = await scenario.attempt(run.fixed, `${slug(scenario.name)}-fixed`);
       t.ok(a.pass, `resumed as the uninterrupted run: ${a.observed} (expected ${a.expected})`);
       recordRow(t, {
-        case: report.id, scenario: `${report.date} ${report.subject}: ${scenario.name}`, policy: describePolicy(run.fixed), control: false,
-        expected: a.expected, observed: a.observed, pass: a.pass, conditions: a.conditions, registerDiff: a.registerDiff, durationMs: Date.now() - started,
+        case: report.id,
+        scenario: `${report.date} ${report.subject}: ${scenario.name}`,
+        policy: describePolicy(run.fixed),
+        control: false,
+        expected: a.expected,
+        observed: a.observed,
+        pass: a.pass,
+        conditions: a.conditions,
+        registerDiff: a.registerDiff,
+        durationMs: Date.now() - started,
       });
     });
     for (const [i, h] of exhibit.historic.entries()) {
@@ -78,8 +86,15 @@ export async function runHistoricReport(t: Test, report: HistoricReport, run: Re
         t.notOk(a.pass, `the historic behaviour is reproduced: ${a.observed} (uninterrupted: ${a.expected})`);
         if (a.registerDiff) t.comment(`register diff:\n${a.registerDiff}`);
         recordRow(t, {
-          case: report.id, scenario: `${report.date} ${report.subject}: ${scenario.name}`, policy: describePolicy(h.policy), control: true,
-          expected: `differs from uninterrupted (${h.shows})`, observed: a.observed, pass: !a.pass, conditions: a.conditions, registerDiff: a.registerDiff,
+          case: report.id,
+          scenario: `${report.date} ${report.subject}: ${scenario.name}`,
+          policy: describePolicy(h.policy),
+          control: true,
+          expected: `differs from uninterrupted (${h.shows})`,
+          observed: a.observed,
+          pass: !a.pass,
+          conditions: a.conditions,
+          registerDiff: a.registerDiff,
           durationMs: Date.now() - started,
         });
       });
@@ -96,26 +111,59 @@ async function criuRows(t: Test, report: HistoricReport, scenario: Scenario, exh
     const started = Date.now();
     if (!criu) {
       t.pass('not handed to CRIU: said as a skip');
-      recordRow(t, { case: report.id, scenario: rowScenario, policy: 'criu defaults', engine: 'criu', control: false, expected: '-', observed: '-', pass: false, skipped: 'this scenario is not handed to CRIU yet (no Scenario.criu)' });
+      recordRow(t, {
+        case: report.id,
+        scenario: rowScenario,
+        policy: 'criu defaults',
+        engine: 'criu',
+        control: false,
+        expected: '-',
+        observed: '-',
+        pass: false,
+        skipped: 'this scenario is not handed to CRIU yet (no Scenario.criu)',
+      });
       return;
     }
     const a = await criu.call(scenario, `${slug(scenario.name)}-criu`);
     t.ok(a.pass || a.gap !== undefined, `resumed as the uninterrupted run, or differs by a known gap alone: ${a.observed} (expected ${a.expected})`);
     if (a.registerDiff) t.comment(`register diff:\n${a.registerDiff}`);
     recordRow(t, {
-      case: report.id, scenario: rowScenario, policy: 'criu defaults', engine: 'criu', control: false,
-      expected: a.expected, observed: a.observed, pass: a.pass, conditions: a.conditions, registerDiff: a.registerDiff, durationMs: Date.now() - started,
+      case: report.id,
+      scenario: rowScenario,
+      policy: 'criu defaults',
+      engine: 'criu',
+      control: false,
+      expected: a.expected,
+      observed: a.observed,
+      pass: a.pass,
+      conditions: a.conditions,
+      registerDiff: a.registerDiff,
+      durationMs: Date.now() - started,
       ...(!a.pass && a.gap ? { engineGap: a.gap } : {}),
     });
   });
   for (const h of exhibit.historic) {
     await t.test(`${scenario.name}: engine criu, ${describePolicy(h.policy)}: ${POLICY_NOT_FOR_CRIU}`, async (t) => {
       t.pass(POLICY_NOT_FOR_CRIU);
-      recordRow(t, { case: report.id, scenario: rowScenario, policy: describePolicy(h.policy), engine: 'criu', control: true, expected: '-', observed: '-', pass: false, skipped: POLICY_NOT_FOR_CRIU });
+      recordRow(t, {
+        case: report.id,
+        scenario: rowScenario,
+        policy: describePolicy(h.policy),
+        engine: 'criu',
+        control: true,
+        expected: '-',
+        observed: '-',
+        pass: false,
+        skipped: POLICY_NOT_FOR_CRIU,
+      });
     });
   }
 }
 
 function slug(text: string): string {
-  return text.toLowerCase().replace(/[^a-z0-9]+/g, '-').replace(/^-|-$/g, '').slice(0, 48);
+  return text
+    .toLowerCase()
+    .replace(/[^a-z0-9]+/g, '-')
+    .replace(/^-|-$/g, '')
+    .slice(0, 48);
 }

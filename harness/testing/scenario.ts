@@ -23,7 +23,6 @@ import { debugRegOffset, hex } from '../x86/registers.ts';
 import { rseqCsPointer } from '../restore/rseq.ts';
 import { CrhError } from '../errors.ts';
 
-
 export const RUN_TIMEOUT_MS = 60_000;
 
 export type Workload = ArmedProgram;
@@ -73,10 +72,17 @@ export interface CheckpointOptions {
 }
 
 /** Runs the workload to its `hit`-th breakpoint hit, checkpoints it there and kills it (unless leaveRunning). */
-export async function checkpointAtHit(guest: Guest, w: Workload, hit: number | { at: bigint }, tag: string, options: CheckpointOptions = {}): Promise<Checkpointed> {
+export async function checkpointAtHit(
+  guest: Guest,
+  w: Workload,
+  hit: number | { at: bigint },
+  tag: string,
+  options: CheckpointOptions = {},
+): Promise<Checkpointed> {
   const { agent } = guest;
   const pid = await spawnArmed(guest, w, `/tmp/${path.basename(w.binary)}-${tag}.original.out`);
-  const run = typeof hit === 'number' ? await agent.call({ op: 'RUN', pid, stopAfterHits: hit, timeoutMs: RUN_TIMEOUT_MS }) : await runToHitAt(guest, pid, hit.at);
+  const run =
+    typeof hit === 'number' ? await agent.call({ op: 'RUN', pid, stopAfterHits: hit, timeoutMs: RUN_TIMEOUT_MS }) : await runToHitAt(guest, pid, hit.at);
   const process: ProcessInfo = { binary: w.binary, argv: w.argv, envp: w.envp ?? [], noAslr: true, pid };
   if (run.outcome !== 'hit-limit') {
     await agent.call({ op: 'KILL', pid }).catch(() => {});
@@ -108,7 +114,13 @@ export async function checkpointAtHit(guest: Guest, w: Workload, hit: number | {
  * misses are returned for the case to report, and after the last the case
  * sees the cleared rseq_cs and fails.
  */
-export async function checkpointRseqArmed(guest: Guest, w: Workload, tag: string, options: CheckpointOptions = {}, tries = 5): Promise<Checkpointed & { misses: string[] }> {
+export async function checkpointRseqArmed(
+  guest: Guest,
+  w: Workload,
+  tag: string,
+  options: CheckpointOptions = {},
+  tries = 5,
+): Promise<Checkpointed & { misses: string[] }> {
   const misses: string[] = [];
   for (let attempt = 1; ; attempt++) {
     const checkpointed = await checkpointAtHit(guest, w, 1, tag, options);
@@ -120,7 +132,12 @@ export async function checkpointRseqArmed(guest: Guest, w: Workload, tag: string
 }
 
 /** Checkpoints a process whose every thread is in a ptrace stop; the image goes to the case's artifacts. */
-export async function checkpointStopped(guest: Guest, process: ProcessInfo, tag: string, options: CheckpointProcessOptions = {}): Promise<{ file: string; image: CheckpointImage }> {
+export async function checkpointStopped(
+  guest: Guest,
+  process: ProcessInfo,
+  tag: string,
+  options: CheckpointProcessOptions = {},
+): Promise<{ file: string; image: CheckpointImage }> {
   const image = await checkpointProcess(guest.agent, process, guest.platform, options);
   const file = path.join(guest.artifactsDir, `checkpoint-${tag}.tar`);
   await writeCheckpointImage(image, file);
@@ -189,7 +206,14 @@ export interface Restored {
  * Reads the image back (validated as any untrusted image), restores it under
  * `policy`, and runs the restored process to its end while the oracle watches.
  */
-export async function restoreAndFinish(guest: Guest, file: string, policy: RestorePolicy, tag: string, watch: Omit<WatchOptions, 'log'>, samePid = true): Promise<Restored & { pid: number }> {
+export async function restoreAndFinish(
+  guest: Guest,
+  file: string,
+  policy: RestorePolicy,
+  tag: string,
+  watch: Omit<WatchOptions, 'log'>,
+  samePid = true,
+): Promise<Restored & { pid: number }> {
   const image = await readCheckpointImage(file);
   const out = `/tmp/${path.basename(image.process.binary)}-${tag}.restored.out`;
   const restored = await restoreWitnessed(guest.agent, image, { policy, stdoutPath: out, samePid }, tag);
@@ -202,7 +226,12 @@ export async function restoreAndFinish(guest: Guest, file: string, policy: Resto
  * watches; every VM stop the oracle services goes to the case's artifacts
  * (oracle-TAG.log) and its counts to the pending restore `tag`.
  */
-export async function runUnderOracle(guest: Guest, pid: number, tag: string, watch: Omit<WatchOptions, 'log'>): Promise<{ run: RunResult; observation: Observation }> {
+export async function runUnderOracle(
+  guest: Guest,
+  pid: number,
+  tag: string,
+  watch: Omit<WatchOptions, 'log'>,
+): Promise<{ run: RunResult; observation: Observation }> {
   const oracleLog = path.join(guest.artifactsDir, `oracle-${tag}.log`);
   writeFileSync(oracleLog, '');
   const log = (line: string): void => appendFileSync(oracleLog, `${new Date().toISOString()} ${line}\n`);
@@ -216,7 +245,8 @@ export async function runUnderOracle(guest: Guest, pid: number, tag: string, wat
 /** The oracle's counts in one line, for the row: "first execution of regcheck:regcheck_resumed reached; 3 #DB at hwbreak:target; 14 VM stops". */
 function oracleCounts(guest: Guest, watch: Omit<WatchOptions, 'log'>, observation: Observation): string {
   const parts: string[] = [];
-  if (watch.firstExecutionAt !== undefined) parts.push(`first execution of ${guest.symbols.symbolize(watch.firstExecutionAt)} ${observation.first ? 'reached' : 'never reached'}`);
+  if (watch.firstExecutionAt !== undefined)
+    parts.push(`first execution of ${guest.symbols.symbolize(watch.firstExecutionAt)} ${observation.first ? 'reached' : 'never reached'}`);
   if (watch.countDebugTrapsAt !== undefined) parts.push(`${observation.debugTraps.length} #DB at ${guest.symbols.symbolize(watch.countDebugTrapsAt)}`);
   parts.push(`${observation.stops} VM stops`);
   return parts.join('; ');

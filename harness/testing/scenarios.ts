@@ -78,7 +78,8 @@ export async function hwbreakScenario(guest: Guest): Promise<Scenario> {
   const reference = await guest.agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
   const referenceOutput = await readOutput(guest, '/tmp/hwbreak-scenario-reference.out');
   const referenceChecksum = checksum(referenceOutput);
-  if (reference.hits.length !== CALLS || !referenceChecksum) throw new Error(`hwbreak reference run: ${reference.hits.length} hits, checksum ${referenceChecksum}`);
+  if (reference.hits.length !== CALLS || !referenceChecksum)
+    throw new Error(`hwbreak reference run: ${reference.hits.length} hits, checksum ${referenceChecksum}`);
   const expected = `${CALLS} hits, ${CALLS - AT} #DB after restore, checksum ${referenceChecksum}`;
   return {
     name: `hw breakpoint, checkpoint at hit ${AT} of ${CALLS} (RF=1)`,
@@ -97,21 +98,28 @@ export async function hwbreakScenario(guest: Guest): Promise<Scenario> {
       };
     },
     criu: (tag) =>
-      attemptThroughCriu(guest, {
-        workload, hit: AT, watch: { countDebugTrapsAt: target }, expected,
-        judge: (a) => {
-          const hits = a.checkpointRun.hits.length + a.run.hits.length;
-          const traps = a.observation.debugTraps.length;
-          const sameResult = checksum(a.output) === referenceChecksum && a.run.outcome === 'exited' && a.run.code === 0;
-          return {
-            observed: `${hits} hits, ${traps} #DB after restore, checksum ${checksum(a.output)}`,
-            exact: hits === CALLS && traps === CALLS - AT && sameResult,
-            // The breakpoint gone with CRIU's restore, and nothing else: no hit and no #DB after it, the same checksum.
-            ...(debugRegisterLost(a, 0) && hits === AT && traps === 0 && sameResult ? { gap: CRIU_GAPS.debugRegisters } : {}),
-            conditions: { 'probes.rfAtHwBreakpointStop': String(guest.profile.probes.rfAtHwBreakpointStop.value) },
-          };
+      attemptThroughCriu(
+        guest,
+        {
+          workload,
+          hit: AT,
+          watch: { countDebugTrapsAt: target },
+          expected,
+          judge: (a) => {
+            const hits = a.checkpointRun.hits.length + a.run.hits.length;
+            const traps = a.observation.debugTraps.length;
+            const sameResult = checksum(a.output) === referenceChecksum && a.run.outcome === 'exited' && a.run.code === 0;
+            return {
+              observed: `${hits} hits, ${traps} #DB after restore, checksum ${checksum(a.output)}`,
+              exact: hits === CALLS && traps === CALLS - AT && sameResult,
+              // The breakpoint gone with CRIU's restore, and nothing else: no hit and no #DB after it, the same checksum.
+              ...(debugRegisterLost(a, 0) && hits === AT && traps === 0 && sameResult ? { gap: CRIU_GAPS.debugRegisters } : {}),
+              conditions: { 'probes.rfAtHwBreakpointStop': String(guest.profile.probes.rfAtHwBreakpointStop.value) },
+            };
+          },
         },
-      }, tag),
+        tag,
+      ),
   };
 }
 
@@ -138,14 +146,25 @@ export async function regcheckScenario(guest: Guest): Promise<Scenario> {
       };
     },
     criu: (tag) =>
-      attemptThroughCriu(guest, {
-        workload, hit: 1, watch: { firstExecutionAt: resumed }, expected,
-        judge: (a) => {
-          const diff = registerDiff(a.observation.first, a.regsAtDump, PATTERNED_GPRS);
-          const verdict = a.run.outcome === 'killed' ? `killed by signal ${a.run.code}` : (a.output.trim().split('\n').at(-1) ?? '');
-          return { observed: `${verdict}; CPU differs in ${diff.length} register(s)`, exact: a.run.outcome === 'exited' && a.run.code === 0 && /^regcheck ok/m.test(a.output) && diff.length === 0, registerDiff: diff };
+      attemptThroughCriu(
+        guest,
+        {
+          workload,
+          hit: 1,
+          watch: { firstExecutionAt: resumed },
+          expected,
+          judge: (a) => {
+            const diff = registerDiff(a.observation.first, a.regsAtDump, PATTERNED_GPRS);
+            const verdict = a.run.outcome === 'killed' ? `killed by signal ${a.run.code}` : (a.output.trim().split('\n').at(-1) ?? '');
+            return {
+              observed: `${verdict}; CPU differs in ${diff.length} register(s)`,
+              exact: a.run.outcome === 'exited' && a.run.code === 0 && /^regcheck ok/m.test(a.output) && diff.length === 0,
+              registerDiff: diff,
+            };
+          },
         },
-      }, tag),
+        tag,
+      ),
   };
 }
 
@@ -176,18 +195,25 @@ export async function watchScenario(guest: Guest): Promise<Scenario> {
       };
     },
     criu: (tag) =>
-      attemptThroughCriu(guest, {
-        workload, hit: AT, watch: { countDebugTrapsAt: trapIp }, expected,
-        judge: (a) => {
-          const traps = a.observation.debugTraps.length;
-          const same = a.output === referenceOutput;
-          return {
-            observed: `${a.checkpointRun.hits.length}+${a.run.hits.length} traps, ${traps} #DB after restore, ${same ? 'same' : 'different'} output`,
-            exact: a.run.hits.length === ROUNDS - AT && traps === ROUNDS - AT && same,
-            ...(debugRegisterLost(a, 1) && a.run.hits.length === 0 && traps === 0 && same ? { gap: CRIU_GAPS.debugRegisters } : {}),
-          };
+      attemptThroughCriu(
+        guest,
+        {
+          workload,
+          hit: AT,
+          watch: { countDebugTrapsAt: trapIp },
+          expected,
+          judge: (a) => {
+            const traps = a.observation.debugTraps.length;
+            const same = a.output === referenceOutput;
+            return {
+              observed: `${a.checkpointRun.hits.length}+${a.run.hits.length} traps, ${traps} #DB after restore, ${same ? 'same' : 'different'} output`,
+              exact: a.run.hits.length === ROUNDS - AT && traps === ROUNDS - AT && same,
+              ...(debugRegisterLost(a, 1) && a.run.hits.length === 0 && traps === 0 && same ? { gap: CRIU_GAPS.debugRegisters } : {}),
+            };
+          },
         },
-      }, tag),
+        tag,
+      ),
   };
 }
 
@@ -213,18 +239,30 @@ export async function rseqInsideScenario(guest: Guest): Promise<Scenario> {
     },
     // CRIU fixes up the IP of a task stopped inside a critical section itself (cr-dump: "fixup thread IP when inside rseq cs").
     criu: (tag) =>
-      attemptThroughCriu(guest, {
-        workload, hit: 1, dr7BeforeDump: 0n, watch: { firstExecutionAt: abortHandler }, expected, ripMovedTo: abortHandler,
-        stopMissed: async (pid) => {
-          const config = await guest.agent.call({ op: 'RSEQ_CONFIG', pid });
-          const rseqCs = (await guest.agent.call({ op: 'READ_MEM', pid, address: rseqCsAddress(config), length: 8 })).readBigUInt64LE(0);
-          return rseqCs === 0n ? 'rseq_cs was already 0 at the stop (the kernel cleared it after a preemption before start_ip)' : undefined;
+      attemptThroughCriu(
+        guest,
+        {
+          workload,
+          hit: 1,
+          dr7BeforeDump: 0n,
+          watch: { firstExecutionAt: abortHandler },
+          expected,
+          ripMovedTo: abortHandler,
+          stopMissed: async (pid) => {
+            const config = await guest.agent.call({ op: 'RSEQ_CONFIG', pid });
+            const rseqCs = (await guest.agent.call({ op: 'READ_MEM', pid, address: rseqCsAddress(config), length: 8 })).readBigUInt64LE(0);
+            return rseqCs === 0n ? 'rseq_cs was already 0 at the stop (the kernel cleared it after a preemption before start_ip)' : undefined;
+          },
+          judge: (a) => {
+            const line = /sum=\d+ aborts=\d+ reregister=\S+/.exec(a.output)?.[0] ?? `no summary (${a.run.outcome} ${a.run.code})`;
+            const ranAbort = a.observation.first !== undefined;
+            return {
+              observed: `${line}; CPU ran the abort handler: ${ranAbort}`,
+              exact: line === `sum=${ITERATIONS} aborts=1 reregister=EBUSY` && ranAbort && a.run.code === 0,
+            };
+          },
         },
-        judge: (a) => {
-          const line = /sum=\d+ aborts=\d+ reregister=\S+/.exec(a.output)?.[0] ?? `no summary (${a.run.outcome} ${a.run.code})`;
-          const ranAbort = a.observation.first !== undefined;
-          return { observed: `${line}; CPU ran the abort handler: ${ranAbort}`, exact: line === `sum=${ITERATIONS} aborts=1 reregister=EBUSY` && ranAbort && a.run.code === 0 };
-        },
-      }, tag),
+        tag,
+      ),
   };
 }

@@ -37,7 +37,8 @@ export async function assertPrivateDir(dir: string): Promise<void> {
   const info = await stat(dir);
   const uid = process.getuid?.();
   if (!info.isDirectory()) throw new InfraError(`cache ${dir} is not a directory`);
-  if (uid !== undefined && info.uid !== uid) throw new InfraError(`refusing cache ${dir}: owned by uid ${info.uid}, not ${uid}`, { hint: 'set CRH_CACHE_DIR to a directory of your own' });
+  if (uid !== undefined && info.uid !== uid)
+    throw new InfraError(`refusing cache ${dir}: owned by uid ${info.uid}, not ${uid}`, { hint: 'set CRH_CACHE_DIR to a directory of your own' });
   if ((info.mode & 0o077) !== 0) await chmod(dir, 0o700);
 }
 

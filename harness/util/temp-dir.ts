@@ -18,9 +18,13 @@ const created = new Map<string, () => void>(); // dir -> unregister its cleanup
  * for what must live in memory), removed on SIGINT/SIGTERM if still there.
  */
 export async function makeTempDir(prefix: string, base: string = tmpdir()): Promise<string> {
-  if (prefix.includes('/') || !prefix.startsWith('crh-')) throw new CrhError(`temporary directory prefix must start with crh- and name no directory: ${prefix}`);
+  if (prefix.includes('/') || !prefix.startsWith('crh-'))
+    throw new CrhError(`temporary directory prefix must start with crh- and name no directory: ${prefix}`);
   const dir = await mkdtemp(path.join(base, prefix));
-  created.set(dir, onCleanup(`temporary directory ${dir}`, () => rmSync(dir, { recursive: true, force: true })));
+  created.set(
+    dir,
+    onCleanup(`temporary directory ${dir}`, () => rmSync(dir, { recursive: true, force: true })),
+  );
   return dir;
 }
 

@@ -6,9 +6,33 @@
 
 /** Field order of struct user_regs_struct: 27 unsigned 64-bit values. */
 export const USER_REGS_FIELDS = [
-  'r15', 'r14', 'r13', 'r12', 'rbp', 'rbx', 'r11', 'r10', 'r9', 'r8',
-  'rax', 'rcx', 'rdx', 'rsi', 'rdi', 'orig_rax', 'rip', 'cs', 'eflags', 'rsp',
-  'ss', 'fs_base', 'gs_base', 'ds', 'es', 'fs', 'gs',
+  'r15',
+  'r14',
+  'r13',
+  'r12',
+  'rbp',
+  'rbx',
+  'r11',
+  'r10',
+  'r9',
+  'r8',
+  'rax',
+  'rcx',
+  'rdx',
+  'rsi',
+  'rdi',
+  'orig_rax',
+  'rip',
+  'cs',
+  'eflags',
+  'rsp',
+  'ss',
+  'fs_base',
+  'gs_base',
+  'ds',
+  'es',
+  'fs',
+  'gs',
 ] as const;
 
 export type UserRegName = (typeof USER_REGS_FIELDS)[number];
@@ -64,8 +88,7 @@ export const EFLAGS = {
  * exactly IF | bit 1.
  */
 export const EFLAGS_USER_CHANGEABLE =
-  EFLAGS.CF | EFLAGS.PF | EFLAGS.AF | EFLAGS.ZF | EFLAGS.SF | EFLAGS.TF |
-  EFLAGS.DF | EFLAGS.OF | EFLAGS.NT | EFLAGS.AC | EFLAGS.ID | EFLAGS.RF;
+  EFLAGS.CF | EFLAGS.PF | EFLAGS.AF | EFLAGS.ZF | EFLAGS.SF | EFLAGS.TF | EFLAGS.DF | EFLAGS.OF | EFLAGS.NT | EFLAGS.AC | EFLAGS.ID | EFLAGS.RF;
 
 export const EFLAGS_REQUIRED_FIXED = EFLAGS.IF | EFLAGS.FIXED1;
 

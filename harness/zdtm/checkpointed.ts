@@ -79,7 +79,8 @@ export async function checkpointedZdtmRun(ctx: ZdtmRunContext, launch: ZdtmLaunc
   const { agent } = ctx;
   // Where the restored test runs: this guest, or the restore guest of a move (from its first restore on).
   const there = ctx.elsewhere?.agent ?? agent;
-  if (ctx.elsewhere && ctx.cycles > 1) throw new UsageError('a restore in another guest moves the test once: --iters goes without --restore-cpu and --restore-kernel');
+  if (ctx.elsewhere && ctx.cycles > 1)
+    throw new UsageError('a restore in another guest moves the test once: --iters goes without --restore-cpu and --restore-kernel');
   const cycles: CycleTiming[] = [];
   await ctx.phase('launch', launcherArgv(launch).join(' '));
   const launcher = await agent.call({ op: 'SPAWN', path: launch.binary, argv: launcherArgv(launch), envp: [], stdoutPath: launch.launcherOut, noAslr: true });
@@ -103,14 +104,25 @@ export async function checkpointedZdtmRun(ctx: ZdtmRunContext, launch: ZdtmLaunc
     let restoredPid: number;
     let timing: CycleTiming;
     try {
-      const checkpoint = await checkpointDaemon(agent, { binary: launch.binary, argv: launcherArgv(launch), envp: [], noAslr: true, pid: current }, ctx.platform);
+      const checkpoint = await checkpointDaemon(
+        agent,
+        { binary: launch.binary, argv: launcherArgv(launch), envp: [], noAslr: true, pid: current },
+        ctx.platform,
+      );
       const imageBytes = await writeDaemonImage(checkpoint, ctx.imageFile);
       const checkpointMs = Date.now() - started;
       for (const m of checkpoint.tree.members) await agent.call({ op: 'KILL', pid: m.pid });
       if (ctx.elsewhere) await ctx.elsewhere.carry([...checkpoint.stdio.values()].flat().flatMap((f) => (f.path ? [f.path] : [])));
-      await ctx.phase('restore', `${tag}${describeTreeShape(checkpoint.tree)}, ${checkpoint.tree.members[0]!.image.regions.length} memory regions in the root${ctx.elsewhere ? ', in the restore guest' : ''}`);
+      await ctx.phase(
+        'restore',
+        `${tag}${describeTreeShape(checkpoint.tree)}, ${checkpoint.tree.members[0]!.image.regions.length} memory regions in the root${ctx.elsewhere ? ', in the restore guest' : ''}`,
+      );
       const restoreStarted = Date.now();
-      const restored = await restoreDaemon(there, checkpoint, { policy: ctx.policy, stdoutPath: `${ctx.outDir}/restored-${cycle}.out`, ...(ctx.elsewhere?.anyway ? { dependencies: 'try' as const } : {}) });
+      const restored = await restoreDaemon(there, checkpoint, {
+        policy: ctx.policy,
+        stdoutPath: `${ctx.outDir}/restored-${cycle}.out`,
+        ...(ctx.elsewhere?.anyway ? { dependencies: 'try' as const } : {}),
+      });
       if (restored.dependencyNotes.length > 0) await ctx.phase('restored', restored.dependencyNotes.join('; '));
       restoredPid = restored.pid;
       timing = { checkpointMs, imageBytes, restoreMs: Date.now() - restoreStarted, processes: restored.pids.length };
@@ -128,11 +140,10 @@ export async function checkpointedZdtmRun(ctx: ZdtmRunContext, launch: ZdtmLaunc
   await ctx.phase('SIGTERM', `pid ${current}`);
   await there.call({ op: 'SIGNAL', pid: current, signo: SIGTERM });
   const end = await runToEnd(there, current, ctx.timeoutMs);
-  if (end.outcome === 'timed-out') return { failure: `the restored test did not end within ${ctx.timeoutMs} ms of SIGTERM (killed)`, pid, restoredPid: current, cycles };
+  if (end.outcome === 'timed-out')
+    return { failure: `the restored test did not end within ${ctx.timeoutMs} ms of SIGTERM (killed)`, pid, restoredPid: current, cycles };
   return { pid, restoredPid: current, cycles };
 }
-
-
 
 export function describeEnd(end: { outcome: string; code: number }): string {
   if (end.outcome === 'exited') return `exited with status ${end.code}`;

@@ -53,7 +53,11 @@ export async function zdtmCommand(argv: readonly string[]): Promise<number> {
   let criuPolicy = CRIU_POLICY;
   const reports = async (infrastructureFailures: InfraFailure[]): Promise<Verdict[]> => {
     const verdicts = zdtmRows(results, policy, request.iters, criuPolicy);
-    await writeReports({ verdicts, infrastructureFailures }, { ...(request.json ? { json: request.json } : {}), ...(request.junit ? { junit: request.junit } : {}) }, { artifactsRoot: runDir, sinceMs: 0 });
+    await writeReports(
+      { verdicts, infrastructureFailures },
+      { ...(request.json ? { json: request.json } : {}), ...(request.junit ? { junit: request.junit } : {}) },
+      { artifactsRoot: runDir, sinceMs: 0 },
+    );
     return verdicts;
   };
 
@@ -62,11 +66,19 @@ export async function zdtmCommand(argv: readonly string[]): Promise<number> {
     await bootstrapHost((line) => progress.note(line));
     const kernel = kernelChoiceFromFlags(request.kernel);
     const withCriu = request.engines.includes('criu');
-    const guest = await openGuest({ artifactsDir: runDir, log: (line) => progress.note(line), agentCwd: ZDTM_DIRS.work, ...(kernel ? { kernel } : {}), ...(withCriu ? { criu: true } : {}) });
+    const guest = await openGuest({
+      artifactsDir: runDir,
+      log: (line) => progress.note(line),
+      agentCwd: ZDTM_DIRS.work,
+      ...(kernel ? { kernel } : {}),
+      ...(withCriu ? { criu: true } : {}),
+    });
     let restoreGuest: Awaited<ReturnType<typeof openGuest>> | undefined;
     try {
       const { ssh } = guest.machine;
-      const criu = guest.image.criu ? { command: guest.image.criu.command, version: guest.image.criu.version, exec: (command: string) => ssh.exec(command) } : undefined;
+      const criu = guest.image.criu
+        ? { command: guest.image.criu.command, version: guest.image.criu.version, exec: (command: string) => ssh.exec(command) }
+        : undefined;
       if (criu) criuPolicy = `${CRIU_POLICY} (criu ${criu.version})`;
       await prepareZdtmGuest({ shell: (c) => ssh.run(c) });
       if (request.elsewhere) {
@@ -80,9 +92,18 @@ export async function zdtmCommand(argv: readonly string[]): Promise<number> {
           ...(request.elsewhere.kernel !== undefined ? { kernel: kernelChoiceFromFlags({ kernel: request.elsewhere.kernel }) } : {}),
         });
         await prepareZdtmGuest({ shell: (c) => restoreGuest!.machine.ssh.run(c) });
-        progress.note(`restore guest: -cpu ${restoreGuest.profile.cpuModel}, kernel ${restoreGuest.profile.kernelRelease}, CPU flags ${restoreGuest.profile.cpuFlags.join(' ')}`);
+        progress.note(
+          `restore guest: -cpu ${restoreGuest.profile.cpuModel}, kernel ${restoreGuest.profile.kernelRelease}, CPU flags ${restoreGuest.profile.cpuFlags.join(' ')}`,
+        );
       }
-      const there = restoreGuest && { session: { agent: restoreGuest.agent, shell: restoreGuest.machine.ssh.run.bind(restoreGuest.machine.ssh), upload: restoreGuest.machine.ssh.upload.bind(restoreGuest.machine.ssh) }, anyway: request.elsewhere!.anyway };
+      const there = restoreGuest && {
+        session: {
+          agent: restoreGuest.agent,
+          shell: restoreGuest.machine.ssh.run.bind(restoreGuest.machine.ssh),
+          upload: restoreGuest.machine.ssh.upload.bind(restoreGuest.machine.ssh),
+        },
+        anyway: request.elsewhere!.anyway,
+      };
       const tests: ZdtmTest[] = [];
       for (const program of programs) {
         const name = path.basename(program.file);
@@ -141,12 +162,16 @@ export async function zdtmCommand(argv: readonly string[]): Promise<number> {
   const verdicts = await reports([]);
   // Engines side by side: each test's rows follow one another, the engine named on each.
   const engineColumn = (row: Verdict): string => (request.engines.length > 1 ? `${(row.engine ?? 'crh').padEnd(4)}  ` : '');
-  for (const row of verdicts) process.stdout.write(`${rowLabel(row)}  ${engineColumn(row)}${escapeControl(row.scenario)}: ${escapeControl(row.skipped ?? row.observed)}\n`);
+  for (const row of verdicts)
+    process.stdout.write(`${rowLabel(row)}  ${engineColumn(row)}${escapeControl(row.scenario)}: ${escapeControl(row.skipped ?? row.observed)}\n`);
   const code = zdtmExitCode(results);
   const tally = (engine: string): string => {
     const mine = results.filter((r) => (r.engine ?? 'crh') === engine);
     return `${mine.filter((r) => r.checkpointed?.pass).length} passed as natively, ${mine.filter((r) => r.checkpointed && !r.checkpointed.pass).length} failed under checkpoint/restore, ${mine.filter((r) => !r.native.pass).length} fail natively (${engine === 'criu' ? criuPolicy : `policy ${policy}`}`;
   };
-  for (const engine of request.engines) process.stdout.write(`zdtm${request.engines.length > 1 ? ` [${engine}]` : ''}: ${tally(engine)}${engine === request.engines.at(-1) ? `; artifacts ${escapeControl(runDir)}` : ''})\n`);
+  for (const engine of request.engines)
+    process.stdout.write(
+      `zdtm${request.engines.length > 1 ? ` [${engine}]` : ''}: ${tally(engine)}${engine === request.engines.at(-1) ? `; artifacts ${escapeControl(runDir)}` : ''})\n`,
+    );
   return code;
 }

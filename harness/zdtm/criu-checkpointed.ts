@@ -61,7 +61,9 @@ export async function criuZdtmRun(ctx: CriuZdtmContext, launch: ZdtmLaunch): Pro
   for (let cycle = 1; cycle <= ctx.cycles; cycle++) {
     const tag = ctx.cycles > 1 ? `cycle ${cycle}/${ctx.cycles}: ` : '';
     const handoff = await handOffToCriu(agent, criu, current, ctx.imagesDir, (stage) =>
-      stage.name === 'dump' ? ctx.phase('criu dump', `${tag}the tree rooted at pid ${current}`) : ctx.phase('criu restore', `${tag}${stage.imageBytes} bytes of images`),
+      stage.name === 'dump'
+        ? ctx.phase('criu dump', `${tag}the tree rooted at pid ${current}`)
+        : ctx.phase('criu restore', `${tag}${stage.imageBytes} bytes of images`),
     );
     const logs = path.join(ctx.logsDir, `criu-${path.basename(launch.binary)}${ctx.cycles > 1 ? `-${cycle}` : ''}`);
     await writeFile(`${logs}-dump.log`, handoff.dumpLog);
@@ -76,6 +78,7 @@ export async function criuZdtmRun(ctx: CriuZdtmContext, launch: ZdtmLaunch): Pro
   await ctx.phase('SIGTERM', `pid ${current}`);
   await agent.call({ op: 'SIGNAL', pid: current, signo: SIGTERM });
   const end = await runToEnd(agent, current, ctx.timeoutMs);
-  if (end.outcome === 'timed-out') return { failure: `the restored test did not end within ${ctx.timeoutMs} ms of SIGTERM (killed)`, pid, restoredPid: current, cycles };
+  if (end.outcome === 'timed-out')
+    return { failure: `the restored test did not end within ${ctx.timeoutMs} ms of SIGTERM (killed)`, pid, restoredPid: current, cycles };
   return { pid, restoredPid: current, cycles };
 }

@@ -49,21 +49,21 @@ export const ZDTM_USAGE =
   `                 ${KERNEL_USAGE}\n` +
   `                 ${RESTORE_ELSEWHERE_USAGE} [-- ARGS]\n` +
   `${OMIT_USAGE}\n` +
-  '  run tests that follow CRIU\'s ZDTM protocol (your own ZDTM build, static): each in a fresh working\n' +
+  "  run tests that follow CRIU's ZDTM protocol (your own ZDTM build, static): each in a fresh working\n" +
   '  directory as `BINARY --pidfile=T.pid --outfile=T.out ARGS` with a clean environment; ready when the\n' +
   '  launcher exited 0 and T.pid exists. Each test runs natively first (no checkpoint); then the process\n' +
   '  T.pid names is checkpointed, killed and restored with the same pid N times (--iters, default 1),\n' +
   '  sent SIGTERM and waited for; the verdict is the word PASS among the last lines of T.out (or\n' +
   '  T.out.inprogress). --settle: ms the test runs once ready before the first checkpoint (default 200).\n' +
   '  --restore-cpu/--restore-kernel: restore in a second guest of that CPU model/kernel (the working\n' +
-  '  directory and the daemon\'s own output files carried over), once (--iters 1); one lacking what the\n' +
+  "  directory and the daemon's own output files carried over), once (--iters 1); one lacking what the\n" +
   '  test depends on is refused naming it (a C/R failure, exit 1) unless --restore-anyway.\n' +
   '  Exit 0 every test passed as natively, 1 one failed under checkpoint/restore, 2 one fails natively\n' +
-  '  (or a usage error), 69 infrastructure. --json/--junit write crh run\'s report formats.\n' +
-  '  --engine criu: CRIU (Debian trixie\'s, in the guest) dumps the tree rooted at T.pid\'s pid and restores it\n' +
+  "  (or a usage error), 69 infrastructure. --json/--junit write crh run's report formats.\n" +
+  "  --engine criu: CRIU (Debian trixie's, in the guest) dumps the tree rooted at T.pid's pid and restores it\n" +
   '  (criu dump -t PID --shell-job, criu restore -d), taken back under the agent and judged by T.out the same\n' +
-  '  way; crh,criu runs both, one row per engine side by side. The policy switches describe crh\'s restore core:\n' +
-  '  a usage error with criu alone, applied to crh\'s rows only with crh,criu';
+  "  way; crh,criu runs both, one row per engine side by side. The policy switches describe crh's restore core:\n" +
+  "  a usage error with criu alone, applied to crh's rows only with crh,criu";
 
 export const zdtmOptions = {
   ...kernelOptions,
@@ -98,7 +98,10 @@ export function parseZdtmArgs(argv: readonly string[]): ZdtmRequest {
   const files = (values.file ?? []).map((f) => path.resolve(f));
   const fileNames = files.map((f) => path.basename(f));
   const clash = fileNames.find((n, i) => fileNames.indexOf(n) !== i || ['T.pid', 'T.out', 'T.out.inprogress'].includes(n));
-  if (clash) throw new UsageError(`--file: ${clash} is named twice, or names a file of the protocol (T.pid, T.out); each lands in the working directory under its own name`);
+  if (clash)
+    throw new UsageError(
+      `--file: ${clash} is named twice, or names a file of the protocol (T.pid, T.out); each lands in the working directory under its own name`,
+    );
   const iters = values.iters === undefined ? 1 : positiveInteger('--iters', values.iters);
   if (iters > MAX_ITERS) throw new UsageError(`--iters: ${iters} is more than ${MAX_ITERS}`);
   const elsewhere = parseRestoreElsewhere(values);
@@ -106,9 +109,13 @@ export function parseZdtmArgs(argv: readonly string[]): ZdtmRequest {
   const engines = parseEngineFlag(values.engine);
   if (!engines.includes('crh')) {
     const given = Object.keys(policyOptions).filter((flag) => values[flag as keyof typeof policyOptions] !== undefined);
-    if (given.length > 0) throw new UsageError(`${given.map((f) => `--${f}`).join(', ')}: policies of crh's restore core, which --engine criu does not run (CRIU restores by its own rules)`);
+    if (given.length > 0)
+      throw new UsageError(
+        `${given.map((f) => `--${f}`).join(', ')}: policies of crh's restore core, which --engine criu does not run (CRIU restores by its own rules)`,
+      );
   }
-  if (elsewhere && engines.includes('criu')) throw new UsageError('--restore-cpu/--restore-kernel move the test through crh\'s restore core: not with --engine criu');
+  if (elsewhere && engines.includes('criu'))
+    throw new UsageError("--restore-cpu/--restore-kernel move the test through crh's restore core: not with --engine criu");
   return {
     binaries,
     args,

@@ -83,7 +83,6 @@ export interface ZdtmTestOptions {
   criu?: CriuInGuest;
   /** this test's record under another engine (--engine crh,criu): its native run is reused, not run again */
   nativeFrom?: ZdtmTestRecord;
-
 }
 
 export interface ZdtmTestRecord extends ZdtmResult {
@@ -109,7 +108,10 @@ export async function runZdtmTest(session: ZdtmSession, test: ZdtmTest, options:
     for (const f of test.files) await session.upload(`${dirs.work}/${f.name}`, f.data, f.mode);
   };
   const outfiles = async (): Promise<OutfileVerdict> =>
-    outfileVerdict(await readIfPresent(session.agent, `${dirs.work}/${OUTFILE}`, OUTFILE_MAX_BYTES), await readIfPresent(session.agent, `${dirs.work}/${INPROGRESS}`, OUTFILE_MAX_BYTES));
+    outfileVerdict(
+      await readIfPresent(session.agent, `${dirs.work}/${OUTFILE}`, OUTFILE_MAX_BYTES),
+      await readIfPresent(session.agent, `${dirs.work}/${INPROGRESS}`, OUTFILE_MAX_BYTES),
+    );
 
   const engine = options.engine ?? 'crh';
   const nativeLaunch: ZdtmLaunch = { binary: test.binary, args: test.args, cwd: dirs.work, launcherOut: `${dirs.out}/launcher-native.out` };
@@ -124,12 +126,24 @@ export async function runZdtmTest(session: ZdtmSession, test: ZdtmTest, options:
     // The script's own waits are bounded by the timeout: the launcher, then the daemon's end after SIGTERM.
     const boundMs = 2 * options.timeoutMs + options.settleMs;
     const report = `${dirs.out}/native-report.txt`;
-    const runner = parseNativeReport(await session.shell(underNativeRunner(nativeZdtmCommand(nativeLaunch, options.settleMs, options.timeoutMs), report, boundMs, options.nativeRunner)));
+    const runner = parseNativeReport(
+      await session.shell(underNativeRunner(nativeZdtmCommand(nativeLaunch, options.settleMs, options.timeoutMs), report, boundMs, options.nativeRunner)),
+    );
     nativeRun = runner.outcome === 'timed-out' ? undefined : parseNativeZdtm((await readIfPresent(session.agent, report)) ?? '');
     nativeOutfile = await outfiles();
-    const problem = (nativeRun ? nativeProblem(nativeRun) : `the launcher did not exit within ${boundMs} ms (killed)`) ?? (nativeOutfile.pass ? undefined : describeOutfile(nativeOutfile));
+    const problem =
+      (nativeRun ? nativeProblem(nativeRun) : `the launcher did not exit within ${boundMs} ms (killed)`) ??
+      (nativeOutfile.pass ? undefined : describeOutfile(nativeOutfile));
     session.note(`natively: ${problem ?? describeOutfile(nativeOutfile)}`);
-    if (problem) return { test: title, engine, native: { pass: false, summary: problem }, durationMs: Date.now() - started, ...(nativeRun ? { nativeRun } : {}), nativeOutfile };
+    if (problem)
+      return {
+        test: title,
+        engine,
+        native: { pass: false, summary: problem },
+        durationMs: Date.now() - started,
+        ...(nativeRun ? { nativeRun } : {}),
+        nativeOutfile,
+      };
   }
 
   await cleanStart(`checkpointed run (${engine})`);
@@ -139,18 +153,54 @@ export async function runZdtmTest(session: ZdtmSession, test: ZdtmTest, options:
     if (killed.length > 0) session.note(`restore guest: killed what the previous run left running (pid ${killed.join(', ')})`);
   }
   const launch: ZdtmLaunch = { ...nativeLaunch, launcherOut: `${dirs.out}/launcher.out` };
-  const elsewhere = moved && { agent: moved.session.agent, anyway: moved.anyway, carry: (files: readonly string[]) => carryFiles(session.agent, moved.session, dirs.work, files) };
+  const elsewhere = moved && {
+    agent: moved.session.agent,
+    anyway: moved.anyway,
+    carry: (files: readonly string[]) => carryFiles(session.agent, moved.session, dirs.work, files),
+  };
   const checkpointedRun =
     engine === 'criu'
-      ? await criuZdtmRun({ agent: session.agent, criu: criuOf(options), cycles: options.iters, settleMs: options.settleMs, timeoutMs: options.timeoutMs, imagesDir: `${dirs.out}/criu-img`, logsDir: path.dirname(options.imageFile), phase: session.phase }, launch)
-      : await checkpointedZdtmRun({ agent: session.agent, platform: session.platform, policy: options.policy, cycles: options.iters, settleMs: options.settleMs, timeoutMs: options.timeoutMs, outDir: dirs.out, imageFile: options.imageFile, phase: session.phase, ...(elsewhere ? { elsewhere } : {}) }, launch);
+      ? await criuZdtmRun(
+          {
+            agent: session.agent,
+            criu: criuOf(options),
+            cycles: options.iters,
+            settleMs: options.settleMs,
+            timeoutMs: options.timeoutMs,
+            imagesDir: `${dirs.out}/criu-img`,
+            logsDir: path.dirname(options.imageFile),
+            phase: session.phase,
+          },
+          launch,
+        )
+      : await checkpointedZdtmRun(
+          {
+            agent: session.agent,
+            platform: session.platform,
+            policy: options.policy,
+            cycles: options.iters,
+            settleMs: options.settleMs,
+            timeoutMs: options.timeoutMs,
+            outDir: dirs.out,
+            imageFile: options.imageFile,
+            phase: session.phase,
+            ...(elsewhere ? { elsewhere } : {}),
+          },
+          launch,
+        );
   const verdictAgent = moved?.session.agent ?? session.agent;
   const checkpointedOutfile =
     checkpointedRun.failure === undefined
-      ? outfileVerdict(await readIfPresent(verdictAgent, `${dirs.work}/${OUTFILE}`, OUTFILE_MAX_BYTES), await readIfPresent(verdictAgent, `${dirs.work}/${INPROGRESS}`, OUTFILE_MAX_BYTES))
+      ? outfileVerdict(
+          await readIfPresent(verdictAgent, `${dirs.work}/${OUTFILE}`, OUTFILE_MAX_BYTES),
+          await readIfPresent(verdictAgent, `${dirs.work}/${INPROGRESS}`, OUTFILE_MAX_BYTES),
+        )
       : undefined;
   const pass = checkpointedOutfile?.pass ?? false;
-  const pidNote = checkpointedRun.restoredPid !== undefined && checkpointedRun.restoredPid !== checkpointedRun.pid ? ` (restored as pid ${checkpointedRun.restoredPid}, not ${checkpointedRun.pid})` : '';
+  const pidNote =
+    checkpointedRun.restoredPid !== undefined && checkpointedRun.restoredPid !== checkpointedRun.pid
+      ? ` (restored as pid ${checkpointedRun.restoredPid}, not ${checkpointedRun.pid})`
+      : '';
   const summary = checkpointedRun.failure ?? `${describeOutfile(checkpointedOutfile!)}${pidNote}`;
   session.note(`after ${checkpointedRun.cycles.length} checkpoint/restore cycle(s): ${summary}`);
   return {
@@ -179,7 +229,10 @@ const EISDIR = 21;
  */
 async function carryFiles(from: AgentClient, to: Pick<ZdtmSession, 'upload'>, work: string, files: readonly string[]): Promise<void> {
   const names = await from.call({ op: 'LISTDIR', path: work });
-  const paths = [...names.filter((n) => n !== '.' && n !== '..').map((n) => `${work}/${n}`), ...files.filter((f) => f.startsWith('/') && !f.startsWith('/dev/'))];
+  const paths = [
+    ...names.filter((n) => n !== '.' && n !== '..').map((n) => `${work}/${n}`),
+    ...files.filter((f) => f.startsWith('/') && !f.startsWith('/dev/')),
+  ];
   for (const file of new Set(paths)) {
     let data: Buffer;
     try {

@@ -27,7 +27,11 @@ export function outfileVerdict(out: string | undefined, inprogress: string | und
   const file = out !== undefined ? OUTFILE : inprogress !== undefined ? INPROGRESS : undefined;
   const text = out ?? inprogress;
   if (text === undefined || file === undefined) return { pass: false, tail: [] };
-  const tail = text.split('\n').map((l) => l.trimEnd()).filter((l) => l.trim() !== '').slice(-TAIL_LINES);
+  const tail = text
+    .split('\n')
+    .map((l) => l.trimEnd())
+    .filter((l) => l.trim() !== '')
+    .slice(-TAIL_LINES);
   return { pass: tail.some((line) => line.split(/\s+/).includes('PASS')), file, tail };
 }
 

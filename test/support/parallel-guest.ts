@@ -50,7 +50,15 @@ export function parallelGuestCase(caseName: string): void {
     const { machine } = guest;
     const token = randomBytes(8).toString('hex');
     await machine.ssh.run(`echo ${token} > /tmp/crh-who`);
-    const record: BarrierRecord = { case: caseName, machineName: machine.name, fromSavedState: machine.fromSavedState, qemuPid: machine.pid, sshPort: machine.sshPort, gdbSocket: machine.gdbSocket, upAtMs: Date.now() };
+    const record: BarrierRecord = {
+      case: caseName,
+      machineName: machine.name,
+      fromSavedState: machine.fromSavedState,
+      qemuPid: machine.pid,
+      sshPort: machine.sshPort,
+      gdbSocket: machine.gdbSocket,
+      upAtMs: Date.now(),
+    };
     const together = await barrier('up', caseName, record);
     const who = (await machine.ssh.run('cat /tmp/crh-who')).trim();
     const { name } = await machine.qmp.execute<{ name: string }>('query-name');

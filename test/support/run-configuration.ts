@@ -7,6 +7,9 @@ import { RUN_CONFIGURATION_ENV, verdictsFileIn, writeRunConfiguration, type RunC
 
 export async function handDown(dir: string, configuration: Partial<RunConfiguration> = {}): Promise<Record<string, string>> {
   const artifactsDir = configuration.artifactsDir ?? path.join(dir, 'artifacts');
-  const file = await writeRunConfiguration({ engines: ['crh'], artifactsDir, verdictsFile: verdictsFileIn(artifactsDir), ...configuration }, path.join(dir, 'run-configuration.json'));
+  const file = await writeRunConfiguration(
+    { engines: ['crh'], artifactsDir, verdictsFile: verdictsFileIn(artifactsDir), ...configuration },
+    path.join(dir, 'run-configuration.json'),
+  );
   return { [RUN_CONFIGURATION_ENV]: file };
 }

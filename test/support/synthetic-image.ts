@@ -18,8 +18,30 @@ export const SYNTHETIC_MAPS = [
 
 /** Two LDT entries as modify_ldt(0x11) makes them: a present 32-bit data segment (3) and a not-present one (5). */
 export const SYNTHETIC_LDT: LdtEntry[] = [
-  { entry_number: 3, base_addr: 0x100a2000, limit: 0x17, seg_32bit: 1, contents: 0, read_exec_only: 0, limit_in_pages: 0, seg_not_present: 0, useable: 1, lm: 0 },
-  { entry_number: 5, base_addr: 0x100a3000, limit: 0x3f, seg_32bit: 1, contents: 0, read_exec_only: 0, limit_in_pages: 0, seg_not_present: 1, useable: 1, lm: 0 },
+  {
+    entry_number: 3,
+    base_addr: 0x100a2000,
+    limit: 0x17,
+    seg_32bit: 1,
+    contents: 0,
+    read_exec_only: 0,
+    limit_in_pages: 0,
+    seg_not_present: 0,
+    useable: 1,
+    lm: 0,
+  },
+  {
+    entry_number: 5,
+    base_addr: 0x100a3000,
+    limit: 0x3f,
+    seg_32bit: 1,
+    contents: 0,
+    read_exec_only: 0,
+    limit_in_pages: 0,
+    seg_not_present: 1,
+    useable: 1,
+    lm: 0,
+  },
 ];
 
 export const SYNTHETIC_RSEQ = { area: 0x100c0020n, size: 32, signature: 0x53053053 } as const;
@@ -63,7 +85,9 @@ export function syntheticImage(overrides: Partial<CheckpointImage> = {}): Checkp
   ].map((r, i) => ({ ...r, entry: memoryEntryName(i) as string | null, stored: [[r.start, r.end]] as Array<[bigint, bigint]> }));
   const memory = new Map(regions.map((r, i) => [r.entry!, Buffer.alloc(Number(r.end - r.start), i + 1)]));
   // The rseq area (in the heap, where static glibc keeps its TLS) starts zeroed: not in a critical section.
-  memory.get(regions[2]!.entry!)!.fill(0, Number(SYNTHETIC_RSEQ.area - regions[2]!.start), Number(SYNTHETIC_RSEQ.area - regions[2]!.start) + SYNTHETIC_RSEQ.size);
+  memory
+    .get(regions[2]!.entry!)!
+    .fill(0, Number(SYNTHETIC_RSEQ.area - regions[2]!.start), Number(SYNTHETIC_RSEQ.area - regions[2]!.start) + SYNTHETIC_RSEQ.size);
   return {
     created: '2026-11-23T00:00:00.000Z',
     process: { binary: '/usr/local/bin/hwbreak', argv: ['/usr/local/bin/hwbreak', '5'], envp: [], noAslr: true, pid: 42 },
@@ -92,7 +116,11 @@ export function syntheticImage(overrides: Partial<CheckpointImage> = {}): Checkp
  * (the manifest's per-entry SHA-256 and manifest.sha256), the way a writer
  * would: what is left to catch is the content itself.
  */
-export function reseal(entries: Map<string, Buffer>, changes: Record<string, Buffer>, editManifest: (m: Record<string, unknown>) => void = () => {}): Map<string, Buffer> {
+export function reseal(
+  entries: Map<string, Buffer>,
+  changes: Record<string, Buffer>,
+  editManifest: (m: Record<string, unknown>) => void = () => {},
+): Map<string, Buffer> {
   const out = new Map(entries);
   const manifest = JSON.parse(out.get('manifest.json')!.toString()) as Record<string, unknown> & { entries: Record<string, { sha256: string; size: number }> };
   for (const [name, data] of Object.entries(changes)) {
@@ -129,7 +157,14 @@ export const SYNTHETIC_BOOT_ID = '0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0';
  */
 export function syntheticSleepImage(): CheckpointImage {
   const regs = syntheticRegs({ rax: BigInt.asUintN(64, -516n), orig_rax: 35n, rdi: 0x100b0010n, rsi: SYNTHETIC_RMTP, rip: 0x10001236n });
-  const sleep = { nr: 35, rmtp: SYNTHETIC_RMTP, remainingNs: 1_500_000_000n, checkpointClockNs: 100_000_000_000n, deadlineNs: 101_500_000_000n, bootId: SYNTHETIC_BOOT_ID };
+  const sleep = {
+    nr: 35,
+    rmtp: SYNTHETIC_RMTP,
+    remainingNs: 1_500_000_000n,
+    checkpointClockNs: 100_000_000_000n,
+    deadlineNs: 101_500_000_000n,
+    bootId: SYNTHETIC_BOOT_ID,
+  };
   return syntheticImage({ regs, sleep });
 }
 
@@ -148,7 +183,12 @@ export function syntheticThread(tid: number, n: number, overrides: Partial<Threa
   x.writeUInt32LE(0x1f80 | (n << 13), 24);
   return {
     tid,
-    regs: syntheticRegs({ rip: 0x10001300n + BigInt(n) * 0x10n, rsp: 0x7ffffffe8000n - BigInt(n) * 0x2000n, fs_base: 0x100c1000n + BigInt(n) * 0x100n, rbx: 0xb0b0n + BigInt(n) }),
+    regs: syntheticRegs({
+      rip: 0x10001300n + BigInt(n) * 0x10n,
+      rsp: 0x7ffffffe8000n - BigInt(n) * 0x2000n,
+      fs_base: 0x100c1000n + BigInt(n) * 0x100n,
+      rbx: 0xb0b0n + BigInt(n),
+    }),
     xstate: x,
     debugRegs: { dr0: 0n, dr1: n === 2 ? 0x100c4000n : 0n, dr2: 0n, dr3: 0n, dr6: 0xffff0ff0n, dr7: n === 2 ? 0x900004n : 0n },
     rseq: { area: 0x100c0040n + BigInt(n) * 0x20n, size: 32, signature: 0x53053053 },
@@ -163,7 +203,11 @@ export function syntheticThread(tid: number, n: number, overrides: Partial<Threa
 
 /** The synthetic image with two more threads, listed ascending. */
 export function syntheticThreadedImage(overrides: Partial<CheckpointImage> = {}): CheckpointImage {
-  const image = syntheticImage({ links: { clearChildTid: 0x100c3400n, robustList: 0x100c3420n }, threads: [syntheticThread(43, 1), syntheticThread(45, 2)], ...overrides });
+  const image = syntheticImage({
+    links: { clearChildTid: 0x100c3400n, robustList: 0x100c3420n },
+    threads: [syntheticThread(43, 1), syntheticThread(45, 2)],
+    ...overrides,
+  });
   // Each thread's rseq area starts zeroed, as the main thread's: not in a critical section.
   const heap = image.regions[2]!;
   const bytes = Buffer.from(image.memory.get(heap.entry!)!);
