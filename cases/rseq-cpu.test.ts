@@ -7,7 +7,7 @@
 // the area again (its rseq support), ends as uninterrupted; its control unregisters the area in CRIU's restored process
 // (as omit=rseq leaves it unregistered): the stale values stay.
 import t from 'tap';
-import { policyRowsNotForCriu, runCriuControl, runCriuScenario, runsEngine, type CriuScenario } from '../harness/testing/criu-engine.ts';
+import { policyRowsNotForCriu, runCriuControl, runCriuScenario, runsEngine, sameOutputAs, type CriuScenario } from '../harness/testing/criu-engine.ts';
 import { recordRow } from '../harness/testing/verdict-rows.ts';
 import { DEFAULT_POLICY, describePolicy, type RestorePolicy } from '../harness/restore/policy.ts';
 import { recordRowOutcome } from '../harness/testing/verdict-rows.ts';
@@ -85,10 +85,7 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ']), async (t) => {
     dr7BeforeDump: 0n,
     watch: {},
     expected: expected.trim(),
-    judge: (a) => ({
-      observed: a.output.trim() || `${a.run.outcome} ${a.run.code}`,
-      exact: a.output === expected && a.run.outcome === 'exited' && a.run.code === 0,
-    }),
+    judge: sameOutputAs(expected),
     control: {
       policy: "criu, the rseq area unregistered in CRIU's restored process (as omit=rseq)",
       afterRestore: async (pid) => {

@@ -11,7 +11,7 @@ import { DEFAULT_POLICY, describePolicy, type RestorePolicy } from '../harness/r
 import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
 import { startGuest } from '../harness/testing/guest-fixture.ts';
 import { recordRow } from '../harness/testing/verdict-rows.ts';
-import { policyRowsNotForCriu, runCriuControl, runCriuScenario, runsEngine, type CriuScenario } from '../harness/testing/criu-engine.ts';
+import { policyRowsNotForCriu, runCriuControl, runCriuScenario, runsEngine, sameOutputAs, type CriuScenario } from '../harness/testing/criu-engine.ts';
 import { checkpointAtHit, checkpointStopped, restoreAndFinish, runThenInterrupt, runUninterrupted, type Workload } from '../harness/testing/scenario.ts';
 
 const CASE = 'timers';
@@ -125,10 +125,7 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_POSIX_TIMERS', 'CONFIG_TIMERFD'
     dr7BeforeDump: 0n,
     watch: {},
     expected: expected.trim(),
-    judge: (a) => ({
-      observed: a.output.trim() || `${a.run.outcome} ${a.run.code}`,
-      exact: a.output === expected && a.run.outcome === 'exited' && a.run.code === 0,
-    }),
+    judge: sameOutputAs(expected),
     control: {
       policy: "criu, ITIMER_REAL disarmed in CRIU's restored process (as omit=timers drops it)",
       afterRestore: async (pid) => {

@@ -303,6 +303,14 @@ export interface CriuJudgement {
   conditions?: Record<string, string>;
 }
 
+/** The judge of a scenario whose whole witness is the program's output: exact when it printed the uninterrupted run's output and exited 0. */
+export function sameOutputAs(expected: string): CriuScenario['judge'] {
+  return (a) => ({
+    observed: a.output.trim() || `${a.run.outcome} ${a.run.code}`,
+    exact: a.output === expected && a.run.outcome === 'exited' && a.run.code === 0,
+  });
+}
+
 /**
  * One row of a case's scenario table run through CRIU: the workload to its
  * `hit`-th stop, handed to CRIU, taken back and run to its end under the
