@@ -71,9 +71,6 @@ export async function checkpointProcess(
   const sleep = await captureSleep(agent, pid, await agent.call({ op: 'GETREGS', pid }), refuse);
   // Then, before anything else is injected: state no image can hold is refused by name (uncapturable.ts).
   if (refuse) await refuseUncapturable(agent, pid, process.noAslr, { pipesCaptured: options.pipesCaptured ?? false });
-  // The process's own clocks, as soon as nothing stands against injecting: a restore in another boot
-  // continues them from here (time-namespace.ts), so what passes until they are read shows as a forward step.
-  const clocks = await readProcessClocks(agent, pid);
   const others = await otherThreads(agent, pid);
   // Every thread's mask as it was, then every signal blocked until the
   // injected calls are over: a signal that arrives meanwhile (a periodic
@@ -83,7 +80,7 @@ export async function checkpointProcess(
   for (const tid of [pid, ...others]) masks.set(tid, await agent.call({ op: 'GETSIGMASK', pid: tid }));
   try {
     for (const tid of masks.keys()) await agent.call({ op: 'SETSIGMASK', pid: tid, mask: ALL_BLOCKABLE });
-    return { ...(await captureBlocked(agent, process, platform, others, masks, { refuse, sleep, pipesCaptured: options.pipesCaptured ?? false })), clocks };
+    return await captureBlocked(agent, process, platform, others, masks, { refuse, sleep, pipesCaptured: options.pipesCaptured ?? false });
   } finally {
     for (const [tid, mask] of masks) await agent.call({ op: 'SETSIGMASK', pid: tid, mask });
   }
@@ -119,20 +116,29 @@ async function captureBlocked(
     .filter((m) => isDumped(m, process.binary))
     .map((m) => ({ ...m, userfault: registrations.get(m.start) ?? 0 }));
   checkRegistrations(pid, dumped, task.userfaultfds ?? []);
-  const { dispositions, links, absent, ldt, timers, pkeys } = await withRseqCsParked(agent, pid, [main.rseq, ...threads.map((t) => t.rseq)], async () => {
-    const dispositions = await captureSignals(agent, pid, masks.get(pid)!);
-    const links = await captureLinks(agent, pid, others);
-    const absent = await absentRanges(
-      agent,
-      pid,
-      dumped.filter((m) => m.userfault !== 0).map((m) => [m.start, m.end] as const),
-    );
-    const ldt = await captureLdt(agent, pid);
-    const timers = await captureTimers(agent, pid, timerfdFds);
-    // After every thread's xstate was read: the probe's pkey_alloc calls grant rights in this thread's PKRU.
-    const pkeys = await capturePkeys(agent, pid, dumped);
-    return { dispositions, links, absent, ldt, timers, pkeys };
-  });
+  const { clocks, dispositions, links, absent, ldt, timers, pkeys } = await withRseqCsParked(
+    agent,
+    pid,
+    [main.rseq, ...threads.map((t) => t.rseq)],
+    async () => {
+      // The process's own clocks, first of the injected calls (an mmap and clock_gettime, so inside the parked
+      // section like the rest: a call injected inside an rseq section is aborted to its handler): a restore in another
+      // boot continues them from here (time-namespace.ts), so what passes until they are read shows as a forward step.
+      const clocks = await readProcessClocks(agent, pid);
+      const dispositions = await captureSignals(agent, pid, masks.get(pid)!);
+      const links = await captureLinks(agent, pid, others);
+      const absent = await absentRanges(
+        agent,
+        pid,
+        dumped.filter((m) => m.userfault !== 0).map((m) => [m.start, m.end] as const),
+      );
+      const ldt = await captureLdt(agent, pid);
+      const timers = await captureTimers(agent, pid, timerfdFds);
+      // After every thread's xstate was read: the probe's pkey_alloc calls grant rights in this thread's PKRU.
+      const pkeys = await capturePkeys(agent, pid, dumped);
+      return { clocks, dispositions, links, absent, ldt, timers, pkeys };
+    },
+  );
   threads.forEach((t, i) => Object.assign(t, links.others[i]));
   // Last, after every injected call: a timer that fired meanwhile is in here.
   const signals = { ...dispositions, pending: await capturePending(agent, pid) };
@@ -173,6 +179,7 @@ async function captureBlocked(
     timers,
     sleep,
     pkeys,
+    clocks,
     dependencies,
     maps,
     regions,
