@@ -130,8 +130,8 @@ function abortsAtCheckpoint(image: CheckpointImage, at: bigint): number {
   return Number(bytes.readBigUInt64LE(Number(at - region.start)));
 }
 
-/** Retries of the first increment a busy CPU may preempt in a row; a restore that leaves the section uncommittable aborts it forever. */
-const MAX_PREEMPTED_RETRIES = 3;
+/** Attempts at a checkpoint point whose restored run aborted more than the point's own (a preemption is rare, a restore bug is not). */
+const MAX_ATTEMPTS = 3;
 
 const show = (s: Summary | undefined): string => (s ? `sum=${s.sum} aborts=${s.aborts} reregister=${s.reregister}` : 'no summary line');
 
@@ -174,22 +174,22 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ']), async (t) => {
   for (const mode of Object.keys(MODES) as Mode[]) {
     for (const point of POINTS) {
       await t.test(`${mode} registration, checkpoint ${point.why} (${point.label}): ${point.aborts} abort(s)`, crhOnly, async (t) => {
-        const r = await cycle(t, mode, point.label, DEFAULT_POLICY, `${mode}-${point.label}`);
-        const before = abortsAtCheckpoint(r.image, abortsCounter);
+        // A restore that aborts wrongly does it every time; a busy CPU preempting the first increment's section after
+        // the restore does it rarely (flake runs 4 and 7 of 2026-12-05: aborts=2 at start_ip, aborts=1 between sections,
+        // the oracle seeing the handler run). So more aborts than the point's own are taken again, up to
+        // MAX_ATTEMPTS times, each attempt named; fewer (an abort the restore failed to apply) never are.
+        let r = await cycle(t, mode, point.label, DEFAULT_POLICY, `${mode}-${point.label}`);
+        let before = abortsAtCheckpoint(r.image, abortsCounter);
+        for (let attempt = 2; attempt <= MAX_ATTEMPTS && r.summary && r.summary.aborts > before + point.aborts; attempt++) {
+          t.comment(`attempt ${attempt - 1}: ${show(r.summary)}, ${r.summary.aborts - before - point.aborts} abort(s) more than the point's own: taken again`);
+          r = await cycle(t, mode, point.label, DEFAULT_POLICY, `${mode}-${point.label}-attempt${attempt}`);
+          before = abortsAtCheckpoint(r.image, abortsCounter);
+        }
         if (before > 0)
           t.comment(
             `the first increment had aborted ${before} time(s) on its own before the checkpoint (preempted inside its section): the restore must add exactly ${point.aborts}`,
           );
-        // An attempt aborts at most once. A point that aborts the attempt in progress makes it retry, and a retry is a
-        // fresh section a busy CPU may preempt again (flake run 4, 2026-12-05: aborts=2 at start_ip): those aborts are
-        // the retries', counted and named, never the restore's. A point that aborts nothing leaves no retry: exact.
-        const retries = point.aborts > 0 && r.summary ? Math.max(0, r.summary.aborts - before - point.aborts) : 0;
-        if (retries > 0) t.comment(`${retries} retry(ies) of the first increment after the restore's abort were preempted inside their section on their own`);
-        t.ok(
-          retries <= MAX_PREEMPTED_RETRIES,
-          `at most ${MAX_PREEMPTED_RETRIES} preempted retries (${retries}): more is no busy CPU but a section that cannot commit`,
-        );
-        const expected: Summary = { sum: ITERATIONS, aborts: before + point.aborts + retries, reregister: 'EBUSY' };
+        const expected: Summary = { sum: ITERATIONS, aborts: before + point.aborts, reregister: 'EBUSY' };
         t.same(r.summary, expected, `restored run: ${show(r.summary)}`);
         t.equal(r.run.code, 0, 'exits 0');
         const ran = abortHandlerRan(r);
@@ -209,13 +209,9 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ']), async (t) => {
           scenario: `rseq ${mode}: checkpoint ${point.why}`,
           policy: describePolicy(DEFAULT_POLICY),
           control: false,
-          expected: `${show(expected)}${retries > 0 ? ` (${retries} preempted retry(ies))` : ''}`,
+          expected: show(expected),
           observed: `${show(r.summary)}; CPU ran abort handler: ${r.observation.first !== undefined}`,
-          matchedUninterrupted:
-            JSON.stringify(r.summary) === JSON.stringify(expected) &&
-            retries <= MAX_PREEMPTED_RETRIES &&
-            r.run.code === 0 &&
-            (ran ?? point.aborts > 0) === point.aborts > 0,
+          matchedUninterrupted: JSON.stringify(r.summary) === JSON.stringify(expected) && r.run.code === 0 && (ran ?? point.aborts > 0) === point.aborts > 0,
         });
       });
     }
