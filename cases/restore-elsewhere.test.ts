@@ -7,7 +7,13 @@
 // Then 6.1 → 6.12 (Debian trixie's kernel, when the checkpoint guest runs 6.1): the C library's rseq area re-registered
 // (cpu_id current again) and the vDSO functions glibc resolved on 6.1 (clock_gettime, gettimeofday, time, getcpu)
 // redirected to 6.12's — each the native run's output; controls omit=rseq (stale cpu_id) and omit=vdso tried anyway
-// (the old offsets are other code on 6.12). And the clocks: CLOCK_MONOTONIC/BOOTTIME read before and after the move
+// (the old offsets are other code on 6.12). sigstate's signal state (SA_SIGINFO/SA_RESTART/SA_ONSTACK handlers, the
+// blocked mask, the alternate stack, both pending queues) moved the same way: the native output; control omit=signals.
+// The way back, each of the three checkpointed on 6.12 and restored on 6.1: refused, naming exactly what the measured
+// 6.1 lacks (its vDSO has no getrandom; no AT_RSEQ_FEATURE_SIZE, so node_id and mm_cid never updated) — neither
+// waivable from what the image records — then with dependencies 'try' the native 6.12 output, the notes naming what
+// was missing, but for rseqcpu, which then reports mm_cid stale (6.1 never rewrites it: the refusal was right);
+// controls the same omissions, tried anyway. And the clocks: CLOCK_MONOTONIC/BOOTTIME read before and after the move
 // go on (a time namespace with the checkpoint's offsets), conditioned on the restore kernel's time namespaces
 // (refused by name without them); control omit=timens (the restoring boot's clocks: backwards or jumped). And -cpu
 // Skylake-Client as QEMU's TCG gives it: refused naming exactly what the measured guest lacks of the image's platform.
@@ -15,7 +21,7 @@ import t, { type Test } from 'tap';
 import { DEFAULT_POLICY, describePolicy, type RestorePolicy } from '../harness/restore/policy.ts';
 import { readCheckpointImage } from '../harness/restore/checkpoint-image.ts';
 import type { Difference } from '../harness/restore/restore.ts';
-import { IncompatibleTargetError, userCpuFlags, xstateFeatureName } from '../harness/restore/platform-dependencies.ts';
+import { IncompatibleTargetError, userCpuFlags, xstateFeatureName, type PlatformDependencies } from '../harness/restore/platform-dependencies.ts';
 import { recordRow, recordRowOutcome } from '../harness/testing/verdict-rows.ts';
 import { restoreWitnessed } from '../harness/testing/restore-witness.ts';
 import { hex } from '../harness/x86/registers.ts';
@@ -254,23 +260,40 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
       'rseq feature size (checkpoint / restore)': `${String(guest.platform['features.rseqFeatureSize'])} / ${String(there.platform['features.rseqFeatureSize'])}`,
     };
     t.ok(there.profile.kernelRelease.startsWith('6.12'), `the restore guest runs ${there.profile.kernelRelease}`);
-    const moves = [
+    const moves: KernelMove[] = [
       {
         name: 'rseqcpu',
         symbol: 'rseqcpu:rseq_checkpoint',
         scenario: "the C library's rseq area (cpu_id made stale after the move), 6.1 → 6.12",
-        control: { omit: ['rseq'] as RestorePolicy['omit'], why: 'omit=rseq: not registered on 6.12, the stale cpu_id stays' },
+        what: "the C library's rseq area (cpu_id made stale after the move)",
+        control: { omit: ['rseq'] as RestorePolicy['omit'], why: 'omit=rseq: not registered on the restore kernel, the stale cpu_id stays' },
+        // The auxv it read on 6.12 says mm_cid is maintained; 6.1 never rewrites it, so the value it made stale stays.
+        backAnyway: {
+          expected: 'mm_cid=stale, exit 1: 6.1 never rewrites mm_cid (the refusal named rseq feature size)',
+          output: /^rseqcpu registered=1 cpu_id=current cpu_id_start=current mm_cid=stale\n$/,
+          ended: 'exited 1',
+        },
       },
       {
         name: 'vdsoclock',
         symbol: 'vdsoclock:vdso_checkpoint',
         scenario: 'clock_gettime, gettimeofday, time, getcpu through the vDSO after a 6.1 → 6.12 move',
+        what: 'clock_gettime, gettimeofday, time, getcpu through the vDSO after the move',
         control: { omit: ['vdso'] as RestorePolicy['omit'], why: "omit=vdso, tried anyway: glibc's vDSO addresses land in other code" },
+      },
+      {
+        name: 'sigstate',
+        args: ['state'],
+        symbol: 'sigstate:sigstate_checkpoint',
+        scenario:
+          'signal state (SA_SIGINFO|SA_RESTART, SA_ONSTACK handlers, blocked mask, sigaltstack, SIGUSR1 on the thread queue, SIGRTMIN+1 ×3 on the process queue) across a 6.1 → 6.12 move',
+        what: 'signal state (SA_SIGINFO|SA_RESTART, SA_ONSTACK handlers, blocked mask, sigaltstack, SIGUSR1 on the thread queue, SIGRTMIN+1 ×3 on the process queue)',
+        control: { omit: ['signals'] as RestorePolicy['omit'], why: 'omit=signals: dispositions, mask, alternate stack and queues lost' },
       },
     ];
     for (const move of moves) {
       const bin = guest.image.guestPaths[move.name]!;
-      const w: Workload = { binary: bin, argv: [bin], breakAt: guest.symbols.resolve(move.symbol) };
+      const w: Workload = { binary: bin, argv: [bin, ...(move.args ?? [])], breakAt: guest.symbols.resolve(move.symbol) };
       const { run: ref, output: want } = await runUninterrupted(guest, w, `/tmp/${move.name}-reference.out`);
       t.equal(ref.code, 0, `${move.name} uninterrupted on ${guest.profile.kernelRelease}: ${want.trim()}`);
       const nat = await nativeReference(guest, w);
@@ -318,6 +341,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
           conditions: kernelConditions,
         });
       });
+      await moveBack(t, move, w, there, guest, deps, kernelConditions);
     }
     await clockMove(t, guest, there, kernelConditions);
   });
@@ -341,6 +365,146 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     });
   });
 });
+
+/** A workload moved 6.1 → 6.12 (and back): its checkpoint symbol, its row's scenario and its negative control. */
+interface KernelMove {
+  name: string;
+  args?: string[];
+  symbol: string;
+  scenario: string;
+  /** what the way back's rows name (the direction is appended) */
+  what: string;
+  control: { omit: RestorePolicy['omit']; why: string };
+  /**
+   * The way back tried anyway, where it cannot be the native run: what the program then reports (the dependency the
+   * refusal named, seen from the inside). Absent: the native output.
+   */
+  backAnyway?: { expected: string; output: RegExp; ended: string };
+}
+
+/**
+ * The way back: `w` checkpointed on `from` (6.12) and restored on `to` (6.1). By default refused, naming exactly what
+ * the measured 6.1 lacks of the image's platform — the functions of 6.12's vDSO that 6.1's has not (getrandom: the
+ * redirect has no jump for it) and AT_RSEQ_FEATURE_SIZE (6.1 has no auxv entry and never updates node_id or mm_cid,
+ * which rseqcpu reads when the size covers them). Neither can be waived from the image: it records which functions
+ * the vDSO exports and the size the process was told, not which ones the program uses — glibc 2.36 resolves only
+ * clock_gettime, gettimeofday, time, getcpu and clock_getres, but a program may parse the vDSO or the rseq area
+ * itself. So --restore-anyway (dependencies 'try') is what gets it there, and the row says what happened against
+ * the native run on 6.12, the notes naming what was missing. Control: the move's own omission, tried anyway.
+ * `toDeps` are the dependencies of a process checkpointed on `to` (the kernel's vDSO and rseq facts).
+ */
+async function moveBack(
+  t: Test,
+  move: KernelMove,
+  w: Workload,
+  from: Guest,
+  to: Guest,
+  toDeps: PlatformDependencies,
+  kernelConditions: Record<string, string>,
+): Promise<void> {
+  const direction = `${from.profile.kernelRelease} → ${to.profile.kernelRelease}`;
+  const scenario = `${move.what}, ${direction} (the way back)`;
+  const { run: ref, output: want } = await runUninterrupted(from, w, `/tmp/${move.name}-back-reference.out`);
+  t.equal(ref.code, 0, `${move.name} uninterrupted on ${from.profile.kernelRelease}: ${want.trim()}`);
+  const nat = await nativeReference(from, w);
+  t.equal(
+    `${endedAs(nat)}\n${nat.output}`,
+    `${endedAs(ref)}\n${want}`,
+    `${move.name}: the traced reference on ${from.profile.kernelRelease} is the native run`,
+  );
+  const conditions = { ...kernelConditions, direction };
+
+  await t.test(`${move.name}: checkpointed on ${from.profile.kernelRelease}, restored on ${to.profile.kernelRelease}: refused by name`, async (t) => {
+    const taken = await checkpointAtHit(from, w, 1, `${move.name}-to-6.1`, { disarm: true });
+    t.equal(taken.run.outcome, 'hit-limit', `stopped at ${move.symbol}`);
+    const needed = taken.image!.dependencies!;
+    // What 6.1 lacks, from the two kernels' measured facts (not from the function under test).
+    const lackingSymbols = Object.keys(needed.vdso.symbols).filter((name) => toDeps.vdso.symbols[name] === undefined);
+    const rseqLacking = needed.rseq.featureSize !== null && (toDeps.rseq.featureSize ?? 0) < needed.rseq.featureSize;
+    const wanted = [...(lackingSymbols.length > 0 ? ['vdso symbols'] : []), ...(rseqLacking ? ['rseq feature size'] : [])];
+    t.comment(
+      `measured: ${from.profile.kernelRelease}'s vDSO exports ${Object.keys(needed.vdso.symbols).join(' ')}; ${to.profile.kernelRelease}'s lacks ${lackingSymbols.join(' ') || 'none'}; AT_RSEQ_FEATURE_SIZE ${String(needed.rseq.featureSize)} / ${String(toDeps.rseq.featureSize)}`,
+    );
+    t.ok(wanted.length > 0, `${to.profile.kernelRelease} lacks something of ${from.profile.kernelRelease}'s platform: ${wanted.join(', ')}`);
+    const refused = await restoreThere(to, taken.file, DEFAULT_POLICY, `${move.name}-to-6.1-refused`, 'refuse').then(
+      (r) => r,
+      (e: unknown) => e,
+    );
+    const named = refused instanceof IncompatibleTargetError ? refused.missing.map((m) => m.feature) : [];
+    t.ok(refused instanceof IncompatibleTargetError, `refused: ${refused instanceof Error ? refused.message : JSON.stringify(refused)}`);
+    t.same([...named].sort(), [...wanted].sort(), `the refusal names exactly what ${to.profile.kernelRelease} lacks: ${wanted.join(', ')}`);
+    const symbolsWhy = refused instanceof IncompatibleTargetError ? (refused.missing.find((m) => m.feature === 'vdso symbols')?.why ?? '') : '';
+    t.ok(
+      lackingSymbols.every((name) => symbolsWhy.includes(name)),
+      `the vDSO's missing functions by name: ${lackingSymbols.join(', ')}`,
+    );
+    const left = (await to.machine.ssh.exec(`pidof ${move.name}`)).stdout.trim();
+    t.equal(left, '', `no ${move.name} left behind on ${to.profile.kernelRelease}`);
+    recordRow(t, {
+      case: CASE,
+      scenario,
+      policy: describePolicy(DEFAULT_POLICY),
+      control: false,
+      expected: `refused, naming ${wanted.join(', ')}; nothing left running`,
+      observed: refused instanceof IncompatibleTargetError ? `refused: ${refused.message}` : 'restored',
+      pass: refused instanceof IncompatibleTargetError && named.length === wanted.length && wanted.every((f) => named.includes(f)) && left === '',
+      conditions: { ...conditions, [`${to.profile.kernelRelease} vDSO lacks`]: lackingSymbols.join(' ') || 'none' },
+    });
+
+    const tried = await restoreThere(to, taken.file, DEFAULT_POLICY, `${move.name}-to-6.1-anyway`, 'try');
+    t.ok(
+      wanted.every((f) => tried.notes.some((n) => n.includes(f))),
+      `restored anyway, the notes name what was missing: ${tried.notes.join('; ')}`,
+    );
+    const observed = [`${tried.ended}: ${tried.output.trim()}`, ...tried.notes].join('; ');
+    if (move.backAnyway) {
+      const seen = move.backAnyway.output.test(tried.output) && tried.ended === move.backAnyway.ended;
+      t.ok(seen, `restored anyway on ${to.profile.kernelRelease}, the program sees what is missing: ${tried.ended}: ${tried.output.trim()}`);
+      t.not(tried.output, want, 'not the native run');
+      recordRow(t, {
+        case: CASE,
+        scenario,
+        policy: `${describePolicy(DEFAULT_POLICY)} dependencies=try`,
+        control: true,
+        expected: move.backAnyway.expected,
+        observed,
+        pass: seen,
+        conditions,
+      });
+      return;
+    }
+    t.equal(tried.output, want, `restored anyway on ${to.profile.kernelRelease}: ${tried.ended}: ${tried.output.trim()}`);
+    t.equal(tried.ended, 'exited 0');
+    recordRowOutcome(t, {
+      case: CASE,
+      scenario,
+      policy: `${describePolicy(DEFAULT_POLICY)} dependencies=try`,
+      control: false,
+      expected: want.trim(),
+      observed,
+      matchedUninterrupted: tried.output === want && tried.ended === 'exited 0',
+      conditions,
+    });
+  });
+
+  await t.test(`${move.name}: negative control on the way back, ${move.control.why}`, async (t) => {
+    const policy: RestorePolicy = { ...DEFAULT_POLICY, omit: move.control.omit };
+    const taken = await checkpointAtHit(from, w, 1, `${move.name}-to-6.1-control`, { disarm: true });
+    const r = await restoreThere(to, taken.file, policy, `${move.name}-to-6.1-control`, 'try');
+    const observed = `${r.ended}: ${r.output.trim()}`;
+    t.not(observed, `exited 0: ${want.trim()}`, `caught: ${observed}`);
+    recordRowOutcome(t, {
+      case: CASE,
+      scenario,
+      policy: `${describePolicy(policy)} dependencies=try`,
+      control: true,
+      expected: want.trim(),
+      observed,
+      matchedUninterrupted: r.output === want && r.ended === 'exited 0',
+      conditions,
+    });
+  });
+}
 
 /**
  * CLOCK_MONOTONIC and CLOCK_BOOTTIME across the move (time-namespace.ts): monoclock reads both (vDSO and system call)

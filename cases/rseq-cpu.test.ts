@@ -1,11 +1,11 @@
 // expect: the rseq area's cpu_id and cpu_id_start, made stale (0xdead) by the program after a kill-and-restore taken at
 // a breakpoint, hold the current CPU once it takes an rseq event (a signal delivery): the restore registered the area
-// again, so the kernel keeps it current; mm_cid (6.3+, where AT_RSEQ_FEATURE_SIZE covers it) below the CPU count — the
-// uninterrupted output (ptrace and sigreturn). (The stale value the program wrote before the checkpoint does not reach
-// the image: the checkpoint's injected calls return to user mode, and the kernel refreshes the area then.) Negative
-// control: omit=rseq (not registered: the stale values stay). Engine criu: the same stop handed to CRIU, which registers
-// the area again (its rseq support), ends as uninterrupted; its control unregisters the area in CRIU's restored process
-// (as omit=rseq leaves it unregistered): the stale values stay.
+// again, so the kernel keeps it current; mm_cid (6.3+, where AT_RSEQ_FEATURE_SIZE covers it; made stale too) rewritten
+// below the CPU count — the uninterrupted output (ptrace and sigreturn). (The stale value the program wrote before the
+// checkpoint does not reach the image: the checkpoint's injected calls return to user mode, and the kernel refreshes
+// the area then.) Negative control: omit=rseq (not registered: the stale values stay). Engine criu: the same stop
+// handed to CRIU, which registers the area again (its rseq support), ends as uninterrupted; its control unregisters
+// the area in CRIU's restored process (as omit=rseq leaves it unregistered): the stale values stay.
 import t from 'tap';
 import { policyRowsNotForCriu, runCriuControl, runCriuScenario, runsEngine, sameOutputAs, type CriuScenario } from '../harness/testing/criu-engine.ts';
 import { recordRow } from '../harness/testing/verdict-rows.ts';

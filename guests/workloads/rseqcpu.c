@@ -13,9 +13,11 @@
  *
  *   rseqcpu registered=1 cpu_id=current cpu_id_start=current mm_cid=n/a
  *
- * mm_cid (6.3+: AT_RSEQ_FEATURE_SIZE covers it) is "ok" when it is below
- * the number of CPUs, "n/a" where the kernel has none. Exits 0 when all of
- * it holds, 1 otherwise.
+ * mm_cid (6.3+: AT_RSEQ_FEATURE_SIZE covers it) is made stale too before
+ * the signal and is "ok" when the kernel rewrote it below the number of
+ * CPUs, "stale" when nothing rewrote it (a kernel that does not maintain it,
+ * though the auxv the process read said it would), "n/a" where the auxv
+ * says the kernel has none. Exits 0 when all of it holds, 1 otherwise.
  */
 #define _GNU_SOURCE
 #include <signal.h>
@@ -68,15 +70,20 @@ int main(void)
 	rseq_checkpoint();
 	rs->cpu_id_start = STALE;
 	rs->cpu_id = STALE;
+	if (feature_size >= MM_CID_OFFSET + 4)
+		*(volatile uint32_t *)((volatile char *)rs + MM_CID_OFFSET) = STALE;
 	raise(SIGUSR1);
 
 	id = rs->cpu_id;
 	start = rs->cpu_id_start;
 	syscall(SYS_getcpu, &cpu, NULL, NULL);
-	if (feature_size >= MM_CID_OFFSET + 4)
-		mm_cid = *(volatile uint32_t *)((volatile char *)rs + MM_CID_OFFSET) < (uint32_t)sysconf(_SC_NPROCESSORS_CONF) ? "ok" : "bad";
+	if (feature_size >= MM_CID_OFFSET + 4) {
+		uint32_t cid = *(volatile uint32_t *)((volatile char *)rs + MM_CID_OFFSET);
+
+		mm_cid = cid == STALE ? "stale" : cid < (uint32_t)sysconf(_SC_NPROCESSORS_CONF) ? "ok" : "bad";
+	}
 	printf("rseqcpu registered=1 cpu_id=%s cpu_id_start=%s mm_cid=%s\n", id == cpu ? "current" : id == STALE ? "stale" : "other",
 	       start == cpu ? "current" : start == STALE ? "stale" : "other", mm_cid);
-	ok = id == cpu && start == cpu && strcmp(mm_cid, "bad") != 0;
+	ok = id == cpu && start == cpu && strcmp(mm_cid, "bad") != 0 && strcmp(mm_cid, "stale") != 0;
 	return ok ? 0 : 1;
 }
