@@ -3,7 +3,7 @@
  * a parent and a child that share what fork shares, for the refusals and
  * restores of a process tree's shared state.
  *
- *   sockpair offset|append|fifo|memfd PATH
+ *   sockpair offset|append|fifo|memfd|memfd-fd PATH
  *
  * MODE says what the parent opens (at PATH, in a directory of the caller's)
  * before it forks:
@@ -11,6 +11,8 @@
  *   append   PATH write-only, O_APPEND: one description, writes at the end
  *   fifo     a FIFO made at PATH, opened read-write, 5 bytes queued in it
  *   memfd    a memfd named PATH's last component, 4 KiB, mapped shared
+ *   memfd-fd a memfd named so, held as fd 3 only: MEMFD_TEXT written,
+ *            6000 bytes long, sealed against shrinking, offset 7
  * Then the parent forks; each process writes a line to stdout and sleeps
  * in pause() until killed. The host stops the two and checkpoints them.
  */
@@ -46,6 +48,14 @@ int sharefd_main(int argc, char **argv)
 
 		fd = memfd_create(name ? name + 1 : argv[2], 0);
 		if (fd >= 0 && (ftruncate(fd, 4096) < 0 || mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) == MAP_FAILED))
+			return 1;
+	} else if (strcmp(argv[1], "memfd-fd") == 0) {
+		const char *name = strrchr(argv[2], '/');
+		static const char text[] = "shared memfd contents\n";
+
+		fd = memfd_create(name ? name + 1 : argv[2], MFD_ALLOW_SEALING);
+		if (fd >= 0 && (write(fd, text, sizeof(text) - 1) != sizeof(text) - 1 || ftruncate(fd, 6000) < 0 ||
+				fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK) < 0 || lseek(fd, 7, SEEK_SET) != 7))
 			return 1;
 	} else
 		return 2;
