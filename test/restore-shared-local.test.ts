@@ -5,7 +5,8 @@
 // process's fd 3 write-only O_APPEND on the file again; a FIFO (opened again by path it would block, or come back empty) is
 // refused by name with its mode; a memfd both map shared is refused by name (a mapping of a deleted file); a memfd
 // both hold as fd 3 only (one description, offset 7, sealed against shrinking, 6000 bytes) is restored as one memfd:
-// the same name, contents, size, seals and offset, and a write through the parent's fd is read through the child's.
+// the same name, contents, size, seals and offset, and a write through the parent's fd is read through the child's;
+// a memfd the child opened again through /proc (a second description, a second offset) is refused by name.
 import t from 'tap';
 import { stat } from 'node:fs/promises';
 import path from 'node:path';
@@ -139,6 +140,16 @@ t.test('shared state across fork through the real agent, on the host kernel', as
     t.equal(kcmp, 0n, 'kcmp(KCMP_FILE): one open file description in both');
     t.equal(await writeSeen(parent, child), 'written by paren', "the parent's write, read through the child's fd");
     await releaseDescendants(agent, tree);
+  });
+
+  await t.test('a memfd the child opened again through /proc (two descriptions, two offsets): refused by name', async (t) => {
+    const s = await started('memfd-reopen');
+    await t.rejects(checkpointTree(agent, s.process, { host: true }), {
+      name: 'CheckpointError',
+      message: new RegExp(
+        `memfd:memfd-reopen \\(inode \\d+; pid ${s.pid} fd 3, pid \\d+ fd 3, pid \\d+ fd 4\\): pid \\d+ fd 4 is another open file description of it \\(opened again through /proc\\)`,
+      ),
+    });
   });
 
   await t.test('a memfd held as fd 3, restored under omit=mapping-kinds (the control): a copy each, a write not seen', async (t) => {

@@ -13,6 +13,8 @@
  *   memfd    a memfd named PATH's last component, 4 KiB, mapped shared
  *   memfd-fd a memfd named so, held as fd 3 only: MEMFD_TEXT written,
  *            6000 bytes long, sealed against shrinking, offset 7
+ *   memfd-reopen  a memfd named so as fd 3, which the child opens again
+ *            through /proc/self/fd/3 as fd 4: two descriptions of it
  * Then the parent forks; each process writes a line to stdout and sleeps
  * in pause() until killed. The host stops the two and checkpoints them.
  *
@@ -116,6 +118,10 @@ int sharefd_main(int argc, char **argv)
 		fd = memfd_create(name ? name + 1 : argv[2], 0);
 		if (fd >= 0 && (ftruncate(fd, 4096) < 0 || mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) == MAP_FAILED))
 			return 1;
+	} else if (strcmp(argv[1], "memfd-reopen") == 0) {
+		const char *name = strrchr(argv[2], '/');
+
+		fd = memfd_create(name ? name + 1 : argv[2], 0);
 	} else if (strcmp(argv[1], "memfd-fd") == 0) {
 		const char *name = strrchr(argv[2], '/');
 		static const char text[] = "shared memfd contents\n";
@@ -131,6 +137,8 @@ int sharefd_main(int argc, char **argv)
 	setvbuf(stdout, NULL, _IONBF, 0);
 	child = fork();
 	if (child < 0)
+		return 1;
+	if (child == 0 && strcmp(argv[1], "memfd-reopen") == 0 && open("/proc/self/fd/3", O_RDWR) != 4)
 		return 1;
 	printf("%s %d fd %d\n", child ? "parent" : "child", (int)getpid(), fd);
 	for (;;)
