@@ -3,9 +3,11 @@
 // cloned, parked above every descriptor, its contents pwritten back a chunk at a time, its size, seals, status flags and
 // offset set, then each process's descriptors dup3'ed into place and the parked one closed; omit=mapping-kinds (the
 // control) makes one memfd per holder; one held by no common ancestor is refused naming it; tree.json's memfds field
-// round-trips, is written only when there are memfds, and hostile fields are refused naming them.
+// round-trips, is written only when there are memfds, and hostile fields are refused naming them; a daemon of one
+// process holding a memfd is restored as a tree (its memfd with it), not as one process.
 import t from 'tap';
 import { imageEntries } from '../harness/restore/checkpoint-image.ts';
+import { describeTreeShape, isSingleProcess } from '../harness/repro/daemon-tree.ts';
 import { DEFAULT_POLICY } from '../harness/restore/policy.ts';
 import { fdinfoInode, MAX_MEMFD_BYTES, memfdCreator, memfdName, privateCopies, withMemfds } from '../harness/restore/tree-memfds.ts';
 import { parseTreeEntries, treeEntries } from '../harness/restore/tree-image.ts';
@@ -171,4 +173,12 @@ t.test('tree.json memfds: round trip, no field without memfds, hostile fields re
     { name: 'ImageRejectedError', field: 'memfds[0].ends[0].fd' },
     'a descriptor that is a memfd and a pipe end',
   );
+});
+
+t.test('a daemon of one process that holds a memfd is restored as a tree, and its shape names the memfd', async (t) => {
+  const one: ProcessTree = { members: tree().members.slice(0, 1) };
+  t.ok(isSingleProcess(one), 'one process, nothing shared: one process');
+  const holding: ProcessTree = { ...one, memfds: [memfd([{ pid: 100, fd: 3, cloexec: false }])] };
+  t.notOk(isSingleProcess(holding), 'one process holding a memfd: a tree, so the memfd is restored');
+  t.equal(describeTreeShape(holding), '1 process (pid 100), 1 memfd');
 });
