@@ -8,7 +8,10 @@
 // (the pipe restored empty: the parent reads 100 bytes, not 3100), the grandchild restored as the parent's child (wrong
 // parent links: the child cannot wait for it). And a parent and child joined by a unix socketpair (SOCK_STREAM, then
 // SOCK_DGRAM) with data queued both ways, the parent at a breakpoint: restored as one pair with both queues, it ends as
-// the native run; omit=pipe-contents (the pair restored empty) is caught by the program.
+// the native run; omit=pipe-contents (the pair restored empty) is caught by the program. And a parent and child that
+// hold one memfd (written, sealed against shrinking, at an offset) as a descriptor, the parent at a breakpoint before it
+// lets the child write through its own: restored as one memfd (name, contents, size, seals, offset) the parent reads the
+// child's write and ends as the native run; omit=mapping-kinds (a memfd of its own for each) is caught by the program.
 import t, { type Test } from 'tap';
 import { appendFileSync, writeFileSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
@@ -284,6 +287,91 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_CHECKPOINT_RESTORE']), async (t
         expected: pairReference,
         observed: r.line,
         matchedUninterrupted: r.line === pairReference,
+      });
+    });
+  }
+
+  // A parent and child holding one memfd as a descriptor: restored as one memfd, the child's write is read by the parent.
+  {
+    const memfdBinary = guest.image.guestPaths.sockpair!;
+    const memfdWorkload: Workload = {
+      binary: memfdBinary,
+      argv: [memfdBinary, 'memfd-run', 'tree-memfd'],
+      breakAt: symbols.resolve('sockpair:sharefd_checkpoint'),
+    };
+    const memfdScenario =
+      'parent and child holding one memfd as fd 3 (written, 6000 bytes, sealed against shrinking, offset 22); parent at a hardware breakpoint';
+    const runMemfd = async (tag: string, policy?: RestorePolicy) => {
+      const out = `/tmp/tree-${tag}.original.out`;
+      const pid = await spawnArmed(guest, memfdWorkload, out);
+      const hit = await agent.call({ op: 'RUN', pid, stopAfterHits: 1, timeoutMs: RUN_TIMEOUT_MS });
+      if (hit.outcome !== 'hit-limit')
+        throw new Error(`sharefd memfd-run never reached sharefd_checkpoint (${hit.outcome} ${hit.code}): ${await readOutput(guest, out)}`);
+      if (!policy) {
+        const end = await agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
+        return { line: `${endedAs(end)} ${(await readOutput(guest, out)).trim()}` };
+      }
+      const started = Date.now();
+      const tree = await checkpointTree(agent, { binary: memfdBinary, argv: memfdWorkload.argv, envp: [], noAslr: true, pid }, guest.platform);
+      const checkpointMs = Date.now() - started;
+      const file = path.join(guest.artifactsDir, `checkpoint-${tag}.tar`);
+      await writeTreeImage(tree, file);
+      for (const m of tree.members) await agent.call({ op: 'KILL', pid: m.pid });
+      const fromImage = await readTreeImage(file);
+      const restoredOut = `/tmp/tree-${tag}.restored.out`;
+      const restoreStarted = Date.now();
+      const restored = await restoreTreeWitnessed(agent, fromImage, { policy, stdoutPath: restoredOut }, tag);
+      const restoreMs = Date.now() - restoreStarted;
+      await releaseDescendants(agent, fromImage);
+      const end = await agent.call({ op: 'RUN', pid: fromImage.members[0]!.pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
+      return {
+        line: `${endedAs(end)} ${(await readOutput(guest, restoredOut)).trim()}`,
+        tree: fromImage,
+        restored,
+        timing: `checkpoint ${checkpointMs} ms, image ${(await stat(file)).size} bytes, restore ${restoreMs} ms`,
+      };
+    };
+    const memfdReference = (await runMemfd('memfd-reference')).line;
+    const native = await nativeReference(guest, memfdWorkload);
+    t.equal(memfdReference, `${endedAs(native)} ${native.output.trim()}`, 'memfd: the traced reference is the native run (no tracer)');
+    t.equal(memfdReference, "exited 0 sharefd memfd-run ok: the child's write seen, seals 0x2, offset 22, size 6000", `memfd uninterrupted: ${memfdReference}`);
+
+    await t.test('kill and restore a memfd held by parent and child: one memfd, its contents, seals and offset; it ends as uninterrupted', async (t) => {
+      const r = await runMemfd('memfd-default', DEFAULT_POLICY);
+      t.same(
+        r.tree?.memfds?.map(
+          (m) => `${m.name} ${m.contents.length} bytes, seals 0x${m.seals.toString(16)}, offset ${m.pos}, fds ${m.ends.map((e) => e.fd).join(' ')}`,
+        ),
+        ['tree-memfd 6000 bytes, seals 0x2, offset 22, fds 3 3'],
+        'one memfd, fd 3 of both',
+      );
+      t.same(r.restored?.differences, [], 'read back: one memfd behind both descriptors, as planned');
+      t.equal(r.line, memfdReference, `restored: ${r.line}`);
+      t.comment(`memfd, 2 processes: ${r.timing}`);
+      recordRowOutcome(t, {
+        case: CASE,
+        scenario: memfdScenario,
+        policy: describePolicy(DEFAULT_POLICY),
+        control: false,
+        expected: memfdReference,
+        observed: r.line,
+        matchedUninterrupted: r.line === memfdReference && r.restored?.differences.length === 0,
+      });
+    });
+
+    await t.test('negative control omit=mapping-kinds: parent and child each restored with a memfd of its own', async (t) => {
+      const policy: RestorePolicy = { ...DEFAULT_POLICY, omit: ['mapping-kinds'] };
+      const r = await runMemfd('memfd-private', policy);
+      t.match(r.line, /sharefd memfd-run mismatch: the child's write not seen, child status 0x0, /, `caught: ${r.line}`);
+      t.not(r.line, memfdReference, 'and it differs from the uninterrupted run');
+      recordRowOutcome(t, {
+        case: CASE,
+        scenario: memfdScenario,
+        policy: describePolicy(policy),
+        control: true,
+        expected: memfdReference,
+        observed: r.line,
+        matchedUninterrupted: r.line === memfdReference,
       });
     });
   }

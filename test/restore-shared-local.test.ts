@@ -3,13 +3,18 @@
 // one offset) is refused as a shared open file description naming both descriptors; a file opened write-only with
 // O_APPEND before the fork (writes at the end whoever makes them) is checkpointed, restored with the same pids, each
 // process's fd 3 write-only O_APPEND on the file again; a FIFO (opened again by path it would block, or come back empty) is
-// refused by name with its mode; a memfd both map shared is refused by name.
+// refused by name with its mode; a memfd both map shared is refused by name (a mapping of a deleted file); a memfd
+// both hold as fd 3 only (one description, offset 7, sealed against shrinking, 6000 bytes) is restored as one memfd:
+// the same name, contents, size, seals and offset, and a write through the parent's fd is read through the child's;
+// a memfd the child opened again through /proc (a second description, a second offset) is refused by name.
 import t from 'tap';
+import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import { AgentClient } from '../harness/agent/client.ts';
 import { localAgentTransport } from '../harness/agent/local-transport.ts';
 import { buildGuestBinaries } from '../harness/image/guest-binaries.ts';
 import { parseFdinfo } from '../harness/restore/files.ts';
+import { readTreeImage, writeTreeImage } from '../harness/restore/tree-image.ts';
 import { DEFAULT_POLICY } from '../harness/restore/policy.ts';
 import { checkpointTree } from '../harness/restore/tree-checkpoint.ts';
 import { releaseDescendants, restoreTree } from '../harness/restore/tree-restore.ts';
@@ -38,6 +43,18 @@ t.test('shared state across fork through the real agent, on the host kernel', as
       if (ended) throw new Error(`sharefd ${mode} ended: ${ended.outcome} ${ended.code}`);
     }
     return { pid, file, argv, out, process: { binary, argv, envp: [], noAslr: true, pid } };
+  };
+
+  /** Writes 16 bytes at offset 100 through the parent's fd 3 (pwrite from a scratch place in its stack, put back after); what the child's fd 3 reads there. */
+  const writeSeen = async (parent: number, child: number): Promise<string> => {
+    const { rsp } = await agent.call({ op: 'GETREGS', pid: parent });
+    const scratch = (rsp - 8192n) & ~0xfn;
+    const saved = await agent.call({ op: 'READ_MEM', pid: parent, address: scratch, length: 16 });
+    await agent.call({ op: 'WRITE_MEM', pid: parent, address: scratch, data: Buffer.from('written by paren') });
+    const wrote = await agent.call({ op: 'INJECT_SYSCALL', pid: parent, nr: 18, args: [3n, scratch, 16n, 100n] });
+    await agent.call({ op: 'WRITE_MEM', pid: parent, address: scratch, data: saved });
+    if (wrote !== 16n) throw new Error(`pwrite in pid ${parent}: ${wrote}`);
+    return (await agent.call({ op: 'READ_FILE', path: `/proc/${child}/fd/3`, maxSize: 65536 })).subarray(100, 116).toString();
   };
 
   await t.test('a description opened read-write before the fork: one offset, refused by name', async (t) => {
@@ -81,7 +98,69 @@ t.test('shared state across fork through the real agent, on the host kernel', as
     const s = await started('memfd');
     await t.rejects(checkpointTree(agent, s.process, { host: true }), {
       name: 'CheckpointError',
-      message: /memfd \(fd 3: \/memfd:memfd \(deleted\)\)/,
+      message: /mapping [0-9a-f]+-[0-9a-f]+ rw-s maps \/memfd:memfd \(deleted\), which a restore cannot open again/,
     });
+  });
+
+  await t.test('a memfd held as fd 3 by parent and child: restored as one memfd', async (t) => {
+    const s = await started('memfd-fd');
+    const checkpointStarted = Date.now();
+    const tree = await checkpointTree(agent, s.process, { host: true });
+    const checkpointMs = Date.now() - checkpointStarted;
+    t.equal(tree.memfds?.length, 1, 'one memfd');
+    const memfd = tree.memfds![0]!;
+    t.equal(memfd.name, 'memfd-fd', 'its name');
+    t.equal(memfd.contents.length, 6000, 'its size');
+    t.equal(memfd.contents.subarray(0, 22).toString(), 'shared memfd contents\n', 'its contents');
+    t.equal(memfd.seals, 0x2, 'F_SEAL_SHRINK');
+    t.equal(memfd.pos, 7, 'its offset');
+    t.same(
+      memfd.ends.map((e) => e.fd),
+      [3, 3],
+      'fd 3 of both',
+    );
+    const imageFile = path.join(dir, 'memfd-fd.img');
+    await writeTreeImage(tree, imageFile);
+    const bytes = (await stat(imageFile)).size;
+    const again = await readTreeImage(imageFile);
+    t.same(again.memfds, tree.memfds, 'through an image file and back');
+    for (const m of tree.members) await agent.call({ op: 'KILL', pid: m.pid });
+    const restoreStarted = Date.now();
+    const restored = await restoreTree(agent, tree, { policy: DEFAULT_POLICY, stdoutPath: path.join(dir, 'memfd-fd-restored.out') });
+    t.comment(`checkpoint ${checkpointMs} ms, restore ${Date.now() - restoreStarted} ms, image ${bytes} bytes`);
+    t.same(restored.differences, [], 'read back as planned: one memfd behind both fds, offset 7');
+    const [parent, child] = tree.members.map((m) => m.pid) as [number, number];
+    for (const pid of [parent, child]) {
+      t.equal(await agent.call({ op: 'READLINK', path: `/proc/${pid}/fd/3` }), '/memfd:memfd-fd (deleted)', `pid ${pid} fd 3 is memfd:memfd-fd`);
+      t.same(await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/fd/3`, maxSize: 65536 }), memfd.contents, `pid ${pid}: its contents`);
+    }
+    const seals = await agent.call({ op: 'INJECT_SYSCALL', pid: child, nr: 72, args: [3n, 1034n] });
+    t.equal(seals, 2n, 'F_GET_SEALS in the child: F_SEAL_SHRINK');
+    const kcmp = await agent.call({ op: 'INJECT_SYSCALL', pid: parent, nr: 312, args: [BigInt(parent), BigInt(child), 0n, 3n, 3n] });
+    t.equal(kcmp, 0n, 'kcmp(KCMP_FILE): one open file description in both');
+    t.equal(await writeSeen(parent, child), 'written by paren', "the parent's write, read through the child's fd");
+    await releaseDescendants(agent, tree);
+  });
+
+  await t.test('a memfd the child opened again through /proc (two descriptions, two offsets): refused by name', async (t) => {
+    const s = await started('memfd-reopen');
+    await t.rejects(checkpointTree(agent, s.process, { host: true }), {
+      name: 'CheckpointError',
+      message: new RegExp(
+        `memfd:memfd-reopen \\(inode \\d+; pid ${s.pid} fd 3, pid \\d+ fd 3, pid \\d+ fd 4\\): pid \\d+ fd 4 is another open file description of it \\(opened again through /proc\\)`,
+      ),
+    });
+  });
+
+  await t.test('a memfd held as fd 3, restored under omit=mapping-kinds (the control): a copy each, a write not seen', async (t) => {
+    const s = await started('memfd-fd');
+    const tree = await checkpointTree(agent, s.process, { host: true });
+    for (const m of tree.members) await agent.call({ op: 'KILL', pid: m.pid });
+    await restoreTree(agent, tree, { policy: { ...DEFAULT_POLICY, omit: ['mapping-kinds'] }, stdoutPath: path.join(dir, 'memfd-fd-control.out') });
+    const [parent, child] = tree.members.map((m) => m.pid) as [number, number];
+    const kcmp = await agent.call({ op: 'INJECT_SYSCALL', pid: parent, nr: 312, args: [BigInt(parent), BigInt(child), 0n, 3n, 3n] });
+    t.not(kcmp, 0n, 'kcmp(KCMP_FILE): two descriptions');
+    t.not(await writeSeen(parent, child), 'written by paren', "the parent's write is not in the child's copy");
+    await releaseDescendants(agent, tree);
   });
 });

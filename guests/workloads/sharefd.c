@@ -3,7 +3,7 @@
  * a parent and a child that share what fork shares, for the refusals and
  * restores of a process tree's shared state.
  *
- *   sockpair offset|append|fifo|memfd PATH
+ *   sockpair offset|append|fifo|memfd|memfd-fd PATH
  *
  * MODE says what the parent opens (at PATH, in a directory of the caller's)
  * before it forks:
@@ -11,8 +11,27 @@
  *   append   PATH write-only, O_APPEND: one description, writes at the end
  *   fifo     a FIFO made at PATH, opened read-write, 5 bytes queued in it
  *   memfd    a memfd named PATH's last component, 4 KiB, mapped shared
+ *   memfd-fd a memfd named so, held as fd 3 only: MEMFD_TEXT written,
+ *            6000 bytes long, sealed against shrinking, offset 7
+ *   memfd-reopen  a memfd named so as fd 3, which the child opens again
+ *            through /proc/self/fd/3 as fd 4: two descriptions of it
  * Then the parent forks; each process writes a line to stdout and sleeps
  * in pause() until killed. The host stops the two and checkpoints them.
+ *
+ *   sockpair memfd-run NAME
+ *
+ * runs to an end instead: the parent makes a memfd NAME (MEMFD_TEXT
+ * written, MEMFD_SIZE bytes, sealed against shrinking, offset at the end of
+ * the text) and a pipe, and forks; the child waits for a byte on the pipe.
+ * The parent calls sharefd_checkpoint() — where the host stops it — then
+ * lets the child go; the child writes CHILD_TEXT at CHILD_AT through its
+ * descriptor and exits; the parent, once it has waited for the child, reads
+ * there through its own and checks the seals, offset and size:
+ *
+ *   sharefd memfd-run ok: the child's write seen, seals 0x2, offset 22, size 6000
+ *
+ * or "sharefd memfd-run mismatch: ..." naming what differed (a child with a
+ * memfd of its own writes where the parent never looks).
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -20,9 +39,59 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 int sharefd_main(int argc, char **argv);
+
+#define MEMFD_TEXT "shared memfd contents\n"
+#define MEMFD_SIZE 6000
+#define CHILD_TEXT "written by the child"
+#define CHILD_AT 100
+
+/* The checkpoint point of memfd-run: the host stops the parent here (a breakpoint), the child waiting on the pipe. */
+__attribute__((noinline)) void sharefd_checkpoint(void)
+{
+	__asm__ volatile("" ::: "memory");
+}
+
+static int memfd_run(const char *name)
+{
+	char got[sizeof(CHILD_TEXT)] = { 0 }, c = 0;
+	int fd, go[2], status, seals;
+	off_t offset;
+	struct stat st;
+	pid_t child;
+
+	setvbuf(stdout, NULL, _IONBF, 0);
+	fd = memfd_create(name, MFD_ALLOW_SEALING);
+	if (fd < 0 || write(fd, MEMFD_TEXT, sizeof(MEMFD_TEXT) - 1) != sizeof(MEMFD_TEXT) - 1 || ftruncate(fd, MEMFD_SIZE) < 0 ||
+			fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK) < 0 || pipe(go) < 0)
+		return 1;
+	child = fork();
+	if (child < 0)
+		return 1;
+	if (child == 0) {
+		if (read(go[0], &c, 1) != 1)
+			_exit(3);
+		_exit(pwrite(fd, CHILD_TEXT, sizeof(CHILD_TEXT) - 1, CHILD_AT) == sizeof(CHILD_TEXT) - 1 ? 0 : 4);
+	}
+	sharefd_checkpoint();
+	if (write(go[1], &c, 1) != 1 || waitpid(child, &status, 0) != child)
+		return 1;
+	seals = fcntl(fd, F_GET_SEALS);
+	offset = lseek(fd, 0, SEEK_CUR);
+	if (fstat(fd, &st) < 0 || pread(fd, got, sizeof(got) - 1, CHILD_AT) != sizeof(got) - 1)
+		return 1;
+	if (status != 0 || strcmp(got, CHILD_TEXT) != 0 || seals != F_SEAL_SHRINK || offset != sizeof(MEMFD_TEXT) - 1 || st.st_size != MEMFD_SIZE) {
+		printf("sharefd memfd-run mismatch: %s, child status 0x%x, seals 0x%x, offset %ld, size %ld\n",
+		       strcmp(got, CHILD_TEXT) == 0 ? "the child's write seen" : "the child's write not seen", status, seals, (long)offset,
+		       (long)st.st_size);
+		return 0;
+	}
+	printf("sharefd memfd-run ok: the child's write seen, seals 0x%x, offset %ld, size %ld\n", seals, (long)offset, (long)st.st_size);
+	return 0;
+}
 
 int sharefd_main(int argc, char **argv)
 {
@@ -31,6 +100,8 @@ int sharefd_main(int argc, char **argv)
 
 	if (argc != 3)
 		return 2;
+	if (strcmp(argv[1], "memfd-run") == 0)
+		return memfd_run(argv[2]);
 	if (strcmp(argv[1], "offset") == 0)
 		fd = open(argv[2], O_RDWR | O_CREAT | O_TRUNC, 0600);
 	else if (strcmp(argv[1], "append") == 0)
@@ -47,6 +118,18 @@ int sharefd_main(int argc, char **argv)
 		fd = memfd_create(name ? name + 1 : argv[2], 0);
 		if (fd >= 0 && (ftruncate(fd, 4096) < 0 || mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) == MAP_FAILED))
 			return 1;
+	} else if (strcmp(argv[1], "memfd-reopen") == 0) {
+		const char *name = strrchr(argv[2], '/');
+
+		fd = memfd_create(name ? name + 1 : argv[2], 0);
+	} else if (strcmp(argv[1], "memfd-fd") == 0) {
+		const char *name = strrchr(argv[2], '/');
+		static const char text[] = "shared memfd contents\n";
+
+		fd = memfd_create(name ? name + 1 : argv[2], MFD_ALLOW_SEALING);
+		if (fd >= 0 && (write(fd, text, sizeof(text) - 1) != sizeof(text) - 1 || ftruncate(fd, 6000) < 0 ||
+				fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK) < 0 || lseek(fd, 7, SEEK_SET) != 7))
+			return 1;
 	} else
 		return 2;
 	if (fd < 0 || (strcmp(argv[1], "offset") == 0 && write(fd, "0123456789", 10) != 10))
@@ -54,6 +137,8 @@ int sharefd_main(int argc, char **argv)
 	setvbuf(stdout, NULL, _IONBF, 0);
 	child = fork();
 	if (child < 0)
+		return 1;
+	if (child == 0 && strcmp(argv[1], "memfd-reopen") == 0 && open("/proc/self/fd/3", O_RDWR) != 4)
 		return 1;
 	printf("%s %d fd %d\n", child ? "parent" : "child", (int)getpid(), fd);
 	for (;;)

@@ -3,7 +3,8 @@
  * queued both ways, for the restore of a process tree's socketpairs.
  *
  *   sockpair stream|dgram
- *   sockpair offset|append|fifo|memfd PATH   (sharefd.c)
+ *   sockpair offset|append|fifo|memfd|memfd-fd PATH   (sharefd.c)
+ *   sockpair memfd-run NAME                            (sharefd.c)
  *
  * The parent makes a socketpair of the type asked (SOCK_STREAM or
  * SOCK_DGRAM) and two pipes, and forks. The child sends UP_MESSAGES

@@ -76,7 +76,7 @@ export function fileKind(path: string, flags: number): FileKind | undefined {
   return (flags & O.DIRECTORY) !== 0 ? 'directory' : 'file';
 }
 
-/** `skipPipes`: pipe and socket descriptors are someone else's (a tree's: tree-pipes.ts, tree-sockets.ts), left out instead of refused. */
+/** `skipPipes`: pipe, socket and memfd descriptors are someone else's (a tree's: tree-pipes.ts, tree-sockets.ts, tree-memfds.ts), left out instead of refused. */
 export async function captureTask(agent: AgentClient, pid: number, { skipPipes = false }: { skipPipes?: boolean } = {}): Promise<TaskState> {
   const session = parseStatSession((await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/stat`, maxSize: 4096 })).toString('utf8'));
   const fds = (await agent.call({ op: 'LISTDIR', path: `/proc/${pid}/fd` }))
@@ -90,7 +90,7 @@ export async function captureTask(agent: AgentClient, pid: number, { skipPipes =
     const fdinfo = (await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/fdinfo/${fd}`, maxSize: 65536 })).toString('utf8');
     // A timerfd is timers.ts's: created again with its clock, flags and settings.
     if (path === TIMERFD_LINK) continue;
-    if (skipPipes && /^(pipe|socket):\[\d+\]$/.test(path)) continue;
+    if (skipPipes && (/^(pipe|socket):\[\d+\]$/.test(path) || /^\/memfd:.* \(deleted\)$/.test(path))) continue;
     if (path === USERFAULTFD_LINK) {
       userfaultfds.push({ fd, ...parseUserfaultfdFdinfo(fdinfo) });
       continue;

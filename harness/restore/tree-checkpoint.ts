@@ -25,8 +25,9 @@
  * processes share at an offset (shared-descriptions.ts); a pipe that cannot be created once and
  * inherited, or holds too much (tree-pipes.ts); a socket that is not a unix
  * socketpair held in the tree, or one that holds what an image cannot
- * (tree-sockets.ts). The pipes and socketpairs between the processes are
- * captured with their queued data.
+ * (tree-sockets.ts); a memfd that cannot be one object again (tree-memfds.ts).
+ * The pipes and socketpairs between the processes are captured with their
+ * queued data, the memfds they hold as descriptors with their contents and seals.
  */
 import type { AgentClient } from '../agent/client.ts';
 import { AgentError, CheckpointError } from '../errors.ts';
@@ -37,6 +38,7 @@ import { FIRST_RESTORED_FD, parseFdinfo } from './files.ts';
 import { findSharedDescriptions, type HeldFile } from './shared-descriptions.ts';
 import { capturePipes, pipeCreator } from './tree-pipes.ts';
 import { captureSocketpairs, socketpairCreator } from './tree-sockets.ts';
+import { captureMemfds, memfdCreator, memfdName } from './tree-memfds.ts';
 import { creationOrder, planTreeSkeleton, sharedAnonymousObjects, type ProcessTree, type TreeMember } from './tree.ts';
 import { uncapturableError, zombieProblem, type Uncapturable } from './uncapturable.ts';
 
@@ -96,7 +98,8 @@ async function heldFiles(agent: AgentClient, pids: readonly number[]): Promise<H
   for (const pid of pids) {
     for (const fd of (await agent.call({ op: 'LISTDIR', path: `/proc/${pid}/fd` })).map(Number).filter((n) => n >= FIRST_RESTORED_FD)) {
       const path = await agent.call({ op: 'READLINK', path: `/proc/${pid}/fd/${fd}` });
-      if (!path.startsWith('/')) continue;
+      // A memfd's descriptors are one object of the tree's (tree-memfds.ts), not a file opened by path.
+      if (!path.startsWith('/') || memfdName(path) !== undefined) continue;
       const { flags } = parseFdinfo((await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/fdinfo/${fd}`, maxSize: 65536 })).toString('utf8'));
       held.push({ pid, fd, path, flags });
     }
@@ -192,6 +195,11 @@ export async function checkpointTree(
     tree.members.map((m) => m.pid),
   );
   if (socketpairs.length > 0) tree.socketpairs = socketpairs;
+  const memfds = await captureMemfds(
+    agent,
+    tree.members.map((m) => m.pid),
+  );
+  if (memfds.length > 0) tree.memfds = memfds;
   // Shared memory that could not be one object again, and sessions and groups no sequence of calls can form again,
   // are refused now, not at restore.
   let anonymous;
@@ -212,6 +220,14 @@ export async function checkpointTree(
       socketpairCreator(tree.members, p);
     } catch (error) {
       if (error instanceof PlanError) throw new CheckpointError(error.message, { state: 'socketpair' });
+      throw error;
+    }
+  }
+  for (const m of memfds) {
+    try {
+      memfdCreator(tree.members, m);
+    } catch (error) {
+      if (error instanceof PlanError) throw new CheckpointError(error.message, { state: 'memfd' });
       throw error;
     }
   }

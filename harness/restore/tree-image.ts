@@ -15,7 +15,17 @@ import { ImageRejectedError } from '../errors.ts';
 import { imageEntries, parseImageEntries, readTarEntries, writeCheckpointImage, type CheckpointImage } from './checkpoint-image.ts';
 import { pipesProblem } from './tree-pipes.ts';
 import { socketpairsProblem } from './tree-sockets.ts';
-import { treeShapeProblem, type ProcessTree, type SocketEnd, type TreeMember, type TreePipe, type TreeSocketPair } from './tree.ts';
+import { memfdsProblem } from './tree-memfds.ts';
+import {
+  treeShapeProblem,
+  type MemfdEnd,
+  type ProcessTree,
+  type SocketEnd,
+  type TreeMember,
+  type TreeMemfd,
+  type TreePipe,
+  type TreeSocketPair,
+} from './tree.ts';
 
 export const TREE_ENTRY = 'tree.json';
 
@@ -39,6 +49,17 @@ interface TreeJsonSocketpair {
   ends: [SocketEnd[], SocketEnd[]];
   /** what each socket would read next, base64: one string for a stream's bytes, one per datagram */
   queued: [string[], string[]];
+}
+
+interface TreeJsonMemfd {
+  inode: number;
+  name: string;
+  seals: number;
+  flags: number;
+  pos: number;
+  /** every byte, base64 */
+  contents: string;
+  ends: MemfdEnd[];
 }
 
 interface TreeJsonMember extends TreeMember {
@@ -89,7 +110,18 @@ export async function treeEntries(tree: ProcessTree): Promise<Map<string, Buffer
     ends: p.ends,
     queued: [p.queued[0].map((b) => b.toString('base64')), p.queued[1].map((b) => b.toString('base64'))],
   }));
-  extra.set(TREE_ENTRY, Buffer.from(`${JSON.stringify({ members, pipes, ...(socketpairs.length > 0 ? { socketpairs } : {}) }, null, 2)}\n`));
+  // memfds likewise (format 11's optional field, written only when present).
+  const memfds: TreeJsonMemfd[] = (tree.memfds ?? []).map((m) => ({
+    inode: m.inode,
+    name: m.name,
+    seals: m.seals,
+    flags: m.flags,
+    pos: m.pos,
+    contents: m.contents.toString('base64'),
+    ends: m.ends,
+  }));
+  const optional = { ...(socketpairs.length > 0 ? { socketpairs } : {}), ...(memfds.length > 0 ? { memfds } : {}) };
+  extra.set(TREE_ENTRY, Buffer.from(`${JSON.stringify({ members, pipes, ...optional }, null, 2)}\n`));
   for (const m of others) extra.set(nestedEntryName(m.pid), await packTar(imageEntries(m.image)));
   return extra;
 }
@@ -111,7 +143,7 @@ export async function parseTreeEntries(entries: Map<string, Buffer>): Promise<Pr
     // A one-process image: its own session and group, no parent in the image.
     return { members: [{ pid: rootImage.process.pid, ppid: 0, pgid: rootImage.task.pgid, sid: rootImage.task.sid, exitSignal: 17, image: rootImage }] };
   }
-  const { members, pipes, socketpairs } = validateTreeJson(parseTreeJson(raw));
+  const { members, pipes, socketpairs, memfds } = validateTreeJson(parseTreeJson(raw));
   const listed = new Set(members.slice(1).map((m) => m.entry));
   for (const name of entries.keys()) {
     if (name.startsWith('tree/') && !listed.has(name)) throw new ImageRejectedError('nested image not listed in tree.json', name, '(entry)');
@@ -133,6 +165,7 @@ export async function parseTreeEntries(entries: Map<string, Buffer>): Promise<Pr
   }
   if (pipes.length > 0) tree.pipes = pipes;
   if (socketpairs.length > 0) tree.socketpairs = socketpairs;
+  if (memfds.length > 0) tree.memfds = memfds;
   return tree;
 }
 
@@ -145,9 +178,9 @@ function parseTreeJson(raw: Buffer): unknown {
   }
 }
 
-function validateTreeJson(raw: unknown): { members: TreeJsonMember[]; pipes: TreePipe[]; socketpairs: TreeSocketPair[] } {
+function validateTreeJson(raw: unknown): { members: TreeJsonMember[]; pipes: TreePipe[]; socketpairs: TreeSocketPair[]; memfds: TreeMemfd[] } {
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new ImageRejectedError('is not an object', TREE_ENTRY, '(root)');
-  const extra = Object.keys(raw).find((k) => k !== 'members' && k !== 'pipes' && k !== 'socketpairs');
+  const extra = Object.keys(raw).find((k) => !['members', 'pipes', 'socketpairs', 'memfds'].includes(k));
   if (extra) throw new ImageRejectedError('unknown field', TREE_ENTRY, extra);
   const list = (raw as { members?: unknown }).members;
   if (!Array.isArray(list)) throw new ImageRejectedError('is not an array', TREE_ENTRY, 'members');
@@ -178,7 +211,48 @@ function validateTreeJson(raw: unknown): { members: TreeJsonMember[]; pipes: Tre
         );
     }
   }
-  return { members, pipes, socketpairs };
+  const memfds = validateMemfdsJson((raw as { memfds?: unknown }).memfds ?? [], new Set(members.map((m) => m.pid)));
+  // One descriptor is one thing: a memfd's is no pipe end and no socket.
+  const otherFds = new Set([...pipeFds, ...socketpairs.flatMap((p) => p.ends.flat().map((e) => `${e.pid}:${e.fd}`))]);
+  for (const [i, m] of memfds.entries()) {
+    const j = m.ends.findIndex((e) => otherFds.has(`${e.pid}:${e.fd}`));
+    if (j >= 0)
+      throw new ImageRejectedError(`pid ${m.ends[j]!.pid} fd ${m.ends[j]!.fd} is also a pipe end or a socket`, TREE_ENTRY, `memfds[${i}].ends[${j}].fd`);
+  }
+  return { members, pipes, socketpairs, memfds };
+}
+
+function validateMemfdsJson(raw: unknown, pids: ReadonlySet<number>): TreeMemfd[] {
+  if (!Array.isArray(raw)) throw new ImageRejectedError('is not an array', TREE_ENTRY, 'memfds');
+  if (raw.length > 1024) throw new ImageRejectedError(`${raw.length} memfds, limit 1024`, TREE_ENTRY, 'memfds');
+  const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+  const memfds = raw.map((m: unknown, i): TreeMemfd => {
+    const at = `memfds[${i}]`;
+    if (!isObject(m)) throw new ImageRejectedError('is not an object', TREE_ENTRY, at);
+    const unknownKey = Object.keys(m).find((k) => !['inode', 'name', 'seals', 'flags', 'pos', 'contents', 'ends'].includes(k));
+    if (unknownKey) throw new ImageRejectedError('unknown field', TREE_ENTRY, `${at}.${unknownKey}`);
+    if (typeof m.contents !== 'string' || !/^[A-Za-z0-9+/]*={0,2}$/.test(m.contents))
+      throw new ImageRejectedError('is not base64', TREE_ENTRY, `${at}.contents`);
+    if (!Array.isArray(m.ends)) throw new ImageRejectedError('is not an array', TREE_ENTRY, `${at}.ends`);
+    const ends = m.ends.map((e: unknown, j): MemfdEnd => {
+      if (!isObject(e)) throw new ImageRejectedError('is not an object', TREE_ENTRY, `${at}.ends[${j}]`);
+      const bad = Object.keys(e).find((k) => !['pid', 'fd', 'cloexec'].includes(k));
+      if (bad) throw new ImageRejectedError('unknown field', TREE_ENTRY, `${at}.ends[${j}].${bad}`);
+      return { pid: e.pid as number, fd: e.fd as number, cloexec: e.cloexec as boolean };
+    });
+    return {
+      inode: m.inode as number,
+      name: m.name as string,
+      seals: m.seals as number,
+      flags: m.flags as number,
+      pos: m.pos as number,
+      contents: Buffer.from(m.contents, 'base64'),
+      ends,
+    };
+  });
+  const problem = memfdsProblem(memfds, pids);
+  if (problem) throw new ImageRejectedError(problem.why, TREE_ENTRY, problem.field);
+  return memfds;
 }
 
 function validatePipesJson(raw: unknown, pids: ReadonlySet<number>): TreePipe[] {

@@ -19,6 +19,7 @@ import { parseFdinfo, parseStatSession } from './files.ts';
 import { PlanError, type PlanStep } from './plan-step.ts';
 import { DEFAULT_PIPE_BYTES, parkingBase, withPipes } from './tree-pipes.ts';
 import { withSocketpairs } from './tree-sockets.ts';
+import { fdinfoInode, memfdName, privateCopies, withMemfds } from './tree-memfds.ts';
 import { omits, assertPolicyAdmits, type RestorePolicy } from './policy.ts';
 import type { Mapping } from './proc-maps.ts';
 import { checkSteps, PidInUseError, restoreInto, type Difference, type RestoreResult } from './restore.ts';
@@ -30,6 +31,7 @@ import {
   type ProcessTree,
   type SharedAnonymous,
   type TreeAction,
+  type TreeMemfd,
   type TreePipe,
   type TreeSocketPair,
 } from './tree.ts';
@@ -47,7 +49,16 @@ const NR = {
   dup3: 292,
   pipe2: 293,
   clone3: 435,
+  pwrite64: 18,
+  lseek: 8,
+  ftruncate: 77,
+  memfdCreate: 319,
 } as const;
+const MFD_ALLOW_SEALING = 2n;
+const F_ADD_SEALS = 1033n;
+const SEEK_SET = 0n;
+/** Bytes of a memfd's contents written back per pwrite, from the stub's stack below the clone_args scratch. */
+const MEMFD_CHUNK = 32 * 1024;
 const AF_UNIX = 1n;
 const SOCK_TYPE_NUMBER = { stream: 1n, dgram: 2n } as const;
 const MSG_DONTWAIT = 0x40n;
@@ -228,6 +239,56 @@ export function skeletonSteps(actions: readonly TreeAction[], stub: StubFacts): 
         }
         break;
       }
+      case 'memfd-create': {
+        const parked = BigInt(a.fd);
+        const name = stub.scratch + 256n;
+        steps.push(
+          { op: { op: 'WRITE_MEM', pid: a.pid, address: name, data: Buffer.from(`${a.name}\0`) }, why: `the name "${a.name}", in the stub's stack` },
+          // The lowest free descriptor of a stub: fd 3 (every parked one is higher).
+          { op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.memfdCreate, args: [name, MFD_ALLOW_SEALING] }, why: a.why, expect: FRESH_PIPE.read },
+          { op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.dup3, args: [FRESH_PIPE.read, parked, 0n] }, why: `park it at fd ${a.fd}`, expect: parked },
+          { op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.close, args: [FRESH_PIPE.read] }, why: 'close the unparked memfd', expect: 0n },
+        );
+        const at = stub.scratch - BigInt(PIPE_DATA_BELOW_SCRATCH);
+        for (let off = 0; off < a.contents.length; off += MEMFD_CHUNK) {
+          const chunk = a.contents.subarray(off, off + MEMFD_CHUNK);
+          steps.push(
+            {
+              op: { op: 'WRITE_MEM', pid: a.pid, address: at, data: chunk },
+              why: `bytes ${off}-${off + chunk.length} of memfd:${a.name}, in the stub's stack`,
+            },
+            {
+              op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.pwrite64, args: [parked, at, BigInt(chunk.length), BigInt(off)] },
+              why: `write them back at offset ${off}`,
+              expect: BigInt(chunk.length),
+            },
+          );
+        }
+        steps.push({
+          op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.ftruncate, args: [parked, BigInt(a.contents.length)] },
+          why: `its size, ${a.contents.length} bytes`,
+          expect: 0n,
+        });
+        if (a.seals !== 0)
+          steps.push({
+            op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.fcntl, args: [parked, F_ADD_SEALS, BigInt(a.seals)] },
+            why: `seals 0x${a.seals.toString(16)}`,
+            expect: 0n,
+          });
+        if (a.flags !== 0)
+          steps.push({
+            op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.fcntl, args: [parked, F_SETFL, BigInt(a.flags)] },
+            why: `status flags 0o${a.flags.toString(8)}`,
+            expect: 0n,
+          });
+        if (a.pos !== 0)
+          steps.push({
+            op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.lseek, args: [parked, BigInt(a.pos), SEEK_SET] },
+            why: `offset ${a.pos}`,
+            expect: BigInt(a.pos),
+          });
+        break;
+      }
       case 'fd-dup':
         steps.push({
           op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.dup3, args: [BigInt(a.from), BigInt(a.to), a.cloexec ? O_CLOEXEC : 0n] },
@@ -258,22 +319,29 @@ export function inheritedShared(shared: readonly SharedAnonymous[], pid: number)
 export function planTreeRestore(
   tree: ProcessTree,
   policy: RestorePolicy,
-): { shared: SharedAnonymous[]; pipes: TreePipe[]; socketpairs: TreeSocketPair[]; actions: TreeAction[] } {
+): { shared: SharedAnonymous[]; pipes: TreePipe[]; socketpairs: TreeSocketPair[]; memfds: TreeMemfd[]; actions: TreeAction[] } {
   // omit=mapping-kinds: no shared object is created; each process maps private memory of its own (the control).
   const shared = omits(policy, 'mapping-kinds') ? [] : sharedAnonymousObjects(tree);
   // omit=pipe-contents: the pipes without their queued bytes (the control).
   // omit=pipe-contents: the pipes and socketpairs without their queued data (the control).
   const pipes = (tree.pipes ?? []).map((p) => (omits(policy, 'pipe-contents') ? { ...p, queued: Buffer.alloc(0) } : p));
   const socketpairs = (tree.socketpairs ?? []).map((p): TreeSocketPair => (omits(policy, 'pipe-contents') ? { ...p, queued: [[], []] } : p));
+  // omit=mapping-kinds: each holder gets a memfd of its own, a copy (the control).
+  const memfds = omits(policy, 'mapping-kinds') ? privateCopies(tree.memfds ?? []) : (tree.memfds ?? []);
   const fdsInTree = tree.members.flatMap((m) => [
     ...m.image.task.files.map((f) => f.fd),
     ...(m.image.task.userfaultfds ?? []).map((u) => u.fd),
     ...m.image.timers.timerfds.map((x) => x.fd),
   ]);
-  const base = parkingBase(pipes, [...fdsInTree, ...socketpairs.flatMap((p) => p.ends.flat().map((e) => e.fd))]);
+  const base = parkingBase(pipes, [
+    ...fdsInTree,
+    ...socketpairs.flatMap((p) => p.ends.flat().map((e) => e.fd)),
+    ...memfds.flatMap((m) => m.ends.map((e) => e.fd)),
+  ]);
   const withAllPipes = withPipes(planTreeSkeleton(tree.members, shared), tree.members, pipes, base);
-  const actions = withSocketpairs(withAllPipes, tree.members, socketpairs, base + 2 * pipes.length);
-  return { shared, pipes, socketpairs, actions };
+  const withAllSockets = withSocketpairs(withAllPipes, tree.members, socketpairs, base + 2 * pipes.length);
+  const actions = withMemfds(withAllSockets, tree.members, memfds, base + 2 * pipes.length + 2 * socketpairs.length);
+  return { shared, pipes, socketpairs, memfds, actions };
 }
 
 export async function restoreTree(agent: AgentClient, tree: ProcessTree, options: TreeRestoreOptions): Promise<TreeRestoreResult> {
@@ -285,7 +353,7 @@ export async function restoreTree(agent: AgentClient, tree: ProcessTree, options
     assertPolicyAdmits(m.image.regs.eflags, policy);
     assertThreadsAdmitted(m.image, policy);
   }
-  const { shared, pipes, socketpairs, actions } = planTreeRestore(tree, policy);
+  const { shared, pipes, socketpairs, memfds, actions } = planTreeRestore(tree, policy);
 
   const created: number[] = [];
   try {
@@ -311,8 +379,8 @@ export async function restoreTree(agent: AgentClient, tree: ProcessTree, options
     const regs = await agent.call({ op: 'GETREGS', pid: root.pid });
     // Pipes are created where pipe2 puts them in a fresh stub (fds 3 and 4): the stub must have 0-2 open, nothing else.
     const stubFds = (await agent.call({ op: 'LISTDIR', path: `/proc/${root.pid}/fd` })).map(Number).sort((a, b) => a - b);
-    if (pipes.length + socketpairs.length > 0 && stubFds.join(' ') !== '0 1 2')
-      throw new PlanError(`the root's stub has fds ${stubFds.join(' ')} open, not 0-2: its pipe2 and socketpair would not return fds 3 and 4`);
+    if (pipes.length + socketpairs.length + memfds.length > 0 && stubFds.join(' ') !== '0 1 2')
+      throw new PlanError(`the root's stub has fds ${stubFds.join(' ')} open, not 0-2: its pipe2, socketpair and memfd_create would not return fds 3 and 4`);
     const stub: StubFacts = {
       scratch: (regs.rsp - 4096n) & ~0xfn,
       rip: regs.rip,
@@ -338,7 +406,12 @@ export async function restoreTree(agent: AgentClient, tree: ProcessTree, options
       members.push(restored);
       differences.push(...restored.differences.map((d) => ({ ...d, what: `pid ${m.pid} ${d.what}` })));
     }
-    differences.push(...(await readBackTree(agent, tree)), ...(await readBackPipes(agent, pipes)), ...(await readBackSocketpairs(agent, socketpairs)));
+    differences.push(
+      ...(await readBackTree(agent, tree)),
+      ...(await readBackPipes(agent, pipes)),
+      ...(await readBackSocketpairs(agent, socketpairs)),
+      ...(await readBackMemfds(agent, memfds)),
+    );
     return { skeleton, members, differences };
   } catch (error) {
     const killed: string[] = [];
@@ -436,6 +509,37 @@ async function readBackSocketpairs(agent: AgentClient, pairs: readonly TreeSocke
         const accepted = `${name}${(flags & 0o4000) !== 0 ? ', O_NONBLOCK' : ''}${(flags & 0o2000000) !== 0 ? ', close-on-exec' : ''}`;
         if (accepted !== requested) differences.push({ what, requested, accepted });
       }
+    }
+  }
+  return differences;
+}
+
+/**
+ * Every memfd descriptor where the image has one: a memfd of the same name,
+ * one memfd (one inode) behind all the descriptors of one image memfd,
+ * another behind each other, its size and offset as they were, close-on-exec
+ * as it was. (Its contents and seals are the workload's to check.)
+ */
+async function readBackMemfds(agent: AgentClient, memfds: readonly TreeMemfd[]): Promise<Difference[]> {
+  const differences: Difference[] = [];
+  const owner = new Map<number, number>();
+  for (const [i, m] of memfds.entries()) {
+    for (const e of m.ends) {
+      const what = `pid ${e.pid} fd ${e.fd}`;
+      const requested = `memfd ${i} (memfd:${m.name}) at offset ${m.pos}${e.cloexec ? ', close-on-exec' : ''}`;
+      const link = await agent.call({ op: 'READLINK', path: `/proc/${e.pid}/fd/${e.fd}` }).catch(() => 'closed');
+      const name = memfdName(link);
+      const fdinfo = name === undefined ? '' : (await agent.call({ op: 'READ_FILE', path: `/proc/${e.pid}/fdinfo/${e.fd}`, maxSize: 65536 })).toString('utf8');
+      const inode = fdinfoInode(fdinfo);
+      if (name === undefined || inode === undefined) {
+        differences.push({ what, requested, accepted: link });
+        continue;
+      }
+      const { flags, pos } = parseFdinfo(fdinfo);
+      const index = owner.get(inode) ?? i;
+      owner.set(inode, index);
+      const accepted = `memfd ${index} (memfd:${name}) at offset ${pos}${(flags & 0o2000000) !== 0 ? ', close-on-exec' : ''}`;
+      if (accepted !== requested) differences.push({ what, requested, accepted });
     }
   }
   return differences;

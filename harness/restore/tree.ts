@@ -68,6 +68,30 @@ export interface TreeSocketPair {
   queued: [Buffer[], Buffer[]];
 }
 
+/** A descriptor on a memfd of the tree (every descriptor of one memfd is one open file description). */
+export interface MemfdEnd {
+  pid: number;
+  fd: number;
+  cloexec: boolean;
+}
+
+/** A memfd held as descriptors by processes of the tree (tree-memfds.ts). */
+export interface TreeMemfd {
+  /** its inode at checkpoint time: its identity in the image */
+  inode: number;
+  /** what memfd_create was given (the link reads /memfd:NAME (deleted)) */
+  name: string;
+  /** F_GET_SEALS */
+  seals: number;
+  /** the description's O_APPEND and O_NONBLOCK (it is read-write) */
+  flags: number;
+  /** the description's offset */
+  pos: number;
+  /** every byte of it: its size is their number */
+  contents: Buffer;
+  ends: MemfdEnd[];
+}
+
 /** A checkpointed tree: every process's own image and its place. The root comes first, then the others in creation order. */
 export interface ProcessTree {
   members: Array<TreeMember & { image: CheckpointImage }>;
@@ -75,6 +99,8 @@ export interface ProcessTree {
   pipes?: TreePipe[];
   /** the unix socketpairs between them (tree-sockets.ts); absent: none */
   socketpairs?: TreeSocketPair[];
+  /** the memfds its processes hold as descriptors (tree-memfds.ts); absent: none */
+  memfds?: TreeMemfd[];
 }
 
 /** A step of building the tree's skeleton: stubs, their parent links, sessions and groups. */
@@ -95,6 +121,7 @@ export type TreeAction =
       queued: [Buffer[], Buffer[]];
       why: string;
     }
+  | { kind: 'memfd-create'; pid: number; fd: number; name: string; seals: number; flags: number; pos: number; contents: Buffer; why: string }
   | { kind: 'fd-dup'; pid: number; from: number; to: number; cloexec: boolean; why: string }
   | { kind: 'fd-close'; pid: number; fd: number; why: string };
 

@@ -311,9 +311,12 @@ export async function refuseUncapturable(
   noAslr: boolean,
   { pipesCaptured = false }: { pipesCaptured?: boolean } = {},
 ): Promise<void> {
-  // A tree's checkpoint captures the pipes and socketpairs between its processes itself (tree-pipes.ts,
-  // tree-sockets.ts, which refuses every other socket by name).
-  const found = (await findUncapturable(agent, pid, noAslr)).filter((u) => !(pipesCaptured && (u.state === 'pipe' || u.state === 'socket')));
+  // A tree's checkpoint captures the pipes, socketpairs and memfd descriptors between its processes itself
+  // (tree-pipes.ts, tree-sockets.ts, which refuses every other socket by name, tree-memfds.ts; a memfd mapping
+  // stays refused by checkpoint.ts).
+  const found = (await findUncapturable(agent, pid, noAslr)).filter(
+    (u) => !(pipesCaptured && (u.state === 'pipe' || u.state === 'socket' || u.state === 'memfd')),
+  );
   if (found.length > 0) throw uncapturableError(pid, found);
 }
 
