@@ -30,6 +30,11 @@ export interface ExecResult {
   truncated?: true;
 }
 
+/** How often a connection closed before the SSH identification exchange is tried. */
+const CONNECT_ATTEMPTS = 6;
+/** ssh2's words for a TCP connection that ended before the identification exchange, and a reset one. */
+const CLOSED_BEFORE_HANDSHAKE = /Connection lost before handshake|ECONNRESET/;
+
 export class SshCommandError extends CrhError {
   override readonly name = 'SshCommandError';
 }
@@ -63,13 +68,45 @@ export class SshSession {
     });
   }
 
+  /**
+   * Connects and logs in. A connection the guest closes before the SSH
+   * identification exchange is tried again, a few times, within timeoutMs:
+   * dropbear closes new connections at once while it counts five
+   * unauthenticated ones from one address (MAX_UNAUTH_PER_IP), and on a slow
+   * guest the readiness probes' connections are still counted for a while
+   * after the probes hung up (seen under load: "Connection lost before
+   * handshake" right after the banner answered). Any other failure —
+   * a refused host key, a refused login, a timeout — is final.
+   */
   static async connect(target: SshTarget, timeoutMs = 20_000): Promise<SshSession> {
     const privateKey = await readFile(target.privateKeyPath);
+    const deadline = Date.now() + timeoutMs;
+    const refusals: string[] = [];
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return new SshSession(await SshSession.handshake(target, privateKey, Math.max(deadline - Date.now(), 1)));
+      } catch (e) {
+        const message = (e as Error).message;
+        const again = CLOSED_BEFORE_HANDSHAKE.test(message) && attempt < CONNECT_ATTEMPTS && Date.now() + attempt * 250 < deadline;
+        if (!again) {
+          const earlier = refusals.length > 0 ? ` (after ${refusals.length} connection(s) closed before the handshake)` : '';
+          throw new InfraError(`SSH to ${target.host}:${target.port} failed: ${message}${earlier}`, { attempts: String(attempt) });
+        }
+        refusals.push(message);
+        await new Promise((resolve) => setTimeout(resolve, attempt * 250));
+      }
+    }
+  }
+
+  private static handshake(target: SshTarget, privateKey: Buffer, timeoutMs: number): Promise<Client> {
     const pinned = Buffer.from(target.hostPublicKey.split(' ')[1] ?? '', 'base64');
     const client = new Client();
-    await new Promise<void>((resolve, reject) => {
-      client.once('ready', () => resolve());
-      client.once('error', (e) => reject(new InfraError(`SSH to ${target.host}:${target.port} failed: ${e.message}`)));
+    return new Promise<Client>((resolve, reject) => {
+      client.once('ready', () => resolve(client));
+      client.once('error', (e) => {
+        client.end();
+        reject(e);
+      });
       client.connect({
         host: target.host,
         port: target.port,
@@ -80,7 +117,6 @@ export class SshSession {
         keepaliveInterval: 0,
       });
     });
-    return new SshSession(client);
   }
 
   /** Runs a command in the guest and collects its output. */
