@@ -26,7 +26,17 @@ t.test('a line per case', async (t) => {
 
 t.test('the summary fits 100 columns and names what failed', async (t) => {
   const text = summary({
-    verdicts: [row({}), row({ pass: false, registerDiff: 'eflags: asked 0x10202, kernel has 0x202' }), row({ control: true })],
+    verdicts: [
+      row({}),
+      row({ pass: false, registerDiff: 'eflags: asked 0x10202, kernel has 0x202' }),
+      row({
+        case: 'register-integrity',
+        pass: false,
+        failedAssertions: ['the kernel accepted every register as requested'],
+        restores: [{ tag: 'ptrace-regs-full', differences: [{ what: 'eflags', requested: '0x10602', accepted: '0x602' }], oracle: 'regcheck_resumed reached' }],
+      }),
+      row({ control: true }),
+    ],
     infraCases: ['daemon'],
     failedCases: ['hwbreak-rf', 'threads'],
     elapsedMs: 95_500,
@@ -37,10 +47,12 @@ t.test('the summary fits 100 columns and names what failed', async (t) => {
   const wide = text.split('\n').filter((l) => [...l].length > SUMMARY_COLUMNS);
   t.same(wide, [], 'no line wider than 100 columns');
   t.match(text, /eflags: asked 0x10202, kernel has 0x202/, 'the register diff beside the failure');
+  t.match(text, /failed assertion: the kernel accepted every register as requested/, 'the failed assertion beside its row');
+  t.match(text, /restore ptrace-regs-full: eflags asked 0x10602, the kernel has 0x602/, "the kernel's read-back beside the row");
   t.match(text, /artifacts \/work\/main\/artifacts\/hwbreak-rf/, 'the failing row names its artifacts');
   t.match(text, /✗ threads: assertions failed outside any verdict row/, 'a case that failed without a failing row is named');
   t.match(text, /! daemon: infrastructure failure/);
-  t.match(text, /^2 passed, 1 failed$/m, 'the closing count line');
+  t.match(text, /^2 passed, 2 failed$/m, 'the closing count line');
 });
 
 t.test('status line and colour only where a person watches', async (t) => {

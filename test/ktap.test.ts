@@ -18,7 +18,13 @@ const row = (over: Partial<Verdict>): Verdict => ({
 const rows: Verdict[] = [
   row({}),
   row({ policy: 'rf=clear', control: true, expected: 'differs from: 5 hits', observed: '6 hits' }),
-  row({ scenario: 'ptrace restorer #2', observed: '6 hits', pass: false, registerDiff: 'eflags: asked 0x10202, kernel has 0x202' }),
+  row({
+    scenario: 'ptrace restorer #2',
+    observed: '6 hits',
+    pass: false,
+    registerDiff: 'eflags: asked 0x10202, kernel has 0x202',
+    restores: [{ tag: 'ptrace-rf', differences: [{ what: 'eflags', requested: '0x10202', accepted: '0x202' }] }],
+  }),
   row({ case: 'rseq', scenario: 'abort', pass: false, skipped: 'CONFIG_RSEQ is not set' }),
 ];
 
@@ -30,7 +36,8 @@ t.test('structure', async (t) => {
   t.equal(lines[3], '1..2', 'plan: two case files');
   t.ok(lines.includes('    1..3'), 'hwbreak-rf has three rows');
   t.ok(lines.includes('    not ok 3 ptrace restorer no.2 under rf=keep'), "a failing row; '#' kept out of the description");
-  t.ok(lines.includes('    # eflags: asked 0x10202, kernel has 0x202'), 'its register diff as a diagnostic');
+  t.ok(lines.includes('    # register diff: eflags: asked 0x10202, kernel has 0x202'), 'its register diff as a diagnostic');
+  t.ok(lines.includes('    # restore ptrace-rf: eflags asked 0x10202, the kernel has 0x202'), "the kernel's read-back as a diagnostic");
   t.ok(lines.includes('    ok 2 one hit per call under rf=clear (negative control)'), 'a control that showed its bug is ok');
   t.ok(lines.includes('not ok 1 hwbreak-rf'), 'a case with a failing row fails');
   t.ok(lines.includes('    ok 1 abort under rf=keep # SKIP CONFIG_RSEQ is not set'), 'a skipped row carries the SKIP directive');

@@ -6,7 +6,7 @@
  * to its artifacts and the HTML report. Colour only on a TTY without
  * NO_COLOR. The full TAP of every case stays in its artifacts.
  */
-import { describeGap, engineOf, outcome, type Verdict } from './verdicts.ts';
+import { describeGap, engineOf, outcome, witnessLines, type Verdict } from './verdicts.ts';
 import type { CaseEvent } from '../run/case-pool.ts';
 
 export const SUMMARY_COLUMNS = 100;
@@ -66,6 +66,9 @@ export interface SummaryInput {
   context: readonly string[];
 }
 
+/** Witness lines shown under a failing row in the summary; the HTML report has them all. */
+const WITNESS_LINES = 6;
+
 /** The closing summary; no line wider than SUMMARY_COLUMNS. */
 export function summary(input: SummaryInput, s: Style = style(false)): string {
   const count = (o: string): number => input.verdicts.filter((v) => outcome(v) === o).length;
@@ -80,7 +83,10 @@ export function summary(input: SummaryInput, s: Style = style(false)): string {
     lines.push(s.bad(fit(`✗ ${v.case}${engineTag(v)}: ${v.scenario} under ${v.policy}${v.control ? ' (control)' : ''}`, SUMMARY_COLUMNS)));
     lines.push(fit(`    expected ${v.expected}`, SUMMARY_COLUMNS));
     lines.push(fit(`    observed ${v.observed}`, SUMMARY_COLUMNS));
-    for (const d of (v.registerDiff ?? '').split('\n').filter(Boolean).slice(0, 4)) lines.push(fit(`    ${d}`, SUMMARY_COLUMNS));
+    // The cause beside the verdict: the failed assertions, what the kernel refused of the restore, the oracle's counts.
+    const witnesses = witnessLines({ ...v, engineGap: undefined });
+    for (const w of witnesses.slice(0, WITNESS_LINES)) lines.push(fit(`    ${w}`, SUMMARY_COLUMNS));
+    if (witnesses.length > WITNESS_LINES) lines.push(`    … ${witnesses.length - WITNESS_LINES} more in the HTML report`);
     lines.push(fit(`    artifacts ${v.artifacts ?? `${input.artifactsRoot}/${v.case}`}`, SUMMARY_COLUMNS));
   }
   for (const c of input.failedCases)

@@ -5,7 +5,7 @@
  * and a failing row's cause as diagnostic lines, so a kernel CI system that
  * reads KUnit/kselftest output reads ours.
  */
-import { describeGap, engineOf, formatConditions, outcome, type Verdict } from './verdicts.ts';
+import { describeGap, engineOf, formatConditions, outcome, witnessLines, type Verdict } from './verdicts.ts';
 
 /** A KTAP description may not hold '#' (it starts a directive) nor a line break. */
 function description(text: string): string {
@@ -39,7 +39,8 @@ export function ktap(verdicts: readonly Verdict[], identity: Readonly<Record<str
       if (o === 'FAIL') {
         out.push(...diagnostics(`expected: ${v.expected}\nobserved: ${v.observed}`, '    '));
         if (v.conditions) out.push(...diagnostics(`depends on: ${formatConditions(v.conditions)}`, '    '));
-        if (v.registerDiff) out.push(...diagnostics(v.registerDiff, '    '));
+        const witnesses = witnessLines({ ...v, engineGap: undefined });
+        if (witnesses.length > 0) out.push(...diagnostics(witnesses.join('\n'), '    '));
       }
       // A known engine gap is kselftest's expected failure: "ok N desc # XFAIL" (ktap_test_xfail in tools/testing/selftests/kselftest/ktap_helpers.sh).
       if (o === 'GAP') out.push(`    ok ${j + 1} ${what} # XFAIL ${description(describeGap(v.engineGap!))}`);
