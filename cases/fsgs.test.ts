@@ -32,7 +32,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
 
   // Checkpoint: the image holds what only FSGSBASE makes possible.
   const selectorsAndBases = (t: Test, a: BreakpointAttempt): void => {
-    const regs = a.checkpointed.image!.regs;
+    const regs = a.checkpointed!.image!.regs;
     t.equal(regs.fs, USER_DS, 'the image holds fs = 0x2b');
     t.equal(regs.gs, USER_DS, 'and gs = 0x2b');
     t.not(regs.gs_base, 0n, 'and a gs_base the selector did not give');

@@ -29,7 +29,7 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_MODIFY_LDT_SYSCALL']), async (t
 
   // Checkpoint: the image holds both entries, and %gs names entry 3.
   const ldtInImage = (t: Test, a: BreakpointAttempt): void => {
-    const image = a.checkpointed.image!;
+    const image = a.checkpointed!.image!;
     t.same(
       image.ldt.map((e) => e.entry_number),
       [3, 5],

@@ -29,7 +29,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     // reference's prefix written in. Nothing else is masked.
     nativeAsReference: (output) => output.replaceAll('/tmp/mappings-native', '/tmp/mappings-reference'),
     // The last line is the workload's verdict, naming what it found lost.
-    judge: (r, _c, reference) => ({
+    judge: (r, reference) => ({
       matched: r.output === reference.output && r.run.outcome === 'exited' && r.run.code === 0,
       observed: r.output.trim().split('\n').at(-1)!,
     }),
@@ -39,7 +39,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
   // Checkpoint: what the image holds of each kind, and what it leaves to the file.
   const eachKindInImage = (t: Test, a: BreakpointAttempt): void => {
     const prefix = a.workload.argv[1];
-    const at = (start: bigint) => a.checkpointed.image!.regions.filter((g) => g.start >= start && g.start < start + 0x100000n);
+    const at = (start: bigint) => a.checkpointed!.image!.regions.filter((g) => g.start >= start && g.start < start + 0x100000n);
     t.same(
       at(SHARED_ANON).map((g) => [g.perms, g.file, g.entry !== null]),
       [['rw-s', null, true]],

@@ -37,7 +37,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
 
   // Checkpoint: the image holds the allocation and the tags.
   const keysInImage = (t: Test, a: BreakpointAttempt): void => {
-    const image = a.checkpointed.image!;
+    const image = a.checkpointed!.image!;
     t.same(image.pkeys.allocated, [1, 3], 'the image holds keys 1 and 3 allocated');
     t.same(image.pkeys.tagged.map((m) => m.pkey).sort(), [1, 3], 'two pages tagged, with keys 1 and 3');
   };

@@ -28,7 +28,10 @@ import {
   type Workload,
 } from '../testing/scenario.ts';
 import type { Attempt, Expectation, Witnesses } from './attempt.ts';
-import type { TableScenario } from './table.ts';
+import type { Engine, EngineGap } from '../report/verdicts.ts';
+import type { UserRegs } from '../x86/registers.ts';
+import { criuAtHit, generalRegisterDifferences, lostDebugRegisters, type CriuAttempt } from '../testing/criu-engine.ts';
+import type { CriuRowOptions, TableScenario } from './table.ts';
 
 /** The uninterrupted run the attempts are judged against. */
 export interface Reference {
@@ -40,14 +43,33 @@ export interface Reference {
   observation?: Observation;
 }
 
+/** A restored process's run to its end, whichever engine restored it: what a judge reads. */
+export interface RestoredRun {
+  /** the original's run up to the checkpoint */
+  checkpointRun: RunResult;
+  /** the registers the process had at the checkpoint: the image's (crh), or ptrace's at the dump (criu) */
+  regsAtCheckpoint: UserRegs;
+  run: RunResult;
+  output: string;
+  observation: Observation;
+}
+
 /** One attempt of a breakpoint scenario: the judged Attempt, and what it is made of for a row's own assertions. */
 export interface BreakpointAttempt extends Attempt {
+  engine: Engine;
   workload: Workload;
-  checkpointed: Checkpointed;
-  /** absent when nothing was restored: the workload ended before the stop, or the policy refused the image */
+  /** the original's run up to the stop */
+  checkpointRun: RunResult;
+  /** the restored process's run; absent when nothing was restored (the workload ended first, or the restore was refused) */
+  restoredRun?: RestoredRun;
+  /** crh: the checkpoint image and where it was written */
+  checkpointed?: Checkpointed;
+  /** crh: the restore and the run after it */
   restored?: Restored;
-  /** the policy's refusal, when it refused the image */
-  refused?: ImageRejectedError;
+  /** crh: the policy's refusal, and how many agent requests the refused restore sent */
+  refused?: { error: ImageRejectedError; requestsSent: number };
+  /** criu: what CRIU dumped and gave back */
+  criu?: Extract<CriuAttempt, { kind: 'restored' }>;
 }
 
 /** A judge's reading of a restored run: whether it matched the reference, in the row's words. */
@@ -55,7 +77,8 @@ export interface Judgement {
   matched: boolean;
   observed: string;
   witnesses?: Witnesses;
-  registerDiff?: string;
+  /** registers the CPU (oracle) showed differently from the checkpoint, one line each */
+  registerDiff?: string[];
 }
 
 export interface BreakpointScenarioSpec {
@@ -75,8 +98,14 @@ export interface BreakpointScenarioSpec {
   nativeAsReference?: (output: string) => string;
   /** the uninterrupted run in the rows' words; default its output, trimmed */
   expected?: (reference: Reference) => string;
-  /** judges a restored run; default: the reference's output and ending */
-  judge?: (restored: Restored, checkpointed: Checkpointed, reference: Reference) => Judgement;
+  /** judges a restored run, by either engine; default: the reference's output and ending */
+  judge?: (run: RestoredRun, reference: Reference) => Judgement;
+  /**
+   * Engine criu: the documented gap of CRIU's that is the whole difference of
+   * this attempt, if it is (asked only when the attempt did not match and
+   * CRIU gave every general register back)
+   */
+  criuGap?: (criu: Extract<CriuAttempt, { kind: 'restored' }>, run: RestoredRun, reference: Reference) => EngineGap | undefined;
   /** platform-profile values every row's expectation depends on */
   conditions?: Record<string, string>;
 }
@@ -92,6 +121,7 @@ export interface BreakpointScenario extends TableScenario<BreakpointAttempt> {
 export async function breakpointScenario(t: Test, guest: Guest, spec: BreakpointScenarioSpec): Promise<BreakpointScenario> {
   const workloadOf = (run: string): Workload => (typeof spec.workload === 'function' ? spec.workload(run) : spec.workload);
   const hit = spec.hit ?? 1;
+  const checkpointOptions = spec.checkpoint ?? { disarm: true };
   const reference = await takeReference(guest, workloadOf('reference'), spec);
   const native = await nativeReference(guest, workloadOf('native'));
   // The verdicts rest on a traced run: it must be what the program does with no tracer at all.
@@ -101,52 +131,100 @@ export async function breakpointScenario(t: Test, guest: Guest, spec: Breakpoint
     'the traced reference is the native run (no tracer)',
   );
   const judge = spec.judge ?? sameOutputAndEnding;
+  const judged = (run: RestoredRun): Pick<Attempt, 'matched' | 'observed' | 'witnesses' | 'registerDiff'> & { judgement: Judgement } => {
+    const j = judge(run, reference);
+    return {
+      judgement: j,
+      matched: j.matched,
+      observed: j.observed,
+      witnesses: { hits: run.checkpointRun.hits.length + run.run.hits.length, output: run.output, ended: endedAs(run.run), ...j.witnesses },
+      ...(j.registerDiff?.length ? { registerDiff: j.registerDiff.join('\n') } : {}),
+    };
+  };
+  const notRestored = (why: string): Pick<Attempt, 'matched' | 'observed' | 'witnesses'> => ({
+    matched: false,
+    observed: why,
+    witnesses: { notRestored: why },
+  });
   return {
     name: spec.name,
     reference,
     expected: (spec.expected ?? ((r) => r.output.trim()))(reference),
     async attempt(policy: RestorePolicy, tag: string): Promise<BreakpointAttempt> {
       const workload = workloadOf(tag);
-      const checkpointed = await checkpointAtHit(guest, workload, hit, tag, spec.checkpoint ?? { disarm: true });
-      const base = { workload, checkpointed, ...(spec.conditions ? { conditions: spec.conditions } : {}) };
-      if (!checkpointed.image) {
-        const why = `the workload ended before stop ${hit} (${endedAs(checkpointed.run)})`;
-        return { ...base, matched: false, observed: why, witnesses: { notRestored: why } };
-      }
+      const checkpointed = await checkpointAtHit(guest, workload, hit, tag, checkpointOptions);
+      const base = {
+        engine: 'crh' as const,
+        workload,
+        checkpointRun: checkpointed.run,
+        checkpointed,
+        ...(spec.conditions ? { conditions: spec.conditions } : {}),
+      };
+      if (!checkpointed.image) return { ...base, ...notRestored(`the workload ended before stop ${hit} (${endedAs(checkpointed.run)})`) };
       let restored: Restored;
+      const before = guest.agent.requestsSent;
       try {
         restored = await restoreAndFinish(guest, checkpointed.file, policy, tag, spec.watch ?? {});
       } catch (error) {
         // A policy that refuses the image (rf=reject) is an attempt that failed, not an error of the case.
         if (!(error instanceof ImageRejectedError)) throw error;
-        const why = `restore refused: ${error.message}`;
-        return { ...base, refused: error, matched: false, observed: why, witnesses: { notRestored: why } };
+        return { ...base, refused: { error, requestsSent: guest.agent.requestsSent - before }, ...notRestored(`restore refused: ${error.message}`) };
       }
-      const j = judge(restored, checkpointed, reference);
+      const restoredRun: RestoredRun = { checkpointRun: checkpointed.run, regsAtCheckpoint: restored.image.regs, ...restored };
+      const { judgement: _, ...j } = judged(restoredRun);
       return {
         ...base,
         restored,
-        matched: j.matched,
-        observed: j.observed,
-        witnesses: {
-          output: restored.output,
-          ended: endedAs(restored.run),
-          differences: restored.differences.map((d) => `${d.what}: asked ${d.requested}, kernel has ${d.accepted}`),
-          ...j.witnesses,
-        },
-        ...(j.registerDiff ? { registerDiff: j.registerDiff } : {}),
+        restoredRun,
+        ...j,
+        witnesses: { ...j.witnesses, differences: restored.differences.map((d) => `${d.what}: asked ${d.requested}, kernel has ${d.accepted}`) },
+      };
+    },
+    async attemptThroughCriu(options: CriuRowOptions, tag: string): Promise<BreakpointAttempt> {
+      const workload = workloadOf(tag);
+      const version = guest.image.criu?.version ?? '?';
+      const dr7 = checkpointOptions.dr7 ?? (checkpointOptions.disarm ? 0n : undefined);
+      const a = await criuAtHit(guest, workload, hit, tag, { watch: spec.watch ?? {}, ...(dr7 !== undefined ? { dr7BeforeDump: dr7 } : {}), ...options });
+      const base = { engine: 'criu' as const, workload, checkpointRun: a.checkpointRun, conditions: { ...spec.conditions, 'criu.version': version } };
+      if (a.kind === 'refused') return { ...base, ...notRestored(`CRIU ${version}: ${a.reason}`) };
+      if (a.kind === 'ended') return { ...base, ...notRestored(`the workload ended before stop ${hit} (${endedAs(a.checkpointRun)})`) };
+      t.comment(
+        `CRIU: ${a.handoff.dumpMs} ms dump, ${a.handoff.restoreMs} ms restore, ${a.handoff.imageBytes} bytes of images; debug registers ${lostDebugRegisters(a) || 'as dumped'}`,
+      );
+      const restoredRun: RestoredRun = {
+        checkpointRun: a.checkpointRun,
+        regsAtCheckpoint: a.regsAtDump,
+        run: a.run,
+        output: a.output,
+        observation: a.observation,
+      };
+      const { judgement, ...j } = judged(restoredRun);
+      // General registers CRIU gave back differently are a finding whatever the judge saw; debug registers are the known gap, said in the observation.
+      const registers = [...generalRegisterDifferences(a), ...(judgement.registerDiff ?? [])];
+      const lost = lostDebugRegisters(a);
+      const gap = !j.matched && registers.length === 0 ? spec.criuGap?.(a, restoredRun, reference) : undefined;
+      return {
+        ...base,
+        criu: a,
+        restoredRun,
+        ...j,
+        matched: j.matched && registers.length === 0,
+        observed: `${j.observed}${lost ? `; restored ${lost}` : ''}`,
+        witnesses: { ...j.witnesses, differences: a.differences.map((d) => `${d.what}: dumped ${d.requested}, restored ${d.accepted}`) },
+        ...(registers.length > 0 ? { registerDiff: registers.join('\n') } : {}),
+        ...(gap ? { gap } : {}),
       };
     },
     assertWitnesses(t: Test, a: BreakpointAttempt, expectation: Expectation): void {
-      t.equal(a.checkpointed.run.outcome, 'hit-limit', `the original stopped at hit ${hit}`);
-      // What the restore asked, the kernel must hold — where the row expects the uninterrupted run.
-      if (expectation.kind === 'resumes') t.same(a.witnesses.differences ?? [a.observed], [], 'read back: as requested');
+      t.equal(a.checkpointRun.outcome, 'hit-limit', `the original stopped at hit ${hit}`);
+      // What the restore asked, the kernel must hold — where the row expects the uninterrupted run (crh; CRIU's is in its verdict).
+      if (expectation.kind === 'resumes' && a.engine === 'crh') t.same(a.witnesses.differences ?? [a.observed], [], 'read back: as requested');
     },
   };
 }
 
 /** The default judge: the reference's output and the same ending ("exited 0"); the ending is said when it differs. */
-function sameOutputAndEnding(restored: Restored, _checkpointed: Checkpointed, reference: Reference): Judgement {
+function sameOutputAndEnding(restored: RestoredRun, reference: Reference): Judgement {
   const ended = endedAs(restored.run);
   const output = restored.output.trim();
   return {

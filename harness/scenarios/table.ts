@@ -7,7 +7,9 @@
  */
 import type { Test } from 'tap';
 import { describePolicy, type RestorePolicy } from '../restore/policy.ts';
-import { runsEngine } from '../testing/criu-engine.ts';
+import { runsEngine, type CriuAttemptOptions } from '../testing/criu-engine.ts';
+import { POLICY_NOT_FOR_CRIU } from '../criu/known-gaps.ts';
+import { recordRow } from '../testing/verdict-rows.ts';
 import { differs, resumes, type Attempt, type Expectation } from './attempt.ts';
 import { settle } from './runner.ts';
 
@@ -17,17 +19,19 @@ export interface TableScenario<A extends Attempt> {
   /** the uninterrupted run in the rows' words: what `'resumes'` expects and `'differs'` differs from */
   expected: string;
   attempt(policy: RestorePolicy, tag: string): Promise<A>;
+  /** the same stop handed to CRIU instead (crh run --engine …criu), with the harness's changes around its restore */
+  attemptThroughCriu?(options: CriuRowOptions, tag: string): Promise<A>;
   /** the witnesses every row of this scenario asserts before its verdict (stopped where it should, the kernel's read-back) */
   assertWitnesses?(t: Test, a: A, expectation: Expectation): void;
 }
 
-export interface Row<A extends Attempt> {
+/** What the harness does around CRIU's restore in a row of engine criu (criu-engine.ts CriuAttemptOptions): nothing, for CRIU's own defaults. */
+export type CriuRowOptions = Pick<CriuAttemptOptions, 'rearmDebugRegisters' | 'tamper' | 'afterRestore'>;
+
+interface RowCommon<A extends Attempt> {
   /** the subtest's title: what the row shows */
   title: string;
-  policy: RestorePolicy;
-  /** the row's policy column; default describePolicy(policy) */
-  policyName?: string;
-  /** names the attempt's artifacts (checkpoint-TAG.tar, oracle-TAG.log) */
+  /** names the attempt's artifacts (checkpoint-TAG.tar, oracle-TAG.log, criu-TAG-dump.log) */
   tag: string;
   /** 'resumes' and 'differs' are judged against the scenario's uninterrupted run */
   expect: 'resumes' | 'differs' | Expectation;
@@ -35,17 +39,62 @@ export interface Row<A extends Attempt> {
   check?(t: Test, a: A): void | Promise<void>;
 }
 
-/** Runs every row of `scenario` as a subtest of `t`, recording the rows of case `caseName` (engine crh). */
+/** A row of engine crh: a restore policy (its column default: describePolicy). */
+export interface CrhRow<A extends Attempt> extends RowCommon<A> {
+  policy: RestorePolicy;
+  policyName?: string;
+}
+
+/** A row of engine criu: CRIU's restore, and what the harness does around it (its column default: "criu defaults"). */
+export interface CriuRow<A extends Attempt> extends RowCommon<A> {
+  criu: CriuRowOptions;
+  policyName?: string;
+}
+
+export type Row<A extends Attempt> = CrhRow<A> | CriuRow<A>;
+
+/**
+ * Runs every row of `scenario` as a subtest of `t`, recording the rows of
+ * case `caseName`. Rows of engine crh run unless the run asked for criu
+ * alone; rows of engine criu run when it asked for criu, and then each crh
+ * control's policy, which is a switch of crh's restore core, is a SKIP row of
+ * engine criu saying so.
+ */
 export async function runTable<A extends Attempt>(t: Test, caseName: string, scenario: TableScenario<A>, rows: readonly Row<A>[]): Promise<void> {
-  // The crh engine's rows run unless the run asked for criu alone.
   const crhOnly = runsEngine('crh') ? {} : { skip: 'engine crh not asked for (--engine criu)' };
+  const expectationOf = (row: Row<A>): Expectation =>
+    row.expect === 'resumes' ? resumes(scenario.expected) : row.expect === 'differs' ? differs(scenario.expected) : row.expect;
+  const key = (policy: string, engine: 'crh' | 'criu') => ({ case: caseName, scenario: scenario.name, policy, ...(engine === 'criu' ? { engine } : {}) });
   for (const row of rows) {
+    if ('criu' in row) continue;
     await t.test(row.title, crhOnly, async (t) => {
-      const expectation = row.expect === 'resumes' ? resumes(scenario.expected) : row.expect === 'differs' ? differs(scenario.expected) : row.expect;
+      const expectation = expectationOf(row);
       const a = await scenario.attempt(row.policy, row.tag);
       scenario.assertWitnesses?.(t, a, expectation);
       await row.check?.(t, a);
-      settle(t, { case: caseName, scenario: scenario.name, policy: row.policyName ?? describePolicy(row.policy) }, expectation, a);
+      settle(t, key(row.policyName ?? describePolicy(row.policy), 'crh'), expectation, a);
+    });
+  }
+  const criuRows = rows.filter((row): row is CriuRow<A> => 'criu' in row);
+  if (criuRows.length === 0 || !runsEngine('criu')) return;
+  const throughCriu = scenario.attemptThroughCriu;
+  if (!throughCriu) throw new Error(`${caseName}: rows of engine criu for a scenario that cannot be handed to CRIU`);
+  for (const row of criuRows) {
+    await t.test(row.title, async (t) => {
+      const expectation = expectationOf(row);
+      const a = await throughCriu.call(scenario, row.criu, row.tag);
+      scenario.assertWitnesses?.(t, a, expectation);
+      await row.check?.(t, a);
+      settle(t, key(row.policyName ?? 'criu defaults', 'criu'), expectation, a);
+    });
+  }
+  // crh's controls are policies of its restore core: under CRIU each is a SKIP saying so.
+  for (const row of rows) {
+    if ('criu' in row || expectationOf(row).kind === 'resumes') continue;
+    const policy = row.policyName ?? describePolicy(row.policy);
+    await t.test(`engine criu: ${policy} ${POLICY_NOT_FOR_CRIU}`, async (t) => {
+      t.pass(POLICY_NOT_FOR_CRIU);
+      recordRow(t, { ...key(policy, 'criu'), control: true, expected: '-', observed: '-', pass: false, skipped: POLICY_NOT_FOR_CRIU });
     });
   }
 }
