@@ -73,7 +73,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     hit: CHECKPOINT_AT_HIT,
     checkpoint: {},
     watch: { firstExecutionAt: targetBody, countDebugTrapsAt: target },
-    armedReference: true,
+    reference: 'armed-under-oracle',
     expected: (r) => `${CALLS} hits, ${CALLS - CHECKPOINT_AT_HIT} #DB after restore, checksum ${checksumIn(r.output)}`,
     // Resumed exactly: every hit and #DB of the uninterrupted run and no more, its checksum, and the image's registers in the CPU.
     judge: (r: RestoredRun, reference) => {

@@ -10,7 +10,7 @@
 import type { Test } from 'tap';
 import path from 'node:path';
 import type { RunResult } from '../agent/ops.ts';
-import { ImageRejectedError } from '../errors.ts';
+import { CrhError, ImageRejectedError } from '../errors.ts';
 import { observeCpu, type Observation, type WatchOptions } from '../oracle/cpu-oracle.ts';
 import type { RestorePolicy } from '../restore/policy.ts';
 import type { Guest } from '../testing/guest-fixture.ts';
@@ -39,7 +39,7 @@ export interface Reference {
   output: string;
   /** "exited 0" */
   ended: string;
-  /** with `armedReference`: what the oracle saw of the uninterrupted run */
+  /** taken 'armed-under-oracle': what the oracle saw of the uninterrupted run */
   observation?: Observation;
 }
 
@@ -90,10 +90,14 @@ export interface BreakpointScenarioSpec {
   hit?: number;
   /** default { disarm: true }: the breakpoint only chose where to stop */
   checkpoint?: CheckpointOptions;
-  /** what the oracle watches while the restored process runs (default: nothing but the VM stops) */
-  watch?: Omit<WatchOptions, 'log'>;
-  /** the reference runs armed and under the oracle with `watch` (its hits and #DB counted), not with nothing armed */
-  armedReference?: boolean;
+  /** what the oracle watches while the restored process runs (default: nothing but the VM stops); a function when it is read off the reference */
+  watch?: Omit<WatchOptions, 'log'> | ((reference: Reference) => Omit<WatchOptions, 'log'>);
+  /**
+   * How the uninterrupted run is taken: with nothing armed (default), armed
+   * (its hits counted), or armed and under the oracle with `watch` (its #DB
+   * counted too; `watch` then an object)
+   */
+  reference?: 'unarmed' | 'armed' | 'armed-under-oracle';
   /** the native run's output in the reference's words, where they differ by design (their own file names); default: as it is */
   nativeAsReference?: (output: string) => string;
   /** the uninterrupted run in the rows' words; default its output, trimmed */
@@ -123,6 +127,7 @@ export async function breakpointScenario(t: Test, guest: Guest, spec: Breakpoint
   const hit = spec.hit ?? 1;
   const checkpointOptions = spec.checkpoint ?? { disarm: true };
   const reference = await takeReference(guest, workloadOf('reference'), spec);
+  const watch = typeof spec.watch === 'function' ? spec.watch(reference) : (spec.watch ?? {});
   const native = await nativeReference(guest, workloadOf('native'));
   // The verdicts rest on a traced run: it must be what the program does with no tracer at all.
   t.equal(
@@ -164,7 +169,7 @@ export async function breakpointScenario(t: Test, guest: Guest, spec: Breakpoint
       let restored: Restored;
       const before = guest.agent.requestsSent;
       try {
-        restored = await restoreAndFinish(guest, checkpointed.file, policy, tag, spec.watch ?? {});
+        restored = await restoreAndFinish(guest, checkpointed.file, policy, tag, watch);
       } catch (error) {
         // A policy that refuses the image (rf=reject) is an attempt that failed, not an error of the case.
         if (!(error instanceof ImageRejectedError)) throw error;
@@ -184,7 +189,7 @@ export async function breakpointScenario(t: Test, guest: Guest, spec: Breakpoint
       const workload = workloadOf(tag);
       const version = guest.image.criu?.version ?? '?';
       const dr7 = checkpointOptions.dr7 ?? (checkpointOptions.disarm ? 0n : undefined);
-      const a = await criuAtHit(guest, workload, hit, tag, { watch: spec.watch ?? {}, ...(dr7 !== undefined ? { dr7BeforeDump: dr7 } : {}), ...options });
+      const a = await criuAtHit(guest, workload, hit, tag, { watch, ...(dr7 !== undefined ? { dr7BeforeDump: dr7 } : {}), ...options });
       const base = { engine: 'criu' as const, workload, checkpointRun: a.checkpointRun, conditions: { ...spec.conditions, 'criu.version': version } };
       if (a.kind === 'refused') return { ...base, ...notRestored(`CRIU ${version}: ${a.reason}`) };
       if (a.kind === 'ended') return { ...base, ...notRestored(`the workload ended before stop ${hit} (${endedAs(a.checkpointRun)})`) };
@@ -235,14 +240,18 @@ function sameOutputAndEnding(restored: RestoredRun, reference: Reference): Judge
 
 async function takeReference(guest: Guest, workload: Workload, spec: BreakpointScenarioSpec): Promise<Reference> {
   const stdoutPath = `/tmp/${path.basename(workload.binary)}-reference.out`;
-  if (!spec.armedReference) {
+  if ((spec.reference ?? 'unarmed') === 'unarmed') {
     const { run, output } = await runUninterrupted(guest, workload, stdoutPath);
     return { run, output, ended: endedAs(run) };
   }
-  // Armed, never checkpointed, watched by the oracle as the restored runs are: the counts they are judged by.
   const pid = await spawnArmed(guest, workload, stdoutPath);
-  const { result: run, observation } = await observeCpu(guest.machine.gdbSocket, guest.symbols, spec.watch ?? {}, () =>
-    guest.agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS }),
-  );
+  const runToEnd = () => guest.agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
+  if (spec.reference === 'armed') {
+    const run = await runToEnd();
+    return { run, output: await readOutput(guest, stdoutPath), ended: endedAs(run) };
+  }
+  // Armed, never checkpointed, watched by the oracle as the restored runs are: the counts they are judged by.
+  if (typeof spec.watch === 'function') throw new CrhError(`${spec.name}: a reference under the oracle needs its watch before the reference`);
+  const { result: run, observation } = await observeCpu(guest.machine.gdbSocket, guest.symbols, spec.watch ?? {}, runToEnd);
   return { run, output: await readOutput(guest, stdoutPath), ended: endedAs(run), observation };
 }
