@@ -110,8 +110,8 @@ export interface BreakpointScenarioSpec {
    * CRIU gave every general register back)
    */
   criuGap?: (criu: Extract<CriuAttempt, { kind: 'restored' }>, run: RestoredRun, reference: Reference) => EngineGap | undefined;
-  /** platform-profile values every row's expectation depends on */
-  conditions?: Record<string, string>;
+  /** platform-profile values every row's expectation depends on; a function when the reference shows them */
+  conditions?: Record<string, string> | ((reference: Reference) => Record<string, string>);
 }
 
 export interface BreakpointScenario extends TableScenario<BreakpointAttempt> {
@@ -128,6 +128,7 @@ export async function breakpointScenario(t: Test, guest: Guest, spec: Breakpoint
   const checkpointOptions = spec.checkpoint ?? { disarm: true };
   const reference = await takeReference(guest, workloadOf('reference'), spec);
   const watch = typeof spec.watch === 'function' ? spec.watch(reference) : (spec.watch ?? {});
+  const conditions = typeof spec.conditions === 'function' ? spec.conditions(reference) : spec.conditions;
   const native = await nativeReference(guest, workloadOf('native'));
   // The verdicts rest on a traced run: it must be what the program does with no tracer at all.
   t.equal(
@@ -163,7 +164,7 @@ export async function breakpointScenario(t: Test, guest: Guest, spec: Breakpoint
         workload,
         checkpointRun: checkpointed.run,
         checkpointed,
-        ...(spec.conditions ? { conditions: spec.conditions } : {}),
+        ...(conditions ? { conditions } : {}),
       };
       if (!checkpointed.image) return { ...base, ...notRestored(`the workload ended before stop ${hit} (${endedAs(checkpointed.run)})`) };
       let restored: Restored;
@@ -190,7 +191,7 @@ export async function breakpointScenario(t: Test, guest: Guest, spec: Breakpoint
       const version = guest.image.criu?.version ?? '?';
       const dr7 = checkpointOptions.dr7 ?? (checkpointOptions.disarm ? 0n : undefined);
       const a = await criuAtHit(guest, workload, hit, tag, { watch, ...(dr7 !== undefined ? { dr7BeforeDump: dr7 } : {}), ...options });
-      const base = { engine: 'criu' as const, workload, checkpointRun: a.checkpointRun, conditions: { ...spec.conditions, 'criu.version': version } };
+      const base = { engine: 'criu' as const, workload, checkpointRun: a.checkpointRun, conditions: { ...conditions, 'criu.version': version } };
       if (a.kind === 'refused') return { ...base, ...notRestored(`CRIU ${version}: ${a.reason}`) };
       if (a.kind === 'ended') return { ...base, ...notRestored(`the workload ended before stop ${hit} (${endedAs(a.checkpointRun)})`) };
       t.comment(
