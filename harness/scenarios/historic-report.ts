@@ -19,7 +19,7 @@ import { runsEngine } from '../testing/criu-engine.ts';
 import { POLICY_NOT_FOR_CRIU } from '../criu/known-gaps.ts';
 import type { CriuScenarioAttempt } from '../testing/criu-engine.ts';
 import { resumes, shows, type Attempt } from './attempt.ts';
-import { settle } from './runner.ts';
+import { settle, skipNotForCriu } from './runner.ts';
 
 export interface HistoricReport {
   /** the case name, e.g. report-2009-rf-tolerate */
@@ -115,18 +115,7 @@ async function criuRows(t: Test, report: HistoricReport, scenario: Scenario, exh
   });
   for (const h of exhibit.historic) {
     await t.test(`${scenario.name}: engine criu, ${describePolicy(h.policy)}: ${POLICY_NOT_FOR_CRIU}`, async (t) => {
-      t.pass(POLICY_NOT_FOR_CRIU);
-      recordRow(t, {
-        case: report.id,
-        scenario: rowScenario,
-        policy: describePolicy(h.policy),
-        engine: 'criu',
-        control: true,
-        expected: '-',
-        observed: '-',
-        pass: false,
-        skipped: POLICY_NOT_FOR_CRIU,
-      });
+      skipNotForCriu(t, { case: report.id, scenario: rowScenario, policy: describePolicy(h.policy) });
     });
   }
 }

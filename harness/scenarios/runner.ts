@@ -6,6 +6,7 @@
  */
 import type { Test } from 'tap';
 import { recordRow } from '../testing/verdict-rows.ts';
+import { POLICY_NOT_FOR_CRIU } from '../criu/known-gaps.ts';
 import { verdictOf, type Attempt, type Expectation, type RowKey } from './attempt.ts';
 
 /** Asserts and records `a` under `expectation`; returns whether the row is PASS or GAP. */
@@ -16,4 +17,10 @@ export function settle(t: Test, key: RowKey, expectation: Expectation, a: Attemp
   if (a.registerDiff) t.comment(`register diff:\n${a.registerDiff}`);
   recordRow(t, verdict);
   return held;
+}
+
+/** A control policy of crh's restore core under engine criu: nothing to attempt, a SKIP row saying so (and a passing assertion). */
+export function skipNotForCriu(t: Test, key: Omit<RowKey, 'engine'>): void {
+  t.pass(POLICY_NOT_FOR_CRIU);
+  recordRow(t, { ...key, engine: 'criu', control: true, expected: '-', observed: '-', pass: false, skipped: POLICY_NOT_FOR_CRIU });
 }

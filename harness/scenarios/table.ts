@@ -9,9 +9,8 @@ import type { Test } from 'tap';
 import { describePolicy, type RestorePolicy } from '../restore/policy.ts';
 import { runsEngine, type CriuAttemptOptions } from '../testing/criu-engine.ts';
 import { POLICY_NOT_FOR_CRIU } from '../criu/known-gaps.ts';
-import { recordRow } from '../testing/verdict-rows.ts';
 import { differs, resumes, type Attempt, type Expectation } from './attempt.ts';
-import { settle } from './runner.ts';
+import { settle, skipNotForCriu } from './runner.ts';
 
 /** A scenario as the table runs it: a name (the rows' scenario column) and an attempt per policy. */
 export interface TableScenario<A extends Attempt> {
@@ -95,8 +94,7 @@ export async function runTable<A extends Attempt>(t: Test, caseName: string, sce
     if ('criu' in row || !(row.notForCriu ?? expectationOf(row).kind !== 'resumes')) continue;
     const policy = row.policyName ?? describePolicy(row.policy);
     await t.test(`engine criu: ${policy} ${POLICY_NOT_FOR_CRIU}`, async (t) => {
-      t.pass(POLICY_NOT_FOR_CRIU);
-      recordRow(t, { ...key(policy, 'criu'), control: true, expected: '-', observed: '-', pass: false, skipped: POLICY_NOT_FOR_CRIU });
+      skipNotForCriu(t, { case: caseName, scenario: scenario.name, policy });
     });
   }
 }
