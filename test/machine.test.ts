@@ -6,7 +6,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { AgentError, BootError, InfraError, LaunchError, TimeoutError } from '../harness/errors.ts';
-import { decisionLocation } from '../harness/machine/accel.ts';
+import { decisionLocation, forcedAccelerator } from '../harness/machine/accel.ts';
 import { StalledLaunchError } from '../harness/machine/stall-watch.ts';
 import type { MachineEvent } from '../harness/machine/machine.ts';
 import { AgentClient } from '../harness/agent/client.ts';
@@ -249,37 +249,37 @@ t.test('a KVM launch that stalls with "KVM internal error" falls back to TCG onc
   );
 });
 
-t.test('CRH_ACCEL=kvm is obeyed: a stalled KVM launch is not replaced, it fails in seconds as infrastructure with the evidence', async (t) => {
-  const { accessSync, constants } = await import('node:fs');
-  try {
-    accessSync('/dev/kvm', constants.R_OK | constants.W_OK);
-  } catch {
-    t.comment('skipped: CRH_ACCEL=kvm needs a read/writable /dev/kvm (the fake QEMU does not use it, the override checks it)');
-    t.pass('nothing to check without /dev/kvm');
-    return;
-  }
-  const saved = { qemu: process.env.CRH_QEMU, accel: process.env.CRH_ACCEL };
-  t.teardown(() => {
-    if (saved.qemu === undefined) delete process.env.CRH_QEMU;
-    else process.env.CRH_QEMU = saved.qemu;
-    if (saved.accel === undefined) delete process.env.CRH_ACCEL;
-    else process.env.CRH_ACCEL = saved.accel;
-  });
-  process.env.CRH_QEMU = path.join(import.meta.dirname, 'support', 'fake-qemu', 'kvm-internal-error.sh');
-  process.env.CRH_ACCEL = 'kvm';
-  const machine = new QemuMachine({ image, artifactsDir: await artifacts() });
-  const started = Date.now();
-  const error = (await machine.launch().then(
-    () => undefined,
-    (e: unknown) => e,
-  )) as StalledLaunchError;
-  const elapsed = Date.now() - started;
-  t.ok(error instanceof StalledLaunchError && error instanceof InfraError, `StalledLaunchError: ${error?.message}`);
-  t.ok(elapsed < 15_000, `failed after ${elapsed} ms`);
-  t.equal(machine.accel?.accel, 'kvm', "no fallback against the user's choice");
-  t.match(error.details['QEMU stderr'], /KVM internal error\. Suberror: 1[\s\S]*emulation failure/);
-  t.match(error.details['seen'], /stderr: KVM internal error|QMP status internal-error/);
-  t.match(error.details['command line'], /-accel kvm -cpu host/);
-  t.notOk(alive(machine.pid), 'the fake QEMU is gone');
-  t.comment(error.describe().split('\n').slice(0, 8).join('\n'));
-});
+t.test(
+  'a forced kvm (CRH_ACCEL=kvm, handed down as the choice) is obeyed: a stalled KVM launch is not replaced, it fails in seconds as infrastructure with the evidence',
+  async (t) => {
+    const { accessSync, constants } = await import('node:fs');
+    try {
+      accessSync('/dev/kvm', constants.R_OK | constants.W_OK);
+    } catch {
+      t.comment('skipped: CRH_ACCEL=kvm needs a read/writable /dev/kvm (the fake QEMU does not use it, the override checks it)');
+      t.pass('nothing to check without /dev/kvm');
+      return;
+    }
+    const saved = process.env.CRH_QEMU;
+    t.teardown(() => {
+      if (saved === undefined) delete process.env.CRH_QEMU;
+      else process.env.CRH_QEMU = saved;
+    });
+    process.env.CRH_QEMU = path.join(import.meta.dirname, 'support', 'fake-qemu', 'kvm-internal-error.sh');
+    const machine = new QemuMachine({ image, artifactsDir: await artifacts(), accel: await forcedAccelerator('kvm') });
+    const started = Date.now();
+    const error = (await machine.launch().then(
+      () => undefined,
+      (e: unknown) => e,
+    )) as StalledLaunchError;
+    const elapsed = Date.now() - started;
+    t.ok(error instanceof StalledLaunchError && error instanceof InfraError, `StalledLaunchError: ${error?.message}`);
+    t.ok(elapsed < 15_000, `failed after ${elapsed} ms`);
+    t.equal(machine.accel?.accel, 'kvm', "no fallback against the user's choice");
+    t.match(error.details['QEMU stderr'], /KVM internal error\. Suberror: 1[\s\S]*emulation failure/);
+    t.match(error.details['seen'], /stderr: KVM internal error|QMP status internal-error/);
+    t.match(error.details['command line'], /-accel kvm -cpu host/);
+    t.notOk(alive(machine.pid), 'the fake QEMU is gone');
+    t.comment(error.describe().split('\n').slice(0, 8).join('\n'));
+  },
+);

@@ -1,7 +1,8 @@
 // expect: --shard i/n splits case files deterministically into disjoint shards that together hold every case,
 // balanced by recorded durations; malformed shards are usage errors.
 import t from 'tap';
-import { casesOfShard, parseShard, splitIntoShards } from '../harness/report/shard.ts';
+import { casesOfShard, splitIntoShards } from '../harness/report/shard.ts';
+import { parseShard } from '../harness/flags/run-flags.ts';
 import { UsageError } from '../harness/repro/usage-error.ts';
 
 const cases = ['a.test.ts', 'b.test.ts', 'c.test.ts', 'd.test.ts', 'e.test.ts', 'f.test.ts', 'g.test.ts'];

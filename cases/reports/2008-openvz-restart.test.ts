@@ -4,7 +4,7 @@
 // lost watchpoint traps.
 import t from 'tap';
 import { DEFAULT_POLICY } from '../../harness/restore/policy.ts';
-import { runHistoricReport } from '../../harness/testing/historic-report.ts';
+import { runHistoricReport } from '../../harness/scenarios/historic-report.ts';
 import { regcheckScenario, watchScenario } from '../../harness/testing/scenarios.ts';
 
 t.test('report-2008-openvz-restart', (t) =>

@@ -3,7 +3,7 @@
 // the original check (rf=reject) refuses the image and the first patch (rf=clear) re-triggers the breakpoint.
 import t from 'tap';
 import { DEFAULT_POLICY } from '../../harness/restore/policy.ts';
-import { runHistoricReport } from '../../harness/testing/historic-report.ts';
+import { runHistoricReport } from '../../harness/scenarios/historic-report.ts';
 import { hwbreakScenario } from '../../harness/testing/scenarios.ts';
 
 t.test('report-2009-rf-tolerate', (t) =>

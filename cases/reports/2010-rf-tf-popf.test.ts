@@ -3,7 +3,7 @@
 // restorer that returns through popf/ret cannot set RF and the breakpoint fires again.
 import t from 'tap';
 import { DEFAULT_POLICY } from '../../harness/restore/policy.ts';
-import { runHistoricReport } from '../../harness/testing/historic-report.ts';
+import { runHistoricReport } from '../../harness/scenarios/historic-report.ts';
 import { hwbreakScenario } from '../../harness/testing/scenarios.ts';
 
 t.test('report-2010-rf-tf-popf', (t) =>

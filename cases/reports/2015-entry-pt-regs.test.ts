@@ -3,7 +3,7 @@
 // leaves rbp, rbx, r12-r15 to the restarting task (regs=partial) is caught by the workload and by the CPU oracle.
 import t from 'tap';
 import { DEFAULT_POLICY } from '../../harness/restore/policy.ts';
-import { runHistoricReport } from '../../harness/testing/historic-report.ts';
+import { runHistoricReport } from '../../harness/scenarios/historic-report.ts';
 import { regcheckScenario } from '../../harness/testing/scenarios.ts';
 
 t.test('report-2015-entry-pt-regs', (t) =>

@@ -3,7 +3,7 @@
 // section commit as if never interrupted, and one that does not re-register rseq leaves the task unregistered.
 import t from 'tap';
 import { DEFAULT_POLICY } from '../../harness/restore/policy.ts';
-import { runHistoricReport } from '../../harness/testing/historic-report.ts';
+import { runHistoricReport } from '../../harness/scenarios/historic-report.ts';
 import { rseqInsideScenario } from '../../harness/testing/scenarios.ts';
 
 t.test('report-criu-rseq', (t) =>

@@ -15,7 +15,8 @@ import { profileRows, type PlatformProfile } from '../platform/profile.ts';
 import { caseLine, ConsoleReporter, summary } from '../report/console-reporter.ts';
 import { readInfraFailures, recordInfraFailure } from '../report/infra-failures.ts';
 import { describeKernelIdentity, type KernelIdentity } from '../report/kernel-matrix.ts';
-import { casesOfShard, parseShard } from '../report/shard.ts';
+import { casesOfShard } from '../report/shard.ts';
+import { parseGrep, parseJobs, parseShard } from '../flags/run-flags.ts';
 import { artifactsRoot, formatVerdictTable, readVerdicts, type Verdict } from '../report/verdicts.ts';
 import { machineReport, mergeReports, REPORTERS, tapStream, writeReports, type Reporter, type RunReport } from '../report/write-reports.ts';
 import { caseName, runCasePool, type CaseEvent } from '../run/case-pool.ts';
@@ -66,29 +67,21 @@ export async function runCommand(args: string[]): Promise<number> {
   const parsed = parseCommandLine(COMMANDS.run, args);
   if (!parsed) return EXIT.ok;
   const { values } = parsed;
-  if (values.jobs !== undefined && !/^[1-9][0-9]*$/.test(values.jobs))
-    throw usageError(COMMANDS.run, `--jobs takes a number of case files to run at once, not ${values.jobs}`);
+  // Each flag's own check, in the flags module that owns it (a UsageError naming the flag), with this command's usage appended.
+  const checked = <T>(parse: () => T): T => {
+    try {
+      return parse();
+    } catch (error) {
+      if (error instanceof Error) throw usageError(COMMANDS.run, error.message);
+      throw error;
+    }
+  };
+  const jobs = checked(() => parseJobs(values.jobs));
   const reporter = (values.reporter ?? 'people') as Reporter;
   if (!REPORTERS.includes(reporter)) throw usageError(COMMANDS.run, `--reporter takes one of ${REPORTERS.join(', ')}, not ${values.reporter}`);
-  let shard: ReturnType<typeof parseShard> | undefined;
-  try {
-    shard = values.shard === undefined ? undefined : parseShard(values.shard);
-  } catch (error) {
-    throw usageError(COMMANDS.run, (error as Error).message);
-  }
-  let grep: RegExp | undefined;
-  try {
-    grep = values.grep ? new RegExp(values.grep) : undefined;
-  } catch (error) {
-    throw usageError(COMMANDS.run, `--grep: ${(error as Error).message}`);
-  }
-  let engineFlag: ReturnType<typeof parseEngines> | undefined;
-  try {
-    engineFlag = values.engine === undefined ? undefined : parseEngines(values.engine);
-  } catch (error) {
-    throw usageError(COMMANDS.run, (error as Error).message);
-  }
-  const jobs = Number(values.jobs ?? '2');
+  const shard = checked(() => (values.shard === undefined ? undefined : parseShard(values.shard)));
+  const grep = checked(() => parseGrep(values.grep));
+  const engineFlag = checked(() => (values.engine === undefined ? undefined : parseEngines(values.engine)));
   const casesDir = path.resolve(REPO_ROOT, values.cases ?? 'cases');
   if (!existsSync(casesDir)) throw usageError(COMMANDS.run, `--cases ${values.cases}: no such directory`);
   const runs = kernelRuns(values);

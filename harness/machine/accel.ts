@@ -100,9 +100,10 @@ async function accessible(device: string): Promise<boolean> {
 }
 
 /**
- * The accelerator a person forced (CRH_ACCEL, handed to case processes in
- * the run configuration): tcg as it is; kvm without a probe and without
- * fallback, once the device is there.
+ * The accelerator a person forced (CRH_ACCEL, read by the run configuration
+ * alone — flags/run-configuration.ts — and handed down as this value): tcg as
+ * it is; kvm without a probe and without fallback, once the device is there.
+ * A launch given this choice (MachineConfig.accel) never calls chooseAccelerator.
  */
 export async function forcedAccelerator(accel: Accelerator, kvmDevice = '/dev/kvm'): Promise<AccelChoice> {
   if (accel === 'tcg') return { accel: 'tcg', reason: 'CRH_ACCEL=tcg', forced: true };
@@ -111,14 +112,11 @@ export async function forcedAccelerator(accel: Accelerator, kvmDevice = '/dev/kv
 }
 
 /**
- * KVM when the guest really boots under it, else TCG. CRH_ACCEL=tcg|kvm is
- * the user's override: tcg is never probed; kvm is used without a probe and
- * without fallback (a stalled KVM launch then fails as infrastructure).
+ * KVM when the guest really boots under it, else TCG. The user's override
+ * does not reach here: whoever launches a machine passes it as the choice
+ * (forcedAccelerator), so this module reads no environment.
  */
 export async function chooseAccelerator(boot: BootFiles, options: ChooseOptions = {}): Promise<AccelChoice> {
-  const forced = process.env.CRH_ACCEL;
-  if (forced !== undefined && forced !== '' && forced !== 'tcg' && forced !== 'kvm') throw new InfraError(`CRH_ACCEL must be tcg or kvm, not "${forced}"`);
-  if (forced === 'tcg' || forced === 'kvm') return forcedAccelerator(forced, options.kvmDevice);
   const kvmDevice = options.kvmDevice ?? '/dev/kvm';
   if (!(await accessible(kvmDevice))) return { accel: 'tcg', reason: `${kvmDevice} is absent or not accessible` };
   let where: DecisionLocation;

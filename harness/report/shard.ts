@@ -5,22 +5,9 @@
  * durations the cases recorded: longest first, each to the shard with the
  * least time so far (LPT), ties broken by shard number.
  */
-import { UsageError } from '../errors.ts';
+import type { Shard } from '../flags/run-flags.ts';
 
-export interface Shard {
-  /** 1-based */
-  index: number;
-  count: number;
-}
-
-/** "2/3" → { index: 2, count: 3 }; anything else is a usage error naming the flag. */
-export function parseShard(text: string): Shard {
-  const m = /^([1-9]\d{0,3})\/([1-9]\d{0,3})$/.exec(text);
-  if (!m) throw new UsageError(`--shard takes i/n (e.g. 2/3), not "${text}"`);
-  const shard = { index: Number(m[1]), count: Number(m[2]) };
-  if (shard.index > shard.count) throw new UsageError(`--shard ${text}: shard ${shard.index} of ${shard.count} does not exist`);
-  return shard;
-}
+export type { Shard };
 
 /**
  * The cases of every shard, each list in the input's order. `durationsMs`

@@ -3,7 +3,7 @@
  * and then, for any policy, takes a checkpoint at the same point, restores it
  * and judges the restored run against the reference with every witness it
  * has (the workload's own check, the agent's trap counts, the CPU oracle).
- * The historic-report catalog (cases/reports/) runs them under the policy
+ * The historic-report catalog (cases/reports/, scenarios/historic-report.ts) runs them under the policy
  * that reproduces each report and under the fix.
  */
 import { ImageRejectedError } from '../errors.ts';

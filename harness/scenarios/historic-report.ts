@@ -9,14 +9,17 @@
  * core, are SKIP rows for CRIU saying so.
  */
 import type { Test } from 'tap';
-import { recordRow } from './verdict-rows.ts';
+import { recordRow } from '../testing/verdict-rows.ts';
 import { describePolicy, type RestorePolicy } from '../restore/policy.ts';
-import { startGuest, type Guest } from './guest-fixture.ts';
-import { kernelNeeds } from './kernel-needs.ts';
-import { endedAs, nativeReference } from './native-reference.ts';
-import type { Scenario } from './scenarios.ts';
-import { runsEngine } from './criu-engine.ts';
+import { startGuest, type Guest } from '../testing/guest-fixture.ts';
+import { kernelNeeds } from '../testing/kernel-needs.ts';
+import { endedAs, nativeReference } from '../testing/native-reference.ts';
+import type { Attempt as ScenarioAttempt, Scenario } from '../testing/scenarios.ts';
+import { runsEngine } from '../testing/criu-engine.ts';
 import { POLICY_NOT_FOR_CRIU } from '../criu/known-gaps.ts';
+import type { CriuScenarioAttempt } from '../testing/criu-engine.ts';
+import { resumes, shows, type Attempt } from './attempt.ts';
+import { settle, skipNotForCriu } from './runner.ts';
 
 export interface HistoricReport {
   /** the case name, e.g. report-2009-rf-tolerate */
@@ -62,41 +65,25 @@ export async function runHistoricReport(t: Test, report: HistoricReport, run: Re
         t.equal(`${reference.ended}\n${reference.output}`, `${endedAs(native)}\n${native.output}`, 'the traced reference is the native run (no tracer)');
       });
     }
+    const key = (policy: RestorePolicy) => ({
+      case: report.id,
+      scenario: `${report.date} ${report.subject}: ${scenario.name}`,
+      policy: describePolicy(policy),
+    });
     await t.test(`${scenario.name}: fixed under ${describePolicy(run.fixed)}`, crhOnly, async (t) => {
-      const started = Date.now();
       const a = await scenario.attempt(run.fixed, `${slug(scenario.name)}-fixed`);
-      t.ok(a.pass, `resumed as the uninterrupted run: ${a.observed} (expected ${a.expected})`);
-      recordRow(t, {
-        case: report.id,
-        scenario: `${report.date} ${report.subject}: ${scenario.name}`,
-        policy: describePolicy(run.fixed),
-        control: false,
-        expected: a.expected,
-        observed: a.observed,
-        pass: a.pass,
-        conditions: a.conditions,
-        registerDiff: a.registerDiff,
-        durationMs: Date.now() - started,
-      });
+      settle(t, key(run.fixed), resumes(a.expected), asAttempt(a));
     });
     for (const [i, h] of exhibit.historic.entries()) {
       await t.test(`${scenario.name}: the bug under ${describePolicy(h.policy)} (${h.shows})`, crhOnly, async (t) => {
-        const started = Date.now();
         const a = await scenario.attempt(h.policy, `${slug(scenario.name)}-historic-${i}`);
-        t.notOk(a.pass, `the historic behaviour is reproduced: ${a.observed} (uninterrupted: ${a.expected})`);
-        if (a.registerDiff) t.comment(`register diff:\n${a.registerDiff}`);
-        recordRow(t, {
-          case: report.id,
-          scenario: `${report.date} ${report.subject}: ${scenario.name}`,
-          policy: describePolicy(h.policy),
-          control: true,
-          expected: `differs from uninterrupted (${h.shows})`,
-          observed: a.observed,
-          pass: !a.pass,
-          conditions: a.conditions,
-          registerDiff: a.registerDiff,
-          durationMs: Date.now() - started,
-        });
+        // Any difference from the uninterrupted run, a refusal included, is the historic behaviour the policy reproduces.
+        settle(
+          t,
+          key(h.policy),
+          shows(`differs from uninterrupted (${h.shows})`, () => true),
+          asAttempt(a),
+        );
       });
     }
     if (runsEngine('criu')) await criuRows(t, report, scenario, exhibit);
@@ -108,7 +95,6 @@ async function criuRows(t: Test, report: HistoricReport, scenario: Scenario, exh
   const rowScenario = `${report.date} ${report.subject}: ${scenario.name}`;
   const criu = scenario.criu;
   await t.test(`${scenario.name}: engine criu`, async (t) => {
-    const started = Date.now();
     if (!criu) {
       t.pass('not handed to CRIU: said as a skip');
       recordRow(t, {
@@ -125,39 +111,25 @@ async function criuRows(t: Test, report: HistoricReport, scenario: Scenario, exh
       return;
     }
     const a = await criu.call(scenario, `${slug(scenario.name)}-criu`);
-    t.ok(a.pass || a.gap !== undefined, `resumed as the uninterrupted run, or differs by a known gap alone: ${a.observed} (expected ${a.expected})`);
-    if (a.registerDiff) t.comment(`register diff:\n${a.registerDiff}`);
-    recordRow(t, {
-      case: report.id,
-      scenario: rowScenario,
-      policy: 'criu defaults',
-      engine: 'criu',
-      control: false,
-      expected: a.expected,
-      observed: a.observed,
-      pass: a.pass,
-      conditions: a.conditions,
-      registerDiff: a.registerDiff,
-      durationMs: Date.now() - started,
-      ...(!a.pass && a.gap ? { engineGap: a.gap } : {}),
-    });
+    settle(t, { case: report.id, scenario: rowScenario, policy: 'criu defaults', engine: 'criu' }, resumes(a.expected), asAttempt(a));
   });
   for (const h of exhibit.historic) {
     await t.test(`${scenario.name}: engine criu, ${describePolicy(h.policy)}: ${POLICY_NOT_FOR_CRIU}`, async (t) => {
-      t.pass(POLICY_NOT_FOR_CRIU);
-      recordRow(t, {
-        case: report.id,
-        scenario: rowScenario,
-        policy: describePolicy(h.policy),
-        engine: 'criu',
-        control: true,
-        expected: '-',
-        observed: '-',
-        pass: false,
-        skipped: POLICY_NOT_FOR_CRIU,
-      });
+      skipNotForCriu(t, { case: report.id, scenario: rowScenario, policy: describePolicy(h.policy) });
     });
   }
+}
+
+/** A catalog scenario's attempt (testing/scenarios.ts), by either engine, as the runner's Attempt. */
+function asAttempt(a: ScenarioAttempt | CriuScenarioAttempt): Attempt {
+  return {
+    matched: a.pass,
+    observed: a.observed,
+    witnesses: {},
+    ...(a.registerDiff ? { registerDiff: a.registerDiff } : {}),
+    ...(a.conditions ? { conditions: a.conditions } : {}),
+    ...('gap' in a && a.gap ? { gap: a.gap } : {}),
+  };
 }
 
 function slug(text: string): string {
