@@ -272,6 +272,11 @@ t.test('mapping attributes a restore does not give back are refused by name', as
   const sharedReadOnly = smapsEntry('7ffff7ff6000-7ffff7ff7000', 'r--s', '/tmp/f.test', 'rd sh mr mw me ms sd');
   t.equal(vmaFlagsProblems(7, sharedReadOnly)[0]!.state, 'writable-later shared file mapping', 'mw without w on a shared file mapping');
   t.same(
+    vmaFlagsProblems(7, smapsEntry('7ffff7fe8000-7ffff7fea000', 'r--s', '/dev/zero (deleted)', 'rd sh mr mw me ms sd')),
+    [],
+    'shared anonymous memory is mapped read-write again whatever its perms',
+  );
+  t.same(
     vmaFlagsProblems(7, smapsEntry('7ffff7ff6000-7ffff7ff7000', 'rw-s', '/tmp/f.test', 'rd wr sh mr mw me ms sd')),
     [],
     'writable now: opened read-write again',

@@ -112,7 +112,9 @@ export function vmaFlagsProblems(pid: number, smaps: string): Uncapturable[] {
         where,
         seen: `VmFlags ${lost.map((f) => `${f} (${VMFLAG_MEANING.get(f) ?? 'unknown to crh'})`).join(', ')}: a restore maps the region again without them`,
       });
-    const sharedFile = vma.perms[3] === 's' && vma.name.startsWith('/');
+    // Shared anonymous memory shows as "/dev/zero (deleted)" (and a memfd as "/memfd:… (deleted)"): mapped
+    // again read-write whatever its perms; a deleted file is not opened again at all. A file by path only.
+    const sharedFile = vma.perms[3] === 's' && vma.name.startsWith('/') && !vma.name.endsWith(' (deleted)');
     if (sharedFile && vma.flags.includes('mw') && vma.perms[1] !== 'w')
       problems.push({
         state: 'writable-later shared file mapping',
