@@ -27,22 +27,36 @@ export function privateAptOptions(dir: string): string[] {
   ].flatMap((o) => ['-o', o]);
 }
 
-/** The one line of crh's private sources file. */
-export function privateSourcesLine(suite: string): string {
-  return `deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian ${suite} main\n`;
+/**
+ * What a private configuration indexes: binary packages (`deb`: kernels,
+ * CRIU) or source packages (`deb-src`: the ZDTM suite, built from CRIU's
+ * source). Each has its own configuration directory, so a binary one is
+ * never updated with source indexes it does not need, nor the reverse.
+ */
+export type AptArchiveKind = 'deb' | 'deb-src';
+
+/** The one line of crh's private sources file: the suite's main component, signed by Debian's archive keyring. */
+export function privateSourcesLine(suite: string, kind: AptArchiveKind = 'deb'): string {
+  return `${kind} [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian ${suite} main\n`;
 }
 
-/** The options for `suite`'s private configuration, its lists fetched (apt-get update) the first time. */
-export async function privateApt(suite: string, log: (line: string) => void): Promise<string[]> {
+/**
+ * The options for `suite`'s private configuration of `kind`, its lists
+ * fetched (apt-get update) the first time. apt checks the InRelease
+ * signature against the keyring, and every index and every file fetched
+ * through them (a .deb, a source tarball) against the checksums there.
+ */
+export async function privateApt(suite: string, log: (line: string) => void, kind: AptArchiveKind = 'deb'): Promise<string[]> {
   if (!DEBIAN_SUITE.test(suite)) throw new InfraError(`"${suite}" is not a Debian suite name`);
-  const dir = await ensureCacheDir('apt', suite);
+  // The binary configuration keeps its old place (caches made before deb-src existed stay valid).
+  const dir = kind === 'deb' ? await ensureCacheDir('apt', suite) : await ensureCacheDir('apt-src', suite);
   await mkdir(path.join(dir, 'lists', 'partial'), { recursive: true });
   await mkdir(path.join(dir, 'cache', 'archives', 'partial'), { recursive: true });
-  await writeFile(path.join(dir, 'sources.list'), privateSourcesLine(suite));
+  await writeFile(path.join(dir, 'sources.list'), privateSourcesLine(suite, kind));
   const options = privateAptOptions(dir);
   const hasLists = (await readdir(path.join(dir, 'lists'))).some((f) => f.endsWith('_Packages') || f.endsWith('InRelease'));
   if (!hasLists) {
-    log(`apt-get update of crh's private ${suite} sources (${dir})`);
+    log(`apt-get update of crh's private ${suite} ${kind} sources (${dir})`);
     const update = await execa('apt-get', [...options, 'update'], { reject: false });
     if (update.exitCode !== 0)
       throw new InfraError(`apt-get update of the private ${suite} sources failed`, {

@@ -32,6 +32,9 @@ import { captureLdt } from './ldt.ts';
 import { captureSleep, threadRestartBlockProblem } from './sleep-deadline.ts';
 import { capturePkeys } from './pkeys.ts';
 import { refuseUncapturable, specialFileProblems, uncapturableError } from './uncapturable.ts';
+import { probeMembarrier } from './membarrier.ts';
+import { vmaFlagsProblems } from './vma-flags.ts';
+import { readProcText } from './proc-text.ts';
 import { readPlatformDependencies } from './platform-dependencies.ts';
 import { readProcessClocks } from './time-namespace.ts';
 import { absentRanges, checkRegistrations, parseSmapsRegistrations } from './userfaultfd.ts';
@@ -103,15 +106,20 @@ async function captureBlocked(
     const restartBlock = threadRestartBlockProblem(tid, t.regs);
     if (restartBlock && refuse) throw new CheckpointError(`pid ${pid}: ${restartBlock}`, { state: 'restart_block', target: `thread ${tid}` });
   }
-  // A path that names a FIFO or a device node (an fstat injected: signals are blocked by now).
+  // A path that names a FIFO or a device node, a membarrier registration (calls injected: signals are blocked by now);
+  // mapping attributes a restore's mmap does not give back (smaps).
   if (refuse) {
-    const special = await withRseqCsParked(agent, pid, [main.rseq, ...threads.map((t) => t.rseq)], () => specialFileProblems(agent, pid));
+    const special = await withRseqCsParked(agent, pid, [main.rseq, ...threads.map((t) => t.rseq)], async () => [
+      ...(await specialFileProblems(agent, pid)),
+      ...(await probeMembarrier(agent, pid)),
+    ]);
+    special.push(...vmaFlagsProblems(pid, await readProcText(agent, `/proc/${pid}/smaps`)));
     if (special.length > 0) throw uncapturableError(pid, special);
   }
   const task = await captureTask(agent, pid, { skipPipes: pipesCaptured });
   const timerfdFds = await timerfdDescriptors(agent, pid);
-  const maps = (await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/maps`, maxSize: 1 << 20 })).toString('utf8');
-  const registrations = parseSmapsRegistrations((await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/smaps`, maxSize: 4 << 20 })).toString('utf8'));
+  const maps = await readProcText(agent, `/proc/${pid}/maps`);
+  const registrations = parseSmapsRegistrations(await readProcText(agent, `/proc/${pid}/smaps`));
   const dumped = parseMaps(maps)
     .filter((m) => isDumped(m, process.binary))
     .map((m) => ({ ...m, userfault: registrations.get(m.start) ?? 0 }));

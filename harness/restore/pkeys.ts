@@ -26,6 +26,7 @@ import { hex } from '../x86/registers.ts';
 import type { MemoryRegion, PkeyState } from './image-model.ts';
 import type { PlanStep } from './plan-step.ts';
 import { protOf } from './proc-maps.ts';
+import { readProcText } from './proc-text.ts';
 
 const NR = { pkey_mprotect: 329, pkey_alloc: 330, pkey_free: 331 } as const;
 /** x86 has 16 keys; 0 is every mapping's default and always allocated. */
@@ -69,7 +70,7 @@ export async function capturePkeys(agent: AgentClient, pid: number, regions: Rea
   } finally {
     for (const key of results.filter((r) => r > 0n)) await agent.call({ op: 'INJECT_SYSCALL', pid, nr: NR.pkey_free, args: [key] });
   }
-  const keys = parseSmapsPkeys((await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/smaps`, maxSize: 4 << 20 })).toString('utf8'));
+  const keys = parseSmapsPkeys(await readProcText(agent, `/proc/${pid}/smaps`));
   const tagged = regions.flatMap((r) => {
     const pkey = keys.get(r.start) ?? 0;
     return pkey === 0 ? [] : [{ start: r.start, end: r.end, pkey }];

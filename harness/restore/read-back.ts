@@ -13,6 +13,7 @@ import type { AgentClient, BatchStep } from '../agent/client.ts';
 import type { AgentOp, ResultOf } from '../agent/ops.ts';
 import { describeOp } from '../agent/ops.ts';
 import { AgentError } from '../errors.ts';
+import { PROC_TEXT_MAX_BYTES } from './proc-text.ts';
 import { NT_X86_XSTATE, USER_REGS_FIELDS, debugRegOffset, hex, type UserRegs } from '../x86/registers.ts';
 import { DEBUG_REG_NAMES, type CheckpointImage, type DebugRegs, type OpenFile, type RseqState, type TaskState, type TimerState } from './image-model.ts';
 import type { PlanStep } from './plan-step.ts';
@@ -137,10 +138,14 @@ export function compileReadBack(pid: number, plan: readonly PlanStep[], image: C
       if (task.pending.shared) checks.push({ kind: 'pending-signals', task, queue: 'shared', ops: [{ op: 'PEEKSIGINFO', pid: tid, shared: true }] });
     }
   }
-  const smaps = { op: 'READ_FILE', path: `/proc/${pid}/smaps`, maxSize: 4 << 20 } as const;
+  const smaps = { op: 'READ_FILE', path: `/proc/${pid}/smaps`, maxSize: PROC_TEXT_MAX_BYTES } as const;
   if (!omits(policy, 'pkeys') && image.pkeys.tagged.length > 0) checks.push({ kind: 'pkeys', tagged: image.pkeys.tagged, ops: [smaps] });
   if (!omits(policy, 'userfaultfd') && (image.task.userfaultfds?.length ?? 0) > 0 && image.regions.some((r) => r.userfault)) {
-    checks.push({ kind: 'userfault-ranges', regions: image.regions, ops: [{ op: 'READ_FILE', path: `/proc/${pid}/maps`, maxSize: 1 << 20 }, smaps] });
+    checks.push({
+      kind: 'userfault-ranges',
+      regions: image.regions,
+      ops: [{ op: 'READ_FILE', path: `/proc/${pid}/maps`, maxSize: PROC_TEXT_MAX_BYTES }, smaps],
+    });
   }
   return checks;
 }

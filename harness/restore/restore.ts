@@ -8,6 +8,7 @@
 import type { AgentClient, BatchStep } from '../agent/client.ts';
 import { describeOp } from '../agent/ops.ts';
 import { AgentError, CrhError, RestoreStepError } from '../errors.ts';
+import { readProcText } from './proc-text.ts';
 import { NT_X86_XSTATE, hex } from '../x86/registers.ts';
 import type { CheckpointImage } from './image-model.ts';
 import { compileRestorePlan, fixedImage, type PlanStep, type TargetProbe } from './plan.ts';
@@ -105,7 +106,7 @@ export async function restoreInto(
   dependencies: 'refuse' | 'try' = 'refuse',
 ): Promise<RestoreResult> {
   const regs = await agent.call({ op: 'GETREGS', pid });
-  const maps = parseMaps((await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/maps`, maxSize: 1 << 20 })).toString('utf8'));
+  const maps = parseMaps(await readProcText(agent, `/proc/${pid}/maps`));
   const { notes: dependencyNotes, target } = await checkTargetDependencies(agent, pid, maps, checkpointed, dependencies, !omits(policy, 'vdso'));
   // Another CPU model's XSAVE layout has another size, and the kernel takes only its own (xstate-fit.ts).
   const targetXstate = await agent.call({ op: 'GETREGSET', pid, noteType: NT_X86_XSTATE, maxSize: XSTATE_MAX_BYTES });

@@ -17,6 +17,7 @@ import path from 'node:path';
 import { runToEnd } from '../agent/run-to-end.ts';
 import type { AgentClient } from '../agent/client.ts';
 import { handOffToCriu, type CriuInGuest } from '../criu/handoff.ts';
+import { AgentError } from '../errors.ts';
 import { parsePidFile, readIfPresent } from '../repro/pid-file.ts';
 import { interruptibleRun } from '../repro/runs.ts';
 import { describeEnd, RESUME_SLICE_MS, type CheckpointedZdtmRun, type CycleTiming } from './checkpointed.ts';
@@ -24,6 +25,32 @@ import { launcherArgv, type ZdtmLaunch } from './native.ts';
 import { PIDFILE } from './verdict.ts';
 
 const SIGTERM = 15;
+const SIGCONT = 18;
+const ESRCH = 3;
+const ATTACH_ATTEMPTS = 5;
+
+/**
+ * ATTACH, again when one of the process's threads ended between the
+ * agent's listing of /proc/PID/task and its seize (measured: ZDTM's
+ * pthread_timers_h, whose SIGEV_THREAD timers start and end threads —
+ * "PTRACE_SEIZE 909: No such process" ended the whole invocation as
+ * infrastructure). The agent undoes a half attach leaving the process
+ * SIGSTOPped, so once attached it is sent SIGCONT, as it ran before. A
+ * process that is gone is no retry: that error stands.
+ */
+async function attachRoot(agent: AgentClient, pid: number): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await agent.call({ op: 'ATTACH', pid });
+      if (attempt > 1) await agent.call({ op: 'SIGNAL', pid, signo: SIGCONT });
+      return;
+    } catch (error) {
+      if (!(error instanceof AgentError) || error.errno !== ESRCH || attempt >= ATTACH_ATTEMPTS) throw error;
+      const stat = await readIfPresent(agent, `/proc/${pid}/stat`);
+      if (stat === undefined || /\) Z /.test(stat)) throw error;
+    }
+  }
+}
 
 export interface CriuZdtmContext {
   agent: AgentClient;
@@ -53,7 +80,7 @@ export async function criuZdtmRun(ctx: CriuZdtmContext, launch: ZdtmLaunch): Pro
   const stat = await readIfPresent(agent, `/proc/${pid}/stat`);
   if (stat === undefined || /\) Z /.test(stat)) return { failure: `pid ${pid}, named by ${pidFile}, ended before it could be checkpointed`, cycles };
   // The root only: its children (if any) run on untraced; CRIU freezes and dumps the tree itself.
-  await agent.call({ op: 'ATTACH', pid });
+  await attachRoot(agent, pid);
   let current = pid;
   const settled = await interruptibleRun(agent, pid, ctx.settleMs);
   if (settled) return { failure: `the test ended before the checkpoint, ${ctx.settleMs} ms after it was ready (${describeEnd(settled)})`, pid, cycles };

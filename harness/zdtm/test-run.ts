@@ -131,9 +131,14 @@ export async function runZdtmTest(session: ZdtmSession, test: ZdtmTest, options:
     );
     nativeRun = runner.outcome === 'timed-out' ? undefined : parseNativeZdtm((await readIfPresent(session.agent, report)) ?? '');
     nativeOutfile = await outfiles();
+    const runProblem = nativeRun ? nativeProblem(nativeRun) : `the launcher did not exit within ${boundMs} ms (killed)`;
+    // The test says why in its outfile (a launcher that failed wrote its error there): the row carries its last line.
     const problem =
-      (nativeRun ? nativeProblem(nativeRun) : `the launcher did not exit within ${boundMs} ms (killed)`) ??
-      (nativeOutfile.pass ? undefined : describeOutfile(nativeOutfile));
+      runProblem !== undefined
+        ? `${runProblem}${nativeOutfile.tail.length > 0 ? ` (${nativeOutfile.file}: ${nativeOutfile.tail.at(-1)})` : ''}`
+        : nativeOutfile.pass
+          ? undefined
+          : describeOutfile(nativeOutfile);
     session.note(`natively: ${problem ?? describeOutfile(nativeOutfile)}`);
     if (problem)
       return {
