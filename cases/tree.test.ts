@@ -209,41 +209,48 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_CHECKPOINT_RESTORE']), async (t
     });
   }
 
+  /**
+   * One run of a two-process workload that stops its parent at a hardware breakpoint (`w.breakAt`): with no policy,
+   * on to its end (the reference); with one, the tree checkpointed, written as an image, killed, read back, restored
+   * under `policy` and run to its end.
+   */
+  const treeCycle = async (w: Workload, tag: string, policy?: RestorePolicy) => {
+    const out = `/tmp/tree-${tag}.original.out`;
+    const pid = await spawnArmed(guest, w, out);
+    const hit = await agent.call({ op: 'RUN', pid, stopAfterHits: 1, timeoutMs: RUN_TIMEOUT_MS });
+    if (hit.outcome !== 'hit-limit')
+      throw new Error(`${w.argv.join(' ')} never reached its checkpoint point (${hit.outcome} ${hit.code}): ${await readOutput(guest, out)}`);
+    if (!policy) {
+      const end = await agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
+      return { line: `${endedAs(end)} ${(await readOutput(guest, out)).trim()}` };
+    }
+    const started = Date.now();
+    const tree = await checkpointTree(agent, { binary: w.binary, argv: w.argv, envp: [], noAslr: true, pid }, guest.platform);
+    const checkpointMs = Date.now() - started;
+    const file = path.join(guest.artifactsDir, `checkpoint-${tag}.tar`);
+    await writeTreeImage(tree, file);
+    for (const m of tree.members) await agent.call({ op: 'KILL', pid: m.pid });
+    const fromImage = await readTreeImage(file);
+    const restoredOut = `/tmp/tree-${tag}.restored.out`;
+    const restoreStarted = Date.now();
+    const restored = await restoreTreeWitnessed(agent, fromImage, { policy, stdoutPath: restoredOut }, tag);
+    const restoreMs = Date.now() - restoreStarted;
+    await releaseDescendants(agent, fromImage);
+    const end = await agent.call({ op: 'RUN', pid: fromImage.members[0]!.pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
+    return {
+      line: `${endedAs(end)} ${(await readOutput(guest, restoredOut)).trim()}`,
+      tree: fromImage,
+      restored,
+      timing: `checkpoint ${checkpointMs} ms, image ${(await stat(file)).size} bytes, restore ${restoreMs} ms`,
+    };
+  };
+
   // A parent and child joined by a unix socketpair, data queued both ways: the pair restored as one, its queues sent again.
   for (const type of ['stream', 'dgram'] as const) {
     const pairBinary = guest.image.guestPaths.sockpair!;
     const pairWorkload: Workload = { binary: pairBinary, argv: [pairBinary, type], breakAt: symbols.resolve('sockpair:sockpair_checkpoint') };
     const pairScenario = `parent and child joined by a unix ${type === 'stream' ? 'SOCK_STREAM' : 'SOCK_DGRAM'} socketpair, data queued both ways; parent at a hardware breakpoint`;
-    const runPair = async (tag: string, policy?: RestorePolicy) => {
-      const out = `/tmp/tree-${tag}.original.out`;
-      const pid = await spawnArmed(guest, pairWorkload, out);
-      const hit = await agent.call({ op: 'RUN', pid, stopAfterHits: 1, timeoutMs: RUN_TIMEOUT_MS });
-      if (hit.outcome !== 'hit-limit')
-        throw new Error(`sockpair never reached sockpair_checkpoint (${hit.outcome} ${hit.code}): ${await readOutput(guest, out)}`);
-      if (!policy) {
-        const end = await agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
-        return { line: `${endedAs(end)} ${(await readOutput(guest, out)).trim()}` };
-      }
-      const started = Date.now();
-      const tree = await checkpointTree(agent, { binary: pairBinary, argv: pairWorkload.argv, envp: [], noAslr: true, pid }, guest.platform);
-      const checkpointMs = Date.now() - started;
-      const file = path.join(guest.artifactsDir, `checkpoint-${tag}.tar`);
-      await writeTreeImage(tree, file);
-      for (const m of tree.members) await agent.call({ op: 'KILL', pid: m.pid });
-      const fromImage = await readTreeImage(file);
-      const restoredOut = `/tmp/tree-${tag}.restored.out`;
-      const restoreStarted = Date.now();
-      const restored = await restoreTreeWitnessed(agent, fromImage, { policy, stdoutPath: restoredOut }, tag);
-      const restoreMs = Date.now() - restoreStarted;
-      await releaseDescendants(agent, fromImage);
-      const end = await agent.call({ op: 'RUN', pid: fromImage.members[0]!.pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
-      return {
-        line: `${endedAs(end)} ${(await readOutput(guest, restoredOut)).trim()}`,
-        tree: fromImage,
-        restored,
-        timing: `checkpoint ${checkpointMs} ms, image ${(await stat(file)).size} bytes, restore ${restoreMs} ms`,
-      };
-    };
+    const runPair = (tag: string, policy?: RestorePolicy) => treeCycle(pairWorkload, tag, policy);
     const pairReference = (await runPair(`${type}-reference`)).line;
     const native = await nativeReference(guest, pairWorkload);
     t.equal(pairReference, `${endedAs(native)} ${native.output.trim()}`, `${type}: the traced reference is the native run (no tracer)`);
@@ -301,36 +308,7 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_CHECKPOINT_RESTORE']), async (t
     };
     const memfdScenario =
       'parent and child holding one memfd as fd 3 (written, 6000 bytes, sealed against shrinking, offset 22); parent at a hardware breakpoint';
-    const runMemfd = async (tag: string, policy?: RestorePolicy) => {
-      const out = `/tmp/tree-${tag}.original.out`;
-      const pid = await spawnArmed(guest, memfdWorkload, out);
-      const hit = await agent.call({ op: 'RUN', pid, stopAfterHits: 1, timeoutMs: RUN_TIMEOUT_MS });
-      if (hit.outcome !== 'hit-limit')
-        throw new Error(`sharefd memfd-run never reached sharefd_checkpoint (${hit.outcome} ${hit.code}): ${await readOutput(guest, out)}`);
-      if (!policy) {
-        const end = await agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
-        return { line: `${endedAs(end)} ${(await readOutput(guest, out)).trim()}` };
-      }
-      const started = Date.now();
-      const tree = await checkpointTree(agent, { binary: memfdBinary, argv: memfdWorkload.argv, envp: [], noAslr: true, pid }, guest.platform);
-      const checkpointMs = Date.now() - started;
-      const file = path.join(guest.artifactsDir, `checkpoint-${tag}.tar`);
-      await writeTreeImage(tree, file);
-      for (const m of tree.members) await agent.call({ op: 'KILL', pid: m.pid });
-      const fromImage = await readTreeImage(file);
-      const restoredOut = `/tmp/tree-${tag}.restored.out`;
-      const restoreStarted = Date.now();
-      const restored = await restoreTreeWitnessed(agent, fromImage, { policy, stdoutPath: restoredOut }, tag);
-      const restoreMs = Date.now() - restoreStarted;
-      await releaseDescendants(agent, fromImage);
-      const end = await agent.call({ op: 'RUN', pid: fromImage.members[0]!.pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
-      return {
-        line: `${endedAs(end)} ${(await readOutput(guest, restoredOut)).trim()}`,
-        tree: fromImage,
-        restored,
-        timing: `checkpoint ${checkpointMs} ms, image ${(await stat(file)).size} bytes, restore ${restoreMs} ms`,
-      };
-    };
+    const runMemfd = (tag: string, policy?: RestorePolicy) => treeCycle(memfdWorkload, tag, policy);
     const memfdReference = (await runMemfd('memfd-reference')).line;
     const native = await nativeReference(guest, memfdWorkload);
     t.equal(memfdReference, `${endedAs(native)} ${native.output.trim()}`, 'memfd: the traced reference is the native run (no tracer)');

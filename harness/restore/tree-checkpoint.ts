@@ -36,9 +36,10 @@ import type { PlatformFacts, ProcessInfo } from './image-model.ts';
 import { PlanError } from './plan-step.ts';
 import { FIRST_RESTORED_FD, parseFdinfo } from './files.ts';
 import { findSharedDescriptions, type HeldFile } from './shared-descriptions.ts';
-import { capturePipes, pipeCreator } from './tree-pipes.ts';
-import { captureSocketpairs, socketpairCreator } from './tree-sockets.ts';
-import { captureMemfds, memfdCreator, memfdName } from './tree-memfds.ts';
+import { capturePipes, pipeObject } from './tree-pipes.ts';
+import { captureSocketpairs, socketpairObject } from './tree-sockets.ts';
+import { captureMemfds, memfdName, memfdObject } from './tree-memfds.ts';
+import { creatorOf } from './tree-shared-objects.ts';
 import { creationOrder, planTreeSkeleton, sharedAnonymousObjects, type ProcessTree, type TreeMember } from './tree.ts';
 import { uncapturableError, zombieProblem, type Uncapturable } from './uncapturable.ts';
 
@@ -215,27 +216,17 @@ export async function checkpointTree(
     if (error instanceof PlanError) throw new CheckpointError(error.message, { state: 'process tree' });
     throw error;
   }
-  for (const p of socketpairs) {
+  // Every object shared through descriptors must have a holding ancestor to be created in (tree-shared-objects.ts).
+  const objects = [
+    ...pipes.map((p) => ({ state: 'pipe', object: pipeObject(p) })),
+    ...socketpairs.map((p) => ({ state: 'socketpair', object: socketpairObject(p) })),
+    ...memfds.map((m) => ({ state: 'memfd', object: memfdObject(m) })),
+  ];
+  for (const { state, object } of objects) {
     try {
-      socketpairCreator(tree.members, p);
+      creatorOf(tree.members, object);
     } catch (error) {
-      if (error instanceof PlanError) throw new CheckpointError(error.message, { state: 'socketpair' });
-      throw error;
-    }
-  }
-  for (const m of memfds) {
-    try {
-      memfdCreator(tree.members, m);
-    } catch (error) {
-      if (error instanceof PlanError) throw new CheckpointError(error.message, { state: 'memfd' });
-      throw error;
-    }
-  }
-  for (const p of pipes) {
-    try {
-      pipeCreator(tree.members, p);
-    } catch (error) {
-      if (error instanceof PlanError) throw new CheckpointError(error.message, { state: 'pipe' });
+      if (error instanceof PlanError) throw new CheckpointError(error.message, { state });
       throw error;
     }
   }

@@ -196,33 +196,16 @@ function validateTreeJson(raw: unknown): { members: TreeJsonMember[]; pipes: Tre
   });
   const problem = treeShapeProblem(members);
   if (problem) throw new ImageRejectedError(problem.why, TREE_ENTRY, problem.field);
-  const pipes = validatePipesJson((raw as { pipes?: unknown }).pipes ?? [], new Set(members.map((m) => m.pid)));
-  const socketpairs = validateSocketpairsJson((raw as { socketpairs?: unknown }).socketpairs ?? [], new Set(members.map((m) => m.pid)));
-  // One descriptor is a pipe end or a socket, never both.
-  const pipeFds = new Set(pipes.flatMap((p) => p.ends.map((e) => `${e.pid}:${e.fd}`)));
-  for (const [i, p] of socketpairs.entries()) {
-    for (const side of [0, 1] as const) {
-      const j = p.ends[side].findIndex((e) => pipeFds.has(`${e.pid}:${e.fd}`));
-      if (j >= 0)
-        throw new ImageRejectedError(
-          `pid ${p.ends[side][j]!.pid} fd ${p.ends[side][j]!.fd} is also a pipe end`,
-          TREE_ENTRY,
-          `socketpairs[${i}].ends[${side}][${j}].fd`,
-        );
-    }
-  }
-  const memfds = validateMemfdsJson((raw as { memfds?: unknown }).memfds ?? [], new Set(members.map((m) => m.pid)));
-  // One descriptor is one thing: a memfd's is no pipe end and no socket.
-  const otherFds = new Set([...pipeFds, ...socketpairs.flatMap((p) => p.ends.flat().map((e) => `${e.pid}:${e.fd}`))]);
-  for (const [i, m] of memfds.entries()) {
-    const j = m.ends.findIndex((e) => otherFds.has(`${e.pid}:${e.fd}`));
-    if (j >= 0)
-      throw new ImageRejectedError(`pid ${m.ends[j]!.pid} fd ${m.ends[j]!.fd} is also a pipe end or a socket`, TREE_ENTRY, `memfds[${i}].ends[${j}].fd`);
-  }
+  // One set of descriptors across every object: one descriptor is a pipe end, a socket or a memfd, never two of them.
+  const pids = new Set(members.map((m) => m.pid));
+  const used = new Set<string>();
+  const pipes = validatePipesJson((raw as { pipes?: unknown }).pipes ?? [], pids, used);
+  const socketpairs = validateSocketpairsJson((raw as { socketpairs?: unknown }).socketpairs ?? [], pids, used);
+  const memfds = validateMemfdsJson((raw as { memfds?: unknown }).memfds ?? [], pids, used);
   return { members, pipes, socketpairs, memfds };
 }
 
-function validateMemfdsJson(raw: unknown, pids: ReadonlySet<number>): TreeMemfd[] {
+function validateMemfdsJson(raw: unknown, pids: ReadonlySet<number>, used: Set<string>): TreeMemfd[] {
   if (!Array.isArray(raw)) throw new ImageRejectedError('is not an array', TREE_ENTRY, 'memfds');
   if (raw.length > 1024) throw new ImageRejectedError(`${raw.length} memfds, limit 1024`, TREE_ENTRY, 'memfds');
   const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -250,12 +233,12 @@ function validateMemfdsJson(raw: unknown, pids: ReadonlySet<number>): TreeMemfd[
       ends,
     };
   });
-  const problem = memfdsProblem(memfds, pids);
+  const problem = memfdsProblem(memfds, pids, used);
   if (problem) throw new ImageRejectedError(problem.why, TREE_ENTRY, problem.field);
   return memfds;
 }
 
-function validatePipesJson(raw: unknown, pids: ReadonlySet<number>): TreePipe[] {
+function validatePipesJson(raw: unknown, pids: ReadonlySet<number>, used: Set<string>): TreePipe[] {
   if (!Array.isArray(raw)) throw new ImageRejectedError('is not an array', TREE_ENTRY, 'pipes');
   if (raw.length > 1024) throw new ImageRejectedError(`${raw.length} pipes, limit 1024`, TREE_ENTRY, 'pipes');
   const pipes = raw.map((p: unknown, i): TreePipe => {
@@ -284,12 +267,12 @@ function validatePipesJson(raw: unknown, pids: ReadonlySet<number>): TreePipe[] 
       queued: Buffer.from(o.queued, 'base64'),
     };
   });
-  const problem = pipesProblem(pipes, pids);
+  const problem = pipesProblem(pipes, pids, used);
   if (problem) throw new ImageRejectedError(problem.why, TREE_ENTRY, problem.field);
   return pipes;
 }
 
-function validateSocketpairsJson(raw: unknown, pids: ReadonlySet<number>): TreeSocketPair[] {
+function validateSocketpairsJson(raw: unknown, pids: ReadonlySet<number>, used: Set<string>): TreeSocketPair[] {
   if (!Array.isArray(raw)) throw new ImageRejectedError('is not an array', TREE_ENTRY, 'socketpairs');
   if (raw.length > 1024) throw new ImageRejectedError(`${raw.length} socketpairs, limit 1024`, TREE_ENTRY, 'socketpairs');
   const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -319,7 +302,7 @@ function validateSocketpairsJson(raw: unknown, pids: ReadonlySet<number>): TreeS
     ) as [SocketEnd[], SocketEnd[]];
     return { type: p.type as 'stream' | 'dgram', inodes: p.inodes as [number, number], ends, queued };
   });
-  const problem = socketpairsProblem(pairs, pids);
+  const problem = socketpairsProblem(pairs, pids, used);
   if (problem) throw new ImageRejectedError(problem.why, TREE_ENTRY, problem.field);
   return pairs;
 }

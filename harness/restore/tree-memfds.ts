@@ -30,8 +30,8 @@
 import type { AgentClient } from '../agent/client.ts';
 import { AgentError, CheckpointError } from '../errors.ts';
 import { O, parseFdinfo } from './files.ts';
-import { PlanError } from './plan-step.ts';
-import { isAncestor, type MemfdEnd, type TreeAction, type TreeMember, type TreeMemfd } from './tree.ts';
+import { creatorOf, endProblem, endsListProblem, withSharedObjects, type FieldProblem, type SharedObject } from './tree-shared-objects.ts';
+import type { MemfdEnd, TreeAction, TreeMember, TreeMemfd } from './tree.ts';
 
 export type { MemfdEnd, TreeMemfd };
 
@@ -118,15 +118,30 @@ export async function captureMemfds(agent: AgentClient, pids: readonly number[])
   return memfds;
 }
 
+/** A memfd as the shared-object planner places it: one parked descriptor, created with its contents, seals, flags and offset. Pure. */
+export function memfdObject(memfd: TreeMemfd): SharedObject {
+  const m = memfd;
+  return {
+    name: `memfd:${m.name} (inode ${m.inode})`,
+    slots: [`memfd:${m.name}`],
+    ends: m.ends.map((e) => ({ ...e, slot: 0, what: `memfd:${m.name}` })),
+    create: (pid, [fd]) => ({
+      kind: 'memfd-create',
+      pid,
+      fd: fd!,
+      name: m.name,
+      seals: m.seals,
+      flags: m.flags,
+      pos: m.pos,
+      contents: m.contents,
+      why: `memfd:${m.name} (inode ${m.inode} at checkpoint) created in pid ${pid} (held by ${[...new Set(m.ends.map((e) => e.pid))].join(' ')}), parked at fd ${fd}: ${m.contents.length} bytes, seals 0x${m.seals.toString(16)}, offset ${m.pos}`,
+    }),
+  };
+}
+
 /** The holder of a memfd that is an ancestor of all its holders; PlanError when none is. */
 export function memfdCreator(members: readonly TreeMember[], memfd: TreeMemfd): number {
-  const holders = [...new Set(memfd.ends.map((e) => e.pid))];
-  const creator = holders.find((c) => holders.every((p) => isAncestor(members, c, p)));
-  if (creator === undefined)
-    throw new PlanError(
-      `memfd:${memfd.name} (inode ${memfd.inode}) is held by ${holders.map((p) => `pid ${p}`).join(', ')}, none an ancestor of the others: it cannot be created once and inherited`,
-    );
-  return creator;
+  return creatorOf(members, memfdObject(memfd));
 }
 
 /**
@@ -138,62 +153,13 @@ export function privateCopies(memfds: readonly TreeMemfd[]): TreeMemfd[] {
   return memfds.flatMap((m) => [...new Set(m.ends.map((e) => e.pid))].map((pid) => ({ ...m, ends: m.ends.filter((e) => e.pid === pid) })));
 }
 
-/**
- * The skeleton with the memfds in it, parked from `base` up (one descriptor
- * each): each memfd created right after its creator's own actions (before
- * its first child is cloned); once every process exists, each process's
- * descriptors dup3'ed to their numbers and the parked one closed. Pure.
- */
+/** The skeleton with the memfds in it (tree-shared-objects.ts withSharedObjects). Pure. */
 export function withMemfds(actions: readonly TreeAction[], members: readonly TreeMember[], memfds: readonly TreeMemfd[], base: number): TreeAction[] {
-  if (memfds.length === 0) return [...actions];
-  const parked = memfds.map((m, i) => ({ memfd: m, fd: base + i, creator: memfdCreator(members, m) }));
-  const out: TreeAction[] = [];
-  const created = new Set<number>();
-  const createFor = (pid: number): void => {
-    if (created.has(pid)) return;
-    created.add(pid);
-    for (const k of parked.filter((x) => x.creator === pid)) {
-      const m = k.memfd;
-      out.push({
-        kind: 'memfd-create',
-        pid,
-        fd: k.fd,
-        name: m.name,
-        seals: m.seals,
-        flags: m.flags,
-        pos: m.pos,
-        contents: m.contents,
-        why: `memfd:${m.name} (inode ${m.inode} at checkpoint) created in pid ${pid} (held by ${[...new Set(m.ends.map((e) => e.pid))].join(' ')}), parked at fd ${k.fd}: ${m.contents.length} bytes, seals 0x${m.seals.toString(16)}, offset ${m.pos}`,
-      });
-    }
-  };
-  for (const a of actions) {
-    if (a.kind === 'clone') createFor(a.parent);
-    out.push(a);
-  }
-  for (const m of members) createFor(m.pid);
-  for (const m of members) {
-    const inherited = parked.filter((k) => isAncestor(members, k.creator, m.pid));
-    for (const k of inherited) {
-      for (const e of k.memfd.ends.filter((x) => x.pid === m.pid)) {
-        out.push({
-          kind: 'fd-dup',
-          pid: m.pid,
-          from: k.fd,
-          to: e.fd,
-          cloexec: e.cloexec,
-          why: `pid ${m.pid} fd ${e.fd}: memfd:${k.memfd.name}${e.cloexec ? ' (close-on-exec)' : ''}`,
-        });
-      }
-    }
-    for (const k of inherited) out.push({ kind: 'fd-close', pid: m.pid, fd: k.fd, why: `pid ${m.pid}: close the parked memfd:${k.memfd.name}` });
-  }
-  return out;
+  return withSharedObjects(actions, members, memfds.map(memfdObject), base);
 }
 
-/** Why a memfds list from tree.json is malformed, or undefined. */
-export function memfdsProblem(memfds: readonly TreeMemfd[], pids: ReadonlySet<number>): { field: string; why: string } | undefined {
-  const used = new Set<string>();
+/** Why a memfds list from tree.json is malformed, or undefined; `used` collects every descriptor of the tree's objects. */
+export function memfdsProblem(memfds: readonly TreeMemfd[], pids: ReadonlySet<number>, used = new Set<string>()): FieldProblem | undefined {
   let total = 0;
   for (const [i, m] of memfds.entries()) {
     const at = `memfds[${i}]`;
@@ -207,15 +173,11 @@ export function memfdsProblem(memfds: readonly TreeMemfd[], pids: ReadonlySet<nu
     total += m.contents.length;
     if (m.contents.length > MAX_MEMFD_BYTES || total > MAX_MEMFD_BYTES)
       return { field: `${at}.contents`, why: `more than the ${MAX_MEMFD_BYTES} bytes an image holds` };
-    if (!Array.isArray(m.ends) || m.ends.length === 0 || m.ends.length > 4096) return { field: `${at}.ends`, why: 'no end, or too many' };
+    const list = endsListProblem(m.ends, `${at}.ends`);
+    if (list) return list;
     for (const [j, e] of m.ends.entries()) {
-      const end = `${at}.ends[${j}]`;
-      if (!pids.has(e.pid)) return { field: `${end}.pid`, why: `${e.pid} is no process of the tree` };
-      if (!Number.isInteger(e.fd) || e.fd < 0 || e.fd > 65535) return { field: `${end}.fd`, why: `${e.fd} is no descriptor` };
-      if (typeof e.cloexec !== 'boolean') return { field: `${end}.cloexec`, why: 'must be a boolean' };
-      const key = `${e.pid}:${e.fd}`;
-      if (used.has(key)) return { field: `${end}.fd`, why: `pid ${e.pid} fd ${e.fd} appears twice` };
-      used.add(key);
+      const problem = endProblem(e, `${at}.ends[${j}]`, pids, used);
+      if (problem) return problem;
     }
   }
   return undefined;

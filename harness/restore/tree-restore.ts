@@ -17,9 +17,10 @@ import type { AgentClient } from '../agent/client.ts';
 import { AgentError, CrhError, RestoreStepError } from '../errors.ts';
 import { parseFdinfo, parseStatSession } from './files.ts';
 import { PlanError, type PlanStep } from './plan-step.ts';
-import { DEFAULT_PIPE_BYTES, parkingBase, withPipes } from './tree-pipes.ts';
-import { withSocketpairs } from './tree-sockets.ts';
-import { fdinfoInode, memfdName, privateCopies, withMemfds } from './tree-memfds.ts';
+import { DEFAULT_PIPE_BYTES, pipeObject } from './tree-pipes.ts';
+import { socketpairObject } from './tree-sockets.ts';
+import { fdinfoInode, memfdName, memfdObject, privateCopies } from './tree-memfds.ts';
+import { parkingBase, withSharedObjects } from './tree-shared-objects.ts';
 import { omits, assertPolicyAdmits, type RestorePolicy } from './policy.ts';
 import type { Mapping } from './proc-maps.ts';
 import { checkSteps, PidInUseError, restoreInto, type Difference, type RestoreResult } from './restore.ts';
@@ -322,7 +323,6 @@ export function planTreeRestore(
 ): { shared: SharedAnonymous[]; pipes: TreePipe[]; socketpairs: TreeSocketPair[]; memfds: TreeMemfd[]; actions: TreeAction[] } {
   // omit=mapping-kinds: no shared object is created; each process maps private memory of its own (the control).
   const shared = omits(policy, 'mapping-kinds') ? [] : sharedAnonymousObjects(tree);
-  // omit=pipe-contents: the pipes without their queued bytes (the control).
   // omit=pipe-contents: the pipes and socketpairs without their queued data (the control).
   const pipes = (tree.pipes ?? []).map((p) => (omits(policy, 'pipe-contents') ? { ...p, queued: Buffer.alloc(0) } : p));
   const socketpairs = (tree.socketpairs ?? []).map((p): TreeSocketPair => (omits(policy, 'pipe-contents') ? { ...p, queued: [[], []] } : p));
@@ -333,14 +333,11 @@ export function planTreeRestore(
     ...(m.image.task.userfaultfds ?? []).map((u) => u.fd),
     ...m.image.timers.timerfds.map((x) => x.fd),
   ]);
-  const base = parkingBase(pipes, [
-    ...fdsInTree,
-    ...socketpairs.flatMap((p) => p.ends.flat().map((e) => e.fd)),
-    ...memfds.flatMap((m) => m.ends.map((e) => e.fd)),
-  ]);
-  const withAllPipes = withPipes(planTreeSkeleton(tree.members, shared), tree.members, pipes, base);
-  const withAllSockets = withSocketpairs(withAllPipes, tree.members, socketpairs, base + 2 * pipes.length);
-  const actions = withMemfds(withAllSockets, tree.members, memfds, base + 2 * pipes.length + 2 * socketpairs.length);
+  // One planner places every object shared through descriptors: each created in its holding ancestor, parked above
+  // every descriptor of the tree, then dup3'ed into its holders.
+  const objects = [...pipes.map(pipeObject), ...socketpairs.map(socketpairObject), ...memfds.map(memfdObject)];
+  const base = parkingBase([...fdsInTree, ...objects.flatMap((o) => o.ends.map((e) => e.fd))]);
+  const actions = withSharedObjects(planTreeSkeleton(tree.members, shared), tree.members, objects, base);
   return { shared, pipes, socketpairs, memfds, actions };
 }
 

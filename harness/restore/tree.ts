@@ -320,6 +320,11 @@ export function isAncestor(members: readonly TreeMember[], ancestor: number, pid
   return false;
 }
 
+/** The one of `holders` that is an ancestor of all of them (where an object they share is created once and inherited), or undefined. */
+export function holdingAncestor(members: readonly TreeMember[], holders: readonly number[]): number | undefined {
+  return holders.find((c) => holders.every((p) => isAncestor(members, c, p)));
+}
+
 /**
  * The shared anonymous objects held by more than one process. Throws
  * PlanError naming the object when it cannot be one object after a restore
@@ -344,7 +349,7 @@ export function sharedAnonymousObjects(tree: ProcessTree): SharedAnonymous[] {
         `shared anonymous memory (shmem inode ${inode}) is mapped at different ranges (${where}): only an object every holder maps whole at one range (inherited across fork) is restored as one object`,
       );
     }
-    const creator = pids.find((c) => pids.every((p) => isAncestor(tree.members, c, p)));
+    const creator = holdingAncestor(tree.members, pids);
     if (creator === undefined)
       throw new PlanError(
         `shared anonymous memory (shmem inode ${inode}) is held by ${where}, none an ancestor of the others: it cannot be created once and inherited`,
