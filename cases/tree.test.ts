@@ -12,6 +12,11 @@
 // hold one memfd (written, sealed against shrinking, at an offset) as a descriptor, the parent at a breakpoint before it
 // lets the child write through its own: restored as one memfd (name, contents, size, seals, offset) the parent reads the
 // child's write and ends as the native run; omit=mapping-kinds (a memfd of its own for each) is caught by the program.
+// And a parent and child that share one open file description (a file the parent opened read-write before the fork),
+// the parent at a breakpoint before the child reads and writes through it: restored as ONE description (opened once in
+// the parent before the child is cloned, at its offset) the parent's write lands after the child's and it ends as the
+// native run; omit=shared-descriptions (one description, one offset per process) is caught by the program (the
+// parent writes over the child's bytes).
 import t, { type Test } from 'tap';
 import { appendFileSync, writeFileSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
@@ -350,6 +355,65 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_CHECKPOINT_RESTORE']), async (t
         expected: memfdReference,
         observed: r.line,
         matchedUninterrupted: r.line === memfdReference,
+      });
+    });
+  }
+
+  // A parent and child sharing one open file description: restored as one description, a write by one moves the other's offset.
+  {
+    const offsetBinary = guest.image.guestPaths.sockpair!;
+    const offsetFile = '/tmp/tree-shared-offset';
+    const offsetWorkload: Workload = {
+      binary: offsetBinary,
+      argv: [offsetBinary, 'offset-run', offsetFile],
+      breakAt: symbols.resolve('sockpair:sharefd_checkpoint'),
+    };
+    const offsetScenario =
+      'parent and child sharing one open file description (a file opened read-write before the fork, offset 2); parent at a hardware breakpoint, then the child reads and writes through it and the parent writes after';
+    const runOffset = (tag: string, policy?: RestorePolicy) => treeCycle(offsetWorkload, tag, policy);
+    const offsetReference = (await runOffset('offset-reference')).line;
+    const native = await nativeReference(guest, offsetWorkload);
+    t.equal(offsetReference, `${endedAs(native)} ${native.output.trim()}`, 'shared description: the traced reference is the native run (no tracer)');
+    t.equal(
+      offsetReference,
+      'exited 0 sharefd offset-run ok: the child read 234, one offset, 16 after both writes: 01234childparent',
+      `shared description uninterrupted: ${offsetReference}`,
+    );
+
+    await t.test('kill and restore an open file description parent and child share: one description, one offset; it ends as uninterrupted', async (t) => {
+      const r = await runOffset('offset-default', DEFAULT_POLICY);
+      t.same(
+        r.tree?.sharedFiles?.map((f) => `${f.path} flags 0o${f.flags.toString(8)}, offset ${f.pos}, ${f.size} bytes, fds ${f.ends.map((e) => e.fd).join(' ')}`),
+        [`${offsetFile} flags 0o100002, offset 2, 10 bytes, fds 3 3`],
+        'one shared description: read-write, offset 2, fd 3 of both',
+      );
+      t.same(r.restored?.differences, [], 'read back: one description (kcmp) behind both descriptors, at offset 2');
+      t.equal(r.line, offsetReference, `restored: ${r.line}`);
+      t.comment(`shared description, 2 processes: ${r.timing}`);
+      recordRowOutcome(t, {
+        case: CASE,
+        scenario: offsetScenario,
+        policy: describePolicy(DEFAULT_POLICY),
+        control: false,
+        expected: offsetReference,
+        observed: r.line,
+        matchedUninterrupted: r.line === offsetReference && r.restored?.differences.length === 0,
+      });
+    });
+
+    await t.test('negative control omit=shared-descriptions: parent and child each restored with a description of its own', async (t) => {
+      const policy: RestorePolicy = { ...DEFAULT_POLICY, omit: ['shared-descriptions'] };
+      const r = await runOffset('offset-private', policy);
+      t.match(r.line, /sharefd offset-run mismatch: child status 0x0, offset 8 after both writes: 01parentld$/, `caught: ${r.line}`);
+      t.not(r.line, offsetReference, 'and it differs from the uninterrupted run');
+      recordRowOutcome(t, {
+        case: CASE,
+        scenario: offsetScenario,
+        policy: describePolicy(policy),
+        control: true,
+        expected: offsetReference,
+        observed: r.line,
+        matchedUninterrupted: r.line === offsetReference,
       });
     });
   }

@@ -1,6 +1,6 @@
 // expect: through the real agent on the host's kernel, what a parent and its child share across fork is restored as
-// one object or refused by name, never silently made two: a file opened read-write before the fork (one description,
-// one offset) is refused as a shared open file description naming both descriptors; a file opened write-only with
+// one object or refused by name, never silently made two (a file opened read-write before the fork, one description
+// and one offset, is restored as one description: restore-shared-file-local.test.ts); a file opened write-only with
 // O_APPEND before the fork (writes at the end whoever makes them) is checkpointed, restored with the same pids, each
 // process's fd 3 write-only O_APPEND on the file again; a FIFO (opened again by path it would block, or come back empty) is
 // refused by name with its mode; a memfd both map shared is refused by name (a mapping of a deleted file); a memfd
@@ -56,16 +56,6 @@ t.test('shared state across fork through the real agent, on the host kernel', as
     if (wrote !== 16n) throw new Error(`pwrite in pid ${parent}: ${wrote}`);
     return (await agent.call({ op: 'READ_FILE', path: `/proc/${child}/fd/3`, maxSize: 65536 })).subarray(100, 116).toString();
   };
-
-  await t.test('a description opened read-write before the fork: one offset, refused by name', async (t) => {
-    const s = await started('offset');
-    const started_ = Date.now();
-    await t.rejects(checkpointTree(agent, s.process, { host: true }), {
-      name: 'CheckpointError',
-      message: new RegExp(`shared open file description \\(pid ${s.pid} fd 3 and pid \\d+ fd 3: ${s.file}, flags 0o\\d*2: one offset the processes share`),
-    });
-    t.comment(`refused in ${Date.now() - started_} ms`);
-  });
 
   await t.test('a description opened write-only O_APPEND before the fork: restored per process, each write-only O_APPEND on the file again', async (t) => {
     const s = await started('append');

@@ -32,6 +32,22 @@
  *
  * or "sharefd memfd-run mismatch: ..." naming what differed (a child with a
  * memfd of its own writes where the parent never looks).
+ *
+ *   sockpair offset-run PATH
+ *
+ * runs to an end too, through one open file description: the parent opens
+ * PATH read-write (created, truncated), writes OFFSET_TEXT, seeks back to
+ * OFFSET_START, makes a pipe and forks; the child waits for a byte on the
+ * pipe. The parent calls sharefd_checkpoint() — where the host stops it —
+ * then lets the child go; the child reads 3 bytes through its descriptor
+ * and writes CHILD_WORD after them; the parent, once it has waited for the
+ * child, writes PARENT_WORD through its own, at the offset the child's read
+ * and write moved, and reads the whole file:
+ *
+ *   sharefd offset-run ok: the child read 234, one offset, 16 after both writes: 01234childparent
+ *
+ * or "sharefd offset-run mismatch: ..." with what it found (a parent with a
+ * description of its own writes over the child's bytes, at its own offset).
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -93,6 +109,54 @@ static int memfd_run(const char *name)
 	return 0;
 }
 
+#define OFFSET_TEXT "0123456789"
+#define OFFSET_START 2
+#define CHILD_WORD "child"
+#define PARENT_WORD "parent"
+#define OFFSET_RESULT "01234childparent"
+
+static int offset_run(const char *path)
+{
+	char got[64] = { 0 }, c = 0;
+	int fd, go[2], status;
+	off_t offset;
+	ssize_t n;
+	pid_t child;
+
+	setvbuf(stdout, NULL, _IONBF, 0);
+	fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+	if (fd < 0 || write(fd, OFFSET_TEXT, sizeof(OFFSET_TEXT) - 1) != sizeof(OFFSET_TEXT) - 1 || lseek(fd, OFFSET_START, SEEK_SET) != OFFSET_START ||
+			pipe(go) < 0)
+		return 1;
+	child = fork();
+	if (child < 0)
+		return 1;
+	if (child == 0) {
+		char three[4] = { 0 };
+
+		if (read(go[0], &c, 1) != 1)
+			_exit(3);
+		if (read(fd, three, 3) != 3 || strcmp(three, "234") != 0)
+			_exit(4);
+		_exit(write(fd, CHILD_WORD, sizeof(CHILD_WORD) - 1) == sizeof(CHILD_WORD) - 1 ? 0 : 5);
+	}
+	sharefd_checkpoint();
+	if (write(go[1], &c, 1) != 1 || waitpid(child, &status, 0) != child)
+		return 1;
+	if (write(fd, PARENT_WORD, sizeof(PARENT_WORD) - 1) != sizeof(PARENT_WORD) - 1)
+		return 1;
+	offset = lseek(fd, 0, SEEK_CUR);
+	n = pread(fd, got, sizeof(got) - 1, 0);
+	if (n < 0)
+		return 1;
+	if (status != 0 || offset != sizeof(OFFSET_RESULT) - 1 || strcmp(got, OFFSET_RESULT) != 0) {
+		printf("sharefd offset-run mismatch: child status 0x%x, offset %ld after both writes: %s\n", status, (long)offset, got);
+		return 0;
+	}
+	printf("sharefd offset-run ok: the child read 234, one offset, %ld after both writes: %s\n", (long)offset, got);
+	return 0;
+}
+
 int sharefd_main(int argc, char **argv)
 {
 	int fd = -1;
@@ -102,6 +166,8 @@ int sharefd_main(int argc, char **argv)
 		return 2;
 	if (strcmp(argv[1], "memfd-run") == 0)
 		return memfd_run(argv[2]);
+	if (strcmp(argv[1], "offset-run") == 0)
+		return offset_run(argv[2]);
 	if (strcmp(argv[1], "offset") == 0)
 		fd = open(argv[2], O_RDWR | O_CREAT | O_TRUNC, 0600);
 	else if (strcmp(argv[1], "append") == 0)

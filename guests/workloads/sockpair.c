@@ -5,6 +5,7 @@
  *   sockpair stream|dgram
  *   sockpair offset|append|fifo|memfd|memfd-fd PATH   (sharefd.c)
  *   sockpair memfd-run NAME                            (sharefd.c)
+ *   sockpair offset-run PATH                           (sharefd.c)
  *
  * The parent makes a socketpair of the type asked (SOCK_STREAM or
  * SOCK_DGRAM) and two pipes, and forks. The child sends UP_MESSAGES

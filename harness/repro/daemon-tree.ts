@@ -33,7 +33,13 @@ export interface DaemonCheckpoint {
 
 /** Whether the checkpoint is one process with nothing only a tree holds (a pipe, a socketpair, a memfd): restored as one process. */
 export function isSingleProcess(tree: ProcessTree): boolean {
-  return tree.members.length === 1 && (tree.pipes ?? []).length === 0 && (tree.socketpairs ?? []).length === 0 && (tree.memfds ?? []).length === 0;
+  return (
+    tree.members.length === 1 &&
+    (tree.pipes ?? []).length === 0 &&
+    (tree.socketpairs ?? []).length === 0 &&
+    (tree.memfds ?? []).length === 0 &&
+    (tree.sharedFiles ?? []).length === 0
+  );
 }
 
 /**

@@ -93,6 +93,12 @@ export type RseqFixupPolicy = (typeof RSEQ_FIXUP_POLICIES)[number];
  *   (tree-pipes.ts, tree-sockets.ts) — a restorer that drops pipe and socket
  *   contents: the reader waits for data that never comes, or sees end of
  *   file early.
+ * - shared-descriptions: an open file description several processes of a
+ *   tree share (a file opened before a fork) is opened once per holding
+ *   process instead of once for all (tree-files.ts) — a restorer that opens
+ *   every descriptor by path: each process gets an offset of its own, so a
+ *   write by one no longer moves where the other writes, and one overwrites
+ *   the other's bytes.
  * - vdso: a restore onto a kernel whose vDSO has other offsets leaves it as
  *   it is (vdso-redirect.ts): the functions the process resolved in the old
  *   one are other code there. Refused as a missing dependency unless the
@@ -118,6 +124,7 @@ export const OMITTABLE = [
   'pkeys',
   'string-regs',
   'pipe-contents',
+  'shared-descriptions',
   'vdso',
   'timens',
 ] as const;

@@ -21,13 +21,15 @@
  * memory that cannot be one object after a restore (tree.ts); sessions and
  * groups that no sequence of setsid/setpgid can form again (tree.ts
  * planTreeSkeleton: e.g. a child forked before its parent's setsid, left in
- * a session led outside the tree); one open file description several
- * processes share at an offset (shared-descriptions.ts); a pipe that cannot be created once and
+ * a session led outside the tree); an open file description several
+ * processes share that is not of a regular file (tree-files.ts); a pipe that cannot be created once and
  * inherited, or holds too much (tree-pipes.ts); a socket that is not a unix
  * socketpair held in the tree, or one that holds what an image cannot
  * (tree-sockets.ts); a memfd that cannot be one object again (tree-memfds.ts).
  * The pipes and socketpairs between the processes are captured with their
- * queued data, the memfds they hold as descriptors with their contents and seals.
+ * queued data, the memfds they hold as descriptors with their contents and
+ * seals, the open file descriptions of regular files they share with their
+ * offset and the file's identity.
  */
 import type { AgentClient } from '../agent/client.ts';
 import { AgentError, CheckpointError } from '../errors.ts';
@@ -35,7 +37,8 @@ import { checkpointProcess, type CheckpointProcessOptions } from './checkpoint.t
 import type { PlatformFacts, ProcessInfo } from './image-model.ts';
 import { PlanError } from './plan-step.ts';
 import { FIRST_RESTORED_FD, parseFdinfo } from './files.ts';
-import { findSharedDescriptions, type HeldFile } from './shared-descriptions.ts';
+import { sharedDescriptionGroups, type HeldFile } from './shared-descriptions.ts';
+import { captureSharedFiles, sharedFileObject, withoutSharedDescriptors } from './tree-files.ts';
 import { capturePipes, pipeObject } from './tree-pipes.ts';
 import { captureSocketpairs, socketpairObject } from './tree-sockets.ts';
 import { captureMemfds, memfdName, memfdObject } from './tree-memfds.ts';
@@ -168,23 +171,26 @@ export async function checkpointTree(
     rootMember,
     members.map((p) => ({ pid: p.pid, ppid: p.ppid, pgid: p.pgid, sid: p.sid, exitSignal: p.exitSignal })),
   );
-  const tree: ProcessTree = { members: [] };
+  let tree: ProcessTree = { members: [] };
   for (const m of ordered) {
     const cmdline = (await agent.call({ op: 'READ_FILE', path: `/proc/${m.pid}/cmdline`, maxSize: 65536 })).toString('utf8').split('\0').slice(0, -1);
     const info: ProcessInfo = m.pid === root.pid ? root : { ...root, pid: m.pid, argv: cmdline };
     tree.members.push({ ...m, image: await checkpointProcess(agent, info, platform, { ...options, pipesCaptured: true }) });
   }
-  // One description inherited across fork: an offset the processes share (shared-descriptions.ts); after each
-  // process's own refusals (a FIFO is named as one). Descriptors 0-2 are whoever restores the tree's (the root's stub
-  // gives every process its own, inherited).
-  const shared = await findSharedDescriptions(
+  // One description inherited across fork, an offset the processes share (shared-descriptions.ts): one object of the
+  // tree (tree-files.ts), its descriptors out of each process's own files; after each process's own refusals (a FIFO is
+  // named as one). Descriptors 0-2 are whoever restores the tree's (the root's stub gives every process its own, inherited).
+  const sharedFiles = await captureSharedFiles(
     agent,
-    await heldFiles(
+    await sharedDescriptionGroups(
       agent,
-      tree.members.map((m) => m.pid),
+      await heldFiles(
+        agent,
+        tree.members.map((m) => m.pid),
+      ),
     ),
   );
-  if (shared.length > 0) throw uncapturableError(root.pid, shared);
+  if (sharedFiles.length > 0) tree = { ...withoutSharedDescriptors(tree, sharedFiles), sharedFiles };
   // After every process's own state: the temporary pipe the copy of queued bytes uses is gone again by then.
   const pipes = await capturePipes(
     agent,
@@ -221,6 +227,7 @@ export async function checkpointTree(
     ...pipes.map((p) => ({ state: 'pipe', object: pipeObject(p) })),
     ...socketpairs.map((p) => ({ state: 'socketpair', object: socketpairObject(p) })),
     ...memfds.map((m) => ({ state: 'memfd', object: memfdObject(m) })),
+    ...sharedFiles.map((f) => ({ state: 'shared open file description', object: sharedFileObject(f) })),
   ];
   for (const { state, object } of objects) {
     try {

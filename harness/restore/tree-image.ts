@@ -2,8 +2,11 @@
  * A process tree's checkpoint image (format 10): the root's image as every
  * image is, plus tree.json — each process's pid, parent, process group,
  * session and exit signal, the root first and every process after its
- * parent; the pipes and (when there are any: an optional field) the unix
- * socketpairs between them with their queued data — and tree/PID.bin for every other process: that process's own
+ * parent; the pipes and (when there are any: optional fields) the unix
+ * socketpairs between them with their queued data, the memfds they hold and
+ * the open file descriptions of regular files they share (sharedFiles: path,
+ * flags, offset, the file's dev/ino/size, each holder's fd) — and
+ * tree/PID.bin for every other process: that process's own
  * image, a tar of the same entries a one-process image has (its manifest
  * and digests included), nested. The outer manifest's digest covers each
  * nested tar; each is read with the same checks as a top-level image.
@@ -16,6 +19,7 @@ import { imageEntries, parseImageEntries, readTarEntries, writeCheckpointImage, 
 import { pipesProblem } from './tree-pipes.ts';
 import { socketpairsProblem } from './tree-sockets.ts';
 import { memfdsProblem } from './tree-memfds.ts';
+import { sharedFilesProblem } from './tree-files.ts';
 import {
   treeShapeProblem,
   type MemfdEnd,
@@ -24,6 +28,7 @@ import {
   type TreeMember,
   type TreeMemfd,
   type TreePipe,
+  type TreeSharedFile,
   type TreeSocketPair,
 } from './tree.ts';
 
@@ -120,7 +125,13 @@ export async function treeEntries(tree: ProcessTree): Promise<Map<string, Buffer
     contents: m.contents.toString('base64'),
     ends: m.ends,
   }));
-  const optional = { ...(socketpairs.length > 0 ? { socketpairs } : {}), ...(memfds.length > 0 ? { memfds } : {}) };
+  // sharedFiles likewise: { path, flags, pos, dev, ino, size, ends } as they are, numbers all.
+  const sharedFiles = tree.sharedFiles ?? [];
+  const optional = {
+    ...(socketpairs.length > 0 ? { socketpairs } : {}),
+    ...(memfds.length > 0 ? { memfds } : {}),
+    ...(sharedFiles.length > 0 ? { sharedFiles } : {}),
+  };
   extra.set(TREE_ENTRY, Buffer.from(`${JSON.stringify({ members, pipes, ...optional }, null, 2)}\n`));
   for (const m of others) extra.set(nestedEntryName(m.pid), await packTar(imageEntries(m.image)));
   return extra;
@@ -143,7 +154,7 @@ export async function parseTreeEntries(entries: Map<string, Buffer>): Promise<Pr
     // A one-process image: its own session and group, no parent in the image.
     return { members: [{ pid: rootImage.process.pid, ppid: 0, pgid: rootImage.task.pgid, sid: rootImage.task.sid, exitSignal: 17, image: rootImage }] };
   }
-  const { members, pipes, socketpairs, memfds } = validateTreeJson(parseTreeJson(raw));
+  const { members, pipes, socketpairs, memfds, sharedFiles } = validateTreeJson(parseTreeJson(raw));
   const listed = new Set(members.slice(1).map((m) => m.entry));
   for (const name of entries.keys()) {
     if (name.startsWith('tree/') && !listed.has(name)) throw new ImageRejectedError('nested image not listed in tree.json', name, '(entry)');
@@ -166,6 +177,17 @@ export async function parseTreeEntries(entries: Map<string, Buffer>): Promise<Pr
   if (pipes.length > 0) tree.pipes = pipes;
   if (socketpairs.length > 0) tree.socketpairs = socketpairs;
   if (memfds.length > 0) tree.memfds = memfds;
+  if (sharedFiles.length > 0) {
+    // A shared file's descriptor is the tree's to open, not also one of the process's own files.
+    for (const [i, f] of sharedFiles.entries()) {
+      for (const [j, e] of f.ends.entries()) {
+        const own = tree.members.find((m) => m.pid === e.pid)!.image.task.files.some((x) => x.fd === e.fd);
+        if (own)
+          throw new ImageRejectedError(`pid ${e.pid} fd ${e.fd} is also one of its own files in its image`, TREE_ENTRY, `sharedFiles[${i}].ends[${j}].fd`);
+      }
+    }
+    tree.sharedFiles = sharedFiles;
+  }
   return tree;
 }
 
@@ -178,9 +200,15 @@ function parseTreeJson(raw: Buffer): unknown {
   }
 }
 
-function validateTreeJson(raw: unknown): { members: TreeJsonMember[]; pipes: TreePipe[]; socketpairs: TreeSocketPair[]; memfds: TreeMemfd[] } {
+function validateTreeJson(raw: unknown): {
+  members: TreeJsonMember[];
+  pipes: TreePipe[];
+  socketpairs: TreeSocketPair[];
+  memfds: TreeMemfd[];
+  sharedFiles: TreeSharedFile[];
+} {
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new ImageRejectedError('is not an object', TREE_ENTRY, '(root)');
-  const extra = Object.keys(raw).find((k) => !['members', 'pipes', 'socketpairs', 'memfds'].includes(k));
+  const extra = Object.keys(raw).find((k) => !['members', 'pipes', 'socketpairs', 'memfds', 'sharedFiles'].includes(k));
   if (extra) throw new ImageRejectedError('unknown field', TREE_ENTRY, extra);
   const list = (raw as { members?: unknown }).members;
   if (!Array.isArray(list)) throw new ImageRejectedError('is not an array', TREE_ENTRY, 'members');
@@ -202,7 +230,39 @@ function validateTreeJson(raw: unknown): { members: TreeJsonMember[]; pipes: Tre
   const pipes = validatePipesJson((raw as { pipes?: unknown }).pipes ?? [], pids, used);
   const socketpairs = validateSocketpairsJson((raw as { socketpairs?: unknown }).socketpairs ?? [], pids, used);
   const memfds = validateMemfdsJson((raw as { memfds?: unknown }).memfds ?? [], pids, used);
-  return { members, pipes, socketpairs, memfds };
+  const sharedFiles = validateSharedFilesJson((raw as { sharedFiles?: unknown }).sharedFiles ?? [], pids, used);
+  return { members, pipes, socketpairs, memfds, sharedFiles };
+}
+
+function validateSharedFilesJson(raw: unknown, pids: ReadonlySet<number>, used: Set<string>): TreeSharedFile[] {
+  if (!Array.isArray(raw)) throw new ImageRejectedError('is not an array', TREE_ENTRY, 'sharedFiles');
+  if (raw.length > 1024) throw new ImageRejectedError(`${raw.length} shared files, limit 1024`, TREE_ENTRY, 'sharedFiles');
+  const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+  const files = raw.map((f: unknown, i): TreeSharedFile => {
+    const at = `sharedFiles[${i}]`;
+    if (!isObject(f)) throw new ImageRejectedError('is not an object', TREE_ENTRY, at);
+    const unknownKey = Object.keys(f).find((k) => !['path', 'flags', 'pos', 'dev', 'ino', 'size', 'ends'].includes(k));
+    if (unknownKey) throw new ImageRejectedError('unknown field', TREE_ENTRY, `${at}.${unknownKey}`);
+    if (!Array.isArray(f.ends)) throw new ImageRejectedError('is not an array', TREE_ENTRY, `${at}.ends`);
+    const ends = f.ends.map((e: unknown, j) => {
+      if (!isObject(e)) throw new ImageRejectedError('is not an object', TREE_ENTRY, `${at}.ends[${j}]`);
+      const bad = Object.keys(e).find((k) => !['pid', 'fd', 'cloexec'].includes(k));
+      if (bad) throw new ImageRejectedError('unknown field', TREE_ENTRY, `${at}.ends[${j}].${bad}`);
+      return { pid: e.pid as number, fd: e.fd as number, cloexec: e.cloexec as boolean };
+    });
+    return {
+      path: f.path as string,
+      flags: f.flags as number,
+      pos: f.pos as number,
+      dev: f.dev as number,
+      ino: f.ino as number,
+      size: f.size as number,
+      ends,
+    };
+  });
+  const problem = sharedFilesProblem(files, pids, used);
+  if (problem) throw new ImageRejectedError(problem.why, TREE_ENTRY, problem.field);
+  return files;
 }
 
 function validateMemfdsJson(raw: unknown, pids: ReadonlySet<number>, used: Set<string>): TreeMemfd[] {

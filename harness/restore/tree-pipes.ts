@@ -16,6 +16,8 @@
  * Once every process exists, each dup3s the ends it held to its own numbers
  * (close-on-exec as it was) and closes the parked ones; a process that held
  * none just closes them.
+ * (tree-shared-objects.ts places it, as every object shared through
+ * descriptors: pipeObject describes it.)
  *
  * Limits, refused by name: a pipe held by no ancestor of all its holders;
  * more than MAX_QUEUED_BYTES queued; one end reached through descriptions

@@ -21,6 +21,7 @@ import { DEFAULT_PIPE_BYTES, pipeObject } from './tree-pipes.ts';
 import { socketpairObject } from './tree-sockets.ts';
 import { fdinfoInode, memfdName, memfdObject, privateCopies } from './tree-memfds.ts';
 import { parkingBase, withSharedObjects } from './tree-shared-objects.ts';
+import { identityProblem, privateDescriptions, sharedFileObject, statSharedFiles } from './tree-files.ts';
 import { omits, assertPolicyAdmits, type RestorePolicy } from './policy.ts';
 import type { Mapping } from './proc-maps.ts';
 import { checkSteps, PidInUseError, restoreInto, type Difference, type RestoreResult } from './restore.ts';
@@ -34,6 +35,7 @@ import {
   type TreeAction,
   type TreeMemfd,
   type TreePipe,
+  type TreeSharedFile,
   type TreeSocketPair,
 } from './tree.ts';
 
@@ -54,7 +56,11 @@ const NR = {
   lseek: 8,
   ftruncate: 77,
   memfdCreate: 319,
+  openat: 257,
+  kcmp: 312,
 } as const;
+const AT_FDCWD = BigInt.asUintN(64, -100n);
+const KCMP_FILE = 0n;
 const MFD_ALLOW_SEALING = 2n;
 const F_ADD_SEALS = 1033n;
 const SEEK_SET = 0n;
@@ -290,6 +296,24 @@ export function skeletonSteps(actions: readonly TreeAction[], stub: StubFacts): 
           });
         break;
       }
+      case 'file-open': {
+        const parked = BigInt(a.fd);
+        const at = stub.scratch - BigInt(PIPE_DATA_BELOW_SCRATCH);
+        steps.push(
+          { op: { op: 'WRITE_MEM', pid: a.pid, address: at, data: Buffer.from(`${a.path}\0`) }, why: `the path ${a.path}, in the stub's stack` },
+          // Never O_CREAT or O_TRUNC (the plan has none): the file the processes shared, as it is. The lowest free descriptor of a stub: fd 3.
+          { op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.openat, args: [AT_FDCWD, at, BigInt(a.flags), 0n] }, why: a.why, expect: FRESH_PIPE.read },
+          { op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.dup3, args: [FRESH_PIPE.read, parked, 0n] }, why: `park it at fd ${a.fd}`, expect: parked },
+          { op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.close, args: [FRESH_PIPE.read] }, why: 'close the unparked descriptor', expect: 0n },
+        );
+        if (a.pos !== 0)
+          steps.push({
+            op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.lseek, args: [parked, BigInt(a.pos), SEEK_SET] },
+            why: `the shared offset, ${a.pos}`,
+            expect: BigInt(a.pos),
+          });
+        break;
+      }
       case 'fd-dup':
         steps.push({
           op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.dup3, args: [BigInt(a.from), BigInt(a.to), a.cloexec ? O_CLOEXEC : 0n] },
@@ -320,7 +344,14 @@ export function inheritedShared(shared: readonly SharedAnonymous[], pid: number)
 export function planTreeRestore(
   tree: ProcessTree,
   policy: RestorePolicy,
-): { shared: SharedAnonymous[]; pipes: TreePipe[]; socketpairs: TreeSocketPair[]; memfds: TreeMemfd[]; actions: TreeAction[] } {
+): {
+  shared: SharedAnonymous[];
+  pipes: TreePipe[];
+  socketpairs: TreeSocketPair[];
+  memfds: TreeMemfd[];
+  sharedFiles: TreeSharedFile[];
+  actions: TreeAction[];
+} {
   // omit=mapping-kinds: no shared object is created; each process maps private memory of its own (the control).
   const shared = omits(policy, 'mapping-kinds') ? [] : sharedAnonymousObjects(tree);
   // omit=pipe-contents: the pipes and socketpairs without their queued data (the control).
@@ -328,6 +359,8 @@ export function planTreeRestore(
   const socketpairs = (tree.socketpairs ?? []).map((p): TreeSocketPair => (omits(policy, 'pipe-contents') ? { ...p, queued: [[], []] } : p));
   // omit=mapping-kinds: each holder gets a memfd of its own, a copy (the control).
   const memfds = omits(policy, 'mapping-kinds') ? privateCopies(tree.memfds ?? []) : (tree.memfds ?? []);
+  // omit=shared-descriptions: each holder opens a shared file itself, an offset of its own (the control).
+  const sharedFiles = omits(policy, 'shared-descriptions') ? privateDescriptions(tree.sharedFiles ?? []) : (tree.sharedFiles ?? []);
   const fdsInTree = tree.members.flatMap((m) => [
     ...m.image.task.files.map((f) => f.fd),
     ...(m.image.task.userfaultfds ?? []).map((u) => u.fd),
@@ -335,10 +368,10 @@ export function planTreeRestore(
   ]);
   // One planner places every object shared through descriptors: each created in its holding ancestor, parked above
   // every descriptor of the tree, then dup3'ed into its holders.
-  const objects = [...pipes.map(pipeObject), ...socketpairs.map(socketpairObject), ...memfds.map(memfdObject)];
+  const objects = [...pipes.map(pipeObject), ...socketpairs.map(socketpairObject), ...memfds.map(memfdObject), ...sharedFiles.map(sharedFileObject)];
   const base = parkingBase([...fdsInTree, ...objects.flatMap((o) => o.ends.map((e) => e.fd))]);
   const actions = withSharedObjects(planTreeSkeleton(tree.members, shared), tree.members, objects, base);
-  return { shared, pipes, socketpairs, memfds, actions };
+  return { shared, pipes, socketpairs, memfds, sharedFiles, actions };
 }
 
 export async function restoreTree(agent: AgentClient, tree: ProcessTree, options: TreeRestoreOptions): Promise<TreeRestoreResult> {
@@ -350,7 +383,7 @@ export async function restoreTree(agent: AgentClient, tree: ProcessTree, options
     assertPolicyAdmits(m.image.regs.eflags, policy);
     assertThreadsAdmitted(m.image, policy);
   }
-  const { shared, pipes, socketpairs, memfds, actions } = planTreeRestore(tree, policy);
+  const { shared, pipes, socketpairs, memfds, sharedFiles, actions } = planTreeRestore(tree, policy);
 
   const created: number[] = [];
   try {
@@ -376,13 +409,20 @@ export async function restoreTree(agent: AgentClient, tree: ProcessTree, options
     const regs = await agent.call({ op: 'GETREGS', pid: root.pid });
     // Pipes are created where pipe2 puts them in a fresh stub (fds 3 and 4): the stub must have 0-2 open, nothing else.
     const stubFds = (await agent.call({ op: 'LISTDIR', path: `/proc/${root.pid}/fd` })).map(Number).sort((a, b) => a - b);
-    if (pipes.length + socketpairs.length + memfds.length > 0 && stubFds.join(' ') !== '0 1 2')
-      throw new PlanError(`the root's stub has fds ${stubFds.join(' ')} open, not 0-2: its pipe2, socketpair and memfd_create would not return fds 3 and 4`);
+    if (pipes.length + socketpairs.length + memfds.length + sharedFiles.length > 0 && stubFds.join(' ') !== '0 1 2')
+      throw new PlanError(
+        `the root's stub has fds ${stubFds.join(' ')} open, not 0-2: its pipe2, socketpair, memfd_create and open would not return fds 3 and 4`,
+      );
     const stub: StubFacts = {
       scratch: (regs.rsp - 4096n) & ~0xfn,
       rip: regs.rip,
       word: await agent.call({ op: 'READ_MEM', pid: root.pid, address: regs.rip, length: 8 }),
     };
+    // A shared file is opened again only if it is the file the processes shared: gone, replaced or changed is refused now.
+    if (sharedFiles.length > 0) {
+      const problem = identityProblem(sharedFiles, await statSharedFiles(agent, root.pid, stub.scratch - BigInt(PIPE_DATA_BELOW_SCRATCH), sharedFiles));
+      if (problem) throw problem;
+    }
     const skeleton = skeletonSteps(actions, stub);
     for (const a of actions) if (a.kind === 'clone') created.push(a.pid);
     const results = await agent.batch(skeleton.map((s) => s.op));
@@ -396,8 +436,9 @@ export async function restoreTree(agent: AgentClient, tree: ProcessTree, options
       }
       throw error;
     }
+    // While every process is still a stub (an injected kcmp is harmless there): one description behind each shared file's descriptors.
+    const differences: Difference[] = await readBackSharedFiles(agent, sharedFiles);
     const members: RestoreResult[] = [];
-    const differences: Difference[] = [];
     for (const m of tree.members) {
       const restored = await restoreInto(agent, m.image, m.pid, policy, { inheritedShared: inheritedShared(shared, m.pid) });
       members.push(restored);
@@ -536,6 +577,38 @@ async function readBackMemfds(agent: AgentClient, memfds: readonly TreeMemfd[]):
       const index = owner.get(inode) ?? i;
       owner.set(inode, index);
       const accepted = `memfd ${index} (memfd:${name}) at offset ${pos}${(flags & 0o2000000) !== 0 ? ', close-on-exec' : ''}`;
+      if (accepted !== requested) differences.push({ what, requested, accepted });
+    }
+  }
+  return differences;
+}
+
+/**
+ * Every descriptor of a shared file where the image has one: the file at
+ * its path, the description's flags and offset, close-on-exec as it was,
+ * and one open file description behind all the descriptors of one image
+ * file (kcmp against its first, injected into the stub of that holder).
+ */
+async function readBackSharedFiles(agent: AgentClient, files: readonly TreeSharedFile[]): Promise<Difference[]> {
+  const differences: Difference[] = [];
+  for (const [i, f] of files.entries()) {
+    const first = f.ends[0]!;
+    for (const e of f.ends) {
+      const what = `pid ${e.pid} fd ${e.fd}`;
+      const requested = `${f.path} (shared file ${i}: flags 0o${f.flags.toString(8)}, offset ${f.pos}${e.cloexec ? ', close-on-exec' : ''}), one description with pid ${first.pid} fd ${first.fd}`;
+      const link = await agent.call({ op: 'READLINK', path: `/proc/${e.pid}/fd/${e.fd}` }).catch(() => 'closed');
+      if (link !== f.path) {
+        differences.push({ what, requested, accepted: link });
+        continue;
+      }
+      const { flags, pos } = parseFdinfo((await agent.call({ op: 'READ_FILE', path: `/proc/${e.pid}/fdinfo/${e.fd}`, maxSize: 65536 })).toString('utf8'));
+      const same = await agent.call({
+        op: 'INJECT_SYSCALL',
+        pid: first.pid,
+        nr: NR.kcmp,
+        args: [BigInt(first.pid), BigInt(e.pid), KCMP_FILE, BigInt(first.fd), BigInt(e.fd)],
+      });
+      const accepted = `${link} (shared file ${i}: flags 0o${(flags & ~0o2000000).toString(8)}, offset ${pos}${(flags & 0o2000000) !== 0 ? ', close-on-exec' : ''}), ${same === 0n ? 'one description' : `another description (kcmp ${same})`} with pid ${first.pid} fd ${first.fd}`;
       if (accepted !== requested) differences.push({ what, requested, accepted });
     }
   }

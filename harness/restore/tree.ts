@@ -92,6 +92,27 @@ export interface TreeMemfd {
   ends: MemfdEnd[];
 }
 
+/** A descriptor on an open file description processes of the tree share. */
+export interface FileEnd {
+  pid: number;
+  fd: number;
+  cloexec: boolean;
+}
+
+/** A regular file's open file description held by several processes of the tree (inherited across fork): one offset (tree-files.ts). */
+export interface TreeSharedFile {
+  path: string;
+  /** the description's access mode and status flags (fdinfo's flags without O_CLOEXEC, which is each descriptor's) */
+  flags: number;
+  /** the description's offset */
+  pos: number;
+  /** the file's identity at checkpoint (st_dev, st_ino, st_size): a restore refuses another file at the path */
+  dev: number;
+  ino: number;
+  size: number;
+  ends: FileEnd[];
+}
+
 /** A checkpointed tree: every process's own image and its place. The root comes first, then the others in creation order. */
 export interface ProcessTree {
   members: Array<TreeMember & { image: CheckpointImage }>;
@@ -101,6 +122,8 @@ export interface ProcessTree {
   socketpairs?: TreeSocketPair[];
   /** the memfds its processes hold as descriptors (tree-memfds.ts); absent: none */
   memfds?: TreeMemfd[];
+  /** the open file descriptions of regular files its processes share (tree-files.ts); absent: none */
+  sharedFiles?: TreeSharedFile[];
 }
 
 /** A step of building the tree's skeleton: stubs, their parent links, sessions and groups. */
@@ -122,6 +145,7 @@ export type TreeAction =
       why: string;
     }
   | { kind: 'memfd-create'; pid: number; fd: number; name: string; seals: number; flags: number; pos: number; contents: Buffer; why: string }
+  | { kind: 'file-open'; pid: number; fd: number; path: string; flags: number; pos: number; why: string }
   | { kind: 'fd-dup'; pid: number; from: number; to: number; cloexec: boolean; why: string }
   | { kind: 'fd-close'; pid: number; fd: number; why: string };
 
