@@ -3,9 +3,11 @@
 // its children are cloned, parked, its offset set, then each process's descriptors dup3'ed into place;
 // omit=shared-descriptions (the control) opens it once per holder; a file gone, replaced or grown is refused naming
 // the field; tree.json's sharedFiles round-trips, is written only when there are shared files, and hostile fields
-// are refused naming them (also a descriptor that is one of the process's own files, or another object's).
+// are refused naming them (also a descriptor that is one of the process's own files, or another object's); a daemon's
+// tree holding one is described so and never restored as one process.
 import t from 'tap';
 import { imageEntries } from '../harness/restore/checkpoint-image.ts';
+import { describeTreeShape, isSingleProcess } from '../harness/repro/daemon-tree.ts';
 import { DEFAULT_POLICY } from '../harness/restore/policy.ts';
 import { identityProblem, parseStat, privateDescriptions, STAT_BYTES } from '../harness/restore/tree-files.ts';
 import { parseTreeEntries, treeEntries } from '../harness/restore/tree-image.ts';
@@ -145,4 +147,15 @@ t.test('tree.json sharedFiles: round trip, no field without them, hostile fields
     { name: 'ImageRejectedError', field: 'sharedFiles[0].ends[0].fd' },
     "a descriptor that is also one of the process's own files",
   );
+});
+
+t.test('a daemon tree that shares a description: restored as a tree, and its shape names it', async (t) => {
+  const shared = tree([
+    file([
+      { pid: 100, fd: 3, cloexec: false },
+      { pid: 101, fd: 3, cloexec: false },
+    ]),
+  ]);
+  t.equal(describeTreeShape(shared), '3 processes (pid 100, 101, 102), 1 shared file description');
+  t.notOk(isSingleProcess({ ...shared, members: shared.members.slice(0, 1) }), 'even of one process (a hostile image): a tree, so the description is restored');
 });
