@@ -16,7 +16,11 @@
 // the parent at a breakpoint before the child reads and writes through it: restored as ONE description (opened once in
 // the parent before the child is cloned, at its offset) the parent's write lands after the child's and it ends as the
 // native run; omit=shared-descriptions (one description, one offset per process) is caught by the program (the
-// parent writes over the child's bytes).
+// parent writes over the child's bytes). And a parent and child holding a FIFO (a read end and a write end, each one
+// description of both) with 28 bytes queued, the parent at a breakpoint before the child writes more: restored as the
+// same FIFO (reopened by path in the parent before the child is cloned, each description with its mode, the queued
+// bytes put back) the parent reads both and ends as the native run; omit=pipe-contents (the FIFO restored empty) is
+// caught by the program.
 import t, { type Test } from 'tap';
 import { appendFileSync, writeFileSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
@@ -414,6 +418,64 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_CHECKPOINT_RESTORE']), async (t
         expected: offsetReference,
         observed: r.line,
         matchedUninterrupted: r.line === offsetReference,
+      });
+    });
+  }
+
+  // A parent and child holding a FIFO with bytes queued: restored as the same FIFO, its queued bytes put back.
+  {
+    const fifoBinary = guest.image.guestPaths.sockpair!;
+    const fifoPath = '/tmp/tree-fifo';
+    const fifoWorkload: Workload = {
+      binary: fifoBinary,
+      argv: [fifoBinary, 'fifo-run', fifoPath],
+      breakAt: symbols.resolve('sockpair:sharefd_checkpoint'),
+    };
+    const fifoScenario =
+      'parent and child holding a FIFO (a read end and a write end opened by path, each one description of both) with 28 bytes queued; parent at a hardware breakpoint, then the child writes 8 more';
+    const runFifo = (tag: string, policy?: RestorePolicy) => treeCycle(fifoWorkload, tag, policy);
+    const fifoReference = (await runFifo('fifo-reference')).line;
+    const native = await nativeReference(guest, fifoWorkload);
+    t.equal(fifoReference, `${endedAs(native)} ${native.output.trim()}`, 'FIFO: the traced reference is the native run (no tracer)');
+    t.equal(fifoReference, 'exited 0 sharefd fifo-run ok: read 36 bytes: queued before the checkpoint + child', `FIFO uninterrupted: ${fifoReference}`);
+
+    await t.test('kill and restore a FIFO parent and child hold: the same FIFO, both descriptions, its queued bytes; it ends as uninterrupted', async (t) => {
+      const r = await runFifo('fifo-default', DEFAULT_POLICY);
+      t.same(
+        r.tree?.fifos?.map(
+          (f) =>
+            `${f.path}: ${f.queued.length} queued; ${f.descriptions.map((d) => `flags 0o${d.flags.toString(8)} fds ${d.ends.map((e) => e.fd).join(' ')}`).join('; ')}`,
+        ),
+        [`${fifoPath}: 28 queued; flags 0o0 fds 3 3; flags 0o1 fds 4 4`],
+        'one FIFO: a read end (fd 3) and a write end (fd 4) of both, 28 bytes queued',
+      );
+      t.same(r.restored?.differences, [], 'read back: the FIFO behind fds 3 and 4 of both, one description each (kcmp)');
+      t.equal(r.line, fifoReference, `restored: ${r.line}`);
+      t.comment(`FIFO, 2 processes: ${r.timing}`);
+      recordRowOutcome(t, {
+        case: CASE,
+        scenario: fifoScenario,
+        policy: describePolicy(DEFAULT_POLICY),
+        control: false,
+        expected: fifoReference,
+        observed: r.line,
+        matchedUninterrupted: r.line === fifoReference && r.restored?.differences.length === 0,
+      });
+    });
+
+    await t.test('negative control omit=pipe-contents: the FIFO restored without its queued bytes', async (t) => {
+      const policy: RestorePolicy = { ...DEFAULT_POLICY, omit: ['pipe-contents'] };
+      const r = await runFifo('fifo-empty', policy);
+      t.match(r.line, /sharefd fifo-run mismatch: child status 0x0, read 8 bytes: {2}\+ child$/, `caught: ${r.line}`);
+      t.not(r.line, fifoReference, 'and it differs from the uninterrupted run');
+      recordRowOutcome(t, {
+        case: CASE,
+        scenario: fifoScenario,
+        policy: describePolicy(policy),
+        control: true,
+        expected: fifoReference,
+        observed: r.line,
+        matchedUninterrupted: r.line === fifoReference,
       });
     });
   }

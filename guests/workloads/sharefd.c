@@ -48,6 +48,21 @@
  *
  * or "sharefd offset-run mismatch: ..." with what it found (a parent with a
  * description of its own writes over the child's bytes, at its own offset).
+ *
+ *   sockpair fifo-run PATH
+ *
+ * a FIFO between parent and child: the parent makes a FIFO at PATH (removing
+ * what was there), opens its read end (non-blocking for the open only) and
+ * its write end, writes FIFO_QUEUED into it, makes a pipe and forks; the
+ * child waits for a byte on the pipe. The parent calls sharefd_checkpoint()
+ * — where the host stops it, FIFO_QUEUED queued — then lets the child go;
+ * the child writes FIFO_CHILD into the FIFO and exits; the parent, once it
+ * has waited for the child, reads what the FIFO holds:
+ *
+ *   sharefd fifo-run ok: read 33 bytes: queued before the checkpoint + child
+ *
+ * or "sharefd fifo-run mismatch: ..." with what it read (a FIFO restored
+ * without its queued bytes holds only the child's).
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -157,6 +172,46 @@ static int offset_run(const char *path)
 	return 0;
 }
 
+#define FIFO_QUEUED "queued before the checkpoint"
+#define FIFO_CHILD " + child"
+
+static int fifo_run(const char *path)
+{
+	char got[128] = { 0 }, c = 0;
+	int rfd, wfd, go[2], status;
+	ssize_t n;
+	pid_t child;
+
+	setvbuf(stdout, NULL, _IONBF, 0);
+	unlink(path);
+	if (mkfifo(path, 0600) < 0)
+		return 1;
+	rfd = open(path, O_RDONLY | O_NONBLOCK);
+	wfd = open(path, O_WRONLY);
+	if (rfd < 0 || wfd < 0 || fcntl(rfd, F_SETFL, 0) < 0 || write(wfd, FIFO_QUEUED, sizeof(FIFO_QUEUED) - 1) != sizeof(FIFO_QUEUED) - 1 || pipe(go) < 0)
+		return 1;
+	child = fork();
+	if (child < 0)
+		return 1;
+	if (child == 0) {
+		if (read(go[0], &c, 1) != 1)
+			_exit(3);
+		_exit(write(wfd, FIFO_CHILD, sizeof(FIFO_CHILD) - 1) == sizeof(FIFO_CHILD) - 1 ? 0 : 4);
+	}
+	sharefd_checkpoint();
+	if (write(go[1], &c, 1) != 1 || waitpid(child, &status, 0) != child)
+		return 1;
+	n = read(rfd, got, sizeof(got) - 1);
+	if (n < 0)
+		return 1;
+	if (status != 0 || strcmp(got, FIFO_QUEUED FIFO_CHILD) != 0) {
+		printf("sharefd fifo-run mismatch: child status 0x%x, read %ld bytes: %s\n", status, (long)n, got);
+		return 0;
+	}
+	printf("sharefd fifo-run ok: read %ld bytes: %s\n", (long)n, got);
+	return 0;
+}
+
 int sharefd_main(int argc, char **argv)
 {
 	int fd = -1;
@@ -168,6 +223,8 @@ int sharefd_main(int argc, char **argv)
 		return memfd_run(argv[2]);
 	if (strcmp(argv[1], "offset-run") == 0)
 		return offset_run(argv[2]);
+	if (strcmp(argv[1], "fifo-run") == 0)
+		return fifo_run(argv[2]);
 	if (strcmp(argv[1], "offset") == 0)
 		fd = open(argv[2], O_RDWR | O_CREAT | O_TRUNC, 0600);
 	else if (strcmp(argv[1], "append") == 0)

@@ -105,7 +105,10 @@ async function captureBlocked(
   }
   // A path that names a FIFO or a device node (an fstat injected: signals are blocked by now).
   if (refuse) {
-    const special = await withRseqCsParked(agent, pid, [main.rseq, ...threads.map((t) => t.rseq)], () => specialFileProblems(agent, pid));
+    // A tree's FIFOs are its own (tree-fifos.ts): captured with their queued bytes, not refused.
+    const special = (await withRseqCsParked(agent, pid, [main.rseq, ...threads.map((t) => t.rseq)], () => specialFileProblems(agent, pid))).filter(
+      (u) => !(pipesCaptured && u.state === 'fifo'),
+    );
     if (special.length > 0) throw uncapturableError(pid, special);
   }
   const task = await captureTask(agent, pid, { skipPipes: pipesCaptured });

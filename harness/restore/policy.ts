@@ -88,9 +88,9 @@ export type RseqFixupPolicy = (typeof RSEQ_FIXUP_POLICIES)[number];
  *   (RIP at it, RCX the count left, RSI/RDI advanced) resumes the copy from
  *   wherever those registers happen to point. The sweep over a rep movsb
  *   (examples/repro/rep-sweep.c) fails exactly where they are live.
- * - pipe-contents: a tree's pipes and unix socketpairs are created and their
- *   ends placed, but the data queued in them is not written back
- *   (tree-pipes.ts, tree-sockets.ts) — a restorer that drops pipe and socket
+ * - pipe-contents: a tree's pipes, unix socketpairs and FIFOs are created and
+ *   their ends placed, but the data queued in them is not written back
+ *   (tree-pipes.ts, tree-sockets.ts, tree-fifos.ts) — a restorer that drops pipe and socket
  *   contents: the reader waits for data that never comes, or sees end of
  *   file early.
  * - shared-descriptions: an open file description several processes of a

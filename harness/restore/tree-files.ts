@@ -47,13 +47,21 @@ function failed(result: bigint): boolean {
   return result < 0n && result > -4096n;
 }
 
+/** A file's identity and kind, as struct stat gives them. */
+export interface StatIdentity {
+  dev: number;
+  ino: number;
+  mode: number;
+  size: number;
+}
+
 /** A file's identity and kind, from struct stat. Pure. */
-export function parseStat(stat: Buffer): { dev: number; ino: number; mode: number; size: number } {
+export function parseStat(stat: Buffer): StatIdentity {
   return { dev: Number(stat.readBigUInt64LE(0)), ino: Number(stat.readBigUInt64LE(8)), mode: stat.readUInt32LE(24), size: Number(stat.readBigInt64LE(48)) };
 }
 
 /** struct stat of `fd` in the stopped process `pid` (an fstat injected into it). */
-async function fstatIn(agent: AgentClient, pid: number, fd: number): Promise<ReturnType<typeof parseStat>> {
+async function fstatIn(agent: AgentClient, pid: number, fd: number): Promise<StatIdentity> {
   return withScratchPage(agent, pid, async (scratch) => {
     const r = await agent.call({ op: 'INJECT_SYSCALL', pid, nr: NR.fstat, args: [BigInt(fd), scratch] });
     if (failed(r)) throw new AgentError(`fstat(${fd}) in pid ${pid}: errno ${-r}`, 'INJECT_SYSCALL', Number(-r));
@@ -82,14 +90,14 @@ export async function captureSharedFiles(agent: AgentClient, groups: readonly (r
   return files;
 }
 
-/** The tree with each shared file's descriptors out of its processes' own images (the tree restores them as one). Pure. */
-export function withoutSharedDescriptors(tree: ProcessTree, files: readonly TreeSharedFile[]): ProcessTree {
-  const shared = new Set(files.flatMap((f) => f.ends.map((e) => `${e.pid}:${e.fd}`)));
+/** The tree with the descriptors `ends` out of its processes' own files (the tree restores them as objects of its own). Pure. */
+export function withoutOwnFiles(tree: ProcessTree, ends: readonly FileEnd[]): ProcessTree {
+  const taken = new Set(ends.map((e) => `${e.pid}:${e.fd}`));
   return {
     ...tree,
     members: tree.members.map((m) => ({
       ...m,
-      image: { ...m.image, task: { ...m.image.task, files: m.image.task.files.filter((f) => !shared.has(`${m.pid}:${f.fd}`)) } },
+      image: { ...m.image, task: { ...m.image.task, files: m.image.task.files.filter((f) => !taken.has(`${m.pid}:${f.fd}`)) } },
     })),
   };
 }
@@ -128,7 +136,7 @@ export function privateDescriptions(files: readonly TreeSharedFile[]): TreeShare
  * has its size: what `stat` says of each path now (undefined: ENOENT).
  * Pure.
  */
-export function identityProblem(files: readonly TreeSharedFile[], now: readonly (ReturnType<typeof parseStat> | undefined)[]): PlanError | undefined {
+export function identityProblem(files: readonly TreeSharedFile[], now: readonly (StatIdentity | undefined)[]): PlanError | undefined {
   for (const [i, f] of files.entries()) {
     const s = now[i];
     const at = `sharedFiles[${i}] (${f.path})`;
@@ -142,20 +150,15 @@ export function identityProblem(files: readonly TreeSharedFile[], now: readonly 
   return undefined;
 }
 
-/** stat of every shared file's path, from the stopped stub `pid` (its stack at `scratch` is free): undefined where ENOENT. */
-export async function statSharedFiles(
-  agent: AgentClient,
-  pid: number,
-  scratch: bigint,
-  files: readonly TreeSharedFile[],
-): Promise<Array<ReturnType<typeof parseStat> | undefined>> {
-  const now: Array<ReturnType<typeof parseStat> | undefined> = [];
-  for (const f of files) {
+/** stat of each of `paths`, from the stopped stub `pid` (its stack at `scratch` is free, 8 KiB of it): undefined where ENOENT. */
+export async function statPaths(agent: AgentClient, pid: number, scratch: bigint, paths: readonly string[]): Promise<Array<StatIdentity | undefined>> {
+  const now: Array<StatIdentity | undefined> = [];
+  for (const path of paths) {
     const buf = scratch + 4096n;
-    await agent.call({ op: 'WRITE_MEM', pid, address: scratch, data: Buffer.from(`${f.path}\0`) });
+    await agent.call({ op: 'WRITE_MEM', pid, address: scratch, data: Buffer.from(`${path}\0`) });
     const r = await agent.call({ op: 'INJECT_SYSCALL', pid, nr: NR.newfstatat, args: [AT_FDCWD, scratch, buf, 0n] });
     if (r === -ENOENT) now.push(undefined);
-    else if (failed(r)) throw new AgentError(`stat ${f.path} in pid ${pid}: errno ${-r}`, 'INJECT_SYSCALL', Number(-r));
+    else if (failed(r)) throw new AgentError(`stat ${path} in pid ${pid}: errno ${-r}`, 'INJECT_SYSCALL', Number(-r));
     else now.push(parseStat(await agent.call({ op: 'READ_MEM', pid, address: buf, length: STAT_BYTES })));
   }
   return now;

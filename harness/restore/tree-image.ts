@@ -5,7 +5,9 @@
  * parent; the pipes and (when there are any: optional fields) the unix
  * socketpairs between them with their queued data, the memfds they hold and
  * the open file descriptions of regular files they share (sharedFiles: path,
- * flags, offset, the file's dev/ino/size, each holder's fd) — and
+ * flags, offset, the file's dev/ino/size, each holder's fd) and the FIFOs
+ * they hold (fifos: path, size, queued bytes, each description's flags and
+ * holders) — and
  * tree/PID.bin for every other process: that process's own
  * image, a tar of the same entries a one-process image has (its manifest
  * and digests included), nested. The outer manifest's digest covers each
@@ -20,6 +22,7 @@ import { pipesProblem } from './tree-pipes.ts';
 import { socketpairsProblem } from './tree-sockets.ts';
 import { memfdsProblem } from './tree-memfds.ts';
 import { sharedFilesProblem } from './tree-files.ts';
+import { fifosProblem } from './tree-fifos.ts';
 import {
   treeShapeProblem,
   type MemfdEnd,
@@ -27,6 +30,7 @@ import {
   type SocketEnd,
   type TreeMember,
   type TreeMemfd,
+  type TreeFifo,
   type TreePipe,
   type TreeSharedFile,
   type TreeSocketPair,
@@ -131,6 +135,8 @@ export async function treeEntries(tree: ProcessTree): Promise<Map<string, Buffer
     ...(socketpairs.length > 0 ? { socketpairs } : {}),
     ...(memfds.length > 0 ? { memfds } : {}),
     ...(sharedFiles.length > 0 ? { sharedFiles } : {}),
+    // fifos likewise: { path, size, queued (base64), descriptions: [{ flags, ends }] }.
+    ...((tree.fifos ?? []).length > 0 ? { fifos: tree.fifos!.map((f) => ({ ...f, queued: f.queued.toString('base64') })) } : {}),
   };
   extra.set(TREE_ENTRY, Buffer.from(`${JSON.stringify({ members, pipes, ...optional }, null, 2)}\n`));
   for (const m of others) extra.set(nestedEntryName(m.pid), await packTar(imageEntries(m.image)));
@@ -154,7 +160,7 @@ export async function parseTreeEntries(entries: Map<string, Buffer>): Promise<Pr
     // A one-process image: its own session and group, no parent in the image.
     return { members: [{ pid: rootImage.process.pid, ppid: 0, pgid: rootImage.task.pgid, sid: rootImage.task.sid, exitSignal: 17, image: rootImage }] };
   }
-  const { members, pipes, socketpairs, memfds, sharedFiles } = validateTreeJson(parseTreeJson(raw));
+  const { members, pipes, socketpairs, memfds, sharedFiles, fifos } = validateTreeJson(parseTreeJson(raw));
   const listed = new Set(members.slice(1).map((m) => m.entry));
   for (const name of entries.keys()) {
     if (name.startsWith('tree/') && !listed.has(name)) throw new ImageRejectedError('nested image not listed in tree.json', name, '(entry)');
@@ -177,17 +183,17 @@ export async function parseTreeEntries(entries: Map<string, Buffer>): Promise<Pr
   if (pipes.length > 0) tree.pipes = pipes;
   if (socketpairs.length > 0) tree.socketpairs = socketpairs;
   if (memfds.length > 0) tree.memfds = memfds;
-  if (sharedFiles.length > 0) {
-    // A shared file's descriptor is the tree's to open, not also one of the process's own files.
-    for (const [i, f] of sharedFiles.entries()) {
-      for (const [j, e] of f.ends.entries()) {
-        const own = tree.members.find((m) => m.pid === e.pid)!.image.task.files.some((x) => x.fd === e.fd);
-        if (own)
-          throw new ImageRejectedError(`pid ${e.pid} fd ${e.fd} is also one of its own files in its image`, TREE_ENTRY, `sharedFiles[${i}].ends[${j}].fd`);
-      }
+  // A shared file's or a FIFO's descriptor is the tree's to open, not also one of the process's own files.
+  const ownFiles = (ends: readonly { pid: number; fd: number }[], at: string): void => {
+    for (const [j, e] of ends.entries()) {
+      const own = tree.members.find((m) => m.pid === e.pid)!.image.task.files.some((x) => x.fd === e.fd);
+      if (own) throw new ImageRejectedError(`pid ${e.pid} fd ${e.fd} is also one of its own files in its image`, TREE_ENTRY, `${at}[${j}].fd`);
     }
-    tree.sharedFiles = sharedFiles;
-  }
+  };
+  for (const [i, f] of sharedFiles.entries()) ownFiles(f.ends, `sharedFiles[${i}].ends`);
+  for (const [i, f] of fifos.entries()) for (const [k, d] of f.descriptions.entries()) ownFiles(d.ends, `fifos[${i}].descriptions[${k}].ends`);
+  if (sharedFiles.length > 0) tree.sharedFiles = sharedFiles;
+  if (fifos.length > 0) tree.fifos = fifos;
   return tree;
 }
 
@@ -206,9 +212,10 @@ function validateTreeJson(raw: unknown): {
   socketpairs: TreeSocketPair[];
   memfds: TreeMemfd[];
   sharedFiles: TreeSharedFile[];
+  fifos: TreeFifo[];
 } {
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new ImageRejectedError('is not an object', TREE_ENTRY, '(root)');
-  const extra = Object.keys(raw).find((k) => !['members', 'pipes', 'socketpairs', 'memfds', 'sharedFiles'].includes(k));
+  const extra = Object.keys(raw).find((k) => !['members', 'pipes', 'socketpairs', 'memfds', 'sharedFiles', 'fifos'].includes(k));
   if (extra) throw new ImageRejectedError('unknown field', TREE_ENTRY, extra);
   const list = (raw as { members?: unknown }).members;
   if (!Array.isArray(list)) throw new ImageRejectedError('is not an array', TREE_ENTRY, 'members');
@@ -231,7 +238,40 @@ function validateTreeJson(raw: unknown): {
   const socketpairs = validateSocketpairsJson((raw as { socketpairs?: unknown }).socketpairs ?? [], pids, used);
   const memfds = validateMemfdsJson((raw as { memfds?: unknown }).memfds ?? [], pids, used);
   const sharedFiles = validateSharedFilesJson((raw as { sharedFiles?: unknown }).sharedFiles ?? [], pids, used);
-  return { members, pipes, socketpairs, memfds, sharedFiles };
+  const fifos = validateFifosJson((raw as { fifos?: unknown }).fifos ?? [], pids, used);
+  return { members, pipes, socketpairs, memfds, sharedFiles, fifos };
+}
+
+function validateFifosJson(raw: unknown, pids: ReadonlySet<number>, used: Set<string>): TreeFifo[] {
+  if (!Array.isArray(raw)) throw new ImageRejectedError('is not an array', TREE_ENTRY, 'fifos');
+  if (raw.length > 1024) throw new ImageRejectedError(`${raw.length} FIFOs, limit 1024`, TREE_ENTRY, 'fifos');
+  const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+  const fifos = raw.map((f: unknown, i): TreeFifo => {
+    const at = `fifos[${i}]`;
+    if (!isObject(f)) throw new ImageRejectedError('is not an object', TREE_ENTRY, at);
+    const unknownKey = Object.keys(f).find((k) => !['path', 'size', 'queued', 'descriptions'].includes(k));
+    if (unknownKey) throw new ImageRejectedError('unknown field', TREE_ENTRY, `${at}.${unknownKey}`);
+    if (typeof f.queued !== 'string' || !/^[A-Za-z0-9+/]*={0,2}$/.test(f.queued)) throw new ImageRejectedError('is not base64', TREE_ENTRY, `${at}.queued`);
+    if (!Array.isArray(f.descriptions)) throw new ImageRejectedError('is not an array', TREE_ENTRY, `${at}.descriptions`);
+    const descriptions = f.descriptions.map((d: unknown, k) => {
+      const dat = `${at}.descriptions[${k}]`;
+      if (!isObject(d)) throw new ImageRejectedError('is not an object', TREE_ENTRY, dat);
+      const badKey = Object.keys(d).find((x) => !['flags', 'ends'].includes(x));
+      if (badKey) throw new ImageRejectedError('unknown field', TREE_ENTRY, `${dat}.${badKey}`);
+      if (!Array.isArray(d.ends)) throw new ImageRejectedError('is not an array', TREE_ENTRY, `${dat}.ends`);
+      const ends = d.ends.map((e: unknown, j) => {
+        if (!isObject(e)) throw new ImageRejectedError('is not an object', TREE_ENTRY, `${dat}.ends[${j}]`);
+        const bad = Object.keys(e).find((x) => !['pid', 'fd', 'cloexec'].includes(x));
+        if (bad) throw new ImageRejectedError('unknown field', TREE_ENTRY, `${dat}.ends[${j}].${bad}`);
+        return { pid: e.pid as number, fd: e.fd as number, cloexec: e.cloexec as boolean };
+      });
+      return { flags: d.flags as number, ends };
+    });
+    return { path: f.path as string, size: f.size as number, queued: Buffer.from(f.queued, 'base64'), descriptions };
+  });
+  const problem = fifosProblem(fifos, pids, used);
+  if (problem) throw new ImageRejectedError(problem.why, TREE_ENTRY, problem.field);
+  return fifos;
 }
 
 function validateSharedFilesJson(raw: unknown, pids: ReadonlySet<number>, used: Set<string>): TreeSharedFile[] {

@@ -75,38 +75,38 @@ export async function capturePipes(agent: AgentClient, pids: readonly number[]):
         );
     }
     const reader = p.ends.find((e) => !e.write);
-    const { size, queued } = reader ? await readQueued(agent, inode, reader) : { size: await pipeSize(agent, p.ends[0]!), queued: Buffer.alloc(0) };
+    const { size, queued } = reader ? await readQueued(agent, `pipe:[${inode}]`, reader) : { size: await pipeSize(agent, p.ends[0]!), queued: Buffer.alloc(0) };
     pipes.push({ inode, ends: p.ends, nonblockRead: p.nonblock.read.has(true), nonblockWrite: p.nonblock.write.has(true), size, queued });
   }
   return pipes;
 }
 
-async function pipeSize(agent: AgentClient, end: PipeEnd): Promise<number> {
+export async function pipeSize(agent: AgentClient, end: { pid: number; fd: number }): Promise<number> {
   const size = await agent.call({ op: 'INJECT_SYSCALL', pid: end.pid, nr: NR.fcntl, args: [BigInt(end.fd), F_GETPIPE_SZ] });
   if (failed(size)) throw new AgentError(`fcntl(F_GETPIPE_SZ) on fd ${end.fd} of pid ${end.pid}: errno ${-size}`, 'INJECT_SYSCALL', Number(-size));
   return Number(size);
 }
 
-/** The pipe's size and queued bytes, through a read end, without consuming them (tee into a temporary pipe). */
-async function readQueued(agent: AgentClient, inode: number, reader: PipeEnd): Promise<{ size: number; queued: Buffer }> {
+/** The pipe's (or FIFO's: `what` names it) size and queued bytes, through a read end, without consuming them (tee into a temporary pipe). */
+export async function readQueued(agent: AgentClient, what: string, reader: { pid: number; fd: number }): Promise<{ size: number; queued: Buffer }> {
   const { pid, fd } = reader;
   const size = await pipeSize(agent, reader);
   const queued = await withScratchPage(
     agent,
     pid,
     async (scratch) => {
-      const call = async (nr: number, args: bigint[], what: string): Promise<bigint> => {
+      const call = async (nr: number, args: bigint[], action: string): Promise<bigint> => {
         const r = await agent.call({ op: 'INJECT_SYSCALL', pid, nr, args });
-        if (failed(r)) throw new AgentError(`${what} in pid ${pid} (reading pipe:[${inode}]): errno ${-r}`, 'INJECT_SYSCALL', Number(-r));
+        if (failed(r)) throw new AgentError(`${action} in pid ${pid} (reading ${what}): errno ${-r}`, 'INJECT_SYSCALL', Number(-r));
         return r;
       };
       await call(NR.ioctl, [BigInt(fd), FIONREAD, scratch], `ioctl(${fd}, FIONREAD)`);
       const count = (await agent.call({ op: 'READ_MEM', pid, address: scratch, length: 4 })).readInt32LE(0);
       if (count === 0) return Buffer.alloc(0);
       if (count > MAX_QUEUED_BYTES)
-        throw new CheckpointError(`pipe:[${inode}] holds ${count} queued bytes, more than the ${MAX_QUEUED_BYTES} an image holds`, {
+        throw new CheckpointError(`${what} holds ${count} queued bytes, more than the ${MAX_QUEUED_BYTES} an image holds`, {
           state: 'pipe',
-          target: `pipe:[${inode}]`,
+          target: what,
         });
       await call(NR.pipe2, [scratch, O_CLOEXEC | O_NONBLOCK], 'pipe2 (a temporary pipe)');
       const fds = await agent.call({ op: 'READ_MEM', pid, address: scratch, length: 8 });
@@ -114,7 +114,7 @@ async function readQueued(agent: AgentClient, inode: number, reader: PipeEnd): P
       try {
         const teed = await call(NR.tee, [BigInt(fd), tmpWrite, BigInt(count), SPLICE_F_NONBLOCK], `tee(${fd})`);
         const got = await call(NR.read, [tmpRead, scratch + 4096n, teed], 'read (the temporary pipe)');
-        if (got !== BigInt(count)) throw new CheckpointError(`pipe:[${inode}]: FIONREAD said ${count} bytes, tee and read gave ${got}`, { state: 'pipe' });
+        if (got !== BigInt(count)) throw new CheckpointError(`${what}: FIONREAD said ${count} bytes, tee and read gave ${got}`, { state: 'pipe' });
         return await agent.call({ op: 'READ_MEM', pid, address: scratch + 4096n, length: count });
       } finally {
         await agent.call({ op: 'INJECT_SYSCALL', pid, nr: NR.close, args: [tmpRead] });

@@ -21,7 +21,8 @@ import { DEFAULT_PIPE_BYTES, pipeObject } from './tree-pipes.ts';
 import { socketpairObject } from './tree-sockets.ts';
 import { fdinfoInode, memfdName, memfdObject, privateCopies } from './tree-memfds.ts';
 import { parkingBase, withSharedObjects } from './tree-shared-objects.ts';
-import { identityProblem, privateDescriptions, sharedFileObject, statSharedFiles } from './tree-files.ts';
+import { identityProblem, privateDescriptions, sharedFileObject, statPaths } from './tree-files.ts';
+import { fifoObject, fifoPathProblem, FIFO_FLAGS } from './tree-fifos.ts';
 import { omits, assertPolicyAdmits, type RestorePolicy } from './policy.ts';
 import type { Mapping } from './proc-maps.ts';
 import { checkSteps, PidInUseError, restoreInto, type Difference, type RestoreResult } from './restore.ts';
@@ -35,6 +36,7 @@ import {
   type TreeAction,
   type TreeMemfd,
   type TreePipe,
+  type TreeFifo,
   type TreeSharedFile,
   type TreeSocketPair,
 } from './tree.ts';
@@ -72,6 +74,7 @@ const MSG_DONTWAIT = 0x40n;
 const F_SETFL = 4n;
 const F_SETPIPE_SZ = 1031n;
 const O_NONBLOCK = 0o4000n;
+const O_RDWR = 2n;
 const O_CLOEXEC = 0o2000000n;
 /** Where a fresh stub's pipe2 puts a new pipe: the lowest free descriptors, above its 0-2 (every parked one is higher). */
 const FRESH_PIPE = { read: 3n, write: 4n } as const;
@@ -296,6 +299,53 @@ export function skeletonSteps(actions: readonly TreeAction[], stub: StubFacts): 
           });
         break;
       }
+      case 'fifo-open': {
+        const at = stub.scratch - BigInt(PIPE_DATA_BELOW_SCRATCH);
+        const helper = FRESH_PIPE.read;
+        steps.push(
+          { op: { op: 'WRITE_MEM', pid: a.pid, address: at, data: Buffer.from(`${a.path}\0`) }, why: `the path ${a.path}, in the stub's stack` },
+          // Read-write never blocks on a FIFO, and is a reader: the write-only opens below succeed (O_NONBLOCK would fail them with ENXIO without one).
+          {
+            op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.openat, args: [AT_FDCWD, at, O_RDWR | O_NONBLOCK, 0n] },
+            why: `${a.why}: a read-write helper first`,
+            expect: helper,
+          },
+        );
+        for (const [i, fd] of a.fds.entries()) {
+          const flags = a.flags[i]!;
+          steps.push(
+            {
+              op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.openat, args: [AT_FDCWD, at, BigInt(flags & 3) | O_NONBLOCK, 0n] },
+              why: `description ${i} of ${a.path} (flags 0o${flags.toString(8)})`,
+              expect: FRESH_PIPE.write,
+            },
+            { op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.dup3, args: [FRESH_PIPE.write, BigInt(fd), 0n] }, why: `park it at fd ${fd}`, expect: BigInt(fd) },
+            { op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.close, args: [FRESH_PIPE.write] }, why: 'close the unparked descriptor', expect: 0n },
+            {
+              op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.fcntl, args: [BigInt(fd), F_SETFL, BigInt(flags & FIFO_FLAGS & ~3)] },
+              why: `its status flags 0o${(flags & ~3).toString(8)} (O_NONBLOCK only if it had it)`,
+              expect: 0n,
+            },
+          );
+        }
+        if (a.size !== DEFAULT_PIPE_BYTES)
+          steps.push({
+            op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.fcntl, args: [helper, F_SETPIPE_SZ, BigInt(a.size)] },
+            why: `FIFO size ${a.size} bytes`,
+            expect: BigInt(a.size),
+          });
+        if (a.queued.length > 0)
+          steps.push(
+            { op: { op: 'WRITE_MEM', pid: a.pid, address: at, data: a.queued }, why: `the ${a.queued.length} queued bytes, in the stub's stack` },
+            {
+              op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.write, args: [helper, at, BigInt(a.queued.length)] },
+              why: `write the ${a.queued.length} queued bytes back into the FIFO`,
+              expect: BigInt(a.queued.length),
+            },
+          );
+        steps.push({ op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.close, args: [helper] }, why: 'close the helper', expect: 0n });
+        break;
+      }
       case 'file-open': {
         const parked = BigInt(a.fd);
         const at = stub.scratch - BigInt(PIPE_DATA_BELOW_SCRATCH);
@@ -350,6 +400,7 @@ export function planTreeRestore(
   socketpairs: TreeSocketPair[];
   memfds: TreeMemfd[];
   sharedFiles: TreeSharedFile[];
+  fifos: TreeFifo[];
   actions: TreeAction[];
 } {
   // omit=mapping-kinds: no shared object is created; each process maps private memory of its own (the control).
@@ -359,6 +410,8 @@ export function planTreeRestore(
   const socketpairs = (tree.socketpairs ?? []).map((p): TreeSocketPair => (omits(policy, 'pipe-contents') ? { ...p, queued: [[], []] } : p));
   // omit=mapping-kinds: each holder gets a memfd of its own, a copy (the control).
   const memfds = omits(policy, 'mapping-kinds') ? privateCopies(tree.memfds ?? []) : (tree.memfds ?? []);
+  // omit=pipe-contents: the FIFOs opened again without their queued bytes (the control).
+  const fifos = (tree.fifos ?? []).map((f) => (omits(policy, 'pipe-contents') ? { ...f, queued: Buffer.alloc(0) } : f));
   // omit=shared-descriptions: each holder opens a shared file itself, an offset of its own (the control).
   const sharedFiles = omits(policy, 'shared-descriptions') ? privateDescriptions(tree.sharedFiles ?? []) : (tree.sharedFiles ?? []);
   const fdsInTree = tree.members.flatMap((m) => [
@@ -368,10 +421,16 @@ export function planTreeRestore(
   ]);
   // One planner places every object shared through descriptors: each created in its holding ancestor, parked above
   // every descriptor of the tree, then dup3'ed into its holders.
-  const objects = [...pipes.map(pipeObject), ...socketpairs.map(socketpairObject), ...memfds.map(memfdObject), ...sharedFiles.map(sharedFileObject)];
+  const objects = [
+    ...pipes.map(pipeObject),
+    ...socketpairs.map(socketpairObject),
+    ...memfds.map(memfdObject),
+    ...sharedFiles.map(sharedFileObject),
+    ...fifos.map(fifoObject),
+  ];
   const base = parkingBase([...fdsInTree, ...objects.flatMap((o) => o.ends.map((e) => e.fd))]);
   const actions = withSharedObjects(planTreeSkeleton(tree.members, shared), tree.members, objects, base);
-  return { shared, pipes, socketpairs, memfds, sharedFiles, actions };
+  return { shared, pipes, socketpairs, memfds, sharedFiles, fifos, actions };
 }
 
 export async function restoreTree(agent: AgentClient, tree: ProcessTree, options: TreeRestoreOptions): Promise<TreeRestoreResult> {
@@ -383,7 +442,7 @@ export async function restoreTree(agent: AgentClient, tree: ProcessTree, options
     assertPolicyAdmits(m.image.regs.eflags, policy);
     assertThreadsAdmitted(m.image, policy);
   }
-  const { shared, pipes, socketpairs, memfds, sharedFiles, actions } = planTreeRestore(tree, policy);
+  const { shared, pipes, socketpairs, memfds, sharedFiles, fifos, actions } = planTreeRestore(tree, policy);
 
   const created: number[] = [];
   try {
@@ -409,7 +468,7 @@ export async function restoreTree(agent: AgentClient, tree: ProcessTree, options
     const regs = await agent.call({ op: 'GETREGS', pid: root.pid });
     // Pipes are created where pipe2 puts them in a fresh stub (fds 3 and 4): the stub must have 0-2 open, nothing else.
     const stubFds = (await agent.call({ op: 'LISTDIR', path: `/proc/${root.pid}/fd` })).map(Number).sort((a, b) => a - b);
-    if (pipes.length + socketpairs.length + memfds.length + sharedFiles.length > 0 && stubFds.join(' ') !== '0 1 2')
+    if (pipes.length + socketpairs.length + memfds.length + sharedFiles.length + fifos.length > 0 && stubFds.join(' ') !== '0 1 2')
       throw new PlanError(
         `the root's stub has fds ${stubFds.join(' ')} open, not 0-2: its pipe2, socketpair, memfd_create and open would not return fds 3 and 4`,
       );
@@ -419,10 +478,32 @@ export async function restoreTree(agent: AgentClient, tree: ProcessTree, options
       word: await agent.call({ op: 'READ_MEM', pid: root.pid, address: regs.rip, length: 8 }),
     };
     // A shared file is opened again only if it is the file the processes shared: gone, replaced or changed is refused now.
-    if (sharedFiles.length > 0) {
-      const problem = identityProblem(sharedFiles, await statSharedFiles(agent, root.pid, stub.scratch - BigInt(PIPE_DATA_BELOW_SCRATCH), sharedFiles));
-      if (problem) throw problem;
-    }
+    // So is a FIFO whose path no longer names a FIFO.
+    const statArea = stub.scratch - BigInt(PIPE_DATA_BELOW_SCRATCH);
+    const problem =
+      (sharedFiles.length > 0
+        ? identityProblem(
+            sharedFiles,
+            await statPaths(
+              agent,
+              root.pid,
+              statArea,
+              sharedFiles.map((f) => f.path),
+            ),
+          )
+        : undefined) ??
+      (fifos.length > 0
+        ? fifoPathProblem(
+            fifos,
+            await statPaths(
+              agent,
+              root.pid,
+              statArea,
+              fifos.map((f) => f.path),
+            ),
+          )
+        : undefined);
+    if (problem) throw problem;
     const skeleton = skeletonSteps(actions, stub);
     for (const a of actions) if (a.kind === 'clone') created.push(a.pid);
     const results = await agent.batch(skeleton.map((s) => s.op));
@@ -437,7 +518,7 @@ export async function restoreTree(agent: AgentClient, tree: ProcessTree, options
       throw error;
     }
     // While every process is still a stub (an injected kcmp is harmless there): one description behind each shared file's descriptors.
-    const differences: Difference[] = await readBackSharedFiles(agent, sharedFiles);
+    const differences: Difference[] = [...(await readBackSharedFiles(agent, sharedFiles)), ...(await readBackFifos(agent, fifos))];
     const members: RestoreResult[] = [];
     for (const m of tree.members) {
       const restored = await restoreInto(agent, m.image, m.pid, policy, { inheritedShared: inheritedShared(shared, m.pid) });
@@ -610,6 +691,41 @@ async function readBackSharedFiles(agent: AgentClient, files: readonly TreeShare
       });
       const accepted = `${link} (shared file ${i}: flags 0o${(flags & ~0o2000000).toString(8)}, offset ${pos}${(flags & 0o2000000) !== 0 ? ', close-on-exec' : ''}), ${same === 0n ? 'one description' : `another description (kcmp ${same})`} with pid ${first.pid} fd ${first.fd}`;
       if (accepted !== requested) differences.push({ what, requested, accepted });
+    }
+  }
+  return differences;
+}
+
+/**
+ * Every descriptor of a FIFO where the image has one: the FIFO's path, its
+ * description's access mode and status flags, close-on-exec as it was, and
+ * one open file description behind all the descriptors of one image
+ * description (kcmp against its first, injected into that holder's stub).
+ * (The queued bytes cannot be read back without running the tree.)
+ */
+async function readBackFifos(agent: AgentClient, fifos: readonly TreeFifo[]): Promise<Difference[]> {
+  const differences: Difference[] = [];
+  for (const [i, f] of fifos.entries()) {
+    for (const [k, d] of f.descriptions.entries()) {
+      const first = d.ends[0]!;
+      for (const e of d.ends) {
+        const what = `pid ${e.pid} fd ${e.fd}`;
+        const requested = `${f.path} (fifo ${i} description ${k}: flags 0o${d.flags.toString(8)}${e.cloexec ? ', close-on-exec' : ''}), one description with pid ${first.pid} fd ${first.fd}`;
+        const link = await agent.call({ op: 'READLINK', path: `/proc/${e.pid}/fd/${e.fd}` }).catch(() => 'closed');
+        if (link !== f.path) {
+          differences.push({ what, requested, accepted: link });
+          continue;
+        }
+        const { flags } = parseFdinfo((await agent.call({ op: 'READ_FILE', path: `/proc/${e.pid}/fdinfo/${e.fd}`, maxSize: 65536 })).toString('utf8'));
+        const same = await agent.call({
+          op: 'INJECT_SYSCALL',
+          pid: first.pid,
+          nr: NR.kcmp,
+          args: [BigInt(first.pid), BigInt(e.pid), KCMP_FILE, BigInt(first.fd), BigInt(e.fd)],
+        });
+        const accepted = `${link} (fifo ${i} description ${k}: flags 0o${(flags & FIFO_FLAGS).toString(8)}${(flags & 0o2000000) !== 0 ? ', close-on-exec' : ''}), ${same === 0n ? 'one description' : `another description (kcmp ${same})`} with pid ${first.pid} fd ${first.fd}`;
+        if (accepted !== requested) differences.push({ what, requested, accepted });
+      }
     }
   }
   return differences;

@@ -113,6 +113,23 @@ export interface TreeSharedFile {
   ends: FileEnd[];
 }
 
+/** One open file description of a FIFO: its access mode and status flags, and the descriptors on it. */
+export interface FifoDescription {
+  /** O_RDONLY, O_WRONLY or O_RDWR, with O_NONBLOCK and O_APPEND as they were (fdinfo's flags without O_CLOEXEC and O_LARGEFILE) */
+  flags: number;
+  ends: FileEnd[];
+}
+
+/** A FIFO (a named pipe, opened by path) held by processes of the tree, with the bytes queued in it (tree-fifos.ts). */
+export interface TreeFifo {
+  path: string;
+  /** F_GETPIPE_SZ */
+  size: number;
+  queued: Buffer;
+  /** its open file descriptions (each opened by path once, at checkpoint time), each with its descriptors */
+  descriptions: FifoDescription[];
+}
+
 /** A checkpointed tree: every process's own image and its place. The root comes first, then the others in creation order. */
 export interface ProcessTree {
   members: Array<TreeMember & { image: CheckpointImage }>;
@@ -124,6 +141,8 @@ export interface ProcessTree {
   memfds?: TreeMemfd[];
   /** the open file descriptions of regular files its processes share (tree-files.ts); absent: none */
   sharedFiles?: TreeSharedFile[];
+  /** the FIFOs its processes hold (tree-fifos.ts); absent: none */
+  fifos?: TreeFifo[];
 }
 
 /** A step of building the tree's skeleton: stubs, their parent links, sessions and groups. */
@@ -145,6 +164,7 @@ export type TreeAction =
       why: string;
     }
   | { kind: 'memfd-create'; pid: number; fd: number; name: string; seals: number; flags: number; pos: number; contents: Buffer; why: string }
+  | { kind: 'fifo-open'; pid: number; path: string; fds: readonly number[]; flags: readonly number[]; size: number; queued: Buffer; why: string }
   | { kind: 'file-open'; pid: number; fd: number; path: string; flags: number; pos: number; why: string }
   | { kind: 'fd-dup'; pid: number; from: number; to: number; cloexec: boolean; why: string }
   | { kind: 'fd-close'; pid: number; fd: number; why: string };
