@@ -20,7 +20,10 @@
 // description of both) with 28 bytes queued, the parent at a breakpoint before the child writes more: restored as the
 // same FIFO (reopened by path in the parent before the child is cloned, each description with its mode, the queued
 // bytes put back) the parent reads both and ends as the native run; omit=pipe-contents (the FIFO restored empty) is
-// caught by the program.
+// caught by the program. And a memfd the parent maps MAP_SHARED and holds as fd 3 and the child only maps, the parent at
+// a breakpoint before the child writes through its mapping: restored as one memfd mapped in the parent before the child
+// is cloned, the parent sees the child's write through its mapping and its fd and ends as the native run;
+// omit=mapping-kinds (a memfd of its own for each) is caught by the program.
 import t, { type Test } from 'tap';
 import { appendFileSync, writeFileSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
@@ -476,6 +479,68 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_CHECKPOINT_RESTORE']), async (t
         expected: fifoReference,
         observed: r.line,
         matchedUninterrupted: r.line === fifoReference,
+      });
+    });
+  }
+
+  // A memfd mapped MAP_SHARED by parent and child (held as an fd by the parent only): one memfd, one mapping inherited.
+  {
+    const mapBinary = guest.image.guestPaths.sockpair!;
+    const mapWorkload: Workload = {
+      binary: mapBinary,
+      argv: [mapBinary, 'memfd-map-run', 'tree-map'],
+      breakAt: symbols.resolve('sockpair:sharefd_checkpoint'),
+    };
+    const mapScenario =
+      'a memfd (2 pages) the parent maps MAP_SHARED and holds as fd 3, the child maps only; parent at a hardware breakpoint, then the child writes through its mapping';
+    const runMap = (tag: string, policy?: RestorePolicy) => treeCycle(mapWorkload, tag, policy);
+    const mapReference = (await runMap('memfd-map-reference')).line;
+    const native = await nativeReference(guest, mapWorkload);
+    t.equal(mapReference, `${endedAs(native)} ${native.output.trim()}`, 'memfd mapping: the traced reference is the native run (no tracer)');
+    t.equal(
+      mapReference,
+      "exited 0 sharefd memfd-map-run ok: the child's write seen through the mapping and the descriptor",
+      `memfd mapping uninterrupted: ${mapReference}`,
+    );
+
+    await t.test('kill and restore a memfd mapped shared by parent and child: one memfd, one mapping at one address; it ends as uninterrupted', async (t) => {
+      const r = await runMap('memfd-map-default', DEFAULT_POLICY);
+      const [parent] = r.tree?.members.map((m) => m.pid) ?? [];
+      t.same(
+        r.tree?.memfds?.map(
+          (m) =>
+            `${m.name}: fds ${m.ends.map((e) => `${e.pid === parent ? 'parent' : 'child'}:${e.fd}`).join(' ')}; maps ${(m.maps ?? []).map((x) => `${x.pid === parent ? 'parent' : 'child'}:${x.end - x.start}`).join(' ')}; one address ${new Set((m.maps ?? []).map((x) => x.start)).size === 1}`,
+        ),
+        ['tree-map: fds parent:3; maps parent:8192 child:8192; one address true'],
+        'one memfd: fd 3 of the parent, mapped by both at one address',
+      );
+      t.same(r.restored?.differences, [], 'read back as planned');
+      t.equal(r.line, mapReference, `restored: ${r.line}`);
+      t.comment(`memfd mapped shared, 2 processes: ${r.timing}`);
+      recordRowOutcome(t, {
+        case: CASE,
+        scenario: mapScenario,
+        policy: describePolicy(DEFAULT_POLICY),
+        control: false,
+        expected: mapReference,
+        observed: r.line,
+        matchedUninterrupted: r.line === mapReference && r.restored?.differences.length === 0,
+      });
+    });
+
+    await t.test('negative control omit=mapping-kinds: parent and child each restored with a memfd (and a mapping) of its own', async (t) => {
+      const policy: RestorePolicy = { ...DEFAULT_POLICY, omit: ['mapping-kinds'] };
+      const r = await runMap('memfd-map-private', policy);
+      t.match(r.line, /sharefd memfd-map-run mismatch: child status 0x0, the child's write not seen through the mapping/, `caught: ${r.line}`);
+      t.not(r.line, mapReference, 'and it differs from the uninterrupted run');
+      recordRowOutcome(t, {
+        case: CASE,
+        scenario: mapScenario,
+        policy: describePolicy(policy),
+        control: true,
+        expected: mapReference,
+        observed: r.line,
+        matchedUninterrupted: r.line === mapReference,
       });
     });
   }

@@ -49,6 +49,22 @@
  * or "sharefd offset-run mismatch: ..." with what it found (a parent with a
  * description of its own writes over the child's bytes, at its own offset).
  *
+ *   sockpair memfd-map-run NAME
+ *
+ * a memfd mapped MAP_SHARED by parent and child: the parent makes a memfd
+ * NAME (2 pages), maps it shared, writes MAP_TEXT at the start, makes a pipe
+ * and forks; the child closes its descriptor of the memfd (it holds the
+ * mapping only) and waits for a byte on the pipe. The parent calls
+ * sharefd_checkpoint() — where the host stops it — then lets the child go;
+ * the child writes CHILD_TEXT at CHILD_AT through the mapping and exits;
+ * the parent, once it has waited for the child, reads there through its
+ * mapping and through its descriptor:
+ *
+ *   sharefd memfd-map-run ok: the child's write seen through the mapping and the descriptor
+ *
+ * or "sharefd memfd-map-run mismatch: ..." (a child with a private copy of
+ * the mapping writes where the parent never looks).
+ *
  *   sockpair fifo-run PATH
  *
  * a FIFO between parent and child: the parent makes a FIFO at PATH (removing
@@ -172,6 +188,47 @@ static int offset_run(const char *path)
 	return 0;
 }
 
+#define MAP_TEXT "mapped shared by both"
+
+static int memfd_map_run(const char *name)
+{
+	char got[sizeof(CHILD_TEXT)] = { 0 }, c = 0;
+	int fd, go[2], status, through_map, through_fd;
+	char *p;
+	pid_t child;
+
+	setvbuf(stdout, NULL, _IONBF, 0);
+	fd = memfd_create(name, 0);
+	if (fd < 0 || ftruncate(fd, 8192) < 0)
+		return 1;
+	p = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (p == MAP_FAILED || pipe(go) < 0)
+		return 1;
+	strcpy(p, MAP_TEXT);
+	child = fork();
+	if (child < 0)
+		return 1;
+	if (child == 0) {
+		close(fd);
+		if (read(go[0], &c, 1) != 1)
+			_exit(3);
+		memcpy(p + CHILD_AT, CHILD_TEXT, sizeof(CHILD_TEXT));
+		_exit(strcmp(p, MAP_TEXT) == 0 ? 0 : 4);
+	}
+	sharefd_checkpoint();
+	if (write(go[1], &c, 1) != 1 || waitpid(child, &status, 0) != child)
+		return 1;
+	through_map = strcmp(p + CHILD_AT, CHILD_TEXT) == 0;
+	through_fd = pread(fd, got, sizeof(got) - 1, CHILD_AT) == sizeof(got) - 1 && strcmp(got, CHILD_TEXT) == 0;
+	if (status != 0 || !through_map || !through_fd) {
+		printf("sharefd memfd-map-run mismatch: child status 0x%x, the child's write %s through the mapping, %s through the descriptor\n", status,
+		       through_map ? "seen" : "not seen", through_fd ? "seen" : "not seen");
+		return 0;
+	}
+	printf("sharefd memfd-map-run ok: the child's write seen through the mapping and the descriptor\n");
+	return 0;
+}
+
 #define FIFO_QUEUED "queued before the checkpoint"
 #define FIFO_CHILD " + child"
 
@@ -225,6 +282,8 @@ int sharefd_main(int argc, char **argv)
 		return offset_run(argv[2]);
 	if (strcmp(argv[1], "fifo-run") == 0)
 		return fifo_run(argv[2]);
+	if (strcmp(argv[1], "memfd-map-run") == 0)
+		return memfd_map_run(argv[2]);
 	if (strcmp(argv[1], "offset") == 0)
 		fd = open(argv[2], O_RDWR | O_CREAT | O_TRUNC, 0600);
 	else if (strcmp(argv[1], "append") == 0)

@@ -149,7 +149,11 @@ async function captureBlocked(
 
   const regions: CheckpointImage['regions'] = [];
   for (const m of dumped) {
-    const file = mappedFile(m) ?? null;
+    // A memfd a tree's process maps shared is the tree's (tree-memfds.ts: created once, mapped before the children
+    // are cloned): the process's own restore finds it in place, as shared anonymous memory it inherited, and writes
+    // its pages like any other.
+    const treeMemfd = pipesCaptured && m.perms[3] === 's' && /^\/memfd:.* \(deleted\)$/.test(m.name);
+    const file = treeMemfd ? null : (mappedFile(m) ?? null);
     // A deleted file (or a memfd, a SysV segment) cannot be opened again; a
     // process restored without it would fail later, far from the cause.
     if (file?.endsWith(' (deleted)'))
@@ -157,7 +161,7 @@ async function captureBlocked(
         mapping: `${m.start.toString(16)}-${m.end.toString(16)}`,
         target: file,
       });
-    const entry = hasContents(m) ? memoryEntryName(regions.length) : null;
+    const entry = treeMemfd || hasContents(m) ? memoryEntryName(regions.length) : null;
     const region: MemoryRegion = { start: m.start, end: m.end, perms: m.perms, name: m.name, file, offset: file === null ? 0n : m.offset, entry };
     if (m.userfault !== 0) Object.assign(region, { userfault: m.userfault, absent: absent.get(m.start) ?? [] });
     regions.push(region);

@@ -62,8 +62,8 @@ export type RseqFixupPolicy = (typeof RSEQ_FIXUP_POLICIES)[number];
  *   anonymous memory is private, a file mapping has lost its file (a write
  *   through a shared one no longer reaches it) and a shared file mapping,
  *   whose contents the image does not hold, reads as zeros; a memfd several
- *   processes of a tree hold is made once per holder, a copy each
- *   (tree-memfds.ts): a write by one is not seen by another;
+ *   processes of a tree hold or map is made (and mapped) once per holder, a
+ *   copy each (tree-memfds.ts): a write by one is not seen by another;
  * - userfaultfd: no userfaultfd is created and nothing registered, and the
  *   pages its server had not provided are written as the zeros the image
  *   holds — a restorer that knows nothing of userfaultfd: a fault the

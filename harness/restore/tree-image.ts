@@ -69,6 +69,8 @@ interface TreeJsonMemfd {
   /** every byte, base64 */
   contents: string;
   ends: MemfdEnd[];
+  /** where it is mapped MAP_SHARED (only when it is): start, end, offset as 0x hex strings */
+  maps?: Array<{ pid: number; start: string; end: string; offset: string }>;
 }
 
 interface TreeJsonMember extends TreeMember {
@@ -128,6 +130,9 @@ export async function treeEntries(tree: ProcessTree): Promise<Map<string, Buffer
     pos: m.pos,
     contents: m.contents.toString('base64'),
     ends: m.ends,
+    ...(m.maps?.length
+      ? { maps: m.maps.map((x) => ({ pid: x.pid, start: `0x${x.start.toString(16)}`, end: `0x${x.end.toString(16)}`, offset: `0x${x.offset.toString(16)}` })) }
+      : {}),
   }));
   // sharedFiles likewise: { path, flags, pos, dev, ino, size, ends } as they are, numbers all.
   const sharedFiles = tree.sharedFiles ?? [];
@@ -312,7 +317,7 @@ function validateMemfdsJson(raw: unknown, pids: ReadonlySet<number>, used: Set<s
   const memfds = raw.map((m: unknown, i): TreeMemfd => {
     const at = `memfds[${i}]`;
     if (!isObject(m)) throw new ImageRejectedError('is not an object', TREE_ENTRY, at);
-    const unknownKey = Object.keys(m).find((k) => !['inode', 'name', 'seals', 'flags', 'pos', 'contents', 'ends'].includes(k));
+    const unknownKey = Object.keys(m).find((k) => !['inode', 'name', 'seals', 'flags', 'pos', 'contents', 'ends', 'maps'].includes(k));
     if (unknownKey) throw new ImageRejectedError('unknown field', TREE_ENTRY, `${at}.${unknownKey}`);
     if (typeof m.contents !== 'string' || !/^[A-Za-z0-9+/]*={0,2}$/.test(m.contents))
       throw new ImageRejectedError('is not base64', TREE_ENTRY, `${at}.contents`);
@@ -323,7 +328,26 @@ function validateMemfdsJson(raw: unknown, pids: ReadonlySet<number>, used: Set<s
       if (bad) throw new ImageRejectedError('unknown field', TREE_ENTRY, `${at}.ends[${j}].${bad}`);
       return { pid: e.pid as number, fd: e.fd as number, cloexec: e.cloexec as boolean };
     });
+    const hexField = (v: unknown, field: string): bigint => {
+      if (typeof v !== 'string' || !/^0x[0-9a-f]{1,16}$/.test(v)) throw new ImageRejectedError('is not a 0x hex number', TREE_ENTRY, field);
+      return BigInt(v);
+    };
+    if (m.maps !== undefined && (!Array.isArray(m.maps) || m.maps.length === 0))
+      throw new ImageRejectedError('is not a list of mappings', TREE_ENTRY, `${at}.maps`);
+    const maps = ((m.maps ?? []) as unknown[]).map((x, j) => {
+      const mat = `${at}.maps[${j}]`;
+      if (!isObject(x)) throw new ImageRejectedError('is not an object', TREE_ENTRY, mat);
+      const bad = Object.keys(x).find((k) => !['pid', 'start', 'end', 'offset'].includes(k));
+      if (bad) throw new ImageRejectedError('unknown field', TREE_ENTRY, `${mat}.${bad}`);
+      return {
+        pid: x.pid as number,
+        start: hexField(x.start, `${mat}.start`),
+        end: hexField(x.end, `${mat}.end`),
+        offset: hexField(x.offset, `${mat}.offset`),
+      };
+    });
     return {
+      ...(maps.length > 0 ? { maps } : {}),
       inode: m.inode as number,
       name: m.name as string,
       seals: m.seals as number,

@@ -19,7 +19,7 @@ import { parseFdinfo, parseStatSession } from './files.ts';
 import { PlanError, type PlanStep } from './plan-step.ts';
 import { DEFAULT_PIPE_BYTES, pipeObject } from './tree-pipes.ts';
 import { socketpairObject } from './tree-sockets.ts';
-import { fdinfoInode, memfdName, memfdObject, privateCopies } from './tree-memfds.ts';
+import { fdinfoInode, memfdName, memfdObject, memfdUnmaps, privateCopies } from './tree-memfds.ts';
 import { parkingBase, withSharedObjects } from './tree-shared-objects.ts';
 import { identityProblem, privateDescriptions, sharedFileObject, statPaths } from './tree-files.ts';
 import { fifoObject, fifoPathProblem, FIFO_FLAGS } from './tree-fifos.ts';
@@ -65,6 +65,8 @@ const AT_FDCWD = BigInt.asUintN(64, -100n);
 const KCMP_FILE = 0n;
 const MFD_ALLOW_SEALING = 2n;
 const F_ADD_SEALS = 1033n;
+const F_SEAL_WRITE = 0x8;
+const F_SEAL_FUTURE_WRITE = 0x10;
 const SEEK_SET = 0n;
 /** Bytes of a memfd's contents written back per pwrite, from the stub's stack below the clone_args scratch. */
 const MEMFD_CHUNK = 32 * 1024;
@@ -297,6 +299,16 @@ export function skeletonSteps(actions: readonly TreeAction[], stub: StubFacts): 
             why: `offset ${a.pos}`,
             expect: BigInt(a.pos),
           });
+        // Mapped here, before the children are cloned: they inherit the very mapping (their own restore finds it in place).
+        // Read-write: the process's restore writes its pages and gives them their protections; a memfd sealed against
+        // writing is mapped read-only.
+        const prot = (a.seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE)) !== 0 ? PROT.READ : PROT.READ | PROT.WRITE;
+        for (const m of a.maps ?? [])
+          steps.push({
+            op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.mmap, args: [m.start, m.end - m.start, prot, MAP_SHARED | MAP_FIXED_NOREPLACE, parked, m.offset] },
+            why: `map memfd:${a.name} shared at ${m.start.toString(16)}-${m.end.toString(16)} (file offset 0x${m.offset.toString(16)}) in pid ${a.pid}, before its children are cloned`,
+            expect: m.start,
+          });
         break;
       }
       case 'fifo-open': {
@@ -379,11 +391,18 @@ export function skeletonSteps(actions: readonly TreeAction[], stub: StubFacts): 
   return steps;
 }
 
-/** The shared objects a process holds, as the mappings its stub has for them when its own restore starts. */
-export function inheritedShared(shared: readonly SharedAnonymous[], pid: number): Mapping[] {
-  return shared
-    .filter((o) => o.holders.includes(pid))
-    .map((o) => ({ start: o.start, end: o.end, perms: 'rw-s', offset: 0n, device: '00:00', inode: o.inode, name: '/dev/zero (deleted)' }));
+/** The shared objects a process holds, as the mappings its stub has for them when its own restore starts (its memfds' mappings too). */
+export function inheritedShared(shared: readonly SharedAnonymous[], pid: number, memfds: readonly TreeMemfd[] = []): Mapping[] {
+  return [
+    ...shared
+      .filter((o) => o.holders.includes(pid))
+      .map((o) => ({ start: o.start, end: o.end, perms: 'rw-s', offset: 0n, device: '00:00', inode: o.inode, name: '/dev/zero (deleted)' })),
+    ...memfds.flatMap((m) =>
+      (m.maps ?? [])
+        .filter((x) => x.pid === pid)
+        .map((x) => ({ start: x.start, end: x.end, perms: 'rw-s', offset: x.offset, device: '00:00', inode: m.inode, name: `/memfd:${m.name} (deleted)` })),
+    ),
+  ];
 }
 
 /**
@@ -429,7 +448,12 @@ export function planTreeRestore(
     ...fifos.map(fifoObject),
   ];
   const base = parkingBase([...fdsInTree, ...objects.flatMap((o) => o.ends.map((e) => e.fd))]);
-  const actions = withSharedObjects(planTreeSkeleton(tree.members, shared), tree.members, objects, base);
+  // A memfd mapping a process inherited without holding it is unmapped right after its clone, before it creates
+  // anything of its own there (under omit=mapping-kinds, its own copy of that memfd at the very range).
+  const unmaps = memfdUnmaps(tree.members, memfds);
+  const actions = withSharedObjects(planTreeSkeleton(tree.members, shared), tree.members, objects, base).flatMap((a) =>
+    a.kind === 'clone' ? [a, ...unmaps.filter((u) => u.kind === 'unmap-inherited' && u.pid === a.pid)] : [a],
+  );
   return { shared, pipes, socketpairs, memfds, sharedFiles, fifos, actions };
 }
 
@@ -521,7 +545,7 @@ export async function restoreTree(agent: AgentClient, tree: ProcessTree, options
     const differences: Difference[] = [...(await readBackSharedFiles(agent, sharedFiles)), ...(await readBackFifos(agent, fifos))];
     const members: RestoreResult[] = [];
     for (const m of tree.members) {
-      const restored = await restoreInto(agent, m.image, m.pid, policy, { inheritedShared: inheritedShared(shared, m.pid) });
+      const restored = await restoreInto(agent, m.image, m.pid, policy, { inheritedShared: inheritedShared(shared, m.pid, memfds) });
       members.push(restored);
       differences.push(...restored.differences.map((d) => ({ ...d, what: `pid ${m.pid} ${d.what}` })));
     }

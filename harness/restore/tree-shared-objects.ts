@@ -39,13 +39,15 @@ export interface SharedObject {
   /** what each parked descriptor is, for the plan's why (a pipe's two ends, a socketpair's two sockets, a memfd's one) */
   slots: readonly string[];
   ends: readonly PlacedEnd[];
+  /** processes that hold it otherwise than through a descriptor (a memfd's mappings): its creator is an ancestor of them too */
+  holders?: readonly number[];
   /** the action that creates it in `pid`, parked at `fds` (one per slot) */
   create: (pid: number, fds: readonly number[]) => TreeAction;
 }
 
 /** The holder of `object` that is an ancestor of all its holders; PlanError naming the object when none is. */
-export function creatorOf(members: readonly TreeMember[], object: Pick<SharedObject, 'name' | 'ends'>): number {
-  const holders = [...new Set(object.ends.map((e) => e.pid))];
+export function creatorOf(members: readonly TreeMember[], object: Pick<SharedObject, 'name' | 'ends' | 'holders'>): number {
+  const holders = [...new Set([...object.ends.map((e) => e.pid), ...(object.holders ?? [])])];
   const creator = holdingAncestor(members, holders);
   if (creator === undefined)
     throw new PlanError(

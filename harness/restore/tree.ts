@@ -89,7 +89,19 @@ export interface TreeMemfd {
   pos: number;
   /** every byte of it: its size is their number */
   contents: Buffer;
+  /** its descriptors (none when it is only mapped) */
   ends: MemfdEnd[];
+  /** where processes map it MAP_SHARED (absent: nowhere): inherited across fork, at one range in every holder */
+  maps?: MemfdMapping[];
+}
+
+/** A process's MAP_SHARED mapping of a tree's memfd. */
+export interface MemfdMapping {
+  pid: number;
+  start: bigint;
+  end: bigint;
+  /** the file offset of `start` */
+  offset: bigint;
 }
 
 /** A descriptor on an open file description processes of the tree share. */
@@ -163,7 +175,19 @@ export type TreeAction =
       queued: [Buffer[], Buffer[]];
       why: string;
     }
-  | { kind: 'memfd-create'; pid: number; fd: number; name: string; seals: number; flags: number; pos: number; contents: Buffer; why: string }
+  | {
+      kind: 'memfd-create';
+      pid: number;
+      fd: number;
+      name: string;
+      seals: number;
+      flags: number;
+      pos: number;
+      contents: Buffer;
+      /** mapped MAP_SHARED in `pid` right after, at these ranges (its children inherit them) */
+      maps?: ReadonlyArray<{ start: bigint; end: bigint; offset: bigint }>;
+      why: string;
+    }
   | { kind: 'fifo-open'; pid: number; path: string; fds: readonly number[]; flags: readonly number[]; size: number; queued: Buffer; why: string }
   | { kind: 'file-open'; pid: number; fd: number; path: string; flags: number; pos: number; why: string }
   | { kind: 'fd-dup'; pid: number; from: number; to: number; cloexec: boolean; why: string }
@@ -352,8 +376,9 @@ export interface SharedAnonymous {
 /** Where a process's shared anonymous regions are, with their shmem inode (from the image's maps). */
 function sharedAnonymousRegions(image: CheckpointImage): Array<{ start: bigint; end: bigint; inode: number }> {
   const maps = parseMaps(image.maps);
+  // A memfd's mapping is the memfd's (tree-memfds.ts), not an anonymous object.
   return image.regions
-    .filter((r) => r.file === null && r.perms[3] === 's')
+    .filter((r) => r.file === null && r.perms[3] === 's' && !r.name.startsWith('/memfd:'))
     .map((r) => ({ start: r.start, end: r.end, inode: maps.find((m) => m.start === r.start)?.inode ?? 0 }));
 }
 

@@ -311,10 +311,9 @@ export async function refuseUncapturable(
   noAslr: boolean,
   { pipesCaptured = false }: { pipesCaptured?: boolean } = {},
 ): Promise<void> {
-  // A tree's checkpoint captures the pipes, socketpairs and memfd descriptors between its processes itself (and its
-  // FIFOs: checkpoint.ts lets them through specialFileProblems, tree-fifos.ts captures them)
-  // (tree-pipes.ts, tree-sockets.ts, which refuses every other socket by name, tree-memfds.ts; a memfd mapping
-  // stays refused by checkpoint.ts).
+  // A tree's checkpoint captures the pipes, socketpairs and memfds between its processes itself (tree-pipes.ts,
+  // tree-sockets.ts, which refuses every other socket by name, tree-memfds.ts, their mappings too), and its FIFOs
+  // (checkpoint.ts lets them through specialFileProblems, tree-fifos.ts captures them).
   const found = (await findUncapturable(agent, pid, noAslr)).filter(
     (u) => !(pipesCaptured && (u.state === 'pipe' || u.state === 'socket' || u.state === 'memfd')),
   );
