@@ -12,6 +12,18 @@
 // hold one memfd (written, sealed against shrinking, at an offset) as a descriptor, the parent at a breakpoint before it
 // lets the child write through its own: restored as one memfd (name, contents, size, seals, offset) the parent reads the
 // child's write and ends as the native run; omit=mapping-kinds (a memfd of its own for each) is caught by the program.
+// And a parent and child that share one open file description (a file the parent opened read-write before the fork),
+// the parent at a breakpoint before the child reads and writes through it: restored as ONE description (opened once in
+// the parent before the child is cloned, at its offset) the parent's write lands after the child's and it ends as the
+// native run; omit=shared-descriptions (one description, one offset per process) is caught by the program (the
+// parent writes over the child's bytes). And a parent and child holding a FIFO (a read end and a write end, each one
+// description of both) with 28 bytes queued, the parent at a breakpoint before the child writes more: restored as the
+// same FIFO (reopened by path in the parent before the child is cloned, each description with its mode, the queued
+// bytes put back) the parent reads both and ends as the native run; omit=pipe-contents (the FIFO restored empty) is
+// caught by the program. And a memfd the parent maps MAP_SHARED and holds as fd 3 and the child only maps, the parent at
+// a breakpoint before the child writes through its mapping: restored as one memfd mapped in the parent before the child
+// is cloned, the parent sees the child's write through its mapping and its fd and ends as the native run;
+// omit=mapping-kinds (a memfd of its own for each) is caught by the program.
 import t, { type Test } from 'tap';
 import { appendFileSync, writeFileSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
@@ -209,41 +221,48 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_CHECKPOINT_RESTORE']), async (t
     });
   }
 
+  /**
+   * One run of a two-process workload that stops its parent at a hardware breakpoint (`w.breakAt`): with no policy,
+   * on to its end (the reference); with one, the tree checkpointed, written as an image, killed, read back, restored
+   * under `policy` and run to its end.
+   */
+  const treeCycle = async (w: Workload, tag: string, policy?: RestorePolicy) => {
+    const out = `/tmp/tree-${tag}.original.out`;
+    const pid = await spawnArmed(guest, w, out);
+    const hit = await agent.call({ op: 'RUN', pid, stopAfterHits: 1, timeoutMs: RUN_TIMEOUT_MS });
+    if (hit.outcome !== 'hit-limit')
+      throw new Error(`${w.argv.join(' ')} never reached its checkpoint point (${hit.outcome} ${hit.code}): ${await readOutput(guest, out)}`);
+    if (!policy) {
+      const end = await agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
+      return { line: `${endedAs(end)} ${(await readOutput(guest, out)).trim()}` };
+    }
+    const started = Date.now();
+    const tree = await checkpointTree(agent, { binary: w.binary, argv: w.argv, envp: [], noAslr: true, pid }, guest.platform);
+    const checkpointMs = Date.now() - started;
+    const file = path.join(guest.artifactsDir, `checkpoint-${tag}.tar`);
+    await writeTreeImage(tree, file);
+    for (const m of tree.members) await agent.call({ op: 'KILL', pid: m.pid });
+    const fromImage = await readTreeImage(file);
+    const restoredOut = `/tmp/tree-${tag}.restored.out`;
+    const restoreStarted = Date.now();
+    const restored = await restoreTreeWitnessed(agent, fromImage, { policy, stdoutPath: restoredOut }, tag);
+    const restoreMs = Date.now() - restoreStarted;
+    await releaseDescendants(agent, fromImage);
+    const end = await agent.call({ op: 'RUN', pid: fromImage.members[0]!.pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
+    return {
+      line: `${endedAs(end)} ${(await readOutput(guest, restoredOut)).trim()}`,
+      tree: fromImage,
+      restored,
+      timing: `checkpoint ${checkpointMs} ms, image ${(await stat(file)).size} bytes, restore ${restoreMs} ms`,
+    };
+  };
+
   // A parent and child joined by a unix socketpair, data queued both ways: the pair restored as one, its queues sent again.
   for (const type of ['stream', 'dgram'] as const) {
     const pairBinary = guest.image.guestPaths.sockpair!;
     const pairWorkload: Workload = { binary: pairBinary, argv: [pairBinary, type], breakAt: symbols.resolve('sockpair:sockpair_checkpoint') };
     const pairScenario = `parent and child joined by a unix ${type === 'stream' ? 'SOCK_STREAM' : 'SOCK_DGRAM'} socketpair, data queued both ways; parent at a hardware breakpoint`;
-    const runPair = async (tag: string, policy?: RestorePolicy) => {
-      const out = `/tmp/tree-${tag}.original.out`;
-      const pid = await spawnArmed(guest, pairWorkload, out);
-      const hit = await agent.call({ op: 'RUN', pid, stopAfterHits: 1, timeoutMs: RUN_TIMEOUT_MS });
-      if (hit.outcome !== 'hit-limit')
-        throw new Error(`sockpair never reached sockpair_checkpoint (${hit.outcome} ${hit.code}): ${await readOutput(guest, out)}`);
-      if (!policy) {
-        const end = await agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
-        return { line: `${endedAs(end)} ${(await readOutput(guest, out)).trim()}` };
-      }
-      const started = Date.now();
-      const tree = await checkpointTree(agent, { binary: pairBinary, argv: pairWorkload.argv, envp: [], noAslr: true, pid }, guest.platform);
-      const checkpointMs = Date.now() - started;
-      const file = path.join(guest.artifactsDir, `checkpoint-${tag}.tar`);
-      await writeTreeImage(tree, file);
-      for (const m of tree.members) await agent.call({ op: 'KILL', pid: m.pid });
-      const fromImage = await readTreeImage(file);
-      const restoredOut = `/tmp/tree-${tag}.restored.out`;
-      const restoreStarted = Date.now();
-      const restored = await restoreTreeWitnessed(agent, fromImage, { policy, stdoutPath: restoredOut }, tag);
-      const restoreMs = Date.now() - restoreStarted;
-      await releaseDescendants(agent, fromImage);
-      const end = await agent.call({ op: 'RUN', pid: fromImage.members[0]!.pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
-      return {
-        line: `${endedAs(end)} ${(await readOutput(guest, restoredOut)).trim()}`,
-        tree: fromImage,
-        restored,
-        timing: `checkpoint ${checkpointMs} ms, image ${(await stat(file)).size} bytes, restore ${restoreMs} ms`,
-      };
-    };
+    const runPair = (tag: string, policy?: RestorePolicy) => treeCycle(pairWorkload, tag, policy);
     const pairReference = (await runPair(`${type}-reference`)).line;
     const native = await nativeReference(guest, pairWorkload);
     t.equal(pairReference, `${endedAs(native)} ${native.output.trim()}`, `${type}: the traced reference is the native run (no tracer)`);
@@ -301,36 +320,7 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_CHECKPOINT_RESTORE']), async (t
     };
     const memfdScenario =
       'parent and child holding one memfd as fd 3 (written, 6000 bytes, sealed against shrinking, offset 22); parent at a hardware breakpoint';
-    const runMemfd = async (tag: string, policy?: RestorePolicy) => {
-      const out = `/tmp/tree-${tag}.original.out`;
-      const pid = await spawnArmed(guest, memfdWorkload, out);
-      const hit = await agent.call({ op: 'RUN', pid, stopAfterHits: 1, timeoutMs: RUN_TIMEOUT_MS });
-      if (hit.outcome !== 'hit-limit')
-        throw new Error(`sharefd memfd-run never reached sharefd_checkpoint (${hit.outcome} ${hit.code}): ${await readOutput(guest, out)}`);
-      if (!policy) {
-        const end = await agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
-        return { line: `${endedAs(end)} ${(await readOutput(guest, out)).trim()}` };
-      }
-      const started = Date.now();
-      const tree = await checkpointTree(agent, { binary: memfdBinary, argv: memfdWorkload.argv, envp: [], noAslr: true, pid }, guest.platform);
-      const checkpointMs = Date.now() - started;
-      const file = path.join(guest.artifactsDir, `checkpoint-${tag}.tar`);
-      await writeTreeImage(tree, file);
-      for (const m of tree.members) await agent.call({ op: 'KILL', pid: m.pid });
-      const fromImage = await readTreeImage(file);
-      const restoredOut = `/tmp/tree-${tag}.restored.out`;
-      const restoreStarted = Date.now();
-      const restored = await restoreTreeWitnessed(agent, fromImage, { policy, stdoutPath: restoredOut }, tag);
-      const restoreMs = Date.now() - restoreStarted;
-      await releaseDescendants(agent, fromImage);
-      const end = await agent.call({ op: 'RUN', pid: fromImage.members[0]!.pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
-      return {
-        line: `${endedAs(end)} ${(await readOutput(guest, restoredOut)).trim()}`,
-        tree: fromImage,
-        restored,
-        timing: `checkpoint ${checkpointMs} ms, image ${(await stat(file)).size} bytes, restore ${restoreMs} ms`,
-      };
-    };
+    const runMemfd = (tag: string, policy?: RestorePolicy) => treeCycle(memfdWorkload, tag, policy);
     const memfdReference = (await runMemfd('memfd-reference')).line;
     const native = await nativeReference(guest, memfdWorkload);
     t.equal(memfdReference, `${endedAs(native)} ${native.output.trim()}`, 'memfd: the traced reference is the native run (no tracer)');
@@ -372,6 +362,185 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_CHECKPOINT_RESTORE']), async (t
         expected: memfdReference,
         observed: r.line,
         matchedUninterrupted: r.line === memfdReference,
+      });
+    });
+  }
+
+  // A parent and child sharing one open file description: restored as one description, a write by one moves the other's offset.
+  {
+    const offsetBinary = guest.image.guestPaths.sockpair!;
+    const offsetFile = '/tmp/tree-shared-offset';
+    const offsetWorkload: Workload = {
+      binary: offsetBinary,
+      argv: [offsetBinary, 'offset-run', offsetFile],
+      breakAt: symbols.resolve('sockpair:sharefd_checkpoint'),
+    };
+    const offsetScenario =
+      'parent and child sharing one open file description (a file opened read-write before the fork, offset 2); parent at a hardware breakpoint, then the child reads and writes through it and the parent writes after';
+    const runOffset = (tag: string, policy?: RestorePolicy) => treeCycle(offsetWorkload, tag, policy);
+    const offsetReference = (await runOffset('offset-reference')).line;
+    const native = await nativeReference(guest, offsetWorkload);
+    t.equal(offsetReference, `${endedAs(native)} ${native.output.trim()}`, 'shared description: the traced reference is the native run (no tracer)');
+    t.equal(
+      offsetReference,
+      'exited 0 sharefd offset-run ok: the child read 234, one offset, 16 after both writes: 01234childparent',
+      `shared description uninterrupted: ${offsetReference}`,
+    );
+
+    await t.test('kill and restore an open file description parent and child share: one description, one offset; it ends as uninterrupted', async (t) => {
+      const r = await runOffset('offset-default', DEFAULT_POLICY);
+      t.same(
+        r.tree?.sharedFiles?.map((f) => `${f.path} flags 0o${f.flags.toString(8)}, offset ${f.pos}, ${f.size} bytes, fds ${f.ends.map((e) => e.fd).join(' ')}`),
+        [`${offsetFile} flags 0o100002, offset 2, 10 bytes, fds 3 3`],
+        'one shared description: read-write, offset 2, fd 3 of both',
+      );
+      t.same(r.restored?.differences, [], 'read back: one description (kcmp) behind both descriptors, at offset 2');
+      t.equal(r.line, offsetReference, `restored: ${r.line}`);
+      t.comment(`shared description, 2 processes: ${r.timing}`);
+      recordRowOutcome(t, {
+        case: CASE,
+        scenario: offsetScenario,
+        policy: describePolicy(DEFAULT_POLICY),
+        control: false,
+        expected: offsetReference,
+        observed: r.line,
+        matchedUninterrupted: r.line === offsetReference && r.restored?.differences.length === 0,
+      });
+    });
+
+    await t.test('negative control omit=shared-descriptions: parent and child each restored with a description of its own', async (t) => {
+      const policy: RestorePolicy = { ...DEFAULT_POLICY, omit: ['shared-descriptions'] };
+      const r = await runOffset('offset-private', policy);
+      t.match(r.line, /sharefd offset-run mismatch: child status 0x0, offset 8 after both writes: 01parentld$/, `caught: ${r.line}`);
+      t.not(r.line, offsetReference, 'and it differs from the uninterrupted run');
+      recordRowOutcome(t, {
+        case: CASE,
+        scenario: offsetScenario,
+        policy: describePolicy(policy),
+        control: true,
+        expected: offsetReference,
+        observed: r.line,
+        matchedUninterrupted: r.line === offsetReference,
+      });
+    });
+  }
+
+  // A parent and child holding a FIFO with bytes queued: restored as the same FIFO, its queued bytes put back.
+  {
+    const fifoBinary = guest.image.guestPaths.sockpair!;
+    const fifoPath = '/tmp/tree-fifo';
+    const fifoWorkload: Workload = {
+      binary: fifoBinary,
+      argv: [fifoBinary, 'fifo-run', fifoPath],
+      breakAt: symbols.resolve('sockpair:sharefd_checkpoint'),
+    };
+    const fifoScenario =
+      'parent and child holding a FIFO (a read end and a write end opened by path, each one description of both) with 28 bytes queued; parent at a hardware breakpoint, then the child writes 8 more';
+    const runFifo = (tag: string, policy?: RestorePolicy) => treeCycle(fifoWorkload, tag, policy);
+    const fifoReference = (await runFifo('fifo-reference')).line;
+    const native = await nativeReference(guest, fifoWorkload);
+    t.equal(fifoReference, `${endedAs(native)} ${native.output.trim()}`, 'FIFO: the traced reference is the native run (no tracer)');
+    t.equal(fifoReference, 'exited 0 sharefd fifo-run ok: read 36 bytes: queued before the checkpoint + child', `FIFO uninterrupted: ${fifoReference}`);
+
+    await t.test('kill and restore a FIFO parent and child hold: the same FIFO, both descriptions, its queued bytes; it ends as uninterrupted', async (t) => {
+      const r = await runFifo('fifo-default', DEFAULT_POLICY);
+      t.same(
+        r.tree?.fifos?.map(
+          (f) =>
+            `${f.path}: ${f.queued.length} queued; ${f.descriptions.map((d) => `flags 0o${d.flags.toString(8)} fds ${d.ends.map((e) => e.fd).join(' ')}`).join('; ')}`,
+        ),
+        [`${fifoPath}: 28 queued; flags 0o0 fds 3 3; flags 0o1 fds 4 4`],
+        'one FIFO: a read end (fd 3) and a write end (fd 4) of both, 28 bytes queued',
+      );
+      t.same(r.restored?.differences, [], 'read back: the FIFO behind fds 3 and 4 of both, one description each (kcmp)');
+      t.equal(r.line, fifoReference, `restored: ${r.line}`);
+      t.comment(`FIFO, 2 processes: ${r.timing}`);
+      recordRowOutcome(t, {
+        case: CASE,
+        scenario: fifoScenario,
+        policy: describePolicy(DEFAULT_POLICY),
+        control: false,
+        expected: fifoReference,
+        observed: r.line,
+        matchedUninterrupted: r.line === fifoReference && r.restored?.differences.length === 0,
+      });
+    });
+
+    await t.test('negative control omit=pipe-contents: the FIFO restored without its queued bytes', async (t) => {
+      const policy: RestorePolicy = { ...DEFAULT_POLICY, omit: ['pipe-contents'] };
+      const r = await runFifo('fifo-empty', policy);
+      t.match(r.line, /sharefd fifo-run mismatch: child status 0x0, read 8 bytes: {2}\+ child$/, `caught: ${r.line}`);
+      t.not(r.line, fifoReference, 'and it differs from the uninterrupted run');
+      recordRowOutcome(t, {
+        case: CASE,
+        scenario: fifoScenario,
+        policy: describePolicy(policy),
+        control: true,
+        expected: fifoReference,
+        observed: r.line,
+        matchedUninterrupted: r.line === fifoReference,
+      });
+    });
+  }
+
+  // A memfd mapped MAP_SHARED by parent and child (held as an fd by the parent only): one memfd, one mapping inherited.
+  {
+    const mapBinary = guest.image.guestPaths.sockpair!;
+    const mapWorkload: Workload = {
+      binary: mapBinary,
+      argv: [mapBinary, 'memfd-map-run', 'tree-map'],
+      breakAt: symbols.resolve('sockpair:sharefd_checkpoint'),
+    };
+    const mapScenario =
+      'a memfd (2 pages) the parent maps MAP_SHARED and holds as fd 3, the child maps only; parent at a hardware breakpoint, then the child writes through its mapping';
+    const runMap = (tag: string, policy?: RestorePolicy) => treeCycle(mapWorkload, tag, policy);
+    const mapReference = (await runMap('memfd-map-reference')).line;
+    const native = await nativeReference(guest, mapWorkload);
+    t.equal(mapReference, `${endedAs(native)} ${native.output.trim()}`, 'memfd mapping: the traced reference is the native run (no tracer)');
+    t.equal(
+      mapReference,
+      "exited 0 sharefd memfd-map-run ok: the child's write seen through the mapping and the descriptor",
+      `memfd mapping uninterrupted: ${mapReference}`,
+    );
+
+    await t.test('kill and restore a memfd mapped shared by parent and child: one memfd, one mapping at one address; it ends as uninterrupted', async (t) => {
+      const r = await runMap('memfd-map-default', DEFAULT_POLICY);
+      const [parent] = r.tree?.members.map((m) => m.pid) ?? [];
+      t.same(
+        r.tree?.memfds?.map(
+          (m) =>
+            `${m.name}: fds ${m.ends.map((e) => `${e.pid === parent ? 'parent' : 'child'}:${e.fd}`).join(' ')}; maps ${(m.maps ?? []).map((x) => `${x.pid === parent ? 'parent' : 'child'}:${x.end - x.start}`).join(' ')}; one address ${new Set((m.maps ?? []).map((x) => x.start)).size === 1}`,
+        ),
+        ['tree-map: fds parent:3; maps parent:8192 child:8192; one address true'],
+        'one memfd: fd 3 of the parent, mapped by both at one address',
+      );
+      t.same(r.restored?.differences, [], 'read back as planned');
+      t.equal(r.line, mapReference, `restored: ${r.line}`);
+      t.comment(`memfd mapped shared, 2 processes: ${r.timing}`);
+      recordRowOutcome(t, {
+        case: CASE,
+        scenario: mapScenario,
+        policy: describePolicy(DEFAULT_POLICY),
+        control: false,
+        expected: mapReference,
+        observed: r.line,
+        matchedUninterrupted: r.line === mapReference && r.restored?.differences.length === 0,
+      });
+    });
+
+    await t.test('negative control omit=mapping-kinds: parent and child each restored with a memfd (and a mapping) of its own', async (t) => {
+      const policy: RestorePolicy = { ...DEFAULT_POLICY, omit: ['mapping-kinds'] };
+      const r = await runMap('memfd-map-private', policy);
+      t.match(r.line, /sharefd memfd-map-run mismatch: child status 0x0, the child's write not seen through the mapping/, `caught: ${r.line}`);
+      t.not(r.line, mapReference, 'and it differs from the uninterrupted run');
+      recordRowOutcome(t, {
+        case: CASE,
+        scenario: mapScenario,
+        policy: describePolicy(policy),
+        control: true,
+        expected: mapReference,
+        observed: r.line,
+        matchedUninterrupted: r.line === mapReference,
       });
     });
   }

@@ -1,9 +1,10 @@
 // expect: through the real agent on the host's kernel, what a parent and its child share across fork is restored as
-// one object or refused by name, never silently made two: a file opened read-write before the fork (one description,
-// one offset) is refused as a shared open file description naming both descriptors; a file opened write-only with
+// one object or refused by name, never silently made two (a file opened read-write before the fork, one description
+// and one offset, is restored as one description: restore-shared-file-local.test.ts); a file opened write-only with
 // O_APPEND before the fork (writes at the end whoever makes them) is checkpointed, restored with the same pids, each
-// process's fd 3 write-only O_APPEND on the file again; a FIFO (opened again by path it would block, or come back empty) is
-// refused by name with its mode; a memfd both map shared is refused by name (a mapping of a deleted file); a memfd
+// process's fd 3 write-only O_APPEND on the file again (a FIFO is restored as the same FIFO: restore-fifo-local.test.ts);
+// a memfd both map shared and hold as fd 3 is restored as one memfd mapped in both (a write through one mapping read
+// through the other's and through the fd); a memfd
 // both hold as fd 3 only (one description, offset 7, sealed against shrinking, 6000 bytes) is restored as one memfd:
 // the same name, contents, size, seals and offset, and a write through the parent's fd is read through the child's;
 // a memfd the child opened again through /proc (a second description, a second offset) is refused by name.
@@ -57,16 +58,6 @@ t.test('shared state across fork through the real agent, on the host kernel', as
     return (await agent.call({ op: 'READ_FILE', path: `/proc/${child}/fd/3`, maxSize: 65536 })).subarray(100, 116).toString();
   };
 
-  await t.test('a description opened read-write before the fork: one offset, refused by name', async (t) => {
-    const s = await started('offset');
-    const started_ = Date.now();
-    await t.rejects(checkpointTree(agent, s.process, { host: true }), {
-      name: 'CheckpointError',
-      message: new RegExp(`shared open file description \\(pid ${s.pid} fd 3 and pid \\d+ fd 3: ${s.file}, flags 0o\\d*2: one offset the processes share`),
-    });
-    t.comment(`refused in ${Date.now() - started_} ms`);
-  });
-
   await t.test('a description opened write-only O_APPEND before the fork: restored per process, each write-only O_APPEND on the file again', async (t) => {
     const s = await started('append');
     const checkpointStarted = Date.now();
@@ -86,20 +77,33 @@ t.test('shared state across fork through the real agent, on the host kernel', as
     await releaseDescendants(agent, tree);
   });
 
-  await t.test('a FIFO: refused by name with its mode', async (t) => {
-    const s = await started('fifo');
-    await t.rejects(checkpointTree(agent, s.process, { host: true }), {
-      name: 'CheckpointError',
-      message: new RegExp(`fifo \\(fd 3: ${s.file} \\(mode 0o10600\\): opened again by path, it would not be the same object\\)`),
-    });
-  });
-
-  await t.test('a memfd mapped shared by parent and child: refused by name', async (t) => {
+  await t.test('a memfd mapped shared and held as fd 3 by parent and child: restored as one memfd, mapped in both', async (t) => {
     const s = await started('memfd');
-    await t.rejects(checkpointTree(agent, s.process, { host: true }), {
-      name: 'CheckpointError',
-      message: /mapping [0-9a-f]+-[0-9a-f]+ rw-s maps \/memfd:memfd \(deleted\), which a restore cannot open again/,
-    });
+    const tree = await checkpointTree(agent, s.process, { host: true });
+    const memfd = tree.memfds?.[0];
+    t.same(
+      memfd?.maps?.map((x) => x.end - x.start),
+      [4096n, 4096n],
+      'one memfd, one page mapped by both',
+    );
+    t.equal(memfd?.maps?.[0]?.start, memfd?.maps?.[1]?.start, 'at the same address');
+    for (const m of tree.members) await agent.call({ op: 'KILL', pid: m.pid });
+    const restored = await restoreTree(agent, tree, { policy: DEFAULT_POLICY, stdoutPath: path.join(dir, 'memfd-restored.out') });
+    t.same(restored.differences, [], 'read back as planned');
+    const [parent, child] = tree.members.map((m) => m.pid) as [number, number];
+    const at = memfd!.maps![0]!.start;
+    await agent.call({ op: 'WRITE_MEM', pid: parent, address: at + 64n, data: Buffer.from('through the parent') });
+    t.equal(
+      (await agent.call({ op: 'READ_MEM', pid: child, address: at + 64n, length: 18 })).toString(),
+      'through the parent',
+      "the parent's write, read through the child's mapping",
+    );
+    t.equal(
+      (await agent.call({ op: 'READ_FILE', path: `/proc/${child}/fd/3`, maxSize: 4096 })).subarray(64, 82).toString(),
+      'through the parent',
+      "and through the child's fd",
+    );
+    await releaseDescendants(agent, tree);
   });
 
   await t.test('a memfd held as fd 3 by parent and child: restored as one memfd', async (t) => {

@@ -182,3 +182,64 @@ t.test('a daemon of one process that holds a memfd is restored as a tree, and it
   t.notOk(isSingleProcess(holding), 'one process holding a memfd: a tree, so the memfd is restored');
   t.equal(describeTreeShape(holding), '1 process (pid 100), 1 memfd');
 });
+
+t.test('a memfd mapped MAP_SHARED: mapped in its creator before the clone, unmapped where inherited unheld; tree.json maps refused by field', async (t) => {
+  const start = 0x7ffff7ff0000n;
+  const mapped: TreeMemfd = {
+    ...memfd([{ pid: 101, fd: 3, cloexec: false }], Buffer.alloc(8192, 0x62)),
+    maps: [
+      { pid: 101, start, end: start + 0x2000n, offset: 0n },
+      { pid: 102, start, end: start + 0x2000n, offset: 0n },
+    ],
+  };
+  const withMap: ProcessTree = { ...tree([mapped]), members: [...tree().members] };
+  const { actions } = planTreeRestore(withMap, DEFAULT_POLICY);
+  const create = actions.find((a) => a.kind === 'memfd-create');
+  t.same(
+    create?.kind === 'memfd-create' ? [create.pid, create.maps] : [],
+    [101, [{ start, end: start + 0x2000n, offset: 0n }]],
+    'created and mapped in the child',
+  );
+  t.ok(
+    actions.findIndex((a) => a.kind === 'memfd-create') < actions.findIndex((a) => a.kind === 'clone' && a.pid === 102),
+    'before the grandchild is cloned (it inherits the mapping)',
+  );
+  const stub = { scratch: 0x7fffffffd000n, rip: 0x401000n, word: Buffer.alloc(8) };
+  t.ok(
+    skeletonSteps(actions, stub).some(
+      (s) => s.op.op === 'INJECT_SYSCALL' && s.op.nr === 9 && s.op.pid === 101 && s.op.args[0] === start && s.op.args[4] === 100n,
+    ),
+    'mmap of the parked memfd (fd 100) at the range, in the child',
+  );
+  const onlyChild: TreeMemfd = { ...mapped, maps: [mapped.maps![0]!] };
+  t.same(
+    planTreeRestore(tree([onlyChild]), DEFAULT_POLICY)
+      .actions.filter((a) => a.kind === 'unmap-inherited')
+      .map((a) => a.pid),
+    [102],
+    'the grandchild inherited it without mapping it: unmapped again',
+  );
+  t.throws(() => planTreeRestore(tree([{ ...mapped, maps: [mapped.maps![1]!] }]), DEFAULT_POLICY), {
+    name: 'PlanError',
+    message: /mapped by pid 102 but not by pid 101, where it is created/,
+  });
+  const entries = imageEntries(withMap.members[0]!.image, await treeEntries(withMap));
+  t.same((await parseTreeEntries(entries)).memfds?.[0]?.maps, mapped.maps, 'maps round-trip');
+  const treeJson = JSON.parse(entries.get('tree.json')!.toString()) as { memfds: Array<Record<string, unknown> & { maps: Array<Record<string, unknown>> }> };
+  const edited = (edit: (x: (typeof treeJson.memfds)[number]) => void): Map<string, Buffer> => {
+    const copy = structuredClone(treeJson);
+    edit(copy.memfds[0]!);
+    return reseal(entries, { 'tree.json': Buffer.from(JSON.stringify(copy)) });
+  };
+  const cases: Array<[(x: (typeof treeJson.memfds)[number]) => void, string, string]> = [
+    [(x) => (x.maps[0]!.pid = 999), 'memfds[0].maps[0].pid', 'a mapping in no process of the tree'],
+    [(x) => (x.maps[0]!.start = '0x7ffff7ff0001'), 'memfds[0].maps[0].end', 'a range of no whole pages'],
+    [(x) => (x.maps[0]!.end = '0x800000000000'), 'memfds[0].maps[0].end', 'a range beyond user space'],
+    [(x) => (x.maps[0]!.start = 'near the top'), 'memfds[0].maps[0].start', 'a start that is no hex number'],
+    [(x) => (x.maps[0]!.offset = '0x3000'), 'memfds[0].maps[0].offset', 'a mapping past the end of the memfd'],
+    [(x) => (x.maps[1]!.start = '0x7ffff7fe0000'), 'memfds[0].maps', 'holders at different ranges'],
+    [(x) => (x.maps = []), 'memfds[0].maps', 'an empty list'],
+    [(x) => (x.maps[0]!.prot = 3), 'memfds[0].maps[0].prot', 'an unknown field of a mapping'],
+  ];
+  for (const [edit, field, what] of cases) await t.rejects(parseTreeEntries(edited(edit)), { name: 'ImageRejectedError', field }, what);
+});

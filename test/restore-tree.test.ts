@@ -21,7 +21,8 @@ import { parseMaps } from '../harness/restore/proc-maps.ts';
 import { CLONE_ARGS_BYTES, cloneArgs, skeletonSteps } from '../harness/restore/tree-restore.ts';
 import { nestedEntryName, parseTreeEntries, readTreeImage, treeEntries, writeTreeImage } from '../harness/restore/tree-image.ts';
 import { descendantsOf, parseProcStat, type ProcStat } from '../harness/restore/tree-checkpoint.ts';
-import { parkingBase, pipeCreator, withPipes, type TreePipe } from '../harness/restore/tree-pipes.ts';
+import { pipeCreator, withPipes, type TreePipe } from '../harness/restore/tree-pipes.ts';
+import { parkingBase } from '../harness/restore/tree-shared-objects.ts';
 import { dryRunTreePlan } from '../harness/restore/tree-dry-run.ts';
 import { parseUnixDiag, socketpairCreator, unixDiagRequest, withSocketpairs } from '../harness/restore/tree-sockets.ts';
 import {
@@ -344,7 +345,7 @@ t.test("pipes: created in the holding ancestor before its children, parked, then
     { pid: 102, fd: 4, write: true, cloexec: true },
   ]);
   t.equal(pipeCreator(members, p), 100, "the root holds an end and is the grandchild's ancestor");
-  t.equal(parkingBase([p], [5, 7]), 100, 'parked at 100 and up: above every descriptor of the tree');
+  t.equal(parkingBase([...p.ends.map((e) => e.fd), 5, 7]), 100, 'parked at 100 and up: above every descriptor of the tree');
   const actions = withPipes(planTreeSkeleton(members), members, [p], 100);
   const described = actions.map((a) =>
     a.kind === 'fd-dup'

@@ -32,6 +32,53 @@
  *
  * or "sharefd memfd-run mismatch: ..." naming what differed (a child with a
  * memfd of its own writes where the parent never looks).
+ *
+ *   sockpair offset-run PATH
+ *
+ * runs to an end too, through one open file description: the parent opens
+ * PATH read-write (created, truncated), writes OFFSET_TEXT, seeks back to
+ * OFFSET_START, makes a pipe and forks; the child waits for a byte on the
+ * pipe. The parent calls sharefd_checkpoint() — where the host stops it —
+ * then lets the child go; the child reads 3 bytes through its descriptor
+ * and writes CHILD_WORD after them; the parent, once it has waited for the
+ * child, writes PARENT_WORD through its own, at the offset the child's read
+ * and write moved, and reads the whole file:
+ *
+ *   sharefd offset-run ok: the child read 234, one offset, 16 after both writes: 01234childparent
+ *
+ * or "sharefd offset-run mismatch: ..." with what it found (a parent with a
+ * description of its own writes over the child's bytes, at its own offset).
+ *
+ *   sockpair memfd-map-run NAME
+ *
+ * a memfd mapped MAP_SHARED by parent and child: the parent makes a memfd
+ * NAME (2 pages), maps it shared, writes MAP_TEXT at the start, makes a pipe
+ * and forks; the child closes its descriptor of the memfd (it holds the
+ * mapping only) and waits for a byte on the pipe. The parent calls
+ * sharefd_checkpoint() — where the host stops it — then lets the child go;
+ * the child writes CHILD_TEXT at CHILD_AT through the mapping and exits;
+ * the parent, once it has waited for the child, reads there through its
+ * mapping and through its descriptor:
+ *
+ *   sharefd memfd-map-run ok: the child's write seen through the mapping and the descriptor
+ *
+ * or "sharefd memfd-map-run mismatch: ..." (a child with a private copy of
+ * the mapping writes where the parent never looks).
+ *
+ *   sockpair fifo-run PATH
+ *
+ * a FIFO between parent and child: the parent makes a FIFO at PATH (removing
+ * what was there), opens its read end (non-blocking for the open only) and
+ * its write end, writes FIFO_QUEUED into it, makes a pipe and forks; the
+ * child waits for a byte on the pipe. The parent calls sharefd_checkpoint()
+ * — where the host stops it, FIFO_QUEUED queued — then lets the child go;
+ * the child writes FIFO_CHILD into the FIFO and exits; the parent, once it
+ * has waited for the child, reads what the FIFO holds:
+ *
+ *   sharefd fifo-run ok: read 33 bytes: queued before the checkpoint + child
+ *
+ * or "sharefd fifo-run mismatch: ..." with what it read (a FIFO restored
+ * without its queued bytes holds only the child's).
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -93,6 +140,135 @@ static int memfd_run(const char *name)
 	return 0;
 }
 
+#define OFFSET_TEXT "0123456789"
+#define OFFSET_START 2
+#define CHILD_WORD "child"
+#define PARENT_WORD "parent"
+#define OFFSET_RESULT "01234childparent"
+
+static int offset_run(const char *path)
+{
+	char got[64] = { 0 }, c = 0;
+	int fd, go[2], status;
+	off_t offset;
+	ssize_t n;
+	pid_t child;
+
+	setvbuf(stdout, NULL, _IONBF, 0);
+	fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+	if (fd < 0 || write(fd, OFFSET_TEXT, sizeof(OFFSET_TEXT) - 1) != sizeof(OFFSET_TEXT) - 1 || lseek(fd, OFFSET_START, SEEK_SET) != OFFSET_START ||
+			pipe(go) < 0)
+		return 1;
+	child = fork();
+	if (child < 0)
+		return 1;
+	if (child == 0) {
+		char three[4] = { 0 };
+
+		if (read(go[0], &c, 1) != 1)
+			_exit(3);
+		if (read(fd, three, 3) != 3 || strcmp(three, "234") != 0)
+			_exit(4);
+		_exit(write(fd, CHILD_WORD, sizeof(CHILD_WORD) - 1) == sizeof(CHILD_WORD) - 1 ? 0 : 5);
+	}
+	sharefd_checkpoint();
+	if (write(go[1], &c, 1) != 1 || waitpid(child, &status, 0) != child)
+		return 1;
+	if (write(fd, PARENT_WORD, sizeof(PARENT_WORD) - 1) != sizeof(PARENT_WORD) - 1)
+		return 1;
+	offset = lseek(fd, 0, SEEK_CUR);
+	n = pread(fd, got, sizeof(got) - 1, 0);
+	if (n < 0)
+		return 1;
+	if (status != 0 || offset != sizeof(OFFSET_RESULT) - 1 || strcmp(got, OFFSET_RESULT) != 0) {
+		printf("sharefd offset-run mismatch: child status 0x%x, offset %ld after both writes: %s\n", status, (long)offset, got);
+		return 0;
+	}
+	printf("sharefd offset-run ok: the child read 234, one offset, %ld after both writes: %s\n", (long)offset, got);
+	return 0;
+}
+
+#define MAP_TEXT "mapped shared by both"
+
+static int memfd_map_run(const char *name)
+{
+	char got[sizeof(CHILD_TEXT)] = { 0 }, c = 0;
+	int fd, go[2], status, through_map, through_fd;
+	char *p;
+	pid_t child;
+
+	setvbuf(stdout, NULL, _IONBF, 0);
+	fd = memfd_create(name, 0);
+	if (fd < 0 || ftruncate(fd, 8192) < 0)
+		return 1;
+	p = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (p == MAP_FAILED || pipe(go) < 0)
+		return 1;
+	strcpy(p, MAP_TEXT);
+	child = fork();
+	if (child < 0)
+		return 1;
+	if (child == 0) {
+		close(fd);
+		if (read(go[0], &c, 1) != 1)
+			_exit(3);
+		memcpy(p + CHILD_AT, CHILD_TEXT, sizeof(CHILD_TEXT));
+		_exit(strcmp(p, MAP_TEXT) == 0 ? 0 : 4);
+	}
+	sharefd_checkpoint();
+	if (write(go[1], &c, 1) != 1 || waitpid(child, &status, 0) != child)
+		return 1;
+	through_map = strcmp(p + CHILD_AT, CHILD_TEXT) == 0;
+	through_fd = pread(fd, got, sizeof(got) - 1, CHILD_AT) == sizeof(got) - 1 && strcmp(got, CHILD_TEXT) == 0;
+	if (status != 0 || !through_map || !through_fd) {
+		printf("sharefd memfd-map-run mismatch: child status 0x%x, the child's write %s through the mapping, %s through the descriptor\n", status,
+		       through_map ? "seen" : "not seen", through_fd ? "seen" : "not seen");
+		return 0;
+	}
+	printf("sharefd memfd-map-run ok: the child's write seen through the mapping and the descriptor\n");
+	return 0;
+}
+
+#define FIFO_QUEUED "queued before the checkpoint"
+#define FIFO_CHILD " + child"
+
+static int fifo_run(const char *path)
+{
+	char got[128] = { 0 }, c = 0;
+	int rfd, wfd, go[2], status;
+	ssize_t n;
+	pid_t child;
+
+	setvbuf(stdout, NULL, _IONBF, 0);
+	unlink(path);
+	if (mkfifo(path, 0600) < 0)
+		return 1;
+	rfd = open(path, O_RDONLY | O_NONBLOCK);
+	wfd = open(path, O_WRONLY);
+	if (rfd < 0 || wfd < 0 || fcntl(rfd, F_SETFL, 0) < 0 || write(wfd, FIFO_QUEUED, sizeof(FIFO_QUEUED) - 1) != sizeof(FIFO_QUEUED) - 1 || pipe(go) < 0)
+		return 1;
+	child = fork();
+	if (child < 0)
+		return 1;
+	if (child == 0) {
+		if (read(go[0], &c, 1) != 1)
+			_exit(3);
+		_exit(write(wfd, FIFO_CHILD, sizeof(FIFO_CHILD) - 1) == sizeof(FIFO_CHILD) - 1 ? 0 : 4);
+	}
+	sharefd_checkpoint();
+	if (write(go[1], &c, 1) != 1 || waitpid(child, &status, 0) != child)
+		return 1;
+	n = read(rfd, got, sizeof(got) - 1);
+	if (n < 0)
+		return 1;
+	if (status != 0 || strcmp(got, FIFO_QUEUED FIFO_CHILD) != 0) {
+		printf("sharefd fifo-run mismatch: child status 0x%x, read %ld bytes: %s\n", status, (long)n, got);
+		return 0;
+	}
+	printf("sharefd fifo-run ok: read %ld bytes: %s\n", (long)n, got);
+	return 0;
+}
+
 int sharefd_main(int argc, char **argv)
 {
 	int fd = -1;
@@ -102,6 +278,12 @@ int sharefd_main(int argc, char **argv)
 		return 2;
 	if (strcmp(argv[1], "memfd-run") == 0)
 		return memfd_run(argv[2]);
+	if (strcmp(argv[1], "offset-run") == 0)
+		return offset_run(argv[2]);
+	if (strcmp(argv[1], "fifo-run") == 0)
+		return fifo_run(argv[2]);
+	if (strcmp(argv[1], "memfd-map-run") == 0)
+		return memfd_map_run(argv[2]);
 	if (strcmp(argv[1], "offset") == 0)
 		fd = open(argv[2], O_RDWR | O_CREAT | O_TRUNC, 0600);
 	else if (strcmp(argv[1], "append") == 0)

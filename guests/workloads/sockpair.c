@@ -5,6 +5,9 @@
  *   sockpair stream|dgram
  *   sockpair offset|append|fifo|memfd|memfd-fd PATH   (sharefd.c)
  *   sockpair memfd-run NAME                            (sharefd.c)
+ *   sockpair offset-run PATH                           (sharefd.c)
+ *   sockpair fifo-run PATH                             (sharefd.c)
+ *   sockpair memfd-map-run NAME                        (sharefd.c)
  *
  * The parent makes a socketpair of the type asked (SOCK_STREAM or
  * SOCK_DGRAM) and two pipes, and forks. The child sends UP_MESSAGES

@@ -31,9 +31,16 @@ export interface DaemonCheckpoint {
   stdio: Map<number, StdioFile[]>;
 }
 
-/** Whether the checkpoint is one process with nothing only a tree holds (a pipe, a socketpair, a memfd): restored as one process. */
+/** Whether the checkpoint is one process with nothing only a tree holds (a pipe, a socketpair, a memfd, a shared description, a FIFO): restored as one process. */
 export function isSingleProcess(tree: ProcessTree): boolean {
-  return tree.members.length === 1 && (tree.pipes ?? []).length === 0 && (tree.socketpairs ?? []).length === 0 && (tree.memfds ?? []).length === 0;
+  return (
+    tree.members.length === 1 &&
+    (tree.pipes ?? []).length === 0 &&
+    (tree.socketpairs ?? []).length === 0 &&
+    (tree.memfds ?? []).length === 0 &&
+    (tree.sharedFiles ?? []).length === 0 &&
+    (tree.fifos ?? []).length === 0
+  );
 }
 
 /**
@@ -128,5 +135,5 @@ export async function restoreDaemon(
 /** What the checkpoint holds, for a progress line: its processes and pipes. */
 export function describeTreeShape(tree: ProcessTree): string {
   const count = (n: number, what: string): string => (n > 0 ? `, ${n} ${what}${n === 1 ? '' : 's'}` : '');
-  return `${tree.members.length} process${tree.members.length === 1 ? '' : 'es'} (pid ${tree.members.map((m) => m.pid).join(', ')})${count((tree.pipes ?? []).length, 'pipe')}${count((tree.socketpairs ?? []).length, 'socketpair')}${count((tree.memfds ?? []).length, 'memfd')}`;
+  return `${tree.members.length} process${tree.members.length === 1 ? '' : 'es'} (pid ${tree.members.map((m) => m.pid).join(', ')})${count((tree.pipes ?? []).length, 'pipe')}${count((tree.socketpairs ?? []).length, 'socketpair')}${count((tree.memfds ?? []).length, 'memfd')}${count((tree.sharedFiles ?? []).length, 'shared file description')}${count((tree.fifos ?? []).length, 'FIFO')}`;
 }

@@ -109,10 +109,13 @@ async function captureBlocked(
   // A path that names a FIFO or a device node, a membarrier registration (calls injected: signals are blocked by now);
   // mapping attributes a restore's mmap does not give back (smaps).
   if (refuse) {
-    const special = await withRseqCsParked(agent, pid, [main.rseq, ...threads.map((t) => t.rseq)], async () => [
-      ...(await specialFileProblems(agent, pid)),
-      ...(await probeMembarrier(agent, pid)),
-    ]);
+    // A tree's FIFOs are its own (tree-fifos.ts): captured with their queued bytes, not refused.
+    const special = (
+      await withRseqCsParked(agent, pid, [main.rseq, ...threads.map((t) => t.rseq)], async () => [
+        ...(await specialFileProblems(agent, pid)),
+        ...(await probeMembarrier(agent, pid)),
+      ])
+    ).filter((u) => !(pipesCaptured && u.state === 'fifo'));
     special.push(...vmaFlagsProblems(pid, await readProcText(agent, `/proc/${pid}/smaps`)));
     if (special.length > 0) throw uncapturableError(pid, special);
   }
@@ -154,7 +157,11 @@ async function captureBlocked(
 
   const regions: CheckpointImage['regions'] = [];
   for (const m of dumped) {
-    const file = mappedFile(m) ?? null;
+    // A memfd a tree's process maps shared is the tree's (tree-memfds.ts: created once, mapped before the children
+    // are cloned): the process's own restore finds it in place, as shared anonymous memory it inherited, and writes
+    // its pages like any other.
+    const treeMemfd = pipesCaptured && m.perms[3] === 's' && /^\/memfd:.* \(deleted\)$/.test(m.name);
+    const file = treeMemfd ? null : (mappedFile(m) ?? null);
     // A deleted file (or a memfd, a SysV segment) cannot be opened again; a
     // process restored without it would fail later, far from the cause.
     if (file?.endsWith(' (deleted)'))
@@ -162,7 +169,7 @@ async function captureBlocked(
         mapping: `${m.start.toString(16)}-${m.end.toString(16)}`,
         target: file,
       });
-    const entry = hasContents(m) ? memoryEntryName(regions.length) : null;
+    const entry = treeMemfd || hasContents(m) ? memoryEntryName(regions.length) : null;
     const region: MemoryRegion = { start: m.start, end: m.end, perms: m.perms, name: m.name, file, offset: file === null ? 0n : m.offset, entry };
     if (m.userfault !== 0) Object.assign(region, { userfault: m.userfault, absent: absent.get(m.start) ?? [] });
     regions.push(region);

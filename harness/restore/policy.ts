@@ -62,8 +62,8 @@ export type RseqFixupPolicy = (typeof RSEQ_FIXUP_POLICIES)[number];
  *   anonymous memory is private, a file mapping has lost its file (a write
  *   through a shared one no longer reaches it) and a shared file mapping,
  *   whose contents the image does not hold, reads as zeros; a memfd several
- *   processes of a tree hold is made once per holder, a copy each
- *   (tree-memfds.ts): a write by one is not seen by another;
+ *   processes of a tree hold or map is made (and mapped) once per holder, a
+ *   copy each (tree-memfds.ts): a write by one is not seen by another;
  * - userfaultfd: no userfaultfd is created and nothing registered, and the
  *   pages its server had not provided are written as the zeros the image
  *   holds — a restorer that knows nothing of userfaultfd: a fault the
@@ -88,11 +88,17 @@ export type RseqFixupPolicy = (typeof RSEQ_FIXUP_POLICIES)[number];
  *   (RIP at it, RCX the count left, RSI/RDI advanced) resumes the copy from
  *   wherever those registers happen to point. The sweep over a rep movsb
  *   (examples/repro/rep-sweep.c) fails exactly where they are live.
- * - pipe-contents: a tree's pipes and unix socketpairs are created and their
- *   ends placed, but the data queued in them is not written back
- *   (tree-pipes.ts, tree-sockets.ts) — a restorer that drops pipe and socket
+ * - pipe-contents: a tree's pipes, unix socketpairs and FIFOs are created and
+ *   their ends placed, but the data queued in them is not written back
+ *   (tree-pipes.ts, tree-sockets.ts, tree-fifos.ts) — a restorer that drops pipe and socket
  *   contents: the reader waits for data that never comes, or sees end of
  *   file early.
+ * - shared-descriptions: an open file description several processes of a
+ *   tree share (a file opened before a fork) is opened once per holding
+ *   process instead of once for all (tree-files.ts) — a restorer that opens
+ *   every descriptor by path: each process gets an offset of its own, so a
+ *   write by one no longer moves where the other writes, and one overwrites
+ *   the other's bytes.
  * - vdso: a restore onto a kernel whose vDSO has other offsets leaves it as
  *   it is (vdso-redirect.ts): the functions the process resolved in the old
  *   one are other code there. Refused as a missing dependency unless the
@@ -118,6 +124,7 @@ export const OMITTABLE = [
   'pkeys',
   'string-regs',
   'pipe-contents',
+  'shared-descriptions',
   'vdso',
   'timens',
 ] as const;

@@ -9,8 +9,11 @@
  * - a regular file opened write-only with O_APPEND (every write goes to the
  *   end of the file, whoever makes it: a ZDTM test's outfile, a log).
  * Any other shared description (a file read or written at an offset) is
- * refused by name: two restored offsets that moved apart would be silent
- * divergence.
+ * one object of the tree: sharedDescriptionGroups finds each, with every
+ * descriptor on it, and tree-files.ts restores it as one description (a
+ * daemon's descriptors 0-2, which the harness gives back one per process,
+ * are refused by name instead: findSharedDescriptions). Two restored offsets
+ * that moved apart would be silent divergence.
  *
  * Which descriptors share a description is asked of the kernel: kcmp(2)
  * KCMP_FILE, injected into one of the two stopped processes, compares the
@@ -83,4 +86,40 @@ export async function findSharedDescriptions(agent: AgentClient, files: readonly
     found.push({ state: 'shared open file description', where: `pid ${a.pid} fd ${a.fd} and pid ${b.pid} fd ${b.fd}`, seen: `${a.path}, ${why}` });
   }
   return found;
+}
+
+/** kcmp(KCMP_FILE) of two descriptors of stopped processes, injected into the first: whether they are one open file description. */
+async function sameDescription(agent: AgentClient, a: HeldFile, b: HeldFile): Promise<boolean> {
+  const same = await agent.call({
+    op: 'INJECT_SYSCALL',
+    pid: a.pid,
+    nr: NR_KCMP,
+    args: [BigInt(a.pid), BigInt(b.pid), KCMP_FILE, BigInt(a.fd), BigInt(b.fd)],
+  });
+  if (same < 0n)
+    throw new CheckpointError(
+      `kcmp(KCMP_FILE) of pid ${a.pid} fd ${a.fd} and pid ${b.pid} fd ${b.fd} failed with errno ${-same}: cannot tell whether they share one open file description`,
+      { target: a.path },
+    );
+  return same === 0n;
+}
+
+/**
+ * The open file descriptions several of the stopped processes share that
+ * one description per process could not stand for (sharedDescriptionProblem):
+ * each as every descriptor on it (a dup within one process is paired with
+ * the other process's descriptors too, so it joins), in the order of `files`.
+ */
+export async function sharedDescriptionGroups(agent: AgentClient, files: readonly HeldFile[]): Promise<HeldFile[][]> {
+  // Each descriptor's group, by its first descriptor: merged as kcmp finds pairs.
+  const groupOf = new Map<HeldFile, HeldFile[]>();
+  for (const [a, b] of candidatePairs(files)) {
+    if (sharedDescriptionProblem(a.path, a.flags) === undefined) continue;
+    if (groupOf.get(a) !== undefined && groupOf.get(a) === groupOf.get(b)) continue;
+    if (!(await sameDescription(agent, a, b))) continue;
+    const merged = [...new Set([...(groupOf.get(a) ?? [a]), ...(groupOf.get(b) ?? [b])])];
+    for (const f of merged) groupOf.set(f, merged);
+  }
+  const order = new Map(files.map((f, i) => [f, i]));
+  return [...new Set(groupOf.values())].map((g) => [...g].sort((x, y) => order.get(x)! - order.get(y)!)).sort((x, y) => order.get(x[0]!)! - order.get(y[0]!)!);
 }

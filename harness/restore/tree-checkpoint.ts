@@ -21,13 +21,16 @@
  * memory that cannot be one object after a restore (tree.ts); sessions and
  * groups that no sequence of setsid/setpgid can form again (tree.ts
  * planTreeSkeleton: e.g. a child forked before its parent's setsid, left in
- * a session led outside the tree); one open file description several
- * processes share at an offset (shared-descriptions.ts); a pipe that cannot be created once and
+ * a session led outside the tree); an open file description several
+ * processes share that is not of a regular file (tree-files.ts); a FIFO
+ * whose reader is outside the tree (tree-fifos.ts); a pipe that cannot be created once and
  * inherited, or holds too much (tree-pipes.ts); a socket that is not a unix
  * socketpair held in the tree, or one that holds what an image cannot
  * (tree-sockets.ts); a memfd that cannot be one object again (tree-memfds.ts).
  * The pipes and socketpairs between the processes are captured with their
- * queued data, the memfds they hold as descriptors with their contents and seals.
+ * queued data, the memfds they hold as descriptors with their contents and
+ * seals, the open file descriptions of regular files they share with their
+ * offset and the file's identity, the FIFOs they hold with their queued bytes.
  */
 import type { AgentClient } from '../agent/client.ts';
 import { AgentError, CheckpointError } from '../errors.ts';
@@ -35,10 +38,13 @@ import { checkpointProcess, type CheckpointProcessOptions } from './checkpoint.t
 import type { PlatformFacts, ProcessInfo } from './image-model.ts';
 import { PlanError } from './plan-step.ts';
 import { FIRST_RESTORED_FD, parseFdinfo } from './files.ts';
-import { findSharedDescriptions, type HeldFile } from './shared-descriptions.ts';
-import { capturePipes, pipeCreator } from './tree-pipes.ts';
-import { captureSocketpairs, socketpairCreator } from './tree-sockets.ts';
-import { captureMemfds, memfdCreator, memfdName } from './tree-memfds.ts';
+import { sharedDescriptionGroups, type HeldFile } from './shared-descriptions.ts';
+import { captureSharedFiles, sharedFileObject, withoutOwnFiles } from './tree-files.ts';
+import { captureFifos, fifoObject } from './tree-fifos.ts';
+import { capturePipes, pipeObject } from './tree-pipes.ts';
+import { captureSocketpairs, socketpairObject } from './tree-sockets.ts';
+import { captureMemfds, memfdName, memfdObject } from './tree-memfds.ts';
+import { creatorOf } from './tree-shared-objects.ts';
 import { creationOrder, planTreeSkeleton, sharedAnonymousObjects, type ProcessTree, type TreeMember } from './tree.ts';
 import { uncapturableError, zombieProblem, type Uncapturable } from './uncapturable.ts';
 
@@ -167,23 +173,37 @@ export async function checkpointTree(
     rootMember,
     members.map((p) => ({ pid: p.pid, ppid: p.ppid, pgid: p.pgid, sid: p.sid, exitSignal: p.exitSignal })),
   );
-  const tree: ProcessTree = { members: [] };
+  let tree: ProcessTree = { members: [] };
   for (const m of ordered) {
     const cmdline = (await agent.call({ op: 'READ_FILE', path: `/proc/${m.pid}/cmdline`, maxSize: 65536 })).toString('utf8').split('\0').slice(0, -1);
     const info: ProcessInfo = m.pid === root.pid ? root : { ...root, pid: m.pid, argv: cmdline };
     tree.members.push({ ...m, image: await checkpointProcess(agent, info, platform, { ...options, pipesCaptured: true }) });
   }
-  // One description inherited across fork: an offset the processes share (shared-descriptions.ts); after each
-  // process's own refusals (a FIFO is named as one). Descriptors 0-2 are whoever restores the tree's (the root's stub
-  // gives every process its own, inherited).
-  const shared = await findSharedDescriptions(
+  // FIFOs first (an fstat injected for each path descriptor): their descriptors are the FIFO's, never a shared file's.
+  const fifos = await captureFifos(
     agent,
-    await heldFiles(
+    tree.members.map((m) => m.pid),
+  );
+  const fifoFds = new Set(fifos.flatMap((f) => f.descriptions.flatMap((d) => d.ends.map((e) => `${e.pid}:${e.fd}`))));
+  // One description inherited across fork, an offset the processes share (shared-descriptions.ts): one object of the
+  // tree (tree-files.ts); after each process's own refusals. Descriptors 0-2 are whoever restores the tree's (the
+  // root's stub gives every process its own, inherited).
+  const sharedFiles = await captureSharedFiles(
+    agent,
+    await sharedDescriptionGroups(
       agent,
-      tree.members.map((m) => m.pid),
+      (
+        await heldFiles(
+          agent,
+          tree.members.map((m) => m.pid),
+        )
+      ).filter((h) => !fifoFds.has(`${h.pid}:${h.fd}`)),
     ),
   );
-  if (shared.length > 0) throw uncapturableError(root.pid, shared);
+  // Both out of each process's own files: the tree opens them, once.
+  tree = withoutOwnFiles(tree, [...fifos.flatMap((f) => f.descriptions.flatMap((d) => d.ends)), ...sharedFiles.flatMap((f) => f.ends)]);
+  if (fifos.length > 0) tree.fifos = fifos;
+  if (sharedFiles.length > 0) tree.sharedFiles = sharedFiles;
   // After every process's own state: the temporary pipe the copy of queued bytes uses is gone again by then.
   const pipes = await capturePipes(
     agent,
@@ -215,27 +235,19 @@ export async function checkpointTree(
     if (error instanceof PlanError) throw new CheckpointError(error.message, { state: 'process tree' });
     throw error;
   }
-  for (const p of socketpairs) {
+  // Every object shared through descriptors must have a holding ancestor to be created in (tree-shared-objects.ts).
+  const objects = [
+    ...pipes.map((p) => ({ state: 'pipe', object: pipeObject(p) })),
+    ...socketpairs.map((p) => ({ state: 'socketpair', object: socketpairObject(p) })),
+    ...memfds.map((m) => ({ state: 'memfd', object: memfdObject(m) })),
+    ...sharedFiles.map((f) => ({ state: 'shared open file description', object: sharedFileObject(f) })),
+    ...fifos.map((f) => ({ state: 'fifo', object: fifoObject(f) })),
+  ];
+  for (const { state, object } of objects) {
     try {
-      socketpairCreator(tree.members, p);
+      creatorOf(tree.members, object);
     } catch (error) {
-      if (error instanceof PlanError) throw new CheckpointError(error.message, { state: 'socketpair' });
-      throw error;
-    }
-  }
-  for (const m of memfds) {
-    try {
-      memfdCreator(tree.members, m);
-    } catch (error) {
-      if (error instanceof PlanError) throw new CheckpointError(error.message, { state: 'memfd' });
-      throw error;
-    }
-  }
-  for (const p of pipes) {
-    try {
-      pipeCreator(tree.members, p);
-    } catch (error) {
-      if (error instanceof PlanError) throw new CheckpointError(error.message, { state: 'pipe' });
+      if (error instanceof PlanError) throw new CheckpointError(error.message, { state });
       throw error;
     }
   }

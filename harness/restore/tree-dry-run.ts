@@ -22,12 +22,12 @@ export function dryRunTreePlan(tree: ProcessTree, policy: RestorePolicy): PlanSt
     assertPolicyAdmits(m.image.regs.eflags, policy);
     assertThreadsAdmitted(m.image, policy);
   }
-  const { shared, actions } = planTreeRestore(tree, policy);
+  const { shared, memfds, actions } = planTreeRestore(tree, policy);
   const root = tree.members[0]!.image;
   const steps = skeletonSteps(actions, { scratch: DRY_RUN_SCRATCH, rip: root.regs.rip, word: Buffer.alloc(8) });
   const fresh = parseMaps(root.maps).filter((m) => m.name.startsWith('/') || m.name === '[stack]' || isKernelProvided(m));
   for (const m of tree.members) {
-    const held = inheritedShared(shared, m.pid);
+    const held = inheritedShared(shared, m.pid, memfds);
     steps.push(
       ...compileRestorePlan(
         m.image,

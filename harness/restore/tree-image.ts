@@ -2,8 +2,13 @@
  * A process tree's checkpoint image (format 10): the root's image as every
  * image is, plus tree.json — each process's pid, parent, process group,
  * session and exit signal, the root first and every process after its
- * parent; the pipes and (when there are any: an optional field) the unix
- * socketpairs between them with their queued data — and tree/PID.bin for every other process: that process's own
+ * parent; the pipes and (when there are any: optional fields) the unix
+ * socketpairs between them with their queued data, the memfds they hold and
+ * the open file descriptions of regular files they share (sharedFiles: path,
+ * flags, offset, the file's dev/ino/size, each holder's fd) and the FIFOs
+ * they hold (fifos: path, size, queued bytes, each description's flags and
+ * holders) — and
+ * tree/PID.bin for every other process: that process's own
  * image, a tar of the same entries a one-process image has (its manifest
  * and digests included), nested. The outer manifest's digest covers each
  * nested tar; each is read with the same checks as a top-level image.
@@ -16,6 +21,8 @@ import { imageEntries, parseImageEntries, readTarEntries, writeCheckpointImage, 
 import { pipesProblem } from './tree-pipes.ts';
 import { socketpairsProblem } from './tree-sockets.ts';
 import { memfdsProblem } from './tree-memfds.ts';
+import { sharedFilesProblem } from './tree-files.ts';
+import { fifosProblem } from './tree-fifos.ts';
 import {
   treeShapeProblem,
   type MemfdEnd,
@@ -23,7 +30,9 @@ import {
   type SocketEnd,
   type TreeMember,
   type TreeMemfd,
+  type TreeFifo,
   type TreePipe,
+  type TreeSharedFile,
   type TreeSocketPair,
 } from './tree.ts';
 
@@ -60,6 +69,8 @@ interface TreeJsonMemfd {
   /** every byte, base64 */
   contents: string;
   ends: MemfdEnd[];
+  /** where it is mapped MAP_SHARED (only when it is): start, end, offset as 0x hex strings */
+  maps?: Array<{ pid: number; start: string; end: string; offset: string }>;
 }
 
 interface TreeJsonMember extends TreeMember {
@@ -119,8 +130,19 @@ export async function treeEntries(tree: ProcessTree): Promise<Map<string, Buffer
     pos: m.pos,
     contents: m.contents.toString('base64'),
     ends: m.ends,
+    ...(m.maps?.length
+      ? { maps: m.maps.map((x) => ({ pid: x.pid, start: `0x${x.start.toString(16)}`, end: `0x${x.end.toString(16)}`, offset: `0x${x.offset.toString(16)}` })) }
+      : {}),
   }));
-  const optional = { ...(socketpairs.length > 0 ? { socketpairs } : {}), ...(memfds.length > 0 ? { memfds } : {}) };
+  // sharedFiles likewise: { path, flags, pos, dev, ino, size, ends } as they are, numbers all.
+  const sharedFiles = tree.sharedFiles ?? [];
+  const optional = {
+    ...(socketpairs.length > 0 ? { socketpairs } : {}),
+    ...(memfds.length > 0 ? { memfds } : {}),
+    ...(sharedFiles.length > 0 ? { sharedFiles } : {}),
+    // fifos likewise: { path, size, queued (base64), descriptions: [{ flags, ends }] }.
+    ...((tree.fifos ?? []).length > 0 ? { fifos: tree.fifos!.map((f) => ({ ...f, queued: f.queued.toString('base64') })) } : {}),
+  };
   extra.set(TREE_ENTRY, Buffer.from(`${JSON.stringify({ members, pipes, ...optional }, null, 2)}\n`));
   for (const m of others) extra.set(nestedEntryName(m.pid), await packTar(imageEntries(m.image)));
   return extra;
@@ -143,7 +165,7 @@ export async function parseTreeEntries(entries: Map<string, Buffer>): Promise<Pr
     // A one-process image: its own session and group, no parent in the image.
     return { members: [{ pid: rootImage.process.pid, ppid: 0, pgid: rootImage.task.pgid, sid: rootImage.task.sid, exitSignal: 17, image: rootImage }] };
   }
-  const { members, pipes, socketpairs, memfds } = validateTreeJson(parseTreeJson(raw));
+  const { members, pipes, socketpairs, memfds, sharedFiles, fifos } = validateTreeJson(parseTreeJson(raw));
   const listed = new Set(members.slice(1).map((m) => m.entry));
   for (const name of entries.keys()) {
     if (name.startsWith('tree/') && !listed.has(name)) throw new ImageRejectedError('nested image not listed in tree.json', name, '(entry)');
@@ -166,6 +188,17 @@ export async function parseTreeEntries(entries: Map<string, Buffer>): Promise<Pr
   if (pipes.length > 0) tree.pipes = pipes;
   if (socketpairs.length > 0) tree.socketpairs = socketpairs;
   if (memfds.length > 0) tree.memfds = memfds;
+  // A shared file's or a FIFO's descriptor is the tree's to open, not also one of the process's own files.
+  const ownFiles = (ends: readonly { pid: number; fd: number }[], at: string): void => {
+    for (const [j, e] of ends.entries()) {
+      const own = tree.members.find((m) => m.pid === e.pid)!.image.task.files.some((x) => x.fd === e.fd);
+      if (own) throw new ImageRejectedError(`pid ${e.pid} fd ${e.fd} is also one of its own files in its image`, TREE_ENTRY, `${at}[${j}].fd`);
+    }
+  };
+  for (const [i, f] of sharedFiles.entries()) ownFiles(f.ends, `sharedFiles[${i}].ends`);
+  for (const [i, f] of fifos.entries()) for (const [k, d] of f.descriptions.entries()) ownFiles(d.ends, `fifos[${i}].descriptions[${k}].ends`);
+  if (sharedFiles.length > 0) tree.sharedFiles = sharedFiles;
+  if (fifos.length > 0) tree.fifos = fifos;
   return tree;
 }
 
@@ -178,9 +211,16 @@ function parseTreeJson(raw: Buffer): unknown {
   }
 }
 
-function validateTreeJson(raw: unknown): { members: TreeJsonMember[]; pipes: TreePipe[]; socketpairs: TreeSocketPair[]; memfds: TreeMemfd[] } {
+function validateTreeJson(raw: unknown): {
+  members: TreeJsonMember[];
+  pipes: TreePipe[];
+  socketpairs: TreeSocketPair[];
+  memfds: TreeMemfd[];
+  sharedFiles: TreeSharedFile[];
+  fifos: TreeFifo[];
+} {
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new ImageRejectedError('is not an object', TREE_ENTRY, '(root)');
-  const extra = Object.keys(raw).find((k) => !['members', 'pipes', 'socketpairs', 'memfds'].includes(k));
+  const extra = Object.keys(raw).find((k) => !['members', 'pipes', 'socketpairs', 'memfds', 'sharedFiles', 'fifos'].includes(k));
   if (extra) throw new ImageRejectedError('unknown field', TREE_ENTRY, extra);
   const list = (raw as { members?: unknown }).members;
   if (!Array.isArray(list)) throw new ImageRejectedError('is not an array', TREE_ENTRY, 'members');
@@ -196,40 +236,88 @@ function validateTreeJson(raw: unknown): { members: TreeJsonMember[]; pipes: Tre
   });
   const problem = treeShapeProblem(members);
   if (problem) throw new ImageRejectedError(problem.why, TREE_ENTRY, problem.field);
-  const pipes = validatePipesJson((raw as { pipes?: unknown }).pipes ?? [], new Set(members.map((m) => m.pid)));
-  const socketpairs = validateSocketpairsJson((raw as { socketpairs?: unknown }).socketpairs ?? [], new Set(members.map((m) => m.pid)));
-  // One descriptor is a pipe end or a socket, never both.
-  const pipeFds = new Set(pipes.flatMap((p) => p.ends.map((e) => `${e.pid}:${e.fd}`)));
-  for (const [i, p] of socketpairs.entries()) {
-    for (const side of [0, 1] as const) {
-      const j = p.ends[side].findIndex((e) => pipeFds.has(`${e.pid}:${e.fd}`));
-      if (j >= 0)
-        throw new ImageRejectedError(
-          `pid ${p.ends[side][j]!.pid} fd ${p.ends[side][j]!.fd} is also a pipe end`,
-          TREE_ENTRY,
-          `socketpairs[${i}].ends[${side}][${j}].fd`,
-        );
-    }
-  }
-  const memfds = validateMemfdsJson((raw as { memfds?: unknown }).memfds ?? [], new Set(members.map((m) => m.pid)));
-  // One descriptor is one thing: a memfd's is no pipe end and no socket.
-  const otherFds = new Set([...pipeFds, ...socketpairs.flatMap((p) => p.ends.flat().map((e) => `${e.pid}:${e.fd}`))]);
-  for (const [i, m] of memfds.entries()) {
-    const j = m.ends.findIndex((e) => otherFds.has(`${e.pid}:${e.fd}`));
-    if (j >= 0)
-      throw new ImageRejectedError(`pid ${m.ends[j]!.pid} fd ${m.ends[j]!.fd} is also a pipe end or a socket`, TREE_ENTRY, `memfds[${i}].ends[${j}].fd`);
-  }
-  return { members, pipes, socketpairs, memfds };
+  // One set of descriptors across every object: one descriptor is a pipe end, a socket or a memfd, never two of them.
+  const pids = new Set(members.map((m) => m.pid));
+  const used = new Set<string>();
+  const pipes = validatePipesJson((raw as { pipes?: unknown }).pipes ?? [], pids, used);
+  const socketpairs = validateSocketpairsJson((raw as { socketpairs?: unknown }).socketpairs ?? [], pids, used);
+  const memfds = validateMemfdsJson((raw as { memfds?: unknown }).memfds ?? [], pids, used);
+  const sharedFiles = validateSharedFilesJson((raw as { sharedFiles?: unknown }).sharedFiles ?? [], pids, used);
+  const fifos = validateFifosJson((raw as { fifos?: unknown }).fifos ?? [], pids, used);
+  return { members, pipes, socketpairs, memfds, sharedFiles, fifos };
 }
 
-function validateMemfdsJson(raw: unknown, pids: ReadonlySet<number>): TreeMemfd[] {
+function validateFifosJson(raw: unknown, pids: ReadonlySet<number>, used: Set<string>): TreeFifo[] {
+  if (!Array.isArray(raw)) throw new ImageRejectedError('is not an array', TREE_ENTRY, 'fifos');
+  if (raw.length > 1024) throw new ImageRejectedError(`${raw.length} FIFOs, limit 1024`, TREE_ENTRY, 'fifos');
+  const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+  const fifos = raw.map((f: unknown, i): TreeFifo => {
+    const at = `fifos[${i}]`;
+    if (!isObject(f)) throw new ImageRejectedError('is not an object', TREE_ENTRY, at);
+    const unknownKey = Object.keys(f).find((k) => !['path', 'size', 'queued', 'descriptions'].includes(k));
+    if (unknownKey) throw new ImageRejectedError('unknown field', TREE_ENTRY, `${at}.${unknownKey}`);
+    if (typeof f.queued !== 'string' || !/^[A-Za-z0-9+/]*={0,2}$/.test(f.queued)) throw new ImageRejectedError('is not base64', TREE_ENTRY, `${at}.queued`);
+    if (!Array.isArray(f.descriptions)) throw new ImageRejectedError('is not an array', TREE_ENTRY, `${at}.descriptions`);
+    const descriptions = f.descriptions.map((d: unknown, k) => {
+      const dat = `${at}.descriptions[${k}]`;
+      if (!isObject(d)) throw new ImageRejectedError('is not an object', TREE_ENTRY, dat);
+      const badKey = Object.keys(d).find((x) => !['flags', 'ends'].includes(x));
+      if (badKey) throw new ImageRejectedError('unknown field', TREE_ENTRY, `${dat}.${badKey}`);
+      if (!Array.isArray(d.ends)) throw new ImageRejectedError('is not an array', TREE_ENTRY, `${dat}.ends`);
+      const ends = d.ends.map((e: unknown, j) => {
+        if (!isObject(e)) throw new ImageRejectedError('is not an object', TREE_ENTRY, `${dat}.ends[${j}]`);
+        const bad = Object.keys(e).find((x) => !['pid', 'fd', 'cloexec'].includes(x));
+        if (bad) throw new ImageRejectedError('unknown field', TREE_ENTRY, `${dat}.ends[${j}].${bad}`);
+        return { pid: e.pid as number, fd: e.fd as number, cloexec: e.cloexec as boolean };
+      });
+      return { flags: d.flags as number, ends };
+    });
+    return { path: f.path as string, size: f.size as number, queued: Buffer.from(f.queued, 'base64'), descriptions };
+  });
+  const problem = fifosProblem(fifos, pids, used);
+  if (problem) throw new ImageRejectedError(problem.why, TREE_ENTRY, problem.field);
+  return fifos;
+}
+
+function validateSharedFilesJson(raw: unknown, pids: ReadonlySet<number>, used: Set<string>): TreeSharedFile[] {
+  if (!Array.isArray(raw)) throw new ImageRejectedError('is not an array', TREE_ENTRY, 'sharedFiles');
+  if (raw.length > 1024) throw new ImageRejectedError(`${raw.length} shared files, limit 1024`, TREE_ENTRY, 'sharedFiles');
+  const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+  const files = raw.map((f: unknown, i): TreeSharedFile => {
+    const at = `sharedFiles[${i}]`;
+    if (!isObject(f)) throw new ImageRejectedError('is not an object', TREE_ENTRY, at);
+    const unknownKey = Object.keys(f).find((k) => !['path', 'flags', 'pos', 'dev', 'ino', 'size', 'ends'].includes(k));
+    if (unknownKey) throw new ImageRejectedError('unknown field', TREE_ENTRY, `${at}.${unknownKey}`);
+    if (!Array.isArray(f.ends)) throw new ImageRejectedError('is not an array', TREE_ENTRY, `${at}.ends`);
+    const ends = f.ends.map((e: unknown, j) => {
+      if (!isObject(e)) throw new ImageRejectedError('is not an object', TREE_ENTRY, `${at}.ends[${j}]`);
+      const bad = Object.keys(e).find((k) => !['pid', 'fd', 'cloexec'].includes(k));
+      if (bad) throw new ImageRejectedError('unknown field', TREE_ENTRY, `${at}.ends[${j}].${bad}`);
+      return { pid: e.pid as number, fd: e.fd as number, cloexec: e.cloexec as boolean };
+    });
+    return {
+      path: f.path as string,
+      flags: f.flags as number,
+      pos: f.pos as number,
+      dev: f.dev as number,
+      ino: f.ino as number,
+      size: f.size as number,
+      ends,
+    };
+  });
+  const problem = sharedFilesProblem(files, pids, used);
+  if (problem) throw new ImageRejectedError(problem.why, TREE_ENTRY, problem.field);
+  return files;
+}
+
+function validateMemfdsJson(raw: unknown, pids: ReadonlySet<number>, used: Set<string>): TreeMemfd[] {
   if (!Array.isArray(raw)) throw new ImageRejectedError('is not an array', TREE_ENTRY, 'memfds');
   if (raw.length > 1024) throw new ImageRejectedError(`${raw.length} memfds, limit 1024`, TREE_ENTRY, 'memfds');
   const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
   const memfds = raw.map((m: unknown, i): TreeMemfd => {
     const at = `memfds[${i}]`;
     if (!isObject(m)) throw new ImageRejectedError('is not an object', TREE_ENTRY, at);
-    const unknownKey = Object.keys(m).find((k) => !['inode', 'name', 'seals', 'flags', 'pos', 'contents', 'ends'].includes(k));
+    const unknownKey = Object.keys(m).find((k) => !['inode', 'name', 'seals', 'flags', 'pos', 'contents', 'ends', 'maps'].includes(k));
     if (unknownKey) throw new ImageRejectedError('unknown field', TREE_ENTRY, `${at}.${unknownKey}`);
     if (typeof m.contents !== 'string' || !/^[A-Za-z0-9+/]*={0,2}$/.test(m.contents))
       throw new ImageRejectedError('is not base64', TREE_ENTRY, `${at}.contents`);
@@ -240,7 +328,26 @@ function validateMemfdsJson(raw: unknown, pids: ReadonlySet<number>): TreeMemfd[
       if (bad) throw new ImageRejectedError('unknown field', TREE_ENTRY, `${at}.ends[${j}].${bad}`);
       return { pid: e.pid as number, fd: e.fd as number, cloexec: e.cloexec as boolean };
     });
+    const hexField = (v: unknown, field: string): bigint => {
+      if (typeof v !== 'string' || !/^0x[0-9a-f]{1,16}$/.test(v)) throw new ImageRejectedError('is not a 0x hex number', TREE_ENTRY, field);
+      return BigInt(v);
+    };
+    if (m.maps !== undefined && (!Array.isArray(m.maps) || m.maps.length === 0))
+      throw new ImageRejectedError('is not a list of mappings', TREE_ENTRY, `${at}.maps`);
+    const maps = ((m.maps ?? []) as unknown[]).map((x, j) => {
+      const mat = `${at}.maps[${j}]`;
+      if (!isObject(x)) throw new ImageRejectedError('is not an object', TREE_ENTRY, mat);
+      const bad = Object.keys(x).find((k) => !['pid', 'start', 'end', 'offset'].includes(k));
+      if (bad) throw new ImageRejectedError('unknown field', TREE_ENTRY, `${mat}.${bad}`);
+      return {
+        pid: x.pid as number,
+        start: hexField(x.start, `${mat}.start`),
+        end: hexField(x.end, `${mat}.end`),
+        offset: hexField(x.offset, `${mat}.offset`),
+      };
+    });
     return {
+      ...(maps.length > 0 ? { maps } : {}),
       inode: m.inode as number,
       name: m.name as string,
       seals: m.seals as number,
@@ -250,12 +357,12 @@ function validateMemfdsJson(raw: unknown, pids: ReadonlySet<number>): TreeMemfd[
       ends,
     };
   });
-  const problem = memfdsProblem(memfds, pids);
+  const problem = memfdsProblem(memfds, pids, used);
   if (problem) throw new ImageRejectedError(problem.why, TREE_ENTRY, problem.field);
   return memfds;
 }
 
-function validatePipesJson(raw: unknown, pids: ReadonlySet<number>): TreePipe[] {
+function validatePipesJson(raw: unknown, pids: ReadonlySet<number>, used: Set<string>): TreePipe[] {
   if (!Array.isArray(raw)) throw new ImageRejectedError('is not an array', TREE_ENTRY, 'pipes');
   if (raw.length > 1024) throw new ImageRejectedError(`${raw.length} pipes, limit 1024`, TREE_ENTRY, 'pipes');
   const pipes = raw.map((p: unknown, i): TreePipe => {
@@ -284,12 +391,12 @@ function validatePipesJson(raw: unknown, pids: ReadonlySet<number>): TreePipe[] 
       queued: Buffer.from(o.queued, 'base64'),
     };
   });
-  const problem = pipesProblem(pipes, pids);
+  const problem = pipesProblem(pipes, pids, used);
   if (problem) throw new ImageRejectedError(problem.why, TREE_ENTRY, problem.field);
   return pipes;
 }
 
-function validateSocketpairsJson(raw: unknown, pids: ReadonlySet<number>): TreeSocketPair[] {
+function validateSocketpairsJson(raw: unknown, pids: ReadonlySet<number>, used: Set<string>): TreeSocketPair[] {
   if (!Array.isArray(raw)) throw new ImageRejectedError('is not an array', TREE_ENTRY, 'socketpairs');
   if (raw.length > 1024) throw new ImageRejectedError(`${raw.length} socketpairs, limit 1024`, TREE_ENTRY, 'socketpairs');
   const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -319,7 +426,7 @@ function validateSocketpairsJson(raw: unknown, pids: ReadonlySet<number>): TreeS
     ) as [SocketEnd[], SocketEnd[]];
     return { type: p.type as 'stream' | 'dgram', inodes: p.inodes as [number, number], ends, queued };
   });
-  const problem = socketpairsProblem(pairs, pids);
+  const problem = socketpairsProblem(pairs, pids, used);
   if (problem) throw new ImageRejectedError(problem.why, TREE_ENTRY, problem.field);
   return pairs;
 }

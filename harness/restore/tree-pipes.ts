@@ -16,6 +16,8 @@
  * Once every process exists, each dup3s the ends it held to its own numbers
  * (close-on-exec as it was) and closes the parked ones; a process that held
  * none just closes them.
+ * (tree-shared-objects.ts places it, as every object shared through
+ * descriptors: pipeObject describes it.)
  *
  * Limits, refused by name: a pipe held by no ancestor of all its holders;
  * more than MAX_QUEUED_BYTES queued; one end reached through descriptions
@@ -26,9 +28,9 @@
 import type { AgentClient } from '../agent/client.ts';
 import { AgentError, CheckpointError } from '../errors.ts';
 import { parseFdinfo, O } from './files.ts';
-import { PlanError } from './plan-step.ts';
 import { withScratchPage } from './scratch.ts';
-import { isAncestor, type PipeEnd, type TreeAction, type TreeMember, type TreePipe } from './tree.ts';
+import { creatorOf, endProblem, endsListProblem, withSharedObjects, type FieldProblem, type SharedObject } from './tree-shared-objects.ts';
+import type { PipeEnd, TreeAction, TreeMember, TreePipe } from './tree.ts';
 
 export type { PipeEnd, TreePipe };
 
@@ -73,38 +75,38 @@ export async function capturePipes(agent: AgentClient, pids: readonly number[]):
         );
     }
     const reader = p.ends.find((e) => !e.write);
-    const { size, queued } = reader ? await readQueued(agent, inode, reader) : { size: await pipeSize(agent, p.ends[0]!), queued: Buffer.alloc(0) };
+    const { size, queued } = reader ? await readQueued(agent, `pipe:[${inode}]`, reader) : { size: await pipeSize(agent, p.ends[0]!), queued: Buffer.alloc(0) };
     pipes.push({ inode, ends: p.ends, nonblockRead: p.nonblock.read.has(true), nonblockWrite: p.nonblock.write.has(true), size, queued });
   }
   return pipes;
 }
 
-async function pipeSize(agent: AgentClient, end: PipeEnd): Promise<number> {
+export async function pipeSize(agent: AgentClient, end: { pid: number; fd: number }): Promise<number> {
   const size = await agent.call({ op: 'INJECT_SYSCALL', pid: end.pid, nr: NR.fcntl, args: [BigInt(end.fd), F_GETPIPE_SZ] });
   if (failed(size)) throw new AgentError(`fcntl(F_GETPIPE_SZ) on fd ${end.fd} of pid ${end.pid}: errno ${-size}`, 'INJECT_SYSCALL', Number(-size));
   return Number(size);
 }
 
-/** The pipe's size and queued bytes, through a read end, without consuming them (tee into a temporary pipe). */
-async function readQueued(agent: AgentClient, inode: number, reader: PipeEnd): Promise<{ size: number; queued: Buffer }> {
+/** The pipe's (or FIFO's: `what` names it) size and queued bytes, through a read end, without consuming them (tee into a temporary pipe). */
+export async function readQueued(agent: AgentClient, what: string, reader: { pid: number; fd: number }): Promise<{ size: number; queued: Buffer }> {
   const { pid, fd } = reader;
   const size = await pipeSize(agent, reader);
   const queued = await withScratchPage(
     agent,
     pid,
     async (scratch) => {
-      const call = async (nr: number, args: bigint[], what: string): Promise<bigint> => {
+      const call = async (nr: number, args: bigint[], action: string): Promise<bigint> => {
         const r = await agent.call({ op: 'INJECT_SYSCALL', pid, nr, args });
-        if (failed(r)) throw new AgentError(`${what} in pid ${pid} (reading pipe:[${inode}]): errno ${-r}`, 'INJECT_SYSCALL', Number(-r));
+        if (failed(r)) throw new AgentError(`${action} in pid ${pid} (reading ${what}): errno ${-r}`, 'INJECT_SYSCALL', Number(-r));
         return r;
       };
       await call(NR.ioctl, [BigInt(fd), FIONREAD, scratch], `ioctl(${fd}, FIONREAD)`);
       const count = (await agent.call({ op: 'READ_MEM', pid, address: scratch, length: 4 })).readInt32LE(0);
       if (count === 0) return Buffer.alloc(0);
       if (count > MAX_QUEUED_BYTES)
-        throw new CheckpointError(`pipe:[${inode}] holds ${count} queued bytes, more than the ${MAX_QUEUED_BYTES} an image holds`, {
+        throw new CheckpointError(`${what} holds ${count} queued bytes, more than the ${MAX_QUEUED_BYTES} an image holds`, {
           state: 'pipe',
-          target: `pipe:[${inode}]`,
+          target: what,
         });
       await call(NR.pipe2, [scratch, O_CLOEXEC | O_NONBLOCK], 'pipe2 (a temporary pipe)');
       const fds = await agent.call({ op: 'READ_MEM', pid, address: scratch, length: 8 });
@@ -112,7 +114,7 @@ async function readQueued(agent: AgentClient, inode: number, reader: PipeEnd): P
       try {
         const teed = await call(NR.tee, [BigInt(fd), tmpWrite, BigInt(count), SPLICE_F_NONBLOCK], `tee(${fd})`);
         const got = await call(NR.read, [tmpRead, scratch + 4096n, teed], 'read (the temporary pipe)');
-        if (got !== BigInt(count)) throw new CheckpointError(`pipe:[${inode}]: FIONREAD said ${count} bytes, tee and read gave ${got}`, { state: 'pipe' });
+        if (got !== BigInt(count)) throw new CheckpointError(`${what}: FIONREAD said ${count} bytes, tee and read gave ${got}`, { state: 'pipe' });
         return await agent.call({ op: 'READ_MEM', pid, address: scratch + 4096n, length: count });
       } finally {
         await agent.call({ op: 'INJECT_SYSCALL', pid, nr: NR.close, args: [tmpRead] });
@@ -124,96 +126,53 @@ async function readQueued(agent: AgentClient, inode: number, reader: PipeEnd): P
   return { size, queued };
 }
 
+/** A pipe as the shared-object planner places it: two parked ends, created with its size, flags and queued bytes. Pure. */
+export function pipeObject(pipe: TreePipe): SharedObject {
+  const name = `pipe:[${pipe.inode}]`;
+  const holders = [...new Set(pipe.ends.map((e) => e.pid))].join(' ');
+  return {
+    name,
+    slots: [`read end of ${name}`, `write end of ${name}`],
+    ends: pipe.ends.map((e) => ({ ...e, slot: e.write ? 1 : 0, what: `the ${e.write ? 'write' : 'read'} end of ${name}` })),
+    create: (pid, [read, write]) => ({
+      kind: 'pipe-create',
+      pid,
+      read: read!,
+      write: write!,
+      nonblockRead: pipe.nonblockRead,
+      nonblockWrite: pipe.nonblockWrite,
+      size: pipe.size,
+      queued: pipe.queued,
+      why: `${name} created in pid ${pid} (held by ${holders}), parked at fds ${read} and ${write}, ${pipe.queued.length} queued bytes written back`,
+    }),
+  };
+}
+
 /** The holder of a pipe that is an ancestor of all its holders; PlanError when none is. */
 export function pipeCreator(members: readonly TreeMember[], pipe: TreePipe): number {
-  const holders = [...new Set(pipe.ends.map((e) => e.pid))];
-  const creator = holders.find((c) => holders.every((p) => isAncestor(members, c, p)));
-  if (creator === undefined)
-    throw new PlanError(
-      `pipe:[${pipe.inode}] is held by ${holders.map((p) => `pid ${p}`).join(', ')}, none an ancestor of the others: it cannot be created once and inherited`,
-    );
-  return creator;
+  return creatorOf(members, pipeObject(pipe));
 }
 
-/** The lowest descriptor above every descriptor `members` use (pipe ends and `otherFds`): where pipes are parked. */
-export function parkingBase(pipes: readonly TreePipe[], otherFds: readonly number[]): number {
-  return Math.max(99, ...otherFds, ...pipes.flatMap((p) => p.ends.map((e) => e.fd))) + 1;
-}
-
-/**
- * The skeleton with the pipes in it: each pipe's creation right after its
- * creator's own actions (before its first child is cloned), and, once every
- * process exists, each process's ends moved to their numbers and the parked
- * descriptors closed. Pure.
- */
+/** The skeleton with the pipes in it (tree-shared-objects.ts withSharedObjects). Pure. */
 export function withPipes(actions: readonly TreeAction[], members: readonly TreeMember[], pipes: readonly TreePipe[], base: number): TreeAction[] {
-  if (pipes.length === 0) return [...actions];
-  const parked = pipes.map((p, i) => ({ pipe: p, read: base + 2 * i, write: base + 2 * i + 1, creator: pipeCreator(members, p) }));
-  const out: TreeAction[] = [];
-  const created = new Set<number>();
-  const createFor = (pid: number): void => {
-    if (created.has(pid)) return;
-    created.add(pid);
-    for (const k of parked.filter((x) => x.creator === pid)) {
-      out.push({
-        kind: 'pipe-create',
-        pid,
-        read: k.read,
-        write: k.write,
-        nonblockRead: k.pipe.nonblockRead,
-        nonblockWrite: k.pipe.nonblockWrite,
-        size: k.pipe.size,
-        queued: k.pipe.queued,
-        why: `pipe:[${k.pipe.inode}] created in pid ${pid} (held by ${[...new Set(k.pipe.ends.map((e) => e.pid))].join(' ')}), parked at fds ${k.read} and ${k.write}, ${k.pipe.queued.length} queued bytes written back`,
-      });
-    }
-  };
-  for (const a of actions) {
-    // A process's pipes come after its own actions, before the first child it clones.
-    if (a.kind === 'clone') createFor(a.parent);
-    out.push(a);
-  }
-  for (const m of members) createFor(m.pid);
-  for (const m of members) {
-    const inherited = parked.filter((k) => isAncestor(members, k.creator, m.pid));
-    for (const k of inherited) {
-      for (const e of k.pipe.ends.filter((x) => x.pid === m.pid)) {
-        out.push({
-          kind: 'fd-dup',
-          pid: m.pid,
-          from: e.write ? k.write : k.read,
-          to: e.fd,
-          cloexec: e.cloexec,
-          why: `pid ${m.pid} fd ${e.fd}: the ${e.write ? 'write' : 'read'} end of pipe:[${k.pipe.inode}]${e.cloexec ? ' (close-on-exec)' : ''}`,
-        });
-      }
-    }
-    for (const k of inherited) {
-      out.push({ kind: 'fd-close', pid: m.pid, fd: k.read, why: `pid ${m.pid}: close the parked read end of pipe:[${k.pipe.inode}]` });
-      out.push({ kind: 'fd-close', pid: m.pid, fd: k.write, why: `pid ${m.pid}: close the parked write end of pipe:[${k.pipe.inode}]` });
-    }
-  }
-  return out;
+  return withSharedObjects(actions, members, pipes.map(pipeObject), base);
 }
 
-/** Why a pipes list from tree.json is malformed, or undefined. */
-export function pipesProblem(pipes: readonly TreePipe[], pids: ReadonlySet<number>): { field: string; why: string } | undefined {
-  const used = new Set<string>();
+/** Why a pipes list from tree.json is malformed, or undefined; `used` collects every descriptor of the tree's objects. */
+export function pipesProblem(pipes: readonly TreePipe[], pids: ReadonlySet<number>, used = new Set<string>()): FieldProblem | undefined {
   for (const [i, p] of pipes.entries()) {
     if (!Number.isInteger(p.inode) || p.inode < 1) return { field: `pipes[${i}].inode`, why: `${p.inode} is no inode` };
     if (!Number.isInteger(p.size) || p.size < 4096 || p.size > 1 << 20 || (p.size & (p.size - 1)) !== 0)
       return { field: `pipes[${i}].size`, why: `${p.size} is no pipe size (a power of two, 4 KiB-1 MiB)` };
     if (p.queued.length > MAX_QUEUED_BYTES || p.queued.length > p.size)
       return { field: `pipes[${i}].queued`, why: `${p.queued.length} bytes, more than ${Math.min(MAX_QUEUED_BYTES, p.size)}` };
-    if (!Array.isArray(p.ends) || p.ends.length === 0 || p.ends.length > 4096) return { field: `pipes[${i}].ends`, why: 'no end, or too many' };
+    const list = endsListProblem(p.ends, `pipes[${i}].ends`);
+    if (list) return list;
     for (const [j, e] of p.ends.entries()) {
       const at = `pipes[${i}].ends[${j}]`;
-      if (!pids.has(e.pid)) return { field: `${at}.pid`, why: `${e.pid} is no process of the tree` };
-      if (!Number.isInteger(e.fd) || e.fd < 0 || e.fd > 65535) return { field: `${at}.fd`, why: `${e.fd} is no descriptor` };
-      if (typeof e.write !== 'boolean' || typeof e.cloexec !== 'boolean') return { field: at, why: 'write and cloexec must be booleans' };
-      const key = `${e.pid}:${e.fd}`;
-      if (used.has(key)) return { field: `${at}.fd`, why: `pid ${e.pid} fd ${e.fd} appears twice` };
-      used.add(key);
+      if (typeof e.write !== 'boolean') return { field: `${at}.write`, why: 'must be a boolean' };
+      const problem = endProblem(e, at, pids, used);
+      if (problem) return problem;
     }
   }
   return undefined;

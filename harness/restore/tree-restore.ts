@@ -17,9 +17,12 @@ import type { AgentClient } from '../agent/client.ts';
 import { AgentError, CrhError, RestoreStepError } from '../errors.ts';
 import { parseFdinfo, parseStatSession } from './files.ts';
 import { PlanError, type PlanStep } from './plan-step.ts';
-import { DEFAULT_PIPE_BYTES, parkingBase, withPipes } from './tree-pipes.ts';
-import { withSocketpairs } from './tree-sockets.ts';
-import { fdinfoInode, memfdName, privateCopies, withMemfds } from './tree-memfds.ts';
+import { DEFAULT_PIPE_BYTES, pipeObject } from './tree-pipes.ts';
+import { socketpairObject } from './tree-sockets.ts';
+import { fdinfoInode, memfdName, memfdObject, memfdUnmaps, privateCopies } from './tree-memfds.ts';
+import { parkingBase, withSharedObjects } from './tree-shared-objects.ts';
+import { identityProblem, privateDescriptions, sharedFileObject, statPaths } from './tree-files.ts';
+import { fifoObject, fifoPathProblem, FIFO_FLAGS } from './tree-fifos.ts';
 import { omits, assertPolicyAdmits, type RestorePolicy } from './policy.ts';
 import type { Mapping } from './proc-maps.ts';
 import { checkSteps, PidInUseError, restoreInto, type Difference, type RestoreResult } from './restore.ts';
@@ -33,6 +36,8 @@ import {
   type TreeAction,
   type TreeMemfd,
   type TreePipe,
+  type TreeFifo,
+  type TreeSharedFile,
   type TreeSocketPair,
 } from './tree.ts';
 
@@ -53,9 +58,15 @@ const NR = {
   lseek: 8,
   ftruncate: 77,
   memfdCreate: 319,
+  openat: 257,
+  kcmp: 312,
 } as const;
+const AT_FDCWD = BigInt.asUintN(64, -100n);
+const KCMP_FILE = 0n;
 const MFD_ALLOW_SEALING = 2n;
 const F_ADD_SEALS = 1033n;
+const F_SEAL_WRITE = 0x8;
+const F_SEAL_FUTURE_WRITE = 0x10;
 const SEEK_SET = 0n;
 /** Bytes of a memfd's contents written back per pwrite, from the stub's stack below the clone_args scratch. */
 const MEMFD_CHUNK = 32 * 1024;
@@ -65,6 +76,7 @@ const MSG_DONTWAIT = 0x40n;
 const F_SETFL = 4n;
 const F_SETPIPE_SZ = 1031n;
 const O_NONBLOCK = 0o4000n;
+const O_RDWR = 2n;
 const O_CLOEXEC = 0o2000000n;
 /** Where a fresh stub's pipe2 puts a new pipe: the lowest free descriptors, above its 0-2 (every parked one is higher). */
 const FRESH_PIPE = { read: 3n, write: 4n } as const;
@@ -287,6 +299,81 @@ export function skeletonSteps(actions: readonly TreeAction[], stub: StubFacts): 
             why: `offset ${a.pos}`,
             expect: BigInt(a.pos),
           });
+        // Mapped here, before the children are cloned: they inherit the very mapping (their own restore finds it in place).
+        // Read-write: the process's restore writes its pages and gives them their protections; a memfd sealed against
+        // writing is mapped read-only.
+        const prot = (a.seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE)) !== 0 ? PROT.READ : PROT.READ | PROT.WRITE;
+        for (const m of a.maps ?? [])
+          steps.push({
+            op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.mmap, args: [m.start, m.end - m.start, prot, MAP_SHARED | MAP_FIXED_NOREPLACE, parked, m.offset] },
+            why: `map memfd:${a.name} shared at ${m.start.toString(16)}-${m.end.toString(16)} (file offset 0x${m.offset.toString(16)}) in pid ${a.pid}, before its children are cloned`,
+            expect: m.start,
+          });
+        break;
+      }
+      case 'fifo-open': {
+        const at = stub.scratch - BigInt(PIPE_DATA_BELOW_SCRATCH);
+        const helper = FRESH_PIPE.read;
+        steps.push(
+          { op: { op: 'WRITE_MEM', pid: a.pid, address: at, data: Buffer.from(`${a.path}\0`) }, why: `the path ${a.path}, in the stub's stack` },
+          // Read-write never blocks on a FIFO, and is a reader: the write-only opens below succeed (O_NONBLOCK would fail them with ENXIO without one).
+          {
+            op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.openat, args: [AT_FDCWD, at, O_RDWR | O_NONBLOCK, 0n] },
+            why: `${a.why}: a read-write helper first`,
+            expect: helper,
+          },
+        );
+        for (const [i, fd] of a.fds.entries()) {
+          const flags = a.flags[i]!;
+          steps.push(
+            {
+              op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.openat, args: [AT_FDCWD, at, BigInt(flags & 3) | O_NONBLOCK, 0n] },
+              why: `description ${i} of ${a.path} (flags 0o${flags.toString(8)})`,
+              expect: FRESH_PIPE.write,
+            },
+            { op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.dup3, args: [FRESH_PIPE.write, BigInt(fd), 0n] }, why: `park it at fd ${fd}`, expect: BigInt(fd) },
+            { op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.close, args: [FRESH_PIPE.write] }, why: 'close the unparked descriptor', expect: 0n },
+            {
+              op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.fcntl, args: [BigInt(fd), F_SETFL, BigInt(flags & FIFO_FLAGS & ~3)] },
+              why: `its status flags 0o${(flags & ~3).toString(8)} (O_NONBLOCK only if it had it)`,
+              expect: 0n,
+            },
+          );
+        }
+        if (a.size !== DEFAULT_PIPE_BYTES)
+          steps.push({
+            op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.fcntl, args: [helper, F_SETPIPE_SZ, BigInt(a.size)] },
+            why: `FIFO size ${a.size} bytes`,
+            expect: BigInt(a.size),
+          });
+        if (a.queued.length > 0)
+          steps.push(
+            { op: { op: 'WRITE_MEM', pid: a.pid, address: at, data: a.queued }, why: `the ${a.queued.length} queued bytes, in the stub's stack` },
+            {
+              op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.write, args: [helper, at, BigInt(a.queued.length)] },
+              why: `write the ${a.queued.length} queued bytes back into the FIFO`,
+              expect: BigInt(a.queued.length),
+            },
+          );
+        steps.push({ op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.close, args: [helper] }, why: 'close the helper', expect: 0n });
+        break;
+      }
+      case 'file-open': {
+        const parked = BigInt(a.fd);
+        const at = stub.scratch - BigInt(PIPE_DATA_BELOW_SCRATCH);
+        steps.push(
+          { op: { op: 'WRITE_MEM', pid: a.pid, address: at, data: Buffer.from(`${a.path}\0`) }, why: `the path ${a.path}, in the stub's stack` },
+          // Never O_CREAT or O_TRUNC (the plan has none): the file the processes shared, as it is. The lowest free descriptor of a stub: fd 3.
+          { op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.openat, args: [AT_FDCWD, at, BigInt(a.flags), 0n] }, why: a.why, expect: FRESH_PIPE.read },
+          { op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.dup3, args: [FRESH_PIPE.read, parked, 0n] }, why: `park it at fd ${a.fd}`, expect: parked },
+          { op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.close, args: [FRESH_PIPE.read] }, why: 'close the unparked descriptor', expect: 0n },
+        );
+        if (a.pos !== 0)
+          steps.push({
+            op: { op: 'INJECT_SYSCALL', pid: a.pid, nr: NR.lseek, args: [parked, BigInt(a.pos), SEEK_SET] },
+            why: `the shared offset, ${a.pos}`,
+            expect: BigInt(a.pos),
+          });
         break;
       }
       case 'fd-dup':
@@ -304,11 +391,18 @@ export function skeletonSteps(actions: readonly TreeAction[], stub: StubFacts): 
   return steps;
 }
 
-/** The shared objects a process holds, as the mappings its stub has for them when its own restore starts. */
-export function inheritedShared(shared: readonly SharedAnonymous[], pid: number): Mapping[] {
-  return shared
-    .filter((o) => o.holders.includes(pid))
-    .map((o) => ({ start: o.start, end: o.end, perms: 'rw-s', offset: 0n, device: '00:00', inode: o.inode, name: '/dev/zero (deleted)' }));
+/** The shared objects a process holds, as the mappings its stub has for them when its own restore starts (its memfds' mappings too). */
+export function inheritedShared(shared: readonly SharedAnonymous[], pid: number, memfds: readonly TreeMemfd[] = []): Mapping[] {
+  return [
+    ...shared
+      .filter((o) => o.holders.includes(pid))
+      .map((o) => ({ start: o.start, end: o.end, perms: 'rw-s', offset: 0n, device: '00:00', inode: o.inode, name: '/dev/zero (deleted)' })),
+    ...memfds.flatMap((m) =>
+      (m.maps ?? [])
+        .filter((x) => x.pid === pid)
+        .map((x) => ({ start: x.start, end: x.end, perms: 'rw-s', offset: x.offset, device: '00:00', inode: m.inode, name: `/memfd:${m.name} (deleted)` })),
+    ),
+  ];
 }
 
 /**
@@ -319,29 +413,48 @@ export function inheritedShared(shared: readonly SharedAnonymous[], pid: number)
 export function planTreeRestore(
   tree: ProcessTree,
   policy: RestorePolicy,
-): { shared: SharedAnonymous[]; pipes: TreePipe[]; socketpairs: TreeSocketPair[]; memfds: TreeMemfd[]; actions: TreeAction[] } {
+): {
+  shared: SharedAnonymous[];
+  pipes: TreePipe[];
+  socketpairs: TreeSocketPair[];
+  memfds: TreeMemfd[];
+  sharedFiles: TreeSharedFile[];
+  fifos: TreeFifo[];
+  actions: TreeAction[];
+} {
   // omit=mapping-kinds: no shared object is created; each process maps private memory of its own (the control).
   const shared = omits(policy, 'mapping-kinds') ? [] : sharedAnonymousObjects(tree);
-  // omit=pipe-contents: the pipes without their queued bytes (the control).
   // omit=pipe-contents: the pipes and socketpairs without their queued data (the control).
   const pipes = (tree.pipes ?? []).map((p) => (omits(policy, 'pipe-contents') ? { ...p, queued: Buffer.alloc(0) } : p));
   const socketpairs = (tree.socketpairs ?? []).map((p): TreeSocketPair => (omits(policy, 'pipe-contents') ? { ...p, queued: [[], []] } : p));
   // omit=mapping-kinds: each holder gets a memfd of its own, a copy (the control).
   const memfds = omits(policy, 'mapping-kinds') ? privateCopies(tree.memfds ?? []) : (tree.memfds ?? []);
+  // omit=pipe-contents: the FIFOs opened again without their queued bytes (the control).
+  const fifos = (tree.fifos ?? []).map((f) => (omits(policy, 'pipe-contents') ? { ...f, queued: Buffer.alloc(0) } : f));
+  // omit=shared-descriptions: each holder opens a shared file itself, an offset of its own (the control).
+  const sharedFiles = omits(policy, 'shared-descriptions') ? privateDescriptions(tree.sharedFiles ?? []) : (tree.sharedFiles ?? []);
   const fdsInTree = tree.members.flatMap((m) => [
     ...m.image.task.files.map((f) => f.fd),
     ...(m.image.task.userfaultfds ?? []).map((u) => u.fd),
     ...m.image.timers.timerfds.map((x) => x.fd),
   ]);
-  const base = parkingBase(pipes, [
-    ...fdsInTree,
-    ...socketpairs.flatMap((p) => p.ends.flat().map((e) => e.fd)),
-    ...memfds.flatMap((m) => m.ends.map((e) => e.fd)),
-  ]);
-  const withAllPipes = withPipes(planTreeSkeleton(tree.members, shared), tree.members, pipes, base);
-  const withAllSockets = withSocketpairs(withAllPipes, tree.members, socketpairs, base + 2 * pipes.length);
-  const actions = withMemfds(withAllSockets, tree.members, memfds, base + 2 * pipes.length + 2 * socketpairs.length);
-  return { shared, pipes, socketpairs, memfds, actions };
+  // One planner places every object shared through descriptors: each created in its holding ancestor, parked above
+  // every descriptor of the tree, then dup3'ed into its holders.
+  const objects = [
+    ...pipes.map(pipeObject),
+    ...socketpairs.map(socketpairObject),
+    ...memfds.map(memfdObject),
+    ...sharedFiles.map(sharedFileObject),
+    ...fifos.map(fifoObject),
+  ];
+  const base = parkingBase([...fdsInTree, ...objects.flatMap((o) => o.ends.map((e) => e.fd))]);
+  // A memfd mapping a process inherited without holding it is unmapped right after its clone, before it creates
+  // anything of its own there (under omit=mapping-kinds, its own copy of that memfd at the very range).
+  const unmaps = memfdUnmaps(tree.members, memfds);
+  const actions = withSharedObjects(planTreeSkeleton(tree.members, shared), tree.members, objects, base).flatMap((a) =>
+    a.kind === 'clone' ? [a, ...unmaps.filter((u) => u.kind === 'unmap-inherited' && u.pid === a.pid)] : [a],
+  );
+  return { shared, pipes, socketpairs, memfds, sharedFiles, fifos, actions };
 }
 
 export async function restoreTree(agent: AgentClient, tree: ProcessTree, options: TreeRestoreOptions): Promise<TreeRestoreResult> {
@@ -353,7 +466,7 @@ export async function restoreTree(agent: AgentClient, tree: ProcessTree, options
     assertPolicyAdmits(m.image.regs.eflags, policy);
     assertThreadsAdmitted(m.image, policy);
   }
-  const { shared, pipes, socketpairs, memfds, actions } = planTreeRestore(tree, policy);
+  const { shared, pipes, socketpairs, memfds, sharedFiles, fifos, actions } = planTreeRestore(tree, policy);
 
   const created: number[] = [];
   try {
@@ -379,13 +492,42 @@ export async function restoreTree(agent: AgentClient, tree: ProcessTree, options
     const regs = await agent.call({ op: 'GETREGS', pid: root.pid });
     // Pipes are created where pipe2 puts them in a fresh stub (fds 3 and 4): the stub must have 0-2 open, nothing else.
     const stubFds = (await agent.call({ op: 'LISTDIR', path: `/proc/${root.pid}/fd` })).map(Number).sort((a, b) => a - b);
-    if (pipes.length + socketpairs.length + memfds.length > 0 && stubFds.join(' ') !== '0 1 2')
-      throw new PlanError(`the root's stub has fds ${stubFds.join(' ')} open, not 0-2: its pipe2, socketpair and memfd_create would not return fds 3 and 4`);
+    if (pipes.length + socketpairs.length + memfds.length + sharedFiles.length + fifos.length > 0 && stubFds.join(' ') !== '0 1 2')
+      throw new PlanError(
+        `the root's stub has fds ${stubFds.join(' ')} open, not 0-2: its pipe2, socketpair, memfd_create and open would not return fds 3 and 4`,
+      );
     const stub: StubFacts = {
       scratch: (regs.rsp - 4096n) & ~0xfn,
       rip: regs.rip,
       word: await agent.call({ op: 'READ_MEM', pid: root.pid, address: regs.rip, length: 8 }),
     };
+    // A shared file is opened again only if it is the file the processes shared: gone, replaced or changed is refused now.
+    // So is a FIFO whose path no longer names a FIFO.
+    const statArea = stub.scratch - BigInt(PIPE_DATA_BELOW_SCRATCH);
+    const problem =
+      (sharedFiles.length > 0
+        ? identityProblem(
+            sharedFiles,
+            await statPaths(
+              agent,
+              root.pid,
+              statArea,
+              sharedFiles.map((f) => f.path),
+            ),
+          )
+        : undefined) ??
+      (fifos.length > 0
+        ? fifoPathProblem(
+            fifos,
+            await statPaths(
+              agent,
+              root.pid,
+              statArea,
+              fifos.map((f) => f.path),
+            ),
+          )
+        : undefined);
+    if (problem) throw problem;
     const skeleton = skeletonSteps(actions, stub);
     for (const a of actions) if (a.kind === 'clone') created.push(a.pid);
     const results = await agent.batch(skeleton.map((s) => s.op));
@@ -399,10 +541,11 @@ export async function restoreTree(agent: AgentClient, tree: ProcessTree, options
       }
       throw error;
     }
+    // While every process is still a stub (an injected kcmp is harmless there): one description behind each shared file's descriptors.
+    const differences: Difference[] = [...(await readBackSharedFiles(agent, sharedFiles)), ...(await readBackFifos(agent, fifos))];
     const members: RestoreResult[] = [];
-    const differences: Difference[] = [];
     for (const m of tree.members) {
-      const restored = await restoreInto(agent, m.image, m.pid, policy, { inheritedShared: inheritedShared(shared, m.pid) });
+      const restored = await restoreInto(agent, m.image, m.pid, policy, { inheritedShared: inheritedShared(shared, m.pid, memfds) });
       members.push(restored);
       differences.push(...restored.differences.map((d) => ({ ...d, what: `pid ${m.pid} ${d.what}` })));
     }
@@ -540,6 +683,73 @@ async function readBackMemfds(agent: AgentClient, memfds: readonly TreeMemfd[]):
       owner.set(inode, index);
       const accepted = `memfd ${index} (memfd:${name}) at offset ${pos}${(flags & 0o2000000) !== 0 ? ', close-on-exec' : ''}`;
       if (accepted !== requested) differences.push({ what, requested, accepted });
+    }
+  }
+  return differences;
+}
+
+/**
+ * Every descriptor of a shared file where the image has one: the file at
+ * its path, the description's flags and offset, close-on-exec as it was,
+ * and one open file description behind all the descriptors of one image
+ * file (kcmp against its first, injected into the stub of that holder).
+ */
+async function readBackSharedFiles(agent: AgentClient, files: readonly TreeSharedFile[]): Promise<Difference[]> {
+  const differences: Difference[] = [];
+  for (const [i, f] of files.entries()) {
+    const first = f.ends[0]!;
+    for (const e of f.ends) {
+      const what = `pid ${e.pid} fd ${e.fd}`;
+      const requested = `${f.path} (shared file ${i}: flags 0o${f.flags.toString(8)}, offset ${f.pos}${e.cloexec ? ', close-on-exec' : ''}), one description with pid ${first.pid} fd ${first.fd}`;
+      const link = await agent.call({ op: 'READLINK', path: `/proc/${e.pid}/fd/${e.fd}` }).catch(() => 'closed');
+      if (link !== f.path) {
+        differences.push({ what, requested, accepted: link });
+        continue;
+      }
+      const { flags, pos } = parseFdinfo((await agent.call({ op: 'READ_FILE', path: `/proc/${e.pid}/fdinfo/${e.fd}`, maxSize: 65536 })).toString('utf8'));
+      const same = await agent.call({
+        op: 'INJECT_SYSCALL',
+        pid: first.pid,
+        nr: NR.kcmp,
+        args: [BigInt(first.pid), BigInt(e.pid), KCMP_FILE, BigInt(first.fd), BigInt(e.fd)],
+      });
+      const accepted = `${link} (shared file ${i}: flags 0o${(flags & ~0o2000000).toString(8)}, offset ${pos}${(flags & 0o2000000) !== 0 ? ', close-on-exec' : ''}), ${same === 0n ? 'one description' : `another description (kcmp ${same})`} with pid ${first.pid} fd ${first.fd}`;
+      if (accepted !== requested) differences.push({ what, requested, accepted });
+    }
+  }
+  return differences;
+}
+
+/**
+ * Every descriptor of a FIFO where the image has one: the FIFO's path, its
+ * description's access mode and status flags, close-on-exec as it was, and
+ * one open file description behind all the descriptors of one image
+ * description (kcmp against its first, injected into that holder's stub).
+ * (The queued bytes cannot be read back without running the tree.)
+ */
+async function readBackFifos(agent: AgentClient, fifos: readonly TreeFifo[]): Promise<Difference[]> {
+  const differences: Difference[] = [];
+  for (const [i, f] of fifos.entries()) {
+    for (const [k, d] of f.descriptions.entries()) {
+      const first = d.ends[0]!;
+      for (const e of d.ends) {
+        const what = `pid ${e.pid} fd ${e.fd}`;
+        const requested = `${f.path} (fifo ${i} description ${k}: flags 0o${d.flags.toString(8)}${e.cloexec ? ', close-on-exec' : ''}), one description with pid ${first.pid} fd ${first.fd}`;
+        const link = await agent.call({ op: 'READLINK', path: `/proc/${e.pid}/fd/${e.fd}` }).catch(() => 'closed');
+        if (link !== f.path) {
+          differences.push({ what, requested, accepted: link });
+          continue;
+        }
+        const { flags } = parseFdinfo((await agent.call({ op: 'READ_FILE', path: `/proc/${e.pid}/fdinfo/${e.fd}`, maxSize: 65536 })).toString('utf8'));
+        const same = await agent.call({
+          op: 'INJECT_SYSCALL',
+          pid: first.pid,
+          nr: NR.kcmp,
+          args: [BigInt(first.pid), BigInt(e.pid), KCMP_FILE, BigInt(first.fd), BigInt(e.fd)],
+        });
+        const accepted = `${link} (fifo ${i} description ${k}: flags 0o${(flags & FIFO_FLAGS).toString(8)}${(flags & 0o2000000) !== 0 ? ', close-on-exec' : ''}), ${same === 0n ? 'one description' : `another description (kcmp ${same})`} with pid ${first.pid} fd ${first.fd}`;
+        if (accepted !== requested) differences.push({ what, requested, accepted });
+      }
     }
   }
   return differences;

@@ -30,10 +30,10 @@
 import type { AgentClient } from '../agent/client.ts';
 import { AgentError, CheckpointError } from '../errors.ts';
 import { parseFdinfo, O } from './files.ts';
-import { PlanError } from './plan-step.ts';
 import { withScratchPage } from './scratch.ts';
 import { MAX_QUEUED_BYTES } from './tree-pipes.ts';
-import { isAncestor, type SocketEnd, type TreeAction, type TreeMember, type TreeSocketPair } from './tree.ts';
+import { creatorOf, endProblem, endsListProblem, withSharedObjects, type FieldProblem, type SharedObject } from './tree-shared-objects.ts';
+import type { SocketEnd, TreeAction, TreeMember, TreeSocketPair } from './tree.ts';
 
 export type { SocketEnd, TreeSocketPair };
 
@@ -242,77 +242,40 @@ export async function captureSocketpairs(agent: AgentClient, pids: readonly numb
   return pairs;
 }
 
+/** A socketpair as the shared-object planner places it: its two sockets parked, created with their queues. Pure. */
+export function socketpairObject(pair: TreeSocketPair): SharedObject {
+  const name = `socketpair socket:[${pair.inodes[0]}]/socket:[${pair.inodes[1]}]`;
+  const bytes = pair.queued.flat().reduce((n, b) => n + b.length, 0);
+  return {
+    name,
+    slots: [`socket:[${pair.inodes[0]}] of ${name}`, `socket:[${pair.inodes[1]}] of ${name}`],
+    ends: ([0, 1] as const).flatMap((side) =>
+      pair.ends[side].map((e) => ({ pid: e.pid, fd: e.fd, cloexec: e.cloexec, slot: side, what: `socket:[${pair.inodes[side]}] of ${name} (${pair.type})` })),
+    ),
+    create: (pid, [first, second]) => ({
+      kind: 'socketpair-create',
+      pid,
+      type: pair.type,
+      fds: [first!, second!],
+      nonblock: [pair.ends[0][0]!.nonblock, pair.ends[1][0]!.nonblock],
+      queued: pair.queued,
+      why: `${name} (${pair.type}) created in pid ${pid}, parked at fds ${first} and ${second}, ${bytes} queued bytes sent again`,
+    }),
+  };
+}
+
 /** The holder of a socketpair that is an ancestor of all its holders; PlanError when none is. */
 export function socketpairCreator(members: readonly TreeMember[], pair: TreeSocketPair): number {
-  const holders = [...new Set(pair.ends.flat().map((e) => e.pid))];
-  const creator = holders.find((c) => holders.every((p) => isAncestor(members, c, p)));
-  if (creator === undefined)
-    throw new PlanError(
-      `socketpair socket:[${pair.inodes[0]}]/socket:[${pair.inodes[1]}] is held by ${holders.map((p) => `pid ${p}`).join(', ')}, none an ancestor of the others: it cannot be created once and inherited`,
-    );
-  return creator;
+  return creatorOf(members, socketpairObject(pair));
 }
 
-/**
- * The skeleton with the socketpairs in it, parked from `base` up (two
- * descriptors each): each pair created right after its creator's own
- * actions (before its first child is cloned); once every process exists,
- * each process's ends dup3'ed to their numbers and the parked descriptors
- * closed. Pure.
- */
+/** The skeleton with the socketpairs in it (tree-shared-objects.ts withSharedObjects). Pure. */
 export function withSocketpairs(actions: readonly TreeAction[], members: readonly TreeMember[], pairs: readonly TreeSocketPair[], base: number): TreeAction[] {
-  if (pairs.length === 0) return [...actions];
-  const parked = pairs.map((p, i) => ({ pair: p, fds: [base + 2 * i, base + 2 * i + 1] as const, creator: socketpairCreator(members, p) }));
-  const name = (p: TreeSocketPair): string => `socketpair socket:[${p.inodes[0]}]/socket:[${p.inodes[1]}] (${p.type})`;
-  const out: TreeAction[] = [];
-  const created = new Set<number>();
-  const createFor = (pid: number): void => {
-    if (created.has(pid)) return;
-    created.add(pid);
-    for (const k of parked.filter((x) => x.creator === pid)) {
-      const bytes = k.pair.queued.flat().reduce((n, b) => n + b.length, 0);
-      out.push({
-        kind: 'socketpair-create',
-        pid,
-        type: k.pair.type,
-        fds: k.fds,
-        nonblock: [k.pair.ends[0][0]!.nonblock, k.pair.ends[1][0]!.nonblock],
-        queued: k.pair.queued,
-        why: `${name(k.pair)} created in pid ${pid}, parked at fds ${k.fds[0]} and ${k.fds[1]}, ${bytes} queued bytes sent again`,
-      });
-    }
-  };
-  for (const a of actions) {
-    if (a.kind === 'clone') createFor(a.parent);
-    out.push(a);
-  }
-  for (const m of members) createFor(m.pid);
-  for (const m of members) {
-    const inherited = parked.filter((k) => isAncestor(members, k.creator, m.pid));
-    for (const k of inherited) {
-      for (const side of [0, 1] as const) {
-        for (const e of k.pair.ends[side].filter((x) => x.pid === m.pid)) {
-          out.push({
-            kind: 'fd-dup',
-            pid: m.pid,
-            from: k.fds[side],
-            to: e.fd,
-            cloexec: e.cloexec,
-            why: `pid ${m.pid} fd ${e.fd}: socket:[${k.pair.inodes[side]}] of ${name(k.pair)}${e.cloexec ? ' (close-on-exec)' : ''}`,
-          });
-        }
-      }
-    }
-    for (const k of inherited) {
-      for (const fd of k.fds) out.push({ kind: 'fd-close', pid: m.pid, fd, why: `pid ${m.pid}: close the parked fd ${fd} of ${name(k.pair)}` });
-    }
-  }
-  return out;
+  return withSharedObjects(actions, members, pairs.map(socketpairObject), base);
 }
 
-/** Why a socketpairs list from tree.json is malformed, or undefined. */
-export function socketpairsProblem(pairs: readonly TreeSocketPair[], pids: ReadonlySet<number>): { field: string; why: string } | undefined {
-  const used = new Set<string>();
+/** Why a socketpairs list from tree.json is malformed, or undefined; `used` collects every descriptor of the tree's objects. */
+export function socketpairsProblem(pairs: readonly TreeSocketPair[], pids: ReadonlySet<number>, used = new Set<string>()): FieldProblem | undefined {
   for (const [i, p] of pairs.entries()) {
     if (p.type !== 'stream' && p.type !== 'dgram')
       return { field: `socketpairs[${i}].type`, why: `${JSON.stringify(p.type)?.slice(0, 20)} is not stream or dgram` };
@@ -324,15 +287,13 @@ export function socketpairsProblem(pairs: readonly TreeSocketPair[], pids: Reado
     if (p.type === 'dgram' && p.queued.flat().some((b) => b.length === 0)) return { field: `socketpairs[${i}].queued`, why: 'a zero-length datagram' };
     for (const side of [0, 1] as const) {
       const ends = p.ends[side];
-      if (!Array.isArray(ends) || ends.length === 0 || ends.length > 4096) return { field: `socketpairs[${i}].ends[${side}]`, why: 'no end, or too many' };
+      const list = endsListProblem(ends, `socketpairs[${i}].ends[${side}]`);
+      if (list) return list;
       for (const [j, e] of ends.entries()) {
         const at = `socketpairs[${i}].ends[${side}][${j}]`;
-        if (!pids.has(e.pid)) return { field: `${at}.pid`, why: `${e.pid} is no process of the tree` };
-        if (!Number.isInteger(e.fd) || e.fd < 0 || e.fd > 65535) return { field: `${at}.fd`, why: `${e.fd} is no descriptor` };
-        if (typeof e.cloexec !== 'boolean' || typeof e.nonblock !== 'boolean') return { field: at, why: 'cloexec and nonblock must be booleans' };
-        const key = `${e.pid}:${e.fd}`;
-        if (used.has(key)) return { field: `${at}.fd`, why: `pid ${e.pid} fd ${e.fd} appears twice` };
-        used.add(key);
+        if (typeof e.nonblock !== 'boolean') return { field: `${at}.nonblock`, why: 'must be a boolean' };
+        const problem = endProblem(e, at, pids, used);
+        if (problem) return problem;
       }
     }
   }

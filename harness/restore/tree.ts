@@ -89,7 +89,57 @@ export interface TreeMemfd {
   pos: number;
   /** every byte of it: its size is their number */
   contents: Buffer;
+  /** its descriptors (none when it is only mapped) */
   ends: MemfdEnd[];
+  /** where processes map it MAP_SHARED (absent: nowhere): inherited across fork, at one range in every holder */
+  maps?: MemfdMapping[];
+}
+
+/** A process's MAP_SHARED mapping of a tree's memfd. */
+export interface MemfdMapping {
+  pid: number;
+  start: bigint;
+  end: bigint;
+  /** the file offset of `start` */
+  offset: bigint;
+}
+
+/** A descriptor on an open file description processes of the tree share. */
+export interface FileEnd {
+  pid: number;
+  fd: number;
+  cloexec: boolean;
+}
+
+/** A regular file's open file description held by several processes of the tree (inherited across fork): one offset (tree-files.ts). */
+export interface TreeSharedFile {
+  path: string;
+  /** the description's access mode and status flags (fdinfo's flags without O_CLOEXEC, which is each descriptor's) */
+  flags: number;
+  /** the description's offset */
+  pos: number;
+  /** the file's identity at checkpoint (st_dev, st_ino, st_size): a restore refuses another file at the path */
+  dev: number;
+  ino: number;
+  size: number;
+  ends: FileEnd[];
+}
+
+/** One open file description of a FIFO: its access mode and status flags, and the descriptors on it. */
+export interface FifoDescription {
+  /** O_RDONLY, O_WRONLY or O_RDWR, with O_NONBLOCK and O_APPEND as they were (fdinfo's flags without O_CLOEXEC and O_LARGEFILE) */
+  flags: number;
+  ends: FileEnd[];
+}
+
+/** A FIFO (a named pipe, opened by path) held by processes of the tree, with the bytes queued in it (tree-fifos.ts). */
+export interface TreeFifo {
+  path: string;
+  /** F_GETPIPE_SZ */
+  size: number;
+  queued: Buffer;
+  /** its open file descriptions (each opened by path once, at checkpoint time), each with its descriptors */
+  descriptions: FifoDescription[];
 }
 
 /** A checkpointed tree: every process's own image and its place. The root comes first, then the others in creation order. */
@@ -101,6 +151,10 @@ export interface ProcessTree {
   socketpairs?: TreeSocketPair[];
   /** the memfds its processes hold as descriptors (tree-memfds.ts); absent: none */
   memfds?: TreeMemfd[];
+  /** the open file descriptions of regular files its processes share (tree-files.ts); absent: none */
+  sharedFiles?: TreeSharedFile[];
+  /** the FIFOs its processes hold (tree-fifos.ts); absent: none */
+  fifos?: TreeFifo[];
 }
 
 /** A step of building the tree's skeleton: stubs, their parent links, sessions and groups. */
@@ -121,7 +175,21 @@ export type TreeAction =
       queued: [Buffer[], Buffer[]];
       why: string;
     }
-  | { kind: 'memfd-create'; pid: number; fd: number; name: string; seals: number; flags: number; pos: number; contents: Buffer; why: string }
+  | {
+      kind: 'memfd-create';
+      pid: number;
+      fd: number;
+      name: string;
+      seals: number;
+      flags: number;
+      pos: number;
+      contents: Buffer;
+      /** mapped MAP_SHARED in `pid` right after, at these ranges (its children inherit them) */
+      maps?: ReadonlyArray<{ start: bigint; end: bigint; offset: bigint }>;
+      why: string;
+    }
+  | { kind: 'fifo-open'; pid: number; path: string; fds: readonly number[]; flags: readonly number[]; size: number; queued: Buffer; why: string }
+  | { kind: 'file-open'; pid: number; fd: number; path: string; flags: number; pos: number; why: string }
   | { kind: 'fd-dup'; pid: number; from: number; to: number; cloexec: boolean; why: string }
   | { kind: 'fd-close'; pid: number; fd: number; why: string };
 
@@ -308,8 +376,9 @@ export interface SharedAnonymous {
 /** Where a process's shared anonymous regions are, with their shmem inode (from the image's maps). */
 function sharedAnonymousRegions(image: CheckpointImage): Array<{ start: bigint; end: bigint; inode: number }> {
   const maps = parseMaps(image.maps);
+  // A memfd's mapping is the memfd's (tree-memfds.ts), not an anonymous object.
   return image.regions
-    .filter((r) => r.file === null && r.perms[3] === 's')
+    .filter((r) => r.file === null && r.perms[3] === 's' && !r.name.startsWith('/memfd:'))
     .map((r) => ({ start: r.start, end: r.end, inode: maps.find((m) => m.start === r.start)?.inode ?? 0 }));
 }
 
@@ -318,6 +387,11 @@ export function isAncestor(members: readonly TreeMember[], ancestor: number, pid
   const parent = new Map(members.map((m) => [m.pid, m.ppid]));
   for (let p: number | undefined = pid; p !== undefined; p = parent.get(p)) if (p === ancestor) return true;
   return false;
+}
+
+/** The one of `holders` that is an ancestor of all of them (where an object they share is created once and inherited), or undefined. */
+export function holdingAncestor(members: readonly TreeMember[], holders: readonly number[]): number | undefined {
+  return holders.find((c) => holders.every((p) => isAncestor(members, c, p)));
 }
 
 /**
@@ -344,7 +418,7 @@ export function sharedAnonymousObjects(tree: ProcessTree): SharedAnonymous[] {
         `shared anonymous memory (shmem inode ${inode}) is mapped at different ranges (${where}): only an object every holder maps whole at one range (inherited across fork) is restored as one object`,
       );
     }
-    const creator = pids.find((c) => pids.every((p) => isAncestor(tree.members, c, p)));
+    const creator = holdingAncestor(tree.members, pids);
     if (creator === undefined)
       throw new PlanError(
         `shared anonymous memory (shmem inode ${inode}) is held by ${where}, none an ancestor of the others: it cannot be created once and inherited`,

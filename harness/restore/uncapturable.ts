@@ -14,7 +14,7 @@
  *   alarm clock); a path that names a FIFO, a socket file or a device node
  *   outside /dev (specialFileProblems: fstat injected, so checkpoint.ts
  *   calls it with signals blocked; opened again by path it would block, or
- *   come back empty);
+ *   come back empty; a process tree's FIFOs excepted, tree-fifos.ts);
  * - the personality (/proc/PID/personality) other than what a process the
  *   agent spawns gets — the agent's own, with ADDR_NO_RANDOMIZE when ASLR is
  *   off: a restore re-execs the binary under that;
@@ -311,9 +311,9 @@ export async function refuseUncapturable(
   noAslr: boolean,
   { pipesCaptured = false }: { pipesCaptured?: boolean } = {},
 ): Promise<void> {
-  // A tree's checkpoint captures the pipes, socketpairs and memfd descriptors between its processes itself
-  // (tree-pipes.ts, tree-sockets.ts, which refuses every other socket by name, tree-memfds.ts; a memfd mapping
-  // stays refused by checkpoint.ts).
+  // A tree's checkpoint captures the pipes, socketpairs and memfds between its processes itself (tree-pipes.ts,
+  // tree-sockets.ts, which refuses every other socket by name, tree-memfds.ts, their mappings too), and its FIFOs
+  // (checkpoint.ts lets them through specialFileProblems, tree-fifos.ts captures them).
   const found = (await findUncapturable(agent, pid, noAslr)).filter(
     (u) => !(pipesCaptured && (u.state === 'pipe' || u.state === 'socket' || u.state === 'memfd')),
   );
