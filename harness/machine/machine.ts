@@ -62,6 +62,12 @@ export interface MachineConfig {
    * -incoming and is resumed with QMP cont.
    */
   incomingState?: string;
+  /**
+   * With incomingState: launch returns once the loaded guest runs, without
+   * waiting for SSH, which connects in the background (ssh's commands wait
+   * for it). For a caller that reaches the agent over the agent port.
+   */
+  sshInBackground?: boolean;
   /** a cold boot with no console byte this long after launch is a stalled VM (default SILENT_CONSOLE_MS) */
   silentConsoleMs?: number;
   onEvent?: (event: MachineEvent) => void;
@@ -122,6 +128,7 @@ export class QemuMachine implements AsyncDisposable {
   private ready = false;
   /** aborts the readiness waits of the launch in progress */
   private launchAbort: AbortController | undefined;
+  private agentPortClaimed = false;
   readonly name: string;
 
   constructor(private readonly config: MachineConfig) {
@@ -236,6 +243,23 @@ export class QemuMachine implements AsyncDisposable {
     return path.join(this.runDir ?? '', 'bulk.sock');
   }
 
+  /** The host end of the agent port (a unix socket QEMU listens on; agent/port-transport.ts connects). */
+  get agentSocket(): string {
+    return path.join(this.runDir ?? '', 'agent.sock');
+  }
+
+  /**
+   * The agent port's socket for the one agent session it carries in this
+   * machine's life, or undefined once taken: the guest tells a new
+   * connection from an old one only by the old session's end, so a second
+   * session goes over SSH (open-guest.ts says so in its log).
+   */
+  claimAgentPort(): string | undefined {
+    if (this.agentPortClaimed) return undefined;
+    this.agentPortClaimed = true;
+    return this.agentSocket;
+  }
+
   get gdbSocket(): string {
     return path.join(this.runDir ?? '', 'gdb.sock');
   }
@@ -337,6 +361,7 @@ export class QemuMachine implements AsyncDisposable {
           gdbSocket: path.join(runDir, 'gdb.sock'),
           sshPort: this.port,
           bulkSocket: this.bulkSocket,
+          agentSocket: this.agentSocket,
           ...(this.ramDir ? { guestRamFile: path.join(this.ramDir, 'ram') } : {}),
         },
         ...(this.config.incomingState ? { incomingState: this.config.incomingState } : {}),
@@ -399,14 +424,20 @@ export class QemuMachine implements AsyncDisposable {
       onStall: (error) => this.onStall(error),
     });
     if (this.config.incomingState) await this.resumeIncoming(ctx.deadline, abort.signal);
-    await Ready.forSshBanner(this.port).waitUntilReady(ctx);
-    this.markPhase('SSH banner');
-    this.sshSession = await SshSession.connect({
+    const sshTarget = {
       host: '127.0.0.1',
       port: this.port,
       privateKeyPath: this.config.image.clientKey,
       hostPublicKey: this.config.image.hostPublicKey,
-    });
+    } as const;
+    if (this.config.incomingState && this.config.sshInBackground) {
+      // The state was saved with sshd listening: nothing to wait for but the connection itself.
+      this.sshSession = SshSession.inBackground(sshTarget);
+      return;
+    }
+    await Ready.forSshBanner(this.port).waitUntilReady(ctx);
+    this.markPhase('SSH banner');
+    this.sshSession = await SshSession.connect(sshTarget);
     this.markPhase('SSH session');
   }
 

@@ -16,7 +16,7 @@ import type { QemuMachine } from '../machine/machine.ts';
 import { UsageError } from './usage-error.ts';
 
 export const FAULT_PHASES = ['checkpoint', 'restore'] as const;
-export const FAULT_KINDS = ['kill-qemu', 'kill-agent', 'drop-ssh', 'guest-panic'] as const;
+export const FAULT_KINDS = ['kill-qemu', 'kill-agent', 'drop-ssh', 'drop-agent', 'guest-panic'] as const;
 export type FaultPhase = (typeof FAULT_PHASES)[number];
 export type FaultKind = (typeof FAULT_KINDS)[number];
 
@@ -40,6 +40,8 @@ export interface FaultTarget {
   machine: QemuMachine;
   /** the agent's pid in the guest (HELLO) */
   agentPid: number;
+  /** drops the agent's own connection (its port's socket, or the SSH connection it runs on) */
+  dropAgent: () => void;
   log: (line: string) => void;
 }
 
@@ -60,6 +62,9 @@ export async function injectFault(fault: InjectedFault, target: FaultTarget): Pr
       return;
     case 'drop-ssh':
       machine.ssh.dropConnection();
+      return;
+    case 'drop-agent':
+      target.dropAgent();
       return;
     case 'guest-panic':
       // The command never answers: the kernel dies under it. Its channel ends with the connection.

@@ -42,18 +42,31 @@ export interface ChannelExit {
 
 export class SshSession {
   private closing = false;
+  private dropped = false;
   private lostReject: ((error: Error) => void) | undefined;
   /**
    * Rejects (never resolves) when the connection ends without close() being
-   * called: the TCP link to the guest dropped, or the guest's sshd went away.
+   * called: the TCP link to the guest dropped, or the guest's sshd went away
+   * (or, for a session connecting in the background, never answered).
    * Whoever waits on the guest races against it, as against a lost machine.
    */
   readonly lost: Promise<never> = new Promise<never>((_, reject) => {
     this.lostReject = reject;
   });
 
-  private constructor(private readonly client: Client) {
+  /** the connected client; every command waits for it */
+  private readonly client: Promise<Client>;
+
+  private constructor(client: Promise<Client>) {
     this.lost.catch(() => {}); // observed by whoever races against it
+    this.client = client;
+    client.then(
+      (c) => this.watch(c),
+      (error: Error) => this.lostReject?.(error),
+    );
+  }
+
+  private watch(client: Client): void {
     let lastError = '';
     // After the handshake an 'error' event with no listener would end crh; it is one cause of a lost connection.
     client.on('error', (e: Error) => void (lastError = e.message));
@@ -61,26 +74,24 @@ export class SshSession {
       if (this.closing) return;
       this.lostReject?.(new InfraError(`SSH connection to the guest lost${lastError ? `: ${lastError}` : ''}`));
     });
+    if (this.closing) client.end();
+    else if (this.dropped) client.destroy();
   }
 
+  /** Connects and logs in; resolves once the session can run commands. */
   static async connect(target: SshTarget, timeoutMs = 20_000): Promise<SshSession> {
-    const privateKey = await readFile(target.privateKeyPath);
-    const pinned = Buffer.from(target.hostPublicKey.split(' ')[1] ?? '', 'base64');
-    const client = new Client();
-    await new Promise<void>((resolve, reject) => {
-      client.once('ready', () => resolve());
-      client.once('error', (e) => reject(new InfraError(`SSH to ${target.host}:${target.port} failed: ${e.message}`)));
-      client.connect({
-        host: target.host,
-        port: target.port,
-        username: 'root',
-        privateKey,
-        readyTimeout: timeoutMs,
-        hostVerifier: (key: Buffer) => key.equals(pinned),
-        keepaliveInterval: 0,
-      });
-    });
-    return new SshSession(client);
+    const client = await connectClient(target, timeoutMs);
+    return new SshSession(Promise.resolve(client));
+  }
+
+  /**
+   * A session whose connection is made in the background: commands wait for
+   * it, and a connection that fails rejects `lost` and every command. For a
+   * guest started from saved state, whose sshd already listens, while the
+   * agent is reached another way (the agent port).
+   */
+  static inBackground(target: SshTarget, timeoutMs = 20_000): SshSession {
+    return new SshSession(connectClient(target, timeoutMs));
   }
 
   /** Runs a command in the guest and collects its output. */
@@ -167,7 +178,10 @@ export class SshSession {
 
   close(): void {
     this.closing = true;
-    this.client.end();
+    this.client.then(
+      (c) => c.end(),
+      () => {},
+    );
   }
 
   /**
@@ -176,12 +190,37 @@ export class SshSession {
    * injection (repro/fault-injection.ts); `lost` then rejects.
    */
   dropConnection(): void {
-    this.client.destroy();
+    this.dropped = true;
+    this.client.then(
+      (c) => c.destroy(),
+      () => {},
+    );
   }
 
-  private channel(command: string): Promise<ClientChannel> {
+  private async channel(command: string): Promise<ClientChannel> {
+    const client = await this.client;
     return new Promise((resolve, reject) => {
-      this.client.exec(command, (error, channel) => (error ? reject(error) : resolve(channel)));
+      client.exec(command, (error, channel) => (error ? reject(error) : resolve(channel)));
     });
   }
+}
+
+async function connectClient(target: SshTarget, timeoutMs: number): Promise<Client> {
+  const privateKey = await readFile(target.privateKeyPath);
+  const pinned = Buffer.from(target.hostPublicKey.split(' ')[1] ?? '', 'base64');
+  const client = new Client();
+  await new Promise<void>((resolve, reject) => {
+    client.once('ready', () => resolve());
+    client.once('error', (e) => reject(new InfraError(`SSH to ${target.host}:${target.port} failed: ${e.message}`)));
+    client.connect({
+      host: target.host,
+      port: target.port,
+      username: 'root',
+      privateKey,
+      readyTimeout: timeoutMs,
+      hostVerifier: (key: Buffer) => key.equals(pinned),
+      keepaliveInterval: 0,
+    });
+  });
+  return client;
 }
