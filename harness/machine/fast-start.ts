@@ -56,6 +56,8 @@ export async function savedStatePath(config: MachineConfig, accel?: AccelChoice)
       memoryMiB: config.memoryMiB ?? 512,
       cpus: config.cpus ?? 1,
       ...(config.cpuModel ? { cpuModel: config.cpuModel } : {}),
+      // A machine with RAM in a file saves its RAM apart (saved-state.ts): a state one without it cannot load.
+      ramInFile: config.guestRamInFile !== false,
       accel: accel.accel,
       qemu: `${qemuBinary()} ${await qemuVersion()}`,
     }),
@@ -103,7 +105,7 @@ async function launchFromState(config: FastStartConfig & { accel: AccelChoice },
       return undefined;
     }
     if (!/load of migration failed|incoming migration|savevm|vmstate/i.test(describe(error))) throw error;
-    await rm(state, { force: true });
+    await rm(state, { recursive: true, force: true });
     return undefined;
   }
   if (config.callerReseeds) return machine;

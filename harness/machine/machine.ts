@@ -30,6 +30,7 @@ import { cpuModelOf, formatCommandLine, GUEST_RAM_LINEAR_MAX_MIB, qemuArgs, shel
 import { qemuBinary } from './qemu-binary.ts';
 import { evidenceDetails, instructionPointers, SILENT_CONSOLE_MS, StalledLaunchError, watchForStall, type StallWatch } from './stall-watch.ts';
 import { Ready } from './readiness.ts';
+import { copySparse, IGNORE_SHARED, STATE_RAM, STATE_STREAM, stateLayout } from './saved-state.ts';
 import { diagnoseVcpus } from '../oracle/diagnose.ts';
 import type { SymbolTable } from '../symbols/symbols.ts';
 import { forgetMachine, MACHINE_NAME_PREFIX, reapOrphans, recordMachine } from './reaper.ts';
@@ -345,6 +346,11 @@ export class QemuMachine implements AsyncDisposable {
   private async start(): Promise<void> {
     const runDir = this.runDir!;
     const { image } = this.config;
+    const incoming = this.config.incomingState ? stateLayout(this.config.incomingState) : undefined;
+    if (incoming?.ram && !this.ramDir)
+      throw new LaunchError(
+        `incoming migration needs guest RAM in a file (${this.guestRamUnavailable}): the state ${this.config.incomingState} holds its RAM apart`,
+      );
     this.argv = [
       qemuBinary(),
       ...qemuArgs({
@@ -364,7 +370,7 @@ export class QemuMachine implements AsyncDisposable {
           agentSocket: this.agentSocket,
           ...(this.ramDir ? { guestRamFile: path.join(this.ramDir, 'ram') } : {}),
         },
-        ...(this.config.incomingState ? { incomingState: this.config.incomingState } : {}),
+        ...(incoming?.ram ? { incomingDeferred: true } : incoming ? { incomingState: incoming.stream } : {}),
       }),
     ];
     this.emit({ type: 'launch', name: this.name, commandLine: this.commandLine, accel: this.accelChoice! });
@@ -376,6 +382,11 @@ export class QemuMachine implements AsyncDisposable {
     this.launchPhases.length = 0;
     // A retried start begins with fresh RAM, as a machine with QEMU's own RAM does.
     if (this.ramDir) await rm(path.join(this.ramDir, 'ram'), { force: true });
+    // A state that holds its RAM apart starts from a copy of that RAM: QEMU opens the file as it finds it.
+    if (incoming?.ram) {
+      await copySparse(incoming.ram, path.join(this.ramDir!, 'ram'));
+      this.markPhase('guest RAM copied');
+    }
     // setpriv --pdeathsig: the kernel kills QEMU if this process dies, even by SIGKILL.
     const child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', ...this.argv], { stdio: ['ignore', 'pipe', 'pipe'] });
     this.child = child;
@@ -458,18 +469,25 @@ export class QemuMachine implements AsyncDisposable {
   }
 
   /**
-   * Saves the running guest's state to `file` (stop, migrate to the file,
-   * resume). The file starts later machines of the same image and profile.
+   * Saves the running guest's state to `file` (stop, migrate, resume): a
+   * full stream, or with RAM in a shared file a directory of the device
+   * state and a copy of the RAM (saved-state.ts). It starts later machines
+   * of the same image and profile.
    */
   async saveState(file: string, timeoutMs = 60_000): Promise<void> {
     const qmp = this.qmp;
-    // Machines of one image booted together all save the same state: each writes its own file, the last rename wins.
+    const ram = this.guestRam;
+    // Machines of one image booted together all save the same state: each writes its own, the first to finish stays.
     const tmp = uniqueSibling(file, 'partial');
+    // With RAM in a shared file, the stream leaves it out and the file is copied beside it (saved-state.ts).
+    if (ram) await mkdir(tmp, { mode: 0o700 });
+    const stream = ram ? path.join(tmp, STATE_STREAM) : tmp;
     // QEMU's `cat >` would follow a symlink planted at the name: create the file exclusively first.
-    await (await open(tmp, 'wx', 0o600)).close();
+    await (await open(stream, 'wx', 0o600)).close();
     await qmp.execute('stop');
     try {
-      await qmp.execute('migrate', { uri: `exec:cat > ${shellQuote(tmp)}` });
+      if (ram) await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: IGNORE_SHARED, state: true }] });
+      await qmp.execute('migrate', { uri: `exec:cat > ${shellQuote(stream)}` });
       const deadline = Deadline.in(timeoutMs);
       for (;;) {
         const info = await qmp.execute<{ status?: string; 'error-desc'?: string }>('query-migrate');
@@ -480,9 +498,15 @@ export class QemuMachine implements AsyncDisposable {
         if (deadline.expired) throw new TimeoutError(`saving VM state did not finish within ${timeoutMs} ms`);
         await sleep(50);
       }
-      await rename(tmp, file);
+      // Still stopped: the RAM is the one the device state was saved with.
+      if (ram) await copySparse(ram.file, path.join(tmp, STATE_RAM));
+      await rename(tmp, file).catch(async (error: NodeJS.ErrnoException) => {
+        // A directory replaces nothing, and nothing replaces one: a state of the same key is there already.
+        if (!['ENOTEMPTY', 'EEXIST', 'EISDIR', 'ENOTDIR'].includes(error.code ?? '') || !existsSync(file)) throw error;
+        await rm(tmp, { recursive: true, force: true });
+      });
     } catch (error) {
-      await rm(tmp, { force: true });
+      await rm(tmp, { recursive: true, force: true });
       throw error;
     } finally {
       await qmp.execute('cont');
@@ -491,6 +515,12 @@ export class QemuMachine implements AsyncDisposable {
 
   /** Waits for the incoming state to load (QEMU then sits paused, as the source was) and resumes. */
   private async resumeIncoming(deadline: Deadline, signal: AbortSignal): Promise<void> {
+    const incoming = stateLayout(this.config.incomingState!);
+    if (incoming.ram) {
+      // The RAM is already in its file: the stream holds the device state alone.
+      await this.qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: IGNORE_SHARED, state: true }] });
+      await this.qmp.execute('migrate-incoming', { uri: `exec:cat ${shellQuote(incoming.stream)}` });
+    }
     for (;;) {
       if (signal.aborted) throw signal.reason;
       const { status } = await this.qmp.execute<{ status: string }>('query-status');

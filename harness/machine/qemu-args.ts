@@ -170,12 +170,23 @@ export function incomingArgs(stateFile: string): string[] {
   return ['-incoming', `exec:cat ${shellQuote(stateFile)}`];
 }
 
+/**
+ * Start paused, waiting for QMP migrate-incoming: a state saved with
+ * x-ignore-shared is loaded with the capability set first, which only QMP
+ * can do before the load (saved-state.ts).
+ */
+export function deferredIncomingArgs(): string[] {
+  return ['-incoming', 'defer'];
+}
+
 export interface QemuCommandOptions {
   name: string;
   profile: MachineProfile;
   boot: BootFiles;
   endpoints: Endpoints;
   incomingState?: string;
+  /** wait for QMP migrate-incoming instead (incomingState is then not given) */
+  incomingDeferred?: boolean;
 }
 
 export function qemuArgs(o: QemuCommandOptions): string[] {
@@ -195,6 +206,7 @@ export function qemuArgs(o: QemuCommandOptions): string[] {
     ...(o.endpoints.bulkSocket ? bulkPortArgs(o.endpoints.bulkSocket) : []),
     ...(o.endpoints.agentSocket ? agentPortArgs(o.endpoints.agentSocket) : []),
     ...(o.incomingState ? incomingArgs(o.incomingState) : []),
+    ...(o.incomingDeferred ? deferredIncomingArgs() : []),
   ];
 }
 
