@@ -13,7 +13,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdir, open, rename, rm, appendFile, statfs } from 'node:fs/promises';
+import { chmod, mkdir, open, rename, rm, appendFile, statfs } from 'node:fs/promises';
 import path from 'node:path';
 import { BootError, CrhError, InfraError, LaunchError, TimeoutError } from '../errors.ts';
 import { QmpClient } from '../qmp/client.ts';
@@ -499,7 +499,10 @@ export class QemuMachine implements AsyncDisposable {
         await sleep(50);
       }
       // Still stopped: the RAM is the one the device state was saved with.
-      if (ram) await copySparse(ram.file, path.join(tmp, STATE_RAM));
+      if (ram) {
+        await copySparse(ram.file, path.join(tmp, STATE_RAM));
+        await chmod(path.join(tmp, STATE_RAM), 0o600);
+      }
       await rename(tmp, file).catch(async (error: NodeJS.ErrnoException) => {
         // A directory replaces nothing, and nothing replaces one: a state of the same key is there already.
         if (!['ENOTEMPTY', 'EEXIST', 'EISDIR', 'ENOTDIR'].includes(error.code ?? '') || !existsSync(file)) throw error;
