@@ -33,6 +33,8 @@ export interface Guest {
   agentVia: 'port' | 'ssh';
   /** Drops the agent's connection as a lost link would (fault injection). */
   dropAgentConnection(): void;
+  /** rejects when the agent session fails, the machine's loss first (what the agent client's requests fail with) */
+  sessionFailure: Promise<never>;
   artifactsDir: string;
   /** the measured platform profile cases take their expectations from */
   profile: PlatformProfile;
@@ -111,7 +113,8 @@ export async function openGuest(options: OpenGuestOptions): Promise<OpenedGuest>
     const channel = await openAgentChannel(machine, image.guestPaths['crh-agent']!, options.agentCwd, log);
     agent = channel.client;
     // A dropped connection (the agent's or SSH's) or a killed agent is infrastructure too, unless the machine has a better explanation.
-    agent.failWhen(guestOrSessionFailure(machine.failure, [machine.ssh.lost, ...channel.losses]));
+    const sessionFailure = guestOrSessionFailure(machine.failure, [machine.ssh.lost, ...channel.losses]);
+    agent.failWhen(sessionFailure);
     // A guest from saved state shares its past with every other: its clock and entropy, renewed through the agent.
     await reseedGuest(machine, agent);
     const m = machine;
@@ -140,6 +143,7 @@ export async function openGuest(options: OpenGuestOptions): Promise<OpenedGuest>
       hello: channel.hello,
       agentVia: channel.via,
       dropAgentConnection: () => channel.drop(),
+      sessionFailure,
       artifactsDir: options.artifactsDir,
       profile,
       platform,

@@ -146,6 +146,7 @@ async function phases(
             machine: guest.machine,
             agentPid: guest.hello.agentPid,
             dropAgent: () => guest.dropAgentConnection(),
+            sessionFailure: guest.sessionFailure,
             log: (line) => progress.note(line),
           });
         }

@@ -43,6 +43,8 @@ export interface ChannelExit {
 export class SshSession {
   private closing = false;
   private dropped = false;
+  /** the connection ended unasked (lost has rejected) */
+  private lostNow = false;
   private lostReject: ((error: Error) => void) | undefined;
   /**
    * Rejects (never resolves) when the connection ends without close() being
@@ -72,6 +74,7 @@ export class SshSession {
     client.on('error', (e: Error) => void (lastError = e.message));
     client.once('close', () => {
       if (this.closing) return;
+      this.lostNow = true;
       this.lostReject?.(new InfraError(`SSH connection to the guest lost${lastError ? `: ${lastError}` : ''}`));
     });
     if (this.closing) client.end();
@@ -200,7 +203,13 @@ export class SshSession {
   private async channel(command: string): Promise<ClientChannel> {
     const client = await this.client;
     return new Promise((resolve, reject) => {
-      client.exec(command, (error, channel) => (error ? reject(error) : resolve(channel)));
+      client.exec(command, (error, channel) => {
+        if (!error) return resolve(channel);
+        // A command on a connection that is gone is infrastructure, as the loss itself.
+        if (this.lostNow || this.dropped || /Not connected/.test(error.message))
+          return reject(new InfraError(`SSH connection to the guest lost: ${error.message} (running \`${command.slice(0, 80)}\`)`, {}, { cause: error }));
+        reject(error);
+      });
     });
   }
 }
