@@ -163,6 +163,38 @@ static void __attribute__((noreturn)) run_session(int fd, const sigset_t *origin
 	serve_session();
 }
 
+/*
+ * Waits for the session to end. A session busy in a request (a RUN that
+ * waits for its tracee) does not read its input, so it would not see the
+ * host go: when the host disconnects, the session gets SIGHUP, which ends
+ * it, and its tracees with it (PTRACE_O_EXITKILL) — a dropped connection
+ * cleans up as the end of input does.
+ */
+static int wait_session(int fd, pid_t pid)
+{
+	struct timespec bound = { .tv_sec = HOST_POLL_MS / 1000, .tv_nsec = (HOST_POLL_MS % 1000) * 1000000L };
+	sigset_t events;
+	bool hung_up = false;
+	int status;
+
+	sigemptyset(&events);
+	sigaddset(&events, SIGIO);
+	sigaddset(&events, SIGCHLD);
+	for (;;) {
+		pid_t r = waitpid(pid, &status, WNOHANG);
+
+		if (r == pid)
+			return status;
+		if (r < 0 && errno != EINTR)
+			return 0;
+		if (!hung_up && !host_connected(fd)) {
+			kill(pid, SIGHUP);
+			hung_up = true;
+		}
+		sigtimedwait(&events, NULL, &bound);
+	}
+}
+
 int serve_port(const char *name)
 {
 	sigset_t original_mask, io;
@@ -176,6 +208,7 @@ int serve_port(const char *name)
 	}
 	sigemptyset(&io);
 	sigaddset(&io, SIGIO);
+	sigaddset(&io, SIGCHLD);
 	sigprocmask(SIG_BLOCK, &io, &original_mask);
 	if (fcntl(fd, F_SETOWN, getpid()) < 0 || fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_ASYNC) < 0)
 		fprintf(stderr, "crh-agent: port: O_ASYNC: %s; looking every %d ms\n", strerror(errno), HOST_POLL_MS);
@@ -193,8 +226,7 @@ int serve_port(const char *name)
 		}
 		if (pid == 0)
 			run_session(fd, &original_mask);
-		while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
-			;
+		status = wait_session(fd, pid);
 		send_session_end(fd, status);
 		drain_until_host_gone(fd);
 	}
