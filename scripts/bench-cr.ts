@@ -4,7 +4,9 @@
  * restore) by four paths in the same guest (the image variant with CRIU),
  * in the same run: crh with page data straight from and into guest RAM (the
  * shared RAM file, agent/ram-transfer.ts), crh with page data over the bulk
- * port, crh with both suspended (page data over SSH, up to --ssh-max MiB), and CRIU's
+ * port, crh with both suspended (row `ssh`: page data in the agent's own
+ * frames, over whatever reaches the agent — the agent port now, SSH only as
+ * the fallback; up to --ssh-max MiB), and CRIU's
  * `criu dump` + `criu restore -d`. N rounds of each, alternating (each round
  * starting one case later than the last); medians and ratios printed. Every restored process must finish with "memfill ok":
  * a fast wrong restore is not a result.

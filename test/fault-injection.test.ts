@@ -1,4 +1,4 @@
-// expect: every infrastructure fault in the middle of a crh repro — QEMU SIGKILLed during a checkpoint and during a restore, the agent killed, the SSH connection dropped, a guest panic in the middle of a restore (--inject-fault PHASE:KIND), the artifacts disk full — ends in exit 69 within 30 s of the fault with an error naming the phase and the cause, the run's artifacts kept, and no QEMU process, temp directory or reaper record of the run left behind; a full disk is not a FAIL and leaves no partial image.
+// expect: every infrastructure fault in the middle of a crh repro — QEMU SIGKILLed during a checkpoint and during a restore, the agent killed, the SSH connection dropped, the agent port's connection dropped, a guest panic in the middle of a restore (--inject-fault PHASE:KIND), the artifacts disk full — ends in exit 69 within 30 s of the fault with an error naming the phase and the cause, the run's artifacts kept, and no QEMU process, temp directory or reaper record of the run left behind; a full disk is not a FAIL and leaves no partial image.
 import t, { type Test } from 'tap';
 import { execFileSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
@@ -76,6 +76,7 @@ const FAULTS: Array<{ phase: string; kind: string; cause: RegExp }> = [
   { phase: 'restore', kind: 'kill-qemu', cause: /guest lost: QEMU killed by SIGKILL/ },
   { phase: 'checkpoint', kind: 'kill-agent', cause: /the agent was killed by SIGKILL/ },
   { phase: 'restore', kind: 'drop-ssh', cause: /SSH connection to the guest lost/ },
+  { phase: 'restore', kind: 'drop-agent', cause: /the agent port connection to the guest was lost/ },
   { phase: 'restore', kind: 'guest-panic', cause: /guest lost: (kernel died: .*(sysrq|Kernel panic)|GUEST_PANICKED)/ },
 ];
 

@@ -1,6 +1,11 @@
 // expect: QEMU command lines bind only loopback or unix sockets, isolate the guest network, and pick the CPU per accelerator; CRH_QEMU names the binary.
 import t from 'tap';
+import { readFileSync } from 'node:fs';
+import { mkdir, writeFile } from 'node:fs/promises';
+import path from 'node:path';
 import {
+  AGENT_PORT_NAME,
+  agentPortArgs,
   BULK_PORT_NAME,
   bulkPortArgs,
   formatCommandLine,
@@ -13,6 +18,10 @@ import {
 } from '../harness/machine/qemu-args.ts';
 import { probeArgs, probeFirmware } from '../harness/machine/accel.ts';
 import { DEFAULT_QEMU_BINARY, qemuBinary } from '../harness/machine/qemu-binary.ts';
+import { stateLayout } from '../harness/machine/saved-state.ts';
+import { GUEST_BIN_DIR } from '../harness/image/guest-binaries.ts';
+import { RECIPE_DIR } from '../images/debian-cloud/recipe.ts';
+import { makeTempDir, removeTempDir } from '../harness/util/temp-dir.ts';
 
 const options = {
   name: 'crh-test',
@@ -140,4 +149,36 @@ t.test('CRH_QEMU overrides the QEMU binary; unset or empty means qemu-system-x86
   t.equal(qemuBinary(), DEFAULT_QEMU_BINARY);
   process.env.CRH_QEMU = '/opt/qemu/bin/qemu-system-x86_64';
   t.equal(qemuBinary(), '/opt/qemu/bin/qemu-system-x86_64');
+});
+
+t.test("the agent port: a named, id'd virtserialport on the bulk port's bus, a unix socket, served by the guest's init", async (t) => {
+  t.same(agentPortArgs('/tmp/x/agent.sock'), [
+    '-chardev',
+    'socket,id=agent,path=/tmp/x/agent.sock,server=on,wait=off',
+    '-device',
+    `virtserialport,bus=bulkbus.0,chardev=agent,name=${AGENT_PORT_NAME},id=agentport`,
+  ]);
+  const both = qemuArgs({ ...options, endpoints: { ...options.endpoints, bulkSocket: '/tmp/x/bulk.sock', agentSocket: '/tmp/x/agent.sock' } });
+  t.ok(
+    both.indexOf('virtio-serial-pci,id=bulkbus,romfile=') < both.indexOf(`virtserialport,bus=bulkbus.0,chardev=agent,name=${AGENT_PORT_NAME},id=agentport`),
+    'after its bus',
+  );
+  t.throws(() => qemuArgs({ ...options, endpoints: { ...options.endpoints, agentSocket: '/tmp/x/agent.sock' } }), /give bulkSocket too/, 'no bus, no port');
+  const inittab = readFileSync(path.join(RECIPE_DIR, 'inittab'), 'utf8');
+  t.match(
+    inittab,
+    new RegExp(`^::respawn:${GUEST_BIN_DIR}/crh-agent --port ${AGENT_PORT_NAME.replaceAll('.', '\\.')}$`, 'm'),
+    'the inittab serves that port with the agent',
+  );
+});
+
+t.test('a saved state: a file is a full stream, a directory its device state and its RAM apart (loaded with -incoming defer)', async (t) => {
+  const dir = await makeTempDir('crh-state-test-');
+  t.teardown(() => removeTempDir(dir));
+  await writeFile(path.join(dir, 'full.vmstate'), 'stream');
+  t.same(stateLayout(path.join(dir, 'full.vmstate')), { stream: path.join(dir, 'full.vmstate') });
+  await mkdir(path.join(dir, 'apart.vmstate'));
+  t.same(stateLayout(path.join(dir, 'apart.vmstate')), { stream: path.join(dir, 'apart.vmstate', 'stream'), ram: path.join(dir, 'apart.vmstate', 'ram') });
+  const deferred = qemuArgs({ ...options, incomingDeferred: true });
+  t.equal(deferred[deferred.indexOf('-incoming') + 1], 'defer', 'waits for QMP migrate-incoming');
 });

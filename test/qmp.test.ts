@@ -262,7 +262,7 @@ t.test('launchMachine: a KVM state whose launch stalls is neither loaded into TC
   await writeFile(kvmState, 'a state saved under KVM');
   // Keyed by the fake's path: states of this test are its own, and go with it.
   t.teardown(() => rm(kvmState, { force: true }));
-  t.teardown(() => rm(tcgState, { force: true }));
+  t.teardown(() => rm(tcgState, { recursive: true, force: true }));
 
   const machine = await launchMachine({ image, artifactsDir });
   t.teardown(() => machine.shutdown());

@@ -58,3 +58,37 @@ t.test('a daemon below the agent is killed, the work directory emptied in place'
   t.same(await readdir(work), [], 'the working directory is empty');
   t.equal((await stat(work)).mode & 0o777, 0o755);
 });
+
+t.test("an agent port's session below its supervisor (both named as the agent) is no leftover; the session's daemon is", async (t) => {
+  const dir = await makeTempDir('crh-clean-start-');
+  t.teardown(() => removeTempDir(dir));
+  const agentName = `crhS${process.pid % 100000}`;
+  const agentBinary = path.join(dir, agentName);
+  await copyFile('/bin/sh', agentBinary);
+  const work = path.join(dir, 'work');
+  await mkdir(work);
+  const fifo = path.join(dir, 'fifo');
+  await run('mkfifo', [fifo]);
+  // The supervisor forks a session (the same binary, as guests/agent/port.c does); the session starts a daemon
+  // and waits with no child of its own (reading a FIFO it holds open for writing too).
+  const supervisor = spawn(agentBinary, ['-c', `${agentBinary} -c 'sleep 300 & echo daemon $!; exec 3<>${fifo}; read x <&3' & echo session $!; wait`], {
+    stdio: ['ignore', 'pipe', 'ignore'],
+  });
+  t.teardown(() => void supervisor.kill('SIGKILL'));
+  const pids = new Map<string, number>();
+  await new Promise<void>((resolve) =>
+    supervisor.stdout.on('data', (d: Buffer) => {
+      for (const [, what, pid] of d.toString().matchAll(/(daemon|session) (\d+)/g)) pids.set(what!, Number(pid));
+      if (pids.size === 2) resolve();
+    }),
+  );
+  t.teardown(() => {
+    for (const pid of pids.values()) if (alive(pid)) process.kill(pid, 'SIGKILL');
+  });
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  const { stdout } = await run('sh', ['-c', cleanStartCommand(work, agentName)]);
+  const killed = killedPids(stdout);
+  t.ok(killed.includes(pids.get('daemon')!), `the session's daemon was killed (${killed.join(', ')})`);
+  t.notOk(killed.includes(pids.get('session')!), 'the session was not');
+  t.ok(alive(pids.get('session')!), 'the session runs on');
+});

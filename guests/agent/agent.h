@@ -115,6 +115,12 @@ extern bool legacy_traps;
 /* bulk.c */
 void bulk_skip_frame(void);
 
+/* port.c */
+int open_virtio_port(const char *name);
+int serve_port(const char *name);
+/* main.c: one session on stdin/stdout, until end of input; never returns */
+int __attribute__((noreturn)) serve_session(void);
+
 /* handoff.c */
 void kill_detached(void);
 

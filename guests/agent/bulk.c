@@ -123,10 +123,7 @@ void bulk_skip_frame(void)
 int op_bulk_open(struct call *c)
 {
 	char *name = rd_cstr(&c->in, "name");
-	char path[300], found[256];
-	struct dirent *e;
-	DIR *d;
-	int fd = -1;
+	int fd;
 
 	if (parsed(c)) {
 		free(name);
@@ -140,35 +137,7 @@ int op_bulk_open(struct call *c)
 		free(name);
 		return fail(c, ENOMEM, "bulk buffer");
 	}
-	d = opendir("/sys/class/virtio-ports");
-	if (!d) {
-		free(name);
-		return fail_errno(c, "/sys/class/virtio-ports (no virtio_console?)");
-	}
-	errno = ENOENT;
-	while ((e = readdir(d))) {
-		int nfd;
-		ssize_t n;
-
-		if (e->d_name[0] == '.')
-			continue;
-		snprintf(path, sizeof path, "/sys/class/virtio-ports/%s/name", e->d_name);
-		nfd = open(path, O_RDONLY | O_CLOEXEC);
-		if (nfd < 0)
-			continue;
-		n = read(nfd, found, sizeof found - 1);
-		close(nfd);
-		if (n <= 0)
-			continue;
-		found[n] = 0;
-		found[strcspn(found, "\n")] = 0;
-		if (strcmp(found, name))
-			continue;
-		snprintf(path, sizeof path, "/dev/%s", e->d_name);
-		fd = open(path, O_RDWR | O_CLOEXEC);
-		break;
-	}
-	closedir(d);
+	fd = open_virtio_port(name);
 	if (fd < 0) {
 		fail_errno(c, "virtio port %s", name);
 		free(name);

@@ -20,6 +20,7 @@
  *   bulk.c         the bulk data port and PAGEMAP
  *   frames.c       PAGE_FRAMES: page frames for reads and writes in guest RAM
  *   handoff.c      DETACH, REAP, ATTACH (handing a process to CRIU and back)
+ *   port.c         serving sessions on the agent port; CHDIR, RESEED
  */
 #include "agent.h"
 
@@ -206,7 +207,7 @@ static bool serve_one(void)
 	return true;
 }
 
-int main(void)
+int serve_session(void)
 {
 	int fd;
 
@@ -230,4 +231,17 @@ int main(void)
 	while (serve_one())
 		;
 	shut_down(0);
+}
+
+/* No arguments: one session on stdin/stdout (an SSH exec, a local test).
+ * `--port NAME`: sessions on the virtio-serial port NAME (port.c). */
+int main(int argc, char **argv)
+{
+	if (argc == 3 && !strcmp(argv[1], "--port"))
+		return serve_port(argv[2]);
+	if (argc != 1) {
+		fprintf(stderr, "usage: crh-agent [--port NAME]\n");
+		return 2;
+	}
+	return serve_session();
 }

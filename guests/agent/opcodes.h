@@ -39,6 +39,8 @@
 	X(0x23, WRITE_MEM_BULK, write_mem_bulk) \
 	X(0x24, PAGEMAP, pagemap) \
 	X(0x25, PAGE_FRAMES, page_frames) \
+	X(0x26, CHDIR, chdir) \
+	X(0x27, RESEED, reseed) \
 	X(0x28, TRACE_FORKS, trace_forks) \
 	X(0x29, RELEASE, release)
 

@@ -39,6 +39,8 @@ export const OPCODES = {
   WRITE_MEM_BULK: 0x23,
   PAGEMAP: 0x24,
   PAGE_FRAMES: 0x25,
+  CHDIR: 0x26,
+  RESEED: 0x27,
   TRACE_FORKS: 0x28,
   RELEASE: 0x29,
 } as const;
@@ -122,6 +124,10 @@ export type AgentOp =
    * faults absent pages in first, 'write' makes each an exclusive anonymous page first
    */
   | { op: 'PAGE_FRAMES'; pid: number; mode: FramesMode; ranges: readonly MemoryRange[] }
+  /** makes the directory (mkdir -p) and makes it the agent's working directory, which the programs it spawns inherit */
+  | { op: 'CHDIR'; path: string }
+  /** sets the guest's CLOCK_REALTIME and writes `entropy` into /dev/urandom (mixed in, not credited): a guest from saved state */
+  | { op: 'RESEED'; seconds: bigint; nanoseconds: number; entropy: Uint8Array }
   /** PTRACE_SINGLESTEP one stopped thread `count` times; `signo` (0 or absent: none) is delivered with the first step */
   | { op: 'STEP'; pid: number; count: number; signo?: number; timeoutMs: number }
   /** hands a stopped process to another tracer: left in a job-control stop (SIGSTOP), untraced, still the agent's child */
@@ -236,6 +242,8 @@ export interface OpResults {
   PAGEMAP: Buffer;
   /** one frame number per page, in the ranges' order; 0: none usable */
   PAGE_FRAMES: Uint32Array;
+  CHDIR: void;
+  RESEED: void;
 }
 
 export type ResultOf<O extends AgentOp> = OpResults[O['op']];
@@ -340,6 +348,12 @@ export function encodeOp(op: AgentOp): { opcode: number; payload: Buffer } {
       w.u32(op.pid).u32(FRAMES_MODES[op.mode]).u32(op.ranges.length);
       for (const r of op.ranges) w.u64(r.address).u64(r.length);
       break;
+    case 'CHDIR':
+      w.string(op.path);
+      break;
+    case 'RESEED':
+      w.u64(op.seconds).u32(op.nanoseconds).bytes(op.entropy);
+      break;
   }
   return { opcode: OPCODES[op.op], payload: w.finish() };
 }
@@ -437,6 +451,8 @@ function decodeByOp(name: OpName, r: PayloadReader): unknown {
     case 'WRITE_MEM_BULK':
     case 'TRACE_FORKS':
     case 'RELEASE':
+    case 'CHDIR':
+    case 'RESEED':
       return undefined;
     case 'BATCH':
       throw new RangeError('BATCH is not decoded as a single op');
@@ -494,6 +510,10 @@ export function describeOp(op: AgentOp): string {
       return `WRITE_MEM pid ${op.pid} 0x${op.address.toString(16)} +${op.data.length}`;
     case 'BULK_OPEN':
       return `BULK_OPEN ${op.name}`;
+    case 'CHDIR':
+      return `CHDIR ${op.path}`;
+    case 'RESEED':
+      return `RESEED ${op.seconds}.${String(op.nanoseconds).padStart(9, '0')} with ${op.entropy.length} bytes`;
     case 'READ_MEM_BULK':
     case 'WRITE_MEM_BULK':
       return `${op.op} pid ${op.pid} ${op.ranges.length} range${op.ranges.length === 1 ? '' : 's'}, ${op.ranges.reduce((n, r) => n + r.length, 0)} bytes (frame ${op.tag})`;

@@ -15,9 +15,10 @@ import { resolveKernel, type KernelChoice } from '../image/kernel.ts';
 import { forcedAccelerator } from '../machine/accel.ts';
 import { runConfiguration } from '../flags/run-configuration.ts';
 import type { MachineEvent, QemuMachine } from '../machine/machine.ts';
-import { launchMachine } from '../machine/fast-start.ts';
-import { BULK_PORT_NAME, shellQuote } from '../machine/qemu-args.ts';
-import { agentKilled, guestOrSessionFailure } from './session-loss.ts';
+import { launchMachine, reseedGuest } from '../machine/fast-start.ts';
+import { BULK_PORT_NAME } from '../machine/qemu-args.ts';
+import { guestOrSessionFailure } from './session-loss.ts';
+import { openAgentChannel } from './agent-channel.ts';
 import { platformProfile, profileFacts, type PlatformProfile } from '../platform/profile.ts';
 import type { PlatformFacts } from '../restore/checkpoint-image.ts';
 import { kernelSymbolFile } from '../symbols/kernel-symbols.ts';
@@ -28,6 +29,12 @@ export interface Guest {
   machine: QemuMachine;
   agent: AgentClient;
   hello: HelloResult;
+  /** how the agent is reached: its virtio-serial port, or SSH (agent-channel.ts) */
+  agentVia: 'port' | 'ssh';
+  /** Drops the agent's connection as a lost link would (fault injection). */
+  dropAgentConnection(): void;
+  /** rejects when the agent session fails, the machine's loss first (what the agent client's requests fail with) */
+  sessionFailure: Promise<never>;
   artifactsDir: string;
   /** the measured platform profile cases take their expectations from */
   profile: PlatformProfile;
@@ -98,20 +105,18 @@ export async function openGuest(options: OpenGuestOptions): Promise<OpenedGuest>
       artifactsDir: options.artifactsDir,
       onEvent: progress,
       diagnosisSymbols: symbols,
+      callerReseeds: true,
       ...(options.cpuModel ? { cpuModel: options.cpuModel } : {}),
       ...(accel ? { accel } : {}),
     });
-    const agentPath = image.guestPaths['crh-agent']!;
-    let command = agentPath;
-    if (options.agentCwd) {
-      await machine.ssh.run(`mkdir -p ${shellQuote(options.agentCwd)}`);
-      command = `cd ${shellQuote(options.agentCwd)} && exec ${agentPath}`;
-    }
-    const transport = await machine.ssh.transport(command);
-    const opened = await AgentClient.open(transport);
-    agent = opened.client;
-    // A dropped SSH connection or a killed agent is infrastructure too, unless the machine has a better explanation.
-    agent.failWhen(guestOrSessionFailure(machine.failure, [machine.ssh.lost, agentKilled(transport.exit)]));
+    // The agent over its port (no SSH handshake), else over SSH; the log says which.
+    const channel = await openAgentChannel(machine, image.guestPaths['crh-agent']!, options.agentCwd, log);
+    agent = channel.client;
+    // A dropped connection (the agent's or SSH's) or a killed agent is infrastructure too, unless the machine has a better explanation.
+    const sessionFailure = guestOrSessionFailure(machine.failure, [machine.ssh.lost, ...channel.losses]);
+    agent.failWhen(sessionFailure);
+    // A guest from saved state shares its past with every other: its clock and entropy, renewed through the agent.
+    await reseedGuest(machine, agent);
     const m = machine;
     agent.diagnose = async () => `${await m.diagnose()}\n--- console tail ---\n${m.console.tail()}`;
     // Page data over the virtio-serial port, not SSH; a guest without it keeps to SSH, and says so.
@@ -131,7 +136,20 @@ export async function openGuest(options: OpenGuestOptions): Promise<OpenedGuest>
     await writeFileAtomic(path.join(options.artifactsDir, 'profile.json'), `${JSON.stringify(profile, null, 2)}\n`);
     const platform: PlatformFacts = { ...profileFacts(profile), imageKey: image.key, start: machine.fromSavedState ? 'saved-state' : 'cold-boot' };
     await symbols.addSystemMap((await kernelSymbolFile(image, machine.ssh)).file);
-    return { image, machine, agent, hello: opened.hello, artifactsDir: options.artifactsDir, profile, platform, symbols, close };
+    return {
+      image,
+      machine,
+      agent,
+      hello: channel.hello,
+      agentVia: channel.via,
+      dropAgentConnection: () => channel.drop(),
+      sessionFailure,
+      artifactsDir: options.artifactsDir,
+      profile,
+      platform,
+      symbols,
+      close,
+    };
   } catch (error) {
     await close();
     throw error;

@@ -22,6 +22,7 @@ import { cacheDir, ensureCacheDir } from '../util/cache-dir.ts';
 import { sha256 } from '../util/hash.ts';
 import { chooseAccelerator, recordKvmFailure, type AccelChoice } from './accel.ts';
 import { bootFilesOf, QemuMachine, type MachineConfig } from './machine.ts';
+import type { AgentClient } from '../agent/client.ts';
 import { StalledLaunchError } from './stall-watch.ts';
 import { qemuBinary } from './qemu-binary.ts';
 import { qemuVersion } from './qemu-version.ts';
@@ -29,14 +30,21 @@ import { qemuVersion } from './qemu-version.ts';
 export interface FastStartConfig extends MachineConfig {
   /** false forces a cold boot (and does not write a state) */
   fastStart?: boolean;
+  /**
+   * The caller reaches the agent over the agent port: a machine from saved
+   * state is returned as soon as it runs (SSH connects in the background)
+   * and not yet re-seeded — the caller calls reseedGuest once its agent is
+   * open.
+   */
+  callerReseeds?: boolean;
 }
 
 /**
  * Names the device set qemu-args.ts gives every machine; bumped when a
  * device is added or removed, since a state saved with another set does not
- * load (2: the bulk data port).
+ * load (2: the bulk data port; 3: the agent port).
  */
-const SAVED_STATE_DEVICES = 2;
+const SAVED_STATE_DEVICES = 3;
 
 /** Where the state of `config`'s image and profile under `accel` (default: the one chosen now) lives. */
 export async function savedStatePath(config: MachineConfig, accel?: AccelChoice): Promise<string> {
@@ -48,6 +56,8 @@ export async function savedStatePath(config: MachineConfig, accel?: AccelChoice)
       memoryMiB: config.memoryMiB ?? 512,
       cpus: config.cpus ?? 1,
       ...(config.cpuModel ? { cpuModel: config.cpuModel } : {}),
+      // A machine with RAM in a file saves its RAM apart (saved-state.ts): a state one without it cannot load.
+      ramInFile: config.guestRamInFile !== false,
       accel: accel.accel,
       qemu: `${qemuBinary()} ${await qemuVersion()}`,
     }),
@@ -85,8 +95,8 @@ export async function launchMachine(config: FastStartConfig): Promise<QemuMachin
  * deleted) or the accelerator stalled (the decision is then re-made, and the
  * caller boots cold under the new one).
  */
-async function launchFromState(config: MachineConfig & { accel: AccelChoice }, state: string): Promise<QemuMachine | undefined> {
-  const machine = new QemuMachine({ ...config, incomingState: state });
+async function launchFromState(config: FastStartConfig & { accel: AccelChoice }, state: string): Promise<QemuMachine | undefined> {
+  const machine = new QemuMachine({ ...config, incomingState: state, ...(config.callerReseeds ? { sshInBackground: true } : {}) });
   try {
     await machine.launch();
   } catch (error) {
@@ -95,12 +105,12 @@ async function launchFromState(config: MachineConfig & { accel: AccelChoice }, s
       return undefined;
     }
     if (!/load of migration failed|incoming migration|savevm|vmstate/i.test(describe(error))) throw error;
-    await rm(state, { force: true });
+    await rm(state, { recursive: true, force: true });
     return undefined;
   }
+  if (config.callerReseeds) return machine;
   try {
-    await reseed(machine);
-    machine.markPhase('clock set, entropy mixed in');
+    await reseedGuest(machine);
   } catch (error) {
     await machine.shutdown();
     throw error;
@@ -108,9 +118,17 @@ async function launchFromState(config: MachineConfig & { accel: AccelChoice }, s
   return machine;
 }
 
-async function reseed(machine: QemuMachine): Promise<void> {
-  const seconds = Math.floor(Date.now() / 1000);
-  await machine.ssh.run(`date -s @${seconds} >/dev/null && echo ${randomBytes(64).toString('hex')} > /dev/urandom`);
+/**
+ * Sets the guest clock to the host's and mixes fresh host randomness into
+ * its pool: through the agent (RESEED) when one is given, else over SSH.
+ * Nothing to do for a machine that booted cold.
+ */
+export async function reseedGuest(machine: QemuMachine, agent?: AgentClient): Promise<void> {
+  if (!machine.fromSavedState) return;
+  const now = Date.now();
+  if (agent) await agent.call({ op: 'RESEED', seconds: BigInt(Math.floor(now / 1000)), nanoseconds: (now % 1000) * 1_000_000, entropy: randomBytes(64) });
+  else await machine.ssh.run(`date -s @${Math.floor(now / 1000)} >/dev/null && echo ${randomBytes(64).toString('hex')} > /dev/urandom`);
+  machine.markPhase('clock set, entropy mixed in');
 }
 
 function describe(error: unknown): string {

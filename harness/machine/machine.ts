@@ -13,7 +13,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdir, open, rename, rm, appendFile, statfs } from 'node:fs/promises';
+import { chmod, mkdir, open, rename, rm, appendFile, statfs } from 'node:fs/promises';
 import path from 'node:path';
 import { BootError, CrhError, InfraError, LaunchError, TimeoutError } from '../errors.ts';
 import { QmpClient } from '../qmp/client.ts';
@@ -30,6 +30,7 @@ import { cpuModelOf, formatCommandLine, GUEST_RAM_LINEAR_MAX_MIB, qemuArgs, shel
 import { qemuBinary } from './qemu-binary.ts';
 import { evidenceDetails, instructionPointers, SILENT_CONSOLE_MS, StalledLaunchError, watchForStall, type StallWatch } from './stall-watch.ts';
 import { Ready } from './readiness.ts';
+import { copySparse, IGNORE_SHARED, STATE_RAM, STATE_STREAM, stateLayout } from './saved-state.ts';
 import { diagnoseVcpus } from '../oracle/diagnose.ts';
 import type { SymbolTable } from '../symbols/symbols.ts';
 import { forgetMachine, MACHINE_NAME_PREFIX, reapOrphans, recordMachine } from './reaper.ts';
@@ -62,6 +63,12 @@ export interface MachineConfig {
    * -incoming and is resumed with QMP cont.
    */
   incomingState?: string;
+  /**
+   * With incomingState: launch returns once the loaded guest runs, without
+   * waiting for SSH, which connects in the background (ssh's commands wait
+   * for it). For a caller that reaches the agent over the agent port.
+   */
+  sshInBackground?: boolean;
   /** a cold boot with no console byte this long after launch is a stalled VM (default SILENT_CONSOLE_MS) */
   silentConsoleMs?: number;
   onEvent?: (event: MachineEvent) => void;
@@ -122,6 +129,7 @@ export class QemuMachine implements AsyncDisposable {
   private ready = false;
   /** aborts the readiness waits of the launch in progress */
   private launchAbort: AbortController | undefined;
+  private agentPortClaimed = false;
   readonly name: string;
 
   constructor(private readonly config: MachineConfig) {
@@ -236,6 +244,23 @@ export class QemuMachine implements AsyncDisposable {
     return path.join(this.runDir ?? '', 'bulk.sock');
   }
 
+  /** The host end of the agent port (a unix socket QEMU listens on; agent/port-transport.ts connects). */
+  get agentSocket(): string {
+    return path.join(this.runDir ?? '', 'agent.sock');
+  }
+
+  /**
+   * The agent port's socket for the one agent session it carries in this
+   * machine's life, or undefined once taken: the guest tells a new
+   * connection from an old one only by the old session's end, so a second
+   * session goes over SSH (open-guest.ts says so in its log).
+   */
+  claimAgentPort(): string | undefined {
+    if (this.agentPortClaimed) return undefined;
+    this.agentPortClaimed = true;
+    return this.agentSocket;
+  }
+
   get gdbSocket(): string {
     return path.join(this.runDir ?? '', 'gdb.sock');
   }
@@ -321,6 +346,11 @@ export class QemuMachine implements AsyncDisposable {
   private async start(): Promise<void> {
     const runDir = this.runDir!;
     const { image } = this.config;
+    const incoming = this.config.incomingState ? stateLayout(this.config.incomingState) : undefined;
+    if (incoming?.ram && !this.ramDir)
+      throw new LaunchError(
+        `incoming migration needs guest RAM in a file (${this.guestRamUnavailable}): the state ${this.config.incomingState} holds its RAM apart`,
+      );
     this.argv = [
       qemuBinary(),
       ...qemuArgs({
@@ -337,9 +367,10 @@ export class QemuMachine implements AsyncDisposable {
           gdbSocket: path.join(runDir, 'gdb.sock'),
           sshPort: this.port,
           bulkSocket: this.bulkSocket,
+          agentSocket: this.agentSocket,
           ...(this.ramDir ? { guestRamFile: path.join(this.ramDir, 'ram') } : {}),
         },
-        ...(this.config.incomingState ? { incomingState: this.config.incomingState } : {}),
+        ...(incoming?.ram ? { incomingDeferred: true } : incoming ? { incomingState: incoming.stream } : {}),
       }),
     ];
     this.emit({ type: 'launch', name: this.name, commandLine: this.commandLine, accel: this.accelChoice! });
@@ -351,6 +382,11 @@ export class QemuMachine implements AsyncDisposable {
     this.launchPhases.length = 0;
     // A retried start begins with fresh RAM, as a machine with QEMU's own RAM does.
     if (this.ramDir) await rm(path.join(this.ramDir, 'ram'), { force: true });
+    // A state that holds its RAM apart starts from a copy of that RAM: QEMU opens the file as it finds it.
+    if (incoming?.ram) {
+      await copySparse(incoming.ram, path.join(this.ramDir!, 'ram'));
+      this.markPhase('guest RAM copied');
+    }
     // setpriv --pdeathsig: the kernel kills QEMU if this process dies, even by SIGKILL.
     const child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', ...this.argv], { stdio: ['ignore', 'pipe', 'pipe'] });
     this.child = child;
@@ -399,14 +435,20 @@ export class QemuMachine implements AsyncDisposable {
       onStall: (error) => this.onStall(error),
     });
     if (this.config.incomingState) await this.resumeIncoming(ctx.deadline, abort.signal);
-    await Ready.forSshBanner(this.port).waitUntilReady(ctx);
-    this.markPhase('SSH banner');
-    this.sshSession = await SshSession.connect({
+    const sshTarget = {
       host: '127.0.0.1',
       port: this.port,
       privateKeyPath: this.config.image.clientKey,
       hostPublicKey: this.config.image.hostPublicKey,
-    });
+    } as const;
+    if (this.config.incomingState && this.config.sshInBackground) {
+      // The state was saved with sshd listening: nothing to wait for but the connection itself.
+      this.sshSession = SshSession.inBackground(sshTarget);
+      return;
+    }
+    await Ready.forSshBanner(this.port).waitUntilReady(ctx);
+    this.markPhase('SSH banner');
+    this.sshSession = await SshSession.connect(sshTarget);
     this.markPhase('SSH session');
   }
 
@@ -427,18 +469,25 @@ export class QemuMachine implements AsyncDisposable {
   }
 
   /**
-   * Saves the running guest's state to `file` (stop, migrate to the file,
-   * resume). The file starts later machines of the same image and profile.
+   * Saves the running guest's state to `file` (stop, migrate, resume): a
+   * full stream, or with RAM in a shared file a directory of the device
+   * state and a copy of the RAM (saved-state.ts). It starts later machines
+   * of the same image and profile.
    */
   async saveState(file: string, timeoutMs = 60_000): Promise<void> {
     const qmp = this.qmp;
-    // Machines of one image booted together all save the same state: each writes its own file, the last rename wins.
+    const ram = this.guestRam;
+    // Machines of one image booted together all save the same state: each writes its own, the first to finish stays.
     const tmp = uniqueSibling(file, 'partial');
+    // With RAM in a shared file, the stream leaves it out and the file is copied beside it (saved-state.ts).
+    if (ram) await mkdir(tmp, { mode: 0o700 });
+    const stream = ram ? path.join(tmp, STATE_STREAM) : tmp;
     // QEMU's `cat >` would follow a symlink planted at the name: create the file exclusively first.
-    await (await open(tmp, 'wx', 0o600)).close();
+    await (await open(stream, 'wx', 0o600)).close();
     await qmp.execute('stop');
     try {
-      await qmp.execute('migrate', { uri: `exec:cat > ${shellQuote(tmp)}` });
+      if (ram) await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: IGNORE_SHARED, state: true }] });
+      await qmp.execute('migrate', { uri: `exec:cat > ${shellQuote(stream)}` });
       const deadline = Deadline.in(timeoutMs);
       for (;;) {
         const info = await qmp.execute<{ status?: string; 'error-desc'?: string }>('query-migrate');
@@ -449,9 +498,18 @@ export class QemuMachine implements AsyncDisposable {
         if (deadline.expired) throw new TimeoutError(`saving VM state did not finish within ${timeoutMs} ms`);
         await sleep(50);
       }
-      await rename(tmp, file);
+      // Still stopped: the RAM is the one the device state was saved with.
+      if (ram) {
+        await copySparse(ram.file, path.join(tmp, STATE_RAM));
+        await chmod(path.join(tmp, STATE_RAM), 0o600);
+      }
+      await rename(tmp, file).catch(async (error: NodeJS.ErrnoException) => {
+        // A directory replaces nothing, and nothing replaces one: a state of the same key is there already.
+        if (!['ENOTEMPTY', 'EEXIST', 'EISDIR', 'ENOTDIR'].includes(error.code ?? '') || !existsSync(file)) throw error;
+        await rm(tmp, { recursive: true, force: true });
+      });
     } catch (error) {
-      await rm(tmp, { force: true });
+      await rm(tmp, { recursive: true, force: true });
       throw error;
     } finally {
       await qmp.execute('cont');
@@ -460,6 +518,12 @@ export class QemuMachine implements AsyncDisposable {
 
   /** Waits for the incoming state to load (QEMU then sits paused, as the source was) and resumes. */
   private async resumeIncoming(deadline: Deadline, signal: AbortSignal): Promise<void> {
+    const incoming = stateLayout(this.config.incomingState!);
+    if (incoming.ram) {
+      // The RAM is already in its file: the stream holds the device state alone.
+      await this.qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: IGNORE_SHARED, state: true }] });
+      await this.qmp.execute('migrate-incoming', { uri: `exec:cat ${shellQuote(incoming.stream)}` });
+    }
     for (;;) {
       if (signal.aborted) throw signal.reason;
       const { status } = await this.qmp.execute<{ status: string }>('query-status');

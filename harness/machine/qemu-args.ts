@@ -37,12 +37,17 @@ export interface Endpoints {
   sshPort: number;
   /** unix socket of the bulk data port (virtio-serial); absent: no bulk port, page data goes over SSH */
   bulkSocket?: string;
+  /** unix socket of the agent port (virtio-serial, on the bulk port's bus); absent: the agent is reached over SSH only */
+  agentSocket?: string;
   /** the file guest RAM lives in, shared with the host (guestRamArgs); absent: QEMU's anonymous RAM */
   guestRamFile?: string;
 }
 
 /** The name the guest sees in /sys/class/virtio-ports/<port>/name (the agent's BULK_OPEN looks for it). */
 export const BULK_PORT_NAME = 'org.cr-harness.bulk';
+
+/** The name of the agent port: the guest's init serves agent sessions on it (images/debian-cloud/inittab). */
+export const AGENT_PORT_NAME = 'org.cr-harness.agent';
 
 /** Machine type, accelerator, CPU model (cpuModelOf), memory. */
 export function machineArgs(profile: MachineProfile): string[] {
@@ -120,6 +125,22 @@ export function bulkPortArgs(socket: string): string[] {
 }
 
 /**
+ * The agent port: a second virtio-serial port on the bulk port's bus whose
+ * host end is a unix socket QEMU listens on. The guest's init serves the
+ * agent's framed protocol on it (docs/agent-protocol.md, "Transports"), so
+ * the host reaches the agent with a socket connect instead of an SSH
+ * handshake. It has a device id so QMP names it in VSERPORT_CHANGE.
+ */
+export function agentPortArgs(socket: string): string[] {
+  return [
+    '-chardev',
+    `socket,id=agent,path=${socket},server=on,wait=off`,
+    '-device',
+    `virtserialport,bus=bulkbus.0,chardev=agent,name=${AGENT_PORT_NAME},id=agentport`,
+  ];
+}
+
+/**
  * The RAM id QEMU's pc machine gives its own RAM: the file-backed RAM takes
  * the same name, so its migration stream is the one an anonymous-RAM machine
  * writes and reads.
@@ -149,15 +170,28 @@ export function incomingArgs(stateFile: string): string[] {
   return ['-incoming', `exec:cat ${shellQuote(stateFile)}`];
 }
 
+/**
+ * Start paused, waiting for QMP migrate-incoming: a state saved with
+ * x-ignore-shared is loaded with the capability set first, which only QMP
+ * can do before the load (saved-state.ts).
+ */
+export function deferredIncomingArgs(): string[] {
+  return ['-incoming', 'defer'];
+}
+
 export interface QemuCommandOptions {
   name: string;
   profile: MachineProfile;
   boot: BootFiles;
   endpoints: Endpoints;
   incomingState?: string;
+  /** wait for QMP migrate-incoming instead (incomingState is then not given) */
+  incomingDeferred?: boolean;
 }
 
 export function qemuArgs(o: QemuCommandOptions): string[] {
+  if (o.endpoints.agentSocket && !o.endpoints.bulkSocket)
+    throw new RangeError("the agent port lives on the bulk port's virtio-serial bus: give bulkSocket too");
   return [
     '-name',
     o.name,
@@ -170,7 +204,9 @@ export function qemuArgs(o: QemuCommandOptions): string[] {
     ...networkArgs(o.endpoints.sshPort),
     ...panicArgs(),
     ...(o.endpoints.bulkSocket ? bulkPortArgs(o.endpoints.bulkSocket) : []),
+    ...(o.endpoints.agentSocket ? agentPortArgs(o.endpoints.agentSocket) : []),
     ...(o.incomingState ? incomingArgs(o.incomingState) : []),
+    ...(o.incomingDeferred ? deferredIncomingArgs() : []),
   ];
 }
 

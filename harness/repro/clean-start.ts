@@ -19,7 +19,9 @@ const KILL_ROUNDS = 5;
 
 /**
  * The guest shell command that kills every live descendant of every
- * process named `agentName` (the agent's) (zombies are skipped: the agent reaps them), printing
+ * process named `agentName` (the agent's) (zombies are skipped: the agent reaps them;
+ * so is an agent itself: a session the agent port's supervisor forked, which
+ * carries the same name, is not a leftover), printing
  * "killed PID..." per round that found any, and then empties `workDir`
  * (dot files too) and makes it 0755 again.
  */
@@ -29,7 +31,9 @@ export function cleanStartCommand(workDir: string, agentName = 'crh-agent'): str
     'descendants() { for c in $(cat /proc/$1/task/*/children 2>/dev/null); do echo $c; descendants $c; done; }',
     `for round in ${Array.from({ length: KILL_ROUNDS }, (_, i) => i + 1).join(' ')}; do`,
     '  live=""',
-    `  for a in $(pidof ${shellQuote(agentName)}); do for p in $(descendants $a); do`,
+    `  agents=" $(pidof ${shellQuote(agentName)}) "`,
+    '  for a in $agents; do for p in $(descendants $a); do',
+    '    case "$agents" in *" $p "*) continue;; esac',
     '    state=$(sed -n "s/.*) \\(.\\) .*/\\1/p" /proc/$p/stat 2>/dev/null)',
     '    [ -n "$state" ] && [ "$state" != Z ] && live="$live $p"',
     '  done; done',

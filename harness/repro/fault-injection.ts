@@ -16,7 +16,7 @@ import type { QemuMachine } from '../machine/machine.ts';
 import { UsageError } from './usage-error.ts';
 
 export const FAULT_PHASES = ['checkpoint', 'restore'] as const;
-export const FAULT_KINDS = ['kill-qemu', 'kill-agent', 'drop-ssh', 'guest-panic'] as const;
+export const FAULT_KINDS = ['kill-qemu', 'kill-agent', 'drop-ssh', 'drop-agent', 'guest-panic'] as const;
 export type FaultPhase = (typeof FAULT_PHASES)[number];
 export type FaultKind = (typeof FAULT_KINDS)[number];
 
@@ -40,6 +40,10 @@ export interface FaultTarget {
   machine: QemuMachine;
   /** the agent's pid in the guest (HELLO) */
   agentPid: number;
+  /** drops the agent's own connection (its port's socket, or the SSH connection it runs on) */
+  dropAgent: () => void;
+  /** rejects once the agent session has failed for a reason other than the machine (open-guest.ts sessionFailure) */
+  sessionFailure: Promise<never>;
   log: (line: string) => void;
 }
 
@@ -54,13 +58,18 @@ export async function injectFault(fault: InjectedFault, target: FaultTarget): Pr
       process.kill(pid, 'SIGKILL');
       return noticed(machine.failure, log);
     }
+    // The session kinds wait for the session's failure too: over the agent port a phase may need
+    // neither the agent's dead process nor SSH for a while, and would fail only in the next one.
     case 'kill-agent':
       // Its own exec channel: the agent's channel is the one about to break.
       await machine.ssh.run(`kill -9 ${target.agentPid}`);
-      return;
+      return noticed(target.sessionFailure, log);
     case 'drop-ssh':
       machine.ssh.dropConnection();
-      return;
+      return noticed(target.sessionFailure, log);
+    case 'drop-agent':
+      target.dropAgent();
+      return noticed(target.sessionFailure, log);
     case 'guest-panic':
       // The command never answers: the kernel dies under it. Its channel ends with the connection.
       void machine.ssh.exec('echo c > /proc/sysrq-trigger').catch(() => {});
@@ -78,5 +87,5 @@ async function noticed(failure: Promise<never>, log: (line: string) => void): Pr
     sleep(NOTICE_BOUND_MS, false, { signal: bound.signal }).catch(() => false),
   ]);
   bound.abort();
-  if (!seen) log(`the machine did not report the fault within ${NOTICE_BOUND_MS} ms; the phase goes on`);
+  if (!seen) log(`the fault was not reported within ${NOTICE_BOUND_MS} ms; the phase goes on`);
 }

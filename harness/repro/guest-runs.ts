@@ -142,7 +142,13 @@ async function phases(
         if (fault?.phase === name) {
           const injected = fault;
           fault = undefined;
-          await injectFault(injected, { machine: guest.machine, agentPid: guest.hello.agentPid, log: (line) => progress.note(line) });
+          await injectFault(injected, {
+            machine: guest.machine,
+            agentPid: guest.hello.agentPid,
+            dropAgent: () => guest.dropAgentConnection(),
+            sessionFailure: guest.sessionFailure,
+            log: (line) => progress.note(line),
+          });
         }
       },
     };

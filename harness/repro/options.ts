@@ -109,7 +109,7 @@ export const REPRO_USAGE =
   "  bundle each (CRIU's beside BUNDLE as BUNDLE-criu.tar); the policy switches apply to crh's run\n" +
   `${OMIT_USAGE}\n` +
   '       for tests of crh itself: [--inject-fault PHASE:KIND] (docs/ci.md)\n' +
-  '       (PHASE checkpoint|restore; KIND kill-qemu|kill-agent|drop-ssh|guest-panic)';
+  '       (PHASE checkpoint|restore; KIND kill-qemu|kill-agent|drop-ssh|drop-agent|guest-panic)';
 
 const options = {
   ...kernelOptions,

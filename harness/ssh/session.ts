@@ -47,76 +47,59 @@ export interface ChannelExit {
 
 export class SshSession {
   private closing = false;
+  private dropped = false;
+  /** the connection ended unasked (lost has rejected) */
+  private lostNow = false;
   private lostReject: ((error: Error) => void) | undefined;
   /**
    * Rejects (never resolves) when the connection ends without close() being
-   * called: the TCP link to the guest dropped, or the guest's sshd went away.
+   * called: the TCP link to the guest dropped, or the guest's sshd went away
+   * (or, for a session connecting in the background, never answered).
    * Whoever waits on the guest races against it, as against a lost machine.
    */
   readonly lost: Promise<never> = new Promise<never>((_, reject) => {
     this.lostReject = reject;
   });
 
-  private constructor(private readonly client: Client) {
+  /** the connected client; every command waits for it */
+  private readonly client: Promise<Client>;
+
+  private constructor(client: Promise<Client>) {
     this.lost.catch(() => {}); // observed by whoever races against it
+    this.client = client;
+    client.then(
+      (c) => this.watch(c),
+      (error: Error) => this.lostReject?.(error),
+    );
+  }
+
+  private watch(client: Client): void {
     let lastError = '';
     // After the handshake an 'error' event with no listener would end crh; it is one cause of a lost connection.
     client.on('error', (e: Error) => void (lastError = e.message));
     client.once('close', () => {
       if (this.closing) return;
+      this.lostNow = true;
       this.lostReject?.(new InfraError(`SSH connection to the guest lost${lastError ? `: ${lastError}` : ''}`));
     });
+    if (this.closing) client.end();
+    else if (this.dropped) client.destroy();
+  }
+
+  /** Connects and logs in; resolves once the session can run commands. */
+  static async connect(target: SshTarget, timeoutMs = 20_000): Promise<SshSession> {
+    const client = await connectClient(target, timeoutMs);
+    return new SshSession(Promise.resolve(client));
   }
 
   /**
-   * Connects and logs in. A connection the guest closes before the SSH
-   * identification exchange is tried again, a few times, within timeoutMs:
-   * dropbear closes new connections at once while it counts five
-   * unauthenticated ones from one address (MAX_UNAUTH_PER_IP), and on a slow
-   * guest the readiness probes' connections are still counted for a while
-   * after the probes hung up (seen under load: "Connection lost before
-   * handshake" right after the banner answered). Any other failure —
-   * a refused host key, a refused login, a timeout — is final.
+   * A session whose connection is made in the background: commands wait for
+   * it, and a connection that fails rejects `lost` and every command. For a
+   * guest started from saved state, whose sshd already listens, while the
+   * agent is reached another way (the agent port).
    */
-  static async connect(target: SshTarget, timeoutMs = 20_000): Promise<SshSession> {
-    const privateKey = await readFile(target.privateKeyPath);
-    const deadline = Date.now() + timeoutMs;
-    const refusals: string[] = [];
-    for (let attempt = 1; ; attempt++) {
-      try {
-        return new SshSession(await SshSession.handshake(target, privateKey, Math.max(deadline - Date.now(), 1)));
-      } catch (e) {
-        const message = (e as Error).message;
-        const again = CLOSED_BEFORE_HANDSHAKE.test(message) && attempt < CONNECT_ATTEMPTS && Date.now() + attempt * 250 < deadline;
-        if (!again) {
-          const earlier = refusals.length > 0 ? ` (after ${refusals.length} connection(s) closed before the handshake)` : '';
-          throw new InfraError(`SSH to ${target.host}:${target.port} failed: ${message}${earlier}`, { attempts: String(attempt) });
-        }
-        refusals.push(message);
-        await new Promise((resolve) => setTimeout(resolve, attempt * 250));
-      }
-    }
-  }
-
-  private static handshake(target: SshTarget, privateKey: Buffer, timeoutMs: number): Promise<Client> {
-    const pinned = Buffer.from(target.hostPublicKey.split(' ')[1] ?? '', 'base64');
-    const client = new Client();
-    return new Promise<Client>((resolve, reject) => {
-      client.once('ready', () => resolve(client));
-      client.once('error', (e) => {
-        client.end();
-        reject(e);
-      });
-      client.connect({
-        host: target.host,
-        port: target.port,
-        username: 'root',
-        privateKey,
-        readyTimeout: timeoutMs,
-        hostVerifier: (key: Buffer) => key.equals(pinned),
-        keepaliveInterval: 0,
-      });
-    });
+  static inBackground(target: SshTarget, timeoutMs = 20_000): SshSession {
+    return new SshSession(connectClient(target, timeoutMs));
   }
 
   /** Runs a command in the guest and collects its output. */
@@ -203,7 +186,10 @@ export class SshSession {
 
   close(): void {
     this.closing = true;
-    this.client.end();
+    this.client.then(
+      (c) => c.end(),
+      () => {},
+    );
   }
 
   /**
@@ -212,12 +198,74 @@ export class SshSession {
    * injection (repro/fault-injection.ts); `lost` then rejects.
    */
   dropConnection(): void {
-    this.client.destroy();
+    this.dropped = true;
+    this.client.then(
+      (c) => c.destroy(),
+      () => {},
+    );
   }
 
-  private channel(command: string): Promise<ClientChannel> {
+  private async channel(command: string): Promise<ClientChannel> {
+    const client = await this.client;
     return new Promise((resolve, reject) => {
-      this.client.exec(command, (error, channel) => (error ? reject(error) : resolve(channel)));
+      client.exec(command, (error, channel) => {
+        if (!error) return resolve(channel);
+        // A command on a connection that is gone is infrastructure, as the loss itself.
+        if (this.lostNow || this.dropped || /Not connected/.test(error.message))
+          return reject(new InfraError(`SSH connection to the guest lost: ${error.message} (running \`${command.slice(0, 80)}\`)`, {}, { cause: error }));
+        reject(error);
+      });
     });
   }
+}
+
+/**
+ * Connects and logs in. A connection the guest closes before the SSH
+ * identification exchange is tried again, a few times, within timeoutMs:
+ * dropbear closes new connections at once while it counts five
+ * unauthenticated ones from one address (MAX_UNAUTH_PER_IP), and on a slow
+ * guest the readiness probes' connections are still counted for a while
+ * after the probes hung up (seen under load: "Connection lost before
+ * handshake" right after the banner answered). Any other failure — a
+ * refused host key, a refused login, a timeout — is final.
+ */
+async function connectClient(target: SshTarget, timeoutMs: number): Promise<Client> {
+  const privateKey = await readFile(target.privateKeyPath);
+  const deadline = Date.now() + timeoutMs;
+  let closedEarly = 0;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await handshake(target, privateKey, Math.max(deadline - Date.now(), 1));
+    } catch (e) {
+      const message = (e as Error).message;
+      const again = CLOSED_BEFORE_HANDSHAKE.test(message) && attempt < CONNECT_ATTEMPTS && Date.now() + attempt * 250 < deadline;
+      if (!again) {
+        const earlier = closedEarly > 0 ? ` (after ${closedEarly} connection(s) closed before the handshake)` : '';
+        throw new InfraError(`SSH to ${target.host}:${target.port} failed: ${message}${earlier}`, { attempts: String(attempt) });
+      }
+      closedEarly++;
+      await new Promise((resolve) => setTimeout(resolve, attempt * 250));
+    }
+  }
+}
+
+function handshake(target: SshTarget, privateKey: Buffer, timeoutMs: number): Promise<Client> {
+  const pinned = Buffer.from(target.hostPublicKey.split(' ')[1] ?? '', 'base64');
+  const client = new Client();
+  return new Promise<Client>((resolve, reject) => {
+    client.once('ready', () => resolve(client));
+    client.once('error', (e) => {
+      client.end();
+      reject(e);
+    });
+    client.connect({
+      host: target.host,
+      port: target.port,
+      username: 'root',
+      privateKey,
+      readyTimeout: timeoutMs,
+      hostVerifier: (key: Buffer) => key.equals(pinned),
+      keepaliveInterval: 0,
+    });
+  });
 }
