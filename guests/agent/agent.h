@@ -117,7 +117,9 @@ void bulk_skip_frame(void);
 
 /* port.c */
 int open_virtio_port(const char *name);
-int serve_port(const char *name);
+/* Serves each connection to the port `name` with a forked `session` (main.c's
+ * serve_session, passed in so that port.c depends on no caller). */
+int serve_port(const char *name, int (*session)(void));
 /* main.c: one session on stdin/stdout, until end of input; never returns */
 int __attribute__((noreturn)) serve_session(void);
 

@@ -238,7 +238,7 @@ int serve_session(void)
 int main(int argc, char **argv)
 {
 	if (argc == 3 && !strcmp(argv[1], "--port"))
-		return serve_port(argv[2]);
+		return serve_port(argv[2], serve_session);
 	if (argc != 1) {
 		fprintf(stderr, "usage: crh-agent [--port NAME]\n");
 		return 2;

@@ -138,7 +138,7 @@ static void send_session_end(int fd, int status)
 
 /* The forked session: the port as stdin and stdout, diagnostics to the
  * kernel log (the host's console shows them), in root's home as over SSH. */
-static void __attribute__((noreturn)) run_session(int fd, const sigset_t *original_mask)
+static void __attribute__((noreturn)) run_session(int fd, const sigset_t *original_mask, int (*session)(void))
 {
 	int log = open("/dev/kmsg", O_WRONLY | O_CLOEXEC);
 	uint8_t start[16];
@@ -160,7 +160,8 @@ static void __attribute__((noreturn)) run_session(int fd, const sigset_t *origin
 	put_le(start + 12, (uint32_t)getpid(), 4);
 	if (write_full(1, start, sizeof start) < 0)
 		_exit(1);
-	serve_session();
+	session();
+	_exit(0); /* a session never returns; should one, it ends here */
 }
 
 /*
@@ -195,7 +196,7 @@ static int wait_session(int fd, pid_t pid)
 	}
 }
 
-int serve_port(const char *name)
+int serve_port(const char *name, int (*session)(void))
 {
 	sigset_t original_mask, io;
 	int fd = open_virtio_port(name);
@@ -225,7 +226,7 @@ int serve_port(const char *name)
 			continue;
 		}
 		if (pid == 0)
-			run_session(fd, &original_mask);
+			run_session(fd, &original_mask, session);
 		status = wait_session(fd, pid);
 		send_session_end(fd, status);
 		drain_until_host_gone(fd);
