@@ -9,18 +9,17 @@
 import t from 'tap';
 import { unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { spawnWithBreakpoint } from '../harness/agent/breakpoint-spawn.ts';
 import { AgentClient } from '../harness/agent/client.ts';
 import { localAgentTransport } from '../harness/agent/local-transport.ts';
 import { ElfFile } from '../harness/elf/elf64.ts';
 import { buildGuestBinaries } from '../harness/image/guest-binaries.ts';
-import { DEFAULT_POLICY, type RestorePolicy } from '../harness/restore/policy.ts';
+import { DEFAULT_POLICY } from '../harness/restore/policy.ts';
 import { checkpointTree } from '../harness/restore/tree-checkpoint.ts';
-import { readTreeImage, writeTreeImage } from '../harness/restore/tree-image.ts';
 import { releaseDescendants, restoreTree } from '../harness/restore/tree-restore.ts';
 import { killDaemonTree } from '../harness/repro/daemon-tree.ts';
 import { interruptibleRun } from '../harness/repro/runs.ts';
 import { makeTempDir, removeTempDir } from '../harness/util/temp-dir.ts';
+import { sharefdTreeCycle } from './support/sharefd-tree-cycle.ts';
 
 t.test('FIFOs in a process tree through the real agent, on the host kernel', async (t) => {
   const bins = await buildGuestBinaries();
@@ -35,38 +34,7 @@ t.test('FIFOs in a process tree through the real agent, on the host kernel', asy
   const breakAt = elf.symbols().find((s) => s.name === 'sharefd_checkpoint')!.value;
   const fifo = path.join(dir, 'fifo-run');
   /** sharefd fifo-run, stopped at its breakpoint (28 bytes queued, the child waiting); run to its end, through a checkpoint and restore under `policy` if given. */
-  const run = async (tag: string, policy?: RestorePolicy) => {
-    const out = path.join(dir, `${tag}.out`);
-    const argv = [binary, 'fifo-run', fifo];
-    const pid = await spawnWithBreakpoint(agent, { binary, argv, breakAt }, out);
-    t.teardown(() => killDaemonTree(agent, pid).then(() => undefined));
-    const hit = await agent.call({ op: 'RUN', pid, stopAfterHits: 1, timeoutMs: 30_000 });
-    if (hit.outcome !== 'hit-limit') throw new Error(`sharefd fifo-run never reached sharefd_checkpoint: ${hit.outcome} ${hit.code}`);
-    if (!policy) {
-      const end = await agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: 30_000 });
-      return { line: `${end.outcome} ${end.code} ${(await read(out)).trim()}` };
-    }
-    const started = Date.now();
-    const checkpointed = await checkpointTree(agent, { binary, argv, envp: [], noAslr: true, pid }, { host: true });
-    const checkpointMs = Date.now() - started;
-    const imageFile = path.join(dir, `${tag}.img`);
-    await writeTreeImage(checkpointed, imageFile);
-    for (const m of checkpointed.members) await agent.call({ op: 'KILL', pid: m.pid });
-    const tree = await readTreeImage(imageFile);
-    const restoredOut = path.join(dir, `${tag}.restored.out`);
-    const restoreStarted = Date.now();
-    const restored = await restoreTree(agent, tree, { policy, stdoutPath: restoredOut });
-    const restoreMs = Date.now() - restoreStarted;
-    await releaseDescendants(agent, tree);
-    const end = await agent.call({ op: 'RUN', pid: tree.members[0]!.pid, stopAfterHits: 0, timeoutMs: 30_000 });
-    return {
-      line: `${end.outcome} ${end.code} ${(await read(restoredOut)).trim()}`,
-      tree,
-      restored,
-      checkpointed,
-      timing: `checkpoint ${checkpointMs} ms, restore ${restoreMs} ms`,
-    };
-  };
+  const run = sharefdTreeCycle({ agent, binary, breakAt, dir, teardown: (fn) => t.teardown(fn) }, ['fifo-run', fifo]);
 
   const reference = (await run('reference')).line;
   t.equal(reference, 'exited 0 sharefd fifo-run ok: read 36 bytes: queued before the checkpoint + child', `uninterrupted: ${reference}`);

@@ -5,18 +5,13 @@
 // with the uninterrupted run's line (the parent sees the child's write through its mapping and its descriptor);
 // omit=mapping-kinds (a memfd of its own for each, the control) is caught by the program.
 import t from 'tap';
-import path from 'node:path';
-import { spawnWithBreakpoint } from '../harness/agent/breakpoint-spawn.ts';
 import { AgentClient } from '../harness/agent/client.ts';
 import { localAgentTransport } from '../harness/agent/local-transport.ts';
 import { ElfFile } from '../harness/elf/elf64.ts';
 import { buildGuestBinaries } from '../harness/image/guest-binaries.ts';
-import { DEFAULT_POLICY, type RestorePolicy } from '../harness/restore/policy.ts';
-import { checkpointTree } from '../harness/restore/tree-checkpoint.ts';
-import { readTreeImage, writeTreeImage } from '../harness/restore/tree-image.ts';
-import { releaseDescendants, restoreTree } from '../harness/restore/tree-restore.ts';
-import { killDaemonTree } from '../harness/repro/daemon-tree.ts';
+import { DEFAULT_POLICY } from '../harness/restore/policy.ts';
 import { makeTempDir, removeTempDir } from '../harness/util/temp-dir.ts';
+import { sharefdTreeCycle } from './support/sharefd-tree-cycle.ts';
 
 t.test('a memfd mapped shared in a process tree through the real agent, on the host kernel', async (t) => {
   const bins = await buildGuestBinaries();
@@ -25,41 +20,10 @@ t.test('a memfd mapped shared in a process tree through the real agent, on the h
   t.teardown(() => removeTempDir(dir));
   const { client: agent } = await AgentClient.open(localAgentTransport(bins.hostPath['crh-agent']!));
   t.teardown(() => agent.close());
-  const read = async (file: string): Promise<string> => (await agent.call({ op: 'READ_FILE', path: file, maxSize: 4096 })).toString();
   const elf = await ElfFile.open(binary);
   const breakAt = elf.symbols().find((s) => s.name === 'sharefd_checkpoint')!.value;
 
-  const run = async (tag: string, policy?: RestorePolicy) => {
-    const out = path.join(dir, `${tag}.out`);
-    const argv = [binary, 'memfd-map-run', 'tree-map'];
-    const pid = await spawnWithBreakpoint(agent, { binary, argv, breakAt }, out);
-    t.teardown(() => killDaemonTree(agent, pid).then(() => undefined));
-    const hit = await agent.call({ op: 'RUN', pid, stopAfterHits: 1, timeoutMs: 30_000 });
-    if (hit.outcome !== 'hit-limit') throw new Error(`sharefd memfd-map-run never reached sharefd_checkpoint: ${hit.outcome} ${hit.code}`);
-    if (!policy) {
-      const end = await agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: 30_000 });
-      return { line: `${end.outcome} ${end.code} ${(await read(out)).trim()}` };
-    }
-    const started = Date.now();
-    const checkpointed = await checkpointTree(agent, { binary, argv, envp: [], noAslr: true, pid }, { host: true });
-    const checkpointMs = Date.now() - started;
-    const imageFile = path.join(dir, `${tag}.img`);
-    await writeTreeImage(checkpointed, imageFile);
-    for (const m of checkpointed.members) await agent.call({ op: 'KILL', pid: m.pid });
-    const tree = await readTreeImage(imageFile);
-    const restoredOut = path.join(dir, `${tag}.restored.out`);
-    const restoreStarted = Date.now();
-    const restored = await restoreTree(agent, tree, { policy, stdoutPath: restoredOut });
-    const restoreMs = Date.now() - restoreStarted;
-    await releaseDescendants(agent, tree);
-    const end = await agent.call({ op: 'RUN', pid: tree.members[0]!.pid, stopAfterHits: 0, timeoutMs: 30_000 });
-    return {
-      line: `${end.outcome} ${end.code} ${(await read(restoredOut)).trim()}`,
-      tree,
-      restored,
-      timing: `checkpoint ${checkpointMs} ms, restore ${restoreMs} ms`,
-    };
-  };
+  const run = sharefdTreeCycle({ agent, binary, breakAt, dir, teardown: (fn) => t.teardown(fn) }, ['memfd-map-run', 'tree-map']);
 
   const reference = (await run('reference')).line;
   t.equal(reference, "exited 0 sharefd memfd-map-run ok: the child's write seen through the mapping and the descriptor", `uninterrupted: ${reference}`);
