@@ -68,18 +68,7 @@ export async function findSharedDescriptions(agent: AgentClient, files: readonly
   for (const [a, b] of candidatePairs(files)) {
     const why = sharedDescriptionProblem(a.path, a.flags);
     if (why === undefined) continue;
-    const same = await agent.call({
-      op: 'INJECT_SYSCALL',
-      pid: a.pid,
-      nr: NR_KCMP,
-      args: [BigInt(a.pid), BigInt(b.pid), KCMP_FILE, BigInt(a.fd), BigInt(b.fd)],
-    });
-    if (same < 0n)
-      throw new CheckpointError(
-        `kcmp(KCMP_FILE) of pid ${a.pid} fd ${a.fd} and pid ${b.pid} fd ${b.fd} failed with errno ${-same}: cannot tell whether they share one open file description`,
-        { target: a.path },
-      );
-    if (same !== 0n) continue;
+    if (!(await sameDescription(agent, a, b))) continue;
     const key = `${a.pid}/${a.fd}`;
     if (reported.has(key)) continue;
     reported.add(key);
