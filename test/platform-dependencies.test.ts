@@ -130,6 +130,11 @@ t.test('missing dependencies: each named, with why', async (t) => {
     '6.12 → 6.1: and mm_cid is gone',
   );
   t.same(
+    missingDependencies({ ...MAX_61, vdso: { mappings: [], symbols: {} } }, kernel612).map((m) => m.feature),
+    [],
+    "a process that unmapped its vDSO depends on no vDSO layout (the restore unmaps the target's)",
+  );
+  t.same(
     missingDependencies(MAX_61, { ...MAX_61, rseq: { featureSize: 28, align: 64 } }, 0x100c0020n).map((m) => m.feature),
     ['rseq alignment'],
   );

@@ -58,6 +58,28 @@ t.test('the vdso must be where the image had it', async (t) => {
   t.throws(() => compileRestorePlan(syntheticImage(), moved, { rf: 'keep' }), PlanError);
 });
 
+t.test("a process that unmapped its vDSO is restored without one: the target's [vdso] and [vvar] are unmapped, first", async (t) => {
+  const image = syntheticImage();
+  const without = {
+    ...image,
+    maps: image.maps
+      .split('\n')
+      .filter((l) => !/\[(vdso|vvar)\]/.test(l))
+      .join('\n'),
+  };
+  const steps = compileRestorePlan(without, probe, { rf: 'keep' });
+  const unmaps = steps.filter((s) => s.op.op === 'INJECT_SYSCALL' && s.op.nr === 11);
+  const kernels = targetMaps.filter((m) => /^\[(vdso|vvar)\]$/.test(m.name));
+  t.ok(kernels.length > 0, 'the target has a vDSO to unmap');
+  t.same(
+    unmaps.map((s) => (s.op.op === 'INJECT_SYSCALL' ? s.op.args : [])),
+    kernels.map((m) => [m.start, m.end - m.start]),
+    'one munmap per kernel mapping the image lacks',
+  );
+  const withVdso = compileRestorePlan(image, probe, { rf: 'keep' }).filter((s) => s.op.op === 'INJECT_SYSCALL' && s.op.nr === 11);
+  t.same(withVdso, [], 'an image with its vDSO unmaps nothing');
+});
+
 t.test('uncovered ranges', async (t) => {
   const maps = parseMaps('1000-2000 rw-p 00000000 00:00 0\n3000-4000 rw-p 00000000 00:00 0');
   t.same(uncovered(0x0n, 0x5000n, maps), [

@@ -24,7 +24,7 @@ import { userfaultfdSteps } from './userfaultfd.ts';
 import { rewindInterruptedSyscall } from './syscall-restart.ts';
 import { reissueSleep, type SleepReissue } from './sleep-deadline.ts';
 import { pkeySteps } from './pkeys.ts';
-import { brkStep, dontNeedStep, protectStep, rseqStep } from './syscall-steps.ts';
+import { brkStep, dontNeedStep, protectStep, rseqStep, unmapStep } from './syscall-steps.ts';
 import { storedRanges } from './stored-pages.ts';
 import { timeNamespaceSteps } from './time-namespace.ts';
 
@@ -71,6 +71,9 @@ export function withSyscallRestart(image: CheckpointImage, bootId?: string): { i
   return { image: { ...image, regs: sleep?.regs ?? rewound(image.regs), threads: image.threads.map((t) => ({ ...t, regs: rewound(t.regs) })) }, sleep };
 }
 
+/** The kernel's mappings a process may unmap itself (munmap of [vsyscall] fails): the vDSO and its data pages. */
+const VDSO_MAPPING = /^\[(vdso|vvar[a-z_]*)\]$/;
+
 export function compileRestorePlan(checkpointed: CheckpointImage, probe: TargetProbe, policy: RestorePolicy): PlanStep[] {
   const pid = probe.pid;
   const fixed = fixedImage(checkpointed, policy);
@@ -90,6 +93,9 @@ export function compileRestorePlan(checkpointed: CheckpointImage, probe: TargetP
       );
     }
   }
+  // A process that unmapped its vDSO (CRIU's ZDTM vdso02 does) is restored without one: the target's goes too.
+  const unmapped = probe.maps.filter((t) => VDSO_MAPPING.test(t.name) && !imageMaps.some((m) => m.name === t.name));
+  for (const t of unmapped) steps.push(unmapStep(pid, t.start, t.end - t.start, `unmap the target's ${t.name}: the process had unmapped its own`));
   // In another boot, the time namespace first (time-namespace.ts): setns wants a single-threaded task, and
   // no descriptor of the image is open yet, so the one it opens and closes is the lowest the fresh target lacks.
   if (probe.clockOffsets) steps.push(...timeNamespaceSteps(pid, probe.clockOffsets, probe.fds ?? [0, 1, 2], freePage(probe.maps, imageMaps)));
@@ -101,7 +107,7 @@ export function compileRestorePlan(checkpointed: CheckpointImage, probe: TargetP
     steps.push(...vdsoRedirectSteps(pid, image.dependencies, probe.dependencies, rips, [...probe.maps, ...imageMaps]).steps);
   }
 
-  const covered: Mapping[] = [...probe.maps];
+  const covered: Mapping[] = probe.maps.filter((t) => !unmapped.includes(t));
   // The kernel may show the heap as several adjacent [heap] VMAs; brk() must
   // reach the end of the last one, or later sbrk() calls would collide.
   const heaps = imageMaps.filter((m) => m.name === '[heap]');

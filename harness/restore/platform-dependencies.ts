@@ -359,7 +359,9 @@ export function missingDependencies(
   }
   const vdsoMoved = image.vdso.mappings.map((m) => `${m.name} ${hex(m.start)}-${hex(m.end)}`).join(', ');
   const vdsoThere = target.vdso.mappings.map((m) => `${m.name} ${hex(m.start)}-${hex(m.end)}`).join(', ');
-  if (vdsoMoved !== vdsoThere) missing.push({ feature: 'vdso layout', why: `the checkpoint's ${vdsoMoved || 'none'}, the target's ${vdsoThere || 'none'}` });
+  // A process without a vDSO (it unmapped it) depends on none: the restore unmaps the target's (plan.ts).
+  if (vdsoMoved !== '' && vdsoMoved !== vdsoThere)
+    missing.push({ feature: 'vdso layout', why: `the checkpoint's ${vdsoMoved || 'none'}, the target's ${vdsoThere || 'none'}` });
   const changed = Object.entries(image.vdso.symbols)
     .filter(([name, at]) => target.vdso.symbols[name] !== at)
     .map(([name, at]) => `${name} at +${hex(at)}, the target's ${target.vdso.symbols[name] === undefined ? 'absent' : `+${hex(target.vdso.symbols[name]!)}`}`);

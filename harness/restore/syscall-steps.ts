@@ -5,7 +5,7 @@
 import type { RseqState } from './image-model.ts';
 import type { PlanStep } from './plan-step.ts';
 
-const NR = { mmap: 9, mprotect: 10, brk: 12, madvise: 28, rseq: 334 } as const;
+const NR = { mmap: 9, mprotect: 10, munmap: 11, brk: 12, madvise: 28, rseq: 334 } as const;
 const MADV_DONTNEED = 4n;
 export const PROT = { READ: 1n, WRITE: 2n, EXEC: 4n } as const;
 const MAP_PRIVATE = 0x02n;
@@ -21,6 +21,10 @@ export function mapFixedStep(pid: number, start: bigint, length: bigint, prot: b
     why,
     expect: start,
   };
+}
+
+export function unmapStep(pid: number, start: bigint, length: bigint, why: string): PlanStep {
+  return { op: { op: 'INJECT_SYSCALL', pid, nr: NR.munmap, args: [start, length] }, why, expect: 0n };
 }
 
 export function protectStep(pid: number, start: bigint, length: bigint, prot: bigint, why: string): PlanStep {

@@ -20,7 +20,9 @@
  * exists, or another file at the path (device, inode) or one of another
  * size, is refused naming the object's field.
  *
- * Refused by name: a shared description that is not of a regular file.
+ * A directory's shared description is left to each holder, as shared-descriptions.ts does for those opened
+ * O_DIRECTORY (the kernel's file type decides, not the open flags). Refused by name: any other shared
+ * description that is not of a regular file.
  */
 import type { AgentClient } from '../agent/client.ts';
 import { AgentError, CheckpointError } from '../errors.ts';
@@ -39,6 +41,7 @@ const AT_FDCWD = BigInt.asUintN(64, -100n);
 export const STAT_BYTES = 144;
 const S_IFMT = 0o170000;
 const S_IFREG = 0o100000;
+const S_IFDIR = 0o040000;
 const ENOENT = 2n;
 /** Flags a description never keeps after its open (and that would change the file if passed to open again). */
 const OPEN_ONLY = O.CREAT | O.EXCL | O.TRUNC | O.NOCTTY;
@@ -78,6 +81,10 @@ export async function captureSharedFiles(agent: AgentClient, groups: readonly (r
     const fdinfo = (await agent.call({ op: 'READ_FILE', path: `/proc/${first.pid}/fdinfo/${first.fd}`, maxSize: 65536 })).toString('utf8');
     const { pos, flags } = parseFdinfo(fdinfo);
     const stat = await fstatIn(agent, first.pid, first.fd);
+    // A directory opened without O_DIRECTORY (ZDTM's test_init: open(".", O_RDONLY), then fork) is what
+    // shared-descriptions.ts lets through for O_DIRECTORY ones: its offset is a file-system cookie, each holder
+    // opens it again (files.ts).
+    if ((stat.mode & S_IFMT) === S_IFDIR) continue;
     if ((stat.mode & S_IFMT) !== S_IFREG || fileKind(first.path, flags) !== 'file')
       throw new CheckpointError(
         `shared open file description (${where}): ${first.path} (mode 0o${stat.mode.toString(8)}) is not a regular file: opened again by path, it would not be the same object`,
