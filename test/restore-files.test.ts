@@ -4,7 +4,7 @@
 // when needed — without O_CREAT/O_TRUNC side effects, with its offset, and leads its session again with setsid.
 import t from 'tap';
 import { ImageRejectedError } from '../harness/errors.ts';
-import { fileKind, fileSteps, O, parseFdinfo, parseStatSession, sessionSteps } from '../harness/restore/files.ts';
+import { fileKind, fileSteps, O, parseFdinfo, parseStatSession, parseUmask, sessionSteps, umaskSteps } from '../harness/restore/files.ts';
 import type { OpenFile } from '../harness/restore/image-model.ts';
 import { compileRestorePlan } from '../harness/restore/plan.ts';
 import { parseMaps } from '../harness/restore/proc-maps.ts';
@@ -106,4 +106,17 @@ t.test('task.json: every field checked', async (t) => {
   rejects((j) => (j.files = new Array(1025).fill(j.files[0])), 'files');
   rejects((j) => (j.files = null), 'files');
   rejects((j) => (j.userfaultfds = [{ fd: 3, flags: 0, features: 0 }]), 'userfaultfds[0].fd');
+  t.equal(validateTask({ ...good, umask: 0o77 }).umask, 0o77, 'a umask is kept');
+  t.equal(validateTask(good).umask, undefined, 'an image from before the umask was kept has none');
+  rejects((j) => (j.umask = 0o1000), 'umask');
+  rejects((j) => (j.umask = -1), 'umask');
+  rejects((j) => (j.umask = '022'), 'umask');
+});
+
+t.test('umask: read from /proc/PID/status, given back by one umask(2) before the files', async (t) => {
+  t.equal(parseUmask('Name:\tx\nUmask:\t0077\nState:\tt\n'), 0o77);
+  t.equal(parseUmask('Name:\tx\nState:\tt\n'), undefined, 'a kernel without the line (before 4.7)');
+  t.same(umaskSteps(7, { pgid: 7, sid: 7, files: [] }), [], 'no mask in the image: no step');
+  const [step] = umaskSteps(7, { pgid: 7, sid: 7, files: [], umask: 0o27 });
+  t.same(step?.op, { op: 'INJECT_SYSCALL', pid: 7, nr: 95, args: [0o27n] });
 });

@@ -24,7 +24,6 @@ const STATES: Record<string, string[]> = {
   seccomp: ['seccomp', 'no_new_privs'],
   timer: ['POSIX timer'],
   tracer: ['ptrace tracee'],
-  umask: ['umask'],
   rlimit: ['resource limits'],
   cwd: ['working directory'],
 };
@@ -60,6 +59,33 @@ t.test('uncapturable state is refused at checkpoint time, by name, on the host k
       if (tracee) process.kill(Number(tracee), 'SIGKILL');
     });
   }
+
+  await t.test("umask 077 is captured and given back (files.ts); the image without it restores the agent's mask (the control)", async (t) => {
+    const { pid: refPid } = await agent.call({
+      op: 'SPAWN',
+      path: binary,
+      argv: [binary, 'umask'],
+      envp: [],
+      stdoutPath: out('umask-reference'),
+      noAslr: true,
+    });
+    await agent.call({ op: 'RUN', pid: refPid, stopAfterHits: 0, timeoutMs: 30_000 });
+    const reference = (await agent.call({ op: 'READ_FILE', path: out('umask-reference'), maxSize: 4096 })).toString();
+    t.match(reference, /umask=077/, `uninterrupted: ${reference.trim()}`);
+    const pid = await stopped('umask', [binary, 'umask']);
+    const image = await checkpointProcess(agent, { binary, argv: [binary, 'umask'], envp: [], noAslr: true, pid }, { host: true });
+    await agent.call({ op: 'KILL', pid });
+    t.equal(image.task.umask, 0o77, 'the image holds umask 077');
+    const finish = async (tag: string, img: typeof image): Promise<string> => {
+      const restored = await restoreProcess(agent, img, { policy: DEFAULT_POLICY, stdoutPath: out(tag) });
+      await agent.call({ op: 'RUN', pid: restored.pid, stopAfterHits: 0, timeoutMs: 30_000 });
+      return (await agent.call({ op: 'READ_FILE', path: out(tag), maxSize: 4096 })).toString();
+    };
+    t.equal(await finish('umask-restored', image), reference, 'restored: the uninterrupted output, umask 077');
+    const { umask: _dropped, ...task } = image.task;
+    const control = await finish('umask-control', { ...image, task });
+    t.not(control, reference, `control, the mask left out of the image: ${control.trim()}`);
+  });
 
   await t.test('control: holding nothing extra, the checkpoint is taken and restores', async (t) => {
     const { pid: refPid } = await agent.call({ op: 'SPAWN', path: binary, argv: [binary], envp: [], stdoutPath: out('reference'), noAslr: true });

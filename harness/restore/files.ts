@@ -49,7 +49,7 @@ export const O_KNOWN = Object.values(O).reduce((a, b) => a | b, 0);
 /** Flags that change the file when it is opened again; never passed to the restoring open. */
 const O_SIDE_EFFECTS = O.CREAT | O.EXCL | O.TRUNC | O.NOCTTY;
 
-const NR = { lseek: 8, openat: 257, setsid: 112, setpgid: 109 } as const;
+const NR = { lseek: 8, umask: 95, openat: 257, setsid: 112, setpgid: 109 } as const;
 const AT_FDCWD = BigInt.asUintN(64, -100n);
 
 /** pgrp and session from /proc/PID/stat (fields 5 and 6, after the parenthesised name). */
@@ -104,7 +104,25 @@ export async function captureTask(agent: AgentClient, pid: number, { skipPipes =
       );
     files.push({ fd, path, flags, pos, kind });
   }
-  return { ...session, files, ...(userfaultfds.length > 0 ? { userfaultfds } : {}) };
+  const umask = parseUmask((await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/status`, maxSize: 65536 })).toString('utf8'));
+  return { ...session, files, ...(userfaultfds.length > 0 ? { userfaultfds } : {}), ...(umask !== undefined ? { umask } : {}) };
+}
+
+/** /proc/PID/status's Umask line (kernels from 4.7); undefined where the kernel shows none. Pure. */
+export function parseUmask(status: string): number | undefined {
+  const m = /^Umask:\s*([0-7]{1,4})$/m.exec(status);
+  return m ? parseInt(m[1]!, 8) : undefined;
+}
+
+/** The process's umask as it was: umask(2) returns the old mask, whatever it is, so no result is expected. */
+export function umaskSteps(pid: number, task: TaskState): PlanStep[] {
+  if (task.umask === undefined) return [];
+  return [
+    {
+      op: { op: 'INJECT_SYSCALL', pid, nr: NR.umask, args: [BigInt(task.umask)] },
+      why: `umask 0o${task.umask.toString(8).padStart(3, '0')}, the process's own`,
+    },
+  ];
 }
 
 /**

@@ -181,6 +181,8 @@ export interface TaskState {
   files: OpenFile[];
   /** the process's userfaultfds (userfaultfd.ts); absent when none */
   userfaultfds?: UserfaultfdState[];
+  /** its file-mode creation mask (umask(2)); absent in images from before it was kept: the restoring agent's */
+  umask?: number;
 }
 
 export interface UserfaultfdState {

@@ -148,6 +148,7 @@ export function imageEntries(image: CheckpointImage, extra: ReadonlyMap<string, 
       sid: image.task.sid,
       files: image.task.files.map((f) => ({ ...f, pos: f.pos.toString() })),
       userfaultfds: image.task.userfaultfds ?? [],
+      ...(image.task.umask !== undefined ? { umask: image.task.umask } : {}),
     }),
   );
   entries.set('threads.json', json(threadsJson(image)));

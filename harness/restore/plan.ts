@@ -17,7 +17,7 @@ import { mappingSteps } from './mappings.ts';
 import { freePage, registerSteps, threadRegisterSteps, xstateStep } from './restorers.ts';
 import { ALL_BLOCKABLE, finalMaskStep, signalSteps } from './signals.ts';
 import { applyThreadRseqFixups, debugRegSteps, linkSteps, threadCreationSteps, threadFinalSteps, type ThreadFixup } from './threads.ts';
-import { fileSteps, sessionSteps } from './files.ts';
+import { fileSteps, sessionSteps, umaskSteps } from './files.ts';
 import { ldtSteps } from './ldt.ts';
 import { timerSteps } from './timers.ts';
 import { userfaultfdSteps } from './userfaultfd.ts';
@@ -195,6 +195,7 @@ export function compileRestorePlan(checkpointed: CheckpointImage, probe: TargetP
   if (!omits(policy, 'files')) {
     // A tree's sessions and groups were formed with its processes (tree.ts).
     if (!probe.tree) steps.push(...sessionSteps(pid, image.process.pid, image.task));
+    steps.push(...umaskSteps(pid, image.task));
     steps.push(...fileSteps(pid, image.task.files, probe.fds ?? [0, 1, 2], freePage(probe.maps, imageMaps)));
   }
   // After the memory writes: a write to a registered, missing page would fault to a server that is not running.

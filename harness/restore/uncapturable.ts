@@ -26,9 +26,9 @@
  *   SIGEV_THREAD notify, a clock other than the ones it names, an id past
  *   its bound. Interval timers (setitimer, alarm), the other POSIX timers
  *   and timerfds are captured (timers.ts);
- * - namespaces (/proc/PID/ns/*), resource limits (/proc/PID/limits), umask
- *   and working directory other than the agent's: a restored process gets
- *   the agent's.
+ * - namespaces (/proc/PID/ns/*), resource limits (/proc/PID/limits) and
+ *   working directory other than the agent's: a restored process gets the
+ *   agent's. (The umask is captured: files.ts.)
  * The LDT is captured (ldt.ts); a descriptor there that modify_ldt cannot
  * make is refused by ldt.ts, naming the slot. A tree's checkpoint
  * (tree-checkpoint.ts) captures the pipes between its processes and refuses
@@ -182,7 +182,7 @@ export function timerfdUncapturable(fd: number, fdinfo: string): Uncapturable | 
   return problem ? { state: 'timerfd', where: `fd ${fd}`, seen: problem } : undefined;
 }
 
-/** Something of the target's that must equal the agent's: a namespace, limits, umask, cwd. */
+/** Something of the target's that must equal the agent's: a namespace, limits, cwd. */
 export function sameAsAgent(state: string, where: string, target: string, agent: string): Uncapturable | undefined {
   return target === agent
     ? undefined
@@ -253,8 +253,6 @@ export async function findUncapturable(agent: AgentClient, pid: number, noAslr: 
   }
   const limits = limitsDiffer(await read(`/proc/${pid}/limits`), await read('/proc/self/limits'));
   if (limits.length > 0) found.push({ state: 'resource limits', where: `/proc/${pid}/limits`, seen: limits.join('; ') });
-  const umask = (text: string): string => /^Umask:\s*(\S+)$/m.exec(text)?.[1] ?? '?';
-  add(sameAsAgent('umask', `/proc/${pid}/status`, umask(await read(`/proc/${pid}/status`)), umask(agentStatus)));
   add(
     sameAsAgent(
       'working directory',

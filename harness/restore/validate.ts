@@ -427,7 +427,15 @@ export function validateTask(raw: unknown): TaskState {
     const o = u as Record<string, unknown>;
     return { fd: o.fd as number, flags: o.flags as number, features: o.features as number | null };
   });
-  const task: TaskState = { pgid: r.pgid as number, sid: r.sid as number, files, ...(userfaultfds.length > 0 ? { userfaultfds } : {}) };
+  if (r.umask !== undefined && !(Number.isInteger(r.umask) && (r.umask as number) >= 0 && (r.umask as number) <= 0o777))
+    reject(e, 'umask', `${String(r.umask).slice(0, 20)} is no file-mode creation mask (0 to 0o777)`);
+  const task: TaskState = {
+    pgid: r.pgid as number,
+    sid: r.sid as number,
+    files,
+    ...(userfaultfds.length > 0 ? { userfaultfds } : {}),
+    ...(r.umask !== undefined ? { umask: r.umask as number } : {}),
+  };
   const problem = taskStateProblem(task) ?? userfaultfdsProblem(userfaultfds, new Set(files.map((f) => f.fd)));
   if (problem) reject(e, problem.field, problem.why);
   return task;
