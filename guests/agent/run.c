@@ -108,11 +108,26 @@ static int classify(struct call *c, pid_t tgid, pid_t tid, int st, struct run_lo
  */
 #define NOT_STOPPED_ERRNO EBUSY
 
-/* Threads of `tgid` not yet in a collected stop, a zombie leader excepted. */
+/* Whether the table holds a thread of `tgid` other than its leader. */
+static bool has_other_threads(pid_t tgid)
+{
+	for (size_t i = 0; i < ntasks; i++)
+		if (tasks[i].tgid == tgid && tasks[i].tid != tgid)
+			return true;
+	return false;
+}
+
+/*
+ * Threads of `tgid` not yet in a collected stop. A zombie leader is excepted
+ * while other threads remain (the kernel reports it only once they are
+ * reaped), not when it is alone: then the whole process ended — between
+ * RUN's last wait and the interrupts, say — and its exit is there to collect.
+ */
 static pid_t first_running(pid_t tgid)
 {
 	for (size_t i = 0; i < ntasks; i++)
-		if (tasks[i].tgid == tgid && !tasks[i].stopped && !(tasks[i].tid == tgid && is_zombie(tgid)))
+		if (tasks[i].tgid == tgid && !tasks[i].stopped &&
+		    !(tasks[i].tid == tgid && has_other_threads(tgid) && is_zombie(tgid)))
 			return tasks[i].tid;
 	return 0;
 }
