@@ -100,11 +100,34 @@ static int classify(struct call *c, pid_t tgid, pid_t tid, int st, struct run_lo
 /* How long the threads of a process get to reach a stop after PTRACE_INTERRUPT. */
 #define STOP_ALL_TIMEOUT_MS 10000u
 
-/* Threads of `tgid` not yet in a collected stop, a zombie leader excepted. */
+/*
+ * The errno of a thread that did not reach a stop within STOP_ALL_TIMEOUT_MS
+ * (a killable wait PTRACE_INTERRUPT cannot break, as a vfork parent's): the
+ * thread may still run. Not ETIMEDOUT, which RUN answers only when every
+ * thread was interrupted and left stopped, and which the host takes as that.
+ */
+#define NOT_STOPPED_ERRNO EBUSY
+
+/* Whether the table holds a thread of `tgid` other than its leader. */
+static bool has_other_threads(pid_t tgid)
+{
+	for (size_t i = 0; i < ntasks; i++)
+		if (tasks[i].tgid == tgid && tasks[i].tid != tgid)
+			return true;
+	return false;
+}
+
+/*
+ * Threads of `tgid` not yet in a collected stop. A zombie leader is excepted
+ * while other threads remain (the kernel reports it only once they are
+ * reaped), not when it is alone: then the whole process ended — between
+ * RUN's last wait and the interrupts, say — and its exit is there to collect.
+ */
 static pid_t first_running(pid_t tgid)
 {
 	for (size_t i = 0; i < ntasks; i++)
-		if (tasks[i].tgid == tgid && !tasks[i].stopped && !(tasks[i].tid == tgid && is_zombie(tgid)))
+		if (tasks[i].tgid == tgid && !tasks[i].stopped &&
+		    !(tasks[i].tid == tgid && has_other_threads(tgid) && is_zombie(tgid)))
 			return tasks[i].tid;
 	return 0;
 }
@@ -144,7 +167,8 @@ static int stop_all(struct call *c, pid_t tgid, struct run_log *log, bool *gone,
 		if (r < 0)
 			return fail_errno(c, "waitpid (process %d)", (int)tgid);
 		if (r == 0)
-			return fail(c, ETIMEDOUT, "thread %d of process %d did not stop within %u ms of PTRACE_INTERRUPT",
+			return fail(c, NOT_STOPPED_ERRNO,
+				    "thread %d of process %d did not stop within %u ms of PTRACE_INTERRUPT (it may still run)",
 				    (int)late, (int)tgid, STOP_ALL_TIMEOUT_MS);
 		kind = classify(c, tgid, tid, st, log, &deliver);
 		if (kind < 0)
@@ -342,7 +366,7 @@ static int step_interrupt(pid_t tgid, pid_t tid)
 		if (r < 0)
 			return -1;
 		if (r == 0) {
-			errno = ETIMEDOUT;
+			errno = NOT_STOPPED_ERRNO;
 			return -1;
 		}
 		if (who != tid)
@@ -420,8 +444,9 @@ int op_step(struct call *c)
 			if (r == 0) {
 				int err = step_interrupt(tgid, tid) < 0 ? errno : 0;
 
-				fail(c, ETIMEDOUT, "timed out after %u ms in step %u of %u of thread %d; %s", timeout_ms,
-				     nsteps + 1, count, (int)tid,
+				/* ETIMEDOUT only when the thread is left stopped, as RUN's. */
+				fail(c, err ? err : ETIMEDOUT, "timed out after %u ms in step %u of %u of thread %d; %s",
+				     timeout_ms, nsteps + 1, count, (int)tid,
 				     err ? strerror(err) : "the thread was interrupted and left stopped");
 				goto out;
 			}

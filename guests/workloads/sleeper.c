@@ -9,6 +9,9 @@
  *   monotonic        clock_nanosleep(CLOCK_MONOTONIC, 0, req, &rem)
  *   absolute         clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, start + MS): ERESTARTNOHAND when interrupted
  *   poll             poll(NULL, 0, MS): ERESTART_RESTARTBLOCK, remaining time in the kernel only
+ *   vfork            vfork() of a child that sleeps MS and exits: the parent waits in the kernel,
+ *                    killable only, so no PTRACE_INTERRUPT stops it meanwhile (the child is not
+ *                    traced: the agent asks for no vfork events, and it dies with the parent)
  * The relative sleeps answer ERESTART_RESTARTBLOCK when interrupted.
  * HANDLER is none, or norestart: a SIGUSR2 handler installed without
  * SA_RESTART (never sent: it must not change how the call resumes).
@@ -27,7 +30,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -46,6 +51,26 @@ static long long now_ns(void)
 	return ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
+/* The vfork mode, in a function of its own so that no local of main() lives across vfork(). */
+static __attribute__((noinline)) long vfork_wait(const struct timespec *req, int *err)
+{
+	pid_t child = vfork();
+
+	if (child == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		syscall(SYS_nanosleep, req, NULL);
+		_exit(0);
+	}
+	if (child < 0) {
+		*err = errno;
+		return -1;
+	}
+	while (waitpid(child, NULL, 0) < 0 && errno == EINTR)
+		;
+	*err = 0;
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	struct timespec req, rem = { 0, 0 };
@@ -54,7 +79,7 @@ int main(int argc, char **argv)
 	int err = 0, on_time;
 
 	if (argc != 4 || (strcmp(argv[2], "none") && strcmp(argv[2], "norestart")) || (ms = atoll(argv[3])) <= 0) {
-		fprintf(stderr, "usage: sleeper nanosleep|sys-nanosleep|monotonic|absolute|poll none|norestart MS\n");
+		fprintf(stderr, "usage: sleeper nanosleep|sys-nanosleep|monotonic|absolute|poll|vfork none|norestart MS\n");
 		return 2;
 	}
 	if (!strcmp(argv[2], "norestart")) {
@@ -85,6 +110,8 @@ int main(int argc, char **argv)
 	} else if (!strcmp(argv[1], "poll")) {
 		ret = poll(NULL, 0, (int)ms);
 		err = ret < 0 ? errno : 0;
+	} else if (!strcmp(argv[1], "vfork")) {
+		ret = vfork_wait(&req, &err);
 	} else {
 		fprintf(stderr, "sleeper: unknown mode %s\n", argv[1]);
 		return 2;

@@ -10,7 +10,11 @@ import { AgentError, CrhError } from '../errors.ts';
 
 const ETIMEDOUT = constants.errno.ETIMEDOUT;
 
-/** Whether `error` is the agent's RUN giving up at its timeout (the program still running). */
+/**
+ * Whether `error` is the agent's RUN giving up at its timeout (the program
+ * still running, every thread left stopped). A thread that did not reach a
+ * stop after the interrupt is another errno (EBUSY): nothing is left stopped.
+ */
 export function isRunTimeout(error: unknown): boolean {
   return error instanceof AgentError && error.errno === ETIMEDOUT;
 }
