@@ -103,6 +103,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     countHits: (r: RunResult) => number,
     extra: Record<string, string> = {},
     hitsPerMissedAttempt = 0,
+    view: (output: string) => string = stable,
   ) => {
     const interruptedAttemptHits = (hits: number, output: string): number => hits - (attemptsOf(output) - 1) * hitsPerMissedAttempt;
     const expectedHits = interruptedAttemptHits(countHits(reference.result), reference.output);
@@ -118,19 +119,19 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
           scenario: run.scenario,
           policy: describePolicy(policy),
           control,
-          expected: stable(reference.output),
+          expected: view(reference.output),
           observed: `no checkpoint: the run ended (${checkpointed.run.outcome} ${checkpointed.run.code}) before the handler`,
           matchedUninterrupted: control,
         });
         continue;
       }
       const r = await restoreAndFinish(guest, checkpointed.file, policy, tag, {});
-      const observed = r.run.outcome === 'killed' ? `killed by signal ${r.run.code}` : stable(r.output);
+      const observed = r.run.outcome === 'killed' ? `killed by signal ${r.run.code}` : view(r.output);
       const hits = interruptedAttemptHits(countHits(checkpointed.run) + countHits(r.run), r.output);
       if (control) {
-        t.not(observed, stable(reference.output), `regs=partial is caught: ${observed}`);
+        t.not(observed, view(reference.output), `regs=partial is caught: ${observed}`);
       } else {
-        t.equal(observed, stable(reference.output), `exact result, RCX/RSI/RDI continued: ${r.output.trim()}`);
+        t.equal(observed, view(reference.output), `exact result, RCX/RSI/RDI continued: ${r.output.trim()}`);
         t.equal(
           hits,
           expectedHits,
@@ -142,9 +143,9 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
         scenario: run.scenario,
         policy: describePolicy(policy),
         control,
-        expected: `${stable(reference.output)}; ${expectedHits} rep hit(s)`,
+        expected: `${view(reference.output)}; ${expectedHits} rep hit(s)`,
         observed: `${observed}; ${hits} rep hit(s)`,
-        matchedUninterrupted: observed === stable(reference.output) && hits === expectedHits,
+        matchedUninterrupted: observed === view(reference.output) && hits === expectedHits,
         conditions: conditions(reference.output, extra),
       });
     }
@@ -240,7 +241,12 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
       reference.result.hits.some((h) => h.rip === inHandler),
       'the uninterrupted run reached rep_in_handler',
     );
-    if (runsEngine('crh')) await restoreBoth(t, run, reference, repHits, { repBreakpoint: behaviour }, perIteration ? bytes : 1);
+    // Per-iteration traps (TCG) make the frame's RF depend on where the timer lands, as attempts and progress do
+    // (measured: frame-rf=0 at progress=1 once, 1 elsewhere): the restored run carries the checkpointed run's frame, not
+    // the reference's, so RF is compared through the rep hits across the checkpoint, and shown here.
+    const view = perIteration ? (out: string): string => stable(out).replace(/ frame-rf=\d/, ' frame-rf=*') : stable;
+    if (perIteration) t.comment(`frame-rf not compared with the reference (per-iteration traps): the reference's is ${conditions(reference.output).frameRf}`);
+    if (runsEngine('crh')) await restoreBoth(t, run, reference, repHits, { repBreakpoint: behaviour }, perIteration ? bytes : 1, view);
     if (runsEngine('criu')) {
       // Its witness is the DR1 breakpoint on the rep instruction across the checkpoint: exactly what CRIU does not restore.
       recordRow(t, {

@@ -7,7 +7,7 @@
 import t from 'tap';
 import { CheckpointError } from '../harness/errors.ts';
 import { recordOutcome, recordVerdict } from '../harness/report/verdicts.ts';
-import { DEFAULT_POLICY, describePolicy } from '../harness/restore/policy.ts';
+import { DEFAULT_POLICY, describePolicy, type RestorePolicy } from '../harness/restore/policy.ts';
 import { endedAs, nativeReference } from '../harness/testing/native-reference.ts';
 import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
 import { startGuest } from '../harness/testing/guest-fixture.ts';
@@ -53,8 +53,33 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
   await refused(
     'several',
     ['eventfd', 'pipe', 'socket', 'timerfd', 'seccomp', 'timer', 'umask'],
-    ['eventfd', 'pipe', 'socket', 'timerfd', 'seccomp', 'no_new_privs', 'POSIX timer', 'umask'],
+    ['eventfd', 'pipe', 'socket', 'timerfd', 'seccomp', 'no_new_privs', 'POSIX timer'],
   );
+
+  // expect: umask 077 is captured and given back (files.ts); omit=umask (the restoring agent's 0022) is the control.
+  await t.test('holding umask 077: checkpointed and restored with it, and the control omit=umask', async (t) => {
+    const { run: reference, output: expected } = await runUninterrupted(guest, workload('umask'), '/tmp/holdstate-umask-reference.out');
+    const native = await nativeReference(guest, workload('umask'));
+    t.equal(`${endedAs(reference)}\n${expected}`, `${endedAs(native)}\n${native.output}`, 'the traced reference is the native run (no tracer)');
+    t.match(expected, /umask=077/, `uninterrupted: ${expected.trim()}`);
+    for (const policy of [DEFAULT_POLICY, { ...DEFAULT_POLICY, omit: ['umask'] } as RestorePolicy]) {
+      const control = policy.omit !== undefined;
+      const tag = control ? 'umask-omitted' : 'umask';
+      const checkpointed = await checkpointAtHit(guest, workload('umask'), 1, tag, { disarm: true });
+      const r = await restoreAndFinish(guest, checkpointed.file, policy, tag, {});
+      if (control) t.not(r.output, expected, `omit=umask is caught: ${r.output.trim()}`);
+      else t.equal(r.output, expected, `restored: ${r.output.trim()}`);
+      recordOutcome({
+        case: CASE,
+        scenario: 'holding umask 077, checkpoint at a breakpoint',
+        policy: describePolicy(policy),
+        control,
+        expected: expected.trim(),
+        observed: r.output.trim(),
+        matchedUninterrupted: r.output === expected && r.run.code === 0,
+      });
+    }
+  });
 
   await t.test('holding nothing extra: checkpointed and restored as uninterrupted', async (t) => {
     const { run: reference, output: expected } = await runUninterrupted(guest, workload(), '/tmp/holdstate-reference.out');

@@ -195,7 +195,7 @@ export function compileRestorePlan(checkpointed: CheckpointImage, probe: TargetP
   if (!omits(policy, 'files')) {
     // A tree's sessions and groups were formed with its processes (tree.ts).
     if (!probe.tree) steps.push(...sessionSteps(pid, image.process.pid, image.task));
-    steps.push(...umaskSteps(pid, image.task));
+    if (!omits(policy, 'umask')) steps.push(...umaskSteps(pid, image.task));
     steps.push(...fileSteps(pid, image.task.files, probe.fds ?? [0, 1, 2], freePage(probe.maps, imageMaps)));
   }
   // After the memory writes: a write to a registered, missing page would fault to a server that is not running.

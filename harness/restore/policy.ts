@@ -106,6 +106,9 @@ export type RseqFixupPolicy = (typeof RSEQ_FIXUP_POLICIES)[number];
  * - timens: a restore in another boot does not put the process into a time
  *   namespace (time-namespace.ts): its CLOCK_MONOTONIC and CLOCK_BOOTTIME
  *   are the restoring boot's, backwards or ahead of where they were.
+ * - umask: the process's file-mode creation mask is not given back
+ *   (files.ts umaskSteps): it gets the restoring agent's (0022), as before
+ *   the umask was kept.
  */
 export const OMITTABLE = [
   'debugregs',
@@ -127,6 +130,7 @@ export const OMITTABLE = [
   'shared-descriptions',
   'vdso',
   'timens',
+  'umask',
 ] as const;
 export type Omittable = (typeof OMITTABLE)[number];
 
