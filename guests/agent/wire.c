@@ -5,6 +5,9 @@
  */
 #include "agent.h"
 
+#include <poll.h>
+#include <time.h>
+
 /* ------------------------------------------------------------------------ */
 /* Payload reader: every read is checked against what is left, and the first
  * failure is remembered so an op can read all its fields and check once. */
@@ -286,14 +289,70 @@ uint16_t finish(struct call *c)
 	return 1;
 }
 
+/*
+ * How long a read or write waits for its descriptor before it looks again.
+ * virtio_console can leave a reader asleep with the host's bytes already in
+ * its ring. Seen under TCG (docs/platform.md): the agent asleep in read() of
+ * a frame header on the port (wchan port_fops_read) for 120 s while the host
+ * waited for its answer and neither socket between host and QEMU held a
+ * byte; a SIGSTOP/SIGCONT made the read look again, and it found the request
+ * and went on — about once in 160 tree checkpoints. The driver's poll looks
+ * at the ring itself, so a bounded poll turns a lost wakeup into a delay of
+ * at most this bound.
+ */
+#define WAKEUP_BOUND_MS 100
+/* Looks that found the descriptor ready after a whole bound, said on stderr
+ * (the console, over the port), the first few. Each is a lost wakeup or a
+ * vCPU the host did not run for the bound: the guest cannot tell them apart. */
+#define WAKEUP_REPORTS 5
+
+static long long monotonic_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Waits until `fd` is ready for `events` (or hung up, or failed: the read or
+ * write that follows says which). A non-blocking descriptor is not waited
+ * for: its caller wants EAGAIN, not a wait. */
+static void wait_ready(int fd, short events)
+{
+	static unsigned reported;
+	struct pollfd p = { .fd = fd, .events = events };
+	int flags = fcntl(fd, F_GETFL);
+
+	if (flags < 0 || (flags & O_NONBLOCK))
+		return;
+	for (;;) {
+		long long started = monotonic_ms();
+		int r = poll(&p, 1, WAKEUP_BOUND_MS);
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r == 0)
+			continue;
+		/* Ready only at the look after the bound: no wakeup came for it in time. */
+		if (r > 0 && monotonic_ms() - started >= WAKEUP_BOUND_MS && reported < WAKEUP_REPORTS) {
+			reported++;
+			fprintf(stderr, "crh-agent: fd %d found %s only by looking again after %d ms (a lost wakeup, or a vCPU that did not run)\n", fd,
+				events & POLLIN ? "readable" : "writable", WAKEUP_BOUND_MS);
+		}
+		return;
+	}
+}
+
 /* Returns bytes read: n, or less only at EOF; -1 on a read error. */
 ssize_t read_full(int fd, void *buf, size_t n)
 {
 	size_t done = 0;
 
 	while (done < n) {
-		ssize_t r = read(fd, (uint8_t *)buf + done, n - done);
+		ssize_t r;
 
+		wait_ready(fd, POLLIN);
+		r = read(fd, (uint8_t *)buf + done, n - done);
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r < 0)
@@ -310,8 +369,10 @@ int write_full(int fd, const void *buf, size_t n)
 	size_t done = 0;
 
 	while (done < n) {
-		ssize_t r = write(fd, (const uint8_t *)buf + done, n - done);
+		ssize_t r;
 
+		wait_ready(fd, POLLOUT);
+		r = write(fd, (const uint8_t *)buf + done, n - done);
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r < 0)
