@@ -15,16 +15,8 @@ import type { NativeRun } from '../guest/native-run.ts';
 import type { RestorePolicy } from '../restore/policy.ts';
 import type { Guest } from '../testing/guest-fixture.ts';
 import { endedAs, nativeReference } from '../testing/native-reference.ts';
-import {
-  checkpointAtHit,
-  readOutput,
-  restoreAndFinish,
-  RUN_TIMEOUT_MS,
-  spawnArmed,
-  type Checkpointed,
-  type Restored,
-  type Workload,
-} from '../testing/scenario.ts';
+import { checkpointAtHit, readOutput, restoreAndFinish, RUN_TIMEOUT_MS, spawnArmed } from '../testing/scenario.ts';
+import type { Checkpointed, Restored, Workload } from '../testing/scenario.ts';
 import type { Attempt } from './attempt.ts';
 
 /** How the agent runs the program: its RUN as it is, or with the trap handling from before issue 19 (every hit's SIGTRAP suppressed). */
