@@ -17,7 +17,7 @@ import { CrhError } from '../errors.ts';
 import type { Guest } from '../testing/guest-fixture.ts';
 import { restoreWitnessed } from '../testing/restore-witness.ts';
 import { checkpointStopped, readOutput, RUN_TIMEOUT_MS, spawnArmed, type Workload } from '../testing/scenario.ts';
-import { debugRegOffset } from '../x86/registers.ts';
+import { debugRegOffset, EFLAGS, hex } from '../x86/registers.ts';
 import type { Attempt } from './attempt.ts';
 import type { TableScenario } from './table.ts';
 
@@ -161,6 +161,13 @@ export async function tracerStepScenario(guest: Guest, spec: TracerStepSpec): Pr
             },
             ...(spec.conditions ? { conditions: spec.conditions } : {}),
           };
+        },
+        // No assertion of its own: what each stop after the restore was, for the reader of a failed row.
+        assertWitnesses(t, a) {
+          const tf = a.steps.map((s) => ((s.eflags & EFLAGS.TF) !== 0n ? 'TF' : '-')).join(' ');
+          t.comment(
+            `after restore ${list(a.steps)} (DR6 ${a.steps.map((s) => hex(s.dr6)).join(' ')}; eflags ${tf}); #DB at ${spec.label(spec.countDebugTrapsAt)}: ${a.debugTraps}; output: ${a.output}`,
+          );
         },
       };
     },
