@@ -12,30 +12,29 @@
 // dumped IP inside the section (undoing CRIU's fixup, as rseq-fixup=off does): the section commits, 0 aborts.
 import t, { type Test } from 'tap';
 import { attemptThroughCriu, criuAtHit, policyRowsNotForCriu, runsEngine } from '../harness/testing/criu-engine.ts';
-import { rseqCsAddress } from '../harness/restore/rseq.ts';
-import { recordRow, recordRowOutcome } from '../harness/testing/verdict-rows.ts';
+import { recordRow } from '../harness/testing/verdict-rows.ts';
 import { probeUnmeasuredVerdict } from '../harness/testing/probe-rows.ts';
 import { describePolicy, DEFAULT_POLICY, type RestorePolicy } from '../harness/restore/policy.ts';
 import { startGuest, type Guest } from '../harness/testing/guest-fixture.ts';
-import { endedAs, nativeReference } from '../harness/testing/native-reference.ts';
 import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
-import { debugRegOffset, hex } from '../harness/x86/registers.ts';
-import { activeCriticalSection, inCriticalSection, type RseqCriticalSection } from '../harness/restore/rseq.ts';
-import type { CheckpointImage, ProcessInfo } from '../harness/restore/checkpoint-image.ts';
-import type { RunResult } from '../harness/agent/ops.ts';
+import { hex } from '../harness/x86/registers.ts';
+import type { Workload } from '../harness/testing/scenario.ts';
+import { differs, resumes, type Attempt } from '../harness/scenarios/attempt.ts';
+import { settle } from '../harness/scenarios/runner.ts';
 import {
-  checkpointAtHit,
-  checkpointRseqArmed,
-  checkpointStopped,
-  readOutput,
-  restoreAndFinish,
-  RUN_TIMEOUT_MS,
-  runThenInterrupt,
-  runUninterrupted,
-  spawnArmed,
-  type Restored,
-  type Workload,
-} from '../harness/testing/scenario.ts';
+  abortHandlerRan,
+  abortsAtCheckpoint,
+  laterAborts,
+  longAborts,
+  outcome,
+  rseqScenario,
+  show,
+  summary,
+  withoutAborts,
+  type RseqRestored,
+  type RseqScenario,
+  type Summary,
+} from '../harness/scenarios/rseq-scenario.ts';
 
 const CASE = 'rseq';
 const ITERATIONS = 64;
@@ -55,86 +54,26 @@ const POINTS = [
 ] as const;
 
 /**
- * The long section (rseqcs's LONG_SPIN argument): the first increment spins
- * `spin` times inside its critical section, after rseqcs's settle() (50 ms
- * asleep, then 50 ms spinning outside any section). No breakpoint anywhere
- * near the section: one on rseq_outside, hit once before the settle and
- * disarmed there, starts the clock (the process's start-up before it takes
- * longer the busier the host), then RUN's timeout interrupts every thread
- * `stopAfterMs` later and leaves it stopped. Measured on the Debian 6.1
- * guest under TCG (1 vCPU, a host shared with other guests): 10^8
- * iterations take ~200 ms; timeouts of 105, 110, 115 and 120 ms found the
- * IP inside the section in 18, 13, 16 and 16 of 20 runs, 0–10 M
- * iterations in — the misses still settling (the host stalled the vCPU and
- * the agent's timer fired first) or aborted and past it. Left alone, the
- * section is preempted — an abort — in 18 of 20 runs (kcompactd every
- * 500 ms, vmstat's kworker, rcu_preempt, network softirqs all wake on the
- * one CPU). A retry after an abort spins the short count, so the long
- * section aborts at most once, whatever preempted it: an uninterrupted run
- * gives 0 or 1, a run restored from a stop inside must give exactly 1.
+ * The long section (rseqcs's LONG_SPIN argument): the first increment spins `spin` times inside its critical section;
+ * one breakpoint on rseq_outside, hit once before rseqcs's settle() and disarmed there, starts the clock, and RUN's
+ * timeout interrupts it `stopAfterMs` later. expect: an uninterrupted long section aborts 0 or 1 times, a restored one
+ * from a stop inside exactly 1 (timings: docs/platform.md "The rseq long section's timeout, measured").
  */
 const LONG = { spin: 100_000_000, stopAfterMs: 110, tries: 12 } as const;
-
-interface Summary {
-  sum: number;
-  aborts: number;
-  reregister: string;
-}
-
-function summary(output: string): Summary | undefined {
-  const m = /^rseqcs mode=\S+ iterations=\d+ sum=(\d+) aborts=(\d+) reregister=(\S+)$/m.exec(output);
-  return m ? { sum: Number(m[1]), aborts: Number(m[2]), reregister: m[3]! } : undefined;
-}
-
-/** The long section's own abort count (`rseqcs long spin=L aborts=A`). */
-function longAborts(output: string): number | undefined {
-  const m = /^rseqcs long spin=\d+ aborts=(\d+)$/m.exec(output);
-  return m ? Number(m[1]) : undefined;
-}
-
-/** Aborts of the increments after the first (`rseqcs later-aborts=K`): preemptions inside them, no restore's doing. */
-function laterAborts(output: string): number | undefined {
-  const m = /^rseqcs later-aborts=(\d+)$/m.exec(output);
-  return m ? Number(m[1]) : undefined;
-}
-
-/**
- * What the oracle saw of the abort handler, as far as it speaks for the
- * first increment: the CPU ran the handler, never ran it, or `undefined`
- * when later increments aborted on their own (their handler runs count too).
- */
-function abortHandlerRan(r: Restored): boolean | undefined {
-  const ran = r.observation.first !== undefined;
-  return ran && laterAborts(r.output) !== 0 ? undefined : ran;
-}
-
-/**
- * A summary without its abort count, for the long section: its own count
- * is on its own line, and the short retry after its abort may be preempted
- * too on a busy host (an abort no restore decides).
- */
-const withoutAborts = (s: Summary | undefined) => s && { sum: s.sum, reregister: s.reregister };
-
-/**
- * The first increment's aborts the program had already counted when it was
- * checkpointed, read from the image: the run to the breakpoint is a real run
- * on a busy CPU, and a preemption inside the first section before the stop
- * aborts it there (flake run 4 of 10, 2026-12-05: `aborts=1` after a stop at
- * rseq_post_commit, the CPU never running the abort handler after the
- * restore). No restore decides those; the restore must add exactly the
- * point's own.
- */
-function abortsAtCheckpoint(image: CheckpointImage, at: bigint): number {
-  const region = image.regions.find((r) => r.entry !== null && r.start <= at && at + 8n <= r.end);
-  const bytes = region ? image.memory.get(region.entry!) : undefined;
-  if (!region || !bytes) throw new Error(`rseqcs's aborts counter (${hex(at)}) is in no region the image stores`);
-  return Number(bytes.readBigUInt64LE(Number(at - region.start)));
-}
 
 /** Attempts at a checkpoint point whose restored run aborted more than the point's own (a preemption is rare, a restore bug is not). */
 const MAX_ATTEMPTS = 3;
 
-const show = (s: Summary | undefined): string => (s ? `sum=${s.sum} aborts=${s.aborts} reregister=${s.reregister}` : 'no summary line');
+/** RSEQ_CS_FLAG_NO_RESTART_ON_MIGRATE: deprecated since Linux 6.0. */
+const NO_RESTART_ON_MIGRATE = 4;
+
+/** A row's Attempt: whether the restored run was what the stop owes, in the row's words. */
+const attemptOf = (matched: boolean, observed: string, r?: RseqRestored, conditions?: Record<string, string>): Attempt => ({
+  matched,
+  observed,
+  witnesses: r ? { output: r.output, ended: `${r.run.outcome} ${r.run.code}` } : { notRestored: observed },
+  ...(conditions ? { conditions } : {}),
+});
 
 t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ']), async (t) => {
   const guest = await startGuest(t, CASE);
@@ -142,33 +81,37 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ']), async (t) => {
   const binary = guest.image.guestPaths.rseqcs!;
   const abortHandler = symbols.resolve('rseqcs:rseq_abort');
   const abortsCounter = symbols.resolve('rseqcs:aborts');
+  const rseq = rseqScenario(guest, abortHandler);
   const workload = (mode: Mode, label: string, descFlags = 0): Workload => ({
     binary,
     argv: [binary, mode, String(ITERATIONS), String(descFlags)],
     envp: [...MODES[mode]],
     breakAt: symbols.resolve(`rseqcs:${label}`),
   });
+  const row = (scenario: string, policy: RestorePolicy) => ({ case: CASE, scenario, policy: describePolicy(policy) });
+  const reference = async (t: Test, w: Workload, tag: string) => {
+    const r = await rseq.reference(w, tag);
+    // The reference is a traced run: it must be what the program does with no tracer at all, abort counts aside.
+    t.equal(...r.nativeMatches, 'the traced reference is the native run (no tracer), abort counts masked');
+    return r;
+  };
 
   for (const mode of Object.keys(MODES) as Mode[]) {
-    const reference = await referenceRun(t, guest, workload(mode, 'rseq_outside'), mode);
-    t.equal(reference.code, 0, `uninterrupted ${mode}: ${show(reference.summary)}`);
-    t.same(reference.summary, { sum: ITERATIONS, aborts: 0, reregister: 'EBUSY' }, `uninterrupted ${mode} run: no abort, exact sum, still registered`);
+    const ref = await reference(t, workload(mode, 'rseq_outside'), mode);
+    t.equal(ref.code, 0, `uninterrupted ${mode}: ${show(ref.summary)}`);
+    t.same(ref.summary, { sum: ITERATIONS, aborts: 0, reregister: 'EBUSY' }, `uninterrupted ${mode} run: no abort, exact sum, still registered`);
   }
 
-  const cycle = async (t: Test, mode: Mode, label: string, policy: RestorePolicy, tag: string, descFlags = 0): Promise<Restored & { summary?: Summary }> => {
-    // Every label but rseq_outside comes after the store to rseq_cs (checkpointRseqArmed says why that matters).
-    const checkpointed =
-      label === 'rseq_outside'
-        ? { ...(await checkpointAtHit(guest, workload(mode, label, descFlags), 1, tag, { disarm: true })), misses: [] }
-        : await checkpointRseqArmed(guest, workload(mode, label, descFlags), tag, { disarm: true });
-    for (const miss of checkpointed.misses) t.comment(`checkpoint taken again: ${miss}`);
-    t.equal(checkpointed.run.outcome, 'hit-limit', `stopped at ${label}`);
-    const r = await restoreAndFinish(guest, checkpointed.file, policy, tag, { firstExecutionAt: abortHandler });
+  /** Provoke, checkpoint, restore: stopped at `label` (after the store to rseq_cs unless rseq_outside), restored under `policy`. */
+  const cycle = async (t: Test, mode: Mode, label: string, policy: RestorePolicy, tag: string, descFlags = 0): Promise<RseqRestored> => {
+    const { checkpointRun, misses, restored: r } = await rseq.checkpointAndRestore(workload(mode, label, descFlags), label !== 'rseq_outside', policy, tag);
+    for (const miss of misses) t.comment(`checkpoint taken again: ${miss}`);
+    t.equal(checkpointRun.outcome, 'hit-limit', `stopped at ${label}`);
     t.ok(
       r.image.rseq,
       `the image holds the registration: ${r.image.rseq ? `area 0x${r.image.rseq.area.toString(16)} size ${r.image.rseq.size} sig 0x${r.image.rseq.signature.toString(16)}` : 'none'}`,
     );
-    return { ...r, summary: summary(r.output) };
+    return r;
   };
 
   const crhOnly = runsEngine('crh') ? {} : { skip: 'engine crh not asked for (--engine criu)' };
@@ -176,9 +119,8 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ']), async (t) => {
     for (const point of POINTS) {
       await t.test(`${mode} registration, checkpoint ${point.why} (${point.label}): ${point.aborts} abort(s)`, crhOnly, async (t) => {
         // A restore that aborts wrongly does it every time; a busy CPU preempting the first increment's section after
-        // the restore does it rarely (flake runs 4 and 7 of 2026-12-05: aborts=2 at start_ip, aborts=1 between sections,
-        // the oracle seeing the handler run). So more aborts than the point's own are taken again, up to
-        // MAX_ATTEMPTS times, each attempt named; fewer (an abort the restore failed to apply) never are.
+        // the restore does it rarely (flake runs 4 and 7 of 2026-12-05). So more aborts than the point's own are taken
+        // again, up to MAX_ATTEMPTS times, each attempt named; fewer (an abort the restore failed to apply) never are.
         let r = await cycle(t, mode, point.label, DEFAULT_POLICY, `${mode}-${point.label}`);
         let before = abortsAtCheckpoint(r.image, abortsCounter);
         for (let attempt = 2; attempt <= MAX_ATTEMPTS && r.summary && r.summary.aborts > before + point.aborts; attempt++) {
@@ -190,6 +132,7 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ']), async (t) => {
           t.comment(
             `the first increment had aborted ${before} time(s) on its own before the checkpoint (preempted inside its section): the restore must add exactly ${point.aborts}`,
           );
+        // Oracle: the summary the stop owes, the CPU running the abort handler where one is due, the registration kept.
         const expected: Summary = { sum: ITERATIONS, aborts: before + point.aborts, reregister: 'EBUSY' };
         t.same(r.summary, expected, `restored run: ${show(r.summary)}`);
         t.equal(r.run.code, 0, 'exits 0');
@@ -205,15 +148,9 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ']), async (t) => {
         );
         const csDiff = r.differences.find((d) => d.what === 'rseq.rseq_cs');
         if (csDiff) t.comment(`rseq_cs after the plan: requested ${csDiff.requested}, the kernel left ${csDiff.accepted}`);
-        recordRowOutcome(t, {
-          case: CASE,
-          scenario: `rseq ${mode}: checkpoint ${point.why}`,
-          policy: describePolicy(DEFAULT_POLICY),
-          control: false,
-          expected: show(expected),
-          observed: `${show(r.summary)}; CPU ran abort handler: ${r.observation.first !== undefined}`,
-          matchedUninterrupted: JSON.stringify(r.summary) === JSON.stringify(expected) && r.run.code === 0 && (ran ?? point.aborts > 0) === point.aborts > 0,
-        });
+        const matched = JSON.stringify(r.summary) === JSON.stringify(expected) && r.run.code === 0 && (ran ?? point.aborts > 0) === point.aborts > 0;
+        const observed = `${show(r.summary)}; CPU ran abort handler: ${r.observation.first !== undefined}`;
+        settle(t, row(`rseq ${mode}: checkpoint ${point.why}`, DEFAULT_POLICY), resumes(show(expected)), attemptOf(matched, observed, r));
       });
     }
   }
@@ -230,15 +167,8 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ']), async (t) => {
       csDiff && csDiff.accepted === '0x0',
       `read back: the kernel cleared rseq_cs before the task resumed (${csDiff ? `${csDiff.requested} → ${csDiff.accepted}` : 'no difference'})`,
     );
-    recordRowOutcome(t, {
-      case: CASE,
-      scenario: 'rseq glibc: checkpoint inside, at a breakpoint',
-      policy: describePolicy(policy),
-      control: true,
-      expected: show({ sum: ITERATIONS, aborts: 1, reregister: 'EBUSY' }),
-      observed: show(r.summary),
-      matchedUninterrupted: r.summary?.aborts === 1,
-    });
+    const expected = show({ sum: ITERATIONS, aborts: 1, reregister: 'EBUSY' });
+    settle(t, row('rseq glibc: checkpoint inside, at a breakpoint', policy), differs(expected), attemptOf(r.summary?.aborts === 1, show(r.summary), r));
   });
 
   const longWorkload = (mode: Mode): Workload => ({
@@ -255,28 +185,23 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ']), async (t) => {
       crhOnly,
       async (t) => {
         const w = longWorkload(mode);
-        const reference = await referenceRun(t, guest, w, `${mode}-long`);
-        const refLong = longAborts(reference.output);
-        t.equal(reference.code, 0, `uninterrupted: ${show(reference.summary)}`);
-        t.match(reference.summary, { sum: ITERATIONS, reregister: 'EBUSY' }, 'uninterrupted: exact sum, still registered');
+        const scenario = `rseq ${mode}: long section interrupted by a ${LONG.stopAfterMs} ms timeout (no breakpoint in it)`;
+        const ref = await reference(t, w, `${mode}-long`);
+        const refLong = longAborts(ref.output);
+        t.equal(ref.code, 0, `uninterrupted: ${show(ref.summary)}`);
+        t.match(ref.summary, { sum: ITERATIONS, reregister: 'EBUSY' }, 'uninterrupted: exact sum, still registered');
         t.ok(
           refLong !== undefined && refLong <= 1,
           `uninterrupted: the long section aborted ${refLong ?? '?'} time(s) (0 or 1: preempted or not, spontaneously)`,
         );
 
-        const stop = await interruptInside(guest, w, `${mode}-long`, section);
+        // Provoke and checkpoint: RUN's timeout stops it, taken again until the IP is inside the section.
+        const stop = await rseq.interruptInside(w, `${mode}-long`, section.start, LONG.stopAfterMs, LONG.tries);
         for (const miss of stop.misses) t.comment(`missed: ${miss}`);
         if (!('image' in stop)) {
           t.fail(`no stop inside the section in ${LONG.tries} tries`);
-          return void recordRowOutcome(t, {
-            case: CASE,
-            scenario: `rseq ${mode}: long section interrupted by a ${LONG.stopAfterMs} ms timeout (no breakpoint in it)`,
-            policy: describePolicy(DEFAULT_POLICY),
-            control: false,
-            expected: 'a stop inside the section, then exactly one abort',
-            observed: `no stop inside the section in ${LONG.tries} tries`,
-            matchedUninterrupted: false,
-          });
+          const why = `no stop inside the section in ${LONG.tries} tries`;
+          return void settle(t, row(scenario, DEFAULT_POLICY), resumes('a stop inside the section, then exactly one abort'), attemptOf(false, why));
         }
         const { image, cs, tries } = stop;
         t.pass(
@@ -290,29 +215,29 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ']), async (t) => {
         t.equal(cs.flags, 0, 'no deprecated flags');
 
         // The original, continued from that very stop: what "without the checkpoint" means here.
-        const continued = await guest.agent.call({ op: 'RUN', pid: stop.process.pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
-        const originalOut = await readOutput(guest, stop.stdoutPath);
+        const continued = await rseq.continueOriginal(stop.process.pid, stop.stdoutPath);
         const expected: Summary = { sum: ITERATIONS, aborts: 1, reregister: 'EBUSY' };
-        t.equal(continued.code, 0, 'the original, continued, exits 0');
+        t.equal(continued.run.code, 0, 'the original, continued, exits 0');
         t.same(
-          [withoutAborts(summary(originalOut)), longAborts(originalOut)],
+          [withoutAborts(summary(continued.output)), longAborts(continued.output)],
           [withoutAborts(expected), 1],
-          `the original, continued from the stop: ${show(summary(originalOut))}, long section aborted ${longAborts(originalOut) ?? '?'} time(s)`,
+          `the original, continued from the stop: ${show(summary(continued.output))}, long section aborted ${longAborts(continued.output) ?? '?'} time(s)`,
         );
 
+        // Restore and oracle: exactly one abort of the long section, the CPU running the handler (control: none).
         for (const policy of [DEFAULT_POLICY, { ...DEFAULT_POLICY, rseqFixup: 'off' } as RestorePolicy]) {
           const control = policy.rseqFixup === 'off';
-          const r = await restoreAndFinish(guest, stop.file, policy, `${mode}-long-fixup-${policy.rseqFixup}`, { firstExecutionAt: abortHandler });
-          const got = { ...summary(r.output), long: longAborts(r.output) };
-          const observed = `${show(summary(r.output))}, long section aborts=${got.long ?? '?'}; CPU ran abort handler: ${r.observation.first !== undefined}; stop inside on try ${tries}`;
+          const r = await rseq.restore(stop.file, policy, `${mode}-long-fixup-${policy.rseqFixup}`);
+          const long = longAborts(r.output);
+          const observed = `${show(r.summary)}, long section aborts=${long ?? '?'}; CPU ran abort handler: ${r.observation.first !== undefined}; stop inside on try ${tries}`;
           const matched =
-            JSON.stringify(withoutAborts(summary(r.output))) === JSON.stringify(withoutAborts(expected)) &&
-            got.long === 1 &&
+            JSON.stringify(withoutAborts(r.summary)) === JSON.stringify(withoutAborts(expected)) &&
+            long === 1 &&
             r.run.code === 0 &&
             r.observation.first !== undefined;
           const csDiff = r.differences.find((d) => d.what === 'rseq.rseq_cs');
           if (control) {
-            t.equal(got.long, 0, `rseq-fixup=off: the section commits from the middle, no abort: ${observed}`);
+            t.equal(long, 0, `rseq-fixup=off: the section commits from the middle, no abort: ${observed}`);
             if (abortHandlerRan(r) === undefined)
               t.comment(`${laterAborts(r.output)} later increment(s) aborted on their own: the oracle's abort-handler run is theirs`);
             else t.equal(r.observation.first, undefined, 'oracle: the CPU never executed the abort handler');
@@ -321,8 +246,8 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ']), async (t) => {
               `read back: the kernel cleared rseq_cs before the task resumed (${csDiff ? `${csDiff.requested} → ${csDiff.accepted}` : 'no difference'})`,
             );
           } else {
-            t.same(withoutAborts(summary(r.output)), withoutAborts(expected), `restored run: ${show(summary(r.output))}`);
-            t.equal(got.long, 1, 'the long section aborted exactly once');
+            t.same(withoutAborts(r.summary), withoutAborts(expected), `restored run: ${show(r.summary)}`);
+            t.equal(long, 1, 'the long section aborted exactly once');
             t.equal(r.run.code, 0, 'exits 0');
             t.ok(r.observation.first !== undefined, 'oracle: the CPU executed the abort handler');
             t.notOk(
@@ -330,36 +255,26 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ']), async (t) => {
               'the kernel holds the registration as the image had it',
             );
           }
-          recordRowOutcome(t, {
-            case: CASE,
-            scenario: `rseq ${mode}: long section interrupted by a ${LONG.stopAfterMs} ms timeout (no breakpoint in it)`,
-            policy: describePolicy(policy),
-            control,
-            expected: `${show(expected)}, long section aborts=1; CPU ran abort handler: true`,
-            observed,
-            matchedUninterrupted: matched,
-          });
+          const want = `${show(expected)}, long section aborts=1; CPU ran abort handler: true`;
+          settle(t, row(scenario, policy), control ? differs(want) : resumes(want), attemptOf(matched, observed, r));
         }
       },
     );
   }
 
   await t.test('deprecated NO_RESTART flags, checkpoint inside: the restored task meets the kernel exactly as the original would', crhOnly, async (t) => {
-    const rejected = guest.profile.probes.rseqDeprecatedFlagsRejected.value;
-    t.comment(
-      `profile: probes.rseqDeprecatedFlagsRejected = ${rejected} (${guest.profile.probes.rseqDeprecatedFlagsRejected.how}); kernel ${guest.profile.kernelRelease}`,
-    );
+    const scenario = 'rseq glibc: checkpoint inside a section with deprecated NO_RESTART flags';
+    const probe = guest.profile.probes.rseqDeprecatedFlagsRejected;
+    const rejected = probe.value;
+    t.comment(`profile: probes.rseqDeprecatedFlagsRejected = ${rejected} (${probe.how}); kernel ${guest.profile.kernelRelease}`);
     if (rejected === null) {
-      const probe = guest.profile.probes.rseqDeprecatedFlagsRejected;
       t.fail(`the profile could not measure how this kernel treats deprecated rseq_cs flags: ${probe.how}`);
       for (const policy of [DEFAULT_POLICY, { ...DEFAULT_POLICY, rseqFixup: 'off' } as RestorePolicy]) {
         recordRow(
           t,
           probeUnmeasuredVerdict(
             {
-              case: CASE,
-              scenario: 'rseq glibc: checkpoint inside a section with deprecated NO_RESTART flags',
-              policy: describePolicy(policy),
+              ...row(scenario, policy),
               control: policy.rseqFixup === 'off',
               expected: 'as the kernel treats deprecated flags (probes.rseqDeprecatedFlagsRejected)',
               conditions: { kernelRelease: guest.profile.kernelRelease },
@@ -371,18 +286,17 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ']), async (t) => {
       }
       return;
     }
-    const expected = deprecatedFlagsOutcome(rejected);
-    // The original, stopped at the same breakpoint and simply continued: what "without the checkpoint" means here.
-    // Like the checkpoints below (checkpointRseqArmed), a stop whose rseq_cs the kernel already cleared is taken again:
-    // from such a stop the section runs on unprotected and the original exits 0 whatever the flags (flake run 6 of
-    // 2026-12-05: "exit 0, aborts=0" where the kernel owed a SIGSEGV).
+    // expect: killed with SIGSEGV where the kernel rejects deprecated flags (6.0+), else the section's own policy (no abort).
+    const expected = rejected ? 'killed by signal 11' : 'exit 0, aborts=0';
+    // The original, stopped at the same breakpoint and simply continued: what "without the checkpoint" means here. A
+    // stop whose rseq_cs the kernel already cleared is taken again (flake run 6 of 2026-12-05: "exit 0, aborts=0" where
+    // the kernel owed a SIGSEGV).
     const w = workload('glibc', 'rseq_inside', NO_RESTART_ON_MIGRATE);
-    const { pid, stopped, stdoutPath, misses } = await stopArmedOriginal(guest, w, 'deprecated');
+    const { pid, stopped, stdoutPath, misses } = await rseq.stopArmed(w, 'deprecated');
     for (const miss of misses) t.comment(`original taken again: ${miss}`);
     t.equal(stopped.outcome, 'hit-limit', 'the original stopped at rseq_inside');
-    await guest.agent.call({ op: 'POKEUSER', pid, offset: debugRegOffset(7), value: 0n });
-    const continued = await guest.agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
-    const original = outcome(continued, summary(await readOutput(guest, stdoutPath)));
+    const continued = await rseq.continueOriginal(pid, stdoutPath, true);
+    const original = outcome(continued.run, summary(continued.output));
     t.equal(original, expected, `the original, continued from the stop: ${original}`);
 
     const conditions = { 'probes.rseqDeprecatedFlagsRejected': String(rejected), kernelRelease: guest.profile.kernelRelease };
@@ -392,16 +306,7 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ']), async (t) => {
       const observed = outcome(r.run, r.summary);
       if (control) t.not(observed, expected, `rseq-fixup=off: the kernel cleared rseq_cs during the restore, so the task never meets it: ${observed}`);
       else t.equal(observed, expected, `rseq-fixup=on (rseq_cs written back last): ${observed}`);
-      recordRowOutcome(t, {
-        case: CASE,
-        scenario: 'rseq glibc: checkpoint inside a section with deprecated NO_RESTART flags',
-        policy: describePolicy(policy),
-        control,
-        expected,
-        observed,
-        matchedUninterrupted: observed === expected,
-        conditions,
-      });
+      settle(t, row(scenario, policy), control ? differs(expected) : resumes(expected), attemptOf(observed === expected, observed, r, conditions));
     }
   });
 
@@ -410,18 +315,11 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ']), async (t) => {
     const r = await cycle(t, 'own', 'rseq_outside', policy, 'own-rseq_outside-omit-rseq');
     t.equal(r.summary?.reregister, '0', `the kernel had no registration: ${show(r.summary)}`);
     t.equal(r.run.code, 1, 'the workload reports it (exit 1)');
-    recordRowOutcome(t, {
-      case: CASE,
-      scenario: 'rseq own: checkpoint between sections',
-      policy: describePolicy(policy),
-      control: true,
-      expected: show({ sum: ITERATIONS, aborts: 0, reregister: 'EBUSY' }),
-      observed: show(r.summary),
-      matchedUninterrupted: r.summary?.reregister === 'EBUSY',
-    });
+    const expected = show({ sum: ITERATIONS, aborts: 0, reregister: 'EBUSY' });
+    settle(t, row('rseq own: checkpoint between sections', policy), differs(expected), attemptOf(r.summary?.reregister === 'EBUSY', show(r.summary), r));
   });
 
-  if (runsEngine('criu')) await criuRows(t, guest, workload, abortHandler, abortsCounter);
+  if (runsEngine('criu')) await criuRows(t, guest, rseq, workload, abortHandler, abortsCounter);
 });
 
 /**
@@ -431,16 +329,20 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ']), async (t) => {
  * kernel already cleared (a preemption before start_ip) is taken again, as
  * checkpointRseqArmed does.
  */
-async function criuRows(t: Test, guest: Guest, workload: (mode: Mode, label: string) => Workload, abortHandler: bigint, abortsCounter: bigint): Promise<void> {
-  const { agent } = guest;
+async function criuRows(
+  t: Test,
+  guest: Guest,
+  rseq: RseqScenario,
+  workload: (mode: Mode, label: string) => Workload,
+  abortHandler: bigint,
+  abortsCounter: bigint,
+): Promise<void> {
   const atStop =
     (label: string, before: { aborts: number }) =>
     async (pid: number): Promise<string | undefined> => {
-      before.aborts = Number((await agent.call({ op: 'READ_MEM', pid, address: abortsCounter, length: 8 })).readBigUInt64LE(0));
+      before.aborts = await rseq.readCounter(pid, abortsCounter);
       if (label === 'rseq_outside') return undefined;
-      const config = await agent.call({ op: 'RSEQ_CONFIG', pid });
-      const rseqCs = (await agent.call({ op: 'READ_MEM', pid, address: rseqCsAddress(config), length: 8 })).readBigUInt64LE(0);
-      return rseqCs === 0n ? 'rseq_cs was already 0 at the stop (the kernel cleared it after a preemption before start_ip)' : undefined;
+      return (await rseq.rseqCs(pid)) === 0n ? 'rseq_cs was already 0 at the stop (the kernel cleared it after a preemption before start_ip)' : undefined;
     };
   const judge = (expected: Summary, aborts: number) => (a: { output: string; run: { code: number }; observation: { first?: unknown } }) => {
     const got = summary(a.output);
@@ -551,115 +453,4 @@ async function criuRows(t: Test, guest: Guest, workload: (mode: Mode, label: str
       recordRow(t, row);
     });
   }
-}
-
-/** RSEQ_CS_FLAG_NO_RESTART_ON_MIGRATE: deprecated since Linux 6.0. */
-const NO_RESTART_ON_MIGRATE = 4;
-
-/**
- * What the kernel does to a task that returns to user mode inside a section
- * whose descriptor has deprecated flags, from the platform profile: killed
- * with SIGSEGV (6.0+), or left to run the section's own policy (no abort).
- */
-function deprecatedFlagsOutcome(rejected: boolean): string {
-  return rejected ? 'killed by signal 11' : 'exit 0, aborts=0';
-}
-
-const outcome = (run: { outcome: string; code: number }, s: Summary | undefined): string =>
-  run.outcome === 'killed' ? `killed by signal ${run.code}` : `exit ${run.code}, aborts=${s?.aborts ?? '?'}`;
-
-/**
- * The output with its abort counts masked: how often a section aborts on its own depends on preemption (docs/platform.md),
- * so two runs agree on everything else — mode, iterations, sum, re-registration, spin — but not necessarily on those.
- */
-const withoutAbortCounts = (output: string): string => output.replace(/(^|\s)(aborts|later-aborts)=\d+/gm, '$1$2=*');
-
-async function referenceRun(t: Test, guest: Guest, w: Workload, tag: string): Promise<{ code: number; summary?: Summary; output: string }> {
-  const { run, output } = await runUninterrupted(guest, w, `/tmp/rseqcs-reference-${tag}.out`);
-  // The reference is a traced run: it must be what the program does with no tracer at all, abort counts aside.
-  const native = await nativeReference(guest, w);
-  t.equal(
-    `${endedAs(run)}\n${withoutAbortCounts(output)}`,
-    `${endedAs(native)}\n${withoutAbortCounts(native.output)}`,
-    'the traced reference is the native run (no tracer), abort counts masked',
-  );
-  return { code: run.code, summary: summary(output), output };
-}
-
-/** Tries of stopArmedOriginal, as checkpointRseqArmed's. */
-const ARMED_STOP_TRIES = 5;
-
-/**
- * Runs the workload to its breakpoint inside the section and leaves it stopped
- * there with rseq_cs still set; a stop whose rseq_cs the kernel already cleared
- * (a preemption between the store and start_ip) is killed and taken again, at
- * most ARMED_STOP_TRIES times, each miss reported. A run that ends before the
- * stop is returned as it ended, for the caller to fail on.
- */
-async function stopArmedOriginal(guest: Guest, w: Workload, tag: string): Promise<{ pid: number; stopped: RunResult; stdoutPath: string; misses: string[] }> {
-  const misses: string[] = [];
-  for (let attempt = 1; ; attempt++) {
-    const stdoutPath = `/tmp/rseqcs-${tag}-original-try${attempt}.out`;
-    const pid = await spawnArmed(guest, w, stdoutPath);
-    const stopped = await guest.agent.call({ op: 'RUN', pid, stopAfterHits: 1, timeoutMs: RUN_TIMEOUT_MS });
-    if (stopped.outcome !== 'hit-limit') return { pid, stopped, stdoutPath, misses };
-    const config = await guest.agent.call({ op: 'RSEQ_CONFIG', pid });
-    const rseqCs = (await guest.agent.call({ op: 'READ_MEM', pid, address: rseqCsAddress(config), length: 8 })).readBigUInt64LE(0);
-    if (rseqCs !== 0n) return { pid, stopped, stdoutPath, misses };
-    misses.push(`try ${attempt}: rseq_cs was already 0 at the stop (the kernel cleared it after a preemption before start_ip)`);
-    if (attempt === ARMED_STOP_TRIES) return { pid, stopped, stdoutPath, misses };
-    await guest.agent.call({ op: 'KILL', pid });
-  }
-}
-
-interface InsideStop {
-  process: ProcessInfo;
-  stdoutPath: string;
-  file: string;
-  image: CheckpointImage;
-  cs: RseqCriticalSection;
-  /** which try landed inside */
-  tries: number;
-  /** the timed RUN's wall time, host side */
-  elapsedMs: number;
-}
-
-/**
- * Runs the long-section workload for LONG.stopAfterMs and checkpoints it
- * wherever RUN's timeout stopped it; keeps the try (the process left stopped)
- * when the image's rip is inside [start_ip, start_ip + post_commit_offset)
- * of the rseq_cs the image's registration points at, else kills it and tries
- * again, at most LONG.tries times. Every miss is reported.
- */
-async function interruptInside(
-  guest: Guest,
-  w: Workload,
-  tag: string,
-  section: { start: bigint },
-): Promise<(InsideStop & { misses: string[] }) | { misses: string[] }> {
-  const misses: string[] = [];
-  for (let attempt = 1; attempt <= LONG.tries; attempt++) {
-    const stdoutPath = `/tmp/rseqcs-${tag}-try${attempt}.original.out`;
-    const r = await runThenInterrupt(guest, w, LONG.stopAfterMs, stdoutPath);
-    if (r.ended) {
-      const out = await readOutput(guest, stdoutPath);
-      misses.push(`try ${attempt}: ${r.ended.outcome} (${r.ended.code}) before the stop, long section aborts=${longAborts(out) ?? '?'}`);
-      continue;
-    }
-    const process: ProcessInfo = { binary: w.binary, argv: w.argv, envp: w.envp ?? [], noAslr: true, pid: r.pid };
-    // A failed checkpoint must not leave the program behind: running on, it would compete for the guest's one CPU
-    // with the next subtests' workloads and preempt them where they expect none.
-    const { file, image } = await checkpointStopped(guest, process, `${tag}-try${attempt}`).catch(async (error: unknown) => {
-      await guest.agent.call({ op: 'KILL', pid: r.pid }).catch(() => {});
-      throw error;
-    });
-    const cs = image.rseq ? activeCriticalSection(image) : undefined;
-    if (cs && cs.startIp === section.start && inCriticalSection(image.regs.rip, cs))
-      return { process, stdoutPath, file, image, cs, tries: attempt, elapsedMs: r.elapsedMs, misses };
-    misses.push(
-      `try ${attempt}: stopped (RUN took ${r.elapsedMs} ms), rip ${hex(image.regs.rip)} ${cs ? `outside [${hex(cs.startIp)}, +${hex(cs.postCommitOffset)})` : 'with rseq_cs 0'}`,
-    );
-    await guest.agent.call({ op: 'KILL', pid: r.pid });
-  }
-  return { misses };
 }

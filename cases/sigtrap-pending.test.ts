@@ -10,17 +10,16 @@
 // lost: the program says so, exit 1) and omit=debugregs (the watchpoint gone: no trap at the remaining stores).
 import t, { type Test } from 'tap';
 import { DR7_EXECUTE_DR0, dr7WriteWatch } from '../harness/agent/breakpoint-spawn.ts';
-import { isRunTimeout } from '../harness/agent/run-to-end.ts';
 import type { RunResult } from '../harness/agent/ops.ts';
-import { readCheckpointImage, type CheckpointImage } from '../harness/restore/checkpoint-image.ts';
-import { DEFAULT_POLICY, describePolicy, type RestorePolicy } from '../harness/restore/policy.ts';
-import { recordRowOutcome } from '../harness/testing/verdict-rows.ts';
-import { restoreWitnessed } from '../harness/testing/restore-witness.ts';
+import { DEFAULT_POLICY } from '../harness/restore/policy.ts';
 import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
-import { startGuest, type Guest } from '../harness/testing/guest-fixture.ts';
-import { endedAs, nativeReference } from '../harness/testing/native-reference.ts';
-import { checkpointStopped, readOutput, RUN_TIMEOUT_MS, spawnArmed, type Workload } from '../harness/testing/scenario.ts';
-import { debugRegOffset, hex } from '../harness/x86/registers.ts';
+import { startGuest } from '../harness/testing/guest-fixture.ts';
+import { endedAs } from '../harness/testing/native-reference.ts';
+import type { Workload } from '../harness/testing/scenario.ts';
+import { hex } from '../harness/x86/registers.ts';
+import { nativeParityScenario } from '../harness/scenarios/native-parity-scenario.ts';
+import { checkpointInterrupted, imageScenario, type ImageAttempt, type ImageRun } from '../harness/scenarios/interrupted-image-scenario.ts';
+import { runTable } from '../harness/scenarios/table.ts';
 
 const CASE = 'sigtrap-pending';
 const SCENARIO = 'SIGTRAP blocked with one of its own pending (SI_QUEUE) and a DR1 write watchpoint armed, checkpointed in its wait';
@@ -41,7 +40,8 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
   const argv = [binary, String(WINDOW_MS)];
   const watching: Workload = { binary, argv, debugRegs: { 1: watched, 7: WATCH_DR7 } };
 
-  const native = await nativeReference(guest, { binary, argv });
+  const parity = await nativeParityScenario(guest, { binary, argv });
+  const { native } = parity;
   t.equal(
     `${endedAs(native)}: ${native.output.trim()}`,
     'exited 0: trappend pending=1 blocked=1 delivered=1 code=SI_QUEUE value=0x5eed pending-after=0 stores=4',
@@ -50,9 +50,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
 
   // The uninterrupted reference under the watchpoint: the program's line is the native one (a debugger's watchpoint
   // is invisible to it) and the watchpoint traps at every store, B1 each time.
-  const pid = await spawnArmed(guest, watching, '/tmp/trappend-reference.out');
-  const reference = await guest.agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
-  const expected = await readOutput(guest, '/tmp/trappend-reference.out');
+  const { run: reference, output: expected } = await parity.runUnderAgent(watching, 'reference');
   t.equal(`${endedAs(reference)}: ${expected}`, `${endedAs(native)}: ${native.output}`, 'the watched reference is the native run');
   t.equal(reference.hits.length, 4, `the watchpoint trapped at each of the 4 stores: ${describeHits(reference)}`);
   t.ok(
@@ -62,7 +60,23 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
   t.same(reference.signals.filter((s) => s.signo === SIGTRAP).length, 1, "the agent saw the program's one SIGTRAP delivered (and passed it on)");
   const afterCheckpoint = reference.hits.slice(1).map((h) => hex(h.rip));
 
-  const taken = await checkpointInWait(t, guest, watching, blockAt);
+  // Provoke and checkpoint: our DR0 breakpoint at trap_block (after the first watched store, SIGTRAP still unblocked:
+  // our trap must not meet a blocked SIGTRAP, whose forced delivery would unblock it and reset the handler) is disarmed,
+  // the watchpoint kept; the program blocks SIGTRAP, queues one and waits, and is interrupted there.
+  const taken = await checkpointInterrupted(guest, {
+    workload: { ...watching, breakAt: blockAt, debugRegs: { ...watching.debugRegs, 7: WATCH_DR7 | DR7_EXECUTE_DR0 } },
+    tag: 'trappend',
+    hits: 2,
+    dr7: WATCH_DR7,
+    runOnMs: INTERRUPT_AFTER_MS,
+  });
+  t.equal(taken.toBreakpoint.outcome, 'hit-limit', 'stopped at our breakpoint');
+  t.same(
+    taken.toBreakpoint.hits.map((h) => hex(h.rip)).at(-1),
+    hex(blockAt),
+    `the first store's watch trap, then trap_block: ${describeHits(taken.toBreakpoint)}`,
+  );
+  t.equal(taken.waited, 'interrupted', `interrupted in its wait after ${INTERRUPT_AFTER_MS} ms`);
   const image = taken.image;
   const shared = image.signals.pending.shared.map(siginfoSummary);
   t.same(shared, [`signo ${SIGTRAP} code ${SI_QUEUE} value 0x5eed`], `the image holds the one SIGTRAP pending, as queued: ${shared.join('; ')}`);
@@ -71,90 +85,56 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
   t.equal(image.debugRegs.dr1, watched, 'DR1 watches the variable');
   t.equal(image.debugRegs.dr7, WATCH_DR7, 'DR7: the watchpoint only (the breakpoint that chose the moment disarmed)');
 
-  const cases: Array<{ name: string; policy: RestorePolicy; control: boolean }> = [
-    { name: 'restored: the pending SIGTRAP delivered once when unblocked, the watchpoint still trapping', policy: DEFAULT_POLICY, control: false },
-    { name: 'negative control omit=signals: the pending SIGTRAP and the mask lost', policy: { ...DEFAULT_POLICY, omit: ['signals'] }, control: true },
-    { name: 'negative control omit=debugregs: the watchpoint lost', policy: { ...DEFAULT_POLICY, omit: ['debugregs'] }, control: true },
-  ];
-  for (const c of cases) {
-    await t.test(c.name, async (t) => {
-      const tag = `trappend-${c.control ? c.policy.omit!.join('-') : 'restored'}`;
-      const r = await restoreAndRun(guest, taken.file, c.policy, tag);
-      const hits = r.run.hits.map((h) => hex(h.rip));
-      const observed = `${endedAs(r.run)}: ${r.output.trim()}; watch traps at ${hits.join(' ') || 'none'}`;
-      const want = `exited 0: ${expected.trim()}; watch traps at ${afterCheckpoint.join(' ')}`;
-      if (c.control) {
-        t.not(observed, want, `caught: ${observed}`);
-      } else {
+  // Restore and oracle: the program's own line and the watchpoint's traps at the remaining stores.
+  const watchTraps = (r: ImageRun): string => r.run.hits.map((h) => hex(h.rip)).join(' ') || 'none';
+  const scenario = imageScenario(guest, {
+    name: SCENARIO,
+    expected: `exited 0: ${expected.trim()}; watch traps at ${afterCheckpoint.join(' ')}`,
+    file: taken.file,
+    observe: (r) => `${endedAs(r.run)}: ${r.output.trim()}; watch traps at ${watchTraps(r)}`,
+  });
+  const caught = (t: Test, a: ImageAttempt): void => void t.not(a.observed, scenario.expected, `caught: ${a.observed}`);
+  await runTable(t, CASE, scenario, [
+    {
+      title: 'restored: the pending SIGTRAP delivered once when unblocked, the watchpoint still trapping',
+      policy: DEFAULT_POLICY,
+      tag: 'trappend-restored',
+      expect: 'resumes',
+      check: (t, { restoredRun: r }) => {
         t.same(
           r.differences.filter((d) => d.what !== 'session'),
           [],
           'read back: as requested',
         );
         t.equal(r.output, expected, `the program's line is the native one: ${r.output.trim()}`);
-        t.same(hits, afterCheckpoint, 'the watchpoint trapped at each remaining store, as uninterrupted');
+        t.same(
+          r.run.hits.map((h) => hex(h.rip)),
+          afterCheckpoint,
+          'the watchpoint trapped at each remaining store, as uninterrupted',
+        );
         t.ok(
           r.run.hits.every((h) => (h.dr6 & DR6_B1) !== 0n),
           'each a DR1 trap',
         );
         t.equal(r.run.signals.filter((s) => s.signo === SIGTRAP).length, 1, 'one SIGTRAP delivered to the program, as uninterrupted');
-      }
-      recordRowOutcome(t, {
-        case: CASE,
-        scenario: SCENARIO,
-        policy: describePolicy(c.policy),
-        control: c.control,
-        expected: want,
-        observed,
-        matchedUninterrupted: observed === want,
-      });
-    });
-  }
-});
-
-/**
- * Runs the program to our DR0 breakpoint at trap_block (after its first watched store, SIGTRAP still unblocked there:
- * our trap must not meet a blocked SIGTRAP, whose forced delivery would unblock it and reset the handler), disarms
- * DR0 keeping the watchpoint, lets it block SIGTRAP, queue one and wait, and interrupts it there for the checkpoint.
- */
-async function checkpointInWait(t: Test, guest: Guest, watching: Workload, blockAt: bigint): Promise<{ file: string; image: CheckpointImage }> {
-  const { agent } = guest;
-  const pid = await spawnArmed(
-    guest,
-    { ...watching, breakAt: blockAt, debugRegs: { ...watching.debugRegs, 7: WATCH_DR7 | DR7_EXECUTE_DR0 } },
-    '/tmp/trappend-original.out',
-  );
-  const first = await agent.call({ op: 'RUN', pid, stopAfterHits: 2, timeoutMs: RUN_TIMEOUT_MS });
-  t.equal(first.outcome, 'hit-limit', 'stopped at our breakpoint');
-  t.same(first.hits.map((h) => hex(h.rip)).at(-1), hex(blockAt), `the first store's watch trap, then trap_block: ${describeHits(first)}`);
-  await agent.call({ op: 'POKEUSER', pid, offset: debugRegOffset(7), value: WATCH_DR7 });
-  const waited = await agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: INTERRUPT_AFTER_MS }).then(
-    (run) => `ended first: ${endedAs(run)}`,
-    (error: unknown) => {
-      if (isRunTimeout(error)) return 'interrupted';
-      throw error;
+      },
     },
-  );
-  t.equal(waited, 'interrupted', `interrupted in its wait after ${INTERRUPT_AFTER_MS} ms`);
-  try {
-    return await checkpointStopped(guest, { binary: watching.binary, argv: watching.argv, envp: [], noAslr: true, pid }, 'trappend');
-  } finally {
-    await agent.call({ op: 'KILL', pid }).catch(() => {});
-  }
-}
-
-async function restoreAndRun(
-  guest: Guest,
-  file: string,
-  policy: RestorePolicy,
-  tag: string,
-): Promise<{ run: RunResult; output: string; differences: Array<{ what: string }> }> {
-  const image = await readCheckpointImage(file);
-  const out = `/tmp/${tag}.restored.out`;
-  const restored = await restoreWitnessed(guest.agent, image, { policy, stdoutPath: out }, tag);
-  const run = await guest.agent.call({ op: 'RUN', pid: restored.pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
-  return { run, output: await readOutput(guest, out), differences: restored.differences };
-}
+    {
+      title: 'negative control omit=signals: the pending SIGTRAP and the mask lost',
+      policy: { ...DEFAULT_POLICY, omit: ['signals'] },
+      tag: 'trappend-signals',
+      expect: 'differs',
+      check: caught,
+    },
+    {
+      title: 'negative control omit=debugregs: the watchpoint lost',
+      policy: { ...DEFAULT_POLICY, omit: ['debugregs'] },
+      tag: 'trappend-debugregs',
+      expect: 'differs',
+      check: caught,
+    },
+  ]);
+});
 
 /** si_signo, si_code and (for a queued signal) the value of a raw 128-byte siginfo. */
 function siginfoSummary(raw: Buffer): string {
