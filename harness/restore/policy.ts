@@ -113,6 +113,8 @@ export type RseqFixupPolicy = (typeof RSEQ_FIXUP_POLICIES)[number];
  *   are not: no madvise advice, no mlock, no MAP_NORESERVE, and a shared
  *   file mapping that is read-only now is mapped from a read-only open (a
  *   later mprotect to PROT_WRITE fails with EACCES), as before they were kept.
+ * - zombies: a tree's zombies (tree-zombies.ts) are not made again: their
+ *   parents' waits find no such child (ECHILD), as if they had been reaped.
  */
 export const OMITTABLE = [
   'debugregs',
@@ -136,6 +138,7 @@ export const OMITTABLE = [
   'timens',
   'umask',
   'vma-flags',
+  'zombies',
 ] as const;
 export type Omittable = (typeof OMITTABLE)[number];
 
