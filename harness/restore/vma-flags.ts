@@ -13,7 +13,10 @@
  * (MADV_DONTFORK), wf (MADV_WIPEONFORK), dd (MADV_DONTDUMP), hg
  * (MADV_HUGEPAGE), mg (MADV_MERGEABLE), sr (MADV_SEQUENTIAL), rr
  * (MADV_RANDOM), each injected once the region is mapped; lo (mlock) and
- * lf (mlock2 MLOCK_ONFAULT); nr (MAP_NORESERVE) at the region's mmap; and
+ * lf (mlock2 MLOCK_ONFAULT; named so by newer kernels — the host's 6.18
+ * shows "lo lf" — while the 6.1 guest prints VM_LOCKONFAULT as "??", which
+ * is refused as unknown: measured);
+ * nr (MAP_NORESERVE) at the region's mmap; and
  * mw on a shared file mapping that is not writable now: it was mapped from
  * a descriptor open for writing, and a later mprotect(PROT_WRITE) succeeds
  * only if the restore opens the file read-write too (ZDTM's
