@@ -24,7 +24,7 @@
  * neither an exit nor a kill.
  */
 import type { AgentClient } from '../agent/client.ts';
-import { AgentError } from '../errors.ts';
+import { CrhError } from '../errors.ts';
 import type { Difference } from './read-back.ts';
 import type { TreeMember, TreeZombie } from './tree.ts';
 import { SIGCHLD } from './tree.ts';
@@ -129,7 +129,7 @@ export async function endZombies(agent: AgentClient, zombies: readonly TreeZombi
     await agent.call({ op: 'WRITE_MEM', pid: parent, address: scratch, data: args });
     const taken = await agent.call({ op: 'INJECT_SYSCALL', pid: parent, nr: Number(NR.rtSigtimedwait), args: [scratch, 0n, scratch + 8n, 8n] });
     if (taken !== BigInt(SIGCHLD))
-      throw new AgentError(`pid ${parent}: rt_sigtimedwait for the SIGCHLD its zombies' ending queued returned ${taken}`, 'INJECT_SYSCALL', undefined);
+      throw new CrhError(`pid ${parent}: rt_sigtimedwait for the SIGCHLD its zombies' ending queued returned ${taken}`, { target: `pid ${parent}` });
     await agent.call({ op: 'SETSIGMASK', pid: parent, mask });
   }
 }
@@ -137,7 +137,7 @@ export async function endZombies(agent: AgentClient, zombies: readonly TreeZombi
 /** Runs one traced stub to the end the zombie had: exit_group(code) from its own instruction pointer, or its signal. */
 async function endZombie(agent: AgentClient, z: TreeZombie): Promise<void> {
   const end = zombieEnd(z.waitStatus);
-  if ('problem' in end) throw new AgentError(`pid ${z.pid}: ${end.problem}`, 'RUN', undefined);
+  if ('problem' in end) throw new CrhError(`zombie pid ${z.pid}: ${end.problem}`, { target: `pid ${z.pid}` });
   if ('exit' in end) {
     // The stub's own copy of its text page gets a syscall instruction where it stands (the page is private: copied on write).
     const regs = await agent.call({ op: 'GETREGS', pid: z.pid });
@@ -149,7 +149,7 @@ async function endZombie(agent: AgentClient, z: TreeZombie): Promise<void> {
   const run = await agent.call({ op: 'RUN', pid: z.pid, stopAfterHits: 0, timeoutMs: ZOMBIE_END_TIMEOUT_MS });
   const got = run.outcome === 'exited' ? { exit: run.code } : run.outcome === 'killed' ? { signal: run.code } : { problem: run.outcome };
   if (JSON.stringify(got) !== JSON.stringify(end))
-    throw new AgentError(`pid ${z.pid} was to end with ${JSON.stringify(end)} and ended ${JSON.stringify(got)}`, 'RUN', undefined);
+    throw new CrhError(`zombie pid ${z.pid} was to end with ${JSON.stringify(end)} and ended ${JSON.stringify(got)}`, { target: `pid ${z.pid}` });
 }
 
 /** Each zombie as /proc shows it now: a zombie, its parent, its wait status. */
