@@ -23,7 +23,10 @@
 // caught by the program. And a memfd the parent maps MAP_SHARED and holds as fd 3 and the child only maps, the parent at
 // a breakpoint before the child writes through its mapping: restored as one memfd mapped in the parent before the child
 // is cloned, the parent sees the child's write through its mapping and its fd and ends as the native run;
-// omit=mapping-kinds (a memfd of its own for each) is caught by the program.
+// omit=mapping-kinds (a memfd of its own for each) is caught by the program. And a parent with two zombie children (one
+// exited 42, one killed by SIGUSR1, neither waited for) and a live child on a pipe, the parent at a breakpoint: restored
+// with each zombie made again (cloned in the parent's stub with its pid, ended as it ended) the parent's waitpid collects
+// the same pids with the same statuses and it ends as the native run; omit=zombies (not made again: ECHILD) is caught.
 import t, { type Test } from 'tap';
 import { appendFileSync, writeFileSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
@@ -541,6 +544,57 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_CHECKPOINT_RESTORE']), async (t
         expected: mapReference,
         observed: r.line,
         matchedUninterrupted: r.line === mapReference,
+      });
+    });
+  }
+
+  // Zombies: two children that ended (exit 42, SIGUSR1) and that the parent has not waited for, and one alive on a pipe.
+  {
+    const zBinary = guest.image.guestPaths['vmflags-zombies']!;
+    const zWorkload: Workload = { binary: zBinary, argv: [zBinary, 'zombies'], breakAt: symbols.resolve('vmflags-zombies:zombies_checkpoint') };
+    const zScenario =
+      'a parent with two zombie children (exit 42, SIGUSR1) and a live child on a pipe; parent at a hardware breakpoint, then it waits for all three';
+    const runZombies = (tag: string, policy?: RestorePolicy) => treeCycle(zWorkload, tag, policy);
+    const zReference = (await runZombies('zombies-reference')).line;
+    const native = await nativeReference(guest, zWorkload);
+    t.equal(zReference, `${endedAs(native)} ${native.output.trim()}`, 'zombies: the traced reference is the native run (no tracer)');
+    t.equal(zReference, 'exited 0 zombies: first exited 42, second killed by signal 10, third exited 0, then ECHILD', `zombies uninterrupted: ${zReference}`);
+
+    await t.test('kill and restore a tree holding zombies: each a zombie again, same pid, parent and wait status; it ends as uninterrupted', async (t) => {
+      const r = await runZombies('zombies-default', DEFAULT_POLICY);
+      const parent = r.tree?.members[0]?.pid;
+      t.same(
+        r.tree?.zombies?.map((z) => `${z.ppid === parent ? 'parent' : z.ppid}: wait status 0x${z.waitStatus.toString(16)}`),
+        ['parent: wait status 0x2a00', 'parent: wait status 0xa'],
+        'the image holds two zombies of the parent with their wait statuses',
+      );
+      t.same(r.restored?.differences, [], 'read back: each a zombie of its parent with its wait status');
+      t.equal(r.line, zReference, `restored: ${r.line}`);
+      t.comment(`zombies, 2 live processes: ${r.timing}`);
+      recordRowOutcome(t, {
+        case: CASE,
+        scenario: zScenario,
+        policy: describePolicy(DEFAULT_POLICY),
+        control: false,
+        expected: zReference,
+        observed: r.line,
+        matchedUninterrupted: r.line === zReference && r.restored?.differences.length === 0,
+      });
+    });
+
+    await t.test('negative control omit=zombies: the zombies are not made again', async (t) => {
+      const policy: RestorePolicy = { ...DEFAULT_POLICY, omit: ['zombies'] };
+      const r = await runZombies('zombies-omitted', policy);
+      t.equal(r.line, 'exited 1 zombies: first missing, second missing, third exited 0, then ECHILD', `caught: ${r.line}`);
+      t.not(r.line, zReference, 'and it differs from the uninterrupted run');
+      recordRowOutcome(t, {
+        case: CASE,
+        scenario: zScenario,
+        policy: describePolicy(policy),
+        control: true,
+        expected: zReference,
+        observed: r.line,
+        matchedUninterrupted: r.line === zReference,
       });
     });
   }

@@ -270,3 +270,68 @@ t.test('memory.json: the new fields are hostile input', async (t) => {
     '[6].perms',
   );
 });
+
+t.test('VmFlags given back: MAP_NORESERVE at the mmap, a read-write open for mw, madvise and mlock after the protections', async (t) => {
+  const base = imageWithMappings();
+  // The private file mapping's first VMA advised and locked and reserved nothing; the shared file mapping read-only now, writable later.
+  const regions = base.regions.map((r): MemoryRegion => {
+    if (r.start === 0x200000000n) return { ...r, perms: 'rw-p', name: '', vmFlags: ['nr', 'dc', 'lo'] };
+    if (r.start === 0x200200000n) return { ...r, perms: 'r--s', vmFlags: ['mw'] };
+    return r;
+  });
+  const image = { ...base, regions };
+  const plan = compileRestorePlan(image, probe, { rf: 'keep' });
+  const anon = syscalls(plan, 9).find((m) => m.args[0] === 0x200000000n)!;
+  t.equal(anon.args[3], MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE | 0x4000n, 'MAP_NORESERVE at the mmap');
+  const open = syscalls(plan, 257).find((o) => o.why.includes(SHARED))!;
+  t.equal(open.args[2]! & 3n, 2n, `O_RDWR for the shared file mapping read-only now (${open.why})`);
+  const sharedMap = syscalls(plan, 9).find((m) => m.args[0] === 0x200200000n)!;
+  t.equal(sharedMap.args[2], 1n, 'mapped with its present protection, PROT_READ');
+  const ops = plan.map((s) => (s.op.op === 'INJECT_SYSCALL' ? s.op.nr : -1));
+  const lastProtect = ops.lastIndexOf(10);
+  t.same(
+    syscalls(plan, 28)
+      .filter((m) => m.args[2] === 10n)
+      .map((m) => [m.args[0], m.args[1]]),
+    [[0x200000000n, 0x2000n]],
+    'MADV_DONTFORK on the region',
+  );
+  t.ok(ops.indexOf(325) > lastProtect && ops.lastIndexOf(28) > lastProtect, 'madvise and mlock2 after the last mprotect');
+  t.same(
+    syscalls(plan, 325).map((m) => m.args),
+    [[0x200000000n, 0x2000n, 0n]],
+    'mlock2(flags 0): mlock',
+  );
+  const control = compileRestorePlan(image, probe, { rf: 'keep', omit: ['vma-flags'] });
+  t.equal(syscalls(control, 325).length, 0, 'omit=vma-flags: no mlock');
+  t.equal(syscalls(control, 257).find((o) => o.why.includes(SHARED))!.args[2]! & 3n, 0n, 'omit=vma-flags: the file opened read-only');
+  t.equal(syscalls(control, 9).find((m) => m.args[0] === 0x200000000n)!.args[3]! & 0x4000n, 0n, 'omit=vma-flags: no MAP_NORESERVE');
+
+  // Through the image: written only when present, read back, hostile values refused naming the field.
+  const renamed = new Map<string, string>();
+  const numbered = regions.map((r, i) => (r.entry === null ? r : (renamed.set(memoryEntryName(i), r.entry), { ...r, entry: memoryEntryName(i) })));
+  const memory = new Map([...renamed].map(([to, from]) => [to, base.memory.get(from)!]));
+  const entries = imageEntries({ ...image, regions: numbered, memory });
+  const list = JSON.parse(entries.get('memory.json')!.toString()) as Array<Record<string, unknown>>;
+  t.equal(list.filter((r) => 'vmFlags' in r).length, 2, 'vmFlags written for the two regions that have some, no other');
+  t.same(
+    parseImageEntries(entries)
+      .regions.filter((r) => r.vmFlags)
+      .map((r) => r.vmFlags),
+    [['nr', 'dc', 'lo'], ['mw']],
+    'read back',
+  );
+  const at = list.findIndex((r) => r.start === '0x200000000');
+  for (const [bad, why] of [
+    [['ht'], /"ht" is not a flag a restore gives back/],
+    [['mw'], /mw is recorded only for a shared file mapping/],
+    ['dc', /non-empty list/],
+  ] as const) {
+    const copy = structuredClone(list);
+    copy[at]!.vmFlags = bad;
+    t.throws(() => parseImageEntries(reseal(entries, { 'memory.json': Buffer.from(JSON.stringify(copy)) })), {
+      name: 'ImageRejectedError',
+      message: new RegExp(`\\[${at}\\]\\.vmFlags.*${why.source}`),
+    });
+  }
+});

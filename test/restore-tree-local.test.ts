@@ -5,7 +5,8 @@
 // private copy of the page) the line shows the counter diverging; with the grandchild's parent doctored to the root it
 // shows the wrong parent links (the child cannot wait for its grandchild); under omit=pipe-contents the pipe comes back
 // empty. The pipe from the grandchild to the parent is restored with the 3000 bytes queued in it. A tree holding a zombie
-// (the grandchild exited while the child, stopped, had not waited for it) is refused by name, naming the zombie.
+// a restore cannot make again (the grandchild, leader of a session of its own, exited while the child, stopped, had not
+// waited for it) is refused by name, naming the zombie and why (zombies that can be made again: restore-tree-zombies-local).
 import t from 'tap';
 import { AgentClient } from '../harness/agent/client.ts';
 import { localAgentTransport } from '../harness/agent/local-transport.ts';
@@ -116,7 +117,7 @@ t.test('a process tree through the real agent, on the host kernel', async (t) =>
     t.match(line, /proctree mismatch: .*, child 0x2, grandchild 0x[0-9a-f]+, child exit 9, /, 'the child cannot wait for its grandchild (ECHILD)');
   });
 
-  await t.test('a zombie in the tree is refused by name', async (t) => {
+  await t.test('a zombie leading its own session is refused by name', async (t) => {
     const s = await stopTree('zombie');
     const child = Number((await read(`/proc/${s.grandchild}/stat`)).split(') ')[1]!.split(' ')[1]);
     await agent.call({ op: 'ATTACH', pid: child });
@@ -124,7 +125,7 @@ t.test('a process tree through the real agent, on the host kernel', async (t) =>
     t.equal(end.outcome, 'exited', 'the grandchild exited; its parent, stopped, has not waited for it');
     await t.rejects(checkpointTree(agent, { binary, argv: [binary], envp: [], noAslr: true, pid: s.pid }, { host: true }), {
       name: 'CheckpointError',
-      message: new RegExp(`zombie \\(pid ${s.grandchild}: state Z: exited, not yet waited for by its parent ${child}\\)`),
+      message: new RegExp(`zombie \\(pid ${s.grandchild}: exited, not yet waited for by its parent ${child}: it leads its own session\\)`),
     });
     await agent.call({ op: 'KILL', pid: s.pid });
     await agent.call({ op: 'KILL', pid: child });

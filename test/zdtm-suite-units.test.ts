@@ -7,7 +7,8 @@ import { InfraError } from '../harness/errors.ts';
 import { privateSourcesLine } from '../harness/image/private-apt.ts';
 import type { Verdict } from '../harness/report/verdicts.ts';
 import { membarrierProblems, MEMBARRIER_PROBES } from '../harness/restore/membarrier.ts';
-import { parseSmapsVmFlags, vmaFlagsProblems } from '../harness/restore/vma-flags.ts';
+import { captureVmFlags, parseSmapsVmFlags, vmaFlagsProblems, vmFlagsProblem, vmFlagSteps } from '../harness/restore/vma-flags.ts';
+import { DEFAULT_POLICY } from '../harness/restore/policy.ts';
 import { sha256 } from '../harness/util/hash.ts';
 import {
   descWords,
@@ -255,7 +256,7 @@ t.test('the table and the exit code', async (t) => {
 const smapsEntry = (range: string, perms: string, name: string, flags: string): string =>
   `${range} ${perms} 00000000 00:00 0 ${name}\nSize:                  8 kB\nRss:                   4 kB\nVmFlags: ${flags}\n`;
 
-t.test('mapping attributes a restore does not give back are refused by name', async (t) => {
+t.test('mapping attributes: given back when a restore can, refused by name when not', async (t) => {
   const plain = [
     smapsEntry('400000-401000', 'r-xp', '/tmp/t', 'rd ex mr mw me sd'),
     smapsEntry('7ffff0000000-7ffff0021000', 'rw-p', '', 'rd wr mr mw me nr sd'),
@@ -264,13 +265,20 @@ t.test('mapping attributes a restore does not give back are refused by name', as
   ].join('');
   t.equal(parseSmapsVmFlags(plain).length, 4);
   t.same(vmaFlagsProblems(7, plain), [], "a plain process (malloc arenas' nr, a stack's nh, the kernel's [vvar]) holds nothing refused");
-  const advised = smapsEntry('7ffff7fee000-7ffff7ff0000', 'rw-p', '', 'rd wr mr mw me ac sd dc hg zz');
+  const advised = smapsEntry('7ffff7fee000-7ffff7ff0000', 'rw-p', '', 'rd wr mr mw me ac sd dc hg lo sr dd mg zz ht');
   const [p] = vmaFlagsProblems(7, advised);
   t.equal(p!.state, 'mapping attributes');
   t.match(p!.where, /^\/proc\/7\/smaps 0x7ffff7fee000-0x7ffff7ff0000 rw-p anonymous$/);
-  t.match(p!.seen, /dc \(MADV_DONTFORK\), hg \(MADV_HUGEPAGE\), zz \(unknown to crh\)/, 'each lost flag named, an unknown one too');
+  t.match(p!.seen, /^VmFlags zz \(unknown to crh\), ht \(hugetlb\):/, 'only the flags no restore gives back, an unknown one too');
+  t.same([...captureVmFlags(advised).entries()], [[0x7ffff7fee000n, ['dc', 'hg', 'lo', 'sr', 'dd', 'mg']]], 'the advice and the lock are captured');
+  const locked = smapsEntry('7ffff7fee000-7ffff7ff0000', 'rw-p', '', 'rd wr mr mw me lo sd um');
+  t.match(vmaFlagsProblems(7, locked)[0]!.seen, /lo on a region registered with a userfaultfd/, 'locking a userfaultfd region again is refused');
   const sharedReadOnly = smapsEntry('7ffff7ff6000-7ffff7ff7000', 'r--s', '/tmp/f.test', 'rd sh mr mw me ms sd');
-  t.equal(vmaFlagsProblems(7, sharedReadOnly)[0]!.state, 'writable-later shared file mapping', 'mw without w on a shared file mapping');
+  t.same(vmaFlagsProblems(7, sharedReadOnly), [], 'mw without w on a shared file mapping: given back');
+  t.same([...captureVmFlags(sharedReadOnly).values()], [['mw']], 'recorded as mw');
+  t.same(captureVmFlags(plain).get(0x7ffff0000000n), ['nr'], "a malloc arena's MAP_NORESERVE is recorded");
+  t.same(captureVmFlags(smapsEntry('7ffff7ff6000-7ffff7ff7000', 'rw-s', '/tmp/f.test', 'rd wr sh mr mw me ms sd')).size, 0, 'mw only where w is not');
+  t.equal(captureVmFlags(plain).has(0x7ffff7ff9000n), false, "the kernel's special mappings are skipped");
   t.same(
     vmaFlagsProblems(7, smapsEntry('7ffff7fe8000-7ffff7fea000', 'r--s', '/dev/zero (deleted)', 'rd sh mr mw me ms sd')),
     [],
@@ -286,6 +294,39 @@ t.test('mapping attributes a restore does not give back are refused by name', as
     [],
     'a private file mapping may always be written',
   );
+});
+
+t.test('given-back VmFlags: hostile values named, steps in order, omit=vma-flags none', async (t) => {
+  const anon = { perms: 'rw-p', file: null };
+  t.equal(vmFlagsProblem(['dc', 'lo'], anon), undefined);
+  t.match(vmFlagsProblem(['ht'], anon)!, /"ht" is not a flag a restore gives back/);
+  t.match(vmFlagsProblem([], anon)!, /non-empty list/);
+  t.match(vmFlagsProblem('dc', anon)!, /non-empty list/);
+  t.match(vmFlagsProblem(['dc', 'dc'], anon)!, /twice/);
+  t.match(vmFlagsProblem(['mw'], anon)!, /only for a shared file mapping/);
+  t.equal(vmFlagsProblem(['mw'], { perms: 'r--s', file: '/tmp/f' }), undefined);
+  t.match(vmFlagsProblem(['lf'], anon)!, /without lo/);
+  t.match(vmFlagsProblem(['wf'], { perms: 'rw-s', file: null })!, /private anonymous/);
+  const region = {
+    start: 0x10000n,
+    end: 0x12000n,
+    perms: 'rw-p',
+    name: '',
+    file: null,
+    offset: 0n,
+    entry: 'memory/0000.bin',
+    vmFlags: ['nr', 'lo', 'lf', 'dc'],
+  };
+  const steps = vmFlagSteps(7, [region], DEFAULT_POLICY);
+  t.same(
+    steps.map((s) => (s.op.op === 'INJECT_SYSCALL' ? [s.op.nr, ...s.op.args] : [])),
+    [
+      [28, 0x10000n, 0x2000n, 10n],
+      [325, 0x10000n, 0x2000n, 1n],
+    ],
+    "MADV_DONTFORK, then mlock2(MLOCK_ONFAULT); nr is the mmap's",
+  );
+  t.same(vmFlagSteps(7, [region], { ...DEFAULT_POLICY, omit: ['vma-flags'] }), [], 'omit=vma-flags: none');
 });
 
 t.test('membarrier registrations are refused by name', async (t) => {

@@ -1,6 +1,6 @@
 /*
  * Handing a process to another checkpointer (CRIU) and taking it back:
- * DETACH, REAP and ATTACH; letting a restored process tree go its own way:
+ * DETACH, REAP, REAP_ORPHANS and ATTACH; letting a restored process tree go its own way:
  * TRACE_FORKS and RELEASE.
  */
 #include "agent.h"
@@ -148,6 +148,112 @@ int op_reap(struct call *c)
 	forget_detached(pid);
 	wr_u32(&c->out, (uint32_t)st);
 	return 0;
+}
+
+/* Whether pid is a child DETACH left for REAP to collect. */
+static bool is_detached(pid_t pid)
+{
+	for (size_t i = 0; i < ndetached; i++)
+		if (detached[i] == pid)
+			return true;
+	return false;
+}
+
+/* Whether a process (a zombie included) holds pid. */
+static bool pid_exists(pid_t pid)
+{
+	return kill(pid, 0) == 0 || errno != ESRCH;
+}
+
+/* Reaps the ended children that are no task of the agent's, each written to out as (pid, wait status). */
+static int reap_untracked(struct wr *out, uint32_t *nreaped)
+{
+	char path[64];
+	int child;
+	FILE *f;
+
+	snprintf(path, sizeof path, "/proc/self/task/%d/children", (int)getpid());
+	f = fopen(path, "re");
+	if (!f)
+		return -1;
+	while (fscanf(f, "%d", &child) == 1) {
+		siginfo_t si;
+		int st;
+
+		if (is_tracked(child) || is_detached(child))
+			continue;
+		memset(&si, 0, sizeof si);
+		if (waitid(P_PID, (id_t)child, &si, WEXITED | WNOHANG | WNOWAIT | __WALL) < 0 || si.si_pid != child)
+			continue; /* still running (or gone meanwhile) */
+		if (waitpid(child, &st, __WALL | WNOHANG) != child)
+			continue;
+		wr_u32(out, (uint32_t)child);
+		wr_u32(out, (uint32_t)st);
+		(*nreaped)++;
+	}
+	fclose(f);
+	return 0;
+}
+
+/*
+ * REAP_ORPHANS: reaps every zombie child of the agent that it neither
+ * traces nor detached — orphans the agent adopted as child subreaper, such
+ * as the children of a tree `criu dump` killed: their zombies come to the
+ * agent when their parent dies, and each keeps its pid taken until it is
+ * reaped, so `criu restore` could not fork it again ("Can't fork for PID:
+ * File exists"). A child is peeked with WNOWAIT first and reaped only when
+ * it has ended and is no task of the agent's: a tracee's stops and exit
+ * belong to the waits that expect them, a detached child's to REAP. Then
+ * waits until none of the pids given exists any more (each an orphan the
+ * agent reaps, or someone else's child its parent reaps), reaping as they
+ * end; ETIMEDOUT naming one still there after timeout_ms. Answers the pids
+ * reaped with their wait statuses.
+ */
+int op_reap_orphans(struct call *c)
+{
+	uint32_t timeout_ms = rd_u32(&c->in, "timeout_ms");
+	uint32_t n = rd_count(&c->in, "pids", 4);
+	pid_t *pids = NULL;
+	struct timespec deadline, now;
+	uint32_t nreaped = 0;
+	size_t count_at;
+	int rc = -1;
+
+	if (n)
+		pids = calloc(n, sizeof *pids);
+	if (n && !pids)
+		return fail(c, ENOMEM, "pids");
+	for (uint32_t i = 0; i < n; i++)
+		pids[i] = rd_pid(&c->in);
+	if (parsed(c))
+		goto out;
+	count_at = wr_mark(&c->out);
+	deadline_in(&deadline, timeout_ms);
+	for (;;) {
+		pid_t left = 0;
+
+		if (reap_untracked(&c->out, &nreaped) < 0) {
+			fail_errno(c, "/proc/self/task/%d/children", (int)getpid());
+			goto out;
+		}
+		for (uint32_t i = 0; i < n && !left; i++)
+			if (pid_exists(pids[i]))
+				left = pids[i];
+		if (!left)
+			break;
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		if (now.tv_sec > deadline.tv_sec || (now.tv_sec == deadline.tv_sec && now.tv_nsec > deadline.tv_nsec)) {
+			fail(c, ETIMEDOUT, "process %d still exists %u ms on (not an orphan of the agent's, or not ended)",
+			     (int)left, timeout_ms);
+			goto out;
+		}
+		usleep(1000);
+	}
+	wr_patch_u32(&c->out, count_at, nreaped);
+	rc = 0;
+out:
+	free(pids);
+	return rc;
 }
 
 /* Seizes one thread and collects its first stop. */

@@ -19,7 +19,7 @@
  *   memory.c       ptrace word helpers, READ_FILE, READ/WRITE_MEM, READLINK, LISTDIR
  *   bulk.c         the bulk data port and PAGEMAP
  *   frames.c       PAGE_FRAMES: page frames for reads and writes in guest RAM
- *   handoff.c      DETACH, REAP, ATTACH (handing a process to CRIU and back)
+ *   handoff.c      DETACH, REAP, REAP_ORPHANS, ATTACH (handing a process to CRIU and back)
  *   port.c         serving sessions on the agent port; CHDIR, RESEED
  */
 #include "agent.h"

@@ -43,6 +43,7 @@ export const OPCODES = {
   RESEED: 0x27,
   TRACE_FORKS: 0x28,
   RELEASE: 0x29,
+  REAP_ORPHANS: 0x2a,
 } as const;
 
 /** A range of a target's memory a bulk request moves. */
@@ -139,7 +140,9 @@ export type AgentOp =
   /** PTRACE_O_TRACEFORK/TRACEVFORK on or off for every thread of the process: a restore's injected clone3 of a child (exit signal SIGCHLD) is then traced */
   | { op: 'TRACE_FORKS'; pid: number; on: boolean }
   /** detach every thread of the process (no signal) and forget it: it runs on untraced */
-  | { op: 'RELEASE'; pid: number };
+  | { op: 'RELEASE'; pid: number }
+  /** reaps every ended child the agent neither traces nor detached, until none of `pids` exists (ETIMEDOUT after timeoutMs) */
+  | { op: 'REAP_ORPHANS'; pids: readonly number[]; timeoutMs: number };
 
 export interface HelloResult {
   protocolVersion: number;
@@ -235,6 +238,7 @@ export interface OpResults {
   ATTACH: { threads: number[] };
   TRACE_FORKS: void;
   RELEASE: void;
+  REAP_ORPHANS: { reaped: Array<{ pid: number; waitStatus: number }> };
   BULK_OPEN: void;
   /** bytes the frame held */
   READ_MEM_BULK: bigint;
@@ -310,6 +314,10 @@ export function encodeOp(op: AgentOp): { opcode: number; payload: Buffer } {
       break;
     case 'REAP':
       w.u32(op.pid).u32(op.timeoutMs);
+      break;
+    case 'REAP_ORPHANS':
+      w.u32(op.timeoutMs).u32(op.pids.length);
+      for (const pid of op.pids) w.u32(pid);
       break;
     case 'PEEKSIGINFO':
       w.u32(op.pid).u32(op.shared ? 1 : 0);
@@ -430,6 +438,8 @@ function decodeByOp(name: OpName, r: PayloadReader): unknown {
       return { waitStatus: r.i32('wait_status') };
     case 'ATTACH':
       return { threads: r.array('threads', (e) => e.u32('tid')) };
+    case 'REAP_ORPHANS':
+      return { reaped: r.array('reaped', (e) => ({ pid: e.u32('pid'), waitStatus: e.i32('wait_status') })) };
     case 'PEEKSIGINFO':
       return r.array('siginfo', (e) => Buffer.from(e.bytes('siginfo')));
     case 'GETSIGMASK':
@@ -479,6 +489,8 @@ export function describeOp(op: AgentOp): string {
       return `TRACE_FORKS pid ${op.pid} ${op.on ? 'on' : 'off'}`;
     case 'REAP':
       return `REAP pid ${op.pid}${op.timeoutMs ? ` within ${op.timeoutMs} ms` : ''}`;
+    case 'REAP_ORPHANS':
+      return `REAP_ORPHANS until ${op.pids.length ? `pid ${op.pids.join(', ')} gone` : 'none is left'} within ${op.timeoutMs} ms`;
     case 'PEEKSIGINFO':
       return `PEEKSIGINFO pid ${op.pid} ${op.shared ? 'shared' : 'thread'} queue`;
     case 'GETSIGMASK':

@@ -2,7 +2,11 @@
  * Hands a process the agent holds stopped to CRIU in the guest and takes the
  * restored process back: DETACH (left in a job-control stop, untraced),
  * `criu dump -t PID` (images and logs on the guest's tmpfs; the dump kills
- * it), REAP (its zombie holds the pid the restore needs), `criu restore -d`,
+ * it), REAP (its zombie holds the pid the restore needs), REAP_ORPHANS (the
+ * zombies of its descendants, which the dump killed too, come to the agent
+ * — a child subreaper — when their parent dies, and hold their pids just
+ * the same: `criu restore` then failed with "Can't fork for PID: File
+ * exists" on every tree with a child), `criu restore -d`,
  * ATTACH (every thread in a ptrace stop again). A refusal or failure of CRIU
  * is an answer, with CRIU's own reason and log, not an exception: it is the
  * verdict about CRIU. What the agent or the guest cannot do still throws.
@@ -46,6 +50,7 @@ export async function handOffToCriu(agent: AgentClient, criu: CriuInGuest, pid: 
   const readLog = async (name: string): Promise<string> => tail(await readGuestText(agent, `${dir}/${name}`, LOG_MAX_BYTES * 4).catch(() => `(no ${name})`));
 
   await onStage({ name: 'dump' });
+  const tree = await descendants(agent, pid);
   await agent.call({ op: 'DETACH', pid });
   const dump = await runCriu(criu.exec, criuDumpArgs(criu.command, pid, dir));
   const dumpLog = await readLog('dump.log');
@@ -56,6 +61,8 @@ export async function handOffToCriu(agent: AgentClient, criu: CriuInGuest, pid: 
     return { ok: false, stage: 'dump', reason: `criu dump failed (exit ${dump.code}): ${criuFailure(dumpLog || dump.stderr)}`, dumpMs: dump.wallMs, dumpLog };
   }
   await reapDumped(agent, criu, pid);
+  // The descendants' pids must be free too: orphans of the agent are reaped by it, others by their parent (init).
+  await agent.call({ op: 'REAP_ORPHANS', pids: tree, timeoutMs: REAP_TIMEOUT_MS });
   const du = await criu.exec(`du -sk ${shellQuote(dir)} | cut -f1`);
   const imageBytes = Number(du.stdout.trim()) * 1024;
 
@@ -99,6 +106,25 @@ async function reapDumped(agent: AgentClient, criu: CriuInGuest, pid: number): P
   const gone = await criu.exec(`i=0; while [ -e /proc/${pid} ] && [ $i -lt ${polls} ]; do sleep 0.01; i=$((i+1)); done; [ ! -e /proc/${pid} ]`);
   if (gone.code !== 0)
     throw new CrhError(`process ${pid}, dumped by CRIU, was still there ${REAP_TIMEOUT_MS} ms after the dump (init did not reap it)`, { stderr: gone.stderr });
+}
+
+/** Every descendant of `pid` (the children of each of its threads, recursively), read while they still live. */
+export async function descendants(agent: Pick<AgentClient, 'call'>, pid: number): Promise<number[]> {
+  const found: number[] = [];
+  const queue = [pid];
+  while (queue.length > 0) {
+    const parent = queue.shift()!;
+    const tids = await agent.call({ op: 'LISTDIR', path: `/proc/${parent}/task` }).catch(() => [] as string[]);
+    for (const tid of tids) {
+      const children = await readGuestText(agent, `/proc/${parent}/task/${tid}/children`, 64 * 1024).catch(() => '');
+      for (const child of children.split(/\s+/).filter(Boolean).map(Number)) {
+        if (!Number.isInteger(child) || child <= 0 || found.includes(child)) continue;
+        found.push(child);
+        queue.push(child);
+      }
+    }
+  }
+  return found;
 }
 
 function tail(log: string): string {

@@ -135,5 +135,5 @@ export async function restoreDaemon(
 /** What the checkpoint holds, for a progress line: its processes and pipes. */
 export function describeTreeShape(tree: ProcessTree): string {
   const count = (n: number, what: string): string => (n > 0 ? `, ${n} ${what}${n === 1 ? '' : 's'}` : '');
-  return `${tree.members.length} process${tree.members.length === 1 ? '' : 'es'} (pid ${tree.members.map((m) => m.pid).join(', ')})${count((tree.pipes ?? []).length, 'pipe')}${count((tree.socketpairs ?? []).length, 'socketpair')}${count((tree.memfds ?? []).length, 'memfd')}${count((tree.sharedFiles ?? []).length, 'shared file description')}${count((tree.fifos ?? []).length, 'FIFO')}`;
+  return `${tree.members.length} process${tree.members.length === 1 ? '' : 'es'} (pid ${tree.members.map((m) => m.pid).join(', ')})${count((tree.pipes ?? []).length, 'pipe')}${count((tree.socketpairs ?? []).length, 'socketpair')}${count((tree.memfds ?? []).length, 'memfd')}${count((tree.sharedFiles ?? []).length, 'shared file description')}${count((tree.fifos ?? []).length, 'FIFO')}${count((tree.zombies ?? []).length, 'zombie')}`;
 }

@@ -5,7 +5,8 @@
  * clear_child_tid and robust list (threads.ts), the process's signal state,
  * files (a userfaultfd among them), the memory map, every mapping isDumped()
  * selects (with the file and offset of a file mapping, and the
- * userfaultfd registration and absent pages of a registered one) and the
+ * userfaultfd registration and absent pages of a registered one, and the
+ * mapping attributes a restore gives back: vma-flags.ts) and the
  * contents of those that have their own (all but shared file mappings). The result is an in-memory image; writing it is
  * checkpoint-image.ts's job.
  */
@@ -33,7 +34,7 @@ import { captureSleep, threadRestartBlockProblem } from './sleep-deadline.ts';
 import { capturePkeys } from './pkeys.ts';
 import { refuseUncapturable, specialFileProblems, uncapturableError } from './uncapturable.ts';
 import { probeMembarrier } from './membarrier.ts';
-import { vmaFlagsProblems } from './vma-flags.ts';
+import { captureVmFlags, vmaFlagsProblems } from './vma-flags.ts';
 import { readProcText } from './proc-text.ts';
 import { readPlatformDependencies } from './platform-dependencies.ts';
 import { readProcessClocks } from './time-namespace.ts';
@@ -122,7 +123,10 @@ async function captureBlocked(
   const task = await captureTask(agent, pid, { skipPipes: pipesCaptured });
   const timerfdFds = await timerfdDescriptors(agent, pid);
   const maps = await readProcText(agent, `/proc/${pid}/maps`);
-  const registrations = parseSmapsRegistrations(await readProcText(agent, `/proc/${pid}/smaps`));
+  const smaps = await readProcText(agent, `/proc/${pid}/smaps`);
+  const registrations = parseSmapsRegistrations(smaps);
+  // The mapping attributes a restore gives back (vma-flags.ts), by start address like the registrations.
+  const vmFlags = captureVmFlags(smaps);
   const dumped = parseMaps(maps)
     .filter((m) => isDumped(m, process.binary))
     .map((m) => ({ ...m, userfault: registrations.get(m.start) ?? 0 }));
@@ -172,6 +176,8 @@ async function captureBlocked(
     const entry = treeMemfd || hasContents(m) ? memoryEntryName(regions.length) : null;
     const region: MemoryRegion = { start: m.start, end: m.end, perms: m.perms, name: m.name, file, offset: file === null ? 0n : m.offset, entry };
     if (m.userfault !== 0) Object.assign(region, { userfault: m.userfault, absent: absent.get(m.start) ?? [] });
+    const flags = vmFlags.get(m.start);
+    if (flags) region.vmFlags = flags;
     regions.push(region);
   }
   const memory = await readContents(agent, pid, regions);

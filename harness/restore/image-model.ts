@@ -59,6 +59,12 @@ export interface MemoryRegion {
    * memory: every page but the absent ones.
    */
   stored?: Array<[bigint, bigint]>;
+  /**
+   * the VmFlags mnemonics a restore gives back (vma-flags.ts: madvise
+   * advice, mlock, MAP_NORESERVE, mw on a read-only shared file mapping);
+   * absent when none (format 11, written only when present)
+   */
+  vmFlags?: string[];
 }
 
 export interface CheckpointImage {

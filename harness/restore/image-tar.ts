@@ -60,7 +60,9 @@ export const IMAGE_FORMAT = 'cr-harness-checkpoint';
  * them);
  * 11: clocks.json, the process's own CLOCK_MONOTONIC and CLOCK_BOOTTIME at
  * the checkpoint and the boot id they count from (time-namespace.ts), so a
- * restore in another boot continues them in a time namespace. A version 9
+ * restore in another boot continues them in a time namespace; memory.json
+ * regions may carry `vmFlags`, the mapping attributes a restore gives back
+ * (vma-flags.ts), written only when a region has one. A version 9
  * or 10 image is read with no clocks (a restore elsewhere then says the
  * clocks are the target boot's).
  */
@@ -175,6 +177,7 @@ export function imageEntries(image: CheckpointImage, extra: ReadonlyMap<string, 
         userfault: r.userfault ?? 0,
         absent: (r.absent ?? []).map(([start, end]) => [hex(start), hex(end)]),
         stored: storedRanges(r).map(([start, end]) => [hex(start), hex(end)]),
+        ...(r.vmFlags?.length ? { vmFlags: r.vmFlags } : {}),
       })),
     ),
   );

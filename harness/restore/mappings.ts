@@ -21,7 +21,7 @@ import { omits, type RestorePolicy } from './policy.ts';
 import { protOf, uncovered, type Mapping } from './proc-maps.ts';
 import { DescriptorTable } from './descriptors.ts';
 import { ScratchLayout, withScratchPage } from './scratch.ts';
-import { mapFixedStep, PROT } from './syscall-steps.ts';
+import { MAP_NORESERVE, mapFixedStep, PROT } from './syscall-steps.ts';
 
 export type { MappedFileState };
 
@@ -135,6 +135,10 @@ export function mappingSteps(
     if (kinds) checkOccupants(region, probe.maps, probe.tree?.inheritedShared ?? []);
     const pieces = uncovered(region.start, region.end, covered);
     const shared = region.perms[3] === 's';
+    // VmFlags given at the mmap and the open (vma-flags.ts; the rest are injected after the contents).
+    const flagsKept = !omits(policy, 'vma-flags') ? (region.vmFlags ?? []) : [];
+    const noReserve = flagsKept.includes('nr') ? MAP_NORESERVE : 0n;
+    const reserveNote = noReserve ? ' MAP_NORESERVE' : '';
     if (!kinds || (region.file === null && !shared)) {
       for (const [start, end] of pieces)
         anonymous.push(
@@ -143,7 +147,8 @@ export function mappingSteps(
             start,
             end - start,
             PROT.READ | PROT.WRITE,
-            `map ${hex(start)}-${hex(end)} (absent in the target) for ${region.name || 'anonymous memory'}${kinds ? '' : ' (omit=mapping-kinds: private anonymous)'}`,
+            `map ${hex(start)}-${hex(end)}${reserveNote} (absent in the target) for ${region.name || 'anonymous memory'}${kinds ? '' : ' (omit=mapping-kinds: private anonymous)'}`,
+            noReserve,
           ),
         );
       continue;
@@ -155,9 +160,9 @@ export function mappingSteps(
             op: 'INJECT_SYSCALL',
             pid,
             nr: NR.mmap,
-            args: [start, end - start, PROT.READ | PROT.WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, NO_FD, 0n],
+            args: [start, end - start, PROT.READ | PROT.WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE | noReserve, NO_FD, 0n],
           },
-          why: `map ${hex(start)}-${hex(end)} shared anonymous for ${region.name}`,
+          why: `map ${hex(start)}-${hex(end)} shared anonymous${reserveNote} for ${region.name}`,
           expect: start,
         });
       }
@@ -174,7 +179,10 @@ export function mappingSteps(
     }
     // Written regions are mapped writable and get their protections with the rest.
     const prot = region.entry === null ? BigInt(protOf(region.perms)) : PROT.READ | PROT.WRITE;
-    const writable = shared && region.perms[1] === 'w';
+    // A shared mapping writable now, or later (VmFlags mw without w: it was mapped from a descriptor open for
+    // writing, and a later mprotect to PROT_WRITE needs one too), is mapped from a read-write open.
+    const writableLater = shared && region.perms[1] !== 'w' && flagsKept.includes('mw');
+    const writable = shared && (region.perms[1] === 'w' || writableLater);
     const path = paths.get(file) ?? layout.place(Buffer.from(`${file}\0`));
     paths.set(file, path);
     for (const [start, end] of pieces) {
@@ -182,7 +190,7 @@ export function mappingSteps(
       fileCalls.push(
         {
           op: { op: 'INJECT_SYSCALL', pid, nr: NR.openat, args: [AT_FDCWD, path, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC, 0n] },
-          why: `open ${file} ${writable ? 'read-write' : 'read-only'} to map it`,
+          why: `open ${file} ${writable ? 'read-write' : 'read-only'} to map it${writableLater ? ' (VmFlags mw: writable later)' : ''}`,
           expect: fd,
         },
         {
@@ -190,9 +198,9 @@ export function mappingSteps(
             op: 'INJECT_SYSCALL',
             pid,
             nr: NR.mmap,
-            args: [start, end - start, prot, (shared ? MAP_SHARED : MAP_PRIVATE) | MAP_FIXED_NOREPLACE, fd, offset],
+            args: [start, end - start, prot, (shared ? MAP_SHARED : MAP_PRIVATE) | MAP_FIXED_NOREPLACE | noReserve, fd, offset],
           },
-          why: `map ${hex(start)}-${hex(end)} ${shared ? 'MAP_SHARED' : 'MAP_PRIVATE'} of ${file} at offset ${hex(offset)}`,
+          why: `map ${hex(start)}-${hex(end)} ${shared ? 'MAP_SHARED' : 'MAP_PRIVATE'}${reserveNote} of ${file} at offset ${hex(offset)}`,
           expect: start,
         },
         { op: { op: 'INJECT_SYSCALL', pid, nr: NR.close, args: [fd] }, why: `close fd ${fd}: the mapping holds the file`, expect: 0n },

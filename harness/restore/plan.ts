@@ -27,6 +27,7 @@ import { pkeySteps } from './pkeys.ts';
 import { brkStep, dontNeedStep, protectStep, rseqStep, unmapStep } from './syscall-steps.ts';
 import { storedRanges } from './stored-pages.ts';
 import { timeNamespaceSteps } from './time-namespace.ts';
+import { vmFlagSteps } from './vma-flags.ts';
 
 /** The parts of [start, end) the mappings cover. */
 function existingParts(start: bigint, end: bigint, mappings: readonly Mapping[]): Array<[bigint, bigint]> {
@@ -188,6 +189,10 @@ export function compileRestorePlan(checkpointed: CheckpointImage, probe: TargetP
       ),
     );
   }
+
+  // Mapping attributes (vma-flags.ts) once each region is mapped, written and protected: madvise advice, then
+  // mlock, which faults the pages in with the image's contents already there.
+  steps.push(...vmFlagSteps(pid, image.regions, policy));
 
   // Keys after the protections (pkey_mprotect sets both), before the registers: their xstate carries PKRU.
   if (!omits(policy, 'pkeys')) steps.push(...pkeySteps(pid, image.pkeys, image.regions));

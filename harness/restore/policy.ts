@@ -109,6 +109,12 @@ export type RseqFixupPolicy = (typeof RSEQ_FIXUP_POLICIES)[number];
  * - umask: the process's file-mode creation mask is not given back
  *   (files.ts umaskSteps): it gets the restoring agent's (0022), as before
  *   the umask was kept.
+ * - vma-flags: the mapping attributes a restore gives back (vma-flags.ts)
+ *   are not: no madvise advice, no mlock, no MAP_NORESERVE, and a shared
+ *   file mapping that is read-only now is mapped from a read-only open (a
+ *   later mprotect to PROT_WRITE fails with EACCES), as before they were kept.
+ * - zombies: a tree's zombies (tree-zombies.ts) are not made again: their
+ *   parents' waits find no such child (ECHILD), as if they had been reaped.
  */
 export const OMITTABLE = [
   'debugregs',
@@ -131,6 +137,8 @@ export const OMITTABLE = [
   'vdso',
   'timens',
   'umask',
+  'vma-flags',
+  'zombies',
 ] as const;
 export type Omittable = (typeof OMITTABLE)[number];
 

@@ -12,7 +12,10 @@
  * really occurred — what each captures afterwards is consistent with the
  * others (the contents of memory they share read after all are stopped).
  *
- * Refused by name (uncapturable.ts, CheckpointError): a zombie in the tree;
+ * A zombie in the tree (a child that exited, not yet waited for) is
+ * recorded with its wait status and made again on restore (tree-zombies.ts).
+ * Refused by name (uncapturable.ts, CheckpointError): a zombie a restore
+ * cannot end as it ended (tree-zombies.ts says which);
  * a process reparented to the agent (a child of the agent's that is not the
  * root and that the agent does not trace: a daemon of this program whose
  * parent exited — restoring it needs a parent that then exits, not done
@@ -45,8 +48,9 @@ import { capturePipes, pipeObject } from './tree-pipes.ts';
 import { captureSocketpairs, socketpairObject } from './tree-sockets.ts';
 import { captureMemfds, memfdName, memfdObject } from './tree-memfds.ts';
 import { creatorOf } from './tree-shared-objects.ts';
-import { creationOrder, planTreeSkeleton, sharedAnonymousObjects, type ProcessTree, type TreeMember } from './tree.ts';
-import { uncapturableError, zombieProblem, type Uncapturable } from './uncapturable.ts';
+import { creationOrder, planTreeSkeleton, sharedAnonymousObjects, type ProcessTree, type TreeMember, type TreeZombie } from './tree.ts';
+import { uncapturableError, type Uncapturable } from './uncapturable.ts';
+import { parseExitCode, zombieCaptureProblem } from './tree-zombies.ts';
 
 /** A process as /proc/PID/stat shows it. */
 export interface ProcStat {
@@ -139,11 +143,26 @@ export async function checkpointTree(
     all = await scanProcesses(agent);
   }
 
-  const members = descendantsOf(root.pid, all);
+  const everyone = descendantsOf(root.pid, all);
+  const members = everyone.filter((p) => p.state !== 'Z' && p.state !== 'X');
   const refused: Uncapturable[] = [];
-  for (const p of members) {
-    const zombie = zombieProblem(p.pid, p.ppid, p.state);
-    if (zombie) refused.push(zombie);
+  // Zombies are made again (tree-zombies.ts) where the restore can end them as they ended.
+  const zombies: TreeZombie[] = [];
+  for (const p of everyone.filter((x) => x.state === 'Z' || x.state === 'X')) {
+    const stat = p.state === 'Z' ? await agent.call({ op: 'READ_FILE', path: `/proc/${p.pid}/stat`, maxSize: 4096 }).catch(() => undefined) : undefined;
+    const waitStatus = stat === undefined ? undefined : parseExitCode(stat.toString('utf8'));
+    if (waitStatus === undefined) {
+      refused.push({ state: 'zombie', where: `pid ${p.pid}`, seen: `state ${p.state}: exited, its wait status unreadable (being reaped)` });
+      continue;
+    }
+    const zombie: TreeZombie = { pid: p.pid, ppid: p.ppid, pgid: p.pgid, sid: p.sid, exitSignal: p.exitSignal, waitStatus };
+    const parent = p.ppid === root.pid ? all.get(root.pid) : members.find((m) => m.pid === p.ppid);
+    const threads = (await agent.call({ op: 'LISTDIR', path: `/proc/${p.pid}/task` }).catch(() => [])).length;
+    const problem = parent
+      ? zombieCaptureProblem(zombie, parent, threads)
+      : { state: 'zombie', where: `pid ${p.pid}`, seen: `its parent ${p.ppid} is no live process of the tree` };
+    if (problem) refused.push(problem);
+    else zombies.push(zombie);
   }
   for (const p of all.values()) {
     if (p.ppid !== agentPid || p.pid === root.pid || p.state === 'Z' || p.state === 'X') continue;
@@ -220,6 +239,7 @@ export async function checkpointTree(
     tree.members.map((m) => m.pid),
   );
   if (memfds.length > 0) tree.memfds = memfds;
+  if (zombies.length > 0) tree.zombies = zombies;
   // Shared memory that could not be one object again, and sessions and groups no sequence of calls can form again,
   // are refused now, not at restore.
   let anonymous;

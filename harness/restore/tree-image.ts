@@ -7,7 +7,9 @@
  * the open file descriptions of regular files they share (sharedFiles: path,
  * flags, offset, the file's dev/ino/size, each holder's fd) and the FIFOs
  * they hold (fifos: path, size, queued bytes, each description's flags and
- * holders) — and
+ * holders), and the zombies (format 11, only when there are any: each
+ * one's pid, parent, group, session, exit signal and wait status;
+ * tree-zombies.ts) — and
  * tree/PID.bin for every other process: that process's own
  * image, a tar of the same entries a one-process image has (its manifest
  * and digests included), nested. The outer manifest's digest covers each
@@ -34,7 +36,9 @@ import {
   type TreePipe,
   type TreeSharedFile,
   type TreeSocketPair,
+  type TreeZombie,
 } from './tree.ts';
+import { zombieJson, zombiesProblem } from './tree-zombies.ts';
 
 export const TREE_ENTRY = 'tree.json';
 
@@ -142,6 +146,8 @@ export async function treeEntries(tree: ProcessTree): Promise<Map<string, Buffer
     ...(sharedFiles.length > 0 ? { sharedFiles } : {}),
     // fifos likewise: { path, size, queued (base64), descriptions: [{ flags, ends }] }.
     ...((tree.fifos ?? []).length > 0 ? { fifos: tree.fifos!.map((f) => ({ ...f, queued: f.queued.toString('base64') })) } : {}),
+    // zombies likewise: { pid, ppid, pgid, sid, exitSignal, waitStatus }, numbers all (tree-zombies.ts).
+    ...((tree.zombies ?? []).length > 0 ? { zombies: tree.zombies!.map(zombieJson) } : {}),
   };
   extra.set(TREE_ENTRY, Buffer.from(`${JSON.stringify({ members, pipes, ...optional }, null, 2)}\n`));
   for (const m of others) extra.set(nestedEntryName(m.pid), await packTar(imageEntries(m.image)));
@@ -165,7 +171,7 @@ export async function parseTreeEntries(entries: Map<string, Buffer>): Promise<Pr
     // A one-process image: its own session and group, no parent in the image.
     return { members: [{ pid: rootImage.process.pid, ppid: 0, pgid: rootImage.task.pgid, sid: rootImage.task.sid, exitSignal: 17, image: rootImage }] };
   }
-  const { members, pipes, socketpairs, memfds, sharedFiles, fifos } = validateTreeJson(parseTreeJson(raw));
+  const { members, pipes, socketpairs, memfds, sharedFiles, fifos, zombies } = validateTreeJson(parseTreeJson(raw));
   const listed = new Set(members.slice(1).map((m) => m.entry));
   for (const name of entries.keys()) {
     if (name.startsWith('tree/') && !listed.has(name)) throw new ImageRejectedError('nested image not listed in tree.json', name, '(entry)');
@@ -199,6 +205,7 @@ export async function parseTreeEntries(entries: Map<string, Buffer>): Promise<Pr
   for (const [i, f] of fifos.entries()) for (const [k, d] of f.descriptions.entries()) ownFiles(d.ends, `fifos[${i}].descriptions[${k}].ends`);
   if (sharedFiles.length > 0) tree.sharedFiles = sharedFiles;
   if (fifos.length > 0) tree.fifos = fifos;
+  if (zombies.length > 0) tree.zombies = zombies;
   return tree;
 }
 
@@ -218,9 +225,10 @@ function validateTreeJson(raw: unknown): {
   memfds: TreeMemfd[];
   sharedFiles: TreeSharedFile[];
   fifos: TreeFifo[];
+  zombies: TreeZombie[];
 } {
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new ImageRejectedError('is not an object', TREE_ENTRY, '(root)');
-  const extra = Object.keys(raw).find((k) => !['members', 'pipes', 'socketpairs', 'memfds', 'sharedFiles', 'fifos'].includes(k));
+  const extra = Object.keys(raw).find((k) => !['members', 'pipes', 'socketpairs', 'memfds', 'sharedFiles', 'fifos', 'zombies'].includes(k));
   if (extra) throw new ImageRejectedError('unknown field', TREE_ENTRY, extra);
   const list = (raw as { members?: unknown }).members;
   if (!Array.isArray(list)) throw new ImageRejectedError('is not an array', TREE_ENTRY, 'members');
@@ -244,7 +252,19 @@ function validateTreeJson(raw: unknown): {
   const memfds = validateMemfdsJson((raw as { memfds?: unknown }).memfds ?? [], pids, used);
   const sharedFiles = validateSharedFilesJson((raw as { sharedFiles?: unknown }).sharedFiles ?? [], pids, used);
   const fifos = validateFifosJson((raw as { fifos?: unknown }).fifos ?? [], pids, used);
-  return { members, pipes, socketpairs, memfds, sharedFiles, fifos };
+  return { members, pipes, socketpairs, memfds, sharedFiles, fifos, zombies: validateZombiesJson((raw as { zombies?: unknown }).zombies, members) };
+}
+
+/** tree.json's zombies (format 11, optional): absent is none; present, every field checked (tree-zombies.ts). */
+function validateZombiesJson(raw: unknown, members: readonly TreeMember[]): TreeZombie[] {
+  if (raw === undefined) return [];
+  const problem = zombiesProblem(raw, members);
+  if (problem) throw new ImageRejectedError(problem.why, TREE_ENTRY, problem.field);
+  (raw as Array<Record<string, unknown>>).forEach((z, i) => {
+    const unknownKey = Object.keys(z).find((k) => !['pid', 'ppid', 'pgid', 'sid', 'exitSignal', 'waitStatus'].includes(k));
+    if (unknownKey) throw new ImageRejectedError('unknown field', TREE_ENTRY, `zombies[${i}].${unknownKey}`);
+  });
+  return (raw as TreeZombie[]).map(zombieJson);
 }
 
 function validateFifosJson(raw: unknown, pids: ReadonlySet<number>, used: Set<string>): TreeFifo[] {

@@ -8,6 +8,8 @@
  * it to the right parent; setsid in a session leader before its children
  * exist, groups once all do; the tree's shared anonymous objects mapped in
  * their creator before its children are cloned, so they inherit one object.
+ * The tree's zombies are cloned last and ended as they ended, their parents
+ * still stubs (tree-zombies.ts).
  * Then every process is restored by the single-process restore
  * (restore.ts restoreInto), and the tree is read back from /proc.
  * A failure kills every process created so far, the root first (its
@@ -39,7 +41,9 @@ import {
   type TreeFifo,
   type TreeSharedFile,
   type TreeSocketPair,
+  type TreeZombie,
 } from './tree.ts';
+import { endZombies, readBackZombies } from './tree-zombies.ts';
 
 const NR = {
   write: 1,
@@ -420,6 +424,7 @@ export function planTreeRestore(
   memfds: TreeMemfd[];
   sharedFiles: TreeSharedFile[];
   fifos: TreeFifo[];
+  zombies: TreeZombie[];
   actions: TreeAction[];
 } {
   // omit=mapping-kinds: no shared object is created; each process maps private memory of its own (the control).
@@ -451,10 +456,22 @@ export function planTreeRestore(
   // A memfd mapping a process inherited without holding it is unmapped right after its clone, before it creates
   // anything of its own there (under omit=mapping-kinds, its own copy of that memfd at the very range).
   const unmaps = memfdUnmaps(tree.members, memfds);
+  // omit=zombies: the zombies are not made again (the control: their parents' waits find no such child).
+  const zombies = omits(policy, 'zombies') ? [] : (tree.zombies ?? []);
   const actions = withSharedObjects(planTreeSkeleton(tree.members, shared), tree.members, objects, base).flatMap((a) =>
     a.kind === 'clone' ? [a, ...unmaps.filter((u) => u.kind === 'unmap-inherited' && u.pid === a.pid)] : [a],
   );
-  return { shared, pipes, socketpairs, memfds, sharedFiles, fifos, actions };
+  // Zombies last, once each parent has its session, group and objects (they end at once, tree-zombies.ts): cloned in
+  // their parent's stub like any child.
+  for (const z of zombies)
+    actions.push({
+      kind: 'clone',
+      parent: z.ppid,
+      pid: z.pid,
+      exitSignal: z.exitSignal,
+      why: `pid ${z.pid}, a zombie of ${z.ppid}: clone3 in its parent with set_tid, ended next`,
+    });
+  return { shared, pipes, socketpairs, memfds, sharedFiles, fifos, zombies, actions };
 }
 
 export async function restoreTree(agent: AgentClient, tree: ProcessTree, options: TreeRestoreOptions): Promise<TreeRestoreResult> {
@@ -466,7 +483,7 @@ export async function restoreTree(agent: AgentClient, tree: ProcessTree, options
     assertPolicyAdmits(m.image.regs.eflags, policy);
     assertThreadsAdmitted(m.image, policy);
   }
-  const { shared, pipes, socketpairs, memfds, sharedFiles, fifos, actions } = planTreeRestore(tree, policy);
+  const { shared, pipes, socketpairs, memfds, sharedFiles, fifos, zombies, actions } = planTreeRestore(tree, policy);
 
   const created: number[] = [];
   try {
@@ -541,6 +558,8 @@ export async function restoreTree(agent: AgentClient, tree: ProcessTree, options
       }
       throw error;
     }
+    // Each zombie ends as it ended, while its parent is still a stub that has restored nothing of its own.
+    await endZombies(agent, zombies, stub.scratch);
     // While every process is still a stub (an injected kcmp is harmless there): one description behind each shared file's descriptors.
     const differences: Difference[] = [...(await readBackSharedFiles(agent, sharedFiles)), ...(await readBackFifos(agent, fifos))];
     const members: RestoreResult[] = [];
@@ -554,6 +573,7 @@ export async function restoreTree(agent: AgentClient, tree: ProcessTree, options
       ...(await readBackPipes(agent, pipes)),
       ...(await readBackSocketpairs(agent, socketpairs)),
       ...(await readBackMemfds(agent, memfds)),
+      ...(await readBackZombies(agent, zombies)),
     );
     return { skeleton, members, differences };
   } catch (error) {

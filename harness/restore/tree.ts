@@ -155,6 +155,14 @@ export interface ProcessTree {
   sharedFiles?: TreeSharedFile[];
   /** the FIFOs its processes hold (tree-fifos.ts); absent: none */
   fifos?: TreeFifo[];
+  /** its children that have exited and that their parents have not waited for (tree-zombies.ts); absent: none */
+  zombies?: TreeZombie[];
+}
+
+/** A zombie of the tree: no image, only its place and the wait status its parent's wait collects. */
+export interface TreeZombie extends TreeMember {
+  /** /proc/PID/stat exit_code, as waitpid reports it */
+  waitStatus: number;
 }
 
 /** A step of building the tree's skeleton: stubs, their parent links, sessions and groups. */

@@ -31,8 +31,8 @@
  *   agent's. (The umask is captured: files.ts.)
  * The LDT is captured (ldt.ts); a descriptor there that modify_ldt cannot
  * make is refused by ldt.ts, naming the slot. A tree's checkpoint
- * (tree-checkpoint.ts) captures the pipes between its processes and refuses
- * a zombie in the tree (zombieProblem) and an open file description its
+ * (tree-checkpoint.ts) captures the pipes between its processes and its
+ * zombies (tree-zombies.ts), and refuses an open file description its
  * processes share at an offset (shared-descriptions.ts).
  */
 import { constants } from 'node:os';
@@ -316,16 +316,4 @@ export async function refuseUncapturable(
     (u) => !(pipesCaptured && (u.state === 'pipe' || u.state === 'socket' || u.state === 'memfd')),
   );
   if (found.length > 0) throw uncapturableError(pid, found);
-}
-
-/**
- * A process of a checkpointed tree that has exited and not been waited for
- * (state Z in /proc/PID/stat): it has no registers or memory left, and a
- * restore cannot make a process a zombie again — its parent's wait would
- * then find nothing, or hang.
- */
-export function zombieProblem(pid: number, ppid: number, state: string): Uncapturable | undefined {
-  return state === 'Z' || state === 'X'
-    ? { state: 'zombie', where: `pid ${pid}`, seen: `state ${state}: exited, not yet waited for by its parent ${ppid}` }
-    : undefined;
 }

@@ -50,6 +50,7 @@ import { checkRseqArea } from './rseq.ts';
 import { SIGINFO_BYTES, signalStateProblem } from './signals.ts';
 import { taskStateProblem } from './files.ts';
 import { regionUserfaultProblem, userfaultfdsProblem } from './userfaultfd.ts';
+import { vmFlagsProblem } from './vma-flags.ts';
 import { ldtProblem, LDT_ENTRIES, LDT_ENTRY_KEYS } from './ldt.ts';
 import { timerStateProblem } from './timers.ts';
 import { BOOT_ID, sleepProblem } from './sleep-deadline.ts';
@@ -233,7 +234,13 @@ function validateRegions(raw: unknown, entries: Map<string, Buffer>): { regions:
       return [u64('memory.json', `${at}.absent[${j}][0]`, pair[0]), u64('memory.json', `${at}.absent[${j}][1]`, pair[1])];
     });
     const stored = validateStored(r.stored, start, end, absent, at);
-    const registration = r.userfault === 0 ? {} : { userfault: r.userfault, absent };
+    // The VmFlags a restore gives back (vma-flags.ts): absent when none.
+    const vmFlagsProblemSeen = r.vmFlags === undefined ? undefined : vmFlagsProblem(r.vmFlags, { perms: r.perms, file });
+    if (vmFlagsProblemSeen) reject('memory.json', `${at}.vmFlags`, vmFlagsProblemSeen);
+    const registration = {
+      ...(r.userfault === 0 ? {} : { userfault: r.userfault, absent }),
+      ...(r.vmFlags === undefined ? {} : { vmFlags: [...(r.vmFlags as string[])] }),
+    };
     const sharedFile = file !== null && r.perms[3] === 's';
     if (sharedFile) {
       if (r.entry !== null) reject('memory.json', `${at}.entry`, "must be null: a shared file mapping's contents are the file's, never written back");
