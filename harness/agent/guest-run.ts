@@ -125,3 +125,8 @@ export async function kill(agent: Agent, pid: number): Promise<void> {
 export function readRegisters(agent: Agent, tid: number): Promise<UserRegs> {
   return agent.call({ op: 'GETREGS', pid: tid });
 }
+
+/** Makes stopped thread `tid` issue system call `nr` with `args` now, and returns what it returned (negative: -errno). */
+export function injectSyscall(agent: Agent, tid: number, nr: number, args: bigint[]): Promise<bigint> {
+  return agent.call({ op: 'INJECT_SYSCALL', pid: tid, nr, args });
+}
