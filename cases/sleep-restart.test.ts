@@ -154,7 +154,10 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     settle(t, { case: CASE, scenario: scenario.name, policy: 'refused at checkpoint' }, resumes('CheckpointError naming the restart_block'), refusal);
 
     // expect (control): checkpointed anyway (uncapturable=ignore), the poll starts over and returns late.
-    const anyway = { ...scenario, attempt: (policy: typeof DEFAULT_POLICY, tag: string) => scenario.attemptWith(policy, tag, { uncapturable: 'ignore' }) };
+    const anyway = {
+      ...scenario,
+      attempt: (policy: typeof DEFAULT_POLICY, tag: string) => scenario.attemptWith(policy, tag, { checkpoint: { uncapturable: 'ignore' } }),
+    };
     await runTable(t, CASE, anyway, [
       {
         title: 'negative control: the poll checkpointed anyway (uncapturable=ignore) starts over and returns late',
