@@ -9,12 +9,12 @@
  * agent's ETIMEDOUT into one.
  */
 import type { AgentClient } from './client.ts';
-import type { RunResult } from './ops.ts';
+import type { RunResult, StepResult } from './ops.ts';
 import { armDebugRegisters, spawnWithBreakpoint, type ArmedProgram, type DebugRegisterValues } from './breakpoint-spawn.ts';
 import { constants } from 'node:os';
 import { readGuestText } from './read-file.ts';
 import { AgentError, CrhError } from '../errors.ts';
-import type { UserRegs } from '../x86/registers.ts';
+import { debugRegOffset, type UserRegs } from '../x86/registers.ts';
 
 export type { ArmedProgram, DebugRegisterValues };
 
@@ -129,4 +129,25 @@ export function readRegisters(agent: Agent, tid: number): Promise<UserRegs> {
 /** Makes stopped thread `tid` issue system call `nr` with `args` now, and returns what it returned (negative: -errno). */
 export function injectSyscall(agent: Agent, tid: number, nr: number, args: bigint[]): Promise<bigint> {
   return agent.call({ op: 'INJECT_SYSCALL', pid: tid, nr, args });
+}
+
+/** `length` bytes of `pid`'s memory at `address`. */
+export function readMemory(agent: Agent, pid: number, address: bigint, length: number): Promise<Buffer> {
+  return agent.call({ op: 'READ_MEM', pid, address, length });
+}
+
+/** One instruction of stopped thread `tid`: where it stopped next, or how the process ended. */
+export function stepInstruction(agent: Agent, tid: number, timeoutMs: number): Promise<StepResult> {
+  return agent.call({ op: 'STEP', pid: tid, count: 1, timeoutMs });
+}
+
+/** Thread `tid`'s debug register `index` (0-3 addresses, 6 status, 7 control). */
+export function readDebugRegister(agent: Agent, tid: number, index: 0 | 1 | 2 | 3 | 6 | 7): Promise<bigint> {
+  return agent.call({ op: 'PEEKUSER', pid: tid, offset: debugRegOffset(index) });
+}
+
+/** Adds `signo` to stopped thread `tid`'s blocked mask. */
+export async function blockSignal(agent: Agent, tid: number, signo: number): Promise<void> {
+  const mask = await agent.call({ op: 'GETSIGMASK', pid: tid });
+  await agent.call({ op: 'SETSIGMASK', pid: tid, mask: mask | (1n << BigInt(signo - 1)) });
 }

@@ -14,7 +14,7 @@ import { observeCpu, type Observation, type WatchOptions } from '../oracle/cpu-o
 import { checkpointProcess, type CheckpointProcessOptions } from '../restore/checkpoint.ts';
 import { readCheckpointImage, writeCheckpointImage, type CheckpointImage, type ProcessInfo } from '../restore/checkpoint-image.ts';
 import type { RestorePolicy } from '../restore/policy.ts';
-import type { Difference } from '../restore/restore.ts';
+import type { Difference, RestoreResult } from '../restore/restore.ts';
 import { noteOracle, restoreWitnessed } from './restore-witness.ts';
 import type { ArmedProgram } from '../agent/breakpoint-spawn.ts';
 import type { Guest } from './guest-fixture.ts';
@@ -184,6 +184,9 @@ async function runToHitAt(guest: Guest, pid: number, address: bigint): Promise<R
 
 export interface Restored {
   image: CheckpointImage;
+  /** the restore plan that ran (restore/plan.ts), and how long the restore took up to its stop */
+  plan?: RestoreResult['plan'];
+  restoreMs?: number;
   /** what the kernel accepted differently from the plan's request */
   differences: Difference[];
   run: RunResult;
@@ -205,9 +208,20 @@ export async function restoreAndFinish(
 ): Promise<Restored & { pid: number }> {
   const image = await readCheckpointImage(file);
   const out = `/tmp/${path.basename(image.process.binary)}-${tag}.restored.out`;
+  const started = Date.now();
   const restored = await restoreWitnessed(guest.agent, image, { policy, stdoutPath: out, samePid }, tag);
+  const restoreMs = Date.now() - started;
   const { run, observation } = await runUnderOracle(guest, restored.pid, tag, watch);
-  return { pid: restored.pid, image, differences: restored.differences, run, output: await readOutput(guest, out), observation };
+  return {
+    pid: restored.pid,
+    image,
+    plan: restored.plan,
+    restoreMs,
+    differences: restored.differences,
+    run,
+    output: await readOutput(guest, out),
+    observation,
+  };
 }
 
 /**
