@@ -8,62 +8,56 @@
 import t, { type Test } from 'tap';
 import { writeFile } from 'node:fs/promises';
 import { handOffToCriu } from '../harness/criu/handoff.ts';
-import { criuIn, policyRowsNotForCriu, runsEngine } from '../harness/testing/criu-engine.ts';
+import { criuIn, runsEngine } from '../harness/testing/criu-engine.ts';
 import { recordRow } from '../harness/testing/verdict-rows.ts';
-import { AgentError } from '../harness/errors.ts';
-import { recordRowOutcome } from '../harness/testing/verdict-rows.ts';
-import { checkpointProcess } from '../harness/restore/checkpoint.ts';
-import { readCheckpointImage, writeCheckpointImage, type ProcessInfo } from '../harness/restore/checkpoint-image.ts';
 import { DEFAULT_POLICY, describePolicy, type RestorePolicy } from '../harness/restore/policy.ts';
-import { restoreWitnessed } from '../harness/testing/restore-witness.ts';
 import { endedAs } from '../harness/testing/native-reference.ts';
 import { runNatively } from '../harness/guest/native-run.ts';
 import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
 import { startGuest } from '../harness/testing/guest-fixture.ts';
-import { readOutput, RUN_TIMEOUT_MS } from '../harness/testing/scenario.ts';
+import { readOutput, RUN_TIMEOUT_MS, runThenInterrupt, type Workload } from '../harness/testing/scenario.ts';
+import { finishRun, injectSyscall, runFor, sendSignal } from '../harness/agent/guest-run.ts';
 import { hex } from '../harness/x86/registers.ts';
+import { interruptedScenario, type InterruptedAttempt } from '../harness/scenarios/interrupted-scenario.ts';
+import { runTable, type Row } from '../harness/scenarios/table.ts';
+import { skipNotForCriu } from '../harness/scenarios/runner.ts';
 import path from 'node:path';
 
 const CASE = 'daemon';
 const SCENARIO = 'daemon blocked in FUTEX_WAIT: log file, own session, own pid';
 const SIGUSR1 = 10;
-const ETIMEDOUT = 110;
 const FUTEX = 202;
 /** Long enough for the daemon to reach its futex wait under TCG. */
 const SETTLE_MS = 1000;
+const OMIT_FILES: RestorePolicy = { ...DEFAULT_POLICY, omit: ['files'] };
+const SYSCALL_RESTART_OFF: RestorePolicy = { ...DEFAULT_POLICY, syscallRestart: 'off' };
+const normalize = (text: string): string => text.replace(/(^|\s)pid=\d+/gm, '$1pid=P');
+const lastLine = (log: string): string => normalize(log).trim().split('\n').at(-1)!;
 
 t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_FUTEX']), async (t) => {
   const guest = await startGuest(t, CASE);
   const { agent } = guest;
   const binary = guest.image.guestPaths.daemon!;
-  const normalize = (text: string): string => text.replace(/(^|\s)pid=\d+/gm, '$1pid=P');
+  const logOf = (run: string): string => `/tmp/daemon-${run}.log`;
+  const daemon = (run: string): Workload => ({ binary, argv: [binary, logOf(run)] });
 
   /** Runs the daemon until it has been blocked for a while: the agent interrupts it when the time is up. */
   const runUntilBlocked = async (pid: number): Promise<void> => {
-    const waited = await agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: SETTLE_MS }).then(
-      (r) => r,
-      (e: unknown) => e,
-    );
-    if (!(waited instanceof AgentError && waited.errno === ETIMEDOUT)) throw new Error(`the daemon did not block: ${String(waited)}`);
+    const waited = await runFor(agent, pid, SETTLE_MS);
+    if (waited.kind === 'ended') throw new Error(`the daemon did not block: it ended (${endedAs(waited.run)})`);
   };
-  const startBlocked = async (log: string): Promise<ProcessInfo> => {
-    const argv = [binary, log];
-    const { pid } = await agent.call({ op: 'SPAWN', path: binary, argv, envp: [], stdoutPath: `${log}.out`, noAslr: true });
+  /** Lets it run (and block again) before the signal comes, as a daemon's wake-up would; its output is its log. */
+  const wake = async (pid: number, run: string) => {
     await runUntilBlocked(pid);
-    return { binary, argv, envp: [], noAslr: true, pid };
-  };
-  /** Lets it run (and block again) before the signal comes, as a daemon's wake-up would. */
-  const finish = async (pid: number, log: string) => {
-    await runUntilBlocked(pid);
-    await agent.call({ op: 'SIGNAL', pid, signo: SIGUSR1 });
-    const run = await agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
-    return { run, log: await readOutput(guest, log) };
+    await sendSignal(agent, pid, SIGUSR1);
+    return { run: await finishRun(agent, pid, RUN_TIMEOUT_MS), output: await readOutput(guest, logOf(run)) };
   };
 
-  const reference = await (async () => {
-    const p = await startBlocked('/tmp/daemon-reference.log');
-    return finish(p.pid, '/tmp/daemon-reference.log');
-  })();
+  // Provoke: the daemon starts, logs, and blocks in FUTEX_WAIT; SIGUSR1 wakes it (the uninterrupted run: no checkpoint).
+  const blocked = await runThenInterrupt(guest, daemon('reference'), SETTLE_MS, `${logOf('reference')}.out`);
+  if (blocked.ended) throw new Error(`the daemon did not block: it ended (${endedAs(blocked.ended)})`);
+  const woken = await wake(blocked.pid, 'reference');
+  const reference = { run: woken.run, log: woken.output };
   t.equal(reference.run.code, 0, 'uninterrupted: exits 0');
   t.match(reference.log, /^started pid=\d+\nwaiting\nwoke pid=\d+ same-pid=1 session=1 files=1 futex-errno=0\n$/, 'uninterrupted log');
 
@@ -91,14 +85,26 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_FUTEX']), async (t) => {
     'the traced reference is the native run (no tracer), pids masked',
   );
 
-  const cycle = async (t: Test, policy: RestorePolicy, tag: string, samePid = true) => {
-    const log = `/tmp/daemon-${tag}.log`;
-    const original = await startBlocked(log);
-    const image = await checkpointProcess(agent, original, guest.platform);
-    const file = path.join(guest.artifactsDir, `checkpoint-${tag}.tar`);
-    await writeCheckpointImage(image, file);
-    await agent.call({ op: 'KILL', pid: original.pid });
-    const checked = await readCheckpointImage(file);
+  const scenario = await interruptedScenario(guest, {
+    name: SCENARIO,
+    label: 'reference',
+    workload: daemon,
+    afterMs: SETTLE_MS,
+    reference: { run: reference.run, output: reference.log, ended: endedAs(reference.run) },
+    goOn: wake,
+    summary: lastLine,
+    // The log, pids masked; a restored daemon that differs says why on its stdout, when it says anything.
+    judge: (r, ref) => {
+      const matched = normalize(r.output) === normalize(ref.output) && r.run.code === 0;
+      return { matched, observed: matched ? lastLine(r.output) : normalize(r.stdout).trim() || lastLine(r.output) };
+    },
+  });
+
+  // Checkpoint: inside futex() with -ERESTARTSYS, the three descriptors and the daemon's own session in the image.
+  const blockedInTheImage = (t: Test, a: InterruptedAttempt): void => {
+    if (!a.image || !a.restored || !('pid' in a.interrupted)) return void t.fail(a.observed);
+    const checked = a.restored.image;
+    const log = a.workload.argv[1];
     t.equal(checked.regs.orig_rax, BigInt(FUTEX), 'checkpointed inside futex()');
     t.equal(BigInt.asIntN(64, checked.regs.rax), -512n, `rax = -ERESTARTSYS at the checkpoint (${hex(checked.regs.rax)})`);
     t.same(
@@ -110,66 +116,58 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_FUTEX']), async (t) => {
       ],
       'the image holds the three descriptors',
     );
-    t.equal(checked.task.sid, original.pid, 'the image records its own session');
-    const restored = await restoreWitnessed(agent, checked, { policy, stdoutPath: `${log}.restored.out`, samePid }, tag);
-    t.comment(`restored as pid ${restored.pid} (checkpointed as ${original.pid}); read back: ${JSON.stringify(restored.differences)}`);
-    const done = await finish(restored.pid, log);
-    return { original, restored, done, observed: normalize(done.log) };
+    t.equal(checked.task.sid, a.interrupted.pid, 'the image records its own session');
+    t.comment(`restored as pid ${a.restored.pid} (checkpointed as ${a.interrupted.pid}); read back: ${JSON.stringify(a.restored.differences)}`);
   };
-
-  const crhOnly = runsEngine('crh') ? {} : { skip: 'engine crh not asked for (--engine criu)' };
-  await t.test('kill-and-restore under the default policy: the log is the uninterrupted one', crhOnly, async (t) => {
-    const { original, restored, done, observed } = await cycle(t, DEFAULT_POLICY, 'default');
-    t.equal(restored.pid, original.pid, `the same pid, ${original.pid}`);
-    t.same(restored.differences, [], 'read back: every register, descriptor and the session as requested');
-    t.equal(done.run.code, 0);
-    t.equal(observed, normalize(reference.log), `log: ${JSON.stringify(done.log)}`);
-    recordRowOutcome(t, {
-      case: CASE,
-      scenario: SCENARIO,
-      policy: describePolicy(DEFAULT_POLICY),
-      control: false,
-      expected: normalize(reference.log).trim().split('\n').at(-1)!,
-      observed: observed.trim().split('\n').at(-1)!,
-      matchedUninterrupted: observed === normalize(reference.log) && done.run.code === 0,
-    });
-  });
-
-  const controls: { name: string; policy: RestorePolicy; samePid: boolean; shows: RegExp }[] = [
-    { name: 'a restore under a new pid', policy: DEFAULT_POLICY, samePid: false, shows: /same-pid=0 session=0/ },
-    {
-      name: 'omit=files (descriptors and session not restored)',
-      policy: { ...DEFAULT_POLICY, omit: ['files'] },
-      samePid: true,
-      shows: /^started pid=P\nwaiting\n$/,
+  const newPid = { ...scenario, attempt: (policy: RestorePolicy, tag: string) => scenario.attemptWith(policy, tag, { samePid: false }) };
+  const control = (name: string, policy: RestorePolicy, tag: string, shows: RegExp): Row<InterruptedAttempt> => ({
+    title: `negative control: ${name}`,
+    policy,
+    tag,
+    expect: 'differs',
+    check: (t, a) => {
+      blockedInTheImage(t, a);
+      const observed = normalize(a.restored?.output ?? '');
+      t.match(observed, shows, `the daemon shows it: log ${JSON.stringify(observed)}, stdout ${JSON.stringify(a.restored?.stdout.trim())}`);
+      t.equal(a.restored?.run.code, 1, 'and exits 1');
     },
-    { name: 'syscall-restart=off (registers copied verbatim)', policy: { ...DEFAULT_POLICY, syscallRestart: 'off' }, samePid: true, shows: /futex-errno=512/ },
-  ];
-  for (const [i, c] of controls.entries()) {
-    await t.test(`negative control: ${c.name}`, crhOnly, async (t) => {
-      const { done, observed } = await cycle(t, c.policy, `control-${i}`, c.samePid);
-      const stdout = await readOutput(guest, `/tmp/daemon-control-${i}.log.restored.out`);
-      t.match(observed, c.shows, `the daemon shows it: log ${JSON.stringify(observed)}, stdout ${JSON.stringify(stdout.trim())}`);
-      t.equal(done.run.code, 1, 'and exits 1');
-      recordRowOutcome(t, {
-        case: CASE,
-        scenario: SCENARIO,
-        policy: `${describePolicy(c.policy)}${c.samePid ? '' : ' new-pid'}`,
-        control: true,
-        expected: normalize(reference.log).trim().split('\n').at(-1)!,
-        observed: normalize(stdout).trim() || observed.trim().split('\n').at(-1)!,
-        matchedUninterrupted: observed === normalize(reference.log),
-      });
-    });
-  }
+  });
+  // Restore and oracle: the same pid, session and descriptors, the futex wait issued again; the log is the uninterrupted one.
+  await runTable(t, CASE, scenario, [
+    {
+      title: 'kill-and-restore under the default policy: the log is the uninterrupted one',
+      policy: DEFAULT_POLICY,
+      tag: 'default',
+      expect: 'resumes',
+      check: (t, a) => {
+        blockedInTheImage(t, a);
+        const original = 'pid' in a.interrupted ? a.interrupted.pid : undefined;
+        t.equal(a.restored?.pid, original, `the same pid, ${original}`);
+        t.same(a.restored?.differences, [], 'read back: every register, descriptor and the session as requested');
+        t.equal(a.restored?.run.code, 0);
+        t.equal(normalize(a.restored?.output ?? ''), normalize(reference.log), `log: ${JSON.stringify(a.restored?.output)}`);
+      },
+    },
+    control('omit=files (descriptors and session not restored)', OMIT_FILES, 'control-1', /^started pid=P\nwaiting\n$/),
+    control('syscall-restart=off (registers copied verbatim)', SYSCALL_RESTART_OFF, 'control-2', /futex-errno=512/),
+  ]);
+  // A restore under a new pid: the daemon sees it is not itself any more. (Under CRIU no row: the new pid is crh's switch alone.)
+  await runTable(t, CASE, newPid, [
+    {
+      ...control('a restore under a new pid', DEFAULT_POLICY, 'control-0', /same-pid=0 session=0/),
+      policyName: `${describePolicy(DEFAULT_POLICY)} new-pid`,
+      notForCriu: false,
+    },
+  ]);
 
   if (!runsEngine('criu')) return;
   const criu = criuIn(guest);
-  const expectedLast = normalize(reference.log).trim().split('\n').at(-1)!;
+  const expectedLast = lastLine(reference.log);
   /** The blocked daemon handed to CRIU and taken back; `afterRestore` changes the restored one before it goes on (a control). */
   const criuCycle = async (t: Test, tag: string, afterRestore?: (pid: number) => Promise<void>) => {
-    const log = `/tmp/daemon-${tag}.log`;
-    const original = await startBlocked(log);
+    const stopped = await runThenInterrupt(guest, daemon(tag), SETTLE_MS, `${logOf(tag)}.out`);
+    if (stopped.ended) throw new Error(`the daemon did not block: it ended (${endedAs(stopped.ended)})`);
+    const original = { pid: stopped.pid };
     const handoff = await handOffToCriu(agent, criu, original.pid, `/tmp/criu-${tag}`);
     await writeFile(path.join(guest.artifactsDir, `criu-${tag}-dump.log`), handoff.dumpLog);
     if (handoff.restoreLog !== undefined) await writeFile(path.join(guest.artifactsDir, `criu-${tag}-restore.log`), handoff.restoreLog);
@@ -178,8 +176,8 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_FUTEX']), async (t) => {
       `CRIU: ${handoff.dumpMs} ms dump, ${handoff.restoreMs} ms restore, ${handoff.imageBytes} bytes of images; pid ${original.pid} → ${handoff.restoredPid}`,
     );
     if (afterRestore) await afterRestore(handoff.restoredPid);
-    const done = await finish(handoff.restoredPid, log);
-    return { kind: 'restored' as const, original, restoredPid: handoff.restoredPid, done, observed: normalize(done.log) };
+    const done = await wake(handoff.restoredPid, tag);
+    return { kind: 'restored' as const, original, restoredPid: handoff.restoredPid, done, observed: normalize(done.output) };
   };
   const criuBase = { case: CASE, scenario: SCENARIO, engine: 'criu' as const, conditions: { 'criu.version': criu.version } };
 
@@ -191,7 +189,7 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_FUTEX']), async (t) => {
     }
     t.equal(r.restoredPid, r.original.pid, `CRIU kept the pid, ${r.original.pid}`);
     t.equal(r.done.run.code, 0);
-    t.equal(r.observed, normalize(reference.log), `log: ${JSON.stringify(r.done.log)}`);
+    t.equal(r.observed, normalize(reference.log), `log: ${JSON.stringify(r.done.output)}`);
     recordRow(t, {
       ...criuBase,
       policy: 'criu defaults',
@@ -204,7 +202,7 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_FUTEX']), async (t) => {
 
   await t.test("engine criu, negative control: the log descriptor closed in CRIU's restored daemon (as omit=files loses it)", async (t) => {
     const r = await criuCycle(t, 'criu-closed', async (pid) => {
-      const result = await agent.call({ op: 'INJECT_SYSCALL', pid, nr: SYS_CLOSE, args: [3n] });
+      const result = await injectSyscall(agent, pid, SYS_CLOSE, [3n]);
       if (result !== 0n) throw new Error(`close(3) in pid ${pid} returned ${result}`);
     });
     if (r.kind === 'refused') {
@@ -230,15 +228,9 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_FUTEX']), async (t) => {
       pass: showed,
     });
   });
-  for (const row of policyRowsNotForCriu(
-    CASE,
-    SCENARIO,
-    controls.filter((c) => c.policy !== DEFAULT_POLICY).map((c) => describePolicy(c.policy)),
-  )) {
-    await t.test(`engine criu: ${row.policy} ${row.skipped}`, async (t) => {
-      t.pass(row.skipped);
-      recordRow(t, row);
-    });
+  // crh's controls are switches of its restore core: under CRIU each is a SKIP row saying so.
+  for (const policy of [OMIT_FILES, SYSCALL_RESTART_OFF].map(describePolicy)) {
+    await t.test(`engine criu: ${policy}`, async (t) => skipNotForCriu(t, { case: CASE, scenario: SCENARIO, policy }));
   }
 });
 

@@ -21,17 +21,27 @@ import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import { dr7WriteWatch } from '../harness/agent/breakpoint-spawn.ts';
 import type { BreakpointHit } from '../harness/agent/ops.ts';
+import {
+  armDebugRegisters,
+  blockSignal,
+  disarm,
+  finishRun,
+  kill,
+  readDebugRegister,
+  readMemory,
+  readRegisters,
+  stepInstruction,
+} from '../harness/agent/guest-run.ts';
 import { observeCpu } from '../harness/oracle/cpu-oracle.ts';
-import { recordRowOutcome } from '../harness/testing/verdict-rows.ts';
-import { checkpointProcess } from '../harness/restore/checkpoint.ts';
-import { readCheckpointImage, writeCheckpointImage } from '../harness/restore/checkpoint-image.ts';
+import type { CheckpointImage } from '../harness/restore/checkpoint-image.ts';
 import { DEFAULT_POLICY, describePolicy, type RestorePolicy } from '../harness/restore/policy.ts';
-import { restoreWitnessed } from '../harness/testing/restore-witness.ts';
 import { startGuest } from '../harness/testing/guest-fixture.ts';
 import { endedAs, nativeReference } from '../harness/testing/native-reference.ts';
 import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
-import { readOutput, RUN_TIMEOUT_MS, spawnArmed, type Workload } from '../harness/testing/scenario.ts';
-import { debugRegOffset, hex, type UserRegName, type UserRegs } from '../harness/x86/registers.ts';
+import { checkpointStopped, readOutput, restoreAndFinish, RUN_TIMEOUT_MS, spawnArmed, type Restored, type Workload } from '../harness/testing/scenario.ts';
+import { hex, type UserRegName, type UserRegs } from '../harness/x86/registers.ts';
+import type { Attempt } from '../harness/scenarios/attempt.ts';
+import { runTable, type TableScenario } from '../harness/scenarios/table.ts';
 
 const CASE = 'threads';
 const SCENARIO = '4 threads: own registers, xstate, masks, rseq (2 inside sections), signal queue, altstack, DR1 watch, join, robust mutex';
@@ -47,6 +57,21 @@ const MAX_STEPS_BACK_INSIDE = 32;
 const EXTRA_BLOCKED = 44;
 
 const summaryLine = (output: string): string => /^threads (?:ok|mismatch).*$/m.exec(output)?.[0] ?? `no summary line (${JSON.stringify(output.slice(0, 120))})`;
+
+/** One attempt: every thread stopped, checkpointed, restored with its tids and run to its end under the oracle. */
+interface ThreadsAttempt extends Attempt {
+  pid: number;
+  tids: number[];
+  steppedBack: string[];
+  image: CheckpointImage;
+  checkpointMs: number;
+  imageBytes: number;
+  restored: Restored & { pid: number };
+  /** the summary line and the watch hits: what the uninterrupted run is compared by */
+  summary: string;
+  /** which thread's own registers the CPU ran the abort handler with (1 or 2), if any */
+  owner?: number;
+}
 
 t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ', 'CONFIG_CHECKPOINT_RESTORE']), async (t) => {
   const guest = await startGuest(t, CASE);
@@ -73,10 +98,10 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ', 'CONFIG_CHECKPOINT_RESTO
    */
   const stepBackInside = async (tid: number): Promise<number> => {
     const inside = (rip: bigint): boolean => rip >= section.start && rip < section.end;
-    let rip = (await agent.call({ op: 'GETREGS', pid: tid })).rip;
+    let rip = (await readRegisters(agent, tid)).rip;
     let steps = 0;
     while (!inside(rip) && steps < MAX_STEPS_BACK_INSIDE) {
-      const step = await agent.call({ op: 'STEP', pid: tid, count: 1, timeoutMs: RUN_TIMEOUT_MS });
+      const step = await stepInstruction(agent, tid, RUN_TIMEOUT_MS);
       if (step.outcome !== 'stepped') throw new Error(`thread ${tid} ${step.outcome} (${step.code}) while stepped back into its section from ${hex(rip)}`);
       rip = step.rip;
       steps++;
@@ -85,33 +110,33 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ', 'CONFIG_CHECKPOINT_RESTO
   };
 
   /**
-   * Runs to the main thread's breakpoint — every worker spinning, t1 and t2
-   * inside their sections (stepped back in when the stop caught one just
-   * aborted out of it) — where RUN leaves every thread stopped; gives t3
-   * its own DR1 write watch and disarms the main thread's DR0.
+   * Provoke: runs to the main thread's breakpoint — every worker spinning,
+   * t1 and t2 inside their sections (stepped back in when the stop caught
+   * one just aborted out of it) — where RUN leaves every thread stopped;
+   * gives t3 its own DR1 write watch and disarms the main thread's DR0.
    */
   const stopAll = async (tag: string) => {
     const out = `/tmp/threads-${tag}.original.out`;
     const pid = await spawnArmed(guest, workload, out);
-    const run = await agent.call({ op: 'RUN', pid, stopAfterHits: 1, timeoutMs: RUN_TIMEOUT_MS });
+    const run = await finishRun(agent, pid, RUN_TIMEOUT_MS, 1);
     if (run.outcome !== 'hit-limit') throw new Error(`threads never reached threads_checkpoint (${run.outcome} ${run.code}): ${await readOutput(guest, out)}`);
-    const raw = await agent.call({ op: 'READ_MEM', pid, address: sym('thread_tids'), length: 4 * THREADS });
+    const raw = await readMemory(agent, pid, sym('thread_tids'), 4 * THREADS);
     const tids = Array.from({ length: THREADS }, (_, i) => raw.readInt32LE(4 * i));
     const steppedBack: string[] = [];
     for (const i of [1, 2]) {
       const steps = await stepBackInside(tids[i]!);
       if (steps > 0) steppedBack.push(`t${i} was stopped just aborted out of its section: ${steps} step(s) back into it`);
     }
-    await agent.call({ op: 'POKEUSER', pid, offset: debugRegOffset(7), value: 0n });
-    await agent.call({ op: 'POKEUSER', pid: tids[3]!, offset: debugRegOffset(1), value: sym('watched') });
-    await agent.call({ op: 'POKEUSER', pid: tids[3]!, offset: debugRegOffset(7), value: dr7WriteWatch(1, 8) });
+    await disarm(agent, pid);
+    await armDebugRegisters(agent, tids[3]!, { 1: sym('watched'), 7: dr7WriteWatch(1, 8) });
     return { pid, run, tids, out, steppedBack };
   };
 
+  // The uninterrupted run: stopped the same way, then let go (t3 watched).
   const reference = await (async () => {
     const s = await stopAll('reference');
     for (const line of s.steppedBack) t.comment(`reference: ${line}`);
-    const run = await agent.call({ op: 'RUN', pid: s.pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
+    const run = await finishRun(agent, s.pid, RUN_TIMEOUT_MS);
     const output = await readOutput(guest, s.out);
     // The reference is a traced run (stopped at the breakpoint, t3 watched): it must be what the program does with no
     // tracer at all.
@@ -133,85 +158,82 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ', 'CONFIG_CHECKPOINT_RESTO
     'every watch hit in t3, the one thread whose DR1 was set',
   );
   const expected = `${reference.line}; ${watchSummary(reference.end.hits, reference.tids[3]!)}`;
+  /** Which of t1 and t2 the CPU ran the abort handler as: the thread whose own registers it had at hold_abort's first execution. */
+  const ownerOf = (first: Map<string, bigint> | undefined, tids: number[], regsOf: (tid: number) => UserRegs | undefined): number | undefined =>
+    first && [1, 2].find((i) => OWN_REGISTERS.every((name) => first.get(name) === regsOf(tids[i]!)?.[name]));
 
-  /** Stops every thread as above, checkpoints the process and kills it; the image goes to the artifacts. */
-  const checkpoint = async (t: Test, tag: string) => {
-    const s = await stopAll(tag);
-    for (const line of s.steppedBack) t.comment(line);
-    const started = Date.now();
-    const image = await checkpointProcess(agent, { binary, argv: workload.argv, envp: [], noAslr: true, pid: s.pid }, guest.platform);
-    const checkpointMs = Date.now() - started;
-    const file = path.join(guest.artifactsDir, `checkpoint-${tag}.tar`);
-    await writeCheckpointImage(image, file);
-    await agent.call({ op: 'KILL', pid: s.pid });
-    t.same(
-      image.threads.map((x) => x.tid),
-      s.tids.slice(1),
-      `the image holds the 3 other threads: ${s.tids.slice(1).join(' ')}`,
-    );
-    const inside = image.threads.filter((x) => x.regs.rip >= section.start && x.regs.rip < section.end).map((x) => s.tids.indexOf(x.tid));
-    t.same(inside, [1, 2], `t1 and t2 checkpointed inside their critical sections [${hex(section.start)}, ${hex(section.end)})`);
-    t.ok(image.threads.every((x) => x.rseq !== null) && image.rseq !== null, 'every thread has its own rseq registration in the image');
-    t.comment(`checkpoint of ${THREADS} threads: ${checkpointMs} ms, image ${(await stat(file)).size} bytes`);
-    return { ...s, file, checkpointMs };
-  };
-
-  /** Restores under `policy` (same pid, same tids) and runs the restored process to its end while the oracle watches the abort handler. */
-  const restoreAndRun = async (file: string, policy: RestorePolicy, tag: string, t3: number) => {
-    const image = await readCheckpointImage(file);
-    const out = `/tmp/threads-${tag}.restored.out`;
-    const started = Date.now();
-    const restored = await restoreWitnessed(agent, image, { policy, stdoutPath: out }, tag);
-    const restoreMs = Date.now() - started;
-    const oracleLog = path.join(guest.artifactsDir, `oracle-${tag}.log`);
-    writeFileSync(oracleLog, '');
-    const log = (line: string): void => appendFileSync(oracleLog, `${new Date().toISOString()} ${line}\n`);
-    const { result: run, observation } = await observeCpu(guest.machine.gdbSocket, symbols, { firstExecutionAt: sym('hold_abort'), log }, () =>
-      agent.call({ op: 'RUN', pid: restored.pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS }),
-    );
-    const line = summaryLine(await readOutput(guest, out));
-    return { image, restored, restoreMs, run, observation, line, observed: `${line}; ${watchSummary(run.hits, t3)}` };
-  };
-
-  const crhOnly = runsEngine('crh') ? {} : { skip: 'engine crh not asked for (--engine criu)' };
-  for (const restorer of ['ptrace', 'sigreturn'] as const) {
-    await t.test(`kill and restore, restorer=${restorer}: every thread verifies itself as in the uninterrupted run`, crhOnly, async (t) => {
-      const policy: RestorePolicy = { ...DEFAULT_POLICY, restorer };
-      const c = await checkpoint(t, `default-${restorer}`);
-      const r = await restoreAndRun(c.file, policy, `default-${restorer}`, c.tids[3]!);
-      t.comment(
-        `restore of ${THREADS} threads (${r.restored.plan.length} plan steps, ${r.restored.plan.filter((s) => s.op.op === 'INJECT_SYSCALL' && s.op.nr === 435).length} clone3): ${r.restoreMs} ms`,
-      );
-      t.equal(r.restored.pid, c.pid, `the same pid, ${c.pid}`);
+  const scenario: TableScenario<ThreadsAttempt> = {
+    name: SCENARIO,
+    expected,
+    async attempt(policy: RestorePolicy, tag: string): Promise<ThreadsAttempt> {
+      // Checkpoint: every thread stopped, the process checkpointed and killed.
+      const s = await stopAll(tag);
+      const started = Date.now();
+      const { file, image } = await checkpointStopped(guest, { binary, argv: workload.argv, envp: [], noAslr: true, pid: s.pid }, tag);
+      const checkpointMs = Date.now() - started;
+      await kill(agent, s.pid);
+      // Restore (same pid, same tids) and oracle: the CPU watched for the abort handler's first execution.
+      const restored = await restoreAndFinish(guest, file, policy, tag, { firstExecutionAt: sym('hold_abort') });
+      const summary = `${summaryLine(restored.output)}; ${watchSummary(restored.run.hits, s.tids[3]!)}`;
+      const owner = ownerOf(restored.observation.first, s.tids, (tid) => restored.image.threads.find((x) => x.tid === tid)?.regs);
+      return {
+        ...s,
+        image,
+        checkpointMs,
+        imageBytes: (await stat(file)).size,
+        restored,
+        summary,
+        ...(owner !== undefined ? { owner } : {}),
+        matched: summary === expected && restored.run.code === 0 && owner !== undefined && restored.differences.length === 0,
+        observed: `${summary}; CPU ran the abort handler as ${owner ? `t${owner}` : 'no thread'}`,
+        witnesses: {
+          output: restored.output,
+          ended: endedAs(restored.run),
+          hits: restored.run.hits.length,
+          oracle: { debugTraps: 0, firstReached: restored.observation.first !== undefined },
+          differences: restored.differences.map((d) => `${d.what}: asked ${d.requested}, kernel has ${d.accepted}`),
+        },
+      };
+    },
+    assertWitnesses(t, a) {
+      for (const line of a.steppedBack) t.comment(line);
       t.same(
-        r.restored.differences,
-        [],
-        'read back: every thread holds the registers, xstate, debug registers, rseq registration, mask and queue the plan set',
+        a.image.threads.map((x) => x.tid),
+        a.tids.slice(1),
+        `the image holds the 3 other threads: ${a.tids.slice(1).join(' ')}`,
       );
-      t.equal(r.observed, expected, `restored: ${r.observed}`);
+      const inside = a.image.threads.filter((x) => x.regs.rip >= section.start && x.regs.rip < section.end).map((x) => a.tids.indexOf(x.tid));
+      t.same(inside, [1, 2], `t1 and t2 checkpointed inside their critical sections [${hex(section.start)}, ${hex(section.end)})`);
+      t.ok(a.image.threads.every((x) => x.rseq !== null) && a.image.rseq !== null, 'every thread has its own rseq registration in the image');
+      t.comment(`checkpoint of ${THREADS} threads: ${a.checkpointMs} ms, image ${a.imageBytes} bytes`);
+    },
+  };
+
+  // expect: each restorer resumes every thread as the uninterrupted run, the abort handler run with t1's or t2's own registers.
+  const resumes = (restorer: 'ptrace' | 'sigreturn') => ({
+    title: `kill and restore, restorer=${restorer}: every thread verifies itself as in the uninterrupted run`,
+    policy: { ...DEFAULT_POLICY, restorer },
+    tag: `default-${restorer}`,
+    expect: 'resumes' as const,
+    notForCriu: false,
+    check: (t: Test, a: ThreadsAttempt) => {
+      const r = a.restored;
+      const clone3 = r.plan?.filter((s) => s.op.op === 'INJECT_SYSCALL' && s.op.nr === 435).length;
+      t.comment(`restore of ${THREADS} threads (${r.plan?.length} plan steps, ${clone3} clone3): ${r.restoreMs} ms`);
+      t.equal(r.pid, a.pid, `the same pid, ${a.pid}`);
+      t.same(r.differences, [], 'read back: every thread holds the registers, xstate, debug registers, rseq registration, mask and queue the plan set');
+      t.equal(a.summary, expected, `restored: ${a.summary}`);
       t.equal(r.run.code, 0);
       t.ok(
-        r.run.hits.every((h) => h.tid === c.tids[3]),
+        r.run.hits.every((h) => h.tid === a.tids[3]),
         'the restored watchpoint fires in t3 (the same tid) only',
       );
-      const first = r.observation.first;
-      const owner = first && r.image.threads.find((x) => OWN_REGISTERS.every((name) => first.get(name) === x.regs[name]));
       t.ok(
-        owner && [1, 2].includes(c.tids.indexOf(owner.tid)),
-        `oracle: the CPU ran the abort handler with ${owner ? `t${c.tids.indexOf(owner.tid)}'s` : "no restored thread's"} own ${OWN_REGISTERS.join(' ')}`,
+        a.owner !== undefined,
+        `oracle: the CPU ran the abort handler with ${a.owner ? `t${a.owner}'s` : "no restored thread's"} own ${OWN_REGISTERS.join(' ')}`,
       );
-      recordRowOutcome(t, {
-        case: CASE,
-        scenario: SCENARIO,
-        policy: describePolicy(policy),
-        control: false,
-        expected,
-        observed: `${r.observed}; CPU ran the abort handler as ${owner ? `t${c.tids.indexOf(owner.tid)}` : 'no thread'}`,
-        matchedUninterrupted: r.observed === expected && r.run.code === 0 && owner !== undefined && r.restored.differences.length === 0,
-      });
-    });
-  }
-
+    },
+  });
   const controls: { name: string; policy: RestorePolicy; shows: RegExp; cpu?: 'no-abort' }[] = [
     {
       name: 'rseq-fixup=off: t1 and t2 are put back inside their sections, where the kernel had cleared rseq_cs during the restore',
@@ -240,25 +262,22 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ', 'CONFIG_CHECKPOINT_RESTO
       shows: /^threads ok: .*; watch hits 0$/,
     },
   ];
-  for (const [i, c] of controls.entries()) {
-    await t.test(`negative control ${c.name}`, crhOnly, async (t) => {
-      const tag = `control-${i}`;
-      const k = await checkpoint(t, tag);
-      const r = await restoreAndRun(k.file, c.policy, tag, k.tids[3]!);
-      t.match(r.observed, c.shows, `caught: ${r.observed}`);
-      t.not(r.observed, expected, 'and it differs from the uninterrupted run');
-      if (c.cpu === 'no-abort') t.equal(r.observation.first, undefined, 'oracle: the CPU never ran the abort handler after the restore');
-      recordRowOutcome(t, {
-        case: CASE,
-        scenario: SCENARIO,
-        policy: describePolicy(c.policy),
-        control: true,
-        expected,
-        observed: r.observed,
-        matchedUninterrupted: r.observed === expected,
-      });
-    });
-  }
+  await runTable(t, CASE, scenario, [
+    resumes('ptrace'),
+    resumes('sigreturn'),
+    ...controls.map((c, i) => ({
+      title: `negative control ${c.name}`,
+      policy: c.policy,
+      tag: `control-${i}`,
+      expect: 'differs' as const,
+      notForCriu: false,
+      check: (t: Test, a: ThreadsAttempt) => {
+        t.match(a.summary, c.shows, `caught: ${a.summary}`);
+        t.not(a.summary, expected, 'and it differs from the uninterrupted run');
+        if (c.cpu === 'no-abort') t.equal(a.restored.observation.first, undefined, 'oracle: the CPU never ran the abort handler after the restore');
+      },
+    })),
+  ]);
 
   if (!runsEngine('criu')) return;
   const criu = criuIn(guest);
@@ -267,23 +286,22 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ', 'CONFIG_CHECKPOINT_RESTO
     const s = await stopAll(tag);
     for (const line of s.steppedBack) t.comment(line);
     const regsAtDump = new Map<number, UserRegs>();
-    for (const tid of s.tids) regsAtDump.set(tid, await agent.call({ op: 'GETREGS', pid: tid }));
+    for (const tid of s.tids) regsAtDump.set(tid, await readRegisters(agent, tid));
     const handoff = await handOffToCriu(agent, criu, s.pid, `/tmp/criu-${tag}`);
     await writeFile(path.join(guest.artifactsDir, `criu-${tag}-dump.log`), handoff.dumpLog);
     if (handoff.restoreLog !== undefined) await writeFile(path.join(guest.artifactsDir, `criu-${tag}-restore.log`), handoff.restoreLog);
     if (!handoff.ok) return { kind: 'refused' as const, why: `CRIU ${criu.version}: ${handoff.reason}` };
     t.comment(`CRIU: ${handoff.dumpMs} ms dump, ${handoff.restoreMs} ms restore, ${handoff.imageBytes} bytes of images`);
-    const t3Dr7 = await agent.call({ op: 'PEEKUSER', pid: s.tids[3]!, offset: debugRegOffset(7) });
+    const t3Dr7 = await readDebugRegister(agent, s.tids[3]!, 7);
     if (afterRestore) await afterRestore(s.tids);
     const oracleLog = path.join(guest.artifactsDir, `oracle-${tag}.log`);
     writeFileSync(oracleLog, '');
     const log = (line: string): void => appendFileSync(oracleLog, `${new Date().toISOString()} ${line}\n`);
     const { result: run, observation } = await observeCpu(guest.machine.gdbSocket, symbols, { firstExecutionAt: sym('hold_abort'), log }, () =>
-      agent.call({ op: 'RUN', pid: handoff.restoredPid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS }),
+      finishRun(agent, handoff.restoredPid, RUN_TIMEOUT_MS),
     );
     const line = summaryLine(await readOutput(guest, s.out));
-    const first = observation.first;
-    const owner = first && [1, 2].find((i) => OWN_REGISTERS.every((name) => first.get(name) === regsAtDump.get(s.tids[i]!)![name]));
+    const owner = ownerOf(observation.first, s.tids, (tid) => regsAtDump.get(tid));
     return { kind: 'restored' as const, s, handoff, t3Dr7, run, line, owner, observed: `${line}; ${watchSummary(run.hits, s.tids[3]!)}` };
   };
   const criuBase = { case: CASE, scenario: SCENARIO, engine: 'criu' as const, expected, conditions: { 'criu.version': criu.version } };
@@ -320,8 +338,7 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_RSEQ', 'CONFIG_CHECKPOINT_RESTO
     async (t) => {
       // One more signal blocked (SIGRTMIN+10, which no thread blocks): t1's pending SIGUSR1 stays blocked, the mask differs.
       const r = await throughCriu(t, 'criu-mask', async (tids) => {
-        const mask = await agent.call({ op: 'GETSIGMASK', pid: tids[1]! });
-        await agent.call({ op: 'SETSIGMASK', pid: tids[1]!, mask: mask | (1n << BigInt(EXTRA_BLOCKED - 1)) });
+        await blockSignal(agent, tids[1]!, EXTRA_BLOCKED);
       });
       if (r.kind === 'refused') {
         t.fail(r.why);

@@ -5,150 +5,121 @@
 // daemon ends with its uninterrupted output. Negative control: omit=timers (no timer restored: the daemon stalls).
 // Engine criu: the daemon stopped at the same breakpoint is dumped and restored by CRIU and ends with its uninterrupted
 // output; its control disarms ITIMER_REAL in CRIU's restored process (as omit=timers drops it): the daemon stalls.
-import t from 'tap';
-import { recordRowOutcome } from '../harness/testing/verdict-rows.ts';
+import t, { type Test } from 'tap';
 import { DEFAULT_POLICY, describePolicy, type RestorePolicy } from '../harness/restore/policy.ts';
 import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
 import { startGuest } from '../harness/testing/guest-fixture.ts';
-import { recordRow } from '../harness/testing/verdict-rows.ts';
-import { policyRowsNotForCriu, runCriuControl, runCriuScenario, runsEngine, sameOutputAs, type CriuScenario } from '../harness/testing/criu-engine.ts';
-import { checkpointAtHit, checkpointStopped, restoreAndFinish, runThenInterrupt, runUninterrupted, type Workload } from '../harness/testing/scenario.ts';
+import { runsEngine } from '../harness/testing/criu-engine.ts';
+import type { Workload } from '../harness/testing/scenario.ts';
+import { breakpointScenario } from '../harness/scenarios/breakpoint-scenario.ts';
+import { interruptedScenario, type InterruptedAttempt } from '../harness/scenarios/interrupted-scenario.ts';
+import { shows } from '../harness/scenarios/attempt.ts';
+import { skipNotForCriu } from '../harness/scenarios/runner.ts';
+import { runTable } from '../harness/scenarios/table.ts';
+import { injectSyscall } from '../harness/agent/guest-run.ts';
 
 const CASE = 'timers';
+const NAME = 'daemon on a 1 ms interval timer, POSIX timers and a timerfd';
+const OMIT_TIMERS: RestorePolicy = { ...DEFAULT_POLICY, omit: ['timers'] };
 
 t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_POSIX_TIMERS', 'CONFIG_TIMERFD', 'CONFIG_CHECKPOINT_RESTORE']), async (t) => {
   const guest = await startGuest(t, CASE);
   const binary = guest.image.guestPaths.ticker!;
   const workload: Workload = { binary, argv: [binary, '1000'] };
-  const process = (pid: number): { binary: string; argv: string[]; envp: string[]; noAslr: boolean; pid: number } => ({
-    binary,
-    argv: workload.argv,
-    envp: [],
-    noAslr: true,
-    pid,
-  });
+  // Provoke: the daemon runs MS ms on its timers and is interrupted wherever it is (the uninterrupted run taken once).
+  const interrupted = async (ms: number, reference?: Awaited<ReturnType<typeof interruptedScenario>>['reference']) =>
+    interruptedScenario(guest, { name: `${NAME}, interrupted ${ms} ms in`, label: `after-${ms}`, workload, afterMs: ms, ...(reference ? { reference } : {}) });
+  const first = await interrupted(100);
+  const { reference } = first;
+  const expected = reference.output;
+  t.equal(reference.run.code, 0, `uninterrupted: ${expected.trim()}`);
 
-  const { run: reference, output: expected } = await runUninterrupted(guest, workload, '/tmp/ticker-reference.out');
-  t.equal(reference.code, 0, `uninterrupted: ${expected.trim()}`);
-  const crhOnly = runsEngine('crh') ? {} : { skip: 'engine crh not asked for (--engine criu)' };
-
+  // Checkpoint: every timer with its interval, the gap in the POSIX ids kept.
+  const timersInTheImage = (t: Test, a: InterruptedAttempt): void => {
+    if (!a.image || !a.restored) return void t.fail(a.observed);
+    t.same(
+      a.image.timers.itimers.map((i) => [i.which, i.intervalNs]),
+      [
+        ['real', 1_000_000n],
+        ['virtual', 3_000_000n],
+        ['prof', 4_000_000n],
+      ],
+      'the image holds the three interval timers',
+    );
+    t.same(
+      a.image.timers.posix.map((p) => [p.id, p.notify]),
+      [
+        [0, 'signal'],
+        [2, 'thread-id'],
+      ],
+      'POSIX timers 0 and 2, the gap kept',
+    );
+    t.same(
+      a.image.timers.timerfds.map((f) => f.fd),
+      [7],
+      'the timerfd at fd 7',
+    );
+    t.same(a.restored.differences, [], 'read back: as requested');
+    t.equal(a.restored.output, expected, `restored: ${a.restored.output.trim()}`);
+    t.equal(a.restored.run.code, 0);
+  };
+  // Restore and oracle: the restored daemon ends with its uninterrupted output.
   for (const ms of [100, 350]) {
-    await t.test(`interrupted ${ms} ms in, wherever it was`, crhOnly, async (t) => {
-      const scenario = `daemon on a 1 ms interval timer, POSIX timers and a timerfd, interrupted ${ms} ms in`;
-      const stopped = await runThenInterrupt(guest, workload, ms, `/tmp/ticker-after-${ms}.out`);
-      if (stopped.ended) return t.fail(`ticker ended before ${ms} ms: ${stopped.ended.outcome} ${stopped.ended.code}`);
-      const { file, image } = await checkpointStopped(guest, process(stopped.pid), `after-${ms}`);
-      await guest.agent.call({ op: 'KILL', pid: stopped.pid });
-      t.same(
-        image.timers.itimers.map((i) => [i.which, i.intervalNs]),
-        [
-          ['real', 1_000_000n],
-          ['virtual', 3_000_000n],
-          ['prof', 4_000_000n],
-        ],
-        'the image holds the three interval timers',
-      );
-      t.same(
-        image.timers.posix.map((p) => [p.id, p.notify]),
-        [
-          [0, 'signal'],
-          [2, 'thread-id'],
-        ],
-        'POSIX timers 0 and 2, the gap kept',
-      );
-      t.same(
-        image.timers.timerfds.map((f) => f.fd),
-        [7],
-        'the timerfd at fd 7',
-      );
-      const r = await restoreAndFinish(guest, file, DEFAULT_POLICY, `after-${ms}`, {});
-      t.same(r.differences, [], 'read back: as requested');
-      t.equal(r.output, expected, `restored: ${r.output.trim()}`);
-      t.equal(r.run.code, 0);
-      recordRowOutcome(t, {
-        case: CASE,
-        scenario,
-        policy: describePolicy(DEFAULT_POLICY),
-        control: false,
-        expected: expected.trim(),
-        observed: r.output.trim(),
-        matchedUninterrupted: r.output === expected && r.run.code === 0,
-      });
-    });
+    const scenario = ms === 100 ? first : await interrupted(ms, reference);
+    await runTable(t, CASE, scenario, [
+      { title: `interrupted ${ms} ms in, wherever it was`, policy: DEFAULT_POLICY, tag: `after-${ms}`, expect: 'resumes', check: timersInTheImage },
+    ]);
   }
 
-  await t.test('checkpoint at a breakpoint (execution 300 of ticker_work)', crhOnly, async (t) => {
-    const armed: Workload = { ...workload, breakAt: guest.symbols.resolve('ticker:ticker_work') };
-    const checkpointed = await checkpointAtHit(guest, armed, 300, 'hit300', { disarm: true });
-    t.equal(checkpointed.run.outcome, 'hit-limit', 'stopped in ticker_work');
-    const r = await restoreAndFinish(guest, checkpointed.file, DEFAULT_POLICY, 'hit300', {});
-    t.equal(r.output, expected, `restored: ${r.output.trim()}`);
-    recordRowOutcome(t, {
-      case: CASE,
-      scenario: 'daemon on a 1 ms interval timer, POSIX timers and a timerfd, checkpoint at a breakpoint',
-      policy: describePolicy(DEFAULT_POLICY),
-      control: false,
-      expected: expected.trim(),
-      observed: r.output.trim(),
-      matchedUninterrupted: r.output === expected && r.run.code === 0,
-    });
-  });
-
-  await t.test('negative control omit=timers: the restored daemon stalls', crhOnly, async (t) => {
-    const policy: RestorePolicy = { ...DEFAULT_POLICY, omit: ['timers'] };
-    const stopped = await runThenInterrupt(guest, workload, 200, '/tmp/ticker-omit.out');
-    if (stopped.ended) return t.fail(`ticker ended before 200 ms: ${stopped.ended.outcome}`);
-    const { file } = await checkpointStopped(guest, process(stopped.pid), 'omit');
-    await guest.agent.call({ op: 'KILL', pid: stopped.pid });
-    const r = await restoreAndFinish(guest, file, policy, 'omit', {});
-    t.match(r.output, /^stalled: /, `restored without its timers: ${r.output.trim()}`);
-    t.equal(r.run.code, 3, 'and exits 3');
-    recordRowOutcome(t, {
-      case: CASE,
-      scenario: 'daemon on a 1 ms interval timer, POSIX timers and a timerfd, interrupted 200 ms in',
-      policy: describePolicy(policy),
-      control: true,
-      expected: expected.trim(),
-      observed: r.output.trim(),
-      matchedUninterrupted: r.output === expected,
-    });
-  });
-
-  if (!runsEngine('criu')) return;
-  const SCENARIO = 'daemon on a 1 ms interval timer, POSIX timers and a timerfd, checkpoint at a breakpoint';
-  const criuScenario: CriuScenario = {
-    case: CASE,
-    scenario: SCENARIO,
+  // The same daemon stopped at execution 300 of ticker_work; also handed to CRIU (crh run --engine …criu).
+  const atBreakpoint = await breakpointScenario(t, guest, {
+    name: `${NAME}, checkpoint at a breakpoint`,
     workload: { ...workload, breakAt: guest.symbols.resolve('ticker:ticker_work') },
     hit: 300,
-    // The breakpoint only chose where to stop (crh's disarm: true): the dump sees no debug register of ours.
-    dr7BeforeDump: 0n,
-    watch: {},
-    expected: expected.trim(),
-    judge: sameOutputAs(expected),
-    control: {
-      policy: "criu, ITIMER_REAL disarmed in CRIU's restored process (as omit=timers drops it)",
-      afterRestore: async (pid) => {
-        // setitimer(ITIMER_REAL, NULL, NULL): a NULL new value disarms it (kernel/time/itimer.c).
-        const result = await guest.agent.call({ op: 'INJECT_SYSCALL', pid, nr: SYS_SETITIMER, args: [0n, 0n, 0n] });
-        if (result !== 0n) throw new Error(`setitimer(ITIMER_REAL, NULL) in pid ${pid} returned ${result}`);
-      },
-      expected: 'stalled: …, exit 3',
-      showedIt: (a) => /^stalled: /.test(a.output) && a.run.code === 3,
+  });
+  await runTable(t, CASE, atBreakpoint, [
+    {
+      title: 'checkpoint at a breakpoint (execution 300 of ticker_work)',
+      policy: DEFAULT_POLICY,
+      tag: 'hit300',
+      expect: 'resumes',
+      check: (t, a) => void t.equal(a.restoredRun?.output, expected, `restored: ${a.restoredRun?.output.trim()}`),
     },
-  };
-  await t.test('engine criu: CRIU dumps and restores the daemon with its timers, and it ends as uninterrupted', async (t) => {
-    await runCriuScenario(t, guest, criuScenario, 'criu');
-  });
-  await t.test("engine criu, negative control: ITIMER_REAL disarmed after CRIU's restore, the daemon stalls", async (t) => {
-    await runCriuControl(t, guest, criuScenario, 'criu-no-timer');
-  });
-  for (const row of policyRowsNotForCriu(CASE, SCENARIO, [describePolicy({ ...DEFAULT_POLICY, omit: ['timers'] })])) {
-    await t.test(`engine criu: ${row.policy} ${row.skipped}`, async (t) => {
-      t.pass(row.skipped);
-      recordRow(t, row);
+    { title: 'engine criu: CRIU dumps and restores the daemon with its timers, and it ends as uninterrupted', criu: {}, tag: 'criu', expect: 'resumes' },
+    {
+      title: "engine criu, negative control: ITIMER_REAL disarmed after CRIU's restore, the daemon stalls",
+      criu: {
+        afterRestore: async (pid) => {
+          // setitimer(ITIMER_REAL, NULL, NULL): a NULL new value disarms it (kernel/time/itimer.c).
+          const result = await injectSyscall(guest.agent, pid, SYS_SETITIMER, [0n, 0n, 0n]);
+          if (result !== 0n) throw new Error(`setitimer(ITIMER_REAL, NULL) in pid ${pid} returned ${result}`);
+        },
+      },
+      policyName: "criu, ITIMER_REAL disarmed in CRIU's restored process (as omit=timers drops it)",
+      tag: 'criu-no-timer',
+      expect: shows('stalled: …, exit 3', (a) => /^stalled: /.test(a.witnesses.output ?? '') && a.witnesses.ended === 'exited 3'),
+    },
+  ]);
+
+  // Negative control omit=timers: no timer restored, the daemon stalls.
+  await runTable(t, CASE, await interrupted(200, reference), [
+    {
+      title: 'negative control omit=timers: the restored daemon stalls',
+      policy: OMIT_TIMERS,
+      tag: 'omit',
+      expect: 'differs',
+      notForCriu: false,
+      check: (t, a) => {
+        t.match(a.witnesses.output, /^stalled: /, `restored without its timers: ${a.observed}`);
+        t.equal(a.restored?.run.code, 3, 'and exits 3');
+      },
+    },
+  ]);
+  // Under CRIU the control is a SKIP row of the breakpoint scenario, the one CRIU is asked about.
+  if (runsEngine('criu'))
+    await t.test(`engine criu: ${describePolicy(OMIT_TIMERS)}`, async (t) => {
+      skipNotForCriu(t, { case: CASE, scenario: atBreakpoint.name, policy: describePolicy(OMIT_TIMERS) });
     });
-  }
 });
 
 /** x86-64 setitimer(2). */

@@ -31,16 +31,36 @@ export interface ArmedProgram {
 /**
  * Spawns a program (ASLR off) stopped before its first instruction with its
  * debug registers armed — an execute breakpoint in DR0 at `breakAt`, and/or
- * `debugRegs` — how every breakpoint scenario and probe starts. DR7 is
- * written last: it enables an address only once the address is in place.
+ * `debugRegs` — how every breakpoint scenario and probe starts; with `pid`,
+ * as exactly that pid (clone3 set_tid; EEXIST when taken).
  */
-export async function spawnWithBreakpoint(agent: AgentClient, program: ArmedProgram, stdoutPath: string): Promise<number> {
-  const { pid } = await agent.call({ op: 'SPAWN', path: program.binary, argv: program.argv, envp: program.envp ?? [], stdoutPath, noAslr: true });
-  const regs: DebugRegisterValues = program.breakAt === undefined ? {} : { 0: program.breakAt, 7: DR7_EXECUTE_DR0 };
-  Object.assign(regs, program.debugRegs);
-  for (const index of [0, 1, 2, 3, 7] as const) {
-    const value = regs[index];
-    if (value !== undefined) await agent.call({ op: 'POKEUSER', pid, offset: debugRegOffset(index), value });
-  }
+export async function spawnWithBreakpoint(
+  agent: Pick<AgentClient, 'call'>,
+  program: ArmedProgram,
+  stdoutPath: string,
+  options: { pid?: number } = {},
+): Promise<number> {
+  const { pid } = await agent.call({
+    op: 'SPAWN',
+    path: program.binary,
+    argv: program.argv,
+    envp: program.envp ?? [],
+    stdoutPath,
+    noAslr: true,
+    ...(options.pid !== undefined ? { pid: options.pid } : {}),
+  });
+  await armDebugRegisters(agent, pid, { ...(program.breakAt === undefined ? {} : { 0: program.breakAt, 7: DR7_EXECUTE_DR0 }), ...program.debugRegs });
   return pid;
+}
+
+/**
+ * Writes thread `tid`'s debug registers: the addresses first, DR7 last — it
+ * enables an address only once the address is in place. Debug registers are
+ * per thread: a thread that already exists is armed by its own tid.
+ */
+export async function armDebugRegisters(agent: Pick<AgentClient, 'call'>, tid: number, values: DebugRegisterValues): Promise<void> {
+  for (const index of [0, 1, 2, 3, 7] as const) {
+    const value = values[index];
+    if (value !== undefined) await agent.call({ op: 'POKEUSER', pid: tid, offset: debugRegOffset(index), value });
+  }
 }

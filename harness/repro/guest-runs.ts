@@ -17,6 +17,7 @@ import { criuCheckpointedRun } from './criu-run.ts';
 import type { PlatformProfile } from '../platform/profile.ts';
 import type { PlatformFacts } from '../restore/checkpoint-image.ts';
 import { hex } from '../x86/registers.ts';
+import { kill } from '../agent/guest-run.ts';
 import { cleanStartCommand, killedPids } from './clean-start.ts';
 import { describeStatus } from './compare.ts';
 import type { ReproRequest } from './options.ts';
@@ -210,7 +211,7 @@ async function phases(
       crhRefusal = error;
       progress.note(`crh refused the checkpoint: ${error.message}`);
       // The refused process is still the agent's, stopped: ended and collected, so CRIU's run gets the pid.
-      await guest.agent.call({ op: 'KILL', pid: reference.pid }).catch(() => {});
+      await kill(guest.agent, reference.pid).catch(() => {});
       await cleanStart('checkpointed run (criu)');
       checkpointed = await criuRun();
     }

@@ -9,7 +9,7 @@
  * (daemon-tree.ts); what a tree's restore cannot rebuild is refused by name
  * at the checkpoint.
  */
-import { isRunTimeout } from '../agent/run-to-end.ts';
+import { runFor } from '../agent/guest-run.ts';
 import type { AgentClient } from '../agent/client.ts';
 import { AgentError } from '../errors.ts';
 import { CheckpointNotReachedError } from './usage-error.ts';
@@ -45,13 +45,14 @@ async function processState(agent: AgentClient, pid: number): Promise<string | u
  * live process never reached the checkpoint point (CheckpointNotReachedError).
  */
 export async function runLauncherToDaemon(agent: AgentClient, launcherPid: number, pidFile: string, timeoutMs: number): Promise<{ pid: number; how: string }> {
-  const run = await agent.call({ op: 'RUN', pid: launcherPid, stopAfterHits: 0, timeoutMs }).catch(async (error: unknown) => {
-    if (!isRunTimeout(error)) throw error;
+  const launched = await runFor(agent, launcherPid, timeoutMs);
+  if (launched.kind === 'interrupted') {
     await agent.call({ op: 'KILL', pid: launcherPid }).catch(() => {});
     throw new CheckpointNotReachedError(
       `the launcher (pid ${launcherPid}) did not exit within ${timeoutMs} ms; with --pid-file the program is ready once it has exited 0 and the pid file names a live process`,
     );
-  });
+  }
+  const { run } = launched;
   if (run.outcome !== 'exited' || run.code !== 0) {
     throw new CheckpointNotReachedError(
       `the launcher (pid ${launcherPid}) ${run.outcome === 'exited' ? `exited with status ${run.code}` : `was killed by signal ${run.code}`}: it must exit 0 once the daemon is ready`,

@@ -5,12 +5,10 @@
  * binary, arguments, environment, working directory and pid, so what the
  * program prints may depend on any of them and still compare equal.
  */
-import { isRunTimeout } from '../agent/run-to-end.ts';
 import { stat } from 'node:fs/promises';
-import { readGuestText } from '../agent/read-file.ts';
+import { OUTPUT_MAX_BYTES, readOutput as readGuestOutput, runFor, runToEnd as runGuestToEnd, runToHit, spawnArmed } from '../agent/guest-run.ts';
 import { constants } from 'node:os';
 import type { AgentClient } from '../agent/client.ts';
-import { DR7_EXECUTE_DR0 } from '../agent/breakpoint-spawn.ts';
 import { CheckpointError, CrhError, AgentError, InfraError } from '../errors.ts';
 import { isInfraFailure } from '../report/infra-failures.ts';
 import { checkpointProcess } from '../restore/checkpoint.ts';
@@ -18,7 +16,7 @@ import { writeCheckpointImage, type CheckpointImage, type PlatformFacts, type Pr
 import type { RestorePolicy } from '../restore/policy.ts';
 import { restoreProcess, type Difference, type RestoreResult } from '../restore/restore.ts';
 import { rewindInterruptedSyscall, type SyscallRewind } from '../restore/syscall-restart.ts';
-import { debugRegOffset, hex, type UserRegs } from '../x86/registers.ts';
+import { hex, type UserRegs } from '../x86/registers.ts';
 import { runNatively, type NativeRun } from '../guest/native-run.ts';
 import type { CheckpointPoint } from './options.ts';
 import { checkpointDaemon, describeTreeShape, killDaemonTree, restoreDaemon, writeDaemonImage } from './daemon-tree.ts';
@@ -27,7 +25,6 @@ import { differingRegisters } from './register-diff.ts';
 import { CheckpointNotReachedError, UsageError } from './usage-error.ts';
 
 const EEXIST = constants.errno.EEXIST;
-const OUTPUT_MAX_BYTES = 4 * 1024 * 1024;
 /** How long a restored process runs before it is sent the finish signal. */
 const RESUME_SLICE_MS = 50;
 /** A line a program prints (and flushes) to say it is ready to be checkpointed. */
@@ -136,7 +133,7 @@ export async function referenceRun(ctx: RunContext, pid?: number): Promise<Refer
     }
     if (ctx.finishSignal) await agent.call({ op: 'SIGNAL', pid, signo: ctx.finishSignal.number });
   }
-  const end = await runToEnd(agent, pid, ctx.timeoutMs);
+  const end = await runGuestToEnd(agent, pid, ctx.timeoutMs);
   const output = await readOutput(agent, out);
   if (end.outcome === 'timed-out') throw new UsageError(`the uninterrupted run did not finish within ${ctx.timeoutMs} ms; raise --timeout`, { output });
   if (ctx.point.kind === 'symbol' && end.hits < ctx.point.hit) {
@@ -424,10 +421,10 @@ async function writeImageFile(file: string, write: () => Promise<unknown>): Prom
 async function runToNextCheckpoint(ctx: RunContext, pid: number): Promise<{ stoppedBy: string; hits: number } | { ended: Ended }> {
   const { agent, point } = ctx;
   if (point.kind === 'symbol') {
-    const run = await agent.call({ op: 'RUN', pid, stopAfterHits: 1, timeoutMs: ctx.timeoutMs }).catch((error: unknown) => {
-      if (!isRunTimeout(error)) throw error;
+    const next = await runToHit(agent, pid, 1, ctx.timeoutMs);
+    if (next.kind === 'interrupted')
       throw new CheckpointNotReachedError(`a restored process did not execute ${point.symbol} again within ${ctx.timeoutMs} ms (--timeout)`);
-    });
+    const { run } = next;
     if (run.outcome !== 'hit-limit') return { ended: { outcome: run.outcome, code: run.code, hits: run.hits.length } };
     return { stoppedBy: `the next execution of ${point.symbol}`, hits: 1 };
   }
@@ -451,7 +448,7 @@ export async function finishRestored(ctx: RunContext, pid: number): Promise<Omit
     if (ended) return ended;
     await ctx.agent.call({ op: 'SIGNAL', pid, signo: ctx.finishSignal.number });
   }
-  return runToEnd(ctx.agent, pid, ctx.timeoutMs);
+  return runGuestToEnd(ctx.agent, pid, ctx.timeoutMs);
 }
 
 export function describePoint(point: CheckpointPoint): string {
@@ -477,21 +474,9 @@ export async function spawnAsReference(ctx: RunContext, stdoutPath: string, refe
 }
 
 export async function spawn(ctx: RunContext, stdoutPath: string, pid?: number): Promise<number> {
-  const { agent, program } = ctx;
-  const spawned = await agent.call({
-    op: 'SPAWN',
-    path: program.binary,
-    argv: program.argv,
-    envp: program.envp,
-    stdoutPath,
-    noAslr: true,
-    ...(pid !== undefined ? { pid } : {}),
-  });
-  if (ctx.breakAt !== undefined) {
-    await agent.call({ op: 'POKEUSER', pid: spawned.pid, offset: debugRegOffset(0), value: ctx.breakAt });
-    await agent.call({ op: 'POKEUSER', pid: spawned.pid, offset: debugRegOffset(7), value: DR7_EXECUTE_DR0 });
-  }
-  return spawned.pid;
+  const { program } = ctx;
+  const armed = { binary: program.binary, argv: program.argv, envp: program.envp, ...(ctx.breakAt !== undefined ? { breakAt: ctx.breakAt } : {}) };
+  return spawnArmed(ctx.agent, armed, stdoutPath, pid !== undefined ? { pid } : {});
 }
 
 /**
@@ -516,12 +501,13 @@ async function runToDaemon(ctx: RunContext, launcher: number, out: string, refer
 export async function runToCheckpoint(ctx: RunContext, pid: number, out: string): Promise<string> {
   const { agent, point } = ctx;
   if (point.kind === 'symbol') {
-    const run = await agent.call({ op: 'RUN', pid, stopAfterHits: point.hit, timeoutMs: ctx.timeoutMs }).catch((error: unknown) => {
-      if (!isRunTimeout(error)) throw error;
+    const reached = await runToHit(agent, pid, point.hit, ctx.timeoutMs);
+    if (reached.kind === 'interrupted') {
       throw new CheckpointNotReachedError(
         `the checkpoint point was not reached: ${point.symbol} was not executed ${point.hit} times within ${ctx.timeoutMs} ms (--timeout)`,
       );
-    });
+    }
+    const { run } = reached;
     if (run.outcome !== 'hit-limit')
       throw notReached(ctx, { outcome: run.outcome, code: run.code, hits: run.hits.length }, 'the checkpointed run', await readOutput(agent, out));
     return `breakpoint hit ${point.hit} at ${point.symbol}`;
@@ -542,16 +528,11 @@ export interface Ended {
   hits: number;
 }
 
-/** RUN for `ms`: undefined when the time ran out (the process is then interrupted and stopped), else how it ended. */
+/** RUN for `ms` (guest-run.ts runFor): undefined when the time ran out (the process is then interrupted and stopped), else how it ended. */
 export async function interruptibleRun(agent: AgentClient, pid: number, ms: number): Promise<Ended | undefined> {
-  try {
-    const run = await agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: ms });
-    if (run.outcome === 'hit-limit') throw new CrhError(`RUN pid ${pid} stopped at a hit limit it was not given`);
-    return { outcome: run.outcome, code: run.code, hits: run.hits.length };
-  } catch (error) {
-    if (isRunTimeout(error)) return undefined;
-    throw error;
-  }
+  const timed = await runFor(agent, pid, ms);
+  if (timed.kind === 'interrupted') return undefined;
+  return { outcome: timed.run.outcome as Ended['outcome'], code: timed.run.code, hits: timed.run.hits.length };
 }
 
 /**
@@ -592,13 +573,6 @@ async function announcement(agent: AgentClient, out: string, pid: number): Promi
   return undefined;
 }
 
-async function runToEnd(agent: AgentClient, pid: number, timeoutMs: number): Promise<Omit<RunRecord, 'output'>> {
-  const ended = await interruptibleRun(agent, pid, timeoutMs);
-  if (ended) return ended;
-  await agent.call({ op: 'KILL', pid });
-  return { outcome: 'timed-out', code: timeoutMs, hits: 0 };
-}
-
 function notReached(ctx: RunContext, ended: Ended, which: string, output: string): CheckpointNotReachedError {
   const how = ended.outcome === 'exited' ? `exited with status ${ended.code}` : `was killed by signal ${ended.code}`;
   const point = ctx.point;
@@ -612,7 +586,7 @@ function notReached(ctx: RunContext, ended: Ended, which: string, output: string
 }
 
 export async function readOutput(agent: AgentClient, file: string): Promise<string> {
-  return readGuestText(agent, file, OUTPUT_MAX_BYTES);
+  return readGuestOutput(agent, file);
 }
 
 export function signalName(sig: number): string {

@@ -35,11 +35,9 @@
  * natively (the kernel aborts a section stopped inside). The restore must
  * do what the stop does.
  */
-import { isRunTimeout, runToEnd } from '../agent/run-to-end.ts';
+import { isRunTimeout, readOutput, runToEnd, runToHit as runToHitWithin, spawnArmed as spawnArmedProgram } from '../agent/guest-run.ts';
 import { constants } from 'node:os';
 import type { AgentClient } from '../agent/client.ts';
-import { DR7_EXECUTE_DR0 } from '../agent/breakpoint-spawn.ts';
-import { readGuestText } from '../agent/read-file.ts';
 import { AgentError, CrhError } from '../errors.ts';
 import { isInfraFailure } from '../report/infra-failures.ts';
 import { checkpointProcess } from '../restore/checkpoint.ts';
@@ -58,7 +56,6 @@ import { CheckpointNotReachedError, UsageError } from './usage-error.ts';
 
 const EEXIST = constants.errno.EEXIST;
 const SIGTRAP = constants.signals.SIGTRAP;
-const OUTPUT_MAX_BYTES = 4 * 1024 * 1024;
 const INT3 = 0xcc;
 /** Bound on one step: a step into a call that blocks (a read of a pipe no one writes) ends the walk there. */
 const STEP_TIMEOUT_MS = 10_000;
@@ -162,14 +159,14 @@ export async function sweepRuns(ctx: SweepContext, reference: Reference, policy:
     return spawnArmed(ctx, out);
   });
   await ctx.phase('run to the sweep symbol', `execution ${ctx.hit} of ${ctx.sweep.symbol}`);
-  const run = await agent.call({ op: 'RUN', pid, stopAfterHits: ctx.hit, timeoutMs: ctx.timeoutMs }).catch((error: unknown) => {
-    if (!isRunTimeout(error)) throw error;
+  const reached = await runToHitWithin(agent, pid, ctx.hit, ctx.timeoutMs);
+  if (reached.kind === 'interrupted')
     throw new CheckpointNotReachedError(`${ctx.sweep.symbol} was not executed ${ctx.hit} times within ${ctx.timeoutMs} ms (--timeout)`);
-  });
+  const { run } = reached;
   if (run.outcome !== 'hit-limit') {
     throw new CheckpointNotReachedError(
       `the sweep never started: the program ended (${run.outcome} ${run.code}) after ${run.hits.length} executions of ${ctx.sweep.symbol}, never ${ctx.hit}`,
-      { output: await readGuestText(agent, out, OUTPUT_MAX_BYTES) },
+      { output: await readOutput(agent, out) },
     );
   }
   // From here the process is stepped: the breakpoint would only stop it again at the next call.
@@ -215,13 +212,13 @@ export async function sweepRuns(ctx: SweepContext, reference: Reference, policy:
       step = await stepOnce(ctx, pid, SIGTRAP, index, notes);
     }
     if ('ended' in step) {
-      ended = { ...step.ended, output: await readGuestText(agent, out, OUTPUT_MAX_BYTES), hits: 0 };
+      ended = { ...step.ended, output: await readOutput(agent, out), hits: 0 };
       notes.push(`the program ended after boundary ${index} (${describeEnd(step.ended)}): the walk has ${index + 1} boundaries, not ${ctx.sweep.count}`);
       break;
     }
     regs = await agent.call({ op: 'GETREGS', pid });
   }
-  const stepped = ended ?? { ...(await runToEnd(agent, pid, ctx.timeoutMs)), output: await readGuestText(agent, out, OUTPUT_MAX_BYTES), hits: 0 };
+  const stepped = ended ?? { ...(await runToEnd(agent, pid, ctx.timeoutMs)), output: await readOutput(agent, out), hits: 0 };
   const walkMs = Date.now() - walkStarted;
   if (ownTraps.length > 0)
     notes.push(
@@ -260,18 +257,12 @@ export async function sweepRuns(ctx: SweepContext, reference: Reference, policy:
 
 async function spawnArmed(ctx: SweepContext, stdoutPath: string, pid?: number): Promise<number> {
   const { agent, program } = ctx;
-  const spawned = await agent.call({
-    op: 'SPAWN',
-    path: program.binary,
-    argv: program.argv,
-    envp: program.envp,
+  return spawnArmedProgram(
+    agent,
+    { binary: program.binary, argv: program.argv, envp: program.envp, breakAt: ctx.breakAt },
     stdoutPath,
-    noAslr: true,
-    ...(pid !== undefined ? { pid } : {}),
-  });
-  await agent.call({ op: 'POKEUSER', pid: spawned.pid, offset: debugRegOffset(0), value: ctx.breakAt });
-  await agent.call({ op: 'POKEUSER', pid: spawned.pid, offset: debugRegOffset(7), value: DR7_EXECUTE_DR0 });
-  return spawned.pid;
+    pid !== undefined ? { pid } : {},
+  );
 }
 
 /** A checkpoint of the stopped process, which stays stopped where it was (the leave-running mode: it is not killed). */
@@ -283,7 +274,7 @@ async function checkpointAt(ctx: SweepContext, process: ProcessInfo, at: Boundar
   });
   const imageFile = path.join(ctx.imageDir, `checkpoint-boundary-${at.index}.tar`);
   await writeCheckpointImage(image, imageFile);
-  const outputBefore = await readGuestText(ctx.agent, out, OUTPUT_MAX_BYTES);
+  const outputBefore = await readOutput(ctx.agent, out);
   return { ...at, imageFile, regs: image.regs, outputBefore, checkpointMs: Date.now() - started, reached: 'step' };
 }
 
@@ -345,17 +336,13 @@ async function checkpointByBreakpoint(
   const unreached = async (what: string): Promise<never> => {
     await agent.call({ op: 'KILL', pid }).catch(() => undefined);
     throw new CheckpointNotReachedError(`boundary ${index} (${hex(at.rip)}) was not reached by a fresh run: ${what}`, {
-      output: await readGuestText(agent, out, OUTPUT_MAX_BYTES),
+      output: await readOutput(agent, out),
     });
   };
   const runToHit = async (hits: number): Promise<string | undefined> => {
-    try {
-      const run = await agent.call({ op: 'RUN', pid, stopAfterHits: hits, timeoutMs: ctx.timeoutMs });
-      return run.outcome === 'hit-limit' ? undefined : `${run.outcome} ${run.code}`;
-    } catch (error) {
-      if (!isRunTimeout(error)) throw error;
-      return `not within ${ctx.timeoutMs} ms (--timeout)`;
-    }
+    const r = await runToHitWithin(agent, pid, hits, ctx.timeoutMs);
+    if (r.kind === 'interrupted') return `not within ${ctx.timeoutMs} ms (--timeout)`;
+    return r.run.outcome === 'hit-limit' ? undefined : `${r.run.outcome} ${r.run.code}`;
   };
   const toSymbol = await runToHit(ctx.hit);
   if (toSymbol !== undefined) return unreached(`the run to ${ctx.sweep.symbol} ended: ${toSymbol}`);
@@ -370,7 +357,7 @@ async function checkpointByBreakpoint(
   const armed = await rseqCsSet(agent, pid, await rseqCsWord(agent, pid));
   const checkpoint = await checkpointAt(ctx, process, { index, rip: at.rip }, out);
   const end = await runToEnd(agent, pid, ctx.timeoutMs);
-  const continued: RunRecord = { ...end, output: await readGuestText(agent, out, OUTPUT_MAX_BYTES), hits: 0 };
+  const continued: RunRecord = { ...end, output: await readOutput(agent, out), hits: 0 };
   return { ...checkpoint, ...(armed ? { rseqArmed: true } : {}), reached: 'breakpoint', continued };
 }
 
@@ -435,7 +422,7 @@ async function restoreAndCompare(ctx: SweepContext, checkpoint: TakenCheckpoint,
   }
   const restoredRegs = await agent.call({ op: 'GETREGS', pid: restored.pid });
   const end = await runToEnd(agent, restored.pid, ctx.timeoutMs);
-  const run: RunRecord = { ...end, output: checkpoint.outputBefore + (await readGuestText(agent, after, OUTPUT_MAX_BYTES)), hits: 0 };
+  const run: RunRecord = { ...end, output: checkpoint.outputBefore + (await readOutput(agent, after)), hits: 0 };
   const mismatches = compareRuns(against, run);
   if (mismatches.length === 0) {
     await rm(checkpoint.imageFile, { force: true });

@@ -110,6 +110,8 @@ export interface BreakpointScenarioSpec {
    * CRIU gave every general register back)
    */
   criuGap?: (criu: Extract<CriuAttempt, { kind: 'restored' }>, run: RestoredRun, reference: Reference) => EngineGap | undefined;
+  /** Engine criu: the documented gap of CRIU's that its refusal (to dump or to restore) is, if it is — by CRIU's own words */
+  criuRefusalGap?: (refusal: Extract<CriuAttempt, { kind: 'refused' }>) => EngineGap | undefined;
   /** platform-profile values every row's expectation depends on; a function when the reference shows them */
   conditions?: Record<string, string> | ((reference: Reference) => Record<string, string>);
 }
@@ -192,7 +194,10 @@ export async function breakpointScenario(t: Test, guest: Guest, spec: Breakpoint
       const dr7 = checkpointOptions.dr7 ?? (checkpointOptions.disarm ? 0n : undefined);
       const a = await criuAtHit(guest, workload, hit, tag, { watch, ...(dr7 !== undefined ? { dr7BeforeDump: dr7 } : {}), ...options });
       const base = { engine: 'criu' as const, workload, checkpointRun: a.checkpointRun, conditions: { ...conditions, 'criu.version': version } };
-      if (a.kind === 'refused') return { ...base, ...notRestored(`CRIU ${version}: ${a.reason}`) };
+      if (a.kind === 'refused') {
+        const gap = spec.criuRefusalGap?.(a);
+        return { ...base, ...notRestored(`CRIU ${version}: ${a.reason}`), ...(gap ? { gap } : {}) };
+      }
       if (a.kind === 'ended') return { ...base, ...notRestored(`the workload ended before stop ${hit} (${endedAs(a.checkpointRun)})`) };
       t.comment(
         `CRIU: ${a.handoff.dumpMs} ms dump, ${a.handoff.restoreMs} ms restore, ${a.handoff.imageBytes} bytes of images; debug registers ${lostDebugRegisters(a) || 'as dumped'}`,

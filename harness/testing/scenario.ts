@@ -6,8 +6,7 @@
  * with no breakpoint at all, run it for a while and interrupt it wherever it
  * is (runThenInterrupt), then checkpoint it there (checkpointStopped).
  */
-import { isRunTimeout } from '../agent/run-to-end.ts';
-import { readGuestText } from '../agent/read-file.ts';
+import { armDebugRegisters, disarm, finishRun, readOutput as readGuestOutput, runFor, spawnArmed as spawnArmedProgram } from '../agent/guest-run.ts';
 import { appendFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { RunResult } from '../agent/ops.ts';
@@ -15,31 +14,32 @@ import { observeCpu, type Observation, type WatchOptions } from '../oracle/cpu-o
 import { checkpointProcess, type CheckpointProcessOptions } from '../restore/checkpoint.ts';
 import { readCheckpointImage, writeCheckpointImage, type CheckpointImage, type ProcessInfo } from '../restore/checkpoint-image.ts';
 import type { RestorePolicy } from '../restore/policy.ts';
-import type { Difference } from '../restore/restore.ts';
+import type { Difference, RestoreResult } from '../restore/restore.ts';
 import { noteOracle, restoreWitnessed } from './restore-witness.ts';
-import { spawnWithBreakpoint, type ArmedProgram } from '../agent/breakpoint-spawn.ts';
+import type { ArmedProgram } from '../agent/breakpoint-spawn.ts';
 import type { Guest } from './guest-fixture.ts';
-import { debugRegOffset, hex } from '../x86/registers.ts';
+import { hex } from '../x86/registers.ts';
 import { rseqCsPointer } from '../restore/rseq.ts';
-import { CrhError } from '../errors.ts';
 
 export const RUN_TIMEOUT_MS = 60_000;
+/** A case's workloads print a few lines: 64 KiB is plenty, and a cut file says so. */
+const CASE_OUTPUT_MAX_BYTES = 65536;
 
 export type Workload = ArmedProgram;
 
 /** Spawns the workload (ASLR off) stopped before its first instruction, DR0 armed. */
 export function spawnArmed(guest: Guest, w: Workload, stdoutPath: string): Promise<number> {
-  return spawnWithBreakpoint(guest.agent, w, stdoutPath);
+  return spawnArmedProgram(guest.agent, w, stdoutPath);
 }
 
 export async function readOutput(guest: Guest, file: string): Promise<string> {
-  return readGuestText(guest.agent, file, 65536);
+  return readGuestOutput(guest.agent, file, CASE_OUTPUT_MAX_BYTES);
 }
 
 /** Runs the workload (ASLR off) to its end with nothing armed — its breakpoints ignored: the uninterrupted reference. */
 export async function runUninterrupted(guest: Guest, w: Workload, stdoutPath: string): Promise<{ run: RunResult; output: string }> {
-  const { pid } = await guest.agent.call({ op: 'SPAWN', path: w.binary, argv: w.argv, envp: w.envp ?? [], stdoutPath, noAslr: true });
-  const run = await guest.agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
+  const pid = await spawnArmedProgram(guest.agent, { binary: w.binary, argv: w.argv, envp: w.envp ?? [] }, stdoutPath);
+  const run = await finishRun(guest.agent, pid, RUN_TIMEOUT_MS);
   return { run, output: await readOutput(guest, stdoutPath) };
 }
 
@@ -81,14 +81,14 @@ export async function checkpointAtHit(
 ): Promise<Checkpointed> {
   const { agent } = guest;
   const pid = await spawnArmed(guest, w, `/tmp/${path.basename(w.binary)}-${tag}.original.out`);
-  const run =
-    typeof hit === 'number' ? await agent.call({ op: 'RUN', pid, stopAfterHits: hit, timeoutMs: RUN_TIMEOUT_MS }) : await runToHitAt(guest, pid, hit.at);
+  const run = typeof hit === 'number' ? await finishRun(agent, pid, RUN_TIMEOUT_MS, hit) : await runToHitAt(guest, pid, hit.at);
   const process: ProcessInfo = { binary: w.binary, argv: w.argv, envp: w.envp ?? [], noAslr: true, pid };
   if (run.outcome !== 'hit-limit') {
     await agent.call({ op: 'KILL', pid }).catch(() => {});
     return { file: '', run, process };
   }
-  if (options.disarm || options.dr7 !== undefined) await agent.call({ op: 'POKEUSER', pid, offset: debugRegOffset(7), value: options.dr7 ?? 0n });
+  if (options.dr7 !== undefined) await armDebugRegisters(agent, pid, { 7: options.dr7 });
+  else if (options.disarm) await disarm(agent, pid);
   let taken: { file: string; image: CheckpointImage };
   try {
     taken = await checkpointStopped(guest, process, tag, { uncapturable: options.uncapturable });
@@ -159,23 +159,12 @@ export async function runThenInterrupt(guest: Guest, w: Workload, ms: number, st
   const { agent } = guest;
   const pid = await spawnArmed(guest, w, stdoutPath);
   if (w.breakAt !== undefined) {
-    const first = await agent.call({ op: 'RUN', pid, stopAfterHits: 1, timeoutMs: RUN_TIMEOUT_MS });
+    const first = await finishRun(agent, pid, RUN_TIMEOUT_MS, 1);
     if (first.outcome !== 'hit-limit') return { ended: first };
-    await agent.call({ op: 'POKEUSER', pid, offset: debugRegOffset(7), value: 0n });
+    await disarm(agent, pid);
   }
-  let ended: RunResult;
-  const started = Date.now();
-  try {
-    ended = await agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: ms });
-  } catch (error) {
-    if (isRunTimeout(error)) return { pid, elapsedMs: Date.now() - started };
-    throw error;
-  }
-  if (ended.outcome === 'hit-limit') {
-    await agent.call({ op: 'KILL', pid }).catch(() => {});
-    throw new CrhError(`RUN pid ${pid} stopped at a hit limit with no breakpoint armed`);
-  }
-  return { ended };
+  const timed = await runFor(agent, pid, ms);
+  return timed.kind === 'interrupted' ? { pid, elapsedMs: timed.elapsedMs } : { ended: timed.run };
 }
 
 /**
@@ -187,7 +176,7 @@ async function runToHitAt(guest: Guest, pid: number, address: bigint): Promise<R
   const deadline = Date.now() + RUN_TIMEOUT_MS;
   let seen: RunResult | undefined;
   for (;;) {
-    const step = await guest.agent.call({ op: 'RUN', pid, stopAfterHits: 1, timeoutMs: Math.max(1, deadline - Date.now()) });
+    const step = await finishRun(guest.agent, pid, Math.max(1, deadline - Date.now()), 1);
     seen = seen ? { ...step, hits: [...seen.hits, ...step.hits], signals: [...seen.signals, ...step.signals] } : step;
     if (step.outcome !== 'hit-limit' || step.hits.at(-1)?.rip === address) return seen;
   }
@@ -195,6 +184,9 @@ async function runToHitAt(guest: Guest, pid: number, address: bigint): Promise<R
 
 export interface Restored {
   image: CheckpointImage;
+  /** the restore plan that ran (restore/plan.ts), and how long the restore took up to its stop */
+  plan?: RestoreResult['plan'];
+  restoreMs?: number;
   /** what the kernel accepted differently from the plan's request */
   differences: Difference[];
   run: RunResult;
@@ -216,9 +208,20 @@ export async function restoreAndFinish(
 ): Promise<Restored & { pid: number }> {
   const image = await readCheckpointImage(file);
   const out = `/tmp/${path.basename(image.process.binary)}-${tag}.restored.out`;
+  const started = Date.now();
   const restored = await restoreWitnessed(guest.agent, image, { policy, stdoutPath: out, samePid }, tag);
+  const restoreMs = Date.now() - started;
   const { run, observation } = await runUnderOracle(guest, restored.pid, tag, watch);
-  return { pid: restored.pid, image, differences: restored.differences, run, output: await readOutput(guest, out), observation };
+  return {
+    pid: restored.pid,
+    image,
+    plan: restored.plan,
+    restoreMs,
+    differences: restored.differences,
+    run,
+    output: await readOutput(guest, out),
+    observation,
+  };
 }
 
 /**
@@ -236,7 +239,7 @@ export async function runUnderOracle(
   writeFileSync(oracleLog, '');
   const log = (line: string): void => appendFileSync(oracleLog, `${new Date().toISOString()} ${line}\n`);
   const { result: run, observation } = await observeCpu(guest.machine.gdbSocket, guest.symbols, { ...watch, log }, () =>
-    guest.agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS }),
+    finishRun(guest.agent, pid, RUN_TIMEOUT_MS),
   );
   noteOracle(tag, oracleCounts(guest, watch, observation));
   return { run, observation };

@@ -12,6 +12,7 @@ import type { RestorePolicy } from '../restore/policy.ts';
 import { hex, type UserRegs } from '../x86/registers.ts';
 import type { Guest } from './guest-fixture.ts';
 import { endedAs } from './native-reference.ts';
+import { finishRun } from '../agent/guest-run.ts';
 import { checkpointAtHit, checkpointRseqArmed, readOutput, restoreAndFinish, RUN_TIMEOUT_MS, spawnArmed, type Workload } from './scenario.ts';
 import { attemptThroughCriu, debugRegisterLost, type CriuScenarioAttempt } from './criu-engine.ts';
 import { CRIU_GAPS } from '../criu/known-gaps.ts';
@@ -75,7 +76,7 @@ export async function hwbreakScenario(guest: Guest): Promise<Scenario> {
   const workload: Workload = { binary, argv: [binary, String(CALLS)], breakAt: target };
   const checksum = (text: string): string | undefined => /checksum=([0-9a-f]{16})/.exec(text)?.[1];
   const pid = await spawnArmed(guest, workload, '/tmp/hwbreak-scenario-reference.out');
-  const reference = await guest.agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
+  const reference = await finishRun(guest.agent, pid, RUN_TIMEOUT_MS);
   const referenceOutput = await readOutput(guest, '/tmp/hwbreak-scenario-reference.out');
   const referenceChecksum = checksum(referenceOutput);
   if (reference.hits.length !== CALLS || !referenceChecksum)
@@ -176,7 +177,7 @@ export async function watchScenario(guest: Guest): Promise<Scenario> {
   const watched = guest.symbols.resolve('watch:watched');
   const workload: Workload = { binary, argv: [binary, '8', String(ROUNDS)], debugRegs: { 1: watched, 7: dr7WriteWatch(1, 8) } };
   const pid = await spawnArmed(guest, workload, '/tmp/watch-scenario-reference.out');
-  const reference = await guest.agent.call({ op: 'RUN', pid, stopAfterHits: 0, timeoutMs: RUN_TIMEOUT_MS });
+  const reference = await finishRun(guest.agent, pid, RUN_TIMEOUT_MS);
   const referenceOutput = await readOutput(guest, '/tmp/watch-scenario-reference.out');
   if (reference.hits.length !== ROUNDS) throw new Error(`watch reference run: ${reference.hits.length} traps, expected ${ROUNDS}`);
   const trapIp = reference.hits[0]!.rip;
