@@ -31,6 +31,7 @@ import { packStored, storedRanges } from './stored-pages.ts';
 import { dependenciesJson } from './platform-dependencies.ts';
 import { threadsJson } from './threads.ts';
 import { timersJson } from './timers.ts';
+import { eventFdsJson } from './event-fds.ts';
 import { clocksJson } from './time-namespace.ts';
 
 export const IMAGE_FORMAT = 'cr-harness-checkpoint';
@@ -149,6 +150,8 @@ export function imageEntries(image: CheckpointImage, extra: ReadonlyMap<string, 
       files: image.task.files.map((f) => ({ ...f, pos: f.pos.toString() })),
       userfaultfds: image.task.userfaultfds ?? [],
       ...(image.task.umask !== undefined ? { umask: image.task.umask } : {}),
+      ...eventFdsJson(image.task),
+      ...(image.task.membarrier?.length ? { membarrier: image.task.membarrier } : {}),
     }),
   );
   entries.set('threads.json', json(threadsJson(image)));

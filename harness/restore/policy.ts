@@ -109,6 +109,14 @@ export type RseqFixupPolicy = (typeof RSEQ_FIXUP_POLICIES)[number];
  * - umask: the process's file-mode creation mask is not given back
  *   (files.ts umaskSteps): it gets the restoring agent's (0022), as before
  *   the umask was kept.
+ * - eventfd: no eventfd is created (event-fds.ts): the descriptor is not
+ *   there, and the program's read or write of it fails with EBADF — its
+ *   counter is lost.
+ * - signalfd: no signalfd is created (event-fds.ts): the descriptor is not
+ *   there, and the signals it would have read stay pending.
+ * - membarrier: the process is not registered for the private expedited
+ *   membarrier commands again (membarrier.ts): its next one fails with
+ *   EPERM, as before registrations were kept.
  */
 export const OMITTABLE = [
   'debugregs',
@@ -131,6 +139,9 @@ export const OMITTABLE = [
   'vdso',
   'timens',
   'umask',
+  'eventfd',
+  'signalfd',
+  'membarrier',
 ] as const;
 export type Omittable = (typeof OMITTABLE)[number];
 
