@@ -12,6 +12,7 @@ import type { CheckpointImage, TaskState } from '../harness/restore/image-model.
 import { compileRestorePlan } from '../harness/restore/plan.ts';
 import { DEFAULT_POLICY } from '../harness/restore/policy.ts';
 import { parseMaps } from '../harness/restore/proc-maps.ts';
+import { compareEventFds } from '../harness/restore/read-back.ts';
 import { validateTask } from '../harness/restore/validate.ts';
 import { SYNTHETIC_MAPS, syntheticImage, syntheticRegs } from './support/synthetic-image.ts';
 
@@ -114,7 +115,9 @@ t.test('the image codec writes them only when present, and reads them back', asy
 t.test('plan steps', async (t) => {
   const task = validateTask(good);
   const steps = eventFdSteps(9, { eventfds: task.eventfds!, signalfds: task.signalfds! }, [0, 1, 2, 3], 0x7000n);
-  const calls = steps.map((s) => (s.op.op === 'INJECT_SYSCALL' ? `${s.op.nr}(${s.op.args.map((a) => a.toString(16)).join(',')})=${s.expect?.toString(16)}` : s.op.op));
+  const calls = steps.map((s) =>
+    s.op.op === 'INJECT_SYSCALL' ? `${s.op.nr}(${s.op.args.map((a) => a.toString(16)).join(',')})=${s.expect?.toString(16)}` : s.op.op,
+  );
   t.same(calls, [
     '9(7000,1000,3,100022,ffffffffffffffff,0)=7000',
     'WRITE_MEM',
@@ -150,4 +153,25 @@ t.test('plan steps', async (t) => {
   t.equal(count(nrs(['eventfd']), 290), 0, 'omit=eventfd: none');
   t.equal(count(nrs(['signalfd']), 289), 0, 'omit=signalfd: none');
   t.equal(count(nrs(['membarrier']), 324), 0, 'omit=membarrier: none');
+});
+
+t.test('read-back: counters, masks and flags compared as the descriptors are after the plan', async (t) => {
+  const task = validateTask(good);
+  const image = imageWith({ eventfds: task.eventfds, signalfds: task.signalfds });
+  const now = { eventfds: task.eventfds!.map((e) => ({ ...e, semaphore: false })), signalfds: task.signalfds! };
+  t.same(compareEventFds(now, image, DEFAULT_POLICY), [], 'the semaphore flag is not compared (no probe after a restore)');
+  const wrong = compareEventFds({ eventfds: [{ ...now.eventfds[0]!, count: 2n }], signalfds: [] }, image, DEFAULT_POLICY);
+  t.same(
+    wrong.map((d) => `${d.what}: ${d.requested} / ${d.accepted}`),
+    [
+      'fd 4: eventfd count 3 flags 0o4000 / eventfd count 2 flags 0o4000',
+      'fd 5: eventfd count 8589934597 flags 0o2000000 / closed',
+      'fd 6: signalfd mask 0xa00 flags 0o4000 / closed',
+    ],
+  );
+  t.same(
+    compareEventFds({ eventfds: [], signalfds: [] }, image, { ...DEFAULT_POLICY, omit: ['eventfd', 'signalfd'] }),
+    [],
+    'what omit= leaves out is not expected',
+  );
 });
