@@ -17,6 +17,10 @@
  *                    pipe and waits on another for the parent to go on
  *   fdstate shared   the tree, with the first eventfd made before the fork:
  *                    one counter two processes hold (refused by name)
+ *   fdstate timer-threads  none of that: a SIGEV_THREAD timer every 1 ms
+ *                    (glibc clones a thread per expiry) for 30 ms, then
+ *                    exit 0 — its end races a clone, as CRIU's ZDTM
+ *                    pthread_timers does (the agent must still see it end)
  *
  * fdstate_checkpoint() is where the host stops it. After it the process
  * reads everything back and prints one line:
@@ -39,6 +43,7 @@
 #include <sys/signalfd.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #define BIG_COUNT ((1ULL << 33) + 5)
@@ -99,9 +104,29 @@ static int child(int ready, int go)
 	return 0;
 }
 
+static void tick(union sigval value)
+{
+	(void)value;
+}
+
+static int timer_threads(void)
+{
+	struct sigevent event = { .sigev_notify = SIGEV_THREAD, .sigev_notify_function = tick };
+	struct itimerspec every_ms = { .it_interval = { .tv_nsec = 1000000 }, .it_value = { .tv_nsec = 1000000 } };
+	timer_t timer;
+
+	if (timer_create(CLOCK_MONOTONIC, &event, &timer) != 0 || timer_settime(timer, 0, &every_ms, NULL) != 0)
+		return fail(1, "timer");
+	usleep(30000);
+	printf("fdstate timer-threads ok\n");
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	const char *mode = argc > 1 ? argv[1] : "";
+	if (!strcmp(mode, "timer-threads"))
+		return timer_threads();
 	int tree = !strcmp(mode, "tree") || !strcmp(mode, "shared");
 	int sem = -1;
 	if (!strcmp(mode, "shared"))
