@@ -63,7 +63,12 @@ export const IMAGE_FORMAT = 'cr-harness-checkpoint';
  * the checkpoint and the boot id they count from (time-namespace.ts), so a
  * restore in another boot continues them in a time namespace. A version 9
  * or 10 image is read with no clocks (a restore elsewhere then says the
- * clocks are the target boot's).
+ * clocks are the target boot's). Still 11, optional keys of task.json
+ * written only when present (an image without them reads as before):
+ * umask; eventfds (fd, counter as a decimal string, O_NONBLOCK/O_CLOEXEC
+ * flags, semaphore), signalfds (fd, mask as a hex string, flags) and
+ * membarrier (the private expedited registrations by name): event-fds.ts,
+ * membarrier.ts.
  */
 export const IMAGE_VERSION = 11;
 /** Versions read as they are: 10 differs from 11 only in holding no clocks.json, 9 also no tree entries and no depends.json. */
