@@ -7,7 +7,10 @@
 // checkpointed inside a handler that then writes another alternate stack into its frame's uc_stack has that stack
 // after rt_sigreturn (the kernel installs the frame's uc_stack), under both restorers, as natively.
 // Negative controls: omit=signals (dispositions, mask, alternate stack and queues lost) and, inside a handler,
-// regs=partial.
+// regs=partial. The descriptor side of signals and its neighbours (fdstate): a signalfd for SIGUSR1|SIGUSR2 with
+// SIGUSR1 pending, an EFD_SEMAPHORE eventfd (counter 3) and one at 2^33+5, and a private expedited membarrier
+// registration survive a checkpoint, read back as uninterrupted; omit=signalfd, omit=eventfd and omit=membarrier each
+// end with the program naming the loss.
 import t, { type Test } from 'tap';
 import { DEFAULT_POLICY } from '../harness/restore/policy.ts';
 import { siginfoSigno } from '../harness/restore/signals.ts';
@@ -94,6 +97,56 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
       tag: 'criu-state-mask',
       expect: shows('sigstate mismatch naming the mask', (a) => /^sigstate mismatch:.*\bblocked\b/m.test(a.witnesses.output ?? '')),
     },
+  ]);
+
+  // Provoke: a signalfd, two eventfds and a membarrier registration, then a stop at fdstate_checkpoint (event-fds.ts, membarrier.ts).
+  const fdstateBinary = guest.image.guestPaths.fdstate!;
+  const fdstate = await breakpointScenario(t, guest, {
+    name: 'a signalfd with a pending signal, eventfd counters (one a semaphore), a membarrier registration',
+    workload: { binary: fdstateBinary, argv: [fdstateBinary], breakAt: guest.symbols.resolve('fdstate:fdstate_checkpoint') },
+  });
+  t.equal(
+    `${fdstate.reference.ended}: ${fdstate.expected}`,
+    'exited 0: fdstate ok: sem 1 1 1 again, big 8589934597, signal 10, membarrier 0',
+    'uninterrupted: three reads of 1 from the semaphore, the 2^33+5 counter, SIGUSR1 through the signalfd, a membarrier that succeeds',
+  );
+  const lost = (omit: 'eventfd' | 'signalfd' | 'membarrier', ended: string, line: RegExp) => ({
+    title: `negative control omit=${omit}: the program names what was lost`,
+    policy: { ...DEFAULT_POLICY, omit: [omit] },
+    tag: `fdstate-omit-${omit}`,
+    expect: 'differs' as const,
+    check: (t: Test, a: BreakpointAttempt) => {
+      t.match(a.witnesses.output, line, `caught: ${a.observed}`);
+      t.equal(a.witnesses.ended, ended);
+    },
+  });
+  await runTable(t, CASE, fdstate, [
+    {
+      title: 'eventfd counters (a semaphore, one past 32 bits), a signalfd with SIGUSR1 pending, a membarrier registration',
+      policy: DEFAULT_POLICY,
+      tag: 'fdstate',
+      expect: 'resumes',
+      check: (t, a) => {
+        const task = a.checkpointed!.image!.task;
+        t.same(
+          task.eventfds?.map((e) => [e.fd, e.count, e.semaphore]),
+          [
+            [3, 3n, true],
+            [4, (1n << 33n) + 5n, false],
+          ],
+          'the image holds both eventfds, the semaphore flag probed (the 6.1 fdinfo does not show it)',
+        );
+        t.same(
+          task.signalfds?.map((x) => [x.fd, x.mask]),
+          [[5, (1n << BigInt(SIGUSR1 - 1)) | (1n << BigInt(SIGUSR2 - 1))]],
+          'and the signalfd for SIGUSR1|SIGUSR2',
+        );
+        t.same(task.membarrier, ['private-expedited'], 'and the registration');
+      },
+    },
+    lost('eventfd', 'exited 2', /^fdstate semaphore eventfd read: Bad file descriptor$/m),
+    lost('signalfd', 'exited 3', /^fdstate signalfd read: Bad file descriptor$/m),
+    lost('membarrier', 'exited 4', /^fdstate membarrier: Operation not permitted$/m),
   ]);
 
   // Provoke: a stop inside a handler that then writes another alternate stack into its frame's uc_stack.

@@ -1,5 +1,5 @@
 // expect: a checkpoint of a process holding state the restore core does not capture is refused at checkpoint time
-// with a CheckpointError naming it — an eventfd (by fd), personality(READ_IMPLIES_EXEC), and several kinds at once,
+// with a CheckpointError naming it — an epoll instance (by fd), personality(READ_IMPLIES_EXEC), and several kinds at once,
 // each named — and leaves no stopped process behind. Negative control: the same personality checkpoint with the
 // check skipped (uncapturable=ignore) is taken and restored, and the restored run differs from the uninterrupted one
 // (READ_IMPLIES_EXEC silently gone) — what the refusal prevents. A process holding nothing extra, or umask 077
@@ -27,12 +27,12 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
 
   // Provoke and checkpoint: the process stops at holdstate_checkpoint holding the states; the checkpoint refuses them by name.
   const refusals: Array<{ tag: string; states: string[]; names: string[] }> = [
-    { tag: 'eventfd', states: ['eventfd'], names: ['eventfd'] },
+    { tag: 'epoll', states: ['epoll'], names: ['eventpoll'] },
     { tag: 'personality', states: ['personality'], names: ['personality'] },
     {
       tag: 'several',
-      states: ['eventfd', 'pipe', 'socket', 'timerfd', 'seccomp', 'timer', 'umask'],
-      names: ['eventfd', 'pipe', 'socket', 'timerfd', 'seccomp', 'no_new_privs', 'POSIX timer'],
+      states: ['epoll', 'pipe', 'socket', 'timerfd', 'seccomp', 'timer', 'umask'],
+      names: ['eventpoll', 'pipe', 'socket', 'timerfd', 'seccomp', 'no_new_privs', 'POSIX timer'],
     },
   ];
   const crhOnly = runsEngine('crh') ? {} : { skip: 'engine crh not asked for (--engine criu)' };

@@ -1,4 +1,4 @@
-// expect: a program `crh cr` cannot checkpoint (it holds an eventfd, which no module restores) makes crh exit 1 — a limitation of the C/R under test, never a usage error (2) — with a CheckpointError that names the state and where it was seen.
+// expect: a program `crh cr` cannot checkpoint (it holds an epoll instance, which no module restores) makes crh exit 1 — a limitation of the C/R under test, never a usage error (2) — with a CheckpointError that names the state and where it was seen.
 import t from 'tap';
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -7,7 +7,7 @@ import { execa } from 'execa';
 import { buildGuestBinaries } from '../harness/image/guest-binaries.ts';
 import { REPO_ROOT } from '../harness/util/cache-dir.ts';
 
-t.test('crh cr on a process holding an eventfd: exit 1 with the reason', async (t) => {
+t.test('crh cr on a process holding an epoll instance: exit 1 with the reason', async (t) => {
   const dir = await mkdtemp(path.join(tmpdir(), 'crh-repro-uncheckpointable-'));
   const holdstate = (await buildGuestBinaries()).hostPath.holdstate!;
   const r = await execa(
@@ -24,14 +24,14 @@ t.test('crh cr on a process holding an eventfd: exit 1 with the reason', async (
       '--artifacts',
       path.join(dir, 'artifacts'),
       '--',
-      'eventfd',
+      'epoll',
     ],
     { reject: false, cwd: REPO_ROOT },
   );
   t.equal(r.exitCode, 1, 'exit 1, not 2');
   t.match(
     r.stderr,
-    /CheckpointError: the program could not be checkpointed at this point: pid \d+ holds state the restore core does not capture: eventfd \(fd \d+: anon_inode:\[eventfd\]\)/,
+    /CheckpointError: the program could not be checkpointed at this point: pid \d+ holds state the restore core does not capture: eventpoll \(fd \d+: anon_inode:\[eventpoll\]\)/,
     'the reason, naming the state',
   );
   t.notMatch(r.stderr, /UsageError/);

@@ -12,8 +12,6 @@ import { DEFAULT_POLICY } from '../harness/restore/policy.ts';
 
 /** Each state the workload can take, and the names the refusal must give. */
 const STATES: Record<string, string[]> = {
-  eventfd: ['eventfd'],
-  signalfd: ['signalfd'],
   timerfd: ['timerfd'],
   epoll: ['eventpoll'],
   inotify: ['inotify'],

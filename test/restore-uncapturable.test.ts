@@ -41,9 +41,9 @@ t.test('descriptor links by kind', async (t) => {
   t.equal(descriptorState('/tmp/log'), undefined, 'a path: files.ts decides');
   t.equal(descriptorState('/dev/null'), undefined);
   t.equal(descriptorState('anon_inode:[userfaultfd]'), undefined, 'userfaultfd.ts handles it');
-  t.equal(descriptorState('anon_inode:[eventfd]'), 'eventfd');
+  t.equal(descriptorState('anon_inode:[eventfd]'), undefined, "an eventfd is event-fds.ts's");
   t.equal(descriptorState('anon_inode:[eventpoll]'), 'eventpoll');
-  t.equal(descriptorState('anon_inode:[signalfd]'), 'signalfd');
+  t.equal(descriptorState('anon_inode:[signalfd]'), undefined, "a signalfd is event-fds.ts's");
   t.equal(descriptorState('anon_inode:[timerfd]'), undefined, "a timerfd is timers.ts's");
   t.equal(descriptorState('anon_inode:[io_uring]'), 'io_uring');
   t.equal(descriptorState('anon_inode:[perf_event]'), 'perf_event');

@@ -256,15 +256,21 @@ out:
 	return rc;
 }
 
-/* Seizes one thread and collects its first stop. */
+/* Seizes one thread and collects its first stop: 0, -1 on failure, or 1
+ * when a thread other than the leader ended before it stopped — a short-lived
+ * thread (a SIGEV_THREAD timer's: CRIU's ZDTM pthread_timers) listed in
+ * /proc/PID/task a moment before it exited, with nothing left to stop. */
 static int seize_thread(struct call *c, pid_t pid, pid_t tid)
 {
 	int st;
 
 	if (ptrace(PTRACE_SEIZE, tid, 0,
 		   (void *)(long)(PTRACE_O_EXITKILL | PTRACE_O_TRACEEXEC | PTRACE_O_TRACESYSGOOD |
-				  PTRACE_O_TRACECLONE)) < 0)
+				  PTRACE_O_TRACECLONE)) < 0) {
+		if (errno == ESRCH && tid != pid)
+			return 1;
 		return fail_errno(c, "PTRACE_SEIZE %d", (int)tid);
+	}
 	if (!task_add(tid, pid, false))
 		return fail(c, ENOMEM, "task table");
 	if (ptrace(PTRACE_INTERRUPT, tid, 0, 0) < 0)
@@ -275,6 +281,8 @@ static int seize_thread(struct call *c, pid_t pid, pid_t tid)
 	for (;;) {
 		if (wait_for(tid, &st) < 0)
 			return fail_errno(c, "waitpid %d", (int)tid);
+		if ((WIFEXITED(st) || WIFSIGNALED(st)) && tid != pid)
+			return 1; /* reaped: wait_for forgot it */
 		if (WIFEXITED(st) || WIFSIGNALED(st))
 			return fail(c, ESRCH, "thread %d ended while being attached", (int)tid);
 		if (st >> 16 == PTRACE_EVENT_STOP)
@@ -317,11 +325,13 @@ int op_attach(struct call *c)
 
 			if (tid <= 0 || task_find(tid))
 				continue;
-			if (seize_thread(c, pid, tid) < 0) {
+			int seized = seize_thread(c, pid, tid);
+
+			if (seized < 0) {
 				closedir(d);
 				goto undo;
 			}
-			grew = true;
+			grew = grew || seized == 0;
 		}
 		closedir(d);
 	}

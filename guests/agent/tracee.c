@@ -209,8 +209,44 @@ void stash_status(pid_t tid, int status)
  * leaves SIGCHLD pending and sigtimedwait() returns at once: no lost wakeup.
  * A SIGCHLD for another process's tracee only costs a round.
  */
+/*
+ * Threads of `tgid` that /proc/TGID/task lists and the table lacks, added;
+ * how many. A thread cloned just as an exit_group killed its creator is
+ * traced (PTRACE_O_TRACECLONE attaches it in the clone itself), but the
+ * creator's PTRACE_EVENT_CLONE stop never happens, so the table never
+ * learns of it: its exit would be collected by no one, and the zombie
+ * leader, reported only once every other thread is reaped, never reported
+ * (a process whose SIGEV_THREAD timer clones a thread per expiry, ending:
+ * 12 RUNs in 40 to its end failed so before this). Looked for only while
+ * the leader is a zombie: that is when one can be missing.
+ */
+static int adopt_unreported(pid_t tgid)
+{
+	char path[64];
+	struct dirent *e;
+	int added = 0;
+	DIR *d;
+
+	if (!is_zombie(tgid))
+		return 0;
+	snprintf(path, sizeof path, "/proc/%d/task", (int)tgid);
+	d = opendir(path);
+	if (!d)
+		return 0;
+	while ((e = readdir(d)) != NULL) {
+		pid_t t = (pid_t)atoi(e->d_name);
+
+		if (t > 0 && !task_find(t) && task_add(t, tgid, false))
+			added++;
+	}
+	closedir(d);
+	return added;
+}
+
 int wait_any(pid_t tgid, pid_t *tid, int *status, const struct timespec *deadline)
 {
+	bool adopted = false;
+
 	if (stashed.set) {
 		struct task *t = task_find(stashed.tid);
 
@@ -255,6 +291,11 @@ int wait_any(pid_t tgid, pid_t *tid, int *status, const struct timespec *deadlin
 		if (!any) {
 			errno = ECHILD;
 			return -1;
+		}
+		/* Once per call: one adopted and then found not ours (ECHILD) is dropped, not looped on. */
+		if (!adopted && adopt_unreported(tgid) > 0) {
+			adopted = true;
+			continue;
 		}
 		if (!deadline) {
 			sigwaitinfo(&sigchld_set, NULL);

@@ -3,7 +3,8 @@
  * a ptrace stop, as RUN leaves them: each thread's registers, xstate, debug
  * registers, rseq registration, mask, pending queue, alternate stack,
  * clear_child_tid and robust list (threads.ts), the process's signal state,
- * files (a userfaultfd among them), the memory map, every mapping isDumped()
+ * files (a userfaultfd, eventfds and signalfds among them), its membarrier
+ * registrations, the memory map, every mapping isDumped()
  * selects (with the file and offset of a file mapping, and the
  * userfaultfd registration and absent pages of a registered one, and the
  * mapping attributes a restore gives back: vma-flags.ts) and the
@@ -35,6 +36,7 @@ import { capturePkeys } from './pkeys.ts';
 import { refuseUncapturable, specialFileProblems, uncapturableError } from './uncapturable.ts';
 import { probeMembarrier } from './membarrier.ts';
 import { captureVmFlags, vmaFlagsProblems } from './vma-flags.ts';
+import { captureEventFds, eventfdDescriptors, sharedEventfdProblems } from './event-fds.ts';
 import { readProcText } from './proc-text.ts';
 import { readPlatformDependencies } from './platform-dependencies.ts';
 import { readProcessClocks } from './time-namespace.ts';
@@ -107,14 +109,14 @@ async function captureBlocked(
     const restartBlock = threadRestartBlockProblem(tid, t.regs);
     if (restartBlock && refuse) throw new CheckpointError(`pid ${pid}: ${restartBlock}`, { state: 'restart_block', target: `thread ${tid}` });
   }
-  // A path that names a FIFO or a device node, a membarrier registration (calls injected: signals are blocked by now);
-  // mapping attributes a restore's mmap does not give back (smaps).
+  // A path that names a FIFO or a device node (an fstat injected: signals are blocked by now), one eventfd two
+  // descriptors hold (kcmp); mapping attributes a restore's mmap does not give back (smaps).
   if (refuse) {
     // A tree's FIFOs are its own (tree-fifos.ts): captured with their queued bytes, not refused.
     const special = (
       await withRseqCsParked(agent, pid, [main.rseq, ...threads.map((t) => t.rseq)], async () => [
         ...(await specialFileProblems(agent, pid)),
-        ...(await probeMembarrier(agent, pid)),
+        ...(await sharedEventfdProblems(agent, await eventfdDescriptors(agent, pid))),
       ])
     ).filter((u) => !(pipesCaptured && u.state === 'fifo'));
     special.push(...vmaFlagsProblems(pid, await readProcText(agent, `/proc/${pid}/smaps`)));
@@ -131,7 +133,7 @@ async function captureBlocked(
     .filter((m) => isDumped(m, process.binary))
     .map((m) => ({ ...m, userfault: registrations.get(m.start) ?? 0 }));
   checkRegistrations(pid, dumped, task.userfaultfds ?? []);
-  const { clocks, dispositions, links, absent, ldt, timers, pkeys } = await withRseqCsParked(
+  const { clocks, dispositions, links, absent, ldt, timers, pkeys, eventFds, membarrier } = await withRseqCsParked(
     agent,
     pid,
     [main.rseq, ...threads.map((t) => t.rseq)],
@@ -151,9 +153,15 @@ async function captureBlocked(
       const timers = await captureTimers(agent, pid, timerfdFds);
       // After every thread's xstate was read: the probe's pkey_alloc calls grant rights in this thread's PKRU.
       const pkeys = await capturePkeys(agent, pid, dumped);
-      return { clocks, dispositions, links, absent, ldt, timers, pkeys };
+      // Injected too: an eventfd's semaphore flag where fdinfo does not show it, and the membarrier probes.
+      const eventFds = await captureEventFds(agent, pid);
+      const membarrier = await probeMembarrier(agent, pid);
+      return { clocks, dispositions, links, absent, ldt, timers, pkeys, eventFds, membarrier };
     },
   );
+  if (eventFds.eventfds.length > 0) task.eventfds = eventFds.eventfds;
+  if (eventFds.signalfds.length > 0) task.signalfds = eventFds.signalfds;
+  if (membarrier.length > 0) task.membarrier = membarrier;
   threads.forEach((t, i) => Object.assign(t, links.others[i]));
   // Last, after every injected call: a timer that fired meanwhile is in here.
   const signals = { ...dispositions, pending: await capturePending(agent, pid) };

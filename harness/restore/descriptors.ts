@@ -5,6 +5,7 @@
  * and dup3 then moves it to the number the image had.
  */
 import { CheckpointError } from '../errors.ts';
+import type { TaskState } from './image-model.ts';
 import type { PlanStep } from './plan-step.ts';
 
 const NR = { close: 3, dup3: 292 } as const;
@@ -46,4 +47,14 @@ export class DescriptorTable {
       { op: { op: 'INJECT_SYSCALL', pid, nr: NR.close, args: [BigInt(got)] }, why: `close the temporary fd ${got}`, expect: 0n },
     ];
   }
+}
+
+/** Every descriptor task.json restores (its files, userfaultfds, eventfds and signalfds; timers.json's timerfds are not in it). Pure. */
+export function imageDescriptors(task: TaskState): number[] {
+  return [
+    ...task.files.map((f) => f.fd),
+    ...(task.userfaultfds ?? []).map((u) => u.fd),
+    ...(task.eventfds ?? []).map((e) => e.fd),
+    ...(task.signalfds ?? []).map((s) => s.fd),
+  ];
 }

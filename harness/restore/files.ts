@@ -18,6 +18,7 @@ export { CheckpointError };
 import { DescriptorTable } from './descriptors.ts';
 import { ScratchLayout } from './scratch.ts';
 import { TIMERFD_LINK } from './timers.ts';
+import { EVENTFD_LINK, SIGNALFD_LINK } from './event-fds.ts';
 import { parseUserfaultfdFdinfo, USERFAULTFD_LINK } from './userfaultfd.ts';
 
 export const FIRST_RESTORED_FD = 3;
@@ -88,8 +89,8 @@ export async function captureTask(agent: AgentClient, pid: number, { skipPipes =
   for (const fd of fds) {
     const path = await agent.call({ op: 'READLINK', path: `/proc/${pid}/fd/${fd}` });
     const fdinfo = (await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/fdinfo/${fd}`, maxSize: 65536 })).toString('utf8');
-    // A timerfd is timers.ts's: created again with its clock, flags and settings.
-    if (path === TIMERFD_LINK) continue;
+    // A timerfd is timers.ts's: created again with its clock, flags and settings; eventfds and signalfds event-fds.ts's.
+    if (path === TIMERFD_LINK || path === EVENTFD_LINK || path === SIGNALFD_LINK) continue;
     if (skipPipes && (/^(pipe|socket):\[\d+\]$/.test(path) || /^\/memfd:.* \(deleted\)$/.test(path))) continue;
     if (path === USERFAULTFD_LINK) {
       userfaultfds.push({ fd, ...parseUserfaultfdFdinfo(fdinfo) });

@@ -189,7 +189,34 @@ export interface TaskState {
   userfaultfds?: UserfaultfdState[];
   /** its file-mode creation mask (umask(2)); absent in images from before it was kept: the restoring agent's */
   umask?: number;
+  /** its eventfds (event-fds.ts); absent when none */
+  eventfds?: EventfdState[];
+  /** its signalfds (event-fds.ts); absent when none */
+  signalfds?: SignalfdState[];
+  /** the membarrier(2) registrations of its mm (membarrier.ts); absent when none */
+  membarrier?: MembarrierRegistration[];
 }
+
+export interface EventfdState {
+  fd: number;
+  /** the counter, 0 to 2^64-2 */
+  count: bigint;
+  /** O_CLOEXEC and O_NONBLOCK, as eventfd2 takes them */
+  flags: number;
+  /** EFD_SEMAPHORE: each read takes 1 */
+  semaphore: boolean;
+}
+
+export interface SignalfdState {
+  fd: number;
+  /** the signals it reads, bit n-1 = signal n */
+  mask: bigint;
+  /** O_CLOEXEC and O_NONBLOCK, as signalfd4 takes them */
+  flags: number;
+}
+
+/** A private expedited membarrier registration (membarrier.ts). */
+export type MembarrierRegistration = 'private-expedited' | 'private-expedited-sync-core' | 'private-expedited-rseq';
 
 export interface UserfaultfdState {
   fd: number;

@@ -31,6 +31,7 @@ import { packStored, storedRanges } from './stored-pages.ts';
 import { dependenciesJson } from './platform-dependencies.ts';
 import { threadsJson } from './threads.ts';
 import { timersJson } from './timers.ts';
+import { eventFdsJson } from './event-fds.ts';
 import { clocksJson } from './time-namespace.ts';
 
 export const IMAGE_FORMAT = 'cr-harness-checkpoint';
@@ -64,7 +65,12 @@ export const IMAGE_FORMAT = 'cr-harness-checkpoint';
  * regions may carry `vmFlags`, the mapping attributes a restore gives back
  * (vma-flags.ts), written only when a region has one. A version 9
  * or 10 image is read with no clocks (a restore elsewhere then says the
- * clocks are the target boot's).
+ * clocks are the target boot's). Still 11, optional keys of task.json
+ * written only when present (an image without them reads as before):
+ * umask; eventfds (fd, counter as a decimal string, O_NONBLOCK/O_CLOEXEC
+ * flags, semaphore), signalfds (fd, mask as a hex string, flags) and
+ * membarrier (the private expedited registrations by name): event-fds.ts,
+ * membarrier.ts.
  */
 export const IMAGE_VERSION = 11;
 /** Versions read as they are: 10 differs from 11 only in holding no clocks.json, 9 also no tree entries and no depends.json. */
@@ -151,6 +157,8 @@ export function imageEntries(image: CheckpointImage, extra: ReadonlyMap<string, 
       files: image.task.files.map((f) => ({ ...f, pos: f.pos.toString() })),
       userfaultfds: image.task.userfaultfds ?? [],
       ...(image.task.umask !== undefined ? { umask: image.task.umask } : {}),
+      ...eventFdsJson(image.task),
+      ...(image.task.membarrier?.length ? { membarrier: image.task.membarrier } : {}),
     }),
   );
   entries.set('threads.json', json(threadsJson(image)));

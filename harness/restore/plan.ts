@@ -21,6 +21,8 @@ import { fileSteps, sessionSteps, umaskSteps } from './files.ts';
 import { ldtSteps } from './ldt.ts';
 import { timerSteps } from './timers.ts';
 import { userfaultfdSteps } from './userfaultfd.ts';
+import { eventFdSteps } from './event-fds.ts';
+import { membarrierSteps } from './membarrier.ts';
 import { rewindInterruptedSyscall } from './syscall-restart.ts';
 import { reissueSleep, type SleepReissue } from './sleep-deadline.ts';
 import { pkeySteps } from './pkeys.ts';
@@ -206,6 +208,13 @@ export function compileRestorePlan(checkpointed: CheckpointImage, probe: TargetP
   // After the memory writes: a write to a registered, missing page would fault to a server that is not running.
   const openFds = [...(probe.fds ?? [0, 1, 2]), ...(omits(policy, 'files') ? [] : image.task.files.map((f) => f.fd))];
   steps.push(...userfaultfdSteps(pid, userfaultfds, image.regions, openFds, freePage(probe.maps, imageMaps)));
+  // eventfds and signalfds at their numbers (event-fds.ts), and the membarrier registrations (membarrier.ts).
+  const eventFds = {
+    eventfds: omits(policy, 'eventfd') ? [] : (image.task.eventfds ?? []),
+    signalfds: omits(policy, 'signalfd') ? [] : (image.task.signalfds ?? []),
+  };
+  steps.push(...eventFdSteps(pid, eventFds, [...openFds, ...userfaultfds.map((u) => u.fd)], freePage(probe.maps, imageMaps)));
+  if (!omits(policy, 'membarrier')) steps.push(...membarrierSteps(pid, image.task.membarrier ?? []));
 
   // The LDT before any register write, the threads' included: SETREGS (or
   // a sigreturn frame) only stores DS/ES/FS/GS; the kernel loads them into
@@ -241,7 +250,7 @@ export function compileRestorePlan(checkpointed: CheckpointImage, probe: TargetP
   // names one — and every signal is blocked: one that fires while the rest
   // of the plan runs waits in the queue until the image's mask is set.
   if (!omits(policy, 'timers')) {
-    const fdsNow = [...openFds, ...userfaultfds.map((u) => u.fd)];
+    const fdsNow = [...openFds, ...userfaultfds.map((u) => u.fd), ...eventFds.eventfds.map((e) => e.fd), ...eventFds.signalfds.map((x) => x.fd)];
     steps.push(...timerSteps(pid, image.process.pid, image.timers, fdsNow, freePage(probe.maps, imageMaps)));
   }
 

@@ -115,6 +115,14 @@ export type RseqFixupPolicy = (typeof RSEQ_FIXUP_POLICIES)[number];
  *   later mprotect to PROT_WRITE fails with EACCES), as before they were kept.
  * - zombies: a tree's zombies (tree-zombies.ts) are not made again: their
  *   parents' waits find no such child (ECHILD), as if they had been reaped.
+ * - eventfd: no eventfd is created (event-fds.ts): the descriptor is not
+ *   there, and the program's read or write of it fails with EBADF — its
+ *   counter is lost.
+ * - signalfd: no signalfd is created (event-fds.ts): the descriptor is not
+ *   there, and the signals it would have read stay pending.
+ * - membarrier: the process is not registered for the private expedited
+ *   membarrier commands again (membarrier.ts): its next one fails with
+ *   EPERM, as before registrations were kept.
  */
 export const OMITTABLE = [
   'debugregs',
@@ -139,6 +147,9 @@ export const OMITTABLE = [
   'umask',
   'vma-flags',
   'zombies',
+  'eventfd',
+  'signalfd',
+  'membarrier',
 ] as const;
 export type Omittable = (typeof OMITTABLE)[number];
 

@@ -15,7 +15,17 @@ import { describeOp } from '../agent/ops.ts';
 import { AgentError } from '../errors.ts';
 import { PROC_TEXT_MAX_BYTES } from './proc-text.ts';
 import { NT_X86_XSTATE, USER_REGS_FIELDS, debugRegOffset, hex, type UserRegs } from '../x86/registers.ts';
-import { DEBUG_REG_NAMES, type CheckpointImage, type DebugRegs, type OpenFile, type RseqState, type TaskState, type TimerState } from './image-model.ts';
+import {
+  DEBUG_REG_NAMES,
+  type CheckpointImage,
+  type DebugRegs,
+  type EventfdState,
+  type OpenFile,
+  type RseqState,
+  type SignalfdState,
+  type TaskState,
+  type TimerState,
+} from './image-model.ts';
 import type { PlanStep } from './plan-step.ts';
 import { omits, type RestorePolicy } from './policy.ts';
 import { parseMaps } from './proc-maps.ts';
@@ -24,6 +34,7 @@ import { siginfoSigno } from './signals.ts';
 import { isTimerSignal, NO_TIMERS } from './timers.ts';
 import { parseSmapsPkeys } from './pkeys.ts';
 import { describeModes, describeUserfaultfd, parseSmapsRegistrations } from './userfaultfd.ts';
+import { describeEventFd } from './event-fds.ts';
 
 /** What a restore asked for and what the kernel holds instead, for people: `what` names the task when it is not the main one. */
 export interface Difference {
@@ -303,6 +314,27 @@ export function compareUserfaultfds(now: TaskState, image: CheckpointImage): Rea
             subject: { kind: 'userfaultfd' as const, fd: u.fd },
           },
         ];
+  });
+}
+
+/**
+ * Each eventfd's counter and flags and each signalfd's mask and flags, as
+ * the descriptors are now (`now`: event-fds.ts captureEventFds without its
+ * probe, which would move the counter: the semaphore flag is not compared).
+ * What the policy omits is not expected. Pure.
+ */
+export function compareEventFds(
+  now: { eventfds: readonly EventfdState[]; signalfds: readonly SignalfdState[] },
+  image: CheckpointImage,
+  policy: RestorePolicy,
+): ReadBackDifference[] {
+  const expected = [...(omits(policy, 'eventfd') ? [] : (image.task.eventfds ?? [])), ...(omits(policy, 'signalfd') ? [] : (image.task.signalfds ?? []))];
+  const got = [...now.eventfds, ...now.signalfds];
+  return expected.flatMap((e) => {
+    const there = got.find((g) => g.fd === e.fd);
+    return describeEventFd(there) === describeEventFd(e)
+      ? []
+      : [{ what: `fd ${e.fd}`, requested: describeEventFd(e), accepted: describeEventFd(there), subject: { kind: 'descriptor' as const, fd: e.fd } }];
   });
 }
 

@@ -31,7 +31,8 @@ import { assertThreadsAdmitted } from './threads.ts';
 import { BOOT_ID_PATH } from './sleep-deadline.ts';
 import { clockDecision, readTargetClocks, type ClockDecision } from './time-namespace.ts';
 import { errnoName } from '../agent/errno.ts';
-import { compareTask, compareUserfaultfds, readBackBatch, type Difference } from './read-back.ts';
+import { compareEventFds, compareTask, compareUserfaultfds, readBackBatch, type Difference } from './read-back.ts';
+import { captureEventFds } from './event-fds.ts';
 
 const EEXIST = 17;
 /** Bound on a target's xstate regset read (the largest XSAVE layouts, AMX included, stay below 12 KiB). */
@@ -221,7 +222,7 @@ export function checkSteps(plan: PlanStep[], steps: BatchStep[]): void {
 /**
  * The read-back (read-back.ts: every task's checks in one BATCH, compared
  * purely), then what needs the descriptor table: session, descriptors and
- * userfaultfds, from one look at it. A restored tree's pipes are read back
+ * userfaultfds, from one look at it; eventfds and signalfds from their fdinfo. A restored tree's pipes are read back
  * by tree-restore.ts. `image` is what the plan asked for.
  */
 async function readBack(agent: AgentClient, pid: number, plan: PlanStep[], image: CheckpointImage, policy: RestorePolicy): Promise<Difference[]> {
@@ -231,5 +232,8 @@ async function readBack(agent: AgentClient, pid: number, plan: PlanStep[], image
   const task = files || userfaultfds ? await captureTask(agent, pid, { skipPipes: true }) : undefined;
   if (task && files) differences.push(...compareTask(task, pid, image));
   if (task && userfaultfds) differences.push(...compareUserfaultfds(task, image));
+  const eventFds =
+    (!omits(policy, 'eventfd') && (image.task.eventfds?.length ?? 0) > 0) || (!omits(policy, 'signalfd') && (image.task.signalfds?.length ?? 0) > 0);
+  if (eventFds) differences.push(...compareEventFds(await captureEventFds(agent, pid, { probe: false }), image, policy));
   return differences;
 }

@@ -48,6 +48,7 @@ import { capturePipes, pipeObject } from './tree-pipes.ts';
 import { captureSocketpairs, socketpairObject } from './tree-sockets.ts';
 import { captureMemfds, memfdName, memfdObject } from './tree-memfds.ts';
 import { creatorOf } from './tree-shared-objects.ts';
+import { sharedEventfdProblems } from './event-fds.ts';
 import { creationOrder, planTreeSkeleton, sharedAnonymousObjects, type ProcessTree, type TreeMember, type TreeZombie } from './tree.ts';
 import { uncapturableError, type Uncapturable } from './uncapturable.ts';
 import { parseExitCode, zombieCaptureProblem } from './tree-zombies.ts';
@@ -197,6 +198,12 @@ export async function checkpointTree(
     const cmdline = (await agent.call({ op: 'READ_FILE', path: `/proc/${m.pid}/cmdline`, maxSize: 65536 })).toString('utf8').split('\0').slice(0, -1);
     const info: ProcessInfo = m.pid === root.pid ? root : { ...root, pid: m.pid, argv: cmdline };
     tree.members.push({ ...m, image: await checkpointProcess(agent, info, platform, { ...options, pipesCaptured: true }) });
+  }
+  // One eventfd inherited across fork is one counter (event-fds.ts): refused by name rather than made once per holder.
+  if ((options.uncapturable ?? 'refuse') === 'refuse') {
+    const held = tree.members.flatMap((m) => (m.image.task.eventfds ?? []).map((e) => ({ pid: m.pid, fd: e.fd })));
+    const shared = await sharedEventfdProblems(agent, held);
+    if (shared.length > 0) throw uncapturableError(root.pid, shared);
   }
   // FIFOs first (an fstat injected for each path descriptor): their descriptors are the FIFO's, never a shared file's.
   const fifos = await captureFifos(

@@ -23,6 +23,7 @@ import { DEFAULT_PIPE_BYTES, pipeObject } from './tree-pipes.ts';
 import { socketpairObject } from './tree-sockets.ts';
 import { fdinfoInode, memfdName, memfdObject, memfdUnmaps, privateCopies } from './tree-memfds.ts';
 import { parkingBase, withSharedObjects } from './tree-shared-objects.ts';
+import { imageDescriptors } from './descriptors.ts';
 import { identityProblem, privateDescriptions, sharedFileObject, statPaths } from './tree-files.ts';
 import { fifoObject, fifoPathProblem, FIFO_FLAGS } from './tree-fifos.ts';
 import { omits, assertPolicyAdmits, type RestorePolicy } from './policy.ts';
@@ -438,11 +439,7 @@ export function planTreeRestore(
   const fifos = (tree.fifos ?? []).map((f) => (omits(policy, 'pipe-contents') ? { ...f, queued: Buffer.alloc(0) } : f));
   // omit=shared-descriptions: each holder opens a shared file itself, an offset of its own (the control).
   const sharedFiles = omits(policy, 'shared-descriptions') ? privateDescriptions(tree.sharedFiles ?? []) : (tree.sharedFiles ?? []);
-  const fdsInTree = tree.members.flatMap((m) => [
-    ...m.image.task.files.map((f) => f.fd),
-    ...(m.image.task.userfaultfds ?? []).map((u) => u.fd),
-    ...m.image.timers.timerfds.map((x) => x.fd),
-  ]);
+  const fdsInTree = tree.members.flatMap((m) => [...imageDescriptors(m.image.task), ...m.image.timers.timerfds.map((x) => x.fd)]);
   // One planner places every object shared through descriptors: each created in its holding ancestor, parked above
   // every descriptor of the tree, then dup3'ed into its holders.
   const objects = [

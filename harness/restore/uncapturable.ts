@@ -8,7 +8,8 @@
  * - descriptors of a kind no module handles (files.ts holds regular files,
  *   directories and a few devices; userfaultfd.ts a userfaultfd): sockets,
  *   pipes, memfds, namespace descriptors, and every anonymous inode but a
- *   timerfd — eventfd, eventpoll, signalfd, io_uring, perf_event, inotify,
+ *   timerfd, an eventfd and a signalfd (event-fds.ts; one eventfd held by
+ *   two descriptors is refused there: sharedEventfdProblems) — eventpoll, io_uring, perf_event, inotify,
  *   fanotify, pidfd, bpf maps and programs — each named with its fd; a
  *   timerfd timers.ts cannot create again (TFD_TIMER_CANCEL_ON_SET, an
  *   alarm clock); a path that names a FIFO, a socket file or a device node
@@ -40,6 +41,7 @@ import type { AgentClient } from '../agent/client.ts';
 import { AgentError, CheckpointError } from '../errors.ts';
 import { withScratchPage } from './scratch.ts';
 import { USERFAULTFD_LINK } from './userfaultfd.ts';
+import { EVENTFD_LINK, SIGNALFD_LINK } from './event-fds.ts';
 import { parseProcTimers, parseTimerfdFdinfo, procTimerProblem, TIMERFD_LINK, timerfdProblem, type ProcTimer } from './timers.ts';
 
 /** One piece of state the image cannot hold: what it is, where it was seen, and the evidence. */
@@ -96,7 +98,7 @@ export function personalityProblem(pid: number, text: string, agentText: string,
 
 /** The kinds of descriptor link (readlink /proc/PID/fd/N) no module captures; undefined when one does. */
 export function descriptorState(link: string): string | undefined {
-  if (link === USERFAULTFD_LINK || link === TIMERFD_LINK) return undefined;
+  if (link === USERFAULTFD_LINK || link === TIMERFD_LINK || link === EVENTFD_LINK || link === SIGNALFD_LINK) return undefined;
   if (link.startsWith('/memfd:')) return 'memfd';
   // A path: files.ts decides (regular files, directories, a few devices; a deleted file it refuses itself).
   if (link.startsWith('/')) return undefined;

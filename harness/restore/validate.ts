@@ -41,6 +41,9 @@ import {
   type TimerfdState,
   type TimerState,
   type UserfaultfdState,
+  type EventfdState,
+  type SignalfdState,
+  type MembarrierRegistration,
 } from './image-model.ts';
 import type { UntrustedImage } from './image-tar.ts';
 import { parseMaps } from './proc-maps.ts';
@@ -49,6 +52,9 @@ import { mappedPathProblem } from './mappings.ts';
 import { checkRseqArea } from './rseq.ts';
 import { SIGINFO_BYTES, signalStateProblem } from './signals.ts';
 import { taskStateProblem } from './files.ts';
+import { eventFdsProblem } from './event-fds.ts';
+import { imageDescriptors } from './descriptors.ts';
+import { membarrierProblem } from './membarrier.ts';
 import { regionUserfaultProblem, userfaultfdsProblem } from './userfaultfd.ts';
 import { vmFlagsProblem } from './vma-flags.ts';
 import { ldtProblem, LDT_ENTRIES, LDT_ENTRY_KEYS } from './ldt.ts';
@@ -436,14 +442,41 @@ export function validateTask(raw: unknown): TaskState {
   });
   if (r.umask !== undefined && !(Number.isInteger(r.umask) && (r.umask as number) >= 0 && (r.umask as number) <= 0o777))
     reject(e, 'umask', `${String(r.umask).slice(0, 20)} is no file-mode creation mask (0 to 0o777)`);
+  // Optional (written only when the process had some): shapes here, meaning in eventFdsProblem and membarrierProblem.
+  const objects = (name: string): Array<Record<string, unknown>> | undefined => {
+    const list = r[name];
+    if (list === undefined) return undefined;
+    if (!Array.isArray(list) || list.length > 1024) reject(e, name, 'must be a list of at most 1024');
+    return (list as unknown[]).map((o, i) => {
+      if (typeof o !== 'object' || o === null || Array.isArray(o)) reject(e, `${name}[${i}]`, 'must be an object');
+      return o as Record<string, unknown>;
+    });
+  };
+  const eventfds = objects('eventfds')?.map((o, i): EventfdState => {
+    if (typeof o.count !== 'string' || !/^\d{1,20}$/.test(o.count)) reject(e, `eventfds[${i}].count`, 'must be a decimal string');
+    return { fd: o.fd as number, count: BigInt(o.count), flags: o.flags as number, semaphore: o.semaphore as boolean };
+  });
+  const signalfds = objects('signalfds')?.map((o, i): SignalfdState => {
+    if (typeof o.mask !== 'string' || !/^0x[0-9a-f]{1,16}$/.test(o.mask)) reject(e, `signalfds[${i}].mask`, 'must be a hex string of at most 64 bits');
+    return { fd: o.fd as number, mask: BigInt(o.mask), flags: o.flags as number };
+  });
+  if (r.membarrier !== undefined) {
+    const problem = membarrierProblem(r.membarrier);
+    if (problem) reject(e, problem.field, problem.why);
+  }
   const task: TaskState = {
     pgid: r.pgid as number,
     sid: r.sid as number,
     files,
     ...(userfaultfds.length > 0 ? { userfaultfds } : {}),
     ...(r.umask !== undefined ? { umask: r.umask as number } : {}),
+    ...(eventfds?.length ? { eventfds } : {}),
+    ...(signalfds?.length ? { signalfds } : {}),
+    ...(Array.isArray(r.membarrier) && r.membarrier.length > 0 ? { membarrier: r.membarrier as MembarrierRegistration[] } : {}),
   };
-  const problem = taskStateProblem(task) ?? userfaultfdsProblem(userfaultfds, new Set(files.map((f) => f.fd)));
+  const fileFds = new Set(files.map((f) => f.fd));
+  const problem =
+    taskStateProblem(task) ?? userfaultfdsProblem(userfaultfds, fileFds) ?? eventFdsProblem(task, new Set([...fileFds, ...userfaultfds.map((u) => u.fd)]));
   if (problem) reject(e, problem.field, problem.why);
   return task;
 }
@@ -722,7 +755,7 @@ export function validateImage(raw: UntrustedImage): CheckpointImage {
     ldtSelectorProblem(regs, ldt, 'regs.json') ?? threads.map((th, i) => ldtSelectorProblem(th.regs, ldt, 'threads.json', `threads[${i}].regs.`)).find(Boolean);
   if (unbacked) reject(unbacked.entry, unbacked.field, unbacked.why);
   const tids = new Set([process.pid, ...threads.map((th) => th.tid)]);
-  const fds = new Set([...task.files.map((f) => f.fd), ...(task.userfaultfds ?? []).map((u) => u.fd)]);
+  const fds = new Set(imageDescriptors(task));
   const timers = validateTimers(raw.timers, tids, fds);
   const sleep = validateSleep(raw.sleep, regs, regions);
   const pkeys = validatePkeys(raw.pkeys, regions);
