@@ -32,6 +32,7 @@ import { evidenceDetails, instructionPointers, SILENT_CONSOLE_MS, StalledLaunchE
 import { Ready } from './readiness.ts';
 import { copySparse, IGNORE_SHARED, STATE_RAM, STATE_STREAM, stateLayout } from './saved-state.ts';
 import { diagnoseVcpus } from '../oracle/diagnose.ts';
+import type { GuestRamSource } from '../agent/guest-ram.ts';
 import type { SymbolTable } from '../symbols/symbols.ts';
 import { forgetMachine, MACHINE_NAME_PREFIX, reapOrphans, recordMachine } from './reaper.ts';
 
@@ -82,6 +83,13 @@ export interface MachineConfig {
    * guestRamUnavailable).
    */
   guestRamInFile?: boolean;
+  /**
+   * With an incomingState that holds its RAM apart: copy that RAM into a
+   * shared file of the machine's own before QEMU starts, as starts did before
+   * the private mapping (saved-state.ts) — kept to measure the two against
+   * each other (scripts/bench-start.ts --copy-ram).
+   */
+  copySavedRam?: boolean;
 }
 
 /** Where guest RAM files go: memory, never a disk that would write them back. */
@@ -109,6 +117,8 @@ export class QemuMachine implements AsyncDisposable {
   private runDir: string | undefined;
   /** the directory on /dev/shm holding the guest RAM file, when RAM is in a file */
   private ramDir: string | undefined;
+  /** the saved RAM file QEMU maps private (copy on write), when started from a state that holds its RAM apart */
+  private privateRamFile: string | undefined;
   /** why guest RAM is not in a file the host can read (undefined when it is) */
   guestRamUnavailable: string | undefined;
   /** When each step of the last start finished, in ms after QEMU was spawned (scripts/bench-start.ts prints them). */
@@ -208,11 +218,15 @@ export class QemuMachine implements AsyncDisposable {
   }
 
   /**
-   * The file guest RAM lives in and its size, when it is in one: the host
-   * reads and writes a guest page at offset frame × 4096 (agent/guest-ram.ts).
+   * Where guest RAM is for the host, when it is in a file: the shared file
+   * itself, or QEMU's private mapping of a saved RAM file (agent/guest-ram.ts
+   * reads and writes a guest page at frame × 4096 in either).
    */
-  get guestRam(): { file: string; bytes: number } | undefined {
-    return this.ramDir && this.child ? { file: path.join(this.ramDir, 'ram'), bytes: (this.config.memoryMiB ?? 512) * 1024 * 1024 } : undefined;
+  get guestRam(): GuestRamSource | undefined {
+    const bytes = (this.config.memoryMiB ?? 512) * 1024 * 1024;
+    if (!this.child) return undefined;
+    if (this.privateRamFile) return this.child.pid ? { kind: 'private-mapping', pid: this.child.pid, file: this.privateRamFile, bytes } : undefined;
+    return this.ramDir ? { kind: 'shared-file', file: path.join(this.ramDir, 'ram'), bytes } : undefined;
   }
 
   /** A KVM the harness chose itself (not the user, not the caller) may be replaced by TCG once. */
@@ -347,9 +361,11 @@ export class QemuMachine implements AsyncDisposable {
     const runDir = this.runDir!;
     const { image } = this.config;
     const incoming = this.config.incomingState ? stateLayout(this.config.incomingState) : undefined;
-    if (incoming?.ram && !this.ramDir)
+    // A state that holds its RAM apart is started from that file mapped copy-on-write: nothing copied, the file never written.
+    this.privateRamFile = incoming?.ram && !this.config.copySavedRam ? incoming.ram : undefined;
+    if (incoming?.ram && !this.privateRamFile && !this.ramDir)
       throw new LaunchError(
-        `incoming migration needs guest RAM in a file (${this.guestRamUnavailable}): the state ${this.config.incomingState} holds its RAM apart`,
+        `copying saved RAM needs guest RAM in a file (${this.guestRamUnavailable}): the state ${this.config.incomingState} holds its RAM apart`,
       );
     this.argv = [
       qemuBinary(),
@@ -368,7 +384,11 @@ export class QemuMachine implements AsyncDisposable {
           sshPort: this.port,
           bulkSocket: this.bulkSocket,
           agentSocket: this.agentSocket,
-          ...(this.ramDir ? { guestRamFile: path.join(this.ramDir, 'ram') } : {}),
+          ...(this.privateRamFile
+            ? { guestRamFile: this.privateRamFile, guestRamPrivate: true }
+            : this.ramDir
+              ? { guestRamFile: path.join(this.ramDir, 'ram') }
+              : {}),
         },
         ...(incoming?.ram ? { incomingDeferred: true } : incoming ? { incomingState: incoming.stream } : {}),
       }),
@@ -382,8 +402,8 @@ export class QemuMachine implements AsyncDisposable {
     this.launchPhases.length = 0;
     // A retried start begins with fresh RAM, as a machine with QEMU's own RAM does.
     if (this.ramDir) await rm(path.join(this.ramDir, 'ram'), { force: true });
-    // A state that holds its RAM apart starts from a copy of that RAM: QEMU opens the file as it finds it.
-    if (incoming?.ram) {
+    // Asked to (copySavedRam): a copy of the saved RAM as this machine's shared RAM file.
+    if (incoming?.ram && !this.privateRamFile) {
       await copySparse(incoming.ram, path.join(this.ramDir!, 'ram'));
       this.markPhase('guest RAM copied');
     }
@@ -476,7 +496,9 @@ export class QemuMachine implements AsyncDisposable {
    */
   async saveState(file: string, timeoutMs = 60_000): Promise<void> {
     const qmp = this.qmp;
-    const ram = this.guestRam;
+    // Only a shared RAM file is the RAM: a private mapping's RAM goes into the stream, which is then a full one.
+    const shared = this.guestRam;
+    const ram = shared?.kind === 'shared-file' ? shared : undefined;
     // Machines of one image booted together all save the same state: each writes its own, the first to finish stays.
     const tmp = uniqueSibling(file, 'partial');
     // With RAM in a shared file, the stream leaves it out and the file is copied beside it (saved-state.ts).

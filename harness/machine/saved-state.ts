@@ -8,9 +8,16 @@
  *   (qemu-args.ts guestRamArgs) saves with the migration capability
  *   `x-ignore-shared`, so the stream holds the device state only (~0.4 MB
  *   instead of ~100 MB) and the RAM is its file, copied sparse while the VM
- *   is stopped. A start copies `ram` back as its RAM file before QEMU opens
- *   it and loads `stream` with the same capability (`-incoming defer`, then
- *   QMP `migrate-set-capabilities` and `migrate-incoming`).
+ *   is stopped. A start maps `ram` private as its RAM (copy on write, QEMU's
+ *   VM templating: nothing copied, the file never written, any number of
+ *   machines on one file) and loads `stream` with the same capability
+ *   (`-incoming defer`, then QMP `migrate-set-capabilities` and
+ *   `migrate-incoming`): the stream has no page of the block the source
+ *   shared, and the destination's private block keeps what the file holds
+ *   (QEMU b17fbbe55cba, "allow private destination ram with
+ *   x-ignore-shared"). None of what would punch holes in the file
+ *   (ram_block_discard_range: postcopy, virtio-balloon, virtio-mem) is used
+ *   here.
  *
  * A directory is written whole under another name and renamed into place,
  * so its stream and its RAM always come from one save.
