@@ -13,7 +13,8 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { chmod, mkdir, open, rename, rm, appendFile, statfs } from 'node:fs/promises';
+import { chmod, mkdir, open, rename, rm, appendFile, statfs, writeFile } from 'node:fs/promises';
+import type { Socket } from 'node:net';
 import path from 'node:path';
 import { BootError, CrhError, InfraError, LaunchError, TimeoutError } from '../errors.ts';
 import { QmpClient } from '../qmp/client.ts';
@@ -30,7 +31,9 @@ import { cpuModelOf, formatCommandLine, GUEST_RAM_LINEAR_MAX_MIB, qemuArgs, shel
 import { qemuBinary } from './qemu-binary.ts';
 import { evidenceDetails, instructionPointers, SILENT_CONSOLE_MS, StalledLaunchError, watchForStall, type StallWatch } from './stall-watch.ts';
 import { Ready } from './readiness.ts';
-import { copySparse, IGNORE_SHARED, STATE_RAM, STATE_STREAM, stateLayout } from './saved-state.ts';
+import { copySparse, formatAgentSession, IGNORE_SHARED, STATE_AGENT_SESSION, STATE_RAM, STATE_STREAM, stateLayout } from './saved-state.ts';
+import { connectBeforeLoad } from './agent-session.ts';
+import { resumeAgentPort, type PortTransport } from '../agent/port-transport.ts';
 import { diagnoseVcpus } from '../oracle/diagnose.ts';
 import type { GuestRamSource } from '../agent/guest-ram.ts';
 import type { SymbolTable } from '../symbols/symbols.ts';
@@ -66,8 +69,8 @@ export interface MachineConfig {
   incomingState?: string;
   /**
    * With incomingState: launch returns once the loaded guest runs, without
-   * waiting for SSH, which connects in the background (ssh's commands wait
-   * for it). For a caller that reaches the agent over the agent port.
+   * waiting for SSH, which connects when first used (ssh.onDemand: its
+   * handshake would compete with the agent for the guest). For a caller that reaches the agent over the agent port.
    */
   sshInBackground?: boolean;
   /** a cold boot with no console byte this long after launch is a stalled VM (default SILENT_CONSOLE_MS) */
@@ -140,6 +143,10 @@ export class QemuMachine implements AsyncDisposable {
   /** aborts the readiness waits of the launch in progress */
   private launchAbort: AbortController | undefined;
   private agentPortClaimed = false;
+  /** the agent port's session the machine opened (agent-session.ts), until its first claimer takes it */
+  private heldAgentSession: PortTransport | undefined;
+  /** a connection to the agent port made before the load, for the session waiting in the saved guest */
+  private preloadAgentSocket: { socket: Socket; pid: number } | undefined;
   readonly name: string;
 
   constructor(private readonly config: MachineConfig) {
@@ -264,15 +271,28 @@ export class QemuMachine implements AsyncDisposable {
   }
 
   /**
-   * The agent port's socket for the one agent session it carries in this
-   * machine's life, or undefined once taken: the guest tells a new
-   * connection from an old one only by the old session's end, so a second
-   * session goes over SSH (open-guest.ts says so in its log).
+   * The one agent session the agent port carries in this machine's life:
+   * already open when the machine opened it (a session saved waiting, or
+   * the saver's own), else the socket to connect to; undefined once taken:
+   * the guest tells a new connection from an old one only by the old
+   * session's end, so a second session goes over SSH (open-guest.ts says so
+   * in its log).
    */
-  claimAgentPort(): string | undefined {
+  claimAgentPort(): { session: PortTransport } | { socket: string } | undefined {
     if (this.agentPortClaimed) return undefined;
     this.agentPortClaimed = true;
-    return this.agentSocket;
+    const session = this.heldAgentSession;
+    this.heldAgentSession = undefined;
+    return session ? { session } : { socket: this.agentSocket };
+  }
+
+  /**
+   * Holds `session`, open on this machine's agent port, for the first
+   * claimAgentPort (fast-start.ts opens it before saving state).
+   */
+  holdAgentSession(session: PortTransport): void {
+    if (this.agentPortClaimed || this.heldAgentSession) throw new CrhError(`machine ${this.name}: its agent port session is already taken`);
+    this.heldAgentSession = session;
   }
 
   get gdbSocket(): string {
@@ -462,8 +482,8 @@ export class QemuMachine implements AsyncDisposable {
       hostPublicKey: this.config.image.hostPublicKey,
     } as const;
     if (this.config.incomingState && this.config.sshInBackground) {
-      // The state was saved with sshd listening: nothing to wait for but the connection itself.
-      this.sshSession = SshSession.inBackground(sshTarget);
+      // The state was saved with sshd listening: the connection is made when something first uses it.
+      this.sshSession = SshSession.onDemand(sshTarget);
       return;
     }
     await Ready.forSshBanner(this.port).waitUntilReady(ctx);
@@ -492,9 +512,11 @@ export class QemuMachine implements AsyncDisposable {
    * Saves the running guest's state to `file` (stop, migrate, resume): a
    * full stream, or with RAM in a shared file a directory of the device
    * state and a copy of the RAM (saved-state.ts). It starts later machines
-   * of the same image and profile.
+   * of the same image and profile. `agentSessionPid`: the agent port's
+   * session waiting for its first request (agent-session.ts), noted in a
+   * directory state.
    */
-  async saveState(file: string, timeoutMs = 60_000): Promise<void> {
+  async saveState(file: string, timeoutMs = 60_000, agentSessionPid?: number): Promise<void> {
     const qmp = this.qmp;
     // Only a shared RAM file is the RAM: a private mapping's RAM goes into the stream, which is then a full one.
     const shared = this.guestRam;
@@ -524,6 +546,7 @@ export class QemuMachine implements AsyncDisposable {
       if (ram) {
         await copySparse(ram.file, path.join(tmp, STATE_RAM));
         await chmod(path.join(tmp, STATE_RAM), 0o600);
+        if (agentSessionPid !== undefined) await writeFile(path.join(tmp, STATE_AGENT_SESSION), formatAgentSession(agentSessionPid), { mode: 0o600 });
       }
       await rename(tmp, file).catch(async (error: NodeJS.ErrnoException) => {
         // A directory replaces nothing, and nothing replaces one: a state of the same key is there already.
@@ -544,6 +567,11 @@ export class QemuMachine implements AsyncDisposable {
     if (incoming.ram) {
       // The RAM is already in its file: the stream holds the device state alone.
       await this.qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: IGNORE_SHARED, state: true }] });
+      // The port's host end connected at the load as at the save: the waiting session is left waiting.
+      if (incoming.agentSession) {
+        this.preloadAgentSocket = { socket: await connectBeforeLoad(this.qmp, this.agentSocket), pid: incoming.agentSession.pid };
+        this.markPhase('agent port connected');
+      }
       await this.qmp.execute('migrate-incoming', { uri: `exec:cat ${shellQuote(incoming.stream)}` });
     }
     for (;;) {
@@ -556,6 +584,11 @@ export class QemuMachine implements AsyncDisposable {
     }
     this.markPhase('state loaded');
     await this.qmp.execute('cont');
+    if (this.preloadAgentSocket) {
+      const { socket, pid } = this.preloadAgentSocket;
+      this.preloadAgentSocket = undefined;
+      this.heldAgentSession = resumeAgentPort(socket, this.agentSocket, pid);
+    }
   }
 
   private async connectQmp(deadline: Deadline, signal: AbortSignal): Promise<QmpClient> {
@@ -608,6 +641,11 @@ export class QemuMachine implements AsyncDisposable {
     try {
       this.sshSession?.close();
       this.sshSession = undefined;
+      // A session nobody claimed ends with the machine.
+      this.preloadAgentSocket?.socket.destroy();
+      this.preloadAgentSocket = undefined;
+      this.heldAgentSession?.drop();
+      this.heldAgentSession = undefined;
       if (!child || !this.exited) return;
       let how: 'quit' | 'kill' | 'already-exited' = 'already-exited';
       if (this.exitDescription === undefined) {
