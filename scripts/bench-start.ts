@@ -65,7 +65,7 @@ for (let i = 0; i < runs; i++) {
 const [coldName, savedName] = [kinds[0].name, kinds[1].name];
 for (const kind of kinds) {
   console.log(
-    `${kind.name} (${runs}): launch -> ${kind.fastStart ? 'running (SSH connecting in the background)' : 'SSH ready'}: ${summarize(toRunning.get(kind.name)!)}`,
+    `${kind.name} (${runs}): launch -> ${kind.fastStart ? 'running (SSH connects on first use)' : 'SSH ready'}: ${summarize(toRunning.get(kind.name)!)}`,
   );
   console.log(`  launch -> agent HELLO answered and guest re-seeded: ${summarize(toAgent.get(kind.name)!)}`);
 }
