@@ -1,4 +1,4 @@
-// expect: a machine started from saved state (its RAM apart, x-ignore-shared) reaches its agent over the agent port without SSH — a session forked by the guest's supervisor that spawns and runs a program, re-seeds the clock — and a dropped port connection fails the pending request as infrastructure while the guest's session ends with its tracee; the machine's second session goes over SSH and says why.
+// expect: a machine started from saved state (its RAM apart, x-ignore-shared, mapped copy-on-write) reaches its agent over the agent port without SSH — the session the state was saved with waiting, a child of the guest's supervisor, connected before the load, that spawns and runs a program and re-seeds the clock — and a dropped port connection fails the pending request as infrastructure while the guest's session ends with its tracee; the machine's second session goes over SSH and says why.
 import t from 'tap';
 import { statSync } from 'node:fs';
 import { mkdtemp } from 'node:fs/promises';
@@ -10,6 +10,7 @@ import { openAgentChannel } from '../harness/guest/agent-channel.ts';
 import { guestOrSessionFailure } from '../harness/guest/session-loss.ts';
 import { isInfraFailure } from '../harness/report/infra-failures.ts';
 import { sleep } from '../harness/util/deadline.ts';
+import { stateLayout } from '../harness/machine/saved-state.ts';
 
 const image = await buildImage();
 const artifactsDir = await mkdtemp(path.join(tmpdir(), 'crh-agent-port-test-'));
@@ -21,14 +22,25 @@ t.test('saved-state start, agent over the port, a dropped connection', async (t)
   t.teardown(() => machine.shutdown());
   t.ok(machine.fromSavedState, 'started from saved state');
   t.ok(statSync(await savedStatePath({ image, artifactsDir })).isDirectory(), 'a state that holds its RAM apart (stream + ram)');
-  t.ok(
+  t.notOk(
     machine.launchPhases.some((p) => p.phase === 'guest RAM copied'),
-    'the start copied the saved RAM into its RAM file',
+    'the start copied no RAM',
+  );
+  t.equal(machine.guestRam?.kind, 'private-mapping', 'its RAM is the saved RAM file mapped copy-on-write');
+  const phaseAt = (name: string): number => machine.launchPhases.findIndex((p) => p.phase === name);
+  t.ok(
+    phaseAt('agent port connected') >= 0 && phaseAt('agent port connected') < phaseAt('state loaded'),
+    `the agent port was connected before the state was loaded (${machine.launchPhases.map((p) => p.phase).join(', ')})`,
   );
 
   const log: string[] = [];
   const channel = await openAgentChannel(machine, image.guestPaths['crh-agent']!, '/tmp/agent-port-test', (l) => log.push(l));
   t.equal(channel.via, 'port', 'the agent is reached over its port');
+  t.equal(
+    channel.hello.agentPid,
+    stateLayout(await savedStatePath({ image, artifactsDir })).agentSession?.pid,
+    'HELLO is answered by the session the state was saved with',
+  );
   t.match(log.join('\n'), /agent: over the agent port \(pid \d+\)/, 'and the log says so');
   const agent = channel.client;
   agent.failWhen(guestOrSessionFailure(machine.failure, [machine.ssh.lost, ...channel.losses]));

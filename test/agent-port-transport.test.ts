@@ -5,7 +5,7 @@ import net from 'node:net';
 import { constants } from 'node:os';
 import path from 'node:path';
 import { AgentClient } from '../harness/agent/client.ts';
-import { connectAgentPort, NOTICE_ID, SESSION_END_OP, SESSION_START_OP, type PortTransport } from '../harness/agent/port-transport.ts';
+import { connectAgentPort, resumeAgentPort, NOTICE_ID, SESSION_END_OP, SESSION_START_OP, type PortTransport } from '../harness/agent/port-transport.ts';
 import { encodeFrame, PayloadWriter } from '../harness/agent/wire.ts';
 import { AgentError, InfraError } from '../harness/errors.ts';
 import { agentKilled, guestOrSessionFailure } from '../harness/guest/session-loss.ts';
@@ -140,4 +140,48 @@ t.test('before the start: an earlier session end is ignored, an answer refused; 
   t.match((timedOut as Error).message, /no agent session started within 300 ms/);
   const gaveUp = await errorOf(connectAgentPort(silent.socket, { startTimeoutMs: 10_000, giveUp: Promise.resolve('the guest has no agent port (ENOENT)') }));
   t.match((gaveUp as Error).message, /agent port .*: the guest has no agent port \(ENOENT\)/);
+});
+
+/** A port whose session is already running (saved waiting): each connection goes straight to a real agent, no start notice. */
+async function waitingSession(t: Test): Promise<{ socket: string; agentPid: Promise<number> }> {
+  const dir = await makeTempDir('crh-port-test-');
+  t.teardown(() => removeTempDir(dir));
+  const socket = path.join(dir, 'agent.sock');
+  let gotPid!: (pid: number) => void;
+  const agentPid = new Promise<number>((resolve) => (gotPid = resolve));
+  const conns: net.Socket[] = [];
+  const server = net.createServer((conn) => {
+    conns.push(conn);
+    conn.on('error', () => {});
+    const child = spawn(agentPath, [], { stdio: ['pipe', 'pipe', 'inherit'] });
+    child.stdin!.on('error', () => {});
+    conn.pipe(child.stdin!);
+    child.stdout!.on('data', (d: Buffer) => void (conn.writable && conn.write(d)));
+    // A connection destroyed (not ended) by either side ends its agent too.
+    conn.once('close', () => child.kill('SIGKILL'));
+    gotPid(child.pid!);
+  });
+  await new Promise<void>((resolve) => server.listen(socket, resolve));
+  t.teardown(() => {
+    for (const conn of conns) conn.destroy();
+    return new Promise<void>((resolve) => server.close(() => resolve()));
+  });
+  return { socket, agentPid };
+}
+
+t.test('a session resumed on a new connection (saved waiting): requests at once, no start notice', async (t) => {
+  const { socket, agentPid } = await waitingSession(t);
+  const conn = net.connect(socket);
+  await new Promise<void>((resolve) => conn.once('connect', () => resolve()));
+  const port = resumeAgentPort(conn, socket, await agentPid);
+  const { client, hello } = await AgentClient.open(port);
+  t.equal(hello.agentPid, await agentPid, 'HELLO is answered by the waiting session');
+  t.equal(port.pid, hello.agentPid, 'the transport names the session it was given');
+  await client.close();
+});
+
+t.test('control: the same waiting session through connectAgentPort waits for a start notice that never comes', async (t) => {
+  const { socket } = await waitingSession(t);
+  const error = await errorOf(connectAgentPort(socket, { startTimeoutMs: 500 }));
+  t.match(String(error), /no agent session started within 500 ms/, 'a new connection expects a start; a resumed one must not');
 });

@@ -1,8 +1,9 @@
-// expect: with guest RAM in a shared file, whole pages are read from and written into that file at the frames the agent names — byte-exact against READ_MEM over SSH, a read-only file mapping copied on write (its file untouched), BATCH failures in order — and a checkpointed memfill restored through it prints "memfill ok", while one byte changed in the RAM file makes the restored process report the difference.
-import { closeSync, openSync, readSync, writeSync } from 'node:fs';
+// expect: with guest RAM in a shared file or a saved RAM file mapped copy-on-write (a saved-state start), whole pages are read from and written into that file at the frames the agent names — byte-exact against READ_MEM over SSH, a read-only file mapping copied on write (its file untouched), BATCH failures in order — and a checkpointed memfill restored through it prints "memfill ok", while one byte changed in guest RAM from the host makes the restored process report the difference; the saved RAM file a copy-on-write start maps is never written.
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import t from 'tap';
 import { spawnWithBreakpoint } from '../harness/agent/breakpoint-spawn.ts';
-import { GUEST_PAGE_BYTES } from '../harness/agent/guest-ram.ts';
+import { describeGuestRam, GuestRam, GUEST_PAGE_BYTES, type GuestRamSource } from '../harness/agent/guest-ram.ts';
 import type { AgentOp } from '../harness/agent/ops.ts';
 import { ElfFile } from '../harness/elf/elf64.ts';
 import { checkpointProcess } from '../harness/restore/checkpoint.ts';
@@ -17,8 +18,12 @@ const MiB = 1024 * 1024;
 t.test('page data in guest RAM', async (t) => {
   const guest = await startGuest(t, 'guest-ram');
   const { agent, machine } = guest;
-  t.equal(agent.dataPath, 'guest-ram', `page data goes through guest RAM (${agent.guestRamUnavailable ?? machine.guestRam?.file})`);
-  const ramFile = machine.guestRam!.file;
+  const source = machine.guestRam!;
+  t.equal(agent.dataPath, 'guest-ram', `page data goes through guest RAM (${agent.guestRamUnavailable ?? describeGuestRam(source)})`);
+  // A saved-state start maps the saved RAM private: the file is every later machine's start, and must never change.
+  const savedRamHash = source.kind === 'private-mapping' ? sha256File(source.file) : undefined;
+  const ram = GuestRam.of(source);
+  t.teardown(() => ram.close());
   const binary = guest.image.guestPaths.memfill!;
   const { pid } = await agent.call({ op: 'SPAWN', path: binary, argv: [binary, '1'], envp: [], stdoutPath: '/tmp/guest-ram.out', noAslr: true });
   t.teardown(() => agent.call({ op: 'KILL', pid }).catch(() => {}));
@@ -87,11 +92,11 @@ t.test('page data in guest RAM', async (t) => {
   );
   t.same(await viaSsh(at, 0x8000), pattern(6), 'the write before the failure landed, the one after did not');
 
-  // Control: the RAM file is the guest's RAM at frame × 4096 — one byte changed there is seen by the process.
+  // Control: guest RAM at frame × 4096 is the guest's page — one byte changed there from the host is seen by the process.
   const [frame] = await agent.call({ op: 'PAGE_FRAMES', pid, mode: 'check', ranges: [{ address: at, length: GUEST_PAGE_BYTES }] });
   t.ok(frame, `the stack page has a frame (0x${frame?.toString(16)})`);
-  poke(ramFile, frame! * GUEST_PAGE_BYTES + 5, pattern(6)[5]! ^ 0xff);
-  t.equal((await viaSsh(at + 5n, 1))[0], pattern(6)[5]! ^ 0xff, 'a byte changed in the RAM file at frame × 4096 + 5 is what the process reads at page + 5');
+  poke(ram, frame! * GUEST_PAGE_BYTES + 5, pattern(6)[5]! ^ 0xff);
+  t.equal((await viaSsh(at + 5n, 1))[0], pattern(6)[5]! ^ 0xff, 'a byte changed in guest RAM at frame × 4096 + 5 is what the process reads at page + 5');
 
   t.test('memfill checkpointed and restored through guest RAM', async (t) => {
     const restoredOnce = async (corrupt: boolean): Promise<string> => {
@@ -124,7 +129,7 @@ t.test('page data in guest RAM', async (t) => {
           ranges: [{ address: target & ~0xfffn, length: GUEST_PAGE_BYTES }],
         });
         const offset = f! * GUEST_PAGE_BYTES + Number(target & 0xfffn);
-        poke(ramFile, offset, peek(ramFile, offset) ^ 0x01);
+        poke(ram, offset, peek(ram, offset) ^ 0x01);
       }
       const end = await agent.call({ op: 'RUN', pid: restored.pid, stopAfterHits: 0, timeoutMs: 300_000 });
       const text = (await agent.call({ op: 'READ_FILE', path: out, maxSize: 4096 })).toString();
@@ -135,27 +140,38 @@ t.test('page data in guest RAM', async (t) => {
     t.match(
       await restoredOnce(true),
       /^memfill mismatch at offset 3146016\b/,
-      'control: one bit flipped in the RAM file at the restored page is the mismatch the process reports',
+      'control: one bit flipped in guest RAM at the restored page is the mismatch the process reports',
     );
   });
+
+  if (savedRamHash !== undefined)
+    t.test('the saved RAM file is untouched', async (t) => {
+      t.equal(
+        sha256File((source as Extract<GuestRamSource, { kind: 'private-mapping' }>).file),
+        savedRamHash,
+        'its SHA-256 after all the writes is the one before',
+      );
+    });
 });
 
-function peek(file: string, offset: number): number {
-  const fd = openSync(file, 'r');
-  try {
-    const b = Buffer.alloc(1);
-    readSync(fd, b, 0, 1, offset);
-    return b[0]!;
-  } finally {
-    closeSync(fd);
-  }
+function sha256File(file: string): string {
+  return createHash('sha256').update(readFileSync(file)).digest('hex');
 }
 
-function poke(file: string, offset: number, value: number): void {
-  const fd = openSync(file, 'r+');
-  try {
-    writeSync(fd, Buffer.from([value & 0xff]), 0, 1, offset);
-  } finally {
-    closeSync(fd);
-  }
+/** The page of guest RAM holding byte `offset` (from guest-physical 0), read from the host. */
+function pageAt(ram: GuestRam, offset: number): { frames: Uint32Array; page: Buffer } {
+  const frames = Uint32Array.of(Math.floor(offset / GUEST_PAGE_BYTES));
+  const page = Buffer.alloc(GUEST_PAGE_BYTES);
+  ram.readPages(frames, page, 0);
+  return { frames, page };
+}
+
+function peek(ram: GuestRam, offset: number): number {
+  return pageAt(ram, offset).page[offset % GUEST_PAGE_BYTES]!;
+}
+
+function poke(ram: GuestRam, offset: number, value: number): void {
+  const { frames, page } = pageAt(ram, offset);
+  page[offset % GUEST_PAGE_BYTES] = value & 0xff;
+  ram.writePages(frames, page, 0);
 }

@@ -108,6 +108,13 @@ t.test("guest RAM in a shared file: the machine's own RAM id, all below 4 GiB, o
     withRam.includes(`memory-backend-file,id=pc.ram,size=${options.profile.memoryMiB}M,mem-path=/dev/shm/crh-ram-x/ram,share=on`),
     'the backend is sized as -m',
   );
+  const saved = '/cache/states/k.vmstate/ram';
+  t.ok(
+    qemuArgs({ ...options, endpoints: { ...options.endpoints, guestRamFile: saved, guestRamPrivate: true } }).includes(
+      `memory-backend-file,id=pc.ram,size=${options.profile.memoryMiB}M,mem-path=${saved},share=off`,
+    ),
+    "a saved state's RAM file is mapped private (share=off): copy on write, the file never written",
+  );
 });
 
 t.test('kernel, initrd and command line', async (t) => {

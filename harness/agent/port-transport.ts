@@ -68,13 +68,13 @@ class NoticeSplitter {
   private remaining = 0;
   /** the current frame is a notice: its payload is collected here */
   private notice: { op: number; parts: Buffer[] } | undefined;
-  private started = false;
-
   constructor(
     private readonly output: PassThrough,
     private readonly onStart: (pid: number) => void,
     private readonly onEnd: (exit: SessionExit) => void,
     private readonly onViolation: (why: string) => void,
+    /** the session's start was read by an earlier connection (resumeAgentPort): none comes on this one */
+    private started = false,
   ) {}
 
   push(chunk: Buffer): void {
@@ -150,6 +150,42 @@ class NoticeSplitter {
  */
 export async function connectAgentPort(socketPath: string, options: PortConnectOptions): Promise<PortTransport> {
   const socket = net.connect(socketPath);
+  const session = portSession(socket, socketPath, undefined);
+  let timer: NodeJS.Timeout | undefined;
+  const bound = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new InfraError(`agent port ${socketPath}: no agent session started within ${options.startTimeoutMs} ms`)),
+      options.startTimeoutMs,
+    );
+  });
+  const gaveUp = options.giveUp?.then((why) => Promise.reject(new InfraError(`agent port ${socketPath}: ${why}`)));
+  try {
+    return session.transport(await Promise.race([session.start, bound, ...(gaveUp ? [gaveUp] : [])]));
+  } catch (error) {
+    session.abandon();
+    throw error;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * The session `pid` that waits in a guest started from saved state, on
+ * `socket`, a connection to the agent port made before the state was loaded:
+ * its start notice was read by the connection of the machine that saved the
+ * state, so none comes, and requests may be sent at once
+ * (machine/agent-session.ts).
+ */
+export function resumeAgentPort(socket: net.Socket, socketPath: string, pid: number): PortTransport {
+  return portSession(socket, socketPath, pid).transport(pid);
+}
+
+/** The transport over `socket` once its session started (`startedPid`: already, on an earlier connection). */
+function portSession(
+  socket: net.Socket,
+  socketPath: string,
+  startedPid: number | undefined,
+): { start: Promise<number>; transport: (pid: number) => PortTransport; abandon: () => void } {
   const output = new PassThrough();
   let closing = false;
   let resolveExit!: (exit: SessionExit) => void;
@@ -159,7 +195,7 @@ export async function connectAgentPort(socketPath: string, options: PortConnectO
   lost.catch(() => {});
   const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
 
-  let sessionStarted = false;
+  let sessionStarted = startedPid !== undefined;
   let started!: (pid: number) => void;
   let refused!: (error: Error) => void;
   const start = new Promise<number>((resolve, reject) => {
@@ -167,6 +203,7 @@ export async function connectAgentPort(socketPath: string, options: PortConnectO
     refused = reject;
   });
   start.catch(() => {});
+  if (startedPid !== undefined) started(startedPid);
   const splitter = new NoticeSplitter(
     output,
     (pid) => {
@@ -185,6 +222,7 @@ export async function connectAgentPort(socketPath: string, options: PortConnectO
       else output.end();
       socket.destroy();
     },
+    sessionStarted,
   );
   socket.on('data', (chunk: Buffer) => splitter.push(chunk));
   socket.on('error', (e) => refused(new InfraError(`agent port ${socketPath}: ${e.message}`, {}, { cause: e })));
@@ -195,39 +233,27 @@ export async function connectAgentPort(socketPath: string, options: PortConnectO
     // The client hears of it as an end of output; the loss above says why.
     output.end();
   });
-
-  let timer: NodeJS.Timeout | undefined;
-  const bound = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () => reject(new InfraError(`agent port ${socketPath}: no agent session started within ${options.startTimeoutMs} ms`)),
-      options.startTimeoutMs,
-    );
-  });
-  const gaveUp = options.giveUp?.then((why) => Promise.reject(new InfraError(`agent port ${socketPath}: ${why}`)));
-  let pid: number;
-  try {
-    pid = await Promise.race([start, bound, ...(gaveUp ? [gaveUp] : [])]);
-  } catch (error) {
-    closing = true;
-    socket.destroy();
-    throw error;
-  } finally {
-    clearTimeout(timer);
-  }
   return {
-    pid,
-    exit,
-    lost,
-    input: socket,
-    output,
-    drop: () => void socket.destroy(),
-    close: async () => {
-      if (closing) return;
+    start,
+    abandon: () => {
       closing = true;
-      // The guest's session reads end of input when the host end disconnects, and ends as over SSH.
-      socket.end();
-      await Promise.race([closed, new Promise((r) => setTimeout(r, 2000).unref())]);
       socket.destroy();
     },
+    transport: (pid) => ({
+      pid,
+      exit,
+      lost,
+      input: socket,
+      output,
+      drop: () => void socket.destroy(),
+      close: async () => {
+        if (closing) return;
+        closing = true;
+        // The guest's session reads end of input when the host end disconnects, and ends as over SSH.
+        socket.end();
+        await Promise.race([closed, new Promise((r) => setTimeout(r, 2000).unref())]);
+        socket.destroy();
+      },
+    }),
   };
 }

@@ -12,15 +12,9 @@ import { InfraError } from '../errors.ts';
 import type { QemuMachine } from '../machine/machine.ts';
 import { shellQuote } from '../machine/qemu-args.ts';
 import { agentKilled } from './session-loss.ts';
+import { AGENT_PORT_START_MS, consoleSaysNoPort } from '../machine/agent-session.ts';
 
-/**
- * How long the agent port may take to start a session. A guest without the
- * port says so on its console at boot (then the wait ends at once); a guest
- * from saved state of such a boot does not, and waits this long once.
- */
-export const AGENT_PORT_START_MS = 20_000;
-/** What the guest's agent supervisor prints when the guest has no agent port (guests/agent/port.c). */
-export const NO_AGENT_PORT_LINE = /crh-agent: no agent port (\S+): (.*?); the host uses SSH/;
+export { AGENT_PORT_START_MS, NO_AGENT_PORT_LINE } from '../machine/agent-session.ts';
 
 export interface AgentChannel {
   client: AgentClient;
@@ -35,18 +29,6 @@ export interface AgentChannel {
   drop(): void;
 }
 
-/** Resolves with the guest's reason when its console says it has no agent port. */
-function consoleSaysNoPort(machine: QemuMachine): Promise<string> {
-  return new Promise((resolve) => {
-    const said = (line: string): void => {
-      const m = NO_AGENT_PORT_LINE.exec(line);
-      if (m) resolve(`the guest has no agent port (${m[2]})`);
-    };
-    for (const line of machine.console.lines) said(line);
-    machine.console.onLine(said);
-  });
-}
-
 /**
  * Opens the agent session of `machine` in `cwd` (created first; default:
  * root's home, as an SSH login). Over the port the session is the guest
@@ -54,11 +36,15 @@ function consoleSaysNoPort(machine: QemuMachine): Promise<string> {
  */
 export async function openAgentChannel(machine: QemuMachine, agentPath: string, cwd: string | undefined, log: (line: string) => void): Promise<AgentChannel> {
   let portUnavailable: string | undefined;
-  const socket = machine.claimAgentPort();
-  if (!socket) portUnavailable = 'the agent port carries one session per machine and it was taken';
+  const claimed = machine.claimAgentPort();
+  if (!claimed) portUnavailable = 'the agent port carries one session per machine and it was taken';
   else {
     try {
-      const port = await connectAgentPort(socket, { startTimeoutMs: AGENT_PORT_START_MS, giveUp: consoleSaysNoPort(machine) });
+      // The machine's own session (saved waiting, or opened before its state was saved), else a new one.
+      const port =
+        'session' in claimed
+          ? claimed.session
+          : await connectAgentPort(claimed.socket, { startTimeoutMs: AGENT_PORT_START_MS, giveUp: consoleSaysNoPort(machine.console) });
       const { client, hello } = await AgentClient.open(port);
       try {
         if (cwd) await client.call({ op: 'CHDIR', path: cwd });

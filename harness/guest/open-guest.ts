@@ -7,7 +7,7 @@
 import path from 'node:path';
 import { AgentClient } from '../agent/client.ts';
 import { BulkChannel } from '../agent/bulk-channel.ts';
-import { GuestRam } from '../agent/guest-ram.ts';
+import { describeGuestRam, GuestRam, type GuestRamSource } from '../agent/guest-ram.ts';
 import { writeFileAtomic } from '../util/atomic-write.ts';
 import type { HelloResult } from '../agent/ops.ts';
 import { buildImage, type GuestImage } from '../image/build.ts';
@@ -123,14 +123,14 @@ export async function openGuest(options: OpenGuestOptions): Promise<OpenedGuest>
     bulk = await BulkChannel.connect(machine.bulkSocket);
     if (!(await agent.attachBulk(bulk, BULK_PORT_NAME))) log(`no bulk data port (${agent.bulkUnavailable}): page data goes over SSH`);
     // Whole pages straight from and into guest RAM when it is a file we share; the port (or SSH) stays for the rest.
-    const ramFile = machine.guestRam;
-    if (ramFile) {
-      ram = GuestRam.open(ramFile.file, ramFile.bytes);
-      agent.attachGuestRam(ram);
+    const ramSource = machine.guestRam;
+    if (ramSource) {
+      ram = openGuestRam(ramSource, (why) => (agent!.guestRamUnavailable = why));
+      if (ram) agent.attachGuestRam(ram);
     } else {
       agent.guestRamUnavailable = machine.guestRamUnavailable ?? 'no guest RAM file';
     }
-    log(`page data: ${agent.dataPath}${agent.guestRamUnavailable ? ` (guest RAM: ${agent.guestRamUnavailable})` : ` (${ramFile!.file})`}`);
+    log(`page data: ${agent.dataPath}${agent.guestRamUnavailable ? ` (guest RAM: ${agent.guestRamUnavailable})` : ` (${describeGuestRam(ramSource!)})`}`);
     const profile = await platformProfile({ image, machine, agent, log }, { fresh: options.freshProfile === true });
     // The profile this guest's expectations came from, beside its artifacts: crh run prints it with the verdicts.
     await writeFileAtomic(path.join(options.artifactsDir, 'profile.json'), `${JSON.stringify(profile, null, 2)}\n`);
@@ -153,5 +153,22 @@ export async function openGuest(options: OpenGuestOptions): Promise<OpenedGuest>
   } catch (error) {
     await close();
     throw error;
+  }
+}
+
+/**
+ * Guest RAM opened where `source` says, or undefined (with `unavailable`
+ * told why) when the host may not open it: QEMU's private mapping is read
+ * through /proc/PID/mem, which a kernel can deny (ptrace access mode); page
+ * data then takes the port, and the log says so.
+ */
+function openGuestRam(source: GuestRamSource, unavailable: (why: string) => void): GuestRam | undefined {
+  try {
+    return GuestRam.of(source);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (source.kind !== 'private-mapping' || (code !== 'EACCES' && code !== 'EPERM')) throw error;
+    unavailable(`${describeGuestRam(source)}: ${(error as Error).message}`);
+    return undefined;
   }
 }

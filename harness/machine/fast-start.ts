@@ -26,13 +26,16 @@ import type { AgentClient } from '../agent/client.ts';
 import { StalledLaunchError } from './stall-watch.ts';
 import { qemuBinary } from './qemu-binary.ts';
 import { qemuVersion } from './qemu-version.ts';
+import { connectAgentPort, type PortTransport } from '../agent/port-transport.ts';
+import { InfraError } from '../errors.ts';
+import { AGENT_PORT_START_MS, consoleSaysNoPort } from './agent-session.ts';
 
 export interface FastStartConfig extends MachineConfig {
   /** false forces a cold boot (and does not write a state) */
   fastStart?: boolean;
   /**
    * The caller reaches the agent over the agent port: a machine from saved
-   * state is returned as soon as it runs (SSH connects in the background)
+   * state is returned as soon as it runs (SSH connects when first used)
    * and not yet re-seeded — the caller calls reseedGuest once its agent is
    * open.
    */
@@ -58,6 +61,8 @@ export async function savedStatePath(config: MachineConfig, accel?: AccelChoice)
       ...(config.cpuModel ? { cpuModel: config.cpuModel } : {}),
       // A machine with RAM in a file saves its RAM apart (saved-state.ts): a state one without it cannot load.
       ramInFile: config.guestRamInFile !== false,
+      // Saved with the agent port's session waiting (agent-session.ts): a start that does not connect before the load would lose it.
+      agentSessionWaits: true,
       accel: accel.accel,
       qemu: `${qemuBinary()} ${await qemuVersion()}`,
     }),
@@ -81,12 +86,30 @@ export async function launchMachine(config: FastStartConfig): Promise<QemuMachin
   const machine = await new QemuMachine(config).launch();
   try {
     await ensureCacheDir('states');
-    await machine.saveState(await savedStatePath(config, machine.accel));
+    // Saved with a session of the agent port waiting (agent-session.ts): later starts skip its fork; this machine keeps it.
+    const session = machine.guestRam?.kind === 'shared-file' ? await openSessionToSave(machine) : undefined;
+    if (session) machine.holdAgentSession(session);
+    await machine.saveState(await savedStatePath(config, machine.accel), undefined, session?.pid);
   } catch (error) {
     await machine.shutdown();
     throw error;
   }
   return machine;
+}
+
+/**
+ * A session of `machine`'s agent port, started and waiting for its first
+ * request, or undefined when the guest serves no agent port (its console
+ * says so; the state is then saved without one, and its starts connect after
+ * the load as a cold boot does).
+ */
+async function openSessionToSave(machine: QemuMachine): Promise<PortTransport | undefined> {
+  try {
+    return await connectAgentPort(machine.agentSocket, { startTimeoutMs: AGENT_PORT_START_MS, giveUp: consoleSaysNoPort(machine.console) });
+  } catch (error) {
+    if (error instanceof InfraError && /^agent port /.test(error.message)) return undefined;
+    throw error;
+  }
 }
 
 /**

@@ -13,7 +13,8 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { chmod, mkdir, open, rename, rm, appendFile, statfs } from 'node:fs/promises';
+import { chmod, mkdir, open, rename, rm, appendFile, statfs, writeFile } from 'node:fs/promises';
+import type { Socket } from 'node:net';
 import path from 'node:path';
 import { BootError, CrhError, InfraError, LaunchError, TimeoutError } from '../errors.ts';
 import { QmpClient } from '../qmp/client.ts';
@@ -30,8 +31,11 @@ import { cpuModelOf, formatCommandLine, GUEST_RAM_LINEAR_MAX_MIB, qemuArgs, shel
 import { qemuBinary } from './qemu-binary.ts';
 import { evidenceDetails, instructionPointers, SILENT_CONSOLE_MS, StalledLaunchError, watchForStall, type StallWatch } from './stall-watch.ts';
 import { Ready } from './readiness.ts';
-import { copySparse, IGNORE_SHARED, STATE_RAM, STATE_STREAM, stateLayout } from './saved-state.ts';
+import { copySparse, formatAgentSession, IGNORE_SHARED, STATE_AGENT_SESSION, STATE_RAM, STATE_STREAM, stateLayout } from './saved-state.ts';
+import { connectBeforeLoad } from './agent-session.ts';
+import { resumeAgentPort, type PortTransport } from '../agent/port-transport.ts';
 import { diagnoseVcpus } from '../oracle/diagnose.ts';
+import type { GuestRamSource } from '../agent/guest-ram.ts';
 import type { SymbolTable } from '../symbols/symbols.ts';
 import { forgetMachine, MACHINE_NAME_PREFIX, reapOrphans, recordMachine } from './reaper.ts';
 
@@ -65,8 +69,8 @@ export interface MachineConfig {
   incomingState?: string;
   /**
    * With incomingState: launch returns once the loaded guest runs, without
-   * waiting for SSH, which connects in the background (ssh's commands wait
-   * for it). For a caller that reaches the agent over the agent port.
+   * waiting for SSH, which connects when first used (ssh.onDemand: its
+   * handshake would compete with the agent for the guest). For a caller that reaches the agent over the agent port.
    */
   sshInBackground?: boolean;
   /** a cold boot with no console byte this long after launch is a stalled VM (default SILENT_CONSOLE_MS) */
@@ -82,6 +86,13 @@ export interface MachineConfig {
    * guestRamUnavailable).
    */
   guestRamInFile?: boolean;
+  /**
+   * With an incomingState that holds its RAM apart: copy that RAM into a
+   * shared file of the machine's own before QEMU starts, as starts did before
+   * the private mapping (saved-state.ts) — kept to measure the two against
+   * each other (scripts/bench-start.ts --copy-ram).
+   */
+  copySavedRam?: boolean;
 }
 
 /** Where guest RAM files go: memory, never a disk that would write them back. */
@@ -109,6 +120,8 @@ export class QemuMachine implements AsyncDisposable {
   private runDir: string | undefined;
   /** the directory on /dev/shm holding the guest RAM file, when RAM is in a file */
   private ramDir: string | undefined;
+  /** the saved RAM file QEMU maps private (copy on write), when started from a state that holds its RAM apart */
+  private privateRamFile: string | undefined;
   /** why guest RAM is not in a file the host can read (undefined when it is) */
   guestRamUnavailable: string | undefined;
   /** When each step of the last start finished, in ms after QEMU was spawned (scripts/bench-start.ts prints them). */
@@ -130,6 +143,10 @@ export class QemuMachine implements AsyncDisposable {
   /** aborts the readiness waits of the launch in progress */
   private launchAbort: AbortController | undefined;
   private agentPortClaimed = false;
+  /** the agent port's session the machine opened (agent-session.ts), until its first claimer takes it */
+  private heldAgentSession: PortTransport | undefined;
+  /** a connection to the agent port made before the load, for the session waiting in the saved guest */
+  private preloadAgentSocket: { socket: Socket; pid: number } | undefined;
   readonly name: string;
 
   constructor(private readonly config: MachineConfig) {
@@ -208,11 +225,15 @@ export class QemuMachine implements AsyncDisposable {
   }
 
   /**
-   * The file guest RAM lives in and its size, when it is in one: the host
-   * reads and writes a guest page at offset frame × 4096 (agent/guest-ram.ts).
+   * Where guest RAM is for the host, when it is in a file: the shared file
+   * itself, or QEMU's private mapping of a saved RAM file (agent/guest-ram.ts
+   * reads and writes a guest page at frame × 4096 in either).
    */
-  get guestRam(): { file: string; bytes: number } | undefined {
-    return this.ramDir && this.child ? { file: path.join(this.ramDir, 'ram'), bytes: (this.config.memoryMiB ?? 512) * 1024 * 1024 } : undefined;
+  get guestRam(): GuestRamSource | undefined {
+    const bytes = (this.config.memoryMiB ?? 512) * 1024 * 1024;
+    if (!this.child) return undefined;
+    if (this.privateRamFile) return this.child.pid ? { kind: 'private-mapping', pid: this.child.pid, file: this.privateRamFile, bytes } : undefined;
+    return this.ramDir ? { kind: 'shared-file', file: path.join(this.ramDir, 'ram'), bytes } : undefined;
   }
 
   /** A KVM the harness chose itself (not the user, not the caller) may be replaced by TCG once. */
@@ -250,15 +271,28 @@ export class QemuMachine implements AsyncDisposable {
   }
 
   /**
-   * The agent port's socket for the one agent session it carries in this
-   * machine's life, or undefined once taken: the guest tells a new
-   * connection from an old one only by the old session's end, so a second
-   * session goes over SSH (open-guest.ts says so in its log).
+   * The one agent session the agent port carries in this machine's life:
+   * already open when the machine opened it (a session saved waiting, or
+   * the saver's own), else the socket to connect to; undefined once taken:
+   * the guest tells a new connection from an old one only by the old
+   * session's end, so a second session goes over SSH (open-guest.ts says so
+   * in its log).
    */
-  claimAgentPort(): string | undefined {
+  claimAgentPort(): { session: PortTransport } | { socket: string } | undefined {
     if (this.agentPortClaimed) return undefined;
     this.agentPortClaimed = true;
-    return this.agentSocket;
+    const session = this.heldAgentSession;
+    this.heldAgentSession = undefined;
+    return session ? { session } : { socket: this.agentSocket };
+  }
+
+  /**
+   * Holds `session`, open on this machine's agent port, for the first
+   * claimAgentPort (fast-start.ts opens it before saving state).
+   */
+  holdAgentSession(session: PortTransport): void {
+    if (this.agentPortClaimed || this.heldAgentSession) throw new CrhError(`machine ${this.name}: its agent port session is already taken`);
+    this.heldAgentSession = session;
   }
 
   get gdbSocket(): string {
@@ -347,9 +381,11 @@ export class QemuMachine implements AsyncDisposable {
     const runDir = this.runDir!;
     const { image } = this.config;
     const incoming = this.config.incomingState ? stateLayout(this.config.incomingState) : undefined;
-    if (incoming?.ram && !this.ramDir)
+    // A state that holds its RAM apart is started from that file mapped copy-on-write: nothing copied, the file never written.
+    this.privateRamFile = incoming?.ram && !this.config.copySavedRam ? incoming.ram : undefined;
+    if (incoming?.ram && !this.privateRamFile && !this.ramDir)
       throw new LaunchError(
-        `incoming migration needs guest RAM in a file (${this.guestRamUnavailable}): the state ${this.config.incomingState} holds its RAM apart`,
+        `copying saved RAM needs guest RAM in a file (${this.guestRamUnavailable}): the state ${this.config.incomingState} holds its RAM apart`,
       );
     this.argv = [
       qemuBinary(),
@@ -368,7 +404,11 @@ export class QemuMachine implements AsyncDisposable {
           sshPort: this.port,
           bulkSocket: this.bulkSocket,
           agentSocket: this.agentSocket,
-          ...(this.ramDir ? { guestRamFile: path.join(this.ramDir, 'ram') } : {}),
+          ...(this.privateRamFile
+            ? { guestRamFile: this.privateRamFile, guestRamPrivate: true }
+            : this.ramDir
+              ? { guestRamFile: path.join(this.ramDir, 'ram') }
+              : {}),
         },
         ...(incoming?.ram ? { incomingDeferred: true } : incoming ? { incomingState: incoming.stream } : {}),
       }),
@@ -382,8 +422,8 @@ export class QemuMachine implements AsyncDisposable {
     this.launchPhases.length = 0;
     // A retried start begins with fresh RAM, as a machine with QEMU's own RAM does.
     if (this.ramDir) await rm(path.join(this.ramDir, 'ram'), { force: true });
-    // A state that holds its RAM apart starts from a copy of that RAM: QEMU opens the file as it finds it.
-    if (incoming?.ram) {
+    // Asked to (copySavedRam): a copy of the saved RAM as this machine's shared RAM file.
+    if (incoming?.ram && !this.privateRamFile) {
       await copySparse(incoming.ram, path.join(this.ramDir!, 'ram'));
       this.markPhase('guest RAM copied');
     }
@@ -442,8 +482,8 @@ export class QemuMachine implements AsyncDisposable {
       hostPublicKey: this.config.image.hostPublicKey,
     } as const;
     if (this.config.incomingState && this.config.sshInBackground) {
-      // The state was saved with sshd listening: nothing to wait for but the connection itself.
-      this.sshSession = SshSession.inBackground(sshTarget);
+      // The state was saved with sshd listening: the connection is made when something first uses it.
+      this.sshSession = SshSession.onDemand(sshTarget);
       return;
     }
     await Ready.forSshBanner(this.port).waitUntilReady(ctx);
@@ -472,11 +512,15 @@ export class QemuMachine implements AsyncDisposable {
    * Saves the running guest's state to `file` (stop, migrate, resume): a
    * full stream, or with RAM in a shared file a directory of the device
    * state and a copy of the RAM (saved-state.ts). It starts later machines
-   * of the same image and profile.
+   * of the same image and profile. `agentSessionPid`: the agent port's
+   * session waiting for its first request (agent-session.ts), noted in a
+   * directory state.
    */
-  async saveState(file: string, timeoutMs = 60_000): Promise<void> {
+  async saveState(file: string, timeoutMs = 60_000, agentSessionPid?: number): Promise<void> {
     const qmp = this.qmp;
-    const ram = this.guestRam;
+    // Only a shared RAM file is the RAM: a private mapping's RAM goes into the stream, which is then a full one.
+    const shared = this.guestRam;
+    const ram = shared?.kind === 'shared-file' ? shared : undefined;
     // Machines of one image booted together all save the same state: each writes its own, the first to finish stays.
     const tmp = uniqueSibling(file, 'partial');
     // With RAM in a shared file, the stream leaves it out and the file is copied beside it (saved-state.ts).
@@ -502,6 +546,7 @@ export class QemuMachine implements AsyncDisposable {
       if (ram) {
         await copySparse(ram.file, path.join(tmp, STATE_RAM));
         await chmod(path.join(tmp, STATE_RAM), 0o600);
+        if (agentSessionPid !== undefined) await writeFile(path.join(tmp, STATE_AGENT_SESSION), formatAgentSession(agentSessionPid), { mode: 0o600 });
       }
       await rename(tmp, file).catch(async (error: NodeJS.ErrnoException) => {
         // A directory replaces nothing, and nothing replaces one: a state of the same key is there already.
@@ -522,6 +567,11 @@ export class QemuMachine implements AsyncDisposable {
     if (incoming.ram) {
       // The RAM is already in its file: the stream holds the device state alone.
       await this.qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: IGNORE_SHARED, state: true }] });
+      // The port's host end connected at the load as at the save: the waiting session is left waiting.
+      if (incoming.agentSession) {
+        this.preloadAgentSocket = { socket: await connectBeforeLoad(this.qmp, this.agentSocket), pid: incoming.agentSession.pid };
+        this.markPhase('agent port connected');
+      }
       await this.qmp.execute('migrate-incoming', { uri: `exec:cat ${shellQuote(incoming.stream)}` });
     }
     for (;;) {
@@ -534,6 +584,11 @@ export class QemuMachine implements AsyncDisposable {
     }
     this.markPhase('state loaded');
     await this.qmp.execute('cont');
+    if (this.preloadAgentSocket) {
+      const { socket, pid } = this.preloadAgentSocket;
+      this.preloadAgentSocket = undefined;
+      this.heldAgentSession = resumeAgentPort(socket, this.agentSocket, pid);
+    }
   }
 
   private async connectQmp(deadline: Deadline, signal: AbortSignal): Promise<QmpClient> {
@@ -586,6 +641,11 @@ export class QemuMachine implements AsyncDisposable {
     try {
       this.sshSession?.close();
       this.sshSession = undefined;
+      // A session nobody claimed ends with the machine.
+      this.preloadAgentSocket?.socket.destroy();
+      this.preloadAgentSocket = undefined;
+      this.heldAgentSession?.drop();
+      this.heldAgentSession = undefined;
       if (!child || !this.exited) return;
       let how: 'quit' | 'kill' | 'already-exited' = 'already-exited';
       if (this.exitDescription === undefined) {

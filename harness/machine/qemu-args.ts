@@ -41,6 +41,8 @@ export interface Endpoints {
   agentSocket?: string;
   /** the file guest RAM lives in, shared with the host (guestRamArgs); absent: QEMU's anonymous RAM */
   guestRamFile?: string;
+  /** map guestRamFile private (copy on write, the file never written): a saved state's RAM (guestRamArgs) */
+  guestRamPrivate?: boolean;
 }
 
 /** The name the guest sees in /sys/class/virtio-ports/<port>/name (the agent's BULK_OPEN looks for it). */
@@ -154,15 +156,27 @@ export const GUEST_RAM_LINEAR_MAX_MIB = PC_LINEAR_RAM_MAX_MIB;
  * and writes a page of the guest at offset frame × 4096 (agent/guest-ram.ts)
  * instead of moving it through the guest. The file belongs in memory (a
  * tmpfs such as /dev/shm): on a disk it would be written back.
+ *
+ * `shared: false` maps the file private (share=off): copy on write, the
+ * file is never written — a saved state's RAM, which any number of machines
+ * start from at once without a copy (QEMU's VM templating: with
+ * x-ignore-shared the stream carries no page of a block the source shared,
+ * and the destination's private block keeps what its file holds). The host
+ * then reaches the RAM through QEMU's mapping, not the file.
  */
-export function guestRamArgs(file: string, memoryMiB: number): string[] {
+export function guestRamArgs(file: string, memoryMiB: number, shared = true): string[] {
   if (!Number.isInteger(memoryMiB) || memoryMiB < 1 || memoryMiB > GUEST_RAM_LINEAR_MAX_MIB) {
     throw new RangeError(
       `guest RAM of ${memoryMiB} MiB in a file: must be 1..${GUEST_RAM_LINEAR_MAX_MIB} MiB, all below 4 GiB where frame × 4096 is its file offset`,
     );
   }
   if (file.includes(',')) throw new RangeError(`guest RAM file ${file}: a comma would end QEMU's option value`);
-  return ['-object', `memory-backend-file,id=${GUEST_RAM_ID},size=${memoryMiB}M,mem-path=${file},share=on`, '-machine', `memory-backend=${GUEST_RAM_ID}`];
+  return [
+    '-object',
+    `memory-backend-file,id=${GUEST_RAM_ID},size=${memoryMiB}M,mem-path=${file},share=${shared ? 'on' : 'off'}`,
+    '-machine',
+    `memory-backend=${GUEST_RAM_ID}`,
+  ];
 }
 
 /** Start paused, loading saved VM state from a file (resumed with QMP cont). */
@@ -196,7 +210,7 @@ export function qemuArgs(o: QemuCommandOptions): string[] {
     '-name',
     o.name,
     ...machineArgs(o.profile),
-    ...(o.endpoints.guestRamFile ? guestRamArgs(o.endpoints.guestRamFile, o.profile.memoryMiB) : []),
+    ...(o.endpoints.guestRamFile ? guestRamArgs(o.endpoints.guestRamFile, o.profile.memoryMiB, !o.endpoints.guestRamPrivate) : []),
     ...bootArgs(o.boot),
     ...consoleArgs(),
     ...qmpArgs(o.endpoints.qmpSocket),

@@ -61,16 +61,24 @@ export class SshSession {
     this.lostReject = reject;
   });
 
-  /** the connected client; every command waits for it */
-  private readonly client: Promise<Client>;
+  /** the client, once a connection was asked for (onDemand: at the first command) */
+  private clientPromise: Promise<Client> | undefined;
 
-  private constructor(client: Promise<Client>) {
+  private constructor(private readonly connectClientNow: () => Promise<Client>) {
     this.lost.catch(() => {}); // observed by whoever races against it
-    this.client = client;
-    client.then(
-      (c) => this.watch(c),
-      (error: Error) => this.lostReject?.(error),
-    );
+  }
+
+  /** The connected client, connecting now if nothing asked before; every command waits for it. */
+  private get client(): Promise<Client> {
+    if (!this.clientPromise) {
+      const client = this.connectClientNow();
+      this.clientPromise = client;
+      client.then(
+        (c) => this.watch(c),
+        (error: Error) => this.lostReject?.(error),
+      );
+    }
+    return this.clientPromise;
   }
 
   private watch(client: Client): void {
@@ -89,17 +97,21 @@ export class SshSession {
   /** Connects and logs in; resolves once the session can run commands. */
   static async connect(target: SshTarget, timeoutMs = 20_000): Promise<SshSession> {
     const client = await connectClient(target, timeoutMs);
-    return new SshSession(Promise.resolve(client));
+    const session = new SshSession(() => Promise.resolve(client));
+    void session.client;
+    return session;
   }
 
   /**
-   * A session whose connection is made in the background: commands wait for
-   * it, and a connection that fails rejects `lost` and every command. For a
+   * A session that connects when first used (a command, a transport): a
    * guest started from saved state, whose sshd already listens, while the
-   * agent is reached another way (the agent port).
+   * agent is reached another way (the agent port) — its handshake, a fork
+   * and key exchange emulated under TCG, would otherwise compete with the
+   * agent's first requests for the guest's CPU. A connection that fails
+   * rejects `lost` and every command; one never asked for is never lost.
    */
-  static inBackground(target: SshTarget, timeoutMs = 20_000): SshSession {
-    return new SshSession(connectClient(target, timeoutMs));
+  static onDemand(target: SshTarget, timeoutMs = 20_000): SshSession {
+    return new SshSession(() => connectClient(target, timeoutMs));
   }
 
   /** Runs a command in the guest and collects its output. */
@@ -186,7 +198,7 @@ export class SshSession {
 
   close(): void {
     this.closing = true;
-    this.client.then(
+    this.clientPromise?.then(
       (c) => c.end(),
       () => {},
     );
@@ -199,7 +211,7 @@ export class SshSession {
    */
   dropConnection(): void {
     this.dropped = true;
-    this.client.then(
+    this.clientPromise?.then(
       (c) => c.destroy(),
       () => {},
     );
