@@ -71,17 +71,17 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_POSIX_TIMERS', 'CONFIG_TIMERFD'
     ]);
   }
 
-  // The same daemon stopped at execution 300 of ticker_work; also handed to CRIU (crh run --engine …criu).
+  // The same daemon stopped at execution 100 of ticker_work (at load a run under the breakpoint has ended in fewer than 300: docs/BENCHMARKS.md, Flake rate); also handed to CRIU (crh run --engine …criu).
   const atBreakpoint = await breakpointScenario(t, guest, {
     name: `${NAME}, checkpoint at a breakpoint`,
     workload: { ...workload, breakAt: guest.symbols.resolve('ticker:ticker_work') },
-    hit: 300,
+    hit: 100,
   });
   await runTable(t, CASE, atBreakpoint, [
     {
-      title: 'checkpoint at a breakpoint (execution 300 of ticker_work)',
+      title: 'checkpoint at a breakpoint (execution 100 of ticker_work)',
       policy: DEFAULT_POLICY,
-      tag: 'hit300',
+      tag: 'hit100',
       expect: 'resumes',
       check: (t, a) => void t.equal(a.restoredRun?.output, expected, `restored: ${a.restoredRun?.output.trim()}`),
     },
