@@ -13,7 +13,7 @@ import { CALLEE_SAVED, DEFAULT_POLICY, describePolicy } from '../harness/restore
 import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
 import { startGuest } from '../harness/testing/guest-fixture.ts';
 import { runCriuControl, runCriuScenario, runsEngine, type CriuScenario } from '../harness/testing/criu-engine.ts';
-import { recordRow } from '../harness/testing/verdict-rows.ts';
+import { recordCriuSkip, skipNotForCriu } from '../harness/scenarios/runner.ts';
 import { POLICY_NOT_FOR_CRIU } from '../harness/criu/known-gaps.ts';
 import {
   handlerStopScenario,
@@ -171,18 +171,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
         runCriuControl(t, guest, criuScenario, `criu-${spec.tag}-zeroed`),
       );
       await t.test(`engine criu: regs=partial ${POLICY_NOT_FOR_CRIU}`, async (t) => {
-        t.pass(POLICY_NOT_FOR_CRIU);
-        recordRow(t, {
-          case: CASE,
-          scenario: spec.name,
-          policy: describePolicy({ ...DEFAULT_POLICY, regs: 'partial' }),
-          engine: 'criu',
-          control: true,
-          expected: '-',
-          observed: '-',
-          pass: false,
-          skipped: POLICY_NOT_FOR_CRIU,
-        });
+        skipNotForCriu(t, { case: CASE, scenario: spec.name, policy: describePolicy({ ...DEFAULT_POLICY, regs: 'partial' }) });
       });
     });
   }
@@ -225,18 +214,11 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     if (runsEngine('crh')) await restoreBoth(t, { ...spec, view }, prepared, repHits, { repBreakpoint: behaviour }, perIteration ? bytes : 1);
     if (runsEngine('criu')) {
       // Its witness is the DR1 breakpoint on the rep instruction across the checkpoint: exactly what CRIU does not restore.
-      recordRow(t, {
-        case: CASE,
-        scenario: spec.name,
-        policy: 'criu defaults',
-        engine: 'criu',
-        control: false,
-        expected: '-',
-        observed: '-',
-        pass: false,
-        skipped:
-          "not handed to CRIU: the scenario's witness is a DR1 breakpoint kept across the checkpoint, and CRIU does not restore the task's debug registers (known engine gap, harness/criu/known-gaps.ts); the rep result through CRIU is in the rows above",
-      });
+      recordCriuSkip(
+        t,
+        { case: CASE, scenario: spec.name },
+        "not handed to CRIU: the scenario's witness is a DR1 breakpoint kept across the checkpoint, and CRIU does not restore the task's debug registers (known engine gap, harness/criu/known-gaps.ts); the rep result through CRIU is in the rows above",
+      );
     }
   });
 });

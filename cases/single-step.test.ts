@@ -19,7 +19,7 @@ import { startGuest } from '../harness/testing/guest-fixture.ts';
 import type { Workload } from '../harness/testing/scenario.ts';
 import { EFLAGS, hex } from '../harness/x86/registers.ts';
 import { runCriuControl, runCriuScenario, runsEngine, type CriuScenario } from '../harness/testing/criu-engine.ts';
-import { recordRow } from '../harness/testing/verdict-rows.ts';
+import { recordCriuSkip, skipNotForCriu } from '../harness/scenarios/runner.ts';
 import { POLICY_NOT_FOR_CRIU } from '../harness/criu/known-gaps.ts';
 import { breakpointScenario, type BreakpointAttempt } from '../harness/scenarios/breakpoint-scenario.ts';
 import { tracerStepScenario } from '../harness/scenarios/tracer-step-scenario.ts';
@@ -227,29 +227,11 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
     runCriuControl(t, guest, criuScenario, 'criu-tf-cleared'),
   );
   await t.test(`engine criu: restorer=popf ${POLICY_NOT_FOR_CRIU}; the tracer-set scenario is crh's alone`, async (t) => {
-    t.pass(POLICY_NOT_FOR_CRIU);
-    recordRow(t, {
-      case: CASE,
-      scenario: SCENARIO,
-      policy: describePolicy({ ...DEFAULT_POLICY, restorer: 'popf' }),
-      engine: 'criu',
-      control: true,
-      expected: '-',
-      observed: '-',
-      pass: false,
-      skipped: POLICY_NOT_FOR_CRIU,
-    });
-    recordRow(t, {
-      case: CASE,
-      scenario: TRACED_SCENARIO,
-      policy: 'criu defaults',
-      engine: 'criu',
-      control: false,
-      expected: '-',
-      observed: '-',
-      pass: false,
-      skipped:
-        "not handed to CRIU: the tracer single-stepping the restored process is the scenario, and CRIU takes the task from the agent (DETACH) for the dump — the tracer-set TF is the agent's, not the program's state",
-    });
+    skipNotForCriu(t, { case: CASE, scenario: SCENARIO, policy: describePolicy({ ...DEFAULT_POLICY, restorer: 'popf' }) });
+    recordCriuSkip(
+      t,
+      { case: CASE, scenario: TRACED_SCENARIO },
+      "not handed to CRIU: the tracer single-stepping the restored process is the scenario, and CRIU takes the task from the agent (DETACH) for the dump — the tracer-set TF is the agent's, not the program's state",
+    );
   });
 });

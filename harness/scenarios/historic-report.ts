@@ -9,7 +9,6 @@
  * core, are SKIP rows for CRIU saying so.
  */
 import type { Test } from 'tap';
-import { recordRow } from '../testing/verdict-rows.ts';
 import { describePolicy, type RestorePolicy } from '../restore/policy.ts';
 import { startGuest, type Guest } from '../testing/guest-fixture.ts';
 import { kernelNeeds } from '../testing/kernel-needs.ts';
@@ -19,7 +18,7 @@ import { runsEngine } from '../testing/criu-engine.ts';
 import { POLICY_NOT_FOR_CRIU } from '../criu/known-gaps.ts';
 import type { CriuScenarioAttempt } from '../testing/criu-engine.ts';
 import { resumes, shows, type Attempt } from './attempt.ts';
-import { settle, skipNotForCriu } from './runner.ts';
+import { recordCriuSkip, settle, skipNotForCriu } from './runner.ts';
 
 export interface HistoricReport {
   /** the case name, e.g. report-2009-rf-tolerate */
@@ -97,17 +96,7 @@ async function criuRows(t: Test, report: HistoricReport, scenario: Scenario, exh
   await t.test(`${scenario.name}: engine criu`, async (t) => {
     if (!criu) {
       t.pass('not handed to CRIU: said as a skip');
-      recordRow(t, {
-        case: report.id,
-        scenario: rowScenario,
-        policy: 'criu defaults',
-        engine: 'criu',
-        control: false,
-        expected: '-',
-        observed: '-',
-        pass: false,
-        skipped: 'this scenario is not handed to CRIU yet (no Scenario.criu)',
-      });
+      recordCriuSkip(t, { case: report.id, scenario: rowScenario }, 'this scenario is not handed to CRIU yet (no Scenario.criu)');
       return;
     }
     const a = await criu.call(scenario, `${slug(scenario.name)}-criu`);

@@ -24,3 +24,8 @@ export function skipNotForCriu(t: Test, key: Omit<RowKey, 'engine'>): void {
   t.pass(POLICY_NOT_FOR_CRIU);
   recordRow(t, { ...key, engine: 'criu', control: true, expected: '-', observed: '-', pass: false, skipped: POLICY_NOT_FOR_CRIU });
 }
+
+/** A scenario not handed to CRIU at all: a SKIP row under CRIU's defaults saying why. */
+export function recordCriuSkip(t: Test, key: { case: string; scenario: string }, why: string): void {
+  recordRow(t, { ...key, policy: 'criu defaults', engine: 'criu', control: false, expected: '-', observed: '-', pass: false, skipped: why });
+}
