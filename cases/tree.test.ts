@@ -34,8 +34,17 @@ import { DEFAULT_POLICY, describePolicy, type RestorePolicy } from '../harness/r
 import { startGuest } from '../harness/testing/guest-fixture.ts';
 import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
 import { spawnArmed, type Workload } from '../harness/testing/scenario.ts';
+import type { ProcessTree } from '../harness/restore/tree.ts';
 import { hex } from '../harness/x86/registers.ts';
-import { attachProcess, releaseProcess, runToBreakpoint, treeScenario, type TreeAttempt, type TreeStop } from '../harness/scenarios/tree-scenario.ts';
+import {
+  attachProcess,
+  releaseProcess,
+  rootAtBreakpoint,
+  runToBreakpoint,
+  treeScenario,
+  type TreeAttempt,
+  type TreeStop,
+} from '../harness/scenarios/tree-scenario.ts';
 import { runTable, type Row } from '../harness/scenarios/table.ts';
 
 const CASE = 'tree';
@@ -54,8 +63,11 @@ interface SharedObjectSection {
   workload: Workload;
   /** the uninterrupted run: exactly, or its shape */
   uninterrupted: string | RegExp;
-  /** the default row: its title, and what the image and the read-back hold */
-  restores: { title: string; tag: string; check(t: Test, a: TreeAttempt): void };
+  /**
+   * the default row: its title; the shared object as the image holds it, in lines (`image`), what they must be
+   * (`holds`, said by `says`); and what the kernel's read-back shows of it when it is as planned (`readBack`)
+   */
+  restores: { title: string; tag: string; image(tree: ProcessTree): string[] | undefined; holds: string[]; says: string; readBack: string };
   /** the control: its title, policy, and the line that shows its bug (exactly, or its shape) */
   control: { title: string; tag: string; policy: RestorePolicy; shows: string | RegExp };
 }
@@ -66,12 +78,26 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_CHECKPOINT_RESTORE']), async (t
 
   /** Prepares a two-process section, asserts its uninterrupted run, and runs its two rows. */
   const sharedObjectTable = async (s: SharedObjectSection): Promise<void> => {
-    const scenario = await treeScenario(t, guest, { name: s.name, label: s.label, workload: s.workload });
+    const scenario = await treeScenario(t, guest, {
+      name: s.name,
+      label: s.label,
+      workload: s.workload,
+      stop: (out) => rootAtBreakpoint(guest, s.workload, out),
+    });
     const says = `${s.label} uninterrupted: ${scenario.reference}`;
     if (typeof s.uninterrupted === 'string') t.equal(scenario.reference, s.uninterrupted, says);
     else t.match(scenario.reference, s.uninterrupted, says);
     await runTable(t, CASE, scenario, [
-      { ...s.restores, policy: DEFAULT_POLICY, expect: 'resumes' },
+      {
+        title: s.restores.title,
+        tag: s.restores.tag,
+        policy: DEFAULT_POLICY,
+        expect: 'resumes',
+        check: (t, a) => {
+          t.same(s.restores.image(a.tree), s.restores.holds, s.restores.says);
+          t.same(a.restored.differences, [], s.restores.readBack);
+        },
+      },
       {
         title: s.control.title,
         tag: s.control.tag,
@@ -201,11 +227,15 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_CHECKPOINT_RESTORE']), async (t
   // The two-process sections: the parent stopped at a hardware breakpoint, the child wherever it is.
   const sockpair = guest.image.guestPaths.sockpair!;
   const sharefdAt = symbols.resolve('sockpair:sharefd_checkpoint');
+  const fds = (ends: ReadonlyArray<{ fd: number }>): string => ends.map((e) => e.fd).join(' ');
   const omit = (what: NonNullable<RestorePolicy['omit']>[number]): RestorePolicy => ({ ...DEFAULT_POLICY, omit: [what] });
 
+  const offsetFile = '/tmp/tree-shared-offset';
+  const fifoPath = '/tmp/tree-fifo';
+  const zombies = guest.image.guestPaths['vmflags-zombies']!;
   // A parent and child joined by a unix socketpair, data queued both ways: the pair restored as one, its queues sent again.
-  for (const type of ['stream', 'dgram'] as const) {
-    await sharedObjectTable({
+  const sections: SharedObjectSection[] = [
+    ...(['stream', 'dgram'] as const).map((type): SharedObjectSection => ({
       name: `parent and child joined by a unix ${type === 'stream' ? 'SOCK_STREAM' : 'SOCK_DGRAM'} socketpair, data queued both ways; parent at a hardware breakpoint`,
       label: type,
       workload: { binary: sockpair, argv: [sockpair, type], breakAt: symbols.resolve('sockpair:sockpair_checkpoint') },
@@ -214,14 +244,10 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_CHECKPOINT_RESTORE']), async (t
         // expect: one pair in the image, 1044 bytes queued up and 114 down; read back as one pair.
         title: `kill and restore a ${type} socketpair between parent and child: one pair, both queues; it ends as uninterrupted`,
         tag: `${type}-default`,
-        check: (t, a) => {
-          t.same(
-            a.tree.socketpairs?.map((p) => p.queued.map((q) => q.reduce((n, b) => n + b.length, 0))),
-            [[1044, 114]],
-            'one socketpair: 1044 bytes queued for the parent, 114 for the child',
-          );
-          t.same(a.restored.differences, [], 'read back: one socketpair between the two, as planned');
-        },
+        image: (tree) => tree.socketpairs?.map((p) => `${p.queued.map((q) => q.reduce((n, b) => n + b.length, 0)).join(' up, ')} down`),
+        holds: ['1044 up, 114 down'],
+        says: 'one socketpair: 1044 bytes queued for the parent, 114 for the child',
+        readBack: 'read back: one socketpair between the two, as planned',
       },
       // expect: the parent finds nothing queued and the child exits 3.
       control: {
@@ -230,161 +256,136 @@ t.test(CASE, await kernelNeeds(t, CASE, ['CONFIG_CHECKPOINT_RESTORE']), async (t
         policy: omit('pipe-contents'),
         shows: new RegExp(`sockpair ${type} mismatch: up 0 bytes queued, not 1044, child status 0x300`),
       },
-    });
-  }
+    })),
 
-  // A parent and child holding one memfd as a descriptor: restored as one memfd, the child's write is read by the parent.
-  await sharedObjectTable({
-    name: 'parent and child holding one memfd as fd 3 (written, 6000 bytes, sealed against shrinking, offset 22); parent at a hardware breakpoint',
-    label: 'memfd',
-    workload: { binary: sockpair, argv: [sockpair, 'memfd-run', 'tree-memfd'], breakAt: sharefdAt },
-    uninterrupted: "exited 0 sharefd memfd-run ok: the child's write seen, seals 0x2, offset 22, size 6000",
-    restores: {
-      // expect: one memfd in the image (name, contents, seals, offset) behind fd 3 of both; read back as one.
-      title: 'kill and restore a memfd held by parent and child: one memfd, its contents, seals and offset; it ends as uninterrupted',
-      tag: 'memfd-default',
-      check: (t, a) => {
-        t.same(
-          a.tree.memfds?.map(
-            (m) => `${m.name} ${m.contents.length} bytes, seals 0x${m.seals.toString(16)}, offset ${m.pos}, fds ${m.ends.map((e) => e.fd).join(' ')}`,
+    // A parent and child holding one memfd as a descriptor: restored as one memfd, the child's write is read by the parent.
+    {
+      name: 'parent and child holding one memfd as fd 3 (written, 6000 bytes, sealed against shrinking, offset 22); parent at a hardware breakpoint',
+      label: 'memfd',
+      workload: { binary: sockpair, argv: [sockpair, 'memfd-run', 'tree-memfd'], breakAt: sharefdAt },
+      uninterrupted: "exited 0 sharefd memfd-run ok: the child's write seen, seals 0x2, offset 22, size 6000",
+      restores: {
+        // expect: one memfd in the image (name, contents, seals, offset) behind fd 3 of both; read back as one.
+        title: 'kill and restore a memfd held by parent and child: one memfd, its contents, seals and offset; it ends as uninterrupted',
+        tag: 'memfd-default',
+        image: (tree) => tree.memfds?.map((m) => `${m.name} ${m.contents.length} bytes, seals 0x${m.seals.toString(16)}, offset ${m.pos}, fds ${fds(m.ends)}`),
+        holds: ['tree-memfd 6000 bytes, seals 0x2, offset 22, fds 3 3'],
+        says: 'one memfd, fd 3 of both',
+        readBack: 'read back: one memfd behind both descriptors, as planned',
+      },
+      // expect: the parent does not see the child's write.
+      control: {
+        title: 'negative control omit=mapping-kinds: parent and child each restored with a memfd of its own',
+        tag: 'memfd-private',
+        policy: omit('mapping-kinds'),
+        shows: /sharefd memfd-run mismatch: the child's write not seen, child status 0x0, /,
+      },
+    },
+
+    // A parent and child sharing one open file description: restored as one description, a write by one moves the other's offset.
+    {
+      name: 'parent and child sharing one open file description (a file opened read-write before the fork, offset 2); parent at a hardware breakpoint, then the child reads and writes through it and the parent writes after',
+      label: 'shared description',
+      workload: { binary: sockpair, argv: [sockpair, 'offset-run', offsetFile], breakAt: sharefdAt },
+      uninterrupted: 'exited 0 sharefd offset-run ok: the child read 234, one offset, 16 after both writes: 01234childparent',
+      restores: {
+        // expect: one description in the image (read-write, offset 2) behind fd 3 of both; read back as one (kcmp).
+        title: 'kill and restore an open file description parent and child share: one description, one offset; it ends as uninterrupted',
+        tag: 'offset-default',
+        image: (tree) => tree.sharedFiles?.map((f) => `${f.path} flags 0o${f.flags.toString(8)}, offset ${f.pos}, ${f.size} bytes, fds ${fds(f.ends)}`),
+        holds: [`${offsetFile} flags 0o100002, offset 2, 10 bytes, fds 3 3`],
+        says: 'one shared description: read-write, offset 2, fd 3 of both',
+        readBack: 'read back: one description (kcmp) behind both descriptors, at offset 2',
+      },
+      // expect: two offsets: the parent writes over the child's bytes.
+      control: {
+        title: 'negative control omit=shared-descriptions: parent and child each restored with a description of its own',
+        tag: 'offset-private',
+        policy: omit('shared-descriptions'),
+        shows: /sharefd offset-run mismatch: child status 0x0, offset 8 after both writes: 01parentld$/,
+      },
+    },
+
+    // A parent and child holding a FIFO with bytes queued: restored as the same FIFO, its queued bytes put back.
+    {
+      name: 'parent and child holding a FIFO (a read end and a write end opened by path, each one description of both) with 28 bytes queued; parent at a hardware breakpoint, then the child writes 8 more',
+      label: 'FIFO',
+      workload: { binary: sockpair, argv: [sockpair, 'fifo-run', fifoPath], breakAt: sharefdAt },
+      uninterrupted: 'exited 0 sharefd fifo-run ok: read 36 bytes: queued before the checkpoint + child',
+      restores: {
+        // expect: one FIFO in the image, a read end (fd 3) and a write end (fd 4) of both, 28 bytes queued; read back as such.
+        title: 'kill and restore a FIFO parent and child hold: the same FIFO, both descriptions, its queued bytes; it ends as uninterrupted',
+        tag: 'fifo-default',
+        image: (tree) =>
+          tree.fifos?.map(
+            (f) => `${f.path}: ${f.queued.length} queued; ${f.descriptions.map((d) => `flags 0o${d.flags.toString(8)} fds ${fds(d.ends)}`).join('; ')}`,
           ),
-          ['tree-memfd 6000 bytes, seals 0x2, offset 22, fds 3 3'],
-          'one memfd, fd 3 of both',
-        );
-        t.same(a.restored.differences, [], 'read back: one memfd behind both descriptors, as planned');
+        holds: [`${fifoPath}: 28 queued; flags 0o0 fds 3 3; flags 0o1 fds 4 4`],
+        says: 'one FIFO: a read end (fd 3) and a write end (fd 4) of both, 28 bytes queued',
+        readBack: 'read back: the FIFO behind fds 3 and 4 of both, one description each (kcmp)',
+      },
+      // expect: the parent reads the child's 8 bytes only.
+      control: {
+        title: 'negative control omit=pipe-contents: the FIFO restored without its queued bytes',
+        tag: 'fifo-empty',
+        policy: omit('pipe-contents'),
+        shows: /sharefd fifo-run mismatch: child status 0x0, read 8 bytes: {2}\+ child$/,
       },
     },
-    // expect: the parent does not see the child's write.
-    control: {
-      title: 'negative control omit=mapping-kinds: parent and child each restored with a memfd of its own',
-      tag: 'memfd-private',
-      policy: omit('mapping-kinds'),
-      shows: /sharefd memfd-run mismatch: the child's write not seen, child status 0x0, /,
-    },
-  });
 
-  // A parent and child sharing one open file description: restored as one description, a write by one moves the other's offset.
-  const offsetFile = '/tmp/tree-shared-offset';
-  await sharedObjectTable({
-    name: 'parent and child sharing one open file description (a file opened read-write before the fork, offset 2); parent at a hardware breakpoint, then the child reads and writes through it and the parent writes after',
-    label: 'shared description',
-    workload: { binary: sockpair, argv: [sockpair, 'offset-run', offsetFile], breakAt: sharefdAt },
-    uninterrupted: 'exited 0 sharefd offset-run ok: the child read 234, one offset, 16 after both writes: 01234childparent',
-    restores: {
-      // expect: one description in the image (read-write, offset 2) behind fd 3 of both; read back as one (kcmp).
-      title: 'kill and restore an open file description parent and child share: one description, one offset; it ends as uninterrupted',
-      tag: 'offset-default',
-      check: (t, a) => {
-        t.same(
-          a.tree.sharedFiles?.map(
-            (f) => `${f.path} flags 0o${f.flags.toString(8)}, offset ${f.pos}, ${f.size} bytes, fds ${f.ends.map((e) => e.fd).join(' ')}`,
-          ),
-          [`${offsetFile} flags 0o100002, offset 2, 10 bytes, fds 3 3`],
-          'one shared description: read-write, offset 2, fd 3 of both',
-        );
-        t.same(a.restored.differences, [], 'read back: one description (kcmp) behind both descriptors, at offset 2');
+    // A memfd mapped MAP_SHARED by parent and child (held as an fd by the parent only): one memfd, one mapping inherited.
+    {
+      name: 'a memfd (2 pages) the parent maps MAP_SHARED and holds as fd 3, the child maps only; parent at a hardware breakpoint, then the child writes through its mapping',
+      label: 'memfd mapping',
+      workload: { binary: sockpair, argv: [sockpair, 'memfd-map-run', 'tree-map'], breakAt: sharefdAt },
+      uninterrupted: "exited 0 sharefd memfd-map-run ok: the child's write seen through the mapping and the descriptor",
+      restores: {
+        // expect: one memfd in the image, fd 3 of the parent, mapped by both at one address; read back as planned.
+        title: 'kill and restore a memfd mapped shared by parent and child: one memfd, one mapping at one address; it ends as uninterrupted',
+        tag: 'memfd-map-default',
+        image: (tree) => {
+          const who = (pid: number): string => (pid === tree.members[0]?.pid ? 'parent' : 'child');
+          return tree.memfds?.map((m) => {
+            const maps = m.maps ?? [];
+            return `${m.name}: fds ${m.ends.map((e) => `${who(e.pid)}:${e.fd}`).join(' ')}; maps ${maps.map((x) => `${who(x.pid)}:${x.end - x.start}`).join(' ')}; one address ${new Set(maps.map((x) => x.start)).size === 1}`;
+          });
+        },
+        holds: ['tree-map: fds parent:3; maps parent:8192 child:8192; one address true'],
+        says: 'one memfd: fd 3 of the parent, mapped by both at one address',
+        readBack: 'read back as planned',
+      },
+      // expect: the parent does not see the child's write through its mapping.
+      control: {
+        title: 'negative control omit=mapping-kinds: parent and child each restored with a memfd (and a mapping) of its own',
+        tag: 'memfd-map-private',
+        policy: omit('mapping-kinds'),
+        shows: /sharefd memfd-map-run mismatch: child status 0x0, the child's write not seen through the mapping/,
       },
     },
-    // expect: two offsets: the parent writes over the child's bytes.
-    control: {
-      title: 'negative control omit=shared-descriptions: parent and child each restored with a description of its own',
-      tag: 'offset-private',
-      policy: omit('shared-descriptions'),
-      shows: /sharefd offset-run mismatch: child status 0x0, offset 8 after both writes: 01parentld$/,
-    },
-  });
 
-  // A parent and child holding a FIFO with bytes queued: restored as the same FIFO, its queued bytes put back.
-  const fifoPath = '/tmp/tree-fifo';
-  await sharedObjectTable({
-    name: 'parent and child holding a FIFO (a read end and a write end opened by path, each one description of both) with 28 bytes queued; parent at a hardware breakpoint, then the child writes 8 more',
-    label: 'FIFO',
-    workload: { binary: sockpair, argv: [sockpair, 'fifo-run', fifoPath], breakAt: sharefdAt },
-    uninterrupted: 'exited 0 sharefd fifo-run ok: read 36 bytes: queued before the checkpoint + child',
-    restores: {
-      // expect: one FIFO in the image, a read end (fd 3) and a write end (fd 4) of both, 28 bytes queued; read back as such.
-      title: 'kill and restore a FIFO parent and child hold: the same FIFO, both descriptions, its queued bytes; it ends as uninterrupted',
-      tag: 'fifo-default',
-      check: (t, a) => {
-        const descriptions = (f: NonNullable<typeof a.tree.fifos>[number]): string =>
-          f.descriptions.map((d) => `flags 0o${d.flags.toString(8)} fds ${d.ends.map((e) => e.fd).join(' ')}`).join('; ');
-        t.same(
-          a.tree.fifos?.map((f) => `${f.path}: ${f.queued.length} queued; ${descriptions(f)}`),
-          [`${fifoPath}: 28 queued; flags 0o0 fds 3 3; flags 0o1 fds 4 4`],
-          'one FIFO: a read end (fd 3) and a write end (fd 4) of both, 28 bytes queued',
-        );
-        t.same(a.restored.differences, [], 'read back: the FIFO behind fds 3 and 4 of both, one description each (kcmp)');
+    // Zombies: two children that ended (exit 42, SIGUSR1) and that the parent has not waited for, and one alive on a pipe.
+    {
+      name: 'a parent with two zombie children (exit 42, SIGUSR1) and a live child on a pipe; parent at a hardware breakpoint, then it waits for all three',
+      label: 'zombies',
+      workload: { binary: zombies, argv: [zombies, 'zombies'], breakAt: symbols.resolve('vmflags-zombies:zombies_checkpoint') },
+      uninterrupted: 'exited 0 zombies: first exited 42, second killed by signal 10, third exited 0, then ECHILD',
+      restores: {
+        // expect: two zombies of the parent in the image with their wait statuses; read back as zombies again.
+        title: 'kill and restore a tree holding zombies: each a zombie again, same pid, parent and wait status; it ends as uninterrupted',
+        tag: 'zombies-default',
+        image: (tree) => tree.zombies?.map((z) => `${z.ppid === tree.members[0]?.pid ? 'parent' : z.ppid}: wait status 0x${z.waitStatus.toString(16)}`),
+        holds: ['parent: wait status 0x2a00', 'parent: wait status 0xa'],
+        says: 'the image holds two zombies of the parent with their wait statuses',
+        readBack: 'read back: each a zombie of its parent with its wait status',
+      },
+      // expect: not made again, the parent's waitpid finds neither (ECHILD).
+      control: {
+        title: 'negative control omit=zombies: the zombies are not made again',
+        tag: 'zombies-omitted',
+        policy: omit('zombies'),
+        shows: 'exited 1 zombies: first missing, second missing, third exited 0, then ECHILD',
       },
     },
-    // expect: the parent reads the child's 8 bytes only.
-    control: {
-      title: 'negative control omit=pipe-contents: the FIFO restored without its queued bytes',
-      tag: 'fifo-empty',
-      policy: omit('pipe-contents'),
-      shows: /sharefd fifo-run mismatch: child status 0x0, read 8 bytes: {2}\+ child$/,
-    },
-  });
-
-  // A memfd mapped MAP_SHARED by parent and child (held as an fd by the parent only): one memfd, one mapping inherited.
-  await sharedObjectTable({
-    name: 'a memfd (2 pages) the parent maps MAP_SHARED and holds as fd 3, the child maps only; parent at a hardware breakpoint, then the child writes through its mapping',
-    label: 'memfd mapping',
-    workload: { binary: sockpair, argv: [sockpair, 'memfd-map-run', 'tree-map'], breakAt: sharefdAt },
-    uninterrupted: "exited 0 sharefd memfd-map-run ok: the child's write seen through the mapping and the descriptor",
-    restores: {
-      // expect: one memfd in the image, fd 3 of the parent, mapped by both at one address; read back as planned.
-      title: 'kill and restore a memfd mapped shared by parent and child: one memfd, one mapping at one address; it ends as uninterrupted',
-      tag: 'memfd-map-default',
-      check: (t, a) => {
-        const parent = a.tree.members[0]?.pid;
-        const who = (pid: number): string => (pid === parent ? 'parent' : 'child');
-        t.same(
-          a.tree.memfds?.map(
-            (m) =>
-              `${m.name}: fds ${m.ends.map((e) => `${who(e.pid)}:${e.fd}`).join(' ')}; maps ${(m.maps ?? []).map((x) => `${who(x.pid)}:${x.end - x.start}`).join(' ')}; one address ${new Set((m.maps ?? []).map((x) => x.start)).size === 1}`,
-          ),
-          ['tree-map: fds parent:3; maps parent:8192 child:8192; one address true'],
-          'one memfd: fd 3 of the parent, mapped by both at one address',
-        );
-        t.same(a.restored.differences, [], 'read back as planned');
-      },
-    },
-    // expect: the parent does not see the child's write through its mapping.
-    control: {
-      title: 'negative control omit=mapping-kinds: parent and child each restored with a memfd (and a mapping) of its own',
-      tag: 'memfd-map-private',
-      policy: omit('mapping-kinds'),
-      shows: /sharefd memfd-map-run mismatch: child status 0x0, the child's write not seen through the mapping/,
-    },
-  });
-
-  // Zombies: two children that ended (exit 42, SIGUSR1) and that the parent has not waited for, and one alive on a pipe.
-  const zombies = guest.image.guestPaths['vmflags-zombies']!;
-  await sharedObjectTable({
-    name: 'a parent with two zombie children (exit 42, SIGUSR1) and a live child on a pipe; parent at a hardware breakpoint, then it waits for all three',
-    label: 'zombies',
-    workload: { binary: zombies, argv: [zombies, 'zombies'], breakAt: symbols.resolve('vmflags-zombies:zombies_checkpoint') },
-    uninterrupted: 'exited 0 zombies: first exited 42, second killed by signal 10, third exited 0, then ECHILD',
-    restores: {
-      // expect: two zombies of the parent in the image with their wait statuses; read back as zombies again.
-      title: 'kill and restore a tree holding zombies: each a zombie again, same pid, parent and wait status; it ends as uninterrupted',
-      tag: 'zombies-default',
-      check: (t, a) => {
-        const parent = a.tree.members[0]?.pid;
-        t.same(
-          a.tree.zombies?.map((z) => `${z.ppid === parent ? 'parent' : z.ppid}: wait status 0x${z.waitStatus.toString(16)}`),
-          ['parent: wait status 0x2a00', 'parent: wait status 0xa'],
-          'the image holds two zombies of the parent with their wait statuses',
-        );
-        t.same(a.restored.differences, [], 'read back: each a zombie of its parent with its wait status');
-      },
-    },
-    // expect: not made again, the parent's waitpid finds neither (ECHILD).
-    control: {
-      title: 'negative control omit=zombies: the zombies are not made again',
-      tag: 'zombies-omitted',
-      policy: omit('zombies'),
-      shows: 'exited 1 zombies: first missing, second missing, third exited 0, then ECHILD',
-    },
-  });
+  ];
+  for (const section of sections) await sharedObjectTable(section);
 });

@@ -1,6 +1,6 @@
 /**
  * The scenario of a process tree: a workload of several processes stopped
- * where it is checkpointed (provoke: by default its root at its first
+ * where it is checkpointed (provoke: most often its root at its first
  * breakpoint hit, the others wherever they are), checkpointed as a tree,
  * written as an image and killed (checkpoint), read back and restored under a
  * policy (restore), its descendants let go and its root run to the end,
@@ -49,8 +49,8 @@ export interface TreeScenarioSpec<S extends TreeStop> {
   /** a short name for messages and artifact names: "memfd", "FIFO" */
   label: string;
   workload: Workload;
-  /** provoke: stops the tree, its output in `out`; default: the root at its first breakpoint hit */
-  stop?(out: string): Promise<S>;
+  /** provoke: stops the tree, its output in `out` (rootAtBreakpoint: the root at its first breakpoint hit) */
+  stop(out: string): Promise<S>;
   /** what the oracle watches while the restored tree runs; default: no oracle */
   watch?: Omit<WatchOptions, 'log'>;
   /** what the oracle must have seen of the restored run, read against the checkpointed tree; default: nothing */
@@ -96,8 +96,8 @@ export async function releaseProcess(agent: Agent, pid: number): Promise<void> {
   await agent.call({ op: 'RELEASE', pid });
 }
 
-/** The default provoke: the workload spawned armed and run to its first breakpoint hit. */
-async function rootAtBreakpoint(guest: Guest, workload: Workload, out: string): Promise<TreeStop> {
+/** The common provoke: the workload spawned armed and its root run to its first breakpoint hit, the others wherever they are. */
+export async function rootAtBreakpoint(guest: Guest, workload: Workload, out: string): Promise<TreeStop> {
   const pid = await spawnArmed(guest, workload, out);
   await runToBreakpoint(guest, pid, `${workload.argv.join(' ')} never reached its checkpoint point`, out);
   return { pid, out };
@@ -110,7 +110,7 @@ async function rootAtBreakpoint(guest: Guest, workload: Workload, out: string): 
 export async function treeScenario<S extends TreeStop>(t: Test, guest: Guest, spec: TreeScenarioSpec<S>): Promise<TreeScenario<S>> {
   const { agent } = guest;
   const { workload } = spec;
-  const stop = (out: string): Promise<S> => (spec.stop ? spec.stop(out) : (rootAtBreakpoint(guest, workload, out) as Promise<S>));
+  const stop = (out: string): Promise<S> => spec.stop(out);
   const lineOf = async (run: RunResult, out: string): Promise<string> => `${endedAs(run)} ${(await readOutput(guest, out)).trim()}`;
 
   const reference = await (async () => {
