@@ -72,8 +72,11 @@ export function refusalScenario(guest: Guest, spec: RefusalSpec): RefusalScenari
   };
 }
 
-/** Asserts and records a refusal attempt: PASS when the checkpoint was refused naming what the scenario says. */
-export function settleRefusal(t: Test, key: RowKey, scenario: RefusalScenario, a: RefusalAttempt): boolean {
+/**
+ * Asserts and records a refusal attempt (at checkpoint, or a restore's: move-scenario.ts): PASS when it was refused
+ * naming what the scenario says (the attempt's `matched`).
+ */
+export function settleRefusal(t: Test, key: RowKey, scenario: Pick<RefusalScenario, 'expected'>, a: Attempt): boolean {
   const { verdict } = verdictOf(key, resumes(scenario.expected), a);
   t.ok(verdict.pass, verdict.pass ? `as expected: ${a.observed}` : `${a.observed} (expected ${scenario.expected})`);
   recordRow(t, verdict);
