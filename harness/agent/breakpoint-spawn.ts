@@ -26,6 +26,8 @@ export interface ArmedProgram {
   breakAt?: bigint;
   /** debug registers armed instead of (or besides) breakAt; DR7 here replaces breakAt's */
   debugRegs?: DebugRegisterValues;
+  /** spawned as exactly this pid (clone3 set_tid; EEXIST when taken) */
+  pid?: number;
 }
 
 /**
@@ -40,6 +42,7 @@ export async function spawnWithBreakpoint(
   stdoutPath: string,
   options: { pid?: number } = {},
 ): Promise<number> {
+  const asPid = options.pid ?? program.pid;
   const { pid } = await agent.call({
     op: 'SPAWN',
     path: program.binary,
@@ -47,7 +50,7 @@ export async function spawnWithBreakpoint(
     envp: program.envp ?? [],
     stdoutPath,
     noAslr: true,
-    ...(options.pid !== undefined ? { pid: options.pid } : {}),
+    ...(asPid !== undefined ? { pid: asPid } : {}),
   });
   await armDebugRegisters(agent, pid, { ...(program.breakAt === undefined ? {} : { 0: program.breakAt, 7: DR7_EXECUTE_DR0 }), ...program.debugRegs });
   return pid;

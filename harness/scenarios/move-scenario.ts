@@ -96,6 +96,18 @@ export interface MoveScenario {
   attempt(move: Move): Promise<MoveAttempt>;
 }
 
+/**
+ * The pid a checkpoint's workload is spawned as: the restore keeps it, and a
+ * low pid may be taken in the other guest (on 6.12 monoclock's 148 was:
+ * PidInUseError, docs/platform.md). Well above what a guest hands out in a
+ * case, and a new one for each checkpoint, so no two checkpoints share one.
+ */
+const MOVE_PID_BASE = 20000;
+let movePids = 0;
+function nextMovePid(): number {
+  return MOVE_PID_BASE + movePids++;
+}
+
 /** The policy column of a move's row: the policy, and "dependencies=try" when the restore was tried regardless. */
 export function movePolicy(policy: RestorePolicy, dependencies: 'refuse' | 'try' = 'refuse'): string {
   return `${describePolicy(policy)}${dependencies === 'try' ? ' dependencies=try' : ''}`;
@@ -108,7 +120,7 @@ export function movePolicy(policy: RestorePolicy, dependencies: 'refuse' | 'try'
 export async function moveScenario(t: Test, spec: MoveSpec): Promise<MoveScenario> {
   const { from, workload, label } = spec;
   const reference = spec.reference ?? (await takeReference(t, from, workload, label));
-  const checkpoint = (tag: string): Promise<Checkpointed> => checkpointAtHit(from, workload, 1, tag, { disarm: true });
+  const checkpoint = (tag: string): Promise<Checkpointed> => checkpointAtHit(from, { ...workload, pid: nextMovePid() }, 1, tag, { disarm: true });
   return {
     name: spec.name,
     reference,
