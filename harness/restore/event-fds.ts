@@ -30,6 +30,7 @@ import { CheckpointError } from '../errors.ts';
 import type { EventfdState, SignalfdState, TaskState } from './image-model.ts';
 import type { PlanStep } from './plan-step.ts';
 import { DescriptorTable } from './descriptors.ts';
+import { sameOpenFile } from './kcmp.ts';
 import { ScratchLayout, withScratchPage } from './scratch.ts';
 
 export const EVENTFD_LINK = 'anon_inode:[eventfd]';
@@ -44,8 +45,7 @@ const EFD_SEMAPHORE = 1;
 export const EVENTFD_MAX = 0xfffffffffffffffen;
 /** SIGKILL and SIGSTOP: never in a signalfd's mask (the kernel drops them). */
 const UNBLOCKABLE = (1n << 8n) | (1n << 18n);
-const NR = { read: 0, write: 1, kcmp: 312, signalfd4: 289, eventfd2: 290 } as const;
-const KCMP_FILE = 0n;
+const NR = { read: 0, write: 1, signalfd4: 289, eventfd2: 290 } as const;
 
 /** flags, counter and (on kernels that show it) the semaphore flag, from an eventfd's fdinfo. Pure. */
 export function parseEventfdFdinfo(text: string): { flags: number; count: bigint; semaphore: boolean | undefined } {
@@ -145,14 +145,7 @@ export async function sharedEventfdProblems(
   const found: Array<{ state: string; where: string; seen: string }> = [];
   for (const [i, a] of held.entries()) {
     for (const b of held.slice(i + 1)) {
-      const same = await agent.call({
-        op: 'INJECT_SYSCALL',
-        pid: a.pid,
-        nr: NR.kcmp,
-        args: [BigInt(a.pid), BigInt(b.pid), KCMP_FILE, BigInt(a.fd), BigInt(b.fd)],
-      });
-      if (same < 0n) throw new CheckpointError(`kcmp(KCMP_FILE) of pid ${a.pid} fd ${a.fd} and pid ${b.pid} fd ${b.fd} failed with errno ${-same}`);
-      if (same === 0n)
+      if (await sameOpenFile(agent, a, b))
         found.push({
           state: 'shared eventfd',
           where: `pid ${a.pid} fd ${a.fd} and pid ${b.pid} fd ${b.fd}`,

@@ -21,12 +21,9 @@
  * compared.
  */
 import type { AgentClient } from '../agent/client.ts';
-import { CheckpointError } from '../errors.ts';
 import { O, RESTORABLE_DEVICES } from './files.ts';
+import { sameOpenFile } from './kcmp.ts';
 import type { Uncapturable } from './uncapturable.ts';
-
-const NR_KCMP = 312;
-const KCMP_FILE = 0n;
 
 /** A descriptor as /proc shows it. */
 export interface HeldFile {
@@ -77,20 +74,9 @@ export async function findSharedDescriptions(agent: AgentClient, files: readonly
   return found;
 }
 
-/** kcmp(KCMP_FILE) of two descriptors of stopped processes, injected into the first: whether they are one open file description. */
-async function sameDescription(agent: AgentClient, a: HeldFile, b: HeldFile): Promise<boolean> {
-  const same = await agent.call({
-    op: 'INJECT_SYSCALL',
-    pid: a.pid,
-    nr: NR_KCMP,
-    args: [BigInt(a.pid), BigInt(b.pid), KCMP_FILE, BigInt(a.fd), BigInt(b.fd)],
-  });
-  if (same < 0n)
-    throw new CheckpointError(
-      `kcmp(KCMP_FILE) of pid ${a.pid} fd ${a.fd} and pid ${b.pid} fd ${b.fd} failed with errno ${-same}: cannot tell whether they share one open file description`,
-      { target: a.path },
-    );
-  return same === 0n;
+/** Whether `a` and `b` are one open file description (kcmp.ts). */
+function sameDescription(agent: AgentClient, a: HeldFile, b: HeldFile): Promise<boolean> {
+  return sameOpenFile(agent, a, b, a.path);
 }
 
 /**
