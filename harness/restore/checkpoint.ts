@@ -109,6 +109,9 @@ async function captureBlocked(
     const restartBlock = threadRestartBlockProblem(tid, t.regs);
     if (restartBlock && refuse) throw new CheckpointError(`pid ${pid}: ${restartBlock}`, { state: 'restart_block', target: `thread ${tid}` });
   }
+  // Read once for the refusals below and the capture after them: the injected calls between leave no mapping behind
+  // (their scratch page is unmapped again: scratch.ts).
+  const smaps = await readProcText(agent, `/proc/${pid}/smaps`);
   // A path that names a FIFO or a device node (an fstat injected: signals are blocked by now), one eventfd two
   // descriptors hold (kcmp); mapping attributes a restore's mmap does not give back (smaps).
   if (refuse) {
@@ -119,13 +122,12 @@ async function captureBlocked(
         ...(await sharedEventfdProblems(agent, await eventfdDescriptors(agent, pid))),
       ])
     ).filter((u) => !(pipesCaptured && u.state === 'fifo'));
-    special.push(...vmaFlagsProblems(pid, await readProcText(agent, `/proc/${pid}/smaps`)));
+    special.push(...vmaFlagsProblems(pid, smaps));
     if (special.length > 0) throw uncapturableError(pid, special);
   }
   const task = await captureTask(agent, pid, { skipPipes: pipesCaptured });
   const timerfdFds = await timerfdDescriptors(agent, pid);
   const maps = await readProcText(agent, `/proc/${pid}/maps`);
-  const smaps = await readProcText(agent, `/proc/${pid}/smaps`);
   const registrations = parseSmapsRegistrations(smaps);
   // The mapping attributes a restore gives back (vma-flags.ts), by start address like the registrations.
   const vmFlags = captureVmFlags(smaps);
