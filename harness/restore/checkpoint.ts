@@ -27,7 +27,8 @@ import {
 import { hasContents, isDumped, mappedFile, parseMaps } from './proc-maps.ts';
 import { rseqCsAddress } from './rseq.ts';
 import { ALL_BLOCKABLE, capturePending, captureSignals, SS_DISABLE } from './signals.ts';
-import { captureTimers, timerfdDescriptors } from './timers.ts';
+import { captureTimers, TIMERFD_LINK } from './timers.ts';
+import { descriptorsLinkedTo, readFdTable, type FdTable } from './fd-table.ts';
 import { captureLinks, otherThreads } from './threads.ts';
 import { captureTask, CheckpointError } from './files.ts';
 import { captureLdt } from './ldt.ts';
@@ -75,20 +76,23 @@ export async function checkpointProcess(
   // interrupted sleep's deadline, and the refusal's reads take a second under
   // TCG. Its clock_gettime is the one call injected before the refusal.
   const sleep = await captureSleep(agent, pid, await agent.call({ op: 'GETREGS', pid }), refuse);
+  // The descriptor table, read once for every module that looks at descriptors (fd-table.ts).
+  const fds = await readFdTable(agent, pid);
   // Then, before anything else is injected: state no image can hold is refused by name (uncapturable.ts).
-  if (refuse) await refuseUncapturable(agent, pid, process.noAslr, { pipesCaptured: options.pipesCaptured ?? false });
+  if (refuse) await refuseUncapturable(agent, pid, process.noAslr, fds, { pipesCaptured: options.pipesCaptured ?? false });
   const others = await otherThreads(agent, pid);
   // Every thread's mask as it was, then every signal blocked until the
   // injected calls are over: a signal that arrives meanwhile (a periodic
   // timer) waits in its queue instead of stopping a call half-way, and the
   // queues, read last, hold it — the image has it pending.
-  const masks = new Map<number, bigint>();
-  for (const tid of [pid, ...others]) masks.set(tid, await agent.call({ op: 'GETSIGMASK', pid: tid }));
+  const tids = [pid, ...others];
+  const held = await Promise.all(tids.map((tid) => agent.call({ op: 'GETSIGMASK', pid: tid })));
+  const masks = new Map(tids.map((tid, i) => [tid, held[i]!]));
   try {
-    for (const tid of masks.keys()) await agent.call({ op: 'SETSIGMASK', pid: tid, mask: ALL_BLOCKABLE });
-    return await captureBlocked(agent, process, platform, others, masks, { refuse, sleep, pipesCaptured: options.pipesCaptured ?? false });
+    await Promise.all(tids.map((tid) => agent.call({ op: 'SETSIGMASK', pid: tid, mask: ALL_BLOCKABLE })));
+    return await captureBlocked(agent, process, platform, others, masks, fds, { refuse, sleep, pipesCaptured: options.pipesCaptured ?? false });
   } finally {
-    for (const [tid, mask] of masks) await agent.call({ op: 'SETSIGMASK', pid: tid, mask });
+    await Promise.all([...masks].map(([tid, mask]) => agent.call({ op: 'SETSIGMASK', pid: tid, mask })));
   }
 }
 
@@ -98,6 +102,7 @@ async function captureBlocked(
   platform: PlatformFacts,
   others: readonly number[],
   masks: ReadonlyMap<number, bigint>,
+  fds: FdTable,
   { refuse, sleep, pipesCaptured }: { refuse: boolean; sleep: CheckpointImage['sleep']; pipesCaptured: boolean },
 ): Promise<CheckpointImage> {
   const pid = process.pid;
@@ -118,15 +123,15 @@ async function captureBlocked(
     // A tree's FIFOs are its own (tree-fifos.ts): captured with their queued bytes, not refused.
     const special = (
       await withRseqCsParked(agent, pid, [main.rseq, ...threads.map((t) => t.rseq)], async () => [
-        ...(await specialFileProblems(agent, pid)),
-        ...(await sharedEventfdProblems(agent, await eventfdDescriptors(agent, pid))),
+        ...(await specialFileProblems(agent, pid, fds)),
+        ...(await sharedEventfdProblems(agent, eventfdDescriptors(pid, fds))),
       ])
     ).filter((u) => !(pipesCaptured && u.state === 'fifo'));
     special.push(...vmaFlagsProblems(pid, smaps));
     if (special.length > 0) throw uncapturableError(pid, special);
   }
-  const task = await captureTask(agent, pid, { skipPipes: pipesCaptured });
-  const timerfdFds = await timerfdDescriptors(agent, pid);
+  const task = await captureTask(agent, pid, fds, { skipPipes: pipesCaptured });
+  const timerfdFds = descriptorsLinkedTo(fds, TIMERFD_LINK);
   const maps = await readProcText(agent, `/proc/${pid}/maps`);
   const registrations = parseSmapsRegistrations(smaps);
   // The mapping attributes a restore gives back (vma-flags.ts), by start address like the registrations.
@@ -154,9 +159,9 @@ async function captureBlocked(
       const ldt = await captureLdt(agent, pid);
       const timers = await captureTimers(agent, pid, timerfdFds);
       // After every thread's xstate was read: the probe's pkey_alloc calls grant rights in this thread's PKRU.
-      const pkeys = await capturePkeys(agent, pid, dumped);
+      const pkeys = await capturePkeys(agent, pid, dumped, smaps);
       // Injected too: an eventfd's semaphore flag where fdinfo does not show it, and the membarrier probes.
-      const eventFds = await captureEventFds(agent, pid);
+      const eventFds = await captureEventFds(agent, pid, fds);
       const membarrier = await probeMembarrier(agent, pid);
       return { clocks, dispositions, links, absent, ldt, timers, pkeys, eventFds, membarrier };
     },
@@ -260,11 +265,16 @@ function describeRegionRange(r: MemoryRegion): string {
 
 /** What ptrace reads of one thread without running it: registers, xstate, debug registers, rseq registration. */
 async function threadRegisters(agent: AgentClient, tid: number): Promise<Pick<ThreadState, 'regs' | 'xstate' | 'debugRegs' | 'rseq'>> {
-  const regs = await agent.call({ op: 'GETREGS', pid: tid });
-  const xstate = await agent.call({ op: 'GETREGSET', pid: tid, noteType: NT_X86_XSTATE, maxSize: XSTATE_MAX_BYTES });
+  // Reads only, sent together: the agent answers them back to back.
+  const [regs, xstate, values, rseq] = await Promise.all([
+    agent.call({ op: 'GETREGS', pid: tid }),
+    agent.call({ op: 'GETREGSET', pid: tid, noteType: NT_X86_XSTATE, maxSize: XSTATE_MAX_BYTES }),
+    Promise.all(DEBUG_REG_NAMES.map((name) => agent.call({ op: 'PEEKUSER', pid: tid, offset: debugRegOffset(Number(name.slice(2))) }))),
+    rseqRegistration(agent, tid),
+  ]);
   const debugRegs = {} as DebugRegs;
-  for (const name of DEBUG_REG_NAMES) debugRegs[name] = await agent.call({ op: 'PEEKUSER', pid: tid, offset: debugRegOffset(Number(name.slice(2))) });
-  return { regs, xstate, debugRegs, rseq: await rseqRegistration(agent, tid) };
+  DEBUG_REG_NAMES.forEach((name, i) => (debugRegs[name] = values[i]!));
+  return { regs, xstate, debugRegs, rseq };
 }
 
 /**

@@ -30,6 +30,7 @@ import { CheckpointError } from '../errors.ts';
 import type { EventfdState, SignalfdState, TaskState } from './image-model.ts';
 import type { PlanStep } from './plan-step.ts';
 import { DescriptorTable } from './descriptors.ts';
+import { descriptorsLinkedTo, type FdTable } from './fd-table.ts';
 import { sameOpenFile } from './kcmp.ts';
 import { ScratchLayout, withScratchPage } from './scratch.ts';
 
@@ -105,15 +106,15 @@ export async function probeSemaphore(agent: AgentClient, pid: number, fd: number
 export async function captureEventFds(
   agent: AgentClient,
   pid: number,
+  fds: FdTable,
   { probe = true }: { probe?: boolean } = {},
 ): Promise<{ eventfds: EventfdState[]; signalfds: SignalfdState[] }> {
   const eventfds: EventfdState[] = [];
   const signalfds: SignalfdState[] = [];
-  const fds = (await agent.call({ op: 'LISTDIR', path: `/proc/${pid}/fd` })).map(Number).sort((a, b) => a - b);
-  for (const fd of fds) {
-    const link = await agent.call({ op: 'READLINK', path: `/proc/${pid}/fd/${fd}` });
-    if (link !== EVENTFD_LINK && link !== SIGNALFD_LINK) continue;
-    const fdinfo = (await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/fdinfo/${fd}`, maxSize: 65536 })).toString('utf8');
+  const events = fds.filter(({ link }) => link === EVENTFD_LINK || link === SIGNALFD_LINK);
+  const fdinfos = await Promise.all(events.map(({ fd }) => agent.call({ op: 'READ_FILE', path: `/proc/${pid}/fdinfo/${fd}`, maxSize: 65536 })));
+  for (const [i, { fd, link }] of events.entries()) {
+    const fdinfo = fdinfos[i]!.toString('utf8');
     if (link === SIGNALFD_LINK) {
       signalfds.push({ fd, ...parseSignalfdFdinfo(fdinfo) });
       continue;
@@ -124,12 +125,9 @@ export async function captureEventFds(
   return { eventfds, signalfds };
 }
 
-/** The eventfd descriptors of `pid`, ascending, as { pid, fd } (for sharedEventfdProblems). */
-export async function eventfdDescriptors(agent: AgentClient, pid: number): Promise<Array<{ pid: number; fd: number }>> {
-  const found: Array<{ pid: number; fd: number }> = [];
-  for (const fd of (await agent.call({ op: 'LISTDIR', path: `/proc/${pid}/fd` })).map(Number).sort((a, b) => a - b))
-    if ((await agent.call({ op: 'READLINK', path: `/proc/${pid}/fd/${fd}` })) === EVENTFD_LINK) found.push({ pid, fd });
-  return found;
+/** The eventfd descriptors of `pid` in its table `fds`, ascending, as { pid, fd } (for sharedEventfdProblems). */
+export function eventfdDescriptors(pid: number, fds: FdTable): Array<{ pid: number; fd: number }> {
+  return descriptorsLinkedTo(fds, EVENTFD_LINK).map((fd) => ({ pid, fd }));
 }
 
 /**

@@ -11,6 +11,7 @@
  */
 import type { AgentClient } from '../agent/client.ts';
 import { CheckpointError } from '../errors.ts';
+import type { FdTable } from './fd-table.ts';
 import type { FileKind, OpenFile, TaskState, UserfaultfdState } from './image-model.ts';
 import type { PlanStep } from './plan-step.ts';
 
@@ -77,18 +78,24 @@ export function fileKind(path: string, flags: number): FileKind | undefined {
   return (flags & O.DIRECTORY) !== 0 ? 'directory' : 'file';
 }
 
-/** `skipPipes`: pipe, socket and memfd descriptors are someone else's (a tree's: tree-pipes.ts, tree-sockets.ts, tree-memfds.ts), left out instead of refused. */
-export async function captureTask(agent: AgentClient, pid: number, { skipPipes = false }: { skipPipes?: boolean } = {}): Promise<TaskState> {
-  const session = parseStatSession((await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/stat`, maxSize: 4096 })).toString('utf8'));
-  const fds = (await agent.call({ op: 'LISTDIR', path: `/proc/${pid}/fd` }))
-    .map(Number)
-    .filter((fd) => fd >= FIRST_RESTORED_FD)
-    .sort((a, b) => a - b);
+/**
+ * `fds`: the process's descriptor table (fd-table.ts). `skipPipes`: pipe,
+ * socket and memfd descriptors are someone else's (a tree's: tree-pipes.ts,
+ * tree-sockets.ts, tree-memfds.ts), left out instead of refused.
+ */
+export async function captureTask(agent: AgentClient, pid: number, fds: FdTable, { skipPipes = false }: { skipPipes?: boolean } = {}): Promise<TaskState> {
+  const held = fds.filter(({ fd }) => fd >= FIRST_RESTORED_FD);
+  // Every read at once: the agent answers them back to back.
+  const [stat, status, fdinfos] = await Promise.all([
+    agent.call({ op: 'READ_FILE', path: `/proc/${pid}/stat`, maxSize: 4096 }),
+    agent.call({ op: 'READ_FILE', path: `/proc/${pid}/status`, maxSize: 65536 }),
+    Promise.all(held.map(({ fd }) => agent.call({ op: 'READ_FILE', path: `/proc/${pid}/fdinfo/${fd}`, maxSize: 65536 }))),
+  ]);
+  const session = parseStatSession(stat.toString('utf8'));
   const files: OpenFile[] = [];
   const userfaultfds: UserfaultfdState[] = [];
-  for (const fd of fds) {
-    const path = await agent.call({ op: 'READLINK', path: `/proc/${pid}/fd/${fd}` });
-    const fdinfo = (await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/fdinfo/${fd}`, maxSize: 65536 })).toString('utf8');
+  for (const [i, { fd, link: path }] of held.entries()) {
+    const fdinfo = fdinfos[i]!.toString('utf8');
     // A timerfd is timers.ts's: created again with its clock, flags and settings; eventfds and signalfds event-fds.ts's.
     if (path === TIMERFD_LINK || path === EVENTFD_LINK || path === SIGNALFD_LINK) continue;
     if (skipPipes && (/^(pipe|socket):\[\d+\]$/.test(path) || /^\/memfd:.* \(deleted\)$/.test(path))) continue;
@@ -105,7 +112,7 @@ export async function captureTask(agent: AgentClient, pid: number, { skipPipes =
       );
     files.push({ fd, path, flags, pos, kind });
   }
-  const umask = parseUmask((await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/status`, maxSize: 65536 })).toString('utf8'));
+  const umask = parseUmask(status.toString('utf8'));
   return { ...session, files, ...(userfaultfds.length > 0 ? { userfaultfds } : {}), ...(umask !== undefined ? { umask } : {}) };
 }
 

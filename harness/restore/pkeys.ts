@@ -26,7 +26,6 @@ import { hex } from '../x86/registers.ts';
 import type { MemoryRegion, PkeyState } from './image-model.ts';
 import type { PlanStep } from './plan-step.ts';
 import { protOf } from './proc-maps.ts';
-import { readProcText } from './proc-text.ts';
 
 const NR = { pkey_mprotect: 329, pkey_alloc: 330, pkey_free: 331 } as const;
 /** x86 has 16 keys; 0 is every mapping's default and always allocated. */
@@ -58,19 +57,26 @@ export function allocatedFromProbe(results: readonly bigint[]): number[] {
   return Array.from({ length: PKEY_COUNT - 1 }, (_, i) => i + 1).filter((k) => !free.has(k));
 }
 
-/** For a checkpoint of the stopped task `pid` (after its xstate was read): the allocated keys and the tagged mappings among `regions`. */
-export async function capturePkeys(agent: AgentClient, pid: number, regions: ReadonlyArray<Pick<MemoryRegion, 'start' | 'end'>>): Promise<PkeyState> {
-  const results: bigint[] = [];
-  try {
-    for (let i = 0; i < PKEY_COUNT; i++) {
-      const r = await agent.call({ op: 'INJECT_SYSCALL', pid, nr: NR.pkey_alloc, args: [0n, PKEY_DISABLE_ACCESS] });
-      results.push(r);
-      if (r < 0n) break;
-    }
-  } finally {
-    for (const key of results.filter((r) => r > 0n)) await agent.call({ op: 'INJECT_SYSCALL', pid, nr: NR.pkey_free, args: [key] });
-  }
-  const keys = parseSmapsPkeys(await readProcText(agent, `/proc/${pid}/smaps`));
+/**
+ * For a checkpoint of the stopped task `pid` (after its xstate was read):
+ * the allocated keys and the tagged mappings among `regions`, whose
+ * protection keys `smaps` (/proc/PID/smaps, read by the caller) names.
+ * The probe's pkey_alloc calls go out together: once one fails (ENOSPC, or
+ * EINVAL where there are no keys) the rest fail alike, as they would one by
+ * one, since nothing is freed before the last.
+ */
+export async function capturePkeys(agent: AgentClient, pid: number, regions: ReadonlyArray<Pick<MemoryRegion, 'start' | 'end'>>, smaps: string): Promise<PkeyState> {
+  const settled = await Promise.allSettled(
+    Array.from({ length: PKEY_COUNT }, () => agent.call({ op: 'INJECT_SYSCALL', pid, nr: NR.pkey_alloc, args: [0n, PKEY_DISABLE_ACCESS] })),
+  );
+  const granted = settled.flatMap((s) => (s.status === 'fulfilled' && s.value > 0n ? [s.value] : []));
+  await Promise.all(granted.map((key) => agent.call({ op: 'INJECT_SYSCALL', pid, nr: NR.pkey_free, args: [key] })));
+  const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
+  if (failed) throw failed.reason;
+  const values = settled.map((s) => (s as PromiseFulfilledResult<bigint>).value);
+  const firstRefusal = values.findIndex((r) => r < 0n);
+  const results = firstRefusal < 0 ? values : values.slice(0, firstRefusal + 1);
+  const keys = parseSmapsPkeys(smaps);
   const tagged = regions.flatMap((r) => {
     const pkey = keys.get(r.start) ?? 0;
     return pkey === 0 ? [] : [{ start: r.start, end: r.end, pkey }];

@@ -33,6 +33,7 @@ import { clockDecision, readTargetClocks, type ClockDecision } from './time-name
 import { errnoName } from '../agent/errno.ts';
 import { compareEventFds, compareTask, compareUserfaultfds, readBackBatch, type Difference } from './read-back.ts';
 import { captureEventFds } from './event-fds.ts';
+import { readFdTable } from './fd-table.ts';
 
 const EEXIST = 17;
 /** Bound on a target's xstate regset read (the largest XSAVE layouts, AMX included, stay below 12 KiB). */
@@ -229,11 +230,12 @@ async function readBack(agent: AgentClient, pid: number, plan: PlanStep[], image
   const differences: Difference[] = await readBackBatch(agent, pid, plan, image, policy);
   const files = !omits(policy, 'files');
   const userfaultfds = !omits(policy, 'userfaultfd') && (image.task.userfaultfds?.length ?? 0) > 0;
-  const task = files || userfaultfds ? await captureTask(agent, pid, { skipPipes: true }) : undefined;
-  if (task && files) differences.push(...compareTask(task, pid, image));
-  if (task && userfaultfds) differences.push(...compareUserfaultfds(task, image));
   const eventFds =
     (!omits(policy, 'eventfd') && (image.task.eventfds?.length ?? 0) > 0) || (!omits(policy, 'signalfd') && (image.task.signalfds?.length ?? 0) > 0);
-  if (eventFds) differences.push(...compareEventFds(await captureEventFds(agent, pid, { probe: false }), image, policy));
+  const fds = files || userfaultfds || eventFds ? await readFdTable(agent, pid) : [];
+  const task = files || userfaultfds ? await captureTask(agent, pid, fds, { skipPipes: true }) : undefined;
+  if (task && files) differences.push(...compareTask(task, pid, image));
+  if (task && userfaultfds) differences.push(...compareUserfaultfds(task, image));
+  if (eventFds) differences.push(...compareEventFds(await captureEventFds(agent, pid, fds, { probe: false }), image, policy));
   return differences;
 }

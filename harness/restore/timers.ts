@@ -219,14 +219,6 @@ export function armingValue(s: TimerSetting): bigint | undefined {
   return s.intervalNs > 0n ? s.intervalNs : undefined;
 }
 
-/** The process's timerfd descriptors (readlink /proc/PID/fd/N), ascending. */
-export async function timerfdDescriptors(agent: AgentClient, pid: number): Promise<number[]> {
-  const fds = (await agent.call({ op: 'LISTDIR', path: `/proc/${pid}/fd` })).map(Number).sort((a, b) => a - b);
-  const found: number[] = [];
-  for (const fd of fds) if ((await agent.call({ op: 'READLINK', path: `/proc/${pid}/fd/${fd}` })) === TIMERFD_LINK) found.push(fd);
-  return found;
-}
-
 /**
  * Reads a stopped process's timers. Injects calls into `pid` (its main
  * thread): the caller blocks its signals first. `timerfdFds` are the

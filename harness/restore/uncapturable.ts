@@ -36,9 +36,9 @@
  * zombies (tree-zombies.ts), and refuses an open file description its
  * processes share at an offset (shared-descriptions.ts).
  */
-import { constants } from 'node:os';
 import type { AgentClient } from '../agent/client.ts';
-import { AgentError, CheckpointError } from '../errors.ts';
+import { CheckpointError } from '../errors.ts';
+import { unlessGone, type FdTable } from './fd-table.ts';
 import { withScratchPage } from './scratch.ts';
 import { USERFAULTFD_LINK } from './userfaultfd.ts';
 import { EVENTFD_LINK, SIGNALFD_LINK } from './event-fds.ts';
@@ -211,58 +211,69 @@ export function limitsDiffer(target: string, agent: string): string[] {
 
 const NAMESPACES = ['cgroup', 'ipc', 'mnt', 'net', 'pid', 'time', 'user', 'uts'] as const;
 
-const gone = (error: unknown): boolean => error instanceof AgentError && (error.errno === constants.errno.ENOENT || error.errno === constants.errno.ESRCH);
-
-/** Everything above, read through the agent; [] when the process holds nothing the image cannot. */
-export async function findUncapturable(agent: AgentClient, pid: number, noAslr: boolean): Promise<Uncapturable[]> {
+/**
+ * Everything above, read through the agent; [] when the process holds
+ * nothing the image cannot. `fds` is the process's descriptor table
+ * (fd-table.ts). The reads are independent of each other, so they go out
+ * together (the agent answers them back to back) and are judged in the
+ * order the problems are listed.
+ */
+export async function findUncapturable(agent: AgentClient, pid: number, noAslr: boolean, fds: FdTable): Promise<Uncapturable[]> {
   const read = async (path: string, maxSize = 65536): Promise<string> => (await agent.call({ op: 'READ_FILE', path, maxSize })).toString('utf8');
-  const optional = async <T>(what: Promise<T>): Promise<T | undefined> => what.catch((error: unknown) => (gone(error) ? undefined : Promise.reject(error)));
   const found: Uncapturable[] = [];
   const add = (u: Uncapturable | undefined): void => void (u && found.push(u));
 
-  for (const fd of (await agent.call({ op: 'LISTDIR', path: `/proc/${pid}/fd` })).map(Number).sort((a, b) => a - b)) {
-    const link = await optional(agent.call({ op: 'READLINK', path: `/proc/${pid}/fd/${fd}` }));
-    const state = link === undefined ? undefined : descriptorState(link);
-    if (state) found.push({ state, where: `fd ${fd}`, seen: link! });
-    if (link === TIMERFD_LINK) {
-      const fdinfo = await optional(read(`/proc/${pid}/fdinfo/${fd}`));
-      if (fdinfo !== undefined) add(timerfdUncapturable(fd, fdinfo));
-    }
-  }
-  add(personalityProblem(pid, await read(`/proc/${pid}/personality`), await read('/proc/self/personality'), noAslr));
+  const timerfdInfo = await Promise.all(fds.map(({ fd, link }) => (link === TIMERFD_LINK ? unlessGone(read(`/proc/${pid}/fdinfo/${fd}`)) : undefined)));
+  fds.forEach(({ fd, link }, i) => {
+    const state = descriptorState(link);
+    if (state) found.push({ state, where: `fd ${fd}`, seen: link });
+    const fdinfo = timerfdInfo[i];
+    if (fdinfo !== undefined) add(timerfdUncapturable(fd, fdinfo));
+  });
 
-  const agentStatus = await read('/proc/self/status');
-  const tids = (await agent.call({ op: 'LISTDIR', path: `/proc/${pid}/task` })).map(Number).sort((a, b) => a - b);
-  for (const tid of tids) {
-    const status = await optional(read(`/proc/${pid}/task/${tid}/status`));
-    if (status !== undefined) found.push(...statusProblems(`thread ${tid}`, status, agentStatus));
-  }
-
-  const mine = new Set(tids);
-  for (const entry of await agent.call({ op: 'LISTDIR', path: '/proc' })) {
-    if (!/^\d+$/.test(entry) || mine.has(Number(entry))) continue;
-    const status = await optional(read(`/proc/${entry}/status`));
-    if (status !== undefined) add(tracerProblem(Number(entry), status, mine));
-  }
-
-  const timers = await optional(read(`/proc/${pid}/timers`));
-  if (timers !== undefined) found.push(...timersProblems(pid, timers));
-
-  for (const ns of NAMESPACES) {
-    const target = await optional(agent.call({ op: 'READLINK', path: `/proc/${pid}/ns/${ns}` }));
-    const own = await optional(agent.call({ op: 'READLINK', path: `/proc/self/ns/${ns}` }));
-    if (target !== undefined && own !== undefined) add(sameAsAgent(`${ns} namespace`, `/proc/${pid}/ns/${ns}`, target, own));
-  }
-  const limits = limitsDiffer(await read(`/proc/${pid}/limits`), await read('/proc/self/limits'));
-  if (limits.length > 0) found.push({ state: 'resource limits', where: `/proc/${pid}/limits`, seen: limits.join('; ') });
-  add(
-    sameAsAgent(
-      'working directory',
-      `/proc/${pid}/cwd`,
-      await agent.call({ op: 'READLINK', path: `/proc/${pid}/cwd` }),
-      await agent.call({ op: 'READLINK', path: '/proc/self/cwd' }),
+  const [personality, ownPersonality, agentStatus, taskEntries, procEntries, timers, nsLinks, limits, ownLimits, cwd, ownCwd] = await Promise.all([
+    read(`/proc/${pid}/personality`),
+    read('/proc/self/personality'),
+    read('/proc/self/status'),
+    agent.call({ op: 'LISTDIR', path: `/proc/${pid}/task` }),
+    agent.call({ op: 'LISTDIR', path: '/proc' }),
+    unlessGone(read(`/proc/${pid}/timers`)),
+    Promise.all(
+      NAMESPACES.map((ns) =>
+        Promise.all([unlessGone(agent.call({ op: 'READLINK', path: `/proc/${pid}/ns/${ns}` })), unlessGone(agent.call({ op: 'READLINK', path: `/proc/self/ns/${ns}` }))]),
+      ),
     ),
-  );
+    read(`/proc/${pid}/limits`),
+    read('/proc/self/limits'),
+    agent.call({ op: 'READLINK', path: `/proc/${pid}/cwd` }),
+    agent.call({ op: 'READLINK', path: '/proc/self/cwd' }),
+  ]);
+  add(personalityProblem(pid, personality, ownPersonality, noAslr));
+
+  const tids = taskEntries.map(Number).sort((a, b) => a - b);
+  const mine = new Set(tids);
+  const others = procEntries.filter((entry) => /^\d+$/.test(entry) && !mine.has(Number(entry)));
+  const [threadStatus, otherStatus] = await Promise.all([
+    Promise.all(tids.map((tid) => unlessGone(read(`/proc/${pid}/task/${tid}/status`)))),
+    Promise.all(others.map((entry) => unlessGone(read(`/proc/${entry}/status`)))),
+  ]);
+  tids.forEach((tid, i) => {
+    const status = threadStatus[i];
+    if (status !== undefined) found.push(...statusProblems(`thread ${tid}`, status, agentStatus));
+  });
+  others.forEach((entry, i) => {
+    const status = otherStatus[i];
+    if (status !== undefined) add(tracerProblem(Number(entry), status, mine));
+  });
+
+  if (timers !== undefined) found.push(...timersProblems(pid, timers));
+  NAMESPACES.forEach((ns, i) => {
+    const [target, own] = nsLinks[i]!;
+    if (target !== undefined && own !== undefined) add(sameAsAgent(`${ns} namespace`, `/proc/${pid}/ns/${ns}`, target, own));
+  });
+  const differ = limitsDiffer(limits, ownLimits);
+  if (differ.length > 0) found.push({ state: 'resource limits', where: `/proc/${pid}/limits`, seen: differ.join('; ') });
+  add(sameAsAgent('working directory', `/proc/${pid}/cwd`, cwd, ownCwd));
   return found;
 }
 
@@ -273,14 +284,8 @@ export async function findUncapturable(agent: AgentClient, pid: number, noAslr: 
  * Injected calls: the caller runs it with the process's signals blocked and
  * its rseq critical section parked, as every injected capture.
  */
-export async function specialFileProblems(agent: AgentClient, pid: number): Promise<Uncapturable[]> {
-  const byPath: Array<{ fd: number; link: string }> = [];
-  for (const fd of (await agent.call({ op: 'LISTDIR', path: `/proc/${pid}/fd` })).map(Number).sort((a, b) => a - b)) {
-    const link = await agent
-      .call({ op: 'READLINK', path: `/proc/${pid}/fd/${fd}` })
-      .catch((error: unknown) => (gone(error) ? undefined : Promise.reject(error)));
-    if (link !== undefined && opensByPath(link)) byPath.push({ fd, link });
-  }
+export async function specialFileProblems(agent: AgentClient, pid: number, fds: FdTable): Promise<Uncapturable[]> {
+  const byPath = fds.filter(({ link }) => opensByPath(link));
   if (byPath.length === 0) return [];
   return withScratchPage(agent, pid, async (scratch) => {
     const found: Uncapturable[] = [];
@@ -309,12 +314,13 @@ export async function refuseUncapturable(
   agent: AgentClient,
   pid: number,
   noAslr: boolean,
+  fds: FdTable,
   { pipesCaptured = false }: { pipesCaptured?: boolean } = {},
 ): Promise<void> {
   // A tree's checkpoint captures the pipes, socketpairs and memfds between its processes itself (tree-pipes.ts,
   // tree-sockets.ts, which refuses every other socket by name, tree-memfds.ts, their mappings too), and its FIFOs
   // (checkpoint.ts lets them through specialFileProblems, tree-fifos.ts captures them).
-  const found = (await findUncapturable(agent, pid, noAslr)).filter(
+  const found = (await findUncapturable(agent, pid, noAslr, fds)).filter(
     (u) => !(pipesCaptured && (u.state === 'pipe' || u.state === 'socket' || u.state === 'memfd')),
   );
   if (found.length > 0) throw uncapturableError(pid, found);
