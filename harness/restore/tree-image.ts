@@ -19,7 +19,7 @@
  */
 import * as tar from 'tar-stream';
 import { ImageRejectedError } from '../errors.ts';
-import { imageEntries, parseImageEntries, readTarEntries, writeCheckpointImage, type CheckpointImage } from './checkpoint-image.ts';
+import { imageEntries, parseImageEntries, readTar, writeCheckpointImage, type CheckpointImage } from './checkpoint-image.ts';
 import { pipesProblem } from './tree-pipes.ts';
 import { socketpairsProblem } from './tree-sockets.ts';
 import { memfdsProblem } from './tree-memfds.ts';
@@ -160,12 +160,16 @@ export async function writeTreeImage(tree: ProcessTree, file: string): Promise<v
 }
 
 export async function readTreeImage(file: string): Promise<ProcessTree> {
-  return parseTreeEntries(await readTarEntries(file));
+  const { entries, digests } = await readTar(file);
+  return parseTreeEntries(entries, digests);
 }
 
-/** Validates and reads a tree from an image's entries; every nested image is checked as a top-level one is. */
-export async function parseTreeEntries(entries: Map<string, Buffer>): Promise<ProcessTree> {
-  const rootImage = parseImageEntries(entries, { tree: true });
+/**
+ * Validates and reads a tree from an image's entries; every nested image is
+ * checked as a top-level one is. `digests`: as parseImageEntries takes them.
+ */
+export async function parseTreeEntries(entries: Map<string, Buffer>, digests?: ReadonlyMap<string, string>): Promise<ProcessTree> {
+  const rootImage = parseImageEntries(entries, { tree: true, digests });
   const raw = entries.get(TREE_ENTRY);
   if (!raw) {
     // A one-process image: its own session and group, no parent in the image.
@@ -183,7 +187,8 @@ export async function parseTreeEntries(entries: Map<string, Buffer>): Promise<Pr
     else {
       const nested = entries.get(m.entry!);
       if (!nested) throw new ImageRejectedError('listed in tree.json but absent', m.entry!, '(entry)');
-      image = parseImageEntries(await readTarEntries(nested));
+      const read = await readTar(nested);
+      image = parseImageEntries(read.entries, { digests: read.digests });
     }
     if (image.process.pid !== m.pid)
       throw new ImageRejectedError(`holds pid ${image.process.pid}, tree.json says ${m.pid}`, i === 0 ? 'manifest.json' : m.entry!, 'process.pid');
