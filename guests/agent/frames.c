@@ -124,7 +124,7 @@ int op_page_frames(struct call *c)
 	pid_t pid = rd_pid(&c->in);
 	uint32_t mode = rd_u32(&c->in, "mode");
 	uint32_t n = rd_count(&c->in, "ranges", 16);
-	uint64_t *addr = NULL, *len = NULL, *entries = NULL, *todo = NULL, total = 0, ignored;
+	uint64_t *addr = NULL, *len = NULL, *entries = NULL, *todo = NULL, *todo_at = NULL, total = 0, ignored;
 	uint32_t *frames = NULL;
 	char path[64], name[48];
 	int fd = -1, memfd = -1, rc = -1;
@@ -162,8 +162,9 @@ int op_page_frames(struct call *c)
 	}
 	entries = malloc((size_t)total * 8 + 8);
 	todo = malloc((size_t)total * 8 + 8);
+	todo_at = malloc((size_t)total * 8 + 8);
 	frames = malloc((size_t)total * 4 + 4);
-	if (!entries || !todo || !frames) {
+	if (!entries || !todo || !todo_at || !frames) {
 		fail(c, ENOMEM, "ranges: cannot allocate for %llu pages", (unsigned long long)total);
 		goto out;
 	}
@@ -173,23 +174,37 @@ int op_page_frames(struct call *c)
 		fail_errno(c, "%s", path);
 		goto out;
 	}
-	for (int pass = mode == FRAMES_CHECK ? 1 : 0; pass < 2; pass++) {
-		size_t missing = 0;
-		uint64_t at = 0;
+	uint64_t at = 0;
+	size_t missing = 0;
 
-		for (uint32_t i = 0; i < n; at += len[i] / PAGE_BYTES, i++) {
-			if (read_entries(fd, addr[i] / PAGE_BYTES, len[i] / PAGE_BYTES, entries + at) < 0) {
-				fail_errno(c, "%s at page 0x%llx", path, (unsigned long long)(addr[i] / PAGE_BYTES));
-				goto out;
-			}
-			for (uint64_t p = 0; pass == 0 && p < len[i] / PAGE_BYTES; p++)
-				if (!usable(entries[at + p], mode))
-					todo[missing++] = addr[i] + p * PAGE_BYTES;
+	for (uint32_t i = 0; i < n; at += len[i] / PAGE_BYTES, i++) {
+		if (read_entries(fd, addr[i] / PAGE_BYTES, len[i] / PAGE_BYTES, entries + at) < 0) {
+			fail_errno(c, "%s at page 0x%llx", path, (unsigned long long)(addr[i] / PAGE_BYTES));
+			goto out;
 		}
-		if (pass == 1 || missing == 0)
-			break;
+		for (uint64_t p = 0; mode != FRAMES_CHECK && p < len[i] / PAGE_BYTES; p++)
+			if (!usable(entries[at + p], mode)) {
+				todo[missing] = addr[i] + p * PAGE_BYTES;
+				todo_at[missing++] = at + p;
+			}
+	}
+	if (missing > 0) {
 		memfd = open_mem(pid, O_RDWR);
 		populate(pid, todo, missing, mode == FRAMES_WRITE, memfd);
+		/* Only the pages just faulted in are read again, a run of them per
+		 * pread: a READ of a 64 MiB region with 2 pages missing walked all
+		 * 16,384 entries twice. */
+		for (size_t k = 0; k < missing;) {
+			size_t run = 1;
+
+			while (k + run < missing && todo_at[k + run] == todo_at[k] + run && todo[k + run] == todo[k] + run * PAGE_BYTES)
+				run++;
+			if (read_entries(fd, todo[k] / PAGE_BYTES, run, entries + todo_at[k]) < 0) {
+				fail_errno(c, "%s at page 0x%llx", path, (unsigned long long)(todo[k] / PAGE_BYTES));
+				goto out;
+			}
+			k += run;
+		}
 	}
 	for (uint64_t p = 0; p < total; p++)
 		frames[p] = usable(entries[p], mode) ? (uint32_t)(entries[p] & PM_PFN) : 0;
@@ -208,6 +223,7 @@ out:
 	free(len);
 	free(entries);
 	free(todo);
+	free(todo_at);
 	free(frames);
 	return rc;
 }
