@@ -68,6 +68,8 @@ interface Sample {
   imageBytes?: number;
   rawOutMs?: number;
   rawInMs?: number;
+  /** crh only: the checkpoint's capture and image write, the restore's image read and restore proper */
+  parts?: { captureMs: number; writeMs: number; readMs: number; restoreMs: number };
 }
 
 await bootstrapHost();
@@ -124,6 +126,7 @@ try {
 
     let t = performance.now();
     const taken = await checkpointProcess(agent, { binary: memfill, argv, envp: [], noAslr: true, pid }, guest.platform);
+    const captureMs = ms(t);
     await writeCheckpointImage(taken, file);
     const checkpointMs = ms(t);
     // The data mapping; the kernel merges the untouched one below it (mmap grows down) into the same VMA.
@@ -146,6 +149,7 @@ try {
 
     t = performance.now();
     const back = await readCheckpointImage(file);
+    const readMs = ms(t);
     const restored = await restoreProcess(agent, back, { policy: DEFAULT_POLICY, stdoutPath: out });
     const restoreMs = ms(t);
     await finishes(restored.pid, out, mib, `crh (${channel})`);
@@ -153,7 +157,8 @@ try {
     await rm(file, { force: true });
     agent.bulkSuspended = false;
     agent.guestRamSuspended = false;
-    return { path: channel, sizeMiB: mib, untouchedMiB: untouched, checkpointMs, restoreMs, imageBytes, rawOutMs, rawInMs };
+    const parts = { captureMs, writeMs: checkpointMs - captureMs, readMs, restoreMs: restoreMs - readMs };
+    return { path: channel, sizeMiB: mib, untouchedMiB: untouched, checkpointMs, restoreMs, imageBytes, rawOutMs, rawInMs, parts };
   };
 
   /** One CRIU dump + restore of the same process, handed over by DETACH and taken back by ATTACH. */
@@ -189,7 +194,11 @@ try {
     const order = cases.map((_, i) => cases[(i + round) % cases.length]!);
     for (const [which, size, untouched] of order) {
       const s = which === 'criu' ? await criuOnce(size, untouched) : await crhOnce(which, size, untouched);
-      const extra = s.imageBytes === undefined ? '' : `, image ${s.imageBytes} B, raw out ${s.rawOutMs!.toFixed(0)} ms, raw in ${s.rawInMs!.toFixed(0)} ms`;
+      const p = s.parts;
+      const extra =
+        s.imageBytes === undefined
+          ? ''
+          : ` (capture ${p!.captureMs.toFixed(0)} + write ${p!.writeMs.toFixed(0)}; read ${p!.readMs.toFixed(0)} + restore ${p!.restoreMs.toFixed(0)}), image ${s.imageBytes} B, raw out ${s.rawOutMs!.toFixed(0)} ms, raw in ${s.rawInMs!.toFixed(0)} ms`;
       console.error(
         `round ${round + 1}/${runs} ${which} ${size} MiB${untouched ? ` +${untouched} untouched` : ''}: checkpoint ${s.checkpointMs.toFixed(0)} ms, restore ${s.restoreMs.toFixed(0)} ms${extra}`,
       );
