@@ -65,7 +65,12 @@ export function allocatedFromProbe(results: readonly bigint[]): number[] {
  * EINVAL where there are no keys) the rest fail alike, as they would one by
  * one, since nothing is freed before the last.
  */
-export async function capturePkeys(agent: AgentClient, pid: number, regions: ReadonlyArray<Pick<MemoryRegion, 'start' | 'end'>>, smaps: string): Promise<PkeyState> {
+export async function capturePkeys(
+  agent: AgentClient,
+  pid: number,
+  regions: ReadonlyArray<Pick<MemoryRegion, 'start' | 'end'>>,
+  smaps: string,
+): Promise<PkeyState> {
   const settled = await Promise.allSettled(
     Array.from({ length: PKEY_COUNT }, () => agent.call({ op: 'INJECT_SYSCALL', pid, nr: NR.pkey_alloc, args: [0n, PKEY_DISABLE_ACCESS] })),
   );

@@ -240,7 +240,10 @@ export async function findUncapturable(agent: AgentClient, pid: number, noAslr: 
     unlessGone(read(`/proc/${pid}/timers`)),
     Promise.all(
       NAMESPACES.map((ns) =>
-        Promise.all([unlessGone(agent.call({ op: 'READLINK', path: `/proc/${pid}/ns/${ns}` })), unlessGone(agent.call({ op: 'READLINK', path: `/proc/self/ns/${ns}` }))]),
+        Promise.all([
+          unlessGone(agent.call({ op: 'READLINK', path: `/proc/${pid}/ns/${ns}` })),
+          unlessGone(agent.call({ op: 'READLINK', path: `/proc/self/ns/${ns}` })),
+        ]),
       ),
     ),
     read(`/proc/${pid}/limits`),
