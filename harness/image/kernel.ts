@@ -14,6 +14,7 @@ import { sha256File } from '../util/hash.ts';
 import { buildOnce } from '../util/build-once.ts';
 import { parseBzImageHeader, SETUP_MAX_BYTES } from './bzimage-header.ts';
 import { privateApt } from './private-apt.ts';
+import { rememberedAptAnswer } from './apt-memo.ts';
 
 export interface GuestKernel {
   /**
@@ -83,6 +84,12 @@ export async function resolveKernelPackage(metapackage: string, apt: string[] = 
   return { name, version };
 }
 
+const isPackageVersion = (v: unknown): v is { name: string; version: string } =>
+  typeof v === 'object' &&
+  v !== null &&
+  VERSIONED_KERNEL_PACKAGE.test((v as { name?: unknown }).name as string) &&
+  typeof (v as { version?: unknown }).version === 'string';
+
 /**
  * The Debian kernel for `metapackage`, downloaded and unpacked on first use.
  * When apt cannot resolve the package (no lists, offline) an already cached
@@ -95,7 +102,7 @@ export async function debianKernel(spec: string, log: (line: string) => void = (
   let apt: string[] = [];
   try {
     apt = await aptOptions(suite, log);
-    pkg = await resolveKernelPackage(metapackage, apt);
+    pkg = await rememberedAptAnswer(`kernel package ${metapackage}`, apt, isPackageVersion, () => resolveKernelPackage(metapackage, apt));
   } catch (error) {
     // A kernel from another suite has no stand-in: the cache does not say which suite a kernel came from.
     if (suite !== undefined) throw error;

@@ -39,7 +39,8 @@ export function parseSystemMap(text: string): Symbol[] {
 
 export class SymbolTable {
   private readonly byName = new Map<string, Symbol>();
-  private sorted: Symbol[] = [];
+  /** by address, made when first needed: a table is built from ~40 programs and a System.map, and sorting after each add cost ~0.5 s per guest start */
+  private sortedCache: Symbol[] | undefined;
 
   /** Adds the kernel's System.map. */
   async addSystemMap(file: string): Promise<this> {
@@ -64,8 +65,13 @@ export class SymbolTable {
       const key = `${s.module}:${s.name}`;
       if (!this.byName.has(key)) this.byName.set(key, s);
     }
-    this.sorted = [...this.byName.values()].sort((a, b) => (a.address < b.address ? -1 : a.address > b.address ? 1 : 0));
+    this.sortedCache = undefined;
     return this;
+  }
+
+  private get sorted(): Symbol[] {
+    this.sortedCache ??= [...this.byName.values()].sort((a, b) => (a.address < b.address ? -1 : a.address > b.address ? 1 : 0));
+    return this.sortedCache;
   }
 
   /** The address of "module:name"; throws naming what is missing. */
@@ -82,11 +88,12 @@ export class SymbolTable {
   /** "kernel:do_idle+0x1c" for an address, or its hex when nothing covers it. */
   symbolize(address: bigint): string {
     let lo = 0;
-    let hi = this.sorted.length - 1;
+    const sorted = this.sorted;
+    let hi = sorted.length - 1;
     let best: Symbol | undefined;
     while (lo <= hi) {
       const mid = (lo + hi) >> 1;
-      const s = this.sorted[mid]!;
+      const s = sorted[mid]!;
       if (s.address <= address) {
         best = s;
         lo = mid + 1;
