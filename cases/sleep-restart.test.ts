@@ -23,8 +23,14 @@ import { runTable, type Row } from '../harness/scenarios/table.ts';
 import type { InterruptedAttempt } from '../harness/scenarios/interrupted-scenario.ts';
 
 const CASE = 'sleep-restart';
-/** Longer than a checkpoint, kill and restore take under TCG, so the deadline is still ahead at restore. */
-const SLEEP_MS = 15_000;
+/**
+ * Longer than a checkpoint, kill and restore take under TCG, so the deadline is still ahead at restore: 8 s after
+ * the checkpoint, where they take ~0.4 s on a quiet machine (a restore row that returns at once, the
+ * syscall-restart=off control, ends 2.4 s after the start) and a few times that at load 15. It was 15 s when page
+ * data crossed SSH; each row sleeps it twice (reference and restored run), and this case was the matrix's
+ * longest (207 s).
+ */
+const SLEEP_MS = 10_000;
 const CHECKPOINT_AFTER_MS = 2_000;
 const SLEEPS = [
   { mode: 'nanosleep', handler: 'none', nr: 230, rax: -516n },
