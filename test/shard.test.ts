@@ -1,7 +1,7 @@
 // expect: --shard i/n splits case files deterministically into disjoint shards that together hold every case,
-// balanced by recorded durations; malformed shards are usage errors.
+// balanced by recorded durations; a run starts its cases longest first; malformed shards are usage errors.
 import t from 'tap';
-import { casesOfShard, splitIntoShards } from '../harness/report/shard.ts';
+import { casesOfShard, longestFirst, splitIntoShards } from '../harness/report/shard.ts';
 import { parseShard } from '../harness/flags/run-flags.ts';
 import { UsageError } from '../harness/repro/usage-error.ts';
 
@@ -35,4 +35,14 @@ t.test('balanced by duration: the longest case sits alone, the rest share', asyn
 t.test('--shard text', async (t) => {
   t.same(parseShard('2/3'), { index: 2, count: 3 });
   for (const bad of ['0/3', '4/3', '1/0', '1', 'a/b', '1/3/5', '-1/3', ' 1/3']) t.throws(() => parseShard(bad), UsageError, `"${bad}" refused`);
+});
+
+t.test('a run starts its cases longest first; a case never timed counts as the median', async (t) => {
+  t.same(longestFirst(['a', 'b', 'c', 'd'], { a: 10, b: 300, c: 20, d: 300 }), ['b', 'd', 'c', 'a'], 'by duration, ties by name');
+  t.same(
+    longestFirst(['new', 'long', 'short', 'mid'], { long: 100, short: 1, mid: 50 }),
+    ['long', 'mid', 'new', 'short'],
+    'the new case takes the median (50), after mid by name',
+  );
+  t.same(longestFirst(['b', 'a'], {}), ['a', 'b'], 'nothing timed: by name');
 });

@@ -15,7 +15,7 @@ import { profileRows, type PlatformProfile } from '../platform/profile.ts';
 import { caseLine, ConsoleReporter, summary } from '../report/console-reporter.ts';
 import { readInfraFailures, recordInfraFailure } from '../report/infra-failures.ts';
 import { describeKernelIdentity, type KernelIdentity } from '../report/kernel-matrix.ts';
-import { casesOfShard } from '../report/shard.ts';
+import { casesOfShard, longestFirst } from '../report/shard.ts';
 import { parseGrep, parseJobs, parseShard } from '../flags/run-flags.ts';
 import { artifactsRoot, formatVerdictTable, readVerdicts, type Verdict } from '../report/verdicts.ts';
 import { machineReport, mergeReports, REPORTERS, tapStream, writeReports, type Reporter, type RunReport } from '../report/write-reports.ts';
@@ -109,13 +109,18 @@ export async function runCommand(args: string[]): Promise<number> {
     .sort()
     .map((f) => path.join(casesDir, f));
   if (cases.length === 0) throw usageError(COMMANDS.run, `no case file matches ${values.grep}`);
+  const durations = readDurations();
+  const byName = new Map(cases.map((c) => [caseName(c, casesDir), c]));
   if (shard) {
-    const durations = readDurations();
-    const byName = new Map(cases.map((c) => [caseName(c, casesDir), c]));
     cases = casesOfShard([...byName.keys()], durations, shard).map((n) => byName.get(n)!);
     log(`shard ${shard.index}/${shard.count}: ${cases.length} case file(s): ${cases.map((c) => caseName(c, casesDir)).join(' ')}`);
     if (cases.length === 0) throw usageError(COMMANDS.run, `shard ${shard.index}/${shard.count} is empty: ${shard.count} shards for fewer case files`);
   }
+  // Started longest first, each in the next free slot: the run ends when its longest case could, not after it.
+  cases = longestFirst(
+    cases.map((c) => caseName(c, casesDir)),
+    durations,
+  ).map((n) => byName.get(n)!);
 
   // The run's one configuration: built and checked here, worked under here, handed to every case process as one file.
   const kernelFlag = kernelChoiceFromFlags(runs[0]!.flags);

@@ -16,16 +16,8 @@ export type { Shard };
  * sensible rather than all new cases on shard 1.
  */
 export function splitIntoShards(cases: readonly string[], durationsMs: Readonly<Record<string, number>>, count: number): string[][] {
-  const known = cases
-    .map((c) => durationsMs[c])
-    .filter((d): d is number => d !== undefined && d > 0)
-    .sort((a, b) => a - b);
-  const fallback = known.length > 0 ? known[Math.floor(known.length / 2)]! : 1;
-  const weight = (c: string): number => {
-    const d = durationsMs[c];
-    return d !== undefined && d > 0 ? d : fallback;
-  };
-  const order = [...cases].sort((a, b) => weight(b) - weight(a) || (a < b ? -1 : a > b ? 1 : 0));
+  const weight = caseWeight(cases, durationsMs);
+  const order = longestFirst(cases, durationsMs);
   const load = new Array<number>(count).fill(0);
   const members = Array.from({ length: count }, () => new Set<string>());
   for (const c of order) {
@@ -35,6 +27,32 @@ export function splitIntoShards(cases: readonly string[], durationsMs: Readonly<
     members[best]!.add(c);
   }
   return members.map((set) => cases.filter((c) => set.has(c)));
+}
+
+/**
+ * A case's recorded time, or for a case never timed the median of the
+ * others' (1 when none is known).
+ */
+function caseWeight(cases: readonly string[], durationsMs: Readonly<Record<string, number>>): (c: string) => number {
+  const known = cases
+    .map((c) => durationsMs[c])
+    .filter((d): d is number => d !== undefined && d > 0)
+    .sort((a, b) => a - b);
+  const fallback = known.length > 0 ? known[Math.floor(known.length / 2)]! : 1;
+  return (c) => {
+    const d = durationsMs[c];
+    return d !== undefined && d > 0 ? d : fallback;
+  };
+}
+
+/**
+ * The cases longest first (ties by name): the order a run with a few slots
+ * starts them in, so that the longest (sleep-restart sleeps for minutes) does
+ * not start last and hold the run open alone.
+ */
+export function longestFirst(cases: readonly string[], durationsMs: Readonly<Record<string, number>>): string[] {
+  const weight = caseWeight(cases, durationsMs);
+  return [...cases].sort((a, b) => weight(b) - weight(a) || (a < b ? -1 : a > b ? 1 : 0));
 }
 
 /** The cases of one shard. */
