@@ -58,11 +58,11 @@ export const COMMANDS = {
     `usage: crh run [--grep RE] [--jobs N] [--shard I/N] [--artifacts DIR]\n               ${KERNEL_USAGE}...\n` +
       '               [--engine crh|criu|crh,criu] [--reporter people|tap|ktap|junit|json] [--junit FILE]\n' +
       '               [--json FILE] [--ktap FILE] [--html FILE] [--cases DIR]\n' +
-      '  run the cases (N case files at once, default 2), a line per case and a summary (--reporter:\n' +
-      '  a machine format on stdout instead); --shard I/N runs the I-th of N disjoint shards balanced\n' +
-      "  by cases/durations.json. The wide verdict table, each case's TAP, the profile and the\n" +
-      '  durations go to the artifacts; the HTML report is\n' +
-      '  always written (default <artifacts>/report.html). --kernel repeated: the suite once per\n' +
+      '  run the cases (N case files at once, default one more than the CPUs), a line per case and\n' +
+      '  a summary (--reporter: a machine format on stdout instead); --shard I/N runs the I-th of N\n' +
+      "  disjoint shards balanced by cases/durations.json. The wide verdict table, each case's TAP,\n" +
+      '  the profile and the durations go to the artifacts; the HTML report is always written\n' +
+      '  (default <artifacts>/report.html). --kernel repeated: the suite once per\n' +
       '  kernel, in <artifacts>/<kernel>/, then the verdicts side by side (the n-th --system-map,\n' +
       '  --kernel-config, --modules go with the n-th --kernel). --engine (default crh): which engine\n' +
       "  checkpoints and restores; criu hands each case's stopped process to CRIU (Debian trixie's, in\n" +

@@ -4,10 +4,17 @@
  * beside the other flag modules: each value parsed once, anything else a
  * UsageError naming the flag (crh exits 2).
  */
+import { availableParallelism } from 'node:os';
 import { UsageError } from '../errors.ts';
 
-/** What --jobs is without the flag: two case files at once. */
-export const DEFAULT_JOBS = 2;
+/**
+ * What --jobs is without the flag: one case file more than the host has
+ * CPUs (at least 2). A case waits for part of its time — sleeps it checks
+ * the end of, a guest's answers — and one slot per CPU left the CPUs idle
+ * then: on 2 CPUs the matrix took 194 s two at a time and 144 s three at a
+ * time, every row as expected (docs/BENCHMARKS.md).
+ */
+export const DEFAULT_JOBS = Math.max(2, availableParallelism() + 1);
 
 /** One CI runner's part of the case files, 1-based: the `index`-th of `count`. */
 export interface Shard {
