@@ -18,7 +18,7 @@
 // (refused by name without them); control omit=timens (the restoring boot's clocks: backwards or jumped). And -cpu
 // Skylake-Client as QEMU's TCG gives it: refused naming exactly what the measured guest lacks of the image's platform.
 import t, { type Test } from 'tap';
-import { DEFAULT_POLICY, describePolicy, type RestorePolicy } from '../harness/restore/policy.ts';
+import { DEFAULT_POLICY, type RestorePolicy } from '../harness/restore/policy.ts';
 import { IncompatibleTargetError, userCpuFlags, xstateFeatureName, type PlatformDependencies } from '../harness/restore/platform-dependencies.ts';
 import { readGuestText } from '../harness/agent/read-file.ts';
 import { hex } from '../harness/x86/registers.ts';

@@ -5,7 +5,7 @@
 // which only a watchpoint that really covers 8 bytes sees: one trap per round, uninterrupted and restored. Negative
 // controls: omit=debugregs (the OpenVZ 2008 restart that dropped debug registers) loses every remaining trap, for the
 // 8-byte watch and for its upper half.
-import t, { type Test } from 'tap';
+import t from 'tap';
 import type { RunResult } from '../harness/agent/ops.ts';
 import { dr7WriteWatch } from '../harness/agent/breakpoint-spawn.ts';
 import { DEFAULT_POLICY } from '../harness/restore/policy.ts';

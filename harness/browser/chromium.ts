@@ -20,7 +20,8 @@
 import type { ChildProcess } from 'node:child_process';
 import { accessSync, constants, readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-import puppeteer, { type Browser, type Page } from 'puppeteer-core';
+import puppeteer from 'puppeteer-core';
+import type { Browser, Page } from 'puppeteer-core';
 import { InfraError, MissingDependencyError, TimeoutError } from '../errors.ts';
 import { installCommand } from '../host/bootstrap.ts';
 import { sleep } from '../util/deadline.ts';

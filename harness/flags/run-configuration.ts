@@ -27,7 +27,7 @@ import { DEBIAN_KERNEL_PREFIX, KERNEL_LABEL, type KernelChoice } from '../image/
 import { writeFileAtomic } from '../util/atomic-write.ts';
 import { REPO_ROOT } from '../util/cache-dir.ts';
 import { escapeControl } from '../util/terminal-text.ts';
-import { kernelChoiceFromFlags, kernelOptions, resolveKernelFlag } from './kernel-flags.ts';
+import { kernelChoiceFromFlags, resolveKernelFlag, type kernelOptions } from './kernel-flags.ts';
 
 /** Which checkpoint/restore engine makes a row: crh's restore core, or CRIU in the guest. */
 export type Engine = 'crh' | 'criu';

@@ -5,7 +5,7 @@
  * in tap teardown), the CLI directly (released by close()).
  */
 import path from 'node:path';
-import { AgentClient } from '../agent/client.ts';
+import type { AgentClient } from '../agent/client.ts';
 import { BulkChannel } from '../agent/bulk-channel.ts';
 import { describeGuestRam, GuestRam, type GuestRamSource } from '../agent/guest-ram.ts';
 import { writeFileAtomic } from '../util/atomic-write.ts';

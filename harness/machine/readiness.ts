@@ -6,7 +6,7 @@
  */
 import net from 'node:net';
 import { BootError, TimeoutError } from '../errors.ts';
-import { Deadline, sleep } from '../util/deadline.ts';
+import { sleep, type Deadline } from '../util/deadline.ts';
 import { KERNEL_DEATH, type ConsoleLog } from './console.ts';
 
 export interface WaitContext {

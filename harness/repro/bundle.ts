@@ -9,7 +9,7 @@ import { mkdir, open, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import * as tar from 'tar-stream';
-import { BundleRejectedError, UsageError } from './usage-error.ts';
+import { BundleRejectedError, type UsageError } from './usage-error.ts';
 import { uniqueSibling } from '../util/atomic-write.ts';
 
 export interface BundleEntry {

@@ -13,7 +13,7 @@
  * JSON values and buffers that only validate.ts turns into a
  * CheckpointImage. The file is never modified.
  */
-import { open, rename, rm, stat, type FileHandle } from 'node:fs/promises';
+import { open, rename, rm, type FileHandle } from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
 import { Readable } from 'node:stream';
 import * as tar from 'tar-stream';
