@@ -1,7 +1,7 @@
 /*
  * ticker: a daemon that lives on timers, for checkpoints at any moment.
  *
- *   ticker [REAL_US]
+ *   ticker [REAL_US [STALL_MS]]
  *
  * Leads its own session (setsid) with stdin on /dev/null, then arms
  * - ITIMER_REAL every REAL_US microseconds (default 1000): SIGALRM;
@@ -21,8 +21,10 @@
  *
  * and exits 0. What it prints does not depend on how many times anything
  * fired, only on each timer still firing. A timer that stops firing (a
- * restore that dropped it) shows within 3 s of running: the program
- * prints "stalled: NAME at N" and exits 3. Time it spends stopped (a
+ * restore that dropped it) shows within STALL_MS of running (default
+ * 3000): the program prints "stalled: NAME at N" and exits 3. (A host
+ * under load can leave ITIMER_VIRTUAL, counted in user-mode ticks, without
+ * a tick for 3 s while the program runs: the host-kernel test gives more.) Time it spends stopped (a
  * checkpoint) does not count: a jump of more than 200 ms between two
  * looks at the clock restarts every stall watch.
  */
@@ -96,6 +98,7 @@ static int fail(const char *what)
 int main(int argc, char **argv)
 {
 	long real_us = argc > 1 ? strtol(argv[1], NULL, 10) : 1000;
+	long stall_ms = argc > 2 ? strtol(argv[2], NULL, 10) : 3000;
 	struct sigaction sa;
 	struct sigevent ev;
 	struct itimerval it;
@@ -184,7 +187,7 @@ int main(int argc, char **argv)
 			}
 			if (count[i] < needed[i]) {
 				done = 0;
-				if (t - stamp[i] > 3000) {
+				if (t - stamp[i] > stall_ms) {
 					printf("stalled: %s at %ld\n", names[i], count[i]);
 					return 3;
 				}
