@@ -5,7 +5,9 @@
  * (uncapturable.ts, files.ts, event-fds.ts, timers.ts): five walks of the
  * same table, each a listing and a readlink per descriptor, were five times
  * the round trips for one answer. The injected calls between those modules
- * close whatever they open, so the table they each saw was this one.
+ * close whatever they open, so the table they each saw was this one. A
+ * tree's modules (tree-pipes, tree-sockets, tree-memfds, tree-fifos,
+ * tree-checkpoint's held files) read it per process the same way.
  *
  * The readlinks go out together: the agent answers requests in the order
  * they arrive, so n of them cost one round trip's latency, not n.

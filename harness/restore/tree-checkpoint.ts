@@ -52,6 +52,7 @@ import { sharedEventfdProblems } from './event-fds.ts';
 import { creationOrder, planTreeSkeleton, sharedAnonymousObjects, type ProcessTree, type TreeMember, type TreeZombie } from './tree.ts';
 import { uncapturableError, type Uncapturable } from './uncapturable.ts';
 import { parseExitCode, zombieCaptureProblem } from './tree-zombies.ts';
+import { readFdTable } from './fd-table.ts';
 
 /** A process as /proc/PID/stat shows it. */
 export interface ProcStat {
@@ -107,8 +108,7 @@ export function descendantsOf(root: number, all: ReadonlyMap<number, ProcStat>):
 async function heldFiles(agent: AgentClient, pids: readonly number[]): Promise<HeldFile[]> {
   const held: HeldFile[] = [];
   for (const pid of pids) {
-    for (const fd of (await agent.call({ op: 'LISTDIR', path: `/proc/${pid}/fd` })).map(Number).filter((n) => n >= FIRST_RESTORED_FD)) {
-      const path = await agent.call({ op: 'READLINK', path: `/proc/${pid}/fd/${fd}` });
+    for (const { fd, link: path } of (await readFdTable(agent, pid)).filter((d) => d.fd >= FIRST_RESTORED_FD)) {
       // A memfd's descriptors are one object of the tree's (tree-memfds.ts), not a file opened by path.
       if (!path.startsWith('/') || memfdName(path) !== undefined) continue;
       const { flags } = parseFdinfo((await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/fdinfo/${fd}`, maxSize: 65536 })).toString('utf8'));

@@ -34,6 +34,7 @@ import { parseStat, STAT_BYTES, type StatIdentity } from './tree-files.ts';
 import { MAX_QUEUED_BYTES, readQueued } from './tree-pipes.ts';
 import { endProblem, endsListProblem, type FieldProblem, type SharedObject } from './tree-shared-objects.ts';
 import type { FifoDescription, FileEnd, TreeFifo } from './tree.ts';
+import { readFdTable } from './fd-table.ts';
 
 export type { FifoDescription, TreeFifo };
 
@@ -59,8 +60,7 @@ interface HeldFifo extends FileEnd {
 /** The descriptors of `pid` from 3 up whose path names a FIFO (an fstat injected for each path). */
 async function fifoDescriptors(agent: AgentClient, pid: number): Promise<HeldFifo[]> {
   const byPath: Array<{ fd: number; path: string }> = [];
-  for (const fd of (await agent.call({ op: 'LISTDIR', path: `/proc/${pid}/fd` })).map(Number).filter((n) => n >= 3)) {
-    const path = await agent.call({ op: 'READLINK', path: `/proc/${pid}/fd/${fd}` });
+  for (const { fd, link: path } of (await readFdTable(agent, pid)).filter((d) => d.fd >= 3)) {
     if (path.startsWith('/') && !path.endsWith(' (deleted)') && !/^\/(dev|proc|sys)\//.test(path)) byPath.push({ fd, path });
   }
   if (byPath.length === 0) return [];

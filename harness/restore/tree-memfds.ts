@@ -46,6 +46,7 @@ import { isAncestor, type MemfdEnd, type MemfdMapping, type TreeAction, type Tre
 import { PlanError } from './plan-step.ts';
 import { parseMaps } from './proc-maps.ts';
 import { withScratchPage } from './scratch.ts';
+import { readFdTable } from './fd-table.ts';
 
 export type { MemfdEnd, MemfdMapping, TreeMemfd };
 
@@ -121,8 +122,7 @@ async function sealsOfMapping(agent: AgentClient, pid: number, map: MemfdMapping
 export async function captureMemfds(agent: AgentClient, pids: readonly number[]): Promise<TreeMemfd[]> {
   const byInode = new Map<number, { name: string; flags: number; pos: number; ends: MemfdEnd[]; maps: MemfdMapping[] }>();
   for (const pid of pids) {
-    for (const fd of (await agent.call({ op: 'LISTDIR', path: `/proc/${pid}/fd` })).map(Number).sort((a, b) => a - b)) {
-      const link = await agent.call({ op: 'READLINK', path: `/proc/${pid}/fd/${fd}` });
+    for (const { fd, link } of await readFdTable(agent, pid)) {
       const name = memfdName(link);
       if (name === undefined) continue;
       const fdinfo = (await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/fdinfo/${fd}`, maxSize: 65536 })).toString('utf8');

@@ -31,6 +31,7 @@ import { parseFdinfo, O } from './files.ts';
 import { withScratchPage } from './scratch.ts';
 import { creatorOf, endProblem, endsListProblem, withSharedObjects, type FieldProblem, type SharedObject } from './tree-shared-objects.ts';
 import type { PipeEnd, TreeAction, TreeMember, TreePipe } from './tree.ts';
+import { readFdTable } from './fd-table.ts';
 
 export type { PipeEnd, TreePipe };
 
@@ -54,8 +55,8 @@ function failed(result: bigint): boolean {
 export async function capturePipes(agent: AgentClient, pids: readonly number[]): Promise<TreePipe[]> {
   const byInode = new Map<number, { ends: PipeEnd[]; nonblock: { read: Set<boolean>; write: Set<boolean> } }>();
   for (const pid of pids) {
-    for (const fd of (await agent.call({ op: 'LISTDIR', path: `/proc/${pid}/fd` })).map(Number).sort((a, b) => a - b)) {
-      const inode = Number(PIPE_LINK.exec(await agent.call({ op: 'READLINK', path: `/proc/${pid}/fd/${fd}` }))?.[1] ?? 0);
+    for (const { fd, link } of await readFdTable(agent, pid)) {
+      const inode = Number(PIPE_LINK.exec(link)?.[1] ?? 0);
       if (!inode) continue;
       const { flags } = parseFdinfo((await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/fdinfo/${fd}`, maxSize: 65536 })).toString('utf8'));
       const write = (flags & 3) === O.WRONLY;

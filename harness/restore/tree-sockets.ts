@@ -34,6 +34,7 @@ import { withScratchPage } from './scratch.ts';
 import { MAX_QUEUED_BYTES } from './tree-pipes.ts';
 import { creatorOf, endProblem, endsListProblem, withSharedObjects, type FieldProblem, type SharedObject } from './tree-shared-objects.ts';
 import type { SocketEnd, TreeAction, TreeMember, TreeSocketPair } from './tree.ts';
+import { readFdTable } from './fd-table.ts';
 
 export type { SocketEnd, TreeSocketPair };
 
@@ -196,8 +197,8 @@ async function peekQueue(agent: AgentClient, inode: number, end: SocketEnd, dgra
 export async function captureSocketpairs(agent: AgentClient, pids: readonly number[]): Promise<TreeSocketPair[]> {
   const byInode = new Map<number, { ends: SocketEnd[] }>();
   for (const pid of pids) {
-    for (const fd of (await agent.call({ op: 'LISTDIR', path: `/proc/${pid}/fd` })).map(Number).sort((a, b) => a - b)) {
-      const inode = Number(SOCKET_LINK.exec(await agent.call({ op: 'READLINK', path: `/proc/${pid}/fd/${fd}` }))?.[1] ?? 0);
+    for (const { fd, link } of await readFdTable(agent, pid)) {
+      const inode = Number(SOCKET_LINK.exec(link)?.[1] ?? 0);
       if (!inode) continue;
       const { flags } = parseFdinfo((await agent.call({ op: 'READ_FILE', path: `/proc/${pid}/fdinfo/${fd}`, maxSize: 65536 })).toString('utf8'));
       const socket = byInode.get(inode) ?? { ends: [] };
