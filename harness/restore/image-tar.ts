@@ -147,7 +147,7 @@ const json = (v: unknown): Buffer => Buffer.from(`${JSON.stringify(v, null, 2)}\
  */
 export function imageEntries(image: CheckpointImage, extra: ReadonlyMap<string, Buffer> = new Map()): Map<string, Buffer> {
   const entries = contentEntries(image, extra);
-  return new Map([...entries, ...manifestEntries(image, entries, new Map([...entries].map(([name, data]) => [name, sha256(data)])))]);
+  return new Map([...entries, ...manifestEntries(image, entries, digestsOf(entries))]);
 }
 
 /** Every entry but the manifest and its digest. */
@@ -204,6 +204,11 @@ function contentEntries(image: CheckpointImage, extra: ReadonlyMap<string, Buffe
   return entries;
 }
 
+/** The SHA-256 of each entry, by name. */
+function digestsOf(entries: ReadonlyMap<string, Buffer>): Map<string, string> {
+  return new Map([...entries].map(([name, data]) => [name, sha256(data)]));
+}
+
 /** manifest.json, listing `entries` with their `digests`, and manifest.sha256. */
 function manifestEntries(image: CheckpointImage, entries: ReadonlyMap<string, Buffer>, digests: ReadonlyMap<string, string>): Map<string, Buffer> {
   const manifest: Manifest = {
@@ -239,7 +244,7 @@ export async function writeCheckpointImage(image: CheckpointImage, file: string,
     try {
       const written = writeAll(handle, body);
       written.catch(() => {});
-      const digests = new Map([...entries].map(([name, data]) => [name, sha256(data)]));
+      const digests = digestsOf(entries);
       await written;
       await writeAll(handle, await packTar(manifestEntries(image, entries, digests)));
     } finally {
