@@ -84,11 +84,26 @@ export async function resolveKernelPackage(metapackage: string, apt: string[] = 
   return { name, version };
 }
 
-const isPackageVersion = (v: unknown): v is { name: string; version: string } =>
-  typeof v === 'object' &&
-  v !== null &&
-  VERSIONED_KERNEL_PACKAGE.test((v as { name?: unknown }).name as string) &&
-  typeof (v as { version?: unknown }).version === 'string';
+/** Debian's package-name and version syntax (policy 5.6.1, 5.6.12): neither can hold a '/', so neither can leave the kernels directory. */
+const DEBIAN_PACKAGE_NAME = /^[a-z0-9][a-z0-9+.-]+$/;
+const DEBIAN_VERSION = /^[0-9][A-Za-z0-9.+~:-]*$/;
+
+/**
+ * A resolved kernel package, as apt-cache gives it or as a remembered answer
+ * holds it (apt-memo.ts): a versioned kernel package name and a Debian
+ * version, both used in a cache path and an apt-get argument.
+ */
+export const isKernelPackageVersion = (v: unknown): v is { name: string; version: string } => {
+  if (typeof v !== 'object' || v === null) return false;
+  const { name, version } = v as { name?: unknown; version?: unknown };
+  return (
+    typeof name === 'string' &&
+    typeof version === 'string' &&
+    DEBIAN_PACKAGE_NAME.test(name) &&
+    VERSIONED_KERNEL_PACKAGE.test(name) &&
+    DEBIAN_VERSION.test(version)
+  );
+};
 
 /**
  * The Debian kernel for `metapackage`, downloaded and unpacked on first use.
@@ -102,7 +117,7 @@ export async function debianKernel(spec: string, log: (line: string) => void = (
   let apt: string[] = [];
   try {
     apt = await aptOptions(suite, log);
-    pkg = await rememberedAptAnswer(`kernel package ${metapackage}`, apt, isPackageVersion, () => resolveKernelPackage(metapackage, apt));
+    pkg = await rememberedAptAnswer(`kernel package ${metapackage}`, apt, isKernelPackageVersion, () => resolveKernelPackage(metapackage, apt));
   } catch (error) {
     // A kernel from another suite has no stand-in: the cache does not say which suite a kernel came from.
     if (suite !== undefined) throw error;
