@@ -98,3 +98,34 @@ export async function runTable<A extends Attempt>(t: Test, caseName: string, sce
     });
   }
 }
+
+/**
+ * `scenario` with the attempts of its crh `rows` started now, one after
+ * another (they share the scenario's guest, whose agent runs one program at a
+ * time): runTable later answers each row with its attempt's result, in the
+ * table's order, while other scenarios' attempts ran in other guests
+ * meanwhile. Nothing is started when the run did not ask for engine crh, whose
+ * rows are then skipped. `done` settles when the last attempt has.
+ */
+export function attemptsUnderWay<A extends Attempt>(scenario: TableScenario<A>, rows: readonly Row<A>[]): TableScenario<A> & { done: Promise<void> } {
+  if (!runsEngine('crh')) return { ...scenario, done: Promise.resolve() };
+  const byTag = new Map<string, { policy: RestorePolicy; result: Promise<A> }>();
+  let previous: Promise<unknown> = Promise.resolve();
+  for (const row of rows) {
+    if ('criu' in row) continue;
+    const result = previous.then(() => scenario.attempt(row.policy, row.tag));
+    // Awaited by its row later; a failure is that row's, and the next attempt still runs.
+    result.catch(() => {});
+    previous = result.catch(() => {});
+    byTag.set(row.tag, { policy: row.policy, result });
+  }
+  return {
+    ...scenario,
+    done: previous.then(() => {}),
+    attempt: (policy, tag) => {
+      const started = byTag.get(tag);
+      if (!started || started.policy !== policy) throw new Error(`${scenario.name}: no attempt under way for row ${tag} under this policy`);
+      return started.result;
+    },
+  };
+}
