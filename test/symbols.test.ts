@@ -1,7 +1,9 @@
 // expect: symbols resolve by "module:name" from System.map and guest ELF files, and addresses symbolize back, without binutils.
 import t from 'tap';
 import { parseSystemMap, SymbolError, SymbolTable } from '../harness/symbols/symbols.ts';
-import { mkdtemp } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { execa } from 'execa';
+import { REPO_ROOT } from '../harness/util/cache-dir.ts';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { buildImage } from '../harness/image/build.ts';
@@ -16,6 +18,24 @@ t.test('System.map lines', async (t) => {
     syms.map((s) => s.name),
     ['_stext', 'helper', 'some_data'],
   );
+});
+
+t.test('modules are parsed when first asked about: one for resolve, all for symbolize; a file gone by then is named', async (t) => {
+  const dir = await mkdtemp(path.join(tmpdir(), 'crh-sym-lazy-'));
+  const map = path.join(dir, 'System.map');
+  await writeFile(map, 'ffffffff81000000 T _stext\nffffffff81000100 T exc_page_fault\n');
+  const program = path.join(dir, 'program');
+  await execa('gcc', ['-static', '-O2', '-o', program, path.join(REPO_ROOT, 'examples', 'repro', 'callee-sweep.c')]);
+  const table = new SymbolTable();
+  await table.addSystemMap(map);
+  await table.addProgram('callee', program);
+  await table.addProgram('gone', path.join(dir, 'gone'));
+  t.ok(table.resolve('callee:sweep_callee') > 0n, "the program's symbols, without the missing file's");
+  t.equal(table.resolve('kernel:exc_page_fault'), 0xffffffff81000100n, 'the System.map read at add, parsed now');
+  t.throws(() => table.resolve('nosuch:main'), /no symbol nosuch:main \(known modules: callee, kernel, gone\)/, 'pending modules are known');
+  t.throws(() => table.resolve('gone:main'), /the symbols of gone \(.*gone\) cannot be read: ENOENT/);
+  t.throws(() => table.symbolize(0xffffffff81000104n), /the symbols of gone/, 'symbolize needs every module');
+  await rm(dir, { recursive: true });
 });
 
 t.test('the real kernel (symbols from the booted guest) and guest programs', async (t) => {

@@ -5,6 +5,7 @@
  * so an address names one program). Names read "kernel:exc_page_fault" or
  * "hwbreak:target".
  */
+import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { ElfFile, SHN_LORESERVE, STB_GLOBAL, STT_FUNC, STT_NOTYPE, STT_OBJECT } from '../elf/elf64.ts';
 import { CrhError } from '../errors.ts';
@@ -41,17 +42,24 @@ export class SymbolTable {
   private readonly byName = new Map<string, Symbol>();
   /** by address, made when first needed: a table is built from ~40 programs and a System.map, and sorting after each add cost ~0.5 s per guest start */
   private sortedCache: Symbol[] | undefined;
+  /**
+   * Modules added but not yet parsed, parsed when first asked about: a guest
+   * start adds ~40 programs and a System.map of ~100,000 lines (~0.2 s of CPU
+   * with its garbage), and most cases ask about a few programs' symbols or
+   * none. A program's file is read then, synchronously: a query is.
+   */
+  private readonly pending = new Map<string, () => readonly Symbol[]>();
 
-  /** Adds the kernel's System.map. */
+  /** Adds the kernel's System.map (read now, parsed when first needed). */
   async addSystemMap(file: string): Promise<this> {
-    return this.add(parseSystemMap(await readFile(file, 'utf8')));
+    const text = await readFile(file, 'utf8');
+    return this.addLater('kernel', () => parseSystemMap(text));
   }
 
-  /** Adds a guest program's functions, objects and global labels under `module`. */
+  /** Adds a guest program's functions, objects and global labels under `module` (read and parsed when first needed). */
   async addProgram(module: string, file: string): Promise<this> {
-    const elf = await ElfFile.open(file);
-    return this.add(
-      elf
+    return this.addLater(module, () =>
+      programElf(module, file)
         .symbols()
         .filter((s) => (s.type === STT_FUNC || s.type === STT_OBJECT || (s.type === STT_NOTYPE && s.bind === STB_GLOBAL)) && s.name.length > 0)
         // Only symbols defined in a section are addresses (absolute ones are flags like _nl_current_LC_CTYPE_used).
@@ -69,18 +77,38 @@ export class SymbolTable {
     return this;
   }
 
+  private addLater(module: string, load: () => readonly Symbol[]): this {
+    const earlier = this.pending.get(module);
+    // A module added twice keeps its first symbols first, as add() does.
+    this.pending.set(module, earlier ? () => [...earlier(), ...load()] : load);
+    return this;
+  }
+
+  /** Parses `module` if it is still pending, or every pending module. */
+  private load(module?: string): void {
+    for (const [name, loadModule] of [...this.pending]) {
+      if (module !== undefined && name !== module) continue;
+      // Still pending when it fails: asked again, it says so again.
+      const symbols = loadModule();
+      this.pending.delete(name);
+      this.add(symbols);
+    }
+  }
+
   private get sorted(): Symbol[] {
+    this.load();
     this.sortedCache ??= [...this.byName.values()].sort((a, b) => (a.address < b.address ? -1 : a.address > b.address ? 1 : 0));
     return this.sortedCache;
   }
 
   /** The address of "module:name"; throws naming what is missing. */
   resolve(qualified: string): bigint {
+    const module = qualified.split(':')[0] ?? '';
+    this.load(module);
     const s = this.byName.get(qualified);
     if (!s) {
-      const module = qualified.split(':')[0];
-      const known = [...new Set([...this.byName.values()].map((x) => x.module))];
-      throw new SymbolError(`no symbol ${qualified}${known.includes(module ?? '') ? '' : ` (known modules: ${known.join(', ') || 'none'})`}`);
+      const known = [...new Set([...[...this.byName.values()].map((x) => x.module), ...this.pending.keys()])];
+      throw new SymbolError(`no symbol ${qualified}${known.includes(module) ? '' : ` (known modules: ${known.join(', ') || 'none'})`}`);
     }
     return s.address;
   }
@@ -107,5 +135,14 @@ export class SymbolTable {
     // Sized symbols must contain the address; unsized ones (System.map) are trusted within 1 MiB.
     if (best.size > 0n ? offset >= best.size : offset > 0x10_0000n) return hex;
     return `${best.module}:${best.name}${offset > 0n ? `+0x${offset.toString(16)}` : ''}`;
+  }
+}
+
+/** A program's ELF, read when its symbols are first needed; a file gone or broken by then is said with the module's name. */
+function programElf(module: string, file: string): ElfFile {
+  try {
+    return ElfFile.parse(file, readFileSync(file));
+  } catch (error) {
+    throw new SymbolError(`the symbols of ${module} (${file}) cannot be read: ${error instanceof Error ? error.message : String(error)}`);
   }
 }
