@@ -11,6 +11,7 @@ import {
   timersProblems,
   timerfdUncapturable,
   tracerProblem,
+  kernelThreadPids,
   uncapturableError,
 } from '../harness/restore/uncapturable.ts';
 
@@ -98,6 +99,20 @@ t.test('seccomp, no_new_privs and a tracee', async (t) => {
   t.match(tracerProblem(813, status({ TracerPid: '814' }), new Set([812, 814])), { state: 'ptrace tracee' }, 'traced by one of its other threads');
   t.equal(tracerProblem(813, status({ TracerPid: '300' }), new Set([812])), undefined, 'traced by someone else');
   t.equal(tracerProblem(813, status({ TracerPid: '0' }), new Set([812])), undefined);
+});
+
+t.test("kernel threads, whose status the tracee search skips: kthreadd's children, only when pid 2 is kthreadd", async (t) => {
+  // A real /proc/2/stat of the 6.1 guest (flags 2129984 = 0x208040: PF_KTHREAD among them).
+  const stat =
+    '2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 0 0 0 18446744073709551615 0 0 0 0 0 0 0 2147483647 0 1 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0';
+  t.same([...kernelThreadPids(stat, '3 4 5 6 15 \n')], [2, 3, 4, 5, 6, 15]);
+  t.same([...kernelThreadPids(stat, '')], [2], 'no children yet');
+  t.same([...kernelThreadPids(stat.replace('2129984', '4194560'), '3 4')], [], 'pid 2 without PF_KTHREAD (a pid namespace): nothing skipped');
+  t.same([...kernelThreadPids(stat.replace('(kthreadd)', '(sh)'), '3 4')], [], 'pid 2 named otherwise: nothing skipped');
+  t.same([...kernelThreadPids(stat.replace('(kthreadd)', '(kthreadd) x)'), '3 4')], [], 'a comm with ") " in it is read to its last ")"');
+  t.same([...kernelThreadPids(undefined, '3 4')], [], 'no pid 2 at all');
+  t.same([...kernelThreadPids(stat, undefined)], [], 'no children file (CONFIG_PROC_CHILDREN off): nothing skipped');
+  t.same([...kernelThreadPids('garbage', '3')], []);
 });
 
 t.test('POSIX timers and limits', async (t) => {

@@ -210,6 +210,25 @@ export function limitsDiffer(target: string, agent: string): string[] {
 }
 
 const NAMESPACES = ['cgroup', 'ipc', 'mnt', 'net', 'pid', 'time', 'user', 'uts'] as const;
+/** The kernel's thread-making thread, parent of every other kernel thread: pid 2 in the initial pid namespace. */
+const KTHREADD = 2;
+/** task_struct flags: a kernel thread (include/linux/sched.h). */
+const PF_KTHREAD = 0x0020_0000;
+
+/**
+ * The kernel threads by pid — kthreadd and its children — from
+ * /proc/2/stat and /proc/2/task/2/children; none unless pid 2 is a kernel
+ * thread named kthreadd (a pid namespace has no kthreadd, its pid 2 a
+ * process like any other).
+ */
+export function kernelThreadPids(stat: string | undefined, children: string | undefined): Set<number> {
+  const m = /^(\d+) \((.*)\) (.*)$/s.exec(stat?.trim() ?? '');
+  // After "pid (comm)": state, ppid, pgrp, session, tty_nr, tpgid, then flags (proc(5) fields 3-9).
+  const flags = Number(m?.[3]?.split(' ')[6]);
+  if (!m || Number(m[1]) !== KTHREADD || m[2] !== 'kthreadd' || !Number.isInteger(flags) || (flags & PF_KTHREAD) === 0 || children === undefined)
+    return new Set();
+  return new Set([KTHREADD, ...children.trim().split(/\s+/).filter(Boolean).map(Number)]);
+}
 
 /**
  * Everything above, read through the agent; [] when the process holds
@@ -231,31 +250,37 @@ export async function findUncapturable(agent: AgentClient, pid: number, noAslr: 
     if (fdinfo !== undefined) add(timerfdUncapturable(fd, fdinfo));
   });
 
-  const [personality, ownPersonality, agentStatus, taskEntries, procEntries, timers, nsLinks, limits, ownLimits, cwd, ownCwd] = await Promise.all([
-    read(`/proc/${pid}/personality`),
-    read('/proc/self/personality'),
-    read('/proc/self/status'),
-    agent.call({ op: 'LISTDIR', path: `/proc/${pid}/task` }),
-    agent.call({ op: 'LISTDIR', path: '/proc' }),
-    unlessGone(read(`/proc/${pid}/timers`)),
-    Promise.all(
-      NAMESPACES.map((ns) =>
-        Promise.all([
-          unlessGone(agent.call({ op: 'READLINK', path: `/proc/${pid}/ns/${ns}` })),
-          unlessGone(agent.call({ op: 'READLINK', path: `/proc/self/ns/${ns}` })),
-        ]),
+  const [personality, ownPersonality, agentStatus, taskEntries, procEntries, timers, nsLinks, limits, ownLimits, cwd, ownCwd, kthreadd, kthreads] =
+    await Promise.all([
+      read(`/proc/${pid}/personality`),
+      read('/proc/self/personality'),
+      read('/proc/self/status'),
+      agent.call({ op: 'LISTDIR', path: `/proc/${pid}/task` }),
+      agent.call({ op: 'LISTDIR', path: '/proc' }),
+      unlessGone(read(`/proc/${pid}/timers`)),
+      Promise.all(
+        NAMESPACES.map((ns) =>
+          Promise.all([
+            unlessGone(agent.call({ op: 'READLINK', path: `/proc/${pid}/ns/${ns}` })),
+            unlessGone(agent.call({ op: 'READLINK', path: `/proc/self/ns/${ns}` })),
+          ]),
+        ),
       ),
-    ),
-    read(`/proc/${pid}/limits`),
-    read('/proc/self/limits'),
-    agent.call({ op: 'READLINK', path: `/proc/${pid}/cwd` }),
-    agent.call({ op: 'READLINK', path: '/proc/self/cwd' }),
-  ]);
+      read(`/proc/${pid}/limits`),
+      read('/proc/self/limits'),
+      agent.call({ op: 'READLINK', path: `/proc/${pid}/cwd` }),
+      agent.call({ op: 'READLINK', path: '/proc/self/cwd' }),
+      unlessGone(read(`/proc/${KTHREADD}/stat`)),
+      unlessGone(read(`/proc/${KTHREADD}/task/${KTHREADD}/children`)),
+    ]);
   add(personalityProblem(pid, personality, ownPersonality, noAslr));
 
   const tids = taskEntries.map(Number).sort((a, b) => a - b);
   const mine = new Set(tids);
-  const others = procEntries.filter((entry) => /^\d+$/.test(entry) && !mine.has(Number(entry)));
+  // Kernel threads are nobody's tracees (ptrace refuses them): their status, most of /proc in a small guest and ~0.3 ms
+  // of TCG each to generate, is not read.
+  const kernelThreads = kernelThreadPids(kthreadd, kthreads);
+  const others = procEntries.filter((entry) => /^\d+$/.test(entry) && !mine.has(Number(entry)) && !kernelThreads.has(Number(entry)));
   const [threadStatus, otherStatus] = await Promise.all([
     Promise.all(tids.map((tid) => unlessGone(read(`/proc/${pid}/task/${tid}/status`)))),
     Promise.all(others.map((entry) => unlessGone(read(`/proc/${entry}/status`)))),
