@@ -12,7 +12,7 @@ import { parseReproArgs, requestFlags, type ReproRequest } from '../harness/repr
 import { sweepBoundaries, SWEEP_MAX_COUNT } from '../harness/repro/sweep-options.ts';
 import { parseRerunRecord, rerunRecord } from '../harness/repro/rerun-record.ts';
 import { BundleRejectedError, UsageError } from '../harness/repro/usage-error.ts';
-import { locate, makeSweepReport, objdumpInstruction, formatSweepTable } from '../harness/repro/sweep-report.ts';
+import { locate, makeSweepReport, objdumpInstruction, objdumpInstructions, formatSweepTable } from '../harness/repro/sweep-report.ts';
 import { sweepHtml } from '../harness/repro/sweep-html.ts';
 import { loadProgram } from '../harness/repro/program.ts';
 import type { BoundaryVerdict, SweepResult } from '../harness/repro/sweep.ts';
@@ -78,6 +78,16 @@ t.test('boundaries are named by symbol+offset and by objdump on the host binary'
   const entry = program.elf.symbols().find((s) => s.name === 'sweep_callee')!.value;
   t.equal(await objdumpInstruction(binary, entry), 'push %rbx');
   t.equal(await objdumpInstruction(binary, entry + 6n), 'lea 0x7(%rdi),%r12');
+  // One objdump per window of nearby addresses names each as objdump names it alone; far ones (main's entry, libc's
+  // memcpy) get windows of their own; an address inside an instruction (entry+2, in mov %rdi,%rbx) is not listed by the
+  // window and is asked alone, as objdumpInstruction would answer it.
+  const at = (name: string) => program.elf.symbols().find((s) => s.name === name)!.value;
+  const addresses = [entry, entry + 1n, entry + 2n, entry + 3n, entry + 6n, at('main'), at('memcpy'), entry];
+  const named = await objdumpInstructions(binary, addresses);
+  t.equal(named.size, 7, 'each address once');
+  for (const a of addresses) t.equal(named.get(a), await objdumpInstruction(binary, a), `${a.toString(16)} as objdump names it alone`);
+  t.equal(named.get(entry + 2n), await objdumpInstruction(binary, entry + 2n), 'inside an instruction: as alone');
+  t.same(await objdumpInstructions(binary, []), new Map(), 'no addresses, no objdump');
   const symbols = program.elf.symbols().map((s) => ({ name: s.name, value: s.value, size: s.size }));
   t.equal(
     locate(

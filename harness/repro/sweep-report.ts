@@ -75,7 +75,13 @@ export interface ReportInputs {
 
 export async function makeSweepReport(inputs: ReportInputs): Promise<SweepReport> {
   const { result, program } = inputs;
-  const disassemble = inputs.disassemble ?? ((address: bigint) => objdumpInstruction(program.file, address));
+  const listed = inputs.disassemble
+    ? undefined
+    : await objdumpInstructions(
+        program.file,
+        result.verdicts.map((v) => v.rip),
+      );
+  const disassemble = inputs.disassemble ?? (async (address: bigint) => listed!.get(address)!);
   const symbols = codeSymbols(program.elf.symbols());
   const rows: SweepRow[] = [];
   let lastMatching: BoundaryVerdict | undefined;
@@ -227,17 +233,52 @@ export function locate(symbols: readonly CodeSymbol[], address: bigint): string 
 
 /** The instruction at `address` in `binary`, from `objdump -d` (the mnemonic and operands, AT&T syntax). */
 export async function objdumpInstruction(binary: string, address: bigint): Promise<string> {
-  const start = `0x${address.toString(16)}`;
-  const stop = `0x${(address + 16n).toString(16)}`;
-  const r = await execa('objdump', ['-d', '--no-show-raw-insn', `--start-address=${start}`, `--stop-address=${stop}`, binary], {
+  const decoded = await objdumpRange(binary, address, address + 16n);
+  if (typeof decoded === 'string') return decoded;
+  return decoded.get(address) ?? '(no instruction decoded here)';
+}
+
+/** Addresses this close together are disassembled by one objdump, from the first to the last. */
+const SAME_WINDOW_BYTES = 4096n;
+
+/**
+ * objdumpInstruction for every address in `addresses`, one objdump per
+ * window of nearby ones rather than one per address (a sweep names each of
+ * its boundaries; an objdump of a static binary costs ~25 ms of CPU). An
+ * instruction objdump lists at the address is the one decoded from there,
+ * however the linear sweep reached it; an address the window's listing
+ * skipped (data in text put it out of step) gets an objdump of its own.
+ */
+export async function objdumpInstructions(binary: string, addresses: readonly bigint[]): Promise<Map<bigint, string>> {
+  const sorted = [...new Set(addresses)].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+  const windows: bigint[][] = [];
+  for (const a of sorted) {
+    const last = windows.at(-1);
+    if (last && a - last.at(-1)! <= SAME_WINDOW_BYTES) last.push(a);
+    else windows.push([a]);
+  }
+  const named = new Map<bigint, string>();
+  for (const window of windows) {
+    const decoded = await objdumpRange(binary, window[0]!, window.at(-1)! + 16n);
+    for (const a of window) {
+      const line = typeof decoded === 'string' ? decoded : decoded.get(a);
+      named.set(a, line ?? (await objdumpInstruction(binary, a)));
+    }
+  }
+  return named;
+}
+
+/** `objdump -d` of [start, stop): each listed instruction by its address, or why objdump failed. */
+async function objdumpRange(binary: string, start: bigint, stop: bigint): Promise<Map<bigint, string> | string> {
+  const r = await execa('objdump', ['-d', '--no-show-raw-insn', `--start-address=${hex(start)}`, `--stop-address=${hex(stop)}`, binary], {
     reject: false,
     timeout: 30_000,
   });
   if (r.exitCode !== 0) return `(objdump failed: ${r.stderr.split('\n')[0] ?? ''})`;
-  const want = address.toString(16);
+  const listed = new Map<bigint, string>();
   for (const line of r.stdout.split('\n')) {
     const m = /^\s*([0-9a-f]+):\s+(.*)$/.exec(line);
-    if (m && m[1] === want) return m[2]!.replace(/\s+/g, ' ').trim();
+    if (m) listed.set(BigInt(`0x${m[1]}`), m[2]!.replace(/\s+/g, ' ').trim());
   }
-  return '(no instruction decoded here)';
+  return listed;
 }
