@@ -17,20 +17,22 @@
 // SIGALRM handler only when the interrupted RIP is the rep): the handler's return and rt_sigreturn (0-2), then the rep
 // again between iterations (3-7); every boundary matches. Negative control: omit=string-regs fails at exactly 3-7 — in
 // the handler the copy's progress is in the signal frame, not in registers.
+// Each negative control whose switch is the restore's is judged on its policy's walk: the same checkpoints, restored
+// again under the control; plain stepping changes the walk itself and walks again.
 import t from 'tap';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { startGuest } from '../harness/testing/guest-fixture.ts';
 import { kernelNeeds } from '../harness/testing/kernel-needs.ts';
-import { restoreWitnessed } from '../harness/testing/restore-witness.ts';
+import { noteRestore, restoreWitnessed } from '../harness/testing/restore-witness.ts';
 import { recordRow } from '../harness/testing/verdict-rows.ts';
 import { describePolicy } from '../harness/restore/policy.ts';
 import { parseReproArgs, type ReproRequest } from '../harness/repro/options.ts';
 import { prepareProgram } from '../harness/repro/prepare.ts';
 import { Progress } from '../harness/repro/progress.ts';
-import { sweepInGuest } from '../harness/repro/sweep-command.ts';
+import { sweepInGuestUnder } from '../harness/repro/sweep-command.ts';
 import { formatSweepTable, makeSweepReport } from '../harness/repro/sweep-report.ts';
-import { artifactsRoot } from '../harness/report/verdicts.ts';
+import { artifactsRoot, type RestoreWitness } from '../harness/report/verdicts.ts';
 import { REPO_ROOT } from '../harness/util/cache-dir.ts';
 import { EFLAGS } from '../harness/x86/registers.ts';
 
@@ -43,29 +45,67 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
   const guest = await startGuest(t, CASE);
   const progress = new Progress(`case ${CASE}`, (line) => t.comment(line));
 
-  const sweepWith = async (policyFlags: string[], args?: string[], programSigtraps?: 'keep' | 'ignore') => {
-    const request = parseReproArgs(args?.[0] === '--binary' ? 'cr' : 'repro', [
-      ...(args ?? [EXAMPLE, '--sweep', 'sweep_callee', '--count', String(COUNT)]),
-      ...policyFlags,
-    ]) as ReproRequest;
-    const dir = path.join(artifactsRoot(), CASE, `${request.sweep!.symbol}${policyFlags.join('')}${programSigtraps ?? ''}`);
+  /**
+   * One walk of a program, its checkpoints restored under each set of policy flags in turn (a policy and its negative
+   * control judged on the same images: the checkpoint does not depend on the restore's policy); one result per set,
+   * each with the restores' read-backs its row notes.
+   */
+  const sweepUnder = async (policyFlagSets: string[][], args?: string[], programSigtraps?: 'keep' | 'ignore') => {
+    const requests = policyFlagSets.map(
+      (policyFlags) =>
+        parseReproArgs(args?.[0] === '--binary' ? 'cr' : 'repro', [
+          ...(args ?? [EXAMPLE, '--sweep', 'sweep_callee', '--count', String(COUNT)]),
+          ...policyFlags,
+        ]) as ReproRequest,
+    );
+    const request = requests[0]!;
+    const dir = path.join(artifactsRoot(), CASE, `${request.sweep!.symbol}${programSigtraps ?? ''}`);
     const prepared = await prepareProgram(request, path.join(dir, 'build'), progress);
     await mkdir(dir, { recursive: true });
-    const runs = await sweepInGuest(guest, request, prepared, dir, progress, { restore: restoreWitnessed, ...(programSigtraps ? { programSigtraps } : {}) });
-    const report = await makeSweepReport({
-      program: prepared.program,
-      sweep: request.sweep!,
-      hit: 1,
-      policy: request.policy,
-      reference: runs.reference,
-      result: runs.result,
+    const witnesses = requests.map((): RestoreWitness[] => []);
+    const restore: typeof restoreWitnessed = (agent, image, options, tag) =>
+      restoreWitnessed(agent, image, options, tag, (w) => witnesses[requests.findIndex((r) => r.policy === options.policy)]!.push(w));
+    const policies = requests.map((r) => r.policy);
+    const { results, ...runs } = await sweepInGuestUnder(guest, request, prepared, dir, progress, policies, {
+      restore,
+      ...(programSigtraps ? { programSigtraps } : {}),
     });
-    t.comment(formatSweepTable(report));
-    return { request, prepared, runs, report, failing: report.rows.filter((r) => !r.pass).map((r) => r.boundary) };
+    return Promise.all(
+      requests.map(async (request, i) => {
+        const report = await makeSweepReport({
+          program: prepared.program,
+          sweep: request.sweep!,
+          hit: 1,
+          policy: request.policy,
+          reference: runs.reference,
+          result: results[i]!,
+        });
+        return {
+          request,
+          prepared,
+          runs: { ...runs, result: results[i]! },
+          report,
+          witnesses: witnesses[i]!,
+          failing: report.rows.filter((r) => !r.pass).map((r) => r.boundary),
+        };
+      }),
+    );
   };
+  /** sweepUnder once, when a subtest first asks: the policy's row and its control's take their results from the same walk. */
+  const walkOnce = (...args: Parameters<typeof sweepUnder>) => {
+    let walk: ReturnType<typeof sweepUnder> | undefined;
+    return async (t: { comment(...a: unknown[]): void }, i: number) => {
+      const sweep = (await (walk ??= sweepUnder(...args)))[i]!;
+      t.comment(formatSweepTable(sweep.report));
+      // The restores of this row's policy, made ahead of it in the walk, are this row's read-backs.
+      for (const w of sweep.witnesses) noteRestore(w);
+      return sweep;
+    };
+  };
+  const calleeSweeps = walkOnce([[], ['--regs', 'partial']]);
 
   await t.test('default policy: every boundary restores exactly', async (t) => {
-    const { request, runs, report, failing } = await sweepWith([]);
+    const { request, runs, report, failing } = await calleeSweeps(t, 0);
     t.equal(runs.perturbed, undefined, 'the traced run prints what the native run prints');
     t.equal(report.walked, COUNT, `${COUNT} boundaries walked`);
     t.ok(report.stepped.matchesReference, `the stepped original ends as the uninterrupted run (${report.stepped.status})`);
@@ -92,7 +132,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
   });
 
   await t.test('negative control regs=partial: exactly the boundaries where a callee-saved register is live fail', async (t) => {
-    const { request, report, failing } = await sweepWith(['--regs', 'partial']);
+    const { request, report, failing } = await calleeSweeps(t, 1);
     t.ok(report.stepped.matchesReference, 'the stepped original is unaffected by the policy');
     t.match(
       report.headline,
@@ -113,9 +153,10 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
 
   const SELFSTEP = "sweep: 30 boundaries from selfstep's self_seq through its SIGTRAP handler and rt_sigreturn, a checkpoint at each";
   const selfstepArgs = ['--binary', guest.image.binaries.selfstep!, '--sweep', 'self_seq', '--count', '30'];
+  const selfstepSweeps = walkOnce([[], ['--restorer', 'popf']], selfstepArgs);
 
   await t.test('a program stepping itself keeps its own SIGTRAPs through the sweep', async (t) => {
-    const { request, runs, report, failing } = await sweepWith([], selfstepArgs);
+    const { request, runs, report, failing } = await selfstepSweeps(t, 0);
     t.equal(runs.perturbed, undefined, 'the traced run prints what the native run prints');
     t.ok(
       report.stepped.matchesReference,
@@ -141,8 +182,8 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
   });
 
   await t.test("negative control: plain stepping takes the program's SIGTRAPs from it", async (t) => {
-    // What it shows is the walked process, not a checkpoint: every third keeps it short.
-    const { request, report } = await sweepWith([], [...selfstepArgs, '--every', '3'], 'ignore');
+    // What it shows is the walked process, not a checkpoint: one, at the first boundary, keeps it short.
+    const { request, report } = await walkOnce([[]], [...selfstepArgs, '--every', '30'], 'ignore')(t, 0);
     t.notOk(report.stepped.matchesReference, `the walked process differs: ${report.stepped.difference}`);
     const observed = `walked process ${report.stepped.matchesReference ? 'as uninterrupted' : 'differs'}`;
     recordRow(t, {
@@ -157,7 +198,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
   });
 
   await t.test("negative control restorer=popf: exactly the boundaries where the program's TF is live fail", async (t) => {
-    const { request, runs, report, failing } = await sweepWith(['--restorer', 'popf'], selfstepArgs);
+    const { request, runs, report, failing } = await selfstepSweeps(t, 1);
     t.ok(report.stepped.matchesReference, 'the walked process is unaffected by the restorer');
     const tfLive = runs.result.verdicts.filter((v) => (v.imageRegs.eflags & EFLAGS.TF) !== 0n).map((v) => v.index);
     t.same(failing, tfLive, `the failing boundaries are those whose image has TF set (${tfLive.join(' ')})`);
@@ -181,6 +222,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
   const RSEQ =
     "sweep: 12 boundaries of rseq-sweep.c's rseq_sweep_cs (critical section at 2-5), a checkpoint at each; after the step off rseq_armed each by a fresh run to a breakpoint";
   const rseqArgs = [path.join(REPO_ROOT, 'examples', 'repro', 'rseq-sweep.c'), '--sweep', 'rseq_sweep_cs', '--count', '12'];
+  const rseqSweeps = walkOnce([[], ['--rseq-fixup', 'off']], rseqArgs);
   /** The boundaries whose address is inside [start_ip, post_commit_ip): what the kernel aborts when stopped there. */
   const insideSection = (
     prepared: { program: { elf: { symbols(): { name: string; value: bigint }[] } } },
@@ -192,7 +234,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
   };
 
   await t.test("rseq: every boundary restores as a stop there continues, the section's abort included", async (t) => {
-    const { request, prepared, runs, report, failing } = await sweepWith([], rseqArgs);
+    const { request, prepared, runs, report, failing } = await rseqSweeps(t, 0);
     t.equal(runs.perturbed, undefined, 'the traced run prints what the native run prints');
     t.ok(report.stepped.matchesReference, `the walked process ends as the uninterrupted run (${report.stepped.status})`);
     t.same(
@@ -227,7 +269,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
   });
 
   await t.test('negative control rseq-fixup=off: exactly the boundaries inside [start_ip, post_commit_ip) fail', async (t) => {
-    const { request, prepared, report, failing } = await sweepWith(['--rseq-fixup', 'off'], rseqArgs);
+    const { request, prepared, report, failing } = await rseqSweeps(t, 1);
     t.same(failing, insideSection(prepared, report.rows), 'the failing boundaries are those inside the section');
     t.match(
       report.headline,
@@ -248,9 +290,10 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
 
   const REP = "sweep: 8 boundaries of rep-sweep.c's rep_sweep to its ret, the rep movsb at 1-5 (RCX 5..1, after each iteration), a checkpoint at each";
   const repArgs = [path.join(REPO_ROOT, 'examples', 'repro', 'rep-sweep.c'), '--sweep', 'rep_sweep', '--count', '8'];
+  const repSweeps = walkOnce([[], ['--omit', 'string-regs']], repArgs);
 
   await t.test('rep movsb: a restore between iterations resumes the copy where it stood', async (t) => {
-    const { request, runs, report, failing } = await sweepWith([], repArgs);
+    const { request, runs, report, failing } = await repSweeps(t, 0);
     t.equal(runs.perturbed, undefined, 'the traced run prints what the native run prints');
     t.ok(report.stepped.matchesReference, `the walked process ends as the uninterrupted run (${report.stepped.status})`);
     const rep = runs.result.verdicts.filter((v) => report.rows[v.index]?.instruction.startsWith('rep movsb'));
@@ -279,7 +322,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
   });
 
   await t.test('negative control omit=string-regs: exactly the boundaries where RCX/RSI/RDI are live fail', async (t) => {
-    const { request, report, failing } = await sweepWith(['--omit', 'string-regs'], repArgs);
+    const { request, report, failing } = await repSweeps(t, 1);
     t.ok(report.stepped.matchesReference, 'the walked process is unaffected by the policy');
     const observed = `failing boundaries: ${failing.join(' ') || 'none'}`;
     recordRow(t, {
@@ -296,6 +339,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
   const REP_SIGNAL =
     "sweep: 8 boundaries from rep-signal-sweep.c's rep_interrupted: the SIGALRM handler's return, rt_sigreturn, then the interrupted rep movsb between iterations (3-7), a checkpoint at each";
   const repSignalArgs = [path.join(REPO_ROOT, 'examples', 'repro', 'rep-signal-sweep.c'), '--sweep', 'rep_interrupted', '--count', '8'];
+  const repSignalSweeps = walkOnce([[], ['--omit', 'string-regs']], repSignalArgs);
   /** Boundaries standing at the rep instruction the alarm interrupted. */
   const atRep = (prepared: { program: { elf: { symbols(): { name: string; value: bigint }[] } } }, rows: { boundary: number; address: string }[]): number[] => {
     const rep = prepared.program.elf.symbols().find((s) => s.name === 'rep_signal_insn')!.value;
@@ -303,7 +347,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
   };
 
   await t.test('rep movsb interrupted by a signal: from the handler through rt_sigreturn into the middle of the copy', async (t) => {
-    const { request, prepared, runs, report, failing } = await sweepWith([], repSignalArgs);
+    const { request, prepared, runs, report, failing } = await repSignalSweeps(t, 0);
     t.equal(runs.perturbed, undefined, 'the traced run prints what the native run prints');
     t.ok(report.stepped.matchesReference, `the walked process ends as the uninterrupted run (${report.stepped.status})`);
     t.same(
@@ -328,7 +372,7 @@ t.test(CASE, await kernelNeeds(t, CASE), async (t) => {
   });
 
   await t.test('negative control omit=string-regs over the signal-interrupted rep: exactly the boundaries at the rep fail, none in the handler', async (t) => {
-    const { request, prepared, report, failing } = await sweepWith(['--omit', 'string-regs'], repSignalArgs);
+    const { request, prepared, report, failing } = await repSignalSweeps(t, 1);
     t.same(failing, atRep(prepared, report.rows), 'the failing boundaries are those at the rep instruction');
     const observed = `failing boundaries: ${failing.join(' ') || 'none'}`;
     recordRow(t, {

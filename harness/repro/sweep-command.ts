@@ -24,7 +24,8 @@ import { prepareProgram, programName, type PreparedProgram } from './prepare.ts'
 import type { Progress } from './progress.ts';
 import { formatRegisterDiff } from './register-diff.ts';
 import { GUEST_DIRS, nativeReference, READY_FILE, referenceRun, type GuestProgram, type Reference, type RunContext } from './runs.ts';
-import { sweepRuns, type SweepContext, type SweepResult } from './sweep.ts';
+import type { RestorePolicy } from '../restore/policy.ts';
+import { sweepRunsUnder, type SweepContext, type SweepResult } from './sweep.ts';
 import { sweepHtml } from './sweep-html.ts';
 import { formatSweepTable, makeSweepReport, type SweepReport } from './sweep-report.ts';
 import { UsageError } from './usage-error.ts';
@@ -185,6 +186,24 @@ export async function sweepInGuest(
   progress: Progress,
   hooks: Pick<SweepContext, 'restore' | 'programSigtraps'> = {},
 ): Promise<SweepInGuest> {
+  const { results, ...runs } = await sweepInGuestUnder(guest, request, prepared, imageDir, progress, [request.policy], hooks);
+  return { ...runs, result: results[0]! };
+}
+
+/**
+ * sweepInGuest with the walk's checkpoints restored under each of
+ * `policies` (sweep.ts sweepRunsUnder): a case's policy and its negative
+ * control judged on one walk, one result each, in the order given.
+ */
+export async function sweepInGuestUnder(
+  guest: Guest,
+  request: ReproRequest,
+  prepared: PreparedProgram,
+  imageDir: string,
+  progress: Progress,
+  policies: readonly RestorePolicy[],
+  hooks: Pick<SweepContext, 'restore' | 'programSigtraps'> = {},
+): Promise<Omit<SweepInGuest, 'result'> & { results: SweepResult[] }> {
   const sweepRequest = request.sweep;
   if (!sweepRequest || request.checkpoint.kind !== 'symbol' || prepared.breakAt === undefined) throw new Error('sweepInGuest: the request has no --sweep');
   const { ssh } = guest.machine;
@@ -213,7 +232,7 @@ export async function sweepInGuest(
   await phase('uninterrupted run');
   const reference = await referenceRun(ctx, native.pid);
   const differences = comparePerturbation(native, reference);
-  const result = await sweepRuns(
+  const results = await sweepRunsUnder(
     {
       agent: guest.agent,
       program,
@@ -227,7 +246,7 @@ export async function sweepInGuest(
       ...hooks,
     },
     reference,
-    request.policy,
+    policies,
   );
-  return { native, reference, result, ...(differences.length > 0 ? { perturbed: describePerturbation(differences) } : {}) };
+  return { native, reference, results, ...(differences.length > 0 ? { perturbed: describePerturbation(differences) } : {}) };
 }

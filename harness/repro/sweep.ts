@@ -150,6 +150,17 @@ export interface SweepResult {
  * infrastructure failure is thrown.
  */
 export async function sweepRuns(ctx: SweepContext, reference: Reference, policy: RestorePolicy): Promise<SweepResult> {
+  return (await sweepRunsUnder(ctx, reference, [policy]))[0]!;
+}
+
+/**
+ * One walk, its checkpoints restored under each of `policies` in turn: one
+ * result per policy, the walk's fields shared. The checkpoints do not depend
+ * on the policy (it is the restore's), so a policy and its negative control
+ * are judged on the same images; an image is removed once every policy
+ * restored it exactly.
+ */
+export async function sweepRunsUnder(ctx: SweepContext, reference: Reference, policies: readonly RestorePolicy[]): Promise<SweepResult[]> {
   const { agent } = ctx;
   const out = `${GUEST_DIRS.out}/sweep-original.out`;
   const notes: string[] = [];
@@ -246,13 +257,20 @@ export async function sweepRuns(ctx: SweepContext, reference: Reference, policy:
   }
   const freshRunsMs = Date.now() - freshStarted;
 
-  const verdicts: BoundaryVerdict[] = [];
-  for (const checkpoint of taken) {
-    await ctx.phase('restore', `boundary ${checkpoint.index} of ${boundaries.length} at ${hex(checkpoint.rip)}`);
-    verdicts.push(await restoreAndCompare(ctx, checkpoint, reference, policy));
+  const under: BoundaryVerdict[][] = [];
+  for (const [p, policy] of policies.entries()) {
+    const verdicts: BoundaryVerdict[] = [];
+    for (const checkpoint of taken) {
+      const of = policies.length > 1 ? ` (policy ${p + 1} of ${policies.length})` : '';
+      await ctx.phase('restore', `boundary ${checkpoint.index} of ${boundaries.length} at ${hex(checkpoint.rip)}${of}`);
+      verdicts.push(await restoreAndCompare(ctx, checkpoint, reference, policy));
+    }
+    under.push(verdicts);
   }
+  // A failing boundary's image stays for its report, whichever policy failed there.
+  for (const [i, checkpoint] of taken.entries()) if (under.every((verdicts) => verdicts[i]!.pass)) await rm(checkpoint.imageFile, { force: true });
   const steppedMismatches = compareRuns(reference, stepped);
-  return { pid, boundaries, verdicts, stepped, steppedMismatches, notes, walkMs, freshRunsMs, freshRuns: byBreakpoint.length };
+  return under.map((verdicts) => ({ pid, boundaries, verdicts, stepped, steppedMismatches, notes, walkMs, freshRunsMs, freshRuns: byBreakpoint.length }));
 }
 
 async function spawnArmed(ctx: SweepContext, stdoutPath: string, pid?: number): Promise<number> {
@@ -425,7 +443,6 @@ async function restoreAndCompare(ctx: SweepContext, checkpoint: TakenCheckpoint,
   const run: RunRecord = { ...end, output: checkpoint.outputBefore + (await readOutput(agent, after)), hits: 0 };
   const mismatches = compareRuns(against, run);
   if (mismatches.length === 0) {
-    await rm(checkpoint.imageFile, { force: true });
     const { imageFile: _kept, ...matching } = base;
     return { ...matching, pass: true, run, mismatches, restoredRegs, restoreDifferences: restored.differences, restoreRunMs: Date.now() - started };
   }

@@ -30,14 +30,25 @@ export function takeRestores(): RestoreWitness[] {
   return pending.splice(0);
 }
 
-/** restoreProcess, its read-back (or its refusal) noted for the next verdict row under `tag`. */
-export async function restoreWitnessed(agent: AgentClient, image: CheckpointImage, options: RestoreOptions, tag: string): Promise<RestoreResult> {
+/**
+ * restoreProcess, its read-back (or its refusal) noted for the next verdict
+ * row under `tag` — or handed to `note`, for restores made ahead of their row
+ * (a sweep restoring under a policy and its control in one go), which the row
+ * notes itself when its turn comes.
+ */
+export async function restoreWitnessed(
+  agent: AgentClient,
+  image: CheckpointImage,
+  options: RestoreOptions,
+  tag: string,
+  note: (witness: RestoreWitness) => void = noteRestore,
+): Promise<RestoreResult> {
   try {
     const restored = await restoreProcess(agent, image, options);
-    noteRestore({ tag, differences: restored.differences });
+    note({ tag, differences: restored.differences });
     return restored;
   } catch (error) {
-    noteRestore({ tag, differences: [], refused: error instanceof Error ? error.message : String(error) });
+    note({ tag, differences: [], refused: error instanceof Error ? error.message : String(error) });
     throw error;
   }
 }
