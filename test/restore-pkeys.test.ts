@@ -3,7 +3,7 @@ import t, { type Test } from 'tap';
 import { ImageRejectedError } from '../harness/errors.ts';
 import { imageEntries, parseImageEntries } from '../harness/restore/checkpoint-image.ts';
 import { compileRestorePlan } from '../harness/restore/plan.ts';
-import { allocatedFromProbe, parseSmapsPkeys, pkeySteps } from '../harness/restore/pkeys.ts';
+import { allocatedFromMprotect, parseSmapsPkeys, pkeySteps } from '../harness/restore/pkeys.ts';
 import type { PkeyState } from '../harness/restore/image-model.ts';
 import { parseMaps } from '../harness/restore/proc-maps.ts';
 import { reseal, SYNTHETIC_MAPS, syntheticImage, syntheticRegs } from './support/synthetic-image.ts';
@@ -30,15 +30,21 @@ function rejects(t: Test, fn: () => unknown, field: RegExp | string): void {
   }
 }
 
-t.test('the allocated keys from the probe', async (t) => {
-  t.same(allocatedFromProbe([-22n]), [], 'EINVAL first: no PKU, no keys');
-  t.same(allocatedFromProbe([1n, 2n, 3n, 4n, 5n, 6n, 7n, 8n, 9n, 10n, 11n, 12n, 13n, 14n, 15n, -28n]), [], 'every key handed out: none allocated');
-  t.same(allocatedFromProbe([2n, 4n, 5n, 6n, 7n, 8n, 9n, 10n, 11n, 12n, 13n, 14n, 15n, -28n]), [1, 3], 'the keys never handed out are the allocated ones');
+t.test('the allocated keys from the probe: pkey_mprotect of a scratch page with keys 1..15', async (t) => {
+  const refusedAll = Array.from({ length: 15 }, () => -22n);
+  t.same(allocatedFromMprotect(refusedAll), [], 'EINVAL for every key: none allocated (or no PKU)');
+  t.same(allocatedFromMprotect(refusedAll.map((r, i) => (i === 0 || i === 2 ? 0n : r))), [1, 3], 'the keys it took are the allocated ones');
   t.same(
-    allocatedFromProbe([-28n]),
+    allocatedFromMprotect(Array.from({ length: 15 }, () => 0n)),
     Array.from({ length: 15 }, (_, i) => i + 1),
-    'ENOSPC first: all allocated',
+    'all taken: all allocated',
   );
+  t.throws(
+    () => allocatedFromMprotect(refusedAll.map((r, i) => (i === 4 ? -12n : r))),
+    /pkey_mprotect with key 5 returned -12/,
+    'ENOMEM is no answer about a key',
+  );
+  t.throws(() => allocatedFromMprotect([0n]), /1 results for 15 keys/);
 });
 
 t.test('smaps ProtectionKey', async (t) => {

@@ -158,7 +158,7 @@ async function captureBlocked(
       );
       const ldt = await captureLdt(agent, pid);
       const timers = await captureTimers(agent, pid, timerfdFds);
-      // After every thread's xstate was read: the probe's pkey_alloc calls grant rights in this thread's PKRU.
+      // The allocated protection keys: a pkey_mprotect probe of a scratch page (pkeys.ts).
       const pkeys = await capturePkeys(agent, pid, dumped, smaps);
       // Injected too: an eventfd's semaphore flag where fdinfo does not show it, and the membarrier probes.
       const eventFds = await captureEventFds(agent, pid, fds);
