@@ -1,4 +1,4 @@
-// expect: a machine started from saved state (its RAM apart, x-ignore-shared, mapped copy-on-write) reaches its agent over the agent port without SSH — the session the state was saved with waiting, a child of the guest's supervisor, connected before the load, that spawns and runs a program and re-seeds the clock — and a dropped port connection fails the pending request as infrastructure while the guest's session ends with its tracee; the machine's second session goes over SSH and says why.
+// expect: a machine started from saved state (its RAM apart, x-ignore-shared, mapped copy-on-write) reaches its agent over the agent port without SSH — the session the state was saved with waiting, a child of the guest's supervisor, connected before the load, that spawns and runs a program, marks a line in its kernel log and re-seeds the clock — and a dropped port connection fails the pending request as infrastructure while the guest's session ends with its tracee; the machine's second session goes over SSH and says why.
 import t from 'tap';
 import { statSync } from 'node:fs';
 import { mkdtemp } from 'node:fs/promises';
@@ -7,6 +7,7 @@ import path from 'node:path';
 import { buildImage } from '../harness/image/build.ts';
 import { launchMachine, reseedGuest, savedStatePath } from '../harness/machine/fast-start.ts';
 import { openAgentChannel } from '../harness/guest/agent-channel.ts';
+import { markGuestLog } from '../harness/agent/guest-run.ts';
 import { guestOrSessionFailure } from '../harness/guest/session-loss.ts';
 import { isInfraFailure } from '../harness/report/infra-failures.ts';
 import { sleep } from '../harness/util/deadline.ts';
@@ -56,6 +57,9 @@ t.test('saved-state start, agent over the port, a dropped connection', async (t)
   const ran = await agent.call({ op: 'RUN', pid: echo.pid, stopAfterHits: 0, timeoutMs: 60_000 });
   t.equal(ran.outcome, 'exited', 'a spawned program ran to its end');
   t.equal((await agent.call({ op: 'READ_FILE', path: '/tmp/agent-port-test/echo.out', maxSize: 65536 })).toString(), 'over the port\n');
+  const marker = `crh test: marked through the agent ${process.pid}`;
+  await markGuestLog(agent, `${marker}\nsecond line`);
+  t.match(await machine.ssh.run('dmesg'), new RegExp(`${marker} second line`), 'KMSG: the line is in the guest kernel log, its newline made a space');
   const guestNow = Number((await machine.ssh.run('date +%s')).trim());
   t.ok(Math.abs(guestNow - Date.now() / 1000) < 5, `the guest clock was set through the agent (guest ${guestNow})`);
 

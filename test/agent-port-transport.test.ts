@@ -70,7 +70,7 @@ const errorOf = (p: Promise<unknown>): Promise<unknown> =>
     (e: unknown) => e,
   );
 
-t.test('the real agent over the port: HELLO from the session the start notice named, CHDIR (mkdir -p), RESEED refusing a bad field', async (t) => {
+t.test('the real agent over the port: HELLO from the session the start notice named, CHDIR (mkdir -p), RESEED and KMSG refusing bad fields', async (t) => {
   const { socket, agent } = await supervisor(t);
   const { client, agentPid } = await openOverPort(socket);
   t.equal(agentPid, (await agent).pid, 'HELLO answers from the agent the start notice named');
@@ -81,6 +81,16 @@ t.test('the real agent over the port: HELLO from the session the start notice na
   t.equal(await client.call({ op: 'READLINK', path: '/proc/self/cwd' }), deep, 'the agent now runs in the directory it made');
   const bad = await errorOf(client.call({ op: 'RESEED', seconds: 0n, nanoseconds: 1_000_000_000, entropy: Buffer.alloc(8) }));
   t.ok(bad instanceof AgentError && bad.errno === constants.errno.EINVAL, 'RESEED refuses nanoseconds of 10^9 (EINVAL), before touching the clock');
+  // KMSG's refusals, all before /dev/kmsg is opened (this agent runs on the host: nothing reaches its kernel log).
+  for (const [record, why] of [
+    ['', /record: empty/],
+    ['<5>one\ntwo', /record: more than one line/],
+    [`<5>${'x'.repeat(974)}`, /record: 977 bytes, more than 976/],
+  ] as const) {
+    const refused = await errorOf(client.call({ op: 'KMSG', record }));
+    t.ok(refused instanceof AgentError && refused.errno === constants.errno.EINVAL, `KMSG refuses ${JSON.stringify(record.slice(0, 12))}… (EINVAL)`);
+    t.match((refused as Error).message, why);
+  }
   const exited = new Promise((resolve) => void agent.then((c) => c.once('exit', resolve)));
   await client.close();
   await exited;

@@ -20,7 +20,7 @@
  *   bulk.c         the bulk data port and PAGEMAP
  *   frames.c       PAGE_FRAMES: page frames for reads and writes in guest RAM
  *   handoff.c      DETACH, REAP, REAP_ORPHANS, ATTACH (handing a process to CRIU and back)
- *   port.c         serving sessions on the agent port; CHDIR, RESEED
+ *   port.c         serving sessions on the agent port; CHDIR, RESEED, KMSG
  */
 #include "agent.h"
 

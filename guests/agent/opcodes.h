@@ -43,6 +43,7 @@
 	X(0x27, RESEED, reseed) \
 	X(0x28, TRACE_FORKS, trace_forks) \
 	X(0x29, RELEASE, release) \
-	X(0x2a, REAP_ORPHANS, reap_orphans)
+	X(0x2a, REAP_ORPHANS, reap_orphans) \
+	X(0x2b, KMSG, kmsg)
 
 #endif

@@ -12,9 +12,9 @@
  * announces itself first (id 0, op 1): the host waits for that before it
  * sends, so nothing of an earlier connection reaches a new session.
  *
- * Also here: the port lookup BULK_OPEN shares, and the two ops a session
- * reached without SSH needs for what the SSH path did with shell commands
- * (CHDIR for `cd DIR &&`, RESEED for `date -s` and `> /dev/urandom`).
+ * Also here: the port lookup BULK_OPEN shares, and the ops that do what
+ * the SSH path did with shell commands (CHDIR for `cd DIR &&`, RESEED for
+ * `date -s` and `> /dev/urandom`, KMSG for `echo ... > /dev/kmsg`).
  */
 #include "agent.h"
 
@@ -297,4 +297,44 @@ int op_reseed(struct call *c)
 	}
 	close(fd);
 	return 0;
+}
+
+/* A kernel log record's text, prefix included: the kernel takes up to about
+ * 1 KiB a record; a phase marker is far shorter. */
+#define KMSG_MAX 976
+
+int op_kmsg(struct call *c)
+{
+	char *record = rd_cstr(&c->in, "record");
+	size_t n;
+	int fd, rc = 0;
+
+	if (parsed(c)) {
+		free(record);
+		return -1;
+	}
+	n = strlen(record);
+	/* One write is one record: a newline would make the rest part of it. */
+	if (!n)
+		rc = fail(c, EINVAL, "record: empty");
+	else if (n > KMSG_MAX)
+		rc = fail(c, EINVAL, "record: %zu bytes, more than %d", n, KMSG_MAX);
+	else if (strchr(record, '\n'))
+		rc = fail(c, EINVAL, "record: more than one line");
+	else if ((fd = open("/dev/kmsg", O_WRONLY | O_CLOEXEC)) < 0)
+		rc = fail_errno(c, "/dev/kmsg");
+	else {
+		ssize_t w;
+
+		/* Not write_full: /dev/kmsg never polls writable, and takes a
+		 * record whole or not at all. */
+		do
+			w = write(fd, record, n);
+		while (w < 0 && errno == EINTR);
+		if (w < 0)
+			rc = fail_errno(c, "/dev/kmsg: writing %zu bytes", n);
+		close(fd);
+	}
+	free(record);
+	return rc;
 }

@@ -151,3 +151,17 @@ export async function blockSignal(agent: Agent, tid: number, signo: number): Pro
   const mask = await agent.call({ op: 'GETSIGMASK', pid: tid });
   await agent.call({ op: 'SETSIGMASK', pid: tid, mask: mask | (1n << BigInt(signo - 1)) });
 }
+
+/** A kernel log record's text at most (the agent's KMSG_MAX, less the level prefix). */
+const LOG_RECORD_BYTES = 970;
+
+/**
+ * Marks `text` in the guest's kernel log, and so on its console: a harness
+ * phase, where a hung guest's console tail shows how far it got. One line,
+ * cut to fit a record; through the agent (KMSG), since an SSH exec of
+ * `echo > /dev/kmsg` cost ~50 ms of TCG.
+ */
+export async function markGuestLog(agent: Agent, text: string): Promise<void> {
+  const line = Buffer.from(text.replace(/[\r\n]+/g, ' '));
+  await agent.call({ op: 'KMSG', record: `<5>${line.subarray(0, LOG_RECORD_BYTES).toString()}` });
+}

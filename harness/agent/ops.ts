@@ -44,6 +44,7 @@ export const OPCODES = {
   TRACE_FORKS: 0x28,
   RELEASE: 0x29,
   REAP_ORPHANS: 0x2a,
+  KMSG: 0x2b,
 } as const;
 
 /** A range of a target's memory a bulk request moves. */
@@ -129,6 +130,7 @@ export type AgentOp =
   | { op: 'CHDIR'; path: string }
   /** sets the guest's CLOCK_REALTIME and writes `entropy` into /dev/urandom (mixed in, not credited): a guest from saved state */
   | { op: 'RESEED'; seconds: bigint; nanoseconds: number; entropy: Uint8Array }
+  | { op: 'KMSG'; record: string }
   /** PTRACE_SINGLESTEP one stopped thread `count` times; `signo` (0 or absent: none) is delivered with the first step */
   | { op: 'STEP'; pid: number; count: number; signo?: number; timeoutMs: number }
   /** hands a stopped process to another tracer: left in a job-control stop (SIGSTOP), untraced, still the agent's child */
@@ -248,6 +250,7 @@ export interface OpResults {
   PAGE_FRAMES: Uint32Array;
   CHDIR: void;
   RESEED: void;
+  KMSG: void;
 }
 
 export type ResultOf<O extends AgentOp> = OpResults[O['op']];
@@ -362,6 +365,9 @@ export function encodeOp(op: AgentOp): { opcode: number; payload: Buffer } {
     case 'RESEED':
       w.u64(op.seconds).u32(op.nanoseconds).bytes(op.entropy);
       break;
+    case 'KMSG':
+      w.string(op.record);
+      break;
   }
   return { opcode: OPCODES[op.op], payload: w.finish() };
 }
@@ -463,6 +469,7 @@ function decodeByOp(name: OpName, r: PayloadReader): unknown {
     case 'RELEASE':
     case 'CHDIR':
     case 'RESEED':
+    case 'KMSG':
       return undefined;
     case 'BATCH':
       throw new RangeError('BATCH is not decoded as a single op');
@@ -526,6 +533,8 @@ export function describeOp(op: AgentOp): string {
       return `CHDIR ${op.path}`;
     case 'RESEED':
       return `RESEED ${op.seconds}.${String(op.nanoseconds).padStart(9, '0')} with ${op.entropy.length} bytes`;
+    case 'KMSG':
+      return `KMSG ${op.record}`;
     case 'READ_MEM_BULK':
     case 'WRITE_MEM_BULK':
       return `${op.op} pid ${op.pid} ${op.ranges.length} range${op.ranges.length === 1 ? '' : 's'}, ${op.ranges.reduce((n, r) => n + r.length, 0)} bytes (frame ${op.tag})`;

@@ -17,7 +17,7 @@ import { criuCheckpointedRun } from './criu-run.ts';
 import type { PlatformProfile } from '../platform/profile.ts';
 import type { PlatformFacts } from '../restore/checkpoint-image.ts';
 import { hex } from '../x86/registers.ts';
-import { kill } from '../agent/guest-run.ts';
+import { kill, markGuestLog } from '../agent/guest-run.ts';
 import { cleanStartCommand, killedPids } from './clean-start.ts';
 import { describeStatus } from './compare.ts';
 import type { ReproRequest } from './options.ts';
@@ -138,8 +138,7 @@ async function phases(
       shell: (command) => ssh.run(command),
       phase: async (name, detail) => {
         phase(name, detail);
-        const text = `crh ${request.command}: ${name}${detail ? `: ${detail}` : ''}`;
-        await ssh.run(`echo ${shellQuote(`<5>${text}`)} > /dev/kmsg`);
+        await markGuestLog(guest.agent, `crh ${request.command}: ${name}${detail ? `: ${detail}` : ''}`);
         if (fault?.phase === name) {
           const injected = fault;
           fault = undefined;

@@ -14,6 +14,7 @@ import { openGuest, type Guest } from '../guest/open-guest.ts';
 import type { NativeRun } from '../guest/native-run.ts';
 import { bootstrapHost } from '../host/bootstrap.ts';
 import { shellQuote } from '../machine/qemu-args.ts';
+import { markGuestLog } from '../agent/guest-run.ts';
 import { artifactsRoot } from '../report/verdicts.ts';
 import { NotOwnedError, replaceOwnedDir } from '../util/owned-dir.ts';
 import { escapeControl } from '../util/terminal-text.ts';
@@ -215,7 +216,7 @@ export async function sweepInGuestUnder(
   const program: GuestProgram = { binary: guestBinary, argv: [guestBinary, ...request.args], envp: [`CRH_READY_FILE=${READY_FILE}`] };
   const phase = async (phaseName: string, detail?: string): Promise<void> => {
     progress.phase(phaseName, detail);
-    await ssh.run(`echo ${shellQuote(`<5>crh ${request.command} --sweep: ${phaseName}${detail ? `: ${detail}` : ''}`)} > /dev/kmsg`);
+    await markGuestLog(guest.agent, `crh ${request.command} --sweep: ${phaseName}${detail ? `: ${detail}` : ''}`);
   };
   const ctx: RunContext = {
     agent: guest.agent,

@@ -13,7 +13,7 @@ import { kernelChoiceFromFlags } from '../flags/kernel-flags.ts';
 import { CrhError } from '../errors.ts';
 import { openGuest } from '../guest/open-guest.ts';
 import { bootstrapHost } from '../host/bootstrap.ts';
-import { shellQuote } from '../machine/qemu-args.ts';
+import { markGuestLog } from '../agent/guest-run.ts';
 import { isInfraFailure, type InfraFailure } from '../report/infra-failures.ts';
 import { artifactsRoot, type Verdict } from '../report/verdicts.ts';
 import { writeReports } from '../report/write-reports.ts';
@@ -125,7 +125,7 @@ export async function zdtmCommand(argv: readonly string[]): Promise<number> {
               note: (line) => progress.note(escapeControl(line)),
               phase: async (name, detail) => {
                 progress.phase(name, detail && escapeControl(detail));
-                await ssh.run(`echo ${shellQuote(`<5>crh zdtm: ${test.name}: ${name}`)} > /dev/kmsg`);
+                await markGuestLog(guest.agent, `crh zdtm: ${test.name}: ${name}`);
               },
             },
             test,
