@@ -17,9 +17,10 @@ import { readInfraFailures, recordInfraFailure } from '../report/infra-failures.
 import { describeKernelIdentity, type KernelIdentity } from '../report/kernel-matrix.ts';
 import { casesOfShard, longestFirst } from '../report/shard.ts';
 import { parseGrep, parseJobs, parseShard } from '../flags/run-flags.ts';
-import { artifactsRoot, formatVerdictTable, readVerdicts, type Verdict } from '../report/verdicts.ts';
+import { artifactsRoot, CASE_FILE_ENV, formatVerdictTable, readVerdicts, type Verdict } from '../report/verdicts.ts';
 import { machineReport, mergeReports, REPORTERS, tapStream, writeReports, type Reporter, type RunReport } from '../report/write-reports.ts';
-import { caseName, runCasePool, type CaseEvent } from '../run/case-pool.ts';
+import { caseName, runCasePool, type CaseEvent, type CaseLaunch } from '../run/case-pool.ts';
+import { bundleCases } from '../run/case-bundles.ts';
 import { parseEngines } from '../flags/engine-flags.ts';
 import { adoptRunConfiguration, configureRun, RUN_CONFIGURATION_ENV, RUN_CONFIGURATION_FILE, writeRunConfiguration } from '../flags/run-configuration.ts';
 import { formatEngineSideBySide } from '../report/engine-matrix.ts';
@@ -179,8 +180,19 @@ export async function runCommand(args: string[]): Promise<number> {
     : undefined;
   const ended: Extract<CaseEvent, { type: 'end' }>[] = [];
   log(`${cases.length} case file(s), ${jobs} at a time; each case's TAP in ${path.join(artifacts, 'tap')}/`);
+  const bundles = await bundleCases(cases, REPO_ROOT).catch((error: unknown) => {
+    // The sources run as they are: a file that does not compile then fails on its own, in its own TAP.
+    log(
+      `case files not compiled ahead (${(error instanceof Error ? error.message : String(error)).split('\n').slice(0, 2).join(' ')}); each runs under tsx's loader`,
+    );
+    return undefined;
+  });
+  const launch = bundles
+    ? (file: string): CaseLaunch => ({ nodeArgs: ['--enable-source-maps'], script: bundles.entryOf(file), env: { [CASE_FILE_ENV]: file } })
+    : undefined;
   await runCasePool(
     {
+      ...(launch ? { launch } : {}),
       files: cases,
       jobs,
       tapDir: path.join(artifacts, 'tap'),
@@ -196,7 +208,7 @@ export async function runCommand(args: string[]): Promise<number> {
       },
     },
     casesDir,
-  );
+  ).finally(() => bundles?.dispose());
   display?.clearStatus();
 
   const report: RunReport = { ...(kernel ? { kernel } : {}), verdicts: readVerdicts(), infrastructureFailures: readInfraFailures() };

@@ -88,8 +88,13 @@ export type Outcome = 'PASS' | 'FAIL' | 'SKIP' | 'GAP';
  */
 export function caseFile(): string | undefined {
   const main = process.argv[1];
-  return main && main.endsWith('.test.ts') ? path.relative(REPO_ROOT, path.resolve(main)) : undefined;
+  if (main && main.endsWith('.test.ts')) return path.relative(REPO_ROOT, path.resolve(main));
+  const compiledFrom = process.env[CASE_FILE_ENV];
+  return compiledFrom ? path.relative(REPO_ROOT, path.resolve(compiledFrom)) : undefined;
 }
+
+/** A case process `crh run` starts from compiled output is told its source here (its process.argv[1] names the output). */
+export const CASE_FILE_ENV = 'CRH_CASE_FILE';
 
 export function outcome(v: Verdict): Outcome {
   if (v.skipped !== undefined) return 'SKIP';

@@ -24,11 +24,19 @@ export interface CasePoolOptions {
   cwd: string;
   env: NodeJS.ProcessEnv;
   onEvent: (event: CaseEvent) => void;
-  /** the TypeScript loader every case file needs */
-  nodeArgs?: readonly string[];
+  /** how a case file is started (node's arguments, the script, extra environment); by default the TypeScript under tsx's loader */
+  launch?: (file: string) => CaseLaunch;
   /** a case file still running after this long is stopped (SIGTERM, then SIGKILL) and counts as failed */
   timeoutMs?: number;
 }
+
+export interface CaseLaunch {
+  nodeArgs: readonly string[];
+  script: string;
+  env?: NodeJS.ProcessEnv;
+}
+
+const underTsx = (file: string): CaseLaunch => ({ nodeArgs: ['--import=tsx'], script: file });
 
 /** Grace between SIGTERM (the case's teardown shuts its guest down) and SIGKILL. */
 const KILL_GRACE_MS = 10_000;
@@ -54,9 +62,10 @@ export async function runCasePool(options: CasePoolOptions, root: string): Promi
       const tapFile = path.join(options.tapDir, `${name.replaceAll('/', '-')}.tap`);
       const started = Date.now();
       options.onEvent({ type: 'start', file, name });
-      const child = spawn(process.execPath, [...(options.nodeArgs ?? ['--import=tsx']), file], {
+      const launch = (options.launch ?? underTsx)(file);
+      const child = spawn(process.execPath, [...launch.nodeArgs, launch.script], {
         cwd: options.cwd,
-        env: options.env,
+        env: { ...options.env, ...launch.env },
         stdio: ['ignore', 'pipe', 'pipe'],
       });
       running.add(child);
