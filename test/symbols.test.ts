@@ -1,7 +1,7 @@
 // expect: symbols resolve by "module:name" from System.map and guest ELF files, and addresses symbolize back, without binutils.
 import t from 'tap';
 import { parseSystemMap, SymbolError, SymbolTable } from '../harness/symbols/symbols.ts';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { execa } from 'execa';
 import { REPO_ROOT } from '../harness/util/cache-dir.ts';
 import { tmpdir } from 'node:os';
@@ -20,7 +20,7 @@ t.test('System.map lines', async (t) => {
   );
 });
 
-t.test('modules are parsed when first asked about: one for resolve, all for symbolize; a file gone by then is named', async (t) => {
+t.test('modules are parsed when first asked about: one for resolve, those that may hold the address for symbolize; a file gone by then is named', async (t) => {
   const dir = await mkdtemp(path.join(tmpdir(), 'crh-sym-lazy-'));
   const map = path.join(dir, 'System.map');
   await writeFile(map, 'ffffffff81000000 T _stext\nffffffff81000100 T exc_page_fault\n');
@@ -34,7 +34,22 @@ t.test('modules are parsed when first asked about: one for resolve, all for symb
   t.equal(table.resolve('kernel:exc_page_fault'), 0xffffffff81000100n, 'the System.map read at add, parsed now');
   t.throws(() => table.resolve('nosuch:main'), /no symbol nosuch:main \(known modules: callee, kernel, gone\)/, 'pending modules are known');
   t.throws(() => table.resolve('gone:main'), /the symbols of gone \(.*gone\) cannot be read: ENOENT/);
-  t.throws(() => table.symbolize(0xffffffff81000104n), /the symbols of gone/, 'symbolize needs every module');
+  t.throws(() => table.symbolize(0x401000n), /the symbols of gone/, 'a user address asks every program that cannot say where it loads');
+  t.equal(table.symbolize(0xffffffff81000104n), 'kernel:exc_page_fault+0x4', "a kernel address needs the kernel's symbols alone");
+
+  // A program whose symbols cannot be parsed (cut after its program headers) is parsed only for an address it loads at.
+  const cut = path.join(dir, 'cut');
+  await writeFile(cut, (await readFile(program)).subarray(0, 4096));
+  const partial = new SymbolTable();
+  await partial.addProgram('callee', program);
+  await partial.addProgram('cut', cut);
+  const callee = partial.resolve('callee:sweep_callee');
+  t.equal(partial.symbolize(0x5n), '0x5', 'an address no program loads at parses none of them');
+  t.throws(
+    () => partial.symbolize(callee),
+    /the symbols of cut \(.*cut\) cannot be read: .*section headers out of range/,
+    'one that loads there is parsed, and says why it cannot be',
+  );
   await rm(dir, { recursive: true });
 });
 

@@ -34,6 +34,33 @@ export const STB_GLOBAL = 1;
 /** Section indices from SHN_LORESERVE up (absolute, common, ...) name no section. */
 export const SHN_LORESERVE = 0xff00;
 
+/** An address range a PT_LOAD segment occupies in memory. */
+export interface LoadSegment {
+  start: bigint;
+  end: bigint;
+}
+
+/**
+ * The PT_LOAD ranges of an ELF64 file from its first bytes (the ELF header
+ * and program headers; `head` is the file's start, 4 KiB covers ordinary
+ * programs), or undefined when `head` does not hold them all.
+ */
+export function loadSegments(head: Buffer): LoadSegment[] | undefined {
+  if (head.length < 64 || head.readUInt32BE(0) !== 0x7f454c46 || head[4] !== 2 || head[5] !== 1) return undefined;
+  const phoff = Number(head.readBigUInt64LE(0x20));
+  const phentsize = head.readUInt16LE(0x36);
+  const phnum = head.readUInt16LE(0x38);
+  if (phentsize < 56 || phoff + phnum * phentsize > head.length) return undefined;
+  const segments: LoadSegment[] = [];
+  for (let i = 0; i < phnum; i++) {
+    const at = phoff + i * phentsize;
+    if (head.readUInt32LE(at) !== 1 /* PT_LOAD */) continue;
+    const start = head.readBigUInt64LE(at + 0x10);
+    segments.push({ start, end: start + head.readBigUInt64LE(at + 0x28) });
+  }
+  return segments;
+}
+
 export class ElfFile {
   private constructor(
     readonly path: string,
