@@ -324,12 +324,18 @@ int op_kmsg(struct call *c)
 	else if ((fd = open("/dev/kmsg", O_WRONLY | O_CLOEXEC)) < 0)
 		rc = fail_errno(c, "/dev/kmsg");
 	else {
+		char line[KMSG_MAX + 1];
 		ssize_t w;
 
-		/* Not write_full: /dev/kmsg never polls writable, and takes a
-		 * record whole or not at all. */
+		/* The newline ends the record: without it the kernel keeps the
+		 * record open for a continuation, and readers (dmesg) do not
+		 * see it until something else is logged. Not write_full:
+		 * /dev/kmsg never polls writable, and takes a record whole or
+		 * not at all. */
+		memcpy(line, record, n);
+		line[n] = '\n';
 		do
-			w = write(fd, record, n);
+			w = write(fd, line, n + 1);
 		while (w < 0 && errno == EINTR);
 		if (w < 0)
 			rc = fail_errno(c, "/dev/kmsg: writing %zu bytes", n);
