@@ -34,6 +34,14 @@ export const STB_GLOBAL = 1;
 /** Section indices from SHN_LORESERVE up (absolute, common, ...) name no section. */
 export const SHN_LORESERVE = 0xff00;
 
+/** Why `data` does not start with the ELF header this reader takes (64-bit, little-endian), or undefined when it does. */
+function headerProblem(data: Buffer): string | undefined {
+  if (data.length < 64 || data.readUInt32BE(0) !== 0x7f454c46) return 'bad magic';
+  if (data[4] !== 2) return 'not ELFCLASS64';
+  if (data[5] !== 1) return 'not little-endian';
+  return undefined;
+}
+
 /** An address range a PT_LOAD segment occupies in memory. */
 export interface LoadSegment {
   start: bigint;
@@ -46,7 +54,7 @@ export interface LoadSegment {
  * programs), or undefined when `head` does not hold them all.
  */
 export function loadSegments(head: Buffer): LoadSegment[] | undefined {
-  if (head.length < 64 || head.readUInt32BE(0) !== 0x7f454c46 || head[4] !== 2 || head[5] !== 1) return undefined;
+  if (headerProblem(head)) return undefined;
   const phoff = Number(head.readBigUInt64LE(0x20));
   const phentsize = head.readUInt16LE(0x36);
   const phnum = head.readUInt16LE(0x38);
@@ -76,9 +84,8 @@ export class ElfFile {
     const fail = (why: string): never => {
       throw new Error(`${name}: not a usable ELF64 file: ${why}`);
     };
-    if (data.length < 64 || data.readUInt32BE(0) !== 0x7f454c46) fail('bad magic');
-    if (data[4] !== 2) fail('not ELFCLASS64');
-    if (data[5] !== 1) fail('not little-endian');
+    const problem = headerProblem(data);
+    if (problem) fail(problem);
     const shoff = Number(data.readBigUInt64LE(0x28));
     const shentsize = data.readUInt16LE(0x3a);
     const shnum = data.readUInt16LE(0x3c);

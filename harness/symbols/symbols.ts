@@ -94,8 +94,8 @@ export class SymbolTable {
     return this;
   }
 
-  /** Parses the pending modules `wanted` picks (by name and what it is), all of them by default. */
-  private load(wanted: (name: string, module: PendingModule) => boolean = () => true): void {
+  /** Parses the pending modules `wanted` picks (by name, or by the addresses they may hold). */
+  private load(wanted: (name: string, module: PendingModule) => boolean): void {
     for (const [name, module] of [...this.pending]) {
       if (!wanted(name, module)) continue;
       // Still pending when it fails: asked again, it says so again.
